@@ -1,0 +1,137 @@
+/**
+ * Reverse-mode autograd over tensor ops.
+ *
+ * Every op whose inputs require grad records a GradNode: its inputs, its outputs and a rule (from the primitive
+ * table) that turns output gradients into input gradients using tensor ops. Nodes carry a creation number, so
+ * walking them from newest to oldest is a valid reverse topological order and is exactly reverse forward order,
+ * which is the order users see gradient hooks fire in.
+ */
+import type { Tensor } from "./tensor.js";
+import { GradError } from "./errors.js";
+
+export type GradRule = (grads: readonly (Tensor | null)[], node: GradNode) => readonly (Tensor | null)[];
+
+export class GradNode {
+  private static counter = 0;
+  readonly seq = GradNode.counter++;
+  outputs: readonly Tensor[] = [];
+  constructor(
+    readonly op: string,
+    readonly inputs: readonly Tensor[],
+    readonly attrs: unknown,
+    readonly rule: GradRule,
+  ) {}
+}
+
+/** A hook on a tensor's gradient: return a tensor to replace the gradient flowing further back. */
+export type GradHook = (grad: Tensor) => Tensor | void | Promise<Tensor | void>;
+
+let gradEnabled = true;
+
+export function isGradEnabled(): boolean {
+  return gradEnabled;
+}
+
+/** Runs `fn` without recording gradients (like torch.no_grad). Works for sync and async `fn`. */
+export function noGrad<T>(fn: () => T): T {
+  const before = gradEnabled;
+  gradEnabled = false;
+  let result: T;
+  try {
+    result = fn();
+  } catch (e) {
+    gradEnabled = before;
+    throw e;
+  }
+  if (result instanceof Promise) {
+    return result.finally(() => {
+      gradEnabled = before;
+    }) as T;
+  }
+  gradEnabled = before;
+  return result;
+}
+
+/** Reachable nodes from `root`, newest first. */
+function nodesFrom(root: Tensor): GradNode[] {
+  const seen = new Set<GradNode>();
+  const stack: GradNode[] = root.gradNode ? [root.gradNode] : [];
+  while (stack.length) {
+    const n = stack.pop()!;
+    if (seen.has(n)) continue;
+    seen.add(n);
+    for (const t of n.inputs) if (t.gradNode && !seen.has(t.gradNode)) stack.push(t.gradNode);
+  }
+  return [...seen].sort((a, b) => b.seq - a.seq);
+}
+
+/**
+ * The backward walk as a generator: it yields whenever a tensor's gradient is complete and that tensor has hooks,
+ * so the same walk serves the synchronous `backward()` and the intervention layer's async one (where a hook waits
+ * for user code).
+ */
+type HookStep = { tensor: Tensor; grad: Tensor; hook: GradHook };
+
+export function* backwardSteps(root: Tensor, seed: Tensor): Generator<HookStep, void, Tensor | void> {
+  if (!root.requiresGrad) throw new GradError("backward: this tensor does not require grad (no input of its computation requires grad)");
+  if (seed.shape.length !== root.shape.length || seed.shape.some((d, i) => d !== root.shape[i])) {
+    throw new GradError(`backward: gradient shape [${seed.shape}] does not match tensor shape [${root.shape}]`);
+  }
+  const grads = new Map<Tensor, Tensor>([[root, seed]]);
+  const leaves = new Set<Tensor>();
+  const add = (t: Tensor, g: Tensor): void => {
+    const prev = grads.get(t);
+    grads.set(t, prev ? prev.add(g) : g);
+  };
+  function* finish(t: Tensor): Generator<HookStep, Tensor | undefined, Tensor | void> {
+    let g: Tensor | undefined = grads.get(t);
+    if (!g) return undefined;
+    for (const hook of t.gradHooks) {
+      const replaced: Tensor | void = yield { tensor: t, grad: g, hook };
+      if (replaced) g = replaced;
+    }
+    grads.set(t, g);
+    return g;
+  }
+  for (const node of nodesFrom(root)) {
+    const outGrads: (Tensor | null)[] = [];
+    for (const o of node.outputs) outGrads.push((yield* finish(o)) ?? null);
+    if (outGrads.every((g) => g === null)) continue;
+    const inGrads = node.rule(outGrads, node);
+    node.inputs.forEach((t, i) => {
+      const g = inGrads[i];
+      if (!g || !t.requiresGrad) return;
+      if (t.gradNode) add(t, g);
+      else {
+        add(t, g);
+        leaves.add(t);
+      }
+    });
+    for (const o of node.outputs) if (o !== root) grads.delete(o);
+  }
+  if (!root.gradNode) leaves.add(root);
+  for (const leaf of leaves) {
+    const g = yield* finish(leaf);
+    if (g) leaf.grad = leaf.grad ? leaf.grad.add(g) : g;
+  }
+}
+
+/** Runs the walk with synchronous hooks. */
+export function runBackward(root: Tensor, seed: Tensor): void {
+  const steps = backwardSteps(root, seed);
+  let reply: Tensor | void = undefined;
+  for (let step = steps.next(); !step.done; step = steps.next(reply)) {
+    const r = step.value.hook(step.value.grad);
+    if (r instanceof Promise) throw new GradError("backward(): a gradient hook returned a promise; use backwardAsync() for async hooks");
+    reply = r ?? undefined;
+  }
+}
+
+/** Runs the walk awaiting each hook, for hooks that wait on other code. */
+export async function runBackwardAsync(root: Tensor, seed: Tensor): Promise<void> {
+  const steps = backwardSteps(root, seed);
+  let reply: Tensor | void = undefined;
+  for (let step = steps.next(); !step.done; step = steps.next(reply)) {
+    reply = (await step.value.hook(step.value.grad)) ?? undefined;
+  }
+}

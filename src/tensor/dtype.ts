@@ -1,0 +1,153 @@
+/**
+ * Element types a Tensor can hold, and the typed arrays behind them.
+ *
+ * Computation happens in float32 (weights stored as float16/bfloat16 are widened at load), integers are int64
+ * (token ids, positions, indices; stored as BigInt64Array, as ONNX Runtime wants them) or int32, and masks are bool
+ * (one byte per element, as ONNX Runtime stores them).
+ */
+export type DType = "float32" | "int64" | "int32" | "bool";
+
+export interface DTypeArrayMap {
+  float32: Float32Array;
+  int64: BigInt64Array;
+  int32: Int32Array;
+  bool: Uint8Array;
+}
+export type TypedArray = DTypeArrayMap[DType];
+
+/** ONNX TensorProto.DataType codes, used when building graphs. */
+export const onnxCode: Record<DType, number> = { float32: 1, int32: 6, int64: 7, bool: 9 };
+
+export const dtypes: readonly DType[] = ["float32", "int64", "int32", "bool"];
+
+export function isDType(name: unknown): name is DType {
+  return typeof name === "string" && (dtypes as readonly string[]).includes(name);
+}
+
+export function allocate<D extends DType>(dtype: D, size: number): DTypeArrayMap[D] {
+  switch (dtype) {
+    case "float32":
+      return new Float32Array(size) as DTypeArrayMap[D];
+    case "int64":
+      return new BigInt64Array(size) as DTypeArrayMap[D];
+    case "int32":
+      return new Int32Array(size) as DTypeArrayMap[D];
+    case "bool":
+      return new Uint8Array(size) as DTypeArrayMap[D];
+  }
+  throw new TypeError(`unknown dtype ${String(dtype)}`);
+}
+
+/** The dtype whose typed array `data` is, or undefined. */
+export function dtypeOfArray(data: unknown): DType | undefined {
+  if (data instanceof Float32Array) return "float32";
+  if (data instanceof BigInt64Array) return "int64";
+  if (data instanceof Int32Array) return "int32";
+  if (data instanceof Uint8Array) return "bool";
+  return undefined;
+}
+
+/** Fills a typed array of `dtype` from plain numbers (or bigints, or booleans). */
+export function arrayFrom<D extends DType>(dtype: D, values: ArrayLike<number | bigint | boolean>): DTypeArrayMap[D] {
+  const out = allocate(dtype, values.length);
+  if (dtype === "int64") {
+    const o = out as BigInt64Array;
+    for (let i = 0; i < values.length; i++) {
+      const v = values[i]!;
+      o[i] = typeof v === "bigint" ? v : BigInt(Math.trunc(Number(v)));
+    }
+  } else {
+    const o = out as Float32Array | Int32Array | Uint8Array;
+    for (let i = 0; i < values.length; i++) {
+      const v = values[i]!;
+      o[i] = dtype === "bool" ? (v ? 1 : 0) : Number(v);
+    }
+  }
+  return out;
+}
+
+/** IEEE half precision bits to float32, for weights stored as F16. */
+export function float16ToFloat32(src: Uint16Array, out = new Float32Array(src.length)): Float32Array {
+  const table = halfTable();
+  for (let i = 0; i < src.length; i++) out[i] = table[src[i]!]!;
+  return out;
+}
+
+let halfLookup: Float32Array | undefined;
+function halfTable(): Float32Array {
+  if (halfLookup) return halfLookup;
+  halfLookup = new Float32Array(65536);
+  for (let h = 0; h < 65536; h++) {
+    const sign = h & 0x8000 ? -1 : 1;
+    const exp = (h >> 10) & 0x1f;
+    const frac = h & 0x3ff;
+    let v: number;
+    if (exp === 0) v = frac * 2 ** -24;
+    else if (exp === 31) v = frac ? NaN : Infinity;
+    else v = (1 + frac / 1024) * 2 ** (exp - 15);
+    halfLookup[h] = sign * v;
+  }
+  return halfLookup;
+}
+
+/** bfloat16 is the top half of a float32: shift the bits up. */
+export function bfloat16ToFloat32(src: Uint16Array, out = new Float32Array(src.length)): Float32Array {
+  const bits = new Uint32Array(out.buffer, out.byteOffset, out.length);
+  for (let i = 0; i < src.length; i++) bits[i] = src[i]! << 16;
+  return out;
+}
+
+/** float32 to IEEE half bits, round to nearest even; for writing F16 safetensors. */
+export function float32ToFloat16(src: Float32Array, out = new Uint16Array(src.length)): Uint16Array {
+  const f = new Float32Array(1);
+  const u = new Uint32Array(f.buffer);
+  for (let i = 0; i < src.length; i++) {
+    f[0] = src[i]!;
+    const x = u[0]!;
+    const sign = (x >>> 16) & 0x8000;
+    const exp = (x >>> 23) & 0xff;
+    let mant = x & 0x7fffff;
+    if (exp === 0xff) {
+      out[i] = sign | 0x7c00 | (mant ? 0x200 : 0);
+      continue;
+    }
+    let e = exp - 127 + 15;
+    if (e >= 31) {
+      out[i] = sign | 0x7c00;
+      continue;
+    }
+    if (e <= 0) {
+      if (e < -10) {
+        out[i] = sign;
+        continue;
+      }
+      mant |= 0x800000;
+      const shift = 14 - e;
+      let half = mant >>> shift;
+      const rem = mant & ((1 << shift) - 1);
+      const mid = 1 << (shift - 1);
+      if (rem > mid || (rem === mid && half & 1)) half++;
+      out[i] = sign | half;
+      continue;
+    }
+    let half = (e << 10) | (mant >>> 13);
+    const rem = mant & 0x1fff;
+    if (rem > 0x1000 || (rem === 0x1000 && half & 1)) half++;
+    out[i] = sign | half;
+  }
+  return out;
+}
+
+/** float32 to bfloat16 bits, round to nearest even. */
+export function float32ToBfloat16(src: Float32Array, out = new Uint16Array(src.length)): Uint16Array {
+  const bits = new Uint32Array(src.buffer, src.byteOffset, src.length);
+  for (let i = 0; i < src.length; i++) {
+    const x = bits[i]!;
+    if ((x & 0x7f800000) === 0x7f800000 && x & 0x7fffff) {
+      out[i] = (x >>> 16) | 0x40;
+      continue;
+    }
+    out[i] = (x + 0x7fff + ((x >>> 16) & 1)) >>> 16;
+  }
+  return out;
+}

@@ -1,0 +1,114 @@
+/**
+ * The execution engine: ONNX Runtime sessions, one per kernel, run synchronously.
+ *
+ * onnxruntime-node's public `InferenceSession.run` is async (it defers the native call with setImmediate). Eager
+ * tensor math has to be synchronous (`h.mul(0.5)` returns a tensor), so we call the package's native binding, which
+ * the public class wraps, directly. The version is pinned in package.json because this binding is internal.
+ */
+import { createRequire } from "node:module";
+import os from "node:os";
+import type { DType, TypedArray } from "./dtype.js";
+import { GraphBuilder } from "./onnx.js";
+
+/** What crosses into a kernel and back: a dense row-major array with its shape. */
+export interface RawTensor {
+  readonly dtype: DType;
+  readonly shape: readonly number[];
+  readonly data: TypedArray;
+}
+
+interface NativeSession {
+  loadModel(buffer: ArrayBufferLike, byteOffset: number, byteLength: number, options: object): void;
+  run(feeds: Record<string, object>, fetches: Record<string, null>, options: object): Record<string, { type: DType; dims: readonly number[]; data: TypedArray }>;
+  readonly inputMetadata: { name: string }[];
+  readonly outputMetadata: { name: string }[];
+}
+interface NativeBinding {
+  InferenceSession: new () => NativeSession;
+}
+
+const require = createRequire(import.meta.url);
+let native: NativeBinding | undefined;
+function binding(): NativeBinding {
+  if (!native) {
+    const mod = require("onnxruntime-node/dist/binding.js") as { binding: NativeBinding; initOrt(): void };
+    mod.initOrt();
+    native = mod.binding;
+  }
+  return native;
+}
+
+/** Threads per kernel: TSIGHT_THREADS, else every core this process may use. */
+export function threadCount(): number {
+  const fromEnv = Number(process.env.TSIGHT_THREADS);
+  return Number.isInteger(fromEnv) && fromEnv > 0 ? fromEnv : os.availableParallelism();
+}
+
+function sessionOptions(): object {
+  return {
+    intraOpNumThreads: threadCount(),
+    interOpNumThreads: 1,
+    executionMode: "sequential",
+    graphOptimizationLevel: "all",
+    // Not optional: with spinning on, every eager call burns its threads' time slice and runs 10-15x slower.
+    extra: { session: { intra_op: { allow_spinning: "0" }, inter_op: { allow_spinning: "0" } } },
+  };
+}
+
+/** A compiled graph and the names of its inputs and outputs. */
+export class Kernel {
+  private readonly session: NativeSession;
+  private readonly inputNames: string[];
+  private readonly fetches: Record<string, null>;
+  private readonly outputNames: string[];
+
+  constructor(readonly key: string, model: Uint8Array) {
+    this.session = new (binding().InferenceSession)();
+    this.session.loadModel(model.buffer, model.byteOffset, model.byteLength, sessionOptions());
+    this.inputNames = this.session.inputMetadata.map((m) => m.name);
+    this.outputNames = this.session.outputMetadata.map((m) => m.name);
+    this.fetches = Object.fromEntries(this.outputNames.map((n) => [n, null]));
+  }
+
+  run(inputs: readonly RawTensor[]): RawTensor[] {
+    if (inputs.length !== this.inputNames.length) throw new Error(`kernel ${this.key} takes ${this.inputNames.length} inputs, got ${inputs.length}`);
+    const feeds: Record<string, object> = {};
+    for (let i = 0; i < inputs.length; i++) {
+      const t = inputs[i]!;
+      feeds[this.inputNames[i]!] = { type: t.dtype, dims: t.shape, data: t.data, location: "cpu" };
+    }
+    const result = this.session.run(feeds, this.fetches, {});
+    return this.outputNames.map((n) => {
+      const r = result[n]!;
+      return { dtype: r.type, shape: r.dims, data: r.data };
+    });
+  }
+}
+
+const kernels = new Map<string, Kernel>();
+let kernelRuns = 0;
+
+/**
+ * The kernel for `key`, built by `build` the first time the key is seen. The key must name everything the
+ * graph depends on (op, attributes, input dtypes); shapes are not part of it, graphs are shape-generic.
+ */
+export function kernel(key: string, build: (g: GraphBuilder) => void): Kernel {
+  let k = kernels.get(key);
+  if (!k) {
+    const g = new GraphBuilder();
+    build(g);
+    k = new Kernel(key, g.build());
+    kernels.set(key, k);
+  }
+  return k;
+}
+
+export function runKernel(key: string, build: (g: GraphBuilder) => void, inputs: readonly RawTensor[]): RawTensor[] {
+  kernelRuns++;
+  return kernel(key, build).run(inputs);
+}
+
+/** Counters for benchmarks and tests: compiled kernels and kernel calls so far. */
+export function engineStats(): { kernels: number; runs: number } {
+  return { kernels: kernels.size, runs: kernelRuns };
+}

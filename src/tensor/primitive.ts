@@ -1,0 +1,71 @@
+/**
+ * What a primitive op is, and how one runs: infer output shapes in JS (so errors name the op and shapes, and meta
+ * tensors need no kernel), run the ONNX Runtime kernel (or a JS implementation), record a GradNode when an input
+ * requires grad.
+ */
+import { GradNode, isGradEnabled, type GradRule } from "./autograd.js";
+import type { DType } from "./dtype.js";
+import { runKernel, type RawTensor } from "./engine.js";
+import type { GraphBuilder } from "./onnx.js";
+import { Tensor } from "./tensor.js";
+
+export interface OutSpec {
+  dtype: DType;
+  shape: number[];
+}
+
+export interface Primitive<A = undefined> {
+  readonly name: string;
+  /** Output dtypes and shapes; throws ShapeError/DTypeError naming the op. */
+  infer(inputs: readonly Tensor[], attrs: A): OutSpec[];
+  /** The part of the kernel cache key that the attributes decide (baked into the graph). */
+  key?(attrs: A): string;
+  /** Extra runtime inputs computed from the attributes (slice bounds, target shapes), fed after the tensors. */
+  feeds?(inputs: readonly Tensor[], attrs: A): RawTensor[];
+  /** Adds the op's nodes; `ins` are the tensor inputs' names then the feeds' names. Returns the outputs' names. */
+  graph?(g: GraphBuilder, ins: string[], attrs: A, inputs: readonly Tensor[]): string[];
+  /** A JS implementation, used instead of a kernel (views, copies). */
+  js?(inputs: readonly Tensor[], attrs: A, out: OutSpec[]): Tensor[];
+  /** Input gradients from output gradients, in tensor ops. Absent: not differentiable. */
+  grad?: GradRule;
+}
+
+export function apply<A>(p: Primitive<A>, inputs: readonly Tensor[], attrs: A): Tensor[] {
+  const specs = p.infer(inputs, attrs);
+  let outs: Tensor[];
+  if (inputs.some((t) => t.isMeta)) {
+    outs = specs.map((s) => Tensor.meta(s.dtype, s.shape));
+  } else if (p.js) {
+    outs = p.js(inputs, attrs, specs);
+  } else {
+    const feeds = p.feeds?.(inputs, attrs) ?? [];
+    const key = `${p.name}(${inputs.map((t) => t.dtype).join(",")}|${feeds.map((t) => t.dtype).join(",")})${p.key?.(attrs) ?? ""}`;
+    const raw = runKernel(
+      key,
+      (g) => {
+        const names = [...inputs, ...feeds].map((t) => g.input(t.dtype));
+        const outNames = p.graph!(g, names, attrs, inputs);
+        outNames.forEach((n, i) => g.output(n, specs[i]!.dtype));
+      },
+      [...inputs, ...feeds],
+    );
+    outs = raw.map((r, i) => {
+      const s = specs[i]!;
+      if (r.shape.length !== s.shape.length || r.shape.some((d, j) => d !== s.shape[j])) {
+        throw new Error(`internal: ${p.name} produced shape [${r.shape}] where [${s.shape}] was inferred`);
+      }
+      return new Tensor(s.dtype, r.data, s.shape);
+    });
+  }
+  if (p.grad && isGradEnabled() && inputs.some((t) => t.requiresGrad)) {
+    const node = new GradNode(p.name, inputs, attrs, p.grad);
+    node.outputs = outs;
+    for (const o of outs) o.gradNode = node;
+  }
+  return outs;
+}
+
+/** Single-output shorthand for `apply`. */
+export function apply1<A>(p: Primitive<A>, inputs: readonly Tensor[], attrs: A): Tensor {
+  return apply(p, inputs, attrs)[0]!;
+}

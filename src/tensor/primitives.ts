@@ -1,0 +1,586 @@
+/**
+ * Every primitive op, one entry each: shape inference, the ONNX graph it runs, and its gradient rule.
+ * Tensor methods (tensor.ts) are composed from these; a composed method needs no gradient rule of its own.
+ */
+import type { DType } from "./dtype.js";
+import { DTypeError, ShapeError } from "./errors.js";
+import type { Primitive, OutSpec } from "./primitive.js";
+import { broadcastShapes, fmt, sizeOf, stridesOf, type Shape } from "./shape.js";
+import { Tensor } from "./tensor.js";
+
+const FLOAT_ONLY = new Set<DType>(["float32"]);
+const NUMERIC = new Set<DType>(["float32", "int64", "int32"]);
+
+function check(op: string, t: Tensor, allowed: Set<DType>): void {
+  if (!allowed.has(t.dtype)) throw new DTypeError(`${op}: does not take ${t.dtype} tensors (takes ${[...allowed].join(", ")}); convert with .to("float32")`);
+}
+const same = (t: Tensor): OutSpec => ({ dtype: t.dtype, shape: [...t.shape] });
+
+/** Sums a broadcast gradient back down to `shape`. */
+export function sumTo(g: Tensor, shape: Shape): Tensor {
+  if (g.shape.length === shape.length && g.shape.every((d, i) => d === shape[i])) return g;
+  const lead = g.shape.length - shape.length;
+  const axes: number[] = [];
+  for (let i = 0; i < g.shape.length; i++) if (i < lead || (shape[i - lead] === 1 && g.shape[i] !== 1)) axes.push(i);
+  const s = axes.length ? g.sum(axes, true) : g;
+  return s.reshape(shape);
+}
+
+// #region elementwise
+
+function unary(name: string, onnx: string, dtypes: Set<DType>, grad?: (g: Tensor, x: Tensor, y: Tensor) => Tensor, outDtype?: DType): Primitive {
+  return {
+    name,
+    infer: ([x]) => {
+      check(name, x!, dtypes);
+      return [{ dtype: outDtype ?? x!.dtype, shape: [...x!.shape] }];
+    },
+    graph: (g, [x]) => [g.op(onnx, [x!])],
+    grad: grad && (([g], n) => [grad(g!, n.inputs[0]!, n.outputs[0]!)]),
+  };
+}
+
+const SQRT_2_OVER_PI = Math.sqrt(2 / Math.PI);
+export const neg = unary("neg", "Neg", NUMERIC, (g) => g.neg());
+export const exp = unary("exp", "Exp", FLOAT_ONLY, (g, _x, y) => g.mul(y));
+export const log = unary("log", "Log", FLOAT_ONLY, (g, x) => g.div(x));
+export const sqrt = unary("sqrt", "Sqrt", FLOAT_ONLY, (g, _x, y) => g.div(y.mul(2)));
+export const tanh = unary("tanh", "Tanh", FLOAT_ONLY, (g, _x, y) => g.mul(y.mul(y).neg().add(1)));
+export const sigmoid = unary("sigmoid", "Sigmoid", FLOAT_ONLY, (g, _x, y) => g.mul(y.mul(y.neg().add(1))));
+export const erf = unary("erf", "Erf", FLOAT_ONLY, (g, x) => g.mul(x.mul(x).neg().exp().mul(2 / Math.sqrt(Math.PI))));
+export const abs = unary("abs", "Abs", NUMERIC, (g, x) => g.mul(x.sign()));
+export const sin = unary("sin", "Sin", FLOAT_ONLY, (g, x) => g.mul(x.cos()));
+export const cos = unary("cos", "Cos", FLOAT_ONLY, (g, x) => g.mul(x.sin().neg()));
+export const relu = unary("relu", "Relu", NUMERIC, (g, x) => g.mul(x.gt(0).to(g.dtype)));
+export const reciprocal = unary("reciprocal", "Reciprocal", FLOAT_ONLY, (g, _x, y) => g.mul(y.mul(y)).neg());
+export const sign = unary("sign", "Sign", NUMERIC);
+export const floor = unary("floor", "Floor", FLOAT_ONLY);
+export const ceil = unary("ceil", "Ceil", FLOAT_ONLY);
+export const round = unary("round", "Round", FLOAT_ONLY);
+export const isnan = unary("isnan", "IsNaN", FLOAT_ONLY, undefined, "bool");
+export const logicalNot = unary("logical_not", "Not", new Set<DType>(["bool"]));
+
+/** x * sigmoid(x), one kernel. */
+export const silu: Primitive = {
+  name: "silu",
+  infer: ([x]) => (check("silu", x!, FLOAT_ONLY), [same(x!)]),
+  graph: (g, [x]) => [g.op("Mul", [x!, g.op("Sigmoid", [x!])])],
+  grad: ([g], n) => {
+    const x = n.inputs[0]!;
+    const s = x.sigmoid();
+    return [g!.mul(s.mul(x.mul(s.neg().add(1)).add(1)))];
+  },
+};
+
+/** GELU; `tanh` is the approximation GPT-2 calls gelu_new and Gemma gelu_pytorch_tanh. */
+export const gelu: Primitive<{ approximate: "none" | "tanh" }> = {
+  name: "gelu",
+  infer: ([x]) => (check("gelu", x!, FLOAT_ONLY), [same(x!)]),
+  key: (a) => a.approximate,
+  graph: (g, [x], a) => [g.op("Gelu", [x!], { approximate: a.approximate })],
+  grad: ([g], n) => {
+    const x = n.inputs[0]!;
+    if ((n.attrs as { approximate: string }).approximate === "tanh") {
+      const inner = x.add(x.pow(3).mul(0.044715)).mul(SQRT_2_OVER_PI);
+      const t = inner.tanh();
+      const dInner = x.mul(x).mul(3 * 0.044715).add(1).mul(SQRT_2_OVER_PI);
+      return [g!.mul(t.add(1).mul(0.5).add(x.mul(0.5).mul(t.mul(t).neg().add(1)).mul(dInner)))];
+    }
+    const cdf = x.mul(Math.SQRT1_2).erf().add(1).mul(0.5);
+    const pdf = x.mul(x).mul(-0.5).exp().mul(1 / Math.sqrt(2 * Math.PI));
+    return [g!.mul(cdf.add(x.mul(pdf)))];
+  },
+};
+
+function binary(name: string, onnx: string, dtypes: Set<DType>, grad?: (g: Tensor, a: Tensor, b: Tensor, y: Tensor) => [Tensor | null, Tensor | null], outDtype?: DType, attrs?: Record<string, number>): Primitive {
+  return {
+    name,
+    infer: ([a, b]) => {
+      check(name, a!, dtypes);
+      if (a!.dtype !== b!.dtype) throw new DTypeError(`${name}: dtypes ${a!.dtype} and ${b!.dtype} differ`);
+      return [{ dtype: outDtype ?? a!.dtype, shape: broadcastShapes(name, a!.shape, b!.shape) }];
+    },
+    graph: (g, [a, b]) => [g.op(onnx, [a!, b!], attrs)],
+    grad:
+      grad &&
+      (([g], n) => {
+        const [a, b] = n.inputs as [Tensor, Tensor];
+        const [ga, gb] = grad(g!, a, b, n.outputs[0]!);
+        return [ga && sumTo(ga, a.shape), gb && sumTo(gb, b.shape)];
+      }),
+  };
+}
+
+const ALL = new Set<DType>(["float32", "int64", "int32", "bool"]);
+const BOOL = new Set<DType>(["bool"]);
+export const add = binary("add", "Add", NUMERIC, (g) => [g, g]);
+export const sub = binary("sub", "Sub", NUMERIC, (g) => [g, g.neg()]);
+export const mul = binary("mul", "Mul", NUMERIC, (g, a, b) => [g.mul(b), g.mul(a)]);
+export const div = binary("div", "Div", NUMERIC, (g, a, b) => [g.div(b), g.mul(a).div(b.mul(b)).neg()]);
+export const pow = binary("pow", "Pow", NUMERIC, (g, a, b, y) => [
+  g.mul(b).mul(a.pow(b.sub(1))),
+  b.requiresGrad ? g.mul(y).mul(a.log()) : null,
+]);
+export const maximum = binary("maximum", "Max", NUMERIC, (g, a, b) => {
+  const pick = a.ge(b).to(g.dtype);
+  return [g.mul(pick), g.mul(pick.neg().add(1))];
+});
+export const minimum = binary("minimum", "Min", NUMERIC, (g, a, b) => {
+  const pick = a.le(b).to(g.dtype);
+  return [g.mul(pick), g.mul(pick.neg().add(1))];
+});
+export const fmod = binary("fmod", "Mod", NUMERIC, (g) => [g, null], undefined, { fmod: 1 });
+export const eq = binary("eq", "Equal", ALL, undefined, "bool");
+export const lt = binary("lt", "Less", NUMERIC, undefined, "bool");
+export const le = binary("le", "LessOrEqual", NUMERIC, undefined, "bool");
+export const gt = binary("gt", "Greater", NUMERIC, undefined, "bool");
+export const ge = binary("ge", "GreaterOrEqual", NUMERIC, undefined, "bool");
+export const logicalAnd = binary("logical_and", "And", BOOL);
+export const logicalOr = binary("logical_or", "Or", BOOL);
+export const logicalXor = binary("logical_xor", "Xor", BOOL);
+
+export const where: Primitive = {
+  name: "where",
+  infer: ([c, a, b]) => {
+    if (c!.dtype !== "bool") throw new DTypeError(`where: the condition must be bool, got ${c!.dtype}`);
+    if (a!.dtype !== b!.dtype) throw new DTypeError(`where: dtypes ${a!.dtype} and ${b!.dtype} differ`);
+    return [{ dtype: a!.dtype, shape: broadcastShapes("where", c!.shape, a!.shape, b!.shape) }];
+  },
+  graph: (g, [c, a, b]) => [g.op("Where", [c!, a!, b!])],
+  grad: ([g], n) => {
+    const [c, a, b] = n.inputs as [Tensor, Tensor, Tensor];
+    const zero = Tensor.scalar(0, g!.dtype);
+    return [null, sumTo(Tensor.where(c, g!, zero), a.shape), sumTo(Tensor.where(c, zero, g!), b.shape)];
+  },
+};
+
+export const cast: Primitive<{ to: DType }> = {
+  name: "cast",
+  infer: ([x], a) => [{ dtype: a.to, shape: [...x!.shape] }],
+  key: (a) => a.to,
+  graph: (g, [x], a) => [g.op("Cast", [x!], { to: { float32: 1, int32: 6, int64: 7, bool: 9 }[a.to] })],
+  grad: ([g], n) => [n.inputs[0]!.dtype === "float32" && g!.dtype === "float32" ? g : null],
+};
+
+/** A copy that autograd sees as identity. */
+export const clone: Primitive = {
+  name: "clone",
+  infer: ([x]) => [same(x!)],
+  js: ([x]) => [new Tensor(x!.dtype, x!.data.slice(), x!.shape)],
+  grad: ([g]) => [g],
+};
+
+// #endregion
+// #region linear algebra
+
+/** Batched matrix product of rank >= 2 tensors (Tensor.matmul handles 1-D operands around it). */
+export const matmul: Primitive = {
+  name: "matmul",
+  infer: ([a, b]) => {
+    check("matmul", a!, NUMERIC);
+    if (a!.dtype !== b!.dtype) throw new DTypeError(`matmul: dtypes ${a!.dtype} and ${b!.dtype} differ`);
+    const [n, k] = a!.shape.slice(-2) as [number, number];
+    const [k2, m] = b!.shape.slice(-2) as [number, number];
+    if (k !== k2) throw new ShapeError(`matmul: ${fmt(a!.shape)} @ ${fmt(b!.shape)}: inner dimensions ${k} and ${k2} differ`);
+    const batch = broadcastShapes("matmul (batch dims)", a!.shape.slice(0, -2), b!.shape.slice(0, -2));
+    return [{ dtype: a!.dtype, shape: [...batch, n, m] }];
+  },
+  graph: (g, [a, b]) => [g.op("MatMul", [a!, b!])],
+  grad: ([g], n) => {
+    const [a, b] = n.inputs as [Tensor, Tensor];
+    return [sumTo(g!.matmul(b.transpose(-1, -2)), a.shape), sumTo(a.transpose(-1, -2).matmul(g!), b.shape)];
+  },
+};
+
+/**
+ * y = x W^T + b for 2-D x (Hugging Face Linear, weight [out, in]) or, with `transposed`, y = x W + b (GPT-2's
+ * Conv1D, weight [in, out]). One Gemm kernel, which is what makes linear layers fast.
+ */
+export const linear: Primitive<{ transposed: boolean }> = {
+  name: "linear",
+  infer: ([x, w, b], a) => {
+    check("linear", x!, FLOAT_ONLY);
+    if (x!.shape.length !== 2 || w!.shape.length !== 2) throw new ShapeError(`linear: expects 2-D input and weight, got ${fmt(x!.shape)} and ${fmt(w!.shape)}`);
+    const [inW, out] = a.transposed ? w!.shape : [w!.shape[1]!, w!.shape[0]!];
+    if (x!.shape[1] !== inW) throw new ShapeError(`linear: input has ${x!.shape[1]} features but the weight ${fmt(w!.shape)} expects ${inW}`);
+    if (b && (b.shape.length !== 1 || b.shape[0] !== out)) throw new ShapeError(`linear: bias ${fmt(b.shape)} does not match ${out} outputs`);
+    return [{ dtype: "float32", shape: [x!.shape[0]!, out!] }];
+  },
+  key: (a) => (a.transposed ? "N" : "T"),
+  graph: (g, ins, a) => [g.op("Gemm", ins, { transB: a.transposed ? 0 : 1 })],
+  grad: ([g], n) => {
+    const [x, w, b] = n.inputs as [Tensor, Tensor, Tensor | undefined];
+    const t = (n.attrs as { transposed: boolean }).transposed;
+    const gx = t ? g!.matmul(w.transpose(0, 1)) : g!.matmul(w);
+    const gw = !w.requiresGrad ? null : t ? x.transpose(0, 1).matmul(g!) : g!.transpose(0, 1).matmul(x);
+    return [gx, gw, b && b.requiresGrad ? g!.sum(0) : null];
+  },
+};
+
+// #endregion
+// #region reductions
+
+type ReduceAttrs = { axes: number[]; keepdim: boolean };
+function reducedShape(shape: Shape, axes: number[], keepdim: boolean): number[] {
+  return keepdim ? shape.map((d, i) => (axes.includes(i) ? 1 : d)) : shape.filter((_, i) => !axes.includes(i));
+}
+/** The gradient of a reduction, broadcast back over the reduced axes. */
+function unreduce(g: Tensor, inShape: Shape, a: ReduceAttrs): Tensor {
+  const kept = a.keepdim ? g : g.reshape(reducedShape(inShape, a.axes, true));
+  return kept.expand(inShape);
+}
+function reduce(name: string, onnx: string, grad?: (g: Tensor, x: Tensor, y: Tensor, a: ReduceAttrs) => Tensor): Primitive<ReduceAttrs> {
+  return {
+    name,
+    infer: ([x], a) => {
+      check(name, x!, NUMERIC);
+      return [{ dtype: x!.dtype, shape: reducedShape(x!.shape, a.axes, a.keepdim) }];
+    },
+    key: (a) => `${a.axes}|${a.keepdim}`,
+    graph: (g, [x], a) => [g.op(onnx, [x!, g.ints(a.axes)], { keepdims: a.keepdim ? 1 : 0 })],
+    grad: grad && (([g], n) => [grad(g!, n.inputs[0]!, n.outputs[0]!, n.attrs as ReduceAttrs)]),
+  };
+}
+const countOf = (shape: Shape, axes: number[]): number => axes.reduce((c, i) => c * shape[i]!, 1);
+function extremumGrad(g: Tensor, x: Tensor, y: Tensor, a: ReduceAttrs): Tensor {
+  const hit = x.eq(unreduce(y, x.shape, a)).to(g.dtype);
+  return unreduce(g, x.shape, a).mul(hit).div(hit.sum(a.axes, true));
+}
+export const sum = reduce("sum", "ReduceSum", (g, x, _y, a) => unreduce(g, x.shape, a));
+export const mean = reduce("mean", "ReduceMean", (g, x, _y, a) => unreduce(g, x.shape, a).div(countOf(x.shape, a.axes)));
+export const amax = reduce("amax", "ReduceMax", extremumGrad);
+export const amin = reduce("amin", "ReduceMin", extremumGrad);
+
+type ArgAttrs = { axis: number; keepdim: boolean };
+function argReduce(name: string, onnx: string): Primitive<ArgAttrs> {
+  return {
+    name,
+    infer: ([x], a) => (check(name, x!, NUMERIC), [{ dtype: "int64", shape: reducedShape(x!.shape, [a.axis], a.keepdim) }]),
+    key: (a) => `${a.axis}|${a.keepdim}`,
+    graph: (g, [x], a) => [g.op(onnx, [x!], { axis: a.axis, keepdims: a.keepdim ? 1 : 0 })],
+  };
+}
+export const argmax = argReduce("argmax", "ArgMax");
+export const argmin = argReduce("argmin", "ArgMin");
+
+export const softmax: Primitive<{ axis: number }> = {
+  name: "softmax",
+  infer: ([x]) => (check("softmax", x!, FLOAT_ONLY), [same(x!)]),
+  key: (a) => `${a.axis}`,
+  graph: (g, [x], a) => [g.op("Softmax", [x!], { axis: a.axis })],
+  grad: ([g], n) => {
+    const y = n.outputs[0]!;
+    const axis = (n.attrs as { axis: number }).axis;
+    return [y.mul(g!.sub(g!.mul(y).sum(axis, true)))];
+  },
+};
+
+export const logSoftmax: Primitive<{ axis: number }> = {
+  name: "log_softmax",
+  infer: ([x]) => (check("log_softmax", x!, FLOAT_ONLY), [same(x!)]),
+  key: (a) => `${a.axis}`,
+  graph: (g, [x], a) => [g.op("LogSoftmax", [x!], { axis: a.axis })],
+  grad: ([g], n) => {
+    const axis = (n.attrs as { axis: number }).axis;
+    return [g!.sub(n.outputs[0]!.exp().mul(g!.sum(axis, true)))];
+  },
+};
+
+export const cumsum: Primitive<{ axis: number; reverse: boolean }> = {
+  name: "cumsum",
+  infer: ([x]) => (check("cumsum", x!, NUMERIC), [same(x!)]),
+  key: (a) => `${a.axis}|${a.reverse}`,
+  graph: (g, [x], a) => [g.op("CumSum", [x!, g.ints([a.axis])], { reverse: a.reverse ? 1 : 0 })],
+  grad: ([g], n) => {
+    const a = n.attrs as { axis: number; reverse: boolean };
+    return [g!.cumsum(a.axis, !a.reverse)];
+  },
+};
+
+export const topk: Primitive<{ k: number; axis: number; largest: boolean }> = {
+  name: "topk",
+  infer: ([x], a) => {
+    check("topk", x!, NUMERIC);
+    if (a.k < 0 || a.k > x!.shape[a.axis]!) throw new ShapeError(`topk: k=${a.k} is out of range for dim ${a.axis} of size ${x!.shape[a.axis]}`);
+    const shape = x!.shape.map((d, i) => (i === a.axis ? a.k : d));
+    return [
+      { dtype: x!.dtype, shape },
+      { dtype: "int64", shape: [...shape] },
+    ];
+  },
+  key: (a) => `${a.axis}|${a.largest}`,
+  feeds: (_x, a) => [{ dtype: "int64", shape: [1], data: BigInt64Array.of(BigInt(a.k)) }],
+  graph: (g, [x, k], a) => g.node("TopK", [x!, k!], { axis: a.axis, largest: a.largest ? 1 : 0, sorted: 1 }, 2),
+  grad: ([g], n) => {
+    const x = n.inputs[0]!;
+    const axis = (n.attrs as { axis: number }).axis;
+    return [g ? Tensor.zeros(x.shape, g.dtype).scatterAdd(axis, n.outputs[1]!, g) : null];
+  },
+};
+
+// #endregion
+// #region movement
+
+/** A new shape over the same data: no copy. */
+export const reshape: Primitive<{ shape: number[] }> = {
+  name: "reshape",
+  infer: ([x], a) => [{ dtype: x!.dtype, shape: a.shape }],
+  js: ([x], _a, [spec]) => [new Tensor(x!.dtype, x!.data, spec!.shape)],
+  grad: ([g], n) => [g!.reshape(n.inputs[0]!.shape)],
+};
+
+export const transpose: Primitive<{ perm: number[] }> = {
+  name: "transpose",
+  infer: ([x], a) => [{ dtype: x!.dtype, shape: a.perm.map((p) => x!.shape[p]!) }],
+  key: (a) => `${a.perm}`,
+  graph: (g, [x], a) => [g.op("Transpose", [x!], { perm: a.perm })],
+  grad: ([g], n) => {
+    const perm = (n.attrs as { perm: number[] }).perm;
+    const inverse = perm.map((_, i) => perm.indexOf(i));
+    return [g!.permute(...inverse)];
+  },
+};
+
+export const expand: Primitive<{ shape: number[] }> = {
+  name: "expand",
+  infer: ([x], a) => {
+    const out = broadcastShapes("expand", x!.shape, a.shape);
+    if (out.length !== a.shape.length || out.some((d, i) => d !== a.shape[i])) throw new ShapeError(`expand: cannot expand ${fmt(x!.shape)} to ${fmt(a.shape)}`);
+    return [{ dtype: x!.dtype, shape: out }];
+  },
+  feeds: (_x, a) => [ints(a.shape)],
+  graph: (g, [x, s]) => [g.op("Expand", [x!, s!])],
+  grad: ([g], n) => [sumTo(g!, n.inputs[0]!.shape)],
+};
+
+/** Basic slicing: per axis start, stop, step (already normalised, step > 0). */
+export type SliceAttrs = { starts: number[]; stops: number[]; steps: number[] };
+const sliceLen = (start: number, stop: number, step: number): number => Math.max(0, Math.ceil((stop - start) / step));
+export const slice: Primitive<SliceAttrs> = {
+  name: "slice",
+  infer: ([x], a) => [{ dtype: x!.dtype, shape: x!.shape.map((_, i) => sliceLen(a.starts[i]!, a.stops[i]!, a.steps[i]!)) }],
+  feeds: (_x, a) => [ints(a.starts), ints(a.stops), ints(a.starts.map((_, i) => i)), ints(a.steps)],
+  graph: (g, ins) => [g.op("Slice", ins)],
+  grad: ([g], n) => [Tensor.zeros(n.inputs[0]!.shape, g!.dtype).sliceAssign(n.attrs as SliceAttrs, g!)],
+};
+
+/** A copy of `base` with the slice region replaced by `value` (already broadcast to the region's shape). */
+export const sliceAssign: Primitive<SliceAttrs> = {
+  name: "slice_assign",
+  infer: ([base, value], a) => {
+    const region = base!.shape.map((_, i) => sliceLen(a.starts[i]!, a.stops[i]!, a.steps[i]!));
+    if (value!.dtype !== base!.dtype) throw new DTypeError(`index assignment: value dtype ${value!.dtype} differs from the tensor's ${base!.dtype}`);
+    if (value!.shape.length !== region.length || value!.shape.some((d, i) => d !== region[i])) {
+      throw new ShapeError(`index assignment: value of shape ${fmt(value!.shape)} does not fit the region ${fmt(region)}`);
+    }
+    return [same(base!)];
+  },
+  js: ([base, value], a) => {
+    const out = base!.data.slice();
+    const src = value!.data;
+    const strides = stridesOf(base!.shape);
+    const region = value!.shape;
+    const rank = region.length;
+    const idx = new Array<number>(rank).fill(0);
+    const total = sizeOf(region);
+    for (let i = 0; i < total; i++) {
+      let off = 0;
+      for (let d = 0; d < rank; d++) off += (a.starts[d]! + idx[d]! * a.steps[d]!) * strides[d]!;
+      (out as Float32Array)[off] = (src as Float32Array)[i]!;
+      for (let d = rank - 1; d >= 0; d--) {
+        if (++idx[d]! < region[d]!) break;
+        idx[d] = 0;
+      }
+    }
+    return [new Tensor(base!.dtype, out, base!.shape)];
+  },
+  grad: ([g], n) => {
+    const a = n.attrs as SliceAttrs;
+    const value = n.inputs[1]!;
+    return [g!.sliceAssign(a, Tensor.zeros(value.shape, g!.dtype)), g!.sliceWith(a)];
+  },
+};
+
+export const concat: Primitive<{ axis: number }> = {
+  name: "concat",
+  infer: (xs, a) => {
+    const first = xs[0]!;
+    let total = 0;
+    for (const x of xs) {
+      if (x.dtype !== first.dtype) throw new DTypeError(`cat: dtypes ${first.dtype} and ${x.dtype} differ`);
+      if (x.shape.length !== first.shape.length || x.shape.some((d, i) => i !== a.axis && d !== first.shape[i])) {
+        throw new ShapeError(`cat: shapes ${xs.map((t) => fmt(t.shape)).join(", ")} differ outside dim ${a.axis}`);
+      }
+      total += x.shape[a.axis]!;
+    }
+    return [{ dtype: first.dtype, shape: first.shape.map((d, i) => (i === a.axis ? total : d)) }];
+  },
+  key: (a) => `${a.axis}`,
+  graph: (g, ins, a) => [g.op("Concat", ins, { axis: a.axis })],
+  grad: ([g], n) => {
+    const axis = (n.attrs as { axis: number }).axis;
+    let at = 0;
+    return n.inputs.map((x) => {
+      const part = g!.narrow(axis, at, x.shape[axis]!);
+      at += x.shape[axis]!;
+      return part;
+    });
+  },
+};
+
+export const split: Primitive<{ axis: number; sizes: number[] }> = {
+  name: "split",
+  infer: ([x], a) => {
+    const total = a.sizes.reduce((s, d) => s + d, 0);
+    if (total !== x!.shape[a.axis]) throw new ShapeError(`split: sizes [${a.sizes}] add up to ${total}, not dim ${a.axis}'s ${x!.shape[a.axis]}`);
+    return a.sizes.map((s) => ({ dtype: x!.dtype, shape: x!.shape.map((d, i) => (i === a.axis ? s : d)) }));
+  },
+  key: (a) => `${a.axis}|${a.sizes.length}`,
+  feeds: (_x, a) => [ints(a.sizes)],
+  graph: (g, [x, s], a) => g.node("Split", [x!, s!], { axis: a.axis }, a.sizes.length),
+  grad: (grads, n) => {
+    const axis = (n.attrs as { axis: number }).axis;
+    const parts = grads.map((g, i) => g ?? Tensor.zeros(n.outputs[i]!.shape, n.outputs[i]!.dtype));
+    return [Tensor.cat(parts, axis)];
+  },
+};
+
+/** torch.index_select: whole slices along `axis` picked by an integer tensor of any shape. */
+export const gather: Primitive<{ axis: number }> = {
+  name: "gather",
+  infer: ([x, idx], a) => {
+    if (idx!.dtype !== "int64" && idx!.dtype !== "int32") throw new DTypeError(`index_select: indices must be int64 or int32, got ${idx!.dtype}`);
+    return [{ dtype: x!.dtype, shape: [...x!.shape.slice(0, a.axis), ...idx!.shape, ...x!.shape.slice(a.axis + 1)] }];
+  },
+  key: (a) => `${a.axis}`,
+  graph: (g, [x, i], a) => [g.op("Gather", [x!, i!], { axis: a.axis })],
+  grad: ([g], n) => {
+    const [x, idx] = n.inputs as [Tensor, Tensor];
+    const axis = (n.attrs as { axis: number }).axis;
+    // Move the index dims to the front, scatter-add rows into zeros, move the axis back.
+    const pre = axis,
+      ni = idx.shape.length,
+      post = x.shape.length - axis - 1;
+    const order = [...range(pre, pre + ni), ...range(0, pre), ...range(pre + ni, pre + ni + post)];
+    const moved = g!.permute(...order);
+    const rest = [...x.shape.slice(0, axis), ...x.shape.slice(axis + 1)];
+    const target = Tensor.zeros([x.shape[axis]!, ...rest], g!.dtype);
+    const summed = target.indexAdd(idx.to("int64").unsqueeze(-1), moved);
+    const back = [...range(1, pre + 1), 0, ...range(pre + 1, pre + 1 + post)];
+    return [summed.permute(...back), null];
+  },
+};
+
+/** ScatterND with add: rows of `data` at `indices[..., 0]` plus `updates`. Backs gather's gradient. */
+export const indexAdd: Primitive = {
+  name: "index_add",
+  infer: ([data]) => [same(data!)],
+  graph: (g, [d, i, u]) => [g.op("ScatterND", [d!, i!, u!], { reduction: "add" })],
+  grad: ([g], n) => [g, null, g!.indexSelect(0, n.inputs[1]!.squeeze(-1))],
+};
+
+/** torch.gather: elementwise pick along `axis`; index has the output's shape. */
+export const gatherElements: Primitive<{ axis: number }> = {
+  name: "gather_elements",
+  infer: ([x, idx]) => {
+    if (idx!.dtype !== "int64") throw new DTypeError(`gather: index must be int64, got ${idx!.dtype}`);
+    if (idx!.shape.length !== x!.shape.length) throw new ShapeError(`gather: index rank ${idx!.shape.length} differs from input rank ${x!.shape.length}`);
+    return [{ dtype: x!.dtype, shape: [...idx!.shape] }];
+  },
+  key: (a) => `${a.axis}`,
+  graph: (g, [x, i], a) => [g.op("GatherElements", [x!, i!], { axis: a.axis })],
+  grad: ([g], n) => {
+    const [x, idx] = n.inputs as [Tensor, Tensor];
+    const axis = (n.attrs as { axis: number }).axis;
+    return [Tensor.zeros(x.shape, g!.dtype).scatterAdd(axis, idx, g!), null];
+  },
+};
+
+/** torch.scatter_add: data plus updates added at index along `axis`. */
+export const scatterAdd: Primitive<{ axis: number }> = {
+  name: "scatter_add",
+  infer: ([data, idx, upd]) => {
+    if (idx!.dtype !== "int64") throw new DTypeError(`scatter_add: index must be int64, got ${idx!.dtype}`);
+    if (upd!.dtype !== data!.dtype) throw new DTypeError(`scatter_add: updates dtype ${upd!.dtype} differs from ${data!.dtype}`);
+    return [same(data!)];
+  },
+  key: (a) => `${a.axis}`,
+  graph: (g, [d, i, u], a) => [g.op("ScatterElements", [d!, i!, u!], { axis: a.axis, reduction: "add" })],
+  grad: ([g], n) => {
+    const axis = (n.attrs as { axis: number }).axis;
+    return [g, null, g!.gather(axis, n.inputs[1]!)];
+  },
+};
+
+export const trilu: Primitive<{ upper: boolean; k: number }> = {
+  name: "trilu",
+  infer: ([x]) => {
+    if (x!.shape.length < 2) throw new ShapeError(`tril/triu: needs a tensor of rank >= 2, got ${fmt(x!.shape)}`);
+    return [same(x!)];
+  },
+  key: (a) => `${a.upper}`,
+  feeds: (_x, a) => [{ dtype: "int64", shape: [], data: BigInt64Array.of(BigInt(a.k)) }],
+  graph: (g, [x, k], a) => [g.op("Trilu", [x!, k!], { upper: a.upper ? 1 : 0 })],
+  grad: ([g], n) => {
+    const a = n.attrs as { upper: boolean; k: number };
+    return [a.upper ? g!.triu(a.k) : g!.tril(a.k)];
+  },
+};
+
+// #endregion
+// #region normalisation
+
+/** LayerNorm over the last axis with weight and bias, one kernel. */
+export const layerNorm: Primitive<{ eps: number }> = {
+  name: "layer_norm",
+  infer: ([x, w, b]) => {
+    check("layer_norm", x!, FLOAT_ONLY);
+    const d = x!.shape.at(-1);
+    if (w!.shape.length !== 1 || w!.shape[0] !== d || b!.shape[0] !== d) throw new ShapeError(`layer_norm: weight ${fmt(w!.shape)} / bias ${fmt(b!.shape)} do not match the last dim of ${fmt(x!.shape)}`);
+    return [same(x!)];
+  },
+  key: (a) => `${a.eps}`,
+  graph: (g, [x, w, b], a) => [g.op("LayerNormalization", [x!, w!, b!], { axis: -1, epsilon: { float: a.eps } })],
+  grad: ([g], n) => {
+    const [x, w] = n.inputs as [Tensor, Tensor, Tensor];
+    const eps = (n.attrs as { eps: number }).eps;
+    const mu = x.mean(-1, true);
+    const xc = x.sub(mu);
+    const rstd = xc.mul(xc).mean(-1, true).add(eps).rsqrt();
+    const xhat = xc.mul(rstd);
+    const gxh = g!.mul(w);
+    const gx = gxh.sub(gxh.mean(-1, true)).sub(xhat.mul(gxh.mul(xhat).mean(-1, true))).mul(rstd);
+    const batch = range(0, x.shape.length - 1);
+    return [gx, g!.mul(xhat).sum(batch), g!.sum(batch)];
+  },
+};
+
+/** RMSNorm over the last axis (x / sqrt(mean(x^2) + eps) * w), one kernel. */
+export const rmsNorm: Primitive<{ eps: number }> = {
+  name: "rms_norm",
+  infer: ([x, w]) => {
+    check("rms_norm", x!, FLOAT_ONLY);
+    if (w!.shape.length !== 1 || w!.shape[0] !== x!.shape.at(-1)) throw new ShapeError(`rms_norm: weight ${fmt(w!.shape)} does not match the last dim of ${fmt(x!.shape)}`);
+    return [same(x!)];
+  },
+  key: (a) => `${a.eps}`,
+  graph: (g, [x, w], a) => [g.op("SimplifiedLayerNormalization", [x!, w!], { axis: -1, epsilon: { float: a.eps } })],
+  grad: ([g], n) => {
+    const [x, w] = n.inputs as [Tensor, Tensor];
+    const eps = (n.attrs as { eps: number }).eps;
+    const r = x.mul(x).mean(-1, true).add(eps).rsqrt();
+    const xhat = x.mul(r);
+    const gxh = g!.mul(w);
+    const gx = gxh.sub(xhat.mul(gxh.mul(xhat).mean(-1, true))).mul(r);
+    return [gx, g!.mul(xhat).sum(range(0, x.shape.length - 1))];
+  },
+};
+
+// #endregion
+
+function ints(values: readonly number[]): { dtype: "int64"; shape: number[]; data: BigInt64Array } {
+  return { dtype: "int64", shape: [values.length], data: BigInt64Array.from(values, (v) => BigInt(v)) };
+}
+function range(from: number, to: number): number[] {
+  return Array.from({ length: Math.max(0, to - from) }, (_, i) => from + i);
+}

@@ -1,0 +1,69 @@
+/** Shape arithmetic shared by the ops: sizes, strides, broadcasting, axis normalisation. */
+import { ShapeError } from "./errors.js";
+
+export type Shape = readonly number[];
+
+export function sizeOf(shape: Shape): number {
+  let n = 1;
+  for (const d of shape) n *= d;
+  return n;
+}
+
+export function stridesOf(shape: Shape): number[] {
+  const strides = new Array<number>(shape.length);
+  let s = 1;
+  for (let i = shape.length - 1; i >= 0; i--) {
+    strides[i] = s;
+    s *= shape[i]!;
+  }
+  return strides;
+}
+
+export const fmt = (shape: Shape): string => `[${shape.join(", ")}]`;
+
+export function sameShape(a: Shape, b: Shape): boolean {
+  return a.length === b.length && a.every((d, i) => d === b[i]);
+}
+
+/** NumPy broadcasting of several shapes, or a ShapeError naming `op` and the shapes. */
+export function broadcastShapes(op: string, ...shapes: Shape[]): number[] {
+  const rank = Math.max(...shapes.map((s) => s.length));
+  const out = new Array<number>(rank).fill(1);
+  for (const s of shapes) {
+    for (let i = 0; i < s.length; i++) {
+      const o = rank - s.length + i;
+      const d = s[i]!;
+      if (d === out[o] || d === 1) continue;
+      if (out[o] === 1) out[o] = d;
+      else throw new ShapeError(`${op}: shapes ${shapes.map(fmt).join(" and ")} cannot be broadcast together (dim ${i - s.length} is ${d} vs ${out[o]})`);
+    }
+  }
+  return out;
+}
+
+/** A possibly negative axis made non-negative, checked against `rank`. */
+export function normAxis(op: string, axis: number, rank: number): number {
+  const a = axis < 0 ? axis + rank : axis;
+  if (!Number.isInteger(axis) || a < 0 || a >= rank) throw new ShapeError(`${op}: dim ${axis} is out of range for a tensor of rank ${rank} (valid: ${-rank}..${rank - 1})`);
+  return a;
+}
+
+export function normAxes(op: string, axes: number | readonly number[] | undefined, rank: number): number[] {
+  if (axes === undefined) return Array.from({ length: rank }, (_, i) => i);
+  const list = typeof axes === "number" ? [axes] : [...axes];
+  const out = [...new Set(list.map((a) => normAxis(op, a, rank)))].sort((x, y) => x - y);
+  return out;
+}
+
+/** Resolves one -1 in a requested shape against `size` elements. */
+export function inferShape(op: string, from: Shape, shape: readonly number[]): number[] {
+  const size = sizeOf(from);
+  const unknown = shape.filter((d) => d === -1).length;
+  if (unknown > 1) throw new ShapeError(`${op}: only one dimension can be -1, got ${fmt(shape)}`);
+  const known = shape.reduce((n, d) => (d === -1 ? n : n * d), 1);
+  const out = shape.map((d) => (d === -1 ? (known === 0 ? 0 : size / known) : d));
+  if (out.some((d) => !Number.isInteger(d) || d < 0) || sizeOf(out) !== size) {
+    throw new ShapeError(`${op}: cannot view a tensor of shape ${fmt(from)} (${size} elements) as ${fmt(shape)}`);
+  }
+  return out;
+}

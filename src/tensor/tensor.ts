@@ -1,0 +1,705 @@
+/**
+ * Tensor: a dense row-major array with a dtype and a shape, PyTorch's method names, and autograd.
+ *
+ * Tensors are immutable values: every op returns a new tensor (index assignment too: `put`), so a tensor handed to
+ * user code can never change under the model. Data lives in a plain typed array and is garbage-collected; there is
+ * no dispose. A meta tensor has a shape and no data: ops on it infer shapes without running kernels.
+ */
+import { backwardSteps, runBackward, runBackwardAsync, type GradHook, type GradNode } from "./autograd.js";
+import { allocate, arrayFrom, dtypeOfArray, type DType, type TypedArray } from "./dtype.js";
+import type { RawTensor } from "./engine.js";
+import { DTypeError, MetaTensorError, ShapeError } from "./errors.js";
+import { apply, apply1 } from "./primitive.js";
+import * as P from "./primitives.js";
+import { fmt, inferShape, normAxes, normAxis, sizeOf } from "./shape.js";
+
+export type TensorLike = Tensor | number;
+
+/** A slice along one dimension, like Python's `start:stop:step` (negative start/stop count from the end). */
+export interface Slice {
+  start?: number | null;
+  stop?: number | null;
+  step?: number;
+}
+/** One entry of an index: an integer (selects, drops the dim), null (`:`), a Slice, an integer tensor, or "...". */
+export type IndexSpec = number | null | Slice | Tensor | "...";
+
+export function slice(start?: number | null, stop?: number | null, step?: number): Slice {
+  return { start, stop, step };
+}
+
+const PROMOTION: Record<DType, number> = { bool: 0, int32: 1, int64: 2, float32: 3 };
+
+export class Tensor implements RawTensor {
+  readonly dtype: DType;
+  readonly shape: readonly number[];
+  private readonly storage: TypedArray | null;
+  /** @internal the op that produced this tensor, when autograd recorded one */
+  gradNode: GradNode | null = null;
+  /** Accumulated gradient of a leaf that requires grad, after backward(). */
+  grad: Tensor | null = null;
+  /** @internal hooks run when this tensor's gradient is complete */
+  gradHooks: GradHook[] = [];
+  private leafRequiresGrad = false;
+
+  constructor(dtype: DType, data: TypedArray | null, shape: readonly number[]) {
+    this.dtype = dtype;
+    this.shape = Object.freeze([...shape]);
+    this.storage = data;
+    if (data && data.length !== sizeOf(shape)) throw new ShapeError(`tensor: ${data.length} values do not fill shape ${fmt(shape)} (${sizeOf(shape)} elements)`);
+  }
+
+  // #region creation
+
+  /** A tensor with a shape and no data; see `isMeta`. */
+  static meta(dtype: DType, shape: readonly number[]): Tensor {
+    return new Tensor(dtype, null, shape);
+  }
+
+  static scalar(value: number | bigint | boolean, dtype: DType = "float32"): Tensor {
+    return new Tensor(dtype, arrayFrom(dtype, [value]), []);
+  }
+
+  static zeros(shape: readonly number[], dtype: DType = "float32"): Tensor {
+    return new Tensor(dtype, allocate(dtype, sizeOf(shape)), shape);
+  }
+
+  static full(shape: readonly number[], value: number | boolean, dtype: DType = "float32"): Tensor {
+    const t = allocate(dtype, sizeOf(shape));
+    if (dtype === "int64") (t as BigInt64Array).fill(BigInt(Number(value)));
+    else (t as Float32Array).fill(Number(value));
+    return new Tensor(dtype, t, shape);
+  }
+
+  static cat(tensors: readonly Tensor[], dim = 0): Tensor {
+    if (tensors.length === 0) throw new ShapeError("cat: needs at least one tensor");
+    if (tensors.length === 1) return tensors[0]!;
+    return apply1(P.concat, tensors, { axis: normAxis("cat", dim, tensors[0]!.shape.length) });
+  }
+
+  static stack(tensors: readonly Tensor[], dim = 0): Tensor {
+    if (tensors.length === 0) throw new ShapeError("stack: needs at least one tensor");
+    const rank = tensors[0]!.shape.length + 1;
+    const d = normAxis("stack", dim, rank);
+    return Tensor.cat(
+      tensors.map((t) => t.unsqueeze(d)),
+      d,
+    );
+  }
+
+  static where(condition: Tensor, a: TensorLike, b: TensorLike): Tensor {
+    const dtype = typeof a !== "number" ? a.dtype : typeof b !== "number" ? b.dtype : "float32";
+    const [x, y] = promote("where", toTensor(a, dtype), b);
+    return apply1(P.where, [condition, x, y], undefined);
+  }
+
+  // #endregion
+  // #region properties
+
+  get data(): TypedArray {
+    if (!this.storage) throw new MetaTensorError(`this is a meta tensor of shape ${fmt(this.shape)}: it has no values (the model was loaded with dispatch: false)`);
+    return this.storage;
+  }
+  get isMeta(): boolean {
+    return this.storage === null;
+  }
+  get ndim(): number {
+    return this.shape.length;
+  }
+  dim(): number {
+    return this.shape.length;
+  }
+  numel(): number {
+    return sizeOf(this.shape);
+  }
+  size(dim?: number): number | readonly number[] {
+    return dim === undefined ? this.shape : this.shape[normAxis("size", dim, this.shape.length)]!;
+  }
+
+  /** True for leaves marked with requiresGrad_() and for anything computed from them. */
+  get requiresGrad(): boolean {
+    return this.leafRequiresGrad || this.gradNode !== null;
+  }
+  requiresGrad_(value = true): this {
+    if (this.gradNode) throw new Error("requiresGrad_: only leaf tensors can be marked; use .detach().requiresGrad_() for a new leaf");
+    if (value && this.dtype !== "float32") throw new DTypeError(`requiresGrad_: only float32 tensors can require grad, this is ${this.dtype}`);
+    this.leafRequiresGrad = value;
+    return this;
+  }
+  /** The same values, cut off from autograd. Shares data (tensors are immutable). */
+  detach(): Tensor {
+    return new Tensor(this.dtype, this.storage, this.shape);
+  }
+
+  /** Computes gradients of this tensor (a scalar unless `grad` is given) with respect to leaves that require grad. */
+  backward(grad?: Tensor): void {
+    runBackward(this, grad ?? this.seedGrad());
+  }
+  /** backward() for hooks that return promises. */
+  backwardAsync(grad?: Tensor): Promise<void> {
+    return runBackwardAsync(this, grad ?? this.seedGrad());
+  }
+  /** @internal the walk itself, for callers that drive hooks their own way */
+  backwardSteps(grad?: Tensor): ReturnType<typeof backwardSteps> {
+    return backwardSteps(this, grad ?? this.seedGrad());
+  }
+  private seedGrad(): Tensor {
+    if (this.numel() !== 1) throw new ShapeError(`backward: grad can be implied only for a single-element tensor, this has shape ${fmt(this.shape)}; pass a gradient`);
+    return Tensor.full(this.shape, 1);
+  }
+  /** Runs `hook` with this tensor's gradient during backward; a returned tensor replaces the gradient. */
+  registerHook(hook: GradHook): () => void {
+    this.gradHooks.push(hook);
+    return () => {
+      this.gradHooks = this.gradHooks.filter((h) => h !== hook);
+    };
+  }
+
+  /** The single value of a one-element tensor. */
+  item(): number {
+    if (this.numel() !== 1) throw new ShapeError(`item: tensor of shape ${fmt(this.shape)} has ${this.numel()} elements, not one`);
+    return Number(this.data[0]);
+  }
+  /** Values as a flat array of numbers. */
+  toArray(): number[] {
+    return Array.from(this.data as ArrayLike<number | bigint>, Number);
+  }
+  /** Values as nested arrays (a number for a 0-d tensor). */
+  tolist(): unknown {
+    const flat = this.toArray();
+    if (this.shape.length === 0) return flat[0];
+    const build = (dim: number, offset: number): unknown[] => {
+      const n = this.shape[dim]!;
+      const step = sizeOf(this.shape.slice(dim + 1));
+      return Array.from({ length: n }, (_, i) => (dim === this.shape.length - 1 ? flat[offset + i] : build(dim + 1, offset + i * step)));
+    };
+    return build(0, 0);
+  }
+  toString(): string {
+    if (this.isMeta) return `tensor(meta, shape=${fmt(this.shape)}, dtype=${this.dtype})`;
+    const show = (v: unknown): string => (Array.isArray(v) ? `[${(v.length > 8 ? [...v.slice(0, 3), "...", ...v.slice(-3)] : v).map(show).join(", ")}]` : typeof v === "number" ? String(Number(v.toPrecision(5))) : String(v));
+    return `tensor(${show(this.tolist())}, shape=${fmt(this.shape)}, dtype=${this.dtype})`;
+  }
+
+  // #endregion
+  // #region elementwise
+
+  add(other: TensorLike): Tensor {
+    return apply1(P.add, promote("add", this, other), undefined);
+  }
+  sub(other: TensorLike): Tensor {
+    return apply1(P.sub, promote("sub", this, other), undefined);
+  }
+  mul(other: TensorLike): Tensor {
+    return apply1(P.mul, promote("mul", this, other), undefined);
+  }
+  /** True division: integers are promoted to float32 as in PyTorch. */
+  div(other: TensorLike): Tensor {
+    const [a, b] = promote("div", this, other);
+    return a.dtype === "float32" ? apply1(P.div, [a, b], undefined) : apply1(P.div, [a.to("float32"), b.to("float32")], undefined);
+  }
+  pow(exponent: TensorLike): Tensor {
+    if (exponent === 2) return this.mul(this);
+    return apply1(P.pow, promote("pow", this, exponent), undefined);
+  }
+  fmod(other: TensorLike): Tensor {
+    return apply1(P.fmod, promote("fmod", this, other), undefined);
+  }
+  maximum(other: TensorLike): Tensor {
+    return apply1(P.maximum, promote("maximum", this, other), undefined);
+  }
+  minimum(other: TensorLike): Tensor {
+    return apply1(P.minimum, promote("minimum", this, other), undefined);
+  }
+  clamp(min?: number | null, max?: number | null): Tensor {
+    let out: Tensor = this;
+    if (min !== undefined && min !== null) out = out.maximum(min);
+    if (max !== undefined && max !== null) out = out.minimum(max);
+    return out;
+  }
+  neg(): Tensor {
+    return apply1(P.neg, [this], undefined);
+  }
+  exp(): Tensor {
+    return apply1(P.exp, [this], undefined);
+  }
+  log(): Tensor {
+    return apply1(P.log, [this], undefined);
+  }
+  sqrt(): Tensor {
+    return apply1(P.sqrt, [this], undefined);
+  }
+  rsqrt(): Tensor {
+    return this.sqrt().reciprocal();
+  }
+  reciprocal(): Tensor {
+    return apply1(P.reciprocal, [this.float()], undefined);
+  }
+  square(): Tensor {
+    return this.mul(this);
+  }
+  abs(): Tensor {
+    return apply1(P.abs, [this], undefined);
+  }
+  sign(): Tensor {
+    return apply1(P.sign, [this], undefined);
+  }
+  floor(): Tensor {
+    return apply1(P.floor, [this], undefined);
+  }
+  ceil(): Tensor {
+    return apply1(P.ceil, [this], undefined);
+  }
+  round(): Tensor {
+    return apply1(P.round, [this], undefined);
+  }
+  tanh(): Tensor {
+    return apply1(P.tanh, [this], undefined);
+  }
+  sigmoid(): Tensor {
+    return apply1(P.sigmoid, [this], undefined);
+  }
+  relu(): Tensor {
+    return apply1(P.relu, [this], undefined);
+  }
+  /** GELU; `approximate: "tanh"` is GPT-2's gelu_new. */
+  gelu(approximate: "none" | "tanh" = "none"): Tensor {
+    return apply1(P.gelu, [this], { approximate });
+  }
+  silu(): Tensor {
+    return apply1(P.silu, [this], undefined);
+  }
+  erf(): Tensor {
+    return apply1(P.erf, [this], undefined);
+  }
+  sin(): Tensor {
+    return apply1(P.sin, [this], undefined);
+  }
+  cos(): Tensor {
+    return apply1(P.cos, [this], undefined);
+  }
+  isnan(): Tensor {
+    return apply1(P.isnan, [this], undefined);
+  }
+  eq(other: TensorLike): Tensor {
+    return apply1(P.eq, promote("eq", this, other), undefined);
+  }
+  ne(other: TensorLike): Tensor {
+    return this.eq(other).logicalNot();
+  }
+  lt(other: TensorLike): Tensor {
+    return apply1(P.lt, promote("lt", this, other), undefined);
+  }
+  le(other: TensorLike): Tensor {
+    return apply1(P.le, promote("le", this, other), undefined);
+  }
+  gt(other: TensorLike): Tensor {
+    return apply1(P.gt, promote("gt", this, other), undefined);
+  }
+  ge(other: TensorLike): Tensor {
+    return apply1(P.ge, promote("ge", this, other), undefined);
+  }
+  logicalNot(): Tensor {
+    return apply1(P.logicalNot, [this.bool()], undefined);
+  }
+  logicalAnd(other: Tensor): Tensor {
+    return apply1(P.logicalAnd, [this.bool(), other.bool()], undefined);
+  }
+  logicalOr(other: Tensor): Tensor {
+    return apply1(P.logicalOr, [this.bool(), other.bool()], undefined);
+  }
+  logicalXor(other: Tensor): Tensor {
+    return apply1(P.logicalXor, [this.bool(), other.bool()], undefined);
+  }
+  /** torch's `x.where(condition, y)`: x where condition holds, else y. */
+  where(condition: Tensor, other: TensorLike): Tensor {
+    return Tensor.where(condition, this, other);
+  }
+  /** A copy with `value` wherever `mask` is true. */
+  maskedFill(mask: Tensor, value: number): Tensor {
+    return Tensor.where(mask, value, this);
+  }
+  to(dtype: DType): Tensor {
+    return dtype === this.dtype ? this : apply1(P.cast, [this], { to: dtype });
+  }
+  float(): Tensor {
+    return this.to("float32");
+  }
+  long(): Tensor {
+    return this.to("int64");
+  }
+  int(): Tensor {
+    return this.to("int32");
+  }
+  bool(): Tensor {
+    return this.to("bool");
+  }
+  /** A copy with its own data; autograd passes through it. */
+  clone(): Tensor {
+    return apply1(P.clone, [this], undefined);
+  }
+  /** Tensors are always contiguous; kept for PyTorch code that calls it. */
+  contiguous(): Tensor {
+    return this;
+  }
+
+  // #endregion
+  // #region reductions
+
+  sum(dim?: number | readonly number[], keepdim = false): Tensor {
+    return apply1(P.sum, [this.dtype === "bool" ? this.long() : this], { axes: normAxes("sum", dim, this.ndim), keepdim });
+  }
+  mean(dim?: number | readonly number[], keepdim = false): Tensor {
+    return apply1(P.mean, [this.float()], { axes: normAxes("mean", dim, this.ndim), keepdim });
+  }
+  /** Largest values over `dim` (all dims when omitted), like torch.amax. Use argmax for positions. */
+  max(dim?: number | readonly number[], keepdim = false): Tensor {
+    return apply1(P.amax, [this], { axes: normAxes("max", dim, this.ndim), keepdim });
+  }
+  min(dim?: number | readonly number[], keepdim = false): Tensor {
+    return apply1(P.amin, [this], { axes: normAxes("min", dim, this.ndim), keepdim });
+  }
+  amax(dim?: number | readonly number[], keepdim = false): Tensor {
+    return this.max(dim, keepdim);
+  }
+  amin(dim?: number | readonly number[], keepdim = false): Tensor {
+    return this.min(dim, keepdim);
+  }
+  /** Index of the largest value along `dim`, or in the flattened tensor when `dim` is omitted. */
+  argmax(dim?: number, keepdim = false): Tensor {
+    if (dim === undefined) return apply1(P.argmax, [this.reshape(-1)], { axis: 0, keepdim: false });
+    return apply1(P.argmax, [this], { axis: normAxis("argmax", dim, this.ndim), keepdim });
+  }
+  argmin(dim?: number, keepdim = false): Tensor {
+    if (dim === undefined) return apply1(P.argmin, [this.reshape(-1)], { axis: 0, keepdim: false });
+    return apply1(P.argmin, [this], { axis: normAxis("argmin", dim, this.ndim), keepdim });
+  }
+  /** Variance; `correction` 1 (default) is the unbiased estimate, as in PyTorch. */
+  var(dim?: number | readonly number[], { correction = 1, keepdim = false } = {}): Tensor {
+    const axes = normAxes("var", dim, this.ndim);
+    const n = axes.reduce((c, a) => c * this.shape[a]!, 1);
+    const x = this.float();
+    const centered = x.sub(x.mean(axes, true));
+    return centered.mul(centered).sum(axes, keepdim).div(Math.max(0, n - correction));
+  }
+  std(dim?: number | readonly number[], options: { correction?: number; keepdim?: boolean } = {}): Tensor {
+    return this.var(dim, options).sqrt();
+  }
+  /** p-norm over `dim` (all elements when omitted). */
+  norm(p = 2, dim?: number | readonly number[], keepdim = false): Tensor {
+    const x = this.float();
+    if (p === 2) return x.mul(x).sum(dim, keepdim).sqrt();
+    if (p === 1) return x.abs().sum(dim, keepdim);
+    if (p === Infinity) return x.abs().max(dim, keepdim);
+    return x.abs().pow(p).sum(dim, keepdim).pow(1 / p);
+  }
+  logsumexp(dim: number | readonly number[], keepdim = false): Tensor {
+    const m = this.max(dim, true).detach();
+    const out = this.sub(m).exp().sum(dim, true).log().add(m);
+    return keepdim ? out : out.squeeze(normAxes("logsumexp", dim, this.ndim));
+  }
+  softmax(dim: number): Tensor {
+    return apply1(P.softmax, [this.float()], { axis: normAxis("softmax", dim, this.ndim) });
+  }
+  logSoftmax(dim: number): Tensor {
+    return apply1(P.logSoftmax, [this.float()], { axis: normAxis("log_softmax", dim, this.ndim) });
+  }
+  cumsum(dim: number, reverse = false): Tensor {
+    return apply1(P.cumsum, [this.dtype === "bool" ? this.long() : this], { axis: normAxis("cumsum", dim, this.ndim), reverse });
+  }
+  /** The k largest (or smallest) values along `dim`, sorted, and their indices. */
+  topk(k: number, dim = -1, largest = true): { values: Tensor; indices: Tensor } {
+    const [values, indices] = apply(P.topk, [this], { k, axis: normAxis("topk", dim, this.ndim), largest }) as [Tensor, Tensor];
+    return { values, indices };
+  }
+
+  // #endregion
+  // #region linear algebra
+
+  /** Matrix product with PyTorch's rules for 1-D operands and broadcast batch dims. */
+  matmul(other: Tensor): Tensor {
+    if (this.ndim === 0 || other.ndim === 0) throw new ShapeError("matmul: both operands need at least one dimension");
+    const a = this.ndim === 1 ? this.unsqueeze(0) : this;
+    const b = other.ndim === 1 ? other.unsqueeze(-1) : other;
+    const [x, y] = promote("matmul", a, b);
+    let out = apply1(P.matmul, [x, y], undefined);
+    if (other.ndim === 1) out = out.squeeze(-1);
+    if (this.ndim === 1) out = out.squeeze(this.ndim === 1 && other.ndim === 1 ? 0 : -2);
+    return out;
+  }
+
+  // #endregion
+  // #region movement
+
+  reshape(...shape: number[] | [readonly number[]]): Tensor {
+    const want = (Array.isArray(shape[0]) ? shape[0] : shape) as readonly number[];
+    const out = inferShape("reshape", this.shape, want);
+    if (out.length === this.ndim && out.every((d, i) => d === this.shape[i])) return this;
+    return apply1(P.reshape, [this], { shape: out });
+  }
+  view(...shape: number[] | [readonly number[]]): Tensor {
+    return this.reshape(...shape);
+  }
+  flatten(startDim = 0, endDim = -1): Tensor {
+    if (this.ndim === 0) return this.reshape(1);
+    const s = normAxis("flatten", startDim, this.ndim);
+    const e = normAxis("flatten", endDim, this.ndim);
+    return this.reshape([...this.shape.slice(0, s), sizeOf(this.shape.slice(s, e + 1)), ...this.shape.slice(e + 1)]);
+  }
+  /** Removes size-1 dims: the given ones, or all. */
+  squeeze(dim?: number | readonly number[]): Tensor {
+    const axes = dim === undefined ? this.shape.flatMap((d, i) => (d === 1 ? [i] : [])) : normAxes("squeeze", dim, this.ndim).filter((a) => this.shape[a] === 1);
+    return this.reshape(this.shape.filter((_, i) => !axes.includes(i)));
+  }
+  unsqueeze(dim: number): Tensor {
+    const d = normAxis("unsqueeze", dim, this.ndim + 1);
+    return this.reshape([...this.shape.slice(0, d), 1, ...this.shape.slice(d)]);
+  }
+  transpose(dim0: number, dim1: number): Tensor {
+    const a = normAxis("transpose", dim0, this.ndim);
+    const b = normAxis("transpose", dim1, this.ndim);
+    if (a === b) return this;
+    const perm = this.shape.map((_, i) => i);
+    perm[a] = b;
+    perm[b] = a;
+    return apply1(P.transpose, [this], { perm });
+  }
+  permute(...dims: number[]): Tensor {
+    const perm = dims.map((d) => normAxis("permute", d, this.ndim));
+    if (perm.length !== this.ndim || new Set(perm).size !== perm.length) throw new ShapeError(`permute: [${dims}] is not a permutation of ${this.ndim} dims`);
+    if (perm.every((p, i) => p === i)) return this;
+    return apply1(P.transpose, [this], { perm });
+  }
+  /** Broadcasts to `shape`; -1 keeps a dim. */
+  expand(...shape: number[] | [readonly number[]]): Tensor {
+    const want = (Array.isArray(shape[0]) ? shape[0] : shape) as readonly number[];
+    const lead = want.length - this.ndim;
+    const target = want.map((d, i) => (d === -1 ? this.shape[i - lead]! : d));
+    if (target.length === this.ndim && target.every((d, i) => d === this.shape[i])) return this;
+    return apply1(P.expand, [this], { shape: target });
+  }
+  expandAs(other: Tensor): Tensor {
+    return this.expand(other.shape);
+  }
+  /** `length` entries of `dim` from `start` (negative start counts from the end). */
+  narrow(dim: number, start: number, length: number): Tensor {
+    const d = normAxis("narrow", dim, this.ndim);
+    const size = this.shape[d]!;
+    const s = start < 0 ? start + size : start;
+    if (s < 0 || length < 0 || s + length > size) throw new ShapeError(`narrow: [${start}, ${start}+${length}) is out of range for dim ${dim} of size ${size}`);
+    if (s === 0 && length === size) return this;
+    const starts = this.shape.map(() => 0);
+    const stops = [...this.shape];
+    starts[d] = s;
+    stops[d] = s + length;
+    return this.sliceWith({ starts, stops, steps: this.shape.map(() => 1) });
+  }
+  /** @internal basic slicing with normalised bounds */
+  sliceWith(a: P.SliceAttrs): Tensor {
+    return apply1(P.slice, [this], a);
+  }
+  /** @internal copy with a region replaced */
+  sliceAssign(a: P.SliceAttrs, value: Tensor): Tensor {
+    return apply1(P.sliceAssign, [this, value], a);
+  }
+  split(sizeOrSizes: number | readonly number[], dim = 0): Tensor[] {
+    const d = normAxis("split", dim, this.ndim);
+    const n = this.shape[d]!;
+    let sizes: number[];
+    if (typeof sizeOrSizes === "number") {
+      if (sizeOrSizes <= 0) throw new ShapeError(`split: size must be positive, got ${sizeOrSizes}`);
+      sizes = [];
+      for (let at = 0; at < n; at += sizeOrSizes) sizes.push(Math.min(sizeOrSizes, n - at));
+    } else sizes = [...sizeOrSizes];
+    if (sizes.length === 1) return [this];
+    return apply(P.split, [this], { axis: d, sizes });
+  }
+  chunk(chunks: number, dim = 0): Tensor[] {
+    const n = this.shape[normAxis("chunk", dim, this.ndim)]!;
+    return this.split(Math.ceil(n / chunks), dim);
+  }
+  tril(k = 0): Tensor {
+    return apply1(P.trilu, [this], { upper: false, k });
+  }
+  triu(k = 0): Tensor {
+    return apply1(P.trilu, [this], { upper: true, k });
+  }
+  /** torch.index_select: slices of `dim` picked by an integer tensor. */
+  indexSelect(dim: number, index: Tensor): Tensor {
+    return apply1(P.gather, [this, index], { axis: normAxis("index_select", dim, this.ndim) });
+  }
+  /** torch.gather: values picked along `dim` by an int64 index of the output's shape. */
+  gather(dim: number, index: Tensor): Tensor {
+    return apply1(P.gatherElements, [this, index], { axis: normAxis("gather", dim, this.ndim) });
+  }
+  /** torch.scatter_add (out of place). */
+  scatterAdd(dim: number, index: Tensor, src: Tensor): Tensor {
+    return apply1(P.scatterAdd, [this, index, src], { axis: normAxis("scatter_add", dim, this.ndim) });
+  }
+  /** @internal rows of this plus updates at indices[..., 0] (ScatterND add) */
+  indexAdd(indices: Tensor, updates: Tensor): Tensor {
+    return apply1(P.indexAdd, [this, indices, updates], undefined);
+  }
+
+  /**
+   * PyTorch-style indexing: `t.index(0, null, -1)` is `t[0, :, -1]`, `t.index("...", slice(0, 3))` is
+   * `t[..., 0:3]`, an integer tensor picks slices of its dim (one tensor index at most).
+   */
+  index(...specs: IndexSpec[]): Tensor {
+    const plan = planIndex(this.shape, specs);
+    let out: Tensor = this;
+    if (plan.slice) out = out.sliceWith(plan.slice);
+    if (plan.tensor) out = out.indexSelect(plan.tensor.dim, plan.tensor.index);
+    return plan.drop.length ? out.reshape(plan.resultShape(out.shape)) : out;
+  }
+
+  /** A copy with `t[specs] = value` applied (value broadcasts to the region), e.g. `h.put([null, -1], v)`. */
+  put(specs: IndexSpec[], value: TensorLike): Tensor {
+    const plan = planIndex(this.shape, specs);
+    if (plan.tensor) throw new ShapeError("put: integer-tensor indices are not supported in assignment; use scatterAdd or build the tensor with cat");
+    const a = plan.slice ?? { starts: this.shape.map(() => 0), stops: [...this.shape], steps: this.shape.map(() => 1) };
+    const region = this.shape.map((_, i) => Math.max(0, Math.ceil((a.stops[i]! - a.starts[i]!) / a.steps[i]!)));
+    const kept = region.filter((_, i) => !plan.drop.includes(i));
+    let v = toTensor(value, this.dtype);
+    if (v.dtype !== this.dtype) v = v.to(this.dtype);
+    v = v.expand(broadcastTo("put", v.shape, kept)).reshape(region);
+    return this.sliceAssign(a, v);
+  }
+
+  // #endregion
+}
+
+/** Python-style index normalisation: which slice to take, which dims to drop, which tensor index to apply. */
+function planIndex(shape: readonly number[], specs: IndexSpec[]) {
+  const ellipses = specs.filter((s) => s === "...").length;
+  if (ellipses > 1) throw new ShapeError("index: at most one '...' is allowed");
+  const explicit = specs.length - ellipses;
+  if (explicit > shape.length) throw new ShapeError(`index: ${explicit} indices for a tensor of rank ${shape.length}`);
+  const full: IndexSpec[] = [];
+  for (const s of specs) {
+    if (s === "...") for (let i = 0; i < shape.length - explicit; i++) full.push(null);
+    else full.push(s);
+  }
+  while (full.length < shape.length) full.push(null);
+  const starts: number[] = [],
+    stops: number[] = [],
+    steps: number[] = [],
+    drop: number[] = [];
+  let tensor: { dim: number; index: Tensor } | undefined;
+  let sliced = false;
+  full.forEach((s, dim) => {
+    const n = shape[dim]!;
+    let start = 0,
+      stop = n,
+      step = 1;
+    if (typeof s === "number") {
+      if (!Number.isInteger(s) || s < -n || s >= n) throw new ShapeError(`index ${s} is out of bounds for dim ${dim} with size ${n}`);
+      start = s < 0 ? s + n : s;
+      stop = start + 1;
+      drop.push(dim);
+    } else if (s instanceof Tensor) {
+      if (tensor) throw new ShapeError("index: only one integer-tensor index is supported; apply them one at a time");
+      if (s.dtype !== "int64" && s.dtype !== "int32") throw new DTypeError(`index: a tensor index must be int64 or int32, got ${s.dtype}`);
+      tensor = { dim, index: s };
+    } else if (s !== null && typeof s === "object") {
+      step = s.step ?? 1;
+      if (!Number.isInteger(step) || step <= 0) throw new ShapeError(`index: slice step must be a positive integer, got ${step}`);
+      const clampEnd = (v: number) => Math.min(Math.max(v < 0 ? v + n : v, 0), n);
+      start = s.start === undefined || s.start === null ? 0 : clampEnd(s.start);
+      stop = s.stop === undefined || s.stop === null ? n : clampEnd(s.stop);
+      if (stop < start) stop = start;
+    }
+    if (start !== 0 || stop !== n || step !== 1) sliced = true;
+    starts.push(start);
+    stops.push(stop);
+    steps.push(step);
+  });
+  return {
+    slice: sliced ? { starts, stops, steps } : undefined,
+    tensor: tensor && { dim: tensor.dim, index: tensor.index },
+    drop,
+    resultShape: (current: readonly number[]): number[] => {
+      // A tensor index replaced its dim by the index's dims; dropped dims are size 1 and are removed.
+      const extra = tensor ? tensor.index.ndim - 1 : 0;
+      return current.filter((_, i) => {
+        const orig = tensor && i > tensor.dim ? i - extra : i;
+        return !(tensor && i >= tensor.dim && i <= tensor.dim + extra) && !drop.includes(orig);
+      });
+    },
+  };
+}
+
+function broadcastTo(op: string, from: readonly number[], to: readonly number[]): readonly number[] {
+  if (from.length > to.length || from.some((d, i) => d !== 1 && d !== to[to.length - from.length + i])) {
+    throw new ShapeError(`${op}: value of shape ${fmt(from)} cannot be broadcast to ${fmt(to)}`);
+  }
+  return to;
+}
+
+/** A number as a 0-d tensor of `dtype` (float32 when the number is not an integer). */
+export function toTensor(value: TensorLike, dtype: DType): Tensor {
+  if (value instanceof Tensor) return value;
+  if (typeof value !== "number") throw new TypeError(`expected a Tensor or a number, got ${typeof value}`);
+  const d = !Number.isInteger(value) && dtype !== "float32" ? "float32" : dtype === "bool" ? "int64" : dtype;
+  return Tensor.scalar(value, d);
+}
+
+/** Both operands in one dtype, following PyTorch's order bool < int32 < int64 < float32. */
+function promote(op: string, a: Tensor, b: TensorLike): [Tensor, Tensor] {
+  if (!(a instanceof Tensor)) throw new TypeError(`${op}: expected a Tensor`);
+  const B = toTensor(b, a.dtype);
+  if (a.dtype === B.dtype) return [a, B];
+  const to = PROMOTION[a.dtype] >= PROMOTION[B.dtype] ? a.dtype : B.dtype;
+  return [a.to(to), B.to(to)];
+}
+
+// #region creation functions
+
+type Nested = number | boolean | bigint | readonly Nested[];
+
+/** A tensor from nested arrays or a typed array; the dtype is inferred (float32 for numbers) unless given. */
+export function tensor(values: Nested | TypedArray, dtype?: DType, shape?: readonly number[]): Tensor {
+  const fromArray = dtypeOfArray(values);
+  if (fromArray && ArrayBuffer.isView(values)) {
+    const d = dtype ?? fromArray;
+    const arr = d === fromArray ? (values as TypedArray) : arrayFrom(d, Array.from(values as ArrayLike<number>));
+    return new Tensor(d, arr, shape ?? [arr.length]);
+  }
+  const dims: number[] = [];
+  for (let v: Nested = values as Nested; Array.isArray(v); v = (v as readonly Nested[])[0]!) dims.push((v as readonly Nested[]).length);
+  const flat: (number | boolean | bigint)[] = [];
+  const walk = (v: Nested): void => {
+    if (Array.isArray(v)) for (const x of v as readonly Nested[]) walk(x);
+    else flat.push(v as number | boolean | bigint);
+  };
+  walk(values as Nested);
+  if (flat.length !== sizeOf(dims)) throw new ShapeError(`tensor: nested arrays are ragged (expected ${sizeOf(dims)} values for shape ${fmt(dims)})`);
+  const d = dtype ?? (typeof flat[0] === "boolean" ? "bool" : typeof flat[0] === "bigint" ? "int64" : "float32");
+  return new Tensor(d, arrayFrom(d, flat), shape ?? dims);
+}
+
+export const zeros = (shape: readonly number[], dtype: DType = "float32"): Tensor => Tensor.zeros(shape, dtype);
+export const ones = (shape: readonly number[], dtype: DType = "float32"): Tensor => Tensor.full(shape, 1, dtype);
+export const full = (shape: readonly number[], value: number, dtype: DType = "float32"): Tensor => Tensor.full(shape, value, dtype);
+export const zerosLike = (t: Tensor): Tensor => Tensor.zeros(t.shape, t.dtype);
+export const onesLike = (t: Tensor): Tensor => Tensor.full(t.shape, 1, t.dtype);
+export const cat = Tensor.cat;
+export const stack = Tensor.stack;
+export const where = Tensor.where;
+
+/** 0, 1, ... end-1 (or start..end by step); int64 unless a bound or the step is fractional. */
+export function arange(startOrEnd: number, end?: number, step = 1, dtype?: DType): Tensor {
+  const [start, stop] = end === undefined ? [0, startOrEnd] : [startOrEnd, end];
+  const n = Math.max(0, Math.ceil((stop - start) / step));
+  const d = dtype ?? ([start, stop, step].every(Number.isInteger) ? "int64" : "float32");
+  return new Tensor(d, arrayFrom(d, Array.from({ length: n }, (_, i) => start + i * step)), [n]);
+}
+
+export function eye(n: number, dtype: DType = "float32"): Tensor {
+  const out = Tensor.zeros([n, n], dtype);
+  const data = out.data as Float32Array;
+  for (let i = 0; i < n; i++) (data as unknown as (number | bigint)[])[i * n + i] = dtype === "int64" ? 1n : 1;
+  return out;
+}
+
+// #endregion

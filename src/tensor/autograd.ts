@@ -79,9 +79,10 @@ export function* backwardSteps(root: Tensor, seed: Tensor): Generator<HookStep, 
   }
   const grads = new Map<Tensor, Tensor>([[root, seed]]);
   const leaves = new Set<Tensor>();
+  // Gradients are values, not part of a graph (no create_graph): rules and sums run without recording.
   const add = (t: Tensor, g: Tensor): void => {
     const prev = grads.get(t);
-    grads.set(t, prev ? prev.add(g) : g);
+    grads.set(t, prev ? noGrad(() => prev.add(g)) : g);
   };
   function* finish(t: Tensor): Generator<HookStep, Tensor | undefined, Tensor | void> {
     let g: Tensor | undefined = grads.get(t);
@@ -97,7 +98,7 @@ export function* backwardSteps(root: Tensor, seed: Tensor): Generator<HookStep, 
     const outGrads: (Tensor | null)[] = [];
     for (const o of node.outputs) outGrads.push((yield* finish(o)) ?? null);
     if (outGrads.every((g) => g === null)) continue;
-    const inGrads = node.rule(outGrads, node);
+    const inGrads = noGrad(() => node.rule(outGrads, node));
     node.inputs.forEach((t, i) => {
       const g = inGrads[i];
       if (!g || !t.requiresGrad) return;
@@ -112,7 +113,7 @@ export function* backwardSteps(root: Tensor, seed: Tensor): Generator<HookStep, 
   if (!root.gradNode) leaves.add(root);
   for (const leaf of leaves) {
     const g = yield* finish(leaf);
-    if (g) leaf.grad = leaf.grad ? leaf.grad.add(g) : g;
+    if (g) leaf.grad = leaf.grad ? noGrad(() => leaf.grad!.add(g)) : g;
   }
 }
 

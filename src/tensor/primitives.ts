@@ -129,7 +129,8 @@ export const minimum = binary("minimum", "Min", NUMERIC, (g, a, b) => {
   const pick = a.le(b).to(g.dtype);
   return [g.mul(pick), g.mul(pick.neg().add(1))];
 });
-export const fmod = binary("fmod", "Mod", NUMERIC, (g) => [g, null], undefined, { fmod: 1 });
+// fmod(a, b) = a - trunc(a / b) * b, and trunc(a / b) = (a - y) / b
+export const fmod = binary("fmod", "Mod", NUMERIC, (g, a, b, y) => [g, g.mul(a.sub(y).div(b)).neg()], undefined, { fmod: 1 });
 export const eq = binary("eq", "Equal", ALL, undefined, "bool");
 export const lt = binary("lt", "Less", NUMERIC, undefined, "bool");
 export const le = binary("le", "LessOrEqual", NUMERIC, undefined, "bool");
@@ -237,7 +238,8 @@ function reduce(name: string, onnx: string, grad?: (g: Tensor, x: Tensor, y: Ten
       return [{ dtype: x!.dtype, shape: reducedShape(x!.shape, a.axes, a.keepdim) }];
     },
     key: (a) => `${a.axes}|${a.keepdim}`,
-    graph: (g, [x], a) => [g.op(onnx, [x!, g.ints(a.axes)], { keepdims: a.keepdim ? 1 : 0 })],
+    // empty axes reduce nothing (as inferred), not everything (ONNX's default)
+    graph: (g, [x], a) => [g.op(onnx, [x!, g.ints(a.axes)], { keepdims: a.keepdim ? 1 : 0, noop_with_empty_axes: 1 })],
     grad: grad && (([g], n) => [grad(g!, n.inputs[0]!, n.outputs[0]!, n.attrs as ReduceAttrs)]),
   };
 }
@@ -450,6 +452,7 @@ export const gather: Primitive<{ axis: number }> = {
   name: "gather",
   infer: ([x, idx], a) => {
     if (idx!.dtype !== "int64" && idx!.dtype !== "int32") throw new DTypeError(`index_select: indices must be int64 or int32, got ${idx!.dtype}`);
+    checkIndices("index_select", idx!, x!.shape, a.axis);
     return [{ dtype: x!.dtype, shape: [...x!.shape.slice(0, a.axis), ...idx!.shape, ...x!.shape.slice(a.axis + 1)] }];
   },
   key: (a) => `${a.axis}`,
@@ -482,9 +485,10 @@ export const indexAdd: Primitive = {
 /** torch.gather: elementwise pick along `axis`; index has the output's shape. */
 export const gatherElements: Primitive<{ axis: number }> = {
   name: "gather_elements",
-  infer: ([x, idx]) => {
+  infer: ([x, idx], a) => {
     if (idx!.dtype !== "int64") throw new DTypeError(`gather: index must be int64, got ${idx!.dtype}`);
     if (idx!.shape.length !== x!.shape.length) throw new ShapeError(`gather: index rank ${idx!.shape.length} differs from input rank ${x!.shape.length}`);
+    checkIndices("gather", idx!, x!.shape, a.axis);
     return [{ dtype: x!.dtype, shape: [...idx!.shape] }];
   },
   key: (a) => `${a.axis}`,
@@ -499,9 +503,10 @@ export const gatherElements: Primitive<{ axis: number }> = {
 /** torch.scatter_add: data plus updates added at index along `axis`. */
 export const scatterAdd: Primitive<{ axis: number }> = {
   name: "scatter_add",
-  infer: ([data, idx, upd]) => {
+  infer: ([data, idx, upd], a) => {
     if (idx!.dtype !== "int64") throw new DTypeError(`scatter_add: index must be int64, got ${idx!.dtype}`);
     if (upd!.dtype !== data!.dtype) throw new DTypeError(`scatter_add: updates dtype ${upd!.dtype} differs from ${data!.dtype}`);
+    checkIndices("scatter_add", idx!, data!.shape, a.axis);
     return [same(data!)];
   },
   key: (a) => `${a.axis}`,
@@ -577,6 +582,17 @@ export const rmsNorm: Primitive<{ eps: number }> = {
 };
 
 // #endregion
+
+/** Index values must lie in [-size, size) of `axis`; checked in JS so the error is a ShapeError naming the op. */
+function checkIndices(op: string, idx: Tensor, shape: Shape, axis: number): void {
+  if (idx.isMeta) return;
+  const size = shape[axis]!;
+  const data = idx.data as ArrayLike<number | bigint>;
+  for (let k = 0; k < data.length; k++) {
+    const i = Number(data[k]);
+    if (i < -size || i >= size) throw new ShapeError(`${op}: index ${i} is out of range for dim ${axis} of size ${size} in a tensor of shape ${fmt(shape)}`);
+  }
+}
 
 function ints(values: readonly number[]): { dtype: "int64"; shape: number[]; data: BigInt64Array } {
   return { dtype: "int64", shape: [values.length], data: BigInt64Array.from(values, (v) => BigInt(v)) };

@@ -66,7 +66,7 @@ export class Tensor implements RawTensor {
 
   static full(shape: readonly number[], value: number | boolean, dtype: DType = "float32"): Tensor {
     const t = allocate(dtype, sizeOf(shape));
-    if (dtype === "int64") (t as BigInt64Array).fill(BigInt(Number(value)));
+    if (dtype === "int64") (t as BigInt64Array).fill(BigInt(Math.trunc(Number(value))));
     else (t as Float32Array).fill(Number(value));
     return new Tensor(dtype, t, shape);
   }
@@ -90,6 +90,8 @@ export class Tensor implements RawTensor {
   static where(condition: Tensor, a: TensorLike, b: TensorLike): Tensor {
     const dtype = typeof a !== "number" ? a.dtype : typeof b !== "number" ? b.dtype : "float32";
     const [x, y] = promote("where", toTensor(a, dtype), b);
+    // ONNX Runtime's Where has no bool kernel: choose between bool branches as int32
+    if (x.dtype === "bool") return apply1(P.where, [condition, x.int(), y.int()], undefined).bool();
     return apply1(P.where, [condition, x, y], undefined);
   }
 
@@ -260,6 +262,8 @@ export class Tensor implements RawTensor {
     return apply1(P.sigmoid, [this], undefined);
   }
   relu(): Tensor {
+    // ONNX Runtime has no int64 Relu kernel
+    if (this.dtype === "int64") return this.maximum(0);
     return apply1(P.relu, [this], undefined);
   }
   /** GELU; `approximate: "tanh"` is GPT-2's gelu_new. */
@@ -394,8 +398,9 @@ export class Tensor implements RawTensor {
     return x.abs().pow(p).sum(dim, keepdim).pow(1 / p);
   }
   logsumexp(dim: number | readonly number[], keepdim = false): Tensor {
-    const m = this.max(dim, true).detach();
-    const out = this.sub(m).exp().sum(dim, true).log().add(m);
+    const x = this.float();
+    const m = x.max(dim, true).detach();
+    const out = x.sub(m).exp().sum(dim, true).log().add(m);
     return keepdim ? out : out.squeeze(normAxes("logsumexp", dim, this.ndim));
   }
   softmax(dim: number): Tensor {
@@ -511,7 +516,7 @@ export class Tensor implements RawTensor {
       sizes = [];
       for (let at = 0; at < n; at += sizeOrSizes) sizes.push(Math.min(sizeOrSizes, n - at));
     } else sizes = [...sizeOrSizes];
-    if (sizes.length === 1) return [this];
+    if (sizes.length === 1 && sizes[0] === n) return [this];
     return apply(P.split, [this], { axis: d, sizes });
   }
   chunk(chunks: number, dim = 0): Tensor[] {
@@ -619,11 +624,12 @@ function planIndex(shape: readonly number[], specs: IndexSpec[]) {
     tensor: tensor && { dim: tensor.dim, index: tensor.index },
     drop,
     resultShape: (current: readonly number[]): number[] => {
-      // A tensor index replaced its dim by the index's dims; dropped dims are size 1 and are removed.
-      const extra = tensor ? tensor.index.ndim - 1 : 0;
+      // A tensor index replaced its dim by the index's dims (kept); dropped dims are size 1 and are removed.
+      const ni = tensor ? tensor.index.ndim : 1;
       return current.filter((_, i) => {
-        const orig = tensor && i > tensor.dim ? i - extra : i;
-        return !(tensor && i >= tensor.dim && i <= tensor.dim + extra) && !drop.includes(orig);
+        if (tensor && i >= tensor.dim && i < tensor.dim + ni) return true;
+        const orig = tensor && i >= tensor.dim + ni ? i - (ni - 1) : i;
+        return !drop.includes(orig);
       });
     },
   };

@@ -1,0 +1,83 @@
+/**
+ * `npm run bench`: tsight's speed as ratios against references measured in the same run (these machines are
+ * noisy; absolute times mean little).
+ *
+ *   - GPT-2-small-sized model (12 layers, d=768, vocab 50257, random weights): prefill of 128 tokens and decode
+ *     tokens/s, against PyTorch on the same machine when `python3 -c "import torch"` works.
+ *   - The largest difference from the Hugging Face fixtures per architecture (correctness, for the record).
+ */
+import { execFileSync } from "node:child_process";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { generate } from "../src/models/index.js";
+import { engineStats, Tensor, threadCount } from "../src/tensor/index.js";
+import { randomGpt2Small } from "./gpt2-small.js";
+import { fixtureErrors } from "./fixture-errors.js";
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const PREFILL = 128;
+const DECODE = 32;
+
+const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+
+async function tsightGpt2(): Promise<{ prefillMs: number; decodeTokS: number; kernelsPerToken: number }> {
+  const model = randomGpt2Small();
+  const ids = new Tensor("int64", BigInt64Array.from({ length: PREFILL }, (_, i) => BigInt((i * 7919) % 50257)), [1, PREFILL]);
+  for (let i = 0; i < 2; i++) await model.call(ids);
+  const times: number[] = [];
+  for (let i = 0; i < 5; i++) {
+    const t = performance.now();
+    await model.call(ids);
+    times.push(performance.now() - t);
+  }
+  // Decode: time the steps after the first (the first includes the 8-token prefill).
+  let firstAt = 0;
+  let runsAtFirst = 0;
+  await generate(model, ids.narrow(1, 0, 8), undefined, {
+    maxNewTokens: DECODE + 1,
+    eosTokenId: null,
+    onStep: (_t, step) => {
+      if (step === 0) {
+        firstAt = performance.now();
+        runsAtFirst = engineStats().runs;
+      }
+    },
+  });
+  const seconds = (performance.now() - firstAt) / 1000;
+  return { prefillMs: median(times), decodeTokS: DECODE / seconds, kernelsPerToken: (engineStats().runs - runsAtFirst) / DECODE };
+}
+
+function torchGpt2(threads: number): { torch: string; prefill_ms: number; decode_tok_s: number } | null {
+  for (const python of ["python3", "/usr/bin/python3"]) {
+    try {
+      execFileSync(python, ["-c", "import torch"], { stdio: "ignore" });
+    } catch {
+      continue;
+    }
+    const out = execFileSync(python, [path.join(here, "torch_gpt2.py"), String(threads)], { encoding: "utf8", env: { ...process.env, PREFILL_TOKENS: String(PREFILL), DECODE_TOKENS: String(DECODE) } });
+    return JSON.parse(out.trim().split("\n").at(-1)!);
+  }
+  return null;
+}
+
+const fmt = (x: number, digits = 1) => x.toFixed(digits);
+
+async function main(): Promise<void> {
+  console.log(`tsight bench — ${threadCount()} kernel threads (TSIGHT_THREADS), Node ${process.version}\n`);
+  const ours = await tsightGpt2();
+  const torchRuns = [1, 2].map(torchGpt2).filter((r): r is NonNullable<typeof r> => r !== null);
+  console.log("GPT-2-small (12 x d768, vocab 50257, random weights), float32");
+  console.log(`  tsight      prefill ${PREFILL} tokens ${fmt(ours.prefillMs)} ms   decode ${fmt(ours.decodeTokS)} tokens/s   (${fmt(ours.kernelsPerToken, 0)} kernel calls/token)`);
+  if (torchRuns.length === 0) {
+    console.log('  PyTorch     not available (python3 -c "import torch" failed; Debian: apt-get install python3-torch libopenblas0-pthread)');
+  } else {
+    torchRuns.forEach((r, i) => console.log(`  PyTorch ${r.torch} (${i + 1} thread${i ? "s" : ""})  prefill ${fmt(r.prefill_ms)} ms   decode ${fmt(r.decode_tok_s)} tokens/s`));
+    const bestPrefill = Math.min(...torchRuns.map((r) => r.prefill_ms));
+    const bestDecode = Math.max(...torchRuns.map((r) => r.decode_tok_s));
+    console.log(`  ratio vs PyTorch's best: prefill speed x${fmt(bestPrefill / ours.prefillMs, 2)}   decode speed x${fmt(ours.decodeTokS / bestDecode, 2)}   (>1: tsight faster)`);
+  }
+  console.log("\nLargest difference from Hugging Face (all recorded module inputs/outputs and logits)");
+  for (const [name, e] of await fixtureErrors()) console.log(`  ${name.padEnd(13)} ${e.worst.toExponential(2)}  at ${e.where}`);
+}
+
+await main();

@@ -1,0 +1,72 @@
+/** `tsight generate`: continue a prompt with a model, streaming tokens as they come. */
+import { parseArgs } from "node:util";
+import { LanguageModel } from "../intervention/index.js";
+
+export const generateHelp = `usage: tsight generate [prompt] [options]
+
+Continues the prompt, printing tokens as they are generated.
+
+  --model, -m NAME        stdlib-gpt2 (default), stdlib-llama, a model folder, or a Hugging Face repo id
+  --max-new-tokens, -n N  tokens to generate (default 32)
+  --temperature T         sample with this temperature (default: greedy)
+  --top-k K               sample from the K most likely tokens
+  --top-p P               sample from the smallest set with probability mass P
+  --seed S                seed for sampling (default 0)
+  --stats                 print tokens/s at the end (to stderr)`;
+
+export async function runGenerate(argv: string[], out: NodeJS.WritableStream = process.stdout, err: NodeJS.WritableStream = process.stderr): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    options: {
+      model: { type: "string", short: "m", default: "stdlib-gpt2" },
+      "max-new-tokens": { type: "string", short: "n", default: "32" },
+      temperature: { type: "string" },
+      "top-k": { type: "string" },
+      "top-p": { type: "string" },
+      seed: { type: "string", default: "0" },
+      stats: { type: "boolean", default: false },
+      help: { type: "boolean", short: "h", default: false },
+    },
+  });
+  if (values.help) {
+    out.write(generateHelp + "\n");
+    return 0;
+  }
+  const num = (name: string, v: string | undefined): number | undefined => {
+    if (v === undefined) return undefined;
+    const n = Number(v);
+    if (!Number.isFinite(n)) throw new UsageError(`--${name} must be a number, got "${v}"`);
+    return n;
+  };
+  const prompt = positionals.join(" ") || "def __init__(self";
+  const settings = {
+    maxNewTokens: num("max-new-tokens", values["max-new-tokens"])!,
+    temperature: num("temperature", values.temperature),
+    topK: num("top-k", values["top-k"]),
+    topP: num("top-p", values["top-p"]),
+    seed: num("seed", values.seed),
+  };
+  const lm = await LanguageModel.load(values.model!);
+  out.write(prompt);
+  const start = performance.now();
+  let firstTokenAt = 0;
+  const result = await lm.generate(prompt, {
+    ...settings,
+    onToken: ({ text, step }) => {
+      if (step === 0) firstTokenAt = performance.now();
+      out.write(text[0]!);
+    },
+  });
+  out.write("\n");
+  if (values.stats) {
+    const n = result.generated.shape[1]!;
+    const decodeSeconds = (performance.now() - firstTokenAt) / 1000;
+    err.write(`${n} tokens; first after ${(firstTokenAt - start).toFixed(0)} ms; then ${n > 1 ? ((n - 1) / decodeSeconds).toFixed(1) : "-"} tokens/s\n`);
+  }
+  return 0;
+}
+
+export class UsageError extends Error {
+  override readonly name = "UsageError";
+}

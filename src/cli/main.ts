@@ -1,0 +1,35 @@
+/** The `tsight` command: one subcommand per job. */
+import { generateHelp, runGenerate, UsageError } from "./generate.js";
+
+const commands: Record<string, { help: string; run: (argv: string[]) => Promise<number> }> = {
+  generate: { help: generateHelp, run: (argv) => runGenerate(argv) },
+};
+
+const usage = `usage: tsight <command> [options]
+
+commands:
+  generate   continue a prompt with a model, streaming tokens
+
+Run "tsight <command> --help" for a command's options.`;
+
+export async function main(argv: string[]): Promise<number> {
+  const [name, ...rest] = argv;
+  if (!name || name === "--help" || name === "-h" || name === "help") {
+    process.stdout.write(usage + "\n");
+    return name ? 0 : 1;
+  }
+  const command = commands[name];
+  if (!command) {
+    process.stderr.write(`tsight: unknown command "${name}"\n\n${usage}\n`);
+    return 2;
+  }
+  try {
+    return await command.run(rest);
+  } catch (e) {
+    const err = e as Error;
+    const usageProblem = err instanceof UsageError || (err as { code?: string }).code?.startsWith("ERR_PARSE_ARGS");
+    process.stderr.write(`tsight ${name}: ${err.name === "Error" ? "" : err.name + ": "}${err.message}\n`);
+    if (usageProblem) process.stderr.write(`\n${command.help}\n`);
+    return usageProblem ? 2 : 1;
+  }
+}

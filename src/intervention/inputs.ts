@@ -1,0 +1,57 @@
+/**
+ * What users may pass as model input, turned into ids and an attention mask: a string, a list of strings,
+ * token ids (a list, or a list of lists), or int tensors (ids, or { input_ids, attention_mask }).
+ */
+import type { Tokenizer } from "../hub/index.js";
+import { Tensor } from "../tensor/index.js";
+
+export type ModelInput = string | readonly string[] | readonly number[] | readonly (readonly number[])[] | Tensor | { input_ids: Tensor; attention_mask?: Tensor };
+
+export interface Batch {
+  ids: Tensor;
+  mask: Tensor;
+}
+
+export class InputError extends TypeError {
+  override readonly name = "InputError";
+}
+
+export function toBatch(input: ModelInput, tokenizer: Tokenizer): Batch {
+  if (typeof input === "string") return fromRows([tokenizer.encode(input)], tokenizer.padTokenId);
+  if (input instanceof Tensor) return fromTensor(input, undefined);
+  if (Array.isArray(input)) {
+    if (input.length === 0) throw new InputError("model input is an empty list");
+    if (input.every((x) => typeof x === "string")) return fromRows((input as string[]).map((t) => tokenizer.encode(t)), tokenizer.padTokenId);
+    if (input.every((x) => typeof x === "number")) return fromRows([input as number[]], tokenizer.padTokenId);
+    if (input.every((x) => Array.isArray(x) && x.every((v: unknown) => typeof v === "number"))) return fromRows(input as number[][], tokenizer.padTokenId);
+    throw new InputError("model input must be a string, a list of strings, token ids, a list of token-id lists, or a tensor");
+  }
+  if (typeof input === "object" && input && "input_ids" in input) return fromTensor(input.input_ids, input.attention_mask);
+  throw new InputError(`model input of type ${typeof input} is not supported`);
+}
+
+/** Left-pads rows of ids to one length (decoder-only models generate from the right edge). */
+export function fromRows(rows: readonly (readonly number[])[], pad: number): Batch {
+  if (rows.some((r) => r.length === 0)) throw new InputError("model input has an empty sequence (no tokens)");
+  const T = Math.max(...rows.map((r) => r.length));
+  const ids = new BigInt64Array(rows.length * T).fill(BigInt(pad));
+  const mask = new BigInt64Array(rows.length * T);
+  rows.forEach((r, b) => {
+    const off = b * T + T - r.length;
+    r.forEach((id, i) => {
+      if (!Number.isInteger(id) || id < 0) throw new InputError(`token id ${id} is not a non-negative integer`);
+      ids[off + i] = BigInt(id);
+      mask[off + i] = 1n;
+    });
+  });
+  return { ids: new Tensor("int64", ids, [rows.length, T]), mask: new Tensor("int64", mask, [rows.length, T]) };
+}
+
+function fromTensor(ids: Tensor, mask: Tensor | undefined): Batch {
+  if (ids.dtype !== "int64" && ids.dtype !== "int32") throw new InputError(`input ids must be an integer tensor, got ${ids.dtype}`);
+  const batched = ids.ndim === 1 ? ids.unsqueeze(0) : ids;
+  if (batched.ndim !== 2) throw new InputError(`input ids must have shape [batch, tokens], got [${ids.shape}]`);
+  const m = mask ? (mask.ndim === 1 ? mask.unsqueeze(0) : mask).long() : Tensor.full(batched.shape, 1, "int64");
+  if (m.shape[0] !== batched.shape[0] || m.shape[1] !== batched.shape[1]) throw new InputError(`attention mask [${m.shape}] does not match ids [${batched.shape}]`);
+  return { ids: batched.long(), mask: m };
+}

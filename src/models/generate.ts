@@ -1,0 +1,67 @@
+/**
+ * Autoregressive generation with a KV cache: one prefill over the prompt, then one single-token step per new
+ * token. Finished rows (end-of-sequence reached) continue with the pad token, as Hugging Face's generate does.
+ */
+import { KVCache } from "../nn/index.js";
+import { Generator, Tensor } from "../tensor/index.js";
+import type { CausalLM } from "./causal-lm.js";
+import { argmaxRow, isSampling, sampleRow, validateSampling, type SamplingOptions } from "./sampling.js";
+
+export interface GenerateOptions extends SamplingOptions {
+  maxNewTokens: number;
+  /** Stop a row at these tokens; defaults to the model config's eos_token_id. null: never stop early. */
+  eosTokenId?: number | number[] | null;
+  /** Token appended to finished rows; defaults to the config's pad, else the first eos, else 0. */
+  padTokenId?: number;
+  /** Seed of the sampling generator (ignored for greedy). */
+  seed?: number;
+  /** Called after each step with the token chosen for every row (pad for finished rows). */
+  onStep?: (tokens: number[], step: number) => void | Promise<void>;
+}
+
+export interface GenerateResult {
+  /** Prompt plus generated tokens, [batch, promptLength + steps]. */
+  sequences: Tensor;
+  /** Only the generated tokens, [batch, steps]. */
+  generated: Tensor;
+  /** The attention mask over `sequences`. */
+  attentionMask: Tensor;
+}
+
+function asList(v: number | number[] | null | undefined): number[] {
+  return v === null || v === undefined ? [] : Array.isArray(v) ? v : [v];
+}
+
+export async function generate(model: CausalLM, inputIds: Tensor, attentionMask: Tensor | undefined, options: GenerateOptions): Promise<GenerateResult> {
+  if (!Number.isInteger(options.maxNewTokens) || options.maxNewTokens < 0) throw new RangeError(`maxNewTokens must be a non-negative integer, got ${options.maxNewTokens}`);
+  validateSampling(options);
+  const [B, T] = inputIds.shape as [number, number];
+  const eos = asList(options.eosTokenId === undefined ? model.config.eosTokenId : options.eosTokenId);
+  const pad = options.padTokenId ?? model.config.padTokenId ?? eos[0] ?? 0;
+  const sampling = isSampling(options);
+  const rng = new Generator(options.seed ?? 0);
+  const cache = new KVCache();
+  let mask = attentionMask ?? Tensor.full([B, T], 1, "int64");
+  const rows: number[][] = Array.from({ length: B }, () => []);
+  const finished = new Array<boolean>(B).fill(false);
+  let next = inputIds;
+  for (let step = 0; step < options.maxNewTokens; step++) {
+    const { logits } = await model.call(next, { attentionMask: mask, cache, logitsToKeep: 1 });
+    const V = logits.shape[2]!;
+    const data = logits.data as Float32Array;
+    const chosen = rows.map((row, b) => {
+      const values = data.subarray(b * V, (b + 1) * V);
+      const token = finished[b] ? pad : sampling ? sampleRow(values, options, rng) : argmaxRow(values);
+      if (eos.includes(token)) finished[b] = true;
+      row.push(token);
+      return token;
+    });
+    await options.onStep?.(chosen, step);
+    next = new Tensor("int64", BigInt64Array.from(chosen, BigInt), [B, 1]);
+    mask = Tensor.cat([mask, Tensor.full([B, 1], 1, "int64")], 1);
+    if (finished.every(Boolean)) break;
+  }
+  const steps = rows[0]!.length;
+  const generated = new Tensor("int64", BigInt64Array.from(rows.flat(), BigInt), [B, steps]);
+  return { sequences: Tensor.cat([inputIds.long(), generated], 1), generated, attentionMask: mask };
+}

@@ -1,0 +1,29 @@
+/**
+ * model_type -> architecture. A model is built only through this table (never from a class name in a request).
+ */
+import type { CausalLM } from "./causal-lm.js";
+import { ConfigError, type RawConfig } from "./config.js";
+import { gpt2Config, GPT2LMHeadModel } from "./gpt2.js";
+import { gptNeoXConfig, GPTNeoXForCausalLM } from "./gpt_neox.js";
+import { llamaConfig, LlamaForCausalLM } from "./llama.js";
+
+const architectures: Record<string, (raw: RawConfig) => CausalLM> = {
+  gpt2: (raw) => new GPT2LMHeadModel(gpt2Config(raw)),
+  llama: (raw) => new LlamaForCausalLM(llamaConfig(raw, "llama")),
+  mistral: (raw) => new LlamaForCausalLM(llamaConfig(raw, "mistral")),
+  qwen2: (raw) => new LlamaForCausalLM(llamaConfig(raw, "qwen2")),
+  qwen3: (raw) => new LlamaForCausalLM(llamaConfig(raw, "qwen3")),
+  gemma: (raw) => new LlamaForCausalLM(llamaConfig(raw, "gemma")),
+  gpt_neox: (raw) => new GPTNeoXForCausalLM(gptNeoXConfig(raw)),
+};
+
+export const supportedModelTypes = Object.keys(architectures);
+
+/** The module tree for a Hugging Face config, with meta (shape-only) parameters until weights are loaded. */
+export function buildModel(raw: RawConfig): CausalLM {
+  const type = raw.model_type;
+  if (typeof type !== "string") throw new ConfigError('config: field "model_type" is required (a string such as "llama")', "model_type");
+  const build = architectures[type];
+  if (!build) throw new ConfigError(`config: model_type "${type}" is not supported; supported: ${supportedModelTypes.join(", ")}`, "model_type");
+  return build(raw).finalize();
+}

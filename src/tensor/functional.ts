@@ -1,0 +1,40 @@
+/**
+ * Neural-network functions over tensors (torch.nn.functional's role): the fused kernels models call.
+ */
+import { apply1 } from "./primitive.js";
+import * as P from "./primitives.js";
+import { ShapeError } from "./errors.js";
+import { fmt } from "./shape.js";
+import type { Tensor } from "./tensor.js";
+
+/** x W^T + b over the last dim of x (weight [out, in]); `transposed` takes GPT-2 Conv1D's [in, out] weight. */
+export function linear(x: Tensor, weight: Tensor, bias?: Tensor | null, transposed = false): Tensor {
+  const inFeatures = x.shape.at(-1)!;
+  const flat = x.ndim === 2 ? x : x.reshape(-1, inFeatures);
+  const inputs = bias ? [flat.float(), weight, bias] : [flat.float(), weight];
+  const y = apply1(P.linear, inputs, { transposed });
+  const out = transposed ? weight.shape[1]! : weight.shape[0]!;
+  return x.ndim === 2 ? y : y.reshape([...x.shape.slice(0, -1), out]);
+}
+
+export function layerNorm(x: Tensor, weight: Tensor, bias: Tensor, eps: number): Tensor {
+  return apply1(P.layerNorm, [x, weight, bias], { eps });
+}
+
+export function rmsNorm(x: Tensor, weight: Tensor, eps: number): Tensor {
+  return apply1(P.rmsNorm, [x, weight], { eps });
+}
+
+/** Rows of `weight` for integer `ids` of any shape. */
+export function embedding(ids: Tensor, weight: Tensor): Tensor {
+  if (ids.dtype !== "int64" && ids.dtype !== "int32") throw new ShapeError(`embedding: ids must be integers, got ${ids.dtype}`);
+  return weight.indexSelect(0, ids);
+}
+
+/** Mean negative log-likelihood of `targets` [N] under `logits` [N, C]. */
+export function crossEntropy(logits: Tensor, targets: Tensor): Tensor {
+  if (logits.ndim !== 2 || targets.ndim !== 1 || targets.shape[0] !== logits.shape[0]) {
+    throw new ShapeError(`cross_entropy: expects logits [N, C] and targets [N], got ${fmt(logits.shape)} and ${fmt(targets.shape)}`);
+  }
+  return logits.logSoftmax(-1).gather(1, targets.long().unsqueeze(1)).mean().neg();
+}

@@ -1,0 +1,83 @@
+/**
+ * The Hugging Face reference fixtures (../shared/fixtures, see its README): where they are and how to read them.
+ */
+import fs from "node:fs";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { buildModel, loadWeights, type CausalLM } from "../src/models/index.js";
+import { readSafetensors, type Tensor } from "../src/tensor/index.js";
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
+
+/** TSIGHT_FIXTURES, else ../shared/fixtures beside the project, else the workplace's /work/shared/fixtures. */
+export const fixturesDir: string = (() => {
+  const candidates = [process.env.TSIGHT_FIXTURES, path.resolve(root, "../shared/fixtures"), "/work/shared/fixtures"].filter((p): p is string => !!p);
+  const found = candidates.find((p) => fs.existsSync(path.join(p, "README.md")));
+  if (!found) throw new Error(`reference fixtures not found (looked in ${candidates.join(", ")}); set TSIGHT_FIXTURES`);
+  return found;
+})();
+
+export const hfArchitectures = ["gpt2", "llama", "mistral", "qwen2", "qwen3", "gpt_neox", "gemma"] as const;
+export const stdlibModels = ["stdlib-gpt2", "stdlib-llama"] as const;
+export type FixtureName = (typeof hfArchitectures)[number] | (typeof stdlibModels)[number];
+
+export function fixtureDir(name: FixtureName): string {
+  return name.startsWith("stdlib-") ? path.join(fixturesDir, name) : path.join(fixturesDir, "hf-fixtures", name);
+}
+
+export interface Manifest {
+  modules: string[];
+  single: { pre_order: string[]; post_order: string[]; output_kinds: Record<string, string> };
+  probes?: { text: string; ids: number[]; greedy: string }[];
+  tokenizer_cases?: { text: string; ids: number[] }[];
+}
+
+export interface Fixture {
+  name: FixtureName;
+  dir: string;
+  config: Record<string, unknown>;
+  manifest: Manifest;
+  reference: Map<string, Tensor>;
+}
+
+const cache = new Map<FixtureName, Promise<Fixture>>();
+export function fixture(name: FixtureName): Promise<Fixture> {
+  let f = cache.get(name);
+  if (!f) {
+    f = (async () => {
+      const dir = fixtureDir(name);
+      const read = (file: string) => JSON.parse(fs.readFileSync(path.join(dir, file), "utf8"));
+      const { tensors } = await readSafetensors(path.join(dir, "reference.safetensors"));
+      return { name, dir, config: read("config.json"), manifest: read("manifest.json"), reference: tensors };
+    })();
+    cache.set(name, f);
+  }
+  return f;
+}
+
+/** A fresh model with the fixture's weights (fresh: tests may install hooks). */
+export async function fixtureModel(name: FixtureName): Promise<CausalLM> {
+  const f = await fixture(name);
+  const model = buildModel(f.config);
+  loadWeights(model, (await readSafetensors(path.join(f.dir, "model.safetensors"))).tensors);
+  return model;
+}
+
+export function ref(f: Fixture, key: string): Tensor {
+  const t = f.reference.get(key);
+  if (!t) throw new Error(`${f.name}: reference.safetensors has no "${key}"`);
+  return t;
+}
+
+/** Largest absolute difference; throws on a shape mismatch so it cannot pass by accident. */
+export function maxAbsDiff(a: Tensor, b: Tensor): number {
+  if (a.shape.length !== b.shape.length || a.shape.some((d, i) => d !== b.shape[i])) throw new Error(`shape [${a.shape}] vs [${b.shape}]`);
+  const x = a.float().data as Float32Array;
+  const y = b.float().data as Float32Array;
+  let worst = 0;
+  for (let i = 0; i < x.length; i++) {
+    const d = Math.abs(x[i]! - y[i]!);
+    if (!(d <= worst)) worst = Number.isNaN(d) ? Infinity : d;
+  }
+  return worst;
+}

@@ -2,20 +2,20 @@
  * Downloads against a real HTTP server on 127.0.0.1 that answers like the hub's resolve endpoint: X-Repo-Commit
  * and ETag on every file, LFS files as a redirect carrying X-Linked-Etag / X-Linked-Size, X-Error-Code on errors.
  */
+import { fixturesDir } from "../../test/fixtures.js";
 import { createHash } from "node:crypto";
 import { mkdtemp, readdir, readFile, readlink, rm, stat } from "node:fs/promises";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
 import os from "node:os";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { readModelSafetensors, readSafetensors, writeSafetensors } from "../tensor/index.js";
 import { HubAuthError, HubDownloadError, HubNotFoundError, HubOfflineError } from "./errors.js";
 import { downloadFile, downloadModel, hubCacheDir, repoCacheFolder, type DownloadProgress, type HubOptions } from "./huggingface.js";
 import { resolveModelSource } from "./source.js";
 
-const FIXTURES = fileURLToPath(new URL("../../../shared/fixtures", import.meta.url));
+const FIXTURES = fixturesDir;
 const COMMIT = "0123456789abcdef0123456789abcdef01234567";
 const LFS = new Set(["model.safetensors", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]);
 

@@ -1,3 +1,4 @@
+import { fixturesDir } from "../../test/fixtures.js";
 import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
@@ -8,7 +9,7 @@ import { embeddedModelNames, embeddedModelPath, packageRoot } from "./embedded.j
 import { ModelConfigError, UnknownModelError } from "./errors.js";
 import { locateModel, readModelConfigs, resolveModelSource } from "./source.js";
 
-const FIXTURES = fileURLToPath(new URL("../../../shared/fixtures", import.meta.url));
+const FIXTURES = fixturesDir;
 const ROOT = fileURLToPath(new URL("../..", import.meta.url));
 const offline = { offline: true, cacheDir: "/nonexistent-tsight-cache" };
 

@@ -1,13 +1,13 @@
+import { fixturesDir } from "../../test/fixtures.js";
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
 import { beforeAll, describe, expect, it } from "vitest";
 import { readSafetensors, Tensor } from "../tensor/index.js";
 import { TokenizerError } from "./errors.js";
 import { Tokenizer } from "./tokenizer.js";
 
-const FIXTURES = fileURLToPath(new URL("../../../shared/fixtures", import.meta.url));
+const FIXTURES = fixturesDir;
 
 interface Manifest {
   probes: { text: string; ids: number[]; greedy: string }[];

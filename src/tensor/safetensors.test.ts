@@ -1,7 +1,7 @@
+import { fixturesDir } from "../../test/fixtures.js";
 import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   metaTensors,
@@ -17,7 +17,7 @@ import {
 } from "./safetensors.js";
 import { Tensor } from "./tensor.js";
 
-const FIXTURES = fileURLToPath(new URL("../../../shared/fixtures", import.meta.url));
+const FIXTURES = fixturesDir;
 
 // #region independent decoding of raw files, written without the reader
 

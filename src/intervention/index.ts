@@ -1,2 +1,6 @@
 export * from "./inputs.js";
 export * from "./language-model.js";
+export * from "./errors.js";
+export { Tracer, InvokeTracer, type Barrier, type InterventionFn } from "./tracer.js";
+export { Cache, type CacheOptions, type CacheEntry } from "./cache.js";
+export type { EnvoyOf, EnvoyTree, AnyEnvoy } from "./envoy-types.js";

@@ -1,11 +1,24 @@
 /**
  * LanguageModel: what users hold. A causal LM with its tokenizer and configs, loaded by name, folder or Hugging
- * Face repo id, with or without weights.
+ * Face repo id (with or without weights), and the entry points of interventions: trace, scan, edit, session,
+ * generate.
  */
 import { loadPretrained, type LoadedModel, type LoadOptions, type Tokenizer } from "../hub/index.js";
-import { generate, type CausalLM, type GenerateOptions, type RawConfig } from "../models/index.js";
-import type { Tensor } from "../tensor/index.js";
+import { generate, type CausalLM, type GenerateOptions, type GPT2LMHeadModel, type LlamaForCausalLM, type RawConfig } from "../models/index.js";
+import { Tensor } from "../tensor/index.js";
+import type { EnvoyTree } from "./envoy-types.js";
+import { TraceError } from "./errors.js";
 import { toBatch, type ModelInput } from "./inputs.js";
+import { Tracer, TraceRun, type Driver, type InterventionFn, type InvokeTracer, type TraceTarget } from "./tracer.js";
+
+export interface ModelLoadOptions extends LoadOptions {
+  /**
+   * Extra names for modules in envoy trees: a dotted path becomes a name on the model
+   * (`{ "transformer.h": "layers" }` gives `m.layers`); a plain name is an alias wherever that child occurs
+   * (`{ attn: "attention" }`).
+   */
+  rename?: Record<string, string>;
+}
 
 export interface GenerateCall extends Omit<GenerateOptions, "onStep"> {
   /** Called with each step's new tokens and their decoded text per row (streaming). */
@@ -21,42 +34,185 @@ export interface GenerateOutput {
   text: string[];
 }
 
-export class LanguageModel {
+export interface TraceOptions {
+  /** Values the intervention reads as `tr.vars` (JSON values and tensors). */
+  vars?: Record<string, unknown>;
+}
+
+export interface EditOptions {
+  /** Change this model rather than return an edited copy (which shares weights). */
+  inplace?: boolean;
+}
+
+/** A trace function given only the tracer (several invokes). */
+export type TraceFn<M extends CausalLM, R> = (tr: Tracer<EnvoyTree<M>>) => R | Promise<R>;
+
+/** Groups traces of one model; locally a session is just its function, values carry across in variables. */
+export interface Session<M extends CausalLM> {
+  trace: LanguageModel<M>["trace"];
+  scan: LanguageModel<M>["scan"];
+  generate: LanguageModel<M>["generate"];
+}
+
+/** State shared by a model and its edited copies: the module tree runs one trace at a time. */
+interface Shared {
+  model: CausalLM;
+  tokenizer: Tokenizer;
+  aliases: Map<string, Map<string, string>>;
+  queue: Promise<unknown>;
+}
+
+export class LanguageModel<M extends CausalLM = CausalLM> {
   /** The name or path it was loaded from. */
   readonly name: string;
-  readonly model: CausalLM;
-  readonly tokenizer: Tokenizer;
   readonly config: RawConfig;
   readonly generationConfig: RawConfig | null;
   /** False for a meta model (shapes, no weights). */
   readonly dispatched: boolean;
+  private readonly shared: Shared;
+  private edits: InterventionFn[] = [];
 
-  constructor(name: string, loaded: LoadedModel) {
+  constructor(name: string, loaded: LoadedModel, rename: Record<string, string> = {}) {
     this.name = name;
-    this.model = loaded.model;
-    this.tokenizer = loaded.tokenizer;
     this.config = loaded.config;
     this.generationConfig = loaded.generationConfig;
     this.dispatched = loaded.dispatched;
+    this.shared = { model: loaded.model, tokenizer: loaded.tokenizer, aliases: buildAliases(loaded.model, rename), queue: Promise.resolve() };
   }
 
   /** Loads `stdlib-gpt2`, `stdlib-llama`, a model folder, or a Hugging Face repo id. */
-  static async load(nameOrPath: string, options: LoadOptions = {}): Promise<LanguageModel> {
-    return new LanguageModel(nameOrPath, await loadPretrained(nameOrPath, options));
+  static async load(name: "stdlib-gpt2", options?: ModelLoadOptions): Promise<LanguageModel<GPT2LMHeadModel>>;
+  static async load(name: "stdlib-llama", options?: ModelLoadOptions): Promise<LanguageModel<LlamaForCausalLM>>;
+  static async load<M extends CausalLM = CausalLM>(nameOrPath: string, options?: ModelLoadOptions): Promise<LanguageModel<M>>;
+  static async load(nameOrPath: string, options: ModelLoadOptions = {}): Promise<LanguageModel<any>> {
+    return new LanguageModel(nameOrPath, await loadPretrained(nameOrPath, options), options.rename);
+  }
+
+  /** The module tree. */
+  get model(): M {
+    return this.shared.model as M;
+  }
+  get tokenizer(): Tokenizer {
+    return this.shared.tokenizer;
+  }
+
+  /**
+   * One forward pass with interventions. With an input, `fn(m, tr)` intervenes on it; without, `fn(tr)` creates
+   * invokes (`tr.invoke(input, fn)`) that are batched into the one pass. Resolves to what `fn` returns.
+   */
+  trace<R>(input: ModelInput, fn: InterventionFn<EnvoyTree<M>, R>, options?: TraceOptions): Promise<R>;
+  trace<R>(fn: TraceFn<M, R>, options?: TraceOptions): Promise<R>;
+  trace<R>(a: ModelInput | TraceFn<M, R>, b?: InterventionFn<EnvoyTree<M>, R> | TraceOptions, c?: TraceOptions): Promise<R> {
+    return this.run(a, b, c, async (model, ids, mask) => void (await model.call(ids, { attentionMask: mask })));
+  }
+
+  /**
+   * A trace that computes shapes only: module values are meta tensors (shape and dtype, no data), so it works on
+   * a meta model and costs almost nothing on a real one.
+   */
+  scan<R>(input: ModelInput, fn: InterventionFn<EnvoyTree<M>, R>, options?: TraceOptions): Promise<R>;
+  scan<R>(fn: TraceFn<M, R>, options?: TraceOptions): Promise<R>;
+  scan<R>(a: ModelInput | TraceFn<M, R>, b?: InterventionFn<EnvoyTree<M>, R> | TraceOptions, c?: TraceOptions): Promise<R> {
+    return this.run(a, b, c, async (model, ids, mask) => void (await model.call(Tensor.meta(ids.dtype, ids.shape), { attentionMask: mask })));
+  }
+
+  /**
+   * A persistent intervention applied (to the whole batch, before the invokes) in every later trace. Returns an
+   * edited copy sharing this model's weights, or this model itself with `inplace`.
+   */
+  edit(fn: InterventionFn<EnvoyTree<M>, unknown>, options: EditOptions = {}): LanguageModel<M> {
+    const target = options.inplace ? this : this.copy();
+    target.edits = [...target.edits, fn as InterventionFn];
+    return target;
+  }
+
+  /** Removes one edit, or all of them. */
+  clearEdits(fn?: InterventionFn<EnvoyTree<M>, unknown>): void {
+    this.edits = fn ? this.edits.filter((e) => e !== fn) : [];
+  }
+
+  /** Runs several traces as one unit; locally they share values through ordinary variables. */
+  async session<R>(fn: (s: Session<M>) => R | Promise<R>): Promise<R> {
+    return fn({ trace: this.trace.bind(this), scan: this.scan.bind(this), generate: this.generate.bind(this) } as Session<M>);
   }
 
   /** Greedy or sampled continuation of each prompt (no interventions). */
   async generate(input: ModelInput, options: GenerateCall): Promise<GenerateOutput> {
     const { ids, mask } = toBatch(input, this.tokenizer);
-    const decoders = Array.from({ length: ids.shape[0]! }, () => this.tokenizer.decodeStream());
-    const eos = options.eosTokenId === undefined ? (this.generationConfig?.eos_token_id as number | number[] | undefined) : options.eosTokenId;
-    const result = await generate(this.model, ids, mask, {
-      ...options,
-      eosTokenId: eos,
-      padTokenId: options.padTokenId ?? this.tokenizer.padTokenId,
-      onStep: options.onToken && ((tokens, step) => options.onToken!({ tokens, step, text: tokens.map((t, b) => decoders[b]!.push(t)) })),
+    return this.exclusive(async () => {
+      const decoders = Array.from({ length: ids.shape[0]! }, () => this.tokenizer.decodeStream());
+      const eos = options.eosTokenId === undefined ? (this.generationConfig?.eos_token_id as number | number[] | undefined) : options.eosTokenId;
+      const result = await generate(this.model, ids, mask, {
+        ...options,
+        eosTokenId: eos,
+        padTokenId: options.padTokenId ?? this.tokenizer.padTokenId,
+        onStep: options.onToken && ((tokens, step) => options.onToken!({ tokens, step, text: tokens.map((t, b) => decoders[b]!.push(t)) })),
+      });
+      const text = Array.from({ length: ids.shape[0]! }, (_, b) => this.tokenizer.decode(result.generated.index(b).toArray(), { skipSpecialTokens: true }));
+      return { sequences: result.sequences, generated: result.generated, text };
     });
-    const text = Array.from({ length: ids.shape[0]! }, (_, b) => this.tokenizer.decode(result.generated.index(b).toArray(), { skipSpecialTokens: true }));
-    return { sequences: result.sequences, generated: result.generated, text };
   }
+
+  private copy(): LanguageModel<M> {
+    const c = Object.create(LanguageModel.prototype) as LanguageModel<M>;
+    Object.assign(c, this);
+    c.edits = [...this.edits];
+    return c;
+  }
+
+  private target(): TraceTarget {
+    return { model: this.model, tokenizer: this.tokenizer, aliases: this.shared.aliases, edits: this.edits };
+  }
+
+  /** Runs `work` when no other trace of this module tree is running. */
+  private exclusive<T>(work: () => Promise<T>): Promise<T> {
+    const result = this.shared.queue.then(work);
+    this.shared.queue = result.catch(() => undefined);
+    return result;
+  }
+
+  private run<R>(a: ModelInput | TraceFn<M, R>, b: InterventionFn<EnvoyTree<M>, R> | TraceOptions | undefined, c: TraceOptions | undefined, drive: Driver): Promise<R> {
+    return this.exclusive(async () => {
+      let result: Promise<R>;
+      let run: TraceRun;
+      if (typeof a === "function") {
+        if (typeof b === "function") throw new TraceError("trace(fn) takes one function; to trace an input use trace(input, fn)");
+        run = new TraceRun(this.target(), (b as TraceOptions | undefined)?.vars);
+        result = Promise.resolve((a as TraceFn<M, R>)(new Tracer(run) as Tracer<EnvoyTree<M>>));
+      } else {
+        if (typeof b !== "function") throw new TraceError("trace(input, fn): the intervention function is missing");
+        run = new TraceRun(this.target(), c?.vars);
+        result = run.addInvoke(a, b as InterventionFn);
+      }
+      result.catch(() => undefined);
+      run.close();
+      await run.execute(drive);
+      return result;
+    });
+  }
+}
+
+export type { InvokeTracer };
+
+/** Alias maps for envoy trees, from load-time `rename`. */
+function buildAliases(model: CausalLM, rename: Record<string, string>): Map<string, Map<string, string>> {
+  const aliases = new Map<string, Map<string, string>>();
+  const add = (at: string, alias: string, target: string) => {
+    let m = aliases.get(at);
+    if (!m) aliases.set(at, (m = new Map()));
+    m.set(alias, target);
+  };
+  const paths = model.namedModules().map(([p]) => p);
+  for (const [from, to] of Object.entries(rename)) {
+    if (!/^[A-Za-z_$][\w$]*$/.test(to)) throw new TraceError(`rename: "${to}" is not a valid name`);
+    if (from.includes(".")) {
+      if (!paths.includes(from)) throw new TraceError(`rename: the model has no module "${from}"`);
+      add("", to, from);
+      continue;
+    }
+    const parents = paths.filter((p) => p.split(".").at(-1) === from && p !== "").map((p) => p.split(".").slice(0, -1).join("."));
+    if (!parents.length) throw new TraceError(`rename: no module is named "${from}"`);
+    for (const parent of parents) add(parent, to, from);
+  }
+  return aliases;
 }

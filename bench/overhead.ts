@@ -1,0 +1,49 @@
+/**
+ * What tracing costs on top of the forward pass: an empty trace, and each read or replacement of a module value,
+ * measured on stdlib-gpt2 (5 tokens) with rounds interleaved so drift hits every variant alike.
+ */
+import { LanguageModel } from "../src/intervention/index.js";
+import type { GPT2LMHeadModel } from "../src/models/index.js";
+import { Tensor } from "../src/tensor/index.js";
+
+const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+
+export interface Overhead {
+  forwardUs: number;
+  emptyTraceUs: number;
+  perReadUs: number;
+  perReplaceUs: number;
+}
+
+export async function interventionOverhead(rounds = 200): Promise<Overhead> {
+  const lm = (await LanguageModel.load("stdlib-gpt2")) as LanguageModel<GPT2LMHeadModel>;
+  const ids = new Tensor("int64", BigInt64Array.of(324n, 615n, 638n, 636n, 284n), [1, 5]);
+  // 20 modules in the order the forward pass produces them.
+  const reads = [0, 1, 2, 3].flatMap((i) => ["ln_1", "attn.c_attn", "attn.c_proj", "ln_2", "mlp.c_fc"].map((p) => `transformer.h.${i}.${p}`));
+  const variants: Record<string, () => Promise<unknown>> = {
+    forward: () => lm.model.call(ids),
+    empty: () => lm.trace(ids, async () => undefined),
+    reads: () =>
+      lm.trace(ids, async (m: any) => {
+        for (const p of reads) await p.split(".").reduce((e: any, k: string) => e[k], m).output;
+      }),
+    replaces: () =>
+      lm.trace(ids, async (m: any) => {
+        for (const p of reads) {
+          const e = p.split(".").reduce((x: any, k: string) => x[k], m);
+          e.output = await e.output;
+        }
+      }),
+  };
+  const times: Record<string, number[]> = Object.fromEntries(Object.keys(variants).map((k) => [k, []]));
+  for (let i = 0; i < 10; i++) for (const run of Object.values(variants)) await run();
+  for (let i = 0; i < rounds; i++) {
+    for (const [name, run] of Object.entries(variants)) {
+      const t = performance.now();
+      await run();
+      times[name]!.push((performance.now() - t) * 1000);
+    }
+  }
+  const [forward, empty, readsT, replacesT] = ["forward", "empty", "reads", "replaces"].map((k) => median(times[k]!)) as [number, number, number, number];
+  return { forwardUs: forward, emptyTraceUs: empty - forward, perReadUs: (readsT - empty) / reads.length, perReplaceUs: (replacesT - readsT) / reads.length };
+}

@@ -1,0 +1,83 @@
+/**
+ * tr.cache(): records module values as the forward goes, after every intervention has been applied, keyed by
+ * module path. A cache made in an invoke holds that invoke's rows; one made on the trace holds the whole batch.
+ */
+import type { Module } from "../nn/index.js";
+import type { Recorder } from "./interleaver.js";
+import type { ValueKind } from "./mediator.js";
+import { detachAll, selectRows, type Rows } from "./rows.js";
+
+export interface CacheOptions {
+  /** Modules to record (paths or envoys), each with everything inside it; all modules when omitted. */
+  modules?: readonly (string | { path: string })[];
+  /** Record outputs (default true). */
+  outputs?: boolean;
+  /** Record inputs (all arguments; default false). */
+  inputs?: boolean;
+}
+
+export interface CacheEntry {
+  /** The output of the module's first call. */
+  output?: unknown;
+  /** The arguments of the module's first call. */
+  inputs?: unknown[];
+  /** Outputs of every call, in order (one per generation step). */
+  outputsByCall: unknown[];
+  /** Inputs of every call, in order. */
+  inputsByCall: unknown[][];
+}
+
+export class Cache implements Recorder {
+  private readonly entries = new Map<string, CacheEntry>();
+  private readonly prefixes: string[] | null;
+  private readonly outputs: boolean;
+  private readonly inputs: boolean;
+
+  constructor(
+    options: CacheOptions,
+    private readonly rows: Rows | null,
+    knownPaths: ReadonlySet<string>,
+  ) {
+    this.prefixes = options.modules ? options.modules.map((m) => (typeof m === "string" ? m : m.path)) : null;
+    for (const p of this.prefixes ?? []) if (!knownPaths.has(p)) throw new RangeError(`cache: the model has no module "${p}"`);
+    this.outputs = options.outputs ?? true;
+    this.inputs = options.inputs ?? false;
+  }
+
+  private wants(path: string): boolean {
+    return this.prefixes === null || this.prefixes.some((p) => p === "" || path === p || path.startsWith(p + "."));
+  }
+
+  record(path: string, kind: ValueKind, value: unknown, batch: number): void {
+    if (!(kind === "output" ? this.outputs : this.inputs) || !this.wants(path)) return;
+    let e = this.entries.get(path);
+    if (!e) this.entries.set(path, (e = { outputsByCall: [], inputsByCall: [] }));
+    const mine = detachAll(selectRows(value, this.rows, batch));
+    if (kind === "output") {
+      if (e.outputsByCall.length === 0) e.output = mine;
+      e.outputsByCall.push(mine);
+    } else {
+      if (e.inputsByCall.length === 0) e.inputs = mine as unknown[];
+      e.inputsByCall.push(mine as unknown[]);
+    }
+  }
+
+  /** The entry of a module (by path or envoy), or undefined if it was not recorded. */
+  get(module: string | { path: string }): CacheEntry | undefined {
+    return this.entries.get(typeof module === "string" ? module : module.path);
+  }
+
+  /** Recorded module paths, in the order they first produced a value. */
+  keys(): string[] {
+    return [...this.entries.keys()];
+  }
+
+  /** path -> first-call output, as a plain object (what a remote job would send back). */
+  toObject(): Record<string, unknown> {
+    return Object.fromEntries([...this.entries].filter(([, e]) => e.outputsByCall.length).map(([p, e]) => [p, e.output]));
+  }
+}
+
+export function modulePaths(root: Module): Set<string> {
+  return new Set(root.namedModules().map(([p]) => p));
+}

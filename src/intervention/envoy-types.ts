@@ -1,0 +1,42 @@
+/**
+ * Static types of envoy trees: for a built-in architecture, `m.transformer.h[2].attn.output` autocompletes and
+ * has the module's real output type. For a model of unknown class, every name is allowed (AnyEnvoy).
+ */
+import type { CausalLM } from "../models/index.js";
+import type { Module, ModuleList } from "../nn/index.js";
+
+type Out<M extends Module> = Awaited<ReturnType<M["forward"]>>;
+type Args<M extends Module> = Parameters<M["forward"]>;
+type Replacement<T> = T | ((current: T) => T);
+
+/** Names of a module's fields that hold child modules. */
+type ChildKeys<M> = { [K in keyof M]-?: K extends "tree" ? never : NonNullable<M[K]> extends Module ? K : never }[keyof M];
+
+type EnvoyChild<C> = C extends ModuleList<infer I> ? EnvoyOf<I>[] : C extends Module ? EnvoyOf<C> : never;
+
+/** The envoy of module class M: its values and its children's envoys. */
+export type EnvoyOf<M extends Module> = {
+  readonly path: string;
+  get output(): Promise<Out<M>>;
+  set output(value: Replacement<Out<M>>);
+  get input(): Promise<Args<M>[0]>;
+  set input(value: Replacement<Args<M>[0]>);
+  get inputs(): Promise<Args<M>>;
+  set inputs(value: Replacement<Args<M>>);
+  skip(value: Out<M>): void;
+  call(...args: Args<M>): Promise<Out<M>>;
+} & { readonly [K in ChildKeys<M>]: EnvoyChild<NonNullable<M[K]>> };
+
+/** An envoy with no static knowledge of the tree. */
+export interface AnyEnvoy {
+  readonly path: string;
+  output: any;
+  input: any;
+  inputs: any;
+  skip(value: unknown): void;
+  call(...args: unknown[]): Promise<any>;
+  [child: string]: any;
+}
+
+/** The envoy tree a model class gets: precise for concrete classes, open for the abstract CausalLM. */
+export type EnvoyTree<M extends CausalLM> = CausalLM extends M ? AnyEnvoy : EnvoyOf<M>;

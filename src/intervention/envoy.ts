@@ -1,0 +1,133 @@
+/**
+ * Envoy: the user's handle on a module inside an intervention. Mirrors the model tree (`m.transformer.h[2].attn`)
+ * and turns property access into requests to the invoke's mediator:
+ *
+ *   await m.x.output            read the module's output (this invoke's rows)
+ *   m.x.output = t              replace it when the module returns (or `= (out) => newOut`)
+ *   await m.x.input / .inputs   read the first argument / all arguments; assign to replace them before it runs
+ *   m.x.skip(value)             do not run the module; use `value` as its output
+ *   await m.x.call(...args)     run the module directly (e.g. lm_head on an earlier layer's output)
+ */
+import { Module, ModuleList } from "../nn/index.js";
+import { TraceError } from "./errors.js";
+import type { Mediator } from "./mediator.js";
+
+/** What the envoy tree needs from its trace: the mediator its requests go to, and how to call a module. */
+export interface EnvoyContext {
+  mediator: Mediator;
+  /** Runs a module outside the hooks (a direct call from intervention code). */
+  callDirect(module: Module, args: unknown[]): Promise<unknown>;
+  /** Alias name -> real child name, per module path (from `rename` at load time). */
+  aliases: ReadonlyMap<string, ReadonlyMap<string, string>>;
+}
+
+/** A module's children by name, computed once per module (envoy trees are rebuilt for every trace). */
+const childMaps = new WeakMap<Module, Map<string, Module>>();
+function childrenOf(module: Module): Map<string, Module> {
+  let map = childMaps.get(module);
+  if (!map) childMaps.set(module, (map = new Map(module.children())));
+  return map;
+}
+
+/** An Error made at the user's call, for the stack of an error raised later. Few frames: the user's is near. */
+function origin(): Error {
+  const limit = Error.stackTraceLimit;
+  Error.stackTraceLimit = 8;
+  const e = new Error();
+  Error.stackTraceLimit = limit;
+  return e;
+}
+
+export class Envoy {
+  /** @internal */ readonly _module: Module;
+  /** @internal */ readonly _ctx: EnvoyContext;
+  private readonly _children = new Map<string, unknown>();
+
+  constructor(module: Module, ctx: EnvoyContext) {
+    this._module = module;
+    this._ctx = ctx;
+  }
+
+  /** The module's dotted path ("" for the model). */
+  get path(): string {
+    return this._module.path;
+  }
+
+  get output(): Promise<any> {
+    return this._ctx.mediator.read(this.path, "output", "all", origin());
+  }
+  set output(value: unknown) {
+    this._ctx.mediator.write(this.path, "output", "all", value, origin());
+  }
+  get input(): Promise<any> {
+    return this._ctx.mediator.read(this.path, "input", "first", origin());
+  }
+  set input(value: unknown) {
+    this._ctx.mediator.write(this.path, "input", "first", value, origin());
+  }
+  get inputs(): Promise<any[]> {
+    return this._ctx.mediator.read(this.path, "input", "all", origin()) as Promise<any[]>;
+  }
+  set inputs(value: unknown) {
+    if (!Array.isArray(value) && typeof value !== "function") throw new TraceError(`${this.path}.inputs must be assigned an array of arguments`);
+    this._ctx.mediator.write(this.path, "input", "all", value, origin());
+  }
+
+  /** Do not run this module (for this invoke's rows); `value` is its output. */
+  skip(value: unknown): void {
+    this._ctx.mediator.skip(this.path, value, origin());
+  }
+
+  /** Runs the module on `args` now, outside the forward pass (no hooks fire). */
+  call(...args: unknown[]): Promise<any> {
+    return this._ctx.callDirect(this._module, args);
+  }
+
+  /** @internal child envoy by name (or alias), created on first use */
+  _child(name: string): unknown {
+    let child = this._children.get(name);
+    if (child === undefined) {
+      const real = this._ctx.aliases.get(this.path)?.get(name) ?? name;
+      const target = resolvePath(this._module, real);
+      if (!target) return undefined;
+      child = target instanceof ModuleList ? listEnvoy(target, this._ctx) : envoyFor(target, this._ctx);
+      this._children.set(name, child);
+    }
+    return child;
+  }
+
+  toString(): string {
+    return `Envoy(${this.path || "<model>"}: ${this._module.typeName})`;
+  }
+}
+
+function resolvePath(module: Module, path: string): Module | undefined {
+  return path.includes(".") ? module.get(path) : childrenOf(module).get(path);
+}
+
+const passthrough = new Set<string | symbol>(["then", "toJSON", "constructor", "asymmetricMatch", "$$typeof", "nodeType", "inspect"]);
+
+/** An Envoy wrapped so children read as properties and unknown names fail with the list of real ones. */
+export function envoyFor(module: Module, ctx: EnvoyContext): Envoy {
+  return new Proxy(new Envoy(module, ctx), {
+    get(target, prop, receiver) {
+      if (typeof prop === "symbol" || prop in target || passthrough.has(prop)) return Reflect.get(target, prop, receiver);
+      const child = target._child(prop);
+      if (child !== undefined) return child;
+      const aliases = [...(ctx.aliases.get(module.path)?.keys() ?? [])];
+      throw new TraceError(`${module.path || "the model"} (${module.typeName}) has no module "${prop}"; its modules are: ${[...childrenOf(module).keys(), ...aliases].join(", ") || "none"}`);
+    },
+    set(target, prop, value, receiver) {
+      if (prop === "output" || prop === "input" || prop === "inputs") return Reflect.set(target, prop, value, receiver);
+      throw new TraceError(`cannot set "${String(prop)}" on ${module.path || "the model"}; assign to .output, .input or .inputs`);
+    },
+    has(target, prop) {
+      return prop in target || (typeof prop === "string" && target._child(prop) !== undefined);
+    },
+  });
+}
+
+/** A ModuleList's envoy: an array of its items' envoys (negative indices via `.at(-1)`). */
+function listEnvoy(list: ModuleList, ctx: EnvoyContext): Envoy[] {
+  return Array.from({ length: list.length }, (_, i) => envoyFor(list.at(i), ctx));
+}

@@ -1,0 +1,63 @@
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+
+/**
+ * Errors of the intervention layer. Each carries a `code` from DESIGN.md's list and whether retrying can help,
+ * and is created where the user's code made the mistake, so its stack (and `userLine`) points at that line.
+ */
+
+export type ErrorCode = "AUTH" | "PROTOCOL" | "VALIDATION" | "NOT_ALLOWED" | "USER_CODE" | "TIMEOUT" | "MEMORY" | "CANCELLED" | "PREEMPTED" | "INTERNAL";
+
+export class InterventionError extends Error {
+  readonly code: ErrorCode = "USER_CODE";
+  readonly retryable: boolean = false;
+  /** "file:line:column" of the user's code that caused it, when it could be found. */
+  userLine?: string;
+  /** `origin`: an Error made at the user's call, when this one is raised later (at the end of a forward). */
+  constructor(message: string, origin?: Error) {
+    super(message);
+    if (origin?.stack) this.stack = `${this.constructor.name}: ${message}\n${origin.stack.split("\n").slice(1).join("\n")}`;
+    this.userLine = userFrame(this.stack);
+    if (this.userLine) {
+      this.message = `${message}\n    at ${this.userLine}`;
+      if (this.stack) this.stack = this.stack.replace(message, this.message);
+    }
+  }
+}
+
+/** A module value asked for after this invoke let it pass (values come in forward order). */
+export class OutOfOrderError extends InterventionError {
+  override readonly name = "OutOfOrderError";
+}
+
+/** A module value that never came: the module was not called (or not that many times), or was skipped. */
+export class MissedProviderError extends InterventionError {
+  override readonly name = "MissedProviderError";
+}
+
+/** A replacement that does not fit the value it replaces. */
+export class SwapError extends InterventionError {
+  override readonly name = "SwapError";
+}
+
+/** Misuse of the tracing API itself: invokes created too late, a barrier never completed, and the like. */
+export class TraceError extends InterventionError {
+  override readonly name = "TraceError";
+}
+
+/** tsight's own code: src/ (or dist/) of this package. Frames there are not the user's, except tests. */
+const ownCode = path.dirname(path.dirname(fileURLToPath(import.meta.url)));
+const isTest = /\.(test|case)\.[cm]?[jt]s:/;
+
+/** The first stack frame outside tsight's own code (and Node's, and other packages'): the user's line. */
+export function userFrame(stack: string | undefined): string | undefined {
+  if (!stack) return undefined;
+  for (const line of stack.split("\n").slice(1)) {
+    const m = /\(?((?:file:\/\/)?[^()\s]+:\d+:\d+)\)?\s*$/.exec(line.trim());
+    if (!m) continue;
+    const file = m[1]!.replace(/^file:\/\//, "");
+    const internal = file.startsWith(ownCode + path.sep) || file.startsWith("node:") || file.includes(`${path.sep}node_modules${path.sep}`);
+    if (!internal || isTest.test(file)) return file;
+  }
+  return undefined;
+}

@@ -1,0 +1,257 @@
+/**
+ * Interleaver: runs the model's forward pass and the invokes' intervention code together.
+ *
+ * It is the model tree's ModuleHooks. At each module call it provides the call's inputs and then its output, as
+ * `path.input.iN` / `path.output.iN` (N: how many times the module was called before). For each mediator, in
+ * invoke order, with requests for that value it answers them (reads get the invoke's rows, writes replace them)
+ * and then lets the intervention code run until it waits again ("settles"). Modules nobody asked about cost one
+ * map lookup.
+ */
+import type { Module, ModuleHooks } from "../nn/index.js";
+import { Tensor } from "../tensor/index.js";
+import { MissedProviderError, SwapError, TraceError } from "./errors.js";
+import { describe, type Mediator, type Provider, type Request, type ValueKind } from "./mediator.js";
+import { mergeRows, selectRows, type Rows } from "./rows.js";
+
+interface Current {
+  path: string;
+  kind: ValueKind;
+  iteration: number;
+  value: unknown;
+}
+
+/** Thrown through the model's forward to end it early (stop, or an invoke failed). */
+export class EndForward {
+  constructor(readonly reason: "stop" | "error") {}
+}
+
+/** Something that records module values as the forward goes (tr.cache). */
+export interface Recorder {
+  record(path: string, kind: ValueKind, value: unknown, batch: number): void;
+}
+
+export class Interleaver implements ModuleHooks, Provider {
+  private readonly entered = new Map<string, number>();
+  private readonly exited = new Map<string, number>();
+  private readonly interest = new Map<string, number>();
+  private current: Current | null = null;
+  /** Calls of module.call that bypass hooks (a module called directly from intervention code). */
+  bypass = 0;
+  /** Hybrid steps and other tracked async work in flight; settling waits for them. */
+  private busy = 0;
+  private busyDone: (() => void) | null = null;
+  private ending: "stop" | "error" | null = null;
+  readonly recorders: Recorder[] = [];
+
+  constructor(
+    readonly mediators: Mediator[],
+    /** Rows in the batch. */
+    public batch: number,
+  ) {
+    for (const m of mediators) {
+      m.provider = this;
+      for (const r of m.requests) this.watch(r.path, 1);
+    }
+  }
+
+  // #region Provider (what mediators ask)
+
+  isCurrent(r: Request): boolean {
+    const c = this.current;
+    return c !== null && c.path === r.path && c.kind === r.kind && c.iteration === r.iteration;
+  }
+
+  hasPassed(r: Request): boolean {
+    const seen = (r.kind === "output" && r.op !== "skip" ? this.exited : this.entered).get(r.path) ?? 0;
+    return seen > r.iteration && !this.isCurrent(r);
+  }
+
+  answer(m: Mediator, r: Request): void {
+    const c = this.current!;
+    if (r.op === "read") r.resolve(selectRows(pick(c, r), m.rows, this.batch));
+    else if (r.op === "write") c.value = this.swap(c, m, r);
+  }
+
+  watch(path: string, delta: number): void {
+    const n = (this.interest.get(path) ?? 0) + delta;
+    if (n > 0) this.interest.set(path, n);
+    else this.interest.delete(path);
+  }
+
+  // #endregion
+  // #region ModuleHooks (what the model calls)
+
+  async call(module: Module, args: unknown[], forward: (args: unknown[]) => Promise<unknown>): Promise<unknown> {
+    if (this.bypass > 0) return forward(args);
+    this.checkEnding();
+    const path = module.path;
+    const iteration = this.entered.get(path) ?? 0;
+    this.entered.set(path, iteration + 1);
+    const watched = this.interest.has(path);
+    if (watched) args = (await this.provide(path, "input", iteration, args)) as unknown[];
+    for (const r of this.recorders) r.record(path, "input", args, this.batch);
+    const skips = watched ? this.collectSkips(path, iteration) : [];
+    let out: unknown;
+    try {
+      out = skips.length ? await this.runSkipping(skips, args, forward) : await forward(args);
+    } finally {
+      for (const { mediator } of skips) mediator.skipping.delete(path);
+    }
+    this.exited.set(path, iteration + 1);
+    if (this.interest.has(path)) out = await this.provide(path, "output", iteration, out);
+    for (const r of this.recorders) r.record(path, "output", out, this.batch);
+    this.checkEnding();
+    return out;
+  }
+
+  // #endregion
+
+  private async provide(path: string, kind: ValueKind, iteration: number, value: unknown): Promise<unknown> {
+    const c: Current = { path, kind, iteration, value };
+    this.current = c;
+    try {
+      for (const m of this.mediators) {
+        const due = m.take((r) => r.op !== "skip" && r.path === path && r.kind === kind && r.iteration === iteration);
+        if (!due.length) continue;
+        const next = m.nextEvent();
+        for (const r of due) this.answer(m, r);
+        await this.settle(next);
+      }
+      return c.value;
+    } finally {
+      this.current = null;
+    }
+  }
+
+  /** Applies a write to the current value; a misfit is the writing invoke's error. */
+  private swap(c: Current, m: Mediator, r: Request & { op: "write" }): unknown {
+    const where = describe(r.path, r.kind, r.part);
+    try {
+      const replacement = typeof r.value === "function" ? (r.value as (v: unknown) => unknown)(selectRows(pick(c, r), m.rows, this.batch)) : r.value;
+      if (r.kind === "input" && r.part === "first") {
+        const args = c.value as unknown[];
+        return [mergeRows(args[0], replacement, m.rows, this.batch, where), ...args.slice(1)];
+      }
+      return mergeRows(c.value, replacement, m.rows, this.batch, where);
+    } catch (e) {
+      m.fail(typeof e === "string" ? new SwapError(`cannot replace ${where}: ${e}`, r.origin) : e);
+      return c.value;
+    }
+  }
+
+  private collectSkips(path: string, iteration: number): { mediator: Mediator; value: unknown }[] {
+    const skips: { mediator: Mediator; value: unknown }[] = [];
+    for (const m of this.mediators) {
+      const [r] = m.take((x) => x.op === "skip" && x.path === path && x.iteration === iteration);
+      if (!r) continue;
+      skips.push({ mediator: m, value: (r as { value: unknown }).value });
+      m.skipping.add(path);
+      // Requests already made for values inside the skipped module can never be answered.
+      for (const inner of m.take((x) => x.path.startsWith(path + "."))) {
+        const e = new MissedProviderError(`${describe(inner.path, inner.kind, inner.part)} is inside ${path}, which this invoke skips: it does not run`, inner.origin);
+        if (inner.op === "read") inner.reject(e);
+        else m.fail(e);
+      }
+    }
+    return skips;
+  }
+
+  /** Runs a module some invokes skip: not at all if the skips cover the batch, else for all and then replaced. */
+  private async runSkipping(skips: { mediator: Mediator; value: unknown }[], args: unknown[], forward: (args: unknown[]) => Promise<unknown>): Promise<unknown> {
+    const whole = skips.find((s) => s.mediator.rows === null);
+    const covered = skips.reduce((n, s) => n + (s.mediator.rows?.length ?? this.batch), 0);
+    let out: unknown;
+    if (whole) out = whole.value;
+    else if (covered >= this.batch && disjoint(skips.map((s) => s.mediator.rows!), this.batch)) out = concatRows(skips.map((s) => ({ rows: s.mediator.rows!, value: s.value })));
+    else out = await forward(args);
+    for (const s of skips) {
+      if (s === whole) continue;
+      try {
+        out = mergeRows(out, s.value, s.mediator.rows, this.batch, "skip value");
+      } catch (e) {
+        s.mediator.fail(typeof e === "string" ? new SwapError(`skip: ${e}`) : e);
+      }
+    }
+    return out;
+  }
+
+  // #region settling and ending
+
+  /** Set when intervention code may be running in several invokes at once (a barrier opened). */
+  mustDrain = false;
+
+  /**
+   * Lets intervention code run until it waits again. Usually the invoke just answered asks for its next value
+   * within a few microtasks (`next`); otherwise (it awaits several values at once, a barrier opened, a hybrid step
+   * runs) the microtask queue is drained with a macrotask turn and tracked async work is waited for.
+   */
+  async settle(next?: Promise<void>): Promise<void> {
+    const drained = new Promise<void>((r) => setImmediate(r));
+    if (next && !this.mustDrain) await Promise.race([next, drained]);
+    else await drained;
+    this.mustDrain = false;
+    while (this.busy > 0) {
+      await new Promise<void>((r) => (this.busyDone = r));
+      await new Promise<void>((r) => setImmediate(r));
+    }
+  }
+
+  /** Tracks async work an invoke is doing (a hybrid step), so the forward waits for it. */
+  async track<T>(work: Promise<T>): Promise<T> {
+    this.busy++;
+    try {
+      return await work;
+    } finally {
+      if (--this.busy === 0) this.busyDone?.();
+    }
+  }
+
+  /** A mediator failed or asked to stop: end the forward at the next module boundary. */
+  end(reason: "stop" | "error"): void {
+    if (this.ending !== "error") this.ending = reason;
+  }
+
+  /** Ends the forward here if an invoke failed or asked to stop. */
+  checkEnding(): void {
+    if (this.ending) throw new EndForward(this.ending);
+  }
+
+  /**
+   * After the forward (or generation): every request still pending names a module that never produced that value.
+   * Rejects them, lets the code react, and reports invokes still stuck.
+   */
+  async finish(stopped: boolean): Promise<void> {
+    this.ending = null;
+    for (const m of this.mediators) {
+      for (const r of m.take(() => true)) {
+        const what = `${describe(r.path, r.kind, r.part)}${r.iteration ? ` (iteration ${r.iteration})` : ""}`;
+        const e = stopped
+          ? new TraceError(`${what} was never reached: the trace ended before it`, r.origin)
+          : new MissedProviderError(`${what} was never provided: the module was not called${r.iteration ? " that many times" : ""} in this forward pass`, r.origin);
+        if (r.op === "read") r.reject(e);
+        else if (!stopped) m.fail(e);
+      }
+    }
+    await this.settle().catch(() => undefined);
+    this.ending = null;
+  }
+}
+
+function pick(c: Current, r: { kind: ValueKind; part: string }): unknown {
+  return r.kind === "input" && r.part === "first" ? (c.value as unknown[])[0] : c.value;
+}
+
+function disjoint(rows: Rows[], batch: number): boolean {
+  const seen = new Uint8Array(batch);
+  for (const r of rows) for (let i = r.start; i < r.start + r.length; i++) if (seen[i]++) return false;
+  return true;
+}
+
+/** Joins per-invoke values (in row order) into one batch value. */
+function concatRows(parts: { rows: Rows; value: unknown }[]): unknown {
+  const sorted = [...parts].sort((a, b) => a.rows.start - b.rows.start);
+  const first = sorted[0]!.value;
+  if (first instanceof Tensor) return Tensor.cat(sorted.map((p) => p.value as Tensor), 0);
+  if (Array.isArray(first)) return first.map((_, i) => concatRows(sorted.map((p) => ({ rows: p.rows, value: (p.value as unknown[])[i] }))));
+  throw new TraceError("skip values of several invokes can only be joined when they are tensors or tuples of tensors");
+}

@@ -1,0 +1,72 @@
+/**
+ * An invoke's view of batched values: its rows of every batch-major tensor, and putting replaced rows back.
+ * Values are module inputs/outputs: tensors, arrays (tuples), plain objects (ModelOutput-like), anything else
+ * (a KV cache, numbers) passes through untouched.
+ */
+import { Tensor } from "../tensor/index.js";
+
+/** Rows [start, start + length) of a batch of `batch` rows; `null` rows mean the whole batch. */
+export interface Rows {
+  start: number;
+  length: number;
+}
+
+const isPlainObject = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && Object.getPrototypeOf(v) === Object.prototype;
+
+/** The invoke's part of `value`. */
+export function selectRows(value: unknown, rows: Rows | null, batch: number): unknown {
+  if (rows === null || (rows.start === 0 && rows.length === batch)) return value;
+  if (value instanceof Tensor) return value.ndim > 0 && value.shape[0] === batch ? value.narrow(0, rows.start, rows.length) : value;
+  if (Array.isArray(value)) return value.map((v) => selectRows(v, rows, batch));
+  if (isPlainObject(value)) return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, selectRows(v, rows, batch)]));
+  return value;
+}
+
+/**
+ * `full` with the invoke's rows replaced by `part` (which has the structure selectRows gave). Throws a message
+ * (string) describing the mismatch; the caller turns it into a SwapError at the user's line.
+ */
+export function mergeRows(full: unknown, part: unknown, rows: Rows | null, batch: number, where = "value"): unknown {
+  const whole = rows === null || (rows.start === 0 && rows.length === batch);
+  if (full instanceof Tensor) {
+    if (!(part instanceof Tensor)) throw `${where} is a tensor of shape ${fmt(full.shape)}; the replacement is ${describe(part)}`;
+    const batchMajor = full.ndim > 0 && full.shape[0] === batch;
+    if (whole || !batchMajor) {
+      if (!sameShape(part.shape, full.shape)) throw `${where} has shape ${fmt(full.shape)}; the replacement has shape ${fmt(part.shape)}`;
+      return part.dtype === full.dtype ? part : part.to(full.dtype);
+    }
+    const want = [rows!.length, ...full.shape.slice(1)];
+    if (!sameShape(part.shape, want)) throw `${where} has shape ${fmt(want)} for this invoke's rows; the replacement has shape ${fmt(part.shape)}`;
+    return full.put([{ start: rows!.start, stop: rows!.start + rows!.length }], part.to(full.dtype));
+  }
+  if (Array.isArray(full)) {
+    if (!Array.isArray(part) || part.length !== full.length) throw `${where} is a tuple of ${full.length}; the replacement is ${describe(part)}`;
+    return full.map((v, i) => mergeRows(v, part[i], rows, batch, `${where}[${i}]`));
+  }
+  if (isPlainObject(full)) {
+    if (!isPlainObject(part)) throw `${where} is an object with keys ${Object.keys(full).join(", ")}; the replacement is ${describe(part)}`;
+    return Object.fromEntries(Object.entries(full).map(([k, v]) => [k, k in part ? mergeRows(v, part[k], rows, batch, `${where}.${k}`) : v]));
+  }
+  return part;
+}
+
+const fmt = (shape: readonly number[]): string => `[${shape.join(", ")}]`;
+
+function sameShape(a: readonly number[], b: readonly number[]): boolean {
+  return a.length === b.length && a.every((d, i) => d === b[i]);
+}
+
+function describe(v: unknown): string {
+  if (v instanceof Tensor) return `a tensor of shape ${fmt(v.shape)}`;
+  if (Array.isArray(v)) return `an array of ${v.length}`;
+  if (v === null || v === undefined) return String(v);
+  return `a ${typeof v}`;
+}
+
+/** Tensors in a returned value, detached from any autograd graph (what leaves a trace is plain data). */
+export function detachAll<T>(value: T): T {
+  if (value instanceof Tensor) return value.detach() as T;
+  if (Array.isArray(value)) return value.map(detachAll) as T;
+  if (isPlainObject(value)) return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, detachAll(v)])) as T;
+  return value;
+}

@@ -1,0 +1,275 @@
+/**
+ * Tracer and invokes: the objects intervention code gets, and the run that ties invokes, mediators and the
+ * interleaver to one forward pass (or one generation).
+ *
+ *   lm.trace(input, async (m, tr) => ...)          one invoke
+ *   lm.trace(async (tr) => {                        several invokes batched into one forward pass
+ *     tr.invoke(inputA, async (m, it) => ...);
+ *     tr.invoke(inputB, async (m, it) => ...);
+ *   })
+ *
+ * Invokes must be created before the trace function's first `await`: the batch is built from them.
+ */
+import type { Tokenizer } from "../hub/index.js";
+import type { CausalLM } from "../models/index.js";
+import type { Module } from "../nn/index.js";
+import { Tensor } from "../tensor/index.js";
+import { Cache, modulePaths, type CacheOptions } from "./cache.js";
+import { envoyFor, type EnvoyContext } from "./envoy.js";
+import { InterventionError, TraceError } from "./errors.js";
+import { fromRows, toBatch, type ModelInput } from "./inputs.js";
+import { EndForward, Interleaver } from "./interleaver.js";
+import { Mediator } from "./mediator.js";
+import { detachAll, type Rows } from "./rows.js";
+
+/** Intervention code: gets the invoke's envoy tree and tracer, returns what the caller should get back. */
+export type InterventionFn<E = any, R = unknown> = (m: E, tr: InvokeTracer) => R | Promise<R>;
+
+/** A point where `n` invokes wait for each other (for passing values between invokes at the same module). */
+export interface Barrier {
+  (): Promise<void>;
+  readonly parties: number;
+}
+
+/** What intervention code can do besides touching modules. Every invoke gets one. */
+export class InvokeTracer {
+  /** @internal */
+  constructor(
+    protected readonly run: TraceRun,
+    protected readonly mediator: Mediator | null,
+  ) {}
+
+  /** Values passed with the trace's `vars` option (what remote code may use besides its parameters). */
+  get vars(): Record<string, any> {
+    return this.run.vars;
+  }
+
+  /** Ends the forward pass at the next module boundary; values computed so far are returned. */
+  stop(): void {
+    this.run.stop();
+  }
+
+  /** Records module values (after interventions) as the forward goes; this invoke's rows, or the whole batch. */
+  cache(options: CacheOptions = {}): Cache {
+    return this.run.addCache(options, this.mediator?.rows ?? null);
+  }
+
+  /**
+   * Runs `fn` on the client with `vals` (a hybrid step). Locally that is here and now; the forward waits for it.
+   */
+  local<V, R>(fn: (vals: V) => R | Promise<R>, vals: V): Promise<R> {
+    return this.run.track(Promise.resolve().then(() => fn(vals)));
+  }
+}
+
+/** The trace's own tracer: creates invokes and barriers. `E` is the envoy tree type invokes get. */
+export class Tracer<E = any> extends InvokeTracer {
+  /** @internal */
+  constructor(run: TraceRun) {
+    super(run, null);
+  }
+
+  /** Adds an invoke: its input's rows join the batch and `fn` intervenes on them. Without input it sees the whole batch. */
+  invoke<R>(input: ModelInput, fn: InterventionFn<E, R>): Promise<R>;
+  invoke<R>(fn: InterventionFn<E, R>): Promise<R>;
+  invoke<R>(a: ModelInput | InterventionFn<E, R>, b?: InterventionFn<E, R>): Promise<R> {
+    return typeof a === "function" ? this.run.addInvoke(undefined, a as InterventionFn) : this.run.addInvoke(a, b as InterventionFn);
+  }
+
+  /** A barrier for `parties` invokes: each `await barrier()` waits until all of them have arrived. */
+  barrier(parties: number): Barrier {
+    return this.run.addBarrier(parties);
+  }
+}
+
+interface Invoke {
+  input: ModelInput | undefined;
+  fn: InterventionFn;
+  mediator: Mediator;
+  resolve(v: unknown): void;
+  reject(e: unknown): void;
+}
+
+/** What a run needs from its model. */
+export interface TraceTarget {
+  model: CausalLM;
+  tokenizer: Tokenizer;
+  aliases: ReadonlyMap<string, ReadonlyMap<string, string>>;
+  /** Persistent interventions (model.edit), applied before the invokes to the whole batch. */
+  edits: readonly InterventionFn[];
+}
+
+/** Drives the model once the batch and hooks are ready: one forward (trace) or a generation loop. */
+export type Driver = (model: CausalLM, ids: Tensor, mask: Tensor) => Promise<void>;
+
+/** One trace: its invokes, their mediators, the interleaver, and the forward pass. */
+export class TraceRun {
+  private readonly invokes: Invoke[] = [];
+  private readonly barriers: { parties: number; waiting: { resolve(): void; reject(e: unknown): void }[] }[] = [];
+  private readonly caches: Cache[] = [];
+  private interleaver: Interleaver | null = null;
+  private closed = false;
+  private stopped = false;
+  private firstError: { error: unknown } | null = null;
+  private paths: Set<string> | null = null;
+
+  constructor(
+    readonly target: TraceTarget,
+    readonly vars: Record<string, any> = {},
+  ) {}
+
+  addInvoke<R = unknown>(input: ModelInput | undefined, fn: InterventionFn): Promise<R> {
+    if (this.closed) throw new TraceError("invokes must be created before the trace function's first await (the batch is built from them)");
+    if (typeof fn !== "function") throw new TraceError("invoke needs an intervention function");
+    let resolve!: (v: unknown) => void, reject!: (e: unknown) => void;
+    const done = new Promise<R>((res, rej) => ((resolve = res as (v: unknown) => void), (reject = rej)));
+    done.catch(() => undefined); // reported through the trace; awaiting the handle is optional
+    this.invokes.push({ input, fn, mediator: new Mediator(this.invokes.length, null), resolve, reject });
+    return done;
+  }
+
+  addBarrier(parties: number): Barrier {
+    if (!Number.isInteger(parties) || parties < 1) throw new TraceError(`barrier needs a positive number of invokes, got ${parties}`);
+    const b = { parties, waiting: [] as { resolve(): void; reject(e: unknown): void }[] };
+    this.barriers.push(b);
+    const arrive = () =>
+      new Promise<void>((resolve, reject) => {
+        b.waiting.push({ resolve, reject });
+        if (b.waiting.length === b.parties) {
+          if (this.interleaver) this.interleaver.mustDrain = true;
+          for (const w of b.waiting.splice(0)) w.resolve();
+        }
+      });
+    return Object.assign(arrive, { parties });
+  }
+
+  addCache(options: CacheOptions, rows: Rows | null): Cache {
+    this.paths ??= modulePaths(this.target.model);
+    const cache = new Cache(options, rows, this.paths);
+    this.caches.push(cache);
+    this.interleaver?.recorders.push(cache);
+    return cache;
+  }
+
+  stop(): void {
+    this.stopped = true;
+    this.interleaver?.end("stop");
+  }
+
+  track<T>(work: Promise<T>): Promise<T> {
+    return this.interleaver ? this.interleaver.track(work) : work;
+  }
+
+  /** No more invokes: the batch can be built. */
+  close(): void {
+    this.closed = true;
+  }
+
+  /**
+   * Builds the batch, runs the mediators with the model's forward (through `drive`), and settles every invoke.
+   * Throws the first error any intervention raised.
+   */
+  async execute(drive: Driver): Promise<void> {
+    this.close();
+    const { model, tokenizer } = this.target;
+    if (this.invokes.length === 0) throw new TraceError("the trace has no invokes: give an input, or call tr.invoke(input, fn)");
+    // The batch: every invoke's rows, left-padded to one length.
+    const rows: number[][] = [];
+    for (const inv of this.invokes) {
+      if (inv.input === undefined) continue;
+      const b = toBatch(inv.input, tokenizer);
+      const ids = b.ids.tolist() as number[][];
+      const mask = b.mask.tolist() as number[][];
+      inv.mediator.rows = { start: rows.length, length: ids.length };
+      ids.forEach((r, i) => rows.push(r.filter((_, j) => mask[i]![j] === 1)));
+    }
+    if (rows.length === 0) throw new TraceError("no invoke has an input: at least one tr.invoke(input, fn) is needed to make a batch");
+    const { ids, mask } = fromRows(rows, tokenizer.padTokenId);
+
+    const edits = this.target.edits.map((fn) => ({ fn, mediator: new Mediator(-1, null) }));
+    const all = [...edits, ...this.invokes];
+    const interleaver = new Interleaver(
+      all.map((x) => x.mediator),
+      rows.length,
+    );
+    interleaver.recorders.push(...this.caches);
+    this.interleaver = interleaver;
+    const context = (mediator: Mediator): EnvoyContext => ({
+      mediator,
+      aliases: this.target.aliases,
+      callDirect: async (module: Module, args: unknown[]) => {
+        interleaver.bypass++;
+        try {
+          return await (module.call as (...a: unknown[]) => Promise<unknown>)(...args);
+        } finally {
+          interleaver.bypass--;
+        }
+      },
+    });
+
+    if (model.tree.hooks) throw new TraceError("this model is already being traced (traces of one model run one at a time)");
+    model.tree.hooks = interleaver;
+    try {
+      for (const x of all) {
+        const m = x.mediator;
+        m.onError = (e) => this.recordError(e);
+        const settle = (ok: boolean, v: unknown) => {
+          m.done = true;
+          m.signal();
+          if (ok) {
+            m.result = detachAll(v);
+            (x as Invoke).resolve?.(m.result);
+          } else {
+            m.fail(v);
+            (x as Invoke).reject?.(v);
+          }
+        };
+        try {
+          Promise.resolve(x.fn(envoyFor(model, context(m)), new InvokeTracer(this, m))).then(
+            (v) => settle(true, v),
+            (e) => settle(false, e),
+          );
+        } catch (e) {
+          settle(false, e);
+        }
+      }
+      try {
+        await interleaver.settle();
+        interleaver.checkEnding();
+        await drive(model, ids, mask);
+      } catch (e) {
+        if (!(e instanceof EndForward)) throw e;
+      }
+      const abandon = this.stopped || this.firstError !== null;
+      await interleaver.finish(abandon);
+      await this.failBarriers();
+      for (const x of all) {
+        if (!x.mediator.done) x.mediator.fail(new TraceError(`invoke ${x.mediator.index} never finished: it is waiting for something the trace cannot provide`));
+      }
+    } finally {
+      model.tree.hooks = null;
+      this.interleaver = null;
+    }
+    if (this.firstError) throw this.firstError.error;
+  }
+
+  private recordError(e: unknown): void {
+    // After a stop (or another invoke's failure), invokes left waiting are abandoned, not failed.
+    if ((this.stopped || this.firstError) && e instanceof TraceError && /was never reached/.test(e.message)) return;
+    this.firstError ??= { error: e };
+    this.interleaver?.end("error");
+  }
+
+  private async failBarriers(): Promise<void> {
+    const stuck = this.barriers.filter((b) => b.waiting.length > 0);
+    for (const b of stuck) {
+      const e = new TraceError(`a barrier for ${b.parties} invokes was reached by only ${b.waiting.length}`);
+      for (const w of b.waiting.splice(0)) w.reject(e);
+    }
+    if (stuck.length) await this.interleaver?.settle().catch(() => undefined);
+  }
+}
+
+export function isInterventionError(e: unknown): e is InterventionError {
+  return e instanceof InterventionError;
+}

@@ -13,7 +13,7 @@ import { generate } from "../src/models/index.js";
 import { engineStats, Tensor, threadCount } from "../src/tensor/index.js";
 import { randomGpt2Small } from "./gpt2-small.js";
 import { fixtureErrors } from "./fixture-errors.js";
-import { interventionOverhead } from "./overhead.js";
+import { generationOverhead, interventionOverhead } from "./overhead.js";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const PREFILL = 128;
@@ -81,6 +81,8 @@ async function main(): Promise<void> {
   console.log("\nIntervention overhead (stdlib-gpt2, 5 tokens; medians of interleaved rounds)");
   console.log(`  bare forward ${fmt(o.forwardUs, 0)} µs; an empty trace adds ${fmt(o.emptyTraceUs, 0)} µs (x${fmt((o.forwardUs + o.emptyTraceUs) / o.forwardUs, 2)} the forward)`);
   console.log(`  each module read adds ${fmt(o.perReadUs)} µs, each replacement ${fmt(o.perReplaceUs)} µs more   (nnsight: ~300 µs empty trace, 30-80 µs per access)`);
+  const g = await generationOverhead();
+  console.log(`  decode: ${fmt(g.plainTokS)} tokens/s plain, ${fmt(g.steeredTokS)} with a steering edit on every step (x${fmt(g.steeredTokS / g.plainTokS, 2)})`);
   console.log("\nLargest difference from Hugging Face (all recorded module inputs/outputs and logits)");
   for (const [name, e] of await fixtureErrors()) console.log(`  ${name.padEnd(13)} ${e.worst.toExponential(2)}  at ${e.where}`);
 }

@@ -47,3 +47,31 @@ export async function interventionOverhead(rounds = 200): Promise<Overhead> {
   const [forward, empty, readsT, replacesT] = ["forward", "empty", "reads", "replaces"].map((k) => median(times[k]!)) as [number, number, number, number];
   return { forwardUs: forward, emptyTraceUs: empty - forward, perReadUs: (readsT - empty) / reads.length, perReplaceUs: (replacesT - readsT) / reads.length };
 }
+
+/** Decode speed of stdlib-gpt2 with and without an intervention on every step (medians of interleaved rounds). */
+export async function generationOverhead(rounds = 5, tokens = 48): Promise<{ plainTokS: number; steeredTokS: number }> {
+  const lm = (await LanguageModel.load("stdlib-gpt2")) as LanguageModel<GPT2LMHeadModel>;
+  const steer = Tensor.full([256], 0.01);
+  const prompt = "def __init__(self";
+  const timed = async (run: (onToken: () => void) => Promise<unknown>): Promise<number> => {
+    let first = 0;
+    await run(() => void (first ||= performance.now()));
+    return (tokens - 1) / ((performance.now() - first) / 1000);
+  };
+  const plain = () => timed((onToken) => lm.generate(prompt, { maxNewTokens: tokens, eosTokenId: null, onToken }));
+  const steered = () =>
+    timed((onToken) =>
+      lm.generate(prompt, { maxNewTokens: tokens, eosTokenId: null, onToken }, async (m, tr) => {
+        for await (const _ of tr.all()) m.transformer.h[2].output = (h: Tensor) => h.add(tr.vars.steer);
+      }, { vars: { steer } }),
+    );
+  await plain();
+  await steered();
+  const p: number[] = [],
+    s: number[] = [];
+  for (let i = 0; i < rounds; i++) {
+    p.push(await plain());
+    s.push(await steered());
+  }
+  return { plainTokS: median(p), steeredTokS: median(s) };
+}

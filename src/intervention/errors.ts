@@ -45,8 +45,9 @@ export class TraceError extends InterventionError {
   override readonly name = "TraceError";
 }
 
-/** tsight's own code: src/ (or dist/) of this package. Frames there are not the user's, except tests. */
-const ownCode = path.dirname(path.dirname(fileURLToPath(import.meta.url)));
+/** tsight's own code: src/ and dist/ of this package (dist maps back to src). Frames there are not the user's, except tests. */
+const packageRoot = path.dirname(path.dirname(path.dirname(fileURLToPath(import.meta.url))));
+const ownCode = [path.join(packageRoot, "src") + path.sep, path.join(packageRoot, "dist") + path.sep];
 const isTest = /\.(test|case)\.[cm]?[jt]s:/;
 
 /** The first stack frame outside tsight's own code (and Node's, and other packages'): the user's line. */
@@ -56,7 +57,7 @@ export function userFrame(stack: string | undefined): string | undefined {
     const m = /\(?((?:file:\/\/)?[^()\s]+:\d+:\d+)\)?\s*$/.exec(line.trim());
     if (!m) continue;
     const file = m[1]!.replace(/^file:\/\//, "");
-    const internal = file.startsWith(ownCode + path.sep) || file.startsWith("node:") || file.includes(`${path.sep}node_modules${path.sep}`);
+    const internal = ownCode.some((dir) => file.startsWith(dir)) || file.startsWith("node:") || file.includes(`${path.sep}node_modules${path.sep}`);
     if (!internal || isTest.test(file)) return file;
   }
   return undefined;

@@ -10,6 +10,7 @@
 import type { Module, ModuleHooks } from "../nn/index.js";
 import { Tensor } from "../tensor/index.js";
 import { MissedProviderError, SwapError, TraceError } from "./errors.js";
+import type { GradSource } from "./backward.js";
 import { describe, type Mediator, type Provider, type Request, type ValueKind } from "./mediator.js";
 import { mergeRows, selectRows, type Rows } from "./rows.js";
 
@@ -47,6 +48,8 @@ export class Interleaver implements ModuleHooks, Provider {
     readonly mediators: Mediator[],
     /** Rows in the batch. */
     public batch: number,
+    /** For grad traces: values read become graph leaves, and what each invoke got is recorded here. */
+    private readonly gradSources: WeakMap<Tensor, GradSource> | null = null,
   ) {
     for (const m of mediators) {
       m.provider = this;
@@ -68,8 +71,13 @@ export class Interleaver implements ModuleHooks, Provider {
 
   answer(m: Mediator, r: Request): void {
     const c = this.current!;
-    if (r.op === "read") r.resolve(selectRows(pick(c, r), m.rows, this.batch));
-    else if (r.op === "write") c.value = this.swap(c, m, r);
+    if (r.op === "read") {
+      if (this.gradSources) c.value = gradLeaves(c.value);
+      const whole = pick(c, r);
+      const mine = selectRows(whole, m.rows, this.batch);
+      if (this.gradSources) recordSources(this.gradSources, whole, mine, m.rows, this.batch);
+      r.resolve(mine);
+    } else if (r.op === "write") c.value = this.swap(c, m, r);
   }
 
   watch(path: string, delta: number): void {
@@ -235,6 +243,22 @@ export class Interleaver implements ModuleHooks, Provider {
     await this.settle().catch(() => undefined);
     this.ending = null;
   }
+}
+
+/** Float tensors in `value` that record no graph become leaves that do (same data), so gradients can reach them. */
+function gradLeaves(value: unknown): unknown {
+  if (value instanceof Tensor) return value.dtype === "float32" && !value.requiresGrad && !value.isMeta ? value.detach().requiresGrad_() : value;
+  if (Array.isArray(value)) return value.map(gradLeaves);
+  if (value && typeof value === "object" && Object.getPrototypeOf(value) === Object.prototype) return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, gradLeaves(v)]));
+  return value;
+}
+
+/** Remembers, for each tensor an invoke got, the batch-wide tensor and rows it came from. */
+function recordSources(sources: WeakMap<Tensor, GradSource>, whole: unknown, mine: unknown, rows: Rows | null, batch: number): void {
+  if (whole instanceof Tensor && mine instanceof Tensor) {
+    if (mine !== whole) sources.set(mine, { leaf: whole, rows, batch });
+  } else if (Array.isArray(whole) && Array.isArray(mine)) whole.forEach((w, i) => recordSources(sources, w, mine[i], rows, batch));
+  else if (whole && mine && typeof whole === "object" && typeof mine === "object") for (const k of Object.keys(whole)) recordSources(sources, (whole as Record<string, unknown>)[k], (mine as Record<string, unknown>)[k], rows, batch);
 }
 
 function pick(c: Current, r: { kind: ValueKind; part: string }): unknown {

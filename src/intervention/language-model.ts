@@ -4,7 +4,7 @@
  * generate.
  */
 import { loadPretrained, type LoadedModel, type LoadOptions, type Tokenizer } from "../hub/index.js";
-import { generate, type CausalLM, type GenerateOptions, type GPT2LMHeadModel, type LlamaForCausalLM, type RawConfig } from "../models/index.js";
+import { generate, type CausalLM, type GenerateOptions, type GenerateResult, type GPT2LMHeadModel, type LlamaForCausalLM, type RawConfig } from "../models/index.js";
 import { Tensor } from "../tensor/index.js";
 import type { EnvoyTree } from "./envoy-types.js";
 import { TraceError } from "./errors.js";
@@ -37,6 +37,8 @@ export interface GenerateOutput {
 export interface TraceOptions {
   /** Values the intervention reads as `tr.vars` (JSON values and tensors). */
   vars?: Record<string, unknown>;
+  /** Record gradients from the first module value read, so the intervention can call tr.backward. */
+  grad?: boolean;
 }
 
 export interface EditOptions {
@@ -103,7 +105,10 @@ export class LanguageModel<M extends CausalLM = CausalLM> {
   trace<R>(input: ModelInput, fn: InterventionFn<EnvoyTree<M>, R>, options?: TraceOptions): Promise<R>;
   trace<R>(fn: TraceFn<M, R>, options?: TraceOptions): Promise<R>;
   trace<R>(a: ModelInput | TraceFn<M, R>, b?: InterventionFn<EnvoyTree<M>, R> | TraceOptions, c?: TraceOptions): Promise<R> {
-    return this.run(a, b, c, async (model, ids, mask) => void (await model.call(ids, { attentionMask: mask })));
+    return this.run(a, b, c, async (model, ids, mask, run) => {
+      await run.beginStep(0);
+      return model.call(ids, { attentionMask: mask });
+    }).then((r) => r.value);
   }
 
   /**
@@ -113,7 +118,10 @@ export class LanguageModel<M extends CausalLM = CausalLM> {
   scan<R>(input: ModelInput, fn: InterventionFn<EnvoyTree<M>, R>, options?: TraceOptions): Promise<R>;
   scan<R>(fn: TraceFn<M, R>, options?: TraceOptions): Promise<R>;
   scan<R>(a: ModelInput | TraceFn<M, R>, b?: InterventionFn<EnvoyTree<M>, R> | TraceOptions, c?: TraceOptions): Promise<R> {
-    return this.run(a, b, c, async (model, ids, mask) => void (await model.call(Tensor.meta(ids.dtype, ids.shape), { attentionMask: mask })));
+    return this.run(a, b, c, async (model, ids, mask, run) => {
+      await run.beginStep(0);
+      return model.call(Tensor.meta(ids.dtype, ids.shape), { attentionMask: mask });
+    }).then((r) => r.value);
   }
 
   /**
@@ -136,21 +144,54 @@ export class LanguageModel<M extends CausalLM = CausalLM> {
     return fn({ trace: this.trace.bind(this), scan: this.scan.bind(this), generate: this.generate.bind(this) } as Session<M>);
   }
 
-  /** Greedy or sampled continuation of each prompt (no interventions). */
-  async generate(input: ModelInput, options: GenerateCall): Promise<GenerateOutput> {
-    const { ids, mask } = toBatch(input, this.tokenizer);
-    return this.exclusive(async () => {
-      const decoders = Array.from({ length: ids.shape[0]! }, () => this.tokenizer.decodeStream());
-      const eos = options.eosTokenId === undefined ? (this.generationConfig?.eos_token_id as number | number[] | undefined) : options.eosTokenId;
-      const result = await generate(this.model, ids, mask, {
-        ...options,
-        eosTokenId: eos,
-        padTokenId: options.padTokenId ?? this.tokenizer.padTokenId,
-        onStep: options.onToken && ((tokens, step) => options.onToken!({ tokens, step, text: tokens.map((t, b) => decoders[b]!.push(t)) })),
-      });
-      const text = Array.from({ length: ids.shape[0]! }, (_, b) => this.tokenizer.decode(result.generated.index(b).toArray(), { skipSpecialTokens: true }));
-      return { sequences: result.sequences, generated: result.generated, text };
-    });
+  /**
+   * Greedy or sampled continuation of each prompt. With an intervention `fn`, it runs across every step with the
+   * KV cache on: module values are the prompt's (step 0) unless `tr.iter` / `tr.all` / `tr.next` move it to later
+   * steps. `value` is what `fn` returned.
+   */
+  generate(input: ModelInput, options: GenerateCall): Promise<GenerateOutput>;
+  generate<R>(input: ModelInput, options: GenerateCall, fn: InterventionFn<EnvoyTree<M>, R>, traceOptions?: TraceOptions): Promise<GenerateOutput & { value: R }>;
+  generate<R>(fn: TraceFn<M, R>, options: GenerateCall, traceOptions?: TraceOptions): Promise<GenerateOutput & { value: R }>;
+  async generate<R>(
+    a: ModelInput | TraceFn<M, R>,
+    options: GenerateCall,
+    fn?: InterventionFn<EnvoyTree<M>, R> | TraceOptions,
+    traceOptions?: TraceOptions,
+  ): Promise<GenerateOutput & { value?: R }> {
+    if (typeof a !== "function" && typeof fn !== "function" && this.edits.length === 0) return this.exclusive(() => this.plainGenerate(toBatch(a, this.tokenizer), options));
+    const drive: Driver = (model, ids, mask, run) => generate(model, ids, mask, { ...this.streaming(options, ids.shape[0]!), beforeStep: (k) => run.beginStep(k) });
+    const { value, output } =
+      typeof a === "function"
+        ? await this.run(a, fn as TraceOptions | undefined, undefined, drive)
+        : typeof fn === "function"
+          ? await this.run(a, fn, traceOptions, drive)
+          : await this.run(a, async () => undefined, undefined, drive);
+    const result = output as GenerateResult | undefined;
+    if (!result) throw new TraceError("the generation was stopped before it produced any token; use trace() to stop a forward pass early");
+    return { ...this.decodeResult(result), value: value as R };
+  }
+
+  private generateSettings(options: GenerateCall): GenerateOptions {
+    const eos = options.eosTokenId === undefined ? (this.generationConfig?.eos_token_id as number | number[] | undefined) : options.eosTokenId;
+    return { ...options, eosTokenId: eos, padTokenId: options.padTokenId ?? this.tokenizer.padTokenId };
+  }
+
+  private decodeResult(result: GenerateResult): GenerateOutput {
+    const text = Array.from({ length: result.generated.shape[0]! }, (_, b) => this.tokenizer.decode(result.generated.index(b).toArray(), { skipSpecialTokens: true }));
+    return { sequences: result.sequences, generated: result.generated, text };
+  }
+
+  private async plainGenerate({ ids, mask }: { ids: Tensor; mask: Tensor }, options: GenerateCall): Promise<GenerateOutput> {
+    return this.decodeResult(await generate(this.model, ids, mask, this.streaming(options, ids.shape[0]!)));
+  }
+
+  /** Generation settings with the model's defaults, and onToken turned into per-row streamed text. */
+  private streaming(options: GenerateCall, rows: number): GenerateOptions {
+    const decoders = Array.from({ length: rows }, () => this.tokenizer.decodeStream());
+    return {
+      ...this.generateSettings(options),
+      onStep: options.onToken && ((tokens, step) => options.onToken!({ tokens, step, text: tokens.map((t, b) => decoders[b]!.push(t)) })),
+    };
   }
 
   private copy(): LanguageModel<M> {
@@ -171,23 +212,23 @@ export class LanguageModel<M extends CausalLM = CausalLM> {
     return result;
   }
 
-  private run<R>(a: ModelInput | TraceFn<M, R>, b: InterventionFn<EnvoyTree<M>, R> | TraceOptions | undefined, c: TraceOptions | undefined, drive: Driver): Promise<R> {
+  private run<R>(a: ModelInput | TraceFn<M, R>, b: InterventionFn<EnvoyTree<M>, R> | TraceOptions | undefined, c: TraceOptions | undefined, drive: Driver): Promise<{ value: R; output: unknown }> {
     return this.exclusive(async () => {
       let result: Promise<R>;
       let run: TraceRun;
       if (typeof a === "function") {
         if (typeof b === "function") throw new TraceError("trace(fn) takes one function; to trace an input use trace(input, fn)");
-        run = new TraceRun(this.target(), (b as TraceOptions | undefined)?.vars);
+        run = new TraceRun(this.target(), (b as TraceOptions | undefined)?.vars, (b as TraceOptions | undefined)?.grad);
         result = Promise.resolve((a as TraceFn<M, R>)(new Tracer(run) as Tracer<EnvoyTree<M>>));
       } else {
         if (typeof b !== "function") throw new TraceError("trace(input, fn): the intervention function is missing");
-        run = new TraceRun(this.target(), c?.vars);
+        run = new TraceRun(this.target(), c?.vars, c?.grad);
         result = run.addInvoke(a, b as InterventionFn);
       }
       result.catch(() => undefined);
       run.close();
       await run.execute(drive);
-      return result;
+      return { value: await result, output: await run.result };
     });
   }
 }

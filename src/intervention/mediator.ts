@@ -54,6 +54,8 @@ export class Mediator {
   readonly requests: Request[] = [];
   /** The iteration (generation step) requests refer to. */
   iteration = 0;
+  /** Set when an unbounded step loop ran out: the generation is over, no module value will come. */
+  pastEnd: string | null = null;
   /** Module paths this invoke skips in the call now running (their descendants cannot be asked for). */
   readonly skipping = new Set<string>();
   done = false;
@@ -84,6 +86,10 @@ export class Mediator {
   }
 
   private submit(r: Request): void {
+    if (this.pastEnd) {
+      fail(r, new OutOfOrderError(`${describe(r.path, r.kind, r.part)}: ${this.pastEnd}`, r.origin));
+      return;
+    }
     const skippedParent = [...this.skipping].find((p) => r.path.startsWith(p + "."));
     if (skippedParent !== undefined) {
       fail(r, new MissedProviderError(`${describe(r.path, r.kind, r.part)} is inside ${skippedParent}, which this invoke skips: it does not run`, r.origin));

@@ -2,6 +2,7 @@
 import { beforeAll, describe, it } from "vitest";
 import { fixtureDir, hfArchitectures } from "../../test/fixtures.js";
 import { LanguageModel } from "./language-model.js";
+import { generateCases } from "./generate.case.js";
 import { traceCases, type TraceBackend } from "./trace.case.js";
 import fs from "node:fs";
 import os from "node:os";
@@ -29,5 +30,5 @@ describe("tracing (in process)", () => {
       },
     } satisfies TraceBackend);
   });
-  for (const c of traceCases) it(c.name, () => c.run(backend));
+  for (const c of [...traceCases, ...generateCases]) it(c.name, () => c.run(backend));
 });

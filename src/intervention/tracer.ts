@@ -14,6 +14,7 @@ import type { Tokenizer } from "../hub/index.js";
 import type { CausalLM } from "../models/index.js";
 import type { Module } from "../nn/index.js";
 import { Tensor } from "../tensor/index.js";
+import { GradScope, type GradSource } from "./backward.js";
 import { Cache, modulePaths, type CacheOptions } from "./cache.js";
 import { envoyFor, type EnvoyContext } from "./envoy.js";
 import { InterventionError, TraceError } from "./errors.js";
@@ -52,6 +53,67 @@ export class InvokeTracer {
   /** Records module values (after interventions) as the forward goes; this invoke's rows, or the whole batch. */
   cache(options: CacheOptions = {}): Cache {
     return this.run.addCache(options, this.mediator?.rows ?? null);
+  }
+
+  /** The run's output once the forward pass (or generation) is over: the model output, or the generated tokens. */
+  get result(): Promise<any> {
+    return this.run.result;
+  }
+
+  /**
+   * Steps of a generation, in order: `for await (const step of tr.iter(0, 3))`, or a list of steps
+   * (`tr.iter([0, 2])`). Inside, module values are that step's. After the loop, values refer to the next step.
+   * A step past the generation's last ends the loop with a warning naming it.
+   */
+  iter(start: number | readonly number[], end?: number): AsyncIterable<number> {
+    const list = typeof start === "number" ? range(start, end ?? start + 1) : [...start];
+    if (list.some((k) => !Number.isInteger(k) || k < 0)) throw new TraceError(`iter: steps must be non-negative integers, got ${JSON.stringify(list)}`);
+    if (list.some((k, i) => i > 0 && k <= list[i - 1]!)) throw new TraceError(`iter: steps must increase, got ${JSON.stringify(list)}`);
+    return this.steps(list);
+  }
+
+  /** Every step of a generation; after the loop no module value remains (asking for one is an OutOfOrderError). */
+  all(): AsyncIterable<number> {
+    return this.steps(null);
+  }
+
+  /** Moves this invoke to the next step (or `n` steps on): later module values are that step's. */
+  next(n = 1): void {
+    this.invokeMediator("next").iteration += n;
+  }
+
+  private invokeMediator(what: string): Mediator {
+    if (!this.mediator) throw new TraceError(`tr.${what}() belongs inside an invoke: use the tracer its function receives`);
+    return this.mediator;
+  }
+
+  private async *steps(list: number[] | null): AsyncGenerator<number> {
+    const m = this.invokeMediator(list ? "iter" : "all");
+    for (let i = 0; list === null || i < list.length; i++) {
+      const step = list ? list[i]! : m.iteration + (i === 0 ? 0 : 1);
+      const total = await this.run.waitStep(step);
+      if (total !== null) {
+        const done = `the generation ended after ${total} step${total === 1 ? "" : "s"}`;
+        if (list) this.run.warn(`tr.iter: step ${step} never came (${done}); the loop ended early`);
+        m.pastEnd = `asked for after tr.${list ? "iter" : "all"}() ran out: ${done}`;
+        return;
+      }
+      m.iteration = step;
+      yield step;
+    }
+    m.iteration = list[list.length - 1]! + 1;
+  }
+
+  /**
+   * Backpropagates `loss` (a single number computed in this trace, which must run with `{ grad: true }`).
+   * `fn` gets the gradients as they are computed: `await g.grad(t)`, and `g.setGrad(t, x)` to change what flows
+   * further back. Ask in reverse forward order. The forward pass waits while this runs.
+   */
+  backward(loss: Tensor, fn?: (g: GradScope) => unknown): Promise<void> {
+    if (!this.run.grad) return Promise.reject(new TraceError("backward: this trace records no gradients; start it with { grad: true }"));
+    const scope = new GradScope(this.run.gradSources);
+    const user = Promise.resolve().then(() => fn?.(scope));
+    return this.run.track(Promise.all([scope.run(loss, user), user]).then(() => undefined));
   }
 
   /**
@@ -99,8 +161,11 @@ export interface TraceTarget {
   edits: readonly InterventionFn[];
 }
 
-/** Drives the model once the batch and hooks are ready: one forward (trace) or a generation loop. */
-export type Driver = (model: CausalLM, ids: Tensor, mask: Tensor) => Promise<void>;
+/**
+ * Drives the model once the batch and hooks are ready: one forward (trace) or a generation loop. It calls
+ * `run.beginStep(k)` before each forward pass and returns the run's output (what tr.result gives).
+ */
+export type Driver = (model: CausalLM, ids: Tensor, mask: Tensor, run: TraceRun) => Promise<unknown>;
 
 /** One trace: its invokes, their mediators, the interleaver, and the forward pass. */
 export class TraceRun {
@@ -112,10 +177,24 @@ export class TraceRun {
   private stopped = false;
   private firstError: { error: unknown } | null = null;
   private paths: Set<string> | null = null;
+  /** Generation steps: the one running, the total once known, and invokes waiting for a step. */
+  private step = -1;
+  private totalSteps: number | null = null;
+  private readonly stepWaiters = new Map<number, ((total: number | null) => void)[]>();
+  private resolveResult!: (v: unknown) => void;
+  /** The run's output (see InvokeTracer.result). */
+  readonly result: Promise<unknown> = new Promise((r) => (this.resolveResult = r));
+  /** Warnings for the caller (locally: process warnings). */
+  readonly warnings: string[] = [];
+
+  /** Where tensors handed to invokes sit in the forward graph (grad traces). */
+  readonly gradSources = new WeakMap<Tensor, GradSource>();
 
   constructor(
     readonly target: TraceTarget,
     readonly vars: Record<string, any> = {},
+    /** Record the forward graph from the first value read, for tr.backward. */
+    readonly grad = false,
   ) {}
 
   addInvoke<R = unknown>(input: ModelInput | undefined, fn: InterventionFn): Promise<R> {
@@ -156,6 +235,47 @@ export class TraceRun {
     this.interleaver?.end("stop");
   }
 
+  warn(message: string): void {
+    this.warnings.push(message);
+    process.emitWarning(message, "TsightWarning");
+  }
+
+  /** Resolves when step `k` starts (null), or when the run ended without it (the number of steps). */
+  waitStep(k: number): Promise<number | null> {
+    if (this.totalSteps !== null && k >= this.totalSteps) return Promise.resolve(this.totalSteps);
+    if (k <= this.step) return Promise.resolve(null);
+    return new Promise((resolve) => {
+      const list = this.stepWaiters.get(k) ?? [];
+      list.push(resolve);
+      this.stepWaiters.set(k, list);
+    });
+  }
+
+  /** Called by the driver before each forward pass: invokes waiting for this step run until they wait again. */
+  async beginStep(k: number): Promise<void> {
+    this.step = k;
+    const waiting = this.stepWaiters.get(k);
+    if (!waiting) return;
+    this.stepWaiters.delete(k);
+    this.interleaver!.mustDrain = true;
+    for (const w of waiting) w(null);
+    await this.interleaver!.settle();
+    this.interleaver!.checkEnding();
+  }
+
+  /** The driver is done: `total` steps ran; `output` is what tr.result gives. */
+  async endSteps(total: number, output: unknown): Promise<void> {
+    this.totalSteps = total;
+    this.resolveResult(output);
+    const waiting = [...this.stepWaiters.values()].flat();
+    this.stepWaiters.clear();
+    for (const w of waiting) w(total);
+    if (this.interleaver) {
+      this.interleaver.mustDrain = true;
+      await this.interleaver.settle();
+    }
+  }
+
   track<T>(work: Promise<T>): Promise<T> {
     return this.interleaver ? this.interleaver.track(work) : work;
   }
@@ -191,6 +311,7 @@ export class TraceRun {
     const interleaver = new Interleaver(
       all.map((x) => x.mediator),
       rows.length,
+      this.grad ? this.gradSources : null,
     );
     interleaver.recorders.push(...this.caches);
     this.interleaver = interleaver;
@@ -233,13 +354,15 @@ export class TraceRun {
           settle(false, e);
         }
       }
+      let output: unknown;
       try {
         await interleaver.settle();
         interleaver.checkEnding();
-        await drive(model, ids, mask);
+        output = await drive(model, ids, mask, this);
       } catch (e) {
         if (!(e instanceof EndForward)) throw e;
       }
+      await this.endSteps(this.step + 1, output);
       const abandon = this.stopped || this.firstError !== null;
       await interleaver.finish(abandon);
       await this.failBarriers();
@@ -268,6 +391,10 @@ export class TraceRun {
     }
     if (stuck.length) await this.interleaver?.settle().catch(() => undefined);
   }
+}
+
+function range(from: number, to: number): number[] {
+  return Array.from({ length: Math.max(0, to - from) }, (_, i) => from + i);
 }
 
 export function isInterventionError(e: unknown): e is InterventionError {

@@ -17,6 +17,8 @@ export interface GenerateOptions extends SamplingOptions {
   seed?: number;
   /** Called after each step with the token chosen for every row (pad for finished rows). */
   onStep?: (tokens: number[], step: number) => void | Promise<void>;
+  /** Called before each step's forward pass (step 0 is the prompt). */
+  beforeStep?: (step: number) => void | Promise<void>;
 }
 
 export interface GenerateResult {
@@ -46,6 +48,7 @@ export async function generate(model: CausalLM, inputIds: Tensor, attentionMask:
   const finished = new Array<boolean>(B).fill(false);
   let next = inputIds;
   for (let step = 0; step < options.maxNewTokens; step++) {
+    await options.beforeStep?.(step);
     const { logits } = await model.call(next, { attentionMask: mask, cache, logitsToKeep: 1 });
     const V = logits.shape[2]!;
     const data = logits.data as Float32Array;

@@ -72,7 +72,7 @@ function nodesFrom(root: Tensor): GradNode[] {
  */
 type HookStep = { tensor: Tensor; grad: Tensor; hook: GradHook };
 
-export function* backwardSteps(root: Tensor, seed: Tensor): Generator<HookStep, void, Tensor | void> {
+export function* backwardSteps(root: Tensor, seed: Tensor, onNode?: (node: GradNode) => void): Generator<HookStep, void, Tensor | void> {
   if (!root.requiresGrad) throw new GradError("backward: this tensor does not require grad (no input of its computation requires grad)");
   if (seed.shape.length !== root.shape.length || seed.shape.some((d, i) => d !== root.shape[i])) {
     throw new GradError(`backward: gradient shape [${seed.shape}] does not match tensor shape [${root.shape}]`);
@@ -95,6 +95,7 @@ export function* backwardSteps(root: Tensor, seed: Tensor): Generator<HookStep, 
     return g;
   }
   for (const node of nodesFrom(root)) {
+    onNode?.(node);
     const outGrads: (Tensor | null)[] = [];
     for (const o of node.outputs) outGrads.push((yield* finish(o)) ?? null);
     if (outGrads.every((g) => g === null)) continue;
@@ -128,9 +129,9 @@ export function runBackward(root: Tensor, seed: Tensor): void {
   }
 }
 
-/** Runs the walk awaiting each hook, for hooks that wait on other code. */
-export async function runBackwardAsync(root: Tensor, seed: Tensor): Promise<void> {
-  const steps = backwardSteps(root, seed);
+/** Runs the walk awaiting each hook, for hooks that wait on other code; `onNode` sees each node as it is reached. */
+export async function runBackwardAsync(root: Tensor, seed: Tensor, onNode?: (node: GradNode) => void): Promise<void> {
+  const steps = backwardSteps(root, seed, onNode);
   let reply: Tensor | void = undefined;
   for (let step = steps.next(); !step.done; step = steps.next(reply)) {
     reply = (await step.value.hook(step.value.grad)) ?? undefined;

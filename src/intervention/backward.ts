@@ -1,0 +1,156 @@
+/**
+ * Gradients of values read in a trace: `await tr.backward(loss, async (g) => { ... })`.
+ *
+ * Inside the function, `await g.grad(t)` is the gradient of `loss` with respect to `t` (any module value read in
+ * the trace, or a tensor computed from one), and `g.setGrad(t, x)` replaces the gradient that flows further back
+ * from `t`. Gradients arrive in reverse forward order, as the backward pass computes them. An invoke's values are
+ * rows of batch-wide tensors, so its gradients are those rows only: nothing leaks between invokes.
+ */
+import { runBackwardAsync, Tensor, type GradNode } from "../tensor/index.js";
+import { TraceError } from "./errors.js";
+import { mergeRows, type Rows } from "./rows.js";
+
+/** Where a tensor handed to user code sits in the forward pass's graph: rows of a batch-wide value. */
+export interface GradSource {
+  leaf: Tensor;
+  rows: Rows | null;
+  batch: number;
+}
+
+interface Pending {
+  source: GradSource;
+  resolve(g: Tensor): void;
+  reject(e: unknown): void;
+  origin: Error;
+}
+
+export class GradScope {
+  private readonly pending: Pending[] = [];
+  private readonly replacements = new Map<Tensor, { source: GradSource; value: Tensor | ((g: Tensor) => Tensor); origin: Error }[]>();
+  /** Gradients complete right now (their hooks are running). */
+  private readonly current = new Map<Tensor, Tensor>();
+  private position = Infinity;
+  private finished = false;
+  private wake: (() => void) | null = null;
+  private readonly hooked = new Set<Tensor>();
+  /** Set while the walk runs: hooks a tensor asked about before the walk reaches it. */
+  private hookLeaf: ((leaf: Tensor) => void) | null = null;
+
+  constructor(private readonly sources: WeakMap<Tensor, GradSource>) {}
+
+  /** The gradient of the loss with respect to `t`, when the backward pass reaches it. */
+  grad(t: Tensor): Promise<Tensor> {
+    const origin = new Error();
+    return new Promise((resolve, reject) => {
+      const source = this.sourceOf(t, "grad");
+      const now = this.current.get(source.leaf);
+      if (now) return resolve(rowsOf(now, source));
+      if (this.passed(source.leaf)) return reject(new TraceError("the gradient of this value has already gone by: ask for gradients in reverse forward order (later values first)", origin));
+      this.pending.push({ source, resolve, reject, origin });
+      this.hookLeaf?.(source.leaf);
+      this.signal();
+    });
+  }
+
+  /** Replaces the gradient flowing back from `t` (a tensor of t's shape, or a function of the gradient). */
+  setGrad(t: Tensor, value: Tensor | ((g: Tensor) => Tensor)): void {
+    const origin = new Error();
+    const source = this.sourceOf(t, "setGrad");
+    const now = this.current.get(source.leaf);
+    if (now) {
+      this.current.set(source.leaf, this.apply(now, source, value, origin));
+      return;
+    }
+    if (this.passed(source.leaf)) throw new TraceError("setGrad: the gradient of this value has already flowed back: set gradients in reverse forward order", origin);
+    const list = this.replacements.get(source.leaf) ?? [];
+    list.push({ source, value, origin });
+    this.replacements.set(source.leaf, list);
+    this.hookLeaf?.(source.leaf);
+  }
+
+  private sourceOf(t: Tensor, what: string): GradSource {
+    if (!(t instanceof Tensor)) throw new TraceError(`${what}: expected a tensor`);
+    const source = this.sources.get(t) ?? { leaf: t, rows: null, batch: t.shape[0] ?? 1 };
+    if (!source.leaf.requiresGrad) throw new TraceError(`${what}: this tensor is not part of the graph; read it in a trace started with { grad: true }, before the loss is computed from it`);
+    if (this.finished) throw new TraceError(`${what}: the backward pass is over`);
+    return source;
+  }
+
+  private passed(leaf: Tensor): boolean {
+    return leaf.gradNode !== null && leaf.gradNode.seq > this.position;
+  }
+
+  private apply(g: Tensor, source: GradSource, value: Tensor | ((g: Tensor) => Tensor), origin: Error): Tensor {
+    const replacement = typeof value === "function" ? value(rowsOf(g, source)) : value;
+    try {
+      return mergeRows(g, replacement, source.rows, source.batch, "the gradient") as Tensor;
+    } catch (e) {
+      throw typeof e === "string" ? new TraceError(`setGrad: ${e}`, origin) : e;
+    }
+  }
+
+  private signal(): void {
+    const w = this.wake;
+    this.wake = null;
+    w?.();
+  }
+
+  /** Runs the backward pass, answering `grad` requests and applying `setGrad`s at each hooked tensor. */
+  async run(loss: Tensor, user: Promise<unknown>): Promise<void> {
+    if (!loss.requiresGrad) throw new TraceError("backward: the loss does not depend on any value read in this trace; start the trace with { grad: true } and compute the loss from module values");
+    if (loss.numel() !== 1) throw new TraceError(`backward: the loss must be a single number, got a tensor of shape [${loss.shape}]; reduce it (e.g. .sum())`);
+    const removers: (() => void)[] = [];
+    let userDone = false;
+    const done = () => {
+      userDone = true;
+      this.signal();
+    };
+    user.then(done, done);
+    // Hook every tensor asked about so far; requests made later (while the walk runs) for tensors not yet
+    // reached are hooked as they come, before the walk gets to them.
+    const hook = (leaf: Tensor) =>
+      removers.push(
+        leaf.registerHook(async (g) => {
+          let grad = g;
+          this.current.set(leaf, grad);
+          for (;;) {
+            const due = this.pending.filter((p) => p.source.leaf === leaf);
+            if (!due.length) break;
+            for (const p of due) {
+              this.pending.splice(this.pending.indexOf(p), 1);
+              p.resolve(rowsOf(this.current.get(leaf)!, p.source));
+            }
+            if (userDone) break;
+            await new Promise<void>((r) => ((this.wake = r), setImmediate(r)));
+          }
+          for (const r of this.replacements.get(leaf) ?? []) this.current.set(leaf, this.apply(this.current.get(leaf)!, r.source, r.value, r.origin));
+          this.replacements.delete(leaf);
+          grad = this.current.get(leaf)!;
+          this.current.delete(leaf);
+          return grad === g ? undefined : grad;
+        }),
+      );
+    this.hookLeaf = (leaf) => {
+      if (this.hooked.has(leaf)) return;
+      this.hooked.add(leaf);
+      hook(leaf);
+    };
+    // Let the function make its first requests before the walk starts.
+    await new Promise<void>((r) => setImmediate(r));
+    for (const p of this.pending) this.hookLeaf(p.source.leaf);
+    for (const leaf of this.replacements.keys()) this.hookLeaf(leaf);
+    const onNode = (node: GradNode) => void (this.position = node.seq);
+    try {
+      await runBackwardAsync(loss, Tensor.full(loss.shape, 1), onNode);
+    } finally {
+      for (const remove of removers) remove();
+      this.hookLeaf = null;
+      this.finished = true;
+    }
+    for (const p of this.pending.splice(0)) p.reject(new TraceError("no gradient reached this value: the loss does not depend on it", p.origin));
+  }
+}
+
+function rowsOf(g: Tensor, source: GradSource): Tensor {
+  return source.rows ? g.narrow(0, source.rows.start, source.rows.length) : g;
+}

@@ -62,6 +62,13 @@ export class Cache implements Recorder {
     }
   }
 
+  /** A cache holding `entries` (what a remote job sent back). */
+  static fromEntries(entries: Iterable<[string, CacheEntry]>): Cache {
+    const c = new Cache({}, null, new Set());
+    for (const [path, e] of entries) c.entries.set(path, e);
+    return c;
+  }
+
   /** The entry of a module (by path or envoy), or undefined if it was not recorded. */
   get(module: string | { path: string }): CacheEntry | undefined {
     return this.entries.get(typeof module === "string" ? module : module.path);

@@ -1,0 +1,147 @@
+/**
+ * The remote protocol, version 1: what clients and servers exchange. Plain data only (no classes), so any
+ * language can speak it: JSON, with tensors as safetensors (see codec.ts for the envelope).
+ *
+ *   POST   /v1/jobs                 submit a JobRequest                 -> 202 { id, status }
+ *   GET    /v1/jobs/:id             JobState
+ *   GET    /v1/jobs/:id/events      server-sent JobEvents, resumable with Last-Event-ID
+ *   POST   /v1/jobs/:id/local/:call the client's answer to a hybrid step
+ *   GET    /v1/jobs/:id/result      the returned value (envelope), while kept
+ *   DELETE /v1/jobs/:id             cancel
+ *   GET    /v1/models, /v1/models/:key/meta, /v1/status, /healthz, /metrics
+ *
+ * Every request carries `tsight-protocol: 1`; a server that cannot serve it answers 426 with the versions it
+ * speaks. Authentication: `Authorization: Bearer <api key>`.
+ */
+
+export const PROTOCOL_VERSION = 1;
+export const SUPPORTED_PROTOCOLS: readonly number[] = [1];
+export const PROTOCOL_HEADER = "tsight-protocol";
+/** Content type of the binary envelope: a safetensors file whose metadata holds the JSON. */
+export const ENVELOPE_TYPE = "application/vnd.tsight.v1+safetensors";
+
+export type ErrorCode = "AUTH" | "PROTOCOL" | "VALIDATION" | "NOT_ALLOWED" | "USER_CODE" | "TIMEOUT" | "MEMORY" | "CANCELLED" | "PREEMPTED" | "INTERNAL";
+
+/** Whether trying the same job again can help, per code. */
+export const RETRYABLE: Readonly<Record<ErrorCode, boolean>> = {
+  AUTH: false,
+  PROTOCOL: false,
+  VALIDATION: false,
+  NOT_ALLOWED: false,
+  USER_CODE: false,
+  TIMEOUT: false,
+  MEMORY: false,
+  CANCELLED: false,
+  PREEMPTED: true,
+  INTERNAL: true,
+};
+
+/** An error as data. `type` is the error class the code raised (e.g. "OutOfOrderError", "RangeError"). */
+export interface ErrorInfo {
+  code: ErrorCode;
+  type: string;
+  message: string;
+  retryable: boolean;
+  /** Where in the intervention source the error arose (1-based), for USER_CODE errors. */
+  line?: number;
+  column?: number;
+  /** The error's stack inside the job, with frames of the intervention source. */
+  stack?: string;
+}
+
+export type JobKind = "trace" | "generate" | "scan" | "session";
+
+/** Job states, in the order a job moves through them. */
+export type JobStatus = "RECEIVED" | "QUEUED" | "DISPATCHED" | "RUNNING" | "COMPLETED" | "ERROR" | "CANCELLED";
+export const TERMINAL: readonly JobStatus[] = ["COMPLETED", "ERROR", "CANCELLED"];
+
+/** Options of a generate job (GenerateOptions of the client, as data). */
+export interface GenerateSpec {
+  maxNewTokens: number;
+  doSample?: boolean;
+  temperature?: number;
+  topK?: number;
+  topP?: number;
+  seed?: number;
+  eosTokenId?: number | number[] | null;
+  padTokenId?: number;
+}
+
+/** What a client submits. Encoded values may hold tensors (see codec.ts). */
+export interface JobRequest {
+  /** Model key, e.g. `LanguageModel:{"repo_id":"stdlib-gpt2","revision":null}`. */
+  model: string;
+  kind: JobKind;
+  /**
+   * The intervention: the source of a JavaScript function. For `form: "invoke"` it is `(m, tr) => ...` and runs
+   * on `input`; for `form: "tracer"` it is `(tr) => ...` and creates invokes itself.
+   */
+  source: string;
+  form: "invoke" | "tracer";
+  /** The model input for form "invoke" (encoded value). */
+  input?: unknown;
+  /** Values the code reads as `tr.vars` (encoded value: an object). */
+  vars?: unknown;
+  /** Persistent interventions (model.edit) to apply first, as sources of `(m, tr) => ...`. */
+  edits?: string[];
+  /** Record gradients (trace option `grad`). */
+  grad?: boolean;
+  generate?: GenerateSpec;
+  /** Where to POST when the job ends (issue: webhooks). */
+  webhook?: string;
+}
+
+export interface JobState {
+  id: string;
+  status: JobStatus;
+  model: string;
+  kind: JobKind;
+  /** Place in the queue (0: next) while QUEUED. */
+  position?: number;
+  created: string;
+  updated: string;
+  error?: ErrorInfo;
+  /** Whether GET /result can give the value now. */
+  result: "none" | "available" | "expired";
+  /** When the result will be deleted (ISO time). */
+  expires?: string;
+}
+
+/** Events of a job, in order; each has a sequence number (the SSE id). */
+export type JobEvent =
+  | { type: "status"; status: JobStatus; position?: number }
+  | { type: "log"; text: string }
+  | { type: "stream"; step: number; tokens: number[] }
+  | { type: "local"; call: string; source: string; vals: unknown }
+  | { type: "error"; error: ErrorInfo }
+  | { type: "done"; status: JobStatus };
+
+export interface SequencedEvent {
+  seq: number;
+  event: JobEvent;
+}
+
+/** What GET /v1/models lists. */
+export interface ModelInfo {
+  key: string;
+  name: string;
+  modelType: string;
+  state: "loaded" | "loading" | "available";
+  queued: number;
+}
+
+/** What GET /v1/models/:key/meta gives: enough to build a meta model with no weights. */
+export interface ModelMeta {
+  key: string;
+  config: Record<string, unknown>;
+  generationConfig: Record<string, unknown> | null;
+  tokenizer: Record<string, unknown>;
+  tokenizerConfig: Record<string, unknown>;
+}
+
+/** The body of every error response. */
+export interface ErrorBody {
+  error: ErrorInfo;
+  /** For 426: the protocol versions the server speaks. */
+  supported?: number[];
+}

@@ -11,7 +11,6 @@ import { OutOfOrderError, TraceError } from "./errors.js";
 import type { TraceBackend, TraceCase } from "./trace.case.js";
 
 const PROMPT = "def __init__(self";
-const at = (m: any, path: string): any => path.split(".").reduce((e, k) => e[k], m);
 
 /** Greedy generation with `vector` added to `path`'s output at every step, using the model without tracing. */
 async function steeredReference(model: CausalLM, ids: Tensor, path: string, vector: Tensor, steps: number): Promise<number[]> {
@@ -187,7 +186,7 @@ export const generateCases: TraceCase[] = [
         const out = await lm.trace(
           ref(f, "input_ids"),
           async (m, tr) => {
-            const h = (await at(m, tr.vars.layer).output) as Tensor;
+            const h = (await tr.vars.layer.split(".").reduce((e: any, k: string) => e[k], m).output) as Tensor;
             const lp = ((await m.lm_head.output) as Tensor).index(0, -1).logSoftmax(-1).index(5);
             let grad: Tensor | undefined;
             await tr.backward(lp, async (g) => {
@@ -253,26 +252,28 @@ export const generateCases: TraceCase[] = [
         [324, 615, 638, 636, 284],
         [531, 221, 324, 615, 638],
       ];
-      const lossGrad = async (m: any, tr: any) => {
-        const h = (await m.transformer.h[1].output) as Tensor;
-        const loss = ((await m.lm_head.output) as Tensor).index(0, -1).logSoftmax(-1).index(7);
-        let grad: Tensor | undefined;
-        await tr.backward(loss, async (g: any) => {
-          grad = await g.grad(h);
-        });
-        return grad!;
+      // Each prompt in its own invoke, each with its own loss: the gradients each invoke sees are its own.
+      const perInvoke = async (tr: any) => {
+        const lossGrad = async (m: any, it: any) => {
+          const h = (await m.transformer.h[1].output) as Tensor;
+          const loss = ((await m.lm_head.output) as Tensor).index(0, -1).logSoftmax(-1).index(7);
+          let grad: Tensor | undefined;
+          await it.backward(loss, async (g: any) => {
+            grad = await g.grad(h);
+          });
+          return grad!;
+        };
+        const handles = tr.vars.prompts.map((p: number[]) => tr.invoke(p, lossGrad));
+        return Promise.all(handles);
       };
-      const both = await b.gpt2.trace(
-        async (tr) => {
-          const a = tr.invoke(tr.vars.prompts[0], lossGrad);
-          const c = tr.invoke(tr.vars.prompts[1], lossGrad);
-          return { a: await a, c: await c };
-        },
-        b.options({ grad: true, vars: { prompts } }),
-      );
-      const alone = await b.gpt2.trace(prompts[1]!, lossGrad, b.options({ grad: true }));
-      expect(both.c.shape).toEqual([1, 5, 256]);
-      expect(maxAbsDiff(both.c, alone)).toBeLessThan(1e-6);
+      const [, both] = (await b.gpt2.trace(perInvoke, b.options({ grad: true, vars: { prompts } }))) as Tensor[];
+      const [alone] = (await b.gpt2.trace(perInvoke, b.options({ grad: true, vars: { prompts: [prompts[1]] } }))) as Tensor[];
+      expect(both!.shape).toEqual([1, 5, 256]);
+      expect(maxAbsDiff(both!, alone!)).toBeLessThan(1e-6);
+      const lossGrad = async (m: any, tr: any) => {
+        const loss = ((await m.lm_head.output) as Tensor).index(0, -1).logSoftmax(-1).index(7);
+        await tr.backward(loss);
+      };
       const noGrad = await b.gpt2.trace(PROMPT, lossGrad, b.options()).catch((e) => e);
       expect(noGrad).toBeInstanceOf(TraceError);
       expect(noGrad.message).toMatch(/grad: true/);

@@ -87,7 +87,7 @@ export class LanguageModel<M extends CausalLM = CausalLM> {
   static async load(name: "stdlib-llama", options?: ModelLoadOptions): Promise<LanguageModel<LlamaForCausalLM>>;
   static async load<M extends CausalLM = CausalLM>(nameOrPath: string, options?: ModelLoadOptions): Promise<LanguageModel<M>>;
   static async load(nameOrPath: string, options: ModelLoadOptions = {}): Promise<LanguageModel<any>> {
-    return new LanguageModel(nameOrPath, await loadPretrained(nameOrPath, options), options.rename);
+    return new this(nameOrPath, await loadPretrained(nameOrPath, options), options.rename);
   }
 
   /** The module tree. */
@@ -194,8 +194,20 @@ export class LanguageModel<M extends CausalLM = CausalLM> {
     };
   }
 
+  /** The persistent interventions (model.edit) of this model, in order. */
+  protected editFunctions(): readonly InterventionFn[] {
+    return this.edits;
+  }
+
+  /** This model without its edits (sharing weights). */
+  protected unedited(): LanguageModel<M> {
+    const c = this.copy();
+    c.edits = [];
+    return c;
+  }
+
   private copy(): LanguageModel<M> {
-    const c = Object.create(LanguageModel.prototype) as LanguageModel<M>;
+    const c = Object.create(Object.getPrototypeOf(this)) as LanguageModel<M>;
     Object.assign(c, this);
     c.edits = [...this.edits];
     return c;

@@ -27,11 +27,6 @@ export interface TraceCase {
 const PROMPT = "def __init__(self";
 const layerPath = (arch: string, i: number) => (arch === "gpt2" ? `transformer.h.${i}` : arch === "gpt_neox" ? `gpt_neox.layers.${i}` : `model.layers.${i}`);
 
-/** Reaches a module envoy by dotted path (what users write as m.model.layers[1].mlp). */
-function at(m: any, path: string): any {
-  return path.split(".").reduce((e, part) => e[part], m);
-}
-
 export const traceCases: TraceCase[] = [
   {
     name: "returns module outputs and logits equal to Hugging Face's",
@@ -139,7 +134,7 @@ export const traceCases: TraceCase[] = [
         const zeroed = await lm.trace(
           ref(f, "input_ids"),
           async (m, tr) => {
-            const mlp = at(m, tr.vars.l1 + ".mlp");
+            const mlp = (tr.vars.l1 + ".mlp").split(".").reduce((e: any, k: string) => e[k], m);
             mlp.output = ((await mlp.output) as Tensor).mul(0);
             return (await m.lm_head.output) as Tensor;
           },
@@ -149,7 +144,7 @@ export const traceCases: TraceCase[] = [
         const steered = await lm.trace(
           ref(f, "input_ids"),
           async (m, tr) => {
-            const layer = at(m, tr.vars.l0);
+            const layer = tr.vars.l0.split(".").reduce((e: any, k: string) => e[k], m);
             layer.output = ((await layer.output) as Tensor).add(tr.vars.vector.mul(4));
             return (await m.lm_head.output) as Tensor;
           },
@@ -160,10 +155,10 @@ export const traceCases: TraceCase[] = [
           async (tr) => {
             let source: Tensor | undefined;
             tr.invoke(tr.vars.source, async (m) => {
-              source = (await at(m, tr.vars.l0).output) as Tensor;
+              source = (await tr.vars.l0.split(".").reduce((e: any, k: string) => e[k], m).output) as Tensor;
             });
             const target = tr.invoke(tr.vars.target, async (m) => {
-              const layer = at(m, tr.vars.l0);
+              const layer = tr.vars.l0.split(".").reduce((e: any, k: string) => e[k], m);
               const h = (await layer.output) as Tensor;
               layer.output = h.put([null, -1], source!.index(null, -1));
               return (await m.lm_head.output) as Tensor;
@@ -425,12 +420,12 @@ export const traceCases: TraceCase[] = [
         .trace(
           async (tr) => {
             const barrier = tr.barrier(2);
-            tr.invoke(PROMPT, async (m) => {
+            tr.invoke(tr.vars.prompt, async (m) => {
               await m.transformer.wte.output;
               await barrier();
             });
           },
-          b.options(),
+          b.options({ vars: { prompt: PROMPT } }),
         )
         .catch((x) => x);
       expect(e).toBeInstanceOf(TraceError);

@@ -28,7 +28,7 @@ export class RemoteError extends Error {
 
 /** A client-side mistake caught before anything was sent (free variables, values that cannot be sent). */
 export class ClientError extends Error {
-  override readonly name = "ClientError";
+  override readonly name: string = "ClientError";
   readonly code: ErrorCode = "VALIDATION";
   readonly retryable = false;
 }
@@ -57,9 +57,11 @@ export function errorFromInfo(info: ErrorInfo, status?: number): Error {
   const cls = known[info.type];
   if (!cls || info.code !== "USER_CODE") return new RemoteError(info, status);
   const e = new cls(info.message);
+  // The message and stack are the job's, not where this copy was made.
+  e.message = info.message;
+  e.stack = info.stack ?? `${info.type}: ${info.message}`;
   Object.assign(e, { code: info.code, retryable: info.retryable });
   if (e instanceof InterventionError) e.userLine = undefined;
-  if (info.stack) e.stack = info.stack;
   return e;
 }
 

@@ -30,8 +30,28 @@ export interface Primitive<A = undefined> {
   grad?: GradRule;
 }
 
+/** Called with the bytes an op is about to allocate (see withAllocationGuard). */
+let allocationGuard: ((bytes: number) => void) | null = null;
+
+/**
+ * Runs `work` with `guard` told, before each op runs, how many bytes its outputs will take; the guard throws to
+ * refuse (the sandbox uses this to cap the memory a job's own tensor math may take).
+ */
+export function withAllocationGuard<T>(guard: (bytes: number) => void, work: () => T): T {
+  const before = allocationGuard;
+  allocationGuard = guard;
+  try {
+    return work();
+  } finally {
+    allocationGuard = before;
+  }
+}
+
+const ITEM_BYTES = { float32: 4, int64: 8, int32: 4, bool: 1 } as const;
+
 export function apply<A>(p: Primitive<A>, inputs: readonly Tensor[], attrs: A): Tensor[] {
   const specs = p.infer(inputs, attrs);
+  if (allocationGuard) allocationGuard(specs.reduce((n, s) => n + s.shape.reduce((a, d) => a * d, 1) * ITEM_BYTES[s.dtype], 0));
   let outs: Tensor[];
   if (inputs.some((t) => t.isMeta)) {
     outs = specs.map((s) => Tensor.meta(s.dtype, s.shape));

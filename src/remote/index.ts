@@ -15,3 +15,4 @@ export { RemoteConfigError, normalizeServerUrl } from "./server-url.js";
 export { resolveRemoteTarget, remoteSettings, configFile, readRemoteConfig, type RemoteTargetOptions, type ConfigSources, type RemoteConfigFile, type RemoteSettings } from "./config.js";
 export { runLocally, registerLocalExecutor, type LocalRunOptions } from "./local.js";
 export { LanguageModel, type RemoteOptions } from "./language-model.js";
+export { runLocalStep } from "./local-step.js";

@@ -9,6 +9,7 @@
  */
 import { Tokenizer } from "../hub/index.js";
 import { LanguageModel as LocalLanguageModel, userFrame, type GenerateCall, type GenerateOutput, type InterventionFn, type ModelInput, type TraceOptions, type EnvoyTree, type Tracer } from "../intervention/index.js";
+import type { Session } from "../intervention/language-model.js";
 import { buildModel, type CausalLM, type GPT2LMHeadModel, type LlamaForCausalLM } from "../models/index.js";
 import type { Tensor } from "../tensor/index.js";
 import { isBackend, type Backend } from "./backend.js";
@@ -16,6 +17,7 @@ import { encodeValue } from "./codec.js";
 import { resolveRemoteTarget } from "./config.js";
 import type { RemoteJob } from "./job.js";
 import { runLocally } from "./local.js";
+import { runLocalStep } from "./local-step.js";
 import { toModelKey } from "./model-key.js";
 import type { GenerateSpec, JobKind, JobRequest } from "./protocol.js";
 import { interventionSource } from "./source.js";
@@ -95,6 +97,17 @@ export class LanguageModel<M extends CausalLM = CausalLM> extends LocalLanguageM
     return this.remote("generate", a, body, opts!, spec);
   }
 
+  /**
+   * Several traces and generations as one unit. Remotely it is one job: values stay on the server between the
+   * traces (inner functions may use the session function's variables) and only what it returns comes back.
+   */
+  override session<R>(fn: (s: Session<M>) => R | Promise<R>, options: Nonblocking): Promise<RemoteJob<R>>;
+  override session<R>(fn: (s: Session<M>) => R | Promise<R>, options?: RemoteOptions): Promise<R>;
+  override session<R>(fn: (s: Session<M>) => R | Promise<R>, options?: RemoteOptions): Promise<R | RemoteJob<R>> {
+    if (!isRemote(options)) return super.session(fn);
+    return this.remote<R>("session", fn, undefined, options!, undefined);
+  }
+
   /** Builds the job, checks its code, and runs it where the options say. */
   private async remote<R>(kind: JobKind, a: unknown, fn: InterventionFn | undefined, options: RemoteOptions, generate: GenerateSpec | undefined): Promise<R | RemoteJob<R>> {
     const callSite = userFrame(new Error().stack);
@@ -122,7 +135,8 @@ export class LanguageModel<M extends CausalLM = CausalLM> extends LocalLanguageM
     const backend = isBackend(options.backend) ? options.backend : resolveRemoteTarget({ backend: options.backend as string | undefined, remote: true });
     const job = (await backend.submit(request, tensors)) as RemoteJob<R>;
     if (options.blocking === false) return job;
-    return job.wait({ print, decode: (ids) => this.tokenizer.decode(ids) }).catch((e) => Promise.reject(located(e)));
+    const submitted = [request.source, ...edits];
+    return job.wait({ print, decode: (ids) => this.tokenizer.decode(ids), onLocal: (event) => runLocalStep(event, submitted) }).catch((e) => Promise.reject(located(e)));
   }
 }
 

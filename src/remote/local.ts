@@ -11,6 +11,7 @@ import type { Tensor } from "../tensor/index.js";
 import { encodeEnvelope, packValue, unpackValue } from "./codec.js";
 import { ClientError, errorFromInfo, infoFromError } from "./errors.js";
 import { decodeJob, type JobExecutor } from "./executor.js";
+import { runLocalStep } from "./local-step.js";
 import type { JobEvent, JobRequest } from "./protocol.js";
 
 let executor: JobExecutor | null = null;
@@ -31,10 +32,16 @@ export interface LocalRunOptions {
 export async function runLocally(request: JobRequest, tensors: ReadonlyMap<string, Tensor>, model: LanguageModel, options: LocalRunOptions = {}): Promise<unknown> {
   if (!executor) throw new ClientError('remote: "local" runs jobs in the sandbox, which is not loaded here: import from "tsight" (the full package), not "tsight/client"');
   const job = decodeJob(encodeEnvelope(request, tensors));
+  const asked = new Map<string, Extract<JobEvent, { type: "local" }>>();
   let value: unknown;
   try {
     value = await executor.execute(job, model, {
-      emit: options.onEvent ?? (() => undefined),
+      emit: (event) => {
+        if (event.type === "local") asked.set(event.call, event);
+        options.onEvent?.(event);
+      },
+      // Hybrid steps run here, on the code this process submitted.
+      awaitLocal: (call) => runLocalStep(asked.get(call)!, [request.source, ...(request.edits ?? [])]),
       signal: options.signal ?? new AbortController().signal,
       deadline: Date.now() + (options.timeout ?? 60) * 1000,
       memoryLimitBytes: options.memoryLimitBytes ?? 4 * 2 ** 30,

@@ -112,7 +112,8 @@ export type JobEvent =
   | { type: "status"; status: JobStatus; position?: number }
   | { type: "log"; text: string }
   | { type: "stream"; step: number; tokens: number[] }
-  | { type: "local"; call: string; source: string; vals: unknown }
+  /** A hybrid step: run `source` (a function of the submitted code) on the client with `vals` (base64 envelope). */
+  | { type: "local"; call: string; source: string; vals: string }
   | { type: "error"; error: ErrorInfo }
   | { type: "done"; status: JobStatus };
 

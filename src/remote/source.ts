@@ -202,10 +202,15 @@ type Identifier = AcornNode & { type: "Identifier"; name: string };
 
 /** Where each free name is used; module loading and code-from-strings are refused first. */
 function checkSource(parsed: ParsedFunction, allowed: ReadonlySet<string>): void {
-  const { free, parents } = references(parsed);
+  const { free: allFree, parents } = references(parsed);
+  // Functions given to tr.local(...) run on the client, with the client's globals: they are not checked.
+  const client = clientFunctions(parents);
+  const onClient = (n: AcornNode) => client.some((f) => n.start >= f.start && n.end <= f.end);
+  const free = allFree.filter((r) => !onClient(r.identifier as unknown as AcornNode));
   const refused: { what: string; offset: number }[] = [];
   const freeNodes = new Set(free.map((r) => r.identifier as unknown as AcornNode));
   for (const [node, parent] of parents) {
+    if (onClient(node)) continue;
     if (node.type === "ImportExpression") refused.push({ what: "import()", offset: node.start });
     else if (node.type === "MetaProperty" && (node as AcornNode & { meta: Identifier }).meta.name === "import") refused.push({ what: "import.meta", offset: node.start });
     else if (/^(Import|Export\w*)Declaration$/.test(node.type)) refused.push({ what: node.type.startsWith("Import") ? "import" : "export", offset: node.start });
@@ -230,6 +235,18 @@ function checkSource(parsed: ParsedFunction, allowed: ReadonlySet<string>): void
   }
   const uses = free.filter((r) => !allowed.has(r.identifier.name)).map((r) => use(parsed, r, parents));
   if (uses.length) throw new FreeVariableError(uses);
+}
+
+/** Function expressions passed as the first argument of a `.local(...)` call (hybrid steps). */
+function clientFunctions(parents: Map<AcornNode, AcornNode | null>): AcornNode[] {
+  const out: AcornNode[] = [];
+  for (const node of parents.keys()) {
+    if (node.type !== "CallExpression") continue;
+    const call = node as AcornNode & { callee: AcornNode; arguments: AcornNode[] };
+    const first = call.arguments[0];
+    if (call.callee.type === "MemberExpression" && memberName(call.callee) === "local" && first && /^(Arrow)?FunctionExpression$/.test(first.type)) out.push(first);
+  }
+  return out;
 }
 
 /** References that no scope inside the function resolves, in source order, and every node's parent. */

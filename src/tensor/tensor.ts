@@ -177,6 +177,11 @@ export class Tensor implements RawTensor {
     };
     return build(0, 0);
   }
+  /** How Node's console and util.inspect show a tensor. */
+  [Symbol.for("nodejs.util.inspect.custom")](): string {
+    return this.toString();
+  }
+
   toString(): string {
     if (this.isMeta) return `tensor(meta, shape=${fmt(this.shape)}, dtype=${this.dtype})`;
     const show = (v: unknown): string => (Array.isArray(v) ? `[${(v.length > 8 ? [...v.slice(0, 3), "...", ...v.slice(-3)] : v).map(show).join(", ")}]` : typeof v === "number" ? String(Number(v.toPrecision(5))) : String(v));

@@ -63,8 +63,11 @@ export class Bridge {
     private readonly lm: LanguageModel,
     private readonly limits: BridgeLimits,
     private readonly log: (text: string) => void,
+    /** Runs a hybrid step on the client: the function's source and its values; resolves with the answer. */
+    private readonly runLocal: ((source: string, vals: unknown) => Promise<unknown>) | null = null,
   ) {
     this.paths = new Set(lm.model.namedModules().map(([p]) => p));
+    this.model = lm;
   }
 
   /** Installs the runtime in the isolate. */
@@ -97,7 +100,7 @@ export class Bridge {
       new Promise((resolve, reject) => {
         const id = this.nextId++;
         this.invokes.set(id, { envoy, tracer, open: { resolve, reject } });
-        this.enterOrFail(id, (timeout) => this.rt.start.applySync(undefined, [fnId, id, false, varsDesc], { arguments: { copy: true }, timeout }));
+        this.enterOrFail(id, (timeout) => this.rt.start.applySync(undefined, [fnId, id, "invoke", varsDesc], { arguments: { copy: true }, timeout }));
       });
   }
 
@@ -107,9 +110,24 @@ export class Bridge {
       new Promise((resolve, reject) => {
         const id = this.nextId++;
         this.invokes.set(id, { envoy: null, tracer, open: { resolve, reject } });
-        this.enterOrFail(id, (timeout) => this.rt.start.applySync(undefined, [fnId, id, true, varsDesc], { arguments: { copy: true }, timeout }));
+        this.enterOrFail(id, (timeout) => this.rt.start.applySync(undefined, [fnId, id, "root", varsDesc], { arguments: { copy: true }, timeout }));
       });
   }
+
+  /** Runs the isolate function `fnId` as a session `(s)`; resolves with what it returns. */
+  session(fnId: number): Promise<unknown> {
+    return new Promise((resolve, reject) => {
+      const id = this.nextId++;
+      this.invokes.set(id, { envoy: null, tracer: null as never, open: { resolve, reject } });
+      this.enterOrFail(id, (timeout) => this.rt.start.applySync(undefined, [fnId, id, "session", null], { timeout }));
+    });
+  }
+
+  /** The model sessions run on (this job's, with its edits); set by the executor. */
+  model!: LanguageModel;
+
+  /** Streams generated tokens of session generations. */
+  onToken: ((step: { tokens: number[]; step: number }) => void) | null = null;
 
   /** Ends the job: every open invoke fails with `error`, and the isolate refuses further work. */
   abort(error: Error): void {
@@ -340,6 +358,7 @@ export class Bridge {
         throw new SandboxError("VALIDATION", "bad gradient action");
         void stack;
       },
+      session: (action, args) => this.sessionAction(String(action), Array.isArray(args) ? args : []),
       log: (text) => this.log(String(text).slice(0, 10_000)),
       done: (invoke, ok, value) => {
         const inv = typeof invoke === "number" ? this.invokes.get(invoke) : undefined;
@@ -406,11 +425,48 @@ export class Bridge {
         if (!b) throw new SandboxError("VALIDATION", "unknown barrier");
         return this.forward(b());
       }
-      case "local":
-        throw new SandboxError("NOT_ALLOWED", "tr.local (hybrid steps) is not available in this job");
+      case "local": {
+        if (!this.runLocal) throw new SandboxError("NOT_ALLOWED", "tr.local (hybrid steps) needs a client that can answer them; this job has none");
+        const source = String(args[0]);
+        const vals = this.fromDesc(args[1]);
+        const run = this.runLocal;
+        return this.forward(tracer.local(() => run(source, vals), undefined));
+      }
     }
     void stack;
     throw new SandboxError("VALIDATION", `unknown tracer action "${action}"`);
+  }
+
+  private sessionAction(action: string, args: unknown[]): number {
+    const fnOf = (d: unknown): number => {
+      const id = Number((d as { $fn?: unknown } | null)?.$fn);
+      if (!Number.isInteger(id)) throw new TypeError(`session.${action} needs an intervention function`);
+      return id;
+    };
+    const traceOptions = (d: unknown) => {
+      const o = (this.fromDesc(d) ?? {}) as { vars?: Record<string, unknown>; grad?: boolean };
+      if (typeof o !== "object") throw new TypeError("trace options must be an object");
+      return { vars: o.vars ?? {}, grad: o.grad === true };
+    };
+    const lm = this.model;
+    if (action === "trace" || action === "scan") {
+      const input = args[0] === null ? undefined : this.fromDesc(args[0]);
+      const options = traceOptions(args[2]);
+      const fnId = fnOf(args[1]);
+      const vars = this.toDesc(options.vars);
+      const run = action === "trace" ? lm.trace.bind(lm) : lm.scan.bind(lm);
+      return this.forward(input === undefined ? run(this.rootFn(fnId, vars), options) : run(input as never, this.interventionFn(fnId, vars), options));
+    }
+    if (action === "generate") {
+      const input = args[0] === null ? undefined : this.fromDesc(args[0]);
+      const settings = { ...((this.fromDesc(args[1]) ?? {}) as { maxNewTokens: number }), onToken: this.onToken ?? undefined };
+      const options = traceOptions(args[3]);
+      const vars = this.toDesc(options.vars);
+      if (input === undefined) return this.forward(lm.generate(this.rootFn(fnOf(args[2]), vars), settings, options));
+      const body = args[2] === null ? async () => undefined : this.interventionFn(fnOf(args[2]), vars);
+      return this.forward(lm.generate(input as never, settings, body, options));
+    }
+    throw new SandboxError("VALIDATION", `unknown session action "${action}"`);
   }
 
   /** The tensor creation functions of the sandbox, with sizes checked before anything is allocated. */

@@ -5,6 +5,7 @@
  */
 import ivm from "isolated-vm";
 import type { InterventionFn, LanguageModel } from "../../intervention/index.js";
+import { packValue } from "../../remote/codec.js";
 import type { DecodedJob, ExecutionContext, JobExecutor } from "../../remote/executor.js";
 import { Bridge } from "./bridge.js";
 import { SandboxError } from "./errors.js";
@@ -24,7 +25,15 @@ export class SandboxExecutor implements JobExecutor {
   async execute(job: DecodedJob, model: LanguageModel, ctx: ExecutionContext): Promise<unknown> {
     const isolate = new ivm.Isolate({ memoryLimit: this.options.isolateMemoryMB ?? 64 });
     const context = isolate.createContextSync();
-    const bridge = new Bridge(isolate, context, model, { deadline: ctx.deadline, memoryLimitBytes: ctx.memoryLimitBytes }, (text) => ctx.emit({ type: "log", text }));
+    let calls = 0;
+    const runLocal = ctx.awaitLocal
+      ? async (source: string, vals: unknown) => {
+          const call = `c${++calls}`;
+          ctx.emit({ type: "local", call, source, vals: Buffer.from(packValue(vals)).toString("base64") });
+          return ctx.awaitLocal!(call);
+        }
+      : null;
+    const bridge = new Bridge(isolate, context, model, { deadline: ctx.deadline, memoryLimitBytes: ctx.memoryLimitBytes }, (text) => ctx.emit({ type: "log", text }), runLocal);
     const onAbort = () => bridge.abort(new SandboxError("CANCELLED", "the job was cancelled"));
     ctx.signal.addEventListener("abort", onAbort);
     const timer = setTimeout(() => bridge.abort(new SandboxError("TIMEOUT", "the job ran past its deadline")), Math.max(0, ctx.deadline - Date.now()));
@@ -34,6 +43,8 @@ export class SandboxExecutor implements JobExecutor {
       const fnId = bridge.compile(job.source, "intervention.js");
       let lm = model;
       job.edits.forEach((source, i) => (lm = lm.edit(bridge.interventionFn(bridge.compile(source, `edit${i}.js`), vars))));
+      bridge.model = lm;
+      bridge.onToken = ({ tokens, step }) => ctx.emit({ type: "stream", step, tokens });
       const options = { vars: job.vars, grad: job.grad };
       const invoke = bridge.interventionFn(fnId, vars);
       const root = bridge.rootFn(fnId, vars);
@@ -49,7 +60,7 @@ export class SandboxExecutor implements JobExecutor {
             return { sequences: out.sequences, generated: out.generated, text: out.text, value: out.value };
           }
           case "session":
-            throw new SandboxError("VALIDATION", "session jobs run through the session runner");
+            return bridge.session(fnId);
         }
       };
       const value = await run();

@@ -19,6 +19,7 @@ export interface HostCallbacks {
   tracer(invoke: number, action: string, args: unknown[], stack: string): unknown;
   cache(id: number, action: string, args: unknown[]): unknown;
   grad(scope: number, action: string, args: unknown[], stack: string): unknown;
+  session(action: string, args: unknown[]): number;
   log(text: string): void;
   done(invoke: number, ok: boolean, value: unknown): void;
 }
@@ -292,6 +293,22 @@ export function installRuntime(rawHost: HostCallbacks, tree: TreeNode, tensorMet
     };
   }
 
+  /** A session: traces and generations that run one after another in this job, sharing values. */
+  function session(): unknown {
+    const traceLike = (action: string) => (a: unknown, b?: unknown, c?: unknown) => {
+      const [input, fn, options] = typeof a === "function" ? [null, a, b] : [a, b, c];
+      return wait(host.session(action, [input === null ? null : out(input), out(fn), out(options ?? {})]));
+    };
+    return {
+      trace: traceLike("trace"),
+      scan: traceLike("scan"),
+      generate(a: unknown, options: unknown, fn?: unknown, traceOptions?: unknown) {
+        const [input, settings, body, topts] = typeof a === "function" ? [null, options, a, fn] : [a, options, fn, traceOptions];
+        return wait(host.session("generate", [input === null ? null : out(input), out(settings ?? {}), body === undefined ? null : out(body), out(topts ?? {})]));
+      },
+    };
+  }
+
   function gradScope(id: number): unknown {
     return {
       grad: (t: unknown) => wait(host.grad(id, "grad", [out(t)], stackHere()) as number),
@@ -335,12 +352,12 @@ export function installRuntime(rawHost: HostCallbacks, tree: TreeNode, tensorMet
       pending.delete(id);
       p?.reject(inn(error));
     },
-    /** Runs a user function of an invoke: (m, tr) or, for the root of form "tracer", (tr). */
-    start(fnId: number, invoke: number, root: boolean, vars: unknown) {
+    /** Runs a user function: an invoke's (m, tr), the root (tr) of form "tracer", or a session's (s). */
+    start(fnId: number, invoke: number, mode: "invoke" | "root" | "session", vars: unknown) {
       const fn = functions.get(fnId);
       if (!fn) throw new TypeError(`no function ${fnId}`);
       try {
-        settle(root ? fn(tracer(invoke, inn(vars))) : fn(envoy(tree, invoke), tracer(invoke, inn(vars))), invoke);
+        settle(mode === "session" ? fn(session()) : mode === "root" ? fn(tracer(invoke, inn(vars))) : fn(envoy(tree, invoke), tracer(invoke, inn(vars))), invoke);
       } catch (e) {
         settle(Promise.reject(e), invoke);
       }

@@ -1,14 +1,19 @@
 /** The `tsight` command: one subcommand per job. */
 import { generateHelp, runGenerate, UsageError } from "./generate.js";
+import { keysHelp, runKeys, runServe, serveHelp } from "./serve.js";
 
 const commands: Record<string, { help: string; run: (argv: string[]) => Promise<number> }> = {
   generate: { help: generateHelp, run: (argv) => runGenerate(argv) },
+  serve: { help: serveHelp, run: (argv) => runServe(argv) },
+  keys: { help: keysHelp, run: (argv) => runKeys(argv) },
 };
 
 const usage = `usage: tsight <command> [options]
 
 commands:
   generate   continue a prompt with a model, streaming tokens
+  serve      host models for remote interventions (HTTP API)
+  keys       create, list and revoke the server's API keys
 
 Run "tsight <command> --help" for a command's options.`;
 

@@ -43,6 +43,8 @@ export class Interleaver implements ModuleHooks, Provider {
   private busyDone: (() => void) | null = null;
   private ending: "stop" | "error" | null = null;
   readonly recorders: Recorder[] = [];
+  /** Called at every module call (a server's cancel and deadline checks); throwing ends the forward. */
+  checkpoint: (() => void) | null = null;
 
   constructor(
     readonly mediators: Mediator[],
@@ -91,6 +93,7 @@ export class Interleaver implements ModuleHooks, Provider {
 
   async call(module: Module, args: unknown[], forward: (args: unknown[]) => Promise<unknown>): Promise<unknown> {
     if (this.bypass > 0) return forward(args);
+    this.checkpoint?.();
     this.checkEnding();
     const path = module.path;
     const iteration = this.entered.get(path) ?? 0;

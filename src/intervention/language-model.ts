@@ -39,6 +39,8 @@ export interface TraceOptions {
   vars?: Record<string, unknown>;
   /** Record gradients from the first module value read, so the intervention can call tr.backward. */
   grad?: boolean;
+  /** Called at every module call; throwing stops the run with that error (servers use it to cancel). */
+  checkpoint?: () => void;
 }
 
 export interface EditOptions {
@@ -230,11 +232,11 @@ export class LanguageModel<M extends CausalLM = CausalLM> {
       let run: TraceRun;
       if (typeof a === "function") {
         if (typeof b === "function") throw new TraceError("trace(fn) takes one function; to trace an input use trace(input, fn)");
-        run = new TraceRun(this.target(), (b as TraceOptions | undefined)?.vars, (b as TraceOptions | undefined)?.grad);
+        run = new TraceRun(this.target(), (b as TraceOptions | undefined)?.vars, (b as TraceOptions | undefined)?.grad, (b as TraceOptions | undefined)?.checkpoint);
         result = Promise.resolve((a as TraceFn<M, R>)(new Tracer(run) as Tracer<EnvoyTree<M>>));
       } else {
         if (typeof b !== "function") throw new TraceError("trace(input, fn): the intervention function is missing");
-        run = new TraceRun(this.target(), c?.vars, c?.grad);
+        run = new TraceRun(this.target(), c?.vars, c?.grad, c?.checkpoint);
         result = run.addInvoke(a, b as InterventionFn);
       }
       result.catch(() => undefined);

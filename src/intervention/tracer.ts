@@ -195,6 +195,8 @@ export class TraceRun {
     readonly vars: Record<string, any> = {},
     /** Record the forward graph from the first value read, for tr.backward. */
     readonly grad = false,
+    /** Called at every module call; throwing stops the run with that error. */
+    readonly checkpoint?: () => void,
   ) {}
 
   addInvoke<R = unknown>(input: ModelInput | undefined, fn: InterventionFn): Promise<R> {
@@ -314,6 +316,7 @@ export class TraceRun {
       this.grad ? this.gradSources : null,
     );
     interleaver.recorders.push(...this.caches);
+    interleaver.checkpoint = this.checkpoint ?? null;
     this.interleaver = interleaver;
     const context = (mediator: Mediator): EnvoyContext => ({
       mediator,

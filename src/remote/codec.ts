@@ -111,3 +111,15 @@ export function unpackValue(bytes: Uint8Array): unknown {
   const { payload, tensors } = decodeEnvelope(bytes);
   return decodeValue((payload as { value?: unknown }).value, tensors);
 }
+
+/** A value as base64 text of its envelope (how JSON events carry values with tensors). */
+export function packBase64(value: unknown): string {
+  const bytes = packValue(value);
+  let s = "";
+  for (let i = 0; i < bytes.length; i += 0x8000) s += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  return btoa(s);
+}
+
+export function unpackBase64(text: string): unknown {
+  return unpackValue(Uint8Array.from(atob(text), (c) => c.charCodeAt(0)));
+}

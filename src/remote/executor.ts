@@ -37,6 +37,11 @@ export interface ExecutionContext {
   memoryLimitBytes: number;
   /** For hybrid steps: resolves with the client's answer to call `call` (see the local event). */
   awaitLocal?(call: string): Promise<unknown>;
+  /**
+   * Whether the job was told to stop, read without the event loop (a forward pass keeps the thread busy, so the
+   * abort event may not have been delivered yet). Executors check it, with the deadline, at every module call.
+   */
+  stopRequested?(): boolean;
 }
 
 /** Executes a job's code on a loaded model and returns the value to send back. Errors carry a code. */

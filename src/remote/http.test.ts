@@ -2,7 +2,7 @@ import { createServer, type IncomingMessage, type ServerResponse } from "node:ht
 import type { AddressInfo } from "node:net";
 import { afterEach, describe, expect, test } from "vitest";
 import { Tensor, tensor } from "../tensor/index.js";
-import { decodeEnvelope, encodeValue, packValue, unpackValue } from "./codec.js";
+import { decodeEnvelope, encodeValue, packBase64, packValue, unpackBase64, unpackValue } from "./codec.js";
 import { RemoteError } from "./errors.js";
 import { ConnectionError, HttpBackend } from "./http.js";
 import { RemoteJob } from "./job.js";
@@ -379,7 +379,7 @@ describe("a job end to end", () => {
       if (req.url === "/v1/jobs/e2e/events") {
         res.writeHead(200, { "content-type": "text/event-stream" });
         res.write(frame(1, { type: "status", status: "RUNNING" }));
-        res.write(frame(2, { type: "local", call: "c0", source: "(v) => v.x * 2", vals: { x: 21 } }));
+        res.write(frame(2, { type: "local", call: "c0", source: "(v) => v.x * 2", vals: packBase64({ x: 21 }) }));
         const wait = setInterval(() => {
           if (answer === undefined) return;
           clearInterval(wait);
@@ -402,7 +402,7 @@ describe("a job end to end", () => {
     const lines: string[] = [];
     const value = (await job.wait({
       print: { write: (s) => lines.push(s) },
-      onLocal: (event) => (event.vals as { x: number }).x * 2,
+      onLocal: (event) => (unpackBase64(event.vals) as { x: number }).x * 2,
     })) as { logits: Tensor };
     expect(answer).toBe(42);
     expect(value.logits.toArray()).toEqual([0.5, 1.5]);

@@ -1,6 +1,6 @@
 /** The remote layer: protocol, value codec, model keys, the client (backends, jobs) and intervention sources. */
 export * from "./protocol.js";
-export { encodeValue, decodeValue, encodeEnvelope, decodeEnvelope, packValue, unpackValue, CodecError } from "./codec.js";
+export { encodeValue, decodeValue, encodeEnvelope, decodeEnvelope, packValue, unpackValue, packBase64, unpackBase64, CodecError } from "./codec.js";
 export { RemoteError, ClientError, errorFromInfo, infoFromError } from "./errors.js";
 export { toModelKey, fromModelKey, canonicalModelKey, registerModelClass, ModelKeyError, type ModelKeyArgs, type ParsedModelKey } from "./model-key.js";
 export { decodeJob, ValidationError, type DecodedJob, type ExecutionContext, type JobExecutor } from "./executor.js";

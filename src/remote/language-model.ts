@@ -15,6 +15,7 @@ import type { Tensor } from "../tensor/index.js";
 import { isBackend, type Backend } from "./backend.js";
 import { encodeValue } from "./codec.js";
 import { resolveRemoteTarget } from "./config.js";
+import { HttpBackend } from "./http.js";
 import type { RemoteJob } from "./job.js";
 import { runLocally } from "./local.js";
 import { runLocalStep } from "./local-step.js";
@@ -30,6 +31,8 @@ export interface RemoteOptions extends TraceOptions {
   backend?: string | Backend;
   /** false: return the RemoteJob at once instead of waiting for the value (default true). */
   blocking?: boolean;
+  /** The API key for `backend` (default: TSIGHT_API_KEY, then the config file). */
+  apiKey?: string;
   /** Where a blocking call shows progress (default: stderr when it is a terminal). */
   print?: NodeJS.WritableStream | null;
   /** Seconds a `remote: "local"` job may run. */
@@ -132,7 +135,11 @@ export class LanguageModel<M extends CausalLM = CausalLM> extends LocalLanguageM
     if (options.remote === "local" && options.backend === undefined) {
       return (await runLocally(request, tensors, this.unedited() as unknown as LocalLanguageModel, { timeout: options.timeout, onEvent: (e) => e.type === "log" && print?.write(`${e.text}\n`) }).catch((e) => Promise.reject(located(e)))) as R;
     }
-    const backend = isBackend(options.backend) ? options.backend : resolveRemoteTarget({ backend: options.backend as string | undefined, remote: true });
+    const backend = isBackend(options.backend)
+      ? options.backend
+      : typeof options.backend === "string" && options.apiKey
+        ? new HttpBackend({ url: options.backend, apiKey: options.apiKey })
+        : resolveRemoteTarget({ backend: options.backend as string | undefined, remote: true });
     const job = (await backend.submit(request, tensors)) as RemoteJob<R>;
     if (options.blocking === false) return job;
     const submitted = [request.source, ...edits];

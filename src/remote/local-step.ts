@@ -3,7 +3,7 @@
  * the values to call it with. Only code the client itself sent is run, so a server cannot make a client run
  * anything else.
  */
-import { unpackValue } from "./codec.js";
+import { unpackBase64 } from "./codec.js";
 import { ClientError } from "./errors.js";
 import type { JobEvent } from "./protocol.js";
 
@@ -13,8 +13,7 @@ export async function runLocalStep(event: LocalEvent, submitted: readonly string
   if (typeof event.source !== "string" || !submitted.some((s) => s.includes(event.source))) {
     throw new ClientError(`the job asked this client to run code it did not send (hybrid step ${event.call}); refused`);
   }
-  const bytes = Uint8Array.from(atob(event.vals), (c) => c.charCodeAt(0));
-  const vals = unpackValue(bytes);
+  const vals = unpackBase64(event.vals);
   const fn = new Function(`"use strict"; return (${event.source}\n);`)() as (vals: unknown) => unknown;
   return await fn(vals);
 }

@@ -1,37 +1,57 @@
 /**
- * Every tracing behaviour again, with the job encoded, decoded and run in the sandbox exactly as a server runs it
- * (`remote: "local"`): the same numbers and the same errors as in process.
+ * Every tracing behaviour again, through the remote path: once with the job encoded, decoded and run in the
+ * sandbox exactly as a server runs it (`remote: "local"`), once through a real server on a loopback port (HTTP,
+ * worker threads, the sandbox). Results must equal the in-process runs (the suites compare against the same
+ * references).
  */
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { beforeAll, describe, it } from "vitest";
-import { fixtureDir, type hfArchitectures } from "../../test/fixtures.js";
+import { afterAll, beforeAll, describe, it } from "vitest";
+import { fixtureDir, hfArchitectures } from "../../test/fixtures.js";
 import { generateCases } from "../intervention/generate.case.js";
 import { traceCases, type TraceBackend } from "../intervention/trace.case.js";
 import "../server/sandbox/register.js";
-import { LanguageModel } from "./language-model.js";
+import { startServer, type RunningServer } from "../server/index.js";
+import { LanguageModel, type RemoteOptions } from "./language-model.js";
 
-async function loadArch(arch: (typeof hfArchitectures)[number]): Promise<LanguageModel> {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), `tsight-${arch}-`));
-  for (const file of ["config.json", "model.safetensors"]) fs.copyFileSync(path.join(fixtureDir(arch), file), path.join(dir, file));
-  fs.copyFileSync(path.join(fixtureDir("stdlib-gpt2"), "tokenizer.json"), path.join(dir, "tokenizer.json"));
-  return LanguageModel.load(dir);
+/** Each fixture architecture as a model folder (the fixtures have no tokenizer; token-id inputs need none). */
+const archFolders = Object.fromEntries(
+  hfArchitectures.map((arch) => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), `tsight-${arch}-`));
+    for (const file of ["config.json", "model.safetensors"]) fs.copyFileSync(path.join(fixtureDir(arch), file), path.join(dir, file));
+    fs.copyFileSync(path.join(fixtureDir("stdlib-gpt2"), "tokenizer.json"), path.join(dir, "tokenizer.json"));
+    return [arch, dir];
+  }),
+) as Record<(typeof hfArchitectures)[number], string>;
+
+function suite(name: string, options: () => RemoteOptions): void {
+  describe(name, () => {
+    const archs = new Map<string, Promise<LanguageModel>>();
+    const backend = {} as TraceBackend;
+    beforeAll(async () => {
+      Object.assign(backend, {
+        options: (extra = {}) => ({ ...extra, ...options(), print: null }),
+        gpt2: await LanguageModel.load("stdlib-gpt2"),
+        llama: await LanguageModel.load("stdlib-llama"),
+        arch: (a) => {
+          if (!archs.has(a)) archs.set(a, LanguageModel.load(archFolders[a]));
+          return archs.get(a)! as Promise<never>;
+        },
+      } satisfies TraceBackend);
+    });
+    for (const c of [...traceCases, ...generateCases]) it(c.name, () => c.run(backend));
+  });
 }
 
-describe("tracing (local sandbox, as a server runs it)", () => {
-  const archs = new Map<string, Promise<LanguageModel>>();
-  const backend = {} as TraceBackend;
-  beforeAll(async () => {
-    Object.assign(backend, {
-      options: (extra = {}) => ({ ...extra, remote: "local" as const, print: null }),
-      gpt2: await LanguageModel.load("stdlib-gpt2"),
-      llama: await LanguageModel.load("stdlib-llama"),
-      arch: (name) => {
-        if (!archs.has(name)) archs.set(name, loadArch(name));
-        return archs.get(name)! as Promise<never>;
-      },
-    } satisfies TraceBackend);
-  });
-  for (const c of [...traceCases, ...generateCases]) it(c.name, () => c.run(backend));
-});
+suite("tracing in the local sandbox, as a server runs it", () => ({ remote: "local" }));
+
+let server: RunningServer;
+let apiKey: string;
+beforeAll(async () => {
+  server = await startServer({ port: 0, dataDir: fs.mkdtempSync(path.join(os.tmpdir(), "tsight-parity-")), models: ["stdlib-gpt2", "stdlib-llama", ...Object.values(archFolders)], log: () => undefined });
+  apiKey = server.keys.create("parity").key;
+}, 120_000);
+afterAll(() => server?.close());
+
+suite("tracing through a server on a loopback port", () => ({ backend: server.url, apiKey }));

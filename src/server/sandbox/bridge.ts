@@ -126,6 +126,9 @@ export class Bridge {
   /** The model sessions run on (this job's, with its edits); set by the executor. */
   model!: LanguageModel;
 
+  /** The job's cancel/deadline check, for the traces a session runs. */
+  checkpoint: (() => void) | null = null;
+
   /** Streams generated tokens of session generations. */
   onToken: ((step: { tokens: number[]; step: number }) => void) | null = null;
 
@@ -446,7 +449,7 @@ export class Bridge {
     const traceOptions = (d: unknown) => {
       const o = (this.fromDesc(d) ?? {}) as { vars?: Record<string, unknown>; grad?: boolean };
       if (typeof o !== "object") throw new TypeError("trace options must be an object");
-      return { vars: o.vars ?? {}, grad: o.grad === true };
+      return { vars: o.vars ?? {}, grad: o.grad === true, checkpoint: this.checkpoint ?? undefined };
     };
     const lm = this.model;
     if (action === "trace" || action === "scan") {

@@ -5,7 +5,7 @@
  */
 import ivm from "isolated-vm";
 import type { InterventionFn, LanguageModel } from "../../intervention/index.js";
-import { packValue } from "../../remote/codec.js";
+import { packBase64 } from "../../remote/codec.js";
 import type { DecodedJob, ExecutionContext, JobExecutor } from "../../remote/executor.js";
 import { Bridge } from "./bridge.js";
 import { SandboxError } from "./errors.js";
@@ -29,7 +29,7 @@ export class SandboxExecutor implements JobExecutor {
     const runLocal = ctx.awaitLocal
       ? async (source: string, vals: unknown) => {
           const call = `c${++calls}`;
-          ctx.emit({ type: "local", call, source, vals: Buffer.from(packValue(vals)).toString("base64") });
+          ctx.emit({ type: "local", call, source, vals: packBase64(vals) });
           return ctx.awaitLocal!(call);
         }
       : null;
@@ -45,7 +45,15 @@ export class SandboxExecutor implements JobExecutor {
       job.edits.forEach((source, i) => (lm = lm.edit(bridge.interventionFn(bridge.compile(source, `edit${i}.js`), vars))));
       bridge.model = lm;
       bridge.onToken = ({ tokens, step }) => ctx.emit({ type: "stream", step, tokens });
-      const options = { vars: job.vars, grad: job.grad };
+      // Cancel and deadline, checked at every module call: timers and abort events cannot fire while a forward
+      // pass keeps the thread busy.
+      const checkpoint = () => {
+        if (ctx.signal.aborted || ctx.stopRequested?.()) throw bridge.fatal ?? new SandboxError("CANCELLED", "the job was cancelled");
+        if (Date.now() > ctx.deadline) throw new SandboxError("TIMEOUT", "the job ran past its deadline");
+        if (bridge.fatal) throw bridge.fatal;
+      };
+      bridge.checkpoint = checkpoint;
+      const options = { vars: job.vars, grad: job.grad, checkpoint };
       const invoke = bridge.interventionFn(fnId, vars);
       const root = bridge.rootFn(fnId, vars);
       const run = async (): Promise<unknown> => {

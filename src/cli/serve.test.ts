@@ -1,0 +1,91 @@
+/** `tsight serve` and `tsight keys`, in process. */
+import fsp from "node:fs/promises";
+import { Writable } from "node:stream";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { GPT2, tempDir } from "../../test/server/harness.js";
+import { main } from "./main.js";
+import { parseDuration, runKeys, runServe } from "./serve.js";
+
+/** A stream that keeps what is written, and can wait for a pattern. */
+function sink() {
+  const waiting: { pattern: RegExp; resolve: (m: RegExpMatchArray) => void }[] = [];
+  const w = new Writable({
+    write(chunk, _enc, done) {
+      w.text += String(chunk);
+      for (const x of [...waiting]) {
+        const m = w.text.match(x.pattern);
+        if (m) {
+          waiting.splice(waiting.indexOf(x), 1);
+          x.resolve(m);
+        }
+      }
+      done();
+    },
+  }) as Writable & { text: string; waitFor(p: RegExp): Promise<RegExpMatchArray> };
+  w.text = "";
+  w.waitFor = (pattern) => new Promise((resolve) => waiting.push({ pattern, resolve }));
+  return w;
+}
+
+let dir: string;
+beforeAll(async () => {
+  dir = await tempDir();
+});
+afterAll(() => fsp.rm(dir, { recursive: true, force: true }));
+
+describe("tsight keys", () => {
+  it("creates a key it prints once, lists keys without them, and revokes", async () => {
+    const out = sink();
+    expect(await runKeys(["create", "--name", "ci", "--data-dir", dir], out)).toBe(0);
+    const key = /^TSIGHT_API_KEY=(tsk_\S+)$/m.exec(out.text)![1]!;
+    const list = sink();
+    expect(await runKeys(["list", "--data-dir", dir], list)).toBe(0);
+    expect(list.text).toMatch(/^[0-9a-f]{16} {2}ci {2}created /m);
+    expect(list.text).not.toContain(key.slice(-43));
+    expect(await runKeys(["revoke", "ci", "--data-dir", dir], sink())).toBe(0);
+    await expect(runKeys(["revoke", "ci", "--data-dir", dir], sink())).rejects.toThrow(/no active key/);
+    const errors: string[] = [];
+    const write = process.stderr.write;
+    process.stderr.write = ((s: string) => (errors.push(String(s)), true)) as typeof process.stderr.write;
+    try {
+      expect(await main(["keys", "frobnicate", "--data-dir", dir])).toBe(2);
+      expect(await main(["serve", "--timeout", "soon"])).toBe(2);
+    } finally {
+      process.stderr.write = write;
+    }
+    expect(errors.join("")).toMatch(/unknown action "frobnicate"[\s\S]*--timeout must be a duration/);
+  });
+
+  it("reads durations", () => {
+    expect(parseDuration("t", "90")).toBe(90_000);
+    expect(parseDuration("t", "1.5m")).toBe(90_000);
+    expect(parseDuration("t", "1h")).toBe(3_600_000);
+    expect(parseDuration("t", "250ms")).toBe(250);
+    expect(() => parseDuration("t", "0s")).toThrow(/more than zero/);
+  });
+});
+
+describe("tsight serve", () => {
+  it("serves, prints a first key for clients, and stops on a signal", async () => {
+    const serveDir = await tempDir();
+    const out = sink();
+    const stop = new AbortController();
+    const done = runServe(["--port", "0", "--data-dir", serveDir, "--model", "stdlib-gpt2", "--timeout", "30s", "--retention", "10m"], out, sink(), stop.signal);
+    const [, url] = await out.waitFor(/tsight server on (http:\S+),/);
+    const key = /^TSIGHT_API_KEY=(\S+)$/m.exec(out.text)![1]!;
+    expect(out.text).toContain(`TSIGHT_HOST=${url}`);
+    const res = await fetch(`${url}/v1/models`, { headers: { "tsight-protocol": "1", authorization: `Bearer ${key}` } });
+    expect(((await res.json()) as { models: { key: string }[] }).models.map((m) => m.key)).toEqual([GPT2]);
+    stop.abort();
+    expect(await done).toBe(0);
+    // Keys are kept: a second start makes none.
+    const again = sink();
+    const stop2 = new AbortController();
+    const done2 = runServe(["--port", "0", "--data-dir", serveDir, "--model", "stdlib-gpt2"], again, sink(), stop2.signal);
+    await again.waitFor(/tsight server on/);
+    stop2.abort();
+    expect(await done2).toBe(0);
+    expect(again.text).not.toContain("TSIGHT_API_KEY");
+    await fsp.rm(serveDir, { recursive: true, force: true });
+  });
+});

@@ -1,0 +1,152 @@
+/** `tsight serve`: host models for remote interventions. `tsight keys`: make, list and revoke its API keys. */
+import { parseArgs } from "node:util";
+import { DEFAULT_HOST, DEFAULT_MODELS, DEFAULT_PORT, defaultDataDir } from "../server/config.js";
+import { UsageError } from "./generate.js";
+
+export const serveHelp = `usage: tsight serve [options]
+
+Serves models to remote interventions (model.trace(..., { remote: true })). With no API key made yet, it makes
+one and prints it once, as TSIGHT_API_KEY=..., for clients to use.
+
+  --model, -m NAME|FOLDER  a model to serve (repeatable; default: ${DEFAULT_MODELS.join(", ")})
+  --host HOST              address to listen on (default ${DEFAULT_HOST})
+  --port, -p N             port (default ${DEFAULT_PORT}; 0 picks a free one)
+  --data-dir DIR           job database and results (default ${defaultDataDir()})
+  --timeout T              longest a job may run (default 60s; e.g. 90s, 5m)
+  --retention T            how long results are kept (default 1h)
+  --memory MB              megabytes of tensors one job may create (default 512)
+  --max-jobs N             unfinished jobs one API key may have (default 8)
+  --public-metrics         serve /metrics without an API key
+  --cors ORIGIN            let web pages from ORIGIN call the API (repeatable; * for any)`;
+
+export const keysHelp = `usage: tsight keys <create|list|revoke> [options]
+
+  tsight keys create [--name NAME]   makes an API key and prints it (only this once)
+  tsight keys list                   lists keys (never the keys themselves)
+  tsight keys revoke ID|NAME         revokes a key
+
+  --data-dir DIR   the server's data directory (default ${defaultDataDir()})`;
+
+/** Seconds (plain number) or a number with ms, s, m, h or d; in milliseconds. */
+export function parseDuration(option: string, text: string): number {
+  const m = /^(\d+(?:\.\d+)?)(ms|s|m|h|d)?$/.exec(text.trim());
+  if (!m) throw new UsageError(`--${option} must be a duration like 30s, 5m or 1h, got "${text}"`);
+  const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }[(m[2] ?? "s") as "s"];
+  const ms = Number(m[1]) * unit;
+  if (ms <= 0) throw new UsageError(`--${option} must be more than zero`);
+  return ms;
+}
+
+function wholeNumber(option: string, text: string | undefined): number | undefined {
+  if (text === undefined) return undefined;
+  const n = Number(text);
+  if (!Number.isInteger(n) || n < 0) throw new UsageError(`--${option} must be a whole number, got "${text}"`);
+  return n;
+}
+
+/**
+ * Runs the server until SIGINT/SIGTERM (or `stop` aborts); returns the exit code. Prints where it listens, and a
+ * new API key when there is none yet.
+ */
+export async function runServe(argv: string[], out: NodeJS.WritableStream = process.stdout, err: NodeJS.WritableStream = process.stderr, stop?: AbortSignal): Promise<number> {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      model: { type: "string", short: "m", multiple: true },
+      host: { type: "string", default: DEFAULT_HOST },
+      port: { type: "string", short: "p", default: String(DEFAULT_PORT) },
+      "data-dir": { type: "string" },
+      timeout: { type: "string" },
+      retention: { type: "string" },
+      memory: { type: "string" },
+      "max-jobs": { type: "string" },
+      "public-metrics": { type: "boolean", default: false },
+      cors: { type: "string", multiple: true },
+      help: { type: "boolean", short: "h", default: false },
+    },
+  });
+  if (values.help) {
+    out.write(serveHelp + "\n");
+    return 0;
+  }
+  const { startServer } = await import("../server/index.js"); // loaded here: other commands start faster without it
+  const port = wholeNumber("port", values.port)!;
+  const memoryMb = wholeNumber("memory", values.memory);
+  const server = await startServer({
+    host: values.host,
+    port,
+    dataDir: values["data-dir"],
+    models: values.model,
+    jobTimeoutMs: values.timeout === undefined ? undefined : parseDuration("timeout", values.timeout),
+    resultRetentionMs: values.retention === undefined ? undefined : parseDuration("retention", values.retention),
+    memoryLimitBytes: memoryMb === undefined ? undefined : memoryMb * 1024 * 1024,
+    maxActiveJobsPerKey: wholeNumber("max-jobs", values["max-jobs"]),
+    metricsPublic: values["public-metrics"],
+    corsOrigins: values.cors,
+  });
+  if (server.keys.activeCount() === 0) {
+    const { key } = server.keys.create("first");
+    out.write(`# A new API key (shown only this once). In a client's shell:\nTSIGHT_HOST=${server.url}\nTSIGHT_API_KEY=${key}\n`);
+  }
+  for (const m of server.jobs.modelStatus()) {
+    if (m.worker.lastError) err.write(`tsight serve: ${m.name} did not load: ${m.worker.lastError} (retrying)\n`);
+  }
+  out.write(`tsight server on ${server.url}, serving ${server.registry.list().map((m) => m.name).join(", ")} (data: ${server.config.dataDir})\n`);
+  await new Promise<void>((resolve) => {
+    const done = () => {
+      process.off("SIGINT", done);
+      process.off("SIGTERM", done);
+      resolve();
+    };
+    process.once("SIGINT", done);
+    process.once("SIGTERM", done);
+    if (stop?.aborted) done();
+    stop?.addEventListener("abort", done, { once: true });
+  });
+  out.write("tsight server: shutting down\n");
+  await server.close();
+  return 0;
+}
+
+export async function runKeys(argv: string[], out: NodeJS.WritableStream = process.stdout): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    options: {
+      name: { type: "string" },
+      "data-dir": { type: "string" },
+      help: { type: "boolean", short: "h", default: false },
+    },
+  });
+  const [action, ...rest] = positionals;
+  if (values.help || !action) {
+    out.write(keysHelp + "\n");
+    return values.help ? 0 : 2;
+  }
+  const { KeyStore, openDatabase, databaseFile } = await import("../server/index.js");
+  const db = openDatabase(databaseFile(values["data-dir"] ?? defaultDataDir()));
+  try {
+    const keys = new KeyStore(db);
+    switch (action) {
+      case "create": {
+        const k = keys.create(values.name);
+        out.write(`# API key "${k.name}" (id ${k.id}); it is shown only this once\nTSIGHT_API_KEY=${k.key}\n`);
+        return 0;
+      }
+      case "list":
+        for (const k of keys.list()) out.write(`${k.id}  ${k.name}  created ${k.created}${k.revoked ? `  revoked ${k.revoked}` : ""}${k.lastUsed ? `  last used ${k.lastUsed}` : ""}\n`);
+        return 0;
+      case "revoke": {
+        if (rest.length !== 1) throw new UsageError("tsight keys revoke takes one key id or name");
+        const n = keys.revoke(rest[0]!);
+        if (n === 0) throw new Error(`no active key has the id or name "${rest[0]}"`);
+        out.write(`revoked ${n} key${n === 1 ? "" : "s"}\n`);
+        return 0;
+      }
+      default:
+        throw new UsageError(`unknown action "${action}": create, list or revoke`);
+    }
+  } finally {
+    db.close();
+  }
+}

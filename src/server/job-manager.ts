@@ -1,0 +1,300 @@
+/**
+ * JobManager: moves jobs through their states. It takes a submitted request (checked with `decodeJob`), stores
+ * the job, queues it for its model, hands it to the model's worker when the worker is free, stores the events
+ * the worker sends, and ends the job: the result to disk (COMPLETED), its error (ERROR) or CANCELLED. Every move
+ * is a status event in the JobStore.
+ */
+import { infoFromError } from "../remote/errors.js";
+import { decodeJob, type DecodedJob } from "../remote/executor.js";
+import type { ErrorInfo, JobEvent, JobRequest, JobState, ModelInfo } from "../remote/protocol.js";
+import { ApiError, jobNotFound } from "./api-error.js";
+import type { ServerConfig } from "./config.js";
+import { newJobId } from "./ids.js";
+import { JobQueue } from "./job-queue.js";
+import { isTerminal } from "./job-status.js";
+import type { JobStore } from "./job-store.js";
+import type { Caller } from "./key-store.js";
+import type { ServerMetrics } from "./metrics.js";
+import type { ModelRegistry, ServedModel } from "./model-registry.js";
+import { ModelWorker, serverError, type RunOutcome, type WorkerState } from "./model-worker.js";
+import type { ResultStore } from "./result-store.js";
+import type { LocalAnswer } from "./worker-messages.js";
+
+export interface JobManagerParts {
+  config: ServerConfig;
+  store: JobStore;
+  results: ResultStore;
+  registry: ModelRegistry;
+  metrics: ServerMetrics;
+  /** Where failures of the server itself are written. */
+  log?: (line: string) => void;
+}
+
+/** A job from submission until it ends. */
+interface ActiveJob {
+  id: string;
+  model: ServedModel;
+  /** The request, until it is handed to a worker. */
+  body: Uint8Array | JobRequest | undefined;
+  dispatchedAt?: number;
+  cancelRequested: boolean;
+  events: number;
+  /** Hybrid steps the job asked for and the client has not answered. */
+  localCalls: Set<string>;
+  /** Hybrid steps answered already. */
+  answered: Set<string>;
+}
+
+/** What /v1/status says about one model. */
+export interface ModelStatus extends ModelInfo {
+  running: boolean;
+  worker: { state: WorkerState; threadId: number | null; restarts: number; lastError: string | null };
+  /** Mean seconds a job of this model took lately (null until one ran). */
+  averageJobSeconds: number | null;
+  /** Seconds a job submitted now would wait before it runs (null until a job ran). */
+  estimatedWaitSeconds: number | null;
+}
+
+const MAX_LOG_CHARS = 16 * 1024;
+
+export class JobManager {
+  readonly queue = new JobQueue();
+  private readonly workers = new Map<string, ModelWorker>();
+  private readonly active = new Map<string, ActiveJob>();
+  private readonly averageSeconds = new Map<string, number>();
+  private readonly finishing = new Set<Promise<void>>();
+  private closed = false;
+
+  constructor(private readonly parts: JobManagerParts) {
+    const { store, metrics, registry } = parts;
+    for (const id of store.activeIds()) store.move(id, "ERROR", { error: serverError("PREEMPTED", "the server restarted before the job ended; submit it again") });
+    metrics.registry.gauge("tsight_queue_depth", "Jobs waiting, by model.", () => registry.list().map((m) => ({ labels: { model: m.name }, value: this.queue.length(m.key) })));
+    metrics.registry.gauge("tsight_jobs_running", "Jobs running, by model.", () => registry.list().map((m) => ({ labels: { model: m.name }, value: this.workers.get(m.key)?.jobId ? 1 : 0 })));
+    metrics.registry.gauge("tsight_worker_up", "Whether the model's worker has its model loaded.", () =>
+      registry.list().map((m) => ({ labels: { model: m.name }, value: ["ready", "busy"].includes(this.workers.get(m.key)?.state ?? "") ? 1 : 0 })),
+    );
+  }
+
+  /** Starts a worker thread per model; resolves when each has loaded its model or failed to. */
+  async startWorkers(): Promise<void> {
+    const started: Promise<void>[] = [];
+    for (const model of this.parts.registry.list()) {
+      if (this.workers.has(model.key)) continue;
+      const worker = new ModelWorker({
+        model: model.name,
+        executor: this.parts.config.executor,
+        stopGraceMs: this.parts.config.stopGraceMs,
+        heapMb: this.parts.config.workerHeapMb,
+        onState: (s) => {
+          if (s === "ready") this.pump(model.key);
+          if (s === "failed") this.failWaiting(model, serverError("INTERNAL", `${model.name} failed to load on this server (${worker.lastError?.message ?? "no reason given"}); try again later`));
+        },
+        onStarted: (id) => this.parts.store.move(id, "RUNNING"),
+        onEvent: (id, e) => this.onEvent(id, e),
+        onRestart: () => this.parts.metrics.restarts.inc({ model: model.name }),
+      });
+      this.workers.set(model.key, worker);
+      started.push(worker.start());
+    }
+    await Promise.all(started);
+  }
+
+  /** Checks and queues a request; the caller's key owns the job. */
+  submit(caller: Caller, body: Uint8Array | JobRequest): JobState {
+    if (this.closed) throw new ApiError(503, "INTERNAL", "the server is shutting down; try again later", { retryable: true });
+    let job: DecodedJob;
+    try {
+      job = decodeJob(body);
+    } catch (e) {
+      throw new ApiError(400, "VALIDATION", (e as Error).message);
+    }
+    const model = this.parts.registry.get(job.model);
+    if (!model) {
+      const served = this.parts.registry.list().map((m) => m.key);
+      throw new ApiError(404, "VALIDATION", `this server does not serve ${job.model}; it serves ${served.join(", ")}`);
+    }
+    const worker = this.workers.get(model.key);
+    if (worker?.state === "failed") {
+      throw new ApiError(503, "INTERNAL", `${model.name} failed to load on this server (${worker.lastError?.message ?? "no reason given"}); it is retried, try again later`, { retryable: true, headers: { "retry-after": "30" } });
+    }
+    const limit = this.parts.config.maxActiveJobsPerKey;
+    if (this.parts.store.activeCount(caller.keyId) >= limit) {
+      throw new ApiError(429, "NOT_ALLOWED", `this API key already has ${limit} unfinished jobs, the most it may have; wait for one to end`, { retryable: true, headers: { "retry-after": "1" } });
+    }
+    const id = newJobId();
+    this.parts.store.create({ id, keyId: caller.keyId, model: model.key, kind: job.kind });
+    this.active.set(id, { id, model, body, cancelRequested: false, events: 0, localCalls: new Set(), answered: new Set() });
+    this.parts.store.move(id, "QUEUED", { position: this.queue.push(model.key, id) });
+    this.parts.metrics.submitted.inc({ model: model.name });
+    this.pump(model.key);
+    return this.state(id, caller.keyId);
+  }
+
+  /** The job's state, if `keyId` owns it. */
+  state(id: string, keyId: string): JobState {
+    const job = this.parts.store.getOwned(id, keyId);
+    if (!job) throw jobNotFound(id);
+    return this.parts.store.state(job, this.queue.position(id));
+  }
+
+  /**
+   * Cancels a job: a waiting one is CANCELLED at once; a running one is asked to stop (its worker's thread is
+   * replaced if it does not) and becomes CANCELLED when it has. A finished job stays as it is.
+   */
+  cancel(id: string, keyId: string): JobState {
+    const job = this.parts.store.getOwned(id, keyId);
+    if (!job) throw jobNotFound(id);
+    const active = this.active.get(id);
+    if (!isTerminal(job.status) && active) {
+      if (this.queue.remove(id) !== undefined) {
+        this.active.delete(id);
+        this.parts.store.move(id, "CANCELLED");
+        this.countEnd(active, "CANCELLED");
+        this.renumber(active.model.key);
+      } else if (!active.cancelRequested) {
+        active.cancelRequested = true;
+        this.workers.get(active.model.key)?.cancel(id);
+      }
+    }
+    return this.state(id, keyId);
+  }
+
+  /** Passes the client's answer to hybrid step `call` of a running job. */
+  answerLocal(id: string, keyId: string, call: string, answer: LocalAnswer): void {
+    const job = this.parts.store.getOwned(id, keyId);
+    if (!job) throw jobNotFound(id);
+    const active = this.active.get(id);
+    if (job.status !== "RUNNING" || !active) throw new ApiError(409, "NOT_ALLOWED", `job ${id} is ${job.status}; only a running job takes answers to local steps`);
+    if (active.answered.has(call)) throw new ApiError(409, "NOT_ALLOWED", `local step "${call}" of job ${id} was answered already`);
+    if (!active.localCalls.has(call)) throw new ApiError(404, "VALIDATION", `job ${id} is not waiting for local step "${call}"`);
+    active.localCalls.delete(call);
+    active.answered.add(call);
+    this.workers.get(active.model.key)?.answerLocal(id, call, answer);
+  }
+
+  /** The served models, as GET /v1/models lists them. */
+  models(): ModelInfo[] {
+    return this.modelStatus().map(({ key, name, modelType, state, queued }) => ({ key, name, modelType, state, queued }));
+  }
+
+  modelStatus(): ModelStatus[] {
+    return this.parts.registry.list().map((m) => {
+      const worker = this.workers.get(m.key);
+      const wstate = worker?.state ?? "stopped";
+      const queued = this.queue.length(m.key);
+      const average = this.averageSeconds.get(m.key) ?? null;
+      const runningFor = worker?.jobId ? (Date.now() - (this.active.get(worker.jobId)?.dispatchedAt ?? Date.now())) / 1000 : null;
+      const wait = average === null ? null : queued * average + (runningFor === null ? 0 : Math.max(0, average - runningFor));
+      return {
+        key: m.key,
+        name: m.name,
+        modelType: m.modelType,
+        state: wstate === "ready" || wstate === "busy" ? "loaded" : wstate === "starting" ? "loading" : "available",
+        queued,
+        running: runningFor !== null,
+        worker: { state: wstate, threadId: worker?.threadId ?? null, restarts: worker?.restarts ?? 0, lastError: worker?.lastError?.message ?? null },
+        averageJobSeconds: average,
+        estimatedWaitSeconds: wait === null ? null : Math.round(wait * 1000) / 1000,
+      };
+    });
+  }
+
+  /** Stops taking jobs, fails the waiting ones (PREEMPTED) and stops the workers. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    const preempted = serverError("PREEMPTED", "the server shut down before the job ran; submit it again");
+    for (const model of this.parts.registry.list()) this.failWaiting(model, preempted);
+    await Promise.all([...this.workers.values()].map((w) => w.close()));
+    await Promise.all([...this.finishing]);
+  }
+
+  /** Hands waiting jobs to the model's worker while it is free. */
+  private pump(modelKey: string): void {
+    const worker = this.workers.get(modelKey);
+    while (!this.closed && worker?.state === "ready") {
+      const id = this.queue.shift(modelKey);
+      if (id === undefined) return;
+      this.renumber(modelKey);
+      const active = this.active.get(id)!;
+      const body = active.body!;
+      active.body = undefined;
+      active.dispatchedAt = Date.now();
+      this.parts.store.move(id, "DISPATCHED");
+      const { jobTimeoutMs, memoryLimitBytes, maxResultBytes } = this.parts.config;
+      const run = worker.run({ jobId: id, body, deadline: active.dispatchedAt + jobTimeoutMs, memoryLimitBytes, maxResultBytes });
+      const done = run.then((outcome) => this.finish(active, outcome)).catch((e: Error) => this.parts.log?.(`tsight server: ending job ${id} failed: ${e.stack ?? e.message}`));
+      this.finishing.add(done);
+      void done.finally(() => this.finishing.delete(done));
+    }
+  }
+
+  /** Fails the waiting jobs of a model with `error`. */
+  private failWaiting(model: ServedModel, error: ErrorInfo): void {
+    for (let id = this.queue.shift(model.key); id !== undefined; id = this.queue.shift(model.key)) {
+      const active = this.active.get(id);
+      this.active.delete(id);
+      this.parts.store.move(id, "ERROR", { error });
+      if (active) this.countEnd(active, "ERROR", error.code);
+    }
+  }
+
+  /** Stores the new positions of a model's waiting jobs (each moved up one). */
+  private renumber(modelKey: string): void {
+    this.queue.waiting(modelKey).forEach((id, position) => this.parts.store.move(id, "QUEUED", { position }));
+  }
+
+  private onEvent(id: string, event: JobEvent): void {
+    const active = this.active.get(id);
+    if (!active) return;
+    if (event.type !== "log" && event.type !== "stream" && event.type !== "local") return; // the server's own events
+    const limit = this.parts.config.maxEventsPerJob;
+    if (++active.events > limit) {
+      if (active.events === limit + 1) this.parts.store.append(id, { type: "log", text: `[tsight] the job sent more than ${limit} events; later ones are dropped` });
+      return;
+    }
+    if (event.type === "log" && event.text.length > MAX_LOG_CHARS) event = { type: "log", text: `${event.text.slice(0, MAX_LOG_CHARS)}… [cut at ${MAX_LOG_CHARS} characters]` };
+    if (event.type === "local" && !active.answered.has(event.call)) active.localCalls.add(event.call);
+    try {
+      this.parts.store.append(id, event);
+    } catch (e) {
+      this.parts.store.append(id, { type: "log", text: `[tsight] an event of type ${event.type} could not be stored: ${(e as Error).message}` });
+    }
+  }
+
+  private async finish(active: ActiveJob, outcome: RunOutcome): Promise<void> {
+    const { store, results, config } = this.parts;
+    const id = active.id;
+    this.active.delete(id);
+    const seconds = (Date.now() - active.dispatchedAt!) / 1000;
+    this.parts.metrics.duration.observe({ model: active.model.name }, seconds);
+    const previous = this.averageSeconds.get(active.model.key);
+    this.averageSeconds.set(active.model.key, previous === undefined ? seconds : 0.8 * previous + 0.2 * seconds);
+    if (active.cancelRequested) {
+      store.move(id, "CANCELLED");
+      return this.countEnd(active, "CANCELLED");
+    }
+    let error = outcome.ok ? undefined : outcome.error;
+    if (outcome.ok) {
+      if (outcome.bytes.byteLength > config.maxResultBytes) {
+        error = serverError("MEMORY", `the job's result is ${outcome.bytes.byteLength} bytes, over this server's limit of ${config.maxResultBytes}; return less`, "MemoryError");
+      } else {
+        try {
+          await results.write(id, outcome.bytes);
+          store.move(id, "COMPLETED", { result: { bytes: outcome.bytes.byteLength, expires: Date.now() + config.resultRetentionMs } });
+          return this.countEnd(active, "COMPLETED");
+        } catch (e) {
+          error = infoFromError(e, "INTERNAL");
+          error = { ...error, code: "INTERNAL", retryable: true, message: `the result could not be stored: ${error.message}` };
+        }
+      }
+    }
+    store.move(id, "ERROR", { error });
+    this.countEnd(active, "ERROR", error!.code);
+  }
+
+  private countEnd(active: ActiveJob, status: "COMPLETED" | "ERROR" | "CANCELLED", code?: string): void {
+    this.parts.metrics.finished.inc({ model: active.model.name, status });
+    if (code) this.parts.metrics.errors.inc({ code });
+  }
+}

@@ -1,0 +1,87 @@
+/** The job routes: submit, state, events (SSE), hybrid-step answers, result, cancel. Only the submitting key sees a job. */
+import type { Hono } from "hono";
+import type { ErrorInfo, JobRequest } from "../remote/protocol.js";
+import { ENVELOPE_TYPE } from "../remote/protocol.js";
+import { ApiError, jobNotFound } from "./api-error.js";
+import { parseBody } from "./body.js";
+import type { AppDeps } from "./app.js";
+import { eventStream } from "./event-stream.js";
+import type { AppEnv } from "./guards.js";
+import { isJobId } from "./ids.js";
+import { isTerminal } from "./job-status.js";
+import type { LocalAnswer } from "./worker-messages.js";
+
+export function jobsRoutes(app: Hono<AppEnv>, deps: AppDeps): void {
+  const { jobs, store, results, config } = deps;
+
+  /** The job `id` names, if the caller owns it. */
+  const owned = (id: string, keyId: string) => {
+    const job = isJobId(id) ? store.getOwned(id, keyId) : undefined;
+    if (!job) throw jobNotFound(id);
+    return job;
+  };
+
+  app.post("/v1/jobs", async (c) => {
+    const body = await parseBody(c.req.raw, config.maxBodyBytes);
+    const state = jobs.submit(c.get("caller"), body.kind === "envelope" ? body.bytes : (body.value as JobRequest));
+    c.header("location", `/v1/jobs/${state.id}`);
+    return c.json(state, 202);
+  });
+
+  app.get("/v1/jobs/:id", (c) => {
+    const id = c.req.param("id");
+    owned(id, c.get("caller").keyId);
+    return c.json(jobs.state(id, c.get("caller").keyId));
+  });
+
+  app.get("/v1/jobs/:id/events", (c) => {
+    const id = c.req.param("id");
+    owned(id, c.get("caller").keyId);
+    const from = c.req.header("last-event-id") ?? c.req.query("after") ?? "0";
+    if (!/^\d+$/.test(from.trim())) throw new ApiError(400, "VALIDATION", `Last-Event-ID must be an event's sequence number, not "${from}"`);
+    return eventStream(store, id, Number(from.trim()), config.heartbeatMs);
+  });
+
+  app.post("/v1/jobs/:id/local/:call", async (c) => {
+    const id = c.req.param("id");
+    owned(id, c.get("caller").keyId);
+    const body = await parseBody(c.req.raw, config.maxBodyBytes);
+    let answer: LocalAnswer;
+    if (body.kind === "envelope") answer = { kind: "envelope", bytes: body.bytes };
+    else {
+      const v = body.value as { value?: unknown; error?: ErrorInfo } | null;
+      if (typeof v !== "object" || v === null || (("value" in v) === ("error" in v))) throw new ApiError(400, "VALIDATION", 'a local answer is {"value": <encoded value>} or {"error": <ErrorInfo>}, or an envelope');
+      if ("error" in v) {
+        const e = v.error as ErrorInfo;
+        if (typeof e !== "object" || e === null || typeof e.message !== "string") throw new ApiError(400, "VALIDATION", '"error" must be an ErrorInfo with a message');
+        answer = { kind: "error", error: { code: "USER_CODE", type: String(e.type ?? "Error"), message: e.message, retryable: false, stack: typeof e.stack === "string" ? e.stack : undefined } };
+      } else answer = { kind: "json", value: v.value };
+    }
+    jobs.answerLocal(id, c.get("caller").keyId, c.req.param("call"), answer);
+    return c.body(null, 204);
+  });
+
+  app.get("/v1/jobs/:id/result", async (c) => {
+    const id = c.req.param("id");
+    const job = owned(id, c.get("caller").keyId);
+    if (!isTerminal(job.status)) throw new ApiError(409, "NOT_ALLOWED", `job ${id} is ${job.status}; its result is ready after its "done" event`, { retryable: true });
+    if (job.status !== "COMPLETED") throw new ApiError(409, "NOT_ALLOWED", `job ${id} ended ${job.status} and has no result${job.error ? `: ${job.error.message}` : ""}`);
+    const expired = () => new ApiError(410, "NOT_ALLOWED", `the result of job ${id} was deleted at ${new Date(job.expires!).toISOString()}; results are kept ${config.resultRetentionMs / 1000} s`);
+    if (job.result !== "available") throw expired();
+    if (job.expires! <= Date.now()) {
+      store.markResultExpired(id);
+      await results.remove(id);
+      throw expired();
+    }
+    const bytes = await results.read(id);
+    if (!bytes) throw expired();
+    return new Response(bytes, { headers: { "content-type": ENVELOPE_TYPE, "content-length": String(bytes.byteLength), "cache-control": "no-store" } });
+  });
+
+  app.delete("/v1/jobs/:id", (c) => {
+    const id = c.req.param("id");
+    owned(id, c.get("caller").keyId);
+    const state = jobs.cancel(id, c.get("caller").keyId);
+    return c.json(state, isTerminal(state.status) ? 200 : 202);
+  });
+}

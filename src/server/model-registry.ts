@@ -1,0 +1,65 @@
+/**
+ * ModelRegistry: the models this server serves, fixed at start. Each is found (and for a hub id, downloaded) once,
+ * in the main thread; its model key is `toModelKey("LanguageModel", <name or folder as given>)`. Requests name
+ * models only by key, and a key not listed here is refused: nothing named in a request is ever loaded.
+ */
+import { locateModel, readModelConfigs } from "../hub/index.js";
+import { canonicalModelKey, toModelKey } from "../remote/model-key.js";
+import type { ModelMeta } from "../remote/protocol.js";
+import { readModelMeta } from "./model-meta.js";
+
+export interface ServedModel {
+  key: string;
+  /** The name or folder it is loaded from. */
+  name: string;
+  folder: string;
+  modelType: string;
+}
+
+export class ModelRegistry {
+  private readonly byKey = new Map<string, ServedModel>();
+  private readonly metas = new Map<string, Promise<ModelMeta>>();
+
+  private constructor(models: ServedModel[]) {
+    for (const m of models) {
+      if (this.byKey.has(m.key)) throw new RangeError(`model "${m.name}" is listed twice`);
+      this.byKey.set(m.key, m);
+    }
+  }
+
+  /** Finds each model's folder and reads its config. */
+  static async open(names: readonly string[]): Promise<ModelRegistry> {
+    const models = await Promise.all(
+      names.map(async (raw) => {
+        const name = raw.trim();
+        const source = await locateModel(name);
+        const { config } = await readModelConfigs(source.path);
+        return { key: toModelKey("LanguageModel", name, null), name, folder: source.path, modelType: String(config.model_type ?? "unknown") };
+      }),
+    );
+    return new ModelRegistry(models);
+  }
+
+  /** The served model with this key (in any spelling that canonicalizes to it). */
+  get(key: string): ServedModel | undefined {
+    try {
+      return this.byKey.get(canonicalModelKey(key));
+    } catch {
+      return undefined;
+    }
+  }
+
+  list(): ServedModel[] {
+    return [...this.byKey.values()];
+  }
+
+  meta(model: ServedModel): Promise<ModelMeta> {
+    let m = this.metas.get(model.key);
+    if (!m) {
+      m = readModelMeta(model.key, model.folder);
+      m.catch(() => this.metas.delete(model.key));
+      this.metas.set(model.key, m);
+    }
+    return m;
+  }
+}

@@ -1,0 +1,238 @@
+/**
+ * ModelWorker: the main thread's handle on one served model's worker thread. It runs one job at a time and keeps
+ * the model served: a job that does not stop after cancel, or runs past its deadline, is given up on and a fresh
+ * thread takes over; a thread that dies fails its job (PREEMPTED, or MEMORY when it ran out of heap) and is
+ * started again; a model that fails to load is retried with growing pauses.
+ */
+import type { Worker } from "node:worker_threads";
+import { RETRYABLE, type ErrorCode, type ErrorInfo, type JobEvent } from "../remote/protocol.js";
+import type { ExecutorRef } from "./config.js";
+import type { FromWorker, LocalAnswer, RunJob } from "./worker-messages.js";
+import { spawnWorkerThread } from "./worker-thread.js";
+
+export type WorkerState = "stopped" | "starting" | "ready" | "busy" | "failed" | "closed";
+
+export type RunOutcome = { ok: true; bytes: Uint8Array } | { ok: false; error: ErrorInfo };
+
+export interface ModelWorkerOptions {
+  /** The name or folder the model is loaded from. */
+  model: string;
+  executor: ExecutorRef;
+  /** How long a job gets to stop (after cancel, or past its deadline) before a fresh thread replaces its own. */
+  stopGraceMs: number;
+  heapMb?: number;
+  onState?: (state: WorkerState) => void;
+  onStarted?: (jobId: string) => void;
+  onEvent?: (jobId: string, event: JobEvent) => void;
+  /** A fresh thread was started after the last one died or was given up on. */
+  onRestart?: () => void;
+}
+
+interface Current {
+  job: RunJob;
+  resolve: (o: RunOutcome) => void;
+  watchdog?: NodeJS.Timeout;
+}
+
+const MAX_BACKOFF_MS = 60_000;
+/** How long a thread given up on may go on before it is terminated whatever it is doing. */
+const ABANDON_MS = 10 * 60_000;
+
+export const serverError = (code: ErrorCode, message: string, type = "ServerError"): ErrorInfo => ({ code, type, message, retryable: RETRYABLE[code] });
+
+export class ModelWorker {
+  state: WorkerState = "stopped";
+  /** Times a fresh thread was started after one died or was given up on. */
+  restarts = 0;
+  /** Why the model last failed to load, or the thread last died (cleared when a thread is ready). */
+  lastError: ErrorInfo | undefined;
+  private thread: Worker | undefined;
+  private current: Current | undefined;
+  private backoffMs = 1000;
+  private retryTimer: NodeJS.Timeout | undefined;
+  private settled: (() => void)[] = [];
+
+  constructor(private readonly options: ModelWorkerOptions) {}
+
+  get threadId(): number | undefined {
+    return this.thread?.threadId;
+  }
+
+  /** The job running now. */
+  get jobId(): string | undefined {
+    return this.current?.job.jobId;
+  }
+
+  /** Starts the thread; resolves once the model loaded or failed to (a failure is retried later). */
+  start(): Promise<void> {
+    if (this.state !== "stopped") return Promise.resolve();
+    const done = new Promise<void>((resolve) => this.settled.push(resolve));
+    this.spawn();
+    return done;
+  }
+
+  /** Runs a job; the worker must be ready. Resolves with the result bytes or the job's error, never rejects. */
+  run(spec: Omit<RunJob, "stop">): Promise<RunOutcome> {
+    if (this.state !== "ready" || !this.thread) throw new Error(`worker for ${this.options.model} is ${this.state}, not ready`);
+    const job: RunJob = { ...spec, stop: new Int32Array(new SharedArrayBuffer(4)) };
+    const thread = this.thread;
+    return new Promise<RunOutcome>((resolve) => {
+      const current: Current = { job, resolve };
+      this.current = current;
+      const untilGiveUp = Math.max(0, job.deadline - Date.now()) + this.options.stopGraceMs;
+      current.watchdog = setTimeout(() => this.giveUp(current, serverError("TIMEOUT", `the job ran past its deadline (${new Date(job.deadline).toISOString()}) and did not stop`, "TimeoutError")), untilGiveUp);
+      this.setState("busy");
+      thread.postMessage({ type: "run", job });
+    });
+  }
+
+  /** Asks the running job to stop; gives up on it (see giveUp) if it has not stopped after the grace period. */
+  cancel(jobId: string): boolean {
+    const current = this.current;
+    if (!current || current.job.jobId !== jobId || !this.thread) return false;
+    Atomics.store(current.job.stop, 0, 1);
+    this.thread.postMessage({ type: "cancel", jobId });
+    clearTimeout(current.watchdog);
+    current.watchdog = setTimeout(() => this.giveUp(current, serverError("CANCELLED", "the job was cancelled and did not stop in time; it was abandoned", "CancelledError")), this.options.stopGraceMs);
+    return true;
+  }
+
+  /** Passes the client's answer to a hybrid step of the running job. */
+  answerLocal(jobId: string, call: string, answer: LocalAnswer): boolean {
+    if (this.current?.job.jobId !== jobId || !this.thread) return false;
+    this.thread.postMessage({ type: "local", jobId, call, answer }, answer.kind === "envelope" ? [answer.bytes.buffer as ArrayBuffer] : []);
+    return true;
+  }
+
+  /** Stops the thread for good; a running job ends PREEMPTED. */
+  async close(): Promise<void> {
+    clearTimeout(this.retryTimer);
+    const thread = this.thread;
+    const current = this.current;
+    this.setState("closed");
+    this.release();
+    if (!thread) return;
+    if (!current) return void (await thread.terminate());
+    Atomics.store(current.job.stop, 0, 1);
+    thread.postMessage({ type: "cancel", jobId: current.job.jobId });
+    this.abandon(thread);
+    this.finish(current, { ok: false, error: serverError("PREEMPTED", "the server shut down while the job ran; submit it again") });
+  }
+
+  private spawn(): void {
+    const thread = spawnWorkerThread({ model: this.options.model, executor: this.options.executor }, this.options.heapMb ? { maxOldGenerationSizeMb: this.options.heapMb } : undefined);
+    this.thread = thread;
+    this.setState("starting");
+    let crash: Error | undefined;
+    thread.on("message", (m: FromWorker) => {
+      if (thread === this.thread) this.onMessage(m);
+    });
+    thread.on("error", (e) => {
+      crash = e;
+    });
+    thread.on("exit", () => {
+      if (thread === this.thread) this.onExit(crash);
+    });
+  }
+
+  private onMessage(m: FromWorker): void {
+    const current = this.current;
+    switch (m.type) {
+      case "ready":
+        this.backoffMs = 1000;
+        this.lastError = undefined;
+        this.setState("ready");
+        this.release();
+        return;
+      case "load-failed":
+        this.lastError = m.error;
+        this.setState("failed");
+        return;
+      case "started":
+        if (current?.job.jobId === m.jobId) this.options.onStarted?.(m.jobId);
+        return;
+      case "event":
+        if (current?.job.jobId === m.jobId) this.options.onEvent?.(m.jobId, m.event);
+        return;
+      case "completed":
+      case "failed":
+        if (current?.job.jobId !== m.jobId) return;
+        this.finish(current, m.type === "completed" ? { ok: true, bytes: m.bytes } : { ok: false, error: m.error });
+        this.setState("ready");
+        return;
+    }
+  }
+
+  private onExit(crash: Error | undefined): void {
+    this.thread = undefined;
+    if (this.state === "closed") return;
+    const current = this.current;
+    if (current) {
+      const oom = (crash as { code?: string } | undefined)?.code === "ERR_WORKER_OUT_OF_MEMORY";
+      const error = oom
+        ? serverError("MEMORY", "the job ran its worker out of memory; it was stopped", "MemoryError")
+        : serverError("PREEMPTED", `the worker running the job died${crash ? ` (${crash.message})` : ""}; submit it again`);
+      this.finish(current, { ok: false, error });
+    }
+    if (this.state === "starting" || this.state === "failed") {
+      // It never became ready: a load failure. Try again later.
+      this.lastError ??= serverError("INTERNAL", `the worker for ${this.options.model} stopped while loading${crash ? `: ${crash.message}` : ""}`);
+      this.setState("failed");
+      this.release();
+      this.retryTimer = setTimeout(() => this.spawn(), this.backoffMs);
+      this.retryTimer.unref();
+      this.backoffMs = Math.min(this.backoffMs * 2, MAX_BACKOFF_MS);
+      return;
+    }
+    if (crash) this.lastError = serverError("INTERNAL", `the worker died: ${crash.message}`);
+    this.restarts++;
+    this.options.onRestart?.();
+    this.spawn();
+  }
+
+  /**
+   * Gives up on a job that does not stop: it ends now with `reason`, and a fresh thread takes the model's jobs. The
+   * old thread is not terminated while it works, since terminating a thread inside a native call (ONNX Runtime,
+   * isolated-vm) can abort the whole process; it is told to cancel and is terminated once it reports its job's
+   * end (back in its event loop), or after ABANDON_MS in any case.
+   */
+  private giveUp(current: Current, reason: ErrorInfo): void {
+    if (this.current !== current || !this.thread) return;
+    const old = this.thread;
+    Atomics.store(current.job.stop, 0, 1);
+    old.postMessage({ type: "cancel", jobId: current.job.jobId });
+    this.abandon(old);
+    this.finish(current, { ok: false, error: reason });
+    this.restarts++;
+    this.options.onRestart?.();
+    this.spawn();
+  }
+
+  private abandon(thread: Worker): void {
+    this.thread = undefined;
+    const stop = () => {
+      clearTimeout(timer);
+      void thread.terminate();
+    };
+    const timer = setTimeout(stop, ABANDON_MS);
+    timer.unref();
+    thread.on("message", (m: FromWorker) => (m.type === "completed" || m.type === "failed") && stop());
+    thread.unref();
+  }
+
+  private finish(current: Current, outcome: RunOutcome): void {
+    clearTimeout(current.watchdog);
+    if (this.current === current) this.current = undefined;
+    current.resolve(outcome);
+  }
+
+  private setState(state: WorkerState): void {
+    if (this.state === state) return;
+    this.state = state;
+    this.options.onState?.(state);
+  }
+
+  private release(): void {
+    for (const r of this.settled.splice(0)) r();
+  }
+}

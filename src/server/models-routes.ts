@@ -1,0 +1,18 @@
+/** GET /v1/models (what is served, its state and queue) and GET /v1/models/:key/meta (config and tokenizer). */
+import type { Hono } from "hono";
+import { ApiError } from "./api-error.js";
+import type { AppDeps } from "./app.js";
+import type { AppEnv } from "./guards.js";
+
+export function modelsRoutes(app: Hono<AppEnv>, deps: AppDeps): void {
+  const { jobs, registry } = deps;
+
+  app.get("/v1/models", (c) => c.json({ models: jobs.models() }));
+
+  app.get("/v1/models/:key/meta", async (c) => {
+    const key = c.req.param("key");
+    const model = registry.get(key);
+    if (!model) throw new ApiError(404, "VALIDATION", `this server does not serve ${key}; it serves ${registry.list().map((m) => m.key).join(", ")}`);
+    return c.json(await registry.meta(model));
+  });
+}

@@ -14,6 +14,7 @@ import { engineStats, Tensor, threadCount } from "../src/tensor/index.js";
 import { randomGpt2Small } from "./gpt2-small.js";
 import { fixtureErrors } from "./fixture-errors.js";
 import { generationOverhead, interventionOverhead } from "./overhead.js";
+import { remoteOverhead } from "./remote.js";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const PREFILL = 128;
@@ -83,6 +84,10 @@ async function main(): Promise<void> {
   console.log(`  each module read adds ${fmt(o.perReadUs)} µs, each replacement ${fmt(o.perReplaceUs)} µs more   (nnsight: ~300 µs empty trace, 30-80 µs per access)`);
   const g = await generationOverhead();
   console.log(`  decode: ${fmt(g.plainTokS)} tokens/s plain, ${fmt(g.steeredTokS)} with a steering edit on every step (x${fmt(g.steeredTokS / g.plainTokS, 2)})`);
+  const r = await remoteOverhead();
+  console.log(`\nRemote (server on loopback, stdlib-gpt2, 5 tokens; medians of interleaved rounds)`);
+  console.log(`  trace in process ${fmt(r.localMs, 2)} ms; the same trace remote ${fmt(r.remoteMs, 2)} ms (+${fmt(r.remoteMs - r.localMs, 2)} ms round trip)`);
+  console.log(`  ${r.clients} clients at once: ${fmt(r.jobsPerSecond)} jobs/s`);
   console.log("\nLargest difference from Hugging Face (all recorded module inputs/outputs and logits)");
   for (const [name, e] of await fixtureErrors()) console.log(`  ${name.padEnd(13)} ${e.worst.toExponential(2)}  at ${e.where}`);
 }

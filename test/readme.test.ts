@@ -7,7 +7,9 @@ import fs from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
-import { describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import os from "node:os";
+import { startServer, type RunningServer } from "../src/server/index.js";
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 const readme = fs.readFileSync(path.join(root, "README.md"), "utf8");
@@ -19,6 +21,15 @@ function examples(): { code: string; output: string; line: number }[] {
   for (let m = re.exec(readme); m; m = re.exec(readme)) out.push({ code: m[1]!, output: m[2]!, line: readme.slice(0, m.index).split("\n").length });
   return out;
 }
+
+/** A server for the remote examples (they find it through TSIGHT_HOST and TSIGHT_API_KEY, as the README says). */
+let server: RunningServer;
+const remoteEnv: Record<string, string> = {};
+beforeAll(async () => {
+  server = await startServer({ port: 0, dataDir: fs.mkdtempSync(path.join(os.tmpdir(), "tsight-readme-")), models: ["stdlib-gpt2"], log: () => undefined });
+  Object.assign(remoteEnv, { TSIGHT_HOST: server.url, TSIGHT_API_KEY: server.keys.create("readme").key });
+}, 60_000);
+afterAll(() => server?.close());
 
 describe("README examples", () => {
   const found = examples();
@@ -45,7 +56,7 @@ describe("README examples", () => {
         const file = path.join(dir, "example.ts");
         fs.writeFileSync(file, ex.code);
         const tsx = path.join(root, "node_modules", "tsx", "dist", "cli.mjs");
-        const { stdout } = await promisify(execFile)(process.execPath, [tsx, file], { cwd: root, env: { ...process.env, TSIGHT_THREADS: "1" } });
+        const { stdout } = await promisify(execFile)(process.execPath, [tsx, file], { cwd: root, env: { ...process.env, ...remoteEnv, TSIGHT_THREADS: "1" } });
         expect(stdout).toBe(ex.output);
       } finally {
         fs.rmSync(dir, { recursive: true, force: true });

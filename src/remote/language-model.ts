@@ -54,13 +54,16 @@ export class LanguageModel<M extends CausalLM = CausalLM> extends LocalLanguageM
    * A meta model (config, module tree, tokenizer; no weights) built from what a server says about a model it
    * hosts, so a client needs no files at all.
    */
-  static async fromServer<M extends CausalLM = CausalLM>(name: string, options: { backend?: string | Backend } = {}): Promise<LanguageModel<M>> {
-    const backend = resolveRemoteTarget({ backend: options.backend, remote: true });
+  static async fromServer(name: "stdlib-gpt2", options?: { backend?: string | Backend; apiKey?: string }): Promise<LanguageModel<GPT2LMHeadModel>>;
+  static async fromServer(name: "stdlib-llama", options?: { backend?: string | Backend; apiKey?: string }): Promise<LanguageModel<LlamaForCausalLM>>;
+  static async fromServer<M extends CausalLM = CausalLM>(name: string, options?: { backend?: string | Backend; apiKey?: string }): Promise<LanguageModel<M>>;
+  static async fromServer(name: string, options: { backend?: string | Backend; apiKey?: string } = {}): Promise<LanguageModel<any>> {
+    const backend = typeof options.backend === "string" && options.apiKey ? new HttpBackend({ url: options.backend, apiKey: options.apiKey }) : resolveRemoteTarget({ backend: options.backend, remote: true });
     const meta = await backend.meta(name.includes(":") ? name : toModelKey("LanguageModel", name));
     const repo = JSON.parse(meta.key.slice(meta.key.indexOf(":") + 1)).repo_id as string;
     const model = buildModel(meta.config);
     const tokenizer = new Tokenizer(meta.tokenizer, meta.tokenizerConfig);
-    return new this(repo, { source: { kind: "hub", name: repo, path: "" }, config: meta.config, generationConfig: meta.generationConfig, model, tokenizer, dispatched: false }) as LanguageModel<M>;
+    return new this(repo, { source: { kind: "hub", name: repo, path: "" }, config: meta.config, generationConfig: meta.generationConfig, model, tokenizer, dispatched: false });
   }
 
   /** The key servers know this model by: `LanguageModel:{"repo_id":..., "revision":null}`. */

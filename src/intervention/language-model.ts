@@ -41,6 +41,11 @@ export interface TraceOptions {
   grad?: boolean;
   /** Called at every module call; throwing stops the run with that error (servers use it to cancel). */
   checkpoint?: () => void;
+  /**
+   * Invokes are independent jobs batched into one pass (servers use it): an invoke's error or stop ends only that
+   * invoke, and the trace resolves even when some failed (their handles carry the errors).
+   */
+  isolateInvokes?: boolean;
 }
 
 export interface EditOptions {
@@ -232,11 +237,12 @@ export class LanguageModel<M extends CausalLM = CausalLM> {
       let run: TraceRun;
       if (typeof a === "function") {
         if (typeof b === "function") throw new TraceError("trace(fn) takes one function; to trace an input use trace(input, fn)");
-        run = new TraceRun(this.target(), (b as TraceOptions | undefined)?.vars, (b as TraceOptions | undefined)?.grad, (b as TraceOptions | undefined)?.checkpoint);
+        const o = b as TraceOptions | undefined;
+        run = new TraceRun(this.target(), o?.vars, o?.grad, o?.checkpoint, o?.isolateInvokes);
         result = Promise.resolve((a as TraceFn<M, R>)(new Tracer(run) as Tracer<EnvoyTree<M>>));
       } else {
         if (typeof b !== "function") throw new TraceError("trace(input, fn): the intervention function is missing");
-        run = new TraceRun(this.target(), c?.vars, c?.grad, c?.checkpoint);
+        run = new TraceRun(this.target(), c?.vars, c?.grad, c?.checkpoint, c?.isolateInvokes);
         result = run.addInvoke(a, b as InterventionFn);
       }
       result.catch(() => undefined);

@@ -47,7 +47,7 @@ export class InvokeTracer {
 
   /** Ends the forward pass at the next module boundary; values computed so far are returned. */
   stop(): void {
-    this.run.stop();
+    this.run.stop(this.mediator);
   }
 
   /** Records module values (after interventions) as the forward goes; this invoke's rows, or the whole batch. */
@@ -197,6 +197,11 @@ export class TraceRun {
     readonly grad = false,
     /** Called at every module call; throwing stops the run with that error. */
     readonly checkpoint?: () => void,
+    /**
+     * Invokes are independent (a batch of separate jobs): one's error or stop ends that invoke only, the forward
+     * pass goes on for the others, and each invoke's handle carries its own outcome.
+     */
+    readonly isolated = false,
   ) {}
 
   addInvoke<R = unknown>(input: ModelInput | undefined, fn: InterventionFn): Promise<R> {
@@ -232,9 +237,17 @@ export class TraceRun {
     return cache;
   }
 
-  stop(): void {
+  /** Ends the forward early; with isolated invokes, only `caller`'s part (its later values are not waited for). */
+  stop(caller: Mediator | null = null): void {
+    if (this.isolated && caller) return this.detach(caller, "it called tr.stop()");
     this.stopped = true;
     this.interleaver?.end("stop");
+  }
+
+  /** Takes an invoke out of the pass: its pending requests are dropped, later ones refused. */
+  private detach(m: Mediator, why: string): void {
+    m.pastEnd = `this invoke has left the forward pass (${why})`;
+    for (const r of m.take(() => true)) if (r.op === "read") r.reject(new TraceError(`${r.path || "the model"} was never reached: ${m.pastEnd}`, r.origin));
   }
 
   warn(message: string): void {
@@ -336,7 +349,7 @@ export class TraceRun {
     try {
       for (const x of all) {
         const m = x.mediator;
-        m.onError = (e) => this.recordError(e);
+        m.onError = (e) => this.recordError(e, m);
         const settle = (ok: boolean, v: unknown) => {
           m.done = true;
           m.signal();
@@ -379,7 +392,8 @@ export class TraceRun {
     if (this.firstError) throw this.firstError.error;
   }
 
-  private recordError(e: unknown): void {
+  private recordError(e: unknown, m: Mediator): void {
+    if (this.isolated) return this.detach(m, "it failed");
     // After a stop (or another invoke's failure), invokes left waiting are abandoned, not failed.
     if ((this.stopped || this.firstError) && e instanceof TraceError && /was never reached/.test(e.message)) return;
     this.firstError ??= { error: e };

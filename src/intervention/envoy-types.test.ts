@@ -34,5 +34,7 @@ describe("envoy types", () => {
       });
     expectTypeOf(typed).returns.resolves.toEqualTypeOf<Tensor>();
     expectTypeOf<ReturnType<typeof LanguageModel.load<LlamaForCausalLM>>>().toEqualTypeOf<Promise<LanguageModel<LlamaForCausalLM>>>();
+    // A typed model fits where any model is wanted.
+    expectTypeOf<LanguageModel<GPT2LMHeadModel>>().toMatchTypeOf<LanguageModel>();
   });
 });

@@ -71,7 +71,7 @@ interface Shared {
   queue: Promise<unknown>;
 }
 
-export class LanguageModel<M extends CausalLM = CausalLM> {
+export class LanguageModel<M extends CausalLM = any> {
   /** The name or path it was loaded from. */
   readonly name: string;
   readonly config: RawConfig;

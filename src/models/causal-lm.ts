@@ -40,12 +40,35 @@ export interface WeightRules {
   ignore: RegExp[];
 }
 
+/** The output of a decoder stack (Hugging Face's BaseModelOutputWithPast). */
+export interface BaseModelOutput {
+  last_hidden_state: Tensor;
+  past_key_values?: KVCache;
+}
+
+/** A module that maps token ids to hidden states (the `transformer` / `model` / `gpt_neox` child). */
+export interface DecoderStack extends Module {
+  forward(inputIds: Tensor, options?: ForwardOptions): Promise<BaseModelOutput>;
+}
+
+/**
+ * A causal LM is a decoder stack plus an output head, named by each architecture (`base` and `head` give them).
+ * Its forward is the same for all: the stack, the last `logitsToKeep` positions, the head.
+ */
 export abstract class CausalLM extends Module {
   abstract readonly config: ModelConfig;
-  abstract override forward(inputIds: Tensor, options?: ForwardOptions): Promise<CausalLMOutput>;
+  protected abstract base(): DecoderStack;
+  protected abstract head(): Module & { forward(hidden: Tensor): Promise<Tensor> };
   /** Paths of the decoder layers, in order (`transformer.h.0`, `model.layers.0`, ...). */
   abstract layerPaths(): string[];
   abstract weightRules(): WeightRules;
+
+  override async forward(inputIds: Tensor, options: ForwardOptions = {}): Promise<CausalLMOutput> {
+    const out = await this.base().call(inputIds, options);
+    const keep = options.logitsToKeep;
+    const hidden = keep ? out.last_hidden_state.narrow(1, -keep, keep) : out.last_hidden_state;
+    return { logits: await this.head().call(hidden), past_key_values: out.past_key_values };
+  }
 }
 
 /** Reads the config fields common to all architectures. */

@@ -3,9 +3,9 @@
  * output head tied to the token embedding. Module names and call order are Hugging Face's.
  */
 import { Activation, activationNames, attentionMask, Conv1D, Dropout, eagerAttention, Embedding, LayerNorm, Linear, Module, ModuleList, resolveForward } from "../nn/index.js";
-import type { ActivationName, AttentionContext, ForwardOptions, KVCache } from "../nn/index.js";
+import type { ActivationName, AttentionContext, ForwardOptions } from "../nn/index.js";
 import type { Tensor } from "../tensor/index.js";
-import { CausalLM, commonConfig, type CausalLMOutput, type ModelConfig, type WeightRules } from "./causal-lm.js";
+import { CausalLM, commonConfig, type BaseModelOutput, type ModelConfig, type WeightRules } from "./causal-lm.js";
 import { ConfigError, ConfigReader, type RawConfig } from "./config.js";
 
 export interface GPT2Config extends ModelConfig {
@@ -106,7 +106,7 @@ export class GPT2Model extends Module {
     this.h = new ModuleList(Array.from({ length: cfg.numLayers }, (_, i) => new GPT2Block(cfg, i)));
     this.ln_f = new LayerNorm(cfg.hiddenSize, cfg.eps);
   }
-  override async forward(inputIds: Tensor, options: ForwardOptions = {}): Promise<{ last_hidden_state: Tensor; past_key_values?: KVCache }> {
+  override async forward(inputIds: Tensor, options: ForwardOptions = {}): Promise<BaseModelOutput> {
     const { mask, positions } = resolveForward(inputIds, options);
     const ctx: AttentionContext = { mask: attentionMask(mask, inputIds.shape[1]!), cache: options.cache };
     const tokens = await this.wte.call(inputIds);
@@ -126,10 +126,11 @@ export class GPT2LMHeadModel extends CausalLM {
     this.transformer = new GPT2Model(config);
     this.lm_head = new Linear(config.hiddenSize, config.vocabSize, false);
   }
-  override async forward(inputIds: Tensor, options: ForwardOptions = {}): Promise<CausalLMOutput> {
-    const out = await this.transformer.call(inputIds, options);
-    const hidden = options.logitsToKeep ? out.last_hidden_state.narrow(1, -options.logitsToKeep, options.logitsToKeep) : out.last_hidden_state;
-    return { logits: await this.lm_head.call(hidden), past_key_values: out.past_key_values };
+  protected base() {
+    return this.transformer;
+  }
+  protected head() {
+    return this.lm_head;
   }
   layerPaths(): string[] {
     return Array.from({ length: this.config.numLayers }, (_, i) => `transformer.h.${i}`);

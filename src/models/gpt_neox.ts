@@ -3,9 +3,9 @@
  * (rotary_pct of each head), and, by default, the parallel residual: attention and MLP both read the layer input.
  */
 import { Activation, activationNames, applyRotary, attentionMask, Dropout, eagerAttention, Embedding, LayerNorm, Linear, Module, ModuleList, resolveForward, RotaryEmbedding } from "../nn/index.js";
-import type { ActivationName, AttentionContext, ForwardOptions, KVCache } from "../nn/index.js";
+import type { ActivationName, AttentionContext, ForwardOptions } from "../nn/index.js";
 import type { Tensor } from "../tensor/index.js";
-import { CausalLM, commonConfig, type CausalLMOutput, type ModelConfig, type WeightRules } from "./causal-lm.js";
+import { CausalLM, commonConfig, type BaseModelOutput, type ModelConfig, type WeightRules } from "./causal-lm.js";
 import { ConfigError, ConfigReader, type RawConfig } from "./config.js";
 
 export interface GPTNeoXConfig extends ModelConfig {
@@ -120,7 +120,7 @@ export class GPTNeoXModel extends Module {
     this.final_layer_norm = new LayerNorm(cfg.hiddenSize, cfg.eps);
     this.rotary_emb = new RotaryEmbedding(cfg.rotaryDim, cfg.ropeTheta);
   }
-  override async forward(inputIds: Tensor, options: ForwardOptions = {}): Promise<{ last_hidden_state: Tensor; past_key_values?: KVCache }> {
+  override async forward(inputIds: Tensor, options: ForwardOptions = {}): Promise<BaseModelOutput> {
     const { mask, positions } = resolveForward(inputIds, options);
     const ctx: AttentionContext = { mask: attentionMask(mask, inputIds.shape[1]!), cache: options.cache };
     let hidden = await this.emb_dropout.call(await this.embed_in.call(inputIds));
@@ -139,10 +139,11 @@ export class GPTNeoXForCausalLM extends CausalLM {
     this.gpt_neox = new GPTNeoXModel(config);
     this.lm_head = new Linear(config.hiddenSize, config.vocabSize, false);
   }
-  override async forward(inputIds: Tensor, options: ForwardOptions = {}): Promise<CausalLMOutput> {
-    const out = await this.gpt_neox.call(inputIds, options);
-    const hidden = options.logitsToKeep ? out.last_hidden_state.narrow(1, -options.logitsToKeep, options.logitsToKeep) : out.last_hidden_state;
-    return { logits: await this.lm_head.call(hidden), past_key_values: out.past_key_values };
+  protected base() {
+    return this.gpt_neox;
+  }
+  protected head() {
+    return this.lm_head;
   }
   layerPaths(): string[] {
     return Array.from({ length: this.config.numLayers }, (_, i) => `gpt_neox.layers.${i}`);

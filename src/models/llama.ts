@@ -10,9 +10,9 @@
  * | gemma      | embed_tokens scales by sqrt(hidden), RMSNorm by (1 + weight), GeGLU (tanh)     |
  */
 import { Activation, activationNames, applyRotary, attentionMask, eagerAttention, Embedding, Linear, Module, ModuleList, resolveForward, RMSNorm, RotaryEmbedding } from "../nn/index.js";
-import type { ActivationName, AttentionContext, ForwardOptions, KVCache } from "../nn/index.js";
+import type { ActivationName, AttentionContext, ForwardOptions } from "../nn/index.js";
 import type { Tensor } from "../tensor/index.js";
-import { CausalLM, commonConfig, type CausalLMOutput, type ModelConfig, type WeightRules } from "./causal-lm.js";
+import { CausalLM, commonConfig, type BaseModelOutput, type ModelConfig, type WeightRules } from "./causal-lm.js";
 import { ConfigError, ConfigReader, type RawConfig } from "./config.js";
 
 export type LlamaFamily = "llama" | "mistral" | "qwen2" | "qwen3" | "gemma";
@@ -147,7 +147,7 @@ export class LlamaModel extends Module {
     this.norm = new RMSNorm(cfg.hiddenSize, cfg.eps, cfg.normOffset);
     this.rotary_emb = new RotaryEmbedding(cfg.headDim, cfg.ropeTheta);
   }
-  override async forward(inputIds: Tensor, options: ForwardOptions = {}): Promise<{ last_hidden_state: Tensor; past_key_values?: KVCache }> {
+  override async forward(inputIds: Tensor, options: ForwardOptions = {}): Promise<BaseModelOutput> {
     const { mask, positions } = resolveForward(inputIds, options);
     const ctx: AttentionContext = { mask: attentionMask(mask, inputIds.shape[1]!, this.cfg.slidingWindow), cache: options.cache };
     let hidden = await this.embed_tokens.call(inputIds);
@@ -166,10 +166,11 @@ export class LlamaForCausalLM extends CausalLM {
     this.model = new LlamaModel(config);
     this.lm_head = new Linear(config.hiddenSize, config.vocabSize, false);
   }
-  override async forward(inputIds: Tensor, options: ForwardOptions = {}): Promise<CausalLMOutput> {
-    const out = await this.model.call(inputIds, options);
-    const hidden = options.logitsToKeep ? out.last_hidden_state.narrow(1, -options.logitsToKeep, options.logitsToKeep) : out.last_hidden_state;
-    return { logits: await this.lm_head.call(hidden), past_key_values: out.past_key_values };
+  protected base() {
+    return this.model;
+  }
+  protected head() {
+    return this.lm_head;
   }
   layerPaths(): string[] {
     return Array.from({ length: this.config.numLayers }, (_, i) => `model.layers.${i}`);

@@ -42,7 +42,7 @@ export interface RemoteOptions extends TraceOptions {
 type Nonblocking = RemoteOptions & { blocking: false };
 type TraceFn<M extends CausalLM, R> = (tr: Tracer<EnvoyTree<M>>) => R | Promise<R>;
 
-export class LanguageModel<M extends CausalLM = CausalLM> extends LocalLanguageModel<M> {
+export class LanguageModel<M extends CausalLM = any> extends LocalLanguageModel<M> {
   static override async load(name: "stdlib-gpt2", options?: ModelLoadOptions): Promise<LanguageModel<GPT2LMHeadModel>>;
   static override async load(name: "stdlib-llama", options?: ModelLoadOptions): Promise<LanguageModel<LlamaForCausalLM>>;
   static override async load<M extends CausalLM = CausalLM>(nameOrPath: string, options?: ModelLoadOptions): Promise<LanguageModel<M>>;

@@ -66,7 +66,7 @@ export class Bridge {
     /** Runs a hybrid step on the client: the function's source and its values; resolves with the answer. */
     private readonly runLocal: ((source: string, vals: unknown) => Promise<unknown>) | null = null,
   ) {
-    this.paths = new Set(lm.model.namedModules().map(([p]) => p));
+    this.paths = new Set(lm.model.namedModules().map(([p]: [string, unknown]) => p));
     this.model = lm;
   }
 

@@ -1,11 +1,13 @@
 /** The `tsight` command: one subcommand per job. */
 import { generateHelp, runGenerate, UsageError } from "./generate.js";
+import { jobsHelp, runJobs } from "./jobs.js";
 import { keysHelp, runKeys, runServe, serveHelp } from "./serve.js";
 
 const commands: Record<string, { help: string; run: (argv: string[]) => Promise<number> }> = {
   generate: { help: generateHelp, run: (argv) => runGenerate(argv) },
   serve: { help: serveHelp, run: (argv) => runServe(argv) },
   keys: { help: keysHelp, run: (argv) => runKeys(argv) },
+  jobs: { help: jobsHelp, run: (argv) => runJobs(argv) },
 };
 
 const usage = `usage: tsight <command> [options]
@@ -14,6 +16,7 @@ commands:
   generate   continue a prompt with a model, streaming tokens
   serve      host models for remote interventions (HTTP API)
   keys       create, list and revoke the server's API keys
+  jobs       list your jobs on a server; show, follow, fetch the result of, or cancel one
 
 Run "tsight <command> --help" for a command's options.`;
 

@@ -13,6 +13,7 @@ one and prints it once, as TSIGHT_API_KEY=..., for clients to use.
   --port, -p N             port (default ${DEFAULT_PORT}; 0 picks a free one)
   --data-dir DIR           job database and results (default ${defaultDataDir()})
   --timeout T              longest a job may run (default 60s; e.g. 90s, 5m)
+  --local-timeout T        longest a hybrid step (tr.local) waits for the client (default 60s)
   --retention T            how long results are kept (default 1h)
   --memory MB              megabytes of tensors one job may create (default 512)
   --max-jobs N             unfinished jobs one API key may have (default 8)
@@ -57,6 +58,7 @@ export async function runServe(argv: string[], out: NodeJS.WritableStream = proc
       port: { type: "string", short: "p", default: String(DEFAULT_PORT) },
       "data-dir": { type: "string" },
       timeout: { type: "string" },
+      "local-timeout": { type: "string" },
       retention: { type: "string" },
       memory: { type: "string" },
       "max-jobs": { type: "string" },
@@ -78,6 +80,7 @@ export async function runServe(argv: string[], out: NodeJS.WritableStream = proc
     dataDir: values["data-dir"],
     models: values.model,
     jobTimeoutMs: values.timeout === undefined ? undefined : parseDuration("timeout", values.timeout),
+    localStepTimeoutMs: values["local-timeout"] === undefined ? undefined : parseDuration("local-timeout", values["local-timeout"]),
     resultRetentionMs: values.retention === undefined ? undefined : parseDuration("retention", values.retention),
     memoryLimitBytes: memoryMb === undefined ? undefined : memoryMb * 1024 * 1024,
     maxActiveJobsPerKey: wholeNumber("max-jobs", values["max-jobs"]),

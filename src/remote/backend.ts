@@ -5,13 +5,28 @@
  */
 import type { Tensor } from "../tensor/index.js";
 import type { RemoteJob } from "./job.js";
-import type { JobRequest, JobState, ModelInfo, ModelMeta, SequencedEvent } from "./protocol.js";
+import type { JobRequest, JobState, JobStatus, ModelInfo, ModelMeta, SequencedEvent } from "./protocol.js";
 
 export interface EventsOptions {
   /** Start after this event (the SSE `Last-Event-ID`); from the first event when absent. */
   lastEventId?: number;
   /** Stops following (the iterator ends quietly). */
   signal?: AbortSignal;
+  /**
+   * false: only the events stored now, then the iterator ends (for a finished job this includes what was recorded
+   * after `done`, such as webhook deliveries). Default true: follow the job until its `done` event.
+   */
+  follow?: boolean;
+}
+
+/** Which of the key's jobs GET /v1/jobs gives. */
+export interface ListJobsOptions {
+  /** Only jobs in this state. */
+  status?: JobStatus;
+  /** At most this many (1..100; the server's default is 20). */
+  limit?: number;
+  /** Only jobs submitted before this one (the last id of the previous page). */
+  before?: string;
 }
 
 /** What a job handle needs: its state, events, result, cancellation and hybrid-step answers. */
@@ -29,6 +44,8 @@ export interface JobBackend {
 export interface Backend extends JobBackend {
   /** Submits a request whose encoded values refer to `tensors` by name (see codec.ts). */
   submit(request: JobRequest, tensors: ReadonlyMap<string, Tensor>): Promise<RemoteJob>;
+  /** The API key's jobs, newest first. */
+  list(options?: ListJobsOptions): Promise<JobState[]>;
   models(): Promise<ModelInfo[]>;
   meta(key: string): Promise<ModelMeta>;
   /** The server's state (GET /v1/status), as it sends it. */

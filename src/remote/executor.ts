@@ -23,6 +23,9 @@ export interface DecodedJob {
   grad: boolean;
   generate?: GenerateSpec;
   webhook?: string;
+  webhookSecret?: string;
+  /** The job's own limit for a hybrid step's answer (ms); the runner caps it with its own. */
+  localTimeoutMs?: number;
 }
 
 /** What the runner gives the executor. */
@@ -53,6 +56,7 @@ export class ValidationError extends ClientError {}
 
 const KINDS: readonly JobKind[] = ["trace", "generate", "scan", "session"];
 const MAX_SOURCE = 256 * 1024;
+const MAX_URL = 2048;
 
 /** Checks and decodes a request given as an envelope (binary) or as JSON without tensors. */
 export function decodeJob(body: Uint8Array | JobRequest): DecodedJob {
@@ -85,7 +89,12 @@ export function decodeJob(body: Uint8Array | JobRequest): DecodedJob {
     const g = r.generate as GenerateSpec | undefined;
     if (!g || !Number.isInteger(g.maxNewTokens) || g.maxNewTokens < 0 || g.maxNewTokens > 4096) throw new ValidationError('a generate job needs "generate": { "maxNewTokens": 0..4096 }');
   }
-  if (r.webhook !== undefined && (typeof r.webhook !== "string" || !/^https?:\/\//.test(r.webhook))) throw new ValidationError('"webhook" must be an http(s) URL');
+  if (r.webhook !== undefined && !isHttpUrl(r.webhook)) throw new ValidationError(`"webhook" must be an http or https URL of at most ${MAX_URL} characters`);
+  if (r.webhookSecret !== undefined) {
+    if (typeof r.webhookSecret !== "string" || r.webhookSecret.length < 16 || r.webhookSecret.length > 256) throw new ValidationError('"webhookSecret" must be a string of 16 to 256 characters');
+    if (r.webhook === undefined) throw new ValidationError('"webhookSecret" signs a webhook: give "webhook" too');
+  }
+  if (r.localTimeoutMs !== undefined && !(Number.isInteger(r.localTimeoutMs) && r.localTimeoutMs > 0)) throw new ValidationError('"localTimeoutMs" must be a whole number of milliseconds, more than 0');
   let input: unknown, vars: unknown;
   try {
     input = r.input === undefined ? undefined : decodeValue(r.input, tensors);
@@ -105,5 +114,17 @@ export function decodeJob(body: Uint8Array | JobRequest): DecodedJob {
     grad: r.grad === true,
     generate: r.generate,
     webhook: r.webhook,
+    webhookSecret: r.webhookSecret,
+    localTimeoutMs: r.localTimeoutMs,
   };
+}
+
+function isHttpUrl(s: unknown): boolean {
+  if (typeof s !== "string" || s.length > MAX_URL) return false;
+  try {
+    const url = new URL(s);
+    return (url.protocol === "http:" || url.protocol === "https:") && url.hostname !== "";
+  } catch {
+    return false;
+  }
 }

@@ -9,7 +9,7 @@
  *   for await (const { seq, event } of backend.events(job.id)) ...
  */
 import type { Tensor } from "../tensor/index.js";
-import type { Backend, EventsOptions } from "./backend.js";
+import type { Backend, EventsOptions, ListJobsOptions } from "./backend.js";
 import { decodeValue, encodeEnvelope, packValue, unpackValue } from "./codec.js";
 import { ClientError, errorFromInfo, infoFromError, RemoteError } from "./errors.js";
 import { RemoteJob } from "./job.js";
@@ -90,6 +90,18 @@ export class HttpBackend implements Backend {
     return new RemoteJob(answer.id, this);
   }
 
+  /** The API key's jobs, newest first; page with `before` (the last id of the previous page). */
+  async list(options: ListJobsOptions = {}): Promise<JobState[]> {
+    const query = new URLSearchParams();
+    if (options.status !== undefined) query.set("status", options.status);
+    if (options.limit !== undefined) query.set("limit", String(options.limit));
+    if (options.before !== undefined) query.set("before", options.before);
+    const path = `/v1/jobs${query.size ? `?${query}` : ""}`;
+    const body = await this.getJson<{ jobs?: JobState[] }>(path);
+    if (!Array.isArray(body.jobs)) throw protocolError(`GET ${path} answered without a list of jobs`);
+    return body.jobs;
+  }
+
   async models(): Promise<ModelInfo[]> {
     const body = await this.getJson<ModelInfo[] | { models?: ModelInfo[] }>("/v1/models");
     const list = Array.isArray(body) ? body : body.models;
@@ -123,6 +135,14 @@ export class HttpBackend implements Backend {
     }
   }
 
+  /** The job's result as the server keeps it: envelope bytes (see codec.ts), for saving or passing on. */
+  async resultEnvelope(id: string): Promise<Uint8Array> {
+    const path = `${jobPath(id)}/result`;
+    const res = await this.request("GET", path, { accept: ENVELOPE_TYPE, idempotent: true });
+    if ((res.headers.get("content-type") ?? "").startsWith("application/json")) return packValue(decodeValue((await this.json<{ value?: unknown }>(res, `GET ${path}`)).value, new Map()));
+    return new Uint8Array(await res.arrayBuffer());
+  }
+
   async cancel(id: string): Promise<void> {
     const res = await this.request("DELETE", jobPath(id), { idempotent: true });
     await res.body?.cancel();
@@ -146,7 +166,8 @@ export class HttpBackend implements Backend {
    * After `retry.attempts` failures in a row it throws a ConnectionError (the job itself goes on).
    */
   async *events(id: string, options: EventsOptions = {}): AsyncGenerator<SequencedEvent> {
-    const path = `${jobPath(id)}/events`;
+    const follow = options.follow !== false;
+    const path = `${jobPath(id)}/events${follow ? "" : "?follow=0"}`;
     const { signal } = options;
     let last = options.lastEventId;
     let failures = 0;
@@ -170,8 +191,9 @@ export class HttpBackend implements Backend {
           if (seq !== undefined) last = seq;
           progressed = true;
           yield { seq: last ?? 0, event };
-          if (event.type === "done") return;
+          if (event.type === "done" && follow) return;
         }
+        if (!follow) return;
       } catch (e) {
         if (signal?.aborted) return;
         if (!canRetry(e)) throw e;

@@ -6,7 +6,7 @@ export { toModelKey, fromModelKey, canonicalModelKey, registerModelClass, ModelK
 export { decodeJob, ValidationError, type DecodedJob, type ExecutionContext, type JobExecutor } from "./executor.js";
 export { SANDBOX_GLOBALS, JS_GLOBALS, TENSOR_GLOBALS, COMPILER_HELPERS } from "./globals.js";
 export { interventionSource, freeVariables, FreeVariableError, NotAllowedError, SourceError, type FreeVariableUse, type InterventionSource, type SourceOptions } from "./source.js";
-export { isBackend, type Backend, type JobBackend, type EventsOptions } from "./backend.js";
+export { isBackend, type Backend, type JobBackend, type EventsOptions, type ListJobsOptions } from "./backend.js";
 export { HttpBackend, ConnectionError, errorFromResponse, type HttpBackendOptions, type RetryOptions } from "./http.js";
 export { RemoteJob, type LocalEvent, type LocalHandler, type WaitOptions } from "./job.js";
 export { JobDisplay, type StatusStream } from "./display.js";
@@ -16,3 +16,4 @@ export { resolveRemoteTarget, remoteSettings, configFile, readRemoteConfig, type
 export { runLocally, registerLocalExecutor, type LocalRunOptions } from "./local.js";
 export { LanguageModel, type RemoteOptions } from "./language-model.js";
 export { runLocalStep } from "./local-step.js";
+export { verifyWebhook, webhookSignature, WebhookVerificationError, type VerifyWebhookOptions, type WebhookProblem } from "./webhook.js";

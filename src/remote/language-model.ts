@@ -37,6 +37,11 @@ export interface RemoteOptions extends TraceOptions {
   print?: NodeJS.WritableStream | null;
   /** Seconds a `remote: "local"` job may run. */
   timeout?: number;
+  /** A URL the server POSTs to when the job ends (signed with `webhookSecret`; see verifyWebhook). */
+  webhook?: string;
+  webhookSecret?: string;
+  /** How long the server waits for this client to answer a hybrid step (tr.local), in ms (capped by the server). */
+  localTimeoutMs?: number;
 }
 
 type Nonblocking = RemoteOptions & { blocking: false };
@@ -132,6 +137,9 @@ export class LanguageModel<M extends CausalLM = any> extends LocalLanguageModel<
       edits,
       grad: options.grad === true,
       generate,
+      webhook: options.webhook,
+      webhookSecret: options.webhookSecret,
+      localTimeoutMs: options.localTimeoutMs,
     };
     const located = (e: unknown) => withUserLine(e, callSite, source);
     const print = options.print === undefined ? (process.stderr.isTTY ? process.stderr : undefined) : (options.print ?? undefined);

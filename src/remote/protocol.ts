@@ -3,8 +3,11 @@
  * language can speak it: JSON, with tensors as safetensors (see codec.ts for the envelope).
  *
  *   POST   /v1/jobs                 submit a JobRequest                 -> 202 { id, status }
+ *   GET    /v1/jobs                 the key's jobs, newest first        -> { jobs: JobState[] }
+ *                                    (?status=S, ?limit=1..100, ?before=<id> for the next page)
  *   GET    /v1/jobs/:id             JobState
- *   GET    /v1/jobs/:id/events      server-sent JobEvents, resumable with Last-Event-ID
+ *   GET    /v1/jobs/:id/events      server-sent JobEvents, resumable with Last-Event-ID (?follow=0: only those
+ *                                    stored now, then the end)
  *   POST   /v1/jobs/:id/local/:call the client's answer to a hybrid step
  *   GET    /v1/jobs/:id/result      the returned value (envelope), while kept
  *   DELETE /v1/jobs/:id             cancel
@@ -12,6 +15,8 @@
  *
  * Every request carries `tsight-protocol: 1`; a server that cannot serve it answers 426 with the versions it
  * speaks. Authentication: `Authorization: Bearer <api key>`.
+ *
+ * When a job with a `webhook` ends, the server POSTs a WebhookPayload there (see webhook.ts for the signature).
  */
 
 export const PROTOCOL_VERSION = 1;
@@ -87,8 +92,18 @@ export interface JobRequest {
   /** Record gradients (trace option `grad`). */
   grad?: boolean;
   generate?: GenerateSpec;
-  /** Where to POST when the job ends (issue: webhooks). */
+  /** Where to POST a WebhookPayload when the job ends (an http or https URL). */
   webhook?: string;
+  /**
+   * Signs the webhook's body (16 to 256 characters; header `tsight-signature`, see webhook.ts). The server keeps it
+   * only until the delivery is over.
+   */
+  webhookSecret?: string;
+  /**
+   * How long a hybrid step (tr.local) may wait for the client's answer, in ms; at most the server's own limit
+   * (which is also the default). Past it the job ends with TIMEOUT.
+   */
+  localTimeoutMs?: number;
 }
 
 export interface JobState {
@@ -105,7 +120,23 @@ export interface JobState {
   result: "none" | "available" | "expired";
   /** When the result will be deleted (ISO time). */
   expires?: string;
+  /** Where the job's webhook delivery stands, for a job submitted with one. */
+  webhook?: "pending" | "delivered" | "failed";
 }
+
+/** What the server POSTs to a job's webhook when the job ends. */
+export interface WebhookPayload {
+  id: string;
+  status: "COMPLETED" | "ERROR" | "CANCELLED";
+  model: string;
+  kind: JobKind;
+  error?: ErrorInfo;
+  /** When the result will be deleted (ISO time), for a COMPLETED job. */
+  resultExpires?: string;
+}
+
+/** The header of a webhook's signature: `t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`. */
+export const WEBHOOK_SIGNATURE_HEADER = "tsight-signature";
 
 /** Events of a job, in order; each has a sequence number (the SSE id). */
 export type JobEvent =

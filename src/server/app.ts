@@ -8,6 +8,7 @@ import { cors } from "hono/cors";
 import { PROTOCOL_HEADER, PROTOCOL_VERSION, type ErrorBody } from "../remote/protocol.js";
 import { ApiError } from "./api-error.js";
 import type { ServerConfig } from "./config.js";
+import type { OpenStreams } from "./event-stream.js";
 import { requireKey, requireProtocol, type AppEnv } from "./guards.js";
 import type { JobManager } from "./job-manager.js";
 import type { JobStore } from "./job-store.js";
@@ -27,6 +28,8 @@ export interface AppDeps {
   registry: ModelRegistry;
   jobs: JobManager;
   metrics: ServerMetrics;
+  /** Counts the open event streams of each job (JobManager watches them while a hybrid step waits). */
+  streams: OpenStreams;
   /** Where failures of the server itself are written (default: stderr). */
   log?: (line: string) => void;
 }

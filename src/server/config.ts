@@ -34,6 +34,14 @@ export interface ServerConfig {
   maxEventsPerJob: number;
   /** How long a job gets to stop (after cancel, or past its deadline) before its thread is replaced by a fresh one. */
   stopGraceMs: number;
+  /** How long a hybrid step (tr.local) waits for the client's answer; a job may ask for less (`localTimeoutMs`). */
+  localStepTimeoutMs: number;
+  /** How long a hybrid step may wait with no client following the job's events before the job ends. */
+  localDisconnectGraceMs: number;
+  /** How long one webhook delivery attempt may take. */
+  webhookTimeoutMs: number;
+  /** The wait before the second webhook attempt; it doubles before the third (the last). */
+  webhookRetryDelayMs: number;
   /** How often expired results are deleted. */
   sweepIntervalMs: number;
   /** Seconds between SSE keep-alive comments. */
@@ -75,6 +83,10 @@ export function resolveConfig(options: Partial<ServerConfig> = {}): ServerConfig
     maxActiveJobsPerKey: 8,
     maxEventsPerJob: 10_000,
     stopGraceMs: 3_000,
+    localStepTimeoutMs: 60_000,
+    localDisconnectGraceMs: 5_000,
+    webhookTimeoutMs: 10_000,
+    webhookRetryDelayMs: 1_000,
     sweepIntervalMs: 60_000,
     heartbeatMs: 15_000,
     metricsPublic: false,
@@ -82,7 +94,7 @@ export function resolveConfig(options: Partial<ServerConfig> = {}): ServerConfig
     executor: defaultExecutor(),
     ...defined,
   };
-  for (const k of ["jobTimeoutMs", "memoryLimitBytes", "resultRetentionMs", "maxBodyBytes", "maxResultBytes", "maxActiveJobsPerKey", "maxEventsPerJob", "stopGraceMs", "sweepIntervalMs", "heartbeatMs"] as const) {
+  for (const k of ["jobTimeoutMs", "memoryLimitBytes", "resultRetentionMs", "maxBodyBytes", "maxResultBytes", "maxActiveJobsPerKey", "maxEventsPerJob", "stopGraceMs", "localStepTimeoutMs", "localDisconnectGraceMs", "webhookTimeoutMs", "webhookRetryDelayMs", "sweepIntervalMs", "heartbeatMs"] as const) {
     if (!(Number.isFinite(config[k]) && config[k] > 0)) throw new RangeError(`server setting ${k} must be a positive number, got ${config[k]}`);
   }
   if (config.models.length === 0) throw new RangeError("the server needs at least one model to serve");

@@ -1,14 +1,13 @@
 /**
  * The server's SQLite database: API keys, jobs and their events. One file (`tsight.db` in the data directory), WAL
- * mode; the schema is created on first open and versioned with `user_version`.
+ * mode; the schema is created on first open and versioned with `user_version`: SCHEMA is version 1, and each entry
+ * of MIGRATIONS takes a file one version further (a new file runs them all, so both paths are the same SQL).
  */
 import fs from "node:fs";
 import path from "node:path";
 import Database from "better-sqlite3";
 
 export type Db = Database.Database;
-
-const SCHEMA_VERSION = 1;
 
 const SCHEMA = `
 CREATE TABLE api_keys (
@@ -47,6 +46,18 @@ CREATE TABLE events (
 ) WITHOUT ROWID;
 `;
 
+const MIGRATIONS: readonly string[] = [
+  // 2: webhooks (the secret is kept only until the delivery is over), and listing a key's jobs newest first.
+  `
+  ALTER TABLE jobs ADD COLUMN webhook TEXT;            -- URL to POST to when the job ends
+  ALTER TABLE jobs ADD COLUMN webhook_secret TEXT;     -- signing secret; NULL once delivered or given up
+  ALTER TABLE jobs ADD COLUMN webhook_state TEXT;      -- pending | delivered | failed
+  CREATE INDEX jobs_by_key_created ON jobs (key_id, created);
+  `,
+];
+
+const SCHEMA_VERSION = 1 + MIGRATIONS.length;
+
 /** Opens (creating if needed) the database at `file`; ":memory:" gives a private in-memory one. */
 export function openDatabase(file: string): Db {
   if (file !== ":memory:") fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
@@ -55,14 +66,16 @@ export function openDatabase(file: string): Db {
   db.pragma("synchronous = NORMAL");
   db.pragma("busy_timeout = 5000");
   const version = db.pragma("user_version", { simple: true }) as number;
-  if (version === 0) {
-    db.exec("BEGIN");
-    db.exec(SCHEMA);
-    db.pragma(`user_version = ${SCHEMA_VERSION}`);
-    db.exec("COMMIT");
-  } else if (version !== SCHEMA_VERSION) {
+  if (version > SCHEMA_VERSION) {
     db.close();
-    throw new Error(`${file}: database schema version ${version}, but this tsight uses ${SCHEMA_VERSION}; use another --data-dir`);
+    throw new Error(`${file}: database schema version ${version} is newer than this tsight's (${SCHEMA_VERSION}); update tsight or use another --data-dir`);
+  }
+  if (version < SCHEMA_VERSION) {
+    db.transaction(() => {
+      if (version === 0) db.exec(SCHEMA);
+      for (let v = Math.max(version, 1); v < SCHEMA_VERSION; v++) db.exec(MIGRATIONS[v - 1]!);
+      db.pragma(`user_version = ${SCHEMA_VERSION}`);
+    })();
   }
   return db;
 }

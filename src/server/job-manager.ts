@@ -2,18 +2,21 @@
  * JobManager: moves jobs through their states. It takes a submitted request (checked with `decodeJob`), stores
  * the job, queues it for its model, hands it to the model's worker when the worker is free, stores the events
  * the worker sends, and ends the job: the result to disk (COMPLETED), its error (ERROR) or CANCELLED. Every move
- * is a status event in the JobStore.
+ * is a status event in the JobStore. Hybrid steps are bounded by a LocalStepWatch: a step left unanswered too long,
+ * or by a client that went away, stops the job.
  */
 import { infoFromError } from "../remote/errors.js";
 import { decodeJob, type DecodedJob } from "../remote/executor.js";
 import type { ErrorInfo, JobEvent, JobRequest, JobState, ModelInfo } from "../remote/protocol.js";
 import { ApiError, jobNotFound } from "./api-error.js";
 import type { ServerConfig } from "./config.js";
+import type { OpenStreams } from "./event-stream.js";
 import { newJobId } from "./ids.js";
 import { JobQueue } from "./job-queue.js";
 import { isTerminal } from "./job-status.js";
-import type { JobStore } from "./job-store.js";
+import type { JobStore, ListOptions } from "./job-store.js";
 import type { Caller } from "./key-store.js";
+import { LocalStepWatch } from "./local-step-watch.js";
 import type { ServerMetrics } from "./metrics.js";
 import type { ModelRegistry, ServedModel } from "./model-registry.js";
 import { ModelWorker, serverError, type RunOutcome, type WorkerState } from "./model-worker.js";
@@ -26,6 +29,8 @@ export interface JobManagerParts {
   results: ResultStore;
   registry: ModelRegistry;
   metrics: ServerMetrics;
+  /** The open event streams of each job (a hybrid step needs a client following its job). */
+  streams: OpenStreams;
   /** Where failures of the server itself are written. */
   log?: (line: string) => void;
 }
@@ -43,6 +48,10 @@ interface ActiveJob {
   localCalls: Set<string>;
   /** Hybrid steps answered already. */
   answered: Set<string>;
+  /** How long a hybrid step of this job waits for its answer (the job's localTimeoutMs, capped by the server's). */
+  localTimeoutMs: number;
+  /** Set when the server stops the job itself (a hybrid step timed out, its client went away): how it ends. */
+  endError?: ErrorInfo;
 }
 
 /** What /v1/status says about one model. */
@@ -63,10 +72,12 @@ export class JobManager {
   private readonly active = new Map<string, ActiveJob>();
   private readonly averageSeconds = new Map<string, number>();
   private readonly finishing = new Set<Promise<void>>();
+  private readonly localSteps: LocalStepWatch;
   private closed = false;
 
   constructor(private readonly parts: JobManagerParts) {
     const { store, metrics, registry } = parts;
+    this.localSteps = new LocalStepWatch({ streams: parts.streams, disconnectGraceMs: parts.config.localDisconnectGraceMs, onExpired: (id, error) => this.stop(id, error) });
     for (const id of store.activeIds()) store.move(id, "ERROR", { error: serverError("PREEMPTED", "the server restarted before the job ended; submit it again") });
     metrics.registry.gauge("tsight_queue_depth", "Jobs waiting, by model.", () => registry.list().map((m) => ({ labels: { model: m.name }, value: this.queue.length(m.key) })));
     metrics.registry.gauge("tsight_jobs_running", "Jobs running, by model.", () => registry.list().map((m) => ({ labels: { model: m.name }, value: this.workers.get(m.key)?.jobId ? 1 : 0 })));
@@ -122,8 +133,11 @@ export class JobManager {
       throw new ApiError(429, "NOT_ALLOWED", `this API key already has ${limit} unfinished jobs, the most it may have; wait for one to end`, { retryable: true, headers: { "retry-after": "1" } });
     }
     const id = newJobId();
-    this.parts.store.create({ id, keyId: caller.keyId, model: model.key, kind: job.kind });
-    this.active.set(id, { id, model, body, cancelRequested: false, events: 0, localCalls: new Set(), answered: new Set() });
+    const webhook = job.webhook === undefined ? undefined : { url: job.webhook, secret: job.webhookSecret };
+    this.parts.store.create({ id, keyId: caller.keyId, model: model.key, kind: job.kind, webhook });
+    const cap = this.parts.config.localStepTimeoutMs;
+    const localTimeoutMs = Math.min(job.localTimeoutMs ?? cap, cap);
+    this.active.set(id, { id, model, body, cancelRequested: false, events: 0, localCalls: new Set(), answered: new Set(), localTimeoutMs });
     this.parts.store.move(id, "QUEUED", { position: this.queue.push(model.key, id) });
     this.parts.metrics.submitted.inc({ model: model.name });
     this.pump(model.key);
@@ -135,6 +149,13 @@ export class JobManager {
     const job = this.parts.store.getOwned(id, keyId);
     if (!job) throw jobNotFound(id);
     return this.parts.store.state(job, this.queue.position(id));
+  }
+
+  /** The key's jobs, newest first (GET /v1/jobs). */
+  list(keyId: string, options: ListOptions): JobState[] {
+    const jobs = this.parts.store.list(keyId, options);
+    if (!jobs) throw new ApiError(400, "VALIDATION", `"before" must be the id of one of this API key's jobs; there is no job ${options.before} for it`);
+    return jobs.map((job) => this.parts.store.state(job, this.queue.position(job.id)));
   }
 
   /**
@@ -165,10 +186,12 @@ export class JobManager {
     if (!job) throw jobNotFound(id);
     const active = this.active.get(id);
     if (job.status !== "RUNNING" || !active) throw new ApiError(409, "NOT_ALLOWED", `job ${id} is ${job.status}; only a running job takes answers to local steps`);
+    if (active.endError || active.cancelRequested) throw new ApiError(409, "NOT_ALLOWED", `job ${id} is stopping${active.endError ? `: ${active.endError.message}` : " (cancelled)"}`);
     if (active.answered.has(call)) throw new ApiError(409, "NOT_ALLOWED", `local step "${call}" of job ${id} was answered already`);
     if (!active.localCalls.has(call)) throw new ApiError(404, "VALIDATION", `job ${id} is not waiting for local step "${call}"`);
     active.localCalls.delete(call);
     active.answered.add(call);
+    this.localSteps.answered(id, call);
     this.workers.get(active.model.key)?.answerLocal(id, call, answer);
   }
 
@@ -203,6 +226,7 @@ export class JobManager {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    this.localSteps.close();
     const preempted = serverError("PREEMPTED", "the server shut down before the job ran; submit it again");
     for (const model of this.parts.registry.list()) this.failWaiting(model, preempted);
     await Promise.all([...this.workers.values()].map((w) => w.close()));
@@ -227,6 +251,17 @@ export class JobManager {
       this.finishing.add(done);
       void done.finally(() => this.finishing.delete(done));
     }
+  }
+
+  /**
+   * Stops a running job for the server's own reason (a hybrid step timed out, its client went away): its waits
+   * reject with `error`, and it ends ERROR with it once its worker reports the end (or gives up on it).
+   */
+  private stop(id: string, error: ErrorInfo): void {
+    const active = this.active.get(id);
+    if (!active || active.cancelRequested || active.endError) return;
+    active.endError = error;
+    this.workers.get(active.model.key)?.cancel(id, error);
   }
 
   /** Fails the waiting jobs of a model with `error`. */
@@ -254,7 +289,10 @@ export class JobManager {
       return;
     }
     if (event.type === "log" && event.text.length > MAX_LOG_CHARS) event = { type: "log", text: `${event.text.slice(0, MAX_LOG_CHARS)}… [cut at ${MAX_LOG_CHARS} characters]` };
-    if (event.type === "local" && !active.answered.has(event.call)) active.localCalls.add(event.call);
+    if (event.type === "local" && !active.answered.has(event.call) && !active.endError) {
+      active.localCalls.add(event.call);
+      this.localSteps.asked(id, event.call, active.localTimeoutMs);
+    }
     try {
       this.parts.store.append(id, event);
     } catch (e) {
@@ -266,6 +304,7 @@ export class JobManager {
     const { store, results, config } = this.parts;
     const id = active.id;
     this.active.delete(id);
+    this.localSteps.forget(id);
     const seconds = (Date.now() - active.dispatchedAt!) / 1000;
     this.parts.metrics.duration.observe({ model: active.model.name }, seconds);
     const previous = this.averageSeconds.get(active.model.key);
@@ -273,6 +312,10 @@ export class JobManager {
     if (active.cancelRequested) {
       store.move(id, "CANCELLED");
       return this.countEnd(active, "CANCELLED");
+    }
+    if (active.endError) {
+      store.move(id, "ERROR", { error: active.endError });
+      return this.countEnd(active, "ERROR", active.endError.code);
     }
     let error = outcome.ok ? undefined : outcome.error;
     if (outcome.ok) {

@@ -1,13 +1,15 @@
 /**
  * JobStore: jobs and their events in SQLite. Every state change is a row update plus a `status` event, in one
  * transaction; events are numbered per job from 1 (the SSE id), so a client that reconnects with Last-Event-ID
- * gets exactly what it missed. Listeners hear each event after it is stored.
+ * gets exactly what it missed. Listeners hear each event after it is stored, and end listeners each job that
+ * reaches a final state. A job's webhook secret is readable only while its delivery is pending.
  */
 import type { ErrorInfo, JobEvent, JobKind, JobState, JobStatus, SequencedEvent } from "../remote/protocol.js";
 import type { Db } from "./database.js";
 import { ACTIVE, canMove, isTerminal } from "./job-status.js";
 
 export type ResultState = "none" | "available" | "expired";
+export type WebhookState = "pending" | "delivered" | "failed";
 
 export interface JobRecord {
   id: string;
@@ -24,6 +26,9 @@ export interface JobRecord {
   resultBytes: number | null;
   expires: number | null;
   lastSeq: number;
+  /** The URL to POST to when the job ends. */
+  webhook: string | null;
+  webhookState: WebhookState | null;
 }
 
 export interface NewJob {
@@ -31,6 +36,14 @@ export interface NewJob {
   keyId: string;
   model: string;
   kind: JobKind;
+  webhook?: { url: string; secret?: string };
+}
+
+export interface ListOptions {
+  status?: JobStatus;
+  limit: number;
+  /** Only jobs submitted before this one (of the same key). */
+  before?: string;
 }
 
 export interface MoveDetails {
@@ -43,6 +56,7 @@ export interface MoveDetails {
 }
 
 export type EventListener = (e: SequencedEvent) => void;
+export type EndListener = (job: JobRecord) => void;
 
 interface JobRow {
   id: string;
@@ -59,6 +73,8 @@ interface JobRow {
   result_bytes: number | null;
   expires: number | null;
   last_seq: number;
+  webhook: string | null;
+  webhook_state: WebhookState | null;
 }
 
 const fromRow = (r: JobRow): JobRecord => ({
@@ -76,15 +92,20 @@ const fromRow = (r: JobRow): JobRecord => ({
   resultBytes: r.result_bytes,
   expires: r.expires,
   lastSeq: r.last_seq,
+  webhook: r.webhook,
+  webhookState: r.webhook_state,
 });
 
 export class JobStore {
   private readonly listeners = new Map<string, Set<EventListener>>();
+  private readonly endListeners = new Set<EndListener>();
   private readonly q;
 
   constructor(private readonly db: Db) {
     this.q = {
-      insert: db.prepare("INSERT INTO jobs (id, key_id, model, kind, status, created, updated) VALUES (?, ?, ?, ?, 'RECEIVED', ?, ?)"),
+      insert: db.prepare(
+        "INSERT INTO jobs (id, key_id, model, kind, status, created, updated, webhook, webhook_secret, webhook_state) VALUES (?, ?, ?, ?, 'RECEIVED', ?, ?, ?, ?, ?)",
+      ),
       get: db.prepare("SELECT * FROM jobs WHERE id = ?"),
       bumpSeq: db.prepare("UPDATE jobs SET last_seq = last_seq + 1 WHERE id = ? RETURNING last_seq"),
       insertEvent: db.prepare("INSERT INTO events (job_id, seq, event, created) VALUES (?, ?, ?, ?)"),
@@ -97,6 +118,15 @@ export class JobStore {
       activeIds: db.prepare(`SELECT id FROM jobs WHERE status IN (${ACTIVE.map((s) => `'${s}'`).join(", ")}) ORDER BY created`),
       due: db.prepare("SELECT id FROM jobs WHERE result = 'available' AND expires <= ?"),
       expire: db.prepare("UPDATE jobs SET result = 'expired' WHERE id = ? AND result = 'available'"),
+      // Newest first: by submission time, then insertion order (rowid) within one millisecond.
+      list: db.prepare(
+        "SELECT * FROM jobs WHERE key_id = @key AND (@status IS NULL OR status = @status) " +
+          "AND (@created IS NULL OR created < @created OR (created = @created AND rowid < @row)) ORDER BY created DESC, rowid DESC LIMIT @limit",
+      ),
+      cursor: db.prepare("SELECT created, rowid AS row FROM jobs WHERE id = ? AND key_id = ?"),
+      webhookSecret: db.prepare("SELECT webhook, webhook_secret FROM jobs WHERE id = ? AND webhook_state = 'pending'"),
+      webhookDone: db.prepare("UPDATE jobs SET webhook_state = ?, webhook_secret = NULL WHERE id = ?"),
+      webhooksPending: db.prepare(`SELECT id FROM jobs WHERE webhook_state = 'pending' AND status NOT IN (${ACTIVE.map((s) => `'${s}'`).join(", ")}) ORDER BY finished`),
     };
   }
 
@@ -105,7 +135,8 @@ export class JobStore {
     const now = Date.now();
     const pending: SequencedEvent[] = [];
     this.db.transaction(() => {
-      this.q.insert.run(job.id, job.keyId, job.model, job.kind, now, now);
+      const hook = job.webhook;
+      this.q.insert.run(job.id, job.keyId, job.model, job.kind, now, now, hook?.url ?? null, hook?.secret ?? null, hook ? "pending" : null);
       pending.push(this.insertEvent(job.id, { type: "status", status: "RECEIVED" }, now));
     })();
     this.notify(job.id, pending);
@@ -152,6 +183,10 @@ export class JobStore {
       return true;
     })();
     this.notify(id, pending);
+    if (moved && isTerminal(status)) {
+      const job = this.get(id)!;
+      for (const l of [...this.endListeners]) l(job);
+    }
     return moved;
   }
 
@@ -179,6 +214,12 @@ export class JobStore {
     };
   }
 
+  /** Calls `listener` with each job that reaches a final state from now on; returns the function that stops it. */
+  onEnd(listener: EndListener): () => void {
+    this.endListeners.add(listener);
+    return () => void this.endListeners.delete(listener);
+  }
+
   /** How many listeners follow job `id` (open event streams). */
   listenerCount(id: string): number {
     return this.listeners.get(id)?.size ?? 0;
@@ -192,6 +233,36 @@ export class JobStore {
   /** Ids of every unfinished job, oldest first. */
   activeIds(): string[] {
     return (this.q.activeIds.all() as { id: string }[]).map((r) => r.id);
+  }
+
+  /**
+   * A key's jobs, newest first. Undefined when `before` is not one of the key's jobs (so others' ids look like
+   * unknown ones).
+   */
+  list(keyId: string, options: ListOptions): JobRecord[] | undefined {
+    let cursor: { created: number; row: number } | undefined;
+    if (options.before !== undefined) {
+      cursor = this.q.cursor.get(options.before, keyId) as typeof cursor;
+      if (!cursor) return undefined;
+    }
+    const rows = this.q.list.all({ key: keyId, status: options.status ?? null, created: cursor?.created ?? null, row: cursor?.row ?? null, limit: options.limit }) as JobRow[];
+    return rows.map(fromRow);
+  }
+
+  /** Where and with what secret to deliver a job's webhook, while the delivery is pending. */
+  webhookDelivery(id: string): { url: string; secret: string | undefined } | undefined {
+    const row = this.q.webhookSecret.get(id) as { webhook: string; webhook_secret: string | null } | undefined;
+    return row && { url: row.webhook, secret: row.webhook_secret ?? undefined };
+  }
+
+  /** Records the end of a webhook delivery, and wipes its secret. */
+  finishWebhook(id: string, state: "delivered" | "failed"): void {
+    this.q.webhookDone.run(state, id);
+  }
+
+  /** Finished jobs whose webhook was not delivered yet (the server stopped first), oldest first. */
+  pendingWebhooks(): string[] {
+    return (this.q.webhooksPending.all() as { id: string }[]).map((r) => r.id);
   }
 
   /** Jobs whose kept result is past its expiry at `now`. */
@@ -217,6 +288,7 @@ export class JobStore {
     if (position !== undefined && job.status === "QUEUED") s.position = position;
     if (job.error) s.error = job.error;
     if (job.expires !== null && job.result !== "none") s.expires = new Date(job.expires).toISOString();
+    if (job.webhookState) s.webhook = job.webhookState;
     return s;
   }
 

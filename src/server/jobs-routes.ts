@@ -1,6 +1,6 @@
-/** The job routes: submit, state, events (SSE), hybrid-step answers, result, cancel. Only the submitting key sees a job. */
+/** The job routes: submit, list, state, events (SSE), hybrid-step answers, result, cancel. Only the submitting key sees a job. */
 import type { Hono } from "hono";
-import type { ErrorInfo, JobRequest } from "../remote/protocol.js";
+import type { ErrorInfo, JobRequest, JobStatus } from "../remote/protocol.js";
 import { ENVELOPE_TYPE } from "../remote/protocol.js";
 import { ApiError, jobNotFound } from "./api-error.js";
 import { parseBody } from "./body.js";
@@ -11,8 +11,12 @@ import { isJobId } from "./ids.js";
 import { isTerminal } from "./job-status.js";
 import type { LocalAnswer } from "./worker-messages.js";
 
+const DEFAULT_LIST = 20;
+const MAX_LIST = 100;
+const STATUSES: readonly JobStatus[] = ["RECEIVED", "QUEUED", "DISPATCHED", "RUNNING", "COMPLETED", "ERROR", "CANCELLED"];
+
 export function jobsRoutes(app: Hono<AppEnv>, deps: AppDeps): void {
-  const { jobs, store, results, config } = deps;
+  const { jobs, store, results, config, streams } = deps;
 
   /** The job `id` names, if the caller owns it. */
   const owned = (id: string, keyId: string) => {
@@ -28,6 +32,16 @@ export function jobsRoutes(app: Hono<AppEnv>, deps: AppDeps): void {
     return c.json(state, 202);
   });
 
+  app.get("/v1/jobs", (c) => {
+    const status = c.req.query("status");
+    const limit = c.req.query("limit") ?? String(DEFAULT_LIST);
+    const before = c.req.query("before");
+    if (status !== undefined && !STATUSES.includes(status as JobStatus)) throw new ApiError(400, "VALIDATION", `"status" must be one of ${STATUSES.join(", ")}, not "${status}"`);
+    if (!/^\d+$/.test(limit) || Number(limit) < 1 || Number(limit) > MAX_LIST) throw new ApiError(400, "VALIDATION", `"limit" must be a whole number from 1 to ${MAX_LIST}, not "${limit}"`);
+    const list = jobs.list(c.get("caller").keyId, { status: status as JobStatus | undefined, limit: Number(limit), before });
+    return c.json({ jobs: list });
+  });
+
   app.get("/v1/jobs/:id", (c) => {
     const id = c.req.param("id");
     owned(id, c.get("caller").keyId);
@@ -39,7 +53,9 @@ export function jobsRoutes(app: Hono<AppEnv>, deps: AppDeps): void {
     owned(id, c.get("caller").keyId);
     const from = c.req.header("last-event-id") ?? c.req.query("after") ?? "0";
     if (!/^\d+$/.test(from.trim())) throw new ApiError(400, "VALIDATION", `Last-Event-ID must be an event's sequence number, not "${from}"`);
-    return eventStream(store, id, Number(from.trim()), config.heartbeatMs);
+    // ?follow=0: what is stored now, then the end (not counted as a client following the job).
+    if (["0", "false"].includes(c.req.query("follow") ?? "")) return eventStream(store, id, Number(from.trim()), config.heartbeatMs, undefined, false);
+    return eventStream(store, id, Number(from.trim()), config.heartbeatMs, streams);
   });
 
   app.post("/v1/jobs/:id/local/:call", async (c) => {

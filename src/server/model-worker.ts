@@ -86,14 +86,18 @@ export class ModelWorker {
     });
   }
 
-  /** Asks the running job to stop; gives up on it (see giveUp) if it has not stopped after the grace period. */
-  cancel(jobId: string): boolean {
+  /**
+   * Asks the running job to stop; gives up on it (see giveUp) if it has not stopped after the grace period. With a
+   * `reason` (the server ends the job itself) the job's pending waits reject with it.
+   */
+  cancel(jobId: string, reason?: ErrorInfo): boolean {
     const current = this.current;
     if (!current || current.job.jobId !== jobId || !this.thread) return false;
     Atomics.store(current.job.stop, 0, 1);
-    this.thread.postMessage({ type: "cancel", jobId });
+    this.thread.postMessage(reason ? { type: "cancel", jobId, reason } : { type: "cancel", jobId });
     clearTimeout(current.watchdog);
-    current.watchdog = setTimeout(() => this.giveUp(current, serverError("CANCELLED", "the job was cancelled and did not stop in time; it was abandoned", "CancelledError")), this.options.stopGraceMs);
+    const abandoned = reason ?? serverError("CANCELLED", "the job was cancelled and did not stop in time; it was abandoned", "CancelledError");
+    current.watchdog = setTimeout(() => this.giveUp(current, abandoned), this.options.stopGraceMs);
     return true;
   }
 

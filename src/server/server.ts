@@ -17,6 +17,8 @@ import { ServerMetrics } from "./metrics.js";
 import { ModelRegistry } from "./model-registry.js";
 import { ResultStore } from "./result-store.js";
 import { Sweeper } from "./sweeper.js";
+import { OpenStreams } from "./event-stream.js";
+import { WebhookSender } from "./webhook-sender.js";
 
 export interface ServerOptions extends Partial<ServerConfig> {
   port?: number;
@@ -38,6 +40,9 @@ export interface ServerCore {
   jobs: JobManager;
   metrics: ServerMetrics;
   sweeper: Sweeper;
+  /** The open event streams of each job. */
+  streams: OpenStreams;
+  webhooks: WebhookSender;
   app: Hono<AppEnv>;
   close(): Promise<void>;
 }
@@ -61,19 +66,24 @@ export async function openServer(options: ServerOptions = {}): Promise<ServerCor
   const store = new JobStore(db);
   const results = new ResultStore(config.dataDir);
   const metrics = new ServerMetrics();
-  const jobs = new JobManager({ config, store, results, registry, metrics, log });
+  const streams = new OpenStreams();
+  // Before the job manager: jobs it ends at start (left unfinished by a previous run) have webhooks to deliver.
+  const webhooks = new WebhookSender(store, { timeoutMs: config.webhookTimeoutMs, retryDelayMs: config.webhookRetryDelayMs, counter: metrics.webhooks, log });
+  webhooks.resume();
+  const jobs = new JobManager({ config, store, results, registry, metrics, streams, log });
   const sweeper = new Sweeper(store, results, (e) => log(`tsight server: deleting expired results failed: ${e.message}`));
   sweeper.start(config.sweepIntervalMs);
   if (workers) await jobs.startWorkers();
-  const app = createApp({ config, keys, store, results, registry, jobs, metrics, log });
+  const app = createApp({ config, keys, store, results, registry, jobs, metrics, streams, log });
   let closing: Promise<void> | undefined;
   const close = () =>
     (closing ??= (async () => {
       sweeper.stop();
       await jobs.close();
+      await webhooks.close();
       db.close();
     })());
-  return { config, db, keys, store, results, registry, jobs, metrics, sweeper, app, close };
+  return { config, db, keys, store, results, registry, jobs, metrics, sweeper, streams, webhooks, app, close };
 }
 
 /** Starts the server on `host:port` (default 127.0.0.1:8787; port 0 picks a free one). */

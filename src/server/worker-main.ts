@@ -8,7 +8,7 @@ import { LanguageModel } from "../intervention/index.js";
 import { decodeValue, unpackValue, packValue } from "../remote/codec.js";
 import { errorFromInfo, infoFromError } from "../remote/errors.js";
 import { decodeJob, type ExecutionContext, type JobExecutor } from "../remote/executor.js";
-import type { ErrorCode, JobEvent } from "../remote/protocol.js";
+import type { ErrorCode, ErrorInfo, JobEvent } from "../remote/protocol.js";
 import type { FromWorker, LocalAnswer, RunJob, ToWorker, WorkerData } from "./worker-messages.js";
 
 const port = parentPort!;
@@ -21,16 +21,21 @@ class JobError extends Error {
   constructor(
     readonly code: ErrorCode,
     message: string,
+    name?: string,
   ) {
     super(message);
-    this.name = { CANCELLED: "CancelledError", TIMEOUT: "TimeoutError", MEMORY: "MemoryError" }[code as string] ?? "JobError";
+    this.name = name ?? { CANCELLED: "CancelledError", TIMEOUT: "TimeoutError", MEMORY: "MemoryError" }[code as string] ?? "JobError";
   }
 }
+
+/** Why a job was stopped: the reason the server gave, or a plain cancel. */
+const stopError = (reason?: ErrorInfo) => (reason ? new JobError(reason.code, reason.message, reason.type) : new JobError("CANCELLED", "the job was cancelled"));
 
 /** The hybrid-step answers of one running job: given before or after the job asks for them. */
 class LocalCalls {
   private readonly answers = new Map<string, LocalAnswer>();
   private readonly waiting = new Map<string, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
+  private stopped: Error | undefined;
 
   answer(call: string, answer: LocalAnswer): void {
     const w = this.waiting.get(call);
@@ -49,12 +54,14 @@ class LocalCalls {
       this.answers.delete(call);
       return Promise.resolve().then(() => open(given));
     }
-    if (signal.aborted) return Promise.reject(new JobError("CANCELLED", "the job was cancelled"));
+    if (this.stopped || signal.aborted) return Promise.reject(this.stopped ?? stopError());
     return new Promise((resolve, reject) => this.waiting.set(call, { resolve, reject }));
   }
 
-  cancel(): void {
-    for (const w of this.waiting.values()) w.reject(new JobError("CANCELLED", "the job was cancelled"));
+  /** Rejects every pending wait and later ones: the job is stopping (for the server's reason, when it gave one). */
+  cancel(reason?: ErrorInfo): void {
+    this.stopped ??= stopError(reason);
+    for (const w of this.waiting.values()) w.reject(this.stopped);
     this.waiting.clear();
   }
 }
@@ -67,6 +74,8 @@ function open(answer: LocalAnswer): unknown {
 interface Running {
   controller: AbortController;
   local: LocalCalls;
+  /** Why the server stopped the job, when it said. */
+  reason?: ErrorInfo;
 }
 
 let executor: JobExecutor;
@@ -77,7 +86,7 @@ async function run(job: RunJob): Promise<void> {
   const r: Running = { controller: new AbortController(), local: new LocalCalls() };
   running.set(job.jobId, r);
   const { signal } = r.controller;
-  signal.addEventListener("abort", () => r.local.cancel(), { once: true });
+  signal.addEventListener("abort", () => r.local.cancel(r.reason), { once: true });
   post({ type: "started", jobId: job.jobId });
   try {
     const decoded = decodeJob(job.body);
@@ -116,9 +125,14 @@ port.on("message", (m: ToWorker) => {
     case "run":
       void run(m.job);
       break;
-    case "cancel":
-      running.get(m.jobId)?.controller.abort();
+    case "cancel": {
+      const r = running.get(m.jobId);
+      if (r) {
+        r.reason ??= m.reason;
+        r.controller.abort();
+      }
       break;
+    }
     case "local":
       running.get(m.jobId)?.local.answer(m.call, m.answer);
       break;

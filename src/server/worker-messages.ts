@@ -31,7 +31,11 @@ export interface RunJob {
 /** The client's answer to a hybrid step: a value (envelope bytes, or an encoded JSON value) or an error it raised. */
 export type LocalAnswer = { kind: "envelope"; bytes: Uint8Array } | { kind: "json"; value: unknown } | { kind: "error"; error: ErrorInfo };
 
-export type ToWorker = { type: "run"; job: RunJob } | { type: "cancel"; jobId: string } | { type: "local"; jobId: string; call: string; answer: LocalAnswer };
+export type ToWorker =
+  | { type: "run"; job: RunJob }
+  /** Stop the job; `reason` (when the server ends it for its own reasons, e.g. a hybrid step timed out) is what its waits reject with. */
+  | { type: "cancel"; jobId: string; reason?: ErrorInfo }
+  | { type: "local"; jobId: string; call: string; answer: LocalAnswer };
 
 export type FromWorker =
   | { type: "ready" }

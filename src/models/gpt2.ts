@@ -51,8 +51,7 @@ export class GPT2Attention extends Module {
     let scale = 1 / Math.sqrt(D);
     if (this.cfg.scaleByInverseLayer) scale /= this.layerIdx + 1;
     const [out, weights] = eagerAttention(q, kv.keys, kv.values, ctx.mask, scale);
-    const merged = out.reshape(B, T, C);
-    const projected = await this.resid_dropout.call(await this.c_proj.call(merged));
+    const projected = await this.resid_dropout.call(await this.c_proj.call(out));
     return [projected, weights];
   }
 }

@@ -58,7 +58,7 @@ export class GPTNeoXAttention extends Module {
     const kr = applyRotary(k, cos, sin);
     const kv = ctx.cache ? ctx.cache.update(this.layerIdx, kr, v) : { keys: kr, values: v };
     const [out, weights] = eagerAttention(qr, kv.keys, kv.values, ctx.mask, 1 / Math.sqrt(D));
-    return [await this.dense.call(out.reshape(B, T, H * D)), weights];
+    return [await this.dense.call(out), weights];
   }
 }
 

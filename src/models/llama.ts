@@ -94,7 +94,7 @@ export class LlamaAttention extends Module {
     const kr = applyRotary(k.transpose(1, 2), cos, sin);
     const kv = ctx.cache ? ctx.cache.update(this.layerIdx, kr, v) : { keys: kr, values: v };
     const [out, weights] = eagerAttention(qr, kv.keys, kv.values, ctx.mask, 1 / Math.sqrt(D));
-    return [await this.o_proj.call(out.reshape(B, T, H * D)), weights];
+    return [await this.o_proj.call(out), weights];
   }
 }
 

@@ -3,7 +3,7 @@
  * derived from the attention mask, rotary embeddings, grouped-query head repetition and eager scaled dot-product
  * attention returning its weights (interpretability code reads them).
  */
-import { Tensor } from "../tensor/index.js";
+import { functional as F, Tensor } from "../tensor/index.js";
 import { Module } from "./module.js";
 
 /** What a model's forward takes besides the ids; the same for every architecture. */
@@ -120,23 +120,10 @@ export function applyRotary(x: Tensor, cos: Tensor, sin: Tensor): Tensor {
   return pass ? Tensor.cat([out, pass], -1) : out;
 }
 
-/** Repeats each of the kv heads `groups` times: [B, KV, S, D] -> [B, KV * groups, S, D]. */
-export function repeatKV(x: Tensor, groups: number): Tensor {
-  if (groups === 1) return x;
-  const [B, KV, S, D] = x.shape as [number, number, number, number];
-  return x.unsqueeze(2).expand(B, KV, groups, S, D).reshape(B, KV * groups, S, D);
-}
-
 /**
- * Eager attention: softmax(q k^T * scale + mask) v, with the weights returned too.
- * q [B, H, T, D], k and v [B, KV, S, D]; returns output [B, T, H, D] (ready to merge heads) and weights [B, H, T, S].
+ * Eager attention: softmax(q k^T * scale + mask) v (one kernel), with the weights returned too.
+ * q [B, H, T, D], k and v [B, KV, S, D]; returns the output with heads merged [B, T, H*D] and weights [B, H, T, S].
  */
 export function eagerAttention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: number): [Tensor, Tensor] {
-  const groups = q.shape[1]! / k.shape[1]!;
-  const keys = repeatKV(k, groups);
-  const values = repeatKV(v, groups);
-  const scores = q.matmul(keys.transpose(2, 3)).mul(scale).add(mask);
-  const weights = scores.softmax(-1);
-  const out = weights.matmul(values).transpose(1, 2);
-  return [out, weights];
+  return F.attention(q, k, v, mask, scale);
 }

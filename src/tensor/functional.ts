@@ -1,7 +1,7 @@
 /**
  * Neural-network functions over tensors (torch.nn.functional's role): the fused kernels models call.
  */
-import { apply1 } from "./primitive.js";
+import { apply, apply1 } from "./primitive.js";
 import * as P from "./primitives.js";
 import { ShapeError } from "./errors.js";
 import { fmt } from "./shape.js";
@@ -29,6 +29,14 @@ export function rmsNorm(x: Tensor, weight: Tensor, eps: number): Tensor {
 export function embedding(ids: Tensor, weight: Tensor): Tensor {
   if (ids.dtype !== "int64" && ids.dtype !== "int32") throw new ShapeError(`embedding: ids must be integers, got ${ids.dtype}`);
   return weight.indexSelect(0, ids);
+}
+
+/**
+ * softmax(q k^T * scale + mask) v in one kernel. q [B, H, T, D], k and v [B, KV, S, D] (grouped-query heads
+ * allowed), mask [B, 1, T, S] additive. Returns the output with heads merged [B, T, H*D] and the weights.
+ */
+export function attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: number): [Tensor, Tensor] {
+  return apply(P.attention, [q, k, v, mask], { scale }) as [Tensor, Tensor];
 }
 
 /** Mean negative log-likelihood of `targets` [N] under `logits` [N, C]. */

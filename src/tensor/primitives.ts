@@ -533,6 +533,62 @@ export const trilu: Primitive<{ upper: boolean; k: number }> = {
 };
 
 // #endregion
+// #region attention
+
+/**
+ * Scaled dot-product attention in one kernel: softmax(q k^T * scale + mask) v, with grouped-query heads handled
+ * by viewing q as [B, KV, G*T, D] (no copies of k and v). q [B, H, T, D], k and v [B, KV, S, D], mask [B, 1, T, S]
+ * (additive). Outputs: the attended values with heads merged, [B, T, H*D], and the weights [B, H, T, S].
+ */
+export const attention: Primitive<{ scale: number }> = {
+  name: "attention",
+  infer: ([q, k, v, mask]) => {
+    for (const t of [q!, k!, v!, mask!]) check("attention", t, FLOAT_ONLY);
+    const [B, H, T, D] = q!.shape as [number, number, number, number];
+    const [Bk, KV, S, Dk] = k!.shape as [number, number, number, number];
+    if (q!.ndim !== 4 || k!.ndim !== 4 || v!.ndim !== 4 || Bk !== B || Dk !== D || H % KV) {
+      throw new ShapeError(`attention: q ${fmt(q!.shape)} and k ${fmt(k!.shape)} do not fit ([B, H, T, D] and [B, KV, S, D] with H a multiple of KV)`);
+    }
+    if (v!.shape.some((d, i) => d !== k!.shape[i])) throw new ShapeError(`attention: v ${fmt(v!.shape)} differs from k ${fmt(k!.shape)}`);
+    if (mask!.ndim !== 4 || mask!.shape[0] !== B || mask!.shape[2] !== T || mask!.shape[3] !== S) throw new ShapeError(`attention: mask ${fmt(mask!.shape)} does not fit [${B}, 1, ${T}, ${S}]`);
+    return [
+      { dtype: "float32", shape: [B, T, H * D] },
+      { dtype: "float32", shape: [B, H, T, S] },
+    ];
+  },
+  key: (a) => `${a.scale}`,
+  feeds: ([q, k]) => {
+    const [B, H, T, D] = q!.shape as [number, number, number, number];
+    const [, KV, S] = k!.shape as [number, number, number];
+    const G = H / KV;
+    return [ints([B, KV, G * T, D]), ints([B, H, T, S]), ints([B, KV, G * T, S]), ints([B, H, T, D]), ints([B, T, H * D])];
+  },
+  graph: (g, [q, k, v, mask, qGrouped, scoresShape, weightsGrouped, outShape, merged], a) => {
+    const qg = g.op("Reshape", [q!, qGrouped!]);
+    const kt = g.op("Transpose", [k!], { perm: [0, 1, 3, 2] });
+    const scores = g.op("Reshape", [g.op("Mul", [g.op("MatMul", [qg, kt]), g.scalar("float32", a.scale)]), scoresShape!]);
+    const weights = g.op("Softmax", [g.op("Add", [scores, mask!])], { axis: -1 });
+    const out = g.op("Reshape", [g.op("MatMul", [g.op("Reshape", [weights, weightsGrouped!]), v!]), outShape!]);
+    return [g.op("Reshape", [g.op("Transpose", [out], { perm: [0, 2, 1, 3] }), merged!]), weights];
+  },
+  grad: ([gOut, gWeights], n) => {
+    const [q, k, v] = n.inputs as [Tensor, Tensor, Tensor, Tensor];
+    const w = n.outputs[1]!;
+    const scale = (n.attrs as { scale: number }).scale;
+    const [B, H, T, D] = q.shape as [number, number, number, number];
+    const [, KV, S] = k.shape as [number, number, number];
+    const G = H / KV;
+    const repeat = (x: Tensor) => (G === 1 ? x : x.unsqueeze(2).expand(B, KV, G, S, D).reshape(B, H, S, D));
+    const fold = (x: Tensor) => (G === 1 ? x : x.reshape(B, KV, G, S, D).sum(2));
+    const gO = gOut ? gOut.reshape(B, T, H, D).transpose(1, 2) : Tensor.zeros([B, H, T, D]);
+    let gW = gO.matmul(repeat(v).transpose(2, 3));
+    if (gWeights) gW = gW.add(gWeights);
+    const gS = w.mul(gW.sub(gW.mul(w).sum(-1, true))).mul(scale);
+    return [gS.matmul(repeat(k)), fold(gS.transpose(2, 3).matmul(q)), fold(w.transpose(2, 3).matmul(gO)), null];
+  },
+};
+
+// #endregion
 // #region normalisation
 
 /** LayerNorm over the last axis with weight and bias, one kernel. */

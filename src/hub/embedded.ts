@@ -3,9 +3,11 @@
  * no download. Each folder is a Hugging Face model folder (config.json, model.safetensors, tokenizer.json,
  * tokenizer_config.json, generation_config.json).
  */
-import { existsSync, readFileSync } from "node:fs";
-import path from "node:path";
-import { fileURLToPath } from "node:url";
+import { lazyNode } from "../tensor/index.js";
+
+const fs = lazyNode<typeof import("node:fs")>("node:fs");
+const path = lazyNode<typeof import("node:path")>("node:path");
+const url = lazyNode<typeof import("node:url")>("node:url");
 import { UnknownModelError } from "./errors.js";
 
 export const embeddedModelNames = ["stdlib-gpt2", "stdlib-llama"] as const;
@@ -23,19 +25,19 @@ let root: string | undefined;
  */
 export function packageRoot(): string {
   if (root) return root;
-  let dir = path.dirname(fileURLToPath(import.meta.url));
+  let dir = path.dirname(url.fileURLToPath(import.meta.url));
   for (;;) {
     const pkg = path.join(dir, "package.json");
-    if (existsSync(pkg) && readPackageName(pkg) === "tsight") return (root = dir);
+    if (fs.existsSync(pkg) && readPackageName(pkg) === "tsight") return (root = dir);
     const parent = path.dirname(dir);
-    if (parent === dir) throw new Error(`cannot find tsight's package.json above ${path.dirname(fileURLToPath(import.meta.url))}`);
+    if (parent === dir) throw new Error(`cannot find tsight's package.json above ${path.dirname(url.fileURLToPath(import.meta.url))}`);
     dir = parent;
   }
 }
 
 function readPackageName(file: string): string | undefined {
   try {
-    return (JSON.parse(readFileSync(file, "utf8")) as { name?: string }).name;
+    return (JSON.parse(fs.readFileSync(file, "utf8")) as { name?: string }).name;
   } catch {
     return undefined;
   }
@@ -45,6 +47,6 @@ function readPackageName(file: string): string | undefined {
 export function embeddedModelPath(name: string): string {
   if (!isEmbeddedModel(name)) throw new UnknownModelError(name, embeddedModelNames, "not an embedded model");
   const dir = path.join(packageRoot(), "models", name);
-  if (!existsSync(path.join(dir, "config.json"))) throw new UnknownModelError(name, embeddedModelNames, `its files are missing from ${dir} (a broken install?)`);
+  if (!fs.existsSync(path.join(dir, "config.json"))) throw new UnknownModelError(name, embeddedModelNames, `its files are missing from ${dir} (a broken install?)`);
   return dir;
 }

@@ -19,10 +19,12 @@
  * `refresh: true` to check for a newer commit. Offline (`HF_HUB_OFFLINE=1` or `offline: true`) only the cache is
  * read, and a missing file is a `HubOfflineError` naming the repo and file.
  */
-import { createHash, randomBytes } from "node:crypto";
-import fsp from "node:fs/promises";
-import os from "node:os";
-import path from "node:path";
+import { lazyNode } from "../tensor/index.js";
+
+const crypto = lazyNode<typeof import("node:crypto")>("node:crypto");
+const fsp = lazyNode<typeof import("node:fs/promises")>("node:fs/promises");
+const os = lazyNode<typeof import("node:os")>("node:os");
+const path = lazyNode<typeof import("node:path")>("node:path");
 import { INDEX_FILE, readSafetensorsIndex, SINGLE_FILE } from "../tensor/index.js";
 import { HubAuthError, HubDownloadError, HubNotFoundError, HubOfflineError } from "./errors.js";
 
@@ -305,8 +307,8 @@ class RepoFiles {
   /** Streams the body to a temporary file, checks length and checksum, then renames it to the blob. */
   private async saveBody(res: Response, blob: string, file: string, size: number | null, etag: string): Promise<void> {
     await fsp.mkdir(path.dirname(blob), { recursive: true });
-    const tmp = `${blob}.${process.pid}-${randomBytes(4).toString("hex")}.incomplete`;
-    const hash = /^[0-9a-f]{64}$/.test(etag) ? createHash("sha256") : null;
+    const tmp = `${blob}.${process.pid}-${crypto.randomBytes(4).toString("hex")}.incomplete`;
+    const hash = /^[0-9a-f]{64}$/.test(etag) ? crypto.createHash("sha256") : null;
     const report = (bytesDone: number) => this.s.onProgress?.({ repo: this.repo, file, bytesDone, bytesTotal: size });
     let done = 0;
     const fh = await fsp.open(tmp, "w");
@@ -382,7 +384,7 @@ async function isFile(p: string): Promise<boolean> {
 }
 
 function tempName(p: string): string {
-  return `${p}.${process.pid}-${randomBytes(4).toString("hex")}.tmp`;
+  return `${p}.${process.pid}-${crypto.randomBytes(4).toString("hex")}.tmp`;
 }
 
 async function writeAtomic(file: string, text: string): Promise<void> {

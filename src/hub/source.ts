@@ -5,9 +5,11 @@
  * Face repo id "org/name", downloaded into (or found in) the huggingface_hub cache. Anything else is an
  * `UnknownModelError` that lists the embedded models.
  */
-import fsp from "node:fs/promises";
-import os from "node:os";
-import path from "node:path";
+import { lazyNode } from "../tensor/index.js";
+
+const fsp = lazyNode<typeof import("node:fs/promises")>("node:fs/promises");
+const os = lazyNode<typeof import("node:os")>("node:os");
+const path = lazyNode<typeof import("node:path")>("node:path");
 import { embeddedModelNames, embeddedModelPath, isEmbeddedModel } from "./embedded.js";
 import { ModelConfigError, UnknownModelError } from "./errors.js";
 import { downloadModel, isRepoId, type HubOptions } from "./huggingface.js";

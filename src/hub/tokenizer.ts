@@ -4,8 +4,10 @@
  * incremental decoder that streams text token by token without splitting a multi-byte character.
  */
 import { Tokenizer as HFTokenizer } from "@huggingface/tokenizers";
-import fsp from "node:fs/promises";
-import path from "node:path";
+import { lazyNode } from "../tensor/index.js";
+
+const fsp = lazyNode<typeof import("node:fs/promises")>("node:fs/promises");
+const path = lazyNode<typeof import("node:path")>("node:path");
 import { Tensor } from "../tensor/index.js";
 import { TokenizerError } from "./errors.js";
 import { readJsonObject, type JsonObject } from "./source.js";

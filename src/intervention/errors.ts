@@ -1,6 +1,3 @@
-import path from "node:path";
-import { fileURLToPath } from "node:url";
-
 /**
  * Errors of the intervention layer. Each carries a `code` from DESIGN.md's list and whether retrying can help,
  * and is created where the user's code made the mistake, so its stack (and `userLine`) points at that line.
@@ -46,8 +43,8 @@ export class TraceError extends InterventionError {
 }
 
 /** tsight's own code: src/ and dist/ of this package (dist maps back to src). Frames there are not the user's, except tests. */
-const packageRoot = path.dirname(path.dirname(path.dirname(fileURLToPath(import.meta.url))));
-const ownCode = [path.join(packageRoot, "src") + path.sep, path.join(packageRoot, "dist") + path.sep];
+const packageRoot = decodeURIComponent(new URL("../..", import.meta.url).pathname);
+const ownCode = [`${packageRoot}src/`, `${packageRoot}dist/`];
 const isTest = /\.(test|case)\.[cm]?[jt]s:/;
 
 /** The first stack frame outside tsight's own code (and Node's, and other packages'): the user's line. */
@@ -57,7 +54,7 @@ export function userFrame(stack: string | undefined): string | undefined {
     const m = /\(?((?:file:\/\/)?[^()\s]+:\d+:\d+)\)?\s*$/.exec(line.trim());
     if (!m) continue;
     const file = m[1]!.replace(/^file:\/\//, "");
-    const internal = ownCode.some((dir) => file.startsWith(dir)) || file.startsWith("node:") || file.includes(`${path.sep}node_modules${path.sep}`);
+    const internal = ownCode.some((dir) => file.startsWith(dir)) || file.startsWith("node:") || file.includes("/node_modules/");
     if (!internal || isTest.test(file)) return file;
   }
   return undefined;

@@ -252,7 +252,9 @@ export class TraceRun {
 
   warn(message: string): void {
     this.warnings.push(message);
-    process.emitWarning(message, "TsightWarning");
+    const proc = (globalThis as { process?: { emitWarning?: (m: string, type: string) => void } }).process;
+    if (proc?.emitWarning) proc.emitWarning(message, "TsightWarning");
+    else console.warn(`TsightWarning: ${message}`);
   }
 
   /** Resolves when step `k` starts (null), or when the run ended without it (the number of steps). */

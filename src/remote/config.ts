@@ -10,9 +10,11 @@
  *
  * Reads the environment and the file system: Node only, unlike the rest of the client.
  */
-import { existsSync, readFileSync } from "node:fs";
-import os from "node:os";
-import path from "node:path";
+import { lazyNode } from "../tensor/index.js";
+
+const fs = lazyNode<typeof import("node:fs")>("node:fs");
+const os = lazyNode<typeof import("node:os")>("node:os");
+const path = lazyNode<typeof import("node:path")>("node:path");
 import { isBackend, type Backend } from "./backend.js";
 import { HttpBackend } from "./http.js";
 import { normalizeServerUrl as normalizeUrl, RemoteConfigError } from "./server-url.js";
@@ -90,18 +92,18 @@ export function remoteSettings(options: RemoteTargetOptions = {}, sources: Confi
 export function configFile(env: Readonly<Record<string, string | undefined>>, home: string): { path: string; explicit: boolean; exists: boolean } {
   if (nonEmpty(env.TSIGHT_CONFIG)) {
     const file = path.resolve(env.TSIGHT_CONFIG!);
-    if (!existsSync(file)) throw new RemoteConfigError(`TSIGHT_CONFIG names ${file}, which does not exist`);
+    if (!fs.existsSync(file)) throw new RemoteConfigError(`TSIGHT_CONFIG names ${file}, which does not exist`);
     return { path: file, explicit: true, exists: true };
   }
   const file = path.join(home, ".config", "tsight", "config.json");
-  return { path: file, explicit: false, exists: existsSync(file) };
+  return { path: file, explicit: false, exists: fs.existsSync(file) };
 }
 
 /** The config file's settings, checked. */
 export function readRemoteConfig(file: string): RemoteConfigFile {
   let data: unknown;
   try {
-    data = JSON.parse(readFileSync(file, "utf8"));
+    data = JSON.parse(fs.readFileSync(file, "utf8"));
   } catch (e) {
     throw new RemoteConfigError(`cannot read the tsight config file ${file}: ${(e as Error).message}`);
   }

@@ -142,7 +142,8 @@ export class LanguageModel<M extends CausalLM = any> extends LocalLanguageModel<
       localTimeoutMs: options.localTimeoutMs,
     };
     const located = (e: unknown) => withUserLine(e, callSite, source);
-    const print = options.print === undefined ? (process.stderr.isTTY ? process.stderr : undefined) : (options.print ?? undefined);
+    const stderr = (globalThis as { process?: { stderr?: NodeJS.WriteStream } }).process?.stderr;
+    const print = options.print === undefined ? (stderr?.isTTY ? stderr : undefined) : (options.print ?? undefined);
     if (options.remote === "local" && options.backend === undefined) {
       return (await runLocally(request, tensors, this.unedited() as unknown as LocalLanguageModel, { timeout: options.timeout, onEvent: (e) => e.type === "log" && print?.write(`${e.text}\n`) }).catch((e) => Promise.reject(located(e)))) as R;
     }

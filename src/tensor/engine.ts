@@ -5,8 +5,10 @@
  * tensor math has to be synchronous (`h.mul(0.5)` returns a tensor), so we call the package's native binding, which
  * the public class wraps, directly. The version is pinned in package.json because this binding is internal.
  */
-import { createRequire } from "node:module";
-import os from "node:os";
+import { lazyNode } from "./node.js";
+
+const nodeModule = lazyNode<typeof import("node:module")>("node:module");
+const os = lazyNode<typeof import("node:os")>("node:os");
 import type { DType, TypedArray } from "./dtype.js";
 import { GraphBuilder } from "./onnx.js";
 
@@ -27,7 +29,7 @@ interface NativeBinding {
   InferenceSession: new () => NativeSession;
 }
 
-const require = createRequire(import.meta.url);
+const require = (id: string): unknown => nodeModule.createRequire(import.meta.url)(id);
 let native: NativeBinding | undefined;
 function binding(): NativeBinding {
   if (!native) {

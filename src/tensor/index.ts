@@ -8,3 +8,4 @@ export { withAllocationGuard } from "./primitive.js";
 export { sizeOf, broadcastShapes, type Shape } from "./shape.js";
 export * as functional from "./functional.js";
 export * from "./safetensors.js";
+export { lazyNode } from "./node.js";

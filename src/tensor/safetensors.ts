@@ -10,10 +10,13 @@
  *
  * Every problem with a file is a `SafetensorsError` naming the file and what is wrong with it.
  */
-import fsp, { type FileHandle } from "node:fs/promises";
-import path from "node:path";
+import type { FileHandle } from "node:fs/promises";
+import { lazyNode } from "./node.js";
 import { bfloat16ToFloat32, float16ToFloat32, float32ToBfloat16, float32ToFloat16, type DType, type TypedArray } from "./dtype.js";
 import { Tensor } from "./tensor.js";
+
+const fsp = lazyNode<typeof import("node:fs/promises")>("node:fs/promises");
+const path = lazyNode<typeof import("node:path")>("node:path");
 
 // #region types
 

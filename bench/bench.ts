@@ -4,6 +4,8 @@
  *
  *   - GPT-2-small-sized model (12 layers, d=768, vocab 50257, random weights): prefill of 128 tokens and decode
  *     tokens/s, against PyTorch on the same machine when `python3 -c "import torch"` works.
+ *   - Remote round trip, and load (jobs/s, p50/p99 latency) from 1, 8 and 32 clients with cross-user batching off
+ *     and on (bench/load.ts; the distributed rows need Redis).
  *   - The largest difference from the Hugging Face fixtures per architecture (correctness, for the record).
  */
 import { execFileSync } from "node:child_process";
@@ -14,6 +16,7 @@ import { engineStats, Tensor, threadCount } from "../src/tensor/index.js";
 import { randomGpt2Small } from "./gpt2-small.js";
 import { fixtureErrors } from "./fixture-errors.js";
 import { generationOverhead, interventionOverhead } from "./overhead.js";
+import { formatRow, loadTable, tableHeader, type LoadRow } from "./load.js";
 import { remoteOverhead } from "./remote.js";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -88,6 +91,18 @@ async function main(): Promise<void> {
   console.log(`\nRemote (server on loopback, stdlib-gpt2, 5 tokens; medians of interleaved rounds)`);
   console.log(`  trace in process ${fmt(r.localMs, 2)} ms; the same trace remote ${fmt(r.remoteMs, 2)} ms (+${fmt(r.remoteMs - r.localMs, 2)} ms round trip)`);
   console.log(`  ${r.clients} clients at once: ${fmt(r.jobsPerSecond)} jobs/s`);
+  console.log("\nLoad with and without cross-user batching (bench/load.ts: 1 API + 1 worker process on Redis, and the embedded server)");
+  let rows: LoadRow[];
+  try {
+    rows = await loadTable();
+  } catch (e) {
+    console.log(`  distributed rows skipped: ${(e as Error).message}`);
+    rows = await loadTable({ setups: ["embedded"] });
+  }
+  console.log(`  ${tableHeader}`);
+  for (const row of rows) console.log(`  ${formatRow(row)}`);
+  const at = (setup: string, batching: boolean) => rows.find((x) => x.setup === setup && x.batching === batching && x.clients === 32)?.jobsPerSecond ?? NaN;
+  console.log(`  batching at 32 clients: jobs/s x${fmt(at("distributed", true) / at("distributed", false), 2)} distributed, x${fmt(at("embedded", true) / at("embedded", false), 2)} embedded`);
   console.log("\nLargest difference from Hugging Face (all recorded module inputs/outputs and logits)");
   for (const [name, e] of await fixtureErrors()) console.log(`  ${name.padEnd(13)} ${e.worst.toExponential(2)}  at ${e.where}`);
 }

@@ -3,6 +3,7 @@ import fsp from "node:fs/promises";
 import { Writable } from "node:stream";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { GPT2, tempDir } from "../../test/server/harness.js";
+import { clearPrefix, TEST_REDIS, testRedis, uniquePrefix } from "../../test/server/redis.js";
 import { main } from "./main.js";
 import { parseDuration, runKeys, runServe } from "./serve.js";
 
@@ -87,5 +88,41 @@ describe("tsight serve", () => {
     expect(await done2).toBe(0);
     expect(again.text).not.toContain("TSIGHT_API_KEY");
     await fsp.rm(serveDir, { recursive: true, force: true });
+  });
+});
+
+describe("tsight serve and keys on Redis", () => {
+  it("refuses roles without Redis, and Redis without a role", async () => {
+    await expect(runServe(["--role", "worker"], sink(), sink())).rejects.toThrow(/--role worker needs --redis URL/);
+    await expect(runServe(["--redis", TEST_REDIS], sink(), sink())).rejects.toThrow(/--redis needs --role api or --role worker/);
+    await expect(runServe(["--role", "boss", "--redis", TEST_REDIS], sink(), sink())).rejects.toThrow(/--role must be api, worker or all/);
+    await expect(runServe(["--batch", "0"], sink(), sink())).rejects.toThrow(/--batch must be 1 or more/);
+  });
+
+  it("makes, lists and revokes a deployment's keys in Redis; its API process makes none when one exists", async () => {
+    const redis = await testRedis();
+    const prefix = uniquePrefix("cli");
+    try {
+      const out = sink();
+      expect(await runKeys(["create", "--name", "ops", "--redis", TEST_REDIS, "--prefix", prefix], out)).toBe(0);
+      const key = /^TSIGHT_API_KEY=(tsk_\S+)$/m.exec(out.text)![1]!;
+      const list = sink();
+      expect(await runKeys(["list", "--redis", TEST_REDIS, "--prefix", prefix], list)).toBe(0);
+      expect(list.text).toMatch(/^[0-9a-f]{16} {2}ops {2}created /m);
+      const api = sink();
+      const stop = new AbortController();
+      const done = runServe(["--role", "api", "--redis", TEST_REDIS, "--prefix", prefix, "--port", "0", "--model", "stdlib-gpt2"], api, sink(), stop.signal);
+      const [, url] = await api.waitFor(/tsight api on (http:\S+),/);
+      expect(api.text).not.toContain("TSIGHT_API_KEY");
+      const status = await fetch(`${url}/v1/status`, { headers: { "tsight-protocol": "1", authorization: `Bearer ${key}` } });
+      expect(((await status.json()) as { mode: string; workers: unknown[] })).toMatchObject({ mode: "distributed", workers: [] });
+      expect(await runKeys(["revoke", "ops", "--redis", TEST_REDIS, "--prefix", prefix], sink())).toBe(0);
+      expect((await fetch(`${url}/v1/status`, { headers: { "tsight-protocol": "1", authorization: `Bearer ${key}` } })).status).toBe(401);
+      stop.abort();
+      expect(await done).toBe(0);
+    } finally {
+      await clearPrefix(redis, prefix);
+      await redis.quit();
+    }
   });
 });

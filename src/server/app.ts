@@ -1,35 +1,32 @@
 /**
  * createApp: the HTTP API as a Hono app. `app.fetch(request)` answers every route of the remote protocol; tests
  * call `app.request(...)` with no socket, and `startServer` puts it on one. Every /v1 request must carry the
- * protocol header and an API key; refusals are ErrorBody JSON with a typed code.
+ * protocol header and an API key; refusals are ErrorBody JSON with a typed code. The same app serves the embedded
+ * server and a distributed API process: what stands behind it are the contracts of contracts.ts.
  */
 import { Hono } from "hono";
 import { cors } from "hono/cors";
 import { PROTOCOL_HEADER, PROTOCOL_VERSION, type ErrorBody } from "../remote/protocol.js";
 import { ApiError } from "./api-error.js";
 import type { ServerConfig } from "./config.js";
-import type { OpenStreams } from "./event-stream.js";
+import type { Dispatcher, EventFeed, JobRecords, KeyVerifier, ResultReader } from "./contracts.js";
 import { requireKey, requireProtocol, type AppEnv } from "./guards.js";
-import type { JobManager } from "./job-manager.js";
-import type { JobStore } from "./job-store.js";
 import { jobsRoutes } from "./jobs-routes.js";
-import type { KeyStore } from "./key-store.js";
 import type { ServerMetrics } from "./metrics.js";
 import type { ModelRegistry } from "./model-registry.js";
 import { modelsRoutes } from "./models-routes.js";
-import type { ResultStore } from "./result-store.js";
 import { statusRoutes } from "./status-routes.js";
 
 export interface AppDeps {
   config: ServerConfig;
-  keys: KeyStore;
-  store: JobStore;
-  results: ResultStore;
+  keys: KeyVerifier;
+  store: JobRecords;
+  results: ResultReader;
   registry: ModelRegistry;
-  jobs: JobManager;
+  jobs: Dispatcher;
+  /** The jobs' event streams (SSE). */
+  events: EventFeed;
   metrics: ServerMetrics;
-  /** Counts the open event streams of each job (JobManager watches them while a hybrid step waits). */
-  streams: OpenStreams;
   /** Where failures of the server itself are written (default: stderr). */
   log?: (line: string) => void;
 }

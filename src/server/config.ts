@@ -50,6 +50,11 @@ export interface ServerConfig {
   metricsPublic: boolean;
   /** Web origins whose pages may call the API (CORS); empty: none, "*": any. */
   corsOrigins: string[];
+  /**
+   * Most jobs run in one forward pass: when a model's worker is free, up to this many waiting plain traces of equal
+   * token counts run together, each in its own isolate (1: every job runs alone).
+   */
+  maxBatch: number;
   /** V8 heap limit of each worker thread, in MiB (undefined: Node's default). */
   workerHeapMb?: number;
   /** What runs job code inside the workers (default: the sandbox). */
@@ -91,12 +96,14 @@ export function resolveConfig(options: Partial<ServerConfig> = {}): ServerConfig
     heartbeatMs: 15_000,
     metricsPublic: false,
     corsOrigins: [],
+    maxBatch: 8,
     executor: defaultExecutor(),
     ...defined,
   };
   for (const k of ["jobTimeoutMs", "memoryLimitBytes", "resultRetentionMs", "maxBodyBytes", "maxResultBytes", "maxActiveJobsPerKey", "maxEventsPerJob", "stopGraceMs", "localStepTimeoutMs", "localDisconnectGraceMs", "webhookTimeoutMs", "webhookRetryDelayMs", "sweepIntervalMs", "heartbeatMs"] as const) {
     if (!(Number.isFinite(config[k]) && config[k] > 0)) throw new RangeError(`server setting ${k} must be a positive number, got ${config[k]}`);
   }
+  if (!(Number.isInteger(config.maxBatch) && config.maxBatch >= 1)) throw new RangeError(`server setting maxBatch must be a whole number of 1 or more, got ${config.maxBatch}`);
   if (config.models.length === 0) throw new RangeError("the server needs at least one model to serve");
   config.dataDir = path.resolve(config.dataDir);
   return config;

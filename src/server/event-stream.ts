@@ -11,8 +11,15 @@ import type { JobStore } from "./job-store.js";
 
 export type StreamCountListener = (jobId: string, count: number) => void;
 
+/** How many clients follow each job's events (what a LocalStepWatch needs to know). */
+export interface StreamCounts {
+  count(jobId: string): number;
+  /** Calls `listener` with the new count whenever it changes; returns the function that stops it. */
+  onChange(listener: StreamCountListener): () => void;
+}
+
 /** The event streams open now, per job, and who wants to hear when that changes. */
-export class OpenStreams {
+export class OpenStreams implements StreamCounts {
   private readonly counts = new Map<string, number>();
   private readonly listeners = new Set<StreamCountListener>();
 

@@ -5,7 +5,8 @@
 import type { MiddlewareHandler } from "hono";
 import { PROTOCOL_HEADER, SUPPORTED_PROTOCOLS } from "../remote/protocol.js";
 import { ApiError } from "./api-error.js";
-import type { Caller, KeyStore } from "./key-store.js";
+import type { KeyVerifier } from "./contracts.js";
+import type { Caller } from "./key-store.js";
 
 export type AppEnv = { Variables: { caller: Caller } };
 
@@ -21,12 +22,12 @@ export const requireProtocol: MiddlewareHandler = async (c, next) => {
 
 const challenge = { "www-authenticate": 'Bearer realm="tsight"' };
 
-export function requireKey(keys: KeyStore): MiddlewareHandler<AppEnv> {
+export function requireKey(keys: KeyVerifier): MiddlewareHandler<AppEnv> {
   return async (c, next) => {
     const header = c.req.header("authorization");
     const m = header ? /^Bearer\s+(\S+)\s*$/i.exec(header) : null;
     if (!m) throw new ApiError(401, "AUTH", 'send "Authorization: Bearer <api key>"; the server\'s operator makes keys with `tsight keys create`', { headers: challenge });
-    const check = keys.verify(m[1]!);
+    const check = await keys.verify(m[1]!);
     if (!check.ok) throw new ApiError(401, "AUTH", check.reason === "revoked" ? "this API key was revoked" : "this API key is not known to the server", { headers: challenge });
     c.set("caller", check.caller);
     await next();

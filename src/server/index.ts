@@ -1,6 +1,13 @@
-/** The server layer: the HTTP API, job store, queue and workers, results, keys and metrics (sandbox/: job code). */
+/**
+ * The server layer: the HTTP API, job store, queue and workers, results, keys and metrics (sandbox/: job code), in
+ * one process, or as API and worker processes on Redis (redis/).
+ */
+import type { ApiNode, DistributedOptions, WorkerProcess } from "./redis/node.js";
+import type { RedisKeyStore } from "./redis/key-store.js";
 export { startServer, openServer, databaseFile, type ServerOptions, type ServerCore, type RunningServer } from "./server.js";
 export { createApp, type AppDeps } from "./app.js";
+export type { ClusterStatus, Dispatcher, EventFeed, JobRecords, KeyVerifier, MaybePromise, ModelLoad, ResultReader, WorkerInfo } from "./contracts.js";
+export { batchKey } from "./batch-key.js";
 export { resolveConfig, defaultDataDir, defaultExecutor, DEFAULT_HOST, DEFAULT_PORT, DEFAULT_MODELS, type ServerConfig, type ExecutorRef } from "./config.js";
 export { openDatabase, type Db } from "./database.js";
 export { KeyStore, type ApiKeyInfo, type NewApiKey, type Caller, type KeyCheck } from "./key-store.js";
@@ -18,3 +25,21 @@ export { ServerMetrics, MetricsRegistry, Counter, Histogram } from "./metrics.js
 export { ApiError } from "./api-error.js";
 export { canMove, isTerminal, ACTIVE } from "./job-status.js";
 export { newJobId, isJobId } from "./ids.js";
+export type { ApiNode, DistributedOptions, WorkerProcess } from "./redis/node.js";
+
+// Distributed mode: BullMQ and ioredis are loaded on first use, not with this module.
+
+/** Starts an API process of a distributed deployment (see redis/node.ts). */
+export async function startApiNode(options: DistributedOptions): Promise<ApiNode> {
+  return (await import("./redis/node.js")).startApiNode(options);
+}
+
+/** Starts a worker process of a distributed deployment (see redis/node.ts). */
+export async function startWorkerNode(options: DistributedOptions): Promise<WorkerProcess> {
+  return (await import("./redis/node.js")).startWorkerNode(options);
+}
+
+/** The API keys of a distributed deployment (for `tsight keys --redis`). */
+export async function openRedisKeys(url: string, prefix?: string): Promise<{ keys: RedisKeyStore; close: () => Promise<void> }> {
+  return (await import("./redis/node.js")).openRedisKeys(url, prefix);
+}

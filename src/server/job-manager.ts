@@ -1,15 +1,19 @@
 /**
- * JobManager: moves jobs through their states. It takes a submitted request (checked with `decodeJob`), stores
+ * JobManager: the embedded server's dispatcher. It takes a submitted request (checked with `decodeJob`), stores
  * the job, queues it for its model, hands it to the model's worker when the worker is free, stores the events
  * the worker sends, and ends the job: the result to disk (COMPLETED), its error (ERROR) or CANCELLED. Every move
- * is a status event in the JobStore. Hybrid steps are bounded by a LocalStepWatch: a step left unanswered too long,
- * or by a client that went away, stops the job.
+ * is a status event in the JobStore. When the worker is free and the next job is a plain trace, the waiting traces
+ * of the same token counts go with it, up to `maxBatch`, as invokes of one forward pass (continuous batching);
+ * each keeps its own events, deadline, cancel and result. Hybrid steps are bounded by a LocalStepWatch: a step left
+ * unanswered too long, or by a client that went away, stops the job.
  */
 import { infoFromError } from "../remote/errors.js";
 import { decodeJob, type DecodedJob } from "../remote/executor.js";
 import type { ErrorInfo, JobEvent, JobRequest, JobState, ModelInfo } from "../remote/protocol.js";
 import { ApiError, jobNotFound } from "./api-error.js";
+import { batchKey, batchNote, perPass } from "./batch-key.js";
 import type { ServerConfig } from "./config.js";
+import type { ClusterStatus, Dispatcher, ModelLoad, WorkerInfo } from "./contracts.js";
 import type { OpenStreams } from "./event-stream.js";
 import { newJobId } from "./ids.js";
 import { JobQueue } from "./job-queue.js";
@@ -41,6 +45,8 @@ interface ActiveJob {
   model: ServedModel;
   /** The request, until it is handed to a worker. */
   body: Uint8Array | JobRequest | undefined;
+  /** Jobs with the same key may share a forward pass (see batch-key.ts); undefined: runs alone. */
+  batch: string | undefined;
   dispatchedAt?: number;
   cancelRequested: boolean;
   events: number;
@@ -54,23 +60,21 @@ interface ActiveJob {
   endError?: ErrorInfo;
 }
 
-/** What /v1/status says about one model. */
-export interface ModelStatus extends ModelInfo {
+/** What /v1/status says about one model of the embedded server. */
+export interface ModelStatus extends ModelLoad {
   running: boolean;
   worker: { state: WorkerState; threadId: number | null; restarts: number; lastError: string | null };
-  /** Mean seconds a job of this model took lately (null until one ran). */
-  averageJobSeconds: number | null;
-  /** Seconds a job submitted now would wait before it runs (null until a job ran). */
-  estimatedWaitSeconds: number | null;
 }
 
 const MAX_LOG_CHARS = 16 * 1024;
 
-export class JobManager {
+export class JobManager implements Dispatcher {
   readonly queue = new JobQueue();
   private readonly workers = new Map<string, ModelWorker>();
   private readonly active = new Map<string, ActiveJob>();
   private readonly averageSeconds = new Map<string, number>();
+  /** Passes handed to each model's worker, and the jobs in them. */
+  private readonly passes = new Map<string, { passes: number; jobs: number }>();
   private readonly finishing = new Set<Promise<void>>();
   private readonly localSteps: LocalStepWatch;
   private closed = false;
@@ -105,7 +109,7 @@ export class JobManager {
         onRestart: () => this.parts.metrics.restarts.inc({ model: model.name }),
       });
       this.workers.set(model.key, worker);
-      started.push(worker.start());
+      started.push(worker.start(), this.parts.registry.loadTokenizer(model).then(() => undefined));
     }
     await Promise.all(started);
   }
@@ -137,7 +141,8 @@ export class JobManager {
     this.parts.store.create({ id, keyId: caller.keyId, model: model.key, kind: job.kind, webhook });
     const cap = this.parts.config.localStepTimeoutMs;
     const localTimeoutMs = Math.min(job.localTimeoutMs ?? cap, cap);
-    this.active.set(id, { id, model, body, cancelRequested: false, events: 0, localCalls: new Set(), answered: new Set(), localTimeoutMs });
+    const batch = this.parts.config.maxBatch > 1 ? batchKey(job, this.parts.registry.tokenizer(model)) : undefined;
+    this.active.set(id, { id, model, body, batch, cancelRequested: false, events: 0, localCalls: new Set(), answered: new Set(), localTimeoutMs });
     this.parts.store.move(id, "QUEUED", { position: this.queue.push(model.key, id) });
     this.parts.metrics.submitted.inc({ model: model.name });
     this.pump(model.key);
@@ -218,8 +223,22 @@ export class JobManager {
         worker: { state: wstate, threadId: worker?.threadId ?? null, restarts: worker?.restarts ?? 0, lastError: worker?.lastError?.message ?? null },
         averageJobSeconds: average,
         estimatedWaitSeconds: wait === null ? null : Math.round(wait * 1000) / 1000,
+        jobsPerPass: perPass(this.passes.get(m.key)),
       };
     });
+  }
+
+  /** GET /v1/status: the models, and each model's thread as a worker. */
+  status(): ClusterStatus {
+    const models = this.modelStatus();
+    const workers: WorkerInfo[] = [];
+    for (const m of this.parts.registry.list()) {
+      const worker = this.workers.get(m.key);
+      if (!worker || worker.threadId === undefined) continue;
+      const running = worker.jobIds.length;
+      workers.push({ id: `thread-${worker.threadId}`, models: [m.name], busy: running > 0, running, lastHeartbeat: new Date().toISOString() });
+    }
+    return { mode: "embedded", queued: models.reduce((n, m) => n + m.queued, 0), running: models.filter((m) => m.running).length, models, workers, maxBatch: this.parts.config.maxBatch };
   }
 
   /** Stops taking jobs, fails the waiting ones (PREEMPTED) and stops the workers. */
@@ -233,24 +252,59 @@ export class JobManager {
     await Promise.all([...this.finishing]);
   }
 
-  /** Hands waiting jobs to the model's worker while it is free. */
+  /** Hands waiting jobs to the model's worker while it is free: the next job, with those that can share its pass. */
   private pump(modelKey: string): void {
     const worker = this.workers.get(modelKey);
     while (!this.closed && worker?.state === "ready") {
-      const id = this.queue.shift(modelKey);
-      if (id === undefined) return;
+      const batch = this.takeBatch(modelKey, worker.batching ? this.parts.config.maxBatch : 1);
+      if (batch.length === 0) return;
       this.renumber(modelKey);
-      const active = this.active.get(id)!;
-      const body = active.body!;
-      active.body = undefined;
-      active.dispatchedAt = Date.now();
-      this.parts.store.move(id, "DISPATCHED");
       const { jobTimeoutMs, memoryLimitBytes, maxResultBytes } = this.parts.config;
-      const run = worker.run({ jobId: id, body, deadline: active.dispatchedAt + jobTimeoutMs, memoryLimitBytes, maxResultBytes });
-      const done = run.then((outcome) => this.finish(active, outcome)).catch((e: Error) => this.parts.log?.(`tsight server: ending job ${id} failed: ${e.stack ?? e.message}`));
-      this.finishing.add(done);
-      void done.finally(() => this.finishing.delete(done));
+      const now = Date.now();
+      const specs = batch.map((active) => {
+        const body = active.body!;
+        active.body = undefined;
+        active.dispatchedAt = now;
+        this.parts.store.move(active.id, "DISPATCHED");
+        if (batch.length > 1) this.parts.store.append(active.id, { type: "log", text: batchNote(batch.length) });
+        return { jobId: active.id, body, deadline: now + jobTimeoutMs, memoryLimitBytes, maxResultBytes };
+      });
+      this.parts.metrics.batchSize.observe({ model: batch[0]!.model.name }, batch.length);
+      const runs = worker.runBatch(specs);
+      void Promise.all(runs).then(() => this.recordPass(modelKey, (Date.now() - now) / 1000, batch.length));
+      batch.forEach((active, i) => {
+        const done = runs[i]!.then((outcome) => this.finish(active, outcome)).catch((e: Error) => this.parts.log?.(`tsight server: ending job ${active.id} failed: ${e.stack ?? e.message}`));
+        this.finishing.add(done);
+        void done.finally(() => this.finishing.delete(done));
+      });
     }
+  }
+
+  /** The next waiting job of a model, and the waiting jobs with its batch key after it (up to `max` in all). */
+  private takeBatch(modelKey: string, max: number): ActiveJob[] {
+    const first = this.queue.shift(modelKey);
+    if (first === undefined) return [];
+    const head = this.active.get(first)!;
+    const batch = [head];
+    if (max > 1 && head.batch !== undefined) {
+      for (const id of [...this.queue.waiting(modelKey)]) {
+        if (batch.length >= max) break;
+        const other = this.active.get(id);
+        if (other?.batch !== head.batch) continue;
+        this.queue.remove(id);
+        batch.push(other);
+      }
+    }
+    return batch;
+  }
+
+  /** Records how long a pass took per job (the mean that estimated waits use). */
+  private recordPass(modelKey: string, seconds: number, jobs: number): void {
+    const p = this.passes.get(modelKey) ?? { passes: 0, jobs: 0 };
+    this.passes.set(modelKey, { passes: p.passes + 1, jobs: p.jobs + jobs });
+    const perJob = seconds / jobs;
+    const previous = this.averageSeconds.get(modelKey);
+    this.averageSeconds.set(modelKey, previous === undefined ? perJob : 0.8 * previous + 0.2 * perJob);
   }
 
   /**
@@ -305,10 +359,7 @@ export class JobManager {
     const id = active.id;
     this.active.delete(id);
     this.localSteps.forget(id);
-    const seconds = (Date.now() - active.dispatchedAt!) / 1000;
-    this.parts.metrics.duration.observe({ model: active.model.name }, seconds);
-    const previous = this.averageSeconds.get(active.model.key);
-    this.averageSeconds.set(active.model.key, previous === undefined ? seconds : 0.8 * previous + 0.2 * seconds);
+    this.parts.metrics.duration.observe({ model: active.model.name }, (Date.now() - active.dispatchedAt!) / 1000);
     if (active.cancelRequested) {
       store.move(id, "CANCELLED");
       return this.countEnd(active, "CANCELLED");

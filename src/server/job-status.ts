@@ -5,7 +5,8 @@
  */
 import { TERMINAL, type JobStatus } from "../remote/protocol.js";
 
-const NEXT: Readonly<Record<JobStatus, readonly JobStatus[]>> = {
+/** The states each state may move to. */
+export const NEXT: Readonly<Record<JobStatus, readonly JobStatus[]>> = {
   RECEIVED: ["QUEUED", "ERROR", "CANCELLED"],
   QUEUED: ["QUEUED", "DISPATCHED", "ERROR", "CANCELLED"],
   DISPATCHED: ["RUNNING", "ERROR", "CANCELLED"],

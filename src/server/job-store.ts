@@ -276,20 +276,7 @@ export class JobStore {
 
   /** A job as the protocol shows it. */
   state(job: JobRecord, position?: number): JobState {
-    const s: JobState = {
-      id: job.id,
-      status: job.status,
-      model: job.model,
-      kind: job.kind,
-      created: new Date(job.created).toISOString(),
-      updated: new Date(job.updated).toISOString(),
-      result: job.result,
-    };
-    if (position !== undefined && job.status === "QUEUED") s.position = position;
-    if (job.error) s.error = job.error;
-    if (job.expires !== null && job.result !== "none") s.expires = new Date(job.expires).toISOString();
-    if (job.webhookState) s.webhook = job.webhookState;
-    return s;
+    return jobState(job, position);
   }
 
   private insertEvent(id: string, event: JobEvent, now: number): SequencedEvent {
@@ -303,4 +290,22 @@ export class JobStore {
     if (!set) return;
     for (const e of events) for (const l of [...set]) l(e);
   }
+}
+
+/** A job as the protocol shows it (with its place in the queue while QUEUED). */
+export function jobState(job: JobRecord, position?: number): JobState {
+  const s: JobState = {
+    id: job.id,
+    status: job.status,
+    model: job.model,
+    kind: job.kind,
+    created: new Date(job.created).toISOString(),
+    updated: new Date(job.updated).toISOString(),
+    result: job.result,
+  };
+  if (position !== undefined && job.status === "QUEUED") s.position = position;
+  if (job.error) s.error = job.error;
+  if (job.expires !== null && job.result !== "none") s.expires = new Date(job.expires).toISOString();
+  if (job.webhookState) s.webhook = job.webhookState;
+  return s;
 }

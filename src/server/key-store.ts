@@ -36,24 +36,31 @@ interface KeyRow {
   last_used: number | null;
 }
 
-const KEY_PATTERN = /^tsk_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$/;
+/** A key's form: its id, then its secret. */
+export const KEY_PATTERN = /^tsk_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$/;
 /** Writes of last_used are spaced at least this far apart per key. */
-const LAST_USED_RESOLUTION_MS = 60_000;
+export const LAST_USED_RESOLUTION_MS = 60_000;
 
-const digest = (salt: Buffer, secret: string): Buffer => createHash("sha256").update(salt).update(secret, "utf8").digest();
+/** sha-256(salt || secret): what is stored of a key. */
+export const digest = (salt: Buffer, secret: string): Buffer => createHash("sha256").update(salt).update(secret, "utf8").digest();
+
+/** A fresh key's parts: its id, secret, salt and the key as the user gets it. */
+export function newKeyParts(): { id: string; secret: string; salt: Buffer; key: string } {
+  const id = randomBytes(8).toString("hex");
+  const secret = randomBytes(32).toString("base64url");
+  return { id, secret, salt: randomBytes(16), key: `tsk_${id}_${secret}` };
+}
 const iso = (ms: number | null): string | null => (ms === null ? null : new Date(ms).toISOString());
 
 export class KeyStore {
   constructor(private readonly db: Db) {}
 
   create(name?: string): NewApiKey {
-    const id = randomBytes(8).toString("hex");
-    const secret = randomBytes(32).toString("base64url");
-    const salt = randomBytes(16);
+    const { id, secret, salt, key } = newKeyParts();
     const created = Date.now();
     const label = name?.trim() || `key-${id.slice(0, 6)}`;
     this.db.prepare("INSERT INTO api_keys (id, name, salt, hash, created) VALUES (?, ?, ?, ?, ?)").run(id, label, salt, digest(salt, secret), created);
-    return { id, name: label, created: iso(created)!, revoked: null, lastUsed: null, key: `tsk_${id}_${secret}` };
+    return { id, name: label, created: iso(created)!, revoked: null, lastUsed: null, key };
   }
 
   list(): ApiKeyInfo[] {

@@ -6,10 +6,10 @@
  * worker. A client that reconnects within the grace period (resuming with Last-Event-ID) keeps the job.
  */
 import type { ErrorInfo } from "../remote/protocol.js";
-import type { OpenStreams } from "./event-stream.js";
+import type { StreamCounts } from "./event-stream.js";
 
 export interface LocalStepWatchOptions {
-  streams: OpenStreams;
+  streams: StreamCounts;
   disconnectGraceMs: number;
   /** Job `jobId` must end with `error`: a step timed out, or its client went away. Called once per job. */
   onExpired(jobId: string, error: ErrorInfo): void;

@@ -101,6 +101,7 @@ export class ServerMetrics {
   readonly finished = this.registry.counter("tsight_jobs_finished_total", "Jobs that reached a final state, by model and status.");
   readonly errors = this.registry.counter("tsight_job_errors_total", "Jobs that ended in ERROR, by error code.");
   readonly duration = this.registry.histogram("tsight_job_duration_seconds", "Time from dispatch to the end of a job, by model.", [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300]);
+  readonly batchSize = this.registry.histogram("tsight_batch_jobs", "Jobs per forward pass handed to a worker, by model.", [1, 2, 4, 8, 16, 32]);
   readonly restarts = this.registry.counter("tsight_worker_restarts_total", "Worker threads started afresh after one died or was given up on, by model.");
   readonly rejected = this.registry.counter("tsight_requests_rejected_total", "Requests refused before a job was made, by HTTP status.");
   readonly webhooks = this.registry.counter("tsight_webhooks_total", "Webhook deliveries that ended, by result (delivered, failed).");

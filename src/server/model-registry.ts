@@ -3,7 +3,7 @@
  * in the main thread; its model key is `toModelKey("LanguageModel", <name or folder as given>)`. Requests name
  * models only by key, and a key not listed here is refused: nothing named in a request is ever loaded.
  */
-import { locateModel, readModelConfigs } from "../hub/index.js";
+import { locateModel, readModelConfigs, Tokenizer } from "../hub/index.js";
 import { canonicalModelKey, toModelKey } from "../remote/model-key.js";
 import type { ModelMeta } from "../remote/protocol.js";
 import { readModelMeta } from "./model-meta.js";
@@ -19,6 +19,7 @@ export interface ServedModel {
 export class ModelRegistry {
   private readonly byKey = new Map<string, ServedModel>();
   private readonly metas = new Map<string, Promise<ModelMeta>>();
+  private readonly tokenizers = new Map<string, Tokenizer | Promise<Tokenizer | undefined>>();
 
   private constructor(models: ServedModel[]) {
     for (const m of models) {
@@ -51,6 +52,29 @@ export class ModelRegistry {
 
   list(): ServedModel[] {
     return [...this.byKey.values()];
+  }
+
+  /**
+   * The model's tokenizer if it is loaded; the first call starts loading it (in this thread: the main thread
+   * reads token counts to batch jobs) and gives undefined until it is there.
+   */
+  tokenizer(model: ServedModel): Tokenizer | undefined {
+    const t = this.tokenizers.get(model.key);
+    if (t instanceof Tokenizer) return t;
+    if (!t) void this.loadTokenizer(model);
+    return undefined;
+  }
+
+  /** Loads the model's tokenizer (once); undefined when it cannot be read (jobs then batch only on token ids). */
+  loadTokenizer(model: ServedModel): Promise<Tokenizer | undefined> {
+    const t = this.tokenizers.get(model.key);
+    if (t) return Promise.resolve(t);
+    const loading = Tokenizer.fromFolder(model.folder).then(
+      (tokenizer) => (this.tokenizers.set(model.key, tokenizer), tokenizer),
+      () => undefined,
+    );
+    this.tokenizers.set(model.key, loading);
+    return loading;
   }
 
   meta(model: ServedModel): Promise<ModelMeta> {

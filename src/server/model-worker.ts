@@ -1,8 +1,9 @@
 /**
- * ModelWorker: the main thread's handle on one served model's worker thread. It runs one job at a time and keeps
- * the model served: a job that does not stop after cancel, or runs past its deadline, is given up on and a fresh
- * thread takes over; a thread that dies fails its job (PREEMPTED, or MEMORY when it ran out of heap) and is
- * started again; a model that fails to load is retried with growing pauses.
+ * ModelWorker: the main thread's handle on one served model's worker thread. It runs one job at a time, or one
+ * batch of jobs sharing a forward pass (`runBatch`), and keeps the model served: a job that does not stop after
+ * cancel, or runs past its deadline, is given up on and a fresh thread takes over; a thread that dies fails its
+ * jobs (PREEMPTED, or MEMORY when it ran out of heap) and is started again; a model that fails to load is retried
+ * with growing pauses.
  */
 import type { Worker } from "node:worker_threads";
 import { RETRYABLE, type ErrorCode, type ErrorInfo, type JobEvent } from "../remote/protocol.js";
@@ -46,8 +47,11 @@ export class ModelWorker {
   restarts = 0;
   /** Why the model last failed to load, or the thread last died (cleared when a thread is ready). */
   lastError: ErrorInfo | undefined;
+  /** Whether the thread's executor can run several jobs in one forward pass (known once it is ready). */
+  batching = false;
   private thread: Worker | undefined;
-  private current: Current | undefined;
+  /** The jobs running now: one, or the jobs of one batch. */
+  private readonly current = new Map<string, Current>();
   private backoffMs = 1000;
   private retryTimer: NodeJS.Timeout | undefined;
   private settled: (() => void)[] = [];
@@ -58,9 +62,14 @@ export class ModelWorker {
     return this.thread?.threadId;
   }
 
-  /** The job running now. */
+  /** A job running now (the first of a batch). */
   get jobId(): string | undefined {
-    return this.current?.job.jobId;
+    return this.current.keys().next().value;
+  }
+
+  /** The jobs running now. */
+  get jobIds(): string[] {
+    return [...this.current.keys()];
   }
 
   /** Starts the thread; resolves once the model loaded or failed to (a failure is retried later). */
@@ -73,17 +82,32 @@ export class ModelWorker {
 
   /** Runs a job; the worker must be ready. Resolves with the result bytes or the job's error, never rejects. */
   run(spec: Omit<RunJob, "stop">): Promise<RunOutcome> {
+    return this.runBatch([spec])[0]!;
+  }
+
+  /**
+   * Runs jobs together, as invokes of one forward pass when there are several (the thread's executor must be
+   * `batching`); the worker must be ready. Each job ends on its own: its outcome resolves with its result bytes or
+   * its error, and never rejects. The worker is ready again once every job of the batch has ended.
+   */
+  runBatch(specs: readonly Omit<RunJob, "stop">[]): Promise<RunOutcome>[] {
     if (this.state !== "ready" || !this.thread) throw new Error(`worker for ${this.options.model} is ${this.state}, not ready`);
-    const job: RunJob = { ...spec, stop: new Int32Array(new SharedArrayBuffer(4)) };
+    if (specs.length === 0) return [];
+    if (specs.length > 1 && !this.batching) throw new Error(`the executor of ${this.options.model} cannot run jobs in one forward pass`);
     const thread = this.thread;
-    return new Promise<RunOutcome>((resolve) => {
-      const current: Current = { job, resolve };
-      this.current = current;
-      const untilGiveUp = Math.max(0, job.deadline - Date.now()) + this.options.stopGraceMs;
-      current.watchdog = setTimeout(() => this.giveUp(current, serverError("TIMEOUT", `the job ran past its deadline (${new Date(job.deadline).toISOString()}) and did not stop`, "TimeoutError")), untilGiveUp);
-      this.setState("busy");
-      thread.postMessage({ type: "run", job });
-    });
+    const jobs: RunJob[] = specs.map((spec) => ({ ...spec, stop: new Int32Array(new SharedArrayBuffer(4)) }));
+    const outcomes = jobs.map(
+      (job) =>
+        new Promise<RunOutcome>((resolve) => {
+          const current: Current = { job, resolve };
+          this.current.set(job.jobId, current);
+          const untilGiveUp = Math.max(0, job.deadline - Date.now()) + this.options.stopGraceMs;
+          current.watchdog = setTimeout(() => this.giveUp(current, serverError("TIMEOUT", `the job ran past its deadline (${new Date(job.deadline).toISOString()}) and did not stop`, "TimeoutError")), untilGiveUp);
+        }),
+    );
+    this.setState("busy");
+    thread.postMessage(jobs.length === 1 ? { type: "run", job: jobs[0]! } : { type: "run-batch", jobs });
+    return outcomes;
   }
 
   /**
@@ -91,8 +115,8 @@ export class ModelWorker {
    * `reason` (the server ends the job itself) the job's pending waits reject with it.
    */
   cancel(jobId: string, reason?: ErrorInfo): boolean {
-    const current = this.current;
-    if (!current || current.job.jobId !== jobId || !this.thread) return false;
+    const current = this.current.get(jobId);
+    if (!current || !this.thread) return false;
     Atomics.store(current.job.stop, 0, 1);
     this.thread.postMessage(reason ? { type: "cancel", jobId, reason } : { type: "cancel", jobId });
     clearTimeout(current.watchdog);
@@ -103,24 +127,26 @@ export class ModelWorker {
 
   /** Passes the client's answer to a hybrid step of the running job. */
   answerLocal(jobId: string, call: string, answer: LocalAnswer): boolean {
-    if (this.current?.job.jobId !== jobId || !this.thread) return false;
+    if (!this.current.has(jobId) || !this.thread) return false;
     this.thread.postMessage({ type: "local", jobId, call, answer }, answer.kind === "envelope" ? [answer.bytes.buffer as ArrayBuffer] : []);
     return true;
   }
 
-  /** Stops the thread for good; a running job ends PREEMPTED. */
-  async close(): Promise<void> {
+  /** Stops the thread for good; running jobs end PREEMPTED (or with `error`). */
+  async close(error = serverError("PREEMPTED", "the server shut down while the job ran; submit it again")): Promise<void> {
     clearTimeout(this.retryTimer);
     const thread = this.thread;
-    const current = this.current;
+    const running = [...this.current.values()];
     this.setState("closed");
     this.release();
     if (!thread) return;
-    if (!current) return void (await thread.terminate());
-    Atomics.store(current.job.stop, 0, 1);
-    thread.postMessage({ type: "cancel", jobId: current.job.jobId });
-    this.abandon(thread);
-    this.finish(current, { ok: false, error: serverError("PREEMPTED", "the server shut down while the job ran; submit it again") });
+    if (running.length === 0) return void (await thread.terminate());
+    for (const current of running) {
+      Atomics.store(current.job.stop, 0, 1);
+      thread.postMessage({ type: "cancel", jobId: current.job.jobId });
+    }
+    this.abandon(thread, running.map((c) => c.job.jobId));
+    for (const current of running) this.finish(current, { ok: false, error });
   }
 
   private spawn(): void {
@@ -140,9 +166,10 @@ export class ModelWorker {
   }
 
   private onMessage(m: FromWorker): void {
-    const current = this.current;
+    const current = "jobId" in m ? this.current.get(m.jobId) : undefined;
     switch (m.type) {
       case "ready":
+        this.batching = m.batching === true;
         this.backoffMs = 1000;
         this.lastError = undefined;
         this.setState("ready");
@@ -153,16 +180,16 @@ export class ModelWorker {
         this.setState("failed");
         return;
       case "started":
-        if (current?.job.jobId === m.jobId) this.options.onStarted?.(m.jobId);
+        if (current) this.options.onStarted?.(m.jobId);
         return;
       case "event":
-        if (current?.job.jobId === m.jobId) this.options.onEvent?.(m.jobId, m.event);
+        if (current) this.options.onEvent?.(m.jobId, m.event);
         return;
       case "completed":
       case "failed":
-        if (current?.job.jobId !== m.jobId) return;
+        if (!current) return;
         this.finish(current, m.type === "completed" ? { ok: true, bytes: m.bytes } : { ok: false, error: m.error });
-        this.setState("ready");
+        if (this.current.size === 0) this.setState("ready");
         return;
     }
   }
@@ -170,13 +197,12 @@ export class ModelWorker {
   private onExit(crash: Error | undefined): void {
     this.thread = undefined;
     if (this.state === "closed") return;
-    const current = this.current;
-    if (current) {
+    if (this.current.size > 0) {
       const oom = (crash as { code?: string } | undefined)?.code === "ERR_WORKER_OUT_OF_MEMORY";
       const error = oom
         ? serverError("MEMORY", "the job ran its worker out of memory; it was stopped", "MemoryError")
         : serverError("PREEMPTED", `the worker running the job died${crash ? ` (${crash.message})` : ""}; submit it again`);
-      this.finish(current, { ok: false, error });
+      for (const current of [...this.current.values()]) this.finish(current, { ok: false, error });
     }
     if (this.state === "starting" || this.state === "failed") {
       // It never became ready: a load failure. Try again later.
@@ -195,38 +221,46 @@ export class ModelWorker {
   }
 
   /**
-   * Gives up on a job that does not stop: it ends now with `reason`, and a fresh thread takes the model's jobs. The
-   * old thread is not terminated while it works, since terminating a thread inside a native call (ONNX Runtime,
-   * isolated-vm) can abort the whole process; it is told to cancel and is terminated once it reports its job's
-   * end (back in its event loop), or after ABANDON_MS in any case.
+   * Gives up on a job that does not stop: it ends now with `reason`, and a fresh thread takes the model's jobs (the
+   * other jobs of its batch, sharing its forward pass, end PREEMPTED). The old thread is not terminated while it
+   * works, since terminating a thread inside a native call (ONNX Runtime, isolated-vm) can abort the whole process;
+   * it is told to cancel and is terminated once it reports the end of all its jobs (back in its event loop), or
+   * after ABANDON_MS in any case.
    */
   private giveUp(current: Current, reason: ErrorInfo): void {
-    if (this.current !== current || !this.thread) return;
+    if (this.current.get(current.job.jobId) !== current || !this.thread) return;
     const old = this.thread;
-    Atomics.store(current.job.stop, 0, 1);
-    old.postMessage({ type: "cancel", jobId: current.job.jobId });
-    this.abandon(old);
-    this.finish(current, { ok: false, error: reason });
+    const running = [...this.current.values()];
+    for (const c of running) {
+      Atomics.store(c.job.stop, 0, 1);
+      old.postMessage({ type: "cancel", jobId: c.job.jobId });
+    }
+    this.abandon(old, running.map((c) => c.job.jobId));
+    const mates = serverError("PREEMPTED", "another job sharing this job's forward pass did not stop, and the worker was replaced; submit it again");
+    for (const c of running) this.finish(c, c === current ? { ok: false, error: reason } : { ok: false, error: mates });
     this.restarts++;
     this.options.onRestart?.();
     this.spawn();
   }
 
-  private abandon(thread: Worker): void {
+  private abandon(thread: Worker, jobIds: string[]): void {
     this.thread = undefined;
+    const left = new Set(jobIds);
     const stop = () => {
       clearTimeout(timer);
       void thread.terminate();
     };
     const timer = setTimeout(stop, ABANDON_MS);
     timer.unref();
-    thread.on("message", (m: FromWorker) => (m.type === "completed" || m.type === "failed") && stop());
+    thread.on("message", (m: FromWorker) => {
+      if ((m.type === "completed" || m.type === "failed") && left.delete(m.jobId) && left.size === 0) stop();
+    });
     thread.unref();
   }
 
   private finish(current: Current, outcome: RunOutcome): void {
     clearTimeout(current.watchdog);
-    if (this.current === current) this.current = undefined;
+    if (this.current.get(current.job.jobId) === current) this.current.delete(current.job.jobId);
     current.resolve(outcome);
   }
 

@@ -7,7 +7,7 @@ import type { AppEnv } from "./guards.js";
 export function modelsRoutes(app: Hono<AppEnv>, deps: AppDeps): void {
   const { jobs, registry } = deps;
 
-  app.get("/v1/models", (c) => c.json({ models: jobs.models() }));
+  app.get("/v1/models", async (c) => c.json({ models: await jobs.models() }));
 
   app.get("/v1/models/:key/meta", async (c) => {
     const key = c.req.param("key");

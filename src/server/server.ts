@@ -17,7 +17,7 @@ import { ServerMetrics } from "./metrics.js";
 import { ModelRegistry } from "./model-registry.js";
 import { ResultStore } from "./result-store.js";
 import { Sweeper } from "./sweeper.js";
-import { OpenStreams } from "./event-stream.js";
+import { eventStream, OpenStreams } from "./event-stream.js";
 import { WebhookSender } from "./webhook-sender.js";
 
 export interface ServerOptions extends Partial<ServerConfig> {
@@ -74,7 +74,8 @@ export async function openServer(options: ServerOptions = {}): Promise<ServerCor
   const sweeper = new Sweeper(store, results, (e) => log(`tsight server: deleting expired results failed: ${e.message}`));
   sweeper.start(config.sweepIntervalMs);
   if (workers) await jobs.startWorkers();
-  const app = createApp({ config, keys, store, results, registry, jobs, metrics, streams, log });
+  const events = { open: (id: string, after: number, follow: boolean) => eventStream(store, id, after, config.heartbeatMs, follow ? streams : undefined, follow) };
+  const app = createApp({ config, keys, store, results, registry, jobs, events, metrics, log });
   let closing: Promise<void> | undefined;
   const close = () =>
     (closing ??= (async () => {

@@ -1,4 +1,7 @@
-/** GET /v1/status (models, workers, queues, estimated waits), /healthz (liveness) and /metrics (Prometheus). */
+/**
+ * GET /v1/status (mode, models with their queues and estimated waits, workers with their last heartbeats),
+ * /healthz (liveness) and /metrics (Prometheus).
+ */
 import type { Hono } from "hono";
 import { PROTOCOL_VERSION } from "../remote/protocol.js";
 import type { AppDeps } from "./app.js";
@@ -12,14 +15,8 @@ export function statusRoutes(app: Hono<AppEnv>, deps: AppDeps): void {
 
   app.get("/metrics", (c) => c.body(metrics.render(), 200, { "content-type": "text/plain; version=0.0.4; charset=utf-8" }));
 
-  app.get("/v1/status", (c) => {
-    const models = jobs.modelStatus();
-    return c.json({
-      protocol: PROTOCOL_VERSION,
-      uptimeSeconds: Math.round((Date.now() - startedAt) / 1000),
-      queued: models.reduce((n, m) => n + m.queued, 0),
-      running: models.filter((m) => m.running).length,
-      models,
-    });
+  app.get("/v1/status", async (c) => {
+    const status = await jobs.status();
+    return c.json({ protocol: PROTOCOL_VERSION, uptimeSeconds: Math.round((Date.now() - startedAt) / 1000), ...status });
   });
 }

@@ -7,10 +7,25 @@
  * (delivered, or given up) the job's secret is wiped from the database; a delivery the server stopped in the middle
  * of stays pending, secret and all, and is made again at the next start (`resume`).
  */
-import { WEBHOOK_SIGNATURE_HEADER, type WebhookPayload } from "../remote/protocol.js";
+import { WEBHOOK_SIGNATURE_HEADER, type JobEvent, type WebhookPayload } from "../remote/protocol.js";
 import { webhookSignature } from "../remote/webhook.js";
-import type { JobRecord, JobStore } from "./job-store.js";
+import type { MaybePromise } from "./contracts.js";
+import type { JobRecord } from "./job-store.js";
 import type { Counter } from "./metrics.js";
+
+/** What the sender needs of a job store (the SQLite JobStore, or the Redis one). */
+export interface WebhookStore {
+  get(id: string): MaybePromise<JobRecord | undefined>;
+  /** Where and with what secret to deliver a job's webhook, while the delivery is pending. */
+  webhookDelivery(id: string): MaybePromise<{ url: string; secret: string | undefined } | undefined>;
+  /** Records the end of a delivery, and wipes its secret. */
+  finishWebhook(id: string, state: "delivered" | "failed"): MaybePromise<void>;
+  /** Finished jobs whose delivery is still pending. */
+  pendingWebhooks(): MaybePromise<string[]>;
+  append(id: string, event: JobEvent): MaybePromise<number | undefined>;
+  /** Calls `listener` with each job that reaches a final state (here); returns the function that stops it. */
+  onEnd(listener: (job: JobRecord) => void): () => void;
+}
 
 export interface WebhookSenderOptions {
   /** How long one attempt may take. */
@@ -35,7 +50,7 @@ export class WebhookSender {
   private readonly fetchImpl: typeof fetch;
 
   constructor(
-    private readonly store: JobStore,
+    private readonly store: WebhookStore,
     private readonly options: WebhookSenderOptions,
   ) {
     this.fetchImpl = options.fetch ?? ((input, init) => fetch(input, init));
@@ -46,7 +61,9 @@ export class WebhookSender {
 
   /** Delivers the webhooks a previous run of the server left pending. */
   resume(): void {
-    for (const id of this.store.pendingWebhooks()) this.deliver(id);
+    const pending = this.store.pendingWebhooks();
+    if (Array.isArray(pending)) for (const id of pending) this.deliver(id);
+    else void pending.then((ids) => ids.forEach((id) => this.deliver(id))).catch((e: Error) => this.options.log?.(`tsight server: reading pending webhooks failed: ${e.message}`));
   }
 
   /** Starts delivering the webhook of ended job `id` (nothing when it has none pending). */
@@ -77,8 +94,8 @@ export class WebhookSender {
   }
 
   private async send(id: string): Promise<void> {
-    const target = this.store.webhookDelivery(id);
-    const job = this.store.get(id);
+    const target = await this.store.webhookDelivery(id);
+    const job = await this.store.get(id);
     if (!target || !job) return;
     const body = JSON.stringify(payload(job));
     const attempts = this.options.attempts ?? 3;
@@ -89,7 +106,7 @@ export class WebhookSender {
       if (outcome.ok) return this.end(id, "delivered", `webhook delivered: ${outcome.status}${attempt > 1 ? of : ""}`);
       if (!outcome.retry || attempt === attempts) return this.end(id, "failed", `webhook failed: ${outcome.reason}${of}; giving up`);
       const delay = this.options.retryDelayMs * 2 ** (attempt - 1);
-      this.store.append(id, { type: "log", text: `webhook failed: ${outcome.reason}${of}; trying again in ${duration(delay)}` });
+      await this.store.append(id, { type: "log", text: `webhook failed: ${outcome.reason}${of}; trying again in ${duration(delay)}` });
       await sleep(delay, this.closing.signal);
       if (this.closing.signal.aborted) return;
     }
@@ -123,9 +140,9 @@ export class WebhookSender {
   }
 
   /** Ends a delivery: its last log line, its state, and the secret wiped. */
-  private end(id: string, result: "delivered" | "failed", text: string): void {
-    this.store.append(id, { type: "log", text });
-    this.store.finishWebhook(id, result);
+  private async end(id: string, result: "delivered" | "failed", text: string): Promise<void> {
+    await this.store.append(id, { type: "log", text });
+    await this.store.finishWebhook(id, result);
     this.options.counter?.inc({ result });
   }
 }

@@ -1,13 +1,14 @@
 /**
  * The body of a model's worker thread: loads the executor and the model, then runs the jobs the main thread
- * sends, one at a time, posting back their events and their result (envelope bytes) or error. Code that spins
- * here blocks only this thread; the main thread replaces it when a job does not stop past its deadline.
+ * sends, one at a time or several in one forward pass (`run-batch`), posting back each job's events and its result
+ * (envelope bytes) or error. Code that spins here blocks only this thread; the main thread replaces it when a job
+ * does not stop past its deadline.
  */
 import { parentPort, workerData } from "node:worker_threads";
 import { LanguageModel } from "../intervention/index.js";
 import { decodeValue, unpackValue, packValue } from "../remote/codec.js";
 import { errorFromInfo, infoFromError } from "../remote/errors.js";
-import { decodeJob, type ExecutionContext, type JobExecutor } from "../remote/executor.js";
+import { decodeJob, type DecodedJob, type ExecutionContext, type JobExecutor } from "../remote/executor.js";
 import type { ErrorCode, ErrorInfo, JobEvent } from "../remote/protocol.js";
 import type { FromWorker, LocalAnswer, RunJob, ToWorker, WorkerData } from "./worker-messages.js";
 
@@ -78,36 +79,46 @@ interface Running {
   reason?: ErrorInfo;
 }
 
-let executor: JobExecutor;
+/** An executor that can also run several jobs as invokes of one forward pass (the sandbox's executeBatch). */
+type BatchExecutor = JobExecutor & {
+  executeBatch?(items: readonly { job: DecodedJob; ctx: ExecutionContext }[], model: LanguageModel): Promise<PromiseSettledResult<unknown>[]>;
+};
+
+let executor: BatchExecutor;
 let model: LanguageModel;
 const running = new Map<string, Running>();
 
-async function run(job: RunJob): Promise<void> {
+/** Registers a job as running and makes its ExecutionContext. */
+function begin(job: RunJob): { r: Running; ctx: ExecutionContext } {
   const r: Running = { controller: new AbortController(), local: new LocalCalls() };
   running.set(job.jobId, r);
   const { signal } = r.controller;
   signal.addEventListener("abort", () => r.local.cancel(r.reason), { once: true });
   post({ type: "started", jobId: job.jobId });
+  const ctx: ExecutionContext = {
+    emit: (event: JobEvent) => {
+      // A job told to stop that still sends events (e.g. tokens of a generation) stops here. The cancel message
+      // may not have been read yet (the job has kept the thread busy), so the shared flag is checked too.
+      if (Atomics.load(job.stop, 0) === 1) r.controller.abort();
+      if (signal.aborted) throw new JobError("CANCELLED", "the job was cancelled");
+      if (Date.now() > job.deadline) throw new JobError("TIMEOUT", "the job ran past its deadline");
+      post({ type: "event", jobId: job.jobId, event });
+    },
+    signal,
+    deadline: job.deadline,
+    memoryLimitBytes: job.memoryLimitBytes,
+    awaitLocal: (call: string) => r.local.wait(call, signal),
+    stopRequested: () => Atomics.load(job.stop, 0) === 1,
+  };
+  return { r, ctx };
+}
+
+/** Posts a job's end: its value packed (within the result limit), or its error. */
+function end(job: RunJob, r: Running, outcome: PromiseSettledResult<unknown>): void {
   try {
-    const decoded = decodeJob(job.body);
-    const ctx: ExecutionContext = {
-      emit: (event: JobEvent) => {
-        // A job told to stop that still sends events (e.g. tokens of a generation) stops here. The cancel message
-        // may not have been read yet (the job has kept the thread busy), so the shared flag is checked too.
-        if (Atomics.load(job.stop, 0) === 1) r.controller.abort();
-        if (signal.aborted) throw new JobError("CANCELLED", "the job was cancelled");
-        if (Date.now() > job.deadline) throw new JobError("TIMEOUT", "the job ran past its deadline");
-        post({ type: "event", jobId: job.jobId, event });
-      },
-      signal,
-      deadline: job.deadline,
-      memoryLimitBytes: job.memoryLimitBytes,
-      awaitLocal: (call: string) => r.local.wait(call, signal),
-      stopRequested: () => Atomics.load(job.stop, 0) === 1,
-    };
-    const value = await executor.execute(decoded, model, ctx);
-    if (signal.aborted) throw new JobError("CANCELLED", "the job was cancelled");
-    const bytes = packValue(value);
+    if (outcome.status === "rejected") throw outcome.reason;
+    if (r.controller.signal.aborted) throw new JobError("CANCELLED", "the job was cancelled");
+    const bytes = packValue(outcome.value);
     if (bytes.byteLength > job.maxResultBytes) {
       throw new JobError("MEMORY", `the job's result is ${bytes.byteLength} bytes, over this server's limit of ${job.maxResultBytes}; return less (a slice of a tensor, or a reduction)`);
     }
@@ -120,10 +131,48 @@ async function run(job: RunJob): Promise<void> {
   }
 }
 
+async function run(job: RunJob): Promise<void> {
+  const { r, ctx } = begin(job);
+  let outcome: PromiseSettledResult<unknown>;
+  try {
+    outcome = { status: "fulfilled", value: await executor.execute(decodeJob(job.body), model, ctx) };
+  } catch (e) {
+    outcome = { status: "rejected", reason: e };
+  }
+  end(job, r, outcome);
+}
+
+/** Runs jobs as invokes of one forward pass; a job whose request does not decode fails alone. */
+async function runBatch(jobs: RunJob[]): Promise<void> {
+  if (!executor.executeBatch) {
+    for (const job of jobs) await run(job);
+    return;
+  }
+  const items: { job: RunJob; r: Running; decoded: DecodedJob; ctx: ExecutionContext }[] = [];
+  for (const job of jobs) {
+    const { r, ctx } = begin(job);
+    try {
+      items.push({ job, r, decoded: decodeJob(job.body), ctx });
+    } catch (e) {
+      end(job, r, { status: "rejected", reason: e });
+    }
+  }
+  let outcomes: PromiseSettledResult<unknown>[];
+  try {
+    outcomes = await executor.executeBatch(items.map(({ decoded, ctx }) => ({ job: decoded, ctx })), model);
+  } catch (e) {
+    outcomes = items.map(() => ({ status: "rejected", reason: e }));
+  }
+  items.forEach(({ job, r }, i) => end(job, r, outcomes[i] ?? { status: "rejected", reason: new JobError("INTERNAL", "the batch gave no outcome for this job") }));
+}
+
 port.on("message", (m: ToWorker) => {
   switch (m.type) {
     case "run":
       void run(m.job);
+      break;
+    case "run-batch":
+      void runBatch(m.jobs);
       break;
     case "cancel": {
       const r = running.get(m.jobId);
@@ -145,7 +194,7 @@ try {
   if (typeof Executor !== "function") throw new Error(`${data.executor.module} exports no class "${data.executor.name}"`);
   executor = new Executor();
   model = await LanguageModel.load(data.model);
-  post({ type: "ready" });
+  post({ type: "ready", batching: typeof executor.executeBatch === "function" });
 } catch (e) {
   post({ type: "load-failed", error: infoFromError(e, "INTERNAL") });
   port.close();

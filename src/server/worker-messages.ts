@@ -33,12 +33,15 @@ export type LocalAnswer = { kind: "envelope"; bytes: Uint8Array } | { kind: "jso
 
 export type ToWorker =
   | { type: "run"; job: RunJob }
+  /** Run several jobs as invokes of one forward pass (JobExecutor.executeBatch); each ends on its own. */
+  | { type: "run-batch"; jobs: RunJob[] }
   /** Stop the job; `reason` (when the server ends it for its own reasons, e.g. a hybrid step timed out) is what its waits reject with. */
   | { type: "cancel"; jobId: string; reason?: ErrorInfo }
   | { type: "local"; jobId: string; call: string; answer: LocalAnswer };
 
 export type FromWorker =
-  | { type: "ready" }
+  /** The model is loaded; `batching`: the executor can run several jobs in one forward pass. */
+  | { type: "ready"; batching: boolean }
   | { type: "load-failed"; error: ErrorInfo }
   | { type: "started"; jobId: string }
   | { type: "event"; jobId: string; event: JobEvent }

@@ -233,8 +233,10 @@ export class Interleaver implements ModuleHooks, Provider {
    */
   async finish(stopped: boolean): Promise<void> {
     this.ending = null;
+    let rejected = false;
     for (const m of this.mediators) {
       for (const r of m.take(() => true)) {
+        rejected = true;
         const what = `${describe(r.path, r.kind, r.part)}${r.iteration ? ` (iteration ${r.iteration})` : ""}`;
         const e = stopped
           ? new TraceError(`${what} was never reached: the trace ended before it`, r.origin)
@@ -243,7 +245,7 @@ export class Interleaver implements ModuleHooks, Provider {
         else if (!stopped) m.fail(e);
       }
     }
-    await this.settle().catch(() => undefined);
+    if (rejected) await this.settle().catch(() => undefined);
     this.ending = null;
   }
 }

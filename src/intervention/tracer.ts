@@ -287,7 +287,7 @@ export class TraceRun {
     const waiting = [...this.stepWaiters.values()].flat();
     this.stepWaiters.clear();
     for (const w of waiting) w(total);
-    if (this.interleaver) {
+    if (this.interleaver && waiting.length) {
       this.interleaver.mustDrain = true;
       await this.interleaver.settle();
     }
@@ -374,7 +374,10 @@ export class TraceRun {
       }
       let output: unknown;
       try {
-        await interleaver.settle();
+        // Invokes usually ask for their first value (or end) before they first wait; only the others need a
+        // drain. A few microtask turns let quick ones end.
+        for (let i = 0; i < 4; i++) await null;
+        if (!all.every((x) => x.mediator.done || x.mediator.requests.some((r) => r.op === "read"))) await interleaver.settle();
         interleaver.checkEnding();
         output = await drive(model, ids, mask, this);
       } catch (e) {
@@ -384,6 +387,8 @@ export class TraceRun {
       const abandon = this.stopped || this.firstError !== null;
       await interleaver.finish(abandon);
       await this.failBarriers();
+      // Invokes still running (awaiting tr.result, say) get one more chance to finish.
+      if (all.some((x) => !x.mediator.done)) await interleaver.settle();
       for (const x of all) {
         if (!x.mediator.done) x.mediator.fail(new TraceError(`invoke ${x.mediator.index} never finished: it is waiting for something the trace cannot provide`));
       }

@@ -1,22 +1,12 @@
 /** The `tsight` command, in process and as the README runs it. */
 import { execFile } from "node:child_process";
-import { Writable } from "node:stream";
 import { promisify } from "node:util";
 import { describe, expect, it } from "vitest";
+import { sink } from "../../test/streams.js";
 import { fixture } from "../../test/fixtures.js";
 import { runGenerate } from "./generate.js";
 import { main } from "./main.js";
 
-function sink(): Writable & { text: string } {
-  const w = new Writable({
-    write(chunk, _enc, done) {
-      w.text += String(chunk);
-      done();
-    },
-  }) as Writable & { text: string };
-  w.text = "";
-  return w;
-}
 
 describe("tsight generate", () => {
   it("streams the embedded model's greedy continuation after the prompt", async () => {

@@ -1,8 +1,8 @@
 /** `tsight jobs`, in process, against a real server on 127.0.0.1 running jobs in the sandbox. */
 import fsp from "node:fs/promises";
 import path from "node:path";
-import { Writable } from "node:stream";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { sink } from "../../test/streams.js";
 import { GPT2, tempDir } from "../../test/server/harness.js";
 import { unpackValue } from "../remote/codec.js";
 import { HttpBackend } from "../remote/http.js";
@@ -12,16 +12,6 @@ import { Tensor } from "../tensor/index.js";
 import { jobTable, runJobs, summarize } from "./jobs.js";
 import { main } from "./main.js";
 
-function sink(): Writable & { text: string } {
-  const w = new Writable({
-    write(chunk, _enc, done) {
-      w.text += String(chunk);
-      done();
-    },
-  }) as Writable & { text: string };
-  w.text = "";
-  return w;
-}
 
 let server: RunningServer;
 let backend: HttpBackend;

@@ -1,32 +1,12 @@
 /** `tsight serve` and `tsight keys`, in process. */
 import fsp from "node:fs/promises";
-import { Writable } from "node:stream";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { sink } from "../../test/streams.js";
 import { GPT2, tempDir } from "../../test/server/harness.js";
 import { clearPrefix, TEST_REDIS, testRedis, uniquePrefix } from "../../test/server/redis.js";
 import { main } from "./main.js";
 import { parseDuration, runKeys, runServe } from "./serve.js";
 
-/** A stream that keeps what is written, and can wait for a pattern. */
-function sink() {
-  const waiting: { pattern: RegExp; resolve: (m: RegExpMatchArray) => void }[] = [];
-  const w = new Writable({
-    write(chunk, _enc, done) {
-      w.text += String(chunk);
-      for (const x of [...waiting]) {
-        const m = w.text.match(x.pattern);
-        if (m) {
-          waiting.splice(waiting.indexOf(x), 1);
-          x.resolve(m);
-        }
-      }
-      done();
-    },
-  }) as Writable & { text: string; waitFor(p: RegExp): Promise<RegExpMatchArray> };
-  w.text = "";
-  w.waitFor = (pattern) => new Promise((resolve) => waiting.push({ pattern, resolve }));
-  return w;
-}
 
 let dir: string;
 beforeAll(async () => {

@@ -5,7 +5,8 @@ import fs from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { buildModel, loadWeights, type CausalLM } from "../src/models/index.js";
-import { readSafetensors, type Tensor } from "../src/tensor/index.js";
+import type { ForwardOptions } from "../src/nn/index.js";
+import { readSafetensors, Tensor } from "../src/tensor/index.js";
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 
@@ -80,4 +81,33 @@ export function maxAbsDiff(a: Tensor, b: Tensor): number {
     if (!(d <= worst)) worst = Number.isNaN(d) ? Infinity : d;
   }
   return worst;
+}
+
+/** The value the fixtures recorded for an output: a tensor, a tuple's first element, a ModelOutput's main field. */
+export const firstTensor = (v: unknown): Tensor => (v instanceof Tensor ? v : Array.isArray(v) ? v[0] : ((v as { logits?: Tensor }).logits ?? (v as { last_hidden_state: Tensor }).last_hidden_state));
+
+/**
+ * One forward of `model` recording the call order and the first input/output of every module, under the keys the
+ * fixtures use (`path:input`, `path:output`).
+ */
+export async function recordForward(model: CausalLM, ids: Tensor, options: ForwardOptions = {}) {
+  const pre: string[] = [];
+  const post: string[] = [];
+  const values = new Map<string, Tensor>();
+  model.tree.hooks = {
+    async call(m, args, forward) {
+      pre.push(m.path);
+      if (!values.has(`${m.path}:input`)) values.set(`${m.path}:input`, args[0] as Tensor);
+      const out = await forward(args);
+      post.push(m.path);
+      if (!values.has(`${m.path}:output`)) values.set(`${m.path}:output`, firstTensor(out));
+      return out;
+    },
+  };
+  try {
+    const out = await model.call(ids, options);
+    return { pre, post, values, logits: out.logits };
+  } finally {
+    model.tree.hooks = null;
+  }
 }

@@ -12,7 +12,7 @@ import { Tensor } from "../tensor/index.js";
 import { MissedProviderError, SwapError, TraceError } from "./errors.js";
 import type { GradSource } from "./backward.js";
 import { describe, type Mediator, type Provider, type Request, type ValueKind } from "./mediator.js";
-import { mergeRows, selectRows, type Rows } from "./rows.js";
+import { mapTensors, mergeRows, selectRows, type Rows } from "./rows.js";
 
 interface Current {
   path: string;
@@ -252,10 +252,7 @@ export class Interleaver implements ModuleHooks, Provider {
 
 /** Float tensors in `value` that record no graph become leaves that do (same data), so gradients can reach them. */
 function gradLeaves(value: unknown): unknown {
-  if (value instanceof Tensor) return value.dtype === "float32" && !value.requiresGrad && !value.isMeta ? value.detach().requiresGrad_() : value;
-  if (Array.isArray(value)) return value.map(gradLeaves);
-  if (value && typeof value === "object" && Object.getPrototypeOf(value) === Object.prototype) return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, gradLeaves(v)]));
-  return value;
+  return mapTensors(value, (t) => (t.dtype === "float32" && !t.requiresGrad && !t.isMeta ? t.detach().requiresGrad_() : t));
 }
 
 /** Remembers, for each tensor an invoke got, the batch-wide tensor and rows it came from. */

@@ -63,10 +63,15 @@ function describe(v: unknown): string {
   return `a ${typeof v}`;
 }
 
+/** `value` with every tensor in it (through arrays and plain objects) replaced by `f(tensor)`. */
+export function mapTensors<T>(value: T, f: (t: Tensor) => Tensor): T {
+  if (value instanceof Tensor) return f(value) as T;
+  if (Array.isArray(value)) return value.map((v) => mapTensors(v, f)) as T;
+  if (isPlainObject(value)) return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, mapTensors(v, f)])) as T;
+  return value;
+}
+
 /** Tensors in a returned value, detached from any autograd graph (what leaves a trace is plain data). */
 export function detachAll<T>(value: T): T {
-  if (value instanceof Tensor) return value.detach() as T;
-  if (Array.isArray(value)) return value.map(detachAll) as T;
-  if (isPlainObject(value)) return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, detachAll(v)])) as T;
-  return value;
+  return mapTensors(value, (t) => t.detach());
 }

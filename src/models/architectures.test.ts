@@ -3,34 +3,15 @@
  * order, every recorded module input/output, logits, padded batches, greedy generation, and the layer-0 gradient.
  */
 import { describe, expect, it } from "vitest";
-import { fixture, fixtureModel, hfArchitectures, maxAbsDiff, ref, stdlibModels, type FixtureName } from "../../test/fixtures.js";
-import type { ModuleHooks } from "../nn/index.js";
+import { fixture, fixtureModel, hfArchitectures, maxAbsDiff, recordForward, ref, stdlibModels, type FixtureName } from "../../test/fixtures.js";
 import { Tensor } from "../tensor/index.js";
 import { generate } from "./generate.js";
 
 const TOL = 1e-4;
-/** The value the fixtures recorded for an output: a tensor, a tuple's first element, a ModelOutput's main field. */
-const firstTensor = (v: unknown): Tensor => (v instanceof Tensor ? v : Array.isArray(v) ? v[0] : ((v as { logits?: Tensor }).logits ?? (v as { last_hidden_state: Tensor }).last_hidden_state));
-
 /** Runs one forward recording call order and the first input/output of every module. */
 async function record(name: FixtureName, ids: Tensor, mask?: Tensor) {
   const model = await fixtureModel(name);
-  const pre: string[] = [];
-  const post: string[] = [];
-  const values = new Map<string, Tensor>();
-  const hooks: ModuleHooks = {
-    async call(m, args, forward) {
-      pre.push(m.path);
-      if (!values.has(`${m.path}:input`)) values.set(`${m.path}:input`, args[0] as Tensor);
-      const out = await forward(args);
-      post.push(m.path);
-      if (!values.has(`${m.path}:output`)) values.set(`${m.path}:output`, firstTensor(out));
-      return out;
-    },
-  };
-  model.tree.hooks = hooks;
-  const out = await model.call(ids, mask ? { attentionMask: mask } : {});
-  return { model, pre, post, values, logits: out.logits };
+  return { model, ...(await recordForward(model, ids, mask ? { attentionMask: mask } : {})) };
 }
 
 describe.each([...hfArchitectures, ...stdlibModels])("%s matches Hugging Face", (name) => {

@@ -1,11 +1,15 @@
 import { defineConfig } from "vitest/config";
 
 export default defineConfig({
+  // "tsight" and "@tsight/server" resolve to their TypeScript sources (the packages' "tsight-source" export
+  // condition), so tests of both packages share one copy of every module.
+  resolve: { conditions: ["tsight-source"] },
+  ssr: { resolve: { conditions: ["tsight-source"], externalConditions: ["tsight-source"] } },
   test: {
-    include: ["src/**/*.test.ts", "test/**/*.test.ts"],
+    include: ["packages/*/src/**/*.test.ts", "test/**/*.test.ts"],
     // Native addons (ONNX Runtime) are happiest in child processes; two cores, two workers.
     pool: "forks",
-    poolOptions: { forks: { maxForks: 2, minForks: 1 } },
+    poolOptions: { forks: { maxForks: 2, minForks: 1, execArgv: ["--conditions=tsight-source"] } },
     testTimeout: 60_000,
     hookTimeout: 60_000,
     env: { TSIGHT_THREADS: "1" },

@@ -11,8 +11,8 @@
 import { execFileSync } from "node:child_process";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { generate } from "../src/models/index.js";
-import { engineStats, Tensor, threadCount } from "../src/tensor/index.js";
+import { generate } from "../packages/tsight/src/models/index.js";
+import { engineStats, Tensor, threadCount } from "../packages/tsight/src/tensor/index.js";
 import { randomGpt2Small } from "./gpt2-small.js";
 import { fixtureErrors } from "./fixture-errors.js";
 import { generationOverhead, interventionOverhead } from "./overhead.js";

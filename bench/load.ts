@@ -11,10 +11,10 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { LanguageModel } from "../src/remote/index.js";
-import { startServer } from "../src/server/index.js";
-import { RedisLayout } from "../src/server/redis/connection.js";
-import { RedisKeyStore } from "../src/server/redis/key-store.js";
+import { LanguageModel } from "../packages/tsight/src/client/index.js";
+import { startServer } from "../packages/server/src/server/index.js";
+import { RedisLayout } from "../packages/server/src/server/redis/connection.js";
+import { RedisKeyStore } from "../packages/server/src/server/redis/key-store.js";
 import { startApiProcess, startWorkerProcess, type ServeProcess } from "../test/server/processes.js";
 import { clearPrefix, TEST_REDIS, testRedis, uniquePrefix } from "../test/server/redis.js";
 

@@ -11,11 +11,11 @@ const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 
 describe("tsight/client", () => {
   it("bundles for a browser without Node's built-in modules", async () => {
-    const result = await build({ entryPoints: [path.join(root, "src/client.ts")], bundle: true, platform: "browser", format: "esm", write: false, logLevel: "silent", metafile: true }).catch((e: { errors: { text: string }[] }) => e);
+    const result = await build({ entryPoints: [path.join(root, "packages/tsight/src/client.ts")], bundle: true, platform: "browser", format: "esm", write: false, logLevel: "silent", metafile: true }).catch((e: { errors: { text: string }[] }) => e);
     const errors = "errors" in result ? result.errors.map((e) => e.text) : [];
     expect(errors).toEqual([]);
     const inputs = Object.keys((result as { metafile: { inputs: Record<string, unknown> } }).metafile.inputs);
-    expect(inputs.some((f) => f.includes("src/remote/http.ts"))).toBe(true);
+    expect(inputs.some((f) => f.includes("src/client/http.ts"))).toBe(true);
     expect(inputs.filter((f) => f.startsWith("node:"))).toEqual([]);
   });
 });

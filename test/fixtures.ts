@@ -4,9 +4,9 @@
 import fs from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { buildModel, loadWeights, type CausalLM } from "../src/models/index.js";
-import type { ForwardOptions } from "../src/nn/index.js";
-import { readSafetensors, Tensor } from "../src/tensor/index.js";
+import { buildModel, loadWeights, type CausalLM } from "../packages/tsight/src/models/index.js";
+import type { ForwardOptions } from "../packages/tsight/src/nn/index.js";
+import { readSafetensors, Tensor } from "../packages/tsight/src/tensor/index.js";
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 

@@ -6,8 +6,8 @@
  * itself. `gradcheck` seeds backward with a random projection of the output, so every output element's gradient
  * counts, and sums the projected outputs in float64. Failures throw plain Errors (no test-runner import).
  */
-import { noGrad } from "../src/tensor/autograd.js";
-import { Tensor } from "../src/tensor/tensor.js";
+import { noGrad } from "../packages/tsight/src/tensor/autograd.js";
+import { Tensor } from "../packages/tsight/src/tensor/tensor.js";
 
 // #region Nd: the reference side
 

@@ -9,7 +9,7 @@ import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import os from "node:os";
-import { startServer, type RunningServer } from "../src/server/index.js";
+import { startServer, type RunningServer } from "../packages/server/src/server/index.js";
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
 const readme = fs.readFileSync(path.join(root, "README.md"), "utf8");
@@ -40,7 +40,7 @@ describe("README examples", () => {
     const dir = fs.mkdtempSync(path.join(root, ".readme-"));
     try {
       blocks.forEach((code, i) => fs.writeFileSync(path.join(dir, `example${i}.ts`), `${code}\nexport {};\n`));
-      const config = { extends: "../tsconfig.json", compilerOptions: { noEmit: true, rootDir: "..", noUnusedLocals: false }, include: ["*.ts"], exclude: [] };
+      const config = { extends: "../tsconfig.base.json", compilerOptions: { noEmit: true, composite: false, rootDir: "..", noUnusedLocals: false }, include: ["*.ts"], exclude: [] };
       fs.writeFileSync(path.join(dir, "tsconfig.json"), JSON.stringify(config));
       const tsc = path.join(root, "node_modules", "typescript", "bin", "tsc");
       const run = await promisify(execFile)(process.execPath, [tsc, "-p", dir]).catch((e: { stdout: string }) => e);

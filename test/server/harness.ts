@@ -2,9 +2,9 @@
 import fsp from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
-import { toModelKey } from "../../src/remote/model-key.js";
-import type { JobEvent, JobRequest, JobState, SequencedEvent } from "../../src/remote/protocol.js";
-import { openServer, type ServerCore, type ServerOptions } from "../../src/server/server.js";
+import { toModelKey } from "../../packages/tsight/src/protocol/model-key.js";
+import type { JobEvent, JobRequest, JobState, SequencedEvent } from "../../packages/tsight/src/protocol/wire.js";
+import { openServer, type ServerCore, type ServerOptions } from "../../packages/server/src/server/server.js";
 import { scriptedExecutor } from "./scripted-executor.js";
 
 export const GPT2 = toModelKey("LanguageModel", "stdlib-gpt2", null);

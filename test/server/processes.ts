@@ -23,7 +23,7 @@ export interface ServeProcess {
 export function startServe(args: string[], env: Record<string, string> = {}): ServeProcess {
   // tsx's loader in this process (not tsx's CLI, which would run the command in a child of its own).
   // The environment is this process's (under vitest, TSIGHT_THREADS=1), so kernels use as many threads as here.
-  const child = spawn(process.execPath, ["--import", "tsx", entry, "serve", ...args], { cwd: root, env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
+  const child = spawn(process.execPath, ["--conditions=tsight-source", "--import", "tsx", entry, "serve", ...args], { cwd: root, env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
   const p: ServeProcess = {
     child,
     out: "",

@@ -5,7 +5,7 @@
  */
 import { randomBytes } from "node:crypto";
 import type { Redis } from "ioredis";
-import { clearPrefix, connectRedis } from "../../src/server/redis/connection.js";
+import { clearPrefix, connectRedis } from "../../packages/server/src/server/redis/connection.js";
 
 export const TEST_REDIS = process.env.TSIGHT_TEST_REDIS ?? "redis://127.0.0.1:6379";
 

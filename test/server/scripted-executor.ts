@@ -16,10 +16,10 @@
  *   floats <n>        the result becomes a float32 tensor of n elements
  *   context           the result becomes { deadlineInMs, memoryLimitBytes, vars }
  */
-import type { LanguageModel } from "../../src/intervention/index.js";
-import { packValue } from "../../src/remote/codec.js";
-import type { DecodedJob, ExecutionContext, JobExecutor } from "../../src/remote/executor.js";
-import { tensor } from "../../src/tensor/index.js";
+import type { LanguageModel } from "../../packages/tsight/src/intervention/index.js";
+import { packValue } from "../../packages/tsight/src/protocol/codec.js";
+import type { DecodedJob, ExecutionContext, JobExecutor } from "../../packages/tsight/src/protocol/executor.js";
+import { tensor } from "../../packages/tsight/src/tensor/index.js";
 
 const cancelled = () => Object.assign(new Error("the job was cancelled"), { name: "CancelledError", code: "CANCELLED" });
 

@@ -1,0 +1,258 @@
+/**
+ * `tsight serve`: host models for remote interventions, in one process (embedded) or as the API and worker
+ * processes of a distributed deployment on Redis. `tsight keys`: make, list and revoke their API keys.
+ */
+import { parseArgs } from "node:util";
+import { DEFAULT_HOST, DEFAULT_MODELS, DEFAULT_PORT, defaultDataDir } from "../server/config.js";
+import type { ApiKeyInfo, NewApiKey } from "../server/index.js";
+
+/** A mistake in the command line (the CLI prints the usage after it). */
+export class UsageError extends Error {
+  override readonly name = "UsageError";
+}
+
+export const serveHelp = `usage: tsight serve [options]
+
+Serves models to remote interventions (model.trace(..., { remote: true })). With no API key made yet, it makes
+one and prints it once, as TSIGHT_API_KEY=..., for clients to use.
+
+  --model, -m NAME|FOLDER  a model to serve (repeatable; default: ${DEFAULT_MODELS.join(", ")})
+  --host HOST              address to listen on (default ${DEFAULT_HOST})
+  --port, -p N             port (default ${DEFAULT_PORT}; 0 picks a free one)
+  --data-dir DIR           job database and results (default ${defaultDataDir()})
+  --timeout T              longest a job may run (default 60s; e.g. 90s, 5m)
+  --local-timeout T        longest a hybrid step (tr.local) waits for the client (default 60s)
+  --retention T            how long results are kept (default 1h)
+  --memory MB              megabytes of tensors one job may create (default 512)
+  --max-jobs N             unfinished jobs one API key may have (default 8)
+  --public-metrics         serve /metrics without an API key
+  --cors ORIGIN            let web pages from ORIGIN call the API (repeatable; * for any)
+  --batch N                most jobs run in one forward pass (default 8; 1: every job alone)
+
+Distributed mode (any number of API and worker processes sharing one Redis):
+  --redis URL              Redis to coordinate through (e.g. redis://127.0.0.1:6379)
+  --role api|worker|all    api: HTTP API only; worker: runs jobs of its --model models; all (default): the
+                           embedded server (one process, no Redis)
+  --prefix P               prefix of every Redis key of this deployment (default tsight)
+  --lock T                 a worker that stops answering this long loses its jobs to another (default 30s)
+  --retries N              times a job runs again after its worker was lost (default 1), then PREEMPTED
+  --queue-wait T           longest a job waits for a worker of its model (default 15m), then PREEMPTED
+  --heartbeat T            worker heartbeats and job sweeps (default 2s)`;
+
+export const keysHelp = `usage: tsight keys <create|list|revoke> [options]
+
+  tsight keys create [--name NAME]   makes an API key and prints it (only this once)
+  tsight keys list                   lists keys (never the keys themselves)
+  tsight keys revoke ID|NAME         revokes a key
+
+  --data-dir DIR   the server's data directory (default ${defaultDataDir()})
+  --redis URL      the keys of a distributed deployment instead (with --prefix P, default tsight)`;
+
+/** Seconds (plain number) or a number with ms, s, m, h or d; in milliseconds. */
+export function parseDuration(option: string, text: string): number {
+  const m = /^(\d+(?:\.\d+)?)(ms|s|m|h|d)?$/.exec(text.trim());
+  if (!m) throw new UsageError(`--${option} must be a duration like 30s, 5m or 1h, got "${text}"`);
+  const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }[(m[2] ?? "s") as "s"];
+  const ms = Number(m[1]) * unit;
+  if (ms <= 0) throw new UsageError(`--${option} must be more than zero`);
+  return ms;
+}
+
+function wholeNumber(option: string, text: string | undefined): number | undefined {
+  if (text === undefined) return undefined;
+  const n = Number(text);
+  if (!Number.isInteger(n) || n < 0) throw new UsageError(`--${option} must be a whole number, got "${text}"`);
+  return n;
+}
+
+/**
+ * Runs the server until SIGINT/SIGTERM (or `stop` aborts); returns the exit code. Prints where it listens, and a
+ * new API key when there is none yet.
+ */
+export async function runServe(argv: string[], out: NodeJS.WritableStream = process.stdout, err: NodeJS.WritableStream = process.stderr, stop?: AbortSignal): Promise<number> {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      model: { type: "string", short: "m", multiple: true },
+      host: { type: "string", default: DEFAULT_HOST },
+      port: { type: "string", short: "p", default: String(DEFAULT_PORT) },
+      "data-dir": { type: "string" },
+      timeout: { type: "string" },
+      "local-timeout": { type: "string" },
+      retention: { type: "string" },
+      memory: { type: "string" },
+      "max-jobs": { type: "string" },
+      "public-metrics": { type: "boolean", default: false },
+      cors: { type: "string", multiple: true },
+      batch: { type: "string" },
+      redis: { type: "string" },
+      role: { type: "string", default: "all" },
+      prefix: { type: "string" },
+      lock: { type: "string" },
+      retries: { type: "string" },
+      "queue-wait": { type: "string" },
+      heartbeat: { type: "string" },
+      help: { type: "boolean", short: "h", default: false },
+    },
+  });
+  if (values.help) {
+    out.write(serveHelp + "\n");
+    return 0;
+  }
+  const role = values.role!;
+  if (!["api", "worker", "all"].includes(role)) throw new UsageError(`--role must be api, worker or all, not "${role}"`);
+  if (role !== "all" && !values.redis) throw new UsageError(`--role ${role} needs --redis URL (the Redis its processes share)`);
+  if (role === "all" && values.redis) throw new UsageError("--redis needs --role api or --role worker (without them tsight serve is one process, with no Redis)");
+  const batch = wholeNumber("batch", values.batch);
+  if (batch === 0) throw new UsageError("--batch must be 1 or more");
+  const port = wholeNumber("port", values.port)!;
+  const memoryMb = wholeNumber("memory", values.memory);
+  const settings = {
+    host: values.host,
+    port,
+    dataDir: values["data-dir"],
+    models: values.model,
+    jobTimeoutMs: values.timeout === undefined ? undefined : parseDuration("timeout", values.timeout),
+    localStepTimeoutMs: values["local-timeout"] === undefined ? undefined : parseDuration("local-timeout", values["local-timeout"]),
+    resultRetentionMs: values.retention === undefined ? undefined : parseDuration("retention", values.retention),
+    memoryLimitBytes: memoryMb === undefined ? undefined : memoryMb * 1024 * 1024,
+    maxActiveJobsPerKey: wholeNumber("max-jobs", values["max-jobs"]),
+    metricsPublic: values["public-metrics"],
+    corsOrigins: values.cors,
+    maxBatch: batch,
+  };
+  if (role !== "all") {
+    const distributed = {
+      ...settings,
+      redis: values.redis!,
+      prefix: values.prefix,
+      lockDurationMs: values.lock === undefined ? undefined : parseDuration("lock", values.lock),
+      maxRetries: wholeNumber("retries", values.retries),
+      queueWaitMs: values["queue-wait"] === undefined ? undefined : parseDuration("queue-wait", values["queue-wait"]),
+      presenceMs: values.heartbeat === undefined ? undefined : parseDuration("heartbeat", values.heartbeat),
+    };
+    return role === "api" ? serveApi(distributed, out, stop) : serveWorker(distributed, out, err, stop);
+  }
+  const { startServer } = await import("../server/index.js"); // loaded here: other commands start faster without it
+  const server = await startServer(settings);
+  if (server.keys.activeCount() === 0) {
+    const { key } = server.keys.create("first");
+    out.write(`# A new API key (shown only this once). In a client's shell:\nTSIGHT_HOST=${server.url}\nTSIGHT_API_KEY=${key}\n`);
+  }
+  for (const m of server.jobs.modelStatus()) {
+    if (m.worker.lastError) err.write(`tsight serve: ${m.name} did not load: ${m.worker.lastError} (retrying)\n`);
+  }
+  out.write(`tsight server on ${server.url}, serving ${server.registry.list().map((m) => m.name).join(", ")} (data: ${server.config.dataDir})\n`);
+  await untilStopped(stop);
+  out.write("tsight server: shutting down\n");
+  await server.close();
+  return 0;
+}
+
+/** Resolves on SIGINT or SIGTERM, or when `stop` aborts. */
+function untilStopped(stop?: AbortSignal): Promise<void> {
+  return new Promise<void>((resolve) => {
+    const done = () => {
+      process.off("SIGINT", done);
+      process.off("SIGTERM", done);
+      resolve();
+    };
+    process.once("SIGINT", done);
+    process.once("SIGTERM", done);
+    if (stop?.aborted) done();
+    stop?.addEventListener("abort", done, { once: true });
+  });
+}
+
+type DistributedSettings = import("../server/index.js").DistributedOptions;
+
+/** `--role api`: the HTTP API of a distributed deployment. */
+async function serveApi(settings: DistributedSettings, out: NodeJS.WritableStream, stop?: AbortSignal): Promise<number> {
+  const { startApiNode } = await import("../server/index.js");
+  const api = await startApiNode(settings);
+  if ((await api.keys.activeCount()) === 0) {
+    const { key } = await api.keys.create("first");
+    out.write(`# A new API key (shown only this once). In a client's shell:\nTSIGHT_HOST=${api.url}\nTSIGHT_API_KEY=${key}\n`);
+  }
+  out.write(`tsight api on ${api.url}, serving ${api.registry.list().map((m) => m.name).join(", ")} (redis: ${api.dist.redisUrl}, prefix ${api.dist.prefix})\n`);
+  await untilStopped(stop);
+  out.write("tsight api: shutting down\n");
+  await api.close();
+  return 0;
+}
+
+/** `--role worker`: runs the jobs of its models' queues. */
+async function serveWorker(settings: DistributedSettings, out: NodeJS.WritableStream, err: NodeJS.WritableStream, stop?: AbortSignal): Promise<number> {
+  const { startWorkerNode } = await import("../server/index.js");
+  const worker = await startWorkerNode(settings);
+  out.write(`tsight worker ${worker.id} (pid ${process.pid}), running ${worker.node.describe()} (redis: ${worker.dist.redisUrl}, prefix ${worker.dist.prefix})\n`);
+  if (/failed/.test(worker.node.describe())) err.write("tsight worker: a model did not load (retrying)\n");
+  await untilStopped(stop);
+  out.write("tsight worker: shutting down\n");
+  await worker.close();
+  return 0;
+}
+
+export async function runKeys(argv: string[], out: NodeJS.WritableStream = process.stdout): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    options: {
+      name: { type: "string" },
+      "data-dir": { type: "string" },
+      redis: { type: "string" },
+      prefix: { type: "string" },
+      help: { type: "boolean", short: "h", default: false },
+    },
+  });
+  const [action, ...rest] = positionals;
+  if (values.help || !action) {
+    out.write(keysHelp + "\n");
+    return values.help ? 0 : 2;
+  }
+  if (values.redis) {
+    const { openRedisKeys } = await import("../server/index.js");
+    const { keys, close } = await openRedisKeys(values.redis, values.prefix);
+    try {
+      return await keyAction(keys, action, rest, values.name, out);
+    } finally {
+      await close();
+    }
+  }
+  const { KeyStore, openDatabase, databaseFile } = await import("../server/index.js");
+  const db = openDatabase(databaseFile(values["data-dir"] ?? defaultDataDir()));
+  try {
+    return await keyAction(new KeyStore(db), action, rest, values.name, out);
+  } finally {
+    db.close();
+  }
+}
+
+/** The keys of a server (SQLite) or of a deployment (Redis): the same actions. */
+interface KeyActions {
+  create(name?: string): NewApiKey | Promise<NewApiKey>;
+  list(): ApiKeyInfo[] | Promise<ApiKeyInfo[]>;
+  revoke(idOrName: string): number | Promise<number>;
+}
+
+async function keyAction(keys: KeyActions, action: string, rest: string[], name: string | undefined, out: NodeJS.WritableStream): Promise<number> {
+  switch (action) {
+    case "create": {
+      const k = await keys.create(name);
+      out.write(`# API key "${k.name}" (id ${k.id}); it is shown only this once\nTSIGHT_API_KEY=${k.key}\n`);
+      return 0;
+    }
+    case "list":
+      for (const k of await keys.list()) out.write(`${k.id}  ${k.name}  created ${k.created}${k.revoked ? `  revoked ${k.revoked}` : ""}${k.lastUsed ? `  last used ${k.lastUsed}` : ""}\n`);
+      return 0;
+    case "revoke": {
+      if (rest.length !== 1) throw new UsageError("tsight keys revoke takes one key id or name");
+      const n = await keys.revoke(rest[0]!);
+      if (n === 0) throw new Error(`no active key has the id or name "${rest[0]}"`);
+      out.write(`revoked ${n} key${n === 1 ? "" : "s"}\n`);
+      return 0;
+    }
+    default:
+      throw new UsageError(`unknown action "${action}": create, list or revoke`);
+  }
+}

@@ -1,0 +1,104 @@
+/**
+ * Jobs of different users in one forward pass: each in its own isolate, each seeing only its rows, each with the
+ * numbers it gets alone, and one job's failure, timeout or cancel leaving the others untouched.
+ */
+import { beforeAll, describe, expect, it } from "vitest";
+import { maxAbsDiff } from "../../../../test/fixtures.js";
+import { LanguageModel } from "../../../tsight/src/intervention/index.js";
+import { decodeJob, type ExecutionContext } from "../../../tsight/src/protocol/executor.js";
+import { toModelKey } from "../../../tsight/src/protocol/model-key.js";
+import type { JobEvent, JobRequest } from "../../../tsight/src/protocol/wire.js";
+import { Tensor } from "../../../tsight/src/tensor/index.js";
+import { batchable, SandboxExecutor } from "./index.js";
+
+const GPT2 = toModelKey("LanguageModel", "stdlib-gpt2", null);
+let lm: LanguageModel;
+const executor = new SandboxExecutor();
+
+const job = (source: string, input: unknown, extra: Partial<JobRequest> = {}) => decodeJob({ model: GPT2, kind: "trace", form: "invoke", source, input, ...extra } as JobRequest);
+function context(overrides: Partial<ExecutionContext> = {}, events: JobEvent[] = []): ExecutionContext {
+  return { emit: (e) => void events.push(e), signal: new AbortController().signal, deadline: Date.now() + 10_000, memoryLimitBytes: 2 ** 28, ...overrides };
+}
+
+beforeAll(async () => {
+  lm = await LanguageModel.load("stdlib-gpt2");
+});
+
+describe("batched jobs", () => {
+  // Five tokens each, so they share one pass.
+  const prompts = [
+    [324, 615, 638, 636, 284],
+    [531, 221, 324, 615, 638],
+    [791, 1077, 199, 791, 1396],
+    [387, 345, 309, 14, 8],
+    [259, 360, 276, 294, 1270],
+  ];
+  const jobs = [
+    job("async (m) => await m.lm_head.output", prompts[0]),
+    job("async (m, tr) => { m.transformer.h[1].output = (h) => h.mul(tr.vars.k); return await m.lm_head.output; }", prompts[1], { vars: { k: 0.5 } }),
+    job("async (m) => { const h = await m.transformer.h[0].output; return { rows: h.shape, logits: await m.lm_head.output }; }", prompts[2]),
+    job("async (m) => { m.transformer.h[2].mlp.skip(zeros([1, 5, 256])); return await m.lm_head.output; }", prompts[3]),
+  ];
+  /** Counts forward passes of the model. */
+  function passes(): () => number {
+    const model = lm.model as unknown as { forward: (...a: unknown[]) => Promise<unknown> };
+    const original = model.forward;
+    let n = 0;
+    model.forward = function (this: unknown, ...a: unknown[]) {
+      n++;
+      return original.apply(this, a);
+    };
+    return () => ((model.forward = original), n);
+  }
+
+  it("give each job exactly what it gets alone (jobs of equal length share a pass)", async () => {
+    const count = passes();
+    const batched = await executor.executeBatch(jobs.map((j) => ({ job: j, ctx: context() })), lm);
+    expect(count()).toBe(1);
+    expect(batched.every((r) => r.status === "fulfilled")).toBe(true);
+    for (let i = 0; i < jobs.length; i++) {
+      const alone = await executor.execute(jobs[i]!, lm, context());
+      const together = (batched[i] as PromiseFulfilledResult<unknown>).value;
+      const [a, t] = i === 2 ? [(alone as { logits: Tensor }).logits, (together as { logits: Tensor }).logits] : [alone as Tensor, together as Tensor];
+      expect(t.shape, `job ${i}`).toEqual(a.shape);
+      expect(maxAbsDiff(t, a), `job ${i}`).toBe(0);
+    }
+    // Each job saw only its own rows.
+    expect(((batched[2] as PromiseFulfilledResult<unknown>).value as { rows: number[] }).rows).toEqual([1, 5, 256]);
+    // Inputs of other lengths run in passes of their own.
+    const count2 = passes();
+    const mixed = await executor.executeBatch([{ job: jobs[0]!, ctx: context() }, { job: job("async (m) => await m.lm_head.output", "class "), ctx: context() }, { job: jobs[1]!, ctx: context() }], lm);
+    expect(count2()).toBe(2);
+    expect(mixed.map((r) => r.status)).toEqual(["fulfilled", "fulfilled", "fulfilled"]);
+  });
+
+  it("one job's error, endless loop or cancellation ends only that job", async () => {
+    const cancelled = new AbortController();
+    const items = [
+      { job: jobs[0]!, ctx: context() },
+      { job: job("async (m) => { await m.transformer.h[1].output; throw new RangeError('job 1 gave up'); }", prompts[2]), ctx: context() },
+      { job: job("async (m) => { await m.transformer.h[0].output; while (true) {} }", prompts[3]), ctx: context({ deadline: Date.now() + 800 }) },
+      { job: job("async (m) => { await m.transformer.h[0].output; return await m.lm_head.output; }", prompts[4]), ctx: context({ stopRequested: () => true, signal: cancelled.signal }) },
+      { job: jobs[1]!, ctx: context() },
+    ];
+    const count = passes();
+    const out = await executor.executeBatch(items, lm);
+    expect(count()).toBe(1);
+    expect(out.map((r) => r.status)).toEqual(["fulfilled", "rejected", "rejected", "rejected", "fulfilled"]);
+    const reason = (i: number) => (out[i] as PromiseRejectedResult).reason as Error & { code?: string };
+    expect(reason(1)).toMatchObject({ name: "RangeError", message: "job 1 gave up" });
+    expect(reason(2).code).toBe("TIMEOUT");
+    expect(reason(3).code).toBe("CANCELLED");
+    for (const i of [0, 4]) {
+      const alone = (await executor.execute(items[i]!.job, lm, context())) as Tensor;
+      expect(maxAbsDiff((out[i] as PromiseFulfilledResult<Tensor>).value, alone)).toBe(0);
+    }
+  });
+
+  it("only plain traces are batched", () => {
+    expect(batchable(jobs[0]!)).toBe(true);
+    expect(batchable(decodeJob({ model: GPT2, kind: "generate", form: "invoke", source: "async () => 1", input: "x", generate: { maxNewTokens: 2 } }))).toBe(false);
+    expect(batchable(decodeJob({ model: GPT2, kind: "trace", form: "tracer", source: "async (tr) => 1" }))).toBe(false);
+    expect(batchable(job("async () => 1", "x", { edits: ["async (m) => undefined"] }))).toBe(false);
+  });
+});

@@ -1,0 +1,189 @@
+/**
+ * SandboxExecutor: runs a job's code in a fresh isolated-vm isolate (no file system, network, process, timers or
+ * modules), with a memory limit for the isolate, a byte budget for the tensors its code creates, and a deadline.
+ * One isolate per job: nothing of one job is reachable from another's, also when several jobs share one batched
+ * forward pass (`executeBatch`).
+ */
+import ivm from "isolated-vm";
+import type { InterventionFn } from "tsight";
+import { type ExecutionModel as LanguageModel, packBase64, type DecodedJob, type ExecutionContext, type JobExecutor } from "tsight/protocol";
+import { Bridge } from "./bridge.js";
+import { SandboxError } from "./errors.js";
+import { runtimeSource } from "./runtime.js";
+
+export { SandboxError } from "./errors.js";
+export { TENSOR_METHODS } from "./bridge.js";
+
+export interface SandboxOptions {
+  /** Heap limit of the isolate in MB (the user's own JavaScript objects; tensors live on the host). */
+  isolateMemoryMB?: number;
+}
+
+/** A job set up in its own isolate, ready to run. */
+interface Prepared {
+  job: DecodedJob;
+  ctx: ExecutionContext;
+  bridge: Bridge;
+  fnId: number;
+  vars: unknown;
+  /** The model with the job's edits. */
+  model: LanguageModel;
+  /** Why the job must stop now (cancel, deadline, isolate failure), or null. */
+  stopReason(): Error | null;
+  close(): void;
+}
+
+/** The token count of each row of a job's input (jobs with equal counts can share a pass without padding). */
+function tokenCounts(job: DecodedJob, model: LanguageModel): string {
+  const input = job.input as unknown;
+  if (typeof input === "string") return String(model.tokenizer.encode(input).length);
+  if (Array.isArray(input) && input.every((x) => typeof x === "string")) return input.map((t) => model.tokenizer.encode(t).length).join(",");
+  if (Array.isArray(input) && input.every((x) => typeof x === "number")) return String(input.length);
+  if (Array.isArray(input)) return input.map((r) => (Array.isArray(r) ? r.length : "?")).join(",");
+  const shape = (input as { shape?: number[]; input_ids?: { shape: number[] } })?.shape ?? (input as { input_ids?: { shape: number[] } })?.input_ids?.shape;
+  return shape ? shape.join("x") : `unique${Math.random()}`;
+}
+
+/** Whether jobs can share one forward pass: plain traces of the same model with the same gradient setting. */
+export function batchable(job: DecodedJob): boolean {
+  return job.kind === "trace" && job.form === "invoke" && job.edits.length === 0;
+}
+
+export class SandboxExecutor implements JobExecutor {
+  constructor(private readonly options: SandboxOptions = {}) {}
+
+  async execute(job: DecodedJob, model: LanguageModel, ctx: ExecutionContext): Promise<unknown> {
+    const p = this.prepare(job, model, ctx);
+    try {
+      // Cancel and deadline, checked at every module call: timers and abort events cannot fire while a forward
+      // pass keeps the thread busy.
+      const checkpoint = () => {
+        const stop = p.stopReason();
+        if (stop) throw stop;
+      };
+      p.bridge.checkpoint = checkpoint;
+      const lm = p.model;
+      const options = { vars: job.vars, grad: job.grad, checkpoint };
+      const invoke = p.bridge.interventionFn(p.fnId, p.vars);
+      const root = p.bridge.rootFn(p.fnId, p.vars);
+      let value: unknown;
+      switch (job.kind) {
+        case "trace":
+          value = job.form === "invoke" ? await lm.trace(job.input!, invoke, options) : await lm.trace(root, options);
+          break;
+        case "scan":
+          value = job.form === "invoke" ? await lm.scan(job.input!, invoke, options) : await lm.scan(root, options);
+          break;
+        case "generate": {
+          const settings = { ...job.generate!, onToken: ({ tokens, step }: { tokens: number[]; step: number }) => ctx.emit({ type: "stream", step, tokens }) };
+          const out = job.form === "invoke" ? await lm.generate(job.input!, settings, invoke as InterventionFn, options) : await lm.generate(root, settings, options);
+          value = { sequences: out.sequences, generated: out.generated, text: out.text, value: out.value };
+          break;
+        }
+        case "session":
+          value = await p.bridge.session(p.fnId);
+          break;
+      }
+      if (p.bridge.fatal) throw p.bridge.fatal;
+      return value;
+    } catch (e) {
+      throw p.bridge.fatal ?? e;
+    } finally {
+      p.close();
+    }
+  }
+
+  /**
+   * Runs several jobs (each `batchable`) as invokes of shared forward passes: jobs whose inputs have the same
+   * number of tokens (so no row is padded and every job sees exactly the shapes it sees alone) and the same
+   * gradient setting share one pass. Each job runs in its own isolate, sees only its rows, and ends with its own
+   * value or error: one job's failure, stop, cancel or timeout leaves the others running.
+   */
+  async executeBatch(items: readonly { job: DecodedJob; ctx: ExecutionContext }[], model: LanguageModel): Promise<PromiseSettledResult<unknown>[]> {
+    const results: PromiseSettledResult<unknown>[] = new Array(items.length);
+    const groups = new Map<string, { index: number; p: Prepared }[]>();
+    items.forEach(({ job, ctx }, index) => {
+      try {
+        if (!batchable(job)) throw new SandboxError("VALIDATION", "this job cannot share a forward pass with others");
+        const p = this.prepare(job, model, ctx);
+        const key = `${job.grad}|${tokenCounts(job, model)}`;
+        groups.set(key, [...(groups.get(key) ?? []), { index, p }]);
+      } catch (e) {
+        results[index] = { status: "rejected", reason: e };
+      }
+    });
+    for (const group of groups.values()) {
+      const settled: Promise<void>[] = [];
+      // Each job's cancel and deadline end only its own invoke.
+      const checkpoint = () => {
+        for (const { p } of group) {
+          const stop = p.stopReason();
+          if (stop) p.bridge.abort(stop);
+        }
+      };
+      try {
+        await model.trace(
+          async (tr) => {
+            for (const { index, p } of group) {
+              const handle = tr.invoke(p.job.input!, p.bridge.interventionFn(p.fnId, p.vars));
+              settled.push(
+                handle.then(
+                  (value) => void (results[index] = p.bridge.fatal ? { status: "rejected", reason: p.bridge.fatal } : { status: "fulfilled", value }),
+                  (e) => void (results[index] = { status: "rejected", reason: p.bridge.fatal ?? e }),
+                ),
+              );
+            }
+          },
+          { grad: group[0]!.p.job.grad, checkpoint, isolateInvokes: true },
+        );
+        await Promise.all(settled);
+      } catch (e) {
+        for (const { index } of group) results[index] ??= { status: "rejected", reason: e };
+      } finally {
+        for (const { p } of group) p.close();
+      }
+    }
+    return results;
+  }
+
+  /** A fresh isolate with the runtime, the job's code compiled, and its edits applied. */
+  private prepare(job: DecodedJob, model: LanguageModel, ctx: ExecutionContext): Prepared {
+    const isolate = new ivm.Isolate({ memoryLimit: this.options.isolateMemoryMB ?? 64 });
+    const context = isolate.createContextSync();
+    let calls = 0;
+    const runLocal = ctx.awaitLocal
+      ? async (source: string, vals: unknown) => {
+          const call = `c${++calls}`;
+          ctx.emit({ type: "local", call, source, vals: packBase64(vals) });
+          return ctx.awaitLocal!(call);
+        }
+      : null;
+    const bridge = new Bridge(isolate, context, model, { deadline: ctx.deadline, memoryLimitBytes: ctx.memoryLimitBytes }, (text) => ctx.emit({ type: "log", text }), runLocal);
+    const onAbort = () => bridge.abort(new SandboxError("CANCELLED", "the job was cancelled"));
+    ctx.signal.addEventListener("abort", onAbort);
+    const timer = setTimeout(() => bridge.abort(new SandboxError("TIMEOUT", "the job ran past its deadline")), Math.max(0, ctx.deadline - Date.now()));
+    const close = () => {
+      clearTimeout(timer);
+      ctx.signal.removeEventListener("abort", onAbort);
+      if (!isolate.isDisposed) isolate.dispose();
+    };
+    try {
+      if (ctx.signal.aborted) throw new SandboxError("CANCELLED", "the job was cancelled");
+      const vars = bridge.install(runtimeSource, job.vars);
+      const fnId = bridge.compile(job.source, "intervention.js");
+      let lm = model;
+      job.edits.forEach((source, i) => (lm = lm.edit(bridge.interventionFn(bridge.compile(source, `edit${i}.js`), vars))));
+      bridge.model = lm;
+      bridge.onToken = ({ tokens, step }) => ctx.emit({ type: "stream", step, tokens });
+      const stopReason = (): Error | null => {
+        if (ctx.signal.aborted || ctx.stopRequested?.()) return bridge.fatal ?? new SandboxError("CANCELLED", "the job was cancelled");
+        if (Date.now() > ctx.deadline) return new SandboxError("TIMEOUT", "the job ran past its deadline");
+        return bridge.fatal;
+      };
+      return { job, ctx, bridge, fnId, vars, model: lm, stopReason, close };
+    } catch (e) {
+      close();
+      throw bridge.fatal ?? e;
+    }
+  }
+}

@@ -1,0 +1,36 @@
+/** ApiError: a refusal with its HTTP status and the ErrorInfo the client gets (as an ErrorBody). */
+import { RETRYABLE, type ErrorBody, type ErrorCode, type ErrorInfo } from "tsight/protocol";
+
+export interface ApiErrorOptions {
+  /** Overrides the code's usual retryable flag (e.g. a 429 is worth retrying). */
+  retryable?: boolean;
+  headers?: Record<string, string>;
+  /** More fields of the body (`supported` for 426). */
+  extra?: Partial<ErrorBody>;
+}
+
+export class ApiError extends Error {
+  override readonly name = "ApiError";
+  readonly info: ErrorInfo;
+  readonly headers: Record<string, string>;
+  private readonly extra: Partial<ErrorBody>;
+
+  constructor(
+    readonly status: number,
+    code: ErrorCode,
+    message: string,
+    options: ApiErrorOptions = {},
+  ) {
+    super(message);
+    this.info = { code, type: "ApiError", message, retryable: options.retryable ?? RETRYABLE[code] };
+    this.headers = options.headers ?? {};
+    this.extra = options.extra ?? {};
+  }
+
+  body(): ErrorBody {
+    return { ...this.extra, error: this.info };
+  }
+}
+
+/** A job id that is unknown, or that another key submitted: the same answer for both. */
+export const jobNotFound = (id: string): ApiError => new ApiError(404, "VALIDATION", `there is no job ${id} for this API key`);

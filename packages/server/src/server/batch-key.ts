@@ -1,0 +1,35 @@
+/**
+ * Which waiting jobs may share a forward pass. A job gets a batch key when it is a plain trace (kind "trace", form
+ * "invoke", no edits: what the sandbox's `executeBatch` takes) and its input's token counts are known; jobs of one
+ * model with equal keys (same gradient setting, same token count per row, so no row is padded) are offered to the
+ * worker together. The executor still checks and groups them itself: the key only decides what is worth offering.
+ */
+import type { Tokenizer } from "tsight";
+import type { DecodedJob } from "tsight/protocol";
+
+/** The job's batch key, or undefined when it runs alone (not a plain trace, or its length is unknown). */
+export function batchKey(job: DecodedJob, tokenizer: Tokenizer | undefined): string | undefined {
+  if (job.kind !== "trace" || job.form !== "invoke" || job.edits.length > 0) return undefined;
+  const counts = tokenCounts(job.input, tokenizer);
+  return counts === undefined ? undefined : `${job.grad ? "grad" : "nograd"}|${counts}`;
+}
+
+/** The number of tokens of each row of an input, e.g. "5" or "5,5"; undefined when it cannot be told. */
+function tokenCounts(input: unknown, tokenizer: Tokenizer | undefined): string | undefined {
+  if (typeof input === "string") return tokenizer ? String(tokenizer.encode(input).length) : undefined;
+  if (Array.isArray(input) && input.length > 0) {
+    if (input.every((x) => typeof x === "string")) return tokenizer ? input.map((t: string) => tokenizer.encode(t).length).join(",") : undefined;
+    if (input.every((x) => typeof x === "number")) return String(input.length);
+    if (input.every((x) => Array.isArray(x))) return input.map((r: unknown[]) => r.length).join(",");
+    return undefined;
+  }
+  const shape = (input as { shape?: unknown })?.shape ?? (input as { input_ids?: { shape?: unknown } })?.input_ids?.shape;
+  if (Array.isArray(shape) && shape.every((n) => Number.isInteger(n))) return shape.length === 1 ? String(shape[0]) : `${shape.join("x")}`;
+  return undefined;
+}
+
+/** The log line of a job that shares its forward pass with others. */
+export const batchNote = (jobs: number): string => `[tsight] batched: this job runs in one forward pass with ${jobs - 1} other job${jobs === 2 ? "" : "s"}`;
+
+/** Mean jobs per pass, from counts (null before the first pass). */
+export const perPass = (p: { passes: number; jobs: number } | undefined): number | null => (p && p.passes > 0 ? Math.round((p.jobs / p.passes) * 100) / 100 : null);

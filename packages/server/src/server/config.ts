@@ -1,0 +1,110 @@
+/**
+ * Server settings: every limit and place the server uses, with its default. `resolveConfig` fills what a caller
+ * leaves out, so the rest of the server reads one complete object.
+ */
+import os from "node:os";
+import path from "node:path";
+
+/** Where a worker finds the executor that runs job code: a module and the name of a class it exports. */
+export interface ExecutorRef {
+  /** A file URL (or absolute path) of the module. */
+  module: string;
+  /** The exported class; constructed with no arguments inside the worker thread. */
+  name: string;
+}
+
+export interface ServerConfig {
+  /** Holds the SQLite database (`tsight.db`) and the results folder. */
+  dataDir: string;
+  /** Models to serve: embedded names (`stdlib-gpt2`), folders, or Hugging Face repo ids. */
+  models: string[];
+  /** Wall-clock time a job may run, from dispatch. */
+  jobTimeoutMs: number;
+  /** Bytes of tensors a job's code may create (ExecutionContext.memoryLimitBytes). */
+  memoryLimitBytes: number;
+  /** How long a result is kept after the job completes. */
+  resultRetentionMs: number;
+  /** Largest request body accepted. */
+  maxBodyBytes: number;
+  /** Largest result (envelope bytes) kept; a larger one ends the job with MEMORY. */
+  maxResultBytes: number;
+  /** Jobs one API key may have unfinished at once. */
+  maxActiveJobsPerKey: number;
+  /** Events (log, stream, local) kept per job; later ones are dropped. */
+  maxEventsPerJob: number;
+  /** How long a job gets to stop (after cancel, or past its deadline) before its thread is replaced by a fresh one. */
+  stopGraceMs: number;
+  /** How long a hybrid step (tr.local) waits for the client's answer; a job may ask for less (`localTimeoutMs`). */
+  localStepTimeoutMs: number;
+  /** How long a hybrid step may wait with no client following the job's events before the job ends. */
+  localDisconnectGraceMs: number;
+  /** How long one webhook delivery attempt may take. */
+  webhookTimeoutMs: number;
+  /** The wait before the second webhook attempt; it doubles before the third (the last). */
+  webhookRetryDelayMs: number;
+  /** How often expired results are deleted. */
+  sweepIntervalMs: number;
+  /** Seconds between SSE keep-alive comments. */
+  heartbeatMs: number;
+  /** Serve /metrics without an API key (for a Prometheus that scrapes without credentials). */
+  metricsPublic: boolean;
+  /** Web origins whose pages may call the API (CORS); empty: none, "*": any. */
+  corsOrigins: string[];
+  /**
+   * Most jobs run in one forward pass: when a model's worker is free, up to this many waiting plain traces of equal
+   * token counts run together, each in its own isolate (1: every job runs alone).
+   */
+  maxBatch: number;
+  /** V8 heap limit of each worker thread, in MiB (undefined: Node's default). */
+  workerHeapMb?: number;
+  /** What runs job code inside the workers (default: the sandbox). */
+  executor: ExecutorRef;
+}
+
+export const DEFAULT_PORT = 8787;
+export const DEFAULT_HOST = "127.0.0.1";
+export const DEFAULT_MODELS: readonly string[] = ["stdlib-gpt2", "stdlib-llama"];
+
+export function defaultDataDir(): string {
+  return path.join(os.homedir(), ".tsight", "server");
+}
+
+export function defaultExecutor(): ExecutorRef {
+  return { module: new URL("../sandbox/index.js", import.meta.url).href, name: "SandboxExecutor" };
+}
+
+const MiB = 1024 * 1024;
+
+export function resolveConfig(options: Partial<ServerConfig> = {}): ServerConfig {
+  const defined = Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)) as Partial<ServerConfig>;
+  const config: ServerConfig = {
+    dataDir: defaultDataDir(),
+    models: [...DEFAULT_MODELS],
+    jobTimeoutMs: 60_000,
+    memoryLimitBytes: 512 * MiB,
+    resultRetentionMs: 60 * 60_000,
+    maxBodyBytes: 64 * MiB,
+    maxResultBytes: 256 * MiB,
+    maxActiveJobsPerKey: 8,
+    maxEventsPerJob: 10_000,
+    stopGraceMs: 3_000,
+    localStepTimeoutMs: 60_000,
+    localDisconnectGraceMs: 5_000,
+    webhookTimeoutMs: 10_000,
+    webhookRetryDelayMs: 1_000,
+    sweepIntervalMs: 60_000,
+    heartbeatMs: 15_000,
+    metricsPublic: false,
+    corsOrigins: [],
+    maxBatch: 8,
+    executor: defaultExecutor(),
+    ...defined,
+  };
+  for (const k of ["jobTimeoutMs", "memoryLimitBytes", "resultRetentionMs", "maxBodyBytes", "maxResultBytes", "maxActiveJobsPerKey", "maxEventsPerJob", "stopGraceMs", "localStepTimeoutMs", "localDisconnectGraceMs", "webhookTimeoutMs", "webhookRetryDelayMs", "sweepIntervalMs", "heartbeatMs"] as const) {
+    if (!(Number.isFinite(config[k]) && config[k] > 0)) throw new RangeError(`server setting ${k} must be a positive number, got ${config[k]}`);
+  }
+  if (!(Number.isInteger(config.maxBatch) && config.maxBatch >= 1)) throw new RangeError(`server setting maxBatch must be a whole number of 1 or more, got ${config.maxBatch}`);
+  if (config.models.length === 0) throw new RangeError("the server needs at least one model to serve");
+  config.dataDir = path.resolve(config.dataDir);
+  return config;
+}

@@ -1,0 +1,392 @@
+/**
+ * JobManager: the embedded server's dispatcher. It takes a submitted request (checked with `decodeJob`), stores
+ * the job, queues it for its model, hands it to the model's worker when the worker is free, stores the events
+ * the worker sends, and ends the job: the result to disk (COMPLETED), its error (ERROR) or CANCELLED. Every move
+ * is a status event in the JobStore. When the worker is free and the next job is a plain trace, the waiting traces
+ * of the same token counts go with it, up to `maxBatch`, as invokes of one forward pass (continuous batching);
+ * each keeps its own events, deadline, cancel and result. Hybrid steps are bounded by a LocalStepWatch: a step left
+ * unanswered too long, or by a client that went away, stops the job.
+ */
+import { infoFromError, decodeJob, type DecodedJob, type ErrorInfo, type JobEvent, type JobRequest, type JobState, type ModelInfo } from "tsight/protocol";
+import { ApiError, jobNotFound } from "./api-error.js";
+import { batchKey, batchNote, perPass } from "./batch-key.js";
+import type { ServerConfig } from "./config.js";
+import type { ClusterStatus, Dispatcher, ModelLoad, WorkerInfo } from "./contracts.js";
+import type { OpenStreams } from "./event-stream.js";
+import { newJobId } from "./ids.js";
+import { JobQueue } from "./job-queue.js";
+import { isTerminal } from "./job-status.js";
+import type { JobStore, ListOptions } from "./job-store.js";
+import type { Caller } from "./key-store.js";
+import { LocalStepWatch } from "./local-step-watch.js";
+import type { ServerMetrics } from "./metrics.js";
+import type { ModelRegistry, ServedModel } from "./model-registry.js";
+import { ModelWorker, serverError, type RunOutcome, type WorkerState } from "./model-worker.js";
+import type { ResultStore } from "./result-store.js";
+import type { LocalAnswer } from "./worker-messages.js";
+
+export interface JobManagerParts {
+  config: ServerConfig;
+  store: JobStore;
+  results: ResultStore;
+  registry: ModelRegistry;
+  metrics: ServerMetrics;
+  /** The open event streams of each job (a hybrid step needs a client following its job). */
+  streams: OpenStreams;
+  /** Where failures of the server itself are written. */
+  log?: (line: string) => void;
+}
+
+/** A job from submission until it ends. */
+interface ActiveJob {
+  id: string;
+  model: ServedModel;
+  /** The request, until it is handed to a worker. */
+  body: Uint8Array | JobRequest | undefined;
+  /** Jobs with the same key may share a forward pass (see batch-key.ts); undefined: runs alone. */
+  batch: string | undefined;
+  dispatchedAt?: number;
+  cancelRequested: boolean;
+  events: number;
+  /** Hybrid steps the job asked for and the client has not answered. */
+  localCalls: Set<string>;
+  /** Hybrid steps answered already. */
+  answered: Set<string>;
+  /** How long a hybrid step of this job waits for its answer (the job's localTimeoutMs, capped by the server's). */
+  localTimeoutMs: number;
+  /** Set when the server stops the job itself (a hybrid step timed out, its client went away): how it ends. */
+  endError?: ErrorInfo;
+}
+
+/** What /v1/status says about one model of the embedded server. */
+export interface ModelStatus extends ModelLoad {
+  running: boolean;
+  worker: { state: WorkerState; threadId: number | null; restarts: number; lastError: string | null };
+}
+
+const MAX_LOG_CHARS = 16 * 1024;
+
+export class JobManager implements Dispatcher {
+  readonly queue = new JobQueue();
+  private readonly workers = new Map<string, ModelWorker>();
+  private readonly active = new Map<string, ActiveJob>();
+  private readonly averageSeconds = new Map<string, number>();
+  /** Passes handed to each model's worker, and the jobs in them. */
+  private readonly passes = new Map<string, { passes: number; jobs: number }>();
+  private readonly finishing = new Set<Promise<void>>();
+  private readonly localSteps: LocalStepWatch;
+  private closed = false;
+
+  constructor(private readonly parts: JobManagerParts) {
+    const { store, metrics, registry } = parts;
+    this.localSteps = new LocalStepWatch({ streams: parts.streams, disconnectGraceMs: parts.config.localDisconnectGraceMs, onExpired: (id, error) => this.stop(id, error) });
+    for (const id of store.activeIds()) store.move(id, "ERROR", { error: serverError("PREEMPTED", "the server restarted before the job ended; submit it again") });
+    metrics.registry.gauge("tsight_queue_depth", "Jobs waiting, by model.", () => registry.list().map((m) => ({ labels: { model: m.name }, value: this.queue.length(m.key) })));
+    metrics.registry.gauge("tsight_jobs_running", "Jobs running, by model.", () => registry.list().map((m) => ({ labels: { model: m.name }, value: this.workers.get(m.key)?.jobId ? 1 : 0 })));
+    metrics.registry.gauge("tsight_worker_up", "Whether the model's worker has its model loaded.", () =>
+      registry.list().map((m) => ({ labels: { model: m.name }, value: ["ready", "busy"].includes(this.workers.get(m.key)?.state ?? "") ? 1 : 0 })),
+    );
+  }
+
+  /** Starts a worker thread per model; resolves when each has loaded its model or failed to. */
+  async startWorkers(): Promise<void> {
+    const started: Promise<void>[] = [];
+    for (const model of this.parts.registry.list()) {
+      if (this.workers.has(model.key)) continue;
+      const worker = new ModelWorker({
+        model: model.name,
+        executor: this.parts.config.executor,
+        stopGraceMs: this.parts.config.stopGraceMs,
+        heapMb: this.parts.config.workerHeapMb,
+        onState: (s) => {
+          if (s === "ready") this.pump(model.key);
+          if (s === "failed") this.failWaiting(model, serverError("INTERNAL", `${model.name} failed to load on this server (${worker.lastError?.message ?? "no reason given"}); try again later`));
+        },
+        onStarted: (id) => this.parts.store.move(id, "RUNNING"),
+        onEvent: (id, e) => this.onEvent(id, e),
+        onRestart: () => this.parts.metrics.restarts.inc({ model: model.name }),
+      });
+      this.workers.set(model.key, worker);
+      started.push(worker.start(), this.parts.registry.loadTokenizer(model).then(() => undefined));
+    }
+    await Promise.all(started);
+  }
+
+  /** Checks and queues a request; the caller's key owns the job. */
+  submit(caller: Caller, body: Uint8Array | JobRequest): JobState {
+    if (this.closed) throw new ApiError(503, "INTERNAL", "the server is shutting down; try again later", { retryable: true });
+    let job: DecodedJob;
+    try {
+      job = decodeJob(body);
+    } catch (e) {
+      throw new ApiError(400, "VALIDATION", (e as Error).message);
+    }
+    const model = this.parts.registry.get(job.model);
+    if (!model) {
+      const served = this.parts.registry.list().map((m) => m.key);
+      throw new ApiError(404, "VALIDATION", `this server does not serve ${job.model}; it serves ${served.join(", ")}`);
+    }
+    const worker = this.workers.get(model.key);
+    if (worker?.state === "failed") {
+      throw new ApiError(503, "INTERNAL", `${model.name} failed to load on this server (${worker.lastError?.message ?? "no reason given"}); it is retried, try again later`, { retryable: true, headers: { "retry-after": "30" } });
+    }
+    const limit = this.parts.config.maxActiveJobsPerKey;
+    if (this.parts.store.activeCount(caller.keyId) >= limit) {
+      throw new ApiError(429, "NOT_ALLOWED", `this API key already has ${limit} unfinished jobs, the most it may have; wait for one to end`, { retryable: true, headers: { "retry-after": "1" } });
+    }
+    const id = newJobId();
+    const webhook = job.webhook === undefined ? undefined : { url: job.webhook, secret: job.webhookSecret };
+    this.parts.store.create({ id, keyId: caller.keyId, model: model.key, kind: job.kind, webhook });
+    const cap = this.parts.config.localStepTimeoutMs;
+    const localTimeoutMs = Math.min(job.localTimeoutMs ?? cap, cap);
+    const batch = this.parts.config.maxBatch > 1 ? batchKey(job, this.parts.registry.tokenizer(model)) : undefined;
+    this.active.set(id, { id, model, body, batch, cancelRequested: false, events: 0, localCalls: new Set(), answered: new Set(), localTimeoutMs });
+    this.parts.store.move(id, "QUEUED", { position: this.queue.push(model.key, id) });
+    this.parts.metrics.submitted.inc({ model: model.name });
+    this.pump(model.key);
+    return this.state(id, caller.keyId);
+  }
+
+  /** The job's state, if `keyId` owns it. */
+  state(id: string, keyId: string): JobState {
+    const job = this.parts.store.getOwned(id, keyId);
+    if (!job) throw jobNotFound(id);
+    return this.parts.store.state(job, this.queue.position(id));
+  }
+
+  /** The key's jobs, newest first (GET /v1/jobs). */
+  list(keyId: string, options: ListOptions): JobState[] {
+    const jobs = this.parts.store.list(keyId, options);
+    if (!jobs) throw new ApiError(400, "VALIDATION", `"before" must be the id of one of this API key's jobs; there is no job ${options.before} for it`);
+    return jobs.map((job) => this.parts.store.state(job, this.queue.position(job.id)));
+  }
+
+  /**
+   * Cancels a job: a waiting one is CANCELLED at once; a running one is asked to stop (its worker's thread is
+   * replaced if it does not) and becomes CANCELLED when it has. A finished job stays as it is.
+   */
+  cancel(id: string, keyId: string): JobState {
+    const job = this.parts.store.getOwned(id, keyId);
+    if (!job) throw jobNotFound(id);
+    const active = this.active.get(id);
+    if (!isTerminal(job.status) && active) {
+      if (this.queue.remove(id) !== undefined) {
+        this.active.delete(id);
+        this.parts.store.move(id, "CANCELLED");
+        this.countEnd(active, "CANCELLED");
+        this.renumber(active.model.key);
+      } else if (!active.cancelRequested) {
+        active.cancelRequested = true;
+        this.workers.get(active.model.key)?.cancel(id);
+      }
+    }
+    return this.state(id, keyId);
+  }
+
+  /** Passes the client's answer to hybrid step `call` of a running job. */
+  answerLocal(id: string, keyId: string, call: string, answer: LocalAnswer): void {
+    const job = this.parts.store.getOwned(id, keyId);
+    if (!job) throw jobNotFound(id);
+    const active = this.active.get(id);
+    if (job.status !== "RUNNING" || !active) throw new ApiError(409, "NOT_ALLOWED", `job ${id} is ${job.status}; only a running job takes answers to local steps`);
+    if (active.endError || active.cancelRequested) throw new ApiError(409, "NOT_ALLOWED", `job ${id} is stopping${active.endError ? `: ${active.endError.message}` : " (cancelled)"}`);
+    if (active.answered.has(call)) throw new ApiError(409, "NOT_ALLOWED", `local step "${call}" of job ${id} was answered already`);
+    if (!active.localCalls.has(call)) throw new ApiError(404, "VALIDATION", `job ${id} is not waiting for local step "${call}"`);
+    active.localCalls.delete(call);
+    active.answered.add(call);
+    this.localSteps.answered(id, call);
+    this.workers.get(active.model.key)?.answerLocal(id, call, answer);
+  }
+
+  /** The served models, as GET /v1/models lists them. */
+  models(): ModelInfo[] {
+    return this.modelStatus().map(({ key, name, modelType, state, queued }) => ({ key, name, modelType, state, queued }));
+  }
+
+  modelStatus(): ModelStatus[] {
+    return this.parts.registry.list().map((m) => {
+      const worker = this.workers.get(m.key);
+      const wstate = worker?.state ?? "stopped";
+      const queued = this.queue.length(m.key);
+      const average = this.averageSeconds.get(m.key) ?? null;
+      const runningFor = worker?.jobId ? (Date.now() - (this.active.get(worker.jobId)?.dispatchedAt ?? Date.now())) / 1000 : null;
+      const wait = average === null ? null : queued * average + (runningFor === null ? 0 : Math.max(0, average - runningFor));
+      return {
+        key: m.key,
+        name: m.name,
+        modelType: m.modelType,
+        state: wstate === "ready" || wstate === "busy" ? "loaded" : wstate === "starting" ? "loading" : "available",
+        queued,
+        running: runningFor !== null,
+        worker: { state: wstate, threadId: worker?.threadId ?? null, restarts: worker?.restarts ?? 0, lastError: worker?.lastError?.message ?? null },
+        averageJobSeconds: average,
+        estimatedWaitSeconds: wait === null ? null : Math.round(wait * 1000) / 1000,
+        jobsPerPass: perPass(this.passes.get(m.key)),
+      };
+    });
+  }
+
+  /** GET /v1/status: the models, and each model's thread as a worker. */
+  status(): ClusterStatus {
+    const models = this.modelStatus();
+    const workers: WorkerInfo[] = [];
+    for (const m of this.parts.registry.list()) {
+      const worker = this.workers.get(m.key);
+      if (!worker || worker.threadId === undefined) continue;
+      const running = worker.jobIds.length;
+      workers.push({ id: `thread-${worker.threadId}`, models: [m.name], busy: running > 0, running, lastHeartbeat: new Date().toISOString() });
+    }
+    return { mode: "embedded", queued: models.reduce((n, m) => n + m.queued, 0), running: models.filter((m) => m.running).length, models, workers, maxBatch: this.parts.config.maxBatch };
+  }
+
+  /** Stops taking jobs, fails the waiting ones (PREEMPTED) and stops the workers. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.localSteps.close();
+    const preempted = serverError("PREEMPTED", "the server shut down before the job ran; submit it again");
+    for (const model of this.parts.registry.list()) this.failWaiting(model, preempted);
+    await Promise.all([...this.workers.values()].map((w) => w.close()));
+    await Promise.all([...this.finishing]);
+  }
+
+  /** Hands waiting jobs to the model's worker while it is free: the next job, with those that can share its pass. */
+  private pump(modelKey: string): void {
+    const worker = this.workers.get(modelKey);
+    while (!this.closed && worker?.state === "ready") {
+      const batch = this.takeBatch(modelKey, worker.batching ? this.parts.config.maxBatch : 1);
+      if (batch.length === 0) return;
+      this.renumber(modelKey);
+      const { jobTimeoutMs, memoryLimitBytes, maxResultBytes } = this.parts.config;
+      const now = Date.now();
+      const specs = batch.map((active) => {
+        const body = active.body!;
+        active.body = undefined;
+        active.dispatchedAt = now;
+        this.parts.store.move(active.id, "DISPATCHED");
+        if (batch.length > 1) this.parts.store.append(active.id, { type: "log", text: batchNote(batch.length) });
+        return { jobId: active.id, body, deadline: now + jobTimeoutMs, memoryLimitBytes, maxResultBytes };
+      });
+      this.parts.metrics.batchSize.observe({ model: batch[0]!.model.name }, batch.length);
+      const runs = worker.runBatch(specs);
+      void Promise.all(runs).then(() => this.recordPass(modelKey, (Date.now() - now) / 1000, batch.length));
+      batch.forEach((active, i) => {
+        const done = runs[i]!.then((outcome) => this.finish(active, outcome)).catch((e: Error) => this.parts.log?.(`tsight server: ending job ${active.id} failed: ${e.stack ?? e.message}`));
+        this.finishing.add(done);
+        void done.finally(() => this.finishing.delete(done));
+      });
+    }
+  }
+
+  /** The next waiting job of a model, and the waiting jobs with its batch key after it (up to `max` in all). */
+  private takeBatch(modelKey: string, max: number): ActiveJob[] {
+    const first = this.queue.shift(modelKey);
+    if (first === undefined) return [];
+    const head = this.active.get(first)!;
+    const batch = [head];
+    if (max > 1 && head.batch !== undefined) {
+      for (const id of [...this.queue.waiting(modelKey)]) {
+        if (batch.length >= max) break;
+        const other = this.active.get(id);
+        if (other?.batch !== head.batch) continue;
+        this.queue.remove(id);
+        batch.push(other);
+      }
+    }
+    return batch;
+  }
+
+  /** Records how long a pass took per job (the mean that estimated waits use). */
+  private recordPass(modelKey: string, seconds: number, jobs: number): void {
+    const p = this.passes.get(modelKey) ?? { passes: 0, jobs: 0 };
+    this.passes.set(modelKey, { passes: p.passes + 1, jobs: p.jobs + jobs });
+    const perJob = seconds / jobs;
+    const previous = this.averageSeconds.get(modelKey);
+    this.averageSeconds.set(modelKey, previous === undefined ? perJob : 0.8 * previous + 0.2 * perJob);
+  }
+
+  /**
+   * Stops a running job for the server's own reason (a hybrid step timed out, its client went away): its waits
+   * reject with `error`, and it ends ERROR with it once its worker reports the end (or gives up on it).
+   */
+  private stop(id: string, error: ErrorInfo): void {
+    const active = this.active.get(id);
+    if (!active || active.cancelRequested || active.endError) return;
+    active.endError = error;
+    this.workers.get(active.model.key)?.cancel(id, error);
+  }
+
+  /** Fails the waiting jobs of a model with `error`. */
+  private failWaiting(model: ServedModel, error: ErrorInfo): void {
+    for (let id = this.queue.shift(model.key); id !== undefined; id = this.queue.shift(model.key)) {
+      const active = this.active.get(id);
+      this.active.delete(id);
+      this.parts.store.move(id, "ERROR", { error });
+      if (active) this.countEnd(active, "ERROR", error.code);
+    }
+  }
+
+  /** Stores the new positions of a model's waiting jobs (each moved up one). */
+  private renumber(modelKey: string): void {
+    this.queue.waiting(modelKey).forEach((id, position) => this.parts.store.move(id, "QUEUED", { position }));
+  }
+
+  private onEvent(id: string, event: JobEvent): void {
+    const active = this.active.get(id);
+    if (!active) return;
+    if (event.type !== "log" && event.type !== "stream" && event.type !== "local") return; // the server's own events
+    const limit = this.parts.config.maxEventsPerJob;
+    if (++active.events > limit) {
+      if (active.events === limit + 1) this.parts.store.append(id, { type: "log", text: `[tsight] the job sent more than ${limit} events; later ones are dropped` });
+      return;
+    }
+    if (event.type === "log" && event.text.length > MAX_LOG_CHARS) event = { type: "log", text: `${event.text.slice(0, MAX_LOG_CHARS)}… [cut at ${MAX_LOG_CHARS} characters]` };
+    if (event.type === "local" && !active.answered.has(event.call) && !active.endError) {
+      active.localCalls.add(event.call);
+      this.localSteps.asked(id, event.call, active.localTimeoutMs);
+    }
+    try {
+      this.parts.store.append(id, event);
+    } catch (e) {
+      this.parts.store.append(id, { type: "log", text: `[tsight] an event of type ${event.type} could not be stored: ${(e as Error).message}` });
+    }
+  }
+
+  private async finish(active: ActiveJob, outcome: RunOutcome): Promise<void> {
+    const { store, results, config } = this.parts;
+    const id = active.id;
+    this.active.delete(id);
+    this.localSteps.forget(id);
+    this.parts.metrics.duration.observe({ model: active.model.name }, (Date.now() - active.dispatchedAt!) / 1000);
+    if (active.cancelRequested) {
+      store.move(id, "CANCELLED");
+      return this.countEnd(active, "CANCELLED");
+    }
+    if (active.endError) {
+      store.move(id, "ERROR", { error: active.endError });
+      return this.countEnd(active, "ERROR", active.endError.code);
+    }
+    let error = outcome.ok ? undefined : outcome.error;
+    if (outcome.ok) {
+      if (outcome.bytes.byteLength > config.maxResultBytes) {
+        error = serverError("MEMORY", `the job's result is ${outcome.bytes.byteLength} bytes, over this server's limit of ${config.maxResultBytes}; return less`, "MemoryError");
+      } else {
+        try {
+          await results.write(id, outcome.bytes);
+          store.move(id, "COMPLETED", { result: { bytes: outcome.bytes.byteLength, expires: Date.now() + config.resultRetentionMs } });
+          return this.countEnd(active, "COMPLETED");
+        } catch (e) {
+          error = infoFromError(e, "INTERNAL");
+          error = { ...error, code: "INTERNAL", retryable: true, message: `the result could not be stored: ${error.message}` };
+        }
+      }
+    }
+    store.move(id, "ERROR", { error });
+    this.countEnd(active, "ERROR", error!.code);
+  }
+
+  private countEnd(active: ActiveJob, status: "COMPLETED" | "ERROR" | "CANCELLED", code?: string): void {
+    this.parts.metrics.finished.inc({ model: active.model.name, status });
+    if (code) this.parts.metrics.errors.inc({ code });
+  }
+}

@@ -1,0 +1,311 @@
+/**
+ * JobStore: jobs and their events in SQLite. Every state change is a row update plus a `status` event, in one
+ * transaction; events are numbered per job from 1 (the SSE id), so a client that reconnects with Last-Event-ID
+ * gets exactly what it missed. Listeners hear each event after it is stored, and end listeners each job that
+ * reaches a final state. A job's webhook secret is readable only while its delivery is pending.
+ */
+import type { ErrorInfo, JobEvent, JobKind, JobState, JobStatus, SequencedEvent } from "tsight/protocol";
+import type { Db } from "./database.js";
+import { ACTIVE, canMove, isTerminal } from "./job-status.js";
+
+export type ResultState = "none" | "available" | "expired";
+export type WebhookState = "pending" | "delivered" | "failed";
+
+export interface JobRecord {
+  id: string;
+  keyId: string;
+  model: string;
+  kind: JobKind;
+  status: JobStatus;
+  created: number;
+  updated: number;
+  started: number | null;
+  finished: number | null;
+  error: ErrorInfo | null;
+  result: ResultState;
+  resultBytes: number | null;
+  expires: number | null;
+  lastSeq: number;
+  /** The URL to POST to when the job ends. */
+  webhook: string | null;
+  webhookState: WebhookState | null;
+}
+
+export interface NewJob {
+  id: string;
+  keyId: string;
+  model: string;
+  kind: JobKind;
+  webhook?: { url: string; secret?: string };
+}
+
+export interface ListOptions {
+  status?: JobStatus;
+  limit: number;
+  /** Only jobs submitted before this one (of the same key). */
+  before?: string;
+}
+
+export interface MoveDetails {
+  /** Place in the queue, for QUEUED. */
+  position?: number;
+  /** Why the job failed, for ERROR (and CANCELLED, when there is something to say). */
+  error?: ErrorInfo;
+  /** The kept result, for COMPLETED. */
+  result?: { bytes: number; expires: number };
+}
+
+export type EventListener = (e: SequencedEvent) => void;
+export type EndListener = (job: JobRecord) => void;
+
+interface JobRow {
+  id: string;
+  key_id: string;
+  model: string;
+  kind: JobKind;
+  status: JobStatus;
+  created: number;
+  updated: number;
+  started: number | null;
+  finished: number | null;
+  error: string | null;
+  result: ResultState;
+  result_bytes: number | null;
+  expires: number | null;
+  last_seq: number;
+  webhook: string | null;
+  webhook_state: WebhookState | null;
+}
+
+const fromRow = (r: JobRow): JobRecord => ({
+  id: r.id,
+  keyId: r.key_id,
+  model: r.model,
+  kind: r.kind,
+  status: r.status,
+  created: r.created,
+  updated: r.updated,
+  started: r.started,
+  finished: r.finished,
+  error: r.error === null ? null : (JSON.parse(r.error) as ErrorInfo),
+  result: r.result,
+  resultBytes: r.result_bytes,
+  expires: r.expires,
+  lastSeq: r.last_seq,
+  webhook: r.webhook,
+  webhookState: r.webhook_state,
+});
+
+export class JobStore {
+  private readonly listeners = new Map<string, Set<EventListener>>();
+  private readonly endListeners = new Set<EndListener>();
+  private readonly q;
+
+  constructor(private readonly db: Db) {
+    this.q = {
+      insert: db.prepare(
+        "INSERT INTO jobs (id, key_id, model, kind, status, created, updated, webhook, webhook_secret, webhook_state) VALUES (?, ?, ?, ?, 'RECEIVED', ?, ?, ?, ?, ?)",
+      ),
+      get: db.prepare("SELECT * FROM jobs WHERE id = ?"),
+      bumpSeq: db.prepare("UPDATE jobs SET last_seq = last_seq + 1 WHERE id = ? RETURNING last_seq"),
+      insertEvent: db.prepare("INSERT INTO events (job_id, seq, event, created) VALUES (?, ?, ?, ?)"),
+      eventsAfter: db.prepare("SELECT seq, event FROM events WHERE job_id = ? AND seq > ? ORDER BY seq"),
+      move: db.prepare(
+        "UPDATE jobs SET status = @status, updated = @now, started = coalesce(@started, started), finished = coalesce(@finished, finished), " +
+          "error = coalesce(@error, error), result = coalesce(@result, result), result_bytes = coalesce(@bytes, result_bytes), expires = coalesce(@expires, expires) WHERE id = @id",
+      ),
+      active: db.prepare(`SELECT count(*) AS n FROM jobs WHERE key_id = ? AND status IN (${ACTIVE.map((s) => `'${s}'`).join(", ")})`),
+      activeIds: db.prepare(`SELECT id FROM jobs WHERE status IN (${ACTIVE.map((s) => `'${s}'`).join(", ")}) ORDER BY created`),
+      due: db.prepare("SELECT id FROM jobs WHERE result = 'available' AND expires <= ?"),
+      expire: db.prepare("UPDATE jobs SET result = 'expired' WHERE id = ? AND result = 'available'"),
+      // Newest first: by submission time, then insertion order (rowid) within one millisecond.
+      list: db.prepare(
+        "SELECT * FROM jobs WHERE key_id = @key AND (@status IS NULL OR status = @status) " +
+          "AND (@created IS NULL OR created < @created OR (created = @created AND rowid < @row)) ORDER BY created DESC, rowid DESC LIMIT @limit",
+      ),
+      cursor: db.prepare("SELECT created, rowid AS row FROM jobs WHERE id = ? AND key_id = ?"),
+      webhookSecret: db.prepare("SELECT webhook, webhook_secret FROM jobs WHERE id = ? AND webhook_state = 'pending'"),
+      webhookDone: db.prepare("UPDATE jobs SET webhook_state = ?, webhook_secret = NULL WHERE id = ?"),
+      webhooksPending: db.prepare(`SELECT id FROM jobs WHERE webhook_state = 'pending' AND status NOT IN (${ACTIVE.map((s) => `'${s}'`).join(", ")}) ORDER BY finished`),
+    };
+  }
+
+  /** Records a new job (RECEIVED) and its first event. */
+  create(job: NewJob): JobRecord {
+    const now = Date.now();
+    const pending: SequencedEvent[] = [];
+    this.db.transaction(() => {
+      const hook = job.webhook;
+      this.q.insert.run(job.id, job.keyId, job.model, job.kind, now, now, hook?.url ?? null, hook?.secret ?? null, hook ? "pending" : null);
+      pending.push(this.insertEvent(job.id, { type: "status", status: "RECEIVED" }, now));
+    })();
+    this.notify(job.id, pending);
+    return this.get(job.id)!;
+  }
+
+  get(id: string): JobRecord | undefined {
+    const row = this.q.get.get(id) as JobRow | undefined;
+    return row && fromRow(row);
+  }
+
+  /** The job if `keyId` submitted it; undefined otherwise (so others' ids look like unknown ones). */
+  getOwned(id: string, keyId: string): JobRecord | undefined {
+    const job = this.get(id);
+    return job && job.keyId === keyId ? job : undefined;
+  }
+
+  /**
+   * Moves a job to `status`, storing the status event (after an `error` event when one is given, and followed by
+   * `done` when the state is final). Returns false, changing nothing, when the job is unknown or cannot move there
+   * (e.g. it already finished: a cancel and a completion may race).
+   */
+  move(id: string, status: JobStatus, details: MoveDetails = {}): boolean {
+    const now = Date.now();
+    const pending: SequencedEvent[] = [];
+    const moved = this.db.transaction(() => {
+      const job = this.get(id);
+      if (!job || !canMove(job.status, status)) return false;
+      const final = isTerminal(status);
+      this.q.move.run({
+        id,
+        status,
+        now,
+        started: status === "RUNNING" ? now : null,
+        finished: final ? now : null,
+        error: details.error ? JSON.stringify(details.error) : null,
+        result: details.result ? "available" : null,
+        bytes: details.result?.bytes ?? null,
+        expires: details.result?.expires ?? null,
+      });
+      if (details.error) pending.push(this.insertEvent(id, { type: "error", error: details.error }, now));
+      pending.push(this.insertEvent(id, details.position === undefined ? { type: "status", status } : { type: "status", status, position: details.position }, now));
+      if (final) pending.push(this.insertEvent(id, { type: "done", status }, now));
+      return true;
+    })();
+    this.notify(id, pending);
+    if (moved && isTerminal(status)) {
+      const job = this.get(id)!;
+      for (const l of [...this.endListeners]) l(job);
+    }
+    return moved;
+  }
+
+  /** Stores an event of a job (log, stream, local); returns its sequence number, or undefined for an unknown job. */
+  append(id: string, event: JobEvent): number | undefined {
+    const stored = this.db.transaction(() => (this.get(id) ? this.insertEvent(id, event, Date.now()) : undefined))();
+    if (!stored) return undefined;
+    this.notify(id, [stored]);
+    return stored.seq;
+  }
+
+  /** The job's events after sequence number `seq` (0: all), in order. */
+  eventsAfter(id: string, seq: number): SequencedEvent[] {
+    return (this.q.eventsAfter.all(id, seq) as { seq: number; event: string }[]).map((r) => ({ seq: r.seq, event: JSON.parse(r.event) as JobEvent }));
+  }
+
+  /** Calls `listener` with each event of job `id` stored from now on; returns the function that stops it. */
+  subscribe(id: string, listener: EventListener): () => void {
+    let set = this.listeners.get(id);
+    if (!set) this.listeners.set(id, (set = new Set()));
+    set.add(listener);
+    return () => {
+      set.delete(listener);
+      if (set.size === 0 && this.listeners.get(id) === set) this.listeners.delete(id);
+    };
+  }
+
+  /** Calls `listener` with each job that reaches a final state from now on; returns the function that stops it. */
+  onEnd(listener: EndListener): () => void {
+    this.endListeners.add(listener);
+    return () => void this.endListeners.delete(listener);
+  }
+
+  /** How many listeners follow job `id` (open event streams). */
+  listenerCount(id: string): number {
+    return this.listeners.get(id)?.size ?? 0;
+  }
+
+  /** Unfinished jobs of an API key. */
+  activeCount(keyId: string): number {
+    return (this.q.active.get(keyId) as { n: number }).n;
+  }
+
+  /** Ids of every unfinished job, oldest first. */
+  activeIds(): string[] {
+    return (this.q.activeIds.all() as { id: string }[]).map((r) => r.id);
+  }
+
+  /**
+   * A key's jobs, newest first. Undefined when `before` is not one of the key's jobs (so others' ids look like
+   * unknown ones).
+   */
+  list(keyId: string, options: ListOptions): JobRecord[] | undefined {
+    let cursor: { created: number; row: number } | undefined;
+    if (options.before !== undefined) {
+      cursor = this.q.cursor.get(options.before, keyId) as typeof cursor;
+      if (!cursor) return undefined;
+    }
+    const rows = this.q.list.all({ key: keyId, status: options.status ?? null, created: cursor?.created ?? null, row: cursor?.row ?? null, limit: options.limit }) as JobRow[];
+    return rows.map(fromRow);
+  }
+
+  /** Where and with what secret to deliver a job's webhook, while the delivery is pending. */
+  webhookDelivery(id: string): { url: string; secret: string | undefined } | undefined {
+    const row = this.q.webhookSecret.get(id) as { webhook: string; webhook_secret: string | null } | undefined;
+    return row && { url: row.webhook, secret: row.webhook_secret ?? undefined };
+  }
+
+  /** Records the end of a webhook delivery, and wipes its secret. */
+  finishWebhook(id: string, state: "delivered" | "failed"): void {
+    this.q.webhookDone.run(state, id);
+  }
+
+  /** Finished jobs whose webhook was not delivered yet (the server stopped first), oldest first. */
+  pendingWebhooks(): string[] {
+    return (this.q.webhooksPending.all() as { id: string }[]).map((r) => r.id);
+  }
+
+  /** Jobs whose kept result is past its expiry at `now`. */
+  resultsDue(now: number): string[] {
+    return (this.q.due.all(now) as { id: string }[]).map((r) => r.id);
+  }
+
+  markResultExpired(id: string): void {
+    this.q.expire.run(id);
+  }
+
+  /** A job as the protocol shows it. */
+  state(job: JobRecord, position?: number): JobState {
+    return jobState(job, position);
+  }
+
+  private insertEvent(id: string, event: JobEvent, now: number): SequencedEvent {
+    const { last_seq: seq } = this.q.bumpSeq.get(id) as { last_seq: number };
+    this.q.insertEvent.run(id, seq, JSON.stringify(event), now);
+    return { seq, event };
+  }
+
+  private notify(id: string, events: SequencedEvent[]): void {
+    const set = this.listeners.get(id);
+    if (!set) return;
+    for (const e of events) for (const l of [...set]) l(e);
+  }
+}
+
+/** A job as the protocol shows it (with its place in the queue while QUEUED). */
+export function jobState(job: JobRecord, position?: number): JobState {
+  const s: JobState = {
+    id: job.id,
+    status: job.status,
+    model: job.model,
+    kind: job.kind,
+    created: new Date(job.created).toISOString(),
+    updated: new Date(job.updated).toISOString(),
+    result: job.result,
+  };
+  if (position !== undefined && job.status === "QUEUED") s.position = position;
+  if (job.error) s.error = job.error;
+  if (job.expires !== null && job.result !== "none") s.expires = new Date(job.expires).toISOString();
+  if (job.webhookState) s.webhook = job.webhookState;
+  return s;
+}

@@ -1,0 +1,69 @@
+/** GET /v1/jobs: a key's jobs, newest first, filtered and paged, through HttpBackend.list on a real socket. */
+import fsp from "node:fs/promises";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { GPT2, tempDir } from "../../../../test/server/harness.js";
+import { HttpBackend } from "../../../tsight/src/client/http.js";
+import type { ErrorBody, JobRequest } from "../../../tsight/src/protocol/wire.js";
+import { startServer, type RunningServer } from "./server.js";
+
+let server: RunningServer;
+let backend: HttpBackend;
+let ids: string[];
+beforeAll(async () => {
+  // No workers: jobs wait in the queue until cancelled.
+  server = await startServer({ port: 0, dataDir: await tempDir(), models: ["stdlib-gpt2"], workers: false, maxActiveJobsPerKey: 10 });
+  backend = new HttpBackend({ url: server.url, apiKey: server.keys.create("lister").key });
+  const request: JobRequest = { model: GPT2, kind: "trace", form: "tracer", source: "async (tr) => 1" };
+  ids = [];
+  for (let i = 0; i < 5; i++) ids.push((await backend.submit({ ...request, kind: i === 4 ? "session" : "trace" })).id);
+  await backend.cancel(ids[1]!);
+  await backend.cancel(ids[3]!);
+});
+afterAll(async () => {
+  await server.close();
+  await fsp.rm(server.config.dataDir, { recursive: true, force: true });
+});
+
+const newestFirst = () => [...ids].reverse();
+
+describe("GET /v1/jobs", () => {
+  it("lists the key's jobs newest first, with their states", async () => {
+    const jobs = await backend.list();
+    expect(jobs.map((j) => j.id)).toEqual(newestFirst());
+    expect(jobs.map((j) => j.status)).toEqual(["QUEUED", "CANCELLED", "QUEUED", "CANCELLED", "QUEUED"]);
+    expect(jobs[0]).toMatchObject({ model: GPT2, kind: "session", result: "none", position: 2 });
+    expect(jobs.at(-1)).toMatchObject({ kind: "trace", position: 0 });
+  });
+
+  it("filters by status and pages with limit and before", async () => {
+    expect((await backend.list({ status: "CANCELLED" })).map((j) => j.id)).toEqual([ids[3], ids[1]]);
+    expect(await backend.list({ status: "COMPLETED" })).toEqual([]);
+    const pages: string[][] = [];
+    let before: string | undefined;
+    for (;;) {
+      const page = await backend.list({ limit: 2, before });
+      if (page.length === 0) break;
+      pages.push(page.map((j) => j.id));
+      before = page.at(-1)!.id;
+    }
+    expect(pages).toEqual([newestFirst().slice(0, 2), newestFirst().slice(2, 4), newestFirst().slice(4)]);
+    expect((await backend.list({ status: "QUEUED", before: ids[4] })).map((j) => j.id)).toEqual([ids[2], ids[0]]);
+  });
+
+  it("shows nothing of another key's jobs", async () => {
+    const other = new HttpBackend({ url: server.url, apiKey: server.keys.create("other").key });
+    expect(await other.list()).toEqual([]);
+    await expect(other.list({ before: ids[2] })).rejects.toMatchObject({ status: 400, code: "VALIDATION", message: expect.stringMatching(/"before" must be the id of one of this API key's jobs/) });
+  });
+
+  it("refuses a bad status, limit or cursor with 400", async () => {
+    const get = async (query: string) => {
+      const res = await fetch(`${server.url}/v1/jobs?${query}`, { headers: { "tsight-protocol": "1", authorization: `Bearer ${server.keys.create().key}` } });
+      return { status: res.status, error: ((await res.json()) as ErrorBody).error };
+    };
+    expect(await get("status=DONE")).toMatchObject({ status: 400, error: { code: "VALIDATION", message: expect.stringMatching(/"status" must be one of RECEIVED, .*CANCELLED/) } });
+    for (const limit of ["0", "101", "ten", "1.5"]) expect(await get(`limit=${limit}`)).toMatchObject({ status: 400, error: { message: expect.stringMatching(/"limit" must be a whole number from 1 to 100/) } });
+    expect(await get("before=nosuchjob")).toMatchObject({ status: 400 });
+    expect((await fetch(`${server.url}/v1/jobs`, { headers: { "tsight-protocol": "1" } })).status).toBe(401);
+  });
+});

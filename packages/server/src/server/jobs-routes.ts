@@ -1,0 +1,100 @@
+/** The job routes: submit, list, state, events (SSE), hybrid-step answers, result, cancel. Only the submitting key sees a job. */
+import type { Hono } from "hono";
+import { type ErrorInfo, type JobRequest, type JobStatus, ENVELOPE_TYPE } from "tsight/protocol";
+import { ApiError, jobNotFound } from "./api-error.js";
+import { parseBody } from "./body.js";
+import type { AppDeps } from "./app.js";
+import type { AppEnv } from "./guards.js";
+import { isJobId } from "./ids.js";
+import { isTerminal } from "./job-status.js";
+import type { LocalAnswer } from "./worker-messages.js";
+
+const DEFAULT_LIST = 20;
+const MAX_LIST = 100;
+const STATUSES: readonly JobStatus[] = ["RECEIVED", "QUEUED", "DISPATCHED", "RUNNING", "COMPLETED", "ERROR", "CANCELLED"];
+
+export function jobsRoutes(app: Hono<AppEnv>, deps: AppDeps): void {
+  const { jobs, store, results, config, events } = deps;
+
+  /** The job `id` names, if the caller owns it. */
+  const owned = async (id: string, keyId: string) => {
+    const job = isJobId(id) ? await store.getOwned(id, keyId) : undefined;
+    if (!job) throw jobNotFound(id);
+    return job;
+  };
+
+  app.post("/v1/jobs", async (c) => {
+    const body = await parseBody(c.req.raw, config.maxBodyBytes);
+    const state = await jobs.submit(c.get("caller"), body.kind === "envelope" ? body.bytes : (body.value as JobRequest));
+    c.header("location", `/v1/jobs/${state.id}`);
+    return c.json(state, 202);
+  });
+
+  app.get("/v1/jobs", async (c) => {
+    const status = c.req.query("status");
+    const limit = c.req.query("limit") ?? String(DEFAULT_LIST);
+    const before = c.req.query("before");
+    if (status !== undefined && !STATUSES.includes(status as JobStatus)) throw new ApiError(400, "VALIDATION", `"status" must be one of ${STATUSES.join(", ")}, not "${status}"`);
+    if (!/^\d+$/.test(limit) || Number(limit) < 1 || Number(limit) > MAX_LIST) throw new ApiError(400, "VALIDATION", `"limit" must be a whole number from 1 to ${MAX_LIST}, not "${limit}"`);
+    const list = await jobs.list(c.get("caller").keyId, { status: status as JobStatus | undefined, limit: Number(limit), before });
+    return c.json({ jobs: list });
+  });
+
+  app.get("/v1/jobs/:id", async (c) => {
+    const id = c.req.param("id");
+    await owned(id, c.get("caller").keyId);
+    return c.json(await jobs.state(id, c.get("caller").keyId));
+  });
+
+  app.get("/v1/jobs/:id/events", async (c) => {
+    const id = c.req.param("id");
+    await owned(id, c.get("caller").keyId);
+    const from = c.req.header("last-event-id") ?? c.req.query("after") ?? "0";
+    if (!/^\d+$/.test(from.trim())) throw new ApiError(400, "VALIDATION", `Last-Event-ID must be an event's sequence number, not "${from}"`);
+    // ?follow=0: what is stored now, then the end (not counted as a client following the job).
+    return events.open(id, Number(from.trim()), !["0", "false"].includes(c.req.query("follow") ?? ""));
+  });
+
+  app.post("/v1/jobs/:id/local/:call", async (c) => {
+    const id = c.req.param("id");
+    await owned(id, c.get("caller").keyId);
+    const body = await parseBody(c.req.raw, config.maxBodyBytes);
+    let answer: LocalAnswer;
+    if (body.kind === "envelope") answer = { kind: "envelope", bytes: body.bytes };
+    else {
+      const v = body.value as { value?: unknown; error?: ErrorInfo } | null;
+      if (typeof v !== "object" || v === null || (("value" in v) === ("error" in v))) throw new ApiError(400, "VALIDATION", 'a local answer is {"value": <encoded value>} or {"error": <ErrorInfo>}, or an envelope');
+      if ("error" in v) {
+        const e = v.error as ErrorInfo;
+        if (typeof e !== "object" || e === null || typeof e.message !== "string") throw new ApiError(400, "VALIDATION", '"error" must be an ErrorInfo with a message');
+        answer = { kind: "error", error: { code: "USER_CODE", type: String(e.type ?? "Error"), message: e.message, retryable: false, stack: typeof e.stack === "string" ? e.stack : undefined } };
+      } else answer = { kind: "json", value: v.value };
+    }
+    await jobs.answerLocal(id, c.get("caller").keyId, c.req.param("call"), answer);
+    return c.body(null, 204);
+  });
+
+  app.get("/v1/jobs/:id/result", async (c) => {
+    const id = c.req.param("id");
+    const job = await owned(id, c.get("caller").keyId);
+    if (!isTerminal(job.status)) throw new ApiError(409, "NOT_ALLOWED", `job ${id} is ${job.status}; its result is ready after its "done" event`, { retryable: true });
+    if (job.status !== "COMPLETED") throw new ApiError(409, "NOT_ALLOWED", `job ${id} ended ${job.status} and has no result${job.error ? `: ${job.error.message}` : ""}`);
+    const expired = () => new ApiError(410, "NOT_ALLOWED", `the result of job ${id} was deleted at ${new Date(job.expires!).toISOString()}; results are kept ${config.resultRetentionMs / 1000} s`);
+    if (job.result !== "available") throw expired();
+    if (job.expires! <= Date.now()) {
+      await store.markResultExpired(id);
+      await results.remove(id);
+      throw expired();
+    }
+    const bytes = await results.read(id);
+    if (!bytes) throw expired();
+    return new Response(bytes, { headers: { "content-type": ENVELOPE_TYPE, "content-length": String(bytes.byteLength), "cache-control": "no-store" } });
+  });
+
+  app.delete("/v1/jobs/:id", async (c) => {
+    const id = c.req.param("id");
+    await owned(id, c.get("caller").keyId);
+    const state = await jobs.cancel(id, c.get("caller").keyId);
+    return c.json(state, isTerminal(state.status) ? 200 : 202);
+  });
+}

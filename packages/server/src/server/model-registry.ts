@@ -1,0 +1,88 @@
+/**
+ * ModelRegistry: the models this server serves, fixed at start. Each is found (and for a hub id, downloaded) once,
+ * in the main thread; its model key is `toModelKey("LanguageModel", <name or folder as given>)`. Requests name
+ * models only by key, and a key not listed here is refused: nothing named in a request is ever loaded.
+ */
+import { locateModel, readModelConfigs, Tokenizer } from "tsight";
+import { canonicalModelKey, toModelKey, type ModelMeta } from "tsight/protocol";
+import { readModelMeta } from "./model-meta.js";
+
+export interface ServedModel {
+  key: string;
+  /** The name or folder it is loaded from. */
+  name: string;
+  folder: string;
+  modelType: string;
+}
+
+export class ModelRegistry {
+  private readonly byKey = new Map<string, ServedModel>();
+  private readonly metas = new Map<string, Promise<ModelMeta>>();
+  private readonly tokenizers = new Map<string, Tokenizer | Promise<Tokenizer | undefined>>();
+
+  private constructor(models: ServedModel[]) {
+    for (const m of models) {
+      if (this.byKey.has(m.key)) throw new RangeError(`model "${m.name}" is listed twice`);
+      this.byKey.set(m.key, m);
+    }
+  }
+
+  /** Finds each model's folder and reads its config. */
+  static async open(names: readonly string[]): Promise<ModelRegistry> {
+    const models = await Promise.all(
+      names.map(async (raw) => {
+        const name = raw.trim();
+        const source = await locateModel(name);
+        const { config } = await readModelConfigs(source.path);
+        return { key: toModelKey("LanguageModel", name, null), name, folder: source.path, modelType: String(config.model_type ?? "unknown") };
+      }),
+    );
+    return new ModelRegistry(models);
+  }
+
+  /** The served model with this key (in any spelling that canonicalizes to it). */
+  get(key: string): ServedModel | undefined {
+    try {
+      return this.byKey.get(canonicalModelKey(key));
+    } catch {
+      return undefined;
+    }
+  }
+
+  list(): ServedModel[] {
+    return [...this.byKey.values()];
+  }
+
+  /**
+   * The model's tokenizer if it is loaded; the first call starts loading it (in this thread: the main thread
+   * reads token counts to batch jobs) and gives undefined until it is there.
+   */
+  tokenizer(model: ServedModel): Tokenizer | undefined {
+    const t = this.tokenizers.get(model.key);
+    if (t instanceof Tokenizer) return t;
+    if (!t) void this.loadTokenizer(model);
+    return undefined;
+  }
+
+  /** Loads the model's tokenizer (once); undefined when it cannot be read (jobs then batch only on token ids). */
+  loadTokenizer(model: ServedModel): Promise<Tokenizer | undefined> {
+    const t = this.tokenizers.get(model.key);
+    if (t) return Promise.resolve(t);
+    const loading = Tokenizer.fromFolder(model.folder).then(
+      (tokenizer) => (this.tokenizers.set(model.key, tokenizer), tokenizer),
+      () => undefined,
+    );
+    this.tokenizers.set(model.key, loading);
+    return loading;
+  }
+
+  meta(model: ServedModel): Promise<ModelMeta> {
+    let m = this.metas.get(model.key);
+    if (!m) {
+      m = readModelMeta(model.key, model.folder);
+      m.catch(() => this.metas.delete(model.key));
+      this.metas.set(model.key, m);
+    }
+    return m;
+  }
+}

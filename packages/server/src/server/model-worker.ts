@@ -1,0 +1,276 @@
+/**
+ * ModelWorker: the main thread's handle on one served model's worker thread. It runs one job at a time, or one
+ * batch of jobs sharing a forward pass (`runBatch`), and keeps the model served: a job that does not stop after
+ * cancel, or runs past its deadline, is given up on and a fresh thread takes over; a thread that dies fails its
+ * jobs (PREEMPTED, or MEMORY when it ran out of heap) and is started again; a model that fails to load is retried
+ * with growing pauses.
+ */
+import type { Worker } from "node:worker_threads";
+import { RETRYABLE, type ErrorCode, type ErrorInfo, type JobEvent } from "tsight/protocol";
+import type { ExecutorRef } from "./config.js";
+import type { FromWorker, LocalAnswer, RunJob } from "./worker-messages.js";
+import { spawnWorkerThread } from "./worker-thread.js";
+
+export type WorkerState = "stopped" | "starting" | "ready" | "busy" | "failed" | "closed";
+
+export type RunOutcome = { ok: true; bytes: Uint8Array } | { ok: false; error: ErrorInfo };
+
+export interface ModelWorkerOptions {
+  /** The name or folder the model is loaded from. */
+  model: string;
+  executor: ExecutorRef;
+  /** How long a job gets to stop (after cancel, or past its deadline) before a fresh thread replaces its own. */
+  stopGraceMs: number;
+  heapMb?: number;
+  onState?: (state: WorkerState) => void;
+  onStarted?: (jobId: string) => void;
+  onEvent?: (jobId: string, event: JobEvent) => void;
+  /** A fresh thread was started after the last one died or was given up on. */
+  onRestart?: () => void;
+}
+
+interface Current {
+  job: RunJob;
+  resolve: (o: RunOutcome) => void;
+  watchdog?: NodeJS.Timeout;
+}
+
+const MAX_BACKOFF_MS = 60_000;
+/** How long a thread given up on may go on before it is terminated whatever it is doing. */
+const ABANDON_MS = 10 * 60_000;
+
+export const serverError = (code: ErrorCode, message: string, type = "ServerError"): ErrorInfo => ({ code, type, message, retryable: RETRYABLE[code] });
+
+export class ModelWorker {
+  state: WorkerState = "stopped";
+  /** Times a fresh thread was started after one died or was given up on. */
+  restarts = 0;
+  /** Why the model last failed to load, or the thread last died (cleared when a thread is ready). */
+  lastError: ErrorInfo | undefined;
+  /** Whether the thread's executor can run several jobs in one forward pass (known once it is ready). */
+  batching = false;
+  private thread: Worker | undefined;
+  /** The jobs running now: one, or the jobs of one batch. */
+  private readonly current = new Map<string, Current>();
+  private backoffMs = 1000;
+  private retryTimer: NodeJS.Timeout | undefined;
+  private settled: (() => void)[] = [];
+
+  constructor(private readonly options: ModelWorkerOptions) {}
+
+  get threadId(): number | undefined {
+    return this.thread?.threadId;
+  }
+
+  /** A job running now (the first of a batch). */
+  get jobId(): string | undefined {
+    return this.current.keys().next().value;
+  }
+
+  /** The jobs running now. */
+  get jobIds(): string[] {
+    return [...this.current.keys()];
+  }
+
+  /** Starts the thread; resolves once the model loaded or failed to (a failure is retried later). */
+  start(): Promise<void> {
+    if (this.state !== "stopped") return Promise.resolve();
+    const done = new Promise<void>((resolve) => this.settled.push(resolve));
+    this.spawn();
+    return done;
+  }
+
+  /** Runs a job; the worker must be ready. Resolves with the result bytes or the job's error, never rejects. */
+  run(spec: Omit<RunJob, "stop">): Promise<RunOutcome> {
+    return this.runBatch([spec])[0]!;
+  }
+
+  /**
+   * Runs jobs together, as invokes of one forward pass when there are several (the thread's executor must be
+   * `batching`); the worker must be ready. Each job ends on its own: its outcome resolves with its result bytes or
+   * its error, and never rejects. The worker is ready again once every job of the batch has ended.
+   */
+  runBatch(specs: readonly Omit<RunJob, "stop">[]): Promise<RunOutcome>[] {
+    if (this.state !== "ready" || !this.thread) throw new Error(`worker for ${this.options.model} is ${this.state}, not ready`);
+    if (specs.length === 0) return [];
+    if (specs.length > 1 && !this.batching) throw new Error(`the executor of ${this.options.model} cannot run jobs in one forward pass`);
+    const thread = this.thread;
+    const jobs: RunJob[] = specs.map((spec) => ({ ...spec, stop: new Int32Array(new SharedArrayBuffer(4)) }));
+    const outcomes = jobs.map(
+      (job) =>
+        new Promise<RunOutcome>((resolve) => {
+          const current: Current = { job, resolve };
+          this.current.set(job.jobId, current);
+          const untilGiveUp = Math.max(0, job.deadline - Date.now()) + this.options.stopGraceMs;
+          current.watchdog = setTimeout(() => this.giveUp(current, serverError("TIMEOUT", `the job ran past its deadline (${new Date(job.deadline).toISOString()}) and did not stop`, "TimeoutError")), untilGiveUp);
+        }),
+    );
+    this.setState("busy");
+    thread.postMessage(jobs.length === 1 ? { type: "run", job: jobs[0]! } : { type: "run-batch", jobs });
+    return outcomes;
+  }
+
+  /**
+   * Asks the running job to stop; gives up on it (see giveUp) if it has not stopped after the grace period. With a
+   * `reason` (the server ends the job itself) the job's pending waits reject with it.
+   */
+  cancel(jobId: string, reason?: ErrorInfo): boolean {
+    const current = this.current.get(jobId);
+    if (!current || !this.thread) return false;
+    Atomics.store(current.job.stop, 0, 1);
+    this.thread.postMessage(reason ? { type: "cancel", jobId, reason } : { type: "cancel", jobId });
+    clearTimeout(current.watchdog);
+    const abandoned = reason ?? serverError("CANCELLED", "the job was cancelled and did not stop in time; it was abandoned", "CancelledError");
+    current.watchdog = setTimeout(() => this.giveUp(current, abandoned), this.options.stopGraceMs);
+    return true;
+  }
+
+  /** Passes the client's answer to a hybrid step of the running job. */
+  answerLocal(jobId: string, call: string, answer: LocalAnswer): boolean {
+    if (!this.current.has(jobId) || !this.thread) return false;
+    this.thread.postMessage({ type: "local", jobId, call, answer }, answer.kind === "envelope" ? [answer.bytes.buffer as ArrayBuffer] : []);
+    return true;
+  }
+
+  /** Stops the thread for good; running jobs end PREEMPTED (or with `error`). */
+  async close(error = serverError("PREEMPTED", "the server shut down while the job ran; submit it again")): Promise<void> {
+    clearTimeout(this.retryTimer);
+    const thread = this.thread;
+    const running = [...this.current.values()];
+    this.setState("closed");
+    this.release();
+    if (!thread) return;
+    if (running.length === 0) return void (await thread.terminate());
+    for (const current of running) {
+      Atomics.store(current.job.stop, 0, 1);
+      thread.postMessage({ type: "cancel", jobId: current.job.jobId });
+    }
+    this.abandon(thread, running.map((c) => c.job.jobId));
+    for (const current of running) this.finish(current, { ok: false, error });
+  }
+
+  private spawn(): void {
+    const thread = spawnWorkerThread({ model: this.options.model, executor: this.options.executor }, this.options.heapMb ? { maxOldGenerationSizeMb: this.options.heapMb } : undefined);
+    this.thread = thread;
+    this.setState("starting");
+    let crash: Error | undefined;
+    thread.on("message", (m: FromWorker) => {
+      if (thread === this.thread) this.onMessage(m);
+    });
+    thread.on("error", (e) => {
+      crash = e;
+    });
+    thread.on("exit", () => {
+      if (thread === this.thread) this.onExit(crash);
+    });
+  }
+
+  private onMessage(m: FromWorker): void {
+    const current = "jobId" in m ? this.current.get(m.jobId) : undefined;
+    switch (m.type) {
+      case "ready":
+        this.batching = m.batching === true;
+        this.backoffMs = 1000;
+        this.lastError = undefined;
+        this.setState("ready");
+        this.release();
+        return;
+      case "load-failed":
+        this.lastError = m.error;
+        this.setState("failed");
+        return;
+      case "started":
+        if (current) this.options.onStarted?.(m.jobId);
+        return;
+      case "event":
+        if (current) this.options.onEvent?.(m.jobId, m.event);
+        return;
+      case "completed":
+      case "failed":
+        if (!current) return;
+        this.finish(current, m.type === "completed" ? { ok: true, bytes: m.bytes } : { ok: false, error: m.error });
+        if (this.current.size === 0) this.setState("ready");
+        return;
+    }
+  }
+
+  private onExit(crash: Error | undefined): void {
+    this.thread = undefined;
+    if (this.state === "closed") return;
+    if (this.current.size > 0) {
+      const oom = (crash as { code?: string } | undefined)?.code === "ERR_WORKER_OUT_OF_MEMORY";
+      const error = oom
+        ? serverError("MEMORY", "the job ran its worker out of memory; it was stopped", "MemoryError")
+        : serverError("PREEMPTED", `the worker running the job died${crash ? ` (${crash.message})` : ""}; submit it again`);
+      for (const current of [...this.current.values()]) this.finish(current, { ok: false, error });
+    }
+    if (this.state === "starting" || this.state === "failed") {
+      // It never became ready: a load failure. Try again later.
+      this.lastError ??= serverError("INTERNAL", `the worker for ${this.options.model} stopped while loading${crash ? `: ${crash.message}` : ""}`);
+      this.setState("failed");
+      this.release();
+      this.retryTimer = setTimeout(() => this.spawn(), this.backoffMs);
+      this.retryTimer.unref();
+      this.backoffMs = Math.min(this.backoffMs * 2, MAX_BACKOFF_MS);
+      return;
+    }
+    if (crash) this.lastError = serverError("INTERNAL", `the worker died: ${crash.message}`);
+    this.restarts++;
+    this.options.onRestart?.();
+    this.spawn();
+  }
+
+  /**
+   * Gives up on a job that does not stop: it ends now with `reason`, and a fresh thread takes the model's jobs (the
+   * other jobs of its batch, sharing its forward pass, end PREEMPTED). The old thread is not terminated while it
+   * works, since terminating a thread inside a native call (ONNX Runtime, isolated-vm) can abort the whole process;
+   * it is told to cancel and is terminated once it reports the end of all its jobs (back in its event loop), or
+   * after ABANDON_MS in any case.
+   */
+  private giveUp(current: Current, reason: ErrorInfo): void {
+    if (this.current.get(current.job.jobId) !== current || !this.thread) return;
+    const old = this.thread;
+    const running = [...this.current.values()];
+    for (const c of running) {
+      Atomics.store(c.job.stop, 0, 1);
+      old.postMessage({ type: "cancel", jobId: c.job.jobId });
+    }
+    this.abandon(old, running.map((c) => c.job.jobId));
+    const mates = serverError("PREEMPTED", "another job sharing this job's forward pass did not stop, and the worker was replaced; submit it again");
+    for (const c of running) this.finish(c, c === current ? { ok: false, error: reason } : { ok: false, error: mates });
+    this.restarts++;
+    this.options.onRestart?.();
+    this.spawn();
+  }
+
+  private abandon(thread: Worker, jobIds: string[]): void {
+    this.thread = undefined;
+    const left = new Set(jobIds);
+    const stop = () => {
+      clearTimeout(timer);
+      void thread.terminate();
+    };
+    const timer = setTimeout(stop, ABANDON_MS);
+    timer.unref();
+    thread.on("message", (m: FromWorker) => {
+      if ((m.type === "completed" || m.type === "failed") && left.delete(m.jobId) && left.size === 0) stop();
+    });
+    thread.unref();
+  }
+
+  private finish(current: Current, outcome: RunOutcome): void {
+    clearTimeout(current.watchdog);
+    if (this.current.get(current.job.jobId) === current) this.current.delete(current.job.jobId);
+    current.resolve(outcome);
+  }
+
+  private setState(state: WorkerState): void {
+    if (this.state === state) return;
+    this.state = state;
+    this.options.onState?.(state);
+  }
+
+  private release(): void {
+    for (const r of this.settled.splice(0)) r();
+  }
+}

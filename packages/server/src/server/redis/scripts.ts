@@ -1,0 +1,163 @@
+/**
+ * The Lua scripts that change a job in Redis. Each runs atomically, so a job's state and its numbered events never
+ * disagree, whichever process (API or worker) moves it: a state change is the hash update plus its events (`error`,
+ * `status`, `done`) with the next sequence numbers, and an event's stream id is `<seq>-0`. The state machine is
+ * job-status.ts's, written into the scripts. Every script takes the key prefix (with its ":") as ARGV[1].
+ */
+import { TERMINAL } from "tsight/protocol";
+import { NEXT } from "../job-status.js";
+import { RedisScript } from "./connection.js";
+
+const luaSet = (names: readonly string[]) => `{${names.map((n) => `${n}=true`).join(", ")}}`;
+
+const PRELUDE = `
+local P = ARGV[1]
+local NEXT = {${Object.entries(NEXT).map(([from, to]) => `${from}=${luaSet(to)}`).join(", ")}}
+local TERMINAL = ${luaSet(TERMINAL)}
+
+local function addEvent(id, json)
+  local seq = redis.call('HINCRBY', P .. 'job:' .. id, 'lastSeq', 1)
+  redis.call('XADD', P .. 'events:' .. id, seq .. '-0', 'e', json)
+  return seq
+end
+
+-- Moves job id to status (see JobStore.move): returns 1, or 0 when it is unknown or cannot move there.
+local function move(id, status, now, err, bytes, expires, position, ttl)
+  local job = P .. 'job:' .. id
+  local cur = redis.call('HGET', job, 'status')
+  if not cur or not NEXT[cur] or not NEXT[cur][status] then return 0 end
+  redis.call('HSET', job, 'status', status, 'updated', now)
+  if status == 'RUNNING' then redis.call('HSET', job, 'started', now) end
+  if status == 'QUEUED' and cur ~= 'QUEUED' then redis.call('HSET', job, 'queuedAt', now) end
+  if err ~= '' then
+    redis.call('HSET', job, 'error', err)
+    addEvent(id, '{"type":"error","error":' .. err .. '}')
+  end
+  if bytes ~= '' then redis.call('HSET', job, 'result', 'available', 'resultBytes', bytes, 'expires', expires) end
+  if position ~= '' then
+    redis.call('HSET', job, 'position', position)
+    addEvent(id, '{"type":"status","status":"' .. status .. '","position":' .. position .. '}')
+  else
+    addEvent(id, '{"type":"status","status":"' .. status .. '"}')
+  end
+  if TERMINAL[status] then
+    redis.call('HSET', job, 'finished', now)
+    redis.call('HDEL', job, 'position')
+    addEvent(id, '{"type":"done","status":"' .. status .. '"}')
+    local keyId = redis.call('HGET', job, 'keyId')
+    redis.call('ZREM', P .. 'active', id)
+    redis.call('SREM', P .. 'keyactive:' .. keyId, id)
+    redis.call('DEL', P .. 'body:' .. id, P .. 'local:' .. id)
+    redis.call('PEXPIRE', job, ttl)
+    redis.call('PEXPIRE', P .. 'events:' .. id, ttl)
+  end
+  return 1
+end
+`;
+
+const script = (body: string) => new RedisScript(PRELUDE + body);
+
+/** ARGV: P, id, keyId, model, kind, now, webhook, webhookSecret, limit, batch. 0: the key has `limit` unfinished jobs already. */
+export const createJob = script(`
+local id, keyId = ARGV[2], ARGV[3]
+if redis.call('SCARD', P .. 'keyactive:' .. keyId) >= tonumber(ARGV[9]) then return 0 end
+local job = P .. 'job:' .. id
+redis.call('HSET', job, 'keyId', keyId, 'model', ARGV[4], 'kind', ARGV[5], 'status', 'RECEIVED', 'created', ARGV[6], 'updated', ARGV[6], 'lastSeq', 0, 'result', 'none')
+if ARGV[7] ~= '' then redis.call('HSET', job, 'webhook', ARGV[7], 'webhookState', 'pending') end
+if ARGV[8] ~= '' then redis.call('HSET', job, 'webhookSecret', ARGV[8]) end
+if ARGV[10] ~= '' then redis.call('HSET', job, 'batch', ARGV[10]) end
+addEvent(id, '{"type":"status","status":"RECEIVED"}')
+redis.call('ZADD', P .. 'keyjobs:' .. keyId, redis.call('INCR', P .. 'jobseq'), id)
+redis.call('ZADD', P .. 'active', ARGV[6], id)
+redis.call('SADD', P .. 'keyactive:' .. keyId, id)
+return 1
+`);
+
+/** ARGV: P, id, status, now, error JSON, result bytes, expires, position, record ttl ('' for none). 1: moved. */
+export const moveJob = script(`return move(ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9])`);
+
+/** ARGV: P, id, event JSON, hybrid-step call asked ('' if none). The event's seq, or false for an unknown job. */
+export const appendEvent = script(`
+local id = ARGV[2]
+if redis.call('EXISTS', P .. 'job:' .. id) == 0 then return false end
+if ARGV[4] ~= '' then redis.call('HSETNX', P .. 'local:' .. id, ARGV[4], 'asked') end
+return addEvent(id, ARGV[3])
+`);
+
+/**
+ * A worker takes a job (ARGV: P, id, now, attempt, worker id, retry note JSON). A job still QUEUED is DISPATCHED; a
+ * job whose earlier worker was lost (still DISPATCHED or RUNNING) gets the retry note as a log event and is
+ * DISPATCHED again, its hybrid steps forgotten. Answers {'ok', cancel flag} or {'gone'} (ended, e.g. cancelled).
+ */
+export const claimJob = script(`
+local id, now = ARGV[2], ARGV[3]
+local job = P .. 'job:' .. id
+local status = redis.call('HGET', job, 'status')
+if not status or TERMINAL[status] then return {'gone'} end
+if status == 'RECEIVED' then move(id, 'QUEUED', now, '', '', '', '', '') end
+if status == 'DISPATCHED' or status == 'RUNNING' then
+  addEvent(id, ARGV[6])
+  redis.call('HSET', job, 'status', 'QUEUED')
+  redis.call('DEL', P .. 'local:' .. id)
+end
+redis.call('HDEL', job, 'lost', 'stopping')
+redis.call('HSET', job, 'attempt', ARGV[4], 'worker', ARGV[5])
+move(id, 'DISPATCHED', now, '', '', '', '', '')
+return {'ok', redis.call('HGET', job, 'cancel') or ''}
+`);
+
+/**
+ * Cancel (ARGV: P, id, now, record ttl): a job not yet taken by a worker is CANCELLED now ('cancelled'); a running
+ * one is flagged and its worker told over the control channel ('running'); 'final' for an ended job.
+ */
+export const cancelJob = script(`
+local id = ARGV[2]
+local job = P .. 'job:' .. id
+local status = redis.call('HGET', job, 'status')
+if status == 'RECEIVED' or status == 'QUEUED' then
+  move(id, 'CANCELLED', ARGV[3], '', '', '', '', ARGV[4])
+  return 'cancelled'
+end
+if status == 'DISPATCHED' or status == 'RUNNING' then
+  redis.call('HSET', job, 'cancel', '1')
+  redis.call('PUBLISH', P .. 'control', cjson.encode({type = 'cancel', id = id}))
+  return 'running'
+end
+return 'final'
+`);
+
+/**
+ * A client's answer to a hybrid step (ARGV: P, id, call, answer bytes, ttl ms): kept for the worker, which is told
+ * over the control channel. Answers 'ok', 'status:<S>' (not running), 'stopping:<why>', 'unknown' (never asked) or
+ * 'answered' (already).
+ */
+export const answerStep = script(`
+local id, call = ARGV[2], ARGV[3]
+local job = P .. 'job:' .. id
+local status = redis.call('HGET', job, 'status')
+if status ~= 'RUNNING' then return 'status:' .. (status or 'unknown') end
+local stopping = redis.call('HGET', job, 'stopping')
+if stopping then return 'stopping:' .. stopping end
+if redis.call('HGET', job, 'cancel') then return 'stopping:cancelled' end
+local state = redis.call('HGET', P .. 'local:' .. id, call)
+if not state then return 'unknown' end
+if state == 'answered' then return 'answered' end
+redis.call('HSET', P .. 'local:' .. id, call, 'answered')
+redis.call('SET', P .. 'answer:' .. id .. ':' .. call, ARGV[4], 'PX', ARGV[5])
+redis.call('PUBLISH', P .. 'control', cjson.encode({type = 'local', id = id, call = call}))
+return 'ok'
+`);
+
+/**
+ * The worker running attempt ARGV[3] of job ARGV[2] was lost (its lock ran out): marks the job lost since ARGV[4]
+ * and logs ARGV[5], unless another worker took it up since. 1 when marked.
+ */
+export const markLost = script(`
+local id = ARGV[2]
+local job = P .. 'job:' .. id
+local status = redis.call('HGET', job, 'status')
+if (status ~= 'DISPATCHED' and status ~= 'RUNNING') or redis.call('HGET', job, 'attempt') ~= ARGV[3] then return 0 end
+redis.call('HSET', job, 'lost', ARGV[4])
+addEvent(id, ARGV[5])
+return 1
+`);

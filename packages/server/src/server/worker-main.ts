@@ -1,0 +1,198 @@
+/**
+ * The body of a model's worker thread: loads the executor and the model, then runs the jobs the main thread
+ * sends, one at a time or several in one forward pass (`run-batch`), posting back each job's events and its result
+ * (envelope bytes) or error. Code that spins here blocks only this thread; the main thread replaces it when a job
+ * does not stop past its deadline.
+ */
+import { parentPort, workerData } from "node:worker_threads";
+import { LanguageModel } from "tsight";
+import { decodeValue, unpackValue, packValue, errorFromInfo, infoFromError, decodeJob, type DecodedJob, type ExecutionContext, type ExecutionModel, type JobExecutor, type ErrorCode, type ErrorInfo, type JobEvent } from "tsight/protocol";
+import type { FromWorker, LocalAnswer, RunJob, ToWorker, WorkerData } from "./worker-messages.js";
+
+const port = parentPort!;
+const data = workerData as WorkerData;
+const post = (m: FromWorker, transfer: ArrayBuffer[] = []) => port.postMessage(m, transfer);
+
+/** An error with a protocol code, as the executor's own errors are. */
+class JobError extends Error {
+  override readonly name: string;
+  constructor(
+    readonly code: ErrorCode,
+    message: string,
+    name?: string,
+  ) {
+    super(message);
+    this.name = name ?? { CANCELLED: "CancelledError", TIMEOUT: "TimeoutError", MEMORY: "MemoryError" }[code as string] ?? "JobError";
+  }
+}
+
+/** Why a job was stopped: the reason the server gave, or a plain cancel. */
+const stopError = (reason?: ErrorInfo) => (reason ? new JobError(reason.code, reason.message, reason.type) : new JobError("CANCELLED", "the job was cancelled"));
+
+/** The hybrid-step answers of one running job: given before or after the job asks for them. */
+class LocalCalls {
+  private readonly answers = new Map<string, LocalAnswer>();
+  private readonly waiting = new Map<string, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
+  private stopped: Error | undefined;
+
+  answer(call: string, answer: LocalAnswer): void {
+    const w = this.waiting.get(call);
+    if (!w) return void this.answers.set(call, answer);
+    this.waiting.delete(call);
+    try {
+      w.resolve(open(answer));
+    } catch (e) {
+      w.reject(e as Error);
+    }
+  }
+
+  wait(call: string, signal: AbortSignal): Promise<unknown> {
+    const given = this.answers.get(call);
+    if (given) {
+      this.answers.delete(call);
+      return Promise.resolve().then(() => open(given));
+    }
+    if (this.stopped || signal.aborted) return Promise.reject(this.stopped ?? stopError());
+    return new Promise((resolve, reject) => this.waiting.set(call, { resolve, reject }));
+  }
+
+  /** Rejects every pending wait and later ones: the job is stopping (for the server's reason, when it gave one). */
+  cancel(reason?: ErrorInfo): void {
+    this.stopped ??= stopError(reason);
+    for (const w of this.waiting.values()) w.reject(this.stopped);
+    this.waiting.clear();
+  }
+}
+
+function open(answer: LocalAnswer): unknown {
+  if (answer.kind === "error") throw errorFromInfo(answer.error);
+  return answer.kind === "envelope" ? unpackValue(answer.bytes) : decodeValue(answer.value, new Map());
+}
+
+interface Running {
+  controller: AbortController;
+  local: LocalCalls;
+  /** Why the server stopped the job, when it said. */
+  reason?: ErrorInfo;
+}
+
+/** An executor that can also run several jobs as invokes of one forward pass (the sandbox's executeBatch). */
+type BatchExecutor = JobExecutor & {
+  executeBatch?(items: readonly { job: DecodedJob; ctx: ExecutionContext }[], model: ExecutionModel): Promise<PromiseSettledResult<unknown>[]>;
+};
+
+let executor: BatchExecutor;
+let model: ExecutionModel;
+const running = new Map<string, Running>();
+
+/** Registers a job as running and makes its ExecutionContext. */
+function begin(job: RunJob): { r: Running; ctx: ExecutionContext } {
+  const r: Running = { controller: new AbortController(), local: new LocalCalls() };
+  running.set(job.jobId, r);
+  const { signal } = r.controller;
+  signal.addEventListener("abort", () => r.local.cancel(r.reason), { once: true });
+  post({ type: "started", jobId: job.jobId });
+  const ctx: ExecutionContext = {
+    emit: (event: JobEvent) => {
+      // A job told to stop that still sends events (e.g. tokens of a generation) stops here. The cancel message
+      // may not have been read yet (the job has kept the thread busy), so the shared flag is checked too.
+      if (Atomics.load(job.stop, 0) === 1) r.controller.abort();
+      if (signal.aborted) throw new JobError("CANCELLED", "the job was cancelled");
+      if (Date.now() > job.deadline) throw new JobError("TIMEOUT", "the job ran past its deadline");
+      post({ type: "event", jobId: job.jobId, event });
+    },
+    signal,
+    deadline: job.deadline,
+    memoryLimitBytes: job.memoryLimitBytes,
+    awaitLocal: (call: string) => r.local.wait(call, signal),
+    stopRequested: () => Atomics.load(job.stop, 0) === 1,
+  };
+  return { r, ctx };
+}
+
+/** Posts a job's end: its value packed (within the result limit), or its error. */
+function end(job: RunJob, r: Running, outcome: PromiseSettledResult<unknown>): void {
+  try {
+    if (outcome.status === "rejected") throw outcome.reason;
+    if (r.controller.signal.aborted) throw new JobError("CANCELLED", "the job was cancelled");
+    const bytes = packValue(outcome.value);
+    if (bytes.byteLength > job.maxResultBytes) {
+      throw new JobError("MEMORY", `the job's result is ${bytes.byteLength} bytes, over this server's limit of ${job.maxResultBytes}; return less (a slice of a tensor, or a reduction)`);
+    }
+    const whole = bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength ? bytes : bytes.slice();
+    post({ type: "completed", jobId: job.jobId, bytes: whole }, [whole.buffer as ArrayBuffer]);
+  } catch (e) {
+    post({ type: "failed", jobId: job.jobId, error: infoFromError(e, "USER_CODE") });
+  } finally {
+    running.delete(job.jobId);
+  }
+}
+
+async function run(job: RunJob): Promise<void> {
+  const { r, ctx } = begin(job);
+  let outcome: PromiseSettledResult<unknown>;
+  try {
+    outcome = { status: "fulfilled", value: await executor.execute(decodeJob(job.body), model, ctx) };
+  } catch (e) {
+    outcome = { status: "rejected", reason: e };
+  }
+  end(job, r, outcome);
+}
+
+/** Runs jobs as invokes of one forward pass; a job whose request does not decode fails alone. */
+async function runBatch(jobs: RunJob[]): Promise<void> {
+  if (!executor.executeBatch) {
+    for (const job of jobs) await run(job);
+    return;
+  }
+  const items: { job: RunJob; r: Running; decoded: DecodedJob; ctx: ExecutionContext }[] = [];
+  for (const job of jobs) {
+    const { r, ctx } = begin(job);
+    try {
+      items.push({ job, r, decoded: decodeJob(job.body), ctx });
+    } catch (e) {
+      end(job, r, { status: "rejected", reason: e });
+    }
+  }
+  let outcomes: PromiseSettledResult<unknown>[];
+  try {
+    outcomes = await executor.executeBatch(items.map(({ decoded, ctx }) => ({ job: decoded, ctx })), model);
+  } catch (e) {
+    outcomes = items.map(() => ({ status: "rejected", reason: e }));
+  }
+  items.forEach(({ job, r }, i) => end(job, r, outcomes[i] ?? { status: "rejected", reason: new JobError("INTERNAL", "the batch gave no outcome for this job") }));
+}
+
+port.on("message", (m: ToWorker) => {
+  switch (m.type) {
+    case "run":
+      void run(m.job);
+      break;
+    case "run-batch":
+      void runBatch(m.jobs);
+      break;
+    case "cancel": {
+      const r = running.get(m.jobId);
+      if (r) {
+        r.reason ??= m.reason;
+        r.controller.abort();
+      }
+      break;
+    }
+    case "local":
+      running.get(m.jobId)?.local.answer(m.call, m.answer);
+      break;
+  }
+});
+
+try {
+  const mod = (await import(data.executor.module)) as Record<string, unknown>;
+  const Executor = mod[data.executor.name] as (new () => JobExecutor) | undefined;
+  if (typeof Executor !== "function") throw new Error(`${data.executor.module} exports no class "${data.executor.name}"`);
+  executor = new Executor();
+  model = await LanguageModel.load(data.model);
+  post({ type: "ready", batching: typeof executor.executeBatch === "function" });
+} catch (e) {
+  post({ type: "load-failed", error: infoFromError(e, "INTERNAL") });
+  port.close();
+}

@@ -1,0 +1,67 @@
+/** The `tsight` command: one subcommand per job. */
+import { generateHelp, runGenerate, UsageError } from "./generate.js";
+import { jobsHelp, runJobs } from "./jobs.js";
+
+/** What @tsight/server's CLI module gives: `serve` and `keys` live with the server. */
+interface ServerCli {
+  serveHelp: string;
+  keysHelp: string;
+  runServe(argv: string[]): Promise<number>;
+  runKeys(argv: string[]): Promise<number>;
+}
+
+const SERVER_CLI = "@tsight/server/cli";
+
+/** The server's commands, loaded when one is run (a user who only traces never loads the server). */
+async function serverCli(): Promise<ServerCli> {
+  try {
+    return (await import(/* @vite-ignore */ SERVER_CLI)) as ServerCli;
+  } catch (e) {
+    if ((e as { code?: string }).code !== "ERR_MODULE_NOT_FOUND") throw e;
+    throw new Error("serving models needs the @tsight/server package: npm install @tsight/server (it builds isolated-vm and better-sqlite3; see its README)");
+  }
+}
+
+interface Command {
+  help: string | (() => Promise<string>);
+  run: (argv: string[]) => Promise<number>;
+}
+
+const commands: Record<string, Command> = {
+  generate: { help: generateHelp, run: (argv) => runGenerate(argv) },
+  serve: { help: async () => (await serverCli()).serveHelp, run: async (argv) => (await serverCli()).runServe(argv) },
+  keys: { help: async () => (await serverCli()).keysHelp, run: async (argv) => (await serverCli()).runKeys(argv) },
+  jobs: { help: jobsHelp, run: (argv) => runJobs(argv) },
+};
+
+const usage = `usage: tsight <command> [options]
+
+commands:
+  generate   continue a prompt with a model, streaming tokens
+  serve      host models for remote interventions (HTTP API)
+  keys       create, list and revoke the server's API keys
+  jobs       list your jobs on a server; show, follow, fetch the result of, or cancel one
+
+Run "tsight <command> --help" for a command's options.`;
+
+export async function main(argv: string[]): Promise<number> {
+  const [name, ...rest] = argv;
+  if (!name || name === "--help" || name === "-h" || name === "help") {
+    process.stdout.write(usage + "\n");
+    return name ? 0 : 1;
+  }
+  const command = commands[name];
+  if (!command) {
+    process.stderr.write(`tsight: unknown command "${name}"\n\n${usage}\n`);
+    return 2;
+  }
+  try {
+    return await command.run(rest);
+  } catch (e) {
+    const err = e as Error;
+    const usageProblem = err instanceof UsageError || err.name === "UsageError" || (err as { code?: string }).code?.startsWith("ERR_PARSE_ARGS");
+    process.stderr.write(`tsight ${name}: ${err.name === "Error" ? "" : err.name + ": "}${err.message}\n`);
+    if (usageProblem) process.stderr.write(`\n${typeof command.help === "string" ? command.help : await command.help().catch(() => "")}\n`);
+    return usageProblem ? 2 : 1;
+  }
+}

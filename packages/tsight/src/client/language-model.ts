@@ -1,0 +1,204 @@
+/**
+ * The LanguageModel users import: the intervention layer's LanguageModel plus remote execution (nnsight's
+ * RemoteableMixin). `trace`, `scan` and `generate` take `remote` (true: the configured server; "local": the local
+ * sandbox, exactly as a server would run it), `backend` (a server URL or a Backend object) and `blocking` (false:
+ * a RemoteJob handle instead of the value).
+ *
+ * Remote code is sent as source: it may use its parameters, `tr.vars` and the tensor API; a free variable is
+ * refused here, before anything is sent, with its name and line.
+ */
+import { Tokenizer } from "../hub/index.js";
+import { LanguageModel as LocalLanguageModel, userFrame, type GenerateCall, type GenerateOutput, type InterventionFn, type ModelInput, type TraceOptions, type EnvoyTree, type Tracer } from "../intervention/index.js";
+import type { Session } from "../intervention/language-model.js";
+import { buildModel, type CausalLM, type GPT2LMHeadModel, type LlamaForCausalLM } from "../models/index.js";
+import type { Tensor } from "../tensor/index.js";
+import { isBackend, type Backend } from "./backend.js";
+import { encodeValue } from "../protocol/codec.js";
+import { resolveRemoteTarget } from "./config.js";
+import { HttpBackend } from "./http.js";
+import type { RemoteJob } from "./job.js";
+import { runLocally } from "./local.js";
+import { runLocalStep } from "./local-step.js";
+import { toModelKey } from "../protocol/model-key.js";
+import type { GenerateSpec, JobKind, JobRequest } from "../protocol/wire.js";
+import { interventionSource } from "./source.js";
+import type { ModelLoadOptions } from "../intervention/language-model.js";
+
+export interface RemoteOptions extends TraceOptions {
+  /** true: run on the configured server (TSIGHT_HOST / config file); "local": in the local sandbox, as a server would. */
+  remote?: boolean | "local";
+  /** A server URL or a Backend object; implies remote. */
+  backend?: string | Backend;
+  /** false: return the RemoteJob at once instead of waiting for the value (default true). */
+  blocking?: boolean;
+  /** The API key for `backend` (default: TSIGHT_API_KEY, then the config file). */
+  apiKey?: string;
+  /** Where a blocking call shows progress (default: stderr when it is a terminal). */
+  print?: NodeJS.WritableStream | null;
+  /** Seconds a `remote: "local"` job may run. */
+  timeout?: number;
+  /** A URL the server POSTs to when the job ends (signed with `webhookSecret`; see verifyWebhook). */
+  webhook?: string;
+  webhookSecret?: string;
+  /** How long the server waits for this client to answer a hybrid step (tr.local), in ms (capped by the server). */
+  localTimeoutMs?: number;
+}
+
+type Nonblocking = RemoteOptions & { blocking: false };
+type TraceFn<M extends CausalLM, R> = (tr: Tracer<EnvoyTree<M>>) => R | Promise<R>;
+
+export class LanguageModel<M extends CausalLM = any> extends LocalLanguageModel<M> {
+  static override async load(name: "stdlib-gpt2", options?: ModelLoadOptions): Promise<LanguageModel<GPT2LMHeadModel>>;
+  static override async load(name: "stdlib-llama", options?: ModelLoadOptions): Promise<LanguageModel<LlamaForCausalLM>>;
+  static override async load<M extends CausalLM = CausalLM>(nameOrPath: string, options?: ModelLoadOptions): Promise<LanguageModel<M>>;
+  static override async load(nameOrPath: string, options: ModelLoadOptions = {}): Promise<LanguageModel<any>> {
+    return (await super.load(nameOrPath, options)) as LanguageModel;
+  }
+
+  /**
+   * A meta model (config, module tree, tokenizer; no weights) built from what a server says about a model it
+   * hosts, so a client needs no files at all.
+   */
+  static async fromServer(name: "stdlib-gpt2", options?: { backend?: string | Backend; apiKey?: string }): Promise<LanguageModel<GPT2LMHeadModel>>;
+  static async fromServer(name: "stdlib-llama", options?: { backend?: string | Backend; apiKey?: string }): Promise<LanguageModel<LlamaForCausalLM>>;
+  static async fromServer<M extends CausalLM = CausalLM>(name: string, options?: { backend?: string | Backend; apiKey?: string }): Promise<LanguageModel<M>>;
+  static async fromServer(name: string, options: { backend?: string | Backend; apiKey?: string } = {}): Promise<LanguageModel<any>> {
+    const backend = typeof options.backend === "string" && options.apiKey ? new HttpBackend({ url: options.backend, apiKey: options.apiKey }) : resolveRemoteTarget({ backend: options.backend, remote: true });
+    const meta = await backend.meta(name.includes(":") ? name : toModelKey("LanguageModel", name));
+    const repo = JSON.parse(meta.key.slice(meta.key.indexOf(":") + 1)).repo_id as string;
+    const model = buildModel(meta.config);
+    const tokenizer = new Tokenizer(meta.tokenizer, meta.tokenizerConfig);
+    return new this(repo, { source: { kind: "hub", name: repo, path: "" }, config: meta.config, generationConfig: meta.generationConfig, model, tokenizer, dispatched: false });
+  }
+
+  /** The key servers know this model by: `LanguageModel:{"repo_id":..., "revision":null}`. */
+  toModelKey(): string {
+    return toModelKey("LanguageModel", this.name, null);
+  }
+
+  override trace<R>(input: ModelInput, fn: InterventionFn<EnvoyTree<M>, R>, options: Nonblocking): Promise<RemoteJob<R>>;
+  override trace<R>(input: ModelInput, fn: InterventionFn<EnvoyTree<M>, R>, options?: RemoteOptions): Promise<R>;
+  override trace<R>(fn: TraceFn<M, R>, options: Nonblocking): Promise<RemoteJob<R>>;
+  override trace<R>(fn: TraceFn<M, R>, options?: RemoteOptions): Promise<R>;
+  override trace<R>(a: ModelInput | TraceFn<M, R>, b?: InterventionFn<EnvoyTree<M>, R> | RemoteOptions, c?: RemoteOptions): Promise<R | RemoteJob<R>> {
+    const opts = (typeof a === "function" ? b : c) as RemoteOptions | undefined;
+    if (!isRemote(opts)) return typeof a === "function" ? super.trace(a as TraceFn<M, R>, opts) : super.trace(a, b as InterventionFn<EnvoyTree<M>, R>, opts);
+    return this.remote<R>("trace", a, typeof a === "function" ? undefined : (b as InterventionFn), opts!, undefined);
+  }
+
+  override scan<R>(input: ModelInput, fn: InterventionFn<EnvoyTree<M>, R>, options: Nonblocking): Promise<RemoteJob<R>>;
+  override scan<R>(input: ModelInput, fn: InterventionFn<EnvoyTree<M>, R>, options?: RemoteOptions): Promise<R>;
+  override scan<R>(fn: TraceFn<M, R>, options: Nonblocking): Promise<RemoteJob<R>>;
+  override scan<R>(fn: TraceFn<M, R>, options?: RemoteOptions): Promise<R>;
+  override scan<R>(a: ModelInput | TraceFn<M, R>, b?: InterventionFn<EnvoyTree<M>, R> | RemoteOptions, c?: RemoteOptions): Promise<R | RemoteJob<R>> {
+    const opts = (typeof a === "function" ? b : c) as RemoteOptions | undefined;
+    if (!isRemote(opts)) return typeof a === "function" ? super.scan(a as TraceFn<M, R>, opts) : super.scan(a, b as InterventionFn<EnvoyTree<M>, R>, opts);
+    return this.remote<R>("scan", a, typeof a === "function" ? undefined : (b as InterventionFn), opts!, undefined);
+  }
+
+  override generate(input: ModelInput, options: GenerateCall): Promise<GenerateOutput>;
+  override generate<R>(input: ModelInput, options: GenerateCall, fn: InterventionFn<EnvoyTree<M>, R>, traceOptions: Nonblocking): Promise<RemoteJob<GenerateOutput & { value: R }>>;
+  override generate<R>(input: ModelInput, options: GenerateCall, fn: InterventionFn<EnvoyTree<M>, R>, traceOptions?: RemoteOptions): Promise<GenerateOutput & { value: R }>;
+  override generate<R>(fn: TraceFn<M, R>, options: GenerateCall, traceOptions?: RemoteOptions): Promise<GenerateOutput & { value: R }>;
+  override async generate<R>(a: ModelInput | TraceFn<M, R>, options: GenerateCall, fn?: InterventionFn<EnvoyTree<M>, R> | RemoteOptions, traceOptions?: RemoteOptions): Promise<unknown> {
+    const opts = (typeof a === "function" ? fn : traceOptions) as RemoteOptions | undefined;
+    if (!isRemote(opts)) return (super.generate as (...x: unknown[]) => Promise<unknown>)(a, options, fn, traceOptions);
+    const spec: GenerateSpec = { maxNewTokens: options.maxNewTokens, doSample: options.doSample, temperature: options.temperature, topK: options.topK, topP: options.topP, seed: options.seed, eosTokenId: options.eosTokenId, padTokenId: options.padTokenId };
+    const body = typeof a === "function" ? undefined : typeof fn === "function" ? (fn as InterventionFn) : async () => undefined;
+    return this.remote("generate", a, body, opts!, spec);
+  }
+
+  /**
+   * Several traces and generations as one unit. Remotely it is one job: values stay on the server between the
+   * traces (inner functions may use the session function's variables) and only what it returns comes back.
+   */
+  override session<R>(fn: (s: Session<M>) => R | Promise<R>, options: Nonblocking): Promise<RemoteJob<R>>;
+  override session<R>(fn: (s: Session<M>) => R | Promise<R>, options?: RemoteOptions): Promise<R>;
+  override session<R>(fn: (s: Session<M>) => R | Promise<R>, options?: RemoteOptions): Promise<R | RemoteJob<R>> {
+    if (!isRemote(options)) return super.session(fn);
+    return this.remote<R>("session", fn, undefined, options!, undefined);
+  }
+
+  /** Builds the job, checks its code, and runs it where the options say. */
+  private async remote<R>(kind: JobKind, a: unknown, fn: InterventionFn | undefined, options: RemoteOptions, generate: GenerateSpec | undefined): Promise<R | RemoteJob<R>> {
+    const callSite = userFrame(new Error().stack);
+    const form = typeof a === "function" ? "tracer" : "invoke";
+    const code = form === "tracer" ? (a as Function) : fn!;
+    const { source } = interventionSource(code);
+    const edits = this.editFunctions().map((e) => interventionSource(e).source);
+    const tensors = new Map<string, Tensor>();
+    const request: JobRequest = {
+      model: this.toModelKey(),
+      kind,
+      form,
+      source,
+      input: form === "invoke" ? encodeValue(a, tensors, "input") : undefined,
+      vars: encodeValue(options.vars ?? {}, tensors, "vars"),
+      edits,
+      grad: options.grad === true,
+      generate,
+      webhook: options.webhook,
+      webhookSecret: options.webhookSecret,
+      localTimeoutMs: options.localTimeoutMs,
+    };
+    const located = (e: unknown) => withUserLine(e, callSite, source);
+    const stderr = (globalThis as { process?: { stderr?: NodeJS.WriteStream } }).process?.stderr;
+    const print = options.print === undefined ? (stderr?.isTTY ? stderr : undefined) : (options.print ?? undefined);
+    if (options.remote === "local" && options.backend === undefined) {
+      return (await runLocally(request, tensors, this.unedited() as unknown as LocalLanguageModel, { timeout: options.timeout, onEvent: (e) => e.type === "log" && print?.write(`${e.text}\n`) }).catch((e) => Promise.reject(located(e)))) as R;
+    }
+    const backend = isBackend(options.backend)
+      ? options.backend
+      : typeof options.backend === "string" && options.apiKey
+        ? new HttpBackend({ url: options.backend, apiKey: options.apiKey })
+        : resolveRemoteTarget({ backend: options.backend as string | undefined, remote: true });
+    const job = (await backend.submit(request, tensors)) as RemoteJob<R>;
+    if (options.blocking === false) return job;
+    const submitted = [request.source, ...edits];
+    return job.wait({ print, decode: (ids) => this.tokenizer.decode(ids), onLocal: (event) => runLocalStep(event, submitted) }).catch((e) => Promise.reject(located(e)));
+  }
+}
+
+function isRemote(o: RemoteOptions | undefined): boolean {
+  return !!o && (o.remote === true || o.remote === "local" || o.backend !== undefined);
+}
+
+/**
+ * Points a remote error at the user's file: the job's stack names lines of the intervention source
+ * (`intervention.js:LINE:COL`); the function's first line is found in the caller's file near the call.
+ */
+function withUserLine(e: unknown, callSite: string | undefined, source: string): unknown {
+  if (!(e instanceof Error) || !callSite) return e;
+  const m = /intervention\.js:(\d+):(\d+)/.exec(e.stack ?? "");
+  if (!m) return e;
+  const [line, column] = [Number(m[1]), Number(m[2])];
+  const where = /^(.*):(\d+):(\d+)$/.exec(callSite);
+  if (!where) return e;
+  const [, file, callLine] = where;
+  let start = Number(callLine);
+  let startColumn = 1;
+  try {
+    const lines = (process.getBuiltinModule("node:fs") as typeof import("node:fs")).readFileSync(file!, "utf8").split("\n");
+    const first = source.split("\n")[0]!.trim().slice(0, 40);
+    for (let i = start - 1; i < Math.min(lines.length, start + 40); i++) {
+      if (first && lines[i]!.includes(first)) {
+        start = i + 1;
+        startColumn = lines[i]!.indexOf(first) + 1;
+        break;
+      }
+    }
+  } catch {
+    // the caller's file cannot be read: keep the call's line
+  }
+  // Line 1 of the source starts where the function does; later lines keep their own indentation.
+  const userLine = `${file}:${start + line - 1}:${line === 1 ? startColumn + column - 2 : column}`;
+  Object.assign(e, { userLine });
+  // tsight's own errors say where in their message (as locally); the user's own errors keep theirs intact.
+  if ((e as { code?: string }).code === "USER_CODE" && "userLine" in e && isTsightError(e) && !e.message.includes(userLine)) e.message = `${e.message}\n    at ${userLine}`;
+  e.stack = `${e.name}: ${e.message}\n    at ${userLine}\n${(e.stack ?? "").split("\n").slice(1).join("\n")}`;
+  return e;
+}
+
+function isTsightError(e: Error): boolean {
+  return ["OutOfOrderError", "MissedProviderError", "SwapError", "TraceError", "ShapeError", "DTypeError", "MetaTensorError", "GradError"].includes(e.name);
+}

@@ -1,0 +1,68 @@
+/**
+ * `remote: "local"`: a job is encoded exactly as it would be sent, decoded exactly as a server decodes it, run by
+ * the same executor a server's worker uses (the sandbox), and its value round-trips through the wire format. So
+ * code that works this way works on a server, and mistakes show up before anything leaves the machine.
+ *
+ * The sandbox ships in @tsight/server (it needs isolated-vm, a native addon local users should not have to build),
+ * so it is imported here on first use, by name: tsight never loads it unless `remote: "local"` is asked for.
+ */
+import type { LanguageModel } from "../intervention/index.js";
+import type { Tensor } from "../tensor/index.js";
+import { encodeEnvelope, packValue, unpackValue } from "../protocol/codec.js";
+import { ClientError, errorFromInfo, infoFromError } from "../protocol/errors.js";
+import { decodeJob, type JobExecutor } from "../protocol/executor.js";
+import { runLocalStep } from "./local-step.js";
+import type { JobEvent, JobRequest } from "../protocol/wire.js";
+
+/** The package holding the sandbox, imported on first use. */
+const SANDBOX_PACKAGE = "@tsight/server/sandbox";
+let executor: Promise<JobExecutor> | null = null;
+
+function sandbox(): Promise<JobExecutor> {
+  executor ??= (import(/* @vite-ignore */ SANDBOX_PACKAGE) as Promise<{ SandboxExecutor: new () => JobExecutor }>).then(
+    (m) => new m.SandboxExecutor(),
+    (e) => {
+      executor = null;
+      const missing = (e as { code?: string }).code === "ERR_MODULE_NOT_FOUND";
+      throw new ClientError(
+        missing
+          ? 'remote: "local" runs the job in the sandbox, which ships in the @tsight/server package: `npm install @tsight/server` (it builds isolated-vm; see its README)'
+          : `remote: "local" could not load the sandbox from @tsight/server: ${(e as Error).message}`,
+      );
+    },
+  );
+  return executor;
+}
+
+export interface LocalRunOptions {
+  /** Seconds the job may run (default 60). */
+  timeout?: number;
+  /** Bytes of tensors the job's code may create (default 4 GiB). */
+  memoryLimitBytes?: number;
+  onEvent?: (event: JobEvent) => void;
+  signal?: AbortSignal;
+}
+
+export async function runLocally(request: JobRequest, tensors: ReadonlyMap<string, Tensor>, model: LanguageModel, options: LocalRunOptions = {}): Promise<unknown> {
+  const runner = await sandbox();
+  const job = decodeJob(encodeEnvelope(request, tensors));
+  const asked = new Map<string, Extract<JobEvent, { type: "local" }>>();
+  let value: unknown;
+  try {
+    value = await runner.execute(job, model, {
+      emit: (event) => {
+        if (event.type === "local") asked.set(event.call, event);
+        options.onEvent?.(event);
+      },
+      // Hybrid steps run here, on the code this process submitted.
+      awaitLocal: (call) => runLocalStep(asked.get(call)!, [request.source, ...(request.edits ?? [])]),
+      signal: options.signal ?? new AbortController().signal,
+      deadline: Date.now() + (options.timeout ?? 60) * 1000,
+      memoryLimitBytes: options.memoryLimitBytes ?? 4 * 2 ** 30,
+    });
+  } catch (e) {
+    // As over the wire: the error becomes data, then the client's error of the same class.
+    throw errorFromInfo(JSON.parse(JSON.stringify(infoFromError(e))));
+  }
+  return unpackValue(packValue(value));
+}

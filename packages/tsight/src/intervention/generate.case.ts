@@ -1,0 +1,295 @@
+/**
+ * Interventions during generation and gradients of intermediate values, as a suite that runs against any way of
+ * executing (in process, or through a server).
+ */
+import { expect } from "vitest";
+import { fixture, hfArchitectures, maxAbsDiff, ref } from "../../../../test/fixtures.js";
+import { generate, type CausalLM } from "../models/index.js";
+import type { ModuleHooks } from "../nn/index.js";
+import { Generator, randn, Tensor } from "../tensor/index.js";
+import { OutOfOrderError, TraceError } from "./errors.js";
+import type { TraceBackend, TraceCase } from "./trace.case.js";
+
+const PROMPT = "def __init__(self";
+
+/** Greedy generation with `vector` added to `path`'s output at every step, using the model without tracing. */
+async function steeredReference(model: CausalLM, ids: Tensor, path: string, vector: Tensor, steps: number): Promise<number[]> {
+  const hooks: ModuleHooks = {
+    async call(module, args, forward) {
+      const out = await forward(args);
+      return module.path === path ? (out as Tensor).add(vector) : out;
+    },
+  };
+  model.tree.hooks = hooks;
+  try {
+    return (await generate(model, ids, undefined, { maxNewTokens: steps, eosTokenId: null })).generated.index(0).toArray();
+  } finally {
+    model.tree.hooks = null;
+  }
+}
+
+export const generateCases: TraceCase[] = [
+  {
+    name: "values read in a step are that step's: the logits of step k give token k",
+    async run(b) {
+      const out = await b.gpt2.generate(
+        PROMPT,
+        { maxNewTokens: 6 },
+        async (m, tr) => {
+          const picks: number[] = [];
+          const shapes: number[][] = [];
+          for await (const step of tr.iter(0, 4)) {
+            const h = (await m.transformer.h[0].output) as Tensor;
+            const logits = (await m.lm_head.output) as Tensor;
+            shapes.push([step, ...h.shape]);
+            picks.push(logits.index(0, -1).argmax().item());
+          }
+          return { picks, shapes, result: (await tr.result).generated as Tensor };
+        },
+        b.options(),
+      );
+      const f = await fixture("stdlib-gpt2");
+      expect(out.value.picks).toEqual(out.generated.index(0).toArray().slice(0, 4));
+      expect(out.value.shapes).toEqual([
+        [0, 1, 5, 256],
+        [1, 1, 1, 256],
+        [2, 1, 1, 256],
+        [3, 1, 1, 256],
+      ]);
+      expect(out.sequences.tolist()).toEqual(ref(f, "probe0/generate").narrow(1, 0, 11).tolist());
+      expect(out.value.result.tolist()).toEqual(out.generated.tolist());
+    },
+  },
+  {
+    name: "tr.all covers every step; afterwards module access is an OutOfOrderError; a bounded loop lets code after it run",
+    async run(b) {
+      const all = await b.gpt2.generate(
+        PROMPT,
+        { maxNewTokens: 5 },
+        async (m, tr) => {
+          const steps: number[] = [];
+          for await (const s of tr.all()) {
+            steps.push(s);
+            await m.transformer.h[1].output;
+          }
+          const after = await m.lm_head.output.then(
+            () => "no error",
+            (e: Error) => e,
+          );
+          return { steps, after };
+        },
+        b.options(),
+      );
+      expect(all.value.steps).toEqual([0, 1, 2, 3, 4]);
+      expect(all.value.after).toBeInstanceOf(OutOfOrderError);
+      expect(String(all.value.after)).toMatch(/lm_head\.output: asked for after tr\.all\(\) ran out: the generation ended after 5 steps/);
+      const bounded = await b.gpt2.generate(
+        PROMPT,
+        { maxNewTokens: 5 },
+        async (m, tr) => {
+          const steps: number[] = [];
+          for await (const s of tr.iter([1, 3])) steps.push(s, ((await m.lm_head.output) as Tensor).shape[1]!);
+          const next = ((await m.transformer.h[0].output) as Tensor).shape;
+          return { steps, next, done: true };
+        },
+        b.options(),
+      );
+      expect(bounded.value).toEqual({ steps: [1, 1, 3, 1], next: [1, 1, 256], done: true });
+      const past = await b.gpt2.generate(
+        PROMPT,
+        { maxNewTokens: 2 },
+        async (_m, tr) => {
+          const steps: number[] = [];
+          for await (const s of tr.iter(0, 6)) steps.push(s);
+          return steps;
+        },
+        b.options(),
+      );
+      expect(past.value).toEqual([0, 1]);
+    },
+  },
+  {
+    name: "tr.next moves an invoke to the next step",
+    async run(b) {
+      const out = await b.llama.generate(
+        PROMPT,
+        { maxNewTokens: 3 },
+        async (m, tr) => {
+          const a = ((await m.model.layers[0].output) as Tensor).shape;
+          tr.next();
+          const c = ((await m.model.layers[0].output) as Tensor).shape;
+          tr.next();
+          const d = ((await m.model.norm.output) as Tensor).shape;
+          return [a, c, d];
+        },
+        b.options(),
+      );
+      expect(out.value).toEqual([
+        [1, 5, 256],
+        [1, 1, 256],
+        [1, 1, 256],
+      ]);
+    },
+  },
+  {
+    name: "steering every step changes the text exactly as the same edit made without tsight's tracing",
+    async run(b) {
+      const vector = randn([256], new Generator(42)).mul(3);
+      const out = await b.gpt2.generate(
+        PROMPT,
+        { maxNewTokens: 12, eosTokenId: null },
+        async (m, tr) => {
+          for await (const _ of tr.all()) m.transformer.h[2].output = (h: Tensor) => h.add(tr.vars.vector);
+        },
+        b.options({ vars: { vector } }),
+      );
+      const plain = await b.gpt2.generate(PROMPT, { maxNewTokens: 12, eosTokenId: null });
+      expect(out.text[0]).not.toBe(plain.text[0]);
+      const ids = ref(await fixture("stdlib-gpt2"), "probe0/input_ids");
+      expect(out.generated.index(0).toArray()).toEqual(await steeredReference(b.gpt2.model, ids, "transformer.h.2", vector, 12));
+    },
+  },
+  {
+    name: "batched generation with interventions matches generating each prompt alone",
+    async run(b) {
+      const prompts = ["import os\nimport sys\n\n", "class "];
+      const batched = await b.llama.generate(
+        async (tr) => {
+          const a = tr.invoke(tr.vars.prompts[0], async (m, it) => {
+            for await (const _ of it.iter(0, 3)) m.model.layers[1].output = (h: Tensor) => h.mul(1.5);
+          });
+          const c = tr.invoke(tr.vars.prompts[1], async (m) => ((await m.model.layers[0].output) as Tensor).shape);
+          return { a: await a, c: await c };
+        },
+        { maxNewTokens: 8, eosTokenId: null },
+        b.options({ vars: { prompts } }),
+      );
+      expect(batched.value.c).toEqual([1, 6, 256]);
+      const first = await b.llama.generate(
+        prompts[0]!,
+        { maxNewTokens: 8, eosTokenId: null },
+        async (m, tr) => {
+          for await (const _ of tr.iter(0, 3)) m.model.layers[1].output = (h: Tensor) => h.mul(1.5);
+        },
+        b.options(),
+      );
+      const second = await b.llama.generate(prompts[1]!, { maxNewTokens: 8, eosTokenId: null });
+      expect(batched.text).toEqual([first.text[0], second.text[0]]);
+    },
+  },
+  {
+    name: "gradients of a log-probability with respect to layer 0 match Hugging Face for every architecture",
+    async run(b) {
+      for (const arch of hfArchitectures) {
+        const lm = await b.arch(arch);
+        const f = await fixture(arch);
+        const out = await lm.trace(
+          ref(f, "input_ids"),
+          async (m, tr) => {
+            const h = (await tr.vars.layer.split(".").reduce((e: any, k: string) => e[k], m).output) as Tensor;
+            const lp = ((await m.lm_head.output) as Tensor).index(0, -1).logSoftmax(-1).index(5);
+            let grad: Tensor | undefined;
+            await tr.backward(lp, async (g) => {
+              grad = await g.grad(h);
+            });
+            return { grad: grad!, value: lp };
+          },
+          b.options({ grad: true, vars: { layer: lm.model.layerPaths()[0] } }),
+        );
+        expect(maxAbsDiff(out.grad, ref(f, "intervention/grad_l0/grad")), arch).toBeLessThan(1e-4);
+        expect(Math.abs(out.value.item() - ref(f, "intervention/grad_l0/value").item())).toBeLessThan(1e-4);
+      }
+    },
+  },
+  {
+    name: "setGrad changes what flows further back; gradients come in reverse order",
+    async run(b) {
+      const grads = (scale: number) =>
+        b.gpt2.trace(
+          PROMPT,
+          async (m, tr) => {
+            const h0 = (await m.transformer.h[0].output) as Tensor;
+            const h1 = (await m.transformer.h[1].output) as Tensor;
+            const loss = ((await m.lm_head.output) as Tensor).index(0, -1).logSoftmax(-1).index(11);
+            let g0: Tensor | undefined, g1: Tensor | undefined;
+            await tr.backward(loss, async (g) => {
+              g1 = await g.grad(h1);
+              if (tr.vars.scale !== 1) g.setGrad(h1, (x: Tensor) => x.mul(tr.vars.scale));
+              g0 = await g.grad(h0);
+            });
+            return { g0: g0!, g1: g1! };
+          },
+          b.options({ grad: true, vars: { scale } }),
+        );
+      const plain = await grads(1);
+      const doubled = await grads(2);
+      expect(plain.g0.abs().max().item()).toBeGreaterThan(0);
+      expect(maxAbsDiff(doubled.g1, plain.g1)).toBe(0);
+      expect(maxAbsDiff(doubled.g0, plain.g0.mul(2))).toBeLessThan(1e-6);
+      const wrong = await b.gpt2
+        .trace(
+          PROMPT,
+          async (m, tr) => {
+            const h0 = (await m.transformer.h[0].output) as Tensor;
+            const h1 = (await m.transformer.h[1].output) as Tensor;
+            const loss = ((await m.lm_head.output) as Tensor).sum();
+            await tr.backward(loss, async (g) => {
+              await g.grad(h0);
+              await g.grad(h1);
+            });
+          },
+          b.options({ grad: true }),
+        )
+        .catch((e) => e);
+      expect(wrong).toBeInstanceOf(TraceError);
+      expect(wrong.message).toMatch(/reverse forward order/);
+    },
+  },
+  {
+    name: "gradients do not leak between invokes; backward needs { grad: true } and a scalar loss",
+    async run(b) {
+      const prompts = [
+        [324, 615, 638, 636, 284],
+        [531, 221, 324, 615, 638],
+      ];
+      // Each prompt in its own invoke, each with its own loss: the gradients each invoke sees are its own.
+      const perInvoke = async (tr: any) => {
+        const lossGrad = async (m: any, it: any) => {
+          const h = (await m.transformer.h[1].output) as Tensor;
+          const loss = ((await m.lm_head.output) as Tensor).index(0, -1).logSoftmax(-1).index(7);
+          let grad: Tensor | undefined;
+          await it.backward(loss, async (g: any) => {
+            grad = await g.grad(h);
+          });
+          return grad!;
+        };
+        const handles = tr.vars.prompts.map((p: number[]) => tr.invoke(p, lossGrad));
+        return Promise.all(handles);
+      };
+      const [, both] = (await b.gpt2.trace(perInvoke, b.options({ grad: true, vars: { prompts } }))) as Tensor[];
+      const [alone] = (await b.gpt2.trace(perInvoke, b.options({ grad: true, vars: { prompts: [prompts[1]] } }))) as Tensor[];
+      expect(both!.shape).toEqual([1, 5, 256]);
+      expect(maxAbsDiff(both!, alone!)).toBeLessThan(1e-6);
+      const lossGrad = async (m: any, tr: any) => {
+        const loss = ((await m.lm_head.output) as Tensor).index(0, -1).logSoftmax(-1).index(7);
+        await tr.backward(loss);
+      };
+      const noGrad = await b.gpt2.trace(PROMPT, lossGrad, b.options()).catch((e) => e);
+      expect(noGrad).toBeInstanceOf(TraceError);
+      expect(noGrad.message).toMatch(/grad: true/);
+      const notScalar = await b.gpt2
+        .trace(
+          PROMPT,
+          async (m, tr) => {
+            const logits = (await m.lm_head.output) as Tensor;
+            await tr.backward(logits);
+          },
+          b.options({ grad: true }),
+        )
+        .catch((e) => e);
+      expect(notScalar.message).toMatch(/single number/);
+    },
+  },
+];
+
+export type { TraceBackend };

@@ -1,0 +1,56 @@
+/** The user-facing model: inputs of every kind, generation, streaming. */
+import { describe, expect, it } from "vitest";
+import { fixture, ref } from "../../../../test/fixtures.js";
+import { Tensor } from "../tensor/index.js";
+import { InputError, toBatch } from "./inputs.js";
+import { LanguageModel } from "./language-model.js";
+
+describe("LanguageModel", () => {
+  it("continues the probes with the reference's greedy text and streams it token by token", async () => {
+    const lm = await LanguageModel.load("stdlib-gpt2");
+    const f = await fixture("stdlib-gpt2");
+    for (const probe of f.manifest.probes!) {
+      let streamed = "";
+      const out = await lm.generate(probe.text, { maxNewTokens: 24, onToken: ({ text }) => void (streamed += text[0]) });
+      expect(out.text[0]).toBe(probe.greedy);
+      expect(streamed).toBe(probe.greedy);
+    }
+  });
+
+  it("generates a padded batch of prompts exactly as one by one", async () => {
+    const lm = await LanguageModel.load("stdlib-llama");
+    const f = await fixture("stdlib-llama");
+    const prompts = f.manifest.probes!.map((p) => p.text);
+    const batch = await lm.generate(prompts, { maxNewTokens: 12 });
+    for (let i = 0; i < prompts.length; i++) {
+      const alone = await lm.generate(prompts[i]!, { maxNewTokens: 12 });
+      expect(batch.text[i]).toBe(alone.text[0]);
+      expect(alone.sequences.tolist()).toEqual(ref(f, `probe${i}/generate`).narrow(1, 0, alone.sequences.shape[1]!).tolist());
+    }
+  });
+
+  it("takes strings, lists, ids and tensors, left-padding with a mask", async () => {
+    const lm = await LanguageModel.load("stdlib-gpt2", { dispatch: false });
+    const tk = lm.tokenizer;
+    const one = toBatch("class ", tk);
+    expect(one.ids.tolist()).toEqual([[531, 221]]);
+    expect(one.mask.tolist()).toEqual([[1, 1]]);
+    const two = toBatch(["class ", "def __init__(self"], tk);
+    expect(two.ids.shape).toEqual([2, 5]);
+    expect(two.mask.tolist()).toEqual([[0, 0, 0, 1, 1], [1, 1, 1, 1, 1]]);
+    expect(two.ids.index(0, slice3()).tolist()).toEqual([tk.padTokenId, tk.padTokenId, tk.padTokenId]);
+    expect(toBatch([5, 6, 7], tk).ids.tolist()).toEqual([[5, 6, 7]]);
+    expect(toBatch([[5], [6, 7]], tk).mask.tolist()).toEqual([[0, 1], [1, 1]]);
+    const t = new Tensor("int64", BigInt64Array.of(9n, 8n), [2]);
+    expect(toBatch(t, tk).ids.shape).toEqual([1, 2]);
+    expect(() => toBatch([], tk)).toThrow(InputError);
+    expect(() => toBatch([[]], tk)).toThrow(InputError);
+    expect(() => toBatch([1.5], tk)).toThrow(InputError);
+    expect(() => toBatch(new Tensor("float32", Float32Array.of(1), [1]), tk)).toThrow(InputError);
+    expect(() => toBatch({ input_ids: t, attention_mask: new Tensor("int64", BigInt64Array.of(1n), [1]) }, tk)).toThrow(/mask/);
+  });
+});
+
+function slice3() {
+  return { start: 0, stop: 3 };
+}

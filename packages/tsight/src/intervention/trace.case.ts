@@ -1,0 +1,564 @@
+/**
+ * The behaviours of tracing, as a suite that runs against any way of executing a trace: in process, or through
+ * a server (the remote parity harness runs this same file). Intervention functions here are self-contained:
+ * they use only their parameters and `tr.vars`, as remote code must.
+ */
+import { expect } from "vitest";
+import { fixture, fixtureDir, hfArchitectures, maxAbsDiff, ref } from "../../../../test/fixtures.js";
+import type { GPT2LMHeadModel, LlamaForCausalLM } from "../models/index.js";
+import { Tensor } from "../tensor/index.js";
+import { MissedProviderError, OutOfOrderError, SwapError, TraceError } from "./errors.js";
+import { LanguageModel, type TraceOptions } from "./language-model.js";
+
+export interface TraceBackend {
+  /** Options added to every trace (e.g. where to run it). */
+  options(extra?: TraceOptions): TraceOptions;
+  gpt2: LanguageModel<GPT2LMHeadModel>;
+  llama: LanguageModel<LlamaForCausalLM>;
+  /** A model per fixture architecture (tiny random weights). */
+  arch(name: (typeof hfArchitectures)[number]): Promise<LanguageModel>;
+}
+
+export interface TraceCase {
+  name: string;
+  run(b: TraceBackend): Promise<void>;
+}
+
+const PROMPT = "def __init__(self";
+const layerPath = (arch: string, i: number) => (arch === "gpt2" ? `transformer.h.${i}` : arch === "gpt_neox" ? `gpt_neox.layers.${i}` : `model.layers.${i}`);
+
+export const traceCases: TraceCase[] = [
+  {
+    name: "returns module outputs and logits equal to Hugging Face's",
+    async run(b) {
+      const f = await fixture("stdlib-gpt2");
+      const out = await b.gpt2.trace(
+        PROMPT,
+        async (m) => {
+          const attn = await m.transformer.h[1].attn.output;
+          const h1 = await m.transformer.h[1].output;
+          return { h1, attnOut: attn[0], attnWeights: attn[1], logits: (await m.lm_head.output) as Tensor };
+        },
+        b.options(),
+      );
+      expect(maxAbsDiff(out.h1, ref(f, "single/transformer.h.1:output"))).toBeLessThan(1e-4);
+      expect(maxAbsDiff(out.attnOut, ref(f, "single/transformer.h.1.attn:output"))).toBeLessThan(1e-4);
+      expect(out.attnWeights.shape).toEqual([1, 4, 5, 5]);
+      // Each attention row is a distribution over earlier positions.
+      expect(out.attnWeights.sum(-1).sub(1).abs().max().item()).toBeLessThan(1e-5);
+      expect(out.attnWeights.index(0, 0, 0, 1).item()).toBe(0);
+      expect(maxAbsDiff(out.logits, ref(f, "single/logits"))).toBeLessThan(1e-4);
+      expect(out.logits.requiresGrad).toBe(false);
+    },
+  },
+  {
+    name: "reads inputs (first argument and all arguments) and the same value twice",
+    async run(b) {
+      const f = await fixture("stdlib-gpt2");
+      const out = await b.gpt2.trace(
+        PROMPT,
+        async (m) => {
+          const first = await m.transformer.h[2].input;
+          const all = await m.transformer.h[2].inputs;
+          const o1 = await m.transformer.h[2].output;
+          const o2 = await m.transformer.h[2].output;
+          return { first, allFirst: all[0], count: all.length, same: o1.sub(o2).abs().max().item() };
+        },
+        b.options(),
+      );
+      expect(maxAbsDiff(out.first, ref(f, "single/transformer.h.2:input"))).toBeLessThan(1e-4);
+      expect(maxAbsDiff(out.allFirst, out.first)).toBe(0);
+      expect(out.count).toBe(2);
+      expect(out.same).toBe(0);
+    },
+  },
+  {
+    name: "a replaced output is what later modules and the logits see",
+    async run(b) {
+      const out = await b.gpt2.trace(
+        PROMPT,
+        async (m) => {
+          const h = await m.transformer.h[1].output;
+          m.transformer.h[1].output = h.mul(0.5);
+          const next = await m.transformer.h[2].ln_1.input;
+          return { h, next, logits: (await m.lm_head.output) as Tensor };
+        },
+        b.options(),
+      );
+      expect(maxAbsDiff(out.next, out.h.mul(0.5))).toBe(0);
+      const plain = await b.gpt2.trace(PROMPT, async (m) => (await m.lm_head.output) as Tensor, b.options());
+      expect(maxAbsDiff(out.logits, plain)).toBeGreaterThan(0.1);
+    },
+  },
+  {
+    name: "a replacement can be a function of the current value, and an input can be replaced",
+    async run(b) {
+      const a = await b.gpt2.trace(
+        PROMPT,
+        async (m) => {
+          m.transformer.h[1].output = (h: Tensor) => h.mul(0.5);
+          return (await m.lm_head.output) as Tensor;
+        },
+        b.options(),
+      );
+      const c = await b.gpt2.trace(
+        PROMPT,
+        async (m) => {
+          const h = await m.transformer.h[2].input;
+          m.transformer.h[2].input = h;
+          return (await m.lm_head.output) as Tensor;
+        },
+        b.options(),
+      );
+      const halved = await b.gpt2.trace(
+        PROMPT,
+        async (m) => {
+          m.transformer.h[2].input = (h: Tensor) => h.mul(0.5);
+          return (await m.lm_head.output) as Tensor;
+        },
+        b.options(),
+      );
+      const plain = await b.gpt2.trace(PROMPT, async (m) => (await m.lm_head.output) as Tensor, b.options());
+      expect(maxAbsDiff(c, plain)).toBe(0);
+      expect(maxAbsDiff(a, halved)).toBe(0);
+    },
+  },
+  {
+    name: "zeroing layer 1's MLP, steering and patching give Hugging Face's logits for every architecture",
+    async run(b) {
+      for (const arch of hfArchitectures) {
+        const lm = await b.arch(arch);
+        const f = await fixture(arch);
+        const l0 = layerPath(arch, 0);
+        const l1 = layerPath(arch, 1);
+        const zeroed = await lm.trace(
+          ref(f, "input_ids"),
+          async (m, tr) => {
+            const mlp = (tr.vars.l1 + ".mlp").split(".").reduce((e: any, k: string) => e[k], m);
+            mlp.output = ((await mlp.output) as Tensor).mul(0);
+            return (await m.lm_head.output) as Tensor;
+          },
+          b.options({ vars: { l1 } }),
+        );
+        expect(maxAbsDiff(zeroed, ref(f, "intervention/zero_mlp_l1/logits")), `${arch} zero_mlp_l1`).toBeLessThan(1e-4);
+        const steered = await lm.trace(
+          ref(f, "input_ids"),
+          async (m, tr) => {
+            const layer = tr.vars.l0.split(".").reduce((e: any, k: string) => e[k], m);
+            layer.output = ((await layer.output) as Tensor).add(tr.vars.vector.mul(4));
+            return (await m.lm_head.output) as Tensor;
+          },
+          b.options({ vars: { l0, vector: ref(f, "intervention/steer_l0/vector") } }),
+        );
+        expect(maxAbsDiff(steered, ref(f, "intervention/steer_l0/logits")), `${arch} steer_l0`).toBeLessThan(1e-4);
+        const patched = await lm.trace(
+          async (tr) => {
+            let source: Tensor | undefined;
+            tr.invoke(tr.vars.source, async (m) => {
+              source = (await tr.vars.l0.split(".").reduce((e: any, k: string) => e[k], m).output) as Tensor;
+            });
+            const target = tr.invoke(tr.vars.target, async (m) => {
+              const layer = tr.vars.l0.split(".").reduce((e: any, k: string) => e[k], m);
+              const h = (await layer.output) as Tensor;
+              layer.output = h.put([null, -1], source!.index(null, -1));
+              return (await m.lm_head.output) as Tensor;
+            });
+            return target;
+          },
+          b.options({ vars: { l0, source: ref(f, "source_ids"), target: ref(f, "input_ids") } }),
+        );
+        expect(maxAbsDiff(patched, ref(f, "intervention/patch_l0_last/logits")), `${arch} patch_l0_last`).toBeLessThan(1e-4);
+      }
+    },
+  },
+  {
+    name: "an invoke's edits leave the other invokes' rows untouched",
+    async run(b) {
+      const both = await b.gpt2.trace(
+        async (tr) => {
+          const first = tr.invoke("import os", async (m) => {
+            m.transformer.h[0].output = ((await m.transformer.h[0].output) as Tensor).mul(0);
+            return (await m.lm_head.output) as Tensor;
+          });
+          const second = tr.invoke("class Foo:", async (m) => (await m.lm_head.output) as Tensor);
+          return { first: await first, second: await second };
+        },
+        b.options(),
+      );
+      const alone = await b.gpt2.trace("class Foo:", async (m) => (await m.lm_head.output) as Tensor, b.options());
+      const T = alone.shape[1]!;
+      expect(maxAbsDiff(both.second.narrow(1, -T, T), alone)).toBeLessThan(1e-4);
+      const plainFirst = await b.gpt2.trace("import os", async (m) => (await m.lm_head.output) as Tensor, b.options());
+      const T1 = plainFirst.shape[1]!;
+      expect(maxAbsDiff(both.first.narrow(1, -T1, T1), plainFirst)).toBeGreaterThan(0.1);
+    },
+  },
+  {
+    name: "invokes batch exactly like a list of prompts, with left padding",
+    async run(b) {
+      const prompts = ["import os\nimport sys\n\n", "class "];
+      const listed = await b.llama.trace(prompts, async (m) => (await m.lm_head.output) as Tensor, b.options());
+      const invoked = await b.llama.trace(
+        async (tr) => {
+          const a = tr.invoke(tr.vars.prompts[0], async (m) => (await m.lm_head.output) as Tensor);
+          const c = tr.invoke(tr.vars.prompts[1], async (m) => (await m.lm_head.output) as Tensor);
+          return { a: await a, c: await c };
+        },
+        b.options({ vars: { prompts } }),
+      );
+      expect(listed.shape).toEqual([2, 6, 4096]);
+      expect(invoked.a.shape).toEqual([1, 6, 4096]);
+      expect(maxAbsDiff(invoked.a, listed.narrow(0, 0, 1))).toBe(0);
+      expect(maxAbsDiff(invoked.c, listed.narrow(0, 1, 1))).toBe(0);
+      // The short prompt is left-padded; its real positions equal running it alone.
+      const alone = await b.llama.trace("class ", async (m) => (await m.lm_head.output) as Tensor, b.options());
+      expect(maxAbsDiff(invoked.c.narrow(1, 4, 2), alone)).toBeLessThan(1e-4);
+    },
+  },
+  {
+    name: "inputs may be strings, lists, token ids or tensors",
+    async run(b) {
+      const f = await fixture("stdlib-gpt2");
+      const ids = f.manifest.probes![0]!.ids;
+      const results = [];
+      for (const input of [PROMPT, [PROMPT], ids, [ids], ref(f, "probe0/input_ids")]) {
+        results.push(await b.gpt2.trace(input, async (m) => (await m.lm_head.output) as Tensor, b.options()));
+      }
+      for (const r of results) expect(maxAbsDiff(r, ref(f, "single/logits"))).toBeLessThan(1e-4);
+    },
+  },
+  {
+    name: "an empty invoke sees and may change the whole batch",
+    async run(b) {
+      const out = await b.gpt2.trace(
+        async (tr) => {
+          const first = tr.invoke("import os", async (m) => (await m.transformer.h[0].output) as Tensor);
+          tr.invoke("class Foo:", async () => undefined);
+          const all = tr.invoke(async (m) => {
+            const h = (await m.transformer.h[0].output) as Tensor;
+            m.transformer.h[0].output = h.mul(0);
+            return { shape: h.shape, logits: (await m.lm_head.output) as Tensor };
+          });
+          return { first: await first, all: await all };
+        },
+        b.options(),
+      );
+      const T = out.first.shape[1]!;
+      expect(out.all.shape).toEqual([2, T, 256]);
+      expect(out.first.abs().max().item()).toBeGreaterThan(0);
+      // All rows were zeroed after layer 0, so both rows' logits depend only on positions.
+      expect(out.all.logits.shape).toEqual([2, T, 4096]);
+    },
+  },
+  {
+    name: "asking for a module out of order is an OutOfOrderError at the user's line",
+    async run(b) {
+      const e = await b.gpt2
+        .trace(
+          PROMPT,
+          async (m) => {
+            await m.transformer.h[2].output;
+            await m.transformer.h[1].output;
+          },
+          b.options(),
+        )
+        .catch((x) => x);
+      expect(e).toBeInstanceOf(OutOfOrderError);
+      expect(e.message).toContain("transformer.h.1.output");
+      expect(e.message).toMatch(/trace\.case\.ts:\d+:\d+/);
+      // The model still works.
+      const f = await fixture("stdlib-gpt2");
+      expect(maxAbsDiff(await b.gpt2.trace(PROMPT, async (m) => (await m.lm_head.output) as Tensor, b.options()), ref(f, "single/logits"))).toBeLessThan(1e-4);
+    },
+  },
+  {
+    name: "a value that never comes is a MissedProviderError naming the module",
+    async run(b) {
+      const e = await b.gpt2.trace(PROMPT, async (m) => await m.transformer.h[0].attn.attn_dropout.output, b.options()).catch((x) => x);
+      expect(e).toBeInstanceOf(MissedProviderError);
+      expect(e.message).toContain("transformer.h.0.attn.attn_dropout.output");
+      expect(e.message).toMatch(/trace\.case\.ts:\d+:\d+/);
+      const w = await b.gpt2
+        .trace(
+          PROMPT,
+          async (m) => {
+            m.transformer.h[0].attn.attn_dropout.output = (x: Tensor) => x;
+          },
+          b.options(),
+        )
+        .catch((x) => x);
+      expect(w).toBeInstanceOf(MissedProviderError);
+    },
+  },
+  {
+    name: "errors in intervention code reach the caller with their type and message; the model stays usable",
+    async run(b) {
+      const e = await b.gpt2
+        .trace(
+          PROMPT,
+          async (m) => {
+            const h = (await m.transformer.h[0].output) as Tensor;
+            if (h.shape[0] === 1) throw new RangeError("my own mistake");
+          },
+          b.options(),
+        )
+        .catch((x) => x);
+      expect(e).toBeInstanceOf(RangeError);
+      expect(e.message).toBe("my own mistake");
+      const shape = await b.gpt2
+        .trace(
+          PROMPT,
+          async (m) => {
+            const h = (await m.transformer.h[0].output) as Tensor;
+            return h.matmul(h);
+          },
+          b.options(),
+        )
+        .catch((x) => x);
+      expect(shape.name).toBe("ShapeError");
+      const swap = await b.gpt2
+        .trace(
+          PROMPT,
+          async (m) => {
+            m.transformer.h[0].output = ((await m.transformer.h[0].output) as Tensor).index(null, slice01());
+            function slice01() {
+              return { start: 0, stop: 1 };
+            }
+          },
+          b.options(),
+        )
+        .catch((x) => x);
+      expect(swap).toBeInstanceOf(SwapError);
+      expect(swap.message).toMatch(/shape \[1, 5, 256\].*\[1, 1, 256\]/);
+      const f = await fixture("stdlib-gpt2");
+      expect(maxAbsDiff(await b.gpt2.trace(PROMPT, async (m) => (await m.lm_head.output) as Tensor, b.options()), ref(f, "single/logits"))).toBeLessThan(1e-4);
+    },
+  },
+  {
+    name: "skip: a skipped module does not run and its value is used; its children cannot be read",
+    async run(b) {
+      const skipped = await b.gpt2.trace(
+        PROMPT,
+        async (m) => {
+          const h0 = (await m.transformer.h[0].output) as Tensor;
+          m.transformer.h[1].skip(h0);
+          return { h1: (await m.transformer.h[1].output) as Tensor, h0, logits: (await m.lm_head.output) as Tensor };
+        },
+        b.options(),
+      );
+      expect(maxAbsDiff(skipped.h1, skipped.h0)).toBe(0);
+      const replaced = await b.gpt2.trace(
+        PROMPT,
+        async (m) => {
+          const h0 = (await m.transformer.h[0].output) as Tensor;
+          await m.transformer.h[1].output;
+          m.transformer.h[1].output = h0;
+          return (await m.lm_head.output) as Tensor;
+        },
+        b.options(),
+      );
+      expect(maxAbsDiff(skipped.logits, replaced)).toBe(0);
+      const e = await b.gpt2
+        .trace(
+          PROMPT,
+          async (m) => {
+            const h0 = (await m.transformer.h[0].output) as Tensor;
+            m.transformer.h[1].skip(h0);
+            return await m.transformer.h[1].mlp.output;
+          },
+          b.options(),
+        )
+        .catch((x) => x);
+      expect(e).toBeInstanceOf(MissedProviderError);
+      expect(e.message).toMatch(/transformer\.h\.1\.mlp\.output is inside transformer\.h\.1, which this invoke skips/);
+    },
+  },
+  {
+    name: "stop ends the forward early and returns what was computed",
+    async run(b) {
+      const out = await b.gpt2.trace(
+        PROMPT,
+        async (m, tr) => {
+          const cache = tr.cache();
+          const h0 = (await m.transformer.h[0].output) as Tensor;
+          tr.stop();
+          return { h0, cache };
+        },
+        b.options(),
+      );
+      expect(out.h0.shape).toEqual([1, 5, 256]);
+      const seen = out.cache.keys();
+      expect(seen).toContain("transformer.h.0");
+      expect(seen).not.toContain("transformer.h.1");
+      expect(seen).not.toContain("lm_head");
+    },
+  },
+  {
+    name: "a barrier lets one invoke hand its embeddings to another at the same module",
+    async run(b) {
+      const out = await b.gpt2.trace(
+        async (tr) => {
+          const barrier = tr.barrier(2);
+          let emb: Tensor | undefined;
+          // Two prompts of five tokens each, so rows line up position by position.
+          const source = tr.invoke([324, 615, 638, 636, 284], async (m) => {
+            emb = (await m.transformer.wte.output) as Tensor;
+            await barrier();
+            return (await m.lm_head.output) as Tensor;
+          });
+          const target = tr.invoke([531, 221, 324, 615, 638], async (m) => {
+            await barrier();
+            m.transformer.wte.output = emb!;
+            return (await m.lm_head.output) as Tensor;
+          });
+          return { source: await source, target: await target };
+        },
+        b.options(),
+      );
+      expect(maxAbsDiff(out.source, out.target)).toBe(0);
+      const e = await b.gpt2
+        .trace(
+          async (tr) => {
+            const barrier = tr.barrier(2);
+            tr.invoke(tr.vars.prompt, async (m) => {
+              await m.transformer.wte.output;
+              await barrier();
+            });
+          },
+          b.options({ vars: { prompt: PROMPT } }),
+        )
+        .catch((x) => x);
+      expect(e).toBeInstanceOf(TraceError);
+      expect(e.message).toMatch(/barrier for 2 invokes was reached by only 1/);
+    },
+  },
+  {
+    name: "cache records every module's value after interventions",
+    async run(b) {
+      const f = await fixture("stdlib-gpt2");
+      const out = await b.gpt2.trace(
+        PROMPT,
+        async (m, tr) => {
+          const cache = tr.cache();
+          const some = tr.cache({ modules: ["transformer.h.1"], inputs: true });
+          m.transformer.h[2].output = ((await m.transformer.h[2].output) as Tensor).mul(0);
+          await m.lm_head.output;
+          return { all: cache.toObject(), h1: some.get("transformer.h.1")!, keys: some.keys() };
+        },
+        b.options(),
+      );
+      expect(maxAbsDiff(out.all["transformer.h.1"] as Tensor, ref(f, "single/transformer.h.1:output"))).toBeLessThan(1e-4);
+      expect(maxAbsDiff(out.all["transformer.h.0.mlp.c_fc"] as Tensor, ref(f, "single/transformer.h.0.mlp.c_fc:output"))).toBeLessThan(1e-4);
+      expect((out.all["transformer.h.2"] as Tensor).abs().max().item()).toBe(0);
+      expect(maxAbsDiff(out.h1.inputs![0] as Tensor, ref(f, "single/transformer.h.1:input"))).toBeLessThan(1e-4);
+      expect(out.keys.every((k: string) => k === "transformer.h.1" || k.startsWith("transformer.h.1."))).toBe(true);
+      expect(out.keys).toContain("transformer.h.1.attn.c_attn");
+    },
+  },
+  {
+    name: "calling a module directly gives the logit lens",
+    async run(b) {
+      const out = await b.gpt2.trace(
+        PROMPT,
+        async (m) => {
+          const before = (await m.transformer.h[3].input) as Tensor;
+          const last = (await m.transformer.h[3].output) as Tensor;
+          const lens = (await m.lm_head.call(await m.transformer.ln_f.call(last))) as Tensor;
+          const early = (await m.lm_head.call(await m.transformer.ln_f.call(before))) as Tensor;
+          return { lens, early, logits: (await m.lm_head.output) as Tensor };
+        },
+        b.options(),
+      );
+      expect(maxAbsDiff(out.lens, out.logits)).toBeLessThan(1e-5);
+      expect(maxAbsDiff(out.early, out.logits)).toBeGreaterThan(0.01);
+    },
+  },
+  {
+    name: "unknown module names fail with the names that exist",
+    async run(b) {
+      const e = await b.gpt2.trace(PROMPT, async (m) => await (m as any).transformer.layers[0].output, b.options()).catch((x) => x);
+      expect(e).toBeInstanceOf(TraceError);
+      expect(e.message).toMatch(/transformer \(GPT2Model\) has no module "layers"; its modules are: wte, wpe, drop, h, ln_f/);
+    },
+  },
+  {
+    name: "edit: a persistent intervention in a copy, in place, and cleared",
+    async run(b) {
+      const f = await fixture("gpt2");
+      const lm = await b.arch("gpt2");
+      const zeroMlp = async (m: any) => {
+        m.transformer.h[1].mlp.output = ((await m.transformer.h[1].mlp.output) as Tensor).mul(0);
+      };
+      const logits = (model: LanguageModel) => model.trace(ref(f, "input_ids"), async (m) => (await m.lm_head.output) as Tensor, b.options());
+      const edited = lm.edit(zeroMlp);
+      expect(maxAbsDiff(await logits(edited), ref(f, "intervention/zero_mlp_l1/logits"))).toBeLessThan(1e-4);
+      expect(maxAbsDiff(await logits(lm), ref(f, "single/logits"))).toBeLessThan(1e-4);
+      // The edit runs before the invokes: they read the edited value.
+      const seen = await edited.trace(ref(f, "input_ids"), async (m) => ((await m.transformer.h[1].mlp.output) as Tensor).abs().max().item(), b.options());
+      expect(seen).toBe(0);
+      lm.edit(zeroMlp, { inplace: true });
+      expect(maxAbsDiff(await logits(lm), ref(f, "intervention/zero_mlp_l1/logits"))).toBeLessThan(1e-4);
+      lm.clearEdits();
+      expect(maxAbsDiff(await logits(lm), ref(f, "single/logits"))).toBeLessThan(1e-4);
+      expect(maxAbsDiff(await logits(edited), ref(f, "intervention/zero_mlp_l1/logits"))).toBeLessThan(1e-4);
+    },
+  },
+  {
+    name: "scan gives every module's shapes without weights (meta model)",
+    async run(b) {
+      const meta = await LanguageModel.load("stdlib-llama", { dispatch: false });
+      const shapes = await meta.scan(
+        "def f(x):",
+        async (m) => {
+          const q = await m.model.layers[0].self_attn.q_proj.output;
+          const attn = await m.model.layers[0].self_attn.output;
+          m.model.layers[1].output = ((await m.model.layers[1].output) as Tensor).mul(2);
+          const logits = (await m.lm_head.output) as Tensor;
+          return { attn: attn[0].shape, weights: attn[1].shape, q: q.shape, logits: logits.shape, meta: logits.isMeta };
+        },
+        b.options(),
+      );
+      expect(shapes).toEqual({ attn: [1, 5, 256], weights: [1, 4, 5, 5], q: [1, 5, 256], logits: [1, 5, 4096], meta: true });
+      // On a model with weights, scan still computes nothing.
+      const onReal = await b.gpt2.scan(PROMPT, async (m) => ((await m.lm_head.output) as Tensor).isMeta, b.options());
+      expect(onReal).toBe(true);
+    },
+  },
+  {
+    name: "a session carries values from one trace to the next",
+    async run(b) {
+      const out = await b.gpt2.session(async (s) => {
+        const clean = await s.trace("def __init__(self", async (m) => (await m.transformer.h[1].output) as Tensor, b.options());
+        const patched = await s.trace(
+          "def __init__(self",
+          async (m, tr) => {
+            m.transformer.h[1].output = ((await m.transformer.h[1].output) as Tensor).mul(0).add(tr.vars.clean);
+            return (await m.lm_head.output) as Tensor;
+          },
+          b.options({ vars: { clean } }),
+        );
+        const plain = await s.trace("def __init__(self", async (m) => (await m.lm_head.output) as Tensor, b.options());
+        return { patched, plain };
+      });
+      expect(maxAbsDiff(out.patched, out.plain)).toBeLessThan(1e-5);
+    },
+  },
+  {
+    name: "rename gives modules extra names",
+    async run() {
+      const lm = await LanguageModel.load("stdlib-gpt2", { rename: { "transformer.h": "layers", attn: "attention" } });
+      const out = await lm.trace(PROMPT, async (m: any) => {
+        const a = (await m.layers[1].attention.output)[0] as Tensor;
+        const h = (await m.transformer.h[1].output) as Tensor;
+        return { a, h, same: m.layers[2].path };
+      });
+      const f = await fixture("stdlib-gpt2");
+      expect(maxAbsDiff(out.a, ref(f, "single/transformer.h.1.attn:output"))).toBeLessThan(1e-4);
+      expect(maxAbsDiff(out.h, ref(f, "single/transformer.h.1:output"))).toBeLessThan(1e-4);
+      expect(out.same).toBe("transformer.h.2");
+      await expect(LanguageModel.load("stdlib-gpt2", { rename: { "transformer.nope": "x" } })).rejects.toThrow(/no module "transformer.nope"/);
+    },
+  },
+];
+
+export { fixtureDir };

@@ -1,0 +1,94 @@
+/**
+ * Every architecture against Hugging Face transformers' own outputs (../shared/fixtures): module names, call
+ * order, every recorded module input/output, logits, padded batches, greedy generation, and the layer-0 gradient.
+ */
+import { describe, expect, it } from "vitest";
+import { fixture, fixtureModel, hfArchitectures, maxAbsDiff, recordForward, ref, stdlibModels, type FixtureName } from "../../../../test/fixtures.js";
+import { Tensor } from "../tensor/index.js";
+import { generate } from "./generate.js";
+
+const TOL = 1e-4;
+/** Runs one forward recording call order and the first input/output of every module. */
+async function record(name: FixtureName, ids: Tensor, mask?: Tensor) {
+  const model = await fixtureModel(name);
+  return { model, ...(await recordForward(model, ids, mask ? { attentionMask: mask } : {})) };
+}
+
+describe.each([...hfArchitectures, ...stdlibModels])("%s matches Hugging Face", (name) => {
+  const inputKey = name.startsWith("stdlib") ? "probe0/input_ids" : "input_ids";
+
+  it("has Hugging Face's module names, in registration order", async () => {
+    const f = await fixture(name);
+    const model = await fixtureModel(name);
+    expect(model.namedModules().map(([p]) => p)).toEqual(f.manifest.modules);
+  });
+
+  it("calls modules in Hugging Face's order and reproduces every recorded input, output and the logits", async () => {
+    const f = await fixture(name);
+    const run = await record(name, ref(f, inputKey));
+    expect(run.pre).toEqual(f.manifest.single.pre_order);
+    expect(run.post).toEqual(f.manifest.single.post_order);
+    const keys = [...f.reference.keys()].filter((k) => k.startsWith("single/") && k !== "single/logits");
+    expect(keys.length).toBeGreaterThan(20);
+    for (const key of keys) {
+      const mine = run.values.get(key.slice("single/".length));
+      expect(mine, key).toBeDefined();
+      expect(maxAbsDiff(mine!, ref(f, key)), key).toBeLessThan(TOL);
+    }
+    expect(maxAbsDiff(run.logits, ref(f, "single/logits"))).toBeLessThan(TOL);
+  });
+
+  if (name.startsWith("stdlib")) {
+    it("continues each probe with exactly the reference's 24 greedy tokens", async () => {
+      const f = await fixture(name);
+      const model = await fixtureModel(name);
+      for (let i = 0; i < f.manifest.probes!.length; i++) {
+        const g = await generate(model, ref(f, `probe${i}/input_ids`), undefined, { maxNewTokens: 24 });
+        expect(g.sequences.tolist(), `probe ${i}`).toEqual(ref(f, `probe${i}/generate`).tolist());
+      }
+    });
+    return;
+  }
+
+  it("matches the unpadded row of a padded batch, and the padded row equals the prompt run alone", async () => {
+    const f = await fixture(name);
+    const ids = ref(f, "batch_ids");
+    const mask = ref(f, "batch_mask");
+    const run = await record(name, ids, mask);
+    expect(maxAbsDiff(run.logits.index(1), ref(f, "batch/logits").index(1))).toBeLessThan(TOL);
+    // Row 0 is left-padded; positions come from the mask, so its real tokens see what they would see alone.
+    const real = mask.index(0).toArray().filter((m) => m === 1).length;
+    const T = ids.shape[1]!;
+    const alone = await record(name, ids.index(0).narrow(0, T - real, real).unsqueeze(0));
+    expect(maxAbsDiff(run.logits.index(0).narrow(0, T - real, real), alone.logits.index(0))).toBeLessThan(TOL);
+  });
+
+  it("generates exactly Hugging Face's greedy tokens, alone and in a padded batch", async () => {
+    const f = await fixture(name);
+    const model = await fixtureModel(name);
+    const single = await generate(model, ref(f, "input_ids"), undefined, { maxNewTokens: 8, padTokenId: 0 });
+    expect(single.sequences.tolist()).toEqual(ref(f, "generate/single").tolist());
+    const batch = await generate(model, ref(f, "batch_ids"), ref(f, "batch_mask"), { maxNewTokens: 8, padTokenId: 0 });
+    expect(batch.sequences.tolist()).toEqual(ref(f, "generate/batch").tolist());
+  });
+
+  it("gives the gradient of a log-probability with respect to layer 0's output", async () => {
+    const f = await fixture(name);
+    const model = await fixtureModel(name);
+    const layer0 = model.layerPaths()[0];
+    let h: Tensor | undefined;
+    model.tree.hooks = {
+      async call(m, args, forward) {
+        const out = await forward(args);
+        if (m.path !== layer0) return out;
+        h = (out as Tensor).detach().requiresGrad_();
+        return h;
+      },
+    };
+    const { logits } = await model.call(ref(f, "input_ids"));
+    const logProb = logits.index(0, -1).logSoftmax(-1).index(5);
+    logProb.backward();
+    expect(Math.abs(logProb.item() - ref(f, "intervention/grad_l0/value").item())).toBeLessThan(TOL);
+    expect(maxAbsDiff(h!.grad!, ref(f, "intervention/grad_l0/grad"))).toBeLessThan(TOL);
+  });
+});

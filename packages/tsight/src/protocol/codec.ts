@@ -1,0 +1,125 @@
+/**
+ * Values across the wire. A value becomes JSON in which tensors, and the few things JSON cannot say, are marked
+ * objects; the tensors travel beside the JSON as safetensors. An envelope is one safetensors file: its tensors,
+ * plus the JSON in the metadata field "tsight". Any safetensors reader can open it.
+ *
+ *   {"$t": "t0"}              a tensor (stored as t0)            {"$meta": {dtype, shape}}  a meta tensor
+ *   {"$num": "NaN"}           NaN, Infinity, -Infinity           {"$big": "12"}             a bigint
+ *   {"$undef": 1}             undefined                          {"$obj": {...}}            an object with $-keys
+ *   {"$cache": {path: entry}} a tr.cache() result                {"$error": ErrorInfo}      an error value
+ */
+import { Cache, type CacheEntry } from "../intervention/index.js";
+import { isDType, parseSafetensors, Tensor, writeSafetensors } from "../tensor/index.js";
+import { ClientError, errorFromInfo, infoFromError } from "./errors.js";
+import type { ErrorInfo } from "./wire.js";
+
+export class CodecError extends ClientError {}
+
+const isPlainObject = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && (Object.getPrototypeOf(v) === Object.prototype || Object.getPrototypeOf(v) === null);
+
+/** Encodes `value` to JSON-safe data, collecting its tensors into `tensors`. */
+export function encodeValue(value: unknown, tensors: Map<string, Tensor>, where = "value"): unknown {
+  if (value === null || typeof value === "string" || typeof value === "boolean") return value;
+  if (typeof value === "number") return Number.isFinite(value) ? value : { $num: String(value) };
+  if (typeof value === "bigint") return { $big: value.toString() };
+  if (value === undefined) return { $undef: 1 };
+  if (value instanceof Tensor) {
+    if (value.isMeta) return { $meta: { dtype: value.dtype, shape: [...value.shape] } };
+    for (const [name, t] of tensors) if (t === value) return { $t: name };
+    const name = `t${tensors.size}`;
+    tensors.set(name, value.detach());
+    return { $t: name };
+  }
+  if (Array.isArray(value)) return value.map((v, i) => encodeValue(v, tensors, `${where}[${i}]`));
+  if (value instanceof Cache) {
+    const entries: Record<string, unknown> = {};
+    for (const path of value.keys()) entries[path] = encodeValue({ ...value.get(path)! }, tensors, `${where}.cache(${path})`);
+    return { $cache: entries };
+  }
+  if (value instanceof Error) return { $error: infoFromError(value) };
+  if (isPlainObject(value)) {
+    const out: Record<string, unknown> = {};
+    for (const [k, v] of Object.entries(value)) out[k] = encodeValue(v, tensors, `${where}.${k}`);
+    return Object.keys(out).some((k) => k.startsWith("$")) ? { $obj: out } : out;
+  }
+  const kind = typeof value === "function" ? "a function" : `a ${(value as object).constructor?.name ?? typeof value}`;
+  throw new CodecError(`${where} is ${kind}, which cannot cross to or from a remote job: send JSON values, tensors, caches and errors`);
+}
+
+/** The value `encodeValue` encoded, with tensors taken from `tensors`. */
+export function decodeValue(data: unknown, tensors: ReadonlyMap<string, Tensor>): unknown {
+  if (data === null || typeof data !== "object") return data;
+  if (Array.isArray(data)) return data.map((v) => decodeValue(v, tensors));
+  const o = data as Record<string, unknown>;
+  const keys = Object.keys(o);
+  if (keys.length === 1) {
+    const [k] = keys;
+    const v = o[k!];
+    switch (k) {
+      case "$t": {
+        const t = tensors.get(String(v));
+        if (!t) throw new CodecError(`the payload refers to tensor "${String(v)}", which it does not hold`);
+        return t;
+      }
+      case "$meta": {
+        const m = v as { dtype: unknown; shape: unknown };
+        if (!isDType(m.dtype) || !Array.isArray(m.shape) || !m.shape.every((d) => Number.isInteger(d) && d >= 0)) throw new CodecError("bad $meta tensor description");
+        return Tensor.meta(m.dtype, m.shape as number[]);
+      }
+      case "$num":
+        return Number(v);
+      case "$big":
+        return BigInt(String(v));
+      case "$undef":
+        return undefined;
+      case "$obj":
+        return Object.fromEntries(Object.entries(v as object).map(([kk, vv]) => [kk, decodeValue(vv, tensors)]));
+      case "$cache":
+        return Cache.fromEntries(Object.entries(v as object).map(([path, e]) => [path, decodeValue(e, tensors) as CacheEntry]));
+      case "$error":
+        return errorFromInfo(v as ErrorInfo);
+    }
+  }
+  return Object.fromEntries(keys.map((kk) => [kk, decodeValue(o[kk], tensors)]));
+}
+
+/** One binary message: JSON `payload` (already encoded) plus its tensors, as a safetensors file. */
+export function encodeEnvelope(payload: unknown, tensors: ReadonlyMap<string, Tensor>): Uint8Array {
+  return writeSafetensors(new Map(tensors), { metadata: { tsight: JSON.stringify(payload) } });
+}
+
+export function decodeEnvelope(bytes: Uint8Array): { payload: unknown; tensors: Map<string, Tensor> } {
+  const { tensors, metadata } = parseSafetensors(bytes, { file: "message" });
+  if (typeof metadata.tsight !== "string") throw new CodecError('the message is a safetensors file without the "tsight" metadata field');
+  let payload: unknown;
+  try {
+    payload = JSON.parse(metadata.tsight);
+  } catch (e) {
+    throw new CodecError(`the message's JSON does not parse: ${(e as Error).message}`);
+  }
+  return { payload, tensors };
+}
+
+/** Encodes a whole value into an envelope. */
+export function packValue(value: unknown): Uint8Array {
+  const tensors = new Map<string, Tensor>();
+  const json = encodeValue(value, tensors);
+  return encodeEnvelope({ value: json }, tensors);
+}
+
+export function unpackValue(bytes: Uint8Array): unknown {
+  const { payload, tensors } = decodeEnvelope(bytes);
+  return decodeValue((payload as { value?: unknown }).value, tensors);
+}
+
+/** A value as base64 text of its envelope (how JSON events carry values with tensors). */
+export function packBase64(value: unknown): string {
+  const bytes = packValue(value);
+  let s = "";
+  for (let i = 0; i < bytes.length; i += 0x8000) s += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  return btoa(s);
+}
+
+export function unpackBase64(text: string): unknown {
+  return unpackValue(Uint8Array.from(atob(text), (c) => c.charCodeAt(0)));
+}

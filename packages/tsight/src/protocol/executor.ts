@@ -1,0 +1,133 @@
+/**
+ * Running a job: the contract between whoever receives a job (the server's workers, or `remote: "local"`) and
+ * what executes its code (the sandbox). Requests are checked here, so every runner refuses the same bad input
+ * with the same VALIDATION errors.
+ */
+import type { ModelInput } from "../intervention/index.js";
+import type { LanguageModel } from "../intervention/index.js";
+import type { Tensor } from "../tensor/index.js";
+import { CodecError, decodeEnvelope, decodeValue } from "./codec.js";
+import { ClientError } from "./errors.js";
+import { canonicalModelKey } from "./model-key.js";
+import type { GenerateSpec, JobEvent, JobKind, JobRequest } from "./wire.js";
+
+/** A job with its values decoded (tensors restored). */
+export interface DecodedJob {
+  model: string;
+  kind: JobKind;
+  form: "invoke" | "tracer";
+  source: string;
+  input?: ModelInput;
+  vars: Record<string, unknown>;
+  edits: string[];
+  grad: boolean;
+  generate?: GenerateSpec;
+  webhook?: string;
+  webhookSecret?: string;
+  /** The job's own limit for a hybrid step's answer (ms); the runner caps it with its own. */
+  localTimeoutMs?: number;
+}
+
+/** What the runner gives the executor. */
+export interface ExecutionContext {
+  /** Sends an event to the client (log lines, streamed tokens, hybrid-step requests). */
+  emit(event: JobEvent): void;
+  /** Aborted when the job is cancelled. */
+  signal: AbortSignal;
+  /** Wall-clock deadline (ms since the epoch). */
+  deadline: number;
+  /** Bytes of tensors the job's code may create, in all. */
+  memoryLimitBytes: number;
+  /** For hybrid steps: resolves with the client's answer to call `call` (see the local event). */
+  awaitLocal?(call: string): Promise<unknown>;
+  /**
+   * Whether the job was told to stop, read without the event loop (a forward pass keeps the thread busy, so the
+   * abort event may not have been delivered yet). Executors check it, with the deadline, at every module call.
+   */
+  stopRequested?(): boolean;
+}
+
+/** The model an executor runs jobs on: tsight's tracing LanguageModel (the remote-capable one users import is a subclass). */
+export type ExecutionModel = LanguageModel;
+
+/** Executes a job's code on a loaded model and returns the value to send back. Errors carry a code. */
+export interface JobExecutor {
+  execute(job: DecodedJob, model: ExecutionModel, ctx: ExecutionContext): Promise<unknown>;
+}
+
+export class ValidationError extends ClientError {}
+
+const KINDS: readonly JobKind[] = ["trace", "generate", "scan", "session"];
+const MAX_SOURCE = 256 * 1024;
+const MAX_URL = 2048;
+
+/** Checks and decodes a request given as an envelope (binary) or as JSON without tensors. */
+export function decodeJob(body: Uint8Array | JobRequest): DecodedJob {
+  let req: unknown;
+  let tensors: Map<string, Tensor> = new Map();
+  if (body instanceof Uint8Array) {
+    try {
+      ({ payload: req, tensors } = decodeEnvelope(body));
+    } catch (e) {
+      throw new ValidationError(`the request body is not a valid envelope: ${(e as Error).message}`);
+    }
+  } else req = body;
+  const r = req as Partial<JobRequest>;
+  if (typeof r !== "object" || r === null) throw new ValidationError("the request must be a JSON object");
+  if (typeof r.model !== "string") throw new ValidationError('"model" (a model key) is required');
+  let model: string;
+  try {
+    model = canonicalModelKey(r.model);
+  } catch (e) {
+    throw new ValidationError((e as Error).message);
+  }
+  if (!KINDS.includes(r.kind as JobKind)) throw new ValidationError(`"kind" must be one of ${KINDS.join(", ")}`);
+  if (r.form !== "invoke" && r.form !== "tracer") throw new ValidationError('"form" must be "invoke" or "tracer"');
+  if (typeof r.source !== "string" || !r.source.trim()) throw new ValidationError('"source" (the intervention function) is required');
+  if (r.source.length > MAX_SOURCE) throw new ValidationError(`"source" is longer than ${MAX_SOURCE} characters`);
+  if (r.form === "invoke" && r.input === undefined) throw new ValidationError('form "invoke" needs an "input"');
+  const edits = r.edits ?? [];
+  if (!Array.isArray(edits) || !edits.every((e) => typeof e === "string" && e.length <= MAX_SOURCE)) throw new ValidationError('"edits" must be a list of function sources');
+  if (r.kind === "generate") {
+    const g = r.generate as GenerateSpec | undefined;
+    if (!g || !Number.isInteger(g.maxNewTokens) || g.maxNewTokens < 0 || g.maxNewTokens > 4096) throw new ValidationError('a generate job needs "generate": { "maxNewTokens": 0..4096 }');
+  }
+  if (r.webhook !== undefined && !isHttpUrl(r.webhook)) throw new ValidationError(`"webhook" must be an http or https URL of at most ${MAX_URL} characters`);
+  if (r.webhookSecret !== undefined) {
+    if (typeof r.webhookSecret !== "string" || r.webhookSecret.length < 16 || r.webhookSecret.length > 256) throw new ValidationError('"webhookSecret" must be a string of 16 to 256 characters');
+    if (r.webhook === undefined) throw new ValidationError('"webhookSecret" signs a webhook: give "webhook" too');
+  }
+  if (r.localTimeoutMs !== undefined && !(Number.isInteger(r.localTimeoutMs) && r.localTimeoutMs > 0)) throw new ValidationError('"localTimeoutMs" must be a whole number of milliseconds, more than 0');
+  let input: unknown, vars: unknown;
+  try {
+    input = r.input === undefined ? undefined : decodeValue(r.input, tensors);
+    vars = r.vars === undefined ? {} : decodeValue(r.vars, tensors);
+  } catch (e) {
+    throw new ValidationError(e instanceof CodecError ? e.message : `bad encoded value: ${(e as Error).message}`);
+  }
+  if (typeof vars !== "object" || vars === null || Array.isArray(vars)) throw new ValidationError('"vars" must be an object');
+  return {
+    model,
+    kind: r.kind as JobKind,
+    form: r.form,
+    source: r.source,
+    input: input as ModelInput | undefined,
+    vars: vars as Record<string, unknown>,
+    edits,
+    grad: r.grad === true,
+    generate: r.generate,
+    webhook: r.webhook,
+    webhookSecret: r.webhookSecret,
+    localTimeoutMs: r.localTimeoutMs,
+  };
+}
+
+function isHttpUrl(s: unknown): boolean {
+  if (typeof s !== "string" || s.length > MAX_URL) return false;
+  try {
+    const url = new URL(s);
+    return (url.protocol === "http:" || url.protocol === "https:") && url.hostname !== "";
+  } catch {
+    return false;
+  }
+}

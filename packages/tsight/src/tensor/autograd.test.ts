@@ -1,0 +1,435 @@
+import { describe, expect, it } from "vitest";
+import { GradError, ShapeError, DTypeError, Tensor, noGrad, tensor, isGradEnabled } from "./index.js";
+import { apply, apply1, type Primitive } from "./primitive.js";
+import * as P from "./primitives.js";
+import { slice } from "./tensor.js";
+import { distinctT, expectTensor, expectThrows, gradcheck, randT } from "../../../../test/op-helpers.js";
+
+const i64 = (values: unknown, shape?: number[]) => tensor(values as number[], "int64", shape);
+
+/** One gradcheck case per primitive (several for the interesting ones); `prim` is the primitives.ts export. */
+type Case = { prim: keyof typeof P; name: string; run: () => void };
+const cases: Case[] = [];
+const add = (prim: keyof typeof P, name: string, run: () => void) => cases.push({ prim, name, run });
+
+// #region elementwise
+
+const unaries: [keyof typeof P, (x: Tensor) => Tensor, Parameters<typeof randT>[2]][] = [
+  ["neg", (x) => x.neg(), {}],
+  ["exp", (x) => x.exp(), { lo: -1.5, hi: 1.5 }],
+  ["log", (x) => x.log(), { lo: 0.4, hi: 3 }],
+  ["sqrt", (x) => x.sqrt(), { lo: 0.4, hi: 3 }],
+  ["tanh", (x) => x.tanh(), { lo: -2, hi: 2 }],
+  ["sigmoid", (x) => x.sigmoid(), { lo: -3, hi: 3 }],
+  ["erf", (x) => x.erf(), { lo: -2, hi: 2 }],
+  ["abs", (x) => x.abs(), { lo: -2, hi: 2, away: 0.1 }],
+  ["sin", (x) => x.sin(), { lo: -3, hi: 3 }],
+  ["cos", (x) => x.cos(), { lo: -3, hi: 3 }],
+  ["relu", (x) => x.relu(), { lo: -2, hi: 2, away: 0.1 }],
+  ["reciprocal", (x) => x.reciprocal(), { lo: -2, hi: 2, away: 0.5 }],
+  ["silu", (x) => x.silu(), { lo: -3, hi: 3 }],
+];
+unaries.forEach(([prim, f, range], k) => add(prim, prim, () => gradcheck(f, [randT([2, 3], 10 + k, range)])));
+add("gelu", "gelu (erf)", () => gradcheck((x) => x.gelu(), [randT([2, 4], 31, { lo: -3, hi: 3 })]));
+add("gelu", "gelu (tanh)", () => gradcheck((x) => x.gelu("tanh"), [randT([2, 4], 32, { lo: -3, hi: 3 })]));
+add("sqrt", "rsqrt (sqrt then reciprocal)", () => gradcheck((x) => x.rsqrt(), [randT([5], 33, { lo: 0.5, hi: 2 })]));
+
+const binaries: [keyof typeof P, (a: Tensor, b: Tensor) => Tensor][] = [
+  ["add", (a, b) => a.add(b)],
+  ["sub", (a, b) => a.sub(b)],
+  ["mul", (a, b) => a.mul(b)],
+  ["div", (a, b) => a.div(b)],
+];
+binaries.forEach(([prim, f], k) => {
+  add(prim, `${prim} same shape`, () => gradcheck(f, [randT([2, 3], 40 + k), randT([2, 3], 50 + k, { away: 0.5, lo: -2, hi: 2 })]));
+  add(prim, `${prim} broadcast [2,1,3] with [4,1]`, () => gradcheck(f, [randT([2, 1, 3], 60 + k), randT([4, 1], 70 + k, { away: 0.5, lo: -2, hi: 2 })]));
+  add(prim, `${prim} broadcast [3] with [2,3] (first operand smaller)`, () => gradcheck(f, [randT([3], 80 + k), randT([2, 3], 90 + k, { away: 0.5, lo: -2, hi: 2 })]));
+  add(prim, `${prim} with a number`, () => gradcheck((a) => f(a, 1.5 as unknown as Tensor), [randT([2, 3], 100 + k)]));
+});
+add("div", "div number by tensor (rdiv through reciprocal)", () => gradcheck((b) => b.reciprocal().mul(3), [randT([4], 110, { away: 0.5, lo: -2, hi: 2 })]));
+add("pow", "pow tensor ** tensor (both inputs)", () => gradcheck((a, b) => a.pow(b), [randT([2, 3], 120, { lo: 0.5, hi: 2 }), randT([2, 3], 121, { lo: -1.5, hi: 2.5 })]));
+add("pow", "pow broadcast exponent [3]", () => gradcheck((a, b) => a.pow(b), [randT([2, 3], 122, { lo: 0.5, hi: 2 }), randT([3], 123, { lo: -1, hi: 2 })]));
+add("pow", "pow by a number (x^3, x^0.5)", () => gradcheck((a) => a.pow(3).add(a.pow(0.5)), [randT([5], 124, { lo: 0.5, hi: 2 })]));
+add("mul", "pow(2) shortcut", () => gradcheck((a) => a.pow(2), [randT([5], 125)]));
+
+// maximum/minimum: operands kept >= 0.1 apart so the finite difference never crosses the kink.
+const gridA = () => distinctT([2, 3], 130, 0.5);
+const gridB = () => new Tensor("float32", Float32Array.from([0.1, -0.65, 1.35]), [3]);
+add("maximum", "maximum with broadcasting", () => gradcheck((a, b) => a.maximum(b), [gridA(), gridB()]));
+add("minimum", "minimum with broadcasting", () => gradcheck((a, b) => a.minimum(b), [gridA(), gridB()]));
+add("maximum", "clamp", () => gradcheck((a) => a.clamp(-0.3, 0.6), [tensor([-1, -0.55, -0.1, 0.2, 0.45, 0.9, 1.4])]));
+// a / b never within 0.1 of an integer, so the finite difference stays on one branch
+const fmodA = () => tensor([2.3, -1.7, 0.4, 3.6, -2.9, 1.1]);
+const fmodB = () => tensor([0.9, 1.2, -0.8, 1.5, 1.1, -0.7]);
+add("fmod", "fmod (dividend and divisor)", () => gradcheck((a, b) => a.fmod(b), [fmodA(), fmodB()]));
+add("fmod", "fmod by a number", () => gradcheck((a) => a.fmod(0.7), [fmodA()]));
+
+const mask23 = () => tensor([[true, false, true], [false, false, true]]);
+add("where", "where (both branches, branch b broadcast)", () => gradcheck((a, b) => Tensor.where(mask23(), a, b), [randT([2, 3], 140), randT([3], 141)]));
+add("where", "where (condition broadcast [3] over [2,1])", () => gradcheck((a, b) => Tensor.where(tensor([true, false, true]), a, b), [randT([2, 1], 142), randT([2, 3], 143)]));
+add("where", "maskedFill", () => gradcheck((a) => a.maskedFill(mask23(), -2), [randT([2, 3], 144)]));
+
+add("cast", "cast float32 to float32", () => gradcheck((x) => apply1(P.cast, [x], { to: "float32" }), [randT([2, 3], 150)]));
+// d/dx (x * trunc(x)) = trunc(x): the int64 path carries no gradient
+add("cast", "cast through int64 carries no gradient", () => gradcheck((x) => x.mul(x.to("int64").to("float32")), [tensor([-2.5, -1.3, 0.4, 1.6, 2.2, 3.7])]));
+add("clone", "clone", () => gradcheck((x) => x.clone().mul(x), [randT([2, 3], 151)]));
+
+// #endregion
+// #region linear algebra
+
+add("matmul", "matmul 2-D", () => gradcheck((a, b) => a.matmul(b), [randT([2, 3], 160), randT([3, 4], 161)]));
+add("matmul", "matmul batched, broadcast batch dims [2,1,2,3] @ [3,3,2]", () => gradcheck((a, b) => a.matmul(b), [randT([2, 1, 2, 3], 162), randT([3, 3, 2], 163)]));
+add("matmul", "matmul 3-D @ 2-D", () => gradcheck((a, b) => a.matmul(b), [randT([2, 2, 3], 164), randT([3, 2], 165)]));
+add("matmul", "matmul 1-D @ 2-D, 2-D @ 1-D, 1-D @ 1-D", () => {
+  gradcheck((a, b) => a.matmul(b), [randT([3], 166), randT([3, 2], 167)]);
+  gradcheck((a, b) => a.matmul(b), [randT([2, 3], 168), randT([3], 169)]);
+  gradcheck((a, b) => a.matmul(b), [randT([3], 170), randT([3], 171)]);
+  gradcheck((a, b) => a.matmul(b), [randT([3], 172), randT([2, 3, 2], 173)]);
+});
+const linear = (transposed: boolean) => (x: Tensor, w: Tensor, b?: Tensor) => apply1(P.linear, b ? [x, w, b] : [x, w], { transposed });
+add("linear", "linear x W^T + b", () => gradcheck(linear(false), [randT([4, 3], 180), randT([2, 3], 181), randT([2], 182)]));
+add("linear", "linear transposed x W + b", () => gradcheck(linear(true), [randT([4, 3], 183), randT([3, 2], 184), randT([2], 185)]));
+add("linear", "linear without bias", () => {
+  gradcheck(linear(false), [randT([4, 3], 186), randT([2, 3], 187)]);
+  gradcheck(linear(true), [randT([4, 3], 188), randT([3, 2], 189)]);
+});
+add("linear", "linear with only the weight requiring grad", () => gradcheck(linear(false), [randT([4, 3], 190), randT([2, 3], 191), randT([2], 192)], { wrt: [1] }));
+
+// #endregion
+// #region reductions
+
+add("sum", "sum all, over a dim, over dims with keepdim, negative dim", () => {
+  const x = () => randT([2, 3, 4], 200);
+  gradcheck((t) => t.sum(), [x()]);
+  gradcheck((t) => t.sum(1), [x()]);
+  gradcheck((t) => t.sum([0, 2], true), [x()]);
+  gradcheck((t) => t.sum(-1), [x()]);
+});
+add("mean", "mean all, over dims, keepdim", () => {
+  const x = () => randT([2, 3, 4], 201);
+  gradcheck((t) => t.mean(), [x()]);
+  gradcheck((t) => t.mean([0, -1]), [x()]);
+  gradcheck((t) => t.mean(1, true), [x()]);
+});
+add("amax", "amax (distinct values)", () => {
+  gradcheck((t) => t.max(-1), [distinctT([2, 3, 4], 202)]);
+  gradcheck((t) => t.max([0, 2], true), [distinctT([2, 3, 4], 203)]);
+  gradcheck((t) => t.max(), [distinctT([3, 4], 204)]);
+});
+add("amin", "amin (distinct values)", () => {
+  gradcheck((t) => t.min(0), [distinctT([3, 4], 205)]);
+  gradcheck((t) => t.min(), [distinctT([3, 4], 206)]);
+});
+add("sum", "var / std / norm / logsumexp (composed)", () => {
+  gradcheck((t) => t.var(1), [randT([2, 5], 207)]);
+  gradcheck((t) => t.std(), [randT([2, 5], 208)]);
+  gradcheck((t) => t.norm(2, -1), [randT([2, 5], 209, { away: 0.2 })]);
+  gradcheck((t) => t.norm(1), [randT([2, 5], 210, { away: 0.2 })]);
+  gradcheck((t) => t.norm(3, 0), [randT([2, 5], 211, { away: 0.2 })]);
+  gradcheck((t) => t.logsumexp(-1), [randT([3, 4], 212, { lo: -2, hi: 2 })]);
+});
+add("softmax", "softmax last dim and dim 0", () => {
+  gradcheck((t) => t.softmax(-1), [randT([2, 4], 220, { lo: -2, hi: 2 })]);
+  gradcheck((t) => t.softmax(0), [randT([3, 2], 221, { lo: -2, hi: 2 })]);
+});
+add("logSoftmax", "logSoftmax last dim and dim 1 of 3", () => {
+  gradcheck((t) => t.logSoftmax(-1), [randT([2, 4], 222, { lo: -2, hi: 2 })]);
+  gradcheck((t) => t.logSoftmax(1), [randT([2, 3, 2], 223, { lo: -2, hi: 2 })]);
+});
+add("cumsum", "cumsum forward and reverse", () => {
+  gradcheck((t) => t.cumsum(1), [randT([2, 4], 230)]);
+  gradcheck((t) => t.cumsum(0, true), [randT([3, 2], 231)]);
+});
+add("topk", "topk values (largest and smallest)", () => {
+  gradcheck((t) => t.topk(2, -1).values, [distinctT([3, 5], 240)]);
+  gradcheck((t) => t.topk(2, 0, false).values, [distinctT([4, 3], 241)]);
+});
+
+// #endregion
+// #region movement
+
+add("reshape", "reshape / view / flatten / squeeze / unsqueeze", () => {
+  gradcheck((t) => t.reshape(3, -1).mul(tensor([1, 2, 3, 4]).reshape(1, 4)), [randT([2, 6], 250)]);
+  gradcheck((t) => t.flatten().unsqueeze(0).squeeze(0), [randT([2, 3], 251)]);
+});
+add("transpose", "transpose and permute", () => {
+  gradcheck((t) => t.transpose(0, 1), [randT([2, 3], 260)]);
+  gradcheck((t) => t.permute(2, 0, 1), [randT([2, 3, 4], 261)]);
+});
+add("expand", "expand [3,1] to [2,3,4]", () => gradcheck((t) => t.expand(2, 3, 4), [randT([3, 1], 270)]));
+add("slice", "index with slices, steps, negative ints, '...'", () => {
+  gradcheck((t) => t.index(slice(1, null, 2), slice(null, -1)), [randT([5, 4], 280)]);
+  gradcheck((t) => t.index("...", -1), [randT([2, 3, 4], 281)]);
+  gradcheck((t) => t.narrow(1, 1, 2), [randT([2, 4], 282)]);
+});
+add("sliceAssign", "put (base and value)", () => {
+  gradcheck((base, v) => base.put([slice(0, 3, 2), -1], v), [randT([4, 3], 290), randT([2], 291)]);
+  gradcheck((base, v) => base.put([null, slice(1, 3)], v), [randT([3, 4], 292), randT([1, 2], 293)]);
+});
+add("concat", "cat of three along dim 1, stack", () => {
+  gradcheck((a, b, c) => Tensor.cat([a, b, c], 1), [randT([2, 1], 300), randT([2, 3], 301), randT([2, 2], 302)]);
+  gradcheck((a, b) => Tensor.stack([a, b], -1), [randT([2, 3], 303), randT([2, 3], 304)]);
+});
+add("split", "split / chunk, all outputs and one output", () => {
+  gradcheck((t) => t.split([1, 3], 1), [randT([2, 4], 310)]);
+  gradcheck((t) => t.chunk(3, 0)[1]!, [randT([5, 2], 311)]);
+});
+add("gather", "indexSelect axis 0 with repeats and a negative index", () => gradcheck((t) => t.indexSelect(0, i64([2, 0, 2, -1])), [randT([3, 2], 320)]));
+add("gather", "indexSelect axis 1, 2-D index", () => gradcheck((t) => t.indexSelect(1, i64([[0, 3], [3, 3]])), [randT([2, 4, 3], 321)]));
+add("gather", "index with an integer tensor", () => gradcheck((t) => t.index(null, i64([1, 1, 0])), [randT([2, 3], 322)]));
+add("gather", "index with a 0-d integer tensor", () => gradcheck((t) => t.index(null, i64(2)), [randT([2, 3, 2], 323)]));
+add("gatherElements", "gather along dim 1 and dim 0", () => {
+  gradcheck((t) => t.gather(1, i64([[0, 0, 2], [1, 2, 1]])), [randT([2, 3], 330)]);
+  gradcheck((t) => t.gather(0, i64([[1, 0], [1, 1], [0, 1]])), [randT([2, 2], 331)]);
+});
+add("scatterAdd", "scatterAdd (data and src), repeated indices", () =>
+  gradcheck((d, src) => d.scatterAdd(1, i64([[0, 0, 2], [1, 3, 1]]), src), [randT([2, 4], 340), randT([2, 3], 341)]),
+);
+add("indexAdd", "indexAdd (data and updates), repeated rows", () =>
+  gradcheck((d, u) => d.indexAdd(i64([[2], [0], [2]]), u), [randT([3, 2], 350), randT([3, 2], 351)]),
+);
+add("trilu", "tril / triu with offsets", () => {
+  gradcheck((t) => t.tril(), [randT([3, 4], 360)]);
+  gradcheck((t) => t.triu(1), [randT([3, 4], 361)]);
+  gradcheck((t) => t.tril(-1), [randT([2, 3, 3], 362)]);
+});
+
+// #endregion
+// #region normalisation
+
+add("layerNorm", "layerNorm (x, weight, bias)", () =>
+  gradcheck((x, w, b) => apply1(P.layerNorm, [x, w, b], { eps: 1e-5 }), [randT([2, 3, 4], 370, { lo: -2, hi: 2 }), randT([4], 371, { lo: 0.5, hi: 1.5 }), randT([4], 372)]),
+);
+add("layerNorm", "layerNorm on a 1-D input", () =>
+  gradcheck((x, w, b) => apply1(P.layerNorm, [x, w, b], { eps: 1e-5 }), [randT([5], 373, { lo: -2, hi: 2 }), randT([5], 374, { lo: 0.5, hi: 1.5 }), randT([5], 375)]),
+);
+// Attention: both outputs (merged values and weights) carry gradients; grouped-query heads fold back onto k and v.
+const causalMask = (T: number, S: number) => tensor(Array.from({ length: T * S }, (_, i) => (i % S <= Math.floor(i / S) + S - T ? 0 : -1e9)), "float32", [1, 1, T, S]);
+add("attention", "attention (q, k, v), multi-head", () =>
+  gradcheck((q, k, v, m) => apply(P.attention, [q, k, v, m], { scale: 0.5 }), [randT([1, 2, 3, 4], 390, { lo: -1, hi: 1 }), randT([1, 2, 3, 4], 391, { lo: -1, hi: 1 }), randT([1, 2, 3, 4], 392, { lo: -1, hi: 1 }), causalMask(3, 3)], { wrt: [0, 1, 2] }),
+);
+add("attention", "attention with grouped-query heads and cached keys", () =>
+  gradcheck((q, k, v, m) => apply(P.attention, [q, k, v, m], { scale: 0.7 }), [randT([2, 4, 2, 3], 393, { lo: -1, hi: 1 }), randT([2, 2, 5, 3], 394, { lo: -1, hi: 1 }), randT([2, 2, 5, 3], 395, { lo: -1, hi: 1 }), tensor(new Array(2 * 2 * 5).fill(0), "float32", [2, 1, 2, 5])], { wrt: [0, 1, 2] }),
+);
+
+add("rmsNorm", "rmsNorm (x, weight)", () =>
+  gradcheck((x, w) => apply1(P.rmsNorm, [x, w], { eps: 1e-6 }), [randT([2, 3, 4], 380, { lo: -2, hi: 2 }), randT([4], 381, { lo: 0.5, hi: 1.5 })]),
+);
+add("rmsNorm", "rmsNorm on a 1-D input", () => gradcheck((x, w) => apply1(P.rmsNorm, [x, w], { eps: 1e-6 }), [randT([4], 382, { lo: -2, hi: 2 }), randT([4], 383, { lo: 0.5, hi: 1.5 })]));
+
+// #endregion
+
+describe("gradcheck of every differentiable primitive", () => {
+  for (const c of cases) it(c.name, c.run);
+
+  it("has a case for every primitive with a gradient rule", () => {
+    const differentiable = Object.entries(P)
+      .filter(([, v]) => typeof v === "object" && v !== null && "grad" in v && typeof (v as Primitive).grad === "function")
+      .map(([k]) => k);
+    const covered = new Set(cases.map((c) => c.prim));
+    expect(differentiable.filter((k) => !covered.has(k as keyof typeof P))).toEqual([]);
+    expect(differentiable.length).toBeGreaterThan(40);
+  });
+});
+
+describe("gradcheck catches wrong rules", () => {
+  const wrong = <A>(p: Primitive<A>, grad: Primitive<A>["grad"]): Primitive<A> => ({ ...p, name: `${p.name}_wrong`, grad });
+  const fails = (fn: () => void) => expect(fn).toThrow(/gradcheck/);
+
+  it("a gradient 5% too large", () => {
+    const bad = wrong(P.exp, ([g], n) => [g!.mul(n.outputs[0]!).mul(1.05)]);
+    fails(() => gradcheck((x) => apply1(bad, [x], undefined), [randT([2, 3], 400)]));
+  });
+  it("softmax without the normalisation term", () => {
+    const bad = wrong(P.softmax, ([g], n) => [n.outputs[0]!.mul(g!)]);
+    fails(() => gradcheck((x) => apply1(bad, [x], { axis: 1 }), [randT([2, 3], 401)]));
+  });
+  it("layer norm that forgets the mean term", () => {
+    // the RMSNorm-style rule: no "- mean(g * w)" term
+    const bad = wrong(P.layerNorm, (grads, n) => {
+      const [, gw, gb] = P.layerNorm.grad!(grads, n);
+      const [x, w] = n.inputs as [Tensor, Tensor];
+      const xc = x.sub(x.mean(-1, true));
+      const rstd = xc.mul(xc).mean(-1, true).add(1e-5).rsqrt();
+      const xhat = xc.mul(rstd);
+      const gxh = grads[0]!.mul(w);
+      return [gxh.sub(xhat.mul(gxh.mul(xhat).mean(-1, true))).mul(rstd), gw!, gb!];
+    });
+    fails(() => gradcheck((x, w, b) => apply1(bad, [x, w, b], { eps: 1e-5 }), [randT([2, 4], 402, { lo: -2, hi: 2 }), randT([4], 403, { lo: 0.5 }), randT([4], 404)]));
+  });
+  it("a rule that drops an input's gradient", () => {
+    const bad = wrong(P.mul, ([g], n) => [g!.mul(n.inputs[1]!), null]);
+    fails(() => gradcheck((a, b) => apply1(bad, [a, b], undefined), [randT([3], 405), randT([3], 406)]));
+  });
+  it("a rule that does not sum a broadcast gradient", () => {
+    const bad = wrong(P.add, ([g]) => [g!, g!]);
+    expect(() => gradcheck((a, b) => apply1(bad, [a, b], undefined), [randT([2, 3], 407), randT([3], 408)])).toThrow(/gradient is float32 \[2,3\], expected float32 \[3\]/);
+  });
+  it("a transposed-weight mix-up in linear", () => {
+    const bad = wrong(P.linear, ([g], n) => {
+      const [x, w] = n.inputs as [Tensor, Tensor];
+      return [g!.matmul(w), x.transpose(0, 1).matmul(g!).transpose(0, 1).mul(0.9)];
+    });
+    fails(() => gradcheck((x, w) => apply1(bad, [x, w], { transposed: false }), [randT([3, 2], 409), randT([2, 2], 410)]));
+  });
+});
+
+describe("backward", () => {
+  it("accumulates the gradient of a tensor used twice", () => {
+    const x = tensor([1, -2, 3]).requiresGrad_();
+    x.mul(x).add(x).sum().backward();
+    expectTensor(x.grad!, [3, -3, 7]); // 2x + 1
+  });
+
+  it("accumulates into .grad over two backward calls, and .grad does not require grad", () => {
+    const x = tensor([1, 2]).requiresGrad_();
+    x.mul(3).sum().backward();
+    x.mul(x).sum().backward();
+    expectTensor(x.grad!, [5, 7]); // 3 + 2x
+    expect(x.grad!.requiresGrad).toBe(false);
+  });
+
+  it("backward of a leaf itself seeds its gradient", () => {
+    const x = tensor([4]).requiresGrad_();
+    x.backward();
+    expectTensor(x.grad!, [1]);
+  });
+
+  it("gives no gradient through detach and to leaves that do not require grad", () => {
+    const x = tensor([1, 2]).requiresGrad_();
+    const c = tensor([5, 7]);
+    x.mul(x.detach()).mul(c).sum().backward();
+    expectTensor(x.grad!, [5, 14]); // d/dx (x * stop(x) * c) = stop(x) * c
+    expect(c.grad).toBeNull();
+  });
+
+  it("reaches only the outputs of a multi-output op that were used", () => {
+    const x = tensor([1, 2, 3, 4]).requiresGrad_();
+    const [, b] = x.split([1, 3]);
+    b!.mul(tensor([1, 2, 3])).sum().backward();
+    expectTensor(x.grad!, [0, 1, 2, 3]);
+  });
+
+  it("splits the gradient of a max evenly among ties", () => {
+    const x = tensor([1, 3, 3]).requiresGrad_();
+    x.max().backward();
+    expectTensor(x.grad!, [0, 0.5, 0.5]);
+  });
+
+  it("refuses a tensor that does not require grad", () => {
+    expectThrows(() => tensor([1, 2]).sum().backward(), GradError, "does not require grad");
+  });
+
+  it("refuses a non-scalar without a gradient, and a gradient of the wrong shape", () => {
+    const y = tensor([1, 2]).requiresGrad_().mul(2);
+    expectThrows(() => y.backward(), ShapeError, "shape [2]", "pass a gradient");
+    expectThrows(() => y.backward(tensor([1, 1, 1])), GradError, "[3]", "[2]");
+  });
+
+  it("only float32 leaves can require grad; only leaves can be marked", () => {
+    expectThrows(() => tensor([1, 2], "int64").requiresGrad_(), DTypeError, "int64");
+    const y = tensor([1]).requiresGrad_().mul(2);
+    expect(() => y.requiresGrad_()).toThrow(/leaf/);
+  });
+});
+
+describe("noGrad", () => {
+  it("records nothing inside and restores afterwards", () => {
+    const x = tensor([1, 2]).requiresGrad_();
+    const y = noGrad(() => x.mul(2));
+    expect(y.requiresGrad).toBe(false);
+    expect(isGradEnabled()).toBe(true);
+    expect(x.mul(2).requiresGrad).toBe(true);
+  });
+
+  it("restores after a throw and after an async function", async () => {
+    expect(() =>
+      noGrad(() => {
+        throw new Error("boom");
+      }),
+    ).toThrow("boom");
+    expect(isGradEnabled()).toBe(true);
+    const x = tensor([1]).requiresGrad_();
+    const y = await noGrad(async () => {
+      await new Promise((r) => setTimeout(r, 1));
+      return x.mul(2);
+    });
+    expect(y.requiresGrad).toBe(false);
+    expect(isGradEnabled()).toBe(true);
+  });
+});
+
+describe("hooks", () => {
+  it("see the gradient and can replace it; the replacement flows to earlier tensors", () => {
+    const x = tensor([1, 2, 3]).requiresGrad_();
+    const y = x.mul(2);
+    const z = y.mul(y); // dz/dy = 2y
+    const seen: number[][] = [];
+    y.registerHook((g) => {
+      seen.push(g.toArray());
+      return g.mul(10);
+    });
+    z.sum().backward();
+    expect(seen).toEqual([[4, 8, 12]]);
+    expectTensor(x.grad!, [80, 160, 240]); // 10 * 2y * 2
+  });
+
+  it("on a leaf replace what lands in .grad", () => {
+    const x = tensor([1, 2]).requiresGrad_();
+    x.registerHook((g) => g.add(1));
+    x.mul(3).sum().backward();
+    expectTensor(x.grad!, [4, 4]);
+  });
+
+  it("fire in reverse creation order, leaves last, and can be removed", () => {
+    const x = tensor([0.5, 1]).requiresGrad_();
+    const order: string[] = [];
+    const a = x.mul(2);
+    const b = a.exp();
+    const c = b.sum();
+    x.registerHook(() => void order.push("x"));
+    a.registerHook(() => void order.push("a"));
+    const remove = b.registerHook(() => void order.push("b-removed"));
+    b.registerHook(() => void order.push("b"));
+    c.registerHook(() => void order.push("c"));
+    remove();
+    c.backward();
+    expect(order).toEqual(["c", "b", "a", "x"]);
+  });
+
+  it("async hooks run with backwardAsync; backward refuses them", async () => {
+    const x = tensor([1, 2]).requiresGrad_();
+    const y = x.mul(x);
+    y.registerHook(async (g) => {
+      await new Promise((r) => setTimeout(r, 2));
+      return g.mul(0);
+    });
+    expectThrows(() => y.sum().backward(), GradError, "backwardAsync");
+    const x2 = tensor([1, 2]).requiresGrad_();
+    const y2 = x2.mul(x2);
+    let ran = false;
+    y2.registerHook(async (g) => {
+      await new Promise((r) => setTimeout(r, 2));
+      ran = true;
+      return g.mul(3);
+    });
+    await y2.sum().backwardAsync();
+    expect(ran).toBe(true);
+    expectTensor(x2.grad!, [6, 12]); // 3 * 2x
+  });
+});
+
+describe("multi-output primitives", () => {
+  it("topk indices carry no gradient; values do", () => {
+    const x = tensor([[0.1, 0.9, 0.5]]).requiresGrad_();
+    const { values, indices } = x.topk(2);
+    values.mul(tensor([[1, 2]])).sum().backward();
+    expectTensor(x.grad!, [[0, 1, 2]]);
+    expect(indices.dtype).toBe("int64");
+  });
+
+  it("apply returns every output of split", () => {
+    const parts = apply(P.split, [tensor([1, 2, 3])], { axis: 0, sizes: [2, 1] });
+    expect(parts.map((p) => p.toArray())).toEqual([[1, 2], [3]]);
+  });
+});

@@ -100,7 +100,7 @@ describe("remote lifecycle", () => {
   });
 
   it("cancelling a running job stops its forward passes at the next module and frees the worker", async () => {
-    const job = await lm.generate("def __init__(self", { maxNewTokens: 4000, eosTokenId: null }, async () => undefined, { ...remote, blocking: false });
+    const job = await lm.generate("def __init__(self", { maxNewTokens: 500, eosTokenId: null }, async () => undefined, { ...remote, blocking: false });
     // Wait until it is generating, then cancel.
     for await (const { event } of job.events()) if (event.type === "stream") break;
     const started = Date.now();

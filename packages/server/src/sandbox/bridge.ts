@@ -381,7 +381,7 @@ export class Bridge {
     const { tracer } = this.invoke(invokeId);
     switch (action) {
       case "stop":
-        return tracer.stop();
+        return tracer.stop(this.fromDesc(args[0]));
       case "cache":
         return this.register(this.caches, tracer.cache(this.fromDesc(args[0] ?? {}) as object));
       case "result":

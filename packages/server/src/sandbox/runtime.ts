@@ -244,8 +244,8 @@ export function installRuntime(rawHost: HostCallbacks, tree: TreeNode, tensorMet
   function tracer(invoke: number, vars: unknown): any {
     const t: any = {
       vars,
-      stop() {
-        host.tracer(invoke, "stop", [], stackHere());
+      stop(value?: unknown) {
+        host.tracer(invoke, "stop", [out(value)], stackHere());
       },
       cache(options?: { modules?: (string | { path: string })[]; inputs?: boolean; outputs?: boolean }) {
         const opts = options ? { ...options, modules: options.modules?.map((m) => (typeof m === "string" ? m : m.path)) } : {};

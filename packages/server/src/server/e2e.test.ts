@@ -79,7 +79,7 @@ describe("the server with the sandbox", () => {
 
   it("cancels a running job", async () => {
     const restarts = worker().restarts;
-    const job = await backend.submit({ ...trace("async (m) => 1"), kind: "generate", generate: { maxNewTokens: 4000 } });
+    const job = await backend.submit({ ...trace("async (m) => 1"), kind: "generate", generate: { maxNewTokens: 500, eosTokenId: null } });
     await until(job.id, "stream");
     await job.cancel();
     await expect(job.result()).rejects.toMatchObject({ code: "CANCELLED" });

@@ -7,7 +7,7 @@
  * rows of batch-wide tensors, so its gradients are those rows only: nothing leaks between invokes.
  */
 import { runBackwardAsync, Tensor, type GradNode } from "../tensor/index.js";
-import { TraceError } from "./errors.js";
+import { StallError, TraceError } from "./errors.js";
 import { mergeRows, type Rows } from "./rows.js";
 
 /** Where a tensor handed to user code sits in the forward pass's graph: rows of a batch-wide value. */
@@ -36,7 +36,13 @@ export class GradScope {
   /** Set while the walk runs: hooks a tensor asked about before the walk reaches it. */
   private hookLeaf: ((leaf: Tensor) => void) | null = null;
 
-  constructor(private readonly sources: WeakMap<Tensor, GradSource>) {}
+  private userDone = false;
+
+  constructor(
+    private readonly sources: WeakMap<Tensor, GradSource>,
+    /** How long the function may run without asking for a gradient or ending (see TraceOptions.stallTimeoutMs). */
+    private readonly stallTimeoutMs = 60_000,
+  ) {}
 
   /** The gradient of the loss with respect to `t`, when the backward pass reaches it. */
   grad(t: Tensor): Promise<Tensor> {
@@ -95,14 +101,25 @@ export class GradScope {
     w?.();
   }
 
+  /** Waits until the function is blocked on the backward pass again: it asked for a gradient, or ended. */
+  private async untilBlocked(): Promise<void> {
+    const since = Date.now();
+    while (!this.userDone && this.pending.length === 0) {
+      const left = this.stallTimeoutMs - (Date.now() - since);
+      if (left <= 0) throw new StallError(`the backward function neither asked for a gradient nor finished for ${this.stallTimeoutMs} ms`);
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      await Promise.race([new Promise<void>((r) => (this.wake = r)), new Promise<void>((r) => (timer = setTimeout(r, left)))]);
+      clearTimeout(timer);
+    }
+  }
+
   /** Runs the backward pass, answering `grad` requests and applying `setGrad`s at each hooked tensor. */
   async run(loss: Tensor, user: Promise<unknown>): Promise<void> {
     if (!loss.requiresGrad) throw new TraceError("backward: the loss does not depend on any value read in this trace; start the trace with { grad: true } and compute the loss from module values");
     if (loss.numel() !== 1) throw new TraceError(`backward: the loss must be a single number, got a tensor of shape [${loss.shape}]; reduce it (e.g. .sum())`);
     const removers: (() => void)[] = [];
-    let userDone = false;
     const done = () => {
-      userDone = true;
+      this.userDone = true;
       this.signal();
     };
     user.then(done, done);
@@ -120,8 +137,8 @@ export class GradScope {
               this.pending.splice(this.pending.indexOf(p), 1);
               p.resolve(rowsOf(this.current.get(leaf)!, p.source));
             }
-            if (userDone) break;
-            await new Promise<void>((r) => ((this.wake = r), setImmediate(r)));
+            if (this.userDone) break;
+            await this.untilBlocked();
           }
           for (const r of this.replacements.get(leaf) ?? []) this.current.set(leaf, this.apply(this.current.get(leaf)!, r.source, r.value, r.origin));
           this.replacements.delete(leaf);
@@ -135,8 +152,8 @@ export class GradScope {
       this.hooked.add(leaf);
       hook(leaf);
     };
-    // Let the function make its first requests before the walk starts.
-    await new Promise<void>((r) => setImmediate(r));
+    // The function makes its first requests before the walk starts.
+    await this.untilBlocked();
     for (const p of this.pending) this.hookLeaf(p.source.leaf);
     for (const leaf of this.replacements.keys()) this.hookLeaf(leaf);
     const onNode = (node: GradNode) => void (this.position = node.seq);

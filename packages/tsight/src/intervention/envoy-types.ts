@@ -24,6 +24,7 @@ export type EnvoyOf<M extends Module> = {
   get inputs(): Promise<Args<M>>;
   set inputs(value: Replacement<Args<M>>);
   skip(value: Out<M>): void;
+  next(n?: number): EnvoyOf<M>;
   call(...args: Args<M>): Promise<Out<M>>;
 } & { readonly [K in ChildKeys<M>]: EnvoyChild<NonNullable<M[K]>> };
 
@@ -34,6 +35,7 @@ export interface AnyEnvoy {
   input: any;
   inputs: any;
   skip(value: unknown): void;
+  next(n?: number): AnyEnvoy;
   call(...args: unknown[]): Promise<any>;
   [child: string]: any;
 }

@@ -78,6 +78,16 @@ export class Envoy {
     this._ctx.mediator.skip(this.path, value, origin());
   }
 
+  /**
+   * Moves this invoke's later requests for this module `n` calls on (default 1): `m.x.next().output` is the
+   * output of x's next call (a module called several times in one pass, or the next generation step).
+   */
+  next(n = 1): this {
+    if (!Number.isSafeInteger(n) || n < 0) throw new TraceError(`${this.path}.next(n): n must be a non-negative whole number, got ${String(n)}`);
+    this._ctx.mediator.nextCall(this.path, n);
+    return this;
+  }
+
   /** Runs the module on `args` now, outside the forward pass (no hooks fire). */
   call(...args: unknown[]): Promise<any> {
     return this._ctx.callDirect(this._module, args);

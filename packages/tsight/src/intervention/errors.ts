@@ -39,7 +39,24 @@ export class SwapError extends InterventionError {
 
 /** Misuse of the tracing API itself: invokes created too late, a barrier never completed, and the like. */
 export class TraceError extends InterventionError {
-  override readonly name = "TraceError";
+  override readonly name: string = "TraceError";
+}
+
+/**
+ * An invoke's code kept the forward pass waiting past the run's stall limit without asking for a value or ending
+ * (it computed, or awaited something outside tsight, for that long). A job sharing a forward pass with other jobs
+ * is taken out of the pass instead (and run alone).
+ */
+export class StallError extends TraceError {
+  override readonly name: string = "StallError";
+}
+
+/** Thrown by `tr.stop()` to end the intervention code there; the trace treats it as a normal end. */
+export class EarlyStop extends Error {
+  override readonly name = "EarlyStop";
+  constructor() {
+    super("tr.stop() ended this intervention here (this is how stop leaves your code; it is not a failure)");
+  }
 }
 
 /** tsight's own code: src/ and dist/ of this package (dist maps back to src). Frames there are not the user's, except tests. */

@@ -12,8 +12,36 @@ export interface Batch {
   mask: Tensor;
 }
 
+/** Model input that cannot be run: malformed, or too long for the model. Found before any compute. */
 export class InputError extends TypeError {
   override readonly name = "InputError";
+  readonly code = "VALIDATION";
+  readonly retryable = false;
+}
+
+/** What a model can take: its context length and vocabulary. */
+export interface InputLimits {
+  /** Positions the model has (null: unbounded). */
+  maxPositions: number | null;
+  vocabSize: number;
+}
+
+/**
+ * Checks a batch against the model before anything runs: every row fits the context (with `extraTokens` more to
+ * generate) and every id is in the vocabulary.
+ */
+export function checkInput(ids: Tensor, limits: InputLimits, extraTokens = 0): void {
+  const [rows, tokens] = ids.shape as [number, number];
+  const { maxPositions, vocabSize } = limits;
+  if (maxPositions !== null && tokens + extraTokens > maxPositions) {
+    const what = extraTokens ? `${tokens} prompt tokens plus ${extraTokens} to generate` : `${tokens} tokens`;
+    throw new InputError(`the input is ${what}, longer than the model's context of ${maxPositions} positions; shorten the prompt${extraTokens ? " or generate fewer tokens" : ""}`);
+  }
+  const data = ids.data as BigInt64Array;
+  for (let i = 0; i < data.length; i++) {
+    const id = data[i]!;
+    if (id < 0n || id >= BigInt(vocabSize)) throw new InputError(`token id ${id} (row ${Math.floor(i / tokens)} of ${rows}, position ${i % tokens}) is outside the model's vocabulary of ${vocabSize} ids`);
+  }
 }
 
 export function toBatch(input: ModelInput, tokenizer: Tokenizer): Batch {

@@ -4,15 +4,18 @@
  * It is the model tree's ModuleHooks. At each module call it provides the call's inputs and then its output, as
  * `path.input.iN` / `path.output.iN` (N: how many times the module was called before). For each mediator, in
  * invoke order, with requests for that value it answers them (reads get the invoke's rows, writes replace them)
- * and then lets the intervention code run until it waits again ("settles"). Modules nobody asked about cost one
- * map lookup.
+ * and then lets the intervention code run until it is blocked on tsight again ("settles", see mediator.ts).
+ * Modules nobody asked about cost one map lookup.
  */
 import type { Module, ModuleHooks } from "../nn/index.js";
 import { Tensor } from "../tensor/index.js";
-import { MissedProviderError, SwapError, TraceError } from "./errors.js";
+import { MissedProviderError, StallError, SwapError, TraceError } from "./errors.js";
 import type { GradSource } from "./backward.js";
-import { describe, type Mediator, type Provider, type Request, type ValueKind } from "./mediator.js";
-import { mapTensors, mergeRows, selectRows, type Rows } from "./rows.js";
+import { describe, LeftPassError, type Mediator, type Provider, type Request, type ValueKind } from "./mediator.js";
+import { mapTensors, mergeRows, RowsError, selectRows, type Rows } from "./rows.js";
+
+/** What to do with invokes whose code neither asks for a value nor ends within the stall limit. */
+export type StallHandler = (stalled: Mediator[], waitedMs: number) => void;
 
 interface Current {
   path: string;
@@ -38,10 +41,10 @@ export class Interleaver implements ModuleHooks, Provider {
   private current: Current | null = null;
   /** Calls of module.call that bypass hooks (a module called directly from intervention code). */
   bypass = 0;
-  /** Hybrid steps and other tracked async work in flight; settling waits for them. */
-  private busy = 0;
-  private busyDone: (() => void) | null = null;
   private ending: "stop" | "error" | null = null;
+  /** How long intervention code may run (or await things outside tsight) before `onStall` decides. */
+  stallTimeoutMs = 60_000;
+  onStall: StallHandler | null = null;
   readonly recorders: Recorder[] = [];
   /** Called at every module call (a server's cancel and deadline checks); throwing ends the forward. */
   checkpoint: (() => void) | null = null;
@@ -52,6 +55,8 @@ export class Interleaver implements ModuleHooks, Provider {
     public batch: number,
     /** For grad traces: values read become graph leaves, and what each invoke got is recorded here. */
     private readonly gradSources: WeakMap<Tensor, GradSource> | null = null,
+    /** Invokes are separate jobs: a value that cannot be split into an invoke's rows is refused, never shared. */
+    readonly strictRows = false,
   ) {
     for (const m of mediators) {
       m.provider = this;
@@ -76,7 +81,12 @@ export class Interleaver implements ModuleHooks, Provider {
     if (r.op === "read") {
       if (this.gradSources) c.value = gradLeaves(c.value);
       const whole = pick(c, r);
-      const mine = selectRows(whole, m.rows, this.batch);
+      let mine: unknown;
+      try {
+        mine = selectRows(whole, m.rows, this.batch, this.strictRows ? describe(r.path, r.kind, r.part) : undefined);
+      } catch (e) {
+        return r.reject(typeof e === "string" ? new RowsError(e, r.origin) : e);
+      }
       if (this.gradSources) recordSources(this.gradSources, whole, mine, m.rows, this.batch);
       r.resolve(mine);
     } else if (r.op === "write") c.value = this.swap(c, m, r);
@@ -124,9 +134,8 @@ export class Interleaver implements ModuleHooks, Provider {
       for (const m of this.mediators) {
         const due = m.take((r) => r.op !== "skip" && r.path === path && r.kind === kind && r.iteration === iteration);
         if (!due.length) continue;
-        const next = m.nextEvent();
         for (const r of due) this.answer(m, r);
-        await this.settle(next);
+        await this.settle();
       }
       return c.value;
     } finally {
@@ -138,7 +147,7 @@ export class Interleaver implements ModuleHooks, Provider {
   private swap(c: Current, m: Mediator, r: Request & { op: "write" }): unknown {
     const where = describe(r.path, r.kind, r.part);
     try {
-      const replacement = typeof r.value === "function" ? (r.value as (v: unknown) => unknown)(selectRows(pick(c, r), m.rows, this.batch)) : r.value;
+      const replacement = typeof r.value === "function" ? (r.value as (v: unknown) => unknown)(selectRows(pick(c, r), m.rows, this.batch, this.strictRows ? where : undefined)) : r.value;
       if (r.kind === "input" && r.part === "first") {
         const args = c.value as unknown[];
         return [mergeRows(args[0], replacement, m.rows, this.batch, where), ...args.slice(1)];
@@ -188,32 +197,38 @@ export class Interleaver implements ModuleHooks, Provider {
 
   // #region settling and ending
 
-  /** Set when intervention code may be running in several invokes at once (a barrier opened). */
-  mustDrain = false;
-
   /**
-   * Lets intervention code run until it waits again. Usually the invoke just answered asks for its next value
-   * within a few microtasks (`next`); otherwise (it awaits several values at once, a barrier opened, a hybrid step
-   * runs) the microtask queue is drained with a macrotask turn and tracked async work is waited for.
+   * Waits until every invoke is blocked on tsight (see Mediator.blocked): done, asking for a value, or parked.
+   * Work tsight runs for an invoke (a hybrid step, a backward pass) is waited for as long as it takes; code that
+   * runs, or awaits something outside tsight, longer than `stallTimeoutMs` is handed to `onStall`.
    */
-  async settle(next?: Promise<void>): Promise<void> {
-    const drained = new Promise<void>((r) => setImmediate(r));
-    if (next && !this.mustDrain) await Promise.race([next, drained]);
-    else await drained;
-    this.mustDrain = false;
-    while (this.busy > 0) {
-      await new Promise<void>((r) => (this.busyDone = r));
-      await new Promise<void>((r) => setImmediate(r));
+  async settle(): Promise<void> {
+    let since = Date.now();
+    for (;;) {
+      const waiting = this.mediators.filter((m) => !m.blocked);
+      if (waiting.length === 0) return;
+      const running = waiting.filter((m) => !m.working);
+      // Time spent in work tsight runs for an invoke (a hybrid step, a backward pass) is not a stall.
+      if (running.length < waiting.length) since = Date.now();
+      const left = this.stallTimeoutMs - (Date.now() - since);
+      if (running.length > 0 && left <= 0) {
+        this.stalled(running, Date.now() - since);
+        since = Date.now();
+        continue;
+      }
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const changes = waiting.map((m) => m.changed());
+      if (running.length > 0) changes.push(new Promise<void>((r) => (timer = setTimeout(r, left))));
+      await Promise.race(changes);
+      clearTimeout(timer);
     }
   }
 
-  /** Tracks async work an invoke is doing (a hybrid step), so the forward waits for it. */
-  async track<T>(work: Promise<T>): Promise<T> {
-    this.busy++;
-    try {
-      return await work;
-    } finally {
-      if (--this.busy === 0) this.busyDone?.();
+  private stalled(running: Mediator[], waitedMs: number): void {
+    if (this.onStall) return this.onStall(running, waitedMs);
+    for (const m of running) {
+      m.fail(new StallError(`invoke ${m.index}'s code neither asked for its next value nor finished for ${Math.round(waitedMs)} ms while the forward pass waited for it (it awaits something outside tsight, or computes, for that long; the limit is the trace option stallTimeoutMs)`));
+      m.leave("it stalled the forward pass");
     }
   }
 
@@ -239,13 +254,13 @@ export class Interleaver implements ModuleHooks, Provider {
         rejected = true;
         const what = `${describe(r.path, r.kind, r.part)}${r.iteration ? ` (iteration ${r.iteration})` : ""}`;
         const e = stopped
-          ? new TraceError(`${what} was never reached: the trace ended before it`, r.origin)
+          ? new LeftPassError(`${what} was never reached: the trace ended before it`, r.origin)
           : new MissedProviderError(`${what} was never provided: the module was not called${r.iteration ? " that many times" : ""} in this forward pass`, r.origin);
         if (r.op === "read") r.reject(e);
         else if (!stopped) m.fail(e);
       }
     }
-    if (rejected) await this.settle().catch(() => undefined);
+    if (rejected) await this.settle();
     this.ending = null;
   }
 }

@@ -8,8 +8,9 @@ import { generate, type CausalLM, type GenerateOptions, type GenerateResult, typ
 import { Tensor } from "../tensor/index.js";
 import type { EnvoyTree } from "./envoy-types.js";
 import { TraceError } from "./errors.js";
-import { toBatch, type ModelInput } from "./inputs.js";
-import { Tracer, TraceRun, type Driver, type InterventionFn, type InvokeTracer, type TraceTarget } from "./tracer.js";
+import { currentInvoke } from "./context.js";
+import { checkInput, toBatch, type ModelInput } from "./inputs.js";
+import { Tracer, TraceRun, type Driver, type InterventionFn, type InvokeTracer, type RunOptions, type TraceTarget } from "./tracer.js";
 
 export interface ModelLoadOptions extends LoadOptions {
   /**
@@ -46,6 +47,11 @@ export interface TraceOptions {
    * invoke, and the trace resolves even when some failed (their handles carry the errors).
    */
   isolateInvokes?: boolean;
+  /**
+   * How long intervention code may keep the forward pass waiting without asking for its next value or finishing
+   * (computing, or awaiting something outside tsight); then the invoke fails with a StallError. Default 60 s.
+   */
+  stallTimeoutMs?: number;
 }
 
 export interface EditOptions {
@@ -112,10 +118,7 @@ export class LanguageModel<M extends CausalLM = any> {
   trace<R>(input: ModelInput, fn: InterventionFn<EnvoyTree<M>, R>, options?: TraceOptions): Promise<R>;
   trace<R>(fn: TraceFn<M, R>, options?: TraceOptions): Promise<R>;
   trace<R>(a: ModelInput | TraceFn<M, R>, b?: InterventionFn<EnvoyTree<M>, R> | TraceOptions, c?: TraceOptions): Promise<R> {
-    return this.run(a, b, c, async (model, ids, mask, run) => {
-      await run.beginStep(0);
-      return model.call(ids, { attentionMask: mask });
-    }).then((r) => r.value);
+    return this.run(a, b, c, forward).then((r) => r.value);
   }
 
   /**
@@ -125,10 +128,7 @@ export class LanguageModel<M extends CausalLM = any> {
   scan<R>(input: ModelInput, fn: InterventionFn<EnvoyTree<M>, R>, options?: TraceOptions): Promise<R>;
   scan<R>(fn: TraceFn<M, R>, options?: TraceOptions): Promise<R>;
   scan<R>(a: ModelInput | TraceFn<M, R>, b?: InterventionFn<EnvoyTree<M>, R> | TraceOptions, c?: TraceOptions): Promise<R> {
-    return this.run(a, b, c, async (model, ids, mask, run) => {
-      await run.beginStep(0);
-      return model.call(Tensor.meta(ids.dtype, ids.shape), { attentionMask: mask });
-    }).then((r) => r.value);
+    return this.run(a, b, c, metaForward).then((r) => r.value);
   }
 
   /**
@@ -165,8 +165,15 @@ export class LanguageModel<M extends CausalLM = any> {
     fn?: InterventionFn<EnvoyTree<M>, R> | TraceOptions,
     traceOptions?: TraceOptions,
   ): Promise<GenerateOutput & { value?: R }> {
-    if (typeof a !== "function" && typeof fn !== "function" && this.edits.length === 0) return this.exclusive(() => this.plainGenerate(toBatch(a, this.tokenizer), options));
-    const drive: Driver = (model, ids, mask, run) => generate(model, ids, mask, { ...this.streaming(options, ids.shape[0]!), beforeStep: (k) => run.beginStep(k) });
+    if (typeof a !== "function" && typeof fn !== "function" && this.edits.length === 0) {
+      const batch = toBatch(a, this.tokenizer);
+      checkInput(batch.ids, this.model.config, options.maxNewTokens);
+      return this.exclusive(() => this.plainGenerate(batch, options));
+    }
+    const drive: Driver = Object.assign((model: CausalLM, ids: Tensor, mask: Tensor, run: TraceRun) => generate(model, ids, mask, { ...this.streaming(options, ids.shape[0]!), beforeStep: (k) => run.beginStep(k) }), {
+      extraTokens: options.maxNewTokens,
+      generation: true,
+    });
     const { value, output } =
       typeof a === "function"
         ? await this.run(a, fn as TraceOptions | undefined, undefined, drive)
@@ -232,17 +239,24 @@ export class LanguageModel<M extends CausalLM = any> {
   }
 
   private run<R>(a: ModelInput | TraceFn<M, R>, b: InterventionFn<EnvoyTree<M>, R> | TraceOptions | undefined, c: TraceOptions | undefined, drive: Driver): Promise<{ value: R; output: unknown }> {
+    const outer = currentInvoke();
+    if (outer && outer.model === this.model.tree) {
+      return Promise.reject(
+        new TraceError(
+          `a trace of this model was started inside the intervention of another trace of it (invoke ${outer.mediator.index}): a model runs one trace at a time, so the inner one would wait for the outer one forever. Start it after the outer trace, or use m.<module>.call(...) to run a module on other values inside this one`,
+        ),
+      );
+    }
     return this.exclusive(async () => {
       let result: Promise<R>;
       let run: TraceRun;
       if (typeof a === "function") {
         if (typeof b === "function") throw new TraceError("trace(fn) takes one function; to trace an input use trace(input, fn)");
-        const o = b as TraceOptions | undefined;
-        run = new TraceRun(this.target(), o?.vars, o?.grad, o?.checkpoint, o?.isolateInvokes);
+        run = new TraceRun(this.target(), runOptions(b as TraceOptions | undefined));
         result = Promise.resolve((a as TraceFn<M, R>)(new Tracer(run) as Tracer<EnvoyTree<M>>));
       } else {
         if (typeof b !== "function") throw new TraceError("trace(input, fn): the intervention function is missing");
-        run = new TraceRun(this.target(), c?.vars, c?.grad, c?.checkpoint, c?.isolateInvokes);
+        run = new TraceRun(this.target(), runOptions(c));
         result = run.addInvoke(a, b as InterventionFn);
       }
       result.catch(() => undefined);
@@ -251,6 +265,22 @@ export class LanguageModel<M extends CausalLM = any> {
       return { value: await result, output: await run.result };
     });
   }
+}
+
+/** One forward pass (trace). */
+const forward: Driver = async (model, ids, mask, run) => {
+  await run.beginStep(0);
+  return model.call(ids, { attentionMask: mask });
+};
+
+/** One forward pass on meta tensors (scan): shapes only. */
+const metaForward: Driver = async (model, ids, mask, run) => {
+  await run.beginStep(0);
+  return model.call(Tensor.meta(ids.dtype, ids.shape), { attentionMask: mask });
+};
+
+function runOptions(o: TraceOptions | undefined): RunOptions {
+  return { vars: o?.vars, grad: o?.grad, checkpoint: o?.checkpoint, isolated: o?.isolateInvokes, stallTimeoutMs: o?.stallTimeoutMs };
 }
 
 export type { InvokeTracer };

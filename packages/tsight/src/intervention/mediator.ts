@@ -1,10 +1,15 @@
 /**
- * Mediator: one invoke's intervention code and what it waits for.
+ * Mediator: one invoke's intervention code, what it asks for, and whether it is waiting.
  *
  * The code talks to the mediator through the envoys: `read` (await a module's value), `write` (replace it),
  * `skip` (do not run a module). Each becomes a Request keyed by module path, kind and iteration; the Interleaver
- * answers requests as the forward pass reaches them. A request for the value being provided right now is
- * answered at once; one for a value already gone by is an OutOfOrderError at the user's line.
+ * answers requests as the forward pass reaches them. A request for the value being provided right now is answered
+ * at once; one for a value already gone by is an OutOfOrderError at the user's line.
+ *
+ * Waiting is explicit: the forward pass goes on only once every invoke is *blocked* on tsight, that is done, asking
+ * for a module value, or parked on a generation step, a barrier or the run's result. Work tsight runs for an
+ * invoke (a hybrid step, a backward pass) keeps it *busy*: the forward waits for it. Anything else the code awaits
+ * (a file, a fetch) is waited for too, up to the run's stall limit, so no timing race decides what happens.
  */
 import { MissedProviderError, OutOfOrderError, TraceError } from "./errors.js";
 import type { Rows } from "./rows.js";
@@ -49,19 +54,32 @@ export interface Provider {
   watch(path: string, delta: number): void;
 }
 
+/** An invoke left the forward pass (it stopped, failed, or was dropped); its pending reads end with this. */
+export class LeftPassError extends TraceError {
+  override readonly name = "TraceError";
+}
+
 export class Mediator {
   /** Pending requests, in the order the code made them. */
   readonly requests: Request[] = [];
-  /** The iteration (generation step) requests refer to. */
+  /** The iteration (generation step, or call of a module) requests refer to. */
   iteration = 0;
-  /** Set when an unbounded step loop ran out: the generation is over, no module value will come. */
+  /** Per-module extra iterations from `envoy.next()`: later requests for that module refer to later calls. */
+  readonly calls = new Map<string, number>();
+  /** Set when the invoke can get no more module values (it left the pass, or a step loop ran out). */
   pastEnd: string | null = null;
   /** Module paths this invoke skips in the call now running (their descendants cannot be asked for). */
   readonly skipping = new Set<string>();
   done = false;
+  /** The code called tr.stop(value): its EarlyStop is a normal end, with that value. */
+  stopping: { value: unknown } | null = null;
   result: unknown;
   error: unknown;
   provider: Provider | null = null;
+  /** Parked on something tsight resumes it from (a step, the run's result): the forward need not wait. */
+  private parked = 0;
+  /** Running work tsight tracks for it (a hybrid step, a backward pass): the forward waits for it. */
+  private busy = 0;
   private wake: (() => void) | null = null;
 
   constructor(
@@ -72,17 +90,30 @@ export class Mediator {
   ) {}
 
   read(path: string, kind: ValueKind, part: InputPart, origin: Error): Promise<unknown> {
-    return new Promise((resolve, reject) => this.submit({ op: "read", path, kind, part, iteration: this.iteration, origin, resolve, reject }));
+    const p = new Promise((resolve, reject) => this.submit({ op: "read", path, kind, part, iteration: this.iterationOf(path), origin, resolve, reject }));
+    // A read nobody awaits (the trace ended first, or the code forgot `await`) must not crash the process with an
+    // unhandled rejection; code that awaits it still gets the error.
+    p.catch(() => undefined);
+    return p;
   }
 
   write(path: string, kind: ValueKind, part: InputPart, value: unknown, origin: Error): void {
-    if (value === undefined) throw new TraceError(`assigning undefined to ${describe(path, kind, part)}; assign a tensor (or a function of the current value)`);
-    this.submit({ op: "write", path, kind, part, iteration: this.iteration, origin, value });
+    if (value === undefined) throw new TraceError(`assigning undefined to ${describe(path, kind, part)}; assign a tensor (or a function of the current value)`, origin);
+    this.submit({ op: "write", path, kind, part, iteration: this.iterationOf(path), origin, value });
   }
 
   skip(path: string, value: unknown, origin: Error): void {
-    if (path === "") throw new TraceError("the model itself cannot be skipped; skip one of its modules");
-    this.submit({ op: "skip", path, kind: "input", part: "all", iteration: this.iteration, origin, value });
+    if (path === "") throw new TraceError("the model itself cannot be skipped; skip one of its modules", origin);
+    this.submit({ op: "skip", path, kind: "input", part: "all", iteration: this.iterationOf(path), origin, value });
+  }
+
+  /** Moves later requests for `path` `n` calls on (`envoy.next()`). */
+  nextCall(path: string, n: number): void {
+    this.calls.set(path, (this.calls.get(path) ?? 0) + n);
+  }
+
+  private iterationOf(path: string): number {
+    return this.iteration + (this.calls.get(path) ?? 0);
   }
 
   private submit(r: Request): void {
@@ -107,17 +138,72 @@ export class Mediator {
     if (r.op === "read") this.signal();
   }
 
-  /** Resolves at this invoke's next event: a new pending read, or its end. Lets the forward go on without a full event-loop turn. */
-  nextEvent(): Promise<void> {
+  // #region waiting
+
+  /** Whether the forward pass may go on without this invoke: it is done, or waits for something tsight gives. */
+  get blocked(): boolean {
+    return this.busy === 0 && (this.done || this.pastEnd !== null || this.parked > 0 || this.requests.some((r) => r.op === "read"));
+  }
+
+  /** Whether tsight is running work for it (the forward waits for that without counting it as a stall). */
+  get working(): boolean {
+    return this.busy > 0;
+  }
+
+  /** Resolves at the invoke's next change of state (a request, parking, resuming, its end). */
+  changed(): Promise<void> {
     return new Promise((resolve) => (this.wake = resolve));
   }
 
-  /** The invoke started waiting or ended. */
+  /** Wakes whoever waits for a change of state. */
   signal(): void {
     const wake = this.wake;
     this.wake = null;
     wake?.();
   }
+
+  /**
+   * Parks the invoke until tsight resumes it: `start` gets the functions that resume it (with a value, or an
+   * error), which tsight calls when the step begins, the barrier fills or the run ends. Resuming marks the invoke
+   * running at once, so the forward pass, which goes on while it is parked, waits for it again.
+   */
+  parkUntil<T>(start: (resume: (value: T) => void, fail: (error: unknown) => void) => void): Promise<T> {
+    this.parked++;
+    this.signal();
+    let resumed = false;
+    const unpark = () => {
+      if (resumed) return false;
+      resumed = true;
+      this.parked--;
+      this.signal();
+      return true;
+    };
+    return new Promise<T>((resolve, reject) =>
+      start(
+        (v) => unpark() && resolve(v),
+        (e) => unpark() && reject(e),
+      ),
+    );
+  }
+
+  /** Waits for `p` busy: tsight is running work for the invoke, and the forward waits for it. */
+  track<T>(p: Promise<T>): Promise<T> {
+    this.busy++;
+    this.signal();
+    const end = () => {
+      this.busy--;
+      this.signal();
+    };
+    return p.then(
+      (v) => (end(), v),
+      (e) => {
+        end();
+        throw e;
+      },
+    );
+  }
+
+  // #endregion
 
   /** Removes and returns the pending requests matching `test`. */
   take(test: (r: Request) => boolean): Request[] {
@@ -130,6 +216,16 @@ export class Mediator {
       } else i++;
     }
     return taken;
+  }
+
+  /**
+   * Takes the invoke out of the pass: later requests are refused with `why`, pending reads reject (quietly, for
+   * code that no longer awaits them).
+   */
+  leave(why: string): void {
+    this.pastEnd ??= why;
+    for (const r of this.take(() => true)) if (r.op === "read") r.reject(new LeftPassError(`${describe(r.path, r.kind, r.part)} was never reached: ${this.pastEnd}`, r.origin));
+    this.signal();
   }
 
   /** Told about every error of this invoke (the trace decides which one it reports). */

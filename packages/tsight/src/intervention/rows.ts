@@ -4,6 +4,7 @@
  * (a KV cache, numbers) passes through untouched.
  */
 import { Tensor } from "../tensor/index.js";
+import { TraceError } from "./errors.js";
 
 /** Rows [start, start + length) of a batch of `batch` rows; `null` rows mean the whole batch. */
 export interface Rows {
@@ -13,12 +14,26 @@ export interface Rows {
 
 const isPlainObject = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && Object.getPrototypeOf(v) === Object.prototype;
 
-/** The invoke's part of `value`. */
-export function selectRows(value: unknown, rows: Rows | null, batch: number): unknown {
+/** A value of a batch that holds other invokes' data and cannot be split into one invoke's rows. */
+export class RowsError extends TraceError {
+  override readonly name: string = "RowsError";
+}
+
+/**
+ * The invoke's part of `value`. With `strict` (the value's name), invokes are separate jobs: anything that is not
+ * batch-major, and so may mix rows of other jobs, is refused instead of shared: a message (string) says why, which
+ * the caller turns into a RowsError at the user's line.
+ */
+export function selectRows(value: unknown, rows: Rows | null, batch: number, strict?: string): unknown {
   if (rows === null || (rows.start === 0 && rows.length === batch)) return value;
-  if (value instanceof Tensor) return value.ndim > 0 && value.shape[0] === batch ? value.narrow(0, rows.start, rows.length) : value;
-  if (Array.isArray(value)) return value.map((v) => selectRows(v, rows, batch));
-  if (isPlainObject(value)) return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, selectRows(v, rows, batch)]));
+  if (value instanceof Tensor) {
+    if (value.ndim > 0 && value.shape[0] === batch) return value.narrow(0, rows.start, rows.length);
+    if (strict !== undefined) throw `${strict} is a tensor of shape [${value.shape}], which is not split by batch row, so it may hold other jobs' data: a job sharing a forward pass cannot read it`;
+    return value;
+  }
+  if (Array.isArray(value)) return value.map((v, i) => selectRows(v, rows, batch, strict === undefined ? undefined : `${strict}[${i}]`));
+  if (isPlainObject(value)) return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, selectRows(v, rows, batch, strict === undefined ? undefined : `${strict}.${k}`)]));
+  if (strict !== undefined && typeof value === "object" && value !== null) throw `${strict} holds a ${value.constructor?.name ?? "object"}, which is shared by every row of the batch: a job sharing a forward pass cannot read it`;
   return value;
 }
 

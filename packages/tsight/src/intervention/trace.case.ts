@@ -381,8 +381,8 @@ export const traceCases: TraceCase[] = [
         async (m, tr) => {
           const cache = tr.cache();
           const h0 = (await m.transformer.h[0].output) as Tensor;
-          tr.stop();
-          return { h0, cache };
+          tr.stop({ h0, cache });
+          throw new Error("the code after tr.stop() runs");
         },
         b.options(),
       );

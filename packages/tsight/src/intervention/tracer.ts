@@ -17,11 +17,12 @@ import { Tensor } from "../tensor/index.js";
 import { GradScope, type GradSource } from "./backward.js";
 import { Cache, modulePaths, type CacheOptions } from "./cache.js";
 import { envoyFor, type EnvoyContext } from "./envoy.js";
-import { InterventionError, TraceError } from "./errors.js";
-import { fromRows, toBatch, type ModelInput } from "./inputs.js";
+import { EarlyStop, InterventionError, StallError, TraceError } from "./errors.js";
+import { checkInput, fromRows, toBatch, type ModelInput } from "./inputs.js";
+import { currentInvoke, runInInvoke } from "./context.js";
 import { EndForward, Interleaver } from "./interleaver.js";
-import { Mediator } from "./mediator.js";
-import { detachAll, type Rows } from "./rows.js";
+import { LeftPassError, Mediator } from "./mediator.js";
+import { detachAll, RowsError, selectRows, type Rows } from "./rows.js";
 
 /** Intervention code: gets the invoke's envoy tree and tracer, returns what the caller should get back. */
 export type InterventionFn<E = any, R = unknown> = (m: E, tr: InvokeTracer) => R | Promise<R>;
@@ -45,9 +46,14 @@ export class InvokeTracer {
     return this.run.vars;
   }
 
-  /** Ends the forward pass at the next module boundary; values computed so far are returned. */
-  stop(): void {
-    this.run.stop(this.mediator);
+  /**
+   * Ends the forward pass at the next module boundary, and this intervention right here: the code after
+   * `tr.stop()` does not run. The invoke resolves with `value` (`return tr.stop({ h0 })` reads naturally), the
+   * trace with what was gathered before it.
+   */
+  stop(value?: unknown): never {
+    this.run.stop(this.mediator, value);
+    throw new EarlyStop();
   }
 
   /** Records module values (after interventions) as the forward goes; this invoke's rows, or the whole batch. */
@@ -55,21 +61,25 @@ export class InvokeTracer {
     return this.run.addCache(options, this.mediator?.rows ?? null);
   }
 
-  /** The run's output once the forward pass (or generation) is over: the model output, or the generated tokens. */
+  /**
+   * The run's output once the forward pass (or generation) is over: the model output, or the generated tokens.
+   * In an invoke, its own rows.
+   */
   get result(): Promise<any> {
-    return this.run.result;
+    const m = this.mediator;
+    if (!m) return this.run.result;
+    return m.parkUntil((resume, fail) => this.run.whenResult(resume, fail)).then((out) => this.run.rowsOf(out, m, "tr.result"));
   }
 
   /**
-   * Steps of a generation, in order: `for await (const step of tr.iter(0, 3))`, or a list of steps
-   * (`tr.iter([0, 2])`). Inside, module values are that step's. After the loop, values refer to the next step.
-   * A step past the generation's last ends the loop with a warning naming it.
+   * Iterations, in order: generation steps (`for await (const step of tr.iter(0, 3))`), or the calls of a module
+   * called several times in one forward pass; or a list of them (`tr.iter([0, 2])`). Inside, module values are
+   * that iteration's. After the loop, values refer to the next one. An iteration that never comes is reported when
+   * the run ends (a warning, and its values' requests fail).
    */
   iter(start: number | readonly number[], end?: number): AsyncIterable<number> {
-    const list = typeof start === "number" ? range(start, end ?? start + 1) : [...start];
-    if (list.some((k) => !Number.isInteger(k) || k < 0)) throw new TraceError(`iter: steps must be non-negative integers, got ${JSON.stringify(list)}`);
-    if (list.some((k, i) => i > 0 && k <= list[i - 1]!)) throw new TraceError(`iter: steps must increase, got ${JSON.stringify(list)}`);
-    return this.steps(list);
+    const steps = typeof start === "number" ? stepRange(start, end ?? start + 1) : checkedList(start);
+    return this.steps(steps);
   }
 
   /** Every step of a generation; after the loop no module value remains (asking for one is an OutOfOrderError). */
@@ -79,6 +89,7 @@ export class InvokeTracer {
 
   /** Moves this invoke to the next step (or `n` steps on): later module values are that step's. */
   next(n = 1): void {
+    if (!Number.isSafeInteger(n) || n < 0) throw new TraceError(`tr.next(n): n must be a non-negative whole number, got ${String(n)}`);
     this.invokeMediator("next").iteration += n;
   }
 
@@ -87,21 +98,30 @@ export class InvokeTracer {
     return this.mediator;
   }
 
-  private async *steps(list: number[] | null): AsyncGenerator<number> {
+  private async *steps(list: Steps | null): AsyncGenerator<number> {
     const m = this.invokeMediator(list ? "iter" : "all");
-    for (let i = 0; list === null || i < list.length; i++) {
-      const step = list ? list[i]! : m.iteration + (i === 0 ? 0 : 1);
-      const total = await this.run.waitStep(step);
-      if (total !== null) {
-        const done = `the generation ended after ${total} step${total === 1 ? "" : "s"}`;
-        if (list) this.run.warn(`tr.iter: step ${step} never came (${done}); the loop ended early`);
-        m.pastEnd = `asked for after tr.${list ? "iter" : "all"}() ran out: ${done}`;
-        return;
+    if (list) {
+      // Bounded: no waiting. Each iteration's requests wait for their value; ones past the end are reported.
+      let last = -1;
+      for (const step of list.values()) {
+        this.run.expectStep(step);
+        m.iteration = last = step;
+        yield step;
+      }
+      if (last >= 0) m.iteration = last + 1;
+      return;
+    }
+    for (let step = m.iteration; ; step++) {
+      if (step > m.iteration) {
+        const total = await m.parkUntil<number | null>((resume) => this.run.waitStep(step, resume));
+        if (total !== null) {
+          m.leave(`asked for after tr.all() ran out: the generation ended after ${total} step${total === 1 ? "" : "s"}`);
+          return;
+        }
       }
       m.iteration = step;
       yield step;
     }
-    m.iteration = list[list.length - 1]! + 1;
   }
 
   /**
@@ -111,16 +131,16 @@ export class InvokeTracer {
    */
   backward(loss: Tensor, fn?: (g: GradScope) => unknown): Promise<void> {
     if (!this.run.grad) return Promise.reject(new TraceError("backward: this trace records no gradients; start it with { grad: true }"));
-    const scope = new GradScope(this.run.gradSources);
+    const scope = new GradScope(this.run.gradSources, this.run.stallTimeoutMs);
     const user = Promise.resolve().then(() => fn?.(scope));
-    return this.run.track(Promise.all([scope.run(loss, user), user]).then(() => undefined));
+    return this.run.track(this.mediator, Promise.all([scope.run(loss, user), user]).then(() => undefined));
   }
 
   /**
    * Runs `fn` on the client with `vals` (a hybrid step). Locally that is here and now; the forward waits for it.
    */
   local<V, R>(fn: (vals: V) => R | Promise<R>, vals: V): Promise<R> {
-    return this.run.track(Promise.resolve().then(() => fn(vals)));
+    return this.run.track(this.mediator, Promise.resolve().then(() => fn(vals)));
   }
 }
 
@@ -165,47 +185,82 @@ export interface TraceTarget {
  * Drives the model once the batch and hooks are ready: one forward (trace) or a generation loop. It calls
  * `run.beginStep(k)` before each forward pass and returns the run's output (what tr.result gives).
  */
-export type Driver = (model: CausalLM, ids: Tensor, mask: Tensor, run: TraceRun) => Promise<unknown>;
+export type Driver = ((model: CausalLM, ids: Tensor, mask: Tensor, run: TraceRun) => Promise<unknown>) & {
+  /** Tokens the driver adds to the input (a generation's new tokens), checked against the context up front. */
+  extraTokens?: number;
+  /** The run's iterations are generation steps (so an iteration past the last one is worth a warning). */
+  generation?: boolean;
+};
+
+export interface RunOptions {
+  /** Values the intervention reads as `tr.vars`. */
+  vars?: Record<string, any>;
+  /** Record the forward graph from the first value read, for tr.backward. */
+  grad?: boolean;
+  /** Called at every module call; throwing stops the run with that error. */
+  checkpoint?: () => void;
+  /**
+   * Invokes are independent (a batch of separate jobs): one's error or stop ends that invoke only, the forward
+   * pass goes on for the others, each invoke's handle carries its own outcome, and no invoke can read a value
+   * that holds other invokes' rows.
+   */
+  isolated?: boolean;
+  /** How long intervention code may keep the forward pass waiting (default 60 s); see Interleaver.settle. */
+  stallTimeoutMs?: number;
+}
 
 /** One trace: its invokes, their mediators, the interleaver, and the forward pass. */
 export class TraceRun {
   private readonly invokes: Invoke[] = [];
   private readonly barriers: { parties: number; waiting: { resolve(): void; reject(e: unknown): void }[] }[] = [];
+  /** Invokes parked on tr.result, resumed when the run ends. */
+  private readonly resultWaiters: { resume(v: unknown): void; fail(e: unknown): void }[] = [];
+  private output: { value: unknown } | null = null;
   private readonly caches: Cache[] = [];
   private interleaver: Interleaver | null = null;
   private closed = false;
   private stopped = false;
   private firstError: { error: unknown } | null = null;
   private paths: Set<string> | null = null;
+  /** Rows in the batch (known once it is built). */
+  private batch = 0;
   /** Generation steps: the one running, the total once known, and invokes waiting for a step. */
   private step = -1;
   private totalSteps: number | null = null;
+  /** The last iteration a bounded tr.iter named. */
+  private lastExpected = -1;
   private readonly stepWaiters = new Map<number, ((total: number | null) => void)[]>();
   private resolveResult!: (v: unknown) => void;
   /** The run's output (see InvokeTracer.result). */
   readonly result: Promise<unknown> = new Promise((r) => (this.resolveResult = r));
   /** Warnings for the caller (locally: process warnings). */
   readonly warnings: string[] = [];
+  readonly vars: Record<string, any>;
+  readonly grad: boolean;
+  readonly isolated: boolean;
+  readonly stallTimeoutMs: number;
+  private readonly checkpoint: (() => void) | undefined;
 
   /** Where tensors handed to invokes sit in the forward graph (grad traces). */
   readonly gradSources = new WeakMap<Tensor, GradSource>();
 
   constructor(
     readonly target: TraceTarget,
-    readonly vars: Record<string, any> = {},
-    /** Record the forward graph from the first value read, for tr.backward. */
-    readonly grad = false,
-    /** Called at every module call; throwing stops the run with that error. */
-    readonly checkpoint?: () => void,
-    /**
-     * Invokes are independent (a batch of separate jobs): one's error or stop ends that invoke only, the forward
-     * pass goes on for the others, and each invoke's handle carries its own outcome.
-     */
-    readonly isolated = false,
-  ) {}
+    options: RunOptions = {},
+  ) {
+    this.vars = options.vars ?? {};
+    this.grad = options.grad === true;
+    this.isolated = options.isolated === true;
+    this.checkpoint = options.checkpoint;
+    this.stallTimeoutMs = options.stallTimeoutMs ?? 60_000;
+  }
 
   addInvoke<R = unknown>(input: ModelInput | undefined, fn: InterventionFn): Promise<R> {
-    if (this.closed) throw new TraceError("invokes must be created before the trace function's first await (the batch is built from them)");
+    if (this.closed) {
+      throw new TraceError(
+        "tr.invoke was called after the trace function's first await: invokes are declared first, before anything is awaited, because the batch of the one forward pass is built from them; move every tr.invoke(...) above the first await",
+      );
+    }
     if (typeof fn !== "function") throw new TraceError("invoke needs an intervention function");
     let resolve!: (v: unknown) => void, reject!: (e: unknown) => void;
     const done = new Promise<R>((res, rej) => ((resolve = res as (v: unknown) => void), (reject = rej)));
@@ -215,17 +270,18 @@ export class TraceRun {
   }
 
   addBarrier(parties: number): Barrier {
-    if (!Number.isInteger(parties) || parties < 1) throw new TraceError(`barrier needs a positive number of invokes, got ${parties}`);
+    if (!Number.isInteger(parties) || parties < 1 || parties > 1_000_000) throw new TraceError(`barrier needs a positive whole number of invokes, got ${parties}`);
     const b = { parties, waiting: [] as { resolve(): void; reject(e: unknown): void }[] };
     this.barriers.push(b);
-    const arrive = () =>
-      new Promise<void>((resolve, reject) => {
+    const arrive = (): Promise<void> => {
+      const join = (resolve: () => void, reject: (e: unknown) => void) => {
         b.waiting.push({ resolve, reject });
-        if (b.waiting.length === b.parties) {
-          if (this.interleaver) this.interleaver.mustDrain = true;
-          for (const w of b.waiting.splice(0)) w.resolve();
-        }
-      });
+        if (b.waiting.length === b.parties) for (const w of b.waiting.splice(0)) w.resolve();
+      };
+      // Parked: the forward may go on to let the other parties arrive.
+      const mediator = currentInvoke()?.mediator;
+      return mediator ? mediator.parkUntil<void>((resume, fail) => join(() => resume(), fail)) : new Promise<void>(join);
+    };
     return Object.assign(arrive, { parties });
   }
 
@@ -238,16 +294,20 @@ export class TraceRun {
   }
 
   /** Ends the forward early; with isolated invokes, only `caller`'s part (its later values are not waited for). */
-  stop(caller: Mediator | null = null): void {
-    if (this.isolated && caller) return this.detach(caller, "it called tr.stop()");
+  stop(caller: Mediator | null = null, value?: unknown): void {
+    if (caller) caller.stopping = { value };
+    if (this.isolated && caller) return caller.leave("it called tr.stop()");
     this.stopped = true;
     this.interleaver?.end("stop");
   }
 
-  /** Takes an invoke out of the pass: its pending requests are dropped, later ones refused. */
-  private detach(m: Mediator, why: string): void {
-    m.pastEnd = `this invoke has left the forward pass (${why})`;
-    for (const r of m.take(() => true)) if (r.op === "read") r.reject(new TraceError(`${r.path || "the model"} was never reached: ${m.pastEnd}`, r.origin));
+  /** An invoke's rows of a whole-batch value (tr.result); refused when invokes are separate jobs and it cannot be split. */
+  rowsOf(value: unknown, m: Mediator, what: string): unknown {
+    try {
+      return selectRows(value, m.rows, this.batch, this.isolated ? what : undefined);
+    } catch (e) {
+      throw typeof e === "string" ? new RowsError(e) : e;
+    }
   }
 
   warn(message: string): void {
@@ -257,15 +317,24 @@ export class TraceRun {
     else console.warn(`TsightWarning: ${message}`);
   }
 
-  /** Resolves when step `k` starts (null), or when the run ended without it (the number of steps). */
-  waitStep(k: number): Promise<number | null> {
-    if (this.totalSteps !== null && k >= this.totalSteps) return Promise.resolve(this.totalSteps);
-    if (k <= this.step) return Promise.resolve(null);
-    return new Promise((resolve) => {
-      const list = this.stepWaiters.get(k) ?? [];
-      list.push(resolve);
-      this.stepWaiters.set(k, list);
-    });
+  /** A bounded tr.iter named iteration `k` (checked against the steps that ran, at the end). */
+  expectStep(k: number): void {
+    this.lastExpected = Math.max(this.lastExpected, k);
+  }
+
+  /** Calls `resume` when step `k` starts (null), or when the run ended without it (the number of steps). */
+  waitStep(k: number, resume: (total: number | null) => void): void {
+    if (this.totalSteps !== null && k >= this.totalSteps) return resume(this.totalSteps);
+    if (k <= this.step) return resume(null);
+    const list = this.stepWaiters.get(k) ?? [];
+    list.push(resume);
+    this.stepWaiters.set(k, list);
+  }
+
+  /** Calls `resume` with the run's output when it ends (at once if it has). */
+  whenResult(resume: (v: unknown) => void, fail: (e: unknown) => void): void {
+    if (this.output) return resume(this.output.value);
+    this.resultWaiters.push({ resume, fail });
   }
 
   /** Called by the driver before each forward pass: invokes waiting for this step run until they wait again. */
@@ -274,7 +343,6 @@ export class TraceRun {
     const waiting = this.stepWaiters.get(k);
     if (!waiting) return;
     this.stepWaiters.delete(k);
-    this.interleaver!.mustDrain = true;
     for (const w of waiting) w(null);
     await this.interleaver!.settle();
     this.interleaver!.checkEnding();
@@ -283,18 +351,18 @@ export class TraceRun {
   /** The driver is done: `total` steps ran; `output` is what tr.result gives. */
   async endSteps(total: number, output: unknown): Promise<void> {
     this.totalSteps = total;
+    this.output = { value: output };
     this.resolveResult(output);
+    for (const w of this.resultWaiters.splice(0)) w.resume(output);
     const waiting = [...this.stepWaiters.values()].flat();
     this.stepWaiters.clear();
     for (const w of waiting) w(total);
-    if (this.interleaver && waiting.length) {
-      this.interleaver.mustDrain = true;
-      await this.interleaver.settle();
-    }
+    await this.interleaver?.settle();
   }
 
-  track<T>(work: Promise<T>): Promise<T> {
-    return this.interleaver ? this.interleaver.track(work) : work;
+  /** Work tsight runs for an invoke (a hybrid step, a backward pass): the forward waits for it. */
+  track<T>(m: Mediator | null, work: Promise<T>): Promise<T> {
+    return m ? m.track(work) : work;
   }
 
   /** No more invokes: the batch can be built. */
@@ -309,12 +377,15 @@ export class TraceRun {
   async execute(drive: Driver): Promise<void> {
     this.close();
     const { model, tokenizer } = this.target;
-    if (this.invokes.length === 0) throw new TraceError("the trace has no invokes: give an input, or call tr.invoke(input, fn)");
+    if (this.invokes.length === 0) {
+      throw new TraceError("the trace has no invokes: give an input (trace(input, fn)), or call tr.invoke(input, fn) in the trace function before its first await (invokes are declared first; the batch is built from them)");
+    }
     // The batch: every invoke's rows, left-padded to one length.
     const rows: number[][] = [];
     for (const inv of this.invokes) {
       if (inv.input === undefined) continue;
       const b = toBatch(inv.input, tokenizer);
+      checkInput(b.ids, model.config, drive.extraTokens);
       const ids = b.ids.tolist() as number[][];
       const mask = b.mask.tolist() as number[][];
       inv.mediator.rows = { start: rows.length, length: ids.length };
@@ -322,6 +393,7 @@ export class TraceRun {
     }
     if (rows.length === 0) throw new TraceError("no invoke has an input: at least one tr.invoke(input, fn) is needed to make a batch");
     const { ids, mask } = fromRows(rows, tokenizer.padTokenId);
+    this.batch = rows.length;
 
     const edits = this.target.edits.map((fn) => ({ fn, mediator: new Mediator(-1, null) }));
     const all = [...edits, ...this.invokes];
@@ -329,9 +401,17 @@ export class TraceRun {
       all.map((x) => x.mediator),
       rows.length,
       this.grad ? this.gradSources : null,
+      this.isolated,
     );
     interleaver.recorders.push(...this.caches);
     interleaver.checkpoint = this.checkpoint ?? null;
+    interleaver.stallTimeoutMs = this.stallTimeoutMs;
+    if (this.isolated) {
+      // A job that keeps a shared pass waiting leaves it (the server runs it alone); the others go on.
+      interleaver.onStall = (stalled, ms) => {
+        for (const m of stalled) m.fail(new StallError(`invoke ${m.index} kept a forward pass it shares with other jobs waiting for ${Math.round(ms)} ms, so it left that pass`));
+      };
+    }
     this.interleaver = interleaver;
     const context = (mediator: Mediator): EnvoyContext => ({
       mediator,
@@ -349,48 +429,23 @@ export class TraceRun {
     if (model.tree.hooks) throw new TraceError("this model is already being traced (traces of one model run one at a time)");
     model.tree.hooks = interleaver;
     try {
-      for (const x of all) {
-        const m = x.mediator;
-        m.onError = (e) => this.recordError(e, m);
-        const settle = (ok: boolean, v: unknown) => {
-          m.done = true;
-          m.signal();
-          if (ok) {
-            m.result = detachAll(v);
-            (x as Invoke).resolve?.(m.result);
-          } else {
-            m.fail(v);
-            (x as Invoke).reject?.(v);
-          }
-        };
-        try {
-          Promise.resolve(x.fn(envoyFor(model, context(m)), new InvokeTracer(this, m))).then(
-            (v) => settle(true, v),
-            (e) => settle(false, e),
-          );
-        } catch (e) {
-          settle(false, e);
-        }
-      }
+      for (const x of all) this.start(x, envoyFor(model, context(x.mediator)));
       let output: unknown;
       try {
-        // Invokes usually ask for their first value (or end) before they first wait; only the others need a
-        // drain. A few microtask turns let quick ones end.
-        for (let i = 0; i < 4; i++) await null;
-        if (!all.every((x) => x.mediator.done || x.mediator.requests.some((r) => r.op === "read"))) await interleaver.settle();
+        await interleaver.settle();
         interleaver.checkEnding();
         output = await drive(model, ids, mask, this);
       } catch (e) {
         if (!(e instanceof EndForward)) throw e;
       }
       await this.endSteps(this.step + 1, output);
-      const abandon = this.stopped || this.firstError !== null;
-      await interleaver.finish(abandon);
+      if (drive.generation && this.lastExpected >= this.totalSteps!) {
+        this.warn(`tr.iter: step ${this.lastExpected} never came (the generation ended after ${this.totalSteps} step${this.totalSteps === 1 ? "" : "s"}); values asked for in it are not provided`);
+      }
+      await interleaver.finish(this.stopped || this.firstError !== null);
       await this.failBarriers();
-      // Invokes still running (awaiting tr.result, say) get one more chance to finish.
-      if (all.some((x) => !x.mediator.done)) await interleaver.settle();
       for (const x of all) {
-        if (!x.mediator.done) x.mediator.fail(new TraceError(`invoke ${x.mediator.index} never finished: it is waiting for something the trace cannot provide`));
+        if (!x.mediator.done) x.mediator.fail(new TraceError(`invoke ${x.mediator.index} never finished: after the forward pass its code still waits for something tsight does not provide`));
       }
     } finally {
       model.tree.hooks = null;
@@ -399,10 +454,39 @@ export class TraceRun {
     if (this.firstError) throw this.firstError.error;
   }
 
+  /** Starts an invoke's code in its own context; its end settles the invoke's handle. */
+  private start(x: { fn: InterventionFn; mediator: Mediator; resolve?: (v: unknown) => void; reject?: (e: unknown) => void }, envoy: unknown): void {
+    const m = x.mediator;
+    m.onError = (e) => this.recordError(e, m);
+    const settle = (ok: boolean, v: unknown) => {
+      m.done = true;
+      // tr.stop() leaves the code by throwing EarlyStop: a normal end, with nothing returned.
+      if (!ok && m.stopping && (v instanceof EarlyStop || (v as Error | null)?.name === "EarlyStop")) [ok, v] = [true, m.stopping.value];
+      if (ok) {
+        m.result = detachAll(v);
+        x.resolve?.(m.result);
+      } else {
+        m.fail(v);
+        x.reject?.(v);
+      }
+      m.signal();
+    };
+    runInInvoke({ model: this.target.model.tree, mediator: m }, () => {
+      try {
+        Promise.resolve(x.fn(envoy, new InvokeTracer(this, m))).then(
+          (v) => settle(true, v),
+          (e) => settle(false, e),
+        );
+      } catch (e) {
+        settle(false, e);
+      }
+    });
+  }
+
   private recordError(e: unknown, m: Mediator): void {
-    if (this.isolated) return this.detach(m, "it failed");
+    if (this.isolated) return m.leave(e instanceof StallError ? "it kept the shared forward pass waiting" : "it failed");
     // After a stop (or another invoke's failure), invokes left waiting are abandoned, not failed.
-    if ((this.stopped || this.firstError) && e instanceof TraceError && /was never reached/.test(e.message)) return;
+    if ((this.stopped || this.firstError) && e instanceof LeftPassError) return;
     this.firstError ??= { error: e };
     this.interleaver?.end("error");
   }
@@ -413,12 +497,34 @@ export class TraceRun {
       const e = new TraceError(`a barrier for ${b.parties} invokes was reached by only ${b.waiting.length}`);
       for (const w of b.waiting.splice(0)) w.reject(e);
     }
-    if (stuck.length) await this.interleaver?.settle().catch(() => undefined);
+    if (stuck.length) await this.interleaver?.settle();
   }
 }
 
-function range(from: number, to: number): number[] {
-  return Array.from({ length: Math.max(0, to - from) }, (_, i) => from + i);
+/** Iterations `from` .. `to` - 1, lazily (a range is never turned into an array, however long). */
+interface Steps {
+  values(): Iterable<number>;
+}
+
+const MAX_STEP = Number.MAX_SAFE_INTEGER;
+
+function stepRange(from: number, to: number): Steps {
+  for (const [name, v] of [["start", from], ["end", to]] as const) {
+    if (!Number.isSafeInteger(v) || v < 0 || v > MAX_STEP) throw new TraceError(`iter: ${name} must be a non-negative whole number, got ${String(v)}`);
+  }
+  return {
+    *values() {
+      for (let k = from; k < to; k++) yield k;
+    },
+  };
+}
+
+function checkedList(list: readonly number[]): Steps {
+  if (!Array.isArray(list)) throw new TraceError("iter: give a start (and end), or a list of steps");
+  if (list.some((k) => !Number.isSafeInteger(k) || k < 0)) throw new TraceError(`iter: steps must be non-negative whole numbers, got ${JSON.stringify(list.slice(0, 20))}`);
+  if (list.some((k, i) => i > 0 && k <= list[i - 1]!)) throw new TraceError(`iter: steps must increase, got ${JSON.stringify(list.slice(0, 20))}`);
+  const copy = [...list];
+  return { values: () => copy };
 }
 
 export function isInterventionError(e: unknown): e is InterventionError {

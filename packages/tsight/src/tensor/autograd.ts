@@ -6,6 +6,8 @@
  * walking them from newest to oldest is a valid reverse topological order and is exactly reverse forward order,
  * which is the order users see gradient hooks fire in.
  */
+import type { AsyncLocalStorage } from "node:async_hooks";
+import { lazyNode } from "./node.js";
 import type { Tensor } from "./tensor.js";
 import { GradError } from "./errors.js";
 
@@ -27,29 +29,37 @@ export class GradNode {
 export type GradHook = (grad: Tensor) => Tensor | void | Promise<Tensor | void>;
 
 let gradEnabled = true;
+/** The noGrad scopes of async functions, carried across their awaits (Node's AsyncLocalStorage). */
+let scopes: AsyncLocalStorage<boolean> | null | undefined;
 
-export function isGradEnabled(): boolean {
-  return gradEnabled;
+function asyncScopes(): AsyncLocalStorage<boolean> | null {
+  if (scopes === undefined) {
+    try {
+      scopes = new (lazyNode<typeof import("node:async_hooks")>("node:async_hooks").AsyncLocalStorage)<boolean>();
+    } catch {
+      scopes = null; // not in Node: async functions are not scoped
+    }
+  }
+  return scopes;
 }
 
-/** Runs `fn` without recording gradients (like torch.no_grad). Works for sync and async `fn`. */
+export function isGradEnabled(): boolean {
+  return gradEnabled && (scopes?.getStore() ?? true);
+}
+
+/**
+ * Runs `fn` without recording gradients (like torch.no_grad). For an async `fn` the scope follows its own awaits
+ * only: code running meanwhile elsewhere still records.
+ */
 export function noGrad<T>(fn: () => T): T {
   const before = gradEnabled;
   gradEnabled = false;
-  let result: T;
   try {
-    result = fn();
-  } catch (e) {
+    const scoped = asyncScopes();
+    return scoped ? scoped.run(false, fn) : fn();
+  } finally {
     gradEnabled = before;
-    throw e;
   }
-  if (result instanceof Promise) {
-    return result.finally(() => {
-      gradEnabled = before;
-    }) as T;
-  }
-  gradEnabled = before;
-  return result;
 }
 
 /** Reachable nodes from `root`, newest first. */

@@ -15,7 +15,7 @@ export function lazyNode<T extends object>(name: string): T {
     get(_target, key) {
       const m = load();
       const v = Reflect.get(m, key);
-      return typeof v === "function" ? v.bind(m) : v;
+      return typeof v === "function" ? Function.prototype.bind.call(v, m) : v;
     },
   });
 }

@@ -65,7 +65,7 @@ export class ScriptedExecutor implements JobExecutor {
           for (let i = 0; i < Number(arg); i++) ctx.emit({ type: "stream", step: i, tokens: [i] });
           break;
         case "local":
-          ctx.emit({ type: "local", call: arg, source: "(vals) => vals", vals: Buffer.from(packValue({ asked: arg })).toString("base64") });
+          ctx.emit({ type: "local", call: arg, step: 0, vals: Buffer.from(packValue({ asked: arg })).toString("base64") });
           result = await ctx.awaitLocal!(arg);
           break;
         case "fail":

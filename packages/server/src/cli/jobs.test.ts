@@ -74,9 +74,9 @@ describe("tsight jobs", () => {
     // `events` without --follow prints what is stored and returns while the job waits for its step.
     let now = "";
     while (!now.includes("local ")) now = await jobs("events", running.id);
-    expect(now).toMatch(/local {3}step c1 asks the client to run async \(v\) => v\.x \+ 1\n$/);
+    expect(now).toMatch(/local {3}call c1 asks the client to run its hybrid step #0 \(the 1st tr.local call site of the code it sent\)\n$/);
     await backend.answerLocal(running.id, "c1", 2);
-    expect(await followed).toMatch(/local {3}step c1 [^\n]*\n\d+  status  COMPLETED\n\d+  done {4}COMPLETED\n$/);
+    expect(await followed).toMatch(/local {3}call c1 [^\n]*\n\d+  status  COMPLETED\n\d+  done {4}COMPLETED\n$/);
   });
 
   it("summarizes a result, or writes its envelope to a file", async () => {

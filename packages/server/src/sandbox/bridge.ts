@@ -1,88 +1,107 @@
 /**
- * The host side of a job's sandbox: the callbacks the isolate's runtime calls, and the calls into it.
- *
- * Tensors stay on the host; the isolate holds handles (ids into `handles`). Every callback validates what the
- * isolate sends (ids, module paths, method names from a fixed list), and reports errors as data so they keep
- * their class. Calls into the isolate are synchronous with the job's remaining time as their timeout: when one
- * returns, the user's code has run until it waits again, so the interleaver sees a settled invoke.
+ * The host side of a job's sandbox: the isolate, the values that cross (tensors stay on the host; the isolate holds
+ * handles), the job's budget, and the callbacks the isolate's runtime calls. Every callback checks what the isolate
+ * sends against the declared API table (names, argument kinds, ids of this job's own objects) and reports errors
+ * as data, so they keep their class. Calls into the isolate are synchronous with the time the job may still take
+ * as their timeout (in a shared pass, its slice): when one returns, the user's code has run until it waits again.
  */
 import ivm from "isolated-vm";
-import { type Cache, type GradScope, type InterventionFn, type InvokeTracer, Cache as CacheClass, Tracer, ModuleList, type Module, arange, cat, eye, full, Generator, ones, rand, randn, stack, tensor, Tensor, where, withAllocationGuard, zeros, isDType, sizeOf } from "tsight";
-import { type ExecutionModel as LanguageModel, infoFromError } from "tsight/protocol";
+import { buildAliases, ModuleList, Tensor, withAllocationGuard, type InterventionFn, type Module, type Tracer } from "tsight";
+import { infoFromError, SANDBOX_OBJECTS, TENSOR_FUNCTIONS, TENSOR_METHODS, type ExecutionModel as LanguageModel } from "tsight/protocol";
+import { checkArgs } from "./args.js";
+import { HANDLE_BYTES, JobBudget, OBJECT_BYTES, type BudgetLimits } from "./budget.js";
 import { SandboxError } from "./errors.js";
-import type { HostCallbacks, TreeNode } from "./runtime.js";
+import { FUNCTIONS } from "./functions.js";
+import { HOST_ACTIONS, type ActionHost } from "./host-actions.js";
+import { runtimeSource, type HostCallbacks, type RuntimeApi, type TreeNode } from "./runtime.js";
+import { userError, userStack } from "./user-errors.js";
 
-/** Tensor methods code in the sandbox may call (pure functions of their tensors: nothing that mutates or hooks). */
-export const TENSOR_METHODS: readonly string[] = [
-  "add", "sub", "mul", "div", "pow", "fmod", "maximum", "minimum", "clamp", "neg", "exp", "log", "sqrt", "rsqrt", "reciprocal", "square",
-  "abs", "sign", "floor", "ceil", "round", "tanh", "sigmoid", "relu", "gelu", "silu", "erf", "sin", "cos", "isnan",
-  "eq", "ne", "lt", "le", "gt", "ge", "logicalNot", "logicalAnd", "logicalOr", "logicalXor", "where", "maskedFill",
-  "to", "float", "long", "int", "bool", "clone", "contiguous", "detach",
-  "sum", "mean", "max", "min", "amax", "amin", "argmax", "argmin", "var", "std", "norm", "logsumexp", "softmax", "logSoftmax", "cumsum", "topk",
-  "matmul", "reshape", "view", "flatten", "squeeze", "unsqueeze", "transpose", "permute", "expand", "expandAs", "narrow", "split", "chunk",
-  "tril", "triu", "indexSelect", "gather", "scatterAdd", "index", "put",
-  "numel", "dim", "size", "item", "tolist", "toArray", "toString",
-];
-const METHODS = new Set(TENSOR_METHODS);
 const ITEM_BYTES = { float32: 4, int64: 8, int32: 4, bool: 1 } as const;
+/** Longest user stack kept for an error's origin, and longest log line. */
+const MAX_STACK_CHARS = 4096;
+const MAX_LOG_CHARS = 10_000;
 
 interface Open {
   resolve(v: unknown): void;
   reject(e: unknown): void;
 }
 
-export interface BridgeLimits {
-  deadline: number;
-  memoryLimitBytes: number;
+/** A host object the job holds (a tracer, a cache, a step iterator, ...), by kind. */
+interface Held {
+  kind: string;
+  value: unknown;
 }
 
-export class Bridge {
+export interface BridgeOptions {
+  limits: BudgetLimits;
+  log: (text: string) => void;
+  /** Runs a hybrid step on the client: the index of its call site in the job's source, and its values. */
+  runLocal: ((step: number, vals: unknown) => Promise<unknown>) | null;
+  /** The sources of the `tr.local(...)` functions of the job's code, by call site (see localStepSites). */
+  localSites: readonly string[];
+  /** Extra module names the client gave (its model's `rename`). */
+  rename?: Record<string, string>;
+}
+
+export class Bridge implements ActionHost {
   private readonly handles = new Map<number, Tensor>();
   private readonly handleOf = new Map<Tensor, number>();
   private nextHandle = 1;
-  private bytes = 0;
   private nextRequest = 1;
   private nextId = 1;
-  /** Invokes (and backward functions) running in the isolate, by id. Invoke 0 is the root of a "tracer" job. */
-  private readonly invokes = new Map<number, { envoy: any; tracer: InvokeTracer | Tracer; open?: Open }>();
-  private readonly caches = new Map<number, Cache>();
-  private readonly iterators = new Map<number, AsyncIterator<number>>();
-  private readonly barriers = new Map<number, () => Promise<void>>();
-  private readonly scopes = new Map<number, GradScope>();
-  private readonly paths: Set<string>;
-  /** Set when the job must end (timeout, memory, cancel): every later call fails with it. */
+  /** Code of the job running as an invoke, root, session or backward function, by id; settled when it ends. */
+  private readonly invokes = new Map<number, Open>();
+  private readonly held = new Map<number, Held>();
+  private readonly idOf = new Map<unknown, number>();
+  readonly paths: Set<string>;
+  readonly budget: JobBudget;
+  /** Set when the job must end (timeout, memory, cancel, stall): every later call fails with it. */
   fatal: Error | null = null;
-  private rt!: { start: ivm.Reference; call: ivm.Reference; resolve: ivm.Reference; reject: ivm.Reference; backward: ivm.Reference; register: ivm.Reference };
+  private rt!: { start: ivm.Reference; call: ivm.Reference; resolve: ivm.Reference; reject: ivm.Reference; register: ivm.Reference; source: ivm.Reference };
+  private generator: import("tsight").Generator | null = null;
+
+  /** The model sessions run on (this job's, with its edits); set by the executor. */
+  model: LanguageModel;
+  /** The job's cancel/deadline check, for the traces a session runs. */
+  checkpoint: (() => void) | null = null;
+  /** Streams generated tokens of session generations. */
+  onToken: ((step: { tokens: number[]; step: number }) => void) | null = null;
+  /** Trace options a job's traces run with (stall limit, row isolation), set by the executor. */
+  traceDefaults: { stallTimeoutMs?: number } = {};
 
   constructor(
     private readonly isolate: ivm.Isolate,
     private readonly context: ivm.Context,
     private readonly lm: LanguageModel,
-    private readonly limits: BridgeLimits,
-    private readonly log: (text: string) => void,
-    /** Runs a hybrid step on the client: the function's source and its values; resolves with the answer. */
-    private readonly runLocal: ((source: string, vals: unknown) => Promise<unknown>) | null = null,
+    private readonly options: BridgeOptions,
   ) {
     this.paths = new Set(lm.model.namedModules().map(([p]: [string, unknown]) => p));
     this.model = lm;
+    this.budget = new JobBudget(options.limits, (e) => this.fail(e));
   }
 
+  // #region the isolate
+
   /** Installs the runtime in the isolate. */
-  install(runtimeSource: string, vars: Record<string, unknown>): unknown {
+  install(): void {
     const jail = this.context.global;
     jail.setSync("globalThis", jail.derefInto());
     this.context.evalSync("globalThis.__name = (f) => f;");
     const callbacks = this.callbacks();
     for (const [name, fn] of Object.entries(callbacks)) jail.setSync(`__host_${name}`, new ivm.Callback(this.guarded(fn as (...a: unknown[]) => unknown)));
-    jail.setSync("__tree", new ivm.ExternalCopy(treeOf(this.lm.model)).copyInto());
-    jail.setSync("__methods", new ivm.ExternalCopy([...TENSOR_METHODS]).copyInto());
+    const api: RuntimeApi = {
+      tensorMethods: Object.keys(TENSOR_METHODS),
+      functions: Object.keys(TENSOR_FUNCTIONS),
+      objects: Object.fromEntries(Object.entries(SANDBOX_OBJECTS).map(([kind, actions]) => [kind, Object.fromEntries(Object.entries(actions).map(([a, spec]) => [a, { answer: spec.answer, getter: "getter" in spec && spec.getter === true }]))])),
+    };
+    jail.setSync("__tree", new ivm.ExternalCopy(treeOf(this.lm.model, buildAliases(this.lm.model, this.options.rename ?? {}))).copyInto());
+    jail.setSync("__api", new ivm.ExternalCopy(api).copyInto());
     const names = Object.keys(callbacks);
     const hostObject = `{ ${names.map((n) => `${n}: __host_${n}`).join(", ")} }`;
-    const rt = this.context.evalSync(`${runtimeSource}(${hostObject}, __tree, __methods)`, { reference: true }) as ivm.Reference;
-    this.context.evalSync(`${names.map((n) => `delete globalThis.__host_${n};`).join(" ")} delete globalThis.__tree; delete globalThis.__methods;`);
+    const rt = this.context.evalSync(`${runtimeSource}(${hostObject}, __tree, __api)`, { reference: true }) as ivm.Reference;
+    this.context.evalSync(`${names.map((n) => `delete globalThis.__host_${n};`).join(" ")} delete globalThis.__tree; delete globalThis.__api;`);
     const get = (k: string) => rt.getSync(k, { reference: true }) as ivm.Reference;
-    this.rt = { start: get("start"), call: get("call"), resolve: get("resolve"), reject: get("reject"), backward: get("backward"), register: get("register") };
-    return this.toDesc(vars);
+    this.rt = { start: get("start"), call: get("call"), resolve: get("resolve"), reject: get("reject"), register: get("register"), source: get("source") };
   }
 
   /** Compiles a function source in the isolate (stack frames name `filename`) and returns its id there. */
@@ -91,118 +110,69 @@ export class Bridge {
     return this.enter((timeout) => this.rt.register.applySync(undefined, [fn.derefInto()], { timeout })) as number;
   }
 
-  /** A host InterventionFn that runs the isolate function `fnId` as an invoke `(m, tr)`. */
-  interventionFn(fnId: number, varsDesc: unknown): InterventionFn {
-    return (envoy, tracer) =>
-      new Promise((resolve, reject) => {
-        const id = this.nextId++;
-        this.invokes.set(id, { envoy, tracer, open: { resolve, reject } });
-        this.enterOrFail(id, (timeout) => this.rt.start.applySync(undefined, [fnId, id, "invoke", varsDesc], { arguments: { copy: true }, timeout }));
-      });
-  }
-
-  /** A host trace function that runs the isolate function `fnId` as the root `(tr)` of a "tracer" job. */
-  rootFn(fnId: number, varsDesc: unknown): (tr: Tracer) => Promise<unknown> {
-    return (tracer) =>
-      new Promise((resolve, reject) => {
-        const id = this.nextId++;
-        this.invokes.set(id, { envoy: null, tracer, open: { resolve, reject } });
-        this.enterOrFail(id, (timeout) => this.rt.start.applySync(undefined, [fnId, id, "root", varsDesc], { arguments: { copy: true }, timeout }));
-      });
-  }
-
-  /** Runs the isolate function `fnId` as a session `(s)`; resolves with what it returns. */
-  session(fnId: number): Promise<unknown> {
+  /**
+   * Runs the isolate function `fnId` as `mode` with `self` (the tracer, session or gradient scope it gets) and,
+   * for an invoke, its envoy tree; resolves with what it returns.
+   */
+  run(fnId: number, mode: "invoke" | "root" | "session" | "backward", self: unknown): Promise<unknown> {
     return new Promise((resolve, reject) => {
       const id = this.nextId++;
-      this.invokes.set(id, { envoy: null, tracer: null as never, open: { resolve, reject } });
-      this.enterOrFail(id, (timeout) => this.rt.start.applySync(undefined, [fnId, id, "session", null], { timeout }));
+      this.invokes.set(id, { resolve, reject });
+      const selfDesc = this.toDesc(mode === "invoke" || mode === "root" ? this.hold("tracer", self) : self);
+      try {
+        this.enter((timeout) => this.rt.start.applySync(undefined, [fnId, id, mode, selfDesc], { arguments: { copy: true }, timeout }));
+      } catch (e) {
+        this.invokes.delete(id);
+        reject(e);
+      }
     });
   }
 
-  /** The model sessions run on (this job's, with its edits); set by the executor. */
-  model!: LanguageModel;
+  /**
+   * A host InterventionFn that runs the isolate function `fnId` as an invoke `(m, tr)`; `vars` are what its
+   * `tr.vars` gives when they are not the trace's (a job sharing a pass with others has its own).
+   */
+  interventionFn(fnId: number, vars?: Record<string, unknown>): InterventionFn {
+    return (envoy, tracer) => {
+      this.envoyOf.set(tracer, envoy);
+      if (vars) this.varsOf.set(tracer, vars);
+      return this.run(fnId, "invoke", tracer);
+    };
+  }
 
-  /** The job's cancel/deadline check, for the traces a session runs. */
-  checkpoint: (() => void) | null = null;
+  /** Vars of invokes that are not their trace's. */
+  readonly varsOf = new WeakMap<object, Record<string, unknown>>();
 
-  /** Streams generated tokens of session generations. */
-  onToken: ((step: { tokens: number[]; step: number }) => void) | null = null;
+  /** A host trace function that runs the isolate function `fnId` as the root `(tr)` of a "tracer" job. */
+  rootFn(fnId: number): (tr: Tracer) => Promise<unknown> {
+    return (tracer) => this.run(fnId, "root", tracer);
+  }
+
+  /** Envoy trees of the invokes, by their tracer (envoy actions name the invoke by its tracer's id). */
+  readonly envoyOf = new WeakMap<object, unknown>();
+
+  /** Runs a hybrid step: the function must be one written at a `.local(` call of the job's code. */
+  localStep(fn: { fnId: number }, vals: unknown): Promise<unknown> {
+    const runLocal = this.options.runLocal;
+    if (!runLocal) return Promise.reject(new SandboxError("NOT_ALLOWED", "tr.local (hybrid steps) needs a client that can answer them; this job has none"));
+    const step = this.options.localSites.indexOf(this.sourceOf(fn.fnId));
+    if (step < 0) {
+      return Promise.reject(new SandboxError("NOT_ALLOWED", "tr.local runs a function written at the call, tr.local(async (vals) => ..., vals): the client runs only the steps it can find in the code it sent"));
+    }
+    return runLocal(step, vals);
+  }
+
+  /** The source text of the isolate function `fnId` (what tr.local matches against its call sites). */
+  sourceOf(fnId: number): string {
+    return String(this.enter((timeout) => this.rt.source.applySync(undefined, [fnId], { timeout })));
+  }
 
   /** Ends the job: every open invoke fails with `error`, and the isolate refuses further work. */
   abort(error: Error): void {
     this.fatal ??= error;
-    for (const inv of this.invokes.values()) inv.open?.reject(this.fatal);
+    for (const open of this.invokes.values()) open.reject(this.fatal);
+    this.invokes.clear();
   }
-
-  // #region values
-
-  /** Host value -> descriptor for the isolate (tensors become handles). */
-  toDesc(v: unknown): unknown {
-    if (v instanceof Tensor) return { $h: this.handle(v), dtype: v.dtype, shape: [...v.shape], meta: v.isMeta };
-    if (Array.isArray(v)) return v.map((x) => this.toDesc(x));
-    if (v instanceof Error) return { $error: infoFromError(v) };
-    if (v instanceof CacheClass) return { $cache: this.register(this.caches, v) };
-    if (v && typeof v === "object") {
-      if (Object.getPrototypeOf(v) !== Object.prototype) return String(v);
-      const o: Record<string, unknown> = {};
-      for (const [k, x] of Object.entries(v)) o[k] = this.toDesc(x);
-      return o;
-    }
-    if (typeof v === "function") return undefined;
-    return v;
-  }
-
-  /** Descriptor from the isolate -> host value. */
-  fromDesc(d: unknown): unknown {
-    if (Array.isArray(d)) return d.map((x) => this.fromDesc(x));
-    if (d && typeof d === "object") {
-      const o = d as Record<string, unknown>;
-      if ("$h" in o) return this.tensor(o.$h);
-      if ("$fn" in o) return this.callable(Number(o.$fn));
-      if ("$cache" in o) {
-        const c = this.caches.get(Number(o.$cache));
-        if (!c) throw new SandboxError("VALIDATION", "unknown cache");
-        return c;
-      }
-      if ("$error" in o) return errorOf(o.$error);
-      const r: Record<string, unknown> = {};
-      for (const [k, x] of Object.entries(o)) r[k] = this.fromDesc(x);
-      return r;
-    }
-    return d;
-  }
-
-  private handle(t: Tensor): number {
-    let id = this.handleOf.get(t);
-    if (id === undefined) {
-      id = this.nextHandle++;
-      this.handles.set(id, t);
-      this.handleOf.set(t, id);
-      if (!t.isMeta) this.bytes += t.numel() * ITEM_BYTES[t.dtype];
-    }
-    return id;
-  }
-
-  private tensor(id: unknown): Tensor {
-    const t = typeof id === "number" ? this.handles.get(id) : undefined;
-    if (!t) throw new SandboxError("VALIDATION", `no tensor with handle ${String(id)} in this job`);
-    return t;
-  }
-
-  /** A host function calling the isolate function `id` synchronously (replacement functions). */
-  private callable(id: number): (...args: unknown[]) => unknown {
-    return (...args) => this.fromDesc(this.enter((timeout) => this.rt.call.applySync(undefined, [id, args.map((a) => this.toDesc(a))], { arguments: { copy: true }, result: { copy: true }, timeout })));
-  }
-
-  private register<T>(map: Map<number, T>, value: T): number {
-    const id = this.nextId++;
-    map.set(id, value);
-    return id;
-  }
-
-  // #endregion
-  // #region calls into the isolate
 
   /**
    * Runs `work` (a synchronous call into the isolate, given the time it may take) within the job's time; maps
@@ -211,33 +181,25 @@ export class Bridge {
    */
   private enter<T>(work: (timeout: number) => T): T {
     if (this.fatal) throw this.fatal;
-    const left = this.limits.deadline - Date.now();
-    if (left <= 0) throw this.fail(new SandboxError("TIMEOUT", "the job ran past its deadline"));
+    const timeout = this.budget.beginTurn();
     try {
-      return work(Math.max(1, Math.ceil(left)));
+      return work(timeout);
     } catch (e) {
+      if (this.fatal) throw this.fatal;
       const msg = (e as Error)?.message ?? "";
-      if (/timed out/i.test(msg)) throw this.fail(new SandboxError("TIMEOUT", "the job's code ran past its deadline"));
+      if (/timed out/i.test(msg)) throw this.budget.sliceRanOut(timeout) ? this.budget.stall("its code") : this.fail(new SandboxError("TIMEOUT", "the job's code ran past its deadline"));
       if (/memory limit/i.test(msg) || this.isolate.isDisposed) throw this.fail(new SandboxError("MEMORY", "the job's code used more memory than its sandbox allows"));
       throw e;
     }
   }
 
-  private enterOrFail(invoke: number, work: (timeout: number) => unknown): void {
-    try {
-      this.enter(work);
-    } catch (e) {
-      this.invokes.get(invoke)?.open?.reject(e);
-    }
-  }
-
-  private fail(e: SandboxError): SandboxError {
+  fail(e: Error): Error {
     this.abort(e);
-    return this.fatal as SandboxError;
+    return this.fatal!;
   }
 
-  /** Settles an isolate-side promise `id` when `p` settles. */
-  private forward(p: Promise<unknown>): number {
+  /** Settles an isolate-side promise `id` when `p` settles; returns `id`. */
+  forward(p: Promise<unknown>): number {
     const id = this.nextRequest++;
     p.then(
       (v) => this.enterQuiet((timeout) => this.rt.resolve.applySync(undefined, [id, this.toDesc(v)], { arguments: { copy: true }, timeout })),
@@ -255,6 +217,105 @@ export class Bridge {
   }
 
   // #endregion
+  // #region values
+
+  /** Host value -> descriptor for the isolate (tensors become handles, host objects references). */
+  toDesc(v: unknown): unknown {
+    if (v instanceof Tensor) return { $h: this.handle(v), dtype: v.dtype, shape: [...v.shape], meta: v.isMeta };
+    if (Array.isArray(v)) return v.map((x) => this.toDesc(x));
+    // The isolate makes the error's stack itself (the user's code): the host's frames never cross.
+    if (v instanceof Error) {
+      const info = infoFromError(v);
+      return { $error: { type: info.type, message: info.message, code: info.code } };
+    }
+    const id = this.idOf.get(v);
+    if (id !== undefined) return { $obj: [this.held.get(id)!.kind, id] };
+    if (v && typeof v === "object") {
+      if (Object.getPrototypeOf(v) !== Object.prototype) return String(v);
+      const o: Record<string, unknown> = {};
+      for (const [k, x] of Object.entries(v)) o[k] = this.toDesc(x);
+      return o;
+    }
+    if (typeof v === "function") return undefined;
+    return v;
+  }
+
+  /** Descriptor from the isolate -> host value. */
+  fromDesc(d: unknown): unknown {
+    if (Array.isArray(d)) return d.map((x) => this.fromDesc(x));
+    if (d && typeof d === "object") {
+      const o = d as Record<string, unknown>;
+      if ("$h" in o) return this.tensor(o.$h);
+      if ("$fn" in o) return this.callable(o.$fn);
+      if ("$obj" in o) return this.object(o.$obj);
+      if ("$envoy" in o) return { path: this.modulePath(o.$envoy) };
+      if ("$error" in o) return userError(o.$error);
+      const r: Record<string, unknown> = {};
+      for (const [k, x] of Object.entries(o)) r[k] = this.fromDesc(x);
+      return r;
+    }
+    return d;
+  }
+
+  private handle(t: Tensor): number {
+    let id = this.handleOf.get(t);
+    if (id === undefined) {
+      this.budget.charge(HANDLE_BYTES + (t.isMeta ? 0 : t.numel() * ITEM_BYTES[t.dtype]));
+      id = this.nextHandle++;
+      this.handles.set(id, t);
+      this.handleOf.set(t, id);
+    }
+    return id;
+  }
+
+  private tensor(id: unknown): Tensor {
+    const t = typeof id === "number" ? this.handles.get(id) : undefined;
+    if (!t) throw new SandboxError("VALIDATION", `no tensor with handle ${String(id)} in this job`);
+    return t;
+  }
+
+  /** A host function calling the isolate function `id` synchronously (replacement functions); `fnId` names it. */
+  private callable(id: unknown): ((...args: unknown[]) => unknown) & { fnId: number } {
+    if (typeof id !== "number" || !Number.isSafeInteger(id)) throw new SandboxError("VALIDATION", "bad function reference");
+    const call = (...args: unknown[]) => this.fromDesc(this.enter((timeout) => this.rt.call.applySync(undefined, [id, args.map((a) => this.toDesc(a))], { arguments: { copy: true }, result: { copy: true }, timeout })));
+    return Object.assign(call, { fnId: id });
+  }
+
+  /** Registers a host object the job may hold; its bookkeeping counts toward the job's memory. */
+  hold(kind: string, value: unknown): unknown {
+    if (this.idOf.has(value)) return value;
+    this.budget.charge(OBJECT_BYTES);
+    const id = this.nextId++;
+    this.held.set(id, { kind, value });
+    this.idOf.set(value, id);
+    return value;
+  }
+
+  private object(ref: unknown): unknown {
+    const [kind, id] = Array.isArray(ref) ? ref : [];
+    const held = typeof id === "number" ? this.held.get(id) : undefined;
+    if (!held || held.kind !== kind) throw new SandboxError("VALIDATION", `no ${String(kind)} ${String(id)} in this job`);
+    return held.value;
+  }
+
+  modulePath(path: unknown): string {
+    if (typeof path !== "string" || !this.paths.has(path)) throw new SandboxError("VALIDATION", `the model has no module "${String(path).slice(0, 200)}"`);
+    return path;
+  }
+
+  /** The user's stack (inside the isolate) as an Error, so errors raised later point at their line. */
+  origin(stack: unknown): Error {
+    const e = new Error();
+    e.stack = typeof stack === "string" ? userStack(stack.slice(0, MAX_STACK_CHARS)) : "";
+    return e;
+  }
+
+  /** A seeded generator for random functions called without one (each job starts from seed 0). */
+  defaultGenerator(): import("tsight").Generator {
+    return (this.generator ??= FUNCTIONS.Generator([0]) as import("tsight").Generator);
+  }
+
+  // #endregion
   // #region callbacks
 
   /** Wraps a callback so exceptions come back as data ({ $throw }) and keep their class. */
@@ -264,107 +325,60 @@ export class Bridge {
         if (this.fatal) throw this.fatal;
         return fn(...args);
       } catch (e) {
-        return { $throw: { ...infoFromError(e), type: (e as Error)?.name ?? "Error" } };
+        const info = infoFromError(e);
+        return { $throw: { type: (e as Error)?.name ?? "Error", message: info.message, code: info.code } };
       }
     };
   }
 
-  private invoke(id: unknown): { envoy: any; tracer: InvokeTracer | Tracer } {
-    const inv = typeof id === "number" ? this.invokes.get(id) : undefined;
-    if (!inv) throw new SandboxError("VALIDATION", `unknown invoke ${String(id)}`);
-    return inv;
-  }
-
-  private modulePath(path: unknown): string {
-    if (typeof path !== "string" || !this.paths.has(path)) throw new SandboxError("VALIDATION", `the model has no module "${String(path)}"`);
-    return path;
-  }
-
-  /** The user's stack (inside the isolate) as an Error, so errors raised later point at their line. */
-  private origin(stack: unknown): Error {
-    const e = new Error();
-    e.stack = typeof stack === "string" ? stack : "";
-    return e;
-  }
-
-  /** Bytes an op may still allocate. */
-  private budget = (bytes: number): void => {
-    if (Date.now() > this.limits.deadline) throw this.fail(new SandboxError("TIMEOUT", "the job ran past its deadline"));
-    if (this.bytes + bytes > this.limits.memoryLimitBytes) {
-      throw new SandboxError("MEMORY", `this would allocate ${bytes} bytes; the job's tensors may take ${this.limits.memoryLimitBytes} bytes in all and hold ${this.bytes}`);
-    }
-  };
-
   private callbacks(): HostCallbacks {
+    const args = (a: unknown): unknown[] => (Array.isArray(a) ? a : []).map((x) => this.fromDesc(x));
     return {
-      op: (id, method, args) => {
-        if (typeof method !== "string" || !METHODS.has(method)) throw new SandboxError("NOT_ALLOWED", `tensor method "${String(method)}" is not available in remote code`);
+      op: (id, method, raw) => {
+        if (typeof method !== "string" || !Object.hasOwn(TENSOR_METHODS, method)) throw new SandboxError("NOT_ALLOWED", `tensor method "${String(method).slice(0, 100)}" is not available in remote code`);
         const t = this.tensor(id);
-        const values = (Array.isArray(args) ? args : []).map((a) => this.fromDesc(a));
-        const result = withAllocationGuard(this.budget, () => (t as unknown as Record<string, (...a: unknown[]) => unknown>)[method]!(...values));
+        const values = args(raw);
+        checkArgs(`tensor.${method}`, TENSOR_METHODS[method as keyof typeof TENSOR_METHODS], values);
+        const result = withAllocationGuard(this.budget.guard, () => (t as unknown as Record<string, (...a: unknown[]) => unknown>)[method]!(...values));
         return this.toDesc(result);
       },
-      fn: (name, args) => this.toDesc(withAllocationGuard(this.budget, () => this.create(String(name), (Array.isArray(args) ? args : []).map((a) => this.fromDesc(a))))),
+      fn: (name, raw) => {
+        if (typeof name !== "string" || !Object.hasOwn(TENSOR_FUNCTIONS, name)) throw new SandboxError("NOT_ALLOWED", `"${String(name).slice(0, 100)}" is not a function of the sandbox`);
+        const values = args(raw);
+        checkArgs(name, TENSOR_FUNCTIONS[name as keyof typeof TENSOR_FUNCTIONS], values);
+        const impl = FUNCTIONS[name as keyof typeof FUNCTIONS] as (a: unknown[], ctx: unknown) => unknown;
+        const ctx = { fits: (bytes: number) => this.budget.guard(bytes, 0), generator: () => this.defaultGenerator() };
+        const made = withAllocationGuard(this.budget.guard, () => impl(values, ctx));
+        return this.toDesc(name === "Generator" ? this.hold("generator", made) : made);
+      },
       release: (id) => {
         const t = typeof id === "number" ? this.handles.get(id) : undefined;
         if (!t) return;
         this.handles.delete(id as number);
         this.handleOf.delete(t);
-        if (!t.isMeta) this.bytes -= t.numel() * ITEM_BYTES[t.dtype];
+        this.budget.refund(HANDLE_BYTES + (t.isMeta ? 0 : t.numel() * ITEM_BYTES[t.dtype]));
       },
       read: (invoke, path, kind, part, stack) => {
-        const { envoy } = this.invoke(invoke);
-        const mediator = envoy?._ctx?.mediator;
-        if (!mediator) throw new SandboxError("VALIDATION", "module values are read inside an invoke");
         if ((kind !== "input" && kind !== "output") || (part !== "first" && part !== "all")) throw new SandboxError("VALIDATION", "bad value kind");
-        return this.forward(mediator.read(this.modulePath(path), kind, part, this.origin(stack)));
+        return this.forward(this.mediatorOf(invoke).read(this.modulePath(path), kind, part, this.origin(stack)));
       },
       write: (invoke, path, kind, part, value, stack) => {
-        const { envoy } = this.invoke(invoke);
-        const mediator = envoy?._ctx?.mediator;
-        if (!mediator) throw new SandboxError("VALIDATION", "module values are set inside an invoke");
         if ((kind !== "input" && kind !== "output") || (part !== "first" && part !== "all")) throw new SandboxError("VALIDATION", "bad value kind");
-        mediator.write(this.modulePath(path), kind, part, this.fromDesc(value), this.origin(stack));
+        this.mediatorOf(invoke).write(this.modulePath(path), kind, part, this.fromDesc(value), this.origin(stack));
       },
-      skip: (invoke, path, value, stack) => {
-        const mediator = this.invoke(invoke).envoy?._ctx?.mediator;
-        if (!mediator) throw new SandboxError("VALIDATION", "modules are skipped inside an invoke");
-        mediator.skip(this.modulePath(path), this.fromDesc(value), this.origin(stack));
+      act: (kind, id, action, raw, stack, path) => this.act(String(kind), id, String(action), args(raw), stack, path),
+      log: (text) => {
+        try {
+          this.options.log(String(text).slice(0, MAX_LOG_CHARS));
+        } catch (e) {
+          // Over the job's event limits: the job ends (MEMORY), it does not go on without its logs.
+          throw this.fail(e as Error);
+        }
       },
-      call: (invoke, path, args) => {
-        const { envoy } = this.invoke(invoke);
-        const target = this.modulePath(path).split(".").filter(Boolean).reduce((e: any, k: string) => e[k], envoy);
-        const values = (Array.isArray(args) ? args : []).map((a) => this.fromDesc(a));
-        return this.forward(Promise.resolve().then(() => target.call(...values)));
-      },
-      tracer: (invoke, action, args, stack) => this.tracerAction(invoke, String(action), Array.isArray(args) ? args : [], stack),
-      cache: (id, action, args) => {
-        const c = typeof id === "number" ? this.caches.get(id) : undefined;
-        if (!c) throw new SandboxError("VALIDATION", "unknown cache");
-        const list = Array.isArray(args) ? args : [];
-        if (action === "get") return this.toDesc(c.get(String(list[0])) ?? null);
-        if (action === "keys") return c.keys();
-        if (action === "toObject") return this.toDesc(c.toObject());
-        throw new SandboxError("VALIDATION", "bad cache action");
-      },
-      grad: (scopeId, action, args, stack) => {
-        const scope = typeof scopeId === "number" ? this.scopes.get(scopeId) : undefined;
-        if (!scope) throw new SandboxError("VALIDATION", "unknown gradient scope");
-        const list = Array.isArray(args) ? args : [];
-        const t = this.fromDesc(list[0]);
-        if (!(t instanceof Tensor)) throw new TypeError(`${String(action)}: expected a tensor`);
-        if (action === "grad") return this.forward(scope.grad(t));
-        if (action === "setGrad") return void scope.setGrad(t, this.fromDesc(list[1]) as Tensor);
-        throw new SandboxError("VALIDATION", "bad gradient action");
-        void stack;
-      },
-      session: (action, args) => this.sessionAction(String(action), Array.isArray(args) ? args : []),
-      log: (text) => this.log(String(text).slice(0, 10_000)),
       done: (invoke, ok, value) => {
-        const inv = typeof invoke === "number" ? this.invokes.get(invoke) : undefined;
-        if (!inv?.open) return;
-        const open = inv.open;
-        inv.open = undefined;
+        const open = typeof invoke === "number" ? this.invokes.get(invoke) : undefined;
+        if (!open) return;
+        this.invokes.delete(invoke as number);
         const v = this.fromDesc(value);
         if (ok) open.resolve(v);
         else open.reject(v);
@@ -372,179 +386,44 @@ export class Bridge {
     };
   }
 
-  private tracerAction(invokeId: unknown, action: string, args: unknown[], stack: unknown): unknown {
-    if (action === "step") {
-      const it = this.iterators.get(Number(args[0]));
-      if (!it) throw new SandboxError("VALIDATION", "unknown step iterator");
-      return this.forward(it.next());
-    }
-    const { tracer } = this.invoke(invokeId);
-    switch (action) {
-      case "stop":
-        return tracer.stop(this.fromDesc(args[0]));
+  /** The mediator of invoke `tracerId` (envoy reads and writes name the invoke by its tracer). */
+  private mediatorOf(tracerId: unknown): import("tsight").Mediator {
+    const tracer = this.object(["tracer", tracerId]) as { mediator?: import("tsight").Mediator | null };
+    const m = tracer.mediator;
+    if (!m) throw new SandboxError("VALIDATION", "module values are read and set inside an invoke");
+    return m;
+  }
+
+  /** An action of a host object (SANDBOX_OBJECTS), checked against the table, run by its handler. */
+  private act(kind: string, id: unknown, action: string, values: unknown[], stack: unknown, path: unknown): unknown {
+    const table = Object.hasOwn(SANDBOX_OBJECTS, kind) ? (SANDBOX_OBJECTS[kind as keyof typeof SANDBOX_OBJECTS] as Record<string, { args: readonly string[]; answer: string }>) : undefined;
+    const spec = table && Object.hasOwn(table, action) ? table[action]! : undefined;
+    if (!spec) throw new SandboxError("NOT_ALLOWED", `${kind.slice(0, 40)}.${action.slice(0, 100)} is not available in remote code`);
+    checkArgs(`${kind === "tracer" ? "tr" : kind}.${action}`, spec.args as never, values);
+    const target = kind === "envoy" ? { tracer: this.object(["tracer", id]), path: this.modulePath(path) } : this.object([kind, id]);
+    const handlers = HOST_ACTIONS[kind as keyof typeof HOST_ACTIONS] as Record<string, (host: ActionHost, target: any, args: any[], origin: Error) => unknown>;
+    const result = withAllocationGuard(this.budget.guard, () => handlers[action]!(this, target, values, this.origin(stack)));
+    switch (spec.answer) {
+      case "promise":
+        return this.forward(Promise.resolve(result));
+      case "steps":
       case "cache":
-        return this.register(this.caches, tracer.cache(this.fromDesc(args[0] ?? {}) as object));
-      case "result":
-        return this.forward(tracer.result);
-      case "next":
-        return tracer.next(Number(args[0] ?? 1));
-      case "iter":
-        return this.register(this.iterators, tracer.iter(args[0] as number | number[], args[1] === null ? undefined : (args[1] as number))[Symbol.asyncIterator]());
-      case "all":
-        return this.register(this.iterators, tracer.all()[Symbol.asyncIterator]());
-      case "backward": {
-        const loss = this.fromDesc(args[0]);
-        if (!(loss instanceof Tensor)) throw new TypeError("backward: the loss must be a tensor");
-        const fnId = args[1] && typeof args[1] === "object" ? Number((args[1] as { $fn: unknown }).$fn) : null;
-        const body =
-          fnId === null
-            ? undefined
-            : (scope: GradScope) =>
-                new Promise((resolve, reject) => {
-                  const sid = this.register(this.scopes, scope);
-                  const id = this.nextId++;
-                  this.invokes.set(id, { envoy: null, tracer, open: { resolve, reject } });
-                  this.enterOrFail(id, (timeout) => this.rt.backward.applySync(undefined, [fnId, sid, id], { timeout }));
-                });
-        return this.forward(tracer.backward(loss, body));
-      }
-      case "invoke": {
-        if (!(tracer instanceof Tracer)) throw new TypeError("tr.invoke belongs to the trace's own tracer");
-        const input = args[0] === null ? undefined : this.fromDesc(args[0]);
-        const fnId = Number((args[1] as { $fn?: unknown } | null)?.$fn);
-        if (!Number.isInteger(fnId)) throw new TypeError("invoke needs an intervention function");
-        const fn = this.interventionFn(fnId, this.toDesc(tracer.vars));
-        return this.forward(input === undefined ? tracer.invoke(fn) : tracer.invoke(input as never, fn));
-      }
-      case "barrier": {
-        if (!(tracer instanceof Tracer)) throw new TypeError("tr.barrier belongs to the trace's own tracer");
-        return this.register(this.barriers, tracer.barrier(Number(args[0])));
-      }
-      case "arrive": {
-        const b = this.barriers.get(Number(args[0]));
-        if (!b) throw new SandboxError("VALIDATION", "unknown barrier");
-        return this.forward(b());
-      }
-      case "local": {
-        if (!this.runLocal) throw new SandboxError("NOT_ALLOWED", "tr.local (hybrid steps) needs a client that can answer them; this job has none");
-        const source = String(args[0]);
-        const vals = this.fromDesc(args[1]);
-        const run = this.runLocal;
-        return this.forward(tracer.local(() => run(source, vals), undefined));
-      }
+      case "barrier":
+        return this.toDesc(this.hold(spec.answer, result));
+      default:
+        return this.toDesc(result);
     }
-    void stack;
-    throw new SandboxError("VALIDATION", `unknown tracer action "${action}"`);
-  }
-
-  private sessionAction(action: string, args: unknown[]): number {
-    const fnOf = (d: unknown): number => {
-      const id = Number((d as { $fn?: unknown } | null)?.$fn);
-      if (!Number.isInteger(id)) throw new TypeError(`session.${action} needs an intervention function`);
-      return id;
-    };
-    const traceOptions = (d: unknown) => {
-      const o = (this.fromDesc(d) ?? {}) as { vars?: Record<string, unknown>; grad?: boolean };
-      if (typeof o !== "object") throw new TypeError("trace options must be an object");
-      return { vars: o.vars ?? {}, grad: o.grad === true, checkpoint: this.checkpoint ?? undefined };
-    };
-    const lm = this.model;
-    if (action === "trace" || action === "scan") {
-      const input = args[0] === null ? undefined : this.fromDesc(args[0]);
-      const options = traceOptions(args[2]);
-      const fnId = fnOf(args[1]);
-      const vars = this.toDesc(options.vars);
-      const run = action === "trace" ? lm.trace.bind(lm) : lm.scan.bind(lm);
-      return this.forward(input === undefined ? run(this.rootFn(fnId, vars), options) : run(input as never, this.interventionFn(fnId, vars), options));
-    }
-    if (action === "generate") {
-      const input = args[0] === null ? undefined : this.fromDesc(args[0]);
-      const settings = { ...((this.fromDesc(args[1]) ?? {}) as { maxNewTokens: number }), onToken: this.onToken ?? undefined };
-      const options = traceOptions(args[3]);
-      const vars = this.toDesc(options.vars);
-      if (input === undefined) return this.forward(lm.generate(this.rootFn(fnOf(args[2]), vars), settings, options));
-      const body = args[2] === null ? async () => undefined : this.interventionFn(fnOf(args[2]), vars);
-      return this.forward(lm.generate(input as never, settings, body, options));
-    }
-    throw new SandboxError("VALIDATION", `unknown session action "${action}"`);
-  }
-
-  /** The tensor creation functions of the sandbox, with sizes checked before anything is allocated. */
-  private create(name: string, args: unknown[]): unknown {
-    const shapeArg = (v: unknown): number[] => {
-      if (!Array.isArray(v) || !v.every((d) => Number.isInteger(d) && d >= 0)) throw new TypeError(`${name}: the shape must be a list of non-negative integers`);
-      return v as number[];
-    };
-    const dtypeArg = (v: unknown, fallback: "float32" | "int64" = "float32") => {
-      if (v === undefined || v === null) return fallback;
-      if (!isDType(v)) throw new TypeError(`${name}: unknown dtype ${String(v)}`);
-      return v;
-    };
-    const check = (shape: number[], dtype: keyof typeof ITEM_BYTES) => this.budget(sizeOf(shape) * ITEM_BYTES[dtype]);
-    const gen = (v: unknown) => new Generator(Number((v as { seed?: unknown } | undefined)?.seed ?? 0));
-    switch (name) {
-      case "tensor":
-        return tensor(args[0] as never, args[1] === undefined || args[1] === null ? undefined : dtypeArg(args[1]), args[2] === undefined ? undefined : shapeArg(args[2]));
-      case "zeros":
-      case "ones": {
-        const shape = shapeArg(args[0]);
-        const dtype = dtypeArg(args[1]);
-        check(shape, dtype);
-        return name === "zeros" ? zeros(shape, dtype) : ones(shape, dtype);
-      }
-      case "full": {
-        const shape = shapeArg(args[0]);
-        const dtype = dtypeArg(args[2]);
-        check(shape, dtype);
-        return full(shape, Number(args[1]), dtype);
-      }
-      case "arange": {
-        const [a, b, step] = [Number(args[0]), args[1] === undefined || args[1] === null ? undefined : Number(args[1]), args[2] === undefined || args[2] === null ? 1 : Number(args[2])];
-        const n = Math.ceil(((b ?? a) - (b === undefined ? 0 : a)) / step);
-        if (!(n >= 0) || n > 1e9) throw new RangeError("arange: bad range");
-        check([n], "int64");
-        return arange(a, b, step);
-      }
-      case "eye": {
-        const n = Number(args[0]);
-        check([n, n], "float32");
-        return eye(n);
-      }
-      case "randn":
-      case "rand": {
-        const shape = shapeArg(args[0]);
-        check(shape, "float32");
-        return name === "randn" ? randn(shape, gen(args[1])) : rand(shape, gen(args[1]));
-      }
-      case "cat":
-        return cat(args[0] as Tensor[], args[1] as number | undefined);
-      case "stack":
-        return stack(args[0] as Tensor[], args[1] as number | undefined);
-      case "where":
-        return where(args[0] as Tensor, args[1] as Tensor, args[2] as Tensor);
-    }
-    throw new SandboxError("NOT_ALLOWED", `"${name}" is not a function of the sandbox`);
   }
 
   // #endregion
 }
 
-/** The module tree as names for the isolate; ModuleLists become arrays. */
-function treeOf(module: Module, aliases: TreeNode["aliases"] = []): TreeNode {
+/** The module tree as names for the isolate, with the client's aliases; ModuleLists become arrays. */
+function treeOf(module: Module, aliases: ReadonlyMap<string, ReadonlyMap<string, string>>): TreeNode {
   return {
     path: module.path,
     type: module.typeName,
-    aliases,
-    children: module.children().map(([name, child]) => [name, child instanceof ModuleList ? [...child].map((c) => treeOf(c)) : treeOf(child)]),
+    aliases: [...(aliases.get(module.path) ?? [])],
+    children: module.children().map(([name, child]) => [name, child instanceof ModuleList ? [...child].map((c) => treeOf(c, aliases)) : treeOf(child, aliases)]),
   };
-}
-
-/** A host Error from an isolate error descriptor, keeping its class name, message and stack. */
-function errorOf(info: unknown): Error {
-  const i = (info ?? {}) as { type?: string; message?: string; stack?: string; code?: string };
-  const e = new Error(String(i.message ?? "error"));
-  e.name = String(i.type ?? "Error");
-  e.stack = String(i.stack ?? `${e.name}: ${e.message}`);
-  if (typeof i.code === "string") (e as { code?: string }).code = i.code;
-  return e;
 }

@@ -1,23 +1,33 @@
 /**
  * SandboxExecutor: runs a job's code in a fresh isolated-vm isolate (no file system, network, process, timers or
- * modules), with a memory limit for the isolate, a byte budget for the tensors its code creates, and a deadline.
- * One isolate per job: nothing of one job is reachable from another's, also when several jobs share one batched
- * forward pass (`executeBatch`).
+ * modules), with a memory limit for the isolate, a budget for what its code makes the host allocate, and a
+ * deadline. One isolate per job: nothing of one job is reachable from another's, also when several jobs share one
+ * batched forward pass (`executeBatch`).
  */
 import ivm from "isolated-vm";
-import type { InterventionFn } from "tsight";
-import { type ExecutionModel as LanguageModel, packBase64, type DecodedJob, type ExecutionContext, type JobExecutor } from "tsight/protocol";
+import { StallError, type InterventionFn } from "tsight";
+import { localStepSites, packValue, toBase64, type DecodedJob, type ExecutionContext, type ExecutionModel as LanguageModel, type JobExecutor } from "tsight/protocol";
 import { Bridge } from "./bridge.js";
 import { SandboxError } from "./errors.js";
-import { runtimeSource } from "./runtime.js";
 
 export { SandboxError } from "./errors.js";
-export { TENSOR_METHODS } from "./bridge.js";
 
 export interface SandboxOptions {
   /** Heap limit of the isolate in MB (the user's own JavaScript objects; tensors live on the host). */
   isolateMemoryMB?: number;
 }
+
+/** Options of one batched pass. */
+export interface BatchOptions {
+  /**
+   * How long one job's code may keep the shared pass waiting in one go (ms); a job that takes longer leaves the
+   * pass and runs alone afterwards (default 1000).
+   */
+  stallMs?: number;
+}
+
+/** Largest values a hybrid step may send to the client (bytes of their envelope). */
+export const MAX_LOCAL_BYTES = 16 * 2 ** 20;
 
 /** A job set up in its own isolate, ready to run. */
 interface Prepared {
@@ -25,7 +35,6 @@ interface Prepared {
   ctx: ExecutionContext;
   bridge: Bridge;
   fnId: number;
-  vars: unknown;
   /** The model with the job's edits. */
   model: LanguageModel;
   /** Why the job must stop now (cancel, deadline, isolate failure), or null. */
@@ -64,8 +73,8 @@ export class SandboxExecutor implements JobExecutor {
       p.bridge.checkpoint = checkpoint;
       const lm = p.model;
       const options = { vars: job.vars, grad: job.grad, checkpoint };
-      const invoke = p.bridge.interventionFn(p.fnId, p.vars);
-      const root = p.bridge.rootFn(p.fnId, p.vars);
+      const invoke = p.bridge.interventionFn(p.fnId);
+      const root = p.bridge.rootFn(p.fnId);
       let value: unknown;
       switch (job.kind) {
         case "trace":
@@ -81,7 +90,7 @@ export class SandboxExecutor implements JobExecutor {
           break;
         }
         case "session":
-          value = await p.bridge.session(p.fnId);
+          value = await p.bridge.run(p.fnId, "session", p.bridge.hold("session", {}));
           break;
       }
       if (p.bridge.fatal) throw p.bridge.fatal;
@@ -97,21 +106,26 @@ export class SandboxExecutor implements JobExecutor {
    * Runs several jobs (each `batchable`) as invokes of shared forward passes: jobs whose inputs have the same
    * number of tokens (so no row is padded and every job sees exactly the shapes it sees alone) and the same
    * gradient setting share one pass. Each job runs in its own isolate, sees only its rows, and ends with its own
-   * value or error: one job's failure, stop, cancel or timeout leaves the others running.
+   * value or error: one job's failure, stop, cancel or timeout leaves the others running. A job whose code keeps
+   * the pass waiting longer than `stallMs` (computing, or waiting for a hybrid step) leaves the pass, and runs
+   * alone once the pass is over, from the start, with the time it has left.
    */
-  async executeBatch(items: readonly { job: DecodedJob; ctx: ExecutionContext }[], model: LanguageModel): Promise<PromiseSettledResult<unknown>[]> {
+  async executeBatch(items: readonly { job: DecodedJob; ctx: ExecutionContext }[], model: LanguageModel, options: BatchOptions = {}): Promise<PromiseSettledResult<unknown>[]> {
+    const stallMs = options.stallMs ?? 1000;
     const results: PromiseSettledResult<unknown>[] = new Array(items.length);
     const groups = new Map<string, { index: number; p: Prepared }[]>();
     items.forEach(({ job, ctx }, index) => {
       try {
         if (!batchable(job)) throw new SandboxError("VALIDATION", "this job cannot share a forward pass with others");
         const p = this.prepare(job, model, ctx);
+        p.bridge.budget.sliceMs = stallMs;
         const key = `${job.grad}|${tokenCounts(job, model)}`;
         groups.set(key, [...(groups.get(key) ?? []), { index, p }]);
       } catch (e) {
         results[index] = { status: "rejected", reason: e };
       }
     });
+    const alone: number[] = [];
     for (const group of groups.values()) {
       const settled: Promise<void>[] = [];
       // Each job's cancel and deadline end only its own invoke.
@@ -125,7 +139,7 @@ export class SandboxExecutor implements JobExecutor {
         await model.trace(
           async (tr) => {
             for (const { index, p } of group) {
-              const handle = tr.invoke(p.job.input!, p.bridge.interventionFn(p.fnId, p.vars));
+              const handle = tr.invoke(p.job.input!, p.bridge.interventionFn(p.fnId, p.job.vars));
               settled.push(
                 handle.then(
                   (value) => void (results[index] = p.bridge.fatal ? { status: "rejected", reason: p.bridge.fatal } : { status: "fulfilled", value }),
@@ -134,13 +148,27 @@ export class SandboxExecutor implements JobExecutor {
               );
             }
           },
-          { grad: group[0]!.p.job.grad, checkpoint, isolateInvokes: true },
+          { grad: group[0]!.p.job.grad, checkpoint, isolateInvokes: true, stallTimeoutMs: stallMs },
         );
         await Promise.all(settled);
       } catch (e) {
         for (const { index } of group) results[index] ??= { status: "rejected", reason: e };
       } finally {
         for (const { p } of group) p.close();
+      }
+      for (const { index } of group) {
+        const r = results[index];
+        if (r?.status === "rejected" && r.reason instanceof StallError) alone.push(index);
+      }
+    }
+    // Jobs that left a shared pass run alone now, from the start (in fresh isolates).
+    for (const index of alone) {
+      const { job, ctx } = items[index]!;
+      try {
+        ctx.emit({ type: "log", text: `[tsight] this job left a forward pass shared with other jobs (${(results[index] as PromiseRejectedResult).reason.message}); it runs again, alone` });
+        results[index] = { status: "fulfilled", value: await this.execute(job, model, ctx) };
+      } catch (e) {
+        results[index] = { status: "rejected", reason: e };
       }
     }
     return results;
@@ -152,13 +180,21 @@ export class SandboxExecutor implements JobExecutor {
     const context = isolate.createContextSync();
     let calls = 0;
     const runLocal = ctx.awaitLocal
-      ? async (source: string, vals: unknown) => {
+      ? async (step: number, vals: unknown) => {
+          const bytes = packValue(vals);
+          if (bytes.byteLength > MAX_LOCAL_BYTES) throw new SandboxError("MEMORY", `a hybrid step may send the client at most ${MAX_LOCAL_BYTES} bytes; these values take ${bytes.byteLength}`);
           const call = `c${++calls}`;
-          ctx.emit({ type: "local", call, source, vals: packBase64(vals) });
+          ctx.emit({ type: "local", call, step, vals: toBase64(bytes) });
           return ctx.awaitLocal!(call);
         }
       : null;
-    const bridge = new Bridge(isolate, context, model, { deadline: ctx.deadline, memoryLimitBytes: ctx.memoryLimitBytes }, (text) => ctx.emit({ type: "log", text }), runLocal);
+    const bridge = new Bridge(isolate, context, model, {
+      limits: { deadline: ctx.deadline, memoryLimitBytes: ctx.memoryLimitBytes },
+      log: (text) => ctx.emit({ type: "log", text }),
+      runLocal,
+      localSites: [job.source, ...job.edits].flatMap(localStepSites),
+      rename: job.rename,
+    });
     const onAbort = () => bridge.abort(new SandboxError("CANCELLED", "the job was cancelled"));
     ctx.signal.addEventListener("abort", onAbort);
     const timer = setTimeout(() => bridge.abort(new SandboxError("TIMEOUT", "the job ran past its deadline")), Math.max(0, ctx.deadline - Date.now()));
@@ -169,10 +205,10 @@ export class SandboxExecutor implements JobExecutor {
     };
     try {
       if (ctx.signal.aborted) throw new SandboxError("CANCELLED", "the job was cancelled");
-      const vars = bridge.install(runtimeSource, job.vars);
+      bridge.install();
       const fnId = bridge.compile(job.source, "intervention.js");
       let lm = model;
-      job.edits.forEach((source, i) => (lm = lm.edit(bridge.interventionFn(bridge.compile(source, `edit${i}.js`), vars))));
+      job.edits.forEach((source, i) => (lm = lm.edit(bridge.interventionFn(bridge.compile(source, `edit${i}.js`)))));
       bridge.model = lm;
       bridge.onToken = ({ tokens, step }) => ctx.emit({ type: "stream", step, tokens });
       const stopReason = (): Error | null => {
@@ -180,7 +216,7 @@ export class SandboxExecutor implements JobExecutor {
         if (Date.now() > ctx.deadline) return new SandboxError("TIMEOUT", "the job ran past its deadline");
         return bridge.fatal;
       };
-      return { job, ctx, bridge, fnId, vars, model: lm, stopReason, close };
+      return { job, ctx, bridge, fnId, model: lm, stopReason, close };
     } catch (e) {
       close();
       throw bridge.fatal ?? e;

@@ -1,25 +1,24 @@
 /**
- * The code that runs inside each job's isolate, before the user's: tensors as handles on host tensors, envoys
- * and tracers that forward to the host, console as LOG events. It is installed from its source text
- * (`runtimeSource`), so it must not refer to anything outside itself; the host passes it its callbacks.
+ * The code that runs inside each job's isolate, before the user's: tensors as handles on host tensors, envoys,
+ * tracers, caches and the rest as thin objects whose methods are made from the declared API table
+ * (tsight/protocol's sandbox-api.ts, passed in as data), and console as LOG events. It is installed from its
+ * source text (`runtimeSource`), so it must not refer to anything outside itself; the host passes it its callbacks.
  *
  * Values cross as descriptors: plain JSON-like data where a tensor is `{ $h: id, dtype, shape }`, a function the
- * host may call back is `{ $fn: id }`, a cache is `{ $cache: id }`, an error `{ $error: {...} }`.
+ * host may call back is `{ $fn: id }`, a host object is `{ $obj: [kind, id] }`, an error `{ $error: {...} }`.
  */
 
 /** The host callbacks the runtime gets (names as used below). */
 export interface HostCallbacks {
+  /** A tensor method on handle `id`. */
   op(id: number, method: string, args: unknown[]): unknown;
+  /** A global tensor function (or `Generator`). */
   fn(name: string, args: unknown[]): unknown;
   release(id: number): void;
   read(invoke: number, path: string, kind: string, part: string, stack: string): number;
   write(invoke: number, path: string, kind: string, part: string, value: unknown, stack: string): void;
-  skip(invoke: number, path: string, value: unknown, stack: string): void;
-  call(invoke: number, path: string, args: unknown[]): number;
-  tracer(invoke: number, action: string, args: unknown[], stack: string): unknown;
-  cache(id: number, action: string, args: unknown[]): unknown;
-  grad(scope: number, action: string, args: unknown[], stack: string): unknown;
-  session(action: string, args: unknown[]): number;
+  /** An action of a host object: `kind` is a key of SANDBOX_OBJECTS, `id` the object (for an envoy: its invoke). */
+  act(kind: string, id: number, action: string, args: unknown[], stack: string, path: string): unknown;
   log(text: string): void;
   done(invoke: number, ok: boolean, value: unknown): void;
 }
@@ -32,13 +31,31 @@ export interface TreeNode {
   aliases: [string, string][];
 }
 
+/** The API table as data: names, and for host objects how each action answers. */
+export interface RuntimeApi {
+  tensorMethods: string[];
+  functions: string[];
+  objects: Record<string, Record<string, { answer: string; getter?: boolean }>>;
+}
+
 /**
  * Installs the runtime on `globalThis` of the isolate. Runs inside the isolate (from its source text).
  * Returns the functions the host calls: settle pending promises, call user functions, start invokes.
  */
-export function installRuntime(rawHost: HostCallbacks, tree: TreeNode, tensorMethods: string[]): unknown {
+export function installRuntime(rawHost: HostCallbacks, tree: TreeNode, api: RuntimeApi): unknown {
   "use strict";
   const g = globalThis as any;
+
+  class RemoteError extends Error {
+    code: string;
+    constructor(info: { type: string; message: string; code: string }) {
+      super(info.message);
+      this.name = info.type;
+      this.code = info.code;
+      // The stack is this isolate's own (the user's code): the host's never crosses.
+    }
+  }
+
   // Host callbacks report errors as { $throw: info } (exceptions would lose their class on the way).
   const checked = (r: any): any => {
     if (r && typeof r === "object" && r.$throw) throw new RemoteError(r.$throw);
@@ -49,22 +66,11 @@ export function installRuntime(rawHost: HostCallbacks, tree: TreeNode, tensorMet
   const functions = new Map<number, (...a: unknown[]) => unknown>();
   let nextFn = 1;
   const handleOf = new WeakMap<object, number>();
+  const objectOf = new WeakMap<object, [string, number]>();
+  const envoyPath = new WeakMap<object, string>();
   const registry = typeof FinalizationRegistry === "function" ? new FinalizationRegistry<number>((id) => host.release(id)) : null;
 
-  class RemoteError extends Error {
-    code: string;
-    constructor(info: { type: string; message: string; code: string; stack?: string }) {
-      super(info.message);
-      this.name = info.type;
-      this.code = info.code;
-      if (info.stack) this.stack = info.stack;
-    }
-  }
-
-  const stackHere = (): string => {
-    const e = new Error();
-    return e.stack ?? "";
-  };
+  const stackHere = (): string => new Error().stack ?? "";
 
   function wait(id: number): Promise<any> {
     return new Promise((resolve, reject) => pending.set(id, { resolve, reject }));
@@ -78,14 +84,22 @@ export function installRuntime(rawHost: HostCallbacks, tree: TreeNode, tensorMet
 
   /** Isolate value -> descriptor for the host. */
   function out(v: unknown): unknown {
-    if (v instanceof Tensor) return { $h: handleOf.get(v) };
-    if (v instanceof Cache) return { $cache: v._id };
+    if (typeof v === "object" && v !== null) {
+      const h = handleOf.get(v);
+      if (h !== undefined) return { $h: h };
+      const o = objectOf.get(v);
+      if (o) return { $obj: o };
+      const p = envoyPath.get(v);
+      if (p !== undefined) return { $envoy: p };
+    }
     if (typeof v === "function") {
+      const o = objectOf.get(v);
+      if (o) return { $obj: o };
       const id = nextFn++;
       functions.set(id, v as (...a: unknown[]) => unknown);
       return { $fn: id };
     }
-    if (v instanceof Error) return { $error: { type: v.name, message: v.message, stack: v.stack ?? "", code: (v as any).code } };
+    if (v instanceof Error) return { $error: { type: v.name, message: String(v.message), stack: v.stack ?? "", code: (v as any).code } };
     if (Array.isArray(v)) return v.map(out);
     if (isPlain(v)) {
       const o: Record<string, unknown> = {};
@@ -101,7 +115,7 @@ export function installRuntime(rawHost: HostCallbacks, tree: TreeNode, tensorMet
     if (d && typeof d === "object") {
       const o = d as Record<string, any>;
       if (typeof o.$h === "number") return wrap(o.$h, o.dtype, o.shape, o.meta === true);
-      if (typeof o.$cache === "number") return new Cache(o.$cache);
+      if (Array.isArray(o.$obj)) return hostObject(o.$obj[0], o.$obj[1]);
       if (o.$error) return new RemoteError(o.$error);
       const r: Record<string, unknown> = {};
       for (const k of Object.keys(o)) r[k] = inn(o[k]);
@@ -138,7 +152,7 @@ export function installRuntime(rawHost: HostCallbacks, tree: TreeNode, tensorMet
     registry?.register(t, id);
     return Object.freeze(t);
   }
-  for (const name of tensorMethods) {
+  for (const name of api.tensorMethods) {
     Object.defineProperty(Tensor.prototype, name, {
       value: function (this: Tensor, ...args: unknown[]) {
         const id = handleOf.get(this);
@@ -148,35 +162,36 @@ export function installRuntime(rawHost: HostCallbacks, tree: TreeNode, tensorMet
     });
   }
   Object.freeze(Tensor.prototype);
-
-  const creators = ["tensor", "zeros", "ones", "full", "arange", "eye", "cat", "stack", "where", "randn", "rand"];
-  for (const name of creators) g[name] = (...args: unknown[]) => inn(host.fn(name, args.map(out)));
-  g.slice = (start?: number | null, stop?: number | null, step?: number) => ({ start, stop, step });
-  g.Generator = class Generator {
-    seed: number;
-    constructor(seed = 0) {
-      this.seed = seed;
-    }
-  };
   g.Tensor = Tensor;
 
-  // #endregion
-  // #region caches
+  for (const name of api.functions) if (name !== "Generator") g[name] = (...args: unknown[]) => inn(host.fn(name, args.map(out)));
+  g.slice = (start?: number | null, stop?: number | null, step?: number) => ({ start, stop, step });
+  g.Generator = function Generator(this: unknown, seed?: number) {
+    if (!new.target) throw new TypeError("Generator is made with new Generator(seed)");
+    return inn(host.fn("Generator", [seed ?? 0]));
+  };
 
-  class Cache {
-    readonly _id: number;
-    constructor(id: number) {
-      this._id = id;
+  // #endregion
+  // #region host objects (tracers, caches, gradient scopes, sessions, barriers, step iterators)
+
+  /** A thin object whose methods are the table's actions of `kind`, sent to the host object `id`. */
+  function hostObject(kind: string, id: number): any {
+    const actions = api.objects[kind];
+    if (!actions) throw new TypeError(`unknown host object ${kind}`);
+    const call = (name: string, args: unknown[]) => host.act(kind, id, name, args.map(out), stackHere(), "");
+    const o: any = kind === "barrier" ? () => answer("promise", call("arrive", [])) : {};
+    for (const [name, how] of Object.entries(actions)) {
+      if (how.getter) Object.defineProperty(o, name, { get: () => answer(how.answer, call(name, [])) });
+      else o[name] = (...args: unknown[]) => answer(how.answer, call(name, args));
     }
-    get(module: string | { path: string }) {
-      return inn(host.cache(this._id, "get", [typeof module === "string" ? module : module.path]));
-    }
-    keys(): string[] {
-      return host.cache(this._id, "keys", []) as string[];
-    }
-    toObject(): Record<string, unknown> {
-      return inn(host.cache(this._id, "toObject", []));
-    }
+    if (kind === "steps") o[Symbol.asyncIterator] = () => ({ next: () => o.next(), return: () => Promise.resolve({ value: undefined, done: true }) });
+    objectOf.set(o, [kind, id]);
+    return o;
+  }
+
+  function answer(how: string, r: unknown): unknown {
+    if (how === "promise") return wait(r as number);
+    return inn(r);
   }
 
   // #endregion
@@ -186,39 +201,41 @@ export function installRuntime(rawHost: HostCallbacks, tree: TreeNode, tensorMet
     const children = new Map(node.children);
     const aliases = new Map(node.aliases);
     const made = new Map<string, unknown>();
-    const target = {
+    const read = (kind: string, part: string) => wait(host.read(invoke, node.path, kind, part, stackHere()));
+    const write = (kind: string, part: string, v: unknown) => host.write(invoke, node.path, kind, part, out(v), stackHere());
+    const target: any = {
       get path() {
         return node.path;
       },
       get output() {
-        return wait(host.read(invoke, node.path, "output", "all", stackHere()));
+        return read("output", "all");
       },
       set output(v: unknown) {
-        host.write(invoke, node.path, "output", "all", out(v), stackHere());
+        write("output", "all", v);
       },
       get input() {
-        return wait(host.read(invoke, node.path, "input", "first", stackHere()));
+        return read("input", "first");
       },
       set input(v: unknown) {
-        host.write(invoke, node.path, "input", "first", out(v), stackHere());
+        write("input", "first", v);
       },
       get inputs() {
-        return wait(host.read(invoke, node.path, "input", "all", stackHere()));
+        return read("input", "all");
       },
       set inputs(v: unknown) {
-        host.write(invoke, node.path, "input", "all", out(v), stackHere());
-      },
-      skip(v: unknown) {
-        host.skip(invoke, node.path, out(v), stackHere());
-      },
-      call(...args: unknown[]) {
-        return wait(host.call(invoke, node.path, args.map(out)));
+        write("input", "all", v);
       },
       toString() {
         return `Envoy(${node.path || "<model>"}: ${node.type})`;
       },
     };
-    return new Proxy(target, {
+    for (const [name, how] of Object.entries(api.objects.envoy!)) {
+      target[name] = (...args: unknown[]) => {
+        const r = answer(how.answer, host.act("envoy", invoke, name, args.map(out), stackHere(), node.path));
+        return name === "next" ? proxy : r;
+      };
+    }
+    const proxy: any = new Proxy(target, {
       get(t, prop, receiver) {
         if (typeof prop === "symbol" || prop in t) return Reflect.get(t, prop, receiver);
         if (prop === "then") return undefined;
@@ -227,7 +244,7 @@ export function installRuntime(rawHost: HostCallbacks, tree: TreeNode, tensorMet
         let child: TreeNode | TreeNode[] | undefined = children.get(name);
         if (child === undefined && name.includes(".")) child = name.split(".").reduce<any>((n, part) => n && new Map(n.children).get(part), node);
         if (child === undefined) throw new RemoteError({ type: "TraceError", code: "USER_CODE", message: `${node.path || "the model"} (${node.type}) has no module "${prop}"; its modules are: ${[...children.keys(), ...aliases.keys()].join(", ") || "none"}` });
-        const e = Array.isArray(child) ? child.map((c) => envoy(c, invoke)) : envoy(child, invoke);
+        const e = Array.isArray(child) ? listEnvoy(child, invoke) : envoy(child, invoke);
         made.set(name, e);
         return e;
       },
@@ -236,84 +253,24 @@ export function installRuntime(rawHost: HostCallbacks, tree: TreeNode, tensorMet
         throw new TypeError(`cannot set "${String(prop)}" on ${node.path || "the model"}; assign to .output, .input or .inputs`);
       },
     });
+    envoyPath.set(proxy, node.path);
+    return proxy;
   }
 
-  // #endregion
-  // #region tracers
-
-  function tracer(invoke: number, vars: unknown): any {
-    const t: any = {
-      vars,
-      stop(value?: unknown) {
-        host.tracer(invoke, "stop", [out(value)], stackHere());
+  /** A module list's envoy: an array of its items' envoys, where negative indices count from the end. */
+  function listEnvoy(nodes: TreeNode[], invoke: number): unknown {
+    const items = nodes.map((c) => envoy(c, invoke));
+    return new Proxy(items, {
+      get(t, prop, receiver) {
+        if (typeof prop === "string" && /^-?\d+$/.test(prop)) {
+          const i = Number(prop);
+          const at = i < 0 ? t.length + i : i;
+          if (at < 0 || at >= t.length) throw new RemoteError({ type: "TraceError", code: "USER_CODE", message: `index ${i} is out of range for a list of ${t.length} modules (valid: ${-t.length}..${t.length - 1})` });
+          return t[at];
+        }
+        return Reflect.get(t, prop, receiver);
       },
-      cache(options?: { modules?: (string | { path: string })[]; inputs?: boolean; outputs?: boolean }) {
-        const opts = options ? { ...options, modules: options.modules?.map((m) => (typeof m === "string" ? m : m.path)) } : {};
-        return new Cache(host.tracer(invoke, "cache", [opts], stackHere()) as number);
-      },
-      get result() {
-        return wait(host.tracer(invoke, "result", [], stackHere()) as number);
-      },
-      next(n = 1) {
-        host.tracer(invoke, "next", [n], stackHere());
-      },
-      iter(start: number | number[], end?: number) {
-        return steps(host.tracer(invoke, "iter", [start, end], stackHere()) as number);
-      },
-      all() {
-        return steps(host.tracer(invoke, "all", [], stackHere()) as number);
-      },
-      local(fn: unknown, vals: unknown) {
-        return wait(host.tracer(invoke, "local", [String(fn), out(vals)], stackHere()) as number);
-      },
-      backward(loss: unknown, fn?: (g: unknown) => unknown) {
-        return wait(host.tracer(invoke, "backward", [out(loss), fn ? out(fn) : null], stackHere()) as number);
-      },
-      invoke(a: unknown, b?: unknown) {
-        const [input, fn] = typeof a === "function" ? [undefined, a] : [a, b];
-        return wait(host.tracer(invoke, "invoke", [input === undefined ? null : out(input), out(fn)], stackHere()) as number);
-      },
-      barrier(parties: number) {
-        const id = host.tracer(invoke, "barrier", [parties], stackHere()) as number;
-        const b = () => wait(host.tracer(invoke, "arrive", [id], stackHere()) as number);
-        return Object.assign(b, { parties });
-      },
-    };
-    return t;
-  }
-
-  function steps(id: number): AsyncIterable<number> {
-    return {
-      [Symbol.asyncIterator]() {
-        return {
-          next: () => wait(host.tracer(-1, "step", [id], stackHere()) as number),
-          return: () => Promise.resolve({ value: undefined, done: true }),
-        };
-      },
-    };
-  }
-
-  /** A session: traces and generations that run one after another in this job, sharing values. */
-  function session(): unknown {
-    const traceLike = (action: string) => (a: unknown, b?: unknown, c?: unknown) => {
-      const [input, fn, options] = typeof a === "function" ? [null, a, b] : [a, b, c];
-      return wait(host.session(action, [input === null ? null : out(input), out(fn), out(options ?? {})]));
-    };
-    return {
-      trace: traceLike("trace"),
-      scan: traceLike("scan"),
-      generate(a: unknown, options: unknown, fn?: unknown, traceOptions?: unknown) {
-        const [input, settings, body, topts] = typeof a === "function" ? [null, options, a, fn] : [a, options, fn, traceOptions];
-        return wait(host.session("generate", [input === null ? null : out(input), out(settings ?? {}), body === undefined ? null : out(body), out(topts ?? {})]));
-      },
-    };
-  }
-
-  function gradScope(id: number): unknown {
-    return {
-      grad: (t: unknown) => wait(host.grad(id, "grad", [out(t)], stackHere()) as number),
-      setGrad: (t: unknown, v: unknown) => void host.grad(id, "setGrad", [out(t), out(v)], stackHere()),
-    };
+    });
   }
 
   // #endregion
@@ -352,12 +309,17 @@ export function installRuntime(rawHost: HostCallbacks, tree: TreeNode, tensorMet
       pending.delete(id);
       p?.reject(inn(error));
     },
-    /** Runs a user function: an invoke's (m, tr), the root (tr) of form "tracer", or a session's (s). */
-    start(fnId: number, invoke: number, mode: "invoke" | "root" | "session", vars: unknown) {
+    /**
+     * Runs a user function as invoke `invoke`: an invoke's (m, tr), the root (tr) of form "tracer", a session's
+     * (s), or a backward function's (g). `self` is the host object given as tr, s or g.
+     */
+    start(fnId: number, invoke: number, mode: "invoke" | "root" | "session" | "backward", self: unknown) {
       const fn = functions.get(fnId);
       if (!fn) throw new TypeError(`no function ${fnId}`);
       try {
-        settle(mode === "session" ? fn(session()) : mode === "root" ? fn(tracer(invoke, inn(vars))) : fn(envoy(tree, invoke), tracer(invoke, inn(vars))), invoke);
+        const given = inn(self);
+        // An invoke's envoys name it by its tracer.
+        settle(mode === "invoke" ? fn(envoy(tree, objectOf.get(given)![1]), given) : fn(given), invoke);
       } catch (e) {
         settle(Promise.reject(e), invoke);
       }
@@ -370,15 +332,9 @@ export function installRuntime(rawHost: HostCallbacks, tree: TreeNode, tensorMet
       if (r && typeof (r as { then?: unknown }).then === "function") throw new TypeError("a replacement function must return its value, not a promise");
       return out(r);
     },
-    /** Runs a backward function with a gradient scope. */
-    backward(fnId: number, scope: number, invoke: number) {
-      const fn = functions.get(fnId);
-      if (!fn) throw new TypeError(`no function ${fnId}`);
-      try {
-        settle(fn(gradScope(scope)), invoke);
-      } catch (e) {
-        settle(Promise.reject(e), invoke);
-      }
+    /** The source text of a user function (what tr.local matches against the job's call sites). */
+    source(fnId: number) {
+      return String(functions.get(fnId) ?? "");
     },
     /** Registers a compiled user function; returns its id. */
     register(fn: (...a: unknown[]) => unknown) {

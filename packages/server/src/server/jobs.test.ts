@@ -86,7 +86,7 @@ describe("jobs on worker threads", () => {
       let seen = "";
       while (!seen.includes('"type":"local"')) seen += (await reader.read()).value;
       const local = JSON.parse(/data: (\{"type":"local".*)/.exec(seen)![1]!);
-      expect(local).toMatchObject({ type: "local", call: "c0", source: "(vals) => vals" });
+      expect(local).toMatchObject({ type: "local", call: "c0", step: 0 });
       expect(unpackValue(Buffer.from(local.vals, "base64"))).toEqual({ asked: "c0" });
       const post = (body: NonNullable<RequestInit["body"]>, type: string) => s.request(`/v1/jobs/${job.id}/local/c0`, { method: "POST", body, headers: { "content-type": type } });
       expect((await post(answer.body as NonNullable<RequestInit["body"]>, answer.type)).status).toBe(204);

@@ -132,7 +132,7 @@ export function describeEvent(event: JobEvent): string {
     case "stream":
       return `stream  step ${event.step}: ${JSON.stringify(event.tokens)}`;
     case "local":
-      return `local   step ${event.call} asks the client to run ${event.source.length > 60 ? `${event.source.slice(0, 59)}…` : event.source}`;
+      return `local   call ${event.call} asks the client to run its hybrid step #${event.step} (the ${ordinal(event.step + 1)} tr.local call site of the code it sent)`;
     case "error":
       return `error   ${event.error.code} ${event.error.type}: ${event.error.message}`;
     case "done":
@@ -163,4 +163,10 @@ export function summarize(value: unknown, indent = ""): string {
     return `{\n${entries.map(([k, v]) => `${inner}${/^[A-Za-z_$][\w$]*$/.test(k) ? k : JSON.stringify(k)}: ${summarize(v, inner)}`).join(",\n")}\n${indent}}`;
   }
   return JSON.stringify(value);
+}
+
+function ordinal(n: number): string {
+  const tens = n % 100;
+  const suffix = tens >= 11 && tens <= 13 ? "th" : ({ 1: "st", 2: "nd", 3: "rd" } as Record<number, string>)[n % 10] ?? "th";
+  return `${n}${suffix}`;
 }

@@ -379,7 +379,7 @@ describe("a job end to end", () => {
       if (req.url === "/v1/jobs/e2e/events") {
         res.writeHead(200, { "content-type": "text/event-stream" });
         res.write(frame(1, { type: "status", status: "RUNNING" }));
-        res.write(frame(2, { type: "local", call: "c0", source: "(v) => v.x * 2", vals: packBase64({ x: 21 }) }));
+        res.write(frame(2, { type: "local", call: "c0", step: 0, vals: packBase64({ x: 21 }) }));
         const wait = setInterval(() => {
           if (answer === undefined) return;
           clearInterval(wait);

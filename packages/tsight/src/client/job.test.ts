@@ -119,7 +119,7 @@ describe("RemoteJob", () => {
   });
 
   test("a local event runs the handler and posts its answer once", async () => {
-    const local: JobEvent = { type: "local", call: "c1", source: "(v) => v.x + 1", vals: packBase64({ x: 1 }) };
+    const local: JobEvent = { type: "local", call: "c1", step: 0, vals: packBase64({ x: 1 }) };
     const backend = new FakeBackend([{ type: "status", status: "RUNNING" }, local, local, { type: "done", status: "COMPLETED" }]);
     const handled: unknown[] = [];
     await new RemoteJob("j6", backend).wait({ onLocal: async (event) => (handled.push(unpackBase64(event.vals)), (unpackBase64(event.vals) as { x: number }).x + 1) });
@@ -129,8 +129,8 @@ describe("RemoteJob", () => {
 
   test("without a handler, or when it throws, the job is told the step failed", async () => {
     const script: JobEvent[] = [
-      { type: "local", call: "a", source: "", vals: packBase64(null) },
-      { type: "local", call: "b", source: "", vals: packBase64(null) },
+      { type: "local", call: "a", step: 0, vals: packBase64(null) },
+      { type: "local", call: "b", step: 0, vals: packBase64(null) },
       { type: "done", status: "COMPLETED" },
     ];
     const unhandled = new FakeBackend(script);
@@ -150,7 +150,7 @@ describe("RemoteJob", () => {
   });
 
   test("an answer that cannot be sent is replaced by an error saying so; 409 (answered already) is fine", async () => {
-    const script: JobEvent[] = [{ type: "local", call: "a", source: "", vals: packBase64(null) }, { type: "done", status: "COMPLETED" }];
+    const script: JobEvent[] = [{ type: "local", call: "a", step: 0, vals: packBase64(null) }, { type: "done", status: "COMPLETED" }];
     const backend = new FakeBackend(script);
     backend.answerError = (v) => (typeof v === "function" ? new CodecError("value is a function, which cannot cross") : null);
     await new RemoteJob("j9", backend).wait({ onLocal: () => () => 1 });

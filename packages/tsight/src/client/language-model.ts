@@ -135,6 +135,7 @@ export class LanguageModel<M extends CausalLM = any> extends LocalLanguageModel<
       input: form === "invoke" ? encodeValue(a, tensors, "input") : undefined,
       vars: encodeValue(options.vars ?? {}, tensors, "vars"),
       edits,
+      rename: Object.keys(this.renames).length ? { ...this.renames } : undefined,
       grad: options.grad === true,
       generate,
       webhook: options.webhook,

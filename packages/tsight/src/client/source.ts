@@ -15,7 +15,7 @@
 import { parse, type Node as AcornNode, type Options as AcornOptions } from "acorn";
 import { analyze, type Reference } from "eslint-scope";
 import { ClientError } from "../protocol/errors.js";
-import { SANDBOX_GLOBALS, TENSOR_GLOBALS } from "../protocol/globals.js";
+import { SANDBOX_GLOBALS, TENSOR_GLOBALS } from "../protocol/sandbox-api.js";
 import type { ErrorCode } from "../protocol/wire.js";
 
 export interface SourceOptions {

@@ -5,7 +5,14 @@
 import type { Module } from "../nn/index.js";
 import type { Recorder } from "./interleaver.js";
 import type { ValueKind } from "./mediator.js";
-import { detachAll, selectRows, type Rows } from "./rows.js";
+import { detachAll, mapTensors, RowsError, selectRows, type Rows } from "./rows.js";
+
+/** The bytes of the tensors in a value. */
+function tensorBytes(value: unknown): number {
+  let n = 0;
+  mapTensors(value, (t) => ((n += t.isMeta ? 0 : t.data.byteLength), t));
+  return n;
+}
 
 export interface CacheOptions {
   /** Modules to record (paths or envoys), each with everything inside it; all modules when omitted. */
@@ -37,6 +44,8 @@ export class Cache implements Recorder {
     options: CacheOptions,
     private readonly rows: Rows | null,
     knownPaths: ReadonlySet<string>,
+    /** Invokes are separate jobs: values that cannot be split into these rows are not recorded. */
+    private readonly strict = false,
   ) {
     this.prefixes = options.modules ? options.modules.map((m) => (typeof m === "string" ? m : m.path)) : null;
     for (const p of this.prefixes ?? []) if (!knownPaths.has(p)) throw new RangeError(`cache: the model has no module "${p}"`);
@@ -48,11 +57,28 @@ export class Cache implements Recorder {
     return this.prefixes === null || this.prefixes.some((p) => p === "" || path === p || path.startsWith(p + "."));
   }
 
+  /**
+   * Told the bytes of each value before it is kept (a server counts them toward the job's memory); throwing stops
+   * the recording, and `onLimit` hears why.
+   */
+  limit: ((bytes: number) => void) | null = null;
+  onLimit: ((error: unknown) => void) | null = null;
+  private stopped = false;
+
   record(path: string, kind: ValueKind, value: unknown, batch: number): void {
-    if (!(kind === "output" ? this.outputs : this.inputs) || !this.wants(path)) return;
+    if (this.stopped || !(kind === "output" ? this.outputs : this.inputs) || !this.wants(path)) return;
+    let mine: unknown;
+    try {
+      mine = detachAll(selectRows(value, this.rows, batch, this.strict ? path : undefined));
+      this.limit?.(tensorBytes(mine));
+    } catch (e) {
+      // A cache must never break the forward pass: it stops, and its owner hears why.
+      this.stopped = true;
+      this.onLimit?.(typeof e === "string" ? new RowsError(e) : e);
+      return;
+    }
     let e = this.entries.get(path);
     if (!e) this.entries.set(path, (e = { outputsByCall: [], inputsByCall: [] }));
-    const mine = detachAll(selectRows(value, this.rows, batch));
     if (kind === "output") {
       if (e.outputsByCall.length === 0) e.output = mine;
       e.outputsByCall.push(mine);

@@ -5,3 +5,5 @@ export { Tracer, InvokeTracer, type Barrier, type InterventionFn } from "./trace
 export { GradScope } from "./backward.js";
 export { Cache, type CacheOptions, type CacheEntry } from "./cache.js";
 export type { EnvoyOf, EnvoyTree, AnyEnvoy } from "./envoy-types.js";
+export { RowsError } from "./rows.js";
+export { Mediator, LeftPassError } from "./mediator.js";

@@ -207,18 +207,19 @@ export class Interleaver implements ModuleHooks, Provider {
     for (;;) {
       const waiting = this.mediators.filter((m) => !m.blocked);
       if (waiting.length === 0) return;
-      const running = waiting.filter((m) => !m.working);
-      // Time spent in work tsight runs for an invoke (a hybrid step, a backward pass) is not a stall.
-      if (running.length < waiting.length) since = Date.now();
+      // Time spent in work tsight runs for an invoke (a hybrid step, a backward pass) is not a stall, unless the
+      // invokes are separate jobs: then nothing one job does may hold the others up.
+      const stalling = this.strictRows ? waiting : waiting.filter((m) => !m.working);
+      if (stalling.length < waiting.length) since = Date.now();
       const left = this.stallTimeoutMs - (Date.now() - since);
-      if (running.length > 0 && left <= 0) {
-        this.stalled(running, Date.now() - since);
+      if (stalling.length > 0 && left <= 0) {
+        this.stalled(stalling, Date.now() - since);
         since = Date.now();
         continue;
       }
       let timer: ReturnType<typeof setTimeout> | undefined;
       const changes = waiting.map((m) => m.changed());
-      if (running.length > 0) changes.push(new Promise<void>((r) => (timer = setTimeout(r, left))));
+      if (stalling.length > 0) changes.push(new Promise<void>((r) => (timer = setTimeout(r, left))));
       await Promise.race(changes);
       clearTimeout(timer);
     }

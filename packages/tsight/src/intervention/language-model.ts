@@ -5,6 +5,7 @@
  */
 import { loadPretrained, type LoadedModel, type LoadOptions, type Tokenizer } from "../hub/index.js";
 import { generate, type CausalLM, type GenerateOptions, type GenerateResult, type GPT2LMHeadModel, type LlamaForCausalLM, type RawConfig } from "../models/index.js";
+import type { Module } from "../nn/index.js";
 import { Tensor } from "../tensor/index.js";
 import type { EnvoyTree } from "./envoy-types.js";
 import { TraceError } from "./errors.js";
@@ -87,8 +88,12 @@ export class LanguageModel<M extends CausalLM = any> {
   private readonly shared: Shared;
   private edits: InterventionFn[] = [];
 
+  /** The extra module names given at load (`rename`), sent along with remote jobs. */
+  readonly renames: Readonly<Record<string, string>>;
+
   constructor(name: string, loaded: LoadedModel, rename: Record<string, string> = {}) {
     this.name = name;
+    this.renames = { ...rename };
     this.config = loaded.config;
     this.generationConfig = loaded.generationConfig;
     this.dispatched = loaded.dispatched;
@@ -286,7 +291,7 @@ function runOptions(o: TraceOptions | undefined): RunOptions {
 export type { InvokeTracer };
 
 /** Alias maps for envoy trees, from load-time `rename`. */
-function buildAliases(model: CausalLM, rename: Record<string, string>): Map<string, Map<string, string>> {
+export function buildAliases(model: Module, rename: Record<string, string>): Map<string, Map<string, string>> {
   const aliases = new Map<string, Map<string, string>>();
   const add = (at: string, alias: string, target: string) => {
     let m = aliases.get(at);

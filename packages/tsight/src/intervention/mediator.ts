@@ -54,6 +54,9 @@ export interface Provider {
   watch(path: string, delta: number): void;
 }
 
+/** Most requests one invoke may have waiting (each holds memory until its value comes). */
+const MAX_PENDING = 100_000;
+
 /** An invoke left the forward pass (it stopped, failed, or was dropped); its pending reads end with this. */
 export class LeftPassError extends TraceError {
   override readonly name = "TraceError";
@@ -131,6 +134,10 @@ export class Mediator {
     if (p?.hasPassed(r)) {
       const what = r.op === "skip" ? `skip ${r.path}: it has already started` : `${describe(r.path, r.kind, r.part)}${r.iteration ? ` (iteration ${r.iteration})` : ""} was already provided`;
       fail(r, new OutOfOrderError(`${what}. Within one invoke, module values must be asked for in the order the model computes them (did you ask out of order?)`, r.origin));
+      return;
+    }
+    if (this.requests.length >= MAX_PENDING) {
+      fail(r, new TraceError(`this invoke has ${MAX_PENDING} requests waiting for module values, the most it may have (a loop over iterations that never come?)`, r.origin));
       return;
     }
     this.requests.push(r);

@@ -9,6 +9,7 @@ import type { GPT2LMHeadModel, LlamaForCausalLM } from "../models/index.js";
 import { Tensor } from "../tensor/index.js";
 import { MissedProviderError, OutOfOrderError, SwapError, TraceError } from "./errors.js";
 import { LanguageModel, type TraceOptions } from "./language-model.js";
+import type { Cache } from "./cache.js";
 
 export interface TraceBackend {
   /** Options added to every trace (e.g. where to run it). */
@@ -376,7 +377,7 @@ export const traceCases: TraceCase[] = [
   {
     name: "stop ends the forward early and returns what was computed",
     async run(b) {
-      const out = await b.gpt2.trace(
+      const out = (await b.gpt2.trace(
         PROMPT,
         async (m, tr) => {
           const cache = tr.cache();
@@ -385,7 +386,7 @@ export const traceCases: TraceCase[] = [
           throw new Error("the code after tr.stop() runs");
         },
         b.options(),
-      );
+      )) as unknown as { h0: Tensor; cache: Cache };
       expect(out.h0.shape).toEqual([1, 5, 256]);
       const seen = out.cache.keys();
       expect(seen).toContain("transformer.h.0");

@@ -38,7 +38,8 @@ export class InvokeTracer {
   /** @internal */
   constructor(
     protected readonly run: TraceRun,
-    protected readonly mediator: Mediator | null,
+    /** @internal the invoke's mediator (null for the trace's own tracer); hosts running job code use it */
+    readonly mediator: Mediator | null,
   ) {}
 
   /** Values passed with the trace's `vars` option (what remote code may use besides its parameters). */
@@ -287,7 +288,7 @@ export class TraceRun {
 
   addCache(options: CacheOptions, rows: Rows | null): Cache {
     this.paths ??= modulePaths(this.target.model);
-    const cache = new Cache(options, rows, this.paths);
+    const cache = new Cache(options, rows, this.paths, this.isolated);
     this.caches.push(cache);
     this.interleaver?.recorders.push(cache);
     return cache;
@@ -457,7 +458,11 @@ export class TraceRun {
   /** Starts an invoke's code in its own context; its end settles the invoke's handle. */
   private start(x: { fn: InterventionFn; mediator: Mediator; resolve?: (v: unknown) => void; reject?: (e: unknown) => void }, envoy: unknown): void {
     const m = x.mediator;
-    m.onError = (e) => this.recordError(e, m);
+    m.onError = (e) => {
+      this.recordError(e, m);
+      // A separate job ends with its first error at once (what its code does after that is not waited for).
+      if (this.isolated) x.reject?.(e);
+    };
     const settle = (ok: boolean, v: unknown) => {
       m.done = true;
       // tr.stop() leaves the code by throwing EarlyStop: a normal end, with nothing returned.

@@ -114,12 +114,15 @@ export function unpackValue(bytes: Uint8Array): unknown {
 
 /** A value as base64 text of its envelope (how JSON events carry values with tensors). */
 export function packBase64(value: unknown): string {
-  const bytes = packValue(value);
-  let s = "";
-  for (let i = 0; i < bytes.length; i += 0x8000) s += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
-  return btoa(s);
+  return toBase64(packValue(value));
 }
 
 export function unpackBase64(text: string): unknown {
   return unpackValue(Uint8Array.from(atob(text), (c) => c.charCodeAt(0)));
+}
+
+export function toBase64(bytes: Uint8Array): string {
+  let s = "";
+  for (let i = 0; i < bytes.length; i += 0x8000) s += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  return btoa(s);
 }

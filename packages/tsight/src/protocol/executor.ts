@@ -20,6 +20,7 @@ export interface DecodedJob {
   input?: ModelInput;
   vars: Record<string, unknown>;
   edits: string[];
+  rename: Record<string, string>;
   grad: boolean;
   generate?: GenerateSpec;
   webhook?: string;
@@ -60,6 +61,7 @@ export class ValidationError extends ClientError {}
 const KINDS: readonly JobKind[] = ["trace", "generate", "scan", "session"];
 const MAX_SOURCE = 256 * 1024;
 const MAX_URL = 2048;
+const MAX_RENAMES = 256;
 
 /** Checks and decodes a request given as an envelope (binary) or as JSON without tensors. */
 export function decodeJob(body: Uint8Array | JobRequest): DecodedJob {
@@ -88,6 +90,10 @@ export function decodeJob(body: Uint8Array | JobRequest): DecodedJob {
   if (r.form === "invoke" && r.input === undefined) throw new ValidationError('form "invoke" needs an "input"');
   const edits = r.edits ?? [];
   if (!Array.isArray(edits) || !edits.every((e) => typeof e === "string" && e.length <= MAX_SOURCE)) throw new ValidationError('"edits" must be a list of function sources');
+  const rename = r.rename ?? {};
+  if (typeof rename !== "object" || rename === null || Array.isArray(rename) || Object.keys(rename).length > MAX_RENAMES || !Object.entries(rename).every(([k, v]) => typeof v === "string" && k.length <= 256 && v.length <= 256)) {
+    throw new ValidationError(`"rename" must be an object of at most ${MAX_RENAMES} module names (strings) to aliases (strings)`);
+  }
   if (r.kind === "generate") {
     const g = r.generate as GenerateSpec | undefined;
     if (!g || !Number.isInteger(g.maxNewTokens) || g.maxNewTokens < 0 || g.maxNewTokens > 4096) throw new ValidationError('a generate job needs "generate": { "maxNewTokens": 0..4096 }');
@@ -114,6 +120,7 @@ export function decodeJob(body: Uint8Array | JobRequest): DecodedJob {
     input: input as ModelInput | undefined,
     vars: vars as Record<string, unknown>,
     edits,
+    rename,
     grad: r.grad === true,
     generate: r.generate,
     webhook: r.webhook,

@@ -89,6 +89,8 @@ export interface JobRequest {
   vars?: unknown;
   /** Persistent interventions (model.edit) to apply first, as sources of `(m, tr) => ...`. */
   edits?: string[];
+  /** Extra module names (the client model's `rename`): dotted path or child name -> alias. */
+  rename?: Record<string, string>;
   /** Record gradients (trace option `grad`). */
   grad?: boolean;
   generate?: GenerateSpec;
@@ -143,8 +145,12 @@ export type JobEvent =
   | { type: "status"; status: JobStatus; position?: number }
   | { type: "log"; text: string }
   | { type: "stream"; step: number; tokens: number[] }
-  /** A hybrid step: run `source` (a function of the submitted code) on the client with `vals` (base64 envelope). */
-  | { type: "local"; call: string; source: string; vals: string }
+  /**
+   * A hybrid step: run on the client, with `vals` (base64 envelope), the function at call site `step` of the code
+   * the client submitted (the `step`-th function written at a `.local(` call, in source order, over the source
+   * and then its edits; see localStepSites).
+   */
+  | { type: "local"; call: string; step: number; vals: string }
   | { type: "error"; error: ErrorInfo }
   | { type: "done"; status: JobStatus };
 

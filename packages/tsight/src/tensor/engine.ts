@@ -22,6 +22,7 @@ export interface RawTensor {
 interface NativeSession {
   loadModel(buffer: ArrayBufferLike, byteOffset: number, byteLength: number, options: object): void;
   run(feeds: Record<string, object>, fetches: Record<string, null>, options: object): Record<string, { type: DType; dims: readonly number[]; data: TypedArray }>;
+  dispose(): void;
   readonly inputMetadata: { name: string }[];
   readonly outputMetadata: { name: string }[];
 }
@@ -46,9 +47,13 @@ export function threadCount(): number {
   return Number.isInteger(fromEnv) && fromEnv > 0 ? fromEnv : os.availableParallelism();
 }
 
-function sessionOptions(): object {
+/** Ops whose kernels use more than one thread: the matrix products, where threads pay off. */
+const THREADED_OPS = /^(matmul|linear|attention)\(/;
+
+function sessionOptions(key: string): object {
   return {
-    intraOpNumThreads: threadCount(),
+    // Every session owns a pool of intraOpNumThreads - 1 threads; small ops gain nothing from them.
+    intraOpNumThreads: process.env.TSIGHT_ALL_THREADED || THREADED_OPS.test(key) ? threadCount() : 1,
     interOpNumThreads: 1,
     executionMode: "sequential",
     graphOptimizationLevel: "all",
@@ -66,10 +71,15 @@ export class Kernel {
 
   constructor(readonly key: string, model: Uint8Array) {
     this.session = new (binding().InferenceSession)();
-    this.session.loadModel(model.buffer, model.byteOffset, model.byteLength, sessionOptions());
+    this.session.loadModel(model.buffer, model.byteOffset, model.byteLength, sessionOptions(key));
     this.inputNames = this.session.inputMetadata.map((m) => m.name);
     this.outputNames = this.session.outputMetadata.map((m) => m.name);
     this.fetches = Object.fromEntries(this.outputNames.map((n) => [n, null]));
+  }
+
+  /** Frees the session (and its threads). */
+  dispose(): void {
+    this.session.dispose();
   }
 
   run(inputs: readonly RawTensor[]): RawTensor[] {
@@ -87,7 +97,9 @@ export class Kernel {
   }
 }
 
+/** Kernels kept, least recently used first. Attributes (axes, permutations) make keys, so the cache is bounded. */
 const kernels = new Map<string, Kernel>();
+const MAX_KERNELS = 256;
 let kernelRuns = 0;
 
 /**
@@ -96,11 +108,19 @@ let kernelRuns = 0;
  */
 export function kernel(key: string, build: (g: GraphBuilder) => void): Kernel {
   let k = kernels.get(key);
-  if (!k) {
-    const g = new GraphBuilder();
-    build(g);
-    k = new Kernel(key, g.build());
+  if (k) {
+    kernels.delete(key);
     kernels.set(key, k);
+    return k;
+  }
+  const g = new GraphBuilder();
+  build(g);
+  k = new Kernel(key, g.build());
+  kernels.set(key, k);
+  if (kernels.size > MAX_KERNELS) {
+    const [oldest, evicted] = kernels.entries().next().value as [string, Kernel];
+    kernels.delete(oldest);
+    evicted.dispose();
   }
   return k;
 }

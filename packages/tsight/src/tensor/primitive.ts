@@ -28,16 +28,23 @@ export interface Primitive<A = undefined> {
   js?(inputs: readonly Tensor[], attrs: A, out: OutSpec[]): Tensor[];
   /** Input gradients from output gradients, in tensor ops. Absent: not differentiable. */
   grad?: GradRule;
+  /** Floating-point operations, for ops whose work grows faster than their outputs (matmul, attention). */
+  flops?(inputs: readonly Tensor[], out: OutSpec[]): number;
 }
 
-/** Called with the bytes an op is about to allocate (see withAllocationGuard). */
-let allocationGuard: ((bytes: number) => void) | null = null;
+/**
+ * Told, before an op or a costly conversion runs, how many bytes it will allocate and how many floating-point
+ * operations it will take; throws to refuse (see withAllocationGuard).
+ */
+export type AllocationGuard = (bytes: number, flops: number) => void;
+
+let allocationGuard: AllocationGuard | null = null;
 
 /**
- * Runs `work` with `guard` told, before each op runs, how many bytes its outputs will take; the guard throws to
- * refuse (the sandbox uses this to cap the memory a job's own tensor math may take).
+ * Runs `work` with `guard` told, before each op runs, how many bytes its outputs will take and how much it
+ * computes; the guard throws to refuse (the sandbox caps the memory and time a job's own tensor math may take).
  */
-export function withAllocationGuard<T>(guard: (bytes: number) => void, work: () => T): T {
+export function withAllocationGuard<T>(guard: AllocationGuard, work: () => T): T {
   const before = allocationGuard;
   allocationGuard = guard;
   try {
@@ -47,11 +54,16 @@ export function withAllocationGuard<T>(guard: (bytes: number) => void, work: () 
   }
 }
 
+/** Asks the guard (if any) about an allocation made outside an op (lists, splits, copies). */
+export function guardAllocation(bytes: number, flops = 0): void {
+  allocationGuard?.(bytes, flops);
+}
+
 const ITEM_BYTES = { float32: 4, int64: 8, int32: 4, bool: 1 } as const;
 
 export function apply<A>(p: Primitive<A>, inputs: readonly Tensor[], attrs: A): Tensor[] {
   const specs = p.infer(inputs, attrs);
-  if (allocationGuard) allocationGuard(specs.reduce((n, s) => n + s.shape.reduce((a, d) => a * d, 1) * ITEM_BYTES[s.dtype], 0));
+  if (allocationGuard) allocationGuard(specs.reduce((n, s) => n + s.shape.reduce((a, d) => a * d, 1) * ITEM_BYTES[s.dtype], 0), p.flops?.(inputs, specs) ?? 0);
   let outs: Tensor[];
   if (inputs.some((t) => t.isMeta)) {
     outs = specs.map((s) => Tensor.meta(s.dtype, s.shape));

@@ -187,6 +187,7 @@ export const matmul: Primitive = {
     return [{ dtype: a!.dtype, shape: [...batch, n, m] }];
   },
   graph: (g, [a, b]) => [g.op("MatMul", [a!, b!])],
+  flops: ([a], [out]) => 2 * sizeOf(out!.shape) * a!.shape.at(-1)!,
   grad: ([g], n) => {
     const [a, b] = n.inputs as [Tensor, Tensor];
     return [sumTo(g!.matmul(b.transpose(-1, -2)), a.shape), sumTo(a.transpose(-1, -2).matmul(g!), b.shape)];
@@ -209,6 +210,7 @@ export const linear: Primitive<{ transposed: boolean }> = {
   },
   key: (a) => (a.transposed ? "N" : "T"),
   graph: (g, ins, a) => [g.op("Gemm", ins, { transB: a.transposed ? 0 : 1 })],
+  flops: ([x], [out]) => 2 * sizeOf(out!.shape) * x!.shape.at(-1)!,
   grad: ([g], n) => {
     const [x, w, b] = n.inputs as [Tensor, Tensor, Tensor | undefined];
     const t = (n.attrs as { transposed: boolean }).transposed;
@@ -563,6 +565,8 @@ export const attention: Primitive<{ scale: number }> = {
     const G = H / KV;
     return [ints([B, KV, G * T, D]), ints([B, H, T, S]), ints([B, KV, G * T, S]), ints([B, H, T, D]), ints([B, T, H * D])];
   },
+  // q @ k^T, then the weights @ v: each 2 * [scores] * head_dim.
+  flops: ([q], out) => 4 * sizeOf(out[1]!.shape) * q!.shape.at(-1)!,
   graph: (g, [q, k, v, mask, qGrouped, scoresShape, weightsGrouped, outShape, merged], a) => {
     const qg = g.op("Reshape", [q!, qGrouped!]);
     const kt = g.op("Transpose", [k!], { perm: [0, 1, 3, 2] });

@@ -3,7 +3,8 @@
  * xoshiro128** for uniform 32-bit integers, seeded through splitmix32; Box-Muller for normals.
  */
 import { Tensor } from "./tensor.js";
-import { sizeOf } from "./shape.js";
+import { ShapeError } from "./errors.js";
+import { checkShape, sizeOf } from "./shape.js";
 
 export class Generator {
   private s = new Uint32Array(4);
@@ -64,14 +65,35 @@ export function manualSeed(seed: number): void {
 
 /** Standard-normal float32 tensor. */
 export function randn(shape: readonly number[], generator: Generator = defaultGenerator): Tensor {
-  const data = new Float32Array(sizeOf(shape));
+  const data = new Float32Array(sizeOf(checkShape("random", shape)));
   for (let i = 0; i < data.length; i++) data[i] = generator.normal();
   return new Tensor("float32", data, shape);
 }
 
 /** Uniform [0, 1) float32 tensor. */
 export function rand(shape: readonly number[], generator: Generator = defaultGenerator): Tensor {
-  const data = new Float32Array(sizeOf(shape));
+  const data = new Float32Array(sizeOf(checkShape("random", shape)));
   for (let i = 0; i < data.length; i++) data[i] = generator.random();
   return new Tensor("float32", data, shape);
+}
+
+/** Integers drawn uniformly from [low, high), int64. */
+export function randint(low: number, high: number, shape: readonly number[], generator: Generator = defaultGenerator): Tensor {
+  if (!Number.isSafeInteger(low) || !Number.isSafeInteger(high) || high <= low) throw new ShapeError(`randint: low and high must be whole numbers with low < high, got ${low} and ${high}`);
+  const data = new BigInt64Array(sizeOf(checkShape("randint", shape)));
+  const span = high - low;
+  for (let i = 0; i < data.length; i++) data[i] = BigInt(low + Math.floor(generator.random() * span));
+  return new Tensor("int64", data, shape);
+}
+
+/** A random permutation of 0 .. n-1, int64 (Fisher-Yates with the generator). */
+export function randperm(n: number, generator: Generator = defaultGenerator): Tensor {
+  if (!Number.isSafeInteger(n) || n < 0) throw new ShapeError(`randperm: n must be a whole number of 0 or more, got ${n}`);
+  checkShape("randperm", [n]);
+  const order = Array.from({ length: n }, (_, i) => i);
+  for (let i = n - 1; i > 0; i--) {
+    const j = Math.floor(generator.random() * (i + 1));
+    [order[i], order[j]] = [order[j]!, order[i]!];
+  }
+  return new Tensor("int64", BigInt64Array.from(order, BigInt), [n]);
 }

@@ -19,7 +19,26 @@ export function stridesOf(shape: Shape): number[] {
   return strides;
 }
 
-export const fmt = (shape: Shape): string => `[${shape.join(", ")}]`;
+export const fmt = (shape: Shape): string => (shape.length > 16 ? `[${shape.slice(0, 16).join(", ")}, … (${shape.length} dims)]` : `[${shape.join(", ")}]`);
+
+/** Most dimensions a tensor may have. */
+export const MAX_RANK = 32;
+/** Most elements a tensor with data may have (V8's typed arrays stop at 2^32 - 1). */
+export const MAX_ELEMENTS = 2 ** 32 - 1;
+
+/**
+ * Checks a shape before anything is allocated for it: a list of at most MAX_RANK whole numbers, none negative, and
+ * (for a tensor with data) at most MAX_ELEMENTS elements. Numbers from user code or the network pass here first.
+ */
+export function checkShape(op: string, shape: unknown, withData = true): readonly number[] {
+  if (!Array.isArray(shape)) throw new ShapeError(`${op}: a shape is a list of whole numbers, got ${typeof shape}`);
+  if (shape.length > MAX_RANK) throw new ShapeError(`${op}: a tensor has at most ${MAX_RANK} dimensions, this shape has ${shape.length}`);
+  for (const d of shape) {
+    if (!Number.isSafeInteger(d) || d < 0) throw new ShapeError(`${op}: shape ${fmt(shape.map(String) as unknown as number[])}: every dimension must be a whole number of 0 or more, got ${String(d)}`);
+  }
+  if (withData && sizeOf(shape) > MAX_ELEMENTS) throw new ShapeError(`${op}: shape ${fmt(shape)} has ${sizeOf(shape)} elements, more than a tensor can hold (${MAX_ELEMENTS})`);
+  return shape as readonly number[];
+}
 
 export function sameShape(a: Shape, b: Shape): boolean {
   return a.length === b.length && a.every((d, i) => d === b[i]);

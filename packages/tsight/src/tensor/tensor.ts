@@ -9,9 +9,16 @@ import { backwardSteps, runBackward, runBackwardAsync, type GradHook, type GradN
 import { allocate, arrayFrom, dtypeOfArray, type DType, type TypedArray } from "./dtype.js";
 import type { RawTensor } from "./engine.js";
 import { DTypeError, MetaTensorError, ShapeError } from "./errors.js";
-import { apply, apply1 } from "./primitive.js";
+import { apply, apply1, guardAllocation } from "./primitive.js";
 import * as P from "./primitives.js";
-import { fmt, inferShape, normAxes, normAxis, sizeOf } from "./shape.js";
+import { checkShape, fmt, inferShape, normAxes, normAxis, sizeOf } from "./shape.js";
+
+/** What a JS number in an array and a JS array cost, roughly (for guards on conversions to JS values). */
+const JS_NUMBER_BYTES = 8;
+const JS_ARRAY_BYTES = 32;
+/** Most nested arrays tolist() makes, and most pieces split() makes. */
+const MAX_LIST_ARRAYS = 2 ** 24;
+const MAX_SPLITS = 2 ** 20;
 
 export type TensorLike = Tensor | number;
 
@@ -44,7 +51,7 @@ export class Tensor implements RawTensor {
 
   constructor(dtype: DType, data: TypedArray | null, shape: readonly number[]) {
     this.dtype = dtype;
-    this.shape = Object.freeze([...shape]);
+    this.shape = Object.freeze([...checkShape("tensor", shape, data !== null)]);
     this.storage = data;
     if (data && data.length !== sizeOf(shape)) throw new ShapeError(`tensor: ${data.length} values do not fill shape ${fmt(shape)} (${sizeOf(shape)} elements)`);
   }
@@ -61,11 +68,11 @@ export class Tensor implements RawTensor {
   }
 
   static zeros(shape: readonly number[], dtype: DType = "float32"): Tensor {
-    return new Tensor(dtype, allocate(dtype, sizeOf(shape)), shape);
+    return new Tensor(dtype, allocate(dtype, sizeOf(checkShape("zeros", shape))), shape);
   }
 
   static full(shape: readonly number[], value: number | boolean, dtype: DType = "float32"): Tensor {
-    const t = allocate(dtype, sizeOf(shape));
+    const t = allocate(dtype, sizeOf(checkShape("full", shape)));
     if (dtype === "int64") (t as BigInt64Array).fill(BigInt(Math.trunc(Number(value))));
     else (t as Float32Array).fill(Number(value));
     return new Tensor(dtype, t, shape);
@@ -164,10 +171,16 @@ export class Tensor implements RawTensor {
   }
   /** Values as a flat array of numbers. */
   toArray(): number[] {
+    guardAllocation(this.numel() * JS_NUMBER_BYTES);
     return Array.from(this.data as ArrayLike<number | bigint>, Number);
   }
   /** Values as nested arrays (a number for a 0-d tensor). */
   tolist(): unknown {
+    // The arrays themselves cost too: shape [1e9, 0] holds no values but would make a billion arrays.
+    let arrays = 0;
+    for (let i = 0, n = 1; i < this.shape.length - 1; i++) arrays += n *= this.shape[i]!;
+    if (arrays > MAX_LIST_ARRAYS) throw new ShapeError(`tolist: a tensor of shape ${fmt(this.shape)} would make ${arrays} nested arrays (at most ${MAX_LIST_ARRAYS}); take a slice first`);
+    guardAllocation(arrays * JS_ARRAY_BYTES);
     const flat = this.toArray();
     if (this.shape.length === 0) return flat[0];
     const build = (dim: number, offset: number): unknown[] => {
@@ -522,9 +535,12 @@ export class Tensor implements RawTensor {
       for (let at = 0; at < n; at += sizeOrSizes) sizes.push(Math.min(sizeOrSizes, n - at));
     } else sizes = [...sizeOrSizes];
     if (sizes.length === 1 && sizes[0] === n) return [this];
+    if (sizes.length > MAX_SPLITS) throw new ShapeError(`split: ${sizes.length} pieces of a tensor of shape ${fmt(this.shape)} (at most ${MAX_SPLITS}); split into fewer`);
+    guardAllocation(sizes.length * JS_ARRAY_BYTES);
     return apply(P.split, [this], { axis: d, sizes });
   }
   chunk(chunks: number, dim = 0): Tensor[] {
+    if (!Number.isSafeInteger(chunks) || chunks < 1) throw new ShapeError(`chunk: the number of chunks must be a whole number of 1 or more, got ${String(chunks)}`);
     const n = this.shape[normAxis("chunk", dim, this.ndim)]!;
     return this.split(Math.ceil(n / chunks), dim);
   }
@@ -686,10 +702,14 @@ export function tensor(values: Nested | TypedArray, dtype?: DType, shape?: reado
   walk(values as Nested);
   if (flat.length !== sizeOf(dims)) throw new ShapeError(`tensor: nested arrays are ragged (expected ${sizeOf(dims)} values for shape ${fmt(dims)})`);
   const d = dtype ?? (typeof flat[0] === "boolean" ? "bool" : typeof flat[0] === "bigint" ? "int64" : "float32");
+  if (shape !== undefined) checkShape("tensor", shape);
+  guardAllocation(flat.length * 8);
   return new Tensor(d, arrayFrom(d, flat), shape ?? dims);
 }
 
 export const zeros = (shape: readonly number[], dtype: DType = "float32"): Tensor => Tensor.zeros(shape, dtype);
+/** A tensor of the shape with unspecified values (zeros here: tensors are never uninitialised memory). */
+export const empty = (shape: readonly number[], dtype: DType = "float32"): Tensor => Tensor.zeros(shape, dtype);
 export const ones = (shape: readonly number[], dtype: DType = "float32"): Tensor => Tensor.full(shape, 1, dtype);
 export const full = (shape: readonly number[], value: number, dtype: DType = "float32"): Tensor => Tensor.full(shape, value, dtype);
 export const zerosLike = (t: Tensor): Tensor => Tensor.zeros(t.shape, t.dtype);
@@ -701,12 +721,33 @@ export const where = Tensor.where;
 /** 0, 1, ... end-1 (or start..end by step); int64 unless a bound or the step is fractional. */
 export function arange(startOrEnd: number, end?: number, step = 1, dtype?: DType): Tensor {
   const [start, stop] = end === undefined ? [0, startOrEnd] : [startOrEnd, end];
+  if (![start, stop, step].every(Number.isFinite) || step === 0) throw new ShapeError(`arange: start, end and step must be finite numbers and step not 0, got ${start}, ${stop}, ${step}`);
   const n = Math.max(0, Math.ceil((stop - start) / step));
+  checkShape("arange", [n]);
+  guardAllocation(n * 8);
   const d = dtype ?? ([start, stop, step].every(Number.isInteger) ? "int64" : "float32");
   return new Tensor(d, arrayFrom(d, Array.from({ length: n }, (_, i) => start + i * step)), [n]);
 }
 
+/** `steps` evenly spaced values from start to end (both included), float32. */
+export function linspace(start: number, end: number, steps: number): Tensor {
+  if (!Number.isFinite(start) || !Number.isFinite(end)) throw new ShapeError(`linspace: start and end must be finite numbers, got ${start} and ${end}`);
+  if (!Number.isSafeInteger(steps) || steps < 0) throw new ShapeError(`linspace: steps must be a whole number of 0 or more, got ${steps}`);
+  checkShape("linspace", [steps]);
+  const data = new Float32Array(steps);
+  for (let i = 0; i < steps; i++) data[i] = steps === 1 ? start : start + ((end - start) * i) / (steps - 1);
+  return new Tensor("float32", data, [steps]);
+}
+
+/** `steps` values base^x for x evenly spaced from start to end, float32. */
+export function logspace(start: number, end: number, steps: number, base = 10): Tensor {
+  if (!Number.isFinite(base)) throw new ShapeError(`logspace: base must be a finite number, got ${base}`);
+  const x = linspace(start, end, steps).data as Float32Array;
+  return new Tensor("float32", Float32Array.from(x, (v) => base ** v), [steps]);
+}
+
 export function eye(n: number, dtype: DType = "float32"): Tensor {
+  if (!Number.isSafeInteger(n) || n < 0) throw new ShapeError(`eye: n must be a whole number of 0 or more, got ${String(n)}`);
   const out = Tensor.zeros([n, n], dtype);
   const data = out.data as Float32Array;
   for (let i = 0; i < n; i++) (data as unknown as (number | bigint)[])[i * n + i] = dtype === "int64" ? 1n : 1;

@@ -130,7 +130,7 @@ describe("the job scripts", () => {
     await store.move(id, "QUEUED", { position: 0 });
     expect(await claim(id, 1)).toEqual(["ok", ""]);
     await store.move(id, "RUNNING");
-    await store.append(id, { type: "local", call: "c1", source: "s", vals: "" }, "c1");
+    await store.append(id, { type: "local", call: "c1", step: 0, vals: "" }, "c1");
     expect(await markLost.run(redis, [keys.base, id, "2", Date.now(), JSON.stringify({ type: "log", text: "lost" })])).toBe(0); // not the attempt that ran
     expect(await markLost.run(redis, [keys.base, id, "1", Date.now(), JSON.stringify({ type: "log", text: "lost" })])).toBe(1);
     expect((await store.get(id))!.lost).not.toBeNull();
@@ -169,12 +169,12 @@ describe("the job scripts", () => {
     expect(await answer("c1")).toBe("status:DISPATCHED");
     await store.move(id, "RUNNING");
     expect(await answer("c1")).toBe("unknown");
-    await store.append(id, { type: "local", call: "c1", source: "s", vals: "" }, "c1");
+    await store.append(id, { type: "local", call: "c1", step: 0, vals: "" }, "c1");
     expect(await answer("c1")).toBe("ok");
     expect(await answer("c1")).toBe("answered");
     expect(decodeAnswer((await redis.getBuffer(keys.answer(id, "c1")))!)).toEqual({ kind: "json", value: 1 });
     await redis.hset(keys.job(id), "stopping", "its step timed out");
-    await store.append(id, { type: "local", call: "c2", source: "s", vals: "" }, "c2");
+    await store.append(id, { type: "local", call: "c2", step: 0, vals: "" }, "c2");
     expect(await answer("c2")).toBe("stopping:its step timed out");
   });
 });

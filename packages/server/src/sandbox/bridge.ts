@@ -111,12 +111,12 @@ export class Bridge {
       });
   }
 
-  /** Runs the isolate function `fnId` as a session `(s)`; resolves with what it returns. */
-  session(fnId: number): Promise<unknown> {
+  /** Runs the isolate function `fnId` as a session `(s)` with `s.vars`; resolves with what it returns. */
+  session(fnId: number, varsDesc: unknown): Promise<unknown> {
     return new Promise((resolve, reject) => {
       const id = this.nextId++;
       this.invokes.set(id, { envoy: null, tracer: null as never, open: { resolve, reject } });
-      this.enterOrFail(id, (timeout) => this.rt.start.applySync(undefined, [fnId, id, "session", null], { timeout }));
+      this.enterOrFail(id, (timeout) => this.rt.start.applySync(undefined, [fnId, id, "session", varsDesc], { arguments: { copy: true }, timeout }));
     });
   }
 

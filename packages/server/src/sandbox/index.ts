@@ -81,7 +81,7 @@ export class SandboxExecutor implements JobExecutor {
           break;
         }
         case "session":
-          value = await p.bridge.session(p.fnId);
+          value = await p.bridge.session(p.fnId, p.vars);
           break;
       }
       if (p.bridge.fatal) throw p.bridge.fatal;

@@ -294,12 +294,13 @@ export function installRuntime(rawHost: HostCallbacks, tree: TreeNode, tensorMet
   }
 
   /** A session: traces and generations that run one after another in this job, sharing values. */
-  function session(): unknown {
+  function session(vars: unknown): unknown {
     const traceLike = (action: string) => (a: unknown, b?: unknown, c?: unknown) => {
       const [input, fn, options] = typeof a === "function" ? [null, a, b] : [a, b, c];
       return wait(host.session(action, [input === null ? null : out(input), out(fn), out(options ?? {})]));
     };
     return {
+      vars,
       trace: traceLike("trace"),
       scan: traceLike("scan"),
       generate(a: unknown, options: unknown, fn?: unknown, traceOptions?: unknown) {
@@ -357,7 +358,7 @@ export function installRuntime(rawHost: HostCallbacks, tree: TreeNode, tensorMet
       const fn = functions.get(fnId);
       if (!fn) throw new TypeError(`no function ${fnId}`);
       try {
-        settle(mode === "session" ? fn(session()) : mode === "root" ? fn(tracer(invoke, inn(vars))) : fn(envoy(tree, invoke), tracer(invoke, inn(vars))), invoke);
+        settle(mode === "session" ? fn(session(inn(vars))) : mode === "root" ? fn(tracer(invoke, inn(vars))) : fn(envoy(tree, invoke), tracer(invoke, inn(vars))), invoke);
       } catch (e) {
         settle(Promise.reject(e), invoke);
       }

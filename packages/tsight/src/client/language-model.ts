@@ -115,7 +115,7 @@ export class LanguageModel<M extends CausalLM = any> extends LocalLanguageModel<
   override session<R>(fn: (s: Session<M>) => R | Promise<R>, options: Nonblocking): Promise<RemoteJob<R>>;
   override session<R>(fn: (s: Session<M>) => R | Promise<R>, options?: RemoteOptions): Promise<R>;
   override session<R>(fn: (s: Session<M>) => R | Promise<R>, options?: RemoteOptions): Promise<R | RemoteJob<R>> {
-    if (!isRemote(options)) return super.session(fn);
+    if (!isRemote(options)) return super.session(fn, options);
     return this.remote<R>("session", fn, undefined, options!, undefined);
   }
 

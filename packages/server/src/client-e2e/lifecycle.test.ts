@@ -115,6 +115,9 @@ describe("remote lifecycle", () => {
     const types = events.map((e) => e.event.type);
     expect(types.indexOf("stream")).toBeGreaterThan(types.indexOf("status"));
     expect(types.at(-1)).toBe("done");
+    // With no intervention the options come third; the tokens are the same.
+    const plain = await lm.generate("def __init__(self", { maxNewTokens: 10 }, { ...remote, blocking: false });
+    expect((await plain.result()).text[0]).toBe(out.text[0]);
   });
 
   it("cancelling a running job stops its forward passes at the next module and frees the worker", async () => {

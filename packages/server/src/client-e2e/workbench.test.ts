@@ -57,11 +57,18 @@ async function open(tab: string, id: string): Promise<void> {
   await page.locator(`#panel-${id}`).waitFor({ state: "visible" });
 }
 
-/** The visible view's job line once the job has ended. */
-async function finished(panel: string): Promise<string> {
+/** Clicks a view's button after blanking its job line, so that the outcome read next is this run's. */
+async function run(panel: string, button: string): Promise<void> {
+  await page.locator(`#panel-${panel} .job-state`).evaluate((el) => void (el.textContent = ""));
+  await page.locator(`#panel-${panel}`).getByRole("button", { name: button, exact: true }).click();
+}
+
+/** How the view's job `what` ended: "completed" or "failed". */
+async function outcome(panel: string, what: string): Promise<string> {
   const line = page.locator(`#panel-${panel} .job-state`);
-  await expect.poll(() => line.innerText(), { timeout: 60_000 }).toMatch(/: (completed|failed)/);
-  return line.innerText();
+  const ended = new RegExp(`^${what}: (completed|failed)`);
+  await expect.poll(() => line.innerText(), { timeout: 60_000 }).toMatch(ended);
+  return ended.exec(await line.innerText())![1]!;
 }
 
 async function labels(selector: string): Promise<string[]> {
@@ -91,8 +98,8 @@ describe("the workbench page", () => {
   it("logit lens: the cells show the library's top tokens and probabilities; top 5 on focus", async () => {
     await open("Logit lens", "lens");
     await page.locator("#panel-lens textarea").fill(PROMPT);
-    await page.getByRole("button", { name: "Run the lens" }).click();
-    expect(await finished("lens")).toContain("completed");
+    await run("lens", "Run the lens");
+    expect(await outcome("lens", "logit lens")).toBe("completed");
 
     const probs = await lm.trace(PROMPT, async (m) => {
       const out: Tensor[] = [];
@@ -143,8 +150,8 @@ describe("the workbench page", () => {
     await panel.locator("textarea").fill(PROMPT);
     await panel.locator('select[name="layer"]').selectOption("1");
     await panel.locator('select[name="head"]').selectOption("2");
-    await page.getByRole("button", { name: "Show attention" }).click();
-    expect(await finished("attention")).toContain("completed");
+    await run("attention", "Show attention");
+    expect(await outcome("attention", "attention")).toBe("completed");
     const pattern = await lm.trace(PROMPT, async (m) => (await m.transformer.h[1].attn.output)[1] as Tensor);
     const shown = await labels("#panel-attention .cell");
     const n = lm.tokenizer.encode(PROMPT).length;
@@ -164,11 +171,11 @@ describe("the workbench page", () => {
   it("activation patching: one remote session, cells fill in place, numbers equal the README's", async () => {
     await open("Patching", "patching");
     const panel = page.locator("#panel-patching");
-    await page.getByRole("button", { name: "Patch every layer and position" }).click();
+    await run("patching", "Patch every layer and position");
     // The grid is laid out before the first value comes, and does not move or grow as values stream in.
     await panel.locator(".heatmap").waitFor();
     const before = await panel.locator(".heatmap").boundingBox();
-    expect(await finished("patching")).toContain("completed");
+    expect(await outcome("patching", "patching")).toBe("completed");
     expect(await panel.locator(".heatmap").boundingBox()).toEqual(before);
     expect(await panel.locator("progress").evaluate((p) => [(p as unknown as { value: number }).value, (p as unknown as { max: number }).max])).toEqual([24, 24]);
 
@@ -212,15 +219,15 @@ describe("the workbench page", () => {
     const panel = page.locator("#panel-generate");
     await panel.locator('textarea[name="prompt"]').fill(PROMPT);
     await panel.locator('input[name="max-new-tokens"]').fill("10");
-    await page.getByRole("button", { name: "Generate", exact: true }).last().click();
-    expect(await finished("generate")).toContain("completed");
+    await run("generate", "Generate");
+    expect(await outcome("generate", "generation")).toBe("completed");
     const plain = await lm.generate(PROMPT, { maxNewTokens: 10 });
     expect(await panel.locator(".continuation").innerText()).toBe(plain.text[0]);
 
     await panel.locator('input[name="steer"]').check();
     await panel.locator('select[name="steer-layer"]').selectOption("2");
-    await page.getByRole("button", { name: "Generate", exact: true }).last().click();
-    expect(await finished("generate")).toContain("steered generation: completed");
+    await run("generate", "Generate");
+    expect(await outcome("generate", "steered generation")).toBe("completed");
     // The README's steering, with the library.
     const [zipAct, rangeAct] = await lm.trace(async (tr) => {
       const read = async (m: any) => ((await m.transformer.h[2].output) as Tensor).index(0, -1);
@@ -245,8 +252,8 @@ describe("the workbench page", () => {
     await panel.locator('input[name="steer"]').uncheck();
     // Longer than the model's 512 positions: the job fails on the server.
     await panel.locator('textarea[name="prompt"]').fill("x = 1\n".repeat(200));
-    await page.getByRole("button", { name: "Generate", exact: true }).last().click();
-    expect(await finished("generate")).toContain("generation: failed");
+    await run("generate", "Generate");
+    expect(await outcome("generate", "generation")).toBe("failed");
     expect(await panel.locator(".job-message").innerText()).toMatch(/^USER_CODE · ShapeError: index_select: index 512 is out of range/);
     await panel.locator(".view").screenshot({ path: path.join(shots, "failed-job.png") });
 
@@ -256,10 +263,10 @@ describe("the workbench page", () => {
     const lines = "    a = b\n".repeat(24);
     await patching.locator('textarea[name="clean"]').fill(`${lines}    for i in range(`);
     await patching.locator('textarea[name="corrupted"]').fill(`${lines}    for i in zip(`);
-    await page.getByRole("button", { name: "Patch every layer and position" }).click();
+    await run("patching", "Patch every layer and position");
     await patching.locator(".cell:not(.pending)").first().waitFor();
     await patching.getByRole("button", { name: "Cancel" }).click();
-    expect(await finished("patching")).toContain("failed");
+    expect(await outcome("patching", "patching")).toBe("failed");
     expect(await patching.locator(".job-message").innerText()).toBe("CANCELLED: the job was cancelled.");
     expect(await patching.locator(".cell.pending").count()).toBeGreaterThan(0);
   });

@@ -29,7 +29,7 @@ export class JobStatus {
    * failure shows the error and gives undefined.
    */
   async run<R>(what: string, start: () => Promise<RemoteJob<R>>, onEvent?: (event: JobEvent) => void): Promise<R | undefined> {
-    this.clear();
+    this.message.replaceChildren();
     const started = Date.now();
     let status = "submitting";
     const show = () => this.setState(`${what}: ${status} · ${((Date.now() - started) / 1000).toFixed(1)} s${this.job ? ` · job ${this.job.id}` : ""}`);

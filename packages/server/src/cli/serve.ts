@@ -143,6 +143,7 @@ export async function runServe(argv: string[], out: NodeJS.WritableStream = proc
     if (m.worker.lastError) err.write(`tsight serve: ${m.name} did not load: ${m.worker.lastError} (retrying)\n`);
   }
   out.write(`tsight server on ${server.url}, serving ${server.registry.list().map((m) => m.name).join(", ")} (data: ${server.config.dataDir})\n`);
+  out.write(`workbench: open ${server.url}/ in a browser and enter the API key\n`);
   await untilStopped(stop);
   out.write("tsight server: shutting down\n");
   await server.close();
@@ -175,6 +176,7 @@ async function serveApi(settings: DistributedSettings, out: NodeJS.WritableStrea
     out.write(`# A new API key (shown only this once). In a client's shell:\nTSIGHT_HOST=${api.url}\nTSIGHT_API_KEY=${key}\n`);
   }
   out.write(`tsight api on ${api.url}, serving ${api.registry.list().map((m) => m.name).join(", ")} (redis: ${api.dist.redisUrl}, prefix ${api.dist.prefix})\n`);
+  out.write(`workbench: open ${api.url}/ in a browser and enter the API key\n`);
   await untilStopped(stop);
   out.write("tsight api: shutting down\n");
   await api.close();

@@ -46,6 +46,24 @@ describe("remote lifecycle", () => {
     expect(out).toEqual({ same: 0, shape: [1, 5, 256] });
   });
 
+  it("a session reads the values passed with it as s.vars, on the server as in process", async () => {
+    const local = await LanguageModel.load("stdlib-gpt2");
+    const run = (model: LanguageModel<GPT2LMHeadModel>, options: RemoteOptions) =>
+      model.session(async (s) => {
+        const { prompt, scale, layer } = s.vars;
+        const h = await s.trace(prompt, async (m) => await m.transformer.h[layer].output);
+        return s.trace(prompt, async (m) => {
+          m.transformer.h[layer].output = h.mul(scale);
+          return (await m.lm_head.output).index(0, -1);
+        });
+      }, options);
+    const vars = { prompt: "def __init__(self", scale: local.tokenizer.encode("self").length + 0.5, layer: 2 };
+    const remoteOut = await run(lm, { ...remote, vars });
+    const localOut = await run(local, { vars });
+    expect(remoteOut.shape).toEqual([4096]);
+    expect(maxAbsDiff(remoteOut, localOut)).toBeLessThan(1e-5);
+  });
+
   it("a hybrid step's answer from the client changes the remote computation", async () => {
     const asked: unknown[] = [];
     const run = (factor: number) =>
@@ -97,6 +115,9 @@ describe("remote lifecycle", () => {
     const types = events.map((e) => e.event.type);
     expect(types.indexOf("stream")).toBeGreaterThan(types.indexOf("status"));
     expect(types.at(-1)).toBe("done");
+    // With no intervention the options come third; the tokens are the same.
+    const plain = await lm.generate("def __init__(self", { maxNewTokens: 10 }, { ...remote, blocking: false });
+    expect((await plain.result()).text[0]).toBe(out.text[0]);
   });
 
   it("cancelling a running job stops its forward passes at the next module and frees the worker", async () => {

@@ -118,7 +118,13 @@ function traceLike(kind: "trace" | "scan") {
   };
 }
 
-const session: Handlers<"session", object> = {
+/** A session job's `s`: its vars. */
+interface SessionTarget {
+  vars: Record<string, unknown>;
+}
+
+const session: Handlers<"session", SessionTarget> = {
+  vars: (_h, s) => s.vars,
   trace: traceLike("trace"),
   scan: traceLike("scan"),
   generate: (host, _s, [a, settings, c, d]) => {

@@ -90,7 +90,7 @@ export class SandboxExecutor implements JobExecutor {
           break;
         }
         case "session":
-          value = await p.bridge.run(p.fnId, "session", p.bridge.hold("session", {}));
+          value = await p.bridge.run(p.fnId, "session", p.bridge.hold("session", { vars: job.vars }));
           break;
       }
       if (p.bridge.fatal) throw p.bridge.fatal;

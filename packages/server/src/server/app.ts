@@ -16,6 +16,7 @@ import type { ServerMetrics } from "./metrics.js";
 import type { ModelRegistry } from "./model-registry.js";
 import { modelsRoutes } from "./models-routes.js";
 import { statusRoutes } from "./status-routes.js";
+import { workbenchRoutes } from "./workbench-routes.js";
 
 export interface AppDeps {
   config: ServerConfig;
@@ -58,5 +59,6 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
   statusRoutes(app, deps);
   modelsRoutes(app, deps);
   jobsRoutes(app, deps);
+  workbenchRoutes(app, deps.config.workbenchDir);
   return app;
 }

@@ -4,6 +4,7 @@
  */
 import os from "node:os";
 import path from "node:path";
+import { defaultWorkbenchDir } from "./workbench-routes.js";
 
 /** Where a worker finds the executor that runs job code: a module and the name of a class it exports. */
 export interface ExecutorRef {
@@ -59,6 +60,8 @@ export interface ServerConfig {
   workerHeapMb?: number;
   /** What runs job code inside the workers (default: the sandbox). */
   executor: ExecutorRef;
+  /** The built workbench page served at `/` (default: the package's dist/workbench); null: no page. */
+  workbenchDir: string | null;
 }
 
 export const DEFAULT_PORT = 8787;
@@ -98,6 +101,7 @@ export function resolveConfig(options: Partial<ServerConfig> = {}): ServerConfig
     corsOrigins: [],
     maxBatch: 8,
     executor: defaultExecutor(),
+    workbenchDir: defaultWorkbenchDir(),
     ...defined,
   };
   for (const k of ["jobTimeoutMs", "memoryLimitBytes", "resultRetentionMs", "maxBodyBytes", "maxResultBytes", "maxActiveJobsPerKey", "maxEventsPerJob", "stopGraceMs", "localStepTimeoutMs", "localDisconnectGraceMs", "webhookTimeoutMs", "webhookRetryDelayMs", "sweepIntervalMs", "heartbeatMs"] as const) {

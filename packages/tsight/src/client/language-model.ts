@@ -97,11 +97,14 @@ export class LanguageModel<M extends CausalLM = any> extends LocalLanguageModel<
   }
 
   override generate(input: ModelInput, options: GenerateCall): Promise<GenerateOutput>;
+  override generate(input: ModelInput, options: GenerateCall, traceOptions: Nonblocking): Promise<RemoteJob<GenerateOutput>>;
+  override generate(input: ModelInput, options: GenerateCall, traceOptions: RemoteOptions): Promise<GenerateOutput>;
   override generate<R>(input: ModelInput, options: GenerateCall, fn: InterventionFn<EnvoyTree<M>, R>, traceOptions: Nonblocking): Promise<RemoteJob<GenerateOutput & { value: R }>>;
   override generate<R>(input: ModelInput, options: GenerateCall, fn: InterventionFn<EnvoyTree<M>, R>, traceOptions?: RemoteOptions): Promise<GenerateOutput & { value: R }>;
   override generate<R>(fn: TraceFn<M, R>, options: GenerateCall, traceOptions?: RemoteOptions): Promise<GenerateOutput & { value: R }>;
   override async generate<R>(a: ModelInput | TraceFn<M, R>, options: GenerateCall, fn?: InterventionFn<EnvoyTree<M>, R> | RemoteOptions, traceOptions?: RemoteOptions): Promise<unknown> {
-    const opts = (typeof a === "function" ? fn : traceOptions) as RemoteOptions | undefined;
+    // (input, options, traceOptions): a generation with no intervention.
+    const opts = (typeof a === "function" || (fn !== undefined && typeof fn !== "function") ? fn : traceOptions) as RemoteOptions | undefined;
     if (!isRemote(opts)) return (super.generate as (...x: unknown[]) => Promise<unknown>)(a, options, fn, traceOptions);
     const spec: GenerateSpec = { maxNewTokens: options.maxNewTokens, doSample: options.doSample, temperature: options.temperature, topK: options.topK, topP: options.topP, seed: options.seed, eosTokenId: options.eosTokenId, padTokenId: options.padTokenId };
     const body = typeof a === "function" ? undefined : typeof fn === "function" ? (fn as InterventionFn) : async () => undefined;
@@ -115,7 +118,7 @@ export class LanguageModel<M extends CausalLM = any> extends LocalLanguageModel<
   override session<R>(fn: (s: Session<M>) => R | Promise<R>, options: Nonblocking): Promise<RemoteJob<R>>;
   override session<R>(fn: (s: Session<M>) => R | Promise<R>, options?: RemoteOptions): Promise<R>;
   override session<R>(fn: (s: Session<M>) => R | Promise<R>, options?: RemoteOptions): Promise<R | RemoteJob<R>> {
-    if (!isRemote(options)) return super.session(fn);
+    if (!isRemote(options)) return super.session(fn, options);
     return this.remote<R>("session", fn, undefined, options!, undefined);
   }
 

@@ -63,8 +63,12 @@ export interface EditOptions {
 /** A trace function given only the tracer (several invokes). */
 export type TraceFn<M extends CausalLM, R> = (tr: Tracer<EnvoyTree<M>>) => R | Promise<R>;
 
-/** Groups traces of one model; locally a session is just its function, values carry across in variables. */
+/**
+ * Groups traces of one model; locally a session is just its function, values carry across in variables. `vars`
+ * are the values passed with the session's `{ vars }` (a remote session function may use nothing else from outside).
+ */
 export interface Session<M extends CausalLM> {
+  vars: Record<string, any>;
   trace: LanguageModel<M>["trace"];
   scan: LanguageModel<M>["scan"];
   generate: LanguageModel<M>["generate"];
@@ -152,8 +156,8 @@ export class LanguageModel<M extends CausalLM = any> {
   }
 
   /** Runs several traces as one unit; locally they share values through ordinary variables. */
-  async session<R>(fn: (s: Session<M>) => R | Promise<R>): Promise<R> {
-    return fn({ trace: this.trace.bind(this), scan: this.scan.bind(this), generate: this.generate.bind(this) } as Session<M>);
+  async session<R>(fn: (s: Session<M>) => R | Promise<R>, options: { vars?: Record<string, unknown> } = {}): Promise<R> {
+    return fn({ vars: options.vars ?? {}, trace: this.trace.bind(this), scan: this.scan.bind(this), generate: this.generate.bind(this) } as Session<M>);
   }
 
   /**

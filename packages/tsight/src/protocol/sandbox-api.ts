@@ -170,6 +170,9 @@ export const ISOLATE_GLOBALS = ["slice", "Generator", "Tensor", "console"] as co
 /** How a host action answers: a value, a promise, a step iterator, a cache, or a barrier function. */
 export type Answer = "value" | "promise" | "steps" | "cache" | "barrier" | "never";
 
+/** Actions of one kind of host object; a `getter` is read as a property (`tr.result`) rather than called. */
+type Actions = Record<string, { args: readonly ArgSpec[]; answer: Answer; getter?: boolean }>;
+
 /** What an invoke's tracer (`tr`) can do. */
 export const TRACER_ACTIONS = {
   vars: { args: [], answer: "value", getter: true },
@@ -183,44 +186,45 @@ export const TRACER_ACTIONS = {
   backward: { args: ["tensor", "function?"], answer: "promise" },
   invoke: { args: ["any", "any?"], answer: "promise" },
   barrier: { args: ["int"], answer: "barrier" },
-} as const satisfies Record<string, { args: readonly ArgSpec[]; answer: Answer; getter?: boolean }>;
+} as const satisfies Actions;
 
 /** What an envoy (`m.transformer.h[0]`) can do besides reading and writing `output`, `input` and `inputs`. */
 export const ENVOY_ACTIONS = {
   skip: { args: ["any"], answer: "value" },
   call: { args: ["any..."], answer: "promise" },
   next: { args: ["int?"], answer: "value" },
-} as const satisfies Record<string, { args: readonly ArgSpec[]; answer: Answer }>;
+} as const satisfies Actions;
 
 /** What a cache from `tr.cache()` can do. */
 export const CACHE_ACTIONS = {
   get: { args: ["string"], answer: "value" },
   keys: { args: [], answer: "value" },
   toObject: { args: [], answer: "value" },
-} as const satisfies Record<string, { args: readonly ArgSpec[]; answer: Answer }>;
+} as const satisfies Actions;
 
 /** What a gradient scope (the `g` of `tr.backward(loss, async (g) => ...)`) can do. */
 export const GRAD_ACTIONS = {
   grad: { args: ["tensor"], answer: "promise" },
   setGrad: { args: ["tensor", "any"], answer: "value" },
-} as const satisfies Record<string, { args: readonly ArgSpec[]; answer: Answer }>;
+} as const satisfies Actions;
 
 /** What a session (`model.session(async (s) => ...)`) can do. */
 export const SESSION_ACTIONS = {
+  vars: { args: [], answer: "value", getter: true },
   trace: { args: ["any", "any?", "any?"], answer: "promise" },
   scan: { args: ["any", "any?", "any?"], answer: "promise" },
   generate: { args: ["any", "any?", "any?", "any?"], answer: "promise" },
-} as const satisfies Record<string, { args: readonly ArgSpec[]; answer: Answer }>;
+} as const satisfies Actions;
 
 /** What a barrier (from `tr.barrier(n)`) can do: arrive and wait for the others. */
 export const BARRIER_ACTIONS = {
   arrive: { args: [], answer: "promise" },
-} as const satisfies Record<string, { args: readonly ArgSpec[]; answer: Answer }>;
+} as const satisfies Actions;
 
 /** What a step iterator (from `tr.iter` / `tr.all`) can do. */
 export const STEPS_ACTIONS = {
   next: { args: [], answer: "promise" },
-} as const satisfies Record<string, { args: readonly ArgSpec[]; answer: Answer }>;
+} as const satisfies Actions;
 
 /** Every kind of object job code holds, with its actions: what the sandbox's runtime and host dispatch both read. */
 export const SANDBOX_OBJECTS = {

@@ -1,0 +1,332 @@
+/**
+ * The workbench page in a real browser (Debian's chromium through playwright-core) against a real server: each
+ * view is run on stdlib-gpt2 and what the page shows is checked against the same computation made with the
+ * library in this process. Screenshots of the views are kept in test-artifacts/workbench.
+ */
+import { execFile } from "node:child_process";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { promisify } from "node:util";
+import type { Page } from "playwright-core";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { GPT2LMHeadModel } from "../../../tsight/src/models/index.js";
+import type { Tensor } from "../../../tsight/src/tensor/index.js";
+import { LanguageModel } from "../../../tsight/src/client/language-model.js";
+import { startServer, type RunningServer } from "../server/index.js";
+import { buildWorkbench } from "../web-build/build.js";
+import { artifactsDir, openBrowser, type OpenBrowser } from "../../../../test/browser.js";
+
+const PROMPT = "    for i in range(";
+const shots = path.join(artifactsDir, "workbench");
+
+let server: RunningServer;
+let key: string;
+let browser: OpenBrowser;
+let page: Page;
+let lm: LanguageModel<GPT2LMHeadModel>;
+/** Every request the page made, with its Authorization header. */
+const requests: { url: string; authorization: string | undefined }[] = [];
+/** Errors thrown in the page, and anything the browser said about the Content-Security-Policy. */
+const problems: string[] = [];
+
+beforeAll(async () => {
+  fs.mkdirSync(shots, { recursive: true });
+  const built = await buildWorkbench(fs.mkdtempSync(path.join(os.tmpdir(), "tsight-workbench-page-")));
+  [server, browser, lm] = await Promise.all([
+    startServer({ port: 0, dataDir: fs.mkdtempSync(path.join(os.tmpdir(), "tsight-workbench-")), models: ["stdlib-gpt2"], workbenchDir: built.dir, log: () => undefined }),
+    openBrowser(),
+    LanguageModel.load("stdlib-gpt2"),
+  ]);
+  key = server.keys.create("workbench").key;
+  page = await browser.context.newPage();
+  page.on("request", (r) => void requests.push({ url: r.url(), authorization: r.headers().authorization }));
+  page.on("pageerror", (e) => void problems.push(e.message));
+  page.on("console", (m) => void (m.type() === "error" && !m.text().includes("401") && problems.push(m.text())));
+  await page.goto(`${server.url}/`);
+}, 120_000);
+
+afterAll(async () => {
+  await browser?.close();
+  await server?.close();
+});
+
+/** Opens a view by its tab. */
+async function open(tab: string, id: string): Promise<void> {
+  await page.getByRole("tab", { name: tab }).click();
+  await page.locator(`#panel-${id}`).waitFor({ state: "visible" });
+}
+
+/** Clicks a view's button after blanking its job line, so that the outcome read next is this run's. */
+async function run(panel: string, button: string): Promise<void> {
+  await page.locator(`#panel-${panel} .job-state`).evaluate((el) => void (el.textContent = ""));
+  await page.locator(`#panel-${panel}`).getByRole("button", { name: button, exact: true }).click();
+}
+
+/** How the view's job `what` ended: "completed" or "failed". */
+async function outcome(panel: string, what: string): Promise<string> {
+  const line = page.locator(`#panel-${panel} .job-state`);
+  const ended = new RegExp(`^${what}: (completed|failed)`);
+  await expect.poll(() => line.innerText(), { timeout: 60_000 }).toMatch(ended);
+  return ended.exec(await line.innerText())![1]!;
+}
+
+async function labels(selector: string): Promise<string[]> {
+  return page.locator(selector).evaluateAll((cells) => cells.map((c) => c.getAttribute("aria-label") ?? ""));
+}
+
+const number = (label: string) => Number(/(-?\d+\.\d+)$/.exec(label)![1]);
+
+describe("the workbench page", () => {
+  it("refuses an invalid key with a clear message, and keeps a valid one in the browser", async () => {
+    await page.fill("#api-key", "tsk_nosuchkey_0000");
+    await page.getByRole("button", { name: "Use key" }).click();
+    await expect.poll(() => page.locator(".key-message").innerText()).toContain("The server refused this key: this API key is not known to the server");
+    expect(await page.evaluate(`localStorage.getItem("tsight.apiKey")`)).toBeNull();
+    await page.screenshot({ path: path.join(shots, "invalid-key.png") });
+
+    await page.fill("#api-key", key);
+    await page.keyboard.press("Enter");
+    await page.waitForSelector("body.signed-in");
+    expect(await page.evaluate(`localStorage.getItem("tsight.apiKey")`)).toBe(key);
+    // A reload signs in with the kept key.
+    await page.reload();
+    await page.waitForSelector("body.signed-in");
+    expect(await page.locator("#model").inputValue()).toBe("stdlib-gpt2");
+  });
+
+  it("logit lens: the cells show the library's top tokens and probabilities; top 5 on focus", async () => {
+    await open("Logit lens", "lens");
+    await page.locator("#panel-lens textarea").fill(PROMPT);
+    await run("lens", "Run the lens");
+    expect(await outcome("lens", "logit lens")).toBe("completed");
+
+    const probs = await lm.trace(PROMPT, async (m) => {
+      const out: Tensor[] = [];
+      for (const layer of m.transformer.h) out.push((await m.lm_head.call(await m.transformer.ln_f.call(await layer.output))).index(0).softmax(-1));
+      return out;
+    });
+    const tokens = lm.tokenizer.encode(PROMPT).map((id) => lm.tokenizer.decode([id]));
+    const expected = probs.flatMap((p, layer) =>
+      tokens.map((t, position) => {
+        const top = p.index(position).topk(5);
+        const best = lm.tokenizer.decode([top.indices.index(0).item()]);
+        return `layer ${layer}, position ${position} (${JSON.stringify(t)}): ${JSON.stringify(best)} ${top.values.index(0).item().toFixed(3)}`;
+      }),
+    );
+    expect(await labels("#panel-lens .cell")).toEqual(expected);
+
+    // Keyboard: into the grid, then to layer 2, position 3; its tooltip lists the top 5.
+    await page.locator("#panel-lens .cell").first().focus();
+    for (const k of ["ArrowRight", "ArrowRight", "ArrowRight", "ArrowDown", "ArrowDown"]) await page.keyboard.press(k);
+    expect(await page.evaluate(`document.activeElement?.getAttribute("aria-label")`)).toBe(expected[2 * tokens.length + 3]);
+    const top5 = probs[2]!.index(3).topk(5);
+    const lines = top5.indices.toArray().map((id, i) => `${i + 1}. ${JSON.stringify(lm.tokenizer.decode([id]))} ${top5.values.index(i).item().toFixed(3)}`);
+    expect(await page.locator("#panel-lens .tooltip").innerText()).toBe([`layer 2, after ${JSON.stringify(tokens[3])}`, ...lines].join("\n"));
+    await page.locator("#panel-lens .view").screenshot({ path: path.join(shots, "lens.png") });
+  });
+
+  it("the lens's code, run with Node against the same server, prints what the page shows", async () => {
+    const panel = page.locator("#panel-lens .code-panel");
+    await panel.locator("summary").click();
+    const code = await panel.locator("code").innerText();
+    expect(code).toContain("for (const layer of m[layers])");
+    const file = path.join(shots, "lens-code.ts");
+    fs.writeFileSync(file, code);
+    const run = await promisify(execFile)(process.execPath, ["--conditions=tsight-source", "--import", "tsx", file], {
+      cwd: path.resolve(artifactsDir, ".."),
+      env: { ...process.env, TSIGHT_HOST: server.url, TSIGHT_API_KEY: key },
+      timeout: 60_000,
+    });
+    const cells = (await labels("#panel-lens .cell")).map((l) => l.slice(l.indexOf(": ") + 2));
+    const printed = run.stdout.trim().split("\n");
+    expect(printed).toHaveLength(4);
+    printed.forEach((line, layer) => expect(line).toBe(`layer ${layer}: ${cells.slice(layer * 6, layer * 6 + 6).join("  ")}`));
+  });
+
+  it("attention: one head's pattern equals the library's; all heads as small multiples", async () => {
+    await open("Attention", "attention");
+    const panel = page.locator("#panel-attention");
+    await panel.locator("textarea").fill(PROMPT);
+    await panel.locator('select[name="layer"]').selectOption("1");
+    await panel.locator('select[name="head"]').selectOption("2");
+    await run("attention", "Show attention");
+    expect(await outcome("attention", "attention")).toBe("completed");
+    const pattern = await lm.trace(PROMPT, async (m) => (await m.transformer.h[1].attn.output)[1] as Tensor);
+    const shown = await labels("#panel-attention .cell");
+    const n = lm.tokenizer.encode(PROMPT).length;
+    expect(shown).toHaveLength(n * n);
+    shown.forEach((label, i) => expect(number(label), label).toBeCloseTo(pattern.index(0, 2, Math.floor(i / n), i % n).item(), 3));
+    await panel.locator(".view").screenshot({ path: path.join(shots, "attention-head.png") });
+
+    await panel.locator('select[name="head"]').selectOption("all");
+    await expect.poll(() => panel.locator("button.multiple").count()).toBe(4);
+    await panel.locator("button.multiple").nth(3).click();
+    expect(await panel.locator('select[name="head"]').inputValue()).toBe("3");
+    expect(number((await labels("#panel-attention .cell"))[n + 0]!)).toBeCloseTo(pattern.index(0, 3, 1, 0).item(), 3);
+    await panel.locator('select[name="head"]').selectOption("all");
+    await panel.locator(".view").screenshot({ path: path.join(shots, "attention-all-heads.png") });
+  });
+
+  it("activation patching: one remote session, cells fill in place, numbers equal the README's", async () => {
+    await open("Patching", "patching");
+    const panel = page.locator("#panel-patching");
+    await run("patching", "Patch every layer and position");
+    // The grid is laid out before the first value comes, and does not move or grow as values stream in.
+    await panel.locator(".heatmap").waitFor();
+    const before = await panel.locator(".heatmap").boundingBox();
+    expect(await outcome("patching", "patching")).toBe("completed");
+    expect(await panel.locator(".heatmap").boundingBox()).toEqual(before);
+    expect(await panel.locator("progress").evaluate((p) => [(p as unknown as { value: number }).value, (p as unknown as { max: number }).max])).toEqual([24, 24]);
+
+    // The README's patching, with the library: each cell a batched trace of the clean and the corrupted prompt.
+    const clean = "    for i in range(", corrupted = "    for i in zip(";
+    const [len, zip] = [lm.tokenizer.encode("len")[0]!, lm.tokenizer.encode("zip")[0]!];
+    const logitDiff = (logits: Tensor) => logits.index(0, -1, len).item() - logits.index(0, -1, zip).item();
+    const expected: number[] = [];
+    for (let layer = 0; layer < 4; layer++) {
+      for (let position = 0; position < 6; position++) {
+        const logits = await lm.trace(async (tr) => {
+          let source: Tensor;
+          tr.invoke(clean, async (m) => {
+            source = await m.transformer.h[layer].output;
+          });
+          return tr.invoke(corrupted, async (m) => {
+            const h = await m.transformer.h[layer].output;
+            m.transformer.h[layer].output = h.put([null, position], source.index(null, position));
+            return await m.lm_head.output;
+          });
+        });
+        expect(logits.shape).toEqual([1, 6, 4096]);
+        expected.push(logitDiff(logits));
+      }
+    }
+    const shown = await labels("#panel-patching .cell");
+    shown.forEach((label, i) => expect(number(label), label).toBeCloseTo(expected[i]!, 3));
+    // The README's printed rows (positions 4 and 5), as the cells' text.
+    const texts = await panel.locator(".cell").allInnerTexts();
+    expect([0, 1, 2, 3].map((l) => texts[l * 6 + 4]).join("  ")).toBe("-0.10  -0.32  -1.42  -2.13");
+    expect([0, 1, 2, 3].map((l) => texts[l * 6 + 5]).join("  ")).toBe("2.76  3.01  3.95  4.32");
+    expect(await panel.locator(".summary").innerText()).toBe("Unpatched: clean 4.32, corrupted -2.13.");
+    await page.mouse.move(0, 0);
+    await panel.locator(".view").screenshot({ path: path.join(shots, "patching.png") });
+    await panel.locator("details.code-panel summary").click();
+    expect(await panel.locator("code").innerText()).toContain("const patching = await lm.session(async (s) => {");
+  });
+
+  it("generation streams tokens; steered by a prompt difference it says what the library says", async () => {
+    await open("Generate", "generate");
+    const panel = page.locator("#panel-generate");
+    await panel.locator('textarea[name="prompt"]').fill(PROMPT);
+    await panel.locator('input[name="max-new-tokens"]').fill("10");
+    await run("generate", "Generate");
+    expect(await outcome("generate", "generation")).toBe("completed");
+    const plain = await lm.generate(PROMPT, { maxNewTokens: 10 });
+    expect(await panel.locator(".continuation").innerText()).toBe(plain.text[0]);
+
+    await panel.locator('input[name="steer"]').check();
+    await panel.locator('select[name="steer-layer"]').selectOption("2");
+    await run("generate", "Generate");
+    expect(await outcome("generate", "steered generation")).toBe("completed");
+    // The README's steering, with the library.
+    const [zipAct, rangeAct] = await lm.trace(async (tr) => {
+      const read = async (m: any) => ((await m.transformer.h[2].output) as Tensor).index(0, -1);
+      const a = tr.invoke("    for x in zip(", read), b = tr.invoke("    for x in range(", read);
+      return [await a, await b];
+    });
+    const steer = zipAct.sub(rangeAct);
+    const steered = await lm.generate(PROMPT, { maxNewTokens: 10 }, async (m, tr) => {
+      for await (const _ of tr.all()) m.transformer.h[2].output = (h) => h.add(tr.vars.steer.mul(2));
+    }, { vars: { steer } });
+    expect(steered.text[0]).toBe("zip(zip(zip(zip(zip(");
+    expect(await panel.locator(".continuation").innerText()).toBe(steered.text[0]);
+    await panel.locator(".view").screenshot({ path: path.join(shots, "generate.png") });
+    await panel.locator("details.code-panel summary").click();
+    const code = await panel.locator("code").innerText();
+    expect(code).toContain("const direction = await lm.trace(async (tr) => {");
+    expect(code).toContain("vars: { layers: \"transformer.h\", layer: 2, direction: direction, scale: 2 }");
+  });
+
+  it("a failing job and a cancelled one say so in the page", async () => {
+    const panel = page.locator("#panel-generate");
+    await panel.locator('input[name="steer"]').uncheck();
+    // Longer than the model's 512 positions: the server refuses it before running, naming the limit.
+    await panel.locator('textarea[name="prompt"]').fill("x = 1\n".repeat(200));
+    await run("generate", "Generate");
+    expect(await outcome("generate", "generation")).toBe("failed");
+    expect(await panel.locator(".job-message").innerText()).toMatch(/^VALIDATION · InputError: the input is \d+ prompt tokens plus \d+ to generate, longer than the model.s context of 512 positions/);
+    await panel.locator(".view").screenshot({ path: path.join(shots, "failed-job.png") });
+
+    // A long session (long prompts: a trace per layer and position), cancelled once it has begun.
+    await open("Patching", "patching");
+    const patching = page.locator("#panel-patching");
+    const lines = "    a = b\n".repeat(24);
+    await patching.locator('textarea[name="clean"]').fill(`${lines}    for i in range(`);
+    await patching.locator('textarea[name="corrupted"]').fill(`${lines}    for i in zip(`);
+    await run("patching", "Patch every layer and position");
+    await patching.locator(".cell:not(.pending)").first().waitFor();
+    await patching.getByRole("button", { name: "Cancel" }).click();
+    expect(await outcome("patching", "patching")).toBe("failed");
+    expect(await patching.locator(".job-message").innerText()).toBe("CANCELLED: the job was cancelled.");
+    expect(await patching.locator(".cell.pending").count()).toBeGreaterThan(0);
+  });
+
+  it("jobs: the key's jobs with their states, a result to download; the server's models and workers", async () => {
+    await open("Jobs", "jobs");
+    const panel = page.locator("#panel-jobs");
+    await expect.poll(() => panel.locator(".jobs tbody tr").count()).toBeGreaterThanOrEqual(8);
+    const rows = await panel.locator(".jobs tbody tr").allInnerTexts();
+    expect(rows.filter((r) => r.includes("COMPLETED")).length).toBeGreaterThanOrEqual(6);
+    expect(rows.some((r) => r.includes("CANCELLED"))).toBe(true);
+    expect(rows.some((r) => /ERROR \([A-Z_]+\)/.test(r))).toBe(true);
+    expect(rows.some((r) => r.includes("session"))).toBe(true);
+    const status = await panel.locator(".server-status").innerText();
+    expect(status).toMatch(/stdlib-gpt2\s+gpt2\s+loaded/);
+    expect(status).toContain("thread-");
+
+    const download = page.waitForEvent("download");
+    await panel.getByRole("button", { name: "Download result" }).first().click();
+    const file = await (await download).path();
+    const bytes = fs.readFileSync(file);
+    const headerLength = Number(bytes.readBigUInt64LE(0));
+    expect(JSON.parse(bytes.subarray(8, 8 + headerLength).toString("utf8"))).toHaveProperty("__metadata__");
+    await panel.locator(".view").screenshot({ path: path.join(shots, "jobs.png") });
+  });
+
+  it("reads at phone width: nothing but the heatmap scrolls sideways", async () => {
+    const phone = await browser.context.newPage();
+    await phone.setViewportSize({ width: 390, height: 844 });
+    await phone.goto(`${server.url}/#lens`);
+    await phone.waitForSelector("body.signed-in");
+    await phone.getByRole("button", { name: "Run the lens" }).click();
+    await phone.locator("#panel-lens .cell:not(.pending)").first().waitFor();
+    expect(await phone.evaluate<number>(`document.documentElement.scrollWidth`)).toBeLessThanOrEqual(390);
+    await phone.screenshot({ path: path.join(shots, "phone-lens.png"), fullPage: true });
+    await phone.close();
+  });
+
+  it("tabs follow the arrow keys, and the URL names the view", async () => {
+    await open("Logit lens", "lens");
+    await page.getByRole("tab", { name: "Logit lens" }).focus();
+    await page.keyboard.press("ArrowRight");
+    await page.locator("#panel-attention").waitFor({ state: "visible" });
+    expect(new URL(page.url()).hash).toBe("#attention");
+    await page.keyboard.press("End");
+    await page.locator("#panel-jobs").waitFor({ state: "visible" });
+    expect(await page.getByRole("tab", { name: "Jobs" }).getAttribute("aria-selected")).toBe("true");
+  });
+
+  it("threw nothing and broke no rule of its Content-Security-Policy", () => {
+    expect(problems).toEqual([]);
+  });
+
+  it("sent the key only as the Authorization header, and only to /v1", () => {
+    const api = requests.filter((r) => new URL(r.url).pathname.startsWith("/v1/"));
+    expect(api.length).toBeGreaterThan(10);
+    expect(requests.some((r) => r.url.includes(key))).toBe(false);
+    for (const r of requests) {
+      if (new URL(r.url).pathname.startsWith("/v1/") && r.authorization !== "Bearer tsk_nosuchkey_0000") expect(r.authorization).toBe(`Bearer ${key}`);
+      if (!new URL(r.url).pathname.startsWith("/v1/")) expect(r.authorization).toBeUndefined();
+    }
+  });
+});

@@ -1,0 +1,136 @@
+/**
+ * The workbench page: the API key form and model choice at the top, one tab per view, the view named in the URL
+ * (#lens, #attention, #patching, #generate, #jobs). Everything it asks the server goes through tsight/client.
+ */
+import "./workbench.css";
+import type { ModelInfo } from "tsight/client";
+import { Connection } from "./connection.js";
+import { fill, h } from "./ui/dom.js";
+import { describeError, errorTitle } from "./ui/job-status.js";
+import { attentionView } from "./views/attention-view.js";
+import { generateView } from "./views/generate-view.js";
+import { jobsView } from "./views/jobs-view.js";
+import { lensView } from "./views/lens-view.js";
+import { patchingView } from "./views/patching-view.js";
+import type { View, ViewContext } from "./views/view.js";
+
+const connection = new Connection();
+const modelSelect = h("select", { id: "model", name: "model", disabled: true });
+const ctx: ViewContext = { connection, modelName: () => modelSelect.value };
+const views: View[] = [lensView(ctx), attentionView(ctx), patchingView(ctx), generateView(ctx), jobsView(ctx)];
+
+// #region the key
+
+const keyInput = h("input", { id: "api-key", name: "api-key", type: "password", autocomplete: "off", spellcheck: false, placeholder: "tsk_…" });
+const keyMessage = h("div", { class: "key-message", role: "status", "aria-live": "polite" });
+const forget = h("button", { type: "button", class: "secondary", onclick: () => signOut() }, "Forget key");
+const keyForm = h(
+  "form",
+  { class: "key-form", onsubmit: (e: Event) => (e.preventDefault(), void signIn(keyInput.value)) },
+  h("label", { for: "api-key" }, "API key"),
+  keyInput,
+  h("button", { type: "submit" }, "Use key"),
+  forget,
+);
+
+async function signIn(key: string): Promise<void> {
+  if (!key.trim()) {
+    showKeyMessage("Enter the API key the server printed when it first started (or one from `tsight keys create`).", true);
+    return;
+  }
+  showKeyMessage("Checking the key…", false);
+  try {
+    showModels(await connection.signIn(key));
+    keyInput.value = "";
+    keyInput.placeholder = "key saved in this browser";
+    showKeyMessage("Key accepted; it is kept in this browser only.", false);
+    document.body.classList.add("signed-in");
+    shown?.shown?.();
+  } catch (e) {
+    connection.signOut();
+    document.body.classList.remove("signed-in");
+    const refused = (e as { code?: string }).code === "AUTH";
+    showKeyMessage(refused ? `The server refused this key: ${(e as Error).message}. Check it and enter it again.` : `${errorTitle(e)} ${describeError(e)}`, true);
+    keyInput.focus();
+  }
+}
+
+function signOut(): void {
+  connection.signOut();
+  document.body.classList.remove("signed-in");
+  keyInput.placeholder = "tsk_…";
+  fill(modelSelect);
+  modelSelect.disabled = true;
+  showKeyMessage("Key forgotten.", false);
+  keyInput.focus();
+}
+
+function showKeyMessage(text: string, error: boolean): void {
+  keyMessage.textContent = text;
+  keyMessage.classList.toggle("error", error);
+}
+
+function showModels(models: ModelInfo[]): void {
+  const previous = modelSelect.value;
+  fill(modelSelect, ...models.map((m) => h("option", { value: m.name }, `${m.name} (${m.modelType})`)));
+  if (models.some((m) => m.name === previous)) modelSelect.value = previous;
+  modelSelect.disabled = models.length === 0;
+}
+
+// #endregion
+// #region tabs
+
+const tabs = views.map((v) =>
+  h("button", { type: "button", role: "tab", id: `tab-${v.id}`, "aria-controls": `panel-${v.id}`, "aria-selected": "false", tabindex: -1, onclick: () => (location.hash = v.id) }, v.title),
+);
+const panels = views.map((v) => h("div", { role: "tabpanel", id: `panel-${v.id}`, "aria-labelledby": `tab-${v.id}`, hidden: true }, v.element));
+const tabList = h("nav", { role: "tablist", "aria-label": "views", class: "tabs" }, ...tabs);
+tabList.addEventListener("keydown", (e) => {
+  const i = tabs.indexOf(document.activeElement as HTMLButtonElement);
+  if (i < 0) return;
+  const next = { ArrowRight: i + 1, ArrowLeft: i - 1, Home: 0, End: tabs.length - 1 }[e.key];
+  if (next === undefined) return;
+  e.preventDefault();
+  const tab = tabs[(next + tabs.length) % tabs.length]!;
+  tab.focus();
+  tab.click();
+});
+
+/** The view on screen. */
+let shown: View | undefined;
+
+function route(): void {
+  const view = views.find((v) => `#${v.id}` === location.hash) ?? views[0]!;
+  if (view === shown) return;
+  shown?.hidden?.();
+  views.forEach((v, i) => {
+    const on = v === view;
+    tabs[i]!.setAttribute("aria-selected", String(on));
+    tabs[i]!.tabIndex = on ? 0 : -1;
+    panels[i]!.hidden = !on;
+  });
+  shown = view;
+  if (connection.signedIn) view.shown?.();
+}
+
+// #endregion
+
+modelSelect.addEventListener("change", () => shown?.shown?.());
+document.body.append(
+  h(
+    "header",
+    { class: "top" },
+    h("h1", {}, "tsight ", h("span", { class: "subtitle" }, "workbench")),
+    keyForm,
+    h("div", { class: "model-choice" }, h("label", { for: "model" }, "Model"), modelSelect),
+    keyMessage,
+  ),
+  tabList,
+  h("main", {}, h("p", { class: "signed-out-note" }, "Enter your API key above to run the views."), ...panels),
+  h("footer", {}, "Every view runs on this server through tsight/client; “Show the code” gives the same computation as a tsight program."),
+);
+addEventListener("hashchange", route);
+route();
+const stored = connection.storedKey();
+if (stored) void signIn(stored);
+else keyInput.focus();

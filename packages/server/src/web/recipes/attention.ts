@@ -1,0 +1,38 @@
+/**
+ * Attention patterns: the attention probabilities of every head of one layer, [heads, query position, key position].
+ *
+ * Where the pattern is read lives in this file only: today it is the attention module's second output (each
+ * architecture's attention returns [out, probabilities]); when tsight names operation points, the line that
+ * reads it becomes `await m[layers][layer][attn].source.pattern`.
+ */
+import type { Tensor } from "tsight/client";
+import type { ModelPaths } from "./architecture.js";
+import type { TraceRecipe } from "./recipe.js";
+
+const attentionIntervention = async (m: any, tr: any) => {
+  const { layers, layer, attention: attn } = tr.vars;
+  const [, pattern] = await m[layers][layer][attn].output;
+  return pattern.index(0);
+};
+
+export function attentionRecipe(prompt: string, paths: ModelPaths, layer: number): TraceRecipe {
+  return {
+    name: "pattern",
+    call: "trace",
+    input: prompt,
+    fn: attentionIntervention,
+    vars: { layers: paths.layers, attention: paths.attention, layer },
+    after: `
+// pattern is [heads, query position, key position]: how much each position reads from each earlier one.
+const [heads, positions] = pattern.shape;
+console.log(\`layer ${layer}: \${heads} heads over \${positions} positions\`);
+console.log(pattern.index(0).tolist()); // head 0`,
+  };
+}
+
+/** The pattern as rows[head][query][key]. */
+export function patternRows(pattern: Tensor): number[][][] {
+  const [heads, queries, keys] = pattern.shape as [number, number, number];
+  const flat = pattern.toArray();
+  return Array.from({ length: heads }, (_, h) => Array.from({ length: queries }, (_, q) => flat.slice((h * queries + q) * keys, (h * queries + q + 1) * keys)));
+}

@@ -1,0 +1,102 @@
+/**
+ * The line under a view's form while its job runs: the job's state and queue position, progress when the view
+ * knows it, the time so far, a Cancel button; then how it ended, or its error in words. Its height is fixed, so
+ * the results below do not move as it changes.
+ */
+import type { JobEvent, RemoteJob } from "tsight/client";
+import { h } from "./dom.js";
+
+export class JobStatus {
+  readonly element: HTMLElement;
+  private readonly state: HTMLElement;
+  private readonly bar: HTMLProgressElement;
+  private readonly cancelButton: HTMLButtonElement;
+  private readonly message: HTMLElement;
+  private job: RemoteJob<unknown> | undefined;
+  private timer: ReturnType<typeof setInterval> | undefined;
+
+  constructor() {
+    this.state = h("span", { class: "job-state" }, "Not run yet.");
+    this.bar = h("progress", { max: 1, value: 0, "aria-label": "progress" });
+    this.bar.hidden = true;
+    this.cancelButton = h("button", { type: "button", class: "secondary", disabled: true, onclick: () => void this.job?.cancel() }, "Cancel");
+    this.message = h("div", { class: "job-message", role: "alert" });
+    this.element = h("div", { class: "job-status" }, h("div", { class: "job-line", role: "status", "aria-live": "polite" }, this.state, this.bar), this.cancelButton, this.message);
+  }
+
+  /**
+   * Submits with `start`, follows the job's events (each is also given to `onEvent`) and gives its value; on
+   * failure shows the error and gives undefined.
+   */
+  async run<R>(what: string, start: () => Promise<RemoteJob<R>>, onEvent?: (event: JobEvent) => void): Promise<R | undefined> {
+    this.message.replaceChildren();
+    const started = Date.now();
+    let status = "submitting";
+    const show = () => this.setState(`${what}: ${status} · ${((Date.now() - started) / 1000).toFixed(1)} s${this.job ? ` · job ${this.job.id}` : ""}`);
+    show();
+    this.timer = setInterval(show, 250);
+    try {
+      const job = await start();
+      this.job = job as RemoteJob<unknown>;
+      this.cancelButton.disabled = false;
+      const value = await job.wait({
+        onEvent: ({ event }) => {
+          if (event.type === "status") status = event.status === "QUEUED" && event.position !== undefined ? `queued, position ${event.position + 1}` : event.status.toLowerCase();
+          onEvent?.(event);
+          show();
+        },
+      });
+      status = "completed";
+      return value;
+    } catch (e) {
+      status = "failed";
+      this.fail(e);
+      return undefined;
+    } finally {
+      clearInterval(this.timer);
+      this.cancelButton.disabled = true;
+      show();
+      this.job = undefined;
+    }
+  }
+
+  /** Shows work done so far out of the total. */
+  progress(done: number, total: number): void {
+    this.bar.hidden = false;
+    this.bar.max = total;
+    this.bar.value = done;
+    this.bar.setAttribute("aria-valuetext", `${done} of ${total}`);
+  }
+
+  /** Shows an error in words: its code, what happened and, for the page's own mistakes, what to do. */
+  fail(e: unknown): void {
+    this.message.replaceChildren(h("strong", {}, errorTitle(e)), " ", describeError(e));
+  }
+
+  setState(text: string): void {
+    this.state.textContent = text;
+    this.state.title = text;
+  }
+
+  clear(): void {
+    this.message.replaceChildren();
+    this.bar.hidden = true;
+  }
+}
+
+/** A heading for an error: its code, and its class when that says more (`USER_CODE · ShapeError:`). */
+export function errorTitle(e: unknown): string {
+  const { code, name, type } = (e ?? {}) as { code?: unknown; name?: unknown; type?: unknown };
+  const named = typeof type === "string" ? type : name;
+  const kind = typeof named === "string" && !["Error", "RemoteError", "ClientError", "ApiError", "HttpError", "CancelledError"].includes(named) ? named : undefined;
+  if (typeof code !== "string") return `${kind ?? "Error"}:`;
+  return kind ? `${code} · ${kind}:` : `${code}:`;
+}
+
+export function describeError(e: unknown): string {
+  const err = e as { code?: string; message?: string; name?: string };
+  const message = err?.message ?? String(e);
+  if (err?.code === "AUTH") return `${message} — the server refused the API key; enter a valid one at the top of the page.`;
+  if (err?.code === "CANCELLED") return "the job was cancelled.";
+  return message;
+}

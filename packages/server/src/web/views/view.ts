@@ -1,0 +1,83 @@
+/** What the views share: the page context, and the frame of a view that runs jobs (form, status, result, code). */
+import type { LanguageModel } from "tsight/client";
+import type { Connection } from "../connection.js";
+import { programOf } from "../recipes/code.js";
+import type { Recipe } from "../recipes/recipe.js";
+import { CodePanel } from "../ui/code-panel.js";
+import { h } from "../ui/dom.js";
+import { JobStatus } from "../ui/job-status.js";
+
+export interface ViewContext {
+  connection: Connection;
+  /** The model chosen at the top of the page. */
+  modelName(): string;
+}
+
+export interface View {
+  /** Its name in the URL (#lens). */
+  id: string;
+  title: string;
+  element: HTMLElement;
+  /** Called when the view is shown (to refresh what it shows). */
+  shown?(): void;
+  hidden?(): void;
+}
+
+/** A view that runs jobs: an intro, a form with a Run button, the job's status, the result and its code. */
+export class JobView {
+  readonly element: HTMLElement;
+  readonly status = new JobStatus();
+  readonly code: CodePanel;
+  readonly result: HTMLElement;
+  private readonly runButton: HTMLButtonElement;
+
+  constructor(
+    readonly ctx: ViewContext,
+    options: { id: string; title: string; intro: string; fields: HTMLElement[]; runLabel: string; code: string; run: () => Promise<void> },
+  ) {
+    this.code = new CodePanel(options.code);
+    this.result = h("div", { class: "result", "aria-live": "polite" });
+    this.runButton = h("button", { type: "submit", class: "run" }, options.runLabel);
+    const form = h(
+      "form",
+      {
+        class: "view-form",
+        onsubmit: (e: Event) => {
+          e.preventDefault();
+          void this.guard(options.run);
+        },
+      },
+      ...options.fields,
+      h("div", { class: "form-actions" }, this.runButton),
+    );
+    this.element = h("section", { class: "view", "aria-labelledby": `${options.id}-title` }, h("h2", { id: `${options.id}-title` }, options.title), h("p", { class: "intro" }, options.intro), form, this.status.element, this.result, this.code.element);
+  }
+
+  /** The chosen model as a meta model. */
+  model(): Promise<LanguageModel> {
+    return this.ctx.connection.model(this.ctx.modelName());
+  }
+
+  /** Shows the program that does what `steps` do. */
+  showCode(steps: Recipe[]): void {
+    this.code.set(programOf(steps, { model: this.ctx.modelName(), origin: this.ctx.connection.origin }));
+  }
+
+  /** Runs `fn` with the Run button disabled; an error it throws is shown under the form. */
+  private async guard(fn: () => Promise<void>): Promise<void> {
+    this.runButton.disabled = true;
+    this.status.clear();
+    try {
+      await fn();
+    } catch (e) {
+      this.status.fail(e);
+    } finally {
+      this.runButton.disabled = false;
+    }
+  }
+}
+
+/** Labels for a prompt's tokens, as the model sees them. */
+export function tokenLabels(lm: LanguageModel, ids: number[]): string[] {
+  return ids.map((id) => lm.tokenizer.decode([id]));
+}

@@ -18,15 +18,25 @@ export const fixturesDir: string = (() => {
   return found;
 })();
 
+/** hf-fixtures/: one tiny random model per architecture of the first batch, named by model_type. */
 export const hfArchitectures = ["gpt2", "llama", "mistral", "qwen2", "qwen3", "gpt_neox", "gemma"] as const;
+/** hf-fixtures-2/: current model families and rope types (transformers 5.18), named by what they exercise. */
+export const hfFixtures2 = ["llama3", "llama_linear", "qwen2_yarn"] as const;
+/** Every tiny Hugging Face fixture, both batches: same format, same inputs, same intervention references. */
+export const hfFixtures = [...hfArchitectures, ...hfFixtures2] as const;
+export type HfFixtureName = (typeof hfFixtures)[number];
 export const stdlibModels = ["stdlib-gpt2", "stdlib-llama"] as const;
-export type FixtureName = (typeof hfArchitectures)[number] | (typeof stdlibModels)[number];
+export type FixtureName = HfFixtureName | (typeof stdlibModels)[number];
 
 export function fixtureDir(name: FixtureName): string {
-  return name.startsWith("stdlib-") ? path.join(fixturesDir, name) : path.join(fixturesDir, "hf-fixtures", name);
+  if (name.startsWith("stdlib-")) return path.join(fixturesDir, name);
+  return path.join(fixturesDir, (hfFixtures2 as readonly string[]).includes(name) ? "hf-fixtures-2" : "hf-fixtures", name);
 }
 
 export interface Manifest {
+  /** hf-fixtures-2 only: the model_type and every parameter's shape. */
+  arch?: string;
+  parameters?: Record<string, number[]>;
   modules: string[];
   single: { pre_order: string[]; post_order: string[]; output_kinds: Record<string, string> };
   probes?: { text: string; ids: number[]; greedy: string }[];

@@ -67,7 +67,12 @@ export abstract class CausalLM extends Module {
     const out = await this.base().call(inputIds, options);
     const keep = options.logitsToKeep;
     const hidden = keep ? out.last_hidden_state.narrow(1, -keep, keep) : out.last_hidden_state;
-    return { logits: await this.head().call(hidden), past_key_values: out.past_key_values };
+    return { logits: this.finalLogits(await this.head().call(hidden)), past_key_values: out.past_key_values };
+  }
+
+  /** What happens to the head's output before it is returned (Gemma 2's final soft-capping); nothing by default. */
+  protected finalLogits(logits: Tensor): Tensor {
+    return logits;
   }
 }
 

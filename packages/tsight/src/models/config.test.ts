@@ -51,7 +51,8 @@ describe("model configs", () => {
     expect(configError({ ...config("llama"), num_key_value_heads: 3 }).field).toBe("num_key_value_heads");
     expect(configError({ ...config("llama"), hidden_size: 2.5 }).field).toBe("hidden_size");
     expect(configError({ ...config("llama"), hidden_act: "swiglu9" }).message).toMatch(/hidden_act.*supported: .*silu/);
-    expect(configError({ ...config("llama"), rope_parameters: { rope_type: "yarn", rope_theta: 1e4 } }).field).toBe("rope_parameters");
+    expect(configError({ ...config("llama"), rope_parameters: { rope_type: "yarn", rope_theta: 1e4 } }).field).toBe("rope_parameters.factor");
+    expect(configError({ ...config("llama"), rope_parameters: { rope_type: "mrope", rope_theta: 1e4 } }).message).toMatch(/"mrope".*supported: default, linear, dynamic, llama3, yarn, longrope/);
     expect(configError({ ...config("gpt2"), n_head: 5 }).field).toBe("n_head");
   });
 });

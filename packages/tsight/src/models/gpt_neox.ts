@@ -3,7 +3,7 @@
  * (rotary_pct of each head), and, by default, the parallel residual: attention and MLP both read the layer input.
  */
 import { Activation, activationNames, applyRotary, attentionMask, Dropout, eagerAttention, Embedding, LayerNorm, Linear, Module, ModuleList, resolveForward, RotaryEmbedding } from "../nn/index.js";
-import type { ActivationName, AttentionContext, ForwardOptions } from "../nn/index.js";
+import type { ActivationName, AttentionContext, ForwardOptions, RopeSpec } from "../nn/index.js";
 import type { Tensor } from "../tensor/index.js";
 import { CausalLM, commonConfig, type BaseModelOutput, type ModelConfig, type WeightRules } from "./causal-lm.js";
 import { ConfigError, ConfigReader, type RawConfig } from "./config.js";
@@ -12,8 +12,7 @@ export interface GPTNeoXConfig extends ModelConfig {
   intermediateSize: number;
   eps: number;
   activation: ActivationName;
-  rotaryDim: number;
-  ropeTheta: number;
+  rope: RopeSpec;
   parallelResidual: boolean;
   attentionBias: boolean;
 }
@@ -29,8 +28,7 @@ export function gptNeoXConfig(raw: RawConfig): GPTNeoXConfig {
     intermediateSize: c.int("intermediate_size"),
     eps: c.number("layer_norm_eps", 1e-5),
     activation: c.string("hidden_act", activationNames, "gelu"),
-    rotaryDim: Math.trunc(headDim * c.partialRotary()),
-    ropeTheta: c.ropeTheta(c.number("rotary_emb_base", 10000)),
+    rope: c.rope({ headDim, defaultTheta: c.number("rotary_emb_base", 10000) }),
     parallelResidual: c.bool("use_parallel_residual", true),
     attentionBias: c.bool("attention_bias", true),
   };
@@ -118,7 +116,7 @@ export class GPTNeoXModel extends Module {
     this.embed_in = new Embedding(cfg.vocabSize, cfg.hiddenSize);
     this.layers = new ModuleList(Array.from({ length: cfg.numLayers }, (_, i) => new GPTNeoXLayer(cfg, i)));
     this.final_layer_norm = new LayerNorm(cfg.hiddenSize, cfg.eps);
-    this.rotary_emb = new RotaryEmbedding(cfg.rotaryDim, cfg.ropeTheta);
+    this.rotary_emb = new RotaryEmbedding(cfg.rope);
   }
   override async forward(inputIds: Tensor, options: ForwardOptions = {}): Promise<BaseModelOutput> {
     const { mask, positions } = resolveForward(inputIds, options);

@@ -3,8 +3,9 @@
  * of experts) read alike from their configs, and the per-forward inputs their decoder stacks build alike: position
  * ids, one attention mask per layer type, one context per layer.
  */
-import { layerContexts, layerTypeNames, resolveForward, type AttentionContext, type ForwardOptions, type LayerType } from "../nn/index.js";
+import { layerContexts, layerTypeNames, resolveForward, type AttentionContext, type ForwardOptions, type LayerType, type Module, type ModuleList, type RotaryEmbedding } from "../nn/index.js";
 import type { Tensor } from "../tensor/index.js";
+import type { BaseModelOutput } from "./causal-lm.js";
 import { ConfigError, type ConfigReader } from "./config.js";
 
 /** Attention geometry: heads, grouped key/value heads, features per head. */
@@ -51,4 +52,28 @@ export function slidingWindowFor(c: ConfigReader, layerTypes: readonly LayerType
 export function decoderInputs(inputIds: Tensor, options: ForwardOptions, layerTypes: readonly LayerType[], window: number | null): { positions: Tensor; contexts: AttentionContext[] } {
   const { mask, positions } = resolveForward(inputIds, options);
   return { positions, contexts: layerContexts(mask, inputIds.shape[1]!, layerTypes, window, options.cache) };
+}
+
+/** The children a rotary decoder stack (`model` in Hugging Face's trees) calls, under Hugging Face's names. */
+export interface RotaryDecoderStack {
+  embed_tokens: Module & { forward(ids: Tensor): Promise<Tensor> };
+  layers: ModuleList<Module & { forward(hidden: Tensor, rope: [Tensor, Tensor], ctx: AttentionContext): Promise<Tensor> }>;
+  norm: Module & { forward(hidden: Tensor): Promise<Tensor> };
+  rotary_emb: RotaryEmbedding;
+}
+
+/**
+ * The forward every rotary decoder stack here shares: embed the ids, compute cos and sin (once, or once per layer
+ * type in sorted order where rotary_emb has a table per type, as Gemma 3 does), run each layer with its rope and
+ * its layer type's mask, apply the final norm.
+ */
+export async function runDecoder(stack: RotaryDecoderStack, inputIds: Tensor, options: ForwardOptions, layerTypes: readonly LayerType[], window: number | null): Promise<BaseModelOutput> {
+  const { positions, contexts } = decoderInputs(inputIds, options, layerTypes, window);
+  let hidden = await stack.embed_tokens.call(inputIds); // (B, T, hidden)
+  const ropes = new Map<string, [Tensor, Tensor]>(); // cos, sin (B, T, rotary dim) per table
+  for (const type of stack.rotary_emb.layerTypes) ropes.set(type, await (type ? stack.rotary_emb.call(hidden, positions, type) : stack.rotary_emb.call(hidden, positions)));
+  const ropeOf = (i: number) => ropes.get(ropes.has("") ? "" : layerTypes[i]!)!;
+  for (const [i, layer] of [...stack.layers].entries()) hidden = await layer.call(hidden, ropeOf(i), contexts[i]!);
+  hidden = await stack.norm.call(hidden);
+  return { last_hidden_state: hidden, past_key_values: options.cache };
 }

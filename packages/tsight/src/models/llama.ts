@@ -17,7 +17,7 @@ import type { ActivationName, AttentionContext, ForwardOptions, LayerType, RopeS
 import type { Tensor } from "../tensor/index.js";
 import { CausalLM, commonConfig, type BaseModelOutput, type ModelConfig, type WeightRules } from "./causal-lm.js";
 import { ConfigReader, type RawConfig } from "./config.js";
-import { attentionShape, decoderInputs, readLayerTypes } from "./decoder.js";
+import { attentionShape, readLayerTypes, runDecoder } from "./decoder.js";
 
 export type LlamaFamily = "llama" | "mistral" | "qwen2" | "qwen3" | "gemma";
 
@@ -38,6 +38,9 @@ export interface LlamaConfig extends ModelConfig {
   layerTypes: LayerType[];
   slidingWindow: number | null;
 }
+
+/** What LlamaAttention reads; other families (OLMo 2, the mixtures of experts) provide it too. */
+export type LlamaAttentionConfig = Pick<LlamaConfig, "hiddenSize" | "numHeads" | "numKVHeads" | "headDim" | "qkvBias" | "outputBias" | "qkNorm" | "eps">;
 
 /** What a gated MLP needs (LlamaConfig has it; other families pass their own sizes). */
 export interface GatedMLPConfig {
@@ -95,7 +98,7 @@ export class LlamaAttention extends Module {
   q_norm?: RMSNorm;
   k_norm?: RMSNorm;
   constructor(
-    private readonly cfg: LlamaConfig,
+    private readonly cfg: LlamaAttentionConfig,
     private readonly layerIdx: number,
   ) {
     super();
@@ -178,13 +181,9 @@ export class LlamaModel extends Module {
     this.norm = new RMSNorm(cfg.hiddenSize, cfg.eps, cfg.normOffset);
     this.rotary_emb = new RotaryEmbedding(cfg.rope);
   }
+  /** embed_tokens, rotary_emb, each layer, norm (see runDecoder). */
   override async forward(inputIds: Tensor, options: ForwardOptions = {}): Promise<BaseModelOutput> {
-    const { positions, contexts } = decoderInputs(inputIds, options, this.cfg.layerTypes, this.cfg.slidingWindow);
-    let hidden = await this.embed_tokens.call(inputIds); // (B, T, hidden)
-    const rope = await this.rotary_emb.call(hidden, positions); // cos, sin (B, T, rotary dim)
-    for (const [i, layer] of [...this.layers].entries()) hidden = await layer.call(hidden, rope, contexts[i]!);
-    hidden = await this.norm.call(hidden);
-    return { last_hidden_state: hidden, past_key_values: options.cache };
+    return runDecoder(this, inputIds, options, this.cfg.layerTypes, this.cfg.slidingWindow);
   }
 }
 

@@ -21,7 +21,7 @@ export const fixturesDir: string = (() => {
 /** hf-fixtures/: one tiny random model per architecture of the first batch, named by model_type. */
 export const hfArchitectures = ["gpt2", "llama", "mistral", "qwen2", "qwen3", "gpt_neox", "gemma"] as const;
 /** hf-fixtures-2/: current model families and rope types (transformers 5.18), named by what they exercise. */
-export const hfFixtures2 = ["llama3", "gemma2", "gemma3_text", "phi3", "olmo2", "llama_linear", "qwen2_yarn", "phi3_longrope"] as const;
+export const hfFixtures2 = ["llama3", "gemma2", "gemma3_text", "phi3", "olmo2", "mixtral", "qwen3_moe", "llama_linear", "qwen2_yarn", "phi3_longrope"] as const;
 /** Every tiny Hugging Face fixture, both batches: same format, same inputs, same intervention references. */
 export const hfFixtures = [...hfArchitectures, ...hfFixtures2] as const;
 export type HfFixtureName = (typeof hfFixtures)[number];

@@ -38,6 +38,12 @@ export interface WeightRules {
   basePrefix: string;
   /** File keys that are buffers, not parameters, and are skipped (regexes). */
   ignore: RegExp[];
+  /**
+   * Parameters checkpoints store split, one tensor per expert and projection (Hub MoE checkpoints): per expert,
+   * the keys whose tensors are concatenated along dim 0; the experts are then stacked (transformers 5 fuses them
+   * the same way on load). Used when the parameter's own key is absent.
+   */
+  stacked?: Record<string, string[][]>;
 }
 
 /** The output of a decoder stack (Hugging Face's BaseModelOutputWithPast). */

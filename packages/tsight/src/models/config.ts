@@ -42,6 +42,11 @@ export class ConfigReader {
     throw new ConfigError(`${this.modelType} config: field "${field}" is required (${want}) but is ${JSON.stringify(this.raw[field]) ?? "missing"}`, field);
   }
 
+  /** A ConfigError naming `field`, saying what it must be. */
+  invalid(field: string, want: string): never {
+    throw new ConfigError(`${this.modelType} config: field "${field}" must be ${want}, got ${JSON.stringify(this.raw[field]) ?? "nothing"}`, field);
+  }
+
   /** A positive integer field; the first name present wins (configs spell some fields several ways). */
   int(...names: string[]): number {
     for (const n of names) {

@@ -66,11 +66,16 @@ export function fixture(name: FixtureName): Promise<Fixture> {
   return f;
 }
 
+/** The fixture's checkpoint tensors by file key, as Hugging Face saved them. */
+export async function fixtureWeights(name: FixtureName): Promise<Map<string, Tensor>> {
+  return (await readSafetensors(path.join(fixtureDir(name), "model.safetensors"))).tensors;
+}
+
 /** A fresh model with the fixture's weights (fresh: tests may install hooks). */
 export async function fixtureModel(name: FixtureName): Promise<CausalLM> {
   const f = await fixture(name);
   const model = buildModel(f.config);
-  loadWeights(model, (await readSafetensors(path.join(f.dir, "model.safetensors"))).tensors);
+  loadWeights(model, await fixtureWeights(name));
   return model;
 }
 

@@ -1,6 +1,6 @@
 /** The tracing suite, in process. */
 import { beforeAll, describe, it } from "vitest";
-import { fixtureDir, hfArchitectures } from "../../../../test/fixtures.js";
+import { fixtureDir, type HfFixtureName } from "../../../../test/fixtures.js";
 import { LanguageModel } from "./language-model.js";
 import { generateCases } from "./generate.case.js";
 import { traceCases, type TraceBackend } from "./trace.case.js";
@@ -9,7 +9,7 @@ import os from "node:os";
 import path from "node:path";
 
 /** A fixture architecture as a loadable folder (the fixtures lack a tokenizer; any will do for id inputs). */
-export async function loadArch(arch: (typeof hfArchitectures)[number]): Promise<LanguageModel> {
+export async function loadArch(arch: HfFixtureName): Promise<LanguageModel> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), `tsight-${arch}-`));
   for (const file of ["config.json", "model.safetensors"]) fs.copyFileSync(path.join(fixtureDir(arch), file), path.join(dir, file));
   fs.copyFileSync(path.join(fixtureDir("stdlib-gpt2"), "tokenizer.json"), path.join(dir, "tokenizer.json"));

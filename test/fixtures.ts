@@ -2,6 +2,7 @@
  * The Hugging Face reference fixtures (../shared/fixtures, see its README): where they are and how to read them.
  */
 import fs from "node:fs";
+import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { buildModel, loadWeights, type CausalLM } from "../packages/tsight/src/models/index.js";
@@ -64,6 +65,22 @@ export function fixture(name: FixtureName): Promise<Fixture> {
     cache.set(name, f);
   }
   return f;
+}
+
+/**
+ * A Hugging Face fixture as a loadable model folder (config, weights, and stdlib-gpt2's tokenizer, since the tiny
+ * fixtures have none; token-id inputs need none), made once per process.
+ */
+const folders = new Map<HfFixtureName, string>();
+export function fixtureFolder(name: HfFixtureName): string {
+  let dir = folders.get(name);
+  if (!dir) {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), `tsight-${name}-`));
+    for (const file of ["config.json", "model.safetensors"]) fs.copyFileSync(path.join(fixtureDir(name), file), path.join(dir, file));
+    fs.copyFileSync(path.join(fixtureDir("stdlib-gpt2"), "tokenizer.json"), path.join(dir, "tokenizer.json"));
+    folders.set(name, dir);
+  }
+  return dir;
 }
 
 /** The fixture's checkpoint tensors by file key, as Hugging Face saved them. */

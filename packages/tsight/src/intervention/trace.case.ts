@@ -566,6 +566,37 @@ export const traceCases: TraceCase[] = [
     },
   },
   {
+    name: "scan gives every architecture's module shapes, on the model and on its meta model, as Hugging Face records them",
+    async run(b) {
+      for (const arch of hfFixtures) {
+        const lm = await b.arch(arch);
+        const f = await fixture(arch);
+        const l0 = layerPath(arch, 0);
+        const moe = arch === "mixtral" || arch === "qwen3_moe";
+        // In forward order: the router and the experts' activation inside layer 0's MLP, the MLP, the layer, the head.
+        const keys = [...(moe ? [`${l0}.mlp.gate`, `${l0}.mlp.experts.act_fn`] : []), `${l0}.mlp`, l0, "lm_head"];
+        const scan = async (model: LanguageModel, options?: TraceOptions) =>
+          model.scan(
+            ref(f, "input_ids"),
+            async (m, tr) => {
+              const shapes: Record<string, number[]> = {};
+              for (const key of tr.vars.keys as string[]) {
+                const value = await key.split(".").reduce((e: any, k: string) => e[k], m).output;
+                const first = (Array.isArray(value) ? value[0] : value) as Tensor;
+                shapes[key] = [...first.shape, first.isMeta ? 1 : 0];
+              }
+              return shapes;
+            },
+            { ...options, vars: { keys } },
+          );
+        const expected = Object.fromEntries(keys.map((k) => [k, [...ref(f, `single/${k}:output`).shape, 1]]));
+        expect(await scan(lm, b.options()), arch).toEqual(expected);
+        const meta = await LanguageModel.load(lm.name, { dispatch: false });
+        expect(await scan(meta), `${arch} meta`).toEqual(expected);
+      }
+    },
+  },
+  {
     name: "a session carries values from one trace to the next",
     async run(b) {
       const out = await b.gpt2.session(async (s) => {

@@ -178,6 +178,20 @@ export const generateCases: TraceCase[] = [
     },
   },
   {
+    name: "greedy generation gives Hugging Face's tokens for every architecture, alone and in a left-padded batch",
+    async run(b) {
+      for (const arch of hfFixtures) {
+        const lm = await b.arch(arch);
+        const f = await fixture(arch);
+        const none = async () => undefined;
+        const single = await lm.generate(ref(f, "input_ids"), { maxNewTokens: 8, padTokenId: 0 }, none, b.options());
+        expect(single.sequences.tolist(), arch).toEqual(ref(f, "generate/single").tolist());
+        const batch = await lm.generate({ input_ids: ref(f, "batch_ids"), attention_mask: ref(f, "batch_mask") }, { maxNewTokens: 8, padTokenId: 0 }, none, b.options());
+        expect(batch.sequences.tolist(), `${arch} batch`).toEqual(ref(f, "generate/batch").tolist());
+      }
+    },
+  },
+  {
     name: "gradients of a log-probability with respect to layer 0 match Hugging Face for every architecture",
     async run(b) {
       for (const arch of hfFixtures) {

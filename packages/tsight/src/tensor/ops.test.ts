@@ -590,6 +590,28 @@ describe("indexing", () => {
   });
 });
 
+describe("slices that are one run of memory", () => {
+  it("share the tensor's data (no copy); other slices are copies; both give the same values", () => {
+    const x = arange(24).reshape(2, 3, 4);
+    const shares = (t: Tensor) => t.data.buffer === x.data.buffer;
+    for (const [view, expected] of [
+      [x.index(1), [[12, 13, 14, 15], [16, 17, 18, 19], [20, 21, 22, 23]]],
+      [x.index(0, 2), [8, 9, 10, 11]],
+      [x.index(1).narrow(0, 1, 2), [[16, 17, 18, 19], [20, 21, 22, 23]]],
+      [x.index(1, slice(0, 2)), [[12, 13, 14, 15], [16, 17, 18, 19]]],
+    ] as [Tensor, unknown][]) {
+      expect(shares(view)).toBe(true);
+      expectTensor(view, expected);
+    }
+    for (const copy of [x.index(null, 0), x.index("...", slice(1, 3)), x.index(0, slice(0, 3, 2)), x.narrow(1, 1, 2)]) expect(shares(copy)).toBe(false);
+    expectTensor(x.index(null, 0), [[0, 1, 2, 3], [12, 13, 14, 15]]);
+    // Gradients flow through a view like through a copy.
+    const w = randT([3, 2], 120).requiresGrad_();
+    w.index(1).mul(tensor([2, 3])).sum().backward();
+    expectTensor(w.grad!, [[0, 0], [2, 3], [0, 0]]);
+  });
+});
+
 describe("put (index assignment)", () => {
   it("returns a new tensor and leaves the original untouched", () => {
     const x = tensor([[1, 2, 3], [4, 5, 6]]);

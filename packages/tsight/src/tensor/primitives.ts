@@ -361,6 +361,19 @@ const sliceLen = (start: number, stop: number, step: number): number => Math.max
 export const slice: Primitive<SliceAttrs> = {
   name: "slice",
   infer: ([x], a) => [{ dtype: x!.dtype, shape: x!.shape.map((_, i) => sliceLen(a.starts[i]!, a.stops[i]!, a.steps[i]!)) }],
+  // A region that is one run of memory (single indices, then one range, then whole dims: w[e], h[:, -1] of [B, 1, D],
+  // rows of a matrix) is a view: tensors are immutable, so sharing the data is safe and picks an expert's weights
+  // out of a [E, 2I, D] stack without copying it.
+  view: ([x], a, [out]) => {
+    const shape = x!.shape;
+    let d = 0;
+    while (d < shape.length && sliceLen(a.starts[d]!, a.stops[d]!, a.steps[d]!) === 1 && d < shape.length - 1) d++;
+    if (d < shape.length && a.steps[d] !== 1) return null;
+    for (let i = d + 1; i < shape.length; i++) if (a.starts[i] !== 0 || a.stops[i] !== shape[i] || a.steps[i] !== 1) return null;
+    const strides = stridesOf(shape);
+    const offset = shape.reduce((o, _, i) => o + a.starts[i]! * strides[i]!, 0);
+    return [new Tensor(x!.dtype, x!.data.subarray(offset, offset + sizeOf(out!.shape)), out!.shape)];
+  },
   feeds: (_x, a) => [ints(a.starts), ints(a.stops), ints(a.starts.map((_, i) => i)), ints(a.steps)],
   graph: (g, ins) => [g.op("Slice", ins)],
   grad: ([g], n) => [Tensor.zeros(n.inputs[0]!.shape, g!.dtype).sliceAssign(n.attrs as SliceAttrs, g!)],

@@ -70,6 +70,7 @@ describe("model configs", () => {
     expect(configError({ ...config("gemma2"), layer_types: ["sliding_attention"] }).field).toBe("layer_types");
     expect(configError({ ...config("gemma2"), layer_types: ["chunked_attention", "full_attention"] }).message).toMatch(/"chunked_attention".*supported: full_attention, sliding_attention/);
     expect(configError({ ...config("gemma2"), sliding_window: null }).field).toBe("sliding_window");
+    expect((buildModel({ ...config("gemma2"), sliding_window: undefined }).config as { slidingWindow?: number }).slidingWindow).toBe(4096); // transformers' default
     expect(configError({ ...config("gemma3_text"), use_bidirectional_attention: true }).field).toBe("use_bidirectional_attention");
     expect(configError({ ...config("qwen3_moe"), num_experts_per_tok: 5 }).field).toBe("num_experts_per_tok");
     expect(configError({ ...config("mixtral"), num_local_experts: 0 }).field).toBe("num_local_experts");

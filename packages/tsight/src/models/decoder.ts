@@ -40,10 +40,13 @@ export function readLayerTypes(c: ConfigReader, numLayers: number, fallback: (i:
   return v as LayerType[];
 }
 
-/** The sliding window of "sliding_attention" layers; a ConfigError naming `sliding_window` when one is needed and absent. */
-export function slidingWindowFor(c: ConfigReader, layerTypes: readonly LayerType[]): number | null {
+/**
+ * The sliding window of "sliding_attention" layers: `sliding_window`, else `fallback` when the field is absent (the
+ * architecture's default); a ConfigError naming `sliding_window` when one is needed and there is none.
+ */
+export function slidingWindowFor(c: ConfigReader, layerTypes: readonly LayerType[], fallback: number | null = null): number | null {
   if (!layerTypes.includes("sliding_attention")) return null;
-  const w = c.intOr(null, "sliding_window");
+  const w = c.raw.sliding_window === undefined ? fallback : c.intOr(null, "sliding_window");
   if (w === null) throw new ConfigError(`${c.modelType} config: field "sliding_window" is required by its sliding_attention layers`, "sliding_window");
   return w;
 }

@@ -81,7 +81,7 @@ export function gemma2Config(raw: RawConfig, family: Gemma2Family): Gemma2Config
     finalSoftcap: softcap("final_logit_softcapping", gemma3 ? null : 30),
     qkNorm: gemma3,
     layerTypes,
-    slidingWindow: slidingWindowFor(c, layerTypes),
+    slidingWindow: slidingWindowFor(c, layerTypes, 4096),
     rope,
   };
 }

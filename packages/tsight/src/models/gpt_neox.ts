@@ -2,7 +2,7 @@
  * GPT-NeoX / Pythia (transformers' modeling_gpt_neox): LayerNorm, fused per-head query_key_value, partial rotary
  * (rotary_pct of each head), and, by default, the parallel residual: attention and MLP both read the layer input.
  */
-import { Activation, activationNames, applyRotary, attentionMask, Dropout, eagerAttention, Embedding, LayerNorm, Linear, Module, ModuleList, resolveForward, RotaryEmbedding } from "../nn/index.js";
+import { Activation, activationNames, attentionMask, Dropout, Embedding, LayerNorm, Linear, Module, ModuleList, resolveForward, RotaryEmbedding, rotaryAttention } from "../nn/index.js";
 import type { ActivationName, AttentionContext, ForwardOptions, RopeSpec } from "../nn/index.js";
 import type { Tensor } from "../tensor/index.js";
 import { CausalLM, commonConfig, type BaseModelOutput, type ModelConfig, type WeightRules } from "./causal-lm.js";
@@ -51,11 +51,7 @@ export class GPTNeoXAttention extends Module {
     // The fused projection is laid out per head: [q_h, k_h, v_h] for each head h.
     const qkv = (await this.query_key_value.call(hidden)).reshape(B, T, H, 3 * D).transpose(1, 2); // (B, H, T, 3D)
     const [q, k, v] = qkv.split(D, -1) as [Tensor, Tensor, Tensor];
-    const [cos, sin] = rope;
-    const qr = applyRotary(q, cos, sin);
-    const kr = applyRotary(k, cos, sin);
-    const kv = ctx.cache ? ctx.cache.update(this.layerIdx, kr, v) : { keys: kr, values: v };
-    const [out, weights] = eagerAttention(qr, kv.keys, kv.values, ctx.mask, 1 / Math.sqrt(D));
+    const [out, weights] = rotaryAttention(q, k, v, rope, ctx, this.layerIdx, { scale: 1 / Math.sqrt(D) });
     return [await this.dense.call(out), weights];
   }
 }

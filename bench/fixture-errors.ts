@@ -1,4 +1,4 @@
-/** Per architecture, the largest difference between tsight and the Hugging Face fixtures over one forward. */
+/** Per fixture (both Hugging Face batches and the embedded models), the largest difference between tsight and the reference over one forward. */
 import { fixture, fixtureModel, hfFixtures, maxAbsDiff, recordForward, ref, stdlibModels } from "../test/fixtures.js";
 
 export async function fixtureErrors(): Promise<Map<string, { worst: number; where: string }>> {

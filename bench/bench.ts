@@ -103,8 +103,8 @@ async function main(): Promise<void> {
   for (const row of rows) console.log(`  ${formatRow(row)}`);
   const at = (setup: string, batching: boolean) => rows.find((x) => x.setup === setup && x.batching === batching && x.clients === 32)?.jobsPerSecond ?? NaN;
   console.log(`  batching at 32 clients: jobs/s x${fmt(at("distributed", true) / at("distributed", false), 2)} distributed, x${fmt(at("embedded", true) / at("embedded", false), 2)} embedded`);
-  console.log("\nLargest difference from Hugging Face (all recorded module inputs/outputs and logits)");
-  for (const [name, e] of await fixtureErrors()) console.log(`  ${name.padEnd(13)} ${e.worst.toExponential(2)}  at ${e.where}`);
+  console.log("\nLargest difference from Hugging Face per fixture (all recorded module inputs/outputs and logits)");
+  for (const [name, e] of await fixtureErrors()) console.log(`  ${name.padEnd(14)} ${e.worst.toExponential(2)}  at ${e.where}`);
 }
 
 await main();

@@ -1,9 +1,9 @@
-/** Per architecture, the largest difference between tsight and the Hugging Face fixtures over one forward. */
-import { fixture, fixtureModel, hfArchitectures, maxAbsDiff, recordForward, ref, stdlibModels } from "../test/fixtures.js";
+/** Per fixture (both Hugging Face batches and the embedded models), the largest difference between tsight and the reference over one forward. */
+import { fixture, fixtureModel, hfFixtures, maxAbsDiff, recordForward, ref, stdlibModels } from "../test/fixtures.js";
 
 export async function fixtureErrors(): Promise<Map<string, { worst: number; where: string }>> {
   const out = new Map<string, { worst: number; where: string }>();
-  for (const name of [...hfArchitectures, ...stdlibModels]) {
+  for (const name of [...hfFixtures, ...stdlibModels]) {
     const f = await fixture(name);
     const { values, logits } = await recordForward(await fixtureModel(name), ref(f, name.startsWith("stdlib") ? "probe0/input_ids" : "input_ids"));
     values.set("logits", logits);

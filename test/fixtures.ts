@@ -2,6 +2,7 @@
  * The Hugging Face reference fixtures (../shared/fixtures, see its README): where they are and how to read them.
  */
 import fs from "node:fs";
+import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { buildModel, loadWeights, type CausalLM } from "../packages/tsight/src/models/index.js";
@@ -18,15 +19,25 @@ export const fixturesDir: string = (() => {
   return found;
 })();
 
+/** hf-fixtures/: one tiny random model per architecture of the first batch, named by model_type. */
 export const hfArchitectures = ["gpt2", "llama", "mistral", "qwen2", "qwen3", "gpt_neox", "gemma"] as const;
+/** hf-fixtures-2/: current model families and rope types (transformers 5.18), named by what they exercise. */
+export const hfFixtures2 = ["llama3", "gemma2", "gemma3_text", "phi3", "olmo2", "mixtral", "qwen3_moe", "llama_linear", "qwen2_yarn", "phi3_longrope"] as const;
+/** Every tiny Hugging Face fixture, both batches: same format, same inputs, same intervention references. */
+export const hfFixtures = [...hfArchitectures, ...hfFixtures2] as const;
+export type HfFixtureName = (typeof hfFixtures)[number];
 export const stdlibModels = ["stdlib-gpt2", "stdlib-llama"] as const;
-export type FixtureName = (typeof hfArchitectures)[number] | (typeof stdlibModels)[number];
+export type FixtureName = HfFixtureName | (typeof stdlibModels)[number];
 
 export function fixtureDir(name: FixtureName): string {
-  return name.startsWith("stdlib-") ? path.join(fixturesDir, name) : path.join(fixturesDir, "hf-fixtures", name);
+  if (name.startsWith("stdlib-")) return path.join(fixturesDir, name);
+  return path.join(fixturesDir, (hfFixtures2 as readonly string[]).includes(name) ? "hf-fixtures-2" : "hf-fixtures", name);
 }
 
 export interface Manifest {
+  /** hf-fixtures-2 only: the model_type and every parameter's shape. */
+  arch?: string;
+  parameters?: Record<string, number[]>;
   modules: string[];
   single: { pre_order: string[]; post_order: string[]; output_kinds: Record<string, string> };
   probes?: { text: string; ids: number[]; greedy: string }[];
@@ -56,11 +67,32 @@ export function fixture(name: FixtureName): Promise<Fixture> {
   return f;
 }
 
+/**
+ * A Hugging Face fixture as a loadable model folder (config, weights, and stdlib-gpt2's tokenizer, since the tiny
+ * fixtures have none; token-id inputs need none), made once per process.
+ */
+const folders = new Map<HfFixtureName, string>();
+export function fixtureFolder(name: HfFixtureName): string {
+  let dir = folders.get(name);
+  if (!dir) {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), `tsight-${name}-`));
+    for (const file of ["config.json", "model.safetensors"]) fs.copyFileSync(path.join(fixtureDir(name), file), path.join(dir, file));
+    fs.copyFileSync(path.join(fixtureDir("stdlib-gpt2"), "tokenizer.json"), path.join(dir, "tokenizer.json"));
+    folders.set(name, dir);
+  }
+  return dir;
+}
+
+/** The fixture's checkpoint tensors by file key, as Hugging Face saved them. */
+export async function fixtureWeights(name: FixtureName): Promise<Map<string, Tensor>> {
+  return (await readSafetensors(path.join(fixtureDir(name), "model.safetensors"))).tensors;
+}
+
 /** A fresh model with the fixture's weights (fresh: tests may install hooks). */
 export async function fixtureModel(name: FixtureName): Promise<CausalLM> {
   const f = await fixture(name);
   const model = buildModel(f.config);
-  loadWeights(model, (await readSafetensors(path.join(f.dir, "model.safetensors"))).tensors);
+  loadWeights(model, await fixtureWeights(name));
   return model;
 }
 

@@ -2,6 +2,8 @@
 export * from "./tensor/index.js";
 export { Module, ModuleList, type ModuleHooks } from "./nn/index.js";
 export { buildModel, supportedModelTypes, ConfigError, WeightsError, type CausalLM, type ModelConfig, type GenerateOptions } from "./models/index.js";
+// The architectures, for typed envoy trees: LanguageModel.load(path, { architecture: MixtralForCausalLM }).
+export { GPT2LMHeadModel, LlamaForCausalLM, GPTNeoXForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM, Phi3ForCausalLM, Olmo2ForCausalLM, MixtralForCausalLM, Qwen3MoeForCausalLM } from "./models/index.js";
 export { Tokenizer, loadPretrained, embeddedModelNames, locateModel, readModelConfigs, readJsonObject, type LoadOptions } from "./hub/index.js";
 export * from "./intervention/index.js";
 // The LanguageModel users get is the remote-capable one (same API plus remote / backend / blocking).

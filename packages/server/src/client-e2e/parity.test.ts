@@ -8,21 +8,14 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, it } from "vitest";
-import { fixtureDir, hfArchitectures } from "../../../../test/fixtures.js";
+import { fixtureFolder, hfFixtures, type HfFixtureName } from "../../../../test/fixtures.js";
 import { generateCases } from "../../../tsight/src/intervention/generate.case.js";
 import { traceCases, type TraceBackend } from "../../../tsight/src/intervention/trace.case.js";
 import { startServer, type RunningServer } from "../server/index.js";
 import { LanguageModel, type RemoteOptions } from "../../../tsight/src/client/language-model.js";
 
-/** Each fixture architecture as a model folder (the fixtures have no tokenizer; token-id inputs need none). */
-const archFolders = Object.fromEntries(
-  hfArchitectures.map((arch) => {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), `tsight-${arch}-`));
-    for (const file of ["config.json", "model.safetensors"]) fs.copyFileSync(path.join(fixtureDir(arch), file), path.join(dir, file));
-    fs.copyFileSync(path.join(fixtureDir("stdlib-gpt2"), "tokenizer.json"), path.join(dir, "tokenizer.json"));
-    return [arch, dir];
-  }),
-) as Record<(typeof hfArchitectures)[number], string>;
+/** Each Hugging Face fixture (both batches) as a model folder. */
+const archFolders = Object.fromEntries(hfFixtures.map((name) => [name, fixtureFolder(name)])) as Record<HfFixtureName, string>;
 
 function suite(name: string, options: () => RemoteOptions): void {
   describe(name, () => {

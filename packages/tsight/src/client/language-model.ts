@@ -22,7 +22,7 @@ import { runLocalStep } from "./local-step.js";
 import { toModelKey } from "../protocol/model-key.js";
 import type { GenerateSpec, JobKind, JobRequest } from "../protocol/wire.js";
 import { interventionSource } from "./source.js";
-import type { ModelLoadOptions } from "../intervention/language-model.js";
+import { checkArchitecture, type ArchitectureClass, type ModelLoadOptions } from "../intervention/language-model.js";
 
 export interface RemoteOptions extends TraceOptions {
   /** true: run on the configured server (TSIGHT_HOST / config file); "local": in the local sandbox, as a server would. */
@@ -50,6 +50,7 @@ type TraceFn<M extends CausalLM, R> = (tr: Tracer<EnvoyTree<M>>) => R | Promise<
 export class LanguageModel<M extends CausalLM = any> extends LocalLanguageModel<M> {
   static override async load(name: "stdlib-gpt2", options?: ModelLoadOptions): Promise<LanguageModel<GPT2LMHeadModel>>;
   static override async load(name: "stdlib-llama", options?: ModelLoadOptions): Promise<LanguageModel<LlamaForCausalLM>>;
+  static override async load<M extends CausalLM>(nameOrPath: string, options: ModelLoadOptions & { architecture: ArchitectureClass<M> }): Promise<LanguageModel<M>>;
   static override async load<M extends CausalLM = CausalLM>(nameOrPath: string, options?: ModelLoadOptions): Promise<LanguageModel<M>>;
   static override async load(nameOrPath: string, options: ModelLoadOptions = {}): Promise<LanguageModel<any>> {
     return (await super.load(nameOrPath, options)) as LanguageModel;
@@ -61,12 +62,14 @@ export class LanguageModel<M extends CausalLM = any> extends LocalLanguageModel<
    */
   static async fromServer(name: "stdlib-gpt2", options?: { backend?: string | Backend; apiKey?: string }): Promise<LanguageModel<GPT2LMHeadModel>>;
   static async fromServer(name: "stdlib-llama", options?: { backend?: string | Backend; apiKey?: string }): Promise<LanguageModel<LlamaForCausalLM>>;
-  static async fromServer<M extends CausalLM = CausalLM>(name: string, options?: { backend?: string | Backend; apiKey?: string }): Promise<LanguageModel<M>>;
-  static async fromServer(name: string, options: { backend?: string | Backend; apiKey?: string } = {}): Promise<LanguageModel<any>> {
+  static async fromServer<M extends CausalLM>(name: string, options: { backend?: string | Backend; apiKey?: string; architecture: ArchitectureClass<M> }): Promise<LanguageModel<M>>;
+  static async fromServer<M extends CausalLM = CausalLM>(name: string, options?: { backend?: string | Backend; apiKey?: string; architecture?: ArchitectureClass<CausalLM> }): Promise<LanguageModel<M>>;
+  static async fromServer(name: string, options: { backend?: string | Backend; apiKey?: string; architecture?: ArchitectureClass<CausalLM> } = {}): Promise<LanguageModel<any>> {
     const backend = typeof options.backend === "string" && options.apiKey ? new HttpBackend({ url: options.backend, apiKey: options.apiKey }) : resolveRemoteTarget({ backend: options.backend, remote: true });
     const meta = await backend.meta(name.includes(":") ? name : toModelKey("LanguageModel", name));
     const repo = JSON.parse(meta.key.slice(meta.key.indexOf(":") + 1)).repo_id as string;
     const model = buildModel(meta.config);
+    checkArchitecture(model, options.architecture, name);
     const tokenizer = new Tokenizer(meta.tokenizer, meta.tokenizerConfig);
     return new this(repo, { source: { kind: "hub", name: repo, path: "" }, config: meta.config, generationConfig: meta.generationConfig, model, tokenizer, dispatched: false });
   }

@@ -3,7 +3,7 @@
  * model_type, and (unless `dispatch: false`) copy the weights in. A meta model reads only the safetensors header,
  * to check every parameter's shape, never the tensor data.
  */
-import { buildModel, loadWeights, planWeights, WeightsError, type CausalLM, type RawConfig } from "../models/index.js";
+import { buildModel, loadWeights, planWeights, sourceKeys, sourceShape, WeightsError, type CausalLM, type RawConfig } from "../models/index.js";
 import { readModelSafetensors, readModelSafetensorsHeader } from "../tensor/index.js";
 import { locateModel, readModelConfigs, type ModelSource, type ModelSourceOptions } from "./source.js";
 import { Tokenizer } from "./tokenizer.js";
@@ -35,15 +35,16 @@ export async function loadPretrained(nameOrPath: string, options: LoadOptions = 
   if (header) {
     const { sources } = planWeights(model, new Set(header.entries.keys()));
     const params = model.namedParameters();
-    for (const [name, key] of sources) {
+    for (const [name, src] of sources) {
       const want = params.get(name)!.shape;
-      const got = header.entries.get(key)!.shape;
+      const got = sourceShape(src, (k) => header.entries.get(k)!.shape);
       if (got.length !== want.length || got.some((d, i) => d !== want[i])) {
-        throw new WeightsError(`${source.path}: weight "${key}" has shape [${got}] but the config gives ${name} the shape [${want}]`);
+        const what = "key" in src ? `weight "${src.key}"` : `the stacked weights ${src.stack[0]![0]}, ...`;
+        throw new WeightsError(`${source.path}: ${what} has shape [${got}] but the config gives ${name} the shape [${want}]`);
       }
     }
     if (dispatch) {
-      const { tensors } = await readModelSafetensors(source.path, { names: new Set(sources.values()) });
+      const { tensors } = await readModelSafetensors(source.path, { names: new Set([...sources.values()].flatMap(sourceKeys)) });
       loadWeights(model, tensors);
     }
   }

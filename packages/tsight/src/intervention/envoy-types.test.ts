@@ -1,9 +1,9 @@
 /** Envoy trees are typed from the model classes: paths autocomplete and values have their modules' types. */
 import { describe, expectTypeOf, it } from "vitest";
-import type { CausalLMOutput, GPT2LMHeadModel, LlamaForCausalLM } from "../models/index.js";
+import type { CausalLMOutput, Gemma2ForCausalLM, Gemma3ForCausalLM, GPT2LMHeadModel, LlamaForCausalLM, MixtralForCausalLM, MoeExperts, Olmo2ForCausalLM, Phi3ForCausalLM, Qwen3MoeForCausalLM, Qwen3MoeMLP, Qwen3MoeSparseMoeBlock } from "../models/index.js";
 import type { Tensor } from "../tensor/index.js";
 import type { AnyEnvoy, EnvoyOf, EnvoyTree } from "./envoy-types.js";
-import type { LanguageModel } from "./language-model.js";
+import { LanguageModel } from "./language-model.js";
 
 describe("envoy types", () => {
   it("follow the GPT-2 module tree", () => {
@@ -36,5 +36,39 @@ describe("envoy types", () => {
     expectTypeOf<ReturnType<typeof LanguageModel.load<LlamaForCausalLM>>>().toEqualTypeOf<Promise<LanguageModel<LlamaForCausalLM>>>();
     // A typed model fits where any model is wanted.
     expectTypeOf<LanguageModel<GPT2LMHeadModel>>().toMatchTypeOf<LanguageModel>();
+  });
+
+  it("follow the newer trees: Gemma 2/3, Phi-3, OLMo 2", () => {
+    type G2 = EnvoyOf<Gemma2ForCausalLM>["model"]["layers"][number];
+    expectTypeOf<Awaited<G2["pre_feedforward_layernorm"]["output"]>>().toEqualTypeOf<Tensor>();
+    expectTypeOf<Awaited<G2["post_feedforward_layernorm"]["output"]>>().toEqualTypeOf<Tensor>();
+    expectTypeOf<EnvoyOf<Gemma3ForCausalLM>["model"]["layers"][number]["self_attn"]>().toHaveProperty("q_norm");
+    expectTypeOf<Awaited<EnvoyOf<Gemma3ForCausalLM>["model"]["rotary_emb"]["inputs"]>>().toEqualTypeOf<[_x: Tensor, positions: Tensor, layerType?: string]>();
+    type P = EnvoyOf<Phi3ForCausalLM>["model"]["layers"][number];
+    expectTypeOf<Awaited<P["self_attn"]["qkv_proj"]["output"]>>().toEqualTypeOf<Tensor>();
+    expectTypeOf<Awaited<P["mlp"]["gate_up_proj"]["output"]>>().toEqualTypeOf<Tensor>();
+    expectTypeOf<P>().toHaveProperty("resid_attn_dropout");
+    expectTypeOf<P["mlp"]>().not.toHaveProperty("up_proj");
+    type O = EnvoyOf<Olmo2ForCausalLM>["model"]["layers"][number];
+    expectTypeOf<O>().toHaveProperty("post_feedforward_layernorm");
+    expectTypeOf<O>().not.toHaveProperty("input_layernorm");
+  });
+
+  it("follow the mixtures of experts: the router's 3-tuple, the experts' three inputs", () => {
+    type Moe = EnvoyOf<MixtralForCausalLM>["model"]["layers"][number]["mlp"];
+    expectTypeOf<Awaited<Moe["gate"]["output"]>>().toEqualTypeOf<[Tensor, Tensor, Tensor]>();
+    expectTypeOf<Awaited<Moe["experts"]["inputs"]>>().toEqualTypeOf<[hidden: Tensor, topKIndex: Tensor, topKWeights: Tensor]>();
+    expectTypeOf<Awaited<Moe["experts"]["act_fn"]["output"]>>().toEqualTypeOf<Tensor>();
+    expectTypeOf<Awaited<Moe["output"]>>().toEqualTypeOf<Tensor>();
+    // Qwen3-MoE keeps dense MLPs on mlp_only_layers, so a layer's mlp is either kind.
+    type QMlp = EnvoyOf<Qwen3MoeForCausalLM>["model"]["layers"][number]["mlp"];
+    expectTypeOf<QMlp>().toEqualTypeOf<EnvoyOf<Qwen3MoeSparseMoeBlock> | EnvoyOf<Qwen3MoeMLP>>();
+    expectTypeOf<EnvoyOf<Qwen3MoeSparseMoeBlock>["experts"]>().toEqualTypeOf<EnvoyOf<MoeExperts>>();
+  });
+
+  it("come from the architecture class given to LanguageModel.load for a folder or repo", () => {
+    expectTypeOf<ReturnType<typeof LanguageModel.load<MixtralForCausalLM>>>().toEqualTypeOf<Promise<LanguageModel<MixtralForCausalLM>>>();
+    const load = (dir: string) => LanguageModel.load(dir, { architecture: null as unknown as typeof Phi3ForCausalLM });
+    expectTypeOf(load).returns.resolves.toEqualTypeOf<LanguageModel<Phi3ForCausalLM>>();
   });
 });

@@ -3,7 +3,7 @@
  * executing (in process, or through a server).
  */
 import { expect } from "vitest";
-import { fixture, hfArchitectures, maxAbsDiff, ref } from "../../../../test/fixtures.js";
+import { fixture, hfFixtures, maxAbsDiff, ref } from "../../../../test/fixtures.js";
 import { generate, type CausalLM } from "../models/index.js";
 import type { ModuleHooks } from "../nn/index.js";
 import { Generator, randn, Tensor } from "../tensor/index.js";
@@ -179,16 +179,30 @@ export const generateCases: TraceCase[] = [
     },
   },
   {
+    name: "greedy generation gives Hugging Face's tokens for every architecture, alone and in a left-padded batch",
+    async run(b) {
+      for (const arch of hfFixtures) {
+        const lm = await b.arch(arch);
+        const f = await fixture(arch);
+        const none = async () => undefined;
+        const single = await lm.generate(ref(f, "input_ids"), { maxNewTokens: 8, padTokenId: 0 }, none, b.options());
+        expect(single.sequences.tolist(), arch).toEqual(ref(f, "generate/single").tolist());
+        const batch = await lm.generate({ input_ids: ref(f, "batch_ids"), attention_mask: ref(f, "batch_mask") }, { maxNewTokens: 8, padTokenId: 0 }, none, b.options());
+        expect(batch.sequences.tolist(), `${arch} batch`).toEqual(ref(f, "generate/batch").tolist());
+      }
+    },
+  },
+  {
     name: "gradients of a log-probability with respect to layer 0 match Hugging Face for every architecture",
     async run(b) {
-      for (const arch of hfArchitectures) {
+      for (const arch of hfFixtures) {
         const lm = await b.arch(arch);
         const f = await fixture(arch);
         const out = await lm.trace(
           ref(f, "input_ids"),
           async (m, tr) => {
             const h = (await tr.vars.layer.split(".").reduce((e: any, k: string) => e[k], m).output) as Tensor;
-            const lp = ((await m.lm_head.output) as Tensor).index(0, -1).logSoftmax(-1).index(5);
+            const lp = ((await m.output).logits as Tensor).index(0, -1).logSoftmax(-1).index(5);
             let grad: Tensor | undefined;
             await tr.backward(lp, async (g) => {
               grad = await g.grad(h);

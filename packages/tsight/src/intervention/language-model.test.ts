@@ -1,6 +1,7 @@
 /** The user-facing model: inputs of every kind, generation, streaming. */
 import { describe, expect, it } from "vitest";
-import { fixture, ref } from "../../../../test/fixtures.js";
+import { fixture, fixtureFolder, ref } from "../../../../test/fixtures.js";
+import { ConfigError, Gemma2ForCausalLM, Gemma3ForCausalLM, MixtralForCausalLM } from "../models/index.js";
 import { Tensor } from "../tensor/index.js";
 import { InputError, toBatch } from "./inputs.js";
 import { LanguageModel } from "./language-model.js";
@@ -48,6 +49,23 @@ describe("LanguageModel", () => {
     expect(() => toBatch([1.5], tk)).toThrow(InputError);
     expect(() => toBatch(new Tensor("float32", Float32Array.of(1), [1]), tk)).toThrow(InputError);
     expect(() => toBatch({ input_ids: t, attention_mask: new Tensor("int64", BigInt64Array.of(1n), [1]) }, tk)).toThrow(/mask/);
+  });
+
+  it("checks the architecture class a folder is loaded as (which types its envoy tree)", async () => {
+    const dir = fixtureFolder("mixtral");
+    const lm = await LanguageModel.load(dir, { architecture: MixtralForCausalLM });
+    expect(lm.model).toBeInstanceOf(MixtralForCausalLM);
+    const f = await fixture("mixtral");
+    const router = await lm.trace(ref(f, "input_ids"), async (m) => (await m.model.layers[0].mlp.gate.output)[2]);
+    expect(router.shape).toEqual([6, 2]);
+    const e = await LanguageModel.load(dir, { architecture: Gemma2ForCausalLM, dispatch: false }).catch((x) => x);
+    expect(e).toBeInstanceOf(ConfigError);
+    expect(e.field).toBe("model_type");
+    expect(e.message).toMatch(/MixtralForCausalLM \(model_type "mixtral"\), not the Gemma2ForCausalLM/);
+    // Gemma 3's text model is a Gemma 2 tree with q/k norms: loading it as Gemma 2 is allowed, the reverse is not.
+    const gemma3 = fixtureFolder("gemma3_text");
+    expect((await LanguageModel.load(gemma3, { architecture: Gemma2ForCausalLM, dispatch: false })).model).toBeInstanceOf(Gemma3ForCausalLM);
+    await expect(LanguageModel.load(fixtureFolder("gemma2"), { architecture: Gemma3ForCausalLM, dispatch: false })).rejects.toThrow(ConfigError);
   });
 });
 

@@ -4,7 +4,7 @@
  * generate.
  */
 import { loadPretrained, type LoadedModel, type LoadOptions, type Tokenizer } from "../hub/index.js";
-import { generate, type CausalLM, type GenerateOptions, type GenerateResult, type GPT2LMHeadModel, type LlamaForCausalLM, type RawConfig } from "../models/index.js";
+import { ConfigError, generate, type CausalLM, type GenerateOptions, type GenerateResult, type GPT2LMHeadModel, type LlamaForCausalLM, type RawConfig } from "../models/index.js";
 import type { Module } from "../nn/index.js";
 import { Tensor } from "../tensor/index.js";
 import type { EnvoyTree } from "./envoy-types.js";
@@ -20,6 +20,22 @@ export interface ModelLoadOptions extends LoadOptions {
    * (`{ attn: "attention" }`).
    */
   rename?: Record<string, string>;
+  /**
+   * The architecture class the model must be (`MixtralForCausalLM`, ...): types the envoy tree of a model loaded
+   * from a folder or repo, checked when it loads (a ConfigError naming model_type otherwise).
+   */
+  architecture?: ArchitectureClass<CausalLM>;
+}
+
+/** A model class, as `architecture` takes it. */
+export type ArchitectureClass<M extends CausalLM> = abstract new (...args: never[]) => M;
+
+/** Throws unless `model` is an instance of `architecture` (when one is given). */
+export function checkArchitecture(model: CausalLM, architecture: ArchitectureClass<CausalLM> | undefined, where: string): void {
+  const { typeName, config } = model;
+  if (architecture && !(model instanceof architecture)) {
+    throw new ConfigError(`${where} is a ${typeName} (model_type "${config.modelType}"), not the ${architecture.name} asked for`, "model_type");
+  }
 }
 
 export interface GenerateCall extends Omit<GenerateOptions, "onStep"> {
@@ -107,9 +123,12 @@ export class LanguageModel<M extends CausalLM = any> {
   /** Loads `stdlib-gpt2`, `stdlib-llama`, a model folder, or a Hugging Face repo id. */
   static async load(name: "stdlib-gpt2", options?: ModelLoadOptions): Promise<LanguageModel<GPT2LMHeadModel>>;
   static async load(name: "stdlib-llama", options?: ModelLoadOptions): Promise<LanguageModel<LlamaForCausalLM>>;
+  static async load<M extends CausalLM>(nameOrPath: string, options: ModelLoadOptions & { architecture: ArchitectureClass<M> }): Promise<LanguageModel<M>>;
   static async load<M extends CausalLM = CausalLM>(nameOrPath: string, options?: ModelLoadOptions): Promise<LanguageModel<M>>;
   static async load(nameOrPath: string, options: ModelLoadOptions = {}): Promise<LanguageModel<any>> {
-    return new this(nameOrPath, await loadPretrained(nameOrPath, options), options.rename);
+    const loaded = await loadPretrained(nameOrPath, options);
+    checkArchitecture(loaded.model, options.architecture, nameOrPath);
+    return new this(nameOrPath, loaded, options.rename);
   }
 
   /** The module tree. */

@@ -4,7 +4,7 @@
  * they use only their parameters and `tr.vars`, as remote code must.
  */
 import { expect } from "vitest";
-import { fixture, fixtureDir, hfArchitectures, maxAbsDiff, ref } from "../../../../test/fixtures.js";
+import { fixture, fixtureDir, fixtureWeights, hfFixtures, maxAbsDiff, ref, type HfFixtureName } from "../../../../test/fixtures.js";
 import type { GPT2LMHeadModel, LlamaForCausalLM } from "../models/index.js";
 import { Tensor } from "../tensor/index.js";
 import { MissedProviderError, OutOfOrderError, SwapError, TraceError } from "./errors.js";
@@ -16,8 +16,8 @@ export interface TraceBackend {
   options(extra?: TraceOptions): TraceOptions;
   gpt2: LanguageModel<GPT2LMHeadModel>;
   llama: LanguageModel<LlamaForCausalLM>;
-  /** A model per fixture architecture (tiny random weights). */
-  arch(name: (typeof hfArchitectures)[number]): Promise<LanguageModel>;
+  /** A model per Hugging Face fixture (tiny random weights), loaded from a folder. */
+  arch(name: HfFixtureName): Promise<LanguageModel>;
 }
 
 export interface TraceCase {
@@ -127,7 +127,7 @@ export const traceCases: TraceCase[] = [
   {
     name: "zeroing layer 1's MLP, steering and patching give Hugging Face's logits for every architecture",
     async run(b) {
-      for (const arch of hfArchitectures) {
+      for (const arch of hfFixtures) {
         const lm = await b.arch(arch);
         const f = await fixture(arch);
         const l0 = layerPath(arch, 0);
@@ -137,7 +137,7 @@ export const traceCases: TraceCase[] = [
           async (m, tr) => {
             const mlp = (tr.vars.l1 + ".mlp").split(".").reduce((e: any, k: string) => e[k], m);
             mlp.output = ((await mlp.output) as Tensor).mul(0);
-            return (await m.lm_head.output) as Tensor;
+            return (await m.output).logits as Tensor; // the model's logits (Gemma 2 soft-caps lm_head's output)
           },
           b.options({ vars: { l1 } }),
         );
@@ -147,7 +147,7 @@ export const traceCases: TraceCase[] = [
           async (m, tr) => {
             const layer = tr.vars.l0.split(".").reduce((e: any, k: string) => e[k], m);
             layer.output = ((await layer.output) as Tensor).add(tr.vars.vector.mul(4));
-            return (await m.lm_head.output) as Tensor;
+            return (await m.output).logits as Tensor; // the model's logits (Gemma 2 soft-caps lm_head's output)
           },
           b.options({ vars: { l0, vector: ref(f, "intervention/steer_l0/vector") } }),
         );
@@ -162,13 +162,54 @@ export const traceCases: TraceCase[] = [
               const layer = tr.vars.l0.split(".").reduce((e: any, k: string) => e[k], m);
               const h = (await layer.output) as Tensor;
               layer.output = h.put([null, -1], source!.index(null, -1));
-              return (await m.lm_head.output) as Tensor;
+              return (await m.output).logits as Tensor; // the model's logits (Gemma 2 soft-caps lm_head's output)
             });
             return target;
           },
           b.options({ vars: { l0, source: ref(f, "source_ids"), target: ref(f, "input_ids") } }),
         );
         expect(maxAbsDiff(patched, ref(f, "intervention/patch_l0_last/logits")), `${arch} patch_l0_last`).toBeLessThan(1e-4);
+      }
+    },
+  },
+  {
+    name: "a mixture of experts' router output is read and replaced: forcing expert 2 runs exactly expert 2 from the checkpoint",
+    async run(b) {
+      for (const [arch, expert2] of [
+        ["mixtral", (w: string) => `model.layers.0.block_sparse_moe.experts.2.${{ gate: "w1", up: "w3", down: "w2" }[w]}.weight`],
+        ["qwen3_moe", (w: string) => `model.layers.0.mlp.experts.2.${w}_proj.weight`],
+      ] as const) {
+        const lm = await b.arch(arch);
+        const f = await fixture(arch);
+        const T = ref(f, "input_ids").shape[1]!;
+        const out = await lm.trace(
+          ref(f, "input_ids"),
+          async (m, tr) => {
+            const mlp = m.model.layers[0].mlp;
+            const x = (await mlp.input) as Tensor; // (1, T, D)
+            const [logits, weights, experts] = (await mlp.gate.output) as [Tensor, Tensor, Tensor]; // (T, E), (T, k), (T, k)
+            mlp.gate.output = [logits, tr.vars.weights, tr.vars.experts];
+            const [, seenExperts, seenWeights] = (await mlp.experts.inputs) as [Tensor, Tensor, Tensor];
+            return { x, logits, weights, experts, seenExperts, seenWeights, y: (await mlp.output) as Tensor, final: (await m.lm_head.output) as Tensor };
+          },
+          // Every token to expert 2, in both of its k = 2 slots, half the weight each.
+          b.options({ vars: { experts: Tensor.full([T, 2], 2, "int64"), weights: Tensor.full([T, 2], 0.5) } }),
+        );
+        // What the router computed is Hugging Face's (mlp.gate's first output), with k = 2 renormalised weights.
+        expect(maxAbsDiff(out.logits, ref(f, "single/model.layers.0.mlp.gate:output")), arch).toBeLessThan(1e-4);
+        expect(out.experts.dtype).toBe("int64");
+        expect(out.weights.sum(-1).sub(1).abs().max().item()).toBeLessThan(1e-6);
+        expect(out.seenExperts.tolist()).toEqual(Array.from({ length: T }, () => [2, 2]));
+        expect(out.seenWeights.toArray()).toEqual(new Array(2 * T).fill(0.5));
+        // Independently, from the checkpoint's own tensors for expert 2: down(silu(gate x) * up x).
+        const w = await fixtureWeights(arch);
+        const tokens = out.x.reshape(T, -1);
+        const lin = (t: Tensor, key: string) => t.matmul(w.get(key)!.transpose(0, 1));
+        const expected = lin(lin(tokens, expert2("gate")).silu().mul(lin(tokens, expert2("up"))), expert2("down"));
+        expect(maxAbsDiff(out.y.reshape(T, -1), expected), arch).toBeLessThan(1e-5);
+        // The edit reaches the logits: the router chose other experts for some tokens.
+        expect(out.experts.eq(2).logicalNot().toArray().some(Boolean)).toBe(true);
+        expect(maxAbsDiff(out.final, ref(f, "single/logits"))).toBeGreaterThan(1e-3);
       }
     },
   },
@@ -523,6 +564,37 @@ export const traceCases: TraceCase[] = [
       // On a model with weights, scan still computes nothing.
       const onReal = await b.gpt2.scan(PROMPT, async (m) => ((await m.lm_head.output) as Tensor).isMeta, b.options());
       expect(onReal).toBe(true);
+    },
+  },
+  {
+    name: "scan gives every architecture's module shapes, on the model and on its meta model, as Hugging Face records them",
+    async run(b) {
+      for (const arch of hfFixtures) {
+        const lm = await b.arch(arch);
+        const f = await fixture(arch);
+        const l0 = layerPath(arch, 0);
+        const moe = arch === "mixtral" || arch === "qwen3_moe";
+        // In forward order: the router and the experts' activation inside layer 0's MLP, the MLP, the layer, the head.
+        const keys = [...(moe ? [`${l0}.mlp.gate`, `${l0}.mlp.experts.act_fn`] : []), `${l0}.mlp`, l0, "lm_head"];
+        const scan = async (model: LanguageModel, options?: TraceOptions) =>
+          model.scan(
+            ref(f, "input_ids"),
+            async (m, tr) => {
+              const shapes: Record<string, number[]> = {};
+              for (const key of tr.vars.keys as string[]) {
+                const value = await key.split(".").reduce((e: any, k: string) => e[k], m).output;
+                const first = (Array.isArray(value) ? value[0] : value) as Tensor;
+                shapes[key] = [...first.shape, first.isMeta ? 1 : 0];
+              }
+              return shapes;
+            },
+            { ...options, vars: { keys } },
+          );
+        const expected = Object.fromEntries(keys.map((k) => [k, [...ref(f, `single/${k}:output`).shape, 1]]));
+        expect(await scan(lm, b.options()), arch).toEqual(expected);
+        const meta = await LanguageModel.load(lm.name, { dispatch: false });
+        expect(await scan(meta), `${arch} meta`).toEqual(expected);
+      }
     },
   },
   {

@@ -1,19 +1,13 @@
 /** The tracing suite, in process. */
 import { beforeAll, describe, it } from "vitest";
-import { fixtureDir, hfArchitectures } from "../../../../test/fixtures.js";
+import { fixtureFolder, type HfFixtureName } from "../../../../test/fixtures.js";
 import { LanguageModel } from "./language-model.js";
 import { generateCases } from "./generate.case.js";
 import { traceCases, type TraceBackend } from "./trace.case.js";
-import fs from "node:fs";
-import os from "node:os";
-import path from "node:path";
 
-/** A fixture architecture as a loadable folder (the fixtures lack a tokenizer; any will do for id inputs). */
-export async function loadArch(arch: (typeof hfArchitectures)[number]): Promise<LanguageModel> {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), `tsight-${arch}-`));
-  for (const file of ["config.json", "model.safetensors"]) fs.copyFileSync(path.join(fixtureDir(arch), file), path.join(dir, file));
-  fs.copyFileSync(path.join(fixtureDir("stdlib-gpt2"), "tokenizer.json"), path.join(dir, "tokenizer.json"));
-  return LanguageModel.load(dir);
+/** A fixture as a model loaded from a folder. */
+async function loadArch(arch: HfFixtureName): Promise<LanguageModel> {
+  return LanguageModel.load(fixtureFolder(arch));
 }
 
 describe("tracing (in process)", () => {

@@ -38,6 +38,12 @@ export interface WeightRules {
   basePrefix: string;
   /** File keys that are buffers, not parameters, and are skipped (regexes). */
   ignore: RegExp[];
+  /**
+   * Parameters checkpoints store split, one tensor per expert and projection (Hub MoE checkpoints): per expert,
+   * the keys whose tensors are concatenated along dim 0; the experts are then stacked (transformers 5 fuses them
+   * the same way on load). Used when the parameter's own key is absent.
+   */
+  stacked?: Record<string, string[][]>;
 }
 
 /** The output of a decoder stack (Hugging Face's BaseModelOutputWithPast). */
@@ -67,7 +73,12 @@ export abstract class CausalLM extends Module {
     const out = await this.base().call(inputIds, options);
     const keep = options.logitsToKeep;
     const hidden = keep ? out.last_hidden_state.narrow(1, -keep, keep) : out.last_hidden_state;
-    return { logits: await this.head().call(hidden), past_key_values: out.past_key_values };
+    return { logits: this.finalLogits(await this.head().call(hidden)), past_key_values: out.past_key_values };
+  }
+
+  /** What happens to the head's output before it is returned (Gemma 2's final soft-capping); nothing by default. */
+  protected finalLogits(logits: Tensor): Tensor {
+    return logits;
   }
 }
 

@@ -2,8 +2,8 @@
  * GPT-NeoX / Pythia (transformers' modeling_gpt_neox): LayerNorm, fused per-head query_key_value, partial rotary
  * (rotary_pct of each head), and, by default, the parallel residual: attention and MLP both read the layer input.
  */
-import { Activation, activationNames, applyRotary, attentionMask, Dropout, eagerAttention, Embedding, LayerNorm, Linear, Module, ModuleList, resolveForward, RotaryEmbedding } from "../nn/index.js";
-import type { ActivationName, AttentionContext, ForwardOptions } from "../nn/index.js";
+import { Activation, activationNames, attentionMask, Dropout, Embedding, LayerNorm, Linear, Module, ModuleList, resolveForward, RotaryEmbedding, rotaryAttention } from "../nn/index.js";
+import type { ActivationName, AttentionContext, ForwardOptions, RopeSpec } from "../nn/index.js";
 import type { Tensor } from "../tensor/index.js";
 import { CausalLM, commonConfig, type BaseModelOutput, type ModelConfig, type WeightRules } from "./causal-lm.js";
 import { ConfigError, ConfigReader, type RawConfig } from "./config.js";
@@ -12,8 +12,7 @@ export interface GPTNeoXConfig extends ModelConfig {
   intermediateSize: number;
   eps: number;
   activation: ActivationName;
-  rotaryDim: number;
-  ropeTheta: number;
+  rope: RopeSpec;
   parallelResidual: boolean;
   attentionBias: boolean;
 }
@@ -29,8 +28,7 @@ export function gptNeoXConfig(raw: RawConfig): GPTNeoXConfig {
     intermediateSize: c.int("intermediate_size"),
     eps: c.number("layer_norm_eps", 1e-5),
     activation: c.string("hidden_act", activationNames, "gelu"),
-    rotaryDim: Math.trunc(headDim * c.partialRotary()),
-    ropeTheta: c.ropeTheta(c.number("rotary_emb_base", 10000)),
+    rope: c.rope({ headDim, defaultTheta: c.number("rotary_emb_base", 10000) }),
     parallelResidual: c.bool("use_parallel_residual", true),
     attentionBias: c.bool("attention_bias", true),
   };
@@ -53,11 +51,7 @@ export class GPTNeoXAttention extends Module {
     // The fused projection is laid out per head: [q_h, k_h, v_h] for each head h.
     const qkv = (await this.query_key_value.call(hidden)).reshape(B, T, H, 3 * D).transpose(1, 2); // (B, H, T, 3D)
     const [q, k, v] = qkv.split(D, -1) as [Tensor, Tensor, Tensor];
-    const [cos, sin] = rope;
-    const qr = applyRotary(q, cos, sin);
-    const kr = applyRotary(k, cos, sin);
-    const kv = ctx.cache ? ctx.cache.update(this.layerIdx, kr, v) : { keys: kr, values: v };
-    const [out, weights] = eagerAttention(qr, kv.keys, kv.values, ctx.mask, 1 / Math.sqrt(D));
+    const [out, weights] = rotaryAttention(q, k, v, rope, ctx, this.layerIdx, { scale: 1 / Math.sqrt(D) });
     return [await this.dense.call(out), weights];
   }
 }
@@ -118,7 +112,7 @@ export class GPTNeoXModel extends Module {
     this.embed_in = new Embedding(cfg.vocabSize, cfg.hiddenSize);
     this.layers = new ModuleList(Array.from({ length: cfg.numLayers }, (_, i) => new GPTNeoXLayer(cfg, i)));
     this.final_layer_norm = new LayerNorm(cfg.hiddenSize, cfg.eps);
-    this.rotary_emb = new RotaryEmbedding(cfg.rotaryDim, cfg.ropeTheta);
+    this.rotary_emb = new RotaryEmbedding(cfg.rope);
   }
   override async forward(inputIds: Tensor, options: ForwardOptions = {}): Promise<BaseModelOutput> {
     const { mask, positions } = resolveForward(inputIds, options);

@@ -5,15 +5,19 @@
  * | model_type | differences from llama                                                        |
  * |------------|-------------------------------------------------------------------------------|
  * | mistral    | sliding-window attention                                                      |
- * | qwen2      | biases on q/k/v (not o), tied embeddings by default                           |
+ * | qwen2      | biases on q/k/v (not o), tied embeddings by default, sliding layers by config  |
  * | qwen3      | RMSNorm on each head's queries and keys (q_norm, k_norm), explicit head_dim    |
  * | gemma      | embed_tokens scales by sqrt(hidden), RMSNorm by (1 + weight), GeGLU (tanh)     |
+ *
+ * Every member takes any rope type (`llama3`, `linear`, `yarn`, `longrope`, `dynamic`; see nn/rotary.ts). The
+ * attention and MLP here are shared by OLMo 2 (olmo2.ts) and the mixtures of experts (mixtral.ts, qwen3_moe.ts).
  */
-import { Activation, activationNames, applyRotary, attentionMask, eagerAttention, Embedding, Linear, Module, ModuleList, resolveForward, RMSNorm, RotaryEmbedding } from "../nn/index.js";
-import type { ActivationName, AttentionContext, ForwardOptions } from "../nn/index.js";
+import { Activation, activationNames, Embedding, Linear, Module, ModuleList, RMSNorm, RotaryEmbedding, rotaryAttention } from "../nn/index.js";
+import type { ActivationName, AttentionContext, ForwardOptions, LayerType, RopeSpec } from "../nn/index.js";
 import type { Tensor } from "../tensor/index.js";
 import { CausalLM, commonConfig, type BaseModelOutput, type ModelConfig, type WeightRules } from "./causal-lm.js";
-import { ConfigError, ConfigReader, type RawConfig } from "./config.js";
+import { ConfigReader, type RawConfig } from "./config.js";
+import { attentionShape, readLayerTypes, runDecoder } from "./decoder.js";
 
 export type LlamaFamily = "llama" | "mistral" | "qwen2" | "qwen3" | "gemma";
 
@@ -22,43 +26,70 @@ export interface LlamaConfig extends ModelConfig {
   intermediateSize: number;
   eps: number;
   activation: ActivationName;
-  ropeTheta: number;
+  rope: RopeSpec;
   qkvBias: boolean;
   outputBias: boolean;
   mlpBias: boolean;
-  qkNorm: boolean;
+  /** RMSNorm of queries and keys: per head (Qwen 3, q_norm [head_dim]) or over the whole projection (OLMo 2). */
+  qkNorm: "head" | "projection" | null;
   normOffset: number;
   embedScale: number | null;
+  /** Each layer's attention; "sliding_attention" layers see the last `slidingWindow` positions only. */
+  layerTypes: LayerType[];
   slidingWindow: number | null;
+}
+
+/** What LlamaAttention reads; other families (OLMo 2, the mixtures of experts) provide it too. */
+export type LlamaAttentionConfig = Pick<LlamaConfig, "hiddenSize" | "numHeads" | "numKVHeads" | "headDim" | "qkvBias" | "outputBias" | "qkNorm" | "eps">;
+
+/** What a gated MLP needs (LlamaConfig has it; other families pass their own sizes). */
+export interface GatedMLPConfig {
+  hiddenSize: number;
+  intermediateSize: number;
+  activation: ActivationName;
+  mlpBias: boolean;
+}
+
+/** Layer types and window: Mistral slides everywhere when it has a window; Qwen 2/3 from layer max_window_layers on. */
+function slidingLayers(c: ConfigReader, family: LlamaFamily, numLayers: number): { layerTypes: LayerType[]; slidingWindow: number | null } {
+  const full = (): LayerType[] => Array.from({ length: numLayers }, () => "full_attention");
+  if (family === "mistral") {
+    const w = c.intOr(null, "sliding_window");
+    return { layerTypes: w === null ? full() : Array.from({ length: numLayers }, () => "sliding_attention"), slidingWindow: w };
+  }
+  if (family === "qwen2" || family === "qwen3") {
+    const w = c.bool("use_sliding_window", false) ? c.intOr(null, "sliding_window") : null;
+    const from = c.intOr(28, "max_window_layers") ?? 28;
+    const types = readLayerTypes(c, numLayers, (i) => (w !== null && i >= from ? "sliding_attention" : "full_attention"));
+    // Without a window (use_sliding_window false) a sliding layer attends like a full one, as in transformers.
+    return w === null ? { layerTypes: full(), slidingWindow: null } : { layerTypes: types, slidingWindow: w };
+  }
+  return { layerTypes: full(), slidingWindow: null };
 }
 
 export function llamaConfig(raw: RawConfig, family: LlamaFamily): LlamaConfig {
   const c = new ConfigReader(raw, family);
-  const hidden = c.int("hidden_size");
-  const heads = c.int("num_attention_heads");
-  const kvHeads = c.intOr(heads, "num_key_value_heads") ?? heads;
-  if (heads % kvHeads) throw new ConfigError(`${family} config: num_attention_heads ${heads} is not a multiple of num_key_value_heads ${kvHeads}`, "num_key_value_heads");
-  const headDim = c.intOr(null, "head_dim") ?? hidden / heads;
-  if (!Number.isInteger(headDim)) throw new ConfigError(`${family} config: hidden_size ${hidden} is not divisible by num_attention_heads ${heads}; set head_dim`, "head_dim");
+  const shape = attentionShape(c);
   const attentionBias = c.bool("attention_bias", false);
-  const window = family === "mistral" || (family === "qwen2" && c.bool("use_sliding_window", false)) ? c.intOr(null, "sliding_window") : null;
+  const numLayers = c.int("num_hidden_layers");
   return {
-    ...commonConfig(c, { vocabSize: c.int("vocab_size"), hiddenSize: hidden, numLayers: c.int("num_hidden_layers"), numHeads: heads, numKVHeads: kvHeads, headDim, maxPositions: c.intOr(null, "max_position_embeddings") }, family === "qwen2" || family === "qwen3" || family === "gemma"),
+    ...commonConfig(c, { vocabSize: c.int("vocab_size"), ...shape, numLayers, maxPositions: c.intOr(null, "max_position_embeddings") }, family === "qwen2" || family === "qwen3" || family === "gemma"),
     family,
     intermediateSize: c.int("intermediate_size"),
     eps: c.number("rms_norm_eps", 1e-6),
     activation: c.string("hidden_act", activationNames, family === "gemma" ? "gelu_pytorch_tanh" : "silu"),
-    ropeTheta: c.ropeTheta(),
+    rope: c.rope({ headDim: shape.headDim }),
     qkvBias: family === "qwen2" ? true : attentionBias,
     outputBias: family === "qwen2" ? false : attentionBias,
     mlpBias: c.bool("mlp_bias", false),
-    qkNorm: family === "qwen3",
+    qkNorm: family === "qwen3" ? "head" : null,
     normOffset: family === "gemma" ? 1 : 0,
-    embedScale: family === "gemma" ? Math.fround(Math.sqrt(hidden)) : null,
-    slidingWindow: window,
+    embedScale: family === "gemma" ? Math.fround(Math.sqrt(shape.hiddenSize)) : null,
+    ...slidingLayers(c, family, numLayers),
   };
 }
 
+/** Grouped-query attention with rotary positions; the attention of every Llama-style family here. */
 export class LlamaAttention extends Module {
   q_proj: Linear;
   k_proj: Linear;
@@ -67,7 +98,7 @@ export class LlamaAttention extends Module {
   q_norm?: RMSNorm;
   k_norm?: RMSNorm;
   constructor(
-    private readonly cfg: LlamaConfig,
+    private readonly cfg: LlamaAttentionConfig,
     private readonly layerIdx: number,
   ) {
     super();
@@ -77,33 +108,36 @@ export class LlamaAttention extends Module {
     this.v_proj = new Linear(hiddenSize, numKVHeads * headDim, cfg.qkvBias);
     this.o_proj = new Linear(numHeads * headDim, hiddenSize, cfg.outputBias);
     if (cfg.qkNorm) {
-      this.q_norm = new RMSNorm(headDim, cfg.eps);
-      this.k_norm = new RMSNorm(headDim, cfg.eps);
+      const whole = cfg.qkNorm === "projection";
+      this.q_norm = new RMSNorm(whole ? numHeads * headDim : headDim, cfg.eps);
+      this.k_norm = new RMSNorm(whole ? numKVHeads * headDim : headDim, cfg.eps);
     }
   }
   override async forward(hidden: Tensor, rope: [Tensor, Tensor], ctx: AttentionContext): Promise<[Tensor, Tensor]> {
     const [B, T] = hidden.shape as [number, number];
     const { numHeads: H, numKVHeads: KV, headDim: D } = this.cfg;
-    let q = (await this.q_proj.call(hidden)).reshape(B, T, H, D); // (B, T, H, D)
-    if (this.q_norm) q = await this.q_norm.call(q);
-    let k = (await this.k_proj.call(hidden)).reshape(B, T, KV, D);
-    if (this.k_norm) k = await this.k_norm.call(k);
+    const whole = this.cfg.qkNorm === "projection";
+    let q = await this.q_proj.call(hidden); // (B, T, H*D)
+    if (this.q_norm && whole) q = await this.q_norm.call(q);
+    q = q.reshape(B, T, H, D);
+    if (this.q_norm && !whole) q = await this.q_norm.call(q);
+    let k = await this.k_proj.call(hidden); // (B, T, KV*D)
+    if (this.k_norm && whole) k = await this.k_norm.call(k);
+    k = k.reshape(B, T, KV, D);
+    if (this.k_norm && !whole) k = await this.k_norm.call(k);
     const v = (await this.v_proj.call(hidden)).reshape(B, T, KV, D).transpose(1, 2); // (B, KV, T, D)
-    const [cos, sin] = rope;
-    const qr = applyRotary(q.transpose(1, 2), cos, sin);
-    const kr = applyRotary(k.transpose(1, 2), cos, sin);
-    const kv = ctx.cache ? ctx.cache.update(this.layerIdx, kr, v) : { keys: kr, values: v };
-    const [out, weights] = eagerAttention(qr, kv.keys, kv.values, ctx.mask, 1 / Math.sqrt(D));
+    const [out, weights] = rotaryAttention(q.transpose(1, 2), k.transpose(1, 2), v, rope, ctx, this.layerIdx, { scale: 1 / Math.sqrt(D) });
     return [await this.o_proj.call(out), weights];
   }
 }
 
+/** down(act(gate(x)) * up(x)). */
 export class LlamaMLP extends Module {
   gate_proj: Linear;
   up_proj: Linear;
   down_proj: Linear;
   act_fn: Activation;
-  constructor(cfg: LlamaConfig) {
+  constructor(cfg: GatedMLPConfig) {
     super();
     this.gate_proj = new Linear(cfg.hiddenSize, cfg.intermediateSize, cfg.mlpBias);
     this.up_proj = new Linear(cfg.hiddenSize, cfg.intermediateSize, cfg.mlpBias);
@@ -145,16 +179,11 @@ export class LlamaModel extends Module {
     this.embed_tokens = new Embedding(cfg.vocabSize, cfg.hiddenSize, cfg.embedScale);
     this.layers = new ModuleList(Array.from({ length: cfg.numLayers }, (_, i) => new LlamaDecoderLayer(cfg, i)));
     this.norm = new RMSNorm(cfg.hiddenSize, cfg.eps, cfg.normOffset);
-    this.rotary_emb = new RotaryEmbedding(cfg.headDim, cfg.ropeTheta);
+    this.rotary_emb = new RotaryEmbedding(cfg.rope);
   }
+  /** embed_tokens, rotary_emb, each layer, norm (see runDecoder). */
   override async forward(inputIds: Tensor, options: ForwardOptions = {}): Promise<BaseModelOutput> {
-    const { mask, positions } = resolveForward(inputIds, options);
-    const ctx: AttentionContext = { mask: attentionMask(mask, inputIds.shape[1]!, this.cfg.slidingWindow), cache: options.cache };
-    let hidden = await this.embed_tokens.call(inputIds);
-    const rope = await this.rotary_emb.call(hidden, positions);
-    for (const layer of this.layers) hidden = await layer.call(hidden, rope, ctx);
-    hidden = await this.norm.call(hidden);
-    return { last_hidden_state: hidden, past_key_values: options.cache };
+    return runDecoder(this, inputIds, options, this.cfg.layerTypes, this.cfg.slidingWindow);
   }
 }
 

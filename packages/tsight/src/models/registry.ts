@@ -3,9 +3,14 @@
  */
 import type { CausalLM } from "./causal-lm.js";
 import { ConfigError, type RawConfig } from "./config.js";
+import { gemma2Config, Gemma2ForCausalLM, Gemma3ForCausalLM } from "./gemma2.js";
 import { gpt2Config, GPT2LMHeadModel } from "./gpt2.js";
 import { gptNeoXConfig, GPTNeoXForCausalLM } from "./gpt_neox.js";
 import { llamaConfig, LlamaForCausalLM } from "./llama.js";
+import { mixtralConfig, MixtralForCausalLM } from "./mixtral.js";
+import { olmo2Config, Olmo2ForCausalLM } from "./olmo2.js";
+import { phi3Config, Phi3ForCausalLM } from "./phi3.js";
+import { qwen3MoeConfig, Qwen3MoeForCausalLM } from "./qwen3_moe.js";
 
 const architectures: Record<string, (raw: RawConfig) => CausalLM> = {
   gpt2: (raw) => new GPT2LMHeadModel(gpt2Config(raw)),
@@ -14,7 +19,13 @@ const architectures: Record<string, (raw: RawConfig) => CausalLM> = {
   qwen2: (raw) => new LlamaForCausalLM(llamaConfig(raw, "qwen2")),
   qwen3: (raw) => new LlamaForCausalLM(llamaConfig(raw, "qwen3")),
   gemma: (raw) => new LlamaForCausalLM(llamaConfig(raw, "gemma")),
+  gemma2: (raw) => new Gemma2ForCausalLM(gemma2Config(raw, "gemma2")),
+  gemma3_text: (raw) => new Gemma3ForCausalLM(gemma2Config(raw, "gemma3_text")),
   gpt_neox: (raw) => new GPTNeoXForCausalLM(gptNeoXConfig(raw)),
+  phi3: (raw) => new Phi3ForCausalLM(phi3Config(raw)),
+  olmo2: (raw) => new Olmo2ForCausalLM(olmo2Config(raw)),
+  mixtral: (raw) => new MixtralForCausalLM(mixtralConfig(raw)),
+  qwen3_moe: (raw) => new Qwen3MoeForCausalLM(qwen3MoeConfig(raw)),
 };
 
 export const supportedModelTypes = Object.keys(architectures);

@@ -1,10 +1,11 @@
 /**
- * Pieces every attention shares: the additive mask (causal, padding, optional sliding window), position ids
- * derived from the attention mask, rotary embeddings, grouped-query head repetition and eager scaled dot-product
- * attention returning its weights (interpretability code reads them).
+ * Pieces every attention shares: the additive mask (causal, padding, optional sliding window) per layer type,
+ * position ids derived from the attention mask, and eager scaled dot-product attention returning its weights
+ * (interpretability code reads them). What differs between architectures in forming the scores (scale,
+ * soft-capping) is one small record, `ScoreOptions`, apart from q, k, v and the mask.
  */
 import { functional as F, Tensor } from "../tensor/index.js";
-import { Module } from "./module.js";
+import { applyRotary } from "./rotary.js";
 
 /** What a model's forward takes besides the ids; the same for every architecture. */
 export interface ForwardOptions {
@@ -75,55 +76,50 @@ export function resolveForward(ids: Tensor, o: ForwardOptions): { mask: Tensor; 
   return { mask, positions: o.positionIds ?? positionIdsFromMask(mask, T) };
 }
 
-/** Rotary embedding tables (the `rotary_emb` module of Llama-style models): cos and sin [B, T, dim]. */
-export class RotaryEmbedding extends Module {
-  private readonly invFreq: Float32Array;
-  constructor(
-    readonly dim: number,
-    readonly base: number,
-  ) {
-    super();
-    this.invFreq = new Float32Array(dim / 2);
-    for (let i = 0; i < dim / 2; i++) this.invFreq[i] = 1 / Math.pow(base, (2 * i) / dim);
-  }
-  override async forward(_x: Tensor, positions: Tensor): Promise<[Tensor, Tensor]> {
-    const [B, T] = positions.shape as [number, number];
-    const half = this.dim / 2;
-    const pos = positions.data as BigInt64Array;
-    const cos = new Float32Array(B * T * this.dim);
-    const sin = new Float32Array(B * T * this.dim);
-    const f = new Float32Array(1);
-    for (let i = 0; i < B * T; i++) {
-      const p = Number(pos[i]);
-      for (let j = 0; j < half; j++) {
-        f[0] = p * this.invFreq[j]!; // the float32 product, as torch computes it
-        const c = Math.cos(f[0]!),
-          s = Math.sin(f[0]!);
-        cos[i * this.dim + j] = cos[i * this.dim + j + half] = c;
-        sin[i * this.dim + j] = sin[i * this.dim + j + half] = s;
-      }
-    }
-    return [new Tensor("float32", cos, [B, T, this.dim]), new Tensor("float32", sin, [B, T, this.dim])];
-  }
-}
-
-/** Rotates the first cos.shape[-1] features of x [B, H, T, D] (all of them unless the rotary is partial). */
-export function applyRotary(x: Tensor, cos: Tensor, sin: Tensor): Tensor {
-  const rd = cos.shape.at(-1)!;
-  const D = x.shape.at(-1)!;
-  const [rot, pass] = rd === D ? [x, null] : x.split([rd, D - rd], -1);
-  const c = cos.unsqueeze(1);
-  const s = sin.unsqueeze(1);
-  const [x1, x2] = rot!.split(rd / 2, -1) as [Tensor, Tensor];
-  const rotated = Tensor.cat([x2.neg(), x1], -1);
-  const out = rot!.mul(c).add(rotated.mul(s));
-  return pass ? Tensor.cat([out, pass], -1) : out;
+/**
+ * How an architecture forms attention scores from q k^T, besides the mask: the scale (1/sqrt(head_dim), or
+ * Gemma's query_pre_attn_scalar^-0.5) and an optional soft cap, cap * tanh(scores / cap) (Gemma 2).
+ */
+export interface ScoreOptions {
+  scale: number;
+  softcap?: number | null;
 }
 
 /**
- * Eager attention: softmax(q k^T * scale + mask) v (one kernel), with the weights returned too.
+ * Eager attention: softmax(cap(q k^T * scale) + mask) v (one kernel), with the weights returned too.
  * q [B, H, T, D], k and v [B, KV, S, D]; returns the output with heads merged [B, T, H*D] and weights [B, H, T, S].
  */
-export function eagerAttention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: number): [Tensor, Tensor] {
-  return F.attention(q, k, v, mask, scale);
+export function eagerAttention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scores: ScoreOptions | number): [Tensor, Tensor] {
+  const o = typeof scores === "number" ? { scale: scores } : scores;
+  return F.attention(q, k, v, mask, o.scale, o.softcap ?? null);
+}
+
+/**
+ * What every rotary architecture does once q, k and v are projected (and normed): rotate q and k, append k and v
+ * to the layer's cache, attend. q [B, H, T, D], k and v [B, KV, T, D]. Returns the heads merged [B, T, H*D] and
+ * the weights [B, H, T, S].
+ */
+export function rotaryAttention(q: Tensor, k: Tensor, v: Tensor, rope: [Tensor, Tensor], ctx: AttentionContext, layerIdx: number, scores: ScoreOptions): [Tensor, Tensor] {
+  const [cos, sin] = rope;
+  const qr = applyRotary(q, cos, sin);
+  const kr = applyRotary(k, cos, sin);
+  const kv = ctx.cache ? ctx.cache.update(layerIdx, kr, v) : { keys: kr, values: v };
+  return eagerAttention(qr, kv.keys, kv.values, ctx.mask, scores);
+}
+
+/** Hugging Face's `layer_types` values tsight runs: causal attention over everything, or over a sliding window. */
+export type LayerType = "full_attention" | "sliding_attention";
+export const layerTypeNames: readonly LayerType[] = ["full_attention", "sliding_attention"];
+
+/**
+ * One attention context per layer: the additive mask of its layer type (built once per type and forward) and the
+ * cache. `window` is the sliding window of "sliding_attention" layers.
+ */
+export function layerContexts(mask: Tensor, newTokens: number, layerTypes: readonly LayerType[], window: number | null, cache?: import("./cache.js").KVCache): AttentionContext[] {
+  const masks = new Map<LayerType, Tensor>();
+  return layerTypes.map((type) => {
+    let m = masks.get(type);
+    if (!m) masks.set(type, (m = attentionMask(mask, newTokens, type === "sliding_attention" ? window : null)));
+    return { mask: m, cache };
+  });
 }

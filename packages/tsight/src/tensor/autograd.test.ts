@@ -206,10 +206,14 @@ add("layerNorm", "layerNorm on a 1-D input", () =>
 // Attention: both outputs (merged values and weights) carry gradients; grouped-query heads fold back onto k and v.
 const causalMask = (T: number, S: number) => tensor(Array.from({ length: T * S }, (_, i) => (i % S <= Math.floor(i / S) + S - T ? 0 : -1e9)), "float32", [1, 1, T, S]);
 add("attention", "attention (q, k, v), multi-head", () =>
-  gradcheck((q, k, v, m) => apply(P.attention, [q, k, v, m], { scale: 0.5 }), [randT([1, 2, 3, 4], 390, { lo: -1, hi: 1 }), randT([1, 2, 3, 4], 391, { lo: -1, hi: 1 }), randT([1, 2, 3, 4], 392, { lo: -1, hi: 1 }), causalMask(3, 3)], { wrt: [0, 1, 2] }),
+  gradcheck((q, k, v, m) => apply(P.attention, [q, k, v, m], { scale: 0.5, softcap: 0 }), [randT([1, 2, 3, 4], 390, { lo: -1, hi: 1 }), randT([1, 2, 3, 4], 391, { lo: -1, hi: 1 }), randT([1, 2, 3, 4], 392, { lo: -1, hi: 1 }), causalMask(3, 3)], { wrt: [0, 1, 2] }),
 );
 add("attention", "attention with grouped-query heads and cached keys", () =>
-  gradcheck((q, k, v, m) => apply(P.attention, [q, k, v, m], { scale: 0.7 }), [randT([2, 4, 2, 3], 393, { lo: -1, hi: 1 }), randT([2, 2, 5, 3], 394, { lo: -1, hi: 1 }), randT([2, 2, 5, 3], 395, { lo: -1, hi: 1 }), tensor(new Array(2 * 2 * 5).fill(0), "float32", [2, 1, 2, 5])], { wrt: [0, 1, 2] }),
+  gradcheck((q, k, v, m) => apply(P.attention, [q, k, v, m], { scale: 0.7, softcap: 0 }), [randT([2, 4, 2, 3], 393, { lo: -1, hi: 1 }), randT([2, 2, 5, 3], 394, { lo: -1, hi: 1 }), randT([2, 2, 5, 3], 395, { lo: -1, hi: 1 }), tensor(new Array(2 * 2 * 5).fill(0), "float32", [2, 1, 2, 5])], { wrt: [0, 1, 2] }),
+);
+
+add("attention", "attention with soft-capped scores (Gemma 2)", () =>
+  gradcheck((q, k, v, m) => apply(P.attention, [q, k, v, m], { scale: 0.9, softcap: 1.5 }), [randT([1, 4, 3, 3], 396, { lo: -2, hi: 2 }), randT([1, 2, 3, 3], 397, { lo: -2, hi: 2 }), randT([1, 2, 3, 3], 398, { lo: -1, hi: 1 }), causalMask(3, 3)], { wrt: [0, 1, 2] }),
 );
 
 add("rmsNorm", "rmsNorm (x, weight)", () =>

@@ -32,11 +32,13 @@ export function embedding(ids: Tensor, weight: Tensor): Tensor {
 }
 
 /**
- * softmax(q k^T * scale + mask) v in one kernel. q [B, H, T, D], k and v [B, KV, S, D] (grouped-query heads
+ * softmax(cap(q k^T * scale) + mask) v in one kernel, where cap(s) = softcap * tanh(s / softcap) when `softcap`
+ * is given (Gemma 2) and the identity otherwise. q [B, H, T, D], k and v [B, KV, S, D] (grouped-query heads
  * allowed), mask [B, 1, T, S] additive. Returns the output with heads merged [B, T, H*D] and the weights.
  */
-export function attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: number): [Tensor, Tensor] {
-  return apply(P.attention, [q, k, v, mask], { scale }) as [Tensor, Tensor];
+export function attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: number, softcap: number | null = null): [Tensor, Tensor] {
+  if (softcap !== null && !(softcap > 0)) throw new RangeError(`attention: softcap must be positive, got ${softcap}`);
+  return apply(P.attention, [q, k, v, mask], { scale, softcap: softcap ?? 0 }) as [Tensor, Tensor];
 }
 
 /** Mean negative log-likelihood of `targets` [N] under `logits` [N, C]. */

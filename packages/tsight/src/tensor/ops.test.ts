@@ -20,7 +20,7 @@ import {
   zeros,
   zerosLike,
 } from "./index.js";
-import { apply1 } from "./primitive.js";
+import { apply, apply1 } from "./primitive.js";
 import * as P from "./primitives.js";
 import {
   alongAxis,
@@ -590,6 +590,28 @@ describe("indexing", () => {
   });
 });
 
+describe("slices that are one run of memory", () => {
+  it("share the tensor's data (no copy); other slices are copies; both give the same values", () => {
+    const x = arange(24).reshape(2, 3, 4);
+    const shares = (t: Tensor) => t.data.buffer === x.data.buffer;
+    for (const [view, expected] of [
+      [x.index(1), [[12, 13, 14, 15], [16, 17, 18, 19], [20, 21, 22, 23]]],
+      [x.index(0, 2), [8, 9, 10, 11]],
+      [x.index(1).narrow(0, 1, 2), [[16, 17, 18, 19], [20, 21, 22, 23]]],
+      [x.index(1, slice(0, 2)), [[12, 13, 14, 15], [16, 17, 18, 19]]],
+    ] as [Tensor, unknown][]) {
+      expect(shares(view)).toBe(true);
+      expectTensor(view, expected);
+    }
+    for (const copy of [x.index(null, 0), x.index("...", slice(1, 3)), x.index(0, slice(0, 3, 2)), x.narrow(1, 1, 2)]) expect(shares(copy)).toBe(false);
+    expectTensor(x.index(null, 0), [[0, 1, 2, 3], [12, 13, 14, 15]]);
+    // Gradients flow through a view like through a copy.
+    const w = randT([3, 2], 120).requiresGrad_();
+    w.index(1).mul(tensor([2, 3])).sum().backward();
+    expectTensor(w.grad!, [[0, 0], [2, 3], [0, 0]]);
+  });
+});
+
 describe("put (index assignment)", () => {
   it("returns a new tensor and leaves the original untouched", () => {
     const x = tensor([[1, 2, 3], [4, 5, 6]]);
@@ -769,6 +791,51 @@ describe("normalisation primitives", () => {
     checkOp("linear transposed", [xs, W.transpose(0, 1), bias], (p, q, r) => apply1(P.linear, [p, q, r], { transposed: true }), (p, _q, r) => ref(p, Wt, r));
     expectThrows(() => apply1(P.linear, [xs, zeros([2, 4])], { transposed: false }), ShapeError, "linear", "3 features", "[2, 4]");
     expectThrows(() => apply1(P.linear, [xs, W, zeros([3])], { transposed: false }), ShapeError, "linear", "bias");
+  });
+});
+
+describe("attention primitive", () => {
+  // Reference: per head h (sharing kv head h / G), softmax over s of cap(scale * q.k) + mask, then weights . v.
+  const reference = (scale: number, softcap: number) => (q: Nd, k: Nd, v: Nd, m: Nd) => {
+    const [B, H, T, D] = q.shape as [number, number, number, number];
+    const [, KV, S] = k.shape as [number, number, number];
+    const G = H / KV;
+    const cap = (x: number) => (softcap > 0 ? softcap * Math.tanh(x / softcap) : x);
+    const weights = build([B, H, T, S], () => 0);
+    for (let b = 0; b < B; b++)
+      for (let h = 0; h < H; h++)
+        for (let t = 0; t < T; t++) {
+          const row: number[] = [];
+          for (let s = 0; s < S; s++) {
+            let dot = 0;
+            for (let d = 0; d < D; d++) dot += at(q, [b, h, t, d]) * at(k, [b, Math.floor(h / G), s, d]);
+            row.push(cap(dot * scale) + at(m, [b, 0, t, s]));
+          }
+          softmaxVec(row).forEach((w, s) => (weights.data[((b * H + h) * T + t) * S + s] = w));
+        }
+    const out = build([B, T, H * D], ([b, t, hd]) => {
+      const h = Math.floor(hd! / D), d = hd! % D;
+      let acc = 0;
+      for (let s = 0; s < S; s++) acc += at(weights, [b!, h, t!, s]) * at(v, [b!, Math.floor(h / G), s, d]);
+      return acc;
+    });
+    return [out, weights];
+  };
+  const mask = tensor([0, -1e9, -1e9, 0, 0, -1e9, 0, 0, 0], "float32", [1, 1, 3, 3]);
+
+  it("computes softmax(q k^T * scale + mask) v and its weights, with grouped-query heads", () => {
+    const [q, k, v] = [randT([1, 4, 3, 2], 110, { lo: -2, hi: 2 }), randT([1, 2, 3, 2], 111, { lo: -2, hi: 2 }), randT([1, 2, 3, 2], 112)];
+    checkOp("attention", [q, k, v, mask], (a, b, c, d) => apply(P.attention, [a, b, c, d], { scale: 0.7, softcap: 0 }), reference(0.7, 0));
+  });
+
+  it("soft-caps the scaled scores before the mask (Gemma 2), which changes large scores only", () => {
+    const [q, k, v] = [randT([1, 2, 3, 4], 113, { lo: -3, hi: 3 }), randT([1, 1, 3, 4], 114, { lo: -3, hi: 3 }), randT([1, 1, 3, 4], 115)];
+    checkOp("attention softcap", [q, k, v, mask], (a, b, c, d) => apply(P.attention, [a, b, c, d], { scale: 1, softcap: 2 }), reference(1, 2));
+    const [, capped] = apply(P.attention, [q, k, v, mask], { scale: 1, softcap: 2 });
+    const [, plain] = apply(P.attention, [q, k, v, mask], { scale: 1, softcap: 0 });
+    expect(capped!.sub(plain!).abs().max().item()).toBeGreaterThan(1e-3);
+    const [, huge] = apply(P.attention, [q, k, v, mask], { scale: 1, softcap: 1e6 });
+    expectTensor(huge!, fromTensor(plain!), { atol: 1e-5 });
   });
 });
 

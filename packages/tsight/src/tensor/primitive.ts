@@ -26,6 +26,8 @@ export interface Primitive<A = undefined> {
   graph?(g: GraphBuilder, ins: string[], attrs: A, inputs: readonly Tensor[]): string[];
   /** A JS implementation, used instead of a kernel (views, copies). */
   js?(inputs: readonly Tensor[], attrs: A, out: OutSpec[]): Tensor[];
+  /** A zero-copy result over the input's data where the op allows one (a contiguous slice); null runs the kernel. */
+  view?(inputs: readonly Tensor[], attrs: A, out: OutSpec[]): Tensor[] | null;
   /** Input gradients from output gradients, in tensor ops. Absent: not differentiable. */
   grad?: GradRule;
   /** Floating-point operations, for ops whose work grows faster than their outputs (matmul, attention). */
@@ -65,8 +67,11 @@ export function apply<A>(p: Primitive<A>, inputs: readonly Tensor[], attrs: A): 
   const specs = p.infer(inputs, attrs);
   if (allocationGuard) allocationGuard(specs.reduce((n, s) => n + s.shape.reduce((a, d) => a * d, 1) * ITEM_BYTES[s.dtype], 0), p.flops?.(inputs, specs) ?? 0);
   let outs: Tensor[];
+  const view = inputs.some((t) => t.isMeta) ? null : (p.view?.(inputs, attrs, specs) ?? null);
   if (inputs.some((t) => t.isMeta)) {
     outs = specs.map((s) => Tensor.meta(s.dtype, s.shape));
+  } else if (view) {
+    outs = view;
   } else if (p.js) {
     outs = p.js(inputs, attrs, specs);
   } else {

@@ -363,6 +363,19 @@ const sliceLen = (start: number, stop: number, step: number): number => Math.max
 export const slice: Primitive<SliceAttrs> = {
   name: "slice",
   infer: ([x], a) => [{ dtype: x!.dtype, shape: x!.shape.map((_, i) => sliceLen(a.starts[i]!, a.stops[i]!, a.steps[i]!)) }],
+  // A region that is one run of memory (single indices, then one range, then whole dims: w[e], h[:, -1] of [B, 1, D],
+  // rows of a matrix) is a view: tensors are immutable, so sharing the data is safe and picks an expert's weights
+  // out of a [E, 2I, D] stack without copying it.
+  view: ([x], a, [out]) => {
+    const shape = x!.shape;
+    let d = 0;
+    while (d < shape.length && sliceLen(a.starts[d]!, a.stops[d]!, a.steps[d]!) === 1 && d < shape.length - 1) d++;
+    if (d < shape.length && a.steps[d] !== 1) return null;
+    for (let i = d + 1; i < shape.length; i++) if (a.starts[i] !== 0 || a.stops[i] !== shape[i] || a.steps[i] !== 1) return null;
+    const strides = stridesOf(shape);
+    const offset = shape.reduce((o, _, i) => o + a.starts[i]! * strides[i]!, 0);
+    return [new Tensor(x!.dtype, x!.data.subarray(offset, offset + sizeOf(out!.shape)), out!.shape)];
+  },
   feeds: (_x, a) => [ints(a.starts), ints(a.stops), ints(a.starts.map((_, i) => i)), ints(a.steps)],
   graph: (g, ins) => [g.op("Slice", ins)],
   grad: ([g], n) => [Tensor.zeros(n.inputs[0]!.shape, g!.dtype).sliceAssign(n.attrs as SliceAttrs, g!)],
@@ -538,11 +551,13 @@ export const trilu: Primitive<{ upper: boolean; k: number }> = {
 // #region attention
 
 /**
- * Scaled dot-product attention in one kernel: softmax(q k^T * scale + mask) v, with grouped-query heads handled
- * by viewing q as [B, KV, G*T, D] (no copies of k and v). q [B, H, T, D], k and v [B, KV, S, D], mask [B, 1, T, S]
- * (additive). Outputs: the attended values with heads merged, [B, T, H*D], and the weights [B, H, T, S].
+ * Scaled dot-product attention in one kernel: softmax(cap(q k^T * scale) + mask) v, with grouped-query heads
+ * handled by viewing q as [B, KV, G*T, D] (no copies of k and v). cap(s) = softcap * tanh(s / softcap) when
+ * softcap > 0 (Gemma 2's attention logit soft-capping), else the identity. q [B, H, T, D], k and v [B, KV, S, D],
+ * mask [B, 1, T, S] (additive). Outputs: the attended values with heads merged, [B, T, H*D], and the weights
+ * [B, H, T, S].
  */
-export const attention: Primitive<{ scale: number }> = {
+export const attention: Primitive<{ scale: number; softcap: number }> = {
   name: "attention",
   infer: ([q, k, v, mask]) => {
     for (const t of [q!, k!, v!, mask!]) check("attention", t, FLOAT_ONLY);
@@ -558,7 +573,7 @@ export const attention: Primitive<{ scale: number }> = {
       { dtype: "float32", shape: [B, H, T, S] },
     ];
   },
-  key: (a) => `${a.scale}`,
+  key: (a) => `${a.scale}|${a.softcap}`,
   feeds: ([q, k]) => {
     const [B, H, T, D] = q!.shape as [number, number, number, number];
     const [, KV, S] = k!.shape as [number, number, number];
@@ -570,7 +585,9 @@ export const attention: Primitive<{ scale: number }> = {
   graph: (g, [q, k, v, mask, qGrouped, scoresShape, weightsGrouped, outShape, merged], a) => {
     const qg = g.op("Reshape", [q!, qGrouped!]);
     const kt = g.op("Transpose", [k!], { perm: [0, 1, 3, 2] });
-    const scores = g.op("Reshape", [g.op("Mul", [g.op("MatMul", [qg, kt]), g.scalar("float32", a.scale)]), scoresShape!]);
+    let raw = g.op("Mul", [g.op("MatMul", [qg, kt]), g.scalar("float32", a.scale)]);
+    if (a.softcap > 0) raw = g.op("Mul", [g.op("Tanh", [g.op("Div", [raw, g.scalar("float32", a.softcap)])]), g.scalar("float32", a.softcap)]);
+    const scores = g.op("Reshape", [raw, scoresShape!]);
     const weights = g.op("Softmax", [g.op("Add", [scores, mask!])], { axis: -1 });
     const out = g.op("Reshape", [g.op("MatMul", [g.op("Reshape", [weights, weightsGrouped!]), v!]), outShape!]);
     return [g.op("Reshape", [g.op("Transpose", [out], { perm: [0, 2, 1, 3] }), merged!]), weights];
@@ -578,7 +595,7 @@ export const attention: Primitive<{ scale: number }> = {
   grad: ([gOut, gWeights], n) => {
     const [q, k, v] = n.inputs as [Tensor, Tensor, Tensor, Tensor];
     const w = n.outputs[1]!;
-    const scale = (n.attrs as { scale: number }).scale;
+    const { scale, softcap } = n.attrs as { scale: number; softcap: number };
     const [B, H, T, D] = q.shape as [number, number, number, number];
     const [, KV, S] = k.shape as [number, number, number];
     const G = H / KV;
@@ -587,7 +604,13 @@ export const attention: Primitive<{ scale: number }> = {
     const gO = gOut ? gOut.reshape(B, T, H, D).transpose(1, 2) : Tensor.zeros([B, H, T, D]);
     let gW = gO.matmul(repeat(v).transpose(2, 3));
     if (gWeights) gW = gW.add(gWeights);
-    const gS = w.mul(gW.sub(gW.mul(w).sum(-1, true))).mul(scale);
+    let gS = w.mul(gW.sub(gW.mul(w).sum(-1, true)));
+    if (softcap > 0) {
+      // d/ds cap * tanh(s / cap) = 1 - tanh(s / cap)^2, at the scaled scores s (recomputed; not an output).
+      const t = q.matmul(repeat(k).transpose(2, 3)).mul(scale).div(softcap).tanh();
+      gS = gS.mul(t.mul(t).neg().add(1));
+    }
+    gS = gS.mul(scale);
     return [gS.matmul(repeat(k)), fold(gS.transpose(2, 3).matmul(q)), fold(w.transpose(2, 3).matmul(gO)), null];
   },
 };

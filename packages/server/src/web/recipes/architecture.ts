@@ -24,6 +24,12 @@ export const ARCHITECTURE_PATHS: Readonly<Record<string, ModelPaths>> = {
   qwen2: LLAMA_LIKE,
   qwen3: LLAMA_LIKE,
   gemma: LLAMA_LIKE,
+  gemma2: LLAMA_LIKE,
+  gemma3_text: LLAMA_LIKE,
+  phi3: LLAMA_LIKE,
+  olmo2: LLAMA_LIKE,
+  mixtral: LLAMA_LIKE,
+  qwen3_moe: LLAMA_LIKE,
   gpt_neox: { layers: "gpt_neox.layers", attention: "attention", norm: "gpt_neox.final_layer_norm", head: "lm_head" },
 };
 

@@ -28,6 +28,13 @@ one and prints it once, as TSIGHT_API_KEY=..., for clients to use.
   --public-metrics         serve /metrics without an API key
   --cors ORIGIN            let web pages from ORIGIN call the API (repeatable; * for any)
   --batch N                most jobs run in one forward pass (default 8; 1: every job alone)
+  --batch-stall T          longest one job may hold up a shared forward pass before it runs alone (default 1s)
+  --max-result MB          largest result a job may return (default 256)
+  --max-input-tokens N     most tokens (rows x positions) a job's input may have (default 16384)
+  --max-events N           most events (log lines, tokens, hybrid steps) a job may send (default 10000)
+  --max-event-bytes MB     most megabytes of events a job may send (default 16)
+  --webhook-allow CIDR     let webhooks reach these non-public addresses (repeatable; "private" for all of
+                           loopback, private and link-local; default: public addresses only)
 
 Distributed mode (any number of API and worker processes sharing one Redis):
   --redis URL              Redis to coordinate through (e.g. redis://127.0.0.1:6379)
@@ -58,6 +65,11 @@ export function parseDuration(option: string, text: string): number {
   return ms;
 }
 
+function megabytes(option: string, text: string | undefined): number | undefined {
+  const mb = wholeNumber(option, text);
+  return mb === undefined ? undefined : mb * 1024 * 1024;
+}
+
 function wholeNumber(option: string, text: string | undefined): number | undefined {
   if (text === undefined) return undefined;
   const n = Number(text);
@@ -85,6 +97,12 @@ export async function runServe(argv: string[], out: NodeJS.WritableStream = proc
       "public-metrics": { type: "boolean", default: false },
       cors: { type: "string", multiple: true },
       batch: { type: "string" },
+      "batch-stall": { type: "string" },
+      "max-result": { type: "string" },
+      "max-input-tokens": { type: "string" },
+      "max-events": { type: "string" },
+      "max-event-bytes": { type: "string" },
+      "webhook-allow": { type: "string", multiple: true },
       redis: { type: "string" },
       role: { type: "string", default: "all" },
       prefix: { type: "string" },
@@ -120,6 +138,12 @@ export async function runServe(argv: string[], out: NodeJS.WritableStream = proc
     metricsPublic: values["public-metrics"],
     corsOrigins: values.cors,
     maxBatch: batch,
+    batchStallMs: values["batch-stall"] === undefined ? undefined : parseDuration("batch-stall", values["batch-stall"]),
+    maxResultBytes: megabytes("max-result", values["max-result"]),
+    maxInputTokens: wholeNumber("max-input-tokens", values["max-input-tokens"]),
+    maxEventsPerJob: wholeNumber("max-events", values["max-events"]),
+    maxEventBytesPerJob: megabytes("max-event-bytes", values["max-event-bytes"]),
+    webhookAllow: values["webhook-allow"],
   };
   if (role !== "all") {
     const distributed = {

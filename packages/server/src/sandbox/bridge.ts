@@ -67,7 +67,7 @@ export class Bridge implements ActionHost {
   /** Streams generated tokens of session generations. */
   onToken: ((step: { tokens: number[]; step: number }) => void) | null = null;
   /** Trace options a job's traces run with (stall limit, row isolation), set by the executor. */
-  traceDefaults: { stallTimeoutMs?: number } = {};
+  traceDefaults: { stallTimeoutMs?: number; maxInputTokens?: number } = {};
 
   constructor(
     private readonly isolate: ivm.Isolate,

@@ -17,7 +17,7 @@ export interface ActionHost {
   readonly budget: JobBudget;
   readonly checkpoint: (() => void) | null;
   readonly onToken: ((step: { tokens: number[]; step: number }) => void) | null;
-  readonly traceDefaults: { stallTimeoutMs?: number };
+  readonly traceDefaults: { stallTimeoutMs?: number; maxInputTokens?: number };
   readonly envoyOf: WeakMap<object, unknown>;
   readonly varsOf: WeakMap<object, Record<string, unknown>>;
   /** Registers a host object the job may hold (charged to its memory). */
@@ -102,7 +102,7 @@ const grad: Handlers<"grad", GradScope> = {
 };
 
 /** Options a session's trace may set. */
-function traceOptions(host: ActionHost, o: unknown, what: string): { vars: Record<string, unknown>; grad: boolean; checkpoint?: () => void; stallTimeoutMs?: number } {
+function traceOptions(host: ActionHost, o: unknown, what: string): { vars: Record<string, unknown>; grad: boolean; checkpoint?: () => void; stallTimeoutMs?: number; maxInputTokens?: number } {
   if (o !== undefined && o !== null && (typeof o !== "object" || Array.isArray(o))) throw new TypeError(`${what}: the trace options must be an object`);
   const opts = (o ?? {}) as { vars?: unknown; grad?: unknown };
   if (opts.vars !== undefined && (typeof opts.vars !== "object" || opts.vars === null || Array.isArray(opts.vars))) throw new TypeError(`${what}: vars must be an object`);

@@ -71,8 +71,9 @@ export class SandboxExecutor implements JobExecutor {
         if (stop) throw stop;
       };
       p.bridge.checkpoint = checkpoint;
+      p.bridge.traceDefaults = { maxInputTokens: ctx.maxInputTokens };
       const lm = p.model;
-      const options = { vars: job.vars, grad: job.grad, checkpoint };
+      const options = { vars: job.vars, grad: job.grad, checkpoint, maxInputTokens: ctx.maxInputTokens };
       const invoke = p.bridge.interventionFn(p.fnId);
       const root = p.bridge.rootFn(p.fnId);
       let value: unknown;
@@ -148,7 +149,7 @@ export class SandboxExecutor implements JobExecutor {
               );
             }
           },
-          { grad: group[0]!.p.job.grad, checkpoint, isolateInvokes: true, stallTimeoutMs: stallMs },
+          { grad: group[0]!.p.job.grad, checkpoint, isolateInvokes: true, stallTimeoutMs: stallMs, maxInputTokens: group[0]!.p.ctx.maxInputTokens === undefined ? undefined : group[0]!.p.ctx.maxInputTokens * group.length },
         );
         await Promise.all(settled);
       } catch (e) {

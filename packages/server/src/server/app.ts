@@ -30,15 +30,27 @@ export interface AppDeps {
   metrics: ServerMetrics;
   /** Where failures of the server itself are written (default: stderr). */
   log?: (line: string) => void;
+  /** Whether the stores behind the API are reachable now (GET /readyz); absent: always. */
+  health?: () => Health;
+}
+
+/** What /readyz says: whether the API can serve, and what is wrong when it cannot. */
+export interface Health {
+  ready: boolean;
+  problems: string[];
 }
 
 export function createApp(deps: AppDeps): Hono<AppEnv> {
   const app = new Hono<AppEnv>();
 
   const log = deps.log ?? ((line: string) => process.stderr.write(`${line}\n`));
+  const health = deps.health ?? (() => ({ ready: true, problems: [] }));
+  /** The answer while a store cannot be reached: typed, retryable, never a hang. */
+  const unavailable = (problems: string[]) => new ApiError(503, "UNAVAILABLE", `the server cannot reach its stores right now (${problems.join("; ")}); try again shortly`, { retryable: true, headers: { "retry-after": "2" } });
   app.onError((err, c) => {
-    if (!(err instanceof ApiError)) log(`tsight server: ${c.req.method} ${c.req.path} failed: ${err.stack ?? err.message}`);
-    const e = err instanceof ApiError ? err : new ApiError(500, "INTERNAL", "the server failed while answering; its log says why");
+    const down = err instanceof ApiError ? null : health();
+    if (!(err instanceof ApiError) && down?.ready !== false) log(`tsight server: ${c.req.method} ${c.req.path} failed: ${err.stack ?? err.message}`);
+    const e = err instanceof ApiError ? err : down?.ready === false ? unavailable(down.problems) : new ApiError(500, "INTERNAL", "the server failed while answering; its log says why");
     deps.metrics.rejected.inc({ status: String(e.status) });
     return c.json(e.body(), e.status as 400, e.headers);
   });
@@ -53,8 +65,17 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
     // Before the guards: a browser's preflight request carries neither the protocol header nor the key.
     app.use("/v1/*", cors({ origin: origins.includes("*") ? "*" : origins, allowHeaders: [PROTOCOL_HEADER, "authorization", "content-type", "last-event-id"], exposeHeaders: [PROTOCOL_HEADER, "location", "retry-after"], maxAge: 600 }));
   }
+  app.get("/readyz", (c) => {
+    const h = health();
+    return c.json(h, h.ready ? 200 : 503);
+  });
   if (!deps.config.metricsPublic) app.use("/metrics", requireKey(deps.keys));
-  app.use("/v1/*", requireProtocol, requireKey(deps.keys));
+  app.use("/v1/*", requireProtocol, async (_c, next) => {
+    const h = health();
+    if (!h.ready) throw unavailable(h.problems);
+    await next();
+  });
+  app.use("/v1/*", requireKey(deps.keys));
 
   statusRoutes(app, deps);
   modelsRoutes(app, deps);

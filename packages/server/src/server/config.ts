@@ -31,8 +31,19 @@ export interface ServerConfig {
   maxResultBytes: number;
   /** Jobs one API key may have unfinished at once. */
   maxActiveJobsPerKey: number;
-  /** Events (log, stream, local) kept per job; later ones are dropped. */
+  /** Events (log, stream, local) a job may send; one more ends it (MEMORY). */
   maxEventsPerJob: number;
+  /** Bytes of events a job may send (log text, hybrid-step values); more ends it (MEMORY). */
+  maxEventBytesPerJob: number;
+  /** In a forward pass shared by several jobs, how long one job's code may keep the others waiting (ms) before it leaves the pass and runs alone. */
+  batchStallMs: number;
+  /** Tokens (rows × positions) a job's input may have. */
+  maxInputTokens: number;
+  /**
+   * Webhook targets beyond public addresses: CIDR blocks (e.g. "127.0.0.0/8", "10.0.0.0/8") or "private" for every
+   * loopback, private and link-local range. Default: none (webhooks reach public addresses only).
+   */
+  webhookAllow: string[];
   /** How long a job gets to stop (after cancel, or past its deadline) before its thread is replaced by a fresh one. */
   stopGraceMs: number;
   /** How long a hybrid step (tr.local) waits for the client's answer; a job may ask for less (`localTimeoutMs`). */
@@ -90,6 +101,10 @@ export function resolveConfig(options: Partial<ServerConfig> = {}): ServerConfig
     maxResultBytes: 256 * MiB,
     maxActiveJobsPerKey: 8,
     maxEventsPerJob: 10_000,
+    maxEventBytesPerJob: 16 * MiB,
+    batchStallMs: 1_000,
+    maxInputTokens: 16_384,
+    webhookAllow: [],
     stopGraceMs: 3_000,
     localStepTimeoutMs: 60_000,
     localDisconnectGraceMs: 5_000,
@@ -104,7 +119,7 @@ export function resolveConfig(options: Partial<ServerConfig> = {}): ServerConfig
     workbenchDir: defaultWorkbenchDir(),
     ...defined,
   };
-  for (const k of ["jobTimeoutMs", "memoryLimitBytes", "resultRetentionMs", "maxBodyBytes", "maxResultBytes", "maxActiveJobsPerKey", "maxEventsPerJob", "stopGraceMs", "localStepTimeoutMs", "localDisconnectGraceMs", "webhookTimeoutMs", "webhookRetryDelayMs", "sweepIntervalMs", "heartbeatMs"] as const) {
+  for (const k of ["jobTimeoutMs", "memoryLimitBytes", "resultRetentionMs", "maxBodyBytes", "maxResultBytes", "maxActiveJobsPerKey", "maxEventsPerJob", "maxEventBytesPerJob", "batchStallMs", "maxInputTokens", "stopGraceMs", "localStepTimeoutMs", "localDisconnectGraceMs", "webhookTimeoutMs", "webhookRetryDelayMs", "sweepIntervalMs", "heartbeatMs"] as const) {
     if (!(Number.isFinite(config[k]) && config[k] > 0)) throw new RangeError(`server setting ${k} must be a positive number, got ${config[k]}`);
   }
   if (!(Number.isInteger(config.maxBatch) && config.maxBatch >= 1)) throw new RangeError(`server setting maxBatch must be a whole number of 1 or more, got ${config.maxBatch}`);

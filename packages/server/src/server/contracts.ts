@@ -73,8 +73,11 @@ export interface ClusterStatus {
 
 /** Takes jobs and moves them along: queues them for a worker of their model, cancels them, passes hybrid-step answers. */
 export interface Dispatcher {
-  /** Checks and queues a request; the caller's key owns the job. */
-  submit(caller: Caller, body: Uint8Array | JobRequest): MaybePromise<JobState>;
+  /**
+   * Checks and queues a request; the caller's key owns the job. With an idempotency key the key has used before,
+   * nothing new is made: the earlier job's state is the answer.
+   */
+  submit(caller: Caller, body: Uint8Array | JobRequest, idempotencyKey?: string): MaybePromise<JobState>;
   /** The job's state, if `keyId` owns it (else 404). */
   state(id: string, keyId: string): MaybePromise<JobState>;
   /** The key's jobs, newest first. */

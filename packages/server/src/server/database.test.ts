@@ -17,19 +17,22 @@ describe("openDatabase", () => {
   it("upgrades a version 1 file, keeping its jobs", () => {
     const file = path.join(dir, "old.db");
     const db = openDatabase(file);
-    expect(db.pragma("user_version", { simple: true })).toBe(2);
+    expect(db.pragma("user_version", { simple: true })).toBe(3);
     expect(columns(db)).toEqual(expect.arrayContaining(["webhook", "webhook_secret", "webhook_state"]));
     // Back to what version 1 had.
-    db.exec("DROP INDEX jobs_by_key_created; ALTER TABLE jobs DROP COLUMN webhook; ALTER TABLE jobs DROP COLUMN webhook_secret; ALTER TABLE jobs DROP COLUMN webhook_state;");
+    db.exec(
+      "DROP INDEX jobs_by_key_created; DROP INDEX jobs_by_idempotency; DROP INDEX jobs_by_finished; " +
+        "ALTER TABLE jobs DROP COLUMN webhook; ALTER TABLE jobs DROP COLUMN webhook_secret; ALTER TABLE jobs DROP COLUMN webhook_state; ALTER TABLE jobs DROP COLUMN idempotency_key;",
+    );
     db.exec("INSERT INTO jobs (id, key_id, model, kind, status, created, updated) VALUES ('j', 'k', 'm', 'trace', 'COMPLETED', 1, 1)");
     db.pragma("user_version = 1");
     db.close();
     const upgraded = openDatabase(file);
-    expect(upgraded.pragma("user_version", { simple: true })).toBe(2);
-    expect(columns(upgraded)).toEqual(expect.arrayContaining(["webhook", "webhook_secret", "webhook_state"]));
+    expect(upgraded.pragma("user_version", { simple: true })).toBe(3);
+    expect(columns(upgraded)).toEqual(expect.arrayContaining(["webhook", "webhook_secret", "webhook_state", "idempotency_key"]));
     expect(upgraded.prepare("SELECT id, webhook_state FROM jobs").all()).toEqual([{ id: "j", webhook_state: null }]);
     upgraded.pragma("user_version = 9");
     upgraded.close();
-    expect(() => openDatabase(file)).toThrow(/schema version 9 is newer than this tsight's \(2\)/);
+    expect(() => openDatabase(file)).toThrow(/schema version 9 is newer than this tsight's \(3\)/);
   });
 });

@@ -54,6 +54,12 @@ const MIGRATIONS: readonly string[] = [
   ALTER TABLE jobs ADD COLUMN webhook_state TEXT;      -- pending | delivered | failed
   CREATE INDEX jobs_by_key_created ON jobs (key_id, created);
   `,
+  // 3: idempotency keys of submissions, and finding ended jobs to delete.
+  `
+  ALTER TABLE jobs ADD COLUMN idempotency_key TEXT;    -- the client's key for the submission (per API key)
+  CREATE UNIQUE INDEX jobs_by_idempotency ON jobs (key_id, idempotency_key) WHERE idempotency_key IS NOT NULL;
+  CREATE INDEX jobs_by_finished ON jobs (status, finished);
+  `,
 ];
 
 const SCHEMA_VERSION = 1 + MIGRATIONS.length;

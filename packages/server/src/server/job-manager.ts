@@ -7,7 +7,7 @@
  * each keeps its own events, deadline, cancel and result. Hybrid steps are bounded by a LocalStepWatch: a step left
  * unanswered too long, or by a client that went away, stops the job.
  */
-import { infoFromError, decodeJob, type DecodedJob, type ErrorInfo, type JobEvent, type JobRequest, type JobState, type ModelInfo } from "tsight/protocol";
+import { decodeJob, type DecodedJob, type ErrorInfo, type JobEvent, type JobRequest, type JobState, type ModelInfo } from "tsight/protocol";
 import { ApiError, jobNotFound } from "./api-error.js";
 import { batchKey, batchNote, perPass } from "./batch-key.js";
 import type { ServerConfig } from "./config.js";
@@ -16,7 +16,8 @@ import type { OpenStreams } from "./event-stream.js";
 import { newJobId } from "./ids.js";
 import { JobQueue } from "./job-queue.js";
 import { isTerminal } from "./job-status.js";
-import type { JobStore, ListOptions } from "./job-store.js";
+import type { JobStore, ListOptions, MoveDetails } from "./job-store.js";
+import { publicError } from "./public-error.js";
 import type { Caller } from "./key-store.js";
 import { LocalStepWatch } from "./local-step-watch.js";
 import type { ServerMetrics } from "./metrics.js";
@@ -56,6 +57,10 @@ interface ActiveJob {
   localTimeoutMs: number;
   /** Set when the server stops the job itself (a hybrid step timed out, its client went away): how it ends. */
   endError?: ErrorInfo;
+  /** Its place in its model's queue, as last stored. */
+  position?: number;
+  /** Bytes of the events it sent. */
+  eventBytes: number;
 }
 
 /** What /v1/status says about one model of the embedded server. */
@@ -64,7 +69,7 @@ export interface ModelStatus extends ModelLoad {
   worker: { state: WorkerState; threadId: number | null; restarts: number; lastError: string | null };
 }
 
-const MAX_LOG_CHARS = 16 * 1024;
+const MAX_LOG_CHARS = 10_000;
 
 export class JobManager implements Dispatcher {
   readonly queue = new JobQueue();
@@ -74,6 +79,8 @@ export class JobManager implements Dispatcher {
   /** Passes handed to each model's worker, and the jobs in them. */
   private readonly passes = new Map<string, { passes: number; jobs: number }>();
   private readonly finishing = new Set<Promise<void>>();
+  /** Ends of jobs the store could not record yet (see settle). */
+  private readonly unsettled = new Map<string, { status: "COMPLETED" | "ERROR" | "CANCELLED"; details: MoveDetails }>();
   private readonly localSteps: LocalStepWatch;
   private closed = false;
 
@@ -112,9 +119,13 @@ export class JobManager implements Dispatcher {
     await Promise.all(started);
   }
 
-  /** Checks and queues a request; the caller's key owns the job. */
-  submit(caller: Caller, body: Uint8Array | JobRequest): JobState {
+  /** Checks and queues a request; the caller's key owns the job. A repeated idempotency key gives the earlier job. */
+  submit(caller: Caller, body: Uint8Array | JobRequest, idempotencyKey?: string): JobState {
     if (this.closed) throw new ApiError(503, "INTERNAL", "the server is shutting down; try again later", { retryable: true });
+    if (idempotencyKey !== undefined) {
+      const earlier = this.parts.store.byIdempotencyKey(caller.keyId, idempotencyKey);
+      if (earlier) return this.state(earlier.id, caller.keyId);
+    }
     let job: DecodedJob;
     try {
       job = decodeJob(body);
@@ -136,21 +147,24 @@ export class JobManager implements Dispatcher {
     }
     const id = newJobId();
     const webhook = job.webhook === undefined ? undefined : { url: job.webhook, secret: job.webhookSecret };
-    this.parts.store.create({ id, keyId: caller.keyId, model: model.key, kind: job.kind, webhook });
+    this.parts.store.create({ id, keyId: caller.keyId, model: model.key, kind: job.kind, webhook, idempotencyKey });
     const cap = this.parts.config.localStepTimeoutMs;
     const localTimeoutMs = Math.min(job.localTimeoutMs ?? cap, cap);
     const batch = this.parts.config.maxBatch > 1 ? batchKey(job, this.parts.registry.tokenizer(model)) : undefined;
-    this.active.set(id, { id, model, body, batch, cancelRequested: false, events: 0, localCalls: new Set(), answered: new Set(), localTimeoutMs });
-    this.parts.store.move(id, "QUEUED", { position: this.queue.push(model.key, id) });
+    const active: ActiveJob = { id, model, body, batch, cancelRequested: false, events: 0, eventBytes: 0, localCalls: new Set(), answered: new Set(), localTimeoutMs };
+    this.active.set(id, active);
+    this.parts.store.move(id, "QUEUED", { position: (active.position = this.queue.push(model.key, id, caller.keyId)) });
     this.parts.metrics.submitted.inc({ model: model.name });
     this.pump(model.key);
     return this.state(id, caller.keyId);
   }
 
-  /** The job's state, if `keyId` owns it. */
+  /** The job's state, if `keyId` owns it (its end as known here, while the store cannot record it yet). */
   state(id: string, keyId: string): JobState {
     const job = this.parts.store.getOwned(id, keyId);
     if (!job) throw jobNotFound(id);
+    const end = this.unsettled.get(id);
+    if (end) return { ...this.parts.store.state(job), status: end.status, ...(end.details.error ? { error: end.details.error } : {}) };
     return this.parts.store.state(job, this.queue.position(id));
   }
 
@@ -257,7 +271,7 @@ export class JobManager implements Dispatcher {
       const batch = this.takeBatch(modelKey, worker.batching ? this.parts.config.maxBatch : 1);
       if (batch.length === 0) return;
       this.renumber(modelKey);
-      const { jobTimeoutMs, memoryLimitBytes, maxResultBytes } = this.parts.config;
+      const { jobTimeoutMs, memoryLimitBytes, maxResultBytes, maxEventsPerJob: maxEvents, maxEventBytesPerJob: maxEventBytes, batchStallMs, maxInputTokens } = this.parts.config;
       const now = Date.now();
       const specs = batch.map((active) => {
         const body = active.body!;
@@ -265,7 +279,7 @@ export class JobManager implements Dispatcher {
         active.dispatchedAt = now;
         this.parts.store.move(active.id, "DISPATCHED");
         if (batch.length > 1) this.parts.store.append(active.id, { type: "log", text: batchNote(batch.length) });
-        return { jobId: active.id, body, deadline: now + jobTimeoutMs, memoryLimitBytes, maxResultBytes };
+        return { jobId: active.id, body, deadline: now + jobTimeoutMs, memoryLimitBytes, maxResultBytes, maxEvents, maxEventBytes, batchStallMs, maxInputTokens };
       });
       this.parts.metrics.batchSize.observe({ model: batch[0]!.model.name }, batch.length);
       const runs = worker.runBatch(specs);
@@ -326,63 +340,88 @@ export class JobManager implements Dispatcher {
     }
   }
 
-  /** Stores the new positions of a model's waiting jobs (each moved up one). */
+  /** Stores the new positions of a model's waiting jobs (those whose place changed). */
   private renumber(modelKey: string): void {
-    this.queue.waiting(modelKey).forEach((id, position) => this.parts.store.move(id, "QUEUED", { position }));
+    this.queue.waiting(modelKey).forEach((id, position) => {
+      const active = this.active.get(id);
+      if (!active || active.position === position) return;
+      active.position = position;
+      this.parts.store.move(id, "QUEUED", { position });
+    });
   }
 
   private onEvent(id: string, event: JobEvent): void {
     const active = this.active.get(id);
-    if (!active) return;
+    if (!active || active.endError) return;
     if (event.type !== "log" && event.type !== "stream" && event.type !== "local") return; // the server's own events
-    const limit = this.parts.config.maxEventsPerJob;
-    if (++active.events > limit) {
-      if (active.events === limit + 1) this.parts.store.append(id, { type: "log", text: `[tsight] the job sent more than ${limit} events; later ones are dropped` });
-      return;
-    }
     if (event.type === "log" && event.text.length > MAX_LOG_CHARS) event = { type: "log", text: `${event.text.slice(0, MAX_LOG_CHARS)}… [cut at ${MAX_LOG_CHARS} characters]` };
-    if (event.type === "local" && !active.answered.has(event.call) && !active.endError) {
+    const bytes = JSON.stringify(event).length;
+    const { maxEventsPerJob, maxEventBytesPerJob } = this.parts.config;
+    if (++active.events > maxEventsPerJob || (active.eventBytes += bytes) > maxEventBytesPerJob) {
+      // Limits a job cannot talk its way past: it ends (MEMORY), nothing more of it is stored.
+      const over = active.events > maxEventsPerJob ? `more than ${maxEventsPerJob} events` : `more than ${maxEventBytesPerJob} bytes of events`;
+      return this.stop(id, serverError("MEMORY", `the job sent ${over} (log lines, streamed tokens, hybrid steps), the most a job may send; it was stopped`, "MemoryError"));
+    }
+    if (event.type === "local" && !active.answered.has(event.call)) {
       active.localCalls.add(event.call);
       this.localSteps.asked(id, event.call, active.localTimeoutMs);
     }
     try {
       this.parts.store.append(id, event);
     } catch (e) {
-      this.parts.store.append(id, { type: "log", text: `[tsight] an event of type ${event.type} could not be stored: ${(e as Error).message}` });
+      this.parts.log?.(`tsight server: an event of job ${id} could not be stored: ${(e as Error).message}`);
     }
   }
 
   private async finish(active: ActiveJob, outcome: RunOutcome): Promise<void> {
-    const { store, results, config } = this.parts;
+    const { results, config } = this.parts;
     const id = active.id;
     this.active.delete(id);
     this.localSteps.forget(id);
     this.parts.metrics.duration.observe({ model: active.model.name }, (Date.now() - active.dispatchedAt!) / 1000);
     if (active.cancelRequested) {
-      store.move(id, "CANCELLED");
+      this.settle(id, "CANCELLED");
       return this.countEnd(active, "CANCELLED");
     }
     if (active.endError) {
-      store.move(id, "ERROR", { error: active.endError });
+      this.settle(id, "ERROR", { error: active.endError });
       return this.countEnd(active, "ERROR", active.endError.code);
     }
-    let error = outcome.ok ? undefined : outcome.error;
+    let error = outcome.ok ? undefined : publicError(outcome.error);
     if (outcome.ok) {
       if (outcome.bytes.byteLength > config.maxResultBytes) {
         error = serverError("MEMORY", `the job's result is ${outcome.bytes.byteLength} bytes, over this server's limit of ${config.maxResultBytes}; return less`, "MemoryError");
       } else {
         try {
           await results.write(id, outcome.bytes);
-          store.move(id, "COMPLETED", { result: { bytes: outcome.bytes.byteLength, expires: Date.now() + config.resultRetentionMs } });
+          this.settle(id, "COMPLETED", { result: { bytes: outcome.bytes.byteLength, expires: Date.now() + config.resultRetentionMs } });
           return this.countEnd(active, "COMPLETED");
         } catch (e) {
-          error = infoFromError(e, "INTERNAL");
-          error = { ...error, code: "INTERNAL", retryable: true, message: `the result could not be stored: ${error.message}` };
+          // A full disk, say: the job ends now (retryable), and nothing half-written is kept.
+          error = serverError("INTERNAL", `the result could not be stored: ${(e as Error).message}`);
         }
       }
     }
-    store.move(id, "ERROR", { error });
+    this.settle(id, "ERROR", { error });
     this.countEnd(active, "ERROR", error!.code);
+  }
+
+  /**
+   * Moves a job to its final state. When the store cannot take it (its disk is full too), the state is kept here
+   * and answered from here, and storing it is tried again until it works: a job never stays RUNNING because the
+   * record of its end could not be written.
+   */
+  private settle(id: string, status: "COMPLETED" | "ERROR" | "CANCELLED", details: MoveDetails = {}): void {
+    try {
+      this.parts.store.move(id, status, details);
+      this.unsettled.delete(id);
+    } catch (e) {
+      const first = !this.unsettled.has(id);
+      this.unsettled.set(id, { status, details });
+      if (first) this.parts.log?.(`tsight server: the end of job ${id} (${status}) could not be stored (${(e as Error).message}); trying again`);
+      const retry = setTimeout(() => this.unsettled.has(id) && this.settle(id, status, details), 1000);
+      retry.unref();
+    }
   }
 
   private countEnd(active: ActiveJob, status: "COMPLETED" | "ERROR" | "CANCELLED", code?: string): void {

@@ -37,6 +37,8 @@ export interface NewJob {
   model: string;
   kind: JobKind;
   webhook?: { url: string; secret?: string };
+  /** The client's key for this submission: a second submission with it gives this job again. */
+  idempotencyKey?: string;
 }
 
 export interface ListOptions {
@@ -104,7 +106,7 @@ export class JobStore {
   constructor(private readonly db: Db) {
     this.q = {
       insert: db.prepare(
-        "INSERT INTO jobs (id, key_id, model, kind, status, created, updated, webhook, webhook_secret, webhook_state) VALUES (?, ?, ?, ?, 'RECEIVED', ?, ?, ?, ?, ?)",
+        "INSERT INTO jobs (id, key_id, model, kind, status, created, updated, webhook, webhook_secret, webhook_state, idempotency_key) VALUES (?, ?, ?, ?, 'RECEIVED', ?, ?, ?, ?, ?, ?)",
       ),
       get: db.prepare("SELECT * FROM jobs WHERE id = ?"),
       bumpSeq: db.prepare("UPDATE jobs SET last_seq = last_seq + 1 WHERE id = ? RETURNING last_seq"),
@@ -126,6 +128,10 @@ export class JobStore {
       cursor: db.prepare("SELECT created, rowid AS row FROM jobs WHERE id = ? AND key_id = ?"),
       webhookSecret: db.prepare("SELECT webhook, webhook_secret FROM jobs WHERE id = ? AND webhook_state = 'pending'"),
       webhookDone: db.prepare("UPDATE jobs SET webhook_state = ?, webhook_secret = NULL WHERE id = ?"),
+      byIdempotency: db.prepare("SELECT * FROM jobs WHERE key_id = ? AND idempotency_key = ?"),
+      ended: db.prepare(`SELECT id FROM jobs WHERE status NOT IN (${ACTIVE.map((s) => `'${s}'`).join(", ")}) AND finished <= ? AND (webhook_state IS NULL OR webhook_state != 'pending') AND result != 'available' LIMIT 1000`),
+      deleteEvents: db.prepare("DELETE FROM events WHERE job_id = ?"),
+      deleteJob: db.prepare("DELETE FROM jobs WHERE id = ?"),
       webhooksPending: db.prepare(`SELECT id FROM jobs WHERE webhook_state = 'pending' AND status NOT IN (${ACTIVE.map((s) => `'${s}'`).join(", ")}) ORDER BY finished`),
     };
   }
@@ -136,7 +142,7 @@ export class JobStore {
     const pending: SequencedEvent[] = [];
     this.db.transaction(() => {
       const hook = job.webhook;
-      this.q.insert.run(job.id, job.keyId, job.model, job.kind, now, now, hook?.url ?? null, hook?.secret ?? null, hook ? "pending" : null);
+      this.q.insert.run(job.id, job.keyId, job.model, job.kind, now, now, hook?.url ?? null, hook?.secret ?? null, hook ? "pending" : null, job.idempotencyKey ?? null);
       pending.push(this.insertEvent(job.id, { type: "status", status: "RECEIVED" }, now));
     })();
     this.notify(job.id, pending);
@@ -263,6 +269,27 @@ export class JobStore {
   /** Finished jobs whose webhook was not delivered yet (the server stopped first), oldest first. */
   pendingWebhooks(): string[] {
     return (this.q.webhooksPending.all() as { id: string }[]).map((r) => r.id);
+  }
+
+  /** The key's job submitted with `idempotencyKey`, if there is one. */
+  byIdempotencyKey(keyId: string, idempotencyKey: string): JobRecord | undefined {
+    const row = this.q.byIdempotency.get(keyId, idempotencyKey) as JobRow | undefined;
+    return row && fromRow(row);
+  }
+
+  /**
+   * Deletes jobs that ended before `before` (and their events), once nothing of them is kept (no result, no
+   * pending webhook); returns how many.
+   */
+  deleteEnded(before: number): number {
+    const ids = (this.q.ended.all(before) as { id: string }[]).map((r) => r.id);
+    this.db.transaction(() => {
+      for (const id of ids) {
+        this.q.deleteEvents.run(id);
+        this.q.deleteJob.run(id);
+      }
+    })();
+    return ids.length;
   }
 
   /** Jobs whose kept result is past its expiry at `now`. */

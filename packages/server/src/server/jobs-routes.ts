@@ -7,6 +7,7 @@ import type { AppDeps } from "./app.js";
 import type { AppEnv } from "./guards.js";
 import { isJobId } from "./ids.js";
 import { isTerminal } from "./job-status.js";
+import { DamagedResultError } from "./result-check.js";
 import type { LocalAnswer } from "./worker-messages.js";
 
 const DEFAULT_LIST = 20;
@@ -24,8 +25,10 @@ export function jobsRoutes(app: Hono<AppEnv>, deps: AppDeps): void {
   };
 
   app.post("/v1/jobs", async (c) => {
+    const idempotencyKey = c.req.header("idempotency-key");
+    if (idempotencyKey !== undefined && !/^[\x21-\x7e]{1,200}$/.test(idempotencyKey)) throw new ApiError(400, "VALIDATION", "an Idempotency-Key header is 1 to 200 visible ASCII characters");
     const body = await parseBody(c.req.raw, config.maxBodyBytes);
-    const state = await jobs.submit(c.get("caller"), body.kind === "envelope" ? body.bytes : (body.value as JobRequest));
+    const state = await jobs.submit(c.get("caller"), body.kind === "envelope" ? body.bytes : (body.value as JobRequest), idempotencyKey);
     c.header("location", `/v1/jobs/${state.id}`);
     return c.json(state, 202);
   });
@@ -86,7 +89,13 @@ export function jobsRoutes(app: Hono<AppEnv>, deps: AppDeps): void {
       await results.remove(id);
       throw expired();
     }
-    const bytes = await results.read(id);
+    let bytes: Uint8Array | undefined;
+    try {
+      bytes = await results.read(id);
+    } catch (e) {
+      if (e instanceof DamagedResultError) throw new ApiError(500, "INTERNAL", e.message);
+      throw e;
+    }
     if (!bytes) throw expired();
     return new Response(bytes, { headers: { "content-type": ENVELOPE_TYPE, "content-length": String(bytes.byteLength), "cache-control": "no-store" } });
   });

@@ -11,7 +11,7 @@ import type { ExecutorRef } from "./config.js";
 import type { FromWorker, LocalAnswer, RunJob } from "./worker-messages.js";
 import { spawnWorkerThread } from "./worker-thread.js";
 
-export type WorkerState = "stopped" | "starting" | "ready" | "busy" | "failed" | "closed";
+export type WorkerState = "stopped" | "starting" | "ready" | "busy" | "failed" | "draining" | "closed";
 
 export type RunOutcome = { ok: true; bytes: Uint8Array } | { ok: false; error: ErrorInfo };
 
@@ -36,8 +36,11 @@ interface Current {
 }
 
 const MAX_BACKOFF_MS = 60_000;
-/** How long a thread given up on may go on before it is terminated whatever it is doing. */
-const ABANDON_MS = 10 * 60_000;
+/**
+ * Threads given up on that may still be finishing their jobs, per model. With one such thread alive, a second
+ * give-up does not start another: the model waits for the first to end (so at most two copies of the weights).
+ */
+const MAX_ABANDONED = 1;
 
 export const serverError = (code: ErrorCode, message: string, type = "ServerError"): ErrorInfo => ({ code, type, message, retryable: RETRYABLE[code] });
 
@@ -55,6 +58,8 @@ export class ModelWorker {
   private backoffMs = 1000;
   private retryTimer: NodeJS.Timeout | undefined;
   private settled: (() => void)[] = [];
+  /** Threads given up on that are still finishing (terminated as soon as they report their jobs' ends). */
+  private readonly abandoned = new Set<Worker>();
 
   constructor(private readonly options: ModelWorkerOptions) {}
 
@@ -240,22 +245,33 @@ export class ModelWorker {
     for (const c of running) this.finish(c, c === current ? { ok: false, error: reason } : { ok: false, error: mates });
     this.restarts++;
     this.options.onRestart?.();
-    this.spawn();
+    // A fixed ceiling on threads and copies of the model: with another thread still finishing, wait for it.
+    if (this.abandoned.size > MAX_ABANDONED) this.setState("draining");
+    else this.spawn();
   }
 
+  /**
+   * Lets a thread finish the jobs it was told to stop, then terminates it: only once it has reported their ends is
+   * it back in its event loop, where terminating it is safe (inside a native call it would abort the process). The
+   * jobs stop within about one op after their cancel (see the sandbox's budget), so it does not go on for long.
+   */
   private abandon(thread: Worker, jobIds: string[]): void {
     this.thread = undefined;
+    this.abandoned.add(thread);
     const left = new Set(jobIds);
-    const stop = () => {
-      clearTimeout(timer);
-      void thread.terminate();
-    };
-    const timer = setTimeout(stop, ABANDON_MS);
-    timer.unref();
     thread.on("message", (m: FromWorker) => {
-      if ((m.type === "completed" || m.type === "failed") && left.delete(m.jobId) && left.size === 0) stop();
+      if ((m.type === "completed" || m.type === "failed") && left.delete(m.jobId) && left.size === 0) void thread.terminate();
+    });
+    thread.once("exit", () => {
+      this.abandoned.delete(thread);
+      if (this.state === "draining") this.spawn();
     });
     thread.unref();
+  }
+
+  /** Threads of this model alive now: the one serving it, and those given up on that are still finishing. */
+  get threads(): number {
+    return (this.thread ? 1 : 0) + this.abandoned.size;
   }
 
   private finish(current: Current, outcome: RunOutcome): void {

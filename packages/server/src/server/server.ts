@@ -18,6 +18,7 @@ import { ModelRegistry } from "./model-registry.js";
 import { ResultStore } from "./result-store.js";
 import { Sweeper } from "./sweeper.js";
 import { eventStream, OpenStreams } from "./event-stream.js";
+import { WebhookTargets } from "./webhook-target.js";
 import { WebhookSender } from "./webhook-sender.js";
 
 export interface ServerOptions extends Partial<ServerConfig> {
@@ -57,6 +58,9 @@ export interface RunningServer extends ServerCore {
 
 export const databaseFile = (dataDir: string): string => path.join(dataDir, "tsight.db");
 
+/** How much longer than its result an ended job's record and events are kept (as in distributed mode). */
+const RECORD_GRACE_MS = 24 * 3_600_000;
+
 export async function openServer(options: ServerOptions = {}): Promise<ServerCore> {
   const { port: _port, host: _host, workers = true, log = (line: string) => void process.stderr.write(`${line}\n`), ...settings } = options;
   const config = resolveConfig(settings);
@@ -68,10 +72,11 @@ export async function openServer(options: ServerOptions = {}): Promise<ServerCor
   const metrics = new ServerMetrics();
   const streams = new OpenStreams();
   // Before the job manager: jobs it ends at start (left unfinished by a previous run) have webhooks to deliver.
-  const webhooks = new WebhookSender(store, { timeoutMs: config.webhookTimeoutMs, retryDelayMs: config.webhookRetryDelayMs, counter: metrics.webhooks, log });
+  const webhooks = new WebhookSender(store, { timeoutMs: config.webhookTimeoutMs, retryDelayMs: config.webhookRetryDelayMs, counter: metrics.webhooks, log, targets: new WebhookTargets(config.webhookAllow) });
   webhooks.resume();
   const jobs = new JobManager({ config, store, results, registry, metrics, streams, log });
-  const sweeper = new Sweeper(store, results, (e) => log(`tsight server: deleting expired results failed: ${e.message}`));
+  results.cleanTemporary();
+  const sweeper = new Sweeper(store, results, (e) => log(`tsight server: deleting expired results failed: ${e.message}`), config.resultRetentionMs + RECORD_GRACE_MS);
   sweeper.start(config.sweepIntervalMs);
   if (workers) await jobs.startWorkers();
   const events = { open: (id: string, after: number, follow: boolean) => eventStream(store, id, after, config.heartbeatMs, follow ? streams : undefined, follow) };

@@ -1,4 +1,7 @@
-/** The sweeper: deletes results whose retention ran out, and marks them expired (GET /result then answers 410). */
+/**
+ * The sweeper: deletes results whose retention ran out and marks them expired (GET /result then answers 410), and
+ * deletes the records and events of jobs that ended longer ago than the records are kept.
+ */
 import type { JobStore } from "./job-store.js";
 import type { ResultStore } from "./result-store.js";
 
@@ -9,6 +12,8 @@ export class Sweeper {
     private readonly jobs: JobStore,
     private readonly results: ResultStore,
     private readonly onError: (e: Error) => void = () => {},
+    /** How long an ended job's record and events are kept (after its result is gone). */
+    private readonly recordRetentionMs = Infinity,
   ) {}
 
   /** Deletes every result due at `now`; returns the ids swept. */
@@ -18,6 +23,7 @@ export class Sweeper {
       this.jobs.markResultExpired(id);
       await this.results.remove(id);
     }
+    if (Number.isFinite(this.recordRetentionMs)) while (this.jobs.deleteEnded(now - this.recordRetentionMs) > 0);
     return due;
   }
 

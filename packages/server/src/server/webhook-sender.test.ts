@@ -67,7 +67,8 @@ let backend: HttpBackend;
 let hooks: Awaited<ReturnType<typeof receiver>>;
 beforeAll(async () => {
   hooks = await receiver();
-  server = await startServer({ port: 0, dataDir: await tempDir(), models: ["stdlib-gpt2"], jobTimeoutMs: 10_000, webhookRetryDelayMs: 20, webhookTimeoutMs: 300, resultRetentionMs: 1_000, sweepIntervalMs: 100 });
+  // The receivers listen on loopback, which webhooks may reach only when the operator allows it.
+  server = await startServer({ port: 0, dataDir: await tempDir(), models: ["stdlib-gpt2"], webhookAllow: ["127.0.0.0/8"], jobTimeoutMs: 10_000, webhookRetryDelayMs: 20, webhookTimeoutMs: 300, resultRetentionMs: 1_000, sweepIntervalMs: 100 });
   backend = new HttpBackend({ url: server.url, apiKey: server.keys.create("hooks").key });
 });
 afterAll(async () => {
@@ -160,7 +161,7 @@ describe("webhooks", () => {
     expect(await delivered(unreachable.id)).toMatchObject({ status: "COMPLETED", result: "available", webhook: "failed" });
     const log = await webhookLog(unreachable.id);
     expect(log).toHaveLength(3);
-    expect(log[2]).toMatch(/^webhook failed: fetch failed \(ECONNREFUSED\) \(attempt 3 of 3\); giving up$/);
+    expect(log[2]).toMatch(/^webhook failed: connect ECONNREFUSED 127\.0\.0\.1:\d+ \(attempt 3 of 3\); giving up$/);
     expect(storedSecret(refused.id)).toBeNull();
     expect(storedSecret(unreachable.id)).toBeNull();
     expect(await (await fetch(`${server.url}/metrics`, { headers: { authorization: `Bearer ${server.keys.create().key}` } })).text()).toMatch(/tsight_webhooks_total\{result="failed"\} [2-9]/);
@@ -218,7 +219,7 @@ describe("webhooks across a restart", () => {
   it("keeps a delivery the server stopped in the middle of, and makes it at the next start", async () => {
     const dataDir = await tempDir();
     hooks.reply("/restart", ["hang"]);
-    const first = await openServer({ dataDir, models: ["stdlib-gpt2"], workers: false, webhookTimeoutMs: 30_000 });
+    const first = await openServer({ dataDir, models: ["stdlib-gpt2"], workers: false, webhookAllow: ["127.0.0.0/8"], webhookTimeoutMs: 30_000 });
     const key = first.keys.create("restart");
     const res = await first.app.request("/v1/jobs", {
       method: "POST",
@@ -229,7 +230,7 @@ describe("webhooks across a restart", () => {
     first.jobs.cancel(id, key.id);
     await hooks.at("/restart");
     await first.close(); // the receiver never answers: the delivery is cut short, and kept
-    const second = await openServer({ dataDir, models: ["stdlib-gpt2"], workers: false });
+    const second = await openServer({ dataDir, models: ["stdlib-gpt2"], workers: false, webhookAllow: ["127.0.0.0/8"] });
     try {
       const both = await hooks.at("/restart", 2);
       expect(await verifyWebhook(both[1]!.body, both[1]!.headers["tsight-signature"] as string, secret)).toMatchObject({ id, status: "CANCELLED" });

@@ -11,6 +11,7 @@ import { WEBHOOK_SIGNATURE_HEADER, type JobEvent, type WebhookPayload, webhookSi
 import type { MaybePromise } from "./contracts.js";
 import type { JobRecord } from "./job-store.js";
 import type { Counter } from "./metrics.js";
+import { WebhookRefusedError, WebhookTargets } from "./webhook-target.js";
 
 /** What the sender needs of a job store (the SQLite JobStore, or the Redis one). */
 export interface WebhookStore {
@@ -37,7 +38,8 @@ export interface WebhookSenderOptions {
   counter?: Counter;
   /** Where failures of the sender itself are written. */
   log?: (line: string) => void;
-  fetch?: typeof fetch;
+  /** Which addresses webhooks may reach (default: public ones only). */
+  targets?: WebhookTargets;
 }
 
 type Attempt = { ok: true; status: number } | { ok: false; retry: boolean; reason: string };
@@ -46,13 +48,13 @@ export class WebhookSender {
   private readonly inFlight = new Set<Promise<void>>();
   private readonly closing = new AbortController();
   private readonly stopListening: () => void;
-  private readonly fetchImpl: typeof fetch;
+  private readonly targets: WebhookTargets;
 
   constructor(
     private readonly store: WebhookStore,
     private readonly options: WebhookSenderOptions,
   ) {
-    this.fetchImpl = options.fetch ?? ((input, init) => fetch(input, init));
+    this.targets = options.targets ?? new WebhookTargets();
     this.stopListening = store.onEnd((job) => {
       if (job.webhookState === "pending") this.deliver(job.id);
     });
@@ -117,19 +119,15 @@ export class WebhookSender {
     this.closing.signal.addEventListener("abort", interrupt);
     const timer = setTimeout(interrupt, this.options.timeoutMs);
     try {
+      const refused = this.targets.refusal(new URL(url));
+      if (refused) return { ok: false, retry: false, reason: refused };
       const signature = await webhookSignature(body, secret, Math.floor(Date.now() / 1000));
-      const res = await this.fetchImpl(url, {
-        method: "POST",
-        headers: { "content-type": "application/json", [WEBHOOK_SIGNATURE_HEADER]: signature, "user-agent": "tsight-webhook/1" },
-        body,
-        redirect: "manual",
-        signal: controller.signal,
-      });
-      await res.body?.cancel().catch(() => undefined);
-      if (res.status >= 200 && res.status < 300) return { ok: true, status: res.status };
-      const note = res.status >= 300 && res.status < 400 ? " (redirects are not followed)" : "";
-      return { ok: false, retry: res.status >= 500, reason: `HTTP ${res.status}${note}` };
+      const status = await this.targets.post(url, { "content-type": "application/json", [WEBHOOK_SIGNATURE_HEADER]: signature, "user-agent": "tsight-webhook/1" }, body, controller.signal);
+      if (status >= 200 && status < 300) return { ok: true, status };
+      const note = status >= 300 && status < 400 ? " (redirects are not followed)" : "";
+      return { ok: false, retry: status >= 500, reason: `HTTP ${status}${note}` };
     } catch (e) {
+      if (e instanceof WebhookRefusedError) return { ok: false, retry: false, reason: e.message };
       const reason = controller.signal.aborted && !this.closing.signal.aborted ? `no answer within ${duration(this.options.timeoutMs)}` : describeFailure(e);
       return { ok: false, retry: true, reason };
     } finally {

@@ -6,7 +6,8 @@
  */
 import { parentPort, workerData } from "node:worker_threads";
 import { LanguageModel } from "tsight";
-import { decodeValue, unpackValue, packValue, errorFromInfo, infoFromError, decodeJob, type DecodedJob, type ExecutionContext, type ExecutionModel, type JobExecutor, type ErrorCode, type ErrorInfo, type JobEvent } from "tsight/protocol";
+import { decodeValue, unpackValue, packValue, errorFromInfo, infoFromError, ResultTooLargeError, decodeJob, type DecodedJob, type ExecutionContext, type ExecutionModel, type JobExecutor, type ErrorCode, type ErrorInfo, type JobEvent } from "tsight/protocol";
+import { publicError } from "./public-error.js";
 import type { FromWorker, LocalAnswer, RunJob, ToWorker, WorkerData } from "./worker-messages.js";
 
 const port = parentPort!;
@@ -78,7 +79,7 @@ interface Running {
 
 /** An executor that can also run several jobs as invokes of one forward pass (the sandbox's executeBatch). */
 type BatchExecutor = JobExecutor & {
-  executeBatch?(items: readonly { job: DecodedJob; ctx: ExecutionContext }[], model: ExecutionModel): Promise<PromiseSettledResult<unknown>[]>;
+  executeBatch?(items: readonly { job: DecodedJob; ctx: ExecutionContext }[], model: ExecutionModel, options?: { stallMs?: number }): Promise<PromiseSettledResult<unknown>[]>;
 };
 
 let executor: BatchExecutor;
@@ -92,6 +93,8 @@ function begin(job: RunJob): { r: Running; ctx: ExecutionContext } {
   const { signal } = r.controller;
   signal.addEventListener("abort", () => r.local.cancel(r.reason), { once: true });
   post({ type: "started", jobId: job.jobId });
+  let events = 0;
+  let eventBytes = 0;
   const ctx: ExecutionContext = {
     emit: (event: JobEvent) => {
       // A job told to stop that still sends events (e.g. tokens of a generation) stops here. The cancel message
@@ -99,11 +102,17 @@ function begin(job: RunJob): { r: Running; ctx: ExecutionContext } {
       if (Atomics.load(job.stop, 0) === 1) r.controller.abort();
       if (signal.aborted) throw new JobError("CANCELLED", "the job was cancelled");
       if (Date.now() > job.deadline) throw new JobError("TIMEOUT", "the job ran past its deadline");
+      // Over the limits, the job ends here: a flood of events never reaches the main thread.
+      eventBytes += event.type === "log" ? event.text.length : event.type === "local" ? event.vals.length : 64;
+      if (++events > job.maxEvents || eventBytes > job.maxEventBytes) {
+        throw new JobError("MEMORY", `the job sent more than ${events > job.maxEvents ? `${job.maxEvents} events` : `${job.maxEventBytes} bytes of events`} (log lines, streamed tokens, hybrid steps), the most a job may send`);
+      }
       post({ type: "event", jobId: job.jobId, event });
     },
     signal,
     deadline: job.deadline,
     memoryLimitBytes: job.memoryLimitBytes,
+    maxInputTokens: job.maxInputTokens,
     awaitLocal: (call: string) => r.local.wait(call, signal),
     stopRequested: () => Atomics.load(job.stop, 0) === 1,
   };
@@ -115,14 +124,13 @@ function end(job: RunJob, r: Running, outcome: PromiseSettledResult<unknown>): v
   try {
     if (outcome.status === "rejected") throw outcome.reason;
     if (r.controller.signal.aborted) throw new JobError("CANCELLED", "the job was cancelled");
-    const bytes = packValue(outcome.value);
-    if (bytes.byteLength > job.maxResultBytes) {
-      throw new JobError("MEMORY", `the job's result is ${bytes.byteLength} bytes, over this server's limit of ${job.maxResultBytes}; return less (a slice of a tensor, or a reduction)`);
-    }
+    // Encoding is linear in the result and counts against the job's time; its size is checked before it is made.
+    const bytes = packValue(outcome.value, job.maxResultBytes);
+    if (Date.now() > job.deadline) throw new JobError("TIMEOUT", "the job ran past its deadline while its result was encoded");
     const whole = bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength ? bytes : bytes.slice();
     post({ type: "completed", jobId: job.jobId, bytes: whole }, [whole.buffer as ArrayBuffer]);
   } catch (e) {
-    post({ type: "failed", jobId: job.jobId, error: infoFromError(e, "USER_CODE") });
+    post({ type: "failed", jobId: job.jobId, error: publicError(infoFromError(e instanceof ResultTooLargeError ? new JobError("MEMORY", `the job's result is ${e.size} bytes, over this server's limit of ${e.limit}; return less (a slice of a tensor, or a reduction)`) : e, "USER_CODE")) });
   } finally {
     running.delete(job.jobId);
   }
@@ -156,7 +164,11 @@ async function runBatch(jobs: RunJob[]): Promise<void> {
   }
   let outcomes: PromiseSettledResult<unknown>[];
   try {
-    outcomes = await executor.executeBatch(items.map(({ decoded, ctx }) => ({ job: decoded, ctx })), model);
+    outcomes = await executor.executeBatch(
+      items.map(({ decoded, ctx }) => ({ job: decoded, ctx })),
+      model,
+      { stallMs: jobs[0]!.batchStallMs },
+    );
   } catch (e) {
     outcomes = items.map(() => ({ status: "rejected", reason: e }));
   }

@@ -21,6 +21,13 @@ export interface RunJob {
   deadline: number;
   memoryLimitBytes: number;
   maxResultBytes: number;
+  /** Events (and their bytes) the job may send; past them it ends (MEMORY). */
+  maxEvents: number;
+  maxEventBytes: number;
+  /** In a shared pass, how long one job's code may hold the others up (ms). */
+  batchStallMs: number;
+  /** Most tokens (rows × positions) its input may have. */
+  maxInputTokens: number;
   /**
    * Set to 1 (over shared memory) when the job is cancelled. A thread busy with the job may not read its messages
    * until the job yields to the event loop, so it checks this flag whenever the job emits an event.

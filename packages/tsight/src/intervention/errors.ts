@@ -3,7 +3,7 @@
  * and is created where the user's code made the mistake, so its stack (and `userLine`) points at that line.
  */
 
-export type ErrorCode = "AUTH" | "PROTOCOL" | "VALIDATION" | "NOT_ALLOWED" | "USER_CODE" | "TIMEOUT" | "MEMORY" | "CANCELLED" | "PREEMPTED" | "INTERNAL";
+export type ErrorCode = "AUTH" | "PROTOCOL" | "VALIDATION" | "NOT_ALLOWED" | "USER_CODE" | "TIMEOUT" | "MEMORY" | "CANCELLED" | "PREEMPTED" | "UNAVAILABLE" | "INTERNAL";
 
 export class InterventionError extends Error {
   readonly code: ErrorCode = "USER_CODE";

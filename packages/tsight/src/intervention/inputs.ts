@@ -30,8 +30,9 @@ export interface InputLimits {
  * Checks a batch against the model before anything runs: every row fits the context (with `extraTokens` more to
  * generate) and every id is in the vocabulary.
  */
-export function checkInput(ids: Tensor, limits: InputLimits, extraTokens = 0): void {
+export function checkInput(ids: Tensor, limits: InputLimits, extraTokens = 0, maxTokens = Infinity): void {
   const [rows, tokens] = ids.shape as [number, number];
+  if (rows * (tokens + extraTokens) > maxTokens) throw new InputError(`the input is ${rows} row${rows === 1 ? "" : "s"} of ${tokens + extraTokens} tokens, more than the ${maxTokens} tokens a job may have here; send fewer or shorter rows`);
   const { maxPositions, vocabSize } = limits;
   if (maxPositions !== null && tokens + extraTokens > maxPositions) {
     const what = extraTokens ? `${tokens} prompt tokens plus ${extraTokens} to generate` : `${tokens} tokens`;

@@ -69,6 +69,8 @@ export interface TraceOptions {
    * (computing, or awaiting something outside tsight); then the invoke fails with a StallError. Default 60 s.
    */
   stallTimeoutMs?: number;
+  /** Most tokens (rows × positions, generated ones included) a run may have (a server's limit). */
+  maxInputTokens?: number;
 }
 
 export interface EditOptions {
@@ -308,7 +310,7 @@ const metaForward: Driver = async (model, ids, mask, run) => {
 };
 
 function runOptions(o: TraceOptions | undefined): RunOptions {
-  return { vars: o?.vars, grad: o?.grad, checkpoint: o?.checkpoint, isolated: o?.isolateInvokes, stallTimeoutMs: o?.stallTimeoutMs };
+  return { vars: o?.vars, grad: o?.grad, checkpoint: o?.checkpoint, isolated: o?.isolateInvokes, stallTimeoutMs: o?.stallTimeoutMs, maxInputTokens: o?.maxInputTokens };
 }
 
 export type { InvokeTracer };

@@ -208,6 +208,8 @@ export interface RunOptions {
   isolated?: boolean;
   /** How long intervention code may keep the forward pass waiting (default 60 s); see Interleaver.settle. */
   stallTimeoutMs?: number;
+  /** Most tokens (rows × positions, generated ones included) the batch may have. */
+  maxInputTokens?: number;
 }
 
 /** One trace: its invokes, their mediators, the interleaver, and the forward pass. */
@@ -240,6 +242,7 @@ export class TraceRun {
   readonly grad: boolean;
   readonly isolated: boolean;
   readonly stallTimeoutMs: number;
+  private readonly maxInputTokens: number;
   private readonly checkpoint: (() => void) | undefined;
 
   /** Where tensors handed to invokes sit in the forward graph (grad traces). */
@@ -254,6 +257,7 @@ export class TraceRun {
     this.isolated = options.isolated === true;
     this.checkpoint = options.checkpoint;
     this.stallTimeoutMs = options.stallTimeoutMs ?? 60_000;
+    this.maxInputTokens = options.maxInputTokens ?? Infinity;
   }
 
   addInvoke<R = unknown>(input: ModelInput | undefined, fn: InterventionFn): Promise<R> {
@@ -394,6 +398,7 @@ export class TraceRun {
     }
     if (rows.length === 0) throw new TraceError("no invoke has an input: at least one tr.invoke(input, fn) is needed to make a batch");
     const { ids, mask } = fromRows(rows, tokenizer.padTokenId);
+    checkInput(ids, model.config, drive.extraTokens, this.maxInputTokens);
     this.batch = rows.length;
 
     const edits = this.target.edits.map((fn) => ({ fn, mediator: new Mediator(-1, null) }));

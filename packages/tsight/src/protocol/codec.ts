@@ -25,10 +25,7 @@ export function encodeValue(value: unknown, tensors: Map<string, Tensor>, where 
   if (value === undefined) return { $undef: 1 };
   if (value instanceof Tensor) {
     if (value.isMeta) return { $meta: { dtype: value.dtype, shape: [...value.shape] } };
-    for (const [name, t] of tensors) if (t === value) return { $t: name };
-    const name = `t${tensors.size}`;
-    tensors.set(name, value.detach());
-    return { $t: name };
+    return { $t: tensorName(value, tensors) };
   }
   if (Array.isArray(value)) return value.map((v, i) => encodeValue(v, tensors, `${where}[${i}]`));
   if (value instanceof Cache) {
@@ -44,6 +41,48 @@ export function encodeValue(value: unknown, tensors: Map<string, Tensor>, where 
   }
   const kind = typeof value === "function" ? "a function" : `a ${(value as object).constructor?.name ?? typeof value}`;
   throw new CodecError(`${where} is ${kind}, which cannot cross to or from a remote job: send JSON values, tensors, caches and errors`);
+}
+
+/** Names already given to tensors (by identity, and by content), per collection of tensors being encoded. */
+const names = new WeakMap<Map<string, Tensor>, { byTensor: Map<Tensor, string>; byContent: Map<string, string[]> }>();
+
+/**
+ * The name of `t` in `tensors`, adding it when it is new. Identical tensors (the same object, or equal dtype, shape
+ * and values) are stored once, whatever the value holds: a result with one tensor sixty times is one tensor.
+ * Linear in the data.
+ */
+function tensorName(t: Tensor, tensors: Map<string, Tensor>): string {
+  let seen = names.get(tensors);
+  if (!seen) names.set(tensors, (seen = { byTensor: new Map(), byContent: new Map() }));
+  const known = seen.byTensor.get(t);
+  if (known !== undefined) return known;
+  const bytes = new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength);
+  const key = `${t.dtype}|${t.shape.join(",")}|${fnv1a(bytes)}`;
+  for (const name of seen.byContent.get(key) ?? []) {
+    const other = tensors.get(name)!;
+    if (sameBytes(bytes, new Uint8Array(other.data.buffer, other.data.byteOffset, other.data.byteLength))) {
+      seen.byTensor.set(t, name);
+      return name;
+    }
+  }
+  const name = `t${tensors.size}`;
+  tensors.set(name, t.detach());
+  seen.byTensor.set(t, name);
+  seen.byContent.set(key, [...(seen.byContent.get(key) ?? []), name]);
+  return name;
+}
+
+/** 32-bit FNV-1a of some bytes (for finding equal tensors; equal bytes are then compared in full). */
+function fnv1a(bytes: Uint8Array): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < bytes.length; i++) h = Math.imul(h ^ bytes[i]!, 0x01000193);
+  return h >>> 0;
+}
+
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
 }
 
 /** The value `encodeValue` encoded, with tensors taken from `tensors`. */
@@ -100,10 +139,28 @@ export function decodeEnvelope(bytes: Uint8Array): { payload: unknown; tensors: 
   return { payload, tensors };
 }
 
-/** Encodes a whole value into an envelope. */
-export function packValue(value: unknown): Uint8Array {
+/** A value whose envelope would be larger than allowed (found before the envelope is made). */
+export class ResultTooLargeError extends CodecError {
+  override readonly name: string = "ResultTooLargeError";
+  override readonly code = "MEMORY";
+  constructor(
+    /** About how many bytes the envelope would take. */
+    readonly size: number,
+    readonly limit: number,
+  ) {
+    super(`the value would take about ${size} bytes, over the limit of ${limit}`);
+  }
+}
+
+/** Encodes a whole value into an envelope; with `maxBytes`, refuses (before allocating it) one that would be larger. */
+export function packValue(value: unknown, maxBytes = Infinity): Uint8Array {
   const tensors = new Map<string, Tensor>();
   const json = encodeValue(value, tensors);
+  if (maxBytes !== Infinity) {
+    let size = JSON.stringify(json).length;
+    for (const t of tensors.values()) size += t.data.byteLength + 128;
+    if (size > maxBytes) throw new ResultTooLargeError(size, maxBytes);
+  }
   return encodeEnvelope({ value: json }, tensors);
 }
 

@@ -39,6 +39,8 @@ export interface ExecutionContext {
   deadline: number;
   /** Bytes of tensors the job's code may create, in all. */
   memoryLimitBytes: number;
+  /** Most tokens (rows × positions, generated ones included) the job's inputs may have. */
+  maxInputTokens?: number;
   /** For hybrid steps: resolves with the client's answer to call `call` (see the local event). */
   awaitLocal?(call: string): Promise<unknown>;
   /**

@@ -25,7 +25,7 @@ export const PROTOCOL_HEADER = "tsight-protocol";
 /** Content type of the binary envelope: a safetensors file whose metadata holds the JSON. */
 export const ENVELOPE_TYPE = "application/vnd.tsight.v1+safetensors";
 
-export type ErrorCode = "AUTH" | "PROTOCOL" | "VALIDATION" | "NOT_ALLOWED" | "USER_CODE" | "TIMEOUT" | "MEMORY" | "CANCELLED" | "PREEMPTED" | "INTERNAL";
+export type ErrorCode = "AUTH" | "PROTOCOL" | "VALIDATION" | "NOT_ALLOWED" | "USER_CODE" | "TIMEOUT" | "MEMORY" | "CANCELLED" | "PREEMPTED" | "UNAVAILABLE" | "INTERNAL";
 
 /** Whether trying the same job again can help, per code. */
 export const RETRYABLE: Readonly<Record<ErrorCode, boolean>> = {
@@ -38,6 +38,7 @@ export const RETRYABLE: Readonly<Record<ErrorCode, boolean>> = {
   MEMORY: false,
   CANCELLED: false,
   PREEMPTED: true,
+  UNAVAILABLE: true,
   INTERNAL: true,
 };
 

@@ -14,6 +14,7 @@
  *   P:watch:<id>          sorted set: the event streams following the job (score: until when, refreshed)
  *   P:keyjobs:<keyId>     sorted set: a key's jobs in submission order (for listing)
  *   P:keyactive:<keyId>   set: a key's unfinished jobs
+ *   P:idem:<keyId>:<key>  string: the job a key's submission with that Idempotency-Key made (kept a day)
  *   P:active              sorted set: every unfinished job (score: submission time), for the sweep
  *   P:jobseq              counter: submission order
  *   P:apikey:<id>, P:apikeys   API keys (hash each; sorted set of ids)
@@ -71,9 +72,17 @@ export class RedisLayout {
   }
 }
 
-/** Opens a connection and waits until Redis answers; a Redis that does not answer within `timeoutMs` is an error saying so. */
-export async function connectRedis(url: string, timeoutMs = 5000): Promise<Redis> {
-  const redis = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: null, retryStrategy: (times) => Math.min(100 * times, 2000) });
+/**
+ * Opens a connection and waits until Redis answers; a Redis that does not answer within `timeoutMs` is an error
+ * saying so. A `failFast` connection (what answers requests uses) does not queue commands while Redis is away:
+ * they fail at once, or after `commandTimeoutMs`, so a request gets a typed answer instead of hanging.
+ */
+export async function connectRedis(url: string, timeoutMs = 5000, failFast = false): Promise<Redis> {
+  const redis = new Redis(url, {
+    lazyConnect: true,
+    retryStrategy: (times) => Math.min(100 * times, 2000),
+    ...(failFast ? { maxRetriesPerRequest: 0, enableOfflineQueue: false, commandTimeout: 3000 } : { maxRetriesPerRequest: null }),
+  });
   redis.on("error", () => undefined); // reconnects are retried; commands fail with their own errors
   let timer: NodeJS.Timeout | undefined;
   try {

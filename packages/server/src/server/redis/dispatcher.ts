@@ -37,7 +37,7 @@ export class RedisDispatcher implements Dispatcher {
 
   constructor(private readonly parts: RedisDispatcherParts) {}
 
-  async submit(caller: Caller, body: Uint8Array | JobRequest): Promise<JobState> {
+  async submit(caller: Caller, body: Uint8Array | JobRequest, idempotencyKey?: string): Promise<JobState> {
     if (this.closed) throw new ApiError(503, "INTERNAL", "the server is shutting down; try again later", { retryable: true });
     const { store, registry, config } = this.parts;
     let job: DecodedJob;
@@ -52,14 +52,18 @@ export class RedisDispatcher implements Dispatcher {
     const batch = config.maxBatch > 1 ? batchKey(job, registry.tokenizer(model)) : undefined;
     const webhook = job.webhook === undefined ? undefined : { url: job.webhook, secret: job.webhookSecret };
     await store.putBody(id, body);
-    if (!(await store.create({ id, keyId: caller.keyId, model: model.key, kind: job.kind, webhook, batch, limit: config.maxActiveJobsPerKey }))) {
+    const created = await store.create({ id, keyId: caller.keyId, model: model.key, kind: job.kind, webhook, batch, limit: config.maxActiveJobsPerKey, idempotencyKey });
+    if (created === "limit" || "earlier" in created) {
       await store.redis.del(store.keys.body(id));
+      if (created !== "limit") return this.state(created.earlier, caller.keyId);
       throw new ApiError(429, "NOT_ALLOWED", `this API key already has ${config.maxActiveJobsPerKey} unfinished jobs, the most it may have; wait for one to end`, { retryable: true, headers: { "retry-after": "1" } });
     }
     const queue = this.parts.queues.get(model.key)!;
-    const position = await queue.getWaitingCount();
+    const position = await waitingCount(queue);
     const localTimeoutMs = Math.min(job.localTimeoutMs ?? config.localStepTimeoutMs, config.localStepTimeoutMs);
-    await queue.add("job", { id, batch, localTimeoutMs }, queuedJobOptions(id));
+    // Fair share: a key's first unfinished job comes before every key's second, and so on (BullMQ serves lower
+    // priorities first, equal ones in order), so a light key waits for at most one job of each other key.
+    await queue.add("job", { id, batch, localTimeoutMs }, { ...queuedJobOptions(id), priority: Math.min(created.rank, 2_000_000) });
     await store.move(id, "QUEUED", { position });
     this.parts.metrics.submitted.inc({ model: model.name });
     return this.view((await store.get(id))!);
@@ -109,7 +113,8 @@ export class RedisDispatcher implements Dispatcher {
     for (const m of registry.list()) {
       const serving = workers.filter((w) => w.modelKeys.includes(m.key));
       const running = serving.reduce((n, w) => n + (w.runningByModel[m.key] ?? 0), 0);
-      const queued = (await queues.get(m.key)?.getWaitingCount()) ?? 0;
+      const queue = queues.get(m.key);
+      const queued = queue ? await waitingCount(queue) : 0;
       const [mean, passes, jobs] = await store.redis.hmget(store.keys.model(m.key), "meanJobSeconds", "passes", "jobs");
       const average = mean === null ? null : Number(mean);
       const wait = average === null || serving.length === 0 ? null : ((queued + running) * average) / serving.length;
@@ -147,4 +152,10 @@ export class RedisDispatcher implements Dispatcher {
   private modelName(key: string): string {
     return this.parts.registry.get(key)?.name ?? key;
   }
+}
+
+/** Jobs waiting in a model's queue: BullMQ keeps jobs with a priority (all of ours: fair share) apart from the rest. */
+async function waitingCount(queue: Queue<QueuedJob>): Promise<number> {
+  const [plain, prioritized] = await Promise.all([queue.getWaitingCount(), queue.getPrioritizedCount()]);
+  return plain + prioritized;
 }

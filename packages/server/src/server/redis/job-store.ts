@@ -73,10 +73,15 @@ export class RedisJobStore {
     readonly recordTtlMs: number,
   ) {}
 
-  /** Records a new job (RECEIVED) and its first event; false when its key has `limit` unfinished jobs already. */
-  async create(job: NewRedisJob): Promise<boolean> {
-    const created = await createJob.run(this.redis, [this.keys.base, job.id, job.keyId, job.model, job.kind, Date.now(), job.webhook?.url ?? "", job.webhook?.secret ?? "", job.limit, job.batch ?? ""]);
-    return created === 1;
+  /**
+   * Records a new job (RECEIVED) and its first event. Answers its rank among its key's unfinished jobs (1 for the
+   * only one), "limit" when the key has `limit` unfinished jobs already, or the id of the key's earlier job with
+   * the same idempotency key.
+   */
+  async create(job: NewRedisJob): Promise<{ rank: number } | "limit" | { earlier: string }> {
+    const out = await createJob.run(this.redis, [this.keys.base, job.id, job.keyId, job.model, job.kind, Date.now(), job.webhook?.url ?? "", job.webhook?.secret ?? "", job.limit, job.batch ?? "", job.idempotencyKey ?? ""]);
+    if (typeof out === "string" && out.startsWith("job:")) return { earlier: out.slice(4) };
+    return Number(out) === 0 ? "limit" : { rank: Number(out) };
   }
 
   async get(id: string): Promise<RedisJobRecord | undefined> {

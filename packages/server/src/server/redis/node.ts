@@ -17,6 +17,7 @@ import { ServerMetrics } from "../metrics.js";
 import { ModelRegistry } from "../model-registry.js";
 import type { ServerOptions } from "../server.js";
 import { WebhookSender } from "../webhook-sender.js";
+import { WebhookTargets } from "../webhook-target.js";
 import { connectRedis, RedisLayout } from "./connection.js";
 import { resolveDistributed, type DistributedConfig } from "./config.js";
 import { RedisDispatcher } from "./dispatcher.js";
@@ -45,6 +46,8 @@ interface Common {
   config: ServerConfig;
   dist: DistributedConfig;
   redis: Redis;
+  /** The fail-fast connection of the stores. */
+  requests: Redis;
   layout: RedisLayout;
   registry: ModelRegistry;
   store: RedisJobStore;
@@ -63,14 +66,16 @@ async function openCommon(options: DistributedOptions): Promise<Common> {
   const layout = new RedisLayout(dist.prefix);
   const registry = await ModelRegistry.open(config.models);
   const redis = await connectRedis(redisUrl);
+  // The stores answer requests: their commands fail fast while Redis is away (BullMQ's connection waits instead).
+  const requests = await connectRedis(redisUrl, undefined, true);
   await Promise.all(registry.list().map((m) => registry.loadTokenizer(m)));
-  const store = new RedisJobStore(redis, layout, dist.recordRetentionMs);
-  const results = new RedisResultStore(redis, layout);
+  const store = new RedisJobStore(requests, layout, dist.recordRetentionMs);
+  const results = new RedisResultStore(requests, layout);
   const queues = new Map(registry.list().map((m) => [m.key, modelQueue(redis, layout, m.key)] as const));
   const metrics = new ServerMetrics();
-  const webhooks = new WebhookSender(store, { timeoutMs: config.webhookTimeoutMs, retryDelayMs: config.webhookRetryDelayMs, counter: metrics.webhooks, log });
+  const webhooks = new WebhookSender(store, { timeoutMs: config.webhookTimeoutMs, retryDelayMs: config.webhookRetryDelayMs, counter: metrics.webhooks, log, targets: new WebhookTargets(config.webhookAllow) });
   const reconciler = new Reconciler({ store, queues, config: dist, log });
-  return { config, dist, redis, layout, registry, store, results, queues, metrics, webhooks, reconciler, log };
+  return { config, dist, redis, requests, layout, registry, store, results, queues, metrics, webhooks, reconciler, log };
 }
 
 async function closeCommon(c: Common, workers: Worker<QueuedJob>[]): Promise<void> {
@@ -79,6 +84,7 @@ async function closeCommon(c: Common, workers: Worker<QueuedJob>[]): Promise<voi
   await c.webhooks.close();
   await Promise.all([...c.queues.values()].map((q) => q.close().catch(() => undefined)));
   await c.redis.quit().catch(() => undefined);
+  await c.requests.quit().catch(() => undefined);
 }
 
 export interface ApiNode {
@@ -101,7 +107,7 @@ export interface ApiNode {
 export async function startApiNode(options: DistributedOptions): Promise<ApiNode> {
   const c = await openCommon(options);
   const reader = await connectRedis(c.dist.redisUrl);
-  const keys = new RedisKeyStore(c.redis, c.layout);
+  const keys = new RedisKeyStore(c.requests, c.layout);
   // Stalled-job checks only (no jobs are taken here): a job whose worker died is found even with no worker left.
   const checkers = c.registry.list().map((m) => {
     const w = modelQueueWorker(c.redis, c.layout, m.key, c.dist, `api-${process.pid}`);
@@ -114,7 +120,11 @@ export async function startApiNode(options: DistributedOptions): Promise<ApiNode
   const watchers = new StreamWatchers(c.redis, c.layout, c.dist.heartbeatMs);
   const events = new RedisEventFeed(c.store, hub, watchers, c.config.heartbeatMs);
   const jobs = new RedisDispatcher({ config: c.config, dist: c.dist, store: c.store, registry: c.registry, queues: c.queues, metrics: c.metrics });
-  const app = createApp({ config: c.config, keys, store: c.store, results: c.results, registry: c.registry, jobs, events, metrics: c.metrics, log: c.log });
+  const health = () => {
+    const problems = [c.redis, c.requests, reader].filter((r) => r.status !== "ready").map((r) => `Redis at ${c.dist.redisUrl} is ${r.status}`);
+    return { ready: problems.length === 0, problems: [...new Set(problems)] };
+  };
+  const app = createApp({ config: c.config, keys, store: c.store, results: c.results, registry: c.registry, jobs, events, metrics: c.metrics, log: c.log, health });
   const host = options.host ?? DEFAULT_HOST;
   let http: ServerType;
   try {

@@ -57,10 +57,19 @@ end
 
 const script = (body: string) => new RedisScript(PRELUDE + body);
 
-/** ARGV: P, id, keyId, model, kind, now, webhook, webhookSecret, limit, batch. 0: the key has `limit` unfinished jobs already. */
+/**
+ * ARGV: P, id, keyId, model, kind, now, webhook, webhookSecret, limit, batch, idempotency key. Returns the key's
+ * unfinished jobs with this one (its rank, for fair queueing), 0 when the key has `limit` already, or
+ * "job:<id>" when the idempotency key names an earlier job of the key.
+ */
 export const createJob = script(`
 local id, keyId = ARGV[2], ARGV[3]
+if ARGV[11] ~= '' then
+  local earlier = redis.call('GET', P .. 'idem:' .. keyId .. ':' .. ARGV[11])
+  if earlier then return 'job:' .. earlier end
+end
 if redis.call('SCARD', P .. 'keyactive:' .. keyId) >= tonumber(ARGV[9]) then return 0 end
+if ARGV[11] ~= '' then redis.call('SET', P .. 'idem:' .. keyId .. ':' .. ARGV[11], id, 'PX', 86400000) end
 local job = P .. 'job:' .. id
 redis.call('HSET', job, 'keyId', keyId, 'model', ARGV[4], 'kind', ARGV[5], 'status', 'RECEIVED', 'created', ARGV[6], 'updated', ARGV[6], 'lastSeq', 0, 'result', 'none')
 if ARGV[7] ~= '' then redis.call('HSET', job, 'webhook', ARGV[7], 'webhookState', 'pending') end
@@ -70,7 +79,7 @@ addEvent(id, '{"type":"status","status":"RECEIVED"}')
 redis.call('ZADD', P .. 'keyjobs:' .. keyId, redis.call('INCR', P .. 'jobseq'), id)
 redis.call('ZADD', P .. 'active', ARGV[6], id)
 redis.call('SADD', P .. 'keyactive:' .. keyId, id)
-return 1
+return redis.call('SCARD', P .. 'keyactive:' .. keyId)
 `);
 
 /** ARGV: P, id, status, now, error JSON, result bytes, expires, position, record ttl ('' for none). 1: moved. */

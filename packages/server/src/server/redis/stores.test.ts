@@ -39,7 +39,7 @@ afterAll(async () => {
 const kinds = (events: SequencedEvent[]) => events.map((e) => (e.event.type === "status" ? e.event.status : e.event.type));
 async function newJob(keyId = "k1", limit = 8): Promise<string> {
   const id = newJobId();
-  expect(await store.create({ id, keyId, model: "M", kind: "trace", limit })).toBe(true);
+  expect(await store.create({ id, keyId, model: "M", kind: "trace", limit })).toMatchObject({ rank: expect.any(Number) });
   return id;
 }
 
@@ -97,7 +97,7 @@ describe("RedisJobStore", () => {
 
   it("limits a key's unfinished jobs, and lists its jobs newest first by pages and status", async () => {
     const ids = [await newJob("k2", 3), await newJob("k2", 3), await newJob("k2", 3)];
-    expect(await store.create({ id: newJobId(), keyId: "k2", model: "M", kind: "trace", limit: 3 })).toBe(false);
+    expect(await store.create({ id: newJobId(), keyId: "k2", model: "M", kind: "trace", limit: 3 })).toBe("limit");
     expect(await store.activeCount("k2")).toBe(3);
     await store.move(ids[1]!, "CANCELLED");
     expect(await store.activeCount("k2")).toBe(2);

@@ -266,6 +266,10 @@ export class WorkerNode {
       deadline: now + config.jobTimeoutMs,
       memoryLimitBytes: config.memoryLimitBytes,
       maxResultBytes: config.maxResultBytes,
+      maxEvents: config.maxEventsPerJob,
+      maxEventBytes: config.maxEventBytesPerJob,
+      batchStallMs: config.batchStallMs,
+      maxInputTokens: config.maxInputTokens,
     }));
     for (const { run } of claimed) {
       this.runs.set(run.held.id, run);

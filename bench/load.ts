@@ -3,7 +3,8 @@
  * concurrent clients, with cross-user batching off (`--batch 1`, one job per forward pass, as NDIF runs them) and on
  * (`--batch 8`). Two setups: a distributed deployment (1 API + 1 worker process, `tsight serve --redis`, on the
  * machine's Redis under a prefix of its own, deleted afterwards) and the embedded server (one process). Loopback
- * only, bounded: each level runs `jobs` jobs per client or `levelSeconds`, whichever ends first.
+ * only, bounded: each level runs `jobs` jobs per client or `levelSeconds`, whichever ends first. Every client has an
+ * API key of its own: clients are users.
  *
  *   npx tsx bench/load.ts            (TSIGHT_TEST_REDIS=redis://... for another Redis)
  */
@@ -48,15 +49,18 @@ const quantile = (xs: number[], q: number): number => {
 const fn = async (m: any) => (await m.lm_head.output).index(0, -1).argmax();
 const prompt = (client: number, j: number): number[] => Array.from({ length: 5 }, (_, i) => ((client * 131 + j * 17 + i * 7919) % 4000) + 10);
 
-/** Runs one level: `clients` loops, each submitting a job and waiting for its result, `perClient` times or until the time is up. */
-async function level(url: string, apiKey: string, clients: number, perClient: number, seconds: number): Promise<{ latencies: number[]; wallSeconds: number }> {
-  const lm = (await LanguageModel.fromServer("stdlib-gpt2", { backend: url, apiKey })) as LanguageModel;
-  const remote = { backend: url, apiKey, print: null };
+/**
+ * Runs one level: `clients` loops, each submitting a job and waiting for its result, `perClient` times or until the
+ * time is up. Each client is a user with an API key of its own (the server batches at most one job per key into a pass).
+ */
+async function level(url: string, apiKeys: string[], clients: number, perClient: number, seconds: number): Promise<{ latencies: number[]; wallSeconds: number }> {
+  const lm = (await LanguageModel.fromServer("stdlib-gpt2", { backend: url, apiKey: apiKeys[0]! })) as LanguageModel;
   const latencies: number[] = [];
   const until = performance.now() + seconds * 1000;
   const start = performance.now();
   await Promise.all(
     Array.from({ length: clients }, async (_, c) => {
+      const remote = { backend: url, apiKey: apiKeys[c]!, print: null };
       for (let j = 0; j < perClient && performance.now() < until; j++) {
         const t = performance.now();
         await lm.trace(prompt(c, j), fn, remote);
@@ -68,12 +72,12 @@ async function level(url: string, apiKey: string, clients: number, perClient: nu
 }
 
 /** Runs every level against one server (warmed up first); the jobs-per-pass figure is the level's own. */
-async function levels(setup: LoadRow["setup"], batching: boolean, url: string, apiKey: string, o: Required<LoadOptions>, passesOf: () => Promise<{ passes: number; jobs: number }>): Promise<LoadRow[]> {
-  await level(url, apiKey, 4, 3, 30); // warm-up: isolates, JIT, connections
+async function levels(setup: LoadRow["setup"], batching: boolean, url: string, apiKeys: string[], o: Required<LoadOptions>, passesOf: () => Promise<{ passes: number; jobs: number }>): Promise<LoadRow[]> {
+  await level(url, apiKeys, 4, 3, 30); // warm-up: isolates, JIT, connections
   const rows: LoadRow[] = [];
   for (const clients of o.clientCounts) {
     const before = await passesOf();
-    const { latencies, wallSeconds } = await level(url, apiKey, clients, o.jobsPerClient(clients), o.levelSeconds);
+    const { latencies, wallSeconds } = await level(url, apiKeys, clients, o.jobsPerClient(clients), o.levelSeconds);
     const after = await passesOf();
     const passes = after.passes - before.passes;
     const row: LoadRow = {
@@ -97,7 +101,9 @@ async function distributed(batching: boolean, o: Required<LoadOptions>): Promise
   const prefix = uniquePrefix("load");
   const procs: ServeProcess[] = [];
   try {
-    const apiKey = (await new RedisKeyStore(redis, new RedisLayout(prefix)).create("load")).key;
+    const store = new RedisKeyStore(redis, new RedisLayout(prefix));
+    const apiKeys: string[] = [];
+    for (let c = 0; c < Math.max(4, ...o.clientCounts); c++) apiKeys.push((await store.create(`load-${c}`)).key);
     const common = ["--redis", TEST_REDIS, "--prefix", prefix, "-m", "stdlib-gpt2", "--batch", batching ? "8" : "1"];
     const [api] = await Promise.all([startApiProcess([...common, "--max-jobs", "64"], procs), startWorkerProcess(common, procs)]);
     const model = new RedisLayout(prefix).model(JSON.parse(JSON.stringify(`LanguageModel:{"repo_id":"stdlib-gpt2","revision":null}`)));
@@ -105,7 +111,7 @@ async function distributed(batching: boolean, o: Required<LoadOptions>): Promise
       const [passes, jobs] = await redis.hmget(model, "passes", "jobs");
       return { passes: Number(passes ?? 0), jobs: Number(jobs ?? 0) };
     };
-    return await levels("distributed", batching, api.url, apiKey, o, passesOf);
+    return await levels("distributed", batching, api.url, apiKeys, o, passesOf);
   } finally {
     await Promise.all(procs.map((p) => p.stop()));
     await clearPrefix(redis, prefix);
@@ -117,14 +123,14 @@ async function embedded(batching: boolean, o: Required<LoadOptions>): Promise<Lo
   const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), "tsight-load-"));
   const server = await startServer({ port: 0, dataDir, models: ["stdlib-gpt2"], maxBatch: batching ? 8 : 1, maxActiveJobsPerKey: 64, log: () => undefined });
   try {
-    const apiKey = server.keys.create("load").key;
+    const apiKeys = Array.from({ length: Math.max(4, ...o.clientCounts) }, (_, c) => server.keys.create(`load-${c}`).key);
     const passesOf = async () => {
       const text = server.metrics.render();
       const count = Number(/tsight_batch_jobs_count\{model="stdlib-gpt2"\} (\d+)/.exec(text)?.[1] ?? 0);
       const sum = Number(/tsight_batch_jobs_sum\{model="stdlib-gpt2"\} (\d+)/.exec(text)?.[1] ?? 0);
       return { passes: count, jobs: sum };
     };
-    return await levels("embedded", batching, server.url, apiKey, o, passesOf);
+    return await levels("embedded", batching, server.url, apiKeys, o, passesOf);
   } finally {
     await server.close();
     fs.rmSync(dataDir, { recursive: true, force: true });

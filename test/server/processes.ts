@@ -5,6 +5,7 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { SERVE_ENV } from "../../packages/server/src/cli/serve.js";
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 const entry = path.join(root, "test", "server", "cli-entry.ts");
@@ -23,7 +24,8 @@ export interface ServeProcess {
 export function startServe(args: string[], env: Record<string, string> = {}): ServeProcess {
   // tsx's loader in this process (not tsx's CLI, which would run the command in a child of its own).
   // The environment is this process's (under vitest, TSIGHT_THREADS=1), so kernels use as many threads as here.
-  const child = spawn(process.execPath, ["--conditions=tsight-source", "--import", "tsx", entry, "serve", ...args], { cwd: root, env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
+  // The environment `tsight serve` gives its server (it would otherwise start itself again with it).
+  const child = spawn(process.execPath, ["--conditions=tsight-source", "--import", "tsx", entry, "serve", ...args], { cwd: root, env: { ...process.env, ...SERVE_ENV, ...env }, stdio: ["ignore", "pipe", "pipe"] });
   const p: ServeProcess = {
     child,
     out: "",

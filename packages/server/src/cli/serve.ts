@@ -6,6 +6,14 @@ import { parseArgs } from "node:util";
 import { DEFAULT_HOST, DEFAULT_MODELS, DEFAULT_PORT, defaultDataDir } from "../server/config.js";
 import type { ApiKeyInfo, NewApiKey } from "../server/index.js";
 
+/**
+ * The environment a server process runs in. glibc's malloc keeps freed memory of middling size (it raises its mmap
+ * threshold as big blocks are freed); with a fixed threshold, what a job's large tensors took goes back to the
+ * system once they are collected, so a server's memory comes back after big jobs. `tsight serve` starts itself
+ * again with these when they are not set.
+ */
+export const SERVE_ENV: Readonly<Record<string, string>> = { MALLOC_MMAP_THRESHOLD_: "131072", MALLOC_TRIM_THRESHOLD_: "131072" };
+
 /** A mistake in the command line (the CLI prints the usage after it). */
 export class UsageError extends Error {
   override readonly name = "UsageError";
@@ -30,6 +38,7 @@ one and prints it once, as TSIGHT_API_KEY=..., for clients to use.
   --batch N                most jobs run in one forward pass (default 8; 1: every job alone)
   --batch-stall T          longest one job may hold up a shared forward pass before it runs alone (default 1s)
   --max-result MB          largest result a job may return (default 256)
+  --max-body MB            largest request body (default 64)
   --max-input-tokens N     most tokens (rows x positions) a job's input may have (default 16384)
   --max-events N           most events (log lines, tokens, hybrid steps) a job may send (default 10000)
   --max-event-bytes MB     most megabytes of events a job may send (default 16)
@@ -99,6 +108,7 @@ export async function runServe(argv: string[], out: NodeJS.WritableStream = proc
       batch: { type: "string" },
       "batch-stall": { type: "string" },
       "max-result": { type: "string" },
+      "max-body": { type: "string" },
       "max-input-tokens": { type: "string" },
       "max-events": { type: "string" },
       "max-event-bytes": { type: "string" },
@@ -140,6 +150,7 @@ export async function runServe(argv: string[], out: NodeJS.WritableStream = proc
     maxBatch: batch,
     batchStallMs: values["batch-stall"] === undefined ? undefined : parseDuration("batch-stall", values["batch-stall"]),
     maxResultBytes: megabytes("max-result", values["max-result"]),
+    maxBodyBytes: megabytes("max-body", values["max-body"]),
     maxInputTokens: wholeNumber("max-input-tokens", values["max-input-tokens"]),
     maxEventsPerJob: wholeNumber("max-events", values["max-events"]),
     maxEventBytesPerJob: megabytes("max-event-bytes", values["max-event-bytes"]),

@@ -53,7 +53,7 @@ describe("batched jobs", () => {
 
   it("give each job exactly what it gets alone (jobs of equal length share a pass)", async () => {
     const count = passes();
-    const batched = await executor.executeBatch(jobs.map((j) => ({ job: j, ctx: context() })), lm);
+    const batched = await Promise.all(executor.executeBatch(jobs.map((j) => ({ job: j, ctx: context() })), lm));
     expect(count()).toBe(1);
     expect(batched.every((r) => r.status === "fulfilled")).toBe(true);
     for (let i = 0; i < jobs.length; i++) {
@@ -67,7 +67,7 @@ describe("batched jobs", () => {
     expect(((batched[2] as PromiseFulfilledResult<unknown>).value as { rows: number[] }).rows).toEqual([1, 5, 256]);
     // Inputs of other lengths run in passes of their own.
     const count2 = passes();
-    const mixed = await executor.executeBatch([{ job: jobs[0]!, ctx: context() }, { job: job("async (m) => await m.lm_head.output", "class "), ctx: context() }, { job: jobs[1]!, ctx: context() }], lm);
+    const mixed = await Promise.all(executor.executeBatch([{ job: jobs[0]!, ctx: context() }, { job: job("async (m) => await m.lm_head.output", "class "), ctx: context() }, { job: jobs[1]!, ctx: context() }], lm));
     expect(count2()).toBe(2);
     expect(mixed.map((r) => r.status)).toEqual(["fulfilled", "fulfilled", "fulfilled"]);
   });
@@ -82,7 +82,7 @@ describe("batched jobs", () => {
       { job: jobs[1]!, ctx: context() },
     ];
     const count = passes();
-    const out = await executor.executeBatch(items, lm);
+    const out = await Promise.all(executor.executeBatch(items, lm));
     expect(count()).toBe(1);
     expect(out.map((r) => r.status)).toEqual(["fulfilled", "rejected", "rejected", "rejected", "fulfilled"]);
     const reason = (i: number) => (out[i] as PromiseRejectedResult).reason as Error & { code?: string };

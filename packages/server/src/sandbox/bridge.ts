@@ -2,8 +2,14 @@
  * The host side of a job's sandbox: the isolate, the values that cross (tensors stay on the host; the isolate holds
  * handles), the job's budget, and the callbacks the isolate's runtime calls. Every callback checks what the isolate
  * sends against the declared API table (names, argument kinds, ids of this job's own objects) and reports errors
- * as data, so they keep their class. Calls into the isolate are synchronous with the time the job may still take
- * as their timeout (in a shared pass, its slice): when one returns, the user's code has run until it waits again.
+ * as data, so they keep their class.
+ *
+ * The job's code runs in the isolate asynchronously (isolated-vm's own threads): this thread stays free, answers
+ * the code's calls (they come back to it synchronously), and ends a run that takes too long for real, by disposing
+ * of the isolate, from an ordinary timer: at the deadline, or, in a forward pass shared with other jobs, when one
+ * turn of the code outlasts its slice. (isolated-vm's per-call timeouts keep a timer per call alive for its whole
+ * duration; hundreds of thousands of short calls overflowed its timer thread's stack, so they are used only for
+ * the few synchronous calls: compiling, and replacement functions the forward pass calls.)
  */
 import ivm from "isolated-vm";
 import { buildAliases, ModuleList, Tensor, withAllocationGuard, type InterventionFn, type Module, type Tracer } from "tsight";
@@ -118,13 +124,26 @@ export class Bridge implements ActionHost {
     return new Promise((resolve, reject) => {
       const id = this.nextId++;
       this.invokes.set(id, { resolve, reject });
-      const selfDesc = this.toDesc(mode === "invoke" || mode === "root" ? this.hold("tracer", self) : self);
+      let selfDesc: unknown;
       try {
-        this.enter((timeout) => this.rt.start.applySync(undefined, [fnId, id, mode, selfDesc], { arguments: { copy: true }, timeout }));
+        selfDesc = this.toDesc(mode === "invoke" || mode === "root" ? this.hold("tracer", self) : self);
       } catch (e) {
         this.invokes.delete(id);
-        reject(e);
+        return reject(e);
       }
+      const failed = (e: unknown) => {
+        this.invokes.delete(id);
+        reject(e);
+      };
+      // A trace function must declare its invokes before the trace goes on (synchronously, as in process); the rest
+      // of the job's code runs asynchronously.
+      if (mode === "root") {
+        try {
+          this.enter((timeout) => this.rt.start.applySync(undefined, [fnId, id, mode, selfDesc], { arguments: { copy: true }, timeout }));
+        } catch (e) {
+          failed(e);
+        }
+      } else this.enterAsync(() => this.rt.start.apply(undefined, [fnId, id, mode, selfDesc], { arguments: { copy: true } })).catch(failed);
     });
   }
 
@@ -175,9 +194,40 @@ export class Bridge implements ActionHost {
   }
 
   /**
-   * Runs `work` (a synchronous call into the isolate, given the time it may take) within the job's time; maps
-   * isolate failures to job errors. While the isolate runs, this thread waits, so the call's own timeout is what
-   * stops a spinning job.
+   * Runs `call` (an asynchronous call into the isolate) within the job's time: a timer disposes of the isolate if
+   * the call is still running at the deadline (or, in a shared pass, past the job's slice). Maps isolate failures to
+   * job errors.
+   */
+  private async enterAsync<T>(call: () => Promise<T>): Promise<T> {
+    if (this.fatal) throw this.fatal;
+    const limit = this.budget.beginTurn();
+    const timer = setTimeout(() => this.stop(this.budget.sliceRanOut(limit) ? this.budget.stall("its code") : new SandboxError("TIMEOUT", "the job's code ran past its deadline")), limit);
+    try {
+      return await call();
+    } catch (e) {
+      throw this.fatal ?? this.isolateFailure(e);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** Ends the job with `error` and stops its code at once, wherever it is (the isolate is disposed of). */
+  stop(error: Error): Error {
+    const e = this.fail(error);
+    if (!this.isolate.isDisposed) this.isolate.dispose();
+    return e;
+  }
+
+  /** The job error for an error an isolate call failed with. */
+  private isolateFailure(e: unknown): unknown {
+    const msg = (e as Error)?.message ?? "";
+    if (/memory limit/i.test(msg) || this.isolate.isDisposed) return this.fail(new SandboxError("MEMORY", "the job's code used more memory than its sandbox allows"));
+    return e;
+  }
+
+  /**
+   * Runs `work` (a synchronous call into the isolate, given the time it may take) within the job's time, for the
+   * few calls that must be synchronous; the call's own timeout stops a spinning one.
    */
   private enter<T>(work: (timeout: number) => T): T {
     if (this.fatal) throw this.fatal;
@@ -188,8 +238,7 @@ export class Bridge implements ActionHost {
       if (this.fatal) throw this.fatal;
       const msg = (e as Error)?.message ?? "";
       if (/timed out/i.test(msg)) throw this.budget.sliceRanOut(timeout) ? this.budget.stall("its code") : this.fail(new SandboxError("TIMEOUT", "the job's code ran past its deadline"));
-      if (/memory limit/i.test(msg) || this.isolate.isDisposed) throw this.fail(new SandboxError("MEMORY", "the job's code used more memory than its sandbox allows"));
-      throw e;
+      throw this.isolateFailure(e);
     }
   }
 
@@ -201,19 +250,21 @@ export class Bridge implements ActionHost {
   /** Settles an isolate-side promise `id` when `p` settles; returns `id`. */
   forward(p: Promise<unknown>): number {
     const id = this.nextRequest++;
+    const settle = (ref: ivm.Reference, value: unknown) => {
+      let desc: unknown;
+      try {
+        desc = this.toDesc(value);
+      } catch (e) {
+        return void this.fail(e as Error);
+      }
+      // A failure is recorded in `fatal` and reported through the invokes.
+      this.enterAsync(() => ref.apply(undefined, [id, desc], { arguments: { copy: true } })).catch(() => undefined);
+    };
     p.then(
-      (v) => this.enterQuiet((timeout) => this.rt.resolve.applySync(undefined, [id, this.toDesc(v)], { arguments: { copy: true }, timeout })),
-      (e) => this.enterQuiet((timeout) => this.rt.reject.applySync(undefined, [id, this.toDesc(e instanceof Error ? e : new Error(String(e)))], { arguments: { copy: true }, timeout })),
+      (v) => settle(this.rt.resolve, v),
+      (e) => settle(this.rt.reject, e instanceof Error ? e : new Error(String(e))),
     );
     return id;
-  }
-
-  private enterQuiet(work: (timeout: number) => unknown): void {
-    try {
-      this.enter(work);
-    } catch {
-      // the failure is recorded in `fatal` and reported through the invokes
-    }
   }
 
   // #endregion

@@ -10,7 +10,7 @@ import { SandboxError } from "./errors.js";
 /** The host memory behind one tensor handle (the Tensor object and map entries), besides its data. */
 export const HANDLE_BYTES = 256;
 /** The host memory behind one registered object (a step iterator, a cache, a barrier, a gradient scope). */
-export const OBJECT_BYTES = 1024;
+export const OBJECT_BYTES = 4096;
 /**
  * A rate this engine beats on any machine it runs on (50 GFLOP/s; 2 cores do 100-200): an op whose floating-point
  * work would take longer than the time left at this rate is refused before it starts, so no op runs far past a
@@ -26,8 +26,9 @@ export interface BudgetLimits {
 }
 
 export class JobBudget {
-  /** Bytes charged now. */
+  /** Bytes charged now, and the most charged at once. */
   bytes = 0;
+  peak = 0;
   /** In a shared pass: how long one turn of the job's code may take (ms), and when the current turn began. */
   sliceMs: number | null = null;
   private turnStart = 0;
@@ -68,6 +69,7 @@ export class JobBudget {
       throw new SandboxError("MEMORY", `this would allocate ${bytes} bytes; the job may take ${this.limits.memoryLimitBytes} bytes in all and holds ${this.bytes}`);
     }
     this.bytes += bytes;
+    this.peak = Math.max(this.peak, this.bytes);
   }
 
   refund(bytes: number): void {

@@ -111,9 +111,22 @@ export class SandboxExecutor implements JobExecutor {
    * the pass waiting longer than `stallMs` (computing, or waiting for a hybrid step) leaves the pass, and runs
    * alone once the pass is over, from the start, with the time it has left.
    */
-  async executeBatch(items: readonly { job: DecodedJob; ctx: ExecutionContext }[], model: LanguageModel, options: BatchOptions = {}): Promise<PromiseSettledResult<unknown>[]> {
-    const stallMs = options.stallMs ?? 1000;
+  executeBatch(items: readonly { job: DecodedJob; ctx: ExecutionContext }[], model: LanguageModel, options: BatchOptions = {}): Promise<PromiseSettledResult<unknown>>[] {
+    // Each job's outcome is told as soon as it is known: a job that runs alone after the pass holds up nobody.
+    const outcomes = items.map(() => {
+      let tell!: (r: PromiseSettledResult<unknown>) => void;
+      return { promise: new Promise<PromiseSettledResult<unknown>>((r) => (tell = r)), tell: (r: PromiseSettledResult<unknown>) => tell(r) };
+    });
+    void this.runBatch(items, model, options.stallMs ?? 1000, (index, r) => outcomes[index]!.tell(r));
+    return outcomes.map((o) => o.promise);
+  }
+
+  private async runBatch(items: readonly { job: DecodedJob; ctx: ExecutionContext }[], model: LanguageModel, stallMs: number, tell: (index: number, r: PromiseSettledResult<unknown>) => void): Promise<void> {
     const results: PromiseSettledResult<unknown>[] = new Array(items.length);
+    const settle = (index: number, r: PromiseSettledResult<unknown>) => {
+      results[index] = r;
+      if (!(r.status === "rejected" && r.reason instanceof StallError)) tell(index, r);
+    };
     const groups = new Map<string, { index: number; p: Prepared }[]>();
     items.forEach(({ job, ctx }, index) => {
       try {
@@ -123,7 +136,7 @@ export class SandboxExecutor implements JobExecutor {
         const key = `${job.grad}|${tokenCounts(job, model)}`;
         groups.set(key, [...(groups.get(key) ?? []), { index, p }]);
       } catch (e) {
-        results[index] = { status: "rejected", reason: e };
+        settle(index, { status: "rejected", reason: e });
       }
     });
     const alone: number[] = [];
@@ -143,8 +156,8 @@ export class SandboxExecutor implements JobExecutor {
               const handle = tr.invoke(p.job.input!, p.bridge.interventionFn(p.fnId, p.job.vars));
               settled.push(
                 handle.then(
-                  (value) => void (results[index] = p.bridge.fatal ? { status: "rejected", reason: p.bridge.fatal } : { status: "fulfilled", value }),
-                  (e) => void (results[index] = { status: "rejected", reason: p.bridge.fatal ?? e }),
+                  (value) => settle(index, p.bridge.fatal ? { status: "rejected", reason: p.bridge.fatal } : { status: "fulfilled", value }),
+                  (e) => settle(index, { status: "rejected", reason: p.bridge.fatal ?? e }),
                 ),
               );
             }
@@ -153,7 +166,7 @@ export class SandboxExecutor implements JobExecutor {
         );
         await Promise.all(settled);
       } catch (e) {
-        for (const { index } of group) results[index] ??= { status: "rejected", reason: e };
+        for (const { index } of group) if (!results[index]) settle(index, { status: "rejected", reason: e });
       } finally {
         for (const { p } of group) p.close();
       }
@@ -167,12 +180,11 @@ export class SandboxExecutor implements JobExecutor {
       const { job, ctx } = items[index]!;
       try {
         ctx.emit({ type: "log", text: `[tsight] this job left a forward pass shared with other jobs (${(results[index] as PromiseRejectedResult).reason.message}); it runs again, alone` });
-        results[index] = { status: "fulfilled", value: await this.execute(job, model, ctx) };
+        tell(index, { status: "fulfilled", value: await this.execute(job, model, ctx) });
       } catch (e) {
-        results[index] = { status: "rejected", reason: e };
+        tell(index, { status: "rejected", reason: e });
       }
     }
-    return results;
   }
 
   /** A fresh isolate with the runtime, the job's code compiled, and its edits applied. */
@@ -196,13 +208,15 @@ export class SandboxExecutor implements JobExecutor {
       localSites: [job.source, ...job.edits].flatMap(localStepSites),
       rename: job.rename,
     });
-    const onAbort = () => bridge.abort(new SandboxError("CANCELLED", "the job was cancelled"));
+    // Cancel and deadline stop the job's code at once, wherever it is.
+    const onAbort = () => bridge.stop(new SandboxError("CANCELLED", "the job was cancelled"));
     ctx.signal.addEventListener("abort", onAbort);
-    const timer = setTimeout(() => bridge.abort(new SandboxError("TIMEOUT", "the job ran past its deadline")), Math.max(0, ctx.deadline - Date.now()));
+    const timer = setTimeout(() => bridge.stop(new SandboxError("TIMEOUT", "the job ran past its deadline")), Math.max(0, ctx.deadline - Date.now()));
     const close = () => {
       clearTimeout(timer);
       ctx.signal.removeEventListener("abort", onAbort);
       if (!isolate.isDisposed) isolate.dispose();
+      ctx.onFinish?.({ peakBytes: bridge.budget.peak });
     };
     try {
       if (ctx.signal.aborted) throw new SandboxError("CANCELLED", "the job was cancelled");

@@ -16,11 +16,12 @@ afterEach(async () => {
   await Promise.all(servers.splice(0).map((s) => s.close()));
 });
 
-/** A server whose worker starts only when asked (so that jobs wait together). */
+/** A server whose worker starts only when asked (so that jobs wait together), and clients of different keys. */
 async function server(maxBatch?: number) {
   const s = await startServer({ port: 0, dataDir: await tempDir(), models: ["stdlib-gpt2"], workers: false, maxBatch, log: () => undefined });
   servers.push(s);
-  return { s, backend: new HttpBackend({ url: s.url, apiKey: s.keys.create("batch").key }) };
+  const client = () => new HttpBackend({ url: s.url, apiKey: s.keys.create("batch").key });
+  return { s, backend: client(), client };
 }
 
 // Five tokens each.
@@ -41,13 +42,15 @@ async function events(backend: HttpBackend, id: string): Promise<SequencedEvent[
 
 describe("batching", () => {
   it("runs waiting traces of equal length in one pass, each with the numbers it gets alone", async () => {
-    const { s, backend } = await server();
-    const jobs = await Promise.all(prompts.map((p) => backend.submit(trace(p))));
+    const { s, backend, client } = await server();
+    // Four users' jobs (a pass takes at most one job of each key).
+    const users = prompts.map(() => client());
+    const jobs = await Promise.all(prompts.map((p, i) => users[i]!.submit(trace(p))));
     const other = await backend.submit(trace("def __init__(self, x):")); // another length: a pass of its own
     await s.jobs.startWorkers();
     const together = (await Promise.all(jobs.map((j) => j.result()))) as Tensor[];
     await other.result();
-    const logs = await Promise.all(jobs.map(async (j) => (await events(backend, j.id)).filter((e) => e.event.type === "log").map((e) => (e.event as { text: string }).text)));
+    const logs = await Promise.all(jobs.map(async (j, i) => (await events(users[i]!, j.id)).filter((e) => e.event.type === "log").map((e) => (e.event as { text: string }).text)));
     for (const l of logs) expect(l).toEqual(["[tsight] batched: this job runs in one forward pass with 3 other jobs"]);
     expect((await events(backend, other.id)).some((e) => e.event.type === "log")).toBe(false);
     expect(s.metrics.render()).toMatch(/tsight_batch_jobs_sum\{model="stdlib-gpt2"\} 5\b/);
@@ -66,10 +69,10 @@ describe("batching", () => {
   });
 
   it("keeps each job's failure and cancel its own, and runs other kinds alone", async () => {
-    const { s, backend } = await server();
+    const { s, backend, client } = await server();
     const ok = await backend.submit(trace(prompts[0]));
-    const bad = await backend.submit(trace(prompts[1], "async (m) => { await m.transformer.h[0].output; throw new RangeError('mine alone'); }"));
-    const cancelled = await backend.submit(trace(prompts[2]));
+    const bad = await client().submit(trace(prompts[1], "async (m) => { await m.transformer.h[0].output; throw new RangeError('mine alone'); }"));
+    const cancelled = await client().submit(trace(prompts[2]));
     const gen = await backend.submit({ model: GPT2, kind: "generate", form: "invoke", source: "async (m) => 1", input: prompts[3], generate: { maxNewTokens: 2 } } as JobRequest);
     await cancelled.cancel();
     await s.jobs.startWorkers();
@@ -81,6 +84,18 @@ describe("batching", () => {
     expect(genLogs).toEqual([]);
     const okLogs = (await events(backend, ok.id)).filter((e) => e.event.type === "log").map((e) => (e.event as { text: string }).text);
     expect(okLogs).toEqual(["[tsight] batched: this job runs in one forward pass with 1 other job"]);
+  });
+
+  it("never puts two jobs of one key in a pass (fair share): one key's jobs go one per pass, beside other keys'", async () => {
+    const { s, backend, client } = await server();
+    const mine = await Promise.all(prompts.slice(0, 3).map((p) => backend.submit(trace(p))));
+    const theirs = await client().submit(trace(prompts[3]));
+    await s.jobs.startWorkers();
+    await Promise.all([...mine, theirs].map((j) => j.result()));
+    const batched = await Promise.all(mine.map(async (j) => (await events(backend, j.id)).some((e) => e.event.type === "log" && /batched/.test(e.event.text))));
+    // The first of mine shares its pass with theirs; the other two run in passes of their own.
+    expect(batched).toEqual([true, false, false]);
+    expect(s.jobs.status().models[0]!.jobsPerPass).toBe(1.33);
   });
 
   it("gives batch keys to plain traces only, by token counts", () => {

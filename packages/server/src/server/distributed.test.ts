@@ -49,7 +49,7 @@ afterAll(async () => {
   }
 }, 30_000);
 
-const backend = (url: string) => new HttpBackend({ url, apiKey, retry: { attempts: 3, baseDelayMs: 100, maxDelayMs: 500 } });
+const backend = (url: string, key = apiKey) => new HttpBackend({ url, apiKey: key, retry: { attempts: 3, baseDelayMs: 100, maxDelayMs: 500 } });
 const remote = (url: string) => ({ backend: url, apiKey, print: null });
 const GEN = { maxNewTokens: 400, eosTokenId: null };
 
@@ -57,11 +57,11 @@ async function status(url: string): Promise<{ workers: { id: string; pid: number
   return (await backend(url).status()) as never;
 }
 
-async function events(url: string, id: string, options: { lastEventId?: number; until?: (e: SequencedEvent) => boolean } = {}): Promise<SequencedEvent[]> {
+async function events(url: string, id: string, options: { lastEventId?: number; until?: (e: SequencedEvent) => boolean; apiKey?: string } = {}): Promise<SequencedEvent[]> {
   const out: SequencedEvent[] = [];
   const controller = new AbortController();
   try {
-    for await (const e of backend(url).events(id, { lastEventId: options.lastEventId, signal: controller.signal })) {
+    for await (const e of backend(url, options.apiKey).events(id, { lastEventId: options.lastEventId, signal: controller.signal })) {
       out.push(e);
       if (options.until?.(e)) break;
     }
@@ -91,10 +91,12 @@ describe("a distributed deployment (2 API + 2 worker processes on Redis)", () =>
       m.transformer.h[1].output = (h: any) => h.mul(tr.vars.k);
       return await m.lm_head.output;
     };
-    const jobs = await Promise.all(prompts.map((p, i) => lm.trace(p, fn, { ...remote(i % 2 ? api2.url : api1.url), vars: { k: 0.5 }, blocking: false })));
+    // Six users (a pass takes at most one job of each key).
+    const keys = await Promise.all(prompts.map(async (_, i) => (await new RedisKeyStore(redis, new RedisLayout(prefix)).create(`user${i}`)).key));
+    const jobs = await Promise.all(prompts.map((p, i) => lm.trace(p, fn, { backend: i % 2 ? api2.url : api1.url, apiKey: keys[i], print: null, vars: { k: 0.5 }, blocking: false })));
     const results = (await Promise.all(jobs.map((j) => j.result()))) as Tensor[];
     await Promise.all(blockers.map((b) => b.result()));
-    const notes = await Promise.all(jobs.map(async (j) => logs(await events(api2.url, j.id)).filter((t) => t.includes("batched"))));
+    const notes = await Promise.all(jobs.map(async (j, i) => logs(await events(api2.url, j.id, { apiKey: keys[i] })).filter((t) => t.includes("batched"))));
     expect(notes.filter((n) => n.length === 1).length, `batch notes: ${JSON.stringify(notes)}`).toBeGreaterThanOrEqual(4);
     for (let i = 0; i < prompts.length; i++) {
       const alone = (await local.trace(prompts[i]!, async (m: any) => {

@@ -10,7 +10,7 @@
 import { decodeJob, type DecodedJob, type ErrorInfo, type JobEvent, type JobRequest, type JobState, type ModelInfo } from "tsight/protocol";
 import { ApiError, jobNotFound } from "./api-error.js";
 import { batchKey, batchNote, perPass } from "./batch-key.js";
-import type { ServerConfig } from "./config.js";
+import { cutLog, type ServerConfig } from "./config.js";
 import type { ClusterStatus, Dispatcher, ModelLoad, WorkerInfo } from "./contracts.js";
 import type { OpenStreams } from "./event-stream.js";
 import { newJobId } from "./ids.js";
@@ -41,6 +41,8 @@ export interface JobManagerParts {
 /** A job from submission until it ends. */
 interface ActiveJob {
   id: string;
+  /** The API key that submitted it. */
+  keyId: string;
   model: ServedModel;
   /** The request, until it is handed to a worker. */
   body: Uint8Array | JobRequest | undefined;
@@ -68,8 +70,6 @@ export interface ModelStatus extends ModelLoad {
   running: boolean;
   worker: { state: WorkerState; threadId: number | null; restarts: number; lastError: string | null };
 }
-
-const MAX_LOG_CHARS = 10_000;
 
 export class JobManager implements Dispatcher {
   readonly queue = new JobQueue();
@@ -151,7 +151,7 @@ export class JobManager implements Dispatcher {
     const cap = this.parts.config.localStepTimeoutMs;
     const localTimeoutMs = Math.min(job.localTimeoutMs ?? cap, cap);
     const batch = this.parts.config.maxBatch > 1 ? batchKey(job, this.parts.registry.tokenizer(model)) : undefined;
-    const active: ActiveJob = { id, model, body, batch, cancelRequested: false, events: 0, eventBytes: 0, localCalls: new Set(), answered: new Set(), localTimeoutMs };
+    const active: ActiveJob = { id, keyId: caller.keyId, model, body, batch, cancelRequested: false, events: 0, eventBytes: 0, localCalls: new Set(), answered: new Set(), localTimeoutMs };
     this.active.set(id, active);
     this.parts.store.move(id, "QUEUED", { position: (active.position = this.queue.push(model.key, id, caller.keyId)) });
     this.parts.metrics.submitted.inc({ model: model.name });
@@ -292,18 +292,24 @@ export class JobManager implements Dispatcher {
     }
   }
 
-  /** The next waiting job of a model, and the waiting jobs with its batch key after it (up to `max` in all). */
+  /**
+   * The next waiting job of a model, and waiting jobs with its batch key after it, in the order they would be served
+   * (up to `max` in all): at most one of each API key, so a pass never holds several jobs of one key while another
+   * key waits (fair share holds with batching).
+   */
   private takeBatch(modelKey: string, max: number): ActiveJob[] {
     const first = this.queue.shift(modelKey);
     if (first === undefined) return [];
     const head = this.active.get(first)!;
     const batch = [head];
     if (max > 1 && head.batch !== undefined) {
-      for (const id of [...this.queue.waiting(modelKey)]) {
+      const keys = new Set([head.keyId]);
+      for (const id of this.queue.waiting(modelKey)) {
         if (batch.length >= max) break;
         const other = this.active.get(id);
-        if (other?.batch !== head.batch) continue;
+        if (other?.batch !== head.batch || keys.has(other.keyId)) continue;
         this.queue.remove(id);
+        keys.add(other.keyId);
         batch.push(other);
       }
     }
@@ -354,7 +360,7 @@ export class JobManager implements Dispatcher {
     const active = this.active.get(id);
     if (!active || active.endError) return;
     if (event.type !== "log" && event.type !== "stream" && event.type !== "local") return; // the server's own events
-    if (event.type === "log" && event.text.length > MAX_LOG_CHARS) event = { type: "log", text: `${event.text.slice(0, MAX_LOG_CHARS)}… [cut at ${MAX_LOG_CHARS} characters]` };
+    if (event.type === "log") event = { type: "log", text: cutLog(event.text) };
     const bytes = JSON.stringify(event).length;
     const { maxEventsPerJob, maxEventBytesPerJob } = this.parts.config;
     if (++active.events > maxEventsPerJob || (active.eventBytes += bytes) > maxEventBytesPerJob) {
@@ -397,8 +403,11 @@ export class JobManager implements Dispatcher {
           this.settle(id, "COMPLETED", { result: { bytes: outcome.bytes.byteLength, expires: Date.now() + config.resultRetentionMs } });
           return this.countEnd(active, "COMPLETED");
         } catch (e) {
-          // A full disk, say: the job ends now (retryable), and nothing half-written is kept.
-          error = serverError("INTERNAL", `the result could not be stored: ${(e as Error).message}`);
+          // A full disk, say: the job ends now (retryable), and nothing half-written is kept. The user learns what
+          // happened, not the server's paths.
+          const full = ["ENOSPC", "EDQUOT"].includes((e as NodeJS.ErrnoException).code ?? "");
+          this.parts.log?.(`tsight server: the result of job ${id} could not be stored: ${(e as Error).message}`);
+          error = serverError("INTERNAL", `the result could not be stored${full ? " (the server's disk is full)" : ""}; submit the job again`);
         }
       }
     }

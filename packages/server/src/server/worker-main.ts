@@ -4,6 +4,8 @@
  * (envelope bytes) or error. Code that spins here blocks only this thread; the main thread replaces it when a job
  * does not stop past its deadline.
  */
+import v8 from "node:v8";
+import vm from "node:vm";
 import { parentPort, workerData } from "node:worker_threads";
 import { LanguageModel } from "tsight";
 import { decodeValue, unpackValue, packValue, errorFromInfo, infoFromError, ResultTooLargeError, decodeJob, type DecodedJob, type ExecutionContext, type ExecutionModel, type JobExecutor, type ErrorCode, type ErrorInfo, type JobEvent } from "tsight/protocol";
@@ -11,6 +13,23 @@ import { publicError } from "./public-error.js";
 import type { FromWorker, LocalAnswer, RunJob, ToWorker, WorkerData } from "./worker-messages.js";
 
 const port = parentPort!;
+
+/**
+ * Collects garbage right after a job that held much memory or failed (it may have been stopped with much allocated),
+ * so that what it took goes back before the next job rather than whenever the heap next fills.
+ */
+const collect = exposeGc();
+function exposeGc(): () => void {
+  try {
+    v8.setFlagsFromString("--expose-gc");
+    return vm.runInNewContext("gc") as () => void;
+  } catch {
+    return () => undefined;
+  }
+}
+/** Jobs that held at least this much at once are followed by a collection. */
+const COLLECT_AFTER_BYTES = 8 * 2 ** 20;
+let collectNext = false;
 const data = workerData as WorkerData;
 const post = (m: FromWorker, transfer: ArrayBuffer[] = []) => port.postMessage(m, transfer);
 
@@ -71,6 +90,8 @@ function open(answer: LocalAnswer): unknown {
 }
 
 interface Running {
+  /** The most memory the job's code held at once (told by the executor). */
+  peakBytes?: number;
   controller: AbortController;
   local: LocalCalls;
   /** Why the server stopped the job, when it said. */
@@ -79,7 +100,8 @@ interface Running {
 
 /** An executor that can also run several jobs as invokes of one forward pass (the sandbox's executeBatch). */
 type BatchExecutor = JobExecutor & {
-  executeBatch?(items: readonly { job: DecodedJob; ctx: ExecutionContext }[], model: ExecutionModel, options?: { stallMs?: number }): Promise<PromiseSettledResult<unknown>[]>;
+  /** Each job's outcome, told as soon as it is known. */
+  executeBatch?(items: readonly { job: DecodedJob; ctx: ExecutionContext }[], model: ExecutionModel, options?: { stallMs?: number }): Promise<PromiseSettledResult<unknown>>[];
 };
 
 let executor: BatchExecutor;
@@ -114,6 +136,7 @@ function begin(job: RunJob): { r: Running; ctx: ExecutionContext } {
     memoryLimitBytes: job.memoryLimitBytes,
     maxInputTokens: job.maxInputTokens,
     awaitLocal: (call: string) => r.local.wait(call, signal),
+    onFinish: ({ peakBytes }) => void (r.peakBytes = Math.max(r.peakBytes ?? 0, peakBytes)),
     stopRequested: () => Atomics.load(job.stop, 0) === 1,
   };
   return { r, ctx };
@@ -133,6 +156,11 @@ function end(job: RunJob, r: Running, outcome: PromiseSettledResult<unknown>): v
     post({ type: "failed", jobId: job.jobId, error: publicError(infoFromError(e instanceof ResultTooLargeError ? new JobError("MEMORY", `the job's result is ${e.size} bytes, over this server's limit of ${e.limit}; return less (a slice of a tensor, or a reduction)`) : e, "USER_CODE")) });
   } finally {
     running.delete(job.jobId);
+    // After a big or failed job, and once more after the job after it (some of a job's objects stay reachable until
+    // the next one replaces them).
+    const heavy = outcome.status === "rejected" || (r.peakBytes ?? 0) >= COLLECT_AFTER_BYTES;
+    if (heavy || collectNext) collect();
+    collectNext = heavy;
   }
 }
 
@@ -162,17 +190,18 @@ async function runBatch(jobs: RunJob[]): Promise<void> {
       end(job, r, { status: "rejected", reason: e });
     }
   }
-  let outcomes: PromiseSettledResult<unknown>[];
+  let outcomes: Promise<PromiseSettledResult<unknown>>[];
   try {
-    outcomes = await executor.executeBatch(
+    outcomes = executor.executeBatch(
       items.map(({ decoded, ctx }) => ({ job: decoded, ctx })),
       model,
       { stallMs: jobs[0]!.batchStallMs },
     );
   } catch (e) {
-    outcomes = items.map(() => ({ status: "rejected", reason: e }));
+    outcomes = items.map(() => Promise.resolve({ status: "rejected", reason: e }));
   }
-  items.forEach(({ job, r }, i) => end(job, r, outcomes[i] ?? { status: "rejected", reason: new JobError("INTERNAL", "the batch gave no outcome for this job") }));
+  // Each job ends as soon as its outcome is known (one that runs again alone holds up none of the others).
+  await Promise.all(items.map(({ job, r }, i) => (outcomes[i] ?? Promise.resolve<PromiseSettledResult<unknown>>({ status: "rejected", reason: new JobError("INTERNAL", "the batch gave no outcome for this job") })).then((o) => end(job, r, o))));
 }
 
 port.on("message", (m: ToWorker) => {

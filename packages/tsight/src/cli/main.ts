@@ -6,6 +6,8 @@ import { jobsHelp, runJobs } from "./jobs.js";
 interface ServerCli {
   serveHelp: string;
   keysHelp: string;
+  /** The environment a server process runs in (see @tsight/server's SERVE_ENV). */
+  SERVE_ENV: Readonly<Record<string, string>>;
   runServe(argv: string[]): Promise<number>;
   runKeys(argv: string[]): Promise<number>;
 }
@@ -29,10 +31,32 @@ interface Command {
 
 const commands: Record<string, Command> = {
   generate: { help: generateHelp, run: (argv) => runGenerate(argv) },
-  serve: { help: async () => (await serverCli()).serveHelp, run: async (argv) => (await serverCli()).runServe(argv) },
+  serve: {
+    help: async () => (await serverCli()).serveHelp,
+    run: async (argv) => {
+      const cli = await serverCli();
+      const missing = Object.keys(cli.SERVE_ENV).some((k) => process.env[k] === undefined);
+      return missing && process.platform === "linux" && !argv.includes("--help") && !argv.includes("-h") ? restartWith(cli.SERVE_ENV) : cli.runServe(argv);
+    },
+  },
   keys: { help: async () => (await serverCli()).keysHelp, run: async (argv) => (await serverCli()).runKeys(argv) },
   jobs: { help: jobsHelp, run: (argv) => runJobs(argv) },
 };
+
+/** Runs this same command again in a child process with `env` added, passing signals on; resolves with its exit code. */
+async function restartWith(env: Readonly<Record<string, string>>): Promise<number> {
+  const { spawn } = await import("node:child_process");
+  const child = spawn(process.execPath, [...process.execArgv, ...process.argv.slice(1)], { stdio: "inherit", env: { ...process.env, ...env } });
+  const signals = ["SIGINT", "SIGTERM", "SIGHUP"] as const;
+  const pass = (signal: NodeJS.Signals) => child.kill(signal);
+  for (const signal of signals) process.on(signal, pass);
+  return new Promise((resolve) => {
+    child.on("exit", (code, signal) => {
+      for (const s of signals) process.off(s, pass);
+      resolve(code ?? (signal ? 128 + 15 : 1));
+    });
+  });
+}
 
 const usage = `usage: tsight <command> [options]
 

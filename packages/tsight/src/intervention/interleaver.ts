@@ -202,11 +202,14 @@ export class Interleaver implements ModuleHooks, Provider {
    * Work tsight runs for an invoke (a hybrid step, a backward pass) is waited for as long as it takes; code that
    * runs, or awaits something outside tsight, longer than `stallTimeoutMs` is handed to `onStall`.
    */
-  async settle(): Promise<void> {
+  async settle(final = false): Promise<void> {
     let since = Date.now();
     for (;;) {
-      const waiting = this.mediators.filter((m) => !m.blocked);
-      if (waiting.length === 0) return;
+      // After the forward (`final`), an invoke that left the pass is waited for until its code ends too.
+      const waiting = this.mediators.filter((m) => (final ? !m.finished : !m.blocked));
+      // Invokes counted at barriers (see atBarrier) are blocked too, without being told apart.
+      const atBarriers = !final && waiting.every((m) => !m.working) && waiting.length <= this.atBarriers;
+      if (waiting.length === 0 || atBarriers) return;
       // Time spent in work tsight runs for an invoke (a hybrid step, a backward pass) is not a stall, unless the
       // invokes are separate jobs: then nothing one job does may hold the others up.
       const stalling = this.strictRows ? waiting : waiting.filter((m) => !m.working);
@@ -223,6 +226,29 @@ export class Interleaver implements ModuleHooks, Provider {
       await Promise.race(changes);
       clearTimeout(timer);
     }
+  }
+
+  /**
+   * Invokes waiting at a barrier that could not tell which invoke arrived (code running outside any invoke's async
+   * context, as a sandboxed job's is): counted, so the forward still goes on to let the other parties arrive.
+   */
+  private atBarriers = 0;
+
+  atBarrier<T>(p: Promise<T>): Promise<T> {
+    this.atBarriers++;
+    const wake = () => this.mediators.forEach((m) => m.signal());
+    wake();
+    const end = () => {
+      this.atBarriers--;
+      wake();
+    };
+    return p.then(
+      (v) => (end(), v),
+      (e) => {
+        end();
+        throw e;
+      },
+    );
   }
 
   private stalled(running: Mediator[], waitedMs: number): void {

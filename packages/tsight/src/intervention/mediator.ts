@@ -152,6 +152,11 @@ export class Mediator {
     return this.busy === 0 && (this.done || this.pastEnd !== null || this.parked > 0 || this.requests.some((r) => r.op === "read"));
   }
 
+  /** After the forward: whether its code is done, or waits for something tsight alone can give (it is parked). */
+  get finished(): boolean {
+    return this.busy === 0 && (this.done || this.parked > 0);
+  }
+
   /** Whether tsight is running work for it (the forward waits for that without counting it as a stall). */
   get working(): boolean {
     return this.busy > 0;

@@ -283,9 +283,12 @@ export class TraceRun {
         b.waiting.push({ resolve, reject });
         if (b.waiting.length === b.parties) for (const w of b.waiting.splice(0)) w.resolve();
       };
-      // Parked: the forward may go on to let the other parties arrive.
+      // Parked: the forward may go on to let the other parties arrive. Code whose invoke is not known here (a
+      // sandboxed job's) is counted as parked instead.
       const mediator = currentInvoke()?.mediator;
-      return mediator ? mediator.parkUntil<void>((resume, fail) => join(() => resume(), fail)) : new Promise<void>(join);
+      if (mediator) return mediator.parkUntil<void>((resume, fail) => join(() => resume(), fail));
+      const arrived = new Promise<void>(join);
+      return this.interleaver ? this.interleaver.atBarrier(arrived) : arrived;
     };
     return Object.assign(arrive, { parties });
   }
@@ -450,6 +453,8 @@ export class TraceRun {
       }
       await interleaver.finish(this.stopped || this.firstError !== null);
       await this.failBarriers();
+      // Code still running (its last steps after the forward) ends, or waits for something that will not come.
+      await interleaver.settle(true);
       for (const x of all) {
         if (!x.mediator.done) x.mediator.fail(new TraceError(`invoke ${x.mediator.index} never finished: after the forward pass its code still waits for something tsight does not provide`));
       }

@@ -41,6 +41,8 @@ export interface ExecutionContext {
   memoryLimitBytes: number;
   /** Most tokens (rows × positions, generated ones included) the job's inputs may have. */
   maxInputTokens?: number;
+  /** Told, when the job's code is done, the most memory it held at once (so a host can give big jobs' memory back). */
+  onFinish?(stats: { peakBytes: number }): void;
   /** For hybrid steps: resolves with the client's answer to call `call` (see the local event). */
   awaitLocal?(call: string): Promise<unknown>;
   /**

@@ -165,7 +165,8 @@ export interface ModelInfo {
   key: string;
   name: string;
   modelType: string;
-  state: "loaded" | "loading" | "available";
+  /** loaded: ready to run jobs; loading; available: served, not loaded yet; unserved: no live worker runs it now (jobs wait for one). */
+  state: "loaded" | "loading" | "available" | "unserved";
   queued: number;
 }
 

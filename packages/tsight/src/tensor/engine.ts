@@ -57,6 +57,9 @@ function sessionOptions(key: string): object {
     interOpNumThreads: 1,
     executionMode: "sequential",
     graphOptimizationLevel: "all",
+    // No arena: memory a big op took goes back when its tensors are collected, instead of staying with ORT (a
+    // server's memory must come back after a job that made large tensors).
+    enableCpuMemArena: process.env.TSIGHT_ARENA === "1",
     // Not optional: with spinning on, every eager call burns its threads' time slice and runs 10-15x slower.
     extra: { session: { intra_op: { allow_spinning: "0" }, inter_op: { allow_spinning: "0" } } },
   };

@@ -530,7 +530,9 @@ export class Tensor implements RawTensor {
     const n = this.shape[d]!;
     let sizes: number[];
     if (typeof sizeOrSizes === "number") {
-      if (sizeOrSizes <= 0) throw new ShapeError(`split: size must be positive, got ${sizeOrSizes}`);
+      if (!Number.isSafeInteger(sizeOrSizes) || sizeOrSizes <= 0) throw new ShapeError(`split: size must be a positive whole number, got ${sizeOrSizes}`);
+      const pieces = Math.ceil(n / sizeOrSizes);
+      if (pieces > MAX_SPLITS) throw new ShapeError(`split: ${pieces} pieces of a tensor of shape ${fmt(this.shape)} (at most ${MAX_SPLITS}); split into fewer`);
       sizes = [];
       for (let at = 0; at < n; at += sizeOrSizes) sizes.push(Math.min(sizeOrSizes, n - at));
     } else sizes = [...sizeOrSizes];

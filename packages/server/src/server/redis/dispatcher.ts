@@ -63,8 +63,13 @@ export class RedisDispatcher implements Dispatcher {
     const localTimeoutMs = Math.min(job.localTimeoutMs ?? config.localStepTimeoutMs, config.localStepTimeoutMs);
     // Fair share: a key's first unfinished job comes before every key's second, and so on (BullMQ serves lower
     // priorities first, equal ones in order), so a light key waits for at most one job of each other key.
-    await queue.add("job", { id, batch, localTimeoutMs }, { ...queuedJobOptions(id), priority: Math.min(created.rank, 2_000_000) });
+    await queue.add("job", { id, batch, key: caller.keyId, localTimeoutMs }, { ...queuedJobOptions(id), priority: Math.min(created.rank, 2_000_000) });
     await store.move(id, "QUEUED", { position });
+    // A model no live worker runs: the job says so at once instead of waiting in silence.
+    const { dist } = this.parts;
+    if (!(await liveWorkers(store.redis, store.keys, dist.heartbeatMs)).some((w) => w.modelKeys.includes(model.key))) {
+      await store.append(id, { type: "log", text: `[tsight] no worker runs ${model.name} right now; the job waits for one (at most ${Math.round(dist.queueWaitMs / 1000)} s, then it ends PREEMPTED)` });
+    }
     this.parts.metrics.submitted.inc({ model: model.name });
     return this.view((await store.get(id))!);
   }
@@ -122,7 +127,7 @@ export class RedisDispatcher implements Dispatcher {
         key: m.key,
         name: m.name,
         modelType: m.modelType,
-        state: serving.length > 0 ? "loaded" : "available",
+        state: serving.length > 0 ? "loaded" : "unserved",
         queued,
         running,
         workers: serving.length,

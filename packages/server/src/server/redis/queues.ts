@@ -13,6 +13,8 @@ import type { DistributedConfig } from "./config.js";
 export interface QueuedJob {
   id: string;
   batch?: string;
+  /** The API key that submitted it (a pass takes at most one job of each key). */
+  key?: string;
   /** How long a hybrid step waits for the client's answer (the job's own limit, capped by the server's). */
   localTimeoutMs: number;
 }

@@ -15,7 +15,7 @@
 import type { Queue, Worker } from "bullmq";
 import type { Redis } from "ioredis";
 import { infoFromError, type ErrorInfo, type JobEvent } from "tsight/protocol";
-import type { ServerConfig } from "../config.js";
+import { cutLog, type ServerConfig } from "../config.js";
 import type { StreamCountListener, StreamCounts } from "../event-stream.js";
 import { batchNote } from "../batch-key.js";
 import { LocalStepWatch } from "../local-step-watch.js";
@@ -55,6 +55,8 @@ interface Held {
   token: string;
   id: string;
   batch: string | undefined;
+  /** The API key that submitted it. */
+  key: string | undefined;
   localTimeoutMs: number;
 }
 
@@ -88,7 +90,6 @@ interface Lane {
   mean: number | undefined;
 }
 
-const MAX_LOG_CHARS = 16 * 1024;
 /** How long a closing node waits for running jobs before handing them back to the queue. */
 const CLOSE_GRACE_MS = 10_000;
 
@@ -192,7 +193,7 @@ export class WorkerNode {
       // Fetch more only while they can join the next job's pass: at most one job that cannot is held for later.
       const head = lane.held[0]!;
       if (max() > 1 && head.batch !== undefined) {
-        while (lane.held.filter((h) => h.batch === head.batch).length < max() && (await this.fetch(lane, false)) && lane.held.at(-1)!.batch === head.batch);
+        while (this.mates(lane, head).length < max() && (await this.fetch(lane, false)) && this.mates(lane, head).includes(lane.held.at(-1)!));
       }
       if (this.closing) break;
       await this.dispatch(lane, this.pick(lane, max()));
@@ -212,22 +213,25 @@ export class WorkerNode {
       return false;
     }
     if (!bull) return false;
-    lane.held.push({ bull, token, id: bull.data.id, batch: bull.data.batch, localTimeoutMs: bull.data.localTimeoutMs ?? this.parts.config.localStepTimeoutMs });
+    lane.held.push({ bull, token, id: bull.data.id, batch: bull.data.batch, key: bull.data.key, localTimeoutMs: bull.data.localTimeoutMs ?? this.parts.config.localStepTimeoutMs });
     return true;
   }
 
-  /** The next held job, with the held jobs of its batch key after it (up to `max` in all). */
+  /** The held jobs that can share `head`'s pass: its batch key, and at most one job of each API key (fair share). */
+  private mates(lane: Lane, head: Held): Held[] {
+    const keys = new Set<string | undefined>();
+    return lane.held.filter((h) => {
+      if (h.batch !== head.batch || (h.key !== undefined && keys.has(h.key))) return false;
+      keys.add(h.key);
+      return true;
+    });
+  }
+
+  /** The next held job, with the held jobs that can share its pass (up to `max` in all). */
   private pick(lane: Lane, max: number): Held[] {
-    const head = lane.held.shift()!;
-    const batch = [head];
-    if (max > 1 && head.batch !== undefined) {
-      for (const h of [...lane.held]) {
-        if (batch.length >= max) break;
-        if (h.batch !== head.batch) continue;
-        lane.held.splice(lane.held.indexOf(h), 1);
-        batch.push(h);
-      }
-    }
+    const head = lane.held[0]!;
+    const batch = max > 1 && head.batch !== undefined ? this.mates(lane, head).slice(0, max) : [head];
+    for (const h of batch) lane.held.splice(lane.held.indexOf(h), 1);
     return batch;
   }
 
@@ -301,7 +305,7 @@ export class WorkerNode {
       if (run.events === limit + 1) void this.write(store.append(id, { type: "log", text: `[tsight] the job sent more than ${limit} events; later ones are dropped` }));
       return;
     }
-    if (event.type === "log" && event.text.length > MAX_LOG_CHARS) event = { type: "log", text: `${event.text.slice(0, MAX_LOG_CHARS)}… [cut at ${MAX_LOG_CHARS} characters]` };
+    if (event.type === "log") event = { type: "log", text: cutLog(event.text) };
     let asked: string | undefined;
     if (event.type === "local") {
       event = { ...event, call: event.call + run.callSuffix };

@@ -1,0 +1,337 @@
+/**
+ * Hostile jobs against a real server over a real socket, one suite for every deployment (the embedded server as a
+ * process of its own, and API + worker processes on Redis). Each attack runs beside a victim: an ordinary job of
+ * another API key, submitted at the same time (and, for attacks on shared passes, batched into the same forward
+ * pass). Every attack must end with its typed error (or be contained), the victim's result must be bit-identical
+ * to its solo run, the server's processes must stay the same ones, and their threads and memory must come back
+ * to within 10% of where they were before.
+ */
+import fs from "node:fs";
+import http from "node:http";
+import type { AddressInfo } from "node:net";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { unpackValue, type ErrorCode, type ErrorInfo, type JobRequest, type JobState, type SequencedEvent } from "tsight/protocol";
+import { toModelKey } from "tsight/protocol";
+import type { Tensor } from "tsight";
+
+export const GPT2 = toModelKey("LanguageModel", "stdlib-gpt2", null);
+/** Five tokens: the victim's input, and the input of attacks that share its pass. */
+export const FIVE = [324, 615, 638, 636, 284];
+const VICTIM = "async (m) => await m.lm_head.output";
+
+/** The limits the suite's servers run with (they make attacks quick to detect). */
+export const HOSTILE_LIMITS = {
+  timeout: "3s",
+  memoryMb: 64,
+  maxResultMb: 4,
+  maxInputTokens: 4000,
+  maxEvents: 200,
+  batchStall: "700ms",
+  maxBodyMb: 2,
+};
+
+/** A deployment under attack. */
+export interface Target {
+  url: string;
+  keys: { hostile: string; victim: string; blocker: string };
+  /** Processes whose ids must not change and whose threads and memory are watched (the ones running jobs). */
+  processes(): number[];
+  /** Where webhooks would be refused (a loopback receiver the suite starts). */
+  receiver: { url: string; hits(): number };
+}
+
+type Expect = { status: "ERROR"; code: ErrorCode | ErrorCode[]; type?: RegExp; message?: RegExp } | { status: "COMPLETED"; value?: (v: unknown) => void };
+
+interface Attack {
+  name: string;
+  /** The hostile job (JSON); model and input default to stdlib-gpt2 and the victim's five tokens. */
+  job?: Partial<JobRequest>;
+  /** Run it in the same forward pass as the victim. */
+  shared?: boolean;
+  expect?: Expect;
+  /** An attack on the HTTP API itself, instead of a job. */
+  http?: (t: Target) => Promise<void>;
+  /** More checks of the hostile job once it ended. */
+  after?: (t: Target, id: string) => Promise<void>;
+}
+
+const ERR = (code: ErrorCode | ErrorCode[], message?: RegExp, type?: RegExp): Expect => ({ status: "ERROR", code, message, type });
+
+/** The attacks: each a way a key holder could try to crash, stall, fill, read across or impersonate the server. */
+export const ATTACKS: Attack[] = [
+  // Sizes and counts chosen by the job, bounded before the host allocates.
+  { name: "a step loop of a billion iterations", job: { source: "async (m, tr) => { for await (const s of tr.iter(0, 1e9)) {} return 1; }" }, expect: ERR("TIMEOUT") },
+  { name: "a billion pending writes, one per iteration", job: { source: "async (m, tr) => { const z = zeros([1, 5, 256]); for (let i = 0; i < 1e9; i++) { m.transformer.h[0].output = z; tr.next(); } }" }, expect: ERR(["USER_CODE", "TIMEOUT"]) },
+  { name: "tolist of a [1e9, 0] tensor", job: { source: "async () => zeros([1e9, 0]).tolist()" }, expect: ERR("USER_CODE", /nested arrays/, /ShapeError/) },
+  { name: "split of a [1e9, 0] tensor into a billion pieces", job: { source: "async () => zeros([1e9, 0]).split(1).length" }, expect: ERR("USER_CODE", /pieces/, /ShapeError/) },
+  { name: "eye(-3)", job: { source: "async () => eye(-3)" }, expect: ERR("USER_CODE", /0 or more/) },
+  { name: "a shape with a negative dimension", job: { source: "async () => zeros([4, -2])" }, expect: ERR("USER_CODE", /whole numbers/) },
+  { name: "a shape of 40 dimensions", job: { source: "async () => zeros(new Array(40).fill(1))" }, expect: ERR("USER_CODE", /at most 32/) },
+  { name: "a 10^12-element tensor", job: { source: "async () => zeros([1e6, 1e6])" }, expect: ERR("MEMORY", /bytes/) },
+  { name: "arange of 10^15 values", job: { source: "async () => arange(0, 1e15)" }, expect: ERR("USER_CODE", /elements|arange/) },
+  { name: "randperm of 10^12", job: { source: "async () => randperm(1e12)" }, expect: ERR("MEMORY") },
+  { name: "tensors doubling until memory runs out", job: { source: "async (m) => { let t = await m.lm_head.output; for (;;) t = cat([t, t]); }" }, expect: ERR("MEMORY", /bytes/) },
+  { name: "small tensors kept by the ten thousand", job: { source: "async () => { const a = []; for (;;) a.push(zeros([1024])); }" }, expect: ERR(["MEMORY", "TIMEOUT"]) },
+  { name: "caches created in a loop", job: { source: "async (m, tr) => { for (;;) tr.cache(); }" }, expect: ERR("MEMORY") },
+  { name: "matmuls until time or memory runs out", job: { source: "async () => { const a = zeros([2048, 2048]); let t = a; for (;;) t = t.matmul(a).mul(0); }" }, expect: ERR(["TIMEOUT", "MEMORY"]) },
+  { name: "the isolate's heap filled", job: { source: "async () => { const a = []; for (;;) a.push(new Array(1e6).fill(1)); }" }, expect: ERR("MEMORY", /sandbox/) },
+  { name: "deep recursion", job: { source: "async () => { const f = (n) => f(n + 1) + 1; return f(0); }" }, expect: ERR("USER_CODE", /call stack/i, /RangeError/) },
+  { name: "an endless loop", job: { source: "async () => { for (;;) {} }" }, expect: ERR("TIMEOUT") },
+  { name: "an endless chain of microtasks", job: { source: "async () => { for (;;) await null; }" }, expect: ERR("TIMEOUT") },
+  // Inputs the model cannot take: refused before any compute.
+  { name: "4,000 tokens for a 512-position model", job: { input: Array.from({ length: 4000 }, (_, i) => i % 4000), source: "async (m) => 1" }, expect: ERR("VALIDATION", /context of 512 positions/) },
+  { name: "a token id outside the vocabulary", job: { input: [1, 2, 999999], source: "async (m) => 1" }, expect: ERR("VALIDATION", /vocabulary/) },
+  { name: "a batch of more tokens than a job may have", job: { input: Array.from({ length: 900 }, () => FIVE), source: "async (m) => 1" }, expect: ERR("VALIDATION", /tokens a job may have/) },
+  { name: "generating past the context", job: { kind: "generate", generate: { maxNewTokens: 4096 }, source: "async (m) => 1" }, expect: ERR("VALIDATION", /context/) },
+  // Stored data: bounded, deduplicated, capped.
+  { name: "log lines in a loop", job: { source: "async () => { for (;;) console.log('x'.repeat(5000)); }" }, expect: ERR("MEMORY", /events/) },
+  { name: "a result over the result limit", job: { source: "async (m) => { const t = (await m.lm_head.output).expand(16, -1, -1); return [t.mul(1), t.mul(2), t.mul(3), t.mul(4)]; }" }, expect: ERR("MEMORY", /result is \d+ bytes, over this server's limit/) },
+  {
+    name: "one 2 MB tensor returned sixty times (stored once)",
+    job: { source: "async () => { const t = ones([512, 1024]); return new Array(60).fill(t); }" },
+    expect: { status: "COMPLETED", value: (v) => expect((v as Tensor[]).length).toBe(60) },
+    after: async (t, id) => expect(Number((await get(t, `/v1/jobs/${id}/result`, t.keys.hostile)).headers.get("content-length"))).toBeLessThan(3 * 2 ** 20),
+  },
+  {
+    name: "an error with a 25 MB message (stored short)",
+    job: { source: "async () => { throw new Error('x'.repeat(25e6)); }" },
+    expect: ERR("USER_CODE", /cut at \d+ characters/),
+    after: async (t, id) => {
+      expect(JSON.stringify(await state(t, id, t.keys.hostile)).length).toBeLessThan(20_000);
+      expect((await (await get(t, "/v1/jobs?limit=100", t.keys.hostile)).text()).length).toBeLessThan(1_000_000);
+    },
+  },
+  // Codes and stacks that say what the server did, never what the job claims.
+  { name: "an error claiming PREEMPTED (retryable)", job: { source: "async () => { throw Object.assign(new Error('retry me'), { code: 'PREEMPTED', retryable: true }); }" }, expect: ERR("USER_CODE") },
+  { name: "an error claiming INTERNAL", job: { source: "async () => { throw Object.assign(new Error('blame the server'), { code: 'INTERNAL' }); }" }, expect: ERR("USER_CODE") },
+  {
+    name: "a host error's stack (server file paths)",
+    job: { source: "async (m) => { await m.transformer.h[1].output; zeros([2, 3]).matmul(zeros([4, 5])); }" },
+    expect: ERR("USER_CODE", /matmul/, /ShapeError/),
+    after: async (t, id) => {
+      const error = (await state(t, id, t.keys.hostile)).error!;
+      expect(error.stack ?? "").not.toMatch(/packages\/|node_modules|\.ts:\d/);
+      expect(error.stack ?? "").toMatch(/intervention\.js:\d+:\d+/);
+    },
+  },
+  // The sandbox: no way out, no shared state.
+  { name: "reading files through import()", job: { source: "async () => (await import('node:fs')).readFileSync('/etc/passwd', 'utf8')" }, expect: ERR("USER_CODE") },
+  { name: "process through a constructor's constructor", job: { source: "async (m) => (await m.lm_head.output).constructor.constructor('return process')().exit(1)" }, expect: ERR("USER_CODE") },
+  { name: "code from strings (eval, Function)", job: { source: "async () => Function('return this')().process.mainModule" }, expect: ERR("USER_CODE") },
+  { name: "a tensor method that is not in the table", job: { source: "async (m) => { const t = await m.lm_head.output; return Object.getPrototypeOf(t).registerHook.call(t, () => 1); }" }, expect: ERR("USER_CODE") },
+  { name: "a host op called by a forged name", job: { source: "async () => tensor([1]).requiresGrad_()" }, expect: ERR("USER_CODE") },
+  { name: "a module path that does not exist", job: { source: "async (m) => await m['transformer.h.99'].output" }, expect: ERR("USER_CODE", /no module/) },
+  { name: "tr.next with a huge count", job: { source: "async (m, tr) => { tr.next(1e300); }" }, expect: ERR("USER_CODE", /whole number/) },
+  { name: "a hybrid step with a function not written at the call", job: { source: "async (m, tr) => { const f = async (v) => v; return await tr.local(f, 1); }" }, expect: ERR("NOT_ALLOWED", /written at the call/) },
+  { name: "prototype pollution", job: { source: "async () => { Object.prototype.polluted = 'yes'; Array.prototype.map = () => { throw new Error('broken'); }; Tensor.prototype.mul = () => 0; return 1; }" }, expect: { status: "COMPLETED" } },
+  { name: "a webhook to the server's own network", job: { source: "async () => 1", webhook: "RECEIVER" }, expect: { status: "COMPLETED" }, after: async (t, id) => expect(await webhookEnd(t, id)).toEqual({ state: "failed", hits: 0 }) },
+  // Shared forward passes: no rows of others, no stalling others.
+  {
+    name: "tr.result in a shared pass",
+    shared: true,
+    job: { source: "async (m, tr) => (await tr.result).logits" },
+    expect: { status: "COMPLETED", value: (v) => expect((v as Tensor).shape[0]).toBe(1) },
+  },
+  { name: "a cache of every module in a shared pass", shared: true, job: { source: "async (m, tr) => { const c = tr.cache(); await m.lm_head.output; return c.keys().length; }" }, expect: { status: "COMPLETED" } },
+  { name: "an endless loop in a shared pass", shared: true, job: { source: "async (m) => { await m.transformer.h[0].output; for (;;) {} }" }, expect: ERR("TIMEOUT") },
+  { name: "an unanswered hybrid step in a shared pass", shared: true, job: { source: "async (m, tr) => { await m.transformer.h[0].output; return await tr.local(async (v) => v, 1); }", localTimeoutMs: 1500 }, expect: ERR("TIMEOUT", /local step|hybrid step/) },
+  // The HTTP API itself.
+  {
+    name: "a 3 MB body",
+    http: async (t) => expect((await post(t, { model: GPT2, kind: "trace", form: "invoke", input: "x".repeat(3 * 2 ** 20), source: "async () => 1" }, t.keys.hostile)).status).toBe(413),
+  },
+  {
+    name: "another key's job, by id",
+    http: async (t) => {
+      const res = await post(t, { model: GPT2, kind: "trace", form: "invoke", input: FIVE, source: VICTIM }, t.keys.victim);
+      const { id } = (await res.json()) as JobState;
+      for (const [method, suffix] of [["GET", ""], ["GET", "/events"], ["GET", "/result"], ["DELETE", ""]] as const) {
+        expect((await fetch(`${t.url}/v1/jobs/${id}${suffix}`, { method, headers: headers(t.keys.hostile) })).status, `${method} ${suffix}`).toBe(404);
+      }
+      await finished(t, id, t.keys.victim);
+    },
+  },
+  {
+    name: "an idempotency key reused by another key",
+    http: async (t) => {
+      const body = { model: GPT2, kind: "trace", form: "invoke", input: FIVE, source: "async () => 1" };
+      const a = (await (await post(t, body, t.keys.victim, { "idempotency-key": "same" })).json()) as JobState;
+      const b = (await (await post(t, body, t.keys.hostile, { "idempotency-key": "same" })).json()) as JobState;
+      const again = (await (await post(t, body, t.keys.victim, { "idempotency-key": "same" })).json()) as JobState;
+      expect(b.id).not.toBe(a.id);
+      expect(again.id).toBe(a.id);
+      await finished(t, a.id, t.keys.victim);
+      await finished(t, b.id, t.keys.hostile);
+    },
+  },
+];
+
+/** A webhook receiver on loopback (the server must never reach it: loopback is not allowed by default). */
+export async function loopbackReceiver(): Promise<{ server: http.Server; url: string; hits(): number }> {
+  let hits = 0;
+  const server = http.createServer((req, res) => {
+    hits++;
+    req.resume();
+    res.writeHead(200).end("secret internal page");
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return { server, url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/admin`, hits: () => hits };
+}
+
+/** The flags that give a server the suite's limits. */
+export function limitFlags(): string[] {
+  const l = HOSTILE_LIMITS;
+  return ["--timeout", l.timeout, "--memory", String(l.memoryMb), "--max-result", String(l.maxResultMb), "--max-input-tokens", String(l.maxInputTokens), "--max-events", String(l.maxEvents), "--batch-stall", l.batchStall, "--max-body", String(l.maxBodyMb), "--model", "stdlib-gpt2"];
+}
+
+// #region HTTP helpers
+
+export const headers = (key: string, extra: Record<string, string> = {}) => ({ "tsight-protocol": "1", authorization: `Bearer ${key}`, "content-type": "application/json", ...extra });
+
+function post(t: Target, body: unknown, key: string, extra: Record<string, string> = {}): Promise<Response> {
+  return fetch(`${t.url}/v1/jobs`, { method: "POST", headers: headers(key, extra), body: JSON.stringify(body) });
+}
+
+function get(t: Target, path: string, key: string): Promise<Response> {
+  return fetch(`${t.url}${path}`, { headers: headers(key) });
+}
+
+async function state(t: Target, id: string, key: string): Promise<JobState> {
+  return (await (await get(t, `/v1/jobs/${id}`, key)).json()) as JobState;
+}
+
+export async function submit(t: Target, job: Partial<JobRequest>, key: string): Promise<string> {
+  const res = await post(t, { model: GPT2, kind: "trace", form: "invoke", input: FIVE, ...job }, key);
+  expect(res.status, await res.clone().text()).toBe(202);
+  return ((await res.json()) as JobState).id;
+}
+
+export async function finished(t: Target, id: string, key: string, timeoutMs = 30_000): Promise<JobState> {
+  for (const until = Date.now() + timeoutMs; ; ) {
+    const s = await state(t, id, key);
+    if (["COMPLETED", "ERROR", "CANCELLED"].includes(s.status)) return s;
+    if (Date.now() > until) throw new Error(`job ${id} is still ${s.status}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+export async function result(t: Target, id: string, key: string): Promise<unknown> {
+  const res = await get(t, `/v1/jobs/${id}/result`, key);
+  expect(res.status, await res.clone().text()).toBe(200);
+  return unpackValue(new Uint8Array(await res.arrayBuffer()));
+}
+
+async function events(t: Target, id: string, key: string): Promise<SequencedEvent[]> {
+  const text = await (await fetch(`${t.url}/v1/jobs/${id}/events?follow=0`, { headers: headers(key) })).text();
+  const out: SequencedEvent[] = [];
+  for (const block of text.split("\n\n")) {
+    const data = /^data: (.*)$/m.exec(block);
+    if (data) out.push({ seq: 0, event: JSON.parse(data[1]!) });
+  }
+  return out;
+}
+
+async function webhookEnd(t: Target, id: string): Promise<{ state: string | undefined; hits: number }> {
+  for (let i = 0; i < 100; i++) {
+    const s = await state(t, id, t.keys.hostile);
+    if (s.webhook && s.webhook !== "pending") return { state: s.webhook, hits: t.receiver.hits() };
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return { state: "pending", hits: t.receiver.hits() };
+}
+
+// #endregion
+// #region process watching
+
+/** Threads and resident memory (bytes) of a process, from /proc. */
+export function usage(pid: number): { threads: number; rss: number } {
+  const status = fs.readFileSync(`/proc/${pid}/status`, "utf8");
+  return { threads: Number(/Threads:\s+(\d+)/.exec(status)![1]), rss: Number(/VmRSS:\s+(\d+) kB/.exec(status)![1]) * 1024 };
+}
+
+/** Waits until every process is back within 10% of `before` (threads and memory); fails saying where it stands. */
+async function settled(pids: number[], before: Map<number, { threads: number; rss: number }>): Promise<void> {
+  const within = () => pids.every((pid) => {
+    const now = usage(pid);
+    const was = before.get(pid)!;
+    return now.threads <= Math.ceil(was.threads * 1.1) && now.rss <= was.rss * 1.1;
+  });
+  for (const until = Date.now() + 20_000; !within(); ) {
+    if (Date.now() > until) {
+      const report = pids.map((pid) => `pid ${pid}: ${JSON.stringify(usage(pid))} (before ${JSON.stringify(before.get(pid))})`).join("; ");
+      throw new Error(`threads or memory did not come back within 10% of their level before the attack: ${report}`);
+    }
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+// #endregion
+
+/**
+ * The suite: `open` starts the deployment (before all), `close` ends it. Runs every attack beside a victim and
+ * checks the victim, the processes and their threads and memory after each.
+ */
+export function hostileSuite(name: string, open: () => Promise<Target>, close: () => Promise<void>): void {
+  describe(name, () => {
+    let t: Target;
+    let solo: Tensor;
+    let pids: number[];
+    let before: Map<number, { threads: number; rss: number }>;
+
+    beforeAll(async () => {
+      t = await open();
+      pids = t.processes();
+      // Warm up: the ordinary work of a server (kernels made, and jobs that use most of what a job may: memory in big
+      // and small tensors, logs, a cache), then the level to come back to. An attack may take no more than that.
+      const ordinary = [
+        VICTIM,
+        "async (m) => (await m.transformer.h[1].output).mul(2).softmax(-1).sum()",
+        "async () => randn([512, 512]).matmul(randn([512, 512])).sum()",
+        "async () => { const a = []; for (let i = 0; i < 8000; i++) a.push(ones([1024])); const b = []; for (let i = 0; i < 6; i++) b.push(ones([1024, 1024])); return a.length + b.length; }",
+        "async (m, tr) => { const c = tr.cache(); for (let i = 0; i < 150; i++) console.log('line', i); await m.lm_head.output; return c.keys().length; }",
+      ];
+      const warm = await Promise.all(ordinary.map((source) => submit(t, { source }, t.keys.victim)));
+      for (const id of warm) expect((await finished(t, id, t.keys.victim)).status).toBe("COMPLETED");
+      const first = await submit(t, { source: VICTIM }, t.keys.victim);
+      expect((await finished(t, first, t.keys.victim)).status).toBe("COMPLETED");
+      solo = (await result(t, first, t.keys.victim)) as Tensor;
+      before = new Map(pids.map((pid) => [pid, usage(pid)]));
+    }, 180_000);
+    afterAll(close, 60_000);
+
+    for (const attack of ATTACKS) {
+      it(`${attack.name}: contained, the victim gets its solo result, the server lives on`, async () => {
+        if (attack.http) await attack.http(t);
+        else {
+          let blocker: string | undefined;
+          if (attack.shared) {
+            // Keeps the worker busy (three tokens: not batched with the others) while hostile and victim queue up.
+            blocker = await submit(t, { input: FIVE.slice(0, 3), source: "async () => { const t = Date.now(); while (Date.now() - t < 600) {} return 1; }" }, t.keys.blocker);
+            await new Promise((r) => setTimeout(r, 150));
+          }
+          const source = attack.job?.webhook === "RECEIVER" ? { ...attack.job, webhook: t.receiver.url } : attack.job;
+          const [hostile, victim] = await Promise.all([submit(t, source ?? {}, t.keys.hostile), submit(t, { source: VICTIM }, t.keys.victim)]);
+          const [end, victimEnd] = await Promise.all([finished(t, hostile, t.keys.hostile), finished(t, victim, t.keys.victim)]);
+          if (blocker) await finished(t, blocker, t.keys.blocker);
+          const want = attack.expect!;
+          expect(end.status, JSON.stringify(end.error ?? end)).toBe(want.status);
+          if (want.status === "ERROR") {
+            const error = end.error as ErrorInfo;
+            expect([want.code].flat(), error.message.slice(0, 300)).toContain(error.code);
+            expect(error.retryable).toBe(false);
+            if (want.message) expect(`${error.message.slice(0, 2000)} … ${error.message.slice(-200)}`).toMatch(want.message);
+            if (want.type) expect(error.type).toMatch(want.type);
+          } else if (want.value) want.value(await result(t, hostile, t.keys.hostile));
+          await attack.after?.(t, hostile);
+          expect(victimEnd.status, JSON.stringify(victimEnd.error)).toBe("COMPLETED");
+          const got = (await result(t, victim, t.keys.victim)) as Tensor;
+          expect(got.shape).toEqual(solo.shape);
+          expect(Buffer.from((got.data as Float32Array).buffer).equals(Buffer.from((solo.data as Float32Array).buffer))).toBe(true);
+          if (attack.shared) expect((await events(t, victim, t.keys.victim)).some((e) => e.event.type === "log" && /batched/.test(e.event.text))).toBe(true);
+        }
+        expect(t.processes()).toEqual(pids);
+        await settled(pids, before);
+      }, 60_000);
+    }
+  });
+}

@@ -99,7 +99,8 @@ export function installRuntime(rawHost: HostCallbacks, tree: TreeNode, api: Runt
       functions.set(id, v as (...a: unknown[]) => unknown);
       return { $fn: id };
     }
-    if (v instanceof Error) return { $error: { type: v.name, message: String(v.message), stack: v.stack ?? "", code: (v as any).code } };
+    // An error's text is cut here, before it is copied out of the isolate (the host keeps less still: user-errors.ts).
+    if (v instanceof Error) return { $error: { type: String(v.name).slice(0, 200), message: String(v.message).slice(0, 16_384), stack: String(v.stack ?? "").slice(0, 32_768), code: typeof (v as any).code === "string" ? (v as any).code.slice(0, 64) : undefined } };
     if (Array.isArray(v)) return v.map(out);
     if (isPlain(v)) {
       const o: Record<string, unknown> = {};

@@ -36,7 +36,9 @@ const commands: Record<string, Command> = {
     run: async (argv) => {
       const cli = await serverCli();
       const missing = Object.keys(cli.SERVE_ENV).some((k) => process.env[k] === undefined);
-      return missing && process.platform === "linux" && !argv.includes("--help") && !argv.includes("-h") ? restartWith(cli.SERVE_ENV) : cli.runServe(argv);
+      // Only the process's own command is started again (main called from code runs in place).
+      const own = process.argv.slice(2).join("\0") === ["serve", ...argv].join("\0");
+      return missing && own && process.platform === "linux" && !argv.includes("--help") && !argv.includes("-h") ? restartWith(cli.SERVE_ENV) : cli.runServe(argv);
     },
   },
   keys: { help: async () => (await serverCli()).keysHelp, run: async (argv) => (await serverCli()).runKeys(argv) },

@@ -78,11 +78,18 @@ function describe(v: unknown): string {
   return `a ${typeof v}`;
 }
 
-/** `value` with every tensor in it (through arrays and plain objects) replaced by `f(tensor)`. */
-export function mapTensors<T>(value: T, f: (t: Tensor) => Tensor): T {
-  if (value instanceof Tensor) return f(value) as T;
-  if (Array.isArray(value)) return value.map((v) => mapTensors(v, f)) as T;
-  if (isPlainObject(value)) return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, mapTensors(v, f)])) as T;
+/**
+ * `value` with every tensor in it (through arrays and plain objects) replaced by `f(tensor)`. A tensor that occurs
+ * several times is mapped once, and stays one object.
+ */
+export function mapTensors<T>(value: T, f: (t: Tensor) => Tensor, done = new Map<Tensor, Tensor>()): T {
+  if (value instanceof Tensor) {
+    let out = done.get(value);
+    if (!out) done.set(value, (out = f(value)));
+    return out as T;
+  }
+  if (Array.isArray(value)) return value.map((v) => mapTensors(v, f, done)) as T;
+  if (isPlainObject(value)) return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, mapTensors(v, f, done)])) as T;
   return value;
 }
 

@@ -43,45 +43,67 @@ export function encodeValue(value: unknown, tensors: Map<string, Tensor>, where 
   throw new CodecError(`${where} is ${kind}, which cannot cross to or from a remote job: send JSON values, tensors, caches and errors`);
 }
 
-/** Names already given to tensors (by identity, and by content), per collection of tensors being encoded. */
-const names = new WeakMap<Map<string, Tensor>, { byTensor: Map<Tensor, string>; byContent: Map<string, string[]> }>();
+/** Names already given to tensors (by identity, by storage, and by content), per collection of tensors being encoded. */
+interface Seen {
+  byTensor: Map<Tensor, string>;
+  /** Tensors viewing the same stored values (`detach()` of one another): dtype and shape -> name, per data array. */
+  byData: Map<ArrayBufferView, Map<string, string>>;
+  byContent: Map<string, string[]>;
+}
+const names = new WeakMap<Map<string, Tensor>, Seen>();
 
 /**
- * The name of `t` in `tensors`, adding it when it is new. Identical tensors (the same object, or equal dtype, shape
- * and values) are stored once, whatever the value holds: a result with one tensor sixty times is one tensor.
- * Linear in the data.
+ * The name of `t` in `tensors`, adding it when it is new. Identical tensors (the same object, views of the same
+ * values, or equal dtype, shape and values) are stored once, whatever the value holds: a result with one tensor
+ * sixty times is one tensor, hashed once. Linear in the data.
  */
 function tensorName(t: Tensor, tensors: Map<string, Tensor>): string {
   let seen = names.get(tensors);
-  if (!seen) names.set(tensors, (seen = { byTensor: new Map(), byContent: new Map() }));
+  if (!seen) names.set(tensors, (seen = { byTensor: new Map(), byData: new Map(), byContent: new Map() }));
   const known = seen.byTensor.get(t);
   if (known !== undefined) return known;
-  const bytes = new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength);
-  const key = `${t.dtype}|${t.shape.join(",")}|${fnv1a(bytes)}`;
-  for (const name of seen.byContent.get(key) ?? []) {
-    const other = tensors.get(name)!;
-    if (sameBytes(bytes, new Uint8Array(other.data.buffer, other.data.byteOffset, other.data.byteLength))) {
-      seen.byTensor.set(t, name);
-      return name;
-    }
+  const form = `${t.dtype}|${t.shape.join(",")}`;
+  const sharing = seen.byData.get(t.data)?.get(form);
+  if (sharing !== undefined) {
+    seen.byTensor.set(t, sharing);
+    return sharing;
   }
-  const name = `t${tensors.size}`;
-  tensors.set(name, t.detach());
+  const bytes = new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength);
+  const key = `${form}|${hash(bytes)}`;
+  let name = (seen.byContent.get(key) ?? []).find((n) => {
+    const other = tensors.get(n)!;
+    return sameBytes(bytes, new Uint8Array(other.data.buffer, other.data.byteOffset, other.data.byteLength));
+  });
+  if (name === undefined) {
+    name = `t${tensors.size}`;
+    tensors.set(name, t.detach());
+    seen.byContent.set(key, [...(seen.byContent.get(key) ?? []), name]);
+  }
   seen.byTensor.set(t, name);
-  seen.byContent.set(key, [...(seen.byContent.get(key) ?? []), name]);
+  if (!seen.byData.has(t.data)) seen.byData.set(t.data, new Map());
+  seen.byData.get(t.data)!.set(form, name);
   return name;
 }
 
-/** 32-bit FNV-1a of some bytes (for finding equal tensors; equal bytes are then compared in full). */
-function fnv1a(bytes: Uint8Array): number {
+/** Whole 32-bit words of `bytes` when it is aligned to them (a quarter of the steps), else undefined. */
+function words(bytes: Uint8Array): Int32Array | undefined {
+  return bytes.byteOffset % 4 === 0 && bytes.byteLength % 4 === 0 ? new Int32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4) : undefined;
+}
+
+/** 32-bit FNV-1a-style hash of some bytes, a word at a time where it can (for finding equal tensors; equal hashes are then compared in full). */
+function hash(bytes: Uint8Array): number {
+  const w = words(bytes);
+  const xs = w ?? bytes;
   let h = 0x811c9dc5;
-  for (let i = 0; i < bytes.length; i++) h = Math.imul(h ^ bytes[i]!, 0x01000193);
+  for (let i = 0; i < xs.length; i++) h = Math.imul(h ^ xs[i]!, 0x01000193);
   return h >>> 0;
 }
 
 function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
   if (a.length !== b.length) return false;
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  const [wa, wb] = [words(a), words(b)];
+  const [xa, xb] = wa && wb ? [wa, wb] : [a, b];
+  for (let i = 0; i < xa.length; i++) if (xa[i] !== xb[i]) return false;
   return true;
 }
 

@@ -1,0 +1,47 @@
+/**
+ * The value codec: values round-trip with their structure, identical tensors are stored once however they are
+ * repeated (the same object, views of the same values, equal values), and a result is sized before it is made.
+ */
+import { describe, expect, it } from "vitest";
+import { ones, tensor, Tensor, zeros } from "../tensor/index.js";
+import { packValue, ResultTooLargeError, unpackValue } from "./codec.js";
+
+const MiB = 1024 * 1024;
+
+describe("packValue", () => {
+  it("round-trips nested values with tensors of every dtype", () => {
+    const value = { a: [tensor([[1, 2], [3, 4]]), "x", 3, null], b: { c: tensor([1, 2, 3], "int64"), d: tensor([true, false], "bool"), $odd: 1 } };
+    const back = unpackValue(packValue(value)) as typeof value;
+    expect((back.a[0] as Tensor).shape).toEqual([2, 2]);
+    expect((back.a[0] as Tensor).toArray()).toEqual([1, 2, 3, 4]);
+    expect(back.a.slice(1)).toEqual(["x", 3, null]);
+    expect(back.b.c.dtype).toBe("int64");
+    expect([back.b.d.dtype, ...back.b.d.toArray()]).toEqual(["bool", 1, 0]);
+    expect(back.b.$odd).toBe(1);
+  });
+
+  it("stores a tensor repeated sixty times once, whether as one object, as detached views, or as equal copies", () => {
+    const t = ones([256, 1024]); // 1 MiB
+    const one = packValue([t]).byteLength;
+    expect(packValue(new Array(60).fill(t)).byteLength).toBeLessThan(one + 4096);
+    expect(packValue(Array.from({ length: 60 }, () => t.detach())).byteLength).toBeLessThan(one + 4096);
+    expect(packValue(Array.from({ length: 60 }, () => ones([256, 1024]))).byteLength).toBeLessThan(one + 4096);
+    // Same values but another shape or dtype are different tensors.
+    const back = unpackValue(packValue([t, t.reshape([1024, 256]), t.detach()])) as Tensor[];
+    expect(back.map((x) => x.shape)).toEqual([[256, 1024], [1024, 256], [256, 1024]]);
+  });
+
+  it("keeps tensors that differ in one value apart", () => {
+    const a = zeros([1000]);
+    const b = tensor(Array.from({ length: 1000 }, (_, i) => (i === 999 ? 1 : 0)));
+    const [x, y] = unpackValue(packValue([a, b])) as Tensor[];
+    expect((x!.toArray() as number[]).at(-1)).toBe(0);
+    expect((y!.toArray() as number[]).at(-1)).toBe(1);
+  });
+
+  it("refuses a result over the limit before encoding it", () => {
+    const t = ones([512, 1024]); // 2 MiB
+    expect(() => packValue([t, t.mul(2)], 3 * MiB)).toThrow(ResultTooLargeError);
+    expect(packValue([t, t], 3 * MiB).byteLength).toBeLessThan(3 * MiB);
+  });
+});

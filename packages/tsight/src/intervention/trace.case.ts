@@ -548,7 +548,9 @@ export const traceCases: TraceCase[] = [
   {
     name: "scan gives every module's shapes without weights (meta model)",
     async run(b) {
-      const meta = await LanguageModel.load("stdlib-llama", { dispatch: false });
+      // The backend's own class (the remote-capable one in the remote suites), so its options take effect.
+      const Model = b.llama.constructor as typeof LanguageModel;
+      const meta = await Model.load("stdlib-llama", { dispatch: false });
       const shapes = await meta.scan(
         "def f(x):",
         async (m) => {

@@ -288,7 +288,12 @@ export function installRuntime(rawHost: HostCallbacks, tree: TreeNode, api: Runt
         if (typeof prop === "string" && /^-?\d+$/.test(prop)) {
           const i = Number(prop);
           const at = i < 0 ? t.length + i : i;
-          if (at < 0 || at >= t.length) throw new RemoteError({ type: "TraceError", code: "USER_CODE", message: `index ${i} is out of range for a list of ${t.length} modules (valid: ${-t.length}..${t.length - 1})` });
+          if (at < 0 || at >= t.length) {
+            // Worded as tsight's listIndexMessage (the runtime cannot import it: it is installed from its text).
+            const path = nodes[0] ? nodes[0].path.split(".").slice(0, -1).join(".") : "";
+            const n = t.length;
+            throw new RemoteError({ type: "TraceError", code: "USER_CODE", message: `${path || "the list"}[${i}] is out of range: ${path || "it"} has ${n} module${n === 1 ? "" : "s"} (indices 0..${n - 1}, or -${n}..-1 from the end)` });
+          }
           return t[at];
         }
         return Reflect.get(t, prop, receiver);

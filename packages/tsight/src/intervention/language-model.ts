@@ -50,7 +50,7 @@ export interface GenerateOutput {
   sequences: Tensor;
   /** Only the new tokens. */
   generated: Tensor;
-  /** The continuation of each prompt, decoded. */
+  /** The continuation of each prompt, decoded (empty for a model loaded without a tokenizer: use `generated`). */
   text: string[];
 }
 
@@ -225,7 +225,8 @@ export class LanguageModel<M extends CausalLM = any> {
   }
 
   private decodeResult(result: GenerateResult): GenerateOutput {
-    const text = Array.from({ length: result.generated.shape[0]! }, (_, b) => this.tokenizer.decode(result.generated.index(b).toArray(), { skipSpecialTokens: true }));
+    // A model without a tokenizer (token ids only) gives ids, and empty text.
+    const text = Array.from({ length: result.generated.shape[0]! }, (_, b) => (this.tokenizer.hasText ? this.tokenizer.decode(result.generated.index(b).toArray(), { skipSpecialTokens: true }) : ""));
     return { sequences: result.sequences, generated: result.generated, text };
   }
 
@@ -238,7 +239,7 @@ export class LanguageModel<M extends CausalLM = any> {
     const decoders = Array.from({ length: rows }, () => this.tokenizer.decodeStream());
     return {
       ...this.generateSettings(options),
-      onStep: options.onToken && ((tokens, step) => options.onToken!({ tokens, step, text: tokens.map((t, b) => decoders[b]!.push(t)) })),
+      onStep: options.onToken && ((tokens, step) => options.onToken!({ tokens, step, text: tokens.map((t, b) => (this.tokenizer.hasText ? decoders[b]!.push(t) : "")) })),
     };
   }
 

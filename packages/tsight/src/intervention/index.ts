@@ -7,3 +7,4 @@ export { Cache, type CacheOptions, type CacheEntry } from "./cache.js";
 export type { EnvoyOf, EnvoyTree, AnyEnvoy } from "./envoy-types.js";
 export { RowsError } from "./rows.js";
 export { Mediator } from "./mediator.js";
+export { OptionsError, RUN_OPTIONS, GENERATION_OPTIONS } from "./options.js";

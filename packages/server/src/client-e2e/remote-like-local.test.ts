@@ -64,6 +64,16 @@ describe("remote like local", () => {
     expect(logs).toEqual(["from a job nobody waits for"]);
   });
 
+  it("a submission after seconds of synchronous work (the server closed the idle connection) is sent again", async () => {
+    const jobsBefore = (await new HttpBackend({ url: server.url, apiKey }).list({ limit: 100 })).length;
+    expect(await lm.trace("def f(", async () => 1, remote)).toBe(1);
+    // Longer than the server's keep-alive (Node's 5 s): the pooled connection is closed under the busy client.
+    const until = Date.now() + 6_000;
+    while (Date.now() < until);
+    expect(await lm.trace("def f(", async () => 2, remote)).toBe(2);
+    expect((await new HttpBackend({ url: server.url, apiKey }).list({ limit: 100 })).length).toBe(jobsBefore + 2);
+  }, 30_000);
+
   it("RemoteJob.attach takes the server's URL with a key, or a Backend, and refuses anything else at once", async () => {
     const job = await lm.trace("def f(", async (m) => (await m.lm_head.output).shape, { ...remote, blocking: false });
     expect(await RemoteJob.attach(job.id, server.url, { apiKey }).result()).toEqual([1, 3, 4096]);

@@ -10,7 +10,7 @@
 import { Tokenizer } from "../hub/index.js";
 import { LanguageModel as LocalLanguageModel, userFrame, type GenerateCall, type GenerateOutput, type InterventionFn, type ModelInput, type TraceOptions, type EnvoyTree, type Tracer } from "../intervention/index.js";
 import type { Session } from "../intervention/language-model.js";
-import { RUN_OPTIONS } from "../intervention/options.js";
+import { checkOptionNames, RUN_OPTIONS } from "../intervention/options.js";
 import { buildModel, type CausalLM, type GPT2LMHeadModel, type LlamaForCausalLM } from "../models/index.js";
 import type { Tensor } from "../tensor/index.js";
 import { isBackend, type Backend } from "./backend.js";
@@ -77,6 +77,7 @@ export class LanguageModel<M extends CausalLM = any> extends LocalLanguageModel<
   static async fromServer<M extends CausalLM>(name: string, options: { backend?: string | Backend; apiKey?: string; architecture: ArchitectureClass<M> }): Promise<LanguageModel<M>>;
   static async fromServer<M extends CausalLM = CausalLM>(name: string, options?: { backend?: string | Backend; apiKey?: string; architecture?: ArchitectureClass<CausalLM> }): Promise<LanguageModel<M>>;
   static async fromServer(name: string, options: { backend?: string | Backend; apiKey?: string; architecture?: ArchitectureClass<CausalLM> } = {}): Promise<LanguageModel<any>> {
+    checkOptionNames(options, "LanguageModel.fromServer", ["backend", "apiKey", "architecture"]);
     const backend = typeof options.backend === "string" && options.apiKey ? new HttpBackend({ url: options.backend, apiKey: options.apiKey }) : resolveRemoteTarget({ backend: options.backend, remote: true });
     const meta = await backend.meta(name.includes(":") ? name : toModelKey("LanguageModel", name));
     const repo = JSON.parse(meta.key.slice(meta.key.indexOf(":") + 1)).repo_id as string;

@@ -47,6 +47,16 @@ describe("misplaced and unknown options", () => {
     expect(await mistake(() => meta.trace("def f(", fn, "remote" as never))).toMatch(/trace: the options must be an object, got the string "remote"/);
   });
 
+  it("load and fromServer check their option names too", async () => {
+    const e = await LanguageModel.load("stdlib-gpt2", { device_map: "auto" } as never).catch((x: unknown) => x as Error);
+    expect(e).toBeInstanceOf(OptionsError);
+    expect(e.message).toMatch(/LanguageModel\.load: unknown option "device_map"; its options are: dispatch, tokenizer, rename, architecture, revision/);
+    expect((await LanguageModel.load("stdlib-gpt2", { dipsatch: false } as never).catch((x: unknown) => x as Error)).message).toMatch(/unknown option "dipsatch" \(did you mean "dispatch"\?\)/);
+    const f = await LanguageModel.fromServer("stdlib-gpt2", { host: "http://127.0.0.1:1" } as never).catch((x: unknown) => x as Error);
+    expect(f).toBeInstanceOf(OptionsError);
+    expect(f.message).toMatch(/LanguageModel\.fromServer: unknown option "host"; its options are: backend, apiKey, architecture/);
+  });
+
   it("checks happen before anything runs: a correct call still works", async () => {
     expect(await meta.scan("def f(", async (m) => (await m.lm_head.output).shape, { vars: {} })).toEqual([1, 3, 4096]);
   });

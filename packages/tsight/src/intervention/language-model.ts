@@ -12,7 +12,7 @@ import { TraceError } from "./errors.js";
 import { currentInvoke } from "./context.js";
 import { checkInput, toBatch, type ModelInput } from "./inputs.js";
 import { Tracer, TraceRun, type Driver, type InterventionFn, type InvokeTracer, type RunOptions, type TraceTarget } from "./tracer.js";
-import { checkOptions, OptionsError, RUN_OPTIONS } from "./options.js";
+import { checkOptionNames, checkOptions, LOAD_OPTIONS, OptionsError, RUN_OPTIONS } from "./options.js";
 import { unawaitedReported } from "./watched.js";
 
 export interface ModelLoadOptions extends LoadOptions {
@@ -128,6 +128,7 @@ export class LanguageModel<M extends CausalLM = any> {
   static async load<M extends CausalLM>(nameOrPath: string, options: ModelLoadOptions & { architecture: ArchitectureClass<M> }): Promise<LanguageModel<M>>;
   static async load<M extends CausalLM = CausalLM>(nameOrPath: string, options?: ModelLoadOptions): Promise<LanguageModel<M>>;
   static async load(nameOrPath: string, options: ModelLoadOptions = {}): Promise<LanguageModel<any>> {
+    checkOptionNames(options, "LanguageModel.load", LOAD_OPTIONS);
     const loaded = await loadPretrained(nameOrPath, options);
     checkArchitecture(loaded.model, options.architecture, nameOrPath);
     return new this(nameOrPath, loaded, options.rename);

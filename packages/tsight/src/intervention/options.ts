@@ -44,6 +44,20 @@ export function checkOptions(given: unknown, place: OptionsPlace, runNames: read
   }
 }
 
+/** Options of LanguageModel.load (its own, the loader's and the Hugging Face hub's). */
+export const LOAD_OPTIONS: readonly string[] = ["dispatch", "tokenizer", "rename", "architecture", "revision", "cacheDir", "endpoint", "token", "offline", "refresh", "weights", "onProgress", "signal", "fetch"];
+
+/** Throws an OptionsError unless `given` is undefined or an object whose names are all in `known`; `call` names the call. */
+export function checkOptionNames(given: unknown, call: string, known: readonly string[]): void {
+  if (given === undefined) return;
+  if (typeof given !== "object" || given === null || Array.isArray(given)) throw new OptionsError(`${call}: the options must be an object, got ${given === null ? "null" : describeValue(given)}`);
+  for (const name of Object.keys(given)) {
+    if (known.includes(name)) continue;
+    const near = nearest(name, known);
+    throw new OptionsError(`${call}: unknown option "${name}"${near ? ` (did you mean "${near}"?)` : ""}; its options are: ${known.join(", ")}`);
+  }
+}
+
 function usage(place: OptionsPlace): string {
   switch (place) {
     case "trace":

@@ -83,7 +83,9 @@ export class LanguageModel<M extends CausalLM = any> extends LocalLanguageModel<
     const repo = JSON.parse(meta.key.slice(meta.key.indexOf(":") + 1)).repo_id as string;
     const model = buildModel(meta.config);
     checkArchitecture(model, options.architecture, name);
-    const tokenizer = new Tokenizer(meta.tokenizer, meta.tokenizerConfig);
+    const tokenizer = meta.tokenizer
+      ? new Tokenizer(meta.tokenizer, meta.tokenizerConfig)
+      : Tokenizer.idsOnlyFor(meta.config, `the server has no tokenizer.json for ${repo}, so this model takes token ids only (a list of ids, or an int64 tensor)`);
     return new this(repo, { source: { kind: "hub", name: repo, path: "" }, config: meta.config, generationConfig: meta.generationConfig, model, tokenizer, dispatched: false });
   }
 
@@ -156,6 +158,9 @@ export class LanguageModel<M extends CausalLM = any> extends LocalLanguageModel<
     } catch (e) {
       throw locateSourceError(e, Function.prototype.toString.call(code), callSite);
     }
+    // Text for a model served without a tokenizer is refused here, with the reason, before anything is sent.
+    const text = typeof a === "string" ? a : Array.isArray(a) ? a.find((x) => typeof x === "string") : undefined;
+    if (form === "invoke" && text !== undefined && !this.tokenizer.hasText) this.tokenizer.encode(text as string);
     const edits = this.editFunctions().map((e) => interventionSource(e).source);
     const tensors = new Map<string, Tensor>();
     const request: JobRequest = {

@@ -67,12 +67,8 @@ async function chooseTokenizer(given: Tokenizer | string | undefined, folder: st
   if (given !== undefined) throw new TokenizerError(`the tokenizer option must be a Tokenizer or the folder of a tokenizer.json, got ${given === null ? "null" : typeof given}`);
   const file = path.join(folder, "tokenizer.json");
   if (await fsp.stat(file).then(() => true, () => false)) return Tokenizer.fromFolder(folder);
-  const id = (key: string) => (typeof config[key] === "number" ? (config[key] as number) : Array.isArray(config[key]) && typeof (config[key] as unknown[])[0] === "number" ? ((config[key] as number[])[0] as number) : null);
-  return Tokenizer.idsOnly({
-    vocabSize: typeof config.vocab_size === "number" ? config.vocab_size : 0,
-    eosTokenId: id("eos_token_id"),
-    bosTokenId: id("bos_token_id"),
-    padTokenId: id("pad_token_id"),
-    why: `${folder} has no tokenizer.json, so this model takes token ids only (a list of ids, or an int64 tensor); for text, load it with { tokenizer } (a Tokenizer, or the folder of a tokenizer.json)`,
-  });
+  return Tokenizer.idsOnlyFor(
+    config,
+    `${folder} has no tokenizer.json, so this model takes token ids only (a list of ids, or an int64 tensor); for text, load it with { tokenizer } (a Tokenizer, or the folder of a tokenizer.json)`,
+  );
 }

@@ -95,6 +95,12 @@ export class Tokenizer {
     return new Tokenizer({}, {}, ids);
   }
 
+  /** An ids-only tokenizer with the vocabulary size and special ids of a model's config.json; `why` says where it came from. */
+  static idsOnlyFor(config: Record<string, unknown>, why: string): Tokenizer {
+    const id = (key: string) => (typeof config[key] === "number" ? (config[key] as number) : Array.isArray(config[key]) && typeof (config[key] as unknown[])[0] === "number" ? ((config[key] as number[])[0] as number) : null);
+    return Tokenizer.idsOnly({ vocabSize: typeof config.vocab_size === "number" ? config.vocab_size : 0, eosTokenId: id("eos_token_id"), bosTokenId: id("bos_token_id"), padTokenId: id("pad_token_id"), why });
+  }
+
   /** Reads tokenizer.json (required) and tokenizer_config.json (optional) from a model folder. */
   static async fromFolder(folder: string): Promise<Tokenizer> {
     const file = path.join(folder, "tokenizer.json");

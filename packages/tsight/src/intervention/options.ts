@@ -10,7 +10,7 @@ export class OptionsError extends TraceError {
 }
 
 /** Options of a run (trace, scan, generate's third or fourth argument, session) in process. */
-export const RUN_OPTIONS: readonly string[] = ["vars", "grad", "checkpoint", "isolateInvokes", "stallTimeoutMs"];
+export const RUN_OPTIONS: readonly string[] = ["vars", "grad", "checkpoint", "isolateInvokes", "stallTimeoutMs", "maxInputTokens"];
 /** Options of a generation (generate's second argument). */
 export const GENERATION_OPTIONS: readonly string[] = ["maxNewTokens", "doSample", "temperature", "topK", "topP", "seed", "eosTokenId", "padTokenId", "beforeStep", "onToken"];
 

@@ -3,7 +3,7 @@
  * before the host does anything with them: every number that crosses from user code is bounded here or by the
  * tensor layer's own checks, never used raw to size an allocation.
  */
-import { Generator, isDType, MAX_RANK, Tensor } from "tsight";
+import { checkDType, Generator, isDType, MAX_RANK, Tensor } from "tsight";
 import type { ArgSpec } from "tsight/protocol";
 
 /** Longest string argument (a gelu mode, a cache's module path). */
@@ -30,6 +30,8 @@ export function checkArgs(where: string, specs: readonly ArgSpec[], args: readon
       if (!optional && kind !== "any") throw new ArgumentError(`${where}: argument ${i + 1} (${kind}) is missing`);
       return;
     }
+    // A wrong dtype gets the tensor layer's own DTypeError (one message for local and remote code).
+    if (kind === "dtype") checkDType(v, where.replace(/^tensor\./, ""));
     if (!matches(kind, v)) throw new ArgumentError(`${where}: argument ${i + 1} must be ${describeKind(kind)}, got ${describeValue(v)}`);
   });
 }

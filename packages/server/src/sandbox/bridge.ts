@@ -54,6 +54,8 @@ export class Bridge implements ActionHost {
   private readonly handleOf = new Map<Tensor, number>();
   private nextHandle = 1;
   private nextRequest = 1;
+  /** Action promises (tr.backward, tr.local, ...) the job's code has not used yet, by request id. */
+  private readonly watched = new Map<number, { used: boolean }>();
   private nextId = 1;
   /** Code of the job running as an invoke, root, session or backward function, by id; settled when it ends. */
   private readonly invokes = new Map<number, Open>();
@@ -260,7 +262,9 @@ export class Bridge implements ActionHost {
       // A failure is recorded in `fatal` and reported through the invokes.
       this.enterAsync(() => ref.apply(undefined, [id, desc], { arguments: { copy: true } })).catch(() => undefined);
     };
-    p.then(
+    // Promise.prototype.then itself: passing a value on is not the job's code using it (see tsight's Watched).
+    Promise.prototype.then.call(
+      p,
       (v) => settle(this.rt.resolve, v),
       (e) => settle(this.rt.reject, e instanceof Error ? e : new Error(String(e))),
     );
@@ -426,6 +430,12 @@ export class Bridge implements ActionHost {
           throw this.fail(e as Error);
         }
       },
+      used: (id) => {
+        const w = typeof id === "number" ? this.watched.get(id) : undefined;
+        if (!w) return;
+        w.used = true;
+        this.watched.delete(id as number);
+      },
       done: (invoke, ok, value) => {
         const open = typeof invoke === "number" ? this.invokes.get(invoke) : undefined;
         if (!open) return;
@@ -455,8 +465,11 @@ export class Bridge implements ActionHost {
     const handlers = HOST_ACTIONS[kind as keyof typeof HOST_ACTIONS] as Record<string, (host: ActionHost, target: any, args: any[], origin: Error) => unknown>;
     const result = withAllocationGuard(this.budget.guard, () => handlers[action]!(this, target, values, this.origin(stack)));
     switch (spec.answer) {
-      case "promise":
-        return this.forward(Promise.resolve(result));
+      case "promise": {
+        const id = this.forward(result instanceof Promise ? result : Promise.resolve(result));
+        if (isWatched(result)) this.watched.set(id, result);
+        return id;
+      }
       case "steps":
       case "cache":
       case "barrier":
@@ -467,6 +480,11 @@ export class Bridge implements ActionHost {
   }
 
   // #endregion
+}
+
+/** A promise tsight hands to intervention code that records whether the code used it (tsight's Watched). */
+function isWatched(p: unknown): p is Promise<unknown> & { used: boolean } {
+  return p instanceof Promise && typeof (p as { used?: unknown }).used === "boolean";
 }
 
 /** The module tree as names for the isolate, with the client's aliases; ModuleLists become arrays. */

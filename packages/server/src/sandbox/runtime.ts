@@ -21,6 +21,8 @@ export interface HostCallbacks {
   act(kind: string, id: number, action: string, args: unknown[], stack: string, path: string): unknown;
   log(text: string): void;
   done(invoke: number, ok: boolean, value: unknown): void;
+  /** The job's code used (awaited, or called `then` on) the promise of pending request `id`. */
+  used(id: number): void;
 }
 
 /** Module tree as the runtime sees it: names only. */
@@ -74,6 +76,27 @@ export function installRuntime(rawHost: HostCallbacks, tree: TreeNode, api: Runt
 
   function wait(id: number): Promise<any> {
     return new Promise((resolve, reject) => pending.set(id, { resolve, reject }));
+  }
+
+  /**
+   * The promise of a host action (tr.backward, tr.local, ...). The host learns when the code first uses it: as in
+   * process, a failure the code never awaited becomes its invoke's error.
+   */
+  class ActionPromise<T> extends Promise<T> {
+    request = 0;
+    static override get [Symbol.species](): PromiseConstructor {
+      return Promise;
+    }
+    override then<A = T, B = never>(onFulfilled?: ((v: T) => A | PromiseLike<A>) | null, onRejected?: ((e: any) => B | PromiseLike<B>) | null): Promise<A | B> {
+      if (this.request) host.used(this.request);
+      this.request = 0;
+      return super.then(onFulfilled, onRejected);
+    }
+  }
+  function waitUsed(id: number): Promise<any> {
+    const p = new ActionPromise((resolve, reject) => pending.set(id, { resolve, reject }));
+    p.request = id;
+    return p;
   }
 
   // #region values
@@ -191,7 +214,7 @@ export function installRuntime(rawHost: HostCallbacks, tree: TreeNode, api: Runt
   }
 
   function answer(how: string, r: unknown): unknown {
-    if (how === "promise") return wait(r as number);
+    if (how === "promise") return waitUsed(r as number);
     return inn(r);
   }
 
@@ -266,7 +289,12 @@ export function installRuntime(rawHost: HostCallbacks, tree: TreeNode, api: Runt
         if (typeof prop === "string" && /^-?\d+$/.test(prop)) {
           const i = Number(prop);
           const at = i < 0 ? t.length + i : i;
-          if (at < 0 || at >= t.length) throw new RemoteError({ type: "TraceError", code: "USER_CODE", message: `index ${i} is out of range for a list of ${t.length} modules (valid: ${-t.length}..${t.length - 1})` });
+          if (at < 0 || at >= t.length) {
+            // Worded as tsight's listIndexMessage (the runtime cannot import it: it is installed from its text).
+            const path = nodes[0] ? nodes[0].path.split(".").slice(0, -1).join(".") : "";
+            const n = t.length;
+            throw new RemoteError({ type: "TraceError", code: "USER_CODE", message: `${path || "the list"}[${i}] is out of range: ${path || "it"} has ${n} module${n === 1 ? "" : "s"} (indices 0..${n - 1}, or -${n}..-1 from the end)` });
+          }
           return t[at];
         }
         return Reflect.get(t, prop, receiver);

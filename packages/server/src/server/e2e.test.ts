@@ -10,6 +10,8 @@ import { LanguageModel as RemoteLanguageModel } from "../../../tsight/src/client
 import type { JobEvent, JobRequest } from "../../../tsight/src/protocol/wire.js";
 import { Tensor } from "../../../tsight/src/tensor/index.js";
 import { startServer, type RunningServer } from "./server.js";
+import { fixtureDir } from "../../../../test/fixtures.js";
+import { toModelKey } from "../../../tsight/src/protocol/model-key.js";
 
 let server: RunningServer;
 let backend: HttpBackend;
@@ -110,4 +112,25 @@ describe("the server with the sandbox", () => {
     await expect(job.result()).rejects.toMatchObject({ code: "MEMORY" });
     expect(await (await backend.submit(trace("async (m) => 'ok'"))).result()).toBe("ok");
   });
+});
+
+describe("a model served without tokenizer.json", () => {
+  it("gives a meta with tokenizer null; the client's model takes token ids, with the numbers of a local run, and refuses text naming why", async () => {
+    const folder = fixtureDir("llama3");
+    const ids = await startServer({ port: 0, dataDir: await tempDir(), models: [folder], jobTimeoutMs: 10_000 });
+    try {
+      const b = new HttpBackend({ url: ids.url, apiKey: ids.keys.create("ids").key });
+      const meta = await b.meta(toModelKey("LanguageModel", folder, null));
+      expect(meta.tokenizer).toBeNull();
+      const lm = await RemoteLanguageModel.fromServer(folder, { backend: b });
+      expect(lm.tokenizer.hasText).toBe(false);
+      const fn = async (m: any) => await m.lm_head.output;
+      const remote = (await lm.trace([1, 2, 3, 4], fn, { backend: b, remote: true, print: null } as never)) as unknown as Tensor;
+      const local = (await (await LanguageModel.load(folder)).trace([1, 2, 3, 4], fn as never)) as Tensor;
+      expect(remote.toArray()).toEqual(local.toArray());
+      await expect(lm.trace("hello", fn, { backend: b, remote: true, print: null } as never)).rejects.toThrow(/cannot encode text: the server has no tokenizer\.json for .*token ids only/);
+    } finally {
+      await ids.close();
+    }
+  }, 60_000);
 });

@@ -8,7 +8,8 @@ import type { ModelMeta } from "tsight/protocol";
 
 export async function readModelMeta(key: string, folder: string): Promise<ModelMeta> {
   const { config, generationConfig } = await readModelConfigs(folder);
-  const tokenizer = await readJsonObject(path.join(folder, "tokenizer.json"), true);
+  // A model without tokenizer.json is served for token ids only (tokenizer: null).
+  const tokenizer = await readJsonObject(path.join(folder, "tokenizer.json"), false);
   const tokenizerConfig = await readJsonObject(path.join(folder, "tokenizer_config.json"), false);
-  return { key, config, generationConfig, tokenizer: tokenizer!, tokenizerConfig: tokenizerConfig ?? {} };
+  return { key, config, generationConfig, tokenizer: tokenizer ?? null, tokenizerConfig: tokenizerConfig ?? {} };
 }

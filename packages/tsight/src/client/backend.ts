@@ -41,15 +41,29 @@ export interface JobBackend {
   answerLocal(id: string, call: string, value: unknown): Promise<void>;
 }
 
+export interface SubmitOptions {
+  /**
+   * Names this submission, so sending it again (after a broken connection) does not make a second job: the
+   * `idempotency-key` header. Default: a new random key for each call of submit, kept across its retries.
+   */
+  idempotencyKey?: string;
+}
+
 export interface Backend extends JobBackend {
   /** Submits a request whose encoded values refer to `tensors` by name (see codec.ts). */
-  submit(request: JobRequest, tensors: ReadonlyMap<string, Tensor>): Promise<RemoteJob>;
+  submit(request: JobRequest, tensors: ReadonlyMap<string, Tensor>, options?: SubmitOptions): Promise<RemoteJob>;
   /** The API key's jobs, newest first. */
   list(options?: ListJobsOptions): Promise<JobState[]>;
   models(): Promise<ModelInfo[]>;
   meta(key: string): Promise<ModelMeta>;
   /** The server's state (GET /v1/status), as it sends it. */
   status(): Promise<Record<string, unknown>>;
+}
+
+/** Whether `x` answers for jobs (what RemoteJob.attach needs). */
+export function isJobBackend(x: unknown): x is JobBackend {
+  const b = x as Partial<JobBackend> | null;
+  return typeof b === "object" && b !== null && (["job", "events", "result", "cancel", "answerLocal"] as const).every((k) => typeof b[k] === "function");
 }
 
 /** Whether `x` is a Backend object (rather than a URL). */

@@ -231,7 +231,7 @@ describe("error responses", () => {
     expect(e.message).toMatch(/tsight-protocol header did not reach it/);
   });
 
-  test("idempotent requests try again after 503; submits do not", async () => {
+  test("idempotent requests try again after 503, submits too, with the same idempotency key", async () => {
     let n = 0;
     const server = await serve((req, res) => {
       if (req.method === "GET" && n++ < 2) return json(res, 503, body("INTERNAL", "busy"));
@@ -242,7 +242,30 @@ describe("error responses", () => {
     expect((await backend.job("j")).status).toBe("QUEUED");
     expect(server.seen.length).toBe(3);
     await expect(backend.submit({} as JobRequest, new Map())).rejects.toMatchObject({ code: "INTERNAL", status: 503 });
-    expect(server.seen.length).toBe(4);
+    const posts = server.seen.filter((r) => r.method === "POST");
+    expect(posts.length).toBe(4); // the first try and 3 retries
+    expect(new Set(posts.map((r) => r.headers["idempotency-key"])).size).toBe(1);
+    expect(String(posts[0]!.headers["idempotency-key"])).toMatch(/^tsk-submit-[0-9a-f]{32}$/);
+  });
+
+  test("a submission whose connection breaks is sent again with the same key; each submission has its own", async () => {
+    let posts = 0;
+    const server = await serve((req, res) => {
+      // The first try of each submission loses its connection before an answer (a socket the server closed while
+      // the client was busy): the client cannot know whether a job was made, so it asks again under the same key.
+      if (posts++ % 2 === 0) return req.socket.destroy();
+      json(res, 202, { id: `job-${posts}`, status: "QUEUED" });
+    });
+    const backend = backendFor(server.url);
+    const first = await backend.submit({} as JobRequest, new Map());
+    const second = await backend.submit({} as JobRequest, new Map(), { idempotencyKey: "my-own-key" });
+    expect([first.id, second.id]).toEqual(["job-2", "job-4"]);
+    const keys = server.seen.map((r) => r.headers["idempotency-key"]);
+    expect(keys[0]).toBe(keys[1]);
+    expect(keys[2]).toBe("my-own-key");
+    expect(keys[3]).toBe("my-own-key");
+    expect(keys[0]).not.toBe(keys[2]);
+    await expect(backend.submit({} as JobRequest, new Map(), { idempotencyKey: "has space" })).rejects.toThrow(/idempotencyKey must be/);
   });
 
   test("a server that cannot be reached is a ConnectionError", async () => {

@@ -9,7 +9,7 @@
  *   for await (const { seq, event } of backend.events(job.id)) ...
  */
 import type { Tensor } from "../tensor/index.js";
-import type { Backend, EventsOptions, ListJobsOptions } from "./backend.js";
+import type { Backend, EventsOptions, ListJobsOptions, SubmitOptions } from "./backend.js";
 import { decodeValue, encodeEnvelope, packValue, unpackValue } from "../protocol/codec.js";
 import { ClientError, errorFromInfo, infoFromError, RemoteError } from "../protocol/errors.js";
 import { RemoteJob } from "./job.js";
@@ -81,10 +81,16 @@ export class HttpBackend implements Backend {
     this.retry = { attempts: 5, baseDelayMs: 250, maxDelayMs: 5000, ...options.retry };
   }
 
-  /** Submits a job; values in `request` refer to `tensors` by name. Sent as an envelope, or JSON without tensors. */
-  async submit(request: JobRequest, tensors: ReadonlyMap<string, Tensor> = new Map()): Promise<RemoteJob> {
-    const init: Init =
-      tensors.size > 0 ? { body: encodeEnvelope(request, tensors), type: ENVELOPE_TYPE } : { body: JSON.stringify(request), type: "application/json" };
+  /**
+   * Submits a job; values in `request` refer to `tensors` by name. Sent as an envelope, or JSON without tensors.
+   * A broken connection or a 429/502/503/504 sends it again, with backoff and the same `idempotency-key`, so a
+   * server that honours the key makes one job however often it arrives.
+   */
+  async submit(request: JobRequest, tensors: ReadonlyMap<string, Tensor> = new Map(), options: SubmitOptions = {}): Promise<RemoteJob> {
+    const key = options.idempotencyKey ?? newIdempotencyKey();
+    if (typeof key !== "string" || !/^[\x21-\x7e]{1,255}$/.test(key)) throw new ClientError("idempotencyKey must be 1 to 255 printable ASCII characters without spaces");
+    const body = tensors.size > 0 ? { body: encodeEnvelope(request, tensors), type: ENVELOPE_TYPE } : { body: JSON.stringify(request), type: "application/json" };
+    const init: Init = { ...body, headers: { [IDEMPOTENCY_HEADER]: key }, idempotent: true };
     const answer = await this.json<{ id?: unknown }>(await this.request("POST", "/v1/jobs", init), "POST /v1/jobs");
     if (typeof answer.id !== "string" || !answer.id) throw protocolError(`POST /v1/jobs answered without a job id: ${JSON.stringify(answer).slice(0, 200)}`);
     return new RemoteJob(answer.id, this);
@@ -328,6 +334,15 @@ function describeFailure(e: unknown): string {
   const err = e as Error & { cause?: { code?: string; message?: string } };
   const detail = err.cause?.code ?? err.cause?.message;
   return detail ? `${err.message} (${detail})` : String(err?.message ?? e);
+}
+
+/** The header naming a submission, so the server can answer a repeat with the job it already made. */
+export const IDEMPOTENCY_HEADER = "idempotency-key";
+
+/** A random key (crypto.getRandomValues works in every browser context, randomUUID only in secure ones). */
+function newIdempotencyKey(): string {
+  const bytes = globalThis.crypto.getRandomValues(new Uint8Array(16));
+  return `tsk-submit-${Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("")}`;
 }
 
 /** Statuses after which an idempotent request is sent again. */

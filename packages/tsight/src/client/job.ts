@@ -7,10 +7,12 @@
  *   for await (const { event } of job.events()) ...          // status, log, stream, local, error, done
  *   const value = await job.result();                       // waits for the end; rejects with the job's error
  */
-import type { EventsOptions, JobBackend } from "./backend.js";
+import { isJobBackend, type EventsOptions, type JobBackend } from "./backend.js";
 import { CodecError } from "../protocol/codec.js";
+import { resolveRemoteTarget } from "./config.js";
+import { HttpBackend } from "./http.js";
 import { JobDisplay, type StatusStream } from "./display.js";
-import { errorFromInfo, RemoteError } from "../protocol/errors.js";
+import { ClientError, errorFromInfo, RemoteError } from "../protocol/errors.js";
 import { TERMINAL, type ErrorInfo, type JobEvent, type JobState, type JobStatus, type SequencedEvent } from "../protocol/wire.js";
 
 /** A `local` event: the job asks the client to run a step (tr.local) and waits for the answer. */
@@ -44,9 +46,21 @@ export class RemoteJob<R = unknown> {
     readonly backend: JobBackend,
   ) {}
 
-  /** A handle for a job submitted elsewhere (another process, an earlier run). */
-  static attach<R = unknown>(id: string, backend: JobBackend): RemoteJob<R> {
-    return new RemoteJob<R>(id, backend);
+  /**
+   * A handle for a job submitted elsewhere (another process, an earlier run). `server` is the server's URL (its
+   * key from `apiKey`, else TSIGHT_API_KEY or the config file) or a Backend such as an HttpBackend; without it,
+   * the configured server (TSIGHT_HOST). Anything else is refused here, before any request.
+   */
+  static attach<R = unknown>(id: string, server?: string | JobBackend, options: { apiKey?: string } = {}): RemoteJob<R> {
+    if (typeof id !== "string" || id.trim() === "") throw new ClientError(`RemoteJob.attach(id, server): the job id must be a non-empty string, got ${describeArgument(id)}`);
+    if (server === undefined || typeof server === "string") {
+      const backend = typeof server === "string" && options.apiKey !== undefined ? new HttpBackend({ url: server, apiKey: options.apiKey }) : resolveRemoteTarget({ backend: server, remote: true });
+      return new RemoteJob<R>(id, backend);
+    }
+    if (!isJobBackend(server)) {
+      throw new ClientError(`RemoteJob.attach(id, server): server must be the server's URL (with { apiKey }, or TSIGHT_API_KEY set) or a Backend such as an HttpBackend, got ${describeArgument(server)}`);
+    }
+    return new RemoteJob<R>(id, server);
   }
 
   /** The job's current state, from the server. */
@@ -141,4 +155,12 @@ export class RemoteJob<R = unknown> {
       else if (!(e instanceof RemoteError && e.status === 409)) throw e;
     }
   }
+}
+
+function describeArgument(v: unknown): string {
+  if (v === null) return "null";
+  if (typeof v === "string") return JSON.stringify(v.slice(0, 60));
+  if (typeof v !== "object") return typeof v;
+  const name = (v as object).constructor?.name;
+  return name && name !== "Object" ? `a ${name}` : `an object with ${Object.keys(v).slice(0, 5).join(", ") || "no properties"}`;
 }

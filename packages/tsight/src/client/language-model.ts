@@ -10,18 +10,21 @@
 import { Tokenizer } from "../hub/index.js";
 import { LanguageModel as LocalLanguageModel, userFrame, type GenerateCall, type GenerateOutput, type InterventionFn, type ModelInput, type TraceOptions, type EnvoyTree, type Tracer } from "../intervention/index.js";
 import type { Session } from "../intervention/language-model.js";
+import { checkOptionNames, RUN_OPTIONS } from "../intervention/options.js";
 import { buildModel, type CausalLM, type GPT2LMHeadModel, type LlamaForCausalLM } from "../models/index.js";
 import type { Tensor } from "../tensor/index.js";
 import { isBackend, type Backend } from "./backend.js";
 import { encodeValue } from "../protocol/codec.js";
 import { resolveRemoteTarget } from "./config.js";
+import type { StatusStream } from "./display.js";
 import { HttpBackend } from "./http.js";
 import type { RemoteJob } from "./job.js";
 import { runLocally } from "./local.js";
 import { runLocalStep } from "./local-step.js";
 import { toModelKey } from "../protocol/model-key.js";
-import type { GenerateSpec, JobKind, JobRequest } from "../protocol/wire.js";
+import type { GenerateSpec, JobEvent, JobKind, JobRequest } from "../protocol/wire.js";
 import { interventionSource } from "./source.js";
+import { locateSourceError, withUserLine } from "./user-location.js";
 import { checkArchitecture, type ArchitectureClass, type ModelLoadOptions } from "../intervention/language-model.js";
 
 export interface RemoteOptions extends TraceOptions {
@@ -33,8 +36,14 @@ export interface RemoteOptions extends TraceOptions {
   blocking?: boolean;
   /** The API key for `backend` (default: TSIGHT_API_KEY, then the config file). */
   apiKey?: string;
-  /** Where a blocking call shows progress (default: stderr when it is a terminal). */
-  print?: NodeJS.WritableStream | null;
+  /** Where a blocking call shows progress (default: stderr when it is a terminal; null: nowhere). */
+  print?: StatusStream | null;
+  /**
+   * Where the job's `console.log` lines go: a stream, or a function given each line. Default: where `print` shows
+   * progress, else stderr, always (a terminal or not; on a terminal above the progress line). null: nowhere (they
+   * stay in the job's events).
+   */
+  logs?: StatusStream | ((line: string) => void) | null;
   /** Seconds a `remote: "local"` job may run. */
   timeout?: number;
   /** A URL the server POSTs to when the job ends (signed with `webhookSecret`; see verifyWebhook). */
@@ -43,6 +52,9 @@ export interface RemoteOptions extends TraceOptions {
   /** How long the server waits for this client to answer a hybrid step (tr.local), in ms (capped by the server). */
   localTimeoutMs?: number;
 }
+
+/** The options a remote call takes besides those of a local run. */
+export const REMOTE_OPTIONS: readonly string[] = ["remote", "backend", "blocking", "apiKey", "print", "logs", "timeout", "webhook", "webhookSecret", "localTimeoutMs"];
 
 type Nonblocking = RemoteOptions & { blocking: false };
 type TraceFn<M extends CausalLM, R> = (tr: Tracer<EnvoyTree<M>>) => R | Promise<R>;
@@ -65,12 +77,15 @@ export class LanguageModel<M extends CausalLM = any> extends LocalLanguageModel<
   static async fromServer<M extends CausalLM>(name: string, options: { backend?: string | Backend; apiKey?: string; architecture: ArchitectureClass<M> }): Promise<LanguageModel<M>>;
   static async fromServer<M extends CausalLM = CausalLM>(name: string, options?: { backend?: string | Backend; apiKey?: string; architecture?: ArchitectureClass<CausalLM> }): Promise<LanguageModel<M>>;
   static async fromServer(name: string, options: { backend?: string | Backend; apiKey?: string; architecture?: ArchitectureClass<CausalLM> } = {}): Promise<LanguageModel<any>> {
+    checkOptionNames(options, "LanguageModel.fromServer", ["backend", "apiKey", "architecture"]);
     const backend = typeof options.backend === "string" && options.apiKey ? new HttpBackend({ url: options.backend, apiKey: options.apiKey }) : resolveRemoteTarget({ backend: options.backend, remote: true });
     const meta = await backend.meta(name.includes(":") ? name : toModelKey("LanguageModel", name));
     const repo = JSON.parse(meta.key.slice(meta.key.indexOf(":") + 1)).repo_id as string;
     const model = buildModel(meta.config);
     checkArchitecture(model, options.architecture, name);
-    const tokenizer = new Tokenizer(meta.tokenizer, meta.tokenizerConfig);
+    const tokenizer = meta.tokenizer
+      ? new Tokenizer(meta.tokenizer, meta.tokenizerConfig)
+      : Tokenizer.idsOnlyFor(meta.config, `the server has no tokenizer.json for ${repo}, so this model takes token ids only (a list of ids, or an int64 tensor)`);
     return new this(repo, { source: { kind: "hub", name: repo, path: "" }, config: meta.config, generationConfig: meta.generationConfig, model, tokenizer, dispatched: false });
   }
 
@@ -86,7 +101,7 @@ export class LanguageModel<M extends CausalLM = any> extends LocalLanguageModel<
   override trace<R>(a: ModelInput | TraceFn<M, R>, b?: InterventionFn<EnvoyTree<M>, R> | RemoteOptions, c?: RemoteOptions): Promise<R | RemoteJob<R>> {
     const opts = (typeof a === "function" ? b : c) as RemoteOptions | undefined;
     if (!isRemote(opts)) return typeof a === "function" ? super.trace(a as TraceFn<M, R>, opts) : super.trace(a, b as InterventionFn<EnvoyTree<M>, R>, opts);
-    return this.remote<R>("trace", a, typeof a === "function" ? undefined : (b as InterventionFn), opts!, undefined);
+    return this.calling("trace", [a, b, c], () => this.remote<R>("trace", a, typeof a === "function" ? undefined : (b as InterventionFn), opts!, undefined));
   }
 
   override scan<R>(input: ModelInput, fn: InterventionFn<EnvoyTree<M>, R>, options: Nonblocking): Promise<RemoteJob<R>>;
@@ -96,7 +111,7 @@ export class LanguageModel<M extends CausalLM = any> extends LocalLanguageModel<
   override scan<R>(a: ModelInput | TraceFn<M, R>, b?: InterventionFn<EnvoyTree<M>, R> | RemoteOptions, c?: RemoteOptions): Promise<R | RemoteJob<R>> {
     const opts = (typeof a === "function" ? b : c) as RemoteOptions | undefined;
     if (!isRemote(opts)) return typeof a === "function" ? super.scan(a as TraceFn<M, R>, opts) : super.scan(a, b as InterventionFn<EnvoyTree<M>, R>, opts);
-    return this.remote<R>("scan", a, typeof a === "function" ? undefined : (b as InterventionFn), opts!, undefined);
+    return this.calling("scan", [a, b, c], () => this.remote<R>("scan", a, typeof a === "function" ? undefined : (b as InterventionFn), opts!, undefined));
   }
 
   override generate(input: ModelInput, options: GenerateCall): Promise<GenerateOutput>;
@@ -105,13 +120,15 @@ export class LanguageModel<M extends CausalLM = any> extends LocalLanguageModel<
   override generate<R>(input: ModelInput, options: GenerateCall, fn: InterventionFn<EnvoyTree<M>, R>, traceOptions: Nonblocking): Promise<RemoteJob<GenerateOutput & { value: R }>>;
   override generate<R>(input: ModelInput, options: GenerateCall, fn: InterventionFn<EnvoyTree<M>, R>, traceOptions?: RemoteOptions): Promise<GenerateOutput & { value: R }>;
   override generate<R>(fn: TraceFn<M, R>, options: GenerateCall, traceOptions?: RemoteOptions): Promise<GenerateOutput & { value: R }>;
-  override async generate<R>(a: ModelInput | TraceFn<M, R>, options: GenerateCall, fn?: InterventionFn<EnvoyTree<M>, R> | RemoteOptions, traceOptions?: RemoteOptions): Promise<unknown> {
+  override generate<R>(a: ModelInput | TraceFn<M, R>, options: GenerateCall, fn?: InterventionFn<EnvoyTree<M>, R> | RemoteOptions, traceOptions?: RemoteOptions): Promise<unknown> {
     // (input, options, traceOptions): a generation with no intervention.
     const opts = (typeof a === "function" || (fn !== undefined && typeof fn !== "function") ? fn : traceOptions) as RemoteOptions | undefined;
     if (!isRemote(opts)) return (super.generate as (...x: unknown[]) => Promise<unknown>)(a, options, fn, traceOptions);
-    const spec: GenerateSpec = { maxNewTokens: options.maxNewTokens, doSample: options.doSample, temperature: options.temperature, topK: options.topK, topP: options.topP, seed: options.seed, eosTokenId: options.eosTokenId, padTokenId: options.padTokenId };
-    const body = typeof a === "function" ? undefined : typeof fn === "function" ? (fn as InterventionFn) : async () => undefined;
-    return this.remote("generate", a, body, opts!, spec);
+    return this.calling("generate", [a, options, fn, traceOptions], () => {
+      const spec: GenerateSpec = { maxNewTokens: options.maxNewTokens, doSample: options.doSample, temperature: options.temperature, topK: options.topK, topP: options.topP, seed: options.seed, eosTokenId: options.eosTokenId, padTokenId: options.padTokenId };
+      const body = typeof a === "function" ? undefined : typeof fn === "function" ? (fn as InterventionFn) : async () => undefined;
+      return this.remote("generate", a, body, opts!, spec, options.onToken);
+    });
   }
 
   /**
@@ -122,15 +139,28 @@ export class LanguageModel<M extends CausalLM = any> extends LocalLanguageModel<
   override session<R>(fn: (s: Session<M>) => R | Promise<R>, options?: RemoteOptions): Promise<R>;
   override session<R>(fn: (s: Session<M>) => R | Promise<R>, options?: RemoteOptions): Promise<R | RemoteJob<R>> {
     if (!isRemote(options)) return super.session(fn, options);
-    return this.remote<R>("session", fn, undefined, options!, undefined);
+    return this.calling("session", [fn, options], () => this.remote<R>("session", fn, undefined, options!, undefined));
+  }
+
+  /** Run options include the remote ones. */
+  protected override runOptionNames(): readonly string[] {
+    return [...RUN_OPTIONS, ...REMOTE_OPTIONS];
   }
 
   /** Builds the job, checks its code, and runs it where the options say. */
-  private async remote<R>(kind: JobKind, a: unknown, fn: InterventionFn | undefined, options: RemoteOptions, generate: GenerateSpec | undefined): Promise<R | RemoteJob<R>> {
+  private async remote<R>(kind: JobKind, a: unknown, fn: InterventionFn | undefined, options: RemoteOptions, generate: GenerateSpec | undefined, onToken?: GenerateCall["onToken"]): Promise<R | RemoteJob<R>> {
     const callSite = userFrame(new Error().stack);
     const form = typeof a === "function" ? "tracer" : "invoke";
     const code = form === "tracer" ? (a as Function) : fn!;
-    const { source } = interventionSource(code);
+    let source: string;
+    try {
+      source = interventionSource(code).source;
+    } catch (e) {
+      throw locateSourceError(e, Function.prototype.toString.call(code), callSite);
+    }
+    // Text for a model served without a tokenizer is refused here, with the reason, before anything is sent.
+    const text = typeof a === "string" ? a : Array.isArray(a) ? a.find((x) => typeof x === "string") : undefined;
+    if (form === "invoke" && text !== undefined && !this.tokenizer.hasText) this.tokenizer.encode(text as string);
     const edits = this.editFunctions().map((e) => interventionSource(e).source);
     const tensors = new Map<string, Tensor>();
     const request: JobRequest = {
@@ -148,11 +178,21 @@ export class LanguageModel<M extends CausalLM = any> extends LocalLanguageModel<
       webhookSecret: options.webhookSecret,
       localTimeoutMs: options.localTimeoutMs,
     };
-    const located = (e: unknown) => withUserLine(e, callSite, source);
-    const stderr = (globalThis as { process?: { stderr?: NodeJS.WriteStream } }).process?.stderr;
-    const print = options.print === undefined ? (stderr?.isTTY ? stderr : undefined) : (options.print ?? undefined);
+    const located = (e: unknown) => Promise.reject(withUserLine(e, callSite, source));
+    const print = options.print === undefined ? (stderr()?.isTTY ? stderr() : undefined) : (options.print ?? undefined);
+    // A blocking server job's progress display prints log lines itself (on a terminal, above its status line).
+    const sandboxed = options.remote === "local" && options.backend === undefined;
+    const log = logSink(options.logs, print, !sandboxed && options.blocking !== false);
+    const tokens = onToken ? this.tokenStream(onToken) : undefined;
+    const onEvent = async (event: JobEvent) => {
+      if (event.type === "log") log?.(event.text);
+      else if (event.type === "stream") await tokens?.(event);
+    };
     if (options.remote === "local" && options.backend === undefined) {
-      return (await runLocally(request, tensors, this.unedited() as unknown as LocalLanguageModel, { timeout: options.timeout, onEvent: (e) => e.type === "log" && print?.write(`${e.text}\n`) }).catch((e) => Promise.reject(located(e)))) as R;
+      const pending: Promise<void>[] = [];
+      const value = await runLocally(request, tensors, this.unedited() as unknown as LocalLanguageModel, { timeout: options.timeout, onEvent: (e) => void pending.push(onEvent(e)) }).catch(located);
+      await Promise.all(pending);
+      return value as R;
     }
     const backend = isBackend(options.backend)
       ? options.backend
@@ -162,50 +202,35 @@ export class LanguageModel<M extends CausalLM = any> extends LocalLanguageModel<
     const job = (await backend.submit(request, tensors)) as RemoteJob<R>;
     if (options.blocking === false) return job;
     const submitted = [request.source, ...edits];
-    return job.wait({ print, decode: (ids) => this.tokenizer.decode(ids), onLocal: (event) => runLocalStep(event, submitted) }).catch((e) => Promise.reject(located(e)));
+    return job.wait({ print, decode: (ids) => this.tokenizer.decode(ids), onEvent: ({ event }) => onEvent(event), onLocal: (event) => runLocalStep(event, submitted) }).catch(located);
+  }
+
+  /** onToken for streamed steps: each row's new token and its text, decoded incrementally as locally. */
+  private tokenStream(onToken: NonNullable<GenerateCall["onToken"]>): (event: Extract<JobEvent, { type: "stream" }>) => Promise<void> {
+    const decoders: ReturnType<Tokenizer["decodeStream"]>[] = [];
+    return async ({ tokens, step }) => {
+      const text = tokens.map((t, row) => (this.tokenizer.hasText ? (decoders[row] ??= this.tokenizer.decodeStream()).push(t) : ""));
+      await onToken({ tokens, step, text });
+    };
   }
 }
 
 function isRemote(o: RemoteOptions | undefined): boolean {
-  return !!o && (o.remote === true || o.remote === "local" || o.backend !== undefined);
+  return !!o && typeof o === "object" && (o.remote === true || o.remote === "local" || o.backend !== undefined);
+}
+
+function stderr(): (StatusStream & { isTTY?: boolean }) | undefined {
+  return (globalThis as { process?: { stderr?: StatusStream } }).process?.stderr;
 }
 
 /**
- * Points a remote error at the user's file: the job's stack names lines of the intervention source
- * (`intervention.js:LINE:COL`); the function's first line is found in the caller's file near the call.
+ * Where log lines go: the `logs` option, else where progress is printed, else stderr; nowhere twice (a progress
+ * display that shows them on the same stream prints them itself).
  */
-function withUserLine(e: unknown, callSite: string | undefined, source: string): unknown {
-  if (!(e instanceof Error) || !callSite) return e;
-  const m = /intervention\.js:(\d+):(\d+)/.exec(e.stack ?? "");
-  if (!m) return e;
-  const [line, column] = [Number(m[1]), Number(m[2])];
-  const where = /^(.*):(\d+):(\d+)$/.exec(callSite);
-  if (!where) return e;
-  const [, file, callLine] = where;
-  let start = Number(callLine);
-  let startColumn = 1;
-  try {
-    const lines = (process.getBuiltinModule("node:fs") as typeof import("node:fs")).readFileSync(file!, "utf8").split("\n");
-    const first = source.split("\n")[0]!.trim().slice(0, 40);
-    for (let i = start - 1; i < Math.min(lines.length, start + 40); i++) {
-      if (first && lines[i]!.includes(first)) {
-        start = i + 1;
-        startColumn = lines[i]!.indexOf(first) + 1;
-        break;
-      }
-    }
-  } catch {
-    // the caller's file cannot be read: keep the call's line
-  }
-  // Line 1 of the source starts where the function does; later lines keep their own indentation.
-  const userLine = `${file}:${start + line - 1}:${line === 1 ? startColumn + column - 2 : column}`;
-  Object.assign(e, { userLine });
-  // tsight's own errors say where in their message (as locally); the user's own errors keep theirs intact.
-  if ((e as { code?: string }).code === "USER_CODE" && "userLine" in e && isTsightError(e) && !e.message.includes(userLine)) e.message = `${e.message}\n    at ${userLine}`;
-  e.stack = `${e.name}: ${e.message}\n    at ${userLine}\n${(e.stack ?? "").split("\n").slice(1).join("\n")}`;
-  return e;
-}
-
-function isTsightError(e: Error): boolean {
-  return ["OutOfOrderError", "MissedProviderError", "SwapError", "TraceError", "ShapeError", "DTypeError", "MetaTensorError", "GradError"].includes(e.name);
+function logSink(logs: RemoteOptions["logs"], print: StatusStream | undefined, displayed: boolean): ((line: string) => void) | undefined {
+  if (logs === null) return undefined;
+  if (typeof logs === "function") return logs;
+  const stream = logs ?? print ?? stderr();
+  if (!stream || (displayed && stream === print)) return undefined;
+  return (text) => void stream.write(text.endsWith("\n") ? text : `${text}\n`);
 }

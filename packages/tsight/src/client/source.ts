@@ -48,6 +48,8 @@ export interface FreeVariableUse {
   column: number;
   /** The expression there when it is a compiled module import, e.g. `__vite_ssr_import_1__.zeros`. */
   text: string;
+  /** "file:line:column" in the caller's file, when the client could find the function there. */
+  at?: string;
 }
 
 /** The function uses names from outside itself, which a remote job cannot see. */
@@ -155,16 +157,30 @@ function tryParseMethod(text: string): ParsedFunction | Failure {
     return { error: new SourceError("the intervention's source is not a function"), pos: -1 };
   }
   const value = property.value;
+  // A method that uses super cannot become a plain function: found in its syntax tree, not in a parser's message.
+  if (usesSuper(value)) return { error: new SourceError("the intervention is a method that uses super, which a function sent to a remote job cannot"), pos: Infinity };
   const head = `${value.async ? "async " : ""}function${value.generator ? "*" : ""} `;
   const bodyStart = value.start - 2;
   const source = head + text.slice(bodyStart, value.end - 2);
   // Offsets in `(` + source: the head stands for the method's name, the rest maps to itself.
   const original = (o: number) => (o - 1 < head.length ? 0 : o - 1 - head.length + bodyStart);
-  const parsed = tryParse(text, source, original);
-  if ("error" in parsed && /'super'/.test(parsed.error.message)) {
-    return { error: new SourceError("the intervention is a method that uses super, which a function sent to a remote job cannot"), pos: Infinity };
-  }
-  return parsed;
+  return tryParse(text, source, original);
+}
+
+/** Whether `super` occurs in the method's own body (not in a nested method or class, where it is theirs). */
+function usesSuper(method: FunctionNode): boolean {
+  let found = false;
+  const visit = (node: AcornNode, top: boolean): void => {
+    if (found) return;
+    if (node.type === "Super") found = true;
+    else if (!top && (node.type === "FunctionExpression" || node.type === "ClassBody") && node !== method) return;
+    for (const value of Object.values(node)) {
+      if (Array.isArray(value)) value.forEach((v) => isNode(v) && visit(v, false));
+      else if (isNode(value)) visit(value, false);
+    }
+  };
+  visit(method, true);
+  return found;
 }
 
 /** acorn's SyntaxError, with its position as line:column of the original text. */
@@ -313,7 +329,7 @@ function freeVariableMessage(uses: readonly FreeVariableUse[]): string {
   const tensorNames = new Set(TENSOR_GLOBALS);
   let example = "";
   for (const [text, list] of byName) {
-    const places = list.map((u) => `${u.line}:${u.column}`).join(", ");
+    const places = list.map((u) => u.at ?? `${u.line}:${u.column}`).join(", ");
     const name = list[0]!.name;
     let note = "";
     if (text !== name) {

@@ -83,8 +83,11 @@ interface Settings {
   fetch: typeof globalThis.fetch;
 }
 
+/** Environment variables, as `process.env` holds them (typed without Node's types, for the browser client). */
+export type Environment = Readonly<Record<string, string | undefined>>;
+
 /** The huggingface_hub cache folder the environment names. */
-export function hubCacheDir(env: NodeJS.ProcessEnv = process.env): string {
+export function hubCacheDir(env: Environment = process.env): string {
   if (env.HF_HUB_CACHE) return env.HF_HUB_CACHE;
   if (env.HUGGINGFACE_HUB_CACHE) return env.HUGGINGFACE_HUB_CACHE;
   const home = env.HF_HOME ?? path.join(env.XDG_CACHE_HOME ?? path.join(os.homedir(), ".cache"), "huggingface");
@@ -92,7 +95,7 @@ export function hubCacheDir(env: NodeJS.ProcessEnv = process.env): string {
 }
 
 /** Whether the environment asks for offline mode, as huggingface_hub reads HF_HUB_OFFLINE. */
-export function hubOfflineFromEnv(env: NodeJS.ProcessEnv = process.env): boolean {
+export function hubOfflineFromEnv(env: Environment = process.env): boolean {
   return ["1", "on", "yes", "true"].includes((env.HF_HUB_OFFLINE ?? "").trim().toLowerCase());
 }
 

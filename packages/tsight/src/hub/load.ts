@@ -4,13 +4,22 @@
  * to check every parameter's shape, never the tensor data.
  */
 import { buildModel, loadWeights, planWeights, sourceKeys, sourceShape, WeightsError, type CausalLM, type RawConfig } from "../models/index.js";
-import { readModelSafetensors, readModelSafetensorsHeader } from "../tensor/index.js";
+import { lazyNode, readModelSafetensors, readModelSafetensorsHeader } from "../tensor/index.js";
 import { locateModel, readModelConfigs, type ModelSource, type ModelSourceOptions } from "./source.js";
+import { TokenizerError } from "./errors.js";
 import { Tokenizer } from "./tokenizer.js";
+
+const fsp = lazyNode<typeof import("node:fs/promises")>("node:fs/promises");
+const path = lazyNode<typeof import("node:path")>("node:path");
 
 export interface LoadOptions extends ModelSourceOptions {
   /** Load the weights (default). false gives a meta model: config, module tree with shapes, tokenizer. */
   dispatch?: boolean;
+  /**
+   * The tokenizer to use instead of the folder's tokenizer.json: a Tokenizer, or a folder holding a tokenizer.json
+   * (another model's, say). Without either, a folder with no tokenizer.json loads for token-id input only.
+   */
+  tokenizer?: Tokenizer | string;
 }
 
 export interface LoadedModel {
@@ -27,7 +36,7 @@ export async function loadPretrained(nameOrPath: string, options: LoadOptions = 
   const source = await locateModel(nameOrPath, { ...options, weights: dispatch ? options.weights : false });
   const { config, generationConfig } = await readModelConfigs(source.path);
   const model = buildModel(config);
-  const tokenizer = await Tokenizer.fromFolder(source.path);
+  const tokenizer = await chooseTokenizer(options.tokenizer, source.path, config);
   const header = await readModelSafetensorsHeader(source.path).catch((e) => {
     if (dispatch) throw e;
     return null; // a meta model needs no weights on disk
@@ -49,4 +58,17 @@ export async function loadPretrained(nameOrPath: string, options: LoadOptions = 
     }
   }
   return { source, config, generationConfig, model, tokenizer, dispatched: dispatch };
+}
+
+/** The tokenizer given, the folder's, or (no tokenizer.json) an ids-only one built from config.json. */
+async function chooseTokenizer(given: Tokenizer | string | undefined, folder: string, config: RawConfig): Promise<Tokenizer> {
+  if (given instanceof Tokenizer) return given;
+  if (typeof given === "string") return Tokenizer.fromFolder(given);
+  if (given !== undefined) throw new TokenizerError(`the tokenizer option must be a Tokenizer or the folder of a tokenizer.json, got ${given === null ? "null" : typeof given}`);
+  const file = path.join(folder, "tokenizer.json");
+  if (await fsp.stat(file).then(() => true, () => false)) return Tokenizer.fromFolder(folder);
+  return Tokenizer.idsOnlyFor(
+    config,
+    `${folder} has no tokenizer.json, so this model takes token ids only (a list of ids, or an int64 tensor); for text, load it with { tokenizer } (a Tokenizer, or the folder of a tokenizer.json)`,
+  );
 }

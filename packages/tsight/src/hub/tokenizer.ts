@@ -36,6 +36,16 @@ export interface EncodedBatch {
 
 export type TokenIds = readonly number[] | readonly bigint[] | Tensor;
 
+/** What an ids-only tokenizer knows (from the model's config.json), and why it has no vocabulary. */
+export interface IdsOnly {
+  vocabSize: number;
+  eosTokenId?: number | null;
+  bosTokenId?: number | null;
+  padTokenId?: number | null;
+  /** Why there is no text, with the fix: said by every method that needs text. */
+  why: string;
+}
+
 export class Tokenizer {
   /** tokenizer_config.json, as given. */
   readonly config: JsonObject;
@@ -45,21 +55,50 @@ export class Tokenizer {
   readonly padTokenId: number;
   /** Vocabulary size including added tokens (Python's `len(tokenizer)`). */
   readonly vocabSize: number;
-  private readonly inner: HFTokenizer;
+  /** False for a model without tokenizer.json: it takes token ids only (see Tokenizer.idsOnly). */
+  readonly hasText: boolean;
+  private readonly inner: HFTokenizer | null;
   private readonly cleanUpSpaces: boolean;
+  private readonly noText: string;
 
-  constructor(tokenizerJson: object, tokenizerConfig: object = {}) {
+  /** From tokenizer.json's content (and tokenizer_config.json's); see also fromFolder and idsOnly. */
+  constructor(tokenizerJson: object, tokenizerConfig: object = {}, idsOnly?: IdsOnly) {
     this.config = { ...(tokenizerConfig as JsonObject) };
+    this.cleanUpSpaces = this.config.clean_up_tokenization_spaces === true;
+    this.noText = idsOnly?.why ?? "";
+    if (idsOnly) {
+      this.inner = null;
+      this.hasText = false;
+      this.eosTokenId = idsOnly.eosTokenId ?? null;
+      this.bosTokenId = idsOnly.bosTokenId ?? null;
+      this.padTokenId = idsOnly.padTokenId ?? this.eosTokenId ?? 0;
+      this.vocabSize = idsOnly.vocabSize;
+      return;
+    }
     try {
       this.inner = new HFTokenizer(tokenizerJson, this.config);
     } catch (e) {
       throw new TokenizerError(`tokenizer.json could not be built: ${(e as Error).message}`, { cause: e });
     }
-    this.cleanUpSpaces = this.config.clean_up_tokenization_spaces === true;
+    this.hasText = true;
     this.eosTokenId = this.specialId("eos_token");
     this.bosTokenId = this.specialId("bos_token");
     this.padTokenId = this.specialId("pad_token") ?? this.eosTokenId ?? 0;
     this.vocabSize = this.inner.get_vocab(true).size;
+  }
+
+  /**
+   * A stand-in for a model that has no tokenizer.json: token ids work as input (and generation gives ids), while
+   * anything that needs text (a string input, decode) is a TokenizerError saying `why` and how to fix it.
+   */
+  static idsOnly(ids: IdsOnly): Tokenizer {
+    return new Tokenizer({}, {}, ids);
+  }
+
+  /** An ids-only tokenizer with the vocabulary size and special ids of a model's config.json; `why` says where it came from. */
+  static idsOnlyFor(config: Record<string, unknown>, why: string): Tokenizer {
+    const id = (key: string) => (typeof config[key] === "number" ? (config[key] as number) : Array.isArray(config[key]) && typeof (config[key] as unknown[])[0] === "number" ? ((config[key] as number[])[0] as number) : null);
+    return Tokenizer.idsOnly({ vocabSize: typeof config.vocab_size === "number" ? config.vocab_size : 0, eosTokenId: id("eos_token_id"), bosTokenId: id("bos_token_id"), padTokenId: id("pad_token_id"), why });
   }
 
   /** Reads tokenizer.json (required) and tokenizer_config.json (optional) from a model folder. */
@@ -78,7 +117,7 @@ export class Tokenizer {
   }
 
   encode(text: string, options: EncodeOptions = {}): number[] {
-    return this.inner.encode(text, { add_special_tokens: options.addSpecialTokens ?? true }).ids;
+    return this.vocabulary("encode text").encode(text, { add_special_tokens: options.addSpecialTokens ?? true }).ids;
   }
 
   /** Encodes texts and pads them to the longest, on the left by default, with `padTokenId`. */
@@ -100,15 +139,21 @@ export class Tokenizer {
   decode(ids: TokenIds, options: DecodeOptions = {}): string {
     const list = toNumbers(ids);
     if (list.length === 0) return "";
-    return this.inner.decode(list, { skip_special_tokens: options.skipSpecialTokens ?? false, clean_up_tokenization_spaces: this.cleanUpSpaces });
+    return this.vocabulary("decode token ids").decode(list, { skip_special_tokens: options.skipSpecialTokens ?? false, clean_up_tokenization_spaces: this.cleanUpSpaces });
   }
 
   /** The token string of an id (e.g. "Ġself"), or undefined. */
   idToToken(id: number): string | undefined {
-    return this.inner.id_to_token(id);
+    return this.vocabulary("name a token").id_to_token(id);
   }
   tokenToId(token: string): number | undefined {
-    return this.inner.token_to_id(token);
+    return this.vocabulary("look up a token").token_to_id(token);
+  }
+
+  /** The vocabulary, or the TokenizerError of an ids-only tokenizer. */
+  private vocabulary(what: string): HFTokenizer {
+    if (!this.inner) throw new TokenizerError(`cannot ${what}: ${this.noText}`);
+    return this.inner;
   }
 
   /** A decoder for streaming generated tokens as text; see `IncrementalDecoder`. */
@@ -121,7 +166,7 @@ export class Tokenizer {
     const v = this.config[key];
     const content = typeof v === "string" ? v : typeof v === "object" && v !== null && typeof (v as { content?: unknown }).content === "string" ? (v as { content: string }).content : null;
     if (content === null) return null;
-    return this.inner.token_to_id(content) ?? null;
+    return this.vocabulary("read special tokens").token_to_id(content) ?? null;
   }
 }
 

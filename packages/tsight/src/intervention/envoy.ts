@@ -137,7 +137,26 @@ export function envoyFor(module: Module, ctx: EnvoyContext): Envoy {
   });
 }
 
-/** A ModuleList's envoy: an array of its items' envoys (negative indices via `.at(-1)`). */
+/**
+ * A ModuleList's envoy: an array of its items' envoys where, as in Python, a negative index counts from the end
+ * (`h[-1]`); an index past either end is a TraceError naming the valid range (the sandbox's runtime does the same).
+ */
 function listEnvoy(list: ModuleList, ctx: EnvoyContext): Envoy[] {
-  return Array.from({ length: list.length }, (_, i) => envoyFor(list.at(i), ctx));
+  const items = Array.from({ length: list.length }, (_, i) => envoyFor(list.at(i), ctx));
+  return new Proxy(items, {
+    get(target, prop, receiver) {
+      if (typeof prop === "string" && /^-?\d+$/.test(prop)) {
+        const i = Number(prop);
+        const at = i < 0 ? target.length + i : i;
+        if (at < 0 || at >= target.length) throw new TraceError(listIndexMessage(list.path, i, target.length), origin());
+        return target[at];
+      }
+      return Reflect.get(target, prop, receiver);
+    },
+  });
+}
+
+/** The message for an index outside a module list (the sandbox's runtime words it the same). */
+export function listIndexMessage(path: string, index: number, length: number): string {
+  return `${path || "the list"}[${index}] is out of range: ${path || "it"} has ${length} module${length === 1 ? "" : "s"} (indices 0..${length - 1}, or -${length}..-1 from the end)`;
 }

@@ -51,6 +51,14 @@ export class StallError extends TraceError {
   override readonly name: string = "StallError";
 }
 
+/**
+ * An invoke left the forward pass (it stopped, failed, or another invoke's error ended the pass): its pending reads
+ * end with this. Named TraceError for users; promises derived from reads drop it (see watched.ts).
+ */
+export class LeftPassError extends TraceError {
+  override readonly name = "TraceError";
+}
+
 /** Thrown by `tr.stop()` to end the intervention code there; the trace treats it as a normal end. */
 export class EarlyStop extends Error {
   override readonly name = "EarlyStop";

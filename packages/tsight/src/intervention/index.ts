@@ -6,4 +6,5 @@ export { GradScope } from "./backward.js";
 export { Cache, type CacheOptions, type CacheEntry } from "./cache.js";
 export type { EnvoyOf, EnvoyTree, AnyEnvoy } from "./envoy-types.js";
 export { RowsError } from "./rows.js";
-export { Mediator, LeftPassError } from "./mediator.js";
+export { Mediator } from "./mediator.js";
+export { OptionsError, RUN_OPTIONS, GENERATION_OPTIONS } from "./options.js";

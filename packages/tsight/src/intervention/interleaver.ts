@@ -9,9 +9,9 @@
  */
 import type { Module, ModuleHooks } from "../nn/index.js";
 import { Tensor } from "../tensor/index.js";
-import { MissedProviderError, StallError, SwapError, TraceError } from "./errors.js";
+import { LeftPassError, MissedProviderError, StallError, SwapError, TraceError } from "./errors.js";
 import type { GradSource } from "./backward.js";
-import { describe, LeftPassError, type Mediator, type Provider, type Request, type ValueKind } from "./mediator.js";
+import { describe, type Mediator, type Provider, type Request, type ValueKind } from "./mediator.js";
 import { mapTensors, mergeRows, RowsError, selectRows, type Rows } from "./rows.js";
 
 /** What to do with invokes whose code neither asks for a value nor ends within the stall limit. */
@@ -283,8 +283,10 @@ export class Interleaver implements ModuleHooks, Provider {
         const e = stopped
           ? new LeftPassError(`${what} was never reached: the trace ended before it`, r.origin)
           : new MissedProviderError(`${what} was never provided: the module was not called${r.iteration ? " that many times" : ""} in this forward pass`, r.origin);
-        if (r.op === "read") r.reject(e);
-        else if (!stopped) m.fail(e);
+        if (r.op === "read") {
+          m.abandoned ||= stopped;
+          r.reject(e);
+        } else if (!stopped) m.fail(e);
       }
     }
     if (rejected) await this.settle();

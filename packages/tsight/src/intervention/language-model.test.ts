@@ -1,6 +1,7 @@
 /** The user-facing model: inputs of every kind, generation, streaming. */
 import { describe, expect, it } from "vitest";
-import { fixture, fixtureFolder, ref } from "../../../../test/fixtures.js";
+import { fixture, fixtureDir, fixtureFolder, maxAbsDiff, ref } from "../../../../test/fixtures.js";
+import { TokenizerError } from "../hub/index.js";
 import { ConfigError, Gemma2ForCausalLM, Gemma3ForCausalLM, MixtralForCausalLM } from "../models/index.js";
 import { Tensor } from "../tensor/index.js";
 import { InputError, toBatch } from "./inputs.js";
@@ -66,6 +67,30 @@ describe("LanguageModel", () => {
     const gemma3 = fixtureFolder("gemma3_text");
     expect((await LanguageModel.load(gemma3, { architecture: Gemma2ForCausalLM, dispatch: false })).model).toBeInstanceOf(Gemma3ForCausalLM);
     await expect(LanguageModel.load(fixtureFolder("gemma2"), { architecture: Gemma3ForCausalLM, dispatch: false })).rejects.toThrow(ConfigError);
+  });
+
+  it("loads a folder without tokenizer.json for token ids, and takes a tokenizer given at load", async () => {
+    // The Hugging Face fixture folders hold config.json and weights only.
+    const f = await fixture("llama");
+    const lm = await LanguageModel.load(fixtureDir("llama"));
+    expect(lm.tokenizer.hasText).toBe(false);
+    const logits = await lm.trace(ref(f, "input_ids").tolist() as number[][], async (m) => await m.lm_head.output);
+    expect(maxAbsDiff(logits, ref(f, "single/logits"))).toBeLessThan(1e-4);
+    const streamed: string[][] = [];
+    const out = await lm.generate(ref(f, "input_ids"), { maxNewTokens: 3, onToken: ({ text }) => void streamed.push(text) });
+    expect(out.generated.shape).toEqual([1, 3]);
+    expect([out.text, streamed]).toEqual([[""], [[""], [""], [""]]]);
+    const e = await lm.trace("def f(", async () => 1).catch((x: unknown) => x);
+    expect(e).toBeInstanceOf(TokenizerError);
+    expect((e as Error).message).toMatch(/has no tokenizer\.json, so this model takes token ids only .*load it with \{ tokenizer \}/);
+    expect(() => lm.tokenizer.decode([1, 2])).toThrow(/cannot decode token ids: .* has no tokenizer\.json/);
+
+    const gpt2 = await LanguageModel.load("stdlib-gpt2", { dispatch: false });
+    const given = await LanguageModel.load(fixtureDir("llama"), { tokenizer: gpt2.tokenizer });
+    expect(given.tokenizer).toBe(gpt2.tokenizer);
+    const fromFolder = await LanguageModel.load(fixtureDir("llama"), { tokenizer: fixtureDir("stdlib-gpt2"), dispatch: false });
+    expect(fromFolder.tokenizer.encode("class ")).toEqual([531, 221]);
+    await expect(LanguageModel.load(fixtureDir("llama"), { tokenizer: 42 as never, dispatch: false })).rejects.toThrow(/the tokenizer option must be a Tokenizer or the folder of a tokenizer\.json, got number/);
   });
 });
 

@@ -12,6 +12,8 @@ import { TraceError } from "./errors.js";
 import { currentInvoke } from "./context.js";
 import { checkInput, toBatch, type ModelInput } from "./inputs.js";
 import { Tracer, TraceRun, type Driver, type InterventionFn, type InvokeTracer, type RunOptions, type TraceTarget } from "./tracer.js";
+import { checkOptionNames, checkOptions, LOAD_OPTIONS, OptionsError, RUN_OPTIONS } from "./options.js";
+import { unawaitedReported } from "./watched.js";
 
 export interface ModelLoadOptions extends LoadOptions {
   /**
@@ -48,7 +50,7 @@ export interface GenerateOutput {
   sequences: Tensor;
   /** Only the new tokens. */
   generated: Tensor;
-  /** The continuation of each prompt, decoded. */
+  /** The continuation of each prompt, decoded (empty for a model loaded without a tokenizer: use `generated`). */
   text: string[];
 }
 
@@ -128,6 +130,7 @@ export class LanguageModel<M extends CausalLM = any> {
   static async load<M extends CausalLM>(nameOrPath: string, options: ModelLoadOptions & { architecture: ArchitectureClass<M> }): Promise<LanguageModel<M>>;
   static async load<M extends CausalLM = CausalLM>(nameOrPath: string, options?: ModelLoadOptions): Promise<LanguageModel<M>>;
   static async load(nameOrPath: string, options: ModelLoadOptions = {}): Promise<LanguageModel<any>> {
+    checkOptionNames(options, "LanguageModel.load", LOAD_OPTIONS);
     const loaded = await loadPretrained(nameOrPath, options);
     checkArchitecture(loaded.model, options.architecture, nameOrPath);
     return new this(nameOrPath, loaded, options.rename);
@@ -148,7 +151,7 @@ export class LanguageModel<M extends CausalLM = any> {
   trace<R>(input: ModelInput, fn: InterventionFn<EnvoyTree<M>, R>, options?: TraceOptions): Promise<R>;
   trace<R>(fn: TraceFn<M, R>, options?: TraceOptions): Promise<R>;
   trace<R>(a: ModelInput | TraceFn<M, R>, b?: InterventionFn<EnvoyTree<M>, R> | TraceOptions, c?: TraceOptions): Promise<R> {
-    return this.run(a, b, c, forward).then((r) => r.value);
+    return this.calling("trace", [a, b, c], () => this.run(a, b, c, forward).then((r) => r.value));
   }
 
   /**
@@ -158,7 +161,7 @@ export class LanguageModel<M extends CausalLM = any> {
   scan<R>(input: ModelInput, fn: InterventionFn<EnvoyTree<M>, R>, options?: TraceOptions): Promise<R>;
   scan<R>(fn: TraceFn<M, R>, options?: TraceOptions): Promise<R>;
   scan<R>(a: ModelInput | TraceFn<M, R>, b?: InterventionFn<EnvoyTree<M>, R> | TraceOptions, c?: TraceOptions): Promise<R> {
-    return this.run(a, b, c, metaForward).then((r) => r.value);
+    return this.calling("scan", [a, b, c], () => this.run(a, b, c, metaForward).then((r) => r.value));
   }
 
   /**
@@ -177,8 +180,8 @@ export class LanguageModel<M extends CausalLM = any> {
   }
 
   /** Runs several traces as one unit; locally they share values through ordinary variables. */
-  async session<R>(fn: (s: Session<M>) => R | Promise<R>, options: { vars?: Record<string, unknown> } = {}): Promise<R> {
-    return fn({ vars: options.vars ?? {}, trace: this.trace.bind(this), scan: this.scan.bind(this), generate: this.generate.bind(this) } as Session<M>);
+  session<R>(fn: (s: Session<M>) => R | Promise<R>, options: { vars?: Record<string, unknown> } = {}): Promise<R> {
+    return this.calling("session", [fn, options], async () => fn({ vars: options?.vars ?? {}, trace: this.trace.bind(this), scan: this.scan.bind(this), generate: this.generate.bind(this) } as Session<M>));
   }
 
   /**
@@ -189,7 +192,11 @@ export class LanguageModel<M extends CausalLM = any> {
   generate(input: ModelInput, options: GenerateCall): Promise<GenerateOutput>;
   generate<R>(input: ModelInput, options: GenerateCall, fn: InterventionFn<EnvoyTree<M>, R>, traceOptions?: TraceOptions): Promise<GenerateOutput & { value: R }>;
   generate<R>(fn: TraceFn<M, R>, options: GenerateCall, traceOptions?: TraceOptions): Promise<GenerateOutput & { value: R }>;
-  async generate<R>(
+  generate<R>(a: ModelInput | TraceFn<M, R>, options: GenerateCall, fn?: InterventionFn<EnvoyTree<M>, R> | TraceOptions, traceOptions?: TraceOptions): Promise<GenerateOutput & { value?: R }> {
+    return this.calling("generate", [a, options, fn, traceOptions], () => this.generateHere(a, options, fn, traceOptions));
+  }
+
+  private async generateHere<R>(
     a: ModelInput | TraceFn<M, R>,
     options: GenerateCall,
     fn?: InterventionFn<EnvoyTree<M>, R> | TraceOptions,
@@ -221,7 +228,8 @@ export class LanguageModel<M extends CausalLM = any> {
   }
 
   private decodeResult(result: GenerateResult): GenerateOutput {
-    const text = Array.from({ length: result.generated.shape[0]! }, (_, b) => this.tokenizer.decode(result.generated.index(b).toArray(), { skipSpecialTokens: true }));
+    // A model without a tokenizer (token ids only) gives ids, and empty text.
+    const text = Array.from({ length: result.generated.shape[0]! }, (_, b) => (this.tokenizer.hasText ? this.tokenizer.decode(result.generated.index(b).toArray(), { skipSpecialTokens: true }) : ""));
     return { sequences: result.sequences, generated: result.generated, text };
   }
 
@@ -234,8 +242,59 @@ export class LanguageModel<M extends CausalLM = any> {
     const decoders = Array.from({ length: rows }, () => this.tokenizer.decodeStream());
     return {
       ...this.generateSettings(options),
-      onStep: options.onToken && ((tokens, step) => options.onToken!({ tokens, step, text: tokens.map((t, b) => decoders[b]!.push(t)) })),
+      onStep: options.onToken && ((tokens, step) => options.onToken!({ tokens, step, text: tokens.map((t, b) => (this.tokenizer.hasText ? decoders[b]!.push(t) : "")) })),
     };
+  }
+
+  /** Names of the run options this model takes (the client's LanguageModel adds the remote ones). */
+  protected runOptionNames(): readonly string[] {
+    return RUN_OPTIONS;
+  }
+
+  /**
+   * Checks a call's arguments by position and option names before anything runs (a misplaced option is an
+   * OptionsError naming where it belongs), then starts it. A failure nobody awaits is printed, not a crash.
+   */
+  protected calling<T>(method: "trace" | "scan" | "generate" | "session", args: unknown[], start: () => Promise<T>): Promise<T> {
+    let work: Promise<T>;
+    try {
+      this.checkCall(method, args);
+      work = start();
+    } catch (e) {
+      work = Promise.reject(e);
+    }
+    return unawaitedReported(work, `${method}()`);
+  }
+
+  /** Throws an OptionsError when the arguments of `method` are not in one of its forms. */
+  protected checkCall(method: "trace" | "scan" | "generate" | "session", args: unknown[]): void {
+    const run = this.runOptionNames();
+    const [a, b, c, d] = args;
+    if (method === "session") {
+      if (typeof a !== "function") throw new OptionsError("session(fn, options): the session function is missing; call session(async (s) => ..., options)");
+      return checkOptions(b, "session", run);
+    }
+    if (method === "generate") {
+      if (b === undefined || b === null || typeof b !== "object") {
+        throw new OptionsError(`generate(input, options, ...): the generation options are missing; call generate(input, { maxNewTokens: 8 }), with an intervention generate(input, { maxNewTokens: 8 }, async (m, tr) => ...)`);
+      }
+      checkOptions(b, "generation", run);
+      if (typeof a === "function" || typeof c !== "function") {
+        if (d !== undefined) throw new OptionsError("generate: too many arguments; with an intervention, call generate(input, { maxNewTokens: 8 }, async (m, tr) => ..., options)");
+        return checkOptions(c, "generate-run", run);
+      }
+      return checkOptions(d, "generate-run", run);
+    }
+    if (typeof a === "function") {
+      if (c !== undefined) throw new OptionsError(`${method}(fn, options) takes the trace function and options; to ${method} an input, call ${method}(input, async (m, tr) => ..., options)`);
+      if (typeof b === "function") throw new OptionsError(`${method}(fn) takes one function; to ${method} an input, call ${method}(input, async (m, tr) => ...)`);
+      return checkOptions(b, method, run);
+    }
+    if (typeof b !== "function") {
+      const got = b === undefined ? "" : ` (got ${b !== null && typeof b === "object" ? "an options object" : typeof b} in its place)`;
+      throw new OptionsError(`${method}(input, fn, options): the intervention function is missing${got}; call ${method}(input, async (m, tr) => ..., options)`);
+    }
+    checkOptions(c, method, run);
   }
 
   /** The persistent interventions (model.edit) of this model, in order. */

@@ -11,8 +11,9 @@
  * invoke (a hybrid step, a backward pass) keeps it *busy*: the forward waits for it. Anything else the code awaits
  * (a file, a fetch) is waited for too, up to the run's stall limit, so no timing race decides what happens.
  */
-import { MissedProviderError, OutOfOrderError, TraceError } from "./errors.js";
+import { LeftPassError, MissedProviderError, OutOfOrderError, TraceError } from "./errors.js";
 import type { Rows } from "./rows.js";
+import { ValueRequest } from "./watched.js";
 
 export type ValueKind = "input" | "output";
 /** Which part of a module's arguments an input request means: the first argument, or all of them. */
@@ -57,11 +58,6 @@ export interface Provider {
 /** Most requests one invoke may have waiting (each holds memory until its value comes). */
 const MAX_PENDING = 100_000;
 
-/** An invoke left the forward pass (it stopped, failed, or was dropped); its pending reads end with this. */
-export class LeftPassError extends TraceError {
-  override readonly name = "TraceError";
-}
-
 export class Mediator {
   /** Pending requests, in the order the code made them. */
   readonly requests: Request[] = [];
@@ -74,6 +70,13 @@ export class Mediator {
   /** Module paths this invoke skips in the call now running (their descendants cannot be asked for). */
   readonly skipping = new Set<string>();
   done = false;
+  /**
+   * tsight ended reads of this invoke because it left the pass: an error its code raises after that (rethrowing
+   * the LeftPassError, or one made from it in a sandbox) is a consequence, not a failure of its own.
+   */
+  abandoned = false;
+  /** Failures of promises tsight gave the code (tr.backward, tr.local, ...), checked for use when the code ends. */
+  readonly unusedFailures: { error: unknown; isUsed(): boolean }[] = [];
   /** The code called tr.stop(value): its EarlyStop is a normal end, with that value. */
   stopping: { value: unknown } | null = null;
   result: unknown;
@@ -93,11 +96,9 @@ export class Mediator {
   ) {}
 
   read(path: string, kind: ValueKind, part: InputPart, origin: Error): Promise<unknown> {
-    const p = new Promise((resolve, reject) => this.submit({ op: "read", path, kind, part, iteration: this.iterationOf(path), origin, resolve, reject }));
     // A read nobody awaits (the trace ended first, or the code forgot `await`) must not crash the process with an
-    // unhandled rejection; code that awaits it still gets the error.
-    p.catch(() => undefined);
-    return p;
+    // unhandled rejection; code that awaits it still gets the error (see watched.ts).
+    return ValueRequest.read((resolve, reject) => this.submit({ op: "read", path, kind, part, iteration: this.iterationOf(path), origin, resolve, reject }));
   }
 
   write(path: string, kind: ValueKind, part: InputPart, value: unknown, origin: Error): void {
@@ -236,6 +237,7 @@ export class Mediator {
    */
   leave(why: string): void {
     this.pastEnd ??= why;
+    this.abandoned = true;
     for (const r of this.take(() => true)) if (r.op === "read") r.reject(new LeftPassError(`${describe(r.path, r.kind, r.part)} was never reached: ${this.pastEnd}`, r.origin));
     this.signal();
   }

@@ -548,7 +548,9 @@ export const traceCases: TraceCase[] = [
   {
     name: "scan gives every module's shapes without weights (meta model)",
     async run(b) {
-      const meta = await LanguageModel.load("stdlib-llama", { dispatch: false });
+      // The backend's own class (the remote-capable one in the remote suites), so its options take effect.
+      const Model = b.llama.constructor as typeof LanguageModel;
+      const meta = await Model.load("stdlib-llama", { dispatch: false });
       const shapes = await meta.scan(
         "def f(x):",
         async (m) => {
@@ -595,6 +597,28 @@ export const traceCases: TraceCase[] = [
         const meta = await LanguageModel.load(lm.name, { dispatch: false });
         expect(await scan(meta), `${arch} meta`).toEqual(expected);
       }
+    },
+  },
+  {
+    name: "module lists take negative indices (from the end); an index past either end, or a dtype tensors cannot have, names what is valid",
+    async run(b) {
+      const out = await b.gpt2.trace(
+        PROMPT,
+        async (m) => {
+          const last = (await m.transformer.h[-1].output) as Tensor;
+          return { path: m.transformer.h[-4].path, same: last.sub((await m.transformer.h[3].output) as Tensor).abs().max().item() };
+        },
+        b.options(),
+      );
+      expect(out).toEqual({ path: "transformer.h.0", same: 0 });
+      for (const index of [4, -5]) {
+        const e = await b.gpt2.trace(PROMPT, async (m, tr) => (await m.transformer.h[tr.vars.index].output) as Tensor, b.options({ vars: { index } })).catch((x) => x);
+        expect(e).toBeInstanceOf(TraceError);
+        expect(e.message).toContain(`transformer.h[${index}] is out of range: transformer.h has 4 modules (indices 0..3, or -4..-1 from the end)`);
+      }
+      const dtype = await b.gpt2.trace(PROMPT, async (m) => ((await m.lm_head.output) as Tensor).to("float16" as never), b.options()).catch((x) => x);
+      expect(dtype.name).toBe("DTypeError");
+      expect(dtype.message).toContain('to: "float16" is not a dtype tsight tensors can have: tsight computes in float32 (F16 weights are widened to float32 when a model loads); the dtypes are "float32", "int64", "int32", "bool"');
     },
   },
   {

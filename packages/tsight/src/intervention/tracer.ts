@@ -17,12 +17,13 @@ import { Tensor } from "../tensor/index.js";
 import { GradScope, type GradSource } from "./backward.js";
 import { Cache, modulePaths, type CacheOptions } from "./cache.js";
 import { envoyFor, type EnvoyContext } from "./envoy.js";
-import { EarlyStop, InterventionError, StallError, TraceError } from "./errors.js";
+import { EarlyStop, InterventionError, LeftPassError, StallError, TraceError } from "./errors.js";
 import { checkInput, fromRows, toBatch, type ModelInput } from "./inputs.js";
 import { currentInvoke, runInInvoke } from "./context.js";
 import { EndForward, Interleaver } from "./interleaver.js";
-import { LeftPassError, Mediator } from "./mediator.js";
+import { Mediator } from "./mediator.js";
 import { detachAll, RowsError, selectRows, type Rows } from "./rows.js";
+import { Watched } from "./watched.js";
 
 /** Intervention code: gets the invoke's envoy tree and tracer, returns what the caller should get back. */
 export type InterventionFn<E = any, R = unknown> = (m: E, tr: InvokeTracer) => R | Promise<R>;
@@ -69,7 +70,7 @@ export class InvokeTracer {
   get result(): Promise<any> {
     const m = this.mediator;
     if (!m) return this.run.result;
-    return m.parkUntil((resume, fail) => this.run.whenResult(resume, fail)).then((out) => this.run.rowsOf(out, m, "tr.result"));
+    return this.run.watch(m, m.parkUntil((resume, fail) => this.run.whenResult(resume, fail)).then((out) => this.run.rowsOf(out, m, "tr.result")));
   }
 
   /**
@@ -131,7 +132,7 @@ export class InvokeTracer {
    * further back. Ask in reverse forward order. The forward pass waits while this runs.
    */
   backward(loss: Tensor, fn?: (g: GradScope) => unknown): Promise<void> {
-    if (!this.run.grad) return Promise.reject(new TraceError("backward: this trace records no gradients; start it with { grad: true }"));
+    if (!this.run.grad) return this.run.watch(this.mediator, Promise.reject(new TraceError("backward: this trace records no gradients; start it with { grad: true }")));
     const scope = new GradScope(this.run.gradSources, this.run.stallTimeoutMs);
     const user = Promise.resolve().then(() => fn?.(scope));
     return this.run.track(this.mediator, Promise.all([scope.run(loss, user), user]).then(() => undefined));
@@ -224,6 +225,8 @@ export class TraceRun {
   private closed = false;
   private stopped = false;
   private firstError: { error: unknown } | null = null;
+  /** Failures of promises the trace function's own tracer gave out, checked for use when the forward ends. */
+  private readonly unusedFailures: { error: unknown; isUsed(): boolean }[] = [];
   private paths: Set<string> | null = null;
   /** Rows in the batch (known once it is built). */
   private batch = 0;
@@ -286,9 +289,9 @@ export class TraceRun {
       // Parked: the forward may go on to let the other parties arrive. Code whose invoke is not known here (a
       // sandboxed job's) is counted as parked instead.
       const mediator = currentInvoke()?.mediator;
-      if (mediator) return mediator.parkUntil<void>((resume, fail) => join(() => resume(), fail));
+      if (mediator) return this.watch(mediator, mediator.parkUntil<void>((resume, fail) => join(() => resume(), fail)));
       const arrived = new Promise<void>(join);
-      return this.interleaver ? this.interleaver.atBarrier(arrived) : arrived;
+      return this.watch(null, this.interleaver ? this.interleaver.atBarrier(arrived) : arrived);
     };
     return Object.assign(arrive, { parties });
   }
@@ -370,7 +373,21 @@ export class TraceRun {
 
   /** Work tsight runs for an invoke (a hybrid step, a backward pass): the forward waits for it. */
   track<T>(m: Mediator | null, work: Promise<T>): Promise<T> {
-    return m ? m.track(work) : work;
+    return this.watch(m, m ? m.track(work) : work);
+  }
+
+  /**
+   * A promise for intervention code that may forget to await it: if it fails and the code never used it, the
+   * failure becomes the invoke's error (or the trace's, for the trace function's own tracer) instead of an
+   * unhandled rejection.
+   */
+  watch<T>(m: Mediator | null, work: Promise<T>): Promise<T> {
+    return Watched.of(work, (error, isUsed) => {
+      if (error instanceof LeftPassError || error instanceof EarlyStop) return;
+      if (m?.done) {
+        if (!isUsed()) m.fail(error);
+      } else (m?.unusedFailures ?? this.unusedFailures).push({ error, isUsed });
+    });
   }
 
   /** No more invokes: the batch can be built. */
@@ -425,14 +442,18 @@ export class TraceRun {
     const context = (mediator: Mediator): EnvoyContext => ({
       mediator,
       aliases: this.target.aliases,
-      callDirect: async (module: Module, args: unknown[]) => {
-        interleaver.bypass++;
-        try {
-          return await (module.call as (...a: unknown[]) => Promise<unknown>)(...args);
-        } finally {
-          interleaver.bypass--;
-        }
-      },
+      callDirect: (module: Module, args: unknown[]) =>
+        this.watch(
+          mediator,
+          (async () => {
+            interleaver.bypass++;
+            try {
+              return await (module.call as (...a: unknown[]) => Promise<unknown>)(...args);
+            } finally {
+              interleaver.bypass--;
+            }
+          })(),
+        ),
     });
 
     if (model.tree.hooks) throw new TraceError("this model is already being traced (traces of one model run one at a time)");
@@ -455,9 +476,18 @@ export class TraceRun {
       await this.failBarriers();
       // Code still running (its last steps after the forward) ends, or waits for something that will not come.
       await interleaver.settle(true);
+      const ended = this.stopped ? "tr.stop() ended the trace" : this.firstError ? "another invoke failed" : null;
       for (const x of all) {
-        if (!x.mediator.done) x.mediator.fail(new TraceError(`invoke ${x.mediator.index} never finished: after the forward pass its code still waits for something tsight does not provide`));
+        if (x.mediator.done) continue;
+        // Its code waits for a value that will never come; it is not resumed. Its handle settles, so code awaiting it goes on.
+        const e = ended
+          ? new LeftPassError(`invoke ${x.mediator.index} was still waiting when ${ended}; the rest of its code does not run`)
+          : new TraceError(`invoke ${x.mediator.index} never finished: after the forward pass its code still waits for something tsight does not provide`);
+        x.mediator.fail(e);
+        (x as Partial<Invoke>).reject?.(e);
       }
+      const unused = this.unusedFailures.find((f) => !f.isUsed());
+      if (unused) this.firstError ??= { error: unused.error };
     } finally {
       model.tree.hooks = null;
       this.interleaver = null;
@@ -477,6 +507,9 @@ export class TraceRun {
       m.done = true;
       // tr.stop() leaves the code by throwing EarlyStop: a normal end, with nothing returned.
       if (!ok && m.stopping && (v instanceof EarlyStop || (v as Error | null)?.name === "EarlyStop")) [ok, v] = [true, m.stopping.value];
+      // A promise tsight gave the code failed and the code never awaited it: that failure is the invoke's.
+      const unused = ok ? m.unusedFailures.find((f) => !f.isUsed()) : undefined;
+      if (unused) [ok, v] = [false, unused.error];
       if (ok) {
         m.result = detachAll(v);
         x.resolve?.(m.result);
@@ -501,7 +534,7 @@ export class TraceRun {
   private recordError(e: unknown, m: Mediator): void {
     if (this.isolated) return m.leave(e instanceof StallError ? "it kept the shared forward pass waiting" : "it failed");
     // After a stop (or another invoke's failure), invokes left waiting are abandoned, not failed.
-    if ((this.stopped || this.firstError) && e instanceof LeftPassError) return;
+    if ((this.stopped || this.firstError) && (e instanceof LeftPassError || m.abandoned)) return;
     this.firstError ??= { error: e };
     this.interleaver?.end("error");
   }

@@ -175,7 +175,8 @@ export interface ModelMeta {
   key: string;
   config: Record<string, unknown>;
   generationConfig: Record<string, unknown> | null;
-  tokenizer: Record<string, unknown>;
+  /** tokenizer.json; null for a model served without one (it takes token ids only). */
+  tokenizer: Record<string, unknown> | null;
   tokenizerConfig: Record<string, unknown>;
 }
 

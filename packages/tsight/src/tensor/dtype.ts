@@ -5,6 +5,8 @@
  * (token ids, positions, indices; stored as BigInt64Array, as ONNX Runtime wants them) or int32, and masks are bool
  * (one byte per element, as ONNX Runtime stores them).
  */
+import { DTypeError } from "./errors.js";
+
 export type DType = "float32" | "int64" | "int32" | "bool";
 
 export interface DTypeArrayMap {
@@ -24,8 +26,23 @@ export function isDType(name: unknown): name is DType {
   return typeof name === "string" && (dtypes as readonly string[]).includes(name);
 }
 
+/** Storage-only types of safetensors files: weights in them are widened to float32 when they load. */
+const storedOnly: Readonly<Record<string, string>> = { float16: "F16", half: "F16", bfloat16: "BF16", float64: "F64", double: "F64" };
+
+/**
+ * `dtype` if tensors can have it, else a DTypeError listing those they can (the one place that says so). `where`
+ * names the call, e.g. "to".
+ */
+export function checkDType(dtype: unknown, where: string): DType {
+  if (isDType(dtype)) return dtype;
+  const given = typeof dtype === "string" ? `"${dtype.slice(0, 40)}"` : dtype === null ? "null" : typeof dtype;
+  const stored = typeof dtype === "string" ? storedOnly[dtype] : undefined;
+  const why = stored ? `: tsight computes in float32 (${stored} weights are widened to float32 when a model loads)` : "";
+  throw new DTypeError(`${where}: ${given} is not a dtype tsight tensors can have${why}; the dtypes are ${dtypes.map((d) => `"${d}"`).join(", ")}`);
+}
+
 export function allocate<D extends DType>(dtype: D, size: number): DTypeArrayMap[D] {
-  switch (dtype) {
+  switch (checkDType(dtype, "tensor")) {
     case "float32":
       return new Float32Array(size) as DTypeArrayMap[D];
     case "int64":
@@ -35,7 +52,6 @@ export function allocate<D extends DType>(dtype: D, size: number): DTypeArrayMap
     case "bool":
       return new Uint8Array(size) as DTypeArrayMap[D];
   }
-  throw new TypeError(`unknown dtype ${String(dtype)}`);
 }
 
 /** The dtype whose typed array `data` is, or undefined. */

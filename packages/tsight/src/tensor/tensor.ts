@@ -6,7 +6,7 @@
  * no dispose. A meta tensor has a shape and no data: ops on it infer shapes without running kernels.
  */
 import { backwardSteps, runBackward, runBackwardAsync, type GradHook, type GradNode } from "./autograd.js";
-import { allocate, arrayFrom, dtypeOfArray, type DType, type TypedArray } from "./dtype.js";
+import { allocate, arrayFrom, checkDType, dtypeOfArray, type DType, type TypedArray } from "./dtype.js";
 import type { RawTensor } from "./engine.js";
 import { DTypeError, MetaTensorError, ShapeError } from "./errors.js";
 import { apply, apply1, guardAllocation } from "./primitive.js";
@@ -342,7 +342,7 @@ export class Tensor implements RawTensor {
     return Tensor.where(mask, value, this);
   }
   to(dtype: DType): Tensor {
-    return dtype === this.dtype ? this : apply1(P.cast, [this], { to: dtype });
+    return dtype === this.dtype ? this : apply1(P.cast, [this], { to: checkDType(dtype, "to") });
   }
   float(): Tensor {
     return this.to("float32");

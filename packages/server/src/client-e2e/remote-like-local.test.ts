@@ -1,0 +1,134 @@
+/**
+ * A remote call behaves like the same call in process, over a real server on a loopback port: generate streams
+ * tokens to onToken, console.log in job code reaches the caller, errors point at the user's file, and a job is
+ * picked up again from its id and the server's URL.
+ */
+import { execFile } from "node:child_process";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { fileURLToPath, pathToFileURL } from "node:url";
+import { promisify } from "node:util";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { GPT2LMHeadModel } from "../../../tsight/src/models/index.js";
+import { ClientError } from "../../../tsight/src/protocol/errors.js";
+import { HttpBackend } from "../../../tsight/src/client/http.js";
+import { RemoteJob } from "../../../tsight/src/client/job.js";
+import { LanguageModel, type RemoteOptions } from "../../../tsight/src/client/language-model.js";
+import { startServer, type RunningServer } from "../server/index.js";
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../../..");
+let server: RunningServer;
+let apiKey: string;
+let lm: LanguageModel<GPT2LMHeadModel>;
+let remote: RemoteOptions;
+
+beforeAll(async () => {
+  server = await startServer({ port: 0, dataDir: fs.mkdtempSync(path.join(os.tmpdir(), "tsight-like-local-")), models: ["stdlib-gpt2"], log: () => undefined });
+  apiKey = server.keys.create("like-local").key;
+  remote = { backend: server.url, apiKey, print: null, logs: null };
+  lm = await LanguageModel.fromServer("stdlib-gpt2", { backend: server.url, apiKey });
+}, 60_000);
+afterAll(() => server?.close());
+
+describe("remote like local", () => {
+  it("generate streams each step's tokens and text to onToken, as in process", async () => {
+    const local = await LanguageModel.load("stdlib-gpt2");
+    const collect = async (model: LanguageModel<GPT2LMHeadModel>, options?: RemoteOptions) => {
+      const steps: { tokens: number[]; text: string[]; step: number }[] = [];
+      const settings = { maxNewTokens: 6, onToken: (s: { tokens: number[]; text: string[]; step: number }) => void steps.push(s) };
+      const out = options ? await model.generate(["def __init__(self", "import os"], settings, options) : await model.generate(["def __init__(self", "import os"], settings);
+      return { steps, text: out.text };
+    };
+    const here = await collect(local);
+    expect(here.steps.length).toBe(6);
+    expect(await collect(lm, remote)).toEqual(here);
+    const sandboxed = await collect(local, { remote: "local", print: null, logs: null });
+    expect(sandboxed).toEqual(here);
+    // With an intervention too: the streamed text is the continuation.
+    const steps: string[] = [];
+    const out = await lm.generate("def __init__(self", { maxNewTokens: 4, onToken: ({ text }) => void steps.push(text[0]!) }, async (m) => void (await m.transformer.h[0].output), remote);
+    expect(steps.join("")).toBe(out.text[0]);
+  });
+
+  it("console.log in job code reaches the logs option, and the job's events when nobody waits", async () => {
+    const lines: string[] = [];
+    const value = await lm.trace("def f(", async (m) => {
+      console.log("layer 0 norm", (await m.transformer.h[0].output).norm().item() > 0);
+      return 1;
+    }, { ...remote, logs: (line) => lines.push(line) });
+    expect([value, lines]).toEqual([1, ["layer 0 norm true"]]);
+    const job = await lm.trace("def f(", async () => void console.log("from a job nobody waits for"), { ...remote, blocking: false });
+    const logs: string[] = [];
+    for await (const { event } of job.events()) if (event.type === "log") logs.push(event.text);
+    expect(logs).toEqual(["from a job nobody waits for"]);
+  });
+
+  it("a submission after seconds of synchronous work (the server closed the idle connection) is sent again", async () => {
+    const jobsBefore = (await new HttpBackend({ url: server.url, apiKey }).list({ limit: 100 })).length;
+    expect(await lm.trace("def f(", async () => 1, remote)).toBe(1);
+    // Longer than the server's keep-alive (Node's 5 s): the pooled connection is closed under the busy client.
+    const until = Date.now() + 6_000;
+    while (Date.now() < until);
+    expect(await lm.trace("def f(", async () => 2, remote)).toBe(2);
+    expect((await new HttpBackend({ url: server.url, apiKey }).list({ limit: 100 })).length).toBe(jobsBefore + 2);
+  }, 30_000);
+
+  it("RemoteJob.attach takes the server's URL with a key, or a Backend, and refuses anything else at once", async () => {
+    const job = await lm.trace("def f(", async (m) => (await m.lm_head.output).shape, { ...remote, blocking: false });
+    expect(await RemoteJob.attach(job.id, server.url, { apiKey }).result()).toEqual([1, 3, 4096]);
+    expect(await RemoteJob.attach(job.id, new HttpBackend({ url: server.url, apiKey })).result()).toEqual([1, 3, 4096]);
+    for (const bad of [42, {}, { events: () => undefined }, null]) {
+      expect(() => RemoteJob.attach(job.id, bad as never)).toThrow(ClientError);
+    }
+    expect(() => RemoteJob.attach(job.id, {} as never)).toThrow(/server must be the server's URL \(with \{ apiKey \}, or TSIGHT_API_KEY set\) or a Backend such as an HttpBackend, got an object with no properties/);
+    expect(() => RemoteJob.attach("", server.url, { apiKey })).toThrow(/the job id must be a non-empty string/);
+    expect(() => RemoteJob.attach(job.id, "not a url", { apiKey })).toThrow(/not a url/);
+  });
+});
+
+describe("remote errors and logs in a user's script (plain .mjs in a child process)", () => {
+  it("point at the user's file, line and column, and print job logs on stderr", async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "tsight-user-script-"));
+    const file = path.join(dir, "user.mjs");
+    const tsight = pathToFileURL(path.join(root, "packages/tsight/dist/index.js")).href;
+    const text = `import { LanguageModel } from ${JSON.stringify(tsight)};
+const lm = await LanguageModel.fromServer("stdlib-gpt2");
+const report = (what, e) => console.log(JSON.stringify({ what, name: e.name, userLine: e.userLine, frame: e.stack.split("\\n").find((l) => l.startsWith("    at ")) }));
+
+// A function defined above the call that uses it.
+const misfit = async (m) => {
+  const h = await m.transformer.h[0].output;
+  return h.matmul(h); // SHAPE-1
+};
+await lm.trace("def f(", misfit, { remote: true }).catch((e) => report("above", e));
+
+await lm.trace("def f(", async (m) => {
+  const h = await m.transformer.h[1].output;
+  return h.matmul(h); // SHAPE-2
+}, { remote: true }).catch((e) => report("inline", e));
+
+const scale = 2;
+await lm.trace("def f(", async (m) => (await m.lm_head.output).mul(scale) /* FREE */, { remote: true }).catch((e) => report("free", e));
+
+await lm.trace("def f(", async () => void console.log("hello from the job"), { remote: true });
+await lm.trace("def f(", async () => void console.log("not shown"), { remote: true, logs: null });
+console.log("end");
+`;
+    fs.writeFileSync(file, text);
+    const where = (marker: string, token: string) => {
+      const lines = text.split("\n");
+      const line = lines.findIndex((l) => l.includes(marker));
+      return `${file}:${line + 1}:${lines[line]!.indexOf(token) + 1}`;
+    };
+    const { stdout, stderr } = await promisify(execFile)(process.execPath, [file], { env: { ...process.env, TSIGHT_HOST: server.url, TSIGHT_API_KEY: apiKey }, timeout: 60_000 });
+    const reports = Object.fromEntries(stdout.trim().split("\n").slice(0, -1).map((l) => [JSON.parse(l).what, JSON.parse(l)]));
+    expect(reports.above).toMatchObject({ name: "ShapeError", userLine: where("SHAPE-1", "matmul"), frame: `    at ${where("SHAPE-1", "matmul")}` });
+    expect(reports.inline).toMatchObject({ name: "ShapeError", userLine: where("SHAPE-2", "matmul"), frame: `    at ${where("SHAPE-2", "matmul")}` });
+    expect(reports.free).toMatchObject({ name: "FreeVariableError", userLine: where("FREE", "scale"), frame: `    at ${where("FREE", "scale")}` });
+    expect(stdout.trim().split("\n").at(-1)).toBe("end");
+    // stderr is a pipe here, not a terminal: log lines are printed all the same, and only those not silenced.
+    expect(stderr).toContain("hello from the job\n");
+    expect(stderr).not.toContain("not shown");
+  }, 90_000);
+});

@@ -1,0 +1,80 @@
+/**
+ * The promises tsight hands to intervention code, made safe for code that does not await them. A forgotten
+ * `await`, a `.then` chain nobody ends with a catch, or a read left pending when the trace stops must never crash
+ * the user's process with an unhandled rejection, and must not hide the user's own mistakes either.
+ *
+ * - ValueRequest (module values, `await m.x.output`): when the invoke leaves the forward pass (tr.stop(), another
+ *   invoke's error) its pending reads reject with LeftPassError, so code awaiting one ends. Promises derived from
+ *   a read (`.then(...)`) drop that rejection and stay pending instead: the code after a stop does not run, and
+ *   nothing is left unhandled. Every other rejection passes through unchanged.
+ * - Watched (tr.backward, tr.local, tr.result, barriers, envoy.call): notices whether the code ever used it
+ *   (`await` and `.then` both call `then`). A failure nobody used is handed to `unused`, which makes it the
+ *   invoke's error, so the user sees it from the trace instead of from a crash.
+ */
+import { LeftPassError } from "./errors.js";
+
+/** Set while a ValueRequest is made by tsight itself (the read), not derived from one by `.then`. */
+let makingRead = false;
+
+export class ValueRequest<T = unknown> extends Promise<T> {
+  constructor(executor: (resolve: (value: T | PromiseLike<T>) => void, reject: (reason?: unknown) => void) => void) {
+    if (makingRead) {
+      makingRead = false;
+      super(executor);
+    } else {
+      // Derived by `.then`/`.catch`/`.finally`: the invoke leaving the pass ends the chain quietly.
+      super((resolve, reject) => executor(resolve, (e) => (e instanceof LeftPassError ? undefined : reject(e))));
+    }
+  }
+
+  /** A read: `start` gets the functions that answer it. Not awaiting it is allowed (its failure is then dropped). */
+  static read<T>(start: (resolve: (value: T) => void, reject: (reason: unknown) => void) => void): ValueRequest<T> {
+    makingRead = true;
+    const p = new ValueRequest<T>(start);
+    p.then(undefined, () => undefined);
+    return p;
+  }
+}
+
+export class Watched<T = unknown> extends Promise<T> {
+  /** Whether intervention code called `then` (directly, or by awaiting it). */
+  used = false;
+
+  static override get [Symbol.species](): PromiseConstructor {
+    return Promise;
+  }
+
+  override then<A = T, B = never>(onFulfilled?: ((value: T) => A | PromiseLike<A>) | null, onRejected?: ((reason: unknown) => B | PromiseLike<B>) | null): Promise<A | B> {
+    this.used = true;
+    return super.then(onFulfilled, onRejected);
+  }
+
+  /**
+   * `work` as a Watched promise. When it fails, `unused(error, isUsed)` is called (isUsed tells whether the code
+   * has used the promise since); the rejection itself never goes unhandled.
+   */
+  static of<T>(work: Promise<T>, unused: (error: unknown, isUsed: () => boolean) => void): Watched<T> {
+    const w = new Watched<T>((resolve, reject) => work.then(resolve, reject));
+    // Promise.prototype.then itself: tsight's own handler does not count as a use.
+    Promise.prototype.then.call(w, undefined, (e: unknown) => unused(e, () => w.used));
+    return w;
+  }
+}
+
+/**
+ * The promise of a whole trace, scan, generation or session. Code that forgets to await it and fails would crash
+ * the process with an unhandled rejection; instead, when nothing has used it shortly after it failed, the error is
+ * printed as a warning and the process goes on. Code that awaits it (even later) still gets the error.
+ */
+export function unawaitedReported<T>(work: Promise<T>, what: string): Promise<T> {
+  return Watched.of(work, (error, isUsed) => {
+    setTimeout(() => {
+      if (isUsed()) return;
+      const detail = error instanceof Error ? (error.stack ?? `${error.name}: ${error.message}`) : String(error);
+      const message = `${what} failed, and nothing awaited it (a missing await?): ${detail}`;
+      const proc = (globalThis as { process?: { emitWarning?: (m: string, type: string) => void } }).process;
+      if (proc?.emitWarning) proc.emitWarning(message, "TsightWarning");
+      else console.warn(`TsightWarning: ${message}`);
+    }, 0);
+  });
+}

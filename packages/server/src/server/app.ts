@@ -32,6 +32,8 @@ export interface AppDeps {
   log?: (line: string) => void;
   /** Whether the stores behind the API are reachable now (GET /readyz); absent: always. */
   health?: () => Health;
+  /** Whether an error says a store could not be reached (its connection broke before `health` noticed). */
+  unreachable?: (error: Error) => boolean;
 }
 
 /** What /readyz says: whether the API can serve, and what is wrong when it cannot. */
@@ -48,7 +50,8 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
   /** The answer while a store cannot be reached: typed, retryable, never a hang. */
   const unavailable = (problems: string[]) => new ApiError(503, "UNAVAILABLE", `the server cannot reach its stores right now (${problems.join("; ")}); try again shortly`, { retryable: true, headers: { "retry-after": "2" } });
   app.onError((err, c) => {
-    const down = err instanceof ApiError ? null : health();
+    const lost = !(err instanceof ApiError) && deps.unreachable?.(err) ? { ready: false, problems: [err.message.slice(0, 200)] } : null;
+    const down = err instanceof ApiError ? null : (lost ?? health());
     if (!(err instanceof ApiError) && down?.ready !== false) log(`tsight server: ${c.req.method} ${c.req.path} failed: ${err.stack ?? err.message}`);
     const e = err instanceof ApiError ? err : down?.ready === false ? unavailable(down.problems) : new ApiError(500, "INTERNAL", "the server failed while answering; its log says why");
     deps.metrics.rejected.inc({ status: String(e.status) });

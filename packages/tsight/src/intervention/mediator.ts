@@ -122,7 +122,9 @@ export class Mediator {
 
   private submit(r: Request): void {
     if (this.pastEnd) {
-      fail(r, new OutOfOrderError(`${describe(r.path, r.kind, r.part)}: ${this.pastEnd}`, r.origin));
+      // An invoke that left the pass (stopped, or another failed) ends quietly; otherwise the order was wrong.
+      const what = describe(r.path, r.kind, r.part);
+      fail(r, this.abandoned ? new LeftPassError(`${what} was never reached: ${this.pastEnd}`, r.origin) : new OutOfOrderError(`${what}: ${this.pastEnd}`, r.origin));
       return;
     }
     const skippedParent = [...this.skipping].find((p) => r.path.startsWith(p + "."));

@@ -131,3 +131,14 @@ export async function clearPrefix(redis: Redis, prefix: string): Promise<number>
   } while (cursor !== "0");
   return n;
 }
+
+/**
+ * Whether an error of a Redis command means Redis could not be reached (the connection broke, was refused, or
+ * timed out), as opposed to a failure of the command itself.
+ */
+export function isRedisUnreachable(error: Error): boolean {
+  const code = (error as NodeJS.ErrnoException).code ?? "";
+  if (["ECONNREFUSED", "ECONNRESET", "EPIPE", "ETIMEDOUT", "EHOSTUNREACH", "ENOTCONN"].includes(code)) return true;
+  if (error.name === "MaxRetriesPerRequestError") return true;
+  return /Connection is closed|Stream isn't writeable|Command timed out|connect ECONNREFUSED|Redis at .* is/i.test(error.message);
+}

@@ -18,7 +18,7 @@ import { ModelRegistry } from "../model-registry.js";
 import type { ServerOptions } from "../server.js";
 import { WebhookSender } from "../webhook-sender.js";
 import { WebhookTargets } from "../webhook-target.js";
-import { connectRedis, RedisLayout } from "./connection.js";
+import { connectRedis, isRedisUnreachable, RedisLayout } from "./connection.js";
 import { resolveDistributed, type DistributedConfig } from "./config.js";
 import { RedisDispatcher } from "./dispatcher.js";
 import { RedisEventFeed, StreamHub, StreamWatchers } from "./event-feed.js";
@@ -124,7 +124,7 @@ export async function startApiNode(options: DistributedOptions): Promise<ApiNode
     const problems = [c.redis, c.requests, reader].filter((r) => r.status !== "ready").map((r) => `Redis at ${c.dist.redisUrl} is ${r.status}`);
     return { ready: problems.length === 0, problems: [...new Set(problems)] };
   };
-  const app = createApp({ config: c.config, keys, store: c.store, results: c.results, registry: c.registry, jobs, events, metrics: c.metrics, log: c.log, health });
+  const app = createApp({ config: c.config, keys, store: c.store, results: c.results, registry: c.registry, jobs, events, metrics: c.metrics, log: c.log, health, unreachable: isRedisUnreachable });
   const host = options.host ?? DEFAULT_HOST;
   let http: ServerType;
   try {

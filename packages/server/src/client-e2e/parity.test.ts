@@ -26,6 +26,7 @@ function suite(name: string, options: () => RemoteOptions): void {
         options: (extra = {}) => ({ ...extra, ...options(), print: null }),
         gpt2: await LanguageModel.load("stdlib-gpt2"),
         llama: await LanguageModel.load("stdlib-llama"),
+        renamed: (rename) => LanguageModel.load("stdlib-gpt2", { rename }) as never,
         arch: (a) => {
           if (!archs.has(a)) archs.set(a, LanguageModel.load(archFolders[a]));
           return archs.get(a)! as Promise<never>;

@@ -85,12 +85,19 @@ function matches(kind: string, v: unknown): boolean {
   return false;
 }
 
-/** A plain object (options, cache settings) of numbers, booleans, short strings and short lists of them. */
+/** A plain object (options, cache settings) of numbers, booleans, short strings and short lists of them (or of modules). */
 function isOptions(v: unknown, depth = 0): boolean {
   if (typeof v !== "object" || v === null || Array.isArray(v) || Object.getPrototypeOf(v) !== Object.prototype) return false;
   const entries = Object.entries(v);
   if (entries.length > 64) return false;
-  return entries.every(([, x]) => x === undefined || x === null || typeof x === "number" || typeof x === "boolean" || (typeof x === "string" && x.length <= MAX_STRING) || (Array.isArray(x) && x.length <= MAX_LIST && x.every((y) => typeof y === "string" || typeof y === "number")) || (x instanceof Tensor) || (depth < 2 && isOptions(x, depth + 1)));
+  return entries.every(([, x]) => x === undefined || x === null || typeof x === "number" || typeof x === "boolean" || (typeof x === "string" && x.length <= MAX_STRING) || (Array.isArray(x) && x.length <= MAX_LIST && x.every((y) => typeof y === "string" || typeof y === "number" || isModuleRef(y))) || (x instanceof Tensor) || (depth < 2 && isOptions(x, depth + 1)));
+}
+
+/** An envoy as it crosses from the isolate: `{ path }` (the modules of tr.cache({ modules: [...] })). */
+function isModuleRef(v: unknown): boolean {
+  if (typeof v !== "object" || v === null || Object.getPrototypeOf(v) !== Object.prototype) return false;
+  const keys = Object.keys(v);
+  return keys.length === 1 && keys[0] === "path" && typeof (v as { path: unknown }).path === "string" && (v as { path: string }).path.length <= MAX_STRING;
 }
 
 function isIndexEntry(v: unknown): boolean {

@@ -46,7 +46,7 @@ export interface BridgeOptions {
   /** The sources of the `tr.local(...)` functions of the job's code, by call site (see localStepSites). */
   localSites: readonly string[];
   /** Extra module names the client gave (its model's `rename`). */
-  rename?: Record<string, string>;
+  rename?: Record<string, string | string[]>;
 }
 
 export class Bridge implements ActionHost {

@@ -210,7 +210,52 @@ export function installRuntime(rawHost: HostCallbacks, tree: TreeNode, api: Runt
     }
     if (kind === "steps") o[Symbol.asyncIterator] = () => ({ next: () => o.next(), return: () => Promise.resolve({ value: undefined, done: true }) });
     objectOf.set(o, [kind, id]);
-    return o;
+    if (kind !== "cache") return o;
+    // A cache reads like the model: cache.transformer.h[0].output.
+    const nav = new Proxy(o, { get: (t, prop, receiver) => (typeof prop === "symbol" || prop in t ? Reflect.get(t, prop, receiver) : prop === "then" ? undefined : cacheNode(o, tree, "")[prop]) });
+    objectOf.set(nav, [kind, id]);
+    return nav;
+  }
+
+  const userError = (message: string) => new RemoteError({ type: "TraceError", code: "USER_CODE", message });
+
+  /** The node of module `path` (its tree `at`) in cache `o`: its values, and its children by name, alias or index. */
+  function cacheNode(o: any, at: TreeNode | TreeNode[], path: string): any {
+    const entry = () => {
+      const e = o.get(path);
+      if (e === null) throw userError(`cache: ${path || "the model"} was not recorded`);
+      return e;
+    };
+    const values: Record<string, () => unknown> = {
+      output: () => entry().output,
+      outputs: () => entry().outputsByCall,
+      inputs: () => entry().inputs,
+      input: () => entry().inputs?.[0],
+      inputsByCall: () => entry().inputsByCall,
+    };
+    return new Proxy(
+      {},
+      {
+        get(_t, prop) {
+          if (typeof prop === "symbol" || prop === "then") return undefined;
+          if (prop === "path") return path;
+          if (Object.hasOwn(values, prop)) return values[prop]!();
+          const join = (rel: string) => (path ? `${path}.${rel}` : rel);
+          if (Array.isArray(at)) {
+            if (!/^-?\d+$/.test(prop)) throw userError(`cache: ${path || "the model"} is a list of modules; index it with a number`);
+            const i = Number(prop);
+            const k = i < 0 ? at.length + i : i;
+            if (k < 0 || k >= at.length) throw userError(`cache: ${path || "the model"}[${i}] is out of range: it has ${at.length} modules`);
+            return cacheNode(o, at[k]!, join(String(k)));
+          }
+          const rel = new Map(at.aliases).get(prop) ?? prop;
+          let node: TreeNode | TreeNode[] | undefined = at;
+          for (const part of rel.split(".")) node = node === undefined ? undefined : Array.isArray(node) ? node[Number(part)] : new Map(node.children).get(part);
+          if (node === undefined) throw userError(`cache: ${path || "the model"} has no module "${prop}"`);
+          return cacheNode(o, node, join(rel));
+        },
+      },
+    );
   }
 
   function answer(how: string, r: unknown): unknown {
@@ -266,7 +311,7 @@ export function installRuntime(rawHost: HostCallbacks, tree: TreeNode, api: Runt
         const name = aliases.get(prop) ?? prop;
         if (made.has(name)) return made.get(name);
         let child: TreeNode | TreeNode[] | undefined = children.get(name);
-        if (child === undefined && name.includes(".")) child = name.split(".").reduce<any>((n, part) => n && new Map(n.children).get(part), node);
+        if (child === undefined && name.includes(".")) child = name.split(".").reduce<any>((n, part) => (n === undefined ? undefined : Array.isArray(n) ? n[Number(part)] : new Map(n.children).get(part)), node);
         if (child === undefined) throw new RemoteError({ type: "TraceError", code: "USER_CODE", message: `${node.path || "the model"} (${node.type}) has no module "${prop}"; its modules are: ${[...children.keys(), ...aliases.keys()].join(", ") || "none"}` });
         const e = Array.isArray(child) ? listEnvoy(child, invoke) : envoy(child, invoke);
         made.set(name, e);

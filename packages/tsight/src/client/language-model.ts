@@ -171,7 +171,7 @@ export class LanguageModel<M extends CausalLM = any> extends LocalLanguageModel<
       input: form === "invoke" ? encodeValue(a, tensors, "input") : undefined,
       vars: encodeValue(options.vars ?? {}, tensors, "vars"),
       edits,
-      rename: Object.keys(this.renames).length ? { ...this.renames } : undefined,
+      rename: Object.keys(this.renames).length ? (JSON.parse(JSON.stringify(this.renames)) as Record<string, string | string[]>) : undefined,
       grad: options.grad === true,
       generate,
       webhook: options.webhook,

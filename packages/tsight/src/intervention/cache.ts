@@ -1,10 +1,13 @@
 /**
  * tr.cache(): records module values as the forward goes, after every intervention has been applied, keyed by
  * module path. A cache made in an invoke holds that invoke's rows; one made on the trace holds the whole batch.
+ * It records exactly the modules asked for (all of them when none are named), and reads like the model:
+ * `cache.transformer.h[0].output` (rename aliases too), or `cache.get("transformer.h.0")`.
  */
 import type { Module } from "../nn/index.js";
 import type { Recorder } from "./interleaver.js";
 import type { ValueKind } from "./mediator.js";
+import { TraceError } from "./errors.js";
 import { detachAll, mapTensors, RowsError, selectRows, type Rows } from "./rows.js";
 
 /** The bytes of the tensors in a value. */
@@ -15,7 +18,7 @@ function tensorBytes(value: unknown): number {
 }
 
 export interface CacheOptions {
-  /** Modules to record (paths or envoys), each with everything inside it; all modules when omitted. */
+  /** Modules to record (paths or envoys), exactly these (not what is inside them); all modules when omitted. */
   modules?: readonly (string | { path: string })[];
   /** Record outputs (default true). */
   outputs?: boolean;
@@ -34,6 +37,9 @@ export interface CacheEntry {
   inputsByCall: unknown[][];
 }
 
+/** A cache as `tr.cache()` gives it: its methods, and the model's modules by name (`cache.transformer.h[0].output`). */
+export type NavigableCache = Cache & { readonly [module: string]: any };
+
 export class Cache implements Recorder {
   private readonly entries = new Map<string, CacheEntry>();
   private readonly prefixes: string[] | null;
@@ -43,18 +49,24 @@ export class Cache implements Recorder {
   constructor(
     options: CacheOptions,
     private readonly rows: Rows | null,
-    knownPaths: ReadonlySet<string>,
+    private readonly knownPaths: ReadonlySet<string>,
     /** Invokes are separate jobs: values that cannot be split into these rows are not recorded. */
     private readonly strict = false,
+    /** Rename aliases (parent path -> alias -> name or relative path), for navigation. */
+    private readonly aliases: ReadonlyMap<string, ReadonlyMap<string, string>> = new Map(),
   ) {
     this.prefixes = options.modules ? options.modules.map((m) => (typeof m === "string" ? m : m.path)) : null;
     for (const p of this.prefixes ?? []) if (!knownPaths.has(p)) throw new RangeError(`cache: the model has no module "${p}"`);
     this.outputs = options.outputs ?? true;
     this.inputs = options.inputs ?? false;
+    // Navigation by module names: what the class does not have is a module of the model.
+    return new Proxy(this, {
+      get: (target, prop, receiver) => (typeof prop === "symbol" || prop in target ? Reflect.get(target, prop, receiver) : prop === "then" ? undefined : target.at("").child(prop)),
+    });
   }
 
   private wants(path: string): boolean {
-    return this.prefixes === null || this.prefixes.some((p) => p === "" || path === p || path.startsWith(p + "."));
+    return this.prefixes === null || this.prefixes.includes(path);
   }
 
   /**
@@ -88,11 +100,50 @@ export class Cache implements Recorder {
     }
   }
 
-  /** A cache holding `entries` (what a remote job sent back). */
+  /** A cache holding `entries` (what a remote job sent back); it navigates by the paths recorded. */
   static fromEntries(entries: Iterable<[string, CacheEntry]>): Cache {
     const c = new Cache({}, null, new Set());
     for (const [path, e] of entries) c.entries.set(path, e);
     return c;
+  }
+
+  /** The navigation node of a module path (what `cache.transformer.h[0]` gives). */
+  at(path: string): CacheNode {
+    return new CacheNode(this, path);
+  }
+
+  /** @internal the entry of `path`, or an error naming what was recorded near it. */
+  entryAt(path: string): CacheEntry {
+    const e = this.entries.get(path);
+    if (e) return e;
+    const under = this.keys().filter((k) => k.startsWith(path ? path + "." : ""));
+    const what = path || "the model";
+    throw new TraceError(`cache: ${what} was not recorded${under.length ? `; recorded inside it: ${under.slice(0, 8).join(", ")}${under.length > 8 ? ", ..." : ""}` : this.prefixes ? ` (this cache records ${this.prefixes.join(", ")})` : ""}`);
+  }
+
+  /** @internal the path of child `name` of `path` (an alias, a list index, or a name), or an error. */
+  childPath(path: string, name: string): string {
+    const join = (rel: string) => (path ? `${path}.${rel}` : rel);
+    if (/^-?\d+$/.test(name)) {
+      const n = this.listLength(path);
+      const i = Number(name);
+      const at = i < 0 ? n + i : i;
+      if (at < 0 || at >= n) throw new TraceError(`cache: ${path || "the model"}[${i}] is out of range: it has ${n} module${n === 1 ? "" : "s"}`);
+      return join(String(at));
+    }
+    const real = this.aliases.get(path)?.get(name) ?? name;
+    const child = join(real);
+    // A cache sent back by a server does not know the model's paths: a name it lacks is reported when read.
+    if (this.knownPaths.size && !this.knownPaths.has(child)) throw new TraceError(`cache: ${path || "the model"} has no module "${name}"`);
+    return child;
+  }
+
+  /** How many numbered children `path` has (a module list), from the model's paths or, remotely, the recorded ones. */
+  private listLength(path: string): number {
+    const paths = this.knownPaths.size ? this.knownPaths : new Set(this.keys().flatMap((k) => k.split(".").map((_, i, parts) => parts.slice(0, i + 1).join("."))));
+    let n = 0;
+    while (paths.has(path ? `${path}.${n}` : String(n))) n++;
+    return n;
   }
 
   /** The entry of a module (by path or envoy), or undefined if it was not recorded. */
@@ -108,6 +159,43 @@ export class Cache implements Recorder {
   /** path -> first-call output, as a plain object (what a remote job would send back). */
   toObject(): Record<string, unknown> {
     return Object.fromEntries([...this.entries].filter(([, e]) => e.outputsByCall.length).map(([p, e]) => [p, e.output]));
+  }
+}
+
+/**
+ * A module's place in a cache: `output`, `input`, `inputs` of its first call, `outputs` and `inputsByCall` of
+ * every call (one per generation step), and its children by name, alias or index.
+ */
+export class CacheNode {
+  constructor(
+    private readonly cache: Cache,
+    readonly path: string,
+  ) {
+    return new Proxy(this, {
+      get: (target, prop, receiver) => (typeof prop === "symbol" || prop in target ? Reflect.get(target, prop, receiver) : prop === "then" ? undefined : target.child(prop)),
+    });
+  }
+
+  get output(): unknown {
+    return this.cache.entryAt(this.path).output;
+  }
+  /** Outputs of every call, in order (one per generation step). */
+  get outputs(): unknown[] {
+    return this.cache.entryAt(this.path).outputsByCall;
+  }
+  get inputs(): unknown[] | undefined {
+    return this.cache.entryAt(this.path).inputs;
+  }
+  get input(): unknown {
+    return this.cache.entryAt(this.path).inputs?.[0];
+  }
+  get inputsByCall(): unknown[][] {
+    return this.cache.entryAt(this.path).inputsByCall;
+  }
+
+  /** The node of child `name` (a module name, rename alias, or list index). */
+  child(name: string): CacheNode {
+    return this.cache.at(this.cache.childPath(this.path, name));
   }
 }
 

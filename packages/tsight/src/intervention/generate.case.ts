@@ -28,7 +28,69 @@ async function steeredReference(model: CausalLM, ids: Tensor, path: string, vect
   }
 }
 
+/**
+ * Greedy generation with decoder layer `layer` skipped (its input passed on as its output), computed without a KV
+ * cache: every step runs the whole sequence again, so no cache can fall behind. The reference for skipping in
+ * generation.
+ */
+async function skippedReference(model: CausalLM, ids: Tensor, path: string, steps: number): Promise<number[]> {
+  const hooks: ModuleHooks = {
+    async call(module, args, forward) {
+      return module.path === path ? (args[0] as Tensor) : forward(args);
+    },
+  };
+  model.tree.hooks = hooks;
+  try {
+    let seq = ids;
+    const out: number[] = [];
+    for (let i = 0; i < steps; i++) {
+      const { logits } = (await model.call(seq)) as { logits: Tensor };
+      const next = logits.index(0, -1).argmax().item() as number;
+      out.push(next);
+      seq = Tensor.cat([seq, Tensor.full([1, 1], next, "int64")], 1);
+    }
+    return out;
+  } finally {
+    model.tree.hooks = null;
+  }
+}
+
 export const generateCases: TraceCase[] = [
+  {
+    name: "a decoder layer skipped during generation keeps generating, for every architecture: at every step as without a cache, at one step consistently",
+    async run(b) {
+      for (const arch of hfFixtures) {
+        const lm = await b.arch(arch);
+        const layers = lm.model.namedModules().filter(([p]: [string, unknown]) => /^(transformer\.h|model\.layers|gpt_neox\.layers)\.1$/.test(p));
+        const path = layers[0]![0];
+        const ids = ref(await fixture(arch), "input_ids").narrow(0, 0, 1);
+        // Skipped at every step: its cache stays empty; the tokens are those of a run without any cache.
+        const every = await lm.generate(
+          ids,
+          { maxNewTokens: 6, eosTokenId: null },
+          async (m, tr) => {
+            const parts = tr.vars.path.split(".");
+            const layer = (i: number) => parts.slice(0, -1).reduce((e: any, k: string) => e[k], m)[i];
+            for await (const _ of tr.all()) layer(1).skip(await layer(0).output);
+          },
+          b.options({ vars: { path } }),
+        );
+        expect(every.generated.index(0).toArray(), arch).toEqual(await skippedReference(lm.model, ids, path, 6));
+        // Skipped at step 1 only: its cache misses that position, later steps attend to the keys it has.
+        const once = await lm.generate(
+          ids,
+          { maxNewTokens: 6, eosTokenId: null },
+          async (m, tr) => {
+            const parts = tr.vars.path.split(".");
+            const layer = (i: number) => parts.slice(0, -1).reduce((e: any, k: string) => e[k], m)[i];
+            for await (const _ of tr.iter(1, 2)) layer(1).skip(await layer(0).output);
+          },
+          b.options({ vars: { path } }),
+        );
+        expect(once.generated.shape, arch).toEqual([1, 6]);
+      }
+    },
+  },
   {
     name: "values read in a step are that step's: the logits of step k give token k",
     async run(b) {

@@ -292,7 +292,7 @@ export class Interleaver implements ModuleHooks, Provider {
     // The pass is over: what an invoke asks for from now on is refused at once (it would otherwise wait for a
     // module that will not run again, which a sandboxed job's code, asking later than in process, can do).
     for (const m of this.mediators) {
-      m.abandoned ||= stopped;
+      m.passEnded ||= stopped;
       m.pastEnd ??= stopped ? "the trace ended before it" : "it was asked for after the forward pass ended";
     }
     if (rejected) await this.settle();

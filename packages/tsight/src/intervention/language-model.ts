@@ -21,7 +21,7 @@ export interface ModelLoadOptions extends LoadOptions {
    * (`{ "transformer.h": "layers" }` gives `m.layers`); a plain name is an alias wherever that child occurs
    * (`{ attn: "attention" }`).
    */
-  rename?: Record<string, string>;
+  rename?: Rename;
   /**
    * The architecture class the model must be (`MixtralForCausalLM`, ...): types the envoy tree of a model loaded
    * from a folder or repo, checked when it loads (a ConfigError naming model_type otherwise).
@@ -113,9 +113,9 @@ export class LanguageModel<M extends CausalLM = any> {
   private edits: InterventionFn[] = [];
 
   /** The extra module names given at load (`rename`), sent along with remote jobs. */
-  readonly renames: Readonly<Record<string, string>>;
+  readonly renames: Readonly<Rename>;
 
-  constructor(name: string, loaded: LoadedModel, rename: Record<string, string> = {}) {
+  constructor(name: string, loaded: LoadedModel, rename: Rename = {}) {
     this.name = name;
     this.renames = { ...rename };
     this.config = loaded.config;
@@ -374,8 +374,19 @@ function runOptions(o: TraceOptions | undefined): RunOptions {
 
 export type { InvokeTracer };
 
-/** Alias maps for envoy trees, from load-time `rename`. */
-export function buildAliases(model: Module, rename: Record<string, string>): Map<string, Map<string, string>> {
+/** What `rename` maps: a module name, relative path, or pattern -> one alias or several. */
+export type Rename = Record<string, string | readonly string[]>;
+
+/**
+ * Alias maps for envoy trees (parent path -> alias -> child name or relative path), from load-time `rename`, in
+ * nnsight's forms:
+ *
+ *   { h: "layers" }                        every module named `h` is also `layers` (on its parent)
+ *   { "transformer.h": "layers" }          a path: mounted wherever it resolves, here on the model (m.layers)
+ *   { ".transformer": ["model", "mdl"] }   a leading dot is the same path; several aliases
+ *   { "transformer.h.*.mlp": "ffn" }       a pattern (* is one name): each match is also `ffn` on its parent
+ */
+export function buildAliases(model: Module, rename: Rename): Map<string, Map<string, string>> {
   const aliases = new Map<string, Map<string, string>>();
   const add = (at: string, alias: string, target: string) => {
     let m = aliases.get(at);
@@ -383,16 +394,25 @@ export function buildAliases(model: Module, rename: Record<string, string>): Map
     m.set(alias, target);
   };
   const paths = model.namedModules().map(([p]) => p);
-  for (const [from, to] of Object.entries(rename)) {
-    if (!/^[A-Za-z_$][\w$]*$/.test(to)) throw new TraceError(`rename: "${to}" is not a valid name`);
-    if (from.includes(".")) {
-      if (!paths.includes(from)) throw new TraceError(`rename: the model has no module "${from}"`);
-      add("", to, from);
-      continue;
+  const known = new Set(paths);
+  const join = (at: string, rel: string) => (at ? `${at}.${rel}` : rel);
+  const parentOf = (p: string) => p.split(".").slice(0, -1).join(".");
+  for (const [rawFrom, to] of Object.entries(rename)) {
+    const from = rawFrom.replace(/^\./, "");
+    const names = (typeof to === "string" ? [to] : Array.isArray(to) ? to : [to]).map((n) => (typeof n === "string" ? n.replace(/^\./, "") : n));
+    if (names.length === 0) throw new TraceError(`rename: "${rawFrom}" has no alias`);
+    for (const n of names) if (typeof n !== "string" || !/^[A-Za-z_$][\w$]*$/.test(n)) throw new TraceError(`rename: "${String(n)}" is not a valid name (letters, digits, _ and $)`);
+    if (!from || from.split(".").some((part) => part === "")) throw new TraceError(`rename: "${rawFrom}" is not a module name or path`);
+    let matched = 0;
+    if (from.includes("*")) {
+      const pattern = new RegExp(`^${from.split(".").map((part) => (part === "*" ? "[^.]+" : part.replace(/[$()+?[\]^{|}\\]/g, "\\$&"))).join("\\.")}$`);
+      for (const p of paths) if (p && pattern.test(p)) for (const n of names) (add(parentOf(p), n, p.split(".").at(-1)!), matched++);
+    } else if (from.includes(".")) {
+      for (const at of paths) if (known.has(join(at, from))) for (const n of names) (add(at, n, from), matched++);
+    } else {
+      for (const p of paths) if (p && p.split(".").at(-1) === from) for (const n of names) (add(parentOf(p), n, from), matched++);
     }
-    const parents = paths.filter((p) => p.split(".").at(-1) === from && p !== "").map((p) => p.split(".").slice(0, -1).join("."));
-    if (!parents.length) throw new TraceError(`rename: no module is named "${from}"`);
-    for (const parent of parents) add(parent, to, from);
+    if (!matched) throw new TraceError(`rename: the model has no module "${rawFrom}"${from.includes("*") ? " (no path matches the pattern)" : ""}`);
   }
   return aliases;
 }

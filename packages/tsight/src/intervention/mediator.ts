@@ -75,6 +75,8 @@ export class Mediator {
    * the LeftPassError, or one made from it in a sandbox) is a consequence, not a failure of its own.
    */
   abandoned = false;
+  /** The trace ended early (tr.stop(), another invoke's error): what the code asks for now ends it quietly. */
+  passEnded = false;
   /** Failures of promises tsight gave the code (tr.backward, tr.local, ...), checked for use when the code ends. */
   readonly unusedFailures: { error: unknown; isUsed(): boolean }[] = [];
   /** The code called tr.stop(value): its EarlyStop is a normal end, with that value. */
@@ -124,7 +126,7 @@ export class Mediator {
     if (this.pastEnd) {
       // An invoke that left the pass (stopped, or another failed) ends quietly; otherwise the order was wrong.
       const what = describe(r.path, r.kind, r.part);
-      fail(r, this.abandoned ? new LeftPassError(`${what} was never reached: ${this.pastEnd}`, r.origin) : new OutOfOrderError(`${what}: ${this.pastEnd}`, r.origin));
+      fail(r, this.passEnded ? new LeftPassError(`${what} was never reached: ${this.pastEnd}`, r.origin) : new OutOfOrderError(`${what}: ${this.pastEnd}`, r.origin));
       return;
     }
     const skippedParent = [...this.skipping].find((p) => r.path.startsWith(p + "."));

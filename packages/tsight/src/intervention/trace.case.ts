@@ -18,6 +18,8 @@ export interface TraceBackend {
   llama: LanguageModel<LlamaForCausalLM>;
   /** A model per Hugging Face fixture (tiny random weights), loaded from a folder. */
   arch(name: HfFixtureName): Promise<LanguageModel>;
+  /** stdlib-gpt2 loaded with these rename aliases. */
+  renamed(rename: Record<string, string | string[]>): Promise<LanguageModel<GPT2LMHeadModel>>;
 }
 
 export interface TraceCase {
@@ -493,8 +495,56 @@ export const traceCases: TraceCase[] = [
       expect(maxAbsDiff(out.all["transformer.h.0.mlp.c_fc"] as Tensor, ref(f, "single/transformer.h.0.mlp.c_fc:output"))).toBeLessThan(1e-4);
       expect((out.all["transformer.h.2"] as Tensor).abs().max().item()).toBe(0);
       expect(maxAbsDiff(out.h1.inputs![0] as Tensor, ref(f, "single/transformer.h.1:input"))).toBeLessThan(1e-4);
-      expect(out.keys.every((k: string) => k === "transformer.h.1" || k.startsWith("transformer.h.1."))).toBe(true);
-      expect(out.keys).toContain("transformer.h.1.attn.c_attn");
+      expect(out.keys).toEqual(["transformer.h.1"]);
+    },
+  },
+  {
+    name: "cache records exactly the modules named (paths or envoys) and reads like the model, in the code and after",
+    async run(b) {
+      const f = await fixture("stdlib-gpt2");
+      const out = await b.gpt2.trace(
+        PROMPT,
+        async (m, tr) => {
+          const layers = tr.cache({ modules: [...m.transformer.h] });
+          const attns = tr.cache({ modules: m.transformer.h.map((l: any) => l.attn) });
+          const one = tr.cache({ modules: ["transformer.h.0"], inputs: true });
+          await m.lm_head.output;
+          // Inside the intervention: by path, by index (negative too).
+          const inside = [layers.transformer.h[1].output, layers.transformer.h[-1].output, one.transformer.h[0].input];
+          return { layers, attnKeys: attns.keys(), oneKeys: one.keys(), inside };
+        },
+        b.options(),
+      );
+      expect(out.layers.keys()).toEqual(["transformer.h.0", "transformer.h.1", "transformer.h.2", "transformer.h.3"]);
+      expect(out.attnKeys).toEqual(["transformer.h.0.attn", "transformer.h.1.attn", "transformer.h.2.attn", "transformer.h.3.attn"]);
+      expect(out.oneKeys).toEqual(["transformer.h.0"]);
+      expect(maxAbsDiff(out.inside[0], ref(f, "single/transformer.h.1:output"))).toBeLessThan(1e-4);
+      expect(maxAbsDiff(out.inside[1], ref(f, "single/transformer.h.3:output"))).toBeLessThan(1e-4);
+      expect(maxAbsDiff(out.inside[2], ref(f, "single/transformer.h.0:input"))).toBeLessThan(1e-4);
+      // The returned cache navigates the same way.
+      expect(maxAbsDiff((out.layers as any).transformer.h[2].output, ref(f, "single/transformer.h.2:output"))).toBeLessThan(1e-4);
+      expect(maxAbsDiff((out.layers as any).transformer.h[-2].output, ref(f, "single/transformer.h.2:output"))).toBeLessThan(1e-4);
+      expect(() => (out.layers as any).transformer.h[1].mlp.output).toThrow(/transformer\.h\.1\.mlp was not recorded/);
+    },
+  },
+  {
+    name: "a cache in generation keeps every step's value; rename aliases navigate it",
+    async run(b) {
+      const lm = await b.renamed({ "transformer.h": "layers", mlp: "ffn" });
+      const out = await lm.generate(
+        PROMPT,
+        { maxNewTokens: 3, eosTokenId: null },
+        async (m, tr) => {
+          const c = tr.cache({ modules: [(m as any).layers[1].ffn] });
+          for await (const _ of tr.all()) await m.lm_head.output;
+          return { steps: c.layers[1].ffn.outputs.map((t: any) => t.shape), first: c.layers[1].ffn.output, c };
+        },
+        b.options(),
+      );
+      expect(out.value.steps).toEqual([[1, 5, 256], [1, 1, 256], [1, 1, 256]]);
+      const f = await fixture("stdlib-gpt2");
+      expect(maxAbsDiff(out.value.first, ref(f, "single/transformer.h.1.mlp:output"))).toBeLessThan(1e-4);
+      expect((out.value.c as Cache).keys()).toEqual(["transformer.h.1.mlp"]);
     },
   },
   {
@@ -654,6 +704,31 @@ export const traceCases: TraceCase[] = [
       expect(maxAbsDiff(out.h, ref(f, "single/transformer.h.1:output"))).toBeLessThan(1e-4);
       expect(out.same).toBe("transformer.h.2");
       await expect(LanguageModel.load("stdlib-gpt2", { rename: { "transformer.nope": "x" } })).rejects.toThrow(/no module "transformer.nope"/);
+    },
+  },
+  {
+    name: "rename takes nnsight's forms: a leading dot, several aliases, relative paths, patterns",
+    async run(b) {
+      const lm = await b.renamed({ ".transformer": ["model", "mdl"], ".transformer.h": "layers", "attn.c_proj": "out", "transformer.h.*.mlp": "ffn" });
+      const out = await lm.trace(
+        PROMPT,
+        async (m: any) => {
+          const viaModel = (await m.model.h[1].output) as Tensor;
+          const proj = (await m.layers[2].out.output) as Tensor;
+          const viaMdl = (await m.mdl.h[2].output) as Tensor;
+          const ffn = (await m.layers[3].ffn.output) as Tensor;
+          return { viaModel, viaMdl, proj, ffn, paths: [m.layers[0].ffn.path, m.transformer.h[1].out.path, m.model.h[-1].ffn.path] };
+        },
+        b.options(),
+      );
+      const f = await fixture("stdlib-gpt2");
+      expect(maxAbsDiff(out.viaModel, ref(f, "single/transformer.h.1:output"))).toBeLessThan(1e-4);
+      expect(maxAbsDiff(out.viaMdl, ref(f, "single/transformer.h.2:output"))).toBeLessThan(1e-4);
+      expect(maxAbsDiff(out.proj, ref(f, "single/transformer.h.2.attn.c_proj:output"))).toBeLessThan(1e-4);
+      expect(maxAbsDiff(out.ffn, ref(f, "single/transformer.h.3.mlp:output"))).toBeLessThan(1e-4);
+      expect(out.paths).toEqual(["transformer.h.0.mlp", "transformer.h.1.attn.c_proj", "transformer.h.3.mlp"]);
+      await expect(b.renamed({ "transformer.h.*.nope": "x" })).rejects.toThrow(/no module "transformer\.h\.\*\.nope" \(no path matches the pattern\)/);
+      await expect(b.renamed({ h: "not valid" })).rejects.toThrow(/"not valid" is not a valid name/);
     },
   },
 ];

@@ -18,6 +18,7 @@ describe("tracing (in process)", () => {
       options: (extra = {}) => extra,
       gpt2: await LanguageModel.load("stdlib-gpt2"),
       llama: await LanguageModel.load("stdlib-llama"),
+      renamed: (rename) => LanguageModel.load("stdlib-gpt2", { rename }) as never,
       arch: (name) => {
         if (!archs.has(name)) archs.set(name, loadArch(name));
         return archs.get(name)!;

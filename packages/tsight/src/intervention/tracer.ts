@@ -15,7 +15,7 @@ import type { CausalLM } from "../models/index.js";
 import type { Module } from "../nn/index.js";
 import { Tensor } from "../tensor/index.js";
 import { GradScope, type GradSource } from "./backward.js";
-import { Cache, modulePaths, type CacheOptions } from "./cache.js";
+import { Cache, modulePaths, type CacheOptions, type NavigableCache } from "./cache.js";
 import { envoyFor, type EnvoyContext } from "./envoy.js";
 import { EarlyStop, InterventionError, LeftPassError, StallError, TraceError } from "./errors.js";
 import { checkInput, fromRows, toBatch, type ModelInput } from "./inputs.js";
@@ -59,8 +59,8 @@ export class InvokeTracer {
   }
 
   /** Records module values (after interventions) as the forward goes; this invoke's rows, or the whole batch. */
-  cache(options: CacheOptions = {}): Cache {
-    return this.run.addCache(options, this.mediator?.rows ?? null);
+  cache(options: CacheOptions = {}): NavigableCache {
+    return this.run.addCache(options, this.mediator?.rows ?? null) as NavigableCache;
   }
 
   /**
@@ -298,7 +298,7 @@ export class TraceRun {
 
   addCache(options: CacheOptions, rows: Rows | null): Cache {
     this.paths ??= modulePaths(this.target.model);
-    const cache = new Cache(options, rows, this.paths, this.isolated);
+    const cache = new Cache(options, rows, this.paths, this.isolated, this.target.aliases);
     this.caches.push(cache);
     this.interleaver?.recorders.push(cache);
     return cache;

@@ -91,6 +91,10 @@ export interface ScoreOptions {
  */
 export function eagerAttention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scores: ScoreOptions | number): [Tensor, Tensor] {
   const o = typeof scores === "number" ? { scale: scores } : scores;
+  // A layer whose cache missed steps (skipped during generation) has fewer keys than the mask has positions: the
+  // mask is cut to the keys there are, its first columns, as Hugging Face's eager attention does.
+  const keys = k.shape[2]!;
+  if (mask.shape[3]! > keys) mask = mask.narrow(3, 0, keys);
   return F.attention(q, k, v, mask, o.scale, o.softcap ?? null);
 }
 

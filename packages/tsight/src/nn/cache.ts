@@ -7,9 +7,14 @@ import { Tensor } from "../tensor/index.js";
 export class KVCache {
   private readonly layers: ({ keys: Tensor; values: Tensor } | undefined)[] = [];
 
-  /** Positions already cached (those of layer 0). */
+  /**
+   * Positions already processed: the longest layer's. A layer skipped during generation (its module replaced by
+   * an intervention) has fewer; attention then cuts the mask to the keys it has (eagerAttention), as Hugging Face does.
+   */
   get length(): number {
-    return this.layers[0]?.keys.shape[2] ?? 0;
+    let n = 0;
+    for (const l of this.layers) if (l) n = Math.max(n, l.keys.shape[2]!);
+    return n;
   }
 
   /** Appends this step's keys and values [B, kvHeads, T, headDim] and returns the whole sequence's. */

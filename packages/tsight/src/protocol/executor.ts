@@ -20,7 +20,7 @@ export interface DecodedJob {
   input?: ModelInput;
   vars: Record<string, unknown>;
   edits: string[];
-  rename: Record<string, string>;
+  rename: Record<string, string | string[]>;
   grad: boolean;
   generate?: GenerateSpec;
   webhook?: string;
@@ -95,8 +95,10 @@ export function decodeJob(body: Uint8Array | JobRequest): DecodedJob {
   const edits = r.edits ?? [];
   if (!Array.isArray(edits) || !edits.every((e) => typeof e === "string" && e.length <= MAX_SOURCE)) throw new ValidationError('"edits" must be a list of function sources');
   const rename = r.rename ?? {};
-  if (typeof rename !== "object" || rename === null || Array.isArray(rename) || Object.keys(rename).length > MAX_RENAMES || !Object.entries(rename).every(([k, v]) => typeof v === "string" && k.length <= 256 && v.length <= 256)) {
-    throw new ValidationError(`"rename" must be an object of at most ${MAX_RENAMES} module names (strings) to aliases (strings)`);
+  const alias = (v: unknown) => typeof v === "string" && v.length <= 256;
+  const aliases = (v: unknown) => alias(v) || (Array.isArray(v) && v.length >= 1 && v.length <= 16 && v.every(alias));
+  if (typeof rename !== "object" || rename === null || Array.isArray(rename) || Object.keys(rename).length > MAX_RENAMES || !Object.entries(rename).every(([k, v]) => k.length <= 256 && aliases(v))) {
+    throw new ValidationError(`"rename" must be an object of at most ${MAX_RENAMES} module names (strings) to aliases (a string, or a list of at most 16)`);
   }
   if (r.kind === "generate") {
     const g = r.generate as GenerateSpec | undefined;

@@ -90,8 +90,8 @@ export interface JobRequest {
   vars?: unknown;
   /** Persistent interventions (model.edit) to apply first, as sources of `(m, tr) => ...`. */
   edits?: string[];
-  /** Extra module names (the client model's `rename`): dotted path or child name -> alias. */
-  rename?: Record<string, string>;
+  /** Extra module names (the client model's `rename`): child name, dotted path or pattern -> alias or aliases. */
+  rename?: Record<string, string | string[]>;
   /** Record gradients (trace option `grad`). */
   grad?: boolean;
   generate?: GenerateSpec;

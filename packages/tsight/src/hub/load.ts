@@ -60,6 +60,18 @@ export async function loadPretrained(nameOrPath: string, options: LoadOptions = 
   return { source, config, generationConfig, model, tokenizer, dispatched: dispatch };
 }
 
+/**
+ * Loads the weights of a model built without them (`dispatch: false`) into it: downloads them first if the
+ * source is a Hugging Face repo (with `onProgress`), then reads them as a normal load does.
+ */
+export async function dispatchWeights(model: CausalLM, nameOrPath: string, options: LoadOptions = {}): Promise<void> {
+  const source = await locateModel(nameOrPath, { ...options, weights: options.weights });
+  const header = await readModelSafetensorsHeader(source.path);
+  const { sources } = planWeights(model, new Set(header.entries.keys()));
+  const { tensors } = await readModelSafetensors(source.path, { names: new Set([...sources.values()].flatMap(sourceKeys)) });
+  loadWeights(model, tensors);
+}
+
 /** The tokenizer given, the folder's, or (no tokenizer.json) an ids-only one built from config.json. */
 async function chooseTokenizer(given: Tokenizer | string | undefined, folder: string, config: RawConfig): Promise<Tokenizer> {
   if (given instanceof Tokenizer) return given;

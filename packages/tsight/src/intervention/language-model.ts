@@ -3,7 +3,7 @@
  * Face repo id (with or without weights), and the entry points of interventions: trace, scan, edit, session,
  * generate.
  */
-import { loadPretrained, type LoadedModel, type LoadOptions, type Tokenizer } from "../hub/index.js";
+import { dispatchWeights, loadPretrained, type LoadedModel, type LoadOptions, type Tokenizer } from "../hub/index.js";
 import { ConfigError, generate, type CausalLM, type GenerateOptions, type GenerateResult, type GPT2LMHeadModel, type LlamaForCausalLM, type RawConfig } from "../models/index.js";
 import type { Module } from "../nn/index.js";
 import { Tensor } from "../tensor/index.js";
@@ -100,6 +100,10 @@ interface Shared {
   tokenizer: Tokenizer;
   aliases: Map<string, Map<string, string>>;
   queue: Promise<unknown>;
+  dispatched: boolean;
+  /** Loads the weights of a model loaded with `dispatch: false` (once); null when there is nothing to load from. */
+  load: (() => Promise<void>) | null;
+  loading: Promise<void> | null;
 }
 
 export class LanguageModel<M extends CausalLM = any> {
@@ -107,8 +111,6 @@ export class LanguageModel<M extends CausalLM = any> {
   readonly name: string;
   readonly config: RawConfig;
   readonly generationConfig: RawConfig | null;
-  /** False for a meta model (shapes, no weights). */
-  readonly dispatched: boolean;
   private readonly shared: Shared;
   private edits: InterventionFn[] = [];
 
@@ -120,8 +122,35 @@ export class LanguageModel<M extends CausalLM = any> {
     this.renames = { ...rename };
     this.config = loaded.config;
     this.generationConfig = loaded.generationConfig;
-    this.dispatched = loaded.dispatched;
-    this.shared = { model: loaded.model, tokenizer: loaded.tokenizer, aliases: buildAliases(loaded.model, rename), queue: Promise.resolve() };
+    this.shared = { model: loaded.model, tokenizer: loaded.tokenizer, aliases: buildAliases(loaded.model, rename), queue: Promise.resolve(), dispatched: loaded.dispatched, load: null, loading: null };
+  }
+
+  /** False for a meta model (shapes, no weights) until its weights are loaded. */
+  get dispatched(): boolean {
+    return this.shared.dispatched;
+  }
+
+  /**
+   * Loads the weights of a model loaded with `dispatch: false` (its first trace or generation does this by itself,
+   * as nnsight does; `scan` never needs them). A model with weights already: nothing to do.
+   */
+  async dispatch(): Promise<void> {
+    const s = this.shared;
+    if (s.dispatched) return;
+    if (!s.load) throw new TraceError(`${this.name} has no weights here (a meta model from a server): run it with { remote: true }, or load it with LanguageModel.load`);
+    s.loading ??= s.load().then(
+      () => void (s.dispatched = true),
+      (e: unknown) => {
+        s.loading = null; // a failed load may be tried again
+        throw e;
+      },
+    );
+    await s.loading;
+  }
+
+  /** `work` once the weights are there. */
+  private withWeights<T>(work: () => Promise<T>): Promise<T> {
+    return this.shared.dispatched || !this.shared.load ? work() : this.dispatch().then(work);
   }
 
   /** Loads `stdlib-gpt2`, `stdlib-llama`, a model folder, or a Hugging Face repo id. */
@@ -133,7 +162,9 @@ export class LanguageModel<M extends CausalLM = any> {
     checkOptionNames(options, "LanguageModel.load", LOAD_OPTIONS);
     const loaded = await loadPretrained(nameOrPath, options);
     checkArchitecture(loaded.model, options.architecture, nameOrPath);
-    return new this(nameOrPath, loaded, options.rename);
+    const lm = new this(nameOrPath, loaded, options.rename);
+    if (!loaded.dispatched) lm.shared.load = () => dispatchWeights(loaded.model, nameOrPath, options);
+    return lm;
   }
 
   /** The module tree. */
@@ -151,7 +182,7 @@ export class LanguageModel<M extends CausalLM = any> {
   trace<R>(input: ModelInput, fn: InterventionFn<EnvoyTree<M>, R>, options?: TraceOptions): Promise<R>;
   trace<R>(fn: TraceFn<M, R>, options?: TraceOptions): Promise<R>;
   trace<R>(a: ModelInput | TraceFn<M, R>, b?: InterventionFn<EnvoyTree<M>, R> | TraceOptions, c?: TraceOptions): Promise<R> {
-    return this.calling("trace", [a, b, c], () => this.run(a, b, c, forward).then((r) => r.value));
+    return this.calling("trace", [a, b, c], () => this.withWeights(() => this.run(a, b, c, forward)).then((r) => r.value));
   }
 
   /**
@@ -193,7 +224,7 @@ export class LanguageModel<M extends CausalLM = any> {
   generate<R>(input: ModelInput, options: GenerateCall, fn: InterventionFn<EnvoyTree<M>, R>, traceOptions?: TraceOptions): Promise<GenerateOutput & { value: R }>;
   generate<R>(fn: TraceFn<M, R>, options: GenerateCall, traceOptions?: TraceOptions): Promise<GenerateOutput & { value: R }>;
   generate<R>(a: ModelInput | TraceFn<M, R>, options: GenerateCall, fn?: InterventionFn<EnvoyTree<M>, R> | TraceOptions, traceOptions?: TraceOptions): Promise<GenerateOutput & { value?: R }> {
-    return this.calling("generate", [a, options, fn, traceOptions], () => this.generateHere(a, options, fn, traceOptions));
+    return this.calling("generate", [a, options, fn, traceOptions], () => this.withWeights(() => this.generateHere(a, options, fn, traceOptions)));
   }
 
   private async generateHere<R>(

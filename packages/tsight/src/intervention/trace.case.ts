@@ -619,6 +619,31 @@ export const traceCases: TraceCase[] = [
     },
   },
   {
+    name: "a model loaded with dispatch: false loads its weights at its first trace (a scan never needs them, nor does a remote run)",
+    async run(b) {
+      const Model = b.gpt2.constructor as typeof LanguageModel;
+      const base = await b.arch("gpt2");
+      const f = await fixture("gpt2");
+      const ids = ref(f, "input_ids");
+      const lazy = await Model.load(base.name, { dispatch: false });
+      // A server runs it on its own weights; in process and in the local sandbox (remote: "local") they load here.
+      const isRemote = "backend" in b.options();
+      expect(lazy.dispatched).toBe(false);
+      expect(await lazy.scan(ids, async (m: any) => ((await m.lm_head.output) as Tensor).isMeta, b.options())).toBe(true);
+      expect(lazy.dispatched).toBe(false);
+      const edited = lazy.edit(async (m: any) => void (m.transformer.h[1].mlp.output = ((await m.transformer.h[1].mlp.output) as Tensor).mul(0)));
+      const logits = (model: LanguageModel) => model.trace(ids, async (m: any) => (await m.lm_head.output) as Tensor, b.options());
+      const [plain, zeroed] = await Promise.all([logits(lazy), logits(edited)]);
+      expect(maxAbsDiff(plain, ref(f, "single/logits"))).toBeLessThan(1e-4);
+      expect(maxAbsDiff(zeroed, ref(f, "intervention/zero_mlp_l1/logits"))).toBeLessThan(1e-4);
+      // Loaded now, once, for the model and its edited copy; never for a server's run.
+      expect([lazy.dispatched, edited.dispatched]).toEqual([!isRemote, !isRemote]);
+      const settings = { maxNewTokens: 4, eosTokenId: null, padTokenId: 0 };
+      const generated = await lazy.generate(ids, settings, async () => undefined, b.options());
+      expect(generated.sequences.tolist()).toEqual((await base.generate(ids, settings)).sequences.tolist());
+    },
+  },
+  {
     name: "scan gives every architecture's module shapes, on the model and on its meta model, as Hugging Face records them",
     async run(b) {
       for (const arch of hfFixtures) {

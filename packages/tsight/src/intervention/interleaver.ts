@@ -143,16 +143,31 @@ export class Interleaver implements ModuleHooks, Provider {
     }
   }
 
+  /** Replacements that changed a value's shape, for explaining a later op's failure. */
+  private readonly reshaped: { where: string; origin: Error; from: readonly number[]; to: readonly number[] }[] = [];
+
+  /**
+   * The error of a forward pass that failed after a replacement changed a shape: a SwapError at the assignment's
+   * line naming both shapes, with the op's error as its cause. Other errors are returned as they are.
+   */
+  explain(error: unknown): unknown {
+    const last = this.reshaped.at(-1);
+    if (!last || !(error instanceof Error) || error instanceof TraceError) return error;
+    const e = new SwapError(`${error.message}\n  after ${last.where} was replaced with shape [${last.to.join(", ")}] where the model gives [${last.from.join(", ")}]`, last.origin);
+    (e as { cause?: unknown }).cause = error;
+    return e;
+  }
+
   /** Applies a write to the current value; a misfit is the writing invoke's error. */
   private swap(c: Current, m: Mediator, r: Request & { op: "write" }): unknown {
     const where = describe(r.path, r.kind, r.part);
     try {
       const replacement = typeof r.value === "function" ? (r.value as (v: unknown) => unknown)(selectRows(pick(c, r), m.rows, this.batch, this.strictRows ? where : undefined)) : r.value;
-      if (r.kind === "input" && r.part === "first") {
-        const args = c.value as unknown[];
-        return [mergeRows(args[0], replacement, m.rows, this.batch, where), ...args.slice(1)];
-      }
-      return mergeRows(c.value, replacement, m.rows, this.batch, where);
+      const before = pick(c, r);
+      const after = r.kind === "input" && r.part === "first" ? [mergeRows((c.value as unknown[])[0], replacement, m.rows, this.batch, where), ...(c.value as unknown[]).slice(1)] : mergeRows(c.value, replacement, m.rows, this.batch, where);
+      const now = r.kind === "input" && r.part === "first" ? (after as unknown[])[0] : after;
+      if (before instanceof Tensor && now instanceof Tensor && !sameShape(before.shape, now.shape)) this.reshaped.push({ where, origin: r.origin, from: before.shape, to: now.shape });
+      return after;
     } catch (e) {
       m.fail(typeof e === "string" ? new SwapError(`cannot replace ${where}: ${e}`, r.origin) : e);
       return c.value;
@@ -330,4 +345,8 @@ function concatRows(parts: { rows: Rows; value: unknown }[]): unknown {
   if (first instanceof Tensor) return Tensor.cat(sorted.map((p) => p.value as Tensor), 0);
   if (Array.isArray(first)) return first.map((_, i) => concatRows(sorted.map((p) => ({ rows: p.rows, value: (p.value as unknown[])[i] }))));
   throw new TraceError("skip values of several invokes can only be joined when they are tensors or tuples of tensors");
+}
+
+function sameShape(a: readonly number[], b: readonly number[]): boolean {
+  return a.length === b.length && a.every((d, i) => d === b[i]);
 }

@@ -46,12 +46,15 @@ export function mergeRows(full: unknown, part: unknown, rows: Rows | null, batch
   if (full instanceof Tensor) {
     if (!(part instanceof Tensor)) throw `${where} is a tensor of shape ${fmt(full.shape)}; the replacement is ${describe(part)}`;
     const batchMajor = full.ndim > 0 && full.shape[0] === batch;
-    if (whole || !batchMajor) {
-      if (!sameShape(part.shape, full.shape)) throw `${where} has shape ${fmt(full.shape)}; the replacement has shape ${fmt(part.shape)}`;
+    // An invoke that has the whole batch may change the shape, as in PyTorch: later ops get the new one (and an op
+    // that cannot take it names this replacement; see Interleaver.explain).
+    if (whole) return part.dtype === full.dtype ? part : part.to(full.dtype);
+    if (!batchMajor) {
+      if (!sameShape(part.shape, full.shape)) throw `${where} has shape ${fmt(full.shape)}, shared by every invoke of the batch; the replacement has shape ${fmt(part.shape)}`;
       return part.dtype === full.dtype ? part : part.to(full.dtype);
     }
     const want = [rows!.length, ...full.shape.slice(1)];
-    if (!sameShape(part.shape, want)) throw `${where} has shape ${fmt(want)} for this invoke's rows; the replacement has shape ${fmt(part.shape)}`;
+    if (!sameShape(part.shape, want)) throw `${where} has shape ${fmt(want)} for this invoke's rows (other invokes share the batch, so its shape cannot change); the replacement has shape ${fmt(part.shape)}`;
     return full.put([{ start: rows!.start, stop: rows!.start + rows!.length }], part.to(full.dtype));
   }
   if (Array.isArray(full)) {

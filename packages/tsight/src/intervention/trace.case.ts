@@ -372,10 +372,47 @@ export const traceCases: TraceCase[] = [
           b.options(),
         )
         .catch((x) => x);
+      // A replacement of another shape is taken; the op that cannot use it fails naming the assignment and both shapes.
       expect(swap).toBeInstanceOf(SwapError);
-      expect(swap.message).toMatch(/shape \[1, 5, 256\].*\[1, 1, 256\]/);
+      expect(swap.message).toMatch(/transformer\.h\.0\.output was replaced with shape \[1, 1, 256\] where the model gives \[1, 5, 256\]/);
+      expect(swap.message.split("\n")[0]).toMatch(/shape|fit/i); // the failing op's own message comes first
       const f = await fixture("stdlib-gpt2");
       expect(maxAbsDiff(await b.gpt2.trace(PROMPT, async (m) => (await m.lm_head.output) as Tensor, b.options()), ref(f, "single/logits"))).toBeLessThan(1e-4);
+    },
+  },
+  {
+    name: "a replacement of another shape flows on as in PyTorch: broadcast into the residual sum, and scan shows it",
+    async run(b) {
+      const out = await b.gpt2.trace(
+        PROMPT,
+        async (m) => {
+          const mlp = (await m.transformer.h[0].mlp.output) as Tensor;
+          m.transformer.h[0].mlp.output = mlp.mean(1, true); // [1, 1, 256], added to the [1, 5, 256] residual
+          return (await m.lm_head.output) as Tensor;
+        },
+        b.options(),
+      );
+      const expanded = await b.gpt2.trace(
+        PROMPT,
+        async (m) => {
+          const mlp = (await m.transformer.h[0].mlp.output) as Tensor;
+          m.transformer.h[0].mlp.output = mlp.mean(1, true).expand([1, 5, 256]);
+          return (await m.lm_head.output) as Tensor;
+        },
+        b.options(),
+      );
+      expect(maxAbsDiff(out, expanded)).toBe(0);
+      // scan (shapes only) shows the new shape, and what it becomes further on.
+      const shapes = await b.gpt2.scan(
+        PROMPT,
+        async (m, tr) => {
+          m.transformer.h[1].mlp.output = tr.vars.z;
+          const mlp = (await m.transformer.h[1].mlp.output) as Tensor;
+          return { mlp: mlp.shape, block: ((await m.transformer.h[1].output) as Tensor).shape };
+        },
+        b.options({ vars: { z: Tensor.full([1, 1, 256], 0) } }),
+      );
+      expect(shapes).toEqual({ mlp: [1, 1, 256], block: [1, 5, 256] });
     },
   },
   {

@@ -466,7 +466,7 @@ export class TraceRun {
         interleaver.checkEnding();
         output = await drive(model, ids, mask, this);
       } catch (e) {
-        if (!(e instanceof EndForward)) throw e;
+        if (!(e instanceof EndForward)) throw interleaver.explain(e);
       }
       await this.endSteps(this.step + 1, output);
       if (drive.generation && this.lastExpected >= this.totalSteps!) {

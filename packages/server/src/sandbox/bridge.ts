@@ -13,7 +13,7 @@
  */
 import ivm from "isolated-vm";
 import { buildAliases, ModuleList, Tensor, withAllocationGuard, type InterventionFn, type Module, type Tracer } from "tsight";
-import { infoFromError, SANDBOX_OBJECTS, TENSOR_FUNCTIONS, TENSOR_METHODS, type ExecutionModel as LanguageModel } from "tsight/protocol";
+import { FunctionSource, infoFromError, SANDBOX_OBJECTS, TENSOR_FUNCTIONS, TENSOR_METHODS, type ExecutionModel as LanguageModel } from "tsight/protocol";
 import { checkArgs } from "./args.js";
 import { HANDLE_BYTES, JobBudget, OBJECT_BYTES, type BudgetLimits } from "./budget.js";
 import { SandboxError } from "./errors.js";
@@ -65,7 +65,7 @@ export class Bridge implements ActionHost {
   readonly budget: JobBudget;
   /** Set when the job must end (timeout, memory, cancel, stall): every later call fails with it. */
   fatal: Error | null = null;
-  private rt!: { start: ivm.Reference; call: ivm.Reference; resolve: ivm.Reference; reject: ivm.Reference; register: ivm.Reference; source: ivm.Reference };
+  private rt!: { start: ivm.Reference; call: ivm.Reference; resolve: ivm.Reference; reject: ivm.Reference; register: ivm.Reference; source: ivm.Reference; helpers: ivm.Reference };
   private generator: import("tsight").Generator | null = null;
 
   /** The model sessions run on (this job's, with its edits); set by the executor. */
@@ -109,7 +109,34 @@ export class Bridge implements ActionHost {
     const rt = this.context.evalSync(`${runtimeSource}(${hostObject}, __tree, __api)`, { reference: true }) as ivm.Reference;
     this.context.evalSync(`${names.map((n) => `delete globalThis.__host_${n};`).join(" ")} delete globalThis.__tree; delete globalThis.__api;`);
     const get = (k: string) => rt.getSync(k, { reference: true }) as ivm.Reference;
-    this.rt = { start: get("start"), call: get("call"), resolve: get("resolve"), reject: get("reject"), register: get("register"), source: get("source") };
+    this.rt = { start: get("start"), call: get("call"), resolve: get("resolve"), reject: get("reject"), register: get("register"), source: get("source"), helpers: get("helpers") };
+  }
+
+  /**
+   * `vars` with each helper function (FunctionSource, from the client) compiled in the isolate. Top-level helpers
+   * see each other by name (a library of helpers may call itself); stack frames name `vars.<name>.js`.
+   */
+  compileHelpers(vars: Record<string, unknown>): Record<string, unknown> {
+    const found: { fn: FunctionSource; name: string | null; where: string }[] = [];
+    const walk = (v: unknown, where: string, top: string | null): void => {
+      if (v instanceof FunctionSource) found.push({ fn: v, name: top, where });
+      else if (Array.isArray(v)) v.forEach((x, i) => walk(x, `${where}.${i}`, null));
+      else if (v !== null && typeof v === "object" && Object.getPrototypeOf(v) === Object.prototype) for (const [k, x] of Object.entries(v)) walk(x, `${where}.${k}`, null);
+    };
+    for (const [k, v] of Object.entries(vars)) walk(v, k, /^[A-Za-z_$][\w$]*$/.test(k) && k !== "__h" ? k : null);
+    if (found.length === 0) return vars;
+    const names = found.flatMap((f) => (f.name ? [f.name] : []));
+    const bind = names.map((n) => `const ${n} = (...a) => __h[${JSON.stringify(n)}](...a);`).join(" ");
+    const factories = found.map((f) => this.compile(`function (__h) { ${bind}\nreturn (${f.fn.source}\n); }`, `vars.${f.where.replace(/[^\w.$-]/g, "_").slice(0, 100)}.js`));
+    const ids = this.enter((timeout) => this.rt.helpers.applySync(undefined, [factories, found.map((f) => f.name)], { arguments: { copy: true }, result: { copy: true }, timeout })) as number[];
+    const compiled = new Map(found.map((f, i) => [f.fn, new IsolateFunction(ids[i]!)]));
+    const replace = (v: unknown): unknown => {
+      if (v instanceof FunctionSource) return compiled.get(v);
+      if (Array.isArray(v)) return v.map(replace);
+      if (v !== null && typeof v === "object" && Object.getPrototypeOf(v) === Object.prototype) return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, replace(x)]));
+      return v;
+    };
+    return replace(vars) as Record<string, unknown>;
   }
 
   /** Compiles a function source in the isolate (stack frames name `filename`) and returns its id there. */
@@ -277,6 +304,7 @@ export class Bridge implements ActionHost {
   /** Host value -> descriptor for the isolate (tensors become handles, host objects references). */
   toDesc(v: unknown): unknown {
     if (v instanceof Tensor) return { $h: this.handle(v), dtype: v.dtype, shape: [...v.shape], meta: v.isMeta };
+    if (v instanceof IsolateFunction) return { $fnref: v.fnId };
     if (Array.isArray(v)) return v.map((x) => this.toDesc(x));
     // The isolate makes the error's stack itself (the user's code): the host's frames never cross.
     if (v instanceof Error) {
@@ -485,6 +513,11 @@ export class Bridge implements ActionHost {
 /** A promise tsight hands to intervention code that records whether the code used it (tsight's Watched). */
 function isWatched(p: unknown): p is Promise<unknown> & { used: boolean } {
   return p instanceof Promise && typeof (p as { used?: unknown }).used === "boolean";
+}
+
+/** A helper function of the job's vars, compiled in its isolate (id in the runtime's function table). */
+class IsolateFunction {
+  constructor(readonly fnId: number) {}
 }
 
 /** The module tree as names for the isolate, with the client's aliases; ModuleLists become arrays. */

@@ -73,7 +73,7 @@ export class SandboxExecutor implements JobExecutor {
       p.bridge.checkpoint = checkpoint;
       p.bridge.traceDefaults = { maxInputTokens: ctx.maxInputTokens };
       const lm = p.model;
-      const options = { vars: job.vars, grad: job.grad, checkpoint, maxInputTokens: ctx.maxInputTokens };
+      const options = { vars: p.job.vars, grad: job.grad, checkpoint, maxInputTokens: ctx.maxInputTokens };
       const invoke = p.bridge.interventionFn(p.fnId);
       const root = p.bridge.rootFn(p.fnId);
       let value: unknown;
@@ -91,7 +91,7 @@ export class SandboxExecutor implements JobExecutor {
           break;
         }
         case "session":
-          value = await p.bridge.run(p.fnId, "session", p.bridge.hold("session", { vars: job.vars }));
+          value = await p.bridge.run(p.fnId, "session", p.bridge.hold("session", { vars: p.job.vars }));
           break;
       }
       if (p.bridge.fatal) throw p.bridge.fatal;
@@ -222,6 +222,8 @@ export class SandboxExecutor implements JobExecutor {
       if (ctx.signal.aborted) throw new SandboxError("CANCELLED", "the job was cancelled");
       bridge.install();
       const fnId = bridge.compile(job.source, "intervention.js");
+      // Helper functions in vars become functions of this isolate (their sources are compiled here, never run on the host).
+      job = { ...job, vars: bridge.compileHelpers(job.vars) };
       let lm = model;
       job.edits.forEach((source, i) => (lm = lm.edit(bridge.interventionFn(bridge.compile(source, `edit${i}.js`)))));
       bridge.model = lm;

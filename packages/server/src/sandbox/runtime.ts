@@ -141,6 +141,7 @@ export function installRuntime(rawHost: HostCallbacks, tree: TreeNode, api: Runt
       if (typeof o.$h === "number") return wrap(o.$h, o.dtype, o.shape, o.meta === true);
       if (Array.isArray(o.$obj)) return hostObject(o.$obj[0], o.$obj[1]);
       if (o.$error) return new RemoteError(o.$error);
+      if (typeof o.$fnref === "number") return functions.get(o.$fnref);
       const r: Record<string, unknown> = {};
       for (const k of Object.keys(o)) r[k] = inn(o[k]);
       return r;
@@ -409,6 +410,21 @@ export function installRuntime(rawHost: HostCallbacks, tree: TreeNode, api: Runt
     /** The source text of a user function (what tr.local matches against the job's call sites). */
     source(fnId: number) {
       return String(functions.get(fnId) ?? "");
+    },
+    /**
+     * Makes the job's helper functions from their factories (compiled `function (__h) { ... return (source); }`):
+     * each gets the table of the named ones, so they may call each other. Returns their ids.
+     */
+    helpers(factoryIds: number[], names: (string | null)[]) {
+      const table: Record<string, unknown> = Object.create(null);
+      return factoryIds.map((fid, i) => {
+        const fn = functions.get(fid)!(table);
+        if (typeof fn !== "function") throw new TypeError(`vars${names[i] ? `.${names[i]}` : ""}: a helper's source does not evaluate to a function`);
+        if (names[i]) table[names[i]!] = fn;
+        const id = nextFn++;
+        functions.set(id, fn as (...a: unknown[]) => unknown);
+        return id;
+      });
     },
     /** Registers a compiled user function; returns its id. */
     register(fn: (...a: unknown[]) => unknown) {

@@ -12,7 +12,7 @@ export const MAX_MESSAGE_CHARS = 8 * 1024;
 export const MAX_STACK_CHARS = 16 * 1024;
 
 /** Frames of the job's own code: the intervention source and its edits, as the sandbox names them. */
-const USER_FRAME = /\b(?:intervention|edit\d+)\.js:\d+:\d+/;
+const USER_FRAME = /\b(?:intervention|edit\d+|vars\.[\w.$-]+)\.js:\d+:\d+/;
 
 /** Only the lines of a stack that point into the job's code (and its first line, the error itself). */
 export function userStack(stack: string): string {

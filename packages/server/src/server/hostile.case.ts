@@ -123,6 +123,16 @@ export const ATTACKS: Attack[] = [
   { name: "a module path that does not exist", job: { source: "async (m) => await m['transformer.h.99'].output" }, expect: ERR("USER_CODE", /no module/) },
   { name: "tr.next with a huge count", job: { source: "async (m, tr) => { tr.next(1e300); }" }, expect: ERR("USER_CODE", /whole number/) },
   { name: "a hybrid step with a function not written at the call", job: { source: "async (m, tr) => { const f = async (v) => v; return await tr.local(f, 1); }" }, expect: ERR("NOT_ALLOWED", /written at the call/) },
+  { name: "a helper in vars that never returns while it is made", job: { source: "async (m, tr) => tr.vars.h(1)", vars: { h: { $function: "(() => { for (;;) {} })()" } } as never }, expect: ERR("TIMEOUT") },
+  { name: "a helper in vars that is not a function", job: { source: "async (m, tr) => 1", vars: { h: { $function: "42" } } as never }, expect: ERR("USER_CODE", /does not evaluate to a function/) },
+  {
+    name: "65 helpers in vars",
+    http: async (t) => {
+      const res = await post(t, { model: GPT2, kind: "trace", form: "invoke", input: FIVE, source: "async () => 1", vars: Object.fromEntries(Array.from({ length: 65 }, (_, i) => [`h${i}`, { $function: "(x) => x" }])) }, t.keys.hostile);
+      expect(res.status).toBe(400);
+      expect(await res.text()).toMatch(/at most 64/);
+    },
+  },
   { name: "prototype pollution", job: { source: "async () => { Object.prototype.polluted = 'yes'; Array.prototype.map = () => { throw new Error('broken'); }; Tensor.prototype.mul = () => 0; return 1; }" }, expect: { status: "COMPLETED" } },
   { name: "a webhook to the server's own network", job: { source: "async () => 1", webhook: "RECEIVER" }, expect: { status: "COMPLETED" }, after: async (t, id) => expect(await webhookEnd(t, id)).toEqual({ state: "failed", hits: 0 }) },
   // Shared forward passes: no rows of others, no stalling others.

@@ -14,7 +14,7 @@ import { checkOptionNames, RUN_OPTIONS } from "../intervention/options.js";
 import { buildModel, type CausalLM, type GPT2LMHeadModel, type LlamaForCausalLM } from "../models/index.js";
 import type { Tensor } from "../tensor/index.js";
 import { isBackend, type Backend } from "./backend.js";
-import { encodeValue } from "../protocol/codec.js";
+import { encodeValue, type FunctionEncoder } from "../protocol/codec.js";
 import { resolveRemoteTarget } from "./config.js";
 import type { StatusStream } from "./display.js";
 import { HttpBackend } from "./http.js";
@@ -169,7 +169,7 @@ export class LanguageModel<M extends CausalLM = any> extends LocalLanguageModel<
       form,
       source,
       input: form === "invoke" ? encodeValue(a, tensors, "input") : undefined,
-      vars: encodeValue(options.vars ?? {}, tensors, "vars"),
+      vars: encodeValue(options.vars ?? {}, tensors, "vars", helperEncoder(options.vars ?? {})),
       edits,
       rename: Object.keys(this.renames).length ? (JSON.parse(JSON.stringify(this.renames)) as Record<string, string | string[]>) : undefined,
       grad: options.grad === true,
@@ -233,4 +233,20 @@ function logSink(logs: RemoteOptions["logs"], print: StatusStream | undefined, d
   const stream = logs ?? print ?? stderr();
   if (!stream || (displayed && stream === print)) return undefined;
   return (text) => void stream.write(text.endsWith("\n") ? text : `${text}\n`);
+}
+
+/**
+ * How functions in a remote job's vars travel: by source, each checked like an intervention (no free variables),
+ * where the top-level helpers may call each other by name. A researcher's small library of helpers goes explicitly.
+ */
+function helperEncoder(vars: Record<string, unknown>): FunctionEncoder {
+  const siblings = Object.entries(vars).flatMap(([k, v]) => (typeof v === "function" ? [k] : []));
+  return (fn, where) => {
+    try {
+      return interventionSource(fn, { extraAllowed: siblings }).source;
+    } catch (e) {
+      if (e instanceof Error) e.message = `${where}: ${e.message}`;
+      throw e;
+    }
+  };
 }

@@ -416,6 +416,45 @@ export const traceCases: TraceCase[] = [
     },
   },
   {
+    name: "helper functions travel in vars: they may call each other, serve as replacements, and are checked for free variables",
+    async run(b) {
+      function double(h: Tensor): Tensor {
+        return h.mul(2);
+      }
+      function quadruple(h: Tensor): Tensor {
+        return double(double(h));
+      }
+      const out = await b.gpt2.trace(
+        PROMPT,
+        async (m, tr) => {
+          const h0 = (await m.transformer.h[0].output) as Tensor;
+          m.transformer.h[1].output = tr.vars.quadruple;
+          return { doubled: tr.vars.double(h0), h0, logits: (await m.lm_head.output) as Tensor };
+        },
+        b.options({ vars: { double, quadruple } }),
+      );
+      expect(maxAbsDiff(out.doubled, out.h0.mul(2))).toBe(0);
+      const manual = await b.gpt2.trace(
+        PROMPT,
+        async (m) => {
+          m.transformer.h[1].output = ((await m.transformer.h[1].output) as Tensor).mul(4);
+          return (await m.lm_head.output) as Tensor;
+        },
+        b.options(),
+      );
+      expect(maxAbsDiff(out.logits, manual)).toBe(0);
+      const k = 3;
+      const scaled = (h: Tensor) => h.mul(k);
+      const e = await b.gpt2.trace(PROMPT, async (m, tr) => tr.vars.scaled(await m.transformer.h[0].output), b.options({ vars: { scaled } })).catch((x) => x);
+      const opts = b.options() as Record<string, unknown>;
+      if ("backend" in opts || "remote" in opts) {
+        // Remotely a helper must be self-contained, as an intervention must: refused before anything is sent.
+        expect(e.name).toBe("FreeVariableError");
+        expect(e.message).toMatch(/^vars\.scaled: [\s\S]*\bk\b/);
+      } else expect(e).toBeInstanceOf(Tensor);
+    },
+  },
+  {
     name: "skip: a skipped module does not run and its value is used; its children cannot be read",
     async run(b) {
       const skipped = await b.gpt2.trace(

@@ -7,6 +7,7 @@
  *   {"$num": "NaN"}           NaN, Infinity, -Infinity           {"$big": "12"}             a bigint
  *   {"$undef": 1}             undefined                          {"$obj": {...}}            an object with $-keys
  *   {"$cache": {path: entry}} a tr.cache() result                {"$error": ErrorInfo}      an error value
+ *   {"$function": "source"}   a helper function in a job's vars (checked by the client, compiled in the sandbox)
  */
 import { Cache, type CacheEntry } from "../intervention/index.js";
 import { isDType, parseSafetensors, Tensor, writeSafetensors } from "../tensor/index.js";
@@ -17,8 +18,21 @@ export class CodecError extends ClientError {}
 
 const isPlainObject = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && (Object.getPrototypeOf(v) === Object.prototype || Object.getPrototypeOf(v) === null);
 
-/** Encodes `value` to JSON-safe data, collecting its tensors into `tensors`. */
-export function encodeValue(value: unknown, tensors: Map<string, Tensor>, where = "value"): unknown {
+/**
+ * A function sent by its source (a helper in a job's vars). Decoding never runs it: the sandbox compiles it in the
+ * job's isolate.
+ */
+export class FunctionSource {
+  constructor(readonly source: string) {}
+}
+
+/** How functions are encoded, where a value may hold them (a job's vars): their checked source. */
+export type FunctionEncoder = (fn: Function, where: string) => string;
+
+/** Encodes `value` to JSON-safe data, collecting its tensors into `tensors`. Functions only with `functions`. */
+export function encodeValue(value: unknown, tensors: Map<string, Tensor>, where = "value", functions?: FunctionEncoder): unknown {
+  if (typeof value === "function" && functions) return { $function: functions(value, where) };
+  if (value instanceof FunctionSource) return { $function: value.source };
   if (value === null || typeof value === "string" || typeof value === "boolean") return value;
   if (typeof value === "number") return Number.isFinite(value) ? value : { $num: String(value) };
   if (typeof value === "bigint") return { $big: value.toString() };
@@ -27,7 +41,7 @@ export function encodeValue(value: unknown, tensors: Map<string, Tensor>, where 
     if (value.isMeta) return { $meta: { dtype: value.dtype, shape: [...value.shape] } };
     return { $t: tensorName(value, tensors) };
   }
-  if (Array.isArray(value)) return value.map((v, i) => encodeValue(v, tensors, `${where}[${i}]`));
+  if (Array.isArray(value)) return value.map((v, i) => encodeValue(v, tensors, `${where}[${i}]`, functions));
   if (value instanceof Cache) {
     const entries: Record<string, unknown> = {};
     for (const path of value.keys()) entries[path] = encodeValue({ ...value.get(path)! }, tensors, `${where}.cache(${path})`);
@@ -36,11 +50,11 @@ export function encodeValue(value: unknown, tensors: Map<string, Tensor>, where 
   if (value instanceof Error) return { $error: infoFromError(value) };
   if (isPlainObject(value)) {
     const out: Record<string, unknown> = {};
-    for (const [k, v] of Object.entries(value)) out[k] = encodeValue(v, tensors, `${where}.${k}`);
+    for (const [k, v] of Object.entries(value)) out[k] = encodeValue(v, tensors, `${where}.${k}`, functions);
     return Object.keys(out).some((k) => k.startsWith("$")) ? { $obj: out } : out;
   }
   const kind = typeof value === "function" ? "a function" : `a ${(value as object).constructor?.name ?? typeof value}`;
-  throw new CodecError(`${where} is ${kind}, which cannot cross to or from a remote job: send JSON values, tensors, caches and errors`);
+  throw new CodecError(`${where} is ${kind}, which cannot cross to or from a remote job: send JSON values, tensors, caches and errors (and functions, in vars)`);
 }
 
 /** Names already given to tensors (by identity, by storage, and by content), per collection of tensors being encoded. */
@@ -139,6 +153,9 @@ export function decodeValue(data: unknown, tensors: ReadonlyMap<string, Tensor>)
         return Cache.fromEntries(Object.entries(v as object).map(([path, e]) => [path, decodeValue(e, tensors) as CacheEntry]));
       case "$error":
         return errorFromInfo(v as ErrorInfo);
+      case "$function":
+        if (typeof v !== "string") throw new CodecError("bad $function: its source must be a string");
+        return new FunctionSource(v);
     }
   }
   return Object.fromEntries(keys.map((kk) => [kk, decodeValue(o[kk], tensors)]));

@@ -6,7 +6,7 @@
 import type { ModelInput } from "../intervention/index.js";
 import type { LanguageModel } from "../intervention/index.js";
 import type { Tensor } from "../tensor/index.js";
-import { CodecError, decodeEnvelope, decodeValue } from "./codec.js";
+import { CodecError, decodeEnvelope, decodeValue, FunctionSource } from "./codec.js";
 import { ClientError } from "./errors.js";
 import { canonicalModelKey } from "./model-key.js";
 import type { GenerateSpec, JobEvent, JobKind, JobRequest } from "./wire.js";
@@ -118,6 +118,10 @@ export function decodeJob(body: Uint8Array | JobRequest): DecodedJob {
     throw new ValidationError(e instanceof CodecError ? e.message : `bad encoded value: ${(e as Error).message}`);
   }
   if (typeof vars !== "object" || vars === null || Array.isArray(vars)) throw new ValidationError('"vars" must be an object');
+  if (input !== undefined && helpersIn(input).length) throw new ValidationError('"input" cannot hold functions (helpers go in "vars")');
+  const helpers = helpersIn(vars);
+  if (helpers.length > MAX_HELPERS) throw new ValidationError(`"vars" holds ${helpers.length} functions; a job may send at most ${MAX_HELPERS}`);
+  for (const h of helpers) if (h.source.length > MAX_HELPER_CHARS) throw new ValidationError(`a function in "vars" is ${h.source.length} characters long; at most ${MAX_HELPER_CHARS}`);
   return {
     model,
     kind: r.kind as JobKind,
@@ -143,4 +147,16 @@ function isHttpUrl(s: unknown): boolean {
   } catch {
     return false;
   }
+}
+
+/** Most helper functions one job's vars may hold, and the longest source of one. */
+const MAX_HELPERS = 64;
+const MAX_HELPER_CHARS = 64 * 1024;
+
+/** The functions (by source) in a decoded value, through arrays and objects. */
+export function helpersIn(value: unknown, out: FunctionSource[] = [], depth = 0): FunctionSource[] {
+  if (value instanceof FunctionSource) out.push(value);
+  else if (depth < 64 && Array.isArray(value)) for (const v of value) helpersIn(v, out, depth + 1);
+  else if (depth < 64 && value !== null && typeof value === "object" && Object.getPrototypeOf(value) === Object.prototype) for (const v of Object.values(value)) helpersIn(v, out, depth + 1);
+  return out;
 }

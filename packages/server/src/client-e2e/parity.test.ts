@@ -45,6 +45,6 @@ beforeAll(async () => {
   server = await startServer({ port: 0, dataDir: fs.mkdtempSync(path.join(os.tmpdir(), "tsight-parity-")), models: ["stdlib-gpt2", "stdlib-llama", ...Object.values(archFolders)], log: () => undefined });
   apiKey = server.keys.create("parity").key;
 }, 120_000);
-afterAll(() => server?.close());
+afterAll(() => server?.close(), 120_000);
 
 suite("tracing through a server on a loopback port", () => ({ backend: server.url, apiKey }));

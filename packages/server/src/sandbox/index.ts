@@ -128,18 +128,19 @@ export class SandboxExecutor implements JobExecutor {
       if (!(r.status === "rejected" && r.reason instanceof StallError)) tell(index, r);
     };
     const groups = new Map<string, { index: number; p: Prepared }[]>();
+    const alone: number[] = [];
     items.forEach(({ job, ctx }, index) => {
       try {
         if (!batchable(job)) throw new SandboxError("VALIDATION", "this job cannot share a forward pass with others");
-        const p = this.prepare(job, model, ctx);
-        p.bridge.budget.sliceMs = stallMs;
+        const p = this.prepare(job, model, ctx, stallMs);
         const key = `${job.grad}|${tokenCounts(job, model)}`;
         groups.set(key, [...(groups.get(key) ?? []), { index, p }]);
       } catch (e) {
         settle(index, { status: "rejected", reason: e });
+        // Making its functions (a helper that loops while it is made) kept the pass waiting: it runs alone later.
+        if (e instanceof StallError) alone.push(index);
       }
     });
-    const alone: number[] = [];
     for (const group of groups.values()) {
       const settled: Promise<void>[] = [];
       // Each job's cancel and deadline end only its own invoke.
@@ -187,8 +188,11 @@ export class SandboxExecutor implements JobExecutor {
     }
   }
 
-  /** A fresh isolate with the runtime, the job's code compiled, and its edits applied. */
-  private prepare(job: DecodedJob, model: LanguageModel, ctx: ExecutionContext): Prepared {
+  /**
+   * A fresh isolate with the runtime, the job's code compiled, and its edits applied. In a shared pass
+   * (`sliceMs` given) making the job's functions is a turn like any other: one that spins leaves the pass.
+   */
+  private prepare(job: DecodedJob, model: LanguageModel, ctx: ExecutionContext, sliceMs?: number): Prepared {
     const isolate = new ivm.Isolate({ memoryLimit: this.options.isolateMemoryMB ?? 64 });
     const context = isolate.createContextSync();
     let calls = 0;
@@ -208,6 +212,7 @@ export class SandboxExecutor implements JobExecutor {
       localSites: [job.source, ...job.edits].flatMap(localStepSites),
       rename: job.rename,
     });
+    if (sliceMs !== undefined) bridge.budget.sliceMs = sliceMs;
     // Cancel and deadline stop the job's code at once, wherever it is.
     const onAbort = () => bridge.stop(new SandboxError("CANCELLED", "the job was cancelled"));
     ctx.signal.addEventListener("abort", onAbort);

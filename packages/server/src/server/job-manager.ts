@@ -261,7 +261,9 @@ export class JobManager implements Dispatcher {
     const preempted = serverError("PREEMPTED", "the server shut down before the job ran; submit it again");
     for (const model of this.parts.registry.list()) this.failWaiting(model, preempted);
     await Promise.all([...this.workers.values()].map((w) => w.close()));
-    await Promise.all([...this.finishing]);
+    // Ending a job stores its record and result: quick, but closing never hangs on a store that does not answer.
+    const waited = await Promise.race([Promise.all([...this.finishing]).then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), 10_000).unref())]);
+    if (!waited) this.parts.log?.("tsight server: closed before every ended job was stored");
   }
 
   /** Hands waiting jobs to the model's worker while it is free: the next job, with those that can share its pass. */

@@ -41,6 +41,8 @@ const MAX_BACKOFF_MS = 60_000;
  * give-up does not start another: the model waits for the first to end (so at most two copies of the weights).
  */
 const MAX_ABANDONED = 1;
+/** How long closing waits for an idle thread to end. */
+const CLOSE_WAIT_MS = 5_000;
 
 export const serverError = (code: ErrorCode, message: string, type = "ServerError"): ErrorInfo => ({ code, type, message, retryable: RETRYABLE[code] });
 
@@ -145,7 +147,8 @@ export class ModelWorker {
     this.setState("closed");
     this.release();
     if (!thread) return;
-    if (running.length === 0) return void (await thread.terminate());
+    // A thread inside a long native call ends only when the call returns; closing does not wait past CLOSE_WAIT_MS.
+    if (running.length === 0) return void (await Promise.race([thread.terminate(), new Promise((r) => setTimeout(r, CLOSE_WAIT_MS).unref())]));
     for (const current of running) {
       Atomics.store(current.job.stop, 0, 1);
       thread.postMessage({ type: "cancel", jobId: current.job.jobId });

@@ -6,7 +6,7 @@ import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { buildModel, loadWeights, type CausalLM } from "../packages/tsight/src/models/index.js";
-import type { ForwardOptions } from "../packages/tsight/src/nn/index.js";
+import { isPoint, type ForwardOptions } from "../packages/tsight/src/nn/index.js";
 import { readSafetensors, Tensor } from "../packages/tsight/src/tensor/index.js";
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
@@ -128,6 +128,8 @@ export async function recordForward(model: CausalLM, ids: Tensor, options: Forwa
   const values = new Map<string, Tensor>();
   model.tree.hooks = {
     async call(m, args, forward) {
+      // Operation points are tsight's own (Hugging Face has no module there).
+      if (isPoint(m)) return forward(args);
       pre.push(m.path);
       if (!values.has(`${m.path}:input`)) values.set(`${m.path}:input`, args[0] as Tensor);
       const out = await forward(args);

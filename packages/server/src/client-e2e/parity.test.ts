@@ -9,6 +9,7 @@ import os from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, it } from "vitest";
 import { fixtureFolder, hfFixtures, type HfFixtureName } from "../../../../test/fixtures.js";
+import { pointCases } from "../../../tsight/src/intervention/points.case.js";
 import { generateCases } from "../../../tsight/src/intervention/generate.case.js";
 import { traceCases, type TraceBackend } from "../../../tsight/src/intervention/trace.case.js";
 import { startServer, type RunningServer } from "../server/index.js";
@@ -33,7 +34,7 @@ function suite(name: string, options: () => RemoteOptions): void {
         },
       } satisfies TraceBackend);
     });
-    for (const c of [...traceCases, ...generateCases]) it(c.name, () => c.run(backend));
+    for (const c of [...traceCases, ...generateCases, ...pointCases]) it(c.name, () => c.run(backend));
   });
 }
 

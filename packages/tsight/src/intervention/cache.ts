@@ -4,7 +4,7 @@
  * It records exactly the modules asked for (all of them when none are named), and reads like the model:
  * `cache.transformer.h[0].output` (rename aliases too), or `cache.get("transformer.h.0")`.
  */
-import type { Module } from "../nn/index.js";
+import { isPoint, type Module } from "../nn/index.js";
 import type { Recorder } from "./interleaver.js";
 import type { ValueKind } from "./mediator.js";
 import { TraceError } from "./errors.js";
@@ -54,6 +54,8 @@ export class Cache implements Recorder {
     private readonly strict = false,
     /** Rename aliases (parent path -> alias -> name or relative path), for navigation. */
     private readonly aliases: ReadonlyMap<string, ReadonlyMap<string, string>> = new Map(),
+    /** Paths of operation points (recorded only when named). */
+    private readonly points: ReadonlySet<string> = new Set(),
   ) {
     this.prefixes = options.modules ? options.modules.map((m) => (typeof m === "string" ? m : m.path)) : null;
     for (const p of this.prefixes ?? []) if (!knownPaths.has(p)) throw new RangeError(`cache: the model has no module "${p}"`);
@@ -65,8 +67,13 @@ export class Cache implements Recorder {
     });
   }
 
+  /** Modules named, or else every module but operation points (those only when named, as nnsight's cache leaves out `.source`). */
   private wants(path: string): boolean {
-    return this.prefixes === null || this.prefixes.includes(path);
+    return this.prefixes === null ? !this.points.has(path) : this.prefixes.includes(path);
+  }
+
+  records(path: string): boolean {
+    return !this.stopped && this.wants(path);
   }
 
   /**
@@ -201,4 +208,9 @@ export class CacheNode {
 
 export function modulePaths(root: Module): Set<string> {
   return new Set(root.namedModules().map(([p]) => p));
+}
+
+/** The paths of a model's operation points and of the `source` modules holding them. */
+export function pointPaths(root: Module): Set<string> {
+  return new Set(root.namedModules().flatMap(([p, m]) => (isPoint(m) ? [p] : [])));
 }

@@ -32,6 +32,8 @@ export class EndForward {
 /** Something that records module values as the forward goes (tr.cache). */
 export interface Recorder {
   record(path: string, kind: ValueKind, value: unknown, batch: number): void;
+  /** Whether it records the module at `path` at all. */
+  records(path: string): boolean;
 }
 
 export class Interleaver implements ModuleHooks, Provider {
@@ -100,6 +102,17 @@ export class Interleaver implements ModuleHooks, Provider {
 
   // #endregion
   // #region ModuleHooks (what the model calls)
+
+  watches(path: string): boolean {
+    return this.interest.has(path) || this.recorders.some((r) => r.records(path));
+  }
+
+  pass(module: Module): void {
+    const path = module.path;
+    const iteration = this.entered.get(path) ?? 0;
+    this.entered.set(path, iteration + 1);
+    this.exited.set(path, iteration + 1);
+  }
 
   async call(module: Module, args: unknown[], forward: (args: unknown[]) => Promise<unknown>): Promise<unknown> {
     if (this.bypass > 0) return forward(args);

@@ -2,6 +2,7 @@
 import { beforeAll, describe, it } from "vitest";
 import { fixtureFolder, type HfFixtureName } from "../../../../test/fixtures.js";
 import { LanguageModel } from "./language-model.js";
+import { pointCases } from "./points.case.js";
 import { generateCases } from "./generate.case.js";
 import { traceCases, type TraceBackend } from "./trace.case.js";
 
@@ -25,5 +26,5 @@ describe("tracing (in process)", () => {
       },
     } satisfies TraceBackend);
   });
-  for (const c of [...traceCases, ...generateCases]) it(c.name, () => c.run(backend));
+  for (const c of [...traceCases, ...generateCases, ...pointCases]) it(c.name, () => c.run(backend));
 });

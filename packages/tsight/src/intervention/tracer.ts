@@ -15,7 +15,7 @@ import type { CausalLM } from "../models/index.js";
 import type { Module } from "../nn/index.js";
 import { Tensor } from "../tensor/index.js";
 import { GradScope, type GradSource } from "./backward.js";
-import { Cache, modulePaths, type CacheOptions, type NavigableCache } from "./cache.js";
+import { Cache, modulePaths, pointPaths, type CacheOptions, type NavigableCache } from "./cache.js";
 import { envoyFor, type EnvoyContext } from "./envoy.js";
 import { EarlyStop, InterventionError, LeftPassError, StallError, TraceError } from "./errors.js";
 import { checkInput, fromRows, toBatch, type ModelInput } from "./inputs.js";
@@ -228,6 +228,7 @@ export class TraceRun {
   /** Failures of promises the trace function's own tracer gave out, checked for use when the forward ends. */
   private readonly unusedFailures: { error: unknown; isUsed(): boolean }[] = [];
   private paths: Set<string> | null = null;
+  private points: Set<string> | null = null;
   /** Rows in the batch (known once it is built). */
   private batch = 0;
   /** Generation steps: the one running, the total once known, and invokes waiting for a step. */
@@ -298,7 +299,8 @@ export class TraceRun {
 
   addCache(options: CacheOptions, rows: Rows | null): Cache {
     this.paths ??= modulePaths(this.target.model);
-    const cache = new Cache(options, rows, this.paths, this.isolated, this.target.aliases);
+    this.points ??= pointPaths(this.target.model);
+    const cache = new Cache(options, rows, this.paths, this.isolated, this.target.aliases, this.points);
     this.caches.push(cache);
     this.interleaver?.recorders.push(cache);
     return cache;

@@ -10,7 +10,7 @@
  * | gemma3_text | no soft-capping by default; per-head q/k RMSNorm; a rope table per layer type (local base for  |
  * |             | sliding layers, global base and scaling for full ones); five sliding layers per full one       |
  */
-import { activationNames, Embedding, Linear, Module, ModuleList, RMSNorm, RotaryEmbedding, rotaryAttention } from "../nn/index.js";
+import { activationNames, AttentionPoints, Embedding, Linear, Module, ModuleList, RMSNorm, RotaryEmbedding, rotaryAttention } from "../nn/index.js";
 import type { ActivationName, AttentionContext, ForwardOptions, LayerType, RopeSpec } from "../nn/index.js";
 import type { Tensor } from "../tensor/index.js";
 import { CausalLM, commonConfig, type BaseModelOutput, type ModelConfig, type WeightRules } from "./causal-lm.js";
@@ -93,6 +93,8 @@ export class Gemma2Attention extends Module {
   o_proj: Linear;
   q_norm?: RMSNorm;
   k_norm?: RMSNorm;
+  /** q, k, v, scores, pattern, z (see AttentionPoints). */
+  source = new AttentionPoints();
   constructor(
     private readonly cfg: Gemma2Config,
     private readonly layerIdx: number,
@@ -117,7 +119,7 @@ export class Gemma2Attention extends Module {
     if (this.q_norm) q = await this.q_norm.call(q);
     if (this.k_norm) k = await this.k_norm.call(k);
     const scores = { scale: Math.pow(this.cfg.queryPreAttnScalar, -0.5), softcap: this.cfg.attnSoftcap };
-    const [out, weights] = rotaryAttention(q, k, v, rope, ctx, this.layerIdx, scores);
+    const [out, weights] = await rotaryAttention(this.source, q, k, v, rope, ctx, this.layerIdx, scores);
     return [await this.o_proj.call(out), weights];
   }
 }

@@ -2,7 +2,7 @@
  * GPT-2 (transformers' modeling_gpt2): learned positions, pre-LayerNorm blocks, fused qkv Conv1D, gelu_new MLP,
  * output head tied to the token embedding. Module names and call order are Hugging Face's.
  */
-import { Activation, activationNames, attentionMask, Conv1D, Dropout, eagerAttention, Embedding, LayerNorm, Linear, Module, ModuleList, resolveForward } from "../nn/index.js";
+import { Activation, activationNames, attend, attentionMask, AttentionPoints, Conv1D, Dropout, Embedding, LayerNorm, Linear, MlpPoints, Module, ModuleList, resolveForward } from "../nn/index.js";
 import type { ActivationName, AttentionContext, ForwardOptions } from "../nn/index.js";
 import type { Tensor } from "../tensor/index.js";
 import { CausalLM, commonConfig, type BaseModelOutput, type ModelConfig, type WeightRules } from "./causal-lm.js";
@@ -34,6 +34,8 @@ export class GPT2Attention extends Module {
   c_proj: Conv1D;
   attn_dropout = new Dropout(0);
   resid_dropout = new Dropout(0);
+  /** q, k, v, scores, pattern, z (see AttentionPoints). */
+  source = new AttentionPoints();
   constructor(
     private readonly cfg: GPT2Config,
     private readonly layerIdx: number,
@@ -47,10 +49,9 @@ export class GPT2Attention extends Module {
     const { numHeads: H, headDim: D } = this.cfg;
     const qkv = await this.c_attn.call(hidden);
     const [q, k, v] = qkv.split(C, 2).map((t) => t.reshape(B, T, H, D).transpose(1, 2)) as [Tensor, Tensor, Tensor]; // (B, H, T, D)
-    const kv = ctx.cache ? ctx.cache.update(this.layerIdx, k, v) : { keys: k, values: v };
     let scale = 1 / Math.sqrt(D);
     if (this.cfg.scaleByInverseLayer) scale /= this.layerIdx + 1;
-    const [out, weights] = eagerAttention(q, kv.keys, kv.values, ctx.mask, scale);
+    const [out, weights] = await attend(this.source, q, k, v, ctx, this.layerIdx, scale);
     const projected = await this.resid_dropout.call(await this.c_proj.call(out));
     return [projected, weights];
   }
@@ -61,6 +62,8 @@ export class GPT2MLP extends Module {
   c_proj: Conv1D;
   act: Activation;
   dropout = new Dropout(0);
+  /** pre: c_fc's output, the activation's input; post: the activation's output. */
+  source = new MlpPoints();
   constructor(cfg: GPT2Config) {
     super();
     this.c_fc = new Conv1D(cfg.nInner, cfg.hiddenSize);
@@ -68,7 +71,7 @@ export class GPT2MLP extends Module {
     this.act = new Activation(cfg.activation);
   }
   override async forward(x: Tensor): Promise<Tensor> {
-    const h = await this.act.call(await this.c_fc.call(x));
+    const h = await this.source.post.at(await this.act.call(await this.source.pre.at(await this.c_fc.call(x))));
     return this.dropout.call(await this.c_proj.call(h));
   }
 }

@@ -2,7 +2,7 @@
  * GPT-NeoX / Pythia (transformers' modeling_gpt_neox): LayerNorm, fused per-head query_key_value, partial rotary
  * (rotary_pct of each head), and, by default, the parallel residual: attention and MLP both read the layer input.
  */
-import { Activation, activationNames, attentionMask, Dropout, Embedding, LayerNorm, Linear, Module, ModuleList, resolveForward, RotaryEmbedding, rotaryAttention } from "../nn/index.js";
+import { Activation, activationNames, attentionMask, Dropout, Embedding, LayerNorm, Linear, MlpPoints, Module, ModuleList, resolveForward, RotaryEmbedding, rotaryAttention, AttentionPoints } from "../nn/index.js";
 import type { ActivationName, AttentionContext, ForwardOptions, RopeSpec } from "../nn/index.js";
 import type { Tensor } from "../tensor/index.js";
 import { CausalLM, commonConfig, type BaseModelOutput, type ModelConfig, type WeightRules } from "./causal-lm.js";
@@ -37,6 +37,8 @@ export function gptNeoXConfig(raw: RawConfig): GPTNeoXConfig {
 export class GPTNeoXAttention extends Module {
   query_key_value: Linear;
   dense: Linear;
+  /** q, k, v, scores, pattern, z (see AttentionPoints). */
+  source = new AttentionPoints();
   constructor(
     private readonly cfg: GPTNeoXConfig,
     private readonly layerIdx: number,
@@ -51,7 +53,7 @@ export class GPTNeoXAttention extends Module {
     // The fused projection is laid out per head: [q_h, k_h, v_h] for each head h.
     const qkv = (await this.query_key_value.call(hidden)).reshape(B, T, H, 3 * D).transpose(1, 2); // (B, H, T, 3D)
     const [q, k, v] = qkv.split(D, -1) as [Tensor, Tensor, Tensor];
-    const [out, weights] = rotaryAttention(q, k, v, rope, ctx, this.layerIdx, { scale: 1 / Math.sqrt(D) });
+    const [out, weights] = await rotaryAttention(this.source, q, k, v, rope, ctx, this.layerIdx, { scale: 1 / Math.sqrt(D) });
     return [await this.dense.call(out), weights];
   }
 }
@@ -60,6 +62,8 @@ export class GPTNeoXMLP extends Module {
   dense_h_to_4h: Linear;
   dense_4h_to_h: Linear;
   act: Activation;
+  /** pre: the activation's input; post: its output. */
+  source = new MlpPoints();
   constructor(cfg: GPTNeoXConfig) {
     super();
     this.dense_h_to_4h = new Linear(cfg.hiddenSize, cfg.intermediateSize);
@@ -67,7 +71,7 @@ export class GPTNeoXMLP extends Module {
     this.act = new Activation(cfg.activation);
   }
   override async forward(x: Tensor): Promise<Tensor> {
-    return this.dense_4h_to_h.call(await this.act.call(await this.dense_h_to_4h.call(x)));
+    return this.dense_4h_to_h.call(await this.source.post.at(await this.act.call(await this.source.pre.at(await this.dense_h_to_4h.call(x)))));
   }
 }
 

@@ -12,7 +12,7 @@
  * Every member takes any rope type (`llama3`, `linear`, `yarn`, `longrope`, `dynamic`; see nn/rotary.ts). The
  * attention and MLP here are shared by OLMo 2 (olmo2.ts) and the mixtures of experts (mixtral.ts, qwen3_moe.ts).
  */
-import { Activation, activationNames, Embedding, Linear, Module, ModuleList, RMSNorm, RotaryEmbedding, rotaryAttention } from "../nn/index.js";
+import { Activation, activationNames, AttentionPoints, Embedding, Linear, MlpPoints, Module, ModuleList, RMSNorm, RotaryEmbedding, rotaryAttention } from "../nn/index.js";
 import type { ActivationName, AttentionContext, ForwardOptions, LayerType, RopeSpec } from "../nn/index.js";
 import type { Tensor } from "../tensor/index.js";
 import { CausalLM, commonConfig, type BaseModelOutput, type ModelConfig, type WeightRules } from "./causal-lm.js";
@@ -97,6 +97,8 @@ export class LlamaAttention extends Module {
   o_proj: Linear;
   q_norm?: RMSNorm;
   k_norm?: RMSNorm;
+  /** q, k, v, scores, pattern, z (see AttentionPoints). */
+  source = new AttentionPoints();
   constructor(
     private readonly cfg: LlamaAttentionConfig,
     private readonly layerIdx: number,
@@ -126,7 +128,7 @@ export class LlamaAttention extends Module {
     k = k.reshape(B, T, KV, D);
     if (this.k_norm && !whole) k = await this.k_norm.call(k);
     const v = (await this.v_proj.call(hidden)).reshape(B, T, KV, D).transpose(1, 2); // (B, KV, T, D)
-    const [out, weights] = rotaryAttention(q.transpose(1, 2), k.transpose(1, 2), v, rope, ctx, this.layerIdx, { scale: 1 / Math.sqrt(D) });
+    const [out, weights] = await rotaryAttention(this.source, q.transpose(1, 2), k.transpose(1, 2), v, rope, ctx, this.layerIdx, { scale: 1 / Math.sqrt(D) });
     return [await this.o_proj.call(out), weights];
   }
 }
@@ -137,6 +139,8 @@ export class LlamaMLP extends Module {
   up_proj: Linear;
   down_proj: Linear;
   act_fn: Activation;
+  /** pre: gate_proj's output, the activation's input; post: act(gate) * up, down_proj's input. */
+  source = new MlpPoints();
   constructor(cfg: GatedMLPConfig) {
     super();
     this.gate_proj = new Linear(cfg.hiddenSize, cfg.intermediateSize, cfg.mlpBias);
@@ -145,8 +149,8 @@ export class LlamaMLP extends Module {
     this.act_fn = new Activation(cfg.activation);
   }
   override async forward(x: Tensor): Promise<Tensor> {
-    const gate = await this.act_fn.call(await this.gate_proj.call(x));
-    return this.down_proj.call(gate.mul(await this.up_proj.call(x)));
+    const gate = await this.act_fn.call(await this.source.pre.at(await this.gate_proj.call(x)));
+    return this.down_proj.call(await this.source.post.at(gate.mul(await this.up_proj.call(x))));
   }
 }
 

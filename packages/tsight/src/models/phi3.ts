@@ -5,7 +5,7 @@
  * `longrope`, also read from the older names "su" and "yarn", as transformers does for Phi-3), optionally partial
  * rotary (Phi-4-mini), and optionally a sliding window on every layer.
  */
-import { Activation, activationNames, Dropout, Embedding, Linear, Module, ModuleList, RMSNorm, RotaryEmbedding, rotaryAttention } from "../nn/index.js";
+import { Activation, activationNames, AttentionPoints, Dropout, Embedding, Linear, MlpPoints, Module, ModuleList, RMSNorm, RotaryEmbedding, rotaryAttention } from "../nn/index.js";
 import type { ActivationName, AttentionContext, ForwardOptions, LayerType, RopeSpec } from "../nn/index.js";
 import type { Tensor } from "../tensor/index.js";
 import { CausalLM, commonConfig, type BaseModelOutput, type ModelConfig, type WeightRules } from "./causal-lm.js";
@@ -40,6 +40,8 @@ export function phi3Config(raw: RawConfig): Phi3Config {
 export class Phi3Attention extends Module {
   o_proj: Linear;
   qkv_proj: Linear;
+  /** q, k, v, scores, pattern, z (see AttentionPoints). */
+  source = new AttentionPoints();
   constructor(
     private readonly cfg: Phi3Config,
     private readonly layerIdx: number,
@@ -55,7 +57,7 @@ export class Phi3Attention extends Module {
     // The fused projection is [all queries | all keys | all values] along the features: (B, T, (H + 2 KV) D).
     const [q, k, v] = (await this.qkv_proj.call(hidden)).split([H * D, KV * D, KV * D], -1) as [Tensor, Tensor, Tensor];
     const heads = (x: Tensor, n: number) => x.reshape(B, T, n, D).transpose(1, 2); // (B, n, T, D)
-    const [out, weights] = rotaryAttention(heads(q, H), heads(k, KV), heads(v, KV), rope, ctx, this.layerIdx, { scale: 1 / Math.sqrt(D) });
+    const [out, weights] = await rotaryAttention(this.source, heads(q, H), heads(k, KV), heads(v, KV), rope, ctx, this.layerIdx, { scale: 1 / Math.sqrt(D) });
     return [await this.o_proj.call(out), weights];
   }
 }
@@ -64,6 +66,8 @@ export class Phi3MLP extends Module {
   gate_up_proj: Linear;
   down_proj: Linear;
   activation_fn: Activation;
+  /** pre: the gate half of gate_up_proj, the activation's input; post: up * act(gate), down_proj's input. */
+  source = new MlpPoints();
   constructor(cfg: Phi3Config) {
     super();
     this.gate_up_proj = new Linear(cfg.hiddenSize, 2 * cfg.intermediateSize, false);
@@ -72,7 +76,7 @@ export class Phi3MLP extends Module {
   }
   override async forward(x: Tensor): Promise<Tensor> {
     const [gate, up] = (await this.gate_up_proj.call(x)).chunk(2, -1) as [Tensor, Tensor]; // (B, T, I) each
-    return this.down_proj.call(up.mul(await this.activation_fn.call(gate)));
+    return this.down_proj.call(await this.source.post.at(up.mul(await this.activation_fn.call(await this.source.pre.at(gate)))));
   }
 }
 

@@ -6,6 +6,7 @@
  */
 import { functional as F, Tensor } from "../tensor/index.js";
 import { applyRotary } from "./rotary.js";
+import type { AttentionPoints } from "./points.js";
 
 /** What a model's forward takes besides the ids; the same for every architecture. */
 export interface ForwardOptions {
@@ -91,24 +92,65 @@ export interface ScoreOptions {
  */
 export function eagerAttention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scores: ScoreOptions | number): [Tensor, Tensor] {
   const o = typeof scores === "number" ? { scale: scores } : scores;
-  // A layer whose cache missed steps (skipped during generation) has fewer keys than the mask has positions: the
-  // mask is cut to the keys there are, its first columns, as Hugging Face's eager attention does.
-  const keys = k.shape[2]!;
-  if (mask.shape[3]! > keys) mask = mask.narrow(3, 0, keys);
-  return F.attention(q, k, v, mask, o.scale, o.softcap ?? null);
+  return F.attention(q, k, v, fitMask(mask, k), o.scale, o.softcap ?? null);
 }
 
 /**
- * What every rotary architecture does once q, k and v are projected (and normed): rotate q and k, append k and v
- * to the layer's cache, attend. q [B, H, T, D], k and v [B, KV, T, D]. Returns the heads merged [B, T, H*D] and
- * the weights [B, H, T, S].
+ * A layer whose cache missed steps (skipped during generation) has fewer keys than the mask has positions: the
+ * mask is cut to the keys there are, its first columns, as Hugging Face's eager attention does.
  */
-export function rotaryAttention(q: Tensor, k: Tensor, v: Tensor, rope: [Tensor, Tensor], ctx: AttentionContext, layerIdx: number, scores: ScoreOptions): [Tensor, Tensor] {
+function fitMask(mask: Tensor, k: Tensor): Tensor {
+  const keys = k.shape[2]!;
+  return mask.shape[3]! > keys ? mask.narrow(3, 0, keys) : mask;
+}
+
+/**
+ * Attention with its operation points (see AttentionPoints): q, k and v pass their points, k and v go to the
+ * layer's cache, then the scores, pattern and per-head outputs. When nobody watches the scores or the pattern
+ * (decided once the code waiting on q, k and v has run), they are computed inside one fused kernel; otherwise
+ * step by step, the same ops in the same order, so an edit of either flows on. q [B, H, T, D], k and v
+ * [B, KV, T, D]. Returns the heads merged [B, T, H*D] and the pattern [B, H, T, S].
+ */
+export async function attend(points: AttentionPoints, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext, layerIdx: number, scores: ScoreOptions | number): Promise<[Tensor, Tensor]> {
+  const o = typeof scores === "number" ? { scale: scores } : scores;
+  q = await points.q.at(q);
+  k = await points.k.at(k);
+  v = await points.v.at(v);
+  const kv = ctx.cache ? ctx.cache.update(layerIdx, k, v) : { keys: k, values: v };
+  const [B, H, T, D] = q.shape as [number, number, number, number];
+  if (!points.scores.watched && !points.pattern.watched) {
+    let [out, pattern] = F.attention(q, kv.keys, kv.values, fitMask(ctx.mask, kv.keys), o.scale, o.softcap ?? null);
+    points.scores.pass();
+    points.pattern.pass();
+    if (points.z.watched) out = merge(await points.z.call(out.reshape(B, T, H, D).transpose(1, 2)));
+    else points.z.pass();
+    return [out, pattern];
+  }
+  const repeat = (x: Tensor) => {
+    const [, KV, S] = x.shape as [number, number, number];
+    return KV === H ? x : x.unsqueeze(2).expand(B, KV, H / KV, S, D).reshape(B, H, S, D);
+  };
+  let raw = q.matmul(repeat(kv.keys).transpose(2, 3)).mul(o.scale);
+  if (o.softcap) raw = raw.div(o.softcap).tanh().mul(o.softcap);
+  const s = await points.scores.call(raw.add(fitMask(ctx.mask, kv.keys)));
+  const pattern = await points.pattern.call(s.softmax(-1));
+  const z = await points.z.call(pattern.matmul(repeat(kv.values)));
+  return [merge(z), pattern];
+}
+
+/** Per-head outputs [B, H, T, D] as one vector per token [B, T, H*D]. */
+function merge(z: Tensor): Tensor {
+  const [B, H, T, D] = z.shape as [number, number, number, number];
+  return z.transpose(1, 2).reshape(B, T, H * D);
+}
+
+/**
+ * What every rotary architecture does once q, k and v are projected (and normed): rotate q and k, then attend.
+ * q [B, H, T, D], k and v [B, KV, T, D]. Returns the heads merged [B, T, H*D] and the weights [B, H, T, S].
+ */
+export function rotaryAttention(points: AttentionPoints, q: Tensor, k: Tensor, v: Tensor, rope: [Tensor, Tensor], ctx: AttentionContext, layerIdx: number, scores: ScoreOptions): Promise<[Tensor, Tensor]> {
   const [cos, sin] = rope;
-  const qr = applyRotary(q, cos, sin);
-  const kr = applyRotary(k, cos, sin);
-  const kv = ctx.cache ? ctx.cache.update(layerIdx, kr, v) : { keys: kr, values: v };
-  return eagerAttention(qr, kv.keys, kv.values, ctx.mask, scores);
+  return attend(points, applyRotary(q, cos, sin), applyRotary(k, cos, sin), v, ctx, layerIdx, scores);
 }
 
 /** Hugging Face's `layer_types` values tsight runs: causal attention over everything, or over a sliding window. */

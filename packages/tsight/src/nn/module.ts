@@ -11,6 +11,13 @@ import { Tensor, type DType } from "../tensor/index.js";
  */
 export interface ModuleHooks {
   call(module: Module, args: unknown[], forward: (args: unknown[]) => Promise<unknown>): Promise<unknown>;
+  /**
+   * Whether anything reads, replaces or records the module at `path` (optional, with `pass`: hooks without it are
+   * taken to watch everything). A forward computes an operation point nobody watches the fast way (one fused kernel).
+   */
+  watches?(path: string): boolean;
+  /** A call of `module` that happened inside a fused kernel, unwatched: counted (so later calls keep their numbers), not provided. */
+  pass?(module: Module): void;
 }
 
 /** State shared by every module of one tree. */

@@ -1,0 +1,323 @@
+/**
+ * Operation points inside attention and MLPs (`attn.source.q` ... `mlp.source.post`), as a suite that runs in
+ * process, in the sandbox and through a server (like trace.case.ts). What they must show: each point is the value
+ * its name says (pattern = softmax(scores), z = pattern @ v, the merged z is what the output projection gets),
+ * reading them changes nothing (the fused and the step-by-step attention agree), and an edit of a point flows on
+ * exactly as the same edit computed independently, in float64, from the checkpoint's weights.
+ */
+import { expect } from "vitest";
+import { fixture, fixtureWeights, hfFixtures, maxAbsDiff, ref, type HfFixtureName } from "../../../../test/fixtures.js";
+import { tensor, Tensor } from "../tensor/index.js";
+import type { TraceCase } from "./trace.case.js";
+
+/** Layer `i`'s attention module and its output projection, per architecture. */
+function attentionOf(arch: HfFixtureName, i: number): { path: string; proj: string } {
+  if (arch === "gpt2") return { path: `transformer.h.${i}.attn`, proj: "c_proj" };
+  if (arch === "gpt_neox") return { path: `gpt_neox.layers.${i}.attention`, proj: "dense" };
+  return { path: `model.layers.${i}.self_attn`, proj: "o_proj" };
+}
+
+/** k or v [B, KV, S, D] with each key/value head repeated for the query heads it serves, [B, H, S, D]. */
+function repeatHeads(x: Tensor, H: number): Tensor {
+  const [B, KV, S, D] = x.shape as [number, number, number, number];
+  return KV === H ? x : x.unsqueeze(2).expand(B, KV, H / KV, S, D).reshape(B, H, S, D);
+}
+
+// #region float64 reference attention (plain loops over the checkpoint's weights)
+
+type Matrix = Float64Array[];
+
+/** y = x W^T + b for a Linear weight [out, in], or x W + b for a Conv1D weight [in, out]. */
+function project(x: Matrix, w: Tensor, b: Tensor | undefined, conv1d: boolean): Matrix {
+  const [r, c] = w.shape as [number, number];
+  const W = w.toArray() as number[];
+  const bias = b?.toArray() as number[] | undefined;
+  const out = conv1d ? c : r;
+  const inner = conv1d ? r : c;
+  return x.map((row) => {
+    const y = new Float64Array(out);
+    for (let o = 0; o < out; o++) {
+      let s = bias ? bias[o]! : 0;
+      for (let i = 0; i < inner; i++) s += row[i]! * W[conv1d ? i * c + o : o * c + i]!;
+      y[o] = s;
+    }
+    return y;
+  });
+}
+
+/** Rotates one head's vector at `pos` (Hugging Face's rotate_half convention, default rope). */
+function rotate(x: Float64Array, pos: number, theta: number): Float64Array {
+  const D = x.length;
+  const half = D / 2;
+  const y = new Float64Array(D);
+  for (let i = 0; i < half; i++) {
+    const angle = pos * Math.pow(theta, (-2 * i) / D);
+    const [c, s] = [Math.cos(angle), Math.sin(angle)];
+    y[i] = x[i]! * c - x[i + half]! * s;
+    y[i + half] = x[i + half]! * c + x[i]! * s;
+  }
+  return y;
+}
+
+/**
+ * One attention layer of one sequence in float64: x [T, C] in, the output projection's output [T, C] out, with
+ * head `head`'s pattern row `row` replaced by attention to position 0 alone.
+ */
+function referenceKnockout(x: Matrix, w: Map<string, Tensor>, prefix: string, arch: "gpt2" | "llama", cfg: { H: number; KV: number; D: number; theta: number }, head: number, row: number): Matrix {
+  const { H, KV, D } = cfg;
+  const T = x.length;
+  let q: Matrix, k: Matrix, v: Matrix;
+  if (arch === "gpt2") {
+    const qkv = project(x, w.get(`${prefix}.c_attn.weight`)!, w.get(`${prefix}.c_attn.bias`), true);
+    const C = H * D;
+    [q, k, v] = [0, 1, 2].map((j) => qkv.map((r) => r.slice(j * C, (j + 1) * C)));
+  } else {
+    q = project(x, w.get(`${prefix}.q_proj.weight`)!, undefined, false);
+    k = project(x, w.get(`${prefix}.k_proj.weight`)!, undefined, false);
+    v = project(x, w.get(`${prefix}.v_proj.weight`)!, undefined, false);
+  }
+  const headOf = (m: Matrix, t: number, h: number) => {
+    const vec = m[t]!.slice(h * D, (h + 1) * D);
+    return arch === "llama" && m !== v ? rotate(vec, t, cfg.theta) : vec;
+  };
+  const z: Matrix = Array.from({ length: T }, () => new Float64Array(H * D));
+  for (let h = 0; h < H; h++) {
+    const kvHead = Math.floor(h / (H / KV));
+    for (let t = 0; t < T; t++) {
+      const qt = headOf(q, t, h);
+      const scores = Array.from({ length: t + 1 }, (_, s) => {
+        const ks = headOf(k, s, kvHead);
+        let dot = 0;
+        for (let d = 0; d < D; d++) dot += qt[d]! * ks[d]!;
+        return dot / Math.sqrt(D);
+      });
+      const max = Math.max(...scores);
+      const e = scores.map((s) => Math.exp(s - max));
+      const sum = e.reduce((a, b) => a + b, 0);
+      const p = h === head && t === row ? scores.map((_, s) => (s === 0 ? 1 : 0)) : e.map((x) => x / sum);
+      for (let s = 0; s <= t; s++) {
+        const vs = headOf(v, s, kvHead);
+        for (let d = 0; d < D; d++) z[t]![h * D + d]! += p[s]! * vs[d]!;
+      }
+    }
+  }
+  const out = arch === "gpt2" ? `${prefix}.c_proj` : `${prefix}.o_proj`;
+  return project(z, w.get(`${out}.weight`)!, w.get(`${out}.bias`), arch === "gpt2");
+}
+
+// #endregion
+
+export const pointCases: TraceCase[] = [
+  {
+    name: "attention points of every architecture: pattern is softmax(scores), z is pattern @ v, the merged z is what the output projection gets; reading them changes no logit",
+    async run(b) {
+      for (const arch of hfFixtures) {
+        const lm = await b.arch(arch);
+        const f = await fixture(arch);
+        const ids = ref(f, "input_ids");
+        const T = ids.shape[1]!;
+        const { path, proj } = attentionOf(arch, 0);
+        const plain = await lm.trace(ids, async (m) => (await m.output).logits as Tensor, b.options());
+        const got = await lm.trace(
+          ids,
+          async (m, tr) => {
+            const attn = tr.vars.path.split(".").reduce((e: any, k: string) => e[k], m);
+            const src = attn.source;
+            const [q, k, v, scores, pattern, z] = [await src.q.output, await src.k.output, await src.v.output, await src.scores.output, await src.pattern.output, await src.z.output] as Tensor[];
+            const projected = (await attn[tr.vars.proj].input) as Tensor;
+            const weights = ((await attn.output) as Tensor[])[1]!;
+            return { q: q!, k: k!, v: v!, scores: scores!, pattern: pattern!, z: z!, projected, weights, logits: (await m.output).logits as Tensor };
+          },
+          b.options({ vars: { path, proj } }),
+        );
+        const [, H, , D] = got.q.shape as [number, number, number, number];
+        const KV = got.k.shape[1]!;
+        expect(got.q.shape, arch).toEqual([1, H, T, D]);
+        expect(got.k.shape, arch).toEqual([1, KV, T, D]);
+        expect(got.v.shape, arch).toEqual([1, KV, T, D]);
+        expect(got.scores.shape, arch).toEqual([1, H, T, T]);
+        expect(got.z.shape, arch).toEqual([1, H, T, D]);
+        // The causal mask is in the scores (a later key gets float32's minimum), not yet in a probability.
+        expect(got.scores.index(0, 0, 0, 1).item(), arch).toBeLessThan(-1e38);
+        expect(maxAbsDiff(got.pattern, got.scores.softmax(-1)), arch).toBeLessThan(1e-6);
+        expect(maxAbsDiff(got.pattern, got.weights), arch).toBe(0);
+        expect(maxAbsDiff(got.z, got.pattern.matmul(repeatHeads(got.v, H))), arch).toBeLessThan(1e-6);
+        expect(maxAbsDiff(got.projected, got.z.transpose(1, 2).reshape(1, T, H * D)), arch).toBe(0);
+        // Step by step (the points are watched) and fused (nobody watches): the same logits.
+        expect(maxAbsDiff(got.logits, plain), `${arch} step by step vs fused`).toBeLessThan(1e-6);
+        expect(maxAbsDiff(plain, ref(f, "single/logits")), arch).toBeLessThan(1e-4);
+      }
+    },
+  },
+  {
+    name: "a head's pattern row knocked out (all attention to position 0) gives the output computed in float64 from the checkpoint's weights",
+    async run(b) {
+      for (const arch of ["gpt2", "llama"] as const) {
+        const lm = await b.arch(arch);
+        const f = await fixture(arch);
+        const ids = ref(f, "input_ids");
+        const T = ids.shape[1]!;
+        const { path } = attentionOf(arch, 1);
+        const H = Number(f.config.num_attention_heads ?? f.config.n_head);
+        const [head, row] = [1, T - 1];
+        // keep: 1 everywhere but the knocked-out row; onto0: 1 at (head, row, 0).
+        const keep = Tensor.full([1, H, T, T], 1);
+        const onto0 = Tensor.zeros([1, H, T, T]);
+        (keep.data as Float32Array).fill(0, (head * T + row) * T, (head * T + row + 1) * T);
+        (onto0.data as Float32Array)[(head * T + row) * T] = 1;
+        const run = (knock: boolean) =>
+          lm.trace(
+            ids,
+            async (m, tr) => {
+              const attn = tr.vars.path.split(".").reduce((e: any, k: string) => e[k], m);
+              const x = (await attn.input) as Tensor;
+              if (tr.vars.knock) attn.source.pattern.output = ((await attn.source.pattern.output) as Tensor).mul(tr.vars.keep).add(tr.vars.onto0);
+              return { x, out: ((await attn.output) as Tensor[])[0]! };
+            },
+            b.options({ vars: { path, keep, onto0, knock } }),
+          );
+        const [clean, knocked] = [await run(false), await run(true)];
+        const x = Array.from({ length: T }, (_, t) => Float64Array.from(clean.x.index(0, t).toArray() as number[]));
+        const D = Number(f.config.head_dim ?? Number(f.config.n_embd) / H);
+        const KV = Number(f.config.num_key_value_heads ?? H);
+        const theta = Number((f.config.rope_parameters as { rope_theta?: number } | undefined)?.rope_theta ?? 10000);
+        const want = referenceKnockout(x, await fixtureWeights(arch), path, arch, { H, KV, D, theta }, head, row);
+        const wantTensor = new Tensor("float32", Float32Array.from(want.flatMap((r) => [...r])), [1, T, want[0]!.length]);
+        expect(maxAbsDiff(knocked.out, wantTensor), arch).toBeLessThan(1e-5);
+        // The knockout moved the last position (so the comparison above could fail), and nothing before it.
+        expect(maxAbsDiff(knocked.out.narrow(1, T - 1, 1), clean.out.narrow(1, T - 1, 1)), arch).toBeGreaterThan(1e-3);
+        expect(maxAbsDiff(knocked.out.narrow(1, 0, T - 1), clean.out.narrow(1, 0, T - 1)), arch).toBeLessThan(1e-6);
+      }
+    },
+  },
+  {
+    name: "editing a head's z is editing its slice of the output projection's input; its gradient is that slice's gradient",
+    async run(b) {
+      const edit = (where: "z" | "proj") =>
+        b.gpt2.trace(
+          "def __init__(self",
+          async (m, tr) => {
+            const attn = m.transformer.h[1].attn;
+            if (tr.vars.where === "z") attn.source.z.output = ((await attn.source.z.output) as Tensor).mul(tr.vars.headMask);
+            else attn.c_proj.input = ((await attn.c_proj.input) as Tensor).mul(tr.vars.columnMask);
+            return (await m.lm_head.output) as Tensor;
+          },
+          // Head 2 of 4 (64 dimensions each) silenced.
+          b.options({ vars: { where, headMask: tensor([1, 1, 0, 1]).reshape(1, 4, 1, 1), columnMask: tensor(Array.from({ length: 256 }, (_, i) => (i >= 128 && i < 192 ? 0 : 1))) } }),
+        );
+      const [viaZ, viaProj] = [await edit("z"), await edit("proj")];
+      expect(maxAbsDiff(viaZ, viaProj)).toBe(0);
+      const grads = await b.gpt2.trace(
+        "def __init__(self",
+        async (m, tr) => {
+          const attn = m.transformer.h[1].attn;
+          const z = (await attn.source.z.output) as Tensor;
+          const x = (await attn.c_proj.input) as Tensor;
+          const loss = ((await m.lm_head.output) as Tensor).index(0, -1).logSoftmax(-1).index(11);
+          let gz: Tensor | undefined, gx: Tensor | undefined;
+          await tr.backward(loss, async (g) => {
+            gx = await g.grad(x);
+            gz = await g.grad(z);
+          });
+          return { gz: gz!, gx: gx! };
+        },
+        b.options({ grad: true }),
+      );
+      expect(grads.gz.shape).toEqual([1, 4, 5, 64]);
+      expect(grads.gx.abs().max().item()).toBeGreaterThan(0);
+      expect(maxAbsDiff(grads.gz.transpose(1, 2).reshape(1, 5, 256), grads.gx)).toBeLessThan(1e-6);
+    },
+  },
+  {
+    name: "MLP points: post is act(pre) (times up_proj for gated MLPs); zeroing post zeroes a Llama MLP as Hugging Face's zero_mlp_l1",
+    async run(b) {
+      const g = await b.gpt2.trace(
+        "def __init__(self",
+        async (m) => {
+          const mlp = m.transformer.h[0].mlp;
+          return { fc: (await mlp.c_fc.output) as Tensor, pre: (await mlp.source.pre.output) as Tensor, act: (await mlp.act.output) as Tensor, post: (await mlp.source.post.output) as Tensor };
+        },
+        b.options(),
+      );
+      expect(maxAbsDiff(g.pre, g.fc)).toBe(0);
+      expect(maxAbsDiff(g.post, g.act)).toBe(0);
+      const lm = await b.arch("llama");
+      const f = await fixture("llama");
+      const l = await lm.trace(
+        ref(f, "input_ids"),
+        async (m) => {
+          const mlp = m.model.layers[1].mlp;
+          const gate = (await mlp.gate_proj.output) as Tensor;
+          const pre = (await mlp.source.pre.output) as Tensor;
+          const act = (await mlp.act_fn.output) as Tensor;
+          const up = (await mlp.up_proj.output) as Tensor;
+          const post = (await mlp.source.post.output) as Tensor;
+          mlp.source.post.output = post.mul(0);
+          return { pre, gate, act, up, post, logits: (await m.output).logits as Tensor };
+        },
+        b.options(),
+      );
+      expect(maxAbsDiff(l.pre, l.gate)).toBe(0);
+      expect(maxAbsDiff(l.post, l.act.mul(l.up))).toBe(0);
+      expect(maxAbsDiff(l.logits, ref(f, "intervention/zero_mlp_l1/logits"))).toBeLessThan(1e-4);
+    },
+  },
+  {
+    name: "attention points in every generation step: the pattern of step k covers the prompt and k generated tokens; a knockout on every step changes the text as the same edit of the projection's input does",
+    async run(b) {
+      const out = await b.gpt2.generate(
+        "def __init__(self",
+        { maxNewTokens: 4 },
+        async (m, tr) => {
+          const shapes: number[][] = [];
+          for await (const _ of tr.all()) {
+            const src = m.transformer.h[0].attn.source;
+            shapes.push(((await src.pattern.output) as Tensor).shape as number[]);
+            src.z.output = ((await src.z.output) as Tensor).mul(tr.vars.headMask);
+          }
+          return shapes;
+        },
+        b.options({ vars: { headMask: tensor([0, 1, 1, 1]).reshape(1, 4, 1, 1) } }),
+      );
+      expect(out.value).toEqual([
+        [1, 4, 5, 5],
+        [1, 4, 1, 6],
+        [1, 4, 1, 7],
+        [1, 4, 1, 8],
+      ]);
+      const viaProj = await b.gpt2.generate(
+        "def __init__(self",
+        { maxNewTokens: 4 },
+        async (m, tr) => {
+          for await (const _ of tr.all()) {
+            const attn = m.transformer.h[0].attn;
+            attn.c_proj.input = ((await attn.c_proj.input) as Tensor).mul(tr.vars.columnMask);
+          }
+        },
+        b.options({ vars: { columnMask: tensor(Array.from({ length: 256 }, (_, i) => (i < 64 ? 0 : 1))) } }),
+      );
+      expect(out.generated.tolist()).toEqual(viaProj.generated.tolist());
+    },
+  },
+  {
+    name: "tr.cache leaves operation points out unless named, as nnsight's cache leaves out .source; named, a point is recorded exactly",
+    async run(b) {
+      const out = await b.gpt2.trace(
+        "def __init__(self",
+        async (m, tr) => {
+          const all = tr.cache();
+          const named = tr.cache({ modules: [m.transformer.h[2].attn.source.pattern, "transformer.h.2.mlp.source.post"] });
+          const pattern = (await m.transformer.h[2].attn.source.pattern.output) as Tensor;
+          await m.lm_head.output;
+          return { all: all.keys(), named: named.keys(), cached: named.transformer.h[2].attn.source.pattern.output as Tensor, post: named.transformer.h[2].mlp.source.post.output as Tensor, pattern };
+        },
+        b.options(),
+      );
+      expect(out.all.filter((k: string) => k.includes("source"))).toEqual([]);
+      expect(out.all).toContain("transformer.h.2.attn");
+      expect(out.named).toEqual(["transformer.h.2.attn.source.pattern", "transformer.h.2.mlp.source.post"]);
+      expect(maxAbsDiff(out.cached, out.pattern)).toBe(0);
+      expect(out.post.shape).toEqual([1, 5, 1024]);
+    },
+  },
+];

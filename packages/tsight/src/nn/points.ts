@@ -1,0 +1,71 @@
+/**
+ * Operation points: named values inside a module's forward (attention's q, k, v, scores, pattern, z; an MLP's
+ * pre and post), read and replaced like module values (`attn.source.pattern.output`). Each point is a leaf module
+ * whose forward is the identity, so everything that works on a module's output (reads, edits, caches, gradients,
+ * per-step access in generation, the remote path) works on a point. Points are tsight's, not Hugging Face's: they
+ * hang under a `source` child that is never called itself, and `isPoint` tells them apart.
+ */
+import type { Tensor } from "../tensor/index.js";
+import { Module } from "./module.js";
+
+/** One named value of a forward: calling it lets the tree's hooks read or replace the value. */
+export class Point extends Module {
+  override async forward(x: Tensor): Promise<Tensor> {
+    return x;
+  }
+
+  /** Whether the tree's hooks read, replace or record this point (hooks that cannot tell are taken to). */
+  get watched(): boolean {
+    const hooks = this.tree.hooks;
+    return hooks !== null && (!hooks.watches || hooks.watches(this.path));
+  }
+
+  /** `x` as the hooks leave it. Unwatched (or with no hooks at all) it is `x` itself, at about no cost. */
+  async at(x: Tensor): Promise<Tensor> {
+    const hooks = this.tree.hooks;
+    if (!hooks) return x;
+    if (hooks.watches && !hooks.watches(this.path)) {
+      hooks.pass?.(this);
+      return x;
+    }
+    return (this as Point).call(x);
+  }
+
+  /** The point was computed inside a fused kernel and nobody watches it: counted only. */
+  pass(): void {
+    this.tree.hooks?.pass?.(this);
+  }
+}
+
+/** A module holding points: not callable, like a ModuleList. */
+export abstract class Points extends Module {
+  override async forward(): Promise<never> {
+    throw new Error(`${this.path} holds operation points; it is not called itself`);
+  }
+}
+
+/**
+ * Attention's points, all [batch, heads, tokens, ...]: q [B, H, T, D] and k, v [B, KV, T, D] (this call's tokens,
+ * after rotary and q/k norms, before the cache; an edit of k or v is what the cache keeps), scores [B, H, T, S]
+ * (scaled, soft-capped and masked, before softmax), pattern [B, H, T, S] (after softmax), z [B, H, T, D] (each
+ * head's output, before the heads are merged and projected).
+ */
+export class AttentionPoints extends Points {
+  q = new Point();
+  k = new Point();
+  v = new Point();
+  scores = new Point();
+  pattern = new Point();
+  z = new Point();
+}
+
+/** An MLP's points: pre (the input to the activation) and post (after the activation, and the gating if any). */
+export class MlpPoints extends Points {
+  pre = new Point();
+  post = new Point();
+}
+
+/** Whether a module is an operation point or holds them (tsight's addition to a Hugging Face module tree). */
+export function isPoint(m: Module): boolean {
+  return m instanceof Point || m instanceof Points;
+}

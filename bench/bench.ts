@@ -85,6 +85,7 @@ async function main(): Promise<void> {
   console.log("\nIntervention overhead (stdlib-gpt2, 5 tokens; medians of interleaved rounds)");
   console.log(`  bare forward ${fmt(o.forwardUs, 0)} µs; an empty trace adds ${fmt(o.emptyTraceUs, 0)} µs (x${fmt((o.forwardUs + o.emptyTraceUs) / o.forwardUs, 2)} the forward)`);
   console.log(`  each module read adds ${fmt(o.perReadUs)} µs, each replacement ${fmt(o.perReplaceUs)} µs more   (nnsight: ~300 µs empty trace, 30-80 µs per access)`);
+  console.log(`  one layer's attention pattern read as attn.output[1] (fused kernel) adds ${fmt(o.weightsReadUs)} µs; as attn.source.pattern (that layer step by step) ${fmt(o.patternReadUs)} µs`);
   const g = await generationOverhead();
   console.log(`  decode: ${fmt(g.plainTokS)} tokens/s plain, ${fmt(g.steeredTokS)} with a steering edit on every step (x${fmt(g.steeredTokS / g.plainTokS, 2)})`);
   const r = await remoteOverhead();

@@ -13,6 +13,9 @@ export interface Overhead {
   emptyTraceUs: number;
   perReadUs: number;
   perReplaceUs: number;
+  /** Reading one layer's attention pattern as module output (fused kernel) and as a point (that layer step by step). */
+  weightsReadUs: number;
+  patternReadUs: number;
 }
 
 export async function interventionOverhead(rounds = 200): Promise<Overhead> {
@@ -34,6 +37,8 @@ export async function interventionOverhead(rounds = 200): Promise<Overhead> {
           e.output = await e.output;
         }
       }),
+    weights: () => lm.trace(ids, async (m) => (await m.transformer.h[1].attn.output)[1]),
+    pattern: () => lm.trace(ids, async (m) => await m.transformer.h[1].attn.source.pattern.output),
   };
   const times: Record<string, number[]> = Object.fromEntries(Object.keys(variants).map((k) => [k, []]));
   for (let i = 0; i < 10; i++) for (const run of Object.values(variants)) await run();
@@ -44,8 +49,8 @@ export async function interventionOverhead(rounds = 200): Promise<Overhead> {
       times[name]!.push((performance.now() - t) * 1000);
     }
   }
-  const [forward, empty, readsT, replacesT] = ["forward", "empty", "reads", "replaces"].map((k) => median(times[k]!)) as [number, number, number, number];
-  return { forwardUs: forward, emptyTraceUs: empty - forward, perReadUs: (readsT - empty) / reads.length, perReplaceUs: (replacesT - readsT) / reads.length };
+  const [forward, empty, readsT, replacesT, weights, pattern] = ["forward", "empty", "reads", "replaces", "weights", "pattern"].map((k) => median(times[k]!)) as [number, number, number, number, number, number];
+  return { forwardUs: forward, emptyTraceUs: empty - forward, perReadUs: (readsT - empty) / reads.length, perReplaceUs: (replacesT - readsT) / reads.length, weightsReadUs: weights - empty, patternReadUs: pattern - empty };
 }
 
 /** Decode speed of stdlib-gpt2 with and without an intervention on every step (medians of interleaved rounds). */

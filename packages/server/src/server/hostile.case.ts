@@ -5,7 +5,7 @@
  * pass). Every attack must end with its typed error (or be contained), the victim's result must be bit-identical
  * to its solo run, the server's processes must stay the same ones, and their threads and memory must come back
  * near where they stood before the attacks (after a warm-up of ordinary jobs and of jobs at their limits): threads
- * within 10%, memory within 10% or one job's memory limit (see RSS_SLACK).
+ * within 10%, memory within 10% or twice one job's memory limit (see RSS_SLACK).
  */
 import fs from "node:fs";
 import http from "node:http";
@@ -262,12 +262,12 @@ export function usage(pid: number): { threads: number; rss: number } {
 }
 
 /**
- * How far a process's resident memory may stand above its level before the attacks: 10%, or one job's memory
- * limit. The allocator may keep the pages of a job's freed small tensors (fragmented arenas) until later jobs reuse
- * them, so one attack can leave up to what a job may hold; the level before the attacks stays fixed, so memory that
- * any attack really keeps adds up over the suite's attacks and fails it.
+ * How far a process's resident memory may stand above its level before the attacks: 10%, or twice one job's memory
+ * limit. The allocator keeps the pages of a job's freed small tensors (fragmented arenas; measured: 50-76 MB after
+ * a job filled its 64 MB with 4 KB tensors) until later jobs reuse them. The level before the attacks stays fixed,
+ * so memory that attacks really keep adds up over the suite's fifty attacks and fails it.
  */
-const RSS_SLACK = HOSTILE_LIMITS.memoryMb * 1024 * 1024;
+const RSS_SLACK = 2 * HOSTILE_LIMITS.memoryMb * 1024 * 1024;
 
 /** Waits until every process is back near `before` (threads within 10%, memory within RSS_SLACK); fails saying where it stands. */
 async function settled(pids: number[], before: Map<number, { threads: number; rss: number }>): Promise<void> {

@@ -4,6 +4,7 @@
  */
 import type { CausalLM } from "../models/index.js";
 import type { Module, ModuleList } from "../nn/index.js";
+import type { SparseAutoencoder } from "../sae/index.js";
 
 type Out<M extends Module> = Awaited<ReturnType<M["forward"]>>;
 type Args<M extends Module> = Parameters<M["forward"]>;
@@ -26,6 +27,8 @@ export type EnvoyOf<M extends Module> = {
   skip(value: Out<M>): void;
   next(n?: number): EnvoyOf<M>;
   call(...args: Args<M>): Promise<Out<M>>;
+  /** The SAE spliced onto this module with lm.addSae (a TraceError where there is none). */
+  readonly sae: EnvoyOf<SparseAutoencoder>;
 } & { readonly [K in ChildKeys<M>]: EnvoyChild<NonNullable<M[K]>> };
 
 /** An envoy with no static knowledge of the tree. */

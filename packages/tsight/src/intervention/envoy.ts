@@ -29,6 +29,11 @@ function childrenOf(module: Module): Map<string, Module> {
   return map;
 }
 
+/** Forgets a module's children (an SAE was spliced onto it or removed). */
+export function forgetChildren(module: Module): void {
+  childMaps.delete(module);
+}
+
 /** An Error made at the user's call, for the stack of an error raised later. Few frames: the user's is near. */
 function origin(): Error {
   const limit = Error.stackTraceLimit;
@@ -86,6 +91,13 @@ export class Envoy {
     if (!Number.isSafeInteger(n) || n < 0) throw new TraceError(`${this.path}.next(n): n must be a non-negative whole number, got ${String(n)}`);
     this._ctx.mediator.nextCall(this.path, n);
     return this;
+  }
+
+  /** The sparse autoencoder spliced onto this module (`lm.addSae`): its pre, latents, reconstruction and error. */
+  get sae(): any {
+    const child = this._child("sae");
+    if (child === undefined) throw new TraceError(`no SAE is spliced at ${this.path || "the model"}; splice one with lm.addSae(sae, { at: "${this.path}" })`);
+    return child;
   }
 
   /** Runs the module on `args` now, outside the forward pass (no hooks fire). */

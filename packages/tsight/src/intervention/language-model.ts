@@ -6,7 +6,9 @@
 import { dispatchWeights, loadPretrained, type LoadedModel, type LoadOptions, type Tokenizer } from "../hub/index.js";
 import { ConfigError, generate, type CausalLM, type GenerateOptions, type GenerateResult, type GPT2LMHeadModel, type LlamaForCausalLM, type RawConfig } from "../models/index.js";
 import type { Module } from "../nn/index.js";
+import { splicedSaes, spliceSae, unspliceSae, type SparseAutoencoder } from "../sae/index.js";
 import { Tensor } from "../tensor/index.js";
+import { forgetChildren } from "./envoy.js";
 import type { EnvoyTree } from "./envoy-types.js";
 import { TraceError } from "./errors.js";
 import { currentInvoke } from "./context.js";
@@ -208,6 +210,37 @@ export class LanguageModel<M extends CausalLM = any> {
   /** Removes one edit, or all of them. */
   clearEdits(fn?: InterventionFn<EnvoyTree<M>, unknown>): void {
     this.edits = fn ? this.edits.filter((e) => e !== fn) : [];
+  }
+
+  /**
+   * Splices a sparse autoencoder onto a module (default: where it was trained, its cfg's `hf_hook_point`): the
+   * module's output goes through the SAE, whose points read and edit like module values
+   * (`m.transformer.h[2].sae.latents.output`). With `useErrorTerm` the reconstruction error of the unedited SAE is
+   * added back (SAELens `use_error_term`), so only edits of the SAE change what the model computes. Changes the
+   * model in place, for every LanguageModel sharing it, until `removeSae`.
+   */
+  addSae(sae: SparseAutoencoder, options: { at?: string; useErrorTerm?: boolean } = {}): this {
+    checkOptionNames(options, "addSae", ["at", "useErrorTerm"]);
+    const at = options.at ?? sae.cfg.hookPoint;
+    if (at === null || at === undefined) throw new TraceError("addSae: this SAE's config names no module (metadata.hf_hook_point); pass { at: 'transformer.h.2' }");
+    const target = this.model.get(at.replace(/^\./, ""));
+    if (!target || target === this.model) throw new TraceError(`addSae: the model has no module "${at}"`);
+    spliceSae(target, sae, options.useErrorTerm ?? false);
+    forgetChildren(target);
+    return this;
+  }
+
+  /** Removes the SAE spliced at `at`, or every spliced SAE. */
+  removeSae(at?: string): void {
+    const targets = at === undefined ? splicedSaes(this.model).map((s) => this.model.get(s.at)!) : [this.model.get(at.replace(/^\./, ""))];
+    for (const t of targets) {
+      if (t && unspliceSae(t)) forgetChildren(t);
+    }
+  }
+
+  /** The SAEs spliced into this model, by module path. */
+  get saes(): { at: string; sae: SparseAutoencoder }[] {
+    return splicedSaes(this.model);
   }
 
   /** Runs several traces as one unit; locally they share values through ordinary variables. */

@@ -105,6 +105,29 @@ export abstract class Module {
     return this;
   }
 
+  /**
+   * Adds `child` as this module's child `name` in a finalized tree (an SAE spliced in): its subtree gets its paths
+   * and the tree's hooks.
+   */
+  attach(name: string, child: Module): void {
+    if (name in this) throw new Error(`${this.path || "the model"} already has "${name}"`);
+    (this as unknown as Record<string, Module>)[name] = child;
+    child.path = "";
+    const base = this.path ? `${this.path}.${name}` : name;
+    for (const [p, m] of child.namedModules()) {
+      m.path = p ? `${base}.${p}` : base;
+      m.tree = this.tree;
+    }
+  }
+
+  /** Removes the child `name` added with `attach`. */
+  detach(name: string): void {
+    const child = (this as unknown as Record<string, unknown>)[name];
+    if (!(child instanceof Module)) return;
+    delete (this as unknown as Record<string, unknown>)[name];
+    for (const [, m] of child.namedModules()) m.tree = { hooks: null };
+  }
+
   /** The class name, as Hugging Face would print it. */
   get typeName(): string {
     return this.constructor.name;

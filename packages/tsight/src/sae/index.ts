@@ -1,0 +1,3 @@
+export * from "./sae.js";
+export * from "./load.js";
+export * from "./splice.js";

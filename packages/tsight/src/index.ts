@@ -6,6 +6,6 @@ export { buildModel, supportedModelTypes, ConfigError, WeightsError, type Causal
 export { GPT2LMHeadModel, LlamaForCausalLM, GPTNeoXForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM, Phi3ForCausalLM, Olmo2ForCausalLM, MixtralForCausalLM, Qwen3MoeForCausalLM } from "./models/index.js";
 export { Tokenizer, loadPretrained, embeddedModelNames, locateModel, readModelConfigs, readJsonObject, type LoadOptions } from "./hub/index.js";
 export * from "./intervention/index.js";
-export { loadSae, SparseAutoencoder, SaeConfigError, saeConfig, type SaeConfig, type SaeArchitecture, type LoadSaeOptions } from "./sae/index.js";
+export { loadSae, saeMeta, embeddedSaeNames, SparseAutoencoder, SaeConfigError, saeConfig, type SaeConfig, type SaeArchitecture, type LoadSaeOptions, type SaeSpec, type SaeMeta } from "./sae/index.js";
 // The LanguageModel users get is the remote-capable one (same API plus remote / backend / blocking).
 export { LanguageModel, RemoteJob, HttpBackend, RemoteError, ClientError, FreeVariableError, NotAllowedError, toModelKey, fromModelKey, type Backend, type RemoteOptions } from "./client/index.js";

@@ -5,6 +5,7 @@
 import { parseArgs } from "node:util";
 import { DEFAULT_HOST, DEFAULT_MODELS, DEFAULT_PORT, defaultDataDir } from "../server/config.js";
 import type { ApiKeyInfo, NewApiKey } from "../server/index.js";
+import type { SaeSpec } from "tsight";
 
 /**
  * The environment a server process runs in. glibc's malloc keeps freed memory of middling size (it raises its mmap
@@ -25,6 +26,10 @@ Serves models to remote interventions (model.trace(..., { remote: true })). With
 one and prints it once, as TSIGHT_API_KEY=..., for clients to use.
 
   --model, -m NAME|FOLDER  a model to serve (repeatable; default: ${DEFAULT_MODELS.join(", ")})
+  --sae [MODEL=]SAE[:SUBFOLDER][@MODULE]
+                           splice an SAE (SAELens folder or Hugging Face repo) into a served model, with its
+                           error term (repeatable; MODEL may be left out when one model is served; MODULE
+                           defaults to the SAE's hf_hook_point)
   --host HOST              address to listen on (default ${DEFAULT_HOST})
   --port, -p N             port (default ${DEFAULT_PORT}; 0 picks a free one)
   --data-dir DIR           job database and results (default ${defaultDataDir()})
@@ -64,6 +69,30 @@ export const keysHelp = `usage: tsight keys <create|list|revoke> [options]
   --data-dir DIR   the server's data directory (default ${defaultDataDir()})
   --redis URL      the keys of a distributed deployment instead (with --prefix P, default tsight)`;
 
+/** `--sae` values, by served model: `[MODEL=]SOURCE[:SUBFOLDER][@MODULE]`. */
+export function parseSaes(specs: readonly string[], models: readonly string[]): Record<string, SaeSpec[]> {
+  const out: Record<string, SaeSpec[]> = {};
+  for (const text of specs) {
+    const eq = text.indexOf("=");
+    let model = eq >= 0 ? text.slice(0, eq) : undefined;
+    let rest = eq >= 0 ? text.slice(eq + 1) : text;
+    if (model === undefined) {
+      if (models.length !== 1) throw new UsageError(`--sae ${text}: say which model it is for (MODEL=${text}); this server serves ${models.join(", ")}`);
+      model = models[0]!;
+    }
+    if (!models.includes(model)) throw new UsageError(`--sae ${text}: "${model}" is not a served model (${models.join(", ")})`);
+    const at = rest.lastIndexOf("@");
+    const module = at >= 0 ? rest.slice(at + 1) : undefined;
+    if (at >= 0) rest = rest.slice(0, at);
+    const colon = rest.lastIndexOf(":");
+    const subfolder = colon >= 0 ? rest.slice(colon + 1) : undefined;
+    const source = colon >= 0 ? rest.slice(0, colon) : rest;
+    if (!source || module === "" || subfolder === "") throw new UsageError(`--sae ${text}: expected [MODEL=]SAE[:SUBFOLDER][@MODULE]`);
+    (out[model] ??= []).push({ source, ...(subfolder ? { subfolder } : {}), ...(module ? { at: module } : {}) });
+  }
+  return out;
+}
+
 /** Seconds (plain number) or a number with ms, s, m, h or d; in milliseconds. */
 export function parseDuration(option: string, text: string): number {
   const m = /^(\d+(?:\.\d+)?)(ms|s|m|h|d)?$/.exec(text.trim());
@@ -95,6 +124,7 @@ export async function runServe(argv: string[], out: NodeJS.WritableStream = proc
     args: argv,
     options: {
       model: { type: "string", short: "m", multiple: true },
+      sae: { type: "string", multiple: true },
       host: { type: "string", default: DEFAULT_HOST },
       port: { type: "string", short: "p", default: String(DEFAULT_PORT) },
       "data-dir": { type: "string" },
@@ -140,6 +170,7 @@ export async function runServe(argv: string[], out: NodeJS.WritableStream = proc
     port,
     dataDir: values["data-dir"],
     models: values.model,
+    saes: parseSaes(values.sae ?? [], values.model ?? [...DEFAULT_MODELS]),
     jobTimeoutMs: values.timeout === undefined ? undefined : parseDuration("timeout", values.timeout),
     localStepTimeoutMs: values["local-timeout"] === undefined ? undefined : parseDuration("local-timeout", values["local-timeout"]),
     resultRetentionMs: values.retention === undefined ? undefined : parseDuration("retention", values.retention),

@@ -2,6 +2,7 @@
  * Server settings: every limit and place the server uses, with its default. `resolveConfig` fills what a caller
  * leaves out, so the rest of the server reads one complete object.
  */
+import type { SaeSpec } from "tsight";
 import os from "node:os";
 import path from "node:path";
 import { defaultWorkbenchDir } from "./workbench-routes.js";
@@ -19,6 +20,8 @@ export interface ServerConfig {
   dataDir: string;
   /** Models to serve: embedded names (`stdlib-gpt2`), folders, or Hugging Face repo ids. */
   models: string[];
+  /** SAEs spliced into served models (with the error term), by model name as listed in `models`. */
+  saes: Record<string, SaeSpec[]>;
   /** Wall-clock time a job may run, from dispatch. */
   jobTimeoutMs: number;
   /** Bytes of tensors a job's code may create (ExecutionContext.memoryLimitBytes). */
@@ -101,6 +104,7 @@ export function resolveConfig(options: Partial<ServerConfig> = {}): ServerConfig
   const config: ServerConfig = {
     dataDir: defaultDataDir(),
     models: [...DEFAULT_MODELS],
+    saes: {},
     jobTimeoutMs: 60_000,
     memoryLimitBytes: 512 * MiB,
     resultRetentionMs: 60 * 60_000,

@@ -105,6 +105,7 @@ export class JobManager implements Dispatcher {
         executor: this.parts.config.executor,
         stopGraceMs: this.parts.config.stopGraceMs,
         heapMb: this.parts.config.workerHeapMb,
+        saes: model.saes.map(({ source, subfolder, at }) => ({ source, subfolder, at })),
         onState: (s) => {
           if (s === "ready") this.pump(model.key);
           if (s === "failed") this.failWaiting(model, serverError("INTERNAL", `${model.name} failed to load on this server (${worker.lastError?.message ?? "no reason given"}); try again later`));

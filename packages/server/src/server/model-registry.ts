@@ -3,7 +3,7 @@
  * in the main thread; its model key is `toModelKey("LanguageModel", <name or folder as given>)`. Requests name
  * models only by key, and a key not listed here is refused: nothing named in a request is ever loaded.
  */
-import { locateModel, readModelConfigs, Tokenizer } from "tsight";
+import { locateModel, readModelConfigs, saeMeta, Tokenizer, type SaeMeta, type SaeSpec } from "tsight";
 import { canonicalModelKey, toModelKey, type ModelMeta } from "tsight/protocol";
 import { readModelMeta } from "./model-meta.js";
 
@@ -13,6 +13,8 @@ export interface ServedModel {
   name: string;
   folder: string;
   modelType: string;
+  /** SAEs spliced into it, each with where it goes (resolved) and its config. */
+  saes: (SaeSpec & SaeMeta)[];
 }
 
 export class ModelRegistry {
@@ -28,13 +30,16 @@ export class ModelRegistry {
   }
 
   /** Finds each model's folder and reads its config. */
-  static async open(names: readonly string[]): Promise<ModelRegistry> {
+  static async open(names: readonly string[], saes: Readonly<Record<string, readonly SaeSpec[]>> = {}): Promise<ModelRegistry> {
+    for (const name of Object.keys(saes)) if (!names.some((n) => n.trim() === name)) throw new RangeError(`an SAE is given for "${name}", which is not a served model`);
     const models = await Promise.all(
       names.map(async (raw) => {
         const name = raw.trim();
         const source = await locateModel(name);
         const { config } = await readModelConfigs(source.path);
-        return { key: toModelKey("LanguageModel", name, null), name, folder: source.path, modelType: String(config.model_type ?? "unknown") };
+        // Each SAE's config is read and checked now: a server with a bad one does not start.
+        const spliced = await Promise.all((saes[name] ?? []).map(async (spec) => ({ ...spec, ...(await saeMeta(spec)) })));
+        return { key: toModelKey("LanguageModel", name, null), name, folder: source.path, modelType: String(config.model_type ?? "unknown"), saes: spliced };
       }),
     );
     return new ModelRegistry(models);
@@ -79,7 +84,7 @@ export class ModelRegistry {
   meta(model: ServedModel): Promise<ModelMeta> {
     let m = this.metas.get(model.key);
     if (!m) {
-      m = readModelMeta(model.key, model.folder);
+      m = readModelMeta(model.key, model.folder).then((meta) => (model.saes.length ? { ...meta, saes: model.saes.map(({ at, config }) => ({ at, config })) } : meta));
       m.catch(() => this.metas.delete(model.key));
       this.metas.set(model.key, m);
     }

@@ -22,6 +22,8 @@ export interface ModelWorkerOptions {
   /** How long a job gets to stop (after cancel, or past its deadline) before a fresh thread replaces its own. */
   stopGraceMs: number;
   heapMb?: number;
+  /** SAEs the thread splices into the model once loaded. */
+  saes?: { source: string; subfolder?: string; at: string }[];
   onState?: (state: WorkerState) => void;
   onStarted?: (jobId: string) => void;
   onEvent?: (jobId: string, event: JobEvent) => void;
@@ -158,7 +160,7 @@ export class ModelWorker {
   }
 
   private spawn(): void {
-    const thread = spawnWorkerThread({ model: this.options.model, executor: this.options.executor }, this.options.heapMb ? { maxOldGenerationSizeMb: this.options.heapMb } : undefined);
+    const thread = spawnWorkerThread({ model: this.options.model, executor: this.options.executor, saes: this.options.saes }, this.options.heapMb ? { maxOldGenerationSizeMb: this.options.heapMb } : undefined);
     this.thread = thread;
     this.setState("starting");
     let crash: Error | undefined;

@@ -64,7 +64,7 @@ const RECORD_GRACE_MS = 24 * 3_600_000;
 export async function openServer(options: ServerOptions = {}): Promise<ServerCore> {
   const { port: _port, host: _host, workers = true, log = (line: string) => void process.stderr.write(`${line}\n`), ...settings } = options;
   const config = resolveConfig(settings);
-  const registry = await ModelRegistry.open(config.models);
+  const registry = await ModelRegistry.open(config.models, config.saes);
   const db = openDatabase(databaseFile(config.dataDir));
   const keys = new KeyStore(db);
   const store = new JobStore(db);

@@ -7,7 +7,7 @@
 import v8 from "node:v8";
 import vm from "node:vm";
 import { parentPort, workerData } from "node:worker_threads";
-import { LanguageModel } from "tsight";
+import { LanguageModel, loadSae } from "tsight";
 import { decodeValue, unpackValue, packValue, errorFromInfo, infoFromError, ResultTooLargeError, decodeJob, type DecodedJob, type ExecutionContext, type ExecutionModel, type JobExecutor, type ErrorCode, type ErrorInfo, type JobEvent } from "tsight/protocol";
 import { publicError } from "./public-error.js";
 import type { FromWorker, LocalAnswer, RunJob, ToWorker, WorkerData } from "./worker-messages.js";
@@ -232,6 +232,7 @@ try {
   if (typeof Executor !== "function") throw new Error(`${data.executor.module} exports no class "${data.executor.name}"`);
   executor = new Executor();
   model = await LanguageModel.load(data.model);
+  for (const s of data.saes ?? []) model.addSae(await loadSae(s.source, { subfolder: s.subfolder }), { at: s.at, useErrorTerm: true });
   post({ type: "ready", batching: typeof executor.executeBatch === "function" });
 } catch (e) {
   post({ type: "load-failed", error: infoFromError(e, "INTERNAL") });

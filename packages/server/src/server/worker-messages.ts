@@ -10,6 +10,8 @@ export interface WorkerData {
   /** The name or folder the model is loaded from (`LanguageModel.load`). */
   model: string;
   executor: ExecutorRef;
+  /** SAEs to splice into it (with the error term), each at its resolved module. */
+  saes?: { source: string; subfolder?: string; at: string }[];
 }
 
 /** A job handed to a worker. */

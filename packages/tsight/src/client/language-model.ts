@@ -8,6 +8,7 @@
  * refused here, before anything is sent, with its name and line.
  */
 import { Tokenizer } from "../hub/index.js";
+import { saeConfig, SparseAutoencoder } from "../sae/sae.js";
 import { LanguageModel as LocalLanguageModel, userFrame, type GenerateCall, type GenerateOutput, type InterventionFn, type ModelInput, type TraceOptions, type EnvoyTree, type Tracer } from "../intervention/index.js";
 import type { Session } from "../intervention/language-model.js";
 import { checkOptionNames, RUN_OPTIONS } from "../intervention/options.js";
@@ -83,10 +84,14 @@ export class LanguageModel<M extends CausalLM = any> extends LocalLanguageModel<
     const repo = JSON.parse(meta.key.slice(meta.key.indexOf(":") + 1)).repo_id as string;
     const model = buildModel(meta.config);
     checkArchitecture(model, options.architecture, name);
+    // The server's SAEs, spliced here as meta copies: the envoy tree has them, their values come from the server.
+    const saes = (meta.saes ?? []).map((s) => ({ at: s.at, sae: new SparseAutoencoder(saeConfig(s.config)) }));
     const tokenizer = meta.tokenizer
       ? new Tokenizer(meta.tokenizer, meta.tokenizerConfig)
       : Tokenizer.idsOnlyFor(meta.config, `the server has no tokenizer.json for ${repo}, so this model takes token ids only (a list of ids, or an int64 tensor)`);
-    return new this(repo, { source: { kind: "hub", name: repo, path: "" }, config: meta.config, generationConfig: meta.generationConfig, model, tokenizer, dispatched: false });
+    const lm = new this(repo, { source: { kind: "hub", name: repo, path: "" }, config: meta.config, generationConfig: meta.generationConfig, model, tokenizer, dispatched: false });
+    for (const { at, sae } of saes) lm.addSae(sae, { at, useErrorTerm: true });
+    return lm;
   }
 
   /** The key servers know this model by: `LanguageModel:{"repo_id":..., "revision":null}`. */

@@ -4,7 +4,7 @@
  */
 import type { CausalLM } from "../models/index.js";
 import type { Module, ModuleList } from "../nn/index.js";
-import type { SparseAutoencoder } from "../sae/index.js";
+import type { SparseAutoencoder } from "../sae/sae.js";
 
 type Out<M extends Module> = Awaited<ReturnType<M["forward"]>>;
 type Args<M extends Module> = Parameters<M["forward"]>;

@@ -6,7 +6,8 @@
 import { dispatchWeights, loadPretrained, type LoadedModel, type LoadOptions, type Tokenizer } from "../hub/index.js";
 import { ConfigError, generate, type CausalLM, type GenerateOptions, type GenerateResult, type GPT2LMHeadModel, type LlamaForCausalLM, type RawConfig } from "../models/index.js";
 import type { Module } from "../nn/index.js";
-import { splicedSaes, spliceSae, unspliceSae, type SparseAutoencoder } from "../sae/index.js";
+import type { SparseAutoencoder } from "../sae/sae.js";
+import { splicedSaes, spliceSae, unspliceSae } from "../sae/splice.js";
 import { Tensor } from "../tensor/index.js";
 import { forgetChildren } from "./envoy.js";
 import type { EnvoyTree } from "./envoy-types.js";

@@ -178,6 +178,8 @@ export interface ModelMeta {
   /** tokenizer.json; null for a model served without one (it takes token ids only). */
   tokenizer: Record<string, unknown> | null;
   tokenizerConfig: Record<string, unknown>;
+  /** SAEs the server splices into this model (with the error term): where, and each one's cfg.json. */
+  saes?: { at: string; config: Record<string, unknown> }[];
 }
 
 /** The body of every error response. */

@@ -64,7 +64,7 @@ async function openCommon(options: DistributedOptions): Promise<Common> {
   const config = resolveConfig(settings);
   const dist = resolveDistributed({ redisUrl, prefix, lockDurationMs, maxRetries, queueWaitMs, heartbeatMs: presenceMs, recordRetentionMs }, config.resultRetentionMs);
   const layout = new RedisLayout(dist.prefix);
-  const registry = await ModelRegistry.open(config.models);
+  const registry = await ModelRegistry.open(config.models, config.saes);
   const redis = await connectRedis(redisUrl);
   // The stores answer requests: their commands fail fast while Redis is away (BullMQ's connection waits instead).
   const requests = await connectRedis(redisUrl, undefined, true);

@@ -126,6 +126,7 @@ export class WorkerNode {
         executor: config.executor,
         stopGraceMs: config.stopGraceMs,
         heapMb: config.workerHeapMb,
+        saes: model.saes.map(({ source, subfolder, at }) => ({ source, subfolder, at })),
         onState: (s) => {
           if (s === "ready") lane.wake?.();
           if (s === "failed") void this.handBackHeld(lane);

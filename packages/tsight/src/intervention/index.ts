@@ -1,5 +1,6 @@
 export * from "./inputs.js";
 export * from "./language-model.js";
+export { Model, type ModelEnvoy, type ModelOptions, type ModelTraceOptions, type ModelArgs } from "./model.js";
 export * from "./errors.js";
 export { Tracer, InvokeTracer, type Barrier, type InterventionFn } from "./tracer.js";
 export { GradScope } from "./backward.js";

@@ -5,16 +5,13 @@
  */
 import { dispatchWeights, loadPretrained, type LoadedModel, type LoadOptions, type Tokenizer } from "../hub/index.js";
 import { ConfigError, generate, type CausalLM, type GenerateOptions, type GenerateResult, type GPT2LMHeadModel, type LlamaForCausalLM, type RawConfig } from "../models/index.js";
-import type { Module } from "../nn/index.js";
-import type { SparseAutoencoder } from "../sae/sae.js";
-import { splicedSaes, spliceSae, unspliceSae } from "../sae/splice.js";
 import { Tensor } from "../tensor/index.js";
-import { forgetChildren } from "./envoy.js";
 import type { EnvoyTree } from "./envoy-types.js";
 import { TraceError } from "./errors.js";
-import { currentInvoke } from "./context.js";
-import { checkInput, toBatch, type ModelInput } from "./inputs.js";
-import { Tracer, TraceRun, type Driver, type InterventionFn, type InvokeTracer, type RunOptions, type TraceTarget } from "./tracer.js";
+import { checkInput, fromRows, toBatch, type ModelInput } from "./inputs.js";
+import { Model, type EditOptions } from "./model.js";
+import type { Rename } from "./rename.js";
+import type { Driver, InterventionFn, InvokeTracer, TraceRun, Tracer } from "./tracer.js";
 import { checkOptionNames, checkOptions, LOAD_OPTIONS, OptionsError, RUN_OPTIONS } from "./options.js";
 import { unawaitedReported } from "./watched.js";
 
@@ -78,10 +75,7 @@ export interface TraceOptions {
   maxInputTokens?: number;
 }
 
-export interface EditOptions {
-  /** Change this model rather than return an edited copy (which shares weights). */
-  inplace?: boolean;
-}
+export type { EditOptions };
 
 /** A trace function given only the tracer (several invokes). */
 export type TraceFn<M extends CausalLM, R> = (tr: Tracer<EnvoyTree<M>>) => R | Promise<R>;
@@ -97,35 +91,28 @@ export interface Session<M extends CausalLM> {
   generate: LanguageModel<M>["generate"];
 }
 
-/** State shared by a model and its edited copies: the module tree runs one trace at a time. */
+/** What a language model and its edited copies share besides the module tree: the tokenizer and the weights' state. */
 interface Shared {
-  model: CausalLM;
   tokenizer: Tokenizer;
-  aliases: Map<string, Map<string, string>>;
-  queue: Promise<unknown>;
   dispatched: boolean;
   /** Loads the weights of a model loaded with `dispatch: false` (once); null when there is nothing to load from. */
   load: (() => Promise<void>) | null;
   loading: Promise<void> | null;
 }
 
-export class LanguageModel<M extends CausalLM = any> {
+export class LanguageModel<M extends CausalLM = any> extends Model<M, EnvoyTree<M>, ModelInput> {
   /** The name or path it was loaded from. */
   readonly name: string;
   readonly config: RawConfig;
   readonly generationConfig: RawConfig | null;
   private readonly shared: Shared;
-  private edits: InterventionFn[] = [];
-
-  /** The extra module names given at load (`rename`), sent along with remote jobs. */
-  readonly renames: Readonly<Rename>;
 
   constructor(name: string, loaded: LoadedModel, rename: Rename = {}) {
+    super(loaded.model as M, { rename });
     this.name = name;
-    this.renames = { ...rename };
     this.config = loaded.config;
     this.generationConfig = loaded.generationConfig;
-    this.shared = { model: loaded.model, tokenizer: loaded.tokenizer, aliases: buildAliases(loaded.model, rename), queue: Promise.resolve(), dispatched: loaded.dispatched, load: null, loading: null };
+    this.shared = { tokenizer: loaded.tokenizer, dispatched: loaded.dispatched, load: null, loading: null };
   }
 
   /** False for a meta model (shapes, no weights) until its weights are loaded. */
@@ -170,10 +157,6 @@ export class LanguageModel<M extends CausalLM = any> {
     return lm;
   }
 
-  /** The module tree. */
-  get model(): M {
-    return this.shared.model as M;
-  }
   get tokenizer(): Tokenizer {
     return this.shared.tokenizer;
   }
@@ -182,10 +165,10 @@ export class LanguageModel<M extends CausalLM = any> {
    * One forward pass with interventions. With an input, `fn(m, tr)` intervenes on it; without, `fn(tr)` creates
    * invokes (`tr.invoke(input, fn)`) that are batched into the one pass. Resolves to what `fn` returns.
    */
-  trace<R>(input: ModelInput, fn: InterventionFn<EnvoyTree<M>, R>, options?: TraceOptions): Promise<R>;
-  trace<R>(fn: TraceFn<M, R>, options?: TraceOptions): Promise<R>;
-  trace<R>(a: ModelInput | TraceFn<M, R>, b?: InterventionFn<EnvoyTree<M>, R> | TraceOptions, c?: TraceOptions): Promise<R> {
-    return this.calling("trace", [a, b, c], () => this.withWeights(() => this.run(a, b, c, forward)).then((r) => r.value));
+  override trace<R>(input: ModelInput, fn: InterventionFn<EnvoyTree<M>, R>, options?: TraceOptions): Promise<R>;
+  override trace<R>(fn: TraceFn<M, R>, options?: TraceOptions): Promise<R>;
+  override trace<R>(a: ModelInput | TraceFn<M, R>, b?: InterventionFn<EnvoyTree<M>, R> | TraceOptions, c?: TraceOptions): Promise<R> {
+    return this.calling("trace", [a, b, c], () => this.withWeights(() => this.run<R>(a, b, c, forward)).then((r) => r.value));
   }
 
   /**
@@ -195,53 +178,7 @@ export class LanguageModel<M extends CausalLM = any> {
   scan<R>(input: ModelInput, fn: InterventionFn<EnvoyTree<M>, R>, options?: TraceOptions): Promise<R>;
   scan<R>(fn: TraceFn<M, R>, options?: TraceOptions): Promise<R>;
   scan<R>(a: ModelInput | TraceFn<M, R>, b?: InterventionFn<EnvoyTree<M>, R> | TraceOptions, c?: TraceOptions): Promise<R> {
-    return this.calling("scan", [a, b, c], () => this.run(a, b, c, metaForward).then((r) => r.value));
-  }
-
-  /**
-   * A persistent intervention applied (to the whole batch, before the invokes) in every later trace. Returns an
-   * edited copy sharing this model's weights, or this model itself with `inplace`.
-   */
-  edit(fn: InterventionFn<EnvoyTree<M>, unknown>, options: EditOptions = {}): LanguageModel<M> {
-    const target = options.inplace ? this : this.copy();
-    target.edits = [...target.edits, fn as InterventionFn];
-    return target;
-  }
-
-  /** Removes one edit, or all of them. */
-  clearEdits(fn?: InterventionFn<EnvoyTree<M>, unknown>): void {
-    this.edits = fn ? this.edits.filter((e) => e !== fn) : [];
-  }
-
-  /**
-   * Splices a sparse autoencoder onto a module (default: where it was trained, its cfg's `hf_hook_point`): the
-   * module's output goes through the SAE, whose points read and edit like module values
-   * (`m.transformer.h[2].sae.latents.output`). With `useErrorTerm` the reconstruction error of the unedited SAE is
-   * added back (SAELens `use_error_term`), so only edits of the SAE change what the model computes. Changes the
-   * model in place, for every LanguageModel sharing it, until `removeSae`.
-   */
-  addSae(sae: SparseAutoencoder, options: { at?: string; useErrorTerm?: boolean } = {}): this {
-    checkOptionNames(options, "addSae", ["at", "useErrorTerm"]);
-    const at = options.at ?? sae.cfg.hookPoint;
-    if (at === null || at === undefined) throw new TraceError("addSae: this SAE's config names no module (metadata.hf_hook_point); pass { at: 'transformer.h.2' }");
-    const target = this.model.get(at.replace(/^\./, ""));
-    if (!target || target === this.model) throw new TraceError(`addSae: the model has no module "${at}"`);
-    spliceSae(target, sae, options.useErrorTerm ?? false);
-    forgetChildren(target);
-    return this;
-  }
-
-  /** Removes the SAE spliced at `at`, or every spliced SAE. */
-  removeSae(at?: string): void {
-    const targets = at === undefined ? splicedSaes(this.model).map((s) => this.model.get(s.at)!) : [this.model.get(at.replace(/^\./, ""))];
-    for (const t of targets) {
-      if (t && unspliceSae(t)) forgetChildren(t);
-    }
-  }
-
-  /** The SAEs spliced into this model, by module path. */
-  get saes(): { at: string; sae: SparseAutoencoder }[] {
-    return splicedSaes(this.model);
+    return this.calling("scan", [a, b, c], () => this.run<R>(a, b, c, metaForward).then((r) => r.value));
   }
 
   /** Runs several traces as one unit; locally they share values through ordinary variables. */
@@ -272,7 +209,7 @@ export class LanguageModel<M extends CausalLM = any> {
       checkInput(batch.ids, this.model.config, options.maxNewTokens);
       return this.exclusive(() => this.plainGenerate(batch, options));
     }
-    const drive: Driver = Object.assign((model: CausalLM, ids: Tensor, mask: Tensor, run: TraceRun) => generate(model, ids, mask, { ...this.streaming(options, ids.shape[0]!), beforeStep: (k) => run.beginStep(k) }), {
+    const drive: Driver = Object.assign((_model: unknown, [ids, mask]: unknown[], run: TraceRun) => generate(this.model, ids as Tensor, mask as Tensor, { ...this.streaming(options, (ids as Tensor).shape[0]!), beforeStep: (k) => run.beginStep(k) }), {
       extraTokens: options.maxNewTokens,
       generation: true,
     });
@@ -362,11 +299,6 @@ export class LanguageModel<M extends CausalLM = any> {
     checkOptions(c, method, run);
   }
 
-  /** The persistent interventions (model.edit) of this model, in order. */
-  protected editFunctions(): readonly InterventionFn[] {
-    return this.edits;
-  }
-
   /** This model without its edits (sharing weights). */
   protected unedited(): LanguageModel<M> {
     const c = this.copy();
@@ -374,110 +306,34 @@ export class LanguageModel<M extends CausalLM = any> {
     return c;
   }
 
-  private copy(): LanguageModel<M> {
-    const c = Object.create(Object.getPrototypeOf(this)) as LanguageModel<M>;
-    Object.assign(c, this);
-    c.edits = [...this.edits];
-    return c;
-  }
-
-  private target(): TraceTarget {
-    return { model: this.model, tokenizer: this.tokenizer, aliases: this.shared.aliases, edits: this.edits };
-  }
-
-  /** Runs `work` when no other trace of this module tree is running. */
-  private exclusive<T>(work: () => Promise<T>): Promise<T> {
-    const result = this.shared.queue.then(work);
-    this.shared.queue = result.catch(() => undefined);
-    return result;
-  }
-
-  private run<R>(a: ModelInput | TraceFn<M, R>, b: InterventionFn<EnvoyTree<M>, R> | TraceOptions | undefined, c: TraceOptions | undefined, drive: Driver): Promise<{ value: R; output: unknown }> {
-    const outer = currentInvoke();
-    if (outer && outer.model === this.model.tree) {
-      return Promise.reject(
-        new TraceError(
-          `a trace of this model was started inside the intervention of another trace of it (invoke ${outer.mediator.index}): a model runs one trace at a time, so the inner one would wait for the outer one forever. Start it after the outer trace, or use m.<module>.call(...) to run a module on other values inside this one`,
-        ),
-      );
-    }
-    return this.exclusive(async () => {
-      let result: Promise<R>;
-      let run: TraceRun;
-      if (typeof a === "function") {
-        if (typeof b === "function") throw new TraceError("trace(fn) takes one function; to trace an input use trace(input, fn)");
-        run = new TraceRun(this.target(), runOptions(b as TraceOptions | undefined));
-        result = Promise.resolve((a as TraceFn<M, R>)(new Tracer(run) as Tracer<EnvoyTree<M>>));
-      } else {
-        if (typeof b !== "function") throw new TraceError("trace(input, fn): the intervention function is missing");
-        run = new TraceRun(this.target(), runOptions(c));
-        result = run.addInvoke(a, b as InterventionFn);
-      }
-      result.catch(() => undefined);
-      run.close();
-      await run.execute(drive);
-      return { value: await result, output: await run.result };
+  /** Token ids of the invokes' inputs, each stripped of its padding and all left-padded to one length: [ids, mask]. */
+  protected override batchFor(inputs: readonly unknown[], extraTokens: number | undefined, maxInputTokens: number): { args: unknown[]; sizes: number[] } {
+    const rows: number[][] = [];
+    const sizes = inputs.map((input) => {
+      const b = toBatch(input as ModelInput, this.tokenizer);
+      checkInput(b.ids, this.model.config, extraTokens);
+      const ids = b.ids.tolist() as number[][];
+      const mask = b.mask.tolist() as number[][];
+      ids.forEach((r, i) => rows.push(r.filter((_, j) => mask[i]![j] === 1)));
+      return ids.length;
     });
+    const { ids, mask } = fromRows(rows, this.tokenizer.padTokenId);
+    checkInput(ids, this.model.config, extraTokens, maxInputTokens);
+    return { args: [ids, mask], sizes };
   }
 }
 
-/** One forward pass (trace). */
-const forward: Driver = async (model, ids, mask, run) => {
+const forward: Driver = async (model, [ids, mask], run) => {
   await run.beginStep(0);
-  return model.call(ids, { attentionMask: mask });
+  return (model as CausalLM).call(ids as Tensor, { attentionMask: mask as Tensor });
 };
 
 /** One forward pass on meta tensors (scan): shapes only. */
-const metaForward: Driver = async (model, ids, mask, run) => {
+const metaForward: Driver = async (model, [ids, mask], run) => {
   await run.beginStep(0);
-  return model.call(Tensor.meta(ids.dtype, ids.shape), { attentionMask: mask });
+  return (model as CausalLM).call(Tensor.meta((ids as Tensor).dtype, (ids as Tensor).shape), { attentionMask: mask as Tensor });
 };
-
-function runOptions(o: TraceOptions | undefined): RunOptions {
-  return { vars: o?.vars, grad: o?.grad, checkpoint: o?.checkpoint, isolated: o?.isolateInvokes, stallTimeoutMs: o?.stallTimeoutMs, maxInputTokens: o?.maxInputTokens };
-}
 
 export type { InvokeTracer };
 
-/** What `rename` maps: a module name, relative path, or pattern -> one alias or several. */
-export type Rename = Record<string, string | readonly string[]>;
-
-/**
- * Alias maps for envoy trees (parent path -> alias -> child name or relative path), from load-time `rename`, in
- * nnsight's forms:
- *
- *   { h: "layers" }                        every module named `h` is also `layers` (on its parent)
- *   { "transformer.h": "layers" }          a path: mounted wherever it resolves, here on the model (m.layers)
- *   { ".transformer": ["model", "mdl"] }   a leading dot is the same path; several aliases
- *   { "transformer.h.*.mlp": "ffn" }       a pattern (* is one name): each match is also `ffn` on its parent
- */
-export function buildAliases(model: Module, rename: Rename): Map<string, Map<string, string>> {
-  const aliases = new Map<string, Map<string, string>>();
-  const add = (at: string, alias: string, target: string) => {
-    let m = aliases.get(at);
-    if (!m) aliases.set(at, (m = new Map()));
-    m.set(alias, target);
-  };
-  const paths = model.namedModules().map(([p]) => p);
-  const known = new Set(paths);
-  const join = (at: string, rel: string) => (at ? `${at}.${rel}` : rel);
-  const parentOf = (p: string) => p.split(".").slice(0, -1).join(".");
-  for (const [rawFrom, to] of Object.entries(rename)) {
-    const from = rawFrom.replace(/^\./, "");
-    const names = (typeof to === "string" ? [to] : Array.isArray(to) ? to : [to]).map((n) => (typeof n === "string" ? n.replace(/^\./, "") : n));
-    if (names.length === 0) throw new TraceError(`rename: "${rawFrom}" has no alias`);
-    for (const n of names) if (typeof n !== "string" || !/^[A-Za-z_$][\w$]*$/.test(n)) throw new TraceError(`rename: "${String(n)}" is not a valid name (letters, digits, _ and $)`);
-    if (!from || from.split(".").some((part) => part === "")) throw new TraceError(`rename: "${rawFrom}" is not a module name or path`);
-    let matched = 0;
-    if (from.includes("*")) {
-      const pattern = new RegExp(`^${from.split(".").map((part) => (part === "*" ? "[^.]+" : part.replace(/[$()+?[\]^{|}\\]/g, "\\$&"))).join("\\.")}$`);
-      for (const p of paths) if (p && pattern.test(p)) for (const n of names) (add(parentOf(p), n, p.split(".").at(-1)!), matched++);
-    } else if (from.includes(".")) {
-      for (const at of paths) if (known.has(join(at, from))) for (const n of names) (add(at, n, from), matched++);
-    } else {
-      for (const p of paths) if (p && p.split(".").at(-1) === from) for (const n of names) (add(parentOf(p), n, from), matched++);
-    }
-    if (!matched) throw new TraceError(`rename: the model has no module "${rawFrom}"${from.includes("*") ? " (no path matches the pattern)" : ""}`);
-  }
-  return aliases;
-}
+export { buildAliases, type Rename } from "./rename.js";

@@ -10,15 +10,13 @@
  *
  * Invokes must be created before the trace function's first `await`: the batch is built from them.
  */
-import type { Tokenizer } from "../hub/index.js";
-import type { CausalLM } from "../models/index.js";
 import type { Module } from "../nn/index.js";
 import { Tensor } from "../tensor/index.js";
 import { GradScope, type GradSource } from "./backward.js";
 import { Cache, modulePaths, pointPaths, type CacheOptions, type NavigableCache } from "./cache.js";
 import { envoyFor, type EnvoyContext } from "./envoy.js";
 import { EarlyStop, InterventionError, LeftPassError, StallError, TraceError } from "./errors.js";
-import { checkInput, fromRows, toBatch, type ModelInput } from "./inputs.js";
+import type { ModelInput } from "./inputs.js";
 import { currentInvoke, runInInvoke } from "./context.js";
 import { EndForward, Interleaver } from "./interleaver.js";
 import { Mediator } from "./mediator.js";
@@ -146,17 +144,17 @@ export class InvokeTracer {
   }
 }
 
-/** The trace's own tracer: creates invokes and barriers. `E` is the envoy tree type invokes get. */
-export class Tracer<E = any> extends InvokeTracer {
+/** The trace's own tracer: creates invokes and barriers. `E` is the envoy tree type invokes get, `I` their inputs. */
+export class Tracer<E = any, I = ModelInput> extends InvokeTracer {
   /** @internal */
   constructor(run: TraceRun) {
     super(run, null);
   }
 
   /** Adds an invoke: its input's rows join the batch and `fn` intervenes on them. Without input it sees the whole batch. */
-  invoke<R>(input: ModelInput, fn: InterventionFn<E, R>): Promise<R>;
+  invoke<R>(input: I, fn: InterventionFn<E, R>): Promise<R>;
   invoke<R>(fn: InterventionFn<E, R>): Promise<R>;
-  invoke<R>(a: ModelInput | InterventionFn<E, R>, b?: InterventionFn<E, R>): Promise<R> {
+  invoke<R>(a: I | InterventionFn<E, R>, b?: InterventionFn<E, R>): Promise<R> {
     return typeof a === "function" ? this.run.addInvoke(undefined, a as InterventionFn) : this.run.addInvoke(a, b as InterventionFn);
   }
 
@@ -167,7 +165,7 @@ export class Tracer<E = any> extends InvokeTracer {
 }
 
 interface Invoke {
-  input: ModelInput | undefined;
+  input: unknown;
   fn: InterventionFn;
   mediator: Mediator;
   resolve(v: unknown): void;
@@ -176,18 +174,22 @@ interface Invoke {
 
 /** What a run needs from its model. */
 export interface TraceTarget {
-  model: CausalLM;
-  tokenizer: Tokenizer;
+  model: Module;
   aliases: ReadonlyMap<string, ReadonlyMap<string, string>>;
   /** Persistent interventions (model.edit), applied before the invokes to the whole batch. */
   edits: readonly InterventionFn[];
+  /**
+   * Makes one batch of the invokes' inputs (in order): the driver's arguments, and how many rows (along the first
+   * axis) each input has. `extraTokens` and `maxInputTokens` are a language model's bounds.
+   */
+  batch(inputs: readonly unknown[], extraTokens: number | undefined, maxInputTokens: number): { args: unknown[]; sizes: number[] };
 }
 
 /**
  * Drives the model once the batch and hooks are ready: one forward (trace) or a generation loop. It calls
  * `run.beginStep(k)` before each forward pass and returns the run's output (what tr.result gives).
  */
-export type Driver = ((model: CausalLM, ids: Tensor, mask: Tensor, run: TraceRun) => Promise<unknown>) & {
+export type Driver = ((model: Module, args: unknown[], run: TraceRun) => Promise<unknown>) & {
   /** Tokens the driver adds to the input (a generation's new tokens), checked against the context up front. */
   extraTokens?: number;
   /** The run's iterations are generation steps (so an iteration past the last one is worth a warning). */
@@ -264,7 +266,7 @@ export class TraceRun {
     this.maxInputTokens = options.maxInputTokens ?? Infinity;
   }
 
-  addInvoke<R = unknown>(input: ModelInput | undefined, fn: InterventionFn): Promise<R> {
+  addInvoke<R = unknown>(input: unknown, fn: InterventionFn): Promise<R> {
     if (this.closed) {
       throw new TraceError(
         "tr.invoke was called after the trace function's first await: invokes are declared first, before anything is awaited, because the batch of the one forward pass is built from them; move every tr.invoke(...) above the first await",
@@ -403,31 +405,29 @@ export class TraceRun {
    */
   async execute(drive: Driver): Promise<void> {
     this.close();
-    const { model, tokenizer } = this.target;
+    const { model } = this.target;
     if (this.invokes.length === 0) {
       throw new TraceError("the trace has no invokes: give an input (trace(input, fn)), or call tr.invoke(input, fn) in the trace function before its first await (invokes are declared first; the batch is built from them)");
     }
-    // The batch: every invoke's rows, left-padded to one length.
-    const rows: number[][] = [];
-    for (const inv of this.invokes) {
-      if (inv.input === undefined) continue;
-      const b = toBatch(inv.input, tokenizer);
-      checkInput(b.ids, model.config, drive.extraTokens);
-      const ids = b.ids.tolist() as number[][];
-      const mask = b.mask.tolist() as number[][];
-      inv.mediator.rows = { start: rows.length, length: ids.length };
-      ids.forEach((r, i) => rows.push(r.filter((_, j) => mask[i]![j] === 1)));
-    }
-    if (rows.length === 0) throw new TraceError("no invoke has an input: at least one tr.invoke(input, fn) is needed to make a batch");
-    const { ids, mask } = fromRows(rows, tokenizer.padTokenId);
-    checkInput(ids, model.config, drive.extraTokens, this.maxInputTokens);
-    this.batch = rows.length;
+    const withInput = this.invokes.filter((inv) => inv.input !== undefined);
+    if (withInput.length === 0) throw new TraceError("no invoke has an input: at least one tr.invoke(input, fn) is needed to make a batch");
+    const { args, sizes } = this.target.batch(
+      withInput.map((inv) => inv.input),
+      drive.extraTokens,
+      this.maxInputTokens,
+    );
+    let start = 0;
+    withInput.forEach((inv, i) => {
+      inv.mediator.rows = { start, length: sizes[i]! };
+      start += sizes[i]!;
+    });
+    this.batch = start;
 
     const edits = this.target.edits.map((fn) => ({ fn, mediator: new Mediator(-1, null) }));
     const all = [...edits, ...this.invokes];
     const interleaver = new Interleaver(
       all.map((x) => x.mediator),
-      rows.length,
+      this.batch,
       this.grad ? this.gradSources : null,
       this.isolated,
     );
@@ -466,7 +466,7 @@ export class TraceRun {
       try {
         await interleaver.settle();
         interleaver.checkEnding();
-        output = await drive(model, ids, mask, this);
+        output = await drive(model, args, this);
       } catch (e) {
         if (!(e instanceof EndForward)) throw interleaver.explain(e);
       }

@@ -31,6 +31,22 @@ export interface ParamInfo {
   shape: readonly number[];
 }
 
+/** A module's forward called around its hooks (`child.forward(x)` where `child.call(x)` belongs). */
+export class ModuleCallError extends Error {
+  override readonly name = "ModuleCallError";
+}
+
+/** A parameter that does not exist, or a value that does not fit it; `parameter` names it. */
+export class ParameterError extends Error {
+  override readonly name = "ParameterError";
+  constructor(
+    message: string,
+    readonly parameter: string,
+  ) {
+    super(message);
+  }
+}
+
 export abstract class Module {
   /** Dotted path from the root, as in Hugging Face ("" for the root). Set by `finalize`. */
   path = "";
@@ -43,8 +59,35 @@ export abstract class Module {
   /** Runs `forward` through the hooks of the tree (intervention points). */
   call<M extends Module>(this: M, ...args: Parameters<M["forward"]>): ReturnType<M["forward"]> {
     const hooks = this.tree.hooks;
-    const forward = (a: unknown[]) => (this.forward as (...x: unknown[]) => Promise<unknown>)(...a);
+    const forward = (a: unknown[]) => {
+      this.entered++;
+      try {
+        return (this.forward as (...x: unknown[]) => Promise<unknown>)(...a);
+      } finally {
+        this.entered--;
+      }
+    };
     return (hooks ? hooks.call(this, args, forward) : forward(args)) as ReturnType<M["forward"]>;
+  }
+
+  /** Calls of `forward` that came through `call` and have not returned their promise yet (see guardForward). */
+  private entered = 0;
+
+  /**
+   * Makes a direct `child.forward(x)` from a parent's forward an error: it would run the child with no hooks, so
+   * interventions on it (and everything inside it) would silently not happen. `call` is the way in.
+   */
+  private guardForward(): void {
+    if (Object.prototype.hasOwnProperty.call(this, "forward")) return;
+    const forward = this.forward as (...a: unknown[]) => Promise<unknown>;
+    Object.defineProperty(this, "forward", {
+      configurable: true,
+      writable: true,
+      value: (...a: unknown[]) => {
+        if (this.entered === 0) throw new ModuleCallError(`${this.path || "the model"}.forward(...) was called directly, which skips the hooks interventions use; call ${this.path || "the model"}.call(...) instead`);
+        return forward.apply(this, a);
+      },
+    });
   }
 
   /** Declares a parameter; until weights load it is a meta tensor of that shape. */
@@ -87,6 +130,37 @@ export abstract class Module {
     (this as unknown as Record<string, Tensor>)[name] = value;
   }
 
+  /** Every parameter tensor by full name (`fc1.weight`); meta tensors until weights are set. */
+  parameters(): Map<string, Tensor> {
+    return new Map([...this.namedParameters()].map(([name, p]) => [name, p.module.getParam(p.name)]));
+  }
+
+  /** Sets the parameter `name` (`fc1.weight`) to `value`, which must have its declared shape (float32). */
+  setParameter(name: string, value: Tensor): void {
+    const p = this.namedParameters().get(name);
+    if (!p) throw new ParameterError(`${this.typeName} has no parameter "${name}"; its parameters are: ${[...this.namedParameters().keys()].join(", ") || "none"}`, name);
+    if (!(value instanceof Tensor)) throw new ParameterError(`parameter "${name}" must be set to a Tensor`, name);
+    if (value.shape.length !== p.shape.length || value.shape.some((d, i) => d !== p.shape[i])) throw new ParameterError(`parameter "${name}" is declared [${p.shape.join(", ")}]; got [${value.shape.join(", ")}]`, name);
+    if (value.dtype !== p.module.getParam(p.name).dtype) throw new ParameterError(`parameter "${name}" is ${p.module.getParam(p.name).dtype}; got ${value.dtype}`, name);
+    p.module.setParam(p.name, value);
+  }
+
+  /**
+   * Sets several parameters by full name. `strict` (default): every parameter must be given and no other name,
+   * as PyTorch's load_state_dict.
+   */
+  loadParameters(values: ReadonlyMap<string, Tensor> | Readonly<Record<string, Tensor>>, options: { strict?: boolean } = {}): void {
+    const entries = values instanceof Map ? [...values.entries()] : Object.entries(values);
+    const declared = this.namedParameters();
+    if (options.strict ?? true) {
+      const given = new Set(entries.map(([n]) => n));
+      const missing = [...declared.keys()].filter((n) => !given.has(n));
+      const unexpected = entries.map(([n]) => n).filter((n) => !declared.has(n));
+      if (missing.length || unexpected.length) throw new ParameterError(`loadParameters: ${missing.length ? `missing ${missing.join(", ")}` : ""}${missing.length && unexpected.length ? "; " : ""}${unexpected.length ? `unexpected ${unexpected.join(", ")}` : ""}`, missing[0] ?? unexpected[0]!);
+    }
+    for (const [name, t] of entries) if (declared.has(name)) this.setParameter(name, t);
+  }
+
   /** The module at a dotted path below this one. */
   get(path: string): Module | undefined {
     if (path === "") return this;
@@ -101,6 +175,7 @@ export abstract class Module {
     for (const [path, m] of this.namedModules()) {
       m.path = path;
       m.tree = tree;
+      m.guardForward();
     }
     return this;
   }
@@ -117,6 +192,7 @@ export abstract class Module {
     for (const [p, m] of child.namedModules()) {
       m.path = p ? `${base}.${p}` : base;
       m.tree = this.tree;
+      m.guardForward();
     }
   }
 

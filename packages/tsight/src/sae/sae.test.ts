@@ -120,7 +120,7 @@ describe("SAEs in SAELens's format", () => {
         expect(Math.max(...mine.map((v, j) => Math.abs(v - ref.f[j]!))), `${c.name} token ${t}`).toBeLessThan(1e-4);
         // Spliced, the SAE's output is the reconstruction: decode, then the normalisation undone.
         const recon = ref.scale(decode64(ref.f, w));
-        const out = (await sae.forward(x.index(t).unsqueeze(0))).index(0).toArray() as number[];
+        const out = (await sae.call(x.index(t).unsqueeze(0))).index(0).toArray() as number[];
         expect(Math.max(...out.map((v, i) => Math.abs(v - recon[i]!))), `${c.name} reconstruction ${t}`).toBeLessThan(1e-4);
       }
       if (c.cfg.architecture === "topk") expect(active).toBeLessThanOrEqual(6 * 16);
@@ -131,7 +131,7 @@ describe("SAEs in SAELens's format", () => {
   it("the TopK SAE explains stdlib-gpt2's block 2 (it was trained there): most of the variance, from 16 features a token", async () => {
     const sae = await loadSae(TOPK);
     const x = h2.index(0).narrow(0, 1, 5); // positions after the first, as it was trained
-    const err = x.sub(await sae.forward(x));
+    const err = x.sub(await sae.call(x));
     const fvu = err.square().sum().item() / x.sub(x.mean(0, true)).square().sum().item();
     expect(fvu).toBeLessThan(0.3);
   });

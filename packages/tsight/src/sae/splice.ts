@@ -12,6 +12,8 @@ import type { SparseAutoencoder } from "./sae.js";
 const CHILD = "sae";
 /** Where each spliced SAE sits, so it is never in two places at once. */
 const spliced = new WeakMap<SparseAutoencoder, Module>();
+/** The module's own `forward` property before splicing (its guard against direct calls), put back on removal. */
+const ownForward = new WeakMap<Module, PropertyDescriptor | undefined>();
 
 /** Splices `sae` onto `target` (a module of a finalized model). */
 export function spliceSae(target: Module, sae: SparseAutoencoder, useErrorTerm: boolean): void {
@@ -21,6 +23,7 @@ export function spliceSae(target: Module, sae: SparseAutoencoder, useErrorTerm: 
   target.attach(CHILD, sae);
   spliced.set(sae, target);
   const forward = target.forward as (...a: unknown[]) => Promise<unknown>;
+  ownForward.set(target, Object.getOwnPropertyDescriptor(target, "forward"));
   Object.defineProperty(target, "forward", {
     configurable: true,
     writable: true,
@@ -38,6 +41,9 @@ export function unspliceSae(target: Module): SparseAutoencoder | undefined {
   const sae = (target as unknown as Record<string, unknown>)[CHILD] as SparseAutoencoder | undefined;
   if (!sae || spliced.get(sae) !== target) return undefined;
   delete (target as unknown as Record<string, unknown>).forward;
+  const own = ownForward.get(target);
+  if (own) Object.defineProperty(target, "forward", own);
+  ownForward.delete(target);
   target.detach(CHILD);
   spliced.delete(sae);
   return sae;

@@ -1,0 +1,261 @@
+/**
+ * Model: interventions on any tsight module tree (nnsight's `NNsight(module)`). A class of one's own that extends
+ * Module, with its own forward and tensor inputs, is traced like a language model: envoys typed from the class,
+ * invokes batched along the first axis, edits, caches, gradients, SAEs. LanguageModel is the Model of a causal
+ * LM, with a tokenizer, text inputs and generation.
+ *
+ * Remote runs are for models a server hosts: a Model of one's own classes cannot run remotely, since only
+ * intervention code travels to a server, never module definitions.
+ */
+import { Module } from "../nn/index.js";
+import type { SparseAutoencoder } from "../sae/sae.js";
+import { splicedSaes, spliceSae, unspliceSae } from "../sae/splice.js";
+import { Tensor } from "../tensor/index.js";
+import { currentInvoke } from "./context.js";
+import { forgetChildren } from "./envoy.js";
+import type { AnyEnvoy, EnvoyOf } from "./envoy-types.js";
+import { TraceError } from "./errors.js";
+import { buildAliases, type Rename } from "./rename.js";
+import { checkOptionNames, checkOptions, OptionsError } from "./options.js";
+import { Tracer, TraceRun, type Driver, type InterventionFn, type RunOptions, type TraceTarget } from "./tracer.js";
+import { unawaitedReported } from "./watched.js";
+
+/** The envoy tree of a module class: typed from its fields; open (any name) for the abstract Module. */
+export type ModelEnvoy<M extends Module> = Module extends M ? AnyEnvoy : EnvoyOf<M>;
+
+export interface ModelOptions {
+  /** Extra names for modules in envoy trees (see LanguageModel.load's `rename`). */
+  rename?: Rename;
+}
+
+export interface ModelTraceOptions {
+  /** Values the intervention reads as `tr.vars`. */
+  vars?: Record<string, unknown>;
+  /** Record gradients from the first module value read, so the intervention can call tr.backward. */
+  grad?: boolean;
+  /** How long intervention code may keep the forward waiting (see TraceOptions); default 60 s. */
+  stallTimeoutMs?: number;
+}
+
+const MODEL_TRACE_OPTIONS = ["vars", "grad", "stallTimeoutMs"] as const;
+const REMOTE_OPTIONS = new Set(["remote", "backend", "apiKey", "blocking"]);
+
+export interface EditOptions {
+  /** Change this model rather than return an edited copy (which shares weights). */
+  inplace?: boolean;
+}
+
+/** The module tree and what every copy of a model shares: it runs one trace at a time. */
+interface Tree<M extends Module> {
+  model: M;
+  aliases: Map<string, Map<string, string>>;
+  queue: Promise<unknown>;
+}
+
+/** An input of a Model's invoke: the forward's one tensor argument, or all its arguments as an array. */
+export type ModelArgs = Tensor | readonly unknown[];
+
+export class Model<M extends Module = Module, E = ModelEnvoy<M>, I = ModelArgs> {
+  protected readonly tree: Tree<M>;
+  protected edits: InterventionFn[] = [];
+  /** The extra module names given at load (`rename`). */
+  readonly renames: Readonly<Rename>;
+
+  constructor(module: M, options: ModelOptions = {}) {
+    checkOptionNames(options, "new Model", ["rename"]);
+    if (!(module instanceof Module)) throw new TypeError("new Model(module): module must be a tsight Module (a class extending Module, with its own forward)");
+    if (!module.tree || module.children().some(([, c]) => c.tree !== module.tree)) module.finalize();
+    this.renames = { ...(options.rename ?? {}) };
+    this.tree = { model: module, aliases: buildAliases(module, options.rename ?? {}), queue: Promise.resolve() };
+  }
+
+  /** The module tree. */
+  get model(): M {
+    return this.tree.model;
+  }
+
+  /**
+   * One forward pass with interventions. `input` is the forward's tensor argument, or its arguments as an array
+   * (tensors batched along their first axis across invokes; other arguments must be the same in every invoke).
+   * Without an input, `fn(tr)` creates invokes with `tr.invoke(input, fn)`.
+   */
+  trace<R>(input: I, fn: InterventionFn<E, R>, options?: ModelTraceOptions): Promise<R>;
+  trace<R>(fn: (tr: Tracer<E, I>) => R | Promise<R>, options?: ModelTraceOptions): Promise<R>;
+  trace<R>(a: I | ((tr: Tracer<E, I>) => R | Promise<R>), b?: InterventionFn<E, R> | ModelTraceOptions, c?: ModelTraceOptions): Promise<R> {
+    let work: Promise<R>;
+    try {
+      const options = (typeof a === "function" ? b : c) as ModelTraceOptions | undefined;
+      const remote = options && Object.keys(options).find((k) => REMOTE_OPTIONS.has(k));
+      if (remote) {
+        throw new OptionsError(
+          `trace: "${remote}" is for models a server hosts (LanguageModel.fromServer / load); a Model of your own module classes runs here only, because a server receives intervention code, never module definitions`,
+        );
+      }
+      checkOptions(options, "trace", MODEL_TRACE_OPTIONS);
+      work = this.run(a as never, b as never, c, moduleForward).then((r) => r.value as R);
+    } catch (e) {
+      work = Promise.reject(e);
+    }
+    return unawaitedReported(work, "trace()");
+  }
+
+  /**
+   * A persistent intervention applied (to the whole batch, before the invokes) in every later trace. Returns an
+   * edited copy sharing this model's weights, or this model itself with `inplace`.
+   */
+  edit(fn: InterventionFn<E, unknown>, options: EditOptions = {}): this {
+    const target = options.inplace ? this : this.copy();
+    target.edits = [...target.edits, fn as InterventionFn];
+    return target;
+  }
+
+  /** Removes one edit, or all of them. */
+  clearEdits(fn?: InterventionFn<E, unknown>): void {
+    this.edits = fn ? this.edits.filter((e) => e !== fn) : [];
+  }
+
+  /**
+   * Splices a sparse autoencoder onto a module (default: where it was trained, its cfg's `hf_hook_point`): the
+   * module's output goes through the SAE, whose points read and edit like module values
+   * (`m.transformer.h[2].sae.latents.output`). With `useErrorTerm` the reconstruction error of the unedited SAE is
+   * added back (SAELens `use_error_term`), so only edits of the SAE change what the model computes. Changes the
+   * model in place, for every copy sharing it, until `removeSae`.
+   */
+  addSae(sae: SparseAutoencoder, options: { at?: string; useErrorTerm?: boolean } = {}): this {
+    checkOptionNames(options, "addSae", ["at", "useErrorTerm"]);
+    const at = options.at ?? sae.cfg.hookPoint;
+    if (at === null || at === undefined) throw new TraceError("addSae: this SAE's config names no module (metadata.hf_hook_point); pass { at: 'transformer.h.2' }");
+    const target = this.model.get(at.replace(/^\./, ""));
+    if (!target || target === this.model) throw new TraceError(`addSae: the model has no module "${at}"`);
+    spliceSae(target, sae, options.useErrorTerm ?? false);
+    forgetChildren(target);
+    return this;
+  }
+
+  /** Removes the SAE spliced at `at`, or every spliced SAE. */
+  removeSae(at?: string): void {
+    const targets = at === undefined ? splicedSaes(this.model).map((s) => this.model.get(s.at)!) : [this.model.get(at.replace(/^\./, ""))];
+    for (const t of targets) {
+      if (t && unspliceSae(t)) forgetChildren(t);
+    }
+  }
+
+  /** The SAEs spliced into this model, by module path. */
+  get saes(): { at: string; sae: SparseAutoencoder }[] {
+    return splicedSaes(this.model);
+  }
+
+  /**
+   * One batch of the invokes' inputs: each argument position's tensors concatenated along the first axis; other
+   * arguments must be equal in every invoke. A language model batches token ids instead.
+   */
+  protected batchInputs(inputs: readonly unknown[]): { args: unknown[]; sizes: number[] } {
+    const lists = inputs.map((input, i) => {
+      const args = input instanceof Tensor ? [input] : Array.isArray(input) ? (input as unknown[]) : null;
+      if (!args || args.length === 0) throw new TraceError(`invoke ${i}: a Model's input is its forward's tensor argument, or an array of its arguments`);
+      return args;
+    });
+    const arity = lists[0]!.length;
+    const sizes = lists.map((args, i) => {
+      if (args.length !== arity) throw new TraceError(`invoke ${i} gives ${args.length} arguments and invoke 0 gives ${arity}; every invoke passes the forward the same arguments`);
+      const tensors = args.filter((a): a is Tensor => a instanceof Tensor);
+      if (tensors.length === 0) throw new TraceError(`invoke ${i}: no argument is a tensor, so there is nothing to batch`);
+      const rows = tensors[0]!.shape[0];
+      if (rows === undefined || tensors.some((t) => t.shape[0] !== rows)) throw new TraceError(`invoke ${i}: its tensor arguments must share their first axis (the batch), got ${tensors.map((t) => `[${t.shape.join(", ")}]`).join(" and ")}`);
+      return rows;
+    });
+    const args = lists[0]!.map((first, p) => {
+      if (!(first instanceof Tensor)) {
+        lists.forEach((args, i) => {
+          if (args[p] instanceof Tensor || JSON.stringify(args[p]) !== JSON.stringify(first)) throw new TraceError(`argument ${p} of invoke ${i} differs from invoke 0's; only tensors differ between invokes (they are batched)`);
+        });
+        return first;
+      }
+      const parts = lists.map((args, i) => {
+        const t = args[p];
+        if (!(t instanceof Tensor) || t.shape.slice(1).join() !== first.shape.slice(1).join() || t.dtype !== first.dtype) {
+          throw new TraceError(`argument ${p} of invoke ${i} cannot be batched with invoke 0's ([${first.shape.join(", ")}] ${first.dtype}): the same shape after the first axis and dtype are needed`);
+        }
+        return t;
+      });
+      return parts.length === 1 ? parts[0] : Tensor.cat(parts, 0);
+    });
+    return { args, sizes };
+  }
+
+  /** What a trace runs on: the tree, its aliases and edits, and how inputs become one batch. */
+  protected target(): TraceTarget {
+    return { model: this.model, aliases: this.tree.aliases, edits: this.edits, batch: (inputs, extraTokens, maxInputTokens) => this.batchFor(inputs, extraTokens, maxInputTokens) };
+  }
+
+  /** The batch of `inputs` (LanguageModel checks token counts against `extraTokens` and `maxInputTokens`). */
+  protected batchFor(inputs: readonly unknown[], _extraTokens: number | undefined, _maxInputTokens: number): { args: unknown[]; sizes: number[] } {
+    return this.batchInputs(inputs);
+  }
+
+  /** The persistent interventions (model.edit) of this model, in order. */
+  protected editFunctions(): readonly InterventionFn[] {
+    return this.edits;
+  }
+
+  /** A copy sharing the module tree (and its queue), with its own list of edits. */
+  protected copy(): this {
+    const c = Object.create(Object.getPrototypeOf(this)) as this;
+    Object.assign(c, this);
+    c.edits = [...this.edits];
+    return c;
+  }
+
+  /** Runs `work` when no other trace of this module tree is running. */
+  protected exclusive<T>(work: () => Promise<T>): Promise<T> {
+    const result = this.tree.queue.then(work);
+    this.tree.queue = result.catch(() => undefined);
+    return result;
+  }
+
+  /** Runs one trace (an input and its intervention, or a trace function making invokes) with `drive`. */
+  protected run<R>(a: unknown, b: unknown, c: RunOptionsLike | undefined, drive: Driver): Promise<{ value: R; output: unknown }> {
+    const outer = currentInvoke();
+    if (outer && outer.model === this.model.tree) {
+      return Promise.reject(
+        new TraceError(
+          `a trace of this model was started inside the intervention of another trace of it (invoke ${outer.mediator.index}): a model runs one trace at a time, so the inner one would wait for the outer one forever. Start it after the outer trace, or use m.<module>.call(...) to run a module on other values inside this one`,
+        ),
+      );
+    }
+    return this.exclusive(async () => {
+      let result: Promise<R>;
+      let run: TraceRun;
+      if (typeof a === "function") {
+        if (typeof b === "function") throw new TraceError("trace(fn) takes one function; to trace an input use trace(input, fn)");
+        run = new TraceRun(this.target(), runOptions(b as RunOptionsLike | undefined));
+        result = Promise.resolve((a as (tr: Tracer<unknown>) => R | Promise<R>)(new Tracer(run)));
+      } else {
+        if (typeof b !== "function") throw new TraceError("trace(input, fn): the intervention function is missing");
+        run = new TraceRun(this.target(), runOptions(c));
+        result = run.addInvoke(a, b as InterventionFn);
+      }
+      result.catch(() => undefined);
+      run.close();
+      await run.execute(drive);
+      return { value: await result, output: await run.result };
+    });
+  }
+}
+
+/** The run options any trace takes (LanguageModel's TraceOptions has a few more). */
+interface RunOptionsLike extends ModelTraceOptions {
+  checkpoint?: () => void;
+  isolateInvokes?: boolean;
+  maxInputTokens?: number;
+}
+
+function runOptions(o: RunOptionsLike | undefined): RunOptions {
+  return { vars: o?.vars, grad: o?.grad, checkpoint: o?.checkpoint, isolated: o?.isolateInvokes, stallTimeoutMs: o?.stallTimeoutMs, maxInputTokens: o?.maxInputTokens };
+}
+
+/** One forward pass of the module on the batch's arguments. */
+const moduleForward: Driver = async (model, args, run) => {
+  await run.beginStep(0);
+  return (model.call as (...a: unknown[]) => Promise<unknown>)(...args);
+};

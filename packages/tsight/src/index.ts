@@ -1,5 +1,6 @@
 /** tsight's public API. */
 export * from "./tensor/index.js";
+export * from "./optim/index.js";
 export { Module, ModuleList, type ModuleHooks } from "./nn/index.js";
 export { buildModel, supportedModelTypes, ConfigError, WeightsError, type CausalLM, type ModelConfig, type GenerateOptions } from "./models/index.js";
 // The architectures, for typed envoy trees: LanguageModel.load(path, { architecture: MixtralForCausalLM }).

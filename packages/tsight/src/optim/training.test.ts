@@ -109,7 +109,7 @@ describe("a linear probe trained on cached layer-2 residuals", () => {
       const xTest = cat(examples.slice(split).map((e) => e[which]));
       // Standardised with the training set's statistics (residuals have a few huge dimensions).
       const mu = x.mean(0, true);
-      const sd = x.std(0, true).add(1e-3);
+      const sd = x.std(0, { keepdim: true }).add(1e-3);
       const w = parameter(zeros([256, 1]));
       const b = parameter(zeros([1]));
       const steps = 150;

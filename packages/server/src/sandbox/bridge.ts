@@ -12,8 +12,8 @@
  * the few synchronous calls: compiling, and replacement functions the forward pass calls.)
  */
 import ivm from "isolated-vm";
-import { buildAliases, ModuleList, Tensor, withAllocationGuard, type InterventionFn, type Module, type Tracer } from "tsight";
-import { FunctionSource, infoFromError, SANDBOX_OBJECTS, TENSOR_FUNCTIONS, TENSOR_METHODS, type ExecutionModel as LanguageModel } from "tsight/protocol";
+import { buildAliases, Generator, ModuleList, Optimizer, Tensor, withAllocationGuard, type InterventionFn, type Module, type Tracer } from "tsight";
+import { CONSTRUCTORS, FunctionSource, infoFromError, SANDBOX_OBJECTS, TENSOR_AUTOGRAD, TENSOR_FUNCTIONS, TENSOR_METHODS, type ExecutionModel as LanguageModel } from "tsight/protocol";
 import { checkArgs } from "./args.js";
 import { HANDLE_BYTES, JobBudget, OBJECT_BYTES, type BudgetLimits } from "./budget.js";
 import { SandboxError } from "./errors.js";
@@ -99,7 +99,9 @@ export class Bridge implements ActionHost {
     for (const [name, fn] of Object.entries(callbacks)) jail.setSync(`__host_${name}`, new ivm.Callback(this.guarded(fn as (...a: unknown[]) => unknown)));
     const api: RuntimeApi = {
       tensorMethods: Object.keys(TENSOR_METHODS),
+      tensorAutograd: Object.fromEntries(Object.entries(TENSOR_AUTOGRAD).map(([name, how]) => [name, { getter: how.getter }])),
       functions: Object.keys(TENSOR_FUNCTIONS),
+      constructors: [...CONSTRUCTORS],
       objects: Object.fromEntries(Object.entries(SANDBOX_OBJECTS).map(([kind, actions]) => [kind, Object.fromEntries(Object.entries(actions).map(([a, spec]) => [a, { answer: spec.answer, getter: "getter" in spec && spec.getter === true }]))])),
     };
     jail.setSync("__tree", new ivm.ExternalCopy(treeOf(this.lm.model, buildAliases(this.lm.model, this.options.rename ?? {}))).copyInto());
@@ -418,6 +420,7 @@ export class Bridge implements ActionHost {
     const args = (a: unknown): unknown[] => (Array.isArray(a) ? a : []).map((x) => this.fromDesc(x));
     return {
       op: (id, method, raw) => {
+        if (typeof method === "string" && Object.hasOwn(TENSOR_AUTOGRAD, method)) return this.autograd(this.tensor(id), method as keyof typeof TENSOR_AUTOGRAD, args(raw));
         if (typeof method !== "string" || !Object.hasOwn(TENSOR_METHODS, method)) throw new SandboxError("NOT_ALLOWED", `tensor method "${String(method).slice(0, 100)}" is not available in remote code`);
         const t = this.tensor(id);
         const values = args(raw);
@@ -430,9 +433,9 @@ export class Bridge implements ActionHost {
         const values = args(raw);
         checkArgs(name, TENSOR_FUNCTIONS[name as keyof typeof TENSOR_FUNCTIONS], values);
         const impl = FUNCTIONS[name as keyof typeof FUNCTIONS] as (a: unknown[], ctx: unknown) => unknown;
-        const ctx = { fits: (bytes: number) => this.budget.guard(bytes, 0), generator: () => this.defaultGenerator() };
+        const ctx = { fits: (bytes: number) => this.budget.guard(bytes, 0), charge: (bytes: number) => this.budget.charge(bytes), generator: () => this.defaultGenerator() };
         const made = withAllocationGuard(this.budget.guard, () => impl(values, ctx));
-        return this.toDesc(name === "Generator" ? this.hold("generator", made) : made);
+        return this.toDesc(made instanceof Generator ? this.hold("generator", made) : made instanceof Optimizer ? this.hold("optimizer", made) : made);
       },
       release: (id) => {
         const t = typeof id === "number" ? this.handles.get(id) : undefined;
@@ -473,6 +476,21 @@ export class Bridge implements ActionHost {
         else open.reject(v);
       },
     };
+  }
+
+  /** `loss.backward()`, `p.grad`, `p.requiresGrad` on a tensor of the job (TENSOR_AUTOGRAD). */
+  private autograd(t: Tensor, name: keyof typeof TENSOR_AUTOGRAD, values: unknown[]): unknown {
+    checkArgs(`tensor.${name}`, [], values);
+    switch (name) {
+      case "grad":
+        return this.toDesc(t.grad);
+      case "requiresGrad":
+        return t.requiresGrad;
+      case "backward":
+        // The walk's work is guarded like any op's (time and output bytes); its gradients land on the job's leaves.
+        withAllocationGuard(this.budget.guard, () => t.backward());
+        return undefined;
+    }
   }
 
   /** The mediator of invoke `tracerId` (envoy reads and writes name the invoke by its tracer). */

@@ -69,6 +69,10 @@ export abstract class Optimizer {
     return this.baseLr;
   }
   set lr(v: number) {
+    this.setLr(v);
+  }
+  /** Sets the base learning rate (the form remote code uses: `opt.lr = v` works in process only). */
+  setLr(v: number): void {
     this.baseLr = checkNumber(this.owner, "lr", v, 0, MAX_RATE);
   }
 

@@ -67,6 +67,8 @@ export class Bridge implements ActionHost {
   fatal: Error | null = null;
   private rt!: { start: ivm.Reference; call: ivm.Reference; resolve: ivm.Reference; reject: ivm.Reference; register: ivm.Reference; source: ivm.Reference; helpers: ivm.Reference };
   private generator: import("tsight").Generator | null = null;
+  /** Refunds tensors the job let go of that a recorded graph may still hold, once the host frees them. */
+  private readonly graphHeld = new FinalizationRegistry<number>((bytes) => this.budget.refund(bytes));
 
   /** The model sessions run on (this job's, with its edits); set by the executor. */
   model: LanguageModel;
@@ -442,7 +444,11 @@ export class Bridge implements ActionHost {
         if (!t) return;
         this.handles.delete(id as number);
         this.handleOf.delete(t);
-        this.budget.refund(HANDLE_BYTES + (t.isMeta ? 0 : t.numel() * ITEM_BYTES[t.dtype]));
+        const bytes = HANDLE_BYTES + (t.isMeta ? 0 : t.numel() * ITEM_BYTES[t.dtype]);
+        // A tensor in a recorded graph stays alive while later tensors of the graph do (a backward needs it):
+        // it stays charged until the host frees it, so a graph grown in a loop runs into the job's limit.
+        if (t.gradNode) this.graphHeld.register(t, bytes);
+        else this.budget.refund(bytes);
       },
       read: (invoke, path, kind, part, stack) => {
         if ((kind !== "input" && kind !== "output") || (part !== "first" && part !== "all")) throw new SandboxError("VALIDATION", "bad value kind");

@@ -40,6 +40,11 @@ describe("optimizers in the sandbox", () => {
     expect(loop.code).toBe("MEMORY");
   });
 
+  it("a graph grown from a parameter in a loop runs into the job's limit: its tensors stay charged while the graph holds them", async () => {
+    const grown = await run("async () => { let t = parameter(zeros([250000])); for (;;) t = t.add(1); }", 32);
+    expect(grown.code).toBe("MEMORY");
+  });
+
   it("a training step in a trace: the parameter's values change, its gradient is read, and settings are checked", async () => {
     const out = (await run(
       "async (m) => { const p = parameter(zeros([256])); const opt = new SGD([p], { lr: 1 }); const h = await m.transformer.h[2].output; const loss = h.add(p).sum(); loss.backward(); opt.step(); return { grad: p.grad.sum().item(), p: p.sum().item(), lr: opt.lr, setLr: (opt.setLr(0.5), opt.lr) }; }",

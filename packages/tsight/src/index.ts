@@ -1,5 +1,6 @@
 /** tsight's public API. */
 export * from "./tensor/index.js";
+export * from "./optim/index.js";
 // The building blocks, for module trees of one's own (traced with new Model(module)).
 export { Module, ModuleList, ModuleCallError, ParameterError, Linear, Conv1D, Embedding, LayerNorm, RMSNorm, Dropout, Activation, activationNames, Point, Points, AttentionPoints, MlpPoints, isPoint, type ModuleHooks, type ActivationName } from "./nn/index.js";
 export { buildModel, supportedModelTypes, ConfigError, WeightsError, type CausalLM, type ModelConfig, type GenerateOptions } from "./models/index.js";

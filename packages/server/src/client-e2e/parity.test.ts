@@ -11,6 +11,7 @@ import { afterAll, beforeAll, describe, it } from "vitest";
 import { fixtureFolder, hfFixtures, type HfFixtureName } from "../../../../test/fixtures.js";
 import { pointCases } from "../../../tsight/src/intervention/points.case.js";
 import { generateCases } from "../../../tsight/src/intervention/generate.case.js";
+import { trainCases } from "../../../tsight/src/optim/train.case.js";
 import { traceCases, type TraceBackend } from "../../../tsight/src/intervention/trace.case.js";
 import { startServer, type RunningServer } from "../server/index.js";
 import { LanguageModel, type RemoteOptions } from "../../../tsight/src/client/language-model.js";
@@ -34,7 +35,7 @@ function suite(name: string, options: () => RemoteOptions): void {
         },
       } satisfies TraceBackend);
     });
-    for (const c of [...traceCases, ...generateCases, ...pointCases]) it(c.name, () => c.run(backend));
+    for (const c of [...traceCases, ...generateCases, ...pointCases, ...trainCases]) it(c.name, () => c.run(backend));
   });
 }
 

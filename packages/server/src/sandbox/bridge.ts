@@ -12,8 +12,8 @@
  * the few synchronous calls: compiling, and replacement functions the forward pass calls.)
  */
 import ivm from "isolated-vm";
-import { buildAliases, ModuleList, Tensor, withAllocationGuard, type InterventionFn, type Module, type Tracer } from "tsight";
-import { FunctionSource, infoFromError, SANDBOX_OBJECTS, TENSOR_FUNCTIONS, TENSOR_METHODS, type ExecutionModel as LanguageModel } from "tsight/protocol";
+import { buildAliases, Generator, ModuleList, Optimizer, Tensor, withAllocationGuard, type InterventionFn, type Module, type Tracer } from "tsight";
+import { CONSTRUCTORS, FunctionSource, infoFromError, SANDBOX_OBJECTS, TENSOR_AUTOGRAD, TENSOR_FUNCTIONS, TENSOR_METHODS, type ExecutionModel as LanguageModel } from "tsight/protocol";
 import { checkArgs } from "./args.js";
 import { HANDLE_BYTES, JobBudget, OBJECT_BYTES, type BudgetLimits } from "./budget.js";
 import { SandboxError } from "./errors.js";
@@ -67,6 +67,8 @@ export class Bridge implements ActionHost {
   fatal: Error | null = null;
   private rt!: { start: ivm.Reference; call: ivm.Reference; resolve: ivm.Reference; reject: ivm.Reference; register: ivm.Reference; source: ivm.Reference; helpers: ivm.Reference };
   private generator: import("tsight").Generator | null = null;
+  /** Refunds tensors the job let go of that a recorded graph may still hold, once the host frees them. */
+  private readonly graphHeld = new FinalizationRegistry<number>((bytes) => this.budget.refund(bytes));
 
   /** The model sessions run on (this job's, with its edits); set by the executor. */
   model: LanguageModel;
@@ -99,7 +101,9 @@ export class Bridge implements ActionHost {
     for (const [name, fn] of Object.entries(callbacks)) jail.setSync(`__host_${name}`, new ivm.Callback(this.guarded(fn as (...a: unknown[]) => unknown)));
     const api: RuntimeApi = {
       tensorMethods: Object.keys(TENSOR_METHODS),
+      tensorAutograd: Object.fromEntries(Object.entries(TENSOR_AUTOGRAD).map(([name, how]) => [name, { getter: how.getter }])),
       functions: Object.keys(TENSOR_FUNCTIONS),
+      constructors: [...CONSTRUCTORS],
       objects: Object.fromEntries(Object.entries(SANDBOX_OBJECTS).map(([kind, actions]) => [kind, Object.fromEntries(Object.entries(actions).map(([a, spec]) => [a, { answer: spec.answer, getter: "getter" in spec && spec.getter === true }]))])),
     };
     jail.setSync("__tree", new ivm.ExternalCopy(treeOf(this.lm.model, buildAliases(this.lm.model, this.options.rename ?? {}))).copyInto());
@@ -418,6 +422,7 @@ export class Bridge implements ActionHost {
     const args = (a: unknown): unknown[] => (Array.isArray(a) ? a : []).map((x) => this.fromDesc(x));
     return {
       op: (id, method, raw) => {
+        if (typeof method === "string" && Object.hasOwn(TENSOR_AUTOGRAD, method)) return this.autograd(this.tensor(id), method as keyof typeof TENSOR_AUTOGRAD, args(raw));
         if (typeof method !== "string" || !Object.hasOwn(TENSOR_METHODS, method)) throw new SandboxError("NOT_ALLOWED", `tensor method "${String(method).slice(0, 100)}" is not available in remote code`);
         const t = this.tensor(id);
         const values = args(raw);
@@ -430,16 +435,20 @@ export class Bridge implements ActionHost {
         const values = args(raw);
         checkArgs(name, TENSOR_FUNCTIONS[name as keyof typeof TENSOR_FUNCTIONS], values);
         const impl = FUNCTIONS[name as keyof typeof FUNCTIONS] as (a: unknown[], ctx: unknown) => unknown;
-        const ctx = { fits: (bytes: number) => this.budget.guard(bytes, 0), generator: () => this.defaultGenerator() };
+        const ctx = { fits: (bytes: number) => this.budget.guard(bytes, 0), charge: (bytes: number) => this.budget.charge(bytes), generator: () => this.defaultGenerator() };
         const made = withAllocationGuard(this.budget.guard, () => impl(values, ctx));
-        return this.toDesc(name === "Generator" ? this.hold("generator", made) : made);
+        return this.toDesc(made instanceof Generator ? this.hold("generator", made) : made instanceof Optimizer ? this.hold("optimizer", made) : made);
       },
       release: (id) => {
         const t = typeof id === "number" ? this.handles.get(id) : undefined;
         if (!t) return;
         this.handles.delete(id as number);
         this.handleOf.delete(t);
-        this.budget.refund(HANDLE_BYTES + (t.isMeta ? 0 : t.numel() * ITEM_BYTES[t.dtype]));
+        const bytes = HANDLE_BYTES + (t.isMeta ? 0 : t.numel() * ITEM_BYTES[t.dtype]);
+        // A tensor in a recorded graph stays alive while later tensors of the graph do (a backward needs it):
+        // it stays charged until the host frees it, so a graph grown in a loop runs into the job's limit.
+        if (t.gradNode) this.graphHeld.register(t, bytes);
+        else this.budget.refund(bytes);
       },
       read: (invoke, path, kind, part, stack) => {
         if ((kind !== "input" && kind !== "output") || (part !== "first" && part !== "all")) throw new SandboxError("VALIDATION", "bad value kind");
@@ -473,6 +482,21 @@ export class Bridge implements ActionHost {
         else open.reject(v);
       },
     };
+  }
+
+  /** `loss.backward()`, `p.grad`, `p.requiresGrad` on a tensor of the job (TENSOR_AUTOGRAD). */
+  private autograd(t: Tensor, name: keyof typeof TENSOR_AUTOGRAD, values: unknown[]): unknown {
+    checkArgs(`tensor.${name}`, [], values);
+    switch (name) {
+      case "grad":
+        return this.toDesc(t.grad);
+      case "requiresGrad":
+        return t.requiresGrad;
+      case "backward":
+        // The walk's work is guarded like any op's (time and output bytes); its gradients land on the job's leaves.
+        withAllocationGuard(this.budget.guard, () => t.backward());
+        return undefined;
+    }
   }
 
   /** The mediator of invoke `tracerId` (envoy reads and writes name the invoke by its tracer). */

@@ -2,14 +2,18 @@
  * The global tensor functions of the sandbox (tsight/protocol's TENSOR_FUNCTIONS), on the host. Arguments arrive
  * checked against the table; every size is charged to the job's budget before anything is allocated.
  */
-import { arange, cat, empty, eye, full, Generator, linspace, logspace, ones, rand, randint, randn, randperm, sizeOf, stack, tensor, where, zeros, type DType, type Tensor } from "tsight";
+import { Adam, AdamW, arange, cat, empty, eye, full, Generator, linspace, logspace, ones, parameter, rand, randint, randn, randperm, SGD, sizeOf, stack, tensor, where, zeros, type DType, type Optimizer, type Tensor } from "tsight";
 import type { TensorFunction } from "tsight/protocol";
 
 const ITEM_BYTES: Record<DType, number> = { float32: 4, int64: 8, int32: 4, bool: 1 };
 
-/** What a function needs from the job: a check that `bytes` more fit, and a generator when none is given. */
+/**
+ * What a function needs from the job: a check that `bytes` more fit, a charge for what it keeps that no tensor
+ * handle stands for (an optimizer's state), and a generator when none is given.
+ */
 export interface FunctionContext {
   fits(bytes: number): void;
+  charge(bytes: number): void;
   generator(): Generator;
 }
 
@@ -21,6 +25,21 @@ const sized =
     const dtype: DType = args[dtypeAt] ?? "float32";
     ctx.fits(sizeOf(args[0]) * ITEM_BYTES[dtype]);
     return make(args[0], dtype);
+  };
+
+/**
+ * An optimizer, charged to the job for as long as the job runs: its state (`arrays` per value: moments, a
+ * momentum buffer) and one gradient per parameter, which backward passes keep on the parameters. Checked against
+ * the budget before the state is allocated, charged once made.
+ */
+const optimizer =
+  (make: (params: Tensor[], options: never) => Optimizer, arrays: (options: Record<string, unknown>) => number): Impl =>
+  ([params, options], ctx) => {
+    const values = (params as Tensor[]).reduce((n, p) => n + p.numel(), 0);
+    ctx.fits(values * 4 * (1 + arrays(options)));
+    const opt = make(params, options as never);
+    ctx.charge(opt.stateBytes + values * 4);
+    return opt;
   };
 
 export const FUNCTIONS = {
@@ -67,4 +86,20 @@ export const FUNCTIONS = {
   stack: ([tensors, dim]) => stack(tensors, dim ?? 0),
   where: ([condition, a, b]) => where(condition, a, b),
   Generator: ([seed]) => new Generator(seed ?? 0),
+  parameter: ([t], ctx) => {
+    ctx.fits((t as Tensor).numel() * 4);
+    return parameter(t);
+  },
+  SGD: optimizer(
+    (params, options) => new SGD(params, options),
+    (o) => (o.momentum ? 1 : 0),
+  ),
+  Adam: optimizer(
+    (params, options) => new Adam(params, options),
+    () => 2,
+  ),
+  AdamW: optimizer(
+    (params, options) => new AdamW(params, options),
+    () => 2,
+  ),
 } satisfies Record<TensorFunction, Impl>;

@@ -3,7 +3,7 @@
  * table entry, typed so that an action added to the table without a handler (or a handler without an entry) does
  * not compile. Arguments arrive checked against the table's kinds.
  */
-import { Cache, GradScope, InvokeTracer, Tracer, type InterventionFn, type Mediator, type Tensor } from "tsight";
+import { Cache, GradScope, InvokeTracer, Tracer, type InterventionFn, type Mediator, type Optimizer, type Tensor } from "tsight";
 import type { ExecutionModel as LanguageModel, SANDBOX_OBJECTS } from "tsight/protocol";
 import type { JobBudget } from "./budget.js";
 import { SandboxError } from "./errors.js";
@@ -145,6 +145,15 @@ const steps: Handlers<"steps", AsyncIterator<number>> = {
   next: (_h, it) => it.next(),
 };
 
-export const HOST_ACTIONS = { tracer, envoy, cache, grad, session, barrier, steps } satisfies { [K in keyof typeof SANDBOX_OBJECTS]: Handlers<K, any> };
+const optimizer: Handlers<"optimizer", Optimizer> = {
+  step: (_h, opt) => void opt.step(),
+  zeroGrad: (_h, opt) => void opt.zeroGrad(),
+  lr: (_h, opt) => opt.lr,
+  currentLr: (_h, opt) => opt.currentLr,
+  steps: (_h, opt) => opt.steps,
+  setLr: (_h, opt, [lr]) => void opt.setLr(lr),
+};
+
+export const HOST_ACTIONS = { tracer, envoy, cache, grad, session, barrier, steps, optimizer } satisfies { [K in keyof typeof SANDBOX_OBJECTS]: Handlers<K, any> };
 
 export { InvokeTracer };

@@ -36,7 +36,11 @@ export interface TreeNode {
 /** The API table as data: names, and for host objects how each action answers. */
 export interface RuntimeApi {
   tensorMethods: string[];
+  /** Autograd on tensors: methods, and properties (getter: true) read through the host. */
+  tensorAutograd: Record<string, { getter: boolean }>;
   functions: string[];
+  /** Functions that are classes: called with `new`. */
+  constructors: string[];
   objects: Record<string, Record<string, { answer: string; getter?: boolean }>>;
 }
 
@@ -186,15 +190,29 @@ export function installRuntime(rawHost: HostCallbacks, tree: TreeNode, api: Runt
       },
     });
   }
+  for (const [name, how] of Object.entries(api.tensorAutograd)) {
+    const call = function (this: Tensor, ...args: unknown[]) {
+      const id = handleOf.get(this);
+      if (id === undefined) throw new TypeError(`${name}: not a tensor`);
+      return inn(host.op(id, name, args.map(out)));
+    };
+    Object.defineProperty(Tensor.prototype, name, how.getter ? { get: call } : { value: call });
+  }
   Object.freeze(Tensor.prototype);
   g.Tensor = Tensor;
 
-  for (const name of api.functions) if (name !== "Generator") g[name] = (...args: unknown[]) => inn(host.fn(name, args.map(out)));
+  for (const name of api.functions) {
+    if (!api.constructors.includes(name)) {
+      g[name] = (...args: unknown[]) => inn(host.fn(name, args.map(out)));
+      continue;
+    }
+    // A class in tsight (Generator, the optimizers): made with `new`, as in process.
+    g[name] = function (...args: unknown[]) {
+      if (!new.target) throw new TypeError(`${name} is made with new ${name}(...)`);
+      return inn(host.fn(name, args.map(out)));
+    };
+  }
   g.slice = (start?: number | null, stop?: number | null, step?: number) => ({ start, stop, step });
-  g.Generator = function Generator(this: unknown, seed?: number) {
-    if (!new.target) throw new TypeError("Generator is made with new Generator(seed)");
-    return inn(host.fn("Generator", [seed ?? 0]));
-  };
 
   // #endregion
   // #region host objects (tracers, caches, gradient scopes, sessions, barriers, step iterators)

@@ -4,6 +4,7 @@ import { fixtureFolder, type HfFixtureName } from "../../../../test/fixtures.js"
 import { LanguageModel } from "./language-model.js";
 import { pointCases } from "./points.case.js";
 import { generateCases } from "./generate.case.js";
+import { trainCases } from "../optim/train.case.js";
 import { traceCases, type TraceBackend } from "./trace.case.js";
 
 /** A fixture as a model loaded from a folder. */
@@ -26,5 +27,5 @@ describe("tracing (in process)", () => {
       },
     } satisfies TraceBackend);
   });
-  for (const c of [...traceCases, ...generateCases, ...pointCases]) it(c.name, () => c.run(backend));
+  for (const c of [...traceCases, ...generateCases, ...pointCases, ...trainCases]) it(c.name, () => c.run(backend));
 });

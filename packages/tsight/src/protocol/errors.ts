@@ -4,6 +4,7 @@
  * found in a fixed table, never constructed from a name in a response.
  */
 import { DTypeError, GradError, MetaTensorError, ShapeError } from "../tensor/index.js";
+import { OptimizerError } from "../optim/index.js";
 import { InterventionError, MissedProviderError, OutOfOrderError, SwapError, TraceError } from "../intervention/index.js";
 import { RETRYABLE, type ErrorCode, type ErrorInfo } from "./wire.js";
 
@@ -46,6 +47,7 @@ const known: Record<string, ErrorClass> = {
   DTypeError,
   MetaTensorError,
   GradError,
+  OptimizerError,
   OutOfOrderError,
   MissedProviderError,
   SwapError,

@@ -162,7 +162,28 @@ export const TENSOR_FUNCTIONS = {
   where: ["tensor", "value", "value"],
   /** Behind `new Generator(seed)`: a seeded random generator the job's random functions advance. */
   Generator: ["int?"],
+  /** A trainable copy of a float32 tensor (tsight's optim layer); only an optimizer step changes it. */
+  parameter: ["tensor"],
+  /** Behind `new SGD(params, options)`, `new Adam(...)`, `new AdamW(...)`: an optimizer (see OPTIMIZER_ACTIONS). */
+  SGD: ["tensors", "options"],
+  Adam: ["tensors", "options"],
+  AdamW: ["tensors", "options"],
 } as const satisfies Record<string, readonly ArgSpec[]>;
+
+/** Functions of TENSOR_FUNCTIONS that are classes in tsight: the isolate's versions are called with `new`. */
+export const CONSTRUCTORS = ["Generator", "SGD", "Adam", "AdamW"] as const satisfies readonly TensorFunction[];
+
+/**
+ * Autograd on a tensor, apart from TENSOR_METHODS because it reads or changes gradients: `loss.backward()` (the
+ * job's own graph: model weights never require grad, so only its parameters get gradients), and `p.grad`,
+ * `p.requiresGrad` read as properties.
+ */
+export const TENSOR_AUTOGRAD = {
+  backward: { getter: false },
+  grad: { getter: true },
+  requiresGrad: { getter: true },
+} as const satisfies Record<string, { getter: boolean }>;
+export type TensorAutograd = keyof typeof TENSOR_AUTOGRAD;
 
 /** Globals the isolate defines itself (no host call): `slice(start, stop, step)`, `new Generator(seed)`, the Tensor class, console. */
 export const ISOLATE_GLOBALS = ["slice", "Generator", "Tensor", "console"] as const;
@@ -208,6 +229,16 @@ export const GRAD_ACTIONS = {
   setGrad: { args: ["tensor", "any"], answer: "value" },
 } as const satisfies Actions;
 
+/** What an optimizer (`new Adam([p], { lr })`) can do. */
+export const OPTIMIZER_ACTIONS = {
+  step: { args: [], answer: "value" },
+  zeroGrad: { args: [], answer: "value" },
+  lr: { args: [], answer: "value", getter: true },
+  currentLr: { args: [], answer: "value", getter: true },
+  steps: { args: [], answer: "value", getter: true },
+  setLr: { args: ["number"], answer: "value" },
+} as const satisfies Actions;
+
 /** What a session (`model.session(async (s) => ...)`) can do. */
 export const SESSION_ACTIONS = {
   vars: { args: [], answer: "value", getter: true },
@@ -235,6 +266,7 @@ export const SANDBOX_OBJECTS = {
   session: SESSION_ACTIONS,
   barrier: BARRIER_ACTIONS,
   steps: STEPS_ACTIONS,
+  optimizer: OPTIMIZER_ACTIONS,
 } as const;
 export type SandboxObject = keyof typeof SANDBOX_OBJECTS;
 export type ActionOf<K extends SandboxObject> = keyof (typeof SANDBOX_OBJECTS)[K];

@@ -40,7 +40,8 @@ const PROMOTION: Record<DType, number> = { bool: 0, int32: 1, int64: 2, float32:
 export class Tensor implements RawTensor {
   readonly dtype: DType;
   readonly shape: readonly number[];
-  private readonly storage: TypedArray | null;
+  /** Replaced only by a Parameter's optimizer step (see `replaceData`); every other tensor keeps its values. */
+  private storage: TypedArray | null;
   /** @internal the op that produced this tensor, when autograd recorded one */
   gradNode: GradNode | null = null;
   /** Accumulated gradient of a leaf that requires grad, after backward(). */
@@ -134,6 +135,14 @@ export class Tensor implements RawTensor {
     if (value && this.dtype !== "float32") throw new DTypeError(`requiresGrad_: only float32 tensors can require grad, this is ${this.dtype}`);
     this.leafRequiresGrad = value;
     return this;
+  }
+  /**
+   * @internal New values of the same length for this tensor, for optim's Parameter only (an optimizer step). The
+   * old array is left as it was, so tensors that shared it (a detach(), a reshape) keep the values they had.
+   */
+  protected replaceData(data: TypedArray): void {
+    if (!this.storage || data.length !== this.storage.length || dtypeOfArray(data) !== this.dtype) throw new ShapeError(`replaceData: ${data.length} values of another kind cannot replace a ${this.dtype} tensor of shape ${fmt(this.shape)}`);
+    this.storage = data;
   }
   /** The same values, cut off from autograd. Shares data (tensors are immutable). */
   detach(): Tensor {

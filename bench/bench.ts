@@ -2,8 +2,13 @@
  * `npm run bench`: tsight's speed as ratios against references measured in the same run (these machines are
  * noisy; absolute times mean little).
  *
+ *   - What researchers run instead: Hugging Face transformers on PyTorch 2 (CPU), set up by bench/python/setup.sh
+ *     into the ignored .venv-bench from the machine's local package index (TSIGHT_BENCH_HF=0 skips it): the
+ *     GPT-2-small-sized forward at 128 tokens, greedy decode, stdlib-gpt2 at 5 tokens, a forward hook's read
+ *     against tsight's module read, as one table of speed ratios.
  *   - GPT-2-small-sized model (12 layers, d=768, vocab 50257, random weights): prefill of 128 tokens and decode
- *     tokens/s, against PyTorch on the same machine when `python3 -c "import torch"` works.
+ *     tokens/s, against PyTorch on the same machine when `python3 -c "import torch"` works (Debian's 1.13, a
+ *     second reference).
  *   - Remote round trip, and load (jobs/s, p50/p99 latency) from 1, 8 and 32 clients with cross-user batching off
  *     and on (bench/load.ts; the distributed rows need Redis).
  *   - The largest difference from the Hugging Face fixtures per architecture (correctness, for the record).
@@ -67,6 +72,27 @@ function torchGpt2(threads: number): { torch: string; prefill_ms: number; decode
 
 const fmt = (x: number, digits = 1) => x.toFixed(digits);
 
+interface HfReference {
+  torch: string;
+  transformers: string;
+  prefill_ms: number;
+  decode_tok_s: number;
+  small5_ms: number;
+  hook_read_us: number;
+}
+
+/** Hugging Face transformers on PyTorch 2 (bench/python/hf_gpt2.py in .venv-bench); null when it cannot be set up. */
+function hfReference(threads: number): HfReference | string {
+  if (process.env.TSIGHT_BENCH_HF === "0") return "skipped (TSIGHT_BENCH_HF=0)";
+  try {
+    const python = execFileSync("bash", [path.join(here, "python", "setup.sh")], { encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] }).trim().split("\n").at(-1)!;
+    const out = execFileSync(python, [path.join(here, "python", "hf_gpt2.py"), String(threads)], { encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] });
+    return JSON.parse(out.trim().split("\n").at(-1)!) as HfReference;
+  } catch (e) {
+    return `not available (${(e as Error).message.split("\n")[0]})`;
+  }
+}
+
 async function main(): Promise<void> {
   console.log(`tsight bench — ${threadCount()} kernel threads (TSIGHT_THREADS), Node ${process.version}\n`);
   const ours = await tsightGpt2();
@@ -82,6 +108,19 @@ async function main(): Promise<void> {
     console.log(`  ratio vs PyTorch's best: prefill speed x${fmt(bestPrefill / ours.prefillMs, 2)}   decode speed x${fmt(ours.decodeTokS / bestDecode, 2)}   (>1: tsight faster)`);
   }
   const o = await interventionOverhead();
+  const hf = hfReference(threadCount());
+  console.log("\nAgainst Hugging Face transformers on PyTorch 2 (what researchers run), one run, speed ratios (>1: tsight faster)");
+  if (typeof hf === "string") console.log(`  Hugging Face reference ${hf}`);
+  else {
+    console.log(`  torch ${hf.torch}, transformers ${hf.transformers}, ${threadCount()} threads`);
+    const row = (what: string, ours: string, theirs: string, ratio: number) => console.log(`  ${what.padEnd(44)} ${ours.padStart(12)} ${theirs.padStart(12)}   x${fmt(ratio, 2)}`);
+    console.log(`  ${"workload".padEnd(44)} ${"tsight".padStart(12)} ${"HF/PyTorch".padStart(12)}   ratio`);
+    row(`GPT-2-small-sized forward, ${PREFILL} tokens`, `${fmt(ours.prefillMs)} ms`, `${fmt(hf.prefill_ms)} ms`, hf.prefill_ms / ours.prefillMs);
+    row("greedy decode, GPT-2-small-sized", `${fmt(ours.decodeTokS)} tok/s`, `${fmt(hf.decode_tok_s)} tok/s`, ours.decodeTokS / hf.decode_tok_s);
+    row("stdlib-gpt2 forward, 5 tokens", `${fmt(o.forwardUs / 1000, 2)} ms`, `${fmt(hf.small5_ms, 2)} ms`, hf.small5_ms / (o.forwardUs / 1000));
+    row("one module value read (HF: a forward hook)", `${fmt(o.perReadUs)} µs`, `${fmt(hf.hook_read_us)} µs`, hf.hook_read_us / o.perReadUs);
+    console.log(`  ${"an empty trace".padEnd(44)} ${`${fmt(o.emptyTraceUs, 0)} µs`.padStart(12)} ${"(nnsight ~245 µs)".padStart(12)}`);
+  }
   console.log("\nIntervention overhead (stdlib-gpt2, 5 tokens; medians of interleaved rounds)");
   console.log(`  bare forward ${fmt(o.forwardUs, 0)} µs; an empty trace adds ${fmt(o.emptyTraceUs, 0)} µs (x${fmt((o.forwardUs + o.emptyTraceUs) / o.forwardUs, 2)} the forward)`);
   console.log(`  each module read adds ${fmt(o.perReadUs)} µs, each replacement ${fmt(o.perReplaceUs)} µs more   (nnsight: ~300 µs empty trace, 30-80 µs per access)`);

@@ -17,11 +17,17 @@ export class Point extends Module {
   /** Whether the tree's hooks read, replace or record this point (hooks that cannot tell are taken to). */
   get watched(): boolean {
     const hooks = this.tree.hooks;
-    return hooks !== null && (!hooks.watches || hooks.watches(this.path));
+    return this.spliced || (hooks !== null && (!hooks.watches || hooks.watches(this.path)));
+  }
+
+  /** An SAE spliced onto this point (lm.addSae at a point) runs whenever the point is computed. */
+  private get spliced(): boolean {
+    return Object.prototype.hasOwnProperty.call(this, "sae");
   }
 
   /** `x` as the hooks leave it. Unwatched (or with no hooks at all) it is `x` itself, at about no cost. */
   async at(x: Tensor): Promise<Tensor> {
+    if (this.spliced) return (this as Point).call(x);
     const hooks = this.tree.hooks;
     if (!hooks) return x;
     if (hooks.watches && !hooks.watches(this.path)) {

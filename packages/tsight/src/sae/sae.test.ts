@@ -11,8 +11,8 @@ import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { fixturesDir, maxAbsDiff } from "../../../../test/fixtures.js";
 import { LanguageModel } from "../client/index.js";
-import { readSafetensors, Tensor } from "../tensor/index.js";
-import { loadSae, SaeConfigError, type SparseAutoencoder } from "./index.js";
+import { Generator, randn, readSafetensors, Tensor } from "../tensor/index.js";
+import { loadSae, saeConfig, SaeConfigError, SparseAutoencoder } from "./index.js";
 
 const SAES = path.join(fixturesDir, "saes");
 const TOPK = path.join(SAES, "stdlib-gpt2-res2-topk");
@@ -270,6 +270,34 @@ describe("an SAE spliced into stdlib-gpt2", () => {
       expect(steered.generated.tolist()).not.toEqual(plain.generated.tolist());
       const sandboxed = await clamp("local");
       expect(sandboxed.generated.tolist()).toEqual(steered.generated.tolist());
+    } finally {
+      lm.removeSae();
+    }
+  });
+
+  it("splices onto an operation point too (an MLP's post-activation), traced or not", async () => {
+    const g = new Generator(3);
+    const d = 1024;
+    const mlpSae = new SparseAutoencoder(saeConfig({ architecture: "standard", d_in: d, d_sae: 64, apply_b_dec_to_input: false }));
+    mlpSae.loadParameters({ W_enc: randn([d, 64], g).mul(0.05), b_enc: Tensor.zeros([64]), W_dec: randn([64, d], g).mul(0.05), b_dec: Tensor.zeros([d]) });
+    const at = "transformer.h.1.mlp.source.post";
+    const clean = await lm.trace(PROMPT, async (m) => (await m.lm_head.output) as Tensor);
+    lm.addSae(mlpSae, { at, useErrorTerm: true });
+    try {
+      const run = await lm.trace(PROMPT, async (m) => ({ f: (await m.transformer.h[1].mlp.source.post.sae.latents.output) as Tensor, logits: (await m.lm_head.output) as Tensor }));
+      expect(run.f.shape).toEqual([1, 6, 64]);
+      expect(maxAbsDiff(run.logits, clean)).toBeLessThan(1e-5);
+    } finally {
+      lm.removeSae();
+    }
+    lm.addSae(mlpSae, { at });
+    try {
+      // Without the error term the model runs on the reconstruction, in a trace and outside one.
+      const ids = lm.tokenizer.encode(PROMPT);
+      const plain = (await lm.model.call(new Tensor("int64", BigInt64Array.from(ids.map(BigInt)), [1, ids.length]))).logits;
+      const traced = await lm.trace(PROMPT, async (m) => (await m.lm_head.output) as Tensor);
+      expect(maxAbsDiff(plain, clean)).toBeGreaterThan(1e-3);
+      expect(maxAbsDiff(traced, plain)).toBeLessThan(1e-5);
     } finally {
       lm.removeSae();
     }

@@ -76,6 +76,10 @@ export class Cache implements Recorder {
     return !this.stopped && this.wants(path);
   }
 
+  recordsWithin(path: string): boolean {
+    return !this.stopped && (this.prefixes === null || this.prefixes.some((p) => p.startsWith(`${path}.`)));
+  }
+
   /**
    * Told the bytes of each value before it is kept (a server counts them toward the job's memory); throwing stops
    * the recording, and `onLimit` hears why.

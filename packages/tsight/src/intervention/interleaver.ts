@@ -34,6 +34,8 @@ export interface Recorder {
   record(path: string, kind: ValueKind, value: unknown, batch: number): void;
   /** Whether it records the module at `path` at all. */
   records(path: string): boolean;
+  /** Whether it records any module below `path`. */
+  recordsWithin(path: string): boolean;
 }
 
 export class Interleaver implements ModuleHooks, Provider {
@@ -105,6 +107,13 @@ export class Interleaver implements ModuleHooks, Provider {
 
   watches(path: string): boolean {
     return this.interest.has(path) || this.recorders.some((r) => r.records(path));
+  }
+
+  watchesWithin(path: string): boolean {
+    if (this.bypass > 0) return true;
+    const below = `${path}.`;
+    for (const p of this.interest.keys()) if (p.startsWith(below)) return true;
+    return this.recorders.some((r) => r.recordsWithin(path));
   }
 
   pass(module: Module): void {

@@ -36,5 +36,8 @@ export function buildModel(raw: RawConfig): CausalLM {
   if (typeof type !== "string") throw new ConfigError('config: field "model_type" is required (a string such as "llama")', "model_type");
   const build = architectures[type];
   if (!build) throw new ConfigError(`config: model_type "${type}" is not supported; supported: ${supportedModelTypes.join(", ")}`, "model_type");
-  return build(raw).finalize();
+  const model = build(raw).finalize();
+  // Decoder blocks run as fused graphs when nothing inside them is watched (nn/fusion.ts).
+  for (const path of model.layerPaths()) model.get(path)!.fusible = true;
+  return model;
 }

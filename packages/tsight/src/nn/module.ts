@@ -3,7 +3,8 @@
  * field, discovered in declaration order, so declaring fields in Hugging Face's order gives Hugging Face's
  * `named_modules()` order). `call` runs `forward` through the tree's hooks, which is where interventions attach.
  */
-import { Tensor, type DType } from "../tensor/index.js";
+import { activeCapture, Tensor, type DType } from "../tensor/index.js";
+import { fusedForward } from "./fusion.js";
 
 /**
  * The one contract between models and the intervention layer: every module call goes through `call`, which may
@@ -18,6 +19,8 @@ export interface ModuleHooks {
   watches?(path: string): boolean;
   /** A call of `module` that happened inside a fused kernel, unwatched: counted (so later calls keep their numbers), not provided. */
   pass?(module: Module): void;
+  /** Whether anything reads, replaces or records a module below `path` (with `pass`: lets a block run fused). */
+  watchesWithin?(path: string): boolean;
 }
 
 /** State shared by every module of one tree. */
@@ -58,17 +61,31 @@ export abstract class Module {
 
   /** Runs `forward` through the hooks of the tree (intervention points). */
   call<M extends Module>(this: M, ...args: Parameters<M["forward"]>): ReturnType<M["forward"]> {
+    // While a fused graph is captured, modules run their forward with no hooks (nothing is provided).
+    if (activeCapture()) return this.forwardNow(args) as ReturnType<M["forward"]>;
     const hooks = this.tree.hooks;
-    const forward = (a: unknown[]) => {
-      this.entered++;
-      try {
-        return (this.forward as (...x: unknown[]) => Promise<unknown>)(...a);
-      } finally {
-        this.entered--;
-      }
-    };
+    const forward = this.fusible ? (a: unknown[]) => fusedForward(this, a, hooks, (x) => this.forwardNow(x)) ?? this.forwardNow(a) : (a: unknown[]) => this.forwardNow(a);
     return (hooks ? hooks.call(this, args, forward) : forward(args)) as ReturnType<M["forward"]>;
   }
+
+  /** Runs this module's forward (only `call` and the fusion of blocks do). */
+  private forwardNow(args: unknown[]): Promise<unknown> {
+    this.entered++;
+    try {
+      return (this.forward as (...x: unknown[]) => Promise<unknown>)(...args);
+    } finally {
+      this.entered--;
+    }
+  }
+
+  /**
+   * Runs as one fused graph when nothing inside it is watched (set on decoder blocks; see fusion.ts). Its result
+   * is the same within float rounding (tests hold it to 1e-6 of the op-by-op forward).
+   */
+  fusible = false;
+
+  /** Children attached or detached after finalize, in any tree (fused graphs captured before are stale). */
+  static treeChanges = 0;
 
   /** Calls of `forward` that came through `call` and have not returned their promise yet (see guardForward). */
   private entered = 0;
@@ -186,6 +203,7 @@ export abstract class Module {
    */
   attach(name: string, child: Module): void {
     if (name in this) throw new Error(`${this.path || "the model"} already has "${name}"`);
+    Module.treeChanges++;
     (this as unknown as Record<string, Module>)[name] = child;
     child.path = "";
     const base = this.path ? `${this.path}.${name}` : name;
@@ -201,6 +219,7 @@ export abstract class Module {
     const child = (this as unknown as Record<string, unknown>)[name];
     if (!(child instanceof Module)) return;
     delete (this as unknown as Record<string, unknown>)[name];
+    Module.treeChanges++;
     for (const [, m] of child.namedModules()) m.tree = { hooks: null };
   }
 

@@ -5,7 +5,7 @@
  * per-step access in generation, the remote path) works on a point. Points are tsight's, not Hugging Face's: they
  * hang under a `source` child that is never called itself, and `isPoint` tells them apart.
  */
-import type { Tensor } from "../tensor/index.js";
+import { activeCapture, type Tensor } from "../tensor/index.js";
 import { Module } from "./module.js";
 
 /** One named value of a forward: calling it lets the tree's hooks read or replace the value. */
@@ -28,6 +28,7 @@ export class Point extends Module {
   /** `x` as the hooks leave it. Unwatched (or with no hooks at all) it is `x` itself, at about no cost. */
   async at(x: Tensor): Promise<Tensor> {
     if (this.spliced) return (this as Point).call(x);
+    if (activeCapture()) return x;
     const hooks = this.tree.hooks;
     if (!hooks) return x;
     if (hooks.watches && !hooks.watches(this.path)) {
@@ -39,7 +40,7 @@ export class Point extends Module {
 
   /** The point was computed inside a fused kernel and nobody watches it: counted only. */
   pass(): void {
-    this.tree.hooks?.pass?.(this);
+    if (!activeCapture()) this.tree.hooks?.pass?.(this);
   }
 }
 

@@ -48,7 +48,7 @@ export function threadCount(): number {
 }
 
 /** Ops whose kernels use more than one thread: the matrix products, where threads pay off. */
-const THREADED_OPS = /^(matmul|linear|attention)\(/;
+const THREADED_OPS = /^(matmul|linear|attention\(|fused:)/;
 
 function sessionOptions(key: string): object {
   return {

@@ -8,6 +8,7 @@ import type { DType } from "./dtype.js";
 import { runKernel, type RawTensor } from "./engine.js";
 import type { GraphBuilder } from "./onnx.js";
 import { Tensor } from "./tensor.js";
+import { activeCapture } from "./fuse.js";
 
 export interface OutSpec {
   dtype: DType;
@@ -64,6 +65,9 @@ export function guardAllocation(bytes: number, flops = 0): void {
 const ITEM_BYTES = { float32: 4, int64: 8, int32: 4, bool: 1 } as const;
 
 export function apply<A>(p: Primitive<A>, inputs: readonly Tensor[], attrs: A): Tensor[] {
+  // Code being captured for a fused graph records its ops instead of running them.
+  const capture = activeCapture();
+  if (capture) return capture.record(p, inputs, attrs);
   const specs = p.infer(inputs, attrs);
   if (allocationGuard) allocationGuard(specs.reduce((n, s) => n + s.shape.reduce((a, d) => a * d, 1) * ITEM_BYTES[s.dtype], 0), p.flops?.(inputs, specs) ?? 0);
   let outs: Tensor[];

@@ -1,0 +1,57 @@
+/**
+ * Modules marked `fusible` (the decoder blocks) run as one fused ONNX Runtime graph when nothing inside them is
+ * watched: no read, edit, skip or cache of anything below them (the block's own input and output may be). The
+ * graph is captured from the block's forward once per kind of arguments and shared by every block with the same
+ * ops. Blocks that change a KV cache as they run (generation), that record gradients, or whose forward cannot be
+ * captured run op by op as before. Calls of the modules inside a fused block are counted for the hooks (`pass`),
+ * so later calls keep their numbers.
+ */
+import { argumentSignature, Capture, compileCapture, fusionEnabled, runCaptured, type FusedGraph, type Tensor } from "../tensor/index.js";
+import { Module, type ModuleHooks } from "./module.js";
+
+/** Per module: the fused graph for each kind of arguments, or null where its forward cannot be captured. */
+const graphs = new WeakMap<Module, Map<string, FusedGraph | null>>();
+/** Kinds of arguments remembered per module (prompt lengths, mostly); the oldest is forgotten past this. */
+const MAX_SIGNATURES = 64;
+
+/**
+ * The module's forward as a fused graph, or null when it must run op by op. `forward` runs the module's own
+ * forward (for the capture, and when capturing fails).
+ */
+export function fusedForward(module: Module, args: unknown[], hooks: ModuleHooks | null, forward: (args: unknown[]) => Promise<unknown>): Promise<unknown> | null {
+  if (!fusionEnabled()) return null;
+  if (hooks && (!hooks.watchesWithin || hooks.watchesWithin(module.path))) return null;
+  const args_ = argumentSignature(args);
+  if (args_ === null) return null;
+  // A graph captured before an SAE was spliced in or removed is stale.
+  const signature = `${Module.treeChanges}|${args_}`;
+  let byArgs = graphs.get(module);
+  if (!byArgs) graphs.set(module, (byArgs = new Map()));
+  const known = byArgs.get(signature);
+  if (known === null) return null;
+  const run = (graph: FusedGraph): unknown => {
+    const out = graph.run(args);
+    if (hooks) for (const [, m] of module.namedModules().slice(1)) hooks.pass?.(m);
+    return out;
+  };
+  if (known) return Promise.resolve().then(() => run(known));
+  const params = new Map<Tensor, () => Tensor>();
+  for (const info of module.namedParameters().values()) {
+    const t = info.module.getParam(info.name);
+    if (!t || t.isMeta) return null; // no weights yet: the eager path says so
+    params.set(t, () => info.module.getParam(info.name));
+  }
+  return (async () => {
+    let graph: FusedGraph | null = null;
+    try {
+      const capture = new Capture();
+      const result = await runCaptured(capture, () => forward(args));
+      graph = compileCapture(capture, args, params, result);
+    } catch {
+      graph = null; // reads data, or an op without a graph form: op by op from now on
+    }
+    byArgs.set(signature, graph);
+    if (byArgs.size > MAX_SIGNATURES) byArgs.delete(byArgs.keys().next().value!);
+    return graph ? run(graph) : forward(args);
+  })();
+}

@@ -16,6 +16,7 @@
 import { execFileSync } from "node:child_process";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { Model } from "../packages/tsight/src/intervention/index.js";
 import { generate } from "../packages/tsight/src/models/index.js";
 import { engineStats, Tensor, threadCount } from "../packages/tsight/src/tensor/index.js";
 import { randomGpt2Small } from "./gpt2-small.js";
@@ -30,15 +31,21 @@ const DECODE = 32;
 
 const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
-async function tsightGpt2(): Promise<{ prefillMs: number; decodeTokS: number; kernelsPerToken: number }> {
+async function tsightGpt2(): Promise<{ prefillMs: number; decodeTokS: number; kernelsPerToken: number; readMidMs: number }> {
   const model = randomGpt2Small();
+  const traced = new Model(model);
   const ids = new Tensor("int64", BigInt64Array.from({ length: PREFILL }, (_, i) => BigInt((i * 7919) % 50257)), [1, PREFILL]);
-  for (let i = 0; i < 2; i++) await model.call(ids);
+  const readMid = () => traced.trace([ids], async (m: any) => m.transformer.h[6].output);
+  for (let i = 0; i < 2; i++) await model.call(ids), await readMid();
   const times: number[] = [];
+  const reads: number[] = [];
   for (let i = 0; i < 5; i++) {
-    const t = performance.now();
+    let t = performance.now();
     await model.call(ids);
     times.push(performance.now() - t);
+    t = performance.now();
+    await readMid();
+    reads.push(performance.now() - t);
   }
   // Decode: time the steps after the first (the first includes the 8-token prefill).
   let firstAt = 0;
@@ -54,7 +61,7 @@ async function tsightGpt2(): Promise<{ prefillMs: number; decodeTokS: number; ke
     },
   });
   const seconds = (performance.now() - firstAt) / 1000;
-  return { prefillMs: median(times), decodeTokS: DECODE / seconds, kernelsPerToken: (engineStats().runs - runsAtFirst) / DECODE };
+  return { prefillMs: median(times), decodeTokS: DECODE / seconds, kernelsPerToken: (engineStats().runs - runsAtFirst) / DECODE, readMidMs: median(reads) };
 }
 
 function torchGpt2(threads: number): { torch: string; prefill_ms: number; decode_tok_s: number } | null {
@@ -119,6 +126,7 @@ async function main(): Promise<void> {
     row("greedy decode, GPT-2-small-sized", `${fmt(ours.decodeTokS)} tok/s`, `${fmt(hf.decode_tok_s)} tok/s`, ours.decodeTokS / hf.decode_tok_s);
     row("stdlib-gpt2 forward, 5 tokens", `${fmt(o.forwardUs / 1000, 2)} ms`, `${fmt(hf.small5_ms, 2)} ms`, hf.small5_ms / (o.forwardUs / 1000));
     row("one module value read (HF: a forward hook)", `${fmt(o.perReadUs)} µs`, `${fmt(hf.hook_read_us)} µs`, hf.hook_read_us / o.perReadUs);
+    console.log(`  a trace reading transformer.h[6]'s output at ${PREFILL} tokens: ${fmt(ours.readMidMs)} ms, x${fmt(ours.readMidMs / ours.prefillMs, 2)} the bare forward`);
     console.log(`  ${"an empty trace".padEnd(44)} ${`${fmt(o.emptyTraceUs, 0)} µs`.padStart(12)} ${"(nnsight ~245 µs)".padStart(12)}`);
   }
   console.log("\nIntervention overhead (stdlib-gpt2, 5 tokens; medians of interleaved rounds)");

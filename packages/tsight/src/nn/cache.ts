@@ -25,6 +25,17 @@ export class KVCache {
     return next;
   }
 
+  /** @internal every layer's entry now (fused decode steps capture against it, then put real tensors back) */
+  snapshot(): readonly ({ keys: Tensor; values: Tensor } | undefined)[] {
+    return [...this.layers];
+  }
+
+  /** @internal sets the layers' entries back to a snapshot */
+  restore(entries: readonly ({ keys: Tensor; values: Tensor } | undefined)[]): void {
+    this.layers.length = 0;
+    this.layers.push(...entries);
+  }
+
   /** Cached keys and values of one layer, if any. */
   get(layer: number): { keys: Tensor; values: Tensor } | undefined {
     return this.layers[layer];

@@ -1,11 +1,13 @@
 /**
  * Fused decoder blocks are invisible: for every fixture the logits equal the op-by-op forward's, with far fewer
  * kernel calls; a block with a watched value inside runs op by op and gives that value exactly; a block that
- * cannot be captured (a mixture of experts, which routes by reading data) runs op by op.
+ * cannot be captured (a mixture of experts, which routes by reading data) runs op by op; generation steps, whose
+ * KV cache grows, run fused too (one graph for every length).
  */
 import { afterEach, describe, expect, it } from "vitest";
 import { fixture, fixtureModel, hfFixtures, maxAbsDiff, ref, stdlibModels } from "../../../../test/fixtures.js";
 import { LanguageModel } from "../intervention/index.js";
+import { generate } from "../models/index.js";
 import { engineStats, Tensor } from "../tensor/index.js";
 
 /** Runs `work` with fusion on or off (TSIGHT_FUSE), counting kernel calls. */
@@ -37,6 +39,17 @@ describe("fused decoder blocks", () => {
     expect(maxAbsDiff(fused.value.logits, eager.value.logits)).toBeLessThanOrEqual(1e-6);
     if (name === "mixtral" || name === "qwen3_moe") expect(fused.kernels).toBe(eager.kernels); // routing reads data
     else expect(fused.kernels).toBeLessThan(eager.kernels / 3);
+  });
+
+  it.each(["stdlib-gpt2", "llama", "gemma2", "phi3"] as const)("%s: generation steps (a KV cache growing each step) run fused, token for token as op by op", async (name) => {
+    const model = await fixtureModel(name);
+    const f = await fixture(name);
+    const ids = ref(f, name.startsWith("stdlib") ? "probe0/input_ids" : "input_ids");
+    const run = () => generate(model, ids, undefined, { maxNewTokens: 8, eosTokenId: null });
+    const eager = await withFusion(false, run);
+    const fused = await withFusion(true, run);
+    expect(fused.value.sequences.tolist()).toEqual(eager.value.sequences.tolist());
+    expect(fused.kernels).toBeLessThan(eager.kernels / 3);
   });
 
   it("a block with a watched value inside runs op by op and gives it exactly; the others stay fused", async () => {

@@ -6,7 +6,8 @@
  * captured run op by op as before. Calls of the modules inside a fused block are counted for the hooks (`pass`),
  * so later calls keep their numbers.
  */
-import { argumentSignature, Capture, compileCapture, fusionEnabled, runCaptured, type FusedGraph, type Tensor } from "../tensor/index.js";
+import { argumentSignature, Capture, compileCapture, fusionEnabled, isGradEnabled, runCaptured, runCaptureGeneric, Tensor, type FusedGraph } from "../tensor/index.js";
+import { KVCache } from "./cache.js";
 import { Module, type ModuleHooks } from "./module.js";
 
 /** Per module: the fused graph for each kind of arguments, or null where its forward cannot be captured. */
@@ -21,6 +22,8 @@ const MAX_SIGNATURES = 64;
 export function fusedForward(module: Module, args: unknown[], hooks: ModuleHooks | null, forward: (args: unknown[]) => Promise<unknown>): Promise<unknown> | null {
   if (!fusionEnabled()) return null;
   if (hooks && (!hooks.watchesWithin || hooks.watchesWithin(module.path))) return null;
+  const cache = cacheIn(args);
+  if (cache) return fusedStep(module, args, hooks, forward, cache);
   const args_ = argumentSignature(args);
   if (args_ === null) return null;
   // A graph captured before an SAE was spliced in or removed is stale.
@@ -53,5 +56,61 @@ export function fusedForward(module: Module, args: unknown[], hooks: ModuleHooks
     byArgs.set(signature, graph);
     if (byArgs.size > MAX_SIGNATURES) byArgs.delete(byArgs.keys().next().value!);
     return graph ? run(graph) : forward(args);
+  })();
+}
+
+/** Modules whose forward with a KV cache could not be captured (they run op by op with one). */
+const unfusibleSteps = new WeakSet<Module>();
+
+/** The KV cache among the arguments (an attention context's), if any. */
+function cacheIn(args: readonly unknown[]): KVCache | undefined {
+  for (const a of args) {
+    if (a instanceof KVCache) return a;
+    if (a !== null && typeof a === "object" && !(a instanceof Tensor)) for (const v of Object.values(a)) if (v instanceof KVCache) return v;
+  }
+  return undefined;
+}
+
+/**
+ * A block's forward with a KV cache (a generation step) as one graph. The code is captured at every call (it
+ * changes the cache, and its lengths grow each step) but compiled once: the graph takes every shape as an input
+ * and is looked up by its ops alone. The cache entries the code made are outputs of the graph, put into the cache
+ * once it has run.
+ */
+function fusedStep(module: Module, args: unknown[], hooks: ModuleHooks | null, forward: (args: unknown[]) => Promise<unknown>, cache: KVCache): Promise<unknown> | null {
+  if (unfusibleSteps.has(module)) return null;
+  const signature = argumentSignature(args.map((a) => (a !== null && typeof a === "object" && !(a instanceof Tensor) && !Array.isArray(a) ? { ...a, cache: undefined } : a)));
+  if (signature === null) return null;
+  for (const info of module.namedParameters().values()) {
+    const t = info.module.getParam(info.name);
+    if (!t || t.isMeta || (t.requiresGrad && isGradEnabled())) return null;
+  }
+  return (async () => {
+    const before = cache.snapshot();
+    let captured: { capture: Capture; result: unknown } | null = null;
+    try {
+      const capture = new Capture();
+      const result = await runCaptured(capture, () => forward(args));
+      captured = { capture, result };
+    } catch {
+      unfusibleSteps.add(module);
+    }
+    const after = cache.snapshot();
+    cache.restore(before);
+    if (!captured) return forward(args);
+    const changed = after.flatMap((entry, layer) => (entry && entry !== before[layer] ? [{ layer, entry }] : []));
+    let ran: { result: unknown; extra: Tensor[] };
+    try {
+      ran = runCaptureGeneric(captured.capture, captured.result, changed.flatMap(({ entry }) => [entry.keys, entry.values]));
+    } catch {
+      unfusibleSteps.add(module);
+      return forward(args);
+    }
+    const { result, extra } = ran;
+    const entries = [...before];
+    changed.forEach(({ layer }, i) => (entries[layer] = { keys: extra[2 * i]!, values: extra[2 * i + 1]! }));
+    cache.restore(entries);
+    if (hooks) for (const [, m] of module.namedModules().slice(1)) hooks.pass?.(m);
+    return result;
   })();
 }

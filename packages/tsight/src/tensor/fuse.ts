@@ -31,11 +31,15 @@ interface Op {
   specs: OutSpec[];
 }
 
-/** Graph forms of the ops that run as JS in eager mode (views and copies). */
+/** Graph forms of the ops that run as JS in eager mode (views and copies); a reshape's shape is its feed. */
 const graphForms: Record<string, (g: GraphBuilder, ins: string[], attrs: unknown, out: OutSpec[]) => string[]> = {
-  reshape: (g, [x], _a, [out]) => [g.op("Reshape", [x!, g.ints(out!.shape)])],
+  reshape: (g, [x, shape]) => [g.op("Reshape", [x!, shape!])],
   clone: (g, [x]) => [g.op("Identity", [x!])],
 };
+
+function shapeFeed(shape: readonly number[]): RawTensor {
+  return { dtype: "int64", shape: [shape.length], data: BigInt64Array.from(shape.map(BigInt)) };
+}
 
 /** Ops recorded while a capture runs: the values they read (sources) and make. */
 export class Capture {
@@ -64,7 +68,8 @@ export class Capture {
     if (!p.graph && !graphForms[p.name]) throw new CaptureError(`${p.name} has no graph form`);
     const specs = p.infer(inputs, attrs);
     const ids = inputs.map((t) => this.idOf(t));
-    const feeds = p.feeds?.(inputs, attrs) ?? [];
+    // A reshape's target shape is a feed here (in eager mode it runs as JS), so graphs need no shape baked in.
+    const feeds = p.name === "reshape" ? [shapeFeed(specs[0]!.shape)] : (p.feeds?.(inputs, attrs) ?? []);
     const outs = specs.map((s) => Tensor.meta(s.dtype, s.shape));
     const outputs = outs.map((t) => {
       const id = this.next++;
@@ -227,6 +232,60 @@ export function compileCapture(capture: Capture, args: readonly unknown[], param
   };
   return new FusedGraph(`fused:${keyParts.join("\n")}`, build, slots, outputs, rebuild);
 }
+
+/**
+ * One run of captured code as a graph that depends on no shape or value: every source (arguments, parameters,
+ * cache entries, constants the code made) and every shape vector the ops need is an input, fed from this capture.
+ * The graph is looked up by its structure (ops, attributes, dtypes), so a capture of the same code at another
+ * length (the next decode step) reuses it. Returns the output tensors: `result`'s, then `extra`'s.
+ */
+export function runCaptureGeneric(capture: Capture, result: unknown, extra: readonly Tensor[]): { result: unknown; extra: Tensor[] } {
+  const keyParts: string[] = [];
+  const inputs: RawTensor[] = [];
+  const sourceIds = [...capture.sources.keys()];
+  for (const id of sourceIds) {
+    const t = capture.sources.get(id)!;
+    keyParts.push(`in${id}:${t.dtype}/${t.shape.length}`);
+    inputs.push(t);
+  }
+  for (const op of capture.ops) {
+    for (const f of op.feeds) inputs.push(f);
+    keyParts.push(`${op.p.name}(${op.inputs.join(",")})${JSON.stringify(op.attrs ?? null)}|${op.feeds.map((f) => `${f.dtype}/${f.shape.length}`).join(";")}|${op.specs.map((s) => `${s.dtype}/${s.shape.length}`).join(";")}->${op.outputs.join(",")}`);
+  }
+  const found = [...tensorsIn(result).map(({ t }) => t), ...extra];
+  const outIds = found.map((t) => {
+    if (!capture.has(t)) throw new CaptureError("the code returned a tensor it did not compute or read");
+    return capture.idOf(t);
+  });
+  keyParts.push(`out:${outIds.join(",")}`);
+  const build = (g: GraphBuilder) => {
+    const names = new Map<number, string>();
+    for (const id of sourceIds) names.set(id, g.input(capture.sources.get(id)!.dtype));
+    for (const op of capture.ops) {
+      const feeds = op.feeds.map((f) => g.input(f.dtype));
+      const ins = [...op.inputs.map((i) => names.get(i)!), ...feeds];
+      const outs = op.p.graph ? op.p.graph(g, ins, op.attrs, op.metaInputs) : genericForms[op.p.name]!(g, ins);
+      op.outputs.forEach((id, i) => names.set(id, outs[i]!));
+    }
+    outIds.forEach((id, i) => g.output(names.get(id)!, found[i]!.dtype));
+  };
+  const raw = runKernel(`fused-any:${keyParts.join("\n")}`, build, inputs);
+  const outs = raw.map((r, i) => new Tensor(found[i]!.dtype, r.data, found[i]!.shape));
+  const resultTensors = tensorsIn(result);
+  let rebuilt: unknown;
+  if (result instanceof Tensor) rebuilt = outs[0];
+  else {
+    rebuilt = structuredCopy(result);
+    resultTensors.forEach(({ path }, i) => setPath(rebuilt, path, outs[i]!));
+  }
+  return { result: rebuilt, extra: outs.slice(resultTensors.length) };
+}
+
+/** Shape-free graph forms of the JS-run ops (their shapes come in as feeds; see `record`). */
+const genericForms: Record<string, (g: GraphBuilder, ins: string[]) => string[]> = {
+  reshape: (g, [x, shape]) => [g.op("Reshape", [x!, shape!])],
+  clone: (g, [x]) => [g.op("Identity", [x!])],
+};
 
 /** Arrays and plain objects copied (their tensors replaced afterwards). */
 function structuredCopy(v: unknown): unknown {

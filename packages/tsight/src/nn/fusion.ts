@@ -34,7 +34,7 @@ export function fusedForward(module: Module, args: unknown[], hooks: ModuleHooks
   if (known === null) return null;
   const run = (graph: FusedGraph): unknown => {
     const out = graph.run(args);
-    if (hooks) for (const [, m] of module.namedModules().slice(1)) hooks.pass?.(m);
+    if (hooks) for (const m of innerModules(module)) hooks.pass?.(m);
     return out;
   };
   if (known) return Promise.resolve().then(() => run(known));
@@ -57,6 +57,15 @@ export function fusedForward(module: Module, args: unknown[], hooks: ModuleHooks
     if (byArgs.size > MAX_SIGNATURES) byArgs.delete(byArgs.keys().next().value!);
     return graph ? run(graph) : forward(args);
   })();
+}
+
+/** The modules below each fused module (walked once per shape of the tree: SAEs change it). */
+const inner = new WeakMap<Module, { changes: number; modules: Module[] }>();
+
+function innerModules(module: Module): Module[] {
+  let known = inner.get(module);
+  if (!known || known.changes !== Module.treeChanges) inner.set(module, (known = { changes: Module.treeChanges, modules: module.namedModules().slice(1).map(([, m]) => m) }));
+  return known.modules;
 }
 
 /** Modules whose forward with a KV cache could not be captured (they run op by op with one). */
@@ -110,7 +119,7 @@ function fusedStep(module: Module, args: unknown[], hooks: ModuleHooks | null, f
     const entries = [...before];
     changed.forEach(({ layer }, i) => (entries[layer] = { keys: extra[2 * i]!, values: extra[2 * i + 1]! }));
     cache.restore(entries);
-    if (hooks) for (const [, m] of module.namedModules().slice(1)) hooks.pass?.(m);
+    if (hooks) for (const m of innerModules(module)) hooks.pass?.(m);
     return result;
   })();
 }

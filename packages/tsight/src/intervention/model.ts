@@ -147,9 +147,10 @@ export class Model<M extends Module = Module, E = ModelEnvoy<M>, I = ModelArgs> 
 
   /**
    * One batch of the invokes' inputs: each argument position's tensors concatenated along the first axis; other
-   * arguments must be equal in every invoke. A language model batches token ids instead.
+   * arguments must be equal in every invoke. A language model batches token ids instead (and checks token counts
+   * against `extraTokens` and `maxInputTokens`).
    */
-  protected batchInputs(inputs: readonly unknown[]): { args: unknown[]; sizes: number[] } {
+  protected batchFor(inputs: readonly unknown[], _extraTokens: number | undefined, _maxInputTokens: number): { args: unknown[]; sizes: number[] } {
     const lists = inputs.map((input, i) => {
       const args = input instanceof Tensor ? [input] : Array.isArray(input) ? (input as unknown[]) : null;
       if (!args || args.length === 0) throw new TraceError(`invoke ${i}: a Model's input is its forward's tensor argument, or an array of its arguments`);
@@ -186,11 +187,6 @@ export class Model<M extends Module = Module, E = ModelEnvoy<M>, I = ModelArgs> 
   /** What a trace runs on: the tree, its aliases and edits, and how inputs become one batch. */
   protected target(): TraceTarget {
     return { model: this.model, aliases: this.tree.aliases, edits: this.edits, batch: (inputs, extraTokens, maxInputTokens) => this.batchFor(inputs, extraTokens, maxInputTokens) };
-  }
-
-  /** The batch of `inputs` (LanguageModel checks token counts against `extraTokens` and `maxInputTokens`). */
-  protected batchFor(inputs: readonly unknown[], _extraTokens: number | undefined, _maxInputTokens: number): { args: unknown[]; sizes: number[] } {
-    return this.batchInputs(inputs);
   }
 
   /** The persistent interventions (model.edit) of this model, in order. */

@@ -34,16 +34,12 @@ export function fusedForward(module: Module, args: unknown[], hooks: ModuleHooks
   if (known === null) return null;
   const run = (graph: FusedGraph): unknown => {
     const out = graph.run(args);
-    if (hooks) for (const m of innerModules(module)) hooks.pass?.(m);
+    passInner(module, hooks);
     return out;
   };
   if (known) return Promise.resolve().then(() => run(known));
-  const params = new Map<Tensor, () => Tensor>();
-  for (const info of module.namedParameters().values()) {
-    const t = info.module.getParam(info.name);
-    if (!t || t.isMeta) return null; // no weights yet: the eager path says so
-    params.set(t, () => info.module.getParam(info.name));
-  }
+  const params = fusableParams(module);
+  if (!params) return null;
   return (async () => {
     let graph: FusedGraph | null = null;
     try {
@@ -57,6 +53,25 @@ export function fusedForward(module: Module, args: unknown[], hooks: ModuleHooks
     if (byArgs.size > MAX_SIGNATURES) byArgs.delete(byArgs.keys().next().value!);
     return graph ? run(graph) : forward(args);
   })();
+}
+
+/**
+ * The module's parameters for a graph (each read again at every run, so new weights are used), or null while one
+ * has no weights yet (the op-by-op path says so) or records gradients (a graph has no gradient).
+ */
+function fusableParams(module: Module): Map<Tensor, () => Tensor> | null {
+  const params = new Map<Tensor, () => Tensor>();
+  for (const info of module.namedParameters().values()) {
+    const t = info.module.getParam(info.name);
+    if (!t || t.isMeta || (t.requiresGrad && isGradEnabled())) return null;
+    params.set(t, () => info.module.getParam(info.name));
+  }
+  return params;
+}
+
+/** Counts a call of every module inside a fused one for the hooks, so later calls keep their numbers. */
+function passInner(module: Module, hooks: ModuleHooks | null): void {
+  if (hooks) for (const m of innerModules(module)) hooks.pass?.(m);
 }
 
 /** The modules below each fused module (walked once per shape of the tree: SAEs change it). */
@@ -88,12 +103,9 @@ function cacheIn(args: readonly unknown[]): KVCache | undefined {
  */
 function fusedStep(module: Module, args: unknown[], hooks: ModuleHooks | null, forward: (args: unknown[]) => Promise<unknown>, cache: KVCache): Promise<unknown> | null {
   if (unfusibleSteps.has(module)) return null;
-  const signature = argumentSignature(args.map((a) => (a !== null && typeof a === "object" && !(a instanceof Tensor) && !Array.isArray(a) ? { ...a, cache: undefined } : a)));
-  if (signature === null) return null;
-  for (const info of module.namedParameters().values()) {
-    const t = info.module.getParam(info.name);
-    if (!t || t.isMeta || (t.requiresGrad && isGradEnabled())) return null;
-  }
+  // The arguments besides the cache must be ones a graph can take (see argumentSignature).
+  const withoutCache = args.map((a) => (a !== null && typeof a === "object" && !(a instanceof Tensor) && !Array.isArray(a) ? { ...a, cache: undefined } : a));
+  if (argumentSignature(withoutCache) === null || !fusableParams(module)) return null;
   return (async () => {
     const before = cache.snapshot();
     let captured: { capture: Capture; result: unknown } | null = null;
@@ -119,7 +131,7 @@ function fusedStep(module: Module, args: unknown[], hooks: ModuleHooks | null, f
     const entries = [...before];
     changed.forEach(({ layer }, i) => (entries[layer] = { keys: extra[2 * i]!, values: extra[2 * i + 1]! }));
     cache.restore(entries);
-    if (hooks) for (const m of innerModules(module)) hooks.pass?.(m);
+    passInner(module, hooks);
     return result;
   })();
 }

@@ -25,17 +25,14 @@ export class Point extends Module {
     return Object.prototype.hasOwnProperty.call(this, "sae");
   }
 
-  /** `x` as the hooks leave it. Unwatched (or with no hooks at all) it is `x` itself, at about no cost. */
+  /**
+   * `x` as the hooks leave it. Unwatched (or with no hooks at all) it is `x` itself, at about no cost. (While a
+   * fused graph is captured, `call` runs the identity without hooks.)
+   */
   async at(x: Tensor): Promise<Tensor> {
-    if (this.spliced) return (this as Point).call(x);
-    if (activeCapture()) return x;
-    const hooks = this.tree.hooks;
-    if (!hooks) return x;
-    if (hooks.watches && !hooks.watches(this.path)) {
-      hooks.pass?.(this);
-      return x;
-    }
-    return (this as Point).call(x);
+    if (this.watched) return (this as Point).call(x);
+    this.pass();
+    return x;
   }
 
   /** The point was computed inside a fused kernel and nobody watches it: counted only. */

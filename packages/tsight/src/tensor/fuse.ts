@@ -99,7 +99,7 @@ export function fusionEnabled(): boolean {
 }
 
 /** Where a fused graph's inputs come from at each run. */
-export type InputSlot = { kind: "arg"; path: (string | number)[] } | { kind: "source"; tensor: Tensor } | { kind: "param"; read: () => Tensor };
+export type InputSlot = { kind: "arg"; path: (string | number)[] } | { kind: "param"; read: () => Tensor };
 
 /** A captured piece of code compiled as one graph: run with the same kind of arguments, it gives what the code gives. */
 export class FusedGraph {
@@ -113,7 +113,7 @@ export class FusedGraph {
   ) {}
 
   run(args: readonly unknown[]): unknown {
-    const inputs = this.slots.map((s) => (s.kind === "arg" ? (resolvePath(args, s.path) as Tensor) : s.kind === "param" ? s.read() : s.tensor));
+    const inputs = this.slots.map((s) => (s.kind === "arg" ? (resolvePath(args, s.path) as Tensor) : s.read()));
     const raw = runKernel(this.key, this.build, inputs);
     return this.result(raw.map((r, i) => new Tensor(this.outputs[i]!.dtype, r.data, this.outputs[i]!.shape)));
   }
@@ -175,62 +175,66 @@ function dataKey(data: TypedArray): string {
 }
 
 /**
- * Compiles what `capture` recorded into one graph whose outputs are `result`'s tensors. `args` are the captured
- * code's arguments (their tensors become inputs fed at each run), `params` the parameters it may read (inputs too,
- * read at each run so new weights are used); every other source is a constant of the graph.
+ * The graph of what `capture` recorded, with `outputs` (tensors the code computed or read) as its outputs. Sources
+ * for which `fed` holds are graph inputs (in capture order), the others constants; the ops' shape vectors are
+ * constants when `bakeFeeds`, else inputs after the sources. The key is the structure (ops, attributes, dtypes and
+ * ranks) plus whatever is baked, so a graph with nothing baked serves every shape.
  */
-export function compileCapture(capture: Capture, args: readonly unknown[], params: ReadonlyMap<Tensor, () => Tensor>, result: unknown): FusedGraph {
-  const argSlots = new Map<Tensor, (string | number)[]>();
-  for (const { t, path } of tensorsIn(args)) if (!argSlots.has(t)) argSlots.set(t, path);
-  const slots: InputSlot[] = [];
+function captureGraph(capture: Capture, outputs: readonly Tensor[], fed: (t: Tensor) => boolean, bakeFeeds: boolean): { key: string; build: (g: GraphBuilder) => void } {
   const keyParts: string[] = [];
-  const steps: ((g: GraphBuilder, names: Map<number, string>) => void)[] = [];
-  for (const [id, t] of capture.sources) {
-    const arg = argSlots.get(t);
-    const param = params.get(t);
-    if (arg) {
-      slots.push({ kind: "arg", path: arg });
-      keyParts.push(`in${id}:${t.dtype}[${t.shape}]`);
-      steps.push((g, names) => names.set(id, g.input(t.dtype)));
-    } else if (param) {
-      slots.push({ kind: "param", read: param });
-      keyParts.push(`in${id}:${t.dtype}[${t.shape}]`);
-      steps.push((g, names) => names.set(id, g.input(t.dtype)));
-    } else {
-      keyParts.push(`c${id}:${t.dtype}[${t.shape}]=${dataKey(t.data)}`);
-      steps.push((g, names) => names.set(id, g.constant(t.dtype, [...t.shape], t.data)));
-    }
-  }
+  for (const [id, t] of capture.sources) keyParts.push(fed(t) ? `in${id}:${t.dtype}/${t.shape.length}` : `c${id}:${t.dtype}[${t.shape}]=${dataKey(t.data)}`);
   for (const op of capture.ops) {
-    keyParts.push(`${op.p.name}(${op.inputs.join(",")})${op.p.key?.(op.attrs as never) ?? ""}|${op.feeds.map((f) => `${f.dtype}:${dataKey(f.data)}`).join(";")}|${JSON.stringify(op.specs)}->${op.outputs.join(",")}`);
-    steps.push((g, names) => {
-      const feeds = op.feeds.map((f) => g.constant(f.dtype, [...f.shape], f.data));
-      const ins = [...op.inputs.map((i) => names.get(i)!), ...feeds];
-      const outs = op.p.graph ? op.p.graph(g, ins, op.attrs, op.metaInputs) : graphForms[op.p.name]!(g, ins, op.attrs, op.specs);
-      op.outputs.forEach((id, i) => names.set(id, outs[i]!));
-    });
+    const feeds = op.feeds.map((f) => (bakeFeeds ? `${f.dtype}[${f.shape}]=${dataKey(f.data)}` : `${f.dtype}/${f.shape.length}`));
+    keyParts.push(`${op.p.name}(${op.inputs.join(",")})${JSON.stringify(op.attrs ?? null)}|${feeds.join(";")}|${op.specs.map((o) => `${o.dtype}/${o.shape.length}`).join(";")}->${op.outputs.join(",")}`);
   }
-  // The result's tensors, in order, are the graph's outputs.
-  const found = tensorsIn(result);
-  const outputs = found.map(({ t }) => ({ dtype: t.dtype, shape: [...t.shape] }));
-  const outIds = found.map(({ t }) => {
+  const outIds = outputs.map((t) => {
     if (!capture.has(t)) throw new CaptureError("the code returned a tensor it did not compute or read");
     return capture.idOf(t);
   });
   keyParts.push(`out:${outIds.join(",")}`);
   const build = (g: GraphBuilder) => {
     const names = new Map<number, string>();
-    for (const step of steps) step(g, names);
+    for (const [id, t] of capture.sources) if (fed(t)) names.set(id, g.input(t.dtype));
+    for (const [id, t] of capture.sources) if (!fed(t)) names.set(id, g.constant(t.dtype, [...t.shape], t.data));
+    const feedNames = capture.ops.map((op) => op.feeds.map((f) => (bakeFeeds ? g.constant(f.dtype, [...f.shape], f.data) : g.input(f.dtype))));
+    capture.ops.forEach((op, n) => {
+      const ins = [...op.inputs.map((i) => names.get(i)!), ...feedNames[n]!];
+      const outs = op.p.graph ? op.p.graph(g, ins, op.attrs, op.metaInputs) : graphForms[op.p.name]!(g, ins, op.attrs, op.specs);
+      op.outputs.forEach((id, i) => names.set(id, outs[i]!));
+    });
     outIds.forEach((id, i) => g.output(names.get(id)!, outputs[i]!.dtype));
   };
-  const paths = found.map(({ path }) => path);
-  const rebuild = (outs: Tensor[]): unknown => {
-    if (result instanceof Tensor) return outs[0];
-    const copy = structuredCopy(result);
-    paths.forEach((path, i) => setPath(copy, path, outs[i]!));
-    return copy;
-  };
-  return new FusedGraph(`fused:${keyParts.join("\n")}`, build, slots, outputs, rebuild);
+  // "fused:" keys run on every kernel thread, like the matrix products they hold.
+  return { key: `fused:${keyParts.join("\n")}`, build };
+}
+
+/** `result` with its tensors (in tensorsIn's order) replaced by `outs`. */
+function rebuildResult(result: unknown, outs: readonly Tensor[]): unknown {
+  if (result instanceof Tensor) return outs[0];
+  const copy = structuredCopy(result);
+  tensorsIn(result).forEach(({ path }, i) => setPath(copy, path, outs[i]!));
+  return copy;
+}
+
+/**
+ * Compiles what `capture` recorded into one graph whose outputs are `result`'s tensors, for later calls with the
+ * same kind of arguments. `args` are the captured code's arguments (their tensors become inputs fed at each run),
+ * `params` the parameters it may read (inputs too, read at each run so new weights are used); every other source
+ * and every shape vector is a constant of the graph.
+ */
+export function compileCapture(capture: Capture, args: readonly unknown[], params: ReadonlyMap<Tensor, () => Tensor>, result: unknown): FusedGraph {
+  const argSlots = new Map<Tensor, (string | number)[]>();
+  for (const { t, path } of tensorsIn(args)) if (!argSlots.has(t)) argSlots.set(t, path);
+  const fed = (t: Tensor) => argSlots.has(t) || params.has(t);
+  const slots: InputSlot[] = [];
+  for (const t of capture.sources.values()) {
+    const arg = argSlots.get(t);
+    if (arg) slots.push({ kind: "arg", path: arg });
+    else if (params.has(t)) slots.push({ kind: "param", read: params.get(t)! });
+  }
+  const outputs = tensorsIn(result).map(({ t }) => t);
+  const { key, build } = captureGraph(capture, outputs, fed, true);
+  return new FusedGraph(key, build, slots, outputs.map((t) => ({ dtype: t.dtype, shape: [...t.shape] })), (outs) => rebuildResult(result, outs));
 }
 
 /**
@@ -240,52 +244,13 @@ export function compileCapture(capture: Capture, args: readonly unknown[], param
  * length (the next decode step) reuses it. Returns the output tensors: `result`'s, then `extra`'s.
  */
 export function runCaptureGeneric(capture: Capture, result: unknown, extra: readonly Tensor[]): { result: unknown; extra: Tensor[] } {
-  const keyParts: string[] = [];
-  const inputs: RawTensor[] = [];
-  const sourceIds = [...capture.sources.keys()];
-  for (const id of sourceIds) {
-    const t = capture.sources.get(id)!;
-    keyParts.push(`in${id}:${t.dtype}/${t.shape.length}`);
-    inputs.push(t);
-  }
-  for (const op of capture.ops) {
-    for (const f of op.feeds) inputs.push(f);
-    keyParts.push(`${op.p.name}(${op.inputs.join(",")})${JSON.stringify(op.attrs ?? null)}|${op.feeds.map((f) => `${f.dtype}/${f.shape.length}`).join(";")}|${op.specs.map((s) => `${s.dtype}/${s.shape.length}`).join(";")}->${op.outputs.join(",")}`);
-  }
   const found = [...tensorsIn(result).map(({ t }) => t), ...extra];
-  const outIds = found.map((t) => {
-    if (!capture.has(t)) throw new CaptureError("the code returned a tensor it did not compute or read");
-    return capture.idOf(t);
-  });
-  keyParts.push(`out:${outIds.join(",")}`);
-  const build = (g: GraphBuilder) => {
-    const names = new Map<number, string>();
-    for (const id of sourceIds) names.set(id, g.input(capture.sources.get(id)!.dtype));
-    for (const op of capture.ops) {
-      const feeds = op.feeds.map((f) => g.input(f.dtype));
-      const ins = [...op.inputs.map((i) => names.get(i)!), ...feeds];
-      const outs = op.p.graph ? op.p.graph(g, ins, op.attrs, op.metaInputs) : genericForms[op.p.name]!(g, ins);
-      op.outputs.forEach((id, i) => names.set(id, outs[i]!));
-    }
-    outIds.forEach((id, i) => g.output(names.get(id)!, found[i]!.dtype));
-  };
-  const raw = runKernel(`fused-any:${keyParts.join("\n")}`, build, inputs);
+  const { key, build } = captureGraph(capture, found, () => true, false);
+  const raw = runKernel(key, build, [...capture.sources.values(), ...capture.ops.flatMap((op) => op.feeds)]);
   const outs = raw.map((r, i) => new Tensor(found[i]!.dtype, r.data, found[i]!.shape));
-  const resultTensors = tensorsIn(result);
-  let rebuilt: unknown;
-  if (result instanceof Tensor) rebuilt = outs[0];
-  else {
-    rebuilt = structuredCopy(result);
-    resultTensors.forEach(({ path }, i) => setPath(rebuilt, path, outs[i]!));
-  }
-  return { result: rebuilt, extra: outs.slice(resultTensors.length) };
+  const count = found.length - extra.length;
+  return { result: rebuildResult(result, outs.slice(0, count)), extra: outs.slice(count) };
 }
-
-/** Shape-free graph forms of the JS-run ops (their shapes come in as feeds; see `record`). */
-const genericForms: Record<string, (g: GraphBuilder, ins: string[]) => string[]> = {
-  reshape: (g, [x, shape]) => [g.op("Reshape", [x!, shape!])],
-  clone: (g, [x]) => [g.op("Identity", [x!])],
-};
 
 /** Arrays and plain objects copied (their tensors replaced afterwards). */
 function structuredCopy(v: unknown): unknown {

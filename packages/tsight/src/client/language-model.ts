@@ -89,7 +89,7 @@ export class LanguageModel<M extends CausalLM = any> extends LocalLanguageModel<
     const tokenizer = meta.tokenizer
       ? new Tokenizer(meta.tokenizer, meta.tokenizerConfig)
       : Tokenizer.idsOnlyFor(meta.config, `the server has no tokenizer.json for ${repo}, so this model takes token ids only (a list of ids, or an int64 tensor)`);
-    const lm = new this(repo, { source: { kind: "hub", name: repo, path: "" }, config: meta.config, generationConfig: meta.generationConfig, model, tokenizer, dispatched: false });
+    const lm = new this(repo, { source: { kind: "hub", name: repo, path: "" }, config: meta.config, generationConfig: meta.generationConfig, model, tokenizer, dispatched: false, dtype: meta.dtype ?? "float32" });
     for (const { at, sae } of saes) lm.addSae(sae, { at, useErrorTerm: true });
     return lm;
   }

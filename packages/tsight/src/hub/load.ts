@@ -3,8 +3,8 @@
  * model_type, and (unless `dispatch: false`) copy the weights in. A meta model reads only the safetensors header,
  * to check every parameter's shape, never the tensor data.
  */
-import { buildModel, loadWeights, planWeights, sourceKeys, sourceShape, WeightsError, type CausalLM, type RawConfig } from "../models/index.js";
-import { lazyNode, readModelSafetensors, readModelSafetensorsHeader } from "../tensor/index.js";
+import { buildModel, planWeights, sourceShape, streamWeights, WeightsError, type CausalLM, type LoadProgress, type RawConfig } from "../models/index.js";
+import { DTypeError, lazyNode, openModelWeights, readModelSafetensorsHeader, weightDTypes, type WeightDType } from "../tensor/index.js";
 import { locateModel, readModelConfigs, type ModelSource, type ModelSourceOptions } from "./source.js";
 import { TokenizerError } from "./errors.js";
 import { Tokenizer } from "./tokenizer.js";
@@ -20,6 +20,22 @@ export interface LoadOptions extends ModelSourceOptions {
    * (another model's, say). Without either, a folder with no tokenizer.json loads for token-id input only.
    */
   tokenizer?: Tokenizer | string;
+  /**
+   * What the matrices of linear layers and embeddings are kept as: "float32" (default; Hugging Face's numbers),
+   * "bfloat16"/"float16" (the stored bits, widened inside each product), or block-quantized "int8"/"int4" (ONNX
+   * Runtime's MatMulNBits). Norms, biases and experts' stacked weights stay float32; activations are float32.
+   */
+  dtype?: WeightDType;
+  /** Told after each tensor of the weights loads (tensors and bytes so far, of how many). */
+  onLoadProgress?: (progress: LoadProgress) => void;
+}
+
+/** `dtype` if weights can be kept as it, else a DTypeError listing the choices. */
+export function checkWeightDType(dtype: unknown, where: string): WeightDType {
+  if (dtype === undefined) return "float32";
+  if (typeof dtype === "string" && (weightDTypes as readonly string[]).includes(dtype)) return dtype as WeightDType;
+  const given = typeof dtype === "string" ? `"${dtype.slice(0, 40)}"` : dtype === null ? "null" : typeof dtype;
+  throw new DTypeError(`${where}: dtype ${given} is not one weights can be kept as; choose ${weightDTypes.map((d) => `"${d}"`).join(", ")}`);
 }
 
 export interface LoadedModel {
@@ -29,10 +45,14 @@ export interface LoadedModel {
   model: CausalLM;
   tokenizer: Tokenizer;
   dispatched: boolean;
+  /** What the weights are kept as. */
+  dtype: WeightDType;
 }
 
 export async function loadPretrained(nameOrPath: string, options: LoadOptions = {}): Promise<LoadedModel> {
   const dispatch = options.dispatch ?? true;
+  const dtype = checkWeightDType(options.dtype, "load");
+  if (options.onLoadProgress !== undefined && typeof options.onLoadProgress !== "function") throw new TypeError(`load: onLoadProgress must be a function, got ${typeof options.onLoadProgress}`);
   const source = await locateModel(nameOrPath, { ...options, weights: dispatch ? options.weights : false });
   const { config, generationConfig } = await readModelConfigs(source.path);
   const model = buildModel(config);
@@ -52,12 +72,18 @@ export async function loadPretrained(nameOrPath: string, options: LoadOptions = 
         throw new WeightsError(`${source.path}: ${what} has shape [${got}] but the config gives ${name} the shape [${want}]`);
       }
     }
-    if (dispatch) {
-      const { tensors } = await readModelSafetensors(source.path, { names: new Set([...sources.values()].flatMap(sourceKeys)) });
-      loadWeights(model, tensors);
-    }
+    if (dispatch) await readWeights(model, source.path, { dtype, onProgress: options.onLoadProgress });
   }
-  return { source, config, generationConfig, model, tokenizer, dispatched: dispatch };
+  return { source, config, generationConfig, model, tokenizer, dispatched: dispatch, dtype };
+}
+
+async function readWeights(model: CausalLM, folder: string, options: { dtype: WeightDType; onProgress?: (p: LoadProgress) => void }): Promise<void> {
+  const reader = await openModelWeights(folder);
+  try {
+    await streamWeights(model, reader, options);
+  } finally {
+    await reader.close();
+  }
 }
 
 /**
@@ -65,11 +91,9 @@ export async function loadPretrained(nameOrPath: string, options: LoadOptions = 
  * source is a Hugging Face repo (with `onProgress`), then reads them as a normal load does.
  */
 export async function dispatchWeights(model: CausalLM, nameOrPath: string, options: LoadOptions = {}): Promise<void> {
+  const dtype = checkWeightDType(options.dtype, "load");
   const source = await locateModel(nameOrPath, { ...options, weights: options.weights });
-  const header = await readModelSafetensorsHeader(source.path);
-  const { sources } = planWeights(model, new Set(header.entries.keys()));
-  const { tensors } = await readModelSafetensors(source.path, { names: new Set([...sources.values()].flatMap(sourceKeys)) });
-  loadWeights(model, tensors);
+  await readWeights(model, source.path, { dtype, onProgress: options.onLoadProgress });
 }
 
 /** The tokenizer given, the folder's, or (no tokenizer.json) an ids-only one built from config.json. */

@@ -3,6 +3,7 @@
  * Face repo id (with or without weights), and the entry points of interventions: trace, scan, edit, session,
  * generate.
  */
+import type { WeightDType } from "../tensor/index.js";
 import { dispatchWeights, loadPretrained, type LoadedModel, type LoadOptions, type Tokenizer } from "../hub/index.js";
 import { ConfigError, generate, type CausalLM, type GenerateOptions, type GenerateResult, type GPT2LMHeadModel, type LlamaForCausalLM, type RawConfig } from "../models/index.js";
 import { Tensor } from "../tensor/index.js";
@@ -105,6 +106,8 @@ export class LanguageModel<M extends CausalLM = any> extends Model<M, EnvoyTree<
   readonly name: string;
   readonly config: RawConfig;
   readonly generationConfig: RawConfig | null;
+  /** What the weights of linear layers and embeddings are kept as (`load`'s dtype; a server model: the server's). */
+  readonly dtype: WeightDType;
   private readonly shared: Shared;
 
   constructor(name: string, loaded: LoadedModel, rename: Rename = {}) {
@@ -112,6 +115,7 @@ export class LanguageModel<M extends CausalLM = any> extends Model<M, EnvoyTree<
     this.name = name;
     this.config = loaded.config;
     this.generationConfig = loaded.generationConfig;
+    this.dtype = loaded.dtype;
     this.shared = { tokenizer: loaded.tokenizer, dispatched: loaded.dispatched, load: null, loading: null };
   }
 

@@ -45,7 +45,7 @@ export function checkOptions(given: unknown, place: OptionsPlace, runNames: read
 }
 
 /** Options of LanguageModel.load (its own, the loader's and the Hugging Face hub's). */
-export const LOAD_OPTIONS: readonly string[] = ["dispatch", "tokenizer", "rename", "architecture", "revision", "cacheDir", "endpoint", "token", "offline", "refresh", "weights", "onProgress", "signal", "fetch"];
+export const LOAD_OPTIONS: readonly string[] = ["dispatch", "tokenizer", "rename", "architecture", "revision", "cacheDir", "endpoint", "token", "offline", "refresh", "weights", "onProgress", "signal", "fetch", "dtype", "onLoadProgress"];
 
 /** Throws an OptionsError unless `given` is undefined or an object whose names are all in `known`; `call` names the call. */
 export function checkOptionNames(given: unknown, call: string, known: readonly string[]): void {

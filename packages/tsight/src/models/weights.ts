@@ -3,7 +3,8 @@
  * aliases, an omitted base prefix, ignored buffers, per-expert tensors stacked into one). Every parameter must be
  * found with its exact shape.
  */
-import { Tensor } from "../tensor/index.js";
+import { Conv1D, Embedding, Linear } from "../nn/index.js";
+import { BLOCK_SIZE, PackedWeight, quantizeRows, storedBuffer, Tensor, type ModelWeightsReader, type PackedFormat, type SafetensorsEntry, type WeightDType } from "../tensor/index.js";
 import type { CausalLM } from "./causal-lm.js";
 
 export class WeightsError extends Error {
@@ -73,4 +74,100 @@ export function loadWeights(model: CausalLM, tensors: ReadonlyMap<string, Tensor
   }
   for (const [name, target] of tied) set(name, params.get(target)!.module.getParam(params.get(target)!.name), target);
   return unused;
+}
+
+/** How far a load has got: tensors and bytes of tensor data read so far, of how many. */
+export interface LoadProgress {
+  tensors: number;
+  totalTensors: number;
+  bytes: number;
+  totalBytes: number;
+}
+
+export interface StreamWeightsOptions {
+  /** What the matrices of linear layers and embeddings are kept as; everything else is float32. */
+  dtype?: WeightDType;
+  onProgress?: (progress: LoadProgress) => void;
+}
+
+/** Most bytes of float32 one band of a quantized matrix takes while it is converted. */
+const BAND_BYTES = 32 << 20;
+
+/**
+ * Loads weights tensor by tensor from `reader`, converting each as it arrives: a load holds the model as it will be
+ * kept plus at most one tensor in flight (a band of rows of a big matrix being quantized), never the whole file as
+ * float32. Matrices of Linear, Conv1D and Embedding modules are packed for dtypes other than float32 (bfloat16 and
+ * float16 bits read as stored when the file holds that format); norms, biases and stacked experts stay float32.
+ */
+export async function streamWeights(model: CausalLM, reader: ModelWeightsReader, options: StreamWeightsOptions = {}): Promise<void> {
+  const dtype = options.dtype ?? "float32";
+  const params = model.namedParameters();
+  const { sources, tied } = planWeights(model, new Set(reader.entries.keys()));
+  const entryOf = (k: string): SafetensorsEntry => reader.entries.get(k)!;
+  const totalBytes = [...sources.values()].flatMap(sourceKeys).reduce((n, k) => n + entryOf(k).byteLength, 0);
+  const progress: LoadProgress = { tensors: 0, totalTensors: sources.size, bytes: 0, totalBytes };
+  const set = (name: string, t: Tensor, from: string): void => {
+    const p = params.get(name)!;
+    if (t.shape.length !== p.shape.length || t.shape.some((d, i) => d !== p.shape[i])) throw new WeightsError(`weight "${from}" has shape [${t.shape}] but ${name} needs [${p.shape}]`);
+    p.module.setParam(p.name, t);
+  };
+  const readFloat32 = async (key: string): Promise<Tensor> => {
+    const e = entryOf(key);
+    if (e.dtype !== "float32") throw new WeightsError(`weight "${key}" is stored as ${e.storedDType}; parameters are float32`);
+    const target = storedBuffer(e);
+    await reader.read(key, 0, target.raw);
+    return new Tensor("float32", target.finish(), e.shape);
+  };
+  // In file order, so the disk is read front to back.
+  const order = [...sources].sort(([, a], [, b]) => entryOf(sourceKeys(a)[0]!).byteOffset - entryOf(sourceKeys(b)[0]!).byteOffset);
+  for (const [name, src] of order) {
+    const p = params.get(name)!;
+    if ("stack" in src) {
+      sourceShape(src, (k) => entryOf(k).shape);
+      const experts = [];
+      for (const keys of src.stack) experts.push(Tensor.cat(await Promise.all(keys.map(readFloat32)), 0));
+      set(name, Tensor.stack(experts, 0), `${src.stack[0]![0]}, ... (${src.stack.flat().length} tensors)`);
+    } else if (dtype !== "float32" && packable(p.module, p.name, p.shape)) {
+      set(name, Tensor.fromPacked(await readPacked(reader, entryOf(src.key), p.module instanceof Conv1D, dtype)), src.key);
+    } else set(name, await readFloat32(src.key), src.key);
+    progress.tensors++;
+    progress.bytes += sourceKeys(src).reduce((n, k) => n + entryOf(k).byteLength, 0);
+    options.onProgress?.({ ...progress });
+  }
+  for (const [name, target] of tied) set(name, params.get(target)!.module.getParam(params.get(target)!.name), target);
+}
+
+/** Whether a parameter is a matrix that is kept packed: a linear layer's or an embedding's weight. */
+function packable(module: unknown, name: string, shape: readonly number[]): boolean {
+  return name === "weight" && shape.length === 2 && (module instanceof Linear || module instanceof Conv1D || module instanceof Embedding);
+}
+
+/** Reads a matrix as `format`; `transposed` for Conv1D's [in, out] layout. */
+async function readPacked(reader: ModelWeightsReader, e: SafetensorsEntry, transposed: boolean, format: PackedFormat): Promise<PackedWeight> {
+  if (e.dtype !== "float32") throw new WeightsError(`weight "${e.name}" is stored as ${e.storedDType}; parameters are float32`);
+  const [rows, cols] = (transposed ? [e.shape[1], e.shape[0]] : e.shape) as [number, number];
+  const stored = { bfloat16: "BF16", float16: "F16" } as const;
+  if ((format === "bfloat16" || format === "float16") && e.storedDType === stored[format] && !transposed) {
+    const bits = new Uint16Array(rows * cols);
+    await reader.read(e.name, 0, new Uint8Array(bits.buffer));
+    return new PackedWeight(rows, cols, false, { format, bits });
+  }
+  if (format === "bfloat16" || format === "float16" || transposed) {
+    const target = storedBuffer(e);
+    await reader.read(e.name, 0, target.raw);
+    return PackedWeight.fromFloat32(target.finish() as Float32Array, rows, cols, transposed, format);
+  }
+  // Quantized, [rows, cols] as stored: a band of rows at a time.
+  const bits = format === "int8" ? 8 : 4;
+  const blocks = Math.ceil(cols / BLOCK_SIZE);
+  const into = { q: new Uint8Array(rows * blocks * ((BLOCK_SIZE * bits) / 8)), scales: new Float32Array(rows * blocks), zeros: new Uint8Array(rows * Math.ceil((blocks * bits) / 8)), firstRow: 0 };
+  const rowBytes = e.byteLength / rows;
+  const band = Math.max(1, Math.floor(BAND_BYTES / (cols * 4)));
+  for (let first = 0; first < rows; first += band) {
+    const count = Math.min(band, rows - first);
+    const target = storedBuffer(e, count * rowBytes);
+    await reader.read(e.name, first * rowBytes, target.raw);
+    quantizeRows(target.finish() as Float32Array, count, cols, bits, BLOCK_SIZE, format, { ...into, firstRow: first });
+  }
+  return new PackedWeight(rows, cols, false, { format, q: into.q, scales: into.scales, zeros: into.zeros, blockSize: BLOCK_SIZE });
 }

@@ -160,6 +160,9 @@ export interface SequencedEvent {
   event: JobEvent;
 }
 
+/** What a served model's weights are kept as (tensor/packed.ts's WeightDType). */
+export type ServedDType = "float32" | "bfloat16" | "float16" | "int8" | "int4";
+
 /** What GET /v1/models lists. */
 export interface ModelInfo {
   key: string;
@@ -180,6 +183,8 @@ export interface ModelMeta {
   tokenizerConfig: Record<string, unknown>;
   /** SAEs the server splices into this model (with the error term): where, and each one's cfg.json. */
   saes?: { at: string; config: Record<string, unknown> }[];
+  /** What the served weights are kept as; absent: float32. */
+  dtype?: ServedDType;
 }
 
 /** The body of every error response. */

@@ -17,8 +17,16 @@ export interface DTypeArrayMap {
 }
 export type TypedArray = DTypeArrayMap[DType];
 
+/**
+ * Element types kernels also take, beyond tensors' own: the storage of packed weights (quantized blocks as uint8,
+ * float16 bits; bfloat16 only as a graph constant, since ONNX Runtime's JS binding cannot feed it). Never a Tensor's
+ * dtype.
+ */
+export type StorageDType = DType | "uint8" | "uint16" | "float16" | "bfloat16";
+export type StorageArray = TypedArray | Uint16Array;
+
 /** ONNX TensorProto.DataType codes, used when building graphs. */
-export const onnxCode: Record<DType, number> = { float32: 1, int32: 6, int64: 7, bool: 9 };
+export const onnxCode: Record<StorageDType, number> = { float32: 1, uint8: 2, uint16: 4, int32: 6, int64: 7, bool: 9, float16: 10, bfloat16: 16 };
 
 export const dtypes: readonly DType[] = ["float32", "int64", "int32", "bool"];
 

@@ -9,19 +9,19 @@ import { lazyNode } from "./node.js";
 
 const nodeModule = lazyNode<typeof import("node:module")>("node:module");
 const os = lazyNode<typeof import("node:os")>("node:os");
-import type { DType, TypedArray } from "./dtype.js";
+import type { StorageArray, StorageDType } from "./dtype.js";
 import { GraphBuilder } from "./onnx.js";
 
 /** What crosses into a kernel and back: a dense row-major array with its shape. */
 export interface RawTensor {
-  readonly dtype: DType;
+  readonly dtype: StorageDType;
   readonly shape: readonly number[];
-  readonly data: TypedArray;
+  readonly data: StorageArray;
 }
 
 interface NativeSession {
   loadModel(buffer: ArrayBufferLike, byteOffset: number, byteLength: number, options: object): void;
-  run(feeds: Record<string, object>, fetches: Record<string, null>, options: object): Record<string, { type: DType; dims: readonly number[]; data: TypedArray }>;
+  run(feeds: Record<string, object>, fetches: Record<string, null>, options: object): Record<string, { type: StorageDType; dims: readonly number[]; data: StorageArray }>;
   dispose(): void;
   readonly inputMetadata: { name: string }[];
   readonly outputMetadata: { name: string }[];
@@ -50,13 +50,20 @@ export function threadCount(): number {
 /** Ops whose kernels use more than one thread: the matrix products, where threads pay off. */
 const THREADED_OPS = /^(matmul|linear|attention\(|fused:)/;
 
-function sessionOptions(key: string): object {
+/** How a kernel's session is made when its key does not decide it. */
+export interface KernelOptions {
+  threads?: number;
+  /** false: no graph optimization (a Cast of a constant weight must not be folded into a float32 copy). */
+  optimize?: boolean;
+}
+
+function sessionOptions(key: string, options: KernelOptions): object {
   return {
     // Every session owns a pool of intraOpNumThreads - 1 threads; small ops gain nothing from them.
-    intraOpNumThreads: process.env.TSIGHT_ALL_THREADED || THREADED_OPS.test(key) ? threadCount() : 1,
+    intraOpNumThreads: options.threads ?? (process.env.TSIGHT_ALL_THREADED || THREADED_OPS.test(key) ? threadCount() : 1),
     interOpNumThreads: 1,
     executionMode: "sequential",
-    graphOptimizationLevel: "all",
+    graphOptimizationLevel: options.optimize === false ? "disabled" : "all",
     // No arena: memory a big op took goes back when its tensors are collected, instead of staying with ORT (a
     // server's memory must come back after a job that made large tensors).
     enableCpuMemArena: process.env.TSIGHT_ARENA === "1",
@@ -72,9 +79,9 @@ export class Kernel {
   private readonly fetches: Record<string, null>;
   private readonly outputNames: string[];
 
-  constructor(readonly key: string, model: Uint8Array) {
+  constructor(readonly key: string, model: Uint8Array, options: KernelOptions = {}) {
     this.session = new (binding().InferenceSession)();
-    this.session.loadModel(model.buffer, model.byteOffset, model.byteLength, sessionOptions(key));
+    this.session.loadModel(model.buffer, model.byteOffset, model.byteLength, sessionOptions(key, options));
     this.inputNames = this.session.inputMetadata.map((m) => m.name);
     this.outputNames = this.session.outputMetadata.map((m) => m.name);
     this.fetches = Object.fromEntries(this.outputNames.map((n) => [n, null]));

@@ -5,14 +5,14 @@ import { apply, apply1 } from "./primitive.js";
 import * as P from "./primitives.js";
 import { ShapeError } from "./errors.js";
 import { fmt } from "./shape.js";
-import type { Tensor } from "./tensor.js";
+import { Tensor } from "./tensor.js";
 
 /** x W^T + b over the last dim of x (weight [out, in]); `transposed` takes GPT-2 Conv1D's [in, out] weight. */
 export function linear(x: Tensor, weight: Tensor, bias?: Tensor | null, transposed = false): Tensor {
   const inFeatures = x.shape.at(-1)!;
   const flat = x.ndim === 2 ? x : x.reshape(-1, inFeatures);
   const inputs = bias ? [flat.float(), weight, bias] : [flat.float(), weight];
-  const y = apply1(P.linear, inputs, { transposed });
+  const y = apply1(weight.packed ? P.packedLinear : P.linear, inputs, { transposed });
   const out = transposed ? weight.shape[1]! : weight.shape[0]!;
   return x.ndim === 2 ? y : y.reshape([...x.shape.slice(0, -1), out]);
 }
@@ -28,7 +28,19 @@ export function rmsNorm(x: Tensor, weight: Tensor, eps: number): Tensor {
 /** Rows of `weight` for integer `ids` of any shape. */
 export function embedding(ids: Tensor, weight: Tensor): Tensor {
   if (ids.dtype !== "int64" && ids.dtype !== "int32") throw new ShapeError(`embedding: ids must be integers, got ${ids.dtype}`);
-  return weight.indexSelect(0, ids);
+  const packed = weight.packed;
+  if (!packed || packed.transposed || ids.isMeta) return weight.indexSelect(0, ids);
+  // A packed table: widen only the rows looked up.
+  const [rows, dim] = packed.shape;
+  const idList = ids.data;
+  const out = new Float32Array(idList.length * dim);
+  for (let i = 0; i < idList.length; i++) {
+    const id = Number(idList[i]);
+    const row = id < 0 ? id + rows : id;
+    if (!(row >= 0 && row < rows)) throw new ShapeError(`embedding: id ${id} is out of range for ${rows} rows`);
+    out.set(packed.rowsFloat32(row, 1), i * dim);
+  }
+  return new Tensor("float32", out, [...ids.shape, dim]);
 }
 
 /**

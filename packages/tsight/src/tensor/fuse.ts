@@ -7,7 +7,7 @@
  */
 import type { AsyncLocalStorage } from "node:async_hooks";
 import { isGradEnabled } from "./autograd.js";
-import type { DType, TypedArray } from "./dtype.js";
+import type { DType, StorageArray, TypedArray } from "./dtype.js";
 import { runKernel, type RawTensor } from "./engine.js";
 import { lazyNode } from "./node.js";
 import type { GraphBuilder } from "./onnx.js";
@@ -53,6 +53,8 @@ export class Capture {
     let id = this.ids.get(t);
     if (id === undefined) {
       if (t.isMeta) throw new CaptureError("a value from outside the captured code has no data");
+      // A packed weight is multiplied by its own kernel (ONNX Runtime prepacks it there), never fed to a graph.
+      if (t.packed) throw new CaptureError("packed weights run in kernels of their own");
       id = this.next++;
       this.ids.set(t, id);
       this.sources.set(id, t);
@@ -115,7 +117,7 @@ export class FusedGraph {
   run(args: readonly unknown[]): unknown {
     const inputs = this.slots.map((s) => (s.kind === "arg" ? (resolvePath(args, s.path) as Tensor) : s.read()));
     const raw = runKernel(this.key, this.build, inputs);
-    return this.result(raw.map((r, i) => new Tensor(this.outputs[i]!.dtype, r.data, this.outputs[i]!.shape)));
+    return this.result(raw.map((r, i) => new Tensor(this.outputs[i]!.dtype, r.data as TypedArray, this.outputs[i]!.shape)));
   }
 }
 
@@ -169,7 +171,7 @@ export function argumentSignature(args: readonly unknown[]): string | null {
 }
 
 /** Short text of a constant's data for the graph's key (constants are small: scalars and shape vectors). */
-function dataKey(data: TypedArray): string {
+function dataKey(data: StorageArray): string {
   if (data.length > 64) throw new CaptureError("the code made a large tensor from data (it would be baked into the graph)");
   return Array.from(data as ArrayLike<number | bigint>, String).join(",");
 }
@@ -247,7 +249,7 @@ export function runCaptureGeneric(capture: Capture, result: unknown, extra: read
   const found = [...tensorsIn(result).map(({ t }) => t), ...extra];
   const { key, build } = captureGraph(capture, found, () => true, false);
   const raw = runKernel(key, build, [...capture.sources.values(), ...capture.ops.flatMap((op) => op.feeds)]);
-  const outs = raw.map((r, i) => new Tensor(found[i]!.dtype, r.data, found[i]!.shape));
+  const outs = raw.map((r, i) => new Tensor(found[i]!.dtype, r.data as TypedArray, found[i]!.shape));
   const count = found.length - extra.length;
   return { result: rebuildResult(result, outs.slice(0, count)), extra: outs.slice(count) };
 }

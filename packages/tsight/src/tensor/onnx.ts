@@ -5,7 +5,7 @@
  * encoder of the few fields we use is smaller than a protobuf dependency plus onnx.proto. Field numbers are from
  * onnx/onnx.proto (ModelProto, GraphProto, NodeProto, AttributeProto, TensorProto, ValueInfoProto, TypeProto).
  */
-import { onnxCode, type DType, type TypedArray } from "./dtype.js";
+import { onnxCode, type DType, type StorageArray, type StorageDType } from "./dtype.js";
 
 /** ONNX opset the kernels are written against (ONNX Runtime 1.30 implements it on CPU). */
 export const OPSET = 21;
@@ -40,9 +40,9 @@ const str = (field: number, s: string): Bytes => bytes(field, utf8.encode(s));
 /** An attribute value; arrays must be homogeneous. */
 export type AttrValue = number | string | number[] | { float: number } | { floats: number[] } | TensorConst;
 export interface TensorConst {
-  dtype: DType;
+  dtype: StorageDType;
   dims: number[];
-  data: TypedArray;
+  data: StorageArray;
 }
 
 function attribute(name: string, value: AttrValue): Bytes {
@@ -59,12 +59,18 @@ function attribute(name: string, value: AttrValue): Bytes {
 }
 
 function tensorProto(name: string, t: TensorConst): Bytes {
-  const raw = new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength);
-  return [...t.dims.flatMap((d) => int(1, d)), ...int(2, onnxCode[t.dtype]), ...(name ? str(8, name) : []), ...bytes(9, raw)];
+  return [...tensorHead(name, t), ...bytes(9, rawBytes(t.data))];
+}
+const rawBytes = (a: ArrayBufferView): Uint8Array => new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
+function tensorHead(name: string, t: TensorConst): Bytes {
+  return [...t.dims.flatMap((d) => int(1, d)), ...int(2, onnxCode[t.dtype]), ...(name ? str(8, name) : [])];
 }
 
+/** Constants above this size stay typed arrays until the model is written (a weight as a number[] would be huge). */
+const LARGE_CONSTANT = 1 << 16;
+
 /** ValueInfoProto with an element type and, deliberately, no shape: one session serves every shape. */
-function valueInfo(name: string, dtype: DType): Bytes {
+function valueInfo(name: string, dtype: StorageDType): Bytes {
   const tensorType = int(1, onnxCode[dtype]);
   return [...str(1, name), ...bytes(2, bytes(1, tensorType))];
 }
@@ -78,17 +84,20 @@ export class GraphBuilder {
   private readonly inputs: Bytes[] = [];
   private readonly outputs: Bytes[] = [];
   private readonly initializers: Bytes[] = [];
+  /** Initializers too big for number[]: everything before the raw data field, and the data. */
+  private readonly largeInitializers: { head: Bytes; raw: Uint8Array }[] = [];
   private counter = 0;
 
-  input(dtype: DType): string {
+  input(dtype: StorageDType): string {
     const name = `in${this.inputs.length}`;
     this.inputs.push(valueInfo(name, dtype));
     return name;
   }
 
-  constant(dtype: DType, dims: number[], data: TypedArray): string {
+  constant(dtype: StorageDType, dims: number[], data: StorageArray): string {
     const name = `c${this.counter++}`;
-    this.initializers.push(tensorProto(name, { dtype, dims, data }));
+    if (data.byteLength > LARGE_CONSTANT) this.largeInitializers.push({ head: tensorHead(name, { dtype, dims, data }), raw: rawBytes(data) });
+    else this.initializers.push(tensorProto(name, { dtype, dims, data }));
     return name;
   }
 
@@ -145,6 +154,19 @@ export class GraphBuilder {
       ...this.outputs.flatMap((o) => bytes(12, o)),
     ];
     const opsets = [bytes(8, [...str(1, ""), ...int(2, OPSET)]), bytes(8, [...str(1, "com.microsoft"), ...int(2, 1)])];
-    return new Uint8Array([...int(1, 10), ...opsets.flat(), ...str(2, "tsight"), ...bytes(7, graph)]);
+    // Large initializers are written as chunks: field 5 (initializer) around a TensorProto whose field 9 is the data.
+    const large: (Bytes | Uint8Array)[] = this.largeInitializers.flatMap(({ head, raw }) => {
+      const dataHead = [...key(9, 2), ...varint(raw.length)];
+      return [[...key(5, 2), ...varint(head.length + dataHead.length + raw.length), ...head, ...dataHead], raw];
+    });
+    const graphLength = graph.length + large.reduce((n, c) => n + c.length, 0);
+    const chunks: (Bytes | Uint8Array)[] = [[...int(1, 10), ...opsets.flat(), ...str(2, "tsight"), ...key(7, 2), ...varint(graphLength)], graph, ...large];
+    const out = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
+    let at = 0;
+    for (const c of chunks) {
+      out.set(c, at);
+      at += c.length;
+    }
+    return out;
   }
 }

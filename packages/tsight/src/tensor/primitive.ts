@@ -4,7 +4,7 @@
  * requires grad.
  */
 import { GradNode, isGradEnabled, type GradRule } from "./autograd.js";
-import type { DType } from "./dtype.js";
+import type { DType, TypedArray } from "./dtype.js";
 import { runKernel, type RawTensor } from "./engine.js";
 import type { GraphBuilder } from "./onnx.js";
 import { Tensor } from "./tensor.js";
@@ -31,6 +31,8 @@ export interface Primitive<A = undefined> {
   view?(inputs: readonly Tensor[], attrs: A, out: OutSpec[]): Tensor[] | null;
   /** Input gradients from output gradients, in tensor ops. Absent: not differentiable. */
   grad?: GradRule;
+  /** Takes packed weights as they are (other ops get them widened to plain float32 first). */
+  packed?: boolean;
   /** Floating-point operations, for ops whose work grows faster than their outputs (matmul, attention). */
   flops?(inputs: readonly Tensor[], out: OutSpec[]): number;
 }
@@ -64,10 +66,11 @@ export function guardAllocation(bytes: number, flops = 0): void {
 
 const ITEM_BYTES = { float32: 4, int64: 8, int32: 4, bool: 1 } as const;
 
-export function apply<A>(p: Primitive<A>, inputs: readonly Tensor[], attrs: A): Tensor[] {
+export function apply<A>(p: Primitive<A>, given: readonly Tensor[], attrs: A): Tensor[] {
   // Code being captured for a fused graph records its ops instead of running them.
   const capture = activeCapture();
-  if (capture) return capture.record(p, inputs, attrs);
+  if (capture) return capture.record(p, given, attrs);
+  const inputs = p.packed || !given.some((t) => t.packed) ? given : given.map((t) => t.unpacked());
   const specs = p.infer(inputs, attrs);
   if (allocationGuard) allocationGuard(specs.reduce((n, s) => n + s.shape.reduce((a, d) => a * d, 1) * ITEM_BYTES[s.dtype], 0), p.flops?.(inputs, specs) ?? 0);
   let outs: Tensor[];
@@ -95,7 +98,7 @@ export function apply<A>(p: Primitive<A>, inputs: readonly Tensor[], attrs: A): 
       if (r.shape.length !== s.shape.length || r.shape.some((d, j) => d !== s.shape[j])) {
         throw new Error(`internal: ${p.name} produced shape [${r.shape}] where [${s.shape}] was inferred`);
       }
-      return new Tensor(s.dtype, r.data, s.shape);
+      return new Tensor(s.dtype, r.data as TypedArray, s.shape);
     });
   }
   if (p.grad && isGradEnabled() && inputs.some((t) => t.requiresGrad)) {

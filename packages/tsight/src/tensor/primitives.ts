@@ -220,6 +220,32 @@ export const linear: Primitive<{ transposed: boolean }> = {
   },
 };
 
+/**
+ * `linear` with a packed weight (bfloat16/float16 bits or int8/int4 blocks): the weight's own kernel, then the bias.
+ * Only the input's gradient flows (packed weights do not train).
+ */
+export const packedLinear: Primitive<{ transposed: boolean }> = {
+  name: "linear",
+  packed: true,
+  infer: (inputs, a) => linear.infer(inputs, a),
+  js: ([x, w, b], _a, [out]) => {
+    const packed = w!.packed!;
+    const y = packed.matmul(x!.data as Float32Array, x!.shape[0]!);
+    if (b) {
+      const bias = b.data as Float32Array;
+      const n = bias.length;
+      for (let i = 0; i < y.length; i++) y[i]! += bias[i % n]!;
+    }
+    return [new Tensor("float32", y, out!.shape)];
+  },
+  flops: ([x], [out]) => 2 * sizeOf(out!.shape) * x!.shape.at(-1)!,
+  grad: ([g], n) => {
+    const [, w, b] = n.inputs as [Tensor, Tensor, Tensor | undefined];
+    const t = (n.attrs as { transposed: boolean }).transposed;
+    return [t ? g!.matmul(w.transpose(0, 1)) : g!.matmul(w), null, b && b.requiresGrad ? g!.sum(0) : null];
+  },
+};
+
 // #endregion
 // #region reductions
 

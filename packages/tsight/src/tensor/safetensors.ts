@@ -460,6 +460,71 @@ function shardEntries(indexFile: string, header: SafetensorsHeader, shardFile: s
   });
 }
 
+/**
+ * A model folder's weights opened for reading tensor by tensor, or a band of one at a time, so a load never holds
+ * more than the tensor it is converting (single file or sharded; each shard opened once, on first use).
+ * `bytesRead` counts every byte read from tensor data.
+ */
+export interface ModelWeightsReader {
+  readonly entries: ReadonlyMap<string, SafetensorsEntry>;
+  /** Reads `into.length` bytes of tensor `name`'s data, starting `offset` bytes into it. */
+  read(name: string, offset: number, into: Uint8Array): Promise<void>;
+  readonly bytesRead: number;
+  close(): Promise<void>;
+}
+
+export async function openModelWeights(folder: string): Promise<ModelWeightsReader> {
+  const single = path.join(folder, SINGLE_FILE);
+  const files = new Map<string, string>();
+  const entries = new Map<string, SafetensorsEntry>();
+  if (await exists(single)) {
+    const header = await readSafetensorsHeader(single);
+    for (const [name, e] of header.entries) {
+      entries.set(name, e);
+      files.set(name, single);
+    }
+  } else if (await exists(path.join(folder, INDEX_FILE))) {
+    const { indexFile, byShard } = await planShards(folder, undefined);
+    for (const [shardFile, names] of byShard) {
+      const header = await readShardHeader(indexFile, shardFile);
+      for (const e of shardEntries(indexFile, header, shardFile, names)) {
+        entries.set(e.name, e);
+        files.set(e.name, shardFile);
+      }
+    }
+  } else throw new SafetensorsError(folder, `holds neither ${SINGLE_FILE} nor ${INDEX_FILE}`);
+  const handles = new Map<string, Promise<FileHandle>>();
+  let bytesRead = 0;
+  return {
+    entries,
+    get bytesRead() {
+      return bytesRead;
+    },
+    async read(name, offset, into) {
+      const e = entries.get(name);
+      const file = files.get(name);
+      if (!e || !file) throw new SafetensorsError(folder, `has no tensor named "${name}"`);
+      if (!(offset >= 0 && offset + into.length <= e.byteLength)) throw new SafetensorsError(file, `read of bytes [${offset}, ${offset + into.length}) is outside tensor "${name}" (${e.byteLength} bytes)`);
+      let fh = handles.get(file);
+      if (!fh) handles.set(file, (fh = openFile(file)));
+      await readInto(await fh, file, e.byteOffset + offset, into);
+      bytesRead += into.length;
+    },
+    async close() {
+      await Promise.all([...handles.values()].map(async (h) => (await h).close()));
+      handles.clear();
+    },
+  };
+}
+
+/**
+ * Where `byteLength` stored bytes of entry `e` are read to (`raw`), and `finish` to get them as the typed array
+ * they load as (the same memory for float32; a widened copy for float16/bfloat16).
+ */
+export function storedBuffer(e: SafetensorsEntry, byteLength = e.byteLength): { raw: Uint8Array; finish: () => TypedArray } {
+  return allocateFor({ ...e, byteLength });
+}
+
 // #endregion
 // #region file helpers
 

@@ -8,6 +8,7 @@
 import { backwardSteps, runBackward, runBackwardAsync, type GradHook, type GradNode } from "./autograd.js";
 import { allocate, arrayFrom, checkDType, dtypeOfArray, type DType, type TypedArray } from "./dtype.js";
 import type { RawTensor } from "./engine.js";
+import type { PackedWeight } from "./packed.js";
 import { DTypeError, MetaTensorError, ShapeError } from "./errors.js";
 import { apply, apply1, guardAllocation } from "./primitive.js";
 import * as P from "./primitives.js";
@@ -42,6 +43,8 @@ export class Tensor implements RawTensor {
   readonly shape: readonly number[];
   /** Replaced only by a Parameter's optimizer step (see `replaceData`); every other tensor keeps its values. */
   private storage: TypedArray | null;
+  /** A weight kept packed (bfloat16/float16 bits, int8/int4 blocks): its values are widened only when read. */
+  private packedWeight: PackedWeight | null = null;
   /** @internal the op that produced this tensor, when autograd recorded one */
   gradNode: GradNode | null = null;
   /** Accumulated gradient of a leaf that requires grad, after backward(). */
@@ -62,6 +65,16 @@ export class Tensor implements RawTensor {
   /** A tensor with a shape and no data; see `isMeta`. */
   static meta(dtype: DType, shape: readonly number[]): Tensor {
     return new Tensor(dtype, null, shape);
+  }
+
+  /**
+   * A float32 tensor whose values are a packed weight's: linear layers multiply by it in its packed form; any
+   * other use (reading `data`, other ops) widens a copy.
+   */
+  static fromPacked(weight: PackedWeight): Tensor {
+    const t = new Tensor("float32", null, weight.shape);
+    t.packedWeight = weight;
+    return t;
   }
 
   static scalar(value: number | bigint | boolean, dtype: DType = "float32"): Tensor {
@@ -107,11 +120,23 @@ export class Tensor implements RawTensor {
   // #region properties
 
   get data(): TypedArray {
-    if (!this.storage) throw new MetaTensorError(`this is a meta tensor of shape ${fmt(this.shape)}: it has no values (the model was loaded with dispatch: false)`);
-    return this.storage;
+    if (this.storage) return this.storage;
+    if (this.packedWeight) {
+      guardAllocation(this.numel() * 4);
+      return this.packedWeight.toFloat32();
+    }
+    throw new MetaTensorError(`this is a meta tensor of shape ${fmt(this.shape)}: it has no values (the model was loaded with dispatch: false)`);
   }
   get isMeta(): boolean {
-    return this.storage === null;
+    return this.storage === null && this.packedWeight === null;
+  }
+  /** The packed weight behind this tensor, or null for a plain one. */
+  get packed(): PackedWeight | null {
+    return this.packedWeight;
+  }
+  /** A plain float32 tensor of a packed one's values (itself when not packed). */
+  unpacked(): Tensor {
+    return this.packedWeight ? new Tensor("float32", this.data, this.shape) : this;
   }
   get ndim(): number {
     return this.shape.length;
@@ -133,6 +158,7 @@ export class Tensor implements RawTensor {
   requiresGrad_(value = true): this {
     if (this.gradNode) throw new Error("requiresGrad_: only leaf tensors can be marked; use .detach().requiresGrad_() for a new leaf");
     if (value && this.dtype !== "float32") throw new DTypeError(`requiresGrad_: only float32 tensors can require grad, this is ${this.dtype}`);
+    if (value && this.packedWeight) throw new DTypeError(`requiresGrad_: a ${this.packedWeight.format} weight cannot require grad (load the model in float32 to train its weights)`);
     this.leafRequiresGrad = value;
     return this;
   }
@@ -146,6 +172,7 @@ export class Tensor implements RawTensor {
   }
   /** The same values, cut off from autograd. Shares data (tensors are immutable). */
   detach(): Tensor {
+    if (this.packedWeight) return Tensor.fromPacked(this.packedWeight);
     return new Tensor(this.dtype, this.storage, this.shape);
   }
 

@@ -1,0 +1,208 @@
+/**
+ * Packed weights: a linear layer's (or an embedding's) matrix kept in a smaller format than float32 — its stored
+ * bfloat16/float16 bits, or block-quantized int8/int4 — and multiplied without ever being widened as a whole.
+ *
+ * Each packed matrix gets a kernel of its own with the matrix baked in as a graph constant, because ONNX Runtime
+ * only prepacks (reorders for its quantized GEMM) constants: the same MatMulNBits with the weight fed at each call
+ * is ~100x slower. Quantized matrices run on MatMulNBits (com.microsoft) at accuracy level 4, which quantizes the
+ * activations to int8 per block too and uses the CPU's integer dot products; bfloat16/float16 ones are a Cast to
+ * float32 and a Gemm, with graph optimization off so the Cast is not folded into a float32 copy of the weight.
+ *
+ * Layout: the matrix is stored [rows = out features, cols = in features] whatever the module's own layout (GPT-2's
+ * Conv1D keeps [in, out]; `transposed` records it), so one kernel form serves both.
+ *
+ * Quantization (asymmetric, per block of `blockSize` consecutive inputs of one output row, MatMulNBits' layout):
+ *   lo = min(0, min block), hi = max(0, max block), scale = float32((hi - lo) / (2^bits - 1)),
+ *   zero = clamp(round(-lo / scale), 0, 2^bits - 1), q = clamp(round(w / scale) + zero, 0, 2^bits - 1),
+ *   value = float32((q - zero) * scale); an all-zero block has scale 1 and zero 2^(bits-1).
+ * 0 is exact; each value is off by at most scale / 2. Rows are padded to whole blocks with q = zero.
+ */
+import { bfloat16ToFloat32, float16ToFloat32, float32ToBfloat16, float32ToFloat16 } from "./dtype.js";
+import { Kernel, threadCount } from "./engine.js";
+import { GraphBuilder } from "./onnx.js";
+
+/** What a model's weights can be kept as: float32 (Hugging Face parity), as stored, or block-quantized. */
+export type WeightDType = "float32" | "bfloat16" | "float16" | "int8" | "int4";
+export const weightDTypes: readonly WeightDType[] = ["float32", "bfloat16", "float16", "int8", "int4"];
+export type PackedFormat = Exclude<WeightDType, "float32">;
+
+/** Inputs per quantization block (MatMulNBits' block_size; a power of two, at least 16). */
+export const BLOCK_SIZE = 32;
+
+export type PackedData =
+  | { format: "bfloat16" | "float16"; bits: Uint16Array }
+  | { format: "int8" | "int4"; q: Uint8Array; scales: Float32Array; zeros: Uint8Array; blockSize: number };
+
+const registry = typeof FinalizationRegistry === "function" ? new FinalizationRegistry<Kernel>((k) => k.dispose()) : null;
+
+export class PackedWeight {
+  private compiled: Kernel | null = null;
+
+  constructor(
+    readonly rows: number,
+    readonly cols: number,
+    /** The module's tensor is [cols, rows] (GPT-2's Conv1D), not [rows, cols]. */
+    readonly transposed: boolean,
+    readonly packed: PackedData,
+  ) {}
+
+  get format(): PackedFormat {
+    return this.packed.format;
+  }
+
+  /** The module's shape: [rows, cols], or [cols, rows] when transposed. */
+  get shape(): [number, number] {
+    return this.transposed ? [this.cols, this.rows] : [this.rows, this.cols];
+  }
+
+  /** Bytes held: the bits, or the quantized blocks with their scales and zero points. */
+  get byteLength(): number {
+    const p = this.packed;
+    return "bits" in p ? p.bits.byteLength : p.q.byteLength + p.scales.byteLength + p.zeros.byteLength;
+  }
+
+  /** The values as float32 in the module's layout (a new array each call: the packed form is what is kept). */
+  toFloat32(): Float32Array {
+    const stored = this.rowsFloat32(0, this.rows);
+    if (!this.transposed) return stored;
+    const out = new Float32Array(stored.length);
+    for (let r = 0; r < this.rows; r++) for (let c = 0; c < this.cols; c++) out[c * this.rows + r] = stored[r * this.cols + c]!;
+    return out;
+  }
+
+  /** Stored rows [from, from + count) as float32, [count, cols] (an embedding's lookups read only these). */
+  rowsFloat32(from: number, count: number): Float32Array {
+    const p = this.packed;
+    const n = this.cols;
+    if ("bits" in p) {
+      const part = p.bits.subarray(from * n, (from + count) * n);
+      return p.format === "bfloat16" ? bfloat16ToFloat32(part) : float16ToFloat32(part);
+    }
+    const bits = p.format === "int8" ? 8 : 4;
+    const blocks = Math.ceil(n / p.blockSize);
+    const blob = (p.blockSize * bits) / 8;
+    const zeroBytes = Math.ceil((blocks * bits) / 8);
+    const out = new Float32Array(count * n);
+    for (let r = 0; r < count; r++) {
+      const row = from + r;
+      for (let b = 0; b < blocks; b++) {
+        const scale = p.scales[row * blocks + b]!;
+        const zero = bits === 8 ? p.zeros[row * zeroBytes + b]! : (p.zeros[row * zeroBytes + (b >> 1)]! >> ((b & 1) * 4)) & 15;
+        const base = (row * blocks + b) * blob;
+        const end = Math.min(p.blockSize, n - b * p.blockSize);
+        for (let i = 0; i < end; i++) {
+          const q = bits === 8 ? p.q[base + i]! : (p.q[base + (i >> 1)]! >> ((i & 1) * 4)) & 15;
+          out[r * n + b * p.blockSize + i] = Math.fround((q - zero) * scale);
+        }
+      }
+    }
+    return out;
+  }
+
+  /** x [m, cols] times the matrix: [m, rows]. */
+  matmul(x: Float32Array, m: number): Float32Array {
+    const [y] = this.kernel().run([{ dtype: "float32", shape: [m, this.cols], data: x }]);
+    return y!.data as Float32Array;
+  }
+
+  /** This matrix's kernel, built on first use (ONNX Runtime prepacks the constant then) and freed with it. */
+  kernel(): Kernel {
+    if (this.compiled) return this.compiled;
+    const g = new GraphBuilder();
+    const x = g.input("float32");
+    const p = this.packed;
+    if ("bits" in p) {
+      const w = g.constant(p.format, [this.rows, this.cols], p.bits);
+      g.output(g.op("Gemm", [x, g.op("Cast", [w], { to: 1 })], { transB: 1 }), "float32");
+    } else {
+      const bits = p.format === "int8" ? 8 : 4;
+      const blocks = Math.ceil(this.cols / p.blockSize);
+      const q = g.constant("uint8", [this.rows, blocks, (p.blockSize * bits) / 8], p.q);
+      const scales = g.constant("float32", [this.rows * blocks], p.scales);
+      const zeros = g.constant("uint8", [p.zeros.length], p.zeros);
+      const attrs = { K: this.cols, N: this.rows, bits, block_size: p.blockSize, accuracy_level: 4 };
+      g.output(g.op("MatMulNBits", [x, q, scales, zeros], attrs, "com.microsoft"), "float32");
+    }
+    const kernel = new Kernel(`linear:${this.format}[${this.rows},${this.cols}]`, g.build(), { threads: threadCount(), optimize: !("bits" in p) });
+    this.compiled = kernel;
+    registry?.register(this, kernel);
+    return kernel;
+  }
+
+  // #region packing
+
+  /**
+   * Packs a float32 matrix given in the module's layout (`transposed`: [cols, rows]). bfloat16/float16 round to
+   * nearest even; exact for values the format holds.
+   */
+  static fromFloat32(values: Float32Array, rows: number, cols: number, transposed: boolean, format: PackedFormat, blockSize = BLOCK_SIZE): PackedWeight {
+    const stored = transposed ? transpose(values, cols, rows) : values;
+    if (format === "bfloat16" || format === "float16") return new PackedWeight(rows, cols, transposed, { format, bits: toHalfBits(stored, format) });
+    return new PackedWeight(rows, cols, transposed, quantizeRows(stored, rows, cols, format === "int8" ? 8 : 4, blockSize, format));
+  }
+
+  // #endregion
+}
+
+function transpose(values: Float32Array, rows: number, cols: number): Float32Array {
+  const out = new Float32Array(values.length);
+  for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) out[c * rows + r] = values[r * cols + c]!;
+  return out;
+}
+
+function toHalfBits(values: Float32Array, format: "bfloat16" | "float16"): Uint16Array {
+  return format === "bfloat16" ? float32ToBfloat16(values) : float32ToFloat16(values);
+}
+
+/**
+ * Quantizes a [rows, cols] float32 matrix into MatMulNBits blocks (see the file comment for the rule). Callers
+ * streaming a big matrix quantize it a band of rows at a time into `into` (a packing made for the whole matrix).
+ */
+export function quantizeRows(
+  values: Float32Array,
+  rows: number,
+  cols: number,
+  bits: 4 | 8,
+  blockSize: number,
+  format: "int8" | "int4",
+  into?: { q: Uint8Array; scales: Float32Array; zeros: Uint8Array; firstRow: number },
+): { format: "int8" | "int4"; q: Uint8Array; scales: Float32Array; zeros: Uint8Array; blockSize: number } {
+  const blocks = Math.ceil(cols / blockSize);
+  const blob = (blockSize * bits) / 8;
+  const zeroBytes = Math.ceil((blocks * bits) / 8);
+  const qmax = (1 << bits) - 1;
+  const q = into?.q ?? new Uint8Array(rows * blocks * blob);
+  const scales = into?.scales ?? new Float32Array(rows * blocks);
+  const zeros = into?.zeros ?? new Uint8Array(rows * zeroBytes);
+  const first = into?.firstRow ?? 0;
+  for (let r = 0; r < rows; r++) {
+    const row = first + r;
+    for (let b = 0; b < blocks; b++) {
+      const start = r * cols + b * blockSize;
+      const end = Math.min(blockSize, cols - b * blockSize);
+      let lo = 0;
+      let hi = 0;
+      for (let i = 0; i < end; i++) {
+        const v = values[start + i]!;
+        if (v < lo) lo = v;
+        if (v > hi) hi = v;
+      }
+      let scale = Math.fround((hi - lo) / qmax);
+      let zero: number;
+      if (scale === 0 || !Number.isFinite(scale)) {
+        scale = 1;
+        zero = 1 << (bits - 1);
+      } else zero = Math.min(qmax, Math.max(0, Math.round(-lo / scale)));
+      scales[row * blocks + b] = scale;
+      if (bits === 8) zeros[row * zeroBytes + b] = zero;
+      else zeros[row * zeroBytes + (b >> 1)]! |= zero << ((b & 1) * 4);
+      const base = (row * blocks + b) * blob;
+      for (let i = 0; i < blockSize; i++) {
+        const v = i < end ? Math.min(qmax, Math.max(0, Math.round(values[start + i]! / scale) + zero)) : zero;
+        if (bits === 8) q[base + i] = v;
+        else q[base + (i >> 1)]! |= v << ((i & 1) * 4);
+      }
+    }
+  }
+  return { format, q, scales, zeros, blockSize };
+}

@@ -57,13 +57,14 @@ export function fusedForward(module: Module, args: unknown[], hooks: ModuleHooks
 
 /**
  * The module's parameters for a graph (each read again at every run, so new weights are used), or null while one
- * has no weights yet (the op-by-op path says so) or records gradients (a graph has no gradient).
+ * has no weights yet (the op-by-op path says so), records gradients (a graph has no gradient) or is packed (its
+ * own kernel multiplies by it; a graph cannot take it).
  */
 function fusableParams(module: Module): Map<Tensor, () => Tensor> | null {
   const params = new Map<Tensor, () => Tensor>();
   for (const info of module.namedParameters().values()) {
     const t = info.module.getParam(info.name);
-    if (!t || t.isMeta || (t.requiresGrad && isGradEnabled())) return null;
+    if (!t || t.isMeta || t.packed || (t.requiresGrad && isGradEnabled())) return null;
     params.set(t, () => info.module.getParam(info.name));
   }
   return params;

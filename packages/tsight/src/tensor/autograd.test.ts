@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { GradError, ShapeError, DTypeError, Tensor, noGrad, tensor, isGradEnabled } from "./index.js";
+import { GradError, ShapeError, DTypeError, PackedWeight, Tensor, noGrad, tensor, isGradEnabled } from "./index.js";
 import { apply, apply1, type Primitive } from "./primitive.js";
 import * as P from "./primitives.js";
 import { slice } from "./tensor.js";
@@ -92,6 +92,13 @@ add("linear", "linear transposed x W + b", () => gradcheck(linear(true), [randT(
 add("linear", "linear without bias", () => {
   gradcheck(linear(false), [randT([4, 3], 186), randT([2, 3], 187)]);
   gradcheck(linear(true), [randT([4, 3], 188), randT([3, 2], 189)]);
+});
+add("packedLinear", "linear by a packed (float16) weight: gradients of the input and the bias", () => {
+  const packed = (w: Tensor, transposed: boolean) => Tensor.fromPacked(PackedWeight.fromFloat32(w.data as Float32Array, 2, 3, transposed, "float16"));
+  const w = packed(randT([2, 3], 193), false);
+  gradcheck((x, b) => apply1(P.packedLinear, [x, w, b!], { transposed: false }), [randT([4, 3], 194), randT([2], 195)]);
+  const wt = packed(randT([3, 2], 196), true);
+  gradcheck((x) => apply1(P.packedLinear, [x, wt], { transposed: true }), [randT([4, 3], 197)]);
 });
 add("linear", "linear with only the weight requiring grad", () => gradcheck(linear(false), [randT([4, 3], 190), randT([2, 3], 191), randT([2], 192)], { wrt: [1] }));
 

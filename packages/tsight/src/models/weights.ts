@@ -4,7 +4,7 @@
  * found with its exact shape.
  */
 import { Conv1D, Embedding, Linear } from "../nn/index.js";
-import { BLOCK_SIZE, PackedWeight, quantizeRows, storedBuffer, Tensor, type ModelWeightsReader, type PackedFormat, type SafetensorsEntry, type WeightDType } from "../tensor/index.js";
+import { BLOCK_SIZE, PackedWeight, quantizeRows, readEntrySync, storedBuffer, Tensor, type ModelWeightsReader, type PackedData, type PackedFormat, type SafetensorsEntry, type WeightDType } from "../tensor/index.js";
 import type { CausalLM } from "./causal-lm.js";
 
 export class WeightsError extends Error {
@@ -118,6 +118,7 @@ export async function streamWeights(model: CausalLM, reader: ModelWeightsReader,
     await reader.read(key, 0, target.raw);
     return new Tensor("float32", target.finish(), e.shape);
   };
+  const tiedTargets = new Set(tied.values());
   // In file order, so the disk is read front to back.
   const order = [...sources].sort(([, a], [, b]) => entryOf(sourceKeys(a)[0]!).byteOffset - entryOf(sourceKeys(b)[0]!).byteOffset);
   for (const [name, src] of order) {
@@ -128,7 +129,11 @@ export async function streamWeights(model: CausalLM, reader: ModelWeightsReader,
       for (const keys of src.stack) experts.push(Tensor.cat(await Promise.all(keys.map(readFloat32)), 0));
       set(name, Tensor.stack(experts, 0), `${src.stack[0]![0]}, ... (${src.stack.flat().length} tensors)`);
     } else if (dtype !== "float32" && packable(p.module, p.name, p.shape)) {
-      set(name, Tensor.fromPacked(await readPacked(reader, entryOf(src.key), p.module instanceof Conv1D, dtype)), src.key);
+      const packed = await readPacked(reader, entryOf(src.key), p.module instanceof Conv1D, dtype);
+      // Its kernel now (ONNX Runtime prepacks the matrix), so memory after a load is what the model runs with; the
+      // copy here goes unless lookups read it (an embedding, and the output head tied to it).
+      packed.compile(!(p.module instanceof Embedding) && !tiedTargets.has(name));
+      set(name, Tensor.fromPacked(packed), src.key);
     } else set(name, await readFloat32(src.key), src.key);
     progress.tensors++;
     progress.bytes += sourceKeys(src).reduce((n, k) => n + entryOf(k).byteLength, 0);
@@ -142,20 +147,29 @@ function packable(module: unknown, name: string, shape: readonly number[]): bool
   return name === "weight" && shape.length === 2 && (module instanceof Linear || module instanceof Conv1D || module instanceof Embedding);
 }
 
-/** Reads a matrix as `format`; `transposed` for Conv1D's [in, out] layout. */
+/**
+ * Reads a matrix as `format`; `transposed` for Conv1D's [in, out] layout. The weight can pack itself again from
+ * the file (the same values: quantization is per block, whatever the bands).
+ */
 async function readPacked(reader: ModelWeightsReader, e: SafetensorsEntry, transposed: boolean, format: PackedFormat): Promise<PackedWeight> {
   if (e.dtype !== "float32") throw new WeightsError(`weight "${e.name}" is stored as ${e.storedDType}; parameters are float32`);
   const [rows, cols] = (transposed ? [e.shape[1], e.shape[0]] : e.shape) as [number, number];
+  const file = reader.fileOf(e.name);
+  const reread = (): PackedData => {
+    const target = storedBuffer(e);
+    readEntrySync(file, e, target.raw);
+    return PackedWeight.fromFloat32(target.finish() as Float32Array, rows, cols, transposed, format).packed;
+  };
   const stored = { bfloat16: "BF16", float16: "F16" } as const;
   if ((format === "bfloat16" || format === "float16") && e.storedDType === stored[format] && !transposed) {
     const bits = new Uint16Array(rows * cols);
     await reader.read(e.name, 0, new Uint8Array(bits.buffer));
-    return new PackedWeight(rows, cols, false, { format, bits });
+    return new PackedWeight(rows, cols, false, { format, bits }, reread);
   }
   if (format === "bfloat16" || format === "float16" || transposed) {
     const target = storedBuffer(e);
     await reader.read(e.name, 0, target.raw);
-    return PackedWeight.fromFloat32(target.finish() as Float32Array, rows, cols, transposed, format);
+    return new PackedWeight(rows, cols, transposed, PackedWeight.fromFloat32(target.finish() as Float32Array, rows, cols, transposed, format).packed, reread);
   }
   // Quantized, [rows, cols] as stored: a band of rows at a time.
   const bits = format === "int8" ? 8 : 4;
@@ -169,5 +183,5 @@ async function readPacked(reader: ModelWeightsReader, e: SafetensorsEntry, trans
     await reader.read(e.name, first * rowBytes, target.raw);
     quantizeRows(target.finish() as Float32Array, count, cols, bits, BLOCK_SIZE, format, { ...into, firstRow: first });
   }
-  return new PackedWeight(rows, cols, false, { format, q: into.q, scales: into.scales, zeros: into.zeros, blockSize: BLOCK_SIZE });
+  return new PackedWeight(rows, cols, false, { format, q: into.q, scales: into.scales, zeros: into.zeros, blockSize: BLOCK_SIZE }, reread);
 }

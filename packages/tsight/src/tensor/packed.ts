@@ -37,28 +37,49 @@ const registry = typeof FinalizationRegistry === "function" ? new FinalizationRe
 
 export class PackedWeight {
   private compiled: Kernel | null = null;
+  /** The packed values, or null once a kernel holds them and they can be read again from their file. */
+  private held: PackedData | null;
+  readonly format: PackedFormat;
+  readonly byteLength: number;
 
   constructor(
     readonly rows: number,
     readonly cols: number,
     /** The module's tensor is [cols, rows] (GPT-2's Conv1D), not [rows, cols]. */
     readonly transposed: boolean,
-    readonly packed: PackedData,
-  ) {}
+    packed: PackedData,
+    /** Packs the same values again from where they came from (a checkpoint file), for a copy let go of. */
+    private readonly reread: (() => PackedData) | null = null,
+  ) {
+    this.held = packed;
+    this.format = packed.format;
+    // The bits, or the quantized blocks with their scales and zero points.
+    this.byteLength = "bits" in packed ? packed.bits.byteLength : packed.q.byteLength + packed.scales.byteLength + packed.zeros.byteLength;
+  }
 
-  get format(): PackedFormat {
-    return this.packed.format;
+  /** The packed values: the copy held here, or packed again from the file when the kernel alone holds them. */
+  get packed(): PackedData {
+    return this.held ?? this.reread!();
+  }
+
+  /** Whether the values are held here (not only inside the kernel). */
+  get resident(): boolean {
+    return this.held !== null;
+  }
+
+  /**
+   * Builds the kernel now. With `release`, and a way to read the values again, the copy here is let go of: ONNX
+   * Runtime keeps its own (prepacked) one, and reading the weight's values (rare: `.data`, a backward pass) packs
+   * them again from the file.
+   */
+  compile(release: boolean): void {
+    this.kernel();
+    if (release && this.reread) this.held = null;
   }
 
   /** The module's shape: [rows, cols], or [cols, rows] when transposed. */
   get shape(): [number, number] {
     return this.transposed ? [this.cols, this.rows] : [this.rows, this.cols];
-  }
-
-  /** Bytes held: the bits, or the quantized blocks with their scales and zero points. */
-  get byteLength(): number {
-    const p = this.packed;
-    return "bits" in p ? p.bits.byteLength : p.q.byteLength + p.scales.byteLength + p.zeros.byteLength;
   }
 
   /** The values as float32 in the module's layout (a new array each call: the packed form is what is kept). */

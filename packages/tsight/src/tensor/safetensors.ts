@@ -15,6 +15,7 @@ import { lazyNode } from "./node.js";
 import { bfloat16ToFloat32, float16ToFloat32, float32ToBfloat16, float32ToFloat16, type DType, type TypedArray } from "./dtype.js";
 import { Tensor } from "./tensor.js";
 
+const fs = lazyNode<typeof import("node:fs")>("node:fs");
 const fsp = lazyNode<typeof import("node:fs/promises")>("node:fs/promises");
 const path = lazyNode<typeof import("node:path")>("node:path");
 
@@ -469,6 +470,8 @@ export interface ModelWeightsReader {
   readonly entries: ReadonlyMap<string, SafetensorsEntry>;
   /** Reads `into.length` bytes of tensor `name`'s data, starting `offset` bytes into it. */
   read(name: string, offset: number, into: Uint8Array): Promise<void>;
+  /** The file holding tensor `name`. */
+  fileOf(name: string): string;
   readonly bytesRead: number;
   close(): Promise<void>;
 }
@@ -500,6 +503,11 @@ export async function openModelWeights(folder: string): Promise<ModelWeightsRead
     get bytesRead() {
       return bytesRead;
     },
+    fileOf(name) {
+      const file = files.get(name);
+      if (!file) throw new SafetensorsError(folder, `has no tensor named "${name}"`);
+      return file;
+    },
     async read(name, offset, into) {
       const e = entries.get(name);
       const file = files.get(name);
@@ -515,6 +523,21 @@ export async function openModelWeights(folder: string): Promise<ModelWeightsRead
       handles.clear();
     },
   };
+}
+
+/** Reads all of entry `e`'s bytes from `file`, synchronously (a weight packed again after its copy was let go of). */
+export function readEntrySync(file: string, e: SafetensorsEntry, into: Uint8Array): void {
+  const fd = fs.openSync(file, "r");
+  try {
+    let done = 0;
+    while (done < into.length) {
+      const n = fs.readSync(fd, into, done, Math.min(1 << 30, into.length - done), e.byteOffset + done);
+      if (n === 0) throw new SafetensorsError(file, `truncated: ended inside tensor "${e.name}"`);
+      done += n;
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
 }
 
 /**

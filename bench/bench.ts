@@ -12,6 +12,9 @@
  *   - Remote round trip, and load (jobs/s, p50/p99 latency) from 1, 8 and 32 clients with cross-user batching off
  *     and on (bench/load.ts; the distributed rows need Redis).
  *   - The largest difference from the Hugging Face fixtures per architecture (correctness, for the record).
+ *   - Opt-in, since it takes minutes and ~7 GiB (TSIGHT_BENCH_LLAMA1B=1): the Llama-3.2-1B-shaped model in each
+ *     weight dtype against Hugging Face float32/bfloat16 (bench/llama1b.ts), and what bfloat16/int8/int4 weights
+ *     change in the predictions against float32 (bench/quant-errors.ts).
  */
 import { execFileSync } from "node:child_process";
 import path from "node:path";
@@ -23,6 +26,8 @@ import { randomGpt2Small } from "./gpt2-small.js";
 import { fixtureErrors } from "./fixture-errors.js";
 import { generationOverhead, interventionOverhead } from "./overhead.js";
 import { formatRow, loadTable, tableHeader, type LoadRow } from "./load.js";
+import { llama1bTable } from "./llama1b.js";
+import { quantErrorTable } from "./quant-errors.js";
 import { remoteOverhead } from "./remote.js";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -153,6 +158,13 @@ async function main(): Promise<void> {
   console.log(`  batching at 32 clients: jobs/s x${fmt(at("distributed", true) / at("distributed", false), 2)} distributed, x${fmt(at("embedded", true) / at("embedded", false), 2)} embedded`);
   console.log("\nLargest difference from Hugging Face per fixture (all recorded module inputs/outputs and logits)");
   for (const [name, e] of await fixtureErrors()) console.log(`  ${name.padEnd(14)} ${e.worst.toExponential(2)}  at ${e.where}`);
+  if (process.env.TSIGHT_BENCH_LLAMA1B === "1") {
+    // Each row runs in a child process of its own, so this process's heap does not count in their memory.
+    console.log("\nLlama-3.2-1B-shaped model per weight dtype, against Hugging Face (bench/llama1b.ts)");
+    console.log(await llama1bTable());
+    console.log("\nPacked weights against float32: next-token agreement and divergence (bench/quant-errors.ts)");
+    console.log(await quantErrorTable());
+  } else console.log("\n(TSIGHT_BENCH_LLAMA1B=1 adds the Llama-1B-shaped model per weight dtype and the packed weights' errors: minutes)");
 }
 
 await main();

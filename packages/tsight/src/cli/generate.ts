@@ -1,12 +1,16 @@
 /** `tsight generate`: continue a prompt with a model, streaming tokens as they come. */
 import { parseArgs } from "node:util";
+import { checkWeightDType } from "../hub/index.js";
 import { LanguageModel } from "../intervention/index.js";
+import type { WeightDType } from "../tensor/index.js";
+import { LoadBar } from "./progress.js";
 
 export const generateHelp = `usage: tsight generate [prompt] [options]
 
 Continues the prompt, printing tokens as they are generated.
 
   --model, -m NAME        stdlib-gpt2 (default), stdlib-llama, a model folder, or a Hugging Face repo id
+  --dtype D               what the weights are kept as: float32 (default), bfloat16, float16, int8 or int4
   --max-new-tokens, -n N  tokens to generate (default 32)
   --temperature T         sample with this temperature (default: greedy)
   --top-k K               sample from the K most likely tokens
@@ -20,6 +24,7 @@ export async function runGenerate(argv: string[], out: NodeJS.WritableStream = p
     allowPositionals: true,
     options: {
       model: { type: "string", short: "m", default: "stdlib-gpt2" },
+      dtype: { type: "string" },
       "max-new-tokens": { type: "string", short: "n", default: "32" },
       temperature: { type: "string" },
       "top-k": { type: "string" },
@@ -47,7 +52,16 @@ export async function runGenerate(argv: string[], out: NodeJS.WritableStream = p
     topP: num("top-p", values["top-p"]),
     seed: num("seed", values.seed),
   };
-  const lm = await LanguageModel.load(values.model!);
+  const dtype = usageDType(values.dtype);
+  const model = values.model!;
+  // The bar is cleared before the first token: stdout and stderr usually share the terminal.
+  const bar = new LoadBar(err, dtype === undefined ? model : `${model} (${dtype})`);
+  let lm: LanguageModel;
+  try {
+    lm = await LanguageModel.load(model, { dtype, onLoadProgress: bar.listener(model) });
+  } finally {
+    bar.finish();
+  }
   out.write(prompt);
   const start = performance.now();
   let firstTokenAt = 0;
@@ -69,4 +83,14 @@ export async function runGenerate(argv: string[], out: NodeJS.WritableStream = p
 
 export class UsageError extends Error {
   override readonly name = "UsageError";
+}
+
+/** A `--dtype` value, or a UsageError naming the choices (the command's usage follows it). */
+export function usageDType(text: string | undefined, option = "--dtype"): WeightDType | undefined {
+  if (text === undefined) return undefined;
+  try {
+    return checkWeightDType(text, option);
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
 }

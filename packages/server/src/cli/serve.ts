@@ -5,7 +5,7 @@
 import { parseArgs } from "node:util";
 import { DEFAULT_HOST, DEFAULT_MODELS, DEFAULT_PORT, defaultDataDir } from "../server/config.js";
 import type { ApiKeyInfo, NewApiKey } from "../server/index.js";
-import type { SaeSpec } from "tsight";
+import { checkWeightDType, describeLoad, LoadBar, type LoadProgress, type SaeSpec, type WeightDType } from "tsight";
 
 /**
  * The environment a server process runs in. glibc's malloc keeps freed memory of middling size (it raises its mmap
@@ -26,6 +26,9 @@ Serves models to remote interventions (model.trace(..., { remote: true })). With
 one and prints it once, as TSIGHT_API_KEY=..., for clients to use.
 
   --model, -m NAME|FOLDER  a model to serve (repeatable; default: ${DEFAULT_MODELS.join(", ")})
+  --dtype [MODEL=]D        what the served weights are kept as: float32 (default), bfloat16, float16, int8 or
+                           int4 (repeatable; a bare D is for every model, MODEL=D for one: --model a --model b
+                           --dtype int4 --dtype b=float32 serves a as int4 and b as float32)
   --sae [MODEL=]SAE[:SUBFOLDER][@MODULE]
                            splice an SAE (SAELens folder or Hugging Face repo) into a served model, with its
                            error term (repeatable; MODEL may be left out when one model is served; MODULE
@@ -93,6 +96,34 @@ export function parseSaes(specs: readonly string[], models: readonly string[]): 
   return out;
 }
 
+/**
+ * `--dtype` values: `[MODEL=]DTYPE`, a bare DTYPE for every served model (`dtype`), MODEL=DTYPE for one (`dtypes`),
+ * as `--sae` names its model.
+ */
+export function parseDTypes(specs: readonly string[], models: readonly string[]): { dtype?: WeightDType; dtypes: Record<string, WeightDType> } {
+  let dtype: WeightDType | undefined;
+  const dtypes: Record<string, WeightDType> = {};
+  for (const text of specs) {
+    const eq = text.indexOf("=");
+    const model = eq >= 0 ? text.slice(0, eq) : undefined;
+    let value: WeightDType;
+    try {
+      value = checkWeightDType(eq >= 0 ? text.slice(eq + 1) : text, `--dtype ${text}`);
+    } catch (e) {
+      throw new UsageError((e as Error).message);
+    }
+    if (model === undefined) {
+      if (dtype !== undefined) throw new UsageError(`--dtype ${text}: a dtype for every model is given twice (${dtype} and ${value}); name a model for one of them (MODEL=${value})`);
+      dtype = value;
+      continue;
+    }
+    if (!models.includes(model)) throw new UsageError(`--dtype ${text}: "${model}" is not a served model (${models.join(", ")})`);
+    if (dtypes[model] !== undefined) throw new UsageError(`--dtype ${text}: ${model} has a dtype already (${dtypes[model]})`);
+    dtypes[model] = value;
+  }
+  return { ...(dtype === undefined ? {} : { dtype }), dtypes };
+}
+
 /** Seconds (plain number) or a number with ms, s, m, h or d; in milliseconds. */
 export function parseDuration(option: string, text: string): number {
   const m = /^(\d+(?:\.\d+)?)(ms|s|m|h|d)?$/.exec(text.trim());
@@ -125,6 +156,7 @@ export async function runServe(argv: string[], out: NodeJS.WritableStream = proc
     options: {
       model: { type: "string", short: "m", multiple: true },
       sae: { type: "string", multiple: true },
+      dtype: { type: "string", multiple: true },
       host: { type: "string", default: DEFAULT_HOST },
       port: { type: "string", short: "p", default: String(DEFAULT_PORT) },
       "data-dir": { type: "string" },
@@ -165,12 +197,17 @@ export async function runServe(argv: string[], out: NodeJS.WritableStream = proc
   if (batch === 0) throw new UsageError("--batch must be 1 or more");
   const port = wholeNumber("port", values.port)!;
   const memoryMb = wholeNumber("memory", values.memory);
+  const models = values.model ?? [...DEFAULT_MODELS];
+  // Loading shows a bar on a terminal (never on the API process: it loads no weights).
+  const bar = new LoadBar(err, models.join(", "));
   const settings = {
     host: values.host,
     port,
     dataDir: values["data-dir"],
     models: values.model,
-    saes: parseSaes(values.sae ?? [], values.model ?? [...DEFAULT_MODELS]),
+    saes: parseSaes(values.sae ?? [], models),
+    ...parseDTypes(values.dtype ?? [], models),
+    onLoadProgress: (model: string, progress: LoadProgress) => bar.update(model, progress),
     jobTimeoutMs: values.timeout === undefined ? undefined : parseDuration("timeout", values.timeout),
     localStepTimeoutMs: values["local-timeout"] === undefined ? undefined : parseDuration("local-timeout", values["local-timeout"]),
     resultRetentionMs: values.retention === undefined ? undefined : parseDuration("retention", values.retention),
@@ -197,10 +234,15 @@ export async function runServe(argv: string[], out: NodeJS.WritableStream = proc
       queueWaitMs: values["queue-wait"] === undefined ? undefined : parseDuration("queue-wait", values["queue-wait"]),
       presenceMs: values.heartbeat === undefined ? undefined : parseDuration("heartbeat", values.heartbeat),
     };
-    return role === "api" ? serveApi(distributed, out, stop) : serveWorker(distributed, out, err, stop);
+    return role === "api" ? serveApi(distributed, out, stop) : serveWorker(distributed, out, err, bar, models, stop);
   }
   const { startServer } = await import("../server/index.js"); // loaded here: other commands start faster without it
-  const server = await startServer(settings);
+  let server: Awaited<ReturnType<typeof startServer>>;
+  try {
+    server = await startServer(settings);
+  } finally {
+    loaded(bar, models, settings, err);
+  }
   if (server.keys.activeCount() === 0) {
     const { key } = server.keys.create("first");
     out.write(`# A new API key (shown only this once). In a client's shell:\nTSIGHT_HOST=${server.url}\nTSIGHT_API_KEY=${key}\n`);
@@ -208,13 +250,28 @@ export async function runServe(argv: string[], out: NodeJS.WritableStream = proc
   for (const m of server.jobs.modelStatus()) {
     if (m.worker.lastError) err.write(`tsight serve: ${m.name} did not load: ${m.worker.lastError} (retrying)\n`);
   }
-  out.write(`tsight server on ${server.url}, serving ${server.registry.list().map((m) => m.name).join(", ")} (data: ${server.config.dataDir})\n`);
+  out.write(`tsight server on ${server.url}, serving ${served(server.registry.list())} (data: ${server.config.dataDir})\n`);
   out.write(`workbench: open ${server.url}/ in a browser and enter the API key\n`);
   await untilStopped(stop);
   out.write("tsight server: shutting down\n");
   await server.close();
   return 0;
 }
+
+/**
+ * Ends the load's bar with one line (on a terminal or not: a server's log says once what it loaded, and how long
+ * that took): the models whose every weight was read, each with its dtype.
+ */
+function loaded(bar: LoadBar, models: readonly string[], settings: { dtype?: WeightDType; dtypes?: Record<string, WeightDType> }, err: NodeJS.WritableStream): void {
+  const totals = bar.finish();
+  if (totals.loaded.length === 0) return;
+  // In the order served (the threads load at once, and finish in any order).
+  const names = models.filter((name) => totals.loaded.includes(name.trim())).map((name) => `${name.trim()} (${settings.dtypes?.[name] ?? settings.dtype ?? "float32"})`);
+  err.write(`tsight serve: loaded ${names.join(", ")}: ${describeLoad(totals)}\n`);
+}
+
+/** "stdlib-gpt2 (int4), stdlib-llama": served models, with their dtype when it is not float32. */
+const served = (models: readonly { name: string; dtype: WeightDType }[]): string => models.map((m) => (m.dtype === "float32" ? m.name : `${m.name} (${m.dtype})`)).join(", ");
 
 /** Resolves on SIGINT or SIGTERM, or when `stop` aborts. */
 function untilStopped(stop?: AbortSignal): Promise<void> {
@@ -241,7 +298,7 @@ async function serveApi(settings: DistributedSettings, out: NodeJS.WritableStrea
     const { key } = await api.keys.create("first");
     out.write(`# A new API key (shown only this once). In a client's shell:\nTSIGHT_HOST=${api.url}\nTSIGHT_API_KEY=${key}\n`);
   }
-  out.write(`tsight api on ${api.url}, serving ${api.registry.list().map((m) => m.name).join(", ")} (redis: ${api.dist.redisUrl}, prefix ${api.dist.prefix})\n`);
+  out.write(`tsight api on ${api.url}, serving ${served(api.registry.list())} (redis: ${api.dist.redisUrl}, prefix ${api.dist.prefix})\n`);
   out.write(`workbench: open ${api.url}/ in a browser and enter the API key\n`);
   await untilStopped(stop);
   out.write("tsight api: shutting down\n");
@@ -250,9 +307,14 @@ async function serveApi(settings: DistributedSettings, out: NodeJS.WritableStrea
 }
 
 /** `--role worker`: runs the jobs of its models' queues. */
-async function serveWorker(settings: DistributedSettings, out: NodeJS.WritableStream, err: NodeJS.WritableStream, stop?: AbortSignal): Promise<number> {
+async function serveWorker(settings: DistributedSettings, out: NodeJS.WritableStream, err: NodeJS.WritableStream, bar: LoadBar, models: readonly string[], stop?: AbortSignal): Promise<number> {
   const { startWorkerNode } = await import("../server/index.js");
-  const worker = await startWorkerNode(settings);
+  let worker: Awaited<ReturnType<typeof startWorkerNode>>;
+  try {
+    worker = await startWorkerNode(settings);
+  } finally {
+    loaded(bar, models, settings, err);
+  }
   out.write(`tsight worker ${worker.id} (pid ${process.pid}), running ${worker.node.describe()} (redis: ${worker.dist.redisUrl}, prefix ${worker.dist.prefix})\n`);
   if (/failed/.test(worker.node.describe())) err.write("tsight worker: a model did not load (retrying)\n");
   await untilStopped(stop);

@@ -203,7 +203,7 @@ describe("models, status, metrics", () => {
     const res = await s.request("/v1/models");
     expect(res.status).toBe(200);
     const { models } = (await res.json()) as { models: ModelInfo[] };
-    expect(models).toEqual([{ key: GPT2, name: "stdlib-gpt2", modelType: "gpt2", state: "available", queued: 1 }]);
+    expect(models).toEqual([{ key: GPT2, name: "stdlib-gpt2", modelType: "gpt2", state: "available", queued: 1, dtype: "float32" }]);
     const status = (await (await s.request("/v1/status")).json()) as { queued: number; models: { key: string; worker: { state: string } }[] };
     expect(status).toMatchObject({ protocol: 1, queued: 1, running: 0 });
     expect(status.models[0]).toMatchObject({ key: GPT2, queued: 1, worker: { state: "stopped" }, estimatedWaitSeconds: null });

@@ -2,7 +2,7 @@
  * Server settings: every limit and place the server uses, with its default. `resolveConfig` fills what a caller
  * leaves out, so the rest of the server reads one complete object.
  */
-import type { SaeSpec } from "tsight";
+import { checkWeightDType, type SaeSpec, type WeightDType } from "tsight";
 import os from "node:os";
 import path from "node:path";
 import { defaultWorkbenchDir } from "./workbench-routes.js";
@@ -22,6 +22,10 @@ export interface ServerConfig {
   models: string[];
   /** SAEs spliced into served models (with the error term), by model name as listed in `models`. */
   saes: Record<string, SaeSpec[]>;
+  /** What the weights of every served model are kept as (`LanguageModel.load`'s dtype), unless `dtypes` names the model. */
+  dtype: WeightDType;
+  /** The dtype of particular models, by name as listed in `models`; resolved, it has every served model. */
+  dtypes: Record<string, WeightDType>;
   /** Wall-clock time a job may run, from dispatch. */
   jobTimeoutMs: number;
   /** Bytes of tensors a job's code may create (ExecutionContext.memoryLimitBytes). */
@@ -105,6 +109,8 @@ export function resolveConfig(options: Partial<ServerConfig> = {}): ServerConfig
     dataDir: defaultDataDir(),
     models: [...DEFAULT_MODELS],
     saes: {},
+    dtype: "float32",
+    dtypes: {},
     jobTimeoutMs: 60_000,
     memoryLimitBytes: 512 * MiB,
     resultRetentionMs: 60 * 60_000,
@@ -135,6 +141,10 @@ export function resolveConfig(options: Partial<ServerConfig> = {}): ServerConfig
   }
   if (!(Number.isInteger(config.maxBatch) && config.maxBatch >= 1)) throw new RangeError(`server setting maxBatch must be a whole number of 1 or more, got ${config.maxBatch}`);
   if (config.models.length === 0) throw new RangeError("the server needs at least one model to serve");
+  config.dtype = checkWeightDType(config.dtype, "server setting dtype");
+  const names = config.models.map((n) => n.trim());
+  for (const name of Object.keys(config.dtypes)) if (!names.includes(name)) throw new RangeError(`server setting dtypes: a dtype is given for "${name}", which is not a served model (${names.join(", ")})`);
+  config.dtypes = Object.fromEntries(names.map((name) => [name, checkWeightDType(config.dtypes[name] ?? config.dtype, `server setting dtypes["${name}"]`)]));
   config.dataDir = path.resolve(config.dataDir);
   return config;
 }

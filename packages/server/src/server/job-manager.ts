@@ -7,6 +7,7 @@
  * each keeps its own events, deadline, cancel and result. Hybrid steps are bounded by a LocalStepWatch: a step left
  * unanswered too long, or by a client that went away, stops the job.
  */
+import type { LoadProgress } from "tsight";
 import { decodeJob, type DecodedJob, type ErrorInfo, type JobEvent, type JobRequest, type JobState, type ModelInfo } from "tsight/protocol";
 import { ApiError, jobNotFound } from "./api-error.js";
 import { batchKey, batchNote, perPass } from "./batch-key.js";
@@ -36,6 +37,8 @@ export interface JobManagerParts {
   streams: OpenStreams;
   /** Where failures of the server itself are written. */
   log?: (line: string) => void;
+  /** Told as a model's thread loads its weights (by model name), after each tensor. */
+  onLoadProgress?: (model: string, progress: LoadProgress) => void;
 }
 
 /** A job from submission until it ends. */
@@ -106,6 +109,8 @@ export class JobManager implements Dispatcher {
         stopGraceMs: this.parts.config.stopGraceMs,
         heapMb: this.parts.config.workerHeapMb,
         saes: model.saes.map(({ source, subfolder, at }) => ({ source, subfolder, at })),
+        dtype: model.dtype,
+        onLoadProgress: (p) => this.parts.onLoadProgress?.(model.name, p),
         onState: (s) => {
           if (s === "ready") this.pump(model.key);
           if (s === "failed") this.failWaiting(model, serverError("INTERNAL", `${model.name} failed to load on this server (${worker.lastError?.message ?? "no reason given"}); try again later`));
@@ -215,7 +220,7 @@ export class JobManager implements Dispatcher {
 
   /** The served models, as GET /v1/models lists them. */
   models(): ModelInfo[] {
-    return this.modelStatus().map(({ key, name, modelType, state, queued }) => ({ key, name, modelType, state, queued }));
+    return this.modelStatus().map(({ key, name, modelType, state, queued, dtype }) => ({ key, name, modelType, state, queued, dtype }));
   }
 
   modelStatus(): ModelStatus[] {
@@ -230,6 +235,7 @@ export class JobManager implements Dispatcher {
         key: m.key,
         name: m.name,
         modelType: m.modelType,
+        dtype: m.dtype,
         state: wstate === "ready" || wstate === "busy" ? "loaded" : wstate === "starting" ? "loading" : "available",
         queued,
         running: runningFor !== null,

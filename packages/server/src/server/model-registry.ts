@@ -3,7 +3,7 @@
  * in the main thread; its model key is `toModelKey("LanguageModel", <name or folder as given>)`. Requests name
  * models only by key, and a key not listed here is refused: nothing named in a request is ever loaded.
  */
-import { locateModel, readModelConfigs, saeMeta, Tokenizer, type SaeMeta, type SaeSpec } from "tsight";
+import { locateModel, readModelConfigs, saeMeta, Tokenizer, type SaeMeta, type SaeSpec, type WeightDType } from "tsight";
 import { canonicalModelKey, toModelKey, type ModelMeta } from "tsight/protocol";
 import { readModelMeta } from "./model-meta.js";
 
@@ -15,6 +15,8 @@ export interface ServedModel {
   modelType: string;
   /** SAEs spliced into it, each with where it goes (resolved) and its config. */
   saes: (SaeSpec & SaeMeta)[];
+  /** What its weights are kept as in the worker threads. */
+  dtype: WeightDType;
 }
 
 export class ModelRegistry {
@@ -29,8 +31,8 @@ export class ModelRegistry {
     }
   }
 
-  /** Finds each model's folder and reads its config. */
-  static async open(names: readonly string[], saes: Readonly<Record<string, readonly SaeSpec[]>> = {}): Promise<ModelRegistry> {
+  /** Finds each model's folder and reads its config. `dtypes`: by name, what each model's weights are kept as (default float32). */
+  static async open(names: readonly string[], saes: Readonly<Record<string, readonly SaeSpec[]>> = {}, dtypes: Readonly<Record<string, WeightDType>> = {}): Promise<ModelRegistry> {
     for (const name of Object.keys(saes)) if (!names.some((n) => n.trim() === name)) throw new RangeError(`an SAE is given for "${name}", which is not a served model`);
     const models = await Promise.all(
       names.map(async (raw) => {
@@ -39,7 +41,7 @@ export class ModelRegistry {
         const { config } = await readModelConfigs(source.path);
         // Each SAE's config is read and checked now: a server with a bad one does not start.
         const spliced = await Promise.all((saes[name] ?? []).map(async (spec) => ({ ...spec, ...(await saeMeta(spec)) })));
-        return { key: toModelKey("LanguageModel", name, null), name, folder: source.path, modelType: String(config.model_type ?? "unknown"), saes: spliced };
+        return { key: toModelKey("LanguageModel", name, null), name, folder: source.path, modelType: String(config.model_type ?? "unknown"), saes: spliced, dtype: dtypes[name] ?? "float32" };
       }),
     );
     return new ModelRegistry(models);
@@ -84,7 +86,7 @@ export class ModelRegistry {
   meta(model: ServedModel): Promise<ModelMeta> {
     let m = this.metas.get(model.key);
     if (!m) {
-      m = readModelMeta(model.key, model.folder).then((meta) => (model.saes.length ? { ...meta, saes: model.saes.map(({ at, config }) => ({ at, config })) } : meta));
+      m = readModelMeta(model.key, model.folder).then((meta) => ({ ...meta, ...(model.saes.length ? { saes: model.saes.map(({ at, config }) => ({ at, config })) } : {}), dtype: model.dtype }));
       m.catch(() => this.metas.delete(model.key));
       this.metas.set(model.key, m);
     }

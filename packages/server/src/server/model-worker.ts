@@ -6,6 +6,7 @@
  * with growing pauses.
  */
 import type { Worker } from "node:worker_threads";
+import type { LoadProgress, WeightDType } from "tsight";
 import { RETRYABLE, type ErrorCode, type ErrorInfo, type JobEvent } from "tsight/protocol";
 import type { ExecutorRef } from "./config.js";
 import type { FromWorker, LocalAnswer, RunJob } from "./worker-messages.js";
@@ -24,6 +25,10 @@ export interface ModelWorkerOptions {
   heapMb?: number;
   /** SAEs the thread splices into the model once loaded. */
   saes?: { source: string; subfolder?: string; at: string }[];
+  /** What the thread keeps the model's weights as (default float32). */
+  dtype?: WeightDType;
+  /** Told as each thread (the first, and any that replaces one) loads the weights, after each tensor. */
+  onLoadProgress?: (progress: LoadProgress) => void;
   onState?: (state: WorkerState) => void;
   onStarted?: (jobId: string) => void;
   onEvent?: (jobId: string, event: JobEvent) => void;
@@ -160,7 +165,7 @@ export class ModelWorker {
   }
 
   private spawn(): void {
-    const thread = spawnWorkerThread({ model: this.options.model, executor: this.options.executor, saes: this.options.saes }, this.options.heapMb ? { maxOldGenerationSizeMb: this.options.heapMb } : undefined);
+    const thread = spawnWorkerThread({ model: this.options.model, executor: this.options.executor, saes: this.options.saes, dtype: this.options.dtype }, this.options.heapMb ? { maxOldGenerationSizeMb: this.options.heapMb } : undefined);
     this.thread = thread;
     this.setState("starting");
     let crash: Error | undefined;
@@ -188,6 +193,9 @@ export class ModelWorker {
       case "load-failed":
         this.lastError = m.error;
         this.setState("failed");
+        return;
+      case "progress":
+        this.options.onLoadProgress?.(m.progress);
         return;
       case "started":
         if (current) this.options.onStarted?.(m.jobId);

@@ -13,6 +13,9 @@ export function modelsRoutes(app: Hono<AppEnv>, deps: AppDeps): void {
     const key = c.req.param("key");
     const model = registry.get(key);
     if (!model) throw new ApiError(404, "VALIDATION", `this server does not serve ${key}; it serves ${registry.list().map((m) => m.key).join(", ")}`);
-    return c.json(await registry.meta(model));
+    // The dtype as /v1/models gives it: in a distributed deployment, what the workers serving the model load.
+    const [meta, listed] = await Promise.all([registry.meta(model), jobs.models()]);
+    const dtype = listed.find((m) => m.key === model.key)?.dtype;
+    return c.json(dtype ? { ...meta, dtype } : meta);
   });
 }

@@ -6,6 +6,7 @@ import path from "node:path";
 import type { AddressInfo } from "node:net";
 import { serve, type ServerType } from "@hono/node-server";
 import type { Hono } from "hono";
+import type { LoadProgress } from "tsight";
 import { createApp } from "./app.js";
 import { DEFAULT_HOST, DEFAULT_PORT, resolveConfig, type ServerConfig } from "./config.js";
 import { openDatabase, type Db } from "./database.js";
@@ -28,6 +29,8 @@ export interface ServerOptions extends Partial<ServerConfig> {
   workers?: boolean;
   /** Where failures of the server itself are written (default: stderr). */
   log?: (line: string) => void;
+  /** Told as a model's worker thread loads its weights (by model name), after each tensor: for a progress bar. */
+  onLoadProgress?: (model: string, progress: LoadProgress) => void;
 }
 
 /** A server's parts, not on a socket: `app.request(...)` reaches it. */
@@ -62,9 +65,9 @@ export const databaseFile = (dataDir: string): string => path.join(dataDir, "tsi
 const RECORD_GRACE_MS = 24 * 3_600_000;
 
 export async function openServer(options: ServerOptions = {}): Promise<ServerCore> {
-  const { port: _port, host: _host, workers = true, log = (line: string) => void process.stderr.write(`${line}\n`), ...settings } = options;
+  const { port: _port, host: _host, workers = true, log = (line: string) => void process.stderr.write(`${line}\n`), onLoadProgress, ...settings } = options;
   const config = resolveConfig(settings);
-  const registry = await ModelRegistry.open(config.models, config.saes);
+  const registry = await ModelRegistry.open(config.models, config.saes, config.dtypes);
   const db = openDatabase(databaseFile(config.dataDir));
   const keys = new KeyStore(db);
   const store = new JobStore(db);
@@ -74,7 +77,7 @@ export async function openServer(options: ServerOptions = {}): Promise<ServerCor
   // Before the job manager: jobs it ends at start (left unfinished by a previous run) have webhooks to deliver.
   const webhooks = new WebhookSender(store, { timeoutMs: config.webhookTimeoutMs, retryDelayMs: config.webhookRetryDelayMs, counter: metrics.webhooks, log, targets: new WebhookTargets(config.webhookAllow) });
   webhooks.resume();
-  const jobs = new JobManager({ config, store, results, registry, metrics, streams, log });
+  const jobs = new JobManager({ config, store, results, registry, metrics, streams, log, onLoadProgress });
   results.cleanTemporary();
   const sweeper = new Sweeper(store, results, (e) => log(`tsight server: deleting expired results failed: ${e.message}`), config.resultRetentionMs + RECORD_GRACE_MS);
   sweeper.start(config.sweepIntervalMs);

@@ -231,7 +231,7 @@ try {
   const Executor = mod[data.executor.name] as (new () => JobExecutor) | undefined;
   if (typeof Executor !== "function") throw new Error(`${data.executor.module} exports no class "${data.executor.name}"`);
   executor = new Executor();
-  model = await LanguageModel.load(data.model);
+  model = await LanguageModel.load(data.model, { dtype: data.dtype, onLoadProgress: (progress) => post({ type: "progress", progress }) });
   for (const s of data.saes ?? []) model.addSae(await loadSae(s.source, { subfolder: s.subfolder }), { at: s.at, useErrorTerm: true });
   post({ type: "ready", batching: typeof executor.executeBatch === "function" });
 } catch (e) {

@@ -2,6 +2,7 @@
  * Messages between the server's main thread and a model's worker thread. Plain data (structured clone); request
  * bodies and results travel as bytes, and tensors are rebuilt on the side that uses them.
  */
+import type { LoadProgress, WeightDType } from "tsight";
 import type { ErrorInfo, JobEvent, JobRequest } from "tsight/protocol";
 import type { ExecutorRef } from "./config.js";
 
@@ -12,6 +13,8 @@ export interface WorkerData {
   executor: ExecutorRef;
   /** SAEs to splice into it (with the error term), each at its resolved module. */
   saes?: { source: string; subfolder?: string; at: string }[];
+  /** What its weights are kept as (default float32). */
+  dtype?: WeightDType;
 }
 
 /** A job handed to a worker. */
@@ -52,6 +55,8 @@ export type FromWorker =
   /** The model is loaded; `batching`: the executor can run several jobs in one forward pass. */
   | { type: "ready"; batching: boolean }
   | { type: "load-failed"; error: ErrorInfo }
+  /** How far loading the weights has got (after each tensor). */
+  | { type: "progress"; progress: LoadProgress }
   | { type: "started"; jobId: string }
   | { type: "event"; jobId: string; event: JobEvent }
   | { type: "completed"; jobId: string; bytes: Uint8Array }

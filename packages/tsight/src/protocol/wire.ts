@@ -171,6 +171,8 @@ export interface ModelInfo {
   /** loaded: ready to run jobs; loading; available: served, not loaded yet; unserved: no live worker runs it now (jobs wait for one). */
   state: "loaded" | "loading" | "available" | "unserved";
   queued: number;
+  /** What the served weights are kept as; absent (a server from before dtypes): float32. */
+  dtype?: ServedDType;
 }
 
 /** What GET /v1/models/:key/meta gives: enough to build a meta model with no weights. */

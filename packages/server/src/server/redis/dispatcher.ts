@@ -108,7 +108,7 @@ export class RedisDispatcher implements Dispatcher {
   }
 
   async models(): Promise<ModelInfo[]> {
-    return (await this.status()).models.map(({ key, name, modelType, state, queued }) => ({ key, name, modelType, state, queued }));
+    return (await this.status()).models.map(({ key, name, modelType, state, queued, dtype }) => ({ key, name, modelType, state, queued, dtype }));
   }
 
   async status(): Promise<ClusterStatus> {
@@ -123,10 +123,13 @@ export class RedisDispatcher implements Dispatcher {
       const [mean, passes, jobs] = await store.redis.hmget(store.keys.model(m.key), "meanJobSeconds", "passes", "jobs");
       const average = mean === null ? null : Number(mean);
       const wait = average === null || serving.length === 0 ? null : ((queued + running) * average) / serving.length;
+      // What the live workers load (they run its jobs), when they agree; else what this process was told.
+      const loaded = new Set(serving.map((w) => w.dtypeByModel[m.key]));
       models.push({
         key: m.key,
         name: m.name,
         modelType: m.modelType,
+        dtype: loaded.size === 1 ? [...loaded][0]! : m.dtype,
         state: serving.length > 0 ? "loaded" : "unserved",
         queued,
         running,

@@ -60,11 +60,11 @@ interface Common {
 }
 
 async function openCommon(options: DistributedOptions): Promise<Common> {
-  const { port: _port, host: _host, log = (line: string) => void process.stderr.write(`${line}\n`), redis: redisUrl, prefix, lockDurationMs, maxRetries, queueWaitMs, presenceMs, recordRetentionMs, ...settings } = options;
+  const { port: _port, host: _host, log = (line: string) => void process.stderr.write(`${line}\n`), onLoadProgress: _onLoadProgress, redis: redisUrl, prefix, lockDurationMs, maxRetries, queueWaitMs, presenceMs, recordRetentionMs, ...settings } = options;
   const config = resolveConfig(settings);
   const dist = resolveDistributed({ redisUrl, prefix, lockDurationMs, maxRetries, queueWaitMs, heartbeatMs: presenceMs, recordRetentionMs }, config.resultRetentionMs);
   const layout = new RedisLayout(dist.prefix);
-  const registry = await ModelRegistry.open(config.models, config.saes);
+  const registry = await ModelRegistry.open(config.models, config.saes, config.dtypes);
   const redis = await connectRedis(redisUrl);
   // The stores answer requests: their commands fail fast while Redis is away (BullMQ's connection waits instead).
   const requests = await connectRedis(redisUrl, undefined, true);
@@ -175,7 +175,7 @@ export async function startWorkerNode(options: DistributedOptions): Promise<Work
       return [m.key, w] as const;
     }),
   );
-  const node = new WorkerNode({ id, config: c.config, dist: c.dist, redis: c.redis, subscriber, store: c.store, results: c.results, registry: c.registry, metrics: c.metrics, queues: c.queues, fetchers, log: c.log });
+  const node = new WorkerNode({ id, config: c.config, dist: c.dist, redis: c.redis, subscriber, store: c.store, results: c.results, registry: c.registry, metrics: c.metrics, queues: c.queues, fetchers, log: c.log, onLoadProgress: options.onLoadProgress });
   await node.start();
   c.reconciler.start();
   let closing: Promise<void> | undefined;

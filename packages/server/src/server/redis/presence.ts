@@ -4,12 +4,13 @@
  */
 import os from "node:os";
 import type { Redis } from "ioredis";
+import type { WeightDType } from "tsight";
 import type { WorkerInfo } from "../contracts.js";
 import type { RedisLayout } from "./connection.js";
 
 export interface PresenceData {
-  /** Served models: key and name. */
-  models: { key: string; name: string }[];
+  /** Served models: key, name and what the worker keeps their weights as. */
+  models: { key: string; name: string; dtype: WeightDType }[];
   /** Jobs running now, per model key. */
   running: Record<string, number>;
 }
@@ -18,6 +19,8 @@ export interface LiveWorker extends WorkerInfo {
   modelKeys: string[];
   /** Jobs running per model key. */
   runningByModel: Record<string, number>;
+  /** What it keeps each model's weights as, by model key (float32 for a worker from before dtypes). */
+  dtypeByModel: Record<string, WeightDType>;
   host: string;
   pid: number;
   started: string;
@@ -68,7 +71,7 @@ export async function liveWorkers(redis: Redis, keys: RedisLayout, heartbeatMs: 
   for (const id of ids) {
     const h = await redis.hgetall(keys.worker(id));
     if (!h.heartbeat) continue;
-    const models = JSON.parse(h.models ?? "[]") as { key: string; name: string }[];
+    const models = JSON.parse(h.models ?? "[]") as { key: string; name: string; dtype?: WeightDType }[];
     const runningByModel = JSON.parse(h.running ?? "{}") as Record<string, number>;
     const running = Object.values(runningByModel).reduce((a, b) => a + b, 0);
     out.push({
@@ -78,6 +81,7 @@ export async function liveWorkers(redis: Redis, keys: RedisLayout, heartbeatMs: 
       busy: running > 0,
       running,
       runningByModel,
+      dtypeByModel: Object.fromEntries(models.map((m) => [m.key, m.dtype ?? "float32"])),
       lastHeartbeat: new Date(Number(h.heartbeat)).toISOString(),
       host: h.host ?? "",
       pid: Number(h.pid ?? 0),

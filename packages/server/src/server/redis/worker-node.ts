@@ -14,6 +14,7 @@
  */
 import type { Queue, Worker } from "bullmq";
 import type { Redis } from "ioredis";
+import type { LoadProgress } from "tsight";
 import { infoFromError, type ErrorInfo, type JobEvent } from "tsight/protocol";
 import { cutLog, type ServerConfig } from "../config.js";
 import type { StreamCountListener, StreamCounts } from "../event-stream.js";
@@ -25,7 +26,7 @@ import { ModelWorker, serverError, type RunOutcome } from "../model-worker.js";
 import type { RunJob } from "../worker-messages.js";
 import type { DistributedConfig } from "./config.js";
 import { decodeAnswer, type RedisJobStore } from "./job-store.js";
-import { Presence } from "./presence.js";
+import { liveWorkers, Presence } from "./presence.js";
 import type { BullJob, QueuedJob } from "./queues.js";
 import type { RedisResultStore } from "./result-store.js";
 import { claimJob } from "./scripts.js";
@@ -47,6 +48,8 @@ export interface WorkerNodeParts {
   queues: Map<string, Queue<QueuedJob>>;
   fetchers: Map<string, Worker<QueuedJob>>;
   log: (line: string) => void;
+  /** Told as a model's thread loads its weights (by model name), after each tensor. */
+  onLoadProgress?: (model: string, progress: LoadProgress) => void;
 }
 
 /** A job fetched from its queue: its lock is ours until it ends or is handed back. */
@@ -108,7 +111,7 @@ export class WorkerNode {
   constructor(private readonly parts: WorkerNodeParts) {
     this.id = parts.id;
     this.presence = new Presence(parts.redis, parts.store.keys, this.id, parts.dist.heartbeatMs, () => ({
-      models: parts.registry.list().map((m) => ({ key: m.key, name: m.name })),
+      models: parts.registry.list().map((m) => ({ key: m.key, name: m.name, dtype: m.dtype })),
       running: Object.fromEntries([...this.lanes].map(([key, lane]) => [key, lane.running.size])),
     }));
     this.counts = new SharedStreamCounts(parts.redis, parts.store.keys.watch, 500);
@@ -127,6 +130,8 @@ export class WorkerNode {
         stopGraceMs: config.stopGraceMs,
         heapMb: config.workerHeapMb,
         saes: model.saes.map(({ source, subfolder, at }) => ({ source, subfolder, at })),
+        dtype: model.dtype,
+        onLoadProgress: (p) => this.parts.onLoadProgress?.(model.name, p),
         onState: (s) => {
           if (s === "ready") lane.wake?.();
           if (s === "failed") void this.handBackHeld(lane);
@@ -143,6 +148,7 @@ export class WorkerNode {
     await Promise.all(loading);
     await this.parts.subscriber.subscribe(this.parts.store.keys.control);
     this.parts.subscriber.on("message", (_channel: string, message: string) => void this.onControl(message));
+    await this.warnOfOtherDTypes();
     await this.presence.start();
     for (const lane of this.lanes.values()) {
       await lane.fetcher.startStalledCheckTimer();
@@ -150,6 +156,20 @@ export class WorkerNode {
     }
     const renew = Math.max(100, Math.round(this.parts.dist.lockDurationMs / 2));
     this.lockTimer = setInterval(() => void this.renewLocks(), renew);
+  }
+
+  /**
+   * Logs a model that another live worker keeps as another dtype: a job of it may go to either worker, and gets
+   * other numbers from each (/v1/models then gives the API process's own --dtype).
+   */
+  private async warnOfOtherDTypes(): Promise<void> {
+    const { redis, store, dist, registry, log } = this.parts;
+    const others = (await liveWorkers(redis, store.keys, dist.heartbeatMs).catch(() => [])).filter((w) => w.id !== this.id);
+    for (const m of registry.list()) {
+      const differ = others.filter((w) => w.modelKeys.includes(m.key) && w.dtypeByModel[m.key] !== m.dtype);
+      if (differ.length === 0) continue;
+      log(`tsight worker: ${m.name} is loaded as ${m.dtype} here but as ${differ.map((w) => `${w.dtypeByModel[m.key]} by ${w.id}`).join(", ")}; its jobs get different numbers on different workers (start every worker of a model with the same --dtype)`);
+    }
   }
 
   /** What the node runs, per model: for status lines. */

@@ -49,6 +49,8 @@ describe("weights kept as stored", () => {
       expect(full.dtype).toBe("float32");
       const weight = (kept.model.get(name === "stdlib-gpt2" ? "transformer.h.0.mlp.c_fc" : "model.layers.0.mlp.up_proj")!.getParam("weight"));
       expect(weight.packed?.format).toBe(dtype);
+      // Loaded, the matrix lives in its kernel; values read come back from the file, the same ones.
+      expect(weight.packed!.resident).toBe(false);
       // Reading a kept weight gives its values (widened): the same as the float32 model's.
       const plain = full.model.get(name === "stdlib-gpt2" ? "transformer.h.0.mlp.c_fc" : "model.layers.0.mlp.up_proj")!.getParam("weight");
       expect(maxAbsDiff(weight.unpacked(), plain)).toBe(0);

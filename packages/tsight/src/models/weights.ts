@@ -4,7 +4,7 @@
  * found with its exact shape.
  */
 import { Conv1D, Embedding, Linear } from "../nn/index.js";
-import { BLOCK_SIZE, PackedWeight, quantizeRows, readEntrySync, storedBuffer, Tensor, type ModelWeightsReader, type PackedData, type PackedFormat, type SafetensorsEntry, type WeightDType } from "../tensor/index.js";
+import { BLOCK_SIZE, PackedWeight, quantizeRows, readEntrySync, storedBuffer, Tensor, type ModelWeightsReader, type PackedFormat, type SafetensorsEntry, type StoredValues, type WeightDType } from "../tensor/index.js";
 import type { CausalLM } from "./causal-lm.js";
 
 export class WeightsError extends Error {
@@ -118,7 +118,6 @@ export async function streamWeights(model: CausalLM, reader: ModelWeightsReader,
     await reader.read(key, 0, target.raw);
     return new Tensor("float32", target.finish(), e.shape);
   };
-  const tiedTargets = new Set(tied.values());
   // In file order, so the disk is read front to back.
   const order = [...sources].sort(([, a], [, b]) => entryOf(sourceKeys(a)[0]!).byteOffset - entryOf(sourceKeys(b)[0]!).byteOffset);
   for (const [name, src] of order) {
@@ -131,8 +130,8 @@ export async function streamWeights(model: CausalLM, reader: ModelWeightsReader,
     } else if (dtype !== "float32" && packable(p.module, p.name, p.shape)) {
       const packed = await readPacked(reader, entryOf(src.key), p.module instanceof Conv1D, dtype);
       // Its kernel now (ONNX Runtime prepacks the matrix), so memory after a load is what the model runs with; the
-      // copy here goes unless lookups read it (an embedding, and the output head tied to it).
-      packed.compile(!(p.module instanceof Embedding) && !tiedTargets.has(name));
+      // copy here goes (the file gives values back when they are read, an embedding's rows when looked up).
+      packed.compile(true);
       set(name, Tensor.fromPacked(packed), src.key);
     } else set(name, await readFloat32(src.key), src.key);
     progress.tensors++;
@@ -155,27 +154,29 @@ async function readPacked(reader: ModelWeightsReader, e: SafetensorsEntry, trans
   if (e.dtype !== "float32") throw new WeightsError(`weight "${e.name}" is stored as ${e.storedDType}; parameters are float32`);
   const [rows, cols] = (transposed ? [e.shape[1], e.shape[0]] : e.shape) as [number, number];
   const file = reader.fileOf(e.name);
-  const reread = (): PackedData => {
-    const target = storedBuffer(e);
-    readEntrySync(file, e, target.raw);
-    return PackedWeight.fromFloat32(target.finish() as Float32Array, rows, cols, transposed, format).packed;
+  const rowBytes = e.byteLength / e.shape[0]!;
+  const read = (firstRow: number, count: number): Float32Array => {
+    const target = storedBuffer(e, count * rowBytes);
+    readEntrySync(file, e, target.raw, firstRow * rowBytes);
+    return target.finish() as Float32Array;
   };
+  // Rows of the file are the packed matrix's rows unless it is transposed.
+  const source: StoredValues = { all: () => read(0, e.shape[0]!), rows: transposed ? undefined : read };
   const stored = { bfloat16: "BF16", float16: "F16" } as const;
   if ((format === "bfloat16" || format === "float16") && e.storedDType === stored[format] && !transposed) {
     const bits = new Uint16Array(rows * cols);
     await reader.read(e.name, 0, new Uint8Array(bits.buffer));
-    return new PackedWeight(rows, cols, false, { format, bits }, reread);
+    return new PackedWeight(rows, cols, false, { format, bits }, source);
   }
   if (format === "bfloat16" || format === "float16" || transposed) {
     const target = storedBuffer(e);
     await reader.read(e.name, 0, target.raw);
-    return new PackedWeight(rows, cols, transposed, PackedWeight.fromFloat32(target.finish() as Float32Array, rows, cols, transposed, format).packed, reread);
+    return new PackedWeight(rows, cols, transposed, PackedWeight.fromFloat32(target.finish() as Float32Array, rows, cols, transposed, format).packed, source);
   }
   // Quantized, [rows, cols] as stored: a band of rows at a time.
   const bits = format === "int8" ? 8 : 4;
   const blocks = Math.ceil(cols / BLOCK_SIZE);
   const into = { q: new Uint8Array(rows * blocks * ((BLOCK_SIZE * bits) / 8)), scales: new Float32Array(rows * blocks), zeros: new Uint8Array(rows * Math.ceil((blocks * bits) / 8)), firstRow: 0 };
-  const rowBytes = e.byteLength / rows;
   const band = Math.max(1, Math.floor(BAND_BYTES / (cols * 4)));
   for (let first = 0; first < rows; first += band) {
     const count = Math.min(band, rows - first);
@@ -183,5 +184,5 @@ async function readPacked(reader: ModelWeightsReader, e: SafetensorsEntry, trans
     await reader.read(e.name, first * rowBytes, target.raw);
     quantizeRows(target.finish() as Float32Array, count, cols, bits, BLOCK_SIZE, format, { ...into, firstRow: first });
   }
-  return new PackedWeight(rows, cols, false, { format, q: into.q, scales: into.scales, zeros: into.zeros, blockSize: BLOCK_SIZE }, reread);
+  return new PackedWeight(rows, cols, false, { format, q: into.q, scales: into.scales, zeros: into.zeros, blockSize: BLOCK_SIZE }, source);
 }

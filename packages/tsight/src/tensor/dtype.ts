@@ -116,8 +116,10 @@ function halfTable(): Float32Array {
 
 /** bfloat16 is the top half of a float32: shift the bits up. */
 export function bfloat16ToFloat32(src: Uint16Array, out = new Float32Array(src.length)): Float32Array {
-  const bits = new Uint32Array(out.buffer, out.byteOffset, out.length);
-  for (let i = 0; i < src.length; i++) bits[i] = src[i]! << 16;
+  // An Int32Array view: `x << 16` is an int32, stored without conversion (a Uint32Array store converts; 2x slower).
+  const bits = new Int32Array(out.buffer, out.byteOffset, out.length);
+  const n = src.length;
+  for (let i = 0; i < n; i++) bits[i] = src[i]! << 16;
   return out;
 }
 

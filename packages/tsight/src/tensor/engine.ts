@@ -55,14 +55,19 @@ export interface KernelOptions {
   threads?: number;
   /** false: no graph optimization (a Cast of a constant weight must not be folded into a float32 copy). */
   optimize?: boolean;
+  /** Run independent branches of the graph at once, on this many threads. */
+  parallelBranches?: number;
 }
 
 function sessionOptions(key: string, options: KernelOptions): object {
   return {
     // Every session owns a pool of intraOpNumThreads - 1 threads; small ops gain nothing from them.
     intraOpNumThreads: options.threads ?? (process.env.TSIGHT_ALL_THREADED || THREADED_OPS.test(key) ? threadCount() : 1),
-    interOpNumThreads: 1,
-    executionMode: "sequential",
+    interOpNumThreads: options.parallelBranches ?? 1,
+    executionMode: options.parallelBranches ? "parallel" : "sequential",
+    // A memory pattern keeps one buffer for all of a run's intermediates per input shape: for a widened weight,
+    // that is its float32 copy, kept.
+    enableMemPattern: !options.parallelBranches,
     graphOptimizationLevel: options.optimize === false ? "disabled" : "all",
     // No arena: memory a big op took goes back when its tensors are collected, instead of staying with ORT (a
     // server's memory must come back after a job that made large tensors).

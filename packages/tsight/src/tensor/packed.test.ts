@@ -20,8 +20,9 @@ function referenceBlock(values: number[], bits: number): { scale: number; zero: 
   const hi = Math.max(0, ...values);
   const scale = Math.fround((hi - lo) / qmax);
   if (scale === 0) return { scale: 1, zero: 2 ** (bits - 1), q: values.map(() => 2 ** (bits - 1)) };
-  const zero = Math.min(qmax, Math.max(0, Math.round(-lo / scale)));
-  return { scale, zero, q: values.map((v) => Math.min(qmax, Math.max(0, Math.round(v / scale) + zero))) };
+  const round = (x: number) => Math.floor(x + 0.5); // the rule's rounding: halves up
+  const zero = Math.min(qmax, Math.max(0, round(-lo / scale)));
+  return { scale, zero, q: values.map((v) => Math.min(qmax, Math.max(0, round(v / scale) + zero))) };
 }
 
 /** Dequantized [rows, cols] matrix by the reference. */

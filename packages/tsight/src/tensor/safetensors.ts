@@ -525,13 +525,17 @@ export async function openModelWeights(folder: string): Promise<ModelWeightsRead
   };
 }
 
-/** Reads all of entry `e`'s bytes from `file`, synchronously (a weight packed again after its copy was let go of). */
-export function readEntrySync(file: string, e: SafetensorsEntry, into: Uint8Array): void {
+/**
+ * Reads `into.length` bytes of entry `e`'s data from `file`, starting `offset` bytes into it, synchronously (a weight
+ * packed again after its copy was let go of, an embedding's rows).
+ */
+export function readEntrySync(file: string, e: SafetensorsEntry, into: Uint8Array, offset = 0): void {
+  if (!(offset >= 0 && offset + into.length <= e.byteLength)) throw new SafetensorsError(file, `read of bytes [${offset}, ${offset + into.length}) is outside tensor "${e.name}" (${e.byteLength} bytes)`);
   const fd = fs.openSync(file, "r");
   try {
     let done = 0;
     while (done < into.length) {
-      const n = fs.readSync(fd, into, done, Math.min(1 << 30, into.length - done), e.byteOffset + done);
+      const n = fs.readSync(fd, into, done, Math.min(1 << 30, into.length - done), e.byteOffset + offset + done);
       if (n === 0) throw new SafetensorsError(file, `truncated: ended inside tensor "${e.name}"`);
       done += n;
     }

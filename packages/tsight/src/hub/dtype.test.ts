@@ -81,6 +81,23 @@ describe("streaming a sharded checkpoint", () => {
     });
   }
 
+  it("the files stay readable when deleted after the load; a file changed in place is refused, not read", async () => {
+    const copy = fs.mkdtempSync(path.join(os.tmpdir(), "tsight-kept-"));
+    for (const file of fs.readdirSync(sharded)) fs.copyFileSync(path.join(sharded, file), path.join(copy, file));
+    const lm = await LanguageModel.load(copy, { dtype: "int4" });
+    const before = await logits(lm);
+    fs.rmSync(copy, { recursive: true });
+    // The embedding's rows come from the (deleted, still open) file at each forward.
+    expect(maxAbsDiff(await logits(lm), before)).toBe(0);
+
+    const changed = fs.mkdtempSync(path.join(os.tmpdir(), "tsight-kept-"));
+    for (const file of fs.readdirSync(sharded)) fs.copyFileSync(path.join(sharded, file), path.join(changed, file));
+    const lm2 = await LanguageModel.load(changed, { dtype: "int4" });
+    for (const file of fs.readdirSync(changed).filter((f) => f.endsWith(".safetensors"))) fs.appendFileSync(path.join(changed, file), Buffer.from([0]));
+    await expect(logits(lm2)).rejects.toThrow(/was changed in place after the model loaded from it.*reload the model/);
+    fs.rmSync(changed, { recursive: true });
+  });
+
   it("a meta model loaded with a dtype gets packed weights when it dispatches", async () => {
     const lm = await LanguageModel.load(sharded, { dispatch: false, dtype: "int8" });
     expect(lm.dispatched).toBe(false);

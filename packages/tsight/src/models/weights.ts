@@ -4,7 +4,7 @@
  * found with its exact shape.
  */
 import { Conv1D, Embedding, Linear } from "../nn/index.js";
-import { BLOCK_SIZE, PackedWeight, quantizeRows, readEntrySync, storedBuffer, Tensor, type ModelWeightsReader, type PackedFormat, type SafetensorsEntry, type StoredValues, type WeightDType } from "../tensor/index.js";
+import { BLOCK_SIZE, PackedWeight, quantizeRows, storedBuffer, Tensor, type ModelWeightsReader, type PackedFormat, type SafetensorsEntry, type StoredValues, type WeightDType } from "../tensor/index.js";
 import type { CausalLM } from "./causal-lm.js";
 
 export class WeightsError extends Error {
@@ -153,11 +153,11 @@ function packable(module: unknown, name: string, shape: readonly number[]): bool
 async function readPacked(reader: ModelWeightsReader, e: SafetensorsEntry, transposed: boolean, format: PackedFormat): Promise<PackedWeight> {
   if (e.dtype !== "float32") throw new WeightsError(`weight "${e.name}" is stored as ${e.storedDType}; parameters are float32`);
   const [rows, cols] = (transposed ? [e.shape[1], e.shape[0]] : e.shape) as [number, number];
-  const file = reader.fileOf(e.name);
+  const file = reader.keep(e.name);
   const rowBytes = e.byteLength / e.shape[0]!;
   const read = (firstRow: number, count: number): Float32Array => {
     const target = storedBuffer(e, count * rowBytes);
-    readEntrySync(file, e, target.raw, firstRow * rowBytes);
+    file.read(e, target.raw, firstRow * rowBytes);
     return target.finish() as Float32Array;
   };
   // Rows of the file are the packed matrix's rows unless it is transposed.

@@ -470,8 +470,8 @@ export interface ModelWeightsReader {
   readonly entries: ReadonlyMap<string, SafetensorsEntry>;
   /** Reads `into.length` bytes of tensor `name`'s data, starting `offset` bytes into it. */
   read(name: string, offset: number, into: Uint8Array): Promise<void>;
-  /** The file holding tensor `name`. */
-  fileOf(name: string): string;
+  /** The file holding tensor `name`, kept open for reading again after the load (one per file). */
+  keep(name: string): KeptFile;
   readonly bytesRead: number;
   close(): Promise<void>;
 }
@@ -497,16 +497,19 @@ export async function openModelWeights(folder: string): Promise<ModelWeightsRead
     }
   } else throw new SafetensorsError(folder, `holds neither ${SINGLE_FILE} nor ${INDEX_FILE}`);
   const handles = new Map<string, Promise<FileHandle>>();
+  const kept = new Map<string, KeptFile>();
   let bytesRead = 0;
   return {
     entries,
     get bytesRead() {
       return bytesRead;
     },
-    fileOf(name) {
+    keep(name) {
       const file = files.get(name);
       if (!file) throw new SafetensorsError(folder, `has no tensor named "${name}"`);
-      return file;
+      let k = kept.get(file);
+      if (!k) kept.set(file, (k = new KeptFile(file)));
+      return k;
     },
     async read(name, offset, into) {
       const e = entries.get(name);
@@ -525,22 +528,40 @@ export async function openModelWeights(folder: string): Promise<ModelWeightsRead
   };
 }
 
+/** Closes kept files nothing refers to any more. */
+const keptFiles = typeof FinalizationRegistry === "function" ? new FinalizationRegistry<number>((fd) => fs.close(fd, () => undefined)) : null;
+
 /**
- * Reads `into.length` bytes of entry `e`'s data from `file`, starting `offset` bytes into it, synchronously (a weight
- * packed again after its copy was let go of, an embedding's rows).
+ * A checkpoint file kept open to read tensors again after a load (packed weights whose own copy was let go of). The
+ * open descriptor keeps the data readable if the file is deleted or replaced by another file; a file changed in
+ * place (its size or modification time) is refused rather than read. Closed when nothing refers to it.
  */
-export function readEntrySync(file: string, e: SafetensorsEntry, into: Uint8Array, offset = 0): void {
-  if (!(offset >= 0 && offset + into.length <= e.byteLength)) throw new SafetensorsError(file, `read of bytes [${offset}, ${offset + into.length}) is outside tensor "${e.name}" (${e.byteLength} bytes)`);
-  const fd = fs.openSync(file, "r");
-  try {
+export class KeptFile {
+  private readonly fd: number;
+  private readonly size: number;
+  private readonly mtimeMs: number;
+
+  constructor(readonly path: string) {
+    this.fd = fs.openSync(path, "r");
+    const st = fs.fstatSync(this.fd);
+    this.size = st.size;
+    this.mtimeMs = st.mtimeMs;
+    keptFiles?.register(this, this.fd);
+  }
+
+  /** Reads `into.length` bytes of entry `e`'s data, starting `offset` bytes into it, synchronously. */
+  read(e: SafetensorsEntry, into: Uint8Array, offset = 0): void {
+    if (!(offset >= 0 && offset + into.length <= e.byteLength)) throw new SafetensorsError(this.path, `read of bytes [${offset}, ${offset + into.length}) is outside tensor "${e.name}" (${e.byteLength} bytes)`);
+    const st = fs.fstatSync(this.fd);
+    if (st.size !== this.size || st.mtimeMs !== this.mtimeMs) {
+      throw new SafetensorsError(this.path, `was changed in place after the model loaded from it, so tensor "${e.name}" cannot be read again; reload the model`);
+    }
     let done = 0;
     while (done < into.length) {
-      const n = fs.readSync(fd, into, done, Math.min(1 << 30, into.length - done), e.byteOffset + offset + done);
-      if (n === 0) throw new SafetensorsError(file, `truncated: ended inside tensor "${e.name}"`);
+      const n = fs.readSync(this.fd, into, done, Math.min(1 << 30, into.length - done), e.byteOffset + offset + done);
+      if (n === 0) throw new SafetensorsError(this.path, `truncated: ended inside tensor "${e.name}"`);
       done += n;
     }
-  } finally {
-    fs.closeSync(fd);
   }
 }
 

@@ -156,9 +156,47 @@ describe("quantized models", () => {
     expect(maxAbsDiff(a, b) / scale).toBeLessThan(0.05);
   });
 
+  it("a logit lens by the packed head's transpose is the head's own product; a weight read once stays packed here", async () => {
+    const lm = await LanguageModel.load("stdlib-gpt2", { dtype: "int8" });
+    const head = lm.model.get("lm_head")!.getParam("weight");
+    const view = head.transpose(0, 1);
+    expect(view.packed?.format).toBe("int8");
+    expect(view.shape).toEqual([head.shape[1], head.shape[0]]);
+    const { lens, out } = await lm.trace(PROMPT, async (m) => {
+      const h = await m.transformer.ln_f.output;
+      return { lens: h.matmul(view), out: await m.lm_head.output };
+    });
+    expect(maxAbsDiff(lens, out)).toBe(0);
+    expect(head.packed!.resident).toBe(false);
+    const values = head.data;
+    expect(head.packed!.resident).toBe(true); // packed again from the file once; later reads only widen
+    expect(Array.from(head.data.subarray(0, 64))).toEqual(Array.from(values.subarray(0, 64)));
+  });
+
+  it("int8/int4 refuse weights they cannot hold (NaN, infinities), naming the tensor", async () => {
+    const broken = fs.mkdtempSync(path.join(os.tmpdir(), "tsight-nan-"));
+    const source = embeddedModelPath("stdlib-llama");
+    for (const file of ["config.json", "tokenizer.json", "tokenizer_config.json"]) fs.copyFileSync(path.join(source, file), path.join(broken, file));
+    const { tensors } = await readSafetensors(path.join(source, "model.safetensors"));
+    const up = tensors.get("model.layers.1.mlp.up_proj.weight")!;
+    const values = Float32Array.from(up.data as Float32Array);
+    values[5] = NaN;
+    tensors.set("model.layers.1.mlp.up_proj.weight", new Tensor("float32", values, up.shape));
+    await writeSafetensorsFile(path.join(broken, "model.safetensors"), tensors, { dtype: "BF16" });
+    for (const dtype of ["int8", "int4"] as const) {
+      await expect(LanguageModel.load(broken, { dtype })).rejects.toThrow(new RegExp(`weight "model.layers.1.mlp.up_proj.weight" cannot be kept as ${dtype}: the value at row 0, column 5 is NaN`));
+    }
+    // Formats that hold NaN keep it, as float32 does.
+    const kept = await LanguageModel.load(broken, { dtype: "bfloat16" });
+    expect(Number.isNaN((kept.model.get("model.layers.1.mlp.up_proj")!.getParam("weight").data as Float32Array)[5])).toBe(true);
+    fs.rmSync(broken, { recursive: true });
+  });
+
   it("a dtype weights cannot be kept as is a DTypeError naming the choices", async () => {
     await expect(LanguageModel.load("stdlib-gpt2", { dtype: "int3" as never })).rejects.toThrow(DTypeError);
     expect(() => checkWeightDType("nf4", "load")).toThrow(/dtype "nf4" is not one weights can be kept as; choose "float32", "bfloat16", "float16", "int8", "int4"/);
-    expect(() => checkWeightDType(8, "load")).toThrow(DTypeError);
+    expect(() => checkWeightDType(8, "load")).toThrow(/dtype 8 is not one/);
+    expect(() => checkWeightDType("INT4", "load")).toThrow(/\(did you mean "int4"\?\)/);
+    expect(() => checkWeightDType("torch.bfloat16", "load")).toThrow(/\(did you mean "bfloat16"\?\)/);
   });
 });

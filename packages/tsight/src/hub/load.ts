@@ -34,8 +34,9 @@ export interface LoadOptions extends ModelSourceOptions {
 export function checkWeightDType(dtype: unknown, where: string): WeightDType {
   if (dtype === undefined) return "float32";
   if (typeof dtype === "string" && (weightDTypes as readonly string[]).includes(dtype)) return dtype as WeightDType;
-  const given = typeof dtype === "string" ? `"${dtype.slice(0, 40)}"` : dtype === null ? "null" : typeof dtype;
-  throw new DTypeError(`${where}: dtype ${given} is not one weights can be kept as; choose ${weightDTypes.map((d) => `"${d}"`).join(", ")}`);
+  const given = typeof dtype === "string" ? `"${dtype.slice(0, 40)}"` : typeof dtype === "number" || typeof dtype === "boolean" || dtype === null ? String(dtype) : `a ${typeof dtype}`;
+  const near = typeof dtype === "string" && weightDTypes.find((d) => d === dtype.toLowerCase().replace(/^torch\.|^bf16$|^fp16$|^fp32$/, (m) => ({ bf16: "bfloat16", fp16: "float16", fp32: "float32" })[m] ?? ""));
+  throw new DTypeError(`${where}: dtype ${given} is not one weights can be kept as; choose ${weightDTypes.map((d) => `"${d}"`).join(", ")}${near ? ` (did you mean "${near}"?)` : ""}`);
 }
 
 export interface LoadedModel {

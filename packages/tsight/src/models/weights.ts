@@ -128,7 +128,10 @@ export async function streamWeights(model: CausalLM, reader: ModelWeightsReader,
       for (const keys of src.stack) experts.push(Tensor.cat(await Promise.all(keys.map(readFloat32)), 0));
       set(name, Tensor.stack(experts, 0), `${src.stack[0]![0]}, ... (${src.stack.flat().length} tensors)`);
     } else if (dtype !== "float32" && packable(p.module, p.name, p.shape)) {
-      const packed = await readPacked(reader, entryOf(src.key), p.module instanceof Conv1D, dtype);
+      const packed = await readPacked(reader, entryOf(src.key), p.module instanceof Conv1D, dtype).catch((err: unknown) => {
+        // Quantizing refuses values int8/int4 cannot hold (NaN, infinities) instead of turning them into numbers.
+        throw err instanceof RangeError ? new WeightsError(`weight "${src.key}" cannot be kept as ${dtype}: ${err.message} (load it as float32, bfloat16 or float16)`) : err;
+      });
       // Its kernel now (ONNX Runtime prepacks the matrix), so memory after a load is what the model runs with; the
       // copy here goes (the file gives values back when they are read, an embedding's rows when looked up).
       packed.compile(true);

@@ -51,7 +51,8 @@ export interface StoredValues {
 const registry = typeof FinalizationRegistry === "function" ? new FinalizationRegistry<Kernel>((k) => k.dispose()) : null;
 
 export class PackedWeight {
-  private compiled: Kernel | null = null;
+  /** The kernel, in a holder that views share: it is freed when neither the weight nor a view is left. */
+  private compiled: { kernel: Kernel } | null = null;
   /** The packed values, or null once a kernel holds them and they can be read again from their file. */
   private held: PackedData | null;
   readonly format: PackedFormat;
@@ -74,7 +75,23 @@ export class PackedWeight {
 
   /** The packed values: the copy held here, or packed again from the file when the kernel alone holds them. */
   get packed(): PackedData {
-    return this.held ?? PackedWeight.fromFloat32(this.source!.all(), this.rows, this.cols, this.transposed, this.format).packed;
+    // Packed again from the file once, then held: reading a weight's values again only widens them.
+    this.held ??= PackedWeight.fromFloat32(this.source!.all(), this.rows, this.cols, this.transposed, this.format).packed;
+    return this.held;
+  }
+
+  /**
+   * The same matrix seen transposed (a view: the same storage and kernel). `h.matmul(W.transpose(0, 1))` for a
+   * packed [out, in] W is then the packed product, as a linear layer computes it.
+   */
+  transposedView(): PackedWeight {
+    this.kernel();
+    return Object.assign(Object.create(PackedWeight.prototype) as PackedWeight, this, { transposed: !this.transposed });
+  }
+
+  /** What JSON shows of it: its description, not its storage or kernel. */
+  toJSON(): object {
+    return { format: this.format, shape: this.shape, byteLength: this.byteLength };
   }
 
   /** Whether the values are held here (not only inside the kernel). */
@@ -100,7 +117,7 @@ export class PackedWeight {
 
   /** The values as float32 in the module's layout (a new array each call: the packed form is what is kept). */
   toFloat32(): Float32Array {
-    const stored = this.rowsFloat32(0, this.rows);
+    const stored = this.widen(this.packed, 0, this.rows);
     if (!this.transposed) return stored;
     const out = new Float32Array(stored.length);
     for (let r = 0; r < this.rows; r++) for (let c = 0; c < this.cols; c++) out[c * this.rows + r] = stored[r * this.cols + c]!;
@@ -110,7 +127,11 @@ export class PackedWeight {
   /** Stored rows [from, from + count) as float32, [count, cols] (an embedding's lookups read only these). */
   rowsFloat32(from: number, count: number): Float32Array {
     if (!this.held && this.source?.rows && !this.transposed) return PackedWeight.fromFloat32(this.source.rows(from, count), count, this.cols, false, this.format).rowsFloat32(0, count);
-    const p = this.packed;
+    return this.widen(this.packed, from, count);
+  }
+
+  /** Rows [from, from + count) of packed values `p`, widened. */
+  private widen(p: PackedData, from: number, count: number): Float32Array {
     const n = this.cols;
     if ("bits" in p) {
       const part = p.bits.subarray(from * n, (from + count) * n);
@@ -145,7 +166,7 @@ export class PackedWeight {
 
   /** This matrix's kernel, built on first use (ONNX Runtime prepacks the constant then) and freed with it. */
   kernel(): Kernel {
-    if (this.compiled) return this.compiled;
+    if (this.compiled) return this.compiled.kernel;
     const g = new GraphBuilder();
     const x = g.input("float32");
     const p = this.packed;
@@ -171,8 +192,8 @@ export class PackedWeight {
     }
     const widened = "bits" in p;
     const kernel = new Kernel(`linear:${this.format}[${this.rows},${this.cols}]`, g.build(), { threads: widened ? 1 : threadCount(), optimize: !widened, parallelBranches: widened ? threadCount() : undefined });
-    this.compiled = kernel;
-    registry?.register(this, kernel);
+    this.compiled = { kernel };
+    registry?.register(this.compiled, kernel);
     return kernel;
   }
 
@@ -233,7 +254,9 @@ export function quantizeRows(
         const v = values[i]!;
         if (v < lo) lo = v;
         else if (v > hi) hi = v;
+        else if (v !== v) throw new RangeError(`the value at row ${row}, column ${i - r * cols} is NaN, which ${format} cannot hold`);
       }
+      if (!Number.isFinite(lo) || !Number.isFinite(hi)) throw new RangeError(`row ${row} holds an infinite value, which ${format} cannot hold`);
       let scale = Math.fround((hi - lo) / qmax);
       let zero: number;
       if (scale === 0 || !Number.isFinite(scale)) {

@@ -11,6 +11,7 @@ import type { RawTensor } from "./engine.js";
 import type { PackedWeight } from "./packed.js";
 import { DTypeError, MetaTensorError, ShapeError } from "./errors.js";
 import { apply, apply1, guardAllocation } from "./primitive.js";
+import * as F from "./functional.js";
 import * as P from "./primitives.js";
 import { checkShape, fmt, inferShape, normAxes, normAxis, sizeOf } from "./shape.js";
 
@@ -158,7 +159,7 @@ export class Tensor implements RawTensor {
   requiresGrad_(value = true): this {
     if (this.gradNode) throw new Error("requiresGrad_: only leaf tensors can be marked; use .detach().requiresGrad_() for a new leaf");
     if (value && this.dtype !== "float32") throw new DTypeError(`requiresGrad_: only float32 tensors can require grad, this is ${this.dtype}`);
-    if (value && this.packedWeight) throw new DTypeError(`requiresGrad_: a ${this.packedWeight.format} weight cannot require grad (load the model in float32 to train its weights)`);
+    if (value && this.packedWeight) throw new DTypeError(`requiresGrad_: a weight kept as ${this.packedWeight.format} cannot require grad (load the model in float32 to train its weights)`);
     this.leafRequiresGrad = value;
     return this;
   }
@@ -478,6 +479,8 @@ export class Tensor implements RawTensor {
   /** Matrix product with PyTorch's rules for 1-D operands and broadcast batch dims. */
   matmul(other: Tensor): Tensor {
     if (this.ndim === 0 || other.ndim === 0) throw new ShapeError("matmul: both operands need at least one dimension");
+    // x @ W^T for a packed [out, in] W (a transposed view): the packed product, as its linear layer computes it.
+    if (other.packedWeight?.transposed && other.ndim === 2 && this.ndim >= 2 && this.dtype === "float32") return F.linear(this, other, null, true);
     const a = this.ndim === 1 ? this.unsqueeze(0) : this;
     const b = other.ndim === 1 ? other.unsqueeze(-1) : other;
     const [x, y] = promote("matmul", a, b);
@@ -518,6 +521,8 @@ export class Tensor implements RawTensor {
     const a = normAxis("transpose", dim0, this.ndim);
     const b = normAxis("transpose", dim1, this.ndim);
     if (a === b) return this;
+    // A packed matrix transposed is a view of it (the same storage and kernel), so products by it stay packed.
+    if (this.packedWeight && this.ndim === 2) return Tensor.fromPacked(this.packedWeight.transposedView());
     const perm = this.shape.map((_, i) => i);
     perm[a] = b;
     perm[b] = a;

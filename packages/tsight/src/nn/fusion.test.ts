@@ -8,25 +8,21 @@ import { afterEach, describe, expect, it } from "vitest";
 import { fixture, fixtureModel, hfFixtures, maxAbsDiff, ref, stdlibModels } from "../../../../test/fixtures.js";
 import { LanguageModel } from "../intervention/index.js";
 import { generate } from "../models/index.js";
-import { engineStats, Tensor } from "../tensor/index.js";
+import { engineStats, setFusion, Tensor } from "../tensor/index.js";
 
-/** Runs `work` with fusion on or off (TSIGHT_FUSE), counting kernel calls. */
+/** Runs `work` with fusion on or off, counting kernel calls. */
 async function withFusion<T>(on: boolean, work: () => Promise<T>): Promise<{ value: T; kernels: number }> {
-  const before = process.env.TSIGHT_FUSE;
-  process.env.TSIGHT_FUSE = on ? "1" : "0";
+  setFusion(on);
   try {
     const runs = engineStats().runs;
     const value = await work();
     return { value, kernels: engineStats().runs - runs };
   } finally {
-    if (before === undefined) delete process.env.TSIGHT_FUSE;
-    else process.env.TSIGHT_FUSE = before;
+    setFusion(null);
   }
 }
 
-afterEach(() => {
-  delete process.env.TSIGHT_FUSE;
-});
+afterEach(() => setFusion(null));
 
 describe("fused decoder blocks", () => {
   it.each([...hfFixtures, ...stdlibModels])("%s: fused logits equal the op-by-op forward's", async (name) => {

@@ -95,9 +95,21 @@ export function runCaptured<T>(capture: Capture, work: () => Promise<T>): Promis
   return (storage ??= new asyncHooks.AsyncLocalStorage<Capture>()).run(capture, work);
 }
 
-/** Whether fusion is on: TSIGHT_FUSE=0 turns it off (every op one kernel call, as before). */
+let fusionSet: boolean | null = null;
+let fusionFromEnv: boolean | undefined;
+
+/**
+ * Whether fusion is on: TSIGHT_FUSE=0 turns it off (every op one kernel call, as before), read once (the
+ * environment is slow to read, and this is asked at every block's call); `setFusion` decides instead.
+ */
 export function fusionEnabled(): boolean {
-  return (globalThis as { process?: { env?: Record<string, string | undefined> } }).process?.env?.TSIGHT_FUSE !== "0";
+  if (fusionSet !== null) return fusionSet;
+  return (fusionFromEnv ??= (globalThis as { process?: { env?: Record<string, string | undefined> } }).process?.env?.TSIGHT_FUSE !== "0");
+}
+
+/** Turns fusion on or off in this thread (tests, benchmarks); null goes back to TSIGHT_FUSE. */
+export function setFusion(on: boolean | null): void {
+  fusionSet = on;
 }
 
 /** Where a fused graph's inputs come from at each run. */

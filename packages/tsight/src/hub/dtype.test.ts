@@ -170,7 +170,7 @@ describe("quantized models", () => {
     expect(head.packed!.resident).toBe(false);
     const values = head.data;
     expect(head.packed!.resident).toBe(true); // packed again from the file once; later reads only widen
-    expect(Array.from(head.data.subarray(0, 64))).toEqual(Array.from(values.subarray(0, 64)));
+    expect(Array.from((head.data as Float32Array).subarray(0, 64))).toEqual(Array.from((values as Float32Array).subarray(0, 64)));
   });
 
   it("int8/int4 refuse weights they cannot hold (NaN, infinities), naming the tensor", async () => {

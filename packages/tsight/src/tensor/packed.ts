@@ -55,6 +55,8 @@ export class PackedWeight {
   private compiled: { kernel: Kernel } | null = null;
   /** The packed values, or null once a kernel holds them and they can be read again from their file. */
   private held: PackedData | null;
+  /** The values last packed again from the file, while they are not collected. */
+  private repacked: WeakRef<PackedData> | null = null;
   readonly format: PackedFormat;
   readonly byteLength: number;
 
@@ -75,9 +77,15 @@ export class PackedWeight {
 
   /** The packed values: the copy held here, or packed again from the file when the kernel alone holds them. */
   get packed(): PackedData {
-    // Packed again from the file once, then held: reading a weight's values again only widens them.
-    this.held ??= PackedWeight.fromFloat32(this.source!.all(), this.rows, this.cols, this.transposed, this.format).packed;
-    return this.held;
+    if (this.held) return this.held;
+    // Packed again from the file, and kept only weakly: reads close together reuse it, and the memory goes back
+    // when it is collected (a server's jobs reading every weight must not leave the model holding a second copy).
+    let again = this.repacked?.deref();
+    if (!again) {
+      again = PackedWeight.fromFloat32(this.source!.all(), this.rows, this.cols, this.transposed, this.format).packed;
+      this.repacked = new WeakRef(again);
+    }
+    return again;
   }
 
   /**

@@ -172,6 +172,10 @@ describe("quantized models", () => {
     const values = head.data as Float32Array;
     expect(head.packed!.resident).toBe(false); // not held: a second copy would stay with the model
     expect(Array.from((head.data as Float32Array).subarray(0, 64))).toEqual(Array.from(values.subarray(0, 64)));
+    // The view's values are the transpose of the weight's, read back from the file too.
+    expect(maxAbsDiff(view.unpacked(), head.unpacked().transpose(0, 1))).toBe(0);
+    const conv = lm.model.get("transformer.h.0.mlp.c_fc")!.getParam("weight"); // Conv1D: [in, out]
+    expect(maxAbsDiff(conv.transpose(0, 1).unpacked(), conv.unpacked().transpose(0, 1))).toBe(0);
   });
 
   it("int8/int4 refuse weights they cannot hold (NaN, infinities), naming the tensor", async () => {

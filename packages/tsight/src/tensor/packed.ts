@@ -59,6 +59,8 @@ export class PackedWeight {
   private repacked: WeakRef<PackedData> | null = null;
   readonly format: PackedFormat;
   readonly byteLength: number;
+  /** The layout `source.all()` gives (the weight's own, which a transposed view does not share). */
+  private readonly sourceTransposed: boolean;
 
   constructor(
     readonly rows: number,
@@ -70,6 +72,7 @@ export class PackedWeight {
     private readonly source: StoredValues | null = null,
   ) {
     this.held = packed;
+    this.sourceTransposed = transposed;
     this.format = packed.format;
     // The bits, or the quantized blocks with their scales and zero points.
     this.byteLength = "bits" in packed ? packed.bits.byteLength : packed.q.byteLength + packed.scales.byteLength + packed.zeros.byteLength;
@@ -82,7 +85,7 @@ export class PackedWeight {
     // when it is collected (a server's jobs reading every weight must not leave the model holding a second copy).
     let again = this.repacked?.deref();
     if (!again) {
-      again = PackedWeight.fromFloat32(this.source!.all(), this.rows, this.cols, this.transposed, this.format).packed;
+      again = PackedWeight.fromFloat32(this.source!.all(), this.rows, this.cols, this.sourceTransposed, this.format).packed;
       this.repacked = new WeakRef(again);
     }
     return again;
@@ -134,7 +137,7 @@ export class PackedWeight {
 
   /** Stored rows [from, from + count) as float32, [count, cols] (an embedding's lookups read only these). */
   rowsFloat32(from: number, count: number): Float32Array {
-    if (!this.held && this.source?.rows && !this.transposed) return PackedWeight.fromFloat32(this.source.rows(from, count), count, this.cols, false, this.format).rowsFloat32(0, count);
+    if (!this.held && this.source?.rows && !this.sourceTransposed) return PackedWeight.fromFloat32(this.source.rows(from, count), count, this.cols, false, this.format).rowsFloat32(0, count);
     return this.widen(this.packed, from, count);
   }
 

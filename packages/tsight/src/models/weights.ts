@@ -57,24 +57,36 @@ export function planWeights(model: CausalLM, available: ReadonlySet<string>): { 
 export function loadWeights(model: CausalLM, tensors: ReadonlyMap<string, Tensor>): string[] {
   const params = model.namedParameters();
   const { sources, tied, unused } = planWeights(model, new Set(tensors.keys()));
-  const set = (name: string, t: Tensor, from: string): void => {
-    const p = params.get(name)!;
-    if (t.shape.length !== p.shape.length || t.shape.some((d, i) => d !== p.shape[i])) {
-      throw new WeightsError(`weight "${from}" has shape [${t.shape}] but ${name} needs [${p.shape}]`);
-    }
-    if (t.dtype !== "float32") throw new WeightsError(`weight "${from}" is ${t.dtype}; parameters are float32`);
-    p.module.setParam(p.name, t);
-  };
   for (const [name, src] of sources) {
-    if ("key" in src) set(name, tensors.get(src.key)!, src.key);
+    if ("key" in src) setWeight(params, name, tensors.get(src.key)!, src.key);
     else {
       sourceShape(src, (k) => tensors.get(k)!.shape); // parts that do not fit together fail here, by name
-      set(name, Tensor.stack(src.stack.map((keys) => Tensor.cat(keys.map((k) => tensors.get(k)!), 0)), 0), `${src.stack[0]![0]}, ... (${src.stack.flat().length} tensors)`);
+      setWeight(params, name, Tensor.stack(src.stack.map((keys) => Tensor.cat(keys.map((k) => tensors.get(k)!), 0)), 0), stackedName(src));
     }
   }
-  for (const [name, target] of tied) set(name, params.get(target)!.module.getParam(params.get(target)!.name), target);
+  tieWeights(params, tied);
   return unused;
 }
+
+type Params = ReturnType<CausalLM["namedParameters"]>;
+
+/** Sets parameter `name` to `t` (read from `from`), which must have its shape and be float32. */
+function setWeight(params: Params, name: string, t: Tensor, from: string): void {
+  const p = params.get(name)!;
+  if (t.shape.length !== p.shape.length || t.shape.some((d, i) => d !== p.shape[i])) {
+    throw new WeightsError(`weight "${from}" has shape [${t.shape}] but ${name} needs [${p.shape}]`);
+  }
+  if (t.dtype !== "float32") throw new WeightsError(`weight "${from}" is ${t.dtype}; parameters are float32`);
+  p.module.setParam(p.name, t);
+}
+
+/** Tied parameters get their targets' tensors (the same object: a packed head shares its embedding's kernel). */
+function tieWeights(params: Params, tied: ReadonlyMap<string, string>): void {
+  for (const [name, target] of tied) setWeight(params, name, params.get(target)!.module.getParam(params.get(target)!.name), target);
+}
+
+/** How a stacked source is named in messages. */
+const stackedName = (src: { stack: string[][] }): string => `${src.stack[0]![0]}, ... (${src.stack.flat().length} tensors)`;
 
 /** How far a load has got: tensors and bytes of tensor data read so far, of how many. */
 export interface LoadProgress {
@@ -106,11 +118,6 @@ export async function streamWeights(model: CausalLM, reader: ModelWeightsReader,
   const entryOf = (k: string): SafetensorsEntry => reader.entries.get(k)!;
   const totalBytes = [...sources.values()].flatMap(sourceKeys).reduce((n, k) => n + entryOf(k).byteLength, 0);
   const progress: LoadProgress = { tensors: 0, totalTensors: sources.size, bytes: 0, totalBytes };
-  const set = (name: string, t: Tensor, from: string): void => {
-    const p = params.get(name)!;
-    if (t.shape.length !== p.shape.length || t.shape.some((d, i) => d !== p.shape[i])) throw new WeightsError(`weight "${from}" has shape [${t.shape}] but ${name} needs [${p.shape}]`);
-    p.module.setParam(p.name, t);
-  };
   const readFloat32 = async (key: string): Promise<Tensor> => {
     const e = entryOf(key);
     if (e.dtype !== "float32") throw new WeightsError(`weight "${key}" is stored as ${e.storedDType}; parameters are float32`);
@@ -126,7 +133,7 @@ export async function streamWeights(model: CausalLM, reader: ModelWeightsReader,
       sourceShape(src, (k) => entryOf(k).shape);
       const experts = [];
       for (const keys of src.stack) experts.push(Tensor.cat(await Promise.all(keys.map(readFloat32)), 0));
-      set(name, Tensor.stack(experts, 0), `${src.stack[0]![0]}, ... (${src.stack.flat().length} tensors)`);
+      setWeight(params, name, Tensor.stack(experts, 0), stackedName(src));
     } else if (dtype !== "float32" && packable(p.module, p.name, p.shape)) {
       const packed = await readPacked(reader, entryOf(src.key), p.module instanceof Conv1D, dtype).catch((err: unknown) => {
         // Quantizing refuses values int8/int4 cannot hold (NaN, infinities) instead of turning them into numbers.
@@ -135,13 +142,13 @@ export async function streamWeights(model: CausalLM, reader: ModelWeightsReader,
       // Its kernel now (ONNX Runtime prepacks the matrix), so memory after a load is what the model runs with; the
       // copy here goes (the file gives values back when they are read, an embedding's rows when looked up).
       packed.compile(true);
-      set(name, Tensor.fromPacked(packed), src.key);
-    } else set(name, await readFloat32(src.key), src.key);
+      setWeight(params, name, Tensor.fromPacked(packed), src.key);
+    } else setWeight(params, name, await readFloat32(src.key), src.key);
     progress.tensors++;
     progress.bytes += sourceKeys(src).reduce((n, k) => n + entryOf(k).byteLength, 0);
     options.onProgress?.({ ...progress });
   }
-  for (const [name, target] of tied) set(name, params.get(target)!.module.getParam(params.get(target)!.name), target);
+  tieWeights(params, tied);
 }
 
 /** Whether a parameter is a matrix that is kept packed: a linear layer's or an embedding's weight. */
@@ -174,7 +181,7 @@ async function readPacked(reader: ModelWeightsReader, e: SafetensorsEntry, trans
   if (format === "bfloat16" || format === "float16" || transposed) {
     const target = storedBuffer(e);
     await reader.read(e.name, 0, target.raw);
-    return new PackedWeight(rows, cols, transposed, PackedWeight.fromFloat32(target.finish() as Float32Array, rows, cols, transposed, format).packed, source);
+    return new PackedWeight(rows, cols, transposed, PackedWeight.pack(target.finish() as Float32Array, rows, cols, transposed, format), source);
   }
   // Quantized, [rows, cols] as stored: a band of rows at a time.
   const bits = format === "int8" ? 8 : 4;

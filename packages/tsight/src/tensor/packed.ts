@@ -85,7 +85,7 @@ export class PackedWeight {
     // when it is collected (a server's jobs reading every weight must not leave the model holding a second copy).
     let again = this.repacked?.deref();
     if (!again) {
-      again = PackedWeight.fromFloat32(this.source!.all(), this.rows, this.cols, this.sourceTransposed, this.format).packed;
+      again = PackedWeight.pack(this.source!.all(), this.rows, this.cols, this.sourceTransposed, this.format);
       this.repacked = new WeakRef(again);
     }
     return again;
@@ -129,15 +129,12 @@ export class PackedWeight {
   /** The values as float32 in the module's layout (a new array each call: the packed form is what is kept). */
   toFloat32(): Float32Array {
     const stored = this.widen(this.packed, 0, this.rows);
-    if (!this.transposed) return stored;
-    const out = new Float32Array(stored.length);
-    for (let r = 0; r < this.rows; r++) for (let c = 0; c < this.cols; c++) out[c * this.rows + r] = stored[r * this.cols + c]!;
-    return out;
+    return this.transposed ? transpose(stored, this.rows, this.cols) : stored;
   }
 
   /** Stored rows [from, from + count) as float32, [count, cols] (an embedding's lookups read only these). */
   rowsFloat32(from: number, count: number): Float32Array {
-    if (!this.held && this.source?.rows && !this.sourceTransposed) return PackedWeight.fromFloat32(this.source.rows(from, count), count, this.cols, false, this.format).rowsFloat32(0, count);
+    if (!this.held && this.source?.rows && !this.sourceTransposed) return this.widen(PackedWeight.pack(this.source.rows(from, count), count, this.cols, false, this.format), 0, count);
     return this.widen(this.packed, from, count);
   }
 
@@ -215,9 +212,14 @@ export class PackedWeight {
    * nearest even; exact for values the format holds.
    */
   static fromFloat32(values: Float32Array, rows: number, cols: number, transposed: boolean, format: PackedFormat, blockSize = BLOCK_SIZE): PackedWeight {
+    return new PackedWeight(rows, cols, transposed, PackedWeight.pack(values, rows, cols, transposed, format, blockSize));
+  }
+
+  /** The packed values of a float32 matrix given in the module's layout (what `fromFloat32` keeps). */
+  static pack(values: Float32Array, rows: number, cols: number, transposed: boolean, format: PackedFormat, blockSize = BLOCK_SIZE): PackedData {
     const stored = transposed ? transpose(values, cols, rows) : values;
-    if (format === "bfloat16" || format === "float16") return new PackedWeight(rows, cols, transposed, { format, bits: toHalfBits(stored, format) });
-    return new PackedWeight(rows, cols, transposed, quantizeRows(stored, rows, cols, format === "int8" ? 8 : 4, blockSize, format));
+    if (format === "bfloat16" || format === "float16") return { format, bits: toHalfBits(stored, format) };
+    return quantizeRows(stored, rows, cols, format === "int8" ? 8 : 4, blockSize, format);
   }
 
   // #endregion

@@ -35,6 +35,11 @@ hostileSuite(
       url,
       keys: { hostile, victim: await newKey("victim"), blocker: await newKey("blocker") },
       processes: () => [api, worker].filter(alive).map((p) => p.child.pid!),
+      gone: () =>
+        [api, worker]
+          .filter((p) => !alive(p))
+          .map((p) => `pid ${p.child.pid} ended (code ${p.child.exitCode}, signal ${p.child.signalCode}); it printed last:\n${p.out.slice(-4000)}`)
+          .join("\n"),
       receiver: { url: hook.url, hits: hook.hits },
     };
   },

@@ -37,6 +37,10 @@ export interface Target {
   keys: { hostile: string; victim: string; blocker: string };
   /** Processes whose ids must not change and whose threads and memory are watched (the ones running jobs). */
   processes(): number[];
+  /** What the processes that ended printed last, and how they ended: for the failure message when one died. */
+  gone?(): string;
+  /** Threads the server had to terminate from outside (they did not end when told), where it can tell. */
+  forcedEnds?(): Promise<number>;
   /** Where webhooks would be refused (a loopback receiver the suite starts). */
   receiver: { url: string; hits(): number };
 }
@@ -354,7 +358,8 @@ export function hostileSuite(name: string, open: () => Promise<Target>, close: (
           expect(Buffer.from((got.data as Float32Array).buffer).equals(Buffer.from((solo.data as Float32Array).buffer))).toBe(true);
           if (attack.shared) expect((await events(t, victim, t.keys.victim)).some((e) => e.event.type === "log" && /batched/.test(e.event.text))).toBe(true);
         }
-        expect(t.processes()).toEqual(pids);
+        expect(t.processes(), t.gone?.()).toEqual(pids);
+        if (t.forcedEnds) expect(await t.forcedEnds(), "threads terminated from outside").toBe(0);
         await settled(pids, before);
       }, 60_000);
     }

@@ -9,7 +9,7 @@ import path from "node:path";
 import { startServe, type ServeProcess } from "../../../../test/server/processes.js";
 import { sink } from "../../../../test/streams.js";
 import { runKeys } from "../cli/serve.js";
-import { hostileSuite, limitFlags, loopbackReceiver, type Target } from "./hostile.case.js";
+import { headers, hostileSuite, limitFlags, loopbackReceiver, type Target } from "./hostile.case.js";
 
 let server: ServeProcess;
 let receiver: http.Server;
@@ -30,10 +30,21 @@ hostileSuite(
     server = startServe(["--port", "0", "--data-dir", dataDir, ...limitFlags()]);
     const url = (await server.waitFor(/tsight server on (http:\S+),/, 90_000))[1]!;
     const hostile = /TSIGHT_API_KEY=(\S+)/.exec(server.out)![1]!;
-    return { url, keys: { hostile, victim: await newKey("victim"), blocker: await newKey("blocker") }, processes: () => (server.child.exitCode === null ? [server.child.pid!] : []), receiver: { url: hook.url, hits: hook.hits } };
+    return {
+      url,
+      keys: { hostile, victim: await newKey("victim"), blocker: await newKey("blocker") },
+      processes: () => (server.child.exitCode === null && server.child.signalCode === null ? [server.child.pid!] : []),
+      gone: () => `the server ended (code ${server.child.exitCode}, signal ${server.child.signalCode}); it printed last:\n${server.out.slice(-4000)}`,
+      forcedEnds: async () => {
+        const status = (await (await fetch(`${url}/v1/status`, { headers: headers(hostile) })).json()) as { models: { worker: { forcedEnds: number } }[] };
+        return status.models.reduce((n, m) => n + m.worker.forcedEnds, 0);
+      },
+      receiver: { url: hook.url, hits: hook.hits },
+    };
   },
   async () => {
     if (server?.child.exitCode !== null || server?.child.signalCode !== null) console.log("SERVER DIED", server?.child.exitCode, server?.child.signalCode, server?.out.slice(-4000));
+    else if (process.env.HOSTILE_DEBUG) console.log("server log:", server?.out.slice(-8000));
     await server?.stop();
     await new Promise<void>((resolve) => receiver?.close(() => resolve()));
     fs.rmSync(dataDir, { recursive: true, force: true });

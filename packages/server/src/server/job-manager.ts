@@ -71,7 +71,8 @@ interface ActiveJob {
 /** What /v1/status says about one model of the embedded server. */
 export interface ModelStatus extends ModelLoad {
   running: boolean;
-  worker: { state: WorkerState; threadId: number | null; restarts: number; lastError: string | null };
+  /** `threads`: alive now (the serving one and any still finishing); `forcedEnds`: threads terminated from outside. */
+  worker: { state: WorkerState; threadId: number | null; restarts: number; lastError: string | null; threads: number; forcedEnds: number };
 }
 
 export class JobManager implements Dispatcher {
@@ -118,6 +119,7 @@ export class JobManager implements Dispatcher {
         onStarted: (id) => this.parts.store.move(id, "RUNNING"),
         onEvent: (id, e) => this.onEvent(id, e),
         onRestart: () => this.parts.metrics.restarts.inc({ model: model.name }),
+        log: (line) => this.parts.log?.(line),
       });
       this.workers.set(model.key, worker);
       started.push(worker.start(), this.parts.registry.loadTokenizer(model).then(() => undefined));
@@ -239,7 +241,7 @@ export class JobManager implements Dispatcher {
         state: wstate === "ready" || wstate === "busy" ? "loaded" : wstate === "starting" ? "loading" : "available",
         queued,
         running: runningFor !== null,
-        worker: { state: wstate, threadId: worker?.threadId ?? null, restarts: worker?.restarts ?? 0, lastError: worker?.lastError?.message ?? null },
+        worker: { state: wstate, threadId: worker?.threadId ?? null, restarts: worker?.restarts ?? 0, lastError: worker?.lastError?.message ?? null, threads: worker?.threads ?? 0, forcedEnds: worker?.forcedEnds ?? 0 },
         averageJobSeconds: average,
         estimatedWaitSeconds: wait === null ? null : Math.round(wait * 1000) / 1000,
         jobsPerPass: perPass(this.passes.get(m.key)),

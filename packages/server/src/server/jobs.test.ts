@@ -127,6 +127,10 @@ describe("jobs on worker threads", () => {
     expect((await s.finished(spinning.id, 3000)).status).toBe("CANCELLED");
     expect(worker().restarts).toBe(restarts + 1);
     expect(await result((await s.finished(next.id)).id)).toBe(7);
+    // The old thread, once its spin ends and it reports the job's end, ends by itself when told (never terminated
+    // from outside: that can abort the process while isolated-vm has work in flight).
+    while (worker().threads > 1) await new Promise((r) => setTimeout(r, 20));
+    expect(worker().forcedEnds).toBe(0);
   });
 
   it("ends a job past its deadline with TIMEOUT", async () => {

@@ -9,7 +9,7 @@ import type { Worker } from "node:worker_threads";
 import type { LoadProgress, WeightDType } from "tsight";
 import { RETRYABLE, type ErrorCode, type ErrorInfo, type JobEvent } from "tsight/protocol";
 import type { ExecutorRef } from "./config.js";
-import type { FromWorker, LocalAnswer, RunJob } from "./worker-messages.js";
+import type { FromWorker, LocalAnswer, RunJob, ToWorker } from "./worker-messages.js";
 import { spawnWorkerThread } from "./worker-thread.js";
 
 export type WorkerState = "stopped" | "starting" | "ready" | "busy" | "failed" | "draining" | "closed";
@@ -34,6 +34,8 @@ export interface ModelWorkerOptions {
   onEvent?: (jobId: string, event: JobEvent) => void;
   /** A fresh thread was started after the last one died or was given up on. */
   onRestart?: () => void;
+  /** Lines for the server's log: a thread given up on, or one terminated after all. */
+  log?: (line: string) => void;
 }
 
 interface Current {
@@ -50,6 +52,26 @@ const MAX_BACKOFF_MS = 60_000;
 const MAX_ABANDONED = 1;
 /** How long closing waits for an idle thread to end. */
 const CLOSE_WAIT_MS = 5_000;
+/** How long a thread told to end (see retire) may take before it is terminated after all. */
+const RETIRE_WAIT_MS = 30_000;
+
+/**
+ * Ends a thread by asking it to (it closes its port and its event loop runs dry once isolated-vm's work in flight
+ * has drained); terminated from outside only if it has not ended after `waitMs`. Terminating a thread while
+ * isolated-vm still has tasks for it hangs the terminate or aborts the whole process ("terminate called after
+ * throwing an instance of 'ivm::RuntimeError'"), even after the thread has reported the end of all its jobs.
+ * Resolves once the thread has exited.
+ */
+function retire(thread: Worker, waitMs: number, onForced: () => void): Promise<void> {
+  const exited = new Promise<void>((resolve) => thread.once("exit", () => resolve()));
+  thread.postMessage({ type: "exit" } satisfies ToWorker);
+  const timer = setTimeout(() => {
+    onForced();
+    void thread.terminate();
+  }, waitMs);
+  timer.unref();
+  return exited.finally(() => clearTimeout(timer));
+}
 
 export const serverError = (code: ErrorCode, message: string, type = "ServerError"): ErrorInfo => ({ code, type, message, retryable: RETRYABLE[code] });
 
@@ -57,6 +79,8 @@ export class ModelWorker {
   state: WorkerState = "stopped";
   /** Times a fresh thread was started after one died or was given up on. */
   restarts = 0;
+  /** Threads told to end that had not ended in time and were terminated from outside (see retire). */
+  forcedEnds = 0;
   /** Why the model last failed to load, or the thread last died (cleared when a thread is ready). */
   lastError: ErrorInfo | undefined;
   /** Whether the thread's executor can run several jobs in one forward pass (known once it is ready). */
@@ -67,7 +91,7 @@ export class ModelWorker {
   private backoffMs = 1000;
   private retryTimer: NodeJS.Timeout | undefined;
   private settled: (() => void)[] = [];
-  /** Threads given up on that are still finishing (terminated as soon as they report their jobs' ends). */
+  /** Threads given up on that are still finishing (told to end as soon as they report their jobs' ends). */
   private readonly abandoned = new Set<Worker>();
 
   constructor(private readonly options: ModelWorkerOptions) {}
@@ -155,7 +179,7 @@ export class ModelWorker {
     this.release();
     if (!thread) return;
     // A thread inside a long native call ends only when the call returns; closing does not wait past CLOSE_WAIT_MS.
-    if (running.length === 0) return void (await Promise.race([thread.terminate(), new Promise((r) => setTimeout(r, CLOSE_WAIT_MS).unref())]));
+    if (running.length === 0) return void (await Promise.race([retire(thread, CLOSE_WAIT_MS, () => this.forced(CLOSE_WAIT_MS)), new Promise((r) => setTimeout(r, CLOSE_WAIT_MS).unref())]));
     for (const current of running) {
       Atomics.store(current.job.stop, 0, 1);
       thread.postMessage({ type: "cancel", jobId: current.job.jobId });
@@ -253,6 +277,7 @@ export class ModelWorker {
       Atomics.store(c.job.stop, 0, 1);
       old.postMessage({ type: "cancel", jobId: c.job.jobId });
     }
+    this.options.log?.(`tsight: job ${current.job.jobId} of ${this.options.model} did not stop in time (${reason.message}); a fresh thread takes the model's jobs, the old one ends once the job does`);
     this.abandon(old, running.map((c) => c.job.jobId));
     const mates = serverError("PREEMPTED", "another job sharing this job's forward pass did not stop, and the worker was replaced; submit it again");
     for (const c of running) this.finish(c, c === current ? { ok: false, error: reason } : { ok: false, error: mates });
@@ -264,22 +289,27 @@ export class ModelWorker {
   }
 
   /**
-   * Lets a thread finish the jobs it was told to stop, then terminates it: only once it has reported their ends is
-   * it back in its event loop, where terminating it is safe (inside a native call it would abort the process). The
-   * jobs stop within about one op after their cancel (see the sandbox's budget), so it does not go on for long.
+   * Lets a thread finish the jobs it was told to stop, then retires it (see retire) once it has reported their
+   * ends. The jobs stop within about one op after their cancel (see the sandbox's budget), so it does not go on for
+   * long.
    */
   private abandon(thread: Worker, jobIds: string[]): void {
     this.thread = undefined;
     this.abandoned.add(thread);
     const left = new Set(jobIds);
     thread.on("message", (m: FromWorker) => {
-      if ((m.type === "completed" || m.type === "failed") && left.delete(m.jobId) && left.size === 0) void thread.terminate();
+      if ((m.type === "completed" || m.type === "failed") && left.delete(m.jobId) && left.size === 0) void retire(thread, RETIRE_WAIT_MS, () => this.forced(RETIRE_WAIT_MS));
     });
     thread.once("exit", () => {
       this.abandoned.delete(thread);
       if (this.state === "draining") this.spawn();
     });
     thread.unref();
+  }
+
+  private forced(waitedMs: number): void {
+    this.forcedEnds++;
+    this.options.log?.(`tsight: a thread of ${this.options.model} did not end ${waitedMs} ms after it was told to; it is terminated`);
   }
 
   /** Threads of this model alive now: the one serving it, and those given up on that are still finishing. */

@@ -223,6 +223,10 @@ port.on("message", (m: ToWorker) => {
     case "local":
       running.get(m.jobId)?.local.answer(m.call, m.answer);
       break;
+    case "exit":
+      for (const r of running.values()) r.controller.abort();
+      port.close();
+      break;
   }
 });
 

@@ -49,7 +49,12 @@ export type ToWorker =
   | { type: "run-batch"; jobs: RunJob[] }
   /** Stop the job; `reason` (when the server ends it for its own reasons, e.g. a hybrid step timed out) is what its waits reject with. */
   | { type: "cancel"; jobId: string; reason?: ErrorInfo }
-  | { type: "local"; jobId: string; call: string; answer: LocalAnswer };
+  | { type: "local"; jobId: string; call: string; answer: LocalAnswer }
+  /**
+   * End the thread: it cancels what still runs and closes its port, so it ends by itself once isolated-vm's work
+   * in flight has drained (terminating it from outside then could hang or abort the whole process).
+   */
+  | { type: "exit" };
 
 export type FromWorker =
   /** The model is loaded; `batching`: the executor can run several jobs in one forward pass. */

@@ -141,6 +141,7 @@ export class WorkerNode {
         },
         onEvent: (id, e) => this.onEvent(id, e),
         onRestart: () => this.parts.metrics.restarts.inc({ model: model.name }),
+        log: (line) => this.parts.log(line),
       });
       this.lanes.set(model.key, lane);
       loading.push(lane.worker.start(), registry.loadTokenizer(model));

@@ -14,6 +14,8 @@ import type { GradSource } from "./backward.js";
 import { describe, type Mediator, type Provider, type Request, type ValueKind } from "./mediator.js";
 import { mapTensors, mergeRows, RowsError, selectRows, type Rows } from "./rows.js";
 
+const DOT = ".".charCodeAt(0);
+
 /** What to do with invokes whose code neither asks for a value nor ends within the stall limit. */
 export type StallHandler = (stalled: Mediator[], waitedMs: number) => void;
 
@@ -39,8 +41,11 @@ export interface Recorder {
 }
 
 export class Interleaver implements ModuleHooks, Provider {
+  /** Calls of each module that went through `call` or `pass`, begun and ended. */
   private readonly entered = new Map<string, number>();
   private readonly exited = new Map<string, number>();
+  /** Calls of each fused module (passWithin): every module below one counts them as its own calls too. */
+  private readonly fusedCalls = new Map<string, number>();
   private readonly interest = new Map<string, number>();
   private current: Current | null = null;
   /** Calls of module.call that bypass hooks (a module called directly from intervention code). */
@@ -76,7 +81,7 @@ export class Interleaver implements ModuleHooks, Provider {
   }
 
   hasPassed(r: Request): boolean {
-    const seen = (r.kind === "output" && r.op !== "skip" ? this.exited : this.entered).get(r.path) ?? 0;
+    const seen = this.calls(r.kind === "output" && r.op !== "skip" ? this.exited : this.entered, r.path);
     return seen > r.iteration && !this.isCurrent(r);
   }
 
@@ -118,9 +123,20 @@ export class Interleaver implements ModuleHooks, Provider {
 
   pass(module: Module): void {
     const path = module.path;
-    const iteration = this.entered.get(path) ?? 0;
-    this.entered.set(path, iteration + 1);
-    this.exited.set(path, iteration + 1);
+    const direct = (this.entered.get(path) ?? 0) + 1;
+    this.entered.set(path, direct);
+    this.exited.set(path, direct);
+  }
+
+  passWithin(module: Module): void {
+    this.fusedCalls.set(module.path, (this.fusedCalls.get(module.path) ?? 0) + 1);
+  }
+
+  /** How many times the module at `path` was called (`counts`: entered or exited), fused calls of modules above it included. */
+  private calls(counts: Map<string, number>, path: string): number {
+    let n = counts.get(path) ?? 0;
+    for (const [above, k] of this.fusedCalls) if (path.length > above.length && path.charCodeAt(above.length) === DOT && path.startsWith(above)) n += k;
+    return n;
   }
 
   async call(module: Module, args: unknown[], forward: (args: unknown[]) => Promise<unknown>): Promise<unknown> {
@@ -128,8 +144,9 @@ export class Interleaver implements ModuleHooks, Provider {
     this.checkpoint?.();
     this.checkEnding();
     const path = module.path;
-    const iteration = this.entered.get(path) ?? 0;
-    this.entered.set(path, iteration + 1);
+    const iteration = this.calls(this.entered, path);
+    const direct = (this.entered.get(path) ?? 0) + 1;
+    this.entered.set(path, direct);
     const watched = this.interest.has(path);
     if (watched) args = (await this.provide(path, "input", iteration, args)) as unknown[];
     for (const r of this.recorders) r.record(path, "input", args, this.batch);
@@ -140,7 +157,7 @@ export class Interleaver implements ModuleHooks, Provider {
     } finally {
       for (const { mediator } of skips) mediator.skipping.delete(path);
     }
-    this.exited.set(path, iteration + 1);
+    this.exited.set(path, direct);
     if (this.interest.has(path)) out = await this.provide(path, "output", iteration, out);
     for (const r of this.recorders) r.record(path, "output", out, this.batch);
     this.checkEnding();

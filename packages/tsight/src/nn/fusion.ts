@@ -72,7 +72,8 @@ function fusableParams(module: Module): Map<Tensor, () => Tensor> | null {
 
 /** Counts a call of every module inside a fused one for the hooks, so later calls keep their numbers. */
 function passInner(module: Module, hooks: ModuleHooks | null): void {
-  if (hooks) for (const m of innerModules(module)) hooks.pass?.(m);
+  if (hooks?.passWithin) hooks.passWithin(module);
+  else if (hooks) for (const m of innerModules(module)) hooks.pass?.(m);
 }
 
 /** The modules below each fused module (walked once per shape of the tree: SAEs change it). */

@@ -19,6 +19,11 @@ export interface ModuleHooks {
   watches?(path: string): boolean;
   /** A call of `module` that happened inside a fused kernel, unwatched: counted (so later calls keep their numbers), not provided. */
   pass?(module: Module): void;
+  /**
+   * A call of `module` that ran as one fused kernel: every module below it counts as called once more (as `pass`
+   * for each of them, in one step). Hooks without it get `pass` for each.
+   */
+  passWithin?(module: Module): void;
   /** Whether anything reads, replaces or records a module below `path` (with `pass`: lets a block run fused). */
   watchesWithin?(path: string): boolean;
 }

@@ -74,6 +74,11 @@ describe("tsight generate", () => {
     expect(errors.join("")).toMatch(/--dtype: dtype "fp8" is not one weights can be kept as; choose "float32", "bfloat16", "float16", "int8", "int4"[\s\S]*usage: tsight generate/);
   });
 
+  it("--dtype twice, or serve's MODEL=D form, is a usage error saying what to give", async () => {
+    await expect(runGenerate(["x", "--dtype", "int4", "--dtype", "int8"], sink(), sink())).rejects.toThrow(/--dtype is given 2 times \(int4, int8\); give it once/);
+    await expect(runGenerate(["x", "--dtype", "stdlib-gpt2=int8"], sink(), sink())).rejects.toThrow(/MODEL=D is for tsight serve[\s\S]*\(--dtype int8\)/);
+  });
+
   it("runs from the bin script as the README says", async () => {
     // `npx tsight` runs node_modules/.bin/tsight: bin/tsight.js, which runs the compiled dist/ (npm install and
     // `npm test` build it first).

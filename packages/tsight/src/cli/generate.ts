@@ -24,7 +24,7 @@ export async function runGenerate(argv: string[], out: NodeJS.WritableStream = p
     allowPositionals: true,
     options: {
       model: { type: "string", short: "m", default: "stdlib-gpt2" },
-      dtype: { type: "string" },
+      dtype: { type: "string", multiple: true },
       "max-new-tokens": { type: "string", short: "n", default: "32" },
       temperature: { type: "string" },
       "top-k": { type: "string" },
@@ -52,7 +52,7 @@ export async function runGenerate(argv: string[], out: NodeJS.WritableStream = p
     topP: num("top-p", values["top-p"]),
     seed: num("seed", values.seed),
   };
-  const dtype = usageDType(values.dtype);
+  const dtype = oneDType(values.dtype ?? []);
   const model = values.model!;
   // The bar is cleared before the first token: stdout and stderr usually share the terminal.
   const bar = new LoadBar(err, dtype === undefined ? model : `${model} (${dtype})`);
@@ -83,6 +83,14 @@ export async function runGenerate(argv: string[], out: NodeJS.WritableStream = p
 
 export class UsageError extends Error {
   override readonly name = "UsageError";
+}
+
+/** `generate`'s one `--dtype` (it loads one model; `serve`'s MODEL=D form names one of several). */
+function oneDType(given: readonly string[]): WeightDType | undefined {
+  if (given.length > 1) throw new UsageError(`--dtype is given ${given.length} times (${given.join(", ")}); give it once`);
+  const text = given[0];
+  if (text?.includes("=")) throw new UsageError(`--dtype ${text}: MODEL=D is for tsight serve, which serves several models; here the model is --model's, so give the dtype alone (--dtype ${text.slice(text.indexOf("=") + 1)})`);
+  return usageDType(text);
 }
 
 /** A `--dtype` value, or a UsageError naming the choices (the command's usage follows it). */

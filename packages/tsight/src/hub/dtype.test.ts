@@ -197,11 +197,35 @@ describe("quantized models", () => {
     fs.rmSync(broken, { recursive: true });
   });
 
+  it("names the place of a value int8/int4 cannot hold in the weight's own layout (GPT-2's Conv1D weights are [in, out])", async () => {
+    const broken = fs.mkdtempSync(path.join(os.tmpdir(), "tsight-nan-"));
+    const source = embeddedModelPath("stdlib-gpt2");
+    for (const file of ["config.json", "tokenizer.json", "tokenizer_config.json"]) if (fs.existsSync(path.join(source, file))) fs.copyFileSync(path.join(source, file), path.join(broken, file));
+    const { tensors } = await readSafetensors(path.join(source, "model.safetensors"));
+    const name = "transformer.h.1.mlp.c_fc.weight";
+    const fc = tensors.get(name)!;
+    const [, cols] = fc.shape as [number, number];
+    const nan = Float32Array.from(fc.data as Float32Array);
+    nan[2 * cols + 100] = NaN; // [2, 100]
+    tensors.set(name, new Tensor("float32", nan, fc.shape));
+    await writeSafetensorsFile(path.join(broken, "model.safetensors"), tensors, { dtype: "BF16" });
+    await expect(LanguageModel.load(broken, { dtype: "int8" })).rejects.toThrow(new RegExp(`weight "${name}" cannot be kept as int8: the value at row 2, column 100 is NaN`));
+    const inf = Float32Array.from(fc.data as Float32Array);
+    inf[7 * cols + 300] = -Infinity; // in output feature 300's column
+    tensors.set(name, new Tensor("float32", inf, fc.shape));
+    await writeSafetensorsFile(path.join(broken, "model.safetensors"), tensors, { dtype: "BF16" });
+    await expect(LanguageModel.load(broken, { dtype: "int4" })).rejects.toThrow(/cannot be kept as int4: column 300 holds an infinite value/);
+    fs.rmSync(broken, { recursive: true });
+  });
+
   it("a dtype weights cannot be kept as is a DTypeError naming the choices", async () => {
     await expect(LanguageModel.load("stdlib-gpt2", { dtype: "int3" as never })).rejects.toThrow(DTypeError);
     expect(() => checkWeightDType("nf4", "load")).toThrow(/dtype "nf4" is not one weights can be kept as; choose "float32", "bfloat16", "float16", "int8", "int4"/);
     expect(() => checkWeightDType(8, "load")).toThrow(/dtype 8 is not one/);
     expect(() => checkWeightDType("INT4", "load")).toThrow(/\(did you mean "int4"\?\)/);
     expect(() => checkWeightDType("torch.bfloat16", "load")).toThrow(/\(did you mean "bfloat16"\?\)/);
+    expect(() => checkWeightDType("int3", "load")).toThrow(/\(did you mean "int8" or "int4"\?\)/);
+    expect(() => checkWeightDType("bfloat61", "load")).not.toThrow(/did you mean/);
+    expect(() => checkWeightDType({ bits: 4 }, "load")).toThrow(/dtype of type object is not one/);
   });
 });

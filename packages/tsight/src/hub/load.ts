@@ -34,9 +34,26 @@ export interface LoadOptions extends ModelSourceOptions {
 export function checkWeightDType(dtype: unknown, where: string): WeightDType {
   if (dtype === undefined) return "float32";
   if (typeof dtype === "string" && (weightDTypes as readonly string[]).includes(dtype)) return dtype as WeightDType;
-  const given = typeof dtype === "string" ? `"${dtype.slice(0, 40)}"` : typeof dtype === "number" || typeof dtype === "boolean" || dtype === null ? String(dtype) : `a ${typeof dtype}`;
-  const near = typeof dtype === "string" && weightDTypes.find((d) => d === dtype.toLowerCase().replace(/^torch\.|^bf16$|^fp16$|^fp32$/, (m) => ({ bf16: "bfloat16", fp16: "float16", fp32: "float32" })[m] ?? ""));
-  throw new DTypeError(`${where}: dtype ${given} is not one weights can be kept as; choose ${weightDTypes.map((d) => `"${d}"`).join(", ")}${near ? ` (did you mean "${near}"?)` : ""}`);
+  const given = typeof dtype === "string" ? `"${dtype.slice(0, 40)}"` : typeof dtype === "number" || typeof dtype === "boolean" || dtype === null ? String(dtype) : `of type ${typeof dtype}`;
+  const near = typeof dtype === "string" ? nearDTypes(dtype) : [];
+  throw new DTypeError(`${where}: dtype ${given} is not one weights can be kept as; choose ${weightDTypes.map((d) => `"${d}"`).join(", ")}${near.length ? ` (did you mean ${near.map((d) => `"${d}"`).join(" or ")}?)` : ""}`);
+}
+
+/** The dtypes a mistyped one may have meant: the same name in PyTorch's or another case or short form, else those one letter away. */
+function nearDTypes(text: string): WeightDType[] {
+  const name = text.toLowerCase().replace(/^torch\./, "");
+  const alias = ({ bf16: "bfloat16", fp16: "float16", half: "float16", fp32: "float32", float: "float32" } as Record<string, WeightDType>)[name];
+  if (alias) return [alias];
+  if ((weightDTypes as readonly string[]).includes(name)) return [name as WeightDType];
+  return weightDTypes.filter((d) => oneEditApart(d, name));
+}
+
+function oneEditApart(a: string, b: string): boolean {
+  if (Math.abs(a.length - b.length) > 1) return false;
+  let i = 0;
+  while (i < a.length && i < b.length && a[i] === b[i]) i++;
+  // The rest must match after one replacement, insertion or deletion.
+  return a.slice(i + 1) === b.slice(i + 1) || a.slice(i + 1) === b.slice(i) || a.slice(i) === b.slice(i + 1);
 }
 
 export interface LoadedModel {

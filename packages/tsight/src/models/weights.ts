@@ -4,7 +4,7 @@
  * found with its exact shape.
  */
 import { Conv1D, Embedding, Linear } from "../nn/index.js";
-import { BLOCK_SIZE, PackedWeight, quantizeRows, storedBuffer, Tensor, type ModelWeightsReader, type PackedFormat, type SafetensorsEntry, type StoredValues, type WeightDType } from "../tensor/index.js";
+import { BLOCK_SIZE, PackedWeight, quantizeRows, storedBuffer, Tensor, type ModelWeightsReader, type PackedFormat, type SafetensorsEntry, type StoredValues, type WeightDType, UnquantizableError } from "../tensor/index.js";
 import type { CausalLM } from "./causal-lm.js";
 
 export class WeightsError extends Error {
@@ -137,7 +137,7 @@ export async function streamWeights(model: CausalLM, reader: ModelWeightsReader,
     } else if (dtype !== "float32" && packable(p.module, p.name, p.shape)) {
       const packed = await readPacked(reader, entryOf(src.key), p.module instanceof Conv1D, dtype).catch((err: unknown) => {
         // Quantizing refuses values int8/int4 cannot hold (NaN, infinities) instead of turning them into numbers.
-        throw err instanceof RangeError ? new WeightsError(`weight "${src.key}" cannot be kept as ${dtype}: ${err.message} (load it as float32, bfloat16 or float16)`) : err;
+        throw err instanceof UnquantizableError ? new WeightsError(`weight "${src.key}" cannot be kept as ${dtype}: ${err.at(p.module instanceof Conv1D)} (load it as float32, bfloat16 or float16)`) : err;
       });
       // Its kernel now (ONNX Runtime prepacks the matrix), so memory after a load is what the model runs with; the
       // copy here goes (the file gives values back when they are read, an embedding's rows when looked up).

@@ -50,6 +50,32 @@ export interface StoredValues {
 
 const registry = typeof FinalizationRegistry === "function" ? new FinalizationRegistry<Kernel>((k) => k.dispose()) : null;
 
+/**
+ * A value int8/int4 cannot hold (NaN, an infinity), at `row` (and `column`, where known) of the packed matrix:
+ * rows are output features, so a caller holding the weight in another layout says where it is there (see `at`).
+ */
+export class UnquantizableError extends RangeError {
+  override readonly name = "UnquantizableError";
+  constructor(
+    readonly format: "int8" | "int4",
+    readonly what: "NaN" | "an infinite value",
+    readonly row: number,
+    readonly column: number | null,
+  ) {
+    super(UnquantizableError.describe(format, what, row, column, false));
+  }
+
+  /** The message with the position in the weight's own layout (`transposed`: stored as [in, out]). */
+  at(transposed: boolean): string {
+    return UnquantizableError.describe(this.format, this.what, this.row, this.column, transposed);
+  }
+
+  private static describe(format: string, what: string, row: number, column: number | null, transposed: boolean): string {
+    const where = column === null ? `${transposed ? "column" : "row"} ${row} holds ${what}` : `the value at ${transposed ? `row ${column}, column ${row}` : `row ${row}, column ${column}`} is ${what}`;
+    return `${where}, which ${format} cannot hold`;
+  }
+}
+
 export class PackedWeight {
   /** The kernel, in a holder that views share: it is freed when neither the weight nor a view is left. */
   private compiled: { kernel: Kernel } | null = null;
@@ -267,9 +293,9 @@ export function quantizeRows(
         const v = values[i]!;
         if (v < lo) lo = v;
         else if (v > hi) hi = v;
-        else if (v !== v) throw new RangeError(`the value at row ${row}, column ${i - r * cols} is NaN, which ${format} cannot hold`);
+        else if (v !== v) throw new UnquantizableError(format, "NaN", row, i - r * cols);
       }
-      if (!Number.isFinite(lo) || !Number.isFinite(hi)) throw new RangeError(`row ${row} holds an infinite value, which ${format} cannot hold`);
+      if (!Number.isFinite(lo) || !Number.isFinite(hi)) throw new UnquantizableError(format, "an infinite value", row, null);
       let scale = Math.fround((hi - lo) / qmax);
       let zero: number;
       if (scale === 0 || !Number.isFinite(scale)) {

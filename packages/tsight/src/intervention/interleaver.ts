@@ -7,7 +7,7 @@
  * and then lets the intervention code run until it is blocked on tsight again ("settles", see mediator.ts).
  * Modules nobody asked about cost one map lookup.
  */
-import type { Module, ModuleHooks } from "../nn/index.js";
+import type { Module, ModuleHooks, Replay } from "../nn/index.js";
 import { Tensor } from "../tensor/index.js";
 import { LeftPassError, MissedProviderError, StallError, SwapError, TraceError } from "./errors.js";
 import type { GradSource } from "./backward.js";
@@ -46,6 +46,8 @@ export class Interleaver implements ModuleHooks, Provider {
   private readonly exited = new Map<string, number>();
   /** Calls of each fused module (passWithin): every module below one counts them as its own calls too. */
   private readonly fusedCalls = new Map<string, number>();
+  /** Values replaced during a fused block's replay, by kind, path and iteration: the block's op-by-op run takes them. */
+  private readonly kept = new Map<string, unknown>();
   private readonly interest = new Map<string, number>();
   private current: Current | null = null;
   /** Calls of module.call that bypass hooks (a module called directly from intervention code). */
@@ -132,6 +134,53 @@ export class Interleaver implements ModuleHooks, Provider {
     this.fusedCalls.set(module.path, (this.fusedCalls.get(module.path) ?? 0) + 1);
   }
 
+  replay(block: Module, modules: ReadonlySet<string>): Replay | null {
+    // Values that become gradient leaves, records of modules inside and direct calls need the block to run op by op.
+    if (this.bypass > 0 || this.gradSources || this.recorders.some((r) => r.recordsWithin(block.path))) return null;
+    const below = `${block.path}.`;
+    const asked = new Set<string>();
+    for (const m of this.mediators) {
+      for (const r of m.requests) {
+        if (!r.path.startsWith(below)) continue;
+        if (r.op !== "read" || !modules.has(r.path)) return null;
+        asked.add(`${r.kind}|${r.path}`);
+      }
+    }
+    const saved = [...modules].map((path) => ({ path, entered: this.entered.get(path), exited: this.exited.get(path) }));
+    return {
+      asked,
+      needsRun: (path, gives, missing) => {
+        const inner = `${path}.`;
+        let needs = false;
+        for (const m of this.mediators) {
+          for (const r of m.requests) {
+            if (r.path === path) {
+              if (r.op !== "read") return true;
+              if (!(r.kind === "input" ? gives.input : gives.output)) (needs = true), missing?.(`${r.kind}|${path}`);
+            } else if (r.path.startsWith(inner) && !modules.has(r.path)) return true;
+          }
+        }
+        return needs;
+      },
+      keep: (path, kind, value) => this.kept.set(`${kind}|${path}|${this.calls(this.entered, path) - 1}`, value),
+      rewind: () => {
+        for (const { path, entered, exited } of saved) {
+          if (entered === undefined) this.entered.delete(path);
+          else this.entered.set(path, entered);
+          if (exited === undefined) this.exited.delete(path);
+          else this.exited.set(path, exited);
+        }
+      },
+    };
+  }
+
+  private takeKept(kind: "input" | "output", path: string, iteration: number): unknown {
+    const key = `${kind}|${path}|${iteration}`;
+    const value = this.kept.get(key);
+    this.kept.delete(key);
+    return value;
+  }
+
   /** How many times the module at `path` was called (`counts`: entered or exited), fused calls of modules above it included. */
   private calls(counts: Map<string, number>, path: string): number {
     let n = counts.get(path) ?? 0;
@@ -147,6 +196,7 @@ export class Interleaver implements ModuleHooks, Provider {
     const iteration = this.calls(this.entered, path);
     const direct = (this.entered.get(path) ?? 0) + 1;
     this.entered.set(path, direct);
+    if (this.kept.size > 0) args = (this.takeKept("input", path, iteration) as unknown[] | undefined) ?? args;
     const watched = this.interest.has(path);
     if (watched) args = (await this.provide(path, "input", iteration, args)) as unknown[];
     for (const r of this.recorders) r.record(path, "input", args, this.batch);
@@ -158,6 +208,7 @@ export class Interleaver implements ModuleHooks, Provider {
       for (const { mediator } of skips) mediator.skipping.delete(path);
     }
     this.exited.set(path, direct);
+    if (this.kept.size > 0) out = this.takeKept("output", path, iteration) ?? out;
     if (this.interest.has(path)) out = await this.provide(path, "output", iteration, out);
     for (const r of this.recorders) r.record(path, "output", out, this.batch);
     this.checkEnding();

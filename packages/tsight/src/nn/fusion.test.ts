@@ -73,6 +73,48 @@ describe("fused decoder blocks", () => {
     expect(cached.value).toBeGreaterThan(40);
   });
 
+  it("a block whose modules are only read stays fused and hands their values out, inputs and outputs, as op by op", async () => {
+    const lm = await LanguageModel.load("stdlib-gpt2");
+    const read = () =>
+      lm.trace("def __init__(self", async (m) => {
+        const b = m.transformer.h[1];
+        const ln = (await b.ln_1.output) as Tensor;
+        const fcIn = (await b.mlp.c_fc.input) as Tensor;
+        const fc = (await b.mlp.c_fc.output) as Tensor;
+        const mlp = (await b.mlp.output) as Tensor;
+        const later = (await m.transformer.h[3].attn.c_proj.output) as Tensor;
+        return { ln, fcIn, fc, mlp, later, logits: (await m.lm_head.output) as Tensor };
+      });
+    const eager = await withFusion(false, read);
+    // The first runs learn which values the trace asks for (one more per block and run), then the graphs give them.
+    const first = await withFusion(true, read);
+    for (let i = 0; i < 5; i++) await withFusion(true, read);
+    const fused = await withFusion(true, read);
+    expect(maxAbsDiff(first.value.logits, eager.value.logits)).toBeLessThanOrEqual(1e-6);
+    const plain = await withFusion(true, () => lm.trace("def __init__(self", async (m) => (await m.lm_head.output) as Tensor));
+    for (const k of ["ln", "fcIn", "fc", "mlp", "later", "logits"] as const) expect(maxAbsDiff(fused.value[k], eager.value[k]), k).toBeLessThanOrEqual(1e-6);
+    // Every block ran as one kernel, as in a trace that reads nothing inside them.
+    expect(fused.kernels).toBe(plain.kernels);
+  });
+
+  it.each([
+    ["a replacement made before the block", "async (m) => { m.transformer.h[1].mlp.output = zeros([1, 5, 256]); return await m.lm_head.output; }"],
+    ["a read and then a replacement of the same module", "async (m) => { const h = await m.transformer.h[1].mlp.output; m.transformer.h[1].mlp.output = h.mul(2); return await m.lm_head.output; }"],
+    ["a read and then a replacement of a later module", "async (m) => { const h = await m.transformer.h[1].ln_2.output; m.transformer.h[1].mlp.c_fc.output = (await m.transformer.h[1].mlp.c_fc.output).mul(h.mean()); return await m.lm_head.output; }"],
+    ["a read of a module's input and then a replacement of it", "async (m) => { const x = await m.transformer.h[1].mlp.input; m.transformer.h[1].mlp.input = x.mul(0.5); return await m.lm_head.output; }"],
+    ["a read and then an operation point", "async (m) => { await m.transformer.h[1].ln_1.output; const p = await m.transformer.h[1].attn.source.pattern.output; return [p, await m.lm_head.output]; }"],
+    ["a read and then a skip", "async (m) => { const x = await m.transformer.h[1].ln_2.output; m.transformer.h[1].mlp.skip(x); return await m.lm_head.output; }"],
+  ])("%s inside a fused block: the block runs op by op, with the numbers of no fusion", async (_, source) => {
+    const lm = await LanguageModel.load("stdlib-gpt2");
+    const fn = new Function("zeros", `return ${source}`)((shape: number[]) => Tensor.zeros(shape));
+    const run = () => lm.trace("def __init__(self", fn) as Promise<Tensor | Tensor[]>;
+    const eager = await withFusion(false, run);
+    await withFusion(true, run);
+    const fused = await withFusion(true, run);
+    const flat = (v: Tensor | Tensor[]) => (Array.isArray(v) ? v : [v]);
+    flat(fused.value).forEach((t, i) => expect(maxAbsDiff(t, flat(eager.value)[i]!)).toBeLessThanOrEqual(1e-6));
+  });
+
   it("numbering of calls stays right around fused blocks: a later trace reads what a trace without fusion reads", async () => {
     const lm = await LanguageModel.load("stdlib-gpt2");
     const run = () =>

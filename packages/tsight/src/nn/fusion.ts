@@ -6,7 +6,7 @@
  * captured run op by op as before. Calls of the modules inside a fused block are counted for the hooks (`pass`),
  * so later calls keep their numbers.
  */
-import { argumentSignature, Capture, compileCapture, fusionEnabled, isGradEnabled, runCaptured, runCaptureGeneric, Tensor, type FusedGraph } from "../tensor/index.js";
+import { argumentSignature, Capture, compileCapture, fusionEnabled, isGradEnabled, runCaptured, runCaptureGeneric, Tensor, UNKNOWN_VALUE, type CapturedCall, type FusedGraph } from "../tensor/index.js";
 import { KVCache } from "./cache.js";
 import { Module, type ModuleHooks } from "./module.js";
 
@@ -21,9 +21,11 @@ const MAX_SIGNATURES = 64;
  */
 export function fusedForward(module: Module, args: unknown[], hooks: ModuleHooks | null, forward: (args: unknown[]) => Promise<unknown>): Promise<unknown> | null {
   if (!fusionEnabled()) return null;
-  if (hooks && (!hooks.watchesWithin || hooks.watchesWithin(module.path))) return null;
+  // Something inside is watched: the block may still run fused and hand out its modules' values (see replay).
+  const watched = hooks !== null && (!hooks.watchesWithin || hooks.watchesWithin(module.path));
+  if (watched && !hooks.replay) return null;
   const cache = cacheIn(args);
-  if (cache) return fusedStep(module, args, hooks, forward, cache);
+  if (cache) return watched ? null : fusedStep(module, args, hooks, forward, cache);
   const args_ = argumentSignature(args);
   if (args_ === null) return null;
   // A graph captured before an SAE was spliced in or removed is stale.
@@ -33,6 +35,7 @@ export function fusedForward(module: Module, args: unknown[], hooks: ModuleHooks
   const known = byArgs.get(signature);
   if (known === null) return null;
   const run = (graph: FusedGraph): unknown => {
+    if (watched) return replay(module, hooks!, graph, args, forward);
     const out = graph.run(args);
     passInner(module, hooks);
     return out;
@@ -68,6 +71,75 @@ function fusableParams(module: Module): Map<Tensor, () => Tensor> | null {
     params.set(t, () => info.module.getParam(info.name));
   }
   return params;
+}
+
+/** Thrown through a replay when a module inside the block must really run (the block then runs op by op). */
+class MustRun extends Error {}
+
+/** Per fused graph: the paths of the modules its calls are of, the modules inside the block not called, and the values to tap. */
+const replayed = new WeakMap<FusedGraph, { paths: Set<string>; uncalled: Module[]; taps: Set<string> }>();
+
+/**
+ * A block with watched modules inside, run as its fused graph that also gives the values asked of the modules
+ * inside it (FusedGraph.tapped); the calls then go through the hooks in their order and nesting, each with a
+ * forward that gives the known result, so reads are answered as if the block ran op by op. Where something asked
+ * needs a module to really run (a replacement, a skip, an operation point, a value the graph does not give),
+ * before it is taken: the call counts go back and the block runs op by op from its start (the values handed out
+ * already are those it computes again). A value asked that the graph did not give is tapped from the next run on:
+ * a trace run again (a loop over prompts) stays fused.
+ */
+async function replay(block: Module, hooks: ModuleHooks, graph: FusedGraph, args: unknown[], forward: (args: unknown[]) => Promise<unknown>): Promise<unknown> {
+  const calls = graph.calls;
+  if (!calls) return forward(args);
+  let known = replayed.get(graph);
+  if (!known) {
+    const paths = new Set<string>();
+    const walk = (c: CapturedCall): void => void (paths.add((c.owner as Module).path), c.children.forEach(walk));
+    calls.forEach(walk);
+    replayed.set(graph, (known = { paths, uncalled: innerModules(block).filter((m) => !paths.has(m.path)), taps: new Set() }));
+  }
+  const session = hooks.replay!(block, known.paths);
+  if (!session) return forward(args);
+  const { taps } = known;
+  for (const v of session.asked) taps.add(v);
+  const tapped = graph.tapped(taps, (owner) => (owner as Module).path);
+  if (!tapped) return forward(args);
+  const { result, real } = tapped.run(args);
+  const learn = (value: string) => taps.add(value);
+  const give = async (call: CapturedCall): Promise<void> => {
+    const module = call.owner as Module;
+    const input = real(call.args);
+    const output = real(call.out);
+    const gives = { input: input !== UNKNOWN_VALUE, output: output !== UNKNOWN_VALUE };
+    if (session.needsRun(module.path, gives, learn)) throw new MustRun();
+    // Values nobody asks for are not tapped: the calls get the captured ones, which no read can reach (a read of
+    // them now or while they are handed out would have made the module run).
+    const args_ = gives.input ? (input as unknown[]) : call.args;
+    const out = gives.output ? output : call.out;
+    const got = await hooks.call(module, args_, async (a) => {
+      // Replaced as it was handed out (code that reads a value and then replaces it).
+      if (a !== args_) {
+        session.keep(module.path, "input", a);
+        throw new MustRun();
+      }
+      for (const c of call.children) await give(c);
+      if (session.needsRun(module.path, gives, learn)) throw new MustRun();
+      return out;
+    });
+    if (got !== out) {
+      session.keep(module.path, "output", got);
+      throw new MustRun();
+    }
+  };
+  try {
+    for (const call of calls) await give(call);
+  } catch (e) {
+    if (!(e instanceof MustRun)) throw e;
+    session.rewind();
+    return forward(args);
+  }
+  if (hooks.pass) for (const m of known.uncalled) hooks.pass(m);
+  return result;
 }
 
 /** Counts a call of every module inside a fused one for the hooks, so later calls keep their numbers. */

@@ -26,6 +26,30 @@ export interface ModuleHooks {
   passWithin?(module: Module): void;
   /** Whether anything reads, replaces or records a module below `path` (with `pass`: lets a block run fused). */
   watchesWithin?(path: string): boolean;
+  /**
+   * For a block with watched modules inside: whether it may run fused and then hand the modules' values out as
+   * if they had run one by one (see fusion.ts's replay), or null. `modules` are the paths whose values it can give.
+   */
+  replay?(block: Module, modules: ReadonlySet<string>): Replay | null;
+}
+
+/** A fused block handing out the values of the modules inside it, through `call` with a forward that gives them. */
+export interface Replay {
+  /**
+   * Whether what is asked of the module at `path` now needs it to really run: a replacement or skip of it, a value
+   * of it the replay cannot give (`gives`: whether its input and output are known; `missing` is told which, as
+   * `input|PATH` or `output|PATH`), or a value below it that is not one of the modules'.
+   */
+  needsRun(path: string, gives: { input: boolean; output: boolean }, missing?: (value: string) => void): boolean;
+  /** The values below the block asked for when the replay began, as `input|PATH` or `output|PATH`. */
+  readonly asked: ReadonlySet<string>;
+  /**
+   * Keeps a value of the module at `path`'s call in progress that a replacement made as it was handed out (the
+   * replay cannot go on after it): the block's run op by op takes it there instead of computing it.
+   */
+  keep(path: string, kind: "input" | "output", value: unknown): void;
+  /** Puts the call counts of the modules back as they were before the replay began (the block then runs op by op). */
+  rewind(): void;
 }
 
 /** State shared by every module of one tree. */
@@ -66,8 +90,10 @@ export abstract class Module {
 
   /** Runs `forward` through the hooks of the tree (intervention points). */
   call<M extends Module>(this: M, ...args: Parameters<M["forward"]>): ReturnType<M["forward"]> {
-    // While a fused graph is captured, modules run their forward with no hooks (nothing is provided).
-    if (activeCapture()) return this.forwardNow(args) as ReturnType<M["forward"]>;
+    // While a fused graph is captured, modules run their forward with no hooks (nothing is provided); the calls are
+    // noted, so that a fused block can give the values of the modules inside it.
+    const capture = activeCapture();
+    if (capture) return capture.recordCall(this, args, () => this.forwardNow(args)) as ReturnType<M["forward"]>;
     const hooks = this.tree.hooks;
     const forward = this.fusible ? (a: unknown[]) => fusedForward(this, a, hooks, (x) => this.forwardNow(x)) ?? this.forwardNow(a) : (a: unknown[]) => this.forwardNow(a);
     return (hooks ? hooks.call(this, args, forward) : forward(args)) as ReturnType<M["forward"]>;

@@ -41,13 +41,40 @@ function shapeFeed(shape: readonly number[]): RawTensor {
   return { dtype: "int64", shape: [shape.length], data: BigInt64Array.from(shape.map(BigInt)) };
 }
 
+/** A call of a module inside captured code: its arguments and result as captured, and the calls inside it. */
+export interface CapturedCall {
+  owner: object;
+  args: unknown[];
+  out: unknown;
+  children: CapturedCall[];
+}
+
 /** Ops recorded while a capture runs: the values they read (sources) and make. */
 export class Capture {
   private readonly ids = new Map<Tensor, number>();
   /** Real tensors the code used, by value id. */
   readonly sources = new Map<number, Tensor>();
   readonly ops: Op[] = [];
+  /** The module calls the code made, outermost first, each with those inside it (see recordCall). */
+  readonly calls: CapturedCall[] = [];
+  /** False when calls overlapped (started while a sibling ran): their nesting is then unknown. */
+  callsNested = true;
+  private readonly open: CapturedCall[] = [];
   private next = 0;
+
+  /** Runs a module's forward (`run`) inside the capture, noting the call with its arguments and result. */
+  async recordCall<T>(owner: object, args: unknown[], run: () => Promise<T>): Promise<T> {
+    const call: CapturedCall = { owner, args, out: undefined, children: [] };
+    (this.open.at(-1)?.children ?? this.calls).push(call);
+    this.open.push(call);
+    try {
+      call.out = await run();
+      return call.out as T;
+    } finally {
+      if (this.open.at(-1) !== call) this.callsNested = false;
+      this.open.splice(this.open.lastIndexOf(call), 1);
+    }
+  }
 
   idOf(t: Tensor): number {
     let id = this.ids.get(t);
@@ -117,6 +144,8 @@ export type InputSlot = { kind: "arg"; path: (string | number)[] } | { kind: "pa
 
 /** A captured piece of code compiled as one graph: run with the same kind of arguments, it gives what the code gives. */
 export class FusedGraph {
+  private readonly taps = new Map<string, TappedGraph | null>();
+
   constructor(
     private readonly key: string,
     private readonly build: (g: GraphBuilder) => void,
@@ -124,13 +153,112 @@ export class FusedGraph {
     private readonly outputs: { dtype: DType; shape: number[] }[],
     /** Rebuilds the code's result from the graph's output tensors. */
     private readonly result: (outs: Tensor[]) => unknown,
+    /** What a tapped graph is made from (see tapped). */
+    private readonly source?: { capture: Capture; result: unknown; argSlots: ReadonlyMap<Tensor, (string | number)[]>; params: ReadonlyMap<Tensor, () => Tensor>; fed: (t: Tensor) => boolean },
   ) {}
 
+  /** The module calls inside the captured code, outermost first (null if they overlapped, or were not captured). */
+  get calls(): readonly CapturedCall[] | null {
+    const capture = this.source?.capture;
+    return capture?.callsNested && capture.calls.length > 0 ? capture.calls : null;
+  }
+
   run(args: readonly unknown[]): unknown {
-    const inputs = this.slots.map((s) => (s.kind === "arg" ? (resolvePath(args, s.path) as Tensor) : s.read()));
-    const raw = runKernel(this.key, this.build, inputs);
+    const raw = runKernel(this.key, this.build, this.inputs(args));
     return this.result(raw.map((r, i) => new Tensor(this.outputs[i]!.dtype, r.data as TypedArray, this.outputs[i]!.shape)));
   }
+
+  private inputs(args: readonly unknown[]): Tensor[] {
+    return this.slots.map((s) => (s.kind === "arg" ? (resolvePath(args, s.path) as Tensor) : s.read()));
+  }
+
+  /**
+   * The same graph with values the module calls inside the code took or gave as outputs too: the arguments of the
+   * calls `taps` names as `input|PATH`, the results of those it names as `output|PATH` (`pathOf` gives a call's
+   * path). What lets a fused block hand out the values of the modules inside it. Null when the calls overlapped.
+   */
+  tapped(taps: ReadonlySet<string>, pathOf: (owner: object) => string): TappedGraph | null {
+    const key = [...taps].sort().join(" ");
+    const known = this.taps.get(key);
+    if (known !== undefined) return known;
+    const src = this.source;
+    let made: TappedGraph | null = null;
+    if (src && this.calls) {
+      try {
+        made = this.makeTapped(src, taps, pathOf);
+      } catch {
+        made = null;
+      }
+    }
+    // Kinds of taps are few per block (what a loop of traces reads); past a handful the oldest is forgotten.
+    if (this.taps.size >= MAX_TAP_SETS) this.taps.delete(this.taps.keys().next().value!);
+    this.taps.set(key, made);
+    return made;
+  }
+
+  private makeTapped(src: NonNullable<FusedGraph["source"]>, wanted: ReadonlySet<string>, pathOf: (owner: object) => string): TappedGraph {
+    const results = tensorsIn(src.result).map(({ t }) => t);
+    const taps: Tensor[] = [];
+    const seen = new Set<Tensor>();
+    const tap = (v: unknown) => {
+      for (const { t } of tensorsIn(v)) if (t.isMeta && src.capture.has(t) && !seen.has(t)) seen.add(t), taps.push(t);
+    };
+    const walk = (call: CapturedCall): void => {
+      const path = pathOf(call.owner);
+      if (wanted.has(`input|${path}`)) tap(call.args);
+      if (wanted.has(`output|${path}`)) tap(call.out);
+      call.children.forEach(walk);
+    };
+    src.capture.calls.forEach(walk);
+    const graph = captureGraph(src.capture, [...results, ...taps], src.fed, true);
+    const specs = [...results, ...taps].map((t) => ({ dtype: t.dtype, shape: [...t.shape] }));
+    const run = (args: readonly unknown[]) => {
+      const raw = runKernel(graph.key, graph.build, this.inputs(args));
+      const outs = raw.map((r, i) => new Tensor(specs[i]!.dtype, r.data as TypedArray, specs[i]!.shape));
+      const tapped = new Map(taps.map((t, i) => [t, outs[results.length + i]!]));
+      // A value the calls saw, as it is in this run: computed (a tap), an argument or parameter of this run, or a
+      // constant of the code.
+      const real = (t: Tensor): Tensor | undefined => {
+        if (t.isMeta) return tapped.get(t);
+        const at = src.argSlots.get(t);
+        if (at) return resolvePath(args, at) as Tensor;
+        return src.params.get(t)?.() ?? t;
+      };
+      return { result: this.result(outs.slice(0, results.length)), real: (v: unknown) => mapValues(v, real) };
+    };
+    return { calls: src.capture.calls, run };
+  }
+}
+
+/** Tapped variants kept per fused graph. */
+const MAX_TAP_SETS = 8;
+
+/** What a tapped graph's `real` gives for a captured value it cannot give as in this run. */
+export const UNKNOWN_VALUE: unique symbol = Symbol("unknown value");
+
+/** A fused graph that also gives the values of the module calls inside it (see FusedGraph.tapped). */
+export interface TappedGraph {
+  calls: readonly CapturedCall[];
+  /** Runs it; `real` turns a captured value (a call's arguments or result) into this run's, or UNKNOWN_VALUE. */
+  run(args: readonly unknown[]): { result: unknown; real: (captured: unknown) => unknown };
+}
+
+/** `v` with its tensors replaced by `map`'s (arrays and plain objects copied); UNKNOWN_VALUE if one cannot be, or `v` holds other objects. */
+function mapValues(v: unknown, map: (t: Tensor) => Tensor | undefined): unknown {
+  const cannot = UNKNOWN_VALUE;
+  const walk = (x: unknown): unknown => {
+    if (x instanceof Tensor) return map(x) ?? cannot;
+    if (x === null || x === undefined || typeof x !== "object") return x;
+    if (Array.isArray(x)) {
+      const out = x.map(walk);
+      return out.includes(cannot) ? cannot : out;
+    }
+    if (Object.getPrototypeOf(x) !== Object.prototype) return cannot;
+    const out: Record<string, unknown> = {};
+    for (const [k, y] of Object.entries(x)) if ((out[k] = walk(y)) === cannot) return cannot;
+    return out;
+  };
+  return walk(v);
 }
 
 function resolvePath(root: unknown, path: readonly (string | number)[]): unknown {
@@ -248,7 +376,7 @@ export function compileCapture(capture: Capture, args: readonly unknown[], param
   }
   const outputs = tensorsIn(result).map(({ t }) => t);
   const { key, build } = captureGraph(capture, outputs, fed, true);
-  return new FusedGraph(key, build, slots, outputs.map((t) => ({ dtype: t.dtype, shape: [...t.shape] })), (outs) => rebuildResult(result, outs));
+  return new FusedGraph(key, build, slots, outputs.map((t) => ({ dtype: t.dtype, shape: [...t.shape] })), (outs) => rebuildResult(result, outs), { capture, result, argSlots, params, fed });
 }
 
 /**

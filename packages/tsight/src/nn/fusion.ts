@@ -106,8 +106,15 @@ async function replay(block: Module, hooks: ModuleHooks, graph: FusedGraph, args
   if (!tapped) return forward(args);
   const { result, real } = tapped.run(args);
   const learn = (value: string) => taps.add(value);
+  // A call with nothing asked of it or below it when its turn comes is counted, not played through the hooks.
+  const quiet = hooks.watches && hooks.watchesWithin && hooks.pass ? (path: string) => !hooks.watches!(path) && !hooks.watchesWithin!(path) : () => false;
+  const count = (call: CapturedCall): void => {
+    hooks.pass!(call.owner as Module);
+    call.children.forEach(count);
+  };
   const give = async (call: CapturedCall): Promise<void> => {
     const module = call.owner as Module;
+    if (quiet(module.path)) return count(call);
     const input = real(call.args);
     const output = real(call.out);
     const gives = { input: input !== UNKNOWN_VALUE, output: output !== UNKNOWN_VALUE };

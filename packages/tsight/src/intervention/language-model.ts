@@ -312,20 +312,20 @@ export class LanguageModel<M extends CausalLM = any> extends Model<M, EnvoyTree<
 
   /** Token ids of the invokes' inputs, each stripped of its padding and all left-padded to one length: [ids, mask]. */
   protected override batchFor(inputs: readonly unknown[], extraTokens: number | undefined, maxInputTokens: number): { args: unknown[]; sizes: number[] } {
-    // One input with no padding (the usual trace) is already its batch: no round trip through lists.
-    if (inputs.length === 1) {
-      const b = toBatch(inputs[0] as ModelInput, this.tokenizer);
-      if (b.ids.shape[1]! > 0 && (b.mask.data as BigInt64Array).every((v) => v === 1n)) {
-        checkInput(b.ids, this.model.config, extraTokens);
-        checkInput(b.ids, this.model.config, extraTokens, maxInputTokens);
-        const own = (t: Tensor) => new Tensor("int64", (t.data as BigInt64Array).slice(), t.shape);
-        return { args: [own(b.ids), own(b.mask)], sizes: [b.ids.shape[0]!] };
-      }
-    }
-    const rows: number[][] = [];
-    const sizes = inputs.map((input) => {
+    const batches = inputs.map((input) => {
       const b = toBatch(input as ModelInput, this.tokenizer);
       checkInput(b.ids, this.model.config, extraTokens);
+      return b;
+    });
+    // One input with no padding (the usual trace) is already its batch: no round trip through lists.
+    const only = batches.length === 1 ? batches[0]! : undefined;
+    if (only && only.ids.shape[1]! > 0 && (only.mask.data as BigInt64Array).every((v) => v === 1n)) {
+      checkInput(only.ids, this.model.config, extraTokens, maxInputTokens);
+      const own = (t: Tensor) => new Tensor("int64", (t.data as BigInt64Array).slice(), t.shape);
+      return { args: [own(only.ids), own(only.mask)], sizes: [only.ids.shape[0]!] };
+    }
+    const rows: number[][] = [];
+    const sizes = batches.map((b) => {
       const ids = b.ids.tolist() as number[][];
       const mask = b.mask.tolist() as number[][];
       ids.forEach((r, i) => rows.push(r.filter((_, j) => mask[i]![j] === 1)));

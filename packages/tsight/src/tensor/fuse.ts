@@ -226,7 +226,7 @@ export class FusedGraph {
       };
       return { result: this.result(outs.slice(0, results.length)), real: (v: unknown) => mapValues(v, real) };
     };
-    return { calls: src.capture.calls, run };
+    return { run };
   }
 }
 
@@ -238,7 +238,6 @@ export const UNKNOWN_VALUE: unique symbol = Symbol("unknown value");
 
 /** A fused graph that also gives the values of the module calls inside it (see FusedGraph.tapped). */
 export interface TappedGraph {
-  calls: readonly CapturedCall[];
   /** Runs it; `real` turns a captured value (a call's arguments or result) into this run's, or UNKNOWN_VALUE. */
   run(args: readonly unknown[]): { result: unknown; real: (captured: unknown) => unknown };
 }

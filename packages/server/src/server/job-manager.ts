@@ -71,7 +71,7 @@ interface ActiveJob {
 /** What /v1/status says about one model of the embedded server. */
 export interface ModelStatus extends ModelLoad {
   running: boolean;
-  /** `threads`: alive now (the serving one and any still finishing); `forcedEnds`: threads terminated from outside. */
+  /** `threads`: alive now (the serving one and any still finishing); `forcedEnds`: threads let go of that did not end by themselves. */
   worker: { state: WorkerState; threadId: number | null; restarts: number; lastError: string | null; threads: number; forcedEnds: number };
 }
 

@@ -60,13 +60,13 @@ const RETIRE_WAIT_MS = 30_000;
  * has drained); terminated from outside only if it has not ended after `waitMs`. Terminating a thread while
  * isolated-vm still has tasks for it hangs the terminate or aborts the whole process ("terminate called after
  * throwing an instance of 'ivm::RuntimeError'"), even after the thread has reported the end of all its jobs.
- * Resolves once the thread has exited.
+ * Resolves with the thread's exit code once it has exited (0: it ended by itself).
  */
-function retire(thread: Worker, waitMs: number, onForced: () => void): Promise<void> {
-  const exited = new Promise<void>((resolve) => thread.once("exit", () => resolve()));
+function retire(thread: Worker, waitMs: number, onOverdue: () => void): Promise<number> {
+  const exited = new Promise<number>((resolve) => thread.once("exit", resolve));
   thread.postMessage({ type: "exit" } satisfies ToWorker);
   const timer = setTimeout(() => {
-    onForced();
+    onOverdue();
     void thread.terminate();
   }, waitMs);
   timer.unref();
@@ -79,7 +79,7 @@ export class ModelWorker {
   state: WorkerState = "stopped";
   /** Times a fresh thread was started after one died or was given up on. */
   restarts = 0;
-  /** Threads told to end that had not ended in time and were terminated from outside (see retire). */
+  /** Threads let go of (given up on, or closed) that did not end by themselves: terminated from outside, or died. */
   forcedEnds = 0;
   /** Why the model last failed to load, or the thread last died (cleared when a thread is ready). */
   lastError: ErrorInfo | undefined;
@@ -179,7 +179,7 @@ export class ModelWorker {
     this.release();
     if (!thread) return;
     // A thread inside a long native call ends only when the call returns; closing does not wait past CLOSE_WAIT_MS.
-    if (running.length === 0) return void (await Promise.race([retire(thread, CLOSE_WAIT_MS, () => this.forced(CLOSE_WAIT_MS)), new Promise((r) => setTimeout(r, CLOSE_WAIT_MS).unref())]));
+    if (running.length === 0) return void (await Promise.race([retire(thread, CLOSE_WAIT_MS, () => this.overdue(CLOSE_WAIT_MS)).then((code) => this.ended(code)), new Promise((r) => setTimeout(r, CLOSE_WAIT_MS).unref())]));
     for (const current of running) {
       Atomics.store(current.job.stop, 0, 1);
       thread.postMessage({ type: "cancel", jobId: current.job.jobId });
@@ -298,18 +298,23 @@ export class ModelWorker {
     this.abandoned.add(thread);
     const left = new Set(jobIds);
     thread.on("message", (m: FromWorker) => {
-      if ((m.type === "completed" || m.type === "failed") && left.delete(m.jobId) && left.size === 0) void retire(thread, RETIRE_WAIT_MS, () => this.forced(RETIRE_WAIT_MS));
+      if ((m.type === "completed" || m.type === "failed") && left.delete(m.jobId) && left.size === 0) void retire(thread, RETIRE_WAIT_MS, () => this.overdue(RETIRE_WAIT_MS));
     });
-    thread.once("exit", () => {
+    thread.once("exit", (code) => {
+      this.ended(code);
       this.abandoned.delete(thread);
       if (this.state === "draining") this.spawn();
     });
     thread.unref();
   }
 
-  private forced(waitedMs: number): void {
-    this.forcedEnds++;
+  private overdue(waitedMs: number): void {
     this.options.log?.(`tsight: a thread of ${this.options.model} did not end ${waitedMs} ms after it was told to; it is terminated`);
+  }
+
+  /** A thread let go of has exited with `code` (a terminated one exits with 1). */
+  private ended(code: number): void {
+    if (code !== 0) this.forcedEnds++;
   }
 
   /** Threads of this model alive now: the one serving it, and those given up on that are still finishing. */

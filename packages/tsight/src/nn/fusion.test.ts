@@ -8,7 +8,8 @@ import { afterEach, describe, expect, it } from "vitest";
 import { fixture, fixtureModel, hfFixtures, maxAbsDiff, ref, stdlibModels } from "../../../../test/fixtures.js";
 import { LanguageModel } from "../intervention/index.js";
 import { generate } from "../models/index.js";
-import { engineStats, setFusion, Tensor } from "../tensor/index.js";
+import { SGD, parameter } from "../optim/index.js";
+import { engineStats, noGrad, setFusion, setWeightCopyBudget, Tensor } from "../tensor/index.js";
 
 /** Runs `work` with fusion on or off, counting kernel calls. */
 async function withFusion<T>(on: boolean, work: () => Promise<T>): Promise<{ value: T; kernels: number }> {
@@ -126,5 +127,89 @@ describe("fused decoder blocks", () => {
     const [eager, fused] = [await withFusion(false, run), await withFusion(true, run)];
     expect(maxAbsDiff(fused.value[0], eager.value[0])).toBe(0);
     expect(maxAbsDiff(fused.value[1], eager.value[1])).toBe(0);
+  });
+
+  it("a weight replaced with setParameter is used from the next fused call, and the graph of the old one is freed", async () => {
+    const model = await fixtureModel("stdlib-gpt2");
+    const f = await fixture("stdlib-gpt2");
+    const ids = ref(f, "probe0/input_ids");
+    const name = "transformer.h.1.mlp.c_fc.weight";
+    const original = model.parameters().get(name)!;
+    const logits = async (on: boolean) => (await withFusion(on, () => model.call(ids))).value.logits as Tensor;
+    const before = await logits(true);
+    // Every kernel made once (the op-by-op path's, the multiplication's), so that only block graphs could add one.
+    model.setParameter(name, original.mul(1));
+    await logits(false);
+    await logits(true);
+    const kernels = engineStats().kernels;
+    for (const scale of [2, 0.5, 3]) {
+      model.setParameter(name, original.mul(scale));
+      const fused = await logits(true);
+      expect(maxAbsDiff(fused, await logits(false))).toBe(0);
+      expect(maxAbsDiff(fused, before)).toBeGreaterThan(1e-3);
+      // One block's graph made again for its new weights; the old one is gone.
+      expect(engineStats().kernels).toBe(kernels);
+    }
+    model.setParameter(name, original);
+    expect(maxAbsDiff(await logits(true), before)).toBe(0);
+  });
+
+  it("a weight trained in place by an optimizer step is used by the next fused forward (under noGrad), and the graph of its old values is freed", async () => {
+    const model = await fixtureModel("stdlib-gpt2");
+    const f = await fixture("stdlib-gpt2");
+    const ids = ref(f, "probe0/input_ids");
+    const name = "transformer.h.2.attn.c_proj.weight";
+    const w = parameter(model.parameters().get(name)!);
+    model.setParameter(name, w);
+    const opt = new SGD([w], { lr: 0.5 });
+    const logits = (on: boolean) => withFusion(on, () => noGrad(() => model.call(ids))).then((r) => r.value.logits as Tensor);
+    const train = async () => {
+      opt.zeroGrad();
+      (await model.call(ids)).logits.pow(2).mean().backward();
+      opt.step();
+    };
+    // Every kernel made once (the op-by-op path's, the gradients' and the step's), so that only block graphs could add one.
+    await logits(true);
+    await logits(false);
+    await train();
+    let last = await logits(true);
+    const kernels = engineStats().kernels;
+    for (let step = 0; step < 3; step++) {
+      await train();
+      const fused = await logits(true);
+      expect(maxAbsDiff(fused, await logits(false))).toBe(0);
+      expect(maxAbsDiff(fused, last)).toBeGreaterThan(1e-4);
+      expect(engineStats().kernels).toBe(kernels);
+      last = fused;
+    }
+  });
+
+  it("weights are copied into graphs only within the budget: past it, blocks feed them, with the same numbers", async () => {
+    const f = await fixture("stdlib-gpt2");
+    const ids = ref(f, "probe0/input_ids");
+    const blockBytes = (m: Awaited<ReturnType<typeof fixtureModel>>, i: number) =>
+      [...m.parameters()].filter(([n]) => n.startsWith(`transformer.h.${i}.`)).reduce((sum, [, t]) => sum + t.data.byteLength, 0);
+    const eager = (await withFusion(false, async () => (await (await fixtureModel("stdlib-gpt2")).call(ids)).logits as Tensor)).value;
+    const run = async () => {
+      // A model of its own: its blocks' graphs are made now, under the budget set.
+      const model = await fixtureModel("stdlib-gpt2");
+      const held = engineStats().weightBytes;
+      const logits = (await withFusion(true, () => model.call(ids))).value.logits as Tensor;
+      return { model, logits, copied: engineStats().weightBytes - held };
+    };
+    try {
+      setWeightCopyBudget(0);
+      const fed = await run();
+      expect(fed.copied).toBe(0);
+      expect(maxAbsDiff(fed.logits, eager)).toBe(0);
+      // Room for two blocks beyond what is held: two copied, the other two fed.
+      const room = engineStats().weightBytes + blockBytes(fed.model, 0) + blockBytes(fed.model, 1);
+      setWeightCopyBudget(room);
+      const some = await run();
+      expect(some.copied).toBe(blockBytes(some.model, 0) + blockBytes(some.model, 1));
+      expect(maxAbsDiff(some.logits, eager)).toBe(0);
+    } finally {
+      setWeightCopyBudget(null);
+    }
   });
 });

@@ -33,7 +33,7 @@ export function fusedForward(module: Module, args: unknown[], hooks: ModuleHooks
   let byArgs = graphs.get(module);
   if (!byArgs) graphs.set(module, (byArgs = new Map()));
   const known = byArgs.get(signature);
-  if (known === null) return null;
+  if (known === null || known?.recordsGrad()) return null;
   const run = (graph: FusedGraph): unknown => {
     if (watched) return replay(module, hooks!, graph, args, forward);
     const out = graph.run(args);

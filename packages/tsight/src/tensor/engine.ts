@@ -57,6 +57,16 @@ export interface KernelOptions {
   optimize?: boolean;
   /** Run independent branches of the graph at once, on this many threads. */
   parallelBranches?: number;
+  /**
+   * false: constant matrices are used as they are, not repacked for the matrix kernels (which sum in another order
+   * than with a fed matrix, so results would differ from the op-by-op path's in the last bits).
+   */
+  prepack?: boolean;
+  /**
+   * The bytes of model weights the graph holds as constants: such a kernel is kept outside the bounded cache
+   * (see `pinned`) and counted in `heldWeightBytes`.
+   */
+  holds?: number;
 }
 
 function sessionOptions(key: string, options: KernelOptions): object {
@@ -73,7 +83,7 @@ function sessionOptions(key: string, options: KernelOptions): object {
     // server's memory must come back after a job that made large tensors).
     enableCpuMemArena: process.env.TSIGHT_ARENA === "1",
     // Not optional: with spinning on, every eager call burns its threads' time slice and runs 10-15x slower.
-    extra: { session: { intra_op: { allow_spinning: "0" }, inter_op: { allow_spinning: "0" } } },
+    extra: { session: { ...(options.prepack === false ? { disable_prepacking: "1" } : {}), intra_op: { allow_spinning: "0" }, inter_op: { allow_spinning: "0" } } },
   };
 }
 
@@ -115,13 +125,23 @@ export class Kernel {
 /** Kernels kept, least recently used first. Attributes (axes, permutations) make keys, so the cache is bounded. */
 const kernels = new Map<string, Kernel>();
 const MAX_KERNELS = 256;
+/**
+ * Kernels that hold a model's weights as constants (a fused block), with those weights' bytes: outside the bounded
+ * cache, whose evictions would rebuild them (costly) or whose bound they would fill; they go when their weights
+ * change or are collected.
+ */
+const pinned = new Map<string, { kernel: Kernel; bytes: number }>();
+let pinnedBytes = 0;
 let kernelRuns = 0;
 
 /**
  * The kernel for `key`, built by `build` the first time the key is seen. The key must name everything the
- * graph depends on (op, attributes, input dtypes); shapes are not part of it, graphs are shape-generic.
+ * graph depends on (op, attributes, input dtypes) and the options; shapes are not part of it, graphs are
+ * shape-generic. `options` apply when it is made.
  */
-export function kernel(key: string, build: (g: GraphBuilder) => void): Kernel {
+export function kernel(key: string, build: (g: GraphBuilder) => void, options: KernelOptions = {}): Kernel {
+  const held = pinned.get(key);
+  if (held) return held.kernel;
   let k = kernels.get(key);
   if (k) {
     kernels.delete(key);
@@ -130,7 +150,12 @@ export function kernel(key: string, build: (g: GraphBuilder) => void): Kernel {
   }
   const g = new GraphBuilder();
   build(g);
-  k = new Kernel(key, g.build());
+  k = new Kernel(key, g.build(), options);
+  if (options.holds) {
+    pinned.set(key, { kernel: k, bytes: options.holds });
+    pinnedBytes += options.holds;
+    return k;
+  }
   kernels.set(key, k);
   if (kernels.size > MAX_KERNELS) {
     const [oldest, evicted] = kernels.entries().next().value as [string, Kernel];
@@ -140,12 +165,60 @@ export function kernel(key: string, build: (g: GraphBuilder) => void): Kernel {
   return k;
 }
 
-export function runKernel(key: string, build: (g: GraphBuilder) => void, inputs: readonly RawTensor[]): RawTensor[] {
-  kernelRuns++;
-  return kernel(key, build).run(inputs);
+/** Whether a kernel for `key` is made (and kept). */
+export function hasKernel(key: string): boolean {
+  return pinned.has(key) || kernels.has(key);
 }
 
-/** Counters for benchmarks and tests: compiled kernels and kernel calls so far. */
-export function engineStats(): { kernels: number; runs: number } {
-  return { kernels: kernels.size, runs: kernelRuns };
+/** The bytes of weights the kernels kept hold as constants (ONNX Runtime's copies of them). */
+export function heldWeightBytes(): number {
+  return pinnedBytes;
+}
+
+/** Frees the kernel for `key`, if there is one (the next run with that key builds it again). */
+export function dropKernel(key: string): void {
+  const held = pinned.get(key);
+  if (held) {
+    pinned.delete(key);
+    pinnedBytes -= held.bytes;
+    held.kernel.dispose();
+    return;
+  }
+  const k = kernels.get(key);
+  if (!k) return;
+  kernels.delete(key);
+  k.dispose();
+}
+
+/** The pinned kernels holding each weight array as a constant. */
+const kernelsOfWeight = new WeakMap<object, Set<string>>();
+const weightsCollected = new FinalizationRegistry<string>((key) => dropKernel(key));
+
+/** Ties the pinned kernel `key` to the weight arrays it holds: it is freed when one is released or collected. */
+export function tieToWeights(key: string, arrays: readonly object[]): void {
+  for (const a of arrays) {
+    let keys = kernelsOfWeight.get(a);
+    if (!keys) kernelsOfWeight.set(a, (keys = new Set()));
+    if (keys.has(key)) continue;
+    keys.add(key);
+    weightsCollected.register(a, key);
+  }
+}
+
+/** Frees the kernels holding `array` as a constant (its tensor has taken other values). */
+export function releaseWeight(array: object): void {
+  const keys = kernelsOfWeight.get(array);
+  if (!keys) return;
+  kernelsOfWeight.delete(array);
+  for (const key of keys) dropKernel(key);
+}
+
+export function runKernel(key: string, build: (g: GraphBuilder) => void, inputs: readonly RawTensor[], options: KernelOptions = {}): RawTensor[] {
+  kernelRuns++;
+  return kernel(key, build, options).run(inputs);
+}
+
+/** Counters for benchmarks and tests: compiled kernels, kernel calls so far, bytes of weights held as graph constants. */
+export function engineStats(): { kernels: number; runs: number; weightBytes: number } {
+  return { kernels: kernels.size + pinned.size, runs: kernelRuns, weightBytes: pinnedBytes };
 }

@@ -2,19 +2,21 @@
  * Fused graphs: the ops a piece of code runs (a decoder block's forward), captured once per input shapes and
  * compiled into one ONNX Runtime graph, then run as one kernel call instead of one call per op. Capturing runs the
  * code with every op recorded instead of executed (outputs are meta tensors); code that needs a value's data, or
- * an op with no graph form, cannot be captured and runs eagerly. Parameters and inputs are graph inputs (fed, not
- * copied into the graph); everything else the code makes (scalars, shape vectors) is a constant of the graph.
+ * an op with no graph form, cannot be captured and runs eagerly. Float32 parameters are constants of the graph
+ * (bound once, within a memory budget; see WeightBinding), inputs and shape vectors are fed, so one graph serves
+ * every shape; small values the code makes (scalars) are constants.
  */
 import type { AsyncLocalStorage } from "node:async_hooks";
 import { isGradEnabled } from "./autograd.js";
 import type { DType, StorageArray, TypedArray } from "./dtype.js";
-import { runKernel, type RawTensor } from "./engine.js";
+import { dropKernel, hasKernel, heldWeightBytes, runKernel, tieToWeights, type RawTensor } from "./engine.js";
 import { lazyNode } from "./node.js";
 import type { GraphBuilder } from "./onnx.js";
 import type { OutSpec, Primitive } from "./primitive.js";
 import { Tensor } from "./tensor.js";
 
 const asyncHooks = lazyNode<typeof import("node:async_hooks")>("node:async_hooks");
+const os = lazyNode<typeof import("node:os")>("node:os");
 
 /** The code being captured cannot be: it reads data, or runs an op with no graph form. */
 export class CaptureError extends Error {
@@ -122,6 +124,8 @@ export function runCaptured<T>(capture: Capture, work: () => Promise<T>): Promis
   return (storage ??= new asyncHooks.AsyncLocalStorage<Capture>()).run(capture, work);
 }
 
+const env = (name: string): string | undefined => (globalThis as { process?: { env?: Record<string, string | undefined> } }).process?.env?.[name];
+
 let fusionSet: boolean | null = null;
 let fusionFromEnv: boolean | undefined;
 
@@ -131,7 +135,7 @@ let fusionFromEnv: boolean | undefined;
  */
 export function fusionEnabled(): boolean {
   if (fusionSet !== null) return fusionSet;
-  return (fusionFromEnv ??= (globalThis as { process?: { env?: Record<string, string | undefined> } }).process?.env?.TSIGHT_FUSE !== "0");
+  return (fusionFromEnv ??= env("TSIGHT_FUSE") !== "0");
 }
 
 /** Turns fusion on or off in this thread (tests, benchmarks); null goes back to TSIGHT_FUSE. */
@@ -139,54 +143,107 @@ export function setFusion(on: boolean | null): void {
   fusionSet = on;
 }
 
-/** Where a fused graph's inputs come from at each run. */
-export type InputSlot = { kind: "arg"; path: (string | number)[] } | { kind: "param"; read: () => Tensor };
+/** Where a fused graph's inputs come from at each run: an argument, a parameter (read then), or a value of the capture. */
+type InputSlot = { kind: "arg"; path: (string | number)[] } | { kind: "param"; read: () => Tensor } | { kind: "value"; value: RawTensor };
 
-/** A captured piece of code compiled as one graph: run with the same kind of arguments, it gives what the code gives. */
+/** What a fused graph is made from: the capture, the code's result, and where its arguments and parameters were. */
+interface FusedSource {
+  capture: Capture;
+  result: unknown;
+  argSlots: ReadonlyMap<Tensor, (string | number)[]>;
+  params: ReadonlyMap<Tensor, () => Tensor>;
+}
+
+/**
+ * How each source of `src` becomes part of a graph (see SourceKind): arguments are inputs; parameters are weights
+ * when `weights` and float32, else inputs; values the code made are constants when small, else inputs. Gives the
+ * kinds, the inputs' slots in order (the ops' shape vectors follow them) and the weights' reads in order.
+ */
+function planInputs(src: FusedSource, weights: boolean): { kindOf: (t: Tensor) => SourceKind; slots: InputSlot[]; reads: (() => Tensor)[] } {
+  const kindOf = (t: Tensor): SourceKind =>
+    src.argSlots.has(t) ? "input" : src.params.has(t) ? (weights && bakeable(t) ? "weight" : "input") : t.data.length > MAX_BAKED_CONSTANT ? "input" : "constant";
+  const slots: InputSlot[] = [];
+  const reads: (() => Tensor)[] = [];
+  for (const t of src.capture.sources.values()) {
+    const kind = kindOf(t);
+    const arg = src.argSlots.get(t);
+    const read = src.params.get(t);
+    if (kind === "weight") reads.push(read!);
+    else if (kind === "input") slots.push(arg ? { kind: "arg", path: arg } : read ? { kind: "param", read } : { kind: "value", value: t });
+  }
+  for (const op of src.capture.ops) for (const value of op.feeds) slots.push({ kind: "value", value });
+  return { kindOf, slots, reads };
+}
+
+function feed(slots: readonly InputSlot[], args: readonly unknown[]): RawTensor[] {
+  return slots.map((s) => (s.kind === "arg" ? (resolvePath(args, s.path) as Tensor) : s.kind === "param" ? s.read() : s.value));
+}
+
+/**
+ * A captured piece of code compiled as one graph: run with the same kind of arguments, it gives what the code gives.
+ * Its weights are constants of the graph (see WeightBinding); everything shaped by the arguments is fed, so one
+ * kernel serves every kind of arguments with the same ops.
+ */
 export class FusedGraph {
   private readonly taps = new Map<string, TappedGraph | null>();
+  private readonly slots: InputSlot[];
+  private readonly binding: WeightBinding;
+  private readonly outputs: { dtype: DType; shape: number[] }[];
 
-  constructor(
-    private readonly key: string,
-    private readonly build: (g: GraphBuilder) => void,
-    private readonly slots: InputSlot[],
-    private readonly outputs: { dtype: DType; shape: number[] }[],
-    /** Rebuilds the code's result from the graph's output tensors. */
-    private readonly result: (outs: Tensor[]) => unknown,
-    /** What a tapped graph is made from (see tapped). */
-    private readonly source?: { capture: Capture; result: unknown; argSlots: ReadonlyMap<Tensor, (string | number)[]>; params: ReadonlyMap<Tensor, () => Tensor>; fed: (t: Tensor) => boolean },
-  ) {}
+  constructor(private readonly src: FusedSource) {
+    const outputs = tensorsIn(src.result).map(({ t }) => t);
+    let plan = planInputs(src, true);
+    let graph = captureGraph(src.capture, outputs, plan.kindOf);
+    // Weights as constants while their copies fit the budget (or are made already: a block's graph for another
+    // shape of arguments), else fed.
+    const weights = plan.reads.map((read) => read());
+    const bytes = weights.reduce((n, w) => n + w.data.byteLength, 0);
+    if (bytes && !hasKernel(boundKey(graph.base, weights)) && heldWeightBytes() + bytes > weightCopyBudget()) {
+      plan = planInputs(src, false);
+      graph = captureGraph(src.capture, outputs, plan.kindOf);
+    }
+    this.binding = new WeightBinding(graph, plan.reads);
+    this.slots = plan.slots;
+    this.outputs = outputs.map((t) => ({ dtype: t.dtype, shape: [...t.shape] }));
+  }
 
   /** The module calls inside the captured code, outermost first (null if they overlapped, or were not captured). */
   get calls(): readonly CapturedCall[] | null {
-    const capture = this.source?.capture;
-    return capture?.callsNested && capture.calls.length > 0 ? capture.calls : null;
+    const capture = this.src.capture;
+    return capture.callsNested && capture.calls.length > 0 ? capture.calls : null;
+  }
+
+  /**
+   * Whether a parameter it reads now records gradients (made trainable after the capture): the graph has no
+   * gradient, so the code must run op by op.
+   */
+  recordsGrad(): boolean {
+    if (!isGradEnabled()) return false;
+    for (const read of this.src.params.values()) if (read().requiresGrad) return true;
+    return false;
   }
 
   run(args: readonly unknown[]): unknown {
-    const raw = runKernel(this.key, this.build, this.inputs(args));
-    return this.result(raw.map((r, i) => new Tensor(this.outputs[i]!.dtype, r.data as TypedArray, this.outputs[i]!.shape)));
-  }
-
-  private inputs(args: readonly unknown[]): Tensor[] {
-    return this.slots.map((s) => (s.kind === "arg" ? (resolvePath(args, s.path) as Tensor) : s.read()));
+    const raw = this.binding.run(feed(this.slots, args));
+    return rebuildResult(this.src.result, raw.map((r, i) => new Tensor(this.outputs[i]!.dtype, r.data as TypedArray, this.outputs[i]!.shape)));
   }
 
   /**
    * The same graph with values the module calls inside the code took or gave as outputs too: the arguments of the
    * calls `taps` names as `input|PATH`, the results of those it names as `output|PATH` (`pathOf` gives a call's
    * path). What lets a fused block hand out the values of the modules inside it. Null when the calls overlapped.
+   * Its weights are fed (a variant per kind of taps holding its own copy of them would multiply the model's memory).
    */
   tapped(taps: ReadonlySet<string>, pathOf: (owner: object) => string): TappedGraph | null {
     const key = [...taps].sort().join(" ");
     const known = this.taps.get(key);
     if (known !== undefined) return known;
-    const src = this.source;
     let made: TappedGraph | null = null;
-    if (src && this.calls) {
+    if (this.calls) {
       try {
-        made = this.makeTapped(src, taps, pathOf);
-      } catch {
+        made = this.makeTapped(taps, pathOf);
+      } catch (e) {
+        if (!(e instanceof CaptureError)) throw e;
         made = null;
       }
     }
@@ -196,7 +253,8 @@ export class FusedGraph {
     return made;
   }
 
-  private makeTapped(src: NonNullable<FusedGraph["source"]>, wanted: ReadonlySet<string>, pathOf: (owner: object) => string): TappedGraph {
+  private makeTapped(wanted: ReadonlySet<string>, pathOf: (owner: object) => string): TappedGraph {
+    const src = this.src;
     const results = tensorsIn(src.result).map(({ t }) => t);
     const taps: Tensor[] = [];
     const seen = new Set<Tensor>();
@@ -210,10 +268,11 @@ export class FusedGraph {
       call.children.forEach(walk);
     };
     src.capture.calls.forEach(walk);
-    const graph = captureGraph(src.capture, [...results, ...taps], src.fed, true);
+    const { kindOf, slots } = planInputs(src, false);
+    const graph = captureGraph(src.capture, [...results, ...taps], kindOf);
     const specs = [...results, ...taps].map((t) => ({ dtype: t.dtype, shape: [...t.shape] }));
     const run = (args: readonly unknown[]) => {
-      const raw = runKernel(graph.key, graph.build, this.inputs(args));
+      const raw = runKernel(graph.base, (g) => graph.build(g, []), feed(slots, args));
       const outs = raw.map((r, i) => new Tensor(specs[i]!.dtype, r.data as TypedArray, specs[i]!.shape));
       const tapped = new Map(taps.map((t, i) => [t, outs[results.length + i]!]));
       // A value the calls saw, as it is in this run: computed (a tap), an argument or parameter of this run, or a
@@ -224,7 +283,7 @@ export class FusedGraph {
         if (at) return resolvePath(args, at) as Tensor;
         return src.params.get(t)?.() ?? t;
       };
-      return { result: this.result(outs.slice(0, results.length)), real: (v: unknown) => mapValues(v, real) };
+      return { result: rebuildResult(src.result, outs.slice(0, results.length)), real: (v: unknown) => mapValues(v, real) };
     };
     return { run };
   }
@@ -311,21 +370,39 @@ export function argumentSignature(args: readonly unknown[]): string | null {
 
 /** Short text of a constant's data for the graph's key (constants are small: scalars and shape vectors). */
 function dataKey(data: StorageArray): string {
-  if (data.length > 64) throw new CaptureError("the code made a large tensor from data (it would be baked into the graph)");
   return Array.from(data as ArrayLike<number | bigint>, String).join(",");
 }
 
+/** Constants made by the code above this many values are fed to the graph rather than written into it and its key. */
+const MAX_BAKED_CONSTANT = 64;
+
 /**
- * The graph of what `capture` recorded, with `outputs` (tensors the code computed or read) as its outputs. Sources
- * for which `fed` holds are graph inputs (in capture order), the others constants; the ops' shape vectors are
- * constants when `bakeFeeds`, else inputs after the sources. The key is the structure (ops, attributes, dtypes and
- * ranks) plus whatever is baked, so a graph with nothing baked serves every shape.
+ * What each value the captured code read becomes in its graph: an input fed at each run, a constant written into
+ * the graph (keyed by its data: scalars and small vectors the code made), or a weight (a constant too, keyed by the
+ * identity of its values, see WeightBinding).
  */
-function captureGraph(capture: Capture, outputs: readonly Tensor[], fed: (t: Tensor) => boolean, bakeFeeds: boolean): { key: string; build: (g: GraphBuilder) => void } {
+type SourceKind = "input" | "constant" | "weight";
+
+/** A graph built from a capture: its key without the weights' identities, and how to build it with given weights. */
+interface CapturedGraph {
+  base: string;
+  build: (g: GraphBuilder, weights: readonly Tensor[]) => void;
+}
+
+/**
+ * The graph of what `capture` recorded, with `outputs` (tensors the code computed or read) as its outputs. Each
+ * source becomes what `kindOf` says; the graph's inputs are the sources that are inputs, in capture order, then
+ * the ops' shape vectors. The key is the structure (ops, attributes, dtypes and ranks) and the constants' data,
+ * so a graph serves every shape (weights are named by their shapes here, by identity in WeightBinding's key).
+ */
+function captureGraph(capture: Capture, outputs: readonly Tensor[], kindOf: (t: Tensor) => SourceKind): CapturedGraph {
   const keyParts: string[] = [];
-  for (const [id, t] of capture.sources) keyParts.push(fed(t) ? `in${id}:${t.dtype}/${t.shape.length}` : `c${id}:${t.dtype}[${t.shape}]=${dataKey(t.data)}`);
+  for (const [id, t] of capture.sources) {
+    const kind = kindOf(t);
+    keyParts.push(kind === "input" ? `in${id}:${t.dtype}/${t.shape.length}` : kind === "weight" ? `w${id}:${t.dtype}[${t.shape}]` : `c${id}:${t.dtype}[${t.shape}]=${dataKey(t.data)}`);
+  }
   for (const op of capture.ops) {
-    const feeds = op.feeds.map((f) => (bakeFeeds ? `${f.dtype}[${f.shape}]=${dataKey(f.data)}` : `${f.dtype}/${f.shape.length}`));
+    const feeds = op.feeds.map((f) => `${f.dtype}/${f.shape.length}`);
     keyParts.push(`${op.p.name}(${op.inputs.join(",")})${JSON.stringify(op.attrs ?? null)}|${feeds.join(";")}|${op.specs.map((o) => `${o.dtype}/${o.shape.length}`).join(";")}->${op.outputs.join(",")}`);
   }
   const outIds = outputs.map((t) => {
@@ -333,11 +410,19 @@ function captureGraph(capture: Capture, outputs: readonly Tensor[], fed: (t: Ten
     return capture.idOf(t);
   });
   keyParts.push(`out:${outIds.join(",")}`);
-  const build = (g: GraphBuilder) => {
+  const build = (g: GraphBuilder, weights: readonly Tensor[]) => {
     const names = new Map<number, string>();
-    for (const [id, t] of capture.sources) if (fed(t)) names.set(id, g.input(t.dtype));
-    for (const [id, t] of capture.sources) if (!fed(t)) names.set(id, g.constant(t.dtype, [...t.shape], t.data));
-    const feedNames = capture.ops.map((op) => op.feeds.map((f) => (bakeFeeds ? g.constant(f.dtype, [...f.shape], f.data) : g.input(f.dtype))));
+    for (const [id, t] of capture.sources) if (kindOf(t) === "input") names.set(id, g.input(t.dtype));
+    let w = 0;
+    for (const [id, t] of capture.sources) {
+      const kind = kindOf(t);
+      if (kind === "constant") names.set(id, g.constant(t.dtype, [...t.shape], t.data));
+      else if (kind === "weight") {
+        const weight = weights[w++]!;
+        names.set(id, g.constant(weight.dtype, [...weight.shape], weight.data));
+      }
+    }
+    const feedNames = capture.ops.map((op) => op.feeds.map((f) => g.input(f.dtype)));
     capture.ops.forEach((op, n) => {
       const ins = [...op.inputs.map((i) => names.get(i)!), ...feedNames[n]!];
       const outs = op.p.graph ? op.p.graph(g, ins, op.attrs, op.metaInputs) : graphForms[op.p.name]!(g, ins, op.attrs, op.specs);
@@ -346,7 +431,87 @@ function captureGraph(capture: Capture, outputs: readonly Tensor[], fed: (t: Ten
     outIds.forEach((id, i) => g.output(names.get(id)!, outputs[i]!.dtype));
   };
   // "fused:" keys run on every kernel thread, like the matrix products they hold.
-  return { key: `fused:${keyParts.join("\n")}`, build };
+  return { base: `fused:${keyParts.join("\n")}`, build };
+}
+
+/** A number per weight array, for kernel keys (an array is replaced, never written, when a weight changes). */
+const weightIds = new WeakMap<object, number>();
+let nextWeightId = 0;
+
+/**
+ * A captured graph run with the module's weights as constants of the graph, bound once rather than fed at every
+ * run (GPT-2-small at 128 tokens: 249 ms against 273 fed; repacked for the matrix kernels, TSIGHT_PREPACK=1, 224
+ * ms, but no longer the op-by-op path's numbers to the bit). ONNX Runtime keeps its own copy of them. The graph is
+ * rebuilt when a weight is replaced (an optimizer step, setParameter, a new checkpoint): `reads` give the weights
+ * now, and the kernel of the old ones is freed.
+ */
+class WeightBinding {
+  private bound: StorageArray[] = [];
+  private key = "";
+
+  constructor(
+    private readonly graph: CapturedGraph,
+    private readonly reads: readonly (() => Tensor)[],
+  ) {}
+
+  run(inputs: readonly RawTensor[]): RawTensor[] {
+    const weights = this.reads.map((read) => read());
+    if (!this.key || weights.some((w, i) => w.data !== this.bound[i])) {
+      if (this.key && this.bound.length) dropKernel(this.key);
+      this.bound = weights.map((w) => w.data);
+      this.key = boundKey(this.graph.base, weights);
+    }
+    return runBound(this.key, this.graph, weights, inputs);
+  }
+}
+
+/** A captured graph's kernel key with its weights named by identity. */
+function boundKey(base: string, weights: readonly Tensor[]): string {
+  if (!weights.length) return base;
+  const ids = weights.map((w) => {
+    let id = weightIds.get(w.data);
+    if (id === undefined) weightIds.set(w.data, (id = nextWeightId++));
+    return id;
+  });
+  return `${base}\nweights:${ids.join(",")}${prepackWeights() ? " prepacked" : ""}`;
+}
+
+/** Runs `graph` built with `weights` as constants; its kernel is kept until they change or are collected. */
+function runBound(key: string, graph: CapturedGraph, weights: readonly Tensor[], inputs: readonly RawTensor[]): RawTensor[] {
+  const holds = weights.reduce((n, w) => n + w.data.byteLength, 0);
+  const prepack = holds > 0 && prepackWeights();
+  const build = (g: GraphBuilder) => {
+    graph.build(g, weights);
+    if (holds) tieToWeights(key, weights.map((w) => w.data));
+  };
+  return runKernel(key, build, inputs, { holds, prepack });
+}
+
+/** Whether a parameter can be a constant of a graph: float32 (a narrow one would be widened into a float32 copy). */
+const bakeable = (t: Tensor): boolean => t.dtype === "float32";
+
+let weightBudget: number | undefined;
+/**
+ * The bytes of weights ONNX Runtime may hold copies of as graph constants in this thread: TSIGHT_WEIGHT_COPY_MB,
+ * else a quarter of the machine's memory. Blocks past it feed their weights (no copy, slower): a model that fills
+ * the machine does not double.
+ */
+/** Sets the budget of weightCopyBudget in this thread (tests, benchmarks); null goes back to the default. */
+export function setWeightCopyBudget(bytes: number | null): void {
+  weightBudget = bytes ?? undefined;
+}
+
+function weightCopyBudget(): number {
+  if (weightBudget === undefined) {
+    const mb = Number(env("TSIGHT_WEIGHT_COPY_MB") ?? NaN);
+    weightBudget = Number.isFinite(mb) && mb >= 0 ? mb * 2 ** 20 : os.totalmem() / 4;
+  }
+  return weightBudget;
+}
+let prepackFromEnv: boolean | undefined;
+/** TSIGHT_PREPACK=1: constant weights are repacked for the matrix kernels (faster, other rounding; see WeightBinding). */
+function prepackWeights(): boolean {
+  return (prepackFromEnv ??= env("TSIGHT_PREPACK") === "1");
 }
 
 /** `result` with its tensors (in tensorsIn's order) replaced by `outs`. */
@@ -359,35 +524,28 @@ function rebuildResult(result: unknown, outs: readonly Tensor[]): unknown {
 
 /**
  * Compiles what `capture` recorded into one graph whose outputs are `result`'s tensors, for later calls with the
- * same kind of arguments. `args` are the captured code's arguments (their tensors become inputs fed at each run),
- * `params` the parameters it may read (inputs too, read at each run so new weights are used); every other source
- * and every shape vector is a constant of the graph.
+ * same kind of arguments. `args` are the captured code's arguments (their tensors are inputs fed at each run),
+ * `params` the parameters it may read (read again at each run, so new weights are used).
  */
 export function compileCapture(capture: Capture, args: readonly unknown[], params: ReadonlyMap<Tensor, () => Tensor>, result: unknown): FusedGraph {
   const argSlots = new Map<Tensor, (string | number)[]>();
   for (const { t, path } of tensorsIn(args)) if (!argSlots.has(t)) argSlots.set(t, path);
-  const fed = (t: Tensor) => argSlots.has(t) || params.has(t);
-  const slots: InputSlot[] = [];
-  for (const t of capture.sources.values()) {
-    const arg = argSlots.get(t);
-    if (arg) slots.push({ kind: "arg", path: arg });
-    else if (params.has(t)) slots.push({ kind: "param", read: params.get(t)! });
-  }
-  const outputs = tensorsIn(result).map(({ t }) => t);
-  const { key, build } = captureGraph(capture, outputs, fed, true);
-  return new FusedGraph(key, build, slots, outputs.map((t) => ({ dtype: t.dtype, shape: [...t.shape] })), (outs) => rebuildResult(result, outs), { capture, result, argSlots, params, fed });
+  return new FusedGraph({ capture, result, argSlots, params });
 }
 
 /**
  * One run of captured code as a graph that depends on no shape or value: every source (arguments, parameters,
- * cache entries, constants the code made) and every shape vector the ops need is an input, fed from this capture.
+ * cache entries, values the code made) and every shape vector the ops need is an input, fed from this capture.
  * The graph is looked up by its structure (ops, attributes, dtypes), so a capture of the same code at another
- * length (the next decode step) reuses it. Returns the output tensors: `result`'s, then `extra`'s.
+ * length (the next decode step) reuses it, and every block with the same ops shares it. Its weights are fed, not
+ * constants: for one row at a time (a decode step), ONNX Runtime multiplies by a fed matrix faster than by a
+ * prepacked one (GPT-2-small decode: 14.6 tokens/s with constants, 24.7 fed). Returns the output tensors:
+ * `result`'s, then `extra`'s.
  */
 export function runCaptureGeneric(capture: Capture, result: unknown, extra: readonly Tensor[]): { result: unknown; extra: Tensor[] } {
   const found = [...tensorsIn(result).map(({ t }) => t), ...extra];
-  const { key, build } = captureGraph(capture, found, () => true, false);
-  const raw = runKernel(key, build, [...capture.sources.values(), ...capture.ops.flatMap((op) => op.feeds)]);
+  const graph = captureGraph(capture, found, () => "input");
+  const raw = runKernel(graph.base, (g) => graph.build(g, []), [...capture.sources.values(), ...capture.ops.flatMap((op) => op.feeds)]);
   const outs = raw.map((r, i) => new Tensor(found[i]!.dtype, r.data as TypedArray, found[i]!.shape));
   const count = found.length - extra.length;
   return { result: rebuildResult(result, outs.slice(0, count)), extra: outs.slice(count) };

@@ -7,7 +7,7 @@
  */
 import { backwardSteps, runBackward, runBackwardAsync, type GradHook, type GradNode } from "./autograd.js";
 import { allocate, arrayFrom, checkDType, dtypeOfArray, type DType, type TypedArray } from "./dtype.js";
-import type { RawTensor } from "./engine.js";
+import { releaseWeight, type RawTensor } from "./engine.js";
 import type { PackedWeight } from "./packed.js";
 import { DTypeError, MetaTensorError, ShapeError } from "./errors.js";
 import { apply, apply1, guardAllocation } from "./primitive.js";
@@ -169,6 +169,8 @@ export class Tensor implements RawTensor {
    */
   protected replaceData(data: TypedArray): void {
     if (!this.storage || data.length !== this.storage.length || dtypeOfArray(data) !== this.dtype) throw new ShapeError(`replaceData: ${data.length} values of another kind cannot replace a ${this.dtype} tensor of shape ${fmt(this.shape)}`);
+    // Graphs holding the old values as constants (a fused block's weights) are stale now.
+    releaseWeight(this.storage);
     this.storage = data;
   }
   /** The same values, cut off from autograd. Shares data (tensors are immutable). */

@@ -40,6 +40,9 @@ export interface Recorder {
   recordsWithin(path: string): boolean;
 }
 
+/** Microtask turns settle waits before it arms a stall timer (a timer costs more than the turns). */
+const SETTLE_TURNS = 8;
+
 export class Interleaver implements ModuleHooks, Provider {
   /** Calls of each module that went through `call` or `pass`, begun and ended. */
   private readonly entered = new Map<string, number>();
@@ -309,6 +312,8 @@ export class Interleaver implements ModuleHooks, Provider {
    */
   async settle(final = false): Promise<void> {
     let since = Date.now();
+    // Code that reaches tsight again within a few microtasks (most of it) is waited for without a stall timer.
+    let turns = SETTLE_TURNS;
     for (;;) {
       // After the forward (`final`), an invoke that left the pass is waited for until its code ends too.
       const waiting = this.mediators.filter((m) => (final ? !m.finished : !m.blocked));
@@ -323,6 +328,10 @@ export class Interleaver implements ModuleHooks, Provider {
       if (stalling.length > 0 && left <= 0) {
         this.stalled(stalling, Date.now() - since);
         since = Date.now();
+        continue;
+      }
+      if (turns-- > 0) {
+        await undefined;
         continue;
       }
       let timer: ReturnType<typeof setTimeout> | undefined;

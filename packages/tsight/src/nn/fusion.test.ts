@@ -89,8 +89,12 @@ describe("fused decoder blocks", () => {
     const eager = await withFusion(false, read);
     // The first runs learn which values the trace asks for (one more per block and run), then the graphs give them.
     const first = await withFusion(true, read);
+    const held = engineStats().weightBytes;
     for (let i = 0; i < 5; i++) await withFusion(true, read);
     const fused = await withFusion(true, read);
+    // Each block keeps one graph for what it is asked (with its weights), not one per set of taps learned on the way.
+    const blockBytes = [...lm.model.parameters()].filter(([n]) => n.startsWith("transformer.h.1.")).reduce((sum, [, t]) => sum + t.data.byteLength, 0);
+    expect(engineStats().weightBytes - held).toBeLessThanOrEqual(2 * blockBytes);
     expect(maxAbsDiff(first.value.logits, eager.value.logits)).toBeLessThanOrEqual(1e-6);
     const plain = await withFusion(true, () => lm.trace("def __init__(self", async (m) => (await m.lm_head.output) as Tensor));
     for (const k of ["ln", "fcIn", "fc", "mlp", "later", "logits"] as const) expect(maxAbsDiff(fused.value[k], eager.value[k]), k).toBeLessThanOrEqual(1e-6);
@@ -190,26 +194,26 @@ describe("fused decoder blocks", () => {
     const blockBytes = (m: Awaited<ReturnType<typeof fixtureModel>>, i: number) =>
       [...m.parameters()].filter(([n]) => n.startsWith(`transformer.h.${i}.`)).reduce((sum, [, t]) => sum + t.data.byteLength, 0);
     const eager = (await withFusion(false, async () => (await (await fixtureModel("stdlib-gpt2")).call(ids)).logits as Tensor)).value;
-    const run = async () => {
-      // A model of its own: its blocks' graphs are made now, under the budget set.
+    // A model of its own, whose blocks' graphs are made under a budget of `room` bytes beyond those held now (set
+    // right before the forward: graphs of collected models are freed, between tasks, at any time).
+    const run = async (room: (m: Awaited<ReturnType<typeof fixtureModel>>) => number) => {
       const model = await fixtureModel("stdlib-gpt2");
       const held = engineStats().weightBytes;
+      setWeightCopyBudget(held + room(model));
       const logits = (await withFusion(true, () => model.call(ids))).value.logits as Tensor;
       return { model, logits, copied: engineStats().weightBytes - held };
     };
     try {
-      setWeightCopyBudget(0);
-      const fed = await run();
+      const fed = await run(() => 0);
       expect(fed.copied).toBe(0);
       expect(maxAbsDiff(fed.logits, eager)).toBe(0);
-      // Room for two blocks beyond what is held: two copied, the other two fed.
-      const room = engineStats().weightBytes + blockBytes(fed.model, 0) + blockBytes(fed.model, 1);
-      setWeightCopyBudget(room);
-      const some = await run();
+      // Room for two blocks: two copied, the other two fed.
+      const some = await run((m) => blockBytes(m, 0) + blockBytes(m, 1));
       expect(some.copied).toBe(blockBytes(some.model, 0) + blockBytes(some.model, 1));
       expect(maxAbsDiff(some.logits, eager)).toBe(0);
     } finally {
       setWeightCopyBudget(null);
     }
   });
+
 });

@@ -175,6 +175,22 @@ function planInputs(src: FusedSource, weights: boolean): { kindOf: (t: Tensor) =
   return { kindOf, slots, reads };
 }
 
+/**
+ * The graph of `src` with `outputs`, bound to its weights as constants while their copies fit the budget (or are
+ * made already: a block's graph for another shape of arguments), else with them fed; and its inputs' slots.
+ */
+function bind(src: FusedSource, outputs: readonly Tensor[]): { binding: WeightBinding; slots: InputSlot[] } {
+  let plan = planInputs(src, true);
+  let graph = captureGraph(src.capture, outputs, plan.kindOf);
+  const weights = plan.reads.map((read) => read());
+  const bytes = weights.reduce((n, w) => n + w.data.byteLength, 0);
+  if (bytes && !hasKernel(boundKey(graph.base, weights)) && heldWeightBytes() + bytes > weightCopyBudget()) {
+    plan = planInputs(src, false);
+    graph = captureGraph(src.capture, outputs, plan.kindOf);
+  }
+  return { binding: new WeightBinding(graph, plan.reads), slots: plan.slots };
+}
+
 function feed(slots: readonly InputSlot[], args: readonly unknown[]): RawTensor[] {
   return slots.map((s) => (s.kind === "arg" ? (resolvePath(args, s.path) as Tensor) : s.kind === "param" ? s.read() : s.value));
 }
@@ -185,25 +201,15 @@ function feed(slots: readonly InputSlot[], args: readonly unknown[]): RawTensor[
  * kernel serves every kind of arguments with the same ops.
  */
 export class FusedGraph {
-  private readonly taps = new Map<string, TappedGraph | null>();
+  /** The graph for the latest set of taps asked for (see tapped). */
+  private tap: { key: string; graph: TappedGraph | null } | null = null;
   private readonly slots: InputSlot[];
   private readonly binding: WeightBinding;
   private readonly outputs: { dtype: DType; shape: number[] }[];
 
   constructor(private readonly src: FusedSource) {
     const outputs = tensorsIn(src.result).map(({ t }) => t);
-    let plan = planInputs(src, true);
-    let graph = captureGraph(src.capture, outputs, plan.kindOf);
-    // Weights as constants while their copies fit the budget (or are made already: a block's graph for another
-    // shape of arguments), else fed.
-    const weights = plan.reads.map((read) => read());
-    const bytes = weights.reduce((n, w) => n + w.data.byteLength, 0);
-    if (bytes && !hasKernel(boundKey(graph.base, weights)) && heldWeightBytes() + bytes > weightCopyBudget()) {
-      plan = planInputs(src, false);
-      graph = captureGraph(src.capture, outputs, plan.kindOf);
-    }
-    this.binding = new WeightBinding(graph, plan.reads);
-    this.slots = plan.slots;
+    ({ binding: this.binding, slots: this.slots } = bind(src, outputs));
     this.outputs = outputs.map((t) => ({ dtype: t.dtype, shape: [...t.shape] }));
   }
 
@@ -232,12 +238,13 @@ export class FusedGraph {
    * The same graph with values the module calls inside the code took or gave as outputs too: the arguments of the
    * calls `taps` names as `input|PATH`, the results of those it names as `output|PATH` (`pathOf` gives a call's
    * path). What lets a fused block hand out the values of the modules inside it. Null when the calls overlapped.
-   * Its weights are fed (a variant per kind of taps holding its own copy of them would multiply the model's memory).
+   * Its weights are constants too while the budget allows (see bind): each kind of taps is a graph of its own.
    */
   tapped(taps: ReadonlySet<string>, pathOf: (owner: object) => string): TappedGraph | null {
     const key = [...taps].sort().join(" ");
-    const known = this.taps.get(key);
-    if (known !== undefined) return known;
+    if (this.tap?.key === key) return this.tap.graph;
+    // What a block is asked to tap only grows (see nn/fusion's replay): a graph for fewer taps is not asked again.
+    this.tap?.graph?.release();
     let made: TappedGraph | null = null;
     if (this.calls) {
       try {
@@ -247,9 +254,7 @@ export class FusedGraph {
         made = null;
       }
     }
-    // Kinds of taps are few per block (what a loop of traces reads); past a handful the oldest is forgotten.
-    if (this.taps.size >= MAX_TAP_SETS) this.taps.delete(this.taps.keys().next().value!);
-    this.taps.set(key, made);
+    this.tap = { key, graph: made };
     return made;
   }
 
@@ -268,11 +273,10 @@ export class FusedGraph {
       call.children.forEach(walk);
     };
     src.capture.calls.forEach(walk);
-    const { kindOf, slots } = planInputs(src, false);
-    const graph = captureGraph(src.capture, [...results, ...taps], kindOf);
+    const { binding, slots } = bind(src, [...results, ...taps]);
     const specs = [...results, ...taps].map((t) => ({ dtype: t.dtype, shape: [...t.shape] }));
     const run = (args: readonly unknown[]) => {
-      const raw = runKernel(graph.base, (g) => graph.build(g, []), feed(slots, args));
+      const raw = binding.run(feed(slots, args));
       const outs = raw.map((r, i) => new Tensor(specs[i]!.dtype, r.data as TypedArray, specs[i]!.shape));
       const tapped = new Map(taps.map((t, i) => [t, outs[results.length + i]!]));
       // A value the calls saw, as it is in this run: computed (a tap), an argument or parameter of this run, or a
@@ -285,12 +289,9 @@ export class FusedGraph {
       };
       return { result: rebuildResult(src.result, outs.slice(0, results.length)), real: (v: unknown) => mapValues(v, real) };
     };
-    return { run };
+    return { run, release: () => binding.release() };
   }
 }
-
-/** Tapped variants kept per fused graph. */
-const MAX_TAP_SETS = 8;
 
 /** What a tapped graph's `real` gives for a captured value it cannot give as in this run. */
 export const UNKNOWN_VALUE: unique symbol = Symbol("unknown value");
@@ -299,6 +300,8 @@ export const UNKNOWN_VALUE: unique symbol = Symbol("unknown value");
 export interface TappedGraph {
   /** Runs it; `real` turns a captured value (a call's arguments or result) into this run's, or UNKNOWN_VALUE. */
   run(args: readonly unknown[]): { result: unknown; real: (captured: unknown) => unknown };
+  /** Frees its kernel (it is forgotten). */
+  release(): void;
 }
 
 /** `v` with its tensors replaced by `map`'s (arrays and plain objects copied); UNKNOWN_VALUE if one cannot be, or `v` holds other objects. */
@@ -462,6 +465,12 @@ class WeightBinding {
       this.key = boundKey(this.graph.base, weights);
     }
     return runBound(this.key, this.graph, weights, inputs);
+  }
+
+  /** Frees the kernel if it holds weights (one without is in the engine's bounded cache). */
+  release(): void {
+    if (this.key && this.bound.length) dropKernel(this.key);
+    this.key = "";
   }
 }
 

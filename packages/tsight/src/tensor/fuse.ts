@@ -184,7 +184,7 @@ function bind(src: FusedSource, outputs: readonly Tensor[]): { binding: WeightBi
   let graph = captureGraph(src.capture, outputs, plan.kindOf);
   const weights = plan.reads.map((read) => read());
   const bytes = weights.reduce((n, w) => n + w.data.byteLength, 0);
-  if (bytes && !hasKernel(boundKey(graph.base, weights)) && heldWeightBytes() + bytes > weightCopyBudget()) {
+  if (bytes && !hasKernel(boundKey(graph.base, weights)) && !mayCopyWeights(bytes)) {
     plan = planInputs(src, false);
     graph = captureGraph(src.capture, outputs, plan.kindOf);
   }
@@ -499,23 +499,27 @@ function runBound(key: string, graph: CapturedGraph, weights: readonly Tensor[],
 /** Whether a parameter can be a constant of a graph: float32 (a narrow one would be widened into a float32 copy). */
 const bakeable = (t: Tensor): boolean => t.dtype === "float32";
 
-let weightBudget: number | undefined;
-/**
- * The bytes of weights ONNX Runtime may hold copies of as graph constants in this thread: TSIGHT_WEIGHT_COPY_MB,
- * else a quarter of the machine's memory. Blocks past it feed their weights (no copy, slower): a model that fills
- * the machine does not double.
- */
-/** Sets the budget of weightCopyBudget in this thread (tests, benchmarks); null goes back to the default. */
+let weightBudget: number | null | undefined;
+/** Sets the budget of mayCopyWeights in this thread (tests, benchmarks); null goes back to the default. */
 export function setWeightCopyBudget(bytes: number | null): void {
   weightBudget = bytes ?? undefined;
 }
 
-function weightCopyBudget(): number {
+/**
+ * Whether ONNX Runtime may hold a copy of `bytes` more of weights as graph constants (see WeightBinding). Within
+ * TSIGHT_WEIGHT_COPY_MB when set; else while this thread's copies stay within a quarter of the machine's memory and
+ * a quarter of it stays available after this one (several models' threads, each with its own copies, must not
+ * fill it). Past that, blocks feed their weights: no copy, slower.
+ */
+function mayCopyWeights(bytes: number): boolean {
   if (weightBudget === undefined) {
     const mb = Number(env("TSIGHT_WEIGHT_COPY_MB") ?? NaN);
-    weightBudget = Number.isFinite(mb) && mb >= 0 ? mb * 2 ** 20 : os.totalmem() / 4;
+    weightBudget = Number.isFinite(mb) && mb >= 0 ? mb * 2 ** 20 : null;
   }
-  return weightBudget;
+  const held = heldWeightBytes() + bytes;
+  if (weightBudget !== null) return held <= weightBudget;
+  const total = os.totalmem();
+  return held <= total / 4 && os.freemem() - bytes >= total / 4;
 }
 let prepackFromEnv: boolean | undefined;
 /** TSIGHT_PREPACK=1: constant weights are repacked for the matrix kernels (faster, other rounding; see WeightBinding). */

@@ -87,6 +87,8 @@ export class GraphBuilder {
   /** Initializers too big for number[]: everything before the raw data field, and the data. */
   private readonly largeInitializers: { head: Bytes; raw: Uint8Array }[] = [];
   private counter = 0;
+  /** Values made by nodes not yet marked as outputs: one can be a graph output as it is, with no copy. */
+  private readonly nodeOutputs = new Set<string>();
 
   input(dtype: StorageDType): string {
     const name = `in${this.inputs.length}`;
@@ -114,6 +116,7 @@ export class GraphBuilder {
 
   node(op: string, inputs: string[], attrs: Record<string, AttrValue | undefined> = {}, outputCount = 1, domain = ""): string[] {
     const outs = Array.from({ length: outputCount }, () => `t${this.counter++}`);
+    for (const o of outs) this.nodeOutputs.add(o);
     const attrBytes = Object.entries(attrs)
       .filter((e): e is [string, AttrValue] => e[1] !== undefined)
       .flatMap(([n, v]) => bytes(5, attribute(n, v)));
@@ -134,7 +137,12 @@ export class GraphBuilder {
   }
 
   output(name: string, dtype: DType): void {
-    // A graph output must be produced by a node; Identity also lets one value be both input and output.
+    // A value a node makes is an output as it is (also when other nodes use it: no copy, where an Identity would
+    // copy it). Otherwise (an input, a constant, a value that is an output already) an Identity makes the output.
+    if (this.nodeOutputs.delete(name)) {
+      this.outputs.push(valueInfo(name, dtype));
+      return;
+    }
     const out = `out${this.outputs.length}`;
     this.nodes.push([...str(1, name), ...str(2, out), ...str(3, `id_${out}`), ...str(4, "Identity")]);
     this.outputs.push(valueInfo(out, dtype));

@@ -9,7 +9,7 @@ import { fixture, fixtureModel, hfFixtures, maxAbsDiff, ref, stdlibModels } from
 import { LanguageModel } from "../intervention/index.js";
 import { generate } from "../models/index.js";
 import { SGD, parameter } from "../optim/index.js";
-import { engineStats, noGrad, setFusion, setWeightCopyBudget, Tensor } from "../tensor/index.js";
+import { engineStats, noGrad, setFusion, setPrepack, setWeightCopyBudget, Tensor } from "../tensor/index.js";
 
 /** Runs `work` with fusion on or off, counting kernel calls. */
 async function withFusion<T>(on: boolean, work: () => Promise<T>): Promise<{ value: T; kernels: number }> {
@@ -216,4 +216,23 @@ describe("fused decoder blocks", () => {
     }
   });
 
+
+  it("with repacked weights (TSIGHT_PREPACK=1) the logits are the op-by-op forward's within float32 rounding, not to the bit", async () => {
+    const f = await fixture("stdlib-gpt2");
+    const ids = ref(f, "probe0/input_ids");
+    const model = await fixtureModel("stdlib-gpt2");
+    const eager = (await withFusion(false, () => model.call(ids))).value.logits as Tensor;
+    const plain = (await withFusion(true, () => model.call(ids))).value.logits as Tensor;
+    setPrepack(true);
+    try {
+      // A model of its own: graphs are bound in the mode set when they are made.
+      const repacked = await fixtureModel("stdlib-gpt2");
+      const logits = (await withFusion(true, () => repacked.call(ids))).value.logits as Tensor;
+      const scale = Math.max(...(eager.abs().data as Float32Array));
+      expect(maxAbsDiff(logits, eager) / scale).toBeLessThan(1e-5);
+    } finally {
+      setPrepack(null);
+    }
+    expect(maxAbsDiff(plain, eager)).toBe(0);
+  });
 });

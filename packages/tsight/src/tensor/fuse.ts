@@ -474,7 +474,9 @@ class WeightBinding {
   }
 }
 
-/** A captured graph's kernel key with its weights named by identity. */
+const PREPACKED = " prepacked";
+
+/** A captured graph's kernel key with its weights named by identity, and whether they are repacked. */
 function boundKey(base: string, weights: readonly Tensor[]): string {
   if (!weights.length) return base;
   const ids = weights.map((w) => {
@@ -482,13 +484,14 @@ function boundKey(base: string, weights: readonly Tensor[]): string {
     if (id === undefined) weightIds.set(w.data, (id = nextWeightId++));
     return id;
   });
-  return `${base}\nweights:${ids.join(",")}${prepackWeights() ? " prepacked" : ""}`;
+  return `${base}\nweights:${ids.join(",")}${prepackWeights() ? PREPACKED : ""}`;
 }
 
 /** Runs `graph` built with `weights` as constants; its kernel is kept until they change or are collected. */
 function runBound(key: string, graph: CapturedGraph, weights: readonly Tensor[], inputs: readonly RawTensor[]): RawTensor[] {
   const holds = weights.reduce((n, w) => n + w.data.byteLength, 0);
-  const prepack = holds > 0 && prepackWeights();
+  // The key says whether the weights are repacked (see boundKey): one key, one kind of kernel.
+  const prepack = holds > 0 && key.endsWith(PREPACKED);
   const build = (g: GraphBuilder) => {
     graph.build(g, weights);
     if (holds) tieToWeights(key, weights.map((w) => w.data));
@@ -521,10 +524,16 @@ function mayCopyWeights(bytes: number): boolean {
   const total = os.totalmem();
   return held <= total / 4 && os.freemem() - bytes >= total / 4;
 }
+let prepackSet: boolean | null = null;
 let prepackFromEnv: boolean | undefined;
 /** TSIGHT_PREPACK=1: constant weights are repacked for the matrix kernels (faster, other rounding; see WeightBinding). */
 function prepackWeights(): boolean {
-  return (prepackFromEnv ??= env("TSIGHT_PREPACK") === "1");
+  return prepackSet ?? (prepackFromEnv ??= env("TSIGHT_PREPACK") === "1");
+}
+
+/** Turns repacking of constant weights on or off in this thread for graphs bound from now on (benchmarks); null goes back to TSIGHT_PREPACK. */
+export function setPrepack(on: boolean | null): void {
+  prepackSet = on;
 }
 
 /** `result` with its tensors (in tensorsIn's order) replaced by `outs`. */

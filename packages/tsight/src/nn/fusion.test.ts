@@ -5,10 +5,13 @@
  * KV cache grows, run fused too (one graph for every length).
  */
 import { afterEach, describe, expect, it } from "vitest";
-import { fixture, fixtureModel, hfFixtures, maxAbsDiff, ref, stdlibModels } from "../../../../test/fixtures.js";
+import path from "node:path";
+import { fixture, fixtureModel, fixturesDir, hfFixtures, maxAbsDiff, ref, stdlibModels } from "../../../../test/fixtures.js";
 import { LanguageModel } from "../intervention/index.js";
 import { generate } from "../models/index.js";
 import { SGD, parameter } from "../optim/index.js";
+import { loadSae } from "../sae/index.js";
+import { spliceSae, unspliceSae } from "../sae/splice.js";
 import { engineStats, noGrad, setFusion, setPrepack, setWeightCopyBudget, Tensor } from "../tensor/index.js";
 
 /** Runs `work` with fusion on or off, counting kernel calls. */
@@ -234,5 +237,52 @@ describe("fused decoder blocks", () => {
       setPrepack(null);
     }
     expect(maxAbsDiff(plain, eager)).toBe(0);
+  });
+
+  it("one graph per block serves every prompt length: the weights are copied once, and the logits are op by op's", async () => {
+    const model = await fixtureModel("stdlib-gpt2");
+    const held = engineStats().weightBytes;
+    const blocks = [...model.parameters()].filter(([n]) => n.startsWith("transformer.h.")).reduce((sum, [, t]) => sum + t.data.byteLength, 0);
+    for (const length of [3, 4, 7, 12]) {
+      const ids = new Tensor("int64", BigInt64Array.from({ length }, (_, i) => BigInt((i * 37) % 1000)), [1, length]);
+      const eager = (await withFusion(false, () => model.call(ids))).value.logits as Tensor;
+      const fused = (await withFusion(true, () => model.call(ids))).value.logits as Tensor;
+      expect(maxAbsDiff(fused, eager)).toBe(0);
+      expect(engineStats().weightBytes - held).toBe(blocks);
+    }
+  });
+
+  it("a weight set while a block is being captured is not frozen into its graph: later weights are used", async () => {
+    const ids = ref(await fixture("stdlib-gpt2"), "probe0/input_ids");
+    const name = "transformer.h.1.mlp.c_fc.weight";
+    // Microtask turns after the forward starts: the capture of block 1 is under way at some of them.
+    for (let turns = 0; turns < 60; turns += 3) {
+      const model = await fixtureModel("stdlib-gpt2");
+      const original = model.parameters().get(name)!;
+      const forward = withFusion(true, () => model.call(ids));
+      for (let i = 0; i < turns; i++) await undefined;
+      model.setParameter(name, original.mul(2));
+      await forward;
+      model.setParameter(name, original.mul(3));
+      const fused = (await withFusion(true, () => model.call(ids))).value.logits as Tensor;
+      const eager = (await withFusion(false, () => model.call(ids))).value.logits as Tensor;
+      expect(maxAbsDiff(fused, eager), `after ${turns} turns`).toBe(0);
+    }
+  });
+
+  it("graphs made before an SAE was spliced in or removed let go of their weights' copies", async () => {
+    const model = await fixtureModel("stdlib-gpt2");
+    const ids = ref(await fixture("stdlib-gpt2"), "probe0/input_ids");
+    const sae = await loadSae(path.join(fixturesDir, "saes/stdlib-gpt2-res2-jumprelu"));
+    // From here on no file is read: graphs of other (collected) models are not freed in between (see the budget test).
+    await withFusion(true, () => model.call(ids));
+    const held = engineStats().weightBytes;
+    const block = model.get("transformer.h.2")!;
+    spliceSae(block, sae, false);
+    await withFusion(true, () => model.call(ids));
+    expect(engineStats().weightBytes).toBeGreaterThan(held);
+    unspliceSae(block);
+    await withFusion(true, () => model.call(ids));
+    expect(engineStats().weightBytes).toBe(held);
   });
 });

@@ -10,8 +10,11 @@ import { argumentSignature, Capture, compileCapture, fusionEnabled, isGradEnable
 import { KVCache } from "./cache.js";
 import { Module, type ModuleHooks } from "./module.js";
 
-/** Per module: the fused graph for each kind of arguments, or null where its forward cannot be captured. */
-const graphs = new WeakMap<Module, Map<string, FusedGraph | null>>();
+/**
+ * Per module: the fused graph for each kind of arguments, or null where its forward cannot be captured; all made
+ * since the module tree last changed (Module.treeChanges: an SAE spliced in or removed makes them stale).
+ */
+const graphs = new WeakMap<Module, { changes: number; byArgs: Map<string, FusedGraph | null> }>();
 /** Kinds of arguments remembered per module (prompt lengths, mostly); the oldest is forgotten past this. */
 const MAX_SIGNATURES = 64;
 
@@ -28,12 +31,10 @@ export function fusedForward(module: Module, args: unknown[], hooks: ModuleHooks
   if (cache) return watched ? null : fusedStep(module, args, hooks, forward, cache);
   const args_ = argumentSignature(args);
   if (args_ === null) return null;
-  // A graph captured before an SAE was spliced in or removed is stale.
-  const signature = `${Module.treeChanges}|${args_}`;
-  let byArgs = graphs.get(module);
-  if (!byArgs) graphs.set(module, (byArgs = new Map()));
+  const signature = args_;
+  const byArgs = graphsOf(module);
   const known = byArgs.get(signature);
-  if (known === null || known?.recordsGrad()) return null;
+  if (known === null || known?.cannotRun()) return null;
   const run = (graph: FusedGraph): unknown => {
     if (watched) return replay(module, hooks!, graph, args, forward);
     const out = graph.run(args);
@@ -52,10 +53,35 @@ export function fusedForward(module: Module, args: unknown[], hooks: ModuleHooks
     } catch {
       graph = null; // reads data, or an op without a graph form: op by op from now on
     }
-    byArgs.set(signature, graph);
-    if (byArgs.size > MAX_SIGNATURES) byArgs.delete(byArgs.keys().next().value!);
+    if (graphsOf(module) !== byArgs) {
+      // The module tree changed while the capture ran: the graph serves this call only.
+      const out = await (graph ? run(graph) : forward(args));
+      graph?.release();
+      return out;
+    }
+    remember(byArgs, signature, graph);
     return graph ? run(graph) : forward(args);
   })();
+}
+
+/** The module's graphs by kind of arguments, forgotten (their kernels let go of) when the module tree has changed. */
+function graphsOf(module: Module): Map<string, FusedGraph | null> {
+  const known = graphs.get(module);
+  if (known && known.changes === Module.treeChanges) return known.byArgs;
+  for (const graph of known?.byArgs.values() ?? []) graph?.release();
+  const byArgs = new Map<string, FusedGraph | null>();
+  graphs.set(module, { changes: Module.treeChanges, byArgs });
+  return byArgs;
+}
+
+/** Keeps `graph` for `signature`, letting go of one it replaces and, past MAX_SIGNATURES, of the oldest. */
+function remember(byArgs: Map<string, FusedGraph | null>, signature: string, graph: FusedGraph | null): void {
+  byArgs.get(signature)?.release();
+  byArgs.set(signature, graph);
+  if (byArgs.size <= MAX_SIGNATURES) return;
+  const [oldest, old] = byArgs.entries().next().value!;
+  byArgs.delete(oldest);
+  old?.release();
 }
 
 /**

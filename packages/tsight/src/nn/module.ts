@@ -3,7 +3,7 @@
  * field, discovered in declaration order, so declaring fields in Hugging Face's order gives Hugging Face's
  * `named_modules()` order). `call` runs `forward` through the tree's hooks, which is where interventions attach.
  */
-import { activeCapture, Tensor, type DType } from "../tensor/index.js";
+import { activeCapture, releaseWeight, Tensor, type DType } from "../tensor/index.js";
 import { fusedForward } from "./fusion.js";
 
 /**
@@ -175,6 +175,9 @@ export abstract class Module {
   }
   /** @internal replaces a parameter (weight loading); shape checked by the loader */
   setParam(name: string, value: Tensor): void {
+    const old = (this as unknown as Record<string, Tensor | undefined>)[name];
+    // Graphs holding the old values as constants (a fused block's) are let go of now, not when the block next runs.
+    if (old instanceof Tensor && old !== value && !old.isMeta && !old.packed && (value.isMeta || value.packed || value.data !== old.data)) releaseWeight(old.data);
     (this as unknown as Record<string, Tensor>)[name] = value;
   }
 

@@ -190,6 +190,22 @@ export function dropKernel(key: string): void {
   k.dispose();
 }
 
+/** How many graphs (see fuse.ts's WeightBinding) use each pinned kernel's key. */
+const users = new Map<string, number>();
+
+/** One more graph uses the pinned kernel `key` (made now or later). */
+export function retainKernel(key: string): void {
+  users.set(key, (users.get(key) ?? 0) + 1);
+}
+
+/** One graph fewer uses the pinned kernel `key`: with none left, it is freed. */
+export function releaseKernel(key: string): void {
+  const n = (users.get(key) ?? 0) - 1;
+  if (n > 0) return void users.set(key, n);
+  users.delete(key);
+  dropKernel(key);
+}
+
 /** The pinned kernels holding each weight array as a constant. */
 const kernelsOfWeight = new WeakMap<object, Set<string>>();
 const weightsCollected = new FinalizationRegistry<string>((key) => dropKernel(key));

@@ -9,7 +9,7 @@
 import type { AsyncLocalStorage } from "node:async_hooks";
 import { isGradEnabled } from "./autograd.js";
 import type { DType, StorageArray, TypedArray } from "./dtype.js";
-import { dropKernel, hasKernel, heldWeightBytes, runKernel, tieToWeights, type RawTensor } from "./engine.js";
+import { hasKernel, heldWeightBytes, releaseKernel, retainKernel, runKernel, tieToWeights, type RawTensor } from "./engine.js";
 import { lazyNode } from "./node.js";
 import type { GraphBuilder } from "./onnx.js";
 import type { OutSpec, Primitive } from "./primitive.js";
@@ -143,7 +143,7 @@ export function setFusion(on: boolean | null): void {
   fusionSet = on;
 }
 
-/** Where a fused graph's inputs come from at each run: an argument, a parameter (read then), or a value of the capture. */
+/** Where a fused graph's inputs come from at each run: an argument, a parameter (read then), or a shape vector of the capture. */
 type InputSlot = { kind: "arg"; path: (string | number)[] } | { kind: "param"; read: () => Tensor } | { kind: "value"; value: RawTensor };
 
 /** What a fused graph is made from: the capture, the code's result, and where its arguments and parameters were. */
@@ -156,12 +156,18 @@ interface FusedSource {
 
 /**
  * How each source of `src` becomes part of a graph (see SourceKind): arguments are inputs; parameters are weights
- * when `weights` and float32, else inputs; values the code made are constants when small, else inputs. Gives the
- * kinds, the inputs' slots in order (the ops' shape vectors follow them) and the weights' reads in order.
+ * when `weights` and float32, else inputs; values the code made are constants (small ones only: CaptureError).
+ * Gives the kinds, the inputs' slots in order (the ops' shape vectors follow them) and the weights' reads in order.
  */
 function planInputs(src: FusedSource, weights: boolean): { kindOf: (t: Tensor) => SourceKind; slots: InputSlot[]; reads: (() => Tensor)[] } {
-  const kindOf = (t: Tensor): SourceKind =>
-    src.argSlots.has(t) ? "input" : src.params.has(t) ? (weights && bakeable(t) ? "weight" : "input") : t.data.length > MAX_BAKED_CONSTANT ? "input" : "constant";
+  const kindOf = (t: Tensor): SourceKind => (src.argSlots.has(t) ? "input" : src.params.has(t) ? (weights && bakeable(t) ? "weight" : "input") : "constant");
+  // A large value that is neither an argument nor a parameter known before the capture (a weight set while it ran)
+  // would be frozen into the graph.
+  for (const t of src.capture.sources.values()) {
+    if (!src.argSlots.has(t) && !src.params.has(t) && t.data.length > MAX_BAKED_CONSTANT) {
+      throw new CaptureError(`the code read a tensor of shape [${t.shape}] that is neither an argument nor a parameter of the module`);
+    }
+  }
   const slots: InputSlot[] = [];
   const reads: (() => Tensor)[] = [];
   for (const t of src.capture.sources.values()) {
@@ -169,7 +175,7 @@ function planInputs(src: FusedSource, weights: boolean): { kindOf: (t: Tensor) =
     const arg = src.argSlots.get(t);
     const read = src.params.get(t);
     if (kind === "weight") reads.push(read!);
-    else if (kind === "input") slots.push(arg ? { kind: "arg", path: arg } : read ? { kind: "param", read } : { kind: "value", value: t });
+    else if (kind === "input") slots.push(arg ? { kind: "arg", path: arg } : { kind: "param", read: read! });
   }
   for (const op of src.capture.ops) for (const value of op.feeds) slots.push({ kind: "value", value });
   return { kindOf, slots, reads };
@@ -220,13 +226,23 @@ export class FusedGraph {
   }
 
   /**
-   * Whether a parameter it reads now records gradients (made trainable after the capture): the graph has no
-   * gradient, so the code must run op by op.
+   * Whether a parameter it reads has changed kind since the capture: it records gradients now (a graph has none),
+   * or is packed or has no values (set since): the code must run op by op.
    */
-  recordsGrad(): boolean {
-    if (!isGradEnabled()) return false;
-    for (const read of this.src.params.values()) if (read().requiresGrad) return true;
+  cannotRun(): boolean {
+    const grad = isGradEnabled();
+    for (const read of this.src.params.values()) {
+      const t = read();
+      if (t.packed || t.isMeta || (grad && t.requiresGrad)) return true;
+    }
     return false;
+  }
+
+  /** Lets go of its kernels (it is forgotten). */
+  release(): void {
+    this.binding.release();
+    this.tap?.graph?.release();
+    this.tap = null;
   }
 
   run(args: readonly unknown[]): unknown {
@@ -376,7 +392,7 @@ function dataKey(data: StorageArray): string {
   return Array.from(data as ArrayLike<number | bigint>, String).join(",");
 }
 
-/** Constants made by the code above this many values are fed to the graph rather than written into it and its key. */
+/** The most values a constant the code made may have (it is written into the graph and its key). */
 const MAX_BAKED_CONSTANT = 64;
 
 /**
@@ -406,7 +422,9 @@ function captureGraph(capture: Capture, outputs: readonly Tensor[], kindOf: (t: 
   }
   for (const op of capture.ops) {
     const feeds = op.feeds.map((f) => `${f.dtype}/${f.shape.length}`);
-    keyParts.push(`${op.p.name}(${op.inputs.join(",")})${JSON.stringify(op.attrs ?? null)}|${feeds.join(";")}|${op.specs.map((o) => `${o.dtype}/${o.shape.length}`).join(";")}->${op.outputs.join(",")}`);
+    // An op's attributes as its eager kernel names them (p.key: what its graph depends on; a reshape's target shape
+    // is a feed here), so the key holds no shape and one graph serves every length.
+    keyParts.push(`${op.p.name}(${op.inputs.join(",")})${op.p.graph ? (op.p.key?.(op.attrs) ?? "") : ""}|${feeds.join(";")}|${op.specs.map((o) => `${o.dtype}/${o.shape.length}`).join(";")}->${op.outputs.join(",")}`);
   }
   const outIds = outputs.map((t) => {
     if (!capture.has(t)) throw new CaptureError("the code returned a tensor it did not compute or read");
@@ -460,16 +478,21 @@ class WeightBinding {
   run(inputs: readonly RawTensor[]): RawTensor[] {
     const weights = this.reads.map((read) => read());
     if (!this.key || weights.some((w, i) => w.data !== this.bound[i])) {
-      if (this.key && this.bound.length) dropKernel(this.key);
+      const key = boundKey(this.graph.base, weights);
+      // Kernels holding weights are counted by the graphs using them (the same block at other lengths shares one).
+      if (weights.length && key !== this.key) {
+        retainKernel(key);
+        if (this.key) releaseKernel(this.key);
+      }
       this.bound = weights.map((w) => w.data);
-      this.key = boundKey(this.graph.base, weights);
+      this.key = key;
     }
     return runBound(this.key, this.graph, weights, inputs);
   }
 
-  /** Frees the kernel if it holds weights (one without is in the engine's bounded cache). */
+  /** Lets go of its kernel (freed when no other graph uses it; one without weights is in the engine's bounded cache). */
   release(): void {
-    if (this.key && this.bound.length) dropKernel(this.key);
+    if (this.key && this.bound.length) releaseKernel(this.key);
     this.key = "";
   }
 }
@@ -510,19 +533,28 @@ export function setWeightCopyBudget(bytes: number | null): void {
 
 /**
  * Whether ONNX Runtime may hold a copy of `bytes` more of weights as graph constants (see WeightBinding). Within
- * TSIGHT_WEIGHT_COPY_MB when set; else while this thread's copies stay within a quarter of the machine's memory and
- * a quarter of it stays available after this one (several models' threads, each with its own copies, must not
+ * TSIGHT_WEIGHT_COPY_MB when set; else while this thread's copies stay within a quarter of the machine's memory (a
+ * container's limit, if lower) and a quarter of it stays available after this one (several models' threads, each with its own copies, must not
  * fill it). Past that, blocks feed their weights: no copy, slower.
  */
 function mayCopyWeights(bytes: number): boolean {
   if (weightBudget === undefined) {
-    const mb = Number(env("TSIGHT_WEIGHT_COPY_MB") ?? NaN);
+    const text = env("TSIGHT_WEIGHT_COPY_MB")?.trim();
+    const mb = text ? Number(text) : NaN;
     weightBudget = Number.isFinite(mb) && mb >= 0 ? mb * 2 ** 20 : null;
   }
   const held = heldWeightBytes() + bytes;
   if (weightBudget !== null) return held <= weightBudget;
+  const { total, available } = memory();
+  return held <= total / 4 && available - bytes >= total / 4;
+}
+
+/** The memory this process may use and how much of it is available: a container's limit when it has one. */
+function memory(): { total: number; available: number } {
+  const limit = process.constrainedMemory?.() ?? 0;
   const total = os.totalmem();
-  return held <= total / 4 && os.freemem() - bytes >= total / 4;
+  if (limit > 0 && limit < total) return { total: limit, available: limit - process.memoryUsage.rss() };
+  return { total, available: os.freemem() };
 }
 let prepackSet: boolean | null = null;
 let prepackFromEnv: boolean | undefined;

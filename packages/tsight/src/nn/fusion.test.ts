@@ -279,10 +279,16 @@ describe("fused decoder blocks", () => {
     const held = engineStats().weightBytes;
     const block = model.get("transformer.h.2")!;
     spliceSae(block, sae, false);
+    let builds = engineStats().builds;
     await withFusion(true, () => model.call(ids));
     expect(engineStats().weightBytes).toBeGreaterThan(held);
+    // Only the block with the SAE in it made a graph again (and the SAE's own op kernels); the other three kept theirs.
+    const blockGraphs = (from: number) => engineStats().builds - from;
+    expect(blockGraphs(builds)).toBeLessThan(3);
     unspliceSae(block);
+    builds = engineStats().builds;
     await withFusion(true, () => model.call(ids));
     expect(engineStats().weightBytes).toBe(held);
+    expect(blockGraphs(builds)).toBe(1);
   });
 });

@@ -14,7 +14,7 @@ import { Module, type ModuleHooks } from "./module.js";
  * Per module: the fused graph for each kind of arguments, or null where its forward cannot be captured; all made
  * since the module tree last changed (Module.treeChanges: an SAE spliced in or removed makes them stale).
  */
-const graphs = new WeakMap<Module, { changes: number; byArgs: Map<string, FusedGraph | null> }>();
+const graphs = new WeakMap<Module, { changes: number; byArgs: Map<string, FusedGraph | null>; stale: FusedGraph[] }>();
 /** Kinds of arguments remembered per module (prompt lengths, mostly); the oldest is forgotten past this. */
 const MAX_SIGNATURES = 64;
 
@@ -60,18 +60,38 @@ export function fusedForward(module: Module, args: unknown[], hooks: ModuleHooks
       return out;
     }
     remember(byArgs, signature, graph);
-    return graph ? run(graph) : forward(args);
+    if (!graph) {
+      settleStale(module);
+      return forward(args);
+    }
+    try {
+      return await run(graph);
+    } finally {
+      settleStale(module);
+    }
   })();
 }
 
-/** The module's graphs by kind of arguments, forgotten (their kernels let go of) when the module tree has changed. */
+/**
+ * The module's graphs by kind of arguments, forgotten when the module tree has changed. Their kernels are let go of
+ * once a graph made since has run (see settleStale): a block the change did not touch makes the same kernel again,
+ * which then survives instead of being built anew.
+ */
 function graphsOf(module: Module): Map<string, FusedGraph | null> {
   const known = graphs.get(module);
   if (known && known.changes === Module.treeChanges) return known.byArgs;
-  for (const graph of known?.byArgs.values() ?? []) graph?.release();
+  const stale = [...(known?.stale ?? []), ...[...(known?.byArgs.values() ?? [])].filter((g): g is FusedGraph => g !== null)];
   const byArgs = new Map<string, FusedGraph | null>();
-  graphs.set(module, { changes: Module.treeChanges, byArgs });
+  graphs.set(module, { changes: Module.treeChanges, byArgs, stale });
   return byArgs;
+}
+
+/** Lets go of the module's graphs from before the last tree change (after one made since has taken its kernel). */
+function settleStale(module: Module): void {
+  const known = graphs.get(module);
+  if (!known?.stale.length) return;
+  for (const graph of known.stale) graph.release();
+  known.stale = [];
 }
 
 /** Keeps `graph` for `signature`, letting go of one it replaces and, past MAX_SIGNATURES, of the oldest. */

@@ -133,6 +133,7 @@ const MAX_KERNELS = 256;
 const pinned = new Map<string, { kernel: Kernel; bytes: number }>();
 let pinnedBytes = 0;
 let kernelRuns = 0;
+let kernelBuilds = 0;
 
 /**
  * The kernel for `key`, built by `build` the first time the key is seen. The key must name everything the
@@ -151,6 +152,7 @@ export function kernel(key: string, build: (g: GraphBuilder) => void, options: K
   const g = new GraphBuilder();
   build(g);
   k = new Kernel(key, g.build(), options);
+  kernelBuilds++;
   if (options.holds) {
     pinned.set(key, { kernel: k, bytes: options.holds });
     pinnedBytes += options.holds;
@@ -234,7 +236,10 @@ export function runKernel(key: string, build: (g: GraphBuilder) => void, inputs:
   return kernel(key, build, options).run(inputs);
 }
 
-/** Counters for benchmarks and tests: compiled kernels, kernel calls so far, bytes of weights held as graph constants. */
-export function engineStats(): { kernels: number; runs: number; weightBytes: number } {
-  return { kernels: kernels.size + pinned.size, runs: kernelRuns, weightBytes: pinnedBytes };
+/**
+ * Counters for benchmarks and tests: kernels kept, kernels built and kernel calls so far, bytes of weights held as
+ * graph constants.
+ */
+export function engineStats(): { kernels: number; builds: number; runs: number; weightBytes: number } {
+  return { kernels: kernels.size + pinned.size, builds: kernelBuilds, runs: kernelRuns, weightBytes: pinnedBytes };
 }

@@ -291,4 +291,15 @@ describe("fused decoder blocks", () => {
     expect(engineStats().weightBytes).toBe(held);
     expect(blockGraphs(builds)).toBe(1);
   });
+
+  it("reads inside a block over many prompt lengths (more than the kinds of arguments kept) build no kernel once learned", async () => {
+    const lm = await LanguageModel.load("stdlib-gpt2");
+    const read = (length: number) =>
+      withFusion(true, () => lm.trace(Array.from({ length }, (_, i) => 1 + ((i * 131 + length) % 4000)), async (m) => [(await m.transformer.h[1].mlp.output) as Tensor, (await m.lm_head.output) as Tensor]));
+    for (let length = 1; length <= 4; length++) await read(length);
+    const builds = engineStats().builds;
+    for (let length = 5; length <= 80; length++) await read(length);
+    for (let length = 80; length >= 1; length -= 7) await read(length);
+    expect(engineStats().builds).toBe(builds);
+  });
 });

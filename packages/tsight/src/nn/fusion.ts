@@ -35,6 +35,11 @@ export function fusedForward(module: Module, args: unknown[], hooks: ModuleHooks
   const byArgs = graphsOf(module);
   const known = byArgs.get(signature);
   if (known === null || known?.cannotRun()) return null;
+  if (known) {
+    // Most recently used last: the oldest-used kind of arguments is the one forgotten (see remember).
+    byArgs.delete(signature);
+    byArgs.set(signature, known);
+  }
   const run = (graph: FusedGraph): unknown => {
     if (watched) return replay(module, hooks!, graph, args, forward);
     const out = graph.run(args);
@@ -123,7 +128,13 @@ function fusableParams(module: Module): Map<Tensor, () => Tensor> | null {
 class MustRun extends Error {}
 
 /** Per fused graph: the paths of the modules its calls are of, the modules inside the block not called, and the values to tap. */
-const replayed = new WeakMap<FusedGraph, { paths: Set<string>; uncalled: Module[]; taps: Set<string> }>();
+const replayed = new WeakMap<FusedGraph, { paths: Set<string>; uncalled: Module[] }>();
+/**
+ * Per block: the values asked of the modules inside it so far, tapped from then on (the set only grows). Shared by
+ * its graphs for every kind of arguments, so that a prompt of a new length needs no learning, and its tapped graph
+ * is the same kernel as the other lengths' (one copy of the weights).
+ */
+const blockTaps = new WeakMap<Module, Set<string>>();
 
 /**
  * A block with watched modules inside, run as its fused graph that also gives the values asked of the modules
@@ -142,11 +153,12 @@ async function replay(block: Module, hooks: ModuleHooks, graph: FusedGraph, args
     const paths = new Set<string>();
     const walk = (c: CapturedCall): void => void (paths.add((c.owner as Module).path), c.children.forEach(walk));
     calls.forEach(walk);
-    replayed.set(graph, (known = { paths, uncalled: innerModules(block).filter((m) => !paths.has(m.path)), taps: new Set() }));
+    replayed.set(graph, (known = { paths, uncalled: innerModules(block).filter((m) => !paths.has(m.path)) }));
   }
   const session = hooks.replay!(block, known.paths);
   if (!session) return forward(args);
-  const { taps } = known;
+  let taps = blockTaps.get(block);
+  if (!taps) blockTaps.set(block, (taps = new Set()));
   for (const v of session.asked) taps.add(v);
   const tapped = graph.tapped(taps, (owner) => (owner as Module).path);
   if (!tapped) return forward(args);

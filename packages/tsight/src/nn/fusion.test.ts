@@ -294,12 +294,22 @@ describe("fused decoder blocks", () => {
 
   it("reads inside a block over many prompt lengths (more than the kinds of arguments kept) build no kernel once learned", async () => {
     const lm = await LanguageModel.load("stdlib-gpt2");
-    const read = (length: number) =>
-      withFusion(true, () => lm.trace(Array.from({ length }, (_, i) => 1 + ((i * 131 + length) % 4000)), async (m) => [(await m.transformer.h[1].mlp.output) as Tensor, (await m.lm_head.output) as Tensor]));
-    for (let length = 1; length <= 4; length++) await read(length);
+    const modules = ["mlp", "attn.c_attn", "ln_2"];
+    const read = (length: number, module: string) =>
+      withFusion(true, () =>
+        lm.trace(Array.from({ length }, (_, i) => 1 + ((i * 131 + length) % 4000)), async (m) => [
+          (await module.split(".").reduce((e: any, k) => e[k], m.transformer.h[1]).output) as Tensor,
+          (await m.lm_head.output) as Tensor,
+        ]),
+      );
+    // What the block is asked is learned once, for every length.
+    for (let length = 1; length <= 3; length++) await read(length, modules[length - 1]!);
     const builds = engineStats().builds;
-    for (let length = 5; length <= 80; length++) await read(length);
-    for (let length = 80; length >= 1; length -= 7) await read(length);
+    // Each length asked another module the second time (a graph per length learning on its own would tap a new set).
+    for (const shift of [0, 1]) for (let length = 4; length <= 40; length++) await read(length, modules[(length + shift) % 3]!);
+    // More lengths than a block keeps graphs for: the new ones evict the oldest, and need no learning either.
+    for (let length = 41; length <= 110; length++) await read(length, modules[length % 3]!);
     expect(engineStats().builds).toBe(builds);
   });
+
 });

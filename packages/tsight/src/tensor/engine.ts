@@ -208,18 +208,28 @@ export function releaseKernel(key: string): void {
   dropKernel(key);
 }
 
-/** The pinned kernels holding each weight array as a constant. */
+/**
+ * The pinned kernels holding each weight array as a constant: one set per array, registered once for its
+ * collection (emptied when the array's tensor takes other values, filled again when it is bound again).
+ */
 const kernelsOfWeight = new WeakMap<object, Set<string>>();
-const weightsCollected = new FinalizationRegistry<string>((key) => dropKernel(key));
+/** An array collected: no graph can use the kernels holding it any more. */
+const weightsCollected = new FinalizationRegistry<Set<string>>((keys) => {
+  for (const key of keys) {
+    users.delete(key);
+    dropKernel(key);
+  }
+});
 
 /** Ties the pinned kernel `key` to the weight arrays it holds: it is freed when one is released or collected. */
 export function tieToWeights(key: string, arrays: readonly object[]): void {
   for (const a of arrays) {
     let keys = kernelsOfWeight.get(a);
-    if (!keys) kernelsOfWeight.set(a, (keys = new Set()));
-    if (keys.has(key)) continue;
+    if (!keys) {
+      kernelsOfWeight.set(a, (keys = new Set()));
+      weightsCollected.register(a, keys);
+    }
     keys.add(key);
-    weightsCollected.register(a, key);
   }
 }
 
@@ -227,8 +237,8 @@ export function tieToWeights(key: string, arrays: readonly object[]): void {
 export function releaseWeight(array: object): void {
   const keys = kernelsOfWeight.get(array);
   if (!keys) return;
-  kernelsOfWeight.delete(array);
   for (const key of keys) dropKernel(key);
+  keys.clear();
 }
 
 export function runKernel(key: string, build: (g: GraphBuilder) => void, inputs: readonly RawTensor[], options: KernelOptions = {}): RawTensor[] {

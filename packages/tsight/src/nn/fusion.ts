@@ -1,10 +1,10 @@
 /**
  * Modules marked `fusible` (the decoder blocks) run as one fused ONNX Runtime graph when nothing inside them is
- * watched: no read, edit, skip or cache of anything below them (the block's own input and output may be). The
- * graph is captured from the block's forward once per kind of arguments and shared by every block with the same
- * ops. Blocks that change a KV cache as they run (generation), that record gradients, or whose forward cannot be
- * captured run op by op as before. Calls of the modules inside a fused block are counted for the hooks (`pass`),
- * so later calls keep their numbers.
+ * watched, or only read (see replay). The block's forward is captured once per kind of arguments (prompt length);
+ * the kernel it compiles to holds the block's weights (see tensor/fuse.ts's WeightBinding) and serves every length.
+ * Generation steps (a KV cache that grows) run as one graph per step shape-free and shared by blocks with the same
+ * ops. Blocks that record gradients, or whose forward cannot be captured, run op by op as before. Calls of the
+ * modules inside a fused block are counted for the hooks (`pass`), so later calls keep their numbers.
  */
 import { argumentSignature, Capture, compileCapture, fusionEnabled, isGradEnabled, runCaptured, runCaptureGeneric, Tensor, UNKNOWN_VALUE, type CapturedCall, type FusedGraph } from "../tensor/index.js";
 import { KVCache } from "./cache.js";

@@ -41,7 +41,9 @@ export class JobStatus {
       this.cancelButton.disabled = false;
       const value = await job.wait({
         onEvent: ({ event }) => {
-          if (event.type === "status") status = event.status === "QUEUED" && event.position !== undefined ? `queued, position ${event.position + 1}` : event.status.toLowerCase();
+          // "completed" is shown once the value is here (and the view can draw it), not when the event says so: the
+          // result is fetched after that event.
+          if (event.type === "status") status = event.status === "QUEUED" && event.position !== undefined ? `queued, position ${event.position + 1}` : event.status === "COMPLETED" ? "fetching the result" : event.status.toLowerCase();
           onEvent?.(event);
           show();
         },

@@ -158,13 +158,15 @@ async function main(): Promise<void> {
   console.log(`tsight bench — ${threadCount()} kernel threads (TSIGHT_THREADS), Node ${process.version}\n`);
   // tsight and Hugging Face alternate, twice each, and each side keeps its best figures: drift of the machine's
   // speed during the run then favours neither.
-  const ourRuns = [await tsightGpt2(), null as Awaited<ReturnType<typeof tsightGpt2>> | null];
-  const overheads: Overhead[] = [await interventionOverhead()];
-  const hfRuns = [hfReference(threadCount())];
-  ourRuns[1] = await tsightGpt2();
-  overheads.push(await interventionOverhead());
-  hfRuns.push(hfReference(threadCount()));
-  const ours = bestOurs(ourRuns as Awaited<ReturnType<typeof tsightGpt2>>[]);
+  const ourRuns: Ours[] = [];
+  const overheads: Overhead[] = [];
+  const hfRuns: (HfReference | string)[] = [];
+  for (let round = 0; round < 2; round++) {
+    ourRuns.push(await tsightGpt2());
+    overheads.push(await interventionOverhead());
+    hfRuns.push(hfReference(threadCount()));
+  }
+  const ours = bestOurs(ourRuns);
   const o = bestOverhead(overheads);
   const hf = bestHf(hfRuns);
   const torchRuns = [1, 2].map(torchGpt2).filter((r): r is NonNullable<typeof r> => r !== null);

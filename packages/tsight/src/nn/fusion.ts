@@ -3,8 +3,9 @@
  * watched, or only read (see replay). The block's forward is captured once per kind of arguments (prompt length);
  * the kernel it compiles to holds the block's weights (see tensor/fuse.ts's WeightBinding) and serves every length.
  * Generation steps (a KV cache that grows) are captured at each step and run as one shape-free graph with the
- * weights fed, shared by the blocks with the same ops. Blocks that record gradients, or whose forward cannot be captured, run op by op as before. Calls of the
- * modules inside a fused block are counted for the hooks (`pass`), so later calls keep their numbers.
+ * weights fed, shared by the blocks with the same ops. Blocks that record gradients, or whose forward cannot be
+ * captured, run op by op as before. Calls of the modules inside a fused block are counted for the hooks (`pass`),
+ * so later calls keep their numbers.
  */
 import { argumentSignature, Capture, compileCapture, fusionEnabled, isGradEnabled, runCaptured, runCaptureGeneric, Tensor, UNKNOWN_VALUE, type CapturedCall, type FusedGraph } from "../tensor/index.js";
 import { KVCache } from "./cache.js";
@@ -29,9 +30,8 @@ export function fusedForward(module: Module, args: unknown[], hooks: ModuleHooks
   if (watched && !hooks.replay) return null;
   const cache = cacheIn(args);
   if (cache) return watched ? null : fusedStep(module, args, hooks, forward, cache);
-  const args_ = argumentSignature(args);
-  if (args_ === null) return null;
-  const signature = args_;
+  const signature = argumentSignature(args);
+  if (signature === null) return null;
   const byArgs = graphsOf(module);
   const known = byArgs.get(signature);
   if (known === null || known?.cannotRun()) return null;

@@ -189,7 +189,7 @@ function bind(src: FusedSource, outputs: readonly Tensor[]): { binding: WeightBi
   let plan = planInputs(src, true);
   let graph = captureGraph(src.capture, outputs, plan.kindOf);
   const weights = plan.reads.map((read) => read());
-  const bytes = weights.reduce((n, w) => n + w.data.byteLength, 0);
+  const bytes = bytesOf(weights);
   if (bytes && !hasKernel(boundKey(graph.base, weights)) && !mayCopyWeights(bytes)) {
     plan = planInputs(src, false);
     graph = captureGraph(src.capture, outputs, plan.kindOf);
@@ -469,6 +469,8 @@ let nextWeightId = 0;
 class WeightBinding {
   private bound: StorageArray[] = [];
   private key = "";
+  /** The bound weights' bytes (the engine counts them against the budget). */
+  private holds = 0;
 
   constructor(
     private readonly graph: CapturedGraph,
@@ -486,8 +488,16 @@ class WeightBinding {
       }
       this.bound = weights.map((w) => w.data);
       this.key = key;
+      this.holds = bytesOf(weights);
     }
-    return runBound(this.key, this.graph, weights, inputs);
+    const { key, holds } = this;
+    const build = (g: GraphBuilder) => {
+      this.graph.build(g, weights);
+      // Its kernel is kept until the weights change or are collected.
+      if (holds) tieToWeights(key, weights.map((w) => w.data));
+    };
+    // The key says whether the weights are repacked (see boundKey): one key, one kind of kernel.
+    return runKernel(key, build, inputs, { holds, prepack: holds > 0 && key.endsWith(PREPACKED) });
   }
 
   /** Lets go of its kernel (freed when no other graph uses it; one without weights is in the engine's bounded cache). */
@@ -496,6 +506,8 @@ class WeightBinding {
     this.key = "";
   }
 }
+
+const bytesOf = (weights: readonly Tensor[]): number => weights.reduce((n, w) => n + w.data.byteLength, 0);
 
 const PREPACKED = " prepacked";
 
@@ -508,18 +520,6 @@ function boundKey(base: string, weights: readonly Tensor[]): string {
     return id;
   });
   return `${base}\nweights:${ids.join(",")}${prepackWeights() ? PREPACKED : ""}`;
-}
-
-/** Runs `graph` built with `weights` as constants; its kernel is kept until they change or are collected. */
-function runBound(key: string, graph: CapturedGraph, weights: readonly Tensor[], inputs: readonly RawTensor[]): RawTensor[] {
-  const holds = weights.reduce((n, w) => n + w.data.byteLength, 0);
-  // The key says whether the weights are repacked (see boundKey): one key, one kind of kernel.
-  const prepack = holds > 0 && key.endsWith(PREPACKED);
-  const build = (g: GraphBuilder) => {
-    graph.build(g, weights);
-    if (holds) tieToWeights(key, weights.map((w) => w.data));
-  };
-  return runKernel(key, build, inputs, { holds, prepack });
 }
 
 /** Whether a parameter can be a constant of a graph: float32 (a narrow one would be widened into a float32 copy). */
@@ -535,8 +535,8 @@ export function setWeightCopyBudget(bytes: number | null): void {
  * Whether ONNX Runtime may hold a copy of `bytes` more of weights (one block's) as graph constants (see
  * WeightBinding). Within TSIGHT_WEIGHT_COPY_MB when set; else for blocks up to MAX_DEFAULT_COPY, while this thread's
  * copies stay within a quarter of the machine's memory (a container's limit, if lower) and a quarter of it stays
- * available after this one (several models' threads, each with its own copies, must not
- * fill it). Past that, blocks feed their weights: no copy, slower.
+ * available after this one (several models' threads, each with its own copies, must not fill it). Past that,
+ * blocks feed their weights: no copy, slower.
  */
 function mayCopyWeights(bytes: number): boolean {
   if (weightBudget === undefined) {

@@ -41,7 +41,7 @@ beforeAll(async () => {
 afterAll(() => fs.rmSync(sharded, { recursive: true, force: true }));
 
 describe("weights kept as stored", () => {
-  it("bfloat16 (stdlib-llama's stored format) and float16 (stdlib-gpt2's) give float32's logits within 1e-5", async () => {
+  it("bfloat16 (stdlib-llama's stored format) and float16 (stdlib-gpt2's) give float32's logits within 1e-6 of the largest", async () => {
     for (const [name, dtype] of [["stdlib-llama", "bfloat16"], ["stdlib-gpt2", "float16"]] as const) {
       const full = await LanguageModel.load(name);
       const kept = await LanguageModel.load(name, { dtype });
@@ -54,7 +54,10 @@ describe("weights kept as stored", () => {
       // Reading a kept weight gives its values (widened): the same as the float32 model's.
       const plain = full.model.get(name === "stdlib-gpt2" ? "transformer.h.0.mlp.c_fc" : "model.layers.0.mlp.up_proj")!.getParam("weight");
       expect(maxAbsDiff(weight.unpacked(), plain)).toBe(0);
-      expect(maxAbsDiff(await logits(kept), await logits(full))).toBeLessThan(1e-5);
+      // Other kernels multiply (the kept weight's own, the float32 one repacked): float32 rounding apart.
+      const reference = await logits(full);
+      const scale = Math.max(...(reference.abs().data as Float32Array));
+      expect(maxAbsDiff(await logits(kept), reference) / scale).toBeLessThan(1e-6);
     }
   });
 });

@@ -7,7 +7,7 @@
  * captured, run op by op as before. Calls of the modules inside a fused block are counted for the hooks (`pass`),
  * so later calls keep their numbers.
  */
-import { argumentSignature, Capture, compileCapture, fusionEnabled, isGradEnabled, runCaptured, runCaptureGeneric, Tensor, UNKNOWN_VALUE, type CapturedCall, type FusedGraph } from "../tensor/index.js";
+import { argumentSignature, Capture, compileCapture, decideTogether, fusionEnabled, isGradEnabled, runCaptured, runCaptureGeneric, Tensor, UNKNOWN_VALUE, type CapturedCall, type FusedGraph } from "../tensor/index.js";
 import { KVCache } from "./cache.js";
 import { Module, type ModuleHooks } from "./module.js";
 
@@ -24,6 +24,7 @@ const MAX_SIGNATURES = 64;
  * forward (for the capture, and when capturing fails).
  */
 export function fusedForward(module: Module, args: unknown[], hooks: ModuleHooks | null, forward: (args: unknown[]) => Promise<unknown>): Promise<unknown> | null {
+  decideTogether(paramsOf(module));
   if (!fusionEnabled()) return null;
   // Something inside is watched: the block may still run fused and hand out its modules' values (see replay).
   const watched = hooks !== null && (!hooks.watchesWithin || hooks.watchesWithin(module.path));
@@ -122,6 +123,20 @@ function fusableParams(module: Module): Map<Tensor, () => Tensor> | null {
     params.set(t, () => info.module.getParam(info.name));
   }
   return params;
+}
+
+/** Per block: where its parameters are (walked once per shape of the tree), to read the tensors now. */
+const paramSlots = new WeakMap<Module, { changes: number; slots: { module: Module; name: string }[] }>();
+
+/**
+ * The block's parameters now. Whether its matrices are repacked is decided for all of them at once, before any
+ * path multiplies by one (see packing.ts's decideTogether): a large model's blocks are then fed whichever path
+ * runs first.
+ */
+function paramsOf(module: Module): Tensor[] {
+  let known = paramSlots.get(module);
+  if (!known || known.changes !== Module.treeChanges) paramSlots.set(module, (known = { changes: Module.treeChanges, slots: [...module.namedParameters().values()].map(({ module, name }) => ({ module, name })) }));
+  return known.slots.map(({ module, name }) => module.getParam(name));
 }
 
 /** Thrown through a replay when a module inside the block must really run (the block then runs op by op). */
@@ -244,7 +259,8 @@ function fusedStep(module: Module, args: unknown[], hooks: ModuleHooks | null, f
   if (unfusibleSteps.has(module)) return null;
   // The arguments besides the cache must be ones a graph can take (see argumentSignature).
   const withoutCache = args.map((a) => (a !== null && typeof a === "object" && !(a instanceof Tensor) && !Array.isArray(a) ? { ...a, cache: undefined } : a));
-  if (argumentSignature(withoutCache) === null || !fusableParams(module)) return null;
+  const params = fusableParams(module);
+  if (argumentSignature(withoutCache) === null || !params) return null;
   return (async () => {
     const before = cache.snapshot();
     let captured: { capture: Capture; result: unknown } | null = null;
@@ -261,7 +277,7 @@ function fusedStep(module: Module, args: unknown[], hooks: ModuleHooks | null, f
     const changed = after.flatMap((entry, layer) => (entry && entry !== before[layer] ? [{ layer, entry }] : []));
     let ran: { result: unknown; extra: Tensor[] };
     try {
-      ran = runCaptureGeneric(captured.capture, captured.result, changed.flatMap(({ entry }) => [entry.keys, entry.values]));
+      ran = runCaptureGeneric(captured.capture, captured.result, changed.flatMap(({ entry }) => [entry.keys, entry.values]), (t) => params.has(t));
     } catch {
       unfusibleSteps.add(module);
       return forward(args);

@@ -3,7 +3,7 @@
  * field, discovered in declaration order, so declaring fields in Hugging Face's order gives Hugging Face's
  * `named_modules()` order). `call` runs `forward` through the tree's hooks, which is where interventions attach.
  */
-import { activeCapture, releaseWeight, Tensor, type DType } from "../tensor/index.js";
+import { activeCapture, markParameter, releaseWeight, Tensor, type DType } from "../tensor/index.js";
 import { fusedForward } from "./fusion.js";
 
 /**
@@ -179,6 +179,7 @@ export abstract class Module {
     // Graphs holding the old values as constants (a fused block's) are let go of now, not when the block next runs.
     if (old instanceof Tensor && old !== value && !old.isMeta && !old.packed && (value.isMeta || value.packed || value.data !== old.data)) releaseWeight(old.data);
     (this as unknown as Record<string, Tensor>)[name] = value;
+    markParameter(value);
   }
 
   /** Every parameter tensor by full name (`fc1.weight`); meta tensors until weights are set. */

@@ -3,20 +3,21 @@
  * compiled into one ONNX Runtime graph, then run as one kernel call instead of one call per op. Capturing runs the
  * code with every op recorded instead of executed (outputs are meta tensors); code that needs a value's data, or
  * an op with no graph form, cannot be captured and runs eagerly. Float32 parameters are constants of the graph
- * (bound once, within a memory budget; see WeightBinding), inputs and shape vectors are fed, so one graph serves
- * every shape; small values the code makes (scalars) are constants.
+ * (bound once, within a memory budget; see WeightBinding), matrices repacked for ONNX Runtime's kernels as the
+ * op-by-op path has them (packing.ts); inputs and shape vectors are fed, so one graph serves every shape; small
+ * values the code makes (scalars) are constants.
  */
 import type { AsyncLocalStorage } from "node:async_hooks";
 import { isGradEnabled } from "./autograd.js";
 import type { DType, StorageArray, TypedArray } from "./dtype.js";
-import { hasKernel, heldWeightBytes, releaseKernel, retainKernel, runKernel, tieToWeights, type RawTensor } from "./engine.js";
+import { hasKernel, releaseKernel, retainKernel, runKernel, tieToWeights, type RawTensor } from "./engine.js";
+import { boundKey, bytesOf, decideTogether, isPrepacked, mayCopyWeights, packs, prepackWeights, runHolding } from "./packing.js";
 import { lazyNode } from "./node.js";
 import type { GraphBuilder } from "./onnx.js";
 import type { OutSpec, Primitive } from "./primitive.js";
 import { Tensor } from "./tensor.js";
 
 const asyncHooks = lazyNode<typeof import("node:async_hooks")>("node:async_hooks");
-const os = lazyNode<typeof import("node:os")>("node:os");
 
 /** The code being captured cannot be: it reads data, or runs an op with no graph form. */
 export class CaptureError extends Error {
@@ -156,11 +157,14 @@ interface FusedSource {
 
 /**
  * How each source of `src` becomes part of a graph (see SourceKind): arguments are inputs; parameters are weights
- * when `weights` and float32, else inputs; values the code made are constants (small ones only: CaptureError).
- * Gives the kinds, the inputs' slots in order (the ops' shape vectors follow them) and the weights' reads in order.
+ * when repacked (see packing.ts: every path holds them so), or when `weights` and float32 (a matrix only while
+ * nothing is repacked: the graph's kernel repacks every constant matrix), else inputs; values the code made are
+ * constants (small ones only: CaptureError). Gives the kinds, the inputs' slots in order (the ops' shape vectors
+ * follow them) and the weights' reads in order.
  */
 function planInputs(src: FusedSource, weights: boolean): { kindOf: (t: Tensor) => SourceKind; slots: InputSlot[]; reads: (() => Tensor)[] } {
-  const kindOf = (t: Tensor): SourceKind => (src.argSlots.has(t) ? "input" : src.params.has(t) ? (weights && bakeable(t) ? "weight" : "input") : "constant");
+  const paramKind = (t: Tensor): SourceKind => (packs(t) || (weights && bakeable(t) && (t.shape.length < 2 || !prepackWeights())) ? "weight" : "input");
+  const kindOf = (t: Tensor): SourceKind => (src.argSlots.has(t) ? "input" : src.params.has(t) ? paramKind(t) : "constant");
   // A large value that is neither an argument nor a parameter known before the capture (a weight set while it ran)
   // would be frozen into the graph.
   for (const t of src.capture.sources.values()) {
@@ -186,6 +190,7 @@ function planInputs(src: FusedSource, weights: boolean): { kindOf: (t: Tensor) =
  * made already: a block's graph for another shape of arguments), else with them fed; and its inputs' slots.
  */
 function bind(src: FusedSource, outputs: readonly Tensor[]): { binding: WeightBinding; slots: InputSlot[] } {
+  decideTogether([...src.params.values()].map((read) => read()));
   let plan = planInputs(src, true);
   let graph = captureGraph(src.capture, outputs, plan.kindOf);
   const weights = plan.reads.map((read) => read());
@@ -455,14 +460,10 @@ function captureGraph(capture: Capture, outputs: readonly Tensor[], kindOf: (t: 
   return { base: `fused:${keyParts.join("\n")}`, build };
 }
 
-/** A number per weight array, for kernel keys (an array is replaced, never written, when a weight changes). */
-const weightIds = new WeakMap<object, number>();
-let nextWeightId = 0;
-
 /**
  * A captured graph run with the module's weights as constants of the graph, bound once rather than fed at every
- * run (GPT-2-small at 128 tokens: 249 ms against 273 fed; repacked for the matrix kernels, TSIGHT_PREPACK=1, 224
- * ms, but no longer the op-by-op path's numbers to the bit). ONNX Runtime keeps its own copy of them. The graph is
+ * run (GPT-2-small at 128 tokens on an AMD EPYC: 249 ms against 273 fed, 224 with the matrices repacked, see
+ * packing.ts). ONNX Runtime keeps its own copy of them. The graph is
  * rebuilt when a weight is replaced (an optimizer step, setParameter, a new checkpoint): `reads` give the weights
  * now, and the kernel of the old ones is freed.
  */
@@ -497,7 +498,7 @@ class WeightBinding {
       if (holds) tieToWeights(key, weights.map((w) => w.data));
     };
     // The key says whether the weights are repacked (see boundKey): one key, one kind of kernel.
-    return runKernel(key, build, inputs, { holds, prepack: holds > 0 && key.endsWith(PREPACKED) });
+    return runKernel(key, build, inputs, { holds, prepack: holds > 0 && isPrepacked(key) });
   }
 
   /** Lets go of its kernel (freed when no other graph uses it; one without weights is in the engine's bounded cache). */
@@ -507,75 +508,8 @@ class WeightBinding {
   }
 }
 
-const bytesOf = (weights: readonly Tensor[]): number => weights.reduce((n, w) => n + w.data.byteLength, 0);
-
-const PREPACKED = " prepacked";
-
-/** A captured graph's kernel key with its weights named by identity, and whether they are repacked. */
-function boundKey(base: string, weights: readonly Tensor[]): string {
-  if (!weights.length) return base;
-  const ids = weights.map((w) => {
-    let id = weightIds.get(w.data);
-    if (id === undefined) weightIds.set(w.data, (id = nextWeightId++));
-    return id;
-  });
-  return `${base}\nweights:${ids.join(",")}${prepackWeights() ? PREPACKED : ""}`;
-}
-
 /** Whether a parameter can be a constant of a graph: float32 (a narrow one would be widened into a float32 copy). */
 const bakeable = (t: Tensor): boolean => t.dtype === "float32";
-
-let weightBudget: number | null | undefined;
-/** Sets the budget of mayCopyWeights in this thread (tests, benchmarks); null goes back to the default. */
-export function setWeightCopyBudget(bytes: number | null): void {
-  weightBudget = bytes ?? undefined;
-}
-
-/**
- * Whether ONNX Runtime may hold a copy of `bytes` more of weights (one block's) as graph constants (see
- * WeightBinding). Within TSIGHT_WEIGHT_COPY_MB when set; else for blocks up to MAX_DEFAULT_COPY, while this thread's
- * copies stay within a quarter of the machine's memory (a container's limit, if lower) and a quarter of it stays
- * available after this one (several models' threads, each with its own copies, must not fill it). Past that,
- * blocks feed their weights: no copy, slower.
- */
-function mayCopyWeights(bytes: number): boolean {
-  if (weightBudget === undefined) {
-    const text = env("TSIGHT_WEIGHT_COPY_MB")?.trim();
-    const mb = text ? Number(text) : NaN;
-    weightBudget = Number.isFinite(mb) && mb >= 0 ? mb * 2 ** 20 : null;
-  }
-  const held = heldWeightBytes() + bytes;
-  if (weightBudget !== null) return held <= weightBudget;
-  if (bytes > MAX_DEFAULT_COPY) return false;
-  const { total, available } = memory();
-  return held <= total / 4 && available - bytes >= total / 4;
-}
-
-/**
- * The largest block copied by default. What a copy gains shrinks as blocks grow while its cost does not: GPT-2-small
- * (28 MiB blocks) prefills 9% faster at 128 tokens; a Llama-3.2-1B-shaped model (256 MiB blocks) 1% (1994 against
- * 2018 ms), for 3.8 GiB more memory and a first forward of 19.5 s instead of 2.2 (building its 16 graphs).
- */
-const MAX_DEFAULT_COPY = 64 * 2 ** 20;
-
-/** The memory this process may use and how much of it is available: a container's limit when it has one. */
-function memory(): { total: number; available: number } {
-  const limit = process.constrainedMemory?.() ?? 0;
-  const total = os.totalmem();
-  if (limit > 0 && limit < total) return { total: limit, available: limit - process.memoryUsage.rss() };
-  return { total, available: os.freemem() };
-}
-let prepackSet: boolean | null = null;
-let prepackFromEnv: boolean | undefined;
-/** TSIGHT_PREPACK=1: constant weights are repacked for the matrix kernels (faster, other rounding; see WeightBinding). */
-function prepackWeights(): boolean {
-  return prepackSet ?? (prepackFromEnv ??= env("TSIGHT_PREPACK") === "1");
-}
-
-/** Turns repacking of constant weights on or off in this thread for graphs bound from now on (benchmarks); null goes back to TSIGHT_PREPACK. */
-export function setPrepack(on: boolean | null): void {
-  prepackSet = on;
-}
 
 /** `result` with its tensors (in tensorsIn's order) replaced by `outs`. */
 function rebuildResult(result: unknown, outs: readonly Tensor[]): unknown {
@@ -600,15 +534,20 @@ export function compileCapture(capture: Capture, args: readonly unknown[], param
  * One run of captured code as a graph that depends on no shape or value: every source (arguments, parameters,
  * cache entries, values the code made) and every shape vector the ops need is an input, fed from this capture.
  * The graph is looked up by its structure (ops, attributes, dtypes), so a capture of the same code at another
- * length (the next decode step) reuses it, and every block with the same ops shares it. Its weights are fed, not
- * constants: for one row at a time (a decode step), ONNX Runtime multiplies by a fed matrix faster than by a
- * prepacked one (GPT-2-small decode: 14.6 tokens/s with constants, 24.7 fed). Returns the output tensors:
- * `result`'s, then `extra`'s.
+ * length (the next decode step) reuses it. Repacked matrices (see packing.ts) are its constants, as every path
+ * holds them, so it is then a graph per block (one row at a time, a repacked matrix multiplies as fast as a fed
+ * one: GPT-2-small decode 29.5-31.3 tokens/s against 28.5-29.2); other weights are fed, and blocks with the same
+ * ops share the graph. Returns the output tensors: `result`'s, then `extra`'s. `isParam` tells the parameters.
  */
-export function runCaptureGeneric(capture: Capture, result: unknown, extra: readonly Tensor[]): { result: unknown; extra: Tensor[] } {
+export function runCaptureGeneric(capture: Capture, result: unknown, extra: readonly Tensor[], isParam: (t: Tensor) => boolean): { result: unknown; extra: Tensor[] } {
   const found = [...tensorsIn(result).map(({ t }) => t), ...extra];
-  const graph = captureGraph(capture, found, () => "input");
-  const raw = runKernel(graph.base, (g) => graph.build(g, []), [...capture.sources.values(), ...capture.ops.flatMap((op) => op.feeds)]);
+  const kindOf = (t: Tensor): SourceKind => (isParam(t) && packs(t) ? "weight" : "input");
+  const graph = captureGraph(capture, found, kindOf);
+  const sources = [...capture.sources.values()];
+  decideTogether(sources.filter(isParam));
+  const weights = sources.filter((t) => kindOf(t) === "weight");
+  const inputs = [...sources.filter((t) => kindOf(t) === "input"), ...capture.ops.flatMap((op) => op.feeds)];
+  const raw = runHolding(boundKey(graph.base, weights), weights, (g) => graph.build(g, weights), inputs);
   const outs = raw.map((r, i) => new Tensor(found[i]!.dtype, r.data as TypedArray, found[i]!.shape));
   const count = found.length - extra.length;
   return { result: rebuildResult(result, outs.slice(0, count)), extra: outs.slice(count) };

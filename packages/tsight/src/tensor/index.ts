@@ -10,4 +10,5 @@ export { sizeOf, broadcastShapes, checkShape, MAX_RANK, MAX_ELEMENTS, type Shape
 export * as functional from "./functional.js";
 export * from "./safetensors.js";
 export { lazyNode } from "./node.js";
-export { activeCapture, argumentSignature, Capture, CaptureError, compileCapture, FusedGraph, fusionEnabled, runCaptured, runCaptureGeneric, setFusion, setPrepack, setWeightCopyBudget, UNKNOWN_VALUE, type CapturedCall } from "./fuse.js";
+export { activeCapture, argumentSignature, Capture, CaptureError, compileCapture, FusedGraph, fusionEnabled, runCaptured, runCaptureGeneric, setFusion, UNKNOWN_VALUE, type CapturedCall } from "./fuse.js";
+export { decideTogether, markParameter, packs, setPrepack, setWeightCopyBudget } from "./packing.js";

@@ -9,6 +9,7 @@ import { runKernel, type RawTensor } from "./engine.js";
 import type { GraphBuilder } from "./onnx.js";
 import { Tensor } from "./tensor.js";
 import { activeCapture } from "./fuse.js";
+import { boundKey, packs, runHolding } from "./packing.js";
 
 export interface OutSpec {
   dtype: DType;
@@ -33,6 +34,11 @@ export interface Primitive<A = undefined> {
   grad?: GradRule;
   /** Takes packed weights as they are (other ops get them widened to plain float32 first). */
   packed?: boolean;
+  /**
+   * The input that is a weight matrix the op multiplies by: when it is repacked (see packing.ts), the op runs as a
+   * kernel holding it as a constant.
+   */
+  weightInput?: number;
   /** Floating-point operations, for ops whose work grows faster than their outputs (matmul, attention). */
   flops?(inputs: readonly Tensor[], out: OutSpec[]): number;
 }
@@ -84,15 +90,15 @@ export function apply<A>(p: Primitive<A>, given: readonly Tensor[], attrs: A): T
   } else {
     const feeds = p.feeds?.(inputs, attrs) ?? [];
     const key = `${p.name}(${inputs.map((t) => t.dtype).join(",")}|${feeds.map((t) => t.dtype).join(",")})${p.key?.(attrs) ?? ""}`;
-    const raw = runKernel(
-      key,
-      (g) => {
-        const names = [...inputs, ...feeds].map((t) => g.input(t.dtype));
-        const outNames = p.graph!(g, names, attrs, inputs);
-        outNames.forEach((n, i) => g.output(n, specs[i]!.dtype));
-      },
-      [...inputs, ...feeds],
-    );
+    const at = p.weightInput ?? -1;
+    const weight = inputs[at];
+    const held = weight && packs(weight) ? weight : null;
+    const build = (g: GraphBuilder) => {
+      const names = [...inputs, ...feeds].map((t, i) => (t === held && i === at ? g.constant(t.dtype, [...t.shape], t.data) : g.input(t.dtype)));
+      const outNames = p.graph!(g, names, attrs, inputs);
+      outNames.forEach((n, i) => g.output(n, specs[i]!.dtype));
+    };
+    const raw = held ? runHolding(boundKey(`${key}|held${at}`, [held]), [held], build, [...inputs.filter((_, i) => i !== at), ...feeds]) : runKernel(key, build, [...inputs, ...feeds]);
     outs = raw.map((r, i) => {
       const s = specs[i]!;
       if (r.shape.length !== s.shape.length || r.shape.some((d, j) => d !== s.shape[j])) {

@@ -209,6 +209,7 @@ export const linear: Primitive<{ transposed: boolean }> = {
     return [{ dtype: "float32", shape: [x!.shape[0]!, out!] }];
   },
   key: (a) => (a.transposed ? "N" : "T"),
+  weightInput: 1,
   graph: (g, ins, a) => [g.op("Gemm", ins, { transB: a.transposed ? 0 : 1 })],
   flops: ([x], [out]) => 2 * sizeOf(out!.shape) * x!.shape.at(-1)!,
   grad: ([g], n) => {

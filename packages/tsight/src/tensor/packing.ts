@@ -1,0 +1,165 @@
+/**
+ * Model weights held by kernels as constants, and repacked there for ONNX Runtime's matrix kernels.
+ *
+ * ONNX Runtime multiplies by a constant matrix it has repacked once much faster than by one fed at each call
+ * (GPT-2-small's output layer at 128 tokens on a 2-core Xeon: 35 ms against 55 fed; a block's matrices 15-25%), but
+ * it sums in another order then: the last bits differ. So whether a weight is repacked is decided once per weight
+ * (`packs`) and every path follows it: the op-by-op `linear` (a kernel of its own holding the weight), a fused
+ * block's graph and a decode step's graph. Fused and op-by-op results agree to the bit either way.
+ *
+ * Copies cost memory (ONNX Runtime keeps its own), so they are made within a budget (`mayCopyWeights`).
+ */
+import { heldWeightBytes, runKernel, tieToWeights, type RawTensor } from "./engine.js";
+import { lazyNode } from "./node.js";
+import type { GraphBuilder } from "./onnx.js";
+import type { Tensor } from "./tensor.js";
+
+const os = lazyNode<typeof import("node:os")>("node:os");
+
+const env = (name: string): string | undefined => (globalThis as { process?: { env?: Record<string, string | undefined> } }).process?.env?.[name];
+
+let prepackSet: boolean | null = null;
+let prepackFromEnv: boolean | undefined;
+
+/** Whether weights are repacked for the matrix kernels: on unless TSIGHT_PREPACK=0 (or `setPrepack`). */
+export function prepackWeights(): boolean {
+  return prepackSet ?? (prepackFromEnv ??= env("TSIGHT_PREPACK") !== "0");
+}
+
+/**
+ * Turns repacking on or off in this thread for weights seen from now on (benchmarks, tests); null goes back to
+ * TSIGHT_PREPACK. A weight already decided keeps its decision (its kernels exist).
+ */
+export function setPrepack(on: boolean | null): void {
+  prepackSet = on;
+}
+
+/** The arrays of model parameters (set on a module): only those are worth a kernel of their own. */
+const parameterArrays = new WeakSet<object>();
+
+/** Notes that `t` is a module's parameter (Module.setParam). */
+export function markParameter(t: Tensor): void {
+  if (!t.isMeta && !t.packed) parameterArrays.add(t.data);
+}
+
+/** Per weight array: whether it is repacked (decided at its first use, kept while the array lives). */
+const decisions = new WeakMap<object, boolean>();
+
+/** The largest single weight repacked by default (GPT-2's 147 MiB output layer is; Llama-3's 1 GiB one is not). */
+const MAX_PACKED_WEIGHT = 256 * 2 ** 20;
+
+/**
+ * Whether `w` is repacked wherever it multiplies (see the header): a float32 matrix set as a module's parameter,
+ * trained by no optimizer (its values change at every step: kernels would be rebuilt at each), while repacking is
+ * on and its copies fit the budget (see COPIES).
+ */
+export function packs(w: Tensor): boolean {
+  if (w.isMeta || w.packed) return false;
+  const known = decisions.get(w.data);
+  if (known !== undefined) return known;
+  const bytes = w.data.byteLength;
+  const yes = eligible(w) && bytes <= MAX_PACKED_WEIGHT && mayCopyWeights(COPIES * bytes, Infinity);
+  decisions.set(w.data, yes);
+  return yes;
+}
+
+/**
+ * Copies of a repacked weight asked room for when it is decided: kernels holding it are made without asking again,
+ * since every path must hold it alike. A block's matrix has up to four: the op-by-op kernel's, its fused graph's
+ * (plain, and giving values read inside), and a generation's graphs (the prompt's pass and the steps').
+ */
+const COPIES = 4;
+
+const eligible = (w: Tensor): boolean => prepackWeights() && w.dtype === "float32" && w.shape.length === 2 && parameterArrays.has(w.data) && !w.requiresGrad;
+
+/**
+ * Decides the weights of one graph (a block's) not decided yet, all alike: repacked if their copies fit the budget
+ * together, not when they are many (a block of a large model: its graph, built with them as constants, takes
+ * seconds; see MAX_DEFAULT_COPY).
+ */
+export function decideTogether(weights: readonly Tensor[]): void {
+  const undecided = weights.filter((w) => !w.isMeta && !w.packed && eligible(w) && !decisions.has(w.data));
+  if (!undecided.length) return;
+  const yes = bytesOf(weights) <= MAX_DEFAULT_COPY && mayCopyWeights(COPIES * bytesOf(undecided), Infinity);
+  for (const w of undecided) decisions.set(w.data, yes);
+}
+
+export const bytesOf = (weights: readonly Tensor[]): number => weights.reduce((n, w) => n + w.data.byteLength, 0);
+
+/** A number per weight array, for kernel keys (an array is replaced, never written, when a weight changes). */
+const weightIds = new WeakMap<object, number>();
+let nextWeightId = 0;
+
+const PREPACKED = " prepacked";
+
+/** `base` (a graph's key) with its constant weights named by identity, and whether they are repacked. */
+export function boundKey(base: string, weights: readonly Tensor[]): string {
+  if (!weights.length) return base;
+  const ids = weights.map((w) => {
+    let id = weightIds.get(w.data);
+    if (id === undefined) weightIds.set(w.data, (id = nextWeightId++));
+    return id;
+  });
+  return `${base}\nweights:${ids.join(",")}${prepackWeights() ? PREPACKED : ""}`;
+}
+
+/** Whether a kernel key made by boundKey repacks its weights. */
+export const isPrepacked = (key: string): boolean => key.endsWith(PREPACKED);
+
+/**
+ * Runs a kernel whose graph holds `weights` as constants (`build` adds them): kept until they change or are
+ * collected, counted against the budget, repacked as its key says.
+ */
+export function runHolding(key: string, weights: readonly Tensor[], build: (g: GraphBuilder) => void, inputs: readonly RawTensor[]): RawTensor[] {
+  const holds = bytesOf(weights);
+  return runKernel(
+    key,
+    (g) => {
+      build(g);
+      if (holds) tieToWeights(key, weights.map((w) => w.data));
+    },
+    inputs,
+    { holds, prepack: holds > 0 && isPrepacked(key) },
+  );
+}
+
+let weightBudget: number | null | undefined;
+/** Sets the budget of mayCopyWeights in this thread (tests, benchmarks); null goes back to the default. */
+export function setWeightCopyBudget(bytes: number | null): void {
+  weightBudget = bytes ?? undefined;
+}
+
+/**
+ * Whether ONNX Runtime may hold a copy of `bytes` more of weights. Within TSIGHT_WEIGHT_COPY_MB when set; else for
+ * copies up to `largest` at once, while this thread's copies stay within a quarter of the machine's memory (a
+ * container's limit, if lower) and a quarter of it stays available after this one (several models' threads, each
+ * with its own copies, must not fill it). Past that, weights are fed: no copy, slower.
+ */
+export function mayCopyWeights(bytes: number, largest = MAX_DEFAULT_COPY): boolean {
+  if (weightBudget === undefined) {
+    const text = env("TSIGHT_WEIGHT_COPY_MB")?.trim();
+    const mb = text ? Number(text) : NaN;
+    weightBudget = Number.isFinite(mb) && mb >= 0 ? mb * 2 ** 20 : null;
+  }
+  const held = heldWeightBytes() + bytes;
+  if (weightBudget !== null) return held <= weightBudget;
+  if (bytes > largest) return false;
+  const { total, available } = memory();
+  return held <= total / 4 && available - bytes >= total / 4;
+}
+
+/**
+ * The largest block whose weights are copied by default. What a copy gains shrinks as blocks grow while its cost
+ * does not: GPT-2-small (28 MiB blocks) prefills 9% faster at 128 tokens; a Llama-3.2-1B-shaped model (256 MiB
+ * blocks) 1% (1994 against 2018 ms, without repacking), for 3.8 GiB more memory and a first forward of 19.5 s
+ * instead of 2.2 (building its 16 graphs).
+ */
+export const MAX_DEFAULT_COPY = 64 * 2 ** 20;
+
+/** The memory this process may use and how much of it is available: a container's limit when it has one. */
+function memory(): { total: number; available: number } {
+  const limit = process.constrainedMemory?.() ?? 0;
+  const total = os.totalmem();
+  if (limit > 0 && limit < total) return { total: limit, available: limit - process.memoryUsage.rss() };
+  return { total, available: os.freemem() };
+}

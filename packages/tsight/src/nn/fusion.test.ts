@@ -228,7 +228,7 @@ describe("fused decoder blocks", () => {
       const fed = await run(() => 0);
       expect(fed.copied).toBe(0);
       expect(maxAbsDiff(fed.logits, fed.eager)).toBe(0);
-      // Room for two blocks' copies (a repacked matrix asks room for two): some blocks copied, not all.
+      // Room for two blocks' copies twice over (a block's repacked matrix asks room for four): some copied, not all.
       const some = await run((m) => 2 * (blockBytes(m, 0) + blockBytes(m, 1)));
       expect(some.copied).toBeGreaterThanOrEqual(blockBytes(some.model, 0));
       expect(some.copied).toBeLessThanOrEqual(2 * (blockBytes(some.model, 0) + blockBytes(some.model, 1)));
@@ -261,6 +261,68 @@ describe("fused decoder blocks", () => {
     const diff = maxAbsDiff(repacked, fed);
     expect(diff).toBeGreaterThan(0);
     expect(diff / scale).toBeLessThan(1e-5);
+  });
+
+  it("a weight decided otherwise than the one it replaces (a trainable parameter, never repacked; one the budget has room for now) replans its block's graph: fused stays op by op's", async () => {
+    const ids = ref(await fixture("stdlib-gpt2"), "probe0/input_ids");
+    const logits = async (model: Awaited<ReturnType<typeof fixtureModel>>, on: boolean) => (await withFusion(on, () => noGrad(() => model.call(ids)))).value.logits as Tensor;
+    const trained = await fixtureModel("stdlib-gpt2");
+    await logits(trained, true);
+    const name = "transformer.h.2.attn.c_proj.weight";
+    trained.setParameter(name, parameter(trained.parameters().get(name)!));
+    expect(maxAbsDiff(await logits(trained, true), await logits(trained, false))).toBe(0);
+    // Planned with no room for copies (matrices fed), then room, then a weight replaced: that one is repacked.
+    const later = await fixtureModel("stdlib-gpt2");
+    setWeightCopyBudget(engineStats().weightBytes);
+    try {
+      await logits(later, true);
+    } finally {
+      setWeightCopyBudget(null);
+    }
+    const fc = "transformer.h.1.mlp.c_fc.weight";
+    later.setParameter(fc, later.parameters().get(fc)!.mul(2));
+    expect(maxAbsDiff(await logits(later, true), await logits(later, false))).toBe(0);
+  });
+
+  it("an SAE's matrices (multiplied by matmul) are repacked on every path: logits and KV-cache steps are op by op's", async () => {
+    const lm = await LanguageModel.load("stdlib-gpt2");
+    lm.addSae(await loadSae(path.join(fixturesDir, "saes/stdlib-gpt2-res2-topk")), { useErrorTerm: false });
+    const prompt = await withFusion(false, () => lm.trace("def __init__(self", async (m: any) => (await m.lm_head.output) as Tensor));
+    const fused = await withFusion(true, () => lm.trace("def __init__(self", async (m: any) => (await m.lm_head.output) as Tensor));
+    expect(maxAbsDiff(fused.value, prompt.value)).toBe(0);
+    const steps = async () => {
+      const cache = new KVCache();
+      const out: Tensor[] = [];
+      for (let step = 0; step < 4; step++) out.push((await lm.model.call(new Tensor("int64", BigInt64Array.from({ length: step ? 1 : 5 }, (_, i) => BigInt(100 + 13 * step + i)), [1, step ? 1 : 5]), { cache })).logits as Tensor);
+      return out;
+    };
+    const eager = (await withFusion(false, steps)).value;
+    (await withFusion(true, steps)).value.forEach((f, step) => expect(maxAbsDiff(f, eager[step]!)).toBe(0));
+  });
+
+  it("under a budget, the copies every path holds (op by op, fused blocks, generation steps) stay within it", async () => {
+    const model = await fixtureModel("stdlib-gpt2");
+    const held = engineStats().weightBytes;
+    // Room for about two blocks' matrices, four copies each: the others are fed on every path.
+    const matrices = [...model.parameters()].filter(([n, t]) => n.startsWith("transformer.h.0.") && t.shape.length === 2).reduce((sum, [, t]) => sum + t.data.byteLength, 0);
+    const budget = held + 10 * matrices;
+    setWeightCopyBudget(budget);
+    try {
+      const tokens = (batch: number, length: number) => new Tensor("int64", BigInt64Array.from({ length: batch * length }, (_, i) => BigInt(11 + 3 * i)), [batch, length]);
+      const all = async () => {
+        await model.call(tokens(2, 5));
+        const cache = new KVCache();
+        for (let step = 0; step < 3; step++) await model.call(tokens(2, step ? 1 : 5), { cache });
+        return (await model.call(tokens(1, 6))).logits as Tensor;
+      };
+      const eager = (await withFusion(false, all)).value;
+      const fused = (await withFusion(true, all)).value;
+      expect(maxAbsDiff(fused, eager)).toBe(0);
+      expect(engineStats().weightBytes).toBeGreaterThan(held + matrices);
+      expect(engineStats().weightBytes).toBeLessThanOrEqual(budget);
+    } finally {
+      setWeightCopyBudget(null);
+    }
   });
 
   it("one graph per block serves every prompt length: the weights are copied once, and the logits are op by op's", async () => {

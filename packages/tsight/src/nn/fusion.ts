@@ -2,12 +2,13 @@
  * Modules marked `fusible` (the decoder blocks) run as one fused ONNX Runtime graph when nothing inside them is
  * watched, or only read (see replay). The block's forward is captured once per kind of arguments (prompt length);
  * the kernel it compiles to holds the block's weights (see tensor/fuse.ts's WeightBinding) and serves every length.
- * Generation steps (a KV cache that grows) are captured at each step and run as one shape-free graph with the
- * weights fed, shared by the blocks with the same ops. Blocks that record gradients, or whose forward cannot be
- * captured, run op by op as before. Calls of the modules inside a fused block are counted for the hooks (`pass`),
- * so later calls keep their numbers.
+ * Generation steps (a KV cache that grows) are captured at each step and run as one shape-free graph per block,
+ * holding its repacked matrices as the other paths do (see tensor/packing.ts). Blocks that record gradients, or
+ * whose forward cannot be captured, run op by op as before. Calls of the modules inside a fused block are counted
+ * for the hooks (`pass`), so later calls keep their numbers.
  */
-import { argumentSignature, Capture, compileCapture, decideTogether, fusionEnabled, isGradEnabled, runCaptured, runCaptureGeneric, Tensor, UNKNOWN_VALUE, type CapturedCall, type FusedGraph } from "../tensor/index.js";
+import { argumentSignature, Capture, compileCapture, fusionEnabled, isGradEnabled, runCaptured, runCaptureGeneric, Tensor, UNKNOWN_VALUE, type CapturedCall, type FusedGraph } from "../tensor/index.js";
+import { decideTogether } from "../tensor/packing.js";
 import { KVCache } from "./cache.js";
 import { Module, type ModuleHooks } from "./module.js";
 

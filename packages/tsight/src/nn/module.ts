@@ -3,7 +3,8 @@
  * field, discovered in declaration order, so declaring fields in Hugging Face's order gives Hugging Face's
  * `named_modules()` order). `call` runs `forward` through the tree's hooks, which is where interventions attach.
  */
-import { activeCapture, markParameter, releaseWeight, Tensor, type DType } from "../tensor/index.js";
+import { activeCapture, releaseWeight, Tensor, type DType } from "../tensor/index.js";
+import { markParameter } from "../tensor/packing.js";
 import { fusedForward } from "./fusion.js";
 
 /**

@@ -43,9 +43,14 @@ function binding(): NativeBinding {
 
 /** Threads per kernel: TSIGHT_THREADS, else every core this process may use. */
 export function threadCount(): number {
-  const fromEnv = Number(process.env.TSIGHT_THREADS);
-  return Number.isInteger(fromEnv) && fromEnv > 0 ? fromEnv : os.availableParallelism();
+  if (threads === undefined) {
+    const fromEnv = Number(process.env.TSIGHT_THREADS);
+    threads = Number.isInteger(fromEnv) && fromEnv > 0 ? fromEnv : os.availableParallelism();
+  }
+  return threads;
 }
+/** Read once: the environment is slow to read, and this is asked at every kernel call (see smallWork). */
+let threads: number | undefined;
 
 /** Ops whose kernels use more than one thread: the matrix products, where threads pay off. */
 const THREADED_OPS = /^(matmul|linear|attention\(|fused:)/;
@@ -169,7 +174,7 @@ export function kernel(key: string, build: (g: GraphBuilder) => void, options: K
 
 /** Whether a kernel for `key` is made (and kept). */
 export function hasKernel(key: string): boolean {
-  return pinned.has(key) || kernels.has(key);
+  return pinned.has(key) || kernels.has(key) || pinned.has(key + ONE_THREAD) || kernels.has(key + ONE_THREAD);
 }
 
 /** The bytes of weights the kernels kept hold as constants (ONNX Runtime's copies of them). */
@@ -179,6 +184,7 @@ export function heldWeightBytes(): number {
 
 /** Frees the kernel for `key`, if there is one (the next run with that key builds it again). */
 export function dropKernel(key: string): void {
+  if (!key.endsWith(ONE_THREAD)) dropKernel(key + ONE_THREAD);
   const held = pinned.get(key);
   if (held) {
     pinned.delete(key);
@@ -243,7 +249,26 @@ export function releaseWeight(array: object): void {
 
 export function runKernel(key: string, build: (g: GraphBuilder) => void, inputs: readonly RawTensor[], options: KernelOptions = {}): RawTensor[] {
   kernelRuns++;
+  if (options.threads === undefined && smallWork(key, inputs, options.holds ?? 0)) return kernel(key + ONE_THREAD, build, { ...options, threads: 1 }).run(inputs);
   return kernel(key, build, options).run(inputs);
+}
+
+/**
+ * Below this much work a threaded kernel runs on one thread: waking a sleeping thread for each of a graph's ops
+ * costs more than it saves (stdlib-gpt2 at 5 tokens: 1.79 ms a forward on one thread, 2.07 on two). The work is
+ * told by the weights the kernel holds and the bytes fed to it (a block of a small model at a few tokens), so
+ * GPT-2-small's blocks (28 MiB), whose one-row decode steps are bound by memory, stay threaded.
+ */
+const SMALL_HELD = 8 * 2 ** 20;
+const SMALL_FED = 64 * 2 ** 10;
+/** The key of a kernel's one-thread form (see smallWork): freed with it. */
+const ONE_THREAD = "\none thread";
+
+function smallWork(key: string, inputs: readonly RawTensor[], holds: number): boolean {
+  if (holds > SMALL_HELD || threadCount() === 1 || !THREADED_OPS.test(key)) return false;
+  let fed = 0;
+  for (const t of inputs) fed += t.data.byteLength;
+  return fed <= SMALL_FED;
 }
 
 /**

@@ -11,7 +11,7 @@ import type { AsyncLocalStorage } from "node:async_hooks";
 import { isGradEnabled } from "./autograd.js";
 import type { DType, StorageArray, TypedArray } from "./dtype.js";
 import { hasKernel, releaseKernel, retainKernel, runKernel, tieToWeights, type RawTensor } from "./engine.js";
-import { boundKey, bytesOf, decideTogether, isPrepacked, mayCopyWeights, packs, prepackWeights, runHolding } from "./packing.js";
+import { boundKey, bytesOf, decideTogether, isPrepacked, mayCopyWeights, noteCopies, packs, runHolding } from "./packing.js";
 import { lazyNode } from "./node.js";
 import type { GraphBuilder } from "./onnx.js";
 import type { OutSpec, Primitive } from "./primitive.js";
@@ -157,13 +157,16 @@ interface FusedSource {
 
 /**
  * How each source of `src` becomes part of a graph (see SourceKind): arguments are inputs; parameters are weights
- * when repacked (see packing.ts: every path holds them so), or when `weights` and float32 (a matrix only while
- * nothing is repacked: the graph's kernel repacks every constant matrix), else inputs; values the code made are
+ * when repacked (see packing.ts: every path holds them so), or when `weights` and float32 (a matrix only while none
+ * is repacked: the graph's kernel then repacks every constant matrix), else inputs; values the code made are
  * constants (small ones only: CaptureError). Gives the kinds, the inputs' slots in order (the ops' shape vectors
  * follow them) and the weights' reads in order.
  */
 function planInputs(src: FusedSource, weights: boolean): { kindOf: (t: Tensor) => SourceKind; slots: InputSlot[]; reads: (() => Tensor)[] } {
-  const paramKind = (t: Tensor): SourceKind => (packs(t) || (weights && bakeable(t) && (t.shape.length < 2 || !prepackWeights())) ? "weight" : "input");
+  // Decided by the parameters now (a graph is planned again for weights set since, see FusedGraph.replanIfStale).
+  const now = (t: Tensor): Tensor => src.params.get(t)!();
+  const repacking = [...src.params.values()].some((read) => packs(read()));
+  const paramKind = (t: Tensor): SourceKind => (packs(now(t)) || (weights && bakeable(t) && (t.shape.length < 2 || !repacking)) ? "weight" : "input");
   const kindOf = (t: Tensor): SourceKind => (src.argSlots.has(t) ? "input" : src.params.has(t) ? paramKind(t) : "constant");
   // A large value that is neither an argument nor a parameter known before the capture (a weight set while it ran)
   // would be frozen into the graph.
@@ -194,7 +197,8 @@ function bind(src: FusedSource, outputs: readonly Tensor[]): { binding: WeightBi
   let plan = planInputs(src, true);
   let graph = captureGraph(src.capture, outputs, plan.kindOf);
   const weights = plan.reads.map((read) => read());
-  const bytes = bytesOf(weights);
+  // Repacked matrices are held whatever the budget (they had room reserved when decided).
+  const bytes = bytesOf(weights.filter((w) => !packs(w)));
   if (bytes && !hasKernel(boundKey(graph.base, weights)) && !mayCopyWeights(bytes)) {
     plan = planInputs(src, false);
     graph = captureGraph(src.capture, outputs, plan.kindOf);
@@ -214,14 +218,34 @@ function feed(slots: readonly InputSlot[], args: readonly unknown[]): RawTensor[
 export class FusedGraph {
   /** The graph for the latest set of taps asked for (see tapped). */
   private tap: { key: string; graph: TappedGraph | null } | null = null;
-  private readonly slots: InputSlot[];
-  private readonly binding: WeightBinding;
+  private slots!: InputSlot[];
+  private binding!: WeightBinding;
+  /** Whether each parameter was repacked when the graph was planned (see replanIfStale). */
+  private planned!: boolean[];
   private readonly outputs: { dtype: DType; shape: number[] }[];
 
   constructor(private readonly src: FusedSource) {
-    const outputs = tensorsIn(src.result).map(({ t }) => t);
-    ({ binding: this.binding, slots: this.slots } = bind(src, outputs));
-    this.outputs = outputs.map((t) => ({ dtype: t.dtype, shape: [...t.shape] }));
+    this.plan();
+    this.outputs = tensorsIn(src.result).map(({ t }) => ({ dtype: t.dtype, shape: [...t.shape] }));
+  }
+
+  private plan(): void {
+    ({ binding: this.binding, slots: this.slots } = bind(this.src, tensorsIn(this.src.result).map(({ t }) => t)));
+    this.planned = [...this.src.params.values()].map((read) => packs(read()));
+  }
+
+  /**
+   * Plans the graph again when a parameter was replaced by one decided otherwise (a trainable one, which is never
+   * repacked, or one that fits the budget now): a repacked matrix must be a constant of it, any other one fed.
+   */
+  private replanIfStale(): void {
+    let i = 0;
+    for (const read of this.src.params.values()) {
+      if (packs(read()) === this.planned[i++]) continue;
+      this.release();
+      this.plan();
+      return;
+    }
   }
 
   /** The module calls inside the captured code, outermost first (null if they overlapped, or were not captured). */
@@ -251,6 +275,7 @@ export class FusedGraph {
   }
 
   run(args: readonly unknown[]): unknown {
+    this.replanIfStale();
     const raw = this.binding.run(feed(this.slots, args));
     return rebuildResult(this.src.result, raw.map((r, i) => new Tensor(this.outputs[i]!.dtype, r.data as TypedArray, this.outputs[i]!.shape)));
   }
@@ -262,6 +287,7 @@ export class FusedGraph {
    * Its weights are constants too while the budget allows (see bind): each kind of taps is a graph of its own.
    */
   tapped(taps: ReadonlySet<string>, pathOf: (owner: object) => string): TappedGraph | null {
+    this.replanIfStale();
     const key = [...taps].sort().join(" ");
     if (this.tap?.key === key) return this.tap.graph;
     // What a block is asked to tap only grows (see nn/fusion's replay): a graph for fewer taps is not asked again.
@@ -496,6 +522,7 @@ class WeightBinding {
       this.graph.build(g, weights);
       // Its kernel is kept until the weights change or are collected.
       if (holds) tieToWeights(key, weights.map((w) => w.data));
+      noteCopies(weights);
     };
     // The key says whether the weights are repacked (see boundKey): one key, one kind of kernel.
     return runKernel(key, build, inputs, { holds, prepack: holds > 0 && isPrepacked(key) });

@@ -11,4 +11,4 @@ export * as functional from "./functional.js";
 export * from "./safetensors.js";
 export { lazyNode } from "./node.js";
 export { activeCapture, argumentSignature, Capture, CaptureError, compileCapture, FusedGraph, fusionEnabled, runCaptured, runCaptureGeneric, setFusion, UNKNOWN_VALUE, type CapturedCall } from "./fuse.js";
-export { decideTogether, markParameter, packs, setPrepack, setWeightCopyBudget } from "./packing.js";
+export { setPrepack, setWeightCopyBudget } from "./packing.js";

@@ -49,39 +49,64 @@ const decisions = new WeakMap<object, boolean>();
 const MAX_PACKED_WEIGHT = 256 * 2 ** 20;
 
 /**
+ * Copies of a block's repacked matrix asked room for when it is decided, since every path must then hold it alike
+ * (kernels holding it are made without asking again): the op-by-op kernel's, its fused graph's (one that gives
+ * values read inside it is another), and a generation's graphs (the prompt's pass and the steps'). A matrix outside
+ * the blocks (an output layer) has the op-by-op kernel only.
+ */
+const BLOCK_COPIES = 4;
+
+/** Room asked for copies not made yet, per repacked array (see noteCopies); the arrays' sum is `pendingBytes`. */
+const pending = new WeakMap<object, { bytes: number; left: number }>();
+let pendingBytes = 0;
+const pendingCollected = new FinalizationRegistry<{ bytes: number; left: number }>((p) => (pendingBytes -= p.bytes * p.left));
+
+function decide(w: Tensor, yes: boolean, copies: number): void {
+  decisions.set(w.data, yes);
+  if (!yes) return;
+  const room = { bytes: w.data.byteLength, left: copies };
+  pending.set(w.data, room);
+  pendingCollected.register(w.data, room);
+  pendingBytes += room.bytes * room.left;
+}
+
+/** A kernel holding `weights` was made: the repacked ones' room asked for is now taken by a real copy. */
+export function noteCopies(weights: readonly Tensor[]): void {
+  for (const w of weights) {
+    const room = pending.get(w.data);
+    if (!room || room.left === 0) continue;
+    room.left--;
+    pendingBytes -= room.bytes;
+  }
+}
+
+/**
  * Whether `w` is repacked wherever it multiplies (see the header): a float32 matrix set as a module's parameter,
  * trained by no optimizer (its values change at every step: kernels would be rebuilt at each), while repacking is
- * on and its copies fit the budget (see COPIES).
+ * on and its copy fits the budget. A block's matrices are decided together before (decideTogether); one decided
+ * here is outside them.
  */
 export function packs(w: Tensor): boolean {
   if (w.isMeta || w.packed) return false;
   const known = decisions.get(w.data);
   if (known !== undefined) return known;
   const bytes = w.data.byteLength;
-  const yes = eligible(w) && bytes <= MAX_PACKED_WEIGHT && mayCopyWeights(COPIES * bytes, Infinity);
-  decisions.set(w.data, yes);
-  return yes;
+  decide(w, eligible(w) && bytes <= MAX_PACKED_WEIGHT && mayCopyWeights(bytes, Infinity), 1);
+  return decisions.get(w.data)!;
 }
-
-/**
- * Copies of a repacked weight asked room for when it is decided: kernels holding it are made without asking again,
- * since every path must hold it alike. A block's matrix has up to four: the op-by-op kernel's, its fused graph's
- * (plain, and giving values read inside), and a generation's graphs (the prompt's pass and the steps').
- */
-const COPIES = 4;
 
 const eligible = (w: Tensor): boolean => prepackWeights() && w.dtype === "float32" && w.shape.length === 2 && parameterArrays.has(w.data) && !w.requiresGrad;
 
 /**
- * Decides the weights of one graph (a block's) not decided yet, all alike: repacked if their copies fit the budget
- * together, not when they are many (a block of a large model: its graph, built with them as constants, takes
- * seconds; see MAX_DEFAULT_COPY).
+ * Decides the weights of one block not decided yet, all alike: repacked if room for their copies (BLOCK_COPIES
+ * each) fits the budget, not when they are many (a block of a large model: its graph, built with them as constants,
+ * takes seconds; see MAX_DEFAULT_COPY).
  */
 export function decideTogether(weights: readonly Tensor[]): void {
   const undecided = weights.filter((w) => !w.isMeta && !w.packed && eligible(w) && !decisions.has(w.data));
   if (!undecided.length) return;
-  const yes = bytesOf(weights) <= MAX_DEFAULT_COPY && mayCopyWeights(COPIES * bytesOf(undecided), Infinity);
-  for (const w of undecided) decisions.set(w.data, yes);
+  const yes = bytesOf(weights) <= MAX_DEFAULT_COPY && mayCopyWeights(BLOCK_COPIES * bytesOf(undecided), Infinity);
+  for (const w of undecided) decide(w, yes, BLOCK_COPIES);
 }
 
 export const bytesOf = (weights: readonly Tensor[]): number => weights.reduce((n, w) => n + w.data.byteLength, 0);
@@ -92,7 +117,10 @@ let nextWeightId = 0;
 
 const PREPACKED = " prepacked";
 
-/** `base` (a graph's key) with its constant weights named by identity, and whether they are repacked. */
+/**
+ * `base` (a graph's key) with its constant weights named by identity, and whether its kernel repacks them: when one
+ * is a repacked matrix (the others are then vectors: a matrix not repacked is fed, see fuse.ts's planInputs).
+ */
 export function boundKey(base: string, weights: readonly Tensor[]): string {
   if (!weights.length) return base;
   const ids = weights.map((w) => {
@@ -100,7 +128,7 @@ export function boundKey(base: string, weights: readonly Tensor[]): string {
     if (id === undefined) weightIds.set(w.data, (id = nextWeightId++));
     return id;
   });
-  return `${base}\nweights:${ids.join(",")}${prepackWeights() ? PREPACKED : ""}`;
+  return `${base}\nweights:${ids.join(",")}${weights.some(packs) ? PREPACKED : ""}`;
 }
 
 /** Whether a kernel key made by boundKey repacks its weights. */
@@ -117,6 +145,7 @@ export function runHolding(key: string, weights: readonly Tensor[], build: (g: G
     (g) => {
       build(g);
       if (holds) tieToWeights(key, weights.map((w) => w.data));
+      noteCopies(weights);
     },
     inputs,
     { holds, prepack: holds > 0 && isPrepacked(key) },
@@ -133,7 +162,8 @@ export function setWeightCopyBudget(bytes: number | null): void {
  * Whether ONNX Runtime may hold a copy of `bytes` more of weights. Within TSIGHT_WEIGHT_COPY_MB when set; else for
  * copies up to `largest` at once, while this thread's copies stay within a quarter of the machine's memory (a
  * container's limit, if lower) and a quarter of it stays available after this one (several models' threads, each
- * with its own copies, must not fill it). Past that, weights are fed: no copy, slower.
+ * with its own copies, must not fill it). Past that, weights are fed: no copy, slower. The copies counted are those
+ * held and those repacked matrices are promised (see BLOCK_COPIES).
  */
 export function mayCopyWeights(bytes: number, largest = MAX_DEFAULT_COPY): boolean {
   if (weightBudget === undefined) {
@@ -141,7 +171,7 @@ export function mayCopyWeights(bytes: number, largest = MAX_DEFAULT_COPY): boole
     const mb = text ? Number(text) : NaN;
     weightBudget = Number.isFinite(mb) && mb >= 0 ? mb * 2 ** 20 : null;
   }
-  const held = heldWeightBytes() + bytes;
+  const held = heldWeightBytes() + pendingBytes + bytes;
   if (weightBudget !== null) return held <= weightBudget;
   if (bytes > largest) return false;
   const { total, available } = memory();

@@ -98,7 +98,7 @@ export function apply<A>(p: Primitive<A>, given: readonly Tensor[], attrs: A): T
       const outNames = p.graph!(g, names, attrs, inputs);
       outNames.forEach((n, i) => g.output(n, specs[i]!.dtype));
     };
-    const raw = held ? runHolding(boundKey(`${key}|held${at}`, [held]), [held], build, [...inputs.filter((_, i) => i !== at), ...feeds]) : runKernel(key, build, [...inputs, ...feeds]);
+    const raw = held ? runHolding(boundKey(`${key}|held${at}[${held.shape}]`, [held]), [held], build, [...inputs.filter((_, i) => i !== at), ...feeds]) : runKernel(key, build, [...inputs, ...feeds]);
     outs = raw.map((r, i) => {
       const s = specs[i]!;
       if (r.shape.length !== s.shape.length || r.shape.some((d, j) => d !== s.shape[j])) {

@@ -186,6 +186,7 @@ export const matmul: Primitive = {
     const batch = broadcastShapes("matmul (batch dims)", a!.shape.slice(0, -2), b!.shape.slice(0, -2));
     return [{ dtype: a!.dtype, shape: [...batch, n, m] }];
   },
+  weightInput: 1,
   graph: (g, [a, b]) => [g.op("MatMul", [a!, b!])],
   flops: ([a], [out]) => 2 * sizeOf(out!.shape) * a!.shape.at(-1)!,
   grad: ([g], n) => {

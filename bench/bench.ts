@@ -187,7 +187,7 @@ async function main(): Promise<void> {
     const row = (what: string, ours: string, theirs: string, ratio: number) => console.log(`  ${what.padEnd(44)} ${ours.padStart(12)} ${theirs.padStart(12)}   x${fmt(ratio, 2)}`);
     console.log(`  ${"workload".padEnd(44)} ${"tsight".padStart(12)} ${"HF/PyTorch".padStart(12)}   ratio`);
     row(`GPT-2-small-sized forward, ${PREFILL} tokens`, `${fmt(ours.prefillMs)} ms`, `${fmt(hf.prefill_ms)} ms`, hf.prefill_ms / ours.prefillMs);
-    row(`  the same, TSIGHT_PREPACK=0 (weights not repacked)`, `${fmt(ours.unpackedMs)} ms`, `${fmt(hf.prefill_ms)} ms`, hf.prefill_ms / ours.unpackedMs);
+    row(`  the same, TSIGHT_PREPACK=0 (not repacked)`, `${fmt(ours.unpackedMs)} ms`, `${fmt(hf.prefill_ms)} ms`, hf.prefill_ms / ours.unpackedMs);
     row("greedy decode, GPT-2-small-sized", `${fmt(ours.decodeTokS)} tok/s`, `${fmt(hf.decode_tok_s)} tok/s`, ours.decodeTokS / hf.decode_tok_s);
     row("stdlib-gpt2 forward, 5 tokens", `${fmt(o.forwardUs / 1000, 2)} ms`, `${fmt(hf.small5_ms, 2)} ms`, hf.small5_ms / (o.forwardUs / 1000));
     row("one module value read (HF: a forward hook)", `${fmt(o.perReadUs)} µs`, `${fmt(hf.hook_read_us)} µs`, hf.hook_read_us / o.perReadUs);

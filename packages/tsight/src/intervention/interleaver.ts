@@ -121,8 +121,7 @@ export class Interleaver implements ModuleHooks, Provider {
 
   watchesWithin(path: string): boolean {
     if (this.bypass > 0) return true;
-    const below = `${path}.`;
-    for (const p of this.interest.keys()) if (p.startsWith(below)) return true;
+    for (const p of this.interest.keys()) if (isBelow(p, path)) return true;
     return this.recorders.some((r) => r.recordsWithin(path));
   }
 
@@ -140,11 +139,10 @@ export class Interleaver implements ModuleHooks, Provider {
   replay(block: Module, modules: ReadonlySet<string>): Replay | null {
     // Values that become gradient leaves, records of modules inside and direct calls need the block to run op by op.
     if (this.bypass > 0 || this.gradSources || this.recorders.some((r) => r.recordsWithin(block.path))) return null;
-    const below = `${block.path}.`;
     const asked = new Set<string>();
     for (const m of this.mediators) {
       for (const r of m.requests) {
-        if (!r.path.startsWith(below)) continue;
+        if (!isBelow(r.path, block.path)) continue;
         if (r.op !== "read" || !modules.has(r.path)) return null;
         asked.add(`${r.kind}|${r.path}`);
       }
@@ -187,11 +185,19 @@ export class Interleaver implements ModuleHooks, Provider {
   /** How many times the module at `path` was called (`counts`: entered or exited), fused calls of modules above it included. */
   private calls(counts: Map<string, number>, path: string): number {
     let n = counts.get(path) ?? 0;
-    for (const [above, k] of this.fusedCalls) if (path.length > above.length && path.charCodeAt(above.length) === DOT && path.startsWith(above)) n += k;
+    for (const [above, k] of this.fusedCalls) if (isBelow(path, above)) n += k;
     return n;
   }
 
-  async call(module: Module, args: unknown[], forward: (args: unknown[]) => Promise<unknown>): Promise<unknown> {
+  call(module: Module, args: unknown[], forward: (args: unknown[]) => Promise<unknown>): Promise<unknown> {
+    try {
+      return this.enter(module, args, forward);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+
+  private enter(module: Module, args: unknown[], forward: (args: unknown[]) => Promise<unknown>): Promise<unknown> {
     if (this.bypass > 0) return forward(args);
     this.checkpoint?.();
     this.checkEnding();
@@ -199,6 +205,20 @@ export class Interleaver implements ModuleHooks, Provider {
     const iteration = this.calls(this.entered, path);
     const direct = (this.entered.get(path) ?? 0) + 1;
     this.entered.set(path, direct);
+    // Nothing asks for or records its values (most calls): counted, and run without an async frame of its own.
+    if (this.kept.size === 0 && this.recorders.length === 0 && !this.interest.has(path)) {
+      return forward(args).then((out) => {
+        this.exited.set(path, direct);
+        // Asked for while it ran (by code awaiting something else meanwhile).
+        if (this.interest.has(path)) return this.provide(path, "output", iteration, out).then((given) => (this.checkEnding(), given));
+        this.checkEnding();
+        return out;
+      });
+    }
+    return this.callWatched(path, iteration, direct, args, forward);
+  }
+
+  private async callWatched(path: string, iteration: number, direct: number, args: unknown[], forward: (args: unknown[]) => Promise<unknown>): Promise<unknown> {
     if (this.kept.size > 0) args = (this.takeKept("input", path, iteration) as unknown[] | undefined) ?? args;
     const watched = this.interest.has(path);
     if (watched) args = (await this.provide(path, "input", iteration, args)) as unknown[];
@@ -412,6 +432,12 @@ export class Interleaver implements ModuleHooks, Provider {
     if (rejected) await this.settle();
     this.ending = null;
   }
+}
+
+/** Whether the module at `path` is inside the one at `above` (every module is inside the model, at ""). */
+function isBelow(path: string, above: string): boolean {
+  if (above === "") return path !== "";
+  return path.length > above.length && path.charCodeAt(above.length) === DOT && path.startsWith(above);
 }
 
 /** Float tensors in `value` that record no graph become leaves that do (same data), so gradients can reach them. */

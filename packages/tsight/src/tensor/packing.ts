@@ -70,6 +70,11 @@ function decide(w: Tensor, yes: boolean, copies: number): void {
   pendingBytes += room.bytes * room.left;
 }
 
+/** The bytes of weight copies the budget counts now: those held, and room reserved for repacked ones to come. */
+export function countedCopyBytes(): number {
+  return heldWeightBytes() + pendingBytes;
+}
+
 /** A kernel holding `weights` was made: the repacked ones' room asked for is now taken by a real copy. */
 export function noteCopies(weights: readonly Tensor[]): void {
   for (const w of weights) {
@@ -171,7 +176,7 @@ export function mayCopyWeights(bytes: number, largest = MAX_DEFAULT_COPY): boole
     const mb = text ? Number(text) : NaN;
     weightBudget = Number.isFinite(mb) && mb >= 0 ? mb * 2 ** 20 : null;
   }
-  const held = heldWeightBytes() + pendingBytes + bytes;
+  const held = countedCopyBytes() + bytes;
   if (weightBudget !== null) return held <= weightBudget;
   if (bytes > largest) return false;
   const { total, available } = memory();

@@ -207,7 +207,7 @@ export class Interleaver implements ModuleHooks, Provider {
     this.entered.set(path, direct);
     // Nothing asks for or records its values (most calls): counted, and run without an async frame of its own.
     if (this.kept.size === 0 && this.recorders.length === 0 && !this.interest.has(path)) {
-      return forward(args).then((out) => {
+      return Promise.resolve(forward(args)).then((out) => {
         this.exited.set(path, direct);
         // Asked for while it ran (by code awaiting something else meanwhile).
         if (this.interest.has(path)) return this.provide(path, "output", iteration, out).then((given) => (this.checkEnding(), given));

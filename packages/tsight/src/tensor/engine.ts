@@ -249,7 +249,7 @@ export function releaseWeight(array: object): void {
 
 export function runKernel(key: string, build: (g: GraphBuilder) => void, inputs: readonly RawTensor[], options: KernelOptions = {}): RawTensor[] {
   kernelRuns++;
-  if (options.threads === undefined && smallWork(key, inputs, options.holds ?? 0)) return kernel(key + ONE_THREAD, build, { ...options, threads: 1 }).run(inputs);
+  if (options.threads === undefined && smallWork(key, inputs, options.holds ?? 0)) return kernel(oneThreadKey(key), build, { ...options, threads: 1 }).run(inputs);
   return kernel(key, build, options).run(inputs);
 }
 
@@ -263,6 +263,20 @@ const SMALL_HELD = 8 * 2 ** 20;
 const SMALL_FED = 64 * 2 ** 10;
 /** The key of a kernel's one-thread form (see smallWork): freed with it. */
 const ONE_THREAD = "\none thread";
+
+/**
+ * The one-thread form's key, the same string each time: a string made anew is hashed anew at each lookup, and a
+ * fused graph's key runs to kilobytes.
+ */
+const oneThreadKeys = new Map<string, string>();
+function oneThreadKey(key: string): string {
+  let k = oneThreadKeys.get(key);
+  if (k === undefined) {
+    if (oneThreadKeys.size >= 4 * MAX_KERNELS) oneThreadKeys.clear();
+    oneThreadKeys.set(key, (k = key + ONE_THREAD));
+  }
+  return k;
+}
 
 function smallWork(key: string, inputs: readonly RawTensor[], holds: number): boolean {
   if (holds > SMALL_HELD || threadCount() === 1 || !THREADED_OPS.test(key)) return false;

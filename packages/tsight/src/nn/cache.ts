@@ -17,10 +17,13 @@ export class KVCache {
     return n;
   }
 
-  /** Appends this step's keys and values [B, kvHeads, T, headDim] and returns the whole sequence's. */
+  /**
+   * Appends this step's keys and values [B, kvHeads, T, headDim] and returns the whole sequence's. The first step
+   * appends to empty ones, so it makes the same ops as every later step (a fused step's graph serves it too).
+   */
   update(layer: number, keys: Tensor, values: Tensor): { keys: Tensor; values: Tensor } {
-    const prev = this.layers[layer];
-    const next = prev ? { keys: Tensor.cat([prev.keys, keys], 2), values: Tensor.cat([prev.values, values], 2) } : { keys, values };
+    const prev = this.layers[layer] ?? { keys: empty(keys), values: empty(values) };
+    const next = { keys: Tensor.cat([prev.keys, keys], 2), values: Tensor.cat([prev.values, values], 2) };
     this.layers[layer] = next;
     return next;
   }
@@ -40,4 +43,10 @@ export class KVCache {
   get(layer: number): { keys: Tensor; values: Tensor } | undefined {
     return this.layers[layer];
   }
+}
+
+/** No positions of `x`'s kind: [B, kvHeads, 0, headDim]. */
+function empty(x: Tensor): Tensor {
+  const [B, H, , D] = x.shape as [number, number, number, number];
+  return Tensor.zeros([B, H, 0, D], x.dtype);
 }

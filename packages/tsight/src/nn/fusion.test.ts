@@ -70,6 +70,21 @@ describe("fused decoder blocks", () => {
     }
   });
 
+  it("a generation's prompt pass and its steps share one graph per block (one copy of its weights)", async () => {
+    const model = await fixtureModel("stdlib-gpt2");
+    const blocks = model.get("transformer.h")!.children().length;
+    const steps = async () => {
+      const cache = new KVCache();
+      for (let step = 0; step < 4; step++) await model.call(new Tensor("int64", BigInt64Array.from({ length: step ? 1 : 5 }, (_, i) => BigInt(11 + 7 * step + i)), [1, step ? 1 : 5]), { cache });
+    };
+    await withFusion(false, steps); // the op-by-op kernels (embeddings, output layer) made first
+    const before = engineStats().builds;
+    await withFusion(true, steps);
+    expect(engineStats().builds - before).toBe(blocks);
+    await withFusion(true, steps);
+    expect(engineStats().builds - before).toBe(blocks);
+  });
+
   it("a block with a watched value inside runs op by op and gives it exactly; the others stay fused", async () => {
     const lm = await LanguageModel.load("stdlib-gpt2");
     const read = () =>

@@ -51,7 +51,7 @@ const MAX_PACKED_WEIGHT = 256 * 2 ** 20;
 /**
  * Copies of a block's repacked matrix asked room for when it is decided, since every path must then hold it alike
  * (kernels holding it are made without asking again): the op-by-op kernel's, its fused graph's (one that gives
- * values read inside it is another), and a generation's graphs (the prompt's pass and the steps'). A matrix outside
+ * values read inside it is another), and a generation's steps' graph (the prompt's pass included). A matrix outside
  * the blocks (an output layer) has the op-by-op kernel only.
  */
 const BLOCK_COPIES = 4;

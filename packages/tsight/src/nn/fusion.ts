@@ -118,16 +118,25 @@ function remember(byArgs: Map<string, FusedGraph | null>, signature: string, gra
  */
 function fusableParams(module: Module): Map<Tensor, () => Tensor> | null {
   const params = new Map<Tensor, () => Tensor>();
-  for (const info of module.namedParameters().values()) {
-    const t = info.module.getParam(info.name);
+  for (const slot of slotsOf(module)) {
+    const t = slot.module.getParam(slot.name);
     if (!t || t.isMeta || t.packed || (t.requiresGrad && isGradEnabled())) return null;
-    params.set(t, () => info.module.getParam(info.name));
+    params.set(t, slot.read);
   }
   return params;
 }
 
 /** Per block: where its parameters are (walked once per shape of the tree), to read the tensors now. */
-const paramSlots = new WeakMap<Module, { changes: number; slots: { module: Module; name: string }[] }>();
+const paramSlots = new WeakMap<Module, { changes: number; slots: { module: Module; name: string; read: () => Tensor }[] }>();
+
+function slotsOf(module: Module): { module: Module; name: string; read: () => Tensor }[] {
+  let known = paramSlots.get(module);
+  if (!known || known.changes !== Module.treeChanges) {
+    const slots = [...module.namedParameters().values()].map(({ module, name }) => ({ module, name, read: () => module.getParam(name) }));
+    paramSlots.set(module, (known = { changes: Module.treeChanges, slots }));
+  }
+  return known.slots;
+}
 
 /**
  * The block's parameters now. Whether its matrices are repacked is decided for all of them at once, before any
@@ -135,9 +144,7 @@ const paramSlots = new WeakMap<Module, { changes: number; slots: { module: Modul
  * runs first.
  */
 function paramsOf(module: Module): Tensor[] {
-  let known = paramSlots.get(module);
-  if (!known || known.changes !== Module.treeChanges) paramSlots.set(module, (known = { changes: Module.treeChanges, slots: [...module.namedParameters().values()].map(({ module, name }) => ({ module, name })) }));
-  return known.slots.map(({ module, name }) => module.getParam(name));
+  return slotsOf(module).map(({ module, name }) => module.getParam(name));
 }
 
 /** Thrown through a replay when a module inside the block must really run (the block then runs op by op). */

@@ -209,10 +209,12 @@ export class Interleaver implements ModuleHooks, Provider {
     if (this.kept.size === 0 && this.recorders.length === 0 && !this.interest.has(path)) {
       return Promise.resolve(forward(args)).then((out) => {
         this.exited.set(path, direct);
-        // Asked for while it ran (by code awaiting something else meanwhile).
-        if (this.interest.has(path)) return this.provide(path, "output", iteration, out).then((given) => (this.checkEnding(), given));
-        this.checkEnding();
-        return out;
+        // Asked for, or recorded (a cache made), while it ran: by code that went on meanwhile.
+        if (this.kept.size === 0 && this.recorders.length === 0 && !this.interest.has(path)) {
+          this.checkEnding();
+          return out;
+        }
+        return this.returned(path, iteration, out);
       });
     }
     return this.callWatched(path, iteration, direct, args, forward);
@@ -231,6 +233,11 @@ export class Interleaver implements ModuleHooks, Provider {
       for (const { mediator } of skips) mediator.skipping.delete(path);
     }
     this.exited.set(path, direct);
+    return this.returned(path, iteration, out);
+  }
+
+  /** A module's call has returned `out`: replaced, provided and recorded as asked. */
+  private async returned(path: string, iteration: number, out: unknown): Promise<unknown> {
     if (this.kept.size > 0) out = this.takeKept("output", path, iteration) ?? out;
     if (this.interest.has(path)) out = await this.provide(path, "output", iteration, out);
     for (const r of this.recorders) r.record(path, "output", out, this.batch);

@@ -8,6 +8,17 @@ import { InputError, toBatch } from "./inputs.js";
 import { LanguageModel } from "./language-model.js";
 
 describe("LanguageModel", () => {
+  it("a cache made while the forward runs records the modules still running then (the model, transformer)", async () => {
+    const lm = await LanguageModel.load("stdlib-gpt2");
+    const cache = await lm.trace("def __init__(self", async (m: any, tr) => {
+      await m.transformer.h[0].output;
+      const c = tr.cache({ modules: ["transformer", "transformer.h.1", ""] });
+      await m.lm_head.output;
+      return c;
+    });
+    expect(new Set(cache.keys())).toEqual(new Set(["transformer.h.1", "transformer", ""]));
+  });
+
   it("continues the probes with the reference's greedy text and streams it token by token", async () => {
     const lm = await LanguageModel.load("stdlib-gpt2");
     const f = await fixture("stdlib-gpt2");

@@ -249,7 +249,12 @@ export function releaseWeight(array: object): void {
 
 export function runKernel(key: string, build: (g: GraphBuilder) => void, inputs: readonly RawTensor[], options: KernelOptions = {}): RawTensor[] {
   kernelRuns++;
-  if (options.threads === undefined && smallWork(key, inputs, options.holds ?? 0)) return kernel(oneThreadKey(key), build, { ...options, threads: 1 }).run(inputs);
+  if (options.threads === undefined) {
+    const holds = options.holds ?? 0;
+    // A kernel holding weights has one form (each would hold a copy of them): its first call's work decides which.
+    const small = holds ? pinned.has(oneThreadKey(key)) || (!pinned.has(key) && smallWork(key, inputs, holds)) : smallWork(key, inputs, 0);
+    if (small) return kernel(oneThreadKey(key), build, { ...options, threads: 1 }).run(inputs);
+  }
   return kernel(key, build, options).run(inputs);
 }
 
@@ -257,7 +262,8 @@ export function runKernel(key: string, build: (g: GraphBuilder) => void, inputs:
  * Below this much work a threaded kernel runs on one thread: waking a sleeping thread for each of a graph's ops
  * costs more than it saves (stdlib-gpt2 at 5 tokens: 1.79 ms a forward on one thread, 2.07 on two). The work is
  * told by the weights the kernel holds and the bytes fed to it (a block of a small model at a few tokens), so
- * GPT-2-small's blocks (28 MiB), whose one-row decode steps are bound by memory, stay threaded.
+ * GPT-2-small's blocks (28 MiB), whose one-row decode steps are bound by memory, stay threaded. A kernel holding
+ * weights is made in one form only, as its first call's work says.
  */
 const SMALL_HELD = 8 * 2 ** 20;
 const SMALL_FED = 64 * 2 ** 10;

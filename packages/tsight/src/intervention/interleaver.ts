@@ -206,11 +206,11 @@ export class Interleaver implements ModuleHooks, Provider {
     const direct = (this.entered.get(path) ?? 0) + 1;
     this.entered.set(path, direct);
     // Nothing asks for or records its values (most calls): counted, and run without an async frame of its own.
-    if (this.kept.size === 0 && this.recorders.length === 0 && !this.interest.has(path)) {
+    if (this.unwatched(path)) {
       return Promise.resolve(forward(args)).then((out) => {
         this.exited.set(path, direct);
         // Asked for, or recorded (a cache made), while it ran: by code that went on meanwhile.
-        if (this.kept.size === 0 && this.recorders.length === 0 && !this.interest.has(path)) {
+        if (this.unwatched(path)) {
           this.checkEnding();
           return out;
         }
@@ -218,6 +218,11 @@ export class Interleaver implements ModuleHooks, Provider {
       });
     }
     return this.callWatched(path, iteration, direct, args, forward);
+  }
+
+  /** Whether nothing asks for, replaces or records the values of the module at `path` now. */
+  private unwatched(path: string): boolean {
+    return this.kept.size === 0 && this.recorders.length === 0 && !this.interest.has(path);
   }
 
   private async callWatched(path: string, iteration: number, direct: number, args: unknown[], forward: (args: unknown[]) => Promise<unknown>): Promise<unknown> {

@@ -10,8 +10,8 @@
 import type { AsyncLocalStorage } from "node:async_hooks";
 import { isGradEnabled } from "./autograd.js";
 import type { DType, StorageArray, TypedArray } from "./dtype.js";
-import { hasKernel, releaseKernel, retainKernel, runKernel, tieToWeights, type RawTensor } from "./engine.js";
-import { boundKey, bytesOf, decideTogether, isPrepacked, mayCopyWeights, noteCopies, packs, runHolding } from "./packing.js";
+import { hasKernel, releaseKernel, retainKernel, type RawTensor } from "./engine.js";
+import { boundKey, bytesOf, decideTogether, mayCopyWeights, packs, runHolding } from "./packing.js";
 import { lazyNode } from "./node.js";
 import type { GraphBuilder } from "./onnx.js";
 import type { OutSpec, Primitive } from "./primitive.js";
@@ -517,15 +517,8 @@ class WeightBinding {
       this.key = key;
       this.holds = bytesOf(weights);
     }
-    const { key, holds } = this;
-    const build = (g: GraphBuilder) => {
-      this.graph.build(g, weights);
-      // Its kernel is kept until the weights change or are collected.
-      if (holds) tieToWeights(key, weights.map((w) => w.data));
-      noteCopies(weights);
-    };
-    // The key says whether the weights are repacked (see boundKey): one key, one kind of kernel.
-    return runKernel(key, build, inputs, { holds, prepack: holds > 0 && isPrepacked(key) });
+    // Its kernel is kept until the weights change or are collected.
+    return runHolding(this.key, weights, (g) => this.graph.build(g, weights), inputs, this.holds);
   }
 
   /** Lets go of its kernel (freed when no other graph uses it; one without weights is in the engine's bounded cache). */
@@ -568,10 +561,11 @@ export function compileCapture(capture: Capture, args: readonly unknown[], param
  */
 export function runCaptureGeneric(capture: Capture, result: unknown, extra: readonly Tensor[], isParam: (t: Tensor) => boolean): { result: unknown; extra: Tensor[] } {
   const found = [...tensorsIn(result).map(({ t }) => t), ...extra];
+  const sources = [...capture.sources.values()];
+  // Decided together before kindOf asks about one (which would decide it alone).
+  decideTogether(sources.filter(isParam));
   const kindOf = (t: Tensor): SourceKind => (isParam(t) && packs(t) ? "weight" : "input");
   const graph = captureGraph(capture, found, kindOf);
-  const sources = [...capture.sources.values()];
-  decideTogether(sources.filter(isParam));
   const weights = sources.filter((t) => kindOf(t) === "weight");
   const inputs = [...sources.filter((t) => kindOf(t) === "input"), ...capture.ops.flatMap((op) => op.feeds)];
   const raw = runHolding(boundKey(graph.base, weights), weights, (g) => graph.build(g, weights), inputs);

@@ -137,14 +137,13 @@ export function boundKey(base: string, weights: readonly Tensor[]): string {
 }
 
 /** Whether a kernel key made by boundKey repacks its weights. */
-export const isPrepacked = (key: string): boolean => key.endsWith(PREPACKED);
+const isPrepacked = (key: string): boolean => key.endsWith(PREPACKED);
 
 /**
  * Runs a kernel whose graph holds `weights` as constants (`build` adds them): kept until they change or are
- * collected, counted against the budget, repacked as its key says.
+ * collected, counted against the budget, repacked as its key says. `holds`: their bytes, when known already.
  */
-export function runHolding(key: string, weights: readonly Tensor[], build: (g: GraphBuilder) => void, inputs: readonly RawTensor[]): RawTensor[] {
-  const holds = bytesOf(weights);
+export function runHolding(key: string, weights: readonly Tensor[], build: (g: GraphBuilder) => void, inputs: readonly RawTensor[], holds = bytesOf(weights)): RawTensor[] {
   return runKernel(
     key,
     (g) => {

@@ -28,9 +28,12 @@ const LOGITS = "async (m) => await m.lm_head.output";
 /** A target for the shared helpers: one key, no receiver. */
 const target = (url: string, key: string): Target => ({ url, keys: { hostile: key, victim: key, blocker: key }, processes: () => [], receiver: { url: "", hits: () => 0 } });
 
-async function waitFor<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 30_000): Promise<T> {
+async function waitFor<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 30_000, probeErrorsEnd = false): Promise<T> {
   for (const until = Date.now() + timeoutMs; ; ) {
-    const got = await probe().catch(() => undefined);
+    const got = await probe().catch((e: unknown) => {
+      if (probeErrorsEnd && !(e instanceof TypeError)) throw e; // a TypeError is fetch's: the server not answering yet
+      return undefined;
+    });
     if (got !== undefined) return got;
     if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 50));
@@ -41,7 +44,19 @@ async function jobState(t: Target, id: string): Promise<JobState> {
   return (await (await fetch(`${t.url}/v1/jobs/${id}`, { headers: headers(t.keys.victim) })).json()) as JobState;
 }
 
-const running = (t: Target, id: string) => waitFor(`job ${id} to run`, async () => ((await jobState(t, id)).status === "RUNNING" ? true : undefined));
+/** Waits for the job to be RUNNING; one that ended first fails at once, naming how (waiting on could not help). */
+async function running(t: Target, id: string): Promise<void> {
+  let last = "nothing (no answer)";
+  const probe = async () => {
+    const state = await jobState(t, id);
+    last = state.status;
+    if (state.status === "COMPLETED" || state.status === "ERROR" || state.status === "CANCELLED") throw new Error(`job ${id} ended ${JSON.stringify(state)} before it was seen running`);
+    return state.status === "RUNNING" ? true : undefined;
+  };
+  await waitFor(`job ${id} to run`, probe, 60_000, true).catch((e: Error) => {
+    throw e.message.startsWith("timed out") ? new Error(`${e.message}; its last status was ${last}`) : e;
+  });
+}
 
 /** The logits of the five tokens, as a solo run on a healthy server gives them (the reference for every later run). */
 async function logits(t: Target): Promise<unknown> {

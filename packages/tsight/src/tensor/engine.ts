@@ -11,6 +11,7 @@ const nodeModule = lazyNode<typeof import("node:module")>("node:module");
 const os = lazyNode<typeof import("node:os")>("node:os");
 import type { StorageArray, StorageDType } from "./dtype.js";
 import { GraphBuilder } from "./onnx.js";
+import { numberSetting, switchSetting } from "./settings.js";
 
 /** What crosses into a kernel and back: a dense row-major array with its shape. */
 export interface RawTensor {
@@ -43,10 +44,7 @@ function binding(): NativeBinding {
 
 /** Threads per kernel: TSIGHT_THREADS, else every core this process may use. */
 export function threadCount(): number {
-  if (threads === undefined) {
-    const fromEnv = Number(process.env.TSIGHT_THREADS);
-    threads = Number.isInteger(fromEnv) && fromEnv > 0 ? fromEnv : os.availableParallelism();
-  }
+  threads ??= numberSetting("TSIGHT_THREADS", { min: 1, max: 1024, integer: true }) ?? os.availableParallelism();
   return threads;
 }
 /** Read once: the environment is slow to read, and this is asked at every kernel call (see smallWork). */
@@ -74,10 +72,14 @@ export interface KernelOptions {
   holds?: number;
 }
 
+/** Debugging switches, read once: every kernel threaded (TSIGHT_ALL_THREADED=1); ONNX Runtime's arena on (TSIGHT_ARENA=1). */
+let switches: { allThreaded: boolean; arena: boolean } | undefined;
+
 function sessionOptions(key: string, options: KernelOptions): object {
+  switches ??= { allThreaded: switchSetting("TSIGHT_ALL_THREADED", false), arena: switchSetting("TSIGHT_ARENA", false) };
   return {
     // Every session owns a pool of intraOpNumThreads - 1 threads; small ops gain nothing from them.
-    intraOpNumThreads: options.threads ?? (process.env.TSIGHT_ALL_THREADED || THREADED_OPS.test(key) ? threadCount() : 1),
+    intraOpNumThreads: options.threads ?? (switches.allThreaded || THREADED_OPS.test(key) ? threadCount() : 1),
     interOpNumThreads: options.parallelBranches ?? 1,
     executionMode: options.parallelBranches ? "parallel" : "sequential",
     // A memory pattern keeps one buffer for all of a run's intermediates per input shape: for a widened weight,
@@ -86,7 +88,7 @@ function sessionOptions(key: string, options: KernelOptions): object {
     graphOptimizationLevel: options.optimize === false ? "disabled" : "all",
     // No arena: memory a big op took goes back when its tensors are collected, instead of staying with ORT (a
     // server's memory must come back after a job that made large tensors).
-    enableCpuMemArena: process.env.TSIGHT_ARENA === "1",
+    enableCpuMemArena: switches.arena,
     // Not optional: with spinning on, every eager call burns its threads' time slice and runs 10-15x slower.
     extra: { session: { ...(options.prepack === false ? { disable_prepacking: "1" } : {}), intra_op: { allow_spinning: "0" }, inter_op: { allow_spinning: "0" } } },
   };

@@ -15,6 +15,7 @@ import { boundKey, bytesOf, decideTogether, mayCopyWeights, packs, runHolding } 
 import { lazyNode } from "./node.js";
 import type { GraphBuilder } from "./onnx.js";
 import type { OutSpec, Primitive } from "./primitive.js";
+import { switchSetting } from "./settings.js";
 import { Tensor } from "./tensor.js";
 
 const asyncHooks = lazyNode<typeof import("node:async_hooks")>("node:async_hooks");
@@ -125,8 +126,6 @@ export function runCaptured<T>(capture: Capture, work: () => Promise<T>): Promis
   return (storage ??= new asyncHooks.AsyncLocalStorage<Capture>()).run(capture, work);
 }
 
-const env = (name: string): string | undefined => (globalThis as { process?: { env?: Record<string, string | undefined> } }).process?.env?.[name];
-
 let fusionSet: boolean | null = null;
 let fusionFromEnv: boolean | undefined;
 
@@ -136,7 +135,7 @@ let fusionFromEnv: boolean | undefined;
  */
 export function fusionEnabled(): boolean {
   if (fusionSet !== null) return fusionSet;
-  return (fusionFromEnv ??= env("TSIGHT_FUSE") !== "0");
+  return (fusionFromEnv ??= switchSetting("TSIGHT_FUSE", true));
 }
 
 /** Turns fusion on or off in this thread (tests, benchmarks); null goes back to TSIGHT_FUSE. */

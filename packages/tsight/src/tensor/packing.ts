@@ -11,19 +11,18 @@
  */
 import { heldWeightBytes, runKernel, tieToWeights, type RawTensor } from "./engine.js";
 import { lazyNode } from "./node.js";
+import { numberSetting, switchSetting } from "./settings.js";
 import type { GraphBuilder } from "./onnx.js";
 import type { Tensor } from "./tensor.js";
 
 const os = lazyNode<typeof import("node:os")>("node:os");
-
-const env = (name: string): string | undefined => (globalThis as { process?: { env?: Record<string, string | undefined> } }).process?.env?.[name];
 
 let prepackSet: boolean | null = null;
 let prepackFromEnv: boolean | undefined;
 
 /** Whether weights are repacked for the matrix kernels: on unless TSIGHT_PREPACK=0 (or `setPrepack`). */
 export function prepackWeights(): boolean {
-  return prepackSet ?? (prepackFromEnv ??= env("TSIGHT_PREPACK") !== "0");
+  return prepackSet ?? (prepackFromEnv ??= switchSetting("TSIGHT_PREPACK", true));
 }
 
 /**
@@ -171,9 +170,8 @@ export function setWeightCopyBudget(bytes: number | null): void {
  */
 export function mayCopyWeights(bytes: number, largest = MAX_DEFAULT_COPY): boolean {
   if (weightBudget === undefined) {
-    const text = env("TSIGHT_WEIGHT_COPY_MB")?.trim();
-    const mb = text ? Number(text) : NaN;
-    weightBudget = Number.isFinite(mb) && mb >= 0 ? mb * 2 ** 20 : null;
+    const mb = numberSetting("TSIGHT_WEIGHT_COPY_MB", { min: 0, max: 2 ** 30 });
+    weightBudget = mb === undefined ? null : mb * 2 ** 20;
   }
   const held = countedCopyBytes() + bytes;
   if (weightBudget !== null) return held <= weightBudget;

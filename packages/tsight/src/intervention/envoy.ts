@@ -34,10 +34,13 @@ export function forgetChildren(module: Module): void {
   childMaps.delete(module);
 }
 
-/** An Error made at the user's call, for the stack of an error raised later. Few frames: the user's is near. */
-function origin(): Error {
+/**
+ * An Error made at the user's call, for the stack of an error raised later. Few frames (`frames`): the user's is
+ * near. Requests take the function itself and call it when they need it (see Mediator.read).
+ */
+function origin(frames = 8): Error {
   const limit = Error.stackTraceLimit;
-  Error.stackTraceLimit = 8;
+  Error.stackTraceLimit = frames;
   const e = new Error();
   Error.stackTraceLimit = limit;
   return e;
@@ -59,28 +62,28 @@ export class Envoy {
   }
 
   get output(): Promise<any> {
-    return this._ctx.mediator.read(this.path, "output", "all", origin());
+    return this._ctx.mediator.read(this.path, "output", "all", origin);
   }
   set output(value: unknown) {
-    this._ctx.mediator.write(this.path, "output", "all", value, origin());
+    this._ctx.mediator.write(this.path, "output", "all", value, origin);
   }
   get input(): Promise<any> {
-    return this._ctx.mediator.read(this.path, "input", "first", origin());
+    return this._ctx.mediator.read(this.path, "input", "first", origin);
   }
   set input(value: unknown) {
-    this._ctx.mediator.write(this.path, "input", "first", value, origin());
+    this._ctx.mediator.write(this.path, "input", "first", value, origin);
   }
   get inputs(): Promise<any[]> {
-    return this._ctx.mediator.read(this.path, "input", "all", origin()) as Promise<any[]>;
+    return this._ctx.mediator.read(this.path, "input", "all", origin) as Promise<any[]>;
   }
   set inputs(value: unknown) {
     if (!Array.isArray(value) && typeof value !== "function") throw new TraceError(`${this.path}.inputs must be assigned an array of arguments`);
-    this._ctx.mediator.write(this.path, "input", "all", value, origin());
+    this._ctx.mediator.write(this.path, "input", "all", value, origin);
   }
 
   /** Do not run this module (for this invoke's rows); `value` is its output. */
   skip(value: unknown): void {
-    this._ctx.mediator.skip(this.path, value, origin());
+    this._ctx.mediator.skip(this.path, value, origin);
   }
 
   /**

@@ -40,6 +40,9 @@ export interface Recorder {
   recordsWithin(path: string): boolean;
 }
 
+/** Most values remembered as given per model (module paths and kinds: a model has a few thousand). */
+const MAX_GIVEN = 100_000;
+
 /** Microtask turns settle waits before it arms a stall timer (a timer costs more than the turns). */
 const SETTLE_TURNS = 8;
 
@@ -71,6 +74,8 @@ export class Interleaver implements ModuleHooks, Provider {
     private readonly gradSources: WeakMap<Tensor, GradSource> | null = null,
     /** Invokes are separate jobs: a value that cannot be split into an invoke's rows is refused, never shared. */
     readonly strictRows = false,
+    /** The values this model has given, at a module's first call in a pass, in this pass or earlier ones (see gaveBefore). */
+    private readonly given: Set<string> = new Set(),
   ) {
     for (const m of mediators) {
       m.provider = this;
@@ -104,6 +109,10 @@ export class Interleaver implements ModuleHooks, Provider {
       if (this.gradSources) recordSources(this.gradSources, whole, mine, m.rows, this.batch);
       r.resolve(mine);
     } else if (r.op === "write") c.value = this.swap(c, m, r);
+  }
+
+  gaveBefore(path: string, kind: ValueKind): boolean {
+    return this.given.has(kind === "output" ? path : `${path}|input`);
   }
 
   watch(path: string, delta: number): void {
@@ -253,6 +262,7 @@ export class Interleaver implements ModuleHooks, Provider {
   // #endregion
 
   private async provide(path: string, kind: ValueKind, iteration: number, value: unknown): Promise<unknown> {
+    if (iteration === 0 && this.given.size < MAX_GIVEN) this.given.add(kind === "output" ? path : `${path}|input`);
     const c: Current = { path, kind, iteration, value };
     this.current = c;
     try {
@@ -269,7 +279,7 @@ export class Interleaver implements ModuleHooks, Provider {
   }
 
   /** Replacements that changed a value's shape, for explaining a later op's failure. */
-  private readonly reshaped: { where: string; origin: Error; from: readonly number[]; to: readonly number[] }[] = [];
+  private readonly reshaped: { where: string; origin: Error | undefined; from: readonly number[]; to: readonly number[] }[] = [];
 
   /**
    * The error of a forward pass that failed after a replacement changed a shape: a SwapError at the assignment's

@@ -19,6 +19,32 @@ describe("LanguageModel", () => {
     expect(new Set(cache.keys())).toEqual(new Set(["transformer.h.1", "transformer", ""]));
   });
 
+  it("errors point at the user's line whether or not the model has given the value before (reads of known values skip the stack capture)", async () => {
+    const lm = await LanguageModel.load("stdlib-gpt2");
+    const ids = new Tensor("int64", BigInt64Array.of(324n, 615n, 638n), [1, 3]);
+    const line = (e: Error) => /language-model\.test\.ts:(\d+):\d+/.exec(e.message)?.[1];
+    // Never given: the read's line is captured up front and named when the value never comes.
+    const missed = (await lm.trace(ids, async (m) => await m.transformer.h[0].attn.attn_dropout.output).catch((e: Error) => e)) as Error;
+    expect(missed.name).toBe("MissedProviderError");
+    expect(line(missed)).toBeDefined();
+    // Given before (the first trace made it known): out of order is still found at the user's call, with its line.
+    await lm.trace(ids, async (m) => [await m.transformer.h[1].output, await m.transformer.h[2].output]);
+    const before = new Error().stack!;
+    const late = (await lm
+      .trace(ids, async (m) => {
+        await m.transformer.h[2].output;
+        await m.transformer.h[1].output;
+      })
+      .catch((e: Error) => e)) as Error;
+    expect(late.name).toBe("OutOfOrderError");
+    const at = Number(line(late));
+    const here = Number(/language-model\.test\.ts:(\d+)/.exec(before)![1]);
+    expect(at).toBe(here + 4); // the line of `await m.transformer.h[1].output` above
+    // And what a known read gives is the same value as a read that captured its line.
+    const [a, b] = [await lm.trace(ids, async (m) => await m.transformer.h[1].output), await lm.trace(ids, async (m) => await m.transformer.h[1].output)];
+    expect(maxAbsDiff(a as Tensor, b as Tensor)).toBe(0);
+  });
+
   it("continues the probes with the reference's greedy text and streams it token by token", async () => {
     const lm = await LanguageModel.load("stdlib-gpt2");
     const f = await fixture("stdlib-gpt2");

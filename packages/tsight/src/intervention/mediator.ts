@@ -24,9 +24,15 @@ interface BaseRequest {
   kind: ValueKind;
   iteration: number;
   part: InputPart;
-  /** Created when the user's code made the request, so its stack points there. */
-  origin: Error;
+  /**
+   * Created when the user's code made the request, so that an error found later has its stack. Not made for a
+   * read of a value this model has given before (see Mediator.read).
+   */
+  origin: Error | undefined;
 }
+
+/** Where the user's code made a request: an Error made there, or the function that makes one (`limit`: frames kept). */
+export type Origin = Error | ((limit?: number) => Error);
 export interface ReadRequest extends BaseRequest {
   op: "read";
   resolve(value: unknown): void;
@@ -53,6 +59,8 @@ export interface Provider {
   answer(m: Mediator, r: Request): void;
   /** Counts interest in a module path, so modules nobody asked about run without a stop. */
   watch(path: string, delta: number): void;
+  /** Whether this model gave the value (at a module's first call in a pass) in an earlier pass or this one. */
+  gaveBefore(path: string, kind: ValueKind): boolean;
 }
 
 /** Most requests one invoke may have waiting (each holds memory until its value comes). */
@@ -97,20 +105,30 @@ export class Mediator {
     public rows: Rows | null,
   ) {}
 
-  read(path: string, kind: ValueKind, part: InputPart, origin: Error): Promise<unknown> {
+  /**
+   * A read. Its origin (a stack capture, several microseconds) is made now unless the model has given this value
+   * before, at a first call: such a read is answered, so no error found later needs its line. Errors found at once
+   * (out of order, past the end) are made here and get the line either way.
+   */
+  read(path: string, kind: ValueKind, part: InputPart, origin: Origin): Promise<unknown> {
+    const iteration = this.iterationOf(path);
+    const known = typeof origin === "function" && iteration === 0 && this.provider?.gaveBefore(path, kind) === true;
+    const made = typeof origin === "function" && !known ? origin() : origin;
     // A read nobody awaits (the trace ended first, or the code forgot `await`) must not crash the process with an
     // unhandled rejection; code that awaits it still gets the error (see watched.ts).
-    return ValueRequest.read((resolve, reject) => this.submit({ op: "read", path, kind, part, iteration: this.iterationOf(path), origin, resolve, reject }));
+    return ValueRequest.read((resolve, reject) => this.submit({ op: "read", path, kind, part, iteration, origin: made instanceof Error ? made : undefined, resolve, reject }, made));
   }
 
-  write(path: string, kind: ValueKind, part: InputPart, value: unknown, origin: Error): void {
-    if (value === undefined) throw new TraceError(`assigning undefined to ${describe(path, kind, part)}; assign a tensor (or a function of the current value)`, origin);
-    this.submit({ op: "write", path, kind, part, iteration: this.iterationOf(path), origin, value });
+  write(path: string, kind: ValueKind, part: InputPart, value: unknown, origin: Origin): void {
+    const made = typeof origin === "function" ? origin() : origin;
+    if (value === undefined) throw new TraceError(`assigning undefined to ${describe(path, kind, part)}; assign a tensor (or a function of the current value)`, made);
+    this.submit({ op: "write", path, kind, part, iteration: this.iterationOf(path), origin: made, value }, made);
   }
 
-  skip(path: string, value: unknown, origin: Error): void {
-    if (path === "") throw new TraceError("the model itself cannot be skipped; skip one of its modules", origin);
-    this.submit({ op: "skip", path, kind: "input", part: "all", iteration: this.iterationOf(path), origin, value });
+  skip(path: string, value: unknown, origin: Origin): void {
+    const made = typeof origin === "function" ? origin() : origin;
+    if (path === "") throw new TraceError("the model itself cannot be skipped; skip one of its modules", made);
+    this.submit({ op: "skip", path, kind: "input", part: "all", iteration: this.iterationOf(path), origin: made, value }, made);
   }
 
   /** Moves later requests for `path` `n` calls on (`envoy.next()`). */
@@ -122,27 +140,32 @@ export class Mediator {
     return this.iteration + (this.calls.get(path) ?? 0);
   }
 
-  private submit(r: Request): void {
+  /** `origin` makes the request's origin for an error found now, when the request was made without one. */
+  private submit(r: Request, origin: Origin): void {
+    // Called from the user's line through read (or write, skip), ValueRequest and here: frames enough to reach it.
+    const here = (): Error => (r.origin ??= typeof origin === "function" ? origin(16) : origin);
     if (this.pastEnd) {
       // An invoke that left the pass (stopped, or another failed) ends quietly; otherwise the order was wrong.
       const what = describe(r.path, r.kind, r.part);
-      fail(r, this.passEnded ? new LeftPassError(`${what} was never reached: ${this.pastEnd}`, r.origin) : new OutOfOrderError(`${what}: ${this.pastEnd}`, r.origin));
+      fail(r, this.passEnded ? new LeftPassError(`${what} was never reached: ${this.pastEnd}`, here()) : new OutOfOrderError(`${what}: ${this.pastEnd}`, here()));
       return;
     }
-    const skippedParent = [...this.skipping].find((p) => r.path.startsWith(p + "."));
-    if (skippedParent !== undefined) {
-      fail(r, new MissedProviderError(`${describe(r.path, r.kind, r.part)} is inside ${skippedParent}, which this invoke skips: it does not run`, r.origin));
-      return;
+    if (this.skipping.size > 0) {
+      const skippedParent = [...this.skipping].find((p) => r.path.startsWith(p + "."));
+      if (skippedParent !== undefined) {
+        fail(r, new MissedProviderError(`${describe(r.path, r.kind, r.part)} is inside ${skippedParent}, which this invoke skips: it does not run`, here()));
+        return;
+      }
     }
     const p = this.provider;
     if (p?.isCurrent(r) && r.op !== "skip") return p.answer(this, r);
     if (p?.hasPassed(r)) {
       const what = r.op === "skip" ? `skip ${r.path}: it has already started` : `${describe(r.path, r.kind, r.part)}${r.iteration ? ` (iteration ${r.iteration})` : ""} was already provided`;
-      fail(r, new OutOfOrderError(`${what}. Within one invoke, module values must be asked for in the order the model computes them (did you ask out of order?)`, r.origin));
+      fail(r, new OutOfOrderError(`${what}. Within one invoke, module values must be asked for in the order the model computes them (did you ask out of order?)`, here()));
       return;
     }
     if (this.requests.length >= MAX_PENDING) {
-      fail(r, new TraceError(`this invoke has ${MAX_PENDING} requests waiting for module values, the most it may have (a loop over iterations that never come?)`, r.origin));
+      fail(r, new TraceError(`this invoke has ${MAX_PENDING} requests waiting for module values, the most it may have (a loop over iterations that never come?)`, here()));
       return;
     }
     this.requests.push(r);

@@ -430,6 +430,7 @@ export class TraceRun {
       this.batch,
       this.grad ? this.gradSources : null,
       this.isolated,
+      givenBy(model),
     );
     interleaver.recorders.push(...this.caches);
     interleaver.checkpoint = this.checkpoint ?? null;
@@ -549,6 +550,15 @@ export class TraceRun {
     }
     if (stuck.length) await this.interleaver?.settle();
   }
+}
+
+/** Per module tree: the values its passes have given (see Interleaver.gaveBefore). */
+const given = new WeakMap<object, Set<string>>();
+
+function givenBy(model: Module): Set<string> {
+  let set = given.get(model.tree);
+  if (!set) given.set(model.tree, (set = new Set()));
+  return set;
 }
 
 /** Iterations `from` .. `to` - 1, lazily (a range is never turned into an array, however long). */

@@ -37,7 +37,22 @@ export function buildModel(raw: RawConfig): CausalLM {
   const build = architectures[type];
   if (!build) throw new ConfigError(`config: model_type "${type}" is not supported; supported: ${supportedModelTypes.join(", ")}`, "model_type");
   const model = build(raw).finalize();
-  // Decoder blocks run as fused graphs when nothing inside them is watched (nn/fusion.ts).
+  // Decoder blocks run as fused graphs when nothing inside them is watched (nn/fusion.ts); a small model as a whole,
+  // when nothing in it is (its graph holds a copy of every weight, so only small ones: see WHOLE_MODEL_BYTES).
   for (const path of model.layerPaths()) model.get(path)!.fusible = true;
+  if (parameterBytes(model) <= WHOLE_MODEL_BYTES) model.fusible = "whole";
   return model;
+}
+
+/**
+ * The largest model (float32 parameters) run as one graph when nothing in it is watched: one kernel call instead
+ * of one per block and per op between them, which is most of a small model's forward (stdlib-gpt2 at 5 tokens).
+ * Larger models gain little from it and would hold a fifth copy of their weights (see tensor/packing.ts).
+ */
+export const WHOLE_MODEL_BYTES = 64 * 2 ** 20;
+
+function parameterBytes(model: CausalLM): number {
+  let bytes = 0;
+  for (const { shape } of model.namedParameters().values()) bytes += 4 * shape.reduce((a, b) => a * b, 1);
+  return bytes;
 }

@@ -4,7 +4,7 @@
  * (interpretability code reads them). What differs between architectures in forming the scores (scale,
  * soft-capping) is one small record, `ScoreOptions`, apart from q, k, v and the mask.
  */
-import { functional as F, Tensor } from "../tensor/index.js";
+import { activeCapture, functional as F, Tensor } from "../tensor/index.js";
 import { applyRotary } from "./rotary.js";
 import type { AttentionPoints } from "./points.js";
 
@@ -33,6 +33,7 @@ const MASKED = -3.4028234663852886e38; // float32 min, as Hugging Face's eager a
  * A padded key is never attended; rows of padded queries stay finite so nothing becomes NaN.
  */
 export function attentionMask(mask: Tensor, newTokens: number, slidingWindow?: number | null): Tensor {
+  if (activeCapture()) return attentionMaskOps(mask, newTokens, slidingWindow);
   const [B, S] = mask.shape as [number, number];
   const past = S - newTokens;
   const m = mask.to("int64").data as BigInt64Array;
@@ -50,8 +51,30 @@ export function attentionMask(mask: Tensor, newTokens: number, slidingWindow?: n
   return new Tensor("float32", out, [B, 1, newTokens, S]);
 }
 
+/**
+ * The same mask made of tensor ops, for code captured into a graph (a whole model's): built from the mask tensor
+ * and its shape alone, never from its values, so the graph serves every mask, and each length's capture the same
+ * kernel. Its values are those of the loops above (0 or MASKED), so results stay equal to the bit.
+ * @internal exported for tests
+ */
+export function attentionMaskOps(mask: Tensor, newTokens: number, slidingWindow?: number | null): Tensor {
+  const [, S] = mask.shape as [number, number];
+  const keyPos = positionsAlong(mask); // [B, S]: 0 .. S - 1
+  const k = keyPos.unsqueeze(1).unsqueeze(1); // [B, 1, 1, S]
+  const q = keyPos.narrow(1, S - newTokens, newTokens).unsqueeze(1).unsqueeze(3); // [B, 1, T, 1]
+  let ok = k.le(q).logicalAnd(mask.to("int64").ne(0).unsqueeze(1).unsqueeze(1));
+  if (slidingWindow) ok = ok.logicalAnd(q.sub(k).lt(slidingWindow));
+  return Tensor.where(ok, 0, MASKED);
+}
+
+/** 0, 1, ... along the last axis of a [B, S] tensor, as int64 ops on it (no values of its own). */
+function positionsAlong(t: Tensor): Tensor {
+  return t.to("int64").mul(0).add(1).cumsum(1).sub(1);
+}
+
 /** Positions from the mask: each row counts its real tokens, so left padding does not shift a prompt. */
 export function positionIdsFromMask(mask: Tensor, newTokens: number): Tensor {
+  if (activeCapture()) return positionIdsOps(mask, newTokens);
   const [B, S] = mask.shape as [number, number];
   const m = mask.to("int64").data as BigInt64Array;
   const out = new BigInt64Array(B * newTokens);
@@ -66,11 +89,21 @@ export function positionIdsFromMask(mask: Tensor, newTokens: number): Tensor {
   return new Tensor("int64", out, [B, newTokens]);
 }
 
+/**
+ * positionIdsFromMask in ops (see attentionMaskOps): the count of real tokens up to each position, less one, at
+ * least 0. @internal exported for tests
+ */
+export function positionIdsOps(mask: Tensor, newTokens: number): Tensor {
+  const [, S] = mask.shape as [number, number];
+  return mask.to("int64").ne(0).long().cumsum(1).sub(1).maximum(0).narrow(1, S - newTokens, newTokens);
+}
+
 /** Fills in the defaults of ForwardOptions for `ids` [B, T]. */
 export function resolveForward(ids: Tensor, o: ForwardOptions): { mask: Tensor; positions: Tensor } {
   const [B, T] = ids.shape as [number, number];
   const past = o.cache?.length ?? 0;
-  const mask = o.attentionMask ?? Tensor.full([B, past + T], 1, "int64");
+  // Captured into a graph without a cache: ones made from the ids by ops, so the graph is not one per length.
+  const mask = o.attentionMask ?? (activeCapture() && past === 0 ? ids.to("int64").mul(0).add(1) : Tensor.full([B, past + T], 1, "int64"));
   if (mask.shape[0] !== B || mask.shape[1] !== past + T) {
     throw new RangeError(`attention mask has shape [${mask.shape}] but ids [${B}, ${T}] with ${past} cached positions need [${B}, ${past + T}]`);
   }

@@ -10,7 +10,9 @@ import { fixture, fixtureModel, fixturesDir, hfFixtures, maxAbsDiff, ref, stdlib
 import { LanguageModel } from "../intervention/index.js";
 import { generate } from "../models/index.js";
 import { countedCopyBytes } from "../tensor/packing.js";
+import { attentionMask, attentionMaskOps, positionIdsFromMask, positionIdsOps } from "./attention.js";
 import { KVCache } from "./cache.js";
+import type { Module } from "./module.js";
 import { SGD, parameter } from "../optim/index.js";
 import { loadSae } from "../sae/index.js";
 import { spliceSae, unspliceSae } from "../sae/splice.js";
@@ -29,6 +31,12 @@ async function withFusion<T>(on: boolean, work: () => Promise<T>): Promise<{ val
 }
 
 afterEach(() => setFusion(null));
+
+/** The model with only its blocks fusible (a small model is also fusible whole): for tests of the blocks' graphs. */
+function blocksOnly<M extends Module>(model: M): M {
+  model.fusible = false;
+  return model;
+}
 
 describe("fused decoder blocks", () => {
   it.each([...hfFixtures, ...stdlibModels])("%s: fused logits equal the op-by-op forward's", async (name) => {
@@ -71,7 +79,7 @@ describe("fused decoder blocks", () => {
   });
 
   it("a generation's prompt pass and its steps share one graph per block (one copy of its weights)", async () => {
-    const model = await fixtureModel("stdlib-gpt2");
+    const model = blocksOnly(await fixtureModel("stdlib-gpt2"));
     const blocks = model.get("transformer.h")!.children().length;
     const steps = async () => {
       const cache = new KVCache();
@@ -232,7 +240,7 @@ describe("fused decoder blocks", () => {
     // A model of its own, run fused under a budget of `room` bytes beyond those held now (set right before the
     // forward: graphs of collected models are freed, between tasks, at any time), then op by op.
     const run = async (room: (m: M) => number) => {
-      const model = await fixtureModel("stdlib-gpt2");
+      const model = blocksOnly(await fixtureModel("stdlib-gpt2"));
       const held = engineStats().weightBytes;
       setWeightCopyBudget(countedCopyBytes() + room(model));
       const logits = (await withFusion(true, () => model.call(ids))).value.logits as Tensor;
@@ -342,7 +350,7 @@ describe("fused decoder blocks", () => {
   });
 
   it("one graph per block serves every prompt length: the weights are copied once, and the logits are op by op's", async () => {
-    const model = await fixtureModel("stdlib-gpt2");
+    const model = blocksOnly(await fixtureModel("stdlib-gpt2"));
     const held = engineStats().weightBytes;
     const params = [...model.parameters()];
     const blocks = params.filter(([n]) => n.startsWith("transformer.h.")).reduce((sum, [, t]) => sum + t.data.byteLength, 0);
@@ -399,6 +407,7 @@ describe("fused decoder blocks", () => {
 
   it("reads inside a block over many prompt lengths (more than the kinds of arguments kept) build no kernel once learned", async () => {
     const lm = await LanguageModel.load("stdlib-gpt2");
+    blocksOnly(lm.model);
     const modules = ["mlp", "attn.c_attn", "ln_2"];
     const read = (length: number, module: string) =>
       withFusion(true, () =>
@@ -417,4 +426,84 @@ describe("fused decoder blocks", () => {
     expect(engineStats().builds).toBe(builds);
   });
 
+
+  it("the mask and positions made by ops (for a graph) are the loops' to the bit: padding, a sliding window, cached positions", () => {
+    let seed = 7;
+    const rand = () => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31);
+    for (const [B, S, T] of [
+      [1, 5, 5],
+      [3, 9, 9],
+      [2, 12, 1],
+      [2, 12, 4],
+      [4, 1, 1],
+    ] as const) {
+      // Left padding (and, for the last row, all padding), as batches of prompts give.
+      const values = Array.from({ length: B }, (_, b) => {
+        const pad = b === B - 1 && B > 2 ? S : Math.floor(rand() * Math.min(S, 4));
+        return Array.from({ length: S }, (_, s) => BigInt(s < pad ? 0 : 1));
+      }).flat();
+      const mask = new Tensor("int64", BigInt64Array.from(values), [B, S]);
+      for (const window of [null, 2, 3]) expect(maxAbsDiff(attentionMaskOps(mask, T, window), attentionMask(mask, T, window)), `[${B}, ${S}] T=${T} window ${window}`).toBe(0);
+      expect(positionIdsOps(mask, T).tolist()).toEqual(positionIdsFromMask(mask, T).tolist());
+    }
+  });
+
+  it("a small model runs as one graph for a few tokens, equal to op by op's to the bit, and as its blocks' graphs for more", async () => {
+    const model = await fixtureModel("stdlib-gpt2");
+    expect(model.fusible).toBe("whole");
+    for (const length of [1, 5, 32, 33, 60]) {
+      const ids = new Tensor("int64", BigInt64Array.from({ length }, (_, i) => BigInt((i * 37 + length) % 1000)), [1, length]);
+      const eager = await withFusion(false, () => model.call(ids));
+      await withFusion(true, () => model.call(ids)); // captures and compiles
+      const fused = await withFusion(true, () => model.call(ids));
+      expect(maxAbsDiff(fused.value.logits, eager.value.logits), `${length} tokens`).toBe(0);
+      expect(fused.kernels, `${length} tokens`).toBe(length <= 32 ? 1 : 1 + model.get("transformer.h")!.children().length + 4);
+    }
+  });
+
+  it("one whole-model graph takes any mask: prompts padded otherwise in the same shape get op by op's logits (nothing of one mask is baked in)", async () => {
+    const model = await fixtureModel("stdlib-gpt2");
+    const ids = new Tensor("int64", BigInt64Array.from({ length: 12 }, (_, i) => BigInt(100 + 13 * i)), [2, 6]);
+    const masks = [
+      [1, 1, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1],
+      [0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1],
+      [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1],
+      [0, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 1],
+    ];
+    const builds = engineStats().builds;
+    for (const [i, values] of masks.entries()) {
+      const attentionMask = new Tensor("int64", BigInt64Array.from(values.map(BigInt)), [2, 6]);
+      const eager = await withFusion(false, () => model.call(ids, { attentionMask }));
+      const fused = await withFusion(true, () => model.call(ids, { attentionMask }));
+      expect(maxAbsDiff(fused.value.logits, eager.value.logits), `mask ${i}`).toBe(0);
+      expect(fused.kernels, `mask ${i}`).toBe(1);
+    }
+    // The op-by-op kernels of the first mask, and the whole model's graph: one for every mask.
+    const made = engineStats().builds - builds;
+    for (const values of masks) await withFusion(true, () => model.call(ids, { attentionMask: new Tensor("int64", BigInt64Array.from(values.map(BigInt)), [2, 6]) }));
+    expect(engineStats().builds - builds).toBe(made);
+  });
+
+  it("a trace reading inside a small model hands the values out of its one graph, exactly; replacing one runs it op by op, exactly", async () => {
+    const lm = await LanguageModel.load("stdlib-gpt2");
+    const ids = new Tensor("int64", BigInt64Array.of(324n, 615n, 638n, 636n, 284n), [1, 5]);
+    const read = (m: any) => Promise.all([m.transformer.h[0].ln_1.output, m.transformer.h[2].attn.c_attn.output, m.transformer.h[3].output, m.lm_head.output]);
+    const eager = await withFusion(false, () => lm.trace(ids, read));
+    await withFusion(true, () => lm.trace(ids, read)); // learns what is read
+    const fused = await withFusion(true, () => lm.trace(ids, read));
+    (fused.value as Tensor[]).forEach((t, i) => expect(maxAbsDiff(t, (eager.value as Tensor[])[i]!)).toBe(0));
+    expect(fused.kernels).toBe(1);
+    // Read one value and replace a later one in the same pass: found while the values are handed out.
+    const patch = async (m: any) => {
+      const h = (await m.transformer.h[0].output) as Tensor;
+      m.transformer.h[2].output = h.mul(0.5);
+      return (await m.lm_head.output) as Tensor;
+    };
+    const patchedEager = await withFusion(false, () => lm.trace(ids, patch));
+    for (let i = 0; i < 4; i++) expect(maxAbsDiff((await withFusion(true, () => lm.trace(ids, patch))).value, patchedEager.value)).toBe(0);
+    // And a read-only trace after those is again one graph (its failed replays held the whole graph off for a while only).
+    let kernels = 0;
+    for (let i = 0; i < 80 && kernels !== 1; i++) kernels = (await withFusion(true, () => lm.trace(ids, read))).kernels;
+    expect(kernels).toBe(1);
+  });
 });

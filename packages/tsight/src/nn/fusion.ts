@@ -6,6 +6,12 @@
  * holding its repacked matrices as the other paths do (see tensor/packing.ts). Blocks that record gradients, or
  * whose forward cannot be captured, run op by op as before. Calls of the modules inside a fused block are counted
  * for the hooks (`pass`), so later calls keep their numbers.
+ *
+ * A small model is fusible as a whole ("whole", see models/registry.ts): for a few tokens (WHOLE_MODEL_ROWS) its
+ * forward, or a generation step, is one graph, which gives values read inside it as a block's does. Its mask and
+ * positions are then made by ops (nn/attention.ts), so the graph never bakes in one mask's values. A model whose
+ * forward reads values (rotary tables are computed from the positions' values) cannot be captured whole: its
+ * blocks' graphs run as before.
  */
 import { argumentSignature, Capture, compileCapture, fusionEnabled, isGradEnabled, runCaptured, runCaptureGeneric, Tensor, UNKNOWN_VALUE, type CapturedCall, type FusedGraph } from "../tensor/index.js";
 import { decideTogether } from "../tensor/packing.js";
@@ -30,6 +36,8 @@ export function fusedForward(module: Module, args: unknown[], hooks: ModuleHooks
   // Something inside is watched: the block may still run fused and hand out its modules' values (see replay).
   const watched = hooks !== null && (!hooks.watchesWithin || hooks.watchesWithin(module.path));
   if (watched && !hooks.replay) return null;
+  const whole = module.fusible === "whole";
+  if (whole && (!fewRows(args) || (watched && holdingOff(module)))) return null;
   const cache = cacheIn(args);
   if (cache) return watched ? null : fusedStep(module, args, hooks, forward, cache);
   const signature = argumentSignature(args);
@@ -224,8 +232,10 @@ async function replay(block: Module, hooks: ModuleHooks, graph: FusedGraph, args
   } catch (e) {
     if (!(e instanceof MustRun)) throw e;
     session.rewind();
+    if (block.fusible === "whole") holdOff(block);
     return forward(args);
   }
+  if (block.fusible === "whole") holdOffs.delete(block);
   if (hooks.pass) for (const m of known.uncalled) hooks.pass(m);
   return result;
 }
@@ -243,6 +253,42 @@ function innerModules(module: Module): Module[] {
   let known = inner.get(module);
   if (!known || known.changes !== Module.treeChanges) inner.set(module, (known = { changes: Module.treeChanges, modules: module.namedModules().slice(1).map(([, m]) => m) }));
   return known.modules;
+}
+
+/**
+ * Per whole model whose last replays had to run op by op after all (code that reads a value and then replaces a
+ * later one, found while the values were handed out): how many watched calls to run op by op before trying again,
+ * and how many the next failure skips. A failed replay costs the whole model's graph run, so code that keeps doing
+ * that pays for it rarely (doubling up to MAX_HOLD_OFF), and read-only code keeps the one graph.
+ */
+const holdOffs = new WeakMap<Module, { left: number; next: number }>();
+const MAX_HOLD_OFF = 64;
+
+function holdOff(model: Module): void {
+  const h = holdOffs.get(model);
+  const next = Math.min(MAX_HOLD_OFF, h ? h.next * 2 : 1);
+  holdOffs.set(model, { left: next, next });
+}
+
+/** Whether the whole model runs op by op this time (its last replays failed; see holdOffs). */
+function holdingOff(model: Module): boolean {
+  const h = holdOffs.get(model);
+  if (!h || h.left === 0) return false;
+  h.left--;
+  return true;
+}
+
+/**
+ * A whole model runs as one graph for at most this many rows (tokens over the batch). Its graph runs on one thread
+ * (see tensor/engine.ts's smallWork); past this, its blocks' graphs do better. stdlib-gpt2, one graph against its
+ * blocks' graphs: 1.24x at 1 token, 1.22x at 5, 1.10x at 32, 0.89x at 64.
+ */
+const WHOLE_MODEL_ROWS = 32;
+
+/** Whether the first tensor among a whole model's arguments (its token ids) has at most WHOLE_MODEL_ROWS values. */
+function fewRows(args: readonly unknown[]): boolean {
+  const ids = args.find((a): a is Tensor => a instanceof Tensor);
+  return ids !== undefined && ids.numel() <= WHOLE_MODEL_ROWS;
 }
 
 /** Modules whose forward with a KV cache could not be captured (they run op by op with one). */

@@ -112,9 +112,10 @@ export abstract class Module {
 
   /**
    * Runs as one fused graph when nothing inside it is watched (set on decoder blocks; see fusion.ts). Its result
-   * is the same within float rounding (tests hold it to 1e-6 of the op-by-op forward).
+   * is the same within float rounding (tests hold it to 1e-6 of the op-by-op forward). "whole": a small model as
+   * one graph, for a few tokens (see fusion.ts's WHOLE_MODEL_ROWS).
    */
-  fusible = false;
+  fusible: boolean | "whole" = false;
 
   /** Children attached or detached after finalize, in any tree (fused graphs captured before are stale). */
   static treeChanges = 0;

@@ -70,6 +70,8 @@ export interface KernelOptions {
    * (see `pinned`) and counted in `heldWeightBytes`.
    */
   holds?: number;
+  /** The bytes of the largest weight array among those (how much work each of the graph's matrix products is). */
+  largestHeld?: number;
 }
 
 /** Debugging switches, read once: every kernel threaded (TSIGHT_ALL_THREADED=1); ONNX Runtime's arena on (TSIGHT_ARENA=1). */
@@ -252,9 +254,9 @@ export function releaseWeight(array: object): void {
 export function runKernel(key: string, build: (g: GraphBuilder) => void, inputs: readonly RawTensor[], options: KernelOptions = {}): RawTensor[] {
   kernelRuns++;
   if (options.threads === undefined) {
-    const holds = options.holds ?? 0;
+    const holds = options.largestHeld ?? options.holds ?? 0;
     // A kernel holding weights has one form (each would hold a copy of them): its first call's work decides which.
-    const small = holds ? pinned.has(oneThreadKey(key)) || (!pinned.has(key) && smallWork(key, inputs, holds)) : smallWork(key, inputs, 0);
+    const small = options.holds ? pinned.has(oneThreadKey(key)) || (!pinned.has(key) && smallWork(key, inputs, holds)) : smallWork(key, inputs, 0);
     if (small) return kernel(oneThreadKey(key), build, { ...options, threads: 1 }).run(inputs);
   }
   return kernel(key, build, options).run(inputs);
@@ -263,9 +265,10 @@ export function runKernel(key: string, build: (g: GraphBuilder) => void, inputs:
 /**
  * Below this much work a threaded kernel runs on one thread: waking a sleeping thread for each of a graph's ops
  * costs more than it saves (stdlib-gpt2 at 5 tokens: 1.79 ms a forward on one thread, 2.07 on two). The work is
- * told by the weights the kernel holds and the bytes fed to it (a block of a small model at a few tokens), so
- * GPT-2-small's blocks (28 MiB), whose one-row decode steps are bound by memory, stay threaded. A kernel holding
- * weights is made in one form only, as its first call's work says.
+ * told by the largest weight the kernel holds (the size of its matrix products) and the bytes fed to it (a block of
+ * a small model at a few tokens, or the whole model), so GPT-2-small's blocks (9 MiB matrices), whose one-row
+ * decode steps are bound by memory, stay threaded. A kernel holding weights is made in one form only, as its first
+ * call's work says.
  */
 const SMALL_HELD = 8 * 2 ** 20;
 const SMALL_FED = 64 * 2 ** 10;

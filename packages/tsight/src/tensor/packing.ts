@@ -151,7 +151,7 @@ export function runHolding(key: string, weights: readonly Tensor[], build: (g: G
       noteCopies(weights);
     },
     inputs,
-    { holds, prepack: holds > 0 && isPrepacked(key) },
+    { holds, largestHeld: weights.reduce((n, w) => Math.max(n, w.data.byteLength), 0), prepack: holds > 0 && isPrepacked(key) },
   );
 }
 

@@ -23,14 +23,14 @@ export type Environment = Readonly<Record<string, string | undefined>>;
 const processEnv = (): Environment => (globalThis as { process?: { env?: Environment } }).process?.env ?? {};
 
 /** The variable's value, trimmed; undefined when unset or empty. */
-function read(name: string, env: Environment): string | undefined {
+function settingText(name: string, env: Environment): string | undefined {
   const text = env[name]?.trim();
   return text ? text : undefined;
 }
 
 /** An on/off setting: `1` on, `0` off, unset the default. */
 export function switchSetting(name: string, byDefault: boolean, env: Environment = processEnv()): boolean {
-  const text = read(name, env);
+  const text = settingText(name, env);
   if (text === undefined) return byDefault;
   if (text === "1") return true;
   if (text === "0") return false;
@@ -39,7 +39,7 @@ export function switchSetting(name: string, byDefault: boolean, env: Environment
 
 /** A number setting within [min, max] (a whole number when `integer`); undefined when unset. */
 export function numberSetting(name: string, bounds: { min: number; max: number; integer?: boolean }, env: Environment = processEnv()): number | undefined {
-  const text = read(name, env);
+  const text = settingText(name, env);
   if (text === undefined) return undefined;
   const n = /^[+]?(\d+\.?\d*|\.\d+)$/.test(text) ? Number(text) : NaN;
   if (!Number.isFinite(n) || n < bounds.min || n > bounds.max || (bounds.integer && !Number.isInteger(n))) {

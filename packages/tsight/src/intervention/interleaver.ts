@@ -125,13 +125,12 @@ export class Interleaver implements ModuleHooks, Provider {
   // #region ModuleHooks (what the model calls)
 
   watches(path: string): boolean {
-    return this.interest.has(path) || this.recorders.some((r) => r.records(path)) || this.keeps((p) => p === path);
+    return this.interest.has(path) || this.recorders.some((r) => r.records(path));
   }
 
   watchesWithin(path: string): boolean {
     if (this.bypass > 0) return true;
     for (const p of this.interest.keys()) if (isBelow(p, path)) return true;
-    if (this.keeps((p) => isBelow(p, path))) return true;
     return this.recorders.some((r) => r.recordsWithin(path));
   }
 
@@ -161,6 +160,8 @@ export class Interleaver implements ModuleHooks, Provider {
     return {
       asked,
       needsRun: (path, gives, missing) => {
+        // A cache made while the values are handed out records this call: it needs its real values.
+        if (!(gives.input && gives.output) && this.recorders.some((r) => r.records(path))) return true;
         const inner = `${path}.`;
         let needs = false;
         for (const m of this.mediators) {
@@ -174,6 +175,7 @@ export class Interleaver implements ModuleHooks, Provider {
         return needs;
       },
       keep: (path, kind, value) => this.kept.set(`${kind}|${path}|${this.calls(this.entered, path) - 1}`, value),
+      skipping: (path) => this.mediators.some((m) => m.skipping.has(path)),
       rewind: () => {
         for (const { path, entered, exited } of saved) {
           if (entered === undefined) this.entered.delete(path);
@@ -183,16 +185,6 @@ export class Interleaver implements ModuleHooks, Provider {
         }
       },
     };
-  }
-
-  /**
-   * Whether a value kept for the run op by op (replaced while a fused block's values were handed out) is of a
-   * module `test` accepts: a block inside a fused model must then run its modules, not hand out its graph's values.
-   */
-  private keeps(test: (path: string) => boolean): boolean {
-    if (this.kept.size === 0) return false;
-    for (const key of this.kept.keys()) if (test(key.slice(key.indexOf("|") + 1, key.lastIndexOf("|")))) return true;
-    return false;
   }
 
   private takeKept(kind: "input" | "output", path: string, iteration: number): unknown {
@@ -254,6 +246,13 @@ export class Interleaver implements ModuleHooks, Provider {
     let out: unknown;
     try {
       out = skips.length ? await this.runSkipping(skips, args, forward) : await forward(args);
+    } catch (e) {
+      // The call did not happen (a fused block's replay goes back to run op by op): that run skips it again.
+      for (const { mediator, request } of skips) {
+        mediator.requests.push(request);
+        this.watch(request.path, 1);
+      }
+      throw e;
     } finally {
       for (const { mediator } of skips) mediator.skipping.delete(path);
     }
@@ -320,12 +319,12 @@ export class Interleaver implements ModuleHooks, Provider {
     }
   }
 
-  private collectSkips(path: string, iteration: number): { mediator: Mediator; value: unknown }[] {
-    const skips: { mediator: Mediator; value: unknown }[] = [];
+  private collectSkips(path: string, iteration: number): { mediator: Mediator; value: unknown; request: Request }[] {
+    const skips: { mediator: Mediator; value: unknown; request: Request }[] = [];
     for (const m of this.mediators) {
       const [r] = m.take((x) => x.op === "skip" && x.path === path && x.iteration === iteration);
       if (!r) continue;
-      skips.push({ mediator: m, value: (r as { value: unknown }).value });
+      skips.push({ mediator: m, value: (r as { value: unknown }).value, request: r });
       m.skipping.add(path);
       // Requests already made for values inside the skipped module can never be answered.
       for (const inner of m.take((x) => x.path.startsWith(path + "."))) {

@@ -7,11 +7,10 @@
  * whose forward cannot be captured, run op by op as before. Calls of the modules inside a fused block are counted
  * for the hooks (`pass`), so later calls keep their numbers.
  *
- * A small model is fusible as a whole ("whole", see models/registry.ts): for a few tokens (WHOLE_MODEL_ROWS) its
- * forward, or a generation step, is one graph, which gives values read inside it as a block's does. Its mask and
- * positions are then made by ops (nn/attention.ts), so the graph never bakes in one mask's values. A model whose
- * forward reads values (rotary tables are computed from the positions' values) cannot be captured whole: its
- * blocks' graphs run as before.
+ * A small model is fusible as a whole ("whole", see models/registry.ts): for a few tokens (WHOLE_MODEL_ROWS) and
+ * nothing inside watched, its forward, or a generation step, is one graph. Its mask and positions are then made by
+ * ops (nn/attention.ts), so the graph never bakes in one mask's values. A model whose forward reads values (rotary
+ * tables are computed from the positions' values) is never captured whole: its blocks' graphs run as before.
  */
 import { argumentSignature, Capture, compileCapture, fusionEnabled, isGradEnabled, runCaptured, runCaptureGeneric, Tensor, UNKNOWN_VALUE, type CapturedCall, type FusedGraph } from "../tensor/index.js";
 import { decideTogether } from "../tensor/packing.js";
@@ -36,8 +35,9 @@ export function fusedForward(module: Module, args: unknown[], hooks: ModuleHooks
   // Something inside is watched: the block may still run fused and hand out its modules' values (see replay).
   const watched = hooks !== null && (!hooks.watchesWithin || hooks.watchesWithin(module.path));
   if (watched && !hooks.replay) return null;
-  const whole = module.fusible === "whole";
-  if (whole && (!fewRows(args) || (watched && holdingOff(module)))) return null;
+  // A whole model with something inside watched runs op by op, its blocks fused (a replacement found while its
+  // values were handed out would waste its whole graph's run, and skips and caches made meanwhile need real values).
+  if (module.fusible === "whole" && (watched || !fewRows(args))) return null;
   const cache = cacheIn(args);
   if (cache) return watched ? null : fusedStep(module, args, hooks, forward, cache);
   const signature = argumentSignature(args);
@@ -213,6 +213,8 @@ async function replay(block: Module, hooks: ModuleHooks, graph: FusedGraph, args
     const args_ = gives.input ? (input as unknown[]) : call.args;
     const out = gives.output ? output : call.out;
     const got = await hooks.call(module, args_, async (a) => {
+      // Skipped as it was handed out, for some rows (code that reads the input and then skips the module).
+      if (session.skipping(module.path)) throw new MustRun();
       // Replaced as it was handed out (code that reads a value and then replaces it).
       if (a !== args_) {
         session.keep(module.path, "input", a);
@@ -232,10 +234,8 @@ async function replay(block: Module, hooks: ModuleHooks, graph: FusedGraph, args
   } catch (e) {
     if (!(e instanceof MustRun)) throw e;
     session.rewind();
-    if (block.fusible === "whole") holdOff(block);
     return forward(args);
   }
-  if (block.fusible === "whole") holdOffs.delete(block);
   if (hooks.pass) for (const m of known.uncalled) hooks.pass(m);
   return result;
 }
@@ -253,29 +253,6 @@ function innerModules(module: Module): Module[] {
   let known = inner.get(module);
   if (!known || known.changes !== Module.treeChanges) inner.set(module, (known = { changes: Module.treeChanges, modules: module.namedModules().slice(1).map(([, m]) => m) }));
   return known.modules;
-}
-
-/**
- * Per whole model whose last replays had to run op by op after all (code that reads a value and then replaces a
- * later one, found while the values were handed out): how many watched calls to run op by op before trying again,
- * and how many the next failure skips. A failed replay costs the whole model's graph run, so code that keeps doing
- * that pays for it rarely (doubling up to MAX_HOLD_OFF), and read-only code keeps the one graph.
- */
-const holdOffs = new WeakMap<Module, { left: number; next: number }>();
-const MAX_HOLD_OFF = 64;
-
-function holdOff(model: Module): void {
-  const h = holdOffs.get(model);
-  const next = Math.min(MAX_HOLD_OFF, h ? h.next * 2 : 1);
-  holdOffs.set(model, { left: next, next });
-}
-
-/** Whether the whole model runs op by op this time (its last replays failed; see holdOffs). */
-function holdingOff(model: Module): boolean {
-  const h = holdOffs.get(model);
-  if (!h || h.left === 0) return false;
-  h.left--;
-  return true;
 }
 
 /**

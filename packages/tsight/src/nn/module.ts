@@ -51,6 +51,11 @@ export interface Replay {
   keep(path: string, kind: "input" | "output", value: unknown): void;
   /** Puts the call counts of the modules back as they were before the replay began (the block then runs op by op). */
   rewind(): void;
+  /**
+   * Whether an invoke skips the module at `path` in the call in progress (asked for as its input was handed out):
+   * its output for the other rows must then be computed, which the replay cannot do.
+   */
+  skipping(path: string): boolean;
 }
 
 /** State shared by every module of one tree. */

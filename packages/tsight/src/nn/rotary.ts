@@ -4,7 +4,7 @@
  * and sin, and the `rotary_emb` module, which holds one table per layer type where a model has several (Gemma 3's
  * local and global layers).
  */
-import { Tensor } from "../tensor/index.js";
+import { activeCapture, CaptureError, Tensor } from "../tensor/index.js";
 import { Module } from "./module.js";
 
 /** How a rope type changes the default frequencies; `dynamic` and `longrope` depend on the sequence length. */
@@ -137,6 +137,8 @@ export class RotaryEmbedding extends Module {
     const key = layerType ?? "";
     const spec = this.specs[key];
     if (!spec) throw new RangeError(`rotary_emb has no table for layer type "${key}"; it has ${Object.keys(this.specs).map((k) => `"${k}"`).join(", ")}`);
+    // The tables are computed here from the positions' values, which a graph (a whole model's) would bake in.
+    if (activeCapture()) throw new CaptureError("rotary tables are computed from the positions' values");
     const [B, T] = positions.shape as [number, number];
     const pos = positions.to("int64").data as BigInt64Array;
     let seqLen = 0;

@@ -488,7 +488,7 @@ describe("fused decoder blocks", () => {
     const lm = await LanguageModel.load("stdlib-gpt2");
     const ids = new Tensor("int64", BigInt64Array.of(324n, 615n, 638n, 636n, 284n), [1, 5]);
     const blocks = lm.model.get("transformer.h")!.children().length;
-    const plain = async (m: any, tr: any) => (await tr.result).logits as Tensor;
+    const plain = async (_m: unknown, tr: any) => (await tr.result).logits as Tensor;
     const read = (m: any) => Promise.all([m.transformer.h[0].ln_1.output, m.transformer.h[2].attn.c_attn.output, m.transformer.h[3].output, m.lm_head.output]);
     for (const [fn, kernels] of [
       [plain, 1],

@@ -125,12 +125,13 @@ export class Interleaver implements ModuleHooks, Provider {
   // #region ModuleHooks (what the model calls)
 
   watches(path: string): boolean {
-    return this.interest.has(path) || this.recorders.some((r) => r.records(path));
+    return this.interest.has(path) || this.recorders.some((r) => r.records(path)) || this.keeps((p) => p === path);
   }
 
   watchesWithin(path: string): boolean {
     if (this.bypass > 0) return true;
     for (const p of this.interest.keys()) if (isBelow(p, path)) return true;
+    if (this.keeps((p) => isBelow(p, path))) return true;
     return this.recorders.some((r) => r.recordsWithin(path));
   }
 
@@ -185,6 +186,16 @@ export class Interleaver implements ModuleHooks, Provider {
         }
       },
     };
+  }
+
+  /**
+   * Whether a value kept for a run op by op (replaced while a fused model's values were handed out) is of a module
+   * `test` accepts: a block inside the model must then run its modules to take it, not hand out its graph's values.
+   */
+  private keeps(test: (path: string) => boolean): boolean {
+    if (this.kept.size === 0) return false;
+    for (const key of this.kept.keys()) if (test(key.slice(key.indexOf("|") + 1, key.lastIndexOf("|")))) return true;
+    return false;
   }
 
   private takeKept(kind: "input" | "output", path: string, iteration: number): unknown {

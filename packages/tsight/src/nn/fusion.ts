@@ -7,9 +7,10 @@
  * whose forward cannot be captured, run op by op as before. Calls of the modules inside a fused block are counted
  * for the hooks (`pass`), so later calls keep their numbers.
  *
- * A small model is fusible as a whole ("whole", see models/registry.ts): for a few tokens (WHOLE_MODEL_ROWS) and
- * nothing inside watched, its forward, or a generation step, is one graph. Its mask and positions are then made by
- * ops (nn/attention.ts), so the graph never bakes in one mask's values. A model whose forward reads values (rotary
+ * A small model is fusible as a whole ("whole", see models/registry.ts): for a few tokens (WHOLE_MODEL_ROWS) its
+ * forward, or a generation step, is one graph, which hands out values read inside it as a block's does (see
+ * holdOffs for what a replacement found meanwhile costs). Its mask and positions are then made by ops
+ * (nn/attention.ts), so the graph never bakes in one mask's values. A model whose forward reads values (rotary
  * tables are computed from the positions' values) is never captured whole: its blocks' graphs run as before.
  */
 import { argumentSignature, Capture, compileCapture, fusionEnabled, isGradEnabled, runCaptured, runCaptureGeneric, Tensor, UNKNOWN_VALUE, type CapturedCall, type FusedGraph } from "../tensor/index.js";
@@ -35,9 +36,7 @@ export function fusedForward(module: Module, args: unknown[], hooks: ModuleHooks
   // Something inside is watched: the block may still run fused and hand out its modules' values (see replay).
   const watched = hooks !== null && (!hooks.watchesWithin || hooks.watchesWithin(module.path));
   if (watched && !hooks.replay) return null;
-  // A whole model with something inside watched runs op by op, its blocks fused (a replacement found while its
-  // values were handed out would waste its whole graph's run, and skips and caches made meanwhile need real values).
-  if (module.fusible === "whole" && (watched || !fewRows(args))) return null;
+  if (module.fusible === "whole" && (!fewRows(args) || (watched && holdingOff(module)))) return null;
   const cache = cacheIn(args);
   if (cache) return watched ? null : fusedStep(module, args, hooks, forward, cache);
   const signature = argumentSignature(args);
@@ -194,7 +193,12 @@ async function replay(block: Module, hooks: ModuleHooks, graph: FusedGraph, args
   const tapped = graph.tapped(taps, (owner) => (owner as Module).path);
   if (!tapped) return forward(args);
   const { result, real } = tapped.run(args);
-  const learn = (value: string) => taps.add(value);
+  // Whether the run op by op is only to learn a value to tap (not a replacement, skip or operation point).
+  let learned = false;
+  const learn = (value: string) => {
+    taps.add(value);
+    learned = true;
+  };
   // A call with nothing asked of it or below it when its turn comes is counted, not played through the hooks.
   const quiet = hooks.watches && hooks.watchesWithin && hooks.pass ? (path: string) => !hooks.watches!(path) && !hooks.watchesWithin!(path) : () => false;
   const count = (call: CapturedCall): void => {
@@ -234,8 +238,10 @@ async function replay(block: Module, hooks: ModuleHooks, graph: FusedGraph, args
   } catch (e) {
     if (!(e instanceof MustRun)) throw e;
     session.rewind();
+    if (block.fusible === "whole" && !learned) holdOff(block);
     return forward(args);
   }
+  if (block.fusible === "whole") holdOffs.delete(block);
   if (hooks.pass) for (const m of known.uncalled) hooks.pass(m);
   return result;
 }
@@ -253,6 +259,30 @@ function innerModules(module: Module): Module[] {
   let known = inner.get(module);
   if (!known || known.changes !== Module.treeChanges) inner.set(module, (known = { changes: Module.treeChanges, modules: module.namedModules().slice(1).map(([, m]) => m) }));
   return known.modules;
+}
+
+/**
+ * Per whole model whose last replays had to run op by op after all for a replacement, skip or operation point found
+ * while its values were handed out (code that reads a value and then replaces a later one): how many watched calls
+ * run op by op before it tries again, and how many the next such failure skips. Each failure costs the whole
+ * model's graph run, so code that keeps doing that pays for it rarely (doubling up to MAX_HOLD_OFF), and read-only
+ * code keeps the one graph. Learning a value to tap does not count.
+ */
+const holdOffs = new WeakMap<Module, { left: number; next: number }>();
+const MAX_HOLD_OFF = 64;
+
+function holdOff(model: Module): void {
+  const h = holdOffs.get(model);
+  const next = Math.min(MAX_HOLD_OFF, h ? h.next * 2 : 1);
+  holdOffs.set(model, { left: next, next });
+}
+
+/** Whether the whole model runs op by op this time (its last replays failed; see holdOffs). */
+function holdingOff(model: Module): boolean {
+  const h = holdOffs.get(model);
+  if (!h || h.left === 0) return false;
+  h.left--;
+  return true;
 }
 
 /**

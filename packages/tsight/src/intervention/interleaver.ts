@@ -158,6 +158,7 @@ export class Interleaver implements ModuleHooks, Provider {
       }
     }
     const saved = [...modules].map((path) => ({ path, entered: this.entered.get(path), exited: this.exited.get(path) }));
+    const recordersBefore = this.recorders.length;
     return {
       asked,
       needsRun: (path, gives, missing) => {
@@ -178,6 +179,10 @@ export class Interleaver implements ModuleHooks, Provider {
       keep: (path, kind, value) => this.kept.set(`${kind}|${path}|${this.calls(this.entered, path) - 1}`, value),
       skipping: (path) => this.mediators.some((m) => m.skipping.has(path)),
       rewind: () => {
+        // A cache made while the values were handed out already has the calls made before that: the run op by op
+        // does them again, and must not record them twice (or record calls from before the cache was made).
+        const done = { entered: new Map(this.entered), exited: new Map(this.exited) };
+        for (const r of this.recorders.slice(recordersBefore)) this.muted.set(r, done);
         for (const { path, entered, exited } of saved) {
           if (entered === undefined) this.entered.delete(path);
           else this.entered.set(path, entered);
@@ -196,6 +201,15 @@ export class Interleaver implements ModuleHooks, Provider {
     if (this.kept.size === 0) return false;
     for (const key of this.kept.keys()) if (test(key.slice(key.indexOf("|") + 1, key.lastIndexOf("|")))) return true;
     return false;
+  }
+
+  /** Per recorder: the calls begun and ended when a replay it saw gave up; it does not record them again (see rewind). */
+  private readonly muted = new Map<Recorder, { entered: Map<string, number>; exited: Map<string, number> }>();
+
+  /** Whether `r` has recorded this call's value already, before the replay that gave up went back to run op by op. */
+  private isMuted(r: Recorder, kind: ValueKind, path: string, iteration: number): boolean {
+    const done = this.muted.get(r);
+    return done !== undefined && iteration < ((kind === "input" ? done.entered : done.exited).get(path) ?? 0);
   }
 
   private takeKept(kind: "input" | "output", path: string, iteration: number): unknown {
@@ -252,7 +266,7 @@ export class Interleaver implements ModuleHooks, Provider {
     if (this.kept.size > 0) args = (this.takeKept("input", path, iteration) as unknown[] | undefined) ?? args;
     const watched = this.interest.has(path);
     if (watched) args = (await this.provide(path, "input", iteration, args)) as unknown[];
-    for (const r of this.recorders) r.record(path, "input", args, this.batch);
+    for (const r of this.recorders) if (!this.isMuted(r, "input", path, iteration)) r.record(path, "input", args, this.batch);
     const skips = watched ? this.collectSkips(path, iteration) : [];
     let out: unknown;
     try {
@@ -275,7 +289,7 @@ export class Interleaver implements ModuleHooks, Provider {
   private async returned(path: string, iteration: number, out: unknown): Promise<unknown> {
     if (this.kept.size > 0) out = this.takeKept("output", path, iteration) ?? out;
     if (this.interest.has(path)) out = await this.provide(path, "output", iteration, out);
-    for (const r of this.recorders) r.record(path, "output", out, this.batch);
+    for (const r of this.recorders) if (!this.isMuted(r, "output", path, iteration)) r.record(path, "output", out, this.batch);
     this.checkEnding();
     return out;
   }

@@ -578,4 +578,23 @@ describe("fused decoder blocks", () => {
       });
     }
   });
+  it("a cache made while a small model hands its values out records what op by op records: nothing from before it, each call once", async () => {
+    const lm = await LanguageModel.load("stdlib-gpt2");
+    const run = () =>
+      lm.trace("def f(x):", async (m, tr) => {
+        await m.transformer.h[0].output;
+        const cache = tr.cache({ modules: ["transformer.h.0", "transformer.wte", "transformer.h.2", "transformer.h.2.mlp"] });
+        await m.lm_head.output;
+        return ["transformer.h.0", "transformer.wte", "transformer.h.2", "transformer.h.2.mlp"].map((p) => cache.get(p)?.outputsByCall.map((t) => t as Tensor) ?? null);
+      });
+    await withFusion(true, () => lm.trace("def f(x):", async (m) => [await m.transformer.h[0].output, await m.lm_head.output])); // captured, taps learned
+    const eager = (await withFusion(false, run)).value;
+    for (let i = 0; i < 2; i++) {
+      const fused = (await withFusion(true, run)).value;
+      fused.forEach((calls, k) => {
+        expect(calls?.length, `module ${k}`).toBe(eager[k]?.length);
+        calls?.forEach((t, c) => expect(maxAbsDiff(t, eager[k]![c]!)).toBe(0));
+      });
+    }
+  });
 });

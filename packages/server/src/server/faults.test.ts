@@ -22,7 +22,12 @@ import { FIVE, finished, GPT2, headers, result, submit, type Target } from "./ho
 import { connectRedis, RedisLayout } from "./redis/connection.js";
 import { RedisKeyStore } from "./redis/key-store.js";
 
-const GENERATE: Partial<JobRequest> = { kind: "generate", source: "async (m) => 1", generate: { maxNewTokens: 2000, eosTokenId: null } };
+/**
+ * A generation that runs for a while: the model's whole context (5 prompt tokens and 507 new ones, 512 positions),
+ * reading a value at every step. (It asked for 2000 tokens, which the server refuses at once as longer than the
+ * context: the job then ended before a test could see it running, or kill the server while it ran.)
+ */
+const GENERATE: Partial<JobRequest> = { kind: "generate", source: "async (m, tr) => { for await (const _ of tr.all()) await m.transformer.h[0].output; }", generate: { maxNewTokens: 507, eosTokenId: null } };
 const LOGITS = "async (m) => await m.lm_head.output";
 
 /** A target for the shared helpers: one key, no receiver. */

@@ -1,6 +1,7 @@
 /**
  * model_type -> architecture. A model is built only through this table (never from a class name in a request).
  */
+import { RotaryEmbedding } from "../nn/index.js";
 import type { CausalLM } from "./causal-lm.js";
 import { ConfigError, type RawConfig } from "./config.js";
 import { gemma2Config, Gemma2ForCausalLM, Gemma3ForCausalLM } from "./gemma2.js";
@@ -37,10 +38,12 @@ export function buildModel(raw: RawConfig): CausalLM {
   const build = architectures[type];
   if (!build) throw new ConfigError(`config: model_type "${type}" is not supported; supported: ${supportedModelTypes.join(", ")}`, "model_type");
   const model = build(raw).finalize();
-  // Decoder blocks run as fused graphs when nothing inside them is watched (nn/fusion.ts); a small model as a whole,
-  // when nothing in it is (its graph holds a copy of every weight, so only small ones: see WHOLE_MODEL_BYTES).
+  // Decoder blocks run as fused graphs (nn/fusion.ts); a small model also as a whole (its graph holds a copy of every
+  // weight, so only small ones: see WHOLE_MODEL_BYTES), unless its forward computes rotary tables from the positions'
+  // values, which a graph cannot take (RotaryEmbedding refuses a capture).
   for (const path of model.layerPaths()) model.get(path)!.fusible = true;
-  if (parameterBytes(model) <= WHOLE_MODEL_BYTES) model.fusible = "whole";
+  const rotary = model.namedModules().some(([, m]) => m instanceof RotaryEmbedding);
+  if (!rotary && parameterBytes(model) <= WHOLE_MODEL_BYTES) model.fusible = "whole";
   return model;
 }
 

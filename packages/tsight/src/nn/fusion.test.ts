@@ -533,6 +533,9 @@ describe("fused decoder blocks", () => {
 
   it("a small rotary model is never captured whole (its tables come from the positions' values): positions given explicitly are not baked in", async () => {
     const model = await fixtureModel("llama");
+    expect(model.fusible).toBe(false);
+    // Made whole anyway: the capture itself must refuse the tables rather than bake them in.
+    model.fusible = "whole";
     const ids = new Tensor("int64", BigInt64Array.of(5n, 9n, 13n, 17n), [1, 4]);
     for (const positions of [[0, 1, 2, 3], [0, 2, 4, 6], [0, 5, 17, 40]]) {
       const positionIds = new Tensor("int64", BigInt64Array.from(positions.map(BigInt)), [1, 4]);

@@ -36,9 +36,10 @@ export function fusedForward(module: Module, args: unknown[], hooks: ModuleHooks
   // Something inside is watched: the block may still run fused and hand out its modules' values (see replay).
   const watched = hooks !== null && (!hooks.watchesWithin || hooks.watchesWithin(module.path));
   if (watched && !hooks.replay) return null;
-  if (module.fusible === "whole" && (!fewRows(args) || (watched && holdingOff(module)))) return null;
+  if (module.fusible === "whole" && !fewRows(args)) return null;
   const cache = cacheIn(args);
   if (cache) return watched ? null : fusedStep(module, args, hooks, forward, cache);
+  if (watched && module.fusible === "whole" && holdingOff(module)) return null;
   const signature = argumentSignature(args);
   if (signature === null) return null;
   const byArgs = graphsOf(module);

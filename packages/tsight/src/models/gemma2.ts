@@ -161,7 +161,7 @@ export class Gemma2Model extends Module {
     this.embed_tokens = new Embedding(cfg.vocabSize, cfg.hiddenSize, Math.fround(Math.sqrt(cfg.hiddenSize)));
     this.layers = new ModuleList(Array.from({ length: cfg.numLayers }, (_, i) => new Gemma2DecoderLayer(cfg, i)));
     this.norm = new RMSNorm(cfg.hiddenSize, cfg.eps, 1);
-    this.rotary_emb = new RotaryEmbedding(cfg.rope as RopeSpec | Record<string, RopeSpec>);
+    this.rotary_emb = new RotaryEmbedding(cfg.rope as RopeSpec | Record<string, RopeSpec>, cfg.maxPositions);
   }
   /** embed_tokens (times sqrt(hidden)), rotary_emb (Gemma 3: once per layer type), each layer, norm (see runDecoder). */
   override async forward(inputIds: Tensor, options: ForwardOptions = {}): Promise<BaseModelOutput> {

@@ -116,7 +116,7 @@ export class GPTNeoXModel extends Module {
     this.embed_in = new Embedding(cfg.vocabSize, cfg.hiddenSize);
     this.layers = new ModuleList(Array.from({ length: cfg.numLayers }, (_, i) => new GPTNeoXLayer(cfg, i)));
     this.final_layer_norm = new LayerNorm(cfg.hiddenSize, cfg.eps);
-    this.rotary_emb = new RotaryEmbedding(cfg.rope);
+    this.rotary_emb = new RotaryEmbedding(cfg.rope, cfg.maxPositions);
   }
   override async forward(inputIds: Tensor, options: ForwardOptions = {}): Promise<BaseModelOutput> {
     const { mask, positions } = resolveForward(inputIds, options);

@@ -183,7 +183,7 @@ export class LlamaModel extends Module {
     this.embed_tokens = new Embedding(cfg.vocabSize, cfg.hiddenSize, cfg.embedScale);
     this.layers = new ModuleList(Array.from({ length: cfg.numLayers }, (_, i) => new LlamaDecoderLayer(cfg, i)));
     this.norm = new RMSNorm(cfg.hiddenSize, cfg.eps, cfg.normOffset);
-    this.rotary_emb = new RotaryEmbedding(cfg.rope);
+    this.rotary_emb = new RotaryEmbedding(cfg.rope, cfg.maxPositions);
   }
   /** embed_tokens, rotary_emb, each layer, norm (see runDecoder). */
   override async forward(inputIds: Tensor, options: ForwardOptions = {}): Promise<BaseModelOutput> {

@@ -73,7 +73,7 @@ export class Olmo2Model extends Module {
     this.embed_tokens = new Embedding(cfg.vocabSize, cfg.hiddenSize);
     this.layers = new ModuleList(Array.from({ length: cfg.numLayers }, (_, i) => new Olmo2DecoderLayer(cfg, i)));
     this.norm = new RMSNorm(cfg.hiddenSize, cfg.eps);
-    this.rotary_emb = new RotaryEmbedding(cfg.rope);
+    this.rotary_emb = new RotaryEmbedding(cfg.rope, cfg.maxPositions);
   }
   /** embed_tokens, rotary_emb, each layer, norm (see runDecoder). */
   override async forward(inputIds: Tensor, options: ForwardOptions = {}): Promise<BaseModelOutput> {

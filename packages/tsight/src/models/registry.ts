@@ -39,11 +39,11 @@ export function buildModel(raw: RawConfig): CausalLM {
   if (!build) throw new ConfigError(`config: model_type "${type}" is not supported; supported: ${supportedModelTypes.join(", ")}`, "model_type");
   const model = build(raw).finalize();
   // Decoder blocks run as fused graphs (nn/fusion.ts); a small model also as a whole (its graph holds a copy of every
-  // weight, so only small ones: see WHOLE_MODEL_BYTES), unless its forward computes rotary tables from the positions'
-  // values, which a graph cannot take (RotaryEmbedding refuses a capture).
+  // weight, so only small ones: see WHOLE_MODEL_BYTES), unless its rotary tables cannot be taken by a graph (rope
+  // types that depend on the sequence length: RotaryEmbedding.capturable).
   for (const path of model.layerPaths()) model.get(path)!.fusible = true;
-  const rotary = model.namedModules().some(([, m]) => m instanceof RotaryEmbedding);
-  if (!rotary && parameterBytes(model) <= WHOLE_MODEL_BYTES) model.fusible = "whole";
+  const rotaryFixed = model.namedModules().every(([, m]) => !(m instanceof RotaryEmbedding) || m.capturable);
+  if (rotaryFixed && parameterBytes(model) <= WHOLE_MODEL_BYTES) model.fusible = "whole";
   return model;
 }
 

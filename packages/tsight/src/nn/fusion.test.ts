@@ -531,19 +531,48 @@ describe("fused decoder blocks", () => {
     expect(kernels.at(-1)).toBe(1);
   });
 
-  it("a small rotary model is never captured whole (its tables come from the positions' values): positions given explicitly are not baked in", async () => {
-    const model = await fixtureModel("llama");
+  it.each(hfFixtures)("%s: a small model runs whole where it can: its rotary cos and sin picked from tables by the graph's positions, as op by op's for given positions and padding", async (name) => {
+    const model = await fixtureModel(name);
+    const ids = new Tensor("int64", BigInt64Array.of(5n, 9n, 13n, 17n, 21n, 25n, 29n, 33n), [2, 4]);
+    const attentionMask = new Tensor("int64", BigInt64Array.of(0n, 1n, 1n, 1n, 1n, 1n, 1n, 1n), [2, 4]);
+    const moe = name === "mixtral" || name === "qwen3_moe"; // routing reads data: never one graph
+    const lengthDependent = name === "phi3_longrope"; // its frequencies depend on the sequence length
+    expect(model.fusible).toBe(lengthDependent ? false : "whole");
+    for (const options of [{}, { attentionMask }, { positionIds: new Tensor("int64", BigInt64Array.of(0n, 2n, 4n, 6n, 0n, 5n, 17n, 40n), [2, 4]) }]) {
+      const eager = await withFusion(false, () => model.call(ids, options));
+      await withFusion(true, () => model.call(ids, options)); // captures
+      const fused = await withFusion(true, () => model.call(ids, options));
+      expect(maxAbsDiff(fused.value.logits, eager.value.logits), JSON.stringify(Object.keys(options))).toBe(0);
+      // Positions given run the blocks' graphs (they may lie past the context, where the tables end).
+      if (!moe && !lengthDependent && !("positionIds" in options)) expect(fused.kernels).toBe(1);
+    }
+  });
+
+  it("positions given past a whole model's context (where its rotary tables end) are computed, as op by op does", async () => {
+    const model = await fixtureModel("stdlib-llama");
+    expect(model.fusible).toBe("whole");
+    const ids = new Tensor("int64", BigInt64Array.of(324n, 615n), [1, 2]);
+    const positionIds = new Tensor("int64", BigInt64Array.of(0n, 600n), [1, 2]); // its context is 512
+    await withFusion(true, () => model.call(ids)); // the whole graph made
+    const eager = await withFusion(false, () => model.call(ids, { positionIds }));
+    const fused = await withFusion(true, () => model.call(ids, { positionIds }));
+    expect(maxAbsDiff(fused.value.logits, eager.value.logits)).toBe(0);
+  });
+
+  it("a rotary model whose frequencies depend on the sequence length is not run whole, and its capture refuses the tables if made whole", async () => {
+    const model = await fixtureModel("phi3_longrope");
     expect(model.fusible).toBe(false);
-    // Made whole anyway: the capture itself must refuse the tables rather than bake them in.
-    model.fusible = "whole";
+    model.fusible = "whole"; // anyway: the capture itself must refuse rather than bake tables in
     const ids = new Tensor("int64", BigInt64Array.of(5n, 9n, 13n, 17n), [1, 4]);
     for (const positions of [[0, 1, 2, 3], [0, 2, 4, 6], [0, 5, 17, 40]]) {
       const positionIds = new Tensor("int64", BigInt64Array.from(positions.map(BigInt)), [1, 4]);
       const eager = await withFusion(false, () => model.call(ids, { positionIds }));
       const fused = await withFusion(true, () => model.call(ids, { positionIds }));
       expect(maxAbsDiff(fused.value.logits, eager.value.logits), positions.join()).toBe(0);
+      expect(fused.kernels).toBeGreaterThan(1);
     }
   });
+
   it("a cache made while a fused block hands its values out records real values, op by op's", async () => {
     const lm = await LanguageModel.load("stdlib-gpt2");
     const ids = new Tensor("int64", BigInt64Array.of(324n, 615n, 638n, 636n, 284n), [1, 5]);

@@ -36,7 +36,7 @@ export function fusedForward(module: Module, args: unknown[], hooks: ModuleHooks
   // Something inside is watched: the block may still run fused and hand out its modules' values (see replay).
   const watched = hooks !== null && (!hooks.watchesWithin || hooks.watchesWithin(module.path));
   if (watched && !hooks.replay) return null;
-  if (module.fusible === "whole" && !fewRows(args)) return null;
+  if (module.fusible === "whole" && !wholeTakes(args)) return null;
   const cache = cacheIn(args);
   if (cache) return watched ? null : fusedStep(module, args, hooks, forward, cache);
   if (watched && module.fusible === "whole" && holdingOff(module)) return null;
@@ -131,6 +131,8 @@ function fusableParams(module: Module): Map<Tensor, () => Tensor> | null {
     if (!t || t.isMeta || t.packed || (t.requiresGrad && isGradEnabled())) return null;
     params.set(t, slot.read);
   }
+  // Constant tensors the forward reads (rotary tables): fed like parameters, never frozen into the graph.
+  for (const m of [module, ...innerModules(module)]) for (const t of m.buffers()) params.set(t, () => t);
   return params;
 }
 
@@ -293,10 +295,15 @@ function holdingOff(model: Module): boolean {
  */
 const WHOLE_MODEL_ROWS = 32;
 
-/** Whether the first tensor among a whole model's arguments (its token ids) has at most WHOLE_MODEL_ROWS values. */
-function fewRows(args: readonly unknown[]): boolean {
+/**
+ * Whether a whole model's graph takes these arguments: its token ids (the first tensor) have at most
+ * WHOLE_MODEL_ROWS values, and no positions are given (they may lie past the model's context, where its rotary
+ * tables end; op by op computes them for any position).
+ */
+function wholeTakes(args: readonly unknown[]): boolean {
   const ids = args.find((a): a is Tensor => a instanceof Tensor);
-  return ids !== undefined && ids.numel() <= WHOLE_MODEL_ROWS;
+  const options = args.find((a): a is { positionIds?: unknown } => a !== null && typeof a === "object" && !(a instanceof Tensor));
+  return ids !== undefined && ids.numel() <= WHOLE_MODEL_ROWS && options?.positionIds === undefined;
 }
 
 /** Modules whose forward with a KV cache could not be captured (they run op by op with one). */

@@ -122,6 +122,14 @@ export abstract class Module {
    */
   fusible: boolean | "whole" = false;
 
+  /**
+   * Tensors its forward reads that are neither parameters nor arguments and never change (rotary tables): a graph
+   * captured from it takes them as inputs.
+   */
+  buffers(): Tensor[] {
+    return [];
+  }
+
   /** Children attached or detached after finalize, in any tree (fused graphs captured before are stale). */
   static treeChanges = 0;
 

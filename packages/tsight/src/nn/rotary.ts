@@ -108,6 +108,9 @@ export function ropeFrequencies(spec: RopeSpec, seqLen: number): { invFreq: Floa
   }
 }
 
+/** The largest cos and sin tables a rotary module makes for graphs (a small model's context, not Llama 3's 128k). */
+const MAX_TABLE_BYTES = 16 * 2 ** 20;
+
 /** The rope types whose frequencies depend on the sequence length of each forward. */
 const lengthDependent = (s: RopeScaling) => s.type === "dynamic" || s.type === "longrope";
 
@@ -119,10 +122,43 @@ const lengthDependent = (s: RopeScaling) => s.type === "dynamic" || s.type === "
 export class RotaryEmbedding extends Module {
   private readonly specs: Record<string, RopeSpec>;
   private readonly fixed = new Map<string, { invFreq: Float32Array; attentionScaling: number }>();
-  constructor(specs: RopeSpec | Record<string, RopeSpec>) {
+  /** Per layer type: cos and sin for every position below maxPositions (made when a graph first needs them). */
+  private readonly tables = new Map<string, [Tensor, Tensor]>();
+  constructor(
+    specs: RopeSpec | Record<string, RopeSpec>,
+    /** The model's context (max_position_embeddings), when its config gives one: the rows of the tables. */
+    private readonly maxPositions: number | null = null,
+  ) {
     super();
     this.specs = "dim" in specs && typeof specs.dim === "number" ? { "": specs as RopeSpec } : (specs as Record<string, RopeSpec>);
     for (const [type, spec] of Object.entries(this.specs)) if (!lengthDependent(spec.scaling)) this.fixed.set(type, ropeFrequencies(spec, 0));
+  }
+
+  /**
+   * Whether code captured into a graph (a whole model's) can take its cos and sin: from tables of every position,
+   * picked by the positions in the graph. Not for rope types whose frequencies depend on the sequence length, nor
+   * without a known context, nor for tables over MAX_TABLE_BYTES.
+   */
+  get capturable(): boolean {
+    if (this.maxPositions === null || this.fixed.size !== Object.keys(this.specs).length) return false;
+    const bytes = Object.values(this.specs).reduce((n, s) => n + 2 * 4 * this.maxPositions! * s.dim, 0);
+    return bytes <= MAX_TABLE_BYTES;
+  }
+
+  override buffers(): Tensor[] {
+    return this.capturable ? Object.keys(this.specs).flatMap((key) => this.table(key)) : [];
+  }
+
+  /** cos and sin [maxPositions, dim] of a fixed layer type: the values forward computes for each position. */
+  private table(key: string): [Tensor, Tensor] {
+    let known = this.tables.get(key);
+    if (!known) {
+      const rows = this.maxPositions!;
+      const positions = new Tensor("int64", BigInt64Array.from({ length: rows }, (_, i) => BigInt(i)), [1, rows]);
+      const [cos, sin] = this.tablesFor(key, positions);
+      this.tables.set(key, (known = [cos.reshape([rows, -1]), sin.reshape([rows, -1])]));
+    }
+    return known;
   }
   /** Rotated features per head (of the first layer type). */
   get dim(): number {
@@ -135,10 +171,20 @@ export class RotaryEmbedding extends Module {
 
   override async forward(_x: Tensor, positions: Tensor, layerType?: string): Promise<[Tensor, Tensor]> {
     const key = layerType ?? "";
-    const spec = this.specs[key];
-    if (!spec) throw new RangeError(`rotary_emb has no table for layer type "${key}"; it has ${Object.keys(this.specs).map((k) => `"${k}"`).join(", ")}`);
-    // The tables are computed here from the positions' values, which a graph (a whole model's) would bake in.
-    if (activeCapture()) throw new CaptureError("rotary tables are computed from the positions' values");
+    if (!this.specs[key]) throw new RangeError(`rotary_emb has no table for layer type "${key}"; it has ${Object.keys(this.specs).map((k) => `"${k}"`).join(", ")}`);
+    if (activeCapture()) {
+      // Computed from the positions' values, which a graph would bake in: picked from the tables by ops instead.
+      if (!this.capturable) throw new CaptureError("these rotary tables are computed from the positions' values");
+      const [B, T] = positions.shape as [number, number];
+      const at = positions.to("int64").reshape([B * T]);
+      return this.table(key).map((t) => t.indexSelect(0, at).reshape([B, T, -1])) as [Tensor, Tensor];
+    }
+    return this.tablesFor(key, positions);
+  }
+
+  /** cos and sin [B, T, dim] for positions [B, T], computed from their values. */
+  private tablesFor(key: string, positions: Tensor): [Tensor, Tensor] {
+    const spec = this.specs[key]!;
     const [B, T] = positions.shape as [number, number];
     const pos = positions.to("int64").data as BigInt64Array;
     let seqLen = 0;

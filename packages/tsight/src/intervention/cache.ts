@@ -77,7 +77,8 @@ export class Cache implements Recorder {
   }
 
   recordsWithin(path: string): boolean {
-    return !this.stopped && (this.prefixes === null || this.prefixes.some((p) => p.startsWith(`${path}.`)));
+    // Every module is within the model itself ("").
+    return !this.stopped && (this.prefixes === null || this.prefixes.some((p) => (path === "" ? p !== "" : p.startsWith(`${path}.`))));
   }
 
   /**

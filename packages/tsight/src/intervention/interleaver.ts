@@ -178,6 +178,10 @@ export class Interleaver implements ModuleHooks, Provider {
       },
       keep: (path, kind, value) => this.kept.set(`${kind}|${path}|${this.calls(this.entered, path) - 1}`, value),
       skipping: (path) => this.mediators.some((m) => m.skipping.has(path)),
+      hearReads: (heard) => {
+        this.hearers.add(heard);
+        return () => this.hearers.delete(heard);
+      },
       rewind: () => {
         // A cache made while the values were handed out already has the calls made before that: the run op by op
         // does them again, and must not record them twice (or record calls from before the cache was made).
@@ -202,6 +206,9 @@ export class Interleaver implements ModuleHooks, Provider {
     for (const key of this.kept.keys()) if (test(key.slice(key.indexOf("|") + 1, key.lastIndexOf("|")))) return true;
     return false;
   }
+
+  /** Listeners of answered reads (see Replay.hearReads). */
+  private readonly hearers = new Set<(value: string) => void>();
 
   /** Per recorder: the calls begun and ended when a replay it saw gave up; it does not record them again (see rewind). */
   private readonly muted = new Map<Recorder, { entered: Map<string, number>; exited: Map<string, number> }>();
@@ -304,6 +311,7 @@ export class Interleaver implements ModuleHooks, Provider {
       for (const m of this.mediators) {
         const due = m.take((r) => r.op !== "skip" && r.path === path && r.kind === kind && r.iteration === iteration);
         if (!due.length) continue;
+        if (this.hearers.size > 0 && due.some((r) => r.op === "read")) for (const heard of this.hearers) heard(`${kind}|${path}`);
         for (const r of due) this.answer(m, r);
         await this.settle();
       }

@@ -242,7 +242,16 @@ async function replay(block: Module, hooks: ModuleHooks, graph: FusedGraph, args
     if (!(e instanceof MustRun)) throw e;
     session.rewind();
     if (block.fusible === "whole" && !learned) holdOff(block);
-    return forward(args);
+    if (!learned) return forward(args);
+    // Learning: every value of the block's calls the code reads while it runs op by op is tapped from the next run.
+    const stop = session.hearReads((value) => {
+      if (known.paths.has(value.slice(value.indexOf("|") + 1))) taps.add(value);
+    });
+    try {
+      return await forward(args);
+    } finally {
+      stop();
+    }
   }
   if (block.fusible === "whole") holdOffs.delete(block);
   if (hooks.pass) for (const m of known.uncalled) hooks.pass(m);

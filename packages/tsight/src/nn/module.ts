@@ -56,6 +56,12 @@ export interface Replay {
    * its output for the other rows must then be computed, which the replay cannot do.
    */
   skipping(path: string): boolean;
+  /**
+   * Calls `heard` with each value a read is answered with from now on (as `input|PATH` or `output|PATH`), until the
+   * returned function is called: the run op by op after a replay tells what the code asks, so all of it can be
+   * tapped from the next run on (not one value per run).
+   */
+  hearReads(heard: (value: string) => void): () => void;
 }
 
 /** State shared by every module of one tree. */

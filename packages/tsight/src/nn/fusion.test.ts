@@ -577,6 +577,28 @@ describe("fused decoder blocks", () => {
     expect(maxAbsDiff(fused.value.logits, eager.value.logits)).toBe(0);
   });
 
+  it("a cached step past a whole model's context runs op by op once, and later generations keep the one-graph steps", async () => {
+    const model = await fixtureModel("llama");
+    const context = (model.config.maxPositions ?? 0) as number;
+    expect(context).toBeGreaterThan(0);
+    const ids = (length: number, shift = 0) => new Tensor("int64", BigInt64Array.from({ length }, (_, i) => BigInt(3 + ((i * 7 + shift) % 50))), [1, length]);
+    const steps = () => generate(model, ids(5), undefined, { maxNewTokens: 6, eosTokenId: null });
+    await withFusion(true, steps);
+    const before = (await withFusion(true, steps)).kernels;
+    // Through model.call with a cache, positions past the rotary tables: op by op's values.
+    const run = async () => {
+      const cache = new KVCache();
+      const out: Tensor[] = [];
+      out.push((await model.call(ids(context - 2), { cache })).logits as Tensor);
+      for (let s = 0; s < 4; s++) out.push((await model.call(ids(1, s), { cache })).logits as Tensor);
+      return out;
+    };
+    const eager = (await withFusion(false, run)).value;
+    const fused = (await withFusion(true, run)).value;
+    fused.forEach((t, i) => expect(maxAbsDiff(t, eager[i]!)).toBe(0));
+    expect((await withFusion(true, steps)).kernels).toBe(before);
+  });
+
   it("a rotary model whose frequencies depend on the sequence length is not run whole, and its capture refuses the tables if made whole", async () => {
     const model = await fixtureModel("phi3_longrope");
     expect(model.fusible).toBe(false);

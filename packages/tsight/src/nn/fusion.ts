@@ -36,7 +36,7 @@ export function fusedForward(module: Module, args: unknown[], hooks: ModuleHooks
   // Something inside is watched: the block may still run fused and hand out its modules' values (see replay).
   const watched = hooks !== null && (!hooks.watchesWithin || hooks.watchesWithin(module.path));
   if (watched && !hooks.replay) return null;
-  if (module.fusible === "whole" && !wholeTakes(args)) return null;
+  if (module.fusible === "whole" && (!wholeTakes(args) || wholeRefused.get(module) === Module.treeChanges)) return null;
   const cache = cacheIn(args);
   if (cache) return watched ? null : fusedStep(module, args, hooks, forward, cache);
   if (watched && module.fusible === "whole" && holdingOff(module)) return null;
@@ -76,6 +76,9 @@ export function fusedForward(module: Module, args: unknown[], hooks: ModuleHooks
     }
     remember(byArgs, signature, graph);
     if (!graph) {
+      // A whole model's forward that cannot be captured (routing reads values, an SAE without a graph form) will not
+      // be at other lengths either: it is not tried again until the module tree changes.
+      if (module.fusible === "whole") wholeRefused.set(module, Module.treeChanges);
       settleStale(module);
       return forward(args);
     }
@@ -297,6 +300,9 @@ function holdingOff(model: Module): boolean {
   return true;
 }
 
+/** Whole models whose capture failed, with the shape of the tree then (Module.treeChanges). */
+const wholeRefused = new WeakMap<Module, number>();
+
 /**
  * A whole model runs as one graph for at most this many rows (tokens over the batch). Its graph runs on one thread
  * (see tensor/engine.ts's smallWork); past this, its blocks' graphs do better. stdlib-gpt2, one graph against its
@@ -317,6 +323,11 @@ function wholeTakes(args: readonly unknown[]): boolean {
 
 /** Modules whose forward with a KV cache could not be captured (they run op by op with one). */
 const unfusibleSteps = new WeakSet<Module>();
+/**
+ * Modules whose step graph has run: a later failure of it is of that call's values (a whole model's positions past
+ * its rotary tables, through model.call with a long cache), which the step then runs op by op, not every step after.
+ */
+const stepsRan = new WeakSet<Module>();
 
 /** The KV cache among the arguments (an attention context's), if any. */
 function cacheIn(args: readonly unknown[]): KVCache | undefined {
@@ -356,8 +367,9 @@ function fusedStep(module: Module, args: unknown[], hooks: ModuleHooks | null, f
     let ran: { result: unknown; extra: Tensor[] };
     try {
       ran = runCaptureGeneric(captured.capture, captured.result, changed.flatMap(({ entry }) => [entry.keys, entry.values]), (t) => params.has(t));
+      stepsRan.add(module);
     } catch {
-      unfusibleSteps.add(module);
+      if (!stepsRan.has(module)) unfusibleSteps.add(module);
       return forward(args);
     }
     const { result, extra } = ran;

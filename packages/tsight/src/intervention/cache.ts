@@ -5,7 +5,7 @@
  * `cache.transformer.h[0].output` (rename aliases too), or `cache.get("transformer.h.0")`.
  */
 import { isPoint, type Module } from "../nn/index.js";
-import type { Recorder } from "./interleaver.js";
+import { isBelow, type Recorder } from "./interleaver.js";
 import type { ValueKind } from "./mediator.js";
 import { TraceError } from "./errors.js";
 import { detachAll, mapTensors, RowsError, selectRows, type Rows } from "./rows.js";
@@ -77,8 +77,7 @@ export class Cache implements Recorder {
   }
 
   recordsWithin(path: string): boolean {
-    // Every module is within the model itself ("").
-    return !this.stopped && (this.prefixes === null || this.prefixes.some((p) => (path === "" ? p !== "" : p.startsWith(`${path}.`))));
+    return !this.stopped && (this.prefixes === null || this.prefixes.some((p) => isBelow(p, path)));
   }
 
   /**

@@ -112,7 +112,7 @@ export class Interleaver implements ModuleHooks, Provider {
   }
 
   gaveBefore(path: string, kind: ValueKind): boolean {
-    return this.given.has(kind === "output" ? path : `${path}|input`);
+    return this.given.has(givenKey(path, kind));
   }
 
   watch(path: string, delta: number): void {
@@ -304,7 +304,7 @@ export class Interleaver implements ModuleHooks, Provider {
   // #endregion
 
   private async provide(path: string, kind: ValueKind, iteration: number, value: unknown): Promise<unknown> {
-    if (iteration === 0 && this.given.size < MAX_GIVEN) this.given.add(kind === "output" ? path : `${path}|input`);
+    if (iteration === 0 && this.given.size < MAX_GIVEN) this.given.add(givenKey(path, kind));
     const c: Current = { path, kind, iteration, value };
     this.current = c;
     try {
@@ -499,8 +499,13 @@ export class Interleaver implements ModuleHooks, Provider {
   }
 }
 
+/** The key of a module's value in the set of values given (see gaveBefore). */
+function givenKey(path: string, kind: ValueKind): string {
+  return kind === "output" ? path : `${path}|input`;
+}
+
 /** Whether the module at `path` is inside the one at `above` (every module is inside the model, at ""). */
-function isBelow(path: string, above: string): boolean {
+export function isBelow(path: string, above: string): boolean {
   if (above === "") return path !== "";
   return path.length > above.length && path.charCodeAt(above.length) === DOT && path.startsWith(above);
 }

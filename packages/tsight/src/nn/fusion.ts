@@ -10,8 +10,9 @@
  * A small model is fusible as a whole ("whole", see models/registry.ts): for a few tokens (WHOLE_MODEL_ROWS) its
  * forward, or a generation step, is one graph, which hands out values read inside it as a block's does (see
  * holdOffs for what a replacement found meanwhile costs). Its mask and positions are then made by ops
- * (nn/attention.ts), so the graph never bakes in one mask's values. A model whose forward reads values (rotary
- * tables are computed from the positions' values) is never captured whole: its blocks' graphs run as before.
+ * (nn/attention.ts), and its rotary cos and sin picked from tables of every position (nn/rotary.ts), so the graph
+ * never bakes in one call's values. A model whose forward still reads values (rope types that depend on the
+ * sequence length, MoE routing) is not captured whole: its blocks' graphs run as before.
  */
 import { argumentSignature, Capture, compileCapture, fusionEnabled, isGradEnabled, runCaptured, runCaptureGeneric, Tensor, UNKNOWN_VALUE, type CapturedCall, type FusedGraph } from "../tensor/index.js";
 import { decideTogether } from "../tensor/packing.js";
@@ -244,8 +245,10 @@ async function replay(block: Module, hooks: ModuleHooks, graph: FusedGraph, args
   } catch (e) {
     if (!(e instanceof MustRun)) throw e;
     session.rewind();
-    if (block.fusible === "whole" && !learned) holdOff(block);
-    if (!learned) return forward(args);
+    if (!learned) {
+      if (block.fusible === "whole") holdOff(block);
+      return forward(args);
+    }
     // Learning: every value of the block's calls the code reads while it runs op by op is tapped from the next run.
     const stop = session.hearReads((value) => {
       if (known.paths.has(value.slice(value.indexOf("|") + 1))) taps.add(value);

@@ -254,9 +254,9 @@ export function releaseWeight(array: object): void {
 export function runKernel(key: string, build: (g: GraphBuilder) => void, inputs: readonly RawTensor[], options: KernelOptions = {}): RawTensor[] {
   kernelRuns++;
   if (options.threads === undefined) {
-    const holds = options.largestHeld ?? options.holds ?? 0;
+    const largest = options.largestHeld ?? options.holds ?? 0;
     // A kernel holding weights has one form (each would hold a copy of them): its first call's work decides which.
-    const small = options.holds ? pinned.has(oneThreadKey(key)) || (!pinned.has(key) && smallWork(key, inputs, holds)) : smallWork(key, inputs, 0);
+    const small = options.holds ? pinned.has(oneThreadKey(key)) || (!pinned.has(key) && smallWork(key, inputs, largest)) : smallWork(key, inputs, 0);
     if (small) return kernel(oneThreadKey(key), build, { ...options, threads: 1 }).run(inputs);
   }
   return kernel(key, build, options).run(inputs);
@@ -289,8 +289,8 @@ function oneThreadKey(key: string): string {
   return k;
 }
 
-function smallWork(key: string, inputs: readonly RawTensor[], holds: number): boolean {
-  if (holds > SMALL_HELD || threadCount() === 1 || !THREADED_OPS.test(key)) return false;
+function smallWork(key: string, inputs: readonly RawTensor[], largestHeld: number): boolean {
+  if (largestHeld > SMALL_HELD || threadCount() === 1 || !THREADED_OPS.test(key)) return false;
   let fed = 0;
   for (const t of inputs) fed += t.data.byteLength;
   return fed <= SMALL_FED;

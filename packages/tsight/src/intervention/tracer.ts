@@ -522,16 +522,16 @@ export class TraceRun {
       }
       m.signal();
     };
-    runInInvoke({ model: this.target.model.tree, mediator: m }, () => {
-      try {
-        Promise.resolve(x.fn(envoy, new InvokeTracer(this, m))).then(
-          (v) => settle(true, v),
-          (e) => settle(false, e),
-        );
-      } catch (e) {
-        settle(false, e);
-      }
-    });
+    let ran: unknown;
+    try {
+      ran = runInInvoke({ model: this.target.model.tree, mediator: m }, () => x.fn(envoy, new InvokeTracer(this, m)));
+    } catch (e) {
+      return settle(false, e);
+    }
+    Promise.resolve(ran).then(
+      (v) => settle(true, v),
+      (e) => settle(false, e),
+    );
   }
 
   private recordError(e: unknown, m: Mediator): void {

@@ -13,28 +13,32 @@
  */
 import { LeftPassError } from "./errors.js";
 
-/** Set while a ValueRequest is made by tsight itself (the read), not derived from one by `.then`. */
-let makingRead = false;
+/** Never settles: what a derived promise becomes when the read it came from ended with the invoke leaving the pass. */
+const NEVER: Promise<never> = new Promise<never>(() => undefined);
+const nativeThen = Promise.prototype.then;
 
 export class ValueRequest<T = unknown> extends Promise<T> {
-  constructor(executor: (resolve: (value: T | PromiseLike<T>) => void, reject: (reason?: unknown) => void) => void) {
-    if (makingRead) {
-      makingRead = false;
-      super(executor);
-    } else {
-      // Derived by `.then`/`.catch`/`.finally`: the invoke leaving the pass ends the chain quietly.
-      super((resolve, reject) => executor(resolve, (e) => (e instanceof LeftPassError ? undefined : reject(e))));
-    }
-  }
-
   /** A read: `start` gets the functions that answer it. Not awaiting it is allowed (its failure is then dropped). */
   static read<T>(start: (resolve: (value: T) => void, reject: (reason: unknown) => void) => void): ValueRequest<T> {
-    makingRead = true;
     const p = new ValueRequest<T>(start);
-    p.then(undefined, () => undefined);
+    nativeThen.call(p, undefined, () => undefined);
     return p;
   }
+
+  /**
+   * Derived by `.then`/`.catch`/`.finally` (not by `await`: see below): the invoke leaving the pass ends the chain
+   * quietly. The derived promise is a ValueRequest too, so chains of any length do.
+   */
+  override then<A = T, B = never>(onFulfilled?: ((value: T) => A | PromiseLike<A>) | null, onRejected?: ((reason: unknown) => B | PromiseLike<B>) | null): Promise<A | B> {
+    const derived = nativeThen.call(this, onFulfilled, onRejected) as Promise<A | B>;
+    const quiet = new ValueRequest<A | B>((resolve, reject) => nativeThen.call(derived, resolve, (e: unknown) => (e instanceof LeftPassError ? resolve(NEVER) : reject(e))));
+    return quiet;
+  }
 }
+// `await read` takes the engine's fast path only for promises whose constructor is Promise itself: a subclass costs
+// two more promises and microtask turns at every read. Promise's own methods (Promise.prototype.then, which
+// `await` does not call, and the statics) then make plain promises; the override above covers code's `.then`.
+Object.defineProperty(ValueRequest.prototype, "constructor", { value: Promise, writable: true, configurable: true });
 
 export class Watched<T = unknown> extends Promise<T> {
   /** Whether intervention code called `then` (directly, or by awaiting it). */

@@ -6,8 +6,7 @@
  * walking them from newest to oldest is a valid reverse topological order and is exactly reverse forward order,
  * which is the order users see gradient hooks fire in.
  */
-import type { AsyncLocalStorage } from "node:async_hooks";
-import { lazyNode } from "./node.js";
+import { AsyncScope } from "./async-scope.js";
 import type { Tensor } from "./tensor.js";
 import { GradError } from "./errors.js";
 
@@ -29,22 +28,11 @@ export class GradNode {
 export type GradHook = (grad: Tensor) => Tensor | void | Promise<Tensor | void>;
 
 let gradEnabled = true;
-/** The noGrad scopes of async functions, carried across their awaits (Node's AsyncLocalStorage). */
-let scopes: AsyncLocalStorage<boolean> | null | undefined;
-
-function asyncScopes(): AsyncLocalStorage<boolean> | null {
-  if (scopes === undefined) {
-    try {
-      scopes = new (lazyNode<typeof import("node:async_hooks")>("node:async_hooks").AsyncLocalStorage)<boolean>();
-    } catch {
-      scopes = null; // not in Node: async functions are not scoped
-    }
-  }
-  return scopes;
-}
+/** The noGrad scopes of async functions, carried across their awaits. */
+const scopes = new AsyncScope<boolean>();
 
 export function isGradEnabled(): boolean {
-  return gradEnabled && (scopes?.getStore() ?? true);
+  return gradEnabled && (scopes.get() ?? true);
 }
 
 /**
@@ -55,8 +43,7 @@ export function noGrad<T>(fn: () => T): T {
   const before = gradEnabled;
   gradEnabled = false;
   try {
-    const scoped = asyncScopes();
-    return scoped ? scoped.run(false, fn) : fn();
+    return scopes.run(false, fn);
   } finally {
     gradEnabled = before;
   }

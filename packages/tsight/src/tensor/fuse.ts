@@ -7,18 +7,15 @@
  * op-by-op path has them (packing.ts); inputs and shape vectors are fed, so one graph serves every shape; small
  * values the code makes (scalars) are constants.
  */
-import type { AsyncLocalStorage } from "node:async_hooks";
 import { isGradEnabled } from "./autograd.js";
 import type { DType, StorageArray, TypedArray } from "./dtype.js";
 import { hasKernel, releaseKernel, retainKernel, type RawTensor } from "./engine.js";
 import { boundKey, bytesOf, decideTogether, mayCopyWeights, packs, runHolding } from "./packing.js";
-import { lazyNode } from "./node.js";
+import { AsyncScope } from "./async-scope.js";
 import type { GraphBuilder } from "./onnx.js";
 import type { OutSpec, Primitive } from "./primitive.js";
 import { switchSetting } from "./settings.js";
 import { Tensor } from "./tensor.js";
-
-const asyncHooks = lazyNode<typeof import("node:async_hooks")>("node:async_hooks");
 
 /** The code being captured cannot be: it reads data, or runs an op with no graph form. */
 export class CaptureError extends Error {
@@ -114,16 +111,16 @@ export class Capture {
   }
 }
 
-let storage: AsyncLocalStorage<Capture> | undefined;
+const captures = new AsyncScope<Capture>();
 
 /** The capture the running code belongs to, if any (ops record into it instead of running). */
 export function activeCapture(): Capture | undefined {
-  return storage?.getStore();
+  return captures.get();
 }
 
 /** Runs `work` (which may await) with every op it runs recorded in `capture`. */
 export function runCaptured<T>(capture: Capture, work: () => Promise<T>): Promise<T> {
-  return (storage ??= new asyncHooks.AsyncLocalStorage<Capture>()).run(capture, work);
+  return captures.run(capture, work);
 }
 
 let fusionSet: boolean | null = null;

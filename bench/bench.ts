@@ -1,6 +1,8 @@
 /**
  * `npm run bench`: tsight's speed as ratios against references measured in the same run (these machines are
- * noisy; absolute times mean little).
+ * noisy; absolute times mean little). tsight is measured as users run it, the built package (packages/tsight/dist,
+ * which the script builds first): its sources run through tsx's transform pay for the helpers that keep function
+ * names, about 10 µs of a module read's 27 on stdlib-gpt2.
  *
  *   - What researchers run instead: Hugging Face transformers on PyTorch 2 (CPU), set up by bench/python/setup.sh
  *     into the ignored .venv-bench from the machine's local package index (TSIGHT_BENCH_HF=0 skips it): the
@@ -20,9 +22,9 @@
 import { execFileSync } from "node:child_process";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { Model } from "../packages/tsight/src/intervention/index.js";
-import { generate } from "../packages/tsight/src/models/index.js";
-import { engineStats, setPrepack, Tensor, threadCount } from "../packages/tsight/src/tensor/index.js";
+import { Model } from "../packages/tsight/dist/intervention/index.js";
+import { generate } from "../packages/tsight/dist/models/index.js";
+import { engineStats, setPrepack, Tensor, threadCount } from "../packages/tsight/dist/tensor/index.js";
 import { randomGpt2Small } from "./gpt2-small.js";
 import { fixtureErrors } from "./fixture-errors.js";
 import { generationOverhead, interventionOverhead, type Overhead } from "./overhead.js";

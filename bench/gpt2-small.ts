@@ -2,8 +2,8 @@
  * A GPT-2-small-sized model (12 layers, d=768, 12 heads, vocab 50257, 1024 positions) with seeded random weights,
  * for benchmarks: the architecture and sizes of the real thing without a download.
  */
-import { buildModel, type CausalLM } from "../packages/tsight/src/models/index.js";
-import { Generator, Tensor } from "../packages/tsight/src/tensor/index.js";
+import { buildModel, type CausalLM } from "../packages/tsight/dist/models/index.js";
+import { Generator, Tensor } from "../packages/tsight/dist/tensor/index.js";
 
 export const gpt2SmallConfig = {
   model_type: "gpt2",

@@ -20,10 +20,10 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { LanguageModel, type ModelLoadOptions } from "../packages/tsight/src/intervention/index.js";
-import { generate } from "../packages/tsight/src/models/index.js";
-import type { Module } from "../packages/tsight/src/nn/index.js";
-import { Tensor, threadCount } from "../packages/tsight/src/tensor/index.js";
+import { LanguageModel, type ModelLoadOptions } from "../packages/tsight/dist/intervention/index.js";
+import { generate } from "../packages/tsight/dist/models/index.js";
+import type { Module } from "../packages/tsight/dist/nn/index.js";
+import { Tensor, threadCount } from "../packages/tsight/dist/tensor/index.js";
 
 const thisFile = fileURLToPath(import.meta.url);
 export const repoRoot = path.resolve(path.dirname(thisFile), "..");

@@ -12,7 +12,7 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { LanguageModel } from "../packages/tsight/src/client/index.js";
+import { LanguageModel } from "../packages/tsight/dist/client/index.js";
 import { startServer } from "../packages/server/src/server/index.js";
 import { RedisLayout } from "../packages/server/src/server/redis/connection.js";
 import { RedisKeyStore } from "../packages/server/src/server/redis/key-store.js";

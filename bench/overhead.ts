@@ -2,9 +2,9 @@
  * What tracing costs on top of the forward pass: an empty trace, and each read or replacement of a module value,
  * measured on stdlib-gpt2 (5 tokens) with rounds interleaved so drift hits every variant alike.
  */
-import { LanguageModel } from "../packages/tsight/src/intervention/index.js";
-import type { GPT2LMHeadModel } from "../packages/tsight/src/models/index.js";
-import { Tensor } from "../packages/tsight/src/tensor/index.js";
+import { LanguageModel } from "../packages/tsight/dist/intervention/index.js";
+import type { GPT2LMHeadModel } from "../packages/tsight/dist/models/index.js";
+import { Tensor } from "../packages/tsight/dist/tensor/index.js";
 
 const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 

@@ -13,8 +13,8 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { LanguageModel } from "../packages/tsight/src/intervention/index.js";
-import { Generator, Tensor } from "../packages/tsight/src/tensor/index.js";
+import { LanguageModel } from "../packages/tsight/dist/intervention/index.js";
+import { Generator, Tensor } from "../packages/tsight/dist/tensor/index.js";
 import { answer, llama1bFolder, loadOptions, runTsChild, weightsDType } from "./llama1b.js";
 
 const thisFile = fileURLToPath(import.meta.url);

@@ -5,10 +5,10 @@
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { LanguageModel } from "../packages/tsight/src/client/index.js";
+import { LanguageModel } from "../packages/tsight/dist/client/index.js";
 import { startServer } from "../packages/server/src/server/index.js";
-import type { GPT2LMHeadModel } from "../packages/tsight/src/models/index.js";
-import { Tensor } from "../packages/tsight/src/tensor/index.js";
+import type { GPT2LMHeadModel } from "../packages/tsight/dist/models/index.js";
+import { Tensor } from "../packages/tsight/dist/tensor/index.js";
 
 const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 

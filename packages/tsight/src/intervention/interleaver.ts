@@ -233,7 +233,7 @@ export class Interleaver implements ModuleHooks, Provider {
     return n;
   }
 
-  call(module: Module, args: unknown[], forward: (args: unknown[]) => Promise<unknown>): Promise<unknown> {
+  call(module: Module, args: unknown[], forward: (args: unknown[]) => unknown): Promise<unknown> {
     try {
       return this.enter(module, args, forward);
     } catch (e) {
@@ -241,8 +241,8 @@ export class Interleaver implements ModuleHooks, Provider {
     }
   }
 
-  private enter(module: Module, args: unknown[], forward: (args: unknown[]) => Promise<unknown>): Promise<unknown> {
-    if (this.bypass > 0) return forward(args);
+  private enter(module: Module, args: unknown[], forward: (args: unknown[]) => unknown): Promise<unknown> {
+    if (this.bypass > 0) return Promise.resolve(forward(args));
     this.checkpoint?.();
     this.checkEnding();
     const path = module.path;
@@ -269,15 +269,19 @@ export class Interleaver implements ModuleHooks, Provider {
     return this.kept.size === 0 && this.recorders.length === 0 && !this.interest.has(path);
   }
 
-  private async callWatched(path: string, iteration: number, direct: number, args: unknown[], forward: (args: unknown[]) => Promise<unknown>): Promise<unknown> {
+  private async callWatched(path: string, iteration: number, direct: number, args: unknown[], forward: (args: unknown[]) => unknown): Promise<unknown> {
     if (this.kept.size > 0) args = (this.takeKept("input", path, iteration) as unknown[] | undefined) ?? args;
     const watched = this.interest.has(path);
-    if (watched) args = (await this.provide(path, "input", iteration, args)) as unknown[];
+    if (watched) {
+      const given = this.provide(path, "input", iteration, args);
+      args = (given instanceof Promise ? await given : given) as unknown[];
+    }
     for (const r of this.recorders) if (!this.isMuted(r, "input", path, iteration)) r.record(path, "input", args, this.batch);
     const skips = watched ? this.collectSkips(path, iteration) : [];
     let out: unknown;
     try {
-      out = skips.length ? await this.runSkipping(skips, args, forward) : await forward(args);
+      const ran = skips.length ? this.runSkipping(skips, args, forward) : forward(args);
+      out = ran instanceof Promise ? await ran : ran;
     } catch (e) {
       // The call did not happen (a fused block's replay goes back to run op by op): that run skips it again.
       for (const { mediator, request } of skips) {
@@ -289,13 +293,25 @@ export class Interleaver implements ModuleHooks, Provider {
       for (const { mediator } of skips) mediator.skipping.delete(path);
     }
     this.exited.set(path, direct);
-    return this.returned(path, iteration, out);
+    const result = this.returned(path, iteration, out);
+    return result instanceof Promise ? await result : result;
   }
 
-  /** A module's call has returned `out`: replaced, provided and recorded as asked. */
-  private async returned(path: string, iteration: number, out: unknown): Promise<unknown> {
+  /**
+   * A module's call has returned `out`: replaced, provided and recorded as asked. Synchronous unless an invoke is
+   * answered (it then runs until it settles): every await costs a microtask turn, and a trace takes many of these.
+   */
+  private returned(path: string, iteration: number, out: unknown): unknown {
     if (this.kept.size > 0) out = this.takeKept("output", path, iteration) ?? out;
-    if (this.interest.has(path)) out = await this.provide(path, "output", iteration, out);
+    if (this.interest.has(path)) {
+      const given = this.provide(path, "output", iteration, out);
+      if (given instanceof Promise) return given.then((v) => this.recordOutput(path, iteration, v));
+      out = given;
+    }
+    return this.recordOutput(path, iteration, out);
+  }
+
+  private recordOutput(path: string, iteration: number, out: unknown): unknown {
     for (const r of this.recorders) if (!this.isMuted(r, "output", path, iteration)) r.record(path, "output", out, this.batch);
     this.checkEnding();
     return out;
@@ -303,8 +319,19 @@ export class Interleaver implements ModuleHooks, Provider {
 
   // #endregion
 
-  private async provide(path: string, kind: ValueKind, iteration: number, value: unknown): Promise<unknown> {
+  /** Gives a module's value to the invokes that asked for it: at once (no promise) when none did. */
+  private provide(path: string, kind: ValueKind, iteration: number, value: unknown): unknown {
     if (iteration === 0 && this.given.size < MAX_GIVEN) this.given.add(givenKey(path, kind));
+    return this.isDue(path, kind, iteration) ? this.answerDue(path, kind, iteration, value) : value;
+  }
+
+  /** Whether an invoke asked for (or replaces) this value. */
+  private isDue(path: string, kind: ValueKind, iteration: number): boolean {
+    for (const m of this.mediators) for (const r of m.requests) if (r.op !== "skip" && r.path === path && r.kind === kind && r.iteration === iteration) return true;
+    return false;
+  }
+
+  private async answerDue(path: string, kind: ValueKind, iteration: number, value: unknown): Promise<unknown> {
     const c: Current = { path, kind, iteration, value };
     this.current = c;
     try {
@@ -370,7 +397,7 @@ export class Interleaver implements ModuleHooks, Provider {
   }
 
   /** Runs a module some invokes skip: not at all if the skips cover the batch, else for all and then replaced. */
-  private async runSkipping(skips: { mediator: Mediator; value: unknown }[], args: unknown[], forward: (args: unknown[]) => Promise<unknown>): Promise<unknown> {
+  private async runSkipping(skips: { mediator: Mediator; value: unknown }[], args: unknown[], forward: (args: unknown[]) => unknown): Promise<unknown> {
     const whole = skips.find((s) => s.mediator.rows === null);
     const covered = skips.reduce((n, s) => n + (s.mediator.rows?.length ?? this.batch), 0);
     let out: unknown;

@@ -212,9 +212,14 @@ async function replay(block: Module, hooks: ModuleHooks, graph: FusedGraph, args
     hooks.pass!(call.owner as Module);
     call.children.forEach(count);
   };
-  const give = async (call: CapturedCall): Promise<void> => {
+  // Synchronous where it can be (a call counted, a call with no calls inside): a trace takes many of these, and
+  // every await costs a microtask turn.
+  const give = (call: CapturedCall): Promise<void> | void => {
     const module = call.owner as Module;
     if (quiet(module.path)) return count(call);
+    return giveWatched(call, module);
+  };
+  const giveWatched = async (call: CapturedCall, module: Module): Promise<void> => {
     const input = real(call.args);
     const output = real(call.out);
     const gives = { input: input !== UNKNOWN_VALUE, output: output !== UNKNOWN_VALUE };
@@ -223,7 +228,7 @@ async function replay(block: Module, hooks: ModuleHooks, graph: FusedGraph, args
     // them now or while they are handed out would have made the module run).
     const args_ = gives.input ? (input as unknown[]) : call.args;
     const out = gives.output ? output : call.out;
-    const got = await hooks.call(module, args_, async (a) => {
+    const handOut = (a: unknown[]): unknown => {
       // Skipped as it was handed out, for some rows (code that reads the input and then skips the module).
       if (session.skipping(module.path)) throw new MustRun();
       // Replaced as it was handed out (code that reads a value and then replaces it).
@@ -231,17 +236,26 @@ async function replay(block: Module, hooks: ModuleHooks, graph: FusedGraph, args
         session.keep(module.path, "input", a);
         throw new MustRun();
       }
-      for (const c of call.children) await give(c);
+      return call.children.length ? giveAll(call.children).then(done) : done();
+    };
+    const done = (): unknown => {
       if (session.needsRun(module.path, gives, learn)) throw new MustRun();
       return out;
-    });
+    };
+    const got = await hooks.call(module, args_, handOut);
     if (got !== out) {
       session.keep(module.path, "output", got);
       throw new MustRun();
     }
   };
+  const giveAll = async (list: readonly CapturedCall[]): Promise<void> => {
+    for (const c of list) {
+      const given = give(c);
+      if (given) await given;
+    }
+  };
   try {
-    for (const call of calls) await give(call);
+    await giveAll(calls);
   } catch (e) {
     if (!(e instanceof MustRun)) throw e;
     session.rewind();

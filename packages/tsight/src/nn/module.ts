@@ -12,7 +12,8 @@ import { fusedForward } from "./fusion.js";
  * replace arguments, skip `forward`, and replace the output.
  */
 export interface ModuleHooks {
-  call(module: Module, args: unknown[], forward: (args: unknown[]) => Promise<unknown>): Promise<unknown>;
+  /** `forward` may return its result itself rather than a promise of it (a fused block's replay does). */
+  call(module: Module, args: unknown[], forward: (args: unknown[]) => unknown): Promise<unknown>;
   /**
    * Whether anything reads, replaces or records the module at `path` (optional, with `pass`: hooks without it are
    * taken to watch everything). A forward computes an operation point nobody watches the fast way (one fused kernel).

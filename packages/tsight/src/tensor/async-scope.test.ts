@@ -1,0 +1,50 @@
+import { describe, expect, it } from "vitest";
+import { AsyncScope } from "./async-scope.js";
+
+const tick = () => new Promise<void>((r) => setTimeout(r, 1));
+
+describe("AsyncScope", () => {
+  it("carries a run's value across its awaits, apart from code running meanwhile, and nests", async () => {
+    const scope = new AsyncScope<string>();
+    const seen: (string | undefined)[] = [];
+    const a = scope.run("a", async () => {
+      await tick();
+      seen.push(scope.get());
+      await scope.run("inner", async () => {
+        await tick();
+        seen.push(scope.get());
+      });
+      seen.push(scope.get());
+    });
+    const b = scope.run("b", async () => {
+      await tick();
+      seen.push(scope.get());
+    });
+    seen.push(scope.get());
+    await Promise.all([a, b]);
+    expect(seen.sort()).toEqual(["a", "a", "b", "inner", undefined].sort());
+  });
+
+  it("is off once no run is in flight: code a run left behind sees no value, and a later run works again", async () => {
+    const scope = new AsyncScope<number>();
+    let resumeLeftover!: () => void;
+    let leftoverSaw: number | undefined = -1;
+    await scope.run(1, async () => {
+      // Detached: continues after the run's own promise has settled.
+      void new Promise<void>((r) => (resumeLeftover = r)).then(() => (leftoverSaw = scope.get()));
+    });
+    resumeLeftover();
+    await tick();
+    expect(leftoverSaw).toBeUndefined();
+    expect(await scope.run(2, async () => (await tick(), scope.get()))).toBe(2);
+    expect(scope.get()).toBeUndefined();
+  });
+
+  it("ends a run whose function throws or returns a plain value, and passes both through", async () => {
+    const scope = new AsyncScope<number>();
+    expect(() => scope.run(1, () => { throw new Error("boom"); })).toThrow("boom");
+    expect(scope.run(2, () => scope.get())).toBe(2);
+    await expect(scope.run(3, async () => { await tick(); throw new Error("late"); })).rejects.toThrow("late");
+    expect(await scope.run(4, async () => (await tick(), scope.get()))).toBe(4);
+  });
+});

@@ -138,7 +138,7 @@ function bestOurs(runs: Ours[]): Ours {
 }
 
 /**
- * The fastest forward of the runs; the overheads (differences of two medians) averaged over them, since the
+ * The fastest forward of the runs; the overheads (medians of differences within rounds) averaged over them, since the
  * smallest of several differences favours whichever run drifted the right way.
  */
 function bestOverhead(runs: Overhead[]): Overhead {

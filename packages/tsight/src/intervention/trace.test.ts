@@ -1,6 +1,7 @@
 /** The tracing suite, in process. */
-import { beforeAll, describe, it } from "vitest";
+import { afterAll, beforeAll, describe, it } from "vitest";
 import { fixtureFolder, type HfFixtureName } from "../../../../test/fixtures.js";
+import { setFusion } from "../tensor/index.js";
 import { LanguageModel } from "./language-model.js";
 import { pointCases } from "./points.case.js";
 import { generateCases } from "./generate.case.js";
@@ -12,20 +13,26 @@ async function loadArch(arch: HfFixtureName): Promise<LanguageModel> {
   return LanguageModel.load(fixtureFolder(arch));
 }
 
-describe("tracing (in process)", () => {
-  const archs = new Map<string, Promise<LanguageModel>>();
-  const backend = {} as TraceBackend;
-  beforeAll(async () => {
-    Object.assign(backend, {
-      options: (extra = {}) => extra,
-      gpt2: await LanguageModel.load("stdlib-gpt2"),
-      llama: await LanguageModel.load("stdlib-llama"),
-      renamed: (rename) => LanguageModel.load("stdlib-gpt2", { rename }) as never,
-      arch: (name) => {
-        if (!archs.has(name)) archs.set(name, loadArch(name));
-        return archs.get(name)!;
-      },
-    } satisfies TraceBackend);
+// Fusion is invisible: the whole suite again with every op its own kernel (TSIGHT_FUSE=0), where nothing is fused or
+// replayed, must give the same answers (each case checks Hugging Face's numbers, or equality with the unedited run).
+for (const fused of [true, false]) {
+  describe(fused ? "tracing (in process)" : "tracing (in process, nothing fused)", () => {
+    const archs = new Map<string, Promise<LanguageModel>>();
+    const backend = {} as TraceBackend;
+    beforeAll(async () => {
+      setFusion(fused ? null : false);
+      Object.assign(backend, {
+        options: (extra = {}) => extra,
+        gpt2: await LanguageModel.load("stdlib-gpt2"),
+        llama: await LanguageModel.load("stdlib-llama"),
+        renamed: (rename) => LanguageModel.load("stdlib-gpt2", { rename }) as never,
+        arch: (name) => {
+          if (!archs.has(name)) archs.set(name, loadArch(name));
+          return archs.get(name)!;
+        },
+      } satisfies TraceBackend);
+    });
+    afterAll(() => setFusion(null));
+    for (const c of [...traceCases, ...generateCases, ...pointCases, ...trainCases]) it(c.name, () => c.run(backend));
   });
-  for (const c of [...traceCases, ...generateCases, ...pointCases, ...trainCases]) it(c.name, () => c.run(backend));
-});
+}

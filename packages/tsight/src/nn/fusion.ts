@@ -39,7 +39,11 @@ export function fusedForward(module: Module, args: unknown[], hooks: ModuleHooks
   if (watched && !hooks.replay) return null;
   if (module.fusible === "whole" && (!wholeTakes(args) || wholeRefused.get(module) === Module.treeChanges)) return null;
   const cache = cacheIn(args);
-  if (cache) return watched ? null : fusedStep(module, args, hooks, forward, cache);
+  if (cache) {
+    // Positions past a whole model's rotary tables: op by op computes them (its graph would fail on them).
+    if (watched || (module.fusible === "whole" && cache.length + tokensIn(args) > positionsOf(module))) return null;
+    return fusedStep(module, args, hooks, forward, cache);
+  }
   if (watched && module.fusible === "whole" && holdingOff(module)) return null;
   const signature = argumentSignature(args);
   if (signature === null) return null;
@@ -336,6 +340,18 @@ function wholeTakes(args: readonly unknown[]): boolean {
   const ids = args.find((a): a is Tensor => a instanceof Tensor);
   const options = args.find((a): a is { positionIds?: unknown } => a !== null && typeof a === "object" && !(a instanceof Tensor));
   return ids !== undefined && ids.numel() <= WHOLE_MODEL_ROWS && options?.positionIds === undefined;
+}
+
+/** The tokens per row of a model's call (its token ids, the first tensor, are [batch, tokens]). */
+function tokensIn(args: readonly unknown[]): number {
+  return args.find((a): a is Tensor => a instanceof Tensor)?.shape[1] ?? 0;
+}
+
+/** The positions a whole model's graph can take: the fewest of its modules' (see Module.capturedPositions). */
+function positionsOf(model: Module): number {
+  let n = Infinity;
+  for (const m of innerModules(model)) n = Math.min(n, m.capturedPositions ?? Infinity);
+  return n;
 }
 
 /** Modules whose forward with a KV cache could not be captured (they run op by op with one). */

@@ -137,6 +137,14 @@ export abstract class Module {
     return [];
   }
 
+  /**
+   * The positions a graph capturing this module can take (its buffers are tables of them, as a RotaryEmbedding's),
+   * or null: no bound. Past it, a whole model's step runs op by op.
+   */
+  get capturedPositions(): number | null {
+    return null;
+  }
+
   /** Children attached or detached after finalize, in any tree (fused graphs captured before are stale). */
   static treeChanges = 0;
 

@@ -145,6 +145,10 @@ export class RotaryEmbedding extends Module {
     return bytes <= MAX_TABLE_BYTES;
   }
 
+  override get capturedPositions(): number | null {
+    return this.capturable ? this.maxPositions : null;
+  }
+
   override buffers(): Tensor[] {
     return this.capturable ? Object.keys(this.specs).flatMap((key) => this.table(key)) : [];
   }

@@ -3,7 +3,8 @@
  *
  * Inside the function, `await g.grad(t)` is the gradient of `loss` with respect to `t` (any module value read in
  * the trace, or a tensor computed from one), and `g.setGrad(t, x)` replaces the gradient that flows further back
- * from `t`. Gradients arrive in reverse forward order, as the backward pass computes them. An invoke's values are
+ * from `t`. Gradients arrive in reverse forward order, as the backward pass computes them (values one op made
+ * together, and the graph's leaves, which come last, in any order among themselves). An invoke's values are
  * rows of batch-wide tensors, so its gradients are those rows only: nothing leaks between invokes.
  */
 import { runBackwardAsync, Tensor, type GradNode } from "../tensor/index.js";
@@ -29,6 +30,14 @@ export class GradScope {
   private readonly replacements = new Map<Tensor, { source: GradSource; value: Tensor | ((g: Tensor) => Tensor); origin: Error }[]>();
   /** Gradients complete right now (their hooks are running). */
   private readonly current = new Map<Tensor, Tensor>();
+  /**
+   * Gradients whose hooks have run while the walk is still at the op that made them: values one op made together
+   * (q, k and v out of one split; or several read values that are leaves of the graph, which the walk reaches last,
+   * all at once) are asked for in any order among themselves.
+   */
+  private readonly settled = new Map<Tensor, Tensor>();
+  /** Values whose gradients have gone by: their hooks ran and the walk went on past them. */
+  private readonly gone = new Set<Tensor>();
   private position = Infinity;
   private finished = false;
   private wake: (() => void) | null = null;
@@ -49,7 +58,7 @@ export class GradScope {
     const origin = new Error();
     return new Promise((resolve, reject) => {
       const source = this.sourceOf(t, "grad");
-      const now = this.current.get(source.leaf);
+      const now = this.current.get(source.leaf) ?? this.settled.get(source.leaf);
       if (now) return resolve(rowsOf(now, source));
       if (this.passed(source.leaf)) return reject(new TraceError("the gradient of this value has already gone by: ask for gradients in reverse forward order (later values first)", origin));
       this.pending.push({ source, resolve, reject, origin });
@@ -67,7 +76,7 @@ export class GradScope {
       this.current.set(source.leaf, this.apply(now, source, value, origin));
       return;
     }
-    if (this.passed(source.leaf)) throw new TraceError("setGrad: the gradient of this value has already flowed back: set gradients in reverse forward order", origin);
+    if (this.settled.has(source.leaf) || this.passed(source.leaf)) throw new TraceError("setGrad: the gradient of this value has already flowed back: set gradients in reverse forward order", origin);
     const list = this.replacements.get(source.leaf) ?? [];
     list.push({ source, value, origin });
     this.replacements.set(source.leaf, list);
@@ -83,7 +92,7 @@ export class GradScope {
   }
 
   private passed(leaf: Tensor): boolean {
-    return leaf.gradNode !== null && leaf.gradNode.seq > this.position;
+    return this.gone.has(leaf) || (leaf.gradNode !== null && leaf.gradNode.seq > this.position);
   }
 
   private apply(g: Tensor, source: GradSource, value: Tensor | ((g: Tensor) => Tensor), origin: Error): Tensor {
@@ -144,6 +153,7 @@ export class GradScope {
           this.replacements.delete(leaf);
           grad = this.current.get(leaf)!;
           this.current.delete(leaf);
+          this.settled.set(leaf, grad);
           return grad === g ? undefined : grad;
         }),
       );
@@ -156,13 +166,26 @@ export class GradScope {
     await this.untilBlocked();
     for (const p of this.pending) this.hookLeaf(p.source.leaf);
     for (const leaf of this.replacements.keys()) this.hookLeaf(leaf);
-    const onNode = (node: GradNode) => void (this.position = node.seq);
+    const onNode = (node: GradNode) => {
+      this.position = node.seq;
+      for (const leaf of this.settled.keys()) this.gone.add(leaf);
+      this.settled.clear();
+      // A value asked for comes out of this op with others: their gradients are kept too (see settled).
+      if (node.outputs.length > 1 && node.outputs.some((o) => this.hooked.has(o))) for (const o of node.outputs) this.hookLeaf!(o);
+    };
+    // The graph's leaves (values read first in the trace, among them) come last, together: all kept (see settled).
+    const beforeLeaves = (leaves: ReadonlySet<Tensor>) => {
+      for (const leaf of this.settled.keys()) this.gone.add(leaf);
+      this.settled.clear();
+      for (const leaf of leaves) this.hookLeaf!(leaf);
+    };
     try {
-      await runBackwardAsync(loss, Tensor.full(loss.shape, 1), onNode);
+      await runBackwardAsync(loss, Tensor.full(loss.shape, 1), onNode, beforeLeaves);
     } finally {
       for (const remove of removers) remove();
       this.hookLeaf = null;
       this.finished = true;
+      this.settled.clear();
     }
     for (const p of this.pending.splice(0)) p.reject(new TraceError("no gradient reached this value: the loss does not depend on it", p.origin));
   }

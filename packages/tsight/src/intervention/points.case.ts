@@ -8,7 +8,10 @@
 import { expect } from "vitest";
 import { fixture, fixtureWeights, hfFixtures, maxAbsDiff, ref, type HfFixtureName } from "../../../../test/fixtures.js";
 import { tensor, Tensor } from "../tensor/index.js";
+import { OutOfOrderError } from "./errors.js";
 import type { TraceCase } from "./trace.case.js";
+
+const PROMPT = "def __init__(self";
 
 /** Layer `i`'s attention module and its output projection, per architecture. */
 function attentionOf(arch: HfFixtureName, i: number): { path: string; proj: string } {
@@ -297,6 +300,82 @@ export const pointCases: TraceCase[] = [
         b.options({ vars: { columnMask: tensor(Array.from({ length: 256 }, (_, i) => (i < 64 ? 0 : 1))) } }),
       );
       expect(out.generated.tolist()).toEqual(viaProj.generated.tolist());
+    },
+  },
+  {
+    name: "reading scores and pattern at every generation step changes no logit to the bit: attention step by step computes as the fused kernel does, one query row included",
+    async run(b) {
+      for (const lm of [b.gpt2, b.llama]) {
+        const steps = (watch: boolean) =>
+          lm.generate(
+            "def __init__(self",
+            { maxNewTokens: 5 },
+            async (m: any, tr) => {
+              const attn = (i: number) => (tr.vars.gpt ? m.transformer.h[i].attn : m.model.layers[i].self_attn);
+              const logits: Tensor[] = [];
+              for await (const _ of tr.all()) {
+                if (tr.vars.watch) await attn(0).source.scores.output, await attn(1).source.pattern.output;
+                logits.push((await m.lm_head.output) as Tensor);
+              }
+              return logits;
+            },
+            b.options({ vars: { gpt: lm === b.gpt2 ? 1 : 0, watch: watch ? 1 : 0 } }),
+          );
+        const [plain, watched] = [(await steps(false)).value, (await steps(true)).value];
+        expect(watched.length).toBe(5);
+        watched.forEach((t, i) => expect(maxAbsDiff(t, plain[i]!)).toBe(0));
+      }
+    },
+  },
+  {
+    name: "a point asked for after a later one of its layer is out of order (q after pattern, v after z), whether the model ran as one graph or op by op",
+    async run(b) {
+      for (const [first, then] of [["pattern", "q"], ["z", "v"]] as const) {
+        for (let run = 0; run < 2; run++) {
+          const e = await b.gpt2
+            .trace(
+              PROMPT,
+              async (m: any, tr) => {
+                await m.transformer.h[1].attn.source[tr.vars.first].output;
+                await m.transformer.h[1].attn.source[tr.vars.then].output;
+              },
+              b.options({ vars: { first, then } }),
+            )
+            .catch((x) => x);
+          expect(e).toBeInstanceOf(OutOfOrderError);
+          expect(e.message).toContain(`transformer.h.1.attn.source.${then}.output was already provided`);
+        }
+      }
+      // In order, both are given.
+      const [q, pattern] = await b.gpt2.trace(PROMPT, async (m) => [await m.transformer.h[1].attn.source.q.output, await m.transformer.h[1].attn.source.pattern.output], b.options());
+      expect([(q as Tensor).shape, (pattern as Tensor).shape]).toEqual([[1, 4, 5, 64], [1, 4, 5, 5]]);
+    },
+  },
+  {
+    name: "gradients of q, k and v (the values one op makes) and of the first values read (the graph's leaves, reached last) come in any order among themselves, the same in each",
+    async run(b) {
+      const grads = (order: string[]) =>
+        b.gpt2.trace(
+          PROMPT,
+          async (m: any, tr) => {
+            const src = m.transformer.h[1].attn.source;
+            const vals: Record<string, Tensor> = { q: await src.q.output, k: await src.k.output, v: await src.v.output };
+            vals.scores = (await src.scores.output) as Tensor;
+            const loss = ((await m.lm_head.output) as Tensor).index(0, -1).logSoftmax(-1).index(7);
+            const out: Record<string, Tensor> = {};
+            await tr.backward(loss, async (g) => {
+              for (const name of tr.vars.order as string[]) out[name] = await g.grad(vals[name]!);
+            });
+            return out;
+          },
+          b.options({ grad: true, vars: { order } }),
+        );
+      const forward = await grads(["scores", "q", "k", "v"]);
+      for (const order of [["scores", "v", "k", "q"], ["scores", "k", "v", "q"]]) {
+        const got = await grads(order);
+        for (const name of order) expect(maxAbsDiff(got[name]!, forward[name]!)).toBe(0);
+      }
+      expect(forward.q!.abs().max().item()).toBeGreaterThan(0);
     },
   },
   {

@@ -159,15 +159,11 @@ export async function attend(points: AttentionPoints, q: Tensor, k: Tensor, v: T
     else points.z.pass();
     return [out, pattern];
   }
-  const repeat = (x: Tensor) => {
-    const [, KV, S] = x.shape as [number, number, number];
-    return KV === H ? x : x.unsqueeze(2).expand(B, KV, H / KV, S, D).reshape(B, H, S, D);
-  };
-  let raw = q.matmul(repeat(kv.keys).transpose(2, 3)).mul(o.scale);
-  if (o.softcap) raw = raw.div(o.softcap).tanh().mul(o.softcap);
+  // The fused kernel's own halves and ops, in its order: the same numbers to the bit (see F.attentionScores).
+  const raw = F.attentionScores(q, kv.keys, o.scale, o.softcap || null);
   const s = await points.scores.call(raw.add(fitMask(ctx.mask, kv.keys)));
   const pattern = await points.pattern.call(s.softmax(-1));
-  const z = await points.z.call(pattern.matmul(repeat(kv.values)));
+  const z = await points.z.call(F.attentionValues(pattern, kv.values));
   return [merge(z), pattern];
 }
 

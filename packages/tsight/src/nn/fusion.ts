@@ -191,10 +191,17 @@ async function replay(block: Module, hooks: ModuleHooks, graph: FusedGraph, args
   if (!calls) return forward(args);
   let known = replayed.get(graph);
   if (!known) {
+    // Points an op computed inside itself (passed) are counted in their place but cannot be given: not among paths.
     const paths = new Set<string>();
-    const walk = (c: CapturedCall): void => void (paths.add((c.owner as Module).path), c.children.forEach(walk));
+    const counted = new Set<string>();
+    const walk = (c: CapturedCall): void => {
+      const path = (c.owner as Module).path;
+      counted.add(path);
+      if (!c.passed) paths.add(path);
+      c.children.forEach(walk);
+    };
     calls.forEach(walk);
-    replayed.set(graph, (known = { paths, uncalled: innerModules(block).filter((m) => !paths.has(m.path)) }));
+    replayed.set(graph, (known = { paths, uncalled: innerModules(block).filter((m) => !counted.has(m.path)) }));
   }
   const session = hooks.replay!(block, known.paths);
   if (!session) return forward(args);
@@ -221,6 +228,8 @@ async function replay(block: Module, hooks: ModuleHooks, graph: FusedGraph, args
   const give = (call: CapturedCall): Promise<void> | void => {
     const module = call.owner as Module;
     if (quiet(module.path)) return count(call);
+    // Asked for, but computed inside an op of the graph: only a run op by op (that op in steps) gives it.
+    if (call.passed) throw new MustRun();
     return giveWatched(call, module);
   };
   const giveWatched = async (call: CapturedCall, module: Module): Promise<void> => {

@@ -26,18 +26,24 @@ export class Point extends Module {
   }
 
   /**
-   * `x` as the hooks leave it. Unwatched (or with no hooks at all) it is `x` itself, at about no cost. (While a
-   * fused graph is captured, `call` runs the identity without hooks.)
+   * `x` as the hooks leave it. Unwatched (or with no hooks at all) it is `x` itself, at about no cost. While a
+   * fused graph is captured, it is a call (of the identity, without hooks), so a replay of the graph gives it in its
+   * place, watched or not.
    */
   async at(x: Tensor): Promise<Tensor> {
-    if (this.watched) return (this as Point).call(x);
+    if (this.watched || activeCapture()) return (this as Point).call(x);
     this.pass();
     return x;
   }
 
-  /** The point was computed inside a fused kernel and nobody watches it: counted only. */
+  /**
+   * The point was computed inside a fused kernel and nobody watches it: counted only (a capture notes where, so a
+   * replay counts it in order too, and knows it cannot give its value).
+   */
   pass(): void {
-    if (!activeCapture()) this.tree.hooks?.pass?.(this);
+    const capture = activeCapture();
+    if (capture) capture.recordPassed(this);
+    else this.tree.hooks?.pass?.(this);
   }
 }
 

@@ -222,6 +222,15 @@ add("attention", "attention with grouped-query heads and cached keys", () =>
 add("attention", "attention with soft-capped scores (Gemma 2)", () =>
   gradcheck((q, k, v, m) => apply(P.attention, [q, k, v, m], { scale: 0.9, softcap: 1.5 }), [randT([1, 4, 3, 3], 396, { lo: -2, hi: 2 }), randT([1, 2, 3, 3], 397, { lo: -2, hi: 2 }), randT([1, 2, 3, 3], 398, { lo: -1, hi: 1 }), causalMask(3, 3)], { wrt: [0, 1, 2] }),
 );
+add("attentionScores", "attention's scores alone, grouped-query heads and one query row (a decode step)", () =>
+  gradcheck((q, k) => apply(P.attentionScores, [q, k], { scale: 0.7, softcap: 0 }), [randT([2, 4, 1, 3], 401, { lo: -1, hi: 1 }), randT([2, 2, 5, 3], 402, { lo: -1, hi: 1 })]),
+);
+add("attentionScores", "attention's scores alone, soft-capped", () =>
+  gradcheck((q, k) => apply(P.attentionScores, [q, k], { scale: 0.9, softcap: 1.5 }), [randT([1, 4, 3, 3], 403, { lo: -2, hi: 2 }), randT([1, 2, 3, 3], 404, { lo: -2, hi: 2 })]),
+);
+add("attentionValues", "attention's pattern times values alone, grouped-query heads", () =>
+  gradcheck((w, v) => apply(P.attentionValues, [w, v], undefined), [randT([2, 4, 2, 5], 405, { lo: 0, hi: 1 }), randT([2, 2, 5, 3], 406, { lo: -1, hi: 1 })]),
+);
 
 add("rmsNorm", "rmsNorm (x, weight)", () =>
   gradcheck((x, w) => apply1(P.rmsNorm, [x, w], { eps: 1e-6 }), [randT([2, 3, 4], 380, { lo: -2, hi: 2 }), randT([4], 381, { lo: 0.5, hi: 1.5 })]),

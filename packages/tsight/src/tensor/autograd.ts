@@ -69,7 +69,7 @@ function nodesFrom(root: Tensor): GradNode[] {
  */
 type HookStep = { tensor: Tensor; grad: Tensor; hook: GradHook };
 
-export function* backwardSteps(root: Tensor, seed: Tensor, onNode?: (node: GradNode) => void): Generator<HookStep, void, Tensor | void> {
+export function* backwardSteps(root: Tensor, seed: Tensor, onNode?: (node: GradNode) => void, beforeLeaves?: (leaves: ReadonlySet<Tensor>) => void): Generator<HookStep, void, Tensor | void> {
   if (!root.requiresGrad) throw new GradError("backward: this tensor does not require grad (no input of its computation requires grad)");
   if (seed.shape.length !== root.shape.length || seed.shape.some((d, i) => d !== root.shape[i])) {
     throw new GradError(`backward: gradient shape [${seed.shape}] does not match tensor shape [${root.shape}]`);
@@ -109,6 +109,7 @@ export function* backwardSteps(root: Tensor, seed: Tensor, onNode?: (node: GradN
     for (const o of node.outputs) if (o !== root) grads.delete(o);
   }
   if (!root.gradNode) leaves.add(root);
+  beforeLeaves?.(leaves);
   for (const leaf of leaves) {
     const g = yield* finish(leaf);
     if (g) leaf.grad = leaf.grad ? noGrad(() => leaf.grad!.add(g)) : g;
@@ -126,9 +127,13 @@ export function runBackward(root: Tensor, seed: Tensor): void {
   }
 }
 
-/** Runs the walk awaiting each hook, for hooks that wait on other code; `onNode` sees each node as it is reached. */
-export async function runBackwardAsync(root: Tensor, seed: Tensor, onNode?: (node: GradNode) => void): Promise<void> {
-  const steps = backwardSteps(root, seed, onNode);
+/**
+ * Runs the walk awaiting each hook, for hooks that wait on other code; `onNode` sees each node as it is reached
+ * (before its outputs' hooks run), `beforeLeaves` the leaves, which come last, all complete (hooks added to them
+ * then run).
+ */
+export async function runBackwardAsync(root: Tensor, seed: Tensor, onNode?: (node: GradNode) => void, beforeLeaves?: (leaves: ReadonlySet<Tensor>) => void): Promise<void> {
+  const steps = backwardSteps(root, seed, onNode, beforeLeaves);
   let reply: Tensor | void = undefined;
   for (let step = steps.next(); !step.done; step = steps.next(reply)) {
     reply = (await step.value.hook(step.value.grad)) ?? undefined;

@@ -53,6 +53,18 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: 
   return apply(P.attention, [q, k, v, mask], { scale, softcap: softcap ?? 0 }) as [Tensor, Tensor];
 }
 
+/**
+ * attention's two matrix products alone, as its kernel computes them (the same numbers to the bit): the scores
+ * cap(q k^T * scale) [B, H, T, S] for q [B, H, T, D] and k [B, KV, S, D], and the heads' outputs pattern v [B, H, T, D].
+ */
+export function attentionScores(q: Tensor, k: Tensor, scale: number, softcap: number | null = null): Tensor {
+  if (softcap !== null && !(softcap > 0)) throw new RangeError(`attention: softcap must be positive, got ${softcap}`);
+  return apply1(P.attentionScores, [q, k], { scale, softcap: softcap ?? 0 });
+}
+export function attentionValues(pattern: Tensor, v: Tensor): Tensor {
+  return apply1(P.attentionValues, [pattern, v], undefined);
+}
+
 /** Mean negative log-likelihood of `targets` [N] under `logits` [N, C]. */
 export function crossEntropy(logits: Tensor, targets: Tensor): Tensor {
   if (logits.ndim !== 2 || targets.ndim !== 1 || targets.shape[0] !== logits.shape[0]) {

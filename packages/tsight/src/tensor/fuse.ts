@@ -48,6 +48,8 @@ export interface CapturedCall {
   args: unknown[];
   out: unknown;
   children: CapturedCall[];
+  /** Its value was computed inside an op and is not one of the graph's (an operation point passed; see recordPassed). */
+  passed?: true;
 }
 
 /** Ops recorded while a capture runs: the values they read (sources) and make. */
@@ -75,6 +77,14 @@ export class Capture {
       if (this.open.at(-1) !== call) this.callsNested = false;
       this.open.splice(this.open.lastIndexOf(call), 1);
     }
+  }
+
+  /**
+   * Notes, in its place among the calls, a call whose value an op computed inside itself (an operation point
+   * nobody watched, passed): a replay counts it there, and cannot give its value.
+   */
+  recordPassed(owner: object): void {
+    (this.open.at(-1)?.children ?? this.calls).push({ owner, args: [], out: undefined, children: [], passed: true });
   }
 
   idOf(t: Tensor): number {

@@ -643,6 +643,89 @@ export const attention: Primitive<{ scale: number; softcap: number }> = {
   },
 };
 
+/** q [B, H, T, D] and k [B, KV, S, D] fit attention (H a multiple of KV): their sizes, and the group size. */
+function attentionShapes(op: string, q: Tensor, k: Tensor): { B: number; H: number; T: number; D: number; KV: number; S: number; G: number } {
+  check(op, q, FLOAT_ONLY);
+  check(op, k, FLOAT_ONLY);
+  const [B, H, T, D] = q.shape as [number, number, number, number];
+  const [Bk, KV, S, Dk] = k.shape as [number, number, number, number];
+  if (q.ndim !== 4 || k.ndim !== 4 || Bk !== B || Dk !== D || H % KV) throw new ShapeError(`${op}: ${fmt(q.shape)} and ${fmt(k.shape)} do not fit ([B, H, T, D] and [B, KV, S, D] with H a multiple of KV)`);
+  return { B, H, T, D, KV, S, G: H / KV };
+}
+
+/**
+ * The first half of the attention kernel, alone: cap(q k^T * scale) [B, H, T, S] (see attention), with the same
+ * graph (grouped-query rows, the transpose and the scale inside the product, the soft cap), so that attention computed step by step (an operation
+ * point watched) gives the fused kernel's numbers to the bit. A matrix product of one row is summed otherwise
+ * when the transpose and scale are separate kernels (a decode step's scores differed in the last bits).
+ */
+export const attentionScores: Primitive<{ scale: number; softcap: number }> = {
+  name: "attention_scores",
+  infer: ([q, k]) => {
+    const { B, H, T, S } = attentionShapes("attention_scores", q!, k!);
+    return [{ dtype: "float32", shape: [B, H, T, S] }];
+  },
+  key: (a) => `${a.scale}|${a.softcap}`,
+  feeds: ([q, k]) => {
+    const { B, H, T, D, KV, S, G } = attentionShapes("attention_scores", q!, k!);
+    return [ints([B, KV, G * T, D]), ints([B, H, T, S])];
+  },
+  flops: ([q], out) => 2 * sizeOf(out[0]!.shape) * q!.shape.at(-1)!,
+  graph: (g, [q, k, qGrouped, scoresShape], a) => {
+    const kt = g.op("Transpose", [k!], { perm: [0, 1, 3, 2] });
+    let raw = g.op("Mul", [g.op("MatMul", [g.op("Reshape", [q!, qGrouped!]), kt]), g.scalar("float32", a.scale)]);
+    if (a.softcap > 0) raw = g.op("Mul", [g.op("Tanh", [g.op("Div", [raw, g.scalar("float32", a.softcap)])]), g.scalar("float32", a.softcap)]);
+    return [g.op("Reshape", [raw, scoresShape!])];
+  },
+  grad: ([gS], n) => {
+    const [q, k] = n.inputs as [Tensor, Tensor];
+    const { scale, softcap } = n.attrs as { scale: number; softcap: number };
+    const { B, H, D, KV, S, G } = attentionShapes("attention_scores", q, k);
+    const repeat = (x: Tensor) => (G === 1 ? x : x.unsqueeze(2).expand(B, KV, G, S, D).reshape(B, H, S, D));
+    const fold = (x: Tensor) => (G === 1 ? x : x.reshape(B, KV, G, S, D).sum(2));
+    let g = gS!;
+    if (softcap > 0) {
+      // d/ds cap * tanh(s / cap) = 1 - tanh(s / cap)^2, and tanh(s / cap) is the output over cap.
+      const t = n.outputs[0]!.div(softcap);
+      g = g.mul(t.mul(t).neg().add(1));
+    }
+    g = g.mul(scale);
+    return [g.matmul(repeat(k)), fold(g.transpose(2, 3).matmul(q))];
+  },
+};
+
+/**
+ * The second half of the attention kernel, alone: each head's pattern [B, H, T, S] times the values [B, KV, S, D],
+ * per head [B, H, T, D], with the same graph (grouped-query rows) as the fused kernel, for the same numbers.
+ */
+export const attentionValues: Primitive = {
+  name: "attention_values",
+  infer: ([w, v]) => {
+    check("attention_values", w!, FLOAT_ONLY);
+    check("attention_values", v!, FLOAT_ONLY);
+    const [B, H, T, S] = w!.shape as [number, number, number, number];
+    const [Bv, KV, Sv, D] = v!.shape as [number, number, number, number];
+    if (w!.ndim !== 4 || v!.ndim !== 4 || Bv !== B || Sv !== S || H % KV) throw new ShapeError(`attention_values: pattern ${fmt(w!.shape)} and values ${fmt(v!.shape)} do not fit ([B, H, T, S] and [B, KV, S, D] with H a multiple of KV)`);
+    return [{ dtype: "float32", shape: [B, H, T, D] }];
+  },
+  feeds: ([w, v]) => {
+    const [B, H, T, S] = w!.shape as [number, number, number, number];
+    const [, KV, , D] = v!.shape as [number, number, number, number];
+    return [ints([B, KV, (H / KV) * T, S]), ints([B, H, T, D])];
+  },
+  flops: ([w], out) => 2 * sizeOf(out[0]!.shape) * w!.shape.at(-1)!,
+  graph: (g, [w, v, wGrouped, outShape]) => [g.op("Reshape", [g.op("MatMul", [g.op("Reshape", [w!, wGrouped!]), v!]), outShape!])],
+  grad: ([gZ], n) => {
+    const [w, v] = n.inputs as [Tensor, Tensor];
+    const [B, H, , S] = w.shape as [number, number, number, number];
+    const [, KV, , D] = v.shape as [number, number, number, number];
+    const G = H / KV;
+    const repeat = (x: Tensor) => (G === 1 ? x : x.unsqueeze(2).expand(B, KV, G, S, D).reshape(B, H, S, D));
+    const fold = (x: Tensor) => (G === 1 ? x : x.reshape(B, KV, G, S, D).sum(2));
+    return [gZ!.matmul(repeat(v).transpose(2, 3)), fold(w.transpose(2, 3).matmul(gZ!))];
+  },
+};
+
 // #endregion
 // #region normalisation
 

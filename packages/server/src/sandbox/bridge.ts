@@ -78,6 +78,10 @@ export class Bridge implements ActionHost {
   onToken: ((step: { tokens: number[]; step: number }) => void) | null = null;
   /** Trace options a job's traces run with (stall limit, row isolation), set by the executor. */
   traceDefaults: { stallTimeoutMs?: number; maxInputTokens?: number } = {};
+  private jobAliases: ReadonlyMap<string, ReadonlyMap<string, string>> | undefined;
+  get aliases(): ReadonlyMap<string, ReadonlyMap<string, string>> {
+    return (this.jobAliases ??= buildAliases(this.lm.model, this.options.rename ?? {}));
+  }
 
   constructor(
     private readonly isolate: ivm.Isolate,
@@ -106,7 +110,7 @@ export class Bridge implements ActionHost {
       constructors: [...CONSTRUCTORS],
       objects: Object.fromEntries(Object.entries(SANDBOX_OBJECTS).map(([kind, actions]) => [kind, Object.fromEntries(Object.entries(actions).map(([a, spec]) => [a, { answer: spec.answer, getter: "getter" in spec && spec.getter === true }]))])),
     };
-    jail.setSync("__tree", new ivm.ExternalCopy(treeOf(this.lm.model, buildAliases(this.lm.model, this.options.rename ?? {}))).copyInto());
+    jail.setSync("__tree", new ivm.ExternalCopy(treeOf(this.lm.model, this.aliases)).copyInto());
     jail.setSync("__api", new ivm.ExternalCopy(api).copyInto());
     const names = Object.keys(callbacks);
     const hostObject = `{ ${names.map((n) => `${n}: __host_${n}`).join(", ")} }`;

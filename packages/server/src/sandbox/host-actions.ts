@@ -3,7 +3,7 @@
  * table entry, typed so that an action added to the table without a handler (or a handler without an entry) does
  * not compile. Arguments arrive checked against the table's kinds.
  */
-import { Cache, GradScope, InvokeTracer, Tracer, type InterventionFn, type Mediator, type Optimizer, type Tensor } from "tsight";
+import { Cache, GradScope, InvokeTracer, resolveAliases, Tracer, type CacheOptions, type InterventionFn, type Mediator, type Optimizer, type Tensor } from "tsight";
 import type { ExecutionModel as LanguageModel, SANDBOX_OBJECTS } from "tsight/protocol";
 import type { JobBudget } from "./budget.js";
 import { SandboxError } from "./errors.js";
@@ -19,6 +19,8 @@ export interface ActionHost {
   readonly onToken: ((step: { tokens: number[]; step: number }) => void) | null;
   readonly traceDefaults: { stallTimeoutMs?: number; maxInputTokens?: number };
   readonly envoyOf: WeakMap<object, unknown>;
+  /** The job's rename aliases (parent path -> alias -> name), which the host's model does not have. */
+  readonly aliases: ReadonlyMap<string, ReadonlyMap<string, string>>;
   readonly varsOf: WeakMap<object, Record<string, unknown>>;
   /** Registers a host object the job may hold (charged to its memory). */
   hold(kind: string, value: unknown): unknown;
@@ -41,7 +43,10 @@ const tracer: Handlers<"tracer", InvokeTracer> = {
   vars: (host, tr) => host.varsOf.get(tr) ?? tr.vars,
   stop: (_h, tr, [value]) => tr.stop(value),
   cache: (host, tr, [options]) => {
-    const cache = tr.cache(options ?? {});
+    // Paths named with the job's rename aliases (which the host's model does not have) as the model's own.
+    const given = (options ?? {}) as CacheOptions;
+    const modules = given.modules?.map((m) => (typeof m === "string" ? resolveAliases(m, host.aliases) : m));
+    const cache = tr.cache(modules ? { ...given, modules } : given);
     // What a cache keeps counts toward the job's memory; past it the job ends (MEMORY).
     cache.limit = (bytes) => host.budget.charge(bytes);
     cache.onLimit = (e) => host.fail(e instanceof Error ? e : new SandboxError("MEMORY", String(e)));

@@ -49,6 +49,8 @@ export interface RuntimeApi {
  * Returns the functions the host calls: settle pending promises, call user functions, start invokes.
  */
 export function installRuntime(rawHost: HostCallbacks, tree: TreeNode, api: RuntimeApi): unknown {
+  /** TransformerLens's hook names for tsight's operation points, for a hint (as in process: intervention/envoy.ts). */
+  const lensNames: Record<string, string | undefined> = Object.assign(Object.create(null), { hook_q: "q", hook_k: "k", hook_v: "v", hook_attn_scores: "scores", hook_pattern: "pattern", hook_z: "z", hook_pre: "pre", hook_post: "post" });
   "use strict";
   const g = globalThis as any;
 
@@ -331,7 +333,11 @@ export function installRuntime(rawHost: HostCallbacks, tree: TreeNode, api: Runt
         if (made.has(name)) return made.get(name);
         let child: TreeNode | TreeNode[] | undefined = children.get(name);
         if (child === undefined && name.includes(".")) child = name.split(".").reduce<any>((n, part) => (n === undefined ? undefined : Array.isArray(n) ? n[Number(part)] : new Map(n.children).get(part)), node);
-        if (child === undefined) throw new RemoteError({ type: "TraceError", code: "USER_CODE", message: `${node.path || "the model"} (${node.type}) has no module "${prop}"; its modules are: ${[...children.keys(), ...aliases.keys()].join(", ") || "none"}` });
+        if (child === undefined) {
+          const lens = lensNames[prop];
+          const hint = lens !== undefined && children.has(lens) ? ` (TransformerLens's ${prop} is ${lens} here)` : "";
+          throw new RemoteError({ type: "TraceError", code: "USER_CODE", message: `${node.path || "the model"} (${node.type}) has no module "${prop}"${hint}; its modules are: ${[...children.keys(), ...aliases.keys()].join(", ") || "none"}` });
+        }
         const e = Array.isArray(child) ? listEnvoy(child, invoke) : envoy(child, invoke);
         made.set(name, e);
         return e;

@@ -8,6 +8,7 @@ import { isPoint, type Module } from "../nn/index.js";
 import { isBelow, type Recorder } from "./interleaver.js";
 import type { ValueKind } from "./mediator.js";
 import { TraceError } from "./errors.js";
+import { resolveAliases } from "./rename.js";
 import { detachAll, mapTensors, RowsError, selectRows, type Rows } from "./rows.js";
 
 /** The bytes of the tensors in a value. */
@@ -18,7 +19,10 @@ function tensorBytes(value: unknown): number {
 }
 
 export interface CacheOptions {
-  /** Modules to record (paths or envoys), exactly these (not what is inside them); all modules when omitted. */
+  /**
+   * Modules to record (paths, through rename aliases too, or envoys), exactly these (not what is inside them, but
+   * for a module holding operation points, `attn.source`: its points); all modules when omitted.
+   */
   modules?: readonly (string | { path: string })[];
   /** Record outputs (default true). */
   outputs?: boolean;
@@ -57,14 +61,27 @@ export class Cache implements Recorder {
     /** Paths of operation points (recorded only when named). */
     private readonly points: ReadonlySet<string> = new Set(),
   ) {
-    this.prefixes = options.modules ? options.modules.map((m) => (typeof m === "string" ? m : m.path)) : null;
-    for (const p of this.prefixes ?? []) if (!knownPaths.has(p)) throw new RangeError(`cache: the model has no module "${p}"`);
+    this.prefixes = options.modules ? options.modules.flatMap((m) => this.named(typeof m === "string" ? m : m.path)) : null;
     this.outputs = options.outputs ?? true;
     this.inputs = options.inputs ?? false;
     // Navigation by module names: what the class does not have is a module of the model.
     return new Proxy(this, {
       get: (target, prop, receiver) => (typeof prop === "symbol" || prop in target ? Reflect.get(target, prop, receiver) : prop === "then" ? undefined : target.at("").child(prop)),
     });
+  }
+
+  /**
+   * The paths a module named records: its own (a path may go through rename aliases), or for a module holding
+   * operation points (`attn.source`, never called itself) every point in it.
+   */
+  private named(path: string): string[] {
+    const real = this.knownPaths.has(path) ? path : resolveAliases(path, this.aliases);
+    if (!this.knownPaths.has(real)) throw new TraceError(`cache: the model has no module "${path}"`);
+    if (this.points.has(real)) {
+      const inner = [...this.points].filter((p) => isBelow(p, real));
+      if (inner.length) return inner;
+    }
+    return [real];
   }
 
   /** Modules named, or else every module but operation points (those only when named, as nnsight's cache leaves out `.source`). */

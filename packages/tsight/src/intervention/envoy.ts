@@ -130,6 +130,18 @@ function resolvePath(module: Module, path: string): Module | undefined {
   return path.includes(".") ? module.get(path) : childrenOf(module).get(path);
 }
 
+/** TransformerLens's hook names for what tsight's operation points are (see nn/points.ts). */
+const transformerLensNames: Record<string, string | undefined> = {
+  hook_q: "q",
+  hook_k: "k",
+  hook_v: "v",
+  hook_attn_scores: "scores",
+  hook_pattern: "pattern",
+  hook_z: "z",
+  hook_pre: "pre",
+  hook_post: "post",
+};
+
 const passthrough = new Set<string | symbol>(["then", "toJSON", "constructor", "asymmetricMatch", "$$typeof", "nodeType", "inspect"]);
 
 /** An Envoy wrapped so children read as properties and unknown names fail with the list of real ones. */
@@ -140,7 +152,9 @@ export function envoyFor(module: Module, ctx: EnvoyContext): Envoy {
       const child = target._child(prop);
       if (child !== undefined) return child;
       const aliases = [...(ctx.aliases.get(module.path)?.keys() ?? [])];
-      throw new TraceError(`${module.path || "the model"} (${module.typeName}) has no module "${prop}"; its modules are: ${[...childrenOf(module).keys(), ...aliases].join(", ") || "none"}`);
+      const lens = transformerLensNames[prop];
+      const hint = lens && childrenOf(module).has(lens) ? ` (TransformerLens's ${prop} is ${lens} here)` : "";
+      throw new TraceError(`${module.path || "the model"} (${module.typeName}) has no module "${prop}"${hint}; its modules are: ${[...childrenOf(module).keys(), ...aliases].join(", ") || "none"}`);
     },
     set(target, prop, value, receiver) {
       if (prop === "output" || prop === "input" || prop === "inputs") return Reflect.set(target, prop, value, receiver);

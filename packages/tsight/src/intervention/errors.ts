@@ -13,7 +13,8 @@ export class InterventionError extends Error {
   /** `origin`: an Error made at the user's call, when this one is raised later (at the end of a forward). */
   constructor(message: string, origin?: Error) {
     super(message);
-    if (origin?.stack) this.stack = `${this.constructor.name}: ${message}\n${origin.stack.split("\n").slice(1).join("\n")}`;
+    // `name` is the prototype's here (see named): a subclass's own field is not set yet.
+    if (origin?.stack) this.stack = `${this.name}: ${message}\n${origin.stack.split("\n").slice(1).join("\n")}`;
     this.userLine = userFrame(this.stack);
     if (this.userLine) {
       this.message = `${message}\n    at ${this.userLine}`;
@@ -58,6 +59,22 @@ export class StallError extends TraceError {
 export class LeftPassError extends TraceError {
   override readonly name = "TraceError";
 }
+
+/**
+ * Puts an error class's name on its prototype too. InterventionError's constructor reads its stack (to find the
+ * user's line) before a subclass's `name` field is set, and the stack's first line takes the name the error has
+ * then: without this, "Error: ..." where "TraceError: ..." belongs.
+ */
+export function named(cls: abstract new (...args: never[]) => Error, name: string): void {
+  Object.defineProperty(cls.prototype, "name", { value: name, writable: true, configurable: true });
+}
+named(InterventionError, "InterventionError");
+named(OutOfOrderError, "OutOfOrderError");
+named(MissedProviderError, "MissedProviderError");
+named(SwapError, "SwapError");
+named(TraceError, "TraceError");
+named(StallError, "StallError");
+named(LeftPassError, "TraceError");
 
 /** Thrown by `tr.stop()` to end the intervention code there; the trace treats it as a normal end. */
 export class EarlyStop extends Error {

@@ -350,4 +350,4 @@ const metaForward: Driver = async (model, [ids, mask], run) => {
 
 export type { InvokeTracer };
 
-export { buildAliases, type Rename } from "./rename.js";
+export { buildAliases, resolveAliases, type Rename } from "./rename.js";

@@ -3,11 +3,12 @@
  * misspelt option would otherwise be ignored in silence (`lm.generate(p, { maxNewTokens, remote: true })` ran
  * locally), so each mistake is an OptionsError that says where the option belongs.
  */
-import { TraceError } from "./errors.js";
+import { named, TraceError } from "./errors.js";
 
 export class OptionsError extends TraceError {
   override readonly name = "OptionsError";
 }
+named(OptionsError, "OptionsError");
 
 /** Options of a run (trace, scan, generate's third or fourth argument, session) in process. */
 export const RUN_OPTIONS: readonly string[] = ["vars", "grad", "checkpoint", "isolateInvokes", "stallTimeoutMs", "maxInputTokens"];

@@ -397,6 +397,22 @@ export const pointCases: TraceCase[] = [
       expect(out.named).toEqual(["transformer.h.2.attn.source.pattern", "transformer.h.2.mlp.source.post"]);
       expect(maxAbsDiff(out.cached, out.pattern)).toBe(0);
       expect(out.post.shape).toEqual([1, 5, 1024]);
+      // Naming the module holding the points records every point in it; a path through rename aliases is the module's.
+      const lm = await b.renamed({ "transformer.h": "layers", "transformer.h.*.attn": "self_attn" });
+      const more = await lm.trace(
+        "def __init__(self",
+        async (m: any, tr) => {
+          const source = tr.cache({ modules: [m.layers[1].self_attn.source] });
+          const aliased = tr.cache({ modules: ["layers.1.self_attn", "layers.1.self_attn.source.pattern"] });
+          const pattern = (await m.layers[1].self_attn.source.pattern.output) as Tensor;
+          await m.lm_head.output;
+          return { source: source.keys(), aliased: aliased.keys(), pattern, cached: aliased.layers[1].self_attn.source.pattern.output as Tensor };
+        },
+        b.options(),
+      );
+      expect(more.source).toEqual(["q", "k", "v", "scores", "pattern", "z"].map((p) => `transformer.h.1.attn.source.${p}`));
+      expect([...more.aliased].sort()).toEqual(["transformer.h.1.attn", "transformer.h.1.attn.source.pattern"]);
+      expect(maxAbsDiff(more.cached, more.pattern)).toBe(0);
     },
   },
 ];

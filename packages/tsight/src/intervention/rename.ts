@@ -46,3 +46,13 @@ export function buildAliases(model: Module, rename: Rename): Map<string, Map<str
   }
   return aliases;
 }
+
+/** A module path written with rename aliases (`layers.1.self_attn`) as the model's own (`model.layers.1.self_attn`). */
+export function resolveAliases(path: string, aliases: ReadonlyMap<string, ReadonlyMap<string, string>>): string {
+  let real = "";
+  for (const name of path.split(".")) {
+    const step = aliases.get(real)?.get(name) ?? name;
+    real = real ? `${real}.${step}` : step;
+  }
+  return real;
+}

@@ -4,7 +4,7 @@
  * (a KV cache, numbers) passes through untouched.
  */
 import { Tensor } from "../tensor/index.js";
-import { TraceError } from "./errors.js";
+import { named, TraceError } from "./errors.js";
 
 /** Rows [start, start + length) of a batch of `batch` rows; `null` rows mean the whole batch. */
 export interface Rows {
@@ -18,6 +18,7 @@ const isPlainObject = (v: unknown): v is Record<string, unknown> => typeof v ===
 export class RowsError extends TraceError {
   override readonly name: string = "RowsError";
 }
+named(RowsError, "RowsError");
 
 /**
  * The invoke's part of `value`. With `strict` (the value's name), invokes are separate jobs: anything that is not

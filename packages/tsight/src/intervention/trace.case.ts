@@ -647,6 +647,11 @@ export const traceCases: TraceCase[] = [
       const e = await b.gpt2.trace(PROMPT, async (m) => await (m as any).transformer.layers[0].output, b.options()).catch((x) => x);
       expect(e).toBeInstanceOf(TraceError);
       expect(e.message).toMatch(/transformer \(GPT2Model\) has no module "layers"; its modules are: wte, wpe, drop, h, ln_f/);
+      expect(String(e.stack).split("\n")[0]).toMatch(/^TraceError: /);
+      // TransformerLens's names for the operation points get tsight's.
+      const lens = await b.gpt2.trace(PROMPT, async (m) => await (m as any).transformer.h[1].attn.source.hook_pattern.output, b.options()).catch((x) => x);
+      expect(lens).toBeInstanceOf(TraceError);
+      expect(lens.message).toMatch(/source \(AttentionPoints\) has no module "hook_pattern" \(TransformerLens's hook_pattern is pattern here\); its modules are: q, k, v, scores, pattern, z/);
     },
   },
   {

@@ -137,5 +137,8 @@ function describeValue(v: unknown): string {
   if (Array.isArray(v)) return `a list of ${v.length}`;
   if (typeof v === "number") return String(v);
   if (typeof v === "string") return `the string ${JSON.stringify(v.slice(0, 40))}`;
+  // An envoy crosses as its module's path alone (see Bridge.fromDesc).
+  const path = v !== null && typeof v === "object" && Object.keys(v).length === 1 ? (v as { path?: unknown }).path : undefined;
+  if (typeof path === "string") return `${path || "the model"}'s envoy (pass the value it gives, \`await m.${path}.output\`)`;
   return v === null ? "null" : typeof v;
 }

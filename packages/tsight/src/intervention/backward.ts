@@ -8,6 +8,7 @@
  * rows of batch-wide tensors, so its gradients are those rows only: nothing leaks between invokes.
  */
 import { runBackwardAsync, Tensor, type GradNode } from "../tensor/index.js";
+import { Envoy } from "./envoy.js";
 import { StallError, TraceError } from "./errors.js";
 import { mergeRows, type Rows } from "./rows.js";
 
@@ -84,7 +85,16 @@ export class GradScope {
   }
 
   private sourceOf(t: Tensor, what: string): GradSource {
-    if (!(t instanceof Tensor)) throw new TraceError(`${what}: expected a tensor`);
+    if (!(t instanceof Tensor)) {
+      const given: unknown = t;
+      const hint =
+        given instanceof Envoy
+          ? ` (got ${given.path || "the model"}'s envoy: pass the value read in the forward pass, \`const h = await m.${given.path}.output\` before the loss)`
+          : given instanceof Promise
+            ? " (got a promise: await the value in the forward pass, before the loss)"
+            : "";
+      throw new TraceError(`${what}: expected a tensor${hint}`);
+    }
     const source = this.sources.get(t) ?? { leaf: t, rows: null, batch: t.shape[0] ?? 1 };
     if (!source.leaf.requiresGrad) throw new TraceError(`${what}: this tensor is not part of the graph; read it in a trace started with { grad: true }, before the loss is computed from it`);
     if (this.finished) throw new TraceError(`${what}: the backward pass is over`);

@@ -367,6 +367,34 @@ export const generateCases: TraceCase[] = [
       expect(notScalar.message).toMatch(/single number/);
     },
   },
+  {
+    name: "a replacement that does not fit, at one generation step, is a SwapError naming that step; backward's grad of an envoy says to pass its value",
+    async run(b) {
+      const e = await b.gpt2
+        .generate(
+          "def __init__(self",
+          { maxNewTokens: 4 },
+          async (m, tr) => {
+            for await (const step of tr.all()) if (step === 2) m.transformer.h[1].attn.source.pattern.output = (p: Tensor) => p.narrow(3, 0, 2);
+          },
+          b.options(),
+        )
+        .catch((x) => x);
+      expect(e.name).toBe("SwapError");
+      expect(e.message).toMatch(/after transformer\.h\.1\.attn\.source\.pattern\.output \(iteration 2\) was replaced with shape \[1, 4, 1, 2\] where the model gives \[1, 4, 1, 7\]/);
+      const g = await b.gpt2
+        .trace(
+          "def __init__(self",
+          async (m, tr) => {
+            const loss = ((await m.lm_head.output) as Tensor).sum();
+            await tr.backward(loss, async (scope) => void (await scope.grad(m.transformer.h[0] as never)));
+          },
+          b.options({ grad: true }),
+        )
+        .catch((x) => x);
+      expect(g.message).toMatch(/transformer\.h\.0's envoy[ :(]+pass the value/);
+    },
+  },
 ];
 
 export type { TraceBackend };

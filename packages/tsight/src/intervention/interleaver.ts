@@ -365,7 +365,8 @@ export class Interleaver implements ModuleHooks, Provider {
 
   /** Applies a write to the current value; a misfit is the writing invoke's error. */
   private swap(c: Current, m: Mediator, r: Request & { op: "write" }): unknown {
-    const where = describe(r.path, r.kind, r.part);
+    // Which call: in a generation, the step (iteration N is step N).
+    const where = `${describe(r.path, r.kind, r.part)}${r.iteration ? ` (iteration ${r.iteration})` : ""}`;
     try {
       const replacement = typeof r.value === "function" ? (r.value as (v: unknown) => unknown)(selectRows(pick(c, r), m.rows, this.batch, this.strictRows ? where : undefined)) : r.value;
       const before = pick(c, r);

@@ -192,14 +192,15 @@ async function main(): Promise<void> {
     row(`  the same, TSIGHT_PREPACK=0 (not repacked)`, `${fmt(ours.unpackedMs)} ms`, `${fmt(hf.prefill_ms)} ms`, hf.prefill_ms / ours.unpackedMs);
     row("greedy decode, GPT-2-small-sized", `${fmt(ours.decodeTokS)} tok/s`, `${fmt(hf.decode_tok_s)} tok/s`, ours.decodeTokS / hf.decode_tok_s);
     row("stdlib-gpt2 forward, 5 tokens", `${fmt(o.forwardUs / 1000, 2)} ms`, `${fmt(hf.small5_ms, 2)} ms`, hf.small5_ms / (o.forwardUs / 1000));
-    row("one module value read (HF: a forward hook)", `${fmt(o.perReadUs)} µs`, `${fmt(hf.hook_read_us)} µs`, hf.hook_read_us / o.perReadUs);
+    row("one module value read (HF: a forward hook)", `${fmt(o.oneReadUs)} µs`, `${fmt(hf.hook_read_us)} µs`, hf.hook_read_us / o.oneReadUs);
+    row("  each further read in the trace", `${fmt(o.perReadUs)} µs`, `${fmt(hf.hook_read_us)} µs`, hf.hook_read_us / o.perReadUs);
     console.log(`  a trace reading transformer.h[6]'s output at ${PREFILL} tokens: ${fmt(ours.readMidMs)} ms, x${fmt(ours.readMidMs / ours.prefillMs, 2)} the bare forward`);
     console.log(`  ${"an empty trace".padEnd(44)} ${`${fmt(o.emptyTraceUs, 0)} µs`.padStart(12)} ${"(nnsight ~245 µs)".padStart(12)}`);
   }
   console.log("\nIntervention overhead (stdlib-gpt2, 5 tokens; medians of interleaved rounds)");
   console.log(`  bare forward ${fmt(o.forwardUs, 0)} µs; an empty trace adds ${fmt(o.emptyTraceUs, 0)} µs (x${fmt((o.forwardUs + o.emptyTraceUs) / o.forwardUs, 2)} the forward)`);
-  console.log(`  each module read adds ${fmt(o.perReadUs)} µs, each replacement ${fmt(o.perReplaceUs)} µs more   (nnsight: ~300 µs empty trace, 30-80 µs per access)`);
-  console.log(`  one layer's attention pattern read as attn.output[1] (fused kernel) adds ${fmt(o.weightsReadUs)} µs; as attn.source.pattern (that layer step by step) ${fmt(o.patternReadUs)} µs`);
+  console.log(`  a trace reading one module value adds ${fmt(o.oneReadUs)} µs (its graph gives the value: handing it out replays the model's calls); each further read ${fmt(o.perReadUs)} µs, each replacement ${fmt(o.perReplaceUs)} µs more   (nnsight: ~300 µs empty trace, 30-80 µs per access)`);
+  console.log(`  one layer's attention pattern read as attn.output[1] adds ${fmt(o.weightsReadUs)} µs; as attn.source.pattern ${fmt(o.patternReadUs)} µs (both the fused kernel's weights)`);
   const g = await generationOverhead();
   console.log(`  decode: ${fmt(g.plainTokS)} tokens/s plain, ${fmt(g.steeredTokS)} with a steering edit on every step (x${fmt(g.steeredTokS / g.plainTokS, 2)})`);
   const r = await remoteOverhead();

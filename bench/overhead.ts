@@ -12,6 +12,9 @@ const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floo
 export interface Overhead {
   forwardUs: number;
   emptyTraceUs: number;
+  /** A trace reading one module value, against an empty one (what a forward hook does). */
+  oneReadUs: number;
+  /** Each read after the first, in a trace reading 20 (the first read's cost spread over them). */
   perReadUs: number;
   perReplaceUs: number;
   /** Reading one layer's attention pattern as module output (fused kernel) and as a point (that layer step by step). */
@@ -27,6 +30,7 @@ export async function interventionOverhead(rounds = 200): Promise<Overhead> {
   const variants: Record<string, () => Promise<unknown>> = {
     forward: () => lm.model.call(ids),
     empty: () => lm.trace(ids, async () => undefined),
+    one: () => lm.trace(ids, async (m) => await m.transformer.h[1].ln_1.output),
     reads: () =>
       lm.trace(ids, async (m: any) => {
         for (const p of reads) await p.split(".").reduce((e: any, k: string) => e[k], m).output;
@@ -56,6 +60,7 @@ export async function interventionOverhead(rounds = 200): Promise<Overhead> {
   return {
     forwardUs: median(times.forward!),
     emptyTraceUs: costOf("empty", "forward"),
+    oneReadUs: costOf("one", "empty"),
     perReadUs: costOf("reads", "empty") / reads.length,
     perReplaceUs: costOf("replaces", "reads") / reads.length,
     weightsReadUs: costOf("weights", "empty"),

@@ -154,7 +154,7 @@ export async function attend(points: AttentionPoints, q: Tensor, k: Tensor, v: T
   if (!points.scores.watched && !points.pattern.watched) {
     let [out, pattern] = F.attention(q, kv.keys, kv.values, fitMask(ctx.mask, kv.keys), o.scale, o.softcap ?? null);
     points.scores.pass();
-    points.pattern.pass();
+    await points.pattern.gave(pattern);
     if (points.z.watched) out = merge(await points.z.call(out.reshape(B, T, H, D).transpose(1, 2)));
     else points.z.pass();
     return [out, pattern];

@@ -37,6 +37,16 @@ export class Point extends Module {
   }
 
   /**
+   * The point is `x`, which a fused kernel gave along with its result (attention's weights are its pattern), and
+   * nobody watches it: counted, or, while a graph is captured, a call with that value, which a replay of the graph
+   * can hand out (a replacement of it still runs the op in steps).
+   */
+  async gave(x: Tensor): Promise<void> {
+    if (activeCapture()) await (this as Point).call(x);
+    else this.pass();
+  }
+
+  /**
    * The point was computed inside a fused kernel and nobody watches it: counted only (a capture notes where, so a
    * replay counts it in order too, and knows it cannot give its value).
    */

@@ -305,7 +305,7 @@ export const pointCases: TraceCase[] = [
   {
     name: "reading scores and pattern at every generation step changes no logit to the bit: attention step by step computes as the fused kernel does, one query row included",
     async run(b) {
-      for (const lm of [b.gpt2, b.llama]) {
+      for (const lm of [b.gpt2, b.llama as unknown as typeof b.gpt2]) {
         const steps = (watch: boolean) =>
           lm.generate(
             "def __init__(self",

@@ -9,6 +9,7 @@
  */
 import type { Module, ModuleHooks, Replay } from "../nn/index.js";
 import { Tensor } from "../tensor/index.js";
+import { isThenable } from "../tensor/async-scope.js";
 import { LeftPassError, MissedProviderError, StallError, SwapError, TraceError } from "./errors.js";
 import type { GradSource } from "./backward.js";
 import { describe, type Mediator, type Provider, type Request, type ValueKind } from "./mediator.js";
@@ -233,6 +234,7 @@ export class Interleaver implements ModuleHooks, Provider {
     return n;
   }
 
+  /** `forward` may return its result itself (a replay's calls do; see ModuleHooks.replay). */
   call(module: Module, args: unknown[], forward: (args: unknown[]) => unknown): Promise<unknown> {
     try {
       return this.enter(module, args, forward);
@@ -281,7 +283,7 @@ export class Interleaver implements ModuleHooks, Provider {
     let out: unknown;
     try {
       const ran = skips.length ? this.runSkipping(skips, args, forward) : forward(args);
-      out = ran instanceof Promise ? await ran : ran;
+      out = isThenable(ran) ? await ran : ran;
     } catch (e) {
       // The call did not happen (a fused block's replay goes back to run op by op): that run skips it again.
       for (const { mediator, request } of skips) {

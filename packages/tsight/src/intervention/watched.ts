@@ -13,8 +13,6 @@
  */
 import { LeftPassError } from "./errors.js";
 
-/** Never settles: what a derived promise becomes when the read it came from ended with the invoke leaving the pass. */
-const NEVER: Promise<never> = new Promise<never>(() => undefined);
 const nativeThen = Promise.prototype.then;
 
 export class ValueRequest<T = unknown> extends Promise<T> {
@@ -31,8 +29,8 @@ export class ValueRequest<T = unknown> extends Promise<T> {
    */
   override then<A = T, B = never>(onFulfilled?: ((value: T) => A | PromiseLike<A>) | null, onRejected?: ((reason: unknown) => B | PromiseLike<B>) | null): Promise<A | B> {
     const derived = nativeThen.call(this, onFulfilled, onRejected) as Promise<A | B>;
-    const quiet = new ValueRequest<A | B>((resolve, reject) => nativeThen.call(derived, resolve, (e: unknown) => (e instanceof LeftPassError ? resolve(NEVER) : reject(e))));
-    return quiet;
+    // Left pending (never settled, so nothing holds it: it is collected with what its callbacks captured).
+    return new ValueRequest<A | B>((resolve, reject) => nativeThen.call(derived, resolve, (e: unknown) => (e instanceof LeftPassError ? undefined : reject(e))));
   }
 }
 // `await read` takes the engine's fast path only for promises whose constructor is Promise itself: a subclass costs

@@ -12,8 +12,7 @@ import { fusedForward } from "./fusion.js";
  * replace arguments, skip `forward`, and replace the output.
  */
 export interface ModuleHooks {
-  /** `forward` may return its result itself rather than a promise of it (a fused block's replay does). */
-  call(module: Module, args: unknown[], forward: (args: unknown[]) => unknown): Promise<unknown>;
+  call(module: Module, args: unknown[], forward: (args: unknown[]) => Promise<unknown>): Promise<unknown>;
   /**
    * Whether anything reads, replaces or records the module at `path` (optional, with `pass`: hooks without it are
    * taken to watch everything). A forward computes an operation point nobody watches the fast way (one fused kernel).
@@ -31,6 +30,8 @@ export interface ModuleHooks {
   /**
    * For a block with watched modules inside: whether it may run fused and then hand the modules' values out as
    * if they had run one by one (see fusion.ts's replay), or null. `modules` are the paths whose values it can give.
+   * Hooks that replay get, from the replay's `call`s, a `forward` that may return its result itself (no promise):
+   * a replay takes many calls, and each promise costs.
    */
   replay?(block: Module, modules: ReadonlySet<string>): Replay | null;
 }

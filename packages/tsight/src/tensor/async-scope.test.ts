@@ -1,3 +1,4 @@
+import vm from "node:vm";
 import { describe, expect, it } from "vitest";
 import { AsyncScope } from "./async-scope.js";
 
@@ -46,5 +47,26 @@ describe("AsyncScope", () => {
     expect(scope.run(2, () => scope.get())).toBe(2);
     await expect(scope.run(3, async () => { await tick(); throw new Error("late"); })).rejects.toThrow("late");
     expect(await scope.run(4, async () => (await tick(), scope.get()))).toBe(4);
+  });
+
+  it("leaves a failure nobody handles unhandled (it is reported), and keeps its value for a promise of another realm", async () => {
+    const scope = new AsyncScope<number>();
+    const seen: unknown[] = [];
+    const onUnhandled = (e: unknown) => void seen.push(e);
+    process.on("unhandledRejection", onUnhandled);
+    try {
+      void scope.run(1, async () => {
+        await tick();
+        throw new Error("forgotten");
+      });
+      await tick();
+      await tick();
+    } finally {
+      process.off("unhandledRejection", onUnhandled);
+    }
+    expect(seen.map((e) => (e as Error).message)).toEqual(["forgotten"]);
+    // A function compiled in another context (a REPL, a notebook) returns that context's promises.
+    const foreign = vm.runInNewContext("(async (wait, get) => { await wait(); return get(); })") as (wait: () => Promise<void>, get: () => unknown) => Promise<unknown>;
+    expect(await scope.run(5, () => foreign(tick, () => scope.get()))).toBe(5);
   });
 });

@@ -13,6 +13,11 @@ import { lazyNode } from "./node.js";
 
 const hooks = lazyNode<typeof import("node:async_hooks")>("node:async_hooks");
 
+/** A promise (of this realm or another) or any other thenable. */
+export function isThenable(x: unknown): x is PromiseLike<unknown> {
+  return x !== null && (typeof x === "object" || typeof x === "function") && typeof (x as { then?: unknown }).then === "function";
+}
+
 export class AsyncScope<T> {
   /** null: not in Node (code then runs unscoped, see run). */
   private storage: AsyncLocalStorage<T> | null | undefined;
@@ -25,8 +30,9 @@ export class AsyncScope<T> {
   }
 
   /**
-   * Runs `fn` with `value`, carried across its awaits until what it returns has settled (a promise returned is
-   * waited for; `fn` throwing, or returning something else, ends the run at once). Not in Node: `fn` just runs.
+   * Runs `fn` with `value`, carried across its awaits until what it returns has settled (for a thenable returned,
+   * a promise of the same outcome is returned instead; `fn` throwing, or returning something else, ends the run
+   * at once). Not in Node: `fn` just runs.
    */
   run<R>(value: T, fn: () => R): R {
     const storage = this.open();
@@ -39,11 +45,19 @@ export class AsyncScope<T> {
       this.end();
       throw e;
     }
-    if (result instanceof Promise) {
-      const end = () => this.end();
-      Promise.prototype.then.call(result, end, end);
-    } else this.end();
-    return result;
+    if (!isThenable(result)) {
+      this.end();
+      return result;
+    }
+    // A promise of its own that ends the run when the result settles, with the same outcome (a failure nobody
+    // handles is still reported), for a thenable of any kind (another realm's promise too).
+    return Promise.resolve(result).then(
+      (v) => (this.end(), v),
+      (e: unknown) => {
+        this.end();
+        throw e;
+      },
+    ) as R;
   }
 
   private open(): AsyncLocalStorage<T> | null {

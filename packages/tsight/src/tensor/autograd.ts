@@ -49,6 +49,17 @@ export function noGrad<T>(fn: () => T): T {
   }
 }
 
+/** Runs a synchronous `fn` without recording gradients: the flag alone (the backward walk, at every node). */
+function withoutGrad<T>(fn: () => T): T {
+  const before = gradEnabled;
+  gradEnabled = false;
+  try {
+    return fn();
+  } finally {
+    gradEnabled = before;
+  }
+}
+
 /** Reachable nodes from `root`, newest first. */
 function nodesFrom(root: Tensor): GradNode[] {
   const seen = new Set<GradNode>();
@@ -79,7 +90,7 @@ export function* backwardSteps(root: Tensor, seed: Tensor, onNode?: (node: GradN
   // Gradients are values, not part of a graph (no create_graph): rules and sums run without recording.
   const add = (t: Tensor, g: Tensor): void => {
     const prev = grads.get(t);
-    grads.set(t, prev ? noGrad(() => prev.add(g)) : g);
+    grads.set(t, prev ? withoutGrad(() => prev.add(g)) : g);
   };
   function* finish(t: Tensor): Generator<HookStep, Tensor | undefined, Tensor | void> {
     let g: Tensor | undefined = grads.get(t);
@@ -96,7 +107,7 @@ export function* backwardSteps(root: Tensor, seed: Tensor, onNode?: (node: GradN
     const outGrads: (Tensor | null)[] = [];
     for (const o of node.outputs) outGrads.push((yield* finish(o)) ?? null);
     if (outGrads.every((g) => g === null)) continue;
-    const inGrads = noGrad(() => node.rule(outGrads, node));
+    const inGrads = withoutGrad(() => node.rule(outGrads, node));
     node.inputs.forEach((t, i) => {
       const g = inGrads[i];
       if (!g || !t.requiresGrad) return;
@@ -112,7 +123,7 @@ export function* backwardSteps(root: Tensor, seed: Tensor, onNode?: (node: GradN
   beforeLeaves?.(leaves);
   for (const leaf of leaves) {
     const g = yield* finish(leaf);
-    if (g) leaf.grad = leaf.grad ? noGrad(() => leaf.grad!.add(g)) : g;
+    if (g) leaf.grad = leaf.grad ? withoutGrad(() => leaf.grad!.add(g)) : g;
   }
 }
 

@@ -49,10 +49,10 @@ export interface RuntimeApi {
  * Returns the functions the host calls: settle pending promises, call user functions, start invokes.
  */
 export function installRuntime(rawHost: HostCallbacks, tree: TreeNode, api: RuntimeApi): unknown {
-  /** TransformerLens's hook names for tsight's operation points, for a hint (as in process: intervention/envoy.ts). */
-  const lensNames: Record<string, string | undefined> = Object.assign(Object.create(null), { hook_q: "q", hook_k: "k", hook_v: "v", hook_attn_scores: "scores", hook_pattern: "pattern", hook_z: "z", hook_pre: "pre", hook_post: "post" });
   "use strict";
   const g = globalThis as any;
+  /** TransformerLens's hook names for tsight's operation points, for a hint (as in process: intervention/envoy.ts). */
+  const lensNames: Record<string, string | undefined> = Object.assign(Object.create(null), { hook_q: "q", hook_k: "k", hook_v: "v", hook_attn_scores: "scores", hook_pattern: "pattern", hook_z: "z", hook_pre: "pre", hook_post: "post" });
 
   class RemoteError extends Error {
     code: string;

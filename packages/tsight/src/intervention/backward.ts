@@ -33,8 +33,8 @@ export class GradScope {
   private readonly current = new Map<Tensor, Tensor>();
   /**
    * Gradients whose hooks have run while the walk is still at the op that made them: values one op made together
-   * (q, k and v out of one split; or several read values that are leaves of the graph, which the walk reaches last,
-   * all at once) are asked for in any order among themselves.
+   * (a split's outputs), or read values that are leaves of the graph (the first ones read, which the walk reaches
+   * last, all at once), are asked for in any order among themselves.
    */
   private readonly settled = new Map<Tensor, Tensor>();
   /** Values whose gradients have gone by: their hooks ran and the walk went on past them. */

@@ -4,7 +4,7 @@
  * It records exactly the modules asked for (all of them when none are named), and reads like the model:
  * `cache.transformer.h[0].output` (rename aliases too), or `cache.get("transformer.h.0")`.
  */
-import { isPoint, type Module } from "../nn/index.js";
+import { isPoint, Points, type Module } from "../nn/index.js";
 import { isBelow, type Recorder } from "./interleaver.js";
 import type { ValueKind } from "./mediator.js";
 import { TraceError } from "./errors.js";
@@ -60,6 +60,8 @@ export class Cache implements Recorder {
     private readonly aliases: ReadonlyMap<string, ReadonlyMap<string, string>> = new Map(),
     /** Paths of operation points (recorded only when named). */
     private readonly points: ReadonlySet<string> = new Set(),
+    /** Paths of the modules holding points (`attn.source`): naming one names its points. */
+    private readonly holders: ReadonlySet<string> = new Set(),
   ) {
     this.prefixes = options.modules ? options.modules.flatMap((m) => this.named(typeof m === "string" ? m : m.path)) : null;
     this.outputs = options.outputs ?? true;
@@ -77,10 +79,8 @@ export class Cache implements Recorder {
   private named(path: string): string[] {
     const real = this.knownPaths.has(path) ? path : resolveAliases(path, this.aliases);
     if (!this.knownPaths.has(real)) throw new TraceError(`cache: the model has no module "${path}"`);
-    if (this.points.has(real)) {
-      const inner = [...this.points].filter((p) => isBelow(p, real));
-      if (inner.length) return inner;
-    }
+    // Its own points only (a point with an SAE spliced on is recorded itself, as named).
+    if (this.holders.has(real)) return [...this.points].filter((p) => isBelow(p, real) && p.lastIndexOf(".") === real.length);
     return [real];
   }
 
@@ -234,4 +234,9 @@ export function modulePaths(root: Module): Set<string> {
 /** The paths of a model's operation points and of the `source` modules holding them. */
 export function pointPaths(root: Module): Set<string> {
   return new Set(root.namedModules().flatMap(([p, m]) => (isPoint(m) ? [p] : [])));
+}
+
+/** The paths of the modules holding a model's operation points (`attn.source`, `mlp.source`). */
+export function pointHolderPaths(root: Module): Set<string> {
+  return new Set(root.namedModules().flatMap(([p, m]) => (m instanceof Points ? [p] : [])));
 }

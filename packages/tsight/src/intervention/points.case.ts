@@ -352,12 +352,13 @@ export const pointCases: TraceCase[] = [
     },
   },
   {
-    name: "gradients of q, k and v (the values one op makes) and of the first values read (the graph's leaves, reached last) come in any order among themselves, the same in each",
+    name: "gradients of the first values read (the graph's leaves, reached last: q, k, v and scores here) come in any order among themselves; after an earlier read, in reverse forward order; the same in each",
     async run(b) {
-      const grads = (order: string[]) =>
+      const grads = (order: string[], earlier = false) =>
         b.gpt2.trace(
           PROMPT,
           async (m: any, tr) => {
+            if (tr.vars.earlier) await m.transformer.h[0].output;
             const src = m.transformer.h[1].attn.source;
             const vals: Record<string, Tensor> = { q: await src.q.output, k: await src.k.output, v: await src.v.output };
             vals.scores = (await src.scores.output) as Tensor;
@@ -368,7 +369,7 @@ export const pointCases: TraceCase[] = [
             });
             return out;
           },
-          b.options({ grad: true, vars: { order } }),
+          b.options({ grad: true, vars: { order, earlier: earlier ? 1 : 0 } }),
         );
       const forward = await grads(["scores", "q", "k", "v"]);
       for (const order of [["scores", "v", "k", "q"], ["scores", "k", "v", "q"]]) {
@@ -376,6 +377,9 @@ export const pointCases: TraceCase[] = [
         for (const name of order) expect(maxAbsDiff(got[name]!, forward[name]!)).toBe(0);
       }
       expect(forward.q!.abs().max().item()).toBeGreaterThan(0);
+      // After an earlier read they are no leaves: reverse forward order (scores, then v, k, q) gives the same.
+      const interior = await grads(["scores", "v", "k", "q"], true);
+      for (const name of ["scores", "v", "k", "q"]) expect(maxAbsDiff(interior[name]!, forward[name]!)).toBe(0);
     },
   },
   {

@@ -13,7 +13,7 @@
 import type { Module } from "../nn/index.js";
 import { Tensor } from "../tensor/index.js";
 import { GradScope, type GradSource } from "./backward.js";
-import { Cache, modulePaths, pointPaths, type CacheOptions, type NavigableCache } from "./cache.js";
+import { Cache, modulePaths, pointHolderPaths, pointPaths, type CacheOptions, type NavigableCache } from "./cache.js";
 import { envoyFor, type EnvoyContext } from "./envoy.js";
 import { EarlyStop, InterventionError, LeftPassError, StallError, TraceError } from "./errors.js";
 import type { ModelInput } from "./inputs.js";
@@ -231,6 +231,7 @@ export class TraceRun {
   private readonly unusedFailures: { error: unknown; isUsed(): boolean }[] = [];
   private paths: Set<string> | null = null;
   private points: Set<string> | null = null;
+  private pointHolders: Set<string> | null = null;
   /** Rows in the batch (known once it is built). */
   private batch = 0;
   /** Generation steps: the one running, the total once known, and invokes waiting for a step. */
@@ -302,7 +303,8 @@ export class TraceRun {
   addCache(options: CacheOptions, rows: Rows | null): Cache {
     this.paths ??= modulePaths(this.target.model);
     this.points ??= pointPaths(this.target.model);
-    const cache = new Cache(options, rows, this.paths, this.isolated, this.target.aliases, this.points);
+    this.pointHolders ??= pointHolderPaths(this.target.model);
+    const cache = new Cache(options, rows, this.paths, this.isolated, this.target.aliases, this.points, this.pointHolders);
     this.caches.push(cache);
     this.interleaver?.recorders.push(cache);
     return cache;

@@ -397,7 +397,7 @@ function fusedStep(module: Module, args: unknown[], hooks: ModuleHooks | null, f
     const before = cache.snapshot();
     let captured: { capture: Capture; result: unknown } | null = null;
     try {
-      const capture = new Capture();
+      const capture = new Capture(false);
       const result = await runCaptured(capture, () => forward(args));
       captured = { capture, result };
     } catch {

@@ -31,7 +31,7 @@ export class Point extends Module {
    * place, watched or not.
    */
   async at(x: Tensor): Promise<Tensor> {
-    if (this.watched || activeCapture()) return (this as Point).call(x);
+    if (this.watched || activeCapture()?.replayable) return (this as Point).call(x);
     this.pass();
     return x;
   }
@@ -42,7 +42,7 @@ export class Point extends Module {
    * can hand out (a replacement of it still runs the op in steps).
    */
   async gave(x: Tensor): Promise<void> {
-    if (activeCapture()) await (this as Point).call(x);
+    if (activeCapture()?.replayable) await (this as Point).call(x);
     else this.pass();
   }
 
@@ -52,8 +52,8 @@ export class Point extends Module {
    */
   pass(): void {
     const capture = activeCapture();
-    if (capture) capture.recordPassed(this);
-    else this.tree.hooks?.pass?.(this);
+    if (!capture) this.tree.hooks?.pass?.(this);
+    else if (capture.replayable) capture.recordPassed(this);
   }
 }
 

@@ -65,6 +65,14 @@ export class Capture {
   private readonly open: CapturedCall[] = [];
   private next = 0;
 
+  constructor(
+    /**
+     * Whether a replay will hand out the calls' values (a block's or model's graph), so operation points nobody
+     * watches are noted in their place too; a generation step's graph is never replayed, and skips them.
+     */
+    readonly replayable = true,
+  ) {}
+
   /** Runs a module's forward (`run`) inside the capture, noting the call with its arguments and result. */
   async recordCall<T>(owner: object, args: unknown[], run: () => Promise<T>): Promise<T> {
     const call: CapturedCall = { owner, args, out: undefined, children: [] };

@@ -11,6 +11,17 @@ import { TraceError } from "./errors.js";
 import { resolveAliases } from "./rename.js";
 import { detachAll, mapTensors, RowsError, selectRows, type Rows } from "./rows.js";
 
+/** The longest module path a cache looks up (a model's paths are a few dozen characters). */
+const MAX_PATH = 4096;
+
+/** A module named in CacheOptions.modules: a path, or an envoy (anything with a string `path`). */
+function modulePathOf(m: unknown, i: number): string {
+  if (typeof m === "string") return m;
+  const path = m !== null && typeof m === "object" ? (m as { path?: unknown }).path : undefined;
+  if (typeof path === "string") return path;
+  throw new TraceError(`cache: modules[${i}] must be a module's path or its envoy (m.transformer.h[0]), got ${m === null ? "null" : typeof m}`);
+}
+
 /** The bytes of the tensors in a value. */
 function tensorBytes(value: unknown): number {
   let n = 0;
@@ -46,7 +57,8 @@ export type NavigableCache = Cache & { readonly [module: string]: any };
 
 export class Cache implements Recorder {
   private readonly entries = new Map<string, CacheEntry>();
-  private readonly prefixes: string[] | null;
+  /** The modules named (each once), or null for all. */
+  private readonly prefixes: ReadonlySet<string> | null;
   private readonly outputs: boolean;
   private readonly inputs: boolean;
 
@@ -63,7 +75,7 @@ export class Cache implements Recorder {
     /** Paths of the modules holding points (`attn.source`): naming one names its points. */
     private readonly holders: ReadonlySet<string> = new Set(),
   ) {
-    this.prefixes = options.modules ? options.modules.flatMap((m) => this.named(typeof m === "string" ? m : m.path)) : null;
+    this.prefixes = options.modules ? new Set(options.modules.flatMap((m, i) => this.named(modulePathOf(m, i)))) : null;
     this.outputs = options.outputs ?? true;
     this.inputs = options.inputs ?? false;
     // Navigation by module names: what the class does not have is a module of the model.
@@ -77,8 +89,9 @@ export class Cache implements Recorder {
    * operation points (`attn.source`, never called itself) every point in it.
    */
   private named(path: string): string[] {
-    const real = this.knownPaths.has(path) ? path : resolveAliases(path, this.aliases);
-    if (!this.knownPaths.has(real)) throw new TraceError(`cache: the model has no module "${path}"`);
+    // A path longer than any module's is none (and not worth resolving, or quoting whole).
+    const real = this.knownPaths.has(path) ? path : path.length <= MAX_PATH ? resolveAliases(path, this.aliases) : null;
+    if (real === null || !this.knownPaths.has(real)) throw new TraceError(`cache: the model has no module "${path.length > 200 ? `${path.slice(0, 200)}..." (${path.length} characters)` : `${path}"`}`);
     // Its own points only (a point with an SAE spliced on is recorded itself, as named).
     if (this.holders.has(real)) return [...this.points].filter((p) => isBelow(p, real) && p.lastIndexOf(".") === real.length);
     return [real];
@@ -86,7 +99,7 @@ export class Cache implements Recorder {
 
   /** Modules named, or else every module but operation points (those only when named, as nnsight's cache leaves out `.source`). */
   private wants(path: string): boolean {
-    return this.prefixes === null ? !this.points.has(path) : this.prefixes.includes(path);
+    return this.prefixes === null ? !this.points.has(path) : this.prefixes.has(path);
   }
 
   records(path: string): boolean {
@@ -94,7 +107,10 @@ export class Cache implements Recorder {
   }
 
   recordsWithin(path: string): boolean {
-    return !this.stopped && (this.prefixes === null || this.prefixes.some((p) => isBelow(p, path)));
+    if (this.stopped) return false;
+    if (this.prefixes === null) return true;
+    for (const p of this.prefixes) if (isBelow(p, path)) return true;
+    return false;
   }
 
   /**
@@ -146,7 +162,7 @@ export class Cache implements Recorder {
     if (e) return e;
     const under = this.keys().filter((k) => k.startsWith(path ? path + "." : ""));
     const what = path || "the model";
-    throw new TraceError(`cache: ${what} was not recorded${under.length ? `; recorded inside it: ${under.slice(0, 8).join(", ")}${under.length > 8 ? ", ..." : ""}` : this.prefixes ? ` (this cache records ${this.prefixes.join(", ")})` : ""}`);
+    throw new TraceError(`cache: ${what} was not recorded${under.length ? `; recorded inside it: ${under.slice(0, 8).join(", ")}${under.length > 8 ? ", ..." : ""}` : this.prefixes ? ` (this cache records ${[...this.prefixes].slice(0, 8).join(", ")}${this.prefixes.size > 8 ? ", ..." : ""})` : ""}`);
   }
 
   /** @internal the path of child `name` of `path` (an alias, a list index, or a name), or an error. */

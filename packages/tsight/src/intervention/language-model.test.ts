@@ -19,6 +19,15 @@ describe("LanguageModel", () => {
     expect(new Set(cache.keys())).toEqual(new Set(["transformer.h.1", "transformer", ""]));
   });
 
+  it("a cache's modules that are neither a path nor an envoy are a TraceError naming the entry (remotely, the job's argument check refuses them)", async () => {
+    const lm = await LanguageModel.load("stdlib-gpt2");
+    for (const [entry, got] of [[null, "null"], [{ path: 5 }, "object"], [7, "number"]] as const) {
+      const e = (await lm.trace("def f(", async (_m, tr) => void tr.cache({ modules: ["transformer.h.0", entry as never] })).catch((x: Error) => x)) as Error;
+      expect(e.name).toBe("TraceError");
+      expect(e.message).toContain(`cache: modules[1] must be a module's path or its envoy (m.transformer.h[0]), got ${got}`);
+    }
+  });
+
   it("errors point at the user's line whether or not the model has given the value before (reads of known values skip the stack capture)", async () => {
     const lm = await LanguageModel.load("stdlib-gpt2");
     const ids = new Tensor("int64", BigInt64Array.of(324n, 615n, 638n), [1, 3]);

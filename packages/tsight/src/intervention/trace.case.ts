@@ -601,6 +601,20 @@ export const traceCases: TraceCase[] = [
       expect(maxAbsDiff((out.layers as any).transformer.h[2].output, ref(f, "single/transformer.h.2:output"))).toBeLessThan(1e-4);
       expect(maxAbsDiff((out.layers as any).transformer.h[-2].output, ref(f, "single/transformer.h.2:output"))).toBeLessThan(1e-4);
       expect(() => (out.layers as any).transformer.h[1].mlp.output).toThrow(/transformer\.h\.1\.mlp was not recorded/);
+      // A module that is none is a TraceError, quoted at most 200 characters long; naming one many times records it once.
+      const bad = await b.gpt2.trace(PROMPT, async (_m, tr) => void tr.cache({ modules: ["nope.".repeat(100_000)] }), b.options()).catch((e) => e);
+      expect(bad).toBeInstanceOf(TraceError);
+      expect(bad.message).toMatch(/cache: the model has no module "(nope\.){40}\.\.\." \(500000 characters\)/);
+      const many = await b.gpt2.trace(
+        PROMPT,
+        async (m, tr) => {
+          const c = tr.cache({ modules: Array.from({ length: 1000 }, () => "transformer.h.0") });
+          await m.lm_head.output;
+          return c.keys();
+        },
+        b.options(),
+      );
+      expect(many).toEqual(["transformer.h.0"]);
     },
   },
   {

@@ -3,6 +3,7 @@
  * Tensor methods (tensor.ts) are composed from these; a composed method needs no gradient rule of its own.
  */
 import type { DType } from "./dtype.js";
+import type { GraphBuilder } from "./onnx.js";
 import { DTypeError, ShapeError } from "./errors.js";
 import type { Primitive, OutSpec } from "./primitive.js";
 import { broadcastShapes, fmt, sizeOf, stridesOf, type Shape } from "./shape.js";
@@ -578,6 +579,47 @@ export const trilu: Primitive<{ upper: boolean; k: number }> = {
 // #endregion
 // #region attention
 
+/** q [B, H, T, D] and k [B, KV, S, D] fit attention (H a multiple of KV): their sizes, and the group size. */
+function attentionShapes(op: string, q: Tensor, k: Tensor): { B: number; H: number; T: number; D: number; KV: number; S: number; G: number } {
+  check(op, q, FLOAT_ONLY);
+  check(op, k, FLOAT_ONLY);
+  const [B, H, T, D] = q.shape as [number, number, number, number];
+  const [Bk, KV, S, Dk] = k.shape as [number, number, number, number];
+  if (q.ndim !== 4 || k.ndim !== 4 || Bk !== B || Dk !== D || H % KV) throw new ShapeError(`${op}: q ${fmt(q.shape)} and k ${fmt(k.shape)} do not fit ([B, H, T, D] and [B, KV, S, D] with H a multiple of KV)`);
+  return { B, H, T, D, KV, S, G: H / KV };
+}
+
+/** Keys or values [B, KV, S, D] with each head repeated for the `G` query heads it serves: [B, KV * G, S, D]. */
+function repeatHeads(x: Tensor, G: number): Tensor {
+  if (G === 1) return x;
+  const [B, KV, S, D] = x.shape as [number, number, number, number];
+  return x.unsqueeze(2).expand(B, KV, G, S, D).reshape(B, KV * G, S, D);
+}
+
+/** The gradient of repeatHeads: [B, KV * G, S, D] summed over each group of `G` heads, [B, KV, S, D]. */
+function foldHeads(x: Tensor, G: number): Tensor {
+  if (G === 1) return x;
+  const [B, H, S, D] = x.shape as [number, number, number, number];
+  return x.reshape(B, H / G, G, S, D).sum(2);
+}
+
+/**
+ * The attention kernel's first half as graph nodes: cap(q k^T * scale) on grouped rows, [B, KV, G*T, S] (q viewed as
+ * [B, KV, G*T, D] by `qGrouped`). attention and attentionScores build it alike, so they give the same numbers.
+ */
+function scoresGraph(g: GraphBuilder, q: string, k: string, qGrouped: string, a: { scale: number; softcap: number }): string {
+  const qg = g.op("Reshape", [q, qGrouped]);
+  const kt = g.op("Transpose", [k], { perm: [0, 1, 3, 2] });
+  let raw = g.op("Mul", [g.op("MatMul", [qg, kt]), g.scalar("float32", a.scale)]);
+  if (a.softcap > 0) raw = g.op("Mul", [g.op("Tanh", [g.op("Div", [raw, g.scalar("float32", a.softcap)])]), g.scalar("float32", a.softcap)]);
+  return raw;
+}
+
+/** The kernel's second half as graph nodes: the weights (viewed as [B, KV, G*T, S] by `wGrouped`) times v, grouped. */
+function valuesGraph(g: GraphBuilder, w: string, v: string, wGrouped: string): string {
+  return g.op("MatMul", [g.op("Reshape", [w, wGrouped]), v]);
+}
+
 /**
  * Scaled dot-product attention in one kernel: softmax(cap(q k^T * scale) + mask) v, with grouped-query heads
  * handled by viewing q as [B, KV, G*T, D] (no copies of k and v). cap(s) = softcap * tanh(s / softcap) when
@@ -588,13 +630,9 @@ export const trilu: Primitive<{ upper: boolean; k: number }> = {
 export const attention: Primitive<{ scale: number; softcap: number }> = {
   name: "attention",
   infer: ([q, k, v, mask]) => {
-    for (const t of [q!, k!, v!, mask!]) check("attention", t, FLOAT_ONLY);
-    const [B, H, T, D] = q!.shape as [number, number, number, number];
-    const [Bk, KV, S, Dk] = k!.shape as [number, number, number, number];
-    if (q!.ndim !== 4 || k!.ndim !== 4 || v!.ndim !== 4 || Bk !== B || Dk !== D || H % KV) {
-      throw new ShapeError(`attention: q ${fmt(q!.shape)} and k ${fmt(k!.shape)} do not fit ([B, H, T, D] and [B, KV, S, D] with H a multiple of KV)`);
-    }
-    if (v!.shape.some((d, i) => d !== k!.shape[i])) throw new ShapeError(`attention: v ${fmt(v!.shape)} differs from k ${fmt(k!.shape)}`);
+    for (const t of [v!, mask!]) check("attention", t, FLOAT_ONLY);
+    const { B, H, T, D, S } = attentionShapes("attention", q!, k!);
+    if (v!.ndim !== 4 || v!.shape.some((d, i) => d !== k!.shape[i])) throw new ShapeError(`attention: v ${fmt(v!.shape)} differs from k ${fmt(k!.shape)}`);
     if (mask!.ndim !== 4 || mask!.shape[0] !== B || mask!.shape[2] !== T || mask!.shape[3] !== S) throw new ShapeError(`attention: mask ${fmt(mask!.shape)} does not fit [${B}, 1, ${T}, ${S}]`);
     return [
       { dtype: "float32", shape: [B, T, H * D] },
@@ -603,61 +641,41 @@ export const attention: Primitive<{ scale: number; softcap: number }> = {
   },
   key: (a) => `${a.scale}|${a.softcap}`,
   feeds: ([q, k]) => {
-    const [B, H, T, D] = q!.shape as [number, number, number, number];
-    const [, KV, S] = k!.shape as [number, number, number];
-    const G = H / KV;
+    const { B, H, T, D, KV, S, G } = attentionShapes("attention", q!, k!);
     return [ints([B, KV, G * T, D]), ints([B, H, T, S]), ints([B, KV, G * T, S]), ints([B, H, T, D]), ints([B, T, H * D])];
   },
   // q @ k^T, then the weights @ v: each 2 * [scores] * head_dim.
   flops: ([q], out) => 4 * sizeOf(out[1]!.shape) * q!.shape.at(-1)!,
   graph: (g, [q, k, v, mask, qGrouped, scoresShape, weightsGrouped, outShape, merged], a) => {
-    const qg = g.op("Reshape", [q!, qGrouped!]);
-    const kt = g.op("Transpose", [k!], { perm: [0, 1, 3, 2] });
-    let raw = g.op("Mul", [g.op("MatMul", [qg, kt]), g.scalar("float32", a.scale)]);
-    if (a.softcap > 0) raw = g.op("Mul", [g.op("Tanh", [g.op("Div", [raw, g.scalar("float32", a.softcap)])]), g.scalar("float32", a.softcap)]);
-    const scores = g.op("Reshape", [raw, scoresShape!]);
+    const scores = g.op("Reshape", [scoresGraph(g, q!, k!, qGrouped!, a), scoresShape!]);
     const weights = g.op("Softmax", [g.op("Add", [scores, mask!])], { axis: -1 });
-    const out = g.op("Reshape", [g.op("MatMul", [g.op("Reshape", [weights, weightsGrouped!]), v!]), outShape!]);
+    const out = g.op("Reshape", [valuesGraph(g, weights, v!, weightsGrouped!), outShape!]);
     return [g.op("Reshape", [g.op("Transpose", [out], { perm: [0, 2, 1, 3] }), merged!]), weights];
   },
   grad: ([gOut, gWeights], n) => {
     const [q, k, v] = n.inputs as [Tensor, Tensor, Tensor, Tensor];
     const w = n.outputs[1]!;
     const { scale, softcap } = n.attrs as { scale: number; softcap: number };
-    const [B, H, T, D] = q.shape as [number, number, number, number];
-    const [, KV, S] = k.shape as [number, number, number];
-    const G = H / KV;
-    const repeat = (x: Tensor) => (G === 1 ? x : x.unsqueeze(2).expand(B, KV, G, S, D).reshape(B, H, S, D));
-    const fold = (x: Tensor) => (G === 1 ? x : x.reshape(B, KV, G, S, D).sum(2));
+    const { B, H, T, D, G } = attentionShapes("attention", q, k);
     const gO = gOut ? gOut.reshape(B, T, H, D).transpose(1, 2) : Tensor.zeros([B, H, T, D]);
-    let gW = gO.matmul(repeat(v).transpose(2, 3));
+    let gW = gO.matmul(repeatHeads(v, G).transpose(2, 3));
     if (gWeights) gW = gW.add(gWeights);
     let gS = w.mul(gW.sub(gW.mul(w).sum(-1, true)));
     if (softcap > 0) {
       // d/ds cap * tanh(s / cap) = 1 - tanh(s / cap)^2, at the scaled scores s (recomputed; not an output).
-      const t = q.matmul(repeat(k).transpose(2, 3)).mul(scale).div(softcap).tanh();
+      const t = q.matmul(repeatHeads(k, G).transpose(2, 3)).mul(scale).div(softcap).tanh();
       gS = gS.mul(t.mul(t).neg().add(1));
     }
     gS = gS.mul(scale);
-    return [gS.matmul(repeat(k)), fold(gS.transpose(2, 3).matmul(q)), fold(w.transpose(2, 3).matmul(gO)), null];
+    return [gS.matmul(repeatHeads(k, G)), foldHeads(gS.transpose(2, 3).matmul(q), G), foldHeads(w.transpose(2, 3).matmul(gO), G), null];
   },
 };
 
-/** q [B, H, T, D] and k [B, KV, S, D] fit attention (H a multiple of KV): their sizes, and the group size. */
-function attentionShapes(op: string, q: Tensor, k: Tensor): { B: number; H: number; T: number; D: number; KV: number; S: number; G: number } {
-  check(op, q, FLOAT_ONLY);
-  check(op, k, FLOAT_ONLY);
-  const [B, H, T, D] = q.shape as [number, number, number, number];
-  const [Bk, KV, S, Dk] = k.shape as [number, number, number, number];
-  if (q.ndim !== 4 || k.ndim !== 4 || Bk !== B || Dk !== D || H % KV) throw new ShapeError(`${op}: ${fmt(q.shape)} and ${fmt(k.shape)} do not fit ([B, H, T, D] and [B, KV, S, D] with H a multiple of KV)`);
-  return { B, H, T, D, KV, S, G: H / KV };
-}
-
 /**
- * The first half of the attention kernel, alone: cap(q k^T * scale) [B, H, T, S] (see attention), with the same
- * graph (grouped-query rows, the transpose and the scale inside the product, the soft cap), so that attention computed step by step (an operation
- * point watched) gives the fused kernel's numbers to the bit. A matrix product of one row is summed otherwise
- * when the transpose and scale are separate kernels (a decode step's scores differed in the last bits).
+ * The first half of the attention kernel, alone: cap(q k^T * scale) [B, H, T, S] (see attention), built as the
+ * kernel builds it (scoresGraph), so that attention computed step by step (an operation point watched) gives the
+ * fused kernel's numbers to the bit. A matrix product of one row is summed otherwise when the transpose and scale
+ * are separate kernels (a decode step's scores differed in the last bits).
  */
 export const attentionScores: Primitive<{ scale: number; softcap: number }> = {
   name: "attention_scores",
@@ -671,18 +689,11 @@ export const attentionScores: Primitive<{ scale: number; softcap: number }> = {
     return [ints([B, KV, G * T, D]), ints([B, H, T, S])];
   },
   flops: ([q], out) => 2 * sizeOf(out[0]!.shape) * q!.shape.at(-1)!,
-  graph: (g, [q, k, qGrouped, scoresShape], a) => {
-    const kt = g.op("Transpose", [k!], { perm: [0, 1, 3, 2] });
-    let raw = g.op("Mul", [g.op("MatMul", [g.op("Reshape", [q!, qGrouped!]), kt]), g.scalar("float32", a.scale)]);
-    if (a.softcap > 0) raw = g.op("Mul", [g.op("Tanh", [g.op("Div", [raw, g.scalar("float32", a.softcap)])]), g.scalar("float32", a.softcap)]);
-    return [g.op("Reshape", [raw, scoresShape!])];
-  },
+  graph: (g, [q, k, qGrouped, scoresShape], a) => [g.op("Reshape", [scoresGraph(g, q!, k!, qGrouped!, a), scoresShape!])],
   grad: ([gS], n) => {
     const [q, k] = n.inputs as [Tensor, Tensor];
     const { scale, softcap } = n.attrs as { scale: number; softcap: number };
-    const { B, H, D, KV, S, G } = attentionShapes("attention_scores", q, k);
-    const repeat = (x: Tensor) => (G === 1 ? x : x.unsqueeze(2).expand(B, KV, G, S, D).reshape(B, H, S, D));
-    const fold = (x: Tensor) => (G === 1 ? x : x.reshape(B, KV, G, S, D).sum(2));
+    const { G } = attentionShapes("attention_scores", q, k);
     let g = gS!;
     if (softcap > 0) {
       // d/ds cap * tanh(s / cap) = 1 - tanh(s / cap)^2, and tanh(s / cap) is the output over cap.
@@ -690,13 +701,13 @@ export const attentionScores: Primitive<{ scale: number; softcap: number }> = {
       g = g.mul(t.mul(t).neg().add(1));
     }
     g = g.mul(scale);
-    return [g.matmul(repeat(k)), fold(g.transpose(2, 3).matmul(q))];
+    return [g.matmul(repeatHeads(k, G)), foldHeads(g.transpose(2, 3).matmul(q), G)];
   },
 };
 
 /**
  * The second half of the attention kernel, alone: each head's pattern [B, H, T, S] times the values [B, KV, S, D],
- * per head [B, H, T, D], with the same graph (grouped-query rows) as the fused kernel, for the same numbers.
+ * per head [B, H, T, D], built as the kernel builds it (valuesGraph), for the same numbers.
  */
 export const attentionValues: Primitive = {
   name: "attention_values",
@@ -714,15 +725,11 @@ export const attentionValues: Primitive = {
     return [ints([B, KV, (H / KV) * T, S]), ints([B, H, T, D])];
   },
   flops: ([w], out) => 2 * sizeOf(out[0]!.shape) * w!.shape.at(-1)!,
-  graph: (g, [w, v, wGrouped, outShape]) => [g.op("Reshape", [g.op("MatMul", [g.op("Reshape", [w!, wGrouped!]), v!]), outShape!])],
+  graph: (g, [w, v, wGrouped, outShape]) => [g.op("Reshape", [valuesGraph(g, w!, v!, wGrouped!), outShape!])],
   grad: ([gZ], n) => {
     const [w, v] = n.inputs as [Tensor, Tensor];
-    const [B, H, , S] = w.shape as [number, number, number, number];
-    const [, KV, , D] = v.shape as [number, number, number, number];
-    const G = H / KV;
-    const repeat = (x: Tensor) => (G === 1 ? x : x.unsqueeze(2).expand(B, KV, G, S, D).reshape(B, H, S, D));
-    const fold = (x: Tensor) => (G === 1 ? x : x.reshape(B, KV, G, S, D).sum(2));
-    return [gZ!.matmul(repeat(v).transpose(2, 3)), fold(w.transpose(2, 3).matmul(gZ!))];
+    const G = w.shape[1]! / v.shape[1]!;
+    return [gZ!.matmul(repeatHeads(v, G).transpose(2, 3)), foldHeads(w.transpose(2, 3).matmul(gZ!), G)];
   },
 };
 

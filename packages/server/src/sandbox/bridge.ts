@@ -12,7 +12,7 @@
  * the few synchronous calls: compiling, and replacement functions the forward pass calls.)
  */
 import ivm from "isolated-vm";
-import { buildAliases, Generator, ModuleList, Optimizer, Tensor, withAllocationGuard, type InterventionFn, type Module, type Tracer } from "tsight";
+import { buildAliases, Generator, ModuleList, Optimizer, Tensor, transformerLensNames, withAllocationGuard, type InterventionFn, type Module, type Tracer } from "tsight";
 import { CONSTRUCTORS, FunctionSource, infoFromError, SANDBOX_OBJECTS, TENSOR_AUTOGRAD, TENSOR_FUNCTIONS, TENSOR_METHODS, type ExecutionModel as LanguageModel } from "tsight/protocol";
 import { checkArgs } from "./args.js";
 import { HANDLE_BYTES, JobBudget, OBJECT_BYTES, type BudgetLimits } from "./budget.js";
@@ -108,6 +108,7 @@ export class Bridge implements ActionHost {
       tensorAutograd: Object.fromEntries(Object.entries(TENSOR_AUTOGRAD).map(([name, how]) => [name, { getter: how.getter }])),
       functions: Object.keys(TENSOR_FUNCTIONS),
       constructors: [...CONSTRUCTORS],
+      lensNames: { ...transformerLensNames },
       objects: Object.fromEntries(Object.entries(SANDBOX_OBJECTS).map(([kind, actions]) => [kind, Object.fromEntries(Object.entries(actions).map(([a, spec]) => [a, { answer: spec.answer, getter: "getter" in spec && spec.getter === true }]))])),
     };
     jail.setSync("__tree", new ivm.ExternalCopy(treeOf(this.lm.model, this.aliases)).copyInto());

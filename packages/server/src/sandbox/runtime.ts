@@ -42,6 +42,8 @@ export interface RuntimeApi {
   /** Functions that are classes: called with `new`. */
   constructors: string[];
   objects: Record<string, Record<string, { answer: string; getter?: boolean }>>;
+  /** TransformerLens's hook names for the operation points, for a hint (tsight's transformerLensNames). */
+  lensNames: Record<string, string | undefined>;
 }
 
 /**
@@ -51,8 +53,6 @@ export interface RuntimeApi {
 export function installRuntime(rawHost: HostCallbacks, tree: TreeNode, api: RuntimeApi): unknown {
   "use strict";
   const g = globalThis as any;
-  /** TransformerLens's hook names for tsight's operation points, for a hint (as in process: intervention/envoy.ts). */
-  const lensNames: Record<string, string | undefined> = Object.assign(Object.create(null), { hook_q: "q", hook_k: "k", hook_v: "v", hook_attn_scores: "scores", hook_pattern: "pattern", hook_z: "z", hook_pre: "pre", hook_post: "post" });
 
   class RemoteError extends Error {
     code: string;
@@ -334,7 +334,7 @@ export function installRuntime(rawHost: HostCallbacks, tree: TreeNode, api: Runt
         let child: TreeNode | TreeNode[] | undefined = children.get(name);
         if (child === undefined && name.includes(".")) child = name.split(".").reduce<any>((n, part) => (n === undefined ? undefined : Array.isArray(n) ? n[Number(part)] : new Map(n.children).get(part)), node);
         if (child === undefined) {
-          const lens = lensNames[prop];
+          const lens = Object.prototype.hasOwnProperty.call(api.lensNames, prop) ? api.lensNames[prop] : undefined;
           const hint = lens !== undefined && children.has(lens) ? ` (TransformerLens's ${prop} is ${lens} here)` : "";
           throw new RemoteError({ type: "TraceError", code: "USER_CODE", message: `${node.path || "the model"} (${node.type}) has no module "${prop}"${hint}; its modules are: ${[...children.keys(), ...aliases.keys()].join(", ") || "none"}` });
         }

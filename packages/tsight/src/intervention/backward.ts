@@ -176,17 +176,20 @@ export class GradScope {
     await this.untilBlocked();
     for (const p of this.pending) this.hookLeaf(p.source.leaf);
     for (const leaf of this.replacements.keys()) this.hookLeaf(leaf);
-    const onNode = (node: GradNode) => {
-      this.position = node.seq;
+    // The walk moves on: gradients settled at the op it leaves have gone by.
+    const moveOn = () => {
       for (const leaf of this.settled.keys()) this.gone.add(leaf);
       this.settled.clear();
+    };
+    const onNode = (node: GradNode) => {
+      this.position = node.seq;
+      moveOn();
       // A value asked for comes out of this op with others: their gradients are kept too (see settled).
       if (node.outputs.length > 1 && node.outputs.some((o) => this.hooked.has(o))) for (const o of node.outputs) this.hookLeaf!(o);
     };
     // The graph's leaves (values read first in the trace, among them) come last, together: all kept (see settled).
     const beforeLeaves = (leaves: ReadonlySet<Tensor>) => {
-      for (const leaf of this.settled.keys()) this.gone.add(leaf);
-      this.settled.clear();
+      moveOn();
       for (const leaf of leaves) this.hookLeaf!(leaf);
     };
     try {

@@ -11,9 +11,6 @@ import { TraceError } from "./errors.js";
 import { resolveAliases } from "./rename.js";
 import { detachAll, mapTensors, RowsError, selectRows, type Rows } from "./rows.js";
 
-/** The longest module path a cache looks up (a model's paths are a few dozen characters). */
-const MAX_PATH = 4096;
-
 /** A module named in CacheOptions.modules: a path, or an envoy (anything with a string `path`). */
 function modulePathOf(m: unknown, i: number): string {
   if (typeof m === "string") return m;
@@ -89,9 +86,9 @@ export class Cache implements Recorder {
    * operation points (`attn.source`, never called itself) every point in it.
    */
   private named(path: string): string[] {
-    // A path longer than any module's is none (and not worth resolving, or quoting whole).
-    const real = this.knownPaths.has(path) ? path : path.length <= MAX_PATH ? resolveAliases(path, this.aliases) : null;
-    if (real === null || !this.knownPaths.has(real)) throw new TraceError(`cache: the model has no module "${path.length > 200 ? `${path.slice(0, 200)}..." (${path.length} characters)` : `${path}"`}`);
+    const real = this.knownPaths.has(path) ? path : resolveAliases(path, this.aliases);
+    // Quoted at most 200 characters long.
+    if (!this.knownPaths.has(real)) throw new TraceError(`cache: the model has no module "${path.length > 200 ? `${path.slice(0, 200)}..." (${path.length} characters)` : `${path}"`}`);
     // Its own points only (a point with an SAE spliced on is recorded itself, as named).
     if (this.holders.has(real)) return [...this.points].filter((p) => isBelow(p, real) && p.lastIndexOf(".") === real.length);
     return [real];

@@ -8,7 +8,7 @@
  *   m.x.skip(value)             do not run the module; use `value` as its output
  *   await m.x.call(...args)     run the module directly (e.g. lm_head on an earlier layer's output)
  */
-import { Module, ModuleList } from "../nn/index.js";
+import { Module, ModuleList, transformerLensNames } from "../nn/index.js";
 import { TraceError } from "./errors.js";
 import type { Mediator } from "./mediator.js";
 
@@ -129,18 +129,6 @@ export class Envoy {
 function resolvePath(module: Module, path: string): Module | undefined {
   return path.includes(".") ? module.get(path) : childrenOf(module).get(path);
 }
-
-/** TransformerLens's hook names for what tsight's operation points are (see nn/points.ts). */
-const transformerLensNames: Record<string, string | undefined> = {
-  hook_q: "q",
-  hook_k: "k",
-  hook_v: "v",
-  hook_attn_scores: "scores",
-  hook_pattern: "pattern",
-  hook_z: "z",
-  hook_pre: "pre",
-  hook_post: "post",
-};
 
 const passthrough = new Set<string | symbol>(["then", "toJSON", "constructor", "asymmetricMatch", "$$typeof", "nodeType", "inspect"]);
 

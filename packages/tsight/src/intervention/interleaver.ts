@@ -329,7 +329,7 @@ export class Interleaver implements ModuleHooks, Provider {
 
   /** Whether an invoke asked for (or replaces) this value. */
   private isDue(path: string, kind: ValueKind, iteration: number): boolean {
-    for (const m of this.mediators) for (const r of m.requests) if (r.op !== "skip" && r.path === path && r.kind === kind && r.iteration === iteration) return true;
+    for (const m of this.mediators) for (const r of m.requests) if (isFor(r, path, kind, iteration)) return true;
     return false;
   }
 
@@ -338,7 +338,7 @@ export class Interleaver implements ModuleHooks, Provider {
     this.current = c;
     try {
       for (const m of this.mediators) {
-        const due = m.take((r) => r.op !== "skip" && r.path === path && r.kind === kind && r.iteration === iteration);
+        const due = m.take((r) => isFor(r, path, kind, iteration));
         if (!due.length) continue;
         if (this.hearers.size > 0 && due.some((r) => r.op === "read")) for (const heard of this.hearers) heard(`${kind}|${path}`);
         for (const r of due) this.answer(m, r);
@@ -527,6 +527,11 @@ export class Interleaver implements ModuleHooks, Provider {
     if (rejected) await this.settle();
     this.ending = null;
   }
+}
+
+/** Whether `r` reads or replaces this value of this call (a skip is of the call, not a value). */
+function isFor(r: Request, path: string, kind: ValueKind, iteration: number): boolean {
+  return r.op !== "skip" && r.path === path && r.kind === kind && r.iteration === iteration;
 }
 
 /** The key of a module's value in the set of values given (see gaveBefore). */

@@ -47,8 +47,15 @@ export function buildAliases(model: Module, rename: Rename): Map<string, Map<str
   return aliases;
 }
 
-/** A module path written with rename aliases (`layers.1.self_attn`) as the model's own (`model.layers.1.self_attn`). */
+/** The longest path resolved: a model's paths are a few dozen characters, and a longer one is none of them. */
+const MAX_PATH = 4096;
+
+/**
+ * A module path written with rename aliases (`layers.1.self_attn`) as the model's own (`model.layers.1.self_attn`).
+ * A path too long to be a module's comes back as it is.
+ */
 export function resolveAliases(path: string, aliases: ReadonlyMap<string, ReadonlyMap<string, string>>): string {
+  if (path.length > MAX_PATH) return path;
   let real = "";
   for (const name of path.split(".")) {
     const step = aliases.get(real)?.get(name) ?? name;

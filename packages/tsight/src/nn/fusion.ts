@@ -347,21 +347,34 @@ const WHOLE_MODEL_ROWS = 32;
  * tables end; op by op computes them for any position).
  */
 function wholeTakes(args: readonly unknown[]): boolean {
-  const ids = args.find((a): a is Tensor => a instanceof Tensor);
+  const ids = idsIn(args);
   const options = args.find((a): a is { positionIds?: unknown } => a !== null && typeof a === "object" && !(a instanceof Tensor));
   return ids !== undefined && ids.numel() <= WHOLE_MODEL_ROWS && options?.positionIds === undefined;
 }
 
-/** The tokens per row of a model's call (its token ids, the first tensor, are [batch, tokens]). */
-function tokensIn(args: readonly unknown[]): number {
-  return args.find((a): a is Tensor => a instanceof Tensor)?.shape[1] ?? 0;
+/** A model call's token ids [batch, tokens]: the first tensor among its arguments. */
+function idsIn(args: readonly unknown[]): Tensor | undefined {
+  return args.find((a): a is Tensor => a instanceof Tensor);
 }
 
-/** The positions a whole model's graph can take: the fewest of its modules' (see Module.capturedPositions). */
+/** The tokens per row of a model's call. */
+function tokensIn(args: readonly unknown[]): number {
+  return idsIn(args)?.shape[1] ?? 0;
+}
+
+/**
+ * The positions a whole model's graph can take: the fewest of its modules' (see Module.capturedPositions), found
+ * once per shape of the tree (asked at every generation step).
+ */
+const positions = new WeakMap<Module, { changes: number; n: number }>();
 function positionsOf(model: Module): number {
-  let n = Infinity;
-  for (const m of innerModules(model)) n = Math.min(n, m.capturedPositions ?? Infinity);
-  return n;
+  let known = positions.get(model);
+  if (!known || known.changes !== Module.treeChanges) {
+    let n = Infinity;
+    for (const m of innerModules(model)) n = Math.min(n, m.capturedPositions ?? Infinity);
+    positions.set(model, (known = { changes: Module.treeChanges, n }));
+  }
+  return known.n;
 }
 
 /** Modules whose forward with a KV cache could not be captured (they run op by op with one). */

@@ -85,6 +85,14 @@ export class MlpPoints extends Points {
   post = new Point();
 }
 
+/**
+ * TransformerLens's hook names for the points (`hook_pattern` is `pattern`), for the hint an unknown name gets, in
+ * process and in the sandbox.
+ */
+export const transformerLensNames: Readonly<Record<string, string | undefined>> = Object.freeze(
+  Object.assign(Object.create(null) as Record<string, string>, { hook_q: "q", hook_k: "k", hook_v: "v", hook_attn_scores: "scores", hook_pattern: "pattern", hook_z: "z", hook_pre: "pre", hook_post: "post" }),
+);
+
 /** Whether a module is an operation point or holds them (tsight's addition to a Hugging Face module tree). */
 export function isPoint(m: Module): boolean {
   return m instanceof Point || m instanceof Points;

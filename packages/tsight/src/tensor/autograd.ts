@@ -40,13 +40,7 @@ export function isGradEnabled(): boolean {
  * only: code running meanwhile elsewhere still records.
  */
 export function noGrad<T>(fn: () => T): T {
-  const before = gradEnabled;
-  gradEnabled = false;
-  try {
-    return scopes.run(false, fn);
-  } finally {
-    gradEnabled = before;
-  }
+  return withoutGrad(() => scopes.run(false, fn));
 }
 
 /** Runs a synchronous `fn` without recording gradients: the flag alone (the backward walk, at every node). */

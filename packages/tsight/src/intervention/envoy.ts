@@ -159,14 +159,16 @@ export function envoyFor(module: Module, ctx: EnvoyContext): Envoy {
  * (`h[-1]`); an index past either end is a TraceError naming the valid range (the sandbox's runtime does the same).
  */
 function listEnvoy(list: ModuleList, ctx: EnvoyContext): Envoy[] {
-  const items = Array.from({ length: list.length }, (_, i) => envoyFor(list.at(i), ctx));
-  return new Proxy(items, {
+  // Each item's envoy is made when first used (code names one layer of many); the slots exist from the start, so
+  // array methods, spreading and iteration see every item (they read each through `get`).
+  const items: (Envoy | undefined)[] = new Array(list.length).fill(undefined);
+  return new Proxy(items as Envoy[], {
     get(target, prop, receiver) {
       if (typeof prop === "string" && /^-?\d+$/.test(prop)) {
         const i = Number(prop);
         const at = i < 0 ? target.length + i : i;
         if (at < 0 || at >= target.length) throw new TraceError(listIndexMessage(list.path, i, target.length), origin());
-        return target[at];
+        return (target[at] ??= envoyFor(list.at(at), ctx));
       }
       return Reflect.get(target, prop, receiver);
     },

@@ -139,12 +139,24 @@ export class Interleaver implements ModuleHooks, Provider {
   pass(module: Module): void {
     const path = module.path;
     const direct = (this.entered.get(path) ?? 0) + 1;
-    this.entered.set(path, direct);
-    this.exited.set(path, direct);
+    this.count(this.entered, path, direct);
+    this.count(this.exited, path, direct);
   }
 
   passWithin(module: Module): void {
-    this.fusedCalls.set(module.path, (this.fusedCalls.get(module.path) ?? 0) + 1);
+    this.count(this.fusedCalls, module.path, (this.fusedCalls.get(module.path) ?? 0) + 1);
+  }
+
+  /**
+   * While a replay runs, the counts it changes, as they were before (newest last): its rewind puts them back. A
+   * replay counts a few dozen calls; a copy of every count at its start would cost more than the few it changes.
+   */
+  private journal: (Map<string, number> | string | number | undefined)[] | null = null;
+
+  /** Sets a call count (entered, exited or fusedCalls), noting what it was while a replay runs. */
+  private count(counts: Map<string, number>, path: string, n: number): void {
+    this.journal?.push(counts, path, counts.get(path));
+    counts.set(path, n);
   }
 
   replay(block: Module, modules: ReadonlySet<string>): Replay | null {
@@ -158,8 +170,13 @@ export class Interleaver implements ModuleHooks, Provider {
         asked.add(`${r.kind}|${r.path}`);
       }
     }
-    const saved = [...modules].map((path) => ({ path, entered: this.entered.get(path), exited: this.exited.get(path) }));
     const recordersBefore = this.recorders.length;
+    const outer = this.journal;
+    const journal: NonNullable<typeof this.journal> = [];
+    this.journal = journal;
+    const end = () => {
+      if (this.journal === journal) this.journal = outer;
+    };
     return {
       asked,
       needsRun: (path, gives, missing) => {
@@ -185,16 +202,26 @@ export class Interleaver implements ModuleHooks, Provider {
       },
       rewind: () => {
         // A cache made while the values were handed out already has the calls made before that: the run op by op
-        // does them again, and must not record them twice (or record calls from before the cache was made).
-        const done = { entered: new Map(this.entered), exited: new Map(this.exited) };
-        for (const r of this.recorders.slice(recordersBefore)) this.muted.set(r, done);
-        for (const { path, entered, exited } of saved) {
-          if (entered === undefined) this.entered.delete(path);
-          else this.entered.set(path, entered);
-          if (exited === undefined) this.exited.delete(path);
-          else this.exited.set(path, exited);
+        // does them again, and must not record them twice (or record calls from before the cache was made). The
+        // counts it compares with include the calls counted inside fused modules (see calls).
+        const made = this.recorders.slice(recordersBefore);
+        if (made.length) {
+          const done = { entered: new Map<string, number>(), exited: new Map<string, number>() };
+          for (const path of modules) {
+            done.entered.set(path, this.calls(this.entered, path));
+            done.exited.set(path, this.calls(this.exited, path));
+          }
+          for (const r of made) this.muted.set(r, done);
         }
+        end();
+        for (let i = journal.length - 3; i >= 0; i -= 3) {
+          const [counts, path, was] = journal.slice(i, i + 3) as [Map<string, number>, string, number | undefined];
+          if (was === undefined) counts.delete(path);
+          else counts.set(path, was);
+        }
+        journal.length = 0;
       },
+      end,
     };
   }
 
@@ -250,11 +277,11 @@ export class Interleaver implements ModuleHooks, Provider {
     const path = module.path;
     const iteration = this.calls(this.entered, path);
     const direct = (this.entered.get(path) ?? 0) + 1;
-    this.entered.set(path, direct);
+    this.count(this.entered, path, direct);
     // Nothing asks for or records its values (most calls): counted, and run without an async frame of its own.
     if (this.unwatched(path)) {
       return Promise.resolve(forward(args)).then((out) => {
-        this.exited.set(path, direct);
+        this.count(this.exited, path, direct);
         // Asked for, or recorded (a cache made), while it ran: by code that went on meanwhile.
         if (this.unwatched(path)) {
           this.checkEnding();
@@ -294,7 +321,7 @@ export class Interleaver implements ModuleHooks, Provider {
     } finally {
       for (const { mediator } of skips) mediator.skipping.delete(path);
     }
-    this.exited.set(path, direct);
+    this.count(this.exited, path, direct);
     const result = this.returned(path, iteration, out);
     return result instanceof Promise ? await result : result;
   }

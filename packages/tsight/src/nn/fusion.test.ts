@@ -511,6 +511,40 @@ describe("fused decoder blocks", () => {
     expect(kernels).toBe(1);
   });
 
+  it("calls counted in one step while a small model hands values out keep their numbers, and lose them when it goes back to run op by op", async () => {
+    const lm = await LanguageModel.load("stdlib-gpt2");
+    const ids = new Tensor("int64", BigInt64Array.of(324n, 615n, 638n), [1, 3]);
+    // h[0] and h[1] are counted whole (nobody watches inside them) before h[2]'s value is handed out: a value of
+    // theirs asked for then was provided already.
+    const late = async (m: any) => {
+      await m.transformer.h[2].mlp.output;
+      return m.transformer.h[0].attn.c_attn.output;
+    };
+    // h[1] is counted whole, then the replacement at h[2] sends the model back to run op by op, which counts h[1]
+    // again: its modules were called once, so a second call is never provided (not "already provided").
+    const rewound = async (m: any) => {
+      const h = (await m.transformer.h[0].output) as Tensor;
+      m.transformer.h[2].output = h.mul(0.5);
+      await m.transformer.h[3].output;
+      return m.transformer.h[1].ln_2.next().output;
+    };
+    const outcome = async (on: boolean, fn: (m: any) => Promise<unknown>) => {
+      try {
+        return await withFusion(on, () => lm.trace(ids, fn));
+      } catch (e) {
+        return { error: `${(e as Error).name}: ${(e as Error).message}` };
+      }
+    };
+    for (const [fn, error] of [
+      [late, "OutOfOrderError"],
+      [rewound, "MissedProviderError"],
+    ] as const) {
+      const eager = await outcome(false, fn);
+      expect((eager as { error: string }).error).toMatch(new RegExp(`^${error}`));
+      for (let i = 0; i < 3; i++) expect(await outcome(true, fn)).toEqual(eager);
+    }
+  });
+
   it("values read one after another inside a small model are learned without holding its one graph off", async () => {
     const lm = await LanguageModel.load("stdlib-gpt2");
     const ids = new Tensor("int64", BigInt64Array.of(324n, 615n, 638n), [1, 3]);

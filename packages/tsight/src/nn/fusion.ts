@@ -168,8 +168,13 @@ function paramsOf(module: Module): Tensor[] {
 /** Thrown through a replay when a module inside the block must really run (the block then runs op by op). */
 class MustRun extends Error {}
 
-/** Per fused graph: the paths of the modules its calls are of, the modules inside the block not called, and the values to tap. */
-const replayed = new WeakMap<FusedGraph, { paths: Set<string>; uncalled: Module[] }>();
+/**
+ * Per fused graph: the paths of the modules its calls are of, the modules inside the block not called (counted
+ * once at its end, as a block run fused without replay counts them), and the calls inside which no module is called
+ * twice, with the modules below them not called: such a call nobody watches is counted in one step (see
+ * ModuleHooks.passWithin), its uncalled modules with it.
+ */
+const replayed = new WeakMap<FusedGraph, { paths: Set<string>; uncalled: Module[]; whole: Map<CapturedCall, Module[]> }>();
 /**
  * Per block: the values asked of the modules inside it so far, tapped from then on (the set only grows). Shared by
  * its graphs for every kind of arguments, so that a prompt of a new length needs no learning, and its tapped graph
@@ -194,14 +199,25 @@ async function replay(block: Module, hooks: ModuleHooks, graph: FusedGraph, args
     // Points an op computed inside itself (passed) are counted in their place but cannot be given: not among paths.
     const paths = new Set<string>();
     const counted = new Set<string>();
-    const walk = (c: CapturedCall): void => {
+    const whole = new Map<CapturedCall, Module[]>();
+    // The paths of the calls below `c`, each once, or null when one is called twice.
+    const walk = (c: CapturedCall): Set<string> | null => {
       const path = (c.owner as Module).path;
       counted.add(path);
       if (!c.passed) paths.add(path);
-      c.children.forEach(walk);
+      const below = new Set<string>();
+      let once = true;
+      for (const child of c.children) {
+        const inner = walk(child);
+        if (!inner) once = false;
+        else for (const p of [(child.owner as Module).path, ...inner]) (once &&= !below.has(p)), below.add(p);
+      }
+      if (!once) return null;
+      if (c.children.length) whole.set(c, innerModules(c.owner as Module).filter((m) => !below.has(m.path)));
+      return below;
     };
     calls.forEach(walk);
-    replayed.set(graph, (known = { paths, uncalled: innerModules(block).filter((m) => !counted.has(m.path)) }));
+    replayed.set(graph, (known = { paths, uncalled: innerModules(block).filter((m) => !counted.has(m.path)), whole }));
   }
   const session = hooks.replay!(block, known.paths);
   if (!session) return forward(args);
@@ -219,9 +235,14 @@ async function replay(block: Module, hooks: ModuleHooks, graph: FusedGraph, args
   };
   // A call with nothing asked of it or below it when its turn comes is counted, not played through the hooks.
   const quiet = hooks.watches && hooks.watchesWithin && hooks.pass ? (path: string) => !hooks.watches!(path) && !hooks.watchesWithin!(path) : () => false;
+  // Uncalled modules counted with a call around them (not again at the end).
+  const counted = new Set<Module>();
   const count = (call: CapturedCall): void => {
     hooks.pass!(call.owner as Module);
-    call.children.forEach(count);
+    const uncalled = hooks.passWithin && known.whole.get(call);
+    if (!uncalled) return call.children.forEach(count);
+    hooks.passWithin!(call.owner as Module);
+    for (const m of uncalled) counted.add(m);
   };
   // Synchronous where it can be (a call counted, a call with no calls inside): a trace takes many of these, and
   // every await costs a microtask turn.
@@ -271,7 +292,10 @@ async function replay(block: Module, hooks: ModuleHooks, graph: FusedGraph, args
   try {
     await giveAll(calls);
   } catch (e) {
-    if (!(e instanceof MustRun)) throw e;
+    if (!(e instanceof MustRun)) {
+      session.end();
+      throw e;
+    }
     session.rewind();
     if (!learned) {
       if (block.fusible === "whole") holdOff(block);
@@ -287,8 +311,9 @@ async function replay(block: Module, hooks: ModuleHooks, graph: FusedGraph, args
       stop();
     }
   }
+  session.end();
   if (block.fusible === "whole") holdOffs.delete(block);
-  if (hooks.pass) for (const m of known.uncalled) hooks.pass(m);
+  if (hooks.pass) for (const m of known.uncalled) if (!counted.has(m)) hooks.pass(m);
   return result;
 }
 

@@ -53,6 +53,8 @@ export interface Replay {
   keep(path: string, kind: "input" | "output", value: unknown): void;
   /** Puts the call counts of the modules back as they were before the replay began (the block then runs op by op). */
   rewind(): void;
+  /** The replay is over (handed out, rewound or failed): the counts made since stand. */
+  end(): void;
   /**
    * Whether an invoke skips the module at `path` in the call in progress (asked for as its input was handed out):
    * its output for the other rows must then be computed, which the replay cannot do.

@@ -230,8 +230,8 @@ function feed(slots: readonly InputSlot[], args: readonly unknown[]): RawTensor[
  * kernel serves every kind of arguments with the same ops.
  */
 export class FusedGraph {
-  /** The graph for the latest set of taps asked for (see tapped). */
-  private tap: { key: string; graph: TappedGraph | null } | null = null;
+  /** The graph for the latest set of taps asked for (see tapped), and the set it was asked with, at its size then. */
+  private tap: { key: string; graph: TappedGraph | null; asked: ReadonlySet<string>; size: number } | null = null;
   private slots!: InputSlot[];
   private binding!: WeightBinding;
   /** Whether each parameter was repacked when the graph was planned (see replanIfStale). */
@@ -299,11 +299,17 @@ export class FusedGraph {
    * calls `taps` names as `input|PATH`, the results of those it names as `output|PATH` (`pathOf` gives a call's
    * path). What lets a fused block hand out the values of the modules inside it. Null when the calls overlapped.
    * Its weights are constants too while the budget allows (see bind): each kind of taps is a graph of its own.
+   * A set given again must only have grown since (at the same size it is taken to hold the same taps).
    */
   tapped(taps: ReadonlySet<string>, pathOf: (owner: object) => string): TappedGraph | null {
     this.replanIfStale();
+    // The same set at the same size holds the same taps (a block's set only grows): no key to make.
+    if (this.tap?.asked === taps && this.tap.size === taps.size) return this.tap.graph;
     const key = [...taps].sort().join(" ");
-    if (this.tap?.key === key) return this.tap.graph;
+    if (this.tap?.key === key) {
+      this.tap = { ...this.tap, asked: taps, size: taps.size };
+      return this.tap.graph;
+    }
     // What a block is asked to tap only grows (see nn/fusion's replay): a graph for fewer taps is not asked again.
     this.tap?.graph?.release();
     let made: TappedGraph | null = null;
@@ -315,7 +321,7 @@ export class FusedGraph {
         made = null;
       }
     }
-    this.tap = { key, graph: made };
+    this.tap = { key, graph: made, asked: taps, size: taps.size };
     return made;
   }
 

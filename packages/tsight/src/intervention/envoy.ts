@@ -162,15 +162,23 @@ function listEnvoy(list: ModuleList, ctx: EnvoyContext): Envoy[] {
   // Each item's envoy is made when first used (code names one layer of many); the slots exist from the start, so
   // array methods, spreading and iteration see every item (they read each through `get`).
   const items: (Envoy | undefined)[] = new Array(list.length).fill(undefined);
+  const item = (at: number): Envoy => (items[at] ??= envoyFor(list.at(at), ctx));
+  // Node's inspect (console.log) looks at the array itself, not through the proxy: it is shown whole.
+  Object.defineProperty(items, Symbol.for("nodejs.util.inspect.custom"), { value: () => items.map((_, at) => item(at)) });
+  const isIndex = (prop: string | symbol): prop is string => typeof prop === "string" && /^-?\d+$/.test(prop);
   return new Proxy(items as Envoy[], {
     get(target, prop, receiver) {
-      if (typeof prop === "string" && /^-?\d+$/.test(prop)) {
+      if (isIndex(prop)) {
         const i = Number(prop);
         const at = i < 0 ? target.length + i : i;
         if (at < 0 || at >= target.length) throw new TraceError(listIndexMessage(list.path, i, target.length), origin());
-        return (target[at] ??= envoyFor(list.at(at), ctx));
+        return item(at);
       }
       return Reflect.get(target, prop, receiver);
+    },
+    getOwnPropertyDescriptor(target, prop) {
+      if (isIndex(prop) && Number(prop) >= 0 && Number(prop) < target.length) item(Number(prop));
+      return Reflect.getOwnPropertyDescriptor(target, prop);
     },
   });
 }

@@ -17,6 +17,22 @@ import { mapTensors, mergeRows, RowsError, selectRows, type Rows } from "./rows.
 
 const DOT = ".".charCodeAt(0);
 
+/** Call counts by module path: begun and ended through the hooks, of fused modules, and missed inside those. */
+interface CallCounts {
+  entered: Map<string, number>;
+  exited: Map<string, number>;
+  fused: Map<string, number>;
+  missed: Map<string, number>;
+}
+
+/** How many times the module at `path` was called (`counts`: entered or exited), fused calls of modules above it included. */
+function callsIn(c: Pick<CallCounts, "fused" | "missed">, counts: Map<string, number>, path: string): number {
+  let n = counts.get(path) ?? 0;
+  for (const [above, k] of c.fused) if (isBelow(path, above)) n += k;
+  if (c.missed.size > 0) n -= c.missed.get(path) ?? 0;
+  return n;
+}
+
 /** What to do with invokes whose code neither asks for a value nor ends within the stall limit. */
 export type StallHandler = (stalled: Mediator[], waitedMs: number) => void;
 
@@ -53,6 +69,8 @@ export class Interleaver implements ModuleHooks, Provider {
   private readonly exited = new Map<string, number>();
   /** Calls of each fused module (passWithin): every module below one counts them as its own calls too. */
   private readonly fusedCalls = new Map<string, number>();
+  /** Per module: the fused calls above it that did not call it (not counted, as op by op would not; see calls). */
+  private readonly fusedMissed = new Map<string, number>();
   /** Values replaced during a fused block's replay, by kind, path and iteration: the block's op-by-op run takes them. */
   private readonly kept = new Map<string, unknown>();
   private readonly interest = new Map<string, number>();
@@ -143,15 +161,22 @@ export class Interleaver implements ModuleHooks, Provider {
     this.count(this.exited, path, direct);
   }
 
-  passWithin(module: Module): void {
+  passWithin(module: Module, uncalled?: ReadonlySet<string>): void {
     this.count(this.fusedCalls, module.path, (this.fusedCalls.get(module.path) ?? 0) + 1);
+    if (uncalled) for (const path of uncalled) this.count(this.fusedMissed, path, (this.fusedMissed.get(path) ?? 0) + 1);
   }
 
   /**
    * While a replay runs, the counts it changes, as they were before (newest last): its rewind puts them back. A
    * replay counts a few dozen calls; a copy of every count at its start would cost more than the few it changes.
+   * Replays end in the order they began (a block's replay ends before the next block runs; see Replay.end).
    */
   private journal: (Map<string, number> | string | number | undefined)[] | null = null;
+
+  /** A copy of the call counts, for `calls` then. */
+  private countsNow(): CallCounts {
+    return { entered: new Map(this.entered), exited: new Map(this.exited), fused: new Map(this.fusedCalls), missed: new Map(this.fusedMissed) };
+  }
 
   /** Sets a call count (entered, exited or fusedCalls), noting what it was while a replay runs. */
   private count(counts: Map<string, number>, path: string, n: number): void {
@@ -206,11 +231,7 @@ export class Interleaver implements ModuleHooks, Provider {
         // counts it compares with include the calls counted inside fused modules (see calls).
         const made = this.recorders.slice(recordersBefore);
         if (made.length) {
-          const done = { entered: new Map<string, number>(), exited: new Map<string, number>() };
-          for (const path of modules) {
-            done.entered.set(path, this.calls(this.entered, path));
-            done.exited.set(path, this.calls(this.exited, path));
-          }
+          const done = this.countsNow();
           for (const r of made) this.muted.set(r, done);
         }
         end();
@@ -239,12 +260,12 @@ export class Interleaver implements ModuleHooks, Provider {
   private readonly hearers = new Set<(value: string) => void>();
 
   /** Per recorder: the calls begun and ended when a replay it saw gave up; it does not record them again (see rewind). */
-  private readonly muted = new Map<Recorder, { entered: Map<string, number>; exited: Map<string, number> }>();
+  private readonly muted = new Map<Recorder, CallCounts>();
 
   /** Whether `r` has recorded this call's value already, before the replay that gave up went back to run op by op. */
   private isMuted(r: Recorder, kind: ValueKind, path: string, iteration: number): boolean {
     const done = this.muted.get(r);
-    return done !== undefined && iteration < ((kind === "input" ? done.entered : done.exited).get(path) ?? 0);
+    return done !== undefined && iteration < callsIn(done, kind === "input" ? done.entered : done.exited, path);
   }
 
   private takeKept(kind: "input" | "output", path: string, iteration: number): unknown {
@@ -254,11 +275,9 @@ export class Interleaver implements ModuleHooks, Provider {
     return value;
   }
 
-  /** How many times the module at `path` was called (`counts`: entered or exited), fused calls of modules above it included. */
+  /** See callsIn. */
   private calls(counts: Map<string, number>, path: string): number {
-    let n = counts.get(path) ?? 0;
-    for (const [above, k] of this.fusedCalls) if (isBelow(path, above)) n += k;
-    return n;
+    return callsIn({ fused: this.fusedCalls, missed: this.fusedMissed }, counts, path);
   }
 
   /** `forward` may return its result itself (a replay's calls do; see ModuleHooks.replay). */

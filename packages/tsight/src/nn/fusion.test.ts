@@ -540,14 +540,66 @@ describe("fused decoder blocks", () => {
         return { error: `${(e as Error).name}: ${(e as Error).message}` };
       }
     };
+    // A module the model never calls (GPT-2's attention dropout: its attention is one kernel) is not counted with
+    // the calls around it: asked for late, it was never provided, not provided already.
+    const never = async (m: any) => {
+      await m.transformer.h[2].mlp.output;
+      return m.transformer.h[0].attn.attn_dropout.output;
+    };
     for (const [fn, error] of [
       [late, "OutOfOrderError"],
       [rewound, "MissedProviderError"],
+      [never, "MissedProviderError"],
     ] as const) {
       const eager = await outcome(false, fn);
       expect((eager as { error: string }).error).toMatch(new RegExp(`^${error}`));
       for (let i = 0; i < 3; i++) expect(await outcome(true, fn)).toEqual(eager);
+      // The same with the blocks' graphs (each block counted in one step) instead of the model's.
+      lm.model.fusible = false;
+      try {
+        for (let i = 0; i < 2; i++) expect(await outcome(true, fn)).toEqual(eager);
+      } finally {
+        lm.model.fusible = "whole";
+      }
     }
+  });
+
+  it("generation steps run fused count what op by op counts: operation points (not noted by a step's capture) as called, modules never called not", async () => {
+    const lm = await LanguageModel.load("stdlib-gpt2");
+    const ids = new Tensor("int64", BigInt64Array.of(324n, 615n, 638n), [1, 3]);
+    const steps = async (m: any, tr: any) => {
+      const out: unknown[] = [];
+      for await (const step of tr.iter(1, 3)) {
+        if (step === 1) out.push(await m.transformer.h[1].attn.source.pattern.output);
+        else {
+          // Asked for late: h[0]'s pattern was computed (already provided), its attention dropout never called.
+          await m.transformer.h[2].mlp.output;
+          out.push(await m.transformer.h[0].attn.source.pattern.output.catch((e: Error) => e.name));
+          out.push(await m.transformer.h[0].attn.attn_dropout.output.catch((e: Error) => e.name));
+        }
+      }
+      return out;
+    };
+    const run = (on: boolean) => withFusion(on, () => lm.generate(ids, { maxNewTokens: 3, eosTokenId: null }, steps));
+    const [eager, fused] = [(await run(false)).value.value!, (await run(true)).value.value!];
+    expect((fused[0] as Tensor).shape).toEqual([1, 4, 1, 4]);
+    expect(maxAbsDiff(fused[0] as Tensor, eager[0] as Tensor)).toBe(0);
+    expect(eager.slice(1)).toEqual(["OutOfOrderError", "MissedProviderError"]);
+    expect(fused.slice(1)).toEqual(eager.slice(1));
+  });
+
+  it("a cache made while a small model hands values out records none of the operation points computed before it (as op by op)", async () => {
+    const lm = await LanguageModel.load("stdlib-gpt2");
+    const ids = new Tensor("int64", BigInt64Array.of(324n, 615n, 638n), [1, 3]);
+    const run = () =>
+      lm.trace(ids, async (m: any, tr) => {
+        await m.transformer.h[0].output;
+        const cache = tr.cache({ modules: ["transformer.h.0.attn.source", "transformer.h.2"] });
+        await m.lm_head.output;
+        return ["q", "scores", "pattern", "z"].map((p) => cache.get(`transformer.h.0.attn.source.${p}`)?.outputsByCall.length ?? 0);
+      });
+    expect((await withFusion(false, run)).value).toEqual([0, 0, 0, 0]);
+    for (let i = 0; i < 2; i++) expect((await withFusion(true, run)).value).toEqual([0, 0, 0, 0]);
   });
 
   it("values read one after another inside a small model are learned without holding its one graph off", async () => {

@@ -17,7 +17,7 @@
 import { argumentSignature, Capture, compileCapture, fusionEnabled, isGradEnabled, runCaptured, runCaptureGeneric, Tensor, UNKNOWN_VALUE, type CapturedCall, type FusedGraph } from "../tensor/index.js";
 import { decideTogether } from "../tensor/packing.js";
 import { KVCache } from "./cache.js";
-import { Module, type ModuleHooks } from "./module.js";
+import { Module, type ModuleHooks, type Replay } from "./module.js";
 
 /**
  * Per module: the fused graph for each kind of arguments, or null where its forward cannot be captured; all made
@@ -58,7 +58,7 @@ export function fusedForward(module: Module, args: unknown[], hooks: ModuleHooks
   const run = (graph: FusedGraph): unknown => {
     if (watched) return replay(module, hooks!, graph, args, forward);
     const out = graph.run(args);
-    passInner(module, hooks);
+    if (hooks) passInner(module, hooks, treeOf(module, graph)?.uncalled);
     return out;
   };
   if (known) return Promise.resolve().then(() => run(known));
@@ -168,13 +168,63 @@ function paramsOf(module: Module): Tensor[] {
 /** Thrown through a replay when a module inside the block must really run (the block then runs op by op). */
 class MustRun extends Error {}
 
+/** What a fused run's module calls tell about counting them (see replay and passInner). */
+interface CallTree {
+  /** The paths of the modules called, but for operation points an op computed inside itself (a replay cannot give those). */
+  paths: Set<string>;
+  /** The paths of the modules below the block it did not call: never counted, as op by op never calls them. */
+  uncalled: Set<string>;
+  /**
+   * Calls inside which no module is called twice, and none outside the call's own path, with the paths of the
+   * modules below them not called: such a call nobody watches is counted in one step (see ModuleHooks.passWithin).
+   */
+  whole: Map<CapturedCall, Set<string>>;
+}
+
+/** Per fused graph: its call tree (null when its calls overlapped or were not captured). */
+const trees = new WeakMap<FusedGraph, CallTree | null>();
+
+function treeOf(block: Module, graph: FusedGraph): CallTree | null {
+  let tree = trees.get(graph);
+  if (tree === undefined) trees.set(graph, (tree = graph.calls ? callTree(block, graph.calls) : null));
+  return tree;
+}
+
+function callTree(block: Module, calls: readonly CapturedCall[]): CallTree {
+  const paths = new Set<string>();
+  const called = new Set<string>();
+  const whole = new Map<CapturedCall, Set<string>>();
+  // The paths of the calls below `c`, or null when one is called twice or lies outside c's path.
+  const walk = (c: CapturedCall): Set<string> | null => {
+    const path = (c.owner as Module).path;
+    called.add(path);
+    if (!c.passed) paths.add(path);
+    const below = new Set<string>();
+    let once = true;
+    for (const child of c.children) {
+      const inner = walk(child);
+      if (!inner) once = false;
+      else for (const p of [(child.owner as Module).path, ...inner]) (once &&= !below.has(p) && isBelowPath(p, path)), below.add(p);
+    }
+    if (!once) return null;
+    if (c.children.length) whole.set(c, uncalledBelow(c.owner as Module, below));
+    return below;
+  };
+  calls.forEach(walk);
+  return { paths, uncalled: uncalledBelow(block, called), whole };
+}
+
 /**
- * Per fused graph: the paths of the modules its calls are of, the modules inside the block not called (counted
- * once at its end, as a block run fused without replay counts them), and the calls inside which no module is called
- * twice, with the modules below them not called: such a call nobody watches is counted in one step (see
- * ModuleHooks.passWithin), its uncalled modules with it.
+ * The paths of the modules below `module` not among `called`. A capture that notes no operation point nobody
+ * watches (a generation step's: see Capture.replayable) has its points taken as called, as op by op counts them.
  */
-const replayed = new WeakMap<FusedGraph, { paths: Set<string>; uncalled: Module[]; whole: Map<CapturedCall, Module[]> }>();
+function uncalledBelow(module: Module, called: ReadonlySet<string>, pointsNoted = true): Set<string> {
+  return new Set(innerModules(module).flatMap((m) => (called.has(m.path) || (!pointsNoted && m.isPoint) ? [] : [m.path])));
+}
+
+/** Whether the module at `path` lies below the one at `above` (the root's path is ""). */
+const isBelowPath = (path: string, above: string): boolean => above === "" || path.startsWith(`${above}.`);
+
 /**
  * Per block: the values asked of the modules inside it so far, tapped from then on (the set only grows). Shared by
  * its graphs for every kind of arguments, so that a prompt of a new length needs no learning, and its tapped graph
@@ -193,34 +243,19 @@ const blockTaps = new WeakMap<Module, Set<string>>();
  */
 async function replay(block: Module, hooks: ModuleHooks, graph: FusedGraph, args: unknown[], forward: (args: unknown[]) => Promise<unknown>): Promise<unknown> {
   const calls = graph.calls;
-  if (!calls) return forward(args);
-  let known = replayed.get(graph);
-  if (!known) {
-    // Points an op computed inside itself (passed) are counted in their place but cannot be given: not among paths.
-    const paths = new Set<string>();
-    const counted = new Set<string>();
-    const whole = new Map<CapturedCall, Module[]>();
-    // The paths of the calls below `c`, each once, or null when one is called twice.
-    const walk = (c: CapturedCall): Set<string> | null => {
-      const path = (c.owner as Module).path;
-      counted.add(path);
-      if (!c.passed) paths.add(path);
-      const below = new Set<string>();
-      let once = true;
-      for (const child of c.children) {
-        const inner = walk(child);
-        if (!inner) once = false;
-        else for (const p of [(child.owner as Module).path, ...inner]) (once &&= !below.has(p)), below.add(p);
-      }
-      if (!once) return null;
-      if (c.children.length) whole.set(c, innerModules(c.owner as Module).filter((m) => !below.has(m.path)));
-      return below;
-    };
-    calls.forEach(walk);
-    replayed.set(graph, (known = { paths, uncalled: innerModules(block).filter((m) => !counted.has(m.path)), whole }));
-  }
-  const session = hooks.replay!(block, known.paths);
+  const tree = treeOf(block, graph);
+  if (!calls || !tree) return forward(args);
+  const session = hooks.replay!(block, tree.paths);
   if (!session) return forward(args);
+  try {
+    return await handOut(block, hooks, graph, args, forward, calls, tree, session);
+  } finally {
+    session.end();
+  }
+}
+
+/** The body of replay, with its session begun (ended by replay whatever happens here). */
+async function handOut(block: Module, hooks: ModuleHooks, graph: FusedGraph, args: unknown[], forward: (args: unknown[]) => Promise<unknown>, calls: readonly CapturedCall[], tree: CallTree, session: Replay): Promise<unknown> {
   let taps = blockTaps.get(block);
   if (!taps) blockTaps.set(block, (taps = new Set()));
   for (const v of session.asked) taps.add(v);
@@ -235,14 +270,11 @@ async function replay(block: Module, hooks: ModuleHooks, graph: FusedGraph, args
   };
   // A call with nothing asked of it or below it when its turn comes is counted, not played through the hooks.
   const quiet = hooks.watches && hooks.watchesWithin && hooks.pass ? (path: string) => !hooks.watches!(path) && !hooks.watchesWithin!(path) : () => false;
-  // Uncalled modules counted with a call around them (not again at the end).
-  const counted = new Set<Module>();
   const count = (call: CapturedCall): void => {
     hooks.pass!(call.owner as Module);
-    const uncalled = hooks.passWithin && known.whole.get(call);
+    const uncalled = hooks.passWithin && tree.whole.get(call);
     if (!uncalled) return call.children.forEach(count);
-    hooks.passWithin!(call.owner as Module);
-    for (const m of uncalled) counted.add(m);
+    hooks.passWithin!(call.owner as Module, uncalled);
   };
   // Synchronous where it can be (a call counted, a call with no calls inside): a trace takes many of these, and
   // every await costs a microtask turn.
@@ -292,10 +324,7 @@ async function replay(block: Module, hooks: ModuleHooks, graph: FusedGraph, args
   try {
     await giveAll(calls);
   } catch (e) {
-    if (!(e instanceof MustRun)) {
-      session.end();
-      throw e;
-    }
+    if (!(e instanceof MustRun)) throw e;
     session.rewind();
     if (!learned) {
       if (block.fusible === "whole") holdOff(block);
@@ -303,7 +332,7 @@ async function replay(block: Module, hooks: ModuleHooks, graph: FusedGraph, args
     }
     // Learning: every value of the block's calls the code reads while it runs op by op is tapped from the next run.
     const stop = session.hearReads((value) => {
-      if (known.paths.has(value.slice(value.indexOf("|") + 1))) taps.add(value);
+      if (tree.paths.has(value.slice(value.indexOf("|") + 1))) taps.add(value);
     });
     try {
       return await forward(args);
@@ -311,16 +340,17 @@ async function replay(block: Module, hooks: ModuleHooks, graph: FusedGraph, args
       stop();
     }
   }
-  session.end();
   if (block.fusible === "whole") holdOffs.delete(block);
-  if (hooks.pass) for (const m of known.uncalled) if (!counted.has(m)) hooks.pass(m);
   return result;
 }
 
-/** Counts a call of every module inside a fused one for the hooks, so later calls keep their numbers. */
-function passInner(module: Module, hooks: ModuleHooks | null): void {
-  if (hooks?.passWithin) hooks.passWithin(module);
-  else if (hooks) for (const m of innerModules(module)) hooks.pass?.(m);
+/**
+ * Counts a call of every module inside a fused one that its run called (all but those at the paths `uncalled`)
+ * for the hooks, so later calls keep their numbers.
+ */
+function passInner(module: Module, hooks: ModuleHooks, uncalled: ReadonlySet<string> | undefined): void {
+  if (hooks.passWithin) hooks.passWithin(module, uncalled);
+  else for (const m of innerModules(module)) if (!uncalled?.has(m.path)) hooks.pass?.(m);
 }
 
 /** The modules below each fused module (walked once per shape of the tree: SAEs change it). */
@@ -402,6 +432,17 @@ function positionsOf(model: Module): number {
   return known.n;
 }
 
+/** The paths of the modules `calls` (a capture's) are of, inner ones included. */
+function calledIn(calls: readonly CapturedCall[]): Set<string> {
+  const called = new Set<string>();
+  const walk = (c: CapturedCall): void => {
+    called.add((c.owner as Module).path);
+    c.children.forEach(walk);
+  };
+  calls.forEach(walk);
+  return called;
+}
+
 /** Modules whose forward with a KV cache could not be captured (they run op by op with one). */
 const unfusibleSteps = new WeakSet<Module>();
 /**
@@ -457,7 +498,8 @@ function fusedStep(module: Module, args: unknown[], hooks: ModuleHooks | null, f
     const entries = [...before];
     changed.forEach(({ layer }, i) => (entries[layer] = { keys: extra[2 * i]!, values: extra[2 * i + 1]! }));
     cache.restore(entries);
-    passInner(module, hooks);
+    const { capture: c } = captured;
+    if (hooks) passInner(module, hooks, c.callsNested ? uncalledBelow(module, calledIn(c.calls), c.replayable) : undefined);
     return result;
   })();
 }

@@ -22,9 +22,10 @@ export interface ModuleHooks {
   pass?(module: Module): void;
   /**
    * A call of `module` that ran as one fused kernel: every module below it counts as called once more (as `pass`
-   * for each of them, in one step). Hooks without it get `pass` for each.
+   * for each of them, in one step), but those at the paths `uncalled` (which the run did not call, as an op-by-op
+   * run would not). Hooks without it get `pass` for each module called.
    */
-  passWithin?(module: Module): void;
+  passWithin?(module: Module, uncalled?: ReadonlySet<string>): void;
   /** Whether anything reads, replaces or records a module below `path` (with `pass`: lets a block run fused). */
   watchesWithin?(path: string): boolean;
   /**
@@ -146,6 +147,11 @@ export abstract class Module {
    */
   get capturedPositions(): number | null {
     return null;
+  }
+
+  /** Whether it is an operation point (nn/points.ts): computed, and counted, wherever the op around it runs. */
+  get isPoint(): boolean {
+    return false;
   }
 
   /** Children attached or detached after finalize, in any tree (fused graphs captured before are stale). */

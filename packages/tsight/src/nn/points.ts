@@ -10,6 +10,10 @@ import { Module } from "./module.js";
 
 /** One named value of a forward: calling it lets the tree's hooks read or replace the value. */
 export class Point extends Module {
+  override get isPoint(): boolean {
+    return true;
+  }
+
   override async forward(x: Tensor): Promise<Tensor> {
     return x;
   }

@@ -141,11 +141,32 @@ export class Cache implements Recorder {
     }
   }
 
-  /** A cache holding `entries` (what a remote job sent back); it navigates by the paths recorded. */
-  static fromEntries(entries: Iterable<[string, CacheEntry]>): Cache {
+  /**
+   * A cache holding `entries` (what a remote job sent back); it navigates by the paths recorded, with `lists` (see
+   * listLengths) giving how many modules the lists among them have.
+   */
+  static fromEntries(entries: Iterable<[string, CacheEntry]>, lists: Iterable<[string, number]> = []): Cache {
     const c = new Cache({}, null, new Set());
     for (const [path, e] of entries) c.entries.set(path, e);
+    for (const [path, n] of lists) c.lists.set(path, n);
     return c;
+  }
+
+  /** How many modules each list has that a recorded path goes through (from the model; sent with a remote cache). */
+  private readonly lists = new Map<string, number>();
+
+  /** @internal the lengths of the module lists the recorded paths go through (`transformer.h` -> 12). */
+  listLengths(): Map<string, number> {
+    const out = new Map<string, number>();
+    for (const key of this.keys()) {
+      const parts = key.split(".");
+      parts.forEach((part, i) => {
+        if (!/^\d+$/.test(part)) return;
+        const list = parts.slice(0, i).join(".");
+        if (!out.has(list)) out.set(list, this.listLength(list));
+      });
+    }
+    return out;
   }
 
   /** The navigation node of a module path (what `cache.transformer.h[0]` gives). */
@@ -179,8 +200,12 @@ export class Cache implements Recorder {
     return child;
   }
 
-  /** How many numbered children `path` has (a module list), from the model's paths or, remotely, the recorded ones. */
+  /**
+   * How many numbered children `path` has (a module list), from the model's paths or, remotely, the lengths sent
+   * with the cache (else the recorded paths numbered from 0 without a gap).
+   */
   private listLength(path: string): number {
+    if (!this.knownPaths.size && this.lists.has(path)) return this.lists.get(path)!;
     const paths = this.knownPaths.size ? this.knownPaths : new Set(this.keys().flatMap((k) => k.split(".").map((_, i, parts) => parts.slice(0, i + 1).join("."))));
     let n = 0;
     while (paths.has(path ? `${path}.${n}` : String(n))) n++;

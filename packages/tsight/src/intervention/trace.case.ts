@@ -601,6 +601,20 @@ export const traceCases: TraceCase[] = [
       expect(maxAbsDiff((out.layers as any).transformer.h[2].output, ref(f, "single/transformer.h.2:output"))).toBeLessThan(1e-4);
       expect(maxAbsDiff((out.layers as any).transformer.h[-2].output, ref(f, "single/transformer.h.2:output"))).toBeLessThan(1e-4);
       expect(() => (out.layers as any).transformer.h[1].mlp.output).toThrow(/transformer\.h\.1\.mlp was not recorded/);
+      // A cache of layers other than the first navigates by index too, from either end (a server sends the lists'
+      // lengths with it).
+      const sparse = (await b.gpt2.trace(
+        PROMPT,
+        async (m, tr) => {
+          const c = tr.cache({ modules: ["transformer.h.2.attn.source.pattern", "transformer.h.1"] });
+          await m.lm_head.output;
+          return c;
+        },
+        b.options(),
+      )) as any;
+      expect(sparse.transformer.h[2].attn.source.pattern.output.shape).toEqual([1, 4, 5, 5]);
+      expect(maxAbsDiff(sparse.transformer.h[-3].output, ref(f, "single/transformer.h.1:output"))).toBeLessThan(1e-4);
+      expect(() => sparse.transformer.h[4]).toThrow(/transformer\.h\[4\] is out of range: it has 4 modules/);
       // A module that is none is a TraceError, quoted at most 200 characters long; naming one many times records it once.
       const bad = await b.gpt2.trace(PROMPT, async (_m, tr) => void tr.cache({ modules: ["nope.".repeat(100_000)] }), b.options()).catch((e) => e);
       expect(bad).toBeInstanceOf(TraceError);

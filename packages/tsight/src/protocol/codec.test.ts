@@ -4,7 +4,7 @@
  */
 import { describe, expect, it } from "vitest";
 import { ones, tensor, Tensor, zeros } from "../tensor/index.js";
-import { packValue, ResultTooLargeError, unpackValue } from "./codec.js";
+import { CodecError, decodeValue, packValue, ResultTooLargeError, unpackValue } from "./codec.js";
 
 const MiB = 1024 * 1024;
 
@@ -43,5 +43,17 @@ describe("packValue", () => {
     const t = ones([512, 1024]); // 2 MiB
     expect(() => packValue([t, t.mul(2)], 3 * MiB)).toThrow(ResultTooLargeError);
     expect(packValue([t, t], 3 * MiB).byteLength).toBeLessThan(3 * MiB);
+  });
+
+  it("a cache's list lengths cross with it, and bad ones are a CodecError", () => {
+    const entry = { outputsByCall: [{ $t: "t0" }], inputsByCall: [], output: { $t: "t0" } };
+    const tensors = new Map([["t0", tensor([1, 2])]]);
+    const cache = decodeValue({ $cache: { "h.2.mlp": entry, $lists: { h: 6 } } }, tensors) as any;
+    expect(cache.keys()).toEqual(["h.2.mlp"]);
+    expect(cache.h[-4].mlp.output.toArray()).toEqual([1, 2]);
+    expect(() => cache.h[6]).toThrow(/h\[6\] is out of range: it has 6 modules/);
+    for (const lists of ["6", [6], { h: -1 }, { h: 1.5 }, { h: 2e6 }, { h: "6" }, null]) {
+      expect(() => decodeValue({ $cache: { "h.2.mlp": entry, $lists: lists } }, tensors)).toThrow(CodecError);
+    }
   });
 });

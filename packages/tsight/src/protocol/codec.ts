@@ -7,6 +7,7 @@
  *   {"$num": "NaN"}           NaN, Infinity, -Infinity           {"$big": "12"}             a bigint
  *   {"$undef": 1}             undefined                          {"$obj": {...}}            an object with $-keys
  *   {"$cache": {path: entry}} a tr.cache() result                {"$error": ErrorInfo}      an error value
+ *                             (its key "$lists", {path: n}: how many modules each list its paths go through has)
  *   {"$function": "source"}   a helper function in a job's vars (checked by the client, compiled in the sandbox)
  */
 import { Cache, type CacheEntry } from "../intervention/index.js";
@@ -45,6 +46,9 @@ export function encodeValue(value: unknown, tensors: Map<string, Tensor>, where 
   if (value instanceof Cache) {
     const entries: Record<string, unknown> = {};
     for (const path of value.keys()) entries[path] = encodeValue({ ...value.get(path)! }, tensors, `${where}.cache(${path})`);
+    // No module path starts with "$". The lists' lengths let `cache.transformer.h[-1]` resolve where the model is not.
+    const lists = value.listLengths();
+    if (lists.size) entries.$lists = Object.fromEntries(lists);
     return { $cache: entries };
   }
   if (value instanceof Error) return { $error: infoFromError(value) };
@@ -149,8 +153,10 @@ export function decodeValue(data: unknown, tensors: ReadonlyMap<string, Tensor>)
         return undefined;
       case "$obj":
         return Object.fromEntries(Object.entries(v as object).map(([kk, vv]) => [kk, decodeValue(vv, tensors)]));
-      case "$cache":
-        return Cache.fromEntries(Object.entries(v as object).map(([path, e]) => [path, decodeValue(e, tensors) as CacheEntry]));
+      case "$cache": {
+        const { $lists, ...entries } = v as Record<string, unknown>;
+        return Cache.fromEntries(Object.entries(entries).map(([path, e]) => [path, decodeValue(e, tensors) as CacheEntry]), listLengthsIn($lists));
+      }
       case "$error":
         return errorFromInfo(v as ErrorInfo);
       case "$function":
@@ -159,6 +165,16 @@ export function decodeValue(data: unknown, tensors: ReadonlyMap<string, Tensor>)
     }
   }
   return Object.fromEntries(keys.map((kk) => [kk, decodeValue(o[kk], tensors)]));
+}
+
+/** A remote cache's list lengths ($lists), checked: whole numbers of modules (at most a million per list). */
+function listLengthsIn(lists: unknown): [string, number][] {
+  if (lists === undefined) return [];
+  if (lists === null || typeof lists !== "object" || Array.isArray(lists)) throw new CodecError("bad $lists in a cache: an object of list paths and lengths is needed");
+  return Object.entries(lists).map(([path, n]) => {
+    if (!Number.isSafeInteger(n) || (n as number) < 0 || (n as number) > 1_000_000) throw new CodecError(`bad $lists in a cache: ${JSON.stringify(path.slice(0, 200))} has length ${String(n).slice(0, 40)}`);
+    return [path, n as number];
+  });
 }
 
 /** One binary message: JSON `payload` (already encoded) plus its tensors, as a safetensors file. */

@@ -39,7 +39,12 @@ export class GradScope {
   private readonly settled = new Map<Tensor, Tensor>();
   /** Values whose gradients have gone by: their hooks ran and the walk went on past them. */
   private readonly gone = new Set<Tensor>();
-  private position = Infinity;
+  /**
+   * Nodes the walk has reached, and the one it is at (null before the first and at the leaves). A value's gradient
+   * has gone by once the walk left the node that made it; one whose node the walk never reaches gets none at all.
+   */
+  private readonly walked = new Set<GradNode>();
+  private node: GradNode | null = null;
   private finished = false;
   private wake: (() => void) | null = null;
   private readonly hooked = new Set<Tensor>();
@@ -101,8 +106,10 @@ export class GradScope {
     return source;
   }
 
+  /** Whether the walk went past `leaf` (its hooks can no longer run). */
   private passed(leaf: Tensor): boolean {
-    return this.gone.has(leaf) || (leaf.gradNode !== null && leaf.gradNode.seq > this.position);
+    const made = leaf.gradNode;
+    return this.gone.has(leaf) || (made !== null && made !== this.node && this.walked.has(made));
   }
 
   private apply(g: Tensor, source: GradSource, value: Tensor | ((g: Tensor) => Tensor), origin: Error): Tensor {
@@ -182,13 +189,16 @@ export class GradScope {
       this.settled.clear();
     };
     const onNode = (node: GradNode) => {
-      this.position = node.seq;
+      this.walked.add(node);
+      this.node = node;
       moveOn();
       // A value asked for comes out of this op with others: their gradients are kept too (see settled).
       if (node.outputs.length > 1 && node.outputs.some((o) => this.hooked.has(o))) for (const o of node.outputs) this.hookLeaf!(o);
     };
     // The graph's leaves (values read first in the trace, among them) come last, together: all kept (see settled).
     const beforeLeaves = (leaves: ReadonlySet<Tensor>) => {
+      // Past every node: values they made (even the oldest node's, made right after a leaf) have gone by.
+      this.node = null;
       moveOn();
       for (const leaf of leaves) this.hookLeaf!(leaf);
     };
@@ -199,6 +209,8 @@ export class GradScope {
       this.hookLeaf = null;
       this.finished = true;
       this.settled.clear();
+      this.walked.clear();
+      this.node = null;
     }
     for (const p of this.pending.splice(0)) p.reject(new TraceError("no gradient reached this value: the loss does not depend on it", p.origin));
   }

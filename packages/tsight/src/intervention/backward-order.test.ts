@@ -1,0 +1,109 @@
+/**
+ * The order of gradient requests in `tr.backward`: asking for an earlier value first is "already gone by", even when
+ * the earlier value is a leaf of the graph (the first value read, reached last) and the later one is made by the
+ * walk's oldest node; a value the loss does not depend on is "does not depend", whenever it is asked for.
+ */
+import { beforeAll, describe, expect, it } from "vitest";
+import { maxAbsDiff } from "../../../../test/fixtures.js";
+import { tensor, type Tensor } from "../tensor/index.js";
+import { TraceError } from "./errors.js";
+import { LanguageModel } from "./language-model.js";
+
+const PROMPT = "    for i in range(";
+
+/** Picks a module (or operation point) to read from the model's envoy. */
+type Pick = (m: any) => { output: Promise<unknown> };
+
+/** Pairs of values in forward order; the second is made by the op right after the first. */
+const pairs: [string, Pick, Pick][] = [
+  ["scores then pattern", (m) => m.transformer.h[1].attn.source.scores, (m) => m.transformer.h[1].attn.source.pattern],
+  ["pre then post", (m) => m.transformer.h[1].mlp.source.pre, (m) => m.transformer.h[1].mlp.source.post],
+  ["pattern then z", (m) => m.transformer.h[1].attn.source.pattern, (m) => m.transformer.h[1].attn.source.z],
+  ["h[0].output then h[1].ln_1.output", (m) => m.transformer.h[0], (m) => m.transformer.h[1].ln_1],
+];
+
+describe("order of gradient requests", () => {
+  let lm: LanguageModel;
+  beforeAll(async () => {
+    lm = await LanguageModel.load("stdlib-gpt2");
+  });
+
+  /**
+   * Reads `first` then `second`, and asks for the gradients of the named values, in the order given, of one logit.
+   * `side` is computed from `second` but is not part of the loss.
+   */
+  const grads = (first: Pick, second: Pick, ask: ("first" | "second" | "side")[]) =>
+    lm.trace(
+      PROMPT,
+      async (m: any, tr) => {
+        const vals = { first: (await first(m).output) as Tensor, second: (await second(m).output) as Tensor } as Record<string, Tensor>;
+        vals.side = vals.second!.mul(2);
+        const loss = ((await m.lm_head.output) as Tensor).index(0, -1, 5);
+        const out: Record<string, Tensor> = {};
+        await tr.backward(loss, async (g) => {
+          for (const name of ask) out[name] = await g.grad(vals[name]!);
+        });
+        return out;
+      },
+      { grad: true },
+    );
+
+  /** The error a trace ends with (it must end with one). */
+  const failure = async (run: Promise<unknown>): Promise<TraceError> => {
+    const e = await run.then(
+      () => expect.unreachable("the trace should have failed"),
+      (err: unknown) => err,
+    );
+    expect(e).toBeInstanceOf(TraceError);
+    return e as TraceError;
+  };
+
+  for (const [name, first, second] of pairs) {
+    it(`${name}, earlier value first: already gone by, at the user's line`, async () => {
+      const e = await failure(grads(first, second, ["first", "second"]));
+      expect(e.message).toMatch(/already gone by: ask for gradients in reverse forward order \(later values first\)/);
+      expect(e.message).not.toMatch(/does not depend/);
+      expect(e.userLine).toMatch(/backward-order\.test\.ts/);
+    });
+
+    it(`${name}, later value first: the gradients each gets alone`, async () => {
+      const both = await grads(first, second, ["second", "first"]);
+      const alone = { first: (await grads(first, second, ["first"])).first!, second: (await grads(first, second, ["second"])).second! };
+      for (const v of ["first", "second"] as const) {
+        expect(both[v]!.abs().max().item()).toBeGreaterThan(0);
+        expect(maxAbsDiff(both[v]!, alone[v])).toBe(0);
+      }
+    });
+  }
+
+  it("the gradient of a leaf matches finite differences of the loss", async () => {
+    // Nudging one element of the first value read (a leaf) by ±eps, through a write, and comparing slopes.
+    const [at, eps] = [[0, 2, 3, 1] as const, 1e-2];
+    const logit = (delta: number) =>
+      lm.trace(PROMPT, async (m: any) => {
+        m.transformer.h[1].attn.source.scores.output = (s: Tensor) => s.add(oneHot(s, at, delta));
+        return ((await m.lm_head.output) as Tensor).index(0, -1, 5).item();
+      });
+    const slope = ((await logit(eps)) - (await logit(-eps))) / (2 * eps);
+    const g = (await grads(pairs[0]![1], pairs[0]![2], ["second", "first"])).first!;
+    const exact = g.index(...at).item();
+    expect(Math.abs(exact)).toBeGreaterThan(1e-4);
+    expect(Math.abs(slope - exact)).toBeLessThan(1e-2 * Math.abs(exact) + 1e-4);
+  });
+
+  for (const ask of [["side"], ["second", "side"], ["second", "first", "side"]] as const) {
+    it(`a value the loss does not depend on, asked for after [${ask.slice(0, -1)}]: does not depend on it`, async () => {
+      const e = await failure(grads(pairs[0]![1], pairs[0]![2], [...ask]));
+      expect(e.message).toMatch(/no gradient reached this value: the loss does not depend on it/);
+      expect(e.userLine).toMatch(/backward-order\.test\.ts/);
+    });
+  }
+});
+
+/** A tensor of `like`'s shape, zero but for `value` at `at`. */
+function oneHot(like: Tensor, at: readonly number[], value: number): Tensor {
+  const data = new Float32Array(like.numel());
+  const offset = at.reduce((o, i, d) => o * like.shape[d]! + i, 0);
+  data[offset] = value;
+  return tensor(data, "float32", like.shape);
+}

@@ -396,8 +396,11 @@ export class Interleaver implements ModuleHooks, Provider {
     }
   }
 
-  /** Replacements that changed a value's shape, for explaining a later op's failure. */
-  private readonly reshaped: { where: string; origin: Error | undefined; from: readonly number[]; to: readonly number[] }[] = [];
+  /**
+   * Replacements that changed a value's shape, and skips (whose value the module's callers take as its output), for
+   * explaining a later op's failure: what happened, and where the user's code asked for it.
+   */
+  private readonly reshaped: { note: string; origin: Error | undefined }[] = [];
 
   /**
    * The error of a forward pass that failed after a replacement changed a shape: a SwapError at the assignment's
@@ -406,7 +409,7 @@ export class Interleaver implements ModuleHooks, Provider {
   explain(error: unknown): unknown {
     const last = this.reshaped.at(-1);
     if (!last || !(error instanceof Error) || error instanceof TraceError) return error;
-    const e = new SwapError(`${error.message}\n  after ${last.where} was replaced with shape [${last.to.join(", ")}] where the model gives [${last.from.join(", ")}]`, last.origin);
+    const e = new SwapError(`${error.message}\n  after ${last.note}`, last.origin);
     (e as { cause?: unknown }).cause = error;
     return e;
   }
@@ -420,7 +423,9 @@ export class Interleaver implements ModuleHooks, Provider {
       const before = pick(c, r);
       const after = r.kind === "input" && r.part === "first" ? [mergeRows((c.value as unknown[])[0], replacement, m.rows, this.batch, where), ...(c.value as unknown[]).slice(1)] : mergeRows(c.value, replacement, m.rows, this.batch, where);
       const now = r.kind === "input" && r.part === "first" ? (after as unknown[])[0] : after;
-      if (before instanceof Tensor && now instanceof Tensor && !sameShape(before.shape, now.shape)) this.reshaped.push({ where, origin: r.origin, from: before.shape, to: now.shape });
+      if (before instanceof Tensor && now instanceof Tensor && !sameShape(before.shape, now.shape)) {
+        this.reshaped.push({ note: `${where} was replaced with shape [${now.shape.join(", ")}] where the model gives [${before.shape.join(", ")}]`, origin: r.origin });
+      }
       return after;
     } catch (e) {
       m.fail(typeof e === "string" ? new SwapError(`cannot replace ${where}: ${e}`, r.origin) : e);
@@ -433,8 +438,11 @@ export class Interleaver implements ModuleHooks, Provider {
     for (const m of this.mediators) {
       const [r] = m.take((x) => x.op === "skip" && x.path === path && x.iteration === iteration);
       if (!r) continue;
-      skips.push({ mediator: m, value: (r as { value: unknown }).value, request: r });
+      const value = (r as { value: unknown }).value;
+      skips.push({ mediator: m, value, request: r });
       m.skipping.add(path);
+      // Its callers take the value as what the module returns: one of another structure fails in their code.
+      this.reshaped.push({ note: `${path} was skipped with ${describeSkip(value)} as its output: a skip value must have the structure of what the module returns (read ${path}.output to see it)`, origin: r.origin });
       // Requests already made for values inside the skipped module can never be answered.
       for (const inner of m.take((x) => x.path.startsWith(path + "."))) {
         const e = new MissedProviderError(`${describe(inner.path, inner.kind, inner.part)} is inside ${path}, which this invoke skips: it does not run`, inner.origin);
@@ -616,11 +624,21 @@ function disjoint(rows: Rows[], batch: number): boolean {
 
 /** Joins per-invoke values (in row order) into one batch value. */
 function concatRows(parts: { rows: Rows; value: unknown }[]): unknown {
+  if (parts.length === 1) return parts[0]!.value;
   const sorted = [...parts].sort((a, b) => a.rows.start - b.rows.start);
   const first = sorted[0]!.value;
+  // A part of a tuple every invoke leaves empty (attention weights not computed).
+  if ((first === null || first === undefined) && sorted.every((p) => p.value === first)) return first;
   if (first instanceof Tensor) return Tensor.cat(sorted.map((p) => p.value as Tensor), 0);
   if (Array.isArray(first)) return first.map((_, i) => concatRows(sorted.map((p) => ({ rows: p.rows, value: (p.value as unknown[])[i] }))));
   throw new TraceError("skip values of several invokes can only be joined when they are tensors or tuples of tensors");
+}
+
+/** A skip value, for an error about it: a tensor's shape, a tuple's parts. */
+function describeSkip(v: unknown): string {
+  if (v instanceof Tensor) return `a tensor of shape [${v.shape.join(", ")}]`;
+  if (Array.isArray(v)) return `[${v.slice(0, 4).map((x) => (x instanceof Tensor ? `tensor [${x.shape.join(", ")}]` : x === null || x === undefined ? String(x) : typeof x)).join(", ")}${v.length > 4 ? ", ..." : ""}]`;
+  return v === null || v === undefined ? String(v) : `a ${typeof v}`;
 }
 
 function sameShape(a: readonly number[], b: readonly number[]): boolean {

@@ -121,7 +121,13 @@ export class Mediator {
 
   write(path: string, kind: ValueKind, part: InputPart, value: unknown, origin: Origin): void {
     const made = typeof origin === "function" ? origin() : origin;
-    if (value === undefined) throw new TraceError(`assigning undefined to ${describe(path, kind, part)}; assign a tensor (or a function of the current value)`, made);
+    if (value === undefined) {
+      // Most often a value another invoke reads, assigned before that invoke has read it: invokes run in turn.
+      throw new TraceError(
+        `assigning undefined to ${describe(path, kind, part)}; assign a tensor (or a function of the current value). If it is a value another invoke reads, it is not read yet when this line runs: assign a function that returns it (\`= () => value\`, called when this value is reached), or wait for it with tr.barrier`,
+        made,
+      );
+    }
     this.submit({ op: "write", path, kind, part, iteration: this.iterationOf(path), origin: made, value }, made);
   }
 

@@ -491,6 +491,35 @@ export const traceCases: TraceCase[] = [
         .catch((x) => x);
       expect(e).toBeInstanceOf(MissedProviderError);
       expect(e.message).toMatch(/transformer\.h\.1\.mlp\.output is inside transformer\.h\.1, which this invoke skips/);
+      // Attention returns [output, weights]: a skip with that structure is what the model takes (the same as
+      // replacing its output); a bare tensor fails in the block's code, and the error names the skip.
+      const attn = (value: "tuple" | "tensor") =>
+        b.gpt2.trace(
+          PROMPT,
+          async (m, tr) => {
+            const out = (await m.transformer.h[0].attn.output) as [Tensor, Tensor];
+            if (tr.vars.value === "tuple") m.transformer.h[1].attn.skip([out[0], out[1]]);
+            // Untyped code (plain JavaScript): TypeScript refuses this.
+            else (m.transformer.h[1].attn as any).skip(out[0]);
+            return (await m.lm_head.output) as Tensor;
+          },
+          b.options({ vars: { value } }),
+        );
+      const tuple = await attn("tuple");
+      const asOutput = await b.gpt2.trace(
+        PROMPT,
+        async (m) => {
+          const out = (await m.transformer.h[0].attn.output) as [Tensor, Tensor];
+          await m.transformer.h[1].attn.output;
+          m.transformer.h[1].attn.output = [out[0], out[1]];
+          return (await m.lm_head.output) as Tensor;
+        },
+        b.options(),
+      );
+      expect(maxAbsDiff(tuple, asOutput)).toBe(0);
+      const bare = await attn("tensor").catch((x) => x);
+      expect(bare).toBeInstanceOf(SwapError);
+      expect(bare.message).toMatch(/after transformer\.h\.1\.attn was skipped with a tensor of shape \[1, 5, 256\] as its output: a skip value must have the structure of what the module returns/);
     },
   },
   {
@@ -550,6 +579,24 @@ export const traceCases: TraceCase[] = [
         .catch((x) => x);
       expect(e).toBeInstanceOf(TraceError);
       expect(e.message).toMatch(/barrier for 2 invokes was reached by only 1/);
+      // nnsight's way, without the barrier: the value is not read yet when the second invoke assigns it. The error
+      // says so, and assigning a function of it instead works.
+      const patch = (late: boolean) =>
+        b.gpt2.trace(
+          async (tr) => {
+            let emb: Tensor | undefined;
+            tr.invoke([324, 615, 638, 636, 284], async (m) => void (emb = (await m.transformer.wte.output) as Tensor));
+            return tr.invoke([531, 221, 324, 615, 638], async (m) => {
+              m.transformer.wte.output = tr.vars.late ? () => emb! : emb!;
+              return (await m.lm_head.output) as Tensor;
+            });
+          },
+          b.options({ vars: { late } }),
+        );
+      const early = await patch(false).catch((x) => x);
+      expect(early).toBeInstanceOf(TraceError);
+      expect(early.message).toMatch(/assigning undefined to transformer\.wte\.output.*another invoke reads, it is not read yet when this line runs: assign a function that returns it/);
+      expect(maxAbsDiff((await patch(true)) as Tensor, out.source)).toBe(0);
     },
   },
   {

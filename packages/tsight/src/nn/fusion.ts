@@ -219,7 +219,9 @@ function callTree(block: Module, calls: readonly CapturedCall[]): CallTree {
  * watches (a generation step's: see Capture.replayable) has its points taken as called, as op by op counts them.
  */
 function uncalledBelow(module: Module, called: ReadonlySet<string>, pointsNoted = true): Set<string> {
-  return new Set(innerModules(module).flatMap((m) => (called.has(m.path) || (!pointsNoted && m.isPoint) ? [] : [m.path])));
+  const uncalled = new Set<string>();
+  for (const m of innerModules(module)) if (!called.has(m.path) && (pointsNoted || !m.isPoint)) uncalled.add(m.path);
+  return uncalled;
 }
 
 /** Whether the module at `path` lies below the one at `above` (the root's path is ""). */
@@ -432,15 +434,34 @@ function positionsOf(model: Module): number {
   return known.n;
 }
 
-/** The paths of the modules `calls` (a capture's) are of, inner ones included. */
-function calledIn(calls: readonly CapturedCall[]): Set<string> {
-  const called = new Set<string>();
+/**
+ * Per module run as generation steps: the modules its last step called (in order) and the paths of those below it
+ * not called, with the shape of the tree then. Every step calls the same modules, mostly: they are compared, not
+ * gathered into a set again.
+ */
+const stepCalls = new WeakMap<Module, { changes: number; owners: object[]; uncalled: Set<string> }>();
+
+/** The paths of the modules below `module` that its step (`capture`) did not call, or undefined if unknown. */
+function uncalledInStep(module: Module, capture: Capture): Set<string> | undefined {
+  if (!capture.callsNested) return undefined;
+  const known = stepCalls.get(module);
+  if (known && known.changes === Module.treeChanges && sameOwners(capture.calls, known.owners)) return known.uncalled;
+  const owners: object[] = [];
   const walk = (c: CapturedCall): void => {
-    called.add((c.owner as Module).path);
+    owners.push(c.owner);
     c.children.forEach(walk);
   };
-  calls.forEach(walk);
-  return called;
+  capture.calls.forEach(walk);
+  const uncalled = uncalledBelow(module, new Set(owners.map((o) => (o as Module).path)), capture.replayable);
+  stepCalls.set(module, { changes: Module.treeChanges, owners, uncalled });
+  return uncalled;
+}
+
+/** Whether `calls`, walked outer first, are of exactly `owners`. */
+function sameOwners(calls: readonly CapturedCall[], owners: readonly object[]): boolean {
+  let i = 0;
+  const same = (c: CapturedCall): boolean => owners[i++] === c.owner && c.children.every(same);
+  return calls.every(same) && i === owners.length;
 }
 
 /** Modules whose forward with a KV cache could not be captured (they run op by op with one). */
@@ -498,8 +519,7 @@ function fusedStep(module: Module, args: unknown[], hooks: ModuleHooks | null, f
     const entries = [...before];
     changed.forEach(({ layer }, i) => (entries[layer] = { keys: extra[2 * i]!, values: extra[2 * i + 1]! }));
     cache.restore(entries);
-    const { capture: c } = captured;
-    if (hooks) passInner(module, hooks, c.callsNested ? uncalledBelow(module, calledIn(c.calls), c.replayable) : undefined);
+    if (hooks) passInner(module, hooks, uncalledInStep(module, captured.capture));
     return result;
   })();
 }

@@ -244,8 +244,11 @@ export function installRuntime(rawHost: HostCallbacks, tree: TreeNode, api: Runt
   function cacheNode(o: any, at: TreeNode | TreeNode[], path: string): any {
     const entry = () => {
       const e = o.get(path);
-      if (e === null) throw userError(`cache: ${path || "the model"} was not recorded`);
-      return e;
+      if (e !== null) return e;
+      // An operation point (in a module's source) is recorded only when named, as tsight's Cache says too.
+      const holder = /(^|\.)source\.[^.]+$/.test(path) ? path.slice(0, path.lastIndexOf(".")) : null;
+      if (holder !== null) throw userError(`cache: ${path} was not recorded: operation points are recorded only when named (tr.cache({ modules: ["${path}"] }), or its holder "${holder}" for all of them)`);
+      throw userError(`cache: ${path || "the model"} was not recorded`);
     };
     const values: Record<string, () => unknown> = {
       output: () => entry().output,
@@ -335,7 +338,10 @@ export function installRuntime(rawHost: HostCallbacks, tree: TreeNode, api: Runt
         if (child === undefined && name.includes(".")) child = name.split(".").reduce<any>((n, part) => (n === undefined ? undefined : Array.isArray(n) ? n[Number(part)] : new Map(n.children).get(part)), node);
         if (child === undefined) {
           const lens = Object.prototype.hasOwnProperty.call(api.lensNames, prop) ? api.lensNames[prop] : undefined;
-          const hint = lens !== undefined && children.has(lens) ? ` (TransformerLens's ${prop} is ${lens} here)` : "";
+          // Asked of attention itself (TransformerLens's attn.hook_pattern), the point is in its source.
+          const source = children.get("source");
+          const at = lens === undefined ? undefined : children.has(lens) ? lens : source && !Array.isArray(source) && new Map(source.children).has(lens) ? `source.${lens}` : undefined;
+          const hint = at !== undefined ? ` (TransformerLens's ${prop} is ${at} here)` : "";
           throw new RemoteError({ type: "TraceError", code: "USER_CODE", message: `${node.path || "the model"} (${node.type}) has no module "${prop}"${hint}; its modules are: ${[...children.keys(), ...aliases.keys()].join(", ") || "none"}` });
         }
         const e = Array.isArray(child) ? listEnvoy(child, invoke) : envoy(child, invoke);

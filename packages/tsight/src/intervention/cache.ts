@@ -180,6 +180,11 @@ export class Cache implements Recorder {
     if (e) return e;
     const under = this.keys().filter((k) => k.startsWith(path ? path + "." : ""));
     const what = path || "the model";
+    // Points live in a module's `source` (a cache sent back by a server does not know the model's points).
+    const point = this.points.has(path) || /(^|\.)source\.[^.]+$/.test(path);
+    if (point && !this.prefixes?.has(path)) {
+      throw new TraceError(`cache: ${what} was not recorded: operation points are recorded only when named (tr.cache({ modules: ["${path}"] }), or its holder "${path.slice(0, path.lastIndexOf("."))}" for all of them)`);
+    }
     throw new TraceError(`cache: ${what} was not recorded${under.length ? `; recorded inside it: ${under.slice(0, 8).join(", ")}${under.length > 8 ? ", ..." : ""}` : this.prefixes ? ` (this cache records ${[...this.prefixes].slice(0, 8).join(", ")}${this.prefixes.size > 8 ? ", ..." : ""})` : ""}`);
   }
 

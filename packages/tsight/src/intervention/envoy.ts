@@ -140,8 +140,7 @@ export function envoyFor(module: Module, ctx: EnvoyContext): Envoy {
       const child = target._child(prop);
       if (child !== undefined) return child;
       const aliases = [...(ctx.aliases.get(module.path)?.keys() ?? [])];
-      const lens = transformerLensNames[prop];
-      const hint = lens && childrenOf(module).has(lens) ? ` (TransformerLens's ${prop} is ${lens} here)` : "";
+      const hint = lensHint(module, prop);
       throw new TraceError(`${module.path || "the model"} (${module.typeName}) has no module "${prop}"${hint}; its modules are: ${[...childrenOf(module).keys(), ...aliases].join(", ") || "none"}`);
     },
     set(target, prop, value, receiver) {
@@ -152,6 +151,16 @@ export function envoyFor(module: Module, ctx: EnvoyContext): Envoy {
       return prop in target || (typeof prop === "string" && target._child(prop) !== undefined);
     },
   });
+}
+
+/** Where TransformerLens's hook `name` is among the module's points (`pattern`, or `source.pattern` from attention), as a hint. */
+function lensHint(module: Module, name: string): string {
+  const lens = transformerLensNames[name];
+  if (lens === undefined) return "";
+  const children = childrenOf(module);
+  const source = children.get("source");
+  const at = children.has(lens) ? lens : source && childrenOf(source).has(lens) ? `source.${lens}` : undefined;
+  return at ? ` (TransformerLens's ${name} is ${at} here)` : "";
 }
 
 /**

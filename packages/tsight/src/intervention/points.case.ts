@@ -392,11 +392,22 @@ export const pointCases: TraceCase[] = [
           const named = tr.cache({ modules: [m.transformer.h[2].attn.source.pattern, "transformer.h.2.mlp.source.post"] });
           const pattern = (await m.transformer.h[2].attn.source.pattern.output) as Tensor;
           await m.lm_head.output;
-          return { all: all.keys(), named: named.keys(), cached: named.transformer.h[2].attn.source.pattern.output as Tensor, post: named.transformer.h[2].mlp.source.post.output as Tensor, pattern };
+          let unnamed = "";
+          try {
+            void all.transformer.h[2].attn.source.pattern.output;
+          } catch (e) {
+            unnamed = (e as Error).message;
+          }
+          return { all: all.keys(), named: named.keys(), cached: named.transformer.h[2].attn.source.pattern.output as Tensor, post: named.transformer.h[2].mlp.source.post.output as Tensor, pattern, unnamed, returned: all };
         },
         b.options(),
       );
       expect(out.all.filter((k: string) => k.includes("source"))).toEqual([]);
+      // Read from a cache that did not name it, a point says points are recorded only when named (in the code, and
+      // from the cache returned, which a server sends without the model's points).
+      const says = /cache: transformer\.h\.2\.attn\.source\.pattern was not recorded: operation points are recorded only when named \(tr\.cache\(\{ modules: \["transformer\.h\.2\.attn\.source\.pattern"\] \}\), or its holder "transformer\.h\.2\.attn\.source"/;
+      expect(out.unnamed).toMatch(says);
+      expect(() => (out.returned as any).transformer.h[2].attn.source.pattern.output).toThrow(says);
       expect(out.all).toContain("transformer.h.2.attn");
       expect(out.named).toEqual(["transformer.h.2.attn.source.pattern", "transformer.h.2.mlp.source.post"]);
       expect(maxAbsDiff(out.cached, out.pattern)).toBe(0);

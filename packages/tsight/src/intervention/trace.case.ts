@@ -727,6 +727,10 @@ export const traceCases: TraceCase[] = [
       const lens = await b.gpt2.trace(PROMPT, async (m) => await (m as any).transformer.h[1].attn.source.hook_pattern.output, b.options()).catch((x) => x);
       expect(lens).toBeInstanceOf(TraceError);
       expect(lens.message).toMatch(/source \(AttentionPoints\) has no module "hook_pattern" \(TransformerLens's hook_pattern is pattern here\); its modules are: q, k, v, scores, pattern, z/);
+      // Asked of the attention itself (as TransformerLens's attn.hook_pattern), the hint goes through its source.
+      const attn = await b.gpt2.trace(PROMPT, async (m) => await (m as any).transformer.h[1].attn.hook_pattern.output, b.options()).catch((x) => x);
+      expect(attn).toBeInstanceOf(TraceError);
+      expect(attn.message).toMatch(/attn \(GPT2Attention\) has no module "hook_pattern" \(TransformerLens's hook_pattern is source\.pattern here\)/);
     },
   },
   {

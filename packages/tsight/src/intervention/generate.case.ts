@@ -7,7 +7,7 @@ import { fixture, hfFixtures, maxAbsDiff, ref } from "../../../../test/fixtures.
 import { generate, type CausalLM } from "../models/index.js";
 import type { ModuleHooks } from "../nn/index.js";
 import { Generator, randn, Tensor } from "../tensor/index.js";
-import { OutOfOrderError, TraceError } from "./errors.js";
+import { MissedProviderError, OutOfOrderError, TraceError } from "./errors.js";
 import type { TraceBackend, TraceCase } from "./trace.case.js";
 
 const PROMPT = "def __init__(self";
@@ -169,6 +169,19 @@ export const generateCases: TraceCase[] = [
         b.options(),
       );
       expect(past.value).toEqual([0, 1, 2, 3, 4, 5]);
+      // A value asked for in a step that never came says how many steps the generation had.
+      const missed = await b.gpt2
+        .generate(
+          PROMPT,
+          { maxNewTokens: 2 },
+          async (m, tr) => {
+            for await (const s of tr.iter(1, 4)) if (s === 3) await m.lm_head.output;
+          },
+          b.options(),
+        )
+        .catch((e) => e);
+      expect(missed).toBeInstanceOf(MissedProviderError);
+      expect(missed.message).toMatch(/lm_head\.output \(iteration 3\) was never provided: the module was not called that many times in the generation's 2 steps/);
     },
   },
   {

@@ -553,10 +553,10 @@ export class Interleaver implements ModuleHooks, Provider {
   }
 
   /**
-   * After the forward (or generation): every request still pending names a module that never produced that value.
-   * Rejects them, lets the code react, and reports invokes still stuck.
+   * After the forward (or generation, of `steps` steps): every request still pending names a module that never
+   * produced that value. Rejects them, lets the code react, and reports invokes still stuck.
    */
-  async finish(stopped: boolean): Promise<void> {
+  async finish(stopped: boolean, steps: number | null = null): Promise<void> {
     this.ending = null;
     let rejected = false;
     for (const m of this.mediators) {
@@ -565,7 +565,7 @@ export class Interleaver implements ModuleHooks, Provider {
         const what = `${describe(r.path, r.kind, r.part)}${r.iteration ? ` (iteration ${r.iteration})` : ""}`;
         const e = stopped
           ? new LeftPassError(`${what} was never reached: the trace ended before it`, r.origin)
-          : new MissedProviderError(`${what} was never provided: the module was not called${r.iteration ? " that many times" : ""} in this forward pass`, r.origin);
+          : new MissedProviderError(`${what} was never provided: the module was not called${r.iteration ? " that many times" : ""} in ${steps === null ? "this forward pass" : `the generation's ${steps} step${steps === 1 ? "" : "s"}`}`, r.origin);
         if (r.op === "read") {
           m.abandoned ||= stopped;
           r.reject(e);

@@ -477,7 +477,7 @@ export class TraceRun {
       if (drive.generation && this.lastExpected >= this.totalSteps!) {
         this.warn(`tr.iter: step ${this.lastExpected} never came (the generation ended after ${this.totalSteps} step${this.totalSteps === 1 ? "" : "s"}); values asked for in it are not provided`);
       }
-      await interleaver.finish(this.stopped || this.firstError !== null);
+      await interleaver.finish(this.stopped || this.firstError !== null, drive.generation ? this.totalSteps! : null);
       await this.failBarriers();
       // Code still running (its last steps after the forward) ends, or waits for something that will not come.
       await interleaver.settle(true);

@@ -56,6 +56,8 @@ export class Bridge implements ActionHost {
   private nextRequest = 1;
   /** Action promises (tr.backward, tr.local, ...) the job's code has not used yet, by request id. */
   private readonly watched = new Map<number, { used: boolean }>();
+  /** Asynchronous calls into the isolate not settled yet (each settles, never rejects). */
+  private readonly inFlight = new Set<Promise<void>>();
   private nextId = 1;
   /** Code of the job running as an invoke, root, session or backward function, by id; settled when it ends. */
   private readonly invokes = new Map<number, Open>();
@@ -241,12 +243,31 @@ export class Bridge implements ActionHost {
     const limit = this.budget.beginTurn();
     const timer = setTimeout(() => this.stop(this.budget.sliceRanOut(limit) ? this.budget.stall("its code") : new SandboxError("TIMEOUT", "the job's code ran past its deadline")), limit);
     try {
-      return await call();
+      return await this.track(call());
     } catch (e) {
       throw this.fatal ?? this.isolateFailure(e);
     } finally {
       clearTimeout(timer);
     }
+  }
+
+  /** `running` (an asynchronous call into the isolate), counted as in flight until it settles. */
+  private track<T>(running: Promise<T>): Promise<T> {
+    const settled = running.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.inFlight.add(settled);
+    void settled.then(() => this.inFlight.delete(settled));
+    return running;
+  }
+
+  /**
+   * Resolves once no asynchronous call runs in the isolate (after a dispose: once isolated-vm's thread has left
+   * it). While one runs, the isolate's thread may be waiting for this thread to answer one of its callbacks.
+   */
+  async idle(): Promise<void> {
+    while (this.inFlight.size > 0) await Promise.all(this.inFlight);
   }
 
   /** Ends the job with `error` and stops its code at once, wherever it is (the isolate is disposed of). */

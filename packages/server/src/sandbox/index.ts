@@ -39,7 +39,43 @@ interface Prepared {
   model: LanguageModel;
   /** Why the job must stop now (cancel, deadline, isolate failure), or null. */
   stopReason(): Error | null;
-  close(): void;
+  /** Disposes of the isolate; resolves once isolated-vm's thread has left it, on a fresh turn (see `quiet`). */
+  close(): Promise<void>;
+}
+
+/** Isolates of the jobs running in this process (or thread). */
+const live = new Set<ivm.Isolate>();
+let exitWatched = false;
+
+/**
+ * Counts `isolate` as live until it is disposed of. Exiting, the process stops the code of the jobs still running
+ * (a script that fails while a job runs): isolated-vm joins its threads at exit, and one running a job's code kept
+ * the exit waiting for ever.
+ */
+function watchExit(isolate: ivm.Isolate): void {
+  live.add(isolate);
+  if (exitWatched) return;
+  exitWatched = true;
+  process.on("exit", () => {
+    for (const running of live) if (!running.isDisposed) running.dispose();
+  });
+}
+
+/** Longest wait for a job's isolate to go idle before the host's code goes on regardless. */
+const QUIET_WAIT_MS = 2000;
+
+/**
+ * Resolves once no call runs in the job's isolate (see Bridge.idle), on a fresh turn of the event loop: when code
+ * outside the sandbox may run (the caller's, after the job; a hybrid step's), free to end the process. A job's
+ * value and a step's request arrive in callbacks from the isolate, and isolated-vm runs the promise reactions they
+ * set off before the isolate's thread, waiting for the callback, goes on. Exiting there (a script's `throw` or
+ * `process.exit` after the job) hung the process: at exit isolated-vm joins its threads, one waiting for this one.
+ */
+async function quiet(bridge: Bridge): Promise<void> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  await Promise.race([bridge.idle(), new Promise<void>((resolve) => (timer = setTimeout(resolve, QUIET_WAIT_MS)))]);
+  clearTimeout(timer);
+  await new Promise<void>((resolve) => setImmediate(resolve));
 }
 
 /** The token count of each row of a job's input (jobs with equal counts can share a pass without padding). */
@@ -99,7 +135,7 @@ export class SandboxExecutor implements JobExecutor {
     } catch (e) {
       throw p.bridge.fatal ?? e;
     } finally {
-      p.close();
+      await p.close();
     }
   }
 
@@ -169,7 +205,7 @@ export class SandboxExecutor implements JobExecutor {
       } catch (e) {
         for (const { index } of group) if (!results[index]) settle(index, { status: "rejected", reason: e });
       } finally {
-        for (const { p } of group) p.close();
+        await Promise.all(group.map(({ p }) => p.close()));
       }
       for (const { index } of group) {
         const r = results[index];
@@ -194,6 +230,7 @@ export class SandboxExecutor implements JobExecutor {
    */
   private prepare(job: DecodedJob, model: LanguageModel, ctx: ExecutionContext, sliceMs?: number): Prepared {
     const isolate = new ivm.Isolate({ memoryLimit: this.options.isolateMemoryMB ?? 64 });
+    watchExit(isolate);
     const context = isolate.createContextSync();
     let calls = 0;
     const runLocal = ctx.awaitLocal
@@ -202,6 +239,8 @@ export class SandboxExecutor implements JobExecutor {
           if (bytes.byteLength > MAX_LOCAL_BYTES) throw new SandboxError("MEMORY", `a hybrid step may send the client at most ${MAX_LOCAL_BYTES} bytes; these values take ${bytes.byteLength}`);
           const call = `c${++calls}`;
           ctx.emit({ type: "local", call, step, vals: toBase64(bytes) });
+          // The client may be this process (remote: "local"), running the step's code here, where it may end the process.
+          await quiet(bridge);
           return ctx.awaitLocal!(call);
         }
       : null;
@@ -217,11 +256,13 @@ export class SandboxExecutor implements JobExecutor {
     const onAbort = () => bridge.stop(new SandboxError("CANCELLED", "the job was cancelled"));
     ctx.signal.addEventListener("abort", onAbort);
     const timer = setTimeout(() => bridge.stop(new SandboxError("TIMEOUT", "the job ran past its deadline")), Math.max(0, ctx.deadline - Date.now()));
-    const close = () => {
+    const close = (): Promise<void> => {
       clearTimeout(timer);
       ctx.signal.removeEventListener("abort", onAbort);
       if (!isolate.isDisposed) isolate.dispose();
+      live.delete(isolate);
       ctx.onFinish?.({ peakBytes: bridge.budget.peak });
+      return quiet(bridge);
     };
     try {
       if (ctx.signal.aborted) throw new SandboxError("CANCELLED", "the job was cancelled");
@@ -240,7 +281,8 @@ export class SandboxExecutor implements JobExecutor {
       };
       return { job, ctx, bridge, fnId, model: lm, stopReason, close };
     } catch (e) {
-      close();
+      // Nothing of the job runs asynchronously yet: there is nothing to wait for.
+      void close();
       throw bridge.fatal ?? e;
     }
   }

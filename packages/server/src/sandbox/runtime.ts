@@ -214,6 +214,24 @@ export function installRuntime(rawHost: HostCallbacks, tree: TreeNode, api: Runt
       return inn(host.fn(name, args.map(out)));
     };
   }
+  // tsight's Tensor has static constructors too (the README's Tensor.zeros): here they are the global functions
+  // behind them, whose arguments the host checks and whose sizes it charges before allocating, as for the globals.
+  const make = (name: string, args: unknown[]): unknown => inn(host.fn(name, args.map(out)));
+  const notRemote = (name: string, why: string) => (): never => {
+    throw new RemoteError({ type: "NotAllowedError", code: "NOT_ALLOWED", message: `Tensor.${name} is not available in remote code: ${why}` });
+  };
+  const statics: Record<string, (...args: any[]) => unknown> = {
+    zeros: (shape, dtype) => make("zeros", [shape, dtype]),
+    // Tensor.full takes a boolean too (as its number: 1 or 0), where full takes numbers.
+    full: (shape, value, dtype) => make("full", [shape, typeof value === "boolean" ? Number(value) : value, dtype]),
+    scalar: (value, dtype = "float32") => make("tensor", [value, dtype, []]),
+    cat: (tensors, dim) => make("cat", [tensors, dim]),
+    stack: (tensors, dim) => make("stack", [tensors, dim]),
+    where: (condition, a, b) => make("where", [condition, a, b]),
+    meta: notRemote("meta", "a job's tensors hold values (make them with zeros, full, tensor, ...)"),
+    fromPacked: notRemote("fromPacked", "a model's packed weights stay on the host"),
+  };
+  for (const [name, fn] of Object.entries(statics)) Object.defineProperty(Tensor, name, { value: fn });
   g.slice = (start?: number | null, stop?: number | null, step?: number) => ({ start, stop, step });
 
   // #endregion

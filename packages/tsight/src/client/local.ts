@@ -39,6 +39,7 @@ export interface LocalRunOptions {
   timeout?: number;
   /** Bytes of tensors the job's code may create (default 4 GiB). */
   memoryLimitBytes?: number;
+  /** Told each event on a turn of the event loop of its own; an error it throws fails the job once it ends. */
   onEvent?: (event: JobEvent) => void;
   signal?: AbortSignal;
 }
@@ -47,14 +48,26 @@ export async function runLocally(request: JobRequest, tensors: ReadonlyMap<strin
   const runner = await sandbox();
   const job = decodeJob(encodeEnvelope(request, tensors));
   const asked = new Map<string, Extract<JobEvent, { type: "local" }>>();
+  let eventError: { error: unknown } | undefined;
+  const tell = (event: JobEvent) => {
+    try {
+      options.onEvent?.(event);
+    } catch (error) {
+      eventError ??= { error };
+    }
+  };
   let value: unknown;
   try {
     value = await runner.execute(job, model, {
       emit: (event) => {
         if (event.type === "local") asked.set(event.call, event);
-        options.onEvent?.(event);
+        // The sandbox emits from inside callbacks of the job's isolate, whose thread waits for them to return: the
+        // user's code an event leads to (onToken, a `logs` function) runs on a later turn, free to end the process
+        // (exiting, isolated-vm joins its threads: one still waiting for this one kept the process from ending).
+        // setImmediate keeps the events in order.
+        if (options.onEvent) setImmediate(tell, event);
       },
-      // Hybrid steps run here, on the code this process submitted.
+      // Hybrid steps run here, on the code this process submitted (the sandbox asks once the job's code is idle).
       awaitLocal: (call) => runLocalStep(asked.get(call)!, [request.source, ...(request.edits ?? [])]),
       signal: options.signal ?? new AbortController().signal,
       deadline: Date.now() + (options.timeout ?? 60) * 1000,
@@ -64,5 +77,7 @@ export async function runLocally(request: JobRequest, tensors: ReadonlyMap<strin
     // As over the wire: the error becomes data, then the client's error of the same class.
     throw errorFromInfo(JSON.parse(JSON.stringify(infoFromError(e))));
   }
+  // The job's events were all told: the sandbox ends a job a turn after its last event.
+  if (eventError) throw eventError.error;
   return unpackValue(packValue(value));
 }

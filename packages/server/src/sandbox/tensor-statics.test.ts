@@ -1,0 +1,109 @@
+/**
+ * Tensor's static constructors in the sandbox (Tensor.zeros, Tensor.full, ...), as in process: the same job code
+ * gives the same values both ways, and the sizes it asks for are bounded exactly as the globals' are.
+ */
+import { beforeAll, describe, expect, it } from "vitest";
+import { LanguageModel } from "../../../tsight/src/intervention/index.js";
+import { decodeJob, type ExecutionContext } from "../../../tsight/src/protocol/executor.js";
+import { toModelKey } from "../../../tsight/src/protocol/model-key.js";
+import type { JobRequest } from "../../../tsight/src/protocol/wire.js";
+import { full, Tensor, zeros } from "../../../tsight/src/tensor/index.js";
+import { SandboxExecutor } from "./index.js";
+
+const GPT2 = toModelKey("LanguageModel", "stdlib-gpt2", null);
+const executor = new SandboxExecutor();
+let lm: LanguageModel;
+
+beforeAll(async () => {
+  lm = await LanguageModel.load("stdlib-gpt2");
+});
+
+const context = (): ExecutionContext => ({ emit: () => undefined, signal: new AbortController().signal, deadline: Date.now() + 20_000, memoryLimitBytes: 2 ** 28 });
+
+/** Runs an invoke's source in the sandbox. */
+function remote(source: string, input: string, vars: Record<string, unknown> = {}): Promise<unknown> {
+  return executor.execute(decodeJob({ model: GPT2, kind: "trace", form: "invoke", source, input, vars } as JobRequest), lm, context());
+}
+
+/** Runs the same source in process, where Tensor, zeros and full are tsight's own. */
+function inProcess(source: string, input: string, vars: Record<string, unknown> = {}): Promise<unknown> {
+  const fn = new Function("Tensor", "zeros", "full", `"use strict"; return (${source});`)(Tensor, zeros, full);
+  return lm.trace(input, fn, { vars });
+}
+
+/** The error a promise rejects with. */
+const failure = (p: Promise<unknown>): Promise<Error & { code?: string }> =>
+  p.then(
+    () => expect.unreachable("the job should have failed"),
+    (e: Error & { code?: string }) => e,
+  );
+
+describe("Tensor's static constructors in the sandbox", () => {
+  it("are those of tsight's Tensor", async () => {
+    const source = 'async () => Object.getOwnPropertyNames(Tensor).filter((name) => typeof Tensor[name] === "function").sort()';
+    const local = (await inProcess(source, "x")) as string[];
+    expect(local).toEqual(expect.arrayContaining(["zeros", "full", "scalar", "cat", "stack", "where"]));
+    expect(await remote(source, "x")).toEqual(local);
+  });
+
+  it("make what they make in process", async () => {
+    const source = `async () => {
+      const z = Tensor.zeros([2, 3]);
+      const f = Tensor.full([2, 3], 1.5);
+      const made = {
+        zeros: z,
+        zerosInt: Tensor.zeros([4], "int32"),
+        full: f,
+        fullInt: Tensor.full([2], 7, "int64"),
+        fullBool: Tensor.full([3], true, "bool"),
+        scalar: Tensor.scalar(5),
+        scalarInt: Tensor.scalar(3, "int64"),
+        scalarBool: Tensor.scalar(true),
+        cat: Tensor.cat([z, f], 1),
+        stack: Tensor.stack([z, f]),
+        where: Tensor.where(f.gt(1), 2, z),
+      };
+      return Object.fromEntries(Object.entries(made).map(([k, t]) => [k, { dtype: t.dtype, shape: t.shape, values: t.tolist() }]));
+    }`;
+    const local = await inProcess(source, "x");
+    expect(Object.keys(local as object)).toHaveLength(11);
+    expect(await remote(source, "x")).toEqual(local);
+  });
+
+  it("run the README's knockout as in process", async () => {
+    const source = `async (m, tr) => {
+      const onlyFirst = Tensor.cat([Tensor.full([1], 1), Tensor.zeros([5])]);
+      const pattern = m.transformer.h[1].attn.source.pattern;
+      pattern.output = (await pattern.output).put([0, 2, -1], onlyFirst);
+      return (await m.lm_head.output).index(0, -1).softmax(-1).index(tr.vars.len).item();
+    }`;
+    const vars = { len: lm.tokenizer.encode("len")[0]! };
+    const local = (await inProcess(source, "    for i in range(", vars)) as number;
+    const plain = (await inProcess("async (m, tr) => (await m.lm_head.output).index(0, -1).softmax(-1).index(tr.vars.len).item()", "    for i in range(", vars)) as number;
+    expect(local).not.toBeCloseTo(plain, 3);
+    expect(await remote(source, "    for i in range(", vars)).toBeCloseTo(local, 6);
+  });
+
+  it("refuse a size the job may not take with the globals' error, before allocating", async () => {
+    const pairs = [
+      ["Tensor.zeros([100000, 100000])", "zeros([100000, 100000])"],
+      ['Tensor.zeros([300000, 300000], "int64")', 'zeros([300000, 300000], "int64")'],
+      ["Tensor.full([100000, 100000], 1)", "full([100000, 100000], 1)"],
+      ["Tensor.zeros([-1])", "zeros([-1])"],
+      ["Tensor.full([2], [1])", "full([2], [1])"],
+    ];
+    for (const [statik, global] of pairs) {
+      const [a, b] = await Promise.all([failure(remote(`async () => ${statik}`, "x")), failure(remote(`async () => ${global}`, "x"))]);
+      expect({ name: a.name, code: a.code, message: a.message }, statik).toEqual({ name: b.name, code: b.code, message: b.message });
+    }
+    expect((await failure(remote("async () => Tensor.zeros([100000, 100000])", "x"))).code).toBe("MEMORY");
+  });
+
+  it("say that meta and packed tensors are not made in remote code", async () => {
+    for (const call of ['Tensor.meta("float32", [2])', "Tensor.fromPacked({})"]) {
+      const e = await failure(remote(`async () => ${call}`, "x"));
+      expect(e.code, call).toBe("NOT_ALLOWED");
+      expect(e.message).toMatch(/^Tensor\.(meta|fromPacked) is not available in remote code/);
+    }
+  });
+});

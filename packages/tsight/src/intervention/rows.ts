@@ -45,8 +45,12 @@ export function selectRows(value: unknown, rows: Rows | null, batch: number, str
 export function mergeRows(full: unknown, part: unknown, rows: Rows | null, batch: number, where = "value"): unknown {
   const whole = rows === null || (rows.start === 0 && rows.length === batch);
   if (full instanceof Tensor) {
-    if (!(part instanceof Tensor)) throw `${where} is a tensor of shape ${fmt(full.shape)}; the replacement is ${describe(part)}`;
     const batchMajor = full.ndim > 0 && full.shape[0] === batch;
+    if (!(part instanceof Tensor)) {
+      // The invoke sees its own rows of a batch-major value: its shape is what it would compare with.
+      const mine = !whole && batchMajor ? `${fmt([rows!.length, ...full.shape.slice(1)])} for this invoke's rows` : fmt(full.shape);
+      throw `${where} is a tensor of shape ${mine}; the replacement is ${describe(part)}`;
+    }
     // An invoke that has the whole batch may change the shape, as in PyTorch: later ops get the new one (and an op
     // that cannot take it names this replacement; see Interleaver.explain).
     if (whole) return part.dtype === full.dtype ? part : part.to(full.dtype);

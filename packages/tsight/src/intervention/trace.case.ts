@@ -376,6 +376,18 @@ export const traceCases: TraceCase[] = [
       expect(swap).toBeInstanceOf(SwapError);
       expect(swap.message).toMatch(/transformer\.h\.0\.output was replaced with shape \[1, 1, 256\] where the model gives \[1, 5, 256\]/);
       expect(swap.message.split("\n")[0]).toMatch(/shape|fit/i); // the failing op's own message comes first
+      // With another invoke in the batch, a replacement that is no tensor is compared with this invoke's rows.
+      const notTensor = await b.gpt2
+        .trace(async (tr) => {
+          tr.invoke(tr.vars.prompt, async (m) => void (await m.lm_head.output));
+          return tr.invoke(tr.vars.prompt, async (m) => {
+            m.transformer.h[0].output = (() => 3) as never;
+            await m.lm_head.output;
+          });
+        }, b.options({ vars: { prompt: PROMPT } }))
+        .catch((x) => x);
+      expect(notTensor).toBeInstanceOf(SwapError);
+      expect(notTensor.message).toMatch(/cannot replace transformer\.h\.0\.output: transformer\.h\.0\.output is a tensor of shape \[1, 5, 256\] for this invoke's rows; the replacement is a number/);
       const f = await fixture("stdlib-gpt2");
       expect(maxAbsDiff(await b.gpt2.trace(PROMPT, async (m) => (await m.lm_head.output) as Tensor, b.options()), ref(f, "single/logits"))).toBeLessThan(1e-4);
     },

@@ -97,6 +97,7 @@ const envoy: Handlers<"envoy", EnvoyTarget> = {
 
 const cache: Handlers<"cache", Cache> = {
   get: (_h, c, [module]) => c.get(module) ?? null,
+  entryAt: (_h, c, [path]) => c.entryAt(path),
   keys: (_h, c) => c.keys(),
   toObject: (_h, c) => c.toObject(),
 };

@@ -260,14 +260,8 @@ export function installRuntime(rawHost: HostCallbacks, tree: TreeNode, api: Runt
 
   /** The node of module `path` (its tree `at`) in cache `o`: its values, and its children by name, alias or index. */
   function cacheNode(o: any, at: TreeNode | TreeNode[], path: string): any {
-    const entry = () => {
-      const e = o.get(path);
-      if (e !== null) return e;
-      // An operation point (in a module's source) is recorded only when named, as tsight's Cache says too.
-      const holder = /(^|\.)source\.[^.]+$/.test(path) ? path.slice(0, path.lastIndexOf(".")) : null;
-      if (holder !== null) throw userError(`cache: ${path} was not recorded: operation points are recorded only when named (tr.cache({ modules: ["${path}"] }), or its holder "${holder}" for all of them)`);
-      throw userError(`cache: ${path || "the model"} was not recorded`);
-    };
+    // The host's cache says why a path was not recorded, in the words a cache in process uses.
+    const entry = () => o.entryAt(path);
     const values: Record<string, () => unknown> = {
       output: () => entry().output,
       outputs: () => entry().outputsByCall,

@@ -13,7 +13,7 @@ import { isThenable } from "../tensor/async-scope.js";
 import { LeftPassError, MissedProviderError, StallError, SwapError, TraceError } from "./errors.js";
 import type { GradSource } from "./backward.js";
 import { describe, type Mediator, type Provider, type Request, type ValueKind } from "./mediator.js";
-import { mapTensors, mergeRows, RowsError, selectRows, type Rows } from "./rows.js";
+import { describeValue, mapTensors, mergeRows, RowsError, selectRows, type Rows } from "./rows.js";
 
 const DOT = ".".charCodeAt(0);
 
@@ -634,11 +634,9 @@ function concatRows(parts: { rows: Rows; value: unknown }[]): unknown {
   throw new TraceError("skip values of several invokes can only be joined when they are tensors or tuples of tensors");
 }
 
-/** A skip value, for an error about it: a tensor's shape, a tuple's parts. */
+/** A skip value, for an error about it: as describeValue, a tuple's parts each. */
 function describeSkip(v: unknown): string {
-  if (v instanceof Tensor) return `a tensor of shape [${v.shape.join(", ")}]`;
-  if (Array.isArray(v)) return `[${v.slice(0, 4).map((x) => (x instanceof Tensor ? `tensor [${x.shape.join(", ")}]` : x === null || x === undefined ? String(x) : typeof x)).join(", ")}${v.length > 4 ? ", ..." : ""}]`;
-  return v === null || v === undefined ? String(v) : `a ${typeof v}`;
+  return Array.isArray(v) ? `[${v.slice(0, 4).map(describeValue).join(", ")}${v.length > 4 ? ", ..." : ""}]` : describeValue(v);
 }
 
 function sameShape(a: readonly number[], b: readonly number[]): boolean {

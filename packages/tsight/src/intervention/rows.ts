@@ -49,7 +49,7 @@ export function mergeRows(full: unknown, part: unknown, rows: Rows | null, batch
     if (!(part instanceof Tensor)) {
       // The invoke sees its own rows of a batch-major value: its shape is what it would compare with.
       const mine = !whole && batchMajor ? `${fmt([rows!.length, ...full.shape.slice(1)])} for this invoke's rows` : fmt(full.shape);
-      throw `${where} is a tensor of shape ${mine}; the replacement is ${describe(part)}`;
+      throw `${where} is a tensor of shape ${mine}; the replacement is ${describeValue(part)}`;
     }
     // An invoke that has the whole batch may change the shape, as in PyTorch: later ops get the new one (and an op
     // that cannot take it names this replacement; see Interleaver.explain).
@@ -63,11 +63,11 @@ export function mergeRows(full: unknown, part: unknown, rows: Rows | null, batch
     return full.put([{ start: rows!.start, stop: rows!.start + rows!.length }], part.to(full.dtype));
   }
   if (Array.isArray(full)) {
-    if (!Array.isArray(part) || part.length !== full.length) throw `${where} is a tuple of ${full.length}; the replacement is ${describe(part)}`;
+    if (!Array.isArray(part) || part.length !== full.length) throw `${where} is a tuple of ${full.length}; the replacement is ${describeValue(part)}`;
     return full.map((v, i) => mergeRows(v, part[i], rows, batch, `${where}[${i}]`));
   }
   if (isPlainObject(full)) {
-    if (!isPlainObject(part)) throw `${where} is an object with keys ${Object.keys(full).join(", ")}; the replacement is ${describe(part)}`;
+    if (!isPlainObject(part)) throw `${where} is an object with keys ${Object.keys(full).join(", ")}; the replacement is ${describeValue(part)}`;
     return Object.fromEntries(Object.entries(full).map(([k, v]) => [k, k in part ? mergeRows(v, part[k], rows, batch, `${where}.${k}`) : v]));
   }
   return part;
@@ -79,7 +79,8 @@ function sameShape(a: readonly number[], b: readonly number[]): boolean {
   return a.length === b.length && a.every((d, i) => d === b[i]);
 }
 
-function describe(v: unknown): string {
+/** A value, for an error about it: a tensor's shape, an array's length, else its type. */
+export function describeValue(v: unknown): string {
   if (v instanceof Tensor) return `a tensor of shape ${fmt(v.shape)}`;
   if (Array.isArray(v)) return `an array of ${v.length}`;
   if (v === null || v === undefined) return String(v);

@@ -220,7 +220,7 @@ function callTree(block: Module, calls: readonly CapturedCall[]): CallTree {
  */
 function uncalledBelow(module: Module, called: ReadonlySet<string>, pointsNoted = true): Set<string> {
   const uncalled = new Set<string>();
-  for (const m of innerModules(module)) if (!called.has(m.path) && (pointsNoted || !m.isPoint)) uncalled.add(m.path);
+  for (const m of innerModules(module)) if (!called.has(m.path) && (pointsNoted || !m.isOperationPoint)) uncalled.add(m.path);
   return uncalled;
 }
 

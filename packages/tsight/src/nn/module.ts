@@ -149,8 +149,11 @@ export abstract class Module {
     return null;
   }
 
-  /** Whether it is an operation point (nn/points.ts): computed, and counted, wherever the op around it runs. */
-  get isPoint(): boolean {
+  /**
+   * Whether it is an operation point (nn/points.ts's Point, not a module holding points): computed, and counted,
+   * wherever the op around it runs.
+   */
+  get isOperationPoint(): boolean {
     return false;
   }
 

@@ -10,7 +10,7 @@ import { Module } from "./module.js";
 
 /** One named value of a forward: calling it lets the tree's hooks read or replace the value. */
 export class Point extends Module {
-  override get isPoint(): boolean {
+  override get isOperationPoint(): boolean {
     return true;
   }
 

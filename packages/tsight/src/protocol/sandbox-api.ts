@@ -219,6 +219,8 @@ export const ENVOY_ACTIONS = {
 /** What a cache from `tr.cache()` can do. */
 export const CACHE_ACTIONS = {
   get: { args: ["string"], answer: "value" },
+  /** The entry of a path, or the cache's own error saying why it was not recorded (what navigation reads). */
+  entryAt: { args: ["string"], answer: "value" },
   keys: { args: [], answer: "value" },
   toObject: { args: [], answer: "value" },
 } as const satisfies Actions;

@@ -60,7 +60,7 @@ async function level(url: string, apiKeys: string[], clients: number, perClient:
   const start = performance.now();
   await Promise.all(
     Array.from({ length: clients }, async (_, c) => {
-      const remote = { backend: url, apiKey: apiKeys[c]!, print: null };
+      const remote = { backend: url, apiKey: apiKeys[c]!, print: null, logs: null };
       for (let j = 0; j < perClient && performance.now() < until; j++) {
         const t = performance.now();
         await lm.trace(prompt(c, j), fn, remote);

@@ -8,6 +8,7 @@ Prints one JSON line:
                   by default ("attn", sdpa); "eager" holds the same numbers with attn_implementation="eager".
   decode_tok_s    greedy decode rate: 32 steps after an 8-token prompt, manual loop over
                   model(next, past_key_values=cache, use_cache=True); median of several runs.
+  decode_long_tok_s  the same after a 512-token prompt (the cache's cost per step shows).
   generate_tok_s  model.generate(max_new_tokens=32, min_new_tokens=32, do_sample=False) from the same
                   8-token prompt: 32 new tokens / wall time of the call (which includes the prompt's pass).
   small5_ms       the embedded stdlib-gpt2 (from_pretrained(..., dtype=float32): its config says float16; found
@@ -32,7 +33,7 @@ transformers.logging.disable_progress_bar()
 load_before = os.getloadavg()[0]  # other work on the machine when we started (noise indicator)
 threads = int(sys.argv[1]) if len(sys.argv) > 1 else 2
 torch.set_num_threads(threads)
-PREFILL, PROMPT, DECODE = 128, 8, 32
+PREFILL, PROMPT, DECODE, LONG_PROMPT = 128, 8, 32, 512
 SMALL_IDS = [324, 615, 638, 636, 284]
 
 
@@ -82,10 +83,10 @@ def generate_rate(model, prompt, runs=5):
 
 
 def gpt2_small_numbers(model):
-    ids = torch.tensor([[(i * 7919) % 50257 for i in range(PREFILL)]])
+    ids = torch.tensor([[(i * 7919) % 50257 for i in range(LONG_PROMPT)]])
     prompt = ids[:, :PROMPT]
-    return {"prefill_ms": median_ms(lambda: model(ids)), "decode_tok_s": decode_rate(model, prompt),
-            "generate_tok_s": generate_rate(model, prompt)}
+    return {"prefill_ms": median_ms(lambda: model(ids[:, :PREFILL])), "decode_tok_s": decode_rate(model, prompt),
+            "decode_long_tok_s": decode_rate(model, ids, runs=3), "generate_tok_s": generate_rate(model, prompt)}
 
 
 def hook_read_us(model, ids, rounds=1000):

@@ -12,7 +12,7 @@
  * the few synchronous calls: compiling, and replacement functions the forward pass calls.)
  */
 import ivm from "isolated-vm";
-import { buildAliases, Generator, ModuleList, Optimizer, Tensor, transformerLensNames, withAllocationGuard, type InterventionFn, type Module, type Tracer } from "tsight";
+import { buildAliases, Generator, holderRefusal, ModuleList, Optimizer, Tensor, TraceError, transformerLensNames, withAllocationGuard, type InterventionFn, type Module, type Tracer } from "tsight";
 import { CONSTRUCTORS, FunctionSource, infoFromError, SANDBOX_OBJECTS, TENSOR_AUTOGRAD, TENSOR_FUNCTIONS, TENSOR_METHODS, type ExecutionModel as LanguageModel } from "tsight/protocol";
 import { checkArgs } from "./args.js";
 import { HANDLE_BYTES, JobBudget, OBJECT_BYTES, type BudgetLimits } from "./budget.js";
@@ -64,6 +64,8 @@ export class Bridge implements ActionHost {
   private readonly held = new Map<number, Held>();
   private readonly idOf = new Map<unknown, number>();
   readonly paths: Set<string>;
+  /** Holders of operation points (never called, no values of their own), with why a request for one is refused. */
+  private readonly holders: Map<string, string>;
   readonly budget: JobBudget;
   /** Set when the job must end (timeout, memory, cancel, stall): every later call fails with it. */
   fatal: Error | null = null;
@@ -92,6 +94,7 @@ export class Bridge implements ActionHost {
     private readonly options: BridgeOptions,
   ) {
     this.paths = new Set(lm.model.namedModules().map(([p]: [string, unknown]) => p));
+    this.holders = new Map(lm.model.namedModules().flatMap(([p, m]: [string, Module]): [string, string][] => (holderRefusal(m) === null ? [] : [[p, holderRefusal(m)!]])));
     this.model = lm;
     this.budget = new JobBudget(options.limits, (e) => this.fail(e));
   }
@@ -416,6 +419,14 @@ export class Bridge implements ActionHost {
     return path;
   }
 
+  /** A module's path whose values the job asks for: refused at once for a holder of points (see holderRefusal). */
+  private valuePath(path: unknown, stack: unknown): string {
+    const at = this.modulePath(path);
+    const refusal = this.holders.get(at);
+    if (refusal) throw new TraceError(refusal, this.origin(stack));
+    return at;
+  }
+
   /** The user's stack (inside the isolate) as an Error, so errors raised later point at their line. */
   origin(stack: unknown): Error {
     const e = new Error();
@@ -478,11 +489,11 @@ export class Bridge implements ActionHost {
       },
       read: (invoke, path, kind, part, stack) => {
         if ((kind !== "input" && kind !== "output") || (part !== "first" && part !== "all")) throw new SandboxError("VALIDATION", "bad value kind");
-        return this.forward(this.mediatorOf(invoke).read(this.modulePath(path), kind, part, this.origin(stack)));
+        return this.forward(this.mediatorOf(invoke).read(this.valuePath(path, stack), kind, part, this.origin(stack)));
       },
       write: (invoke, path, kind, part, value, stack) => {
         if ((kind !== "input" && kind !== "output") || (part !== "first" && part !== "all")) throw new SandboxError("VALIDATION", "bad value kind");
-        this.mediatorOf(invoke).write(this.modulePath(path), kind, part, this.fromDesc(value), this.origin(stack));
+        this.mediatorOf(invoke).write(this.valuePath(path, stack), kind, part, this.fromDesc(value), this.origin(stack));
       },
       act: (kind, id, action, raw, stack, path) => this.act(String(kind), id, String(action), args(raw), stack, path),
       log: (text) => {
@@ -539,7 +550,7 @@ export class Bridge implements ActionHost {
     const spec = table && Object.hasOwn(table, action) ? table[action]! : undefined;
     if (!spec) throw new SandboxError("NOT_ALLOWED", `${kind.slice(0, 40)}.${action.slice(0, 100)} is not available in remote code`);
     checkArgs(`${kind === "tracer" ? "tr" : kind}.${action}`, spec.args as never, values);
-    const target = kind === "envoy" ? { tracer: this.object(["tracer", id]), path: this.modulePath(path) } : this.object([kind, id]);
+    const target = kind === "envoy" ? { tracer: this.object(["tracer", id]), path: action === "call" ? this.modulePath(path) : this.valuePath(path, stack) } : this.object([kind, id]);
     const handlers = HOST_ACTIONS[kind as keyof typeof HOST_ACTIONS] as Record<string, (host: ActionHost, target: any, args: any[], origin: Error) => unknown>;
     const result = withAllocationGuard(this.budget.guard, () => handlers[action]!(this, target, values, this.origin(stack)));
     switch (spec.answer) {

@@ -8,7 +8,7 @@
  *   m.x.skip(value)             do not run the module; use `value` as its output
  *   await m.x.call(...args)     run the module directly (e.g. lm_head on an earlier layer's output)
  */
-import { Module, ModuleList, transformerLensNames } from "../nn/index.js";
+import { holderRefusal, Module, ModuleList, transformerLensNames } from "../nn/index.js";
 import { TraceError } from "./errors.js";
 import type { Mediator } from "./mediator.js";
 
@@ -61,29 +61,36 @@ export class Envoy {
     return this._module.path;
   }
 
+  /** The path of this module's values; a TraceError at once for a holder of points, which has none. */
+  private get valuePath(): string {
+    const refusal = holderRefusal(this._module);
+    if (refusal) throw new TraceError(refusal, origin());
+    return this._module.path;
+  }
+
   get output(): Promise<any> {
-    return this._ctx.mediator.read(this.path, "output", "all", origin);
+    return this._ctx.mediator.read(this.valuePath, "output", "all", origin);
   }
   set output(value: unknown) {
-    this._ctx.mediator.write(this.path, "output", "all", value, origin);
+    this._ctx.mediator.write(this.valuePath, "output", "all", value, origin);
   }
   get input(): Promise<any> {
-    return this._ctx.mediator.read(this.path, "input", "first", origin);
+    return this._ctx.mediator.read(this.valuePath, "input", "first", origin);
   }
   set input(value: unknown) {
-    this._ctx.mediator.write(this.path, "input", "first", value, origin);
+    this._ctx.mediator.write(this.valuePath, "input", "first", value, origin);
   }
   get inputs(): Promise<any[]> {
-    return this._ctx.mediator.read(this.path, "input", "all", origin) as Promise<any[]>;
+    return this._ctx.mediator.read(this.valuePath, "input", "all", origin) as Promise<any[]>;
   }
   set inputs(value: unknown) {
     if (!Array.isArray(value) && typeof value !== "function") throw new TraceError(`${this.path}.inputs must be assigned an array of arguments`);
-    this._ctx.mediator.write(this.path, "input", "all", value, origin);
+    this._ctx.mediator.write(this.valuePath, "input", "all", value, origin);
   }
 
   /** Do not run this module (for this invoke's rows); `value` is its output. */
   skip(value: unknown): void {
-    this._ctx.mediator.skip(this.path, value, origin);
+    this._ctx.mediator.skip(this.valuePath, value, origin);
   }
 
   /**
@@ -92,7 +99,7 @@ export class Envoy {
    */
   next(n = 1): this {
     if (!Number.isSafeInteger(n) || n < 0) throw new TraceError(`${this.path}.next(n): n must be a non-negative whole number, got ${String(n)}`);
-    this._ctx.mediator.nextCall(this.path, n);
+    this._ctx.mediator.nextCall(this.valuePath, n);
     return this;
   }
 

@@ -53,14 +53,14 @@ export function mergeRows(full: unknown, part: unknown, rows: Rows | null, batch
     }
     // An invoke that has the whole batch may change the shape, as in PyTorch: later ops get the new one (and an op
     // that cannot take it names this replacement; see Interleaver.explain).
-    if (whole) return part.dtype === full.dtype ? part : part.to(full.dtype);
+    if (whole) return castLike(part, full, where);
     if (!batchMajor) {
       if (!sameShape(part.shape, full.shape)) throw `${where} has shape ${fmt(full.shape)}, shared by every invoke of the batch; the replacement has shape ${fmt(part.shape)}`;
-      return part.dtype === full.dtype ? part : part.to(full.dtype);
+      return castLike(part, full, where);
     }
     const want = [rows!.length, ...full.shape.slice(1)];
     if (!sameShape(part.shape, want)) throw `${where} has shape ${fmt(want)} for this invoke's rows (other invokes share the batch, so its shape cannot change); the replacement has shape ${fmt(part.shape)}`;
-    return full.put([{ start: rows!.start, stop: rows!.start + rows!.length }], part.to(full.dtype));
+    return full.put([{ start: rows!.start, stop: rows!.start + rows!.length }], castLike(part, full, where));
   }
   if (Array.isArray(full)) {
     if (!Array.isArray(part) || part.length !== full.length) throw `${where} is a tuple of ${full.length}; the replacement is ${describeValue(part)}`;
@@ -71,6 +71,17 @@ export function mergeRows(full: unknown, part: unknown, rows: Rows | null, batch
     return Object.fromEntries(Object.entries(full).map(([k, v]) => [k, k in part ? mergeRows(v, part[k], rows, batch, `${where}.${k}`) : v]));
   }
   return part;
+}
+
+/**
+ * `part` in `full`'s dtype. Integers and booleans convert among themselves (masks, ids), but a float value replaced
+ * by integers or booleans, or the other way round, is refused: a cast would silently change the values (an argmax
+ * put where activations were, fractional token ids).
+ */
+function castLike(part: Tensor, full: Tensor, where: string): Tensor {
+  if (part.dtype === full.dtype) return part;
+  if ((part.dtype === "float32") !== (full.dtype === "float32")) throw `${where} is ${full.dtype}; the replacement is ${part.dtype} (convert it with .to("${full.dtype}") if that is meant)`;
+  return part.to(full.dtype);
 }
 
 const fmt = (shape: readonly number[]): string => `[${shape.join(", ")}]`;

@@ -388,7 +388,29 @@ export const traceCases: TraceCase[] = [
         .catch((x) => x);
       expect(notTensor).toBeInstanceOf(SwapError);
       expect(notTensor.message).toMatch(/cannot replace transformer\.h\.0\.output: transformer\.h\.0\.output is a tensor of shape \[1, 5, 256\] for this invoke's rows; the replacement is a number/);
+      // Integers where activations were (an argmax) are refused, not cast; integer ids may be given as int32.
+      const ints = await b.gpt2
+        .trace(
+          PROMPT,
+          async (m) => {
+            const h = (await m.transformer.h[0].output) as Tensor;
+            m.transformer.h[0].output = h.argmax(-1).unsqueeze(-1).expand(h.shape);
+          },
+          b.options(),
+        )
+        .catch((x) => x);
+      expect(ints).toBeInstanceOf(SwapError);
+      expect(ints.message).toMatch(/transformer\.h\.0\.output is float32; the replacement is int64 \(convert it with \.to\("float32"\) if that is meant\)/);
+      const int32Ids = await b.gpt2.trace(
+        PROMPT,
+        async (m) => {
+          m.transformer.wte.input = ((await m.transformer.wte.input) as Tensor).to("int32");
+          return (await m.lm_head.output) as Tensor;
+        },
+        b.options(),
+      );
       const f = await fixture("stdlib-gpt2");
+      expect(maxAbsDiff(int32Ids, ref(f, "single/logits"))).toBeLessThan(1e-4);
       expect(maxAbsDiff(await b.gpt2.trace(PROMPT, async (m) => (await m.lm_head.output) as Tensor, b.options()), ref(f, "single/logits"))).toBeLessThan(1e-4);
     },
   },
@@ -743,6 +765,22 @@ export const traceCases: TraceCase[] = [
       const attn = await b.gpt2.trace(PROMPT, async (m) => await (m as any).transformer.h[1].attn.hook_pattern.output, b.options()).catch((x) => x);
       expect(attn).toBeInstanceOf(TraceError);
       expect(attn.message).toMatch(/attn \(GPT2Attention\) has no module "hook_pattern" \(TransformerLens's hook_pattern is source\.pattern here\)/);
+      // The holder of the points has no value of its own: asking it for one fails at once, naming its points.
+      const holder = /transformer\.h\.1\.(attn|mlp)\.source holds operation points \((q, k, v, scores, pattern, z|pre, post)\) and is never called itself: read or edit one of them, e\.g\. transformer\.h\.1\.(attn\.source\.pattern|mlp\.source\.pre)\.output/;
+      const read = await b.gpt2.trace(PROMPT, async (m) => await (m as any).transformer.h[1].attn.source.output, b.options()).catch((x) => x);
+      expect(read).toBeInstanceOf(TraceError);
+      expect(read.message).toMatch(holder);
+      const write = await b.gpt2
+        .trace(
+          PROMPT,
+          async (m) => {
+            (m as any).transformer.h[1].mlp.source.output = await m.transformer.h[1].mlp.output;
+          },
+          b.options(),
+        )
+        .catch((x) => x);
+      expect(write).toBeInstanceOf(TraceError);
+      expect(write.message).toMatch(holder);
     },
   },
   {

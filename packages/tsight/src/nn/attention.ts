@@ -4,7 +4,7 @@
  * (interpretability code reads them). What differs between architectures in forming the scores (scale,
  * soft-capping) is one small record, `ScoreOptions`, apart from q, k, v and the mask.
  */
-import { activeCapture, functional as F, Tensor } from "../tensor/index.js";
+import { activeCapture, functional as F, isGradEnabled, Tensor } from "../tensor/index.js";
 import { applyRotary } from "./rotary.js";
 import type { AttentionPoints } from "./points.js";
 
@@ -149,21 +149,33 @@ export async function attend(points: AttentionPoints, q: Tensor, k: Tensor, v: T
   q = await points.q.at(q);
   k = await points.k.at(k);
   v = await points.v.at(v);
-  const kv = ctx.cache ? ctx.cache.update(layerIdx, k, v) : { keys: k, values: v };
   const [B, H, T, D] = q.shape as [number, number, number, number];
+  // A cache is read in place (see nn/cache.ts) unless gradients are recorded through it (its keys are then joined by ops).
+  const recording = isGradEnabled() && (q.requiresGrad || k.requiresGrad || v.requiresGrad);
+  const past = ctx.cache && !recording ? ctx.cache.past(layerIdx, k) : null;
+  const kv = past ? null : ctx.cache ? ctx.cache.update(layerIdx, k, v) : { keys: k, values: v };
   if (!points.scores.watched && !points.pattern.watched) {
-    let [out, pattern] = F.attention(q, kv.keys, kv.values, fitMask(ctx.mask, kv.keys), o.scale, o.softcap ?? null);
+    let [out, pattern] = past ? F.attentionPast(q, k, v, past, ctx.mask, o.scale, o.softcap ?? null) : F.attention(q, kv!.keys, kv!.values, fitMask(ctx.mask, kv!.keys), o.scale, o.softcap ?? null);
+    if (past) ctx.cache!.append(layerIdx, k, v);
     points.scores.pass();
     await points.pattern.gave(pattern);
     if (points.z.watched) out = merge(await points.z.call(out.reshape(B, T, H, D).transpose(1, 2)));
     else points.z.pass();
     return [out, pattern];
   }
+  if (past) {
+    // The kernel's own steps over the cache in place: the same numbers to the bit (see F.attentionPastScores).
+    const s = await points.scores.call(F.attentionPastScores(q, k, past, o.scale, o.softcap || null).add(ctx.mask.narrow(3, 0, past.length + T)));
+    const pattern = await points.pattern.call(F.attentionPastSoftmax(s, past));
+    const z = await points.z.call(F.attentionPastValues(pattern, v, past));
+    ctx.cache!.append(layerIdx, k, v);
+    return [merge(z), pattern];
+  }
   // The fused kernel's own halves and ops, in its order: the same numbers to the bit (see F.attentionScores).
-  const raw = F.attentionScores(q, kv.keys, o.scale, o.softcap || null);
-  const s = await points.scores.call(raw.add(fitMask(ctx.mask, kv.keys)));
+  const raw = F.attentionScores(q, kv!.keys, o.scale, o.softcap || null);
+  const s = await points.scores.call(raw.add(fitMask(ctx.mask, kv!.keys)));
   const pattern = await points.pattern.call(s.softmax(-1));
-  const z = await points.z.call(F.attentionValues(pattern, kv.values));
+  const z = await points.z.call(F.attentionValues(pattern, kv!.values));
   return [merge(z), pattern];
 }
 

@@ -1,47 +1,148 @@
 /**
  * The key/value cache of generation: per layer, keys and values of every position seen so far, so a decode step
  * runs only the new tokens.
+ *
+ * A layer's keys and values are kept in buffers with room to grow ([B, kvHeads, capacity, headDim], the first
+ * `length` positions filled): attention reads them where they are (tensor/functional's attentionPast) and a step
+ * writes only its new positions, so a decode step copies nothing of what is cached (joining the keys at every step
+ * copied the whole cache twice per layer: GPT-2-small at 512 cached positions spent a quarter of a step on it).
+ * While gradients are recorded, a layer's keys and values are whole tensors joined at each step instead, as they
+ * must be part of the recorded graph.
  */
-import { Tensor } from "../tensor/index.js";
+import { isGradEnabled, Tensor } from "../tensor/index.js";
+
+/** A layer's keys and values, each [B, kvHeads, positions, headDim]. */
+export interface CacheEntry {
+  keys: Tensor;
+  values: Tensor;
+}
+
+/** A layer's keys and values in buffers [B, kvHeads, capacity, headDim], the first `length` positions filled. */
+export interface CacheSlab extends CacheEntry {
+  length: number;
+}
+
+const isSlab = (e: CacheEntry): e is CacheSlab => "length" in e;
 
 export class KVCache {
-  private readonly layers: ({ keys: Tensor; values: Tensor } | undefined)[] = [];
+  private readonly layers: (CacheEntry | CacheSlab | undefined)[] = [];
+  /** New keys and values a captured step gave (meta tensors): written once its graph has run (see takeAppends). */
+  private appends = new Map<number, CacheEntry>();
 
   /**
    * Positions already processed: the longest layer's. A layer skipped during generation (its module replaced by
-   * an intervention) has fewer; attention then cuts the mask to the keys it has (eagerAttention), as Hugging Face does.
+   * an intervention) has fewer; attention then uses the mask's first columns, as Hugging Face does.
    */
   get length(): number {
     let n = 0;
-    for (const l of this.layers) if (l) n = Math.max(n, l.keys.shape[2]!);
+    for (const l of this.layers) if (l) n = Math.max(n, isSlab(l) ? l.length : l.keys.shape[2]!);
     return n;
   }
 
   /**
-   * Appends this step's keys and values [B, kvHeads, T, headDim] and returns the whole sequence's. The first step
-   * appends to empty ones, so it makes the same ops as every later step (a fused step's graph serves it too).
+   * The layer's cache as it is kept, for attention to read in place (then `append` this call's keys and values),
+   * or null when it is kept as whole tensors (gradients were recorded: see update). An empty layer gives an empty
+   * one shaped like this call's keys `like` [B, kvHeads, T, headDim].
    */
-  update(layer: number, keys: Tensor, values: Tensor): { keys: Tensor; values: Tensor } {
-    const prev = this.layers[layer] ?? { keys: empty(keys), values: empty(values) };
+  past(layer: number, like: Tensor): CacheSlab | null {
+    const l = this.layers[layer];
+    if (!l) {
+      const [B, H, , D] = like.shape as [number, number, number, number];
+      return { keys: Tensor.zeros([B, H, 0, D]), values: Tensor.zeros([B, H, 0, D]), length: 0 };
+    }
+    return isSlab(l) ? l : null;
+  }
+
+  /**
+   * Writes this call's keys and values [B, kvHeads, T, headDim] after the layer's (whose `past` attention read).
+   * Captured ones (meta tensors: a fused step's graph gives them when it runs) wait in takeAppends.
+   */
+  append(layer: number, keys: Tensor, values: Tensor): void {
+    if (keys.isMeta || values.isMeta) {
+      this.appends.set(layer, { keys, values });
+      return;
+    }
+    const slab = this.room(layer, keys);
+    const [B, H, T, D] = keys.shape as [number, number, number, number];
+    const capacity = slab.keys.shape[2]!;
+    const k = keys.data as Float32Array;
+    const v = values.data as Float32Array;
+    const into = (dst: Tensor) => dst.data as Float32Array;
+    for (let bh = 0; bh < B * H; bh++) {
+      const at = (bh * capacity + slab.length) * D;
+      into(slab.keys).set(k.subarray(bh * T * D, (bh + 1) * T * D), at);
+      into(slab.values).set(v.subarray(bh * T * D, (bh + 1) * T * D), at);
+    }
+    slab.length += T;
+  }
+
+  /** The layer's slab with room for `keys`' positions after its own, grown (copied once) if it had none. */
+  private room(layer: number, keys: Tensor): CacheSlab {
+    const [B, H, T, D] = keys.shape as [number, number, number, number];
+    const l = this.layers[layer];
+    if (l && !isSlab(l)) throw new Error(`internal: layer ${layer}'s cache is kept whole (gradients) and cannot be appended to`);
+    const length = l?.length ?? 0;
+    if (l && l.keys.shape[2]! >= length + T) return l;
+    // Room for a quarter more, in blocks of 64 positions, so a generation grows it rarely (each time copying what it
+    // holds once); attention reads the whole buffer, so it is not made much larger than what it holds.
+    const need = length + T;
+    const capacity = Math.ceil((need * 1.25) / 64) * 64;
+    const grown = (old: Tensor | undefined): Tensor => {
+      const data = new Float32Array(B * H * capacity * D);
+      if (old && length > 0) {
+        const from = old.data as Float32Array;
+        const oldCapacity = old.shape[2]!;
+        for (let bh = 0; bh < B * H; bh++) data.set(from.subarray(bh * oldCapacity * D, (bh * oldCapacity + length) * D), bh * capacity * D);
+      }
+      return new Tensor("float32", data, [B, H, capacity, D]);
+    };
+    const slab = { keys: grown(l?.keys), values: grown(l?.values), length };
+    this.layers[layer] = slab;
+    return slab;
+  }
+
+  /**
+   * Appends this step's keys and values [B, kvHeads, T, headDim] and returns the whole sequence's (attention computed
+   * step by step: an operation point inside it watched). Ones that record gradients, or captured ones, are joined by
+   * ops, and the layer is kept whole from then on; the first step appends to empty ones, so it makes the same ops as
+   * every later step.
+   */
+  update(layer: number, keys: Tensor, values: Tensor): CacheEntry {
+    const l = this.layers[layer];
+    const joined = keys.isMeta || values.isMeta || (isGradEnabled() && (keys.requiresGrad || values.requiresGrad));
+    if (!joined && (!l || isSlab(l))) {
+      this.append(layer, keys, values);
+      return this.get(layer)!;
+    }
+    const prev = this.get(layer) ?? { keys: empty(keys), values: empty(values) };
     const next = { keys: Tensor.cat([prev.keys, keys], 2), values: Tensor.cat([prev.values, values], 2) };
     this.layers[layer] = next;
     return next;
   }
 
+  /** @internal the keys and values captured appends gave, by layer (forgotten here: the caller writes them once real). */
+  takeAppends(): [number, CacheEntry][] {
+    const taken = [...this.appends];
+    this.appends = new Map();
+    return taken;
+  }
+
   /** @internal every layer's entry now (fused decode steps capture against it, then put real tensors back) */
-  snapshot(): readonly ({ keys: Tensor; values: Tensor } | undefined)[] {
+  snapshot(): readonly (CacheEntry | undefined)[] {
     return [...this.layers];
   }
 
   /** @internal sets the layers' entries back to a snapshot */
-  restore(entries: readonly ({ keys: Tensor; values: Tensor } | undefined)[]): void {
+  restore(entries: readonly (CacheEntry | undefined)[]): void {
     this.layers.length = 0;
     this.layers.push(...entries);
   }
 
-  /** Cached keys and values of one layer, if any. */
-  get(layer: number): { keys: Tensor; values: Tensor } | undefined {
-    return this.layers[layer];
+  /** Cached keys and values of one layer, if any: [B, kvHeads, positions, headDim] each. */
+  get(layer: number): CacheEntry | undefined {
+    const l = this.layers[layer];
+    if (!l || !isSlab(l)) return l;
+    return { keys: l.keys.narrow(2, 0, l.length), values: l.values.narrow(2, 0, l.length) };
   }
 }
 

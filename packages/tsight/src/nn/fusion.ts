@@ -503,13 +503,16 @@ function fusedStep(module: Module, args: unknown[], hooks: ModuleHooks | null, f
     } catch {
       unfusibleSteps.add(module);
     }
+    // What the code wrote: new positions for layers kept in place, and whole entries for layers joined by ops.
+    const appends = cache.takeAppends();
     const after = cache.snapshot();
     cache.restore(before);
     if (!captured) return forward(args);
     const changed = after.flatMap((entry, layer) => (entry && entry !== before[layer] ? [{ layer, entry }] : []));
+    const written = [...changed.map(({ entry }) => entry), ...appends.map(([, entry]) => entry)];
     let ran: { result: unknown; extra: Tensor[] };
     try {
-      ran = runCaptureGeneric(captured.capture, captured.result, changed.flatMap(({ entry }) => [entry.keys, entry.values]), (t) => params.has(t));
+      ran = runCaptureGeneric(captured.capture, captured.result, written.flatMap((entry) => [entry.keys, entry.values]), (t) => params.has(t));
       stepsRan.add(module);
     } catch {
       if (!stepsRan.has(module)) unfusibleSteps.add(module);
@@ -519,6 +522,7 @@ function fusedStep(module: Module, args: unknown[], hooks: ModuleHooks | null, f
     const entries = [...before];
     changed.forEach(({ layer }, i) => (entries[layer] = { keys: extra[2 * i]!, values: extra[2 * i + 1]! }));
     cache.restore(entries);
+    appends.forEach(([layer], i) => cache.append(layer, extra[2 * (changed.length + i)]!, extra[2 * (changed.length + i) + 1]!));
     if (hooks) passInner(module, hooks, uncalledInStep(module, captured.capture));
     return result;
   })();

@@ -69,6 +69,18 @@ export abstract class Points extends Module {
 }
 
 /**
+ * Why `m` has no values to read, replace or skip, if it is a holder of points (`attn.source`): the message names
+ * its points. Envoys in process and in the sandbox refuse such a request at once with it (it would otherwise wait
+ * for a call that never comes).
+ */
+export function holderRefusal(m: Module): string | null {
+  if (!(m instanceof Points)) return null;
+  const names = m.children().map(([name]) => name);
+  const example = names.includes("pattern") ? "pattern" : names[0];
+  return `${m.path} holds operation points (${names.join(", ")}) and is never called itself: read or edit one of them${example ? `, e.g. ${m.path}.${example}.output` : ""}`;
+}
+
+/**
  * Attention's points, all [batch, heads, tokens, ...]: q [B, H, T, D] and k, v [B, KV, T, D] (this call's tokens,
  * after rotary and q/k norms, before the cache; an edit of k or v is what the cache keeps), scores [B, H, T, S]
  * (scaled, soft-capped and masked, before softmax), pattern [B, H, T, S] (after softmax), z [B, H, T, D] (each

@@ -54,6 +54,41 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: 
 }
 
 /**
+ * attention over a layer's cached keys and values as they are kept (buffers [B, KV, C, D] whose first `past`
+ * positions are filled; see nn/cache.ts) and this call's k and v, without joining them. Returns what attention over
+ * the joined keys returns: the output [B, T, H*D] and the weights [B, H, T, past + T]. Not differentiable: the
+ * cache is kept this way only while no gradient is recorded.
+ */
+export function attentionPast(q: Tensor, k: Tensor, v: Tensor, past: CachedKeys, mask: Tensor, scale: number, softcap: number | null = null): [Tensor, Tensor] {
+  if (softcap !== null && !(softcap > 0)) throw new RangeError(`attention: softcap must be positive, got ${softcap}`);
+  return apply(P.attentionPast, [q, k, v, past.keys, past.values, mask], { scale, softcap: softcap ?? 0, past: past.length }) as [Tensor, Tensor];
+}
+
+/** A layer's cache as attention reads it in place: buffers [B, KV, C, D] whose first `length` positions are filled. */
+export interface CachedKeys {
+  keys: Tensor;
+  values: Tensor;
+  length: number;
+}
+
+/**
+ * attentionPast in steps, each the same numbers as its kernel to the bit (an operation point inside it watched): the
+ * scores cap(q k^T * scale) [B, H, T, past + T] over the cache's filled positions and this call's keys...
+ */
+export function attentionPastScores(q: Tensor, k: Tensor, past: CachedKeys, scale: number, softcap: number | null = null): Tensor {
+  if (softcap !== null && !(softcap > 0)) throw new RangeError(`attention: softcap must be positive, got ${softcap}`);
+  return apply1(P.attentionPastScores, [q, k, past.keys], { scale, softcap: softcap ?? 0, past: past.length });
+}
+/** ...the weights of masked scores (softmax over the last axis, as the kernel takes it)... */
+export function attentionPastSoftmax(scores: Tensor, past: CachedKeys): Tensor {
+  return apply1(P.attentionPastSoftmax, [scores], { past: past.length, capacity: past.keys.shape[2]! });
+}
+/** ...and the weights times the cache's values and this call's, per head [B, H, T, D]. */
+export function attentionPastValues(pattern: Tensor, v: Tensor, past: CachedKeys): Tensor {
+  return apply1(P.attentionPastValues, [pattern, v, past.values], { past: past.length });
+}
+
+/**
  * attention's two matrix products alone, as its kernel computes them (the same numbers to the bit): the scores
  * cap(q k^T * scale) [B, H, T, S] for q [B, H, T, D] and k [B, KV, S, D], and the heads' outputs pattern v [B, H, T, D].
  */

@@ -80,12 +80,14 @@ function valueInfo(name: string, dtype: StorageDType): Bytes {
  * `constant` adds an initializer, `output` marks graph outputs. Names are generated, so builders compose.
  */
 export class GraphBuilder {
-  private readonly nodes: Bytes[] = [];
+  /** Nodes with the names they read and make (see build: only those an output needs are written). */
+  private readonly nodes: { ins: string[]; outs: string[]; proto: Bytes }[] = [];
   private readonly inputs: Bytes[] = [];
   private readonly outputs: Bytes[] = [];
-  private readonly initializers: Bytes[] = [];
+  private readonly outputNames: string[] = [];
+  private readonly initializers: { name: string; proto: Bytes }[] = [];
   /** Initializers too big for number[]: everything before the raw data field, and the data. */
-  private readonly largeInitializers: { head: Bytes; raw: Uint8Array }[] = [];
+  private readonly largeInitializers: { name: string; head: Bytes; raw: Uint8Array }[] = [];
   private counter = 0;
   /** Values made by nodes not yet marked as outputs: one can be a graph output as it is, with no copy. */
   private readonly nodeOutputs = new Set<string>();
@@ -98,8 +100,8 @@ export class GraphBuilder {
 
   constant(dtype: StorageDType, dims: number[], data: StorageArray): string {
     const name = `c${this.counter++}`;
-    if (data.byteLength > LARGE_CONSTANT) this.largeInitializers.push({ head: tensorHead(name, { dtype, dims, data }), raw: rawBytes(data) });
-    else this.initializers.push(tensorProto(name, { dtype, dims, data }));
+    if (data.byteLength > LARGE_CONSTANT) this.largeInitializers.push({ name, head: tensorHead(name, { dtype, dims, data }), raw: rawBytes(data) });
+    else this.initializers.push({ name, proto: tensorProto(name, { dtype, dims, data }) });
     return name;
   }
 
@@ -120,14 +122,18 @@ export class GraphBuilder {
     const attrBytes = Object.entries(attrs)
       .filter((e): e is [string, AttrValue] => e[1] !== undefined)
       .flatMap(([n, v]) => bytes(5, attribute(n, v)));
-    this.nodes.push([
-      ...inputs.flatMap((i) => str(1, i)),
-      ...outs.flatMap((o) => str(2, o)),
-      ...str(3, `n${this.counter}`),
-      ...str(4, op),
-      ...attrBytes,
-      ...(domain ? str(7, domain) : []),
-    ]);
+    this.nodes.push({
+      ins: inputs,
+      outs,
+      proto: [
+        ...inputs.flatMap((i) => str(1, i)),
+        ...outs.flatMap((o) => str(2, o)),
+        ...str(3, `n${this.counter}`),
+        ...str(4, op),
+        ...attrBytes,
+        ...(domain ? str(7, domain) : []),
+      ],
+    });
     return outs;
   }
 
@@ -141,29 +147,43 @@ export class GraphBuilder {
     // copy it). Otherwise (an input, a constant, a value that is an output already) an Identity makes the output.
     if (this.nodeOutputs.delete(name)) {
       this.outputs.push(valueInfo(name, dtype));
+      this.outputNames.push(name);
       return;
     }
     const out = `out${this.outputs.length}`;
-    this.nodes.push([...str(1, name), ...str(2, out), ...str(3, `id_${out}`), ...str(4, "Identity")]);
+    this.nodes.push({ ins: [name], outs: [out], proto: [...str(1, name), ...str(2, out), ...str(3, `id_${out}`), ...str(4, "Identity")] });
     this.outputs.push(valueInfo(out, dtype));
+    this.outputNames.push(out);
   }
 
   get outputCount(): number {
     return this.outputs.length;
   }
 
-  /** Serialized ModelProto. */
+  /**
+   * Serialized ModelProto, with only the nodes and constants its outputs need: ONNX Runtime computes every node it
+   * is given, so a value captured code made and never used (a kernel's second output nobody reads) would cost a run.
+   */
   build(): Uint8Array {
+    const needed = new Set(this.outputNames);
+    const nodes: Bytes[] = [];
+    for (let i = this.nodes.length - 1; i >= 0; i--) {
+      const n = this.nodes[i]!;
+      if (!n.outs.some((o) => needed.has(o))) continue;
+      nodes.push(n.proto);
+      for (const name of n.ins) needed.add(name);
+    }
+    nodes.reverse();
     const graph: Bytes = [
-      ...this.nodes.flatMap((n) => bytes(1, n)),
+      ...nodes.flatMap((n) => bytes(1, n)),
       ...str(2, "tsight"),
-      ...this.initializers.flatMap((t) => bytes(5, t)),
+      ...this.initializers.filter((t) => needed.has(t.name)).flatMap((t) => bytes(5, t.proto)),
       ...this.inputs.flatMap((i) => bytes(11, i)),
       ...this.outputs.flatMap((o) => bytes(12, o)),
     ];
     const opsets = [bytes(8, [...str(1, ""), ...int(2, OPSET)]), bytes(8, [...str(1, "com.microsoft"), ...int(2, 1)])];
     // Large initializers are written as chunks: field 5 (initializer) around a TensorProto whose field 9 is the data.
-    const large: (Bytes | Uint8Array)[] = this.largeInitializers.flatMap(({ head, raw }) => {
+    const large: (Bytes | Uint8Array)[] = this.largeInitializers.filter((t) => needed.has(t.name)).flatMap(({ head, raw }) => {
       const dataHead = [...key(9, 2), ...varint(raw.length)];
       return [[...key(5, 2), ...varint(head.length + dataHead.length + raw.length), ...head, ...dataHead], raw];
     });

@@ -3,6 +3,7 @@
  * Tensor methods (tensor.ts) are composed from these; a composed method needs no gradient rule of its own.
  */
 import type { DType } from "./dtype.js";
+import type { RawTensor } from "./engine.js";
 import type { GraphBuilder } from "./onnx.js";
 import { DTypeError, ShapeError } from "./errors.js";
 import type { Primitive, OutSpec } from "./primitive.js";
@@ -668,6 +669,188 @@ export const attention: Primitive<{ scale: number; softcap: number }> = {
     }
     gS = gS.mul(scale);
     return [gS.matmul(repeatHeads(k, G)), foldHeads(gS.transpose(2, 3).matmul(q), G), foldHeads(w.transpose(2, 3).matmul(gO), G), null];
+  },
+};
+
+/** cap(raw * scale), as scoresGraph forms it from q k^T. */
+function capped(g: GraphBuilder, raw: string, a: { scale: number; softcap: number }): string {
+  const scaled = g.op("Mul", [raw, g.scalar("float32", a.scale)]);
+  return a.softcap > 0 ? g.op("Mul", [g.op("Tanh", [g.op("Div", [scaled, g.scalar("float32", a.softcap)])]), g.scalar("float32", a.softcap)]) : scaled;
+}
+
+/** Attributes of attention over a layer's cache kept in place: the scores' scale and cap, and the filled positions. */
+type PastAttrs = { scale: number; softcap: number; past: number };
+
+/** Checks past keys or values [B, KV, C, D] against this call's k [B, KV, T, D] and `past` <= C; gives C. */
+function pastShapes(op: string, k: Tensor, pastK: Tensor, pastV: Tensor, past: number): number {
+  for (const t of [pastK, pastV]) check(op, t, FLOAT_ONLY);
+  const [B, KV, , D] = k.shape as [number, number, number, number];
+  if (pastK.ndim !== 4 || pastK.shape[0] !== B || pastK.shape[1] !== KV || pastK.shape[3] !== D || pastV.shape.some((d, i) => d !== pastK.shape[i])) {
+    throw new ShapeError(`${op}: past keys ${fmt(pastK.shape)} and values ${fmt(pastV.shape)} do not fit [${B}, ${KV}, C, ${D}]`);
+  }
+  const C = pastK.shape[2]!;
+  if (!Number.isSafeInteger(past) || past < 0 || past > C) throw new ShapeError(`${op}: ${past} past positions do not fit a cache of ${C}`);
+  return C;
+}
+
+/**
+ * Where a row over the cache and the new positions [.., C + T] and one over the filled past and the new positions
+ * [.., past + T] meet along the last axis: bounds 0, past, C, C + T, past + T, and the pad [.., C - past] of the
+ * cache's room. Fed, so one kernel serves every step.
+ */
+function pastBounds(past: number, C: number, T: number): RawTensor[] {
+  return [ints([0, past, C, C + T, past + T]), ints([0, 0, 0, 0, 0, 0, 0, C - past])];
+}
+
+/** Bound indices in pastBounds' vector. */
+const ZERO = 0,
+  PAST = 1,
+  CAP = 2,
+  END = 3,
+  FILLED_END = 4;
+
+/** Graph helpers over pastBounds' feeds: slices along the last axis between bounds, and the room put in or taken out. */
+function pastSlicing(g: GraphBuilder, bounds: string, pads: string) {
+  const at = [0, 1, 2, 3, 4].map((i) => g.op("Slice", [bounds, g.ints([i]), g.ints([i + 1])]));
+  const axis = g.ints([3]);
+  const slice = (x: string, from: number, to: number) => g.op("Slice", [x, at[from]!, at[to]!, axis]);
+  return {
+    slice,
+    /** [.., past + T] (or wider: its first past + T columns) as [.., C + T], the room after the past filled with `value`. */
+    withRoom: (x: string, value: number) => g.op("Concat", [slice(x, ZERO, PAST), g.op("Pad", [slice(x, ZERO, ZERO), pads, g.scalar("float32", value)]), slice(x, PAST, FILLED_END)], { axis: 3 }),
+    /** [.., C + T] as [.., past + T]: the room taken out. */
+    withoutRoom: (x: string) => g.op("Concat", [slice(x, ZERO, PAST), slice(x, CAP, END)], { axis: 3 }),
+  };
+}
+
+/**
+ * The scores over the cache and the new keys, [B, KV, G*T, C + T]: cap(q k^T * scale) for the cache's C positions
+ * (filled or not) then the T new ones. attentionPast and attentionPastScores build them alike.
+ */
+function pastScoresGraph(g: GraphBuilder, q: string, k: string, pastK: string, qGrouped: string, a: { scale: number; softcap: number }): string {
+  const qg = g.op("Reshape", [q, qGrouped]);
+  const scoresOf = (keys: string) => capped(g, g.op("MatMul", [qg, g.op("Transpose", [keys], { perm: [0, 1, 3, 2] })]), a);
+  return g.op("Concat", [scoresOf(pastK), scoresOf(k)], { axis: 3 });
+}
+
+/**
+ * Weights over the cache and the new positions [B, H, T, C + T] (viewed grouped by `weightsGrouped`) times the
+ * cache's values and the new ones: [B, KV, G*T, D]. attentionPast and attentionPastValues build it alike.
+ */
+function pastValuesGraph(g: GraphBuilder, weights: string, v: string, pastV: string, weightsGrouped: string, slice: (x: string, from: number, to: number) => string): string {
+  const wg = g.op("Reshape", [weights, weightsGrouped]);
+  return g.op("Add", [g.op("MatMul", [slice(wg, ZERO, CAP), pastV]), g.op("MatMul", [slice(wg, CAP, END), v])]);
+}
+
+/**
+ * attention of this call's tokens over a layer's cached keys and values kept where they are, in buffers with room to
+ * grow (see nn/cache.ts): past keys and values [B, KV, C, D] of which the first `past` positions are filled (the
+ * rest are never attended), this call's q [B, H, T, D] and its k and v [B, KV, T, D], and the mask [B, 1, T, M]
+ * for M >= past + T positions (a layer that missed steps has fewer keys: the mask's first past + T columns are
+ * its, as attention's fitted mask). softmax(cap(q k^T * scale) + mask) v over the past and new keys, as attention
+ * over them joined gives (the same numbers within float rounding: the products are summed in two parts), without
+ * joining them: a decode step reads the cache in place and copies nothing of it. Outputs as attention's: [B, T, H*D]
+ * and the weights [B, H, T, past + T]. `past` is fed, not baked in: one kernel serves every step. Computed step by
+ * step (an operation point watched), attentionPastScores, attentionPastSoftmax and attentionPastValues give the
+ * same numbers to the bit.
+ */
+export const attentionPast: Primitive<PastAttrs> = {
+  name: "attention_past",
+  infer: ([q, k, v, pastK, pastV, mask], a) => {
+    const { B, H, T, D } = attentionShapes("attention_past", q!, k!);
+    for (const t of [v!, mask!]) check("attention_past", t, FLOAT_ONLY);
+    if (v!.ndim !== 4 || v!.shape.some((d, i) => d !== k!.shape[i])) throw new ShapeError(`attention_past: v ${fmt(v!.shape)} differs from k ${fmt(k!.shape)}`);
+    pastShapes("attention_past", k!, pastK!, pastV!, a.past);
+    if (mask!.ndim !== 4 || mask!.shape[0] !== B || mask!.shape[2] !== T || mask!.shape[3]! < a.past + T) throw new ShapeError(`attention_past: mask ${fmt(mask!.shape)} does not fit [${B}, 1, ${T}, >= ${a.past + T}]`);
+    return [
+      { dtype: "float32", shape: [B, T, H * D] },
+      { dtype: "float32", shape: [B, H, T, a.past + T] },
+    ];
+  },
+  key: (a) => `${a.scale}|${a.softcap}`,
+  feeds: ([q, k, , pastK], a) => {
+    const { B, H, T, D, KV, G } = attentionShapes("attention_past", q!, k!);
+    const C = pastK!.shape[2]!;
+    return [ints([B, KV, G * T, D]), ints([B, H, T, C + T]), ints([B, KV, G * T, C + T]), ints([B, H, T, D]), ints([B, T, H * D]), ...pastBounds(a.past, C, T)];
+  },
+  flops: ([q, , , pastK], out) => 4 * sizeOf(out[0]!.shape) * (pastK!.shape[2]! + q!.shape[2]!),
+  graph: (g, [q, k, v, pastK, pastV, mask, qGrouped, scoresShape, weightsGrouped, outShape, merged, bounds, pads], a) => {
+    const { slice, withRoom, withoutRoom } = pastSlicing(g, bounds!, pads!);
+    const scores = g.op("Reshape", [pastScoresGraph(g, q!, k!, pastK!, qGrouped!, a), scoresShape!]);
+    // The mask's first past + T columns, with the cache's room after the past never attended (-inf: weights of
+    // exactly 0, even in a row every real key of which is masked).
+    const weights = g.op("Softmax", [g.op("Add", [scores, withRoom(mask!, -Infinity)])], { axis: -1 });
+    const out = g.op("Reshape", [pastValuesGraph(g, weights, v!, pastV!, weightsGrouped!, slice), outShape!]);
+    return [g.op("Reshape", [g.op("Transpose", [out], { perm: [0, 2, 1, 3] }), merged!]), withoutRoom(weights)];
+  },
+};
+
+/**
+ * attentionPast's scores alone, over the filled past and the new keys: cap(q k^T * scale) [B, H, T, past + T], as
+ * its kernel computes them (the same numbers to the bit; the mask is added after, as attention step by step does).
+ */
+export const attentionPastScores: Primitive<PastAttrs> = {
+  name: "attention_past_scores",
+  infer: ([q, k, pastK], a) => {
+    const { B, H, T } = attentionShapes("attention_past_scores", q!, k!);
+    pastShapes("attention_past_scores", k!, pastK!, pastK!, a.past);
+    return [{ dtype: "float32", shape: [B, H, T, a.past + T] }];
+  },
+  key: (a) => `${a.scale}|${a.softcap}`,
+  feeds: ([q, k, pastK], a) => {
+    const { B, H, T, D, KV, G } = attentionShapes("attention_past_scores", q!, k!);
+    const C = pastK!.shape[2]!;
+    return [ints([B, KV, G * T, D]), ints([B, H, T, C + T]), ...pastBounds(a.past, C, T)];
+  },
+  flops: ([q, , pastK], out) => 2 * sizeOf(out[0]!.shape.slice(0, 3)) * (pastK!.shape[2]! + q!.shape[2]!) * q!.shape[3]!,
+  graph: (g, [q, k, pastK, qGrouped, scoresShape, bounds, pads], a) => [pastSlicing(g, bounds!, pads!).withoutRoom(g.op("Reshape", [pastScoresGraph(g, q!, k!, pastK!, qGrouped!, a), scoresShape!]))],
+};
+
+/**
+ * attentionPast's softmax alone: the weights [B, H, T, past + T] of masked scores over the filled past and the new
+ * positions, computed over the cache's whole row as its kernel does (the room after the past at -inf), so the
+ * numbers are its to the bit.
+ */
+export const attentionPastSoftmax: Primitive<{ past: number; capacity: number }> = {
+  name: "attention_past_softmax",
+  infer: ([s], a) => {
+    check("attention_past_softmax", s!, FLOAT_ONLY);
+    if (s!.ndim !== 4 || s!.shape[3]! < a.past || a.past > a.capacity) throw new ShapeError(`attention_past_softmax: scores ${fmt(s!.shape)} do not fit ${a.past} past positions in a cache of ${a.capacity}`);
+    return [same(s!)];
+  },
+  feeds: ([s], a) => pastBounds(a.past, a.capacity, s!.shape[3]! - a.past),
+  graph: (g, [s, bounds, pads]) => {
+    const { withRoom, withoutRoom } = pastSlicing(g, bounds!, pads!);
+    return [withoutRoom(g.op("Softmax", [withRoom(s!, -Infinity)], { axis: -1 }))];
+  },
+};
+
+/**
+ * attentionPast's second half alone: the weights [B, H, T, past + T] times the cache's values [B, KV, C, D] and the
+ * new ones [B, KV, T, D], per head [B, H, T, D], as its kernel computes them (the same numbers to the bit).
+ */
+export const attentionPastValues: Primitive<{ past: number }> = {
+  name: "attention_past_values",
+  infer: ([w, v, pastV], a) => {
+    check("attention_past_values", w!, FLOAT_ONLY);
+    check("attention_past_values", v!, FLOAT_ONLY);
+    const [B, H, T, S] = w!.shape as [number, number, number, number];
+    const [Bv, KV, Tv, D] = v!.shape as [number, number, number, number];
+    if (w!.ndim !== 4 || v!.ndim !== 4 || Bv !== B || Tv !== T || H % KV || S !== a.past + T) throw new ShapeError(`attention_past_values: pattern ${fmt(w!.shape)} and values ${fmt(v!.shape)} do not fit ${a.past} past positions`);
+    pastShapes("attention_past_values", v!, pastV!, pastV!, a.past);
+    return [{ dtype: "float32", shape: [B, H, T, D] }];
+  },
+  feeds: ([w, v, pastV], a) => {
+    const [B, H, T] = w!.shape as [number, number, number, number];
+    const [, KV, , D] = v!.shape as [number, number, number, number];
+    const C = pastV!.shape[2]!;
+    return [ints([B, KV, (H / KV) * T, C + T]), ints([B, H, T, D]), ...pastBounds(a.past, C, T)];
+  },
+  flops: ([w, , pastV], out) => 2 * sizeOf(out[0]!.shape) * (pastV!.shape[2]! + w!.shape[2]!),
+  graph: (g, [w, v, pastV, weightsGrouped, outShape, bounds, pads]) => {
+    const { slice, withRoom } = pastSlicing(g, bounds!, pads!);
+    // Zeros where the cache has room: the weights the kernel's softmax gives there.
+    return [g.op("Reshape", [pastValuesGraph(g, withRoom(w!, 0), v!, pastV!, weightsGrouped!, slice), outShape!])];
   },
 };
 

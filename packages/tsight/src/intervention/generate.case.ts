@@ -292,6 +292,61 @@ export const generateCases: TraceCase[] = [
     },
   },
   {
+    name: "gradients at a generation step flow through the attention points and through earlier steps' values, as in a forward over the whole sequence",
+    async run(b) {
+      // The gradient of step 1's log-probability with respect to layer 1's scores and pattern (the cache is then
+      // read in place), and with respect to layer 0's output at step 0 (the cache then records gradients).
+      const lossToken = 11;
+      const stepped = await b.gpt2.generate(
+        PROMPT,
+        { maxNewTokens: 2, eosTokenId: null },
+        async (m, tr) => {
+          let h0: Tensor | undefined;
+          let out: Record<string, Tensor> = {};
+          for await (const step of tr.all()) {
+            if (step === 0) h0 = (await m.transformer.h[0].output) as Tensor;
+            if (step !== 1) continue;
+            const scores = (await m.transformer.h[1].attn.source.scores.output) as Tensor;
+            const pattern = (await m.transformer.h[1].attn.source.pattern.output) as Tensor;
+            const loss = ((await m.lm_head.output) as Tensor).index(0, -1).logSoftmax(-1).index(tr.vars.token);
+            await tr.backward(loss, async (g) => {
+              // In reverse forward order, as gradients come.
+              const p = await g.grad(pattern);
+              out = { pattern: p, scores: await g.grad(scores), h0: await g.grad(h0!) };
+            });
+          }
+          return out;
+        },
+        b.options({ grad: true, vars: { token: lossToken } }),
+      );
+      // The same loss in one forward over the prompt and the first generated token: step 1 is its last row.
+      const whole = await b.gpt2.trace(
+        stepped.sequences.narrow(1, 0, stepped.sequences.shape[1]! - 1),
+        async (m, tr) => {
+          const h0 = (await m.transformer.h[0].output) as Tensor;
+          const scores = (await m.transformer.h[1].attn.source.scores.output) as Tensor;
+          const pattern = (await m.transformer.h[1].attn.source.pattern.output) as Tensor;
+          const loss = ((await m.lm_head.output) as Tensor).index(0, -1).logSoftmax(-1).index(tr.vars.token);
+          let out: Record<string, Tensor> = {};
+          await tr.backward(loss, async (g) => {
+            const p = await g.grad(pattern);
+            out = { pattern: p, scores: await g.grad(scores), h0: await g.grad(h0) };
+          });
+          return out;
+        },
+        b.options({ grad: true, vars: { token: lossToken } }),
+      );
+      const lastRow = (t: Tensor) => t.narrow(2, t.shape[2]! - 1, 1);
+      expect(stepped.value.pattern!.shape).toEqual(lastRow(whole.pattern!).shape);
+      expect(maxAbsDiff(stepped.value.pattern!, lastRow(whole.pattern!))).toBeLessThan(1e-5);
+      expect(maxAbsDiff(stepped.value.scores!, lastRow(whole.scores!))).toBeLessThan(1e-5);
+      expect(whole.pattern!.abs().max().item()).toBeGreaterThan(1e-3);
+      // Layer 0's output at step 0 is the prompt's rows of the whole forward's.
+      expect(maxAbsDiff(stepped.value.h0!, whole.h0!.narrow(1, 0, stepped.value.h0!.shape[1]!))).toBeLessThan(1e-5);
+      expect(stepped.value.h0!.abs().max().item()).toBeGreaterThan(1e-4);
+    },
+  },
+  {
     name: "setGrad changes what flows further back; gradients come in reverse order",
     async run(b) {
       const grads = (scale: number) =>

@@ -9,7 +9,7 @@
  * While gradients are recorded, a layer's keys and values are whole tensors joined at each step instead, as they
  * must be part of the recorded graph.
  */
-import { isGradEnabled, Tensor } from "../tensor/index.js";
+import { activeCapture, isGradEnabled, ShapeError, Tensor } from "../tensor/index.js";
 
 /** A layer's keys and values, each [B, kvHeads, positions, headDim]. */
 export interface CacheEntry {
@@ -45,6 +45,8 @@ export class KVCache {
    * one shaped like this call's keys `like` [B, kvHeads, T, headDim].
    */
   past(layer: number, like: Tensor): CacheSlab | null {
+    // Shapes alone (a meta forward outside a capture) have no values to write: such a step joins them by ops.
+    if (like.isMeta && !activeCapture()) return null;
     const l = this.layers[layer];
     if (!l) {
       const [B, H, , D] = like.shape as [number, number, number, number];
@@ -62,8 +64,12 @@ export class KVCache {
       this.appends.set(layer, { keys, values });
       return;
     }
-    const slab = this.room(layer, keys);
     const [B, H, T, D] = keys.shape as [number, number, number, number];
+    const have = this.layers[layer]?.keys.shape;
+    if (keys.ndim !== 4 || values.shape.some((d, i) => d !== keys.shape[i]) || (have && (have[0] !== B || have[1] !== H || have[3] !== D))) {
+      throw new ShapeError(`KV cache: keys [${keys.shape}] and values [${values.shape}] do not fit layer ${layer}'s [${have ? `${have[0]}, ${have[1]}, positions, ${have[3]}` : "batch, heads, positions, head_dim"}]`);
+    }
+    const slab = this.room(layer, keys);
     const capacity = slab.keys.shape[2]!;
     const k = keys.data as Float32Array;
     const v = values.data as Float32Array;
@@ -118,6 +124,14 @@ export class KVCache {
     const next = { keys: Tensor.cat([prev.keys, keys], 2), values: Tensor.cat([prev.values, values], 2) };
     this.layers[layer] = next;
     return next;
+  }
+
+  /**
+   * Whether a layer's keys or values record gradients (kept whole: see update). A step reading them must run op by
+   * op, so the gradients flow on through it (a graph has none).
+   */
+  recordsGrad(): boolean {
+    return this.layers.some((l) => l !== undefined && !isSlab(l) && (l.keys.requiresGrad || l.values.requiresGrad));
   }
 
   /** @internal the keys and values captured appends gave, by layer (forgotten here: the caller writes them once real). */

@@ -488,7 +488,7 @@ function cacheIn(args: readonly unknown[]): KVCache | undefined {
  * once it has run.
  */
 function fusedStep(module: Module, args: unknown[], hooks: ModuleHooks | null, forward: (args: unknown[]) => Promise<unknown>, cache: KVCache): Promise<unknown> | null {
-  if (unfusibleSteps.has(module)) return null;
+  if (unfusibleSteps.has(module) || (isGradEnabled() && cache.recordsGrad())) return null;
   // The arguments besides the cache must be ones a graph can take (see argumentSignature).
   const withoutCache = args.map((a) => (a !== null && typeof a === "object" && !(a instanceof Tensor) && !Array.isArray(a) ? { ...a, cache: undefined } : a));
   const params = fusableParams(module);

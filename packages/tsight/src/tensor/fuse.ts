@@ -393,11 +393,14 @@ function resolvePath(root: unknown, path: readonly (string | number)[]): unknown
   return path.reduce<unknown>((v, k) => (v as Record<string | number, unknown>)[k], root);
 }
 
-/** Every tensor in `value` (arrays and plain objects walked), with its path. */
+/**
+ * Every tensor in `value` (arrays and plain objects walked), with its path. Other objects are not walked: a model's
+ * step returns its KV cache, whose buffers are the cache's own (not outputs of the graph to copy and put back).
+ */
 function tensorsIn(value: unknown, path: (string | number)[] = [], out: { t: Tensor; path: (string | number)[] }[] = []): { t: Tensor; path: (string | number)[] }[] {
   if (value instanceof Tensor) out.push({ t: value, path });
   else if (Array.isArray(value)) value.forEach((v, i) => tensorsIn(v, [...path, i], out));
-  else if (value !== null && typeof value === "object") for (const [k, v] of Object.entries(value)) tensorsIn(v, [...path, k], out);
+  else if (value !== null && typeof value === "object" && Object.getPrototypeOf(value) === Object.prototype) for (const [k, v] of Object.entries(value)) tensorsIn(v, [...path, k], out);
   return out;
 }
 

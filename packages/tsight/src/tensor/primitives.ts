@@ -804,6 +804,21 @@ export const attentionPastScores: Primitive<PastAttrs> = {
   },
   flops: ([q, , pastK], out) => 2 * sizeOf(out[0]!.shape.slice(0, 3)) * (pastK!.shape[2]! + q!.shape[2]!) * q!.shape[3]!,
   graph: (g, [q, k, pastK, qGrouped, scoresShape, bounds, pads], a) => [pastSlicing(g, bounds!, pads!).withoutRoom(g.op("Reshape", [pastScoresGraph(g, q!, k!, pastK!, qGrouped!, a), scoresShape!]))],
+  // As attention_scores' over the joined keys; the cache itself records no gradient (it is kept only while its keys
+  // record none), so only q and this call's k get one.
+  grad: ([gS], n) => {
+    const [q, k, pastK] = n.inputs as [Tensor, Tensor, Tensor];
+    const { scale, softcap, past } = n.attrs as PastAttrs;
+    const { G, T } = attentionShapes("attention_past_scores", q, k);
+    const keys = repeatHeads(Tensor.cat([pastK.narrow(2, 0, past), k], 2), G);
+    let g = gS!;
+    if (softcap > 0) {
+      const t = n.outputs[0]!.div(softcap);
+      g = g.mul(t.mul(t).neg().add(1));
+    }
+    g = g.mul(scale);
+    return [g.matmul(keys), foldHeads(g.transpose(2, 3).matmul(q), G).narrow(2, past, T), null];
+  },
 };
 
 /**
@@ -822,6 +837,11 @@ export const attentionPastSoftmax: Primitive<{ past: number; capacity: number }>
   graph: (g, [s, bounds, pads]) => {
     const { withRoom, withoutRoom } = pastSlicing(g, bounds!, pads!);
     return [withoutRoom(g.op("Softmax", [withRoom(s!, -Infinity)], { axis: -1 }))];
+  },
+  // A softmax's over the row (the room's weights are 0 and take no part).
+  grad: ([gW], n) => {
+    const w = n.outputs[0]!;
+    return [w.mul(gW!.sub(gW!.mul(w).sum(-1, true)))];
   },
 };
 
@@ -851,6 +871,15 @@ export const attentionPastValues: Primitive<{ past: number }> = {
     const { slice, withRoom } = pastSlicing(g, bounds!, pads!);
     // Zeros where the cache has room: the weights the kernel's softmax gives there.
     return [g.op("Reshape", [pastValuesGraph(g, withRoom(w!, 0), v!, pastV!, weightsGrouped!, slice), outShape!])];
+  },
+  // As attention_values' over the joined values; the cache records no gradient (see attention_past_scores).
+  grad: ([gZ], n) => {
+    const [w, v, pastV] = n.inputs as [Tensor, Tensor, Tensor];
+    const { past } = n.attrs as { past: number };
+    const T = v.shape[2]!;
+    const G = w.shape[1]! / v.shape[1]!;
+    const values = repeatHeads(Tensor.cat([pastV.narrow(2, 0, past), v], 2), G);
+    return [gZ!.matmul(values.transpose(2, 3)), foldHeads(w.narrow(3, past, T).transpose(2, 3).matmul(gZ!), G), null];
   },
 };
 

@@ -89,6 +89,22 @@ export const generateCases: TraceCase[] = [
         );
         expect(once.generated.shape, arch).toEqual([1, 6]);
       }
+      // Values inside a layer skipped at step 1 are, at later steps, those steps' own: its pattern has the keys the
+      // layer holds then (the prompt's 5, then one more per step it ran).
+      const keysAt = await b.gpt2.generate(
+        PROMPT,
+        { maxNewTokens: 5, eosTokenId: null },
+        async (m, tr) => {
+          const keys: number[] = [];
+          for await (const step of tr.all()) {
+            if (step === 1) m.transformer.h[1].skip(await m.transformer.h[1].input);
+            else keys.push(((await m.transformer.h[1].attn.source.pattern.output) as Tensor).shape[3]!);
+          }
+          return keys;
+        },
+        b.options(),
+      );
+      expect(keysAt.value).toEqual([5, 6, 7, 8]);
     },
   },
   {
@@ -182,6 +198,32 @@ export const generateCases: TraceCase[] = [
         .catch((e) => e);
       expect(missed).toBeInstanceOf(MissedProviderError);
       expect(missed.message).toMatch(/lm_head\.output \(iteration 3\) was never provided: the module was not called that many times in the generation's 2 steps/);
+    },
+  },
+  {
+    name: "tr.stop() at a generation step ends the generation with the tokens of the steps that finished, and the stop's value",
+    async run(b) {
+      const plain = await b.gpt2.generate(PROMPT, { maxNewTokens: 6, eosTokenId: null }, async () => undefined, b.options());
+      const stopped = await b.gpt2.generate(
+        PROMPT,
+        { maxNewTokens: 6, eosTokenId: null },
+        async (m, tr) => {
+          for await (const step of tr.all()) {
+            await m.lm_head.output;
+            if (step === 2) tr.stop("enough");
+          }
+          return "not reached";
+        },
+        b.options(),
+      );
+      expect(stopped.value).toBe("enough");
+      // Step 2's pass ends at the stop (its model call is cut short at the next module boundary): steps 0 and 1's tokens.
+      expect(stopped.generated.toArray()).toEqual(plain.generated.narrow(1, 0, 2).toArray());
+      expect(stopped.sequences.shape).toEqual([1, 5 + 2]);
+      expect(stopped.text[0]).toBe(b.gpt2.tokenizer.decode(plain.generated.index(0).narrow(0, 0, 2).toArray()));
+      // Stopped in the prompt's pass, no token came: an error that says so.
+      const early = await b.gpt2.generate(PROMPT, { maxNewTokens: 6 }, async (m, tr) => void tr.stop(), b.options()).catch((e) => e);
+      expect(early.message).toMatch(/stopped before it produced any token/);
     },
   },
   {

@@ -309,7 +309,7 @@ export class Interleaver implements ModuleHooks, Provider {
         return this.returned(path, iteration, out);
       });
     }
-    return this.callWatched(path, iteration, direct, args, forward);
+    return this.callWatched(module, iteration, direct, args, forward);
   }
 
   /** Whether nothing asks for, replaces or records the values of the module at `path` now. */
@@ -317,7 +317,8 @@ export class Interleaver implements ModuleHooks, Provider {
     return this.kept.size === 0 && this.recorders.length === 0 && !this.interest.has(path);
   }
 
-  private async callWatched(path: string, iteration: number, direct: number, args: unknown[], forward: (args: unknown[]) => unknown): Promise<unknown> {
+  private async callWatched(module: Module, iteration: number, direct: number, args: unknown[], forward: (args: unknown[]) => unknown): Promise<unknown> {
+    const path = module.path;
     if (this.kept.size > 0) args = (this.takeKept("input", path, iteration) as unknown[] | undefined) ?? args;
     const watched = this.interest.has(path);
     if (watched) {
@@ -328,7 +329,7 @@ export class Interleaver implements ModuleHooks, Provider {
     const skips = watched ? this.collectSkips(path, iteration) : [];
     let out: unknown;
     try {
-      const ran = skips.length ? this.runSkipping(skips, args, forward) : forward(args);
+      const ran = skips.length ? this.runSkipping(module, skips, args, forward) : forward(args);
       out = isThenable(ran) ? await ran : ran;
     } catch (e) {
       // The call did not happen (a fused block's replay goes back to run op by op): that run skips it again.
@@ -453,14 +454,20 @@ export class Interleaver implements ModuleHooks, Provider {
     return skips;
   }
 
-  /** Runs a module some invokes skip: not at all if the skips cover the batch, else for all and then replaced. */
-  private async runSkipping(skips: { mediator: Mediator; value: unknown }[], args: unknown[], forward: (args: unknown[]) => unknown): Promise<unknown> {
+  /**
+   * Runs a module some invokes skip: not at all if the skips cover the batch, else for all and then replaced. Not
+   * run, the modules inside it are counted as called all the same, so that their later calls keep the numbers of
+   * the module's (a generation step's values inside a layer skipped at an earlier step are that step's).
+   */
+  private async runSkipping(module: Module, skips: { mediator: Mediator; value: unknown }[], args: unknown[], forward: (args: unknown[]) => unknown): Promise<unknown> {
     const whole = skips.find((s) => s.mediator.rows === null);
     const covered = skips.reduce((n, s) => n + (s.mediator.rows?.length ?? this.batch), 0);
+    const allRows = !whole && covered >= this.batch && disjoint(skips.map((s) => s.mediator.rows!), this.batch);
     let out: unknown;
     if (whole) out = whole.value;
-    else if (covered >= this.batch && disjoint(skips.map((s) => s.mediator.rows!), this.batch)) out = concatRows(skips.map((s) => ({ rows: s.mediator.rows!, value: s.value })));
+    else if (allRows) out = concatRows(skips.map((s) => ({ rows: s.mediator.rows!, value: s.value })));
     else out = await forward(args);
+    if (whole || allRows) this.passWithin(module);
     for (const s of skips) {
       if (s === whole) continue;
       try {

@@ -9,6 +9,7 @@ import { ConfigError, generate, type CausalLM, type GenerateOptions, type Genera
 import { Tensor } from "../tensor/index.js";
 import type { EnvoyTree } from "./envoy-types.js";
 import { TraceError } from "./errors.js";
+import { EndForward } from "./interleaver.js";
 import { checkInput, fromRows, toBatch, type ModelInput } from "./inputs.js";
 import { Model, type EditOptions } from "./model.js";
 import type { Rename } from "./rename.js";
@@ -213,17 +214,32 @@ export class LanguageModel<M extends CausalLM = any> extends Model<M, EnvoyTree<
       checkInput(batch.ids, this.model.config, options.maxNewTokens);
       return this.exclusive(() => this.plainGenerate(batch, options));
     }
-    const drive: Driver = Object.assign((_model: unknown, [ids, mask]: unknown[], run: TraceRun) => generate(this.model, ids as Tensor, mask as Tensor, { ...this.streaming(options, (ids as Tensor).shape[0]!), beforeStep: (k) => run.beginStep(k) }), {
-      extraTokens: options.maxNewTokens,
-      generation: true,
-    });
+    const drive: Driver = Object.assign(
+      async (_model: unknown, [ids, mask]: unknown[], run: TraceRun) => {
+        const settings = this.streaming(options, (ids as Tensor).shape[0]!);
+        // The tokens of each step, so that tr.stop() in a later step ends the generation with them.
+        const made: number[][] = [];
+        const onStep = async (tokens: number[], step: number) => {
+          made.push(tokens);
+          await settings.onStep?.(tokens, step);
+        };
+        try {
+          return await generate(this.model, ids as Tensor, mask as Tensor, { ...settings, onStep, beforeStep: (k) => run.beginStep(k) });
+        } catch (e) {
+          if (!(e instanceof EndForward && e.reason === "stop" && made.length > 0)) throw e;
+          const generated = new Tensor("int64", BigInt64Array.from(made[0]!.flatMap((_, b) => made.map((tokens) => BigInt(tokens[b]!)))), [made[0]!.length, made.length]);
+          return { sequences: Tensor.cat([(ids as Tensor).long(), generated], 1), generated } satisfies Omit<GenerateResult, "attentionMask">;
+        }
+      },
+      { extraTokens: options.maxNewTokens, generation: true },
+    );
     const { value, output } =
       typeof a === "function"
         ? await this.run(a, fn as TraceOptions | undefined, undefined, drive)
         : typeof fn === "function"
           ? await this.run(a, fn, traceOptions, drive)
           : await this.run(a, async () => undefined, undefined, drive);
-    const result = output as GenerateResult | undefined;
+    const result = output as Pick<GenerateResult, "sequences" | "generated"> | undefined;
     if (!result) throw new TraceError("the generation was stopped before it produced any token; use trace() to stop a forward pass early");
     return { ...this.decodeResult(result), value: value as R };
   }
@@ -233,7 +249,7 @@ export class LanguageModel<M extends CausalLM = any> extends Model<M, EnvoyTree<
     return { ...options, eosTokenId: eos, padTokenId: options.padTokenId ?? this.tokenizer.padTokenId };
   }
 
-  private decodeResult(result: GenerateResult): GenerateOutput {
+  private decodeResult(result: Pick<GenerateResult, "sequences" | "generated">): GenerateOutput {
     // A model without a tokenizer (token ids only) gives ids, and empty text.
     const text = Array.from({ length: result.generated.shape[0]! }, (_, b) => (this.tokenizer.hasText ? this.tokenizer.decode(result.generated.index(b).toArray(), { skipSpecialTokens: true }) : ""));
     return { sequences: result.sequences, generated: result.generated, text };

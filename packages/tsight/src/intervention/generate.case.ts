@@ -105,6 +105,22 @@ export const generateCases: TraceCase[] = [
         b.options(),
       );
       expect(keysAt.value).toEqual([5, 6, 7, 8]);
+      // Skipped in the prompt's pass of a left-padded batch: the layer's keys are at the later positions, so the
+      // short row (padding first) gives what it gives alone.
+      const long = "def tokenize(self, text):\n    words = text.split()\n    return [w.lower() for w in words]\n";
+      const short = "def f(x):\n    return";
+      const skipPrompt = async (m: any, tr: any) => {
+        const logits: Tensor[] = [];
+        for await (const step of tr.all()) {
+          if (step === 0) m.transformer.h[1].skip(await m.transformer.h[1].input);
+          logits.push(((await m.lm_head.output) as Tensor).index(null, -1));
+        }
+        return logits;
+      };
+      const batched = await b.gpt2.generate([long, short], { maxNewTokens: 5, eosTokenId: null }, skipPrompt, b.options());
+      const alone = await b.gpt2.generate(short, { maxNewTokens: 5, eosTokenId: null }, skipPrompt, b.options());
+      expect(batched.text[1]).toBe(alone.text[0]);
+      alone.value.forEach((t: Tensor, step: number) => expect(maxAbsDiff(t.index(0), batched.value[step]!.index(1)), `step ${step}`).toBeLessThan(1e-4));
     },
   },
   {

@@ -120,24 +120,6 @@ export interface ScoreOptions {
 }
 
 /**
- * Eager attention: softmax(cap(q k^T * scale) + mask) v (one kernel), with the weights returned too.
- * q [B, H, T, D], k and v [B, KV, S, D]; returns the output with heads merged [B, T, H*D] and weights [B, H, T, S].
- */
-export function eagerAttention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scores: ScoreOptions | number): [Tensor, Tensor] {
-  const o = typeof scores === "number" ? { scale: scores } : scores;
-  return F.attention(q, k, v, fitMask(mask, k), o.scale, o.softcap ?? null);
-}
-
-/**
- * A layer whose cache missed steps (skipped during generation) has fewer keys than the mask has positions: the
- * mask is cut to the keys there are, its first columns, as Hugging Face's eager attention does.
- */
-function fitMask(mask: Tensor, k: Tensor): Tensor {
-  const keys = k.shape[2]!;
-  return mask.shape[3]! > keys ? mask.narrow(3, 0, keys) : mask;
-}
-
-/**
  * Attention with its operation points (see AttentionPoints): q, k and v pass their points, k and v go to the
  * layer's cache, then the scores, pattern and per-head outputs. When nobody watches the scores or the pattern
  * (decided once the code waiting on q, k and v has run), they are computed inside one fused kernel; otherwise
@@ -150,13 +132,18 @@ export async function attend(points: AttentionPoints, q: Tensor, k: Tensor, v: T
   k = await points.k.at(k);
   v = await points.v.at(v);
   const [B, H, T, D] = q.shape as [number, number, number, number];
+  // The mask's columns of the positions this layer's keys are at (it lacks those of steps it was skipped at).
+  const total = ctx.mask.shape[3]!;
+  const at = total - k.shape[2]!;
+  const columns = ctx.cache?.columns(layerIdx, total, k.shape[2]!);
+  const mask = columns ? ctx.mask.indexSelect(3, new Tensor("int64", BigInt64Array.from(columns, BigInt), [columns.length])) : ctx.mask;
   // A cache is read in place (see nn/cache.ts) unless gradients are recorded through it (its keys are then joined by ops).
   const recording = isGradEnabled() && (q.requiresGrad || k.requiresGrad || v.requiresGrad);
   const past = ctx.cache && !recording ? ctx.cache.past(layerIdx, k) : null;
-  const kv = past ? null : ctx.cache ? ctx.cache.update(layerIdx, k, v) : { keys: k, values: v };
+  const kv = past ? null : ctx.cache ? ctx.cache.update(layerIdx, k, v, at) : { keys: k, values: v };
   if (!points.scores.watched && !points.pattern.watched) {
-    let [out, pattern] = past ? F.attentionPast(q, k, v, past, ctx.mask, o.scale, o.softcap ?? null) : F.attention(q, kv!.keys, kv!.values, fitMask(ctx.mask, kv!.keys), o.scale, o.softcap ?? null);
-    if (past) ctx.cache!.append(layerIdx, k, v);
+    let [out, pattern] = past ? F.attentionPast(q, k, v, past, mask, o.scale, o.softcap ?? null) : F.attention(q, kv!.keys, kv!.values, mask, o.scale, o.softcap ?? null);
+    if (past) ctx.cache!.append(layerIdx, k, v, at);
     points.scores.pass();
     await points.pattern.gave(pattern);
     if (points.z.watched) out = merge(await points.z.call(out.reshape(B, T, H, D).transpose(1, 2)));
@@ -165,15 +152,15 @@ export async function attend(points: AttentionPoints, q: Tensor, k: Tensor, v: T
   }
   if (past) {
     // The kernel's own steps over the cache in place: the same numbers to the bit (see F.attentionPastScores).
-    const s = await points.scores.call(F.attentionPastScores(q, k, past, o.scale, o.softcap || null).add(ctx.mask.narrow(3, 0, past.length + T)));
+    const s = await points.scores.call(F.attentionPastScores(q, k, past, o.scale, o.softcap || null).add(mask));
     const pattern = await points.pattern.call(F.attentionPastSoftmax(s, past));
     const z = await points.z.call(F.attentionPastValues(pattern, v, past));
-    ctx.cache!.append(layerIdx, k, v);
+    ctx.cache!.append(layerIdx, k, v, at);
     return [merge(z), pattern];
   }
   // The fused kernel's own halves and ops, in its order: the same numbers to the bit (see F.attentionScores).
   const raw = F.attentionScores(q, kv!.keys, o.scale, o.softcap || null);
-  const s = await points.scores.call(raw.add(fitMask(ctx.mask, kv!.keys)));
+  const s = await points.scores.call(raw.add(mask));
   const pattern = await points.pattern.call(s.softmax(-1));
   const z = await points.z.call(F.attentionValues(pattern, kv!.values));
   return [merge(z), pattern];

@@ -26,17 +26,47 @@ const isSlab = (e: CacheEntry): e is CacheSlab => "length" in e;
 
 export class KVCache {
   private readonly layers: (CacheEntry | CacheSlab | undefined)[] = [];
+  /**
+   * Per layer that missed positions (skipped at a generation step): the absolute position of each of its keys. A
+   * layer without one holds positions 0, 1, ... in order.
+   */
+  private readonly held: (number[] | undefined)[] = [];
   /** New keys and values a captured step gave (meta tensors): written once its graph has run (see takeAppends). */
-  private appends = new Map<number, CacheEntry>();
+  private appends = new Map<number, CacheEntry & { at?: number }>();
+  /** Positions of keys a captured step joined by ops (see update), noted once its graph has run. */
+  private joins: { layer: number; at: number; T: number }[] = [];
 
   /**
-   * Positions already processed: the longest layer's. A layer skipped during generation (its module replaced by
-   * an intervention) has fewer; attention then uses the mask's first columns, as Hugging Face does.
+   * Positions already processed: the furthest any layer has. A layer skipped during generation (its module
+   * replaced by an intervention) lacks some; its attention then takes the mask's columns of those it has (see
+   * columns).
    */
   get length(): number {
     let n = 0;
-    for (const l of this.layers) if (l) n = Math.max(n, isSlab(l) ? l.length : l.keys.shape[2]!);
+    this.layers.forEach((l, layer) => (n = Math.max(n, this.held[layer]?.at(-1)! + 1 || (l ? keysIn(l) : 0))));
     return n;
+  }
+
+  /**
+   * The mask's columns (absolute positions) of the layer's keys then of a call's `T` new positions, in a forward
+   * whose mask has `total` columns; null when they are all of them in order (the layer missed no position). A layer
+   * skipped at some step lacks that position: its attention takes the mask's columns of the positions it has.
+   */
+  columns(layer: number, total: number, T: number): number[] | null {
+    const l = this.layers[layer];
+    const keys = l ? keysIn(l) : 0;
+    const held = this.held[layer];
+    if (!held && keys === total - T) return null;
+    return [...(held ?? Array.from({ length: keys }, (_, i) => i)), ...Array.from({ length: T }, (_, i) => total - T + i)];
+  }
+
+  /** Notes that the layer's `T` new keys are at positions `at`... (it holds 0, 1, ... until it misses one). */
+  private note(layer: number, at: number, T: number): void {
+    const l = this.layers[layer];
+    const keys = l ? keysIn(l) : 0;
+    const held = this.held[layer];
+    if (!held && at === keys) return;
+    this.held[layer] = [...(held ?? Array.from({ length: keys }, (_, i) => i)), ...Array.from({ length: T }, (_, i) => at + i)];
   }
 
   /**
@@ -56,12 +86,13 @@ export class KVCache {
   }
 
   /**
-   * Writes this call's keys and values [B, kvHeads, T, headDim] after the layer's (whose `past` attention read).
-   * Captured ones (meta tensors: a fused step's graph gives them when it runs) wait in takeAppends.
+   * Writes this call's keys and values [B, kvHeads, T, headDim] after the layer's (whose `past` attention read), as
+   * positions `at`... (default: right after the layer's). Captured ones (meta tensors: a fused step's graph gives
+   * them when it runs) wait in takeAppends.
    */
-  append(layer: number, keys: Tensor, values: Tensor): void {
+  append(layer: number, keys: Tensor, values: Tensor, at?: number): void {
     if (keys.isMeta || values.isMeta) {
-      this.appends.set(layer, { keys, values });
+      this.appends.set(layer, { keys, values, at });
       return;
     }
     const [B, H, T, D] = keys.shape as [number, number, number, number];
@@ -69,6 +100,7 @@ export class KVCache {
     if (keys.ndim !== 4 || values.shape.some((d, i) => d !== keys.shape[i]) || (have && (have[0] !== B || have[1] !== H || have[3] !== D))) {
       throw new ShapeError(`KV cache: keys [${keys.shape}] and values [${values.shape}] do not fit layer ${layer}'s [${have ? `${have[0]}, ${have[1]}, positions, ${have[3]}` : "batch, heads, positions, head_dim"}]`);
     }
+    if (at !== undefined) this.note(layer, at, T);
     const slab = this.room(layer, keys);
     const capacity = slab.keys.shape[2]!;
     const k = keys.data as Float32Array;
@@ -113,12 +145,17 @@ export class KVCache {
    * ops, and the layer is kept whole from then on; the first step appends to empty ones, so it makes the same ops as
    * every later step.
    */
-  update(layer: number, keys: Tensor, values: Tensor): CacheEntry {
+  update(layer: number, keys: Tensor, values: Tensor, at?: number): CacheEntry {
     const l = this.layers[layer];
     const joined = keys.isMeta || values.isMeta || (isGradEnabled() && (keys.requiresGrad || values.requiresGrad));
     if (!joined && (!l || isSlab(l))) {
-      this.append(layer, keys, values);
+      this.append(layer, keys, values, at);
       return this.get(layer)!;
+    }
+    // Captured: noted once its step's graph has run (see takeAppends), as the entry it joins is put in then.
+    if (at !== undefined) {
+      if (keys.isMeta) this.joins.push({ layer, at, T: keys.shape[2]! });
+      else this.note(layer, at, keys.shape[2]!);
     }
     const prev = this.get(layer) ?? { keys: empty(keys), values: empty(values) };
     const next = { keys: Tensor.cat([prev.keys, keys], 2), values: Tensor.cat([prev.values, values], 2) };
@@ -135,10 +172,16 @@ export class KVCache {
   }
 
   /** @internal the keys and values captured appends gave, by layer (forgotten here: the caller writes them once real). */
-  takeAppends(): [number, CacheEntry][] {
-    const taken = [...this.appends];
+  takeAppends(): { appends: [number, CacheEntry & { at?: number }][]; joins: { layer: number; at: number; T: number }[] } {
+    const taken = { appends: [...this.appends], joins: this.joins };
     this.appends = new Map();
+    this.joins = [];
     return taken;
+  }
+
+  /** @internal notes the positions of keys a captured step joined (see takeAppends), its graph having run. */
+  noteJoined(joins: readonly { layer: number; at: number; T: number }[]): void {
+    for (const { layer, at, T } of joins) this.note(layer, at, T);
   }
 
   /** @internal every layer's entry now (fused decode steps capture against it, then put real tensors back) */
@@ -159,6 +202,9 @@ export class KVCache {
     return { keys: l.keys.narrow(2, 0, l.length), values: l.values.narrow(2, 0, l.length) };
   }
 }
+
+/** How many keys a layer's entry holds. */
+const keysIn = (l: CacheEntry): number => (isSlab(l) ? l.length : l.keys.shape[2]!);
 
 /** No positions of `x`'s kind: [B, kvHeads, 0, headDim]. */
 function empty(x: Tensor): Tensor {

@@ -504,7 +504,7 @@ function fusedStep(module: Module, args: unknown[], hooks: ModuleHooks | null, f
       unfusibleSteps.add(module);
     }
     // What the code wrote: new positions for layers kept in place, and whole entries for layers joined by ops.
-    const appends = cache.takeAppends();
+    const { appends, joins } = cache.takeAppends();
     const after = cache.snapshot();
     cache.restore(before);
     if (!captured) return forward(args);
@@ -519,10 +519,12 @@ function fusedStep(module: Module, args: unknown[], hooks: ModuleHooks | null, f
       return forward(args);
     }
     const { result, extra } = ran;
+    // Positions first (they are noted against the entries before this step's), then the entries.
+    cache.noteJoined(joins);
     const entries = [...before];
     changed.forEach(({ layer }, i) => (entries[layer] = { keys: extra[2 * i]!, values: extra[2 * i + 1]! }));
     cache.restore(entries);
-    appends.forEach(([layer], i) => cache.append(layer, extra[2 * (changed.length + i)]!, extra[2 * (changed.length + i) + 1]!));
+    appends.forEach(([layer, { at }], i) => cache.append(layer, extra[2 * (changed.length + i)]!, extra[2 * (changed.length + i) + 1]!, at));
     if (hooks) passInner(module, hooks, uncalledInStep(module, captured.capture));
     return result;
   })();

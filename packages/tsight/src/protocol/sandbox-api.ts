@@ -289,7 +289,7 @@ export const JS_GLOBALS: readonly string[] = [
 ];
 
 /** The tensor globals of the sandbox: its functions and its own helpers. */
-export const TENSOR_GLOBALS: readonly string[] = [...Object.keys(TENSOR_FUNCTIONS), ...ISOLATE_GLOBALS.filter((n) => n !== "console")];
+export const TENSOR_GLOBALS: readonly string[] = [...new Set([...Object.keys(TENSOR_FUNCTIONS), ...ISOLATE_GLOBALS.filter((n) => n !== "console")])];
 
 /** Helpers TypeScript/esbuild emit into compiled functions (`__name` for keepNames); the sandbox defines them. */
 export const COMPILER_HELPERS: readonly string[] = ["__name"];

@@ -746,8 +746,7 @@ function pastValuesGraph(g: GraphBuilder, weights: string, v: string, pastV: str
  * attention of this call's tokens over a layer's cached keys and values kept where they are, in buffers with room to
  * grow (see nn/cache.ts): past keys and values [B, KV, C, D] of which the first `past` positions are filled (the
  * rest are never attended), this call's q [B, H, T, D] and its k and v [B, KV, T, D], and the mask [B, 1, T, M]
- * for M >= past + T positions (a layer that missed steps has fewer keys: the mask's first past + T columns are
- * its, as attention's fitted mask). softmax(cap(q k^T * scale) + mask) v over the past and new keys, as attention
+ * whose first past + T columns are those of the keys (M >= past + T). softmax(cap(q k^T * scale) + mask) v over the past and new keys, as attention
  * over them joined gives (the same numbers within float rounding: the products are summed in two parts), without
  * joining them: a decode step reads the cache in place and copies nothing of it. Outputs as attention's: [B, T, H*D]
  * and the weights [B, H, T, past + T]. `past` is fed, not baked in: one kernel serves every step. Computed step by

@@ -2,7 +2,7 @@
  * Every primitive op, one entry each: shape inference, the ONNX graph it runs, and its gradient rule.
  * Tensor methods (tensor.ts) are composed from these; a composed method needs no gradient rule of its own.
  */
-import type { DType } from "./dtype.js";
+import type { DType, TypedArray } from "./dtype.js";
 import type { RawTensor } from "./engine.js";
 import type { GraphBuilder } from "./onnx.js";
 import { DTypeError, ShapeError } from "./errors.js";
@@ -463,6 +463,20 @@ export const concat: Primitive<{ axis: number }> = {
     return [{ dtype: first.dtype, shape: first.shape.map((d, i) => (i === a.axis ? total : d)) }];
   },
   key: (a) => `${a.axis}`,
+  // A copy in JS (one copy; a kernel call costs more than small copies take, and gives its result copied again).
+  js: (xs, a, [out]) => {
+    const data = new (xs[0]!.data.constructor as new (n: number) => TypedArray)(sizeOf(out!.shape));
+    const outer = sizeOf(out!.shape.slice(0, a.axis));
+    const row = sizeOf(out!.shape.slice(a.axis));
+    let at = 0;
+    for (const x of xs) {
+      const part = sizeOf(x.shape.slice(a.axis));
+      const from = x.data;
+      for (let o = 0; o < outer; o++) (data as Float32Array).set(from.subarray(o * part, (o + 1) * part) as Float32Array, o * row + at);
+      at += part;
+    }
+    return [new Tensor(out!.dtype, data, out!.shape)];
+  },
   graph: (g, ins, a) => [g.op("Concat", ins, { axis: a.axis })],
   grad: ([g], n) => {
     const axis = (n.attrs as { axis: number }).axis;

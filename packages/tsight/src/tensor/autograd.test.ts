@@ -231,6 +231,19 @@ add("attentionScores", "attention's scores alone, soft-capped", () =>
 add("attentionValues", "attention's pattern times values alone, grouped-query heads", () =>
   gradcheck((w, v) => apply(P.attentionValues, [w, v], undefined), [randT([2, 4, 2, 5], 405, { lo: 0, hi: 1 }), randT([2, 2, 5, 3], 406, { lo: -1, hi: 1 })]),
 );
+// Over a KV cache kept in place: 5 of its 8 positions filled (the cache itself records no gradient).
+add("attentionPastScores", "scores over a cache kept in place and a decode step's keys, grouped-query heads", () =>
+  gradcheck((q, k, past) => apply(P.attentionPastScores, [q, k, past], { scale: 0.7, softcap: 0, past: 5 }), [randT([2, 4, 1, 3], 407, { lo: -1, hi: 1 }), randT([2, 2, 1, 3], 408, { lo: -1, hi: 1 }), randT([2, 2, 8, 3], 409, { lo: -1, hi: 1 })], { wrt: [0, 1] }),
+);
+add("attentionPastScores", "scores over a cache kept in place, soft-capped, two new positions", () =>
+  gradcheck((q, k, past) => apply(P.attentionPastScores, [q, k, past], { scale: 0.9, softcap: 1.5, past: 5 }), [randT([1, 4, 2, 3], 410, { lo: -2, hi: 2 }), randT([1, 2, 2, 3], 411, { lo: -2, hi: 2 }), randT([1, 2, 8, 3], 412, { lo: -2, hi: 2 })], { wrt: [0, 1] }),
+);
+add("attentionPastSoftmax", "the softmax over a cache's row, its room left out", () =>
+  gradcheck((sc) => apply1(P.attentionPastSoftmax, [sc], { past: 5, capacity: 8 }), [randT([1, 2, 2, 7], 413, { lo: -2, hi: 2 })]),
+);
+add("attentionPastValues", "weights times a cache's values kept in place and a decode step's, grouped-query heads", () =>
+  gradcheck((w, v, past) => apply1(P.attentionPastValues, [w, v, past], { past: 5 }), [randT([2, 4, 1, 6], 414, { lo: 0, hi: 1 }), randT([2, 2, 1, 3], 415, { lo: -1, hi: 1 }), randT([2, 2, 8, 3], 416, { lo: -1, hi: 1 })], { wrt: [0, 1] }),
+);
 
 add("rmsNorm", "rmsNorm (x, weight)", () =>
   gradcheck((x, w) => apply1(P.rmsNorm, [x, w], { eps: 1e-6 }), [randT([2, 3, 4], 380, { lo: -2, hi: 2 }), randT([4], 381, { lo: 0.5, hi: 1.5 })]),

@@ -105,6 +105,34 @@ export const generateCases: TraceCase[] = [
         b.options(),
       );
       expect(keysAt.value).toEqual([5, 6, 7, 8]);
+      // The same asked ahead with next(): a later step's value inside the layer, asked for before the skip, comes.
+      const ahead = await b.gpt2.generate(
+        PROMPT,
+        { maxNewTokens: 4, eosTokenId: null },
+        async (m) => {
+          const layer = m.transformer.h[1].next(); // step 1
+          layer.skip(await layer.input);
+          return ((await m.transformer.h[1].attn.source.pattern.next(2).output) as Tensor).shape[3]; // step 2
+        },
+        b.options(),
+      );
+      expect(ahead.value).toBe(6);
+      // Every layer, or the whole stack, skipped at a step: the positions are taken all the same, generation goes on.
+      for (const what of ["layers", "stack"]) {
+        const skipped = await b.gpt2.generate(
+          PROMPT,
+          { maxNewTokens: 4, eosTokenId: null },
+          async (m, tr) => {
+            for await (const step of tr.all()) {
+              if (step !== 1) continue;
+              if (tr.vars.what === "stack") m.transformer.skip({ last_hidden_state: tr.vars.zero });
+              else for (const layer of m.transformer.h) layer.skip(await layer.input);
+            }
+          },
+          b.options({ vars: { what, zero: Tensor.zeros([1, 1, 256]) } }),
+        );
+        expect(skipped.generated.shape, what).toEqual([1, 4]);
+      }
       // Skipped in the prompt's pass of a left-padded batch: the layer's keys are at the later positions, so the
       // short row (padding first) gives what it gives alone.
       const long = "def tokenize(self, text):\n    words = text.split()\n    return [w.lower() for w in words]\n";

@@ -444,8 +444,9 @@ export class Interleaver implements ModuleHooks, Provider {
       m.skipping.add(path);
       // Its callers take the value as what the module returns: one of another structure fails in their code.
       this.reshaped.push({ note: `${path} was skipped with ${describeSkip(value)} as its output: a skip value must have the structure of what the module returns (read ${path}.output to see it)`, origin: r.origin });
-      // Requests already made for values inside the skipped module can never be answered.
-      for (const inner of m.take((x) => x.path.startsWith(path + "."))) {
+      // Requests already made for values inside the skipped module in this call can never be answered (those of its
+      // later calls can: the modules inside are counted as called once here; see runSkipping).
+      for (const inner of m.take((x) => x.path.startsWith(path + ".") && x.iteration === this.calls(this.entered, x.path))) {
         const e = new MissedProviderError(`${describe(inner.path, inner.kind, inner.part)} is inside ${path}, which this invoke skips: it does not run`, inner.origin);
         if (inner.op === "read") inner.reject(e);
         else m.fail(e);

@@ -227,8 +227,10 @@ export class LanguageModel<M extends CausalLM = any> extends Model<M, EnvoyTree<
           return await generate(this.model, ids as Tensor, mask as Tensor, { ...settings, onStep, beforeStep: (k) => run.beginStep(k) });
         } catch (e) {
           if (!(e instanceof EndForward && e.reason === "stop" && made.length > 0)) throw e;
-          const generated = new Tensor("int64", BigInt64Array.from(made[0]!.flatMap((_, b) => made.map((tokens) => BigInt(tokens[b]!)))), [made[0]!.length, made.length]);
-          return { sequences: Tensor.cat([(ids as Tensor).long(), generated], 1), generated } satisfies Omit<GenerateResult, "attentionMask">;
+          const [B, T] = (ids as Tensor).shape as [number, number];
+          const generated = new Tensor("int64", BigInt64Array.from(made[0]!.flatMap((_, b) => made.map((tokens) => BigInt(tokens[b]!)))), [B, made.length]);
+          const attentionMask = Tensor.cat([(mask as Tensor | undefined) ?? Tensor.full([B, T], 1, "int64"), Tensor.full([B, made.length], 1, "int64")], 1);
+          return { sequences: Tensor.cat([(ids as Tensor).long(), generated], 1), generated, attentionMask } satisfies GenerateResult;
         }
       },
       { extraTokens: options.maxNewTokens, generation: true },
@@ -239,7 +241,7 @@ export class LanguageModel<M extends CausalLM = any> extends Model<M, EnvoyTree<
         : typeof fn === "function"
           ? await this.run(a, fn, traceOptions, drive)
           : await this.run(a, async () => undefined, undefined, drive);
-    const result = output as Pick<GenerateResult, "sequences" | "generated"> | undefined;
+    const result = output as GenerateResult | undefined;
     if (!result) throw new TraceError("the generation was stopped before it produced any token; use trace() to stop a forward pass early");
     return { ...this.decodeResult(result), value: value as R };
   }

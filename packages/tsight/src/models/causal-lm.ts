@@ -3,7 +3,7 @@
  * the rules for loading its weights from Hugging Face files.
  */
 import { Module, type ForwardOptions, type KVCache } from "../nn/index.js";
-import type { Tensor } from "../tensor/index.js";
+import { activeCapture, type Tensor } from "../tensor/index.js";
 import type { ConfigReader, RawConfig } from "./config.js";
 
 /** The fields tsight needs from any architecture's config, under one set of names. */
@@ -70,7 +70,10 @@ export abstract class CausalLM extends Module {
   abstract weightRules(): WeightRules;
 
   override async forward(inputIds: Tensor, options: ForwardOptions = {}): Promise<CausalLMOutput> {
+    const total = (options.cache?.length ?? 0) + inputIds.shape[1]!;
     const out = await this.base().call(inputIds, options);
+    // The positions are taken even when the stack was skipped (an intervention gave its output): see resolveForward.
+    if (!activeCapture()) options.cache?.advance(total);
     const keep = options.logitsToKeep;
     const hidden = keep ? out.last_hidden_state.narrow(1, -keep, keep) : out.last_hidden_state;
     return { logits: this.finalLogits(await this.head().call(hidden)), past_key_values: out.past_key_values };

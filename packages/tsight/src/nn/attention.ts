@@ -107,6 +107,9 @@ export function resolveForward(ids: Tensor, o: ForwardOptions): { mask: Tensor; 
   if (mask.shape[0] !== B || mask.shape[1] !== past + T) {
     throw new RangeError(`attention mask has shape [${mask.shape}] but ids [${B}, ${T}] with ${past} cached positions need [${B}, ${past + T}]`);
   }
+  // Counted by the cache even if no layer keeps them (every layer skipped); a captured step's are its layers' once
+  // its graph has run (a capture that fails leaves the cache as it was).
+  if (!activeCapture()) o.cache?.advance(past + T);
   return { mask, positions: o.positionIds ?? positionIdsFromMask(mask, T) };
 }
 

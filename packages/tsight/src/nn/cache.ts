@@ -42,9 +42,17 @@ export class KVCache {
    * columns).
    */
   get length(): number {
-    let n = 0;
+    let n = this.seen;
     this.layers.forEach((l, layer) => (n = Math.max(n, this.held[layer]?.at(-1)! + 1 || (l ? keysIn(l) : 0))));
     return n;
+  }
+
+  /** Positions forwards with this cache have taken, whether or not any layer kept them (every layer skipped). */
+  private seen = 0;
+
+  /** A forward with this cache takes positions up to `total` (its mask's width; see resolveForward). */
+  advance(total: number): void {
+    this.seen = Math.max(this.seen, total);
   }
 
   /**

@@ -28,7 +28,10 @@ export interface Primitive<A = undefined> {
   graph?(g: GraphBuilder, ins: string[], attrs: A, inputs: readonly Tensor[]): string[];
   /** A JS implementation, used instead of a kernel (views, copies). */
   js?(inputs: readonly Tensor[], attrs: A, out: OutSpec[]): Tensor[];
-  /** A zero-copy result over the input's data where the op allows one (a contiguous slice); null runs the kernel. */
+  /**
+   * A result without a kernel where the op allows one cheaply (a zero-copy view of a contiguous slice, a concatenation
+   * of few runs copied in JS); null runs the kernel.
+   */
   view?(inputs: readonly Tensor[], attrs: A, out: OutSpec[]): Tensor[] | null;
   /** Input gradients from output gradients, in tensor ops. Absent: not differentiable. */
   grad?: GradRule;

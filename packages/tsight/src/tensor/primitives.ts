@@ -448,6 +448,9 @@ export const sliceAssign: Primitive<SliceAttrs> = {
   },
 };
 
+/** The most runs of memory a concatenation copies in JS (see concat's view). */
+const MAX_JS_RUNS = 1024;
+
 export const concat: Primitive<{ axis: number }> = {
   name: "concat",
   infer: (xs, a) => {
@@ -463,10 +466,12 @@ export const concat: Primitive<{ axis: number }> = {
     return [{ dtype: first.dtype, shape: first.shape.map((d, i) => (i === a.axis ? total : d)) }];
   },
   key: (a) => `${a.axis}`,
-  // A copy in JS (one copy; a kernel call costs more than small copies take, and gives its result copied again).
-  js: (xs, a, [out]) => {
-    const data = new (xs[0]!.data.constructor as new (n: number) => TypedArray)(sizeOf(out!.shape));
+  // A copy in JS where the parts are few runs of memory (a kernel call costs more than such a copy, and gives its
+  // result copied again); many short runs (rotary's halves joined along the last axis) copy faster in the kernel.
+  view: (xs, a, [out]) => {
     const outer = sizeOf(out!.shape.slice(0, a.axis));
+    if (outer * xs.length > MAX_JS_RUNS) return null;
+    const data = new (xs[0]!.data.constructor as new (n: number) => TypedArray)(sizeOf(out!.shape));
     const row = sizeOf(out!.shape.slice(a.axis));
     let at = 0;
     for (const x of xs) {

@@ -266,7 +266,7 @@ export const generateCases: TraceCase[] = [
       expect(stopped.sequences.shape).toEqual([1, 5 + 2]);
       expect(stopped.text[0]).toBe(b.gpt2.tokenizer.decode(plain.generated.index(0).narrow(0, 0, 2).toArray()));
       // Stopped in the prompt's pass, no token came: an error that says so.
-      const early = await b.gpt2.generate(PROMPT, { maxNewTokens: 6 }, async (m, tr) => void tr.stop(), b.options()).catch((e) => e);
+      const early = await b.gpt2.generate(PROMPT, { maxNewTokens: 6 }, async (_m, tr) => void tr.stop(), b.options()).catch((e) => e);
       expect(early.message).toMatch(/stopped before it produced any token/);
     },
   },

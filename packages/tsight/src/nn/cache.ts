@@ -115,9 +115,9 @@ export class KVCache {
     const v = values.data as Float32Array;
     const into = (dst: Tensor) => dst.data as Float32Array;
     for (let bh = 0; bh < B * H; bh++) {
-      const at = (bh * capacity + slab.length) * D;
-      into(slab.keys).set(k.subarray(bh * T * D, (bh + 1) * T * D), at);
-      into(slab.values).set(v.subarray(bh * T * D, (bh + 1) * T * D), at);
+      const offset = (bh * capacity + slab.length) * D;
+      into(slab.keys).set(k.subarray(bh * T * D, (bh + 1) * T * D), offset);
+      into(slab.values).set(v.subarray(bh * T * D, (bh + 1) * T * D), offset);
     }
     slab.length += T;
   }

@@ -94,7 +94,11 @@ export class Bridge implements ActionHost {
     private readonly options: BridgeOptions,
   ) {
     this.paths = new Set(lm.model.namedModules().map(([p]: [string, unknown]) => p));
-    this.holders = new Map(lm.model.namedModules().flatMap(([p, m]: [string, Module]): [string, string][] => (holderRefusal(m) === null ? [] : [[p, holderRefusal(m)!]])));
+    this.holders = new Map();
+    for (const [p, m] of lm.model.namedModules() as [string, Module][]) {
+      const refusal = holderRefusal(m);
+      if (refusal) this.holders.set(p, refusal);
+    }
     this.model = lm;
     this.budget = new JobBudget(options.limits, (e) => this.fail(e));
   }

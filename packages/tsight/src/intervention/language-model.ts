@@ -215,24 +215,13 @@ export class LanguageModel<M extends CausalLM = any> extends Model<M, EnvoyTree<
       return this.exclusive(() => this.plainGenerate(batch, options));
     }
     const drive: Driver = Object.assign(
-      async (_model: unknown, [ids, mask]: unknown[], run: TraceRun) => {
-        const settings = this.streaming(options, (ids as Tensor).shape[0]!);
-        // The tokens of each step, so that tr.stop() in a later step ends the generation with them.
-        const made: number[][] = [];
-        const onStep = async (tokens: number[], step: number) => {
-          made.push(tokens);
-          await settings.onStep?.(tokens, step);
-        };
-        try {
-          return await generate(this.model, ids as Tensor, mask as Tensor, { ...settings, onStep, beforeStep: (k) => run.beginStep(k) });
-        } catch (e) {
-          if (!(e instanceof EndForward && e.reason === "stop" && made.length > 0)) throw e;
-          const [B, T] = (ids as Tensor).shape as [number, number];
-          const generated = new Tensor("int64", BigInt64Array.from(made[0]!.flatMap((_, b) => made.map((tokens) => BigInt(tokens[b]!)))), [B, made.length]);
-          const attentionMask = Tensor.cat([(mask as Tensor | undefined) ?? Tensor.full([B, T], 1, "int64"), Tensor.full([B, made.length], 1, "int64")], 1);
-          return { sequences: Tensor.cat([(ids as Tensor).long(), generated], 1), generated, attentionMask } satisfies GenerateResult;
-        }
-      },
+      (_model: unknown, [ids, mask]: unknown[], run: TraceRun) =>
+        generate(this.model, ids as Tensor, mask as Tensor, {
+          ...this.streaming(options, (ids as Tensor).shape[0]!),
+          beforeStep: (k) => run.beginStep(k),
+          // tr.stop() in a later step ends the generation with the tokens made before it.
+          endsEarly: (e) => e instanceof EndForward && e.reason === "stop",
+        }),
       { extraTokens: options.maxNewTokens, generation: true },
     );
     const { value, output } =
@@ -251,7 +240,7 @@ export class LanguageModel<M extends CausalLM = any> extends Model<M, EnvoyTree<
     return { ...options, eosTokenId: eos, padTokenId: options.padTokenId ?? this.tokenizer.padTokenId };
   }
 
-  private decodeResult(result: Pick<GenerateResult, "sequences" | "generated">): GenerateOutput {
+  private decodeResult(result: GenerateResult): GenerateOutput {
     // A model without a tokenizer (token ids only) gives ids, and empty text.
     const text = Array.from({ length: result.generated.shape[0]! }, (_, b) => (this.tokenizer.hasText ? this.tokenizer.decode(result.generated.index(b).toArray(), { skipSpecialTokens: true }) : ""));
     return { sequences: result.sequences, generated: result.generated, text };

@@ -19,6 +19,11 @@ export interface GenerateOptions extends SamplingOptions {
   onStep?: (tokens: number[], step: number) => void | Promise<void>;
   /** Called before each step's forward pass (step 0 is the prompt). */
   beforeStep?: (step: number) => void | Promise<void>;
+  /**
+   * Whether an error thrown by a step (from beforeStep or the forward pass) ends the generation there, with the
+   * tokens of the steps before it, instead of failing it (an intervention's tr.stop()). Once no token came, it fails.
+   */
+  endsEarly?: (error: unknown) => boolean;
 }
 
 export interface GenerateResult {
@@ -48,8 +53,14 @@ export async function generate(model: CausalLM, inputIds: Tensor, attentionMask:
   const finished = new Array<boolean>(B).fill(false);
   let next = inputIds;
   for (let step = 0; step < options.maxNewTokens; step++) {
-    await options.beforeStep?.(step);
-    const { logits } = await model.call(next, { attentionMask: mask, cache, logitsToKeep: 1 });
+    let logits: Tensor;
+    try {
+      await options.beforeStep?.(step);
+      ({ logits } = await model.call(next, { attentionMask: mask, cache, logitsToKeep: 1 }));
+    } catch (e) {
+      if (step > 0 && options.endsEarly?.(e)) break;
+      throw e;
+    }
     const V = logits.shape[2]!;
     const data = logits.data as Float32Array;
     const chosen = rows.map((row, b) => {

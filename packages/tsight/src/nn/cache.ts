@@ -9,7 +9,7 @@
  * While gradients are recorded, a layer's keys and values are whole tensors joined at each step instead, as they
  * must be part of the recorded graph.
  */
-import { activeCapture, isGradEnabled, ShapeError, Tensor } from "../tensor/index.js";
+import { activeCapture, isGradEnabled, ShapeError, Tensor, type functional } from "../tensor/index.js";
 
 /** A layer's keys and values, each [B, kvHeads, positions, headDim]. */
 export interface CacheEntry {
@@ -18,9 +18,7 @@ export interface CacheEntry {
 }
 
 /** A layer's keys and values in buffers [B, kvHeads, capacity, headDim], the first `length` positions filled. */
-export interface CacheSlab extends CacheEntry {
-  length: number;
-}
+export type CacheSlab = functional.CachedKeys;
 
 const isSlab = (e: CacheEntry): e is CacheSlab => "length" in e;
 
@@ -43,7 +41,10 @@ export class KVCache {
    */
   get length(): number {
     let n = this.seen;
-    this.layers.forEach((l, layer) => (n = Math.max(n, this.held[layer]?.at(-1)! + 1 || (l ? keysIn(l) : 0))));
+    for (let layer = 0; layer < this.layers.length; layer++) {
+      const held = this.held[layer];
+      n = Math.max(n, held ? held.at(-1)! + 1 : this.keysOf(layer));
+    }
     return n;
   }
 
@@ -61,20 +62,25 @@ export class KVCache {
    * skipped at some step lacks that position: its attention takes the mask's columns of the positions it has.
    */
   columns(layer: number, total: number, T: number): number[] | null {
-    const l = this.layers[layer];
-    const keys = l ? keysIn(l) : 0;
-    const held = this.held[layer];
-    if (!held && keys === total - T) return null;
-    return [...(held ?? Array.from({ length: keys }, (_, i) => i)), ...Array.from({ length: T }, (_, i) => total - T + i)];
+    if (!this.held[layer] && this.keysOf(layer) === total - T) return null;
+    return [...this.positions(layer), ...range(total - T, T)];
   }
 
   /** Notes that the layer's `T` new keys are at positions `at`... (it holds 0, 1, ... until it misses one). */
   private note(layer: number, at: number, T: number): void {
+    if (!this.held[layer] && at === this.keysOf(layer)) return;
+    this.held[layer] = [...this.positions(layer), ...range(at, T)];
+  }
+
+  /** How many keys the layer holds. */
+  private keysOf(layer: number): number {
     const l = this.layers[layer];
-    const keys = l ? keysIn(l) : 0;
-    const held = this.held[layer];
-    if (!held && at === keys) return;
-    this.held[layer] = [...(held ?? Array.from({ length: keys }, (_, i) => i)), ...Array.from({ length: T }, (_, i) => at + i)];
+    return l ? keysIn(l) : 0;
+  }
+
+  /** The absolute positions of the layer's keys. */
+  private positions(layer: number): number[] {
+    return this.held[layer] ?? range(0, this.keysOf(layer));
   }
 
   /**
@@ -210,6 +216,9 @@ export class KVCache {
     return { keys: l.keys.narrow(2, 0, l.length), values: l.values.narrow(2, 0, l.length) };
   }
 }
+
+/** `n` positions from `from` on. */
+const range = (from: number, n: number): number[] => Array.from({ length: n }, (_, i) => from + i);
 
 /** How many keys a layer's entry holds. */
 const keysIn = (l: CacheEntry): number => (isSlab(l) ? l.length : l.keys.shape[2]!);

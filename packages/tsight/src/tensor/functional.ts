@@ -43,14 +43,19 @@ export function embedding(ids: Tensor, weight: Tensor): Tensor {
   return new Tensor("float32", out, [...ids.shape, dim]);
 }
 
+/** An attention op's soft cap as its kernel takes it: 0 for none; a cap given must be positive. */
+function capOf(softcap: number | null): number {
+  if (softcap !== null && !(softcap > 0)) throw new RangeError(`attention: softcap must be positive, got ${softcap}`);
+  return softcap ?? 0;
+}
+
 /**
  * softmax(cap(q k^T * scale) + mask) v in one kernel, where cap(s) = softcap * tanh(s / softcap) when `softcap`
  * is given (Gemma 2) and the identity otherwise. q [B, H, T, D], k and v [B, KV, S, D] (grouped-query heads
  * allowed), mask [B, 1, T, S] additive. Returns the output with heads merged [B, T, H*D] and the weights.
  */
 export function attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: number, softcap: number | null = null): [Tensor, Tensor] {
-  if (softcap !== null && !(softcap > 0)) throw new RangeError(`attention: softcap must be positive, got ${softcap}`);
-  return apply(P.attention, [q, k, v, mask], { scale, softcap: softcap ?? 0 }) as [Tensor, Tensor];
+  return apply(P.attention, [q, k, v, mask], { scale, softcap: capOf(softcap) }) as [Tensor, Tensor];
 }
 
 /**
@@ -60,8 +65,7 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, scale: 
  * cache is kept this way only while no gradient is recorded.
  */
 export function attentionPast(q: Tensor, k: Tensor, v: Tensor, past: CachedKeys, mask: Tensor, scale: number, softcap: number | null = null): [Tensor, Tensor] {
-  if (softcap !== null && !(softcap > 0)) throw new RangeError(`attention: softcap must be positive, got ${softcap}`);
-  return apply(P.attentionPast, [q, k, v, past.keys, past.values, mask], { scale, softcap: softcap ?? 0, past: past.length }) as [Tensor, Tensor];
+  return apply(P.attentionPast, [q, k, v, past.keys, past.values, mask], { scale, softcap: capOf(softcap), past: past.length }) as [Tensor, Tensor];
 }
 
 /** A layer's cache as attention reads it in place: buffers [B, KV, C, D] whose first `length` positions are filled. */
@@ -76,8 +80,7 @@ export interface CachedKeys {
  * scores cap(q k^T * scale) [B, H, T, past + T] over the cache's filled positions and this call's keys...
  */
 export function attentionPastScores(q: Tensor, k: Tensor, past: CachedKeys, scale: number, softcap: number | null = null): Tensor {
-  if (softcap !== null && !(softcap > 0)) throw new RangeError(`attention: softcap must be positive, got ${softcap}`);
-  return apply1(P.attentionPastScores, [q, k, past.keys], { scale, softcap: softcap ?? 0, past: past.length });
+  return apply1(P.attentionPastScores, [q, k, past.keys], { scale, softcap: capOf(softcap), past: past.length });
 }
 /** ...the weights of masked scores (softmax over the last axis, as the kernel takes it)... */
 export function attentionPastSoftmax(scores: Tensor, past: CachedKeys): Tensor {
@@ -93,8 +96,7 @@ export function attentionPastValues(pattern: Tensor, v: Tensor, past: CachedKeys
  * cap(q k^T * scale) [B, H, T, S] for q [B, H, T, D] and k [B, KV, S, D], and the heads' outputs pattern v [B, H, T, D].
  */
 export function attentionScores(q: Tensor, k: Tensor, scale: number, softcap: number | null = null): Tensor {
-  if (softcap !== null && !(softcap > 0)) throw new RangeError(`attention: softcap must be positive, got ${softcap}`);
-  return apply1(P.attentionScores, [q, k], { scale, softcap: softcap ?? 0 });
+  return apply1(P.attentionScores, [q, k], { scale, softcap: capOf(softcap) });
 }
 export function attentionValues(pattern: Tensor, v: Tensor): Tensor {
   return apply1(P.attentionValues, [pattern, v], undefined);

@@ -630,9 +630,28 @@ function foldHeads(x: Tensor, G: number): Tensor {
 function scoresGraph(g: GraphBuilder, q: string, k: string, qGrouped: string, a: { scale: number; softcap: number }): string {
   const qg = g.op("Reshape", [q, qGrouped]);
   const kt = g.op("Transpose", [k], { perm: [0, 1, 3, 2] });
-  let raw = g.op("Mul", [g.op("MatMul", [qg, kt]), g.scalar("float32", a.scale)]);
-  if (a.softcap > 0) raw = g.op("Mul", [g.op("Tanh", [g.op("Div", [raw, g.scalar("float32", a.softcap)])]), g.scalar("float32", a.softcap)]);
-  return raw;
+  return capped(g, g.op("MatMul", [qg, kt]), a);
+}
+
+/**
+ * The gradients of scores cap(q k^T * scale) (`scores`, the op's output) with respect to q [B, H, T, D] and the keys
+ * [B, KV, S, D] they were taken over (heads grouped by `G`): attention_scores' rule, and attention_past_scores' over
+ * the joined keys.
+ */
+function scoresGrads(gS: Tensor, scores: Tensor, q: Tensor, keys: Tensor, a: { scale: number; softcap: number }, G: number): [Tensor, Tensor] {
+  let g = gS;
+  if (a.softcap > 0) {
+    // d/ds cap * tanh(s / cap) = 1 - tanh(s / cap)^2, and tanh(s / cap) is the output over cap.
+    const t = scores.div(a.softcap);
+    g = g.mul(t.mul(t).neg().add(1));
+  }
+  g = g.mul(a.scale);
+  return [g.matmul(repeatHeads(keys, G)), foldHeads(g.transpose(2, 3).matmul(q), G)];
+}
+
+/** The gradients of the heads' outputs `w` v with respect to the pattern `w` and the values [B, KV, S, D] (attention_values', attention_past_values'). */
+function valuesGrads(gZ: Tensor, w: Tensor, values: Tensor, G: number): [Tensor, Tensor] {
+  return [gZ.matmul(repeatHeads(values, G).transpose(2, 3)), foldHeads(w.transpose(2, 3).matmul(gZ), G)];
 }
 
 /** The kernel's second half as graph nodes: the weights (viewed as [B, KV, G*T, S] by `wGrouped`) times v, grouped. */
@@ -691,7 +710,7 @@ export const attention: Primitive<{ scale: number; softcap: number }> = {
   },
 };
 
-/** cap(raw * scale), as scoresGraph forms it from q k^T. */
+/** cap(raw * scale): the scores from q k^T (scoresGraph's and pastScoresGraph's). */
 function capped(g: GraphBuilder, raw: string, a: { scale: number; softcap: number }): string {
   const scaled = g.op("Mul", [raw, g.scalar("float32", a.scale)]);
   return a.softcap > 0 ? g.op("Mul", [g.op("Tanh", [g.op("Div", [scaled, g.scalar("float32", a.softcap)])]), g.scalar("float32", a.softcap)]) : scaled;
@@ -765,9 +784,9 @@ function pastValuesGraph(g: GraphBuilder, weights: string, v: string, pastV: str
  * attention of this call's tokens over a layer's cached keys and values kept where they are, in buffers with room to
  * grow (see nn/cache.ts): past keys and values [B, KV, C, D] of which the first `past` positions are filled (the
  * rest are never attended), this call's q [B, H, T, D] and its k and v [B, KV, T, D], and the mask [B, 1, T, M]
- * whose first past + T columns are those of the keys (M >= past + T). softmax(cap(q k^T * scale) + mask) v over the past and new keys, as attention
- * over them joined gives (the same numbers within float rounding: the products are summed in two parts), without
- * joining them: a decode step reads the cache in place and copies nothing of it. Outputs as attention's: [B, T, H*D]
+ * whose first past + T columns are those of the keys (M >= past + T). softmax(cap(q k^T * scale) + mask) v over the
+ * past and new keys, as attention over them joined gives (the same numbers within float rounding: the products are
+ * summed in two parts), without joining them: a decode step reads the cache in place and copies nothing of it. Outputs as attention's: [B, T, H*D]
  * and the weights [B, H, T, past + T]. `past` is fed, not baked in: one kernel serves every step. Computed step by
  * step (an operation point watched), attentionPastScores, attentionPastSoftmax and attentionPastValues give the
  * same numbers to the bit.
@@ -826,16 +845,10 @@ export const attentionPastScores: Primitive<PastAttrs> = {
   // record none), so only q and this call's k get one.
   grad: ([gS], n) => {
     const [q, k, pastK] = n.inputs as [Tensor, Tensor, Tensor];
-    const { scale, softcap, past } = n.attrs as PastAttrs;
+    const a = n.attrs as PastAttrs;
     const { G, T } = attentionShapes("attention_past_scores", q, k);
-    const keys = repeatHeads(Tensor.cat([pastK.narrow(2, 0, past), k], 2), G);
-    let g = gS!;
-    if (softcap > 0) {
-      const t = n.outputs[0]!.div(softcap);
-      g = g.mul(t.mul(t).neg().add(1));
-    }
-    g = g.mul(scale);
-    return [g.matmul(keys), foldHeads(g.transpose(2, 3).matmul(q), G).narrow(2, past, T), null];
+    const [gq, gKeys] = scoresGrads(gS!, n.outputs[0]!, q, Tensor.cat([pastK.narrow(2, 0, a.past), k], 2), a, G);
+    return [gq, gKeys.narrow(2, a.past, T), null];
   },
 };
 
@@ -894,10 +907,8 @@ export const attentionPastValues: Primitive<{ past: number }> = {
   grad: ([gZ], n) => {
     const [w, v, pastV] = n.inputs as [Tensor, Tensor, Tensor];
     const { past } = n.attrs as { past: number };
-    const T = v.shape[2]!;
-    const G = w.shape[1]! / v.shape[1]!;
-    const values = repeatHeads(Tensor.cat([pastV.narrow(2, 0, past), v], 2), G);
-    return [gZ!.matmul(values.transpose(2, 3)), foldHeads(w.narrow(3, past, T).transpose(2, 3).matmul(gZ!), G), null];
+    const [gw, gValues] = valuesGrads(gZ!, w, Tensor.cat([pastV.narrow(2, 0, past), v], 2), w.shape[1]! / v.shape[1]!);
+    return [gw, gValues.narrow(2, past, v.shape[2]!), null];
   },
 };
 
@@ -922,16 +933,8 @@ export const attentionScores: Primitive<{ scale: number; softcap: number }> = {
   graph: (g, [q, k, qGrouped, scoresShape], a) => [g.op("Reshape", [scoresGraph(g, q!, k!, qGrouped!, a), scoresShape!])],
   grad: ([gS], n) => {
     const [q, k] = n.inputs as [Tensor, Tensor];
-    const { scale, softcap } = n.attrs as { scale: number; softcap: number };
     const { G } = attentionShapes("attention_scores", q, k);
-    let g = gS!;
-    if (softcap > 0) {
-      // d/ds cap * tanh(s / cap) = 1 - tanh(s / cap)^2, and tanh(s / cap) is the output over cap.
-      const t = n.outputs[0]!.div(softcap);
-      g = g.mul(t.mul(t).neg().add(1));
-    }
-    g = g.mul(scale);
-    return [g.matmul(repeatHeads(k, G)), foldHeads(g.transpose(2, 3).matmul(q), G)];
+    return scoresGrads(gS!, n.outputs[0]!, q, k, n.attrs as { scale: number; softcap: number }, G);
   },
 };
 
@@ -958,8 +961,7 @@ export const attentionValues: Primitive = {
   graph: (g, [w, v, wGrouped, outShape]) => [g.op("Reshape", [valuesGraph(g, w!, v!, wGrouped!), outShape!])],
   grad: ([gZ], n) => {
     const [w, v] = n.inputs as [Tensor, Tensor];
-    const G = w.shape[1]! / v.shape[1]!;
-    return [gZ!.matmul(repeatHeads(v, G).transpose(2, 3)), foldHeads(w.transpose(2, 3).matmul(gZ!), G)];
+    return valuesGrads(gZ!, w, v, w.shape[1]! / v.shape[1]!);
   },
 };
 

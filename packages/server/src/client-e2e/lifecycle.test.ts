@@ -32,6 +32,19 @@ beforeAll(async () => {
 afterAll(() => server?.close());
 
 describe("remote lifecycle", () => {
+  it("a server's model run without { remote: true } fails at once, saying so, instead of returning tensors without values", async () => {
+    const attempts = [
+      () => lm.trace("def f(x", async (m) => await m.transformer.h[0].attn.source.pattern.output),
+      () => lm.generate("def f(x", { maxNewTokens: 2 }),
+      () => lm.session(async (s) => s.trace("def f(x", async (m) => await m.lm_head.output)),
+    ];
+    for (const attempt of attempts) {
+      await expect(attempt()).rejects.toMatchObject({ name: "TraceError", message: expect.stringMatching(/has no weights here \(a meta model from a server\): run it with \{ remote: true \}/) });
+    }
+    // scan needs no weights: it still runs here.
+    expect(await lm.scan("def f(x", async (m) => (await m.transformer.h[0].output).shape)).toEqual([1, 4, 256]);
+  });
+
   it("a session's second trace uses a value computed in the first, which never leaves the server", async () => {
     const out = await lm.session(async (s) => {
       const clean = await s.trace("def __init__(self", async (m) => await m.transformer.h[1].output);

@@ -111,6 +111,12 @@ await lm.trace("def f(", async (m) => {
 const scale = 2;
 await lm.trace("def f(", async (m) => (await m.lm_head.output).mul(scale) /* FREE */, { remote: true }).catch((e) => report("free", e));
 
+// Raised inside the job's isolate (not by the host): pointed at all the same.
+await lm.trace("def f(", async (m) => await m.transformer.h[9].output /* RANGE */, { remote: true }).catch((e) => report("range", e));
+// A function whose text is not in the file: the message names the position in the text sent.
+const built = new Function("return async (m) => await m.transformer." + "nope.output")();
+await lm.trace("def f(", built, { remote: true }).catch((e) => console.log(JSON.stringify({ what: "built", message: e.message, userLine: e.userLine ?? null })));
+
 await lm.trace("def f(", async () => void console.log("hello from the job"), { remote: true });
 await lm.trace("def f(", async () => void console.log("not shown"), { remote: true, logs: null });
 console.log("end");
@@ -126,6 +132,9 @@ console.log("end");
     expect(reports.above).toMatchObject({ name: "ShapeError", userLine: where("SHAPE-1", "matmul"), frame: `    at ${where("SHAPE-1", "matmul")}` });
     expect(reports.inline).toMatchObject({ name: "ShapeError", userLine: where("SHAPE-2", "matmul"), frame: `    at ${where("SHAPE-2", "matmul")}` });
     expect(reports.free).toMatchObject({ name: "FreeVariableError", userLine: where("FREE", "scale"), frame: `    at ${where("FREE", "scale")}` });
+    expect(reports.range).toMatchObject({ name: "TraceError", userLine: where("RANGE", "[9]"), frame: `    at ${where("RANGE", "[9]")}` });
+    expect(reports.built.message).toMatch(/^transformer \(GPT2Model\) has no module "nope"; its modules are: wte, wpe, drop, h, ln_f\n    at intervention\.js:1:\d+$/);
+    expect(reports.built.userLine).toBeNull();
     expect(stdout.trim().split("\n").at(-1)).toBe("end");
     // stderr is a pipe here, not a terminal: log lines are printed all the same, and only those not silenced.
     expect(stderr).toContain("hello from the job\n");

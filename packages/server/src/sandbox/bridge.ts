@@ -12,7 +12,7 @@
  * the few synchronous calls: compiling, and replacement functions the forward pass calls.)
  */
 import ivm from "isolated-vm";
-import { buildAliases, Generator, holderRefusal, ModuleList, Optimizer, Tensor, TraceError, transformerLensNames, withAllocationGuard, type InterventionFn, type Module, type Tracer } from "tsight";
+import { buildAliases, Generator, holderRefusal, ModuleList, pointRefusal, Optimizer, Tensor, TraceError, transformerLensNames, withAllocationGuard, type InterventionFn, type Module, type Tracer } from "tsight";
 import { CONSTRUCTORS, FunctionSource, infoFromError, SANDBOX_OBJECTS, TENSOR_AUTOGRAD, TENSOR_FUNCTIONS, TENSOR_METHODS, type ExecutionModel as LanguageModel } from "tsight/protocol";
 import { checkArgs } from "./args.js";
 import { HANDLE_BYTES, JobBudget, OBJECT_BYTES, type BudgetLimits } from "./budget.js";
@@ -363,13 +363,14 @@ export class Bridge implements ActionHost {
   /** Descriptor from the isolate -> host value. */
   fromDesc(d: unknown): unknown {
     if (Array.isArray(d)) return d.map((x) => this.fromDesc(x));
-    if (d && typeof d === "object") {
+    if (d && typeof d === "object" && !ArrayBuffer.isView(d)) {
       const o = d as Record<string, unknown>;
       if ("$h" in o) return this.tensor(o.$h);
       if ("$fn" in o) return this.callable(o.$fn);
       if ("$obj" in o) return this.object(o.$obj);
       if ("$envoy" in o) return { path: this.modulePath(o.$envoy) };
       if ("$error" in o) return userError(o.$error);
+      if ("$unsendable" in o) return unsendable(String(o.$unsendable));
       const r: Record<string, unknown> = {};
       for (const [k, x] of Object.entries(o)) r[k] = this.fromDesc(x);
       return r;
@@ -554,6 +555,10 @@ export class Bridge implements ActionHost {
     const spec = table && Object.hasOwn(table, action) ? table[action]! : undefined;
     if (!spec) throw new SandboxError("NOT_ALLOWED", `${kind.slice(0, 40)}.${action.slice(0, 100)} is not available in remote code`);
     checkArgs(`${kind === "tracer" ? "tr" : kind}.${action}`, spec.args as never, values);
+    if (kind === "envoy" && (action === "skip" || action === "call")) {
+      const refusal = pointRefusal(this.model.model.get(this.modulePath(path))!, action);
+      if (refusal) throw new TraceError(refusal, this.origin(stack));
+    }
     const target = kind === "envoy" ? { tracer: this.object(["tracer", id]), path: action === "call" ? this.modulePath(path) : this.valuePath(path, stack) } : this.object([kind, id]);
     const handlers = HOST_ACTIONS[kind as keyof typeof HOST_ACTIONS] as Record<string, (host: ActionHost, target: any, args: any[], origin: Error) => unknown>;
     const result = withAllocationGuard(this.budget.guard, () => handlers[action]!(this, target, values, this.origin(stack)));
@@ -586,6 +591,18 @@ class IsolateFunction {
 }
 
 /** The module tree as names for the isolate, with the client's aliases; ModuleLists become arrays. */
+/**
+ * A stand-in for an object of the job's that cannot leave its isolate (a Map, a promise, ...): of a class named as
+ * the object's, so that the codec refuses a result holding it with its path ("value.p is a Map ...") as it does
+ * such an object in process, and ops refuse it as they refuse any object.
+ */
+function unsendable(kind: string): object {
+  const name = kind === "Promise" ? "Promise (a value not awaited: await it first)" : kind;
+  const stand = class {};
+  Object.defineProperty(stand, "name", { value: name });
+  return new stand();
+}
+
 function treeOf(module: Module, aliases: ReadonlyMap<string, ReadonlyMap<string, string>>): TreeNode {
   return {
     path: module.path,

@@ -5,7 +5,7 @@
  * source text (`runtimeSource`), so it must not refer to anything outside itself; the host passes it its callbacks.
  *
  * Values cross as descriptors: plain JSON-like data where a tensor is `{ $h: id, dtype, shape }`, a function the
- * host may call back is `{ $fn: id }`, a host object is `{ $obj: [kind, id] }`, an error `{ $error: {...} }`.
+ * host may call back is `{ $fn: id }`, a host object is `{ $obj: [kind, id] }`, an error `{ $error: {...} }`, any other object (which cannot cross) `{ $unsendable: its class's name }`.
  */
 
 /** The host callbacks the runtime gets (names as used below). */
@@ -136,7 +136,22 @@ export function installRuntime(rawHost: HostCallbacks, tree: TreeNode, api: Runt
       for (const k of Object.keys(v)) o[k] = out(v[k]);
       return o;
     }
+    // Any other object (a Map, a Set, a Date, a promise, a class's instance) would be copied out
+    // as something else, or not at all: the host is told its kind, and refuses it where it is used.
+    // Typed arrays are copied out as they are (tensor(new Float32Array(...))).
+    if (typeof v === "object" && v !== null && !ArrayBuffer.isView(v)) return { $unsendable: kindOf(v) };
     return v;
+  }
+
+  function kindOf(v: object): string {
+    if (typeof (v as { then?: unknown }).then === "function") return "Promise";
+    let name: unknown;
+    try {
+      name = Object.getPrototypeOf(v)?.constructor?.name;
+    } catch {
+      name = undefined;
+    }
+    return typeof name === "string" && /^[A-Za-z_$][\w$]{0,63}$/.test(name) ? name : "Object";
   }
 
   /** Descriptor from the host -> isolate value. */
@@ -222,6 +237,7 @@ export function installRuntime(rawHost: HostCallbacks, tree: TreeNode, api: Runt
   };
   const statics: Record<string, (...args: any[]) => unknown> = {
     zeros: (shape, dtype) => make("zeros", [shape, dtype]),
+    ones: (shape, dtype) => make("ones", [shape, dtype]),
     // Tensor.full takes a boolean too (as its number: 1 or 0), where full takes numbers.
     full: (shape, value, dtype) => make("full", [shape, typeof value === "boolean" ? Number(value) : value, dtype]),
     scalar: (value, dtype = "float32") => make("tensor", [value, dtype, []]),

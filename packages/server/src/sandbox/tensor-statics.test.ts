@@ -42,7 +42,7 @@ describe("Tensor's static constructors in the sandbox", () => {
   it("are those of tsight's Tensor", async () => {
     const source = 'async () => Object.getOwnPropertyNames(Tensor).filter((name) => typeof Tensor[name] === "function").sort()';
     const local = (await inProcess(source, "x")) as string[];
-    expect(local).toEqual(expect.arrayContaining(["zeros", "full", "scalar", "cat", "stack", "where"]));
+    expect(local).toEqual(expect.arrayContaining(["zeros", "ones", "full", "scalar", "cat", "stack", "where"]));
     expect(await remote(source, "x")).toEqual(local);
   });
 
@@ -53,6 +53,8 @@ describe("Tensor's static constructors in the sandbox", () => {
       const made = {
         zeros: z,
         zerosInt: Tensor.zeros([4], "int32"),
+        ones: Tensor.ones([2, 2]),
+        onesInt: Tensor.ones([3], "int64"),
         full: f,
         fullInt: Tensor.full([2], 7, "int64"),
         fullBool: Tensor.full([3], true, "bool"),
@@ -66,7 +68,7 @@ describe("Tensor's static constructors in the sandbox", () => {
       return Object.fromEntries(Object.entries(made).map(([k, t]) => [k, { dtype: t.dtype, shape: t.shape, values: t.tolist() }]));
     }`;
     const local = await inProcess(source, "x");
-    expect(Object.keys(local as object)).toHaveLength(11);
+    expect(Object.keys(local as object)).toHaveLength(13);
     expect(await remote(source, "x")).toEqual(local);
   });
 

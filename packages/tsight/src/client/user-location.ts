@@ -58,10 +58,15 @@ export function withUserLine(e: unknown, callSite: string | undefined, source: s
   const m = /intervention\.js:(\d+):(\d+)/.exec(e.stack ?? "");
   if (!m) return e;
   const place = locateFunction(source, callSite);
-  if (!place) return e;
+  const tsight = (e as { code?: string }).code === "USER_CODE" && isTsightError(e);
+  // Not found in the file (a loader rewrote the function): the position in the function's text, as sent.
+  if (!place) {
+    if (tsight && !/\bat intervention\.js:/.test(e.message)) e.message = `${e.message}\n    at ${m[0]}`;
+    return e;
+  }
   const [line, column] = [Number(m[1]), Number(m[2])];
   const userLine = positionIn(place, line, line === 1 ? column - 1 : column);
-  pointAt(e, userLine, (e as { code?: string }).code === "USER_CODE" && isTsightError(e));
+  pointAt(e, userLine, tsight);
   return e;
 }
 

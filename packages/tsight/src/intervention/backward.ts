@@ -17,6 +17,8 @@ export interface GradSource {
   leaf: Tensor;
   rows: Rows | null;
   batch: number;
+  /** The value read, for errors (`transformer.h.1.output`); none for a tensor computed from read values. */
+  name?: string;
 }
 
 interface Pending {
@@ -66,7 +68,7 @@ export class GradScope {
       const source = this.sourceOf(t, "grad");
       const now = this.current.get(source.leaf) ?? this.settled.get(source.leaf);
       if (now) return resolve(rowsOf(now, source));
-      if (this.passed(source.leaf)) return reject(new TraceError("the gradient of this value has already gone by: ask for gradients in reverse forward order (later values first)", origin));
+      if (this.passed(source.leaf)) return reject(new TraceError(`the gradient of ${source.name ?? "this value"} has already gone by: ask for gradients in reverse forward order (later values first)`, origin));
       this.pending.push({ source, resolve, reject, origin });
       this.hookLeaf?.(source.leaf);
       this.signal();
@@ -82,7 +84,7 @@ export class GradScope {
       this.current.set(source.leaf, this.apply(now, source, value, origin));
       return;
     }
-    if (this.settled.has(source.leaf) || this.passed(source.leaf)) throw new TraceError("setGrad: the gradient of this value has already flowed back: set gradients in reverse forward order", origin);
+    if (this.settled.has(source.leaf) || this.passed(source.leaf)) throw new TraceError(`setGrad: the gradient of ${source.name ?? "this value"} has already flowed back: set gradients in reverse forward order`, origin);
     const list = this.replacements.get(source.leaf) ?? [];
     list.push({ source, value, origin });
     this.replacements.set(source.leaf, list);

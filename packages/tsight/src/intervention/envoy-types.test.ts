@@ -17,6 +17,19 @@ describe("envoy types", () => {
     expectTypeOf<M["transformer"]>().not.toHaveProperty("layers");
   });
 
+  it("give operation points values but no skip or call, and their holder no values", () => {
+    type Attn = EnvoyOf<GPT2LMHeadModel>["transformer"]["h"][number]["attn"];
+    expectTypeOf<Awaited<Attn["source"]["pattern"]["output"]>>().toEqualTypeOf<Tensor>();
+    expectTypeOf<Attn["source"]["pattern"]>().toHaveProperty("next");
+    expectTypeOf<Attn["source"]["pattern"]>().not.toHaveProperty("skip");
+    expectTypeOf<Attn["source"]["pattern"]>().not.toHaveProperty("call");
+    expectTypeOf<Attn["source"]>().not.toHaveProperty("output");
+    expectTypeOf<Attn["source"]>().not.toHaveProperty("skip");
+    expectTypeOf<Attn["source"]>().toHaveProperty("z");
+    expectTypeOf<Attn>().toHaveProperty("skip");
+    expectTypeOf<EnvoyOf<LlamaForCausalLM>["model"]["layers"][number]["mlp"]["source"]>().toHaveProperty("post");
+  });
+
   it("follow the Llama module tree, optional children included", () => {
     type L = EnvoyOf<LlamaForCausalLM>;
     expectTypeOf<Awaited<L["model"]["layers"][number]["mlp"]["down_proj"]["output"]>>().toEqualTypeOf<Tensor>();

@@ -3,7 +3,7 @@
  * has the module's real output type. For a model of unknown class, every name is allowed (AnyEnvoy).
  */
 import type { CausalLM } from "../models/index.js";
-import type { Module, ModuleList } from "../nn/index.js";
+import type { Module, ModuleList, Point, Points } from "../nn/index.js";
 import type { SparseAutoencoder } from "../sae/sae.js";
 
 type Out<M extends Module> = Awaited<ReturnType<M["forward"]>>;
@@ -15,8 +15,8 @@ type ChildKeys<M> = { [K in keyof M]-?: K extends "tree" ? never : NonNullable<M
 
 type EnvoyChild<C> = C extends ModuleList<infer I> ? EnvoyOf<I>[] : C extends Module ? EnvoyOf<C> : never;
 
-/** The envoy of module class M: its values and its children's envoys. */
-export type EnvoyOf<M extends Module> = {
+/** Its values, as read, replaced and followed to later calls. */
+type Values<M extends Module> = {
   readonly path: string;
   get output(): Promise<Out<M>>;
   set output(value: Replacement<Out<M>>);
@@ -24,12 +24,22 @@ export type EnvoyOf<M extends Module> = {
   set input(value: Replacement<Args<M>[0]>);
   get inputs(): Promise<Args<M>>;
   set inputs(value: Replacement<Args<M>>);
-  skip(value: Out<M>): void;
   next(n?: number): EnvoyOf<M>;
-  call(...args: Args<M>): Promise<Out<M>>;
   /** The SAE spliced onto this module with lm.addSae (a TraceError where there is none). */
   readonly sae: EnvoyOf<SparseAutoencoder>;
-} & { readonly [K in ChildKeys<M>]: EnvoyChild<NonNullable<M[K]>> };
+};
+
+type Children<M extends Module> = { readonly [K in ChildKeys<M>]: EnvoyChild<NonNullable<M[K]>> };
+
+/**
+ * The envoy of module class M: its values and its children's envoys. An operation point (`attn.source.pattern`)
+ * is a value, not a computation, so it has no skip or call; a holder of points (`attn.source`) has no values.
+ */
+export type EnvoyOf<M extends Module> = M extends Points
+  ? { readonly path: string } & Children<M>
+  : M extends Point
+    ? Values<M>
+    : Values<M> & { skip(value: Out<M>): void; call(...args: Args<M>): Promise<Out<M>> } & Children<M>;
 
 /** An envoy with no static knowledge of the tree. */
 export interface AnyEnvoy {

@@ -8,7 +8,7 @@
  *   m.x.skip(value)             do not run the module; use `value` as its output
  *   await m.x.call(...args)     run the module directly (e.g. lm_head on an earlier layer's output)
  */
-import { holderRefusal, Module, ModuleList, transformerLensNames } from "../nn/index.js";
+import { holderRefusal, Module, ModuleList, pointRefusal, transformerLensNames } from "../nn/index.js";
 import { TraceError } from "./errors.js";
 import type { Mediator } from "./mediator.js";
 
@@ -90,7 +90,13 @@ export class Envoy {
 
   /** Do not run this module (for this invoke's rows); `value` is its output. */
   skip(value: unknown): void {
+    this.refuseAtPoint("skip");
     this._ctx.mediator.skip(this.valuePath, value, origin);
+  }
+
+  private refuseAtPoint(action: "skip" | "call"): void {
+    const refusal = pointRefusal(this._module, action);
+    if (refusal) throw new TraceError(refusal, origin());
   }
 
   /**
@@ -112,6 +118,7 @@ export class Envoy {
 
   /** Runs the module on `args` now, outside the forward pass (no hooks fire). */
   call(...args: unknown[]): Promise<any> {
+    this.refuseAtPoint("call");
     return this._ctx.callDirect(this._module, args);
   }
 

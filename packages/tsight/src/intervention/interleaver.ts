@@ -125,7 +125,7 @@ export class Interleaver implements ModuleHooks, Provider {
       } catch (e) {
         return r.reject(typeof e === "string" ? new RowsError(e, r.origin) : e);
       }
-      if (this.gradSources) recordSources(this.gradSources, whole, mine, m.rows, this.batch);
+      if (this.gradSources) recordSources(this.gradSources, whole, mine, m.rows, this.batch, valueName(r));
       r.resolve(mine);
     } else if (r.op === "write") c.value = this.swap(c, m, r);
   }
@@ -613,11 +613,16 @@ function gradLeaves(value: unknown): unknown {
 }
 
 /** Remembers, for each tensor an invoke got, the batch-wide tensor and rows it came from. */
-function recordSources(sources: WeakMap<Tensor, GradSource>, whole: unknown, mine: unknown, rows: Rows | null, batch: number): void {
-  if (whole instanceof Tensor && mine instanceof Tensor) {
-    if (mine !== whole) sources.set(mine, { leaf: whole, rows, batch });
-  } else if (Array.isArray(whole) && Array.isArray(mine)) whole.forEach((w, i) => recordSources(sources, w, mine[i], rows, batch));
-  else if (whole && mine && typeof whole === "object" && typeof mine === "object") for (const k of Object.keys(whole)) recordSources(sources, (whole as Record<string, unknown>)[k], (mine as Record<string, unknown>)[k], rows, batch);
+/** What a read value is called in errors about its gradient: `transformer.h.1.attn.output[1]`, with its call past the first. */
+function valueName(r: Request): string {
+  const value = r.kind === "output" ? "output" : r.part === "first" ? "input" : "inputs";
+  return `${r.path}.${value}${r.iteration > 0 ? ` (call ${r.iteration + 1})` : ""}`;
+}
+
+function recordSources(sources: WeakMap<Tensor, GradSource>, whole: unknown, mine: unknown, rows: Rows | null, batch: number, name: string): void {
+  if (whole instanceof Tensor && mine instanceof Tensor) sources.set(mine, mine === whole ? { leaf: whole, rows: null, batch, name } : { leaf: whole, rows, batch, name });
+  else if (Array.isArray(whole) && Array.isArray(mine)) whole.forEach((w, i) => recordSources(sources, w, mine[i], rows, batch, `${name}[${i}]`));
+  else if (whole && mine && typeof whole === "object" && typeof mine === "object") for (const k of Object.keys(whole)) recordSources(sources, (whole as Record<string, unknown>)[k], (mine as Record<string, unknown>)[k], rows, batch, `${name}.${k}`);
 }
 
 function pick(c: Current, r: { kind: ValueKind; part: string }): unknown {

@@ -143,9 +143,12 @@ export class LanguageModel<M extends CausalLM = any> extends Model<M, EnvoyTree<
     await s.loading;
   }
 
-  /** `work` once the weights are there. */
+  /**
+   * `work` once the weights are there. A meta model with nothing to load from (a server's) fails here, before any
+   * code runs: run as it is, it would return tensors with shapes and no values.
+   */
   private withWeights<T>(work: () => Promise<T>): Promise<T> {
-    return this.shared.dispatched || !this.shared.load ? work() : this.dispatch().then(work);
+    return this.shared.dispatched ? work() : this.dispatch().then(work);
   }
 
   /** Loads `stdlib-gpt2`, `stdlib-llama`, a model folder, or a Hugging Face repo id. */

@@ -781,6 +781,14 @@ export const traceCases: TraceCase[] = [
         .catch((x) => x);
       expect(write).toBeInstanceOf(TraceError);
       expect(write.message).toMatch(holder);
+      // A point is a value, not a computation: skipping or calling it fails at once (a skip was a replacement,
+      // a call the identity), saying what to do instead.
+      const skip = await b.gpt2.trace(PROMPT, async (m) => (m as any).transformer.h[1].attn.source.pattern.skip(null), b.options()).catch((x) => x);
+      expect(skip).toBeInstanceOf(TraceError);
+      expect(skip.message).toMatch(/transformer\.h\.1\.attn\.source\.pattern is an operation point, a value inside its module's forward, not a computation: it cannot be skipped; to replace its value, assign it: transformer\.h\.1\.attn\.source\.pattern\.output = value/);
+      const call = await b.gpt2.trace(PROMPT, async (m) => await (m as any).transformer.h[1].mlp.source.pre.call(1), b.options()).catch((x) => x);
+      expect(call).toBeInstanceOf(TraceError);
+      expect(call.message).toMatch(/transformer\.h\.1\.mlp\.source\.pre is an operation point, .* it cannot be called; read it as transformer\.h\.1\.mlp\.source\.pre\.output/);
     },
   },
   {

@@ -69,6 +69,17 @@ export abstract class Points extends Module {
 }
 
 /**
+ * Why `m` cannot be skipped or called, if it is an operation point: a point is a value inside its module's forward,
+ * not a computation of its own (skipping it would be replacing its value, calling it the identity). Envoys in
+ * process and in the sandbox refuse such a request at once with it.
+ */
+export function pointRefusal(m: Module, action: "skip" | "call"): string | null {
+  if (!(m instanceof Point)) return null;
+  const how = action === "skip" ? `to replace its value, assign it: ${m.path}.output = value` : `read it as ${m.path}.output, or call the module that holds it`;
+  return `${m.path} is an operation point, a value inside its module's forward, not a computation: it cannot be ${action === "skip" ? "skipped" : "called"}; ${how}`;
+}
+
+/**
  * Why `m` has no values to read, replace or skip, if it is a holder of points (`attn.source`): the message names
  * its points. Envoys in process and in the sandbox refuse such a request at once with it (it would otherwise wait
  * for a call that never comes).

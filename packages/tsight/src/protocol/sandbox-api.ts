@@ -121,6 +121,8 @@ export const TENSOR_METHODS = {
   permute: ["int..."],
   expand: ["int..."],
   expandAs: ["tensor"],
+  repeatInterleave: ["int", "int"],
+  repeat: ["int..."],
   narrow: ["int", "int", "int"],
   split: ["ints", "int?"],
   chunk: ["int", "int?"],

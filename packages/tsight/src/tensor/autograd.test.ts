@@ -164,6 +164,10 @@ add("transpose", "transpose and permute", () => {
   gradcheck((t) => t.permute(2, 0, 1), [randT([2, 3, 4], 261)]);
 });
 add("expand", "expand [3,1] to [2,3,4]", () => gradcheck((t) => t.expand(2, 3, 4), [randT([3, 1], 270)]));
+add("expand", "repeatInterleave and repeat (expand between reshapes)", () => {
+  gradcheck((t) => t.repeatInterleave(3, 1), [randT([2, 2, 3], 271)]);
+  gradcheck((t) => t.repeat(2, 1, 2), [randT([2, 2, 3], 272)]);
+});
 add("slice", "index with slices, steps, negative ints, '...'", () => {
   gradcheck((t) => t.index(slice(1, null, 2), slice(null, -1)), [randT([5, 4], 280)]);
   gradcheck((t) => t.index("...", -1), [randT([2, 3, 4], 281)]);

@@ -732,6 +732,29 @@ describe("movement", () => {
     expectThrows(() => c.expand(2, 2), ShapeError, "expand", "[3, 1]");
   });
 
+  it("repeatInterleave and repeat, as PyTorch's", () => {
+    const m = randT([2, 3, 4], 17);
+    checkOp("repeatInterleave dim 1", [m], (t) => t.repeatInterleave(3, 1), (t) => build([2, 9, 4], ([a, i, j]) => at(t, [a!, Math.floor(i! / 3), j!])));
+    checkOp("repeatInterleave dim -1", [m], (t) => t.repeatInterleave(2, -1), (t) => build([2, 3, 8], ([a, i, j]) => at(t, [a!, i!, Math.floor(j! / 2)])));
+    checkOp("repeat", [m], (t) => t.repeat(2, 1, 3), (t) => build([4, 3, 12], ([a, i, j]) => at(t, [a! % 2, i!, j! % 4])));
+    checkOp("repeat with a new leading dim", [m], (t) => t.repeat([2, 1, 2, 1]), (t) => build([2, 2, 6, 4], ([, a, i, j]) => at(t, [a!, i! % 3, j!])));
+    expect(m.repeatInterleave(1, 0)).toBe(m);
+    // A grouped-query k [B, kv_heads, S, D] as one head per query head: each kv head serves H / KV query heads in a row.
+    const k = randT([1, 2, 5, 3], 5);
+    expect(k.repeatInterleave(2, 1).tolist()).toEqual(k.unsqueeze(2).expand(1, 2, 2, 5, 3).reshape(1, 4, 5, 3).tolist());
+    expectThrows(() => m.repeatInterleave(0, 1), RangeError, "repeatInterleave", "whole number");
+    expectThrows(() => m.repeatInterleave(2.5, 1), RangeError, "repeatInterleave");
+    expectThrows(() => m.repeatInterleave(2, 3), ShapeError, "repeatInterleave");
+    expectThrows(() => m.repeat(2, 2), ShapeError, "repeat", "a size per dim (3)");
+    expectThrows(() => m.repeat(2, -1, 1), RangeError, "repeat");
+  });
+
+  it("tensor() refuses values that are not numbers, booleans or bigints", () => {
+    expectThrows(() => tensor({} as never), TypeError, "tensor: values must be numbers", "got an object (Object)");
+    expectThrows(() => tensor([1, "2"] as never), TypeError, "got string");
+    expectThrows(() => tensor([[1], [null]] as never), TypeError, "got null");
+  });
+
   it("tril and triu with offsets, batched", () => {
     const m = randT([2, 3, 4], 91);
     checkOp("tril", [m], (t) => t.tril(), (t) => map(t, (v, [, i, j]) => (j! <= i! ? v : 0)));

@@ -86,6 +86,10 @@ export class Tensor implements RawTensor {
     return new Tensor(dtype, allocate(dtype, sizeOf(checkShape("zeros", shape))), shape);
   }
 
+  static ones(shape: readonly number[], dtype: DType = "float32"): Tensor {
+    return Tensor.full(shape, 1, dtype);
+  }
+
   static full(shape: readonly number[], value: number | boolean, dtype: DType = "float32"): Tensor {
     const t = allocate(dtype, sizeOf(checkShape("full", shape)));
     if (dtype === "int64") (t as BigInt64Array).fill(BigInt(Math.trunc(Number(value))));
@@ -547,6 +551,35 @@ export class Tensor implements RawTensor {
   expandAs(other: Tensor): Tensor {
     return this.expand(other.shape);
   }
+  /**
+   * Each entry `repeats` times in a row along `dim` (PyTorch's repeat_interleave with a whole number): a
+   * grouped-query model's k or v [B, kv_heads, S, D] as one head per query head is `k.repeatInterleave(H / KV, 1)`.
+   */
+  repeatInterleave(repeats: number, dim: number): Tensor {
+    if (!Number.isSafeInteger(repeats) || repeats < 1) throw new RangeError(`repeatInterleave: repeats must be a whole number >= 1, got ${String(repeats)}`);
+    const d = normAxis("repeatInterleave", dim, this.ndim);
+    if (repeats === 1) return this;
+    const shape = [...this.shape];
+    const wide = [...shape.slice(0, d + 1), repeats, ...shape.slice(d + 1)];
+    shape[d] = shape[d]! * repeats;
+    return this.unsqueeze(d + 1).expand(wide).reshape(shape);
+  }
+  /** The tensor tiled `sizes[i]` times along each dim (PyTorch's repeat; more sizes than dims add leading ones). */
+  repeat(...sizes: number[] | [readonly number[]]): Tensor {
+    const times = (Array.isArray(sizes[0]) ? sizes[0] : sizes) as readonly number[];
+    if (times.length < this.ndim) throw new ShapeError(`repeat: needs a size per dim (${this.ndim}), got ${times.length}`);
+    for (const n of times) if (!Number.isSafeInteger(n) || n < 1) throw new RangeError(`repeat: sizes must be whole numbers >= 1, got ${String(n)}`);
+    let t = this.reshape([...new Array<number>(times.length - this.ndim).fill(1), ...this.shape]);
+    // Each dim: a new axis of its count before it, broadcast, then merged into it.
+    for (let d = 0; d < times.length; d++) {
+      if (times[d] === 1) continue;
+      const shape = [...t.shape];
+      const wide = [...shape.slice(0, d), times[d]!, ...shape.slice(d)];
+      shape[d] = shape[d]! * times[d]!;
+      t = t.unsqueeze(d).expand(wide).reshape(shape);
+    }
+    return t;
+  }
   /** `length` entries of `dim` from `start` (negative start counts from the end). */
   narrow(dim: number, start: number, length: number): Tensor {
     const d = normAxis("narrow", dim, this.ndim);
@@ -742,7 +775,8 @@ export function tensor(values: Nested | TypedArray, dtype?: DType, shape?: reado
   const flat: (number | boolean | bigint)[] = [];
   const walk = (v: Nested): void => {
     if (Array.isArray(v)) for (const x of v as readonly Nested[]) walk(x);
-    else flat.push(v as number | boolean | bigint);
+    else if (typeof v === "number" || typeof v === "boolean" || typeof v === "bigint") flat.push(v);
+    else throw new TypeError(`tensor: values must be numbers, booleans or bigints (in nested arrays) or a typed array, got ${v === null ? "null" : typeof v === "object" ? `an object (${(v as object).constructor?.name ?? "no class"})` : typeof v}`);
   };
   walk(values as Nested);
   if (flat.length !== sizeOf(dims)) throw new ShapeError(`tensor: nested arrays are ragged (expected ${sizeOf(dims)} values for shape ${fmt(dims)})`);
@@ -755,7 +789,7 @@ export function tensor(values: Nested | TypedArray, dtype?: DType, shape?: reado
 export const zeros = (shape: readonly number[], dtype: DType = "float32"): Tensor => Tensor.zeros(shape, dtype);
 /** A tensor of the shape with unspecified values (zeros here: tensors are never uninitialised memory). */
 export const empty = (shape: readonly number[], dtype: DType = "float32"): Tensor => Tensor.zeros(shape, dtype);
-export const ones = (shape: readonly number[], dtype: DType = "float32"): Tensor => Tensor.full(shape, 1, dtype);
+export const ones = (shape: readonly number[], dtype: DType = "float32"): Tensor => Tensor.ones(shape, dtype);
 export const full = (shape: readonly number[], value: number, dtype: DType = "float32"): Tensor => Tensor.full(shape, value, dtype);
 export const zerosLike = (t: Tensor): Tensor => Tensor.zeros(t.shape, t.dtype);
 export const onesLike = (t: Tensor): Tensor => Tensor.full(t.shape, 1, t.dtype);

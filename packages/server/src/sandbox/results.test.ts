@@ -1,0 +1,70 @@
+/**
+ * What a job's code hands the host: an object that cannot leave the isolate (a Map, a Set, a Date, a promise not
+ * awaited, a class's instance) is refused with its path where it is used, never copied as something else (a Map
+ * came back as {}); typed arrays cross as they are.
+ */
+import { beforeAll, describe, expect, it } from "vitest";
+import { LanguageModel } from "../../../tsight/src/intervention/index.js";
+import { CodecError, packValue } from "../../../tsight/src/protocol/codec.js";
+import { decodeJob, type ExecutionContext } from "../../../tsight/src/protocol/executor.js";
+import { toModelKey } from "../../../tsight/src/protocol/model-key.js";
+import type { JobRequest } from "../../../tsight/src/protocol/wire.js";
+import { tensor } from "../../../tsight/src/tensor/index.js";
+import { SandboxExecutor } from "./index.js";
+
+const GPT2 = toModelKey("LanguageModel", "stdlib-gpt2", null);
+const executor = new SandboxExecutor();
+let lm: LanguageModel;
+
+beforeAll(async () => {
+  lm = await LanguageModel.load("stdlib-gpt2");
+});
+
+const context = (): ExecutionContext => ({ emit: () => undefined, signal: new AbortController().signal, deadline: Date.now() + 20_000, memoryLimitBytes: 2 ** 28 });
+
+function remote(source: string): Promise<unknown> {
+  return executor.execute(decodeJob({ model: GPT2, kind: "trace", form: "invoke", source, input: "def f(x" } as JobRequest), lm, context());
+}
+
+/** A job's result as the server sends it (worker-main packs it so). */
+const sent = (source: string): Promise<Uint8Array> => remote(source).then((v) => packValue(v));
+
+const failure = (p: Promise<unknown>): Promise<Error & { code?: string }> =>
+  p.then(
+    () => expect.unreachable("the job should have failed"),
+    (e: Error & { code?: string }) => e,
+  );
+
+describe("a job's values that cannot cross", () => {
+  it.each([
+    ["a Map", "new Map([['p', h]])", "value is a Map"],
+    ["a Set in an object", "{ s: new Set([1]) }", "value.s is a Set"],
+    ["a Date in an array", "[1, new Date(0)]", "value[1] is a Date"],
+    ["a typed array", "{ f: new Float32Array([1, 2]) }", "value.f is a Float32Array"],
+    ["a class's instance", "{ a: new (class Point { x = 1 })() }", "value.a is a Point"],
+    ["a value not awaited", "{ p: m.transformer.h[0].attn.source.pattern.output }", "value.p is a Promise (a value not awaited: await it first)"],
+  ])("%s in the result is refused with its path", async (_, expr, message) => {
+    const e = await failure(sent(`async (m) => { const h = await m.transformer.h[1].output; return ${expr}; }`));
+    expect(e).toBeInstanceOf(CodecError);
+    expect(e.code).toBe("VALIDATION");
+    expect(e.message).toContain(`${message}, which cannot cross`);
+  });
+
+  it("a Map given to an op or as a replacement fails as in process", async () => {
+    const op = await failure(remote("async (m) => (await m.transformer.h[1].output).add(new Map())"));
+    expect(op.message).toMatch(/tensor\.add: argument 1 must be a tensor or a number, got object/);
+    const swap = await failure(remote("async (m) => { m.transformer.h[1].output = new Map(); }"));
+    expect(swap.message).toMatch(/cannot replace transformer\.h\.1\.output/);
+  });
+
+  it("typed arrays reach tensor() as they are, as in process", async () => {
+    const made = (await remote("async () => { const t = tensor(new Float32Array([1.5, 2, 3])); return { shape: t.shape, values: t.tolist(), ints: tensor(new Int32Array([4, 5])).tolist() }; }")) as Record<string, unknown>;
+    expect(made).toEqual({ shape: [3], values: tensor(new Float32Array([1.5, 2, 3])).tolist(), ints: [4, 5] });
+  });
+
+  it("plain objects, arrays, bigints and tensors still cross", async () => {
+    const got = (await remote("async (m) => { const h = await m.transformer.h[1].output; return { a: [1, { b: 2n }], shape: h.shape, h }; }")) as { a: unknown; shape: number[]; h: { shape: number[] } };
+    expect(got.a).toEqual([1, { b: 2n }]);
+    expect(got.h.shape).toEqual(got.shape);
+  });
+});

@@ -183,6 +183,54 @@ export const generateCases: TraceCase[] = [
     },
   },
   {
+    name: "a module called twice a step (Gemma 3's rotary embedding: local, then global tables) has both calls in each step",
+    async run(b) {
+      const lm = await b.arch("gemma3_text");
+      const ids = ref(await fixture("gemma3_text"), "input_ids"); // 6 tokens
+      const settings = { maxNewTokens: 5, eosTokenId: null };
+      // Each step's two tables (cos), read in every step; next() counts from the step's first call, every step.
+      const steps = await lm.generate(
+        ids,
+        settings,
+        async (m: any, tr) => {
+          const got: Tensor[][] = [];
+          for await (const _ of tr.all()) got.push([(await m.model.rotary_emb.output)[0], (await m.model.rotary_emb.next().output)[0]]);
+          return got;
+        },
+        b.options(),
+      );
+      // The reference: one forward over the whole sequence, whose tables hold every position.
+      const whole = (await lm.trace(steps.sequences, async (m: any) => [(await m.model.rotary_emb.output)[0], (await m.model.rotary_emb.next().output)[0]], b.options())) as Tensor[];
+      expect(steps.value).toHaveLength(5);
+      steps.value.forEach(([local, global], step) => {
+        const [from, length] = step === 0 ? [0, 6] : [5 + step, 1];
+        expect(maxAbsDiff(local!, whole[0]!.narrow(1, from, length)), `step ${step} local`).toBe(0);
+        expect(maxAbsDiff(global!, whole[1]!.narrow(1, from, length)), `step ${step} global`).toBe(0);
+      });
+      // Asked ahead (tr.iter([3]) from the start): step 3's local table, not call 3 (step 1's global one).
+      const ahead = await lm.generate(ids, settings, async (m: any, tr) => {
+        for await (const _ of tr.iter([3])) return ((await m.model.rotary_emb.output) as Tensor[])[0];
+      }, b.options());
+      expect(maxAbsDiff(ahead.value as Tensor, whole[0]!.narrow(1, 8, 1))).toBe(0);
+      // An edit of step 2's tables changes the tokens from step 2 on, and none before.
+      const plain = (await lm.generate(ids, settings, b.options())).generated.index(0).toArray();
+      const edited = await lm.generate(
+        ids,
+        settings,
+        async (m: any, tr) => {
+          for await (const _ of tr.iter([2])) {
+            m.model.rotary_emb.output = ([c, s]: Tensor[]) => [c.mul(0), s.mul(0)];
+            m.model.rotary_emb.next().output = ([c, s]: Tensor[]) => [c.mul(0), s.mul(0)];
+          }
+        },
+        b.options(),
+      );
+      const tokens = edited.generated.index(0).toArray();
+      expect(tokens.slice(0, 2)).toEqual(plain.slice(0, 2));
+      expect(tokens.slice(2)).not.toEqual(plain.slice(2));
+    },
+  },
+  {
     name: "tr.all covers every step; afterwards module access is an OutOfOrderError; a bounded loop lets code after it run",
     async run(b) {
       const all = await b.gpt2.generate(

@@ -12,7 +12,7 @@ import { Tensor } from "../tensor/index.js";
 import { isThenable } from "../tensor/async-scope.js";
 import { LeftPassError, MissedProviderError, StallError, SwapError, TraceError } from "./errors.js";
 import type { GradSource } from "./backward.js";
-import { describe, type Mediator, type Provider, type Request, type ValueKind } from "./mediator.js";
+import { describe, iterationNote, UNRESOLVED, type Mediator, type Provider, type Request, type ValueKind } from "./mediator.js";
 import { describeValue, mapTensors, mergeRows, RowsError, selectRows, type Rows } from "./rows.js";
 
 const DOT = ".".charCodeAt(0);
@@ -60,6 +60,9 @@ export interface Recorder {
 /** Most values remembered as given per model (module paths and kinds: a model has a few thousand). */
 const MAX_GIVEN = 100_000;
 
+/** Steps whose call counts at their start are kept (for requests made in one step for a step just before it). */
+const KEPT_STEP_BASES = 4;
+
 /** Microtask turns settle waits before it arms a stall timer (a timer costs more than the turns). */
 const SETTLE_TURNS = 8;
 
@@ -75,6 +78,8 @@ export class Interleaver implements ModuleHooks, Provider {
   private readonly kept = new Map<string, unknown>();
   private readonly interest = new Map<string, number>();
   private current: Current | null = null;
+  /** In a generation (startSteps): the step running, and the call counts as each of the last few steps began. */
+  private stepping: { current: number; bases: Map<number, CallCounts> } | null = null;
   /** Calls of module.call that bypass hooks (a module called directly from intervention code). */
   bypass = 0;
   private ending: "stop" | "error" | null = null;
@@ -128,6 +133,34 @@ export class Interleaver implements ModuleHooks, Provider {
       if (this.gradSources) recordSources(this.gradSources, whole, mine, m.rows, this.batch, valueName(r));
       r.resolve(mine);
     } else if (r.op === "write") c.value = this.swap(c, m, r);
+  }
+
+  callOf(path: string, step: number, offset: number): number {
+    const s = this.stepping;
+    if (!s) return step + offset;
+    const base = s.bases.get(step);
+    if (base) return callsIn(base, base.entered, path) + offset;
+    // A step not begun yet is resolved when it begins (beginStep); one gone by, and forgotten, is passed.
+    return step > s.current ? UNRESOLVED : -1;
+  }
+
+  /**
+   * The forward passes are a generation's steps: a request's iteration is a step, and its call is counted from the
+   * module's first call in that step (not call number `step`: a module called twice a step, Gemma 3's rotary
+   * embedding, has calls 2k and 2k + 1 in step k).
+   */
+  startSteps(): void {
+    this.stepping = { current: -1, bases: new Map() };
+  }
+
+  /** Step `k` begins: the calls so far are its base, and requests made ahead for it learn their calls. */
+  beginStep(k: number): void {
+    const s = this.stepping;
+    if (!s) return;
+    s.current = k;
+    s.bases.set(k, this.countsNow());
+    for (const step of s.bases.keys()) if (step < k - KEPT_STEP_BASES) s.bases.delete(step);
+    for (const m of this.mediators) for (const r of m.requests) if (r.iteration === UNRESOLVED && r.step === k) r.iteration = this.callOf(r.path, k, r.offset);
   }
 
   gaveBefore(path: string, kind: ValueKind): boolean {
@@ -418,7 +451,7 @@ export class Interleaver implements ModuleHooks, Provider {
   /** Applies a write to the current value; a misfit is the writing invoke's error. */
   private swap(c: Current, m: Mediator, r: Request & { op: "write" }): unknown {
     // Which call: in a generation, the step (iteration N is step N).
-    const where = `${describe(r.path, r.kind, r.part)}${r.iteration ? ` (iteration ${r.iteration})` : ""}`;
+    const where = `${describe(r.path, r.kind, r.part)}${iterationNote(r)}`;
     try {
       const replacement = typeof r.value === "function" ? (r.value as (v: unknown) => unknown)(selectRows(pick(c, r), m.rows, this.batch, this.strictRows ? where : undefined)) : r.value;
       const before = pick(c, r);
@@ -570,10 +603,10 @@ export class Interleaver implements ModuleHooks, Provider {
     for (const m of this.mediators) {
       for (const r of m.take(() => true)) {
         rejected = true;
-        const what = `${describe(r.path, r.kind, r.part)}${r.iteration ? ` (iteration ${r.iteration})` : ""}`;
+        const what = `${describe(r.path, r.kind, r.part)}${iterationNote(r)}`;
         const e = stopped
           ? new LeftPassError(`${what} was never reached: the trace ended before it`, r.origin)
-          : new MissedProviderError(`${what} was never provided: the module was not called${r.iteration ? " that many times" : ""} in ${steps === null ? "this forward pass" : `the generation's ${steps} step${steps === 1 ? "" : "s"}`}`, r.origin);
+          : new MissedProviderError(`${what} was never provided: the module was not called${r.step + r.offset ? " that many times" : ""} in ${steps === null ? "this forward pass" : `the generation's ${steps} step${steps === 1 ? "" : "s"}`}`, r.origin);
         if (r.op === "read") {
           m.abandoned ||= stopped;
           r.reject(e);
@@ -616,7 +649,7 @@ function gradLeaves(value: unknown): unknown {
 /** What a read value is called in errors about its gradient: `transformer.h.1.attn.output[1]`, with its call past the first. */
 function valueName(r: Request): string {
   const value = r.kind === "output" ? "output" : r.part === "first" ? "input" : "inputs";
-  return `${r.path}.${value}${r.iteration > 0 ? ` (call ${r.iteration + 1})` : ""}`;
+  return `${r.path}.${value}${iterationNote(r)}`;
 }
 
 function recordSources(sources: WeakMap<Tensor, GradSource>, whole: unknown, mine: unknown, rows: Rows | null, batch: number, name: string): void {

@@ -22,6 +22,14 @@ export type InputPart = "first" | "all";
 interface BaseRequest {
   path: string;
   kind: ValueKind;
+  /** The iteration the code was at (the mediator's: a generation step, or a call) and the module's `next()`s on from it. */
+  step: number;
+  offset: number;
+  /**
+   * Which call of the module it is for (see Provider.callOf): `step + offset` in one pass; in a generation, the
+   * offset-th call from the first of that step (a module called twice a step has two calls in each), UNRESOLVED
+   * while that step has not begun.
+   */
   iteration: number;
   part: InputPart;
   /**
@@ -61,7 +69,12 @@ export interface Provider {
   watch(path: string, delta: number): void;
   /** Whether this model gave the value (at a module's first call in a pass) in an earlier pass or this one. */
   gaveBefore(path: string, kind: ValueKind): boolean;
+  /** Which call of the module at `path` iteration `step` and `offset` calls on mean (see BaseRequest.iteration). */
+  callOf(path: string, step: number, offset: number): number;
 }
+
+/** The call a request is for, while its generation step has not begun (no call is it yet; none has gone past it). */
+export const UNRESOLVED = Number.POSITIVE_INFINITY;
 
 /** Most requests one invoke may have waiting (each holds memory until its value comes). */
 const MAX_PENDING = 100_000;
@@ -111,12 +124,12 @@ export class Mediator {
    * (out of order, past the end) are made here and get the line either way.
    */
   read(path: string, kind: ValueKind, part: InputPart, origin: Origin): Promise<unknown> {
-    const iteration = this.iterationOf(path);
-    const known = typeof origin === "function" && iteration === 0 && this.provider?.gaveBefore(path, kind) === true;
+    const at = this.iterationOf(path);
+    const known = typeof origin === "function" && at.iteration === 0 && this.provider?.gaveBefore(path, kind) === true;
     const made = typeof origin === "function" && !known ? origin() : origin;
     // A read nobody awaits (the trace ended first, or the code forgot `await`) must not crash the process with an
     // unhandled rejection; code that awaits it still gets the error (see watched.ts).
-    return ValueRequest.read((resolve, reject) => this.submit({ op: "read", path, kind, part, iteration, origin: made instanceof Error ? made : undefined, resolve, reject }, made));
+    return ValueRequest.read((resolve, reject) => this.submit({ op: "read", path, kind, part, ...at, origin: made instanceof Error ? made : undefined, resolve, reject }, made));
   }
 
   write(path: string, kind: ValueKind, part: InputPart, value: unknown, origin: Origin): void {
@@ -128,22 +141,32 @@ export class Mediator {
         made,
       );
     }
-    this.submit({ op: "write", path, kind, part, iteration: this.iterationOf(path), origin: made, value }, made);
+    this.submit({ op: "write", path, kind, part, ...this.iterationOf(path), origin: made, value }, made);
   }
 
   skip(path: string, value: unknown, origin: Origin): void {
     const made = typeof origin === "function" ? origin() : origin;
     if (path === "") throw new TraceError("the model itself cannot be skipped; skip one of its modules", made);
-    this.submit({ op: "skip", path, kind: "input", part: "all", iteration: this.iterationOf(path), origin: made, value }, made);
+    this.submit({ op: "skip", path, kind: "input", part: "all", ...this.iterationOf(path), origin: made, value }, made);
   }
 
-  /** Moves later requests for `path` `n` calls on (`envoy.next()`). */
+  /**
+   * Later requests are for iteration `k` (a generation step, or a call), from its first call: the `next()`s of
+   * the iteration before are forgotten (a loop reading `x.next().output` each step reads each step's second call).
+   */
+  moveTo(k: number): void {
+    if (k !== this.iteration) this.calls.clear();
+    this.iteration = k;
+  }
+
+  /** Moves later requests for `path` `n` calls on (`envoy.next()`), within the iteration. */
   nextCall(path: string, n: number): void {
     this.calls.set(path, (this.calls.get(path) ?? 0) + n);
   }
 
-  private iterationOf(path: string): number {
-    return this.iteration + (this.calls.get(path) ?? 0);
+  private iterationOf(path: string): { step: number; offset: number; iteration: number } {
+    const [step, offset] = [this.iteration, this.calls.get(path) ?? 0];
+    return { step, offset, iteration: this.provider ? this.provider.callOf(path, step, offset) : step + offset };
   }
 
   /** `origin` makes the request's origin for an error found now, when the request was made without one. */
@@ -166,7 +189,7 @@ export class Mediator {
     const p = this.provider;
     if (p?.isCurrent(r) && r.op !== "skip") return p.answer(this, r);
     if (p?.hasPassed(r)) {
-      const what = r.op === "skip" ? `skip ${r.path}: it has already started` : `${describe(r.path, r.kind, r.part)}${r.iteration ? ` (iteration ${r.iteration})` : ""} was already provided`;
+      const what = r.op === "skip" ? `skip ${r.path}: it has already started` : `${describe(r.path, r.kind, r.part)}${iterationNote(r)} was already provided`;
       fail(r, new OutOfOrderError(`${what}. Within one invoke, module values must be asked for in the order the model computes them (did you ask out of order?)`, here()));
       return;
     }
@@ -295,4 +318,10 @@ function fail(r: Request, error: Error): void {
 export function describe(path: string, kind: ValueKind, part: InputPart = "all"): string {
   const what = kind === "output" ? "output" : part === "first" ? "input" : "inputs";
   return `${path || "the model"}.${what}`;
+}
+
+/** ` (iteration N)` for a request past the first iteration (a step, or the `next()`s on from it), for messages. */
+export function iterationNote(r: BaseRequest): string {
+  const n = r.step + r.offset;
+  return n ? ` (iteration ${n})` : "";
 }

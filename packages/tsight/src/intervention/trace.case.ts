@@ -6,6 +6,7 @@
 import { expect } from "vitest";
 import { fixture, fixtureDir, fixtureWeights, hfFixtures, maxAbsDiff, ref, type HfFixtureName } from "../../../../test/fixtures.js";
 import type { GPT2LMHeadModel, LlamaForCausalLM } from "../models/index.js";
+import { ModuleCallError } from "../nn/index.js";
 import { Tensor } from "../tensor/index.js";
 import { MissedProviderError, OutOfOrderError, SwapError, TraceError } from "./errors.js";
 import { LanguageModel, type TraceOptions } from "./language-model.js";
@@ -748,6 +749,23 @@ export const traceCases: TraceCase[] = [
       );
       expect(maxAbsDiff(out.lens, out.logits)).toBeLessThan(1e-5);
       expect(maxAbsDiff(out.early, out.logits)).toBeGreaterThan(0.01);
+      // A decoder layer takes what the stack passes it besides the hidden state: with all its inputs it gives its
+      // output; with the hidden state alone, a ModuleCallError saying so (GPT-2: the mask; Llama: the rotary tables).
+      const again = await b.gpt2.trace(
+        PROMPT,
+        async (m) => {
+          const args = await m.transformer.h[1].inputs;
+          return { called: (await m.transformer.h[1].call(...args)) as Tensor, output: (await m.transformer.h[1].output) as Tensor };
+        },
+        b.options(),
+      );
+      expect(maxAbsDiff(again.called, again.output)).toBeLessThan(1e-6);
+      const alone = await b.gpt2.trace(PROMPT, async (m) => await m.transformer.h[1].call(await m.transformer.h[1].input), b.options()).catch((x) => x);
+      expect(alone).toBeInstanceOf(ModuleCallError);
+      expect(alone.message).toMatch(/^transformer\.h\.1\.attn was called without its attention context \(mask, positions, KV cache\): call a decoder layer or its attention with every argument the stack passes it, `layer\.call\(\.\.\.\(await layer\.inputs\)\)`/);
+      const rotary = await b.llama.trace(PROMPT, async (m) => await (m.model.layers[1] as any).call(await m.model.layers[1]!.input), b.options()).catch((x) => x);
+      expect(rotary).toBeInstanceOf(ModuleCallError);
+      expect(rotary.message).toMatch(/^model\.layers\.1\.self_attn was called without the rotary tables \(cos, sin\) the stack makes/);
     },
   },
   {

@@ -90,7 +90,7 @@ export class InvokeTracer {
   /** Moves this invoke to the next step (or `n` steps on): later module values are that step's. */
   next(n = 1): void {
     if (!Number.isSafeInteger(n) || n < 0) throw new TraceError(`tr.next(n): n must be a non-negative whole number, got ${String(n)}`);
-    this.invokeMediator("next").iteration += n;
+    this.invokeMediator("next").moveTo(this.invokeMediator("next").iteration + n);
   }
 
   private invokeMediator(what: string): Mediator {
@@ -105,10 +105,10 @@ export class InvokeTracer {
       let last = -1;
       for (const step of list.values()) {
         this.run.expectStep(step);
-        m.iteration = last = step;
+        m.moveTo((last = step));
         yield step;
       }
-      if (last >= 0) m.iteration = last + 1;
+      if (last >= 0) m.moveTo(last + 1);
       return;
     }
     for (let step = m.iteration; ; step++) {
@@ -119,7 +119,7 @@ export class InvokeTracer {
           return;
         }
       }
-      m.iteration = step;
+      m.moveTo(step);
       yield step;
     }
   }
@@ -357,6 +357,7 @@ export class TraceRun {
   /** Called by the driver before each forward pass: invokes waiting for this step run until they wait again. */
   async beginStep(k: number): Promise<void> {
     this.step = k;
+    this.interleaver!.beginStep(k);
     const waiting = this.stepWaiters.get(k);
     if (!waiting) return;
     this.stepWaiters.delete(k);
@@ -434,6 +435,7 @@ export class TraceRun {
       this.isolated,
       givenBy(model),
     );
+    if (drive.generation) interleaver.startSteps();
     interleaver.recorders.push(...this.caches);
     interleaver.checkpoint = this.checkpoint ?? null;
     interleaver.stallTimeoutMs = this.stallTimeoutMs;

@@ -5,6 +5,7 @@
  * soft-capping) is one small record, `ScoreOptions`, apart from q, k, v and the mask.
  */
 import { activeCapture, functional as F, isGradEnabled, Tensor } from "../tensor/index.js";
+import { ModuleCallError } from "./module.js";
 import { applyRotary } from "./rotary.js";
 import type { AttentionPoints } from "./points.js";
 
@@ -131,6 +132,7 @@ export interface ScoreOptions {
  */
 export async function attend(points: AttentionPoints, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext, layerIdx: number, scores: ScoreOptions | number): Promise<[Tensor, Tensor]> {
   const o = typeof scores === "number" ? { scale: scores } : scores;
+  if (!ctx?.mask) throw missingContext(points, "its attention context (mask, positions, KV cache)");
   q = await points.q.at(q);
   k = await points.k.at(k);
   v = await points.v.at(v);
@@ -180,8 +182,18 @@ function merge(z: Tensor): Tensor {
  * q [B, H, T, D], k and v [B, KV, T, D]. Returns the heads merged [B, T, H*D] and the weights [B, H, T, S].
  */
 export function rotaryAttention(points: AttentionPoints, q: Tensor, k: Tensor, v: Tensor, rope: [Tensor, Tensor], ctx: AttentionContext, layerIdx: number, scores: ScoreOptions): Promise<[Tensor, Tensor]> {
+  if (!Array.isArray(rope)) throw missingContext(points, "the rotary tables (cos, sin) the stack makes");
   const [cos, sin] = rope;
   return attend(points, applyRotary(q, cos, sin), applyRotary(k, cos, sin), v, ctx, layerIdx, scores);
+}
+
+/**
+ * An attention module (or the decoder layer around it) called with its hidden state alone, as `lm_head` or a norm
+ * can be: it also takes what the decoder stack gives every layer.
+ */
+function missingContext(points: AttentionPoints, what: string): ModuleCallError {
+  const attention = points.path.replace(/\.source$/, "");
+  return new ModuleCallError(`${attention} was called without ${what}: call a decoder layer or its attention with every argument the stack passes it, \`layer.call(...(await layer.inputs))\` (its .inputs read in the same pass), or call the parts that take a hidden state alone (the MLP, the norms)`);
 }
 
 /** Hugging Face's `layer_types` values tsight runs: causal attention over everything, or over a sliding window. */

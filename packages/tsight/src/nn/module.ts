@@ -80,7 +80,10 @@ export interface ParamInfo {
   shape: readonly number[];
 }
 
-/** A module's forward called around its hooks (`child.forward(x)` where `child.call(x)` belongs). */
+/**
+ * A module called the wrong way: its forward called around its hooks (`child.forward(x)` where `child.call(x)`
+ * belongs), or a decoder layer called without what the stack passes it (see nn/attention.ts).
+ */
 export class ModuleCallError extends Error {
   override readonly name = "ModuleCallError";
 }

@@ -4,6 +4,7 @@
  * found in a fixed table, never constructed from a name in a response.
  */
 import { DTypeError, GradError, MetaTensorError, ShapeError } from "../tensor/index.js";
+import { ModuleCallError } from "../nn/index.js";
 import { OptimizerError } from "../optim/index.js";
 import { InterventionError, MissedProviderError, OutOfOrderError, SwapError, TraceError } from "../intervention/index.js";
 import { RETRYABLE, type ErrorCode, type ErrorInfo } from "./wire.js";
@@ -48,6 +49,7 @@ const known: Record<string, ErrorClass> = {
   MetaTensorError,
   GradError,
   OptimizerError,
+  ModuleCallError,
   OutOfOrderError,
   MissedProviderError,
   SwapError,

@@ -213,7 +213,7 @@ export const generateCases: TraceCase[] = [
       }, b.options());
       expect(maxAbsDiff(ahead.value as Tensor, whole[0]!.narrow(1, 8, 1))).toBe(0);
       // An edit of step 2's tables changes the tokens from step 2 on, and none before.
-      const plain = (await lm.generate(ids, settings, b.options())).generated.index(0).toArray();
+      const plain = (await lm.generate(ids, settings, async () => undefined, b.options())).generated.index(0).toArray();
       const edited = await lm.generate(
         ids,
         settings,

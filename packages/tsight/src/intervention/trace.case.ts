@@ -760,7 +760,7 @@ export const traceCases: TraceCase[] = [
         b.options(),
       );
       expect(maxAbsDiff(again.called, again.output)).toBeLessThan(1e-6);
-      const alone = await b.gpt2.trace(PROMPT, async (m) => await m.transformer.h[1].call(await m.transformer.h[1].input), b.options()).catch((x) => x);
+      const alone = await b.gpt2.trace(PROMPT, async (m) => await (m.transformer.h[1] as any).call(await m.transformer.h[1].input), b.options()).catch((x) => x);
       expect(alone).toBeInstanceOf(ModuleCallError);
       expect(alone.message).toMatch(/^transformer\.h\.1\.attn was called without its attention context \(mask, positions, KV cache\): call a decoder layer or its attention with every argument the stack passes it, `layer\.call\(\.\.\.\(await layer\.inputs\)\)`/);
       const rotary = await b.llama.trace(PROMPT, async (m) => await (m.model.layers[1] as any).call(await m.model.layers[1]!.input), b.options()).catch((x) => x);

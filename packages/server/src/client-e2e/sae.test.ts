@@ -47,6 +47,10 @@ describe("an SAE served with its model", () => {
     const plain = await (await LanguageModel.load("stdlib-gpt2")).trace(PROMPT, async (m) => (await m.lm_head.output) as Tensor);
     const served = await remote.trace(PROMPT, async (m) => (await m.lm_head.output) as Tensor, { backend: server.url, apiKey });
     expect(maxAbsDiff(served, plain)).toBeLessThan(1e-5);
+    // Its SAEs are the server's: splicing or removing one on the client is refused, not quietly left unsent.
+    expect(() => remote.addSae(local.saes[0]!.sae, { at: "transformer.h.1" })).toThrow(/^addSae: stdlib-gpt2 is a server's model, whose SAEs are the server's/);
+    expect(() => remote.removeSae()).toThrow(/^removeSae: stdlib-gpt2 is a server's model/);
+    expect(remote.saes).toHaveLength(1);
   });
 
   it("a server does not start with an SAE that cannot be read, or for a model it does not serve", async () => {

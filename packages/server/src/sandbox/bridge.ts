@@ -353,8 +353,13 @@ export class Bridge implements ActionHost {
     if (v && typeof v === "object") {
       if (Object.getPrototypeOf(v) !== Object.prototype) return String(v);
       const o: Record<string, unknown> = {};
-      for (const [k, x] of Object.entries(v)) o[k] = this.toDesc(x);
-      return o;
+      let marked = false;
+      for (const [k, x] of Object.entries(v)) {
+        o[k] = this.toDesc(x);
+        marked ||= k.startsWith("$");
+      }
+      // Data whose keys look like a descriptor's ({ $h: 3 } in vars) crosses as data (see the runtime's inn).
+      return marked ? { $plain: o } : o;
     }
     if (typeof v === "function") return undefined;
     return v;
@@ -370,9 +375,11 @@ export class Bridge implements ActionHost {
       if ("$obj" in o) return this.object(o.$obj);
       if ("$envoy" in o) return { path: this.modulePath(o.$envoy) };
       if ("$error" in o) return userError(o.$error);
-      if ("$unsendable" in o) return unsendable(String(o.$unsendable));
+      if ("$unsendable" in o) return unsendable(String(o.$unsendable).slice(0, 64));
+      // The code's own object with `$` keys (see the runtime's out): its values are descriptors, its keys data.
+      const data = "$plain" in o && o.$plain && typeof o.$plain === "object" ? (o.$plain as Record<string, unknown>) : o;
       const r: Record<string, unknown> = {};
-      for (const [k, x] of Object.entries(o)) r[k] = this.fromDesc(x);
+      for (const [k, x] of Object.entries(data)) r[k] = this.fromDesc(x);
       return r;
     }
     return d;
@@ -559,7 +566,7 @@ export class Bridge implements ActionHost {
       const refusal = pointRefusal(this.model.model.get(this.modulePath(path))!, action);
       if (refusal) throw new TraceError(refusal, this.origin(stack));
     }
-    const target = kind === "envoy" ? { tracer: this.object(["tracer", id]), path: action === "call" ? this.modulePath(path) : this.valuePath(path, stack) } : this.object([kind, id]);
+    const target = kind === "envoy" ? { tracer: this.object(["tracer", id]), path: this.valuePath(path, stack) } : this.object([kind, id]);
     const handlers = HOST_ACTIONS[kind as keyof typeof HOST_ACTIONS] as Record<string, (host: ActionHost, target: any, args: any[], origin: Error) => unknown>;
     const result = withAllocationGuard(this.budget.guard, () => handlers[action]!(this, target, values, this.origin(stack)));
     switch (spec.answer) {

@@ -62,6 +62,14 @@ describe("a job's values that cannot cross", () => {
     expect(made).toEqual({ shape: [3], values: tensor(new Float32Array([1.5, 2, 3])).tolist(), ints: [4, 5] });
   });
 
+  it("the code's own objects whose keys look like the sandbox's descriptors cross as data, both ways", async () => {
+    const own = { $unsendable: "Map", $h: 3, $envoy: "transformer", $error: { type: "TypeError", message: "fake" }, $plain: 1, nested: [{ $fn: 1 }] };
+    expect(await remote(`async () => (${JSON.stringify(own)})`)).toEqual(own);
+    // From the host into the job (vars): data too, not a tensor handle or an error.
+    const job = decodeJob({ model: GPT2, kind: "trace", form: "invoke", source: "async (m, tr) => { await m.lm_head.output; return [typeof tr.vars.x.$h, tr.vars.x.$h, tr.vars.x.$error instanceof Error, Object.keys(tr.vars.x)]; }", input: "def f(x", vars: { x: { $h: 1, $error: { type: "TypeError", message: "fake" } } } } as JobRequest);
+    expect(await executor.execute(job, lm, context())).toEqual(["number", 1, false, ["$h", "$error"]]);
+  });
+
   it("plain objects, arrays, bigints and tensors still cross", async () => {
     const got = (await remote("async (m) => { const h = await m.transformer.h[1].output; return { a: [1, { b: 2n }], shape: h.shape, h }; }")) as { a: unknown; shape: number[]; h: { shape: number[] } };
     expect(got.a).toEqual([1, { b: 2n }]);

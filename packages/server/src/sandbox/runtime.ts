@@ -5,7 +5,7 @@
  * source text (`runtimeSource`), so it must not refer to anything outside itself; the host passes it its callbacks.
  *
  * Values cross as descriptors: plain JSON-like data where a tensor is `{ $h: id, dtype, shape }`, a function the
- * host may call back is `{ $fn: id }`, a host object is `{ $obj: [kind, id] }`, an error `{ $error: {...} }`, any other object (which cannot cross) `{ $unsendable: its class's name }`.
+ * host may call back is `{ $fn: id }`, a host object is `{ $obj: [kind, id] }`, an error `{ $error: {...} }`, any other object (which cannot cross) `{ $unsendable: its class's name }`, and a plain object whose keys start with `$` `{ $plain: it }`.
  */
 
 /** The host callbacks the runtime gets (names as used below). */
@@ -133,8 +133,13 @@ export function installRuntime(rawHost: HostCallbacks, tree: TreeNode, api: Runt
     if (Array.isArray(v)) return v.map(out);
     if (isPlain(v)) {
       const o: Record<string, unknown> = {};
-      for (const k of Object.keys(v)) o[k] = out(v[k]);
-      return o;
+      let marked = false;
+      for (const k of Object.keys(v)) {
+        o[k] = out(v[k]);
+        marked ||= k.charCodeAt(0) === 36; // "$"
+      }
+      // The code's own object whose keys look like a descriptor's ({ $h: 3 }) crosses as data.
+      return marked ? { $plain: o } : o;
     }
     // Any other object (a Map, a Set, a Date, a promise, a class's instance) would be copied out
     // as something else, or not at all: the host is told its kind, and refuses it where it is used.
@@ -163,8 +168,9 @@ export function installRuntime(rawHost: HostCallbacks, tree: TreeNode, api: Runt
       if (Array.isArray(o.$obj)) return hostObject(o.$obj[0], o.$obj[1]);
       if (o.$error) return new RemoteError(o.$error);
       if (typeof o.$fnref === "number") return functions.get(o.$fnref);
+      const data = o.$plain && typeof o.$plain === "object" ? (o.$plain as Record<string, unknown>) : o;
       const r: Record<string, unknown> = {};
-      for (const k of Object.keys(o)) r[k] = inn(o[k]);
+      for (const k of Object.keys(data)) r[k] = inn(data[k]);
       return r;
     }
     return d;
@@ -278,12 +284,24 @@ export function installRuntime(rawHost: HostCallbacks, tree: TreeNode, api: Runt
   function cacheNode(o: any, at: TreeNode | TreeNode[], path: string): any {
     // The host's cache says why a path was not recorded, in the words a cache in process uses.
     const entry = () => o.entryAt(path);
+    // As a cache in process words it: inputs only with { inputs: true }, outputs unless { outputs: false }.
+    const what = path || "the model";
+    const outputs = () => {
+      const e = entry();
+      if (!e.outputsByCall?.length) throw userError(`cache: ${what}'s output was not recorded: this cache was made with { outputs: false }`);
+      return e;
+    };
+    const inputs = () => {
+      const e = entry();
+      if (e.inputs === undefined || e.inputs === null) throw userError(`cache: ${what}'s inputs were not recorded: a cache records them when made with tr.cache({ inputs: true })`);
+      return e;
+    };
     const values: Record<string, () => unknown> = {
-      output: () => entry().output,
-      outputs: () => entry().outputsByCall,
-      inputs: () => entry().inputs,
-      input: () => entry().inputs?.[0],
-      inputsByCall: () => entry().inputsByCall,
+      output: () => outputs().output,
+      outputs: () => outputs().outputsByCall,
+      inputs: () => inputs().inputs,
+      input: () => inputs().inputs[0],
+      inputsByCall: () => inputs().inputsByCall,
     };
     return new Proxy(
       {},

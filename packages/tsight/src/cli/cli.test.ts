@@ -31,12 +31,29 @@ describe("tsight generate", () => {
       expect(await main(["generate", "x", "--temperature", "hot"])).toBe(2);
       expect(await main(["generate", "--bogus"])).toBe(2);
       expect(await main(["frobnicate"])).toBe(2);
+      // Checked in the flags' own names, before the model loads or the prompt is printed.
+      for (const bad of [["--top-k", "0"], ["--top-p", "2"], ["--temperature", "0"], ["-n", "0"], ["--temprature", "0.5"]]) {
+        const out: string[] = [];
+        const stdout = process.stdout.write;
+        process.stdout.write = ((s: string) => (out.push(String(s)), true)) as typeof process.stdout.write;
+        try {
+          expect(await main(["generate", "the prompt", ...bad])).toBe(2);
+        } finally {
+          process.stdout.write = stdout;
+        }
+        expect(out.join("")).not.toContain("the prompt");
+      }
       expect(await main(["generate", "x", "--model", "no-such-model"])).toBe(1);
     } finally {
       process.stderr.write = write;
     }
     const text = errors.join("");
     expect(text).toContain("--temperature must be a number");
+    expect(text).toContain("--top-k must be a positive integer, got 0");
+    expect(text).toContain("--top-p must be in (0, 1], got 2");
+    expect(text).toContain("--temperature must be > 0, got 0");
+    expect(text).toContain("--max-new-tokens must be a positive whole number, got 0");
+    expect(text).toContain("unknown option --temprature (did you mean --temperature?)");
     expect(text).toContain("unknown command");
     expect(text).toMatch(/no-such-model.*stdlib-gpt2/s);
   });

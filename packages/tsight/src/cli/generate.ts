@@ -2,6 +2,8 @@
 import { parseArgs } from "node:util";
 import { checkWeightDType } from "../hub/index.js";
 import { LanguageModel } from "../intervention/index.js";
+import { nearest } from "../intervention/options.js";
+import { validateSampling } from "../models/sampling.js";
 import type { WeightDType } from "../tensor/index.js";
 import { LoadBar } from "./progress.js";
 
@@ -18,22 +20,32 @@ Continues the prompt, printing tokens as they are generated.
   --seed S                seed for sampling (default 0)
   --stats                 print tokens/s at the end (to stderr)`;
 
+const generateOptions = {
+  model: { type: "string", short: "m", default: "stdlib-gpt2" },
+  dtype: { type: "string", multiple: true },
+  "max-new-tokens": { type: "string", short: "n", default: "32" },
+  temperature: { type: "string" },
+  "top-k": { type: "string" },
+  "top-p": { type: "string" },
+  seed: { type: "string", default: "0" },
+  stats: { type: "boolean", default: false },
+  help: { type: "boolean", short: "h", default: false },
+} as const;
+
+/** The arguments, or a UsageError naming an unknown flag and the one meant. */
+function parseGenerateArgs(argv: string[]) {
+  try {
+    return parseArgs({ args: argv, allowPositionals: true, options: generateOptions });
+  } catch (e) {
+    const unknown = /Unknown option '(--?[\w-]+)'/.exec((e as Error).message)?.[1];
+    if (!unknown) throw e;
+    const near = nearest(unknown.replace(/^-+/, ""), Object.keys(generateOptions));
+    throw new UsageError(`unknown option ${unknown}${near ? ` (did you mean --${near}?)` : ""}`);
+  }
+}
+
 export async function runGenerate(argv: string[], out: NodeJS.WritableStream = process.stdout, err: NodeJS.WritableStream = process.stderr): Promise<number> {
-  const { values, positionals } = parseArgs({
-    args: argv,
-    allowPositionals: true,
-    options: {
-      model: { type: "string", short: "m", default: "stdlib-gpt2" },
-      dtype: { type: "string", multiple: true },
-      "max-new-tokens": { type: "string", short: "n", default: "32" },
-      temperature: { type: "string" },
-      "top-k": { type: "string" },
-      "top-p": { type: "string" },
-      seed: { type: "string", default: "0" },
-      stats: { type: "boolean", default: false },
-      help: { type: "boolean", short: "h", default: false },
-    },
-  });
+  const { values, positionals } = parseGenerateArgs(argv);
   if (values.help) {
     out.write(generateHelp + "\n");
     return 0;
@@ -52,6 +64,7 @@ export async function runGenerate(argv: string[], out: NodeJS.WritableStream = p
     topP: num("top-p", values["top-p"]),
     seed: num("seed", values.seed),
   };
+  checkSettings(settings);
   const dtype = oneDType(values.dtype ?? []);
   const model = values.model!;
   // The bar is cleared before the first token: stdout and stderr usually share the terminal.
@@ -100,5 +113,17 @@ export function usageDType(text: string | undefined, option = "--dtype"): Weight
     return checkWeightDType(text, option);
   } catch (e) {
     throw new UsageError((e as Error).message);
+  }
+}
+
+/** The settings' flags checked before the model loads or the prompt is printed, in the flags' names. */
+function checkSettings(s: { maxNewTokens: number; temperature?: number; topK?: number; topP?: number; seed?: number }): void {
+  if (!(Number.isSafeInteger(s.maxNewTokens) && s.maxNewTokens > 0)) throw new UsageError(`--max-new-tokens must be a positive whole number, got ${s.maxNewTokens}`);
+  if (s.seed !== undefined && !Number.isSafeInteger(s.seed)) throw new UsageError(`--seed must be a whole number, got ${s.seed}`);
+  try {
+    validateSampling(s);
+  } catch (e) {
+    const flags: Record<string, string> = { temperature: "--temperature", topK: "--top-k", topP: "--top-p" };
+    throw new UsageError((e as Error).message.replace(/^(temperature|topK|topP)/, (name) => flags[name]!));
   }
 }

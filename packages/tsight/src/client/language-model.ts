@@ -9,7 +9,7 @@
  */
 import { Tokenizer } from "../hub/index.js";
 import { saeConfig, SparseAutoencoder } from "../sae/sae.js";
-import { LanguageModel as LocalLanguageModel, userFrame, type GenerateCall, type GenerateOutput, type InterventionFn, type ModelInput, type TraceOptions, type EnvoyTree, type Tracer } from "../intervention/index.js";
+import { LanguageModel as LocalLanguageModel, TraceError, userFrame, type GenerateCall, type GenerateOutput, type InterventionFn, type ModelInput, type TraceOptions, type EnvoyTree, type Tracer } from "../intervention/index.js";
 import type { Session } from "../intervention/language-model.js";
 import { checkOptionNames, RUN_OPTIONS } from "../intervention/options.js";
 import { buildModel, type CausalLM, type GPT2LMHeadModel, type LlamaForCausalLM } from "../models/index.js";
@@ -91,7 +91,28 @@ export class LanguageModel<M extends CausalLM = any> extends LocalLanguageModel<
       : Tokenizer.idsOnlyFor(meta.config, `the server has no tokenizer.json for ${repo}, so this model takes token ids only (a list of ids, or an int64 tensor)`);
     const lm = new this(repo, { source: { kind: "hub", name: repo, path: "" }, config: meta.config, generationConfig: meta.generationConfig, model, tokenizer, dispatched: false, dtype: meta.dtype ?? "float32" });
     for (const { at, sae } of saes) lm.addSae(sae, { at, useErrorTerm: true });
+    lm.server = name;
     return lm;
+  }
+
+  /** The model a server hosts, for one from fromServer: its SAEs are the server's, spliced there. */
+  private server: string | null = null;
+
+  /** Splices an SAE (see the local model's addSae); a server's model takes its SAEs from the server only. */
+  override addSae(sae: SparseAutoencoder, options: { at?: string; useErrorTerm?: boolean } = {}): this {
+    this.refuseServerSaes("addSae");
+    return super.addSae(sae, options);
+  }
+
+  override removeSae(at?: string): void {
+    this.refuseServerSaes("removeSae");
+    super.removeSae(at);
+  }
+
+  private refuseServerSaes(what: string): void {
+    if (this.server !== null) {
+      throw new TraceError(`${what}: ${this.server} is a server's model, whose SAEs are the server's (\`tsight serve --sae\`; lm.saes lists them): an SAE of your own runs on a model loaded here, or is sent in vars and applied in the intervention`);
+    }
   }
 
   /** The key servers know this model by: `LanguageModel:{"repo_id":..., "revision":null}`. */

@@ -89,14 +89,18 @@ export class Cache implements Recorder {
     const real = this.knownPaths.has(path) ? path : resolveAliases(path, this.aliases);
     // Quoted at most 200 characters long.
     if (!this.knownPaths.has(real)) throw new TraceError(`cache: the model has no module "${path.length > 200 ? `${path.slice(0, 200)}..." (${path.length} characters)` : `${path}"`}`);
-    // Its own points only (a point with an SAE spliced on is recorded itself, as named).
-    if (this.holders.has(real)) return [...this.points].filter((p) => isBelow(p, real) && p.lastIndexOf(".") === real.length);
-    return [real];
+    // Its own points only (a point with an SAE spliced on is recorded itself, as named); a module with points of
+    // its own (an SAE's pre, latents, reconstruction and error) records them with its value.
+    const own = [...this.points].filter((p) => isBelow(p, real) && p.lastIndexOf(".") === real.length);
+    return this.holders.has(real) ? own : [real, ...own];
   }
 
-  /** Modules named, or else every module but operation points (those only when named, as nnsight's cache leaves out `.source`). */
+  /**
+   * Modules named, or else every module but the points inside modules (`attn.source.*`, only when named, as
+   * nnsight's cache leaves out `.source`); an SAE's points are its values, recorded with the rest.
+   */
   private wants(path: string): boolean {
-    return this.prefixes === null ? !this.points.has(path) : this.prefixes.has(path);
+    return this.prefixes === null ? !this.points.has(path) || !this.holders.has(path.slice(0, path.lastIndexOf("."))) : this.prefixes.has(path);
   }
 
   records(path: string): boolean {
@@ -248,20 +252,29 @@ export class CacheNode {
   }
 
   get output(): unknown {
-    return this.cache.entryAt(this.path).output;
+    return this.recorded("output").output;
   }
   /** Outputs of every call, in order (one per generation step). */
   get outputs(): unknown[] {
-    return this.cache.entryAt(this.path).outputsByCall;
+    return this.recorded("output").outputsByCall;
   }
-  get inputs(): unknown[] | undefined {
-    return this.cache.entryAt(this.path).inputs;
+  get inputs(): unknown[] {
+    return this.recorded("input").inputs!;
   }
   get input(): unknown {
-    return this.cache.entryAt(this.path).inputs?.[0];
+    return this.recorded("input").inputs![0];
   }
   get inputsByCall(): unknown[][] {
-    return this.cache.entryAt(this.path).inputsByCall;
+    return this.recorded("input").inputsByCall;
+  }
+
+  /** The module's entry, if the cache recorded that kind of value (inputs only with `{ inputs: true }`). */
+  private recorded(kind: "input" | "output"): CacheEntry {
+    const e = this.cache.entryAt(this.path);
+    const what = this.path || "the model";
+    if (kind === "input" && e.inputs === undefined) throw new TraceError(`cache: ${what}'s inputs were not recorded: a cache records them when made with tr.cache({ inputs: true })`);
+    if (kind === "output" && e.outputsByCall.length === 0) throw new TraceError(`cache: ${what}'s output was not recorded: this cache was made with { outputs: false }`);
+    return e;
   }
 
   /** The node of child `name` (a module name, rename alias, or list index). */

@@ -1,6 +1,7 @@
 /** Envoy trees are typed from the model classes: paths autocomplete and values have their modules' types. */
 import { describe, expectTypeOf, it } from "vitest";
 import type { CausalLMOutput, Gemma2ForCausalLM, Gemma3ForCausalLM, GPT2LMHeadModel, LlamaForCausalLM, MixtralForCausalLM, MoeExperts, Olmo2ForCausalLM, Phi3ForCausalLM, Qwen3MoeForCausalLM, Qwen3MoeMLP, Qwen3MoeSparseMoeBlock } from "../models/index.js";
+import type { Module } from "../nn/index.js";
 import type { Tensor } from "../tensor/index.js";
 import type { AnyEnvoy, EnvoyOf, EnvoyTree } from "./envoy-types.js";
 import { LanguageModel } from "./language-model.js";
@@ -17,17 +18,33 @@ describe("envoy types", () => {
     expectTypeOf<M["transformer"]>().not.toHaveProperty("layers");
   });
 
-  it("give operation points values but no skip or call, and their holder no values", () => {
+  it("give operation points values but no skip or call that compiles, and their holder no values", () => {
     type Attn = EnvoyOf<GPT2LMHeadModel>["transformer"]["h"][number]["attn"];
     expectTypeOf<Awaited<Attn["source"]["pattern"]["output"]>>().toEqualTypeOf<Tensor>();
     expectTypeOf<Attn["source"]["pattern"]>().toHaveProperty("next");
-    expectTypeOf<Attn["source"]["pattern"]>().not.toHaveProperty("skip");
-    expectTypeOf<Attn["source"]["pattern"]>().not.toHaveProperty("call");
-    expectTypeOf<Attn["source"]>().not.toHaveProperty("output");
-    expectTypeOf<Attn["source"]>().not.toHaveProperty("skip");
+    expectTypeOf<Awaited<Attn["source"]["output"]>>().toBeNever();
     expectTypeOf<Attn["source"]>().toHaveProperty("z");
-    expectTypeOf<Attn>().toHaveProperty("skip");
     expectTypeOf<EnvoyOf<LlamaForCausalLM>["model"]["layers"][number]["mlp"]["source"]>().toHaveProperty("post");
+    // Type-level only: never called.
+    const uses = (a: Attn, t: Tensor) => {
+      // @ts-expect-error a point is a value: it is not skipped
+      a.source.pattern.skip(t);
+      // @ts-expect-error nor called
+      void a.source.pattern.call(t);
+      // @ts-expect-error the holder is never called
+      void a.source.call();
+      // @ts-expect-error nor given a value
+      a.source.output = t;
+      a.skip([t, t]);
+      a.source.pattern.output = (p) => p.mul(2);
+      // A point's envoy still fits where any envoy does.
+      const any: AnyEnvoy = a.source.pattern;
+      return any;
+    };
+    expectTypeOf(uses).toBeFunction();
+    // Code generic over the module class reads values.
+    const generic = <M extends Module>(e: EnvoyOf<M>) => [e.output, e.path, e.next()];
+    expectTypeOf(generic).toBeFunction();
   });
 
   it("follow the Llama module tree, optional children included", () => {

@@ -15,7 +15,7 @@ type ChildKeys<M> = { [K in keyof M]-?: K extends "tree" ? never : NonNullable<M
 
 type EnvoyChild<C> = C extends ModuleList<infer I> ? EnvoyOf<I>[] : C extends Module ? EnvoyOf<C> : never;
 
-/** Its values, as read, replaced and followed to later calls. */
+/** Its values, as read, replaced and followed to later calls, and its children's envoys. */
 type Values<M extends Module> = {
   readonly path: string;
   get output(): Promise<Out<M>>;
@@ -27,19 +27,19 @@ type Values<M extends Module> = {
   next(n?: number): EnvoyOf<M>;
   /** The SAE spliced onto this module with lm.addSae (a TraceError where there is none). */
   readonly sae: EnvoyOf<SparseAutoencoder>;
-};
-
-type Children<M extends Module> = { readonly [K in ChildKeys<M>]: EnvoyChild<NonNullable<M[K]>> };
+} & { readonly [K in ChildKeys<M>]: EnvoyChild<NonNullable<M[K]>> };
 
 /**
- * The envoy of module class M: its values and its children's envoys. An operation point (`attn.source.pattern`)
- * is a value, not a computation, so it has no skip or call; a holder of points (`attn.source`) has no values.
+ * What runs it: skip it, call it directly. An operation point (`attn.source.pattern`) is a value, not a
+ * computation, and a holder of points (`attn.source`) is never called: theirs take no argument (a call does not
+ * compile; the envoy still fits where any envoy does). The holder's values are `never` (it has none).
  */
-export type EnvoyOf<M extends Module> = M extends Points
-  ? { readonly path: string } & Children<M>
-  : M extends Point
-    ? Values<M>
-    : Values<M> & { skip(value: Out<M>): void; call(...args: Args<M>): Promise<Out<M>> } & Children<M>;
+type Runs<M extends Module> = M extends Point | Points
+  ? { skip(value: never): void; call(nothing: never, ...rest: never[]): Promise<never> }
+  : { skip(value: Out<M>): void; call(...args: Args<M>): Promise<Out<M>> };
+
+/** The envoy of module class M: its values, what runs it, and its children's envoys. */
+export type EnvoyOf<M extends Module> = Values<M> & Runs<M>;
 
 /** An envoy with no static knowledge of the tree. */
 export interface AnyEnvoy {

@@ -94,8 +94,9 @@ export class Envoy {
     this._ctx.mediator.skip(this.valuePath, value, origin);
   }
 
+  /** A point is neither skipped nor called, and a holder of points never called (see nn/points.ts). */
   private refuseAtPoint(action: "skip" | "call"): void {
-    const refusal = pointRefusal(this._module, action);
+    const refusal = pointRefusal(this._module, action) ?? holderRefusal(this._module);
     if (refusal) throw new TraceError(refusal, origin());
   }
 

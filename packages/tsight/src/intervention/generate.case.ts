@@ -339,6 +339,31 @@ export const generateCases: TraceCase[] = [
         [1, 1, 256],
         [1, 1, 256],
       ]);
+      // next() counts from the invoke's iteration: one made before a loop is forgotten when it starts, and one
+      // made from a step long gone (past the steps whose first calls are kept, 64) still names the right step.
+      const steps = 70;
+      const read = await b.gpt2.generate(
+        PROMPT,
+        { maxNewTokens: steps, eosTokenId: null },
+        async (m, tr) => {
+          m.transformer.h[1].next();
+          const each: Tensor[] = [];
+          for await (const step of tr.iter(0, steps)) {
+            each.push(((await m.transformer.h[1].output) as Tensor).narrow(1, -1, 1));
+            if (step === steps - 2) {
+              for await (const _ of tr.iter([1])) each.push(((await m.transformer.h[1].next(steps - 2).output) as Tensor).narrow(1, -1, 1));
+            }
+          }
+          return each;
+        },
+        b.options(),
+      );
+      const whole = (await b.gpt2.trace(read.sequences, async (m) => (await m.transformer.h[1].output) as Tensor, b.options())) as Tensor;
+      expect(read.value).toHaveLength(steps + 1);
+      // Step k's last position is token 4 + k of the sequence (a 5-token prompt).
+      for (let k = 0; k < steps; k++) expect(maxAbsDiff(read.value[k]!, whole.narrow(1, 4 + k, 1)), `step ${k}`).toBeLessThan(1e-4);
+      // The value read from step 1, 68 calls on: step 69's.
+      expect(maxAbsDiff(read.value[steps]!, whole.narrow(1, 4 + steps - 1, 1))).toBeLessThan(1e-4);
     },
   },
   {

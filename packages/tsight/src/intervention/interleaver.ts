@@ -60,8 +60,11 @@ export interface Recorder {
 /** Most values remembered as given per model (module paths and kinds: a model has a few thousand). */
 const MAX_GIVEN = 100_000;
 
-/** Steps whose call counts at their start are kept (for requests made in one step for a step just before it). */
-const KEPT_STEP_BASES = 4;
+/**
+ * Steps whose call counts at their start are kept (for requests made in one step for a step before it); older
+ * ones are counted back at the calls per step of the oldest two (see callOf).
+ */
+const KEPT_STEP_BASES = 64;
 
 /** Microtask turns settle waits before it arms a stall timer (a timer costs more than the turns). */
 const SETTLE_TURNS = 8;
@@ -140,8 +143,18 @@ export class Interleaver implements ModuleHooks, Provider {
     if (!s) return step + offset;
     const base = s.bases.get(step);
     if (base) return callsIn(base, base.entered, path) + offset;
-    // A step not begun yet is resolved when it begins (beginStep); one gone by, and forgotten, is passed.
-    return step > s.current ? UNRESOLVED : -1;
+    // Before the first step nothing is called: its requests need not wait for it to begin.
+    if (step === 0 && s.current < 0) return offset;
+    // A step not begun yet is resolved when it begins (beginStep).
+    if (step > s.current) return UNRESOLVED;
+    // A step whose base is forgotten: counted back from the oldest kept, at the calls per step seen there.
+    const [oldest, next] = [s.current - KEPT_STEP_BASES + 1, s.current - KEPT_STEP_BASES + 2];
+    const first = s.bases.get(oldest);
+    if (!first) return step + offset;
+    const second = s.bases.get(next);
+    const at = callsIn(first, first.entered, path);
+    const perStep = second ? callsIn(second, second.entered, path) - at : 1;
+    return at - (oldest - step) * perStep + offset;
   }
 
   /**
@@ -159,7 +172,7 @@ export class Interleaver implements ModuleHooks, Provider {
     if (!s) return;
     s.current = k;
     s.bases.set(k, this.countsNow());
-    for (const step of s.bases.keys()) if (step < k - KEPT_STEP_BASES) s.bases.delete(step);
+    for (const step of s.bases.keys()) if (step <= k - KEPT_STEP_BASES) s.bases.delete(step);
     for (const m of this.mediators) for (const r of m.requests) if (r.iteration === UNRESOLVED && r.step === k) r.iteration = this.callOf(r.path, k, r.offset);
   }
 

@@ -151,11 +151,11 @@ export class Mediator {
   }
 
   /**
-   * Later requests are for iteration `k` (a generation step, or a call), from its first call: the `next()`s of
-   * the iteration before are forgotten (a loop reading `x.next().output` each step reads each step's second call).
+   * Later requests are for iteration `k` (a generation step, or a call), from its first call: `next()`s made
+   * before are forgotten (a loop reading `x.next().output` each step reads each step's second call).
    */
   moveTo(k: number): void {
-    if (k !== this.iteration) this.calls.clear();
+    this.calls.clear();
     this.iteration = k;
   }
 

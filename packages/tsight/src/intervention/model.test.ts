@@ -160,5 +160,8 @@ describe("Model: any module tree", () => {
     careless.loadParameters({ "fc.weight": randn([4, 4]), "fc.bias": randn([4]) });
     await expect(new Model(careless).trace(x, async (m) => m.fc.output)).rejects.toThrow(ModuleCallError);
     await expect(careless.call(x)).rejects.toThrow(/fc\.forward\(\.\.\.\) was called directly.*call fc\.call/);
+    // Parameters never given values: the trace refuses at once, naming them (it would return shapes without values).
+    const unset = new Model(new TwoLayerMLP().finalize());
+    await expect(unset.trace(x, async (m) => await m.fc2.output)).rejects.toThrow(/^the model's parameters fc1\.weight, fc1\.bias, fc2\.weight, fc2\.bias have no values yet: set them/);
   });
 });

@@ -7,7 +7,7 @@
  * Remote runs are for models a server hosts: a Model of one's own classes cannot run remotely, since only
  * intervention code travels to a server, never module definitions.
  */
-import { Module } from "../nn/index.js";
+import { Conv1D, Embedding, LayerNorm, Linear, Module, RMSNorm } from "../nn/index.js";
 import type { SparseAutoencoder } from "../sae/sae.js";
 import { splicedSaes, spliceSae, unspliceSae } from "../sae/splice.js";
 import { Tensor } from "../tensor/index.js";
@@ -92,6 +92,7 @@ export class Model<M extends Module = Module, E = ModelEnvoy<M>, I = ModelArgs> 
         );
       }
       checkOptions(options, "trace", MODEL_TRACE_OPTIONS);
+      checkParameters(this.model);
       work = this.run(a as never, b as never, c, moduleForward).then((r) => r.value as R);
     } catch (e) {
       work = Promise.reject(e);
@@ -127,7 +128,13 @@ export class Model<M extends Module = Module, E = ModelEnvoy<M>, I = ModelArgs> 
     if (at === null || at === undefined) throw new TraceError("addSae: this SAE's config names no module (metadata.hf_hook_point); pass { at: 'transformer.h.2' }");
     const target = this.model.get(at.replace(/^\./, ""));
     if (!target || target === this.model) throw new TraceError(`addSae: the model has no module "${at}"`);
-    spliceSae(target, sae, options.useErrorTerm ?? false);
+    const width = outputWidth(target);
+    if (width !== null && width !== sae.cfg.dIn) throw new TraceError(`addSae: ${target.path} (${target.typeName}) gives ${width} features, and this SAE reads ${sae.cfg.dIn} (d_in): it belongs elsewhere`);
+    try {
+      spliceSae(target, sae, options.useErrorTerm ?? false);
+    } catch (e) {
+      throw e instanceof TraceError ? e : new TraceError(`addSae: ${(e as Error).message}`);
+    }
     forgetChildren(target);
     return this;
   }
@@ -255,3 +262,27 @@ const moduleForward: Driver = async (model, args, run) => {
   await run.beginStep(0);
   return (model.call as (...a: unknown[]) => Promise<unknown>)(...args);
 };
+
+/** The width of what a layer with a known output gives (its last axis), or null where only a run would tell. */
+function outputWidth(m: Module): number | null {
+  const weight = (i: number) => m.getParam("weight")?.shape[i] ?? null;
+  if (m instanceof Linear || m instanceof LayerNorm || m instanceof RMSNorm) return weight(0);
+  if (m instanceof Conv1D || m instanceof Embedding) return weight(1);
+  return null;
+}
+
+/** Module trees whose parameters all hold values, as of their tree's last change (see checkParameters). */
+const parametersSet = new WeakMap<Module, number>();
+
+/**
+ * A Model of the user's own modules runs only with values in every parameter: one never set (a meta tensor) would
+ * make the trace return shapes without values. Checked once per change of the tree.
+ */
+function checkParameters(model: Module): void {
+  if (parametersSet.get(model) === Module.treeChanges) return;
+  const unset = [...model.namedParameters()].filter(([, p]) => p.module.getParam(p.name).isMeta).map(([name]) => name);
+  if (unset.length) {
+    throw new TraceError(`the model's parameters ${unset.slice(0, 8).join(", ")}${unset.length > 8 ? `, ... (${unset.length} in all)` : ""} have no values yet: set them (module.setParameter(name, tensor), or loadParameters) before tracing`);
+  }
+  parametersSet.set(model, Module.treeChanges);
+}

@@ -78,7 +78,7 @@ function describeValue(v: unknown): string {
 }
 
 /** The known name closest to `name` (snake_case habits, small typos), if any is close. */
-function nearest(name: string, known: readonly string[]): string | undefined {
+export function nearest(name: string, known: readonly string[]): string | undefined {
   const camel = name.replace(/_([a-z])/g, (_, c: string) => c.toUpperCase());
   const exact = known.find((k) => k.toLowerCase() === camel.toLowerCase());
   if (exact) return exact;

@@ -683,6 +683,23 @@ export const traceCases: TraceCase[] = [
       expect(maxAbsDiff((out.layers as any).transformer.h[2].output, ref(f, "single/transformer.h.2:output"))).toBeLessThan(1e-4);
       expect(maxAbsDiff((out.layers as any).transformer.h[-2].output, ref(f, "single/transformer.h.2:output"))).toBeLessThan(1e-4);
       expect(() => (out.layers as any).transformer.h[1].mlp.output).toThrow(/transformer\.h\.1\.mlp was not recorded/);
+      // Inputs are recorded only when asked for: reading them otherwise says so, in the code and after.
+      const noInputs = "cache: transformer.h.1's inputs were not recorded: a cache records them when made with tr.cache({ inputs: true })";
+      expect(() => (out.layers as any).transformer.h[1].input).toThrow(noInputs);
+      expect(() => (out.layers as any).transformer.h[1].inputsByCall).toThrow(noInputs);
+      const inside = await b.gpt2
+        .trace(
+          PROMPT,
+          async (m, tr) => {
+            const c = tr.cache({ modules: ["transformer.h.1"] });
+            await m.lm_head.output;
+            return c.transformer.h[1].input;
+          },
+          b.options(),
+        )
+        .catch((e) => e);
+      expect(inside).toBeInstanceOf(TraceError);
+      expect(inside.message).toContain(noInputs);
       // A cache of layers other than the first navigates by index too, from either end (a server sends the lists'
       // lengths with it).
       const sparse = (await b.gpt2.trace(
@@ -807,6 +824,9 @@ export const traceCases: TraceCase[] = [
       const call = await b.gpt2.trace(PROMPT, async (m) => await (m as any).transformer.h[1].mlp.source.pre.call(1), b.options()).catch((x) => x);
       expect(call).toBeInstanceOf(TraceError);
       expect(call.message).toMatch(/transformer\.h\.1\.mlp\.source\.pre is an operation point, .* it cannot be called; read it as transformer\.h\.1\.mlp\.source\.pre\.output/);
+      const holderCall = await b.gpt2.trace(PROMPT, async (m) => await (m as any).transformer.h[1].attn.source.call(1), b.options()).catch((x) => x);
+      expect(holderCall).toBeInstanceOf(TraceError);
+      expect(holderCall.message).toMatch(holder);
     },
   },
   {

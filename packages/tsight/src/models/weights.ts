@@ -35,7 +35,9 @@ export function planWeights(model: CausalLM, available: ReadonlySet<string>): { 
   const sources = new Map<string, WeightSource>();
   const tied = new Map<string, string>();
   const missing: string[] = [];
-  for (const name of model.namedParameters().keys()) {
+  for (const [name, p] of model.namedParameters()) {
+    // One that holds values already is not the checkpoint's (an SAE spliced onto a meta model, with its own).
+    if (!p.module.getParam(p.name).isMeta) continue;
     const candidates = [name, ...(rules.aliases[name] ?? [])];
     if (rules.basePrefix && name.startsWith(rules.basePrefix)) candidates.push(name.slice(rules.basePrefix.length));
     const found = candidates.find((k) => available.has(k));

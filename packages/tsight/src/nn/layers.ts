@@ -62,7 +62,8 @@ export class LayerNorm extends Module {
   bias: Tensor;
   constructor(
     readonly dim: number,
-    readonly eps: number,
+    /** PyTorch's default. */
+    readonly eps = 1e-5,
   ) {
     super();
     this.weight = this.param("weight", [dim]);
@@ -80,7 +81,8 @@ export class RMSNorm extends Module {
   weight: Tensor;
   constructor(
     readonly dim: number,
-    readonly eps: number,
+    /** Hugging Face Llama's default. */
+    readonly eps = 1e-6,
     readonly offset = 0,
   ) {
     super();

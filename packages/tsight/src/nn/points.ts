@@ -14,6 +14,9 @@ export class Point extends Module {
     return true;
   }
 
+  /** Why the value is not computed in this model as it is now (an SAE's error without the error term), if it is not. */
+  absent: (() => string | null) | null = null;
+
   override async forward(x: Tensor): Promise<Tensor> {
     return x;
   }
@@ -80,11 +83,12 @@ export function pointRefusal(m: Module, action: "skip" | "call"): string | null 
 }
 
 /**
- * Why `m` has no values to read, replace or skip, if it is a holder of points (`attn.source`): the message names
- * its points. Envoys in process and in the sandbox refuse such a request at once with it (it would otherwise wait
- * for a call that never comes).
+ * Why `m` has no values to read, replace or skip: a holder of points (`attn.source`; the message names its
+ * points), or a point its module does not compute as it is now (see Point.absent). Envoys in process and in the
+ * sandbox refuse such a request at once with it (it would otherwise wait for a call that never comes).
  */
 export function holderRefusal(m: Module): string | null {
+  if (m instanceof Point) return m.absent?.() ?? null;
   if (!(m instanceof Points)) return null;
   const names = m.children().map(([name]) => name);
   const example = names.includes("pattern") ? "pattern" : names[0];

@@ -121,7 +121,7 @@ export const TENSOR_METHODS = {
   permute: ["int..."],
   expand: ["int..."],
   expandAs: ["tensor"],
-  repeatInterleave: ["int", "int"],
+  repeatInterleave: ["int", "int?"],
   repeat: ["int..."],
   narrow: ["int", "int", "int"],
   split: ["ints", "int?"],

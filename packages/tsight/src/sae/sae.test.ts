@@ -128,6 +128,14 @@ describe("SAEs in SAELens's format", () => {
     });
   }
 
+  it("TopK keeps exactly k features a token, as torch.topk does, even where pre-activations tie", async () => {
+    const sae = await loadSae(TOPK);
+    const tied = Tensor.full([3, 2048], 0.5);
+    const f = sae.activate(tied.put([1, 7], 2));
+    for (let t = 0; t < 3; t++) expect((f.index(t).toArray() as number[]).filter((v) => v !== 0).length, `token ${t}`).toBe(16);
+    expect(f.index(1, 7).item()).toBe(2);
+  });
+
   it("the TopK SAE explains stdlib-gpt2's block 2 (it was trained there): most of the variance, from 16 features a token", async () => {
     const sae = await loadSae(TOPK);
     const x = h2.index(0).narrow(0, 1, 5); // positions after the first, as it was trained
@@ -303,12 +311,47 @@ describe("an SAE spliced into stdlib-gpt2", () => {
     }
   });
 
+  it("spliced onto a meta model (dispatch: false): scan gives its shapes, the first trace loads the model's weights and keeps the SAE's", async () => {
+    const meta = await LanguageModel.load("stdlib-gpt2", { dispatch: false });
+    meta.addSae(await loadSae(TOPK), { useErrorTerm: true });
+    expect(await meta.scan(PROMPT, async (m) => ((await m.transformer.h[2].sae.latents.output) as Tensor).shape)).toEqual([1, 6, 2048]);
+    const latents = await meta.trace(PROMPT, async (m) => (await m.transformer.h[2].sae.latents.output) as Tensor);
+    lm.addSae(sae, { useErrorTerm: true });
+    try {
+      expect(maxAbsDiff(latents, await lm.trace(PROMPT, async (m) => (await m.transformer.h[2].sae.latents.output) as Tensor))).toBe(0);
+    } finally {
+      lm.removeSae();
+    }
+  });
+
   it("misuse is a clear error: no SAE there, a module that is not there, one SAE in two places", async () => {
     await expect(lm.trace(PROMPT, async (m) => await m.transformer.h[1].sae.latents.output)).rejects.toThrow(/no SAE is spliced at transformer\.h\.1; splice one with lm\.addSae/);
-    expect(() => lm.addSae(sae, { at: "transformer.h.9" })).toThrow(/no module "transformer\.h\.9"/);
+    // The error term is computed only when spliced with it: asking for it otherwise says so at once, here and remotely.
     lm.addSae(sae);
     try {
-      expect(() => lm.addSae(sae, { at: "transformer.h.1" })).toThrow(/already spliced at transformer\.h\.2/);
+      for (const remote of [undefined, "local" as const]) {
+        const e = await lm.trace(PROMPT, async (m) => await m.transformer.h[2].sae.error.output, { remote }).catch((x) => x);
+        expect(e.name).toBe("TraceError");
+        expect(e.message).toMatch(/^transformer\.h\.2\.sae\.error is not computed: this SAE was spliced without the error term; splice it with lm\.addSae\(sae, \{ useErrorTerm: true \}\)/);
+      }
+    } finally {
+      lm.removeSae();
+    }
+    expect(() => lm.addSae(sae, { at: "transformer.h.9" })).toThrow(/no module "transformer\.h\.9"/);
+    // A module whose output the SAE cannot read, where the module tells its width; a block tells at its first run.
+    expect(() => lm.addSae(sae, { at: "lm_head" })).toThrow(/^addSae: lm_head \(Linear\) gives 4096 features, and this SAE reads 256 \(d_in\): it belongs elsewhere/);
+    expect(lm.saes).toEqual([]);
+    lm.addSae(sae);
+    try {
+      const twice = (() => {
+        try {
+          lm.addSae(sae, { at: "transformer.h.1" });
+        } catch (e) {
+          return e;
+        }
+      })() as Error;
+      expect(twice.name).toBe("TraceError");
+      expect(twice.message).toMatch(/already spliced at transformer\.h\.2/);
     } finally {
       lm.removeSae();
     }

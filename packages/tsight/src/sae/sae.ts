@@ -5,7 +5,7 @@
  * like any module value: `m.transformer.h[2].sae.latents.output`.
  */
 import { Module, Point } from "../nn/index.js";
-import { noGrad, Tensor } from "../tensor/index.js";
+import { noGrad, ShapeError, Tensor } from "../tensor/index.js";
 
 export type SaeArchitecture = "standard" | "topk" | "jumprelu";
 export const saeArchitectures: readonly SaeArchitecture[] = ["standard", "topk", "jumprelu"];
@@ -120,6 +120,7 @@ export class SparseAutoencoder extends Module {
     this.W_dec = this.param("W_dec", [dSae, dIn]);
     this.b_dec = this.param("b_dec", [dIn]);
     this.threshold = cfg.architecture === "jumprelu" ? this.param("threshold", [dSae]) : undefined;
+    this.error.absent = () => (this.useErrorTerm ? null : `${this.error.path} is not computed: this SAE was spliced without the error term; splice it with lm.addSae(sae, { useErrorTerm: true }) to read or edit its error`);
   }
 
   override get typeName(): string {
@@ -140,9 +141,10 @@ export class SparseAutoencoder extends Module {
       case "jumprelu":
         return f.mul(pre.gt(this.threshold!).float());
       case "topk": {
-        // The k largest pre-activations per token, ReLU'd; the rest zero.
-        const { values } = pre.topk(this.cfg.k!, -1);
-        return f.mul(pre.ge(values.narrow(-1, this.cfg.k! - 1, 1)).float());
+        // The k largest pre-activations per token, ReLU'd; the rest zero. Exactly k, as torch.topk keeps, even where
+        // values tie (a mask made from the indices, not from a threshold); made from `pre` so no shape is fixed.
+        const { values, indices } = pre.topk(this.cfg.k!, -1);
+        return f.mul(pre.mul(0).scatterAdd(-1, indices, values.mul(0).add(1)));
       }
     }
   }
@@ -158,7 +160,7 @@ export class SparseAutoencoder extends Module {
   }
 
   override async forward(x: Tensor): Promise<Tensor> {
-    if (x.shape.at(-1) !== this.cfg.dIn) throw new RangeError(`${this.path || "SAE"}: its input has ${x.shape.at(-1)} features on the last axis, the SAE reads ${this.cfg.dIn}`);
+    if (x.shape.at(-1) !== this.cfg.dIn) throw new ShapeError(`${this.path || "SAE"}: its input has ${x.shape.at(-1)} features on the last axis, the SAE reads ${this.cfg.dIn} (d_in): it is spliced at a module whose output it does not fit`);
     const norm = normalizer(this.cfg.normalizeActivations, x);
     const cleanPre = this.preActivations(norm.into(x));
     const pre = await this.pre.at(cleanPre);

@@ -742,17 +742,34 @@ describe("movement", () => {
     // A grouped-query k [B, kv_heads, S, D] as one head per query head: each kv head serves H / KV query heads in a row.
     const k = randT([1, 2, 5, 3], 5);
     expect(k.repeatInterleave(2, 1).tolist()).toEqual(k.unsqueeze(2).expand(1, 2, 2, 5, 3).reshape(1, 4, 5, 3).tolist());
-    expectThrows(() => m.repeatInterleave(0, 1), RangeError, "repeatInterleave", "whole number");
+    expect(m.repeatInterleave(0, 1).shape).toEqual([2, 0, 4]);
+    expect(m.repeat(2, 0, 1).shape).toEqual([4, 0, 4]);
+    checkOp("repeatInterleave, flattened", [m], (t) => t.repeatInterleave(2), (t) => build([48], ([i]) => at(t, [Math.floor(i! / 2 / 12), Math.floor(i! / 2 / 4) % 3, Math.floor(i! / 2) % 4])));
+    expectThrows(() => m.repeatInterleave(-1, 1), RangeError, "repeatInterleave", "whole number");
     expectThrows(() => m.repeatInterleave(2.5, 1), RangeError, "repeatInterleave");
     expectThrows(() => m.repeatInterleave(2, 3), ShapeError, "repeatInterleave");
     expectThrows(() => m.repeat(2, 2), ShapeError, "repeat", "a size per dim (3)");
     expectThrows(() => m.repeat(2, -1, 1), RangeError, "repeat");
   });
 
-  it("tensor() refuses values that are not numbers, booleans or bigints", () => {
+  it("tensor() refuses values that are not numbers, booleans or bigints, and arrays nested unevenly", () => {
     expectThrows(() => tensor({} as never), TypeError, "tensor: values must be numbers", "got an object (Object)");
     expectThrows(() => tensor([1, "2"] as never), TypeError, "got string");
     expectThrows(() => tensor([[1], [null]] as never), TypeError, "got null");
+    // As many values as the first row's shape holds, but not in that shape.
+    expectThrows(() => tensor([[1, [2, 3]], [4]] as never), ShapeError, "ragged", "[2, 2]");
+    expectThrows(() => tensor([[1, 2], 3, 4] as never), ShapeError, "ragged");
+    expectThrows(() => tensor([1, [2]] as never), ShapeError, "ragged");
+    expectThrows(() => tensor(new DataView(new ArrayBuffer(8)) as never), TypeError, "DataView");
+  });
+
+  it("tensor() takes other typed arrays as their numbers", () => {
+    expectTensor(tensor(Float64Array.of(0.5, 1.5, -2)), [0.5, 1.5, -2]);
+    expectTensor(tensor(Int8Array.of(-1, 2), "int32"), [-1, 2], { dtype: "int32" });
+    expectTensor(tensor(Uint16Array.of(1, 2, 3, 4), undefined, [2, 2]), [[1, 2], [3, 4]]);
+    expect(tensor(BigUint64Array.of(7n)).dtype).toBe("int64");
+    expect(tensor([]).shape).toEqual([0]);
+    expect(tensor(3).shape).toEqual([]);
   });
 
   it("tril and triu with offsets, batched", () => {

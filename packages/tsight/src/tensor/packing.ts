@@ -113,7 +113,8 @@ export function decideTogether(weights: readonly Tensor[]): void {
   for (const w of undecided) decide(w, yes, BLOCK_COPIES);
 }
 
-export const bytesOf = (weights: readonly Tensor[]): number => weights.reduce((n, w) => n + w.data.byteLength, 0);
+/** The bytes the weights hold (a meta weight, which holds none, counts none). */
+export const bytesOf = (weights: readonly Tensor[]): number => weights.reduce((n, w) => n + (w.isMeta ? 0 : w.data.byteLength), 0);
 
 /** A number per weight array, for kernel keys (an array is replaced, never written, when a weight changes). */
 const weightIds = new WeakMap<object, number>();

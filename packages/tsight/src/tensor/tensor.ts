@@ -130,7 +130,7 @@ export class Tensor implements RawTensor {
       guardAllocation(this.numel() * 4);
       return this.packedWeight.toFloat32();
     }
-    throw new MetaTensorError(`this is a meta tensor of shape ${fmt(this.shape)}: it has no values (the model was loaded with dispatch: false)`);
+    throw new MetaTensorError(`this is a meta tensor of shape ${fmt(this.shape)}: it has no values (a model loaded with dispatch: false, a scan, or a parameter never given values)`);
   }
   get isMeta(): boolean {
     return this.storage === null && this.packedWeight === null;
@@ -555,10 +555,13 @@ export class Tensor implements RawTensor {
    * Each entry `repeats` times in a row along `dim` (PyTorch's repeat_interleave with a whole number): a
    * grouped-query model's k or v [B, kv_heads, S, D] as one head per query head is `k.repeatInterleave(H / KV, 1)`.
    */
-  repeatInterleave(repeats: number, dim: number): Tensor {
-    if (!Number.isSafeInteger(repeats) || repeats < 1) throw new RangeError(`repeatInterleave: repeats must be a whole number >= 1, got ${String(repeats)}`);
+  repeatInterleave(repeats: number, dim?: number): Tensor {
+    if (!Number.isSafeInteger(repeats) || repeats < 0) throw new RangeError(`repeatInterleave: repeats must be a whole number >= 0, got ${String(repeats)}`);
+    // No dim: the flattened tensor's entries, as PyTorch's.
+    if (dim === undefined) return this.reshape(-1).repeatInterleave(repeats, 0);
     const d = normAxis("repeatInterleave", dim, this.ndim);
     if (repeats === 1) return this;
+    if (repeats === 0) return this.narrow(d, 0, 0);
     const shape = [...this.shape];
     const wide = [...shape.slice(0, d + 1), repeats, ...shape.slice(d + 1)];
     shape[d] = shape[d]! * repeats;
@@ -568,11 +571,15 @@ export class Tensor implements RawTensor {
   repeat(...sizes: number[] | [readonly number[]]): Tensor {
     const times = (Array.isArray(sizes[0]) ? sizes[0] : sizes) as readonly number[];
     if (times.length < this.ndim) throw new ShapeError(`repeat: needs a size per dim (${this.ndim}), got ${times.length}`);
-    for (const n of times) if (!Number.isSafeInteger(n) || n < 1) throw new RangeError(`repeat: sizes must be whole numbers >= 1, got ${String(n)}`);
+    for (const n of times) if (!Number.isSafeInteger(n) || n < 0) throw new RangeError(`repeat: sizes must be whole numbers >= 0, got ${String(n)}`);
     let t = this.reshape([...new Array<number>(times.length - this.ndim).fill(1), ...this.shape]);
-    // Each dim: a new axis of its count before it, broadcast, then merged into it.
+    // Each dim: a new axis of its count before it, broadcast, then merged into it (a count of 0 leaves it empty).
     for (let d = 0; d < times.length; d++) {
       if (times[d] === 1) continue;
+      if (times[d] === 0) {
+        t = t.narrow(d, 0, 0);
+        continue;
+      }
       const shape = [...t.shape];
       const wide = [...shape.slice(0, d), times[d]!, ...shape.slice(d)];
       shape[d] = shape[d]! * times[d]!;
@@ -763,26 +770,35 @@ function promote(op: string, a: Tensor, b: TensorLike): [Tensor, Tensor] {
 type Nested = number | boolean | bigint | readonly Nested[];
 
 /** A tensor from nested arrays or a typed array; the dtype is inferred (float32 for numbers) unless given. */
-export function tensor(values: Nested | TypedArray, dtype?: DType, shape?: readonly number[]): Tensor {
+export function tensor(values: Nested | TypedArray | ArrayBufferView, dtype?: DType, shape?: readonly number[]): Tensor {
   const fromArray = dtypeOfArray(values);
   if (fromArray && ArrayBuffer.isView(values)) {
     const d = dtype ?? fromArray;
     const arr = d === fromArray ? (values as TypedArray) : arrayFrom(d, Array.from(values as ArrayLike<number>));
     return new Tensor(d, arr, shape ?? [arr.length]);
   }
+  if (ArrayBuffer.isView(values)) {
+    // Another typed array (Float64Array, Int8Array, Uint16Array, ...): its numbers, as a list would give them.
+    if (values instanceof DataView) throw new TypeError("tensor: a DataView has no element type: pass a typed array (Float32Array, Int32Array, ...) or nested arrays of numbers");
+    guardAllocation((values as unknown as ArrayLike<number>).length * 8);
+    return tensor(Array.from(values as unknown as ArrayLike<number | bigint>) as Nested, dtype ?? (values instanceof BigInt64Array || values instanceof BigUint64Array ? "int64" : undefined), shape);
+  }
   const dims: number[] = [];
   for (let v: Nested = values as Nested; Array.isArray(v); v = (v as readonly Nested[])[0]!) dims.push((v as readonly Nested[]).length);
   const flat: (number | boolean | bigint)[] = [];
-  const walk = (v: Nested): void => {
-    if (Array.isArray(v)) for (const x of v as readonly Nested[]) walk(x);
+  // Every array at depth d holds dims[d] entries, and values sit only at the last depth (as nested lists must).
+  const walk = (v: Nested, depth: number): void => {
+    if (Array.isArray(v)) {
+      if (depth >= dims.length || v.length !== dims[depth]) throw new ShapeError(`tensor: nested arrays are ragged (expected shape ${fmt(dims)})`);
+      for (const x of v as readonly Nested[]) walk(x, depth + 1);
+    } else if (depth !== dims.length) throw new ShapeError(`tensor: nested arrays are ragged (expected shape ${fmt(dims)})`);
     else if (typeof v === "number" || typeof v === "boolean" || typeof v === "bigint") flat.push(v);
     else throw new TypeError(`tensor: values must be numbers, booleans or bigints (in nested arrays) or a typed array, got ${v === null ? "null" : typeof v === "object" ? `an object (${(v as object).constructor?.name ?? "no class"})` : typeof v}`);
   };
-  walk(values as Nested);
-  if (flat.length !== sizeOf(dims)) throw new ShapeError(`tensor: nested arrays are ragged (expected ${sizeOf(dims)} values for shape ${fmt(dims)})`);
+  guardAllocation(sizeOf(dims) * 8);
+  walk(values as Nested, 0);
   const d = dtype ?? (typeof flat[0] === "boolean" ? "bool" : typeof flat[0] === "bigint" ? "int64" : "float32");
   if (shape !== undefined) checkShape("tensor", shape);
-  guardAllocation(flat.length * 8);
   return new Tensor(d, arrayFrom(d, flat), shape ?? dims);
 }
 

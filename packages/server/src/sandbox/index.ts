@@ -4,6 +4,7 @@
  * deadline. One isolate per job: nothing of one job is reachable from another's, also when several jobs share one
  * batched forward pass (`executeBatch`).
  */
+import { isMainThread } from "node:worker_threads";
 import ivm from "isolated-vm";
 import { StallError, type InterventionFn } from "tsight";
 import { localStepSites, packValue, toBase64, type DecodedJob, type ExecutionContext, type ExecutionModel as LanguageModel, type JobExecutor } from "tsight/protocol";
@@ -96,6 +97,11 @@ export function batchable(job: DecodedJob): boolean {
 
 export class SandboxExecutor implements JobExecutor {
   constructor(private readonly options: SandboxOptions = {}) {}
+
+  /** Tells `listener` when a job's isolate fails beyond recovery on this thread: the thread is lost (see catastrophe). */
+  onCatastrophe(listener: (message: string) => void): void {
+    catastropheListeners.add(listener);
+  }
 
   async execute(job: DecodedJob, model: LanguageModel, ctx: ExecutionContext): Promise<unknown> {
     const p = this.prepare(job, model, ctx);
@@ -229,7 +235,7 @@ export class SandboxExecutor implements JobExecutor {
    * (`sliceMs` given) making the job's functions is a turn like any other: one that spins leaves the pass.
    */
   private prepare(job: DecodedJob, model: LanguageModel, ctx: ExecutionContext, sliceMs?: number): Prepared {
-    const isolate = new ivm.Isolate({ memoryLimit: this.options.isolateMemoryMB ?? 64 });
+    const isolate = new ivm.Isolate({ memoryLimit: this.options.isolateMemoryMB ?? 64, ...catastrophe() });
     watchExit(isolate);
     const context = isolate.createContextSync();
     let calls = 0;
@@ -287,3 +293,19 @@ export class SandboxExecutor implements JobExecutor {
     }
   }
 }
+
+/**
+ * What an isolate does when V8 loses control of its heap (an allocation it cannot serve even past isolated-vm's
+ * limit: a Map or array grown without end): without a handler isolated-vm aborts the whole process, every user's
+ * jobs with it. On a worker thread (a server's model worker) the handler is set: the thread running the job stops
+ * there instead, the server gives up on it when the job's deadline passes, and a fresh thread takes the model's
+ * jobs (see the server's model-worker.ts). On the main thread (a client's `remote: "local"`) the process aborts, as
+ * a script's own out-of-memory would end it.
+ */
+function catastrophe(): { onCatastrophicError?: (message: string) => void } {
+  if (isMainThread) return {};
+  return { onCatastrophicError: (message) => catastropheListeners.forEach((listener) => listener(message)) };
+}
+
+const catastropheListeners = new Set<(message: string) => void>();
+

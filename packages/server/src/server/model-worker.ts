@@ -50,6 +50,8 @@ const MAX_BACKOFF_MS = 60_000;
  * give-up does not start another: the model waits for the first to end (so at most two copies of the weights).
  */
 const MAX_ABANDONED = 1;
+/** Threads lost to jobs that broke their sandboxes (see lose) before the model is failed. */
+const MAX_LOST = 2;
 /** How long closing waits for an idle thread to end. */
 const CLOSE_WAIT_MS = 5_000;
 /** How long a thread told to end (see retire) may take before it is terminated after all. */
@@ -93,6 +95,8 @@ export class ModelWorker {
   private settled: (() => void)[] = [];
   /** Threads given up on that are still finishing (told to end as soon as they report their jobs' ends). */
   private readonly abandoned = new Set<Worker>();
+  /** Threads stuck for good where a job broke its sandbox (see lose); they end with the process. */
+  private readonly lost = new Set<Worker>();
 
   constructor(private readonly options: ModelWorkerOptions) {}
 
@@ -227,6 +231,8 @@ export class ModelWorker {
       case "event":
         if (current) this.options.onEvent?.(m.jobId, m.event);
         return;
+      case "catastrophe":
+        return this.lose(m.message);
       case "completed":
       case "failed":
         if (!current) return;
@@ -289,6 +295,34 @@ export class ModelWorker {
   }
 
   /**
+   * The thread is stuck for good: a job's isolate lost control of its heap, and isolated-vm keeps the thread where
+   * it failed rather than abort the process. Its jobs end (MEMORY), and a fresh thread takes the model's jobs, up to
+   * MAX_LOST lost threads (each keeps what it held, a copy of the model among it, until the process ends); past
+   * them the model is failed, so that repeated attacks cost no more memory.
+   */
+  private lose(message: string): void {
+    const thread = this.thread;
+    if (!thread) return;
+    this.thread = undefined;
+    this.lost.add(thread);
+    thread.unref();
+    thread.removeAllListeners("message");
+    const failing = this.lost.size > MAX_LOST;
+    this.options.log?.(`tsight: a job's sandbox failed beyond recovery on a thread of ${this.options.model} (${message}); the thread is lost (${this.lost.size} so far)${failing ? "; the model is failed until the server restarts" : ", a fresh one takes the model's jobs"}`);
+    const error = serverError("MEMORY", "the job's code ran its sandbox out of memory in a way it could not recover from; its worker was replaced", "MemoryError");
+    for (const current of [...this.current.values()]) this.finish(current, { ok: false, error });
+    this.restarts++;
+    this.options.onRestart?.();
+    if (failing) {
+      this.lastError = serverError("INTERNAL", `${this.lost.size} jobs broke their worker threads beyond recovery; restart the server to serve ${this.options.model} again`);
+      this.setState("failed");
+      this.release();
+      return;
+    }
+    this.spawn();
+  }
+
+  /**
    * Lets a thread finish the jobs it was told to stop, then retires it (see retire) once it has reported their
    * ends. The jobs stop within about one op after their cancel (see the sandbox's budget), so it does not go on for
    * long.
@@ -317,9 +351,9 @@ export class ModelWorker {
     if (code !== 0) this.forcedEnds++;
   }
 
-  /** Threads of this model alive now: the one serving it, and those given up on that are still finishing. */
+  /** Threads of this model alive now: the one serving it, those given up on that are still finishing, and those lost. */
   get threads(): number {
-    return (this.thread ? 1 : 0) + this.abandoned.size;
+    return (this.thread ? 1 : 0) + this.abandoned.size + this.lost.size;
   }
 
   private finish(current: Current, outcome: RunOutcome): void {

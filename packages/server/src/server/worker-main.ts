@@ -102,6 +102,8 @@ interface Running {
 type BatchExecutor = JobExecutor & {
   /** Each job's outcome, told as soon as it is known. */
   executeBatch?(items: readonly { job: DecodedJob; ctx: ExecutionContext }[], model: ExecutionModel, options?: { stallMs?: number }): Promise<PromiseSettledResult<unknown>>[];
+  /** Tells when a job broke this thread beyond recovery (the sandbox's isolate lost control of its heap). */
+  onCatastrophe?(listener: (message: string) => void): void;
 };
 
 let executor: BatchExecutor;
@@ -235,6 +237,8 @@ try {
   const Executor = mod[data.executor.name] as (new () => JobExecutor) | undefined;
   if (typeof Executor !== "function") throw new Error(`${data.executor.module} exports no class "${data.executor.name}"`);
   executor = new Executor();
+  // This thread cannot go on (it is stuck where the isolate failed): the main thread gives up on it at once.
+  executor.onCatastrophe?.((message) => post({ type: "catastrophe", message }));
   model = await LanguageModel.load(data.model, { dtype: data.dtype, onLoadProgress: (progress) => post({ type: "progress", progress }) });
   for (const s of data.saes ?? []) model.addSae(await loadSae(s.source, { subfolder: s.subfolder }), { at: s.at, useErrorTerm: true });
   post({ type: "ready", batching: typeof executor.executeBatch === "function" });

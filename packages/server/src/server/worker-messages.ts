@@ -65,4 +65,6 @@ export type FromWorker =
   | { type: "started"; jobId: string }
   | { type: "event"; jobId: string; event: JobEvent }
   | { type: "completed"; jobId: string; bytes: Uint8Array }
-  | { type: "failed"; jobId: string; error: ErrorInfo };
+  | { type: "failed"; jobId: string; error: ErrorInfo }
+  /** A job broke the thread beyond recovery (its sandbox's heap): the thread is stuck, its jobs are lost. */
+  | { type: "catastrophe"; message: string };

@@ -346,17 +346,18 @@ export const generateCases: TraceCase[] = [
         PROMPT,
         { maxNewTokens: steps, eosTokenId: null },
         async (m, tr) => {
+          const n = tr.vars.steps as number;
           m.transformer.h[1].next();
           const each: Tensor[] = [];
-          for await (const step of tr.iter(0, steps)) {
+          for await (const step of tr.iter(0, n)) {
             each.push(((await m.transformer.h[1].output) as Tensor).narrow(1, -1, 1));
-            if (step === steps - 2) {
-              for await (const _ of tr.iter([1])) each.push(((await m.transformer.h[1].next(steps - 2).output) as Tensor).narrow(1, -1, 1));
+            if (step === n - 2) {
+              for await (const _ of tr.iter([1])) each.push(((await m.transformer.h[1].next(n - 2).output) as Tensor).narrow(1, -1, 1));
             }
           }
           return each;
         },
-        b.options(),
+        b.options({ vars: { steps } }),
       );
       const whole = (await b.gpt2.trace(read.sequences, async (m) => (await m.transformer.h[1].output) as Tensor, b.options())) as Tensor;
       expect(read.value).toHaveLength(steps + 1);

@@ -1,0 +1,67 @@
+/**
+ * A job whose code makes V8 lose control of its sandbox's heap (a Map or an array grown without end fails where
+ * isolated-vm's memory limit cannot catch it) must not take the server down: isolated-vm then keeps the job's thread
+ * where it failed rather than abort the process, the job ends MEMORY at once, a fresh thread serves the model, and
+ * the other models never notice. A model that loses more threads than MAX_LOST (each keeps its memory until the
+ * process ends) is failed instead of losing more. Against `tsight serve` as a process of its own, over a socket.
+ */
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { startServe, type ServeProcess } from "../../../../test/server/processes.js";
+import { sink } from "../../../../test/streams.js";
+import { runKeys } from "../cli/serve.js";
+import { finished, GPT2, headers, result, submit, type Target } from "./hostile.case.js";
+import { toModelKey } from "tsight/protocol";
+
+const LLAMA = toModelKey("LanguageModel", "stdlib-llama", null);
+const GROW_MAP = "async () => { const m = new Map(); for (let i = 0; ; i++) m.set(i, i); }";
+const LOGITS = "async (m) => (await m.lm_head.output).shape";
+
+describe("a job that breaks its sandbox beyond recovery", () => {
+  let server: ServeProcess;
+  let dataDir: string;
+  let t: Target;
+
+  beforeAll(async () => {
+    dataDir = fs.mkdtempSync(path.join(os.tmpdir(), "tsight-catastrophe-"));
+    server = startServe(["--port", "0", "--data-dir", dataDir, "--timeout", "60s"]);
+    const url = (await server.waitFor(/tsight server on (http:\S+),/, 90_000))[1]!;
+    const out = sink();
+    await runKeys(["create", "--name", "catastrophe", "--data-dir", dataDir], out);
+    const key = /TSIGHT_API_KEY=(\S+)/.exec(out.text)![1]!;
+    t = { url, keys: { hostile: key, victim: key, blocker: key }, processes: () => [], receiver: { url: "", hits: () => 0 } };
+  }, 120_000);
+
+  afterAll(async () => {
+    await server?.stop("SIGKILL");
+    fs.rmSync(dataDir, { recursive: true, force: true });
+  }, 30_000);
+
+  it("ends MEMORY at once; the server and its other models go on, and the model is served by a fresh thread until it has lost too many", async () => {
+    const pid = server.child.pid;
+    for (let lost = 1; lost <= 3; lost++) {
+      const started = Date.now();
+      const broken = await finished(t, await submit(t, { source: GROW_MAP }, t.keys.hostile), t.keys.hostile);
+      expect(broken).toMatchObject({ status: "ERROR", error: { code: "MEMORY", message: expect.stringMatching(/out of memory in a way it could not recover from/) } });
+      // At once, not at the job's 60 s deadline.
+      expect(Date.now() - started).toBeLessThan(30_000);
+      const other = await finished(t, await submit(t, { model: LLAMA, source: LOGITS }, t.keys.victim), t.keys.victim);
+      expect(other.status).toBe("COMPLETED");
+      if (lost <= 2) {
+        const same = await finished(t, await submit(t, { source: LOGITS }, t.keys.victim), t.keys.victim, 60_000);
+        expect(same.status).toBe("COMPLETED");
+        expect(await result(t, same.id, t.keys.victim)).toEqual([1, 5, 4096]);
+      } else {
+        // Past MAX_LOST (2) lost threads the model is failed, saying why, and refuses jobs at once.
+        const res = await fetch(`${t.url}/v1/jobs`, { method: "POST", headers: headers(t.keys.victim), body: JSON.stringify({ model: GPT2, kind: "trace", form: "invoke", input: [1, 2, 3, 4, 5], source: LOGITS }) });
+        expect(res.status).toBe(503);
+        expect(((await res.json()) as { error: { message: string } }).error.message).toMatch(/3 jobs broke their worker threads beyond recovery; restart the server to serve stdlib-gpt2 again/);
+      }
+    }
+    expect(server.child.pid).toBe(pid);
+    expect(server.child.exitCode).toBeNull();
+    expect(server.out).toContain("the thread is lost (3 so far); the model is failed until the server restarts");
+  }, 240_000);
+});

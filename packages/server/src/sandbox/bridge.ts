@@ -84,7 +84,15 @@ export class Bridge implements ActionHost {
   traceDefaults: { stallTimeoutMs?: number; maxInputTokens?: number } = {};
   private jobAliases: ReadonlyMap<string, ReadonlyMap<string, string>> | undefined;
   get aliases(): ReadonlyMap<string, ReadonlyMap<string, string>> {
-    return (this.jobAliases ??= buildAliases(this.lm.model, this.options.rename ?? {}));
+    if (!this.jobAliases) {
+      try {
+        this.jobAliases = buildAliases(this.lm.model, this.options.rename ?? {});
+      } catch (e) {
+        // The job's rename is refused as its own mistake: the message alone, never where on the server it was found.
+        throw new SandboxError("VALIDATION", (e as Error).message.split("\n    at ")[0]!);
+      }
+    }
+    return this.jobAliases;
   }
 
   constructor(

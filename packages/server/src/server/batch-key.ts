@@ -14,11 +14,22 @@ export function batchKey(job: DecodedJob, tokenizer: Tokenizer | undefined): str
   return counts === undefined ? undefined : `${job.grad ? "grad" : "nograd"}|${counts}`;
 }
 
+/**
+ * Characters of text counted into tokens here, on the server's main thread: longer text runs alone, tokenized by
+ * its worker (where a job's bounds apply), since tokenizing long runs of one character is slow and would hold up
+ * every request meanwhile.
+ */
+const MAX_KEYED_CHARS = 4096;
+
 /** The number of tokens of each row of an input, e.g. "5" or "5,5"; undefined when it cannot be told. */
 function tokenCounts(input: unknown, tokenizer: Tokenizer | undefined): string | undefined {
-  if (typeof input === "string") return tokenizer ? String(tokenizer.encode(input).length) : undefined;
+  const count = (text: string): number | undefined => (tokenizer && text.length <= MAX_KEYED_CHARS ? tokenizer.encode(text).length : undefined);
+  if (typeof input === "string") return count(input)?.toString();
   if (Array.isArray(input) && input.length > 0) {
-    if (input.every((x) => typeof x === "string")) return tokenizer ? input.map((t: string) => tokenizer.encode(t).length).join(",") : undefined;
+    if (input.every((x) => typeof x === "string")) {
+      const counts = input.map((t: string) => count(t));
+      return counts.every((n) => n !== undefined) ? counts.join(",") : undefined;
+    }
     if (input.every((x) => typeof x === "number")) return String(input.length);
     if (input.every((x) => Array.isArray(x))) return input.map((r: unknown[]) => r.length).join(",");
     return undefined;

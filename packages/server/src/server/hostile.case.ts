@@ -84,9 +84,29 @@ export const ATTACKS: Attack[] = [
   { name: "an endless loop", job: { source: "async () => { for (;;) {} }" }, expect: ERR("TIMEOUT") },
   { name: "an endless chain of microtasks", job: { source: "async () => { for (;;) await null; }" }, expect: ERR("TIMEOUT") },
   // Inputs the model cannot take: refused before any compute.
+  { name: "a megabyte of spaces as the input (refused before it is tokenized)", job: { input: " ".repeat(2 ** 20), source: "async (m) => 1" }, expect: ERR("VALIDATION", /characters of text, more than the 4000 tokens a job may have here could take/) },
+  {
+    name: "four million spaces made in a session's sandbox and traced",
+    job: { kind: "session", form: "tracer", input: undefined, source: "async (s) => s.trace(' '.repeat(4e6) + 'x', async () => 1)" },
+    expect: ERR(["VALIDATION", "USER_CODE"], /characters of text, more than the 4000 tokens a job may have here could take/),
+  },
   { name: "4,000 tokens for a 512-position model", job: { input: Array.from({ length: 4000 }, (_, i) => i % 4000), source: "async (m) => 1" }, expect: ERR("VALIDATION", /context of 512 positions/) },
   { name: "a token id outside the vocabulary", job: { input: [1, 2, 999999], source: "async (m) => 1" }, expect: ERR("VALIDATION", /vocabulary/) },
   { name: "a batch of more tokens than a job may have", job: { input: Array.from({ length: 900 }, () => FIVE), source: "async (m) => 1" }, expect: ERR("VALIDATION", /tokens a job may have/) },
+  {
+    name: "generation settings out of range (topK of 1e300, a string for eosTokenId): 400 at submission",
+    http: async (t) => {
+      for (const [generate, message] of [
+        [{ maxNewTokens: 2, topK: 1e300 }, /"generate\.topK" must be a whole number from 1/],
+        [{ maxNewTokens: 2, eosTokenId: "x" }, /"generate\.eosTokenId" must be a token id/],
+        [{ maxNewTokens: 2, temperature: -1 }, /"generate\.temperature" must be a number > 0/],
+      ] as const) {
+        const res = await post(t, { model: GPT2, kind: "generate", form: "invoke", input: FIVE, source: "async (m) => 1", generate }, t.keys.hostile);
+        expect(res.status).toBe(400);
+        expect(((await res.json()) as { error: ErrorInfo }).error.message).toMatch(message);
+      }
+    },
+  },
   { name: "generating past the context", job: { kind: "generate", generate: { maxNewTokens: 4096 }, source: "async (m) => 1" }, expect: ERR("VALIDATION", /context/) },
   // Stored data: bounded, deduplicated, capped.
   { name: "log lines in a loop", job: { source: "async () => { for (;;) console.log('x'.repeat(5000)); }" }, expect: ERR("MEMORY", /events/) },
@@ -125,6 +145,7 @@ export const ATTACKS: Attack[] = [
   { name: "code from strings (eval, Function)", job: { source: "async () => Function('return this')().process.mainModule" }, expect: ERR("USER_CODE") },
   { name: "a tensor method that is not in the table", job: { source: "async (m) => { const t = await m.lm_head.output; return Object.getPrototypeOf(t).registerHook.call(t, () => 1); }" }, expect: ERR("USER_CODE") },
   { name: "a host op called by a forged name", job: { source: "async () => tensor([1]).requiresGrad_()" }, expect: ERR("USER_CODE") },
+  { name: "a rename of a module that does not exist (no server path in the message)", job: { source: "async () => 1", rename: { "transformer.h.99": "x" } }, expect: ERR("VALIDATION", /^(?![\s\S]*\/packages\/)[\s\S]*transformer\.h\.99/) },
   { name: "a module path that does not exist", job: { source: "async (m) => await m['transformer.h.99'].output" }, expect: ERR("USER_CODE", /no module/) },
   { name: "tr.next with a huge count", job: { source: "async (m, tr) => { tr.next(1e300); }" }, expect: ERR("USER_CODE", /whole number/) },
   { name: "a hybrid step with a function not written at the call", job: { source: "async (m, tr) => { const f = async (v) => v; return await tr.local(f, 1); }" }, expect: ERR("NOT_ALLOWED", /written at the call/) },

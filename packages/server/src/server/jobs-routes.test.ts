@@ -67,3 +67,18 @@ describe("GET /v1/jobs", () => {
     expect((await fetch(`${server.url}/v1/jobs`, { headers: { "tsight-protocol": "1" } })).status).toBe(401);
   });
 });
+
+describe("POST /v1/jobs/:id/local/:call", () => {
+  it("refuses an answer nested deeper than a remote value may (400, before the step counts as answered)", async () => {
+    const key = server.keys.create("answerer").key;
+    const own = new HttpBackend({ url: server.url, apiKey: key });
+    const { id } = await own.submit({ model: GPT2, kind: "trace", form: "tracer", source: "async (tr) => 1" });
+    const res = await fetch(`${server.url}/v1/jobs/${id}/local/c1`, {
+      method: "POST",
+      headers: { "tsight-protocol": "1", authorization: `Bearer ${key}`, "content-type": "application/json" },
+      body: `{"value":${"[".repeat(100_000)}${"]".repeat(100_000)}}`,
+    });
+    expect(res.status).toBe(400);
+    expect(((await res.json()) as ErrorBody).error).toMatchObject({ code: "VALIDATION", message: expect.stringMatching(/nests arrays or objects more than 256 deep/) });
+  });
+});

@@ -1,6 +1,6 @@
 /** The job routes: submit, list, state, events (SSE), hybrid-step answers, result, cancel. Only the submitting key sees a job. */
 import type { Hono } from "hono";
-import { type ErrorInfo, type JobRequest, type JobStatus, ENVELOPE_TYPE } from "tsight/protocol";
+import { type ErrorInfo, type JobRequest, type JobStatus, ENVELOPE_TYPE, MAX_DEPTH } from "tsight/protocol";
 import { ApiError, jobNotFound } from "./api-error.js";
 import { parseBody } from "./body.js";
 import type { AppDeps } from "./app.js";
@@ -71,7 +71,11 @@ export function jobsRoutes(app: Hono<AppEnv>, deps: AppDeps): void {
         const e = v.error as ErrorInfo;
         if (typeof e !== "object" || e === null || typeof e.message !== "string") throw new ApiError(400, "VALIDATION", '"error" must be an ErrorInfo with a message');
         answer = { kind: "error", error: { code: "USER_CODE", type: String(e.type ?? "Error"), message: e.message, retryable: false, stack: typeof e.stack === "string" ? e.stack : undefined } };
-      } else answer = { kind: "json", value: v.value };
+      } else {
+        // Checked here, before the step counts as answered: too deep a value cannot be handed to the worker.
+        if (nestsDeeper(v.value, MAX_DEPTH)) throw new ApiError(400, "VALIDATION", `the answer nests arrays or objects more than ${MAX_DEPTH} deep, more than a remote value may`);
+        answer = { kind: "json", value: v.value };
+      }
     }
     await jobs.answerLocal(id, c.get("caller").keyId, c.req.param("call"), answer);
     return c.body(null, 204);
@@ -106,4 +110,16 @@ export function jobsRoutes(app: Hono<AppEnv>, deps: AppDeps): void {
     const state = await jobs.cancel(id, c.get("caller").keyId);
     return c.json(state, isTerminal(state.status) ? 200 : 202);
   });
+}
+
+/** Whether `value` nests arrays or objects more than `limit` deep (walked without recursion: it may be deep). */
+function nestsDeeper(value: unknown, limit: number): boolean {
+  const stack: [unknown, number][] = [[value, 0]];
+  while (stack.length) {
+    const [v, depth] = stack.pop()!;
+    if (v === null || typeof v !== "object") continue;
+    if (depth > limit) return true;
+    for (const x of Array.isArray(v) ? v : Object.values(v)) stack.push([x, depth + 1]);
+  }
+  return false;
 }

@@ -272,8 +272,8 @@ export class ModelWorker {
    * Gives up on a job that does not stop: it ends now with `reason`, and a fresh thread takes the model's jobs (the
    * other jobs of its batch, sharing its forward pass, end PREEMPTED). The old thread is not terminated while it
    * works, since terminating a thread inside a native call (ONNX Runtime, isolated-vm) can abort the whole process;
-   * it is told to cancel and is terminated once it reports the end of all its jobs (back in its event loop), or
-   * after ABANDON_MS in any case.
+   * it is told to cancel and is retired once it reports the end of all its jobs (back in its event loop; see
+   * retire). One that never reports (stuck in a native call) stays, and keeps the model draining (MAX_ABANDONED).
    */
   private giveUp(current: Current, reason: ErrorInfo): void {
     if (this.current.get(current.job.jobId) !== current || !this.thread) return;

@@ -45,6 +45,23 @@ export function checkInput(ids: Tensor, limits: InputLimits, extraTokens = 0, ma
   }
 }
 
+/**
+ * The most characters of text a job may send per token it may have. A token of any tokenizer tsight runs spans far
+ * fewer; the bound is checked before tokenizing, which is slow for long runs of one character (it grows faster
+ * than the text: 1 MB of spaces took GPT-2's tokenizer 9 s).
+ */
+export const MAX_CHARS_PER_TOKEN = 16;
+
+/** Refuses text inputs longer than `maxTokens` tokens could take (see MAX_CHARS_PER_TOKEN), before tokenizing them. */
+export function checkTextLength(input: unknown, maxTokens: number): void {
+  if (maxTokens === Infinity) return;
+  const texts = typeof input === "string" ? [input] : Array.isArray(input) && input.every((x) => typeof x === "string") ? (input as string[]) : [];
+  const chars = texts.reduce((n, t) => n + t.length, 0);
+  if (chars > maxTokens * MAX_CHARS_PER_TOKEN) {
+    throw new InputError(`the input is ${chars} characters of text, more than the ${maxTokens} tokens a job may have here could take (${MAX_CHARS_PER_TOKEN} characters a token); send shorter text`);
+  }
+}
+
 export function toBatch(input: ModelInput, tokenizer: Tokenizer): Batch {
   if (typeof input === "string") return fromRows([tokenizer.encode(input)], tokenizer.padTokenId);
   if (input instanceof Tensor) return fromTensor(input, undefined);

@@ -10,7 +10,7 @@ import { Tensor } from "../tensor/index.js";
 import type { EnvoyTree } from "./envoy-types.js";
 import { TraceError } from "./errors.js";
 import { EndForward } from "./interleaver.js";
-import { checkInput, fromRows, toBatch, type ModelInput } from "./inputs.js";
+import { checkInput, checkTextLength, fromRows, toBatch, type ModelInput } from "./inputs.js";
 import { Model, type EditOptions } from "./model.js";
 import type { Rename } from "./rename.js";
 import type { Driver, InterventionFn, InvokeTracer, TraceRun, Tracer } from "./tracer.js";
@@ -322,6 +322,7 @@ export class LanguageModel<M extends CausalLM = any> extends Model<M, EnvoyTree<
 
   /** Token ids of the invokes' inputs, each stripped of its padding and all left-padded to one length: [ids, mask]. */
   protected override batchFor(inputs: readonly unknown[], extraTokens: number | undefined, maxInputTokens: number): { args: unknown[]; sizes: number[] } {
+    for (const input of inputs) checkTextLength(input, maxInputTokens);
     const batches = inputs.map((input) => {
       const b = toBatch(input as ModelInput, this.tokenizer);
       checkInput(b.ids, this.model.config, extraTokens);

@@ -39,6 +39,18 @@ describe("packValue", () => {
     expect((y!.toArray() as number[]).at(-1)).toBe(1);
   });
 
+  it("refuses values nested deeper than MAX_DEPTH both ways, and malformed markers, with a CodecError", () => {
+    let deep: unknown = 1;
+    for (let i = 0; i < 6000; i++) deep = [deep];
+    expect(() => packValue(deep)).toThrow(CodecError);
+    expect(() => packValue({ a: deep })).toThrow(/value\.a\[0\]\[0\].* nests arrays or objects more than 256 deep/);
+    let shallow: unknown = 1;
+    for (let i = 0; i < 200; i++) shallow = [shallow];
+    expect(unpackValue(packValue(shallow))).toEqual(shallow);
+    expect(() => decodeValue(deep, new Map())).toThrow(/nests arrays or objects more than 256 deep/);
+    for (const bad of [{ $cache: null }, { $error: null }, { $error: { type: "X" } }, { $obj: 3 }]) expect(() => decodeValue(bad, new Map())).toThrow(CodecError);
+  });
+
   it("refuses a result over the limit before encoding it", () => {
     const t = ones([512, 1024]); // 2 MiB
     expect(() => packValue([t, t.mul(2)], 3 * MiB)).toThrow(ResultTooLargeError);

@@ -31,7 +31,8 @@ export class FunctionSource {
 export type FunctionEncoder = (fn: Function, where: string) => string;
 
 /** Encodes `value` to JSON-safe data, collecting its tensors into `tensors`. Functions only with `functions`. */
-export function encodeValue(value: unknown, tensors: Map<string, Tensor>, where = "value", functions?: FunctionEncoder): unknown {
+export function encodeValue(value: unknown, tensors: Map<string, Tensor>, where = "value", functions?: FunctionEncoder, depth = 0): unknown {
+  if (depth > MAX_DEPTH) throw new CodecError(`${where.length > 200 ? `${where.slice(0, 200)}...` : where} nests arrays or objects more than ${MAX_DEPTH} deep, more than a remote value may`);
   if (typeof value === "function" && functions) return { $function: functions(value, where) };
   if (value instanceof FunctionSource) return { $function: value.source };
   if (value === null || typeof value === "string" || typeof value === "boolean") return value;
@@ -42,10 +43,10 @@ export function encodeValue(value: unknown, tensors: Map<string, Tensor>, where 
     if (value.isMeta) return { $meta: { dtype: value.dtype, shape: [...value.shape] } };
     return { $t: tensorName(value, tensors) };
   }
-  if (Array.isArray(value)) return value.map((v, i) => encodeValue(v, tensors, `${where}[${i}]`, functions));
+  if (Array.isArray(value)) return value.map((v, i) => encodeValue(v, tensors, `${where}[${i}]`, functions, depth + 1));
   if (value instanceof Cache) {
     const entries: Record<string, unknown> = {};
-    for (const path of value.keys()) entries[path] = encodeValue({ ...value.get(path)! }, tensors, `${where}.cache(${path})`);
+    for (const path of value.keys()) entries[path] = encodeValue({ ...value.get(path)! }, tensors, `${where}.cache(${path})`, undefined, depth + 1);
     // No module path starts with "$". The lists' lengths let `cache.transformer.h[-1]` resolve where the model is not.
     const lists = value.listLengths();
     if (lists.size) entries.$lists = Object.fromEntries(lists);
@@ -54,7 +55,7 @@ export function encodeValue(value: unknown, tensors: Map<string, Tensor>, where 
   if (value instanceof Error) return { $error: infoFromError(value) };
   if (isPlainObject(value)) {
     const out: Record<string, unknown> = {};
-    for (const [k, v] of Object.entries(value)) out[k] = encodeValue(v, tensors, `${where}.${k}`, functions);
+    for (const [k, v] of Object.entries(value)) out[k] = encodeValue(v, tensors, `${where}.${k}`, functions, depth + 1);
     return Object.keys(out).some((k) => k.startsWith("$")) ? { $obj: out } : out;
   }
   const kind = typeof value === "function" ? "a function" : `a ${(value as object).constructor?.name ?? typeof value}`;
@@ -126,9 +127,10 @@ function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
 }
 
 /** The value `encodeValue` encoded, with tensors taken from `tensors`. */
-export function decodeValue(data: unknown, tensors: ReadonlyMap<string, Tensor>): unknown {
+export function decodeValue(data: unknown, tensors: ReadonlyMap<string, Tensor>, depth = 0): unknown {
   if (data === null || typeof data !== "object") return data;
-  if (Array.isArray(data)) return data.map((v) => decodeValue(v, tensors));
+  if (depth > MAX_DEPTH) throw new CodecError(`the value nests arrays or objects more than ${MAX_DEPTH} deep, more than a remote value may`);
+  if (Array.isArray(data)) return data.map((v) => decodeValue(v, tensors, depth + 1));
   const o = data as Record<string, unknown>;
   const keys = Object.keys(o);
   if (keys.length === 1) {
@@ -152,20 +154,26 @@ export function decodeValue(data: unknown, tensors: ReadonlyMap<string, Tensor>)
       case "$undef":
         return undefined;
       case "$obj":
-        return Object.fromEntries(Object.entries(v as object).map(([kk, vv]) => [kk, decodeValue(vv, tensors)]));
+        if (v === null || typeof v !== "object") throw new CodecError("bad $obj: an object is needed");
+        return Object.fromEntries(Object.entries(v as object).map(([kk, vv]) => [kk, decodeValue(vv, tensors, depth + 1)]));
       case "$cache": {
+        if (v === null || typeof v !== "object" || Array.isArray(v)) throw new CodecError("bad $cache: an object of module paths and entries is needed");
         const { $lists, ...entries } = v as Record<string, unknown>;
-        return Cache.fromEntries(Object.entries(entries).map(([path, e]) => [path, decodeValue(e, tensors) as CacheEntry]), listLengthsIn($lists));
+        return Cache.fromEntries(Object.entries(entries).map(([path, e]) => [path, decodeValue(e, tensors, depth + 1) as CacheEntry]), listLengthsIn($lists));
       }
       case "$error":
+        if (v === null || typeof v !== "object" || typeof (v as ErrorInfo).message !== "string") throw new CodecError("bad $error: an ErrorInfo with a message is needed");
         return errorFromInfo(v as ErrorInfo);
       case "$function":
         if (typeof v !== "string") throw new CodecError("bad $function: its source must be a string");
         return new FunctionSource(v);
     }
   }
-  return Object.fromEntries(keys.map((kk) => [kk, decodeValue(o[kk], tensors)]));
+  return Object.fromEntries(keys.map((kk) => [kk, decodeValue(o[kk], tensors, depth + 1)]));
 }
+
+/** How deep arrays and objects may nest in a value crossing to or from a job (real values nest a few levels). */
+export const MAX_DEPTH = 256;
 
 /** A remote cache's list lengths ($lists), checked: whole numbers of modules (at most a million per list). */
 function listLengthsIn(lists: unknown): [string, number][] {

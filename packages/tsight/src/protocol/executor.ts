@@ -103,6 +103,7 @@ export function decodeJob(body: Uint8Array | JobRequest): DecodedJob {
   if (r.kind === "generate") {
     const g = r.generate as GenerateSpec | undefined;
     if (!g || !Number.isInteger(g.maxNewTokens) || g.maxNewTokens < 0 || g.maxNewTokens > 4096) throw new ValidationError('a generate job needs "generate": { "maxNewTokens": 0..4096 }');
+    checkGenerateSpec(g);
   }
   if (r.webhook !== undefined && !isHttpUrl(r.webhook)) throw new ValidationError(`"webhook" must be an http or https URL of at most ${MAX_URL} characters`);
   if (r.webhookSecret !== undefined) {
@@ -159,4 +160,18 @@ export function helpersIn(value: unknown, out: FunctionSource[] = [], depth = 0)
   else if (depth < 64 && Array.isArray(value)) for (const v of value) helpersIn(v, out, depth + 1);
   else if (depth < 64 && value !== null && typeof value === "object" && Object.getPrototypeOf(value) === Object.prototype) for (const v of Object.values(value)) helpersIn(v, out, depth + 1);
   return out;
+}
+
+/** The generation settings checked at submission (a bad one is the request's error, not the job's). */
+function checkGenerateSpec(g: GenerateSpec): void {
+  const id = (v: unknown) => Number.isSafeInteger(v) && (v as number) >= 0 && (v as number) < 2 ** 31;
+  const bad = (field: string, want: string, v: unknown) => new ValidationError(`"generate.${field}" must be ${want}, got ${JSON.stringify(v)?.slice(0, 80)}`);
+  if (g.doSample !== undefined && typeof g.doSample !== "boolean") throw bad("doSample", "true or false", g.doSample);
+  if (g.temperature !== undefined && !(typeof g.temperature === "number" && g.temperature > 0 && Number.isFinite(g.temperature))) throw bad("temperature", "a number > 0", g.temperature);
+  if (g.topK !== undefined && !(id(g.topK) && g.topK > 0)) throw bad("topK", "a whole number from 1", g.topK);
+  if (g.topP !== undefined && !(typeof g.topP === "number" && g.topP > 0 && g.topP <= 1)) throw bad("topP", "a number in (0, 1]", g.topP);
+  if (g.seed !== undefined && !Number.isSafeInteger(g.seed)) throw bad("seed", "a whole number", g.seed);
+  if (g.padTokenId !== undefined && !id(g.padTokenId)) throw bad("padTokenId", "a token id", g.padTokenId);
+  const eos = g.eosTokenId;
+  if (eos !== undefined && eos !== null && !id(eos) && !(Array.isArray(eos) && eos.length <= 64 && eos.every(id))) throw bad("eosTokenId", "a token id, a list of at most 64, or null", eos);
 }

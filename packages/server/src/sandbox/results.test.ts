@@ -4,6 +4,7 @@
  * came back as {}); typed arrays cross as they are.
  */
 import { beforeAll, describe, expect, it } from "vitest";
+import { LanguageModel as ClientLanguageModel } from "../../../tsight/src/client/index.js";
 import { LanguageModel } from "../../../tsight/src/intervention/index.js";
 import { CodecError, packValue } from "../../../tsight/src/protocol/codec.js";
 import { decodeJob, type ExecutionContext } from "../../../tsight/src/protocol/executor.js";
@@ -68,6 +69,14 @@ describe("a job's values that cannot cross", () => {
     // From the host into the job (vars): data too, not a tensor handle or an error.
     const job = decodeJob({ model: GPT2, kind: "trace", form: "invoke", source: "async (m, tr) => { await m.lm_head.output; return [typeof tr.vars.x.$h, tr.vars.x.$h, tr.vars.x.$error instanceof Error, Object.keys(tr.vars.x)]; }", input: "def f(x", vars: { x: { $h: 1, $error: { type: "TypeError", message: "fake" } } } } as JobRequest);
     expect(await executor.execute(job, lm, context())).toEqual(["number", 1, false, ["$h", "$error"]]);
+  });
+
+  it("a hybrid step's answer crosses as over the wire with remote: \"local\" too (what cannot be sent is the step's error)", async () => {
+    const client = await ClientLanguageModel.load("stdlib-gpt2");
+    const step = (source: string) => client.trace("def f(x", new Function(`return ${source}`)(), { remote: "local" }).catch((e: Error) => e);
+    expect(await step("async (m, tr) => { await m.lm_head.output; return await tr.local(async () => ({ n: 7 }), null); }")).toEqual({ n: 7 });
+    const map = (await step("async (m, tr) => { await m.lm_head.output; return await tr.local(async () => new Map(), null); }")) as Error;
+    expect(map.message).toMatch(/^the local step's answer cannot be sent: value is a Map, which cannot cross/);
   });
 
   it("plain objects, arrays, bigints and tensors still cross", async () => {

@@ -8,7 +8,7 @@
  */
 import type { LanguageModel } from "../intervention/index.js";
 import type { Tensor } from "../tensor/index.js";
-import { encodeEnvelope, packValue, unpackValue } from "../protocol/codec.js";
+import { CodecError, encodeEnvelope, packValue, unpackValue } from "../protocol/codec.js";
 import { ClientError, errorFromInfo, infoFromError } from "../protocol/errors.js";
 import { decodeJob, type JobExecutor } from "../protocol/executor.js";
 import { runLocalStep } from "./local-step.js";
@@ -68,7 +68,15 @@ export async function runLocally(request: JobRequest, tensors: ReadonlyMap<strin
         if (options.onEvent) setImmediate(tell, event);
       },
       // Hybrid steps run here, on the code this process submitted (the sandbox asks once the job's code is idle).
-      awaitLocal: (call) => runLocalStep(asked.get(call)!, [request.source, ...(request.edits ?? [])]),
+      // The answer crosses as it would over the wire (what cannot be encoded is the step's error, as HttpBackend's).
+      awaitLocal: async (call) => {
+        const value = await runLocalStep(asked.get(call)!, [request.source, ...(request.edits ?? [])]);
+        try {
+          return unpackValue(packValue(value));
+        } catch (e) {
+          throw e instanceof CodecError ? new TypeError(`the local step's answer cannot be sent: ${e.message}`) : e;
+        }
+      },
       signal: options.signal ?? new AbortController().signal,
       deadline: Date.now() + (options.timeout ?? 60) * 1000,
       memoryLimitBytes: options.memoryLimitBytes ?? 4 * 2 ** 30,

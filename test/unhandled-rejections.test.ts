@@ -89,6 +89,16 @@ afterAll(() => server?.close());
 
 describe("no unhandled rejection reaches the user's process", () => {
   it("in process", async () => expectNoCrash(await runScript("{}")), 120_000);
+  it("a loop of traces nobody awaits prints at most 20 warnings a minute (a server's job cannot flood its log)", async () => {
+    const text = `import { LanguageModel } from "tsight";
+const lm = await LanguageModel.load("stdlib-gpt2");
+for (let i = 0; i < 60; i++) lm.trace("def f(", async () => { throw new Error("never awaited " + i); });
+await new Promise((resolve) => setTimeout(resolve, 1000));
+console.log("end");`;
+    const { stdout, stderr } = await promisify(execFile)(process.execPath, ["--input-type=module", "-e", text], { cwd: root, timeout: 120_000 });
+    expect(stdout.trim()).toBe("end");
+    expect(stderr.match(/TsightWarning: trace\(\) failed, and nothing awaited it/g)).toHaveLength(20);
+  }, 120_000);
   it('in the local sandbox (remote: "local")', async () => expectNoCrash(await runScript('{ remote: "local" }')), 120_000);
   it("through a server", async () => expectNoCrash(await runScript(`{ backend: process.env.TSIGHT_TEST_URL, apiKey: process.env.TSIGHT_TEST_KEY, print: null }`, { TSIGHT_TEST_URL: server.url, TSIGHT_TEST_KEY: apiKey })), 120_000);
 });

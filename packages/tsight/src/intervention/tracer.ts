@@ -21,7 +21,7 @@ import { currentInvoke, runInInvoke } from "./context.js";
 import { EndForward, Interleaver } from "./interleaver.js";
 import { Mediator } from "./mediator.js";
 import { detachAll, RowsError, selectRows, type Rows } from "./rows.js";
-import { Watched } from "./watched.js";
+import { warn, Watched } from "./watched.js";
 
 /** Intervention code: gets the invoke's envoy tree and tracer, returns what the caller should get back. */
 export type InterventionFn<E = any, R = unknown> = (m: E, tr: InvokeTracer) => R | Promise<R>;
@@ -329,9 +329,7 @@ export class TraceRun {
 
   warn(message: string): void {
     this.warnings.push(message);
-    const proc = (globalThis as { process?: { emitWarning?: (m: string, type: string) => void } }).process;
-    if (proc?.emitWarning) proc.emitWarning(message, "TsightWarning");
-    else console.warn(`TsightWarning: ${message}`);
+    warn(message);
   }
 
   /** A bounded tr.iter named iteration `k` (checked against the steps that ran, at the end). */

@@ -73,10 +73,29 @@ export function unawaitedReported<T>(work: Promise<T>, what: string): Promise<T>
     setTimeout(() => {
       if (isUsed()) return;
       const detail = error instanceof Error ? (error.stack ?? `${error.name}: ${error.message}`) : String(error);
-      const message = `${what} failed, and nothing awaited it (a missing await?): ${detail}`;
-      const proc = (globalThis as { process?: { emitWarning?: (m: string, type: string) => void } }).process;
-      if (proc?.emitWarning) proc.emitWarning(message, "TsightWarning");
-      else console.warn(`TsightWarning: ${message}`);
+      warn(`${what} failed, and nothing awaited it (a missing await?): ${detail}`);
     }, 0);
   });
+}
+
+/** Warnings printed per minute at most: code that makes them in a loop (a server's job) cannot flood the log. */
+const WARNINGS_PER_MINUTE = 20;
+const printed = { since: 0, count: 0, dropped: 0 };
+
+/** A TsightWarning (a process warning where there is a process), at most WARNINGS_PER_MINUTE a minute. */
+export function warn(message: string): void {
+  const now = Date.now();
+  if (now - printed.since > 60_000) {
+    if (printed.dropped) emit(`${printed.dropped} more warning${printed.dropped === 1 ? " was" : "s were"} not printed in the last minute (at most ${WARNINGS_PER_MINUTE} a minute)`);
+    Object.assign(printed, { since: now, count: 0, dropped: 0 });
+  }
+  if (printed.count >= WARNINGS_PER_MINUTE) return void printed.dropped++;
+  printed.count++;
+  emit(message);
+}
+
+function emit(message: string): void {
+  const proc = (globalThis as { process?: { emitWarning?: (m: string, type: string) => void } }).process;
+  if (proc?.emitWarning) proc.emitWarning(message, "TsightWarning");
+  else console.warn(`TsightWarning: ${message}`);
 }

@@ -82,3 +82,33 @@ describe("POST /v1/jobs/:id/local/:call", () => {
     expect(((await res.json()) as ErrorBody).error).toMatchObject({ code: "VALIDATION", message: expect.stringMatching(/nests arrays or objects more than 256 deep/) });
   });
 });
+
+describe("open responses per key", () => {
+  it("an event stream past 16 open at once for one key is a 429 (retryable); closing one makes room", async () => {
+    const key = server.keys.create("streamer").key;
+    const own = new HttpBackend({ url: server.url, apiKey: key });
+    const { id } = await own.submit({ model: GPT2, kind: "trace", form: "tracer", source: "async (tr) => 1" });
+    const open = (signal?: AbortSignal) => fetch(`${server.url}/v1/jobs/${id}/events`, { headers: { "tsight-protocol": "1", authorization: `Bearer ${key}` }, signal });
+    const controllers = Array.from({ length: 16 }, () => new AbortController());
+    const streams = await Promise.all(controllers.map((c) => open(c.signal)));
+    expect(streams.map((r) => r.status)).toEqual(Array(16).fill(200));
+    const refused = await open();
+    expect(refused.status).toBe(429);
+    expect(refused.headers.get("retry-after")).toBe("1");
+    expect(((await refused.json()) as ErrorBody).error).toMatchObject({ retryable: true, message: expect.stringMatching(/this key has 16 event streams open, the most it may/) });
+    // Another key is not held up by this one's streams.
+    const other = server.keys.create("other").key;
+    const theirs = await fetch(`${server.url}/v1/jobs/${(await new HttpBackend({ url: server.url, apiKey: other }).submit({ model: GPT2, kind: "trace", form: "tracer", source: "async (tr) => 1" })).id}/events?follow=0`, { headers: { "tsight-protocol": "1", authorization: `Bearer ${other}` } });
+    expect(theirs.status).toBe(200);
+    await theirs.text();
+    controllers[0]!.abort();
+    await streams[0]!.body?.cancel().catch(() => undefined);
+    let again: Response | undefined;
+    for (let i = 0; i < 50 && again?.status !== 200; i++) {
+      await new Promise((r) => setTimeout(r, 20));
+      again = await open((controllers[0] = new AbortController()).signal);
+    }
+    expect(again?.status).toBe(200);
+    controllers.forEach((c) => c.abort());
+  });
+});

@@ -3,6 +3,7 @@ import type { Hono } from "hono";
 import { type ErrorInfo, type JobRequest, type JobStatus, ENVELOPE_TYPE, MAX_DEPTH } from "tsight/protocol";
 import { ApiError, jobNotFound } from "./api-error.js";
 import { parseBody } from "./body.js";
+import { PerKeyLimit } from "./per-key-limit.js";
 import type { AppDeps } from "./app.js";
 import type { AppEnv } from "./guards.js";
 import { isJobId } from "./ids.js";
@@ -16,6 +17,9 @@ const STATUSES: readonly JobStatus[] = ["RECEIVED", "QUEUED", "DISPATCHED", "RUN
 
 export function jobsRoutes(app: Hono<AppEnv>, deps: AppDeps): void {
   const { jobs, store, results, config, events } = deps;
+  // Each open response holds what it sends until read: a key may have only so many (see per-key-limit.ts).
+  const streamsPerKey = new PerKeyLimit("event streams", MAX_EVENT_STREAMS_PER_KEY);
+  const downloadsPerKey = new PerKeyLimit("result downloads", MAX_DOWNLOADS_PER_KEY);
 
   /** The job `id` names, if the caller owns it. */
   const owned = async (id: string, keyId: string) => {
@@ -55,7 +59,7 @@ export function jobsRoutes(app: Hono<AppEnv>, deps: AppDeps): void {
     const from = c.req.header("last-event-id") ?? c.req.query("after") ?? "0";
     if (!/^\d+$/.test(from.trim())) throw new ApiError(400, "VALIDATION", `Last-Event-ID must be an event's sequence number, not "${from}"`);
     // ?follow=0: what is stored now, then the end (not counted as a client following the job).
-    return events.open(id, Number(from.trim()), !["0", "false"].includes(c.req.query("follow") ?? ""));
+    return streamsPerKey.count(c.get("caller").keyId, await events.open(id, Number(from.trim()), !["0", "false"].includes(c.req.query("follow") ?? "")));
   });
 
   app.post("/v1/jobs/:id/local/:call", async (c) => {
@@ -101,7 +105,7 @@ export function jobsRoutes(app: Hono<AppEnv>, deps: AppDeps): void {
       throw e;
     }
     if (!bytes) throw expired();
-    return new Response(bytes, { headers: { "content-type": ENVELOPE_TYPE, "content-length": String(bytes.byteLength), "cache-control": "no-store" } });
+    return downloadsPerKey.count(c.get("caller").keyId, new Response(bytes, { headers: { "content-type": ENVELOPE_TYPE, "content-length": String(bytes.byteLength), "cache-control": "no-store" } }));
   });
 
   app.delete("/v1/jobs/:id", async (c) => {
@@ -123,3 +127,8 @@ function nestsDeeper(value: unknown, limit: number): boolean {
   }
   return false;
 }
+
+/** Event streams one key may have open at once (a job's log is at most maxEventBytesPerJob). */
+export const MAX_EVENT_STREAMS_PER_KEY = 16;
+/** Result downloads one key may have in flight at once (a result is at most maxResultBytes). */
+export const MAX_DOWNLOADS_PER_KEY = 4;

@@ -1,0 +1,28 @@
+/** PerKeyLimit: a key's open responses are counted until read to their end or cancelled; past the limit, a 429. */
+import { describe, expect, it } from "vitest";
+import { ApiError } from "./api-error.js";
+import { PerKeyLimit } from "./per-key-limit.js";
+
+const bytes = (n: number) => new Response(new Uint8Array(n).fill(7));
+
+describe("PerKeyLimit", () => {
+  it("counts bodies until they are read or cancelled, per key, and passes them on whole", async () => {
+    const limit = new PerKeyLimit("result downloads", 2);
+    const a = limit.count("k", bytes(100_000));
+    const b = limit.count("k", bytes(10));
+    expect(() => limit.count("k", bytes(1))).toThrow(ApiError);
+    expect(() => limit.count("k", bytes(1))).toThrow(/this key has 2 result downloads open, the most it may/);
+    // Another key has its own count.
+    await limit.count("other", bytes(5)).arrayBuffer();
+    // Read to its end: room again, and every byte came through.
+    const got = new Uint8Array(await a.arrayBuffer());
+    expect(got.length).toBe(100_000);
+    expect(got.every((v) => v === 7)).toBe(true);
+    const c = limit.count("k", bytes(3));
+    expect(() => limit.count("k", bytes(1))).toThrow(ApiError);
+    // Cancelled (a client that went away): room again.
+    await b.body!.cancel();
+    await c.body!.cancel();
+    expect((await limit.count("k", bytes(4)).arrayBuffer()).byteLength).toBe(4);
+  });
+});

@@ -18,8 +18,8 @@ const STATUSES: readonly JobStatus[] = ["RECEIVED", "QUEUED", "DISPATCHED", "RUN
 export function jobsRoutes(app: Hono<AppEnv>, deps: AppDeps): void {
   const { jobs, store, results, config, events } = deps;
   // Each open response holds what it sends until read: a key may have only so many (see per-key-limit.ts).
-  const streamsPerKey = new PerKeyLimit("event streams", MAX_EVENT_STREAMS_PER_KEY);
-  const downloadsPerKey = new PerKeyLimit("result downloads", MAX_DOWNLOADS_PER_KEY);
+  const streamsPerKey = new PerKeyLimit("event streams", MAX_EVENT_STREAMS_PER_KEY, "open");
+  const downloadsPerKey = new PerKeyLimit("result downloads", MAX_DOWNLOADS_PER_KEY, "read");
 
   /** The job `id` names, if the caller owns it. */
   const owned = async (id: string, keyId: string) => {

@@ -7,7 +7,7 @@ const bytes = (n: number) => new Response(new Uint8Array(n).fill(7));
 
 describe("PerKeyLimit", () => {
   it("counts bodies until they are read or cancelled, per key, and passes them on whole", async () => {
-    const limit = new PerKeyLimit("result downloads", 2);
+    const limit = new PerKeyLimit("result downloads", 2, "read");
     const a = limit.count("k", bytes(100_000));
     const b = limit.count("k", bytes(10));
     expect(() => limit.count("k", bytes(1))).toThrow(ApiError);

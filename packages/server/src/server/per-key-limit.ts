@@ -12,6 +12,12 @@ export class PerKeyLimit {
     /** What is limited, for the 429's message ("event streams"). */
     private readonly what: string,
     readonly max: number,
+    /**
+     * "read": counted until the reader has taken the whole body (a download, whose bytes are all there at once);
+     * "open": until the body itself ends, passed on as it comes (an event stream: its last events reach the
+     * socket before a closing server ends it).
+     */
+    private readonly until: "read" | "open",
   ) {}
 
   /** The response's body, counted against `key` until it is read to its end or cancelled; a 429 past the limit. */
@@ -33,18 +39,7 @@ export class PerKeyLimit {
     };
     const reader = response.body.getReader();
     const body = new ReadableStream<Uint8Array>({
-      async pull(controller) {
-        try {
-          const { done, value } = await reader.read();
-          if (done) {
-            release();
-            controller.close();
-          } else controller.enqueue(value);
-        } catch (e) {
-          release();
-          controller.error(e);
-        }
-      },
+      ...(this.until === "read" ? pulled(reader, release) : pushed(reader, release)),
       cancel(reason) {
         release();
         return reader.cancel(reason);
@@ -52,4 +47,54 @@ export class PerKeyLimit {
     });
     return new Response(body, { status: response.status, headers: response.headers });
   }
+}
+
+/** How a counted body gets its chunks from the original one. */
+interface Source {
+  start?(controller: ReadableStreamDefaultController<Uint8Array>): void;
+  pull?(controller: ReadableStreamDefaultController<Uint8Array>): Promise<void>;
+}
+
+/** Each chunk handed on when the reader asks for it; the count ends with the last one. */
+function pulled(reader: ReadableStreamDefaultReader<Uint8Array>, release: () => void): Source {
+  return {
+    async pull(controller) {
+      try {
+        const { done, value } = await reader.read();
+        if (done) {
+          release();
+          controller.close();
+        } else controller.enqueue(value);
+      } catch (e) {
+        release();
+        controller.error(e);
+      }
+    },
+  };
+}
+
+/** Each chunk handed on as it comes, as the body itself would be; the count ends with the body. */
+function pushed(reader: ReadableStreamDefaultReader<Uint8Array>, release: () => void): Source {
+  return {
+    start(controller) {
+      void (async () => {
+        try {
+          for (;;) {
+            const { done, value } = await reader.read();
+            if (done) break;
+            controller.enqueue(value);
+          }
+          release();
+          controller.close();
+        } catch (e) {
+          release();
+          try {
+            controller.error(e);
+          } catch {
+            // cancelled meanwhile
+          }
+        }
+      })();
+    },
+  };
 }

@@ -570,11 +570,12 @@ export class Bridge implements ActionHost {
     const spec = table && Object.hasOwn(table, action) ? table[action]! : undefined;
     if (!spec) throw new SandboxError("NOT_ALLOWED", `${kind.slice(0, 40)}.${action.slice(0, 100)} is not available in remote code`);
     checkArgs(`${kind === "tracer" ? "tr" : kind}.${action}`, spec.args as never, values);
-    if (kind === "envoy" && (action === "skip" || action === "call")) {
-      const refusal = pointRefusal(this.model.model.get(this.modulePath(path))!, action);
+    const at = kind === "envoy" ? this.valuePath(path, stack) : undefined;
+    if (at !== undefined && (action === "skip" || action === "call")) {
+      const refusal = pointRefusal(this.model.model.get(at)!, action);
       if (refusal) throw new TraceError(refusal, this.origin(stack));
     }
-    const target = kind === "envoy" ? { tracer: this.object(["tracer", id]), path: this.valuePath(path, stack) } : this.object([kind, id]);
+    const target = at !== undefined ? { tracer: this.object(["tracer", id]), path: at } : this.object([kind, id]);
     const handlers = HOST_ACTIONS[kind as keyof typeof HOST_ACTIONS] as Record<string, (host: ActionHost, target: any, args: any[], origin: Error) => unknown>;
     const result = withAllocationGuard(this.budget.guard, () => handlers[action]!(this, target, values, this.origin(stack)));
     switch (spec.answer) {

@@ -3,29 +3,14 @@
  * awaited, a class's instance) is refused with its path where it is used, never copied as something else (a Map
  * came back as {}); typed arrays cross as they are.
  */
-import { beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
+import { sandboxJobs } from "../../../../test/server/sandbox-jobs.js";
 import { LanguageModel as ClientLanguageModel } from "../../../tsight/src/client/index.js";
-import { LanguageModel } from "../../../tsight/src/intervention/index.js";
 import { CodecError, packValue } from "../../../tsight/src/protocol/codec.js";
-import { decodeJob, type ExecutionContext } from "../../../tsight/src/protocol/executor.js";
-import { toModelKey } from "../../../tsight/src/protocol/model-key.js";
-import type { JobRequest } from "../../../tsight/src/protocol/wire.js";
 import { tensor } from "../../../tsight/src/tensor/index.js";
-import { SandboxExecutor } from "./index.js";
 
-const GPT2 = toModelKey("LanguageModel", "stdlib-gpt2", null);
-const executor = new SandboxExecutor();
-let lm: LanguageModel;
-
-beforeAll(async () => {
-  lm = await LanguageModel.load("stdlib-gpt2");
-});
-
-const context = (): ExecutionContext => ({ emit: () => undefined, signal: new AbortController().signal, deadline: Date.now() + 20_000, memoryLimitBytes: 2 ** 28 });
-
-function remote(source: string): Promise<unknown> {
-  return executor.execute(decodeJob({ model: GPT2, kind: "trace", form: "invoke", source, input: "def f(x" } as JobRequest), lm, context());
-}
+const jobs = sandboxJobs();
+const remote = (source: string): Promise<unknown> => jobs.run({ source, input: "def f(x" });
 
 /** A job's result as the server sends it (worker-main packs it so). */
 const sent = (source: string): Promise<Uint8Array> => remote(source).then((v) => packValue(v));
@@ -67,8 +52,8 @@ describe("a job's values that cannot cross", () => {
     const own = { $unsendable: "Map", $h: 3, $envoy: "transformer", $error: { type: "TypeError", message: "fake" }, $plain: 1, nested: [{ $fn: 1 }] };
     expect(await remote(`async () => (${JSON.stringify(own)})`)).toEqual(own);
     // From the host into the job (vars): data too, not a tensor handle or an error.
-    const job = decodeJob({ model: GPT2, kind: "trace", form: "invoke", source: "async (m, tr) => { await m.lm_head.output; return [typeof tr.vars.x.$h, tr.vars.x.$h, tr.vars.x.$error instanceof Error, Object.keys(tr.vars.x)]; }", input: "def f(x", vars: { x: { $h: 1, $error: { type: "TypeError", message: "fake" } } } } as JobRequest);
-    expect(await executor.execute(job, lm, context())).toEqual(["number", 1, false, ["$h", "$error"]]);
+    const source = "async (m, tr) => { await m.lm_head.output; return [typeof tr.vars.x.$h, tr.vars.x.$h, tr.vars.x.$error instanceof Error, Object.keys(tr.vars.x)]; }";
+    expect(await jobs.run({ source, input: "def f(x", vars: { x: { $h: 1, $error: { type: "TypeError", message: "fake" } } } })).toEqual(["number", 1, false, ["$h", "$error"]]);
   });
 
   it("a hybrid step's answer crosses as over the wire with remote: \"local\" too (what cannot be sent is the step's error)", async () => {

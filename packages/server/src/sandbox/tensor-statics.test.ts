@@ -2,33 +2,19 @@
  * Tensor's static constructors in the sandbox (Tensor.zeros, Tensor.full, ...), as in process: the same job code
  * gives the same values both ways, and the sizes it asks for are bounded exactly as the globals' are.
  */
-import { beforeAll, describe, expect, it } from "vitest";
-import { LanguageModel } from "../../../tsight/src/intervention/index.js";
-import { decodeJob, type ExecutionContext } from "../../../tsight/src/protocol/executor.js";
-import { toModelKey } from "../../../tsight/src/protocol/model-key.js";
-import type { JobRequest } from "../../../tsight/src/protocol/wire.js";
+import { describe, expect, it } from "vitest";
+import { sandboxJobs } from "../../../../test/server/sandbox-jobs.js";
 import { full, Tensor, zeros } from "../../../tsight/src/tensor/index.js";
-import { SandboxExecutor } from "./index.js";
 
-const GPT2 = toModelKey("LanguageModel", "stdlib-gpt2", null);
-const executor = new SandboxExecutor();
-let lm: LanguageModel;
-
-beforeAll(async () => {
-  lm = await LanguageModel.load("stdlib-gpt2");
-});
-
-const context = (): ExecutionContext => ({ emit: () => undefined, signal: new AbortController().signal, deadline: Date.now() + 20_000, memoryLimitBytes: 2 ** 28 });
+const jobs = sandboxJobs();
 
 /** Runs an invoke's source in the sandbox. */
-function remote(source: string, input: string, vars: Record<string, unknown> = {}): Promise<unknown> {
-  return executor.execute(decodeJob({ model: GPT2, kind: "trace", form: "invoke", source, input, vars } as JobRequest), lm, context());
-}
+const remote = (source: string, input: string, vars: Record<string, unknown> = {}): Promise<unknown> => jobs.run({ source, input, vars });
 
 /** Runs the same source in process, where Tensor, zeros and full are tsight's own. */
 function inProcess(source: string, input: string, vars: Record<string, unknown> = {}): Promise<unknown> {
   const fn = new Function("Tensor", "zeros", "full", `"use strict"; return (${source});`)(Tensor, zeros, full);
-  return lm.trace(input, fn, { vars });
+  return jobs.lm.trace(input, fn, { vars });
 }
 
 /** The error a promise rejects with. */
@@ -79,7 +65,7 @@ describe("Tensor's static constructors in the sandbox", () => {
       pattern.output = (await pattern.output).put([0, 2, -1], onlyFirst);
       return (await m.lm_head.output).index(0, -1).softmax(-1).index(tr.vars.len).item();
     }`;
-    const vars = { len: lm.tokenizer.encode("len")[0]! };
+    const vars = { len: jobs.lm.tokenizer.encode("len")[0]! };
     const local = (await inProcess(source, "    for i in range(", vars)) as number;
     const plain = (await inProcess("async (m, tr) => (await m.lm_head.output).index(0, -1).softmax(-1).index(tr.vars.len).item()", "    for i in range(", vars)) as number;
     expect(local).not.toBeCloseTo(plain, 3);

@@ -43,6 +43,8 @@ describe("remote lifecycle", () => {
     }
     // scan needs no weights: it still runs here.
     expect(await lm.scan("def f(x", async (m) => (await m.transformer.h[0].output).shape)).toEqual([1, 4, 256]);
+    // And { remote: true }, as the error says, is all it takes: the calls go to the server fromServer found it on.
+    expect(await lm.trace("def f(x", async (m) => (await m.lm_head.output).shape, { remote: true, print: null })).toEqual([1, 4, 4096]);
   });
 
   it("a session's second trace uses a value computed in the first, which never leaves the server", async () => {

@@ -91,12 +91,15 @@ export class LanguageModel<M extends CausalLM = any> extends LocalLanguageModel<
       : Tokenizer.idsOnlyFor(meta.config, `the server has no tokenizer.json for ${repo}, so this model takes token ids only (a list of ids, or an int64 tensor)`);
     const lm = new this(repo, { source: { kind: "hub", name: repo, path: "" }, config: meta.config, generationConfig: meta.generationConfig, model, tokenizer, dispatched: false, dtype: meta.dtype ?? "float32" });
     for (const { at, sae } of saes) lm.addSae(sae, { at, useErrorTerm: true });
-    lm.server = name;
+    lm.server = { name, backend };
     return lm;
   }
 
-  /** The model a server hosts, for one from fromServer: its SAEs are the server's, spliced there. */
-  private server: string | null = null;
+  /**
+   * For a model from fromServer: its name there (its SAEs are the server's, spliced there) and the server it was
+   * found on, where its remote calls go unless a call names another.
+   */
+  private server: { name: string; backend: Backend } | null = null;
 
   /** Splices an SAE (see the local model's addSae); a server's model takes its SAEs from the server only. */
   override addSae(sae: SparseAutoencoder, options: { at?: string; useErrorTerm?: boolean } = {}): this {
@@ -111,7 +114,7 @@ export class LanguageModel<M extends CausalLM = any> extends LocalLanguageModel<
 
   private refuseServerSaes(what: string): void {
     if (this.server !== null) {
-      throw new TraceError(`${what}: ${this.server} is a server's model, whose SAEs are the server's (\`tsight serve --sae\`; lm.saes lists them): an SAE of your own runs on a model loaded here, or is sent in vars and applied in the intervention`);
+      throw new TraceError(`${what}: ${this.server.name} is a server's model, whose SAEs are the server's (\`tsight serve --sae\`; lm.saes lists them): an SAE of your own runs on a model loaded here, or is sent in vars and applied in the intervention`);
     }
   }
 
@@ -224,7 +227,9 @@ export class LanguageModel<M extends CausalLM = any> extends LocalLanguageModel<
       ? options.backend
       : typeof options.backend === "string" && options.apiKey
         ? new HttpBackend({ url: options.backend, apiKey: options.apiKey })
-        : resolveRemoteTarget({ backend: options.backend as string | undefined, remote: true });
+        : options.backend === undefined && options.apiKey === undefined && this.server
+          ? this.server.backend
+          : resolveRemoteTarget({ backend: options.backend as string | undefined, remote: true });
     const job = (await backend.submit(request, tensors)) as RemoteJob<R>;
     if (options.blocking === false) return job;
     const submitted = [request.source, ...edits];

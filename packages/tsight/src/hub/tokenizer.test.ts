@@ -97,6 +97,14 @@ describe("Tokenizer", () => {
     expect([bare.eosTokenId, bare.bosTokenId, bare.padTokenId]).toEqual([null, null, 0]);
   });
 
+  it("a model without a tokenizer pads with its eos id, or 0 where that id is outside its vocabulary", () => {
+    // The hf-fixtures gpt2's config: GPT-2's eos id 50256, a vocabulary cut down to 512, no pad id.
+    const cut = Tokenizer.idsOnlyFor({ vocab_size: 512, eos_token_id: 50256 }, "test");
+    expect([cut.eosTokenId, cut.padTokenId]).toEqual([50256, 0]);
+    expect(Tokenizer.idsOnlyFor({ vocab_size: 512, eos_token_id: 7 }, "test").padTokenId).toBe(7);
+    expect(Tokenizer.idsOnlyFor({ vocab_size: 512, eos_token_id: 7, pad_token_id: 3 }, "test").padTokenId).toBe(3);
+  });
+
   it("decodes arrays, bigints and tensors, and skips special tokens on request", () => {
     const ids = [324, 615, 638, 636, 284];
     const text = "def __init__(self";

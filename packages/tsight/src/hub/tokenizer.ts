@@ -71,8 +71,8 @@ export class Tokenizer {
       this.hasText = false;
       this.eosTokenId = idsOnly.eosTokenId ?? null;
       this.bosTokenId = idsOnly.bosTokenId ?? null;
-      this.padTokenId = idsOnly.padTokenId ?? this.eosTokenId ?? 0;
       this.vocabSize = idsOnly.vocabSize;
+      this.padTokenId = idsOnly.padTokenId ?? this.fallbackPad();
       return;
     }
     try {
@@ -83,8 +83,18 @@ export class Tokenizer {
     this.hasText = true;
     this.eosTokenId = this.specialId("eos_token");
     this.bosTokenId = this.specialId("bos_token");
-    this.padTokenId = this.specialId("pad_token") ?? this.eosTokenId ?? 0;
     this.vocabSize = this.inner.get_vocab(true).size;
+    this.padTokenId = this.specialId("pad_token") ?? this.fallbackPad();
+  }
+
+  /**
+   * The id batches are padded with when none is named: the end-of-text id, as Hugging Face's generation does, or 0
+   * where that is missing or outside the vocabulary (a config's eos id of a model whose vocabulary was cut down);
+   * padded positions are masked, so any id in the vocabulary serves.
+   */
+  private fallbackPad(): number {
+    const eos = this.eosTokenId;
+    return eos !== null && (this.vocabSize <= 0 || eos < this.vocabSize) ? eos : 0;
   }
 
   /**

@@ -108,3 +108,51 @@ function oneHot(like: Tensor, at: readonly number[], value: number): Tensor {
   data[offset] = value;
   return tensor(data, "float32", like.shape);
 }
+
+/**
+ * Attention's points are asked for in reverse of the order they are read (z, pattern, scores, v, k, q) on every
+ * architecture, though a Llama makes v before it rotates q and k: each point's gradient is reached where the forward
+ * called it. Something is read before them, so they are not the graph's leaves (which come in any order).
+ */
+describe("order of gradient requests at attention's points, GPT-2 and Llama alike", () => {
+  const attentionOf: Record<string, (m: any) => any> = { "stdlib-gpt2": (m) => m.transformer.h[1].attn, "stdlib-llama": (m) => m.model.layers[1].self_attn };
+  const asking = (name: string, order: readonly string[]) => async () => {
+    const lm = await LanguageModel.load(name);
+    return lm.trace(
+      PROMPT,
+      async (m: any, tr) => {
+        const attn = attentionOf[name]!(m);
+        await attn.input;
+        const vals: Record<string, Tensor> = {};
+        for (const p of ["q", "k", "v", "scores", "pattern", "z"]) vals[p] = (await attn.source[p].output) as Tensor;
+        const loss = ((await m.lm_head.output) as Tensor).index(0, -1, 5);
+        const got: Record<string, Tensor> = {};
+        await tr.backward(loss, async (g) => {
+          for (const p of order) got[p] = await g.grad(vals[p]!);
+        });
+        return { vals, got };
+      },
+      { grad: true },
+    );
+  };
+  for (const name of Object.keys(attentionOf)) {
+    it(`${name}: z, pattern, scores, v, k, q each get their gradient; z = pattern @ v carries it back to pattern and v`, async () => {
+      const { vals, got } = await asking(name, ["z", "pattern", "scores", "v", "k", "q"])();
+      for (const p of Object.keys(got)) expect(got[p]!.shape).toEqual(vals[p]!.shape);
+      // d/d pattern = dz @ v^T; d/d v = pattern^T @ dz (grouped query heads share a key/value head: summed).
+      const groups = vals.z!.shape[1]! / vals.v!.shape[1]!;
+      expect(maxAbsDiff(got.pattern!, got.z!.matmul(vals.v!.repeatInterleave(groups, 1).transpose(-1, -2)))).toBeLessThan(1e-6);
+      const dv = vals.pattern!.transpose(-1, -2).matmul(got.z!);
+      const summed = dv.reshape(dv.shape[0]!, got.v!.shape[1]!, groups, dv.shape[2]!, dv.shape[3]!).sum(2);
+      expect(maxAbsDiff(got.v!, summed)).toBeLessThan(1e-6);
+    });
+    it(`${name}: v asked for after k and q has gone by`, async () => {
+      const e = await asking(name, ["z", "k", "q", "v"])().then(
+        () => expect.unreachable("the trace should have failed"),
+        (err: unknown) => err,
+      );
+      expect(e).toBeInstanceOf(TraceError);
+      expect((e as Error).message).toContain("source.v.output has already gone by");
+    });
+  }
+});

@@ -377,6 +377,13 @@ export const traceCases: TraceCase[] = [
       expect(swap).toBeInstanceOf(SwapError);
       expect(swap.message).toMatch(/transformer\.h\.0\.output was replaced with shape \[1, 1, 256\] where the model gives \[1, 5, 256\]/);
       expect(swap.message.split("\n")[0]).toMatch(/shape|fit/i); // the failing op's own message comes first
+      // z replaced merged ([B, T, H*D], as TransformerLens users may think of it): the layout it must have comes first.
+      const merged = await b.gpt2
+        .trace(PROMPT, async (m) => void (m.transformer.h[1].attn.source.z.output = Tensor.zeros([1, 5, 256])), b.options())
+        .catch((x) => x);
+      expect(merged).toBeInstanceOf(SwapError);
+      expect(merged.message.split("\n")[0]).toBe("attention: the per-head outputs z must be [batch, heads, tokens, head_dim], got [1, 5, 256]");
+      expect(merged.message).toMatch(/source\.z\.output was replaced with shape \[1, 5, 256\] where the model gives \[1, 4, 5, 64\]/);
       // With another invoke in the batch, a replacement that is no tensor is compared with this invoke's rows.
       const notTensor = await b.gpt2
         .trace(async (tr) => {

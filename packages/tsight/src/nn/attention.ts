@@ -4,7 +4,7 @@
  * (interpretability code reads them). What differs between architectures in forming the scores (scale,
  * soft-capping) is one small record, `ScoreOptions`, apart from q, k, v and the mask.
  */
-import { activeCapture, functional as F, isGradEnabled, Tensor } from "../tensor/index.js";
+import { activeCapture, functional as F, isGradEnabled, ShapeError, Tensor } from "../tensor/index.js";
 import { ModuleCallError } from "./module.js";
 import { applyRotary } from "./rotary.js";
 import type { AttentionPoints } from "./points.js";
@@ -173,6 +173,7 @@ export async function attend(points: AttentionPoints, q: Tensor, k: Tensor, v: T
 
 /** Per-head outputs [B, H, T, D] as one vector per token [B, T, H*D]. */
 function merge(z: Tensor): Tensor {
+  if (z.ndim !== 4) throw new ShapeError(`attention: the per-head outputs z must be [batch, heads, tokens, head_dim], got [${z.shape.join(", ")}]`);
   const [B, H, T, D] = z.shape as [number, number, number, number];
   return z.transpose(1, 2).reshape(B, T, H * D);
 }

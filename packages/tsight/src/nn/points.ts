@@ -5,7 +5,7 @@
  * per-step access in generation, the remote path) works on a point. Points are tsight's, not Hugging Face's: they
  * hang under a `source` child that is never called itself, and `isPoint` tells them apart.
  */
-import { activeCapture, type Tensor } from "../tensor/index.js";
+import { activeCapture, isGradEnabled, type Tensor } from "../tensor/index.js";
 import { Module } from "./module.js";
 
 /** One named value of a forward: calling it lets the tree's hooks read or replace the value. */
@@ -17,8 +17,14 @@ export class Point extends Module {
   /** Why the value is not computed in this model as it is now (an SAE's error without the error term), if it is not. */
   absent: (() => string | null) | null = null;
 
+  /**
+   * The identity; while gradients are recorded through `x`, a new node of the graph (a view), so that the backward
+   * pass reaches the point where the forward called it. Without it, a point whose value was made earlier than the
+   * points called before it (a Llama's v, made before q and k are rotated) had its gradient go by before theirs:
+   * no one order of asking (later points first) held for every architecture.
+   */
   override async forward(x: Tensor): Promise<Tensor> {
-    return x;
+    return x.requiresGrad && isGradEnabled() ? x.reshape(x.numel()).reshape(x.shape) : x;
   }
 
   /** Whether the tree's hooks read, replace or record this point (hooks that cannot tell are taken to). */

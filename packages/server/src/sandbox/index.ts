@@ -174,6 +174,8 @@ export class SandboxExecutor implements JobExecutor {
     items.forEach(({ job, ctx }, index) => {
       try {
         if (!batchable(job)) throw new SandboxError("VALIDATION", "this job cannot share a forward pass with others");
+        // Its own input, checked alone: in the pass, one job's bad input would fail every job's.
+        model.checkInput(job.input!, ctx.maxInputTokens);
         const p = this.prepare(job, model, ctx, stallMs);
         const key = `${job.grad}|${tokenCounts(job, model)}`;
         groups.set(key, [...(groups.get(key) ?? []), { index, p }]);

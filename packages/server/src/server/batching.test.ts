@@ -7,6 +7,7 @@ import { GPT2, tempDir } from "../../../../test/server/harness.js";
 import { HttpBackend } from "../../../tsight/src/client/http.js";
 import type { JobRequest, SequencedEvent } from "../../../tsight/src/protocol/wire.js";
 import { Tensor } from "../../../tsight/src/tensor/index.js";
+import { LanguageModel } from "../../../tsight/src/intervention/index.js";
 import { batchKey } from "./batch-key.js";
 import { decodeJob } from "../../../tsight/src/protocol/executor.js";
 import { startServer, type RunningServer } from "./server.js";
@@ -107,5 +108,15 @@ describe("batching", () => {
     expect(key({ kind: "generate", generate: { maxNewTokens: 1 } })).toBeUndefined();
     expect(key({ edits: ["async (m) => undefined"] })).toBeUndefined();
     expect(key({ form: "tracer", input: undefined })).toBeUndefined();
+  });
+
+  it("tokenizes at most 4096 characters of a job's text on the main thread, over all its rows", async () => {
+    const tokenizer = (await LanguageModel.load("stdlib-gpt2")).tokenizer;
+    const key = (input: string[]) => batchKey(decodeJob({ model: GPT2, kind: "trace", form: "invoke", source: "async () => 1", input } as JobRequest), tokenizer);
+    expect(key(["def __init__(self", "class "])).toBe("nograd|5,2");
+    expect(key(["x".repeat(2048), "y".repeat(2048)])).toMatch(/^nograd\|\d+,\d+$/);
+    // 200 rows of 4096 spaces took the main thread 4.6 s, each row under the bound alone: they run alone, unkeyed.
+    expect(key(["x".repeat(2048), "y".repeat(2049)])).toBeUndefined();
+    expect(key(Array.from({ length: 200 }, () => " ".repeat(4096)))).toBeUndefined();
   });
 });

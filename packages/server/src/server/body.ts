@@ -2,7 +2,7 @@
  * Request bodies: read with a size limit (413 as soon as it is passed, from Content-Length or while streaming) and
  * parsed by content type: JSON, or the binary envelope.
  */
-import { ENVELOPE_TYPE } from "tsight/protocol";
+import { checkJsonText, ENVELOPE_TYPE } from "tsight/protocol";
 import { ApiError } from "./api-error.js";
 
 export type ParsedBody = { kind: "json"; value: unknown } | { kind: "envelope"; bytes: Uint8Array };
@@ -43,8 +43,20 @@ export async function parseBody(req: Request, limit: number): Promise<ParsedBody
   }
   const bytes = await readBody(req, limit);
   if (type === ENVELOPE_TYPE) return { kind: "envelope", bytes };
+  let text: string;
   try {
-    return { kind: "json", value: JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(bytes)) };
+    text = new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+  } catch (e) {
+    throw new ApiError(400, "VALIDATION", `the request body is not valid UTF-8: ${(e as Error).message}`);
+  }
+  // Its depth and count of values, before JSON.parse makes them (see checkJsonText).
+  try {
+    checkJsonText(text, "the request body");
+  } catch (e) {
+    throw new ApiError(400, "VALIDATION", (e as Error).message);
+  }
+  try {
+    return { kind: "json", value: JSON.parse(text) };
   } catch (e) {
     throw new ApiError(400, "VALIDATION", `the request body is not valid JSON: ${(e as Error).message}`);
   }

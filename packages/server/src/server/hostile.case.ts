@@ -172,7 +172,38 @@ export const ATTACKS: Attack[] = [
   { name: "a cache of every module in a shared pass", shared: true, job: { source: "async (m, tr) => { const c = tr.cache(); await m.lm_head.output; return c.keys().length; }" }, expect: { status: "COMPLETED" } },
   { name: "an endless loop in a shared pass", shared: true, job: { source: "async (m) => { await m.transformer.h[0].output; for (;;) {} }" }, expect: ERR("TIMEOUT") },
   { name: "an unanswered hybrid step in a shared pass", shared: true, job: { source: "async (m, tr) => { await m.transformer.h[0].output; return await tr.local(async (v) => v, 1); }", localTimeoutMs: 1500 }, expect: ERR("TIMEOUT", /local step|hybrid step/) },
+  {
+    name: "a meta tensor (a shape without values) put in place of a module's output in a shared pass",
+    shared: true,
+    job: { vars: { x: { $meta: { dtype: "float32", shape: [1, 5, 256] } } } as never, source: "async (m, tr) => { m.transformer.h[0].output = tr.vars.x; return await m.lm_head.output; }" },
+    expect: ERR("USER_CODE", /meta tensor/, /SwapError/),
+  },
+  { name: "a skip with a meta tensor in a shared pass", shared: true, job: { vars: { x: { $meta: { dtype: "float32", shape: [1, 5, 256] } } } as never, source: "async (m, tr) => { m.transformer.h[0].skip(tr.vars.x); return await m.lm_head.output; }" }, expect: ERR("USER_CODE", /meta tensor/, /SwapError/) },
+  // One job's bad input fails that job alone, not the pass it shares (five tokens each: the same batch key).
+  { name: "a token id outside the vocabulary in a shared pass", shared: true, job: { input: [...FIVE.slice(0, 4), 999_999], source: VICTIM }, expect: ERR("VALIDATION", /outside the model's vocabulary/) },
+  { name: "a token id of 1e300 in a shared pass", shared: true, job: { input: [...FIVE.slice(0, 4), 1e300], source: VICTIM }, expect: ERR("VALIDATION", /not a non-negative integer/) },
+  { name: "meta token ids in a shared pass", shared: true, job: { input: { $meta: { dtype: "int64", shape: [5] } } as never, source: VICTIM }, expect: ERR("USER_CODE", /no values/, /MetaTensorError/) },
   // The HTTP API itself.
+  {
+    name: "a field nested 100,000 deep that the request does not use",
+    http: async (t) => {
+      const body = `{"model":${JSON.stringify(GPT2)},"kind":"trace","form":"invoke","input":[1,2],"source":"async () => 1","zz":${"[".repeat(100_000)}${"]".repeat(100_000)}}`;
+      const res = await fetch(`${t.url}/v1/jobs`, { method: "POST", headers: headers(t.keys.hostile), body });
+      expect(res.status).toBe(400);
+      expect(await res.text()).toMatch(/nests arrays or objects more than \d+ deep/);
+    },
+  },
+  {
+    name: "a body of 300,000 empty objects (3 bytes each on the wire)",
+    http: async (t) => {
+      const body = `{"model":${JSON.stringify(GPT2)},"kind":"trace","form":"invoke","input":[1,2],"source":"async () => 1","vars":{"x":[${"{},".repeat(300_000)}{}]}}`;
+      const res = await fetch(`${t.url}/v1/jobs`, { method: "POST", headers: headers(t.keys.hostile), body });
+      expect(res.status).toBe(400);
+      expect(await res.text()).toMatch(/more than \d+ values; send large data as tensors/);
+    },
+  },
+  { name: "a bigint of a million digits in vars", http: async (t) => expect((await post(t, { model: GPT2, kind: "trace", form: "invoke", input: FIVE, source: "async () => 1", vars: { x: { $big: "9".repeat(1e6) } } }, t.keys.hostile)).status).toBe(400) },
+  { name: "200 rows of text (tokenized by the worker, within the job's bounds)", job: { input: Array.from({ length: 200 }, () => " ".repeat(4096)), source: "async () => 1" }, expect: ERR("VALIDATION", /characters of text/) },
   {
     name: "a 3 MB body",
     http: async (t) => expect((await post(t, { model: GPT2, kind: "trace", form: "invoke", input: "x".repeat(3 * 2 ** 20), source: "async () => 1" }, t.keys.hostile)).status).toBe(413),

@@ -73,13 +73,18 @@ describe("POST /v1/jobs/:id/local/:call", () => {
     const key = server.keys.create("answerer").key;
     const own = new HttpBackend({ url: server.url, apiKey: key });
     const { id } = await own.submit({ model: GPT2, kind: "trace", form: "tracer", source: "async (tr) => 1" });
-    const res = await fetch(`${server.url}/v1/jobs/${id}/local/c1`, {
-      method: "POST",
-      headers: { "tsight-protocol": "1", authorization: `Bearer ${key}`, "content-type": "application/json" },
-      body: `{"value":${"[".repeat(100_000)}${"]".repeat(100_000)}}`,
-    });
-    expect(res.status).toBe(400);
-    expect(((await res.json()) as ErrorBody).error).toMatchObject({ code: "VALIDATION", message: expect.stringMatching(/nests arrays or objects more than 256 deep/) });
+    const answer = (depth: number) =>
+      fetch(`${server.url}/v1/jobs/${id}/local/c1`, {
+        method: "POST",
+        headers: { "tsight-protocol": "1", authorization: `Bearer ${key}`, "content-type": "application/json" },
+        body: `{"value":${"[".repeat(depth)}${"]".repeat(depth)}}`,
+      });
+    // Far too deep: refused as it is read, before it is parsed; a little too deep: as the answer is checked.
+    for (const [depth, limit] of [[100_000, 272], [260, 256]] as const) {
+      const res = await answer(depth);
+      expect(res.status).toBe(400);
+      expect(((await res.json()) as ErrorBody).error).toMatchObject({ code: "VALIDATION", message: expect.stringContaining(`nests arrays or objects more than ${limit} deep`) });
+    }
   });
 });
 

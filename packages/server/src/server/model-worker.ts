@@ -148,7 +148,18 @@ export class ModelWorker {
         }),
     );
     this.setState("busy");
-    thread.postMessage(jobs.length === 1 ? { type: "run", job: jobs[0]! } : { type: "run-batch", jobs });
+    try {
+      thread.postMessage(jobs.length === 1 ? { type: "run", job: jobs[0]! } : { type: "run-batch", jobs });
+    } catch (e) {
+      // Not sent (a request the structured clone cannot copy): the jobs end here, and the thread is as it was.
+      for (const job of jobs) {
+        const current = this.current.get(job.jobId)!;
+        clearTimeout(current.watchdog);
+        this.current.delete(job.jobId);
+        current.resolve({ ok: false, error: serverError("INTERNAL", `the job could not be handed to the model's thread: ${(e as Error).message}`) });
+      }
+      this.setState("ready");
+    }
     return outcomes;
   }
 

@@ -85,7 +85,8 @@ export function fromRows(rows: readonly (readonly number[])[], pad: number): Bat
   rows.forEach((r, b) => {
     const off = b * T + T - r.length;
     r.forEach((id, i) => {
-      if (!Number.isInteger(id) || id < 0) throw new InputError(`token id ${id} is not a non-negative integer`);
+      // Safe integers only: a larger number (1e300) would wrap to some id in the vocabulary as it became an int64.
+      if (!Number.isSafeInteger(id) || id < 0) throw new InputError(`token id ${id} is not a non-negative integer`);
       ids[off + i] = BigInt(id);
       mask[off + i] = 1n;
     });

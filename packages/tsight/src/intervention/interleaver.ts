@@ -507,6 +507,16 @@ export class Interleaver implements ModuleHooks, Provider {
    * the module's (a generation step's values inside a layer skipped at an earlier step are that step's).
    */
   private async runSkipping(module: Module, skips: { mediator: Mediator; value: unknown }[], args: unknown[], forward: (args: unknown[]) => unknown): Promise<unknown> {
+    // A skip value of shapes without values in a run with values would make shapes of everything after it, the other
+    // invokes' rows of a shared batch too: that invoke fails instead, and the module runs for it.
+    if (hasTensor(args, (t) => !t.isMeta)) {
+      skips = skips.filter((s) => {
+        if (!hasTensor(s.value, (t) => t.isMeta)) return true;
+        s.mediator.fail(new SwapError(`skip: ${module.path} runs with values; the skip value holds a meta tensor (a shape without values)`));
+        return false;
+      });
+      if (!skips.length) return forward(args);
+    }
     const whole = skips.find((s) => s.mediator.rows === null);
     const covered = skips.reduce((n, s) => n + (s.mediator.rows?.length ?? this.batch), 0);
     const allRows = !whole && covered >= this.batch && disjoint(skips.map((s) => s.mediator.rows!), this.batch);
@@ -700,4 +710,11 @@ function describeSkip(v: unknown): string {
 
 function sameShape(a: readonly number[], b: readonly number[]): boolean {
   return a.length === b.length && a.every((d, i) => d === b[i]);
+}
+
+/** Whether `value` holds a tensor (in arrays and plain objects, as module values nest them) that passes `test`. */
+function hasTensor(value: unknown, test: (t: Tensor) => boolean): boolean {
+  let found = false;
+  mapTensors(value, (t) => ((found ||= test(t)), t));
+  return found;
 }

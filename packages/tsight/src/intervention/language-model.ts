@@ -313,6 +313,15 @@ export class LanguageModel<M extends CausalLM = any> extends Model<M, EnvoyTree<
     checkOptions(c, method, run);
   }
 
+  /**
+   * Throws the InputError (or TokenizerError) a trace of `input` would, before anything runs: text too long for
+   * `maxInputTokens`, ids outside the vocabulary or past the context. A server checks each job's input with it
+   * before the job shares a forward pass, so that one job's bad input fails that job alone.
+   */
+  checkInput(input: ModelInput, maxInputTokens = Infinity): void {
+    this.batchFor([input], undefined, maxInputTokens);
+  }
+
   /** This model without its edits (sharing weights). */
   protected unedited(): LanguageModel<M> {
     const c = this.copy();

@@ -51,6 +51,9 @@ export function mergeRows(full: unknown, part: unknown, rows: Rows | null, batch
       const mine = !whole && batchMajor ? `${fmt([rows!.length, ...full.shape.slice(1)])} for this invoke's rows` : fmt(full.shape);
       throw `${where} is a tensor of shape ${mine}; the replacement is ${describeValue(part)}`;
     }
+    // A shape without values in a run with values: everything computed from it would be shapes only, the other
+    // invokes' rows of a shared batch too.
+    if (part.isMeta && !full.isMeta) throw `${where} has values; the replacement is a meta tensor of shape ${fmt(part.shape)} (a shape without values)`;
     // An invoke that has the whole batch may change the shape, as in PyTorch: later ops get the new one (and an op
     // that cannot take it names this replacement; see Interleaver.explain).
     if (whole) return castLike(part, full, where);

@@ -4,7 +4,7 @@
  */
 import { describe, expect, it } from "vitest";
 import { ones, tensor, Tensor, zeros } from "../tensor/index.js";
-import { CodecError, decodeValue, packValue, ResultTooLargeError, unpackValue } from "./codec.js";
+import { checkJsonText, CodecError, decodeEnvelope, decodeValue, encodeEnvelope, MAX_BIGINT_CHARS, MAX_JSON_DEPTH, MAX_JSON_VALUES, packValue, ResultTooLargeError, unpackValue } from "./codec.js";
 
 const MiB = 1024 * 1024;
 
@@ -67,5 +67,32 @@ describe("packValue", () => {
     for (const lists of ["6", [6], { h: -1 }, { h: 1.5 }, { h: 2e6 }, { h: "6" }, null]) {
       expect(() => decodeValue({ $cache: { "h.2.mlp": entry, $lists: lists } }, tensors)).toThrow(CodecError);
     }
+  });
+});
+
+describe("JSON from the network, bounded before it is parsed", () => {
+  it("counts the nesting and the values of the JSON itself, not brackets or commas inside its strings", () => {
+    expect(() => checkJsonText(`${"[".repeat(MAX_JSON_DEPTH)}${"]".repeat(MAX_JSON_DEPTH)}`, "x")).not.toThrow();
+    expect(() => checkJsonText(`${"[".repeat(MAX_JSON_DEPTH + 1)}${"]".repeat(MAX_JSON_DEPTH + 1)}`, "the body")).toThrow(/the body nests arrays or objects more than \d+ deep/);
+    // Depth comes back down: many shallow arrays in a row are fine.
+    expect(() => checkJsonText(`[${"[[1]],".repeat(1000)}0]`, "x")).not.toThrow();
+    expect(() => checkJsonText(JSON.stringify({ s: "[".repeat(10_000) + ",".repeat(MAX_JSON_VALUES + 1) + '\\"{' }), "x")).not.toThrow();
+    expect(() => checkJsonText(JSON.stringify(new Array(MAX_JSON_VALUES - 2).fill(0)), "x")).not.toThrow();
+    expect(() => checkJsonText(`[${"{},".repeat(MAX_JSON_VALUES)}{}]`, "the body")).toThrow(CodecError);
+    expect(() => checkJsonText(`[${"{},".repeat(MAX_JSON_VALUES)}{}]`, "the body")).toThrow(/the body holds more than 262144 values; send large data as tensors/);
+  });
+
+  it("an envelope's JSON: nesting always, the count of values where asked (a request's)", () => {
+    const deep = encodeEnvelope(JSON.parse(`${"[".repeat(MAX_JSON_DEPTH + 1)}${"]".repeat(MAX_JSON_DEPTH + 1)}`), new Map());
+    expect(() => decodeEnvelope(deep)).toThrow(/the message's JSON nests/);
+    const many = encodeEnvelope(new Array(MAX_JSON_VALUES + 10).fill({}), new Map());
+    expect(decodeEnvelope(many).payload).toHaveLength(MAX_JSON_VALUES + 10);
+    expect(() => decodeEnvelope(many, MAX_JSON_VALUES)).toThrow(/holds more than/);
+  });
+
+  it("a bigint of more digits than the bound is a CodecError before it is parsed", () => {
+    expect(decodeValue({ $big: "9".repeat(MAX_BIGINT_CHARS) }, new Map())).toBe(BigInt("9".repeat(MAX_BIGINT_CHARS)));
+    expect(() => decodeValue({ $big: "9".repeat(MAX_BIGINT_CHARS + 1) }, new Map())).toThrow(/bad \$big: a string of at most 1000 digits/);
+    expect(() => decodeValue({ $big: 12 }, new Map())).toThrow(CodecError);
   });
 });

@@ -150,7 +150,9 @@ export function decodeValue(data: unknown, tensors: ReadonlyMap<string, Tensor>,
       case "$num":
         return Number(v);
       case "$big":
-        return BigInt(String(v));
+        // Parsing a bigint takes time that grows faster than its digits: an int64 needs 20.
+        if (typeof v !== "string" || v.length > MAX_BIGINT_CHARS) throw new CodecError(`bad $big: a string of at most ${MAX_BIGINT_CHARS} digits is needed`);
+        return BigInt(v);
       case "$undef":
         return undefined;
       case "$obj":
@@ -175,6 +177,9 @@ export function decodeValue(data: unknown, tensors: ReadonlyMap<string, Tensor>,
 /** How deep arrays and objects may nest in a value crossing to or from a job (real values nest a few levels). */
 export const MAX_DEPTH = 256;
 
+/** The most characters of a bigint in a remote value. */
+export const MAX_BIGINT_CHARS = 1000;
+
 /** A remote cache's list lengths ($lists), checked: whole numbers of modules (at most a million per list). */
 function listLengthsIn(lists: unknown): [string, number][] {
   if (lists === undefined) return [];
@@ -185,14 +190,57 @@ function listLengthsIn(lists: unknown): [string, number][] {
   });
 }
 
+/**
+ * The most arrays, objects and elements (counted by their separators) the JSON of one request may hold: its data
+ * beyond that goes as tensors. (Results are not bounded so: a server's own.)
+ */
+export const MAX_JSON_VALUES = 2 ** 18;
+
+/**
+ * Throws a CodecError when JSON text from the network nests arrays or objects deeper than `maxDepth` or holds more
+ * than MAX_JSON_VALUES values: checked before it is parsed, since JSON.parse has no bounds that matter here. A few
+ * megabytes of `[{},{},...]` become millions of objects (3 bytes each on the wire, about 50 in the heap, copied
+ * again at each hand-off), and a value nested a million deep parses but overflows the stack of whatever walks it
+ * next (the structured clone that hands a job to its model's thread).
+ */
+export function checkJsonText(text: string, what: string, maxDepth = MAX_JSON_DEPTH, maxValues = MAX_JSON_VALUES): void {
+  let depth = 0;
+  let values = 1;
+  const n = text.length;
+  for (let i = 0; i < n; i++) {
+    const c = text.charCodeAt(i);
+    if (c === 0x22) {
+      // A string: skipped to its closing quote (a backslash escapes the character after it).
+      for (i++; i < n; i++) {
+        const s = text.charCodeAt(i);
+        if (s === 0x5c) i++;
+        else if (s === 0x22) break;
+      }
+      continue;
+    }
+    if (c === 0x5d || c === 0x7d) depth--;
+    else if (c === 0x5b || c === 0x7b) {
+      if (++depth > maxDepth) throw new CodecError(`${what} nests arrays or objects more than ${maxDepth} deep`);
+      values++;
+    } else if (c === 0x2c) values++;
+    else continue;
+    if (values > maxValues) throw new CodecError(`${what} holds more than ${maxValues} values; send large data as tensors`);
+  }
+}
+
+/** How deep a request's or message's JSON may nest: a remote value's depth, inside the few levels that hold it. */
+export const MAX_JSON_DEPTH = MAX_DEPTH + 16;
+
 /** One binary message: JSON `payload` (already encoded) plus its tensors, as a safetensors file. */
 export function encodeEnvelope(payload: unknown, tensors: ReadonlyMap<string, Tensor>): Uint8Array {
   return writeSafetensors(new Map(tensors), { metadata: { tsight: JSON.stringify(payload) } });
 }
 
-export function decodeEnvelope(bytes: Uint8Array): { payload: unknown; tensors: Map<string, Tensor> } {
+/** An envelope's payload and tensors; `maxValues` bounds its JSON (see checkJsonText: a request's is). */
+export function decodeEnvelope(bytes: Uint8Array, maxValues = Infinity): { payload: unknown; tensors: Map<string, Tensor> } {
   const { tensors, metadata } = parseSafetensors(bytes, { file: "message" });
   if (typeof metadata.tsight !== "string") throw new CodecError('the message is a safetensors file without the "tsight" metadata field');
+  checkJsonText(metadata.tsight, "the message's JSON", MAX_JSON_DEPTH, maxValues);
   let payload: unknown;
   try {
     payload = JSON.parse(metadata.tsight);

@@ -6,7 +6,7 @@
 import type { ModelInput } from "../intervention/index.js";
 import type { LanguageModel } from "../intervention/index.js";
 import type { Tensor } from "../tensor/index.js";
-import { CodecError, decodeEnvelope, decodeValue, FunctionSource } from "./codec.js";
+import { CodecError, decodeEnvelope, decodeValue, FunctionSource, MAX_JSON_VALUES } from "./codec.js";
 import { ClientError } from "./errors.js";
 import { canonicalModelKey } from "./model-key.js";
 import type { GenerateSpec, JobEvent, JobKind, JobRequest } from "./wire.js";
@@ -73,7 +73,7 @@ export function decodeJob(body: Uint8Array | JobRequest): DecodedJob {
   let tensors: Map<string, Tensor> = new Map();
   if (body instanceof Uint8Array) {
     try {
-      ({ payload: req, tensors } = decodeEnvelope(body));
+      ({ payload: req, tensors } = decodeEnvelope(body, MAX_JSON_VALUES));
     } catch (e) {
       throw new ValidationError(`the request body is not a valid envelope: ${(e as Error).message}`);
     }

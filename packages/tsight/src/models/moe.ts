@@ -8,7 +8,8 @@
  * => [logits, w, forced]` runs the experts on the forced indices, as the same edit does in PyTorch.
  */
 import { Activation, Module, type ActivationName } from "../nn/index.js";
-import { DTypeError, functional as F, ShapeError, Tensor } from "../tensor/index.js";
+import { DTypeError, functional as F, isGradEnabled, releaseWeight, ShapeError, Tensor } from "../tensor/index.js";
+import { markParameter } from "../tensor/packing.js";
 
 /** What the router and the experts need. */
 export interface MoeConfig {
@@ -92,11 +93,41 @@ export class MoeExperts extends Module {
       [order, inverse, tokenOf] = [ids(perm), ids(inv), ids(perm.map((p) => Math.floor(p / k)))];
     }
     const rows = hidden.indexSelect(0, tokenOf); // (S, D), grouped by expert
-    const perExpert = (x: Tensor, weight: Tensor) => Tensor.cat(groups.map((g) => F.linear(x.narrow(0, g.start, g.count), weight.index(g.expert))), 0);
-    const [gate, up] = perExpert(rows, this.gate_up_proj).chunk(2, -1) as [Tensor, Tensor]; // (S, I) each
+    const views = this.expertViews();
+    const perExpert = (x: Tensor, weight: Tensor, which: 0 | 1) => Tensor.cat(groups.map((g) => F.linear(x.narrow(0, g.start, g.count), views?.[which][g.expert] ?? weight.index(g.expert))), 0);
+    const [gate, up] = perExpert(rows, this.gate_up_proj, 0).chunk(2, -1) as [Tensor, Tensor]; // (S, I) each
     const h = (await this.act_fn.call(gate)).mul(up);
-    const out = perExpert(h, this.down_proj).mul(topKWeights.reshape(S).indexSelect(0, order).unsqueeze(-1)); // (S, D)
+    const out = perExpert(h, this.down_proj, 1).mul(topKWeights.reshape(S).indexSelect(0, order).unsqueeze(-1)); // (S, D)
     return out.indexSelect(0, inverse).reshape(N, k, D).sum(1); // back to pair order, summed over each token's k
+  }
+
+  /** The stacked weights the views were made of, and the views (see expertViews). */
+  private views: { stacked: [object, object]; experts: [Tensor[], Tensor[]] } | null = null;
+
+  /**
+   * Each expert's gate_up and down matrices as tensors of their own over the stacked weights' memory, no copy, and
+   * marked as parameters, so that linear keeps each in a kernel (repacked within the copy budget, as a dense
+   * layer's) instead of copying the expert's slice out at every call: a Mixtral-shaped model of 4 layers of 8
+   * experts copied 550 MB a forward. Made again when a stacked weight is replaced (an array is replaced, never
+   * written, when a weight changes). Null where slices must be taken by ops: gradients recorded through the
+   * weights, or weights kept in another dtype.
+   */
+  private expertViews(): [Tensor[], Tensor[]] | null {
+    const stacked = [this.gate_up_proj, this.down_proj] as const;
+    if (stacked.some((w) => w.dtype !== "float32" || w.packed || w.isMeta || (w.requiresGrad && isGradEnabled()))) return null;
+    if (this.views && this.views.stacked[0] === stacked[0].data && this.views.stacked[1] === stacked[1].data) return this.views.experts;
+    for (const old of this.views?.experts.flat() ?? []) releaseWeight(old.data);
+    const split = (w: Tensor): Tensor[] => {
+      const [E, rows, cols] = w.shape as [number, number, number];
+      const data = w.data as Float32Array;
+      return Array.from({ length: E }, (_, e) => {
+        const view = new Tensor("float32", data.subarray(e * rows * cols, (e + 1) * rows * cols), [rows, cols]);
+        markParameter(view);
+        return view;
+      });
+    };
+    this.views = { stacked: [stacked[0].data, stacked[1].data], experts: [split(stacked[0]), split(stacked[1])] };
+    return this.views.experts;
   }
 }
 

@@ -379,7 +379,7 @@ export const traceCases: TraceCase[] = [
       expect(swap.message.split("\n")[0]).toMatch(/shape|fit/i); // the failing op's own message comes first
       // z replaced merged ([B, T, H*D], as TransformerLens users may think of it): the layout it must have comes first.
       const merged = await b.gpt2
-        .trace(PROMPT, async (m) => void (m.transformer.h[1].attn.source.z.output = Tensor.zeros([1, 5, 256])), b.options())
+        .trace(PROMPT, async (m, tr) => void (m.transformer.h[1].attn.source.z.output = tr.vars.z as Tensor), b.options({ vars: { z: Tensor.zeros([1, 5, 256]) } }))
         .catch((x) => x);
       expect(merged).toBeInstanceOf(SwapError);
       expect(merged.message.split("\n")[0]).toBe("attention: the per-head outputs z must be [batch, heads, tokens, head_dim], got [1, 5, 256]");

@@ -3,7 +3,7 @@
  * table entry, typed so that an action added to the table without a handler (or a handler without an entry) does
  * not compile. Arguments arrive checked against the table's kinds.
  */
-import { Cache, GradScope, InvokeTracer, resolveAliases, Tracer, type CacheOptions, type InterventionFn, type Mediator, type Optimizer, type Tensor } from "tsight";
+import { Cache, GradScope, InputError, InvokeTracer, resolveAliases, Tensor, Tracer, type CacheOptions, type InterventionFn, type Generator, type Mediator, type Optimizer } from "tsight";
 import type { ExecutionModel as LanguageModel, SANDBOX_OBJECTS } from "tsight/protocol";
 import type { JobBudget } from "./budget.js";
 import { SandboxError } from "./errors.js";
@@ -89,11 +89,27 @@ const envoy: Handlers<"envoy", EnvoyTarget> = {
   call: (host, t, args) => {
     const root = host.envoyOf.get(t.tracer) as Record<string, any> | undefined;
     if (!root) throw new SandboxError("VALIDATION", "modules are called inside an invoke");
+    checkCallRows(t.path, args, host.traceDefaults.maxInputTokens);
     const target = t.path.split(".").filter(Boolean).reduce((e: any, k: string) => e[k], root);
     return target.call(...args);
   },
   next: (_h, t, [n]) => void mediator(t).nextCall(t.path, n ?? 1),
 };
+
+/**
+ * A module called by a job takes no more rows (tokens) than the job's input may have: a job-made batch of 128 x 512
+ * token ids through the model, gradients on, took the server 1.6 GB past a 512 MiB job, since what ONNX Runtime and
+ * the gradient graph keep during a call is not charged to the job. Rows of a tensor argument: its values for integer
+ * ids, its vectors (all but the last dimension) for activations.
+ */
+function checkCallRows(path: string, args: readonly unknown[], maxInputTokens: number | undefined): void {
+  if (maxInputTokens === undefined) return;
+  for (const a of args) {
+    if (!(a instanceof Tensor) || a.ndim === 0) continue;
+    const rows = a.dtype === "float32" ? a.numel() / Math.max(1, a.shape[a.ndim - 1]!) : a.numel();
+    if (rows > maxInputTokens) throw new InputError(`${path || "the model"}.call: its argument of shape [${a.shape.join(", ")}] has ${rows} rows (tokens), more than the ${maxInputTokens} a job's input may have here`);
+  }
+}
 
 const cache: Handlers<"cache", Cache> = {
   get: (_h, c, [module]) => c.get(module) ?? null,
@@ -103,8 +119,9 @@ const cache: Handlers<"cache", Cache> = {
 };
 
 const grad: Handlers<"grad", GradScope> = {
-  grad: (_h, scope, [t]) => scope.grad(t),
-  setGrad: (_h, scope, [t, value]) => void scope.setGrad(t, value),
+  // The job's own location, not this file's, is where an error about the request points.
+  grad: (_h, scope, [t], origin) => scope.grad(t, origin),
+  setGrad: (_h, scope, [t, value], origin) => void scope.setGrad(t, value, origin),
 };
 
 /** Options a session's trace may set. */
@@ -160,6 +177,11 @@ const optimizer: Handlers<"optimizer", Optimizer> = {
   setLr: (_h, opt, [lr]) => void opt.setLr(lr),
 };
 
-export const HOST_ACTIONS = { tracer, envoy, cache, grad, session, barrier, steps, optimizer } satisfies { [K in keyof typeof SANDBOX_OBJECTS]: Handlers<K, any> };
+// Returns nothing: the job's own object stands for it (a reseeded generator is the same generator).
+const generator: Handlers<"generator", Generator> = {
+  manualSeed: (_h, g, [seed]) => void g.manualSeed(seed),
+};
+
+export const HOST_ACTIONS = { tracer, envoy, cache, grad, session, barrier, steps, optimizer, generator } satisfies { [K in keyof typeof SANDBOX_OBJECTS]: Handlers<K, any> };
 
 export { InvokeTracer };

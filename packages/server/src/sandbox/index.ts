@@ -6,12 +6,16 @@
  */
 import { isMainThread } from "node:worker_threads";
 import ivm from "isolated-vm";
-import { StallError, type InterventionFn } from "tsight";
+import { StallError, treatAsLibraryCode, type InterventionFn } from "tsight";
 import { localStepSites, packValue, toBase64, type DecodedJob, type ExecutionContext, type ExecutionModel as LanguageModel, type JobExecutor } from "tsight/protocol";
 import { Bridge } from "./bridge.js";
 import { SandboxError } from "./errors.js";
 
 export { SandboxError } from "./errors.js";
+
+// This package's own frames are not a job's line (an error made here, as the host runs a job's request, would show
+// the server's file path to the job otherwise).
+treatAsLibraryCode(decodeURIComponent(new URL("../..", import.meta.url).pathname));
 
 export interface SandboxOptions {
   /** Heap limit of the isolate in MB (the user's own JavaScript objects; tensors live on the host). */

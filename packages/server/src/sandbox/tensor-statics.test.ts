@@ -4,7 +4,7 @@
  */
 import { describe, expect, it } from "vitest";
 import { sandboxJobs } from "../../../../test/server/sandbox-jobs.js";
-import { full, Tensor, zeros } from "../../../tsight/src/tensor/index.js";
+import { full, Generator, randint, randn, Tensor, zeros } from "../../../tsight/src/tensor/index.js";
 
 const jobs = sandboxJobs();
 
@@ -93,5 +93,21 @@ describe("Tensor's static constructors in the sandbox", () => {
       expect(e.code, call).toBe("NOT_ALLOWED");
       expect(e.message).toMatch(/^Tensor\.(meta|fromPacked) is not available in remote code/);
     }
+  });
+
+  it("take a Generator as in process: the same draws from the same seed, and again after manualSeed", async () => {
+    const source = `async () => {
+      const g = new Generator(5);
+      const a = randn([4], g).tolist();
+      const b = randn([4], g).tolist();
+      g.manualSeed(5);
+      const again = randint(0, 100, [3], g).tolist();
+      return { a, b, again, fresh: randint(0, 100, [3], new Generator(5)).tolist() };
+    }`;
+    const fn = new Function("randn", "randint", "Generator", `"use strict"; return (${source});`)(randn, randint, Generator);
+    const local = (await jobs.lm.trace("x", fn)) as { a: number[]; b: number[]; again: number[]; fresh: number[] };
+    expect(local.a).not.toEqual(local.b);
+    expect(local.again).toEqual(local.fresh);
+    expect(await remote(source, "x")).toEqual(local);
   });
 });

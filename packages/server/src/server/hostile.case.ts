@@ -183,6 +183,10 @@ export const ATTACKS: Attack[] = [
   { name: "a token id outside the vocabulary in a shared pass", shared: true, job: { input: [...FIVE.slice(0, 4), 999_999], source: VICTIM }, expect: ERR("VALIDATION", /outside the model's vocabulary/) },
   { name: "a token id of 1e300 in a shared pass", shared: true, job: { input: [...FIVE.slice(0, 4), 1e300], source: VICTIM }, expect: ERR("VALIDATION", /not a non-negative integer/) },
   { name: "meta token ids in a shared pass", shared: true, job: { input: { $meta: { dtype: "int64", shape: [5] } } as never, source: VICTIM }, expect: ERR("USER_CODE", /no values/, /MetaTensorError/) },
+  { name: "the model called on a job-made batch of 4096 tokens, gradients on", job: { grad: true, source: "async (m) => { await m.transformer.h[0].output; return (await m.transformer.call(zeros([8, 512], 'int64'))).shape; }" }, expect: ERR("VALIDATION", /transformer\.call: its argument of shape \[8, 512\] has 4096 rows \(tokens\), more than the 4000/, /InputError/) },
+  // Errors the host raises for a job's request point at the job's code, never at the server's files.
+  { name: "a backward of a loss that is not one number", job: { grad: true, source: "async (m, tr) => { await m.transformer.h[0].output; await tr.backward(await m.lm_head.output); }" }, expect: ERR("USER_CODE", /^(?![\s\S]*(host-actions|\/sandbox\/|\/dist\/))[\s\S]*the loss must be a single number/, /TraceError/) },
+  { name: "the gradient of a tensor outside the graph", job: { grad: true, source: "async (m, tr) => { const h = await m.transformer.h[0].output; await tr.backward(h.sum(), async (g) => { await g.grad(zeros([2])); }); }" }, expect: ERR("USER_CODE", /^(?![\s\S]*(host-actions|\/sandbox\/|\/dist\/))[\s\S]*not part of the graph/, /TraceError/) },
   // The HTTP API itself.
   {
     name: "a field nested 100,000 deep that the request does not use",

@@ -156,3 +156,26 @@ describe("order of gradient requests at attention's points, GPT-2 and Llama alik
     });
   }
 });
+
+describe("setGrad", () => {
+  it("refuses a gradient of another shape than the value's, naming both, at the user's line", async () => {
+    const lm = await LanguageModel.load("stdlib-gpt2");
+    const e = await lm
+      .trace(
+        PROMPT,
+        async (m: any, tr) => {
+          const h = (await m.transformer.h[0].output) as Tensor;
+          const loss = ((await m.lm_head.output) as Tensor).index(0, -1, 5);
+          await tr.backward(loss, async (g) => g.setGrad(h, tensor(new Float32Array(2 * h.shape[1]! * 256), "float32", [2, h.shape[1]!, 256])));
+        },
+        { grad: true },
+      )
+      .then(
+        () => expect.unreachable("the trace should have failed"),
+        (err: unknown) => err as TraceError,
+      );
+    expect(e).toBeInstanceOf(TraceError);
+    expect(e.message).toMatch(/setGrad: the gradient has shape \[1, \d+, 256\]; the replacement has shape \[2, \d+, 256\]/);
+    expect(e.userLine).toMatch(/backward-order\.test\.ts/);
+  });
+});

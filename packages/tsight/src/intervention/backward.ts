@@ -61,11 +61,13 @@ export class GradScope {
     private readonly stallTimeoutMs = 60_000,
   ) {}
 
-  /** The gradient of the loss with respect to `t`, when the backward pass reaches it. */
-  grad(t: Tensor): Promise<Tensor> {
-    const origin = new Error();
+  /**
+   * The gradient of the loss with respect to `t`, when the backward pass reaches it. (`origin`, internal: where the
+   * code asked, for a caller that is not that code: the sandbox passes the job's own location.)
+   */
+  grad(t: Tensor, origin: Error = new Error()): Promise<Tensor> {
     return new Promise((resolve, reject) => {
-      const source = this.sourceOf(t, "grad");
+      const source = this.sourceOf(t, "grad", origin);
       const now = this.current.get(source.leaf) ?? this.settled.get(source.leaf);
       if (now) return resolve(rowsOf(now, source));
       if (this.passed(source.leaf)) return reject(new TraceError(`the gradient of ${source.name ?? "this value"} has already gone by: ask for gradients in reverse forward order (later values first)`, origin));
@@ -75,10 +77,9 @@ export class GradScope {
     });
   }
 
-  /** Replaces the gradient flowing back from `t` (a tensor of t's shape, or a function of the gradient). */
-  setGrad(t: Tensor, value: Tensor | ((g: Tensor) => Tensor)): void {
-    const origin = new Error();
-    const source = this.sourceOf(t, "setGrad");
+  /** Replaces the gradient flowing back from `t` (a tensor of t's shape, or a function of the gradient); `origin` as in grad. */
+  setGrad(t: Tensor, value: Tensor | ((g: Tensor) => Tensor), origin: Error = new Error()): void {
+    const source = this.sourceOf(t, "setGrad", origin);
     const now = this.current.get(source.leaf);
     if (now) {
       this.current.set(source.leaf, this.apply(now, source, value, origin));
@@ -91,7 +92,7 @@ export class GradScope {
     this.hookLeaf?.(source.leaf);
   }
 
-  private sourceOf(t: Tensor, what: string): GradSource {
+  private sourceOf(t: Tensor, what: string, origin: Error): GradSource {
     if (!(t instanceof Tensor)) {
       const given: unknown = t;
       const hint =
@@ -100,11 +101,11 @@ export class GradScope {
           : given instanceof Promise
             ? " (got a promise: await the value in the forward pass, before the loss)"
             : "";
-      throw new TraceError(`${what}: expected a tensor${hint}`);
+      throw new TraceError(`${what}: expected a tensor${hint}`, origin);
     }
     const source = this.sources.get(t) ?? { leaf: t, rows: null, batch: t.shape[0] ?? 1 };
-    if (!source.leaf.requiresGrad) throw new TraceError(`${what}: this tensor is not part of the graph; read it in a trace started with { grad: true }, before the loss is computed from it`);
-    if (this.finished) throw new TraceError(`${what}: the backward pass is over`);
+    if (!source.leaf.requiresGrad) throw new TraceError(`${what}: this tensor is not part of the graph; read it in a trace started with { grad: true }, before the loss is computed from it`, origin);
+    if (this.finished) throw new TraceError(`${what}: the backward pass is over`, origin);
     return source;
   }
 
@@ -115,7 +116,13 @@ export class GradScope {
   }
 
   private apply(g: Tensor, source: GradSource, value: Tensor | ((g: Tensor) => Tensor), origin: Error): Tensor {
-    const replacement = typeof value === "function" ? value(rowsOf(g, source)) : value;
+    const mine = rowsOf(g, source);
+    const replacement = typeof value === "function" ? value(mine) : value;
+    // A gradient flows on into the ops that made the value: it must have the value's shape (PyTorch refuses a hook's
+    // gradient of another shape too), with the whole batch as with one invoke's rows.
+    if (replacement instanceof Tensor && mine instanceof Tensor && (replacement.ndim !== mine.ndim || replacement.shape.some((d, i) => d !== mine.shape[i]))) {
+      throw new TraceError(`setGrad: the gradient has shape [${mine.shape.join(", ")}]; the replacement has shape [${replacement.shape.join(", ")}]`, origin);
+    }
     try {
       return mergeRows(g, replacement, source.rows, source.batch, "the gradient") as Tensor;
     } catch (e) {

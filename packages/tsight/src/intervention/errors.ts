@@ -89,6 +89,17 @@ const packageRoot = decodeURIComponent(new URL("../..", import.meta.url).pathnam
 const ownCode = [`${packageRoot}src/`, `${packageRoot}dist/`];
 const isTest = /\.(test|case)\.[cm]?[jt]s:/;
 
+/**
+ * Counts the files under `dir` as library code, not the user's, when errors look for the user's line: a package built
+ * on tsight that calls it for its users (the server's sandbox, whose users' lines are in their jobs). Installed
+ * packages (under node_modules) count so already; this is for a workspace or a linked checkout.
+ * @internal
+ */
+export function treatAsLibraryCode(dir: string): void {
+  const root = dir.endsWith("/") ? dir : `${dir}/`;
+  if (!ownCode.includes(root)) ownCode.push(root);
+}
+
 /** The first stack frame outside tsight's own code (and Node's, and other packages'): the user's line. */
 export function userFrame(stack: string | undefined): string | undefined {
   if (!stack) return undefined;

@@ -4,6 +4,7 @@
  */
 import { describe, expect, it } from "vitest";
 import { ones, tensor, Tensor, zeros } from "../tensor/index.js";
+import { RemoteError, infoFromError } from "./errors.js";
 import { checkJsonText, CodecError, decodeEnvelope, decodeValue, encodeEnvelope, MAX_BIGINT_CHARS, MAX_JSON_DEPTH, MAX_JSON_VALUES, packValue, ResultTooLargeError, unpackValue } from "./codec.js";
 
 const MiB = 1024 * 1024;
@@ -94,5 +95,17 @@ describe("JSON from the network, bounded before it is parsed", () => {
     expect(decodeValue({ $big: "9".repeat(MAX_BIGINT_CHARS) }, new Map())).toBe(BigInt("9".repeat(MAX_BIGINT_CHARS)));
     expect(() => decodeValue({ $big: "9".repeat(MAX_BIGINT_CHARS + 1) }, new Map())).toThrow(/bad \$big: a string of at most 1000 digits/);
     expect(() => decodeValue({ $big: 12 }, new Map())).toThrow(CodecError);
+  });
+});
+
+describe("errors as data", () => {
+  it("a type or code that names a property of Object.prototype is no class or code of ours", () => {
+    for (const type of ["__proto__", "constructor", "toString", "hasOwnProperty"]) {
+      const e = decodeValue({ $error: { code: "USER_CODE", type, message: "answered", retryable: false } }, new Map()) as Error;
+      expect(e).toBeInstanceOf(RemoteError);
+      expect(e.message).toBe("answered");
+    }
+    const claimed = Object.assign(new Error("x"), { code: "constructor" });
+    expect(infoFromError(claimed).code).toBe("USER_CODE");
   });
 });

@@ -58,7 +58,8 @@ const known: Record<string, ErrorClass> = {
 
 /** An Error (of a known class, with code and retryable) from its description. */
 export function errorFromInfo(info: ErrorInfo, status?: number): Error {
-  const cls = known[info.type];
+  // Own keys only: a type of "__proto__" or "constructor" is no class of ours.
+  const cls = Object.hasOwn(known, info.type) ? known[info.type] : undefined;
   if (!cls || info.code !== "USER_CODE") return new RemoteError(info, status);
   const e = new cls(info.message);
   // The message and stack are the job's, not where this copy was made.
@@ -74,6 +75,6 @@ export function infoFromError(e: unknown, fallback: ErrorCode = "USER_CODE"): Er
   if (e instanceof RemoteError) return { code: e.code, type: e.type, message: e.message, retryable: e.retryable, stack: e.stack };
   const err = e instanceof Error ? e : new Error(String(e));
   const own = (err as { code?: unknown }).code;
-  const code = typeof own === "string" && own in RETRYABLE ? (own as ErrorCode) : fallback;
+  const code = typeof own === "string" && Object.hasOwn(RETRYABLE, own) ? (own as ErrorCode) : fallback;
   return { code, type: err.name || "Error", message: err.message, retryable: RETRYABLE[code], stack: err.stack };
 }

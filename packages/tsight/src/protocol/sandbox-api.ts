@@ -243,6 +243,11 @@ export const OPTIMIZER_ACTIONS = {
   setLr: { args: ["number"], answer: "value" },
 } as const satisfies Actions;
 
+/** What a random generator (`new Generator(seed)`, passed to randn and its kin) can do besides being passed. */
+export const GENERATOR_ACTIONS = {
+  manualSeed: { args: ["number"], answer: "value" },
+} as const satisfies Actions;
+
 /** What a session (`model.session(async (s) => ...)`) can do. */
 export const SESSION_ACTIONS = {
   vars: { args: [], answer: "value", getter: true },
@@ -271,6 +276,7 @@ export const SANDBOX_OBJECTS = {
   barrier: BARRIER_ACTIONS,
   steps: STEPS_ACTIONS,
   optimizer: OPTIMIZER_ACTIONS,
+  generator: GENERATOR_ACTIONS,
 } as const;
 export type SandboxObject = keyof typeof SANDBOX_OBJECTS;
 export type ActionOf<K extends SandboxObject> = keyof (typeof SANDBOX_OBJECTS)[K];

@@ -71,23 +71,38 @@ export function dtypeOfArray(data: unknown): DType | undefined {
   return undefined;
 }
 
-/** Fills a typed array of `dtype` from plain numbers (or bigints, or booleans). */
-export function arrayFrom<D extends DType>(dtype: D, values: ArrayLike<number | bigint | boolean>): DTypeArrayMap[D] {
+/** Fills a typed array of `dtype` from plain numbers (or bigints, or booleans); see elementOf. */
+export function arrayFrom<D extends DType>(dtype: D, values: ArrayLike<number | bigint | boolean>, what = "tensor"): DTypeArrayMap[D] {
   const out = allocate(dtype, values.length);
-  if (dtype === "int64") {
-    const o = out as BigInt64Array;
-    for (let i = 0; i < values.length; i++) {
-      const v = values[i]!;
-      o[i] = typeof v === "bigint" ? v : BigInt(Math.trunc(Number(v)));
-    }
-  } else {
-    const o = out as Float32Array | Int32Array | Uint8Array;
-    for (let i = 0; i < values.length; i++) {
-      const v = values[i]!;
-      o[i] = dtype === "bool" ? (v ? 1 : 0) : Number(v);
-    }
-  }
+  for (let i = 0; i < values.length; i++) (out as unknown as (number | bigint)[])[i] = elementOf(dtype, values[i]!, what);
   return out;
+}
+
+const INT64_MIN = -(2n ** 63n);
+const INT64_MAX = 2n ** 63n - 1n;
+const INT32_MIN = -(2n ** 31n);
+const INT32_MAX = 2n ** 31n - 1n;
+
+/**
+ * `v` as an element of `dtype`, as PyTorch converts it: truncated toward zero for integers, any nonzero value (NaN
+ * too) true for bool. A value an integer dtype cannot hold (NaN, an infinity, past its range) is a RangeError, as
+ * PyTorch's "cannot be converted without overflow": it used to wrap (2**63 became -2**63) or become 0.
+ */
+export function elementOf(dtype: DType, v: number | bigint | boolean, what: string): number | bigint {
+  if (dtype === "bool") return v === 0 || v === 0n || v === false ? 0 : 1;
+  if (dtype === "float32") return Number(v);
+  const [min, max] = dtype === "int64" ? [INT64_MIN, INT64_MAX] : [INT32_MIN, INT32_MAX];
+  let fits: boolean;
+  let n: number | bigint;
+  if (typeof v === "number") {
+    n = Math.trunc(v);
+    fits = Number.isFinite(v) && n >= Number(min) && n < -Number(min);
+  } else {
+    n = typeof v === "bigint" ? v : BigInt(v);
+    fits = n >= min && n <= max;
+  }
+  if (!fits) throw new RangeError(`${what}: ${String(v)} cannot be converted to ${dtype} without overflow`);
+  return dtype === "int64" ? BigInt(n) : Number(n);
 }
 
 /** IEEE half precision bits to float32, for weights stored as F16. */

@@ -88,6 +88,7 @@ function sessionOptions(key: string, options: KernelOptions): object {
     // that is its float32 copy, kept.
     enableMemPattern: !options.parallelBranches,
     graphOptimizationLevel: options.optimize === false ? "disabled" : "all",
+    logSeverityLevel: LOG_FATAL_ONLY,
     // No arena: memory a big op took goes back when its tensors are collected, instead of staying with ORT (a
     // server's memory must come back after a job that made large tensors).
     enableCpuMemArena: switches.arena,
@@ -95,6 +96,13 @@ function sessionOptions(key: string, options: KernelOptions): object {
     extra: { session: { ...(options.prepack === false ? { disable_prepacking: "1" } : {}), intra_op: { allow_spinning: "0" }, inter_op: { allow_spinning: "0" } } },
   };
 }
+
+/**
+ * ONNX Runtime logs only fatal errors: a failing run also throws its error, and its log line (which may quote a
+ * job's own strings, newlines and escape sequences included) went to the server's stderr, once per failing call.
+ */
+const LOG_FATAL_ONLY = 4;
+const RUN_OPTIONS = { logSeverityLevel: LOG_FATAL_ONLY };
 
 /** A compiled graph and the names of its inputs and outputs. */
 export class Kernel {
@@ -123,7 +131,7 @@ export class Kernel {
       const t = inputs[i]!;
       feeds[this.inputNames[i]!] = { type: t.dtype, dims: t.shape, data: t.data, location: "cpu" };
     }
-    const result = this.session.run(feeds, this.fetches, {});
+    const result = this.session.run(feeds, this.fetches, RUN_OPTIONS);
     return this.outputNames.map((n) => {
       const r = result[n]!;
       return { dtype: r.type, shape: r.dims, data: r.data };

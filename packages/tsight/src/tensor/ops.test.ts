@@ -94,6 +94,17 @@ describe("creation", () => {
     expectTensor(Tensor.scalar(3, "int32"), 3, { dtype: "int32" });
   });
 
+  it("a value an integer dtype cannot hold is a RangeError, not a wrapped or zeroed element; bool takes any nonzero", () => {
+    expectTensor(Tensor.full([2], 1e300, "bool"), [1, 1], { dtype: "bool" });
+    expectTensor(Tensor.full([1], NaN, "bool"), [1], { dtype: "bool" });
+    expectTensor(full([1], 2 ** 31 - 1, "int32"), [2 ** 31 - 1], { dtype: "int32" });
+    expect(tensor([-(2 ** 63)], "int64").data[0]).toBe(-(2n ** 63n));
+    for (const make of [() => full([2], Infinity, "int32"), () => full([1], 2 ** 31, "int32"), () => full([1], NaN, "int64"), () => tensor([2 ** 63], "int64"), () => tensor([-Infinity], "int32")]) {
+      expect(make).toThrow(RangeError);
+    }
+    expect(() => full([2], Infinity, "int32")).toThrow("full: Infinity cannot be converted to int32 without overflow");
+  });
+
   it("arange: int64 for integer bounds, float32 otherwise, steps", () => {
     expectTensor(arange(5), [0, 1, 2, 3, 4], { dtype: "int64" });
     expectTensor(arange(2, 8, 3), [2, 5], { dtype: "int64" });
@@ -225,6 +236,9 @@ describe("elementwise", () => {
   it("fmod truncates like C (sign of the dividend)", () => {
     expectTensor(tensor([-7, 7, -7, 5.5]).fmod(tensor([3, -3, -3, 2])), [-1, 1, -1, 1.5]);
     expectTensor(i64([-7, 7]).fmod(3), [-1, 1], { dtype: "int64" });
+    // An integer zero divisor is an error of ours, before ONNX Runtime's (a float one gives NaN, as in PyTorch).
+    expect(() => i64([7, 8]).fmod(i64([1, 0]))).toThrow("fmod: integer division by zero");
+    expect(tensor([1]).fmod(0).item()).toBeNaN();
   });
 
   it("clamp with min, max, both, and one side null", () => {
@@ -265,6 +279,7 @@ describe("elementwise", () => {
     expectTensor(tensor([0, 1, -1]).gelu(), [0, 0.8413447460685429, -0.15865525393145707]);
     expectTensor(tensor([1]).gelu("tanh"), [0.8411919906082768]);
     expectTensor(tensor([0, 1]).silu(), [0, 0.7310585786300049]);
+    expect(() => tensor([1]).gelu("x".repeat(100) as never)).toThrow(`gelu: approximate must be "none" or "tanh", got "${"x".repeat(40)}"`);
   });
 
   it("round is half to even, like torch", () => {

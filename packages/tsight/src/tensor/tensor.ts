@@ -6,7 +6,7 @@
  * no dispose. A meta tensor has a shape and no data: ops on it infer shapes without running kernels.
  */
 import { backwardSteps, runBackward, runBackwardAsync, type GradHook, type GradNode } from "./autograd.js";
-import { allocate, arrayFrom, checkDType, dtypeOfArray, type DType, type TypedArray } from "./dtype.js";
+import { allocate, arrayFrom, checkDType, dtypeOfArray, elementOf, type DType, type TypedArray } from "./dtype.js";
 import { releaseWeight, type RawTensor } from "./engine.js";
 import type { PackedWeight } from "./packed.js";
 import { DTypeError, MetaTensorError, ShapeError } from "./errors.js";
@@ -91,9 +91,9 @@ export class Tensor implements RawTensor {
   }
 
   static full(shape: readonly number[], value: number | boolean, dtype: DType = "float32"): Tensor {
+    const element = elementOf(dtype, value, "full");
     const t = allocate(dtype, sizeOf(checkShape("full", shape)));
-    if (dtype === "int64") (t as BigInt64Array).fill(BigInt(Math.trunc(Number(value))));
-    else (t as Float32Array).fill(Number(value));
+    (t as unknown as { fill(v: number | bigint): void }).fill(element);
     return new Tensor(dtype, t, shape);
   }
 
@@ -266,7 +266,10 @@ export class Tensor implements RawTensor {
     return apply1(P.pow, promote("pow", this, exponent), undefined);
   }
   fmod(other: TensorLike): Tensor {
-    return apply1(P.fmod, promote("fmod", this, other), undefined);
+    const [a, b] = promote("fmod", this, other);
+    // ONNX Runtime's integer Mod fails on a zero divisor with a message of its own (PyTorch: ZeroDivisionError).
+    if (a.dtype !== "float32" && !b.isMeta && Array.prototype.some.call(b.data, (x: number | bigint) => x == 0)) throw new RangeError("fmod: integer division by zero");
+    return apply1(P.fmod, [a, b], undefined);
   }
   maximum(other: TensorLike): Tensor {
     return apply1(P.maximum, promote("maximum", this, other), undefined);
@@ -329,6 +332,7 @@ export class Tensor implements RawTensor {
   }
   /** GELU; `approximate: "tanh"` is GPT-2's gelu_new. */
   gelu(approximate: "none" | "tanh" = "none"): Tensor {
+    if (approximate !== "none" && approximate !== "tanh") throw new TypeError(`gelu: approximate must be "none" or "tanh", got ${typeof approximate === "string" ? JSON.stringify((approximate as string).slice(0, 40)) : typeof approximate}`);
     return apply1(P.gelu, [this], { approximate });
   }
   silu(): Tensor {

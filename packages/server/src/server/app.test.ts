@@ -43,6 +43,9 @@ describe("protocol and auth", () => {
       expect(body.supported).toEqual([1]);
       expect(body.error).toMatchObject({ code: "PROTOCOL", retryable: false });
     }
+    // An 8 KB header is not echoed back whole.
+    const long = await s.core.app.request("/v1/models", { headers: { authorization: `Bearer ${s.key}`, "tsight-protocol": "9".repeat(8192) } });
+    expect(((await long.json()) as ErrorBody).error.message).toBe(`this server speaks tsight protocol 1, not "${"9".repeat(40)}..."; update the client or the server`);
   });
 
   it("answers 401 AUTH without a valid key", async () => {

@@ -14,7 +14,7 @@ export const requireProtocol: MiddlewareHandler = async (c, next) => {
   const asked = c.req.header(PROTOCOL_HEADER)?.trim();
   if (asked === undefined || !/^\d+$/.test(asked) || !SUPPORTED_PROTOCOLS.includes(Number(asked))) {
     const speaks = SUPPORTED_PROTOCOLS.join(", ");
-    const message = asked === undefined ? `send the header "${PROTOCOL_HEADER}: ${SUPPORTED_PROTOCOLS.at(-1)}"; this server speaks tsight protocol ${speaks}` : `this server speaks tsight protocol ${speaks}, not "${asked}"; update the client or the server`;
+    const message = asked === undefined ? `send the header "${PROTOCOL_HEADER}: ${SUPPORTED_PROTOCOLS.at(-1)}"; this server speaks tsight protocol ${speaks}` : `this server speaks tsight protocol ${speaks}, not "${asked.length > 40 ? `${asked.slice(0, 40)}...` : asked}"; update the client or the server`;
     throw new ApiError(426, "PROTOCOL", message, { extra: { supported: [...SUPPORTED_PROTOCOLS] } });
   }
   await next();

@@ -11,7 +11,8 @@ import { fileURLToPath, pathToFileURL } from "node:url";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { GPT2LMHeadModel } from "../../../tsight/src/models/index.js";
-import { ClientError } from "../../../tsight/src/protocol/errors.js";
+import { ClientError, type RemoteError } from "../../../tsight/src/protocol/errors.js";
+import { OptionsError } from "../../../tsight/src/intervention/index.js";
 import { HttpBackend } from "../../../tsight/src/client/http.js";
 import { RemoteJob } from "../../../tsight/src/client/job.js";
 import { LanguageModel, type RemoteOptions } from "../../../tsight/src/client/language-model.js";
@@ -32,6 +33,18 @@ beforeAll(async () => {
 afterAll(() => server?.close());
 
 describe("remote like local", () => {
+  it("timeout bounds a job on the server as with remote: \"local\" (seconds; a TIMEOUT error), and is checked before anything is sent", async () => {
+    const spin = async () => {
+      for (;;);
+    };
+    const local = await LanguageModel.load("stdlib-gpt2");
+    for (const [model, where] of [[lm, remote], [local, { remote: "local" as const, print: null, logs: null }]] as const) {
+      const e = await model.trace("x", spin, { ...where, timeout: 1 }).catch((x: unknown) => x as RemoteError);
+      expect((e as { code?: string }).code, String(e)).toBe("TIMEOUT");
+      for (const bad of ["3s", 0, -1, Infinity]) await expect(model.trace("x", async () => 1, { ...where, timeout: bad as never })).rejects.toThrow(OptionsError);
+    }
+  });
+
   it("generate streams each step's tokens and text to onToken, as in process", async () => {
     const local = await LanguageModel.load("stdlib-gpt2");
     const collect = async (model: LanguageModel<GPT2LMHeadModel>, options?: RemoteOptions) => {

@@ -103,12 +103,12 @@ const envoy: Handlers<"envoy", EnvoyTarget> = {
  * ids, its vectors (all but the last dimension) for activations.
  */
 function checkCallRows(path: string, args: readonly unknown[], maxInputTokens: number | undefined): void {
-  if (maxInputTokens === undefined) return;
-  for (const a of args) {
-    if (!(a instanceof Tensor) || a.ndim === 0) continue;
-    const rows = a.dtype === "float32" ? a.numel() / Math.max(1, a.shape[a.ndim - 1]!) : a.numel();
-    if (rows > maxInputTokens) throw new InputError(`${path || "the model"}.call: its argument of shape [${a.shape.join(", ")}] has ${rows} rows (tokens), more than the ${maxInputTokens} a job's input may have here`);
-  }
+  // The first tensor argument is what the module runs on (ids, hidden states); later ones are its context (masks,
+  // an MoE's chosen experts), sized by it. A meta tensor costs nothing to run.
+  const a = args.find((x): x is Tensor => x instanceof Tensor);
+  if (maxInputTokens === undefined || !a || a.ndim === 0 || a.isMeta) return;
+  const rows = a.dtype === "float32" ? a.numel() / Math.max(1, a.shape[a.ndim - 1]!) : a.numel();
+  if (rows > maxInputTokens) throw new InputError(`${path || "the model"}.call: its argument of shape [${a.shape.join(", ")}] has ${rows} rows (tokens), more than the ${maxInputTokens} a job's input may have here`);
 }
 
 const cache: Handlers<"cache", Cache> = {

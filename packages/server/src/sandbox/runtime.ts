@@ -270,6 +270,8 @@ export function installRuntime(rawHost: HostCallbacks, tree: TreeNode, api: Runt
       else o[name] = (...args: unknown[]) => answer(how.answer, call(name, args));
     }
     if (kind === "steps") o[Symbol.asyncIterator] = () => ({ next: () => o.next(), return: () => Promise.resolve({ value: undefined, done: true }) });
+    // As in process, manualSeed gives the generator back (randn([4], g.manualSeed(5))).
+    if (kind === "generator") o.manualSeed = (seed: unknown) => (call("manualSeed", [seed]), o);
     objectOf.set(o, [kind, id]);
     if (kind !== "cache") return o;
     // A cache reads like the model: cache.transformer.h[0].output.

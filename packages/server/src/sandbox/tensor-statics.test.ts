@@ -100,8 +100,7 @@ describe("Tensor's static constructors in the sandbox", () => {
       const g = new Generator(5);
       const a = randn([4], g).tolist();
       const b = randn([4], g).tolist();
-      g.manualSeed(5);
-      const again = randint(0, 100, [3], g).tolist();
+      const again = randint(0, 100, [3], g.manualSeed(5)).tolist();
       return { a, b, again, fresh: randint(0, 100, [3], new Generator(5)).tolist() };
     }`;
     const fn = new Function("randn", "randint", "Generator", `"use strict"; return (${source});`)(randn, randint, Generator);

@@ -179,6 +179,12 @@ export const ATTACKS: Attack[] = [
     expect: ERR("USER_CODE", /meta tensor/, /SwapError/),
   },
   { name: "a skip with a meta tensor in a shared pass", shared: true, job: { vars: { x: { $meta: { dtype: "float32", shape: [1, 5, 256] } } } as never, source: "async (m, tr) => { m.transformer.h[0].skip(tr.vars.x); return await m.lm_head.output; }" }, expect: ERR("USER_CODE", /meta tensor/, /SwapError/) },
+  {
+    name: "a tensor put in a layer's empty cache slot in a shared pass",
+    shared: true,
+    job: { source: "async (m) => { const l = m.transformer.h[0]; const [h, ctx] = await l.inputs; l.inputs = [h, { ...ctx, cache: zeros([1, 2]) }]; return await m.lm_head.output; }" },
+    expect: ERR("USER_CODE", /cache is undefined, shared by every invoke of the batch/, /SwapError/),
+  },
   // One job's bad input fails that job alone, not the pass it shares (five tokens each: the same batch key).
   { name: "a token id outside the vocabulary in a shared pass", shared: true, job: { input: [...FIVE.slice(0, 4), 999_999], source: VICTIM }, expect: ERR("VALIDATION", /outside the model's vocabulary/) },
   { name: "a token id of 1e300 in a shared pass", shared: true, job: { input: [...FIVE.slice(0, 4), 1e300], source: VICTIM }, expect: ERR("VALIDATION", /not a non-negative integer/) },

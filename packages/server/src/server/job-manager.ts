@@ -60,6 +60,8 @@ interface ActiveJob {
   answered: Set<string>;
   /** How long a hybrid step of this job waits for its answer (the job's localTimeoutMs, capped by the server's). */
   localTimeoutMs: number;
+  /** How long the job may run once dispatched (its timeoutMs, capped by the server's jobTimeoutMs). */
+  timeoutMs: number;
   /** Set when the server stops the job itself (a hybrid step timed out, its client went away): how it ends. */
   endError?: ErrorInfo;
   /** Its place in its model's queue, as last stored. */
@@ -159,7 +161,8 @@ export class JobManager implements Dispatcher {
     const cap = this.parts.config.localStepTimeoutMs;
     const localTimeoutMs = Math.min(job.localTimeoutMs ?? cap, cap);
     const batch = this.parts.config.maxBatch > 1 ? batchKey(job, this.parts.registry.tokenizer(model)) : undefined;
-    const active: ActiveJob = { id, keyId: caller.keyId, model, body, batch, cancelRequested: false, events: 0, eventBytes: 0, localCalls: new Set(), answered: new Set(), localTimeoutMs };
+    const timeoutMs = Math.min(job.timeoutMs ?? this.parts.config.jobTimeoutMs, this.parts.config.jobTimeoutMs);
+    const active: ActiveJob = { id, keyId: caller.keyId, model, body, batch, cancelRequested: false, events: 0, eventBytes: 0, localCalls: new Set(), answered: new Set(), localTimeoutMs, timeoutMs };
     this.active.set(id, active);
     this.parts.store.move(id, "QUEUED", { position: (active.position = this.queue.push(model.key, id, caller.keyId)) });
     this.parts.metrics.submitted.inc({ model: model.name });
@@ -282,7 +285,7 @@ export class JobManager implements Dispatcher {
       const batch = this.takeBatch(modelKey, worker.batching ? this.parts.config.maxBatch : 1);
       if (batch.length === 0) return;
       this.renumber(modelKey);
-      const { jobTimeoutMs, memoryLimitBytes, maxResultBytes, maxEventsPerJob: maxEvents, maxEventBytesPerJob: maxEventBytes, batchStallMs, maxInputTokens } = this.parts.config;
+      const { memoryLimitBytes, maxResultBytes, maxEventsPerJob: maxEvents, maxEventBytesPerJob: maxEventBytes, batchStallMs, maxInputTokens } = this.parts.config;
       const now = Date.now();
       const specs = batch.map((active) => {
         const body = active.body!;
@@ -290,7 +293,7 @@ export class JobManager implements Dispatcher {
         active.dispatchedAt = now;
         this.parts.store.move(active.id, "DISPATCHED");
         if (batch.length > 1) this.parts.store.append(active.id, { type: "log", text: batchNote(batch.length) });
-        return { jobId: active.id, body, deadline: now + jobTimeoutMs, memoryLimitBytes, maxResultBytes, maxEvents, maxEventBytes, batchStallMs, maxInputTokens };
+        return { jobId: active.id, body, deadline: now + active.timeoutMs, memoryLimitBytes, maxResultBytes, maxEvents, maxEventBytes, batchStallMs, maxInputTokens };
       });
       this.parts.metrics.batchSize.observe({ model: batch[0]!.model.name }, batch.length);
       const runs = worker.runBatch(specs);

@@ -8,7 +8,7 @@ import v8 from "node:v8";
 import vm from "node:vm";
 import { parentPort, workerData } from "node:worker_threads";
 import { LanguageModel, loadSae } from "tsight";
-import { decodeValue, unpackValue, packValue, errorFromInfo, infoFromError, ResultTooLargeError, decodeJob, type DecodedJob, type ExecutionContext, type ExecutionModel, type JobExecutor, type ErrorCode, type ErrorInfo, type JobEvent } from "tsight/protocol";
+import { decodeValue, MAX_JSON_VALUES, unpackValue, packValue, errorFromInfo, infoFromError, ResultTooLargeError, decodeJob, type DecodedJob, type ExecutionContext, type ExecutionModel, type JobExecutor, type ErrorCode, type ErrorInfo, type JobEvent } from "tsight/protocol";
 import { publicError } from "./public-error.js";
 import type { FromWorker, LocalAnswer, RunJob, ToWorker, WorkerData } from "./worker-messages.js";
 
@@ -86,7 +86,8 @@ class LocalCalls {
 
 function open(answer: LocalAnswer): unknown {
   if (answer.kind === "error") throw errorFromInfo(answer.error);
-  return answer.kind === "envelope" ? unpackValue(answer.bytes) : decodeValue(answer.value, new Map());
+  // A client's answer is bounded as a request is (see checkJsonText).
+  return answer.kind === "envelope" ? unpackValue(answer.bytes, MAX_JSON_VALUES) : decodeValue(answer.value, new Map());
 }
 
 interface Running {

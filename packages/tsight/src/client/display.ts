@@ -79,7 +79,8 @@ export class JobDisplay {
   private redraw(): void {
     let text = `job ${this.shortId}: ${this.status}`;
     if (this.step !== null) text += ` · step ${this.step}: ${this.streamed.replace(/\s+/g, " ")}`;
-    const width = Math.max(20, (this.stream.columns ?? 80) - 1);
+    // A terminal that reports no width (0, as under `script`) is taken as 80 columns.
+    const width = Math.max(20, (this.stream.columns || 80) - 1);
     if (text.length > width) text = `${text.slice(0, width - 1)}…`;
     this.stream.write(CLEAR_LINE + text);
     this.drawn = true;

@@ -9,7 +9,7 @@
  */
 import { Tokenizer } from "../hub/index.js";
 import { saeConfig, SparseAutoencoder } from "../sae/sae.js";
-import { LanguageModel as LocalLanguageModel, TraceError, userFrame, type GenerateCall, type GenerateOutput, type InterventionFn, type ModelInput, type TraceOptions, type EnvoyTree, type Tracer } from "../intervention/index.js";
+import { LanguageModel as LocalLanguageModel, OptionsError, TraceError, userFrame, type GenerateCall, type GenerateOutput, type InterventionFn, type ModelInput, type TraceOptions, type EnvoyTree, type Tracer } from "../intervention/index.js";
 import type { Session } from "../intervention/language-model.js";
 import { checkOptionNames, RUN_OPTIONS } from "../intervention/options.js";
 import { buildModel, type CausalLM, type GPT2LMHeadModel, type LlamaForCausalLM } from "../models/index.js";
@@ -45,7 +45,10 @@ export interface RemoteOptions extends TraceOptions {
    * stay in the job's events).
    */
   logs?: StatusStream | ((line: string) => void) | null;
-  /** Seconds a `remote: "local"` job may run. */
+  /**
+   * Seconds the job may run: on a server, at most its own limit (which is also the default); with `remote: "local"`,
+   * 60 by default.
+   */
   timeout?: number;
   /** A URL the server POSTs to when the job ends (signed with `webhookSecret`; see verifyWebhook). */
   webhook?: string;
@@ -206,6 +209,7 @@ export class LanguageModel<M extends CausalLM = any> extends LocalLanguageModel<
       webhook: options.webhook,
       webhookSecret: options.webhookSecret,
       localTimeoutMs: options.localTimeoutMs,
+      timeoutMs: timeoutMs(options.timeout),
     };
     const located = (e: unknown) => Promise.reject(withUserLine(e, callSite, source));
     const print = options.print === undefined ? (stderr()?.isTTY ? stderr() : undefined) : (options.print ?? undefined);
@@ -280,4 +284,11 @@ function helperEncoder(vars: Record<string, unknown>): FunctionEncoder {
       throw e;
     }
   };
+}
+
+/** The `timeout` option (seconds) as a job's timeoutMs; anything but a positive number of seconds is an OptionsError. */
+function timeoutMs(seconds: unknown): number | undefined {
+  if (seconds === undefined) return undefined;
+  if (typeof seconds !== "number" || !Number.isFinite(seconds) || seconds <= 0) throw new OptionsError(`timeout is a number of seconds, more than 0; got ${typeof seconds === "string" ? JSON.stringify(seconds.slice(0, 40)) : String(seconds)}`);
+  return Math.max(1, Math.round(seconds * 1000));
 }

@@ -73,6 +73,9 @@ export function mergeRows(full: unknown, part: unknown, rows: Rows | null, batch
     if (!isPlainObject(part)) throw `${where} is an object with keys ${Object.keys(full).join(", ")}; the replacement is ${describeValue(part)}`;
     return Object.fromEntries(Object.entries(full).map(([k, v]) => [k, k in part ? mergeRows(v, part[k], rows, batch, `${where}.${k}`) : v]));
   }
+  // Anything else (a number, a flag, an empty slot) is the batch's, not this invoke's rows: it can change only with
+  // the whole batch (one invoke put a tensor where a layer's cache slot was empty, and every invoke failed).
+  if (!whole && part !== full) throw `${where} is ${describeValue(full)}, shared by every invoke of the batch; the replacement is ${describeValue(part)}`;
   return part;
 }
 

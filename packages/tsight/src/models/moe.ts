@@ -8,7 +8,7 @@
  * => [logits, w, forced]` runs the experts on the forced indices, as the same edit does in PyTorch.
  */
 import { Activation, Module, type ActivationName } from "../nn/index.js";
-import { DTypeError, functional as F, isGradEnabled, releaseWeight, ShapeError, Tensor } from "../tensor/index.js";
+import { DTypeError, functional as F, releaseWeight, ShapeError, Tensor } from "../tensor/index.js";
 import { markParameter } from "../tensor/packing.js";
 
 /** What the router and the experts need. */
@@ -109,14 +109,19 @@ export class MoeExperts extends Module {
    * marked as parameters, so that linear keeps each in a kernel (repacked within the copy budget, as a dense
    * layer's) instead of copying the expert's slice out at every call: a Mixtral-shaped model of 4 layers of 8
    * experts copied 550 MB a forward. Made again when a stacked weight is replaced (an array is replaced, never
-   * written, when a weight changes). Null where slices must be taken by ops: gradients recorded through the
-   * weights, or weights kept in another dtype.
+   * written, when a weight changes; the old views' kernels go then, at the next forward). Null where slices are
+   * taken by ops: weights that require grad, or are kept in another dtype.
    */
   private expertViews(): [Tensor[], Tensor[]] | null {
     const stacked = [this.gate_up_proj, this.down_proj] as const;
-    if (stacked.some((w) => w.dtype !== "float32" || w.packed || w.isMeta || (w.requiresGrad && isGradEnabled()))) return null;
+    // Weights being trained (grad on or off: between optimizer steps too) change every step; their views would be
+    // repacked at each. Views made before are let go of, with the kernels that hold them.
+    if (stacked.some((w) => w.dtype !== "float32" || w.packed || w.isMeta || w.requiresGrad)) {
+      this.dropViews();
+      return null;
+    }
     if (this.views && this.views.stacked[0] === stacked[0].data && this.views.stacked[1] === stacked[1].data) return this.views.experts;
-    for (const old of this.views?.experts.flat() ?? []) releaseWeight(old.data);
+    this.dropViews();
     const split = (w: Tensor): Tensor[] => {
       const [E, rows, cols] = w.shape as [number, number, number];
       const data = w.data as Float32Array;
@@ -128,6 +133,11 @@ export class MoeExperts extends Module {
     };
     this.views = { stacked: [stacked[0].data, stacked[1].data], experts: [split(stacked[0]), split(stacked[1])] };
     return this.views.experts;
+  }
+
+  private dropViews(): void {
+    for (const old of this.views?.experts.flat() ?? []) releaseWeight(old.data);
+    this.views = null;
   }
 }
 

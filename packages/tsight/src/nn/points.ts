@@ -24,7 +24,7 @@ export class Point extends Module {
    * no one order of asking (later points first) held for every architecture.
    */
   override async forward(x: Tensor): Promise<Tensor> {
-    return x.requiresGrad && isGradEnabled() ? x.reshape(x.numel()).reshape(x.shape) : x;
+    return x.requiresGrad && isGradEnabled() ? x.unsqueeze(0).squeeze(0) : x;
   }
 
   /** Whether the tree's hooks read, replace or record this point (hooks that cannot tell are taken to). */

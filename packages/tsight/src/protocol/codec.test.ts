@@ -4,7 +4,8 @@
  */
 import { describe, expect, it } from "vitest";
 import { ones, tensor, Tensor, zeros } from "../tensor/index.js";
-import { RemoteError, infoFromError } from "./errors.js";
+import { InputError, OptionsError } from "../intervention/index.js";
+import { errorFromInfo, RemoteError, infoFromError } from "./errors.js";
 import { checkJsonText, CodecError, decodeEnvelope, decodeValue, encodeEnvelope, MAX_BIGINT_CHARS, MAX_JSON_DEPTH, MAX_JSON_VALUES, packValue, ResultTooLargeError, unpackValue } from "./codec.js";
 
 const MiB = 1024 * 1024;
@@ -89,6 +90,14 @@ describe("JSON from the network, bounded before it is parsed", () => {
     const many = encodeEnvelope(new Array(MAX_JSON_VALUES + 10).fill({}), new Map());
     expect(decodeEnvelope(many).payload).toHaveLength(MAX_JSON_VALUES + 10);
     expect(() => decodeEnvelope(many, MAX_JSON_VALUES)).toThrow(/holds more than/);
+    // Keys nobody reads in a tensor's entry of the safetensors header count too.
+    const junk = `[${"{},".repeat(MAX_JSON_VALUES)}{}]`;
+    const header = new TextEncoder().encode(`{"__metadata__":{"tsight":"{}"},"t0":{"dtype":"F32","shape":[0],"data_offsets":[0,0],"junk":${junk}}}`);
+    const bytes = new Uint8Array(8 + header.length);
+    new DataView(bytes.buffer).setBigUint64(0, BigInt(header.length), true);
+    bytes.set(header, 8);
+    expect(() => decodeEnvelope(bytes, MAX_JSON_VALUES)).toThrow(/the message's header holds more than/);
+    expect(() => unpackValue(bytes, MAX_JSON_VALUES)).toThrow(CodecError);
   });
 
   it("a bigint of more digits than the bound is a CodecError before it is parsed", () => {
@@ -107,5 +116,15 @@ describe("errors as data", () => {
     }
     const claimed = Object.assign(new Error("x"), { code: "constructor" });
     expect(infoFromError(claimed).code).toBe("USER_CODE");
+  });
+
+  it("keeps the class of tsight's errors of their own codes (an InputError, a CodecError: VALIDATION) across the wire", () => {
+    for (const e of [new InputError("model input has an empty sequence"), new CodecError("value is a Map"), new OptionsError("trace: no such option")]) {
+      const back = errorFromInfo(infoFromError(e));
+      expect(back).toBeInstanceOf(e.constructor);
+      expect([back.message, (back as { code?: string }).code]).toEqual([e.message, (e as { code?: string }).code]);
+    }
+    // A server's own code on a class that does not have it stays a RemoteError.
+    expect(errorFromInfo({ code: "TIMEOUT", type: "InputError", message: "m", retryable: false })).toBeInstanceOf(RemoteError);
   });
 });

@@ -12,10 +12,13 @@
  */
 import { Cache, type CacheEntry } from "../intervention/index.js";
 import { isDType, parseSafetensors, Tensor, writeSafetensors } from "../tensor/index.js";
-import { ClientError, errorFromInfo, infoFromError } from "./errors.js";
+import { ClientError, errorFromInfo, infoFromError, knownErrorClass } from "./errors.js";
 import type { ErrorInfo } from "./wire.js";
 
-export class CodecError extends ClientError {}
+export class CodecError extends ClientError {
+  override readonly name: string = "CodecError";
+}
+knownErrorClass("CodecError", CodecError);
 
 const isPlainObject = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && (Object.getPrototypeOf(v) === Object.prototype || Object.getPrototypeOf(v) === null);
 
@@ -191,8 +194,8 @@ function listLengthsIn(lists: unknown): [string, number][] {
 }
 
 /**
- * The most arrays, objects and elements (counted by their separators) the JSON of one request may hold: its data
- * beyond that goes as tensors. (Results are not bounded so: a server's own.)
+ * The most arrays, objects and elements (counted by their separators) the JSON of one request or hybrid-step answer
+ * may hold: its data beyond that goes as tensors. (Results, which a server makes, are not bounded so.)
  */
 export const MAX_JSON_VALUES = 2 ** 18;
 
@@ -228,8 +231,11 @@ export function checkJsonText(text: string, what: string, maxDepth = MAX_JSON_DE
   }
 }
 
-/** How deep a request's or message's JSON may nest: a remote value's depth, inside the few levels that hold it. */
-export const MAX_JSON_DEPTH = MAX_DEPTH + 16;
+/**
+ * How deep a request's or message's JSON may nest: a remote value's depth, each level of it possibly wrapped in a
+ * `$`-keyed object (`$obj`, `$plain`), inside the few levels that hold it.
+ */
+export const MAX_JSON_DEPTH = 2 * MAX_DEPTH + 16;
 
 /** One binary message: JSON `payload` (already encoded) plus its tensors, as a safetensors file. */
 export function encodeEnvelope(payload: unknown, tensors: ReadonlyMap<string, Tensor>): Uint8Array {
@@ -238,6 +244,11 @@ export function encodeEnvelope(payload: unknown, tensors: ReadonlyMap<string, Te
 
 /** An envelope's payload and tensors; `maxValues` bounds its JSON (see checkJsonText: a request's is). */
 export function decodeEnvelope(bytes: Uint8Array, maxValues = Infinity): { payload: unknown; tensors: Map<string, Tensor> } {
+  // The safetensors header is JSON too (its entries may carry keys nobody reads): bounded before it is parsed.
+  if (maxValues !== Infinity && bytes.length >= 8) {
+    const n = Number(new DataView(bytes.buffer, bytes.byteOffset, 8).getBigUint64(0, true));
+    if (n <= bytes.length - 8) checkJsonText(new TextDecoder().decode(bytes.subarray(8, 8 + n)), "the message's header", MAX_JSON_DEPTH, maxValues);
+  }
   const { tensors, metadata } = parseSafetensors(bytes, { file: "message" });
   if (typeof metadata.tsight !== "string") throw new CodecError('the message is a safetensors file without the "tsight" metadata field');
   checkJsonText(metadata.tsight, "the message's JSON", MAX_JSON_DEPTH, maxValues);
@@ -275,8 +286,8 @@ export function packValue(value: unknown, maxBytes = Infinity): Uint8Array {
   return encodeEnvelope({ value: json }, tensors);
 }
 
-export function unpackValue(bytes: Uint8Array): unknown {
-  const { payload, tensors } = decodeEnvelope(bytes);
+export function unpackValue(bytes: Uint8Array, maxValues = Infinity): unknown {
+  const { payload, tensors } = decodeEnvelope(bytes, maxValues);
   return decodeValue((payload as { value?: unknown }).value, tensors);
 }
 

@@ -6,7 +6,7 @@
 import { DTypeError, GradError, MetaTensorError, ShapeError } from "../tensor/index.js";
 import { ModuleCallError } from "../nn/index.js";
 import { OptimizerError } from "../optim/index.js";
-import { InterventionError, MissedProviderError, OutOfOrderError, SwapError, TraceError } from "../intervention/index.js";
+import { InputError, InterventionError, MissedProviderError, OptionsError, OutOfOrderError, SwapError, TraceError } from "../intervention/index.js";
 import { RETRYABLE, type ErrorCode, type ErrorInfo } from "./wire.js";
 
 /** An error a remote job or server reported. */
@@ -54,14 +54,24 @@ const known: Record<string, ErrorClass> = {
   MissedProviderError,
   SwapError,
   TraceError,
+  OptionsError,
+  InputError,
 };
+
+/** Adds a class of this package's own to the table (one defined where this module cannot import it). */
+export function knownErrorClass(name: string, cls: ErrorClass): void {
+  known[name] = cls;
+}
 
 /** An Error (of a known class, with code and retryable) from its description. */
 export function errorFromInfo(info: ErrorInfo, status?: number): Error {
   // Own keys only: a type of "__proto__" or "constructor" is no class of ours.
   const cls = Object.hasOwn(known, info.type) ? known[info.type] : undefined;
-  if (!cls || info.code !== "USER_CODE") return new RemoteError(info, status);
+  if (!cls) return new RemoteError(info, status);
   const e = new cls(info.message);
+  // A class of its own code (InputError: VALIDATION), or any code the job's code may raise as USER_CODE; a server's
+  // own codes (TIMEOUT, MEMORY, ...) stay RemoteErrors.
+  if (info.code !== "USER_CODE" && (e as { code?: unknown }).code !== info.code) return new RemoteError(info, status);
   // The message and stack are the job's, not where this copy was made.
   e.message = info.message;
   e.stack = info.stack ?? `${info.type}: ${info.message}`;

@@ -27,6 +27,8 @@ export interface DecodedJob {
   webhookSecret?: string;
   /** The job's own limit for a hybrid step's answer (ms); the runner caps it with its own. */
   localTimeoutMs?: number;
+  /** The job's own run-time limit (ms); the runner caps it with its own. */
+  timeoutMs?: number;
 }
 
 /** What the runner gives the executor. */
@@ -111,6 +113,7 @@ export function decodeJob(body: Uint8Array | JobRequest): DecodedJob {
     if (r.webhook === undefined) throw new ValidationError('"webhookSecret" signs a webhook: give "webhook" too');
   }
   if (r.localTimeoutMs !== undefined && !(Number.isInteger(r.localTimeoutMs) && r.localTimeoutMs > 0)) throw new ValidationError('"localTimeoutMs" must be a whole number of milliseconds, more than 0');
+  if (r.timeoutMs !== undefined && !(Number.isSafeInteger(r.timeoutMs) && r.timeoutMs > 0)) throw new ValidationError('"timeoutMs" must be a whole number of milliseconds, more than 0');
   let input: unknown, vars: unknown;
   try {
     input = r.input === undefined ? undefined : decodeValue(r.input, tensors);
@@ -137,6 +140,7 @@ export function decodeJob(body: Uint8Array | JobRequest): DecodedJob {
     webhook: r.webhook,
     webhookSecret: r.webhookSecret,
     localTimeoutMs: r.localTimeoutMs,
+    timeoutMs: r.timeoutMs,
   };
 }
 

@@ -107,6 +107,8 @@ export interface JobRequest {
    * (which is also the default). Past it the job ends with TIMEOUT.
    */
   localTimeoutMs?: number;
+  /** How long the job may run once dispatched, in ms; at most the server's own limit (which is also the default). */
+  timeoutMs?: number;
 }
 
 export interface JobState {

@@ -74,14 +74,33 @@ export function dtypeOfArray(data: unknown): DType | undefined {
 /** Fills a typed array of `dtype` from plain numbers (or bigints, or booleans); see elementOf. */
 export function arrayFrom<D extends DType>(dtype: D, values: ArrayLike<number | bigint | boolean>, what = "tensor"): DTypeArrayMap[D] {
   const out = allocate(dtype, values.length);
-  for (let i = 0; i < values.length; i++) (out as unknown as (number | bigint)[])[i] = elementOf(dtype, values[i]!, what);
+  const n = values.length;
+  // One loop per dtype, the common case (numbers in range) without a call or an allocation per element.
+  if (dtype === "float32") for (let i = 0; i < n; i++) (out as Float32Array)[i] = Number(values[i]);
+  else if (dtype === "bool") for (let i = 0; i < n; i++) (out as Uint8Array)[i] = isZero(values[i]!) ? 0 : 1;
+  else if (dtype === "int32") {
+    const o = out as Int32Array;
+    for (let i = 0; i < n; i++) {
+      const v = values[i]!;
+      o[i] = typeof v === "number" && v >= -2147483648 && v < 2147483648 ? v : (elementOf("int32", v, what) as number);
+    }
+  } else {
+    const o = out as BigInt64Array;
+    for (let i = 0; i < n; i++) {
+      const v = values[i]!;
+      if (typeof v === "number" && v >= -9223372036854775808 && v < 9223372036854775808) o[i] = BigInt(Math.trunc(v));
+      else o[i] = typeof v === "bigint" && v >= INT64_MIN && v <= INT64_MAX ? v : (elementOf("int64", v, what) as bigint);
+    }
+  }
   return out;
 }
 
+const isZero = (v: number | bigint | boolean): boolean => v === 0 || v === 0n || v === false;
+
 const INT64_MIN = -(2n ** 63n);
 const INT64_MAX = 2n ** 63n - 1n;
-const INT32_MIN = -(2n ** 31n);
-const INT32_MAX = 2n ** 31n - 1n;
+/** Bounds of each integer dtype as numbers: a number is in range when min <= trunc(v) < -min. */
+const NUMBER_MIN = { int32: -(2 ** 31), int64: -(2 ** 63) } as const;
 
 /**
  * `v` as an element of `dtype`, as PyTorch converts it: truncated toward zero for integers, any nonzero value (NaN
@@ -89,17 +108,17 @@ const INT32_MAX = 2n ** 31n - 1n;
  * PyTorch's "cannot be converted without overflow": it used to wrap (2**63 became -2**63) or become 0.
  */
 export function elementOf(dtype: DType, v: number | bigint | boolean, what: string): number | bigint {
-  if (dtype === "bool") return v === 0 || v === 0n || v === false ? 0 : 1;
+  if (dtype === "bool") return isZero(v) ? 0 : 1;
   if (dtype === "float32") return Number(v);
-  const [min, max] = dtype === "int64" ? [INT64_MIN, INT64_MAX] : [INT32_MIN, INT32_MAX];
   let fits: boolean;
   let n: number | bigint;
   if (typeof v === "number") {
     n = Math.trunc(v);
-    fits = Number.isFinite(v) && n >= Number(min) && n < -Number(min);
+    const min = NUMBER_MIN[dtype];
+    fits = Number.isFinite(v) && n >= min && n < -min;
   } else {
     n = typeof v === "bigint" ? v : BigInt(v);
-    fits = n >= min && n <= max;
+    fits = dtype === "int64" ? n >= INT64_MIN && n <= INT64_MAX : n >= -(2n ** 31n) && n < 2n ** 31n;
   }
   if (!fits) throw new RangeError(`${what}: ${String(v)} cannot be converted to ${dtype} without overflow`);
   return dtype === "int64" ? BigInt(n) : Number(n);

@@ -63,7 +63,8 @@ export class RedisDispatcher implements Dispatcher {
     const localTimeoutMs = Math.min(job.localTimeoutMs ?? config.localStepTimeoutMs, config.localStepTimeoutMs);
     // Fair share: a key's first unfinished job comes before every key's second, and so on (BullMQ serves lower
     // priorities first, equal ones in order), so a light key waits for at most one job of each other key.
-    await queue.add("job", { id, batch, key: caller.keyId, localTimeoutMs }, { ...queuedJobOptions(id), priority: Math.min(created.rank, 2_000_000) });
+    const timeoutMs = Math.min(job.timeoutMs ?? config.jobTimeoutMs, config.jobTimeoutMs);
+    await queue.add("job", { id, batch, key: caller.keyId, localTimeoutMs, timeoutMs }, { ...queuedJobOptions(id), priority: Math.min(created.rank, 2_000_000) });
     await store.move(id, "QUEUED", { position });
     // A model no live worker runs: the job says so at once instead of waiting in silence.
     const { dist } = this.parts;

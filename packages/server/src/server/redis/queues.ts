@@ -17,6 +17,8 @@ export interface QueuedJob {
   key?: string;
   /** How long a hybrid step waits for the client's answer (the job's own limit, capped by the server's). */
   localTimeoutMs: number;
+  /** How long the job may run once dispatched (its own limit, capped by the server's); older entries lack it. */
+  timeoutMs?: number;
 }
 
 export type BullJob = Job<QueuedJob>;

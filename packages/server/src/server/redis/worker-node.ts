@@ -61,6 +61,8 @@ interface Held {
   /** The API key that submitted it. */
   key: string | undefined;
   localTimeoutMs: number;
+  /** The job's run-time limit once dispatched (ms). */
+  timeoutMs: number;
 }
 
 /** A job running on a model's thread. */
@@ -235,7 +237,7 @@ export class WorkerNode {
       return false;
     }
     if (!bull) return false;
-    lane.held.push({ bull, token, id: bull.data.id, batch: bull.data.batch, key: bull.data.key, localTimeoutMs: bull.data.localTimeoutMs ?? this.parts.config.localStepTimeoutMs });
+    lane.held.push({ bull, token, id: bull.data.id, batch: bull.data.batch, key: bull.data.key, localTimeoutMs: bull.data.localTimeoutMs ?? this.parts.config.localStepTimeoutMs, timeoutMs: Math.min(bull.data.timeoutMs ?? this.parts.config.jobTimeoutMs, this.parts.config.jobTimeoutMs) });
     return true;
   }
 
@@ -289,7 +291,7 @@ export class WorkerNode {
     const specs: Omit<RunJob, "stop">[] = claimed.map(({ run, body }) => ({
       jobId: run.held.id,
       body: body as RunJob["body"],
-      deadline: now + config.jobTimeoutMs,
+      deadline: now + run.held.timeoutMs,
       memoryLimitBytes: config.memoryLimitBytes,
       maxResultBytes: config.maxResultBytes,
       maxEvents: config.maxEventsPerJob,

@@ -33,6 +33,11 @@ beforeAll(async () => {
 afterAll(() => server?.close());
 
 describe("remote like local", () => {
+  it("a non-blocking job's result() answers its hybrid steps, as a blocking call does", async () => {
+    const job = (await lm.trace("x", async (_m, tr) => await tr.local((v: number) => v * 2, 21), { ...remote, blocking: false })) as unknown as RemoteJob<number>;
+    expect(await job.result()).toBe(42);
+  });
+
   it("timeout bounds a job on the server as with remote: \"local\" (seconds; a TIMEOUT error), and is checked before anything is sent", async () => {
     const spin = async () => {
       for (;;);

@@ -40,6 +40,11 @@ export class RemoteJob<R = unknown> {
   private error: ErrorInfo | undefined;
   /** Hybrid steps this handle has answered (events can be delivered again after a reconnect or a second wait). */
   private readonly answered = new Set<string>();
+  /**
+   * @internal What answers hybrid steps when `wait` is given no onLocal: set by the call that submitted the job from
+   * this process (it holds the functions the job's `tr.local` names), so a non-blocking job's `result()` answers them.
+   */
+  localHandler: LocalHandler | undefined;
 
   constructor(
     readonly id: string,
@@ -97,7 +102,7 @@ export class RemoteJob<R = unknown> {
         for await (const item of this.events({ lastEventId: this.lastSeq, signal: options.signal })) {
           display?.show(item.event);
           await options.onEvent?.(item);
-          if (item.event.type === "local") await this.answerLocal(item.event, options.onLocal);
+          if (item.event.type === "local") await this.answerLocal(item.event, options.onLocal ?? this.localHandler);
         }
       }
     } finally {

@@ -235,8 +235,9 @@ export class LanguageModel<M extends CausalLM = any> extends LocalLanguageModel<
           ? this.server.backend
           : resolveRemoteTarget({ backend: options.backend as string | undefined, remote: true });
     const job = (await backend.submit(request, tensors)) as RemoteJob<R>;
-    if (options.blocking === false) return job;
     const submitted = [request.source, ...edits];
+    job.localHandler = (event) => runLocalStep(event, submitted);
+    if (options.blocking === false) return job;
     return job.wait({ print, decode: (ids) => this.tokenizer.decode(ids), onEvent: ({ event }) => onEvent(event), onLocal: (event) => runLocalStep(event, submitted) }).catch(located);
   }
 

@@ -33,6 +33,17 @@ beforeAll(async () => {
 afterAll(() => server?.close());
 
 describe("remote like local", () => {
+  it("a remote job's warnings reach its client with its log lines, not the server's stderr", async () => {
+    const lines: string[] = [];
+    const out = await lm.generate("x", { maxNewTokens: 2, eosTokenId: null }, async (m, tr) => {
+      const got: number[] = [];
+      for await (const _ of tr.iter(0, 3)) got.push(((await m.lm_head.output) as { shape: number[] }).shape[1]!);
+      return got;
+    }, { ...remote, logs: (line: string) => void lines.push(line) }).catch((e: unknown) => e);
+    expect(String(out)).toMatch(/MissedProviderError/);
+    expect(lines.some((l) => /TsightWarning: tr\.iter: step 2 never came \(the generation ended after 2 steps\)/.test(l)), lines.join("\n")).toBe(true);
+  });
+
   it("a non-blocking job's result() answers its hybrid steps, as a blocking call does", async () => {
     const job = (await lm.trace("x", async (_m, tr) => await tr.local((v: number) => v * 2, 21), { ...remote, blocking: false })) as unknown as RemoteJob<number>;
     expect(await job.result()).toBe(42);

@@ -81,7 +81,7 @@ export class Bridge implements ActionHost {
   /** Streams generated tokens of session generations. */
   onToken: ((step: { tokens: number[]; step: number }) => void) | null = null;
   /** Trace options a job's traces run with (stall limit, row isolation), set by the executor. */
-  traceDefaults: { stallTimeoutMs?: number; maxInputTokens?: number } = {};
+  traceDefaults: { stallTimeoutMs?: number; maxInputTokens?: number; onWarning?: (message: string) => void } = {};
   private jobAliases: ReadonlyMap<string, ReadonlyMap<string, string>> | undefined;
   get aliases(): ReadonlyMap<string, ReadonlyMap<string, string>> {
     if (!this.jobAliases) {

@@ -17,7 +17,7 @@ export interface ActionHost {
   readonly budget: JobBudget;
   readonly checkpoint: (() => void) | null;
   readonly onToken: ((step: { tokens: number[]; step: number }) => void) | null;
-  readonly traceDefaults: { stallTimeoutMs?: number; maxInputTokens?: number };
+  readonly traceDefaults: { stallTimeoutMs?: number; maxInputTokens?: number; onWarning?: (message: string) => void };
   readonly envoyOf: WeakMap<object, unknown>;
   /** The job's rename aliases (parent path -> alias -> name), which the host's model does not have. */
   readonly aliases: ReadonlyMap<string, ReadonlyMap<string, string>>;

@@ -117,9 +117,11 @@ export class SandboxExecutor implements JobExecutor {
         if (stop) throw stop;
       };
       p.bridge.checkpoint = checkpoint;
-      p.bridge.traceDefaults = { maxInputTokens: ctx.maxInputTokens };
+      // A run's warnings are the job's: its client prints them with its log lines (not the server's stderr).
+      const onWarning = (message: string) => ctx.emit({ type: "log", text: `TsightWarning: ${message}` });
+      p.bridge.traceDefaults = { maxInputTokens: ctx.maxInputTokens, onWarning };
       const lm = p.model;
-      const options = { vars: p.job.vars, grad: job.grad, checkpoint, maxInputTokens: ctx.maxInputTokens };
+      const options = { vars: p.job.vars, grad: job.grad, checkpoint, maxInputTokens: ctx.maxInputTokens, onWarning };
       const invoke = p.bridge.interventionFn(p.fnId);
       const root = p.bridge.rootFn(p.fnId);
       let value: unknown;

@@ -75,6 +75,8 @@ export interface TraceOptions {
   stallTimeoutMs?: number;
   /** Most tokens (rows × positions, generated ones included) a run may have (a server's limit). */
   maxInputTokens?: number;
+  /** Where the run's warnings go (default: process warnings); a server sends them to the job's client. */
+  onWarning?: (message: string) => void;
 }
 
 export type { EditOptions };

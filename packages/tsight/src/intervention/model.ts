@@ -251,10 +251,11 @@ interface RunOptionsLike extends ModelTraceOptions {
   checkpoint?: () => void;
   isolateInvokes?: boolean;
   maxInputTokens?: number;
+  onWarning?: (message: string) => void;
 }
 
 function runOptions(o: RunOptionsLike | undefined): RunOptions {
-  return { vars: o?.vars, grad: o?.grad, checkpoint: o?.checkpoint, isolated: o?.isolateInvokes, stallTimeoutMs: o?.stallTimeoutMs, maxInputTokens: o?.maxInputTokens };
+  return { vars: o?.vars, grad: o?.grad, checkpoint: o?.checkpoint, isolated: o?.isolateInvokes, stallTimeoutMs: o?.stallTimeoutMs, maxInputTokens: o?.maxInputTokens, onWarning: o?.onWarning };
 }
 
 /** One forward pass of the module on the batch's arguments. */

@@ -11,7 +11,7 @@ export class OptionsError extends TraceError {
 named(OptionsError, "OptionsError");
 
 /** Options of a run (trace, scan, generate's third or fourth argument, session) in process. */
-export const RUN_OPTIONS: readonly string[] = ["vars", "grad", "checkpoint", "isolateInvokes", "stallTimeoutMs", "maxInputTokens"];
+export const RUN_OPTIONS: readonly string[] = ["vars", "grad", "checkpoint", "isolateInvokes", "stallTimeoutMs", "maxInputTokens", "onWarning"];
 /** Options of a generation (generate's second argument). */
 export const GENERATION_OPTIONS: readonly string[] = ["maxNewTokens", "doSample", "temperature", "topK", "topP", "seed", "eosTokenId", "padTokenId", "beforeStep", "onToken"];
 

@@ -75,7 +75,7 @@ export function mergeRows(full: unknown, part: unknown, rows: Rows | null, batch
   }
   // Anything else (a number, a flag, an empty slot) is the batch's, not this invoke's rows: it can change only with
   // the whole batch (one invoke put a tensor where a layer's cache slot was empty, and every invoke failed).
-  if (!whole && part !== full) throw `${where} is ${describeValue(full)}, shared by every invoke of the batch; the replacement is ${describeValue(part)}`;
+  if (!whole && !Object.is(part, full)) throw `${where} is ${describeValue(full)}, shared by every invoke of the batch; the replacement is ${describeValue(part)}`;
   return part;
 }
 

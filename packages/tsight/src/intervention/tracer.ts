@@ -213,6 +213,11 @@ export interface RunOptions {
   stallTimeoutMs?: number;
   /** Most tokens (rows × positions, generated ones included) the batch may have. */
   maxInputTokens?: number;
+  /**
+   * Where the run's warnings go (a tr.iter step that never came): default, process warnings (at most 20 a minute).
+   * A server sends them to the job's client as log lines.
+   */
+  onWarning?: (message: string) => void;
 }
 
 /** One trace: its invokes, their mediators, the interleaver, and the forward pass. */
@@ -243,14 +248,13 @@ export class TraceRun {
   private resolveResult!: (v: unknown) => void;
   /** The run's output (see InvokeTracer.result). */
   readonly result: Promise<unknown> = new Promise((r) => (this.resolveResult = r));
-  /** Warnings for the caller (locally: process warnings). */
-  readonly warnings: string[] = [];
   readonly vars: Record<string, any>;
   readonly grad: boolean;
   readonly isolated: boolean;
   readonly stallTimeoutMs: number;
   private readonly maxInputTokens: number;
   private readonly checkpoint: (() => void) | undefined;
+  private readonly onWarning: ((message: string) => void) | undefined;
 
   /** Where tensors handed to invokes sit in the forward graph (grad traces). */
   readonly gradSources = new WeakMap<Tensor, GradSource>();
@@ -263,6 +267,7 @@ export class TraceRun {
     this.grad = options.grad === true;
     this.isolated = options.isolated === true;
     this.checkpoint = options.checkpoint;
+    this.onWarning = options.onWarning;
     this.stallTimeoutMs = options.stallTimeoutMs ?? 60_000;
     this.maxInputTokens = options.maxInputTokens ?? Infinity;
   }
@@ -328,8 +333,8 @@ export class TraceRun {
   }
 
   warn(message: string): void {
-    this.warnings.push(message);
-    warn(message);
+    if (this.onWarning) this.onWarning(message);
+    else warn(message);
   }
 
   /** A bounded tr.iter named iteration `k` (checked against the steps that ran, at the end). */

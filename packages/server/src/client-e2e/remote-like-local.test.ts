@@ -37,7 +37,7 @@ describe("remote like local", () => {
     const lines: string[] = [];
     const out = await lm.generate("x", { maxNewTokens: 2, eosTokenId: null }, async (m, tr) => {
       const got: number[] = [];
-      for await (const _ of tr.iter(0, 3)) got.push(((await m.lm_head.output) as { shape: number[] }).shape[1]!);
+      for await (const _ of tr.iter(0, 3)) got.push((await m.lm_head.output).shape[1]!);
       return got;
     }, { ...remote, logs: (line: string) => void lines.push(line) }).catch((e: unknown) => e);
     expect(String(out)).toMatch(/MissedProviderError/);

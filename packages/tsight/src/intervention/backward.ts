@@ -7,7 +7,7 @@
  * together, and the graph's leaves, which come last, in any order among themselves). An invoke's values are
  * rows of batch-wide tensors, so its gradients are those rows only: nothing leaks between invokes.
  */
-import { runBackwardAsync, Tensor, type GradNode } from "../tensor/index.js";
+import { runBackwardAsync, sameShape, Tensor, type GradNode } from "../tensor/index.js";
 import { Envoy } from "./envoy.js";
 import { StallError, TraceError } from "./errors.js";
 import { mergeRows, type Rows } from "./rows.js";
@@ -120,7 +120,7 @@ export class GradScope {
     const replacement = typeof value === "function" ? value(mine) : value;
     // A gradient flows on into the ops that made the value: it must have the value's shape (PyTorch refuses a hook's
     // gradient of another shape too), with the whole batch as with one invoke's rows.
-    if (replacement instanceof Tensor && mine instanceof Tensor && (replacement.ndim !== mine.ndim || replacement.shape.some((d, i) => d !== mine.shape[i]))) {
+    if (replacement instanceof Tensor && mine instanceof Tensor && !sameShape(replacement.shape, mine.shape)) {
       throw new TraceError(`setGrad: the gradient has shape [${mine.shape.join(", ")}]; the replacement has shape [${replacement.shape.join(", ")}]`, origin);
     }
     try {

@@ -8,7 +8,7 @@
  * Modules nobody asked about cost one map lookup.
  */
 import type { Module, ModuleHooks, Replay } from "../nn/index.js";
-import { Tensor } from "../tensor/index.js";
+import { sameShape, Tensor } from "../tensor/index.js";
 import { isThenable } from "../tensor/async-scope.js";
 import { LeftPassError, MissedProviderError, StallError, SwapError, TraceError } from "./errors.js";
 import type { GradSource } from "./backward.js";
@@ -708,9 +708,6 @@ function describeSkip(v: unknown): string {
   return Array.isArray(v) ? `[${v.slice(0, 4).map(describeValue).join(", ")}${v.length > 4 ? ", ..." : ""}]` : describeValue(v);
 }
 
-function sameShape(a: readonly number[], b: readonly number[]): boolean {
-  return a.length === b.length && a.every((d, i) => d === b[i]);
-}
 
 /** Whether `value` holds a tensor (in arrays and plain objects, as module values nest them) that passes `test`. */
 function hasTensor(value: unknown, test: (t: Tensor) => boolean): boolean {

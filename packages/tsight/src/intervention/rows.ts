@@ -3,7 +3,7 @@
  * Values are module inputs/outputs: tensors, arrays (tuples), plain objects (ModelOutput-like), anything else
  * (a KV cache, numbers) passes through untouched.
  */
-import { Tensor } from "../tensor/index.js";
+import { sameShape, Tensor } from "../tensor/index.js";
 import { named, TraceError } from "./errors.js";
 
 /** Rows [start, start + length) of a batch of `batch` rows; `null` rows mean the whole batch. */
@@ -92,9 +92,6 @@ function castLike(part: Tensor, full: Tensor, where: string): Tensor {
 
 const fmt = (shape: readonly number[]): string => `[${shape.join(", ")}]`;
 
-function sameShape(a: readonly number[], b: readonly number[]): boolean {
-  return a.length === b.length && a.every((d, i) => d === b[i]);
-}
 
 /** A value, for an error about it: a tensor's shape, an array's length, else its type. */
 export function describeValue(v: unknown): string {

@@ -7,7 +7,7 @@ export { engineStats, releaseWeight, threadCount } from "./engine.js";
 export { SettingError } from "./settings.js";
 export { PackedWeight, UnquantizableError, weightDTypes, BLOCK_SIZE, quantizeRows, type WeightDType, type PackedFormat, type PackedData, type StoredValues } from "./packed.js";
 export { withAllocationGuard, type AllocationGuard } from "./primitive.js";
-export { sizeOf, broadcastShapes, checkShape, MAX_RANK, MAX_ELEMENTS, type Shape } from "./shape.js";
+export { sizeOf, broadcastShapes, checkShape, sameShape, MAX_RANK, MAX_ELEMENTS, type Shape } from "./shape.js";
 export * as functional from "./functional.js";
 export * from "./safetensors.js";
 export { lazyNode } from "./node.js";

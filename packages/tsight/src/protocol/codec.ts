@@ -245,11 +245,8 @@ export function encodeEnvelope(payload: unknown, tensors: ReadonlyMap<string, Te
 /** An envelope's payload and tensors; `maxValues` bounds its JSON (see checkJsonText: a request's is). */
 export function decodeEnvelope(bytes: Uint8Array, maxValues = Infinity): { payload: unknown; tensors: Map<string, Tensor> } {
   // The safetensors header is JSON too (its entries may carry keys nobody reads): bounded before it is parsed.
-  if (maxValues !== Infinity && bytes.length >= 8) {
-    const n = Number(new DataView(bytes.buffer, bytes.byteOffset, 8).getBigUint64(0, true));
-    if (n <= bytes.length - 8) checkJsonText(new TextDecoder().decode(bytes.subarray(8, 8 + n)), "the message's header", MAX_JSON_DEPTH, maxValues);
-  }
-  const { tensors, metadata } = parseSafetensors(bytes, { file: "message" });
+  const checkHeader = maxValues === Infinity ? undefined : (json: string) => checkJsonText(json, "the message's header", MAX_JSON_DEPTH, maxValues);
+  const { tensors, metadata } = parseSafetensors(bytes, { file: "message", checkHeader });
   if (typeof metadata.tsight !== "string") throw new CodecError('the message is a safetensors file without the "tsight" metadata field');
   checkJsonText(metadata.tsight, "the message's JSON", MAX_JSON_DEPTH, maxValues);
   let payload: unknown;

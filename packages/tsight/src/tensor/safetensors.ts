@@ -71,6 +71,8 @@ export interface SafetensorsData {
 export interface ReadSafetensorsOptions {
   /** Load only these tensors; a name the file lacks is an error. */
   names?: Iterable<string>;
+  /** Called with the header's JSON text before it is parsed; throwing refuses it (bytes from a network). */
+  checkHeader?: (json: string) => void;
 }
 
 /** A problem with a safetensors file or a sharded checkpoint: the message names the file and the problem. */
@@ -108,9 +110,9 @@ export async function readSafetensorsHeader(file: string): Promise<SafetensorsHe
 }
 
 /** Parses and validates the header at the start of `bytes`. */
-export function parseSafetensorsHeader(bytes: Uint8Array, file = BYTES): SafetensorsHeader {
+export function parseSafetensorsHeader(bytes: Uint8Array, file = BYTES, checkHeader?: (json: string) => void): SafetensorsHeader {
   const n = headerLength(bytes, bytes.length, file);
-  return decodeHeader(bytes.subarray(8, 8 + n), bytes.length, file);
+  return decodeHeader(bytes.subarray(8, 8 + n), bytes.length, file, checkHeader);
 }
 
 /** Meta tensors (shape and dtype, no data) for every entry of a header: what a model loaded without weights holds. */
@@ -128,10 +130,17 @@ function headerLength(prefix: Uint8Array, size: number, file: string): number {
   return Number(n);
 }
 
-function decodeHeader(json: Uint8Array, size: number, file: string): SafetensorsHeader {
+function decodeHeader(json: Uint8Array, size: number, file: string, checkHeader?: (json: string) => void): SafetensorsHeader {
+  let text: string;
+  try {
+    text = new TextDecoder("utf-8", { fatal: true }).decode(json);
+  } catch (e) {
+    throw new SafetensorsError(file, `header is not valid JSON (${(e as Error).message})`);
+  }
+  checkHeader?.(text);
   let parsed: unknown;
   try {
-    parsed = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(json));
+    parsed = JSON.parse(text);
   } catch (e) {
     throw new SafetensorsError(file, `header is not valid JSON (${(e as Error).message})`);
   }
@@ -212,7 +221,7 @@ async function loadEntries(file: string, entries: readonly SafetensorsEntry[]): 
 /** Reads tensors from the bytes of a whole file, synchronously (the wire format's tensors arrive this way). */
 export function parseSafetensors(bytes: Uint8Array, options: ReadSafetensorsOptions & { file?: string } = {}): SafetensorsData {
   const file = options.file ?? BYTES;
-  const header = parseSafetensorsHeader(bytes, file);
+  const header = parseSafetensorsHeader(bytes, file, options.checkHeader);
   const tensors = new Map<string, Tensor>();
   for (const e of selectEntries(header, options.names, file)) {
     const target = allocateFor(e);

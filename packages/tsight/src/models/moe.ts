@@ -94,10 +94,11 @@ export class MoeExperts extends Module {
     }
     const rows = hidden.indexSelect(0, tokenOf); // (S, D), grouped by expert
     const views = this.expertViews();
-    const perExpert = (x: Tensor, weight: Tensor, which: 0 | 1) => Tensor.cat(groups.map((g) => F.linear(x.narrow(0, g.start, g.count), views?.[which][g.expert] ?? weight.index(g.expert))), 0);
-    const [gate, up] = perExpert(rows, this.gate_up_proj, 0).chunk(2, -1) as [Tensor, Tensor]; // (S, I) each
+    const stacked = [this.gate_up_proj, this.down_proj] as const;
+    const perExpert = (x: Tensor, which: 0 | 1) => Tensor.cat(groups.map((g) => F.linear(x.narrow(0, g.start, g.count), views?.[which][g.expert] ?? stacked[which].index(g.expert))), 0);
+    const [gate, up] = perExpert(rows, 0).chunk(2, -1) as [Tensor, Tensor]; // (S, I) each
     const h = (await this.act_fn.call(gate)).mul(up);
-    const out = perExpert(h, this.down_proj, 1).mul(topKWeights.reshape(S).indexSelect(0, order).unsqueeze(-1)); // (S, D)
+    const out = perExpert(h, 1).mul(topKWeights.reshape(S).indexSelect(0, order).unsqueeze(-1)); // (S, D)
     return out.indexSelect(0, inverse).reshape(N, k, D).sum(1); // back to pair order, summed over each token's k
   }
 

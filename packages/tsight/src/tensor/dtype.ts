@@ -99,8 +99,8 @@ const isZero = (v: number | bigint | boolean): boolean => v === 0 || v === 0n ||
 
 const INT64_MIN = -(2n ** 63n);
 const INT64_MAX = 2n ** 63n - 1n;
-/** Bounds of each integer dtype as numbers: a number is in range when min <= trunc(v) < -min. */
-const NUMBER_MIN = { int32: -(2 ** 31), int64: -(2 ** 63) } as const;
+/** Each integer dtype's range: [min, max] as bigints (a number is in range when min <= trunc(v) < -min). */
+const RANGES = { int32: [-(2n ** 31n), 2n ** 31n - 1n], int64: [INT64_MIN, INT64_MAX] } as const;
 
 /**
  * `v` as an element of `dtype`, as PyTorch converts it: truncated toward zero for integers, any nonzero value (NaN
@@ -110,15 +110,15 @@ const NUMBER_MIN = { int32: -(2 ** 31), int64: -(2 ** 63) } as const;
 export function elementOf(dtype: DType, v: number | bigint | boolean, what: string): number | bigint {
   if (dtype === "bool") return isZero(v) ? 0 : 1;
   if (dtype === "float32") return Number(v);
+  const [min, max] = RANGES[dtype];
   let fits: boolean;
   let n: number | bigint;
   if (typeof v === "number") {
     n = Math.trunc(v);
-    const min = NUMBER_MIN[dtype];
-    fits = Number.isFinite(v) && n >= min && n < -min;
+    fits = Number.isFinite(v) && n >= Number(min) && n < -Number(min);
   } else {
     n = typeof v === "bigint" ? v : BigInt(v);
-    fits = dtype === "int64" ? n >= INT64_MIN && n <= INT64_MAX : n >= -(2n ** 31n) && n < 2n ** 31n;
+    fits = n >= min && n <= max;
   }
   if (!fits) throw new RangeError(`${what}: ${String(v)} cannot be converted to ${dtype} without overflow`);
   return dtype === "int64" ? BigInt(n) : Number(n);

@@ -83,17 +83,6 @@ async function quiet(bridge: Bridge): Promise<void> {
   await new Promise<void>((resolve) => setImmediate(resolve));
 }
 
-/** The token count of each row of a job's input (jobs with equal counts can share a pass without padding). */
-function tokenCounts(job: DecodedJob, model: LanguageModel): string {
-  const input = job.input as unknown;
-  if (typeof input === "string") return String(model.tokenizer.encode(input).length);
-  if (Array.isArray(input) && input.every((x) => typeof x === "string")) return input.map((t) => model.tokenizer.encode(t).length).join(",");
-  if (Array.isArray(input) && input.every((x) => typeof x === "number")) return String(input.length);
-  if (Array.isArray(input)) return input.map((r) => (Array.isArray(r) ? r.length : "?")).join(",");
-  const shape = (input as { shape?: number[]; input_ids?: { shape: number[] } })?.shape ?? (input as { input_ids?: { shape: number[] } })?.input_ids?.shape;
-  return shape ? shape.join("x") : `unique${Math.random()}`;
-}
-
 /** Whether jobs can share one forward pass: plain traces of the same model with the same gradient setting. */
 export function batchable(job: DecodedJob): boolean {
   return job.kind === "trace" && job.form === "invoke" && job.edits.length === 0;
@@ -180,10 +169,11 @@ export class SandboxExecutor implements JobExecutor {
     items.forEach(({ job, ctx }, index) => {
       try {
         if (!batchable(job)) throw new SandboxError("VALIDATION", "this job cannot share a forward pass with others");
-        // Its own input, checked alone: in the pass, one job's bad input would fail every job's.
-        model.checkInput(job.input!, ctx.maxInputTokens);
+        // Its own input, checked alone (in the pass, one job's bad input would fail every job's); jobs whose rows have
+        // equal token counts share a pass without padding.
+        const counts = model.checkInput(job.input!, ctx.maxInputTokens);
         const p = this.prepare(job, model, ctx, stallMs);
-        const key = `${job.grad}|${tokenCounts(job, model)}`;
+        const key = `${job.grad}|${counts.join(",")}`;
         groups.set(key, [...(groups.get(key) ?? []), { index, p }]);
       } catch (e) {
         settle(index, { status: "rejected", reason: e });

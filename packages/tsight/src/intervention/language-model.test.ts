@@ -143,3 +143,13 @@ describe("LanguageModel", () => {
 function slice3() {
   return { start: 0, stop: 3 };
 }
+
+describe("checkInput", () => {
+  it("gives each row's tokens (padding left out), and throws the InputError a trace of the input would", async () => {
+    const lm = await LanguageModel.load("stdlib-gpt2");
+    expect(lm.checkInput(["def __init__(self", "class "])).toEqual([5, 2]);
+    expect(lm.checkInput([[1, 2, 3]])).toEqual([3]);
+    expect(() => lm.checkInput([[1, 2, 10 ** 9]])).toThrow(InputError);
+    expect(() => lm.checkInput("x".repeat(100), 4)).toThrow(/characters of text/);
+  });
+});

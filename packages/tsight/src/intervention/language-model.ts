@@ -317,11 +317,13 @@ export class LanguageModel<M extends CausalLM = any> extends Model<M, EnvoyTree<
 
   /**
    * Throws the InputError (or TokenizerError) a trace of `input` would, before anything runs: text too long for
-   * `maxInputTokens`, ids outside the vocabulary or past the context. A server checks each job's input with it
-   * before the job shares a forward pass, so that one job's bad input fails that job alone.
+   * `maxInputTokens`, ids outside the vocabulary or past the context. Else gives the tokens of each of its rows
+   * (padding left out). A server checks each job's input with it before the job shares a forward pass, so that one
+   * job's bad input fails that job alone, and groups jobs by the counts (rows of equal length need no padding).
    */
-  checkInput(input: ModelInput, maxInputTokens = Infinity): void {
-    this.batchFor([input], undefined, maxInputTokens);
+  checkInput(input: ModelInput, maxInputTokens = Infinity): number[] {
+    const mask = this.batchFor([input], undefined, maxInputTokens).args[1] as Tensor;
+    return (mask.sum(1).tolist() as number[]).map(Number);
   }
 
   /** This model without its edits (sharing weights). */

@@ -26,7 +26,7 @@ import { fileURLToPath } from "node:url";
 import { Model } from "../packages/tsight/dist/intervention/index.js";
 import { generate } from "../packages/tsight/dist/models/index.js";
 import { engineStats, setPrepack, Tensor, threadCount } from "../packages/tsight/dist/tensor/index.js";
-import { randomGpt2Small } from "./gpt2-small.js";
+import { randomGpt2Small, randomGpt2SmallLm } from "./gpt2-small.js";
 import { fixtureErrors } from "./fixture-errors.js";
 import { generationOverhead, interventionOverhead, type Overhead } from "./overhead.js";
 import { formatRow, loadTable, tableHeader, type LoadRow } from "./load.js";
@@ -212,6 +212,9 @@ async function main(): Promise<void> {
   console.log(`  one layer's attention pattern read as attn.output[1] adds ${fmt(o.weightsReadUs)} µs; as attn.source.pattern ${fmt(o.patternReadUs)} µs (both the fused kernel's weights)`);
   const g = await generationOverhead();
   console.log(`  decode: ${fmt(g.plainTokS)} tokens/s plain, ${fmt(g.steeredTokS)} with a steering edit on every step (x${fmt(g.steeredTokS / g.plainTokS, 2)})`);
+  const prompt = new Tensor("int64", BigInt64Array.from({ length: 8 }, (_, i) => BigInt((i * 7919) % 50257)), [1, 8]);
+  const big = await generationOverhead({ lm: randomGpt2SmallLm(), layer: 6, prompt, rounds: 3, tokens: DECODE + 1 });
+  console.log(`  GPT-2-small-sized decode (the decode row's model): ${fmt(big.plainTokS)} tokens/s plain, ${fmt(big.steeredTokS)} with a steering edit on transformer.h[6] every step (x${fmt(big.steeredTokS / big.plainTokS, 2)})`);
   const r = await remoteOverhead();
   console.log(`\nRemote (server on loopback, stdlib-gpt2, 5 tokens; medians of interleaved rounds)`);
   console.log(`  trace in process ${fmt(r.localMs, 2)} ms; the same trace remote ${fmt(r.remoteMs, 2)} ms (+${fmt(r.remoteMs - r.localMs, 2)} ms round trip)`);

@@ -68,11 +68,16 @@ export async function interventionOverhead(rounds = 200): Promise<Overhead> {
   };
 }
 
-/** Decode speed of stdlib-gpt2 with and without an intervention on every step (medians of interleaved rounds). */
-export async function generationOverhead(rounds = 5, tokens = 48): Promise<{ plainTokS: number; steeredTokS: number }> {
-  const lm = (await LanguageModel.load("stdlib-gpt2")) as LanguageModel<GPT2LMHeadModel>;
-  const steer = Tensor.full([256], 0.01);
-  const prompt = "def __init__(self";
+/**
+ * Decode speed with and without a steering edit on every step (a vector added to a block's output), medians of
+ * interleaved rounds: on stdlib-gpt2 (4 x d256, a step of a few ms, where a step's fixed costs show), or on `lm` (the
+ * GPT-2-small-sized model of the decode row) steering `layer` with prompt ids `prompt`.
+ */
+export async function generationOverhead(options: { lm?: LanguageModel<GPT2LMHeadModel>; layer?: number; prompt?: string | Tensor; rounds?: number; tokens?: number } = {}): Promise<{ plainTokS: number; steeredTokS: number }> {
+  const lm = options.lm ?? ((await LanguageModel.load("stdlib-gpt2")) as LanguageModel<GPT2LMHeadModel>);
+  const { layer = 2, prompt = "def __init__(self", rounds = 5, tokens = 48 } = options;
+  const width = (lm.config as { n_embd: number }).n_embd;
+  const steer = Tensor.full([width], 0.01);
   const timed = async (run: (onToken: () => void) => Promise<unknown>): Promise<number> => {
     let first = 0;
     await run(() => void (first ||= performance.now()));
@@ -82,7 +87,7 @@ export async function generationOverhead(rounds = 5, tokens = 48): Promise<{ pla
   const steered = () =>
     timed((onToken) =>
       lm.generate(prompt, { maxNewTokens: tokens, eosTokenId: null, onToken }, async (m, tr) => {
-        for await (const _ of tr.all()) m.transformer.h[2].output = (h: Tensor) => h.add(tr.vars.steer);
+        for await (const _ of tr.all()) m.transformer.h[layer]!.output = (h: Tensor) => h.add(tr.vars.steer as Tensor);
       }, { vars: { steer } }),
     );
   await plain();

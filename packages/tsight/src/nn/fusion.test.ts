@@ -588,6 +588,81 @@ describe("fused decoder blocks", () => {
     expect(fused.slice(1)).toEqual(eager.slice(1));
   });
 
+  it("a steering edit at every generation step of a small model gives op by op's tokens and values to the bit, its blocks still graphs", async () => {
+    const lm = await LanguageModel.load("stdlib-gpt2");
+    const ids = new Tensor("int64", BigInt64Array.of(324n, 615n, 638n), [1, 3]);
+    const steer = new Tensor("float32", Float32Array.from({ length: 256 }, (_, i) => (i % 7) - 3), [256]);
+    const steered = async (m: any, tr: any) => {
+      const out: Tensor[] = [];
+      for await (const _ of tr.all()) {
+        m.transformer.h[2].output = (h: Tensor) => h.add(steer);
+        out.push((await m.transformer.h[3].mlp.output) as Tensor, (await m.lm_head.output) as Tensor);
+      }
+      return out;
+    };
+    const run = (on: boolean) => withFusion(on, () => lm.generate(ids, { maxNewTokens: 6, eosTokenId: null }, steered));
+    const eager = await run(false);
+    await run(true); // captures and compiles the steps' graphs
+    const fused = await run(true);
+    expect(fused.value.sequences.tolist()).toEqual(eager.value.sequences.tolist());
+    // The edit changes what is generated (it is not lost in the graph).
+    const plain = await withFusion(true, () => lm.generate(ids, { maxNewTokens: 6, eosTokenId: null }));
+    expect(plain.value.sequences.tolist()).not.toEqual(fused.value.sequences.tolist());
+    fused.value.value!.forEach((t, i) => expect(maxAbsDiff(t, eager.value.value![i]!)).toBe(0));
+    // The model runs op by op around its blocks' graphs (one each) to take the edit.
+    expect(fused.kernels).toBeLessThan(eager.kernels / 2);
+  });
+
+  it("values read inside a block at every generation step are op by op's to the bit; the other blocks stay graphs", async () => {
+    const lm = await LanguageModel.load("stdlib-gpt2");
+    lm.model.fusible = false; // its blocks' graphs, as a model too large to run whole
+    const ids = new Tensor("int64", BigInt64Array.of(324n, 615n, 638n), [1, 3]);
+    const read = async (m: any, tr: any) => {
+      const out: Tensor[] = [];
+      for await (const _ of tr.all()) out.push((await m.transformer.h[1].attn.c_attn.output) as Tensor, (await m.transformer.h[1].mlp.act.output) as Tensor, (await m.transformer.h[1].output) as Tensor);
+      return out;
+    };
+    const run = (on: boolean) => withFusion(on, () => lm.generate(ids, { maxNewTokens: 5, eosTokenId: null }, read));
+    try {
+      const eager = await run(false);
+      await run(true);
+      const fused = await run(true);
+      expect(fused.value.sequences.tolist()).toEqual(eager.value.sequences.tolist());
+      expect(fused.value.value!.length).toBe(15);
+      fused.value.value!.forEach((t, i) => expect(maxAbsDiff(t, eager.value.value![i]!)).toBe(0));
+      expect(fused.kernels).toBeLessThan(eager.kernels / 2);
+    } finally {
+      lm.model.fusible = "whole";
+    }
+  });
+
+  it("edits at every generation step (of an output that is the module's input, of an input, a skip asked for late, another shape) give op by op's results with fusion on", async () => {
+    const lm = await LanguageModel.load("stdlib-gpt2");
+    const ids = new Tensor("int64", BigInt64Array.of(324n, 615n, 638n), [1, 3]);
+    const edits: Record<string, (m: any) => unknown> = {
+      identity: (m) => (m.transformer.h[1].mlp.dropout.output = (h: Tensor) => h.mul(0.5)),
+      input: (m) => (m.transformer.h[2].input = (h: Tensor) => h.mul(0.5)),
+      skip: async (m) => m.transformer.h[2].skip(await m.transformer.h[1].output),
+      shape: (m) => (m.transformer.h[2].output = (h: Tensor) => h.narrow(2, 0, 128)),
+    };
+    const outcome = async (on: boolean, edit: (m: any) => unknown) => {
+      try {
+        const r = await withFusion(on, () => lm.generate(ids, { maxNewTokens: 4, eosTokenId: null }, async (m: any, tr: any) => {
+          for await (const _ of tr.all()) await edit(m);
+        }));
+        return r.value.sequences.tolist();
+      } catch (e) {
+        return `${(e as Error).name}: ${(e as Error).message.split("\n")[0]}`;
+      }
+    };
+    for (const [name, edit] of Object.entries(edits)) {
+      const eager = await outcome(false, edit);
+      if (name === "shape") expect(eager).toMatch(/^SwapError/);
+      else expect(Array.isArray(eager), `${name}: ${eager}`).toBe(true);
+      for (let i = 0; i < 3; i++) expect(await outcome(true, edit), name).toEqual(eager);
+    }
+  });
+
   it("a cache made while a small model hands values out records none of the operation points computed before it (as op by op)", async () => {
     const lm = await LanguageModel.load("stdlib-gpt2");
     const ids = new Tensor("int64", BigInt64Array.of(324n, 615n, 638n), [1, 3]);

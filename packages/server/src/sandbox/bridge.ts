@@ -12,7 +12,7 @@
  * the few synchronous calls: compiling, and replacement functions the forward pass calls.)
  */
 import ivm from "isolated-vm";
-import { buildAliases, Generator, holderRefusal, ModuleList, pointRefusal, Optimizer, Tensor, TraceError, transformerLensNames, withAllocationGuard, type InterventionFn, type Module, type Tracer } from "tsight";
+import { buildAliases, Generator, holderRefusal, KVCache, ModuleList, pointRefusal, Optimizer, Tensor, TraceError, transformerLensNames, withAllocationGuard, type InterventionFn, type Module, type Tracer } from "tsight";
 import { CONSTRUCTORS, FunctionSource, infoFromError, SANDBOX_OBJECTS, TENSOR_AUTOGRAD, TENSOR_FUNCTIONS, TENSOR_METHODS, type ExecutionModel as LanguageModel } from "tsight/protocol";
 import { checkArgs } from "./args.js";
 import { HANDLE_BYTES, JobBudget, OBJECT_BYTES, type BudgetLimits } from "./budget.js";
@@ -356,6 +356,9 @@ export class Bridge implements ActionHost {
       const info = infoFromError(v);
       return { $error: { type: info.type, message: info.message, code: info.code } };
     }
+    // A layer's KV cache (in its attention context during generation) crosses as a reference, so the job can pass
+    // it back to a module call (layer.call(...(await layer.inputs))).
+    if (v instanceof KVCache) this.hold("kvcache", v);
     const id = this.idOf.get(v);
     if (id !== undefined) return { $obj: [this.held.get(id)!.kind, id] };
     if (v && typeof v === "object") {

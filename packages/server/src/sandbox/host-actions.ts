@@ -3,7 +3,7 @@
  * table entry, typed so that an action added to the table without a handler (or a handler without an entry) does
  * not compile. Arguments arrive checked against the table's kinds.
  */
-import { Cache, GradScope, InputError, InvokeTracer, resolveAliases, Tensor, Tracer, type CacheOptions, type InterventionFn, type Generator, type Mediator, type Optimizer } from "tsight";
+import { Cache, GradScope, InputError, InvokeTracer, resolveAliases, Tensor, Tracer, type CacheOptions, type InterventionFn, type Generator, type KVCache, type Mediator, type Optimizer } from "tsight";
 import type { ExecutionModel as LanguageModel, SANDBOX_OBJECTS } from "tsight/protocol";
 import type { JobBudget } from "./budget.js";
 import { SandboxError } from "./errors.js";
@@ -182,6 +182,10 @@ const generator: Handlers<"generator", Generator> = {
   manualSeed: (_h, g, [seed]) => void g.manualSeed(seed),
 };
 
-export const HOST_ACTIONS = { tracer, envoy, cache, grad, session, barrier, steps, optimizer, generator } satisfies { [K in keyof typeof SANDBOX_OBJECTS]: Handlers<K, any> };
+const kvcache: Handlers<"kvcache", KVCache> = {
+  length: (_h, c) => c.length,
+};
+
+export const HOST_ACTIONS = { tracer, envoy, cache, grad, session, barrier, steps, optimizer, generator, kvcache } satisfies { [K in keyof typeof SANDBOX_OBJECTS]: Handlers<K, any> };
 
 export { InvokeTracer };

@@ -57,6 +57,49 @@ async function skippedReference(model: CausalLM, ids: Tensor, path: string, step
 
 export const generateCases: TraceCase[] = [
   {
+    name: "a decoder layer called with the arguments the stack passed it at a generation step gives that step's output (its KV cache passed back, remotely as a reference)",
+    async run(b) {
+      const again = async (m: any, tr: any) => {
+        const diffs: number[] = [];
+        for await (const _ of tr.iter([0, 2])) {
+          const layer = m.transformer.h[2];
+          const args = await layer.inputs;
+          const called = (await layer.call(...args)) as Tensor;
+          diffs.push(called.sub((await layer.output) as Tensor).abs().max().item() as number, (args[1] as { cache: { length: number } }).cache.length);
+        }
+        return diffs;
+      };
+      const out = await b.gpt2.generate(PROMPT, { maxNewTokens: 3, eosTokenId: null }, again, b.options());
+      const prompt = out.sequences.shape[1]! - 3;
+      // The same output at the prompt's pass and at step 2: the call reads the cache as the layer's own call does, and
+      // leaves it as it was (its own call then writes the step's keys once). The cache crosses as itself (its length:
+      // the positions layers before this one hold).
+      expect(out.value).toEqual([0, prompt, 0, prompt + 2]);
+      const plain = await b.gpt2.generate(PROMPT, { maxNewTokens: 3, eosTokenId: null }, async () => undefined, b.options());
+      expect(out.sequences.tolist()).toEqual(plain.sequences.tolist());
+      // In one invoke of a batch, the call takes that invoke's rows of the cache.
+      const batched = await b.gpt2.generate(
+        async (tr: any) => {
+          tr.invoke("a = 1", async () => undefined);
+          return tr.invoke("def __init__(self", async (m: any, it: any) => {
+            const diffs: number[] = [];
+            for await (const _ of it.iter([0, 2])) {
+              const layer = m.transformer.h[2];
+              const called = (await layer.call(...(await layer.inputs))) as Tensor;
+              diffs.push(called.sub((await layer.output) as Tensor).abs().max().item() as number);
+            }
+            return diffs;
+          });
+        },
+        { maxNewTokens: 3, eosTokenId: null },
+        b.options(),
+      );
+      // (One row alone against the batch's kernels: float rounding.)
+      expect(batched.value).toHaveLength(2);
+      for (const d of batched.value as number[]) expect(d).toBeLessThan(1e-6);
+    },
+  },
+  {
     name: "a decoder layer skipped during generation keeps generating, for every architecture: at every step as without a cache, at one step consistently",
     async run(b) {
       for (const arch of hfFixtures) {
@@ -277,6 +320,20 @@ export const generateCases: TraceCase[] = [
         b.options(),
       );
       expect(past.value).toEqual([0, 1, 2, 3, 4, 5]);
+      // A range that ends before it starts is an error, as a list that does not increase is (not a loop run no times).
+      const backwards = await b.gpt2
+        .generate(
+          PROMPT,
+          { maxNewTokens: 2 },
+          async (_m, tr) => {
+            for await (const _ of tr.iter(3, 1)) return "ran";
+            return "ran no times";
+          },
+          b.options(),
+        )
+        .catch((e) => e);
+      expect(backwards).toBeInstanceOf(TraceError);
+      expect(backwards.message).toMatch(/^iter: end \(1\) is before start \(3\)/);
       // A value asked for in a step that never came says how many steps the generation had.
       const missed = await b.gpt2
         .generate(

@@ -201,6 +201,8 @@ export class Interleaver implements ModuleHooks, Provider {
   }
 
   pass(module: Module): void {
+    // A module called from intervention code (m.x.call) is not a call of the model's pass: nothing in it counts.
+    if (this.bypass > 0) return;
     const path = module.path;
     const direct = (this.entered.get(path) ?? 0) + 1;
     this.count(this.entered, path, direct);
@@ -208,6 +210,7 @@ export class Interleaver implements ModuleHooks, Provider {
   }
 
   passWithin(module: Module, uncalled?: ReadonlySet<string>): void {
+    if (this.bypass > 0) return;
     this.count(this.fusedCalls, module.path, (this.fusedCalls.get(module.path) ?? 0) + 1);
     if (uncalled) for (const path of uncalled) this.count(this.fusedMissed, path, (this.fusedMissed.get(path) ?? 0) + 1);
   }

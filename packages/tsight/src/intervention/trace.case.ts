@@ -784,6 +784,19 @@ export const traceCases: TraceCase[] = [
         b.options(),
       );
       expect(maxAbsDiff(again.called, again.output)).toBeLessThan(1e-6);
+      // A module called directly is not a call of the model's pass: its operation points are still the model's to read.
+      const side = await b.gpt2.trace(
+        PROMPT,
+        async (m) => {
+          const mlp = m.transformer.h[2].mlp;
+          const called = (await mlp.call(((await m.transformer.h[2].ln_2.output) as Tensor).mul(2))) as Tensor;
+          return { called, post: (await mlp.source.post.output) as Tensor, output: (await mlp.output) as Tensor };
+        },
+        b.options(),
+      );
+      const post = await b.gpt2.trace(PROMPT, async (m) => (await m.transformer.h[2].mlp.source.post.output) as Tensor, b.options());
+      expect(maxAbsDiff(side.post, post)).toBe(0);
+      expect(maxAbsDiff(side.called, side.output)).toBeGreaterThan(0.01);
       const alone = await b.gpt2.trace(PROMPT, async (m) => await (m.transformer.h[1] as any).call(await m.transformer.h[1].input), b.options()).catch((x) => x);
       expect(alone).toBeInstanceOf(ModuleCallError);
       expect(alone.message).toMatch(/^transformer\.h\.1\.attn was called without its attention context \(mask, positions, KV cache\): call a decoder layer or its attention with every argument the stack passes it, `layer\.call\(\.\.\.\(await layer\.inputs\)\)`/);

@@ -10,7 +10,7 @@
  *
  * Invokes must be created before the trace function's first `await`: the batch is built from them.
  */
-import type { Module } from "../nn/index.js";
+import { KVCache, type Module } from "../nn/index.js";
 import { Tensor } from "../tensor/index.js";
 import { GradScope, type GradSource } from "./backward.js";
 import { Cache, modulePaths, pointHolderPaths, pointPaths, type CacheOptions, type NavigableCache } from "./cache.js";
@@ -458,7 +458,7 @@ export class TraceRun {
           (async () => {
             interleaver.bypass++;
             try {
-              return await (module.call as (...a: unknown[]) => Promise<unknown>)(...args);
+              return await sideCall(module, args, mediator.rows);
             } finally {
               interleaver.bypass--;
             }
@@ -579,6 +579,7 @@ function stepRange(from: number, to: number): Steps {
   for (const [name, v] of [["start", from], ["end", to]] as const) {
     if (!Number.isSafeInteger(v) || v < 0 || v > MAX_STEP) throw new TraceError(`iter: ${name} must be a non-negative whole number, got ${String(v)}`);
   }
+  if (to < from) throw new TraceError(`iter: end (${to}) is before start (${from}); steps go forward (tr.iter(start, end) runs start, ..., end - 1)`);
   return {
     *values() {
       for (let k = from; k < to; k++) yield k;
@@ -596,4 +597,24 @@ function checkedList(list: readonly number[]): Steps {
 
 export function isInterventionError(e: unknown): e is InterventionError {
   return e instanceof InterventionError;
+}
+
+/**
+ * A module called from intervention code (`m.x.call(...)`). A KV cache among its arguments (a decoder layer's, during
+ * generation) is read as the model's own call would read it and left as it was (see KVCache.aside): the model's own
+ * call then writes its keys and values once. An invoke of a batch, whose arguments are its rows, calls it with a copy
+ * of its rows of the cache.
+ */
+function sideCall(module: Module, args: unknown[], rows: Rows | null): Promise<unknown> {
+  const call = (a: unknown[]) => (module.call as (...x: unknown[]) => Promise<unknown>)(...a);
+  const at = args.findIndex((a) => a !== null && typeof a === "object" && Object.getPrototypeOf(a) === Object.prototype && (a as { cache?: unknown }).cache instanceof KVCache);
+  if (at < 0) return call(args);
+  const context = args[at] as { cache: KVCache };
+  const batch = context.cache.batchSize;
+  if (rows && batch !== null && rows.length !== batch) {
+    const own = [...args];
+    own[at] = { ...context, cache: context.cache.rows(rows.start, rows.length) };
+    return call(own);
+  }
+  return context.cache.aside(() => call(args));
 }

@@ -209,6 +209,52 @@ export class KVCache {
     this.layers.push(...entries);
   }
 
+  /**
+   * Runs `work` (a module called on the side, from intervention code) against the cache and then puts the cache back
+   * as it was: the side call's attention reads what the model's own call would, and its keys and values are not kept
+   * (the model's own call writes them once).
+   */
+  async aside<T>(work: () => Promise<T>): Promise<T> {
+    const layers = this.layers.map((l) => (l && isSlab(l) ? { entry: l, length: l.length } : { entry: l, length: -1 }));
+    const held = [...this.held];
+    const seen = this.seen;
+    try {
+      return await work();
+    } finally {
+      this.layers.length = 0;
+      for (const { entry, length } of layers) {
+        if (entry && isSlab(entry) && length >= 0) entry.length = length;
+        this.layers.push(entry);
+      }
+      this.held.length = 0;
+      this.held.push(...held);
+      this.seen = seen;
+    }
+  }
+
+  /**
+   * A copy holding rows `start`... (`count` of them) of every layer: for a module called on the side by one invoke
+   * of a batch (whose arguments are its rows). Writes to it reach only it.
+   */
+  rows(start: number, count: number): KVCache {
+    const copy = new KVCache();
+    for (const [layer, l] of this.layers.entries()) {
+      if (!l) continue;
+      const pick = (t: Tensor, length: number) => t.narrow(0, start, count).narrow(2, 0, length).contiguous();
+      const length = keysIn(l);
+      copy.layers[layer] = isSlab(l) ? { keys: pick(l.keys, length), values: pick(l.values, length), length } : { keys: pick(l.keys, length), values: pick(l.values, length) };
+    }
+    copy.held.push(...this.held);
+    copy.seen = this.seen;
+    return copy;
+  }
+
+  /** The batch size of what it holds (rows of every layer), or null while empty. */
+  get batchSize(): number | null {
+    const l = this.layers.find((x) => x !== undefined);
+    return l ? l.keys.shape[0]! : null;
+  }
+
   /** Cached keys and values of one layer, if any: [B, kvHeads, positions, headDim] each. */
   get(layer: number): CacheEntry | undefined {
     const l = this.layers[layer];

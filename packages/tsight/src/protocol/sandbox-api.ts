@@ -248,6 +248,14 @@ export const GENERATOR_ACTIONS = {
   manualSeed: { args: ["number"], answer: "value" },
 } as const satisfies Actions;
 
+/**
+ * What a decoder layer's KV cache (in the attention context a layer takes during generation: `(await layer.inputs)[1]`)
+ * can do besides being passed back to a module call: tell how many positions it holds.
+ */
+export const KV_CACHE_ACTIONS = {
+  length: { args: [], answer: "value", getter: true },
+} as const satisfies Actions;
+
 /** What a session (`model.session(async (s) => ...)`) can do. */
 export const SESSION_ACTIONS = {
   vars: { args: [], answer: "value", getter: true },
@@ -277,6 +285,7 @@ export const SANDBOX_OBJECTS = {
   steps: STEPS_ACTIONS,
   optimizer: OPTIMIZER_ACTIONS,
   generator: GENERATOR_ACTIONS,
+  kvcache: KV_CACHE_ACTIONS,
 } as const;
 export type SandboxObject = keyof typeof SANDBOX_OBJECTS;
 export type ActionOf<K extends SandboxObject> = keyof (typeof SANDBOX_OBJECTS)[K];

@@ -36,6 +36,19 @@ describe("a job's values that cannot cross", () => {
     expect(e.message).toContain(`${message}, which cannot cross`);
   });
 
+  it("one string held in many places is counted wherever it is held, before it is copied out (a 10 MB string 450 times took the host gigabytes)", async () => {
+    for (const source of [
+      "async () => { const s = 'x'.repeat(1e7); zeros([1]).add(new Array(450).fill(s)); return 1; }",
+      "async () => { const s = 'x'.repeat(1e7); return new Array(60).fill(s); }",
+      "async (m, tr) => { const s = 'x'.repeat(1e7); return await tr.local(async () => 1, new Array(60).fill(s)); }",
+    ]) {
+      const e = await failure(remote(source));
+      expect(e.message).toMatch(/a value sent out of the job holds more than 16777216 characters and entries \(each string counted wherever it is held\): send large data as tensors/);
+    }
+    // Below the bound, a long string still crosses.
+    expect(((await remote("async () => 'y'.repeat(1e6)")) as string).length).toBe(1e6);
+  });
+
   it("a Map given to an op or as a replacement fails as in process", async () => {
     const op = await failure(remote("async (m) => (await m.transformer.h[1].output).add(new Map())"));
     expect(op.message).toMatch(/tensor\.add: argument 1 must be a tensor or a number, got object/);

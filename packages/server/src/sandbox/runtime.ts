@@ -111,8 +111,33 @@ export function installRuntime(rawHost: HostCallbacks, tree: TreeNode, api: Runt
     return typeof v === "object" && v !== null && (Object.getPrototypeOf(v) === Object.prototype || Object.getPrototypeOf(v) === null);
   }
 
-  /** Isolate value -> descriptor for the host. */
+  /**
+   * What one value sent to the host may hold: string characters and array or object entries together. Counted as it
+   * is walked, before anything is copied: one string held many times (an array filled with it) is copied once per
+   * place it is in, and such a value made in a few megabytes of the sandbox took the host's thread gigabytes.
+   */
+  const MAX_SENT_UNITS = 16 * 2 ** 20;
+  let sending = 0;
+  let sentUnits = 0;
+
+  /** Isolate value -> descriptor for the host (see MAX_SENT_UNITS). */
   function out(v: unknown): unknown {
+    if (sending === 0) sentUnits = 0;
+    sending++;
+    try {
+      return outOne(v);
+    } finally {
+      sending--;
+    }
+  }
+
+  function count(units: number): void {
+    sentUnits += units;
+    if (sentUnits > MAX_SENT_UNITS) throw new RangeError(`a value sent out of the job holds more than ${MAX_SENT_UNITS} characters and entries (each string counted wherever it is held): send large data as tensors`);
+  }
+
+  function outOne(v: unknown): unknown {
+    if (typeof v === "string") count(v.length);
     if (typeof v === "object" && v !== null) {
       const h = handleOf.get(v);
       if (h !== undefined) return { $h: h };
@@ -130,12 +155,18 @@ export function installRuntime(rawHost: HostCallbacks, tree: TreeNode, api: Runt
     }
     // An error's text is cut here, before it is copied out of the isolate (the host keeps less still: user-errors.ts).
     if (v instanceof Error) return { $error: { type: String(v.name).slice(0, 200), message: String(v.message).slice(0, 16_384), stack: String(v.stack ?? "").slice(0, 32_768), code: typeof (v as any).code === "string" ? (v as any).code.slice(0, 64) : undefined } };
-    if (Array.isArray(v)) return v.map(out);
+    if (Array.isArray(v)) {
+      count(v.length);
+      return v.map(outOne);
+    }
     if (isPlain(v)) {
       const o: Record<string, unknown> = {};
       let marked = false;
-      for (const k of Object.keys(v)) {
-        o[k] = out(v[k]);
+      const keys = Object.keys(v);
+      count(keys.length);
+      for (const k of keys) {
+        count(k.length);
+        o[k] = outOne(v[k]);
         marked ||= k.charCodeAt(0) === 36; // "$"
       }
       // The code's own object whose keys look like a descriptor's ({ $h: 3 }) crosses as data.

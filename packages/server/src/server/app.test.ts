@@ -198,6 +198,14 @@ describe("events", () => {
     expect(parseSse(await (await s.request(`/v1/jobs/${job.id}/events?after=2`)).text()).map((e) => e.seq)).toEqual([3, 4]);
     expect((await s.request(`/v1/jobs/${job.id}/events`, { headers: { "last-event-id": "x" } })).status).toBe(400);
   });
+
+  it("a stream resumed past a live job's last event ends when the job does (it held a stream slot for good)", async () => {
+    const job = await s.start();
+    const ahead = await s.request(`/v1/jobs/${job.id}/events`, { headers: { "last-event-id": "1000" } });
+    const text = ahead.text();
+    await s.request(`/v1/jobs/${job.id}`, { method: "DELETE" });
+    expect(parseSse(await text)).toEqual([]);
+  });
 });
 
 describe("models, status, metrics", () => {

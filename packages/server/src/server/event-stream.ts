@@ -68,9 +68,12 @@ export function eventStream(store: JobStore, id: string, after: number, heartbea
         controller.close();
       };
       const send = (e: SequencedEvent) => {
-        if (!open || e.seq <= last) return;
-        last = e.seq;
-        controller.enqueue(encoder.encode(`id: ${e.seq}\ndata: ${JSON.stringify(e.event)}\n\n`));
+        if (!open) return;
+        if (e.seq > last) {
+          last = e.seq;
+          controller.enqueue(encoder.encode(`id: ${e.seq}\ndata: ${JSON.stringify(e.event)}\n\n`));
+        }
+        // The job is over: the stream ends, even for a client that resumed past its last event (Last-Event-ID too high).
         if (e.event.type === "done" && !replaying) close();
       };
       // Subscribing and replaying in one synchronous step: no event can fall between them.

@@ -207,9 +207,12 @@ export class RedisEventFeed implements EventFeed {
           for (const c of cleanups.splice(0)) c();
         };
         const send = (e: SequencedEvent, live: boolean) => {
-          if (!open || e.seq <= last) return;
-          last = e.seq;
-          controller.enqueue(encoder.encode(`id: ${e.seq}\ndata: ${JSON.stringify(e.event)}\n\n`));
+          if (!open) return;
+          if (e.seq > last) {
+            last = e.seq;
+            controller.enqueue(encoder.encode(`id: ${e.seq}\ndata: ${JSON.stringify(e.event)}\n\n`));
+          }
+          // The job is over: the stream ends, even for a client that resumed past its last event (Last-Event-ID too high).
           if (e.event.type === "done" && live) close();
         };
         const beat = setInterval(() => open && controller.enqueue(encoder.encode(": keep-alive\n\n")), this.heartbeatMs);

@@ -117,6 +117,7 @@ export function installRuntime(rawHost: HostCallbacks, tree: TreeNode, api: Runt
    * place it is in, and such a value made in a few megabytes of the sandbox took the host's thread gigabytes.
    */
   const MAX_SENT_UNITS = 16 * 2 ** 20;
+  /** Sends under way: a getter the walk runs may send a value of its own, which counts toward the outer one. */
   let sending = 0;
   let sentUnits = 0;
 

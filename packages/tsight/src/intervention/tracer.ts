@@ -10,7 +10,7 @@
  *
  * Invokes must be created before the trace function's first `await`: the batch is built from them.
  */
-import { KVCache, type Module } from "../nn/index.js";
+import { cacheIn, type Module } from "../nn/index.js";
 import { Tensor } from "../tensor/index.js";
 import { GradScope, type GradSource } from "./backward.js";
 import { Cache, modulePaths, pointHolderPaths, pointPaths, type CacheOptions, type NavigableCache } from "./cache.js";
@@ -607,14 +607,13 @@ export function isInterventionError(e: unknown): e is InterventionError {
  */
 function sideCall(module: Module, args: unknown[], rows: Rows | null): Promise<unknown> {
   const call = (a: unknown[]) => (module.call as (...x: unknown[]) => Promise<unknown>)(...a);
-  const at = args.findIndex((a) => a !== null && typeof a === "object" && Object.getPrototypeOf(a) === Object.prototype && (a as { cache?: unknown }).cache instanceof KVCache);
-  if (at < 0) return call(args);
-  const context = args[at] as { cache: KVCache };
-  const batch = context.cache.batchSize;
-  if (rows && batch !== null && rows.length !== batch) {
-    const own = [...args];
-    own[at] = { ...context, cache: context.cache.rows(rows.start, rows.length) };
-    return call(own);
-  }
-  return context.cache.aside(() => call(args));
+  const cache = cacheIn(args);
+  if (!cache) return call(args);
+  const batch = cache.batchSize;
+  if (!rows || batch === null || rows.length === batch) return cache.aside(() => call(args));
+  const own = cache.rows(rows.start, rows.length);
+  const swap = (v: unknown): unknown => (v === cache ? own : v);
+  // The cache is an argument, or a value of one (an attention context, copied with the invoke's cache in it).
+  const isContext = (a: unknown): a is object => a !== null && typeof a === "object" && Object.getPrototypeOf(a) === Object.prototype;
+  return call(args.map((a) => (isContext(a) ? Object.fromEntries(Object.entries(a).map(([k, v]) => [k, swap(v)])) : swap(a))));
 }

@@ -215,19 +215,17 @@ export class KVCache {
    * (the model's own call writes them once).
    */
   async aside<T>(work: () => Promise<T>): Promise<T> {
-    const layers = this.layers.map((l) => (l && isSlab(l) ? { entry: l, length: l.length } : { entry: l, length: -1 }));
+    const entries = this.snapshot();
+    // A slab written in place keeps its object: its length is what marks the positions written since.
+    const lengths = entries.map((l) => (l && isSlab(l) ? l.length : 0));
     const held = [...this.held];
     const seen = this.seen;
     try {
       return await work();
     } finally {
-      this.layers.length = 0;
-      for (const { entry, length } of layers) {
-        if (entry && isSlab(entry) && length >= 0) entry.length = length;
-        this.layers.push(entry);
-      }
-      this.held.length = 0;
-      this.held.push(...held);
+      entries.forEach((l, i) => l && isSlab(l) && (l.length = lengths[i]!));
+      this.restore(entries);
+      this.held.splice(0, this.held.length, ...held);
       this.seen = seen;
     }
   }
@@ -240,9 +238,10 @@ export class KVCache {
     const copy = new KVCache();
     for (const [layer, l] of this.layers.entries()) {
       if (!l) continue;
-      const pick = (t: Tensor, length: number) => t.narrow(0, start, count).narrow(2, 0, length).contiguous();
       const length = keysIn(l);
-      copy.layers[layer] = isSlab(l) ? { keys: pick(l.keys, length), values: pick(l.values, length), length } : { keys: pick(l.keys, length), values: pick(l.values, length) };
+      const pick = (t: Tensor) => t.narrow(0, start, count).narrow(2, 0, length).contiguous();
+      const entry = { keys: pick(l.keys), values: pick(l.values) };
+      copy.layers[layer] = isSlab(l) ? { ...entry, length } : entry;
     }
     copy.held.push(...this.held);
     copy.seen = this.seen;
@@ -261,6 +260,15 @@ export class KVCache {
     if (!l || !isSlab(l)) return l;
     return { keys: l.keys.narrow(2, 0, l.length), values: l.values.narrow(2, 0, l.length) };
   }
+}
+
+/** The KV cache among a module call's arguments (an attention context's), if any. */
+export function cacheIn(args: readonly unknown[]): KVCache | undefined {
+  for (const a of args) {
+    if (a instanceof KVCache) return a;
+    if (a !== null && typeof a === "object" && !(a instanceof Tensor)) for (const v of Object.values(a)) if (v instanceof KVCache) return v;
+  }
+  return undefined;
 }
 
 /** `n` positions from `from` on. */

@@ -16,7 +16,7 @@
  */
 import { argumentSignature, Capture, compileCapture, fusionEnabled, isGradEnabled, runCaptured, runCaptureGeneric, Tensor, UNKNOWN_VALUE, type CapturedCall, type FusedGraph } from "../tensor/index.js";
 import { decideTogether } from "../tensor/packing.js";
-import { KVCache } from "./cache.js";
+import { cacheIn, KVCache } from "./cache.js";
 import { Module, type ModuleHooks, type Replay } from "./module.js";
 
 /**
@@ -471,15 +471,6 @@ const unfusibleSteps = new WeakSet<Module>();
  * its rotary tables, through model.call with a long cache), which the step then runs op by op, not every step after.
  */
 const stepsRan = new WeakSet<Module>();
-
-/** The KV cache among the arguments (an attention context's), if any. */
-function cacheIn(args: readonly unknown[]): KVCache | undefined {
-  for (const a of args) {
-    if (a instanceof KVCache) return a;
-    if (a !== null && typeof a === "object" && !(a instanceof Tensor)) for (const v of Object.values(a)) if (v instanceof KVCache) return v;
-  }
-  return undefined;
-}
 
 /**
  * A block's forward with a KV cache (a generation step) as one graph. The code is captured at every call (it

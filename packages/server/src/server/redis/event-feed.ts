@@ -226,8 +226,9 @@ export class RedisEventFeed implements EventFeed {
             for (const e of await store.eventsAfter(id, last)) send(e, false);
             return close();
           }
-          // From here the hub reads on after the last event sent: nothing falls between.
-          if (open) cleanups.push(hub.subscribe(store.keys.events(id), last, (e) => send(e, true)));
+          // From here the hub reads on after the last event sent: nothing falls between. A client that resumed past
+          // the job's last event is read for from that event, so its stream still ends at the job's done.
+          if (open) cleanups.push(hub.subscribe(store.keys.events(id), Math.min(last, job.lastSeq), (e) => send(e, true)));
         } catch (e) {
           if (open) {
             stop();

@@ -217,6 +217,11 @@ describe("RedisEventFeed", () => {
       expect(parseSse(await feed.open(id, 5, true).text()).map((e) => e.seq)).toEqual([6, 7]);
       const running = await newJob();
       expect(parseSse(await feed.open(running, 0, false).text()).map((e) => e.seq)).toEqual([1]);
+      // A stream resumed past a live job's last event sends nothing, and ends when the job does.
+      const ahead = feed.open(running, 1000, true).text();
+      await new Promise((r) => setTimeout(r, 50));
+      await store.move(running, "CANCELLED");
+      expect(parseSse(await ahead)).toEqual([]);
     } finally {
       watchers.close();
       await hub.close();

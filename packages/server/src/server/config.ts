@@ -88,6 +88,11 @@ export const DEFAULT_HOST = "127.0.0.1";
 export const MAX_LOG_CHARS = 10_000;
 
 /** A job's log event, cut to MAX_LOG_CHARS (the same in both deployments). */
+/** How long a job may run once dispatched: the time it asked for (its request's timeoutMs), within jobTimeoutMs. */
+export function runTimeoutMs(config: Pick<ServerConfig, "jobTimeoutMs">, requested: number | undefined): number {
+  return Math.min(requested ?? config.jobTimeoutMs, config.jobTimeoutMs);
+}
+
 export function cutLog(text: string): string {
   return text.length > MAX_LOG_CHARS ? `${text.slice(0, MAX_LOG_CHARS)}… [cut at ${MAX_LOG_CHARS} characters]` : text;
 }

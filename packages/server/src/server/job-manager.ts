@@ -11,7 +11,7 @@ import type { LoadProgress } from "tsight";
 import { decodeJob, type DecodedJob, type ErrorInfo, type JobEvent, type JobRequest, type JobState, type ModelInfo } from "tsight/protocol";
 import { ApiError, jobNotFound } from "./api-error.js";
 import { batchKey, batchNote, perPass } from "./batch-key.js";
-import { cutLog, type ServerConfig } from "./config.js";
+import { cutLog, runTimeoutMs, type ServerConfig } from "./config.js";
 import type { ClusterStatus, Dispatcher, ModelLoad, WorkerInfo } from "./contracts.js";
 import type { OpenStreams } from "./event-stream.js";
 import { newJobId } from "./ids.js";
@@ -161,7 +161,7 @@ export class JobManager implements Dispatcher {
     const cap = this.parts.config.localStepTimeoutMs;
     const localTimeoutMs = Math.min(job.localTimeoutMs ?? cap, cap);
     const batch = this.parts.config.maxBatch > 1 ? batchKey(job, this.parts.registry.tokenizer(model)) : undefined;
-    const timeoutMs = Math.min(job.timeoutMs ?? this.parts.config.jobTimeoutMs, this.parts.config.jobTimeoutMs);
+    const timeoutMs = runTimeoutMs(this.parts.config, job.timeoutMs);
     const active: ActiveJob = { id, keyId: caller.keyId, model, body, batch, cancelRequested: false, events: 0, eventBytes: 0, localCalls: new Set(), answered: new Set(), localTimeoutMs, timeoutMs };
     this.active.set(id, active);
     this.parts.store.move(id, "QUEUED", { position: (active.position = this.queue.push(model.key, id, caller.keyId)) });

@@ -8,7 +8,7 @@ import type { Queue } from "bullmq";
 import { decodeJob, type DecodedJob, type JobRequest, type JobState, type ModelInfo } from "tsight/protocol";
 import { ApiError, jobNotFound } from "../api-error.js";
 import { batchKey, perPass } from "../batch-key.js";
-import type { ServerConfig } from "../config.js";
+import { runTimeoutMs, type ServerConfig } from "../config.js";
 import type { ClusterStatus, Dispatcher, ModelLoad } from "../contracts.js";
 import { newJobId } from "../ids.js";
 import { jobState, type ListOptions } from "../job-store.js";
@@ -61,9 +61,9 @@ export class RedisDispatcher implements Dispatcher {
     const queue = this.parts.queues.get(model.key)!;
     const position = await waitingCount(queue);
     const localTimeoutMs = Math.min(job.localTimeoutMs ?? config.localStepTimeoutMs, config.localStepTimeoutMs);
+    const timeoutMs = runTimeoutMs(config, job.timeoutMs);
     // Fair share: a key's first unfinished job comes before every key's second, and so on (BullMQ serves lower
     // priorities first, equal ones in order), so a light key waits for at most one job of each other key.
-    const timeoutMs = Math.min(job.timeoutMs ?? config.jobTimeoutMs, config.jobTimeoutMs);
     await queue.add("job", { id, batch, key: caller.keyId, localTimeoutMs, timeoutMs }, { ...queuedJobOptions(id), priority: Math.min(created.rank, 2_000_000) });
     await store.move(id, "QUEUED", { position });
     // A model no live worker runs: the job says so at once instead of waiting in silence.

@@ -16,7 +16,7 @@ import type { Queue, Worker } from "bullmq";
 import type { Redis } from "ioredis";
 import type { LoadProgress } from "tsight";
 import { infoFromError, type ErrorInfo, type JobEvent } from "tsight/protocol";
-import { cutLog, type ServerConfig } from "../config.js";
+import { cutLog, runTimeoutMs, type ServerConfig } from "../config.js";
 import type { StreamCountListener, StreamCounts } from "../event-stream.js";
 import { batchNote } from "../batch-key.js";
 import { LocalStepWatch } from "../local-step-watch.js";
@@ -237,7 +237,7 @@ export class WorkerNode {
       return false;
     }
     if (!bull) return false;
-    lane.held.push({ bull, token, id: bull.data.id, batch: bull.data.batch, key: bull.data.key, localTimeoutMs: bull.data.localTimeoutMs ?? this.parts.config.localStepTimeoutMs, timeoutMs: Math.min(bull.data.timeoutMs ?? this.parts.config.jobTimeoutMs, this.parts.config.jobTimeoutMs) });
+    lane.held.push({ bull, token, id: bull.data.id, batch: bull.data.batch, key: bull.data.key, localTimeoutMs: bull.data.localTimeoutMs ?? this.parts.config.localStepTimeoutMs, timeoutMs: runTimeoutMs(this.parts.config, bull.data.timeoutMs) });
     return true;
   }
 

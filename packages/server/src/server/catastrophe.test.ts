@@ -41,12 +41,22 @@ describe("a job that breaks its sandbox beyond recovery", () => {
 
   it("ends MEMORY at once; the server and its other models go on, and the model is served by a fresh thread until it has lost too many", async () => {
     const pid = server.child.pid;
-    for (let lost = 1; lost <= 3; lost++) {
+    let lost = 0;
+    for (let attempt = 1; lost < 3; attempt++) {
+      // Which way V8 fails is a race between its heap growth and isolated-vm's check after each collection: on a
+      // loaded machine the check now and then wins, and the job ends MEMORY the ordinary way with its thread kept.
+      expect(attempt, "attempts before 3 threads were lost").toBeLessThanOrEqual(10);
       const started = Date.now();
       const broken = await finished(t, await submit(t, { source: GROW_MAP }, t.keys.hostile), t.keys.hostile);
-      expect(broken).toMatchObject({ status: "ERROR", error: { code: "MEMORY", message: expect.stringMatching(/out of memory in a way it could not recover from/) } });
+      expect(broken).toMatchObject({ status: "ERROR", error: { code: "MEMORY" } });
       // At once, not at the job's 60 s deadline.
       expect(Date.now() - started).toBeLessThan(30_000);
+      const message = (broken.error as { message: string }).message;
+      if (!/out of memory in a way it could not recover from/.test(message)) {
+        expect(message).toBe("the job's code used more memory than its sandbox allows");
+        continue;
+      }
+      lost++;
       const other = await finished(t, await submit(t, { model: LLAMA, source: LOGITS }, t.keys.victim), t.keys.victim);
       expect(other.status).toBe("COMPLETED");
       if (lost <= 2) {

@@ -9,7 +9,8 @@
  *     GPT-2-small-sized forward at 128 tokens, greedy decode (after an 8-token and a 512-token prompt), stdlib-gpt2
  *     at 5 tokens, a forward hook's read against tsight's module read, as one table of speed ratios (tsight and
  *     Hugging Face measured twice, alternating, each side's best times kept; differences of times, the costs of
- *     reads and traces, averaged).
+ *     reads and traces, averaged); the same model as one ONNX Runtime graph (bench/python/ort_gpt2.py: what one
+ *     graph reaches on this CPU); and each engine's matrix products at the model's shapes (bench/gemm.ts).
  *   - GPT-2-small-sized model (12 layers, d=768, vocab 50257, random weights): prefill of 128 tokens and decode
  *     tokens/s, against PyTorch on the same machine when `python3 -c "import torch"` works (Debian's 1.13, a
  *     second reference).
@@ -28,6 +29,7 @@ import { generate } from "../packages/tsight/dist/models/index.js";
 import { engineStats, setPrepack, Tensor, threadCount } from "../packages/tsight/dist/tensor/index.js";
 import { randomGpt2Small, randomGpt2SmallLm } from "./gpt2-small.js";
 import { fixtureErrors } from "./fixture-errors.js";
+import { gemmTable } from "./gemm.js";
 import { generationOverhead, interventionOverhead, type Overhead } from "./overhead.js";
 import { formatRow, loadTable, tableHeader, type LoadRow } from "./load.js";
 import { llama1bTable } from "./llama1b.js";
@@ -126,17 +128,30 @@ interface HfReference {
   hook_read_us: number;
 }
 
-/** Hugging Face transformers on PyTorch 2 (bench/python/hf_gpt2.py in .venv-bench); null when it cannot be set up. */
-function hfReference(threads: number): HfReference | string {
-  if (process.env.TSIGHT_BENCH_HF === "0") return "skipped (TSIGHT_BENCH_HF=0)";
+/** The Python of the references (.venv-bench, set up by bench/python/setup.sh), or why there is none. */
+let python: string | undefined;
+function benchPython(): string {
+  if (process.env.TSIGHT_BENCH_HF === "0") throw new Error("skipped (TSIGHT_BENCH_HF=0)");
+  python ??= execFileSync("bash", [path.join(here, "python", "setup.sh")], { encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] }).trim().split("\n").at(-1)!;
+  return python;
+}
+
+/** The last JSON line a reference script prints, or why it gave none. */
+function pythonReference<T>(script: string, threads: number): T | string {
   try {
-    const python = execFileSync("bash", [path.join(here, "python", "setup.sh")], { encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] }).trim().split("\n").at(-1)!;
-    const out = execFileSync(python, [path.join(here, "python", "hf_gpt2.py"), String(threads)], { encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] });
-    return JSON.parse(out.trim().split("\n").at(-1)!) as HfReference;
+    const out = execFileSync(benchPython(), [path.join(here, "python", script), String(threads)], { encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] });
+    return JSON.parse(out.trim().split("\n").at(-1)!) as T;
   } catch (e) {
-    return `not available (${(e as Error).message.split("\n")[0]})`;
+    const message = (e as Error).message.split("\n")[0]!;
+    return message.startsWith("skipped") ? message : `not available (${message})`;
   }
 }
+
+/** Hugging Face transformers on PyTorch 2 (bench/python/hf_gpt2.py in .venv-bench), or why not. */
+const hfReference = (threads: number) => pythonReference<HfReference>("hf_gpt2.py", threads);
+
+/** The same model exported as one graph and run by onnxruntime's Python package (bench/python/ort_gpt2.py). */
+const ortOneGraph = (threads: number) => pythonReference<{ prefill_ms: number; onnxruntime: string }>("ort_gpt2.py", threads);
 
 type Ours = Awaited<ReturnType<typeof tsightGpt2>>;
 
@@ -171,11 +186,14 @@ async function main(): Promise<void> {
   const ourRuns: Ours[] = [];
   const overheads: Overhead[] = [];
   const hfRuns: (HfReference | string)[] = [];
+  const ortRuns: ReturnType<typeof ortOneGraph>[] = [];
   for (let round = 0; round < 2; round++) {
     ourRuns.push(await tsightGpt2());
     overheads.push(await interventionOverhead());
     hfRuns.push(hfReference(threadCount()));
+    ortRuns.push(ortOneGraph(threadCount()));
   }
+  const ortPrefill = Math.min(...ortRuns.map((r) => (typeof r === "string" ? Infinity : r.prefill_ms)));
   const ours = bestOurs(ourRuns);
   const o = bestOverhead(overheads);
   const hf = bestHf(hfRuns);
@@ -198,6 +216,7 @@ async function main(): Promise<void> {
     console.log(`  ${"workload".padEnd(44)} ${"tsight".padStart(12)} ${"HF/PyTorch".padStart(12)}   ratio`);
     row(`GPT-2-small-sized forward, ${PREFILL} tokens`, `${fmt(ours.prefillMs)} ms`, `${fmt(hf.prefill_ms)} ms`, hf.prefill_ms / ours.prefillMs);
     row(`  the same, TSIGHT_PREPACK=0 (not repacked)`, `${fmt(ours.unpackedMs)} ms`, `${fmt(hf.prefill_ms)} ms`, hf.prefill_ms / ours.unpackedMs);
+    if (Number.isFinite(ortPrefill)) row(`  ONNX Runtime (Python), the model as one graph`, `${fmt(ortPrefill)} ms`, `${fmt(hf.prefill_ms)} ms`, hf.prefill_ms / ortPrefill);
     row("greedy decode, GPT-2-small-sized", `${fmt(ours.decodeTokS)} tok/s`, `${fmt(hf.decode_tok_s)} tok/s`, ours.decodeTokS / hf.decode_tok_s);
     row(`  the same after a ${LONG_PROMPT}-token prompt`, `${fmt(ours.decodeLongTokS)} tok/s`, `${fmt(hf.decode_long_tok_s)} tok/s`, ours.decodeLongTokS / hf.decode_long_tok_s);
     row("stdlib-gpt2 forward, 5 tokens", `${fmt(o.forwardUs / 1000, 2)} ms`, `${fmt(hf.small5_ms, 2)} ms`, hf.small5_ms / (o.forwardUs / 1000));
@@ -205,6 +224,13 @@ async function main(): Promise<void> {
     row("  each further read in the trace", `${fmt(o.perReadUs)} µs`, `${fmt(hf.hook_read_us)} µs`, hf.hook_read_us / o.perReadUs);
     console.log(`  a trace reading transformer.h[6]'s output at ${PREFILL} tokens: ${fmt(ours.readMidMs)} ms, x${fmt(ours.readMidMs / ours.prefillMs, 2)} the bare forward`);
     console.log(`  ${"an empty trace".padEnd(44)} ${`${fmt(o.emptyTraceUs, 0)} µs`.padStart(12)} ${"(nnsight ~245 µs)".padStart(12)}`);
+  }
+  const gemm = typeof hf === "string" ? hf : gemmTable(benchPython());
+  console.log(`\nMatrix products at the GPT-2-small shapes, GFLOP/s (float32, ${threadCount()} threads; bench/gemm.ts, each side's best of two rounds, alternating)`);
+  if (typeof gemm === "string") console.log(`  ${gemm}`);
+  else {
+    console.log(`  ${"M x K x N".padEnd(18)} ${"tsight".padStart(8)} ${"ORT (Python)".padStart(13)} ${"PyTorch".padStart(8)}   tsight/PyTorch`);
+    for (const r of gemm) console.log(`  ${`${r.m} x ${r.k} x ${r.n}`.padEnd(18)} ${fmt(r.tsight).padStart(8)} ${fmt(r.ort).padStart(13)} ${fmt(r.torch).padStart(8)}   x${fmt(r.tsight / r.torch, 2)}`);
   }
   console.log("\nIntervention overhead (stdlib-gpt2, 5 tokens; medians of interleaved rounds)");
   console.log(`  bare forward ${fmt(o.forwardUs, 0)} µs; an empty trace adds ${fmt(o.emptyTraceUs, 0)} µs (x${fmt((o.forwardUs + o.emptyTraceUs) / o.forwardUs, 2)} the forward)`);

@@ -22,7 +22,10 @@ export interface Overhead {
   patternReadUs: number;
 }
 
-export async function interventionOverhead(rounds = 200): Promise<Overhead> {
+/** Timed runs of a variant in a row, per round (see interventionOverhead). */
+const BLOCK = 5;
+
+export async function interventionOverhead(rounds = 60): Promise<Overhead> {
   const lm = (await LanguageModel.load("stdlib-gpt2")) as LanguageModel<GPT2LMHeadModel>;
   const ids = new Tensor("int64", BigInt64Array.of(324n, 615n, 638n, 636n, 284n), [1, 5]);
   // 20 modules in the order the forward pass produces them.
@@ -47,11 +50,20 @@ export async function interventionOverhead(rounds = 200): Promise<Overhead> {
   };
   const times: Record<string, number[]> = Object.fromEntries(Object.keys(variants).map((k) => [k, []]));
   for (let i = 0; i < 10; i++) for (const run of Object.values(variants)) await run();
+  // Each variant runs its own graph (the bare forward's takes no mask; a trace's graph gives the values it reads),
+  // and the first run after another graph's is slower by up to half a forward (its weights' copy out of the CPU's
+  // caches): timed one run each, that made the variant after the bare forward look cheaper than nothing. So each
+  // round runs a variant once untimed, then takes the median of BLOCK runs in a row, as a loop of the same trace does.
   for (let i = 0; i < rounds; i++) {
     for (const [name, run] of Object.entries(variants)) {
-      const t = performance.now();
       await run();
-      times[name]!.push((performance.now() - t) * 1000);
+      const block: number[] = [];
+      for (let j = 0; j < BLOCK; j++) {
+        const t = performance.now();
+        await run();
+        block.push((performance.now() - t) * 1000);
+      }
+      times[name]!.push(median(block));
     }
   }
   // Each cost is the median of its round-by-round differences (a round runs every variant once, back to back), which

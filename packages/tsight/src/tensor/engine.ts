@@ -9,6 +9,7 @@ import { lazyNode } from "./node.js";
 
 const nodeModule = lazyNode<typeof import("node:module")>("node:module");
 const os = lazyNode<typeof import("node:os")>("node:os");
+const workerThreads = lazyNode<typeof import("node:worker_threads")>("node:worker_threads");
 import type { StorageArray, StorageDType } from "./dtype.js";
 import { GraphBuilder } from "./onnx.js";
 import { numberSetting, switchSetting } from "./settings.js";
@@ -76,18 +77,21 @@ export interface KernelOptions {
 
 /**
  * Switches, read once: every kernel threaded (TSIGHT_ALL_THREADED=1) and ONNX Runtime's arena on (TSIGHT_ARENA=1)
- * are for debugging; TSIGHT_SPIN=0 keeps a weight-holding graph's threads from spinning during its runs.
+ * are for debugging; TSIGHT_SPIN says whether a weight-holding graph's threads spin during its runs (by default on
+ * the main thread only: see sessionOptions).
  */
 let switches: { allThreaded: boolean; arena: boolean; spin: boolean } | undefined;
 
 function sessionOptions(key: string, options: KernelOptions): object {
-  switches ??= { allThreaded: switchSetting("TSIGHT_ALL_THREADED", false), arena: switchSetting("TSIGHT_ARENA", false), spin: switchSetting("TSIGHT_SPIN", true) };
+  switches ??= { allThreaded: switchSetting("TSIGHT_ALL_THREADED", false), arena: switchSetting("TSIGHT_ARENA", false), spin: switchSetting("TSIGHT_SPIN", workerThreads.isMainThread) };
   // Every session owns a pool of intraOpNumThreads - 1 threads; small ops gain nothing from them.
   const threads = options.threads ?? (switches.allThreaded || THREADED_OPS.test(key) ? threadCount() : 1);
   // A graph holding weights (a block, a decode step, the model) runs many ops in a row: its threads spin between
   // them rather than sleep and be woken for each (GPT-2-small: prefill ~8% and decode ~6% faster), and stop
   // spinning when the run ends. Spinning past the run, as ONNX Runtime does by default, took the time slices of the
-  // next graph's threads (prefill 2.4x slower) and of every eager call (10-15x slower).
+  // next graph's threads (prefill 2.4x slower) and of every eager call (10-15x slower). Not by default in a worker
+  // thread: a server's model threads run graphs at once, and two GPT-2-small-sized models prefilling side by side
+  // on 2 cores took 1.4x as long with spinning.
   const spin = switches.spin && (options.holds ?? 0) > 0 && threads > 1 ? "1" : "0";
   return {
     intraOpNumThreads: threads,

@@ -54,6 +54,7 @@ try { Tensor.full([2], 1).add(1).toArray(); console.log("ran"); } catch (e) { co
     for (const [variable, value] of [
       ["TSIGHT_THREADS", "two"],
       ["TSIGHT_ARENA", "on"],
+      ["TSIGHT_SPIN", "yes"],
       ["TSIGHT_THREADS", "2"],
     ]) {
       const { stdout } = await promisify(execFile)(process.execPath, [tsx, script], { env: { ...process.env, [variable]: value } });
@@ -61,7 +62,7 @@ try { Tensor.full([2], 1).add(1).toArray(); console.log("ran"); } catch (e) { co
         expect(stdout.trim()).toBe("ran");
         continue;
       }
-      expect(stdout.trim()).toBe(`SettingError: ${variable}="${value}" is not a value it takes: ${variable === "TSIGHT_THREADS" ? "a whole number from 1 to 1024, or unset for the default" : "1 (on) or 0 (off), or unset for the default (off)"}`);
+      expect(stdout.trim()).toBe(`SettingError: ${variable}="${value}" is not a value it takes: ${variable === "TSIGHT_THREADS" ? "a whole number from 1 to 1024, or unset for the default" : `1 (on) or 0 (off), or unset for the default (${variable === "TSIGHT_SPIN" ? "on" : "off"})`}`);
     }
   }, 60_000);
 });

@@ -51,8 +51,9 @@ export async function interventionOverhead(rounds = 60): Promise<Overhead> {
   const times: Record<string, number[]> = Object.fromEntries(Object.keys(variants).map((k) => [k, []]));
   for (let i = 0; i < 10; i++) for (const run of Object.values(variants)) await run();
   // Each variant runs its own graph (the bare forward's takes no mask; a trace's graph gives the values it reads),
-  // and the first run after another graph's is slower by up to half a forward (its weights' copy out of the CPU's
-  // caches): timed one run each, that made the variant after the bare forward look cheaper than nothing. So each
+  // and the first run after another graph's is slower by up to half a forward (why is not pinned down: its weights'
+  // copy or buffers out of the CPU's caches, likely): timed one run each, that made the variant after the bare
+  // forward look cheaper than nothing. So each
   // round runs a variant once untimed, then takes the median of BLOCK runs in a row, as a loop of the same trace does.
   for (let i = 0; i < rounds; i++) {
     for (const [name, run] of Object.entries(variants)) {

@@ -87,12 +87,12 @@ export const DEFAULT_HOST = "127.0.0.1";
 /** Longest log line of a job that is stored; a longer one is cut (the sandbox cuts at the same length first). */
 export const MAX_LOG_CHARS = 10_000;
 
-/** A job's log event, cut to MAX_LOG_CHARS (the same in both deployments). */
 /** How long a job may run once dispatched: the time it asked for (its request's timeoutMs), within jobTimeoutMs. */
 export function runTimeoutMs(config: Pick<ServerConfig, "jobTimeoutMs">, requested: number | undefined): number {
   return Math.min(requested ?? config.jobTimeoutMs, config.jobTimeoutMs);
 }
 
+/** A job's log event, cut to MAX_LOG_CHARS (the same in both deployments). */
 export function cutLog(text: string): string {
   return text.length > MAX_LOG_CHARS ? `${text.slice(0, MAX_LOG_CHARS)}… [cut at ${MAX_LOG_CHARS} characters]` : text;
 }

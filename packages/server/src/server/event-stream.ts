@@ -52,9 +52,22 @@ export class OpenStreams implements StreamCounts {
   }
 }
 
+const frameEncoder = new TextEncoder();
+
+/** Writes the SSE comment that keeps an idle stream's connection open. */
+export function enqueueKeepAlive(controller: ReadableStreamDefaultController<Uint8Array>): void {
+  controller.enqueue(frameEncoder.encode(": keep-alive\n\n"));
+}
+
+/** Writes `e` as an SSE event unless it is at or before `last` (sent already); returns the last sequence number sent. */
+export function enqueueEvent(controller: ReadableStreamDefaultController<Uint8Array>, e: SequencedEvent, last: number): number {
+  if (e.seq <= last) return last;
+  controller.enqueue(frameEncoder.encode(`id: ${e.seq}\ndata: ${JSON.stringify(e.event)}\n\n`));
+  return e.seq;
+}
+
 /** The stream of job `id` after event `after`; `follow` false: only what is stored now. `streams` counts it while open. */
 export function eventStream(store: JobStore, id: string, after: number, heartbeatMs: number, streams?: OpenStreams, follow = true): Response {
-  const encoder = new TextEncoder();
   let stop = () => {};
   const body = new ReadableStream<Uint8Array>({
     start(controller) {
@@ -69,17 +82,14 @@ export function eventStream(store: JobStore, id: string, after: number, heartbea
       };
       const send = (e: SequencedEvent) => {
         if (!open) return;
-        if (e.seq > last) {
-          last = e.seq;
-          controller.enqueue(encoder.encode(`id: ${e.seq}\ndata: ${JSON.stringify(e.event)}\n\n`));
-        }
+        last = enqueueEvent(controller, e, last);
         // The job is over: the stream ends, even for a client that resumed past its last event (Last-Event-ID too high).
         if (e.event.type === "done" && !replaying) close();
       };
       // Subscribing and replaying in one synchronous step: no event can fall between them.
       const unsubscribe = store.subscribe(id, send);
       const closed = streams?.open(id);
-      const beat = setInterval(() => open && controller.enqueue(encoder.encode(": keep-alive\n\n")), heartbeatMs);
+      const beat = setInterval(() => open && enqueueKeepAlive(controller), heartbeatMs);
       stop = () => {
         open = false;
         unsubscribe();

@@ -9,6 +9,7 @@ import { randomBytes } from "node:crypto";
 import type { Redis } from "ioredis";
 import type { SequencedEvent } from "tsight/protocol";
 import type { EventFeed } from "../contracts.js";
+import { enqueueEvent, enqueueKeepAlive } from "../event-stream.js";
 import { isTerminal } from "../job-status.js";
 import type { RedisLayout } from "./connection.js";
 import { toEvent, type RedisJobStore } from "./job-store.js";
@@ -189,7 +190,6 @@ export class RedisEventFeed implements EventFeed {
 
   open(id: string, after: number, follow: boolean): Response {
     const { store, hub, watchers } = this;
-    const encoder = new TextEncoder();
     let stop = () => {};
     const body = new ReadableStream<Uint8Array>({
       start: async (controller) => {
@@ -208,14 +208,11 @@ export class RedisEventFeed implements EventFeed {
         };
         const send = (e: SequencedEvent, live: boolean) => {
           if (!open) return;
-          if (e.seq > last) {
-            last = e.seq;
-            controller.enqueue(encoder.encode(`id: ${e.seq}\ndata: ${JSON.stringify(e.event)}\n\n`));
-          }
+          last = enqueueEvent(controller, e, last);
           // The job is over: the stream ends, even for a client that resumed past its last event (Last-Event-ID too high).
           if (e.event.type === "done" && live) close();
         };
-        const beat = setInterval(() => open && controller.enqueue(encoder.encode(": keep-alive\n\n")), this.heartbeatMs);
+        const beat = setInterval(() => open && enqueueKeepAlive(controller), this.heartbeatMs);
         cleanups.push(() => clearInterval(beat));
         if (follow) cleanups.push(watchers.add(id));
         try {

@@ -35,14 +35,13 @@ import { formatRow, loadTable, tableHeader, type LoadRow } from "./load.js";
 import { llama1bTable } from "./llama1b.js";
 import { quantErrorTable } from "./quant-errors.js";
 import { remoteOverhead } from "./remote.js";
+import { median } from "./stats.js";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const PREFILL = 128;
 const DECODE = 32;
 /** The prompt of the long decode: what the KV cache costs per step shows. */
 const LONG_PROMPT = 512;
-
-const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
 async function tsightGpt2(): Promise<{ prefillMs: number; unpackedMs: number; decodeTokS: number; decodeLongTokS: number; kernelsPerToken: number; readMidMs: number }> {
   const model = randomGpt2Small();

@@ -8,6 +8,7 @@ import { execFileSync } from "node:child_process";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { dropKernel, kernel, threadCount } from "../packages/tsight/dist/tensor/engine.js";
+import { median } from "./stats.js";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 
@@ -57,8 +58,7 @@ function tsightGflops(m: number, k: number, n: number, rounds: number): number {
       gemm.run([x]);
       times.push(performance.now() - t);
     }
-    times.sort((a, b) => a - b);
-    best = Math.max(best, flops / (times[Math.floor(reps / 2)]! / 1000) / 1e9);
+    best = Math.max(best, flops / (median(times) / 1000) / 1e9);
   }
   dropKernel(key);
   return best;

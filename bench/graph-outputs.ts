@@ -8,6 +8,7 @@
  */
 import { Kernel } from "../packages/tsight/dist/tensor/engine.js";
 import { GraphBuilder } from "../packages/tsight/dist/tensor/onnx.js";
+import { median } from "./stats.js";
 
 function chain(outputs: number): Kernel {
   const g = new GraphBuilder();
@@ -21,8 +22,6 @@ function chain(outputs: number): Kernel {
   g.output(x, "float32");
   return new Kernel(`outputs${outputs}`, g.build(), { threads: 1 });
 }
-
-const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
 for (const size of [5 * 256, 5 * 2304]) {
   const input = [{ dtype: "float32" as const, shape: [size], data: new Float32Array(size) }];

@@ -6,8 +6,7 @@
 import { LanguageModel } from "../packages/tsight/dist/intervention/index.js";
 import type { GPT2LMHeadModel } from "../packages/tsight/dist/models/index.js";
 import { Tensor } from "../packages/tsight/dist/tensor/index.js";
-
-const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+import { median } from "./stats.js";
 
 export interface Overhead {
   forwardUs: number;

@@ -9,8 +9,7 @@ import { LanguageModel } from "../packages/tsight/dist/client/index.js";
 import { startServer } from "../packages/server/src/server/index.js";
 import type { GPT2LMHeadModel } from "../packages/tsight/dist/models/index.js";
 import { Tensor } from "../packages/tsight/dist/tensor/index.js";
-
-const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+import { median } from "./stats.js";
 
 export async function remoteOverhead(rounds = 40, clients = 8, jobsPerClient = 10): Promise<{ localMs: number; remoteMs: number; jobsPerSecond: number; clients: number }> {
   const server = await startServer({ port: 0, dataDir: fs.mkdtempSync(path.join(os.tmpdir(), "tsight-bench-")), models: ["stdlib-gpt2"], log: () => undefined });

@@ -697,6 +697,43 @@ describe("fused decoder blocks", () => {
     expect(kernels.slice(1)).toEqual(kernels.slice(1).map(() => 1));
   });
 
+  it("values a small model's graph gave that no trace reads any more stop being given (one graph rebuilt), and traces that take turns keep theirs", async () => {
+    const lm = await LanguageModel.load("stdlib-gpt2");
+    const ids = new Tensor("int64", BigInt64Array.of(324n, 615n, 638n), [1, 3]);
+    const reader = (paths: string[]) => async (m: any) => {
+      const out: Tensor[] = [];
+      for (const p of paths) out.push((await p.split(".").reduce((e: any, k) => e[k], m).output) as Tensor);
+      return out;
+    };
+    const many = reader(["transformer.h.0.mlp", "transformer.h.1.ln_2", "transformer.h.2.attn.source.pattern", "transformer.h.3.mlp.c_fc"]);
+    const a = reader(["transformer.h.1.ln_2"]);
+    const b = reader(["transformer.h.2.mlp"]);
+    const eager = { a: (await withFusion(false, () => lm.trace(ids, a))).value, b: (await withFusion(false, () => lm.trace(ids, b))).value };
+    for (let i = 0; i < 2; i++) await withFusion(true, () => lm.trace(ids, many));
+    // Reading one value after traces that read four: the graph giving all four serves a few runs, then one giving
+    // only the value read is built, once.
+    const builds: number[] = [];
+    for (let i = 0; i < 20; i++) {
+      const before = engineStats().builds;
+      const fused = await withFusion(true, () => lm.trace(ids, a));
+      expect(maxAbsDiff(fused.value[0]!, eager.a[0]!)).toBe(0);
+      expect(fused.kernels).toBe(1);
+      builds.push(engineStats().builds - before);
+    }
+    expect(builds.reduce((n, x) => n + x, 0)).toBe(1);
+    // Two traces taking turns: the second's value is learned (one more graph), and then both are given, with no
+    // graph built again.
+    await withFusion(true, () => lm.trace(ids, b));
+    const before = engineStats().builds;
+    for (let i = 0; i < 12; i++) {
+      const [run, want] = i % 2 ? [b, eager.b] : [a, eager.a];
+      const fused = await withFusion(true, () => lm.trace(ids, run));
+      expect(maxAbsDiff(fused.value[0]!, want[0]!)).toBe(0);
+      expect(fused.kernels).toBe(1);
+    }
+    expect(engineStats().builds - before).toBe(0);
+  });
+
   it("a cache of named modules, with nothing else watched, records them from a small model run whole (trace and generation)", async () => {
     const lm = await LanguageModel.load("stdlib-gpt2");
     const modules = ["transformer.h.0", "lm_head"];

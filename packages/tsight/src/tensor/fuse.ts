@@ -303,14 +303,16 @@ export class FusedGraph {
    */
   tapped(taps: ReadonlySet<string>, pathOf: (owner: object) => string): TappedGraph | null {
     this.replanIfStale();
-    // The same set at the same size holds the same taps (a block's set only grows): no key to make.
+    // The same set at the same size holds the same taps (a set only grows; a block's taps shrink to a new set): no
+    // key to make.
     if (this.tap?.asked === taps && this.tap.size === taps.size) return this.tap.graph;
     const key = [...taps].sort().join(" ");
     if (this.tap?.key === key) {
       this.tap = { ...this.tap, asked: taps, size: taps.size };
       return this.tap.graph;
     }
-    // What a block is asked to tap only grows (see nn/fusion's replay): a graph for fewer taps is not asked again.
+    // A block's taps change rarely (they grow as code asks for more, and shrink to those still read; see nn/fusion's
+    // noteTapsUsed): the graph for the set before is let go of.
     this.tap?.graph?.release();
     let made: TappedGraph | null = null;
     if (this.calls) {

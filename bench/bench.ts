@@ -1,8 +1,8 @@
 /**
  * `npm run bench`: tsight's speed as ratios against references measured in the same run (these machines are
  * noisy; absolute times mean little). tsight is measured as users run it, the built package (packages/tsight/dist,
- * which the script builds first): its sources run through tsx's transform pay for the helpers that keep function
- * names, about 10 µs of a module read's 27 on stdlib-gpt2.
+ * which the script builds first) in plain Node: its rows run in child processes (bench/tsight-rows.ts), not under
+ * the tsx this script runs in, whose loader made the GPT-2-small-sized prefill ~10% slower here.
  *
  *   - What researchers run instead: Hugging Face transformers on PyTorch 2 (CPU), set up by bench/python/setup.sh
  *     into the ignored .venv-bench from the machine's local package index (TSIGHT_BENCH_HF=0 skips it): the
@@ -24,84 +24,17 @@
 import { execFileSync } from "node:child_process";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { Model } from "../packages/tsight/dist/intervention/index.js";
-import { generate } from "../packages/tsight/dist/models/index.js";
-import { engineStats, setPrepack, Tensor, threadCount } from "../packages/tsight/dist/tensor/index.js";
-import { randomGpt2Small, randomGpt2SmallLm } from "./gpt2-small.js";
+import { threadCount } from "../packages/tsight/dist/tensor/index.js";
 import { fixtureErrors } from "./fixture-errors.js";
 import { gemmTable } from "./gemm.js";
-import { generationOverhead, interventionOverhead, type Overhead } from "./overhead.js";
+import type { Overhead } from "./overhead.js";
 import { formatRow, loadTable, tableHeader, type LoadRow } from "./load.js";
 import { llama1bTable } from "./llama1b.js";
 import { quantErrorTable } from "./quant-errors.js";
 import { remoteOverhead } from "./remote.js";
-import { median } from "./stats.js";
+import { DECODE, inPlainNode, LONG_PROMPT, PREFILL, type Gpt2Row } from "./tsight-rows.js";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
-const PREFILL = 128;
-const DECODE = 32;
-/** The prompt of the long decode: what the KV cache costs per step shows. */
-const LONG_PROMPT = 512;
-
-async function tsightGpt2(): Promise<{ prefillMs: number; unpackedMs: number; decodeTokS: number; decodeLongTokS: number; kernelsPerToken: number; readMidMs: number }> {
-  const model = randomGpt2Small();
-  const traced = new Model(model);
-  const long = new Tensor("int64", BigInt64Array.from({ length: LONG_PROMPT }, (_, i) => BigInt((i * 7919) % 50257)), [1, LONG_PROMPT]);
-  const ids = long.narrow(1, 0, PREFILL);
-  const readMid = () => traced.trace([ids], async (m: any) => m.transformer.h[6].output);
-  for (let i = 0; i < 2; i++) await model.call(ids), await readMid();
-  const times: number[] = [];
-  const reads: number[] = [];
-  for (let i = 0; i < 5; i++) {
-    let t = performance.now();
-    await model.call(ids);
-    times.push(performance.now() - t);
-    t = performance.now();
-    await readMid();
-    reads.push(performance.now() - t);
-  }
-  // Decode: time the steps after the first (the first includes the prompt's pass); the median of three runs.
-  let kernelsPerToken = 0;
-  const decodeRate = async (prompt: Tensor): Promise<number> => {
-    let firstAt = 0;
-    let runsAtFirst = 0;
-    await generate(model, prompt, undefined, {
-      maxNewTokens: DECODE + 1,
-      eosTokenId: null,
-      onStep: (_t, step) => {
-        if (step === 0) {
-          firstAt = performance.now();
-          runsAtFirst = engineStats().runs;
-        }
-      },
-    });
-    kernelsPerToken = (engineStats().runs - runsAtFirst) / DECODE;
-    return DECODE / ((performance.now() - firstAt) / 1000);
-  };
-  const longRates: number[] = [];
-  for (let i = 0; i < 3; i++) longRates.push(await decodeRate(long));
-  const rates: number[] = [];
-  for (let i = 0; i < 3; i++) rates.push(await decodeRate(ids.narrow(1, 0, 8)));
-  // The same prefill with the weights not repacked for ONNX Runtime's matrix kernels (TSIGHT_PREPACK=0), on a model of
-  // its own (a weight keeps the mode it was first used in).
-  setPrepack(false);
-  let unpackedMs: number;
-  try {
-    const unpacked = randomGpt2Small();
-    for (let i = 0; i < 2; i++) await unpacked.call(ids);
-    const ptimes: number[] = [];
-    for (let i = 0; i < 5; i++) {
-      const t = performance.now();
-      await unpacked.call(ids);
-      ptimes.push(performance.now() - t);
-    }
-    unpackedMs = median(ptimes);
-  } finally {
-    setPrepack(null);
-  }
-  return { prefillMs: median(times), unpackedMs, decodeTokS: median(rates), decodeLongTokS: median(longRates), kernelsPerToken, readMidMs: median(reads) };
-}
-
 function torchGpt2(threads: number): { torch: string; prefill_ms: number; decode_tok_s: number } | null {
   for (const python of ["python3", "/usr/bin/python3"]) {
     try {
@@ -152,7 +85,7 @@ const hfReference = (threads: number) => pythonReference<HfReference>("hf_gpt2.p
 /** The same model exported as one graph and run by onnxruntime's Python package (bench/python/ort_gpt2.py). */
 const ortOneGraph = (threads: number) => pythonReference<{ prefill_ms: number; onnxruntime: string }>("ort_gpt2.py", threads);
 
-type Ours = Awaited<ReturnType<typeof tsightGpt2>>;
+type Ours = Gpt2Row;
 
 function bestOurs(runs: Ours[]): Ours {
   const min = (f: (r: Ours) => number) => Math.min(...runs.map(f));
@@ -187,8 +120,8 @@ async function main(): Promise<void> {
   const hfRuns: (HfReference | string)[] = [];
   const ortRuns: ReturnType<typeof ortOneGraph>[] = [];
   for (let round = 0; round < 2; round++) {
-    ourRuns.push(await tsightGpt2());
-    overheads.push(await interventionOverhead());
+    ourRuns.push(inPlainNode("gpt2"));
+    overheads.push(inPlainNode("overhead"));
     hfRuns.push(hfReference(threadCount()));
     ortRuns.push(ortOneGraph(threadCount()));
   }
@@ -235,10 +168,9 @@ async function main(): Promise<void> {
   console.log(`  bare forward ${fmt(o.forwardUs, 0)} µs; an empty trace adds ${fmt(o.emptyTraceUs, 0)} µs (x${fmt((o.forwardUs + o.emptyTraceUs) / o.forwardUs, 2)} the forward)`);
   console.log(`  a trace reading one module value adds ${fmt(o.oneReadUs)} µs (its graph gives the value: handing it out replays the model's calls); each further read ${fmt(o.perReadUs)} µs, each replacement ${fmt(o.perReplaceUs)} µs more   (nnsight: ~300 µs empty trace, 30-80 µs per access)`);
   console.log(`  one layer's attention pattern read as attn.output[1] adds ${fmt(o.weightsReadUs)} µs; as attn.source.pattern ${fmt(o.patternReadUs)} µs (both the fused kernel's weights)`);
-  const g = await generationOverhead();
+  const g = inPlainNode("steerSmall");
   console.log(`  decode: ${fmt(g.plainTokS)} tokens/s plain, ${fmt(g.steeredTokS)} with a steering edit on every step (x${fmt(g.steeredTokS / g.plainTokS, 2)})`);
-  const prompt = new Tensor("int64", BigInt64Array.from({ length: 8 }, (_, i) => BigInt((i * 7919) % 50257)), [1, 8]);
-  const big = await generationOverhead({ lm: randomGpt2SmallLm(), layer: 6, prompt, rounds: 3, tokens: DECODE + 1 });
+  const big = inPlainNode("steerGpt2");
   console.log(`  GPT-2-small-sized decode (the decode row's model): ${fmt(big.plainTokS)} tokens/s plain, ${fmt(big.steeredTokS)} with a steering edit on transformer.h[6] every step (x${fmt(big.steeredTokS / big.plainTokS, 2)})`);
   const r = await remoteOverhead();
   console.log(`\nRemote (server on loopback, stdlib-gpt2, 5 tokens; medians of interleaved rounds)`);

@@ -21,42 +21,47 @@ export interface Overhead {
   patternReadUs: number;
 }
 
-/** Timed runs of a variant in a row, per round (see interventionOverhead). */
-const BLOCK = 5;
+/** Runs of a variant in a row per round, untimed then timed (see interventionOverhead). */
+const WARM = 5;
+const BLOCK = 20;
 
-export async function interventionOverhead(rounds = 60): Promise<Overhead> {
-  const lm = (await LanguageModel.load("stdlib-gpt2")) as LanguageModel<GPT2LMHeadModel>;
+export async function interventionOverhead(rounds = 30): Promise<Overhead> {
   const ids = new Tensor("int64", BigInt64Array.of(324n, 615n, 638n, 636n, 284n), [1, 5]);
   // 20 modules in the order the forward pass produces them.
   const reads = [0, 1, 2, 3].flatMap((i) => ["ln_1", "attn.c_attn", "attn.c_proj", "ln_2", "mlp.c_fc"].map((p) => `transformer.h.${i}.${p}`));
-  const variants: Record<string, () => Promise<unknown>> = {
-    forward: () => lm.model.call(ids),
-    empty: () => lm.trace(ids, async () => undefined),
-    one: () => lm.trace(ids, async (m) => await m.transformer.h[1].ln_1.output),
-    reads: () =>
+  const made: Record<string, (lm: LanguageModel<GPT2LMHeadModel>) => () => Promise<unknown>> = {
+    forward: (lm) => () => lm.model.call(ids),
+    empty: (lm) => () => lm.trace(ids, async () => undefined),
+    one: (lm) => () => lm.trace(ids, async (m) => await m.transformer.h[1].ln_1.output),
+    reads: (lm) => () =>
       lm.trace(ids, async (m: any) => {
         for (const p of reads) await p.split(".").reduce((e: any, k: string) => e[k], m).output;
       }),
-    replaces: () =>
+    replaces: (lm) => () =>
       lm.trace(ids, async (m: any) => {
         for (const p of reads) {
           const e = p.split(".").reduce((x: any, k: string) => x[k], m);
           e.output = await e.output;
         }
       }),
-    weights: () => lm.trace(ids, async (m) => (await m.transformer.h[1].attn.output)[1]),
-    pattern: () => lm.trace(ids, async (m) => await m.transformer.h[1].attn.source.pattern.output),
+    weights: (lm) => () => lm.trace(ids, async (m) => (await m.transformer.h[1].attn.output)[1]),
+    pattern: (lm) => () => lm.trace(ids, async (m) => await m.transformer.h[1].attn.source.pattern.output),
   };
+  // Each variant on a model of its own, as a loop of one trace runs: a fused graph gives the values traces read, and
+  // stops giving one only after 8 runs without it (nn/fusion.ts's noteTapsUsed), so on one shared model the one-read
+  // trace paid for the other variants' 20 reads and attention pattern (its cost read 222-262 µs, against 78-89 alone).
+  const variants: Record<string, () => Promise<unknown>> = {};
+  for (const [name, make] of Object.entries(made)) variants[name] = make((await LanguageModel.load("stdlib-gpt2")) as LanguageModel<GPT2LMHeadModel>);
   const times: Record<string, number[]> = Object.fromEntries(Object.keys(variants).map((k) => [k, []]));
   for (let i = 0; i < 10; i++) for (const run of Object.values(variants)) await run();
   // Each variant runs its own graph (the bare forward's takes no mask; a trace's graph gives the values it reads),
-  // and the first run after another graph's is slower by up to half a forward (why is not pinned down: its weights'
-  // copy or buffers out of the CPU's caches, likely): timed one run each, that made the variant after the bare
-  // forward look cheaper than nothing. So each
-  // round runs a variant once untimed, then takes the median of BLOCK runs in a row, as a loop of the same trace does.
+  // and the first runs after another graph's are slower (why is not pinned down: its weights' copy or buffers out
+  // of the CPU's caches, likely): timed one by one, that made the variant after the bare forward look cheaper than
+  // nothing. So each round runs a variant WARM times untimed, then takes the median of BLOCK runs in a row, as a
+  // loop of the same trace does.
   for (let i = 0; i < rounds; i++) {
     for (const [name, run] of Object.entries(variants)) {
-      await run();
+      for (let j = 0; j < WARM; j++) await run();
       const block: number[] = [];
       for (let j = 0; j < BLOCK; j++) {
         const t = performance.now();

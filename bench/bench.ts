@@ -163,6 +163,7 @@ async function main(): Promise<void> {
   else {
     console.log(`  ${"M x K x N".padEnd(18)} ${"tsight".padStart(8)} ${"ORT (Python)".padStart(13)} ${"PyTorch".padStart(8)}   tsight/PyTorch`);
     for (const r of gemm) console.log(`  ${`${r.m} x ${r.k} x ${r.n}`.padEnd(18)} ${fmt(r.tsight).padStart(8)} ${fmt(r.ort).padStart(13)} ${fmt(r.torch).padStart(8)}   x${fmt(r.tsight / r.torch, 2)}`);
+    console.log("  (1-row products time whole calls: ONNX Runtime's Python threads spin between calls, its default; tsight's stop at each run's end)");
   }
   console.log("\nIntervention overhead (stdlib-gpt2, 5 tokens; medians of interleaved rounds)");
   console.log(`  bare forward ${fmt(o.forwardUs, 0)} µs; an empty trace adds ${fmt(o.emptyTraceUs, 0)} µs (x${fmt((o.forwardUs + o.emptyTraceUs) / o.forwardUs, 2)} the forward)`);

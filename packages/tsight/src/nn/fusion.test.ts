@@ -697,7 +697,7 @@ describe("fused decoder blocks", () => {
     expect(kernels.slice(1)).toEqual(kernels.slice(1).map(() => 1));
   });
 
-  it("values a small model's graph gave that no trace reads any more stop being given (one graph rebuilt), and traces that take turns keep theirs", async () => {
+  it("values a small model's graph gave that no trace reads any more stop being given (one graph rebuilt); traces that take turns keep theirs, and a value read now and then is not dropped again and again", async () => {
     const lm = await LanguageModel.load("stdlib-gpt2");
     const ids = new Tensor("int64", BigInt64Array.of(324n, 615n, 638n), [1, 3]);
     const reader = (paths: string[]) => async (m: any) => {
@@ -732,6 +732,19 @@ describe("fused decoder blocks", () => {
       expect(fused.kernels).toBe(1);
     }
     expect(engineStats().builds - before).toBe(0);
+    // A value read only now and then (every 20th trace): dropped once and learned again, then kept (each shrink
+    // doubles how many traces the next waits for), not dropped and rebuilt every few traces.
+    // The second value is asked for once the first is handed out: not given, the trace runs op by op (more than one
+    // kernel call) to learn it.
+    const both = reader(["transformer.h.1.ln_2", "transformer.h.2.mlp"]);
+    let learned = 0;
+    for (let i = 1; i <= 100; i++) {
+      const fused = await withFusion(true, () => lm.trace(ids, i % 20 ? a : both));
+      expect(maxAbsDiff(fused.value[0]!, eager.a[0]!)).toBe(0);
+      if (i % 20 === 0) expect(maxAbsDiff(fused.value[1]!, eager.b[0]!)).toBe(0);
+      if (fused.kernels > 1) learned++;
+    }
+    expect(learned).toBe(1);
   });
 
   it("a cache of named modules, with nothing else watched, records them from a small model run whole (trace and generation)", async () => {

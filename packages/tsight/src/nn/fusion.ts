@@ -356,19 +356,28 @@ async function handOut(block: Module, hooks: ModuleHooks, graph: FusedGraph, arg
  * Per block: the values its replays handed out since its taps last changed, and in how many replays. Taps only grow
  * while code asks for more (a loop reading other values each time keeps one graph), but a graph giving values
  * nobody reads any more costs every run (stdlib-gpt2: a one-read trace took 1.32 ms after traces that read 20
- * values and an attention pattern, against 1.13 ms on a fresh model): after SHRINK_AFTER replays that read fewer
- * values than are tapped, the taps become those read.
+ * values and an attention pattern, against 1.13 ms on a fresh model): after a number of replays (the block's
+ * window) that read fewer values than are tapped, the taps become those read. Each shrink doubles the block's
+ * window (from SHRINK_AFTER to MAX_SHRINK_AFTER): code that reads a value only now and then (every 10th trace)
+ * would otherwise have its graph rebuilt, and that value learned op by op, again and again.
  */
 const tapsUsed = new WeakMap<Module, { taps: Set<string>; size: number; read: Set<string>; replays: number }>();
+const shrinkWindows = new WeakMap<Module, number>();
 const SHRINK_AFTER = 8;
+const MAX_SHRINK_AFTER = 1024;
 
 function noteTapsUsed(block: Module, taps: Set<string>, read: ReadonlySet<string>): void {
   let use = tapsUsed.get(block);
   if (!use || use.taps !== taps || use.size !== taps.size) tapsUsed.set(block, (use = { taps, size: taps.size, read: new Set(), replays: 0 }));
   for (const value of read) use.read.add(value);
-  if (++use.replays < SHRINK_AFTER) return;
+  const window = shrinkWindows.get(block) ?? SHRINK_AFTER;
+  if (++use.replays < window) return;
   tapsUsed.delete(block);
-  if (use.read.size < taps.size) blockTaps.set(block, use.read);
+  // Values read are not all tapped (an argument of the block is given without a tap): the taps kept are those read.
+  const kept = [...taps].filter((v) => use.read.has(v));
+  if (kept.length === taps.size) return;
+  blockTaps.set(block, new Set(kept));
+  shrinkWindows.set(block, Math.min(MAX_SHRINK_AFTER, window * 2));
 }
 
 /**

@@ -48,8 +48,9 @@ export async function interventionOverhead(rounds = 30): Promise<Overhead> {
     pattern: (lm) => () => lm.trace(ids, async (m) => await m.transformer.h[1].attn.source.pattern.output),
   };
   // Each variant on a model of its own, as a loop of one trace runs: a fused graph gives the values traces read, and
-  // stops giving one only after 8 runs without it (nn/fusion.ts's noteTapsUsed), so on one shared model the one-read
-  // trace paid for the other variants' 20 reads and attention pattern (its cost read 222-262 µs, against 78-89 alone).
+  // stops giving one only after 8 or more runs without it (nn/fusion.ts's noteTapsUsed), so on one shared model the
+  // one-read trace paid for the other variants' 20 reads and attention pattern (its cost read 222-262 µs, against
+  // 78-89 alone).
   const variants: Record<string, () => Promise<unknown>> = {};
   for (const [name, make] of Object.entries(made)) variants[name] = make((await LanguageModel.load("stdlib-gpt2")) as LanguageModel<GPT2LMHeadModel>);
   const times: Record<string, number[]> = Object.fromEntries(Object.keys(variants).map((k) => [k, []]));

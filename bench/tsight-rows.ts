@@ -58,7 +58,8 @@ export function inPlainNode<K extends keyof Rows>(name: K, ...args: Parameters<R
     buildSync({ entryPoints: [fileURLToPath(import.meta.url)], outfile: bundle, bundle: true, platform: "node", format: "esm", packages: "external", external: ["../packages/*"], logLevel: "error" });
     bundled = true;
   }
-  const out = execFileSync(process.execPath, [bundle, name, JSON.stringify(args)], { encoding: "utf8", stdio: ["ignore", "pipe", "inherit"] });
+  // A row takes seconds to a few minutes; one that hangs ends the bench with an error, not never.
+  const out = execFileSync(process.execPath, [bundle, name, JSON.stringify(args)], { encoding: "utf8", stdio: ["ignore", "pipe", "inherit"], timeout: 20 * 60_000 });
   return JSON.parse(out.trim().split("\n").at(-1)!);
 }
 

@@ -261,14 +261,14 @@ async function replay(block: Module, hooks: ModuleHooks, graph: FusedGraph, args
 async function handOut(block: Module, hooks: ModuleHooks, graph: FusedGraph, args: unknown[], forward: (args: unknown[]) => Promise<unknown>, calls: readonly CapturedCall[], tree: CallTree, session: Replay): Promise<unknown> {
   let taps = blockTaps.get(block);
   if (!taps) blockTaps.set(block, (taps = new Set()));
-  for (const v of session.asked) taps.add(v);
+  for (const v of session.asked) addTap(block, taps, v);
   const tapped = graph.tapped(taps, (owner) => (owner as Module).path);
   if (!tapped) return forward(args);
   const { result, real } = tapped.run(args);
   // Whether the run op by op is only to learn a value to tap (not a replacement, skip or operation point).
   let learned = false;
   const learn = (value: string) => {
-    taps.add(value);
+    addTap(block, taps, value);
     learned = true;
   };
   // A call with nothing asked of it or below it when its turn comes is counted, not played through the hooks.
@@ -339,7 +339,7 @@ async function handOut(block: Module, hooks: ModuleHooks, graph: FusedGraph, arg
       return forward(args);
     }
     // Learning: every value of the block's calls the code reads while it runs op by op is tapped from the next run.
-    const stop = session.hearReads((value) => inBlock(value) && taps.add(value));
+    const stop = session.hearReads((value) => inBlock(value) && addTap(block, taps, value));
     try {
       return await forward(args);
     } finally {
@@ -357,12 +357,14 @@ async function handOut(block: Module, hooks: ModuleHooks, graph: FusedGraph, arg
  * while code asks for more (a loop reading other values each time keeps one graph), but a graph giving values
  * nobody reads any more costs every run (stdlib-gpt2: a one-read trace took 1.32 ms after traces that read 20
  * values and an attention pattern, against 1.13 ms on a fresh model): after a number of replays (the block's
- * window) that read fewer values than are tapped, the taps become those read. Each shrink doubles the block's
- * window (from SHRINK_AFTER to MAX_SHRINK_AFTER): code that reads a value only now and then (every 10th trace)
- * would otherwise have its graph rebuilt, and that value learned op by op, again and again.
+ * window) that read fewer of the values than are tapped, the taps become those read. A value dropped so and asked
+ * for again doubles the window (from SHRINK_AFTER to MAX_SHRINK_AFTER): code that reads a value only now and then
+ * (every 20th trace), or cycles through more values than the window holds, would otherwise have its graph rebuilt,
+ * and the value learned op by op, again and again.
  */
 const tapsUsed = new WeakMap<Module, { taps: Set<string>; size: number; read: Set<string>; replays: number }>();
-const shrinkWindows = new WeakMap<Module, number>();
+/** Per block: its window, and the values its last shrink dropped. */
+const shrinks = new WeakMap<Module, { window: number; dropped: Set<string> }>();
 const SHRINK_AFTER = 8;
 const MAX_SHRINK_AFTER = 1024;
 
@@ -370,14 +372,23 @@ function noteTapsUsed(block: Module, taps: Set<string>, read: ReadonlySet<string
   let use = tapsUsed.get(block);
   if (!use || use.taps !== taps || use.size !== taps.size) tapsUsed.set(block, (use = { taps, size: taps.size, read: new Set(), replays: 0 }));
   for (const value of read) use.read.add(value);
-  const window = shrinkWindows.get(block) ?? SHRINK_AFTER;
+  const window = shrinks.get(block)?.window ?? SHRINK_AFTER;
   if (++use.replays < window) return;
   tapsUsed.delete(block);
   // Values read are not all tapped (an argument of the block is given without a tap): the taps kept are those read.
   const kept = [...taps].filter((v) => use.read.has(v));
   if (kept.length === taps.size) return;
   blockTaps.set(block, new Set(kept));
-  shrinkWindows.set(block, Math.min(MAX_SHRINK_AFTER, window * 2));
+  shrinks.set(block, { window, dropped: new Set([...taps].filter((v) => !use.read.has(v))) });
+}
+
+/** Taps `value` in `block` from its next run; one its last shrink dropped doubles its window (see noteTapsUsed). */
+function addTap(block: Module, taps: Set<string>, value: string): void {
+  if (taps.has(value)) return;
+  taps.add(value);
+  const shrink = shrinks.get(block);
+  if (!shrink?.dropped.delete(value)) return;
+  shrink.window = Math.min(MAX_SHRINK_AFTER, shrink.window * 2);
 }
 
 /**

@@ -25,6 +25,7 @@ import { execFileSync } from "node:child_process";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { threadCount } from "../packages/tsight/dist/tensor/index.js";
+import { lastJsonLine } from "./child-output.js";
 import { fixtureErrors } from "./fixture-errors.js";
 import { gemmTable } from "./gemm.js";
 import type { Overhead } from "./overhead.js";
@@ -43,7 +44,7 @@ function torchGpt2(threads: number): { torch: string; prefill_ms: number; decode
       continue;
     }
     const out = execFileSync(python, [path.join(here, "torch_gpt2.py"), String(threads)], { encoding: "utf8", env: { ...process.env, PREFILL_TOKENS: String(PREFILL), DECODE_TOKENS: String(DECODE) } });
-    return JSON.parse(out.trim().split("\n").at(-1)!);
+    return lastJsonLine(out);
   }
   return null;
 }
@@ -72,7 +73,7 @@ function benchPython(): string {
 function pythonReference<T>(script: string, threads: number): T | string {
   try {
     const out = execFileSync(benchPython(), [path.join(here, "python", script), String(threads)], { encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] });
-    return JSON.parse(out.trim().split("\n").at(-1)!) as T;
+    return lastJsonLine<T>(out);
   } catch (e) {
     const message = (e as Error).message.split("\n")[0]!;
     return message.startsWith("skipped") ? message : `not available (${message})`;

@@ -2,13 +2,14 @@
  * Matrix-product speed of each engine at the GPT-2-small shapes (`npm run bench`'s GEMM rows): whether the gap to
  * PyTorch is in the kernels or around them. tsight's side is its own engine (onnxruntime-node) running one Gemm
  * with the weight held and repacked, as its block and output-layer graphs hold theirs (tsight-rows.ts, in plain
- * Node); the references are
- * PyTorch and onnxruntime's Python package (the same MLAS kernels), from bench/python/gemm.py.
+ * Node); the references are PyTorch and onnxruntime's Python package (the same MLAS kernels), from
+ * bench/python/gemm.py.
  */
 import { execFileSync } from "node:child_process";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { threadCount } from "../packages/tsight/dist/tensor/engine.js";
+import { lastJsonLine } from "./child-output.js";
 import { inPlainNode } from "./tsight-rows.js";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -37,7 +38,7 @@ export function gemmTable(python: string): GemmRow[] | string {
   try {
     for (let round = 0; round < 2; round++) {
       const out = execFileSync(python, [path.join(here, "python", "gemm.py"), String(threadCount())], { encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] });
-      const rows = (JSON.parse(out.trim().split("\n").at(-1)!) as { shapes: PythonRow[] }).shapes;
+      const rows = lastJsonLine<{ shapes: PythonRow[] }>(out).shapes;
       const gflops = inPlainNode("gemm", rows.map((r): [number, number, number] => [r.m, r.k, r.n]));
       for (const [i, row] of rows.entries()) {
         const key = `${row.m}x${row.k}x${row.n}`;

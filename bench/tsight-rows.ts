@@ -15,6 +15,7 @@ import { dropKernel, engineStats, kernel, threadCount } from "../packages/tsight
 import { setPrepack, Tensor } from "../packages/tsight/dist/tensor/index.js";
 import { randomGpt2Small, randomGpt2SmallLm } from "./gpt2-small.js";
 import { generationOverhead, interventionOverhead } from "./overhead.js";
+import { lastJsonLine } from "./child-output.js";
 import { median } from "./stats.js";
 
 export const PREFILL = 128;
@@ -60,7 +61,7 @@ export function inPlainNode<K extends keyof Rows>(name: K, ...args: Parameters<R
   }
   // A row takes seconds to a few minutes; one that hangs ends the bench with an error, not never.
   const out = execFileSync(process.execPath, [bundle, name, JSON.stringify(args)], { encoding: "utf8", stdio: ["ignore", "pipe", "inherit"], timeout: 20 * 60_000 });
-  return JSON.parse(out.trim().split("\n").at(-1)!);
+  return lastJsonLine(out);
 }
 
 async function tsightGpt2(): Promise<Gpt2Row> {

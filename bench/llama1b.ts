@@ -24,6 +24,7 @@ import { LanguageModel, type ModelLoadOptions } from "../packages/tsight/dist/in
 import { generate } from "../packages/tsight/dist/models/index.js";
 import type { Module } from "../packages/tsight/dist/nn/index.js";
 import { Tensor, threadCount } from "../packages/tsight/dist/tensor/index.js";
+import { plainNodeBundle } from "./plain-node.js";
 
 const thisFile = fileURLToPath(import.meta.url);
 export const repoRoot = path.resolve(path.dirname(thisFile), "..");
@@ -134,9 +135,9 @@ export function runJsonChild<T>(command: string, args: string[], env: NodeJS.Pro
   return { error: `${why}${last(r.stderr) ? `: ${last(r.stderr).slice(0, 300)}` : ""}` };
 }
 
-/** Runs this file's `--child <args>` entry (or another bench file's) under Node with tsx and gc exposed. */
-export function runTsChild<T>(file: string, args: string[]): ChildResult<T> {
-  const r = runJsonChild<ChildResult<T>>(process.execPath, ["--expose-gc", "--import", "tsx", file, ...args]);
+/** Runs this file's `--child <args>` entry (or another bench file's) in plain Node (see plain-node.ts), gc exposed. */
+export function runNodeChild<T>(file: string, args: string[]): ChildResult<T> {
+  const r = runJsonChild<ChildResult<T>>(process.execPath, ["--expose-gc", plainNodeBundle(file), ...args]);
   return "ok" in r ? r.ok : r;
 }
 
@@ -307,7 +308,7 @@ export async function llama1bTable(dtypes: readonly string[] = defaultDTypes): P
   const rows: { label: string; row: SpeedRow | string }[] = [];
   for (const dtype of dtypes) {
     process.stderr.write(`llama1b: tsight ${dtype}...\n`);
-    const r = runTsChild<SpeedRow>(thisFile, ["--child", dtype]);
+    const r = runNodeChild<SpeedRow>(thisFile, ["--child", dtype]);
     rows.push({ label: `tsight ${dtype}`, row: "ok" in r ? r.ok : `not available: ${r.error}` });
   }
   for (const dtype of ["float32", "bfloat16"] as const) {

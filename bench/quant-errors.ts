@@ -15,7 +15,7 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { LanguageModel } from "../packages/tsight/dist/intervention/index.js";
 import { Generator, Tensor } from "../packages/tsight/dist/tensor/index.js";
-import { answer, llama1bFolder, loadOptions, runTsChild, weightsDType } from "./llama1b.js";
+import { answer, llama1bFolder, loadOptions, runNodeChild, weightsDType } from "./llama1b.js";
 
 const thisFile = fileURLToPath(import.meta.url);
 const dtypes = ["bfloat16", "int8", "int4"];
@@ -137,7 +137,7 @@ function logSumExp(xs: Float32Array): number {
 /** One (model, dtype)'s logits from a child process, or why there are none. */
 function childLogits(name: string, dtype: string, dir: string): { logits: Float32Array; answer: LogitsAnswer } | string {
   const out = path.join(dir, `${name}-${dtype}.f32`);
-  const r = runTsChild<LogitsAnswer>(thisFile, ["--child", name, dtype, out]);
+  const r = runNodeChild<LogitsAnswer>(thisFile, ["--child", name, dtype, out]);
   if ("error" in r) return r.error;
   const bytes = fs.readFileSync(out);
   fs.rmSync(out);

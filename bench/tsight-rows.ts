@@ -1,14 +1,10 @@
 /**
- * tsight's side of `npm run bench`, run by plain Node (`node`, as users run the built package), each call in a
- * child process of its own. The bench itself runs under tsx, whose loader (module hooks on a thread of their own)
- * made ONNX Runtime-bound work slower here: the GPT-2-small-sized prefill took 144-168 ms under it against 134-140
- * ms with plain node, six alternating pairs. So this file is bundled by esbuild (tsight's own modules left as
- * imports of its built package) and run with `node`; `inPlainNode` runs one of its rows and gives its result.
+ * tsight's side of `npm run bench`, each row in a plain Node process of its own (see plain-node.ts for why not under
+ * tsx); `inPlainNode` runs one of its rows and gives its result.
  */
 import { execFileSync } from "node:child_process";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { buildSync } from "esbuild";
 import { Model } from "../packages/tsight/dist/intervention/index.js";
 import { generate } from "../packages/tsight/dist/models/index.js";
 import { dropKernel, engineStats, kernel, threadCount } from "../packages/tsight/dist/tensor/engine.js";
@@ -16,6 +12,7 @@ import { setPrepack, Tensor } from "../packages/tsight/dist/tensor/index.js";
 import { randomGpt2Small, randomGpt2SmallLm } from "./gpt2-small.js";
 import { generationOverhead, interventionOverhead } from "./overhead.js";
 import { lastJsonLine } from "./child-output.js";
+import { plainNodeBundle } from "./plain-node.js";
 import { median } from "./stats.js";
 
 export const PREFILL = 128;
@@ -49,18 +46,10 @@ const rows = {
 
 type Rows = typeof rows;
 
-const bundle = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", ".bench-js", "tsight-rows.mjs");
-let bundled = false;
-
 /** Runs row `name` (with `args`, as JSON) in a plain Node process, and gives its result. */
 export function inPlainNode<K extends keyof Rows>(name: K, ...args: Parameters<Rows[K]>): Awaited<ReturnType<Rows[K]>> {
-  if (!bundled) {
-    // tsight's modules stay imports of its built package (their paths are relative, from a folder beside bench/).
-    buildSync({ entryPoints: [fileURLToPath(import.meta.url)], outfile: bundle, bundle: true, platform: "node", format: "esm", packages: "external", external: ["../packages/*"], logLevel: "error" });
-    bundled = true;
-  }
   // A row takes seconds to a few minutes; one that hangs ends the bench with an error, not never.
-  const out = execFileSync(process.execPath, [bundle, name, JSON.stringify(args)], { encoding: "utf8", stdio: ["ignore", "pipe", "inherit"], timeout: 20 * 60_000 });
+  const out = execFileSync(process.execPath, [plainNodeBundle(import.meta.url), name, JSON.stringify(args)], { encoding: "utf8", stdio: ["ignore", "pipe", "inherit"], timeout: 20 * 60_000 });
   return lastJsonLine(out);
 }
 

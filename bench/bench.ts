@@ -171,9 +171,9 @@ async function main(): Promise<void> {
   console.log(`  a trace reading one module value adds ${fmt(o.oneReadUs)} µs (its graph gives the value: handing it out replays the model's calls); each further read ${fmt(o.perReadUs)} µs, each replacement ${fmt(o.perReplaceUs)} µs more   (nnsight: ~300 µs empty trace, 30-80 µs per access)`);
   console.log(`  one layer's attention pattern read as attn.output[1] adds ${fmt(o.weightsReadUs)} µs; as attn.source.pattern ${fmt(o.patternReadUs)} µs (both the fused kernel's weights)`);
   const g = inPlainNode("steerSmall");
-  console.log(`  decode: ${fmt(g.plainTokS)} tokens/s plain, ${fmt(g.steeredTokS)} with a steering edit on every step (x${fmt(g.steeredTokS / g.plainTokS, 2)})`);
+  console.log(`  decode: ${fmt(g.plainTokS)} tokens/s plain, ${fmt(g.steeredTokS)} with a steering edit on every step (x${fmt(g.ratio, 2)}, median of round-by-round ratios)`);
   const big = inPlainNode("steerGpt2");
-  console.log(`  GPT-2-small-sized decode (the decode row's model): ${fmt(big.plainTokS)} tokens/s plain, ${fmt(big.steeredTokS)} with a steering edit on transformer.h[6] every step (x${fmt(big.steeredTokS / big.plainTokS, 2)})`);
+  console.log(`  GPT-2-small-sized decode (the decode row's model): ${fmt(big.plainTokS)} tokens/s plain, ${fmt(big.steeredTokS)} with a steering edit on transformer.h[6] every step (x${fmt(big.ratio, 2)}, median of round-by-round ratios)`);
   const r = await remoteOverhead();
   console.log(`\nRemote (server on loopback, stdlib-gpt2, 5 tokens; medians of interleaved rounds)`);
   console.log(`  trace in process ${fmt(r.localMs, 2)} ms; the same trace remote ${fmt(r.remoteMs, 2)} ms (+${fmt(r.remoteMs - r.localMs, 2)} ms round trip)`);

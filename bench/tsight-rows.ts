@@ -38,7 +38,7 @@ const rows = {
   /** The same on the GPT-2-small-sized model of the decode row, steering transformer.h[6]. */
   steerGpt2: () => {
     const prompt = new Tensor("int64", BigInt64Array.from({ length: 8 }, (_, i) => BigInt((i * 7919) % 50257)), [1, 8]);
-    return generationOverhead({ lm: randomGpt2SmallLm(), layer: 6, prompt, rounds: 3, tokens: DECODE + 1 });
+    return generationOverhead({ lm: randomGpt2SmallLm(), layer: 6, prompt, rounds: 5, tokens: DECODE + 1 });
   },
   /** GFLOP/s of tsight's engine at each [m, k, n]. */
   gemm: async (shapes: [number, number, number][]) => shapes.map(([m, k, n]) => tsightGflops(m, k, n, 3)),

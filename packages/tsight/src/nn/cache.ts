@@ -215,19 +215,30 @@ export class KVCache {
    * (the model's own call writes them once).
    */
   async aside<T>(work: () => Promise<T>): Promise<T> {
+    const back = this.mark();
+    try {
+      return await work();
+    } finally {
+      back();
+    }
+  }
+
+  /**
+   * @internal the cache as it is now, to go back to: the returned function forgets every position written since (a
+   * fused step whose values could not all be handed out runs op by op after its graph wrote them).
+   */
+  mark(): () => void {
     const entries = this.snapshot();
     // A slab written in place keeps its object: its length is what marks the positions written since.
     const lengths = entries.map((l) => (l && isSlab(l) ? l.length : 0));
     const held = [...this.held];
     const seen = this.seen;
-    try {
-      return await work();
-    } finally {
+    return () => {
       entries.forEach((l, i) => l && isSlab(l) && (l.length = lengths[i]!));
       this.restore(entries);
       this.held.splice(0, this.held.length, ...held);
       this.seen = seen;
-    }
+    };
   }
 
   /**

@@ -636,6 +636,53 @@ describe("fused decoder blocks", () => {
     }
   });
 
+  it("values read inside a small model at every generation step come out of its one graph a step, op by op's to the bit; a block's input (which holds the cache) and a skip asked for as values are handed out run op by op", async () => {
+    const lm = await LanguageModel.load("stdlib-gpt2");
+    const ids = new Tensor("int64", BigInt64Array.of(324n, 615n, 638n), [1, 3]);
+    const tokens = 6;
+    const read = async (m: any, tr: any) => {
+      const out: Tensor[] = [];
+      for await (const _ of tr.all()) out.push((await m.transformer.h[1].attn.source.pattern.output) as Tensor, (await m.transformer.h[2].output) as Tensor, (await m.lm_head.output) as Tensor);
+      return out;
+    };
+    const run = <R>(on: boolean, fn: (m: any, tr: any) => Promise<R>) => withFusion(on, () => lm.generate(ids, { maxNewTokens: tokens, eosTokenId: null }, fn));
+    const eager = await run(false, read);
+    await run(true, read);
+    const fused = await run(true, read);
+    expect(fused.value.sequences.tolist()).toEqual(eager.value.sequences.tolist());
+    expect(fused.value.value!.length).toBe(3 * tokens);
+    fused.value.value!.forEach((t, i) => expect(maxAbsDiff(t, eager.value.value![i]!)).toBe(0));
+    // One kernel call a step: the model's graph, with the three values as outputs (its blocks' graphs and the ops
+    // between them were 10 a step).
+    expect(fused.kernels).toBe(tokens);
+
+    // A block's input holds the cache, which the step's graph has written: that step runs op by op, as it is asked
+    // for at the step's start or as values are handed out; so does one whose block is skipped as its input is
+    // handed out (its keys must not be written).
+    const late = async (m: any, tr: any) => {
+      const values: Tensor[] = [];
+      const keys: number[] = [];
+      const cached: number[] = [];
+      for await (const step of tr.all()) {
+        values.push((await m.transformer.h[0].mlp.output) as Tensor);
+        if (step === 1) m.transformer.h[1].skip(await m.transformer.h[1].input);
+        else {
+          cached.push(((await m.transformer.h[1].inputs)[1] as { cache: { length: number } }).cache.length);
+          keys.push(((await m.transformer.h[1].attn.source.pattern.output) as Tensor).shape[3]!);
+        }
+      }
+      return { values, keys, cached };
+    };
+    const eagerLate = await run(false, late);
+    const fusedLate = await run(true, late);
+    expect(fusedLate.value.sequences.tolist()).toEqual(eagerLate.value.sequences.tolist());
+    fusedLate.value.value!.values.forEach((t, i) => expect(maxAbsDiff(t, eagerLate.value.value!.values[i]!)).toBe(0));
+    // The skipped block holds the prompt's 3 keys and one per step it ran (none for step 1); its input's cache holds
+    // what the blocks before it wrote at that step.
+    expect(fusedLate.value.value!.keys).toEqual([3, 4, 5, 6, 7]);
+    expect(fusedLate.value.value!.cached).toEqual(eagerLate.value.value!.cached);
+  });
+
   it("edits at every generation step (of an output that is the module's input, of an input, a skip asked for late, another shape) give op by op's results with fusion on", async () => {
     const lm = await LanguageModel.load("stdlib-gpt2");
     const ids = new Tensor("int64", BigInt64Array.of(324n, 615n, 638n), [1, 3]);

@@ -3,7 +3,8 @@
  * watched, or only read (see replay). The block's forward is captured once per kind of arguments (prompt length);
  * the kernel it compiles to holds the block's weights (see tensor/fuse.ts's WeightBinding) and serves every length.
  * Generation steps (a KV cache that grows) are captured at each step and run as one shape-free graph per block,
- * holding its repacked matrices as the other paths do (see tensor/packing.ts). Blocks that record gradients, or
+ * holding its repacked matrices as the other paths do (see tensor/packing.ts); a step with values read inside hands
+ * them out of its graph as a block does (see replayedStep). Blocks that record gradients, or
  * whose forward cannot be captured, run op by op as before. Calls of the modules inside a fused block are counted
  * for the hooks (`pass`), so later calls keep their numbers.
  *
@@ -14,7 +15,7 @@
  * never bakes in one call's values. A model whose forward still reads values (rope types that depend on the
  * sequence length, MoE routing) is not captured whole: its blocks' graphs run as before.
  */
-import { argumentSignature, Capture, compileCapture, fusionEnabled, isGradEnabled, runCaptured, runCaptureGeneric, Tensor, UNKNOWN_VALUE, type CapturedCall, type FusedGraph } from "../tensor/index.js";
+import { argumentSignature, Capture, compileCapture, fusionEnabled, isGradEnabled, runCaptured, runCaptureGeneric, runCaptureTapped, Tensor, UNKNOWN_VALUE, type CapturedCall, type FusedGraph } from "../tensor/index.js";
 import { decideTogether } from "../tensor/packing.js";
 import { cacheIn, KVCache } from "./cache.js";
 import { Module, type ModuleHooks, type Replay } from "./module.js";
@@ -41,8 +42,9 @@ export function fusedForward(module: Module, args: unknown[], hooks: ModuleHooks
   const cache = cacheIn(args);
   if (cache) {
     // Positions past a whole model's rotary tables: op by op computes them (its graph would fail on them).
-    if (watched || (module.fusible === "whole" && cache.length + tokensIn(args) > positionsOf(module))) return null;
-    return fusedStep(module, args, hooks, forward, cache);
+    if (module.fusible === "whole" && cache.length + tokensIn(args) > positionsOf(module)) return null;
+    if (!watched) return fusedStep(module, args, hooks, forward, cache);
+    return module.fusible === "whole" && holdingOff(module) ? null : replayedStep(module, args, hooks!, forward, cache);
   }
   if (watched && module.fusible === "whole" && holdingOff(module)) return null;
   const signature = argumentSignature(args);
@@ -250,21 +252,34 @@ async function replay(block: Module, hooks: ModuleHooks, graph: FusedGraph, args
   if (!calls || !tree) return forward(args);
   const session = hooks.replay!(block, tree.paths);
   if (!session) return forward(args);
+  const tapped = (taps: ReadonlySet<string>) => {
+    const made = graph.tapped(taps, (owner) => (owner as Module).path);
+    return made && (() => made.run(args));
+  };
   try {
-    return await handOut(block, hooks, graph, args, forward, calls, tree, session);
+    return await handOut(block, hooks, tapped, args, forward, calls, tree, session);
   } finally {
     session.end();
   }
 }
 
-/** The body of replay, with its session begun (ended by replay whatever happens here). */
-async function handOut(block: Module, hooks: ModuleHooks, graph: FusedGraph, args: unknown[], forward: (args: unknown[]) => Promise<unknown>, calls: readonly CapturedCall[], tree: CallTree, session: Replay): Promise<unknown> {
+/**
+ * How a replay runs its graph with values asked for as outputs too (`taps`, see FusedGraph.tapped): a function
+ * giving the result and `real` (a call's captured value as in this run, or UNKNOWN_VALUE), which gives null when
+ * the graph could not run; null when there is no such graph. `undo` (a generation step's) takes back what the run
+ * did before the block runs op by op instead.
+ */
+type TappedRun = (taps: ReadonlySet<string>) => (() => { result: unknown; real: (captured: unknown) => unknown; undo?: () => void } | null) | null;
+
+/** The body of replay (and of replayedStep), with its session begun (ended by the caller whatever happens here). */
+async function handOut(block: Module, hooks: ModuleHooks, tappedRun: TappedRun, args: unknown[], forward: (args: unknown[]) => Promise<unknown>, calls: readonly CapturedCall[], tree: CallTree, session: Replay): Promise<unknown> {
   let taps = blockTaps.get(block);
   if (!taps) blockTaps.set(block, (taps = new Set()));
   for (const v of session.asked) addTap(block, taps, v);
-  const tapped = graph.tapped(taps, (owner) => (owner as Module).path);
-  if (!tapped) return forward(args);
-  const { result, real } = tapped.run(args);
+  const run = tappedRun(taps);
+  const ran = run?.();
+  if (!ran) return forward(args);
+  const { result, real, undo } = ran;
   // Whether the run op by op is only to learn a value to tap (not a replacement, skip or operation point).
   let learned = false;
   const learn = (value: string) => {
@@ -334,6 +349,7 @@ async function handOut(block: Module, hooks: ModuleHooks, graph: FusedGraph, arg
     stopHearing();
     if (!(e instanceof MustRun)) throw e;
     session.rewind();
+    undo?.();
     if (!learned) {
       if (block.fusible === "whole") holdOff(block);
       return forward(args);
@@ -524,44 +540,139 @@ const stepsRan = new WeakSet<Module>();
  * once it has run.
  */
 function fusedStep(module: Module, args: unknown[], hooks: ModuleHooks | null, forward: (args: unknown[]) => Promise<unknown>, cache: KVCache): Promise<unknown> | null {
+  const params = stepParams(module, args, cache);
+  if (!params) return null;
+  return (async () => {
+    const step = await captureStep(module, args, forward, cache, false);
+    if (!step) return forward(args);
+    const ran = runStep(module, step, () => runCaptureGeneric(step.capture, step.result, step.written, (t) => params.has(t)));
+    if (!ran) return forward(args);
+    if (hooks) passInner(module, hooks, uncalledInStep(module, step.capture));
+    return ran.result;
+  })();
+}
+
+/**
+ * A generation step of a block (or a whole model) with modules inside watched: captured as fusedStep does, its graph
+ * also gives the values asked of the modules inside, which are then handed out as a fused block's are (see replay);
+ * what needs the block to really run (a replacement, a skip, a value the graph did not give) sends it back to run op
+ * by op, with the cache as it was before the step. A small model read at every step (activations gathered while
+ * generating) then runs one graph a step instead of its blocks' graphs and the ops between them. A step whose code
+ * replaces or skips something inside runs op by op at once (the paths its last capture gave tell that before a
+ * capture is paid for).
+ */
+function replayedStep(module: Module, args: unknown[], hooks: ModuleHooks, forward: (args: unknown[]) => Promise<unknown>, cache: KVCache): Promise<unknown> | null {
+  const params = stepParams(module, args, cache);
+  if (!params || !hooks.replay) return null;
+  const known = stepPaths.get(module);
+  if (known && known.changes === Module.treeChanges) {
+    const probe = hooks.replay(module, known.paths);
+    probe?.end();
+    if (!probe || asksFor(probe, known.cacheInputs)) return null;
+  }
+  return (async () => {
+    const step = await captureStep(module, args, forward, cache, true);
+    if (!step) return forward(args);
+    const calls = step.capture.callsNested && step.capture.calls.length > 0 ? step.capture.calls : null;
+    const tree = calls && callTree(module, calls);
+    if (!calls || !tree) return forward(args);
+    const cacheInputs = new Set<string>();
+    const walk = (c: CapturedCall): void => {
+      if (cacheIn(c.args)) cacheInputs.add(`input|${(c.owner as Module).path}`);
+      c.children.forEach(walk);
+    };
+    calls.forEach(walk);
+    stepPaths.set(module, { changes: Module.treeChanges, paths: tree.paths, cacheInputs });
+    const session = hooks.replay!(module, tree.paths);
+    if (session && asksFor(session, cacheInputs)) session.end();
+    else if (session) {
+      const pathOf = (owner: object) => (owner as Module).path;
+      const tapped: TappedRun = (taps) => () => runStep(module, step, () => runCaptureTapped(step.capture, step.result, step.written, taps, pathOf, (t) => params.has(t)));
+      try {
+        return await handOut(module, hooks, tapped, args, forward, calls, tree, session);
+      } finally {
+        session.end();
+      }
+    }
+    return forward(args);
+  })();
+}
+
+/**
+ * Per module replayed as generation steps, from its last step's capture: the paths of the modules it called, and
+ * the inputs holding the KV cache (`input|PATH`: a block's, its attention's), which a step's graph cannot hand out.
+ * The cache is written by the graph before any value is handed out, where op by op a block's call sees it without
+ * its own keys and those after it; and a block skipped as its input is handed out must really be skipped (its keys
+ * not written), which only a run op by op from the step's start does.
+ */
+const stepPaths = new WeakMap<Module, { changes: number; paths: ReadonlySet<string>; cacheInputs: ReadonlySet<string> }>();
+
+/** Whether the replay was asked for one of `values` when it began. */
+const asksFor = (replay: Replay, values: ReadonlySet<string>): boolean => [...replay.asked].some((v) => values.has(v));
+
+/** The module's parameters for a step's graph, or null when the step must run op by op. */
+function stepParams(module: Module, args: unknown[], cache: KVCache): Map<Tensor, () => Tensor> | null {
   if (unfusibleSteps.has(module) || (isGradEnabled() && cache.recordsGrad())) return null;
   // The arguments besides the cache must be ones a graph can take (see argumentSignature).
   const withoutCache = args.map((a) => (a !== null && typeof a === "object" && !(a instanceof Tensor) && !Array.isArray(a) ? { ...a, cache: undefined } : a));
   const params = fusableParams(module);
-  if (argumentSignature(withoutCache) === null || !params) return null;
-  return (async () => {
-    const before = cache.snapshot();
-    let captured: { capture: Capture; result: unknown } | null = null;
-    try {
-      const capture = new Capture(false);
-      const result = await runCaptured(capture, () => forward(args));
-      captured = { capture, result };
-    } catch {
-      unfusibleSteps.add(module);
-    }
-    // What the code wrote: new positions for layers kept in place, and whole entries for layers joined by ops.
-    const { appends, joins } = cache.takeAppends();
-    const after = cache.snapshot();
-    cache.restore(before);
-    if (!captured) return forward(args);
-    const changed = after.flatMap((entry, layer) => (entry && entry !== before[layer] ? [{ layer, entry }] : []));
-    const written = [...changed.map(({ entry }) => entry), ...appends.map(([, entry]) => entry)];
-    let ran: { result: unknown; extra: Tensor[] };
-    try {
-      ran = runCaptureGeneric(captured.capture, captured.result, written.flatMap((entry) => [entry.keys, entry.values]), (t) => params.has(t));
-      stepsRan.add(module);
-    } catch {
-      if (!stepsRan.has(module)) unfusibleSteps.add(module);
-      return forward(args);
-    }
-    const { result, extra } = ran;
+  return argumentSignature(withoutCache) === null ? null : params;
+}
+
+/**
+ * A generation step's code captured against the cache, which is left as it was: the keys and values it wrote
+ * (`written`, captured tensors) go in with `write` once the graph has given them, and `undo` takes them out again.
+ */
+interface CapturedStep {
+  capture: Capture;
+  result: unknown;
+  written: Tensor[];
+  write(real: readonly Tensor[]): void;
+  undo(): void;
+}
+
+async function captureStep(module: Module, args: unknown[], forward: (args: unknown[]) => Promise<unknown>, cache: KVCache, replayable: boolean): Promise<CapturedStep | null> {
+  const before = cache.snapshot();
+  const mark = cache.mark();
+  let captured: { capture: Capture; result: unknown } | null = null;
+  try {
+    const capture = new Capture(replayable);
+    const result = await runCaptured(capture, () => forward(args));
+    captured = { capture, result };
+  } catch {
+    unfusibleSteps.add(module);
+  }
+  // What the code wrote: new positions for layers kept in place, and whole entries for layers joined by ops.
+  const { appends, joins } = cache.takeAppends();
+  const after = cache.snapshot();
+  cache.restore(before);
+  if (!captured) return null;
+  const changed = after.flatMap((entry, layer) => (entry && entry !== before[layer] ? [{ layer, entry }] : []));
+  const written = [...changed.map(({ entry }) => entry), ...appends.map(([, entry]) => entry)].flatMap((entry) => [entry.keys, entry.values]);
+  const write = (real: readonly Tensor[]) => {
     // Positions first (they are noted against the entries before this step's), then the entries.
     cache.noteJoined(joins);
     const entries = [...before];
-    changed.forEach(({ layer }, i) => (entries[layer] = { keys: extra[2 * i]!, values: extra[2 * i + 1]! }));
+    changed.forEach(({ layer }, i) => (entries[layer] = { keys: real[2 * i]!, values: real[2 * i + 1]! }));
     cache.restore(entries);
-    appends.forEach(([layer, { at }], i) => cache.append(layer, extra[2 * (changed.length + i)]!, extra[2 * (changed.length + i) + 1]!, at));
-    if (hooks) passInner(module, hooks, uncalledInStep(module, captured.capture));
-    return result;
-  })();
+    appends.forEach(([layer, { at }], i) => cache.append(layer, real[2 * (changed.length + i)]!, real[2 * (changed.length + i) + 1]!, at));
+  };
+  return { ...captured, written, write, undo: mark };
+}
+
+/**
+ * Runs a captured step's graph (`run`) and writes the cache entries it gave; null when the graph failed, the step
+ * then running op by op (see stepsRan).
+ */
+function runStep<R extends { result: unknown; extra: Tensor[] }>(module: Module, step: CapturedStep, run: () => R): (R & { undo: () => void }) | null {
+  let ran: R;
+  try {
+    ran = run();
+    stepsRan.add(module);
+  } catch {
+    if (!stepsRan.has(module)) unfusibleSteps.add(module);
+    return null;
+  }
+  step.write(ran.extra);
+  return { ...ran, undo: step.undo };
 }

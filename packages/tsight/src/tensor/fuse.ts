@@ -330,18 +330,7 @@ export class FusedGraph {
   private makeTapped(wanted: ReadonlySet<string>, pathOf: (owner: object) => string): TappedGraph {
     const src = this.src;
     const results = tensorsIn(src.result).map(({ t }) => t);
-    const taps: Tensor[] = [];
-    const seen = new Set<Tensor>();
-    const tap = (v: unknown) => {
-      for (const { t } of tensorsIn(v)) if (t.isMeta && src.capture.has(t) && !seen.has(t)) seen.add(t), taps.push(t);
-    };
-    const walk = (call: CapturedCall): void => {
-      const path = pathOf(call.owner);
-      if (wanted.has(`input|${path}`)) tap(call.args);
-      if (wanted.has(`output|${path}`)) tap(call.out);
-      call.children.forEach(walk);
-    };
-    src.capture.calls.forEach(walk);
+    const taps = tapsOf(src.capture, wanted, pathOf);
     const { binding, slots } = bind(src, [...results, ...taps]);
     const specs = [...results, ...taps].map((t) => ({ dtype: t.dtype, shape: [...t.shape] }));
     const run = (args: readonly unknown[]) => {
@@ -597,6 +586,47 @@ export function runCaptureGeneric(capture: Capture, result: unknown, extra: read
   const outs = raw.map((r, i) => new Tensor(found[i]!.dtype, r.data as TypedArray, found[i]!.shape));
   const count = found.length - extra.length;
   return { result: rebuildResult(result, outs.slice(0, count)), extra: outs.slice(count) };
+}
+
+/**
+ * The captured values (computed inside the code, each once, in call order) of the module calls `wanted` names: the
+ * arguments of those named `input|PATH`, the results of those named `output|PATH` (`pathOf` gives a call's path).
+ */
+function tapsOf(capture: Capture, wanted: ReadonlySet<string>, pathOf: (owner: object) => string): Tensor[] {
+  const taps: Tensor[] = [];
+  const seen = new Set<Tensor>();
+  const tap = (v: unknown) => {
+    for (const { t } of tensorsIn(v)) if (t.isMeta && capture.has(t) && !seen.has(t)) seen.add(t), taps.push(t);
+  };
+  const walk = (call: CapturedCall): void => {
+    const path = pathOf(call.owner);
+    if (wanted.has(`input|${path}`)) tap(call.args);
+    if (wanted.has(`output|${path}`)) tap(call.out);
+    call.children.forEach(walk);
+  };
+  capture.calls.forEach(walk);
+  return taps;
+}
+
+/**
+ * runCaptureGeneric with the values of the module calls `wanted` names (see tapsOf) as outputs too, for a
+ * generation step that hands out the values of the modules inside it: `real` turns a call's captured value into
+ * this run's, or UNKNOWN_VALUE where the graph did not give it (or it holds an object, such as the KV cache, which
+ * the run has changed). What the capture read (arguments, parameters) is this run's already.
+ */
+export function runCaptureTapped(
+  capture: Capture,
+  result: unknown,
+  extra: readonly Tensor[],
+  wanted: ReadonlySet<string>,
+  pathOf: (owner: object) => string,
+  isParam: (t: Tensor) => boolean,
+): { result: unknown; extra: Tensor[]; real: (captured: unknown) => unknown } {
+  const taps = tapsOf(capture, wanted, pathOf);
+  const ran = runCaptureGeneric(capture, result, [...extra, ...taps], isParam);
+  const given = new Map(taps.map((t, i) => [t, ran.extra[extra.length + i]!]));
+  const real = (t: Tensor): Tensor | undefined => (t.isMeta ? given.get(t) : t);
+  return { result: ran.result, extra: ran.extra.slice(0, extra.length), real: (v) => mapValues(v, real) };
 }
 
 /** Arrays and plain objects copied (their tensors replaced afterwards). */

@@ -11,5 +11,5 @@ export { sizeOf, broadcastShapes, checkShape, sameShape, MAX_RANK, MAX_ELEMENTS,
 export * as functional from "./functional.js";
 export * from "./safetensors.js";
 export { lazyNode } from "./node.js";
-export { activeCapture, argumentSignature, Capture, CaptureError, compileCapture, FusedGraph, fusionEnabled, runCaptured, runCaptureGeneric, setFusion, UNKNOWN_VALUE, type CapturedCall } from "./fuse.js";
+export { activeCapture, argumentSignature, Capture, CaptureError, compileCapture, FusedGraph, fusionEnabled, runCaptured, runCaptureGeneric, runCaptureTapped, setFusion, UNKNOWN_VALUE, type CapturedCall } from "./fuse.js";
 export { setPrepack, setWeightCopyBudget } from "./packing.js";

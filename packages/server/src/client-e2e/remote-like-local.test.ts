@@ -142,6 +142,11 @@ await lm.trace("def f(", async (m) => (await m.lm_head.output).mul(scale) /* FRE
 
 // Raised inside the job's isolate (not by the host): pointed at all the same.
 await lm.trace("def f(", async (m) => await m.transformer.h[9].output /* RANGE */, { remote: true }).catch((e) => report("range", e));
+// Refused by the host at a tracer call (no gradients recorded): pointed at the call.
+await lm.trace("def f(", async (m, tr) => {
+  const logits = await m.lm_head.output;
+  await tr.backward(logits.sum()); // NOGRAD
+}, { remote: true }).catch((e) => report("nograd", e));
 // A function whose text is not in the file: the message names the position in the text sent.
 const built = new Function("return async (m) => await m.transformer." + "nope.output")();
 await lm.trace("def f(", built, { remote: true }).catch((e) => console.log(JSON.stringify({ what: "built", message: e.message, userLine: e.userLine ?? null })));
@@ -162,6 +167,7 @@ console.log("end");
     expect(reports.inline).toMatchObject({ name: "ShapeError", userLine: where("SHAPE-2", "matmul"), frame: `    at ${where("SHAPE-2", "matmul")}` });
     expect(reports.free).toMatchObject({ name: "FreeVariableError", userLine: where("FREE", "scale"), frame: `    at ${where("FREE", "scale")}` });
     expect(reports.range).toMatchObject({ name: "TraceError", userLine: where("RANGE", "[9]"), frame: `    at ${where("RANGE", "[9]")}` });
+    expect(reports.nograd).toMatchObject({ name: "TraceError", userLine: where("NOGRAD", "backward"), frame: `    at ${where("NOGRAD", "backward")}` });
     expect(reports.built.message).toMatch(/^transformer \(GPT2Model\) has no module "nope"; its modules are: wte, wpe, drop, h, ln_f\n    at intervention\.js:1:\d+$/);
     expect(reports.built.userLine).toBeNull();
     expect(stdout.trim().split("\n").at(-1)).toBe("end");

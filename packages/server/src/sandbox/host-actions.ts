@@ -57,9 +57,9 @@ const tracer: Handlers<"tracer", InvokeTracer> = {
   iter: (_h, tr, [start, end]) => tr.iter(start, end ?? undefined)[Symbol.asyncIterator](),
   all: (_h, tr) => tr.all()[Symbol.asyncIterator](),
   local: (host, tr, [fn, vals]) => tr.local(() => host.localStep(jobFunction(fn, "tr.local"), vals), undefined),
-  backward: (host, tr, [loss, fn]) => {
+  backward: (host, tr, [loss, fn], origin) => {
     const body = fn === undefined || fn === null ? undefined : (scope: GradScope) => host.run(jobFunction(fn, "tr.backward").fnId, "backward", host.hold("grad", scope));
-    return tr.backward(loss as Tensor, body);
+    return tr.backward(loss as Tensor, body, origin);
   },
   invoke: (host, tr, [a, b]) => {
     if (!(tr instanceof Tracer)) throw new TypeError("tr.invoke belongs to the trace's own tracer (the one the trace function gets)");

@@ -66,6 +66,9 @@ export function withUserLine(e: unknown, callSite: string | undefined, source: s
   }
   const [line, column] = [Number(m[1]), Number(m[2])];
   const userLine = positionIn(place, line, line === 1 ? column - 1 : column);
+  // A tsight error raised by the server's host names the position in the sent text in its message (as a local one
+  // names the user's line): that position becomes the user's.
+  if (tsight) e.message = e.message.replace(`at ${m[0]}`, `at ${userLine}`);
   pointAt(e, userLine, tsight);
   return e;
 }

@@ -61,8 +61,10 @@ describe("order of gradient requests", () => {
   for (const [name, first, second, secondName] of pairs) {
     it(`${name}, earlier value first: already gone by, naming the value, at the user's line`, async () => {
       const e = await failure(grads(first, second, ["first", "second"]));
-      // The earlier value's gradient is waited for; the walk goes on past the later one, which is then gone by.
-      expect(e.message).toContain(`the gradient of ${secondName} has already gone by: ask for gradients in reverse forward order (later values first)`);
+      // The earlier value's gradient is waited for; the walk goes on past the later one, which is then gone by. The
+      // earlier one, read first, is a leaf of the graph (reached after every op), and the error says so.
+      expect(e.message).toContain(`the gradient of ${secondName} has already gone by while this code waited for the gradient of `);
+      expect(e.message).toContain("a leaf of the graph (it depends on no value read before it), which the backward pass reaches only after every other value: ask for leaves' gradients last");
       expect(e.message).not.toMatch(/does not depend/);
       expect(e.userLine).toMatch(/backward-order\.test\.ts/);
     });
@@ -99,6 +101,56 @@ describe("order of gradient requests", () => {
       expect(e.userLine).toMatch(/backward-order\.test\.ts/);
     });
   }
+});
+
+/**
+ * In a generation, a value read at a later step can be a leaf of the graph (it depends on no value read before it:
+ * step 1's `v` in layer 1 is made from that step's new token and layer 0's cache), whose gradient comes after every
+ * other value's: asking for it before an earlier step's value (reverse forward order) is refused, and the error says
+ * that it was a leaf.
+ */
+describe("order of gradient requests across generation steps", () => {
+  const across = (order: readonly ("z1" | "v1" | "z0")[]) => async () => {
+    const lm = await LanguageModel.load("stdlib-gpt2");
+    return lm.generate(
+      "def __init__(self",
+      { maxNewTokens: 2, eosTokenId: null },
+      async (m: any, tr) => {
+        const at = m.transformer.h[1].attn.source;
+        const vals: Record<string, Tensor> = {};
+        // Step 0's v is read first (a leaf), so its z is not one.
+        vals.v0 = (await at.v.output) as Tensor;
+        vals.z0 = (await at.z.output) as Tensor;
+        tr.next();
+        vals.v1 = (await at.v.output) as Tensor;
+        vals.z1 = (await at.z.output) as Tensor;
+        const loss = ((await m.lm_head.output) as Tensor).index(0, -1, 7);
+        const got: Record<string, number> = {};
+        await tr.backward(loss, async (g) => {
+          for (const name of order) got[name] = (await g.grad(vals[name]!)).abs().max().item();
+        });
+        return got;
+      },
+      { grad: true },
+    );
+  };
+
+  it("z1, then z0, then the leaf v1: each gets its gradient", async () => {
+    const { value } = await across(["z1", "z0", "v1"])();
+    for (const name of ["z1", "z0", "v1"]) expect(value[name]).toBeGreaterThan(0);
+  });
+
+  it("z1, then the leaf v1, then z0: refused, the error naming the leaf it waited for", async () => {
+    const e = await across(["z1", "v1", "z0"])().then(
+      () => expect.unreachable("the generation should have failed"),
+      (err: unknown) => err,
+    );
+    expect(e).toBeInstanceOf(TraceError);
+    const message = (e as TraceError).message;
+    expect(message).toContain("the gradient of transformer.h.1.attn.source.z.output has already gone by while this code waited for the gradient of transformer.h.1.attn.source.v.output (iteration 1), a leaf of the graph");
+    expect(message).toContain("ask for leaves' gradients last");
+    expect((e as TraceError).userLine).toMatch(/backward-order\.test\.ts/);
+  });
 });
 
 /** A tensor of `like`'s shape, zero but for `value` at `at`. */

@@ -4,7 +4,8 @@
  * Inside the function, `await g.grad(t)` is the gradient of `loss` with respect to `t` (any module value read in
  * the trace, or a tensor computed from one), and `g.setGrad(t, x)` replaces the gradient that flows further back
  * from `t`. Gradients arrive in reverse forward order, as the backward pass computes them (values one op made
- * together, and the graph's leaves, which come last, in any order among themselves). An invoke's values are
+ * together, and the graph's leaves, which come last, in any order among themselves; a leaf is a read value that
+ * depends on no value read before it, which in a generation may be read at a later step). An invoke's values are
  * rows of batch-wide tensors, so its gradients are those rows only: nothing leaks between invokes.
  */
 import { runBackwardAsync, sameShape, Tensor, type GradNode } from "../tensor/index.js";
@@ -70,7 +71,7 @@ export class GradScope {
       const source = this.sourceOf(t, "grad", origin);
       const now = this.current.get(source.leaf) ?? this.settled.get(source.leaf);
       if (now) return resolve(rowsOf(now, source));
-      if (this.passed(source.leaf)) return reject(new TraceError(`the gradient of ${source.name ?? "this value"} has already gone by: ask for gradients in reverse forward order (later values first)`, origin));
+      if (this.passed(source.leaf)) return reject(new TraceError(this.goneBy(source), origin));
       this.pending.push({ source, resolve, reject, origin });
       this.hookLeaf?.(source.leaf);
       this.signal();
@@ -108,6 +109,22 @@ export class GradScope {
     if (this.finished) throw new TraceError(`${what}: the backward pass is over`, origin);
     return source;
   }
+
+  /**
+   * Why a value's gradient can no longer be given: asked for after a later one's (or after a leaf's, which the walk
+   * reaches only after every op: a value that depends on no value read before it, such as one a generation step
+   * makes from its new token alone, even if read late).
+   */
+  private goneBy(source: GradSource): string {
+    const made = source.leaf.gradNode;
+    const leaf = made ? this.walkedForLeaf.get(made) : undefined;
+    const what = `the gradient of ${source.name ?? "this value"} has already gone by`;
+    if (leaf === undefined) return `${what}: ask for gradients in reverse forward order (later values first)`;
+    return `${what} while this code waited for the gradient of ${leaf ?? "a value"}, a leaf of the graph (it depends on no value read before it), which the backward pass reaches only after every other value: ask for leaves' gradients last`;
+  }
+
+  /** Nodes the walk went past while the code waited for a leaf's gradient, with that leaf's name. */
+  private readonly walkedForLeaf = new Map<GradNode, string | null>();
 
   /** Whether the walk went past `leaf` (its hooks can no longer run). */
   private passed(leaf: Tensor): boolean {
@@ -149,9 +166,9 @@ export class GradScope {
   }
 
   /** Runs the backward pass, answering `grad` requests and applying `setGrad`s at each hooked tensor. */
-  async run(loss: Tensor, user: Promise<unknown>): Promise<void> {
-    if (!loss.requiresGrad) throw new TraceError("backward: the loss does not depend on any value read in this trace; start the trace with { grad: true } and compute the loss from module values");
-    if (loss.numel() !== 1) throw new TraceError(`backward: the loss must be a single number, got a tensor of shape [${loss.shape}]; reduce it (e.g. .sum())`);
+  async run(loss: Tensor, user: Promise<unknown>, origin?: Error): Promise<void> {
+    if (!loss.requiresGrad) throw new TraceError("backward: the loss does not depend on any value read in this trace; start the trace with { grad: true } and compute the loss from module values", origin);
+    if (loss.numel() !== 1) throw new TraceError(`backward: the loss must be a single number, got a tensor of shape [${loss.shape}]; reduce it (e.g. .sum())`, origin);
     const removers: (() => void)[] = [];
     const done = () => {
       this.userDone = true;
@@ -199,6 +216,8 @@ export class GradScope {
     };
     const onNode = (node: GradNode) => {
       this.walked.add(node);
+      const waiting = this.pending.find((p) => p.source.leaf.gradNode === null);
+      if (waiting) this.walkedForLeaf.set(node, waiting.source.name ?? null);
       this.node = node;
       moveOn();
       // A value asked for comes out of this op with others: their gradients are kept too (see settled).
@@ -219,6 +238,7 @@ export class GradScope {
       this.finished = true;
       this.settled.clear();
       this.walked.clear();
+      this.walkedForLeaf.clear();
       this.node = null;
     }
     for (const p of this.pending.splice(0)) p.reject(new TraceError("no gradient reached this value: the loss does not depend on it", p.origin));

@@ -127,13 +127,14 @@ export class InvokeTracer {
   /**
    * Backpropagates `loss` (a single number computed in this trace, which must run with `{ grad: true }`).
    * `fn` gets the gradients as they are computed: `await g.grad(t)`, and `g.setGrad(t, x)` to change what flows
-   * further back. Ask in reverse forward order. The forward pass waits while this runs.
+   * further back. Ask in reverse forward order. The forward pass waits while this runs. (`origin`, internal: where the
+   * code asked, for a caller that is not that code: the sandbox passes the job's own location.)
    */
-  backward(loss: Tensor, fn?: (g: GradScope) => unknown): Promise<void> {
-    if (!this.run.grad) return this.run.watch(this.mediator, Promise.reject(new TraceError("backward: this trace records no gradients; start it with { grad: true }")));
+  backward(loss: Tensor, fn?: (g: GradScope) => unknown, origin: Error = new Error()): Promise<void> {
+    if (!this.run.grad) return this.run.watch(this.mediator, Promise.reject(new TraceError("backward: this trace records no gradients; start it with { grad: true }", origin)));
     const scope = new GradScope(this.run.gradSources, this.run.stallTimeoutMs);
     const user = Promise.resolve().then(() => fn?.(scope));
-    return this.run.track(this.mediator, Promise.all([scope.run(loss, user), user]).then(() => undefined));
+    return this.run.track(this.mediator, Promise.all([scope.run(loss, user, origin), user]).then(() => undefined));
   }
 
   /**

@@ -172,6 +172,8 @@ async function main(): Promise<void> {
   console.log(`  one layer's attention pattern read as attn.output[1] adds ${fmt(o.weightsReadUs)} µs; as attn.source.pattern ${fmt(o.patternReadUs)} µs (both the fused kernel's weights)`);
   const g = inPlainNode("steerSmall");
   console.log(`  decode: ${fmt(g.plainTokS)} tokens/s plain, ${fmt(g.steeredTokS)} with a steering edit on every step (x${fmt(g.ratio, 2)}, median of round-by-round ratios)`);
+  const reads = inPlainNode("readSmall");
+  console.log(`  decode reading transformer.h[2].mlp's output at every step: ${fmt(reads.steeredTokS)} tokens/s (x${fmt(reads.ratio, 2)} of plain, median of round-by-round ratios)`);
   const big = inPlainNode("steerGpt2");
   console.log(`  GPT-2-small-sized decode (the decode row's model): ${fmt(big.plainTokS)} tokens/s plain, ${fmt(big.steeredTokS)} with a steering edit on transformer.h[6] every step (x${fmt(big.ratio, 2)}, median of round-by-round ratios)`);
   const r = await remoteOverhead();

@@ -92,11 +92,12 @@ export async function interventionOverhead(rounds = 30): Promise<Overhead> {
  * cancels out of: on this machine one process's plain stdlib-gpt2 decode ranged 169-444 tokens/s over 20 rounds,
  * and ratios of medians over 5 rounds came out 0.58 to 0.98 in six runs. On stdlib-gpt2 (4 x d256, a step of a few
  * ms, where a step's fixed costs show), or on `lm` (the GPT-2-small-sized model of the decode row) steering `layer`
- * with prompt ids `prompt`.
+ * with prompt ids `prompt`. `read`: the edit is a read of the layer's MLP output at every step instead (activations
+ * gathered while generating).
  */
-export async function generationOverhead(options: { lm?: LanguageModel<GPT2LMHeadModel>; layer?: number; prompt?: string | Tensor; rounds?: number; tokens?: number } = {}): Promise<{ plainTokS: number; steeredTokS: number; ratio: number }> {
+export async function generationOverhead(options: { lm?: LanguageModel<GPT2LMHeadModel>; layer?: number; prompt?: string | Tensor; rounds?: number; tokens?: number; read?: boolean } = {}): Promise<{ plainTokS: number; steeredTokS: number; ratio: number }> {
   const lm = options.lm ?? ((await LanguageModel.load("stdlib-gpt2")) as LanguageModel<GPT2LMHeadModel>);
-  const { layer = 2, prompt = "def __init__(self", rounds = 15, tokens = 48 } = options;
+  const { layer = 2, prompt = "def __init__(self", rounds = 15, tokens = 48, read = false } = options;
   const width = (lm.config as { n_embd: number }).n_embd;
   const steer = Tensor.full([width], 0.01);
   const timed = async (run: (onToken: () => void) => Promise<unknown>): Promise<number> => {
@@ -108,7 +109,12 @@ export async function generationOverhead(options: { lm?: LanguageModel<GPT2LMHea
   const steered = () =>
     timed((onToken) =>
       lm.generate(prompt, { maxNewTokens: tokens, eosTokenId: null, onToken }, async (m, tr) => {
-        for await (const _ of tr.all()) m.transformer.h[layer]!.output = (h: Tensor) => h.add(tr.vars.steer as Tensor);
+        const kept: unknown[] = [];
+        for await (const _ of tr.all()) {
+          if (read) kept.push(await m.transformer.h[layer]!.mlp.output);
+          else m.transformer.h[layer]!.output = (h: Tensor) => h.add(tr.vars.steer as Tensor);
+        }
+        return kept.length;
       }, { vars: { steer } }),
     );
   await plain();

@@ -35,6 +35,8 @@ const rows = {
   overhead: () => interventionOverhead(),
   /** Decode with a steering edit on every step: stdlib-gpt2. */
   steerSmall: () => generationOverhead(),
+  /** Decode reading transformer.h[2].mlp's output at every step: stdlib-gpt2. */
+  readSmall: () => generationOverhead({ read: true }),
   /** The same on the GPT-2-small-sized model of the decode row, steering transformer.h[6]. */
   steerGpt2: () => {
     const prompt = new Tensor("int64", BigInt64Array.from({ length: 8 }, (_, i) => BigInt((i * 7919) % 50257)), [1, 8]);

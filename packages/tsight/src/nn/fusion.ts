@@ -633,7 +633,8 @@ interface CapturedStep {
 
 async function captureStep(module: Module, args: unknown[], forward: (args: unknown[]) => Promise<unknown>, cache: KVCache, replayable: boolean): Promise<CapturedStep | null> {
   const before = cache.snapshot();
-  const mark = cache.mark();
+  // Only a step that hands values out may have to take its writes back (a plain step's run is its last word).
+  const undo = replayable ? cache.mark() : () => undefined;
   let captured: { capture: Capture; result: unknown } | null = null;
   try {
     const capture = new Capture(replayable);
@@ -657,7 +658,7 @@ async function captureStep(module: Module, args: unknown[], forward: (args: unkn
     cache.restore(entries);
     appends.forEach(([layer, { at }], i) => cache.append(layer, real[2 * (changed.length + i)]!, real[2 * (changed.length + i) + 1]!, at));
   };
-  return { ...captured, written, write, undo: mark };
+  return { ...captured, written, write, undo };
 }
 
 /**

@@ -120,7 +120,7 @@ export class GradScope {
     const leaf = made ? this.walkedForLeaf.get(made) : undefined;
     const what = `the gradient of ${source.name ?? "this value"} has already gone by`;
     if (leaf === undefined) return `${what}: ask for gradients in reverse forward order (later values first)`;
-    return `${what} while this code waited for the gradient of ${leaf ?? "a value"}, a leaf of the graph (it depends on no value read before it), which the backward pass reaches only after every other value: ask for leaves' gradients last`;
+    return `${what} while this code waited for the gradient of ${leaf ?? "a value"}, a leaf of the graph (it depends on no value read before it), which the backward pass reaches only after every other value: ask for leaves' gradients last, and the others in reverse forward order`;
   }
 
   /** Nodes the walk went past while the code waited for a leaf's gradient, with that leaf's name. */

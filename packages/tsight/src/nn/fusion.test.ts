@@ -683,6 +683,28 @@ describe("fused decoder blocks", () => {
     expect(fusedLate.value.value!.cached).toEqual(eagerLate.value.value!.cached);
   });
 
+  it("a step whose values cannot all be handed out (a read, then a replacement in the same block, at every step) stops trying: it costs what the replacement alone costs", async () => {
+    const lm = await LanguageModel.load("stdlib-gpt2");
+    const ids = new Tensor("int64", BigInt64Array.of(324n, 615n), [1, 2]);
+    const halve = (h: Tensor) => h.mul(0.5);
+    const readThenReplace = async (m: any, tr: any) => {
+      for await (const _ of tr.all()) {
+        await m.transformer.h[1].attn.output;
+        m.transformer.h[1].mlp.output = halve;
+      }
+    };
+    const replaceOnly = async (m: any, tr: any) => {
+      for await (const _ of tr.all()) m.transformer.h[1].mlp.output = halve;
+    };
+    const run = (on: boolean, fn: (m: any, tr: any) => Promise<void>) => withFusion(on, () => lm.generate(ids, { maxNewTokens: 16, eosTokenId: null }, fn));
+    const eager = await run(false, readThenReplace);
+    for (let i = 0; i < 3; i++) await run(true, readThenReplace);
+    const fused = await run(true, readThenReplace);
+    expect(fused.value.sequences.tolist()).toEqual(eager.value.sequences.tolist());
+    // Each try captured the step and ran its graph for nothing; the tries grow rarer (1, 2, 4 ... 64 steps apart).
+    expect(fused.kernels).toBe((await run(true, replaceOnly)).kernels);
+  });
+
   it("edits at every generation step (of an output that is the module's input, of an input, a skip asked for late, another shape) give op by op's results with fusion on", async () => {
     const lm = await LanguageModel.load("stdlib-gpt2");
     const ids = new Tensor("int64", BigInt64Array.of(324n, 615n, 638n), [1, 3]);

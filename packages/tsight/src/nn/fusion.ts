@@ -44,7 +44,7 @@ export function fusedForward(module: Module, args: unknown[], hooks: ModuleHooks
     // Positions past a whole model's rotary tables: op by op computes them (its graph would fail on them).
     if (module.fusible === "whole" && cache.length + tokensIn(args) > positionsOf(module)) return null;
     if (!watched) return fusedStep(module, args, hooks, forward, cache);
-    return module.fusible === "whole" && holdingOff(module) ? null : replayedStep(module, args, hooks!, forward, cache);
+    return holdingOff(module) ? null : replayedStep(module, args, hooks!, forward, cache);
   }
   if (watched && module.fusible === "whole" && holdingOff(module)) return null;
   const signature = argumentSignature(args);
@@ -351,7 +351,8 @@ async function handOut(block: Module, hooks: ModuleHooks, tappedRun: TappedRun, 
     session.rewind();
     undo?.();
     if (!learned) {
-      if (block.fusible === "whole") holdOff(block);
+      // A step's replay costs a capture as well as its graph's run: a block's steps hold off like a whole model.
+      if (block.fusible === "whole" || undo) holdOff(block);
       return forward(args);
     }
     // Learning: every value of the block's calls the code reads while it runs op by op is tapped from the next run.
@@ -364,7 +365,7 @@ async function handOut(block: Module, hooks: ModuleHooks, tappedRun: TappedRun, 
   }
   stopHearing();
   noteTapsUsed(block, taps, used);
-  if (block.fusible === "whole") holdOffs.delete(block);
+  holdOffs.delete(block);
   return result;
 }
 
@@ -426,11 +427,13 @@ function innerModules(module: Module): Module[] {
 }
 
 /**
- * Per whole model whose last replays had to run op by op after all for a replacement, skip or operation point found
- * while its values were handed out (code that reads a value and then replaces a later one): how many watched calls
- * run op by op before it tries again, and how many the next such failure skips. Each failure costs the whole
- * model's graph run, so code that keeps doing that pays for it rarely (doubling up to MAX_HOLD_OFF), and read-only
- * code keeps the one graph. Learning a value to tap does not count.
+ * Per whole model (or block run as generation steps) whose last replays had to run op by op after all for a
+ * replacement, skip or operation point found while its values were handed out (code that reads a value and then
+ * replaces a later one): how many watched calls run op by op before it tries again, and how many the next such
+ * failure skips. Each failure costs the graph's run (and a step's capture), so code that keeps doing that pays for it
+ * rarely (doubling up to MAX_HOLD_OFF: reading a block's attention output and then replacing its MLP's at every
+ * step cost 1.3-1.4x the op-by-op generation's time without this), and read-only code keeps the one graph. Learning
+ * a value to tap does not count.
  */
 const holdOffs = new WeakMap<Module, { left: number; next: number }>();
 const MAX_HOLD_OFF = 64;
@@ -566,6 +569,7 @@ function replayedStep(module: Module, args: unknown[], hooks: ModuleHooks, forwa
   if (!params || !hooks.replay) return null;
   const known = stepPaths.get(module);
   if (known && known.changes === Module.treeChanges) {
+    if (known.never) return null;
     const probe = hooks.replay(module, known.paths);
     probe?.end();
     if (!probe || asksFor(probe, known.cacheInputs)) return null;
@@ -575,7 +579,11 @@ function replayedStep(module: Module, args: unknown[], hooks: ModuleHooks, forwa
     if (!step) return forward(args);
     const calls = step.capture.callsNested && step.capture.calls.length > 0 ? step.capture.calls : null;
     const tree = calls && callTree(module, calls);
-    if (!calls || !tree) return forward(args);
+    if (!calls || !tree) {
+      // Its calls overlapped (their nesting is unknown): nothing can be handed out, at this step or later ones.
+      stepPaths.set(module, { changes: Module.treeChanges, paths: new Set(), cacheInputs: new Set(), never: true });
+      return forward(args);
+    }
     const cacheInputs = new Set<string>();
     const walk = (c: CapturedCall): void => {
       if (cacheIn(c.args)) cacheInputs.add(`input|${(c.owner as Module).path}`);
@@ -605,7 +613,7 @@ function replayedStep(module: Module, args: unknown[], hooks: ModuleHooks, forwa
  * its own keys and those after it; and a block skipped as its input is handed out must really be skipped (its keys
  * not written), which only a run op by op from the step's start does.
  */
-const stepPaths = new WeakMap<Module, { changes: number; paths: ReadonlySet<string>; cacheInputs: ReadonlySet<string> }>();
+const stepPaths = new WeakMap<Module, { changes: number; paths: ReadonlySet<string>; cacheInputs: ReadonlySet<string>; never?: true }>();
 
 /** Whether the replay was asked for one of `values` when it began. */
 const asksFor = (replay: Replay, values: ReadonlySet<string>): boolean => [...replay.asked].some((v) => values.has(v));

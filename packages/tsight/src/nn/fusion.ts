@@ -167,6 +167,9 @@ function paramsOf(module: Module): Tensor[] {
   return slotsOf(module).map(({ module, name }) => module.getParam(name));
 }
 
+/** The path of a captured call's module (what FusedGraph.tapped and runCaptureTapped name calls by). */
+const pathOf = (owner: object): string => (owner as Module).path;
+
 /** Thrown through a replay when a module inside the block must really run (the block then runs op by op). */
 class MustRun extends Error {}
 
@@ -253,7 +256,7 @@ async function replay(block: Module, hooks: ModuleHooks, graph: FusedGraph, args
   const session = hooks.replay!(block, tree.paths);
   if (!session) return forward(args);
   const tapped = (taps: ReadonlySet<string>) => {
-    const made = graph.tapped(taps, (owner) => (owner as Module).path);
+    const made = graph.tapped(taps, pathOf);
     return made && (() => made.run(args));
   };
   try {
@@ -594,7 +597,6 @@ function replayedStep(module: Module, args: unknown[], hooks: ModuleHooks, forwa
     const session = hooks.replay!(module, tree.paths);
     if (session && asksFor(session, cacheInputs)) session.end();
     else if (session) {
-      const pathOf = (owner: object) => (owner as Module).path;
       const tapped: TappedRun = (taps) => () => runStep(module, step, () => runCaptureTapped(step.capture, step.result, step.written, taps, pathOf, (t) => params.has(t)));
       try {
         return await handOut(module, hooks, tapped, args, forward, calls, tree, session);

@@ -1,25 +1,66 @@
 /**
- * Which trace and invoke the running intervention code belongs to, carried across its `await`s. A barrier uses it
- * to know which invoke arrived, and a trace started inside another trace's intervention is refused at once instead
- * of waiting forever for the outer one. On only while some invoke's code runs (see tensor/async-scope.ts).
+ * Which invoke of which module tree the running intervention code belongs to, told by the stack: an invoke's code
+ * runs under an async function named for its tree and invoke, which V8's async stack traces show in every frame of
+ * code it awaits, across awaits. A barrier uses it to know which invoke arrived, and a trace started inside another
+ * trace's intervention is refused at once instead of waiting forever for the outer one.
+ *
+ * Not Node's AsyncLocalStorage, which did this before: on Node 20, while one is on, every promise in the process runs
+ * its async hooks, and a trace makes dozens (an empty trace on stdlib-gpt2 cost 25-35 µs more with it on). The stack
+ * is read only where the answer is needed (a barrier, or a trace started while one of the same tree runs), and
+ * it misses code the invoke's code did not await (a `.then` callback, a timer): such a barrier is counted as
+ * parked (as a sandboxed job's is), and such a nested trace waits until the stall timeout ends the outer one.
  */
-import { AsyncScope } from "../tensor/async-scope.js";
-import type { Mediator } from "./mediator.js";
 
-export interface InvokeContext {
-  /** The module tree being traced. */
-  model: object;
-  mediator: Mediator;
+/** Per module tree, the number its invokes' frames are named with, and the functions naming them by invoke. */
+const treeIds = new WeakMap<object, number>();
+const namedRuns = new WeakMap<object, Map<number, <T>(fn: () => T | Promise<T>) => Promise<T>>>();
+let nextTreeId = 0;
+
+const FRAME = "tsightInvoke";
+const FRAME_NAME = /^tsightInvoke_t(\d+)_i(-?\d+)$/;
+
+function treeId(tree: object): number {
+  let id = treeIds.get(tree);
+  if (id === undefined) treeIds.set(tree, (id = nextTreeId++));
+  return id;
 }
 
-const invokes = new AsyncScope<InvokeContext>();
-
-/** Runs `fn` (an invoke's code) so that everything it does, across awaits, knows its invoke, until what it returns settles. */
-export function runInInvoke<T>(context: InvokeContext, fn: () => T): T {
-  return invokes.run(context, fn);
+/**
+ * Runs `fn` (the code of invoke `index` of a trace of `tree`) under a frame naming them; what it returns or throws
+ * comes back as a promise.
+ */
+export function runInInvoke<T>(tree: object, index: number, fn: () => T | Promise<T>): Promise<T> {
+  let byIndex = namedRuns.get(tree);
+  if (!byIndex) namedRuns.set(tree, (byIndex = new Map()));
+  let named = byIndex.get(index);
+  if (!named) {
+    const name = `${FRAME}_t${treeId(tree)}_i${index}`;
+    // An async function whose name is computed: V8 names its frames, sync and async, after it.
+    byIndex.set(index, (named = { [name]: async <R>(run: () => R | Promise<R>) => await run() }[name]!));
+  }
+  return named(fn);
 }
 
-/** The invoke whose code is running now, if any. */
-export function currentInvoke(): InvokeContext | undefined {
-  return invokes.get();
+/** The invoke of a trace of `tree` whose code is running now (by the stack, see the header), if any. */
+export function invokeInStack(tree: object): number | undefined {
+  const id = treeIds.get(tree);
+  if (id === undefined) return undefined;
+  // The frames themselves (V8's call sites), whatever formats stacks in this process; every one of them, as the
+  // invoke's may be below deep user code.
+  const { prepareStackTrace, stackTraceLimit } = Error;
+  Error.prepareStackTrace = (_error, sites) => sites;
+  Error.stackTraceLimit = 10_000;
+  let sites: unknown;
+  try {
+    sites = new Error().stack;
+  } finally {
+    Error.prepareStackTrace = prepareStackTrace;
+    Error.stackTraceLimit = stackTraceLimit;
+  }
+  if (!Array.isArray(sites)) return undefined;
+  for (const site of sites as { getFunctionName(): string | null }[]) {
+    const named = FRAME_NAME.exec(site.getFunctionName() ?? "");
+    if (named && Number(named[1]) === id) return Number(named[2]);
+  }
+  return undefined;
 }

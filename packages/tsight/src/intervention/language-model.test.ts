@@ -54,6 +54,62 @@ describe("LanguageModel", () => {
     expect(maxAbsDiff(a as Tensor, b as Tensor)).toBe(0);
   });
 
+  it("a trace or generation of a model started inside the intervention of a trace of it is refused at once, however deep in the awaited code; other models' and side-by-side traces run", async () => {
+    const lm = await LanguageModel.load("stdlib-gpt2");
+    const other = await LanguageModel.load("stdlib-gpt2");
+    const expected = await lm.trace("def f(", async (m: any) => await m.lm_head.output);
+    const refusal = /a trace of this model was started inside the intervention of another trace of it \(invoke 0\)/;
+    // Inside the code after it awaited a value, in a helper it awaits, and in the synchronous start of its code.
+    const helper = async (m: any, start: () => Promise<unknown>) => {
+      await m.transformer.h[1].output;
+      return start().catch((e: Error) => e);
+    };
+    const starts = [() => lm.trace("def g(", async (m: any) => await m.transformer.h[0].output), () => lm.generate("def g(", { maxNewTokens: 2 }), () => lm.scan("def g(", async () => 1)];
+    for (const start of starts) {
+      const seen = await lm.trace("def f(", async (m: any) => ({ inner: await helper(m, start), logits: await m.lm_head.output }));
+      expect((seen.inner as Error).name).toBe("TraceError");
+      expect((seen.inner as Error).message).toMatch(refusal);
+      expect(maxAbsDiff(seen.logits, expected)).toBe(0);
+    }
+    const early = await lm.trace("def f(", (m: any) => {
+      const inner = lm.trace("def g(", async () => 1).catch((e: Error) => e);
+      return m.lm_head.output.then((logits: Tensor) => inner.then((e) => ({ e, logits })));
+    });
+    expect((early.e as Error).message).toMatch(refusal);
+    // Another model (its own tree) traced inside: allowed; two traces of one model side by side: queued, both run.
+    const nested = await lm.trace("def f(", async (m: any) => {
+      await m.transformer.h[0].output;
+      return other.trace("def f(", async (o: any) => await o.lm_head.output);
+    });
+    expect(maxAbsDiff(nested, expected)).toBe(0);
+    const [a, b] = await Promise.all([lm.trace("def f(", async (m: any) => await m.lm_head.output), lm.trace("def f(", async (m: any) => await m.lm_head.output)]);
+    expect(maxAbsDiff(a, expected) + maxAbsDiff(b, expected)).toBe(0);
+  });
+
+  it("a barrier knows which invoke arrived through helpers the invoke's code awaits", async () => {
+    const lm = await LanguageModel.load("stdlib-gpt2");
+    const out = await lm.trace(async (tr) => {
+      const barrier = tr.barrier(2);
+      let emb: Tensor | undefined;
+      const meet = async () => {
+        await Promise.resolve();
+        await barrier();
+      };
+      const source = tr.invoke([324, 615, 638, 636, 284], async (m: any) => {
+        emb = (await m.transformer.wte.output) as Tensor;
+        await meet();
+        return (await m.lm_head.output) as Tensor;
+      });
+      const target = tr.invoke([531, 221, 324, 615, 638], async (m: any) => {
+        await meet();
+        m.transformer.wte.output = emb!;
+        return (await m.lm_head.output) as Tensor;
+      });
+      return { source: await source, target: await target };
+    });
+    expect(maxAbsDiff(out.source, out.target)).toBe(0);
+  });
+
   it("continues the probes with the reference's greedy text and streams it token by token", async () => {
     const lm = await LanguageModel.load("stdlib-gpt2");
     const f = await fixture("stdlib-gpt2");

@@ -11,7 +11,7 @@ import { Conv1D, Embedding, LayerNorm, Linear, Module, RMSNorm } from "../nn/ind
 import type { SparseAutoencoder } from "../sae/sae.js";
 import { splicedSaes, spliceSae, unspliceSae } from "../sae/splice.js";
 import { Tensor } from "../tensor/index.js";
-import { currentInvoke } from "./context.js";
+import { invokeInStack } from "./context.js";
 import { forgetChildren } from "./envoy.js";
 import type { AnyEnvoy, EnvoyOf } from "./envoy-types.js";
 import { TraceError } from "./errors.js";
@@ -209,8 +209,20 @@ export class Model<M extends Module = Module, E = ModelEnvoy<M>, I = ModelArgs> 
     return c;
   }
 
-  /** Runs `work` when no other trace of this module tree is running. */
+  /**
+   * Runs `work` when no other trace of this module tree is running; refused at once when started inside the
+   * intervention code of a trace of this tree, which it would wait for forever.
+   */
   protected exclusive<T>(work: () => Promise<T>): Promise<T> {
+    // Only while a trace of this tree runs can this one be inside its code (reading the stack costs a few µs).
+    const outer = this.tree.model.tree.hooks ? invokeInStack(this.tree.model.tree) : undefined;
+    if (outer !== undefined) {
+      return Promise.reject(
+        new TraceError(
+          `a trace of this model was started inside the intervention of another trace of it (invoke ${outer}): a model runs one trace at a time, so the inner one would wait for the outer one forever. Start it after the outer trace, or use m.<module>.call(...) to run a module on other values inside this one`,
+        ),
+      );
+    }
     const result = this.tree.queue.then(work);
     this.tree.queue = result.catch(() => undefined);
     return result;
@@ -218,14 +230,6 @@ export class Model<M extends Module = Module, E = ModelEnvoy<M>, I = ModelArgs> 
 
   /** Runs one trace (an input and its intervention, or a trace function making invokes) with `drive`. */
   protected run<R>(a: unknown, b: unknown, c: RunOptionsLike | undefined, drive: Driver): Promise<{ value: R; output: unknown }> {
-    const outer = currentInvoke();
-    if (outer && outer.model === this.model.tree) {
-      return Promise.reject(
-        new TraceError(
-          `a trace of this model was started inside the intervention of another trace of it (invoke ${outer.mediator.index}): a model runs one trace at a time, so the inner one would wait for the outer one forever. Start it after the outer trace, or use m.<module>.call(...) to run a module on other values inside this one`,
-        ),
-      );
-    }
     return this.exclusive(async () => {
       let result: Promise<R>;
       let run: TraceRun;

@@ -17,7 +17,7 @@ import { Cache, modulePaths, pointHolderPaths, pointPaths, type CacheOptions, ty
 import { envoyFor, type EnvoyContext } from "./envoy.js";
 import { EarlyStop, InterventionError, LeftPassError, StallError, TraceError } from "./errors.js";
 import type { ModelInput } from "./inputs.js";
-import { currentInvoke, runInInvoke } from "./context.js";
+import { invokeInStack, runInInvoke } from "./context.js";
 import { EndForward, Interleaver } from "./interleaver.js";
 import { Mediator } from "./mediator.js";
 import { detachAll, RowsError, selectRows, type Rows } from "./rows.js";
@@ -297,8 +297,9 @@ export class TraceRun {
         if (b.waiting.length === b.parties) for (const w of b.waiting.splice(0)) w.resolve();
       };
       // Parked: the forward may go on to let the other parties arrive. Code whose invoke is not known here (a
-      // sandboxed job's) is counted as parked instead.
-      const mediator = currentInvoke()?.mediator;
+      // sandboxed job's, or code its invoke's code did not await: see context.ts) is counted as parked instead.
+      const index = invokeInStack(this.target.model.tree);
+      const mediator = index === undefined ? undefined : this.invokes.find((x) => x.mediator.index === index)?.mediator;
       if (mediator) return this.watch(mediator, mediator.parkUntil<void>((resume, fail) => join(() => resume(), fail)));
       const arrived = new Promise<void>(join);
       return this.watch(null, this.interleaver ? this.interleaver.atBarrier(arrived) : arrived);
@@ -530,13 +531,7 @@ export class TraceRun {
       }
       m.signal();
     };
-    let ran: unknown;
-    try {
-      ran = runInInvoke({ model: this.target.model.tree, mediator: m }, () => x.fn(envoy, new InvokeTracer(this, m)));
-    } catch (e) {
-      return settle(false, e);
-    }
-    Promise.resolve(ran).then(
+    runInInvoke(this.target.model.tree, m.index, () => x.fn(envoy, new InvokeTracer(this, m))).then(
       (v) => settle(true, v),
       (e) => settle(false, e),
     );

@@ -3,10 +3,11 @@
  * while such code is in flight.
  *
  * On Node 20, while any AsyncLocalStorage is on, every promise in the process runs its async hooks: about 0.2 µs
- * each per storage on, where a promise alone costs 0.05. tsight has three (an invoke's code, a graph capture, a
- * noGrad scope), and a trace makes a few dozen promises per value read; left on after their first use, they made
- * every later forward, trace and generation pay for them. A scope is on from a `run` until what it returned has
- * settled, and off when no run is in flight (switching costs about 2 µs).
+ * each per storage on, where a promise alone costs 0.05. tsight has two (a graph capture, a noGrad scope; an
+ * invoke's code is told by its stack instead, see intervention/context.ts), and a trace makes a few dozen promises
+ * per value read; left on after their first use, they made every later forward, trace and generation pay for them.
+ * A scope is on from a `run` until what it returned has settled, and off when no run is in flight (switching costs
+ * about 2 µs).
  */
 import type { AsyncLocalStorage } from "node:async_hooks";
 import { lazyNode } from "./node.js";

@@ -5,11 +5,47 @@
  * trace's intervention is refused at once instead of waiting forever for the outer one.
  *
  * Not Node's AsyncLocalStorage, which did this before: on Node 20, while one is on, every promise in the process runs
- * its async hooks, and a trace makes dozens (an empty trace on stdlib-gpt2 cost 25-35 µs more with it on). The stack
- * is read only where the answer is needed (a barrier, or a trace started while one of the same tree runs), and
- * it misses code the invoke's code did not await (a `.then` callback, a timer): such a barrier is counted as
- * parked (as a sandboxed job's is), and such a nested trace waits until the stall timeout ends the outer one.
+ * its async hooks, and a trace makes dozens (an empty trace on stdlib-gpt2 spent 125-128 µs of JS with it on, 106-116
+ * without). The stack is read only where the answer is needed (a barrier, or a trace started while one of the same
+ * tree runs). It misses code that runs for the invoke's code without being awaited by it (a timer's callback, a
+ * `.then` callback not awaited): such a barrier is counted as parked (as a sandboxed job's is), and such a nested
+ * trace waits for the outer one, whose invoke then stalls: the outer trace ends with a StallError after its
+ * stallTimeoutMs that says a trace of the model waits for it, and the inner one runs.
  */
+
+/** The numbers of the code that is not an invoke's: a model's edit (lm.edit) and a trace function (trace(fn)). */
+export const EDIT_CODE = -1;
+export const TRACE_FUNCTION = -2;
+
+/** How a refusal names the code a nested trace was started in. */
+export function codeName(index: number): string {
+  return index === EDIT_CODE ? "the code of an edit of the model (lm.edit)" : index === TRACE_FUNCTION ? "its trace function" : `invoke ${index}`;
+}
+
+/** Per module tree: whether a trace of it runs, and how many wait for it (see Model.exclusive). */
+const traces = new WeakMap<object, { running: number; queued: number }>();
+
+function tracesOf(tree: object): { running: number; queued: number } {
+  let t = traces.get(tree);
+  if (!t) traces.set(tree, (t = { running: 0, queued: 0 }));
+  return t;
+}
+
+/** A trace of `tree` began to wait (`delta` 1) or stopped waiting (-1) for the one running. */
+export function noteQueued(tree: object, delta: number): void {
+  tracesOf(tree).queued += delta;
+}
+
+/** A trace of `tree` began (`delta` 1) or ended (-1). */
+export function noteRunning(tree: object, delta: number): void {
+  tracesOf(tree).running += delta;
+}
+
+/** Whether a trace of `tree` runs now, and how many wait for it. */
+export function tracesNow(tree: object): { running: boolean; queued: number } {
+  const t = traces.get(tree);
+  return { running: (t?.running ?? 0) > 0, queued: t?.queued ?? 0 };
+}
 
 /** Per module tree, the number its invokes' frames are named with, and the functions naming them by invoke. */
 const treeIds = new WeakMap<object, number>();

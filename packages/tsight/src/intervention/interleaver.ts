@@ -553,8 +553,9 @@ export class Interleaver implements ModuleHooks, Provider {
     // Code that reaches tsight again within a few microtasks (most of it) is waited for without a stall timer.
     let turns = SETTLE_TURNS;
     for (;;) {
-      // After the forward (`final`), an invoke that left the pass is waited for until its code ends too.
-      const waiting = this.mediators.filter((m) => (final ? !m.finished : !m.blocked));
+      // After the forward (`final`), an invoke that left the pass is waited for until its code ends too, but one
+      // that stalled (its code may never end: it awaits something that never comes).
+      const waiting = this.mediators.filter((m) => (final ? !m.finished && !m.stalled : !m.blocked));
       // Invokes counted at barriers (see atBarrier) are blocked too, without being told apart.
       const atBarriers = !final && waiting.every((m) => !m.working) && waiting.length <= this.atBarriers;
       if (waiting.length === 0 || atBarriers) return;
@@ -581,7 +582,7 @@ export class Interleaver implements ModuleHooks, Provider {
   }
 
   private allBlocked(final: boolean): boolean {
-    for (const m of this.mediators) if (final ? !m.finished : !m.blocked) return false;
+    for (const m of this.mediators) if (final ? !m.finished && !m.stalled : !m.blocked) return false;
     return true;
   }
 
@@ -609,12 +610,16 @@ export class Interleaver implements ModuleHooks, Provider {
   }
 
   private stalled(running: Mediator[], waitedMs: number): void {
+    for (const m of running) m.stalled = true;
     if (this.onStall) return this.onStall(running, waitedMs);
     for (const m of running) {
-      m.fail(new StallError(`invoke ${m.index}'s code neither asked for its next value nor finished for ${Math.round(waitedMs)} ms while the forward pass waited for it (it awaits something outside tsight, or computes, for that long; the limit is the trace option stallTimeoutMs)`));
+      m.fail(new StallError(`invoke ${m.index}'s code neither asked for its next value nor finished for ${Math.round(waitedMs)} ms while the forward pass waited for it (it awaits something outside tsight, or computes, for that long; the limit is the trace option stallTimeoutMs)${this.stallHint?.() ?? ""}`));
       m.leave("it stalled the forward pass");
     }
   }
+
+  /** More for a stall's message, from the trace (a trace of this model waiting for this one, which its code may have started). */
+  stallHint: (() => string) | null = null;
 
   /** A mediator failed or asked to stop: end the forward at the next module boundary. */
   end(reason: "stop" | "error"): void {

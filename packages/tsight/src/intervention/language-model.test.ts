@@ -86,6 +86,78 @@ describe("LanguageModel", () => {
     expect(maxAbsDiff(a, expected) + maxAbsDiff(b, expected)).toBe(0);
   });
 
+  it("a trace started in a trace function, or in an edit's code, is refused naming that code; one started where tsight cannot tell (a timer's callback) ends the outer trace with a StallError that says so, after which it runs", async () => {
+    const lm = await LanguageModel.load("stdlib-gpt2");
+    const inner = () => lm.trace("def g(", async (m: any) => (await m.lm_head.output) as Tensor);
+    const inFunction = await lm
+      .trace(async (tr) => {
+        tr.invoke("def f(", async (m: any) => await m.lm_head.output);
+        return inner().catch((e: Error) => e);
+      })
+      .then((e) => e as Error);
+    expect(inFunction.message).toMatch(/started inside the intervention of another trace of it \(its trace function\)/);
+    const edited = lm.edit(async (m: any) => {
+      await m.transformer.h[0].output;
+      edited.refusal = await inner().catch((e: Error) => e);
+    }) as LanguageModel & { refusal?: Error };
+    await edited.trace("def f(", async (m: any) => await m.lm_head.output);
+    expect(edited.refusal?.message).toMatch(/\(the code of an edit of the model \(lm\.edit\)\)/);
+
+    const started = Date.now();
+    let innerDone: Promise<Tensor> | undefined;
+    const outer = await lm
+      .trace(
+        "def f(",
+        async (m: any) => {
+          await m.transformer.h[0].output;
+          // Started by a timer: tsight cannot tell it runs for this invoke's code.
+          await new Promise<void>((started) => setTimeout(() => ((innerDone = inner()), started()), 0));
+          await innerDone;
+        },
+        { stallTimeoutMs: 300 },
+      )
+      .catch((e: Error) => e);
+    expect((outer as Error).name).toBe("StallError");
+    expect((outer as Error).message).toMatch(/A trace of this model started while this one ran waits for it to end: if its code started it \(in a \.then callback or a timer/);
+    expect(Date.now() - started).toBeLessThan(10_000);
+    expect((await innerDone!).shape).toEqual([1, 3, 4096]);
+  });
+
+  it("code that waits for something that never comes ends its trace with a StallError at the stall timeout, during the forward pass and after it", async () => {
+    const lm = await LanguageModel.load("stdlib-gpt2");
+    for (const after of ["transformer.h.1", "lm_head"]) {
+      const e = await lm
+        .trace(
+          "def f(",
+          async (m: any) => {
+            await after.split(".").reduce((x, k) => x[k], m).output;
+            await new Promise(() => undefined);
+          },
+          { stallTimeoutMs: 200 },
+        )
+        .catch((x: Error) => x);
+      expect((e as Error).name, after).toBe("StallError");
+      expect((e as Error).message).toMatch(/invoke 0's code neither asked for its next value nor finished for \d+ ms/);
+    }
+    // The model is free again.
+    expect(((await lm.trace("def f(", async (m: any) => await m.lm_head.output)) as Tensor).shape).toEqual([1, 3, 4096]);
+  });
+
+  it("a barrier kept from an earlier trace and awaited in a later one ends that trace with a TraceError", async () => {
+    const lm = await LanguageModel.load("stdlib-gpt2");
+    let kept: (() => Promise<void>) | undefined;
+    await lm.trace(async (tr) => {
+      kept = tr.barrier(2);
+      tr.invoke("def f(", async (m: any) => void (await m.transformer.h[0].output));
+    });
+    const e = await lm.trace("def f(", async (m: any) => {
+      await m.transformer.h[0].output;
+      await kept!();
+    }).catch((x: Error) => x);
+    expect((e as Error).name).toBe("TraceError");
+    expect((e as Error).message).toMatch(/invoke 0 never finished/);
+  });
+
   it("a barrier knows which invoke arrived through helpers the invoke's code awaits", async () => {
     const lm = await LanguageModel.load("stdlib-gpt2");
     const out = await lm.trace(async (tr) => {

@@ -96,6 +96,8 @@ export class Mediator {
    * the LeftPassError, or one made from it in a sandbox) is a consequence, not a failure of its own.
    */
   abandoned = false;
+  /** Its code kept the forward waiting past the stall timeout: after the forward it is not waited for either. */
+  stalled = false;
   /** The trace ended early (tr.stop(), another invoke's error): what the code asks for now ends it quietly. */
   passEnded = false;
   /** Failures of promises tsight gave the code (tr.backward, tr.local, ...), checked for use when the code ends. */

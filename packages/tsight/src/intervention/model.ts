@@ -11,7 +11,7 @@ import { Conv1D, Embedding, LayerNorm, Linear, Module, RMSNorm } from "../nn/ind
 import type { SparseAutoencoder } from "../sae/sae.js";
 import { splicedSaes, spliceSae, unspliceSae } from "../sae/splice.js";
 import { Tensor } from "../tensor/index.js";
-import { invokeInStack } from "./context.js";
+import { codeName, invokeInStack, noteQueued, noteRunning, runInInvoke, TRACE_FUNCTION, tracesNow } from "./context.js";
 import { forgetChildren } from "./envoy.js";
 import type { AnyEnvoy, EnvoyOf } from "./envoy-types.js";
 import { TraceError } from "./errors.js";
@@ -215,15 +215,27 @@ export class Model<M extends Module = Module, E = ModelEnvoy<M>, I = ModelArgs> 
    */
   protected exclusive<T>(work: () => Promise<T>): Promise<T> {
     // Only while a trace of this tree runs can this one be inside its code (reading the stack costs a few µs).
-    const outer = this.tree.model.tree.hooks ? invokeInStack(this.tree.model.tree) : undefined;
+    const tree = this.tree.model.tree;
+    const busy = tracesNow(tree).running;
+    const outer = busy ? invokeInStack(tree) : undefined;
     if (outer !== undefined) {
       return Promise.reject(
         new TraceError(
-          `a trace of this model was started inside the intervention of another trace of it (invoke ${outer}): a model runs one trace at a time, so the inner one would wait for the outer one forever. Start it after the outer trace, or use m.<module>.call(...) to run a module on other values inside this one`,
+          `a trace of this model was started inside the intervention of another trace of it (${codeName(outer)}): a model runs one trace at a time, so the inner one would wait for the outer one forever. Start it after the outer trace, or use m.<module>.call(...) to run a module on other values inside this one`,
         ),
       );
     }
-    const result = this.tree.queue.then(work);
+    // Counted while it waits for a trace running now (whose stall, if this one was started by its code, says so).
+    if (busy) noteQueued(tree, 1);
+    const result = this.tree.queue.then(async () => {
+      if (busy) noteQueued(tree, -1);
+      noteRunning(tree, 1);
+      try {
+        return await work();
+      } finally {
+        noteRunning(tree, -1);
+      }
+    });
     this.tree.queue = result.catch(() => undefined);
     return result;
   }
@@ -236,7 +248,9 @@ export class Model<M extends Module = Module, E = ModelEnvoy<M>, I = ModelArgs> 
       if (typeof a === "function") {
         if (typeof b === "function") throw new TraceError("trace(fn) takes one function; to trace an input use trace(input, fn)");
         run = new TraceRun(this.target(), runOptions(b as RunOptionsLike | undefined));
-        result = Promise.resolve((a as (tr: Tracer<unknown>) => R | Promise<R>)(new Tracer(run)));
+        const tracer = new Tracer(run);
+        // Named as an invoke's code is (see context.ts): a trace of this model started in it is refused too.
+        result = runInInvoke(this.tree.model.tree, TRACE_FUNCTION, () => (a as (tr: Tracer<unknown>) => R | Promise<R>)(tracer));
       } else {
         if (typeof b !== "function") throw new TraceError("trace(input, fn): the intervention function is missing");
         run = new TraceRun(this.target(), runOptions(c));

@@ -17,7 +17,7 @@ import { Cache, modulePaths, pointHolderPaths, pointPaths, type CacheOptions, ty
 import { envoyFor, type EnvoyContext } from "./envoy.js";
 import { EarlyStop, InterventionError, LeftPassError, StallError, TraceError } from "./errors.js";
 import type { ModelInput } from "./inputs.js";
-import { invokeInStack, runInInvoke } from "./context.js";
+import { EDIT_CODE, invokeInStack, runInInvoke, tracesNow } from "./context.js";
 import { EndForward, Interleaver } from "./interleaver.js";
 import { Mediator } from "./mediator.js";
 import { detachAll, RowsError, selectRows, type Rows } from "./rows.js";
@@ -298,8 +298,11 @@ export class TraceRun {
       };
       // Parked: the forward may go on to let the other parties arrive. Code whose invoke is not known here (a
       // sandboxed job's, or code its invoke's code did not await: see context.ts) is counted as parked instead.
-      const index = invokeInStack(this.target.model.tree);
-      const mediator = index === undefined ? undefined : this.invokes.find((x) => x.mediator.index === index)?.mediator;
+      // The invoke of the trace running now (a barrier kept from an earlier trace is reached by this one's code).
+      const tree = this.target.model.tree;
+      const index = invokeInStack(tree);
+      const live = tree.hooks instanceof Interleaver ? tree.hooks : null;
+      const mediator = index === undefined ? undefined : live?.mediators.find((m) => m.index === index);
       if (mediator) return this.watch(mediator, mediator.parkUntil<void>((resume, fail) => join(() => resume(), fail)));
       const arrived = new Promise<void>(join);
       return this.watch(null, this.interleaver ? this.interleaver.atBarrier(arrived) : arrived);
@@ -431,7 +434,7 @@ export class TraceRun {
     });
     this.batch = start;
 
-    const edits = this.target.edits.map((fn) => ({ fn, mediator: new Mediator(-1, null) }));
+    const edits = this.target.edits.map((fn) => ({ fn, mediator: new Mediator(EDIT_CODE, null) }));
     const all = [...edits, ...this.invokes];
     const interleaver = new Interleaver(
       all.map((x) => x.mediator),
@@ -444,6 +447,10 @@ export class TraceRun {
     interleaver.recorders.push(...this.caches);
     interleaver.checkpoint = this.checkpoint ?? null;
     interleaver.stallTimeoutMs = this.stallTimeoutMs;
+    interleaver.stallHint = () => {
+      const n = tracesNow(this.target.model.tree).queued;
+      return n === 0 ? "" : `. ${n === 1 ? "A trace" : `${n} traces`} of this model started while this one ran ${n === 1 ? "waits" : "wait"} for it to end: if its code started ${n === 1 ? "it" : "them"} (in a .then callback or a timer, where tsight cannot tell whose code runs), that is what it waited for; start ${n === 1 ? "it" : "them"} after this trace`;
+    };
     if (this.isolated) {
       // A job that keeps a shared pass waiting leaves it (the server runs it alone); the others go on.
       interleaver.onStall = (stalled, ms) => {

@@ -98,7 +98,7 @@ describe("LanguageModel", () => {
     expect(inFunction.message).toMatch(/started inside the intervention of another trace of it \(its trace function\)/);
     const edited = lm.edit(async (m: any) => {
       await m.transformer.h[0].output;
-      edited.refusal = await inner().catch((e: Error) => e);
+      edited.refusal = (await inner().catch((e: Error) => e)) as Error;
     }) as LanguageModel & { refusal?: Error };
     await edited.trace("def f(", async (m: any) => await m.lm_head.output);
     expect(edited.refusal?.message).toMatch(/\(the code of an edit of the model \(lm\.edit\)\)/);

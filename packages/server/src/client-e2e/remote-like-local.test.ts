@@ -121,7 +121,13 @@ describe("remote errors and logs in a user's script (plain .mjs in a child proce
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), "tsight-user-script-"));
     const file = path.join(dir, "user.mjs");
     const tsight = pathToFileURL(path.join(root, "packages/tsight/dist/index.js")).href;
+    // One-line functions in a file of their own, imported by the script (its call names the script's line).
+    const helpers = `export const probe = async (m) => (await m.transformer.h[0].output).matmul(await m.transformer.h[1].output); // SHAPE-4
+export const lens = async (m) => await m.transformer.h[9].output; // RANGE-2
+`;
+    fs.writeFileSync(path.join(dir, "helpers.mjs"), helpers);
     const text = `import { LanguageModel } from ${JSON.stringify(tsight)};
+import { probe, lens } from "./helpers.mjs";
 const lm = await LanguageModel.fromServer("stdlib-gpt2");
 const report = (what, e) => console.log(JSON.stringify({ what, name: e.name, userLine: e.userLine, frame: e.stack.split("\\n").find((l) => l.startsWith("    at ")) }));
 
@@ -147,7 +153,10 @@ await lm.trace("def f(", async (m, tr) => {
   const logits = await m.lm_head.output;
   await tr.backward(logits.sum()); // NOGRAD
 }, { remote: true }).catch((e) => report("nograd", e));
-// A function whose text is not in the file: the message names the position in the text sent.
+// Defined in another file: pointed at there.
+await lm.trace("def f(", probe, { remote: true }).catch((e) => report("helper", e));
+await lm.trace("def f(", lens, { remote: true }).catch((e) => report("helperRange", e));
+// A function whose text is not in any file: the message names the position in the text sent.
 const built = new Function("return async (m) => await m.transformer." + "nope.output")();
 await lm.trace("def f(", built, { remote: true }).catch((e) => console.log(JSON.stringify({ what: "built", message: e.message, userLine: e.userLine ?? null })));
 
@@ -156,11 +165,12 @@ await lm.trace("def f(", async () => void console.log("not shown"), { remote: tr
 console.log("end");
 `;
     fs.writeFileSync(file, text);
-    const where = (marker: string, token: string) => {
-      const lines = text.split("\n");
+    const where = (marker: string, token: string, inFile = file, content = text) => {
+      const lines = content.split("\n");
       const line = lines.findIndex((l) => l.includes(marker));
-      return `${file}:${line + 1}:${lines[line]!.indexOf(token) + 1}`;
+      return `${inFile}:${line + 1}:${lines[line]!.indexOf(token) + 1}`;
     };
+    const inHelpers = (marker: string, token: string) => where(marker, token, path.join(dir, "helpers.mjs"), helpers);
     const { stdout, stderr } = await promisify(execFile)(process.execPath, [file], { env: { ...process.env, TSIGHT_HOST: server.url, TSIGHT_API_KEY: apiKey }, timeout: 60_000 });
     const reports = Object.fromEntries(stdout.trim().split("\n").slice(0, -1).map((l) => [JSON.parse(l).what, JSON.parse(l)]));
     expect(reports.above).toMatchObject({ name: "ShapeError", userLine: where("SHAPE-1", "matmul"), frame: `    at ${where("SHAPE-1", "matmul")}` });
@@ -168,6 +178,8 @@ console.log("end");
     expect(reports.free).toMatchObject({ name: "FreeVariableError", userLine: where("FREE", "scale"), frame: `    at ${where("FREE", "scale")}` });
     expect(reports.range).toMatchObject({ name: "TraceError", userLine: where("RANGE", "[9]"), frame: `    at ${where("RANGE", "[9]")}` });
     expect(reports.nograd).toMatchObject({ name: "TraceError", userLine: where("NOGRAD", "backward"), frame: `    at ${where("NOGRAD", "backward")}` });
+    expect(reports.helper).toMatchObject({ name: "ShapeError", userLine: inHelpers("SHAPE-4", "matmul"), frame: `    at ${inHelpers("SHAPE-4", "matmul")}` });
+    expect(reports.helperRange).toMatchObject({ name: "TraceError", userLine: inHelpers("RANGE-2", "[9]") });
     expect(reports.built.message).toMatch(/^transformer \(GPT2Model\) has no module "nope"; its modules are: wte, wpe, drop, h, ln_f\n    at intervention\.js:1:\d+$/);
     expect(reports.built.userLine).toBeNull();
     expect(stdout.trim().split("\n").at(-1)).toBe("end");

@@ -188,7 +188,7 @@ export class LanguageModel<M extends CausalLM = any> extends LocalLanguageModel<
     try {
       source = interventionSource(code).source;
     } catch (e) {
-      throw locateSourceError(e, Function.prototype.toString.call(code), callSite);
+      throw locateSourceError(e, Function.prototype.toString.call(code), callSite, code);
     }
     // Text for a model served without a tokenizer is refused here, with the reason, before anything is sent.
     const text = typeof a === "string" ? a : Array.isArray(a) ? a.find((x) => typeof x === "string") : undefined;
@@ -211,7 +211,7 @@ export class LanguageModel<M extends CausalLM = any> extends LocalLanguageModel<
       localTimeoutMs: options.localTimeoutMs,
       timeoutMs: timeoutMs(options.timeout),
     };
-    const located = (e: unknown) => Promise.reject(withUserLine(e, callSite, source));
+    const located = (e: unknown) => Promise.reject(withUserLine(e, callSite, source, code));
     const print = options.print === undefined ? (stderr()?.isTTY ? stderr() : undefined) : (options.print ?? undefined);
     // A blocking server job's progress display prints log lines itself (on a terminal, above its status line).
     const sandboxed = options.remote === "local" && options.backend === undefined;

@@ -5,12 +5,15 @@
  *
  * The function is found by its exact text in the file of the call (nearest the call when it occurs more than
  * once, so a function defined above the call is found too); when the file holds compiled text (TypeScript run
- * through a loader), by its first line near the call. Only errors pay for this: the file is read when one happens.
+ * through a loader), by its first line near the call. Given the function itself, the file and line V8 says it was
+ * defined at come first (a helper imported from another file). Only errors pay for this.
  */
 import { lazyNode } from "../tensor/index.js";
 import { FreeVariableError } from "./source.js";
 
 const fs = lazyNode<typeof import("node:fs")>("node:fs");
+const inspector = lazyNode<typeof import("node:inspector")>("node:inspector");
+const url = lazyNode<typeof import("node:url")>("node:url");
 
 /** Where a function's text starts in a file. */
 export interface FunctionPlace {
@@ -19,12 +22,59 @@ export interface FunctionPlace {
   column: number;
 }
 
-/** Finds `text` (a function's source) in the file of `callSite` ("file:line:column"), or undefined. */
-export function locateFunction(text: string, callSite: string | undefined): FunctionPlace | undefined {
+/**
+ * Finds `text` (a function's source): given the function `fn`, in the file V8 says it was defined in, nearest that
+ * line (a helper imported from another file, whose text the caller's file may hold too); else in the file of
+ * `callSite` ("file:line:column"), nearest the call.
+ */
+export function locateFunction(text: string, callSite: string | undefined, fn?: Function): FunctionPlace | undefined {
+  const defined = fn && definitionOf(fn);
+  const atDefinition = defined && findIn(defined.file, text, defined.line);
+  if (atDefinition) return atDefinition;
   const site = callSite ? /^(?:file:\/\/)?(.*):(\d+):(\d+)$/.exec(callSite) : null;
-  if (!site) return undefined;
-  const file = decodeURIComponent(site[1]!);
-  const callLine = Number(site[2]);
+  return site ? findIn(decodeURIComponent(site[1]!), text, Number(site[2])) : undefined;
+}
+
+/**
+ * The file and line where `fn` is defined, from V8's [[FunctionLocation]] through an inspector session in this
+ * thread (only errors pay for it: tens of ms, the debugger on meanwhile), or undefined (not in a file: made by
+ * `new Function`; no inspector here).
+ */
+function definitionOf(fn: Function): { file: string; line: number } | undefined {
+  const key = `__tsightLocate${Math.random().toString(36).slice(2)}`;
+  let found: { file: string; line: number } | undefined;
+  try {
+    const session = new inspector.Session();
+    session.connect();
+    const scripts = new Map<string, string>();
+    session.on("Debugger.scriptParsed", (e: { params: { scriptId: string; url: string } }) => void scripts.set(e.params.scriptId, e.params.url));
+    try {
+      (globalThis as Record<string, unknown>)[key] = fn;
+      // Same-thread sessions answer at once: each callback has run when post returns.
+      session.post("Debugger.enable", () => undefined);
+      session.post("Runtime.evaluate", { expression: `globalThis.${key}` }, (error, evaluated) => {
+        const objectId = evaluated?.result?.objectId;
+        if (error || !objectId) return;
+        session.post("Runtime.getProperties", { objectId }, (failed, properties) => {
+          const location = properties?.internalProperties?.find((p) => p.name === "[[FunctionLocation]]")?.value?.value as { scriptId: string; lineNumber: number } | undefined;
+          const script = location && scripts.get(location.scriptId);
+          if (failed || !location || !script?.startsWith("file:")) return;
+          found = { file: url.fileURLToPath(script), line: location.lineNumber + 1 };
+        });
+      });
+    } finally {
+      delete (globalThis as Record<string, unknown>)[key];
+      session.post("Debugger.disable", () => undefined);
+      session.disconnect();
+    }
+  } catch {
+    return undefined; // no inspector (a browser), or one that would not answer
+  }
+  return found;
+}
+
+/** `text` in `file`, nearest `line` (or by its first line, where the file holds compiled text), or undefined. */
+function findIn(file: string, text: string, callLine: number): FunctionPlace | undefined {
   let content: string;
   try {
     content = fs.readFileSync(file, "utf8");
@@ -53,11 +103,11 @@ export function positionIn(place: FunctionPlace, line: number, column: number): 
  * A remote job's error pointed at the user's file: its stack names lines of the sent source as
  * `intervention.js:LINE:COL` (the sandbox compiles `(` + source, so line 1's columns are one further).
  */
-export function withUserLine(e: unknown, callSite: string | undefined, source: string): unknown {
+export function withUserLine(e: unknown, callSite: string | undefined, source: string, fn?: Function): unknown {
   if (!(e instanceof Error)) return e;
   const m = /intervention\.js:(\d+):(\d+)/.exec(e.stack ?? "");
   if (!m) return e;
-  const place = locateFunction(source, callSite);
+  const place = locateFunction(source, callSite, fn);
   const tsight = (e as { code?: string }).code === "USER_CODE" && isTsightError(e);
   // Not found in the file (a loader rewrote the function): the position in the function's text, as sent.
   if (!place) {
@@ -74,9 +124,9 @@ export function withUserLine(e: unknown, callSite: string | undefined, source: s
 }
 
 /** A FreeVariableError whose uses name the user's file; other errors as they are. */
-export function locateSourceError(e: unknown, text: string, callSite: string | undefined): unknown {
+export function locateSourceError(e: unknown, text: string, callSite: string | undefined, fn?: Function): unknown {
   if (!(e instanceof FreeVariableError)) return e;
-  const place = locateFunction(text, callSite);
+  const place = locateFunction(text, callSite, fn);
   if (!place) return e;
   const located = new FreeVariableError(e.uses.map((u) => ({ ...u, at: positionIn(place, u.line, u.column) })));
   pointAt(located, located.uses[0]!.at!, false);

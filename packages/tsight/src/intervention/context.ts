@@ -13,22 +13,36 @@
  * stallTimeoutMs that says a trace of the model waits for it, and the inner one runs.
  */
 
-/** The numbers of the code that is not an invoke's: a model's edit (lm.edit) and a trace function (trace(fn)). */
-export const EDIT_CODE = -1;
-export const TRACE_FUNCTION = -2;
+/** The numbers of the code that is not an invoke's: a trace function (trace(fn)) and a model's edits (lm.edit). */
+export const TRACE_FUNCTION = -1;
+export const editCode = (i: number): number => -2 - i;
 
 /** How a refusal names the code a nested trace was started in. */
 export function codeName(index: number): string {
-  return index === EDIT_CODE ? "the code of an edit of the model (lm.edit)" : index === TRACE_FUNCTION ? "its trace function" : `invoke ${index}`;
+  return index === TRACE_FUNCTION ? "its trace function" : index < 0 ? "the code of an edit of the model (lm.edit)" : `invoke ${index}`;
 }
 
-/** Per module tree: whether a trace of it runs, and how many wait for it (see Model.exclusive). */
-const traces = new WeakMap<object, { running: number; queued: number }>();
+/** Numbers for traces (TraceRun), so that code of one that ended is not taken for the running one's. */
+let nextRun = 0;
+export const newRunId = (): number => nextRun++;
 
-function tracesOf(tree: object): { running: number; queued: number } {
+/** Per module tree: whether a trace of it runs (and which: its run id, once made), and how many wait for it. */
+const traces = new WeakMap<object, { running: number; queued: number; live: number | null }>();
+
+function tracesOf(tree: object): { running: number; queued: number; live: number | null } {
   let t = traces.get(tree);
-  if (!t) traces.set(tree, (t = { running: 0, queued: 0 }));
+  if (!t) traces.set(tree, (t = { running: 0, queued: 0, live: null }));
   return t;
+}
+
+/** The trace of `tree` that runs now is `run` (null: it ended). */
+export function noteLive(tree: object, run: number | null): void {
+  tracesOf(tree).live = run;
+}
+
+/** The run id of the trace of `tree` running now, if one is. */
+export function liveRun(tree: object): number | null {
+  return traces.get(tree)?.live ?? null;
 }
 
 /** A trace of `tree` began to wait (`delta` 1) or stopped waiting (-1) for the one running. */
@@ -47,13 +61,12 @@ export function tracesNow(tree: object): { running: boolean; queued: number } {
   return { running: (t?.running ?? 0) > 0, queued: t?.queued ?? 0 };
 }
 
-/** Per module tree, the number its invokes' frames are named with, and the functions naming them by invoke. */
+/** Per module tree, the number its invokes' frames are named with. */
 const treeIds = new WeakMap<object, number>();
-const namedRuns = new WeakMap<object, Map<number, <T>(fn: () => T | Promise<T>) => Promise<T>>>();
 let nextTreeId = 0;
 
 const FRAME = "tsightInvoke";
-const FRAME_NAME = /^tsightInvoke_t(\d+)_i(-?\d+)$/;
+const FRAME_NAME = /^tsightInvoke_t(\d+)_r(\d+)_i(-?\d+)$/;
 
 function treeId(tree: object): number {
   let id = treeIds.get(tree);
@@ -62,25 +75,20 @@ function treeId(tree: object): number {
 }
 
 /**
- * Runs `fn` (the code of invoke `index` of a trace of `tree`) under a frame naming them; what it returns or throws
- * comes back as a promise.
+ * Runs `fn` (the code of invoke `index` of trace `run` of `tree`) under a frame naming them; what it returns or
+ * throws comes back as a promise.
  */
-export function runInInvoke<T>(tree: object, index: number, fn: () => T | Promise<T>): Promise<T> {
-  let byIndex = namedRuns.get(tree);
-  if (!byIndex) namedRuns.set(tree, (byIndex = new Map()));
-  let named = byIndex.get(index);
-  if (!named) {
-    const name = `${FRAME}_t${treeId(tree)}_i${index}`;
-    // An async function whose name is computed: V8 names its frames, sync and async, after it.
-    byIndex.set(index, (named = { [name]: async <R>(run: () => R | Promise<R>) => await run() }[name]!));
-  }
-  return named(fn);
+export function runInInvoke<T>(tree: object, run: number, index: number, fn: () => T | Promise<T>): Promise<T> {
+  const name = `${FRAME}_t${treeId(tree)}_r${run}_i${index}`;
+  // An async function whose name is computed: V8 names its frames, sync and async, after it.
+  const named = { [name]: async () => await fn() }[name]!;
+  return named();
 }
 
-/** The invoke of a trace of `tree` whose code is running now (by the stack, see the header), if any. */
-export function invokeInStack(tree: object): number | undefined {
+/** The invoke of trace `run` of `tree` whose code is running now (by the stack, see the header), if any. */
+export function invokeInStack(tree: object, run: number | null): number | undefined {
   const id = treeIds.get(tree);
-  if (id === undefined) return undefined;
+  if (id === undefined || run === null) return undefined;
   // The frames themselves (V8's call sites), whatever formats stacks in this process; every one of them, as the
   // invoke's may be below deep user code.
   const { prepareStackTrace, stackTraceLimit } = Error;
@@ -96,7 +104,7 @@ export function invokeInStack(tree: object): number | undefined {
   if (!Array.isArray(sites)) return undefined;
   for (const site of sites as { getFunctionName(): string | null }[]) {
     const named = FRAME_NAME.exec(site.getFunctionName() ?? "");
-    if (named && Number(named[1]) === id) return Number(named[2]);
+    if (named && Number(named[1]) === id && Number(named[2]) === run) return Number(named[3]);
   }
   return undefined;
 }

@@ -143,6 +143,53 @@ describe("LanguageModel", () => {
     expect(((await lm.trace("def f(", async (m: any) => await m.lm_head.output)) as Tensor).shape).toEqual([1, 3, 4096]);
   });
 
+  it("the code of a stalled invoke that goes on after its trace ended is not taken for a later trace's: its barrier does not park that trace, its trace waits its turn; the stalled invoke's handle gets its StallError", async () => {
+    const lm = await LanguageModel.load("stdlib-gpt2");
+    const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+    const expected = await lm.trace("def g(", async (m: any) => (await m.lm_head.output) as Tensor);
+    let late: Promise<unknown> | undefined;
+    let handle: Promise<unknown> | undefined;
+    const first = await lm
+      .trace(
+        async (tr) => {
+          const kept = tr.barrier(2);
+          handle = tr.invoke("def f(", async (m: any) => {
+            await m.transformer.h[0].output;
+            await sleep(400); // stalls; goes on after its trace ended
+            late = lm.trace("def f(", async (o: any) => ((await o.lm_head.output) as Tensor).shape).catch((e: Error) => e);
+            await kept();
+          });
+          handle.catch(() => undefined);
+        },
+        { stallTimeoutMs: 150 },
+      )
+      .catch((e: Error) => e);
+    expect((first as Error).name).toBe("StallError");
+    expect(((await handle!.catch((e: Error) => e)) as Error).name).toBe("StallError");
+    const second = await lm.trace("def g(", async (m: any) => {
+      await sleep(500); // the first trace's leftover code starts a trace and reaches its barrier meanwhile
+      return (await m.lm_head.output) as Tensor;
+    });
+    expect(maxAbsDiff(second, expected)).toBe(0);
+    expect(await late).toEqual([1, 3, 4096]);
+  });
+
+  it("a trace function that never settles ends its trace with a StallError after the forward; the model is free again", async () => {
+    const lm = await LanguageModel.load("stdlib-gpt2");
+    const e = await lm
+      .trace(
+        async (tr) => {
+          tr.invoke("def f(", async (m: any) => await m.lm_head.output);
+          await new Promise(() => undefined);
+        },
+        { stallTimeoutMs: 200 },
+      )
+      .catch((x: Error) => x);
+    expect((e as Error).name).toBe("StallError");
+    expect((e as Error).message).toMatch(/the trace function neither returned nor failed for 200 ms after the forward pass/);
+    expect(((await lm.trace("def f(", async (m: any) => await m.lm_head.output)) as Tensor).shape).toEqual([1, 3, 4096]);
+  });
+
   it("a barrier kept from an earlier trace and awaited in a later one ends that trace with a TraceError", async () => {
     const lm = await LanguageModel.load("stdlib-gpt2");
     let kept: (() => Promise<void>) | undefined;

@@ -11,7 +11,7 @@ import { Conv1D, Embedding, LayerNorm, Linear, Module, RMSNorm } from "../nn/ind
 import type { SparseAutoencoder } from "../sae/sae.js";
 import { splicedSaes, spliceSae, unspliceSae } from "../sae/splice.js";
 import { Tensor } from "../tensor/index.js";
-import { codeName, invokeInStack, noteQueued, noteRunning, runInInvoke, TRACE_FUNCTION, tracesNow } from "./context.js";
+import { codeName, invokeInStack, liveRun, noteLive, noteQueued, noteRunning, runInInvoke, TRACE_FUNCTION, tracesNow } from "./context.js";
 import { forgetChildren } from "./envoy.js";
 import type { AnyEnvoy, EnvoyOf } from "./envoy-types.js";
 import { TraceError } from "./errors.js";
@@ -217,7 +217,7 @@ export class Model<M extends Module = Module, E = ModelEnvoy<M>, I = ModelArgs> 
     // Only while a trace of this tree runs can this one be inside its code (reading the stack costs a few µs).
     const tree = this.tree.model.tree;
     const busy = tracesNow(tree).running;
-    const outer = busy ? invokeInStack(tree) : undefined;
+    const outer = busy ? invokeInStack(tree, liveRun(tree)) : undefined;
     if (outer !== undefined) {
       return Promise.reject(
         new TraceError(
@@ -234,6 +234,7 @@ export class Model<M extends Module = Module, E = ModelEnvoy<M>, I = ModelArgs> 
         return await work();
       } finally {
         noteRunning(tree, -1);
+        noteLive(tree, null);
       }
     });
     this.tree.queue = result.catch(() => undefined);
@@ -248,18 +249,25 @@ export class Model<M extends Module = Module, E = ModelEnvoy<M>, I = ModelArgs> 
       if (typeof a === "function") {
         if (typeof b === "function") throw new TraceError("trace(fn) takes one function; to trace an input use trace(input, fn)");
         run = new TraceRun(this.target(), runOptions(b as RunOptionsLike | undefined));
+        noteLive(this.tree.model.tree, run.id);
         const tracer = new Tracer(run);
         // Named as an invoke's code is (see context.ts): a trace of this model started in it is refused too.
-        result = runInInvoke(this.tree.model.tree, TRACE_FUNCTION, () => (a as (tr: Tracer<unknown>) => R | Promise<R>)(tracer));
+        result = runInInvoke(this.tree.model.tree, run.id, TRACE_FUNCTION, () => (a as (tr: Tracer<unknown>) => R | Promise<R>)(tracer));
       } else {
         if (typeof b !== "function") throw new TraceError("trace(input, fn): the intervention function is missing");
         run = new TraceRun(this.target(), runOptions(c));
+        noteLive(this.tree.model.tree, run.id);
         result = run.addInvoke(a, b as InterventionFn);
       }
-      result.catch(() => undefined);
+      let settled = false;
+      result.then(
+        () => void (settled = true),
+        () => void (settled = true),
+      );
       run.close();
       await run.execute(drive);
-      return { value: await result, output: await run.result };
+      // A trace function still running after the forward is waited for, within the stall timeout.
+      return { value: await (settled ? result : run.functionSettled(result)), output: await run.result };
     });
   }
 }

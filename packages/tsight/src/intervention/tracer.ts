@@ -17,7 +17,7 @@ import { Cache, modulePaths, pointHolderPaths, pointPaths, type CacheOptions, ty
 import { envoyFor, type EnvoyContext } from "./envoy.js";
 import { EarlyStop, InterventionError, LeftPassError, StallError, TraceError } from "./errors.js";
 import type { ModelInput } from "./inputs.js";
-import { EDIT_CODE, invokeInStack, runInInvoke, tracesNow } from "./context.js";
+import { editCode, invokeInStack, liveRun, newRunId, runInInvoke, tracesNow } from "./context.js";
 import { EndForward, Interleaver } from "./interleaver.js";
 import { Mediator } from "./mediator.js";
 import { detachAll, RowsError, selectRows, type Rows } from "./rows.js";
@@ -223,6 +223,8 @@ export interface RunOptions {
 
 /** One trace: its invokes, their mediators, the interleaver, and the forward pass. */
 export class TraceRun {
+  /** Names its code's frames (see context.ts). */
+  readonly id = newRunId();
   private readonly invokes: Invoke[] = [];
   private readonly barriers: { parties: number; waiting: { resolve(): void; reject(e: unknown): void }[] }[] = [];
   /** Invokes parked on tr.result, resumed when the run ends. */
@@ -298,9 +300,10 @@ export class TraceRun {
       };
       // Parked: the forward may go on to let the other parties arrive. Code whose invoke is not known here (a
       // sandboxed job's, or code its invoke's code did not await: see context.ts) is counted as parked instead.
-      // The invoke of the trace running now (a barrier kept from an earlier trace is reached by this one's code).
+      // The invoke of the trace running now (a barrier kept from an earlier trace is reached by this one's code; the
+      // code of an earlier trace's stalled invoke, still running, is not this one's).
       const tree = this.target.model.tree;
-      const index = invokeInStack(tree);
+      const index = invokeInStack(tree, liveRun(tree));
       const live = tree.hooks instanceof Interleaver ? tree.hooks : null;
       const mediator = index === undefined ? undefined : live?.mediators.find((m) => m.index === index);
       if (mediator) return this.watch(mediator, mediator.parkUntil<void>((resume, fail) => join(() => resume(), fail)));
@@ -405,6 +408,18 @@ export class TraceRun {
     });
   }
 
+  /**
+   * `result` (a trace function's, after the forward), failed with a StallError if it has not settled within the stall
+   * timeout: code that awaits something that never comes would hold the model forever.
+   */
+  functionSettled<R>(result: Promise<R>): Promise<R> {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const late = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new StallError(`the trace function neither returned nor failed for ${this.stallTimeoutMs} ms after the forward pass (it awaits something that never comes?); the limit is the trace option stallTimeoutMs`)), this.stallTimeoutMs);
+    });
+    return Promise.race([result, late]).finally(() => clearTimeout(timer));
+  }
+
   /** No more invokes: the batch can be built. */
   close(): void {
     this.closed = true;
@@ -434,7 +449,7 @@ export class TraceRun {
     });
     this.batch = start;
 
-    const edits = this.target.edits.map((fn) => ({ fn, mediator: new Mediator(EDIT_CODE, null) }));
+    const edits = this.target.edits.map((fn, i) => ({ fn, mediator: new Mediator(editCode(i), null) }));
     const all = [...edits, ...this.invokes];
     const interleaver = new Interleaver(
       all.map((x) => x.mediator),
@@ -498,6 +513,11 @@ export class TraceRun {
       const ended = this.stopped ? "tr.stop() ended the trace" : this.firstError ? "another invoke failed" : null;
       for (const x of all) {
         if (x.mediator.done) continue;
+        // Its code stalled (and may never end): its handle gets its StallError.
+        if (x.mediator.stalled && x.mediator.error !== undefined) {
+          (x as Partial<Invoke>).reject?.(x.mediator.error);
+          continue;
+        }
         // Its code waits for a value that will never come; it is not resumed. Its handle settles, so code awaiting it goes on.
         const e = ended
           ? new LeftPassError(`invoke ${x.mediator.index} was still waiting when ${ended}; the rest of its code does not run`)
@@ -538,7 +558,7 @@ export class TraceRun {
       }
       m.signal();
     };
-    runInInvoke(this.target.model.tree, m.index, () => x.fn(envoy, new InvokeTracer(this, m))).then(
+    runInInvoke(this.target.model.tree, this.id, m.index, () => x.fn(envoy, new InvokeTracer(this, m))).then(
       (v) => settle(true, v),
       (e) => settle(false, e),
     );

@@ -617,11 +617,11 @@ const stepPaths = new WeakMap<Module, { changes: number; paths: ReadonlySet<stri
  * the tree's `whole`. Every step calls the same modules, mostly: walking the tree again cost stdlib-gpt2 about 60 µs
  * a step (of 2-2.5 ms).
  */
-const stepStructures = new WeakMap<Module, { changes: number; owners: object[]; passed: boolean[]; wholeAt: Map<number, Set<string>>; tree: CallTree; cacheInputs: ReadonlySet<string> }>();
+const stepStructures = new WeakMap<Module, { changes: number; owners: object[]; passed: boolean[]; sizes: number[]; wholeAt: Map<number, Set<string>>; tree: CallTree; cacheInputs: ReadonlySet<string> }>();
 
 /**
  * The call tree of a step with these calls and the inputs among them holding the cache: its last step's if its calls
- * were of the same modules (and the same operation points passed).
+ * were of the same modules, nested alike (and the same operation points passed).
  */
 function stepStructure(module: Module, calls: readonly CapturedCall[]): { tree: CallTree; cacheInputs: ReadonlySet<string> } {
   const flat: CapturedCall[] = [];
@@ -631,7 +631,8 @@ function stepStructure(module: Module, calls: readonly CapturedCall[]): { tree: 
   };
   calls.forEach(walk);
   const last = stepStructures.get(module);
-  if (last && last.changes === Module.treeChanges && last.owners.length === flat.length && flat.every((c, i) => c.owner === last.owners[i] && !!c.passed === last.passed[i])) {
+  // The same modules in the same order, each with as many calls inside (which gives the same nesting).
+  if (last && last.changes === Module.treeChanges && last.owners.length === flat.length && flat.every((c, i) => c.owner === last.owners[i] && !!c.passed === last.passed[i] && c.children.length === last.sizes[i])) {
     const whole = new Map<CapturedCall, Set<string>>();
     for (const [i, uncalled] of last.wholeAt) whole.set(flat[i]!, uncalled);
     return { tree: { ...last.tree, whole }, cacheInputs: last.cacheInputs };
@@ -641,7 +642,7 @@ function stepStructure(module: Module, calls: readonly CapturedCall[]): { tree: 
   for (const c of flat) if (cacheIn(c.args)) cacheInputs.add(`input|${(c.owner as Module).path}`);
   const index = new Map(flat.map((c, i) => [c, i]));
   const wholeAt = new Map([...tree.whole].map(([c, uncalled]) => [index.get(c)!, uncalled]));
-  stepStructures.set(module, { changes: Module.treeChanges, owners: flat.map((c) => c.owner), passed: flat.map((c) => !!c.passed), wholeAt, tree, cacheInputs });
+  stepStructures.set(module, { changes: Module.treeChanges, owners: flat.map((c) => c.owner), passed: flat.map((c) => !!c.passed), sizes: flat.map((c) => c.children.length), wholeAt, tree, cacheInputs });
   return { tree, cacheInputs };
 }
 

@@ -26,12 +26,12 @@ export function codeName(index: number): string {
 let nextRun = 0;
 export const newRunId = (): number => nextRun++;
 
-/** Per module tree: whether a trace of it runs (and which: its run id, once made), and how many wait for it. */
-const traces = new WeakMap<object, { running: number; queued: number; live: number | null }>();
+/** Per module tree: the trace of it running (its run id), and how many traces wait for it. */
+const traces = new WeakMap<object, { live: number | null; queued: number }>();
 
-function tracesOf(tree: object): { running: number; queued: number; live: number | null } {
+function tracesOf(tree: object): { live: number | null; queued: number } {
   let t = traces.get(tree);
-  if (!t) traces.set(tree, (t = { running: 0, queued: 0, live: null }));
+  if (!t) traces.set(tree, (t = { live: null, queued: 0 }));
   return t;
 }
 
@@ -50,15 +50,9 @@ export function noteQueued(tree: object, delta: number): void {
   tracesOf(tree).queued += delta;
 }
 
-/** A trace of `tree` began (`delta` 1) or ended (-1). */
-export function noteRunning(tree: object, delta: number): void {
-  tracesOf(tree).running += delta;
-}
-
-/** Whether a trace of `tree` runs now, and how many wait for it. */
-export function tracesNow(tree: object): { running: boolean; queued: number } {
-  const t = traces.get(tree);
-  return { running: (t?.running ?? 0) > 0, queued: t?.queued ?? 0 };
+/** How many traces of `tree` wait for the one running. */
+export function queuedBehind(tree: object): number {
+  return traces.get(tree)?.queued ?? 0;
 }
 
 /** Per module tree, the number its invokes' frames are named with. */

@@ -69,6 +69,12 @@ const KEPT_STEP_BASES = 64;
 /** Microtask turns settle waits before it arms a stall timer (a timer costs more than the turns). */
 const SETTLE_TURNS = 8;
 
+/**
+ * Whether settle waits for the invoke: while its code runs. After the forward (`final`), an invoke that left the pass
+ * is waited for until its code ends too, but one that stalled (its code may never end: it awaits what never comes).
+ */
+const waitsFor = (m: Mediator, final: boolean): boolean => (final ? !m.finished && !m.stalled : !m.blocked);
+
 export class Interleaver implements ModuleHooks, Provider {
   /** Calls of each module that went through `call` or `pass`, begun and ended. */
   private readonly entered = new Map<string, number>();
@@ -553,9 +559,7 @@ export class Interleaver implements ModuleHooks, Provider {
     // Code that reaches tsight again within a few microtasks (most of it) is waited for without a stall timer.
     let turns = SETTLE_TURNS;
     for (;;) {
-      // After the forward (`final`), an invoke that left the pass is waited for until its code ends too, but one
-      // that stalled (its code may never end: it awaits something that never comes).
-      const waiting = this.mediators.filter((m) => (final ? !m.finished && !m.stalled : !m.blocked));
+      const waiting = this.mediators.filter((m) => waitsFor(m, final));
       // Invokes counted at barriers (see atBarrier) are blocked too, without being told apart.
       const atBarriers = !final && waiting.every((m) => !m.working) && waiting.length <= this.atBarriers;
       if (waiting.length === 0 || atBarriers) return;
@@ -582,7 +586,7 @@ export class Interleaver implements ModuleHooks, Provider {
   }
 
   private allBlocked(final: boolean): boolean {
-    for (const m of this.mediators) if (final ? !m.finished && !m.stalled : !m.blocked) return false;
+    for (const m of this.mediators) if (waitsFor(m, final)) return false;
     return true;
   }
 

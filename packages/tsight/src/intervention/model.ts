@@ -11,7 +11,7 @@ import { Conv1D, Embedding, LayerNorm, Linear, Module, RMSNorm } from "../nn/ind
 import type { SparseAutoencoder } from "../sae/sae.js";
 import { splicedSaes, spliceSae, unspliceSae } from "../sae/splice.js";
 import { Tensor } from "../tensor/index.js";
-import { codeName, invokeInStack, liveRun, noteLive, noteQueued, noteRunning, runInInvoke, TRACE_FUNCTION, tracesNow } from "./context.js";
+import { codeName, invokeInStack, liveRun, noteLive, noteQueued, runInInvoke, TRACE_FUNCTION } from "./context.js";
 import { forgetChildren } from "./envoy.js";
 import type { AnyEnvoy, EnvoyOf } from "./envoy-types.js";
 import { TraceError } from "./errors.js";
@@ -216,8 +216,8 @@ export class Model<M extends Module = Module, E = ModelEnvoy<M>, I = ModelArgs> 
   protected exclusive<T>(work: () => Promise<T>): Promise<T> {
     // Only while a trace of this tree runs can this one be inside its code (reading the stack costs a few µs).
     const tree = this.tree.model.tree;
-    const busy = tracesNow(tree).running;
-    const outer = busy ? invokeInStack(tree, liveRun(tree)) : undefined;
+    const live = liveRun(tree);
+    const outer = live === null ? undefined : invokeInStack(tree, live);
     if (outer !== undefined) {
       return Promise.reject(
         new TraceError(
@@ -226,14 +226,13 @@ export class Model<M extends Module = Module, E = ModelEnvoy<M>, I = ModelArgs> 
       );
     }
     // Counted while it waits for a trace running now (whose stall, if this one was started by its code, says so).
-    if (busy) noteQueued(tree, 1);
+    const waits = live !== null;
+    if (waits) noteQueued(tree, 1);
     const result = this.tree.queue.then(async () => {
-      if (busy) noteQueued(tree, -1);
-      noteRunning(tree, 1);
+      if (waits) noteQueued(tree, -1);
       try {
         return await work();
       } finally {
-        noteRunning(tree, -1);
         noteLive(tree, null);
       }
     });
@@ -244,21 +243,17 @@ export class Model<M extends Module = Module, E = ModelEnvoy<M>, I = ModelArgs> 
   /** Runs one trace (an input and its intervention, or a trace function making invokes) with `drive`. */
   protected run<R>(a: unknown, b: unknown, c: RunOptionsLike | undefined, drive: Driver): Promise<{ value: R; output: unknown }> {
     return this.exclusive(async () => {
-      let result: Promise<R>;
-      let run: TraceRun;
-      if (typeof a === "function") {
-        if (typeof b === "function") throw new TraceError("trace(fn) takes one function; to trace an input use trace(input, fn)");
-        run = new TraceRun(this.target(), runOptions(b as RunOptionsLike | undefined));
-        noteLive(this.tree.model.tree, run.id);
-        const tracer = new Tracer(run);
-        // Named as an invoke's code is (see context.ts): a trace of this model started in it is refused too.
-        result = runInInvoke(this.tree.model.tree, run.id, TRACE_FUNCTION, () => (a as (tr: Tracer<unknown>) => R | Promise<R>)(tracer));
-      } else {
-        if (typeof b !== "function") throw new TraceError("trace(input, fn): the intervention function is missing");
-        run = new TraceRun(this.target(), runOptions(c));
-        noteLive(this.tree.model.tree, run.id);
-        result = run.addInvoke(a, b as InterventionFn);
-      }
+      const traceFunction = typeof a === "function";
+      if (traceFunction && typeof b === "function") throw new TraceError("trace(fn) takes one function; to trace an input use trace(input, fn)");
+      if (!traceFunction && typeof b !== "function") throw new TraceError("trace(input, fn): the intervention function is missing");
+      const run = new TraceRun(this.target(), runOptions((traceFunction ? b : c) as RunOptionsLike | undefined));
+      noteLive(this.tree.model.tree, run.id);
+      const tracer = traceFunction ? new Tracer(run) : undefined;
+      // A trace function runs named as an invoke's code is (see context.ts): a trace of this model started in it is
+      // refused too.
+      const result: Promise<R> = tracer
+        ? runInInvoke(this.tree.model.tree, run.id, TRACE_FUNCTION, () => (a as (tr: Tracer<unknown>) => R | Promise<R>)(tracer))
+        : run.addInvoke<R>(a, b as InterventionFn);
       let settled = false;
       result.then(
         () => void (settled = true),

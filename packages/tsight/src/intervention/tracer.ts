@@ -17,7 +17,7 @@ import { Cache, modulePaths, pointHolderPaths, pointPaths, type CacheOptions, ty
 import { envoyFor, type EnvoyContext } from "./envoy.js";
 import { EarlyStop, InterventionError, LeftPassError, StallError, TraceError } from "./errors.js";
 import type { ModelInput } from "./inputs.js";
-import { editCode, invokeInStack, liveRun, newRunId, runInInvoke, tracesNow } from "./context.js";
+import { editCode, invokeInStack, liveRun, newRunId, queuedBehind, runInInvoke } from "./context.js";
 import { EndForward, Interleaver } from "./interleaver.js";
 import { Mediator } from "./mediator.js";
 import { detachAll, RowsError, selectRows, type Rows } from "./rows.js";
@@ -463,7 +463,7 @@ export class TraceRun {
     interleaver.checkpoint = this.checkpoint ?? null;
     interleaver.stallTimeoutMs = this.stallTimeoutMs;
     interleaver.stallHint = () => {
-      const n = tracesNow(this.target.model.tree).queued;
+      const n = queuedBehind(this.target.model.tree);
       return n === 0 ? "" : `. ${n === 1 ? "A trace" : `${n} traces`} of this model started while this one ran ${n === 1 ? "waits" : "wait"} for it to end: if its code started ${n === 1 ? "it" : "them"} (in a .then callback or a timer, where tsight cannot tell whose code runs), that is what it waited for; start ${n === 1 ? "it" : "them"} after this trace`;
     };
     if (this.isolated) {

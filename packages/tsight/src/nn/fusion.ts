@@ -502,34 +502,48 @@ function positionsOf(model: Module): number {
 }
 
 /**
- * Per module run as generation steps: the modules its last step called (in order) and the paths of those below it
- * not called, with the shape of the tree then. Every step calls the same modules, mostly: they are compared, not
+ * Per module run as generation steps: the calls its last step made (see CallsSeen) and the paths of the modules below
+ * it not called, with the shape of the tree then. Every step calls the same modules, mostly: they are compared, not
  * gathered into a set again.
  */
-const stepCalls = new WeakMap<Module, { changes: number; owners: object[]; uncalled: Set<string> }>();
+const stepCalls = new WeakMap<Module, { changes: number; seen: CallsSeen; uncalled: Set<string> }>();
 
 /** The paths of the modules below `module` that its step (`capture`) did not call, or undefined if unknown. */
 function uncalledInStep(module: Module, capture: Capture): Set<string> | undefined {
   if (!capture.callsNested) return undefined;
+  const flat = inOrder(capture.calls);
   const known = stepCalls.get(module);
-  if (known && known.changes === Module.treeChanges && sameOwners(capture.calls, known.owners)) return known.uncalled;
-  const owners: object[] = [];
-  const walk = (c: CapturedCall): void => {
-    owners.push(c.owner);
-    c.children.forEach(walk);
-  };
-  capture.calls.forEach(walk);
-  const uncalled = uncalledBelow(module, new Set(owners.map((o) => (o as Module).path)), capture.replayable);
-  stepCalls.set(module, { changes: Module.treeChanges, owners, uncalled });
+  if (known && known.changes === Module.treeChanges && sameCalls(flat, known.seen)) return known.uncalled;
+  const uncalled = uncalledBelow(module, new Set(flat.map((c) => (c.owner as Module).path)), capture.replayable);
+  stepCalls.set(module, { changes: Module.treeChanges, seen: seenOf(flat), uncalled });
   return uncalled;
 }
 
-/** Whether `calls`, walked outer first, are of exactly `owners`. */
-function sameOwners(calls: readonly CapturedCall[], owners: readonly object[]): boolean {
-  let i = 0;
-  const same = (c: CapturedCall): boolean => owners[i++] === c.owner && c.children.every(same);
-  return calls.every(same) && i === owners.length;
+/** Captured calls in order, each before the calls inside it. */
+function inOrder(calls: readonly CapturedCall[]): CapturedCall[] {
+  const flat: CapturedCall[] = [];
+  const walk = (c: CapturedCall): void => {
+    flat.push(c);
+    c.children.forEach(walk);
+  };
+  calls.forEach(walk);
+  return flat;
 }
+
+/**
+ * A step's calls in order (see inOrder), to tell whether the next step's are the same: the modules called, whether
+ * each was an operation point passed, and how many calls each made inside (which, in this order, fixes their nesting).
+ */
+interface CallsSeen {
+  owners: object[];
+  passed: boolean[];
+  sizes: number[];
+}
+
+const seenOf = (flat: readonly CapturedCall[]): CallsSeen => ({ owners: flat.map((c) => c.owner), passed: flat.map((c) => !!c.passed), sizes: flat.map((c) => c.children.length) });
+
+const sameCalls = (flat: readonly CapturedCall[], seen: CallsSeen): boolean =>
+  flat.length === seen.owners.length && flat.every((c, i) => c.owner === seen.owners[i] && !!c.passed === seen.passed[i] && c.children.length === seen.sizes[i]);
 
 /** Modules whose forward with a KV cache could not be captured (they run op by op with one). */
 const unfusibleSteps = new WeakSet<Module>();
@@ -613,26 +627,20 @@ const stepPaths = new WeakMap<Module, { changes: number; paths: ReadonlySet<stri
 
 /**
  * Per module replayed as generation steps: its last step's call tree and the inputs holding the KV cache (`input|PATH`,
- * see stepPaths), with the modules its calls were of (in order) and, by a call's place in that order, its entry in
- * the tree's `whole`. Every step calls the same modules, mostly: walking the tree again cost stdlib-gpt2 about 60 µs
+ * see stepPaths), with the calls it made (see CallsSeen) and, by a call's place in their order, its entry in the
+ * tree's `whole`. Every step calls the same modules, mostly: walking the tree again cost stdlib-gpt2 about 60 µs
  * a step (of 2-2.5 ms).
  */
-const stepStructures = new WeakMap<Module, { changes: number; owners: object[]; passed: boolean[]; sizes: number[]; wholeAt: Map<number, Set<string>>; tree: CallTree; cacheInputs: ReadonlySet<string> }>();
+const stepStructures = new WeakMap<Module, { changes: number; seen: CallsSeen; wholeAt: Map<number, Set<string>>; tree: CallTree; cacheInputs: ReadonlySet<string> }>();
 
 /**
  * The call tree of a step with these calls and the inputs among them holding the cache: its last step's if its calls
- * were of the same modules, nested alike (and the same operation points passed).
+ * were the same (see CallsSeen).
  */
 function stepStructure(module: Module, calls: readonly CapturedCall[]): { tree: CallTree; cacheInputs: ReadonlySet<string> } {
-  const flat: CapturedCall[] = [];
-  const walk = (c: CapturedCall): void => {
-    flat.push(c);
-    c.children.forEach(walk);
-  };
-  calls.forEach(walk);
+  const flat = inOrder(calls);
   const last = stepStructures.get(module);
-  // The same modules in the same order, each with as many calls inside (which gives the same nesting).
-  if (last && last.changes === Module.treeChanges && last.owners.length === flat.length && flat.every((c, i) => c.owner === last.owners[i] && !!c.passed === last.passed[i] && c.children.length === last.sizes[i])) {
+  if (last && last.changes === Module.treeChanges && sameCalls(flat, last.seen)) {
     const whole = new Map<CapturedCall, Set<string>>();
     for (const [i, uncalled] of last.wholeAt) whole.set(flat[i]!, uncalled);
     return { tree: { ...last.tree, whole }, cacheInputs: last.cacheInputs };
@@ -642,7 +650,7 @@ function stepStructure(module: Module, calls: readonly CapturedCall[]): { tree: 
   for (const c of flat) if (cacheIn(c.args)) cacheInputs.add(`input|${(c.owner as Module).path}`);
   const index = new Map(flat.map((c, i) => [c, i]));
   const wholeAt = new Map([...tree.whole].map(([c, uncalled]) => [index.get(c)!, uncalled]));
-  stepStructures.set(module, { changes: Module.treeChanges, owners: flat.map((c) => c.owner), passed: flat.map((c) => !!c.passed), sizes: flat.map((c) => c.children.length), wholeAt, tree, cacheInputs });
+  stepStructures.set(module, { changes: Module.treeChanges, seen: seenOf(flat), wholeAt, tree, cacheInputs });
   return { tree, cacheInputs };
 }
 

@@ -12,12 +12,16 @@ import type { TraceBackend, TraceCase } from "./trace.case.js";
 
 const PROMPT = "def __init__(self";
 
-/** Greedy generation with `vector` added to `path`'s output at every step, using the model without tracing. */
-async function steeredReference(model: CausalLM, ids: Tensor, path: string, vector: Tensor, steps: number): Promise<number[]> {
+/**
+ * Greedy generation with `vector` added to `path`'s output at every step (or `vector(k)` at step k), using the model
+ * without tracing.
+ */
+async function steeredReference(model: CausalLM, ids: Tensor, path: string, vector: Tensor | ((step: number) => Tensor), steps: number): Promise<number[]> {
+  let step = 0;
   const hooks: ModuleHooks = {
     async call(module, args, forward) {
       const out = await forward(args);
-      return module.path === path ? (out as Tensor).add(vector) : out;
+      return module.path === path ? (out as Tensor).add(vector instanceof Tensor ? vector : vector(step++)) : out;
     },
   };
   model.tree.hooks = hooks;
@@ -440,6 +444,29 @@ export const generateCases: TraceCase[] = [
       expect(out.text[0]).not.toBe(plain.text[0]);
       const ids = ref(await fixture("stdlib-gpt2"), "probe0/input_ids");
       expect(out.generated.index(0).toArray()).toEqual(await steeredReference(b.gpt2.model, ids, "transformer.h.2", vector, 12));
+    },
+  },
+  {
+    name: "an edit inside a block whose value changes at each step (a step's graph computes it) changes the text exactly as the same edit made without tsight's tracing",
+    async run(b) {
+      const vector = randn([256], new Generator(7)).mul(2);
+      const out = await b.gpt2.generate(
+        PROMPT,
+        { maxNewTokens: 10, eosTokenId: null },
+        async (m, tr) => {
+          let k = 0;
+          for await (const _ of tr.all()) {
+            const scale = 1 - 0.2 * k++;
+            m.transformer.h[1].mlp.output = (h: Tensor) => h.add(tr.vars.vector.mul(scale));
+          }
+        },
+        b.options({ vars: { vector } }),
+      );
+      const ids = ref(await fixture("stdlib-gpt2"), "probe0/input_ids");
+      const reference = await steeredReference(b.gpt2.model, ids, "transformer.h.1.mlp", (k) => vector.mul(1 - 0.2 * k), 10);
+      expect(out.generated.index(0).toArray()).toEqual(reference);
+      const plain = await b.gpt2.generate(PROMPT, { maxNewTokens: 10, eosTokenId: null });
+      expect(out.text[0]).not.toBe(plain.text[0]);
     },
   },
   {

@@ -7,12 +7,12 @@
  * and then lets the intervention code run until it is blocked on tsight again ("settles", see mediator.ts).
  * Modules nobody asked about cost one map lookup.
  */
-import type { Module, ModuleHooks, Replay } from "../nn/index.js";
+import type { Module, ModuleHooks, Replay, StepEdits } from "../nn/index.js";
 import { sameShape, Tensor } from "../tensor/index.js";
 import { isThenable } from "../tensor/async-scope.js";
 import { LeftPassError, MissedProviderError, StallError, SwapError, TraceError } from "./errors.js";
 import type { GradSource } from "./backward.js";
-import { describe, iterationNote, UNRESOLVED, type Mediator, type Provider, type Request, type ValueKind } from "./mediator.js";
+import { describe, iterationNote, UNRESOLVED, type Mediator, type Provider, type Request, type ValueKind, type WriteRequest } from "./mediator.js";
 import { describeValue, mapTensors, mergeRows, RowsError, selectRows, type Rows } from "./rows.js";
 
 const DOT = ".".charCodeAt(0);
@@ -65,6 +65,12 @@ const MAX_GIVEN = 100_000;
  * ones are counted back at the calls per step of the oldest two (see callOf).
  */
 const KEPT_STEP_BASES = 64;
+
+/**
+ * Step graphs a generation's edits may have compiled before its edits are applied op by op (a prompt's step and a
+ * decode step's, each for one thread or more, and a few taps; see StepEdits.compiled).
+ */
+const MAX_EDIT_GRAPHS = 8;
 
 /** Microtask turns settle waits before it arms a stall timer (a timer costs more than the turns). */
 const SETTLE_TURNS = 8;
@@ -239,13 +245,83 @@ export class Interleaver implements ModuleHooks, Provider {
     counts.set(path, n);
   }
 
+  /** Edits a generation step's graph computes while it is captured and run (see stepEdits): replay passes them by. */
+  private setAside: ReadonlySet<Request> | null = null;
+  /** An edit could not be captured (it reads values): from then on edits are applied as the forward runs. */
+  private editsRefused = false;
+  /** Step graphs compiled for edits (see StepEdits.compiled). */
+  private editGraphs = 0;
+
+  stepEdits(block: Module): StepEdits | null {
+    if (this.editsRefused || this.setAside || this.bypass > 0 || this.gradSources || this.kept.size > 0 || this.recorders.length > 0) return null;
+    // An edit is the graph's when it is an invoke's function of a whole output, for all rows (the batch's), and the
+    // only request of that value; every other request below the block must be a read (a replay hands it out).
+    // Anything else makes the step run op by op anyway.
+    const edits = new Map<string, Map<number, { m: Mediator; r: Request }>>();
+    let reads: Request[] | null = null;
+    for (const m of this.mediators) {
+      for (const r of m.requests) {
+        if (!isBelow(r.path, block.path)) continue;
+        if (r.op === "read") {
+          (reads ??= []).push(r);
+          continue;
+        }
+        if (r.op !== "write" || r.kind !== "output" || typeof r.value !== "function" || r.iteration === UNRESOLVED) return null;
+        if (m.rows !== null && (m.rows.start !== 0 || m.rows.length !== this.batch)) return null;
+        let at = edits.get(r.path);
+        if (!at) edits.set(r.path, (at = new Map()));
+        if (at.has(r.iteration)) return null;
+        at.set(r.iteration, { m, r });
+      }
+    }
+    if (reads) for (const r of reads) if (r.kind === "output" && edits.get(r.path)?.has(r.iteration)) return null;
+    if (edits.size === 0) return null;
+    const setAside = new Set([...edits.values()].flatMap((at) => [...at.values()].map((e) => e.r)));
+    this.setAside = setAside;
+    let given: { m: Mediator; r: Request }[] = [];
+    let done: typeof given = [];
+    return {
+      paths: new Set(edits.keys()),
+      alone: reads === null,
+      at: (path, nth) => {
+        const e = edits.get(path)?.get(this.calls(this.entered, path) + nth);
+        if (!e) return null;
+        given.push(e);
+        const edit = (e.r as WriteRequest).value as (v: unknown) => unknown;
+        const where = `${describe(e.r.path, e.r.kind, e.r.part)}${iterationNote(e.r)}`;
+        return (output) => mergeRows(output, edit(output), e.m.rows, this.batch, where);
+      },
+      done: () => {
+        for (const e of given) e.m.take((r) => r === e.r);
+        done = given;
+        given = [];
+      },
+      restore: () => {
+        for (const { m, r } of done) {
+          m.requests.push(r);
+          this.watch(r.path, 1);
+        }
+        done = [];
+      },
+      refuse: () => {
+        this.editsRefused = true;
+      },
+      compiled: () => {
+        if (++this.editGraphs > MAX_EDIT_GRAPHS) this.editsRefused = true;
+      },
+      release: () => {
+        if (this.setAside === setAside) this.setAside = null;
+      },
+    };
+  }
+
   replay(block: Module, modules: ReadonlySet<string>): Replay | null {
     // Values that become gradient leaves, records of modules inside and direct calls need the block to run op by op.
     if (this.bypass > 0 || this.gradSources || this.recorders.some((r) => r.recordsWithin(block.path))) return null;
     const asked = new Set<string>();
     for (const m of this.mediators) {
       for (const r of m.requests) {
-        if (!isBelow(r.path, block.path)) continue;
+        if (!isBelow(r.path, block.path) || this.setAside?.has(r)) continue;
         if (r.op !== "read" || !modules.has(r.path)) return null;
         asked.add(`${r.kind}|${r.path}`);
       }
@@ -266,6 +342,7 @@ export class Interleaver implements ModuleHooks, Provider {
         let needs = false;
         for (const m of this.mediators) {
           for (const r of m.requests) {
+            if (this.setAside?.has(r)) continue;
             if (r.path === path) {
               if (r.op !== "read") return true;
               if (!(r.kind === "input" ? gives.input : gives.output)) (needs = true), missing?.(`${r.kind}|${path}`);

@@ -21,7 +21,7 @@ import type { Module } from "./module.js";
 import { SGD, parameter } from "../optim/index.js";
 import { loadSae } from "../sae/index.js";
 import { spliceSae, unspliceSae } from "../sae/splice.js";
-import { engineStats, noGrad, setFusion, setPrepack, setWeightCopyBudget, Tensor } from "../tensor/index.js";
+import { engineStats, noGrad, setFusion, setHeldWeightLimit, setPrepack, setWeightCopyBudget, Tensor } from "../tensor/index.js";
 
 /** Runs `work` with fusion on or off, counting kernel calls. */
 async function withFusion<T>(on: boolean, work: () => Promise<T>): Promise<{ value: T; kernels: number }> {
@@ -693,8 +693,10 @@ describe("fused decoder blocks", () => {
         m.transformer.h[1].mlp.output = halve;
       }
     };
+    // The replacement alone, by a function that reads its argument's values (its steps then run op by op, without
+    // trying a graph first; a pure one is computed by the step's graph: see the next test).
     const replaceOnly = async (m: any, tr: any) => {
-      for await (const _ of tr.all()) m.transformer.h[1].mlp.output = halve;
+      for await (const _ of tr.all()) m.transformer.h[1].mlp.output = (h: Tensor) => (h.data, halve(h));
     };
     const run = (on: boolean, fn: (m: any, tr: any) => Promise<void>) => withFusion(on, () => lm.generate(ids, { maxNewTokens: 16, eosTokenId: null }, fn));
     const eager = await run(false, readThenReplace);
@@ -702,7 +704,148 @@ describe("fused decoder blocks", () => {
     const fused = await run(true, readThenReplace);
     expect(fused.value.sequences.tolist()).toEqual(eager.value.sequences.tolist());
     // Each try captured the step and ran its graph for nothing; the tries grow rarer (1, 2, 4 ... 64 steps apart).
-    expect(fused.kernels).toBe((await run(true, replaceOnly)).kernels);
+    const alone = await run(true, replaceOnly);
+    expect(alone.value.sequences.tolist()).toEqual(eager.value.sequences.tolist());
+    expect(fused.kernels).toBe(alone.kernels);
+  });
+
+  it("a function edit at every generation step (steering) is computed by the step's graph: the kernels of a plain generation, op by op's tokens and logits, one call a step", async () => {
+    const lm = await LanguageModel.load("stdlib-gpt2");
+    const ids = new Tensor("int64", BigInt64Array.of(324n, 615n, 638n), [1, 3]);
+    const steer = new Tensor("float32", Float32Array.from({ length: 256 }, (_, i) => Math.sin(i * 12.9898) * 4), [256]);
+    const steps = 12;
+    const run = (on: boolean, edit: boolean) => {
+      let calls = 0;
+      return withFusion(on, async () => {
+        const r = await lm.generate(ids, { maxNewTokens: steps, eosTokenId: null }, async (m: any, tr: any) => {
+          const logits: Tensor[] = [];
+          for await (const _ of tr.all()) {
+            if (edit) m.transformer.h[2].output = (h: Tensor) => (calls++, h.add(tr.vars.steer as Tensor));
+            logits.push(await m.lm_head.output);
+          }
+          return logits;
+        }, { vars: { steer } });
+        return { tokens: r.sequences.tolist(), logits: r.value!, calls };
+      });
+    };
+    const eager = await run(false, true);
+    expect(eager.value.calls).toBe(steps);
+    // The edit changes the tokens (it is not a no-op the graph could drop).
+    expect(eager.value.tokens).not.toEqual((await run(false, false)).value.tokens);
+    for (let i = 0; i < 2; i++) {
+      const fused = await run(true, true);
+      expect(fused.value.tokens).toEqual(eager.value.tokens);
+      fused.value.logits.forEach((t, k) => expect(maxAbsDiff(t, eager.value.logits[k]!)).toBeLessThan(1e-5));
+      expect(fused.value.calls).toBe(steps);
+      // One graph a step, as without the edit.
+      expect(fused.kernels).toBe((await run(true, false)).kernels);
+    }
+  });
+
+  it("a function edit inside a block at every generation step runs in the block's step graph, as op by op; one that reads values runs op by op from then on, called once more where that was found", async () => {
+    const lm = await LanguageModel.load("stdlib-gpt2");
+    blocksOnly(lm.model);
+    const ids = new Tensor("int64", BigInt64Array.of(324n, 615n, 638n), [1, 3]);
+    const steps = 8;
+    const run = (on: boolean, edit: (h: Tensor) => Tensor) => {
+      let calls = 0;
+      return withFusion(on, async () => {
+        const r = await lm.generate(ids, { maxNewTokens: steps, eosTokenId: null }, async (m: any, tr: any) => {
+          const out: Tensor[] = [];
+          for await (const _ of tr.all()) {
+            m.transformer.h[1].mlp.output = (h: Tensor) => (calls++, edit(h));
+            out.push(await m.transformer.h[3].output);
+          }
+          return out;
+        });
+        return { tokens: r.sequences.tolist(), out: r.value!, calls };
+      });
+    };
+    const pure = (h: Tensor) => h.mul(-3).add(0.25);
+    const eager = await run(false, pure);
+    const opByOpKernels = eager.kernels;
+    for (let i = 0; i < 2; i++) {
+      const fused = await run(true, pure);
+      expect(fused.value.tokens).toEqual(eager.value.tokens);
+      fused.value.out.forEach((t, k) => expect(maxAbsDiff(t, eager.value.out[k]!)).toBeLessThan(1e-5));
+      expect(fused.value.calls).toBe(steps);
+      expect(fused.kernels).toBeLessThan(opByOpKernels / 3);
+    }
+    // Reading a value: tried once (a call without values, which fails), then op by op, as fusion off.
+    const reads = (h: Tensor) => h.mul(h.abs().max().item() > 0 ? -3 : 0).add(0.25);
+    const eagerReads = await run(false, reads);
+    expect(eagerReads.value.tokens).toEqual(eager.value.tokens);
+    const fusedReads = await run(true, reads);
+    expect(fusedReads.value.tokens).toEqual(eager.value.tokens);
+    fusedReads.value.out.forEach((t, k) => expect(maxAbsDiff(t, eager.value.out[k]!)).toBeLessThan(1e-5));
+    expect(fusedReads.value.calls).toBe(steps + 1);
+  });
+
+  it.each([
+    ["an attention pattern (a head knocked out)", (m: any) => (m.transformer.h[1].attn.source.pattern.output = (p: Tensor) => p.mul(new Tensor("float32", Float32Array.of(1, 1, 0, 1), [1, 4, 1, 1])))],
+    ["per-head outputs", (m: any) => (m.transformer.h[2].attn.source.z.output = (z: Tensor) => z.mul(0.5))],
+    ["two modules, one inside the other", (m: any) => ((m.transformer.h[0].mlp.output = (h: Tensor) => h.mul(2)), (m.transformer.h[0].output = (h: Tensor) => h.add(0.1)))],
+  ])("a function edit of %s at every generation step runs in the step's graph, as op by op", async (_, edit) => {
+    const lm = await LanguageModel.load("stdlib-gpt2");
+    const ids = new Tensor("int64", BigInt64Array.of(324n, 615n, 638n), [1, 3]);
+    const run = (on: boolean, withEdit: boolean) =>
+      withFusion(on, async () => {
+        const r = await lm.generate(ids, { maxNewTokens: 6, eosTokenId: null }, async (m: any, tr: any) => {
+          const logits: Tensor[] = [];
+          for await (const _ of tr.all()) {
+            if (withEdit) edit(m);
+            logits.push(await m.lm_head.output);
+          }
+          return logits;
+        });
+        return { tokens: r.sequences.tolist(), logits: r.value! };
+      });
+    const eager = await run(false, true);
+    const plain = await run(false, false);
+    expect(maxAbsDiff(eager.value.logits.at(-1)!, plain.value.logits.at(-1)!)).toBeGreaterThan(1e-3);
+    for (let i = 0; i < 2; i++) {
+      const fused = await run(true, true);
+      expect(fused.value.tokens).toEqual(eager.value.tokens);
+      fused.value.logits.forEach((t, k) => expect(maxAbsDiff(t, eager.value.logits[k]!)).toBeLessThan(1e-5));
+      expect(fused.kernels).toBe((await run(true, false)).kernels);
+    }
+  });
+
+  it("edits made of other ops at every step compile a few step graphs, then run op by op; graphs past the held-weights limit are freed, least recently used first", async () => {
+    const lm = await LanguageModel.load("stdlib-gpt2");
+    const ids = new Tensor("int64", BigInt64Array.of(324n, 615n, 638n), [1, 3]);
+    const steps = 24;
+    // At step k the edit adds 0.01 k + 1 times: a graph of its own each step.
+    const growing = async (m: any, tr: any) => {
+      let k = 0;
+      for await (const _ of tr.all()) {
+        const n = ++k;
+        m.transformer.h[2].output = (h: Tensor) => Array.from({ length: n }).reduce((x: Tensor) => x.add(0.01), h);
+      }
+    };
+    const run = (on: boolean) => withFusion(on, () => lm.generate(ids, { maxNewTokens: steps, eosTokenId: null }, growing));
+    const eager = await run(false);
+    const builds = engineStats().builds;
+    const fused = await run(true);
+    expect(fused.value.sequences.tolist()).toEqual(eager.value.sequences.tolist());
+    // 8 step graphs, and the few kernels of op by op's ops that the unfused run did not need.
+    expect(engineStats().builds - builds).toBeLessThan(14);
+    // Kernels holding weights over the limit go, the least recently used first: one is left, and runs go on.
+    const steering = async (m: any, tr: any) => {
+      for await (const _ of tr.all()) m.transformer.h[2].output = (h: Tensor) => h.mul(1.5);
+    };
+    const steered = (await withFusion(false, () => lm.generate(ids, { maxNewTokens: 6, eosTokenId: null }, steering))).value.sequences.tolist();
+    setHeldWeightLimit(1);
+    try {
+      for (let i = 0; i < 2; i++) {
+        const again = await withFusion(true, () => lm.generate(ids, { maxNewTokens: 6, eosTokenId: null }, steering));
+        expect(again.value.sequences.tolist()).toEqual(steered);
+        expect(engineStats().weightBytes).toBeLessThanOrEqual(32 * 2 ** 20);
+        expect(engineStats().weightBytes).toBeGreaterThan(0);
+      }
+    } finally {
+      setHeldWeightLimit(null);
+    }
   });
 
   it("edits at every generation step (of an output that is the module's input, of an input, a skip asked for late, another shape) give op by op's results with fusion on", async () => {

@@ -15,10 +15,10 @@
  * never bakes in one call's values. A model whose forward still reads values (rope types that depend on the
  * sequence length, MoE routing) is not captured whole: its blocks' graphs run as before.
  */
-import { argumentSignature, Capture, compileCapture, fusionEnabled, isGradEnabled, runCaptured, runCaptureGeneric, runCaptureTapped, Tensor, UNKNOWN_VALUE, type CapturedCall, type FusedGraph } from "../tensor/index.js";
+import { argumentSignature, Capture, compileCapture, engineStats, fusionEnabled, isGradEnabled, runCaptured, runCaptureGeneric, runCaptureTapped, Tensor, UNKNOWN_VALUE, type CapturedCall, type FusedGraph } from "../tensor/index.js";
 import { decideTogether } from "../tensor/packing.js";
 import { cacheIn, KVCache } from "./cache.js";
-import { Module, type ModuleHooks, type Replay } from "./module.js";
+import { Module, type ModuleHooks, type Replay, type StepEdits } from "./module.js";
 
 /**
  * Per module: the fused graph for each kind of arguments, or null where its forward cannot be captured; all made
@@ -557,16 +557,26 @@ const stepsRan = new WeakSet<Module>();
  * A block's forward with a KV cache (a generation step) as one graph. The code is captured at every call (it
  * changes the cache, and its lengths grow each step) but compiled once: the graph takes every shape as an input
  * and is looked up by its ops alone. The cache entries the code made are outputs of the graph, put into the cache
- * once it has run.
+ * once it has run. With `edits` (nothing but edits by functions asked of the modules inside), the graph computes
+ * them too, and they are done.
  */
-function fusedStep(module: Module, args: unknown[], hooks: ModuleHooks | null, forward: (args: unknown[]) => Promise<unknown>, cache: KVCache): Promise<unknown> | null {
+function fusedStep(module: Module, args: unknown[], hooks: ModuleHooks | null, forward: (args: unknown[]) => Promise<unknown>, cache: KVCache, edits: StepEdits | null = null): Promise<unknown> | null {
   const params = stepParams(module, args, cache);
-  if (!params) return null;
+  if (!params) {
+    edits?.release();
+    return null;
+  }
+  const opByOp = (): Promise<unknown> => {
+    edits?.release();
+    return forward(args);
+  };
   return (async () => {
-    const step = await captureStep(module, args, forward, cache, false);
-    if (!step) return forward(args);
+    const step = await captureStep(module, args, forward, cache, false, edits);
+    if (!step) return opByOp();
+    const builds = edits ? engineStats().builds : 0;
     const ran = runStep(module, step, () => runCaptureGeneric(step.capture, step.result, step.written, (t) => params.has(t)));
-    if (!ran) return forward(args);
+    if (!ran) return opByOp();
+    if (edits) editsRan(edits, builds);
     if (hooks) passInner(module, hooks, uncalledInStep(module, step.capture));
     return ran.result;
   })();
@@ -585,34 +595,53 @@ function replayedStep(module: Module, args: unknown[], hooks: ModuleHooks, forwa
   const params = stepParams(module, args, cache);
   if (!params || !hooks.replay) return null;
   const known = stepPaths.get(module);
+  if (known?.never && known.changes === Module.treeChanges) return null;
+  // Edits by functions inside (steering) are set aside first: the graph computes them, so they need no run op by op.
+  // With nothing else asked inside, nothing is handed out: the step runs as an unwatched one, its edits in its graph.
+  const edits = hooks.stepEdits?.(module) ?? null;
+  if (edits?.alone) return fusedStep(module, args, hooks, forward, cache, edits);
   if (known && known.changes === Module.treeChanges) {
-    if (known.never) return null;
     const probe = hooks.replay(module, known.paths);
     probe?.end();
-    if (!probe || asksFor(probe, known.cacheInputs)) return null;
+    if (!probe || asksFor(probe, known.cacheInputs)) {
+      edits?.release();
+      return null;
+    }
   }
+  // Every way on to a run op by op lets the edits go first: that run applies them.
+  const opByOp = (): Promise<unknown> => {
+    edits?.release();
+    return forward(args);
+  };
   return (async () => {
-    const step = await captureStep(module, args, forward, cache, true);
-    if (!step) return forward(args);
+    const step = await captureStep(module, args, forward, cache, true, edits);
+    if (!step) return opByOp();
     const calls = step.capture.callsNested && step.capture.calls.length > 0 ? step.capture.calls : null;
     if (!calls) {
       // Its calls overlapped (their nesting is unknown): nothing can be handed out, at this step or later ones.
       stepPaths.set(module, { changes: Module.treeChanges, paths: new Set(), cacheInputs: new Set(), never: true });
-      return forward(args);
+      return opByOp();
     }
     const { tree, cacheInputs } = stepStructure(module, calls);
     stepPaths.set(module, { changes: Module.treeChanges, paths: tree.paths, cacheInputs });
     const session = hooks.replay!(module, tree.paths);
     if (session && asksFor(session, cacheInputs)) session.end();
     else if (session) {
-      const tapped: TappedRun = (taps) => () => runStep(module, step, () => runCaptureTapped(step.capture, step.result, step.written, taps, pathOf, (t) => params.has(t)));
+      const tapped: TappedRun = (taps) => () => {
+        const builds = engineStats().builds;
+        const ran = runStep(module, step, () => runCaptureTapped(step.capture, step.result, step.written, taps, pathOf, (t) => params.has(t)));
+        if (!ran || !edits) return (edits?.release(), ran);
+        // A run op by op after all (something handed out needs one) applies them again.
+        editsRan(edits, builds);
+        return { ...ran, undo: () => (ran.undo(), edits.restore()) };
+      };
       try {
-        return await handOut(module, hooks, tapped, args, forward, calls, tree, session);
+        return await handOut(module, hooks, tapped, args, opByOp, calls, tree, session);
       } finally {
         session.end();
       }
     }
-    return forward(args);
+    return opByOp();
   })();
 }
 
@@ -678,17 +707,21 @@ interface CapturedStep {
   undo(): void;
 }
 
-async function captureStep(module: Module, args: unknown[], forward: (args: unknown[]) => Promise<unknown>, cache: KVCache, replayable: boolean): Promise<CapturedStep | null> {
+async function captureStep(module: Module, args: unknown[], forward: (args: unknown[]) => Promise<unknown>, cache: KVCache, replayable: boolean, edits: StepEdits | null = null): Promise<CapturedStep | null> {
   const before = cache.snapshot();
   // Only a step that hands values out may have to take its writes back (a plain step's run is its last word).
   const undo = replayable ? cache.mark() : () => undefined;
   let captured: { capture: Capture; result: unknown } | null = null;
+  const capture = new Capture(replayable);
+  const edited = edits ? editInCapture(capture, edits) : null;
   try {
-    const capture = new Capture(replayable);
     const result = await runCaptured(capture, () => forward(args));
     captured = { capture, result };
   } catch {
-    unfusibleSteps.add(module);
+    // With an edit applied, the edit is what failed (it read values, or made a value the code after it cannot
+    // take): the edits of later steps run op by op. Else the module's steps do.
+    if (edited?.applied) edits!.refuse();
+    else unfusibleSteps.add(module);
   }
   // What the code wrote: new positions for layers kept in place, and whole entries for layers joined by ops.
   const { appends, joins } = cache.takeAppends();
@@ -706,6 +739,32 @@ async function captureStep(module: Module, args: unknown[], forward: (args: unkn
     appends.forEach(([layer, { at }], i) => cache.append(layer, real[2 * (changed.length + i)]!, real[2 * (changed.length + i) + 1]!, at));
   };
   return { ...captured, written, write, undo };
+}
+
+/** A step's graph computed `edits`: they are done. `builds`: the kernels built before it ran (see StepEdits.compiled). */
+function editsRan(edits: StepEdits, builds: number): void {
+  if (engineStats().builds > builds) edits.compiled();
+  edits.done();
+  edits.release();
+}
+
+/**
+ * Applies `edits` to the calls of `capture` they are for, counting each module's calls in the step; `applied` tells
+ * whether one was.
+ */
+function editInCapture(capture: Capture, edits: StepEdits): { applied: boolean } {
+  const state = { applied: false };
+  const seen = new Map<object, number>();
+  capture.edit = (owner, out) => {
+    if (!edits.paths.has((owner as Module).path)) return out;
+    const nth = seen.get(owner) ?? 0;
+    seen.set(owner, nth + 1);
+    const edit = edits.at((owner as Module).path, nth);
+    if (!edit) return out;
+    state.applied = true;
+    return edit(out);
+  };
+  return state;
 }
 
 /**

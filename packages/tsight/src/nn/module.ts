@@ -35,6 +35,38 @@ export interface ModuleHooks {
    * a replay takes many calls, and each promise costs.
    */
   replay?(block: Module, modules: ReadonlySet<string>): Replay | null;
+  /**
+   * For a generation step of a block with modules inside edited by functions (`output = fn`, see StepEdits): those
+   * the step's graph may compute, set aside (replay does not count them) until `release`; null when none may.
+   */
+  stepEdits?(block: Module): StepEdits | null;
+}
+
+/**
+ * Edits of modules' outputs by pure functions, computed by a generation step's graph: the function is called while
+ * the step is captured, on a tensor without values, so that its ops become the graph's. Set aside while the step is
+ * captured and run; an edit the graph did not compute is applied as before, when the step runs op by op.
+ */
+export interface StepEdits {
+  /** The paths of the modules edited. */
+  readonly paths: ReadonlySet<string>;
+  /** Whether nothing else is asked of the modules below the block (no value read): no replay is needed. */
+  readonly alone: boolean;
+  /** The edit of the `nth` call (from 0) in this step of the module at `path`, applied to its output; or null. */
+  at(path: string, nth: number): ((output: unknown) => unknown) | null;
+  /** The graph computed the edits `at` gave: they are done. */
+  done(): void;
+  /** The step runs op by op after all: the edits done are applied again there. */
+  restore(): void;
+  /** An edit could not be captured (it reads values): edits are applied op by op from now on. */
+  refuse(): void;
+  /**
+   * The step's graph with the edits was compiled anew (its ops are not those of an earlier step's): past a few, edits
+   * are applied op by op from now on (code whose edits differ at every step would compile a graph at every step).
+   */
+  compiled(): void;
+  /** The edits not done are no longer set aside. */
+  release(): void;
 }
 
 /** A fused block handing out the values of the modules inside it, through `call` with a forward that gives them. */

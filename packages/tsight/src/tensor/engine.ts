@@ -171,7 +171,12 @@ let kernelBuilds = 0;
  */
 export function kernel(key: string, build: (g: GraphBuilder) => void, options: KernelOptions = {}): Kernel {
   const held = pinned.get(key);
-  if (held) return held.kernel;
+  if (held) {
+    // Most recently used last (see evictPinned).
+    pinned.delete(key);
+    pinned.set(key, held);
+    return held.kernel;
+  }
   let k = kernels.get(key);
   if (k) {
     kernels.delete(key);
@@ -194,6 +199,21 @@ export function kernel(key: string, build: (g: GraphBuilder) => void, options: K
     evicted.dispose();
   }
   return k;
+}
+
+/**
+ * Frees the least recently used kernels holding weights, but `keep`, while the weights they hold exceed `limit`
+ * bytes: graphs made by code (a step's edits, the values a trace reads) are many over time, and each holds a copy.
+ */
+export function evictPinned(limit: number, keep: string): void {
+  if (pinnedBytes <= limit) return;
+  for (const [key, held] of pinned) {
+    if (pinnedBytes <= limit) return;
+    if (key === keep) continue;
+    pinned.delete(key);
+    pinnedBytes -= held.bytes;
+    held.kernel.dispose();
+  }
 }
 
 /** Whether a kernel for `key` is made (and kept). */

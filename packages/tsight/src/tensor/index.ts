@@ -12,4 +12,4 @@ export * as functional from "./functional.js";
 export * from "./safetensors.js";
 export { lazyNode } from "./node.js";
 export { activeCapture, argumentSignature, Capture, CaptureError, compileCapture, FusedGraph, fusionEnabled, runCaptured, runCaptureGeneric, runCaptureTapped, setFusion, UNKNOWN_VALUE, type CapturedCall } from "./fuse.js";
-export { setPrepack, setWeightCopyBudget } from "./packing.js";
+export { setHeldWeightLimit, setPrepack, setWeightCopyBudget } from "./packing.js";

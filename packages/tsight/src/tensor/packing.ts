@@ -9,7 +9,7 @@
  *
  * Copies cost memory (ONNX Runtime keeps its own), so they are made within a budget (`mayCopyWeights`).
  */
-import { heldWeightBytes, runKernel, tieToWeights, type RawTensor } from "./engine.js";
+import { evictPinned, heldWeightBytes, runKernel, tieToWeights, type RawTensor } from "./engine.js";
 import { lazyNode } from "./node.js";
 import { numberSetting, switchSetting } from "./settings.js";
 import type { GraphBuilder } from "./onnx.js";
@@ -144,7 +144,7 @@ const isPrepacked = (key: string): boolean => key.endsWith(PREPACKED);
  * collected, counted against the budget, repacked as its key says. `holds`: their bytes, when known already.
  */
 export function runHolding(key: string, weights: readonly Tensor[], build: (g: GraphBuilder) => void, inputs: readonly RawTensor[], holds = bytesOf(weights)): RawTensor[] {
-  return runKernel(
+  const out = runKernel(
     key,
     (g) => {
       build(g);
@@ -154,6 +154,21 @@ export function runHolding(key: string, weights: readonly Tensor[], build: (g: G
     inputs,
     { holds, largestHeld: weights.reduce((n, w) => Math.max(n, w.data.byteLength), 0), prepack: holds > 0 && isPrepacked(key) },
   );
+  if (holds) evictPinned((heldLimit ??= memory().total / 4), key);
+  return out;
+}
+
+/**
+ * The most bytes of weights ONNX Runtime's kernels hold, copies all: a quarter of the machine's memory (a container's
+ * limit, if lower). The budget of mayCopyWeights keeps the copies a model's own graphs make within it; graphs that
+ * code makes (the values a trace reads, a generation step's edits) are made anew as the code changes, each with its
+ * copy, and the least recently used go past it (see engine.ts's evictPinned).
+ */
+let heldLimit: number | undefined;
+
+/** Sets the limit of the weights kernels hold in this thread (tests); null goes back to the default. */
+export function setHeldWeightLimit(bytes: number | null): void {
+  heldLimit = bytes ?? undefined;
 }
 
 let weightBudget: number | null | undefined;

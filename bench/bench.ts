@@ -176,6 +176,8 @@ async function main(): Promise<void> {
   console.log(`  decode reading transformer.h[2].mlp's output at every step: ${fmt(reads.steeredTokS)} tokens/s (x${fmt(reads.ratio, 2)} of plain, median of round-by-round ratios)`);
   const big = inPlainNode("steerGpt2");
   console.log(`  GPT-2-small-sized decode (the decode row's model): ${fmt(big.plainTokS)} tokens/s plain, ${fmt(big.steeredTokS)} with a steering edit on transformer.h[6] every step (x${fmt(big.ratio, 2)}, median of round-by-round ratios)`);
+  const ablated = inPlainNode("ablateGpt2");
+  console.log(`  the same with head 0 of transformer.h[6]'s attention pattern knocked out every step: ${fmt(ablated.steeredTokS)} tokens/s (x${fmt(ablated.ratio, 2)} of plain)`);
   const r = await remoteOverhead();
   console.log(`\nRemote (server on loopback, stdlib-gpt2, 5 tokens; medians of interleaved rounds)`);
   console.log(`  trace in process ${fmt(r.localMs, 2)} ms; the same trace remote ${fmt(r.remoteMs, 2)} ms (+${fmt(r.remoteMs - r.localMs, 2)} ms round trip)`);

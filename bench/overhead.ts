@@ -93,13 +93,15 @@ export async function interventionOverhead(rounds = 30): Promise<Overhead> {
  * and ratios of medians over 5 rounds came out 0.58 to 0.98 in six runs. On stdlib-gpt2 (4 x d256, a step of a few
  * ms, where a step's fixed costs show), or on `lm` (the GPT-2-small-sized model of the decode row) steering `layer`
  * with prompt ids `prompt`. `read`: the edit is a read of the layer's MLP output at every step instead (activations
- * gathered while generating).
+ * gathered while generating); `ablate`: the edit knocks out head 0 of the layer's attention pattern instead (an edit
+ * inside a block, which its step's graph computes).
  */
-export async function generationOverhead(options: { lm?: LanguageModel<GPT2LMHeadModel>; layer?: number; prompt?: string | Tensor; rounds?: number; tokens?: number; read?: boolean } = {}): Promise<{ plainTokS: number; steeredTokS: number; ratio: number }> {
+export async function generationOverhead(options: { lm?: LanguageModel<GPT2LMHeadModel>; layer?: number; prompt?: string | Tensor; rounds?: number; tokens?: number; read?: boolean; ablate?: boolean } = {}): Promise<{ plainTokS: number; steeredTokS: number; ratio: number }> {
   const lm = options.lm ?? ((await LanguageModel.load("stdlib-gpt2")) as LanguageModel<GPT2LMHeadModel>);
-  const { layer = 2, prompt = "def __init__(self", rounds = 15, tokens = 48, read = false } = options;
-  const width = (lm.config as { n_embd: number }).n_embd;
+  const { layer = 2, prompt = "def __init__(self", rounds = 15, tokens = 48, read = false, ablate = false } = options;
+  const { n_embd: width, n_head: heads } = lm.config as { n_embd: number; n_head: number };
   const steer = Tensor.full([width], 0.01);
+  const knockout = new Tensor("float32", Float32Array.from({ length: heads }, (_, h) => (h === 0 ? 0 : 1)), [1, heads, 1, 1]);
   const timed = async (run: (onToken: () => void) => Promise<unknown>): Promise<number> => {
     let first = 0;
     await run(() => void (first ||= performance.now()));
@@ -112,10 +114,11 @@ export async function generationOverhead(options: { lm?: LanguageModel<GPT2LMHea
         const kept: unknown[] = [];
         for await (const _ of tr.all()) {
           if (read) kept.push(await m.transformer.h[layer]!.mlp.output);
+          else if (ablate) m.transformer.h[layer]!.attn.source.pattern.output = (p: Tensor) => p.mul(tr.vars.knockout as Tensor);
           else m.transformer.h[layer]!.output = (h: Tensor) => h.add(tr.vars.steer as Tensor);
         }
         return kept.length;
-      }, { vars: { steer } }),
+      }, { vars: { steer, knockout } }),
     );
   await plain();
   await steered();

@@ -42,6 +42,11 @@ const rows = {
     const prompt = new Tensor("int64", BigInt64Array.from({ length: 8 }, (_, i) => BigInt((i * 7919) % 50257)), [1, 8]);
     return generationOverhead({ lm: randomGpt2SmallLm(), layer: 6, prompt, rounds: 5, tokens: DECODE + 1 });
   },
+  /** The same, knocking out head 0 of transformer.h[6]'s attention pattern (an edit inside a block) instead. */
+  ablateGpt2: () => {
+    const prompt = new Tensor("int64", BigInt64Array.from({ length: 8 }, (_, i) => BigInt((i * 7919) % 50257)), [1, 8]);
+    return generationOverhead({ lm: randomGpt2SmallLm(), layer: 6, prompt, rounds: 5, tokens: DECODE + 1, ablate: true });
+  },
   /** GFLOP/s of tsight's engine at each [m, k, n]. */
   gemm: async (shapes: [number, number, number][]) => shapes.map(([m, k, n]) => tsightGflops(m, k, n, 3)),
 };

@@ -289,7 +289,20 @@ export class Interleaver implements ModuleHooks, Provider {
         given.push(e);
         const edit = (e.r as WriteRequest).value as (v: unknown) => unknown;
         const where = `${describe(e.r.path, e.r.kind, e.r.part)}${iterationNote(e.r)}`;
-        return (output) => mergeRows(output, edit(output), e.m.rows, this.batch, where);
+        return (output) => {
+          const before = this.mediators.map((m) => m.requests.length);
+          const replacement = edit(output);
+          // A function that asks tsight for something (another edit, a read) is not pure: what it asked is taken
+          // back, and it runs op by op, once, where it asks again.
+          if (this.mediators.some((m, i) => m.requests.length > before[i]!)) {
+            this.mediators.forEach((m, i) => {
+              const made = new Set(m.requests.slice(before[i]));
+              m.take((r) => made.has(r));
+            });
+            throw new TraceError(`${where}: its function asked for module values or edits`);
+          }
+          return mergeRows(output, replacement, e.m.rows, this.batch, where);
+        };
       },
       done: () => {
         for (const e of given) e.m.take((r) => r === e.r);
@@ -297,8 +310,10 @@ export class Interleaver implements ModuleHooks, Provider {
         given = [];
       },
       restore: () => {
-        for (const { m, r } of done) {
-          m.requests.push(r);
+        // First in their queues: a request made since (a read of the edited value, another edit of it) came after it
+        // (those made before are of other values: see the checks above).
+        for (const { m, r } of [...done].reverse()) {
+          m.requests.unshift(r);
           this.watch(r.path, 1);
         }
         done = [];

@@ -53,7 +53,7 @@ export function mergeRows(full: unknown, part: unknown, rows: Rows | null, batch
     }
     // A shape without values in a run with values: everything computed from it would be shapes only, the other
     // invokes' rows of a shared batch too.
-    if (part.isMeta && !full.isMeta) throw `${where} has values; the replacement is a meta tensor of shape ${fmt(part.shape)} (a shape without values)`;
+    if (part.isMeta && !full.isMeta) throw `${where} has values; the replacement is a meta tensor of shape ${fmt(part.shape)} (a shape without values; one made from a value that a function edit kept from a call while a generation step was compiled has none: see the README's function edits)`;
     // An invoke that has the whole batch may change the shape, as in PyTorch: later ops get the new one (and an op
     // that cannot take it names this replacement; see Interleaver.explain).
     if (whole) return castLike(part, full, where);

@@ -811,7 +811,51 @@ describe("fused decoder blocks", () => {
     }
   });
 
-  it("edits made of other ops at every step compile a few step graphs, then run op by op; graphs past the held-weights limit are freed, least recently used first", async () => {
+  it("a function edit with a read of its value or another edit of it later in the step (after awaiting an earlier value), or one whose function makes another edit, gives op by op's values", async () => {
+    const ids = new Tensor("int64", BigInt64Array.of(324n, 615n, 638n), [1, 3]);
+    const v = new Tensor("float32", Float32Array.from({ length: 256 }, (_, i) => Math.cos(i * 7.31) * 4), [256]);
+    const cases: Record<string, (m: any, tr: any) => Promise<Tensor[]>> = {
+      "read after": async (m, tr) => {
+        const out: Tensor[] = [];
+        for await (const _ of tr.all()) {
+          m.transformer.h[1].mlp.output = (h: Tensor) => h.add(v);
+          await m.transformer.h[1].attn.output;
+          out.push(await m.transformer.h[1].mlp.output);
+        }
+        return out;
+      },
+      "edited again": async (m, tr) => {
+        const out: Tensor[] = [];
+        for await (const _ of tr.all()) {
+          m.transformer.h[2].output = (h: Tensor) => h.add(v);
+          await m.transformer.h[0].output;
+          m.transformer.h[2].output = (h: Tensor) => h.mul(2);
+          out.push(await m.lm_head.output);
+        }
+        return out;
+      },
+      "an edit that edits": async (m, tr) => {
+        const out: Tensor[] = [];
+        for await (const _ of tr.all()) {
+          m.transformer.h[1].mlp.output = (h: Tensor) => ((m.transformer.h[2].mlp.output = (x: Tensor) => x.add(v)), h.mul(1.5));
+          out.push(await m.lm_head.output);
+        }
+        return out;
+      },
+    };
+    for (const [name, fn] of Object.entries(cases)) {
+      // A fresh model each time: a model that learned to hand the value out of its graph takes another way.
+      const run = async (on: boolean) => withFusion(on, async () => (await LanguageModel.load("stdlib-gpt2")).generate(ids, { maxNewTokens: 4, eosTokenId: null }, fn));
+      const eager = (await run(false)).value;
+      for (let i = 0; i < 2; i++) {
+        const fused = (await run(true)).value;
+        expect(fused.sequences.tolist(), name).toEqual(eager.sequences.tolist());
+        fused.value!.forEach((t, k) => expect(maxAbsDiff(t, eager.value![k]!), `${name} ${k}`).toBeLessThan(1e-5));
+      }
+    }
+  });
+
+  it("edits made of other ops at every step compile a few step graphs, then run op by op; a model keeps 8 step graphs made for code; graphs past the held-weights limit are freed, least recently used first", async () => {
     const lm = await LanguageModel.load("stdlib-gpt2");
     const ids = new Tensor("int64", BigInt64Array.of(324n, 615n, 638n), [1, 3]);
     const steps = 24;
@@ -830,6 +874,14 @@ describe("fused decoder blocks", () => {
     expect(fused.value.sequences.tolist()).toEqual(eager.value.sequences.tolist());
     // 8 step graphs, and the few kernels of op by op's ops that the unfused run did not need.
     expect(engineStats().builds - builds).toBeLessThan(14);
+    // Generations with other edits each make step graphs of their own: a few are kept per model.
+    const held = engineStats().weightBytes;
+    for (let n = 1; n <= 12; n++) {
+      await withFusion(true, () => lm.generate(ids, { maxNewTokens: 2, eosTokenId: null }, async (m: any, tr: any) => {
+        for await (const _ of tr.all()) m.transformer.h[2].output = (h: Tensor) => Array.from({ length: n }).reduce((x: Tensor) => x.mul(1.001), h);
+      }));
+      expect(engineStats().weightBytes).toBeLessThanOrEqual(held + 8 * 32 * 2 ** 20);
+    }
     // Kernels holding weights over the limit go, the least recently used first: one is left, and runs go on.
     const steering = async (m: any, tr: any) => {
       for await (const _ of tr.all()) m.transformer.h[2].output = (h: Tensor) => h.mul(1.5);

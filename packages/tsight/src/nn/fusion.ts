@@ -15,7 +15,7 @@
  * never bakes in one call's values. A model whose forward still reads values (rope types that depend on the
  * sequence length, MoE routing) is not captured whole: its blocks' graphs run as before.
  */
-import { argumentSignature, Capture, compileCapture, engineStats, fusionEnabled, isGradEnabled, runCaptured, runCaptureGeneric, runCaptureTapped, Tensor, UNKNOWN_VALUE, type CapturedCall, type FusedGraph } from "../tensor/index.js";
+import { argumentSignature, Capture, compileCapture, dropKernel, engineStats, fusionEnabled, isGradEnabled, runCaptured, runCaptureGeneric, runCaptureTapped, Tensor, UNKNOWN_VALUE, type CapturedCall, type FusedGraph } from "../tensor/index.js";
 import { decideTogether } from "../tensor/packing.js";
 import { cacheIn, KVCache } from "./cache.js";
 import { Module, type ModuleHooks, type Replay, type StepEdits } from "./module.js";
@@ -576,7 +576,10 @@ function fusedStep(module: Module, args: unknown[], hooks: ModuleHooks | null, f
     const builds = edits ? engineStats().builds : 0;
     const ran = runStep(module, step, () => runCaptureGeneric(step.capture, step.result, step.written, (t) => params.has(t)));
     if (!ran) return opByOp();
-    if (edits) editsRan(edits, builds);
+    if (edits) {
+      editsRan(edits, builds);
+      noteCodeKernel(module, ran.key);
+    }
     if (hooks) passInner(module, hooks, uncalledInStep(module, step.capture));
     return ran.result;
   })();
@@ -630,6 +633,7 @@ function replayedStep(module: Module, args: unknown[], hooks: ModuleHooks, forwa
       const tapped: TappedRun = (taps) => () => {
         const builds = engineStats().builds;
         const ran = runStep(module, step, () => runCaptureTapped(step.capture, step.result, step.written, taps, pathOf, (t) => params.has(t)));
+        if (ran && (taps.size > 0 || edits)) noteCodeKernel(module, ran.key);
         if (!ran || !edits) return (edits?.release(), ran);
         // A run op by op after all (something handed out needs one) applies them again.
         editsRan(edits, builds);
@@ -746,6 +750,25 @@ function editsRan(edits: StepEdits, builds: number): void {
   if (engineStats().builds > builds) edits.compiled();
   edits.done();
   edits.release();
+}
+
+/**
+ * Per module: the kernels of its step graphs that code asked for (values read, edits), least recently used first;
+ * at most MAX_CODE_KERNELS are kept. Each holds its own copy of the weights, and code makes new ones at will (a
+ * generation reading or steering another layer, or with other ops), where the model's own are few.
+ */
+const codeKernels = new WeakMap<Module, Map<string, true>>();
+const MAX_CODE_KERNELS = 8;
+
+function noteCodeKernel(module: Module, key: string): void {
+  let kept = codeKernels.get(module);
+  if (!kept) codeKernels.set(module, (kept = new Map()));
+  kept.delete(key);
+  kept.set(key, true);
+  if (kept.size <= MAX_CODE_KERNELS) return;
+  const [oldest] = kept.keys();
+  kept.delete(oldest!);
+  dropKernel(oldest!);
 }
 
 /**

@@ -579,7 +579,7 @@ export function compileCapture(capture: Capture, args: readonly unknown[], param
  * one: GPT-2-small decode 29.5-31.3 tokens/s against 28.5-29.2); other weights are fed, and blocks with the same
  * ops share the graph. Returns the output tensors: `result`'s, then `extra`'s. `isParam` tells the parameters.
  */
-export function runCaptureGeneric(capture: Capture, result: unknown, extra: readonly Tensor[], isParam: (t: Tensor) => boolean): { result: unknown; extra: Tensor[] } {
+export function runCaptureGeneric(capture: Capture, result: unknown, extra: readonly Tensor[], isParam: (t: Tensor) => boolean): { result: unknown; extra: Tensor[]; key: string } {
   const found = [...tensorsIn(result).map(({ t }) => t), ...extra];
   const sources = [...capture.sources.values()];
   // Decided together before kindOf asks about one (which would decide it alone).
@@ -588,10 +588,11 @@ export function runCaptureGeneric(capture: Capture, result: unknown, extra: read
   const graph = captureGraph(capture, found, kindOf);
   const weights = sources.filter((t) => kindOf(t) === "weight");
   const inputs = [...sources.filter((t) => kindOf(t) === "input"), ...capture.ops.flatMap((op) => op.feeds)];
-  const raw = runHolding(boundKey(graph.base, weights), weights, (g) => graph.build(g, weights), inputs);
+  const key = boundKey(graph.base, weights);
+  const raw = runHolding(key, weights, (g) => graph.build(g, weights), inputs);
   const outs = raw.map((r, i) => new Tensor(found[i]!.dtype, r.data as TypedArray, found[i]!.shape));
   const count = found.length - extra.length;
-  return { result: rebuildResult(result, outs.slice(0, count)), extra: outs.slice(count) };
+  return { result: rebuildResult(result, outs.slice(0, count)), extra: outs.slice(count), key };
 }
 
 /**
@@ -629,12 +630,12 @@ export function runCaptureTapped(
   wanted: ReadonlySet<string>,
   pathOf: (owner: object) => string,
   isParam: (t: Tensor) => boolean,
-): { result: unknown; extra: Tensor[]; real: (captured: unknown) => unknown } {
+): { result: unknown; extra: Tensor[]; key: string; real: (captured: unknown) => unknown } {
   const taps = tapsOf(capture, wanted, pathOf);
   const ran = runCaptureGeneric(capture, result, [...extra, ...taps], isParam);
   const given = new Map(taps.map((t, i) => [t, ran.extra[extra.length + i]!]));
   const real = (t: Tensor): Tensor | undefined => (t.isMeta ? given.get(t) : t);
-  return { result: ran.result, extra: ran.extra.slice(0, extra.length), real: (v) => mapValues(v, real) };
+  return { result: ran.result, extra: ran.extra.slice(0, extra.length), key: ran.key, real: (v) => mapValues(v, real) };
 }
 
 /** Arrays and plain objects copied (their tensors replaced afterwards). */

@@ -3,7 +3,7 @@ export * from "./dtype.js";
 export * from "./errors.js";
 export * from "./random.js";
 export { noGrad, isGradEnabled, runBackwardAsync, GradNode, type GradHook } from "./autograd.js";
-export { engineStats, releaseWeight, threadCount } from "./engine.js";
+export { dropKernel, engineStats, releaseWeight, threadCount } from "./engine.js";
 export { SettingError } from "./settings.js";
 export { PackedWeight, UnquantizableError, weightDTypes, BLOCK_SIZE, quantizeRows, type WeightDType, type PackedFormat, type PackedData, type StoredValues } from "./packed.js";
 export { withAllocationGuard, type AllocationGuard } from "./primitive.js";

@@ -154,17 +154,19 @@ export function runHolding(key: string, weights: readonly Tensor[], build: (g: G
     inputs,
     { holds, largestHeld: weights.reduce((n, w) => Math.max(n, w.data.byteLength), 0), prepack: holds > 0 && isPrepacked(key) },
   );
-  if (holds) evictPinned((heldLimit ??= memory().total / 4), key);
+  if (holds) evictPinned(heldLimit ?? Math.max(copyBudget() ?? 0, (quarterOfMemory ??= memory().total / 4)), key);
   return out;
 }
 
 /**
  * The most bytes of weights ONNX Runtime's kernels hold, copies all: a quarter of the machine's memory (a container's
- * limit, if lower). The budget of mayCopyWeights keeps the copies a model's own graphs make within it; graphs that
- * code makes (the values a trace reads, a generation step's edits) are made anew as the code changes, each with its
- * copy, and the least recently used go past it (see engine.ts's evictPinned).
+ * limit, if lower), or TSIGHT_WEIGHT_COPY_MB if more. The copy budget (see mayCopyWeights) keeps the copies a model's
+ * own graphs make within it; graphs that code makes (the values a trace reads, a generation step's edits) are made
+ * anew as the code changes, each with its copy, and the least recently used go past it (see engine.ts's
+ * evictPinned). A safety net: fusion.ts keeps a few of each module's step graphs made for code.
  */
 let heldLimit: number | undefined;
+let quarterOfMemory: number | undefined;
 
 /** Sets the limit of the weights kernels hold in this thread (tests); null goes back to the default. */
 export function setHeldWeightLimit(bytes: number | null): void {
@@ -185,15 +187,21 @@ export function setWeightCopyBudget(bytes: number | null): void {
  * held and those repacked matrices are promised (see BLOCK_COPIES).
  */
 export function mayCopyWeights(bytes: number, largest = MAX_DEFAULT_COPY): boolean {
+  const budget = copyBudget();
+  const held = countedCopyBytes() + bytes;
+  if (budget !== null) return held <= budget;
+  if (bytes > largest) return false;
+  const { total, available } = memory();
+  return held <= total / 4 && available - bytes >= total / 4;
+}
+
+/** TSIGHT_WEIGHT_COPY_MB in bytes (or what setWeightCopyBudget set), null when not set. */
+function copyBudget(): number | null {
   if (weightBudget === undefined) {
     const mb = numberSetting("TSIGHT_WEIGHT_COPY_MB", { min: 0, max: 2 ** 30 });
     weightBudget = mb === undefined ? null : mb * 2 ** 20;
   }
-  const held = countedCopyBytes() + bytes;
-  if (weightBudget !== null) return held <= weightBudget;
-  if (bytes > largest) return false;
-  const { total, available } = memory();
-  return held <= total / 4 && available - bytes >= total / 4;
+  return weightBudget;
 }
 
 /**

@@ -108,6 +108,17 @@ export const ATTACKS: Attack[] = [
     },
   },
   { name: "generating past the context", job: { kind: "generate", generate: { maxNewTokens: 4096 }, source: "async (m) => 1" }, expect: ERR("VALIDATION", /context/) },
+  // A function edit at a generation step is compiled into the step's graph: what it records is charged as if it ran.
+  {
+    name: "a function edit making a 10 GB value at every generation step",
+    job: { kind: "generate", generate: { maxNewTokens: 3 }, source: "async (m, tr) => { for await (const _ of tr.all()) m.transformer.h[1].output = (h) => h.unsqueeze(1).expand(1, 2e6, -1, -1).sum(1); return 1; }" },
+    expect: ERR(["USER_CODE", "MEMORY"], /would allocate \d+ bytes/),
+  },
+  {
+    name: "function edits with new ops at every generation step (a graph compiled each)",
+    job: { kind: "generate", generate: { maxNewTokens: 40 }, source: "async (m, tr) => { let n = 0; for await (const _ of tr.all()) { const k = ++n; m.transformer.h[1].output = (h) => { let x = h; for (let i = 0; i < k; i++) x = x.mul(1.0001); return x; }; } return n; }" },
+    expect: { status: "COMPLETED", value: (v) => expect((v as { value: unknown }).value).toBe(40) },
+  },
   // Stored data: bounded, deduplicated, capped.
   { name: "log lines in a loop", job: { source: "async () => { for (;;) console.log('x'.repeat(5000)); }" }, expect: ERR("MEMORY", /events/) },
   { name: "a result over the result limit", job: { source: "async (m) => { const t = (await m.lm_head.output).expand(16, -1, -1); return [t.mul(1), t.mul(2), t.mul(3), t.mul(4)]; }" }, expect: ERR("MEMORY", /result is \d+ bytes, over this server's limit/) },

@@ -75,13 +75,22 @@ export function guardAllocation(bytes: number, flops = 0): void {
 
 const ITEM_BYTES = { float32: 4, int64: 8, int32: 4, bool: 1 } as const;
 
+/** Asks the guard about an op: its outputs' bytes and its work. */
+function guardOp<A>(p: Primitive<A>, inputs: readonly Tensor[], specs: OutSpec[]): void {
+  allocationGuard!(specs.reduce((n, s) => n + s.shape.reduce((a, d) => a * d, 1) * ITEM_BYTES[s.dtype], 0), p.flops?.(inputs, specs) ?? 0);
+}
+
 export function apply<A>(p: Primitive<A>, given: readonly Tensor[], attrs: A): Tensor[] {
-  // Code being captured for a fused graph records its ops instead of running them.
+  // Code being captured for a fused graph records its ops instead of running them. What a sandboxed job's code
+  // records (a function edit compiled into a generation step) is charged as if it ran: the graph will run it.
   const capture = activeCapture();
-  if (capture) return capture.record(p, given, attrs);
+  if (capture) {
+    if (allocationGuard) guardOp(p, given, p.infer(given, attrs));
+    return capture.record(p, given, attrs);
+  }
   const inputs = p.packed || !given.some((t) => t.packed) ? given : given.map((t) => t.unpacked());
   const specs = p.infer(inputs, attrs);
-  if (allocationGuard) allocationGuard(specs.reduce((n, s) => n + s.shape.reduce((a, d) => a * d, 1) * ITEM_BYTES[s.dtype], 0), p.flops?.(inputs, specs) ?? 0);
+  if (allocationGuard) guardOp(p, inputs, specs);
   let outs: Tensor[];
   const view = inputs.some((t) => t.isMeta) ? null : (p.view?.(inputs, attrs, specs) ?? null);
   if (inputs.some((t) => t.isMeta)) {

@@ -867,13 +867,21 @@ describe("fused decoder blocks", () => {
         m.transformer.h[2].output = (h: Tensor) => Array.from({ length: n }).reduce((x: Tensor) => x.add(0.01), h);
       }
     };
-    const run = (on: boolean) => withFusion(on, () => lm.generate(ids, { maxNewTokens: steps, eosTokenId: null }, growing));
+    const run = (on: boolean, fn = growing) => withFusion(on, () => lm.generate(ids, { maxNewTokens: steps, eosTokenId: null }, fn));
     const eager = await run(false);
     const builds = engineStats().builds;
     const fused = await run(true);
     expect(fused.value.sequences.tolist()).toEqual(eager.value.sequences.tolist());
     // 8 step graphs, and the few kernels of op by op's ops that the unfused run did not need.
     expect(engineStats().builds - builds).toBeLessThan(14);
+    // An edit of many ops runs op by op, not as one graph compiled for them all.
+    const many = async (m: any, tr: any) => {
+      for await (const _ of tr.all()) m.transformer.h[2].output = (h: Tensor) => Array.from({ length: 300 }).reduce((x: Tensor) => x.mul(1.0001), h);
+    };
+    const manyEager = await run(false, many);
+    const manyFused = await run(true, many);
+    expect(manyFused.value.sequences.tolist()).toEqual(manyEager.value.sequences.tolist());
+    expect(manyFused.kernels).toBeGreaterThan(300 * steps);
     // Generations with other edits each make step graphs of their own (two: the prompt's and the decode steps'): the
     // four used last are kept.
     const held = engineStats().weightBytes;

@@ -98,7 +98,9 @@ export function describeValue(v: unknown): string {
   if (v instanceof Tensor) return `a tensor of shape ${fmt(v.shape)}`;
   if (Array.isArray(v)) return `an array of ${v.length}`;
   if (v === null || v === undefined) return String(v);
-  return `a ${typeof v}`;
+  // An async function edit gives a promise: a function edit must give its value itself.
+  if (typeof (v as { then?: unknown }).then === "function") return "a promise (a function edit must return its value, not a promise: no async)";
+  return typeof v === "object" ? "an object" : `a ${typeof v}`;
 }
 
 /**

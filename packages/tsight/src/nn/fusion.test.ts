@@ -909,7 +909,7 @@ describe("fused decoder blocks", () => {
     }
   });
 
-  it("edits at every generation step (of an output that is the module's input, of an input, a skip asked for late, another shape) give op by op's results with fusion on", async () => {
+  it("edits at every generation step (of an output that is the module's input, of an input, a skip asked for late, another shape, async) give op by op's results with fusion on", async () => {
     const lm = await LanguageModel.load("stdlib-gpt2");
     const ids = new Tensor("int64", BigInt64Array.of(324n, 615n, 638n), [1, 3]);
     const edits: Record<string, (m: any) => unknown> = {
@@ -917,6 +917,7 @@ describe("fused decoder blocks", () => {
       input: (m) => (m.transformer.h[2].input = (h: Tensor) => h.mul(0.5)),
       skip: async (m) => m.transformer.h[2].skip(await m.transformer.h[1].output),
       shape: (m) => (m.transformer.h[2].output = (h: Tensor) => h.narrow(2, 0, 128)),
+      async: (m) => (m.transformer.h[2].output = async (h: Tensor) => h),
     };
     const outcome = async (on: boolean, edit: (m: any) => unknown) => {
       try {
@@ -931,6 +932,7 @@ describe("fused decoder blocks", () => {
     for (const [name, edit] of Object.entries(edits)) {
       const eager = await outcome(false, edit);
       if (name === "shape") expect(eager).toMatch(/^SwapError/);
+      else if (name === "async") expect(eager).toMatch(/^SwapError: .*the replacement is a promise \(a function edit must return its value, not a promise/);
       else expect(Array.isArray(eager), `${name}: ${eager}`).toBe(true);
       for (let i = 0; i < 3; i++) expect(await outcome(true, edit), name).toEqual(eager);
     }

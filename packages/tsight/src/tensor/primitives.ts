@@ -145,7 +145,7 @@ export const logicalXor = binary("logical_xor", "Xor", BOOL);
 export const where: Primitive = {
   name: "where",
   infer: ([c, a, b]) => {
-    if (c!.dtype !== "bool") throw new DTypeError(`where: the condition must be bool, got ${c!.dtype}`);
+    if (c?.dtype !== "bool") throw new DTypeError(`where: the condition must be a bool tensor, got ${c?.dtype ?? `a ${typeof c}`}`);
     if (a!.dtype !== b!.dtype) throw new DTypeError(`where: dtypes ${a!.dtype} and ${b!.dtype} differ`);
     return [{ dtype: a!.dtype, shape: broadcastShapes("where", c!.shape, a!.shape, b!.shape) }];
   },

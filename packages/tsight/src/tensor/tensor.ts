@@ -130,7 +130,7 @@ export class Tensor implements RawTensor {
       guardAllocation(this.numel() * 4);
       return this.packedWeight.toFloat32();
     }
-    throw new MetaTensorError(`this is a meta tensor of shape ${fmt(this.shape)}: it has no values (a model loaded with dispatch: false, a scan, a parameter never given values, or what a function edit was given while a generation step was compiled, kept past its call: see the README's function edits)`);
+    throw new MetaTensorError(`this is a meta tensor of shape ${fmt(this.shape)}: it has no values (a model loaded with dispatch: false, a scan, a parameter never given values, or what a function edit was given while a generation step was compiled, kept past its call: read a step's values with await m.<module>.output instead; see the README's function edits)`);
   }
   get isMeta(): boolean {
     return this.storage === null && this.packedWeight === null;

@@ -784,6 +784,8 @@ describe("fused decoder blocks", () => {
   it.each([
     ["an attention pattern (a head knocked out)", (m: any) => (m.transformer.h[1].attn.source.pattern.output = (p: Tensor) => p.mul(new Tensor("float32", Float32Array.of(1, 1, 0, 1), [1, 4, 1, 1])))],
     ["per-head outputs", (m: any) => (m.transformer.h[2].attn.source.z.output = (z: Tensor) => z.mul(0.5))],
+    ["an attention pattern by put (a head, and the last position of another)", (m: any) => (m.transformer.h[1].attn.source.pattern.output = (p: Tensor) => p.put([null, 2], 0).put([null, 1, null, -1], 0.5))],
+    ["a block's output at the last position, by put with a tensor", (m: any) => (m.transformer.h[2].output = (h: Tensor) => h.put([null, -1], h.index(null, -1).mul(3)))],
     ["two modules, one inside the other", (m: any) => ((m.transformer.h[0].mlp.output = (h: Tensor) => h.mul(2)), (m.transformer.h[0].output = (h: Tensor) => h.add(0.1)))],
   ])("a function edit of %s at every generation step runs in the step's graph, as op by op", async (_, edit) => {
     const lm = await LanguageModel.load("stdlib-gpt2");

@@ -119,7 +119,7 @@ export class Capture {
   }
 
   record<A>(p: Primitive<A>, inputs: readonly Tensor[], attrs: A): Tensor[] {
-    if (!p.graph && !graphForms[p.name]) throw new CaptureError(`${p.name} has no graph form`);
+    if ((!p.graph && !graphForms[p.name]) || p.graphs?.(inputs, attrs) === false) throw new CaptureError(`${p.name} has no graph form${p.graph ? " for these attributes" : ""}`);
     const specs = p.infer(inputs, attrs);
     const ids = inputs.map((t) => this.idOf(t));
     // A reshape's target shape is a feed here (in eager mode it runs as JS), so graphs need no shape baked in.

@@ -26,6 +26,8 @@ export interface Primitive<A = undefined> {
   feeds?(inputs: readonly Tensor[], attrs: A): RawTensor[];
   /** Adds the op's nodes; `ins` are the tensor inputs' names then the feeds' names. Returns the outputs' names. */
   graph?(g: GraphBuilder, ins: string[], attrs: A, inputs: readonly Tensor[]): string[];
+  /** Whether `graph` takes these inputs and attributes (absent: always); an op it does not take cannot be captured. */
+  graphs?(inputs: readonly Tensor[], attrs: A): boolean;
   /** A JS implementation, used instead of a kernel (views, copies). */
   js?(inputs: readonly Tensor[], attrs: A, out: OutSpec[]): Tensor[];
   /**

@@ -422,6 +422,15 @@ export const sliceAssign: Primitive<SliceAttrs> = {
     }
     return [same(base!)];
   },
+  // As a graph (a function edit at a generation step; see nn/fusion.ts): the value padded out to the base's shape,
+  // taken where a mask padded alike is set. The pads are fed, so one graph serves every length; unit steps only.
+  feeds: ([base], a) => [ints([...a.starts, ...base!.shape.map((n, i) => n - a.stops[i]!)])],
+  graphs: ([base], a) => base!.dtype !== "bool" && a.steps.every((s, i) => s === 1 && a.stops[i]! >= a.starts[i]!),
+  graph: (g, [base, value, pads]) => {
+    const ones = g.op("ConstantOfShape", [g.op("Shape", [value!])], { value: { dtype: "float32", dims: [1], data: Float32Array.of(1) } });
+    const mask = g.op("Cast", [g.op("Pad", [ones, pads!])], { to: 9 });
+    return [g.op("Where", [mask, g.op("Pad", [value!, pads!]), base!])];
+  },
   js: ([base, value], a) => {
     const out = base!.data.slice();
     const src = value!.data;

@@ -274,7 +274,14 @@ export class Interleaver implements ModuleHooks, Provider {
         at.set(r.iteration, { m, r });
       }
     }
-    if (reads) for (const r of reads) if (r.kind === "output" && edits.get(r.path)?.has(r.iteration)) return null;
+    // A read of an edited value is handed out as edited (the graph gives it so) when it came after the edit, in the
+    // same invoke; one made before it, or by another invoke, gets the value as it was, which only op by op gives.
+    if (reads) {
+      for (const r of reads) {
+        const e = r.kind === "output" ? edits.get(r.path)?.get(r.iteration) : undefined;
+        if (e && !(e.m.requests.includes(r) && e.m.requests.indexOf(r) > e.m.requests.indexOf(e.r))) return null;
+      }
+    }
     if (edits.size === 0) return null;
     const setAside = new Set([...edits.values()].flatMap((at) => [...at.values()].map((e) => e.r)));
     this.setAside = setAside;

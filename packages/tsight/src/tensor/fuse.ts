@@ -17,6 +17,9 @@ import type { OutSpec, Primitive } from "./primitive.js";
 import { switchSetting } from "./settings.js";
 import { Tensor } from "./tensor.js";
 
+/** The most ops an edit applied to a call's result (see Capture.edit) may record (steering takes one or two). */
+const MAX_EDIT_OPS = 256;
+
 /** The code being captured cannot be: it reads data, or runs an op with no graph form. */
 export class CaptureError extends Error {
   override readonly name = "CaptureError";
@@ -85,7 +88,13 @@ export class Capture {
     this.open.push(call);
     try {
       call.out = await run();
-      if (this.edit) call.out = this.edit(owner, call.out);
+      if (this.edit) {
+        const before = this.ops.length;
+        call.out = this.edit(owner, call.out);
+        // Code that makes a graph of many ops (a loop) runs them op by op, where each is checked as it runs, rather
+        // than have one kernel compiled for them all.
+        if (this.ops.length - before > MAX_EDIT_OPS) throw new CaptureError(`an edit made ${this.ops.length - before} ops`);
+      }
       return call.out as T;
     } finally {
       if (this.open.at(-1) !== call) this.callsNested = false;

@@ -68,9 +68,9 @@ const KEPT_STEP_BASES = 64;
 
 /**
  * Step graphs a generation's edits may have compiled before its edits are applied op by op (a prompt's step and a
- * decode step's, each for one thread or more, and a few taps; see StepEdits.compiled).
+ * decode step's, and another pair for values read later; see StepEdits.compiled).
  */
-const MAX_EDIT_GRAPHS = 8;
+const MAX_EDIT_GRAPHS = 4;
 
 /** Microtask turns settle waits before it arms a stall timer (a timer costs more than the turns). */
 const SETTLE_TURNS = 8;

@@ -754,13 +754,13 @@ function editsRan(edits: StepEdits, builds: number): void {
 
 /**
  * Per module: the kernels of its step graphs that code asked for (values read, edits), least recently used first;
- * at most MAX_CODE_KERNELS are kept, the prompt's and the decode steps' of two kinds of code (a loop of generations
- * steering one layer or another compiles none again). Each holds its own copy of the module's weights, and code
- * makes new ones at will (a generation reading or steering another layer, or with other ops), where the model's own
- * are few.
+ * at most MAX_CODE_KERNELS are kept: the prompt's and the decode steps' of the last kind of code (a loop of the same
+ * generation compiles none again). Each holds its own copy of the module's weights (a server's memory: four of
+ * stdlib-gpt2's held 140 MB more after a hostile job), and code makes new ones at will (a generation reading or
+ * steering another layer, or with other ops), where the model's own are few.
  */
 const codeKernels = new WeakMap<Module, Map<string, true>>();
-const MAX_CODE_KERNELS = 4;
+const MAX_CODE_KERNELS = 2;
 
 function noteCodeKernel(module: Module, key: string): void {
   let kept = codeKernels.get(module);

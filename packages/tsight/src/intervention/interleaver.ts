@@ -279,7 +279,7 @@ export class Interleaver implements ModuleHooks, Provider {
     if (reads) {
       for (const r of reads) {
         const e = r.kind === "output" ? edits.get(r.path)?.get(r.iteration) : undefined;
-        if (e && !(e.m.requests.includes(r) && e.m.requests.indexOf(r) > e.m.requests.indexOf(e.r))) return null;
+        if (e && e.m.requests.indexOf(r) < e.m.requests.indexOf(e.r)) return null;
       }
     }
     if (edits.size === 0) return null;

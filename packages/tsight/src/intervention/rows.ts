@@ -4,6 +4,7 @@
  * (a KV cache, numbers) passes through untouched.
  */
 import { sameShape, Tensor } from "../tensor/index.js";
+import { isThenable } from "../tensor/async-scope.js";
 import { named, TraceError } from "./errors.js";
 
 /** Rows [start, start + length) of a batch of `batch` rows; `null` rows mean the whole batch. */
@@ -99,7 +100,7 @@ export function describeValue(v: unknown): string {
   if (Array.isArray(v)) return `an array of ${v.length}`;
   if (v === null || v === undefined) return String(v);
   // An async function edit gives a promise: a function edit must give its value itself.
-  if (typeof (v as { then?: unknown }).then === "function") return "a promise (a function edit must return its value, not a promise: no async)";
+  if (isThenable(v)) return "a promise (a function edit must return its value, not a promise: no async)";
   return typeof v === "object" ? "an object" : `a ${typeof v}`;
 }
 

@@ -566,10 +566,7 @@ function fusedStep(module: Module, args: unknown[], hooks: ModuleHooks | null, f
     edits?.release();
     return null;
   }
-  const opByOp = (): Promise<unknown> => {
-    edits?.release();
-    return forward(args);
-  };
+  const opByOp = () => letGo(edits, forward, args);
   return (async () => {
     const step = await captureStep(module, args, forward, cache, false, edits);
     if (!step) return opByOp();
@@ -611,11 +608,7 @@ function replayedStep(module: Module, args: unknown[], hooks: ModuleHooks, forwa
       return null;
     }
   }
-  // Every way on to a run op by op lets the edits go first: that run applies them.
-  const opByOp = (): Promise<unknown> => {
-    edits?.release();
-    return forward(args);
-  };
+  const opByOp = () => letGo(edits, forward, args);
   return (async () => {
     const step = await captureStep(module, args, forward, cache, true, edits);
     if (!step) return opByOp();
@@ -631,7 +624,7 @@ function replayedStep(module: Module, args: unknown[], hooks: ModuleHooks, forwa
     if (session && asksFor(session, cacheInputs)) session.end();
     else if (session) {
       const tapped: TappedRun = (taps) => () => {
-        const builds = engineStats().builds;
+        const builds = edits ? engineStats().builds : 0;
         const ran = runStep(module, step, () => runCaptureTapped(step.capture, step.result, step.written, taps, pathOf, (t) => params.has(t)));
         if (ran && (taps.size > 0 || edits)) noteCodeKernel(module, ran.key);
         if (!ran || !edits) return (edits?.release(), ran);
@@ -743,6 +736,12 @@ async function captureStep(module: Module, args: unknown[], forward: (args: unkn
     appends.forEach(([layer, { at }], i) => cache.append(layer, real[2 * (changed.length + i)]!, real[2 * (changed.length + i) + 1]!, at));
   };
   return { ...captured, written, write, undo };
+}
+
+/** Runs the step op by op, letting `edits` go first: that run applies them. */
+function letGo(edits: StepEdits | null, forward: (args: unknown[]) => Promise<unknown>, args: unknown[]): Promise<unknown> {
+  edits?.release();
+  return forward(args);
 }
 
 /** A step's graph computed `edits`: they are done. `builds`: the kernels built before it ran (see StepEdits.compiled). */

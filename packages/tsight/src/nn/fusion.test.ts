@@ -14,6 +14,7 @@ import { afterEach, describe, expect, it } from "vitest";
 import { fixture, fixtureModel, fixturesDir, hfFixtures, maxAbsDiff, ref, stdlibModels } from "../../../../test/fixtures.js";
 import { LanguageModel } from "../intervention/index.js";
 import { generate } from "../models/index.js";
+import { Kernel } from "../tensor/engine.js";
 import { countedCopyBytes } from "../tensor/packing.js";
 import { attentionMask, attentionMaskOps, positionIdsFromMask, positionIdsOps } from "./attention.js";
 import { KVCache } from "./cache.js";
@@ -65,6 +66,36 @@ describe("fused decoder blocks", () => {
     const fused = await withFusion(true, run);
     expect(fused.value.sequences.tolist()).toEqual(eager.value.sequences.tolist());
     expect(fused.kernels).toBeLessThan(eager.kernels / 3);
+  });
+
+  it("stdlib-gpt2: a forward's graph is fed its ids and one vector of every shape; a decode step holds its parameters", async () => {
+    // ONNX Runtime binds every input of every run (about 1.5 us each): the graphs' ops' shape vectors travel packed in
+    // one, and a step's graph, which holds its repacked matrices, holds the layer norms' and biases' vectors too.
+    const model = await LanguageModel.load("stdlib-gpt2");
+    const ids = new Tensor("int64", BigInt64Array.of(324n, 615n, 638n, 636n, 284n), [1, 5]);
+    const fed: string[][] = [];
+    const run = Kernel.prototype.run;
+    Kernel.prototype.run = function (this: Kernel, inputs) {
+      fed.push(inputs.map((t) => `${t.dtype}[${t.shape}]`));
+      return run.call(this, inputs);
+    };
+    try {
+      await model.model.call(ids);
+      fed.length = 0;
+      const logits = (await model.model.call(ids)).logits as Tensor;
+      expect(fed).toEqual([["int64[1,5]", expect.stringMatching(/^int64\[\d+\]$/)]]);
+      expect(maxAbsDiff(logits, (await withFusion(false, () => model.model.call(ids))).value.logits as Tensor)).toBeLessThanOrEqual(1e-6);
+      fed.length = 0;
+      await model.generate(ids, { maxNewTokens: 3 });
+      expect(fed.length).toBe(3);
+      for (const inputs of fed) {
+        // ids, the mask and positions' numbers, the four blocks' keys and values, the packed shapes: no [256] vector.
+        expect(inputs.filter((t) => /^float32\[\d+\]$/.test(t))).toEqual([]);
+        expect(inputs.length).toBeLessThanOrEqual(24);
+      }
+    } finally {
+      Kernel.prototype.run = run;
+    }
   });
 
   it.each(["stdlib-gpt2", "llama"] as const)("%s: each step with a KV cache gives op by op's logits to the bit, for one row and for two", async (name) => {

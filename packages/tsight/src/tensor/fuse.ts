@@ -45,6 +45,14 @@ function shapeFeed(shape: readonly number[]): RawTensor {
   return { dtype: "int64", shape: [shape.length], data: BigInt64Array.from(shape.map(BigInt)) };
 }
 
+/**
+ * Whether an op's feed travels in its graph's one packed vector, split apart inside the graph (see
+ * Capture.feedInputs): a non-empty int64 vector. ONNX Runtime binds every input of every run, about 1.5 us each
+ * here, and stdlib-gpt2's whole-model graph had 101 such vectors (a Split of 100 vectors against 100 inputs of a
+ * graph of reshapes: 140-160 us less a run, measured with bench-style alternating rounds).
+ */
+const packable = (f: RawTensor): boolean => f.dtype === "int64" && f.shape.length === 1 && f.shape[0]! > 0;
+
 /** A call of a module inside captured code: its arguments and result as captured, and the calls inside it. */
 export interface CapturedCall {
   owner: object;
@@ -125,6 +133,23 @@ export class Capture {
 
   has(t: Tensor): boolean {
     return this.ids.has(t);
+  }
+
+  private fed: RawTensor[] | null = null;
+  /**
+   * What its graph is fed besides its input sources (see captureGraph), in order: the ops' int64 vectors (shape
+   * vectors, bounds) packed in one, then their other feeds. Made once: a graph runs with the feeds of its capture.
+   */
+  feedInputs(): RawTensor[] {
+    if (this.fed) return this.fed;
+    const all = this.ops.flatMap((op) => op.feeds);
+    const packed = all.filter(packable);
+    const rest = all.filter((f) => !packable(f));
+    if (packed.length < 2) return (this.fed = all);
+    const data = new BigInt64Array(packed.reduce((n, f) => n + f.shape[0]!, 0));
+    let at = 0;
+    for (const f of packed) data.set(f.data as BigInt64Array, at), (at += f.shape[0]!);
+    return (this.fed = [{ dtype: "int64", shape: [data.length], data }, ...rest]);
   }
 
   record<A>(p: Primitive<A>, inputs: readonly Tensor[], attrs: A): Tensor[] {
@@ -213,7 +238,7 @@ function planInputs(src: FusedSource, weights: boolean): { kindOf: (t: Tensor) =
     if (kind === "weight") reads.push(read!);
     else if (kind === "input") slots.push(arg ? { kind: "arg", path: arg } : { kind: "param", read: read! });
   }
-  for (const op of src.capture.ops) for (const value of op.feeds) slots.push({ kind: "value", value });
+  for (const value of src.capture.feedInputs()) slots.push({ kind: "value", value });
   return { kindOf, slots, reads };
 }
 
@@ -462,6 +487,15 @@ const MAX_BAKED_CONSTANT = 64;
  */
 type SourceKind = "input" | "constant" | "weight";
 
+/** The names of the ops' feeds in a graph fed as Capture.feedInputs gives them: per op, its feeds' names. */
+function feedGraph(g: GraphBuilder, ops: readonly Op[]): string[][] {
+  const packed = ops.flatMap((op) => op.feeds.filter(packable));
+  let pieces: string[] = [];
+  if (packed.length >= 2) pieces = g.node("Split", [g.input("int64"), g.ints(packed.map((f) => f.shape[0]!))], { axis: 0 }, packed.length);
+  let next = 0;
+  return ops.map((op) => op.feeds.map((f) => (packed.length >= 2 && packable(f) ? pieces[next++]! : g.input(f.dtype))));
+}
+
 /** A graph built from a capture: its key without the weights' identities, and how to build it with given weights. */
 interface CapturedGraph {
   base: string;
@@ -481,7 +515,8 @@ function captureGraph(capture: Capture, outputs: readonly Tensor[], kindOf: (t: 
     keyParts.push(kind === "input" ? `in${id}:${t.dtype}/${t.shape.length}` : kind === "weight" ? `w${id}:${t.dtype}[${t.shape}]` : `c${id}:${t.dtype}[${t.shape}]=${dataKey(t.data)}`);
   }
   for (const op of capture.ops) {
-    const feeds = op.feeds.map((f) => `${f.dtype}/${f.shape.length}`);
+    // A packed vector's length is part of the graph (the split's sizes): a shape vector's is its op's rank.
+    const feeds = op.feeds.map((f) => `${f.dtype}/${f.shape.length}${packable(f) ? `:${f.shape[0]}` : ""}`);
     // An op's attributes as its eager kernel names them (p.key: what its graph depends on; a reshape's target shape
     // is a feed here), so the key holds no shape and one graph serves every length.
     keyParts.push(`${op.p.name}(${op.inputs.join(",")})${op.p.graph ? (op.p.key?.(op.attrs) ?? "") : ""}|${feeds.join(";")}|${op.specs.map((o) => `${o.dtype}/${o.shape.length}`).join(";")}->${op.outputs.join(",")}`);
@@ -503,7 +538,7 @@ function captureGraph(capture: Capture, outputs: readonly Tensor[], kindOf: (t: 
         names.set(id, g.constant(weight.dtype, [...weight.shape], weight.data));
       }
     }
-    const feedNames = capture.ops.map((op) => op.feeds.map((f) => g.input(f.dtype)));
+    const feedNames = feedGraph(g, capture.ops);
     capture.ops.forEach((op, n) => {
       const ins = [...op.inputs.map((i) => names.get(i)!), ...feedNames[n]!];
       const outs = op.p.graph ? op.p.graph(g, ins, op.attrs, op.metaInputs) : graphForms[op.p.name]!(g, ins, op.attrs, op.specs);
@@ -585,18 +620,22 @@ export function compileCapture(capture: Capture, args: readonly unknown[], param
  * The graph is looked up by its structure (ops, attributes, dtypes), so a capture of the same code at another
  * length (the next decode step) reuses it. Repacked matrices (see packing.ts) are its constants, as every path
  * holds them, so it is then a graph per block (one row at a time, a repacked matrix multiplies as fast as a fed
- * one: GPT-2-small decode 29.5-31.3 tokens/s against 28.5-29.2); other weights are fed, and blocks with the same
- * ops share the graph. Returns the output tensors: `result`'s, then `extra`'s. `isParam` tells the parameters.
+ * one: GPT-2-small decode 29.5-31.3 tokens/s against 28.5-29.2), with its float32 parameter vectors; without
+ * repacked matrices every weight is fed, and blocks with the same ops share the graph. Returns the output tensors:
+ * `result`'s, then `extra`'s. `isParam` tells the parameters.
  */
 export function runCaptureGeneric(capture: Capture, result: unknown, extra: readonly Tensor[], isParam: (t: Tensor) => boolean): { result: unknown; extra: Tensor[]; key: string } {
   const found = [...tensorsIn(result).map(({ t }) => t), ...extra];
   const sources = [...capture.sources.values()];
   // Decided together before kindOf asks about one (which would decide it alone).
   decideTogether(sources.filter(isParam));
-  const kindOf = (t: Tensor): SourceKind => (isParam(t) && packs(t) ? "weight" : "input");
+  // With a repacked matrix held, the graph is this block's alone: its other float32 parameters are held too (the
+  // layer norms' and biases' vectors, each an input fed at every step otherwise: 32 of a stdlib-gpt2 step's 54).
+  const holding = sources.some((t) => isParam(t) && packs(t));
+  const kindOf = (t: Tensor): SourceKind => (isParam(t) && (packs(t) || (holding && t.dtype === "float32" && t.shape.length <= 1)) ? "weight" : "input");
   const graph = captureGraph(capture, found, kindOf);
   const weights = sources.filter((t) => kindOf(t) === "weight");
-  const inputs = [...sources.filter((t) => kindOf(t) === "input"), ...capture.ops.flatMap((op) => op.feeds)];
+  const inputs = [...sources.filter((t) => kindOf(t) === "input"), ...capture.feedInputs()];
   const key = boundKey(graph.base, weights);
   const raw = runHolding(key, weights, (g) => graph.build(g, weights), inputs);
   const outs = raw.map((r, i) => new Tensor(found[i]!.dtype, r.data as TypedArray, found[i]!.shape));

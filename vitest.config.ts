@@ -1,4 +1,5 @@
 import { defineConfig } from "vitest/config";
+import { SERVE_ENV } from "./packages/server/src/cli/serve-env.js";
 
 export default defineConfig({
   // "tsight" and "@tsight/server" resolve to their TypeScript sources (the packages' "tsight-source" export
@@ -12,6 +13,8 @@ export default defineConfig({
     poolOptions: { forks: { maxForks: 2, minForks: 1, execArgv: ["--conditions=tsight-source"] } },
     testTimeout: 60_000,
     hookTimeout: 60_000,
-    env: { TSIGHT_THREADS: "1" },
+    // Workers start with the environment a server runs in (malloc's settings): the servers tests embed behave, and
+    // give memory back, as `tsight serve` does.
+    env: { TSIGHT_THREADS: "1", ...SERVE_ENV },
   },
 });

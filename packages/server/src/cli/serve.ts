@@ -7,13 +7,7 @@ import { DEFAULT_HOST, DEFAULT_MODELS, DEFAULT_PORT, defaultDataDir } from "../s
 import type { ApiKeyInfo, NewApiKey } from "../server/index.js";
 import { checkWeightDType, describeLoad, LoadBar, type LoadProgress, type SaeSpec, type WeightDType } from "tsight";
 
-/**
- * The environment a server process runs in. glibc's malloc keeps freed memory of middling size (it raises its mmap
- * threshold as big blocks are freed); with a fixed threshold, what a job's large tensors took goes back to the
- * system once they are collected, so a server's memory comes back after big jobs. `tsight serve` starts itself
- * again with these when they are not set.
- */
-export const SERVE_ENV: Readonly<Record<string, string>> = { MALLOC_MMAP_THRESHOLD_: "131072", MALLOC_TRIM_THRESHOLD_: "131072" };
+export { SERVE_ENV } from "./serve-env.js";
 
 /** A mistake in the command line (the CLI prints the usage after it). */
 export class UsageError extends Error {

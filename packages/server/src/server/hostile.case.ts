@@ -379,9 +379,10 @@ export function hostileSuite(name: string, open: () => Promise<Target>, close: (
     beforeAll(async () => {
       t = await open();
       pids = t.processes();
-      // Warm up: the ordinary work of a server (kernels made, logs, a cache, a big result through every process),
-      // and jobs that use all a job may: its memory filled with small tensors, then with big ones. The level after
-      // that is the one to come back to: an attack may take no more than a job at its limits.
+      // Warm up: the ordinary work of a server (kernels made, logs, a cache, a big result through every process, a
+      // steered generation, whose step graphs the model keeps for the next job with that code), and jobs that use
+      // all a job may: its memory filled with small tensors, then with big ones. The level after that is the one to
+      // come back to: an attack may take no more than a job at its limits.
       const ordinary = [
         VICTIM,
         "async (m) => (await m.transformer.h[1].output).mul(2).softmax(-1).sum()",
@@ -394,6 +395,8 @@ export function hostileSuite(name: string, open: () => Promise<Target>, close: (
       ];
       const warm = await Promise.all(ordinary.map((source) => submit(t, { source }, t.keys.victim)));
       for (const [i, id] of warm.entries()) expect((await finished(t, id, t.keys.victim)).status).toBe(/throw|for \(;;\)/.test(ordinary[i]!) ? "ERROR" : "COMPLETED");
+      const steered = await submit(t, { kind: "generate", generate: { maxNewTokens: 12 }, source: "async (m, tr) => { for await (const _ of tr.all()) m.transformer.h[1].output = (h) => h.mul(1.5); return 1; }" }, t.keys.victim);
+      expect((await finished(t, steered, t.keys.victim)).status).toBe("COMPLETED");
       const first = await submit(t, { source: VICTIM }, t.keys.victim);
       expect((await finished(t, first, t.keys.victim)).status).toBe("COMPLETED");
       solo = (await result(t, first, t.keys.victim)) as Tensor;

@@ -238,6 +238,34 @@ describe("fused decoder blocks", () => {
     expect(maxAbsDiff(await logits(true), before)).toBe(0);
   });
 
+  it("a trainable layer-norm bias is fed to generation steps' graphs: an optimizer step between generations builds none again, and the next generation uses its new values", async () => {
+    const model = await fixtureModel("stdlib-gpt2");
+    const f = await fixture("stdlib-gpt2");
+    const ids = ref(f, "probe0/input_ids");
+    const name = "transformer.h.1.ln_2.bias";
+    const b = parameter(model.parameters().get(name)!);
+    model.setParameter(name, b);
+    const opt = new SGD([b], { lr: 0.5 });
+    const run = (on: boolean) => withFusion(on, () => noGrad(() => generate(model, ids, undefined, { maxNewTokens: 6, eosTokenId: null })));
+    const train = async () => {
+      opt.zeroGrad();
+      (await model.call(ids)).logits.pow(2).mean().backward();
+      opt.step();
+    };
+    await run(true);
+    await run(false);
+    await train();
+    await run(true);
+    for (let step = 0; step < 2; step++) {
+      await train();
+      const builds = engineStats().builds;
+      const fused = await run(true);
+      // Its matrices' step kernels are kept: a bias held as a constant would have freed them with its old values.
+      expect(engineStats().builds - builds).toBe(0);
+      expect(fused.value.sequences.tolist()).toEqual((await run(false)).value.sequences.tolist());
+    }
+  });
+
   it("a weight trained in place by an optimizer step is used by the next fused forward (under noGrad), and the graph of its old values is freed", async () => {
     const model = await fixtureModel("stdlib-gpt2");
     const f = await fixture("stdlib-gpt2");

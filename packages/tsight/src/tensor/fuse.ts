@@ -165,6 +165,7 @@ export class Capture {
       return id;
     });
     this.ops.push({ p: p as Primitive<unknown>, attrs, inputs: ids, feeds, metaInputs: inputs.map((t) => Tensor.meta(t.dtype, t.shape)), outputs, specs });
+    this.fed = null;
     return outs;
   }
 }
@@ -632,7 +633,8 @@ export function runCaptureGeneric(capture: Capture, result: unknown, extra: read
   // With a repacked matrix held, the graph is this block's alone: its other float32 parameters are held too (the
   // layer norms' and biases' vectors, each an input fed at every step otherwise: 32 of a stdlib-gpt2 step's 54).
   const holding = sources.some((t) => isParam(t) && packs(t));
-  const kindOf = (t: Tensor): SourceKind => (isParam(t) && (packs(t) || (holding && t.dtype === "float32" && t.shape.length <= 1)) ? "weight" : "input");
+  // Not a trainable one: an optimizer step replaces it, and with it the kernel holding the block's matrices.
+  const kindOf = (t: Tensor): SourceKind => (isParam(t) && (packs(t) || (holding && t.dtype === "float32" && t.shape.length <= 1 && !t.requiresGrad)) ? "weight" : "input");
   const graph = captureGraph(capture, found, kindOf);
   const weights = sources.filter((t) => kindOf(t) === "weight");
   const inputs = [...sources.filter((t) => kindOf(t) === "input"), ...capture.feedInputs()];

@@ -143,18 +143,17 @@ export class Capture {
   feedInputs(): RawTensor[] {
     if (this.fed) return this.fed;
     const all = this.ops.flatMap((op) => op.feeds);
+    if (!packsFeeds(this.ops)) return (this.fed = all);
     const packed = all.filter(packable);
-    const rest = all.filter((f) => !packable(f));
-    if (packed.length < 2) return (this.fed = all);
     const data = new BigInt64Array(packed.reduce((n, f) => n + f.shape[0]!, 0));
     let at = 0;
     for (const f of packed) data.set(f.data as BigInt64Array, at), (at += f.shape[0]!);
-    return (this.fed = [{ dtype: "int64", shape: [data.length], data }, ...rest]);
+    return (this.fed = [{ dtype: "int64", shape: [data.length], data }, ...all.filter((f) => !packable(f))]);
   }
 
-  record<A>(p: Primitive<A>, inputs: readonly Tensor[], attrs: A): Tensor[] {
+  /** Records `p` applied to `inputs`; `specs` are its outputs' (as p.infer gives them). */
+  record<A>(p: Primitive<A>, inputs: readonly Tensor[], attrs: A, specs: OutSpec[]): Tensor[] {
     if ((!p.graph && !graphForms[p.name]) || p.graphs?.(inputs, attrs) === false) throw new CaptureError(`${p.name} has no graph form${p.graph ? " for these attributes" : ""}`);
-    const specs = p.infer(inputs, attrs);
     const ids = inputs.map((t) => this.idOf(t));
     // A reshape's target shape is a feed here (in eager mode it runs as JS), so graphs need no shape baked in.
     const feeds = p.name === "reshape" ? [shapeFeed(specs[0]!.shape)] : (p.feeds?.(inputs, attrs) ?? []);
@@ -488,13 +487,16 @@ const MAX_BAKED_CONSTANT = 64;
  */
 type SourceKind = "input" | "constant" | "weight";
 
+/** Whether the ops' packable feeds travel packed in one input: when there are two or more. */
+const packsFeeds = (ops: readonly Op[]): boolean => ops.reduce((n, op) => n + op.feeds.filter(packable).length, 0) >= 2;
+
 /** The names of the ops' feeds in a graph fed as Capture.feedInputs gives them: per op, its feeds' names. */
 function feedGraph(g: GraphBuilder, ops: readonly Op[]): string[][] {
+  if (!packsFeeds(ops)) return ops.map((op) => op.feeds.map((f) => g.input(f.dtype)));
   const packed = ops.flatMap((op) => op.feeds.filter(packable));
-  let pieces: string[] = [];
-  if (packed.length >= 2) pieces = g.node("Split", [g.input("int64"), g.ints(packed.map((f) => f.shape[0]!))], { axis: 0 }, packed.length);
+  const pieces = g.node("Split", [g.input("int64"), g.ints(packed.map((f) => f.shape[0]!))], { axis: 0 }, packed.length);
   let next = 0;
-  return ops.map((op) => op.feeds.map((f) => (packed.length >= 2 && packable(f) ? pieces[next++]! : g.input(f.dtype))));
+  return ops.map((op) => op.feeds.map((f) => (packable(f) ? pieces[next++]! : g.input(f.dtype))));
 }
 
 /** A graph built from a capture: its key without the weights' identities, and how to build it with given weights. */

@@ -87,8 +87,9 @@ export function apply<A>(p: Primitive<A>, given: readonly Tensor[], attrs: A): T
   // records (a function edit compiled into a generation step) is charged as if it ran: the graph will run it.
   const capture = activeCapture();
   if (capture) {
-    if (allocationGuard) guardOp(p, given, p.infer(given, attrs));
-    return capture.record(p, given, attrs);
+    const specs = p.infer(given, attrs);
+    if (allocationGuard) guardOp(p, given, specs);
+    return capture.record(p, given, attrs, specs);
   }
   const inputs = p.packed || !given.some((t) => t.packed) ? given : given.map((t) => t.unpacked());
   const specs = p.infer(inputs, attrs);

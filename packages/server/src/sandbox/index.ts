@@ -4,6 +4,8 @@
  * deadline. One isolate per job: nothing of one job is reachable from another's, also when several jobs share one
  * batched forward pass (`executeBatch`).
  */
+import v8 from "node:v8";
+import vm from "node:vm";
 import { isMainThread } from "node:worker_threads";
 import ivm from "isolated-vm";
 import { StallError, treatAsLibraryCode, type InterventionFn } from "tsight";
@@ -58,7 +60,7 @@ let exitWatched = false;
  * the exit waiting for ever. A disposed isolate's thread leaves its code after `dispose` returns, and exiting
  * meanwhile crashed the process (SIGSEGV, exit code 139, in 5 of 60 such exits with two busy loops beside it),
  * so the exit then waits EXIT_UNWIND_MS for it (none of 80 crashed with 100 ms); isolated-vm tells no moment to
- * wait for.
+ * wait for. Then garbage is collected (see collectForExit).
  */
 function watchExit(isolate: ivm.Isolate): void {
   live.add(isolate);
@@ -68,7 +70,29 @@ function watchExit(isolate: ivm.Isolate): void {
     let stopped = 0;
     for (const running of live) if (!running.isDisposed) running.dispose(), stopped++;
     if (stopped) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, EXIT_UNWIND_MS);
+    collectForExit();
   });
+}
+
+/**
+ * Two full collections as the process (or thread) exits, once the isolates are disposed of: isolated-vm's cleanup
+ * hook, run as Node tears the environment down, destroys its environment for this thread, and a collection after
+ * it (a GC task V8 had posted, run while Node drains its tasks) would call isolated-vm's weak callbacks for the
+ * handles that died since the last collection; without an environment they abort the process
+ * ("IsolateEnvironment::GetCurrent(): Assertion `environment != nullptr' failed": a test process that had run
+ * `remote: "local"` jobs died so in one CI run, not reproduced here). Collected here, no such handle is left, and
+ * no collection is under way. Server threads did this already (worker-main.ts); this covers every process and
+ * thread that ran a job, a script's main thread included.
+ */
+function collectForExit(): void {
+  try {
+    v8.setFlagsFromString("--expose-gc");
+    const gc = vm.runInNewContext("gc") as () => void;
+    gc();
+    gc();
+  } catch {
+    // No way to collect here: the exit goes on as before.
+  }
 }
 
 /** How long an exit waits for the threads of the isolates it stopped to leave them (see watchExit). */

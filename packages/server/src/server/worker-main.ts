@@ -27,21 +27,6 @@ function exposeGc(): () => void {
     return () => undefined;
   }
 }
-/**
- * Collects garbage as the thread ends, after the sandbox's own exit handler (which disposes isolates still running).
- * isolated-vm's cleanup hook, run as Node tears the thread down, destroys the thread's environment; a collection
- * after it (a task V8 posted, run while Node closes the thread's handles) would call isolated-vm's weak callbacks
- * for the handles that died since the last one, and those abort the process without an environment
- * ("IsolateEnvironment::GetCurrent(): Assertion `environment != nullptr' failed", seen now and then in CI; not
- * reproduced here). Collected here, none are left to call.
- */
-function collectAtExit(): void {
-  process.once("exit", () => {
-    collect();
-    collect();
-  });
-}
-
 /** Jobs that held at least this much at once are followed by a collection. */
 const COLLECT_AFTER_BYTES = 8 * 2 ** 20;
 let collectNext = false;
@@ -242,8 +227,8 @@ port.on("message", (m: ToWorker) => {
       running.get(m.jobId)?.local.answer(m.call, m.answer);
       break;
     case "exit":
+      // The sandbox collects garbage as the thread exits, once its isolates are disposed of (see its watchExit).
       for (const r of running.values()) r.controller.abort();
-      collectAtExit();
       port.close();
       break;
   }
@@ -261,6 +246,5 @@ try {
   post({ type: "ready", batching: typeof executor.executeBatch === "function" });
 } catch (e) {
   post({ type: "load-failed", error: infoFromError(e, "INTERNAL") });
-  collectAtExit();
   port.close();
 }

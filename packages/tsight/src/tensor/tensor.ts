@@ -56,7 +56,7 @@ export class Tensor implements RawTensor {
 
   constructor(dtype: DType, data: TypedArray | null, shape: readonly number[]) {
     this.dtype = dtype;
-    this.shape = Object.freeze([...checkShape("tensor", shape, data !== null)]);
+    this.shape = Object.freeze(checkShape("tensor", shape, data !== null).slice());
     this.storage = data;
     if (data && data.length !== sizeOf(shape)) throw new ShapeError(`tensor: ${data.length} values do not fill shape ${fmt(shape)} (${sizeOf(shape)} elements)`);
   }

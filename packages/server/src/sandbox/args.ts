@@ -45,7 +45,7 @@ function checkRest(where: string, spec: string, rest: readonly unknown[]): void 
     return;
   }
   if (spec === "index...") {
-    if (rest.length > MAX_RANK || !rest.every(isIndexEntry)) throw new ArgumentError(`${where}: each index entry is an integer, null, slice(start, stop, step), an integer tensor or "..." (at most ${MAX_RANK})`);
+    if (rest.length > MAX_RANK || !rest.every(isIndexEntry)) throw new ArgumentError(`${where}: each index entry is an integer, null, slice(start, stop, step), a list of integers (at most ${MAX_LIST}), an integer tensor or "..." (at most ${MAX_RANK} entries)`);
   }
 }
 
@@ -103,6 +103,7 @@ function isModuleRef(v: unknown): boolean {
 function isIndexEntry(v: unknown): boolean {
   if (v === null || v === "...") return true;
   if (isInt(v)) return true;
+  if (Array.isArray(v)) return v.length <= MAX_LIST && v.every(isInt);
   if (v instanceof Tensor) return v.dtype === "int64" || v.dtype === "int32" || v.dtype === "bool";
   if (typeof v === "object" && Object.getPrototypeOf(v) === Object.prototype) {
     const s = v as Record<string, unknown>;

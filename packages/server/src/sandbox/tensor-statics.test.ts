@@ -109,4 +109,13 @@ describe("Tensor's static constructors in the sandbox", () => {
     expect(local.again).toEqual(local.fresh);
     expect(await remote(source, "x")).toEqual(local);
   });
+
+  it("index a list of integers as in process (x[0, [2, 0]]), and refuse a list of other things", async () => {
+    const source = "async () => Tensor.cat([Tensor.full([1, 3], 1), Tensor.full([1, 3], 2), Tensor.full([1, 3], 3)], 0).index([2, 0], -1).tolist()";
+    expect(await inProcess(source, "x")).toEqual([3, 1]);
+    expect(await remote(source, "x")).toEqual([3, 1]);
+    const e = await failure(remote("async () => Tensor.zeros([2, 3]).index(0, [1.5])", "x"));
+    expect(e.code).toBe("USER_CODE");
+    expect(e.message).toMatch(/index entry is an integer, null, slice\(start, stop, step\), a list of integers/);
+  });
 });

@@ -12,7 +12,7 @@
  *   int...   whole numbers as arguments, or one list of them (reshape(2, 3) or reshape([2, 3]))
  *   bool     true or false                  dtype    "float32", "int64", "int32" or "bool"
  *   string   a short string                 options  a plain object of numbers, booleans and short strings
- *   index... index entries: an integer, null, slice(...), an integer tensor, or "..."
+ *   index... index entries: an integer, null, slice(...), a list of integers, an integer tensor, or "..."
  *   indices  a list of index entries        tensors  a list of tensors
  *   generator  a Generator (new Generator(seed)) function a function of the job's code
  *   any      any value that can cross (checked where it is used)

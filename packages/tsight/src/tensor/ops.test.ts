@@ -567,6 +567,12 @@ describe("indexing", () => {
     checkOp("x[0, 0-d idx]", [x], (t) => t.index(0, i64(2)), (t) => pick(t, [5], ([k]) => [0, 2, k!]));
   });
 
+  it("a list of integers is an integer index, as in PyTorch (x[0, [3, 0, -1]])", () => {
+    checkOp("x[0, [3, 0, -1]]", [x], (t) => t.index(0, [3, 0, -1]), (t) => pick(t, [3, 5], ([a, k]) => [0, [3, 0, 3][a!]!, k!]));
+    checkOp("x[..., []]", [x], (t) => t.index("...", []), () => build([3, 4, 0], () => 0));
+    expectThrows(() => x.index(0, [4]), ShapeError, "index 4", "size 4");
+  });
+
   it("indexSelect, gather and scatterAdd", () => {
     checkOp("indexSelect 1", [x], (t) => t.indexSelect(1, i64([3, 3, 0])), (t) => pick(t, [3, 3, 5], ([i, a, k]) => [i!, [3, 3, 0][a!]!, k!]));
     checkOp("indexSelect -1 2-D", [x], (t) => t.indexSelect(-1, i64([[4], [-5]])), (t) => pick(t, [3, 4, 2, 1], ([i, j, a]) => [i!, j!, [4, 0][a!]!]));
@@ -600,6 +606,14 @@ describe("indexing", () => {
     expectThrows(() => x.gather(1, i64([[[4]]])), ShapeError, "gather", "index 4");
     expectThrows(() => zeros([2, 2]).scatterAdd(1, i64([[2]]), zeros([1, 1])), ShapeError, "scatter_add", "index 2");
     expectThrows(() => x.index(tensor([0.5])), DTypeError, "int64");
+    // JavaScript lets anything through where the types do not look: each is named, none is taken as a whole dim.
+    expectThrows(() => x.index(0, 1.5), ShapeError, "index entry 1", "1.5 is not a whole number");
+    expectThrows(() => x.index(0, [1, 1.5]), ShapeError, "index entry 1", "list of indices must hold whole numbers");
+    expectThrows(() => x.index(0, [[1], [2]] as unknown as number[]), ShapeError, "index entry 1", "nested lists");
+    expectThrows(() => x.index(undefined as unknown as null), ShapeError, "index entry 0", "undefined is not an index");
+    expectThrows(() => x.index(0, ":" as unknown as null), ShapeError, "index entry 1", '":" is not an index');
+    expectThrows(() => x.index({ from: 1 } as unknown as null), ShapeError, "index entry 0", "slice(start, stop, step)", "{from}");
+    expectThrows(() => x.index({ start: 0.5 } as unknown as null), ShapeError, "index entry 0", "slice(start, stop, step)");
     expectThrows(() => x.indexSelect(0, tensor([true])), DTypeError, "index_select");
     expectThrows(() => x.gather(0, zeros([1, 1, 1])), DTypeError, "gather");
   });
@@ -649,6 +663,8 @@ describe("put (index assignment)", () => {
   it("refuses values that do not fit and tensor indices", () => {
     expectThrows(() => zeros([3, 4]).put([0], tensor([1, 2, 3])), ShapeError, "put", "[3]", "[4]");
     expectThrows(() => zeros([3, 4]).put([i64([0])], 1), ShapeError, "put");
+    // A list is such an index too: refused, not taken as the whole row (which it was).
+    expectThrows(() => zeros([2, 5]).put([0, [1, 3]], 1), ShapeError, "put", "integer-tensor indices");
   });
 });
 

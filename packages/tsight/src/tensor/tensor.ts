@@ -30,8 +30,11 @@ export interface Slice {
   stop?: number | null;
   step?: number;
 }
-/** One entry of an index: an integer (selects, drops the dim), null (`:`), a Slice, an integer tensor, or "...". */
-export type IndexSpec = number | null | Slice | Tensor | "...";
+/**
+ * One entry of an index: an integer (selects, drops the dim), null (`:`), a Slice, a list of integers or an integer
+ * tensor (picks those, at most one such entry), or "...".
+ */
+export type IndexSpec = number | null | Slice | Tensor | readonly number[] | "...";
 
 export function slice(start?: number | null, stop?: number | null, step?: number): Slice {
   return { start, stop, step };
@@ -658,7 +661,8 @@ export class Tensor implements RawTensor {
 
   /**
    * PyTorch-style indexing: `t.index(0, null, -1)` is `t[0, :, -1]`, `t.index("...", slice(0, 3))` is
-   * `t[..., 0:3]`, an integer tensor picks slices of its dim (one tensor index at most).
+   * `t[..., 0:3]`, an integer tensor or a list of integers picks slices of its dim (one such index at most):
+   * `t.index(0, [1, 3])` is `t[0, [1, 3]]`.
    */
   index(...specs: IndexSpec[]): Tensor {
     const plan = planIndex(this.shape, specs);
@@ -690,11 +694,11 @@ function planIndex(shape: readonly number[], specs: IndexSpec[]) {
   if (ellipses > 1) throw new ShapeError("index: at most one '...' is allowed");
   const explicit = specs.length - ellipses;
   if (explicit > shape.length) throw new ShapeError(`index: ${explicit} indices for a tensor of rank ${shape.length}`);
-  const full: IndexSpec[] = [];
-  for (const s of specs) {
+  const full: CheckedSpec[] = [];
+  specs.forEach((s, at) => {
     if (s === "...") for (let i = 0; i < shape.length - explicit; i++) full.push(null);
-    else full.push(s);
-  }
+    else full.push(checkedSpec(s, at));
+  });
   while (full.length < shape.length) full.push(null);
   const starts: number[] = [],
     stops: number[] = [],
@@ -708,7 +712,7 @@ function planIndex(shape: readonly number[], specs: IndexSpec[]) {
       stop = n,
       step = 1;
     if (typeof s === "number") {
-      if (!Number.isInteger(s) || s < -n || s >= n) throw new ShapeError(`index ${s} is out of bounds for dim ${dim} with size ${n}`);
+      if (s < -n || s >= n) throw new ShapeError(`index ${s} is out of bounds for dim ${dim} with size ${n}`);
       start = s < 0 ? s + n : s;
       stop = start + 1;
       drop.push(dim);
@@ -744,6 +748,40 @@ function planIndex(shape: readonly number[], specs: IndexSpec[]) {
     },
   };
 }
+
+/**
+ * An index entry as planIndex takes it, or a ShapeError naming it: JavaScript lets anything through (an array, a
+ * string, undefined), and each of those read as a slice of the whole dim before, so `t.index(0, [1, 3])` gave all of
+ * row 0. A list of whole numbers is taken as PyTorch takes it (`t[0, [1, 3]]`): an int64 tensor index.
+ */
+type CheckedSpec = number | null | Slice | Tensor;
+
+function checkedSpec(s: unknown, at: number): CheckedSpec {
+  const where = `index entry ${at}`;
+  if (s === null || s instanceof Tensor) return s;
+  if (typeof s === "number") {
+    if (!Number.isInteger(s)) throw new ShapeError(`${where}: ${s} is not a whole number`);
+    return s;
+  }
+  if (Array.isArray(s)) {
+    if (s.length > MAX_INDEX_LIST || !s.every((i) => Number.isSafeInteger(i))) {
+      throw new ShapeError(`${where}: a list of indices must hold whole numbers (at most ${MAX_INDEX_LIST}); for more, or nested lists, give an int64 tensor`);
+    }
+    return new Tensor("int64", BigInt64Array.from(s as number[], BigInt), [s.length]);
+  }
+  if (typeof s === "object" && Object.getPrototypeOf(s) === Object.prototype) {
+    const keys = Object.keys(s);
+    const bound = (v: unknown) => v === undefined || v === null || Number.isInteger(v);
+    const { start, stop, step } = s as Slice;
+    if (keys.every((k) => k === "start" || k === "stop" || k === "step") && bound(start) && bound(stop) && bound(step)) return s as Slice;
+    throw new ShapeError(`${where}: a slice is slice(start, stop, step) of whole numbers (or null), got {${keys.join(", ")}}`);
+  }
+  const got = s === undefined ? "undefined" : typeof s === "string" ? JSON.stringify(s) : typeof s;
+  throw new ShapeError(`${where}: ${got} is not an index; an entry is a whole number, null (the whole dim), slice(start, stop, step), "...", a list of whole numbers or an integer tensor`);
+}
+
+/** Most entries of a plain list of indices (a longer one is a tensor). */
+const MAX_INDEX_LIST = 1 << 20;
 
 function broadcastTo(op: string, from: readonly number[], to: readonly number[]): readonly number[] {
   if (from.length > to.length || from.some((d, i) => d !== 1 && d !== to[to.length - from.length + i])) {

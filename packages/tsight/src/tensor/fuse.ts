@@ -211,16 +211,18 @@ interface FusedSource {
 
 /**
  * How each source of `src` becomes part of a graph (see SourceKind): arguments are inputs; parameters are weights
- * when repacked (see packing.ts: every path holds them so), or when `weights` and float32 (a matrix only while none
- * is repacked: the graph's kernel then repacks every constant matrix), else inputs; values the code made are
- * constants (small ones only: CaptureError). Gives the kinds, the inputs' slots in order (the ops' shape vectors
- * follow them) and the weights' reads in order.
+ * when repacked (see packing.ts: every path holds them so), or when `weights` and float32 vectors (norms' gains,
+ * biases), else inputs; values the code made are constants (small ones only: CaptureError). A matrix not repacked is
+ * fed, as op by op feeds it: held as a constant (its kernel does not repack it) it summed otherwise on two threads
+ * (stdlib-llama's logits 6.7e-6 from op by op's with TSIGHT_PREPACK=0), for a copy, and was not faster on the whole
+ * (with TSIGHT_PREPACK=0, GPT-2-small's prefill at 128 tokens took 104-114 ms held against 109-123 fed, stdlib-gpt2
+ * at 5 tokens 1.14-1.53 ms against 0.60-0.74).
+ * Gives the kinds, the inputs' slots in order (the ops' shape vectors follow them) and the weights' reads in order.
  */
 function planInputs(src: FusedSource, weights: boolean): { kindOf: (t: Tensor) => SourceKind; slots: InputSlot[]; reads: (() => Tensor)[] } {
   // Decided by the parameters now (a graph is planned again for weights set since, see FusedGraph.replanIfStale).
   const now = (t: Tensor): Tensor => src.params.get(t)!();
-  const repacking = [...src.params.values()].some((read) => packs(read()));
-  const paramKind = (t: Tensor): SourceKind => (packs(now(t)) || (weights && bakeable(t) && (t.shape.length < 2 || !repacking)) ? "weight" : "input");
+  const paramKind = (t: Tensor): SourceKind => (packs(now(t)) || (weights && bakeable(t) && t.shape.length < 2) ? "weight" : "input");
   const kindOf = (t: Tensor): SourceKind => (src.argSlots.has(t) ? "input" : src.params.has(t) ? paramKind(t) : "constant");
   // A large value that is neither an argument nor a parameter known before the capture (a weight set while it ran)
   // would be frozen into the graph.

@@ -232,6 +232,45 @@ export const pointCases: TraceCase[] = [
     },
   },
   {
+    name: "z edited to one position: GPT-2 broadcasts it over the tokens (Hugging Face merges z by its own shape), Llama refuses it (Hugging Face reshapes z to the call's [batch, tokens]) with a SwapError naming the replacement",
+    async run(b) {
+      const gpt2 = await b.gpt2.trace(
+        PROMPT,
+        async (m) => {
+          const z = (await m.transformer.h[1].attn.source.z.output) as Tensor;
+          m.transformer.h[1].attn.source.z.output = z.narrow(2, z.shape[2]! - 1, 1);
+          return (await m.lm_head.output) as Tensor;
+        },
+        b.options(),
+      );
+      const viaProj = await b.gpt2.trace(
+        PROMPT,
+        async (m) => {
+          const x = (await m.transformer.h[1].attn.c_proj.input) as Tensor;
+          m.transformer.h[1].attn.c_proj.input = x.narrow(1, x.shape[1]! - 1, 1).expand(x.shape[0]!, x.shape[1]!, x.shape[2]!);
+          return (await m.lm_head.output) as Tensor;
+        },
+        b.options(),
+      );
+      expect(gpt2.shape).toEqual(viaProj.shape);
+      expect(maxAbsDiff(gpt2, viaProj)).toBeLessThan(1e-5);
+      const e = await b.llama
+        .trace(
+          PROMPT,
+          async (m) => {
+            const z = (await m.model.layers[1].self_attn.source.z.output) as Tensor;
+            m.model.layers[1].self_attn.source.z.output = z.narrow(2, z.shape[2]! - 1, 1);
+            return (await m.lm_head.output) as Tensor;
+          },
+          b.options(),
+        )
+        .catch((x: Error) => x);
+      expect(e).toBeInstanceOf(Error);
+      expect((e as Error).name).toBe("SwapError");
+      expect((e as Error).message).toMatch(/the per-head outputs z \[1, 4, 1, 64\] cannot be merged into the call's 1 x \d+ tokens[^]*after model\.layers\.1\.self_attn\.source\.z\.output was replaced with shape \[1, 4, 1, 64\]/);
+    },
+  },
+  {
     name: "MLP points: post is act(pre) (times up_proj for gated MLPs); zeroing post zeroes a Llama MLP as Hugging Face's zero_mlp_l1",
     async run(b) {
       const g = await b.gpt2.trace(

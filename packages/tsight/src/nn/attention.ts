@@ -130,9 +130,12 @@ export interface ScoreOptions {
  * step by step, the same ops in the same order, so an edit of either flows on. q [B, H, T, D], k and v
  * [B, KV, T, D]. Returns the heads merged [B, T, H*D] and the pattern [B, H, T, S].
  */
-export async function attend(points: AttentionPoints, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext, layerIdx: number, scores: ScoreOptions | number): Promise<[Tensor, Tensor]> {
+export async function attend(points: AttentionPoints, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext, layerIdx: number, scores: ScoreOptions | number, heads: HeadsMerge = "own"): Promise<[Tensor, Tensor]> {
   const o = typeof scores === "number" ? { scale: scores } : scores;
   if (!ctx?.mask) throw missingContext(points, "its attention context (mask, positions, KV cache)");
+  // The call's [batch, tokens], before any edit (Hugging Face's input_shape).
+  const input = [q.shape[0]!, q.shape[2]!] as const;
+  const merge = (z: Tensor) => (heads === "input" ? mergeAs(z, input) : mergeOwn(z));
   q = await points.q.at(q);
   k = await points.k.at(k);
   v = await points.v.at(v);
@@ -171,11 +174,31 @@ export async function attend(points: AttentionPoints, q: Tensor, k: Tensor, v: T
   return [merge(z), pattern];
 }
 
-/** Per-head outputs [B, H, T, D] as one vector per token [B, T, H*D]. */
-function merge(z: Tensor): Tensor {
+/**
+ * How the per-head outputs z [B, H, T, D] become one vector per token, as each architecture's Hugging Face code
+ * does: "own", by z's own shape ([B, T, H*D]: GPT-2, `reshape(*attn_output.shape[:-2], -1)`), so an edit of z with
+ * other tokens gives that many; "input", to the call's [batch, tokens] (`reshape(*input_shape, -1)`: every other
+ * architecture), so z with fewer positions is a ShapeError there too, not broadcast over the tokens later.
+ */
+export type HeadsMerge = "own" | "input";
+
+function checkZ(z: Tensor): void {
   if (z.ndim !== 4) throw new ShapeError(`attention: the per-head outputs z must be [batch, heads, tokens, head_dim], got [${z.shape.join(", ")}]`);
-  const [B, H, T, D] = z.shape as [number, number, number, number];
-  return z.transpose(1, 2).reshape(B, T, H * D);
+}
+
+function mergeOwn(z: Tensor): Tensor {
+  checkZ(z);
+  const [B, , T] = z.shape as [number, number, number, number];
+  return z.transpose(1, 2).reshape(B, T, -1);
+}
+
+function mergeAs(z: Tensor, [B, T]: readonly [number, number]): Tensor {
+  checkZ(z);
+  const t = z.transpose(1, 2);
+  if (t.numel() % (B * T) !== 0 || t.numel() === 0) {
+    throw new ShapeError(`attention: the per-head outputs z [${z.shape.join(", ")}] cannot be merged into the call's ${B} x ${T} tokens (as Hugging Face reshapes them: [batch, tokens, -1])`);
+  }
+  return t.reshape(B, T, -1);
 }
 
 /**
@@ -185,7 +208,7 @@ function merge(z: Tensor): Tensor {
 export function rotaryAttention(points: AttentionPoints, q: Tensor, k: Tensor, v: Tensor, rope: [Tensor, Tensor], ctx: AttentionContext, layerIdx: number, scores: ScoreOptions): Promise<[Tensor, Tensor]> {
   if (!Array.isArray(rope)) throw missingContext(points, "the rotary tables (cos, sin) the stack makes");
   const [cos, sin] = rope;
-  return attend(points, applyRotary(q, cos, sin), applyRotary(k, cos, sin), v, ctx, layerIdx, scores);
+  return attend(points, applyRotary(q, cos, sin), applyRotary(k, cos, sin), v, ctx, layerIdx, scores, "input");
 }
 
 /**

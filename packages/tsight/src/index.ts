@@ -2,7 +2,7 @@
 export * from "./tensor/index.js";
 export * from "./optim/index.js";
 // The building blocks, for module trees of one's own (traced with new Model(module)).
-export { KVCache, Module, ModuleList, ModuleCallError, ParameterError, Linear, Conv1D, Embedding, LayerNorm, RMSNorm, Dropout, Activation, activationNames, Point, Points, AttentionPoints, MlpPoints, isPoint, holderRefusal, pointRefusal, transformerLensNames, type ModuleHooks, type ActivationName } from "./nn/index.js";
+export { KVCache, Module, ModuleList, ModuleCallError, ParameterError, Linear, Conv1D, Embedding, LayerNorm, RMSNorm, Dropout, Activation, activationNames, Point, Points, AttentionPoints, MlpPoints, isPoint, holderRefusal, pointRefusal, transformerLensNames, transformerLensNotes, NO_SOURCE_HINT, type ModuleHooks, type ActivationName } from "./nn/index.js";
 export { buildModel, supportedModelTypes, ConfigError, WeightsError, type CausalLM, type ModelConfig, type GenerateOptions, type LoadProgress } from "./models/index.js";
 // The architectures, for typed envoy trees: LanguageModel.load(path, { architecture: MixtralForCausalLM }).
 export { GPT2LMHeadModel, LlamaForCausalLM, GPTNeoXForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM, Phi3ForCausalLM, Olmo2ForCausalLM, MixtralForCausalLM, Qwen3MoeForCausalLM } from "./models/index.js";

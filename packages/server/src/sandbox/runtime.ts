@@ -44,6 +44,10 @@ export interface RuntimeApi {
   objects: Record<string, Record<string, { answer: string; getter?: boolean }>>;
   /** TransformerLens's hook names for the operation points, for a hint (tsight's transformerLensNames). */
   lensNames: Record<string, string | undefined>;
+  /** What the hint adds for some of them (tsight's transformerLensNotes). */
+  lensNotes: Record<string, string | undefined>;
+  /** The hint for `source` asked of a module without operation points (tsight's NO_SOURCE_HINT). */
+  noSourceHint: string;
 }
 
 /**
@@ -301,7 +305,13 @@ export function installRuntime(rawHost: HostCallbacks, tree: TreeNode, api: Runt
       if (how.getter) Object.defineProperty(o, name, { get: () => answer(how.answer, call(name, [])) });
       else o[name] = (...args: unknown[]) => answer(how.answer, call(name, args));
     }
-    if (kind === "steps") o[Symbol.asyncIterator] = () => ({ next: () => o.next(), return: () => Promise.resolve({ value: undefined, done: true }) });
+    if (kind === "steps") {
+      o[Symbol.asyncIterator] = () => ({ next: () => o.next(), return: () => Promise.resolve({ value: undefined, done: true }) });
+      // As in process (tsight's ITERATED_WITHOUT_AWAIT).
+      o[Symbol.iterator] = () => {
+        throw new RemoteError({ type: "TraceError", code: "USER_CODE", message: "tr.iter and tr.all are async: loop with `for await (const step of tr.iter(...))`; a plain for...of (or a spread) cannot wait for the generation's steps" });
+      };
+    }
     // As in process, manualSeed gives the generator back (randn([4], g.manualSeed(5))).
     if (kind === "generator") o.manualSeed = (seed: unknown) => (call("manualSeed", [seed]), o);
     objectOf.set(o, [kind, id]);
@@ -421,7 +431,8 @@ export function installRuntime(rawHost: HostCallbacks, tree: TreeNode, api: Runt
           // Asked of attention itself (TransformerLens's attn.hook_pattern), the point is in its source.
           const source = children.get("source");
           const at = lens === undefined ? undefined : children.has(lens) ? lens : source && !Array.isArray(source) && new Map(source.children).has(lens) ? `source.${lens}` : undefined;
-          const hint = at !== undefined ? ` (TransformerLens's ${prop} is ${at} here)` : "";
+          const note = Object.prototype.hasOwnProperty.call(api.lensNotes, prop) ? api.lensNotes[prop] : undefined;
+          const hint = prop === "source" ? api.noSourceHint : at !== undefined ? ` (TransformerLens's ${prop} is ${at} here${note ? `, ${note}` : ""})` : "";
           throw new RemoteError({ type: "TraceError", code: "USER_CODE", message: `${node.path || "the model"} (${node.type}) has no module "${prop}"${hint}; its modules are: ${[...children.keys(), ...aliases.keys()].join(", ") || "none"}` });
         }
         const e = Array.isArray(child) ? listEnvoy(child, invoke) : envoy(child, invoke);

@@ -8,7 +8,7 @@
  *   m.x.skip(value)             do not run the module; use `value` as its output
  *   await m.x.call(...args)     run the module directly (e.g. lm_head on an earlier layer's output)
  */
-import { holderRefusal, Module, ModuleList, pointRefusal, transformerLensNames } from "../nn/index.js";
+import { holderRefusal, Module, ModuleList, NO_SOURCE_HINT, pointRefusal, transformerLensHint, transformerLensNames } from "../nn/index.js";
 import { TraceError } from "./errors.js";
 import type { Mediator } from "./mediator.js";
 
@@ -155,7 +155,7 @@ export function envoyFor(module: Module, ctx: EnvoyContext): Envoy {
       const child = target._child(prop);
       if (child !== undefined) return child;
       const aliases = [...(ctx.aliases.get(module.path)?.keys() ?? [])];
-      const hint = lensHint(module, prop);
+      const hint = prop === "source" ? NO_SOURCE_HINT : lensHint(module, prop);
       throw new TraceError(`${module.path || "the model"} (${module.typeName}) has no module "${prop}"${hint}; its modules are: ${[...childrenOf(module).keys(), ...aliases].join(", ") || "none"}`);
     },
     set(target, prop, value, receiver) {
@@ -175,7 +175,7 @@ function lensHint(module: Module, name: string): string {
   const children = childrenOf(module);
   const source = children.get("source");
   const at = children.has(lens) ? lens : source && childrenOf(source).has(lens) ? `source.${lens}` : undefined;
-  return at ? ` (TransformerLens's ${name} is ${at} here)` : "";
+  return at ? transformerLensHint(name, at) : "";
 }
 
 /**

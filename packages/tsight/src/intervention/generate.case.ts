@@ -61,6 +61,45 @@ async function skippedReference(model: CausalLM, ids: Tensor, path: string, step
 
 export const generateCases: TraceCase[] = [
   {
+    name: "an op that fails in a function edit keeps its class, and its message names the value and the step the function was assigned to",
+    async run(b) {
+      const e = await b.gpt2
+        .generate(
+          PROMPT,
+          { maxNewTokens: 3, eosTokenId: null },
+          async (m: any, tr: any) => {
+            for await (const _ of tr.iter([1])) m.transformer.h[1].attn.source.z.output = (z: any) => z.mul(tr.vars.wrong);
+          },
+          b.options({ vars: { wrong: Tensor.full([1, 4, 1, 63], 2) } }),
+        )
+        .catch((x: Error) => x);
+      expect(e).toBeInstanceOf(Error);
+      expect((e as Error).name).toBe("ShapeError");
+      expect((e as Error).message).toMatch(/^mul: .*cannot be broadcast[^]*\n  in the function assigned to transformer\.h\.1\.attn\.source\.z\.output \(iteration 1\)(\n|$)/);
+    },
+  },
+  {
+    name: "tr.iter and tr.all looped without await (a plain for...of, a spread) are a TraceError saying to loop with for await",
+    async run(b) {
+      for (const how of ["iter", "all", "spread"] as const) {
+        const e = await b.gpt2
+          .generate(
+            PROMPT,
+            { maxNewTokens: 2, eosTokenId: null },
+            async (m: any, tr: any) => {
+              if (tr.vars.how === "spread") return [...tr.iter(0, 2)];
+              for (const _ of tr.vars.how === "iter" ? tr.iter(0, 2) : tr.all()) await m.lm_head.output;
+            },
+            b.options({ vars: { how } }),
+          )
+          .catch((x: Error) => x);
+        expect(e, how).toBeInstanceOf(Error);
+        expect((e as Error).name, how).toBe("TraceError");
+        expect((e as Error).message, how).toMatch(/^tr\.iter and tr\.all are async: loop with `for await \(const step of tr\.iter\(\.\.\.\)\)`/);
+      }
+    },
+  },
+  {
     name: "a decoder layer called with the arguments the stack passed it at a generation step gives that step's output (its KV cache passed back, remotely as a reference)",
     async run(b) {
       const again = async (m: any, tr: any) => {

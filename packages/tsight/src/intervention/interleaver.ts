@@ -10,7 +10,7 @@
 import type { Module, ModuleHooks, Replay, StepEdits } from "../nn/index.js";
 import { sameShape, Tensor } from "../tensor/index.js";
 import { isThenable } from "../tensor/async-scope.js";
-import { LeftPassError, MissedProviderError, StallError, SwapError, TraceError } from "./errors.js";
+import { EarlyStop, InterventionError, LeftPassError, MissedProviderError, StallError, SwapError, TraceError } from "./errors.js";
 import type { GradSource } from "./backward.js";
 import { describe, iterationNote, UNRESOLVED, type Mediator, type Provider, type Request, type ValueKind, type WriteRequest } from "./mediator.js";
 import { describeValue, mapTensors, mergeRows, RowsError, selectRows, type Rows } from "./rows.js";
@@ -583,7 +583,7 @@ export class Interleaver implements ModuleHooks, Provider {
       }
       return after;
     } catch (e) {
-      m.fail(typeof e === "string" ? new SwapError(`cannot replace ${where}: ${e}`, r.origin) : e);
+      m.fail(typeof e === "string" ? new SwapError(`cannot replace ${where}: ${e}`, r.origin) : typeof r.value === "function" ? inFunctionEdit(e, where) : e);
       return c.value;
     }
   }
@@ -763,6 +763,20 @@ export class Interleaver implements ModuleHooks, Provider {
     if (rejected) await this.settle();
     this.ending = null;
   }
+}
+
+/**
+ * An error a function edit threw (a tensor op's ShapeError, the code's own), told where it ran: its message and stack
+ * name the value and the step (`... in the function assigned to model.layers.1.self_attn.source.z.output (step 2)`),
+ * its class stays. tsight's own intervention errors and tr.stop() pass as they are.
+ */
+function inFunctionEdit(e: unknown, where: string): unknown {
+  if (!(e instanceof Error) || e instanceof InterventionError || e instanceof EarlyStop) return e;
+  const note = `\n  in the function assigned to ${where}`;
+  const head = `${e.name}: ${e.message}`;
+  if (typeof e.stack === "string" && e.stack.startsWith(head)) e.stack = `${head}${note}${e.stack.slice(head.length)}`;
+  e.message += note;
+  return e;
 }
 
 /** Whether `r` reads or replaces this value of this call (a skip is of the call, not a value). */

@@ -820,6 +820,15 @@ export const traceCases: TraceCase[] = [
       const attn = await b.gpt2.trace(PROMPT, async (m) => await (m as any).transformer.h[1].attn.hook_pattern.output, b.options()).catch((x) => x);
       expect(attn).toBeInstanceOf(TraceError);
       expect(attn.message).toMatch(/attn \(GPT2Attention\) has no module "hook_pattern" \(TransformerLens's hook_pattern is source\.pattern here\)/);
+      // q and k are after rotary: TransformerLens's hook_rot_q on a rotary model, its hook_q only on one without.
+      const rot = await b.llama.trace(PROMPT, async (m) => await (m as any).model.layers[1].self_attn.source.hook_rot_q.output, b.options()).catch((x) => x);
+      expect(rot.message).toMatch(/has no module "hook_rot_q" \(TransformerLens's hook_rot_q is q here\)/);
+      const hookQ = await b.llama.trace(PROMPT, async (m) => await (m as any).model.layers[1].self_attn.source.hook_q.output, b.options()).catch((x) => x);
+      expect(hookQ.message).toMatch(/has no module "hook_q" \(TransformerLens's hook_q is q here, on a model without rotary; on a rotary one q is after rotary, TransformerLens's hook_rot_q\)/);
+      // A module without points asked for its source says which have them.
+      const noSource = await b.gpt2.trace(PROMPT, async (m) => await (m as any).transformer.h[1].ln_1.source.q.output, b.options()).catch((x) => x);
+      expect(noSource).toBeInstanceOf(TraceError);
+      expect(noSource.message).toMatch(/ln_1 \(LayerNorm\) has no module "source" \(operation points are in attention modules and dense MLPs: `attn\.source`, `mlp\.source`\); its modules are: none/);
       // The holder of the points has no value of its own: asking it for one fails at once, naming its points.
       const holder = /transformer\.h\.1\.(attn|mlp)\.source holds operation points \((q, k, v, scores, pattern, z|pre, post)\) and is never called itself: read or edit one of them, e\.g\. transformer\.h\.1\.(attn\.source\.pattern|mlp\.source\.pre)\.output/;
       const read = await b.gpt2.trace(PROMPT, async (m) => await (m as any).transformer.h[1].attn.source.output, b.options()).catch((x) => x);

@@ -79,12 +79,12 @@ export class InvokeTracer {
    */
   iter(start: number | readonly number[], end?: number): AsyncIterable<number> {
     const steps = typeof start === "number" ? stepRange(start, end ?? start + 1) : checkedList(start);
-    return this.steps(steps);
+    return awaitedOnly(this.steps(steps));
   }
 
   /** Every step of a generation; after the loop no module value remains (asking for one is an OutOfOrderError). */
   all(): AsyncIterable<number> {
-    return this.steps(null);
+    return awaitedOnly(this.steps(null));
   }
 
   /** Moves this invoke to the next step (or `n` steps on): later module values are that step's. */
@@ -589,6 +589,21 @@ function givenBy(model: Module): Set<string> {
   let set = given.get(model.tree);
   if (!set) given.set(model.tree, (set = new Set()));
   return set;
+}
+
+/** Said by tr.iter and tr.all iterated without `await` (the sandbox's runtime says the same). */
+export const ITERATED_WITHOUT_AWAIT = "tr.iter and tr.all are async: loop with `for await (const step of tr.iter(...))`; a plain for...of (or a spread) cannot wait for the generation's steps";
+
+/**
+ * The steps, iterated with `for await`; a plain `for...of` or a spread of them is a TraceError saying so (JavaScript's
+ * own: "is not iterable"). The types leave the sync iterator out, so TypeScript refuses that loop before it runs.
+ */
+function awaitedOnly(steps: AsyncGenerator<number>): AsyncIterable<number> {
+  return Object.assign(steps, {
+    [Symbol.iterator](): never {
+      throw new TraceError(ITERATED_WITHOUT_AWAIT);
+    },
+  });
 }
 
 /** Iterations `from` .. `to` - 1, lazily (a range is never turned into an array, however long). */

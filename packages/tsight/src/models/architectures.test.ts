@@ -3,10 +3,13 @@
  * order, every recorded module input/output, logits, padded batches, greedy generation, and the layer-0 gradient.
  */
 import { describe, expect, it } from "vitest";
-import { fixture, fixtureModel, hfFixtures, maxAbsDiff, recordForward, ref, stdlibModels, type FixtureName } from "../../../../test/fixtures.js";
+import { fixture, fixtureModel, fixtureWeights, hfFixtures, maxAbsDiff, recordForward, ref, stdlibModels, type FixtureName } from "../../../../test/fixtures.js";
+import { Model } from "../intervention/index.js";
 import { isPoint } from "../nn/index.js";
 import { Tensor } from "../tensor/index.js";
 import { generate } from "./generate.js";
+import { buildModel } from "./registry.js";
+import { loadWeights } from "./weights.js";
 
 const TOL = 1e-4;
 
@@ -113,5 +116,30 @@ describe.each([...hfFixtures, ...stdlibModels])("%s matches Hugging Face", (name
     logProb.backward();
     expect(Math.abs(logProb.item() - ref(f, "intervention/grad_l0/value").item())).toBeLessThan(TOL);
     expect(maxAbsDiff(h!.grad!, ref(f, "intervention/grad_l0/grad"))).toBeLessThan(TOL);
+  });
+});
+
+describe("GPT-2's attention scale settings, as Hugging Face's GPT2Attention reads them", () => {
+  it("scale_attn_weights: false leaves q kᵀ unscaled; scale_attn_by_inverse_layer_idx divides layer N's by N + 1", async () => {
+    const f = await fixture("gpt2");
+    const scoresOf = async (config: Record<string, unknown>) => {
+      const model = buildModel({ ...f.config, ...config });
+      loadWeights(model, await fixtureWeights("gpt2"));
+      const lm = new Model(model);
+      return lm.trace([ref(f, "input_ids")], async (m: any) => {
+        const attn = m.transformer.h[1].attn.source;
+        const [q, k, scores] = [await attn.q.output, await attn.k.output, await attn.scores.output] as Tensor[];
+        return { qk: q!.matmul(k!.transpose(-2, -1)), scores: scores! };
+      });
+    };
+    // Compared where the causal mask leaves the scores alone (the lower triangle, diagonal included).
+    const lower = (t: Tensor) => t.index(0, 0).tolist() as number[][];
+    const expectScaled = ({ qk, scores }: { qk: Tensor; scores: Tensor }, by: number) =>
+      lower(qk).forEach((row, i) => row.slice(0, i + 1).forEach((v, j) => expect(lower(scores)[i]![j]!).toBeCloseTo(v * by, 5)));
+    const D = (f.config.n_embd as number) / (f.config.n_head as number);
+    expectScaled(await scoresOf({}), 1 / Math.sqrt(D));
+    expectScaled(await scoresOf({ scale_attn_weights: false }), 1);
+    expectScaled(await scoresOf({ scale_attn_by_inverse_layer_idx: true }), 1 / Math.sqrt(D) / 2);
+    expectScaled(await scoresOf({ scale_attn_weights: false, scale_attn_by_inverse_layer_idx: true }), 1 / 2);
   });
 });

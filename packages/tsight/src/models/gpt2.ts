@@ -13,6 +13,8 @@ export interface GPT2Config extends ModelConfig {
   eps: number;
   activation: ActivationName;
   scaleByInverseLayer: boolean;
+  /** Hugging Face's scale_attn_weights: false leaves q kᵀ unscaled by 1/sqrt(head_dim). */
+  scaleWeights: boolean;
 }
 
 export function gpt2Config(raw: RawConfig): GPT2Config {
@@ -26,6 +28,7 @@ export function gpt2Config(raw: RawConfig): GPT2Config {
     eps: c.number("layer_norm_epsilon", 1e-5),
     activation: c.string("activation_function", activationNames, "gelu_new"),
     scaleByInverseLayer: c.bool("scale_attn_by_inverse_layer_idx", false),
+    scaleWeights: c.bool("scale_attn_weights", true),
   };
 }
 
@@ -49,7 +52,7 @@ export class GPT2Attention extends Module {
     const { numHeads: H, headDim: D } = this.cfg;
     const qkv = await this.c_attn.call(hidden);
     const [q, k, v] = qkv.split(C, 2).map((t) => t.reshape(B, T, H, D).transpose(1, 2)) as [Tensor, Tensor, Tensor]; // (B, H, T, D)
-    let scale = 1 / Math.sqrt(D);
+    let scale = this.cfg.scaleWeights ? 1 / Math.sqrt(D) : 1;
     if (this.cfg.scaleByInverseLayer) scale /= this.layerIdx + 1;
     const [out, weights] = await attend(this.source, q, k, v, ctx, this.layerIdx, scale);
     const projected = await this.resid_dropout.call(await this.c_proj.call(out));

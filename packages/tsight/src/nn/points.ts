@@ -124,11 +124,29 @@ export class MlpPoints extends Points {
 
 /**
  * TransformerLens's hook names for the points (`hook_pattern` is `pattern`), for the hint an unknown name gets, in
- * process and in the sandbox.
+ * process and in the sandbox. `q` and `k` are after rotary: TransformerLens's hook_rot_q and hook_rot_k on a rotary
+ * model, its hook_q and hook_k on one without (GPT-2); see transformerLensNotes.
  */
 export const transformerLensNames: Readonly<Record<string, string | undefined>> = Object.freeze(
-  Object.assign(Object.create(null) as Record<string, string>, { hook_q: "q", hook_k: "k", hook_v: "v", hook_attn_scores: "scores", hook_pattern: "pattern", hook_z: "z", hook_pre: "pre", hook_post: "post" }),
+  Object.assign(Object.create(null) as Record<string, string>, { hook_q: "q", hook_k: "k", hook_rot_q: "q", hook_rot_k: "k", hook_v: "v", hook_attn_scores: "scores", hook_pattern: "pattern", hook_z: "z", hook_pre: "pre", hook_post: "post" }),
 );
+
+/** What the hint adds for a TransformerLens name that matches a point only on some models. */
+export const transformerLensNotes: Readonly<Record<string, string | undefined>> = Object.freeze(
+  Object.assign(Object.create(null) as Record<string, string>, {
+    hook_q: "on a model without rotary; on a rotary one q is after rotary, TransformerLens's hook_rot_q",
+    hook_k: "on a model without rotary; on a rotary one k is after rotary, TransformerLens's hook_rot_k",
+  }),
+);
+
+/** The hint for TransformerLens's `name`, found at `at` among a module's children. */
+export function transformerLensHint(name: string, at: string): string {
+  const note = transformerLensNotes[name];
+  return ` (TransformerLens's ${name} is ${at} here${note ? `, ${note}` : ""})`;
+}
+
+/** The hint for a module asked for `source` that has no operation points. */
+export const NO_SOURCE_HINT = " (operation points are in attention modules and dense MLPs: `attn.source`, `mlp.source`)";
 
 /** Whether a module is an operation point or holds them (tsight's addition to a Hugging Face module tree). */
 export function isPoint(m: Module): boolean {

@@ -119,6 +119,12 @@ export const ATTACKS: Attack[] = [
     job: { kind: "generate", generate: { maxNewTokens: 40 }, source: "async (m, tr) => { let n = 0; for await (const _ of tr.all()) { const k = ++n; m.transformer.h[1].output = (h) => { let x = h; for (let i = 0; i < k; i++) x = x.mul(1.0001); return x; }; } return n; }" },
     expect: { status: "COMPLETED", value: (v) => expect((v as { value: unknown }).value).toBe(40) },
   },
+  // ONNX Runtime's TopK over a 0-sized dim died of SIGFPE (an integer division by zero), the whole process with it.
+  {
+    name: "topk over tensors with a 0-sized dim, eagerly and in a generation step's graph",
+    job: { kind: "generate", generate: { maxNewTokens: 2 }, source: "async (m, tr) => { const a = zeros([0, 5]).topk(2).values.shape; const b = zeros([2, 0, 5], 'int64').topk(1).indices.shape; for await (const _ of tr.all()) m.transformer.h[1].output = (h) => h.add(h.narrow(1, 0, 0).topk(1, -1).values.sum()); return [a, b]; }" },
+    expect: { status: "COMPLETED", value: (v) => expect((v as { value: unknown }).value).toEqual([[0, 2], [2, 0, 1]]) },
+  },
   // Stored data: bounded, deduplicated, capped.
   { name: "log lines in a loop", job: { source: "async () => { for (;;) console.log('x'.repeat(5000)); }" }, expect: ERR("MEMORY", /events/) },
   { name: "a result over the result limit", job: { source: "async (m) => { const t = (await m.lm_head.output).expand(16, -1, -1); return [t.mul(1), t.mul(2), t.mul(3), t.mul(4)]; }" }, expect: ERR("MEMORY", /result is \d+ bytes, over this server's limit/) },

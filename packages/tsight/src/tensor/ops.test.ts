@@ -641,6 +641,24 @@ describe("slices that are one run of memory", () => {
   });
 });
 
+describe("topk over empty tensors", () => {
+  it("gives empty values and indices without running a kernel (ONNX Runtime's TopK died of SIGFPE on a 0-sized dim)", () => {
+    for (const [shape, k, dim, want] of [
+      [[0, 5], 2, -1, [0, 2]],
+      [[2, 0, 5], 1, -1, [2, 0, 1]],
+      [[5, 0], 2, 0, [2, 0]],
+      [[0], 0, 0, [0]],
+      [[3, 4], 0, -1, [3, 0]],
+    ] as [number[], number, number, number[]][]) {
+      for (const dtype of ["float32", "int64"] as const) {
+        const { values, indices } = zeros(shape, dtype).topk(k, dim, k % 2 === 0);
+        expect([values.shape, values.dtype, indices.shape, indices.dtype], `${shape} k=${k}`).toEqual([want, dtype, want, "int64"]);
+      }
+    }
+    expectThrows(() => zeros([0, 5]).topk(6), ShapeError, "topk", "k=6");
+  });
+});
+
 describe("put (index assignment)", () => {
   it("returns a new tensor and leaves the original untouched", () => {
     const x = tensor([[1, 2, 3], [4, 5, 6]]);

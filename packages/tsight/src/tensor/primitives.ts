@@ -2,7 +2,7 @@
  * Every primitive op, one entry each: shape inference, the ONNX graph it runs, and its gradient rule.
  * Tensor methods (tensor.ts) are composed from these; a composed method needs no gradient rule of its own.
  */
-import type { DType, TypedArray } from "./dtype.js";
+import { allocate, type DType, type TypedArray } from "./dtype.js";
 import type { RawTensor } from "./engine.js";
 import type { GraphBuilder } from "./onnx.js";
 import { DTypeError, ShapeError } from "./errors.js";
@@ -344,6 +344,11 @@ export const topk: Primitive<{ k: number; axis: number; largest: boolean }> = {
   },
   key: (a) => `${a.axis}|${a.largest}`,
   feeds: (_x, a) => [{ dtype: "int64", shape: [1], data: BigInt64Array.of(BigInt(a.k)) }],
+  // ONNX Runtime's TopK divides by a zero extent when its input has a 0-sized dim (other than k = 0 along it): the
+  // process dies of SIGFPE, which nothing catches (a job's `zeros([0, 5]).topk(2)` took a whole server down). An
+  // empty result needs no kernel, and such a call is never captured into a graph.
+  view: (_x, _a, [values, indices]) => (sizeOf(values!.shape) === 0 ? [new Tensor(values!.dtype, allocate(values!.dtype, 0), values!.shape), new Tensor("int64", new BigInt64Array(0), indices!.shape)] : null),
+  graphs: ([x]) => sizeOf(x!.shape) > 0,
   graph: (g, [x, k], a) => g.node("TopK", [x!, k!], { axis: a.axis, largest: a.largest ? 1 : 0, sorted: 1 }, 2),
   grad: ([g], n) => {
     const x = n.inputs[0]!;

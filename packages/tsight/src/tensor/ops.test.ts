@@ -641,6 +641,55 @@ describe("slices that are one run of memory", () => {
   });
 });
 
+describe("edge values as PyTorch gives them (a differential trial against PyTorch 2.13)", () => {
+  const nanRows = () => tensor([[1, NaN, 3, 0], [-Infinity, -Infinity, Infinity, 2]]);
+  const values = (t: Tensor) => Array.from(t.data as Float32Array);
+
+  it("max, min and their positions take a NaN as PyTorch does: NaN, and the first NaN's index", () => {
+    expect(values(tensor([1, NaN, 3, 0]).max())).toEqual([NaN]);
+    expect(values(tensor([1, NaN, 3, 0]).min())).toEqual([NaN]);
+    expect(values(nanRows().max(1))).toEqual([NaN, Infinity]);
+    expect(values(nanRows().amin(1, true))).toEqual([NaN, -Infinity]);
+    for (const t of [tensor([1, NaN, 3, NaN]), tensor([[1, NaN, 3, NaN]])]) {
+      expect(t.argmax(-1).toArray(), `[${t.shape}]`).toEqual([1]);
+      expect(t.argmin(-1).toArray(), `[${t.shape}]`).toEqual([1]);
+    }
+    expect(nanRows().argmax(1).toArray()).toEqual([1, 2]);
+    expect(values(tensor([1, NaN, 2]).norm(Infinity))).toEqual([NaN]);
+    // Without NaN nothing changes, ties give the first position.
+    expect(tensor([[3, 1, 3]]).argmax(1).toArray()).toEqual([0]);
+    expect(values(tensor([[3, 1, 3]]).max(1))).toEqual([3]);
+  });
+
+  it("norm with p = 0 counts the nonzeros, p = -Infinity is the smallest |x|", () => {
+    expect(values(tensor([[0, 1, -2], [0, 0, 0]]).norm(0, 1))).toEqual([2, 0]);
+    expect(values(tensor([3, -1, 0.5, 2]).norm(-Infinity))).toEqual([0.5]);
+  });
+
+  it("logsumexp of a row of -Infinity is -Infinity, of a row with Infinity Infinity; the mean of nothing is NaN", () => {
+    expect(values(tensor([[-Infinity, -Infinity], [Infinity, 1], [0, Math.log(3)]]).logsumexp(1)).map((v) => Math.round(v * 1e5) / 1e5)).toEqual([-Infinity, Infinity, Math.round(Math.log(4) * 1e5) / 1e5]);
+    expect(values(zeros([0, 3]).logsumexp(0))).toEqual([-Infinity, -Infinity, -Infinity]);
+    expect(values(zeros([0, 3]).mean())).toEqual([NaN]);
+    expect(values(zeros([0, 3]).mean(0))).toEqual([NaN, NaN, NaN]);
+    expect(zeros([2, 0]).mean(0).shape).toEqual([0]);
+  });
+
+  it("int32 sums and running sums are int64, so they do not wrap", () => {
+    const big = tensor(Int32Array.of(2147483647, 2147483647));
+    expect([big.sum().dtype, big.sum().toArray()]).toEqual(["int64", [4294967294]]);
+    expect([big.cumsum(0).dtype, big.cumsum(0).toArray()]).toEqual(["int64", [2147483647, 4294967294]]);
+  });
+
+  it("bad arguments are errors naming them, where they slipped through or failed inside ONNX Runtime", () => {
+    expectThrows(() => zeros([1, 2, 3]).flatten(2, 1), ShapeError, "flatten", "start dim 2 comes after end dim 1");
+    expectThrows(() => zeros([2]).expand(-1, 2), ShapeError, "expand", "dim 0", "new one");
+    expectThrows(() => zeros([0, 3]).argmax(0), ShapeError, "argmax", "empty");
+    expectThrows(() => zeros([0]).argmin(), ShapeError, "argmin", "empty");
+    expect(tensor([1, 0]).logicalAnd(1).toArray()).toEqual([1, 0]);
+    expect(tensor([1, 0]).logicalOr(0).toArray()).toEqual([1, 0]);
+  });
+});
+
 describe("topk over empty tensors", () => {
   it("gives empty values and indices without running a kernel (ONNX Runtime's TopK died of SIGFPE on a 0-sized dim)", () => {
     for (const [shape, k, dim, want] of [

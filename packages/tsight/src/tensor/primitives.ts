@@ -262,7 +262,7 @@ function unreduce(g: Tensor, inShape: Shape, a: ReduceAttrs): Tensor {
   const kept = a.keepdim ? g : g.reshape(reducedShape(inShape, a.axes, true));
   return kept.expand(inShape);
 }
-function reduce(name: string, onnx: string, grad?: (g: Tensor, x: Tensor, y: Tensor, a: ReduceAttrs) => Tensor): Primitive<ReduceAttrs> {
+function reduce(name: string, onnx: string, grad?: (g: Tensor, x: Tensor, y: Tensor, a: ReduceAttrs) => Tensor, nanPropagates = false): Primitive<ReduceAttrs> {
   return {
     name,
     infer: ([x], a) => {
@@ -271,10 +271,21 @@ function reduce(name: string, onnx: string, grad?: (g: Tensor, x: Tensor, y: Ten
     },
     key: (a) => `${a.axes}|${a.keepdim}`,
     // empty axes reduce nothing (as inferred), not everything (ONNX's default)
-    graph: (g, [x], a) => [g.op(onnx, [x!, g.ints(a.axes)], { keepdims: a.keepdim ? 1 : 0, noop_with_empty_axes: 1 })],
+    graph: (g, [x], a, [input]) => {
+      const attrs = { keepdims: a.keepdim ? 1 : 0, noop_with_empty_axes: 1 };
+      const y = g.op(onnx, [x!, g.ints(a.axes)], attrs);
+      if (!nanPropagates || input?.dtype !== "float32") return [y];
+      // ONNX Runtime's ReduceMax and ReduceMin skip NaN; PyTorch's max and min give NaN where a NaN was reduced.
+      // Counted (a sum: over nothing it is 0, where a max would be -Infinity, which casts to true).
+      const nans = g.op("ReduceSum", [g.op("Cast", [g.op("IsNaN", [x!])], { to: TO_FLOAT }), g.ints(a.axes)], attrs);
+      return [g.op("Where", [g.op("Cast", [nans], { to: TO_BOOL }), g.scalar("float32", NaN), y])];
+    },
     grad: grad && (([g], n) => [grad(g!, n.inputs[0]!, n.outputs[0]!, n.attrs as ReduceAttrs)]),
   };
 }
+/** ONNX's element type numbers, for Cast. */
+const TO_FLOAT = 1;
+const TO_BOOL = 9;
 const countOf = (shape: Shape, axes: number[]): number => axes.reduce((c, i) => c * shape[i]!, 1);
 function extremumGrad(g: Tensor, x: Tensor, y: Tensor, a: ReduceAttrs): Tensor {
   const hit = x.eq(unreduce(y, x.shape, a)).to(g.dtype);
@@ -282,16 +293,29 @@ function extremumGrad(g: Tensor, x: Tensor, y: Tensor, a: ReduceAttrs): Tensor {
 }
 export const sum = reduce("sum", "ReduceSum", (g, x, _y, a) => unreduce(g, x.shape, a));
 export const mean = reduce("mean", "ReduceMean", (g, x, _y, a) => unreduce(g, x.shape, a).div(countOf(x.shape, a.axes)));
-export const amax = reduce("amax", "ReduceMax", extremumGrad);
-export const amin = reduce("amin", "ReduceMin", extremumGrad);
+export const amax = reduce("amax", "ReduceMax", extremumGrad, true);
+export const amin = reduce("amin", "ReduceMin", extremumGrad, true);
 
 type ArgAttrs = { axis: number; keepdim: boolean };
 function argReduce(name: string, onnx: string): Primitive<ArgAttrs> {
   return {
     name,
-    infer: ([x], a) => (check(name, x!, NUMERIC), [{ dtype: "int64", shape: reducedShape(x!.shape, [a.axis], a.keepdim) }]),
+    infer: ([x], a) => {
+      check(name, x!, NUMERIC);
+      if (x!.shape[a.axis] === 0) throw new ShapeError(`${name}: dim ${a.axis} of ${fmt(x!.shape)} is empty: there is no position to give`);
+      return [{ dtype: "int64", shape: reducedShape(x!.shape, [a.axis], a.keepdim) }];
+    },
     key: (a) => `${a.axis}|${a.keepdim}`,
-    graph: (g, [x], a) => [g.op(onnx, [x!], { axis: a.axis, keepdims: a.keepdim ? 1 : 0 })],
+    graph: (g, [x], a, [input]) => {
+      const attrs = { axis: a.axis, keepdims: a.keepdim ? 1 : 0 };
+      const found = g.op(onnx, [x!], attrs);
+      if (input?.dtype !== "float32") return [found];
+      // PyTorch gives a NaN's position (the first), as its max and min give NaN; ONNX Runtime's ArgMax and ArgMin do
+      // not say (its answer changed with the tensor's shape).
+      const isNan = g.op("Cast", [g.op("IsNaN", [x!])], { to: TO_FLOAT });
+      const anyNan = g.op("Cast", [g.op("ReduceSum", [isNan, g.ints([a.axis])], { keepdims: a.keepdim ? 1 : 0 })], { to: TO_BOOL });
+      return [g.op("Where", [anyNan, g.op("ArgMax", [isNan], attrs), found])];
+    },
   };
 }
 export const argmax = argReduce("argmax", "ArgMax");

@@ -374,14 +374,14 @@ export class Tensor implements RawTensor {
   logicalNot(): Tensor {
     return apply1(P.logicalNot, [this.bool()], undefined);
   }
-  logicalAnd(other: Tensor): Tensor {
-    return apply1(P.logicalAnd, [this.bool(), other.bool()], undefined);
+  logicalAnd(other: TensorLike): Tensor {
+    return apply1(P.logicalAnd, [this.bool(), toTensor(other, "bool").bool()], undefined);
   }
-  logicalOr(other: Tensor): Tensor {
-    return apply1(P.logicalOr, [this.bool(), other.bool()], undefined);
+  logicalOr(other: TensorLike): Tensor {
+    return apply1(P.logicalOr, [this.bool(), toTensor(other, "bool").bool()], undefined);
   }
-  logicalXor(other: Tensor): Tensor {
-    return apply1(P.logicalXor, [this.bool(), other.bool()], undefined);
+  logicalXor(other: TensorLike): Tensor {
+    return apply1(P.logicalXor, [this.bool(), toTensor(other, "bool").bool()], undefined);
   }
   /** torch's `x.where(condition, y)`: x where condition holds, else y. */
   where(condition: Tensor, other: TensorLike): Tensor {
@@ -418,11 +418,15 @@ export class Tensor implements RawTensor {
   // #endregion
   // #region reductions
 
+  /** Sum over `dim` (all dims when omitted); integers and booleans sum as int64, as in PyTorch. */
   sum(dim?: number | readonly number[], keepdim = false): Tensor {
-    return apply1(P.sum, [this.dtype === "bool" ? this.long() : this], { axes: normAxes("sum", dim, this.ndim), keepdim });
+    return apply1(P.sum, [this.dtype === "bool" || this.dtype === "int32" ? this.long() : this], { axes: normAxes("sum", dim, this.ndim), keepdim });
   }
   mean(dim?: number | readonly number[], keepdim = false): Tensor {
-    return apply1(P.mean, [this.float()], { axes: normAxes("mean", dim, this.ndim), keepdim });
+    const axes = normAxes("mean", dim, this.ndim);
+    const out = apply1(P.mean, [this.float()], { axes, keepdim });
+    // The mean of nothing is NaN, as in PyTorch (ONNX Runtime's ReduceMean gives 0).
+    return axes.some((a) => this.shape[a] === 0) ? Tensor.full(out.shape, NaN) : out;
   }
   /** Largest values over `dim` (all dims when omitted), like torch.amax. Use argmax for positions. */
   max(dim?: number | readonly number[], keepdim = false): Tensor {
@@ -458,16 +462,22 @@ export class Tensor implements RawTensor {
     return this.var(dim, options).sqrt();
   }
   /** p-norm over `dim` (all elements when omitted). */
+  /** p-norm over `dim` (all elements when omitted): p = 0 counts the nonzeros, ±Infinity the largest or smallest |x|. */
   norm(p = 2, dim?: number | readonly number[], keepdim = false): Tensor {
     const x = this.float();
     if (p === 2) return x.mul(x).sum(dim, keepdim).sqrt();
     if (p === 1) return x.abs().sum(dim, keepdim);
+    if (p === 0) return x.ne(0).float().sum(dim, keepdim);
     if (p === Infinity) return x.abs().max(dim, keepdim);
+    if (p === -Infinity) return x.abs().min(dim, keepdim);
     return x.abs().pow(p).sum(dim, keepdim).pow(1 / p);
   }
   logsumexp(dim: number | readonly number[], keepdim = false): Tensor {
     const x = this.float();
-    const m = x.max(dim, true).detach();
+    // Shifted by the largest value, but by 0 where that is infinite (a row of -inf gives -inf, one with inf gives inf,
+    // as in PyTorch, not NaN).
+    const largest = x.max(dim, true).detach();
+    const m = Tensor.where(largest.abs().eq(Infinity), 0, largest);
     const out = x.sub(m).exp().sum(dim, true).log().add(m);
     return keepdim ? out : out.squeeze(normAxes("logsumexp", dim, this.ndim));
   }
@@ -477,8 +487,9 @@ export class Tensor implements RawTensor {
   logSoftmax(dim: number): Tensor {
     return apply1(P.logSoftmax, [this.float()], { axis: normAxis("log_softmax", dim, this.ndim) });
   }
+  /** Running sums along `dim`; integers and booleans sum as int64, as in PyTorch. */
   cumsum(dim: number, reverse = false): Tensor {
-    return apply1(P.cumsum, [this.dtype === "bool" ? this.long() : this], { axis: normAxis("cumsum", dim, this.ndim), reverse });
+    return apply1(P.cumsum, [this.dtype === "bool" || this.dtype === "int32" ? this.long() : this], { axis: normAxis("cumsum", dim, this.ndim), reverse });
   }
   /** The k largest (or smallest) values along `dim`, sorted, and their indices. */
   topk(k: number, dim = -1, largest = true): { values: Tensor; indices: Tensor } {
@@ -519,6 +530,7 @@ export class Tensor implements RawTensor {
     if (this.ndim === 0) return this.reshape(1);
     const s = normAxis("flatten", startDim, this.ndim);
     const e = normAxis("flatten", endDim, this.ndim);
+    if (s > e) throw new ShapeError(`flatten: start dim ${startDim} comes after end dim ${endDim}`);
     return this.reshape([...this.shape.slice(0, s), sizeOf(this.shape.slice(s, e + 1)), ...this.shape.slice(e + 1)]);
   }
   /** Removes size-1 dims: the given ones, or all. */
@@ -551,6 +563,9 @@ export class Tensor implements RawTensor {
   expand(...shape: number[] | [readonly number[]]): Tensor {
     const want = (Array.isArray(shape[0]) ? shape[0] : shape) as readonly number[];
     const lead = want.length - this.ndim;
+    want.forEach((d, i) => {
+      if (d === -1 && i < lead) throw new ShapeError(`expand: -1 keeps a dim, and dim ${i} of ${fmt(want)} is a new one (the tensor has ${this.ndim}): give its size`);
+    });
     const target = want.map((d, i) => (d === -1 ? this.shape[i - lead]! : d));
     if (target.length === this.ndim && target.every((d, i) => d === this.shape[i])) return this;
     return apply1(P.expand, [this], { shape: target });

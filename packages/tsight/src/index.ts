@@ -7,9 +7,10 @@ export { buildModel, supportedModelTypes, ConfigError, WeightsError, type Causal
 // The architectures, for typed envoy trees: LanguageModel.load(path, { architecture: MixtralForCausalLM }).
 export { GPT2LMHeadModel, LlamaForCausalLM, GPTNeoXForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM, Phi3ForCausalLM, Olmo2ForCausalLM, MixtralForCausalLM, Qwen3MoeForCausalLM } from "./models/index.js";
 export { Tokenizer, loadPretrained, embeddedModelNames, locateModel, readModelConfigs, readJsonObject, checkWeightDType, type LoadOptions } from "./hub/index.js";
+export { HubError, UnknownModelError, ModelConfigError, TokenizerError, HubNotFoundError, HubAuthError, HubOfflineError, HubDownloadError } from "./hub/index.js";
 // A load's progress as a bar on a terminal (the commands' own; for scripts that load big models too).
 export { LoadBar, describeLoad, type BarStream, type LoadTotals } from "./cli/progress.js";
 export * from "./intervention/index.js";
-export { loadSae, saeMeta, embeddedSaeNames, SparseAutoencoder, SaeConfigError, saeConfig, type SaeConfig, type SaeArchitecture, type LoadSaeOptions, type SaeSpec, type SaeMeta } from "./sae/index.js";
+export { loadSae, saeMeta, embeddedSaeNames, SparseAutoencoder, SaeConfigError, saeConfig, moduleForHook, type SaeConfig, type SaeArchitecture, type LoadSaeOptions, type SaeSpec, type SaeMeta } from "./sae/index.js";
 // The LanguageModel users get is the remote-capable one (same API plus remote / backend / blocking).
 export { LanguageModel, RemoteJob, HttpBackend, RemoteError, ClientError, FreeVariableError, NotAllowedError, toModelKey, fromModelKey, type Backend, type RemoteOptions } from "./client/index.js";

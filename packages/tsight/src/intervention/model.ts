@@ -8,7 +8,7 @@
  * intervention code travels to a server, never module definitions.
  */
 import { Conv1D, Embedding, LayerNorm, Linear, Module, RMSNorm } from "../nn/index.js";
-import type { SparseAutoencoder } from "../sae/sae.js";
+import { moduleForHook, type SparseAutoencoder } from "../sae/sae.js";
 import { splicedSaes, spliceSae, unspliceSae } from "../sae/splice.js";
 import { Tensor } from "../tensor/index.js";
 import { codeName, invokeInStack, liveRun, noteLive, noteQueued, runInInvoke, TRACE_FUNCTION } from "./context.js";
@@ -124,10 +124,18 @@ export class Model<M extends Module = Module, E = ModelEnvoy<M>, I = ModelArgs> 
    */
   addSae(sae: SparseAutoencoder, options: { at?: string; useErrorTerm?: boolean } = {}): this {
     checkOptionNames(options, "addSae", ["at", "useErrorTerm"]);
-    const at = options.at ?? sae.cfg.hookPoint;
-    if (at === null || at === undefined) throw new TraceError("addSae: this SAE's config names no module (metadata.hf_hook_point); pass { at: 'transformer.h.2' }");
+    const layers = (this.model as { layerPaths?: () => string[] }).layerPaths?.() ?? [];
+    const hook = sae.cfg.hookName;
+    const at = options.at ?? sae.cfg.hookPoint ?? (hook === null ? null : moduleForHook(hook, layers));
+    if (at === null || at === undefined) {
+      const example = layers[Math.min(2, layers.length - 1)] ?? "a.module.path";
+      const says = hook === null ? "names no module (metadata.hf_hook_point) and no hook_name" : `names no module (metadata.hf_hook_point), and its hook_name "${hook}" is not one tsight finds a module for (blocks.N.hook_resid_post, blocks.N.hook_resid_pre for N >= 1, blocks.N.hook_mlp_out)`;
+      throw new TraceError(`addSae: this SAE's config ${says}; pass the module whose output it reads, e.g. { at: "${example}" }`);
+    }
     const target = this.model.get(at.replace(/^\./, ""));
     if (!target || target === this.model) throw new TraceError(`addSae: the model has no module "${at}"`);
+    const unset = [...sae.namedParameters()].filter(([, p]) => p.module.getParam(p.name).isMeta).map(([name]) => name);
+    if (unset.length) throw new TraceError(`addSae: the SAE's ${unset.join(", ")} have no values yet: load it with loadSae, or set them (setParameter) first`);
     const width = outputWidth(target);
     if (width !== null && width !== sae.cfg.dIn) throw new TraceError(`addSae: ${target.path} (${target.typeName}) gives ${width} features, and this SAE reads ${sae.cfg.dIn} (d_in): it belongs elsewhere`);
     try {
@@ -141,6 +149,10 @@ export class Model<M extends Module = Module, E = ModelEnvoy<M>, I = ModelArgs> 
 
   /** Removes the SAE spliced at `at`, or every spliced SAE. */
   removeSae(at?: string): void {
+    if (at !== undefined) {
+      const spliced = splicedSaes(this.model).map((s) => s.at);
+      if (!spliced.includes(at.replace(/^\./, ""))) throw new TraceError(`removeSae: no SAE is spliced at "${at}"; ${spliced.length ? `there are SAEs at ${spliced.join(", ")}` : "none is spliced"}`);
+    }
     const targets = at === undefined ? splicedSaes(this.model).map((s) => this.model.get(s.at)!) : [this.model.get(at.replace(/^\./, ""))];
     for (const t of targets) {
       if (t && unspliceSae(t)) forgetChildren(t);

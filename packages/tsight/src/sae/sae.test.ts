@@ -352,9 +352,37 @@ describe("an SAE spliced into stdlib-gpt2", () => {
       })() as Error;
       expect(twice.name).toBe("TraceError");
       expect(twice.message).toMatch(/already spliced at transformer\.h\.2/);
+      // Removing where none is spliced (a typo) says so instead of leaving the SAE in place quietly.
+      expect(() => lm.removeSae("transformer.h.3")).toThrow(/^removeSae: no SAE is spliced at "transformer\.h\.3"; there are SAEs at transformer\.h\.2/);
+      expect(lm.saes.map((s) => s.at)).toEqual(["transformer.h.2"]);
     } finally {
       lm.removeSae();
     }
+    // An SAE whose weights were never set is refused before it is spliced (its trace would give shapes, no values).
+    const blank = new SparseAutoencoder(saeConfig({ architecture: "standard", d_in: 256, d_sae: 8 }));
+    expect(() => lm.addSae(blank, { at: "transformer.h.1" })).toThrow(/^addSae: the SAE's W_enc, b_enc, W_dec, b_dec have no values yet: load it with loadSae/);
+    expect(lm.saes).toEqual([]);
+  });
+
+  it("without hf_hook_point, goes where its TransformerLens hook_name says (resid_post, resid_pre, mlp_out), or says what to pass", async () => {
+    const at = (hookName: string | undefined, model = lm) => {
+      const cfg = saeConfig({ architecture: "standard", d_in: 256, d_sae: 8, ...(hookName ? { hook_name: hookName } : {}) });
+      const made = new SparseAutoencoder(cfg);
+      for (const [, p] of made.namedParameters()) p.module.setParam(p.name, Tensor.zeros(p.shape));
+      model.addSae(made);
+      try {
+        return model.saes.map((s) => s.at);
+      } finally {
+        model.removeSae();
+      }
+    };
+    expect(at("blocks.2.hook_resid_post")).toEqual(["transformer.h.2"]);
+    expect(at("blocks.3.hook_resid_pre")).toEqual(["transformer.h.2"]);
+    expect(at("blocks.1.hook_mlp_out")).toEqual(["transformer.h.1.mlp"]);
+    expect(() => at("blocks.0.hook_resid_pre")).toThrow(/^addSae: this SAE's config names no module \(metadata\.hf_hook_point\), and its hook_name "blocks\.0\.hook_resid_pre" is not one tsight finds a module for .*; pass the module whose output it reads, e\.g\. \{ at: "transformer\.h\.2" \}/);
+    expect(() => at(undefined)).toThrow(/names no module \(metadata\.hf_hook_point\) and no hook_name; pass the module whose output it reads, e\.g\. \{ at: "transformer\.h\.2" \}/);
+    const llama = await LanguageModel.load("stdlib-llama");
+    expect(() => at(undefined, llama as unknown as typeof lm)).toThrow(/e\.g\. \{ at: "model\.layers\.2" \}/);
   });
 });
 

@@ -71,7 +71,7 @@ export function saeConfig(raw: Record<string, unknown>): SaeConfig {
   if (typeof applyBDec !== "boolean") throw new SaeConfigError(`SAE config: apply_b_dec_to_input must be true or false, got ${JSON.stringify(applyBDec)}`, "apply_b_dec_to_input");
   const meta = (typeof raw.metadata === "object" && raw.metadata !== null ? raw.metadata : raw) as Record<string, unknown>;
   const text = (v: unknown) => (typeof v === "string" && v.length > 0 && v.length < 1000 ? v : null);
-  return { architecture: architecture as SaeArchitecture, dIn, dSae, k, applyBDecToInput: applyBDec, normalizeActivations: norm as SaeNormalization, hookPoint: text(meta.hf_hook_point), hookName: text(meta.hook_name), raw };
+  return { architecture: architecture as SaeArchitecture, dIn, dSae, k, applyBDecToInput: applyBDec, normalizeActivations: norm as SaeNormalization, hookPoint: text(meta.hf_hook_point), hookName: text(meta.hook_name) ?? text(raw.hook_name), raw };
 }
 
 /** The scaling of `normalize_activations`: into the SAE's space and back. */
@@ -177,4 +177,19 @@ export class SparseAutoencoder extends Module {
     });
     return recon.add(await this.error.at(error));
   }
+}
+
+/**
+ * The module whose output is TransformerLens's hook `hookName` (SAELens's `hook_name`), in a model whose decoder
+ * layers are at `layerPaths`: `blocks.N.hook_resid_post` is layer N's output, `blocks.N.hook_resid_pre` layer N - 1's
+ * (N >= 1: layer 0's input is no module's output), `blocks.N.hook_mlp_out` layer N's MLP's. Null for any other hook.
+ */
+export function moduleForHook(hookName: string, layerPaths: readonly string[]): string | null {
+  const m = /^blocks\.(\d+)\.hook_(resid_post|resid_pre|mlp_out)$/.exec(hookName);
+  if (!m) return null;
+  const n = Number(m[1]);
+  const layer = m[2] === "resid_pre" ? n - 1 : n;
+  const path = layerPaths[layer];
+  if (path === undefined) return null;
+  return m[2] === "mlp_out" ? `${path}.mlp` : path;
 }

@@ -674,6 +674,13 @@ describe("edge values as PyTorch gives them (a differential trial against PyTorc
     expect(zeros([2, 0]).mean(0).shape).toEqual([0]);
   });
 
+  it("an empty dim splits into one empty piece; scatterAdd adds the part of a larger src its index covers, as PyTorch does", () => {
+    expect(zeros([0]).split(2).map((t) => t.shape)).toEqual([[0]]);
+    expect(zeros([3, 0]).split(2, 1).map((t) => t.shape)).toEqual([[3, 0]]);
+    expect(zeros([0, 2]).chunk(3).map((t) => t.shape)).toEqual([[0, 2]]);
+    expectTensor(zeros([2, 3]).scatterAdd(0, i64([[1, 0]]), tensor([[1, 2, 3], [4, 5, 6]])), [[0, 2, 0], [1, 0, 0]]);
+  });
+
   it("int32 sums and running sums are int64, so they do not wrap", () => {
     const big = tensor(Int32Array.of(2147483647, 2147483647));
     expect([big.sum().dtype, big.sum().toArray()]).toEqual(["int64", [4294967294]]);
@@ -685,6 +692,9 @@ describe("edge values as PyTorch gives them (a differential trial against PyTorc
     expectThrows(() => zeros([2]).expand(-1, 2), ShapeError, "expand", "dim 0", "new one");
     expectThrows(() => zeros([0, 3]).argmax(0), ShapeError, "argmax", "empty");
     expectThrows(() => zeros([0]).argmin(), ShapeError, "argmin", "empty");
+    expectThrows(() => zeros([3, 2]).gather(0, i64([[0, 1, 0]])), ShapeError, "gather", "larger than the input", "dim 1");
+    expectThrows(() => zeros([4]).split([-1, 5]), ShapeError, "split", "0 or more");
+    expectThrows(() => zeros([2, 3]).scatterAdd(0, i64([[0, 1, 0, 1]]), zeros([1, 3])), ShapeError, "scatter_add", "larger than src");
     expect(tensor([1, 0]).logicalAnd(1).toArray()).toEqual([1, 0]);
     expect(tensor([1, 0]).logicalOr(0).toArray()).toEqual([1, 0]);
   });

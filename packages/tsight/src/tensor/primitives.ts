@@ -535,6 +535,7 @@ export const concat: Primitive<{ axis: number }> = {
 export const split: Primitive<{ axis: number; sizes: number[] }> = {
   name: "split",
   infer: ([x], a) => {
+    if (a.sizes.some((d) => !Number.isSafeInteger(d) || d < 0)) throw new ShapeError(`split: sizes must be whole numbers of 0 or more, got [${a.sizes}]`);
     const total = a.sizes.reduce((s, d) => s + d, 0);
     if (total !== x!.shape[a.axis]) throw new ShapeError(`split: sizes [${a.sizes}] add up to ${total}, not dim ${a.axis}'s ${x!.shape[a.axis]}`);
     return a.sizes.map((s) => ({ dtype: x!.dtype, shape: x!.shape.map((d, i) => (i === a.axis ? s : d)) }));
@@ -590,6 +591,9 @@ export const gatherElements: Primitive<{ axis: number }> = {
   infer: ([x, idx], a) => {
     if (idx!.dtype !== "int64") throw new DTypeError(`gather: index must be int64, got ${idx!.dtype}`);
     if (idx!.shape.length !== x!.shape.length) throw new ShapeError(`gather: index rank ${idx!.shape.length} differs from input rank ${x!.shape.length}`);
+    idx!.shape.forEach((d, i) => {
+      if (i !== a.axis && d > x!.shape[i]!) throw new ShapeError(`gather: index ${fmt(idx!.shape)} is larger than the input ${fmt(x!.shape)} in dim ${i}`);
+    });
     checkIndices("gather", idx!, x!.shape, a.axis);
     return [{ dtype: x!.dtype, shape: [...idx!.shape] }];
   },
@@ -609,6 +613,7 @@ export const scatterAdd: Primitive<{ axis: number }> = {
     if (idx!.dtype !== "int64") throw new DTypeError(`scatter_add: index must be int64, got ${idx!.dtype}`);
     if (upd!.dtype !== data!.dtype) throw new DTypeError(`scatter_add: updates dtype ${upd!.dtype} differs from ${data!.dtype}`);
     checkIndices("scatter_add", idx!, data!.shape, a.axis);
+    if (idx!.shape.length !== upd!.shape.length || idx!.shape.some((d, i) => d !== upd!.shape[i])) throw new ShapeError(`scatter_add: index ${fmt(idx!.shape)} and src ${fmt(upd!.shape)} differ in shape`);
     return [same(data!)];
   },
   key: (a) => `${a.axis}`,

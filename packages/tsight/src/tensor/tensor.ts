@@ -638,7 +638,8 @@ export class Tensor implements RawTensor {
       if (!Number.isSafeInteger(sizeOrSizes) || sizeOrSizes <= 0) throw new ShapeError(`split: size must be a positive whole number, got ${sizeOrSizes}`);
       const pieces = Math.ceil(n / sizeOrSizes);
       if (pieces > MAX_SPLITS) throw new ShapeError(`split: ${pieces} pieces of a tensor of shape ${fmt(this.shape)} (at most ${MAX_SPLITS}); split into fewer`);
-      sizes = [];
+      // An empty dim is one empty piece, as in PyTorch.
+      sizes = n === 0 ? [0] : [];
       for (let at = 0; at < n; at += sizeOrSizes) sizes.push(Math.min(sizeOrSizes, n - at));
     } else sizes = [...sizeOrSizes];
     if (sizes.length === 1 && sizes[0] === n) return [this];
@@ -649,7 +650,7 @@ export class Tensor implements RawTensor {
   chunk(chunks: number, dim = 0): Tensor[] {
     if (!Number.isSafeInteger(chunks) || chunks < 1) throw new ShapeError(`chunk: the number of chunks must be a whole number of 1 or more, got ${String(chunks)}`);
     const n = this.shape[normAxis("chunk", dim, this.ndim)]!;
-    return this.split(Math.ceil(n / chunks), dim);
+    return n === 0 ? [this] : this.split(Math.ceil(n / chunks), dim);
   }
   tril(k = 0): Tensor {
     return apply1(P.trilu, [this], { upper: false, k });
@@ -667,7 +668,16 @@ export class Tensor implements RawTensor {
   }
   /** torch.scatter_add (out of place). */
   scatterAdd(dim: number, index: Tensor, src: Tensor): Tensor {
-    return apply1(P.scatterAdd, [this, index, src], { axis: normAxis("scatter_add", dim, this.ndim) });
+    const axis = normAxis("scatter_add", dim, this.ndim);
+    // As in PyTorch, src may be larger than index in any dim: its part the index covers is what is added.
+    if (src.ndim === index.ndim && index.ndim === this.ndim) {
+      index.shape.forEach((d, i) => {
+        if (d > src.shape[i]!) throw new ShapeError(`scatter_add: index ${fmt(index.shape)} is larger than src ${fmt(src.shape)} in dim ${i}`);
+        if (i !== axis && d > this.shape[i]!) throw new ShapeError(`scatter_add: index ${fmt(index.shape)} is larger than the tensor ${fmt(this.shape)} in dim ${i}`);
+      });
+      if (index.shape.some((d, i) => d < src.shape[i]!)) src = src.index(...index.shape.map((d) => slice(0, d)));
+    }
+    return apply1(P.scatterAdd, [this, index, src], { axis });
   }
   /** @internal rows of this plus updates at indices[..., 0] (ScatterND add) */
   indexAdd(indices: Tensor, updates: Tensor): Tensor {

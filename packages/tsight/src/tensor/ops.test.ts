@@ -661,6 +661,20 @@ describe("edge values as PyTorch gives them (a differential trial against PyTorc
     expect(values(tensor([[3, 1, 3]]).max(1))).toEqual([3]);
   });
 
+  it("topk ranks NaN above every number, as PyTorch does, along any dim", () => {
+    const top = (t: Tensor, k: number, dim = -1, largest = true) => {
+      const r = t.topk(k, dim, largest);
+      return [values(r.values), r.indices.toArray()];
+    };
+    expect(top(tensor([NaN, 1, NaN, 2, 3]), 3)).toEqual([[NaN, NaN, 3], [0, 2, 4]]);
+    expect(top(tensor([1, NaN, 3, 2]), 4)).toEqual([[NaN, 3, 2, 1], [1, 2, 3, 0]]);
+    expect(top(tensor([1, NaN, 3, 2]), 2, -1, false)).toEqual([[1, 2], [0, 3]]);
+    expect(top(tensor([1, NaN, 3, 2]), 4, -1, false)).toEqual([[1, 2, 3, NaN], [0, 3, 2, 1]]);
+    expect(top(tensor([[1, NaN], [5, 2], [NaN, 0]]), 2, 0)).toEqual([[NaN, NaN, 5, 2], [2, 0, 1, 1]]);
+    // Without NaN, ONNX Runtime's answer, the same.
+    expect(top(tensor([[1, 4], [5, 2], [3, 0]]), 2, 0)).toEqual([[5, 4, 3, 2], [1, 0, 2, 1]]);
+  });
+
   it("norm with p = 0 counts the nonzeros, p = -Infinity is the smallest |x|", () => {
     expect(values(tensor([[0, 1, -2], [0, 0, 0]]).norm(0, 1))).toEqual([2, 0]);
     expect(values(tensor([3, -1, 0.5, 2]).norm(-Infinity))).toEqual([0.5]);

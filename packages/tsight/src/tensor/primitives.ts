@@ -371,7 +371,12 @@ export const topk: Primitive<{ k: number; axis: number; largest: boolean }> = {
   // ONNX Runtime's TopK divides by a zero extent when its input has a 0-sized dim (other than k = 0 along it): the
   // process dies of SIGFPE, which nothing catches (a job's `zeros([0, 5]).topk(2)` took a whole server down). An
   // empty result needs no kernel, and such a call is never captured into a graph.
-  view: (_x, _a, [values, indices]) => (sizeOf(values!.shape) === 0 ? [new Tensor(values!.dtype, allocate(values!.dtype, 0), values!.shape), new Tensor("int64", new BigInt64Array(0), indices!.shape)] : null),
+  view: ([x], a, [values, indices]) => {
+    if (sizeOf(values!.shape) === 0) return [new Tensor(values!.dtype, allocate(values!.dtype, 0), values!.shape), new Tensor("int64", new BigInt64Array(0), indices!.shape)];
+    // ONNX Runtime's TopK orders NaN anyhow (a NaN among the values could push out larger ones); PyTorch takes NaN
+    // as larger than any number. A tensor holding NaN is ranked here, as PyTorch ranks it.
+    return x!.dtype === "float32" && (x!.data as Float32Array).some(Number.isNaN) ? topkWithNaN(x!, a, values!.shape) : null;
+  },
   graphs: ([x]) => sizeOf(x!.shape) > 0,
   graph: (g, [x, k], a) => g.node("TopK", [x!, k!], { axis: a.axis, largest: a.largest ? 1 : 0, sorted: 1 }, 2),
   grad: ([g], n) => {
@@ -380,6 +385,31 @@ export const topk: Primitive<{ k: number; axis: number; largest: boolean }> = {
     return [g ? Tensor.zeros(x.shape, g.dtype).scatterAdd(axis, n.outputs[1]!, g) : null];
   },
 };
+
+/** topk of a float32 tensor holding NaN, NaN ranking above every number (PyTorch's order); ties lowest index first. */
+function topkWithNaN(x: Tensor, a: { k: number; axis: number; largest: boolean }, shape: number[]): Tensor[] {
+  const data = x.data as Float32Array;
+  const n = x.shape[a.axis]!;
+  const inner = sizeOf(x.shape.slice(a.axis + 1));
+  const outer = sizeOf(x.shape.slice(0, a.axis));
+  const values = new Float32Array(sizeOf(shape));
+  const indices = new BigInt64Array(values.length);
+  // NaN above all numbers; largest first, or smallest first; equal values by position.
+  const rank = (u: number, v: number): number => (Number.isNaN(u) ? (Number.isNaN(v) ? 0 : 1) : Number.isNaN(v) ? -1 : u - v);
+  const order = Array.from({ length: n }, (_, i) => i);
+  for (let o = 0; o < outer; o++) {
+    for (let i = 0; i < inner; i++) {
+      const at = (j: number) => data[(o * n + j) * inner + i]!;
+      order.sort((p, q) => (a.largest ? rank(at(q), at(p)) : rank(at(p), at(q))) || p - q);
+      for (let j = 0; j < a.k; j++) {
+        const out = (o * a.k + j) * inner + i;
+        values[out] = at(order[j]!);
+        indices[out] = BigInt(order[j]!);
+      }
+    }
+  }
+  return [new Tensor("float32", values, shape), new Tensor("int64", indices, [...shape])];
+}
 
 // #endregion
 // #region movement

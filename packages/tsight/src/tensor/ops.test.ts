@@ -345,12 +345,11 @@ describe("dtype promotion", () => {
     expect(Array.from(big.mul(2).data as BigInt64Array)).toEqual([2n ** 41n + 2n, -(2n ** 51n)]);
   });
 
-  it("float-only ops refuse integers with a DTypeError naming the op", () => {
-    expectThrows(() => i64([1]).exp(), DTypeError, "exp", "int64");
-    expectThrows(() => i64([1]).sqrt(), DTypeError, "sqrt");
+  it("ops that refuse a dtype say so with a DTypeError naming the op (float-valued math takes integers as float32)", () => {
     expectThrows(() => tensor([true]).add(tensor([true])), DTypeError, "add", "bool");
     expectThrows(() => tensor([true]).max(), DTypeError, "amax", "bool");
-    expectThrows(() => i64([1]).gelu(), DTypeError, "gelu");
+    expectThrows(() => apply1(P.exp, [i64([1])], undefined), DTypeError, "exp", "int64");
+    expectTensor(i64([0]).gelu(), [0], { dtype: "float32" });
   });
 
   it("integer reductions and means", () => {
@@ -673,6 +672,17 @@ describe("edge values as PyTorch gives them (a differential trial against PyTorc
     expect(top(tensor([[1, NaN], [5, 2], [NaN, 0]]), 2, 0)).toEqual([[NaN, NaN, 5, 2], [2, 0, 1, 1]]);
     // Without NaN, ONNX Runtime's answer, the same.
     expect(top(tensor([[1, 4], [5, 2], [3, 0]]), 2, 0)).toEqual([[5, 4, 3, 2], [1, 0, 2, 1]]);
+  });
+
+  it("float-valued math takes integers as float32; floor, ceil and round give integers back; no integer is NaN; sort and argsort", () => {
+    const ints = tensor([1, 4, 9], "int64");
+    expectTensor(ints.sqrt(), [1, 2, 3], { dtype: "float32" });
+    expectTensor(ints.exp().log(), [1, 4, 9], { dtype: "float32", atol: 1e-5 });
+    expect(ints.floor()).toBe(ints);
+    expectTensor(ints.isnan(), [false, false, false].map(Number), { dtype: "bool" });
+    const { values: v, indices: i } = tensor([3, NaN, 1, 2]).sort();
+    expect([values(v), i.toArray()]).toEqual([[1, 2, 3, NaN], [2, 3, 0, 1]]);
+    expect(tensor([[3, 1, 2]]).argsort(-1, true).toArray()).toEqual([0, 2, 1]);
   });
 
   it("norm with p = 0 counts the nonzeros, p = -Infinity is the smallest |x|", () => {
@@ -1042,7 +1052,7 @@ describe("meta tensors", () => {
   it("shape errors still surface", () => {
     expectThrows(() => m.matmul(Tensor.meta("float32", [3, 3])), ShapeError, "matmul", "[2, 3, 4]");
     expectThrows(() => m.add(Tensor.meta("float32", [5])), ShapeError, "add");
-    expectThrows(() => m.exp().to("int64").exp(), DTypeError, "exp");
+    expectThrows(() => Tensor.meta("bool", [2]).add(Tensor.meta("bool", [2])), DTypeError, "add");
   });
 });
 

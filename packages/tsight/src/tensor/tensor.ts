@@ -289,14 +289,15 @@ export class Tensor implements RawTensor {
   neg(): Tensor {
     return apply1(P.neg, [this], undefined);
   }
+  // Float-valued math takes integers and booleans as float32, as PyTorch does.
   exp(): Tensor {
-    return apply1(P.exp, [this], undefined);
+    return apply1(P.exp, [this.float()], undefined);
   }
   log(): Tensor {
-    return apply1(P.log, [this], undefined);
+    return apply1(P.log, [this.float()], undefined);
   }
   sqrt(): Tensor {
-    return apply1(P.sqrt, [this], undefined);
+    return apply1(P.sqrt, [this.float()], undefined);
   }
   rsqrt(): Tensor {
     return this.sqrt().reciprocal();
@@ -314,19 +315,22 @@ export class Tensor implements RawTensor {
     return apply1(P.sign, [this], undefined);
   }
   floor(): Tensor {
-    return apply1(P.floor, [this], undefined);
+    // Integers are whole already (PyTorch gives them back).
+    return this.dtype === "float32" ? apply1(P.floor, [this], undefined) : this;
   }
   ceil(): Tensor {
-    return apply1(P.ceil, [this], undefined);
+    // Integers are whole already (PyTorch gives them back).
+    return this.dtype === "float32" ? apply1(P.ceil, [this], undefined) : this;
   }
   round(): Tensor {
-    return apply1(P.round, [this], undefined);
+    // Integers are whole already (PyTorch gives them back).
+    return this.dtype === "float32" ? apply1(P.round, [this], undefined) : this;
   }
   tanh(): Tensor {
-    return apply1(P.tanh, [this], undefined);
+    return apply1(P.tanh, [this.float()], undefined);
   }
   sigmoid(): Tensor {
-    return apply1(P.sigmoid, [this], undefined);
+    return apply1(P.sigmoid, [this.float()], undefined);
   }
   relu(): Tensor {
     // ONNX Runtime has no int64 Relu kernel
@@ -336,22 +340,23 @@ export class Tensor implements RawTensor {
   /** GELU; `approximate: "tanh"` is GPT-2's gelu_new. */
   gelu(approximate: "none" | "tanh" = "none"): Tensor {
     if (approximate !== "none" && approximate !== "tanh") throw new TypeError(`gelu: approximate must be "none" or "tanh", got ${typeof approximate === "string" ? JSON.stringify((approximate as string).slice(0, 40)) : typeof approximate}`);
-    return apply1(P.gelu, [this], { approximate });
+    return apply1(P.gelu, [this.float()], { approximate });
   }
   silu(): Tensor {
-    return apply1(P.silu, [this], undefined);
+    return apply1(P.silu, [this.float()], undefined);
   }
   erf(): Tensor {
-    return apply1(P.erf, [this], undefined);
+    return apply1(P.erf, [this.float()], undefined);
   }
   sin(): Tensor {
-    return apply1(P.sin, [this], undefined);
+    return apply1(P.sin, [this.float()], undefined);
   }
   cos(): Tensor {
-    return apply1(P.cos, [this], undefined);
+    return apply1(P.cos, [this.float()], undefined);
   }
   isnan(): Tensor {
-    return apply1(P.isnan, [this], undefined);
+    // No integer is NaN.
+    return this.dtype === "float32" ? apply1(P.isnan, [this], undefined) : Tensor.full(this.shape, false, "bool");
   }
   eq(other: TensorLike): Tensor {
     return apply1(P.eq, promote("eq", this, other), undefined);
@@ -490,6 +495,15 @@ export class Tensor implements RawTensor {
   /** Running sums along `dim`; integers and booleans sum as int64, as in PyTorch. */
   cumsum(dim: number, reverse = false): Tensor {
     return apply1(P.cumsum, [this.dtype === "bool" || this.dtype === "int32" ? this.long() : this], { axis: normAxis("cumsum", dim, this.ndim), reverse });
+  }
+  /** The values along `dim` in order (ascending, or descending), and where each was; NaN ranks above every number. */
+  sort(dim = -1, descending = false): { values: Tensor; indices: Tensor } {
+    const d = normAxis("sort", dim, this.ndim);
+    return this.topk(this.ndim === 0 ? 1 : this.shape[d]!, d, descending);
+  }
+  /** The positions that sort the values along `dim` (see sort). */
+  argsort(dim = -1, descending = false): Tensor {
+    return this.sort(dim, descending).indices;
   }
   /** The k largest (or smallest) values along `dim`, sorted, and their indices. */
   topk(k: number, dim = -1, largest = true): { values: Tensor; indices: Tensor } {

@@ -110,10 +110,13 @@ describe("Tensor's static constructors in the sandbox", () => {
     expect(await remote(source, "x")).toEqual(local);
   });
 
-  it("index a list of integers as in process (x[0, [2, 0]]), and refuse a list of other things", async () => {
+  it("index a list of integers as in process (x[0, [2, 0]]), sort, and refuse a list of other things", async () => {
     const source = "async () => Tensor.cat([Tensor.full([1, 3], 1), Tensor.full([1, 3], 2), Tensor.full([1, 3], 3)], 0).index([2, 0], -1).tolist()";
     expect(await inProcess(source, "x")).toEqual([3, 1]);
     expect(await remote(source, "x")).toEqual([3, 1]);
+    const sorted = "async () => { const t = Tensor.cat([Tensor.full([1], 3), Tensor.full([1], 1), Tensor.full([1], 2)], 0); const s = t.sort(); return [s.values.tolist(), s.indices.tolist(), t.argsort(0, true).tolist(), t.gt(1).logicalAnd(1).tolist()]; }";
+    expect(await inProcess(sorted, "x")).toEqual([[1, 2, 3], [1, 2, 0], [0, 2, 1], [1, 0, 1]]);
+    expect(await remote(sorted, "x")).toEqual(await inProcess(sorted, "x"));
     const e = await failure(remote("async () => Tensor.zeros([2, 3]).index(0, [1.5])", "x"));
     expect(e.code).toBe("USER_CODE");
     expect(e.message).toMatch(/index entry is an integer, null, slice\(start, stop, step\), a list of integers/);

@@ -134,8 +134,10 @@ export class Model<M extends Module = Module, E = ModelEnvoy<M>, I = ModelArgs> 
     }
     const target = this.model.get(at.replace(/^\./, ""));
     if (!target || target === this.model) throw new TraceError(`addSae: the model has no module "${at}"`);
+    // On a model with values (a meta model, a server's, takes meta SAEs: shapes only).
     const unset = [...sae.namedParameters()].filter(([, p]) => p.module.getParam(p.name).isMeta).map(([name]) => name);
-    if (unset.length) throw new TraceError(`addSae: the SAE's ${unset.join(", ")} have no values yet: load it with loadSae, or set them (setParameter) first`);
+    const hasValues = () => [...this.model.namedParameters()].some(([, p]) => !p.module.getParam(p.name).isMeta);
+    if (unset.length && hasValues()) throw new TraceError(`addSae: the SAE's ${unset.join(", ")} have no values yet: load it with loadSae, or set them (setParameter) first`);
     const width = outputWidth(target);
     if (width !== null && width !== sae.cfg.dIn) throw new TraceError(`addSae: ${target.path} (${target.typeName}) gives ${width} features, and this SAE reads ${sae.cfg.dIn} (d_in): it belongs elsewhere`);
     try {

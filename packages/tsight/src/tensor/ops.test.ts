@@ -705,6 +705,13 @@ describe("edge values as PyTorch gives them (a differential trial against PyTorc
     expectTensor(zeros([2, 3]).scatterAdd(0, i64([[1, 0]]), tensor([[1, 2, 3], [4, 5, 6]])), [[0, 2, 0], [1, 0, 0]]);
   });
 
+  it("maskedFill keeps the tensor's dtype, as in PyTorch", () => {
+    const mask = tensor([1, 0]).bool();
+    expectTensor(tensor([1, 5], "int64").maskedFill(mask, 2.7), [2, 5], { dtype: "int64" });
+    expectTensor(tensor([1, 1]).bool().maskedFill(mask, 0), [0, 1], { dtype: "bool" });
+    expectTensor(tensor([1.5, 5]).maskedFill(mask, -Infinity), [-Infinity, 5], { dtype: "float32" });
+  });
+
   it("int32 sums and running sums are int64, so they do not wrap", () => {
     const big = tensor(Int32Array.of(2147483647, 2147483647));
     expect([big.sum().dtype, big.sum().toArray()]).toEqual(["int64", [4294967294]]);

@@ -392,9 +392,9 @@ export class Tensor implements RawTensor {
   where(condition: Tensor, other: TensorLike): Tensor {
     return Tensor.where(condition, this, other);
   }
-  /** A copy with `value` wherever `mask` is true. */
+  /** A copy with `value` wherever `mask` is true; of this tensor's dtype, as in PyTorch (2.7 fills an int64 one with 2). */
   maskedFill(mask: Tensor, value: number): Tensor {
-    return Tensor.where(mask, value, this);
+    return Tensor.where(mask, Tensor.full([], value, this.dtype), this);
   }
   to(dtype: DType): Tensor {
     return dtype === this.dtype ? this : apply1(P.cast, [this], { to: checkDType(dtype, "to") });

@@ -4,13 +4,12 @@
  * deadline. One isolate per job: nothing of one job is reachable from another's, also when several jobs share one
  * batched forward pass (`executeBatch`).
  */
-import v8 from "node:v8";
-import vm from "node:vm";
 import { isMainThread } from "node:worker_threads";
 import ivm from "isolated-vm";
 import { StallError, treatAsLibraryCode, type InterventionFn } from "tsight";
 import { localStepSites, packValue, toBase64, type DecodedJob, type ExecutionContext, type ExecutionModel as LanguageModel, type JobExecutor } from "tsight/protocol";
 import { Bridge } from "./bridge.js";
+import { collectGarbage } from "./gc.js";
 import { SandboxError } from "./errors.js";
 
 export { SandboxError } from "./errors.js";
@@ -81,18 +80,12 @@ function watchExit(isolate: ivm.Isolate): void {
  * handles that died since the last collection; without an environment they abort the process
  * ("IsolateEnvironment::GetCurrent(): Assertion `environment != nullptr' failed": a test process that had run
  * `remote: "local"` jobs died so in one CI run, not reproduced here). Collected here, no such handle is left, and
- * no collection is under way. Server threads did this already (worker-main.ts); this covers every process and
- * thread that ran a job, a script's main thread included.
+ * no collection is under way: in every process and thread that ran a job, a server's model threads and a script's
+ * main thread alike.
  */
 function collectForExit(): void {
-  try {
-    v8.setFlagsFromString("--expose-gc");
-    const gc = vm.runInNewContext("gc") as () => void;
-    gc();
-    gc();
-  } catch {
-    // No way to collect here: the exit goes on as before.
-  }
+  collectGarbage();
+  collectGarbage();
 }
 
 /** How long an exit waits for the threads of the isolates it stopped to leave them (see watchExit). */

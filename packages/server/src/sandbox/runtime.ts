@@ -48,6 +48,8 @@ export interface RuntimeApi {
   lensNotes: Record<string, string | undefined>;
   /** The hint for `source` asked of a module without operation points (tsight's NO_SOURCE_HINT). */
   noSourceHint: string;
+  /** What tr.iter and tr.all iterated without await say (tsight's ITERATED_WITHOUT_AWAIT). */
+  iteratedWithoutAwait: string;
 }
 
 /**
@@ -307,9 +309,9 @@ export function installRuntime(rawHost: HostCallbacks, tree: TreeNode, api: Runt
     }
     if (kind === "steps") {
       o[Symbol.asyncIterator] = () => ({ next: () => o.next(), return: () => Promise.resolve({ value: undefined, done: true }) });
-      // As in process (tsight's ITERATED_WITHOUT_AWAIT).
+      // As in process: a plain for...of over the steps says to await them.
       o[Symbol.iterator] = () => {
-        throw new RemoteError({ type: "TraceError", code: "USER_CODE", message: "tr.iter and tr.all are async: loop with `for await (const step of tr.iter(...))`; a plain for...of (or a spread) cannot wait for the generation's steps" });
+        throw new RemoteError({ type: "TraceError", code: "USER_CODE", message: api.iteratedWithoutAwait });
       };
     }
     // As in process, manualSeed gives the generator back (randn([4], g.manualSeed(5))).

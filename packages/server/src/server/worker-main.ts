@@ -4,29 +4,15 @@
  * (envelope bytes) or error. Code that spins here blocks only this thread; the main thread replaces it when a job
  * does not stop past its deadline.
  */
-import v8 from "node:v8";
-import vm from "node:vm";
 import { parentPort, workerData } from "node:worker_threads";
 import { LanguageModel, loadSae } from "tsight";
 import { decodeValue, MAX_JSON_VALUES, unpackValue, packValue, errorFromInfo, infoFromError, ResultTooLargeError, decodeJob, type DecodedJob, type ExecutionContext, type ExecutionModel, type JobExecutor, type ErrorCode, type ErrorInfo, type JobEvent } from "tsight/protocol";
+import { collectGarbage as collect } from "../sandbox/gc.js";
 import { publicError } from "./public-error.js";
 import type { FromWorker, LocalAnswer, RunJob, ToWorker, WorkerData } from "./worker-messages.js";
 
 const port = parentPort!;
 
-/**
- * Collects garbage right after a job that held much memory or failed (it may have been stopped with much allocated),
- * so that what it took goes back before the next job rather than whenever the heap next fills.
- */
-const collect = exposeGc();
-function exposeGc(): () => void {
-  try {
-    v8.setFlagsFromString("--expose-gc");
-    return vm.runInNewContext("gc") as () => void;
-  } catch {
-    return () => undefined;
-  }
-}
 /** Jobs that held at least this much at once are followed by a collection. */
 const COLLECT_AFTER_BYTES = 8 * 2 ** 20;
 let collectNext = false;
@@ -159,8 +145,9 @@ function end(job: RunJob, r: Running, outcome: PromiseSettledResult<unknown>): v
     post({ type: "failed", jobId: job.jobId, error: publicError(infoFromError(e instanceof ResultTooLargeError ? new JobError("MEMORY", `the job's result is ${e.size} bytes, over this server's limit of ${e.limit}; return less (a slice of a tensor, or a reduction)`) : e, "USER_CODE")) });
   } finally {
     running.delete(job.jobId);
-    // After a big or failed job, and once more after the job after it (some of a job's objects stay reachable until
-    // the next one replaces them).
+    // After a big or failed job (it may have been stopped with much allocated), and once more after the job after it
+    // (some of a job's objects stay reachable until the next one replaces them): what it took goes back before the
+    // next job rather than whenever the heap next fills.
     const heavy = outcome.status === "rejected" || (r.peakBytes ?? 0) >= COLLECT_AFTER_BYTES;
     if (heavy || collectNext) collect();
     collectNext = heavy;

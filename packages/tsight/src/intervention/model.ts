@@ -135,9 +135,8 @@ export class Model<M extends Module = Module, E = ModelEnvoy<M>, I = ModelArgs> 
     const target = this.model.get(at.replace(/^\./, ""));
     if (!target || target === this.model) throw new TraceError(`addSae: the model has no module "${at}"`);
     // On a model with values (a meta model, a server's, takes meta SAEs: shapes only).
-    const unset = [...sae.namedParameters()].filter(([, p]) => p.module.getParam(p.name).isMeta).map(([name]) => name);
-    const hasValues = () => [...this.model.namedParameters()].some(([, p]) => !p.module.getParam(p.name).isMeta);
-    if (unset.length && hasValues()) throw new TraceError(`addSae: the SAE's ${unset.join(", ")} have no values yet: load it with loadSae, or set them (setParameter) first`);
+    const unset = unsetParameters(sae);
+    if (unset.length && unsetParameters(this.model).length < this.model.namedParameters().size) throw new TraceError(`addSae: the SAE's ${unset.join(", ")} have no values yet: load it with loadSae, or set them (setParameter) first`);
     const width = outputWidth(target);
     if (width !== null && width !== sae.cfg.dIn) throw new TraceError(`addSae: ${target.path} (${target.typeName}) gives ${width} features, and this SAE reads ${sae.cfg.dIn} (d_in): it belongs elsewhere`);
     try {
@@ -151,11 +150,10 @@ export class Model<M extends Module = Module, E = ModelEnvoy<M>, I = ModelArgs> 
 
   /** Removes the SAE spliced at `at`, or every spliced SAE. */
   removeSae(at?: string): void {
-    if (at !== undefined) {
-      const spliced = splicedSaes(this.model).map((s) => s.at);
-      if (!spliced.includes(at.replace(/^\./, ""))) throw new TraceError(`removeSae: no SAE is spliced at "${at}"; ${spliced.length ? `there are SAEs at ${spliced.join(", ")}` : "none is spliced"}`);
-    }
-    const targets = at === undefined ? splicedSaes(this.model).map((s) => this.model.get(s.at)!) : [this.model.get(at.replace(/^\./, ""))];
+    const spliced = splicedSaes(this.model).map((s) => s.at);
+    const path = at?.replace(/^\./, "");
+    if (path !== undefined && !spliced.includes(path)) throw new TraceError(`removeSae: no SAE is spliced at "${at}"; ${spliced.length ? `there are SAEs at ${spliced.join(", ")}` : "none is spliced"}`);
+    const targets = (path === undefined ? spliced : [path]).map((p) => this.model.get(p));
     for (const t of targets) {
       if (t && unspliceSae(t)) forgetChildren(t);
     }
@@ -307,6 +305,11 @@ function outputWidth(m: Module): number | null {
   return null;
 }
 
+/** The names of the module's parameters that hold no values yet (meta tensors). */
+function unsetParameters(module: Module): string[] {
+  return [...module.namedParameters()].filter(([, p]) => p.module.getParam(p.name).isMeta).map(([name]) => name);
+}
+
 /** Module trees whose parameters all hold values, as of their tree's last change (see checkParameters). */
 const parametersSet = new WeakMap<Module, number>();
 
@@ -316,7 +319,7 @@ const parametersSet = new WeakMap<Module, number>();
  */
 function checkParameters(model: Module): void {
   if (parametersSet.get(model) === Module.treeChanges) return;
-  const unset = [...model.namedParameters()].filter(([, p]) => p.module.getParam(p.name).isMeta).map(([name]) => name);
+  const unset = unsetParameters(model);
   if (unset.length) {
     throw new TraceError(`the model's parameters ${unset.slice(0, 8).join(", ")}${unset.length > 8 ? `, ... (${unset.length} in all)` : ""} have no values yet: set them (module.setParameter(name, tensor), or loadParameters) before tracing`);
   }

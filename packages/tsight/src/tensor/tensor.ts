@@ -466,7 +466,6 @@ export class Tensor implements RawTensor {
   std(dim?: number | readonly number[], options: { correction?: number; keepdim?: boolean } = {}): Tensor {
     return this.var(dim, options).sqrt();
   }
-  /** p-norm over `dim` (all elements when omitted). */
   /** p-norm over `dim` (all elements when omitted): p = 0 counts the nonzeros, ±Infinity the largest or smallest |x|. */
   norm(p = 2, dim?: number | readonly number[], keepdim = false): Tensor {
     const x = this.float();

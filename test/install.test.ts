@@ -231,6 +231,33 @@ console.log(await lm.trace("def __init__(self", async (m) => (await m.lm_head.ou
     expect(Number(out.stdout.trim())).toBe(await expectedTop("def __init__(self"));
   });
 
+  it("ships each package's README, whose TypeScript examples type-check and run as written (locally, and against the server)", async () => {
+    const examples = (readme: string) => [...fs.readFileSync(path.join(dir, "node_modules", readme), "utf8").matchAll(/```ts\n([\s\S]*?)```/g)].map((m) => m[1]!).join("\n");
+    const engine = `${examples("tsight/README.md")}\nconsole.log(JSON.stringify({ top, steered, pattern: pattern.shape, text: out.text }));\n`;
+    const server = `${examples("@tsight/server/README.md")}\nconsole.log(JSON.stringify({ norm }));\n`;
+    fs.mkdirSync(path.join(dir, "readme"), { recursive: true });
+    fs.writeFileSync(path.join(dir, "readme/engine.ts"), engine);
+    fs.writeFileSync(path.join(dir, "readme/server.ts"), server);
+    const flags = ["--target", "ES2022", "--module", "NodeNext", "--moduleResolution", "NodeNext", "--strict", "--skipLibCheck", "--types", "node", "--outDir", "readme/dist"];
+    const compile = await node(dir, ["node_modules/typescript/bin/tsc", ...flags, "readme/engine.ts", "readme/server.ts"]);
+    expect(compile.stdout + compile.stderr).toBe("");
+
+    const ran = await node(dir, ["readme/dist/engine.js"]);
+    expect(ran.stderr).toBe("");
+    const got = JSON.parse(ran.stdout) as { top: number; steered: number[]; pattern: number[]; text: string[] };
+    expect(got.top).toBe(await expectedTop("def __init__(self"));
+    expect(got.steered).toHaveLength(3);
+    expect(got.pattern).toEqual([1, 4, 3, 3]);
+    expect(got.text).toHaveLength(1);
+
+    const remote = await node(dir, ["readme/dist/server.js"], serverEnv);
+    expect(remote.stderr).toBe("");
+    const { LanguageModel } = await import("tsight");
+    const lm = await LanguageModel.load("stdlib-gpt2");
+    const norm = await lm.trace("def f(", async (m) => (await m.transformer.h[-1].output).norm().item());
+    expect((JSON.parse(remote.stdout) as { norm: number }).norm).toBeCloseTo(norm, 4);
+  }, 120_000);
+
   it("type-checks a TypeScript program (strict, NodeNext) and runs it compiled: local, remote and remote: \"local\"", async () => {
     fs.writeFileSync(
       path.join(dir, "tsconfig.json"),

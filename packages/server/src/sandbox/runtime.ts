@@ -50,6 +50,8 @@ export interface RuntimeApi {
   noSourceHint: string;
   /** What tr.iter and tr.all iterated without await say (tsight's ITERATED_WITHOUT_AWAIT). */
   iteratedWithoutAwait: string;
+  /** What tr.iter or tr.all iterated uncalled say (tsight's ITER_NOT_CALLED). */
+  iterNotCalled: string;
 }
 
 /**
@@ -313,6 +315,13 @@ export function installRuntime(rawHost: HostCallbacks, tree: TreeNode, api: Runt
       o[Symbol.iterator] = () => {
         throw new RemoteError({ type: "TraceError", code: "USER_CODE", message: api.iteratedWithoutAwait });
       };
+    }
+    if (kind === "tracer") {
+      // As in process: the methods themselves iterated (`for await (const s of tr.iter)`) say to call them.
+      const refuse = () => {
+        throw userError(api.iterNotCalled);
+      };
+      for (const method of [o.iter, o.all]) method[Symbol.asyncIterator] = method[Symbol.iterator] = refuse;
     }
     // As in process, manualSeed gives the generator back (randn([4], g.manualSeed(5))).
     if (kind === "generator") o.manualSeed = (seed: unknown) => (call("manualSeed", [seed]), o);

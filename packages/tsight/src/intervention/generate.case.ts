@@ -100,6 +100,27 @@ export const generateCases: TraceCase[] = [
     },
   },
   {
+    name: "tr.iter and tr.all iterated without being called (for await over tr.iter, nnsight's tracer.iter[:]) are a TraceError saying to call them",
+    async run(b) {
+      for (const how of ["iter", "all", "sync"] as const) {
+        const e = await b.gpt2
+          .generate(
+            PROMPT,
+            { maxNewTokens: 2, eosTokenId: null },
+            async (m: any, tr: any) => {
+              if (tr.vars.how === "sync") for (const _ of tr.iter) await m.lm_head.output;
+              for await (const _ of tr.vars.how === "iter" ? tr.iter : tr.all) await m.lm_head.output;
+            },
+            b.options({ vars: { how } }),
+          )
+          .catch((x: Error) => x);
+        expect(e, how).toBeInstanceOf(Error);
+        expect((e as Error).name, how).toBe("TraceError");
+        expect((e as Error).message, how).toMatch(/^tr\.iter and tr\.all are methods: loop over tr\.iter\(start, end\)/);
+      }
+    },
+  },
+  {
     name: "a decoder layer called with the arguments the stack passed it at a generation step gives that step's output (its KV cache passed back, remotely as a reference)",
     async run(b) {
       const again = async (m: any, tr: any) => {

@@ -2,7 +2,7 @@ export * from "./inputs.js";
 export * from "./language-model.js";
 export { Model, type ModelEnvoy, type ModelOptions, type ModelTraceOptions, type ModelArgs } from "./model.js";
 export * from "./errors.js";
-export { Tracer, InvokeTracer, ITERATED_WITHOUT_AWAIT, type Barrier, type InterventionFn } from "./tracer.js";
+export { Tracer, InvokeTracer, ITERATED_WITHOUT_AWAIT, ITER_NOT_CALLED, type Barrier, type InterventionFn } from "./tracer.js";
 export { GradScope } from "./backward.js";
 export { Cache, CacheNode, type CacheOptions, type CacheEntry, type NavigableCache } from "./cache.js";
 export type { EnvoyOf, EnvoyTree, AnyEnvoy } from "./envoy-types.js";

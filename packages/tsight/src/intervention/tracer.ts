@@ -594,6 +594,15 @@ function givenBy(model: Module): Set<string> {
 /** Said by tr.iter and tr.all iterated without `await` (the sandbox's runtime says the same). */
 export const ITERATED_WITHOUT_AWAIT = "tr.iter and tr.all are async: loop with `for await (const step of tr.iter(...))`; a plain for...of (or a spread) cannot wait for the generation's steps";
 
+/** Said by the methods themselves iterated (`for await (const s of tr.iter)`, as nnsight's `tracer.iter[:]` reads). */
+export const ITER_NOT_CALLED = "tr.iter and tr.all are methods: loop over tr.iter(start, end), tr.iter([steps]) or tr.all() (every step)";
+
+// JavaScript's own word for it is "tr.iter is not async iterable".
+const refuseUncalled = (): never => {
+  throw new TraceError(ITER_NOT_CALLED);
+};
+for (const method of [InvokeTracer.prototype.iter, InvokeTracer.prototype.all]) Object.assign(method, { [Symbol.asyncIterator]: refuseUncalled, [Symbol.iterator]: refuseUncalled });
+
 /**
  * The steps, iterated with `for await`; a plain `for...of` or a spread of them is a TraceError saying so (JavaScript's
  * own: "is not iterable"). The types leave the sync iterator out, so TypeScript refuses that loop before it runs.

@@ -12,7 +12,7 @@
  * the few synchronous calls: compiling, and replacement functions the forward pass calls.)
  */
 import ivm from "isolated-vm";
-import { buildAliases, Generator, holderRefusal, ITERATED_WITHOUT_AWAIT, KVCache, ModuleList, pointRefusal, Optimizer, Tensor, TraceError, transformerLensNames, transformerLensNotes, NO_SOURCE_HINT, withAllocationGuard, type InterventionFn, type Module, type Tracer } from "tsight";
+import { buildAliases, Generator, holderRefusal, ITER_NOT_CALLED, ITERATED_WITHOUT_AWAIT, KVCache, ModuleList, pointRefusal, Optimizer, Tensor, TraceError, transformerLensNames, transformerLensNotes, NO_SOURCE_HINT, withAllocationGuard, type InterventionFn, type Module, type Tracer } from "tsight";
 import { CONSTRUCTORS, FunctionSource, infoFromError, SANDBOX_OBJECTS, TENSOR_AUTOGRAD, TENSOR_FUNCTIONS, TENSOR_METHODS, type ExecutionModel as LanguageModel } from "tsight/protocol";
 import { checkArgs } from "./args.js";
 import { HANDLE_BYTES, JobBudget, OBJECT_BYTES, type BudgetLimits } from "./budget.js";
@@ -117,7 +117,9 @@ export class Bridge implements ActionHost {
   install(): void {
     const jail = this.context.global;
     jail.setSync("globalThis", jail.derefInto());
-    this.context.evalSync("globalThis.__name = (f) => f;");
+    // WebAssembly's memories live outside the isolate's heap, where its memory limit does not see them: a job could
+    // hold gigabytes of them. Nothing a job does needs it.
+    this.context.evalSync("globalThis.__name = (f) => f; delete globalThis.WebAssembly;");
     const callbacks = this.callbacks();
     for (const [name, fn] of Object.entries(callbacks)) jail.setSync(`__host_${name}`, new ivm.Callback(this.guarded(fn as (...a: unknown[]) => unknown)));
     const api: RuntimeApi = {
@@ -129,6 +131,7 @@ export class Bridge implements ActionHost {
       lensNotes: { ...transformerLensNotes },
       noSourceHint: NO_SOURCE_HINT,
       iteratedWithoutAwait: ITERATED_WITHOUT_AWAIT,
+      iterNotCalled: ITER_NOT_CALLED,
       objects: Object.fromEntries(Object.entries(SANDBOX_OBJECTS).map(([kind, actions]) => [kind, Object.fromEntries(Object.entries(actions).map(([a, spec]) => [a, { answer: spec.answer, getter: "getter" in spec && spec.getter === true }]))])),
     };
     jail.setSync("__tree", new ivm.ExternalCopy(treeOf(this.lm.model, this.aliases)).copyInto());
@@ -369,7 +372,7 @@ export class Bridge implements ActionHost {
       const o: Record<string, unknown> = {};
       let marked = false;
       for (const [k, x] of Object.entries(v)) {
-        o[k] = this.toDesc(x);
+        setOwn(o, k, this.toDesc(x));
         marked ||= k.startsWith("$");
       }
       // Data whose keys look like a descriptor's ({ $h: 3 } in vars) crosses as data (see the runtime's inn).
@@ -393,7 +396,7 @@ export class Bridge implements ActionHost {
       // The code's own object with `$` keys (see the runtime's out): its values are descriptors, its keys data.
       const data = "$plain" in o && o.$plain && typeof o.$plain === "object" ? (o.$plain as Record<string, unknown>) : o;
       const r: Record<string, unknown> = {};
-      for (const [k, x] of Object.entries(data)) r[k] = this.fromDesc(x);
+      for (const [k, x] of Object.entries(data)) setOwn(r, k, this.fromDesc(x));
       return r;
     }
     return d;
@@ -632,4 +635,13 @@ function treeOf(module: Module, aliases: ReadonlyMap<string, ReadonlyMap<string,
     aliases: [...(aliases.get(module.path) ?? [])],
     children: module.children().map(([name, child]) => [name, child instanceof ModuleList ? [...child].map((c) => treeOf(c, aliases)) : treeOf(child, aliases)]),
   };
+}
+
+/**
+ * o[k] = v as a data property, whatever k is: a job's "__proto__" key (JSON.parse makes one) assigned plainly would
+ * set the object's prototype, to a host tensor or error the job named, and the object would pass as one.
+ */
+function setOwn(o: Record<string, unknown>, k: string, v: unknown): void {
+  if (k === "__proto__") Object.defineProperty(o, k, { value: v, enumerable: true, writable: true, configurable: true });
+  else o[k] = v;
 }

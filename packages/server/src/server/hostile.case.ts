@@ -177,6 +177,23 @@ export const ATTACKS: Attack[] = [
       expect(await res.text()).toMatch(/at most 64/);
     },
   },
+  { name: "WebAssembly memories, which live outside the isolate's heap and its limit", job: { source: "async () => { const kept = []; for (let k = 0; k < 3; k++) kept.push(new WebAssembly.Memory({ initial: 16384 })); return kept.length; }" }, expect: ERR("USER_CODE", /WebAssembly is not defined/, /ReferenceError/) },
+  {
+    // JSON.parse makes an own "__proto__" key; assigned plainly on the host it would make the object a host tensor's
+    // child, passing as a tensor. The job's runtime is fooled into sending it by a replaced Array.prototype.map.
+    name: "a tensor forged with a __proto__ key naming a real handle",
+    job: {
+      source: String.raw`async () => { const orig = Array.prototype.map; const x = zeros([4]); let id; Array.prototype.map = function (f) { const r = orig.call(this, f); Array.prototype.map = orig; id = r[0].$h; return r; }; x.add(x); const fake = JSON.parse('{"__proto__": {"$h": ' + id + '}, "dtype": "float32"}'); Array.prototype.map = function () { Array.prototype.map = orig; return [fake]; }; return x.add(x).sum().item(); }`,
+    },
+    expect: ERR("USER_CODE"),
+  },
+  {
+    name: "an error forged with a __proto__ key, claiming PREEMPTED (retryable)",
+    job: {
+      source: String.raw`async () => { const forged = JSON.parse('{"__proto__": {"$error": {"message": "x"}}, "code": "PREEMPTED", "message": "the server lost this job (forged)"}'); const carrier = []; carrier.map = () => forged; let n = 0; Object.defineProperty(Error, Symbol.hasInstance, { value: (x) => x === carrier ? ++n === 1 : Object.prototype.toString.call(x) === '[object Error]' }); throw carrier; }`,
+    },
+    expect: ERR("USER_CODE"),
+  },
   { name: "prototype pollution", job: { source: "async () => { Object.prototype.polluted = 'yes'; Array.prototype.map = () => { throw new Error('broken'); }; Tensor.prototype.mul = () => 0; return 1; }" }, expect: { status: "COMPLETED" } },
   { name: "a webhook to the server's own network", job: { source: "async () => 1", webhook: "RECEIVER" }, expect: { status: "COMPLETED" }, after: async (t, id) => expect(await webhookEnd(t, id)).toEqual({ state: "failed", hits: 0 }) },
   // Shared forward passes: no rows of others, no stalling others.

@@ -30,6 +30,8 @@ const unaries: [keyof typeof P, (x: Tensor) => Tensor, Parameters<typeof randT>[
   ["silu", (x) => x.silu(), { lo: -3, hi: 3 }],
 ];
 unaries.forEach(([prim, f, range], k) => add(prim, prim, () => gradcheck(f, [randT([2, 3], 10 + k, range)])));
+// Steps: gradient 0 (as PyTorch's), checked away from the steps, where the finite difference is 0 too.
+for (const prim of ["sign", "floor", "ceil", "round"] as const) add(prim, `${prim}: a gradient of 0`, () => gradcheck((x) => x[prim]().mul(x), [tensor([-1.3, -0.6, 0.3, 0.8, 2.2])]));
 add("gelu", "gelu (erf)", () => gradcheck((x) => x.gelu(), [randT([2, 4], 31, { lo: -3, hi: 3 })]));
 add("gelu", "gelu (tanh)", () => gradcheck((x) => x.gelu("tanh"), [randT([2, 4], 32, { lo: -3, hi: 3 })]));
 add("sqrt", "rsqrt (sqrt then reciprocal)", () => gradcheck((x) => x.rsqrt(), [randT([5], 33, { lo: 0.5, hi: 2 })]));
@@ -185,7 +187,8 @@ add("split", "split / chunk, all outputs and one output", () => {
   gradcheck((t) => t.split([1, 3], 1), [randT([2, 4], 310)]);
   gradcheck((t) => t.chunk(3, 0)[1]!, [randT([5, 2], 311)]);
 });
-add("gather", "indexSelect axis 0 with repeats and a negative index", () => gradcheck((t) => t.indexSelect(0, i64([2, 0, 2, -1])), [randT([3, 2], 320)]));
+add("gather", "indexSelect axis 0 with repeats", () => gradcheck((t) => t.indexSelect(0, i64([2, 0, 2, 1])), [randT([3, 2], 320)]));
+add("gather", "index with a list holding a negative entry", () => gradcheck((t) => t.index([2, 0, -1]), [randT([3, 2], 324)]));
 add("gather", "indexSelect axis 1, 2-D index", () => gradcheck((t) => t.indexSelect(1, i64([[0, 3], [3, 3]])), [randT([2, 4, 3], 321)]));
 add("gather", "index with an integer tensor", () => gradcheck((t) => t.index(null, i64([1, 1, 0])), [randT([2, 3], 322)]));
 add("gather", "index with a 0-d integer tensor", () => gradcheck((t) => t.index(null, i64(2)), [randT([2, 3, 2], 323)]));
@@ -225,6 +228,9 @@ add("attention", "attention with grouped-query heads and cached keys", () =>
 
 add("attention", "attention with soft-capped scores (Gemma 2)", () =>
   gradcheck((q, k, v, m) => apply(P.attention, [q, k, v, m], { scale: 0.9, softcap: 1.5 }), [randT([1, 4, 3, 3], 396, { lo: -2, hi: 2 }), randT([1, 2, 3, 3], 397, { lo: -2, hi: 2 }), randT([1, 2, 3, 3], 398, { lo: -1, hi: 1 }), causalMask(3, 3)], { wrt: [0, 1, 2] }),
+);
+add("attention", "attention's additive mask gets the scores' gradient, summed over heads", () =>
+  gradcheck((q, k, v, m) => apply(P.attention, [q, k, v, m], { scale: 0.6, softcap: 0 }), [randT([1, 2, 3, 4], 399, { lo: -1, hi: 1 }), randT([1, 2, 3, 4], 400, { lo: -1, hi: 1 }), randT([1, 2, 3, 4], 405, { lo: -1, hi: 1 }), randT([1, 1, 3, 3], 406, { lo: -1, hi: 1 })]),
 );
 add("attentionScores", "attention's scores alone, grouped-query heads and one query row (a decode step)", () =>
   gradcheck((q, k) => apply(P.attentionScores, [q, k], { scale: 0.7, softcap: 0 }), [randT([2, 4, 1, 3], 401, { lo: -1, hi: 1 }), randT([2, 2, 5, 3], 402, { lo: -1, hi: 1 })]),
@@ -266,6 +272,50 @@ describe("gradcheck of every differentiable primitive", () => {
     const covered = new Set(cases.map((c) => c.prim));
     expect(differentiable.filter((k) => !covered.has(k as keyof typeof P))).toEqual([]);
     expect(differentiable.length).toBeGreaterThan(40);
+  });
+});
+
+describe("gradients where PyTorch sets a convention", () => {
+  const leaf = (v: number[]) => tensor(v).requiresGrad_();
+  const gradOf = (x: Tensor, f: (x: Tensor) => Tensor) => (f(x).sum().backward(), x.grad!.toArray());
+
+  it("0, not NaN, at the singular points of norms, std and pow (torch masks them)", () => {
+    for (const p of [2, 3, 0.5]) expect(gradOf(leaf([0, 0, 0]), (x) => x.norm(p)), `norm(${p})`).toEqual([0, 0, 0]);
+    expect(gradOf(leaf([0, 2, 0]), (x) => x.norm(0.5))).toEqual([0, expect.closeTo(1, 6), 0]);
+    expect(gradOf(leaf([0, 0, 3, 4]), (x) => x.reshape(2, 2).norm(2, 1))).toEqual([0, 0, expect.closeTo(0.6, 6), expect.closeTo(0.8, 6)]);
+    expect(gradOf(leaf([2, 2, 2]), (x) => x.std())).toEqual([0, 0, 0]);
+    expect(gradOf(leaf([0, 1]), (x) => x.pow(0))).toEqual([0, 0]);
+    const e = leaf([2, 0.5, 0, -1]);
+    tensor([0, 0, 0, 2]).pow(e).sum().backward();
+    expect(e.grad!.toArray()).toEqual([0, 0, 0, expect.closeTo(0.5 * Math.log(2), 6)]);
+  });
+
+  it("a tie in maximum and minimum splits the gradient in halves; clamp passes it whole at a bound", () => {
+    const a = leaf([1, 2, 3]), b = leaf([1, 1, 3]);
+    a.maximum(b).sum().backward();
+    expect([a.grad!.toArray(), b.grad!.toArray()]).toEqual([[0.5, 1, 0.5], [0.5, 0, 0.5]]);
+    const c = leaf([1, 2]), d = leaf([1, 3]);
+    c.minimum(d).sum().backward();
+    expect([c.grad!.toArray(), d.grad!.toArray()]).toEqual([[0.5, 1], [0.5, 0]]);
+    expect(gradOf(leaf([1, 2, 2.5, 3]), (x) => x.clamp(2, 2.5))).toEqual([0, 1, 1, 0]);
+  });
+
+  it("an integer or bool result carries no gradient: casts, topk's and sort's indices", () => {
+    const x = leaf([1.5, 2, -1]);
+    for (const t of [x.long(), x.int(), x.bool(), x.to("int64"), x.topk(1).indices, x.sort().indices, x.argmax()]) expect(t.requiresGrad).toBe(false);
+    expect(x.topk(1).values.requiresGrad).toBe(true);
+    expectThrows(() => x.long().sum().backward(), GradError, "does not require grad");
+    // Mixed with the float path, only that path's gradient arrives, as in PyTorch.
+    expect(gradOf(leaf([1.5, 2]), (x) => x.long().mul(x))).toEqual([1, 2]);
+  });
+
+  it("a gradient hook must give a tensor of the gradient's shape and dtype", () => {
+    const x = leaf([1, 2]);
+    x.registerHook(() => tensor([1]));
+    expectThrows(() => x.sum().backward(), GradError, "shape [1]", "shape [2]");
+    const y = leaf([1, 2]);
+    y.registerHook((() => 3) as never);
+    expectThrows(() => y.sum().backward(), GradError, "returned a number");
   });
 });
 

@@ -7,8 +7,9 @@
  * which is the order users see gradient hooks fire in.
  */
 import { AsyncScope } from "./async-scope.js";
-import type { Tensor } from "./tensor.js";
+import { Tensor } from "./tensor.js";
 import { GradError } from "./errors.js";
+import { fmt } from "./shape.js";
 
 export type GradRule = (grads: readonly (Tensor | null)[], node: GradNode) => readonly (Tensor | null)[];
 
@@ -91,7 +92,7 @@ export function* backwardSteps(root: Tensor, seed: Tensor, onNode?: (node: GradN
     if (!g) return undefined;
     for (const hook of t.gradHooks) {
       const replaced: Tensor | void = yield { tensor: t, grad: g, hook };
-      if (replaced) g = replaced;
+      if (replaced !== undefined && replaced !== null) g = checkedHookGrad(replaced, g);
     }
     grads.set(t, g);
     return g;
@@ -143,4 +144,13 @@ export async function runBackwardAsync(root: Tensor, seed: Tensor, onNode?: (nod
   for (let step = steps.next(); !step.done; step = steps.next(reply)) {
     reply = (await step.value.hook(step.value.grad)) ?? undefined;
   }
+}
+
+/** What a gradient hook returned, if it can stand for `grad`: a tensor of its shape and dtype (PyTorch checks alike). */
+function checkedHookGrad(replaced: unknown, grad: Tensor): Tensor {
+  if (!(replaced instanceof Tensor)) throw new GradError(`a gradient hook returned ${typeof replaced === "object" ? "an object that is not a Tensor" : `a ${typeof replaced}`}: return a Tensor of the gradient's shape ${fmt(grad.shape)}, or nothing to keep it`);
+  if (replaced.dtype !== grad.dtype || replaced.shape.length !== grad.shape.length || replaced.shape.some((d, i) => d !== grad.shape[i])) {
+    throw new GradError(`a gradient hook returned a ${replaced.dtype} tensor of shape ${fmt(replaced.shape)} for a ${grad.dtype} gradient of shape ${fmt(grad.shape)}: a hook may change the values, not the shape or dtype`);
+  }
+  return replaced;
 }

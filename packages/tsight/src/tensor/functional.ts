@@ -3,7 +3,7 @@
  */
 import { apply, apply1 } from "./primitive.js";
 import * as P from "./primitives.js";
-import { ShapeError } from "./errors.js";
+import { DTypeError, ShapeError } from "./errors.js";
 import { fmt } from "./shape.js";
 import { Tensor } from "./tensor.js";
 
@@ -103,9 +103,26 @@ export function attentionValues(pattern: Tensor, v: Tensor): Tensor {
 }
 
 /** Mean negative log-likelihood of `targets` [N] under `logits` [N, C]. */
-export function crossEntropy(logits: Tensor, targets: Tensor): Tensor {
+/**
+ * The mean negative log-likelihood of integer class `targets` [N] under `logits` [N, C], as torch's cross_entropy:
+ * targets equal to `ignoreIndex` (-100 by default) count for nothing; any other outside 0..C-1 is an error.
+ */
+export function crossEntropy(logits: Tensor, targets: Tensor, { ignoreIndex = -100 }: { ignoreIndex?: number } = {}): Tensor {
   if (logits.ndim !== 2 || targets.ndim !== 1 || targets.shape[0] !== logits.shape[0]) {
     throw new ShapeError(`cross_entropy: expects logits [N, C] and targets [N], got ${fmt(logits.shape)} and ${fmt(targets.shape)}`);
   }
-  return logits.logSoftmax(-1).gather(1, targets.long().unsqueeze(1)).mean().neg();
+  if (targets.dtype !== "int64" && targets.dtype !== "int32") throw new DTypeError(`cross_entropy: targets must be class indices (int64 or int32), got ${targets.dtype}`);
+  if (!Number.isSafeInteger(ignoreIndex)) throw new ShapeError(`cross_entropy: ignoreIndex must be a whole number, got ${String(ignoreIndex)}`);
+  const classes = logits.shape[1]!;
+  if (!targets.isMeta) {
+    for (const v of targets.data as Iterable<number | bigint>) {
+      const c = Number(v);
+      if (c !== ignoreIndex && (c < 0 || c >= classes)) throw new ShapeError(`cross_entropy: target ${c} is out of range for ${classes} classes (and is not ignoreIndex, ${ignoreIndex})`);
+    }
+  }
+  const t = targets.long();
+  const kept = t.ne(ignoreIndex);
+  const picked = logits.logSoftmax(-1).gather(1, Tensor.where(kept, t, 0).unsqueeze(1)).squeeze(1);
+  // Over no kept target the mean is 0 / 0, NaN, as in PyTorch.
+  return Tensor.where(kept, picked, 0).sum().div(kept.sum()).neg();
 }

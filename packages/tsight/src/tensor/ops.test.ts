@@ -19,6 +19,7 @@ import {
   tensor,
   zeros,
   zerosLike,
+  functional as F,
 } from "./index.js";
 import { apply, apply1 } from "./primitive.js";
 import * as P from "./primitives.js";
@@ -444,8 +445,22 @@ describe("reductions", () => {
     });
   }
 
-  it("an empty dim list reduces nothing", () => {
-    checkOp("sum []", [x], (t) => t.sum([]), (t) => t);
+  it("an empty dim list reduces every dim, as PyTorch's dim=[]; a 0-d tensor takes dims 0 and -1; a dim named twice is an error", () => {
+    checkOp("sum []", [x], (t) => t.sum([]), (t) => nd(t.data.reduce((a, b) => a + b, 0)));
+    checkOp("mean []", [x], (t) => t.mean([]), (t) => nd(t.data.reduce((a, b) => a + b, 0) / t.data.length));
+    checkOp("amax []", [x], (t) => t.amax([]), (t) => nd(Math.max(...t.data)));
+    const s = tensor(3);
+    for (const dim of [0, -1]) {
+      expect(s.sum(dim).shape).toEqual([]);
+      expect(s.max(dim).item()).toBe(3);
+      expect(s.softmax(dim).item()).toBe(1);
+      expect(s.logSoftmax(dim).item()).toBe(0);
+      expect(s.cumsum(dim).item()).toBe(3);
+      expect(s.argmax(dim).item()).toBe(0);
+      expect(s.logsumexp(dim).item()).toBeCloseTo(3, 6);
+    }
+    expectThrows(() => s.sum(1), ShapeError, "dim 1", "0-d tensor");
+    expectThrows(() => x.sum([0, -3]), ShapeError, "more than once");
   });
 
   it("var and std with correction, norm, logsumexp", () => {
@@ -574,7 +589,10 @@ describe("indexing", () => {
 
   it("indexSelect, gather and scatterAdd", () => {
     checkOp("indexSelect 1", [x], (t) => t.indexSelect(1, i64([3, 3, 0])), (t) => pick(t, [3, 3, 5], ([i, a, k]) => [i!, [3, 3, 0][a!]!, k!]));
-    checkOp("indexSelect -1 2-D", [x], (t) => t.indexSelect(-1, i64([[4], [-5]])), (t) => pick(t, [3, 4, 2, 1], ([i, j, a]) => [i!, j!, [4, 0][a!]!]));
+    checkOp("indexSelect -1 2-D", [x], (t) => t.indexSelect(-1, i64([[4], [0]])), (t) => pick(t, [3, 4, 2, 1], ([i, j, a]) => [i!, j!, [4, 0][a!]!]));
+    // As torch.index_select: a 0-d index keeps the dim; a negative index is out of range.
+    checkOp("indexSelect 0-d", [x], (t) => t.indexSelect(1, new Tensor("int64", BigInt64Array.of(2n), [])), (t) => pick(t, [3, 1, 5], ([i, , k]) => [i!, 2, k!]));
+    expectThrows(() => x.indexSelect(1, i64([-1])), ShapeError, "index -1 is negative");
     const idx = [[2, 0, 1, 1], [0, 0, 2, 1]];
     const y = distinctT([3, 4], 71);
     checkOp("gather 0", [y, i64(idx)], (t, ix) => t.gather(0, ix), (t) => build([2, 4], ([i, j]) => at(t, [idx[i!]![j!]!, j!])));
@@ -829,6 +847,9 @@ describe("movement", () => {
     checkOp("reshape to 0-d", [tensor([5])], (t) => t.reshape([]), () => nd(5));
     expectThrows(() => x.reshape(5, -1), ShapeError, "reshape", "[2, 3, 4]", "[5, -1]");
     expectThrows(() => x.reshape(-1, -1), ShapeError, "reshape", "-1");
+    // With another dim 0 the -1 could be any size: PyTorch refuses it too.
+    expectThrows(() => zeros([0, 4]).reshape(2, 0, -1), ShapeError, "could be any size");
+    expect(zeros([0, 4]).reshape(-1, 4).shape).toEqual([0, 4]);
     expectThrows(() => x.view(7), ShapeError, "reshape");
   });
 
@@ -1081,5 +1102,34 @@ describe("the helpers themselves", () => {
     expect(() => checkOp("dtype", [x], (t) => t, (t) => t, { dtype: "int64" })).toThrow(/dtype/);
     expect(() => expectTensor(tensor([NaN, Infinity]), [NaN, Infinity])).not.toThrow();
     expect(() => expectTensor(tensor([NaN]), [0])).toThrow();
+  });
+});
+
+describe("cross entropy, as torch.nn.functional.cross_entropy", () => {
+  const rows = [[1, 2, 0.5], [0.1, -1, 2], [3, 0, 0]];
+  const logits = tensor(rows);
+  const nll = (row: number[], c: number) => Math.log(row.reduce((a, v) => a + Math.exp(v), 0)) - row[c]!;
+
+  it("is the mean negative log-likelihood of the targets; targets equal to ignoreIndex (-100) count for nothing", () => {
+    expect(F.crossEntropy(logits, tensor([1, 2, 0], "int64")).item()).toBeCloseTo((nll(rows[0]!, 1) + nll(rows[1]!, 2) + nll(rows[2]!, 0)) / 3, 5);
+    expect(F.crossEntropy(logits, tensor([1, -100, 0], "int64")).item()).toBeCloseTo((nll(rows[0]!, 1) + nll(rows[2]!, 0)) / 2, 5);
+    expect(F.crossEntropy(logits, tensor([1, 7, 0], "int32"), { ignoreIndex: 7 }).item()).toBeCloseTo((nll(rows[0]!, 1) + nll(rows[2]!, 0)) / 2, 5);
+    expect(F.crossEntropy(logits, tensor([-100, -100, -100], "int64")).item()).toBeNaN();
+  });
+
+  it("refuses targets out of range and targets that are not class indices", () => {
+    expectThrows(() => F.crossEntropy(logits, tensor([1, -1, 0], "int64")), ShapeError, "target -1 is out of range for 3 classes");
+    expectThrows(() => F.crossEntropy(logits, tensor([1, 3, 0], "int64")), ShapeError, "target 3");
+    expectThrows(() => F.crossEntropy(logits, tensor([1, 2, 0])), DTypeError, "class indices");
+  });
+});
+
+describe("max and min over an empty dim", () => {
+  it("are ShapeErrors, as in PyTorch (ONNX Runtime would give -Infinity); logsumexp of nothing is -Infinity", () => {
+    expectThrows(() => zeros([0, 3]).max(0), ShapeError, "max: dim 0", "empty");
+    expectThrows(() => zeros([2, 0]).amin(-1), ShapeError, "min: dim 1");
+    expectThrows(() => zeros([0]).max(), ShapeError, "empty");
+    expect(zeros([2, 0]).max(0).shape).toEqual([0]);
+    expect(zeros([0, 3]).logsumexp(0).toArray()).toEqual([-Infinity, -Infinity, -Infinity]);
   });
 });

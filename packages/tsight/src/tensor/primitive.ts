@@ -125,7 +125,9 @@ export function apply<A>(p: Primitive<A>, given: readonly Tensor[], attrs: A): T
   if (p.grad && isGradEnabled() && inputs.some((t) => t.requiresGrad)) {
     const node = new GradNode(p.name, inputs, attrs, p.grad);
     node.outputs = outs;
-    for (const o of outs) o.gradNode = node;
+    // Only floating-point results carry gradients (PyTorch's rule): a cast to an integer, or topk's indices, is
+    // a constant to autograd.
+    for (const o of outs) if (o.dtype === "float32") o.gradNode = node;
   }
   return outs;
 }

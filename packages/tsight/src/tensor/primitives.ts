@@ -28,6 +28,9 @@ export function sumTo(g: Tensor, shape: Shape): Tensor {
   return s.reshape(shape);
 }
 
+/** The sum over `axes`, none summing nothing (Tensor.sum's empty list, as PyTorch's, sums every dim). */
+const sumOver = (t: Tensor, axes: number[]): Tensor => (axes.length ? t.sum(axes) : t);
+
 // #region elementwise
 
 function unary(name: string, onnx: string, dtypes: Set<DType>, grad?: (g: Tensor, x: Tensor, y: Tensor) => Tensor, outDtype?: DType): Primitive {
@@ -55,10 +58,12 @@ export const sin = unary("sin", "Sin", FLOAT_ONLY, (g, x) => g.mul(x.cos()));
 export const cos = unary("cos", "Cos", FLOAT_ONLY, (g, x) => g.mul(x.sin().neg()));
 export const relu = unary("relu", "Relu", NUMERIC, (g, x) => g.mul(x.gt(0).to(g.dtype)));
 export const reciprocal = unary("reciprocal", "Reciprocal", FLOAT_ONLY, (g, _x, y) => g.mul(y.mul(y)).neg());
-export const sign = unary("sign", "Sign", NUMERIC);
-export const floor = unary("floor", "Floor", FLOAT_ONLY);
-export const ceil = unary("ceil", "Ceil", FLOAT_ONLY);
-export const round = unary("round", "Round", FLOAT_ONLY);
+// Steps: their gradient is 0 everywhere (as in PyTorch, where the result still requires grad and backward passes zeros).
+const flat = (g: Tensor): Tensor => Tensor.zeros(g.shape, g.dtype);
+export const sign = unary("sign", "Sign", NUMERIC, flat);
+export const floor = unary("floor", "Floor", FLOAT_ONLY, flat);
+export const ceil = unary("ceil", "Ceil", FLOAT_ONLY, flat);
+export const round = unary("round", "Round", FLOAT_ONLY, flat);
 export const isnan = unary("isnan", "IsNaN", FLOAT_ONLY, undefined, "bool");
 export const logicalNot = unary("logical_not", "Not", new Set<DType>(["bool"]));
 
@@ -119,18 +124,19 @@ export const add = binary("add", "Add", NUMERIC, (g) => [g, g]);
 export const sub = binary("sub", "Sub", NUMERIC, (g) => [g, g.neg()]);
 export const mul = binary("mul", "Mul", NUMERIC, (g, a, b) => [g.mul(b), g.mul(a)]);
 export const div = binary("div", "Div", NUMERIC, (g, a, b) => [g.div(b), g.mul(a).div(b.mul(b)).neg()]);
+// As PyTorch takes them at a 0 base: 0 for the base where the exponent is 0 (not 0 * 0^-1), and 0 for the exponent
+// where the base is 0 and the exponent is not negative (not 0 * log 0).
 export const pow = binary("pow", "Pow", NUMERIC, (g, a, b, y) => [
-  g.mul(b).mul(a.pow(b.sub(1))),
-  b.requiresGrad ? g.mul(y).mul(a.log()) : null,
+  Tensor.where(b.eq(0), 0, g.mul(b).mul(a.pow(b.sub(1)))),
+  b.requiresGrad ? Tensor.where(a.eq(0).logicalAnd(b.ge(0)), 0, g.mul(y).mul(a.log())) : null,
 ]);
-export const maximum = binary("maximum", "Max", NUMERIC, (g, a, b) => {
-  const pick = a.ge(b).to(g.dtype);
-  return [g.mul(pick), g.mul(pick.neg().add(1))];
-});
-export const minimum = binary("minimum", "Min", NUMERIC, (g, a, b) => {
-  const pick = a.le(b).to(g.dtype);
-  return [g.mul(pick), g.mul(pick.neg().add(1))];
-});
+/** A tie splits the gradient in halves, as in PyTorch. */
+function extremumPicks(g: Tensor, winsA: Tensor, winsB: Tensor, tie: Tensor): [Tensor, Tensor] {
+  const half = tie.to(g.dtype).mul(0.5);
+  return [g.mul(winsA.to(g.dtype).add(half)), g.mul(winsB.to(g.dtype).add(half))];
+}
+export const maximum = binary("maximum", "Max", NUMERIC, (g, a, b) => extremumPicks(g, a.gt(b), b.gt(a), a.eq(b)));
+export const minimum = binary("minimum", "Min", NUMERIC, (g, a, b) => extremumPicks(g, a.lt(b), b.lt(a), a.eq(b)));
 // fmod(a, b) = a - trunc(a / b) * b, and trunc(a / b) = (a - y) / b
 export const fmod = binary("fmod", "Mod", NUMERIC, (g, a, b, y) => [g, g.mul(a.sub(y).div(b)).neg()], undefined, { fmod: 1 });
 export const eq = binary("eq", "Equal", ALL, undefined, "bool");
@@ -765,7 +771,7 @@ export const attention: Primitive<{ scale: number; softcap: number }> = {
     return [g.op("Reshape", [g.op("Transpose", [out], { perm: [0, 2, 1, 3] }), merged!]), weights];
   },
   grad: ([gOut, gWeights], n) => {
-    const [q, k, v] = n.inputs as [Tensor, Tensor, Tensor, Tensor];
+    const [q, k, v, mask] = n.inputs as [Tensor, Tensor, Tensor, Tensor];
     const w = n.outputs[1]!;
     const { scale, softcap } = n.attrs as { scale: number; softcap: number };
     const { B, H, T, D, G } = attentionShapes("attention", q, k);
@@ -773,13 +779,15 @@ export const attention: Primitive<{ scale: number; softcap: number }> = {
     let gW = gO.matmul(repeatHeads(v, G).transpose(2, 3));
     if (gWeights) gW = gW.add(gWeights);
     let gS = w.mul(gW.sub(gW.mul(w).sum(-1, true)));
+    // The mask is added to the capped scores: it gets their gradient, summed over the heads it is broadcast to.
+    const gMask = mask.requiresGrad ? sumTo(gS, mask.shape) : null;
     if (softcap > 0) {
       // d/ds cap * tanh(s / cap) = 1 - tanh(s / cap)^2, at the scaled scores s (recomputed; not an output).
       const t = q.matmul(repeatHeads(k, G).transpose(2, 3)).mul(scale).div(softcap).tanh();
       gS = gS.mul(t.mul(t).neg().add(1));
     }
     gS = gS.mul(scale);
-    return [gS.matmul(repeatHeads(k, G)), foldHeads(gS.transpose(2, 3).matmul(q), G), foldHeads(w.transpose(2, 3).matmul(gO), G), null];
+    return [gS.matmul(repeatHeads(k, G)), foldHeads(gS.transpose(2, 3).matmul(q), G), foldHeads(w.transpose(2, 3).matmul(gO), G), gMask];
   },
 };
 
@@ -1062,7 +1070,7 @@ export const layerNorm: Primitive<{ eps: number }> = {
     const gxh = g!.mul(w);
     const gx = gxh.sub(gxh.mean(-1, true)).sub(xhat.mul(gxh.mul(xhat).mean(-1, true))).mul(rstd);
     const batch = range(0, x.shape.length - 1);
-    return [gx, g!.mul(xhat).sum(batch), g!.sum(batch)];
+    return [gx, sumOver(g!.mul(xhat), batch), sumOver(g!, batch)];
   },
 };
 
@@ -1083,7 +1091,7 @@ export const rmsNorm: Primitive<{ eps: number }> = {
     const xhat = x.mul(r);
     const gxh = g!.mul(w);
     const gx = gxh.sub(xhat.mul(gxh.mul(xhat).mean(-1, true))).mul(r);
-    return [gx, g!.mul(xhat).sum(range(0, x.shape.length - 1))];
+    return [gx, sumOver(g!.mul(xhat), range(0, x.shape.length - 1))];
   },
 };
 

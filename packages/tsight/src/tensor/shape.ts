@@ -77,12 +77,30 @@ export function normAxes(op: string, axes: number | readonly number[] | undefine
   return out;
 }
 
+/**
+ * The dims a reduction runs over, sorted: every dim when `dims` is omitted or empty (PyTorch's `dim=[]`); a 0-d
+ * tensor has dims 0 and -1 to name (none to reduce), as in PyTorch; a dim named twice is an error.
+ */
+export function reduceAxes(op: string, dims: number | readonly number[] | undefined, rank: number): number[] {
+  const list = dims === undefined ? [] : typeof dims === "number" ? [dims] : [...dims];
+  if (list.length === 0) return Array.from({ length: rank }, (_, i) => i);
+  if (rank === 0) {
+    const bad = list.find((d) => d !== 0 && d !== -1);
+    if (bad !== undefined) throw new ShapeError(`${op}: dim ${String(bad)} is out of range for a 0-d tensor (valid: -1 and 0)`);
+    return [];
+  }
+  const axes = list.map((d) => normAxis(op, d, rank));
+  if (new Set(axes).size !== axes.length) throw new ShapeError(`${op}: dims ${fmt(list)} name one dim more than once`);
+  return axes.sort((x, y) => x - y);
+}
+
 /** Resolves one -1 in a requested shape against `size` elements. */
 export function inferShape(op: string, from: Shape, shape: readonly number[]): number[] {
   const size = sizeOf(from);
   const unknown = shape.filter((d) => d === -1).length;
   if (unknown > 1) throw new ShapeError(`${op}: only one dimension can be -1, got ${fmt(shape)}`);
   const known = shape.reduce((n, d) => (d === -1 ? n : n * d), 1);
+  if (unknown === 1 && known === 0) throw new ShapeError(`${op}: cannot view a tensor of shape ${fmt(from)} as ${fmt(shape)}: with another dim 0, the -1 could be any size`);
   const out = shape.map((d) => (d === -1 ? (known === 0 ? 0 : size / known) : d));
   if (out.some((d) => !Number.isInteger(d) || d < 0) || sizeOf(out) !== size) {
     throw new ShapeError(`${op}: cannot view a tensor of shape ${fmt(from)} (${size} elements) as ${fmt(shape)}`);

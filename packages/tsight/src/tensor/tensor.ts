@@ -13,7 +13,7 @@ import { DTypeError, MetaTensorError, ShapeError } from "./errors.js";
 import { apply, apply1, guardAllocation } from "./primitive.js";
 import * as F from "./functional.js";
 import * as P from "./primitives.js";
-import { checkShape, fmt, inferShape, normAxes, normAxis, sizeOf } from "./shape.js";
+import { checkShape, fmt, inferShape, normAxes, normAxis, reduceAxes, sizeOf } from "./shape.js";
 
 /** What a JS number in an array and a JS array cost, roughly (for guards on conversions to JS values). */
 const JS_NUMBER_BYTES = 8;
@@ -281,9 +281,16 @@ export class Tensor implements RawTensor {
     return apply1(P.minimum, promote("minimum", this, other), undefined);
   }
   clamp(min?: number | null, max?: number | null): Tensor {
+    // By where, not maximum: at a bound the gradient passes whole, as in PyTorch's clamp (maximum halves a tie).
     let out: Tensor = this;
-    if (min !== undefined && min !== null) out = out.maximum(min);
-    if (max !== undefined && max !== null) out = out.minimum(max);
+    if (min !== undefined && min !== null) {
+      const [x, bound] = promote("clamp", out, min);
+      out = Tensor.where(x.lt(bound), bound, x);
+    }
+    if (max !== undefined && max !== null) {
+      const [x, bound] = promote("clamp", out, max);
+      out = Tensor.where(x.gt(bound), bound, x);
+    }
     return out;
   }
   neg(): Tensor {
@@ -425,20 +432,32 @@ export class Tensor implements RawTensor {
 
   /** Sum over `dim` (all dims when omitted); integers and booleans sum as int64, as in PyTorch. */
   sum(dim?: number | readonly number[], keepdim = false): Tensor {
-    return apply1(P.sum, [this.dtype === "bool" || this.dtype === "int32" ? this.long() : this], { axes: normAxes("sum", dim, this.ndim), keepdim });
+    return apply1(P.sum, [this.dtype === "bool" || this.dtype === "int32" ? this.long() : this], { axes: reduceAxes("sum", dim, this.ndim), keepdim });
   }
   mean(dim?: number | readonly number[], keepdim = false): Tensor {
-    const axes = normAxes("mean", dim, this.ndim);
+    const axes = reduceAxes("mean", dim, this.ndim);
     const out = apply1(P.mean, [this.float()], { axes, keepdim });
     // The mean of nothing is NaN, as in PyTorch (ONNX Runtime's ReduceMean gives 0).
     return axes.some((a) => this.shape[a] === 0) ? Tensor.full(out.shape, NaN) : out;
   }
   /** Largest values over `dim` (all dims when omitted), like torch.amax. Use argmax for positions. */
   max(dim?: number | readonly number[], keepdim = false): Tensor {
-    return apply1(P.amax, [this], { axes: normAxes("max", dim, this.ndim), keepdim });
+    return apply1(P.amax, [this], { axes: this.extremumAxes("max", dim), keepdim });
   }
   min(dim?: number | readonly number[], keepdim = false): Tensor {
-    return apply1(P.amin, [this], { axes: normAxes("min", dim, this.ndim), keepdim });
+    return apply1(P.amin, [this], { axes: this.extremumAxes("min", dim), keepdim });
+  }
+  /** An op along a dim of a 0-d tensor, which PyTorch runs as over one element (dims 0 and -1 name it). */
+  private onOne(op: string, dim: number, f: (v: Tensor) => Tensor): Tensor {
+    reduceAxes(op, dim, 0);
+    return f(this.reshape([1])).reshape([]);
+  }
+  /** A max or min has no value over nothing (PyTorch raises too; ONNX Runtime gives -Infinity). */
+  private extremumAxes(op: string, dim: number | readonly number[] | undefined): number[] {
+    const axes = reduceAxes(op, dim, this.ndim);
+    const empty = axes.find((a) => this.shape[a] === 0);
+    if (empty !== undefined) throw new ShapeError(`${op}: dim ${empty} of the tensor of shape ${fmt(this.shape)} is empty: a ${op} over nothing has no value`);
+    return axes;
   }
   amax(dim?: number | readonly number[], keepdim = false): Tensor {
     return this.max(dim, keepdim);
@@ -449,50 +468,59 @@ export class Tensor implements RawTensor {
   /** Index of the largest value along `dim`, or in the flattened tensor when `dim` is omitted. */
   argmax(dim?: number, keepdim = false): Tensor {
     if (dim === undefined) return apply1(P.argmax, [this.reshape(-1)], { axis: 0, keepdim: false });
+    if (this.ndim === 0) return this.onOne("argmax", dim, (v) => v.argmax(0));
     return apply1(P.argmax, [this], { axis: normAxis("argmax", dim, this.ndim), keepdim });
   }
   argmin(dim?: number, keepdim = false): Tensor {
     if (dim === undefined) return apply1(P.argmin, [this.reshape(-1)], { axis: 0, keepdim: false });
+    if (this.ndim === 0) return this.onOne("argmin", dim, (v) => v.argmin(0));
     return apply1(P.argmin, [this], { axis: normAxis("argmin", dim, this.ndim), keepdim });
   }
   /** Variance; `correction` 1 (default) is the unbiased estimate, as in PyTorch. */
   var(dim?: number | readonly number[], { correction = 1, keepdim = false } = {}): Tensor {
-    const axes = normAxes("var", dim, this.ndim);
+    const axes = reduceAxes("var", dim, this.ndim);
     const n = axes.reduce((c, a) => c * this.shape[a]!, 1);
     const x = this.float();
     const centered = x.sub(x.mean(axes, true));
     return centered.mul(centered).sum(axes, keepdim).div(Math.max(0, n - correction));
   }
   std(dim?: number | readonly number[], options: { correction?: number; keepdim?: boolean } = {}): Tensor {
-    return this.var(dim, options).sqrt();
+    return awayFromZero(this.var(dim, options), (v) => v.sqrt());
   }
   /** p-norm over `dim` (all elements when omitted): p = 0 counts the nonzeros, ±Infinity the largest or smallest |x|. */
   norm(p = 2, dim?: number | readonly number[], keepdim = false): Tensor {
     const x = this.float();
-    if (p === 2) return x.mul(x).sum(dim, keepdim).sqrt();
+    if (p === 2) return awayFromZero(x.mul(x).sum(dim, keepdim), (s) => s.sqrt());
     if (p === 1) return x.abs().sum(dim, keepdim);
     if (p === 0) return x.ne(0).float().sum(dim, keepdim);
     if (p === Infinity) return x.abs().max(dim, keepdim);
     if (p === -Infinity) return x.abs().min(dim, keepdim);
+    if (p > 0) return awayFromZero(awayFromZero(x.abs(), (a) => a.pow(p)).sum(dim, keepdim), (s) => s.pow(1 / p));
     return x.abs().pow(p).sum(dim, keepdim).pow(1 / p);
   }
   logsumexp(dim: number | readonly number[], keepdim = false): Tensor {
     const x = this.float();
     // Shifted by the largest value, but by 0 where that is infinite (a row of -inf gives -inf, one with inf gives inf,
     // as in PyTorch, not NaN).
-    const largest = x.max(dim, true).detach();
+    const axes = reduceAxes("logsumexp", dim, this.ndim);
+    // Of nothing it is -Infinity, the log of an empty sum, as in PyTorch.
+    if (axes.some((a) => this.shape[a] === 0)) return x.sum(axes, keepdim).add(-Infinity);
+    const largest = x.max(axes, true).detach();
     const m = Tensor.where(largest.abs().eq(Infinity), 0, largest);
-    const out = x.sub(m).exp().sum(dim, true).log().add(m);
-    return keepdim ? out : out.squeeze(normAxes("logsumexp", dim, this.ndim));
+    const out = x.sub(m).exp().sum(axes, true).log().add(m);
+    return keepdim ? out : out.squeeze(axes);
   }
   softmax(dim: number): Tensor {
+    if (this.ndim === 0) return this.onOne("softmax", dim, (v) => v.softmax(0));
     return apply1(P.softmax, [this.float()], { axis: normAxis("softmax", dim, this.ndim) });
   }
   logSoftmax(dim: number): Tensor {
+    if (this.ndim === 0) return this.onOne("log_softmax", dim, (v) => v.logSoftmax(0));
     return apply1(P.logSoftmax, [this.float()], { axis: normAxis("log_softmax", dim, this.ndim) });
   }
   /** Running sums along `dim`; integers and booleans sum as int64, as in PyTorch. */
   cumsum(dim: number, reverse = false): Tensor {
+    if (this.ndim === 0) return this.onOne("cumsum", dim, (v) => v.cumsum(0));
     return apply1(P.cumsum, [this.dtype === "bool" || this.dtype === "int32" ? this.long() : this], { axis: normAxis("cumsum", dim, this.ndim), reverse });
   }
   /** The values along `dim` in order (ascending, or descending), and where each was; NaN ranks above every number. */
@@ -673,11 +701,16 @@ export class Tensor implements RawTensor {
   }
   /** torch.index_select: slices of `dim` picked by an integer tensor. */
   indexSelect(dim: number, index: Tensor): Tensor {
-    return apply1(P.gather, [this, index], { axis: normAxis("index_select", dim, this.ndim) });
+    // As torch.index_select: a 0-d index picks one row and keeps the dim; a negative one is out of range.
+    if (!index.isMeta && (index.dtype === "int64" || index.dtype === "int32")) {
+      const data = index.data as ArrayLike<number | bigint>;
+      for (let k = 0; k < data.length; k++) if (data[k]! < 0) throw new ShapeError(`index_select: index ${String(data[k])} is negative (index_select takes 0 .. size - 1)`);
+    }
+    return apply1(P.gather, [this, index.ndim === 0 ? index.reshape([1]) : index], { axis: normAxis("index_select", dim, this.ndim) });
   }
   /** torch.gather: values picked along `dim` by an int64 index of the output's shape. */
   gather(dim: number, index: Tensor): Tensor {
-    return apply1(P.gatherElements, [this, index], { axis: normAxis("gather", dim, this.ndim) });
+    return apply1(P.gatherElements, [this, index.dtype === "int32" ? index.long() : index], { axis: normAxis("gather", dim, this.ndim) });
   }
   /** torch.scatter_add (out of place). */
   scatterAdd(dim: number, index: Tensor, src: Tensor): Tensor {
@@ -706,7 +739,7 @@ export class Tensor implements RawTensor {
     const plan = planIndex(this.shape, specs);
     let out: Tensor = this;
     if (plan.slice) out = out.sliceWith(plan.slice);
-    if (plan.tensor) out = out.indexSelect(plan.tensor.dim, plan.tensor.index);
+    if (plan.tensor) out = apply1(P.gather, [out, plan.tensor.index], { axis: plan.tensor.dim });
     return plan.drop.length ? out.reshape(plan.resultShape(out.shape)) : out;
   }
 
@@ -930,3 +963,12 @@ export function eye(n: number, dtype: DType = "float32"): Tensor {
 }
 
 // #endregion
+
+/**
+ * f(x) for an f with f(0) = 0 and an infinite slope there (a root, a power below 1), whose gradient is 0 where x is
+ * 0, as PyTorch's norm and std give it: the chain rule's 0 * Infinity would be NaN.
+ */
+function awayFromZero(x: Tensor, f: (x: Tensor) => Tensor): Tensor {
+  const zero = x.eq(0);
+  return Tensor.where(zero, 0, f(Tensor.where(zero, 1, x)));
+}

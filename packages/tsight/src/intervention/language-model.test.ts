@@ -273,6 +273,24 @@ describe("LanguageModel", () => {
     expect(() => toBatch({ input_ids: t, attention_mask: new Tensor("int64", BigInt64Array.of(1n), [1]) }, tk)).toThrow(/mask/);
   });
 
+  it("takes ids already left-padded as given, their padding's ids too, as Hugging Face embeds them (a config without pad_token_id: the padding is not swapped for eos)", async () => {
+    const f = await fixture("llama3");
+    expect(f.config.pad_token_id).toBeNull();
+    const lm = await LanguageModel.load(fixtureDir("llama3"));
+    const input = { input_ids: ref(f, "batch_ids"), attention_mask: ref(f, "batch_mask") };
+    const [ids, embedded] = await lm.trace(input, async (m: any) => [(await m.model.embed_tokens.input) as Tensor, (await m.model.embed_tokens.output) as Tensor]);
+    expect(ids.tolist()).toEqual(ref(f, "batch_ids").tolist());
+    // Every position, the padding's included (deeper values differ there: Hugging Face's plain forward numbers
+    // the padded row's positions from 0, tsight from its mask).
+    expect(maxAbsDiff(embedded, ref(f, "batch/model.embed_tokens:output"))).toBeLessThan(1e-6);
+    // A generation keeps them with an intervention as without one.
+    const options = { maxNewTokens: 2, eosTokenId: null, padTokenId: 0 };
+    const plain = await lm.generate(input, options);
+    const traced = await lm.generate(input, options, async (m: any) => void (await m.model.layers[0].output));
+    expect(traced.sequences.tolist()).toEqual(plain.sequences.tolist());
+    expect((plain.sequences.tolist() as number[][])[0]!.slice(0, 2)).toEqual([0, 0]);
+  });
+
   it("checks the architecture class a folder is loaded as (which types its envoy tree)", async () => {
     const dir = fixtureFolder("mixtral");
     const lm = await LanguageModel.load(dir, { architecture: MixtralForCausalLM });

@@ -348,6 +348,16 @@ export class LanguageModel<M extends CausalLM = any> extends Model<M, EnvoyTree<
       const own = (t: Tensor) => new Tensor("int64", (t.data as BigInt64Array).slice(), t.shape);
       return { args: [own(only.ids), own(only.mask)], sizes: [only.ids.shape[0]!] };
     }
+    // Inputs already left-padded to one length are taken as given, the ids at their padding too (as Hugging Face
+    // embeds them: a value read there, or a gradient at a padded key, is the same as there).
+    const T = batches[0]!.ids.shape[1]!;
+    if (T > 0 && batches.every((b) => b.ids.shape[1] === T && isLeftPadded(b.mask))) {
+      const ids = Tensor.cat(batches.map((b) => b.ids), 0).to("int64"), mask = Tensor.cat(batches.map((b) => b.mask), 0).to("int64");
+      checkInput(ids, this.model.config, extraTokens, maxInputTokens);
+      const own = (t: Tensor, given: Tensor) => (t === given ? new Tensor("int64", (t.data as BigInt64Array).slice(), t.shape) : t);
+      return { args: [own(ids, batches[0]!.ids), own(mask, batches[0]!.mask)], sizes: batches.map((b) => b.ids.shape[0]!) };
+    }
+    // Others (right padding, gaps, lengths that differ) are stripped of their padding and left-padded again.
     const rows: number[][] = [];
     const sizes = batches.map((b) => {
       const ids = b.ids.tolist() as number[][];
@@ -359,6 +369,17 @@ export class LanguageModel<M extends CausalLM = any> extends Model<M, EnvoyTree<
     checkInput(ids, this.model.config, extraTokens, maxInputTokens);
     return { args: [ids, mask], sizes };
   }
+}
+
+/** Whether every row of a [B, T] mask is 0s then 1s, with at least one 1. */
+function isLeftPadded(mask: Tensor): boolean {
+  const [B, T] = mask.shape as [number, number];
+  const m = mask.data as ArrayLike<number | bigint>;
+  for (let b = 0; b < B; b++) {
+    if (Number(m[b * T + T - 1]) !== 1) return false;
+    for (let j = 1; j < T; j++) if (Number(m[b * T + j - 1]) === 1 && Number(m[b * T + j]) !== 1) return false;
+  }
+  return true;
 }
 
 const forward: Driver = async (model, [ids, mask], run) => {

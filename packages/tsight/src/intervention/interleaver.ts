@@ -480,6 +480,10 @@ export class Interleaver implements ModuleHooks, Provider {
       args = (given instanceof Promise ? await given : given) as unknown[];
     }
     for (const r of this.recorders) if (!this.isMuted(r, "input", path, iteration)) r.record(path, "input", args, this.batch);
+    // A trace taking gradients that reads the output of a module whose output values are computed from one another
+    // has the call record its ops, from a leaf in place of its input: the values keep that link (the gradient of a
+    // router's logits comes through its top-k weights, as in PyTorch). Made leaves afterwards, they would be unrelated.
+    if (this.gradSources && watched && module.linkedOutputs && args[0] instanceof Tensor && this.readsOutput(path, iteration)) args = [gradLeaves(args[0]), ...args.slice(1)];
     const skips = watched ? this.collectSkips(path, iteration) : [];
     let out: unknown;
     try {
@@ -526,6 +530,12 @@ export class Interleaver implements ModuleHooks, Provider {
   private provide(path: string, kind: ValueKind, iteration: number, value: unknown): unknown {
     if (iteration === 0 && this.given.size < MAX_GIVEN) this.given.add(givenKey(path, kind));
     return this.isDue(path, kind, iteration) ? this.answerDue(path, kind, iteration, value) : value;
+  }
+
+  /** Whether an invoke asked to read this call's output. */
+  private readsOutput(path: string, iteration: number): boolean {
+    for (const m of this.mediators) for (const r of m.requests) if (r.op === "read" && isFor(r, path, "output", iteration)) return true;
+    return false;
   }
 
   /** Whether an invoke asked for (or replaces) this value. */

@@ -10,6 +10,7 @@ import { fixture, fixtureWeights, hfFixtures, maxAbsDiff, ref, type HfFixtureNam
 import { tensor, Tensor } from "../tensor/index.js";
 import { OutOfOrderError } from "./errors.js";
 import type { TraceCase } from "./trace.case.js";
+import type { LanguageModel } from "./language-model.js";
 
 const PROMPT = "def __init__(self";
 
@@ -419,6 +420,31 @@ export const pointCases: TraceCase[] = [
       // After an earlier read they are no leaves: reverse forward order (scores, then v, k, q) gives the same.
       const interior = await grads(["scores", "v", "k", "q"], true);
       for (const name of ["scores", "v", "k", "q"]) expect(maxAbsDiff(interior[name]!, forward[name]!)).toBe(0);
+    },
+  },
+  {
+    name: "the gradient of attention's output[1] is its pattern's, as in PyTorch, where the output is computed from it (read first or after an earlier read); it was refused",
+    async run(b) {
+      for (const lm of [b.gpt2, b.llama] as LanguageModel[]) {
+        const layer = lm === (b.gpt2 as LanguageModel) ? "transformer.h.1.attn" : "model.layers.1.self_attn";
+        const grad = (via: string, earlier: number) =>
+          lm.trace(
+            PROMPT,
+            async (m: any, tr) => {
+              const at = (path: string) => path.split(".").reduce((x: any, k) => x[k], m);
+              if (tr.vars.earlier) await at(tr.vars.layer.replace(/\.(attn|self_attn)$/, "")).input;
+              const w = tr.vars.via === "output" ? ((await at(tr.vars.layer).output) as Tensor[])[1]! : ((await at(tr.vars.layer).source.pattern.output) as Tensor);
+              const loss = ((await m.lm_head.output) as Tensor).index(0, -1).logSoftmax(-1).index(7);
+              let g: Tensor | undefined;
+              await tr.backward(loss, async (s) => void (g = await s.grad(w)));
+              return g!;
+            },
+            b.options({ grad: true, vars: { via, layer, earlier } }),
+          );
+        const pattern = await grad("pattern", 0);
+        expect(pattern.abs().max().item()).toBeGreaterThan(1e-4);
+        for (const earlier of [0, 1]) expect(maxAbsDiff(await grad("output", earlier), pattern), `${layer}, earlier read ${earlier}`).toBeLessThan(1e-6);
+      }
     },
   },
   {

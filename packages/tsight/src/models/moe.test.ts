@@ -30,3 +30,45 @@ describe("MoE experts as views of the stacked weights", () => {
     expect(maxAbsDiff((await read())[1], logits)).toBe(0);
   });
 });
+
+describe("the router's logits in a trace taking gradients", () => {
+  // The top-k weights are renormalised probabilities of the logits: w = v / sum(v), v = softmax(logits)[top k]. Their
+  // gradient reaches the logits through that, as PyTorch's autograd takes it (Hugging Face's router is the same).
+  const throughRouter = (logits: number[], picked: number[], gw: number[]): number[] => {
+    const top = Math.max(...logits);
+    const e = logits.map((l) => Math.exp(l - top));
+    const z = e.reduce((a, b) => a + b, 0);
+    const p = e.map((x) => x / z);
+    const v = picked.map((i) => p[i]!);
+    const s = v.reduce((a, b) => a + b, 0);
+    const w = v.map((x) => x / s);
+    const dot = gw.reduce((a, g, j) => a + g * w[j]!, 0);
+    const dp = p.map(() => 0);
+    picked.forEach((i, j) => (dp[i] = (gw[j]! - dot) / s));
+    const pdp = p.reduce((a, pi, k) => a + pi * dp[k]!, 0);
+    return p.map((pi, k) => pi * (dp[k]! - pdp));
+  };
+
+  for (const name of ["mixtral", "qwen3_moe"] as const) {
+    it(`${name}: get the gradient that comes through the top-k weights (it was refused: the logits were cut off)`, async () => {
+      const lm = await LanguageModel.load(fixtureDir(name));
+      const got = await lm.trace(
+        IDS,
+        async (m: any, tr) => {
+          const [logits, weights, index] = (await m.model.layers[1].mlp.gate.output) as Tensor[];
+          const loss = ((await m.output).logits as Tensor).index(0, -1).logSoftmax(-1).index(5);
+          const out: Record<string, number[]> = { logits: logits!.index(-1).toArray() as number[], index: (index!.index(-1).toArray() as number[]).map(Number) };
+          await tr.backward(loss, async (g) => {
+            out.gw = (await g.grad(weights!)).index(-1).toArray() as number[];
+            out.gl = (await g.grad(logits!)).index(-1).toArray() as number[];
+          });
+          return out;
+        },
+        { grad: true },
+      );
+      const want = throughRouter(got.logits!, got.index!, got.gw!);
+      expect(Math.max(...want.map(Math.abs))).toBeGreaterThan(1e-4);
+      got.gl!.forEach((g, k) => expect(Math.abs(g - want[k]!), `expert ${k}`).toBeLessThan(1e-6));
+    });
+  }
+});

@@ -34,6 +34,10 @@ export class TopKRouter extends Module {
     super();
     this.weight = this.param("weight", [cfg.numExperts, cfg.hiddenSize]);
   }
+  /** Its top-k weights are computed from its logits (see Module.linkedOutputs). */
+  override get linkedOutputs(): boolean {
+    return true;
+  }
   /** hidden [N, D] -> router_logits [N, E], top_k_weights [N, k], top_k_index [N, k] (int64). */
   override async forward(hidden: Tensor): Promise<[Tensor, Tensor, Tensor]> {
     const logits = F.linear(hidden.reshape(-1, this.cfg.hiddenSize), this.weight); // (N, E)

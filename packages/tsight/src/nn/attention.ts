@@ -149,7 +149,9 @@ export async function attend(points: AttentionPoints, q: Tensor, k: Tensor, v: T
   const recording = isGradEnabled() && (q.requiresGrad || k.requiresGrad || v.requiresGrad);
   const past = ctx.cache && !recording ? ctx.cache.past(layerIdx, k) : null;
   const kv = past ? null : ctx.cache ? ctx.cache.update(layerIdx, k, v, at) : { keys: k, values: v };
-  if (!points.scores.watched && !points.pattern.watched) {
+  // Recording gradients, the steps: the pattern (output[1]) is then what the output is computed from, and gets its
+  // gradient through it, as in PyTorch (the fused kernel gives it beside the output).
+  if (!points.scores.watched && !points.pattern.watched && !recording) {
     let [out, pattern] = past ? F.attentionPast(q, k, v, past, mask, o.scale, o.softcap ?? null) : F.attention(q, kv!.keys, kv!.values, mask, o.scale, o.softcap ?? null);
     if (past) ctx.cache!.append(layerIdx, k, v, at);
     points.scores.pass();

@@ -192,6 +192,15 @@ export abstract class Module {
     return false;
   }
 
+  /**
+   * Whether values of its output are computed from one another (a router's top-k weights from its logits): a trace
+   * taking gradients that reads the output has the call record its ops, so a gradient reaches each value through the
+   * others, as in PyTorch. Other outputs read first become leaves of their own (their gradients in any order).
+   */
+  get linkedOutputs(): boolean {
+    return false;
+  }
+
   /** Children attached or detached after finalize, in any tree (fused graphs captured before are stale). */
   static treeChanges = 0;
 

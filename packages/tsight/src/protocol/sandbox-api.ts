@@ -126,6 +126,7 @@ export const TENSOR_METHODS = {
   repeatInterleave: ["int", "int?"],
   repeat: ["int..."],
   narrow: ["int", "int", "int"],
+  flip: ["ints"],
   split: ["ints", "int?"],
   chunk: ["int", "int?"],
   tril: ["int?"],

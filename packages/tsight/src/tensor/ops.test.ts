@@ -1133,3 +1133,16 @@ describe("max and min over an empty dim", () => {
     expect(zeros([0, 3]).logsumexp(0).toArray()).toEqual([-Infinity, -Infinity, -Infinity]);
   });
 });
+
+describe("flip", () => {
+  it("reverses the entries along each dim given, as torch.flip, with its gradient flipped back", () => {
+    const x = arange(24).reshape(2, 3, 4);
+    checkOp("flip 1", [x], (t) => t.flip(1), (t) => build([2, 3, 4], ([i, j, k]) => at(t, [i!, 2 - j!, k!])));
+    checkOp("flip [0, -1]", [x], (t) => t.flip([0, -1]), (t) => build([2, 3, 4], ([i, j, k]) => at(t, [1 - i!, j!, 3 - k!])));
+    expectThrows(() => x.flip([1, -2]), ShapeError, "more than once");
+    expectThrows(() => x.flip(3), ShapeError, "flip", "dim 3");
+    const w = tensor([1, 2, 3]).requiresGrad_();
+    w.flip(0).mul(tensor([1, 10, 100])).sum().backward();
+    expect(w.grad!.toArray()).toEqual([100, 10, 1]);
+  });
+});

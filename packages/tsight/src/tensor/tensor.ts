@@ -708,6 +708,18 @@ export class Tensor implements RawTensor {
     }
     return apply1(P.gather, [this, index.ndim === 0 ? index.reshape([1]) : index], { axis: normAxis("index_select", dim, this.ndim) });
   }
+  /** The entries in reverse order along each of `dims` (torch.flip). */
+  flip(dims: number | readonly number[]): Tensor {
+    const list = typeof dims === "number" ? [dims] : [...dims];
+    const axes = list.map((d) => normAxis("flip", d, this.ndim));
+    if (new Set(axes).size !== axes.length) throw new ShapeError(`flip: dims ${fmt(list)} name one dim more than once`);
+    let out: Tensor = this;
+    for (const a of axes) {
+      const n = this.shape[a]!;
+      if (n > 1) out = apply1(P.gather, [out, new Tensor("int64", BigInt64Array.from({ length: n }, (_, i) => BigInt(n - 1 - i)), [n])], { axis: a });
+    }
+    return out;
+  }
   /** torch.gather: values picked along `dim` by an int64 index of the output's shape. */
   gather(dim: number, index: Tensor): Tensor {
     return apply1(P.gatherElements, [this, index.dtype === "int32" ? index.long() : index], { axis: normAxis("gather", dim, this.ndim) });

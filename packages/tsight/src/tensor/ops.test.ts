@@ -1134,6 +1134,15 @@ describe("max and min over an empty dim", () => {
   });
 });
 
+describe("pow of integers", () => {
+  it("refuses a negative integer exponent, as PyTorch (ONNX Runtime gave 0); floats and non-negative exponents go on", () => {
+    expectThrows(() => tensor([2, 3], "int64").pow(-1), DTypeError, "negative integer powers");
+    expectThrows(() => tensor([2, 3], "int64").pow(tensor([1, -2], "int64")), DTypeError, "negative integer powers");
+    expect(tensor([2, 3], "int64").pow(3).toArray()).toEqual([8, 27]);
+    expect(tensor([2, 4], "int64").pow(-0.5).toArray()).toEqual([expect.closeTo(Math.SQRT1_2, 6), 0.5]);
+  });
+});
+
 describe("flip", () => {
   it("reverses the entries along each dim given, as torch.flip, with its gradient flipped back", () => {
     const x = arange(24).reshape(2, 3, 4);

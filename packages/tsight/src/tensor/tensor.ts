@@ -266,7 +266,12 @@ export class Tensor implements RawTensor {
   }
   pow(exponent: TensorLike): Tensor {
     if (exponent === 2) return this.mul(this);
-    return apply1(P.pow, promote("pow", this, exponent), undefined);
+    const [base, e] = promote("pow", this, exponent);
+    // PyTorch refuses it too (ONNX Runtime gives 0, the integer part of the fraction).
+    if (base.dtype !== "float32" && base.dtype !== "bool" && !e.isMeta && Array.prototype.some.call(e.data, (x: number | bigint) => x < 0)) {
+      throw new DTypeError("pow: integers to negative integer powers are not allowed (as in PyTorch); take the base as float32 first (.float())");
+    }
+    return apply1(P.pow, [base, e], undefined);
   }
   fmod(other: TensorLike): Tensor {
     const [a, b] = promote("fmod", this, other);

@@ -590,7 +590,10 @@ export class Bridge implements ActionHost {
     switch (spec.answer) {
       case "promise": {
         const id = this.forward(result instanceof Promise ? result : Promise.resolve(result));
-        if (isWatched(result)) this.watched.set(id, result);
+        // A session's trace or generation: a warning on the server's stderr would tell the job's author nothing, and
+        // the job's code, on the isolate's thread, may await it only after the host's check for it.
+        if (isWatched(result) && result.warnsUnused) result.used = true;
+        else if (isWatched(result)) this.watched.set(id, result);
         return id;
       }
       case "steps":
@@ -606,7 +609,7 @@ export class Bridge implements ActionHost {
 }
 
 /** A promise tsight hands to intervention code that records whether the code used it (tsight's Watched). */
-function isWatched(p: unknown): p is Promise<unknown> & { used: boolean } {
+function isWatched(p: unknown): p is Promise<unknown> & { used: boolean; warnsUnused?: boolean } {
   return p instanceof Promise && typeof (p as { used?: unknown }).used === "boolean";
 }
 

@@ -41,6 +41,8 @@ Object.defineProperty(ValueRequest.prototype, "constructor", { value: Promise, w
 export class Watched<T = unknown> extends Promise<T> {
   /** Whether intervention code called `then` (directly, or by awaiting it). */
   used = false;
+  /** Whether an unused failure is printed as a warning (a whole trace's promise; see unawaitedReported). */
+  warnsUnused = false;
 
   static override get [Symbol.species](): PromiseConstructor {
     return Promise;
@@ -69,13 +71,15 @@ export class Watched<T = unknown> extends Promise<T> {
  * printed as a warning and the process goes on. Code that awaits it (even later) still gets the error.
  */
 export function unawaitedReported<T>(work: Promise<T>, what: string): Promise<T> {
-  return Watched.of(work, (error, isUsed) => {
+  const watched = Watched.of(work, (error, isUsed) => {
     setTimeout(() => {
       if (isUsed()) return;
       const detail = error instanceof Error ? (error.stack ?? `${error.name}: ${error.message}`) : String(error);
       warn(`${what} failed, and nothing awaited it (a missing await?): ${detail}`);
     }, 0);
   });
+  watched.warnsUnused = true;
+  return watched;
 }
 
 /** Warnings printed per minute at most: code that makes them in a loop (a server's job) cannot flood the log. */

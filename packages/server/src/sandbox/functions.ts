@@ -2,7 +2,7 @@
  * The global tensor functions of the sandbox (tsight/protocol's TENSOR_FUNCTIONS), on the host. Arguments arrive
  * checked against the table; every size is charged to the job's budget before anything is allocated.
  */
-import { Adam, AdamW, arange, cat, empty, eye, full, Generator, linspace, logspace, ones, parameter, rand, randint, randn, randperm, SGD, sizeOf, stack, tensor, where, zeros, type DType, type Optimizer, type Tensor } from "tsight";
+import { Adam, AdamW, arange, cat, einsum, empty, eye, full, Generator, linspace, logspace, ones, parameter, rand, randint, randn, randperm, SGD, sizeOf, stack, tensor, where, zeros, type DType, type Optimizer, type Tensor } from "tsight";
 import type { TensorFunction } from "tsight/protocol";
 
 const ITEM_BYTES: Record<DType, number> = { float32: 4, int64: 8, int32: 4, bool: 1 };
@@ -85,6 +85,8 @@ export const FUNCTIONS = {
   cat: ([tensors, dim]) => cat(tensors, dim ?? 0),
   stack: ([tensors, dim]) => stack(tensors, dim ?? 0),
   where: ([condition, a, b]) => where(condition, a, b),
+  // Each of its kernels' outputs is checked by the job's allocation guard (einsum contracts two operands at a time).
+  einsum: ([equation, ...operands]) => einsum(equation, ...operands),
   Generator: ([seed]) => new Generator(seed ?? 0),
   parameter: ([t], ctx) => {
     ctx.fits((t as Tensor).numel() * 4);

@@ -4,7 +4,7 @@
  */
 import { describe, expect, it } from "vitest";
 import { sandboxJobs } from "../../../../test/server/sandbox-jobs.js";
-import { full, Generator, randint, randn, Tensor, zeros } from "../../../tsight/src/tensor/index.js";
+import { einsum, full, Generator, randint, randn, Tensor, zeros } from "../../../tsight/src/tensor/index.js";
 
 const jobs = sandboxJobs();
 
@@ -120,5 +120,17 @@ describe("Tensor's static constructors in the sandbox", () => {
     const e = await failure(remote("async () => Tensor.zeros([2, 3]).index(0, [1.5])", "x"));
     expect(e.code).toBe("USER_CODE");
     expect(e.message).toMatch(/index entry is an integer, null, slice\(start, stop, step\), a list of integers/);
+  });
+
+  it("einsum as in process, three operands two at a time, and its errors as USER_CODE", async () => {
+    const source = "async (m) => { const h = await m.transformer.h[0].output; const w = Tensor.full([256, 3], 0.5); return [einsum('bpd,dk->bpk', h, w).tolist(), einsum('bpd,dk,k->bp', [h, w, Tensor.full([3], 2)]).tolist(), h.matmul(w).tolist()]; }";
+    const local = (await jobs.lm.trace("def f(x", new Function("Tensor", "einsum", `"use strict"; return (${source});`)(Tensor, einsum))) as number[][][][];
+    expect(await remote(source, "def f(x")).toEqual(local);
+    const [viaEinsum, three, viaMatmul] = local;
+    viaEinsum!.flat(2).forEach((v, i) => expect(v).toBeCloseTo(viaMatmul!.flat(2)[i]!, 4));
+    three!.flat().forEach((v, i) => expect(v).toBeCloseTo(2 * (viaMatmul!.flat()[i] as number[]).reduce((a, b) => a + b, 0), 3));
+    const e = await failure(remote("async () => einsum('ii->i', Tensor.zeros([3, 3]))", "x"));
+    expect(e.code).toBe("USER_CODE");
+    expect(e.message).toMatch(/names "i" twice/);
   });
 });

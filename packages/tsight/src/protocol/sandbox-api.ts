@@ -165,6 +165,7 @@ export const TENSOR_FUNCTIONS = {
   cat: ["tensors", "int?"],
   stack: ["tensors", "int?"],
   where: ["tensor", "value", "value"],
+  einsum: ["string", "any..."],
   /** Behind `new Generator(seed)`: a seeded random generator the job's random functions advance. */
   Generator: ["int?"],
   /** A trainable copy of a float32 tensor (tsight's optim layer); only an optimizer step changes it. */

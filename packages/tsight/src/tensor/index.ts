@@ -9,6 +9,7 @@ export { PackedWeight, UnquantizableError, weightDTypes, BLOCK_SIZE, quantizeRow
 export { withAllocationGuard, type AllocationGuard } from "./primitive.js";
 export { sizeOf, broadcastShapes, checkShape, sameShape, MAX_RANK, MAX_ELEMENTS, type Shape } from "./shape.js";
 export * as functional from "./functional.js";
+export { einsum } from "./einsum.js";
 export * from "./safetensors.js";
 export { lazyNode } from "./node.js";
 export { activeCapture, argumentSignature, Capture, CaptureError, compileCapture, FusedGraph, fusionEnabled, runCaptured, runCaptureGeneric, runCaptureTapped, setFusion, UNKNOWN_VALUE, type CapturedCall } from "./fuse.js";

@@ -45,7 +45,7 @@ export interface Primitive<A = undefined> {
    */
   weightInput?: number;
   /** Floating-point operations, for ops whose work grows faster than their outputs (matmul, attention). */
-  flops?(inputs: readonly Tensor[], out: OutSpec[]): number;
+  flops?(inputs: readonly Tensor[], out: OutSpec[], attrs: A): number;
 }
 
 /**
@@ -78,8 +78,8 @@ export function guardAllocation(bytes: number, flops = 0): void {
 const ITEM_BYTES = { float32: 4, int64: 8, int32: 4, bool: 1 } as const;
 
 /** Asks the guard about an op: its outputs' bytes and its work. */
-function guardOp<A>(p: Primitive<A>, inputs: readonly Tensor[], specs: OutSpec[]): void {
-  allocationGuard!(specs.reduce((n, s) => n + s.shape.reduce((a, d) => a * d, 1) * ITEM_BYTES[s.dtype], 0), p.flops?.(inputs, specs) ?? 0);
+function guardOp<A>(p: Primitive<A>, inputs: readonly Tensor[], specs: OutSpec[], attrs: A): void {
+  allocationGuard!(specs.reduce((n, s) => n + s.shape.reduce((a, d) => a * d, 1) * ITEM_BYTES[s.dtype], 0), p.flops?.(inputs, specs, attrs) ?? 0);
 }
 
 export function apply<A>(p: Primitive<A>, given: readonly Tensor[], attrs: A): Tensor[] {
@@ -88,12 +88,12 @@ export function apply<A>(p: Primitive<A>, given: readonly Tensor[], attrs: A): T
   const capture = activeCapture();
   if (capture) {
     const specs = p.infer(given, attrs);
-    if (allocationGuard) guardOp(p, given, specs);
+    if (allocationGuard) guardOp(p, given, specs, attrs);
     return capture.record(p, given, attrs, specs);
   }
   const inputs = p.packed || !given.some((t) => t.packed) ? given : given.map((t) => t.unpacked());
   const specs = p.infer(inputs, attrs);
-  if (allocationGuard) guardOp(p, inputs, specs);
+  if (allocationGuard) guardOp(p, inputs, specs, attrs);
   let outs: Tensor[];
   const view = inputs.some((t) => t.isMeta) ? null : (p.view?.(inputs, attrs, specs) ?? null);
   if (inputs.some((t) => t.isMeta)) {

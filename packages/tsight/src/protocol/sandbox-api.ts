@@ -100,6 +100,8 @@ export const TENSOR_METHODS = {
   min: ["ints?", "bool?"],
   amax: ["ints?", "bool?"],
   amin: ["ints?", "bool?"],
+  any: ["ints?", "bool?"],
+  all: ["ints?", "bool?"],
   argmax: ["int?", "bool?"],
   argmin: ["int?", "bool?"],
   var: ["ints?", "options?"],

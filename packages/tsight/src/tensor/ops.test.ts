@@ -1143,6 +1143,19 @@ describe("pow of integers", () => {
   });
 });
 
+describe("any and all", () => {
+  it("reduce to bool as torch.any and torch.all, over nothing false and true", () => {
+    const x = tensor([[0, 1, 0], [0, 0, 0]]);
+    expect([x.any().dtype, x.any().shape, x.any().toArray(), x.all().toArray()]).toEqual(["bool", [], [true], [false]]);
+    expect(x.any(1).toArray()).toEqual([true, false]);
+    expect(x.all(0, true).shape).toEqual([1, 3]);
+    expect(tensor([[1, 2], [3, 0]], "int64").all(-1).toArray()).toEqual([true, false]);
+    expect(tensor([true, true]).all().dtype).toBe("bool");
+    expect([zeros([0, 2]).any(0).toArray(), zeros([0, 2]).all(0).toArray()]).toEqual([[false, false], [true, true]]);
+    expect(tensor([Number.NaN]).any().toArray()).toEqual([true]);
+  });
+});
+
 describe("flip", () => {
   it("reverses the entries along each dim given, as torch.flip, with its gradient flipped back", () => {
     const x = arange(24).reshape(2, 3, 4);

@@ -470,6 +470,14 @@ export class Tensor implements RawTensor {
   amin(dim?: number | readonly number[], keepdim = false): Tensor {
     return this.min(dim, keepdim);
   }
+  /** Whether any value over `dim` (all dims when omitted) is nonzero, as bool (over nothing: false). */
+  any(dim?: number | readonly number[], keepdim = false): Tensor {
+    return this.ne(0).long().sum(dim, keepdim).gt(0);
+  }
+  /** Whether every value over `dim` (all dims when omitted) is nonzero, as bool (over nothing: true). */
+  all(dim?: number | readonly number[], keepdim = false): Tensor {
+    return this.eq(0).long().sum(dim, keepdim).eq(0);
+  }
   /** Index of the largest value along `dim`, or in the flattened tensor when `dim` is omitted. */
   argmax(dim?: number, keepdim = false): Tensor {
     if (dim === undefined) return apply1(P.argmax, [this.reshape(-1)], { axis: 0, keepdim: false });

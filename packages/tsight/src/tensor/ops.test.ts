@@ -1146,13 +1146,13 @@ describe("pow of integers", () => {
 describe("any and all", () => {
   it("reduce to bool as torch.any and torch.all, over nothing false and true", () => {
     const x = tensor([[0, 1, 0], [0, 0, 0]]);
-    expect([x.any().dtype, x.any().shape, x.any().toArray(), x.all().toArray()]).toEqual(["bool", [], [true], [false]]);
-    expect(x.any(1).toArray()).toEqual([true, false]);
+    expect([x.any().dtype, x.any().shape, x.any().toArray(), x.all().toArray()]).toEqual(["bool", [], [1], [0]]);
+    expect(x.any(1).toArray()).toEqual([1, 0]);
     expect(x.all(0, true).shape).toEqual([1, 3]);
-    expect(tensor([[1, 2], [3, 0]], "int64").all(-1).toArray()).toEqual([true, false]);
+    expect(tensor([[1, 2], [3, 0]], "int64").all(-1).toArray()).toEqual([1, 0]);
     expect(tensor([true, true]).all().dtype).toBe("bool");
-    expect([zeros([0, 2]).any(0).toArray(), zeros([0, 2]).all(0).toArray()]).toEqual([[false, false], [true, true]]);
-    expect(tensor([Number.NaN]).any().toArray()).toEqual([true]);
+    expect([zeros([0, 2]).any(0).toArray(), zeros([0, 2]).all(0).toArray()]).toEqual([[0, 0], [1, 1]]);
+    expect(tensor([Number.NaN]).any().toArray()).toEqual([1]);
   });
 });
 

@@ -100,6 +100,19 @@ export const generateCases: TraceCase[] = [
     },
   },
   {
+    name: "tr.all() in a plain trace is a TraceError pointing to tr.iter(0, n) (its loop ended after a module's first call, editing one call of several)",
+    async run(b) {
+      const e = await b.gpt2
+        .trace(PROMPT, async (m: any, tr: any) => {
+          for await (const _ of tr.all()) m.transformer.h[0].mlp.output = (x: Tensor) => x.mul(0);
+        }, b.options())
+        .catch((x: Error) => x);
+      expect(e).toBeInstanceOf(Error);
+      expect((e as Error).name).toBe("TraceError");
+      expect((e as Error).message).toMatch(/^tr\.all\(\) steps through a generation's steps; in a trace, step through a module's several calls with tr\.iter\(0, n\)/);
+    },
+  },
+  {
     name: "tr.iter and tr.all iterated without being called (for await over tr.iter, nnsight's tracer.iter[:]) are a TraceError saying to call them",
     async run(b) {
       for (const how of ["iter", "all", "sync"] as const) {

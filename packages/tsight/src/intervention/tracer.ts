@@ -100,6 +100,10 @@ export class InvokeTracer {
 
   private async *steps(list: Steps | null): AsyncGenerator<number> {
     const m = this.invokeMediator(list ? "iter" : "all");
+    // In a trace its loop ends after the pass's only "step", the first call of a module called several times: an
+    // invoke's code meaning every call would be silently wrong. An edit's (lm.edit, written for generations and
+    // applied to traces too) goes on as that step.
+    if (!list && !this.run.generation && m.index >= 0) throw new TraceError("tr.all() steps through a generation's steps; in a trace, step through a module's several calls with tr.iter(0, n) (n: its number of calls; a trace cannot tell ahead how many will come)");
     if (list) {
       // Bounded: no waiting. Each iteration's requests wait for their value; ones past the end are reported.
       let last = -1;
@@ -261,6 +265,8 @@ export class TraceRun {
 
   /** Where tensors handed to invokes sit in the forward graph (grad traces). */
   readonly gradSources = new WeakMap<Tensor, GradSource>();
+  /** Whether the run is a generation (its iterations are steps), known once it executes. */
+  generation = false;
 
   constructor(
     readonly target: TraceTarget,
@@ -431,6 +437,7 @@ export class TraceRun {
    */
   async execute(drive: Driver): Promise<void> {
     this.close();
+    this.generation = drive.generation === true;
     const { model } = this.target;
     if (this.invokes.length === 0) {
       throw new TraceError("the trace has no invokes: give an input (trace(input, fn)), or call tr.invoke(input, fn) in the trace function before its first await (invokes are declared first; the batch is built from them)");

@@ -120,6 +120,10 @@ export class Bridge implements ActionHost {
     // WebAssembly's memories live outside the isolate's heap, where its memory limit does not see them: a job could
     // hold gigabytes of them. Nothing a job does needs it.
     this.context.evalSync("globalThis.__name = (f) => f; delete globalThis.WebAssembly;");
+    // V8's gc (see exposeGc), kept for the host (collectHandles) and out of the job's reach.
+    this.context.evalSync("globalThis.__collect = typeof gc === 'function' ? gc : () => undefined; delete globalThis.gc;");
+    this.collector = jail.getSync("__collect", { reference: true }) as ivm.Reference;
+    this.context.evalSync("delete globalThis.__collect;");
     const callbacks = this.callbacks();
     for (const [name, fn] of Object.entries(callbacks)) jail.setSync(`__host_${name}`, new ivm.Callback(this.guarded(fn as (...a: unknown[]) => unknown)));
     const api: RuntimeApi = {
@@ -402,10 +406,35 @@ export class Bridge implements ActionHost {
     return d;
   }
 
+  /** The isolate's gc (see install), and the bytes of handles made since it last ran. */
+  private collector: ivm.Reference | null = null;
+  private collecting = false;
+  private madeSinceCollect = 0;
+
+  /**
+   * Handles the job's code no longer holds are released when the isolate collects their wrappers (the runtime's
+   * FinalizationRegistry), which a small heap of small wrappers seldom does: a session looping over traces that read
+   * logits held them all, and ran out of memory at a tenth of what it kept. Past half the job's memory (and an
+   * eighth more than at the last collection) the isolate collects, as soon as the code lets it run.
+   */
+  private collectHandles(bytes: number): void {
+    this.madeSinceCollect += bytes;
+    const limit = this.options.limits.memoryLimitBytes;
+    if (this.collecting || !this.collector || this.budget.bytes + bytes < limit / 2 || this.madeSinceCollect < limit / 8) return;
+    this.collecting = true;
+    this.madeSinceCollect = 0;
+    const collector = this.collector;
+    this.enterAsync(() => collector.apply(undefined, []))
+      .catch(() => undefined)
+      .finally(() => (this.collecting = false));
+  }
+
   private handle(t: Tensor): number {
     let id = this.handleOf.get(t);
     if (id === undefined) {
-      this.budget.charge(HANDLE_BYTES + (t.isMeta ? 0 : t.numel() * ITEM_BYTES[t.dtype]));
+      const bytes = HANDLE_BYTES + (t.isMeta ? 0 : t.numel() * ITEM_BYTES[t.dtype]);
+      this.collectHandles(bytes);
+      this.budget.charge(bytes);
       id = this.nextHandle++;
       this.handles.set(id, t);
       this.handleOf.set(t, id);

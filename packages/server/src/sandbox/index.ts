@@ -9,7 +9,7 @@ import ivm from "isolated-vm";
 import { StallError, treatAsLibraryCode, type InterventionFn } from "tsight";
 import { localStepSites, packValue, toBase64, type DecodedJob, type ExecutionContext, type ExecutionModel as LanguageModel, type JobExecutor } from "tsight/protocol";
 import { Bridge } from "./bridge.js";
-import { collectGarbage } from "./gc.js";
+import { collectGarbage, exposeGc } from "./gc.js";
 import { SandboxError } from "./errors.js";
 
 export { SandboxError } from "./errors.js";
@@ -258,6 +258,7 @@ export class SandboxExecutor implements JobExecutor {
    * (`sliceMs` given) making the job's functions is a turn like any other: one that spins leaves the pass.
    */
   private prepare(job: DecodedJob, model: LanguageModel, ctx: ExecutionContext, sliceMs?: number): Prepared {
+    exposeGc();
     const isolate = new ivm.Isolate({ memoryLimit: this.options.isolateMemoryMB ?? 64, ...catastrophe() });
     watchExit(isolate);
     const context = isolate.createContextSync();

@@ -84,7 +84,18 @@ export function installRuntime(rawHost: HostCallbacks, tree: TreeNode, api: Runt
   const handleOf = new WeakMap<object, number>();
   const objectOf = new WeakMap<object, [string, number]>();
   const envoyPath = new WeakMap<object, string>();
-  const registry = typeof FinalizationRegistry === "function" ? new FinalizationRegistry<number>((id) => host.release(id)) : null;
+  // One wrapper per handle: the host gives a tensor that crosses again the same handle, which is released when its
+  // wrapper is collected, so a second wrapper of it would be left holding a released handle. A wrapper made for the
+  // handle after the one collected (before its release came) keeps it.
+  const wrappers = new Map<number, WeakRef<object>>();
+  const registry =
+    typeof FinalizationRegistry === "function"
+      ? new FinalizationRegistry<number>((id) => {
+          if (wrappers.get(id)?.deref()) return;
+          wrappers.delete(id);
+          host.release(id);
+        })
+      : null;
 
   const stackHere = (): string => new Error().stack ?? "";
 
@@ -234,6 +245,8 @@ export function installRuntime(rawHost: HostCallbacks, tree: TreeNode, api: Runt
     }
   }
   function wrap(id: number, dtype: string, shape: number[], meta: boolean): Tensor {
+    const live = wrappers.get(id)?.deref();
+    if (live) return live as Tensor;
     const t = Object.create(Tensor.prototype) as Tensor;
     Object.defineProperties(t, {
       dtype: { value: dtype, enumerable: true },
@@ -242,6 +255,7 @@ export function installRuntime(rawHost: HostCallbacks, tree: TreeNode, api: Runt
     });
     handleOf.set(t, id);
     registry?.register(t, id);
+    wrappers.set(id, new WeakRef(t));
     return Object.freeze(t);
   }
   for (const name of api.tensorMethods) {

@@ -21,27 +21,29 @@ export const PATCHED_LOG = "patched";
 const patchingSession = async (s: any) => {
   const { clean, corrupted, answer, distractor, layers, head } = s.vars;
   const diff = (logits: any) => logits.index(0, -1, answer).item() - logits.index(0, -1, distractor).item();
+  // Each trace gives back its logit difference, a number: the [1, tokens, vocab] logits stay in it.
   const source = await s.trace(clean, async (m: any) => {
     const acts = [];
     for (const layer of m[layers]) acts.push(await layer.output);
-    return { acts, logits: await m[head].output };
+    return { acts, diff: diff(await m[head].output) };
   });
-  const baseline = diff(await s.trace(corrupted, async (m: any) => await m[head].output));
+  const baseline = await s.trace(corrupted, async (m: any) => diff(await m[head].output));
   const grid = [];
   for (let layer = 0; layer < source.acts.length; layer++) {
     const row = [];
     for (let position = 0; position < source.acts[layer].shape[1]; position++) {
-      const logits = await s.trace(corrupted, async (m: any) => {
-        const hidden = await m[layers][layer].output;
-        m[layers][layer].output = hidden.put([null, position], source.acts[layer].index(null, position));
-        return await m[head].output;
-      });
-      row.push(diff(logits));
+      row.push(
+        await s.trace(corrupted, async (m: any) => {
+          const hidden = await m[layers][layer].output;
+          m[layers][layer].output = hidden.put([null, position], source.acts[layer].index(null, position));
+          return diff(await m[head].output);
+        }),
+      );
       console.log("patched", { layer, position, diff: row[position] });
     }
     grid.push(row);
   }
-  return { clean: diff(source.logits), corrupted: baseline, grid };
+  return { clean: source.diff, corrupted: baseline, grid };
 };
 
 export interface PatchingInput {

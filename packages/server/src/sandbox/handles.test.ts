@@ -52,4 +52,8 @@ describe("a session's tensors let go of", () => {
     }`;
     expect(await session(source)).toBe(16);
   }, 120_000);
+
+  it("leaves V8's gc out of the job's reach", async () => {
+    expect(await session("async () => [typeof gc, typeof globalThis.__collect, typeof WebAssembly]")).toEqual(["undefined", "undefined", "undefined"]);
+  });
 });

@@ -121,7 +121,8 @@ export class Bridge implements ActionHost {
     // hold gigabytes of them. Nothing a job does needs it.
     this.context.evalSync("globalThis.__name = (f) => f; delete globalThis.WebAssembly;");
     // V8's gc (see exposeGc), kept for the host (collectHandles) and out of the job's reach.
-    this.context.evalSync("globalThis.__collect = typeof gc === 'function' ? gc : () => undefined; delete globalThis.gc;");
+    // (The flag's gc is not configurable: it can be overwritten, not deleted.)
+    this.context.evalSync("globalThis.__collect = typeof gc === 'function' ? gc : () => undefined; globalThis.gc = undefined;");
     this.collector = jail.getSync("__collect", { reference: true }) as ivm.Reference;
     this.context.evalSync("delete globalThis.__collect;");
     const callbacks = this.callbacks();

@@ -63,10 +63,10 @@ async function run(panel: string, button: string): Promise<void> {
   await page.locator(`#panel-${panel}`).getByRole("button", { name: button, exact: true }).click();
 }
 
-/** How the view's job `what` ended: "completed" or "failed". */
+/** How the view's job `what` ended: "completed", "failed" or "cancelled". */
 async function outcome(panel: string, what: string): Promise<string> {
   const line = page.locator(`#panel-${panel} .job-state`);
-  const ended = new RegExp(`^${what}: (completed|failed)`);
+  const ended = new RegExp(`^${what}: (completed|failed|cancelled)`);
   await expect.poll(() => line.innerText(), { timeout: 60_000 }).toMatch(ended);
   return ended.exec(await line.innerText())![1]!;
 }
@@ -85,7 +85,8 @@ describe("the workbench page", () => {
     expect(await page.evaluate(`localStorage.getItem("tsight.apiKey")`)).toBeNull();
     await page.screenshot({ path: path.join(shots, "invalid-key.png") });
 
-    await page.fill("#api-key", key);
+    // The line as tsight serve prints it.
+    await page.fill("#api-key", `TSIGHT_API_KEY=${key}`);
     await page.keyboard.press("Enter");
     await page.waitForSelector("body.signed-in");
     expect(await page.evaluate(`localStorage.getItem("tsight.apiKey")`)).toBe(key);
@@ -166,6 +167,21 @@ describe("the workbench page", () => {
     expect(number((await labels("#panel-attention .cell"))[n + 0]!)).toBeCloseTo(pattern.index(0, 3, 1, 0).item(), 3);
     await panel.locator('select[name="head"]').selectOption("all");
     await panel.locator(".view").screenshot({ path: path.join(shots, "attention-all-heads.png") });
+  });
+
+  it("a result goes when the model is chosen again, and when the next run is refused: none is left to read as another's", async () => {
+    const panel = page.locator("#panel-attention");
+    expect(await panel.locator(".result .cell").count()).toBeGreaterThan(0);
+    await page.locator("#model").selectOption("stdlib-gpt2");
+    await expect.poll(() => panel.locator(".result *").count()).toBe(0);
+    await run("attention", "Show attention");
+    expect(await outcome("attention", "attention")).toBe("completed");
+    expect(await panel.locator(".result .cell").count()).toBeGreaterThan(0);
+    await panel.locator("textarea").fill("");
+    await run("attention", "Show attention");
+    await expect.poll(() => panel.locator(".job-message").innerText()).not.toBe("");
+    expect(await panel.locator(".result .cell").count()).toBe(0);
+    await panel.locator("textarea").fill(PROMPT);
   });
 
   it("activation patching: one remote session, cells fill in place, numbers equal the README's", async () => {
@@ -266,8 +282,8 @@ describe("the workbench page", () => {
     await run("patching", "Patch every layer and position");
     await patching.locator(".cell:not(.pending)").first().waitFor();
     await patching.getByRole("button", { name: "Cancel" }).click();
-    expect(await outcome("patching", "patching")).toBe("failed");
-    expect(await patching.locator(".job-message").innerText()).toBe("CANCELLED: the job was cancelled.");
+    expect(await outcome("patching", "patching")).toBe("cancelled");
+    expect(await patching.locator(".job-message").innerText()).toBe("The job was cancelled.");
     expect(await patching.locator(".cell.pending").count()).toBeGreaterThan(0);
   });
 

@@ -33,7 +33,9 @@ const keyForm = h(
   forget,
 );
 
-async function signIn(key: string): Promise<void> {
+async function signIn(given: string): Promise<void> {
+  // The line as `tsight serve` prints it (TSIGHT_API_KEY=tsk_...) is taken too.
+  const key = given.trim().replace(/^(export\s+)?TSIGHT_API_KEY=/, "");
   if (!key.trim()) {
     showKeyMessage("Enter the API key the server printed when it first started (or one from `tsight keys create`).", true);
     return;
@@ -57,6 +59,7 @@ async function signIn(key: string): Promise<void> {
 
 function signOut(): void {
   connection.signOut();
+  for (const v of views) v.reset?.();
   document.body.classList.remove("signed-in");
   keyInput.placeholder = "tsk_…";
   fill(modelSelect);
@@ -115,7 +118,11 @@ function route(): void {
 
 // #endregion
 
-modelSelect.addEventListener("change", () => shown?.shown?.());
+modelSelect.addEventListener("change", () => {
+  // What the views show was the other model's.
+  for (const v of views) v.reset?.();
+  shown?.shown?.();
+});
 document.body.append(
   h(
     "header",

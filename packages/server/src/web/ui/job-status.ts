@@ -51,8 +51,11 @@ export class JobStatus {
       status = "completed";
       return value;
     } catch (e) {
-      status = "failed";
-      this.fail(e);
+      // A cancel asked for is no failure.
+      const cancelled = (e as { code?: unknown } | null)?.code === "CANCELLED";
+      status = cancelled ? "cancelled" : "failed";
+      if (cancelled) this.message.replaceChildren("The job was cancelled.");
+      else this.fail(e);
       return undefined;
     } finally {
       clearInterval(this.timer);
@@ -89,6 +92,7 @@ export class JobStatus {
 /** A heading for an error: its code, and its class when that says more (`USER_CODE · ShapeError:`). */
 export function errorTitle(e: unknown): string {
   const { code, name, type } = (e ?? {}) as { code?: unknown; name?: unknown; type?: unknown };
+  if (name === "ConnectionError") return "No connection:";
   const named = typeof type === "string" ? type : name;
   const kind = typeof named === "string" && !["Error", "RemoteError", "ClientError", "ApiError", "HttpError", "CancelledError"].includes(named) ? named : undefined;
   if (typeof code !== "string") return `${kind ?? "Error"}:`;
@@ -100,5 +104,7 @@ export function describeError(e: unknown): string {
   const message = err?.message ?? String(e);
   if (err?.code === "AUTH") return `${message} — the server refused the API key; enter a valid one at the top of the page.`;
   if (err?.code === "CANCELLED") return "the job was cancelled.";
+  // The client's own words name the request; the page's user wants to know the server is not answering.
+  if (err?.name === "ConnectionError") return `the server at ${location.origin} does not answer (stopped, or the network is down); try again once it is back. (${message})`;
   return message;
 }

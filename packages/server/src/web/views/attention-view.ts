@@ -97,5 +97,6 @@ export function attentionView(ctx: ViewContext): View {
     title: "Attention",
     element: view.element,
     shown: () => void view.model().then(choices, () => undefined),
+    reset: () => view.reset(),
   };
 }

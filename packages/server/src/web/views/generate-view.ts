@@ -93,5 +93,5 @@ export function generateView(ctx: ViewContext): View {
       if (result) continuation.textContent = result.text[0] ?? "";
     },
   });
-  return { id: "generate", title: "Generate", element: view.element, shown: () => void view.model().then(choices, () => undefined) };
+  return { id: "generate", title: "Generate", element: view.element, shown: () => void view.model().then(choices, () => undefined), reset: () => view.reset() };
 }

@@ -117,5 +117,10 @@ export function jobsView(ctx: ViewContext): View {
       timer = setInterval(() => void refresh(), REFRESH_MS);
     },
     hidden: () => clearInterval(timer),
+    reset: () => {
+      fill(jobs, h("p", { class: "empty" }, "Loading…"));
+      server.replaceChildren();
+      message.replaceChildren();
+    },
   };
 }

@@ -42,5 +42,5 @@ export function lensView(ctx: ViewContext): View {
       );
     },
   });
-  return { id: "lens", title: "Logit lens", element: view.element };
+  return { id: "lens", title: "Logit lens", element: view.element, reset: () => view.reset() };
 }

@@ -95,5 +95,5 @@ export function patchingView(ctx: ViewContext): View {
       repaintAll(value);
     },
   });
-  return { id: "patching", title: "Patching", element: view.element };
+  return { id: "patching", title: "Patching", element: view.element, reset: () => view.reset() };
 }

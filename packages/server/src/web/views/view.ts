@@ -20,6 +20,8 @@ export interface View {
   element: HTMLElement;
   /** Called when the view is shown (to refresh what it shows). */
   shown?(): void;
+  /** Drops what it shows: its results were another model's, or another key's. */
+  reset?(): void;
   hidden?(): void;
 }
 
@@ -63,10 +65,19 @@ export class JobView {
     this.code.set(programOf(steps, { model: this.ctx.modelName(), origin: this.ctx.connection.origin }));
   }
 
-  /** Runs `fn` with the Run button disabled; an error it throws is shown under the form. */
+  /** Drops the result and the status shown (see View.reset). */
+  reset(): void {
+    this.result.replaceChildren();
+    this.status.clear();
+  }
+
+  /**
+   * Runs `fn` with the Run button disabled; an error it throws is shown under the form. The last run's result goes
+   * first: left beside this run's error it would read as this run's.
+   */
   private async guard(fn: () => Promise<void>): Promise<void> {
     this.runButton.disabled = true;
-    this.status.clear();
+    this.reset();
     try {
       await fn();
     } catch (e) {

@@ -42,6 +42,11 @@ describe("remote like local", () => {
     }, { ...remote, logs: (line: string) => void lines.push(line) }).catch((e: unknown) => e);
     expect(String(out)).toMatch(/MissedProviderError/);
     expect(lines.some((l) => /TsightWarning: tr\.iter: step 2 never came \(the generation ended after 2 steps\)/.test(l)), lines.join("\n")).toBe(true);
+    // Several steps past the end are named as a range.
+    await lm.generate("x", { maxNewTokens: 2, eosTokenId: null }, async (_m, tr) => {
+      for await (const _ of tr.iter(0, 5));
+    }, { ...remote, logs: (line: string) => void lines.push(line) });
+    expect(lines.some((l) => /TsightWarning: tr\.iter: steps 2 to 4 never came \(the generation ended after 2 steps\); values asked for in them/.test(l)), lines.join("\n")).toBe(true);
   });
 
   it("a non-blocking job's result() answers its hybrid steps, as a blocking call does", async () => {

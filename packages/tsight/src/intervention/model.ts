@@ -74,6 +74,15 @@ export class Model<M extends Module = Module, E = ModelEnvoy<M>, I = ModelArgs> 
     return this.tree.model;
   }
 
+  /** The module tree as PyTorch prints it (nnsight's print(model)); console.log(lm) prints it too. */
+  toString(): string {
+    return this.tree.model.toString();
+  }
+
+  [Symbol.for("nodejs.util.inspect.custom")](): string {
+    return this.toString();
+  }
+
   /**
    * One forward pass with interventions. `input` is the forward's tensor argument, or its arguments as an array
    * (tensors batched along their first axis across invokes; other arguments must be the same in every invoke).

@@ -511,7 +511,8 @@ export class TraceRun {
       }
       await this.endSteps(this.step + 1, output);
       if (drive.generation && this.lastExpected >= this.totalSteps!) {
-        this.warn(`tr.iter: step ${this.lastExpected} never came (the generation ended after ${this.totalSteps} step${this.totalSteps === 1 ? "" : "s"}); values asked for in it are not provided`);
+        const missed = this.lastExpected === this.totalSteps! ? `step ${this.lastExpected}` : `steps ${this.totalSteps} to ${this.lastExpected}`;
+        this.warn(`tr.iter: ${missed} never came (the generation ended after ${this.totalSteps} step${this.totalSteps === 1 ? "" : "s"}); values asked for in ${this.lastExpected === this.totalSteps! ? "it" : "them"} are not provided`);
       }
       await interleaver.finish(this.stopped || this.firstError !== null, drive.generation ? this.totalSteps! : null);
       await this.failBarriers();

@@ -348,6 +348,37 @@ export abstract class Module {
   get typeName(): string {
     return this.constructor.name;
   }
+
+  /**
+   * The tree as PyTorch prints a module: each child by name and class, parameters by shape, a run of like items of
+   * a list folded (`(0-11): 12 x GPT2Block(`), operation points by name. `console.log(model)` prints it too.
+   */
+  toString(): string {
+    return this.describeTree();
+  }
+
+  [Symbol.for("nodejs.util.inspect.custom")](): string {
+    return this.toString();
+  }
+
+  private describeTree(indent = ""): string {
+    const params = [...this.paramShapes].map(([name, shape]) => `${name}: [${shape.join(", ")}]`);
+    const children = this.children();
+    if (children.length > 0 && children.every(([, c]) => c.isOperationPoint)) return `${this.typeName}(${children.map(([n]) => n).join(", ")})`;
+    if (children.length === 0) return `${this.typeName}(${params.join(", ")})`;
+    const inner = `${indent}  `;
+    const lines = params.map((p) => `${inner}${p}`);
+    const described = children.map(([name, c]) => [name, c.describeTree(inner)] as const);
+    for (let i = 0; i < described.length; ) {
+      let j = i + 1;
+      // Runs of equal items in a list (named 0, 1, ...), as PyTorch folds them.
+      if (this instanceof ModuleList) while (j < described.length && described[j]![1] === described[i]![1]) j++;
+      const [name, text] = described[i]!;
+      lines.push(j - i > 1 ? `${inner}(${name}-${described[j - 1]![0]}): ${j - i} x ${text}` : `${inner}(${name}): ${text}`);
+      i = j;
+    }
+    return `${this.typeName}(\n${lines.join("\n")}\n${indent})`;
+  }
 }
 
 /** An indexable list of modules named "0", "1", ...; it is never called itself, like torch's ModuleList. */

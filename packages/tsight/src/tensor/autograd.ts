@@ -76,7 +76,7 @@ function nodesFrom(root: Tensor): GradNode[] {
 type HookStep = { tensor: Tensor; grad: Tensor; hook: GradHook };
 
 export function* backwardSteps(root: Tensor, seed: Tensor, onNode?: (node: GradNode) => void, beforeLeaves?: (leaves: ReadonlySet<Tensor>) => void): Generator<HookStep, void, Tensor | void> {
-  if (!root.requiresGrad) throw new GradError("backward: this tensor does not require grad (no input of its computation requires grad)");
+  if (!root.requiresGrad) throw new GradError("backward: this tensor does not require grad (no input of its computation requires grad); in a trace, module values record gradients when it is started with { grad: true }");
   if (seed.shape.length !== root.shape.length || seed.shape.some((d, i) => d !== root.shape[i])) {
     throw new GradError(`backward: gradient shape [${seed.shape}] does not match tensor shape [${root.shape}]`);
   }

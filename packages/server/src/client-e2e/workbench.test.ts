@@ -162,6 +162,14 @@ describe("the workbench page", () => {
 
     await panel.locator('select[name="head"]').selectOption("all");
     await expect.poll(() => panel.locator("button.multiple").count()).toBe(4);
+    // Each a small picture of the pattern, n x n blocks: in its top row (query 0) the later keys are masked grey.
+    const [width, height, masked] = await panel.locator("button.multiple canvas").first().evaluate((el) => {
+      const c = el as unknown as { width: number; height: number; getContext(k: "2d"): { getImageData(x: number, y: number, w: number, h: number): { data: ArrayLike<number> } } };
+      return [c.width, c.height, Array.from(c.getContext("2d").getImageData(Math.floor(c.width / 2) + 1, 0, 1, 1).data).slice(0, 3)];
+    });
+    expect(width).toBe(height);
+    expect(width as number).toBeLessThanOrEqual(11 * n);
+    expect(masked).toEqual([217, 217, 217]);
     await panel.locator("button.multiple").nth(3).click();
     expect(await panel.locator('select[name="head"]').inputValue()).toBe("3");
     expect(number((await labels("#panel-attention .cell"))[n + 0]!)).toBeCloseTo(pattern.index(0, 3, 1, 0).item(), 3);
@@ -171,9 +179,10 @@ describe("the workbench page", () => {
 
   it("a result goes when the model is chosen again, and when the next run is refused: none is left to read as another's", async () => {
     const panel = page.locator("#panel-attention");
-    expect(await panel.locator(".result .cell").count()).toBeGreaterThan(0);
+    expect(await panel.locator(".result canvas").count()).toBe(4);
     await page.locator("#model").selectOption("stdlib-gpt2");
     await expect.poll(() => panel.locator(".result *").count()).toBe(0);
+    await panel.locator('select[name="head"]').selectOption("1");
     await run("attention", "Show attention");
     expect(await outcome("attention", "attention")).toBe("completed");
     expect(await panel.locator(".result .cell").count()).toBeGreaterThan(0);

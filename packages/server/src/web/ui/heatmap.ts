@@ -27,8 +27,6 @@ export interface HeatmapOptions {
   columnName: string;
   /** The grid's accessible name. */
   label: string;
-  /** Small cells without text, for small multiples. */
-  compact?: boolean;
 }
 
 export class Heatmap {
@@ -37,21 +35,18 @@ export class Heatmap {
   private readonly tooltip: HTMLElement;
   private focused: [number, number] = [0, 0];
 
-  constructor(private readonly options: HeatmapOptions) {
-    const { rows, columns, compact } = options;
+  constructor(options: HeatmapOptions) {
+    const { rows, columns } = options;
     this.tooltip = h("div", { class: "tooltip", role: "tooltip", hidden: true });
-    // A compact map is a picture inside a control (a button that opens it large): no roles, no tab stops.
-    const grid = compact
-      ? h("div", { class: "heatmap compact", "aria-hidden": "true" })
-      : h("div", { class: "heatmap", role: "grid", "aria-label": options.label, "aria-rowcount": rows.length + 1, "aria-colcount": columns.length + 1 });
-    grid.style.gridTemplateColumns = `auto repeat(${columns.length}, ${compact ? "0.7rem" : "minmax(2.75rem, 1fr)"})`;
-    const header = h("div", { role: "row", class: "heatmap-row" }, h("div", { role: "columnheader", class: "corner" }, compact ? "" : `${options.rowName} ╲ ${options.columnName}`));
-    for (const c of columns) header.append(h("div", { role: "columnheader", class: "column-label", title: c }, compact ? "" : c));
+    const grid = h("div", { class: "heatmap", role: "grid", "aria-label": options.label, "aria-rowcount": rows.length + 1, "aria-colcount": columns.length + 1 });
+    grid.style.gridTemplateColumns = `auto repeat(${columns.length}, minmax(2.75rem, 1fr))`;
+    const header = h("div", { role: "row", class: "heatmap-row" }, h("div", { role: "columnheader", class: "corner" }, `${options.rowName} ╲ ${options.columnName}`));
+    for (const c of columns) header.append(h("div", { role: "columnheader", class: "column-label", title: c }, c));
     grid.append(header);
     this.cells = rows.map((rowLabel, r) => {
       const row = h("div", { role: "row", class: "heatmap-row" }, h("div", { role: "rowheader", class: "row-label" }, rowLabel));
       const cells = columns.map((columnLabel, c) => {
-        const cell = h("div", { role: "gridcell", class: "cell pending", tabindex: compact ? undefined : r === 0 && c === 0 ? 0 : -1, "aria-label": `${options.rowName} ${rowLabel}, ${options.columnName} ${columnLabel}: not computed yet` });
+        const cell = h("div", { role: "gridcell", class: "cell pending", tabindex: r === 0 && c === 0 ? 0 : -1, "aria-label": `${options.rowName} ${rowLabel}, ${options.columnName} ${columnLabel}: not computed yet` });
         cell.dataset.row = String(r);
         cell.dataset.column = String(c);
         row.append(cell);
@@ -60,7 +55,7 @@ export class Heatmap {
       grid.append(row);
       return cells;
     });
-    if (!compact) this.listen(grid);
+    this.listen(grid);
     this.element = h("div", { class: "heatmap-frame" }, h("div", { class: "heatmap-scroll" }, grid), this.tooltip);
   }
 
@@ -78,7 +73,7 @@ export class Heatmap {
     cell.classList.remove("pending");
     cell.style.background = content.background;
     cell.style.color = content.ink;
-    cell.textContent = this.options.compact ? "" : content.text;
+    cell.textContent = content.text;
     cell.setAttribute("aria-label", content.label);
     cell.dataset.detail = JSON.stringify(content.detail ?? [content.label]);
     if (this.tooltip.dataset.for === `${row},${column}`) this.show(cell);
@@ -143,6 +138,27 @@ export class Heatmap {
     if (!this.tooltip.id) this.tooltip.id = `tooltip-${Math.random().toString(36).slice(2)}`;
     return this.tooltip.id;
   }
+}
+
+/**
+ * A small multiple: a square matrix drawn on a canvas, one pixel block a cell, at most `size` CSS pixels a side (a
+ * grid of DOM cells, one per pair of tokens, froze the page for seconds at a hundred tokens and stood 1300 px tall).
+ * `color(r, c)` gives each cell's colour, or undefined for one not computed yet (left blank).
+ */
+export function matrixPicture(n: number, color: (r: number, c: number) => string | undefined, size = 240): HTMLCanvasElement {
+  const cell = Math.max(1, Math.min(11, Math.floor(size / Math.max(1, n))));
+  const canvas = h("canvas", { class: "matrix-picture", width: n * cell, height: n * cell, "aria-hidden": "true" });
+  const g = canvas.getContext("2d");
+  if (!g) return canvas;
+  for (let r = 0; r < n; r++) {
+    for (let c = 0; c < n; c++) {
+      const fill = color(r, c);
+      if (fill === undefined) continue;
+      g.fillStyle = fill;
+      g.fillRect(c * cell, r * cell, cell, cell);
+    }
+  }
+  return canvas;
 }
 
 /** A legend: the scale's gradient with its two ends (and middle) labelled. */

@@ -8,7 +8,7 @@ import { attentionRecipe, patternRows } from "../recipes/attention.js";
 import { submit } from "../recipes/recipe.js";
 import { sequential } from "../ui/colors.js";
 import { fill, field, h, showToken } from "../ui/dom.js";
-import { Heatmap, legend } from "../ui/heatmap.js";
+import { Heatmap, legend, matrixPicture } from "../ui/heatmap.js";
 import { JobView, tokenLabels, type View, type ViewContext } from "./view.js";
 
 const ALL = "all";
@@ -39,8 +39,8 @@ export function attentionView(ctx: ViewContext): View {
   const draw = () => {
     if (!shown) return;
     const labels = shown.tokens.map(showToken);
-    const one = (i: number, compact: boolean) => {
-      const map = new Heatmap({ rows: labels, columns: labels, rowName: "query", columnName: "key", label: `layer ${shown!.layer} head ${i}: attention from each position (rows) to each earlier one (columns)`, compact });
+    const one = (i: number) => {
+      const map = new Heatmap({ rows: labels, columns: labels, rowName: "query", columnName: "key", label: `layer ${shown!.layer} head ${i}: attention from each position (rows) to each earlier one (columns)` });
       shown!.rows?.[i]!.forEach((row, q) =>
         row.forEach((p, k) => {
           const future = k > q;
@@ -56,15 +56,19 @@ export function attentionView(ctx: ViewContext): View {
     };
     const scale = legend(sequential.gradient(), ["0", "0.5", "1"], "attention probability (grey: a later position, which a query cannot see)");
     if (head.value !== ALL) {
-      fill(view.result, h("h3", {}, `Layer ${shown.layer}, head ${head.value}`), one(Number(head.value), false).element, scale);
+      fill(view.result, h("h3", {}, `Layer ${shown.layer}, head ${head.value}`), one(Number(head.value)).element, scale);
       return;
     }
+    const masked = getComputedStyle(document.documentElement).getPropertyValue("--masked").trim() || "#d9d9d9";
     const multiples = Array.from({ length: shown.heads }, (_, i) =>
       h(
         "button",
         { type: "button", class: "multiple", "aria-label": `head ${i}: show it large`, onclick: () => ((head.value = String(i)), draw()) },
         h("span", { class: "multiple-title" }, `head ${i}`),
-        one(i, true).element,
+        matrixPicture(labels.length, (q, k) => {
+          const p = shown!.rows?.[i]?.[q]?.[k];
+          return p === undefined ? undefined : k > q ? masked : sequential.color(p);
+        }),
       ),
     );
     fill(view.result, h("h3", {}, `Layer ${shown.layer}, all ${shown.heads} heads (choose one to see it large)`), h("div", { class: "multiples" }, ...multiples), scale);

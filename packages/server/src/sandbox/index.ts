@@ -108,10 +108,17 @@ async function quiet(bridge: Bridge): Promise<void> {
   await new Promise<void>((resolve) => setImmediate(resolve));
 }
 
-/** Whether jobs can share one forward pass: plain traces of the same model with the same gradient setting. */
+/**
+ * Whether jobs can share one forward pass: plain traces of the same model with the same gradient setting, without
+ * hybrid steps (a step waits for the client, longer than a shared pass may wait: such a job always left the pass,
+ * and ran its steps again alone).
+ */
 export function batchable(job: DecodedJob): boolean {
-  return job.kind === "trace" && job.form === "invoke" && job.edits.length === 0;
+  return job.kind === "trace" && job.form === "invoke" && job.edits.length === 0 && localStepSites(job.source).length === 0;
 }
+
+/** Each job's hybrid steps numbered across its runs (a run left for a shared pass, and the run alone after it). */
+const localCalls = new WeakMap<ExecutionContext, number>();
 
 export class SandboxExecutor implements JobExecutor {
   constructor(private readonly options: SandboxOptions = {}) {}
@@ -262,12 +269,15 @@ export class SandboxExecutor implements JobExecutor {
     const isolate = new ivm.Isolate({ memoryLimit: this.options.isolateMemoryMB ?? 64, ...catastrophe() });
     watchExit(isolate);
     const context = isolate.createContextSync();
-    let calls = 0;
     const runLocal = ctx.awaitLocal
       ? async (step: number, vals: unknown) => {
           const bytes = packValue(vals);
           if (bytes.byteLength > MAX_LOCAL_BYTES) throw new SandboxError("MEMORY", `a hybrid step may send the client at most ${MAX_LOCAL_BYTES} bytes; these values take ${bytes.byteLength}`);
-          const call = `c${++calls}`;
+          // Numbered for the job, not the run: the client answers each call once, and a run again from the start
+          // would ask "c1" again, which it had answered already, and wait for its answer forever.
+          const n = (localCalls.get(ctx) ?? 0) + 1;
+          localCalls.set(ctx, n);
+          const call = `c${n}`;
           ctx.emit({ type: "local", call, step, vals: toBase64(bytes) });
           // The client may be this process (remote: "local"), running the step's code here, where it may end the process.
           await quiet(bridge);

@@ -108,7 +108,29 @@ describe("batching", () => {
     expect(key({ kind: "generate", generate: { maxNewTokens: 1 } })).toBeUndefined();
     expect(key({ edits: ["async (m) => undefined"] })).toBeUndefined();
     expect(key({ form: "tracer", input: undefined })).toBeUndefined();
+    expect(key({ source: "async (m, tr) => await tr.local(async (v) => v, 1)" })).toBeUndefined();
   });
+
+  it("runs a job with a hybrid step alone (its step waits for the client, longer than a pass may wait), the step asked once", async () => {
+    const { s, backend, client } = await server();
+    const hybrid = await backend.submit(trace(prompts[0], "async (m, tr) => { await m.transformer.h[0].output; return await tr.local(async (v) => v * 2, 21); }"));
+    const plain = await client().submit(trace(prompts[1]));
+    await s.jobs.startWorkers();
+    const asked: string[] = [];
+    // A slow answer (a person's, in the README's words), past the 1 s a shared pass waits.
+    const value = await hybrid.wait({
+      onLocal: async (e) => {
+        asked.push(e.call);
+        await new Promise((r) => setTimeout(r, 1500));
+        return 42;
+      },
+    });
+    expect(value).toBe(42);
+    expect(asked).toEqual(["c1"]);
+    expect(((await plain.result()) as Tensor).shape).toEqual([1, 5, 4096]);
+    const logs = (await events(backend, hybrid.id)).filter((e) => e.event.type === "log").map((e) => (e.event as { text: string }).text);
+    expect(logs.filter((t) => /batched|left a forward pass/.test(t))).toEqual([]);
+  }, 60_000);
 
   it("tokenizes at most 4096 characters of a job's text on the main thread, over all its rows", async () => {
     const tokenizer = (await LanguageModel.load("stdlib-gpt2")).tokenizer;

@@ -1,9 +1,8 @@
 /**
  * Attention patterns: the attention probabilities of every head of one layer, [heads, query position, key position].
  *
- * Where the pattern is read lives in this file only: today it is the attention module's second output (each
- * architecture's attention returns [out, probabilities]); when tsight names operation points, the line that
- * reads it becomes `await m[layers][layer][attn].source.pattern`.
+ * The pattern is read as the attention module's second output (each architecture's attention returns [out,
+ * probabilities]), the same values as its operation point `source.pattern`, which needs no architecture's tuple.
  */
 import type { Tensor } from "tsight/client";
 import type { ModelPaths } from "./architecture.js";
@@ -15,7 +14,7 @@ const attentionIntervention = async (m: any, tr: any) => {
   return pattern.index(0);
 };
 
-export function attentionRecipe(prompt: string, paths: ModelPaths, layer: number): TraceRecipe {
+export function attentionRecipe(prompt: string, paths: ModelPaths, layer: number, head = 0): TraceRecipe {
   return {
     name: "pattern",
     call: "trace",
@@ -26,7 +25,7 @@ export function attentionRecipe(prompt: string, paths: ModelPaths, layer: number
 // pattern is [heads, query position, key position]: how much each position reads from each earlier one.
 const [heads, positions] = pattern.shape;
 console.log(\`layer ${layer}: \${heads} heads over \${positions} positions\`);
-console.log(pattern.index(0).tolist()); // head 0`,
+console.log(pattern.index(${head}).tolist()); // head ${head}`,
   };
 }
 

@@ -23,7 +23,8 @@ interface Shown {
 
 export function attentionView(ctx: ViewContext): View {
   const prompt = h("textarea", { name: "prompt", rows: 2, spellcheck: false }, "    for i in range(len(x)):");
-  const layer = h("select", { name: "layer" });
+  // Another layer chosen: the pattern shown is no longer the one chosen.
+  const layer = h("select", { name: "layer", onchange: () => ((shown = undefined), view.reset()) });
   const head = h("select", { name: "head", onchange: () => draw() });
   let shown: Shown | undefined;
   let options: string | undefined;
@@ -88,7 +89,7 @@ export function attentionView(ctx: ViewContext): View {
       const tokens = tokenLabels(lm, lm.tokenizer.encode(prompt.value));
       shown = { layer: at, heads: headCount(lm), tokens };
       draw();
-      const recipe = attentionRecipe(prompt.value, modelPaths(lm), at);
+      const recipe = attentionRecipe(prompt.value, modelPaths(lm), at, head.value === ALL ? 0 : Number(head.value));
       view.showCode([recipe]);
       const pattern = await view.status.run("attention", () => submit<Tensor>(lm, recipe, ctx.connection.remote()));
       if (!pattern) return;

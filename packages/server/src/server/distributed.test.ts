@@ -6,6 +6,8 @@
  * restart of an API process. Every process is
  * ended and every key deleted afterwards, also when a test fails.
  */
+import http from "node:http";
+import type { AddressInfo } from "node:net";
 import type { Redis } from "ioredis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startApiProcess, startWorkerProcess, type ServeProcess } from "../../../../test/server/processes.js";
@@ -14,7 +16,7 @@ import { LanguageModel } from "../../../tsight/src/intervention/index.js";
 import { HttpBackend } from "../../../tsight/src/client/http.js";
 import { LanguageModel as RemoteLanguageModel } from "../../../tsight/src/client/language-model.js";
 import { RemoteJob } from "../../../tsight/src/client/job.js";
-import type { SequencedEvent } from "../../../tsight/src/protocol/wire.js";
+import type { JobRequest, SequencedEvent } from "../../../tsight/src/protocol/wire.js";
 import { Tensor } from "../../../tsight/src/tensor/index.js";
 import { RedisLayout } from "./redis/connection.js";
 import { RedisKeyStore } from "./redis/key-store.js";
@@ -24,7 +26,8 @@ const common = ["--redis", TEST_REDIS, "--prefix", prefix, "-m", "stdlib-gpt2", 
 
 const procs: ServeProcess[] = [];
 
-const startApi = () => startApiProcess(common, procs);
+// Webhooks to a receiver on this machine (the cancel test's).
+const startApi = () => startApiProcess([...common, "--webhook-allow", "private"], procs);
 const startWorker = () => startWorkerProcess(["--batch", "8", ...common], procs);
 
 let redis: Redis;
@@ -179,4 +182,41 @@ describe("a distributed deployment (2 API + 2 worker processes on Redis)", () =>
       expect(value.toArray()).toEqual(((await local.trace(p, fn as never)) as Tensor).toArray());
     }
   });
+
+  it("sends the webhook of a job cancelled while queued, and ends at once a job cancelled while its worker is lost", async () => {
+    const bodies: string[] = [];
+    const receiver = http.createServer((req, res) => {
+      let body = "";
+      req.on("data", (d) => (body += d));
+      req.on("end", () => (bodies.push(body), res.writeHead(204).end()));
+    });
+    await new Promise<void>((resolve) => receiver.listen(0, "127.0.0.1", resolve));
+    try {
+      for (const w of workers) await w.proc.stop();
+      workers = [];
+      const b = backend(api1.url);
+      const hook = `http://127.0.0.1:${(receiver.address() as AddressInfo).port}/done`;
+      const queued = await b.submit({ model: 'LanguageModel:{"repo_id":"stdlib-gpt2","revision":null}', kind: "trace", form: "invoke", source: "async (m) => 1", input: [1, 2, 3], webhook: hook } as JobRequest);
+      await b.cancel(queued.id);
+      expect((await b.job(queued.id)).status).toBe("CANCELLED");
+      // The API process that cancelled it sends it (it stayed pending: only a worker's end sent one).
+      await expect.poll(() => bodies.length, { timeout: 10_000 }).toBe(1);
+      expect(JSON.parse(bodies[0]!)).toMatchObject({ id: queued.id, status: "CANCELLED" });
+
+      // A worker lost mid-job, none left: the job waits in its queue; a cancel ends it now, not when a worker comes.
+      workers.push(await startWorker());
+      const lm = (await RemoteLanguageModel.fromServer("stdlib-gpt2", { backend: b })) as RemoteLanguageModel;
+      const job = await lm.generate("def __init__(self", GEN, async () => undefined, { ...remote(api1.url), blocking: false });
+      await events(api1.url, job.id, { until: (e) => e.event.type === "stream" });
+      const victim = workers.pop()!;
+      victim.proc.child.kill("SIGKILL");
+      await victim.proc.exited;
+      await events(api1.url, job.id, { until: (e) => e.event.type === "log" && /the worker running this job was lost/.test(e.event.text) });
+      await b.cancel(job.id);
+      expect((await b.job(job.id)).status).toBe("CANCELLED");
+      await expect(job.result()).rejects.toMatchObject({ code: "CANCELLED" });
+    } finally {
+      await new Promise<void>((resolve) => receiver.close(() => resolve()));
+    }
+  }, 60_000);
 });

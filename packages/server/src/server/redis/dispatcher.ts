@@ -93,6 +93,8 @@ export class RedisDispatcher implements Dispatcher {
       // A worker that took it meanwhile finds it CANCELLED and drops it.
       await this.parts.queues.get(job.model)?.remove(id).catch(() => 0);
       this.parts.metrics.finished.inc({ model: this.modelName(job.model), status: "CANCELLED" });
+      // This process ended it: its webhook is this process's to send (it was left pending).
+      await store.announceEnd(id);
     }
     return this.state(id, keyId);
   }

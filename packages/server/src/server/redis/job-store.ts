@@ -108,11 +108,15 @@ export class RedisJobStore {
       this.recordTtlMs,
     ]);
     if (moved !== 1) return false;
-    if (isTerminal(status) && this.endListeners.size > 0) {
-      const job = await this.get(id);
-      if (job) for (const l of [...this.endListeners]) l(job);
-    }
+    if (isTerminal(status)) await this.announceEnd(id);
     return true;
+  }
+
+  /** Tells the end listeners (webhooks) of job `id`, which this process ended (by move, or by a script of its own). */
+  async announceEnd(id: string): Promise<void> {
+    if (this.endListeners.size === 0) return;
+    const job = await this.get(id);
+    if (job) for (const l of [...this.endListeners]) l(job);
   }
 
   /** Stores an event (log, stream, local); `localCall`: the hybrid step it asks for. Its seq, or undefined for an unknown job. */

@@ -116,14 +116,16 @@ return {'ok', redis.call('HGET', job, 'cancel') or ''}
 `);
 
 /**
- * Cancel (ARGV: P, id, now, record ttl): a job not yet taken by a worker is CANCELLED now ('cancelled'); a running
- * one is flagged and its worker told over the control channel ('running'); 'final' for an ended job.
+ * Cancel (ARGV: P, id, now, record ttl): a job not yet taken by a worker, or waiting for another after its worker
+ * was lost, is CANCELLED now ('cancelled'); a running one is flagged and its worker told over the control channel
+ * ('running'); 'final' for an ended job.
  */
 export const cancelJob = script(`
 local id = ARGV[2]
 local job = P .. 'job:' .. id
 local status = redis.call('HGET', job, 'status')
-if status == 'RECEIVED' or status == 'QUEUED' then
+-- A job whose worker was lost waits in its queue for another: no worker holds it to tell, so it ends now too.
+if status == 'RECEIVED' or status == 'QUEUED' or ((status == 'DISPATCHED' or status == 'RUNNING') and redis.call('HGET', job, 'lost')) then
   move(id, 'CANCELLED', ARGV[3], '', '', '', '', ARGV[4])
   return 'cancelled'
 end

@@ -91,7 +91,10 @@ export class Reconciler {
       await this.end(job, preempted(`the worker running the job was lost ${losses} time${losses === 1 ? "" : "s"}, more than this server retries (${config.maxRetries}); submit it again`));
       return;
     }
-    await this.lost(id, queued.attemptsStarted);
+    // The attempt that stalled: when another worker has taken the job up already, its counter counts that worker's
+    // attempt too, which is running (marked lost, it was later ended PREEMPTED while healthy).
+    const state = await queued.getState().catch(() => "unknown");
+    await this.lost(id, queued.attemptsStarted - (state === "active" || state === "completed" ? 1 : 0));
   }
 
   /** Marks attempt `attempt` of a job lost (unless another worker took the job up since), with a log event. */

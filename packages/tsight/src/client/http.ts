@@ -31,7 +31,10 @@ import { normalizeServerUrl } from "./server-url.js";
 import { parseServerSentEvents } from "./sse.js";
 
 export interface RetryOptions {
-  /** How many times to try again after a failure in a row (reconnecting events; idempotent requests). Default 5. */
+  /**
+   * How many times to try again after a failure in a row (reconnecting events; idempotent requests). Default 8: with
+   * the default waits, about 23 s, longer than a server's restart (5 tries, 7.75 s, gave up on one that took 8 s).
+   */
   attempts?: number;
   /** The first wait; it doubles with each failure in a row. Default 250 ms. */
   baseDelayMs?: number;
@@ -78,7 +81,7 @@ export class HttpBackend implements Backend {
     this.url = normalizeServerUrl(options.url);
     this.apiKey = options.apiKey;
     this.fetchImpl = options.fetch ?? ((input, init) => fetch(input, init));
-    this.retry = { attempts: 5, baseDelayMs: 250, maxDelayMs: 5000, ...options.retry };
+    this.retry = { attempts: 8, baseDelayMs: 250, maxDelayMs: 5000, ...options.retry };
   }
 
   /**

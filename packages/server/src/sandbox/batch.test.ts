@@ -24,6 +24,23 @@ beforeAll(async () => {
   lm = await LanguageModel.load("stdlib-gpt2");
 });
 
+describe("jobs with padding in their input", () => {
+  it("run in a pass as alone: a left-padded job keeps its padding beside a right-padded one (which is stripped), not sharing its pass", async () => {
+    const ids = new Tensor("int64", BigInt64Array.of(50n, 51n, 52n, 53n), [1, 4]);
+    const mask = (...m: bigint[]) => new Tensor("int64", BigInt64Array.from(m), [1, 4]);
+    const read = "async (m) => { const l = await m.lm_head.output; return [l.shape, l.index(0, -1).argmax().item()]; }";
+    // Tensors as the wire decodes them (decodeJob takes their wire form).
+    const withInput = (input: unknown) => Object.assign(job(read, [1]), { input });
+    const left = withInput({ input_ids: ids, attention_mask: mask(0n, 1n, 1n, 1n) });
+    const right = withInput({ input_ids: ids, attention_mask: mask(1n, 1n, 1n, 0n) });
+    const alone = await executor.execute(left, lm, context());
+    const [a, b] = await Promise.all(executor.executeBatch([{ job: left, ctx: context() }, { job: right, ctx: context() }], lm));
+    expect(a).toEqual({ status: "fulfilled", value: alone });
+    expect((alone as unknown[])[0]).toEqual([1, 4, 4096]);
+    expect(b).toEqual({ status: "fulfilled", value: await executor.execute(right, lm, context()) });
+  });
+});
+
 describe("batched jobs", () => {
   // Five tokens each, so they share one pass.
   const prompts = [

@@ -202,10 +202,11 @@ export class SandboxExecutor implements JobExecutor {
       try {
         if (!batchable(job)) throw new SandboxError("VALIDATION", "this job cannot share a forward pass with others");
         // Its own input, checked alone (in the pass, one job's bad input would fail every job's); jobs whose rows have
-        // equal token counts share a pass without padding.
-        const counts = model.checkInput(job.input!, ctx.maxInputTokens);
+        // equal token counts and run at one width share a pass as each runs alone (a left-padded job keeps its
+        // padding alone, and beside another at its width; beside a job stripped of its padding it would lose it).
+        const { counts, width } = model.checkInput(job.input!, ctx.maxInputTokens);
         const p = this.prepare(job, model, ctx, stallMs);
-        const key = `${job.grad}|${counts.join(",")}`;
+        const key = `${job.grad}|${counts.join(",")}|${width}`;
         groups.set(key, [...(groups.get(key) ?? []), { index, p }]);
       } catch (e) {
         settle(index, { status: "rejected", reason: e });

@@ -241,9 +241,17 @@ export class GradScope {
       this.walkedForLeaf.clear();
       this.node = null;
     }
-    for (const p of this.pending.splice(0)) p.reject(new TraceError("no gradient reached this value: the loss does not depend on it", p.origin));
+    for (const p of this.pending.splice(0)) p.reject(new TraceError(NO_GRADIENT, p.origin));
   }
 }
+
+/**
+ * What a gradient request that nothing reached says. A module output read first in a trace is a leaf of its own, so
+ * a value of it the rest does not use (attention's output[1], the pattern, beside the output it is computed with)
+ * gets nothing; with a value read before it (its input), the module's ops are in the graph.
+ */
+const NO_GRADIENT =
+  "no gradient reached this value: the loss does not depend on it. (If it is a value a module gives beside its output, as attention's output[1], read something before that module first, such as its .input, so that its ops are recorded, or take the gradient of the operation point, attn.source.pattern)";
 
 function rowsOf(g: Tensor, source: GradSource): Tensor {
   return source.rows ? g.narrow(0, source.rows.start, source.rows.length) : g;

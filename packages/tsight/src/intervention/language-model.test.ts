@@ -338,10 +338,14 @@ function slice3() {
 }
 
 describe("checkInput", () => {
-  it("gives each row's tokens (padding left out), and throws the InputError a trace of the input would", async () => {
+  it("gives each row's tokens (padding left out) and the width it runs at, and throws the InputError a trace of the input would", async () => {
     const lm = await LanguageModel.load("stdlib-gpt2");
-    expect(lm.checkInput(["def __init__(self", "class "])).toEqual([5, 2]);
-    expect(lm.checkInput([[1, 2, 3]])).toEqual([3]);
+    expect(lm.checkInput(["def __init__(self", "class "])).toEqual({ counts: [5, 2], width: 5 });
+    expect(lm.checkInput([[1, 2, 3]])).toEqual({ counts: [3], width: 3 });
+    // Left-padded ids run as given (their width kept); right-padded ones are stripped and left-padded again.
+    const ids = new Tensor("int64", BigInt64Array.of(7n, 8n, 9n, 10n), [1, 4]);
+    expect(lm.checkInput({ input_ids: ids, attention_mask: new Tensor("int64", BigInt64Array.of(0n, 1n, 1n, 1n), [1, 4]) })).toEqual({ counts: [3], width: 4 });
+    expect(lm.checkInput({ input_ids: ids, attention_mask: new Tensor("int64", BigInt64Array.of(1n, 1n, 1n, 0n), [1, 4]) })).toEqual({ counts: [3], width: 3 });
     expect(() => lm.checkInput([[1, 2, 10 ** 9]])).toThrow(InputError);
     expect(() => lm.checkInput("x".repeat(100), 4)).toThrow(/characters of text/);
   });

@@ -318,12 +318,13 @@ export class LanguageModel<M extends CausalLM = any> extends Model<M, EnvoyTree<
   /**
    * Throws the InputError (or TokenizerError) a trace of `input` would, before anything runs: text too long for
    * `maxInputTokens`, ids outside the vocabulary or past the context. Else gives the tokens of each of its rows
-   * (padding left out). A server checks each job's input with it before the job shares a forward pass, so that one
-   * job's bad input fails that job alone, and groups jobs by the counts (rows of equal length need no padding).
+   * (padding left out) and the width it runs at alone (its padding kept where it is left-padded already, see
+   * batchFor). A server checks each job's input with it before the job shares a forward pass, so that one job's bad
+   * input fails that job alone, and groups jobs by both: jobs alike in both run in a pass as they run alone.
    */
-  checkInput(input: ModelInput, maxInputTokens = Infinity): number[] {
+  checkInput(input: ModelInput, maxInputTokens = Infinity): { counts: number[]; width: number } {
     const mask = this.batchFor([input], undefined, maxInputTokens).args[1] as Tensor;
-    return (mask.sum(1).tolist() as number[]).map(Number);
+    return { counts: (mask.sum(1).tolist() as number[]).map(Number), width: mask.shape[1]! };
   }
 
   /** This model without its edits (sharing weights). */
@@ -371,13 +372,19 @@ export class LanguageModel<M extends CausalLM = any> extends Model<M, EnvoyTree<
   }
 }
 
-/** Whether every row of a [B, T] mask is 0s then 1s, with at least one 1. */
+/** Whether every row of a [B, T] mask is 0s then 1s, with at least one 1 (nothing but 0 and 1). */
 function isLeftPadded(mask: Tensor): boolean {
   const [B, T] = mask.shape as [number, number];
   const m = mask.data as ArrayLike<number | bigint>;
   for (let b = 0; b < B; b++) {
-    if (Number(m[b * T + T - 1]) !== 1) return false;
-    for (let j = 1; j < T; j++) if (Number(m[b * T + j - 1]) === 1 && Number(m[b * T + j]) !== 1) return false;
+    let seen = false;
+    for (let j = 0; j < T; j++) {
+      const v = Number(m[b * T + j]);
+      if (v !== 0 && v !== 1) return false;
+      if (v === 1) seen = true;
+      else if (seen) return false;
+    }
+    if (!seen) return false;
   }
   return true;
 }

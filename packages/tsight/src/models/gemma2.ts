@@ -87,10 +87,6 @@ export function gemma2Config(raw: RawConfig, family: Gemma2Family): Gemma2Config
 }
 
 export class Gemma2Attention extends Module {
-  /** Its output is computed from its pattern, output[1] (see Module.linkedOutputs). */
-  override get linkedOutputs(): boolean {
-    return true;
-  }
   q_proj: Linear;
   k_proj: Linear;
   v_proj: Linear;

@@ -33,10 +33,6 @@ export function gpt2Config(raw: RawConfig): GPT2Config {
 }
 
 export class GPT2Attention extends Module {
-  /** Its output is computed from its pattern, output[1] (see Module.linkedOutputs). */
-  override get linkedOutputs(): boolean {
-    return true;
-  }
   c_attn: Conv1D;
   c_proj: Conv1D;
   attn_dropout = new Dropout(0);

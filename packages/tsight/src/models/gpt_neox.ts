@@ -35,10 +35,6 @@ export function gptNeoXConfig(raw: RawConfig): GPTNeoXConfig {
 }
 
 export class GPTNeoXAttention extends Module {
-  /** Its output is computed from its pattern, output[1] (see Module.linkedOutputs). */
-  override get linkedOutputs(): boolean {
-    return true;
-  }
   query_key_value: Linear;
   dense: Linear;
   /** q, k, v, scores, pattern, z (see AttentionPoints). */

@@ -91,10 +91,6 @@ export function llamaConfig(raw: RawConfig, family: LlamaFamily): LlamaConfig {
 
 /** Grouped-query attention with rotary positions; the attention of every Llama-style family here. */
 export class LlamaAttention extends Module {
-  /** Its output is computed from its pattern, output[1] (see Module.linkedOutputs). */
-  override get linkedOutputs(): boolean {
-    return true;
-  }
   q_proj: Linear;
   k_proj: Linear;
   v_proj: Linear;

@@ -38,10 +38,6 @@ export function phi3Config(raw: RawConfig): Phi3Config {
 }
 
 export class Phi3Attention extends Module {
-  /** Its output is computed from its pattern, output[1] (see Module.linkedOutputs). */
-  override get linkedOutputs(): boolean {
-    return true;
-  }
   o_proj: Linear;
   qkv_proj: Linear;
   /** q, k, v, scores, pattern, z (see AttentionPoints). */

@@ -195,7 +195,8 @@ export abstract class Module {
   /**
    * Whether values of its output are computed from one another (a router's top-k weights from its logits): a trace
    * taking gradients that reads the output has the call record its ops, so a gradient reaches each value through the
-   * others, as in PyTorch. Other outputs read first become leaves of their own (their gradients in any order).
+   * others, as in PyTorch. Other outputs read first become leaves of their own (their gradients in any order; made
+   * from the module's input instead, an attention's output would have to be asked for before a parallel branch's).
    */
   get linkedOutputs(): boolean {
     return false;

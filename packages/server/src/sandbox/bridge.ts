@@ -424,8 +424,8 @@ export class Bridge implements ActionHost {
     if (this.collecting || !this.collector || this.budget.bytes + bytes < limit / 2 || this.madeSinceCollect < limit / 8) return;
     this.collecting = true;
     this.madeSinceCollect = 0;
-    const collector = this.collector;
-    this.enterAsync(() => collector.apply(undefined, []))
+    // Not a turn of the job's code (enterAsync): this runs inside one, whose clock it would set back.
+    this.track(this.collector.apply(undefined, [], { timeout: 1000 }))
       .catch(() => undefined)
       .finally(() => (this.collecting = false));
   }

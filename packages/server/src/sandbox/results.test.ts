@@ -83,3 +83,12 @@ describe("a job's values that cannot cross", () => {
     expect(got.h.shape).toEqual(got.shape);
   });
 });
+
+describe("a \"__proto__\" key (JSON.parse makes one)", () => {
+  it("crosses as data both ways, as in process: a key like any other", async () => {
+    const value = (await jobs.run({ source: `async (m, tr) => ({ out: JSON.parse('{"__proto__": {"x": 1}, "a": 2}'), vars: Object.keys(tr.vars.v) })`, input: "def f(x", vars: { v: JSON.parse('{"__proto__": 3, "b": 4}') } })) as { out: object; vars: string[] };
+    expect(Object.keys(value.out)).toEqual(["__proto__", "a"]);
+    expect(Object.getPrototypeOf(value.out)).toBe(Object.prototype);
+    expect(value.vars).toEqual(["__proto__", "b"]);
+  });
+});

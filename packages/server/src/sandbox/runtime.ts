@@ -99,6 +99,12 @@ export function installRuntime(rawHost: HostCallbacks, tree: TreeNode, api: Runt
 
   const stackHere = (): string => new Error().stack ?? "";
 
+  /** o[k] = v as data, "__proto__" too (assigned plainly, that key would set the object's prototype and be lost). */
+  function setOwn(o: Record<string, unknown>, k: string, v: unknown): void {
+    if (k === "__proto__") Object.defineProperty(o, k, { value: v, enumerable: true, writable: true, configurable: true });
+    else o[k] = v;
+  }
+
   function wait(id: number): Promise<any> {
     return new Promise((resolve, reject) => pending.set(id, { resolve, reject }));
   }
@@ -186,7 +192,7 @@ export function installRuntime(rawHost: HostCallbacks, tree: TreeNode, api: Runt
       count(keys.length);
       for (const k of keys) {
         count(k.length);
-        o[k] = outOne(v[k]);
+        setOwn(o, k, outOne(v[k]));
         marked ||= k.charCodeAt(0) === 36; // "$"
       }
       // The code's own object whose keys look like a descriptor's ({ $h: 3 }) crosses as data.
@@ -221,7 +227,7 @@ export function installRuntime(rawHost: HostCallbacks, tree: TreeNode, api: Runt
       if (typeof o.$fnref === "number") return functions.get(o.$fnref);
       const data = o.$plain && typeof o.$plain === "object" ? (o.$plain as Record<string, unknown>) : o;
       const r: Record<string, unknown> = {};
-      for (const k of Object.keys(data)) r[k] = inn(data[k]);
+      for (const k of Object.keys(data)) setOwn(r, k, inn(data[k]));
       return r;
     }
     return d;

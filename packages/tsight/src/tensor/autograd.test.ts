@@ -298,6 +298,10 @@ describe("gradients where PyTorch sets a convention", () => {
     c.minimum(d).sum().backward();
     expect([c.grad!.toArray(), d.grad!.toArray()]).toEqual([[0.5, 1], [0.5, 0]]);
     expect(gradOf(leaf([1, 2, 2.5, 3]), (x) => x.clamp(2, 2.5))).toEqual([0, 1, 1, 0]);
+    // A NaN, whose result is NaN, passes it whole to both.
+    const p = leaf([1, Number.NaN]), q = leaf([Number.NaN, 1]);
+    p.maximum(q).sum().backward();
+    expect([p.grad!.toArray(), q.grad!.toArray()]).toEqual([[1, 1], [1, 1]]);
   });
 
   it("an integer or bool result carries no gradient: casts, topk's and sort's indices", () => {

@@ -1153,6 +1153,11 @@ describe("any and all", () => {
     expect(tensor([true, true]).all().dtype).toBe("bool");
     expect([zeros([0, 2]).any(0).toArray(), zeros([0, 2]).all(0).toArray()]).toEqual([[0, 0], [1, 1]]);
     expect(tensor([Number.NaN]).any().toArray()).toEqual([1]);
+    // dim=[] reduces nothing here, as in torch (where sum takes it as every dim).
+    expect(x.any([]).shape).toEqual([2, 3]);
+    expect(x.all([]).toArray()).toEqual([0, 1, 0, 0, 0, 0]);
+    // clamp with a NaN bound is NaN everywhere, as in torch.
+    expect(tensor([1, 2]).clamp(Number.NaN).toArray()).toEqual([Number.NaN, Number.NaN]);
   });
 });
 

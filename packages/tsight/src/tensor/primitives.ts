@@ -130,13 +130,14 @@ export const pow = binary("pow", "Pow", NUMERIC, (g, a, b, y) => [
   Tensor.where(b.eq(0), 0, g.mul(b).mul(a.pow(b.sub(1)))),
   b.requiresGrad ? Tensor.where(a.eq(0).logicalAnd(b.ge(0)), 0, g.mul(y).mul(a.log())) : null,
 ]);
-/** A tie splits the gradient in halves, as in PyTorch. */
-function extremumPicks(g: Tensor, winsA: Tensor, winsB: Tensor, tie: Tensor): [Tensor, Tensor] {
-  const half = tie.to(g.dtype).mul(0.5);
-  return [g.mul(winsA.to(g.dtype).add(half)), g.mul(winsB.to(g.dtype).add(half))];
+/** A tie splits the gradient in halves, and a NaN (whose result is NaN) passes it whole to both, as in PyTorch. */
+function extremumPicks(g: Tensor, a: Tensor, b: Tensor, winsA: Tensor, winsB: Tensor): [Tensor, Tensor] {
+  const nan = a.isnan().logicalOr(b.isnan()).to(g.dtype);
+  const shared = a.eq(b).to(g.dtype).mul(0.5).add(nan);
+  return [g.mul(winsA.to(g.dtype).add(shared)), g.mul(winsB.to(g.dtype).add(shared))];
 }
-export const maximum = binary("maximum", "Max", NUMERIC, (g, a, b) => extremumPicks(g, a.gt(b), b.gt(a), a.eq(b)));
-export const minimum = binary("minimum", "Min", NUMERIC, (g, a, b) => extremumPicks(g, a.lt(b), b.lt(a), a.eq(b)));
+export const maximum = binary("maximum", "Max", NUMERIC, (g, a, b) => extremumPicks(g, a, b, a.gt(b), b.gt(a)));
+export const minimum = binary("minimum", "Min", NUMERIC, (g, a, b) => extremumPicks(g, a, b, a.lt(b), b.lt(a)));
 // fmod(a, b) = a - trunc(a / b) * b, and trunc(a / b) = (a - y) / b
 export const fmod = binary("fmod", "Mod", NUMERIC, (g, a, b, y) => [g, g.mul(a.sub(y).div(b)).neg()], undefined, { fmod: 1 });
 export const eq = binary("eq", "Equal", ALL, undefined, "bool");

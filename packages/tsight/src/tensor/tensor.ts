@@ -287,6 +287,8 @@ export class Tensor implements RawTensor {
   }
   clamp(min?: number | null, max?: number | null): Tensor {
     // By where, not maximum: at a bound the gradient passes whole, as in PyTorch's clamp (maximum halves a tie).
+    // A NaN bound makes every value NaN, as in PyTorch.
+    if (Number.isNaN(min) || Number.isNaN(max)) return this.float().mul(Number.NaN);
     let out: Tensor = this;
     if (min !== undefined && min !== null) {
       const [x, bound] = promote("clamp", out, min);
@@ -472,10 +474,13 @@ export class Tensor implements RawTensor {
   }
   /** Whether any value over `dim` (all dims when omitted) is nonzero, as bool (over nothing: false). */
   any(dim?: number | readonly number[], keepdim = false): Tensor {
+    // dim=[] reduces nothing here, as torch.any takes it (where torch.sum takes it as every dim).
+    if (Array.isArray(dim) && dim.length === 0) return this.ne(0);
     return this.ne(0).long().sum(dim, keepdim).gt(0);
   }
   /** Whether every value over `dim` (all dims when omitted) is nonzero, as bool (over nothing: true). */
   all(dim?: number | readonly number[], keepdim = false): Tensor {
+    if (Array.isArray(dim) && dim.length === 0) return this.ne(0);
     return this.eq(0).long().sum(dim, keepdim).eq(0);
   }
   /** Index of the largest value along `dim`, or in the flattened tensor when `dim` is omitted. */

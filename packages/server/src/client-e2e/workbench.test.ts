@@ -296,6 +296,18 @@ describe("the workbench page", () => {
     expect(await patching.locator(".cell.pending").count()).toBeGreaterThan(0);
   });
 
+  it("a run under way when the model is chosen again is dropped: its job cancelled, nothing of it drawn after", async () => {
+    const patching = page.locator("#panel-patching");
+    await run("patching", "Patch every layer and position");
+    await patching.locator(".cell:not(.pending)").first().waitFor();
+    await page.locator("#model").selectOption("stdlib-gpt2");
+    await expect.poll(() => patching.locator(".result *").count()).toBe(0);
+    expect(await patching.locator(".job-state").innerText()).toBe("Not run yet.");
+    await new Promise((r) => setTimeout(r, 1500));
+    expect(await patching.locator(".result *").count()).toBe(0);
+    expect(await patching.locator(".job-state").innerText()).toBe("Not run yet.");
+  });
+
   it("jobs: the key's jobs with their states, a result to download; the server's models and workers", async () => {
     await open("Jobs", "jobs");
     const panel = page.locator("#panel-jobs");

@@ -14,6 +14,8 @@ export class JobStatus {
   private readonly message: HTMLElement;
   private job: RemoteJob<unknown> | undefined;
   private timer: ReturnType<typeof setInterval> | undefined;
+  /** Set by abandon: the run under way gives nothing back, and shows nothing more. */
+  private abandoned = false;
 
   constructor() {
     this.state = h("span", { class: "job-state" }, "Not run yet.");
@@ -29,28 +31,32 @@ export class JobStatus {
    * failure shows the error and gives undefined.
    */
   async run<R>(what: string, start: () => Promise<RemoteJob<R>>, onEvent?: (event: JobEvent) => void): Promise<R | undefined> {
+    this.abandoned = false;
     this.message.replaceChildren();
     const started = Date.now();
     let status = "submitting";
-    const show = () => this.setState(`${what}: ${status} · ${((Date.now() - started) / 1000).toFixed(1)} s${this.job ? ` · job ${this.job.id}` : ""}`);
+    const show = () => this.abandoned || this.setState(`${what}: ${status} · ${((Date.now() - started) / 1000).toFixed(1)} s${this.job ? ` · job ${this.job.id}` : ""}`);
     show();
     this.timer = setInterval(show, 250);
     try {
       const job = await start();
       this.job = job as RemoteJob<unknown>;
+      if (this.abandoned) void job.cancel().catch(() => undefined);
       this.cancelButton.disabled = false;
       const value = await job.wait({
         onEvent: ({ event }) => {
           // "completed" is shown once the value is here (and the view can draw it), not when the event says so: the
           // result is fetched after that event.
+          if (this.abandoned) return;
           if (event.type === "status") status = event.status === "QUEUED" && event.position !== undefined ? `queued, position ${event.position + 1}` : event.status === "COMPLETED" ? "fetching the result" : event.status.toLowerCase();
           onEvent?.(event);
           show();
         },
       });
       status = "completed";
-      return value;
+      return this.abandoned ? undefined : value;
     } catch (e) {
+      if (this.abandoned) return undefined;
       // A cancel asked for is no failure.
       const cancelled = (e as { code?: unknown } | null)?.code === "CANCELLED";
       status = cancelled ? "cancelled" : "failed";
@@ -81,6 +87,20 @@ export class JobStatus {
   setState(text: string): void {
     this.state.textContent = text;
     this.state.title = text;
+  }
+
+  /**
+   * Drops the run under way, if any (its results were another model's, or another key's): its job is cancelled, and
+   * its value and events go nowhere. The status goes back to not run.
+   */
+  abandon(): void {
+    if (this.job) {
+      this.abandoned = true;
+      void this.job.cancel().catch(() => undefined);
+    }
+    clearInterval(this.timer);
+    this.setState("Not run yet.");
+    this.clear();
   }
 
   clear(): void {

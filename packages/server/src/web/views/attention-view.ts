@@ -102,6 +102,9 @@ export function attentionView(ctx: ViewContext): View {
     title: "Attention",
     element: view.element,
     shown: () => void view.model().then(choices, () => undefined),
-    reset: () => view.reset(),
+    reset: () => {
+      shown = undefined;
+      view.reset();
+    },
   };
 }

@@ -65,10 +65,10 @@ export class JobView {
     this.code.set(programOf(steps, { model: this.ctx.modelName(), origin: this.ctx.connection.origin }));
   }
 
-  /** Drops the result and the status shown (see View.reset). */
+  /** Drops the result and the status shown, and the run under way (see View.reset). */
   reset(): void {
+    this.status.abandon();
     this.result.replaceChildren();
-    this.status.clear();
   }
 
   /**
@@ -77,7 +77,8 @@ export class JobView {
    */
   private async guard(fn: () => Promise<void>): Promise<void> {
     this.runButton.disabled = true;
-    this.reset();
+    this.result.replaceChildren();
+    this.status.clear();
     try {
       await fn();
     } catch (e) {

@@ -415,8 +415,8 @@ export class Bridge implements ActionHost {
   /**
    * Handles the job's code no longer holds are released when the isolate collects their wrappers (the runtime's
    * FinalizationRegistry), which a small heap of small wrappers seldom does: a session looping over traces that read
-   * logits held them all, and ran out of memory at a tenth of what it kept. Past half the job's memory (and an
-   * eighth more than at the last collection) the isolate collects, as soon as the code lets it run.
+   * logits held them all, and ran out of memory at a tenth of what it kept. Past half the job's memory, with an
+   * eighth of it in handles made since the last collection, the isolate collects, as soon as the code lets it run.
    */
   private collectHandles(bytes: number): void {
     this.madeSinceCollect += bytes;

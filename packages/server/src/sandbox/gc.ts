@@ -6,12 +6,15 @@ import v8 from "node:v8";
 import vm from "node:vm";
 
 let gc: (() => void) | undefined;
+let exposed = false;
 
 /**
- * V8's `gc` in every isolate made from now on (isolated-vm gives it to an isolate's contexts when the flag is on
- * as the isolate is made; the sandbox takes it out of the job's reach, see Bridge.install).
+ * V8's `gc` in every isolate and context made from now on (isolated-vm gives it to an isolate's contexts when the
+ * flag is on as the isolate is made; the sandbox takes it out of the job's reach, see Bridge.install). Set once.
  */
 export function exposeGc(): void {
+  if (exposed) return;
+  exposed = true;
   try {
     v8.setFlagsFromString("--expose-gc");
   } catch {
@@ -21,8 +24,8 @@ export function exposeGc(): void {
 
 export function collectGarbage(): void {
   if (!gc) {
+    exposeGc();
     try {
-      v8.setFlagsFromString("--expose-gc");
       gc = vm.runInNewContext("gc") as () => void;
     } catch {
       gc = () => undefined;

@@ -8,6 +8,7 @@ import { isMainThread } from "node:worker_threads";
 import ivm from "isolated-vm";
 import { StallError, treatAsLibraryCode, type InterventionFn } from "tsight";
 import { localStepSites, packValue, toBase64, type DecodedJob, type ExecutionContext, type ExecutionModel as LanguageModel, type JobExecutor } from "tsight/protocol";
+import { batchable } from "./batchable.js";
 import { Bridge } from "./bridge.js";
 import { collectGarbage, exposeGc } from "./gc.js";
 import { SandboxError } from "./errors.js";
@@ -108,14 +109,7 @@ async function quiet(bridge: Bridge): Promise<void> {
   await new Promise<void>((resolve) => setImmediate(resolve));
 }
 
-/**
- * Whether jobs can share one forward pass: plain traces of the same model with the same gradient setting, without
- * hybrid steps (a step waits for the client, longer than a shared pass may wait: such a job always left the pass,
- * and ran its steps again alone).
- */
-export function batchable(job: DecodedJob): boolean {
-  return job.kind === "trace" && job.form === "invoke" && job.edits.length === 0 && localStepSites(job.source).length === 0;
-}
+export { batchable } from "./batchable.js";
 
 /** Each job's hybrid steps numbered across its runs (a run left for a shared pass, and the run alone after it). */
 const localCalls = new WeakMap<ExecutionContext, number>();

@@ -1,16 +1,16 @@
 /**
- * Which waiting jobs may share a forward pass. A job gets a batch key when it is a plain trace (kind "trace", form
- * "invoke", no edits, no hybrid step: what the sandbox's `executeBatch` takes) and its input's token counts are known; jobs of one
+ * Which waiting jobs may share a forward pass. A job gets a batch key when the sandbox's `executeBatch` takes it
+ * (`batchable`: a plain trace, no edits, no hybrid step) and its input's token counts are known; jobs of one
  * model with equal keys (same gradient setting, same token count per row, so no row is padded) are offered to the
  * worker together. The executor still checks and groups them itself: the key only decides what is worth offering.
  */
 import type { Tokenizer } from "tsight";
-import { localStepSites, type DecodedJob } from "tsight/protocol";
+import type { DecodedJob } from "tsight/protocol";
+import { batchable } from "../sandbox/batchable.js";
 
 /** The job's batch key, or undefined when it runs alone (not a plain trace, or its length is unknown). */
 export function batchKey(job: DecodedJob, tokenizer: Tokenizer | undefined): string | undefined {
-  // Hybrid steps wait for the client, longer than a shared pass may (see the sandbox's batchable).
-  if (job.kind !== "trace" || job.form !== "invoke" || job.edits.length > 0 || localStepSites(job.source).length > 0) return undefined;
+  if (!batchable(job)) return undefined;
   const counts = tokenCounts(job.input, tokenizer);
   return counts === undefined ? undefined : `${job.grad ? "grad" : "nograd"}|${counts}`;
 }

@@ -483,7 +483,7 @@ export class Interleaver implements ModuleHooks, Provider {
     // A trace taking gradients that reads the output of a module whose output values are computed from one another
     // has the call record its ops, from a leaf in place of its input: the values keep that link (the gradient of a
     // router's logits comes through its top-k weights, as in PyTorch). Made leaves afterwards, they would be unrelated.
-    if (this.gradSources && watched && module.linkedOutputs && args[0] instanceof Tensor && this.readsOutput(path, iteration)) args = [gradLeaves(args[0]), ...args.slice(1)];
+    if (this.gradSources && watched && module.linkedOutputs && args[0] instanceof Tensor && this.isDue(path, "output", iteration, "read")) args = [gradLeaves(args[0]), ...args.slice(1)];
     const skips = watched ? this.collectSkips(path, iteration) : [];
     let out: unknown;
     try {
@@ -532,15 +532,9 @@ export class Interleaver implements ModuleHooks, Provider {
     return this.isDue(path, kind, iteration) ? this.answerDue(path, kind, iteration, value) : value;
   }
 
-  /** Whether an invoke asked to read this call's output. */
-  private readsOutput(path: string, iteration: number): boolean {
-    for (const m of this.mediators) for (const r of m.requests) if (r.op === "read" && isFor(r, path, "output", iteration)) return true;
-    return false;
-  }
-
-  /** Whether an invoke asked for (or replaces) this value. */
-  private isDue(path: string, kind: ValueKind, iteration: number): boolean {
-    for (const m of this.mediators) for (const r of m.requests) if (isFor(r, path, kind, iteration)) return true;
+  /** Whether an invoke asked for (or replaces) this value; with `op`, asked it so ("read": to read it). */
+  private isDue(path: string, kind: ValueKind, iteration: number, op?: Request["op"]): boolean {
+    for (const m of this.mediators) for (const r of m.requests) if ((op === undefined || r.op === op) && isFor(r, path, kind, iteration)) return true;
     return false;
   }
 

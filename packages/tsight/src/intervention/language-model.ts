@@ -342,21 +342,16 @@ export class LanguageModel<M extends CausalLM = any> extends Model<M, EnvoyTree<
       checkInput(b.ids, this.model.config, extraTokens);
       return b;
     });
-    // One input with no padding (the usual trace) is already its batch: no round trip through lists.
-    const only = batches.length === 1 ? batches[0]! : undefined;
-    if (only && only.ids.shape[1]! > 0 && (only.mask.data as BigInt64Array).every((v) => v === 1n)) {
-      checkInput(only.ids, this.model.config, extraTokens, maxInputTokens);
-      const own = (t: Tensor) => new Tensor("int64", (t.data as BigInt64Array).slice(), t.shape);
-      return { args: [own(only.ids), own(only.mask)], sizes: [only.ids.shape[0]!] };
-    }
-    // Inputs already left-padded to one length are taken as given, the ids at their padding too (as Hugging Face
-    // embeds them: a value read there, or a gradient at a padded key, is the same as there).
+    // Inputs already left-padded to one length (the usual trace: one input, no padding) are taken as given, the ids
+    // at their padding too (as Hugging Face embeds them: a value read there, or a gradient at a padded key, is the
+    // same as there), with no round trip through lists.
     const T = batches[0]!.ids.shape[1]!;
     if (T > 0 && batches.every((b) => b.ids.shape[1] === T && isLeftPadded(b.mask))) {
-      const ids = Tensor.cat(batches.map((b) => b.ids), 0).to("int64"), mask = Tensor.cat(batches.map((b) => b.mask), 0).to("int64");
+      // The run's own copies: one input's cat is the input itself (batches' ids and masks are int64).
+      const own = (t: Tensor) => (batches.length === 1 ? new Tensor("int64", (t.data as BigInt64Array).slice(), t.shape) : t);
+      const ids = own(Tensor.cat(batches.map((b) => b.ids), 0)), mask = own(Tensor.cat(batches.map((b) => b.mask), 0));
       checkInput(ids, this.model.config, extraTokens, maxInputTokens);
-      const own = (t: Tensor, given: Tensor) => (t === given ? new Tensor("int64", (t.data as BigInt64Array).slice(), t.shape) : t);
-      return { args: [own(ids, batches[0]!.ids), own(mask, batches[0]!.mask)], sizes: batches.map((b) => b.ids.shape[0]!) };
+      return { args: [ids, mask], sizes: batches.map((b) => b.ids.shape[0]!) };
     }
     // Others (right padding, gaps, lengths that differ) are stripped of their padding and left-padded again.
     const rows: number[][] = [];

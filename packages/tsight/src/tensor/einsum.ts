@@ -1,7 +1,8 @@
 /**
  * torch.einsum: `einsum("bhtd,bhsd->bhts", q, k)`. Letters name dims, `...` the dims an operand has beyond its letters
  * (broadcast across operands), `->` the output (left out: the letters used once, in alphabetical order, after `...`).
- * One ONNX Runtime Einsum kernel; its gradient is an einsum of the output's gradient with the other operands.
+ * One ONNX Runtime Einsum kernel per pair of operands (three or more are contracted two at a time); its gradient is
+ * an einsum of the output's gradient with the other operands.
  * A letter twice in one operand (a diagonal, a trace) is not taken.
  */
 import { DTypeError, ShapeError } from "./errors.js";

@@ -102,7 +102,6 @@ export function attentionValues(pattern: Tensor, v: Tensor): Tensor {
   return apply1(P.attentionValues, [pattern, v], undefined);
 }
 
-/** Mean negative log-likelihood of `targets` [N] under `logits` [N, C]. */
 /**
  * The mean negative log-likelihood of integer class `targets` [N] under `logits` [N, C], as torch's cross_entropy:
  * targets equal to `ignoreIndex` (-100 by default) count for nothing; any other outside 0..C-1 is an error.

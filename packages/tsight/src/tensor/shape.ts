@@ -89,9 +89,14 @@ export function reduceAxes(op: string, dims: number | readonly number[] | undefi
     if (bad !== undefined) throw new ShapeError(`${op}: dim ${String(bad)} is out of range for a 0-d tensor (valid: -1 and 0)`);
     return [];
   }
-  const axes = list.map((d) => normAxis(op, d, rank));
-  if (new Set(axes).size !== axes.length) throw new ShapeError(`${op}: dims ${fmt(list)} name one dim more than once`);
-  return axes.sort((x, y) => x - y);
+  return distinctAxes(op, list, rank).sort((x, y) => x - y);
+}
+
+/** The dims `dims` name, in their order; a dim named twice is an error (normAxes lets it through once). */
+export function distinctAxes(op: string, dims: readonly number[], rank: number): number[] {
+  const axes = dims.map((d) => normAxis(op, d, rank));
+  if (new Set(axes).size !== axes.length) throw new ShapeError(`${op}: dims ${fmt(dims)} name one dim more than once`);
+  return axes;
 }
 
 /** Resolves one -1 in a requested shape against `size` elements. */

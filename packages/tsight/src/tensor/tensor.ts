@@ -13,7 +13,7 @@ import { DTypeError, MetaTensorError, ShapeError } from "./errors.js";
 import { apply, apply1, guardAllocation } from "./primitive.js";
 import * as F from "./functional.js";
 import * as P from "./primitives.js";
-import { checkShape, fmt, inferShape, normAxes, normAxis, reduceAxes, sizeOf } from "./shape.js";
+import { checkShape, distinctAxes, fmt, inferShape, normAxes, normAxis, reduceAxes, sizeOf } from "./shape.js";
 
 /** What a JS number in an array and a JS array cost, roughly (for guards on conversions to JS values). */
 const JS_NUMBER_BYTES = 8;
@@ -728,9 +728,7 @@ export class Tensor implements RawTensor {
   }
   /** The entries in reverse order along each of `dims` (torch.flip). */
   flip(dims: number | readonly number[]): Tensor {
-    const list = typeof dims === "number" ? [dims] : [...dims];
-    const axes = list.map((d) => normAxis("flip", d, this.ndim));
-    if (new Set(axes).size !== axes.length) throw new ShapeError(`flip: dims ${fmt(list)} name one dim more than once`);
+    const axes = distinctAxes("flip", typeof dims === "number" ? [dims] : dims, this.ndim);
     let out: Tensor = this;
     for (const a of axes) {
       const n = this.shape[a]!;

@@ -74,7 +74,7 @@ async function openCommon(options: DistributedOptions): Promise<Common> {
   const queues = new Map(registry.list().map((m) => [m.key, modelQueue(redis, layout, m.key)] as const));
   const metrics = new ServerMetrics();
   const webhooks = new WebhookSender(store, { timeoutMs: config.webhookTimeoutMs, retryDelayMs: config.webhookRetryDelayMs, counter: metrics.webhooks, log, targets: new WebhookTargets(config.webhookAllow) });
-  const reconciler = new Reconciler({ store, queues, config: dist, log });
+  const reconciler = new Reconciler({ store, queues, config: dist, log, modelName: (key) => registry.get(key)?.name ?? key });
   return { config, dist, redis, requests, layout, registry, store, results, queues, metrics, webhooks, reconciler, log };
 }
 

@@ -10,7 +10,7 @@
  *   RUNNING while BullMQ no longer holds it (failed, or gone), ends ERROR PREEMPTED.
  */
 import type { Queue, Worker } from "bullmq";
-import { fromModelKey, RETRYABLE, type ErrorInfo } from "tsight/protocol";
+import { RETRYABLE, type ErrorInfo } from "tsight/protocol";
 import type { DistributedConfig } from "./config.js";
 import type { RedisJobRecord, RedisJobStore } from "./job-store.js";
 import type { QueuedJob } from "./queues.js";
@@ -26,6 +26,8 @@ export interface ReconcilerParts {
   queues: Map<string, Queue<QueuedJob>>;
   config: DistributedConfig;
   log: (line: string) => void;
+  /** A model's name as users give it ("stdlib-gpt2"), from its key (the dispatcher's, from the registry). */
+  modelName?: (key: string) => string;
 }
 
 export class Reconciler {
@@ -66,7 +68,7 @@ export class Reconciler {
       if (job.status === "RECEIVED" && now - job.created > RECEIVED_LIMIT_MS) {
         await this.end(job, preempted("the job was never queued (the API process that took it stopped); submit it again"));
       } else if (job.status === "QUEUED" && job.queuedAt !== null && now - job.queuedAt > config.queueWaitMs) {
-        await this.end(job, preempted(`no worker serving ${modelNameOf(job.model)} took the job within ${seconds(config.queueWaitMs)}; submit it again later`));
+        await this.end(job, preempted(`no worker serving ${this.parts.modelName?.(job.model) ?? job.model} took the job within ${seconds(config.queueWaitMs)}; submit it again later`));
       } else if (job.lost !== null && now - job.lost > config.queueWaitMs) {
         await this.end(job, preempted(`the worker running the job was lost, and no other worker took the job up within ${seconds(config.queueWaitMs)}; submit it again`));
       } else if ((job.status === "DISPATCHED" || job.status === "RUNNING") && job.lost === null && now - job.updated > config.lockDurationMs) {
@@ -106,14 +108,5 @@ export class Reconciler {
   /** Ends a job ERROR with `error`, and takes it out of its queue. */
   private async end(job: RedisJobRecord, error: ErrorInfo): Promise<void> {
     if (await this.parts.store.move(job.id, "ERROR", { error })) await this.parts.queues.get(job.model)?.remove(job.id).catch(() => 0);
-  }
-}
-
-/** A model's name as users give it ("stdlib-gpt2"), from its key (its raw key where it is not one of tsight's). */
-function modelNameOf(key: string): string {
-  try {
-    return fromModelKey(key).args.repo_id;
-  } catch {
-    return key;
   }
 }

@@ -14,7 +14,8 @@ export class JobStatus {
   private readonly message: HTMLElement;
   private job: RemoteJob<unknown> | undefined;
   private timer: ReturnType<typeof setInterval> | undefined;
-  /** Set by abandon: the run under way gives nothing back, and shows nothing more. */
+  /** Whether a run is under way (its job may not be submitted yet), and whether abandon dropped it. */
+  private running = false;
   private abandoned = false;
 
   constructor() {
@@ -32,6 +33,7 @@ export class JobStatus {
    */
   async run<R>(what: string, start: () => Promise<RemoteJob<R>>, onEvent?: (event: JobEvent) => void): Promise<R | undefined> {
     this.abandoned = false;
+    this.running = true;
     this.message.replaceChildren();
     const started = Date.now();
     let status = "submitting";
@@ -68,6 +70,7 @@ export class JobStatus {
       this.cancelButton.disabled = true;
       show();
       this.job = undefined;
+      this.running = false;
     }
   }
 
@@ -94,9 +97,10 @@ export class JobStatus {
    * its value and events go nowhere. The status goes back to not run.
    */
   abandon(): void {
-    if (this.job) {
+    // Its job is cancelled now, or as soon as it is submitted (run checks after start).
+    if (this.running) {
       this.abandoned = true;
-      void this.job.cancel().catch(() => undefined);
+      void this.job?.cancel().catch(() => undefined);
     }
     clearInterval(this.timer);
     this.setState("Not run yet.");

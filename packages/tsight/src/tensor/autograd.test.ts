@@ -290,6 +290,25 @@ describe("gradients where PyTorch sets a convention", () => {
     expect(e.grad!.toArray()).toEqual([0, 0, 0, expect.closeTo(0.5 * Math.log(2), 6)]);
   });
 
+  it("at NaN, ±Infinity and ±0, elementwise gradients are PyTorch's: relu passes NaN's, abs's is 0 there (sign(NaN) is 0)", () => {
+    // torch 2.13: x = torch.tensor([nan, inf, -inf, 0., -0.], requires_grad=True); f(x).sum().backward(); x.grad.
+    const torchGrads: [string, (x: Tensor) => Tensor, number[]][] = [
+      ["torch.relu", (x) => x.relu(), [1, 1, 0, 0, 0]],
+      ["torch.abs", (x) => x.abs(), [0, 1, -1, 0, 0]],
+      ["F.gelu", (x) => x.gelu(), [NaN, NaN, NaN, 0.5, 0.5]],
+      ["F.gelu(approximate='tanh')", (x) => x.gelu("tanh"), [NaN, NaN, NaN, 0.5, 0.5]],
+      ["torch.sigmoid", (x) => x.sigmoid(), [NaN, 0, 0, 0.25, 0.25]],
+      ["torch.tanh", (x) => x.tanh(), [NaN, 0, 0, 1, 1]],
+      ["torch.sqrt", (x) => x.sqrt(), [NaN, 0, NaN, Infinity, -Infinity]],
+      ["torch.exp", (x) => x.exp(), [NaN, Infinity, 0, 1, 1]],
+      ["torch.log", (x) => x.log(), [NaN, 0, -0, Infinity, -Infinity]],
+      ["F.silu", (x) => x.silu(), [NaN, NaN, NaN, 0.5, 0.5]],
+    ];
+    for (const [name, f, want] of torchGrads) expect(gradOf(leaf([NaN, Infinity, -Infinity, 0, -0]), f), name).toEqual(want);
+    // torch.sign(torch.tensor([nan, -nan, inf, -inf, 0.])) is [0, 0, 1, -1, 0].
+    expect(tensor([NaN, -NaN, Infinity, -Infinity, 0]).sign().toArray()).toEqual([0, 0, 1, -1, 0]);
+  });
+
   it("a tie in maximum and minimum splits the gradient in halves; clamp passes it whole at a bound", () => {
     const a = leaf([1, 2, 3]), b = leaf([1, 1, 3]);
     a.maximum(b).sum().backward();

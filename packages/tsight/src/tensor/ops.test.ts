@@ -356,7 +356,10 @@ describe("dtype promotion", () => {
   it("integer reductions and means", () => {
     expectTensor(tensor([true, false, true]).sum(), 2, { dtype: "int64" });
     expectTensor(i64([[1, 2], [3, 4]]).sum(0), [4, 6], { dtype: "int64" });
-    expectTensor(i64([1, 2]).mean(), 1.5, { dtype: "float32" });
+    // torch.tensor([1, 2]).mean(): "mean(): could not infer output dtype. Input dtype must be either a floating point
+    // or complex dtype. Got: Long"; the same for Int and Bool.
+    for (const t of [i64([1, 2]), tensor([1, 2], "int32"), tensor([true, false])]) expectThrows(() => t.mean(0), DTypeError, "mean", t.dtype, ".float()");
+    expectTensor(i64([1, 2]).float().mean(), 1.5, { dtype: "float32" });
     expectTensor(i64([3, -7, 5]).max(), 5, { dtype: "int64" });
     expectTensor(i64([3, -7, 5]).cumsum(0), [3, -4, 1], { dtype: "int64" });
     expectTensor(tensor([true, false, true]).cumsum(0), [1, 1, 2], { dtype: "int64" });
@@ -493,7 +496,12 @@ describe("reductions", () => {
     }
     expectTensor(tensor([1000, 1001]).softmax(0), softmaxVec([1000, 1001]));
     expectTensor(tensor([1000, 1001]).logSoftmax(0), logSoftmaxVec([1000, 1001]));
-    expectTensor(i64([0, 0]).softmax(0), [0.5, 0.5], { dtype: "float32" });
+    // torch.tensor([0, 0]).softmax(0): '"softmax_lastdim_kernel_impl" not implemented for 'Long''; log_softmax alike.
+    for (const t of [i64([0, 0]), i64(0), tensor([true])]) {
+      expectThrows(() => t.softmax(0), DTypeError, "softmax", t.dtype, ".float()");
+      expectThrows(() => t.logSoftmax(0), DTypeError, "log_softmax", t.dtype, ".float()");
+    }
+    expectTensor(i64([0, 0]).float().softmax(0), [0.5, 0.5], { dtype: "float32" });
   });
 
   it("argmax / argmin along dims, keepdim, flattened", () => {
@@ -808,9 +816,42 @@ describe("joining and splitting", () => {
   it("cat errors name shapes and dtypes", () => {
     expectThrows(() => cat([a, b], 0), ShapeError, "cat", "[2, 3]", "[2, 1]");
     expectThrows(() => cat([a, zeros([2])], 0), ShapeError, "cat");
-    expectThrows(() => cat([a, zeros([2, 3], "int64")], 0), DTypeError, "cat", "int64");
     expectThrows(() => cat([], 0), ShapeError, "cat");
     expectThrows(() => cat([a, a], 2), ShapeError, "cat", "dim 2");
+    // torch.cat([torch.zeros(2, 3)], 5): "Dimension out of range"; torch.cat([torch.zeros(0), torch.tensor(1.)]):
+    // "zero-dimensional tensor (at position 1) cannot be concatenated".
+    expectThrows(() => cat([a], 5), ShapeError, "cat", "dim 5");
+    expectThrows(() => cat([zeros([0]), tensor(1)]), ShapeError, "cat", "position 1", "0-d");
+  });
+
+  it("cat skips legacy empty tensors (shape [0]) beside tensors of other ranks, and promotes dtypes, as torch.cat", () => {
+    const e = zeros([0]);
+    const x = arange(6).reshape(2, 3);
+    // torch.cat([torch.zeros(0), torch.arange(6.).reshape(2, 3)]) and with dim 1, -1: [[0, 1, 2], [3, 4, 5]], float32.
+    for (const got of [cat([e, x.float()]), cat([x.float(), e], 1), cat([e, x.float(), e], -1)]) expectTensor(got, [[0, 1, 2], [3, 4, 5]], { dtype: "float32" });
+    // torch.cat([torch.zeros(0), torch.arange(6).reshape(2, 3)]) is float32 (the skipped tensor's dtype counts);
+    // torch.cat([torch.zeros(0, dtype=torch.bool), torch.arange(6).reshape(2, 3)]) is int64;
+    // torch.cat([torch.arange(6).reshape(2, 3), torch.arange(6.).reshape(2, 3)]) is float32.
+    expectTensor(cat([e, x]), [[0, 1, 2], [3, 4, 5]], { dtype: "float32" });
+    expectTensor(cat([e.bool(), x]), [[0, 1, 2], [3, 4, 5]], { dtype: "int64" });
+    expectTensor(cat([x, x.float()]), [[0, 1, 2], [3, 4, 5], [0, 1, 2], [3, 4, 5]], { dtype: "float32" });
+    // Only empty tensors of shape [0]: torch.cat([torch.zeros(0), torch.zeros(0)], 1), and torch.cat([torch.zeros(0)], 5), are
+    // shape (0,) (no dim is checked); torch.cat([torch.zeros(0), torch.zeros(0, 0)]) is (0, 0); torch.cat([torch.zeros(2, 0), x])
+    // refuses ("Expected size 0 but got size 3").
+    expect(cat([e, e], 1).shape).toEqual([0]);
+    expect(cat([e], 5).shape).toEqual([0]);
+    expect(cat([e, zeros([0, 0])]).shape).toEqual([0, 0]);
+    expectThrows(() => cat([zeros([2, 0]), x.float()]), ShapeError, "cat");
+    // Many rows (joined by the kernel, not in JS), the empty tensor skipped there too.
+    const tall = arange(3000).float().reshape(1500, 2);
+    expect(cat([tall, e, tall], 1).tolist()).toEqual(tall.repeat(1, 2).tolist());
+    // Gradients: x = torch.zeros(0, requires_grad=True); y = torch.ones(2, 3, requires_grad=True);
+    // torch.cat([x, y], 1).sum().backward(): x.grad is tensor([]), y.grad all ones; torch.cat([x, x]) requires grad.
+    const [p, q] = [zeros([0]).requiresGrad_(), ones([2, 3]).requiresGrad_()];
+    cat([p, q], 1).sum().backward();
+    expect([p.grad!.shape, q.grad!.toArray()]).toEqual([[0], [1, 1, 1, 1, 1, 1]]);
+    const r = zeros([0]).requiresGrad_();
+    expect(cat([r, r]).requiresGrad).toBe(true);
   });
 
   it("stack adds a dim", () => {

@@ -56,11 +56,19 @@ export const erf = unary("erf", "Erf", FLOAT_ONLY, (g, x) => g.mul(x.mul(x).neg(
 export const abs = unary("abs", "Abs", NUMERIC, (g, x) => g.mul(x.sign()));
 export const sin = unary("sin", "Sin", FLOAT_ONLY, (g, x) => g.mul(x.cos()));
 export const cos = unary("cos", "Cos", FLOAT_ONLY, (g, x) => g.mul(x.sin().neg()));
-export const relu = unary("relu", "Relu", NUMERIC, (g, x) => g.mul(x.gt(0).to(g.dtype)));
+// Zero only where x <= 0, so a NaN passes the gradient whole, as PyTorch's threshold_backward does.
+export const relu = unary("relu", "Relu", NUMERIC, (g, x) => Tensor.where(x.le(0), 0, g));
 export const reciprocal = unary("reciprocal", "Reciprocal", FLOAT_ONLY, (g, _x, y) => g.mul(y.mul(y)).neg());
 // Steps: their gradient is 0 everywhere (as in PyTorch, where the result still requires grad and backward passes zeros).
 const flat = (g: Tensor): Tensor => Tensor.zeros(g.shape, g.dtype);
-export const sign = unary("sign", "Sign", NUMERIC, flat);
+/** The sign, 0 for NaN as PyTorch's (ONNX's Sign gives NaN): abs's gradient, g * sign(x), is then PyTorch's 0 there. */
+export const sign: Primitive = {
+  ...unary("sign", "Sign", NUMERIC, flat),
+  graph: (g, [x], _a, [input]) => {
+    const s = g.op("Sign", [x!]);
+    return [input?.dtype === "float32" ? g.op("Where", [g.op("IsNaN", [x!]), g.scalar("float32", 0), s]) : s];
+  },
+};
 export const floor = unary("floor", "Floor", FLOAT_ONLY, flat);
 export const ceil = unary("ceil", "Ceil", FLOAT_ONLY, flat);
 export const round = unary("round", "Round", FLOAT_ONLY, flat);
@@ -526,13 +534,19 @@ export const sliceAssign: Primitive<SliceAttrs> = {
 /** The most runs of memory a concatenation copies in JS (see concat's view). */
 const MAX_JS_RUNS = 1024;
 
-export const concat: Primitive<{ axis: number }> = {
+/**
+ * Joins tensors along `axis`. `skip` lists inputs of shape [0] (torch.cat's legacy empty tensors) that take no part:
+ * Tensor.cat chooses them, as PyTorch does; they get an empty gradient.
+ */
+export const concat: Primitive<{ axis: number; skip: readonly number[] }> = {
   name: "concat",
-  infer: (xs, a) => {
+  infer: (all, a) => {
+    for (const i of a.skip) if (all[i]!.ndim !== 1 || all[i]!.shape[0] !== 0) throw new ShapeError(`cat: internal: input ${i} of shape ${fmt(all[i]!.shape)} cannot be skipped`);
+    const xs = all.filter((_, i) => !a.skip.includes(i));
     const first = xs[0]!;
     let total = 0;
+    for (const x of all) if (x.dtype !== first.dtype) throw new DTypeError(`cat: dtypes ${first.dtype} and ${x.dtype} differ`);
     for (const x of xs) {
-      if (x.dtype !== first.dtype) throw new DTypeError(`cat: dtypes ${first.dtype} and ${x.dtype} differ`);
       if (x.shape.length !== first.shape.length || x.shape.some((d, i) => i !== a.axis && d !== first.shape[i])) {
         throw new ShapeError(`cat: shapes ${xs.map((t) => fmt(t.shape)).join(", ")} differ outside dim ${a.axis}`);
       }
@@ -540,10 +554,11 @@ export const concat: Primitive<{ axis: number }> = {
     }
     return [{ dtype: first.dtype, shape: first.shape.map((d, i) => (i === a.axis ? total : d)) }];
   },
-  key: (a) => `${a.axis}`,
+  key: (a) => `${a.axis}|${a.skip}`,
   // A copy in JS where the parts are few runs of memory (a kernel call costs more than such a copy, and gives its
   // result copied again); many short runs (rotary's halves joined along the last axis) copy faster in the kernel.
-  view: (xs, a, [out]) => {
+  view: (all, a, [out]) => {
+    const xs = all.filter((_, i) => !a.skip.includes(i));
     const outer = sizeOf(out!.shape.slice(0, a.axis));
     if (outer * xs.length > MAX_JS_RUNS) return null;
     const data = new (xs[0]!.data.constructor as new (n: number) => TypedArray)(sizeOf(out!.shape));
@@ -557,13 +572,14 @@ export const concat: Primitive<{ axis: number }> = {
     }
     return [new Tensor(out!.dtype, data, out!.shape)];
   },
-  graph: (g, ins, a) => [g.op("Concat", ins, { axis: a.axis })],
+  graph: (g, ins, a) => [g.op("Concat", ins.filter((_, i) => !a.skip.includes(i)), { axis: a.axis })],
   grad: ([g], n) => {
-    const axis = (n.attrs as { axis: number }).axis;
+    const a = n.attrs as { axis: number; skip: readonly number[] };
     let at = 0;
-    return n.inputs.map((x) => {
-      const part = g!.narrow(axis, at, x.shape[axis]!);
-      at += x.shape[axis]!;
+    return n.inputs.map((x, i) => {
+      if (a.skip.includes(i)) return Tensor.zeros([0], g!.dtype);
+      const part = g!.narrow(a.axis, at, x.shape[a.axis]!);
+      at += x.shape[a.axis]!;
       return part;
     });
   },

@@ -100,10 +100,21 @@ export class Tensor implements RawTensor {
     return new Tensor(dtype, t, shape);
   }
 
+  /**
+   * The tensors joined along `dim`, as torch.cat: their dtypes promoted to one, and a tensor of shape [0] (PyTorch's
+   * legacy empty tensor) taking no part beside tensors of any other shape (all of them join to shape [0], any dim).
+   */
   static cat(tensors: readonly Tensor[], dim = 0): Tensor {
     if (tensors.length === 0) throw new ShapeError("cat: needs at least one tensor");
-    if (tensors.length === 1) return tensors[0]!;
-    return apply1(P.concat, tensors, { axis: normAxis("cat", dim, tensors[0]!.shape.length) });
+    const scalar = tensors.findIndex((t) => t.ndim === 0);
+    if (scalar >= 0) throw new ShapeError(`cat: the tensor at position ${scalar} is 0-d and has no dim to join along; unsqueeze(0) it first`);
+    const dtype = tensors.map((t) => t.dtype).reduce((a, b) => (PROMOTION[b] > PROMOTION[a] ? b : a));
+    const parts = tensors.map((t) => t.to(dtype));
+    const legacy = parts.flatMap((t, i) => (t.ndim === 1 && t.shape[0] === 0 ? [i] : []));
+    const first = parts.find((_, i) => !legacy.includes(i));
+    if (!first) return parts.length === 1 ? parts[0]! : apply1(P.concat, parts, { axis: 0, skip: [] });
+    const axis = normAxis("cat", dim, first.ndim);
+    return parts.length === 1 ? parts[0]! : apply1(P.concat, parts, { axis, skip: legacy });
   }
 
   static stack(tensors: readonly Tensor[], dim = 0): Tensor {
@@ -443,7 +454,7 @@ export class Tensor implements RawTensor {
   }
   mean(dim?: number | readonly number[], keepdim = false): Tensor {
     const axes = reduceAxes("mean", dim, this.ndim);
-    const out = apply1(P.mean, [this.float()], { axes, keepdim });
+    const out = apply1(P.mean, [floatOnly("mean", this)], { axes, keepdim });
     // The mean of nothing is NaN, as in PyTorch (ONNX Runtime's ReduceMean gives 0).
     return axes.some((a) => this.shape[a] === 0) ? Tensor.full(out.shape, NaN) : out;
   }
@@ -529,12 +540,14 @@ export class Tensor implements RawTensor {
     return keepdim ? out : out.squeeze(axes);
   }
   softmax(dim: number): Tensor {
+    floatOnly("softmax", this);
     if (this.ndim === 0) return this.onOne("softmax", dim, (v) => v.softmax(0));
-    return apply1(P.softmax, [this.float()], { axis: normAxis("softmax", dim, this.ndim) });
+    return apply1(P.softmax, [this], { axis: normAxis("softmax", dim, this.ndim) });
   }
   logSoftmax(dim: number): Tensor {
+    floatOnly("log_softmax", this);
     if (this.ndim === 0) return this.onOne("log_softmax", dim, (v) => v.logSoftmax(0));
-    return apply1(P.logSoftmax, [this.float()], { axis: normAxis("log_softmax", dim, this.ndim) });
+    return apply1(P.logSoftmax, [this], { axis: normAxis("log_softmax", dim, this.ndim) });
   }
   /** Running sums along `dim`; integers and booleans sum as int64, as in PyTorch. */
   cumsum(dim: number, reverse = false): Tensor {
@@ -895,6 +908,15 @@ export function toTensor(value: TensorLike, dtype: DType): Tensor {
   if (typeof value !== "number") throw new TypeError(`expected a Tensor or a number, got ${typeof value}`);
   const d = !Number.isInteger(value) && dtype !== "float32" ? "float32" : dtype === "bool" ? "int64" : dtype;
   return Tensor.scalar(value, d);
+}
+
+/**
+ * `t` when it is float32: PyTorch's mean, softmax and log_softmax refuse integer and bool tensors (a mean "could not
+ * infer output dtype"), where its exp or sqrt promote them; so do these, rather than choose a dtype for the caller.
+ */
+function floatOnly(op: string, t: Tensor): Tensor {
+  if (t.dtype !== "float32") throw new DTypeError(`${op}: takes float32 tensors, not ${t.dtype} (as in PyTorch); call .float() first`);
+  return t;
 }
 
 /** Both operands in one dtype, following PyTorch's order bool < int32 < int64 < float32. */

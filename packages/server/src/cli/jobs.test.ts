@@ -1,11 +1,12 @@
 /** `tsight jobs`, in process, against a real server on 127.0.0.1 running jobs in the sandbox. */
 import fsp from "node:fs/promises";
+import type { Server } from "node:http";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { sink } from "../../../../test/streams.js";
 import { GPT2, tempDir } from "../../../../test/server/harness.js";
 import { unpackValue } from "../../../tsight/src/protocol/codec.js";
-import { HttpBackend } from "../../../tsight/src/client/http.js";
+import { ConnectionError, HttpBackend } from "../../../tsight/src/client/http.js";
 import type { JobRequest, JobState } from "../../../tsight/src/protocol/wire.js";
 import { startServer, type RunningServer } from "../server/server.js";
 import { Tensor } from "../../../tsight/src/tensor/index.js";
@@ -77,6 +78,39 @@ describe("tsight jobs", () => {
     expect(now).toMatch(/local {3}call c1 asks the client to run its hybrid step #0 \(the 1st tr.local call site of the code it sent\)\n$/);
     await backend.answerLocal(running.id, "c1", 2);
     expect(await followed).toMatch(/local {3}call c1 [^\n]*\n\d+  status  COMPLETED\n\d+  done {4}COMPLETED\n$/);
+  });
+
+  it("prints the events after --after N; one past the job's last is the server's 400, a malformed N a usage error", async () => {
+    const all = (await jobs("events", completed)).trimEnd().split("\n");
+    expect(await jobs("events", completed, "--after", "3")).toBe(all.slice(3).join("\n") + "\n");
+    const env = { env: { TSIGHT_HOST: server.url, TSIGHT_API_KEY: key }, home };
+    await expect(runJobs(["events", completed, "--after", String(all.length + 1)], sink(), env)).rejects.toMatchObject({ status: 400, code: "VALIDATION", message: expect.stringMatching(/is past the last event of job/) });
+    await expect(runJobs(["events", completed, "--after", "x"], sink(), env)).rejects.toThrow(/--after must be the number of an event of the job, got "x"/);
+  });
+
+  it("names the command that follows the job again when its event stream is lost (not the library's call)", async () => {
+    const other = await startServer({ port: 0, dataDir: await tempDir(), models: ["stdlib-gpt2"], workers: false });
+    try {
+      const otherKey = other.keys.create("lost").key;
+      const { id } = await new HttpBackend({ url: other.url, apiKey: otherKey }).submit(trace("async (m) => 1"));
+      const out = sink();
+      const env = { env: { TSIGHT_HOST: other.url, TSIGHT_API_KEY: otherKey }, home };
+      const following = runJobs(["events", id, "--follow"], out, env, { attempts: 2, baseDelayMs: 10 }).catch((e: unknown) => e);
+      await out.waitFor(/2 {2}status {2}QUEUED/);
+      // The server stops answering HTTP (its connections cut, nothing listening); the job is still queued there.
+      other.http.close();
+      (other.http as Server).closeAllConnections();
+      const error = (await following) as Error;
+      expect(error).toBeInstanceOf(ConnectionError);
+      expect(error.message).toMatch(new RegExp(`^lost the events of job ${id} from ${other.url} and could not reconnect \\(2 tries, after event 2\\): .*\\. The job goes on on the server: follow it again with: tsight jobs events ${id} --follow --after 2$`));
+      expect(error.message).not.toMatch(/RemoteJob/);
+      // Without --follow, with --host and --key: the command says them too (never the key itself).
+      const reading = runJobs(["events", id, "--host", other.url, "--key", otherKey], sink(), { env: {}, home }, { attempts: 1, baseDelayMs: 10 }).catch((e: unknown) => e);
+      expect(((await reading) as Error).message).toMatch(new RegExp(`read the rest with: tsight jobs events ${id} --host ${other.url} --key KEY$`));
+    } finally {
+      await other.close();
+      await fsp.rm(other.config.dataDir, { recursive: true, force: true });
+    }
   });
 
   it("summarizes a result, or writes its envelope to a file", async () => {

@@ -199,12 +199,13 @@ describe("events", () => {
     expect((await s.request(`/v1/jobs/${job.id}/events`, { headers: { "last-event-id": "x" } })).status).toBe(400);
   });
 
-  it("a stream resumed past a live job's last event ends when the job does (it held a stream slot for good)", async () => {
+  it("refuses to resume past a job's last event, live or ended, with a 400 (see event-stream.test.ts)", async () => {
     const job = await s.start();
     const ahead = await s.request(`/v1/jobs/${job.id}/events`, { headers: { "last-event-id": "1000" } });
-    const text = ahead.text();
+    expect(ahead.status).toBe(400);
+    expect(await errorOf(ahead)).toMatchObject({ code: "VALIDATION", message: `Last-Event-ID 1000 is past the last event of job ${job.id} (event 2; the job is QUEUED); resume after an id its event stream sent, or without Last-Event-ID for all its events` });
     await s.request(`/v1/jobs/${job.id}`, { method: "DELETE" });
-    expect(parseSse(await text)).toEqual([]);
+    expect((await s.request(`/v1/jobs/${job.id}/events`, { headers: { "last-event-id": "5" } })).status).toBe(400);
   });
 });
 

@@ -5,7 +5,8 @@
 import { checkJsonText, ENVELOPE_TYPE } from "tsight/protocol";
 import { ApiError } from "./api-error.js";
 
-export type ParsedBody = { kind: "json"; value: unknown } | { kind: "envelope"; bytes: Uint8Array };
+/** The body as parsed, with the bytes it came in (an Idempotency-Key is checked against them). */
+export type ParsedBody = { kind: "json"; value: unknown; bytes: Uint8Array } | { kind: "envelope"; bytes: Uint8Array };
 
 const tooLarge = (limit: number) => new ApiError(413, "VALIDATION", `the request body is larger than this server's limit of ${limit} bytes`);
 
@@ -56,7 +57,7 @@ export async function parseBody(req: Request, limit: number): Promise<ParsedBody
     throw new ApiError(400, "VALIDATION", (e as Error).message);
   }
   try {
-    return { kind: "json", value: JSON.parse(text) };
+    return { kind: "json", value: JSON.parse(text), bytes };
   } catch (e) {
     throw new ApiError(400, "VALIDATION", `the request body is not valid JSON: ${(e as Error).message}`);
   }

@@ -5,6 +5,7 @@
  * SQLite stores are synchronous, the Redis ones are not.
  */
 import type { JobRequest, JobState, ModelInfo } from "tsight/protocol";
+import type { Idempotency } from "./idempotency.js";
 import type { JobRecord, ListOptions } from "./job-store.js";
 import type { Caller, KeyCheck } from "./key-store.js";
 import type { LocalAnswer } from "./worker-messages.js";
@@ -75,9 +76,9 @@ export interface ClusterStatus {
 export interface Dispatcher {
   /**
    * Checks and queues a request; the caller's key owns the job. With an idempotency key the key has used before,
-   * nothing new is made: the earlier job's state is the answer.
+   * nothing new is made: the earlier job's state is the answer when the body is the same, else a 422 (idempotency.ts).
    */
-  submit(caller: Caller, body: Uint8Array | JobRequest, idempotencyKey?: string): MaybePromise<JobState>;
+  submit(caller: Caller, body: Uint8Array | JobRequest, idempotency?: Idempotency): MaybePromise<JobState>;
   /** The job's state, if `keyId` owns it (else 404). */
   state(id: string, keyId: string): MaybePromise<JobState>;
   /** The key's jobs, newest first. */

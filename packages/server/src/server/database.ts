@@ -60,6 +60,10 @@ const MIGRATIONS: readonly string[] = [
   CREATE UNIQUE INDEX jobs_by_idempotency ON jobs (key_id, idempotency_key) WHERE idempotency_key IS NOT NULL;
   CREATE INDEX jobs_by_finished ON jobs (status, finished);
   `,
+  // 4: the digest of a keyed submission's body (idempotency.ts); NULL for jobs stored before, taken as matching.
+  `
+  ALTER TABLE jobs ADD COLUMN request_digest TEXT;     -- sha-256 (hex) of the body sent with the idempotency key
+  `,
 ];
 
 const SCHEMA_VERSION = 1 + MIGRATIONS.length;

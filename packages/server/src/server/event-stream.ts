@@ -83,7 +83,7 @@ export function eventStream(store: JobStore, id: string, after: number, heartbea
       const send = (e: SequencedEvent) => {
         if (!open) return;
         last = enqueueEvent(controller, e, last);
-        // The job is over: the stream ends, even for a client that resumed past its last event (Last-Event-ID too high).
+        // The job is over: the stream ends, even one opened past the job's last event (the route refuses those first).
         if (e.event.type === "done" && !replaying) close();
       };
       // Subscribing and replaying in one synchronous step: no event can fall between them.

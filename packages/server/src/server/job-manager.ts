@@ -14,6 +14,7 @@ import { batchKey, batchNote, perPass } from "./batch-key.js";
 import { cutLog, runTimeoutMs, type ServerConfig } from "./config.js";
 import type { ClusterStatus, Dispatcher, ModelLoad, WorkerInfo } from "./contracts.js";
 import type { OpenStreams } from "./event-stream.js";
+import { checkRepeat, type Idempotency } from "./idempotency.js";
 import { newJobId } from "./ids.js";
 import { JobQueue } from "./job-queue.js";
 import { isTerminal } from "./job-status.js";
@@ -129,12 +130,18 @@ export class JobManager implements Dispatcher {
     await Promise.all(started);
   }
 
-  /** Checks and queues a request; the caller's key owns the job. A repeated idempotency key gives the earlier job. */
-  submit(caller: Caller, body: Uint8Array | JobRequest, idempotencyKey?: string): JobState {
+  /**
+   * Checks and queues a request; the caller's key owns the job. A repeated idempotency key gives the earlier job when
+   * the body is the same, else a 422.
+   */
+  submit(caller: Caller, body: Uint8Array | JobRequest, idempotency?: Idempotency): JobState {
     if (this.closed) throw new ApiError(503, "INTERNAL", "the server is shutting down; try again later", { retryable: true });
-    if (idempotencyKey !== undefined) {
-      const earlier = this.parts.store.byIdempotencyKey(caller.keyId, idempotencyKey);
-      if (earlier) return this.state(earlier.id, caller.keyId);
+    if (idempotency !== undefined) {
+      const earlier = this.parts.store.byIdempotencyKey(caller.keyId, idempotency.key);
+      if (earlier) {
+        checkRepeat(earlier, idempotency);
+        return this.state(earlier.id, caller.keyId);
+      }
     }
     let job: DecodedJob;
     try {
@@ -157,7 +164,7 @@ export class JobManager implements Dispatcher {
     }
     const id = newJobId();
     const webhook = job.webhook === undefined ? undefined : { url: job.webhook, secret: job.webhookSecret };
-    this.parts.store.create({ id, keyId: caller.keyId, model: model.key, kind: job.kind, webhook, idempotencyKey });
+    this.parts.store.create({ id, keyId: caller.keyId, model: model.key, kind: job.kind, webhook, idempotency });
     const cap = this.parts.config.localStepTimeoutMs;
     const localTimeoutMs = Math.min(job.localTimeoutMs ?? cap, cap);
     const batch = this.parts.config.maxBatch > 1 ? batchKey(job, this.parts.registry.tokenizer(model)) : undefined;

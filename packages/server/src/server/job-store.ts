@@ -6,6 +6,7 @@
  */
 import type { ErrorInfo, JobEvent, JobKind, JobState, JobStatus, SequencedEvent } from "tsight/protocol";
 import type { Db } from "./database.js";
+import type { Idempotency } from "./idempotency.js";
 import { ACTIVE, canMove, isTerminal } from "./job-status.js";
 
 export type ResultState = "none" | "available" | "expired";
@@ -29,6 +30,8 @@ export interface JobRecord {
   /** The URL to POST to when the job ends. */
   webhook: string | null;
   webhookState: WebhookState | null;
+  /** The digest of the body of a submission with an Idempotency-Key (see idempotency.ts); null without one. */
+  requestDigest: string | null;
 }
 
 export interface NewJob {
@@ -37,8 +40,8 @@ export interface NewJob {
   model: string;
   kind: JobKind;
   webhook?: { url: string; secret?: string };
-  /** The client's key for this submission: a second submission with it gives this job again. */
-  idempotencyKey?: string;
+  /** The client's key for this submission and its body's digest: the same key and body again give this job. */
+  idempotency?: Idempotency;
 }
 
 export interface ListOptions {
@@ -77,6 +80,7 @@ interface JobRow {
   last_seq: number;
   webhook: string | null;
   webhook_state: WebhookState | null;
+  request_digest: string | null;
 }
 
 const fromRow = (r: JobRow): JobRecord => ({
@@ -96,6 +100,7 @@ const fromRow = (r: JobRow): JobRecord => ({
   lastSeq: r.last_seq,
   webhook: r.webhook,
   webhookState: r.webhook_state,
+  requestDigest: r.request_digest,
 });
 
 export class JobStore {
@@ -106,7 +111,7 @@ export class JobStore {
   constructor(private readonly db: Db) {
     this.q = {
       insert: db.prepare(
-        "INSERT INTO jobs (id, key_id, model, kind, status, created, updated, webhook, webhook_secret, webhook_state, idempotency_key) VALUES (?, ?, ?, ?, 'RECEIVED', ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO jobs (id, key_id, model, kind, status, created, updated, webhook, webhook_secret, webhook_state, idempotency_key, request_digest) VALUES (?, ?, ?, ?, 'RECEIVED', ?, ?, ?, ?, ?, ?, ?)",
       ),
       get: db.prepare("SELECT * FROM jobs WHERE id = ?"),
       bumpSeq: db.prepare("UPDATE jobs SET last_seq = last_seq + 1 WHERE id = ? RETURNING last_seq"),
@@ -142,7 +147,7 @@ export class JobStore {
     const pending: SequencedEvent[] = [];
     this.db.transaction(() => {
       const hook = job.webhook;
-      this.q.insert.run(job.id, job.keyId, job.model, job.kind, now, now, hook?.url ?? null, hook?.secret ?? null, hook ? "pending" : null, job.idempotencyKey ?? null);
+      this.q.insert.run(job.id, job.keyId, job.model, job.kind, now, now, hook?.url ?? null, hook?.secret ?? null, hook ? "pending" : null, job.idempotency?.key ?? null, job.idempotency?.digest ?? null);
       pending.push(this.insertEvent(job.id, { type: "status", status: "RECEIVED" }, now));
     })();
     this.notify(job.id, pending);

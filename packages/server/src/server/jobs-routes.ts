@@ -3,6 +3,7 @@ import type { Hono } from "hono";
 import { type ErrorInfo, type JobRequest, type JobStatus, ENVELOPE_TYPE, MAX_DEPTH } from "tsight/protocol";
 import { ApiError, jobNotFound } from "./api-error.js";
 import { parseBody } from "./body.js";
+import { bodyDigest, idempotencyKey } from "./idempotency.js";
 import { PerKeyLimit } from "./per-key-limit.js";
 import type { AppDeps } from "./app.js";
 import type { AppEnv } from "./guards.js";
@@ -29,10 +30,10 @@ export function jobsRoutes(app: Hono<AppEnv>, deps: AppDeps): void {
   };
 
   app.post("/v1/jobs", async (c) => {
-    const idempotencyKey = c.req.header("idempotency-key");
-    if (idempotencyKey !== undefined && !/^[\x21-\x7e]{1,200}$/.test(idempotencyKey)) throw new ApiError(400, "VALIDATION", "an Idempotency-Key header is 1 to 200 visible ASCII characters");
+    const key = idempotencyKey(c.req.header("idempotency-key"));
     const body = await parseBody(c.req.raw, config.maxBodyBytes);
-    const state = await jobs.submit(c.get("caller"), body.kind === "envelope" ? body.bytes : (body.value as JobRequest), idempotencyKey);
+    const idempotency = key === undefined ? undefined : { key, digest: bodyDigest(body) };
+    const state = await jobs.submit(c.get("caller"), body.kind === "envelope" ? body.bytes : (body.value as JobRequest), idempotency);
     c.header("location", `/v1/jobs/${state.id}`);
     return c.json(state, 202);
   });
@@ -55,11 +56,19 @@ export function jobsRoutes(app: Hono<AppEnv>, deps: AppDeps): void {
 
   app.get("/v1/jobs/:id/events", async (c) => {
     const id = c.req.param("id");
-    await owned(id, c.get("caller").keyId);
-    const from = c.req.header("last-event-id") ?? c.req.query("after") ?? "0";
-    if (!/^\d+$/.test(from.trim())) throw new ApiError(400, "VALIDATION", `Last-Event-ID must be an event's sequence number, not "${from}"`);
+    const job = await owned(id, c.get("caller").keyId);
+    const header = c.req.header("last-event-id");
+    const [name, given] = header !== undefined ? ["Last-Event-ID", header] : ['"after"', c.req.query("after")];
+    const after = given === undefined ? 0 : Number(given.trim());
+    if (given !== undefined && !(/^\d+$/.test(given.trim()) && Number.isSafeInteger(after))) throw new ApiError(400, "VALIDATION", `${name} must be the id of one of the job's events (a whole number), not "${given}"`);
+    // No client has seen an event past the job's last (the store numbers them as it keeps them): the id is another
+    // job's, or made up, and a stream after it would end with nothing, which a client takes for a dropped connection.
+    if (after > job.lastSeq) {
+      const state = isTerminal(job.status) ? `the job ended ${job.status}` : `the job is ${job.status}`;
+      throw new ApiError(400, "VALIDATION", `${name} ${after} is past the last event of job ${id} (event ${job.lastSeq}; ${state}); resume after an id its event stream sent, or without ${name} for all its events`);
+    }
     // ?follow=0: what is stored now, then the end (not counted as a client following the job).
-    return streamsPerKey.count(c.get("caller").keyId, await events.open(id, Number(from.trim()), !["0", "false"].includes(c.req.query("follow") ?? "")));
+    return streamsPerKey.count(c.get("caller").keyId, await events.open(id, after, !["0", "false"].includes(c.req.query("follow") ?? "")));
   });
 
   app.post("/v1/jobs/:id/local/:call", async (c) => {

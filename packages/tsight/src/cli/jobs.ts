@@ -2,7 +2,7 @@
 import fsp from "node:fs/promises";
 import { parseArgs } from "node:util";
 import { Cache } from "../intervention/index.js";
-import { fromModelKey, HttpBackend, remoteSettings, TERMINAL, type ConfigSources, type JobEvent, type JobState, type JobStatus } from "../client/index.js";
+import { ConnectionError, fromModelKey, HttpBackend, LostEventsError, remoteSettings, TERMINAL, type ConfigSources, type JobEvent, type JobState, type JobStatus, type RetryOptions } from "../client/index.js";
 import { Tensor } from "../tensor/index.js";
 import { UsageError } from "./generate.js";
 
@@ -10,7 +10,8 @@ export const jobsHelp = `usage: tsight jobs [list|show|events|result|cancel] [op
 
   tsight jobs [list] [--status S] [--limit N]   your jobs, newest first (S: QUEUED, RUNNING, COMPLETED, ERROR, ...)
   tsight jobs show ID                           a job's state, as JSON
-  tsight jobs events ID [--follow]              a job's events; --follow waits for new ones until the job ends
+  tsight jobs events ID [--follow] [--after N]  a job's events (after event N); --follow waits for new ones
+                                                until the job ends
   tsight jobs result ID [--out FILE]            what the job returned (tensors by shape and dtype), or its
                                                 envelope (safetensors) bytes written to FILE
   tsight jobs cancel ID                         stops a job
@@ -22,8 +23,11 @@ The server and key come from TSIGHT_HOST and TSIGHT_API_KEY (or ~/.config/tsight
 
 const STATUSES: readonly JobStatus[] = ["RECEIVED", "QUEUED", "DISPATCHED", "RUNNING", "COMPLETED", "ERROR", "CANCELLED"];
 
-/** Runs `tsight jobs ...`; returns the exit code. `sources` replaces the environment and home folder (tests). */
-export async function runJobs(argv: string[], out: NodeJS.WritableStream = process.stdout, sources: ConfigSources = {}): Promise<number> {
+/**
+ * Runs `tsight jobs ...`; returns the exit code. `sources` replaces the environment and home folder, `retry` the
+ * client's reconnection tries (tests).
+ */
+export async function runJobs(argv: string[], out: NodeJS.WritableStream = process.stdout, sources: ConfigSources = {}, retry?: RetryOptions): Promise<number> {
   const { values, positionals } = parseArgs({
     args: argv,
     allowPositionals: true,
@@ -33,6 +37,7 @@ export async function runJobs(argv: string[], out: NodeJS.WritableStream = proce
       status: { type: "string" },
       limit: { type: "string" },
       follow: { type: "boolean", short: "f", default: false },
+      after: { type: "string" },
       out: { type: "string", short: "o" },
       help: { type: "boolean", short: "h", default: false },
     },
@@ -49,7 +54,7 @@ export async function runJobs(argv: string[], out: NodeJS.WritableStream = proce
   const backend = () => {
     const env = { ...(sources.env ?? process.env), ...(values.key === undefined ? {} : { TSIGHT_API_KEY: values.key }) };
     const { url, apiKey } = remoteSettings(values.host === undefined ? { remote: true } : { backend: values.host }, { ...sources, env });
-    return new HttpBackend({ url, apiKey });
+    return new HttpBackend({ url, apiKey, retry });
   };
   switch (action) {
     case "list": {
@@ -68,7 +73,16 @@ export async function runJobs(argv: string[], out: NodeJS.WritableStream = proce
     }
     case "events": {
       const jobId = id();
-      for await (const { seq, event } of backend().events(jobId, { follow: values.follow })) out.write(`${seq}  ${describeEvent(event)}\n`);
+      const after = values.after === undefined ? undefined : Number(values.after);
+      if (after !== undefined && !(/^\d+$/.test(values.after!) && Number.isSafeInteger(after))) throw new UsageError(`--after must be the number of an event of the job, got "${values.after}"`);
+      try {
+        for await (const { seq, event } of backend().events(jobId, { follow: values.follow, lastEventId: after })) out.write(`${seq}  ${describeEvent(event)}\n`);
+      } catch (e) {
+        if (!(e instanceof LostEventsError)) throw e;
+        // The client's message tells code what to call; here the command to run.
+        const again = ["tsight jobs events", jobId, values.follow ? "--follow" : "", e.lastEventId === undefined ? "" : `--after ${e.lastEventId}`, values.host === undefined ? "" : `--host ${values.host}`, values.key === undefined ? "" : "--key KEY"];
+        throw new ConnectionError(`${e.reason}. The job goes on on the server: ${values.follow ? "follow it again" : "read the rest"} with: ${again.filter(Boolean).join(" ")}`, e);
+      }
       return 0;
     }
     case "result": {

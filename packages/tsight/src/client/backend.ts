@@ -44,7 +44,8 @@ export interface JobBackend {
 export interface SubmitOptions {
   /**
    * Names this submission, so sending it again (after a broken connection) does not make a second job: the
-   * `idempotency-key` header. Default: a new random key for each call of submit, kept across its retries.
+   * `idempotency-key` header. A key the API key used for a different request is refused (422 NOT_ALLOWED). Default:
+   * a new random key for each call of submit, kept across its retries.
    */
   idempotencyKey?: string;
 }

@@ -4,7 +4,7 @@ import { afterEach, describe, expect, test } from "vitest";
 import { Tensor, tensor } from "../tensor/index.js";
 import { decodeEnvelope, encodeValue, packBase64, packValue, unpackBase64, unpackValue } from "../protocol/codec.js";
 import { RemoteError } from "../protocol/errors.js";
-import { ConnectionError, HttpBackend } from "./http.js";
+import { ConnectionError, HttpBackend, LostEventsError } from "./http.js";
 import { RemoteJob } from "./job.js";
 import { ENVELOPE_TYPE, type ErrorBody, type JobEvent, type JobRequest, type SequencedEvent } from "../protocol/wire.js";
 
@@ -266,6 +266,7 @@ describe("error responses", () => {
     expect(keys[3]).toBe("my-own-key");
     expect(keys[0]).not.toBe(keys[2]);
     await expect(backend.submit({} as JobRequest, new Map(), { idempotencyKey: "has space" })).rejects.toThrow(/idempotencyKey must be/);
+    await expect(backend.submit({} as JobRequest, new Map(), { idempotencyKey: "k".repeat(201) })).rejects.toThrow(/idempotencyKey must be 1 to 200/);
   });
 
   test("a server that cannot be reached is a ConnectionError", async () => {
@@ -350,7 +351,9 @@ describe("events", () => {
     const error = await (async () => {
       for await (const e of backendFor(server.url, { retry: { attempts: 2, baseDelayMs: 1 } }).events("j")) seen.push(e.seq);
     })().catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(LostEventsError);
     expect(error).toBeInstanceOf(ConnectionError);
+    expect(error).toMatchObject({ name: "ConnectionError", jobId: "j", lastEventId: 1, reason: expect.stringMatching(/could not reconnect \(2 tries, after event 1\): the stream ended before the job's done event$/) });
     expect((error as Error).message).toMatch(/lost the events of job j .*could not reconnect \(2 tries, after event 1\).*RemoteJob\.attach/);
     expect(seen).toEqual([1]);
     // The first connection, then 2 retries that brought nothing new.

@@ -60,6 +60,23 @@ export class ConnectionError extends RemoteError {
   }
 }
 
+/**
+ * A job's events broke off before its end and could not be read again; the job goes on on the server. Its message
+ * tells code how to follow the job again; `reason` is the same without that advice, for callers (the CLI) that give
+ * their own. Named ConnectionError still: it is one, and callers (the workbench) tell errors apart by name.
+ */
+export class LostEventsError extends ConnectionError {
+  constructor(
+    readonly jobId: string,
+    /** The last event given before the loss (resume after it with `lastEventId`); undefined when none was. */
+    readonly lastEventId: number | undefined,
+    readonly reason: string,
+    cause?: unknown,
+  ) {
+    super(`${reason}. The job goes on on the server: follow it again with RemoteJob.attach(id, backend).`, cause);
+  }
+}
+
 type Init = {
   body?: RequestInit["body"];
   type?: string;
@@ -86,12 +103,14 @@ export class HttpBackend implements Backend {
 
   /**
    * Submits a job; values in `request` refer to `tensors` by name. Sent as an envelope, or JSON without tensors.
-   * A broken connection or a 429/502/503/504 sends it again, with backoff and the same `idempotency-key`, so a
-   * server that honours the key makes one job however often it arrives.
+   * A broken connection or a 429/502/503/504 sends it again, with backoff and the same `idempotency-key` and bytes,
+   * so a server that honours the key makes one job however often it arrives. A key used before for another request
+   * is refused (RemoteError, 422 NOT_ALLOWED), not sent again.
    */
   async submit(request: JobRequest, tensors: ReadonlyMap<string, Tensor> = new Map(), options: SubmitOptions = {}): Promise<RemoteJob> {
     const key = options.idempotencyKey ?? newIdempotencyKey();
-    if (typeof key !== "string" || !/^[\x21-\x7e]{1,255}$/.test(key)) throw new ClientError("idempotencyKey must be 1 to 255 printable ASCII characters without spaces");
+    // The server's limit: a longer key would be refused there (400), after the body was sent.
+    if (typeof key !== "string" || !/^[\x21-\x7e]{1,200}$/.test(key)) throw new ClientError("idempotencyKey must be 1 to 200 printable ASCII characters without spaces");
     const body = tensors.size > 0 ? { body: encodeEnvelope(request, tensors), type: ENVELOPE_TYPE } : { body: JSON.stringify(request), type: "application/json" };
     const init: Init = { ...body, headers: { [IDEMPOTENCY_HEADER]: key }, idempotent: true };
     const answer = await this.json<{ id?: unknown }>(await this.request("POST", "/v1/jobs", init), "POST /v1/jobs");
@@ -172,7 +191,7 @@ export class HttpBackend implements Backend {
   /**
    * The job's events in order, ending after `done`. A connection that drops (or ends) before `done` is opened
    * again with `Last-Event-ID`, waiting longer after each failure in a row; events already given are skipped.
-   * After `retry.attempts` failures in a row it throws a ConnectionError (the job itself goes on).
+   * After `retry.attempts` failures in a row it throws a LostEventsError (the job itself goes on).
    */
   async *events(id: string, options: EventsOptions = {}): AsyncGenerator<SequencedEvent> {
     const follow = options.follow !== false;
@@ -214,11 +233,8 @@ export class HttpBackend implements Backend {
       failures = progressed ? 1 : failures + 1;
       if (failures > this.retry.attempts) {
         const why = cause instanceof Error ? cause.message : String(cause);
-        throw new ConnectionError(
-          `lost the events of job ${id} from ${this.url} and could not reconnect (${this.retry.attempts} tries${last === undefined ? "" : `, after event ${last}`}): ${why}. ` +
-            "The job goes on on the server: follow it again with RemoteJob.attach(id, backend).",
-          cause,
-        );
+        const reason = `lost the events of job ${id} from ${this.url} and could not reconnect (${this.retry.attempts} tries${last === undefined ? "" : `, after event ${last}`}): ${why}`;
+        throw new LostEventsError(id, last, reason, cause);
       }
       await sleep(this.delay(failures, serverDelay), signal);
     }

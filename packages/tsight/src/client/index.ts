@@ -2,7 +2,7 @@
 export * from "../protocol/index.js";
 export { interventionSource, freeVariables, FreeVariableError, NotAllowedError, SourceError, type FreeVariableUse, type InterventionSource, type SourceOptions } from "./source.js";
 export { isBackend, isJobBackend, type Backend, type JobBackend, type EventsOptions, type ListJobsOptions, type SubmitOptions } from "./backend.js";
-export { HttpBackend, ConnectionError, errorFromResponse, IDEMPOTENCY_HEADER, type HttpBackendOptions, type RetryOptions } from "./http.js";
+export { HttpBackend, ConnectionError, LostEventsError, errorFromResponse, IDEMPOTENCY_HEADER, type HttpBackendOptions, type RetryOptions } from "./http.js";
 export { RemoteJob, type LocalEvent, type LocalHandler, type WaitOptions } from "./job.js";
 export { JobDisplay, type StatusStream } from "./display.js";
 export { SseParser, parseServerSentEvents, type ServerSentEvent } from "./sse.js";

@@ -3,11 +3,12 @@
  * language can speak it: JSON, with tensors as safetensors (see codec.ts for the envelope).
  *
  *   POST   /v1/jobs                 submit a JobRequest                 -> 202 { id, status }
+ *                                    (an Idempotency-Key used before: the same body gives that job, another 422)
  *   GET    /v1/jobs                 the key's jobs, newest first        -> { jobs: JobState[] }
  *                                    (?status=S, ?limit=1..100, ?before=<id> for the next page)
  *   GET    /v1/jobs/:id             JobState
  *   GET    /v1/jobs/:id/events      server-sent JobEvents, resumable with Last-Event-ID (?follow=0: only those
- *                                    stored now, then the end)
+ *                                    stored now, then the end; an id past the job's last event: 400)
  *   POST   /v1/jobs/:id/local/:call the client's answer to a hybrid step
  *   GET    /v1/jobs/:id/result      the returned value (envelope), while kept
  *   DELETE /v1/jobs/:id             cancel

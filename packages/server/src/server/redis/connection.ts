@@ -14,7 +14,8 @@
  *   P:watch:<id>          sorted set: the event streams following the job (score: until when, refreshed)
  *   P:keyjobs:<keyId>     sorted set: a key's jobs in submission order (for listing)
  *   P:keyactive:<keyId>   set: a key's unfinished jobs
- *   P:idem:<keyId>:<key>  string: the job a key's submission with that Idempotency-Key made (kept a day)
+ *   P:idem:<keyId>:<key>  string: the job a key's submission with that Idempotency-Key made (kept a day; the
+ *                         job's hash keeps the body's digest, `requestDigest`)
  *   P:active              sorted set: every unfinished job (score: submission time), for the sweep
  *   P:jobseq              counter: submission order
  *   P:apikey:<id>, P:apikeys   API keys (hash each; sorted set of ids)

@@ -10,6 +10,7 @@ import { ApiError, jobNotFound } from "../api-error.js";
 import { batchKey, perPass } from "../batch-key.js";
 import { runTimeoutMs, type ServerConfig } from "../config.js";
 import type { ClusterStatus, Dispatcher, ModelLoad } from "../contracts.js";
+import { checkRepeat, type Idempotency } from "../idempotency.js";
 import { newJobId } from "../ids.js";
 import { jobState, type ListOptions } from "../job-store.js";
 import type { Caller } from "../key-store.js";
@@ -37,7 +38,7 @@ export class RedisDispatcher implements Dispatcher {
 
   constructor(private readonly parts: RedisDispatcherParts) {}
 
-  async submit(caller: Caller, body: Uint8Array | JobRequest, idempotencyKey?: string): Promise<JobState> {
+  async submit(caller: Caller, body: Uint8Array | JobRequest, idempotency?: Idempotency): Promise<JobState> {
     if (this.closed) throw new ApiError(503, "INTERNAL", "the server is shutting down; try again later", { retryable: true });
     const { store, registry, config } = this.parts;
     let job: DecodedJob;
@@ -52,10 +53,14 @@ export class RedisDispatcher implements Dispatcher {
     const batch = config.maxBatch > 1 ? batchKey(job, registry.tokenizer(model)) : undefined;
     const webhook = job.webhook === undefined ? undefined : { url: job.webhook, secret: job.webhookSecret };
     await store.putBody(id, body);
-    const created = await store.create({ id, keyId: caller.keyId, model: model.key, kind: job.kind, webhook, batch, limit: config.maxActiveJobsPerKey, idempotencyKey });
+    const created = await store.create({ id, keyId: caller.keyId, model: model.key, kind: job.kind, webhook, batch, limit: config.maxActiveJobsPerKey, idempotency });
     if (created === "limit" || "earlier" in created) {
       await store.redis.del(store.keys.body(id));
-      if (created !== "limit") return this.state(created.earlier, caller.keyId);
+      if (created !== "limit") {
+        const earlier = await this.owned(created.earlier, caller.keyId);
+        if (idempotency) checkRepeat(earlier, idempotency);
+        return this.view(earlier);
+      }
       throw new ApiError(429, "NOT_ALLOWED", `this API key already has ${config.maxActiveJobsPerKey} unfinished jobs, the most it may have; wait for one to end`, { retryable: true, headers: { "retry-after": "1" } });
     }
     const queue = this.parts.queues.get(model.key)!;

@@ -209,7 +209,7 @@ export class RedisEventFeed implements EventFeed {
         const send = (e: SequencedEvent, live: boolean) => {
           if (!open) return;
           last = enqueueEvent(controller, e, last);
-          // The job is over: the stream ends, even for a client that resumed past its last event (Last-Event-ID too high).
+          // The job is over: the stream ends, even one opened past the job's last event (the route refuses those first).
           if (e.event.type === "done" && live) close();
         };
         const beat = setInterval(() => open && enqueueKeepAlive(controller), this.heartbeatMs);
@@ -223,8 +223,8 @@ export class RedisEventFeed implements EventFeed {
             for (const e of await store.eventsAfter(id, last)) send(e, false);
             return close();
           }
-          // From here the hub reads on after the last event sent: nothing falls between. A client that resumed past
-          // the job's last event is read for from that event, so its stream still ends at the job's done.
+          // From here the hub reads on after the last event sent: nothing falls between. A stream opened past the job's
+          // last event (refused by the route) is read for from that event, so it still ends at the job's done.
           if (open) cleanups.push(hub.subscribe(store.keys.events(id), Math.min(last, job.lastSeq), (e) => send(e, true)));
         } catch (e) {
           if (open) {

@@ -48,6 +48,7 @@ function fromHash(id: string, h: Record<string, string>): RedisJobRecord {
     lastSeq: Number(h.lastSeq ?? 0),
     webhook: h.webhook ?? null,
     webhookState: (h.webhookState ?? null) as WebhookState | null,
+    requestDigest: h.requestDigest ?? null,
     batch: h.batch,
     attempt: Number(h.attempt ?? 0),
     cancel: h.cancel === "1",
@@ -76,10 +77,24 @@ export class RedisJobStore {
   /**
    * Records a new job (RECEIVED) and its first event. Answers its rank among its key's unfinished jobs (1 for the
    * only one), "limit" when the key has `limit` unfinished jobs already, or the id of the key's earlier job with
-   * the same idempotency key.
+   * the same idempotency key (its record has the digest to compare, set in the same step).
    */
   async create(job: NewRedisJob): Promise<{ rank: number } | "limit" | { earlier: string }> {
-    const out = await createJob.run(this.redis, [this.keys.base, job.id, job.keyId, job.model, job.kind, Date.now(), job.webhook?.url ?? "", job.webhook?.secret ?? "", job.limit, job.batch ?? "", job.idempotencyKey ?? ""]);
+    const { webhook, idempotency } = job;
+    const out = await createJob.run(this.redis, [
+      this.keys.base,
+      job.id,
+      job.keyId,
+      job.model,
+      job.kind,
+      Date.now(),
+      webhook?.url ?? "",
+      webhook?.secret ?? "",
+      job.limit,
+      job.batch ?? "",
+      idempotency?.key ?? "",
+      idempotency?.digest ?? "",
+    ]);
     if (typeof out === "string" && out.startsWith("job:")) return { earlier: out.slice(4) };
     return Number(out) === 0 ? "limit" : { rank: Number(out) };
   }

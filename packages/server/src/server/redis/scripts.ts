@@ -58,9 +58,9 @@ end
 const script = (body: string) => new RedisScript(PRELUDE + body);
 
 /**
- * ARGV: P, id, keyId, model, kind, now, webhook, webhookSecret, limit, batch, idempotency key. Returns the key's
- * unfinished jobs with this one (its rank, for fair queueing), 0 when the key has `limit` already, or
- * "job:<id>" when the idempotency key names an earlier job of the key.
+ * ARGV: P, id, keyId, model, kind, now, webhook, webhookSecret, limit, batch, idempotency key, body digest. Returns
+ * the key's unfinished jobs with this one (its rank, for fair queueing), 0 when the key has `limit` already, or
+ * "job:<id>" when the idempotency key names an earlier job of the key (whose digest the caller compares).
  */
 export const createJob = script(`
 local id, keyId = ARGV[2], ARGV[3]
@@ -75,6 +75,7 @@ redis.call('HSET', job, 'keyId', keyId, 'model', ARGV[4], 'kind', ARGV[5], 'stat
 if ARGV[7] ~= '' then redis.call('HSET', job, 'webhook', ARGV[7], 'webhookState', 'pending') end
 if ARGV[8] ~= '' then redis.call('HSET', job, 'webhookSecret', ARGV[8]) end
 if ARGV[10] ~= '' then redis.call('HSET', job, 'batch', ARGV[10]) end
+if ARGV[12] ~= '' then redis.call('HSET', job, 'requestDigest', ARGV[12]) end
 addEvent(id, '{"type":"status","status":"RECEIVED"}')
 redis.call('ZADD', P .. 'keyjobs:' .. keyId, redis.call('INCR', P .. 'jobseq'), id)
 redis.call('ZADD', P .. 'active', ARGV[6], id)

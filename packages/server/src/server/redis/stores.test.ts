@@ -109,6 +109,15 @@ describe("RedisJobStore", () => {
     expect(await store.list("k1", { limit: 10, before: ids[0] })).toBeUndefined(); // another key's job
   });
 
+  it("keeps a keyed submission's body digest with the job, and answers the key's next submission with that job", async () => {
+    const id = newJobId();
+    const idempotency = { key: "the-key", digest: "d1" };
+    expect(await store.create({ id, keyId: "k3", model: "M", kind: "trace", limit: 8, idempotency })).toMatchObject({ rank: 1 });
+    expect((await store.get(id))!.requestDigest).toBe("d1");
+    expect(await store.create({ id: newJobId(), keyId: "k3", model: "M", kind: "trace", limit: 8, idempotency: { key: "the-key", digest: "d2" } })).toEqual({ earlier: id });
+    expect((await store.get(await newJob("k3")))!.requestDigest).toBeNull();
+  });
+
   it("keeps the request as sent (envelope or JSON), and hybrid-step answers as bytes", async () => {
     const id = await newJob();
     await store.putBody(id, new Uint8Array([1, 2, 3]));
@@ -217,7 +226,7 @@ describe("RedisEventFeed", () => {
       expect(parseSse(await feed.open(id, 5, true).text()).map((e) => e.seq)).toEqual([6, 7]);
       const running = await newJob();
       expect(parseSse(await feed.open(running, 0, false).text()).map((e) => e.seq)).toEqual([1]);
-      // A stream resumed past a live job's last event sends nothing, and ends when the job does.
+      // A stream opened past a live job's last event (the route refuses such ids) sends nothing, and ends when the job does.
       const ahead = feed.open(running, 1000, true).text();
       await new Promise((r) => setTimeout(r, 50));
       await store.move(running, "CANCELLED");

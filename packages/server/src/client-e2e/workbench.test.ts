@@ -78,6 +78,14 @@ async function labels(selector: string): Promise<string[]> {
 const number = (label: string) => Number(/(-?\d+\.\d+)$/.exec(label)![1]);
 
 describe("the workbench page", () => {
+  it("a view run before a key is entered asks for one, without saying a server refused it", async () => {
+    await page.getByRole("button", { name: "Run the lens" }).click();
+    // It said "AUTH: enter your API key at the top of the page first — the server refused the API key; ..."
+    await expect.poll(() => page.locator("#panel-lens .job-message").innerText()).toBe("No API key: enter your API key at the top of the page first");
+    expect(await page.locator("#panel-lens .result *").count()).toBe(0);
+    await page.screenshot({ path: path.join(shots, "no-key.png") });
+  });
+
   it("refuses an invalid key with a clear message, and keeps a valid one in the browser", async () => {
     await page.fill("#api-key", "tsk_nosuchkey_0000");
     await page.getByRole("button", { name: "Use key" }).click();
@@ -143,6 +151,58 @@ describe("the workbench page", () => {
     const printed = run.stdout.trim().split("\n");
     expect(printed).toHaveLength(4);
     printed.forEach((line, layer) => expect(line).toBe(`layer ${layer}: ${cells.slice(layer * 6, layer * 6 + 6).join("  ")}`));
+  });
+
+  it("a lens run that fails shows its error, and no empty grid laid out for the value that did not come", async () => {
+    const panel = page.locator("#panel-lens");
+    await panel.locator("textarea").fill("");
+    await run("lens", "Run the lens");
+    expect(await outcome("lens", "logit lens")).toBe("failed");
+    expect(await panel.locator(".job-message").innerText()).toContain("empty sequence");
+    expect(await panel.locator(".result *").count()).toBe(0);
+    await panel.locator(".view").screenshot({ path: path.join(shots, "lens-failed.png") });
+  });
+
+  it("a heatmap wider than the page keeps its row labels at the left, level with their rows, while the cells scroll", async () => {
+    const panel = page.locator("#panel-lens");
+    await panel.locator("textarea").fill("def fib(n):\n    if n < 2:\n        return n\n    return fib(n - 1) + fib(n - 2)\n");
+    await run("lens", "Run the lens");
+    expect(await outcome("lens", "logit lens")).toBe("completed");
+    const scroller = panel.locator(".heatmap-scroll");
+    /** Each row label's place against the scroller's left edge and its row's cells, and whether it is on top there. */
+    const rows = () =>
+      page.evaluate<{ offset: number; top: number; bottom: number; onTop: boolean }[]>(`(() => {
+        const scroller = document.querySelector("#panel-lens .heatmap-scroll");
+        const left = scroller.getBoundingClientRect().left;
+        return Array.from(scroller.querySelectorAll(".row-label"), (label) => {
+          const box = label.getBoundingClientRect();
+          const cells = Array.from(label.parentElement.querySelectorAll(".cell"), (c) => c.getBoundingClientRect());
+          const x = box.left + box.width / 2;
+          const onTop = [box.top + 0.5, box.top + box.height / 2, box.bottom - 0.5].every((y) => label.contains(document.elementFromPoint(x, y)));
+          return { offset: box.left - left, top: box.top - Math.min(...cells.map((c) => c.top)), bottom: box.bottom - Math.max(...cells.map((c) => c.bottom)), onTop };
+        });
+      })()`);
+    await scroller.evaluate((el) => void (el.scrollLeft = el.scrollWidth / 2));
+    expect(await scroller.evaluate((el) => el.scrollLeft)).toBeGreaterThan(200);
+    const scrolled = await rows();
+    expect(scrolled).toHaveLength(4);
+    for (const r of scrolled) {
+      expect(Math.abs(r.offset), JSON.stringify(r)).toBeLessThan(1);
+      expect(Math.abs(r.top), JSON.stringify(r)).toBeLessThan(1);
+      expect(Math.abs(r.bottom), JSON.stringify(r)).toBeLessThan(1);
+      expect(r.onTop, JSON.stringify(r)).toBe(true);
+    }
+    await panel.locator(".heatmap-frame").screenshot({ path: path.join(shots, "heatmap-scrolled.png") });
+
+    // Moving left by keyboard brings each cell out from under the labels.
+    await panel.locator(".cell").first().focus();
+    await page.keyboard.press("End");
+    for (let i = 0; i < 12; i++) {
+      await page.keyboard.press("ArrowLeft");
+      const [cell, label] = await page.evaluate<[number, number]>(`[document.activeElement.getBoundingClientRect().left, document.activeElement.parentElement.firstElementChild.getBoundingClientRect().right]`);
+      expect(cell, `${i + 1} left of the last column`).toBeGreaterThanOrEqual(label - 0.5);
+    }
+    await panel.locator("textarea").fill(PROMPT);
   });
 
   it("attention: one head's pattern equals the library's; all heads as small multiples", async () => {
@@ -272,6 +332,32 @@ describe("the workbench page", () => {
     expect(code).toContain("vars: { layers: \"transformer.h\", layer: 2, direction: direction, scale: 2 }");
   });
 
+  it("the generated text follows the stream to its end, until the reader scrolls up", async () => {
+    const panel = page.locator("#panel-generate");
+    await panel.locator('input[name="steer"]').uncheck();
+    await panel.locator('textarea[name="prompt"]').fill(PROMPT);
+    await panel.locator('input[name="max-new-tokens"]').fill("400");
+    await run("generate", "Generate");
+    const box = panel.locator("pre.generation");
+    const place = () => box.evaluate((el) => ({ overflow: el.scrollHeight - el.clientHeight, fromEnd: el.scrollHeight - el.scrollTop - el.clientHeight, top: el.scrollTop, length: el.textContent!.length }));
+    // Once the text is taller than the box, the box shows its end (it stayed at the top).
+    await expect.poll(async () => (await place()).overflow, { timeout: 60_000 }).toBeGreaterThan(40);
+    expect((await place()).fromEnd).toBeLessThan(4);
+    // Text that comes while another tab is shown is followed too.
+    await open("Jobs", "jobs");
+    await new Promise((r) => setTimeout(r, 300));
+    await open("Generate", "generate");
+    expect((await place()).fromEnd).toBeLessThan(4);
+    // Scrolled up, it stays where the reader put it while more comes.
+    await box.evaluate((el) => void (el.scrollTop = 0));
+    const before = (await place()).length;
+    expect(await outcome("generate", "generation")).toBe("completed");
+    const after = await place();
+    expect(after.length).toBeGreaterThan(before);
+    expect(after.top).toBe(0);
+    await panel.locator('input[name="max-new-tokens"]').fill("10");
+  });
+
   it("a failing job and a cancelled one say so in the page", async () => {
     const panel = page.locator("#panel-generate");
     await panel.locator('input[name="steer"]').uncheck();
@@ -280,6 +366,8 @@ describe("the workbench page", () => {
     await run("generate", "Generate");
     expect(await outcome("generate", "generation")).toBe("failed");
     expect(await panel.locator(".job-message").innerText()).toMatch(/^VALIDATION · InputError: the input is \d+ prompt tokens plus \d+ to generate, longer than the model.s context of 512 positions/);
+    // No box holding only the prompt, as if it were the generation.
+    expect(await panel.locator(".result *").count()).toBe(0);
     await panel.locator(".view").screenshot({ path: path.join(shots, "failed-job.png") });
 
     // A long session (long prompts: a trace per layer and position), cancelled once it has begun.
@@ -340,6 +428,86 @@ describe("the workbench page", () => {
     expect(await phone.evaluate<number>(`document.documentElement.scrollWidth`)).toBeLessThanOrEqual(390);
     await phone.screenshot({ path: path.join(shots, "phone-lens.png"), fullPage: true });
     await phone.close();
+  });
+
+  it("the model, the view and the forms come back after a reload and in a new tab; the key is not among them", async () => {
+    await open("Attention", "attention");
+    const attention = page.locator("#panel-attention");
+    await attention.locator("textarea").fill("kept = 1");
+    await attention.locator('select[name="layer"]').selectOption("3");
+    await attention.locator('select[name="head"]').selectOption("2");
+    await open("Generate", "generate");
+    const generate = page.locator("#panel-generate");
+    await generate.locator('input[name="max-new-tokens"]').fill("7");
+    await generate.locator('input[name="temperature"]').fill("0.5");
+    await generate.locator('input[name="steer"]').check();
+    await generate.locator('input[name="toward"]').fill("    while (");
+
+    const restored = async (p: Page) => {
+      await p.waitForSelector("body.signed-in");
+      expect(new URL(p.url()).hash).toBe("#generate");
+      expect(await p.locator("#model").inputValue()).toBe("stdlib-gpt2");
+      const g = p.locator("#panel-generate"), a = p.locator("#panel-attention");
+      expect(await g.locator('input[name="max-new-tokens"]').inputValue()).toBe("7");
+      expect(await g.locator('input[name="temperature"]').inputValue()).toBe("0.5");
+      expect(await g.locator('input[name="steer"]').isChecked()).toBe(true);
+      expect(await g.locator('input[name="toward"]').inputValue()).toBe("    while (");
+      expect(await a.locator("textarea").inputValue()).toBe("kept = 1");
+      // The layer and head choices are filled once the model's tree is here, then set to the kept ones.
+      await p.getByRole("tab", { name: "Attention" }).click();
+      await expect.poll(() => a.locator('select[name="layer"]').inputValue()).toBe("3");
+      expect(await a.locator('select[name="head"]').inputValue()).toBe("2");
+      // Back where it was: the view shown is kept too.
+      await p.getByRole("tab", { name: "Generate" }).click();
+    };
+    await page.reload();
+    await restored(page);
+    const kept = await page.evaluate<(string | null)[]>(`[sessionStorage.getItem("tsight.workbench"), localStorage.getItem("tsight.workbench")]`);
+    for (const text of kept) {
+      expect(text).toContain("kept = 1");
+      expect(text).not.toContain(key);
+    }
+    // A new tab starts from what the last one kept.
+    const tab = await browser.context.newPage();
+    await tab.goto(`${server.url}/`);
+    await restored(tab);
+    await tab.screenshot({ path: path.join(shots, "restored.png") });
+    await tab.close();
+    await page.locator("#panel-generate").getByRole("checkbox").uncheck();
+  });
+
+  it("a kept state that is stale or malformed leaves the defaults, and breaks nothing", async () => {
+    const states = {
+      // Written out: a "__proto__" key in an object literal would set its prototype, not be a key.
+      stale: '{"model": "no-such-model", "view": "no-such-view", "forms": {"lens": {"prompt": 42}, "attention": {"layer": "99", "head": "all", "prompt": "still here"}, "generate": {"steer": "yes"}, "__proto__": {"lens": {"prompt": "x"}}}}',
+      malformed: '{"model": "stdlib-gpt2", "forms": ',
+    };
+    for (const [what, text] of Object.entries(states)) {
+      const tab = await browser.context.newPage();
+      const errors: string[] = [];
+      tab.on("pageerror", (e) => void errors.push(e.message));
+      // Both storages, before the page's script runs: this tab's and the one a new tab falls back to.
+      await tab.addInitScript(`sessionStorage.setItem("tsight.workbench", ${JSON.stringify(text)}); localStorage.setItem("tsight.workbench", ${JSON.stringify(text)});`);
+      await tab.goto(`${server.url}/`);
+      await tab.waitForSelector("body.signed-in");
+      expect(new URL(tab.url()).hash, what).toBe("#lens");
+      expect(await tab.locator("#model").inputValue(), what).toBe("stdlib-gpt2");
+      expect(await tab.locator("#panel-lens textarea").inputValue(), what).toBe(PROMPT);
+      expect(await tab.locator('#panel-generate input[name="steer"]').isChecked(), what).toBe(false);
+      await tab.getByRole("tab", { name: "Attention" }).click();
+      await expect.poll(() => tab.locator('#panel-attention select[name="layer"] option').count()).toBe(4);
+      expect(await tab.locator('#panel-attention select[name="layer"]').inputValue(), what).toBe("0");
+      if (what === "stale") {
+        expect(await tab.locator("#panel-attention textarea").inputValue()).toBe("still here");
+        expect(await tab.locator(".key-message").innerText()).toContain('The model "no-such-model" used here before is no longer served; showing stdlib-gpt2.');
+        await tab.screenshot({ path: path.join(shots, "stale-state.png") });
+      }
+      await tab.getByRole("tab", { name: "Logit lens" }).click();
+      await tab.getByRole("button", { name: "Run the lens" }).click();
+      await tab.locator("#panel-lens .cell:not(.pending)").first().waitFor();
+      expect(errors, what).toEqual([]);
+      await tab.close();
+    }
   });
 
   it("tabs follow the arrow keys, and the URL names the view", async () => {

@@ -51,7 +51,7 @@ export class Connection {
   }
 
   get backend(): HttpBackend {
-    if (!this.backendWithKey) throw Object.assign(new Error("enter your API key at the top of the page first"), { code: "AUTH" });
+    if (!this.backendWithKey) throw new NoKeyError();
     return this.backendWithKey;
   }
 
@@ -69,6 +69,14 @@ export class Connection {
       this.metas.set(name, meta);
     }
     return meta;
+  }
+}
+
+/** A view run before a key was entered: the page's own refusal (nothing was sent, so no server refused anything). */
+export class NoKeyError extends Error {
+  constructor() {
+    super("enter your API key at the top of the page first");
+    this.name = "NoKeyError";
   }
 }
 

@@ -1,10 +1,12 @@
 /**
  * The workbench page: the API key form and model choice at the top, one tab per view, the view named in the URL
- * (#lens, #attention, #patching, #generate, #jobs). Everything it asks the server goes through tsight/client.
+ * (#lens, #attention, #patching, #generate, #jobs). Everything it asks the server goes through tsight/client. The
+ * model, the view and the views' forms are kept between loads (saved-state.ts).
  */
 import "./workbench.css";
 import type { ModelInfo } from "tsight/client";
 import { Connection } from "./connection.js";
+import { SavedState } from "./saved-state.js";
 import { fill, h } from "./ui/dom.js";
 import { describeError, errorTitle } from "./ui/job-status.js";
 import { attentionView } from "./views/attention-view.js";
@@ -16,7 +18,8 @@ import type { View, ViewContext } from "./views/view.js";
 
 const connection = new Connection();
 const modelSelect = h("select", { id: "model", name: "model", disabled: true });
-const ctx: ViewContext = { connection, modelName: () => modelSelect.value };
+const saved = new SavedState();
+const ctx: ViewContext = { connection, modelName: () => modelSelect.value, saved };
 const views: View[] = [lensView(ctx), attentionView(ctx), patchingView(ctx), generateView(ctx), jobsView(ctx)];
 
 // #region the key
@@ -42,10 +45,10 @@ async function signIn(given: string): Promise<void> {
   }
   showKeyMessage("Checking the key…", false);
   try {
-    showModels(await connection.signIn(key));
+    const note = showModels(await connection.signIn(key));
     keyInput.value = "";
     keyInput.placeholder = "key saved in this browser";
-    showKeyMessage("Key accepted; it is kept in this browser only.", false);
+    showKeyMessage(`Key accepted; it is kept in this browser only.${note ? ` ${note}` : ""}`, false);
     document.body.classList.add("signed-in");
     shown?.shown?.();
   } catch (e) {
@@ -73,11 +76,21 @@ function showKeyMessage(text: string, error: boolean): void {
   keyMessage.classList.toggle("error", error);
 }
 
-function showModels(models: ModelInfo[]): void {
-  const previous = modelSelect.value;
+/**
+ * Fills the model choice: the model chosen before (the key entered again), else the one kept from the last visit,
+ * if the server still has it. Gives a note when the kept one is gone.
+ */
+function showModels(models: ModelInfo[]): string | undefined {
+  const wanted = modelSelect.value || saved.model;
   fill(modelSelect, ...models.map((m) => h("option", { value: m.name }, `${m.name} (${m.modelType})`)));
-  if (models.some((m) => m.name === previous)) modelSelect.value = previous;
   modelSelect.disabled = models.length === 0;
+  if (wanted && models.some((m) => m.name === wanted)) modelSelect.value = wanted;
+  else if (wanted && modelSelect.value) {
+    // Kept as chosen now, so the note is given once.
+    saved.model = modelSelect.value;
+    return `The model ${JSON.stringify(wanted)} used here before is no longer served; showing ${modelSelect.value}.`;
+  }
+  return undefined;
 }
 
 // #endregion
@@ -103,7 +116,10 @@ tabList.addEventListener("keydown", (e) => {
 let shown: View | undefined;
 
 function route(): void {
-  const view = views.find((v) => `#${v.id}` === location.hash) ?? views[0]!;
+  // The view the URL names, else the one shown last time (a visit to the bare address), else the first.
+  const view = views.find((v) => `#${v.id}` === location.hash) ?? views.find((v) => v.id === saved.view) ?? views[0]!;
+  if (location.hash !== `#${view.id}`) history.replaceState(null, "", `#${view.id}`);
+  saved.view = view.id;
   if (view === shown) return;
   shown?.hidden?.();
   views.forEach((v, i) => {
@@ -119,6 +135,7 @@ function route(): void {
 // #endregion
 
 modelSelect.addEventListener("change", () => {
+  saved.model = modelSelect.value;
   // What the views show was the other model's.
   for (const v of views) v.reset?.();
   shown?.shown?.();

@@ -33,6 +33,7 @@ export class Heatmap {
   readonly element: HTMLElement;
   private readonly cells: HTMLElement[][];
   private readonly tooltip: HTMLElement;
+  private readonly scroller: HTMLElement;
   private focused: [number, number] = [0, 0];
 
   constructor(options: HeatmapOptions) {
@@ -56,7 +57,8 @@ export class Heatmap {
       return cells;
     });
     this.listen(grid);
-    this.element = h("div", { class: "heatmap-frame" }, h("div", { class: "heatmap-scroll" }, grid), this.tooltip);
+    this.scroller = h("div", { class: "heatmap-scroll" }, grid);
+    this.element = h("div", { class: "heatmap-frame" }, this.scroller, this.tooltip);
   }
 
   private listen(grid: HTMLElement): void {
@@ -108,8 +110,18 @@ export class Heatmap {
     this.cells[pr]![pc]!.tabIndex = -1;
     const cell = this.cells[r]![c]!;
     cell.tabIndex = 0;
-    cell.focus();
+    // Scrolled first, so the tooltip that focus shows is placed where the cell ends up.
+    this.reveal(cell);
+    cell.focus({ preventScroll: true });
     this.focused = [r, c];
+  }
+
+  /** Scrolls the cell into view clear of the row labels, which stay at the left (the browser's own scrolling would leave it under them). */
+  private reveal(cell: HTMLElement): void {
+    cell.scrollIntoView({ block: "nearest", inline: "nearest" });
+    const label = cell.parentElement?.firstElementChild;
+    const hidden = label ? label.getBoundingClientRect().right - cell.getBoundingClientRect().left : 0;
+    if (hidden > 0) this.scroller.scrollLeft -= hidden;
   }
 
   private show(target: HTMLElement): void {

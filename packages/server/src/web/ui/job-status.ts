@@ -117,6 +117,7 @@ export class JobStatus {
 export function errorTitle(e: unknown): string {
   const { code, name, type } = (e ?? {}) as { code?: unknown; name?: unknown; type?: unknown };
   if (name === "ConnectionError") return "No connection:";
+  if (name === "NoKeyError") return "No API key:";
   const named = typeof type === "string" ? type : name;
   const kind = typeof named === "string" && !["Error", "RemoteError", "ClientError", "ApiError", "HttpError", "CancelledError"].includes(named) ? named : undefined;
   if (typeof code !== "string") return `${kind ?? "Error"}:`;

@@ -35,6 +35,8 @@ export function attentionView(ctx: ViewContext): View {
     options = lm.name;
     fill(layer, ...Array.from({ length: layerCount(lm) }, (_, l) => h("option", { value: String(l) }, `layer ${l}`)));
     fill(head, h("option", { value: ALL }, "all heads"), ...Array.from({ length: headCount(lm) }, (_, i) => h("option", { value: String(i) }, `head ${i}`)));
+    view.restore(layer);
+    view.restore(head);
   };
 
   const draw = () => {
@@ -64,7 +66,8 @@ export function attentionView(ctx: ViewContext): View {
     const multiples = Array.from({ length: shown.heads }, (_, i) =>
       h(
         "button",
-        { type: "button", class: "multiple", "aria-label": `head ${i}: show it large`, onclick: () => ((head.value = String(i)), draw()) },
+        // A change event, as if chosen in the select: it draws, and the choice is kept.
+        { type: "button", class: "multiple", "aria-label": `head ${i}: show it large`, onclick: () => ((head.value = String(i)), head.dispatchEvent(new Event("change", { bubbles: true }))) },
         h("span", { class: "multiple-title" }, `head ${i}`),
         matrixPicture(labels.length, (q, k) => {
           const p = shown!.rows?.[i]?.[q]?.[k];
@@ -92,7 +95,11 @@ export function attentionView(ctx: ViewContext): View {
       const recipe = attentionRecipe(prompt.value, modelPaths(lm), at, head.value === ALL ? 0 : Number(head.value));
       view.showCode([recipe]);
       const pattern = await view.status.run("attention", () => submit<Tensor>(lm, recipe, ctx.connection.remote()));
-      if (!pattern) return;
+      if (!pattern) {
+        // Empty maps laid out for a pattern that will not come: none is shown, nor redrawn on a head chosen after.
+        shown = undefined;
+        return view.result.replaceChildren();
+      }
       shown.rows = patternRows(pattern);
       draw();
     },

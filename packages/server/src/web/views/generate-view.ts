@@ -36,6 +36,7 @@ export function generateView(ctx: ViewContext): View {
     layersFor = lm.name;
     fill(layer, ...Array.from({ length: layerCount(lm) }, (_, l) => h("option", { value: String(l) }, `layer ${l}`)));
     layer.value = String(Math.min(2, layerCount(lm) - 1));
+    view.restore(layer);
   };
 
   const steering = h(
@@ -48,6 +49,15 @@ export function generateView(ctx: ViewContext): View {
   );
 
   const output = h("pre", { class: "generation", "aria-label": "generated text" });
+  /** Whether the box shows the end of the text as it grows: until the reader scrolls up from the end. */
+  let following = true;
+  /** Makes `change` to the text, then shows its end if the box was showing the end before. */
+  const follow = (change: () => void) => {
+    // Measured only while on screen: in a hidden tab the box measures 0.
+    if (output.clientHeight > 0) following = output.scrollHeight - output.scrollTop - output.clientHeight < 4;
+    change();
+    if (following) output.scrollTop = output.scrollHeight;
+  };
   const view: JobView = new JobView(ctx, {
     id: "generate",
     title: "Generate",
@@ -63,6 +73,7 @@ export function generateView(ctx: ViewContext): View {
       const settings: GenerateSettings = { maxNewTokens: optionalNumber(maxNewTokens, "new tokens") ?? 10, ...(t ? { temperature: t, topP: optionalNumber(topP, "top-p"), seed: optionalNumber(seed, "seed") } : {}) };
       fill(view.result, output);
       fill(output, h("span", { class: "prompt-text" }, prompt.value));
+      following = true;
 
       let steered: Steering | undefined;
       const steps: Recipe[] = [];
@@ -72,7 +83,7 @@ export function generateView(ctx: ViewContext): View {
         steps.push(vector);
         view.showCode(steps);
         const direction = await view.status.run("steering direction", () => submit<Tensor>(lm, vector, ctx.connection.remote()));
-        if (!direction) return;
+        if (!direction) return view.result.replaceChildren();
         steered = { direction, layer: Number(layer.value), scale: optionalNumber(scale, "scale") ?? 1 };
       }
       const recipe = generateRecipe(prompt.value, settings, paths, steered);
@@ -87,11 +98,18 @@ export function generateView(ctx: ViewContext): View {
         (event) => {
           if (event.type !== "stream") return;
           ids.push(...event.tokens);
-          continuation.textContent = lm.tokenizer.decode(ids);
+          follow(() => (continuation.textContent = lm.tokenizer.decode(ids)));
         },
       );
-      if (result) continuation.textContent = result.text[0] ?? "";
+      if (result) follow(() => (continuation.textContent = result.text[0] ?? ""));
+      // Text that came before a failure stays; the prompt alone would read as a result.
+      else if (ids.length === 0) view.result.replaceChildren();
     },
   });
-  return { id: "generate", title: "Generate", element: view.element, shown: () => void view.model().then(choices, () => undefined), reset: () => view.reset() };
+  const shown = () => {
+    // Text that came while another tab was shown.
+    if (following) output.scrollTop = output.scrollHeight;
+    void view.model().then(choices, () => undefined);
+  };
+  return { id: "generate", title: "Generate", element: view.element, shown, reset: () => view.reset() };
 }

@@ -26,7 +26,8 @@ export function lensView(ctx: ViewContext): View {
       const recipe = lensRecipe(prompt.value, modelPaths(lm));
       view.showCode([recipe]);
       const value = await view.status.run("logit lens", () => submit<LensValue>(lm, recipe, ctx.connection.remote()));
-      if (!value) return;
+      // The grid was laid out for this value: without it, an empty frame would stand under the error as a result.
+      if (!value) return view.result.replaceChildren();
       lensCells(value).forEach((row, layer) =>
         row.forEach((cell, position) => {
           const top = cell.ids.map((id, i) => ({ token: lm.tokenizer.decode([id]), p: cell.probs[i]! }));

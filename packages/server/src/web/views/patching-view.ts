@@ -86,7 +86,11 @@ export function patchingView(ctx: ViewContext): View {
           } else paint(cell.layer, cell.position, cell.diff);
         },
       );
-      if (!value) return;
+      // Cells that came before a failure or a cancel are kept; a grid with none would read as a result.
+      if (!value) {
+        if (done === 0) view.result.replaceChildren();
+        return;
+      }
       // The session's value is the authority: it holds every cell, even ones whose log line was dropped.
       value.grid.forEach((row, l) => row.forEach((d, p) => (values[l]![p] = d)));
       limit = Math.max(Math.abs(value.clean), Math.abs(value.corrupted), ...value.grid.flat().map(Math.abs));

@@ -3,6 +3,7 @@ import type { LanguageModel } from "tsight/client";
 import type { Connection } from "../connection.js";
 import { programOf } from "../recipes/code.js";
 import type { Recipe } from "../recipes/recipe.js";
+import type { SavedState } from "../saved-state.js";
 import { CodePanel } from "../ui/code-panel.js";
 import { h } from "../ui/dom.js";
 import { JobStatus } from "../ui/job-status.js";
@@ -11,6 +12,8 @@ export interface ViewContext {
   connection: Connection;
   /** The model chosen at the top of the page. */
   modelName(): string;
+  /** What the page keeps between loads (the forms' values among it). */
+  saved: SavedState;
 }
 
 export interface View {
@@ -32,11 +35,13 @@ export class JobView {
   readonly code: CodePanel;
   readonly result: HTMLElement;
   private readonly runButton: HTMLButtonElement;
+  private readonly id: string;
 
   constructor(
     readonly ctx: ViewContext,
     options: { id: string; title: string; intro: string; fields: HTMLElement[]; runLabel: string; code: string; run: () => Promise<void> },
   ) {
+    this.id = options.id;
     this.code = new CodePanel(options.code);
     this.result = h("div", { class: "result", "aria-live": "polite" });
     this.runButton = h("button", { type: "submit", class: "run" }, options.runLabel);
@@ -52,12 +57,18 @@ export class JobView {
       ...options.fields,
       h("div", { class: "form-actions" }, this.runButton),
     );
+    ctx.saved.bind(options.id, form);
     this.element = h("section", { class: "view", "aria-labelledby": `${options.id}-title` }, h("h2", { id: `${options.id}-title` }, options.title), h("p", { class: "intro" }, options.intro), form, this.status.element, this.result, this.code.element);
   }
 
   /** The chosen model as a meta model. */
   model(): Promise<LanguageModel> {
     return this.ctx.connection.model(this.ctx.modelName());
+  }
+
+  /** Gives a select filled after the page loaded (a model's layers) its kept value, if it is one of its options. */
+  restore(select: HTMLSelectElement): void {
+    this.ctx.saved.restore(this.id, select);
   }
 
   /** Shows the program that does what `steps` do. */

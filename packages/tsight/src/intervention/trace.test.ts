@@ -26,8 +26,12 @@ for (const fused of [true, false]) {
         gpt2: await LanguageModel.load("stdlib-gpt2"),
         llama: await LanguageModel.load("stdlib-llama"),
         renamed: (rename) => LanguageModel.load("stdlib-gpt2", { rename }) as never,
-        arch: (name) => {
+        arch: async (name) => {
           if (!archs.has(name)) archs.set(name, loadArch(name));
+          // A turn of the event loop between architectures: a case looping over all of them computes for a minute
+          // with nothing but microtasks between its kernels, and vitest's worker, unable to hear its reports answered
+          // meanwhile, failed the run ("Timeout calling onTaskUpdate") on a loaded machine.
+          await new Promise((resolve) => setImmediate(resolve));
           return archs.get(name)!;
         },
       } satisfies TraceBackend);

@@ -297,6 +297,7 @@ async function handOut(block: Module, hooks: ModuleHooks, tappedRun: TappedRun, 
     if (!uncalled) return call.children.forEach(count);
     hooks.passWithin!(call.owner as Module, uncalled);
   };
+  const watchesItself = (path: string): boolean => !hooks.watches || hooks.watches(path);
   // Synchronous where it can be (a call counted, a call with no calls inside): a trace takes many of these, and
   // every await costs a microtask turn.
   const give = (call: CapturedCall): Promise<void> | void => {
@@ -307,14 +308,18 @@ async function handOut(block: Module, hooks: ModuleHooks, tappedRun: TappedRun, 
     return giveWatched(call, module);
   };
   const giveWatched = async (call: CapturedCall, module: Module): Promise<void> => {
-    const input = real(call.args);
-    const output = real(call.out);
+    // A call watched only below it (the blocks above a value read) gets its captured values, which nobody asked for:
+    // mapping them to this run's costs a walk of each, at every level above every read. One asked for while it is
+    // handed out is mapped then (see done).
+    const own = watchesItself(module.path);
+    const input = own ? real(call.args) : UNKNOWN_VALUE;
+    let output = own ? real(call.out) : UNKNOWN_VALUE;
     const gives = { input: input !== UNKNOWN_VALUE, output: output !== UNKNOWN_VALUE };
     if (session.needsRun(module.path, gives, learn)) throw new MustRun();
     // Values nobody asks for are not tapped: the calls get the captured ones, which no read can reach (a read of
     // them now or while they are handed out would have made the module run).
     const args_ = gives.input ? (input as unknown[]) : call.args;
-    const out = gives.output ? output : call.out;
+    let out = gives.output ? output : call.out;
     const handOut = (a: unknown[]): unknown => {
       // Skipped as it was handed out, for some rows (code that reads the input and then skips the module).
       if (session.skipping(module.path)) throw new MustRun();
@@ -326,6 +331,10 @@ async function handOut(block: Module, hooks: ModuleHooks, tappedRun: TappedRun, 
       return call.children.length ? giveAll(call.children).then(done) : done();
     };
     const done = (): unknown => {
+      if (!own && watchesItself(module.path)) {
+        output = real(call.out);
+        if ((gives.output = output !== UNKNOWN_VALUE)) out = output;
+      }
       if (session.needsRun(module.path, gives, learn)) throw new MustRun();
       return out;
     };

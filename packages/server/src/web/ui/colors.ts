@@ -8,13 +8,15 @@
 export interface ColorScale {
   /** A CSS colour for a value in [0, 1] (clamped). */
   color(t: number): string;
+  /** The same colour as [red, green, blue], 0 to 255, for painting pixels. */
+  rgb(t: number): Rgb;
   /** Black or white: whichever reads better on color(t). */
   ink(t: number): string;
   /** The scale as a CSS linear-gradient, left to right, for a legend. */
   gradient(): string;
 }
 
-type Rgb = [number, number, number];
+export type Rgb = [number, number, number];
 
 const hex = (s: string): Rgb => [1, 3, 5].map((i) => parseInt(s.slice(i, i + 2), 16)) as Rgb;
 
@@ -28,6 +30,7 @@ function interpolatedScale(anchors: string[]): ColorScale {
   };
   return {
     color: (t) => `rgb(${at(t).join(" ")})`,
+    rgb: at,
     ink: (t) => ink(luminance(at(t))),
     gradient: () => `linear-gradient(to right, ${anchors.join(", ")})`,
   };

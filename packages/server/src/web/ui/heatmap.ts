@@ -75,7 +75,7 @@ export class Heatmap {
     cell.classList.remove("pending");
     cell.style.background = content.background;
     cell.style.color = content.ink;
-    cell.textContent = content.text;
+    cell.replaceChildren(h("span", { class: "cell-text" }, content.text));
     cell.setAttribute("aria-label", content.label);
     cell.dataset.detail = JSON.stringify(content.detail ?? [content.label]);
     if (this.tooltip.dataset.for === `${row},${column}`) this.show(cell);
@@ -150,27 +150,6 @@ export class Heatmap {
     if (!this.tooltip.id) this.tooltip.id = `tooltip-${Math.random().toString(36).slice(2)}`;
     return this.tooltip.id;
   }
-}
-
-/**
- * A small multiple: a square matrix drawn on a canvas, one pixel block a cell, at most `size` CSS pixels a side (a
- * grid of DOM cells, one per pair of tokens, froze the page for seconds at a hundred tokens and stood 1300 px tall).
- * `color(r, c)` gives each cell's colour, or undefined for one not computed yet (left blank).
- */
-export function matrixPicture(n: number, color: (r: number, c: number) => string | undefined, size = 240): HTMLCanvasElement {
-  const cell = Math.max(1, Math.min(11, Math.floor(size / Math.max(1, n))));
-  const canvas = h("canvas", { class: "matrix-picture", width: n * cell, height: n * cell, "aria-hidden": "true" });
-  const g = canvas.getContext("2d");
-  if (!g) return canvas;
-  for (let r = 0; r < n; r++) {
-    for (let c = 0; c < n; c++) {
-      const fill = color(r, c);
-      if (fill === undefined) continue;
-      g.fillStyle = fill;
-      g.fillRect(c * cell, r * cell, cell, cell);
-    }
-  }
-  return canvas;
 }
 
 /** A legend: the scale's gradient with its two ends (and middle) labelled. */

@@ -87,6 +87,12 @@ export class JobStatus {
     this.message.replaceChildren(h("strong", {}, errorTitle(e)), " ", describeError(e));
   }
 
+  /** Shows why a run was not sent: the page found what the server would refuse. */
+  refuse(what: string, e: unknown): void {
+    this.setState(`${what}: not sent`);
+    this.fail(e);
+  }
+
   setState(text: string): void {
     this.state.textContent = text;
     this.state.title = text;

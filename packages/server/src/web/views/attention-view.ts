@@ -1,24 +1,31 @@
 /**
  * Attention patterns of one layer: one head large, with the prompt's tokens on both axes (rows attend to columns),
  * or every head as small multiples. One job per prompt and layer; choosing another head redraws what came back.
+ * One head is a grid of cells (values written in, tooltips, keyboard) up to CELLS_UP_TO tokens, and a canvas with a
+ * readout past that.
  */
-import type { LanguageModel, Tensor } from "tsight/client";
+import { errorFromInfo, type LanguageModel, type Tensor } from "tsight/client";
 import { headCount, layerCount, modelPaths } from "../recipes/architecture.js";
 import { attentionRecipe, patternRows } from "../recipes/attention.js";
 import { submit } from "../recipes/recipe.js";
 import { sequential } from "../ui/colors.js";
 import { fill, field, h, showToken } from "../ui/dom.js";
-import { Heatmap, legend, matrixPicture } from "../ui/heatmap.js";
+import { CanvasHeatmap, matrixPicture, rgbOf } from "../ui/canvas-heatmap.js";
+import { Heatmap, legend } from "../ui/heatmap.js";
 import { JobView, tokenLabels, type View, type ViewContext } from "./view.js";
 
 const ALL = "all";
+/** Past this many tokens one head is a canvas: an element per pair of tokens (n²) lays out too slowly. */
+const CELLS_UP_TO = 40;
+/** The scale at 256 levels, for the canvases: a colour computed per cell made four 512-token heads take 150 ms to paint. */
+const SHADES = Array.from({ length: 256 }, (_, i) => sequential.rgb(i / 255));
 
 interface Shown {
   layer: number;
   heads: number;
   tokens: string[];
   /** rows[head][query][key]; undefined while the job runs (the maps are drawn empty, at their final size). */
-  rows?: number[][][];
+  rows?: Float32Array[][];
 }
 
 export function attentionView(ctx: ViewContext): View {
@@ -41,17 +48,39 @@ export function attentionView(ctx: ViewContext): View {
 
   const draw = () => {
     if (!shown) return;
-    const labels = shown.tokens.map(showToken);
+    const { tokens, rows } = shown;
+    const labels = tokens.map(showToken);
+    const masked = rgbOf(getComputedStyle(document.documentElement).getPropertyValue("--masked").trim() || "#d9d9d9");
+    const shade = (p: number) => SHADES[Math.round(Math.min(1, Math.max(0, p)) * 255)]!;
+    const pair = (i: number, q: number, k: number) => `head ${i}, query ${q} (${JSON.stringify(tokens[q])}) to key ${k} (${JSON.stringify(tokens[k])})`;
     const one = (i: number) => {
-      const map = new Heatmap({ rows: labels, columns: labels, rowName: "query", columnName: "key", label: `layer ${shown!.layer} head ${i}: attention from each position (rows) to each earlier one (columns)` });
-      shown!.rows?.[i]!.forEach((row, q) =>
+      const label = `layer ${shown!.layer} head ${i}: attention from each position (rows) to each earlier one (columns)`;
+      if (labels.length > CELLS_UP_TO) {
+        return new CanvasHeatmap({
+          rows: labels,
+          columns: labels,
+          rowName: "query",
+          columnName: "key",
+          label,
+          color: (q, k) => {
+            const p = rows?.[i]?.[q]?.[k];
+            return p === undefined ? undefined : k > q ? masked : shade(p);
+          },
+          describe: (q, k) => {
+            const p = rows?.[i]?.[q]?.[k];
+            return `${pair(i, q, k)}: ${p === undefined ? "not computed yet" : p.toFixed(3)}`;
+          },
+        });
+      }
+      const map = new Heatmap({ rows: labels, columns: labels, rowName: "query", columnName: "key", label });
+      rows?.[i]!.forEach((row, q) =>
         row.forEach((p, k) => {
           const future = k > q;
           map.set(q, k, {
             background: future ? "var(--masked)" : sequential.color(p),
             ink: sequential.ink(p),
             text: future ? "" : p.toFixed(2),
-            label: `head ${i}, query ${q} (${JSON.stringify(shown!.tokens[q])}) to key ${k} (${JSON.stringify(shown!.tokens[k])}): ${p.toFixed(3)}`,
+            label: `${pair(i, q, k)}: ${p.toFixed(3)}`,
           });
         }),
       );
@@ -62,7 +91,6 @@ export function attentionView(ctx: ViewContext): View {
       fill(view.result, h("h3", {}, `Layer ${shown.layer}, head ${head.value}`), one(Number(head.value)).element, scale);
       return;
     }
-    const masked = getComputedStyle(document.documentElement).getPropertyValue("--masked").trim() || "#d9d9d9";
     const multiples = Array.from({ length: shown.heads }, (_, i) =>
       h(
         "button",
@@ -70,8 +98,8 @@ export function attentionView(ctx: ViewContext): View {
         { type: "button", class: "multiple", "aria-label": `head ${i}: show it large`, onclick: () => ((head.value = String(i)), head.dispatchEvent(new Event("change", { bubbles: true }))) },
         h("span", { class: "multiple-title" }, `head ${i}`),
         matrixPicture(labels.length, (q, k) => {
-          const p = shown!.rows?.[i]?.[q]?.[k];
-          return p === undefined ? undefined : k > q ? masked : sequential.color(p);
+          const p = rows?.[i]?.[q]?.[k];
+          return p === undefined ? undefined : k > q ? masked : shade(p);
         }),
       ),
     );
@@ -88,8 +116,17 @@ export function attentionView(ctx: ViewContext): View {
     run: async () => {
       const lm = await view.model();
       choices(lm);
+      shown = undefined;
+      const ids = lm.tokenizer.encode(prompt.value);
+      // A prompt longer than the model's context, which the server would refuse, is refused here at once: nothing is
+      // sent, and no map is laid out for it. (The library's checkInput would say the same, but needs Node.)
+      const context = lm.model.config.maxPositions;
+      if (context !== null && ids.length > context) {
+        const message = `the prompt is ${ids.length} tokens, longer than the model's context of ${context} positions; shorten it`;
+        return view.status.refuse("attention", errorFromInfo({ code: "VALIDATION", type: "InputError", message, retryable: false }));
+      }
       const at = Number(layer.value || 0);
-      const tokens = tokenLabels(lm, lm.tokenizer.encode(prompt.value));
+      const tokens = tokenLabels(lm, ids);
       shown = { layer: at, heads: headCount(lm), tokens };
       draw();
       const recipe = attentionRecipe(prompt.value, modelPaths(lm), at, head.value === ALL ? 0 : Number(head.value));

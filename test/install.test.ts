@@ -231,7 +231,7 @@ console.log(await lm.trace("def __init__(self", async (m) => (await m.lm_head.ou
     expect(Number(out.stdout.trim())).toBe(await expectedTop("def __init__(self"));
   });
 
-  it("ships each package's README, whose TypeScript examples type-check and run as written (locally, and against the server)", async () => {
+  it("ships each package's README, whose TypeScript examples type-check and run as written (locally, and against the server), and the full guide", async () => {
     const examples = (readme: string) => [...fs.readFileSync(path.join(dir, "node_modules", readme), "utf8").matchAll(/```ts\n([\s\S]*?)```/g)].map((m) => m[1]!).join("\n");
     const engine = `${examples("tsight/README.md")}\nconsole.log(JSON.stringify({ top, steered, pattern: pattern.shape, text: out.text }));\n`;
     const server = `${examples("@tsight/server/README.md")}\nconsole.log(JSON.stringify({ norm }));\n`;
@@ -249,6 +249,9 @@ console.log(await lm.trace("def __init__(self", async (m) => (await m.lm_head.ou
     expect(got.steered).toHaveLength(3);
     expect(got.pattern).toEqual([1, 4, 3, 3]);
     expect(got.text).toHaveLength(1);
+
+    // The full guide (the repository's README), which both READMEs point to, is there offline.
+    expect(fs.readFileSync(path.join(dir, "node_modules/tsight/GUIDE.md"), "utf8")).toBe(fs.readFileSync(path.join(root, "README.md"), "utf8"));
 
     const remote = await node(dir, ["readme/dist/server.js"], serverEnv);
     expect(remote.stderr).toBe("");

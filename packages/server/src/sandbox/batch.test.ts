@@ -112,6 +112,17 @@ describe("batched jobs", () => {
     }
   });
 
+  it("a replacement that does not fit, assigned by code that then returns, fails its job in a pass as alone (the job ended before the pass applied it)", async () => {
+    const misfit = job("async (m) => { m.transformer.h[0].output = Tensor.ones([2, 6, 256]); return 1; }", prompts[2]);
+    const alone = await Promise.allSettled([executor.execute(misfit, lm, context())]);
+    expect(alone[0]!.status).toBe("rejected");
+    const count = passes();
+    const out = await Promise.all(executor.executeBatch([{ job: jobs[0]!, ctx: context() }, { job: misfit, ctx: context() }], lm));
+    expect(count()).toBe(1);
+    expect(out.map((r) => r.status)).toEqual(["fulfilled", "rejected"]);
+    expect(((out[1] as PromiseRejectedResult).reason as Error).name).toBe(((alone[0] as PromiseRejectedResult).reason as Error).name);
+  });
+
   it("only plain traces are batched", () => {
     expect(batchable(jobs[0]!)).toBe(true);
     expect(batchable(decodeJob({ model: GPT2, kind: "generate", form: "invoke", source: "async () => 1", input: "x", generate: { maxNewTokens: 2 } }))).toBe(false);

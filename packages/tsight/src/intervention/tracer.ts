@@ -231,6 +231,8 @@ export class TraceRun {
   readonly id = newRunId();
   private readonly invokes: Invoke[] = [];
   private readonly barriers: { parties: number; waiting: { resolve(): void; reject(e: unknown): void }[] }[] = [];
+  /** Separate jobs' handles resolved when the pass ends (their code returned with replacements still to apply). */
+  private readonly endingWithPass: { end(): void; fail(e: unknown): void }[] = [];
   /** Invokes parked on tr.result, resumed when the run ends. */
   private readonly resultWaiters: { resume(v: unknown): void; fail(e: unknown): void }[] = [];
   private output: { value: unknown } | null = null;
@@ -518,6 +520,8 @@ export class TraceRun {
       await this.failBarriers();
       // Code still running (its last steps after the forward) ends, or waits for something that will not come.
       await interleaver.settle(true);
+      // Their replacements applied or refused (a refusal has rejected the handle already, which this leaves as it is).
+      for (const { end } of this.endingWithPass.splice(0)) end();
       const ended = this.stopped ? "tr.stop() ended the trace" : this.firstError ? "another invoke failed" : null;
       for (const x of all) {
         if (x.mediator.done) continue;
@@ -535,6 +539,10 @@ export class TraceRun {
       }
       const unused = this.unusedFailures.find((f) => !f.isUsed());
       if (unused) this.firstError ??= { error: unused.error };
+    } catch (e) {
+      // The forward failed: those jobs' replacements were never applied.
+      for (const { fail } of this.endingWithPass.splice(0)) fail(e);
+      throw e;
     } finally {
       model.tree.hooks = null;
       this.interleaver = null;
@@ -559,7 +567,10 @@ export class TraceRun {
       if (unused) [ok, v] = [false, unused.error];
       if (ok) {
         m.result = detachAll(v);
-        x.resolve?.(m.result);
+        // A separate job whose code returned with replacements still to apply ends with them: one that does not fit
+        // is its error, as when it runs alone (where the trace's error is thrown after the forward).
+        if (this.isolated && m.requests.some((r) => r.op !== "read")) this.endingWithPass.push({ end: () => x.resolve?.(m.result), fail: (e) => x.reject?.(e) });
+        else x.resolve?.(m.result);
       } else {
         m.fail(v);
         x.reject?.(v);

@@ -3,6 +3,7 @@
  * processes of a distributed deployment on Redis. `tsight keys`: make, list and revoke their API keys.
  */
 import { parseArgs } from "node:util";
+import { Worker } from "node:worker_threads";
 import { DEFAULT_HOST, DEFAULT_MODELS, DEFAULT_PORT, defaultDataDir } from "../server/config.js";
 import type { ApiKeyInfo, NewApiKey } from "../server/index.js";
 import { checkWeightDType, describeLoad, LoadBar, type LoadProgress, type SaeSpec, type WeightDType } from "tsight";
@@ -41,6 +42,12 @@ one and prints it once, as TSIGHT_API_KEY=..., for clients to use.
   --batch-stall T          longest one job may hold up a shared forward pass before it runs alone (default 1s)
   --max-result MB          largest result a job may return (default 256)
   --max-body MB            largest request body (default 64)
+  --max-json MB            largest JSON of a request, parsed on the main thread: a JSON body, or an envelope's
+                           header; tensors may fill the rest of an envelope (default 8)
+  --max-bodies N           request bodies one API key may be sending at once (default 2; one more: 429)
+  --max-body-in-flight MB  megabytes of request bodies all keys together may be sending at once (default 4 x
+                           --max-body; past it: 503)
+  --body-timeout T         longest a request body may take to come in (default 60s; then 408)
   --max-input-tokens N     most tokens (rows x positions) a job's input may have (default 16384)
   --max-events N           most events (log lines, tokens, hybrid steps) a job may send (default 10000)
   --max-event-bytes MB     most megabytes of events a job may send (default 16)
@@ -165,6 +172,10 @@ export async function runServe(argv: string[], out: NodeJS.WritableStream = proc
       "batch-stall": { type: "string" },
       "max-result": { type: "string" },
       "max-body": { type: "string" },
+      "max-json": { type: "string" },
+      "max-bodies": { type: "string" },
+      "max-body-in-flight": { type: "string" },
+      "body-timeout": { type: "string" },
       "max-input-tokens": { type: "string" },
       "max-events": { type: "string" },
       "max-event-bytes": { type: "string" },
@@ -213,6 +224,10 @@ export async function runServe(argv: string[], out: NodeJS.WritableStream = proc
     batchStallMs: values["batch-stall"] === undefined ? undefined : parseDuration("batch-stall", values["batch-stall"]),
     maxResultBytes: megabytes("max-result", values["max-result"]),
     maxBodyBytes: megabytes("max-body", values["max-body"]),
+    maxJsonBytes: megabytes("max-json", values["max-json"]),
+    maxBodiesPerKey: wholeNumber("max-bodies", values["max-bodies"]),
+    maxBodyBytesInFlight: megabytes("max-body-in-flight", values["max-body-in-flight"]),
+    bodyTimeoutMs: values["body-timeout"] === undefined ? undefined : parseDuration("body-timeout", values["body-timeout"]),
     maxInputTokens: wholeNumber("max-input-tokens", values["max-input-tokens"]),
     maxEventsPerJob: wholeNumber("max-events", values["max-events"]),
     maxEventBytesPerJob: megabytes("max-event-bytes", values["max-event-bytes"]),
@@ -246,10 +261,37 @@ export async function runServe(argv: string[], out: NodeJS.WritableStream = proc
   }
   out.write(`tsight server on ${server.url}, serving ${served(server.registry.list())} (data: ${server.config.dataDir})\n`);
   out.write(`workbench: open ${server.url}/ in a browser and enter the API key\n`);
+  const shuttingDown = exitWatch(stop);
   await untilStopped(stop);
   out.write("tsight server: shutting down\n");
+  shuttingDown();
   await server.close();
   return 0;
+}
+
+/**
+ * How long a stopping server's process may take to end by itself before it is ended (see exitWatch): more than its
+ * close takes (running jobs get their stop grace, idle threads 5 s to end).
+ */
+const EXIT_WAIT_MS = 12_000;
+
+/**
+ * Returns a function that ends the process EXIT_WAIT_MS after it is called, unless the process has ended by itself.
+ * After a job's sandbox broke a thread beyond recovery (see the server's model-worker.ts), closing the server blocked
+ * the main thread for good, so a SIGTERM left the process up, its port closed. The timer runs on a thread of its
+ * own, started with the server: one started at the shutdown could not start with the main thread blocked. Nothing
+ * to do when `stop` is given (a server run inside another program, such as a test).
+ */
+function exitWatch(stop: AbortSignal | undefined): () => void {
+  if (stop) return () => undefined;
+  const message = `tsight serve: the process did not end ${EXIT_WAIT_MS / 1000} s after its shutdown began (a thread a job broke is stuck); it is killed\n`;
+  const watchdog = new Worker(
+    `const { parentPort, workerData } = require("node:worker_threads");
+     parentPort.once("message", () => setTimeout(() => { require("node:fs").writeSync(2, workerData.message); process.kill(process.pid, "SIGKILL"); }, workerData.ms));`,
+    { eval: true, execArgv: [], workerData: { ms: EXIT_WAIT_MS, message } },
+  );
+  watchdog.unref();
+  return () => watchdog.postMessage("shutdown");
 }
 
 /**
@@ -311,8 +353,10 @@ async function serveWorker(settings: DistributedSettings, out: NodeJS.WritableSt
   }
   out.write(`tsight worker ${worker.id} (pid ${process.pid}), running ${worker.node.describe()} (redis: ${worker.dist.redisUrl}, prefix ${worker.dist.prefix})\n`);
   if (/failed/.test(worker.node.describe())) err.write("tsight worker: a model did not load (retrying)\n");
+  const shuttingDown = exitWatch(stop);
   await untilStopped(stop);
   out.write("tsight worker: shutting down\n");
+  shuttingDown();
   await worker.close();
   return 0;
 }

@@ -117,8 +117,11 @@ const localCalls = new WeakMap<ExecutionContext, number>();
 export class SandboxExecutor implements JobExecutor {
   constructor(private readonly options: SandboxOptions = {}) {}
 
-  /** Tells `listener` when a job's isolate fails beyond recovery on this thread: the thread is lost (see catastrophe). */
-  onCatastrophe(listener: (message: string) => void): void {
+  /**
+   * Tells `listener` when a job's isolate fails beyond recovery on this thread: the thread is lost (see catastrophe).
+   * `ctx` is the context of the job whose isolate failed (a shared pass runs several jobs' isolates on the thread).
+   */
+  onCatastrophe(listener: (message: string, ctx: ExecutionContext) => void): void {
     catastropheListeners.add(listener);
   }
 
@@ -261,7 +264,7 @@ export class SandboxExecutor implements JobExecutor {
    */
   private prepare(job: DecodedJob, model: LanguageModel, ctx: ExecutionContext, sliceMs?: number): Prepared {
     exposeGc();
-    const isolate = new ivm.Isolate({ memoryLimit: this.options.isolateMemoryMB ?? 64, ...catastrophe() });
+    const isolate = new ivm.Isolate({ memoryLimit: this.options.isolateMemoryMB ?? 64, ...catastrophe(ctx) });
     watchExit(isolate);
     const context = isolate.createContextSync();
     const runLocal = ctx.awaitLocal
@@ -331,10 +334,10 @@ export class SandboxExecutor implements JobExecutor {
  * jobs (see the server's model-worker.ts). On the main thread (a client's `remote: "local"`) the process aborts, as
  * a script's own out-of-memory would end it.
  */
-function catastrophe(): { onCatastrophicError?: (message: string) => void } {
+function catastrophe(ctx: ExecutionContext): { onCatastrophicError?: (message: string) => void } {
   if (isMainThread) return {};
-  return { onCatastrophicError: (message) => catastropheListeners.forEach((listener) => listener(message)) };
+  return { onCatastrophicError: (message) => catastropheListeners.forEach((listener) => listener(message, ctx)) };
 }
 
-const catastropheListeners = new Set<(message: string) => void>();
+const catastropheListeners = new Set<(message: string, ctx: ExecutionContext) => void>();
 

@@ -23,15 +23,21 @@ describe("a job that breaks its sandbox beyond recovery", () => {
   let server: ServeProcess;
   let dataDir: string;
   let t: Target;
+  const hostile: string[] = [];
 
   beforeAll(async () => {
     dataDir = fs.mkdtempSync(path.join(os.tmpdir(), "tsight-catastrophe-"));
     server = startServe(["--port", "0", "--data-dir", dataDir, "--timeout", "60s"]);
     const url = (await server.waitFor(/tsight server on (http:\S+),/, 90_000))[1]!;
-    const out = sink();
-    await runKeys(["create", "--name", "catastrophe", "--data-dir", dataDir], out);
-    const key = /TSIGHT_API_KEY=(\S+)/.exec(out.text)![1]!;
-    t = { url, keys: { hostile: key, victim: key, blocker: key }, processes: () => [], receiver: { url: "", hits: () => 0 } };
+    const newKey = async (name: string) => {
+      const out = sink();
+      await runKeys(["create", "--name", name, "--data-dir", dataDir], out);
+      return /TSIGHT_API_KEY=(\S+)/.exec(out.text)![1]!;
+    };
+    const victim = await newKey("victim");
+    // A key whose job broke a thread may not submit for a while: each lost thread is another key's.
+    for (let i = 0; i < 10; i++) hostile.push(await newKey(`hostile-${i}`));
+    t = { url, keys: { hostile: hostile[0]!, victim, blocker: victim }, processes: () => [], receiver: { url: "", hits: () => 0 } };
   }, 120_000);
 
   afterAll(async () => {
@@ -39,15 +45,16 @@ describe("a job that breaks its sandbox beyond recovery", () => {
     fs.rmSync(dataDir, { recursive: true, force: true });
   }, 30_000);
 
-  it("ends MEMORY at once; the server and its other models go on, and the model is served by a fresh thread until it has lost too many", async () => {
+  it("ends MEMORY at once, and its key may not submit for a while; the server and its other models go on, and the model is served by a fresh thread until it has lost too many", async () => {
     const pid = server.child.pid;
     let lost = 0;
     for (let attempt = 1; lost < 3; attempt++) {
       // Which way V8 fails is a race between its heap growth and isolated-vm's check after each collection: on a
       // loaded machine the check now and then wins, and the job ends MEMORY the ordinary way with its thread kept.
       expect(attempt, "attempts before 3 threads were lost").toBeLessThanOrEqual(10);
+      const key = hostile[attempt - 1]!;
       const started = Date.now();
-      const broken = await finished(t, await submit(t, { source: GROW_MAP }, t.keys.hostile), t.keys.hostile);
+      const broken = await finished(t, await submit(t, { source: GROW_MAP }, key), key);
       expect(broken).toMatchObject({ status: "ERROR", error: { code: "MEMORY" } });
       // At once, not at the job's 60 s deadline.
       expect(Date.now() - started).toBeLessThan(30_000);
@@ -57,6 +64,10 @@ describe("a job that breaks its sandbox beyond recovery", () => {
         continue;
       }
       lost++;
+      // Its key may not submit for a while (the next such job would cost another thread), whatever the model.
+      const again = await fetch(`${t.url}/v1/jobs`, { method: "POST", headers: headers(key), body: JSON.stringify({ model: LLAMA, kind: "trace", form: "invoke", input: [1, 2, 3], source: LOGITS }) });
+      expect(again.status).toBe(429);
+      expect(((await again.json()) as { error: { code: string; message: string } }).error).toMatchObject({ code: "NOT_ALLOWED", message: expect.stringMatching(/broke a worker thread of stdlib-gpt2 .* this key may submit jobs again in \d+ s/) });
       const other = await finished(t, await submit(t, { model: LLAMA, source: LOGITS }, t.keys.victim), t.keys.victim);
       expect(other.status).toBe("COMPLETED");
       if (lost <= 2) {
@@ -67,11 +78,38 @@ describe("a job that breaks its sandbox beyond recovery", () => {
         // Past MAX_LOST (2) lost threads the model is failed, saying why, and refuses jobs at once.
         const res = await fetch(`${t.url}/v1/jobs`, { method: "POST", headers: headers(t.keys.victim), body: JSON.stringify({ model: GPT2, kind: "trace", form: "invoke", input: [1, 2, 3, 4, 5], source: LOGITS }) });
         expect(res.status).toBe(503);
-        expect(((await res.json()) as { error: { message: string } }).error.message).toMatch(/3 jobs broke their worker threads beyond recovery; restart the server to serve stdlib-gpt2 again/);
+        expect(((await res.json()) as { error: { message: string } }).error.message).toMatch(/stdlib-gpt2 cannot run jobs on this server until it restarts: 3 jobs broke their worker threads beyond recovery; restart the server to serve stdlib-gpt2 again/);
       }
     }
     expect(server.child.pid).toBe(pid);
     expect(server.child.exitCode).toBeNull();
     expect(server.out).toContain("the thread is lost (3 so far); the model is failed until the server restarts");
   }, 240_000);
+
+  it("in a forward pass shared with another key's job, ends that job PREEMPTED (it may run again), not MEMORY: the job that broke the thread is known", async () => {
+    const victimSource = "async (m) => (await m.lm_head.output).shape";
+    let shared = false;
+    for (let attempt = 9; attempt >= 6 && !shared; attempt--) {
+      const key = hostile[attempt]!;
+      // Keeps llama's worker busy (three tokens: not batched with the others) while the two jobs queue up.
+      const blocker = await submit(t, { model: LLAMA, input: [1, 2, 3], source: "async () => { const t = Date.now(); while (Date.now() - t < 600) {} return 1; }" }, t.keys.victim);
+      await new Promise((r) => setTimeout(r, 150));
+      const [bad, good] = await Promise.all([submit(t, { model: LLAMA, source: GROW_MAP }, key), submit(t, { model: LLAMA, source: victimSource }, t.keys.victim)]);
+      const [badEnd, goodEnd] = await Promise.all([finished(t, bad, key, 60_000), finished(t, good, t.keys.victim, 60_000)]);
+      await finished(t, blocker, t.keys.victim);
+      expect(badEnd).toMatchObject({ status: "ERROR", error: { code: "MEMORY" } });
+      if (goodEnd.status === "COMPLETED") continue; // the other job was not in the pass when the thread broke
+      shared = true;
+      expect(goodEnd.error).toMatchObject({ code: "PREEMPTED", retryable: true, message: expect.stringMatching(/another job sharing this job's forward pass broke its worker thread/) });
+      expect((badEnd.error as { message: string }).message).toMatch(/could not recover from/);
+    }
+    expect(shared, "a thread broken in a shared pass within 4 attempts").toBe(true);
+  }, 240_000);
+
+  it("one SIGTERM ends the process, whose lost threads are stuck for good (it closed its server and stayed)", async () => {
+    server.child.kill("SIGTERM");
+    const ended = await Promise.race([server.exited.then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), 20_000))]);
+    expect(ended, `exited within 20 s of a SIGTERM; it printed:\n${server.out.slice(-1500)}`).toBe(true);
+    expect(server.out).toMatch(/tsight server: shutting down[\s\S]*the process did not end 12 s after its shutdown began \(a thread a job broke is stuck\); it is killed/);
+  }, 40_000);
 });

@@ -34,10 +34,27 @@ export interface ServerConfig {
   resultRetentionMs: number;
   /** Largest request body accepted. */
   maxBodyBytes: number;
+  /**
+   * Largest JSON text of a request: a JSON body, or an envelope's header (with its JSON inside). It is parsed on the
+   * main thread, which answers no other request meanwhile (5 to 10 ms per MiB), so it is kept well below maxBodyBytes;
+   * tensors, which are not parsed, may fill the rest of an envelope.
+   */
+  maxJsonBytes: number;
+  /** Request bodies one API key may be sending (being received and parsed) at once; one more gets 429 unread. */
+  maxBodiesPerKey: number;
+  /**
+   * Bytes of request bodies all keys together may be sending at once (each counts its Content-Length, or its limit
+   * when it has none); past it 503, unread. Default: 4 × maxBodyBytes; at least maxBodyBytes.
+   */
+  maxBodyBytesInFlight: number;
+  /** How long a request body may take to come in, from when it is let in; then 408, and what came is let go. */
+  bodyTimeoutMs: number;
   /** Largest result (envelope bytes) kept; a larger one ends the job with MEMORY. */
   maxResultBytes: number;
   /** Jobs one API key may have unfinished at once. */
   maxActiveJobsPerKey: number;
+  /** How long an API key whose job broke a worker thread (its sandbox's heap, beyond recovery) may not submit jobs. */
+  brokeThreadQuarantineMs: number;
   /** Events (log, stream, local) a job may send; one more ends it (MEMORY). */
   maxEventsPerJob: number;
   /** Bytes of events a job may send (log text, hybrid-step values); more ends it (MEMORY). */
@@ -120,8 +137,13 @@ export function resolveConfig(options: Partial<ServerConfig> = {}): ServerConfig
     memoryLimitBytes: 512 * MiB,
     resultRetentionMs: 60 * 60_000,
     maxBodyBytes: 64 * MiB,
+    maxJsonBytes: 8 * MiB,
+    maxBodiesPerKey: 2,
+    maxBodyBytesInFlight: 4 * (defined.maxBodyBytes ?? 64 * MiB),
+    bodyTimeoutMs: 60_000,
     maxResultBytes: 256 * MiB,
     maxActiveJobsPerKey: 8,
+    brokeThreadQuarantineMs: 15 * 60_000,
     maxEventsPerJob: 10_000,
     maxEventBytesPerJob: 16 * MiB,
     batchStallMs: 1_000,
@@ -141,9 +163,15 @@ export function resolveConfig(options: Partial<ServerConfig> = {}): ServerConfig
     workbenchDir: defaultWorkbenchDir(),
     ...defined,
   };
-  for (const k of ["jobTimeoutMs", "memoryLimitBytes", "resultRetentionMs", "maxBodyBytes", "maxResultBytes", "maxActiveJobsPerKey", "maxEventsPerJob", "maxEventBytesPerJob", "batchStallMs", "maxInputTokens", "stopGraceMs", "localStepTimeoutMs", "localDisconnectGraceMs", "webhookTimeoutMs", "webhookRetryDelayMs", "sweepIntervalMs", "heartbeatMs"] as const) {
+  for (const k of ["jobTimeoutMs", "memoryLimitBytes", "resultRetentionMs", "maxBodyBytes", "maxResultBytes", "maxActiveJobsPerKey", "brokeThreadQuarantineMs", "maxEventsPerJob", "maxEventBytesPerJob", "batchStallMs", "maxInputTokens", "stopGraceMs", "localStepTimeoutMs", "localDisconnectGraceMs", "webhookTimeoutMs", "webhookRetryDelayMs", "sweepIntervalMs", "heartbeatMs"] as const) {
     if (!(Number.isFinite(config[k]) && config[k] > 0)) throw new RangeError(`server setting ${k} must be a positive number, got ${config[k]}`);
   }
+  for (const k of ["maxJsonBytes", "maxBodyBytesInFlight", "bodyTimeoutMs"] as const) {
+    if (!(Number.isFinite(config[k]) && config[k] > 0)) throw new RangeError(`server setting ${k} must be a positive number, got ${config[k]}`);
+  }
+  if (!(Number.isInteger(config.maxBodiesPerKey) && config.maxBodiesPerKey >= 1)) throw new RangeError(`server setting maxBodiesPerKey must be a whole number of 1 or more, got ${config.maxBodiesPerKey}`);
+  // Else a body of the largest size could never come in.
+  if (config.maxBodyBytesInFlight < config.maxBodyBytes) throw new RangeError(`server setting maxBodyBytesInFlight (${config.maxBodyBytesInFlight}) must be at least maxBodyBytes (${config.maxBodyBytes})`);
   if (!(Number.isInteger(config.maxBatch) && config.maxBatch >= 1)) throw new RangeError(`server setting maxBatch must be a whole number of 1 or more, got ${config.maxBatch}`);
   if (config.models.length === 0) throw new RangeError("the server needs at least one model to serve");
   config.dtype = checkWeightDType(config.dtype, "server setting dtype");

@@ -122,6 +122,7 @@ export class JobManager implements Dispatcher {
         onStarted: (id) => this.parts.store.move(id, "RUNNING"),
         onEvent: (id, e) => this.onEvent(id, e),
         onRestart: () => this.parts.metrics.restarts.inc({ model: model.name }),
+        onBroke: (id) => this.quarantine(id, model.name),
         log: (line) => this.parts.log?.(line),
       });
       this.workers.set(model.key, worker);
@@ -134,6 +135,20 @@ export class JobManager implements Dispatcher {
    * Checks and queues a request; the caller's key owns the job. A repeated idempotency key gives the earlier job when
    * the body is the same, else a 422.
    */
+  /**
+   * API keys whose job broke a worker thread (see ModelWorker's lose), with until when they may not submit: each such
+   * job costs the server a thread and what it held, and a few fail the model until a restart, so one key must not
+   * be able to send them one after another.
+   */
+  private readonly quarantined = new Map<string, { until: number; jobId: string; model: string }>();
+
+  private quarantine(jobId: string, model: string): void {
+    const keyId = this.active.get(jobId)?.keyId ?? this.parts.store.get(jobId)?.keyId;
+    if (keyId === undefined) return;
+    this.quarantined.set(keyId, { until: Date.now() + this.parts.config.brokeThreadQuarantineMs, jobId, model });
+    this.parts.log?.(`tsight: API key ${keyId} may not submit jobs for ${Math.round(this.parts.config.brokeThreadQuarantineMs / 1000)} s: its job ${jobId} broke a worker thread of ${model}`);
+  }
+
   submit(caller: Caller, body: Uint8Array | JobRequest, idempotency?: Idempotency): JobState {
     if (this.closed) throw new ApiError(503, "INTERNAL", "the server is shutting down; try again later", { retryable: true });
     if (idempotency !== undefined) {
@@ -155,8 +170,14 @@ export class JobManager implements Dispatcher {
       throw new ApiError(404, "VALIDATION", `this server does not serve ${job.model}; it serves ${served.join(", ")}`);
     }
     const worker = this.workers.get(model.key);
+    if (worker?.failedForGood) throw new ApiError(503, "INTERNAL", `${model.name} cannot run jobs on this server until it restarts: ${worker.lastError?.message ?? "its worker failed"}`);
     if (worker?.state === "failed") {
       throw new ApiError(503, "INTERNAL", `${model.name} failed to load on this server (${worker.lastError?.message ?? "no reason given"}); it is retried, try again later`, { retryable: true, headers: { "retry-after": "30" } });
+    }
+    const barred = this.quarantined.get(caller.keyId);
+    if (barred && barred.until > Date.now()) {
+      const seconds = Math.ceil((barred.until - Date.now()) / 1000);
+      throw new ApiError(429, "NOT_ALLOWED", `job ${barred.jobId} of this API key broke a worker thread of ${barred.model} (its sandbox ran out of memory beyond recovery, which costs the server a thread and its memory): this key may submit jobs again in ${seconds} s`, { retryable: true, headers: { "retry-after": String(seconds) } });
     }
     const limit = this.parts.config.maxActiveJobsPerKey;
     if (this.parts.store.activeCount(caller.keyId) >= limit) {

@@ -2,7 +2,7 @@
 import type { Hono } from "hono";
 import { type ErrorInfo, type JobRequest, type JobStatus, ENVELOPE_TYPE, MAX_DEPTH } from "tsight/protocol";
 import { ApiError, jobNotFound } from "./api-error.js";
-import { parseBody } from "./body.js";
+import { BodyGate } from "./body-gate.js";
 import { bodyDigest, idempotencyKey } from "./idempotency.js";
 import { PerKeyLimit } from "./per-key-limit.js";
 import type { AppDeps } from "./app.js";
@@ -21,6 +21,10 @@ export function jobsRoutes(app: Hono<AppEnv>, deps: AppDeps): void {
   // Each open response holds what it sends until read: a key may have only so many (see per-key-limit.ts).
   const streamsPerKey = new PerKeyLimit("event streams", MAX_EVENT_STREAMS_PER_KEY, "open");
   const downloadsPerKey = new PerKeyLimit("result downloads", MAX_DOWNLOADS_PER_KEY, "read");
+  // Bodies are held while they come in and are parsed: so many per key, so many bytes in all (see body-gate.ts).
+  const bodies = new BodyGate({ maxBytes: config.maxBodyBytes, maxJsonBytes: config.maxJsonBytes, timeoutMs: config.bodyTimeoutMs, perKey: config.maxBodiesPerKey, bytesInFlight: config.maxBodyBytesInFlight });
+  deps.metrics.registry.gauge("tsight_request_bodies_in_flight", "Request bodies being received and parsed.", () => [{ labels: {}, value: bodies.inFlight.bodies }]);
+  deps.metrics.registry.gauge("tsight_request_body_bytes_in_flight", "Bytes counted for request bodies being received and parsed (each its Content-Length, or its limit without one).", () => [{ labels: {}, value: bodies.inFlight.bytes }]);
 
   /** The job `id` names, if the caller owns it. */
   const owned = async (id: string, keyId: string) => {
@@ -31,7 +35,7 @@ export function jobsRoutes(app: Hono<AppEnv>, deps: AppDeps): void {
 
   app.post("/v1/jobs", async (c) => {
     const key = idempotencyKey(c.req.header("idempotency-key"));
-    const body = await parseBody(c.req.raw, config.maxBodyBytes);
+    const body = await bodies.parse(c.req.raw, c.get("caller").keyId);
     const idempotency = key === undefined ? undefined : { key, digest: bodyDigest(body) };
     const state = await jobs.submit(c.get("caller"), body.kind === "envelope" ? body.bytes : (body.value as JobRequest), idempotency);
     c.header("location", `/v1/jobs/${state.id}`);
@@ -74,7 +78,7 @@ export function jobsRoutes(app: Hono<AppEnv>, deps: AppDeps): void {
   app.post("/v1/jobs/:id/local/:call", async (c) => {
     const id = c.req.param("id");
     await owned(id, c.get("caller").keyId);
-    const body = await parseBody(c.req.raw, config.maxBodyBytes);
+    const body = await bodies.parse(c.req.raw, c.get("caller").keyId);
     let answer: LocalAnswer;
     if (body.kind === "envelope") answer = { kind: "envelope", bytes: body.bytes };
     else {

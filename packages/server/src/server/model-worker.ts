@@ -34,6 +34,8 @@ export interface ModelWorkerOptions {
   onEvent?: (jobId: string, event: JobEvent) => void;
   /** A fresh thread was started after the last one died or was given up on. */
   onRestart?: () => void;
+  /** Job `jobId` broke a thread beyond recovery (see lose). */
+  onBroke?: (jobId: string) => void;
   /** Lines for the server's log: a thread given up on, or one terminated after all. */
   log?: (line: string) => void;
 }
@@ -95,6 +97,8 @@ export class ModelWorker {
   private settled: (() => void)[] = [];
   /** Threads given up on that are still finishing (told to end as soon as they report their jobs' ends). */
   private readonly abandoned = new Set<Worker>();
+  /** Failed until the server restarts (too many threads lost, see lose): no load is tried again. */
+  failedForGood = false;
   /** Threads stuck for good where a job broke its sandbox (see lose); they end with the process. */
   private readonly lost = new Set<Worker>();
 
@@ -220,7 +224,7 @@ export class ModelWorker {
   }
 
   private onMessage(m: FromWorker): void {
-    const current = "jobId" in m ? this.current.get(m.jobId) : undefined;
+    const current = "jobId" in m && m.jobId !== undefined ? this.current.get(m.jobId) : undefined;
     switch (m.type) {
       case "ready":
         this.batching = m.batching === true;
@@ -243,7 +247,7 @@ export class ModelWorker {
         if (current) this.options.onEvent?.(m.jobId, m.event);
         return;
       case "catastrophe":
-        return this.lose(m.message);
+        return this.lose(m.message, m.jobId);
       case "completed":
       case "failed":
         if (!current) return;
@@ -311,7 +315,7 @@ export class ModelWorker {
    * MAX_LOST lost threads (each keeps what it held, a copy of the model among it, until the process ends); past
    * them the model is failed, so that repeated attacks cost no more memory.
    */
-  private lose(message: string): void {
+  private lose(message: string, culprit?: string): void {
     const thread = this.thread;
     if (!thread) return;
     this.thread = undefined;
@@ -319,12 +323,17 @@ export class ModelWorker {
     thread.unref();
     thread.removeAllListeners("message");
     const failing = this.lost.size > MAX_LOST;
-    this.options.log?.(`tsight: a job's sandbox failed beyond recovery on a thread of ${this.options.model} (${message}); the thread is lost (${this.lost.size} so far)${failing ? "; the model is failed until the server restarts" : ", a fresh one takes the model's jobs"}`);
+    this.options.log?.(`tsight: job ${culprit ?? "(unknown)"}'s sandbox failed beyond recovery on a thread of ${this.options.model} (${message}); the thread is lost (${this.lost.size} so far)${failing ? "; the model is failed until the server restarts" : ", a fresh one takes the model's jobs"}`);
     const error = serverError("MEMORY", "the job's code ran its sandbox out of memory in a way it could not recover from; its worker was replaced", "MemoryError");
-    for (const current of [...this.current.values()]) this.finish(current, { ok: false, error });
+    // The other jobs of a shared forward pass did nothing wrong: they may run again (when the job is not known, every
+    // job of the thread gets the error, as any of them may have caused it).
+    const mates = serverError("PREEMPTED", "another job sharing this job's forward pass broke its worker thread, which was replaced; submit it again");
+    for (const current of [...this.current.values()]) this.finish(current, { ok: false, error: culprit === undefined || current.job.jobId === culprit ? error : mates });
+    if (culprit !== undefined) this.options.onBroke?.(culprit);
     this.restarts++;
     this.options.onRestart?.();
     if (failing) {
+      this.failedForGood = true;
       this.lastError = serverError("INTERNAL", `${this.lost.size} jobs broke their worker threads beyond recovery; restart the server to serve ${this.options.model} again`);
       this.setState("failed");
       this.release();

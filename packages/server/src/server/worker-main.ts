@@ -89,9 +89,12 @@ interface Running {
 type BatchExecutor = JobExecutor & {
   /** Each job's outcome, told as soon as it is known. */
   executeBatch?(items: readonly { job: DecodedJob; ctx: ExecutionContext }[], model: ExecutionModel, options?: { stallMs?: number }): Promise<PromiseSettledResult<unknown>>[];
-  /** Tells when a job broke this thread beyond recovery (the sandbox's isolate lost control of its heap). */
-  onCatastrophe?(listener: (message: string) => void): void;
+  /** Tells when a job broke this thread beyond recovery (the sandbox's isolate lost control of its heap), with its context. */
+  onCatastrophe?(listener: (message: string, ctx: ExecutionContext) => void): void;
 };
+
+/** The job each context was made for: which job of a shared pass broke the thread. */
+const jobOfContext = new WeakMap<ExecutionContext, string>();
 
 let executor: BatchExecutor;
 let model: ExecutionModel;
@@ -128,6 +131,7 @@ function begin(job: RunJob): { r: Running; ctx: ExecutionContext } {
     onFinish: ({ peakBytes }) => void (r.peakBytes = Math.max(r.peakBytes ?? 0, peakBytes)),
     stopRequested: () => Atomics.load(job.stop, 0) === 1,
   };
+  jobOfContext.set(ctx, job.jobId);
   return { r, ctx };
 }
 
@@ -227,7 +231,7 @@ try {
   if (typeof Executor !== "function") throw new Error(`${data.executor.module} exports no class "${data.executor.name}"`);
   executor = new Executor();
   // This thread cannot go on (it is stuck where the isolate failed): the main thread gives up on it at once.
-  executor.onCatastrophe?.((message) => post({ type: "catastrophe", message }));
+  executor.onCatastrophe?.((message, ctx) => post({ type: "catastrophe", message, jobId: jobOfContext.get(ctx) }));
   model = await LanguageModel.load(data.model, { dtype: data.dtype, onLoadProgress: (progress) => post({ type: "progress", progress }) });
   for (const s of data.saes ?? []) model.addSae(await loadSae(s.source, { subfolder: s.subfolder }), { at: s.at, useErrorTerm: true });
   post({ type: "ready", batching: typeof executor.executeBatch === "function" });

@@ -66,5 +66,5 @@ export type FromWorker =
   | { type: "event"; jobId: string; event: JobEvent }
   | { type: "completed"; jobId: string; bytes: Uint8Array }
   | { type: "failed"; jobId: string; error: ErrorInfo }
-  /** A job broke the thread beyond recovery (its sandbox's heap): the thread is stuck, its jobs are lost. */
-  | { type: "catastrophe"; message: string };
+  /** A job (`jobId`, when known) broke the thread beyond recovery (its sandbox's heap): the thread is stuck, its jobs are lost. */
+  | { type: "catastrophe"; message: string; jobId?: string };

@@ -1,0 +1,60 @@
+/**
+ * Which request bodies the server takes in at once. Each is held in memory while it comes in and is parsed, so with
+ * no bound one key that sent many large bodies at once made the server hold any amount (32 bodies of 66 MB took it
+ * to 2.6 GB) and kept its main thread parsing them for a minute. A key may be sending `perKey` bodies at once (one
+ * more: 429), and all keys together `bytesInFlight` bytes of them (past that: 503); both are refused before any of
+ * the body is read. A body counts its Content-Length, or its limit when it has none (chunked), until it is parsed.
+ */
+import { ApiError } from "./api-error.js";
+import { parseBody, type BodyLimits, type ParsedBody } from "./body.js";
+
+export interface BodyGateLimits extends BodyLimits {
+  /** Bodies one API key may be sending at once. */
+  perKey: number;
+  /** Bytes of bodies all keys together may be sending at once (at least `maxBytes`). */
+  bytesInFlight: number;
+}
+
+export class BodyGate {
+  /** Bodies being read, by API key id. */
+  private readonly open = new Map<string, number>();
+  private bodies = 0;
+  private bytes = 0;
+
+  constructor(private readonly limits: BodyGateLimits) {}
+
+  /** The bodies being read and parsed now, and the bytes they count. */
+  get inFlight(): { bodies: number; bytes: number } {
+    return { bodies: this.bodies, bytes: this.bytes };
+  }
+
+  /** The request's body, read and parsed (see parseBody) if `key` and the server may take it in now. */
+  parse(req: Request, key: string): Promise<ParsedBody> {
+    return parseBody(req, this.limits, (bytes) => this.admit(key, bytes));
+  }
+
+  /** Counts a body of `bytes` against `key` and the server; what it returns takes it off again. */
+  private admit(key: string, bytes: number): () => void {
+    const n = this.open.get(key) ?? 0;
+    if (n >= this.limits.perKey) {
+      throw new ApiError(429, "NOT_ALLOWED", `this key is sending ${n} request bodies already, the most it may at once; send this one after one of them is answered`, { retryable: true, headers: { "retry-after": "1" } });
+    }
+    // Says nothing of what other keys send: only that the server is full.
+    if (this.bytes + bytes > this.limits.bytesInFlight) {
+      throw new ApiError(503, "UNAVAILABLE", `the server is taking in as many bytes of request bodies as it holds at once (${this.limits.bytesInFlight}); send this one again shortly`, { retryable: true, headers: { "retry-after": "1" } });
+    }
+    this.open.set(key, n + 1);
+    this.bodies++;
+    this.bytes += bytes;
+    let counted = true;
+    return () => {
+      if (!counted) return;
+      counted = false;
+      this.bodies--;
+      this.bytes -= bytes;
+      const left = (this.open.get(key) ?? 1) - 1;
+      if (left > 0) this.open.set(key, left);
+      else this.open.delete(key);
+    };
+  }
+}

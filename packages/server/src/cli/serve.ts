@@ -44,7 +44,7 @@ one and prints it once, as TSIGHT_API_KEY=..., for clients to use.
   --max-body MB            largest request body (default 64)
   --max-json MB            largest JSON of a request, parsed on the main thread: a JSON body, or an envelope's
                            header; tensors may fill the rest of an envelope (default 8)
-  --max-bodies N           request bodies one API key may be sending at once (default 2; one more: 429)
+  --max-bodies N           request bodies of 64 KiB or more one API key may be sending at once (default 2; one more: 429)
   --max-body-in-flight MB  megabytes of request bodies all keys together may be sending at once (default 4 x
                            --max-body; past it: 503)
   --body-timeout T         longest a request body may take to come in (default 60s; then 408)

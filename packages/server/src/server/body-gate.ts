@@ -1,8 +1,8 @@
 /**
  * Which request bodies the server takes in at once. Each is held in memory while it comes in and is parsed, so with
  * no bound one key that sent many large bodies at once made the server hold any amount (32 bodies of 66 MB took it
- * to 2.6 GB) and kept its main thread parsing them for a minute. A key may be sending `perKey` bodies at once (one
- * more: 429), and all keys together `bytesInFlight` bytes of them (past that: 503); both are refused before any of
+ * to 2.6 GB) and kept its main thread parsing them for a minute. A key may be sending `perKey` bodies of 64 KiB or more at once
+ * (one more: 429), and all keys together `bytesInFlight` bytes of bodies (past that: 503); both are refused before any of
  * the body is read. A body counts its Content-Length, or its limit when it has none (chunked), until it is parsed.
  */
 import { ApiError } from "./api-error.js";
@@ -14,6 +14,9 @@ export interface BodyGateLimits extends BodyLimits {
   /** Bytes of bodies all keys together may be sending at once (at least `maxBytes`). */
   bytesInFlight: number;
 }
+
+/** Bodies of fewer bytes (by their Content-Length) do not count against their key's bodies in flight. */
+const SMALL_BODY_BYTES = 64 * 1024;
 
 export class BodyGate {
   /** Bodies being read, by API key id. */
@@ -35,7 +38,10 @@ export class BodyGate {
 
   /** Counts a body of `bytes` against `key` and the server; what it returns takes it off again. */
   private admit(key: string, bytes: number): () => void {
-    const n = this.open.get(key) ?? 0;
+    // A small body (a plain job's JSON) is read with its headers: many at once cost little, and a client submitting
+    // its jobs at once (one key, several in flight) must not be refused; the bound on all bytes still holds them.
+    const perKey = bytes >= SMALL_BODY_BYTES;
+    const n = perKey ? (this.open.get(key) ?? 0) : 0;
     if (n >= this.limits.perKey) {
       throw new ApiError(429, "NOT_ALLOWED", `this key is sending ${n} request bodies already, the most it may at once; send this one after one of them is answered`, { retryable: true, headers: { "retry-after": "1" } });
     }
@@ -43,7 +49,7 @@ export class BodyGate {
     if (this.bytes + bytes > this.limits.bytesInFlight) {
       throw new ApiError(503, "UNAVAILABLE", `the server is taking in as many bytes of request bodies as it holds at once (${this.limits.bytesInFlight}); send this one again shortly`, { retryable: true, headers: { "retry-after": "1" } });
     }
-    this.open.set(key, n + 1);
+    if (perKey) this.open.set(key, n + 1);
     this.bodies++;
     this.bytes += bytes;
     let counted = true;
@@ -52,6 +58,7 @@ export class BodyGate {
       counted = false;
       this.bodies--;
       this.bytes -= bytes;
+      if (!perKey) return;
       const left = (this.open.get(key) ?? 1) - 1;
       if (left > 0) this.open.set(key, left);
       else this.open.delete(key);

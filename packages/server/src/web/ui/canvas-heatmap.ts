@@ -6,6 +6,7 @@
  */
 import type { Rgb } from "./colors.js";
 import { h } from "./dom.js";
+import { gridMove } from "./grid-keys.js";
 
 export interface CanvasHeatmapOptions {
   /** Labels of the rows (left) and columns (top). */
@@ -87,23 +88,12 @@ export class CanvasHeatmap {
   }
 
   private onKey(e: KeyboardEvent): void {
-    const [r, c] = this.at ?? [0, 0];
-    const last = [this.options.rows.length - 1, this.options.columns.length - 1] as const;
-    const moves: Record<string, [number, number]> = {
-      ArrowUp: [r - 1, c],
-      ArrowDown: [r + 1, c],
-      ArrowLeft: [r, c - 1],
-      ArrowRight: [r, c + 1],
-      Home: [r, 0],
-      End: [r, last[1]],
-      PageUp: [0, c],
-      PageDown: [last[0], c],
-    };
-    const to = moves[e.key];
+    const to = gridMove(e.key, this.at ?? [0, 0], this.options.rows.length, this.options.columns.length);
     if (!to) return;
     e.preventDefault();
     this.show(...to);
   }
+
 
   /** Outlines the cell (clamped to the map) and reads it out. */
   private show(row: number, column: number): void {

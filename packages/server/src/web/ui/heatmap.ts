@@ -5,6 +5,7 @@
  * an aria-label that says what it shows.
  */
 import { h } from "./dom.js";
+import { gridMove } from "./grid-keys.js";
 
 export interface CellContent {
   /** Background colour, and the text colour that reads on it. */
@@ -87,23 +88,12 @@ export class Heatmap {
   }
 
   private onKey(e: KeyboardEvent): void {
-    const [r, c] = this.focused;
-    const last = [this.cells.length - 1, (this.cells[0]?.length ?? 1) - 1];
-    const moves: Record<string, [number, number]> = {
-      ArrowUp: [r - 1, c],
-      ArrowDown: [r + 1, c],
-      ArrowLeft: [r, c - 1],
-      ArrowRight: [r, c + 1],
-      Home: [r, 0],
-      End: [r, last[1]!],
-      PageUp: [0, c],
-      PageDown: [last[0]!, c],
-    };
-    const to = moves[e.key];
+    const to = gridMove(e.key, this.focused, this.cells.length, this.cells[0]?.length ?? 1);
     if (!to) return;
     e.preventDefault();
-    this.focus(Math.min(last[0]!, Math.max(0, to[0])), Math.min(last[1]!, Math.max(0, to[1])));
+    this.focus(...to);
   }
+
 
   private focus(r: number, c: number): void {
     const [pr, pc] = this.focused;

@@ -45,12 +45,20 @@ const commands: Record<string, Command> = {
   jobs: { help: jobsHelp, run: (argv) => runJobs(argv) },
 };
 
+/** How long the server started again (see restartWith) may take to end after a SIGTERM or SIGINT before it is killed. */
+const STOP_WAIT_MS = 20_000;
+
 /** Runs this same command again in a child process with `env` added, passing signals on; resolves with its exit code. */
 async function restartWith(env: Readonly<Record<string, string>>): Promise<number> {
   const { spawn } = await import("node:child_process");
   const child = spawn(process.execPath, [...process.execArgv, ...process.argv.slice(1)], { stdio: "inherit", env: { ...process.env, ...env } });
   const signals = ["SIGINT", "SIGTERM", "SIGHUP"] as const;
-  const pass = (signal: NodeJS.Signals) => child.kill(signal);
+  const pass = (signal: NodeJS.Signals) => {
+    child.kill(signal);
+    // A server whose sandbox broke a thread can block its main thread for good (see the server's model-worker.ts):
+    // asked to stop, it gets this long to end, then is killed, so that one SIGTERM stops `tsight serve`.
+    if (signal !== "SIGHUP") setTimeout(() => child.kill("SIGKILL"), STOP_WAIT_MS).unref();
+  };
   for (const signal of signals) process.on(signal, pass);
   return new Promise((resolve) => {
     child.on("exit", (code, signal) => {

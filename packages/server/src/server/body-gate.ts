@@ -7,6 +7,7 @@
  */
 import { ApiError } from "./api-error.js";
 import { parseBody, type BodyLimits, type ParsedBody } from "./body.js";
+import { PerKeyLimit } from "./per-key-limit.js";
 
 export interface BodyGateLimits extends BodyLimits {
   /** Bodies one API key may be sending at once. */
@@ -19,12 +20,14 @@ export interface BodyGateLimits extends BodyLimits {
 const SMALL_BODY_BYTES = 64 * 1024;
 
 export class BodyGate {
-  /** Bodies being read, by API key id. */
-  private readonly open = new Map<string, number>();
+  /** Bodies of SMALL_BODY_BYTES or more being read, by API key id. */
+  private readonly perKey: PerKeyLimit;
   private bodies = 0;
   private bytes = 0;
 
-  constructor(private readonly limits: BodyGateLimits) {}
+  constructor(private readonly limits: BodyGateLimits) {
+    this.perKey = new PerKeyLimit("request bodies", limits.perKey, "read", (n) => `this key is sending ${n} request bodies already, the most it may at once; send this one after one of them is answered`);
+  }
 
   /** The bodies being read and parsed now, and the bytes they count. */
   get inFlight(): { bodies: number; bytes: number } {
@@ -38,18 +41,25 @@ export class BodyGate {
 
   /** Counts a body of `bytes` against `key` and the server; what it returns takes it off again. */
   private admit(key: string, bytes: number): () => void {
+    // Says nothing of what other keys send: only that the server is full.
+    const full = () => new ApiError(503, "UNAVAILABLE", `the server is taking in as many bytes of request bodies as it holds at once (${this.limits.bytesInFlight}); send this one again shortly`, { retryable: true, headers: { "retry-after": "1" } });
     // A small body (a plain job's JSON) is read with its headers: many at once cost little, and a client submitting
     // its jobs at once (one key, several in flight) must not be refused; the bound on all bytes still holds them.
-    const perKey = bytes >= SMALL_BODY_BYTES;
-    const n = perKey ? (this.open.get(key) ?? 0) : 0;
-    if (n >= this.limits.perKey) {
-      throw new ApiError(429, "NOT_ALLOWED", `this key is sending ${n} request bodies already, the most it may at once; send this one after one of them is answered`, { retryable: true, headers: { "retry-after": "1" } });
+    // The key's count is checked first: a key at its limit is told so, whatever the server's bytes.
+    if (bytes < SMALL_BODY_BYTES) {
+      if (this.bytes + bytes > this.limits.bytesInFlight) throw full();
+      return this.hold(bytes, () => undefined);
     }
-    // Says nothing of what other keys send: only that the server is full.
+    const release = this.perKey.take(key);
     if (this.bytes + bytes > this.limits.bytesInFlight) {
-      throw new ApiError(503, "UNAVAILABLE", `the server is taking in as many bytes of request bodies as it holds at once (${this.limits.bytesInFlight}); send this one again shortly`, { retryable: true, headers: { "retry-after": "1" } });
+      release();
+      throw full();
     }
-    if (perKey) this.open.set(key, n + 1);
+    return this.hold(bytes, release);
+  }
+
+  /** Counts `bytes` against the server; what it returns takes them off again (and calls `also`), once. */
+  private hold(bytes: number, also: () => void): () => void {
     this.bodies++;
     this.bytes += bytes;
     let counted = true;
@@ -58,10 +68,7 @@ export class BodyGate {
       counted = false;
       this.bodies--;
       this.bytes -= bytes;
-      if (!perKey) return;
-      const left = (this.open.get(key) ?? 1) - 1;
-      if (left > 0) this.open.set(key, left);
-      else this.open.delete(key);
+      also();
     };
   }
 }

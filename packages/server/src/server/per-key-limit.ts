@@ -10,7 +10,7 @@ export class PerKeyLimit {
 
   constructor(
     /** What is limited, for the 429's message ("event streams"). */
-    private readonly what: string,
+    what: string,
     readonly max: number,
     /**
      * "read": counted until the reader has taken the whole body (a download, whose bytes are all there at once);
@@ -18,25 +18,38 @@ export class PerKeyLimit {
      * socket before a closing server ends it).
      */
     private readonly until: "read" | "open",
+    /** The 429's message when the key has `n` open already. */
+    private readonly refusal: (n: number) => string = (n) => `this key has ${n} ${what} open, the most it may; read or close one first`,
   ) {}
 
-  /** The response's body, counted against `key` until it is read to its end or cancelled; a 429 past the limit. */
-  count(key: string, response: Response): Response {
+  /** Counts one more for `key` (a 429 past the limit); what it returns takes it off again, once. */
+  take(key: string): () => void {
     const n = this.open.get(key) ?? 0;
-    if (n >= this.max) {
-      void response.body?.cancel();
-      throw new ApiError(429, "NOT_ALLOWED", `this key has ${n} ${this.what} open, the most it may; read or close one first`, { retryable: true, headers: { "retry-after": "1" } });
-    }
-    if (!response.body) return response;
+    if (n >= this.max) throw new ApiError(429, "NOT_ALLOWED", this.refusal(n), { retryable: true, headers: { "retry-after": "1" } });
     this.open.set(key, n + 1);
     let counted = true;
-    const release = () => {
+    return () => {
       if (!counted) return;
       counted = false;
       const left = (this.open.get(key) ?? 1) - 1;
       if (left > 0) this.open.set(key, left);
       else this.open.delete(key);
     };
+  }
+
+  /** The response's body, counted against `key` until it is read to its end or cancelled; a 429 past the limit. */
+  count(key: string, response: Response): Response {
+    let release: () => void;
+    try {
+      release = this.take(key);
+    } catch (e) {
+      void response.body?.cancel();
+      throw e;
+    }
+    if (!response.body) {
+      release();
+      return response;
+    }
     const reader = response.body.getReader();
     const body = new ReadableStream<Uint8Array>({
       ...(this.until === "read" ? pulled(reader, release) : pushed(reader, release)),

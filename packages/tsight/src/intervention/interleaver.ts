@@ -233,6 +233,7 @@ export class Interleaver implements ModuleHooks, Provider {
    * Replays end in the order they began (a block's replay ends before the next block runs; see Replay.end).
    */
   private journal: (Map<string, number> | string | number | undefined)[] | null = null;
+  private spareJournal: NonNullable<typeof this.journal> | null = null;
 
   /** A copy of the call counts, for `calls` then. */
   private countsNow(): CallCounts {
@@ -350,10 +351,17 @@ export class Interleaver implements ModuleHooks, Provider {
     }
     const recordersBefore = this.recorders.length;
     const outer = this.journal;
-    const journal: NonNullable<typeof this.journal> = [];
+    // A journal of an ended replay is reused (a trace reading a value inside a fused model runs a replay per pass).
+    const journal: NonNullable<typeof this.journal> = this.spareJournal ?? [];
+    this.spareJournal = null;
     this.journal = journal;
+    let ended = false;
     const end = () => {
+      if (ended) return;
+      ended = true;
       if (this.journal === journal) this.journal = outer;
+      journal.length = 0;
+      this.spareJournal = journal;
     };
     return {
       asked,
@@ -388,13 +396,13 @@ export class Interleaver implements ModuleHooks, Provider {
           const done = this.countsNow();
           for (const r of made) this.muted.set(r, done);
         }
-        end();
+        if (ended) return;
         for (let i = journal.length - 3; i >= 0; i -= 3) {
           const [counts, path, was] = journal.slice(i, i + 3) as [Map<string, number>, string, number | undefined];
           if (was === undefined) counts.delete(path);
           else counts.set(path, was);
         }
-        journal.length = 0;
+        end();
       },
       end,
     };
@@ -547,7 +555,8 @@ export class Interleaver implements ModuleHooks, Provider {
         if (!due.length) continue;
         if (this.hearers.size > 0 && due.some((r) => r.op === "read")) for (const heard of this.hearers) heard(`${kind}|${path}`);
         for (const r of due) this.answer(m, r);
-        await this.settle();
+        const settling = this.settle();
+        if (settling) await settling;
       }
       return c.value;
     } finally {
@@ -655,12 +664,21 @@ export class Interleaver implements ModuleHooks, Provider {
    * Work tsight runs for an invoke (a hybrid step, a backward pass) is waited for as long as it takes; code that
    * runs, or awaits something outside tsight, longer than `stallTimeoutMs` is handed to `onStall`.
    */
-  async settle(final = false): Promise<void> {
-    // Most calls find every invoke blocked already: answered without the loop's lists and clock.
-    if (this.allBlocked(final)) return;
+  settle(final = false): Promise<void> | undefined {
+    // Most calls find every invoke blocked already: answered at once, without a promise (nor, where the caller
+    // checks, a microtask turn: a trace makes several of these calls, and what each allocates is what the forward's
+    // next graph run finds evicted from the CPU's caches).
+    return this.allBlocked(final) ? undefined : this.settleLater(final);
+  }
+
+  private async settleLater(final: boolean): Promise<void> {
+    // Code that reaches tsight again within a few microtasks (most of it) is waited for without a stall timer, or
+    // the lists and clock readings below.
+    for (let turns = SETTLE_TURNS; turns > 0; turns--) {
+      await undefined;
+      if (this.allBlocked(final)) return;
+    }
     let since = Date.now();
-    // Code that reaches tsight again within a few microtasks (most of it) is waited for without a stall timer.
-    let turns = SETTLE_TURNS;
     for (;;) {
       const waiting = this.mediators.filter((m) => waitsFor(m, final));
       // Invokes counted at barriers (see atBarrier) are blocked too, without being told apart.
@@ -674,10 +692,6 @@ export class Interleaver implements ModuleHooks, Provider {
       if (stalling.length > 0 && left <= 0) {
         this.stalled(stalling, Date.now() - since);
         since = Date.now();
-        continue;
-      }
-      if (turns-- > 0) {
-        await undefined;
         continue;
       }
       let timer: ReturnType<typeof setTimeout> | undefined;
@@ -742,7 +756,7 @@ export class Interleaver implements ModuleHooks, Provider {
    * After the forward (or generation, of `steps` steps): every request still pending names a module that never
    * produced that value. Rejects them, lets the code react, and reports invokes still stuck.
    */
-  async finish(stopped: boolean, steps: number | null = null): Promise<void> {
+  finish(stopped: boolean, steps: number | null = null): Promise<void> | undefined {
     this.ending = null;
     let rejected = false;
     for (const m of this.mediators) {
@@ -764,8 +778,9 @@ export class Interleaver implements ModuleHooks, Provider {
       m.passEnded ||= stopped;
       m.pastEnd ??= stopped ? "the trace ended before it" : "it was asked for after the forward pass ended";
     }
-    if (rejected) await this.settle();
-    this.ending = null;
+    const settling = rejected ? this.settle() : undefined;
+    if (!settling) return;
+    return settling.then(() => void (this.ending = null));
   }
 }
 

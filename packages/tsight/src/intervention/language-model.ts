@@ -385,13 +385,15 @@ function isLeftPadded(mask: Tensor): boolean {
 }
 
 const forward: Driver = async (model, [ids, mask], run) => {
-  await run.beginStep(0);
+  const begun = run.beginStep(0);
+  if (begun) await begun;
   return (model as CausalLM).call(ids as Tensor, { attentionMask: mask as Tensor });
 };
 
 /** One forward pass on meta tensors (scan): shapes only. */
 const metaForward: Driver = async (model, [ids, mask], run) => {
-  await run.beginStep(0);
+  const begun = run.beginStep(0);
+  if (begun) await begun;
   return (model as CausalLM).call(Tensor.meta((ids as Tensor).dtype, (ids as Tensor).shape), { attentionMask: mask as Tensor });
 };
 

@@ -302,7 +302,8 @@ function runOptions(o: RunOptionsLike | undefined): RunOptions {
 
 /** One forward pass of the module on the batch's arguments. */
 const moduleForward: Driver = async (model, args, run) => {
-  await run.beginStep(0);
+  const begun = run.beginStep(0);
+  if (begun) await begun;
   return (model.call as (...a: unknown[]) => Promise<unknown>)(...args);
 };
 

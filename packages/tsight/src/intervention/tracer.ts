@@ -374,19 +374,25 @@ export class TraceRun {
   }
 
   /** Called by the driver before each forward pass: invokes waiting for this step run until they wait again. */
-  async beginStep(k: number): Promise<void> {
+  beginStep(k: number): Promise<void> | undefined {
     this.step = k;
-    this.interleaver!.beginStep(k);
+    const interleaver = this.interleaver!;
+    interleaver.beginStep(k);
     const waiting = this.stepWaiters.get(k);
     if (!waiting) return;
     this.stepWaiters.delete(k);
     for (const w of waiting) w(null);
-    await this.interleaver!.settle();
-    this.interleaver!.checkEnding();
+    // No promise where nothing is to wait for (see Interleaver.settle).
+    const settling = interleaver.settle();
+    if (!settling) {
+      interleaver.checkEnding();
+      return;
+    }
+    return settling.then(() => interleaver.checkEnding());
   }
 
   /** The driver is done: `total` steps ran; `output` is what tr.result gives. */
-  async endSteps(total: number, output: unknown): Promise<void> {
+  endSteps(total: number, output: unknown): Promise<void> | undefined {
     this.totalSteps = total;
     this.output = { value: output };
     this.resolveResult(output);
@@ -394,7 +400,7 @@ export class TraceRun {
     const waiting = [...this.stepWaiters.values()].flat();
     this.stepWaiters.clear();
     for (const w of waiting) w(total);
-    await this.interleaver?.settle();
+    return this.interleaver?.settle();
   }
 
   /** Work tsight runs for an invoke (a hybrid step, a backward pass): the forward waits for it. */
@@ -504,22 +510,24 @@ export class TraceRun {
     try {
       for (const x of all) this.start(x, envoyFor(model, context(x.mediator)));
       let output: unknown;
+      // Each wait below is awaited only when there is one (see Interleaver.settle).
+      let waited: Promise<void> | undefined;
       try {
-        await interleaver.settle();
+        if ((waited = interleaver.settle())) await waited;
         interleaver.checkEnding();
         output = await drive(model, args, this);
       } catch (e) {
         if (!(e instanceof EndForward)) throw interleaver.explain(e);
       }
-      await this.endSteps(this.step + 1, output);
+      if ((waited = this.endSteps(this.step + 1, output))) await waited;
       if (drive.generation && this.lastExpected >= this.totalSteps!) {
         const missed = this.lastExpected === this.totalSteps! ? `step ${this.lastExpected}` : `steps ${this.totalSteps} to ${this.lastExpected}`;
         this.warn(`tr.iter: ${missed} never came (the generation ended after ${this.totalSteps} step${this.totalSteps === 1 ? "" : "s"}); values asked for in ${this.lastExpected === this.totalSteps! ? "it" : "them"} are not provided`);
       }
-      await interleaver.finish(this.stopped || this.firstError !== null, drive.generation ? this.totalSteps! : null);
-      await this.failBarriers();
+      if ((waited = interleaver.finish(this.stopped || this.firstError !== null, drive.generation ? this.totalSteps! : null))) await waited;
+      if ((waited = this.failBarriers())) await waited;
       // Code still running (its last steps after the forward) ends, or waits for something that will not come.
-      await interleaver.settle(true);
+      if ((waited = interleaver.settle(true))) await waited;
       // Their replacements applied or refused (a refusal has rejected the handle already, which this leaves as it is).
       for (const { end } of this.endingWithPass.splice(0)) end();
       const ended = this.stopped ? "tr.stop() ended the trace" : this.firstError ? "another invoke failed" : null;
@@ -591,13 +599,14 @@ export class TraceRun {
     this.interleaver?.end("error");
   }
 
-  private async failBarriers(): Promise<void> {
+  private failBarriers(): Promise<void> | undefined {
+    if (this.barriers.length === 0) return;
     const stuck = this.barriers.filter((b) => b.waiting.length > 0);
     for (const b of stuck) {
       const e = new TraceError(`a barrier for ${b.parties} invokes was reached by only ${b.waiting.length}`);
       for (const w of b.waiting.splice(0)) w.reject(e);
     }
-    if (stuck.length) await this.interleaver?.settle();
+    return stuck.length ? this.interleaver?.settle() : undefined;
   }
 }
 

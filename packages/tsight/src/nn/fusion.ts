@@ -328,7 +328,8 @@ async function handOut(block: Module, hooks: ModuleHooks, tappedRun: TappedRun, 
         session.keep(module.path, "input", a);
         throw new MustRun();
       }
-      return call.children.length ? giveAll(call.children).then(done) : done();
+      const inner = giveAll(call.children);
+      return inner ? inner.then(done) : done();
     };
     const done = (): unknown => {
       if (!own && watchesItself(module.path)) {
@@ -345,10 +346,11 @@ async function handOut(block: Module, hooks: ModuleHooks, tappedRun: TappedRun, 
       throw new MustRun();
     }
   };
-  const giveAll = async (list: readonly CapturedCall[]): Promise<void> => {
-    for (const c of list) {
-      const given = give(c);
-      if (given) await given;
+  // The calls from `from` on, in order: synchronous until one must wait (no async frame per level of calls).
+  const giveAll = (list: readonly CapturedCall[], from = 0): Promise<void> | void => {
+    for (let i = from; i < list.length; i++) {
+      const given = give(list[i]!);
+      if (given) return given.then(() => giveAll(list, i + 1));
     }
   };
   // The values of the block's calls the code reads as they are handed out (see noteTapsUsed).

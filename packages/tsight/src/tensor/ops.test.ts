@@ -360,6 +360,15 @@ describe("dtype promotion", () => {
     // or complex dtype. Got: Long"; the same for Int and Bool.
     for (const t of [i64([1, 2]), tensor([1, 2], "int32"), tensor([true, false])]) expectThrows(() => t.mean(0), DTypeError, "mean", t.dtype, ".float()");
     expectTensor(i64([1, 2]).float().mean(), 1.5, { dtype: "float32" });
+    // torch 2.13: "std and var only support floating point and complex dtypes"; "linalg.vector_norm: Expected a
+    // floating point or complex tensor as input. Got Long" (and Bool).
+    for (const t of [i64([1, 2]), tensor([1, 2], "int32"), tensor([true, false])]) {
+      expectThrows(() => t.var(), DTypeError, "var", t.dtype, ".float()");
+      expectThrows(() => t.std(0), DTypeError, "std", t.dtype, ".float()");
+      for (const p of [2, 1, 0, Infinity]) expectThrows(() => t.norm(p), DTypeError, "norm", t.dtype, ".float()");
+    }
+    expectTensor(i64([1, 3]).float().var(), 2, { dtype: "float32" });
+    expectTensor(i64([3, 4]).float().norm(), 5, { dtype: "float32" });
     expectTensor(i64([3, -7, 5]).max(), 5, { dtype: "int64" });
     expectTensor(i64([3, -7, 5]).cumsum(0), [3, -4, 1], { dtype: "int64" });
     expectTensor(tensor([true, false, true]).cumsum(0), [1, 1, 2], { dtype: "int64" });

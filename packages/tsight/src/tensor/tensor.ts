@@ -42,6 +42,9 @@ export function slice(start?: number | null, stop?: number | null, step?: number
 
 const PROMOTION: Record<DType, number> = { bool: 0, int32: 1, int64: 2, float32: 3 };
 
+/** Most tensors never get a gradient hook: they share this list rather than each making one. */
+const NO_HOOKS: readonly GradHook[] = Object.freeze([]);
+
 export class Tensor implements RawTensor {
   readonly dtype: DType;
   readonly shape: readonly number[];
@@ -53,8 +56,8 @@ export class Tensor implements RawTensor {
   gradNode: GradNode | null = null;
   /** Accumulated gradient of a leaf that requires grad, after backward(). */
   grad: Tensor | null = null;
-  /** @internal hooks run when this tensor's gradient is complete */
-  gradHooks: GradHook[] = [];
+  /** @internal hooks run when this tensor's gradient is complete (a shared empty list until one is registered) */
+  gradHooks: readonly GradHook[] = NO_HOOKS;
   private leafRequiresGrad = false;
 
   constructor(dtype: DType, data: TypedArray | null, shape: readonly number[]) {
@@ -215,7 +218,7 @@ export class Tensor implements RawTensor {
   }
   /** Runs `hook` with this tensor's gradient during backward; a returned tensor replaces the gradient. */
   registerHook(hook: GradHook): () => void {
-    this.gradHooks.push(hook);
+    this.gradHooks = [...this.gradHooks, hook];
     return () => {
       this.gradHooks = this.gradHooks.filter((h) => h !== hook);
     };
@@ -509,16 +512,17 @@ export class Tensor implements RawTensor {
   var(dim?: number | readonly number[], { correction = 1, keepdim = false } = {}): Tensor {
     const axes = reduceAxes("var", dim, this.ndim);
     const n = axes.reduce((c, a) => c * this.shape[a]!, 1);
-    const x = this.float();
+    const x = floatOnly("var", this);
     const centered = x.sub(x.mean(axes, true));
     return centered.mul(centered).sum(axes, keepdim).div(Math.max(0, n - correction));
   }
   std(dim?: number | readonly number[], options: { correction?: number; keepdim?: boolean } = {}): Tensor {
+    floatOnly("std", this);
     return awayFromZero(this.var(dim, options), (v) => v.sqrt());
   }
   /** p-norm over `dim` (all elements when omitted): p = 0 counts the nonzeros, ±Infinity the largest or smallest |x|. */
   norm(p = 2, dim?: number | readonly number[], keepdim = false): Tensor {
-    const x = this.float();
+    const x = floatOnly("norm", this);
     if (p === 2) return awayFromZero(x.mul(x).sum(dim, keepdim), (s) => s.sqrt());
     if (p === 1) return x.abs().sum(dim, keepdim);
     if (p === 0) return x.ne(0).float().sum(dim, keepdim);
@@ -911,8 +915,9 @@ export function toTensor(value: TensorLike, dtype: DType): Tensor {
 }
 
 /**
- * `t` when it is float32: PyTorch's mean, softmax and log_softmax refuse integer and bool tensors (a mean "could not
- * infer output dtype"), where its exp or sqrt promote them; so do these, rather than choose a dtype for the caller.
+ * `t` when it is float32: PyTorch's mean, var, std, norm, softmax and log_softmax refuse integer and bool tensors (a
+ * mean "could not infer output dtype"), where its exp or sqrt promote them; so do these, rather than choose a dtype
+ * for the caller.
  */
 function floatOnly(op: string, t: Tensor): Tensor {
   if (t.dtype !== "float32") throw new DTypeError(`${op}: takes float32 tensors, not ${t.dtype} (as in PyTorch); call .float() first`);

@@ -247,6 +247,14 @@ export const ATTACKS: Attack[] = [
       expect(await res.text()).toMatch(/more than \d+ values; send large data as tensors/);
     },
   },
+  {
+    name: "a meta tensor of a trillion elements in vars (refused as the input it is, not by the op that first makes values of it)",
+    http: async (t) => {
+      const res = await post(t, { model: GPT2, kind: "trace", form: "invoke", input: FIVE, source: "async (m, tr) => tr.vars.x.shape", vars: { x: { $meta: { dtype: "float32", shape: [1e6, 1e6] } } } as never }, t.keys.hostile);
+      expect(res.status).toBe(400);
+      expect(await res.text()).toMatch(/bad \$meta tensor description: shape \[1000000, 1000000\] has 1000000000000 elements/);
+    },
+  },
   { name: "a bigint of a million digits in vars", http: async (t) => expect((await post(t, { model: GPT2, kind: "trace", form: "invoke", input: FIVE, source: "async () => 1", vars: { x: { $big: "9".repeat(1e6) } } }, t.keys.hostile)).status).toBe(400) },
   { name: "200 rows of text (tokenized by the worker, within the job's bounds)", job: { input: Array.from({ length: 200 }, () => " ".repeat(4096)), source: "async () => 1" }, expect: ERR("VALIDATION", /characters of text/) },
   {

@@ -117,7 +117,11 @@ export function jobsRoutes(app: Hono<AppEnv>, deps: AppDeps): void {
       if (e instanceof DamagedResultError) throw new ApiError(500, "INTERNAL", e.message);
       throw e;
     }
-    if (!bytes) throw expired();
+    // Its file is gone before its time (removed by hand, or the disk lost it): said so, not "deleted at" a time to come.
+    if (!bytes) {
+      await store.markResultExpired(id);
+      throw new ApiError(410, "NOT_ALLOWED", `the result of job ${id} is no longer stored: it was removed before it was due to expire at ${new Date(job.expires!).toISOString()}`);
+    }
     return downloadsPerKey.count(c.get("caller").keyId, new Response(bytes, { headers: { "content-type": ENVELOPE_TYPE, "content-length": String(bytes.byteLength), "cache-control": "no-store" } }));
   });
 

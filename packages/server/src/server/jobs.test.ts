@@ -175,6 +175,17 @@ describe("jobs on worker threads", () => {
     expect(res.status).toBe(410);
     expect(((await s.state(done.id)) as JobState).result).toBe("expired");
   });
+
+  it("says a result removed before its expiry is no longer stored (not that it was deleted at a time to come)", async () => {
+    const done = await run("value 5");
+    fs.rmSync(path.join(s.dataDir, "results", `${done.id}.safetensors`));
+    const res = await s.request(`/v1/jobs/${done.id}/result`);
+    expect(res.status).toBe(410);
+    const { error } = (await res.json()) as ErrorBody;
+    expect(error.message).toMatch(/is no longer stored: it was removed before it was due to expire at /);
+    expect(error.message).not.toMatch(/was deleted at/);
+    expect(((await s.state(done.id)) as JobState).result).toBe("expired");
+  });
 });
 
 describe("a model that fails to load", () => {

@@ -53,6 +53,13 @@ describe("packValue", () => {
     for (const bad of [{ $cache: null }, { $error: null }, { $error: { type: "X" } }, { $obj: 3 }]) expect(() => decodeValue(bad, new Map())).toThrow(CodecError);
   });
 
+  it("refuses a meta tensor whose shape no tensor could have, naming it (not the op that first makes values of it)", () => {
+    expect(decodeValue({ $meta: { dtype: "float32", shape: [2, 3] } }, new Map())).toMatchObject({ shape: [2, 3], isMeta: true });
+    expect(() => decodeValue({ $meta: { dtype: "float32", shape: [1e6, 1e6] } }, new Map())).toThrow(/bad \$meta tensor description: shape \[1000000, 1000000\] has 1000000000000 elements, more than a tensor can hold/);
+    expect(() => decodeValue({ $meta: { dtype: "float32", shape: Array(40).fill(1) } }, new Map())).toThrow(/40 dimensions, more than 32/);
+    expect(() => decodeValue({ $meta: { dtype: "float32", shape: [2 ** 60] } }, new Map())).toThrow(CodecError);
+  });
+
   it("refuses a result over the limit before encoding it", () => {
     const t = ones([512, 1024]); // 2 MiB
     expect(() => packValue([t, t.mul(2)], 3 * MiB)).toThrow(ResultTooLargeError);

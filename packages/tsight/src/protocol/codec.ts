@@ -11,7 +11,7 @@
  *   {"$function": "source"}   a helper function in a job's vars (checked by the client, compiled in the sandbox)
  */
 import { Cache, type CacheEntry } from "../intervention/index.js";
-import { isDType, parseSafetensors, Tensor, writeSafetensors } from "../tensor/index.js";
+import { isDType, MAX_ELEMENTS, MAX_RANK, parseSafetensors, Tensor, writeSafetensors } from "../tensor/index.js";
 import { ClientError, errorFromInfo, infoFromError, knownErrorClass } from "./errors.js";
 import type { ErrorInfo } from "./wire.js";
 
@@ -147,7 +147,11 @@ export function decodeValue(data: unknown, tensors: ReadonlyMap<string, Tensor>,
       }
       case "$meta": {
         const m = v as { dtype: unknown; shape: unknown };
-        if (!isDType(m.dtype) || !Array.isArray(m.shape) || !m.shape.every((d) => Number.isInteger(d) && d >= 0)) throw new CodecError("bad $meta tensor description");
+        if (!isDType(m.dtype) || !Array.isArray(m.shape) || !m.shape.every((d) => Number.isSafeInteger(d) && d >= 0)) throw new CodecError("bad $meta tensor description");
+        // A shape no tensor with values could have is refused here, where the job's input is read, rather than by
+        // the first op that makes values of it (an error that named that op, not the input).
+        const elements = m.shape.reduce((n: number, d: number) => n * d, 1);
+        if (m.shape.length > MAX_RANK || elements > MAX_ELEMENTS) throw new CodecError(`bad $meta tensor description: shape [${m.shape.slice(0, 10).join(", ")}${m.shape.length > 10 ? ", ..." : ""}] has ${m.shape.length > MAX_RANK ? `${m.shape.length} dimensions, more than ${MAX_RANK}` : `${elements} elements, more than a tensor can hold (${MAX_ELEMENTS})`}`);
         return Tensor.meta(m.dtype, m.shape as number[]);
       }
       case "$num":

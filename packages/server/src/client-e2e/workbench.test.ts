@@ -569,6 +569,8 @@ describe("the workbench page", () => {
       const g = p.locator("#panel-generate"), a = p.locator("#panel-attention");
       expect(await g.locator('input[name="max-new-tokens"]').inputValue()).toBe("7");
       expect(await g.locator('input[name="temperature"]').inputValue()).toBe("0.5");
+      // A temperature kept: top-p and the seed are on with it.
+      expect(await g.locator('input[name="top-p"]').isEnabled()).toBe(true);
       expect(await g.locator('input[name="steer"]').isChecked()).toBe(true);
       expect(await g.locator('input[name="toward"]').inputValue()).toBe("    while (");
       expect(await a.locator("textarea").inputValue()).toBe("kept = 1");
@@ -593,6 +595,13 @@ describe("the workbench page", () => {
     await tab.screenshot({ path: path.join(shots, "restored.png") });
     await tab.close();
     await page.locator("#panel-generate").getByRole("checkbox").uncheck();
+    // Greedy (no temperature): top-p and the seed would change nothing, so they are off.
+    const g = page.locator("#panel-generate");
+    await g.locator('input[name="temperature"]').fill("");
+    for (const name of ["top-p", "seed"]) expect(await g.locator(`input[name="${name}"]`).isDisabled()).toBe(true);
+    await g.locator('input[name="temperature"]').fill("0.7");
+    for (const name of ["top-p", "seed"]) expect(await g.locator(`input[name="${name}"]`).isEnabled()).toBe(true);
+    await g.locator('input[name="temperature"]').fill("");
   });
 
   it("a kept state that is stale or malformed leaves the defaults, and breaks nothing", async () => {

@@ -62,7 +62,7 @@ export function generateView(ctx: ViewContext): View {
     id: "generate",
     title: "Generate",
     intro: "Continue a prompt on the server; tokens appear as they are made.",
-    fields: [field("Prompt", prompt), h("div", { class: "field-row" }, field("New tokens", maxNewTokens), field("Temperature", temperature, "empty: greedy"), field("Top-p", topP), field("Seed", seed)), steering],
+    fields: [field("Prompt", prompt), h("div", { class: "field-row" }, field("New tokens", maxNewTokens), field("Temperature", temperature, "empty: greedy"), field("Top-p", topP, "with a temperature"), field("Seed", seed, "with a temperature")), steering],
     runLabel: "Generate",
     code: "generation",
     run: async () => {
@@ -106,6 +106,13 @@ export function generateView(ctx: ViewContext): View {
       else if (ids.length === 0) view.result.replaceChildren();
     },
   });
+  // Greedy decoding (no temperature) samples nothing: top-p and the seed are then off, not silently ignored.
+  const samplingFields = () => {
+    const greedy = !(Number(temperature.value) > 0);
+    for (const input of [topP, seed]) input.disabled = greedy;
+  };
+  temperature.addEventListener("input", samplingFields);
+  samplingFields();
   const shown = () => {
     // Text that came while another tab was shown.
     if (following) output.scrollTop = output.scrollHeight;

@@ -12,8 +12,11 @@ import { GPT2 } from "./harness.js";
 export interface SandboxJobs {
   /** The model the jobs run on (loaded in the suite's beforeAll). */
   readonly lm: LanguageModel;
-  /** Runs a trace job (an invoke on `input`, unless the request says otherwise) and gives its value as the executor returns it. */
-  run(request: Partial<JobRequest> & { source: string }): Promise<unknown>;
+  /**
+   * Runs a trace job (an invoke on `input`, unless the request says otherwise) and gives its value as the executor
+   * returns it; `deadlineMs` from now (20 s by default).
+   */
+  run(request: Partial<JobRequest> & { source: string }, options?: { deadlineMs?: number }): Promise<unknown>;
 }
 
 /** Call at a suite's top level: loads the model before its tests. */
@@ -23,14 +26,14 @@ export function sandboxJobs(): SandboxJobs {
   beforeAll(async () => {
     lm = await LanguageModel.load("stdlib-gpt2");
   });
-  const context = (): ExecutionContext => ({ emit: () => undefined, signal: new AbortController().signal, deadline: Date.now() + 20_000, memoryLimitBytes: 2 ** 28 });
+  const context = (deadlineMs = 20_000): ExecutionContext => ({ emit: () => undefined, signal: new AbortController().signal, deadline: Date.now() + deadlineMs, memoryLimitBytes: 2 ** 28 });
   return {
     get lm() {
       if (!lm) throw new Error("sandboxJobs: the model loads in beforeAll; use it inside tests");
       return lm;
     },
-    run(request) {
-      return executor.execute(decodeJob({ model: GPT2, kind: "trace", form: "invoke", ...request } as JobRequest), this.lm, context());
+    run(request, options) {
+      return executor.execute(decodeJob({ model: GPT2, kind: "trace", form: "invoke", ...request } as JobRequest), this.lm, context(options?.deadlineMs));
     },
   };
 }

@@ -133,4 +133,17 @@ describe("Tensor's static constructors in the sandbox", () => {
     expect(e.code).toBe("USER_CODE");
     expect(e.message).toMatch(/names "i" twice/);
   });
+
+  it("an einsum whose permute of a high rank would end past the deadline is refused before it starts", async () => {
+    // 2^24 floats as 24 dims of 2, reversed: ~0.9 s of ONNX Runtime on one core here, estimated at ~3.6 s (the
+    // operand's permute and the result's); with 1 s left the op is refused by its estimate (before, it was estimated
+    // as 2 operations an element: a rank-26 one ran 7.5 s past a deadline).
+    const letters = "abcdefghijklmnopqrstuvwx";
+    const source = `async () => einsum('${letters}->${[...letters].reverse().join("")}', Tensor.zeros(Array(24).fill(2))).shape`;
+    const e = await failure(jobs.run({ source, input: "x" }, { deadlineMs: 1000 }));
+    expect(e.code).toBe("TIMEOUT");
+    expect(e.message).toMatch(/this op computes 1\.8e\+11 floating-point operations, more than fits in the \d+ ms the job has left/);
+    // A permute of an ordinary size and rank is not held up by its estimate.
+    expect(await remote("async (m) => (await m.transformer.h[0].output).reshape([4, 4, 4, 16]).permute(3, 2, 1, 0).shape", "def f(x")).toEqual([16, 4, 4, 4]);
+  });
 });

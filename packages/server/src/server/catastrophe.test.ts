@@ -9,7 +9,8 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { startServe, type ServeProcess } from "../../../../test/server/processes.js";
+import { startApiProcess, startServe, startWorkerProcess, type ServeProcess } from "../../../../test/server/processes.js";
+import { clearPrefix, TEST_REDIS, testRedis, uniquePrefix } from "../../../../test/server/redis.js";
 import { sink } from "../../../../test/streams.js";
 import { runKeys } from "../cli/serve.js";
 import { finished, GPT2, headers, result, submit, type Target } from "./hostile.case.js";
@@ -104,5 +105,54 @@ describe("a job that breaks its sandbox beyond recovery", () => {
       expect((badEnd.error as { message: string }).message).toMatch(/could not recover from/);
     }
     expect(shared, "a thread broken in a shared pass within 4 attempts").toBe(true);
+  }, 240_000);
+});
+
+describe("a job that breaks its sandbox beyond recovery, in a distributed deployment", () => {
+  const prefix = uniquePrefix("catastrophe");
+  const processes: ServeProcess[] = [];
+  let t: Target;
+  const hostile: string[] = [];
+
+  beforeAll(async () => {
+    const common = ["--redis", TEST_REDIS, "--prefix", prefix, "--timeout", "60s"];
+    // Two API processes: a bar set by the worker holds in both.
+    const [{ url }, { url: other }] = await Promise.all([startApiProcess(common, processes), startApiProcess(common, processes), startWorkerProcess(common, processes)]);
+    const newKey = async (name: string) => {
+      const out = sink();
+      await runKeys(["create", "--name", name, "--redis", TEST_REDIS, "--prefix", prefix], out);
+      return /TSIGHT_API_KEY=(\S+)/.exec(out.text)![1]!;
+    };
+    for (let i = 0; i < 4; i++) hostile.push(await newKey(`hostile-${i}`));
+    t = { url, keys: { hostile: hostile[0]!, victim: await newKey("victim"), blocker: other }, processes: () => [], receiver: { url: "", hits: () => 0 } };
+  }, 120_000);
+
+  afterAll(async () => {
+    await Promise.all(processes.map((p) => p.stop("SIGKILL")));
+    const redis = await testRedis();
+    await clearPrefix(redis, prefix);
+    redis.disconnect();
+  }, 30_000);
+
+  it("bars its API key in every API process (the worker process that lost the thread keeps the bar in Redis); other keys go on", async () => {
+    const otherApi = t.keys.blocker;
+    let barred = false;
+    for (let attempt = 0; attempt < hostile.length && !barred; attempt++) {
+      const key = hostile[attempt]!;
+      const broken = await finished(t, await submit(t, { source: GROW_MAP }, key), key);
+      expect(broken).toMatchObject({ status: "ERROR", error: { code: "MEMORY" } });
+      // The race V8 and isolated-vm run (see above): the job may end MEMORY the ordinary way, its thread kept.
+      if (!/out of memory in a way it could not recover from/.test((broken.error as { message: string }).message)) continue;
+      barred = true;
+      for (const url of [t.url, otherApi]) {
+        const again = await fetch(`${url}/v1/jobs`, { method: "POST", headers: headers(key), body: JSON.stringify({ model: GPT2, kind: "trace", form: "invoke", input: [1, 2, 3], source: LOGITS }) });
+        expect(again.status, url).toBe(429);
+        expect(Number(again.headers.get("retry-after"))).toBeGreaterThan(800);
+        expect(((await again.json()) as { error: { code: string; message: string } }).error).toMatchObject({ code: "NOT_ALLOWED", message: expect.stringMatching(/broke a worker thread of stdlib-gpt2 .* this key may submit jobs again in \d+ s/) });
+      }
+      const other = await finished(t, await submit(t, { source: LOGITS }, t.keys.victim), t.keys.victim, 60_000);
+      expect(other.status).toBe("COMPLETED");
+    }
+    expect(barred, `a thread lost within ${hostile.length} attempts`).toBe(true);
   }, 240_000);
 });

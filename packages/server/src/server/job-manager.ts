@@ -9,6 +9,7 @@
  */
 import type { LoadProgress } from "tsight";
 import { decodeJob, type DecodedJob, type ErrorInfo, type JobEvent, type JobRequest, type JobState, type ModelInfo } from "tsight/protocol";
+import { barredError, barredNote, type Barred } from "./quarantine.js";
 import { ApiError, jobNotFound } from "./api-error.js";
 import { batchKey, batchNote, perPass } from "./batch-key.js";
 import { cutLog, runTimeoutMs, type ServerConfig } from "./config.js";
@@ -135,18 +136,16 @@ export class JobManager implements Dispatcher {
    * Checks and queues a request; the caller's key owns the job. A repeated idempotency key gives the earlier job when
    * the body is the same, else a 422.
    */
-  /**
-   * API keys whose job broke a worker thread (see ModelWorker's lose), with until when they may not submit: each such
-   * job costs the server a thread and what it held, and a few fail the model until a restart, so one key must not
-   * be able to send them one after another.
-   */
-  private readonly quarantined = new Map<string, { until: number; jobId: string; model: string }>();
+  /** API keys whose job broke a worker thread, with until when they may not submit (see quarantine.ts). */
+  private readonly quarantined = new Map<string, Barred>();
 
   private quarantine(jobId: string, model: string): void {
     const keyId = this.active.get(jobId)?.keyId ?? this.parts.store.get(jobId)?.keyId;
     if (keyId === undefined) return;
-    this.quarantined.set(keyId, { until: Date.now() + this.parts.config.brokeThreadQuarantineMs, jobId, model });
-    this.parts.log?.(`tsight: API key ${keyId} may not submit jobs for ${Math.round(this.parts.config.brokeThreadQuarantineMs / 1000)} s: its job ${jobId} broke a worker thread of ${model}`);
+    const forMs = this.parts.config.brokeThreadQuarantineMs;
+    const barred = { until: Date.now() + forMs, jobId, model };
+    this.quarantined.set(keyId, barred);
+    this.parts.log?.(barredNote(keyId, forMs, barred));
   }
 
   submit(caller: Caller, body: Uint8Array | JobRequest, idempotency?: Idempotency): JobState {
@@ -175,10 +174,7 @@ export class JobManager implements Dispatcher {
       throw new ApiError(503, "INTERNAL", `${model.name} failed to load on this server (${worker.lastError?.message ?? "no reason given"}); it is retried, try again later`, { retryable: true, headers: { "retry-after": "30" } });
     }
     const barred = this.quarantined.get(caller.keyId);
-    if (barred && barred.until > Date.now()) {
-      const seconds = Math.ceil((barred.until - Date.now()) / 1000);
-      throw new ApiError(429, "NOT_ALLOWED", `job ${barred.jobId} of this API key broke a worker thread of ${barred.model} (its sandbox ran out of memory beyond recovery, which costs the server a thread and its memory): this key may submit jobs again in ${seconds} s`, { retryable: true, headers: { "retry-after": String(seconds) } });
-    }
+    if (barred && barred.until > Date.now()) throw barredError(barred);
     const limit = this.parts.config.maxActiveJobsPerKey;
     if (this.parts.store.activeCount(caller.keyId) >= limit) {
       throw new ApiError(429, "NOT_ALLOWED", `this API key already has ${limit} unfinished jobs, the most it may have; wait for one to end`, { retryable: true, headers: { "retry-after": "1" } });

@@ -16,6 +16,8 @@
  *   P:keyactive:<keyId>   set: a key's unfinished jobs
  *   P:idem:<keyId>:<key>  string: the job a key's submission with that Idempotency-Key made (kept a day; the
  *                         job's hash keeps the body's digest, `requestDigest`)
+ *   P:barred:<keyId>      string: a key barred from submitting after its job broke a worker thread (JSON,
+ *                         expiring with the bar; see quarantine.ts)
  *   P:active              sorted set: every unfinished job (score: submission time), for the sweep
  *   P:jobseq              counter: submission order
  *   P:apikey:<id>, P:apikeys   API keys (hash each; sorted set of ids)
@@ -48,6 +50,7 @@ export class RedisLayout {
   watch = (id: string) => `${this.base}watch:${id}`;
   keyJobs = (keyId: string) => `${this.base}keyjobs:${keyId}`;
   keyActive = (keyId: string) => `${this.base}keyactive:${keyId}`;
+  barred = (keyId: string) => `${this.base}barred:${keyId}`;
   get active(): string {
     return `${this.base}active`;
   }

@@ -11,6 +11,7 @@ import { batchKey, perPass } from "../batch-key.js";
 import { runTimeoutMs, type ServerConfig } from "../config.js";
 import type { ClusterStatus, Dispatcher, ModelLoad } from "../contracts.js";
 import { checkRepeat, type Idempotency } from "../idempotency.js";
+import { barredError, parseBarred } from "../quarantine.js";
 import { newJobId } from "../ids.js";
 import { jobState, type ListOptions } from "../job-store.js";
 import type { Caller } from "../key-store.js";
@@ -49,6 +50,9 @@ export class RedisDispatcher implements Dispatcher {
     }
     const model = registry.get(job.model);
     if (!model) throw new ApiError(404, "VALIDATION", `this server does not serve ${job.model}; it serves ${registry.list().map((m) => m.key).join(", ")}`);
+    // A bar a worker process set on this key (its job broke a thread there) holds in every API process.
+    const barred = parseBarred(await store.redis.get(store.keys.barred(caller.keyId)));
+    if (barred && barred.until > Date.now()) throw barredError(barred);
     const id = newJobId();
     const batch = config.maxBatch > 1 ? batchKey(job, registry.tokenizer(model)) : undefined;
     const webhook = job.webhook === undefined ? undefined : { url: job.webhook, secret: job.webhookSecret };

@@ -20,6 +20,7 @@ import { cutLog, runTimeoutMs, type ServerConfig } from "../config.js";
 import type { StreamCountListener, StreamCounts } from "../event-stream.js";
 import { batchNote } from "../batch-key.js";
 import { LocalStepWatch } from "../local-step-watch.js";
+import { barredNote } from "../quarantine.js";
 import type { ServerMetrics } from "../metrics.js";
 import type { ModelRegistry, ServedModel } from "../model-registry.js";
 import { ModelWorker, serverError, type RunOutcome } from "../model-worker.js";
@@ -143,6 +144,7 @@ export class WorkerNode {
         },
         onEvent: (id, e) => this.onEvent(id, e),
         onRestart: () => this.parts.metrics.restarts.inc({ model: model.name }),
+        onBroke: (id) => void this.write(this.bar(id, model.name)),
         log: (line) => this.parts.log(line),
       });
       this.lanes.set(model.key, lane);
@@ -466,6 +468,19 @@ export class WorkerNode {
   }
 
   // #endregion
+
+  /**
+   * Bars the API key of job `id`, which broke a worker thread of `model`, from submitting for a while (see
+   * quarantine.ts): in Redis, so that every API process refuses it.
+   */
+  private async bar(id: string, model: string): Promise<void> {
+    const keyId = this.runs.get(id)?.held.key ?? (await this.parts.store.get(id))?.keyId;
+    if (keyId === undefined) return;
+    const forMs = this.parts.config.brokeThreadQuarantineMs;
+    const barred = { until: Date.now() + forMs, jobId: id, model };
+    await this.parts.redis.set(this.parts.store.keys.barred(keyId), JSON.stringify(barred), "PX", Math.max(1, forMs));
+    this.parts.log(barredNote(keyId, forMs, barred));
+  }
 
   /** Runs a store write, logging a failure (events of a job are written in order on one connection). */
   private async write(p: Promise<unknown>): Promise<void> {

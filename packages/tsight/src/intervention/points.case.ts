@@ -306,6 +306,45 @@ export const pointCases: TraceCase[] = [
     },
   },
   {
+    name: "MoE experts' points (Mixtral, Qwen3-MoE): pre is Hugging Face's act_fn input, one row per (token, slot) grouped by expert; post is act(pre) times the up halves; zeroing post zeroes the sparse MLP as Hugging Face's zero_mlp_l1",
+    async run(b) {
+      for (const arch of ["mixtral", "qwen3_moe"] as const) {
+        const lm = await b.arch(arch);
+        const f = await fixture(arch);
+        const got = await lm.trace(
+          ref(f, "input_ids"),
+          async (m) => {
+            const experts = m.model.layers[0].mlp.experts;
+            const pre = (await experts.source.pre.output) as Tensor;
+            const act = (await experts.act_fn.output) as Tensor;
+            const post = (await experts.source.post.output) as Tensor;
+            const experts1 = m.model.layers[1].mlp.experts;
+            const post1 = (await experts1.source.post.output) as Tensor;
+            experts1.source.post.output = post1.mul(0);
+            return { pre, act, post, logits: (await m.output).logits as Tensor };
+          },
+          b.options(),
+        );
+        const hfPre = ref(f, "single/model.layers.0.mlp.experts.act_fn:input");
+        expect(got.pre.shape, arch).toEqual(hfPre.shape);
+        expect(maxAbsDiff(got.pre, hfPre), arch).toBeLessThan(1e-5);
+        expect(maxAbsDiff(got.act, ref(f, "single/model.layers.0.mlp.experts.act_fn:output")), arch).toBeLessThan(1e-5);
+        // The up halves: post where act_fn's output is replaced by ones. post is act times them, to the bit.
+        const up = await lm.trace(
+          ref(f, "input_ids"),
+          async (m) => {
+            const experts = m.model.layers[0].mlp.experts;
+            experts.act_fn.output = (a: Tensor) => a.mul(0).add(1);
+            return (await experts.source.post.output) as Tensor;
+          },
+          b.options(),
+        );
+        expect(maxAbsDiff(got.post, got.act.mul(up)), arch).toBe(0);
+        expect(maxAbsDiff(got.logits, ref(f, "intervention/zero_mlp_l1/logits")), arch).toBeLessThan(1e-4);
+      }
+    },
+  },
+  {
     name: "attention points in every generation step: the pattern of step k covers the prompt and k generated tokens; a knockout on every step changes the text as the same edit of the projection's input does",
     async run(b) {
       const out = await b.gpt2.generate(

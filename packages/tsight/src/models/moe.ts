@@ -7,7 +7,7 @@
  * intervention can read the router's choice and replace it: `m.model.layers[0].mlp.gate.output = ([logits, w, i])
  * => [logits, w, forced]` runs the experts on the forced indices, as the same edit does in PyTorch.
  */
-import { Activation, Module, type ActivationName } from "../nn/index.js";
+import { Activation, MlpPoints, Module, type ActivationName } from "../nn/index.js";
 import { DTypeError, functional as F, releaseWeight, ShapeError, Tensor } from "../tensor/index.js";
 import { markParameter } from "../tensor/packing.js";
 
@@ -57,6 +57,12 @@ export class MoeExperts extends Module {
   gate_up_proj: Tensor;
   down_proj: Tensor;
   act_fn: Activation;
+  /**
+   * pre: the gate halves' outputs (act_fn's input), post: act(gate) * up (the down projections' input), [N*k, I]:
+   * one row per (token, slot) pair, grouped by expert (experts in order, tokens in order within one), as act_fn
+   * sees them.
+   */
+  source = new MlpPoints();
   constructor(private readonly cfg: MoeConfig) {
     super();
     const { numExperts: E, hiddenSize: D, expertIntermediateSize: I } = cfg;
@@ -101,7 +107,7 @@ export class MoeExperts extends Module {
     const stacked = [this.gate_up_proj, this.down_proj] as const;
     const perExpert = (x: Tensor, which: 0 | 1) => Tensor.cat(groups.map((g) => F.linear(x.narrow(0, g.start, g.count), views?.[which][g.expert] ?? stacked[which].index(g.expert))), 0);
     const [gate, up] = perExpert(rows, 0).chunk(2, -1) as [Tensor, Tensor]; // (S, I) each
-    const h = (await this.act_fn.call(gate)).mul(up);
+    const h = await this.source.post.at((await this.act_fn.call(await this.source.pre.at(gate))).mul(up));
     const out = perExpert(h, 1).mul(topKWeights.reshape(S).indexSelect(0, order).unsqueeze(-1)); // (S, D)
     return out.indexSelect(0, inverse).reshape(N, k, D).sum(1); // back to pair order, summed over each token's k
   }

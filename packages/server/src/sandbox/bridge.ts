@@ -12,7 +12,7 @@
  * the few synchronous calls: compiling, and replacement functions the forward pass calls.)
  */
 import ivm from "isolated-vm";
-import { buildAliases, Generator, holderRefusal, ITER_NOT_CALLED, ITERATED_WITHOUT_AWAIT, KVCache, ModuleList, pointRefusal, Optimizer, Tensor, TraceError, transformerLensNames, transformerLensNotes, NO_SOURCE_HINT, withAllocationGuard, type InterventionFn, type Module, type Tracer } from "tsight";
+import { buildAliases, Generator, holderRefusal, ITER_NOT_CALLED, ITERATED_WITHOUT_AWAIT, KVCache, ModuleList, NOT_A_PAIR, pointRefusal, Optimizer, Tensor, TraceError, transformerLensNames, transformerLensNotes, NO_SOURCE_HINT, withAllocationGuard, type InterventionFn, type Module, type Tracer } from "tsight";
 import { CONSTRUCTORS, FunctionSource, infoFromError, SANDBOX_OBJECTS, TENSOR_AUTOGRAD, TENSOR_FUNCTIONS, TENSOR_METHODS, type ExecutionModel as LanguageModel } from "tsight/protocol";
 import { checkArgs } from "./args.js";
 import { HANDLE_BYTES, JobBudget, OBJECT_BYTES, type BudgetLimits } from "./budget.js";
@@ -137,6 +137,7 @@ export class Bridge implements ActionHost {
       noSourceHint: NO_SOURCE_HINT,
       iteratedWithoutAwait: ITERATED_WITHOUT_AWAIT,
       iterNotCalled: ITER_NOT_CALLED,
+      notAPair: { values: NOT_A_PAIR("values"), indices: NOT_A_PAIR("indices") },
       objects: Object.fromEntries(Object.entries(SANDBOX_OBJECTS).map(([kind, actions]) => [kind, Object.fromEntries(Object.entries(actions).map(([a, spec]) => [a, { answer: spec.answer, getter: "getter" in spec && spec.getter === true }]))])),
     };
     jail.setSync("__tree", new ivm.ExternalCopy(treeOf(this.lm.model, this.aliases)).copyInto());

@@ -52,6 +52,8 @@ export interface RuntimeApi {
   iteratedWithoutAwait: string;
   /** What tr.iter or tr.all iterated uncalled say (tsight's ITER_NOT_CALLED). */
   iterNotCalled: string;
+  /** What reading `.values` or `.indices` of a tensor says (tsight's NOT_A_PAIR). */
+  notAPair: { values: string; indices: string };
 }
 
 /**
@@ -280,6 +282,14 @@ export function installRuntime(rawHost: HostCallbacks, tree: TreeNode, api: Runt
       return inn(host.op(id, name, args.map(out)));
     };
     Object.defineProperty(Tensor.prototype, name, how.getter ? { get: call } : { value: call });
+  }
+  // torch's `x.max(dim).values` / `.indices`: max gives the values themselves here (as in process, see NOT_A_PAIR).
+  for (const name of ["values", "indices"] as const) {
+    Object.defineProperty(Tensor.prototype, name, {
+      get(): never {
+        throw new TypeError(api.notAPair[name]);
+      },
+    });
   }
   Object.freeze(Tensor.prototype);
   g.Tensor = Tensor;

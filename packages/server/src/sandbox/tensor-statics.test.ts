@@ -4,7 +4,7 @@
  */
 import { describe, expect, it } from "vitest";
 import { sandboxJobs } from "../../../../test/server/sandbox-jobs.js";
-import { einsum, full, Generator, randint, randn, Tensor, zeros } from "../../../tsight/src/tensor/index.js";
+import { einsum, full, Generator, NOT_A_PAIR, randint, randn, Tensor, zeros } from "../../../tsight/src/tensor/index.js";
 
 const jobs = sandboxJobs();
 
@@ -132,6 +132,13 @@ describe("Tensor's static constructors in the sandbox", () => {
     const e = await failure(remote("async () => einsum('ii->i', Tensor.zeros([2, 3]))", "x"));
     expect(e.code).toBe("USER_CODE");
     expect(e.message).toMatch(/names "i" twice/);
+  });
+
+  it("a tensor read as torch's (values, indices) pair says where they are, as in process", async () => {
+    const e = await failure(remote("async () => Tensor.zeros([2, 3]).max(1).indices", "x"));
+    expect(e.code).toBe("USER_CODE");
+    expect(e.message).toContain(NOT_A_PAIR("indices"));
+    expect(await remote("async () => { const { values, indices } = Tensor.zeros([2, 3]).topk(1, 1); return [values.shape, indices.shape]; }", "x")).toEqual([[2, 1], [2, 1]]);
   });
 
   it("an einsum whose permute of a high rank would end past the deadline is refused before it starts", async () => {

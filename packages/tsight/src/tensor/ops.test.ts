@@ -353,6 +353,14 @@ describe("dtype promotion", () => {
     expectTensor(i64([0]).gelu(), [0], { dtype: "float32" });
   });
 
+  it("a tensor read as torch's (values, indices) pair says where they are (JavaScript; TypeScript refuses both)", () => {
+    const x = tensor([[1, 5, 2]]);
+    for (const name of ["values", "indices"]) expectThrows(() => (x.max(1) as unknown as Record<string, unknown>)[name], TypeError, `no .${name}`, "x.argmax(dim)", "x.topk(1, dim)");
+    const { values, indices } = x.topk(1, 1);
+    expectTensor(values, [[5]], { dtype: "float32" });
+    expectTensor(indices, [[1]], { dtype: "int64" });
+  });
+
   it("integer reductions and means", () => {
     expectTensor(tensor([true, false, true]).sum(), 2, { dtype: "int64" });
     expectTensor(i64([[1, 2], [3, 4]]).sum(0), [4, 6], { dtype: "int64" });

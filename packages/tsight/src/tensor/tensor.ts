@@ -42,6 +42,10 @@ export function slice(start?: number | null, stop?: number | null, step?: number
 
 const PROMOTION: Record<DType, number> = { bool: 0, int32: 1, int64: 2, float32: 3 };
 
+/** What reading `.values` or `.indices` of a tensor says (see Tensor.values). */
+export const NOT_A_PAIR = (name: "values" | "indices"): string =>
+  `a tensor has no .${name}: x.max(dim) and x.min(dim) give the values themselves (as torch.amax and amin); the indices are x.argmax(dim) (argmin), and x.topk(1, dim) gives both as { values, indices }`;
+
 /** Most tensors never get a gradient hook: they share this list rather than each making one. */
 const NO_HOOKS: readonly GradHook[] = Object.freeze([]);
 
@@ -904,6 +908,19 @@ function broadcastTo(op: string, from: readonly number[], to: readonly number[])
     throw new ShapeError(`${op}: value of shape ${fmt(from)} cannot be broadcast to ${fmt(to)}`);
   }
   return to;
+}
+
+/**
+ * torch's `x.max(dim).values` / `.indices` read a (values, indices) pair; here max and min give the values
+ * themselves: reading either from a tensor in JavaScript says so, rather than give undefined. Defined outside the
+ * class, so that TypeScript still refuses both at compile time.
+ */
+for (const name of ["values", "indices"] as const) {
+  Object.defineProperty(Tensor.prototype, name, {
+    get(): never {
+      throw new TypeError(NOT_A_PAIR(name));
+    },
+  });
 }
 
 /** A number as a 0-d tensor of `dtype` (float32 when the number is not an integer). */

@@ -1,5 +1,5 @@
 /** The `tsight` command, in process and as the README runs it. */
-import { execFile } from "node:child_process";
+import { execFile, spawn } from "node:child_process";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
@@ -105,6 +105,19 @@ describe("tsight generate", () => {
     const probe = f.manifest.probes!.find((p) => p.text === "class ")!;
     expect(probe.greedy.startsWith(stdout.slice("class ".length).trimEnd())).toBe(true);
     expect(stdout.length).toBeGreaterThan("class ".length + 5);
+  });
+
+  it("ends quietly when its reader closes the pipe early, as `| head -1` does", async () => {
+    const root = fileURLToPath(new URL("../../../..", import.meta.url));
+    const child = spawn(process.execPath, [path.join(root, "node_modules", ".bin", "tsight"), "generate", "class ", "-n", "200"], { cwd: root, stdio: ["ignore", "pipe", "pipe"] });
+    let stderr = "";
+    child.stderr.on("data", (d) => (stderr += String(d)));
+    // The first bytes read, then the pipe closed while tokens still stream.
+    await new Promise<void>((resolve) => child.stdout.once("data", () => resolve()));
+    child.stdout.destroy();
+    const code = await new Promise<number | null>((resolve) => child.on("exit", (c) => resolve(c)));
+    expect(stderr).not.toMatch(/EPIPE|Error/);
+    expect(code).toBe(0);
   });
 });
 

@@ -5,7 +5,10 @@
 import type { Tokenizer } from "../hub/index.js";
 import { Tensor } from "../tensor/index.js";
 
-export type ModelInput = string | readonly string[] | readonly number[] | readonly (readonly number[])[] | Tensor | { input_ids: Tensor; attention_mask?: Tensor };
+/** Token ids, or an attention mask, as a tokenizer gives them: an int tensor, a list, or a list of lists. */
+export type IdsLike = Tensor | readonly number[] | readonly (readonly number[])[];
+
+export type ModelInput = string | readonly string[] | readonly number[] | readonly (readonly number[])[] | Tensor | { input_ids: IdsLike; attention_mask?: IdsLike };
 
 export interface Batch {
   ids: Tensor;
@@ -72,7 +75,10 @@ export function toBatch(input: ModelInput, tokenizer: Tokenizer): Batch {
     if (input.every((x) => Array.isArray(x) && x.every((v: unknown) => typeof v === "number"))) return fromRows(input as number[][], tokenizer.padTokenId);
     throw new InputError("model input must be a string, a list of strings, token ids, a list of token-id lists, or a tensor");
   }
-  if (typeof input === "object" && input && "input_ids" in input) return fromTensor(input.input_ids, input.attention_mask);
+  if (typeof input === "object" && input && "input_ids" in input) {
+    const mask = input.attention_mask === undefined ? undefined : idsTensor(input.attention_mask, "attention_mask");
+    return fromTensor(idsTensor(input.input_ids, "input_ids"), mask);
+  }
   throw new InputError(`model input of type ${typeof input} is not supported`);
 }
 
@@ -92,6 +98,36 @@ export function fromRows(rows: readonly (readonly number[])[], pad: number): Bat
     });
   });
   return { ids: new Tensor("int64", ids, [rows.length, T]), mask: new Tensor("int64", mask, [rows.length, T]) };
+}
+
+/**
+ * `v` as an int64 tensor: a tensor as it is (fromTensor checks it), a list of whole numbers as one row, a list of
+ * equally long lists as rows (what a tokenizer's `input_ids` and `attention_mask` are in Python).
+ */
+function idsTensor(v: unknown, what: string): Tensor {
+  if (v instanceof Tensor) return v;
+  const rows = Array.isArray(v) && v.every((x) => typeof x === "number") ? [v as number[]] : Array.isArray(v) && v.length > 0 && v.every((r) => Array.isArray(r) && r.every((x) => typeof x === "number")) ? (v as number[][]) : null;
+  if (!rows) throw new InputError(`${what} must be an int tensor, a list of token ids or a list of such lists, got ${describeInput(v)}`);
+  const T = rows[0]!.length;
+  if (T === 0) throw new InputError(`${what} has an empty row (no tokens)`);
+  const bad = rows.findIndex((r) => r.length !== T);
+  if (bad >= 0) throw new InputError(`${what}'s rows must be equally long (padded), but row ${bad} has ${rows[bad]!.length} values and row 0 ${T}`);
+  const data = new BigInt64Array(rows.length * T);
+  rows.forEach((r, b) =>
+    r.forEach((x, i) => {
+      // Safe integers only: a larger number (1e300) would wrap to some id in the vocabulary as it became an int64.
+      if (!Number.isSafeInteger(x) || x < 0) throw new InputError(`${what}[${b}][${i}] is ${x}, not a non-negative integer`);
+      data[b * T + i] = BigInt(x);
+    }),
+  );
+  return new Tensor("int64", data, [rows.length, T]);
+}
+
+/** What a value is, for an error about it: its type, a list's length, an object's class. */
+function describeInput(v: unknown): string {
+  if (Array.isArray(v)) return `a list of ${v.length} (${v.length ? `the first is ${describeInput(v[0])}` : "empty"})`;
+  if (v === null || typeof v !== "object") return v === undefined ? "undefined" : `${typeof v} ${String(v).slice(0, 20)}`;
+  return `an object (${Object.getPrototypeOf(v)?.constructor?.name ?? "no prototype"})`;
 }
 
 function fromTensor(ids: Tensor, mask: Tensor | undefined): Batch {

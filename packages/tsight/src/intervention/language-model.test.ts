@@ -273,6 +273,23 @@ describe("LanguageModel", () => {
     expect(() => toBatch({ input_ids: t, attention_mask: new Tensor("int64", BigInt64Array.of(1n), [1]) }, tk)).toThrow(/mask/);
   });
 
+  it("takes { input_ids, attention_mask } as lists too (a Python tokenizer's output), and says what it got when it cannot", async () => {
+    const f = await fixture("llama3");
+    const lm = await LanguageModel.load(fixtureDir("llama3"));
+    const [ids, mask] = [ref(f, "batch_ids"), ref(f, "batch_mask")];
+    const read = (m: any) => m.model.layers[0].output as Promise<Tensor>;
+    const asTensors = await lm.trace({ input_ids: ids, attention_mask: mask }, read);
+    const asLists = await lm.trace({ input_ids: ids.tolist() as number[][], attention_mask: mask.tolist() as number[][] }, read);
+    expect(maxAbsDiff(asLists, asTensors)).toBe(0);
+    const row = (ids.tolist() as number[][])[0]!;
+    expect(toBatch({ input_ids: row }, lm.tokenizer).ids.tolist()).toEqual([row]);
+    const tk = lm.tokenizer;
+    expect(() => toBatch({ input_ids: [[1, 2], [3]] }, tk)).toThrow(/input_ids's rows must be equally long \(padded\), but row 1 has 1 values and row 0 2/);
+    expect(() => toBatch({ input_ids: [[1, 2.5]] }, tk)).toThrow(/input_ids\[0\]\[1\] is 2\.5, not a non-negative integer/);
+    expect(() => toBatch({ input_ids: "1 2" } as never, tk)).toThrow(/input_ids must be an int tensor, a list of token ids or a list of such lists, got string 1 2/);
+    expect(() => toBatch({ input_ids: [[1, 2]], attention_mask: [["a"]] } as never, tk)).toThrow(/attention_mask must be .* got a list of 1 \(the first is a list of 1/);
+  });
+
   it("takes ids already left-padded as given, their padding's ids too, as Hugging Face embeds them (a config without pad_token_id: the padding is not swapped for eos)", async () => {
     const f = await fixture("llama3");
     expect(f.config.pad_token_id).toBeNull();

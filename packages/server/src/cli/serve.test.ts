@@ -6,6 +6,9 @@ import { GPT2, tempDir } from "../../../../test/server/harness.js";
 import { clearPrefix, TEST_REDIS, testRedis, uniquePrefix } from "../../../../test/server/redis.js";
 import { main } from "../../../tsight/src/cli/main.js";
 import { parseDuration, runKeys, runServe } from "./serve.js";
+import { fixture, fixtureDir, maxAbsDiff, ref } from "../../../../test/fixtures.js";
+import { HttpBackend, LanguageModel } from "../../../tsight/src/client/index.js";
+import type { Tensor } from "../../../tsight/src/tensor/index.js";
 
 
 let dir: string;
@@ -69,6 +72,35 @@ describe("tsight serve", () => {
     expect(again.text).not.toContain("TSIGHT_API_KEY");
     await fsp.rm(serveDir, { recursive: true, force: true });
   });
+});
+
+describe("tsight serve --model NAME=FOLDER", () => {
+  it("serves a folder under a name clients ask for (not a path on the server), with its dtype and SAE said at start", async () => {
+    const serveDir = await tempDir();
+    const out = sink();
+    const stop = new AbortController();
+    const folder = fixtureDir("llama3");
+    const done = runServe(["--port", "0", "--data-dir", serveDir, "--model", `llama3=${folder}`, "--model", "stdlib-gpt2", "--dtype", "llama3=int8", "--sae", "stdlib-gpt2=stdlib-gpt2-res2-topk"], out, sink(), stop.signal);
+    try {
+      const [, url] = await out.waitFor(/tsight server on (http:\S+),/);
+      expect(out.text).toContain(`serving llama3 (from ${folder}, int8), stdlib-gpt2 (SAE at transformer.h.2)`);
+      const apiKey = /^TSIGHT_API_KEY=(\S+)$/m.exec(out.text)![1]!;
+      const backend = new HttpBackend({ url, apiKey });
+      const remote = await LanguageModel.fromServer("llama3", { backend });
+      const f = await fixture("llama3");
+      const ids = ref(f, "input_ids");
+      const read = async (m: any) => (await m.model.layers[1].output) as Tensor;
+      const local = await (await LanguageModel.load(folder, { dtype: "int8" })).trace(ids, read);
+      expect(maxAbsDiff((await remote.trace(ids, read, { backend })) as Tensor, local)).toBe(0);
+      // A model asked for by its folder is not served: the error names the served names only.
+      const res = await fetch(`${url}/v1/models`, { headers: { "tsight-protocol": "1", authorization: `Bearer ${apiKey}` } });
+      expect(JSON.stringify(await res.json())).not.toContain(folder);
+    } finally {
+      stop.abort();
+      expect(await done).toBe(0);
+      await fsp.rm(serveDir, { recursive: true, force: true });
+    }
+  }, 120_000);
 });
 
 describe("tsight serve and keys on Redis", () => {

@@ -5,6 +5,7 @@
 import { parseArgs } from "node:util";
 import { Worker } from "node:worker_threads";
 import { DEFAULT_HOST, DEFAULT_MODELS, DEFAULT_PORT, defaultDataDir } from "../server/config.js";
+import { servedModel } from "../server/model-registry.js";
 import type { ApiKeyInfo, NewApiKey } from "../server/index.js";
 import { checkWeightDType, describeLoad, LoadBar, type LoadProgress, type SaeSpec, type WeightDType } from "tsight";
 
@@ -20,7 +21,8 @@ export const serveHelp = `usage: tsight serve [options]
 Serves models to remote interventions (model.trace(..., { remote: true })). With no API key made yet, it makes
 one and prints it once, as TSIGHT_API_KEY=..., for clients to use.
 
-  --model, -m NAME|FOLDER  a model to serve (repeatable; default: ${DEFAULT_MODELS.join(", ")})
+  --model, -m NAME|FOLDER  a model to serve (repeatable; default: ${DEFAULT_MODELS.join(", ")}); NAME=FOLDER serves
+                           FOLDER as NAME (clients ask for NAME, not a path on this machine)
   --dtype [MODEL=]D        what the served weights are kept as: float32 (default), bfloat16, float16, int8 or
                            int4 (repeatable; a bare D is for every model, MODEL=D for one: --model a --model b
                            --dtype int4 --dtype b=float32 serves a as int4 and b as float32)
@@ -203,15 +205,17 @@ export async function runServe(argv: string[], out: NodeJS.WritableStream = proc
   const port = wholeNumber("port", values.port)!;
   const memoryMb = wholeNumber("memory", values.memory);
   const models = values.model ?? [...DEFAULT_MODELS];
+  // What clients and --sae / --dtype call them (NAME of NAME=FOLDER).
+  const names = models.map((m) => servedModel(m).name);
   // Loading shows a bar on a terminal (never on the API process: it loads no weights).
-  const bar = new LoadBar(err, models.join(", "));
+  const bar = new LoadBar(err, names.join(", "));
   const settings = {
     host: values.host,
     port,
     dataDir: values["data-dir"],
     models: values.model,
-    saes: parseSaes(values.sae ?? [], models),
-    ...parseDTypes(values.dtype ?? [], models),
+    saes: parseSaes(values.sae ?? [], names),
+    ...parseDTypes(values.dtype ?? [], names),
     onLoadProgress: (model: string, progress: LoadProgress) => bar.update(model, progress),
     jobTimeoutMs: values.timeout === undefined ? undefined : parseDuration("timeout", values.timeout),
     localStepTimeoutMs: values["local-timeout"] === undefined ? undefined : parseDuration("local-timeout", values["local-timeout"]),
@@ -243,14 +247,14 @@ export async function runServe(argv: string[], out: NodeJS.WritableStream = proc
       queueWaitMs: values["queue-wait"] === undefined ? undefined : parseDuration("queue-wait", values["queue-wait"]),
       presenceMs: values.heartbeat === undefined ? undefined : parseDuration("heartbeat", values.heartbeat),
     };
-    return role === "api" ? serveApi(distributed, out, stop) : serveWorker(distributed, out, err, bar, models, stop);
+    return role === "api" ? serveApi(distributed, out, stop) : serveWorker(distributed, out, err, bar, names, stop);
   }
   const { startServer } = await import("../server/index.js"); // loaded here: other commands start faster without it
   let server: Awaited<ReturnType<typeof startServer>>;
   try {
     server = await startServer(settings);
   } finally {
-    loaded(bar, models, settings, err);
+    loaded(bar, names, settings, err);
   }
   if (server.keys.activeCount() === 0) {
     const { key } = server.keys.create("first");
@@ -306,8 +310,17 @@ function loaded(bar: LoadBar, models: readonly string[], settings: { dtype?: Wei
   err.write(`tsight serve: loaded ${names.join(", ")}: ${describeLoad(totals)}\n`);
 }
 
-/** "stdlib-gpt2 (int4), stdlib-llama": served models, with their dtype when it is not float32. */
-const served = (models: readonly { name: string; dtype: WeightDType }[]): string => models.map((m) => (m.dtype === "float32" ? m.name : `${m.name} (${m.dtype})`)).join(", ");
+/**
+ * "stdlib-gpt2 (int4, SAE at transformer.h.2), stdlib-llama": served models, with their dtype when it is not float32,
+ * the SAEs spliced into them, and the folder of one served as NAME=FOLDER.
+ */
+const served = (models: readonly { name: string; source: string; dtype: WeightDType; saes: readonly { at: string }[] }[]): string =>
+  models
+    .map((m) => {
+      const notes = [...(m.source !== m.name ? [`from ${m.source}`] : []), ...(m.dtype === "float32" ? [] : [m.dtype]), ...m.saes.map((s) => `SAE at ${s.at}`)];
+      return notes.length ? `${m.name} (${notes.join(", ")})` : m.name;
+    })
+    .join(", ");
 
 /** Resolves on SIGINT or SIGTERM, or when `stop` aborts. */
 function untilStopped(stop?: AbortSignal): Promise<void> {

@@ -6,6 +6,7 @@ import { checkWeightDType, type SaeSpec, type WeightDType } from "tsight";
 import os from "node:os";
 import path from "node:path";
 import { defaultWorkbenchDir } from "./workbench-routes.js";
+import { servedModel } from "./model-registry.js";
 
 /** Where a worker finds the executor that runs job code: a module and the name of a class it exports. */
 export interface ExecutorRef {
@@ -175,7 +176,7 @@ export function resolveConfig(options: Partial<ServerConfig> = {}): ServerConfig
   if (!(Number.isInteger(config.maxBatch) && config.maxBatch >= 1)) throw new RangeError(`server setting maxBatch must be a whole number of 1 or more, got ${config.maxBatch}`);
   if (config.models.length === 0) throw new RangeError("the server needs at least one model to serve");
   config.dtype = checkWeightDType(config.dtype, "server setting dtype");
-  const names = config.models.map((n) => n.trim());
+  const names = config.models.map((m) => servedModel(m).name);
   for (const name of Object.keys(config.dtypes)) if (!names.includes(name)) throw new RangeError(`server setting dtypes: a dtype is given for "${name}", which is not a served model (${names.join(", ")})`);
   config.dtypes = Object.fromEntries(names.map((name) => [name, checkWeightDType(config.dtypes[name] ?? config.dtype, `server setting dtypes["${name}"]`)]));
   config.dataDir = path.resolve(config.dataDir);

@@ -110,6 +110,7 @@ export class JobManager implements Dispatcher {
       if (this.workers.has(model.key)) continue;
       const worker = new ModelWorker({
         model: model.name,
+        source: model.source,
         executor: this.parts.config.executor,
         stopGraceMs: this.parts.config.stopGraceMs,
         heapMb: this.parts.config.workerHeapMb,

@@ -9,14 +9,26 @@ import { readModelMeta } from "./model-meta.js";
 
 export interface ServedModel {
   key: string;
-  /** The name or folder it is loaded from. */
+  /** What clients call it: its name or folder, or the NAME of `--model NAME=FOLDER`. */
   name: string;
+  /** What it is loaded from: the name or folder (FOLDER for `--model NAME=FOLDER`). */
+  source: string;
   folder: string;
   modelType: string;
   /** SAEs spliced into it, each with where it goes (resolved) and its config. */
   saes: (SaeSpec & SaeMeta)[];
   /** What its weights are kept as in the worker threads. */
   dtype: WeightDType;
+}
+
+/**
+ * A `--model` value: a name or folder served under itself, or `NAME=FOLDER` (NAME letters, digits, `_`, `.` and `-`)
+ * served as NAME, so that clients ask for `NAME` rather than a path on the server.
+ */
+export function servedModel(spec: string): { name: string; source: string } {
+  const text = spec.trim();
+  const m = /^([A-Za-z0-9][\w.-]*)=(.+)$/.exec(text);
+  return m ? { name: m[1]!, source: m[2]!.trim() } : { name: text, source: text };
 }
 
 export class ModelRegistry {
@@ -36,12 +48,12 @@ export class ModelRegistry {
     for (const name of Object.keys(saes)) if (!names.some((n) => n.trim() === name)) throw new RangeError(`an SAE is given for "${name}", which is not a served model`);
     const models = await Promise.all(
       names.map(async (raw) => {
-        const name = raw.trim();
-        const source = await locateModel(name);
-        const { config } = await readModelConfigs(source.path);
+        const { name, source } = servedModel(raw);
+        const located = await locateModel(source);
+        const { config } = await readModelConfigs(located.path);
         // Each SAE's config is read and checked now: a server with a bad one does not start.
         const spliced = await Promise.all((saes[name] ?? []).map(async (spec) => ({ ...spec, ...(await saeMeta(spec)) })));
-        return { key: toModelKey("LanguageModel", name, null), name, folder: source.path, modelType: String(config.model_type ?? "unknown"), saes: spliced, dtype: dtypes[name] ?? "float32" };
+        return { key: toModelKey("LanguageModel", name, null), name, source, folder: located.path, modelType: String(config.model_type ?? "unknown"), saes: spliced, dtype: dtypes[name] ?? "float32" };
       }),
     );
     return new ModelRegistry(models);

@@ -17,8 +17,10 @@ export type WorkerState = "stopped" | "starting" | "ready" | "busy" | "failed" |
 export type RunOutcome = { ok: true; bytes: Uint8Array } | { ok: false; error: ErrorInfo };
 
 export interface ModelWorkerOptions {
-  /** The name or folder the model is loaded from. */
+  /** The model's name, as clients call it (for messages). */
   model: string;
+  /** The name or folder it is loaded from (default: `model`). */
+  source?: string;
   executor: ExecutorRef;
   /** How long a job gets to stop (after cancel, or past its deadline) before a fresh thread replaces its own. */
   stopGraceMs: number;
@@ -208,7 +210,7 @@ export class ModelWorker {
   }
 
   private spawn(): void {
-    const thread = spawnWorkerThread({ model: this.options.model, executor: this.options.executor, saes: this.options.saes, dtype: this.options.dtype }, this.options.heapMb ? { maxOldGenerationSizeMb: this.options.heapMb } : undefined);
+    const thread = spawnWorkerThread({ model: this.options.source ?? this.options.model, executor: this.options.executor, saes: this.options.saes, dtype: this.options.dtype }, this.options.heapMb ? { maxOldGenerationSizeMb: this.options.heapMb } : undefined);
     this.thread = thread;
     this.setState("starting");
     let crash: Error | undefined;

@@ -129,6 +129,7 @@ export class WorkerNode {
       const lane: Lane = { model, fetcher: fetchers.get(model.key)!, held: [], running: new Map(), wake: undefined, mean: undefined, worker: undefined as unknown as ModelWorker };
       lane.worker = new ModelWorker({
         model: model.name,
+        source: model.source,
         executor: config.executor,
         stopGraceMs: config.stopGraceMs,
         heapMb: config.workerHeapMb,

@@ -268,7 +268,7 @@ export class Bridge implements ActionHost {
   private async enterAsync<T>(call: () => Promise<T>): Promise<T> {
     if (this.fatal) throw this.fatal;
     const limit = this.budget.beginTurn();
-    const timer = setTimeout(() => this.stop(this.budget.sliceRanOut(limit) ? this.budget.stall("its code") : new SandboxError("TIMEOUT", "the job's code ran past its deadline")), limit);
+    const timer = setTimeout(() => this.stop(this.budget.sliceRanOut(limit) ? this.budget.stall("its code") : new SandboxError("TIMEOUT", this.budget.pastDeadline("the job's code"))), limit);
     try {
       return await this.track(call());
     } catch (e) {
@@ -323,7 +323,7 @@ export class Bridge implements ActionHost {
     } catch (e) {
       if (this.fatal) throw this.fatal;
       const msg = (e as Error)?.message ?? "";
-      if (/timed out/i.test(msg)) throw this.budget.sliceRanOut(timeout) ? this.budget.stall("its code") : this.fail(new SandboxError("TIMEOUT", "the job's code ran past its deadline"));
+      if (/timed out/i.test(msg)) throw this.budget.sliceRanOut(timeout) ? this.budget.stall("its code") : this.fail(new SandboxError("TIMEOUT", this.budget.pastDeadline("the job's code")));
       throw this.isolateFailure(e);
     }
   }

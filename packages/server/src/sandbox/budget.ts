@@ -6,6 +6,7 @@
 import type { AllocationGuard } from "tsight";
 import { StallError } from "tsight";
 import { SandboxError } from "./errors.js";
+import { pastDeadline } from "tsight/protocol";
 
 /** The host memory behind one tensor handle (the Tensor object and map entries), besides its data. */
 export const HANDLE_BYTES = 256;
@@ -21,6 +22,8 @@ export const FLOPS_PER_MS = 5e7;
 export interface BudgetLimits {
   /** Wall-clock deadline, ms since the epoch. */
   deadline: number;
+  /** The time the job had to its deadline (ms), for the message. */
+  timeLimitMs?: number;
   /** Bytes the job's tensors and bookkeeping may take in all. */
   memoryLimitBytes: number;
 }
@@ -39,6 +42,11 @@ export class JobBudget {
     private readonly fatal: (error: Error) => Error,
   ) {}
 
+  /** What `what` past the deadline is told (with the job's time limit). */
+  pastDeadline(what?: string): string {
+    return pastDeadline(this.limits.timeLimitMs, what);
+  }
+
   /** Milliseconds before the deadline (0 or less: past it). */
   left(): number {
     return this.limits.deadline - Date.now();
@@ -47,7 +55,7 @@ export class JobBudget {
   /** Starts a turn of the job's code; returns the timeout for it (ms). Past the deadline: TIMEOUT. */
   beginTurn(): number {
     const left = this.left();
-    if (left <= 0) throw this.fatal(new SandboxError("TIMEOUT", "the job ran past its deadline"));
+    if (left <= 0) throw this.fatal(new SandboxError("TIMEOUT", pastDeadline(this.limits.timeLimitMs)));
     this.turnStart = Date.now();
     return Math.max(1, Math.ceil(this.sliceMs === null ? left : Math.min(left, this.sliceMs)));
   }
@@ -82,7 +90,7 @@ export class JobBudget {
    */
   readonly guard: AllocationGuard = (bytes, flops) => {
     const left = this.left();
-    if (left <= 0) throw this.fatal(new SandboxError("TIMEOUT", "the job ran past its deadline"));
+    if (left <= 0) throw this.fatal(new SandboxError("TIMEOUT", pastDeadline(this.limits.timeLimitMs)));
     if (flops > 0) {
       const ms = flops / FLOPS_PER_MS;
       if (this.sliceMs !== null && Date.now() - this.turnStart + ms > this.sliceMs) throw this.stall(`an op of ${flops.toExponential(1)} floating-point operations`);

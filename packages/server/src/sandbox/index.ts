@@ -7,7 +7,7 @@
 import { isMainThread } from "node:worker_threads";
 import ivm from "isolated-vm";
 import { StallError, treatAsLibraryCode, type InterventionFn } from "tsight";
-import { localStepSites, packValue, toBase64, type DecodedJob, type ExecutionContext, type ExecutionModel as LanguageModel, type JobExecutor } from "tsight/protocol";
+import { localStepSites, packValue, pastDeadline, toBase64, type DecodedJob, type ExecutionContext, type ExecutionModel as LanguageModel, type JobExecutor } from "tsight/protocol";
 import { batchable } from "./batchable.js";
 import { Bridge } from "./bridge.js";
 import { collectGarbage, exposeGc } from "./gc.js";
@@ -283,7 +283,7 @@ export class SandboxExecutor implements JobExecutor {
         }
       : null;
     const bridge = new Bridge(isolate, context, model, {
-      limits: { deadline: ctx.deadline, memoryLimitBytes: ctx.memoryLimitBytes },
+      limits: { deadline: ctx.deadline, timeLimitMs: ctx.timeLimitMs, memoryLimitBytes: ctx.memoryLimitBytes },
       log: (text) => ctx.emit({ type: "log", text }),
       runLocal,
       localSites: [job.source, ...job.edits].flatMap(localStepSites),
@@ -293,7 +293,7 @@ export class SandboxExecutor implements JobExecutor {
     // Cancel and deadline stop the job's code at once, wherever it is.
     const onAbort = () => bridge.stop(new SandboxError("CANCELLED", "the job was cancelled"));
     ctx.signal.addEventListener("abort", onAbort);
-    const timer = setTimeout(() => bridge.stop(new SandboxError("TIMEOUT", "the job ran past its deadline")), Math.max(0, ctx.deadline - Date.now()));
+    const timer = setTimeout(() => bridge.stop(new SandboxError("TIMEOUT", pastDeadline(ctx.timeLimitMs))), Math.max(0, ctx.deadline - Date.now()));
     const close = (): Promise<void> => {
       clearTimeout(timer);
       ctx.signal.removeEventListener("abort", onAbort);
@@ -314,7 +314,7 @@ export class SandboxExecutor implements JobExecutor {
       bridge.onToken = ({ tokens, step }) => ctx.emit({ type: "stream", step, tokens });
       const stopReason = (): Error | null => {
         if (ctx.signal.aborted || ctx.stopRequested?.()) return bridge.fatal ?? new SandboxError("CANCELLED", "the job was cancelled");
-        if (Date.now() > ctx.deadline) return new SandboxError("TIMEOUT", "the job ran past its deadline");
+        if (Date.now() > ctx.deadline) return new SandboxError("TIMEOUT", pastDeadline(ctx.timeLimitMs));
         return bridge.fatal;
       };
       return { job, ctx, bridge, fnId, model: lm, stopReason, close };

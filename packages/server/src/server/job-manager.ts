@@ -318,7 +318,7 @@ export class JobManager implements Dispatcher {
         active.dispatchedAt = now;
         this.parts.store.move(active.id, "DISPATCHED");
         if (batch.length > 1) this.parts.store.append(active.id, { type: "log", text: batchNote(batch.length) });
-        return { jobId: active.id, body, deadline: now + active.timeoutMs, memoryLimitBytes, maxResultBytes, maxEvents, maxEventBytes, batchStallMs, maxInputTokens };
+        return { jobId: active.id, body, deadline: now + active.timeoutMs, timeLimitMs: active.timeoutMs, memoryLimitBytes, maxResultBytes, maxEvents, maxEventBytes, batchStallMs, maxInputTokens };
       });
       this.parts.metrics.batchSize.observe({ model: batch[0]!.model.name }, batch.length);
       const runs = worker.runBatch(specs);

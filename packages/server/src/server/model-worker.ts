@@ -7,7 +7,7 @@
  */
 import type { Worker } from "node:worker_threads";
 import type { LoadProgress, WeightDType } from "tsight";
-import { RETRYABLE, type ErrorCode, type ErrorInfo, type JobEvent } from "tsight/protocol";
+import { pastDeadline, RETRYABLE, type ErrorCode, type ErrorInfo, type JobEvent } from "tsight/protocol";
 import type { ExecutorRef } from "./config.js";
 import type { FromWorker, LocalAnswer, RunJob, ToWorker } from "./worker-messages.js";
 import { spawnWorkerThread } from "./worker-thread.js";
@@ -150,7 +150,7 @@ export class ModelWorker {
           const current: Current = { job, resolve };
           this.current.set(job.jobId, current);
           const untilGiveUp = Math.max(0, job.deadline - Date.now()) + this.options.stopGraceMs;
-          current.watchdog = setTimeout(() => this.giveUp(current, serverError("TIMEOUT", `the job ran past its deadline (${new Date(job.deadline).toISOString()}) and did not stop`, "TimeoutError")), untilGiveUp);
+          current.watchdog = setTimeout(() => this.giveUp(current, serverError("TIMEOUT", `${pastDeadline(job.timeLimitMs)} and did not stop`, "TimeoutError")), untilGiveUp);
         }),
     );
     this.setState("busy");

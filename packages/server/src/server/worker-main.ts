@@ -6,7 +6,7 @@
  */
 import { parentPort, workerData } from "node:worker_threads";
 import { LanguageModel, loadSae } from "tsight";
-import { decodeValue, MAX_JSON_VALUES, unpackValue, packValue, errorFromInfo, infoFromError, ResultTooLargeError, decodeJob, type DecodedJob, type ExecutionContext, type ExecutionModel, type JobExecutor, type ErrorCode, type ErrorInfo, type JobEvent } from "tsight/protocol";
+import { decodeValue, MAX_JSON_VALUES, pastDeadline, unpackValue, packValue, errorFromInfo, infoFromError, ResultTooLargeError, decodeJob, type DecodedJob, type ExecutionContext, type ExecutionModel, type JobExecutor, type ErrorCode, type ErrorInfo, type JobEvent } from "tsight/protocol";
 import { collectGarbage as collect } from "../sandbox/gc.js";
 import { publicError } from "./public-error.js";
 import type { FromWorker, LocalAnswer, RunJob, ToWorker, WorkerData } from "./worker-messages.js";
@@ -115,7 +115,7 @@ function begin(job: RunJob): { r: Running; ctx: ExecutionContext } {
       // may not have been read yet (the job has kept the thread busy), so the shared flag is checked too.
       if (Atomics.load(job.stop, 0) === 1) r.controller.abort();
       if (signal.aborted) throw new JobError("CANCELLED", "the job was cancelled");
-      if (Date.now() > job.deadline) throw new JobError("TIMEOUT", "the job ran past its deadline");
+      if (Date.now() > job.deadline) throw new JobError("TIMEOUT", pastDeadline(job.timeLimitMs));
       // Over the limits, the job ends here: a flood of events never reaches the main thread.
       eventBytes += event.type === "log" ? event.text.length : event.type === "local" ? event.vals.length : 64;
       if (++events > job.maxEvents || eventBytes > job.maxEventBytes) {
@@ -125,6 +125,7 @@ function begin(job: RunJob): { r: Running; ctx: ExecutionContext } {
     },
     signal,
     deadline: job.deadline,
+    timeLimitMs: job.timeLimitMs,
     memoryLimitBytes: job.memoryLimitBytes,
     maxInputTokens: job.maxInputTokens,
     awaitLocal: (call: string) => r.local.wait(call, signal),
@@ -142,7 +143,7 @@ function end(job: RunJob, r: Running, outcome: PromiseSettledResult<unknown>): v
     if (r.controller.signal.aborted) throw new JobError("CANCELLED", "the job was cancelled");
     // Encoding is linear in the result and counts against the job's time; its size is checked before it is made.
     const bytes = packValue(outcome.value, job.maxResultBytes);
-    if (Date.now() > job.deadline) throw new JobError("TIMEOUT", "the job ran past its deadline while its result was encoded");
+    if (Date.now() > job.deadline) throw new JobError("TIMEOUT", `${pastDeadline(job.timeLimitMs)}, while its result was encoded`);
     const whole = bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength ? bytes : bytes.slice();
     post({ type: "completed", jobId: job.jobId, bytes: whole }, [whole.buffer as ArrayBuffer]);
   } catch (e) {

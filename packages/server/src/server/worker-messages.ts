@@ -24,6 +24,8 @@ export interface RunJob {
   body: Uint8Array | JobRequest;
   /** Wall-clock deadline, ms since the epoch. */
   deadline: number;
+  /** The time the job has from its dispatch to its deadline (ms). */
+  timeLimitMs: number;
   memoryLimitBytes: number;
   maxResultBytes: number;
   /** Events (and their bytes) the job may send; past them it ends (MEMORY). */

@@ -32,6 +32,15 @@ export interface DecodedJob {
 }
 
 /** What the runner gives the executor. */
+/** What a job that ran past its deadline is told: the limit it had, where it is known. */
+export function pastDeadline(timeLimitMs: number | undefined, what = "the job"): string {
+  return `${what} ran past its deadline${timeLimitMs === undefined ? "" : ` (its time limit: ${formatLimit(timeLimitMs)}; a job asks for less with its timeout option, up to the server's limit)`}`;
+}
+
+function formatLimit(ms: number): string {
+  return ms % 1000 === 0 ? `${ms / 1000} s` : `${(ms / 1000).toFixed(1)} s`;
+}
+
 export interface ExecutionContext {
   /** Sends an event to the client (log lines, streamed tokens, hybrid-step requests). */
   emit(event: JobEvent): void;
@@ -39,6 +48,8 @@ export interface ExecutionContext {
   signal: AbortSignal;
   /** Wall-clock deadline (ms since the epoch). */
   deadline: number;
+  /** The time the job had from its start to its deadline (ms), for messages that say the limit. */
+  timeLimitMs?: number;
   /** Bytes of tensors the job's code may create, in all. */
   memoryLimitBytes: number;
   /** Most tokens (rows × positions, generated ones included) the job's inputs may have. */

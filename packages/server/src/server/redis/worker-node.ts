@@ -295,6 +295,7 @@ export class WorkerNode {
       jobId: run.held.id,
       body: body as RunJob["body"],
       deadline: now + run.held.timeoutMs,
+      timeLimitMs: run.held.timeoutMs,
       memoryLimitBytes: config.memoryLimitBytes,
       maxResultBytes: config.maxResultBytes,
       maxEvents: config.maxEventsPerJob,

@@ -319,7 +319,8 @@ function fail(r: Request, error: Error): void {
 
 export function describe(path: string, kind: ValueKind, part: InputPart = "all"): string {
   const what = kind === "output" ? "output" : part === "first" ? "input" : "inputs";
-  return `${path || "the model"}.${what}`;
+  // The model's own value reads "the model's inputs" (a path with ".inputs" after "the model" read as a path).
+  return path ? `${path}.${what}` : `the model's ${what}`;
 }
 
 /** ` (iteration N)` for a request past the first iteration (a step, or the `next()`s on from it), for messages. */

@@ -25,6 +25,8 @@ import { userError, userStack } from "./user-errors.js";
 const ITEM_BYTES = { float32: 4, int64: 8, int32: 4, bool: 1 } as const;
 /** Longest user stack kept for an error's origin, and longest log line. */
 const MAX_STACK_CHARS = 4096;
+/** What one value the job's code sends may hold, characters and entries together (the runtime's MAX_SENT_UNITS). */
+const MAX_RECEIVED_UNITS = 16 * 2 ** 20;
 const MAX_LOG_CHARS = 10_000;
 
 interface Open {
@@ -389,23 +391,52 @@ export class Bridge implements ActionHost {
   }
 
   /** Descriptor from the isolate -> host value. */
+  /**
+   * A value the job's code sent, as the host's. Counted as it is built, each string and entry wherever it is held:
+   * the copy out of the isolate keeps one array or string held in many places once, and building it here copies
+   * it once per place (the runtime counts the same before sending, but its walk runs in the job's isolate, where
+   * the code may have replaced what it calls: 12 KB of shared arrays made 1-4 GB here).
+   */
   fromDesc(d: unknown): unknown {
-    if (Array.isArray(d)) return d.map((x) => this.fromDesc(x));
-    if (d && typeof d === "object" && !ArrayBuffer.isView(d)) {
-      const o = d as Record<string, unknown>;
-      if ("$h" in o) return this.tensor(o.$h);
-      if ("$fn" in o) return this.callable(o.$fn);
-      if ("$obj" in o) return this.object(o.$obj);
-      if ("$envoy" in o) return { path: this.modulePath(o.$envoy) };
-      if ("$error" in o) return userError(o.$error);
-      if ("$unsendable" in o) return unsendable(String(o.$unsendable).slice(0, 64));
-      // The code's own object with `$` keys (see the runtime's out): its values are descriptors, its keys data.
-      const data = "$plain" in o && o.$plain && typeof o.$plain === "object" ? (o.$plain as Record<string, unknown>) : o;
-      const r: Record<string, unknown> = {};
-      for (const [k, x] of Object.entries(data)) setOwn(r, k, this.fromDesc(x));
-      return r;
-    }
-    return d;
+    // Counted first, building nothing, then built.
+    let units = 0;
+    const measure = (d: unknown): void => {
+      units += typeof d === "string" ? d.length : Array.isArray(d) ? d.length : 0;
+      if (units > MAX_RECEIVED_UNITS) throw new SandboxError("MEMORY", `a value sent by the job's code holds more than ${MAX_RECEIVED_UNITS} characters and entries (each string and array counted wherever it is held): send large data as tensors`);
+      if (Array.isArray(d)) for (let i = 0; i < d.length; i++) measure(d[i]);
+      else if (d && typeof d === "object" && !ArrayBuffer.isView(d)) {
+        const o = d as Record<string, unknown>;
+        const data = "$plain" in o && o.$plain && typeof o.$plain === "object" ? (o.$plain as Record<string, unknown>) : o;
+        for (const k of Object.keys(data)) {
+          units += 1 + k.length;
+          measure(data[k]);
+        }
+      }
+    };
+    measure(d);
+    const one = (d: unknown): unknown => {
+      if (Array.isArray(d)) {
+        const r = new Array<unknown>(d.length);
+        for (let i = 0; i < d.length; i++) r[i] = one(d[i]);
+        return r;
+      }
+      if (d && typeof d === "object" && !ArrayBuffer.isView(d)) {
+        const o = d as Record<string, unknown>;
+        if ("$h" in o) return this.tensor(o.$h);
+        if ("$fn" in o) return this.callable(o.$fn);
+        if ("$obj" in o) return this.object(o.$obj);
+        if ("$envoy" in o) return { path: this.modulePath(o.$envoy) };
+        if ("$error" in o) return userError(o.$error);
+        if ("$unsendable" in o) return unsendable(String(o.$unsendable).slice(0, 64));
+        // The code's own object with `$` keys (see the runtime's out): its values are descriptors, its keys data.
+        const data = "$plain" in o && o.$plain && typeof o.$plain === "object" ? (o.$plain as Record<string, unknown>) : o;
+        const r: Record<string, unknown> = {};
+        for (const k of Object.keys(data)) setOwn(r, k, one(data[k]));
+        return r;
+      }
+      return d;
+    };
+    return one(d);
   }
 
   /** The isolate's gc (see install), and the bytes of handles made since it last ran. */

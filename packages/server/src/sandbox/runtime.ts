@@ -134,8 +134,18 @@ export function installRuntime(rawHost: HostCallbacks, tree: TreeNode, api: Runt
 
   // #region values
 
+  // What the walks below call, taken now: the job's code runs later and may replace Array.prototype.map, Object.keys
+  // and the like (a replaced map made the count below see one array where the value held a million).
+  const { isArray } = Array;
+  const objectKeys = Object.keys;
+  const getPrototypeOf = Object.getPrototypeOf;
+  const objectPrototype = Object.prototype;
+  const isView = ArrayBuffer.isView;
+
   function isPlain(v: unknown): v is Record<string, unknown> {
-    return typeof v === "object" && v !== null && (Object.getPrototypeOf(v) === Object.prototype || Object.getPrototypeOf(v) === null);
+    if (typeof v !== "object" || v === null) return false;
+    const proto = getPrototypeOf(v);
+    return proto === objectPrototype || proto === null;
   }
 
   /**
@@ -183,14 +193,17 @@ export function installRuntime(rawHost: HostCallbacks, tree: TreeNode, api: Runt
     }
     // An error's text is cut here, before it is copied out of the isolate (the host keeps less still: user-errors.ts).
     if (v instanceof Error) return { $error: { type: String(v.name).slice(0, 200), message: String(v.message).slice(0, 16_384), stack: String(v.stack ?? "").slice(0, 32_768), code: typeof (v as any).code === "string" ? (v as any).code.slice(0, 64) : undefined } };
-    if (Array.isArray(v)) {
-      count(v.length);
-      return v.map(outOne);
+    if (isArray(v)) {
+      const n = v.length;
+      count(n);
+      const a: unknown[] = [];
+      for (let i = 0; i < n; i++) a[i] = outOne(v[i]);
+      return a;
     }
     if (isPlain(v)) {
       const o: Record<string, unknown> = {};
       let marked = false;
-      const keys = Object.keys(v);
+      const keys = objectKeys(v);
       count(keys.length);
       for (const k of keys) {
         count(k.length);
@@ -203,7 +216,7 @@ export function installRuntime(rawHost: HostCallbacks, tree: TreeNode, api: Runt
     // Any other object (a Map, a Set, a Date, a promise, a class's instance) would be copied out
     // as something else, or not at all: the host is told its kind, and refuses it where it is used.
     // Typed arrays are copied out as they are (tensor(new Float32Array(...))).
-    if (typeof v === "object" && v !== null && !ArrayBuffer.isView(v)) return { $unsendable: kindOf(v) };
+    if (typeof v === "object" && v !== null && !isView(v)) return { $unsendable: kindOf(v) };
     return v;
   }
 

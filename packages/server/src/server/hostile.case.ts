@@ -194,6 +194,18 @@ export const ATTACKS: Attack[] = [
     },
     expect: ERR("USER_CODE"),
   },
+  // A replaced Array.prototype.map made the runtime's walk count one array where 27 million entries were held: the
+  // copy out of the isolate shares them, and the host built one copy per place (1-4 GB from 12 KB of arrays).
+  {
+    name: "arrays shared a million times sent with a replaced Array.prototype.map",
+    job: { source: "async () => { const k = 300; const C = new Array(k).fill(0), B = new Array(k).fill(C), A = new Array(k).fill(B); Array.prototype.map = function () { return this; }; return tensor(A).shape; }" },
+    expect: ERR(["MEMORY", "USER_CODE"], /holds more than 16777216 characters and entries/),
+  },
+  {
+    name: "one 1 MB string sent in a hundred places with a replaced Array.prototype.map",
+    job: { source: "async () => { const s = 'x'.repeat(2 ** 20); const many = new Array(100).fill(s); Array.prototype.map = function () { return this; }; return tensor(many).shape; }" },
+    expect: ERR(["MEMORY", "USER_CODE"], /holds more than 16777216 characters and entries/),
+  },
   { name: "prototype pollution", job: { source: "async () => { Object.prototype.polluted = 'yes'; Array.prototype.map = () => { throw new Error('broken'); }; Tensor.prototype.mul = () => 0; return 1; }" }, expect: { status: "COMPLETED" } },
   { name: "a webhook to the server's own network", job: { source: "async () => 1", webhook: "RECEIVER" }, expect: { status: "COMPLETED" }, after: async (t, id) => expect(await webhookEnd(t, id)).toEqual({ state: "failed", hits: 0 }) },
   // Shared forward passes: no rows of others, no stalling others.

@@ -69,6 +69,16 @@ async function inFlight(server: RunningServer, key: string): Promise<{ bodies: n
   return { bodies: value("tsight_request_bodies_in_flight"), bytes: value("tsight_request_body_bytes_in_flight") };
 }
 
+/** Waits until the server counts `bytes` bytes of bodies in flight, and returns the count. */
+async function untilBytes(server: RunningServer, key: string, bytes: number) {
+  let now = await inFlight(server, key);
+  for (let i = 0; i < 300 && now.bytes !== bytes; i++) {
+    await new Promise((r) => setTimeout(r, 10));
+    now = await inFlight(server, key);
+  }
+  return now;
+}
+
 /** Waits until the server counts `bodies` bodies in flight, and returns the count. */
 async function untilInFlight(server: RunningServer, key: string, bodies: number) {
   for (let i = 0; i < 200; i++) {
@@ -108,21 +118,37 @@ describe("request bodies in flight", () => {
     expect(await untilInFlight(server, a, 0)).toEqual({ bodies: 0, bytes: 0 });
   });
 
-  it("bounds the bytes of all keys' bodies: each counts its Content-Length, or its limit (503 past it, unread)", async () => {
+  it("bounds the bytes of all keys' bodies as they come in: each counts what came and a headroom, at most its length; slow uploads hold little; 503 past the bound, unread when not even the headroom fits", async () => {
     const { server, a, b } = s;
-    const c = server.keys.create("c").key;
-    const big = [upload(server, a, ENVELOPE_TYPE, MiB, 100), upload(server, b, ENVELOPE_TYPE, MiB, 100)];
-    expect(await untilInFlight(server, a, 2)).toEqual({ bodies: 2, bytes: 2 * MiB });
-    // 2 MiB of 2.5: a third key's 1 MiB does not fit, and is refused before it sends a byte.
-    const refused = await upload(server, c, ENVELOPE_TYPE, MiB).answer;
+    const [c, d] = [server.keys.create("c").key, server.keys.create("d").key];
+    const headroom = Math.floor((2.5 * MiB) / 16);
+    // Two bodies of 1 MiB trickling in (40 KiB came): each counts those and the headroom, not its length (counted
+    // by their lengths, two keys' trickles could fill the bound and keep every other key out).
+    const slow = [upload(server, a, ENVELOPE_TYPE, MiB, 40 * KiB), upload(server, b, ENVELOPE_TYPE, MiB, 40 * KiB)];
+    expect(await untilBytes(server, a, 2 * (40 * KiB + headroom))).toEqual({ bodies: 2, bytes: 2 * (40 * KiB + headroom) });
+    expect((await submit(server, c)).status).toBe(202);
+    // Bodies that come in count what came, up to their length: two of 1 MiB nearly all sent count 1 MiB each.
+    const sent = [upload(server, c, ENVELOPE_TYPE, MiB, 900 * KiB), upload(server, d, ENVELOPE_TYPE, MiB, 900 * KiB)];
+    const filled = 2 * (40 * KiB + headroom) + 2 * MiB;
+    expect(await untilBytes(server, a, filled)).toEqual({ bodies: 4, bytes: filled });
+    // What is left (under a headroom) takes no body of 64 KiB or more: refused before it sends a byte.
+    const refused = await upload(server, a, ENVELOPE_TYPE, MiB).answer;
     expect(refused.status).toBe(503);
     expect(refused.headers["retry-after"]).toBe("1");
     expect(refused.body.error).toMatchObject({ code: "UNAVAILABLE", retryable: true, message: expect.stringMatching(/as many bytes of request bodies as it holds at once \(2621440\)/) });
-    // A chunked JSON body says no length: it counts the JSON limit (64 KiB), and fits.
-    const chunked = upload(server, c, "application/json", "chunked", 10);
+    // A small body still fits.
+    expect((await submit(server, b)).status).toBe(202);
+    for (const u of [...slow, ...sent]) u.end();
+    expect(await untilInFlight(server, a, 0)).toEqual({ bodies: 0, bytes: 0 });
+    // A body let in that outgrows the room left while it comes in is refused then.
+    const big = [upload(server, a, ENVELOPE_TYPE, MiB, MiB - 10), upload(server, b, ENVELOPE_TYPE, MiB, MiB - 10)];
+    await untilBytes(server, a, 2 * MiB);
+    const late = upload(server, c, ENVELOPE_TYPE, MiB, 400 * KiB);
+    expect((await late.answer).status).toBe(503);
+    // A chunked JSON body says no length: it counts at most the JSON limit (64 KiB).
+    const chunked = upload(server, d, "application/json", "chunked", 10);
     expect(await untilInFlight(server, a, 3)).toEqual({ bodies: 3, bytes: 2 * MiB + 64 * KiB });
-    expect((await submit(server, c)).status).toBe(202);
-    for (const u of [...big, chunked]) u.end();
+    for (const u of [...big, late, chunked]) u.end();
     expect(await untilInFlight(server, a, 0)).toEqual({ bodies: 0, bytes: 0 });
   });
 
@@ -152,7 +178,8 @@ describe("a slow upload", () => {
     const { server, a } = s;
     const started = Date.now();
     const stalled = upload(server, a, ENVELOPE_TYPE, MiB, 600 * KiB);
-    expect(await untilInFlight(server, a, 1)).toEqual({ bodies: 1, bytes: MiB });
+    // What came and a headroom of a sixteenth of 2.5 MiB.
+    expect(await untilBytes(server, a, 600 * KiB + Math.floor((2.5 * MiB) / 16))).toEqual({ bodies: 1, bytes: 600 * KiB + Math.floor((2.5 * MiB) / 16) });
     const answer = await stalled.answer;
     const waited = Date.now() - started;
     expect(answer.status).toBe(408);

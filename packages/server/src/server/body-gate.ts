@@ -2,11 +2,14 @@
  * Which request bodies the server takes in at once. Each is held in memory while it comes in and is parsed, so with
  * no bound one key that sent many large bodies at once made the server hold any amount (32 bodies of 66 MB took it
  * to 2.6 GB) and kept its main thread parsing them for a minute. A key may be sending `perKey` bodies of 64 KiB or more at once
- * (one more: 429), and all keys together `bytesInFlight` bytes of bodies (past that: 503); both are refused before any of
- * the body is read. A body counts its Content-Length, or its limit when it has none (chunked), until it is parsed.
+ * (one more: 429), and all keys together `bytesInFlight` bytes of bodies (past that: 503). A body counts the bytes that
+ * came in so far and a headroom (a sixteenth of `bytesInFlight`) for those on their way, at most its Content-Length (or
+ * its limit, chunked), until it is parsed: a body with no room for its headroom is refused before any of it is read, one
+ * that outgrows the room left while it comes in is refused then. Counted by its declared length alone, two keys'
+ * bodies trickling in a byte at a time kept every other key's jobs out (503) until they timed out.
  */
 import { ApiError } from "./api-error.js";
-import { parseBody, type BodyLimits, type ParsedBody } from "./body.js";
+import { parseBody, type Admitted, type BodyLimits, type ParsedBody } from "./body.js";
 import { PerKeyLimit } from "./per-key-limit.js";
 
 export interface BodyGateLimits extends BodyLimits {
@@ -39,36 +42,46 @@ export class BodyGate {
     return parseBody(req, this.limits, (bytes) => this.admit(key, bytes));
   }
 
-  /** Counts a body of `bytes` against `key` and the server; what it returns takes it off again. */
-  private admit(key: string, bytes: number): () => void {
-    // Says nothing of what other keys send: only that the server is full.
-    const full = () => new ApiError(503, "UNAVAILABLE", `the server is taking in as many bytes of request bodies as it holds at once (${this.limits.bytesInFlight}); send this one again shortly`, { retryable: true, headers: { "retry-after": "1" } });
+  /** Bytes a body counts beyond those that came (see the header). */
+  private get headroom(): number {
+    return Math.floor(this.limits.bytesInFlight / 16);
+  }
+
+  /** Says nothing of what other keys send: only that the server is full. */
+  private full(): ApiError {
+    return new ApiError(503, "UNAVAILABLE", `the server is taking in as many bytes of request bodies as it holds at once (${this.limits.bytesInFlight}); send this one again shortly`, { retryable: true, headers: { "retry-after": "1" } });
+  }
+
+  /** Counts a body of at most `bytes` against `key` and the server, as it comes in (see the header). */
+  private admit(key: string, bytes: number): Admitted {
     // A small body (a plain job's JSON) is read with its headers: many at once cost little, and a client submitting
     // its jobs at once (one key, several in flight) must not be refused; the bound on all bytes still holds them.
     // The key's count is checked first: a key at its limit is told so, whatever the server's bytes.
-    if (bytes < SMALL_BODY_BYTES) {
-      if (this.bytes + bytes > this.limits.bytesInFlight) throw full();
-      return this.hold(bytes, () => undefined);
-    }
-    const release = this.perKey.take(key);
-    if (this.bytes + bytes > this.limits.bytesInFlight) {
+    const release = bytes < SMALL_BODY_BYTES ? () => undefined : this.perKey.take(key);
+    const charge = (received: number) => Math.min(bytes, received + this.headroom);
+    let held = charge(0);
+    if (this.bytes + held > this.limits.bytesInFlight) {
       release();
-      throw full();
+      throw this.full();
     }
-    return this.hold(bytes, release);
-  }
-
-  /** Counts `bytes` against the server; what it returns takes them off again (and calls `also`), once. */
-  private hold(bytes: number, also: () => void): () => void {
     this.bodies++;
-    this.bytes += bytes;
+    this.bytes += held;
     let counted = true;
-    return () => {
-      if (!counted) return;
-      counted = false;
-      this.bodies--;
-      this.bytes -= bytes;
-      also();
+    return {
+      received: (n) => {
+        const more = charge(n) - held;
+        if (more <= 0) return;
+        if (this.bytes + more > this.limits.bytesInFlight) throw this.full();
+        this.bytes += more;
+        held += more;
+      },
+      release: () => {
+        if (!counted) return;
+        counted = false;
+        this.bodies--;
+        this.bytes -= held;
+        release();
+      },
     };
   }
 }

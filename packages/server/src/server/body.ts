@@ -19,16 +19,24 @@ export interface BodyLimits {
   timeoutMs: number;
 }
 
+/** A body let in: `received` told the bytes come in so far as they come (it may refuse by throwing), `release` at the end. */
+export interface Admitted {
+  received(bytes: number): void;
+  release(): void;
+}
+
 /**
  * Told the bytes a body may take (its Content-Length, or its limit when it has none) before any of it is read; it
- * refuses by throwing, or returns what to call once the body is read and parsed.
+ * refuses by throwing, or returns how to follow the body in.
  */
-export type Admit = (bytes: number) => () => void;
+export type Admit = (bytes: number) => Admitted;
+
+const NOTHING_TO_FOLLOW: Admitted = { received: () => undefined, release: () => undefined };
 
 const tooLarge = (limit: number) => new ApiError(413, "VALIDATION", `the request body is larger than this server's limit of ${limit} bytes`);
 
 /** Reads and parses a body that is JSON (`application/json`) or an envelope (`ENVELOPE_TYPE`). */
-export async function parseBody(req: Request, limits: BodyLimits, admit: Admit = () => () => undefined): Promise<ParsedBody> {
+export async function parseBody(req: Request, limits: BodyLimits, admit: Admit = () => NOTHING_TO_FOLLOW): Promise<ParsedBody> {
   const type = (req.headers.get("content-type") ?? "").split(";")[0]!.trim().toLowerCase();
   if (type !== "application/json" && type !== ENVELOPE_TYPE) {
     throw new ApiError(415, "VALIDATION", `send the body as application/json or ${ENVELOPE_TYPE}${type ? `, not ${type}` : " (the Content-Type header is missing)"}`);
@@ -39,12 +47,12 @@ export async function parseBody(req: Request, limits: BodyLimits, admit: Admit =
   const over = json && limit < limits.maxBytes ? () => jsonTooLarge(limit) : () => tooLarge(limit);
   const declared = declaredLength(req);
   if (declared !== undefined && declared > limit) throw over();
-  const release = admit(declared ?? limit);
+  const admitted = admit(declared ?? limit);
   try {
-    const bytes = await readBody(req, limit, limits.timeoutMs, declared, over);
+    const bytes = await readBody(req, limit, limits.timeoutMs, declared, over, (n) => admitted.received(n));
     return json ? { kind: "json", value: parseJson(bytes), bytes } : { kind: "envelope", bytes: checkEnvelopeHeader(bytes, limits.maxJsonBytes) };
   } finally {
-    release();
+    admitted.release();
   }
 }
 
@@ -59,7 +67,7 @@ function declaredLength(req: Request): number | undefined {
  * Content-Length the bytes go straight into one buffer of that size (untouched pages of it take no memory), not into
  * chunks copied at the end, which held each body twice.
  */
-export async function readBody(req: Request, limit: number, timeoutMs: number, declared?: number, over = () => tooLarge(limit)): Promise<Uint8Array> {
+export async function readBody(req: Request, limit: number, timeoutMs: number, declared?: number, over = () => tooLarge(limit), received: (bytes: number) => void = () => undefined): Promise<Uint8Array> {
   if (!req.body) return new Uint8Array(0);
   const reader = req.body.getReader();
   let into = declared !== undefined && declared <= limit ? new Uint8Array(declared) : undefined;
@@ -74,6 +82,7 @@ export async function readBody(req: Request, limit: number, timeoutMs: number, d
       const { done, value } = await Promise.race([reader.read(), late]);
       if (done) break;
       if (total + value.byteLength > limit) throw over();
+      received(total + value.byteLength);
       if (into && total + value.byteLength > into.byteLength) {
         // More than it declared (only a Request made in process can do that): kept as chunks from here.
         chunks.push(into.subarray(0, total));

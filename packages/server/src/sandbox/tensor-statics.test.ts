@@ -134,6 +134,17 @@ describe("Tensor's static constructors in the sandbox", () => {
     expect(e.message).toMatch(/names "i" twice/);
   });
 
+  it("an integer matmul or a sort whose work would end past the deadline is refused before it starts (their estimates were float32 rates, or none)", async () => {
+    // int64 [1200, 1200] @ itself: ~0.7 s here, estimated 2.8 s; a sort of 2^22 floats: ~0.75 s, estimated 1.9 s.
+    for (const source of ["async () => Tensor.ones([1200, 1200], 'int64').matmul(Tensor.ones([1200, 1200], 'int64')).shape", "async () => randn([2 ** 22]).sort().values.shape"]) {
+      const e = await failure(jobs.run({ source, input: "x" }, { deadlineMs: 1200 }));
+      expect(e.code, source).toBe("TIMEOUT");
+      expect(e.message, source).toMatch(/floating-point operations, more than fits in the \d+ ms the job has left/);
+    }
+    // With time enough they run.
+    expect(await remote("async () => Tensor.ones([64, 64], 'int64').matmul(Tensor.ones([64, 64], 'int64')).index(0, 0).item()", "x")).toBe(64);
+  });
+
   it("a tensor read as torch's (values, indices) pair says where they are, as in process", async () => {
     const e = await failure(remote("async () => Tensor.zeros([2, 3]).max(1).indices", "x"));
     expect(e.code).toBe("USER_CODE");

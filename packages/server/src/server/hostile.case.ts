@@ -58,6 +58,8 @@ interface Attack {
   http?: (t: Target) => Promise<void>;
   /** More checks of the hostile job once it ended. */
   after?: (t: Target, id: string) => Promise<void>;
+  /** The victim's job ends within this long of its submission (it must not wait for the hostile job's deadline). */
+  victimWithinMs?: number;
 }
 
 const ERR = (code: ErrorCode | ErrorCode[], message?: RegExp, type?: RegExp): Expect => ({ status: "ERROR", code, message, type });
@@ -216,6 +218,8 @@ export const ATTACKS: Attack[] = [
     expect: { status: "COMPLETED", value: (v) => expect((v as Tensor).shape[0]).toBe(1) },
   },
   { name: "a cache of every module in a shared pass", shared: true, job: { source: "async (m, tr) => { const c = tr.cache(); await m.lm_head.output; return c.keys().length; }" }, expect: { status: "COMPLETED" } },
+  // Idle, not spinning: only its wait in the pass is timed (the victim got its result after 60 s, its own deadline 10 s).
+  { name: "code that awaits what never comes in a shared pass", shared: true, victimWithinMs: 4500, job: { source: "async (m) => { await m.transformer.h[0].output; await new Promise(() => {}); }" }, expect: ERR("TIMEOUT") },
   { name: "an endless loop in a shared pass", shared: true, job: { source: "async (m) => { await m.transformer.h[0].output; for (;;) {} }" }, expect: ERR("TIMEOUT") },
   // A job with a hybrid step never shares a pass (its step waits for its client longer than a pass may wait).
   { name: "an unanswered hybrid step (such a job runs in a pass of its own)", job: { source: "async (m, tr) => { await m.transformer.h[0].output; return await tr.local(async (v) => v, 1); }", localTimeoutMs: 1500 }, expect: ERR("TIMEOUT", /local step|hybrid step/) },
@@ -459,8 +463,11 @@ export function hostileSuite(name: string, open: () => Promise<Target>, close: (
             await new Promise((r) => setTimeout(r, 150));
           }
           const source = attack.job?.webhook === "RECEIVER" ? { ...attack.job, webhook: t.receiver.url } : attack.job;
+          const submitted = Date.now();
           const [hostile, victim] = await Promise.all([submit(t, source ?? {}, t.keys.hostile), submit(t, { source: VICTIM }, t.keys.victim)]);
-          const [end, victimEnd] = await Promise.all([finished(t, hostile, t.keys.hostile), finished(t, victim, t.keys.victim)]);
+          const victimDone = finished(t, victim, t.keys.victim).then((e) => ({ e, ms: Date.now() - submitted }));
+          const [end, { e: victimEnd, ms: victimMs }] = await Promise.all([finished(t, hostile, t.keys.hostile), victimDone]);
+          if (attack.victimWithinMs !== undefined) expect(victimMs, "the victim waited for the attack's deadline").toBeLessThan(attack.victimWithinMs);
           if (blocker) await finished(t, blocker, t.keys.blocker);
           const want = attack.expect!;
           expect(end.status, JSON.stringify(end.error ?? end)).toBe(want.status);

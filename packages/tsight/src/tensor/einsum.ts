@@ -13,7 +13,7 @@
  */
 import { DTypeError, ShapeError } from "./errors.js";
 import { apply1, type Primitive } from "./primitive.js";
-import { permuteWork } from "./primitives.js";
+import { permuteWork, PRODUCT_WORK } from "./primitives.js";
 import { fmt } from "./shape.js";
 import { arange, Tensor } from "./tensor.js";
 
@@ -214,7 +214,7 @@ const einsumOp: Primitive<EinsumAttrs> = {
   graph: (g, names, a) => [g.op("Einsum", names, { equation: a.equation })],
   // Every combination of the letters is a multiply-add; and ONNX Runtime's kernel may permute each operand and the
   // result into the order its products need (a rank-6 reversed contraction estimated under 1 ms without that took 0.85 s).
-  flops: (operands, [out], a) => 2 * [...kernelSizes(a.inputs, operands).values()].reduce((p, d) => p * d, 1) + [...operands.map((t) => t.shape), out!.shape].reduce((w, s) => w + permuteWork(s), 0),
+  flops: (operands, [out], a) => 2 * [...kernelSizes(a.inputs, operands).values()].reduce((p, d) => p * d, 1) * PRODUCT_WORK[operands[0]!.dtype] + [...operands.map((t) => t.shape), out!.shape].reduce((w, s) => w + permuteWork(s), 0),
   grad: (grads, node) => {
     const g = grads[0]!;
     const a = node.attrs as EinsumAttrs;

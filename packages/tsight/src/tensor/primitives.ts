@@ -205,7 +205,7 @@ export const matmul: Primitive = {
   },
   weightInput: 1,
   graph: (g, [a, b]) => [g.op("MatMul", [a!, b!])],
-  flops: ([a], [out]) => 2 * sizeOf(out!.shape) * a!.shape.at(-1)!,
+  flops: ([a], [out]) => 2 * sizeOf(out!.shape) * a!.shape.at(-1)! * PRODUCT_WORK[a!.dtype],
   grad: ([g], n) => {
     const [a, b] = n.inputs as [Tensor, Tensor];
     return [sumTo(g!.matmul(b.transpose(-1, -2)), a.shape), sumTo(a.transpose(-1, -2).matmul(g!), b.shape)];
@@ -394,6 +394,9 @@ export const topk: Primitive<{ k: number; axis: number; largest: boolean }> = {
   },
   graphs: ([x]) => sizeOf(x!.shape) > 0,
   graph: (g, [x, k], a) => g.node("TopK", [x!, k!], { axis: a.axis, largest: a.largest ? 1 : 0, sorted: 1 }, 2),
+  // A selection and sort of k of each row: about 8 ns per element and doubling of k here (a full sort, sort(), of 2^21
+  // floats 351 ms, of 2e7 7.4 s), counted as 1000 operations (20 ns at the rate the sandbox's budget assumes).
+  flops: ([x], _out, a) => sizeOf(x!.shape) * (Math.log2(a.k + 1) + 1) * 1000,
   grad: ([g], n) => {
     const x = n.inputs[0]!;
     const axis = (n.attrs as { axis: number }).axis;
@@ -436,6 +439,13 @@ export const reshape: Primitive<{ shape: number[] }> = {
   js: ([x], _a, [spec]) => [new Tensor(x!.dtype, x!.data, spec!.shape)],
   grad: ([g], n) => [g!.reshape(n.inputs[0]!.shape)],
 };
+
+/**
+ * How much slower ONNX Runtime multiplies in each dtype than in float32 (its integer matrix products have no MLAS
+ * kernels), with room to spare: 512^3 on one AMD EPYC here, float32 174 GFLOP/s, int32 16, int64 5.1 (and 1.3 at
+ * 4500^3, which ran 37.6 s where float32's rate made it 3.6 s).
+ */
+export const PRODUCT_WORK: Readonly<Record<DType, number>> = { float32: 1, int32: 8, int64: 40, bool: 40 };
 
 /**
  * The work of permuting a tensor of `shape`, in floating-point operations: linear in its elements, but at many

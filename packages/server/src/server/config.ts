@@ -51,6 +51,8 @@ export interface ServerConfig {
   /** How long a request body may take to come in, from when it is let in; then 408, and what came is let go. */
   bodyTimeoutMs: number;
   /** Largest result (envelope bytes) kept; a larger one ends the job with MEMORY. */
+  /** Bytes of results one API key may have kept on the server at once; past them its jobs are refused (429). */
+  maxStoredResultBytesPerKey: number;
   maxResultBytes: number;
   /** Jobs one API key may have unfinished at once. */
   maxActiveJobsPerKey: number;
@@ -143,6 +145,7 @@ export function resolveConfig(options: Partial<ServerConfig> = {}): ServerConfig
     maxBodyBytesInFlight: 4 * (defined.maxBodyBytes ?? 64 * MiB),
     bodyTimeoutMs: 60_000,
     maxResultBytes: 256 * MiB,
+    maxStoredResultBytesPerKey: 4 * 1024 * MiB,
     maxActiveJobsPerKey: 8,
     brokeThreadQuarantineMs: 15 * 60_000,
     maxEventsPerJob: 10_000,
@@ -164,7 +167,7 @@ export function resolveConfig(options: Partial<ServerConfig> = {}): ServerConfig
     workbenchDir: defaultWorkbenchDir(),
     ...defined,
   };
-  for (const k of ["jobTimeoutMs", "memoryLimitBytes", "resultRetentionMs", "maxBodyBytes", "maxResultBytes", "maxActiveJobsPerKey", "brokeThreadQuarantineMs", "maxEventsPerJob", "maxEventBytesPerJob", "batchStallMs", "maxInputTokens", "stopGraceMs", "localStepTimeoutMs", "localDisconnectGraceMs", "webhookTimeoutMs", "webhookRetryDelayMs", "sweepIntervalMs", "heartbeatMs"] as const) {
+  for (const k of ["jobTimeoutMs", "memoryLimitBytes", "resultRetentionMs", "maxBodyBytes", "maxResultBytes", "maxStoredResultBytesPerKey", "maxActiveJobsPerKey", "brokeThreadQuarantineMs", "maxEventsPerJob", "maxEventBytesPerJob", "batchStallMs", "maxInputTokens", "stopGraceMs", "localStepTimeoutMs", "localDisconnectGraceMs", "webhookTimeoutMs", "webhookRetryDelayMs", "sweepIntervalMs", "heartbeatMs"] as const) {
     if (!(Number.isFinite(config[k]) && config[k] > 0)) throw new RangeError(`server setting ${k} must be a positive number, got ${config[k]}`);
   }
   for (const k of ["maxJsonBytes", "maxBodyBytesInFlight", "bodyTimeoutMs"] as const) {

@@ -10,7 +10,7 @@
 import type { LoadProgress } from "tsight";
 import { decodeJob, type DecodedJob, type ErrorInfo, type JobEvent, type JobRequest, type JobState, type ModelInfo } from "tsight/protocol";
 import { barredError, barredNote, type Barred } from "./quarantine.js";
-import { ApiError, jobNotFound } from "./api-error.js";
+import { ApiError, jobNotFound, tooManyStoredResults } from "./api-error.js";
 import { batchKey, batchNote, perPass } from "./batch-key.js";
 import { cutLog, runTimeoutMs, type ServerConfig } from "./config.js";
 import type { ClusterStatus, Dispatcher, ModelLoad, WorkerInfo } from "./contracts.js";
@@ -176,6 +176,8 @@ export class JobManager implements Dispatcher {
     }
     const barred = this.quarantined.get(caller.keyId);
     if (barred && barred.until > Date.now()) throw barredError(barred);
+    const stored = this.parts.store.storedResultBytes(caller.keyId);
+    if (stored >= this.parts.config.maxStoredResultBytesPerKey) throw tooManyStoredResults(stored, this.parts.config.maxStoredResultBytesPerKey);
     const limit = this.parts.config.maxActiveJobsPerKey;
     if (this.parts.store.activeCount(caller.keyId) >= limit) {
       throw new ApiError(429, "NOT_ALLOWED", `this API key already has ${limit} unfinished jobs, the most it may have; wait for one to end`, { retryable: true, headers: { "retry-after": "1" } });

@@ -124,6 +124,7 @@ export class JobStore {
       active: db.prepare(`SELECT count(*) AS n FROM jobs WHERE key_id = ? AND status IN (${ACTIVE.map((s) => `'${s}'`).join(", ")})`),
       activeIds: db.prepare(`SELECT id FROM jobs WHERE status IN (${ACTIVE.map((s) => `'${s}'`).join(", ")}) ORDER BY created`),
       due: db.prepare("SELECT id FROM jobs WHERE result = 'available' AND expires <= ?"),
+      stored: db.prepare("SELECT coalesce(sum(result_bytes), 0) AS n FROM jobs WHERE key_id = ? AND result = 'available' AND expires > ?"),
       expire: db.prepare("UPDATE jobs SET result = 'expired' WHERE id = ? AND result = 'available'"),
       // Newest first: by submission time, then insertion order (rowid) within one millisecond.
       list: db.prepare(
@@ -239,6 +240,11 @@ export class JobStore {
   /** Unfinished jobs of an API key. */
   activeCount(keyId: string): number {
     return (this.q.active.get(keyId) as { n: number }).n;
+  }
+
+  /** Bytes of the key's results the server keeps now (not expired, nor deleted). */
+  storedResultBytes(keyId: string, now = Date.now()): number {
+    return (this.q.stored.get(keyId, now) as { n: number }).n;
   }
 
   /** Ids of every unfinished job, oldest first. */

@@ -125,6 +125,18 @@ export function jobsRoutes(app: Hono<AppEnv>, deps: AppDeps): void {
     return downloadsPerKey.count(c.get("caller").keyId, new Response(bytes, { headers: { "content-type": ENVELOPE_TYPE, "content-length": String(bytes.byteLength), "cache-control": "no-store" } }));
   });
 
+  // A completed job's result, deleted before its expiry (its key's kept results count against maxStoredResultBytesPerKey).
+  app.delete("/v1/jobs/:id/result", async (c) => {
+    const id = c.req.param("id");
+    const job = await owned(id, c.get("caller").keyId);
+    if (!isTerminal(job.status)) throw new ApiError(409, "NOT_ALLOWED", `job ${id} is ${job.status}; its result can be deleted once it has one`, { retryable: true });
+    if (job.result === "available") {
+      await store.markResultExpired(id);
+      await results.remove(id);
+    }
+    return c.body(null, 204);
+  });
+
   app.delete("/v1/jobs/:id", async (c) => {
     const id = c.req.param("id");
     await owned(id, c.get("caller").keyId);

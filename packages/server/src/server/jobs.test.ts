@@ -188,6 +188,29 @@ describe("jobs on worker threads", () => {
   });
 });
 
+describe("results a key keeps", () => {
+  it("are bounded per key: past maxStoredResultBytesPerKey its jobs are refused (429) until it deletes some (DELETE .../result) or they expire; other keys go on", async () => {
+    const t = await openTestServer({ workers: true, maxStoredResultBytesPerKey: 100_000 });
+    try {
+      const done: string[] = [];
+      for (let i = 0; i < 3; i++) done.push((await t.finished((await t.start({ source: "floats 10000" })).id)).id);
+      const refused = await t.submit({ source: "floats 10" });
+      expect(refused.status).toBe(429);
+      expect(((await refused.json()) as ErrorBody).error).toMatchObject({ code: "NOT_ALLOWED", retryable: true, message: expect.stringMatching(/this API key has \d+ bytes of results kept on the server, at or past the 100000 it may have: delete results it has downloaded \(DELETE \/v1\/jobs\/ID\/result\)/) });
+      // Another key is not held up by this one's results.
+      const other = t.core.keys.create("other").key;
+      expect((await t.submit({ source: "value 1" }, { headers: { authorization: `Bearer ${other}` } })).status).toBe(202);
+      // Deleting one makes room; its result is gone (410), the job's state says so.
+      expect((await t.request(`/v1/jobs/${done[0]}/result`, { method: "DELETE" })).status).toBe(204);
+      expect((await t.request(`/v1/jobs/${done[0]}/result`)).status).toBe(410);
+      expect(((await t.state(done[0]!)) as JobState).result).toBe("expired");
+      expect((await t.submit({ source: "floats 10" })).status).toBe(202);
+    } finally {
+      await t.close();
+    }
+  });
+});
+
 describe("a model that fails to load", () => {
   it("fails the jobs waiting for it and refuses new ones with 503, retryable", async () => {
     const broken = await openTestServer({ executor: { module: new URL("./no-such-executor.js", import.meta.url).href, name: "Nothing" } });

@@ -176,6 +176,12 @@ export class HttpBackend implements Backend {
     await res.body?.cancel();
   }
 
+  /** Deletes a finished job's result on the server before it expires (a key's kept results are bounded there). */
+  async deleteResult(id: string): Promise<void> {
+    const res = await this.request("DELETE", `${jobPath(id)}/result`, { idempotent: true });
+    await res.body?.cancel();
+  }
+
   /**
    * Answers the job's hybrid step `call`: `{value}` as an envelope, or, when `value` is an Error, `{error}` (JSON,
    * an ErrorInfo) so the job raises it.

@@ -6,7 +6,7 @@
  */
 import type { Queue } from "bullmq";
 import { decodeJob, type DecodedJob, type JobRequest, type JobState, type ModelInfo } from "tsight/protocol";
-import { ApiError, jobNotFound } from "../api-error.js";
+import { ApiError, jobNotFound, tooManyStoredResults } from "../api-error.js";
 import { batchKey, perPass } from "../batch-key.js";
 import { runTimeoutMs, type ServerConfig } from "../config.js";
 import type { ClusterStatus, Dispatcher, ModelLoad } from "../contracts.js";
@@ -53,6 +53,9 @@ export class RedisDispatcher implements Dispatcher {
     // A bar a worker process set on this key (its job broke a thread there) holds in every API process.
     const barred = parseBarred(await store.redis.get(store.keys.barred(caller.keyId)));
     if (barred && barred.until > Date.now()) throw barredError(barred);
+    // A result lives at most its job's run, and the retention after it.
+    const stored = await store.storedResultBytes(caller.keyId, config.resultRetentionMs + this.parts.dist.queueWaitMs + config.jobTimeoutMs + config.localStepTimeoutMs + 60_000);
+    if (stored >= config.maxStoredResultBytesPerKey) throw tooManyStoredResults(stored, config.maxStoredResultBytesPerKey);
     const id = newJobId();
     const batch = config.maxBatch > 1 ? batchKey(job, registry.tokenizer(model)) : undefined;
     const webhook = job.webhook === undefined ? undefined : { url: job.webhook, secret: job.webhookSecret };

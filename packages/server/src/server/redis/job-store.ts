@@ -150,6 +150,30 @@ export class RedisJobStore {
     return this.redis.scard(this.keys.keyActive(keyId));
   }
 
+  /**
+   * Bytes of the key's results kept now (not expired, nor deleted): its jobs newest first, back to those made more
+   * than `horizonMs` ago (a result lives at most its job's run and the retention after it).
+   */
+  async storedResultBytes(keyId: string, horizonMs: number, now = Date.now()): Promise<number> {
+    const index = this.keys.keyJobs(keyId);
+    let total = 0;
+    let max = "+inf";
+    for (;;) {
+      const page = await this.redis.zrevrangebyscore(index, max, "-inf", "WITHSCORES", "LIMIT", 0, 100);
+      if (page.length === 0) return total;
+      const ids = page.filter((_, i) => i % 2 === 0);
+      const pipe = this.redis.pipeline();
+      for (const id of ids) pipe.hmget(this.keys.job(id), "created", "result", "resultBytes", "expires");
+      const rows = (await pipe.exec()) ?? [];
+      for (const [, row] of rows) {
+        const [created, result, bytes, expires] = (row ?? []) as (string | null)[];
+        if (created !== null && created !== undefined && Number(created) < now - horizonMs) return total;
+        if (result === "available" && Number(expires) > now) total += Number(bytes ?? 0);
+      }
+      max = `(${page[page.length - 1]}`;
+    }
+  }
+
   /** A key's jobs, newest first; undefined when `before` is not one of them. Records that expired are skipped (and forgotten). */
   async list(keyId: string, options: ListOptions): Promise<RedisJobRecord[] | undefined> {
     const index = this.keys.keyJobs(keyId);

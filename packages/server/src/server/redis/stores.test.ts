@@ -83,6 +83,22 @@ describe("RedisJobStore", () => {
     expect((await store.get(id))!.result).toBe("expired");
   });
 
+  it("sums the bytes of a key's results kept now: not expired, deleted or another key's, nor those of jobs older than the horizon", async () => {
+    const complete = async (keyId: string, bytes: number, expires: number) => {
+      const id = await newJob(keyId);
+      for (const s of ["QUEUED", "DISPATCHED", "RUNNING"] as const) await store.move(id, s);
+      await store.move(id, "COMPLETED", { result: { bytes, expires } });
+      return id;
+    };
+    const now = Date.now();
+    const [kept] = [await complete("k-stored", 100, now + 60_000), await complete("k-stored", 20, now + 60_000), await complete("k-stored", 7, now - 1), await complete("k-other", 1000, now + 60_000)];
+    expect(await store.storedResultBytes("k-stored", 3_600_000, now)).toBe(120);
+    await store.markResultExpired(kept!);
+    expect(await store.storedResultBytes("k-stored", 3_600_000, now)).toBe(20);
+    // Jobs made before the horizon hold no result any more: not read.
+    expect(await store.storedResultBytes("k-stored", 3_600_000, now + 2 * 3_600_000)).toBe(0);
+  });
+
   it("stores an error event before ERROR, and appends after done (webhook logs)", async () => {
     const id = await newJob();
     const error: ErrorInfo = { code: "USER_CODE", type: "TypeError", message: "boom", retryable: false, line: 3 };

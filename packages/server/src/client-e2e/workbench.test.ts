@@ -370,6 +370,17 @@ describe("the workbench page", () => {
     expect(Math.max(0, ...(await longTasks()))).toBeLessThan(RESPONSIVE_MS);
     await panel.locator(".view").screenshot({ path: path.join(shots, "attention-too-long.png") });
     await panel.locator("textarea").fill(PROMPT);
+    // The logit lens the same (the page is the same for every view that sends a prompt).
+    await open("Logit lens", "lens");
+    const lens = page.locator("#panel-lens");
+    await lens.locator("textarea").fill("x = 1\n".repeat(200));
+    const before = requests.length;
+    await run("lens", "Run the lens");
+    await expect.poll(() => lens.locator(".job-message").innerText(), { timeout: 3000 }).toBe("VALIDATION · InputError: the prompt is 800 tokens, longer than the model's context of 512 positions; shorten it");
+    expect(requests.slice(before).filter((r) => r.method === "POST")).toEqual([]);
+    expect(await lens.locator(".result *").count()).toBe(0);
+    await lens.locator("textarea").fill(PROMPT);
+    await open("Attention", "attention");
   });
 
   it("activation patching: one remote session, cells fill in place, numbers equal the README's", async () => {
@@ -480,14 +491,26 @@ describe("the workbench page", () => {
   it("a failing job and a cancelled one say so in the page", async () => {
     const panel = page.locator("#panel-generate");
     await panel.locator('input[name="steer"]').uncheck();
-    // Longer than the model's 512 positions: the server refuses it before running, naming the limit.
+    // Longer than the model's 512 positions with the tokens to generate: refused in the page, nothing sent.
     await panel.locator('textarea[name="prompt"]').fill("x = 1\n".repeat(200));
+    const sent = requests.length;
     await run("generate", "Generate");
-    expect(await outcome("generate", "generation")).toBe("failed");
-    expect(await panel.locator(".job-message").innerText()).toMatch(/^VALIDATION · InputError: the input is \d+ prompt tokens plus \d+ to generate, longer than the model.s context of 512 positions/);
+    await expect.poll(() => panel.locator(".job-message").innerText(), { timeout: 3000 }).toMatch(/^VALIDATION · InputError: the prompt is \d+ tokens and 10 more are to be generated, longer than the model.s context of 512 positions; shorten it or generate fewer$/);
+    expect(await panel.locator(".job-state").innerText()).toBe("generation: not sent");
+    expect(requests.slice(sent).filter((r) => r.method === "POST")).toEqual([]);
+    // A job the server refuses: a steering direction from an empty prompt.
+    await panel.locator('textarea[name="prompt"]').fill(PROMPT);
+    await panel.locator('input[name="steer"]').check();
+    const toward = await panel.locator('input[name="toward"]').inputValue();
+    await panel.locator('input[name="toward"]').fill("");
+    await run("generate", "Generate");
+    expect(await outcome("generate", "steering direction")).toBe("failed");
+    expect(await panel.locator(".job-message").innerText()).toMatch(/^VALIDATION · InputError: .*empty/);
     // No box holding only the prompt, as if it were the generation.
     expect(await panel.locator(".result *").count()).toBe(0);
     await panel.locator(".view").screenshot({ path: path.join(shots, "failed-job.png") });
+    await panel.locator('input[name="toward"]').fill(toward);
+    await panel.locator('input[name="steer"]').uncheck();
 
     // A long session (long prompts: a trace per layer and position), cancelled once it has begun.
     await open("Patching", "patching");

@@ -4,7 +4,7 @@
  * One head is a grid of cells (values written in, tooltips, keyboard) up to CELLS_UP_TO tokens, and a canvas with a
  * readout past that.
  */
-import { errorFromInfo, type LanguageModel, type Tensor } from "tsight/client";
+import type { LanguageModel, Tensor } from "tsight/client";
 import { headCount, layerCount, modelPaths } from "../recipes/architecture.js";
 import { attentionRecipe, patternRows } from "../recipes/attention.js";
 import { submit } from "../recipes/recipe.js";
@@ -118,13 +118,7 @@ export function attentionView(ctx: ViewContext): View {
       choices(lm);
       shown = undefined;
       const ids = lm.tokenizer.encode(prompt.value);
-      // A prompt longer than the model's context, which the server would refuse, is refused here at once: nothing is
-      // sent, and no map is laid out for it. (The library's checkInput would say the same, but needs Node.)
-      const context = lm.model.config.maxPositions;
-      if (context !== null && ids.length > context) {
-        const message = `the prompt is ${ids.length} tokens, longer than the model's context of ${context} positions; shorten it`;
-        return view.status.refuse("attention", errorFromInfo({ code: "VALIDATION", type: "InputError", message, retryable: false }));
-      }
+      if (!view.fits(lm, "attention", ids.length)) return;
       const at = Number(layer.value || 0);
       const tokens = tokenLabels(lm, ids);
       shown = { layer: at, heads: headCount(lm), tokens };

@@ -71,6 +71,7 @@ export function generateView(ctx: ViewContext): View {
       const paths = modelPaths(lm);
       const t = optionalNumber(temperature, "temperature");
       const settings: GenerateSettings = { maxNewTokens: optionalNumber(maxNewTokens, "new tokens") ?? 10, ...(t ? { temperature: t, topP: optionalNumber(topP, "top-p"), seed: optionalNumber(seed, "seed") } : {}) };
+      if (!view.fits(lm, "generation", lm.tokenizer.encode(prompt.value).length, settings.maxNewTokens)) return;
       fill(view.result, output);
       fill(output, h("span", { class: "prompt-text" }, prompt.value));
       following = true;

@@ -19,6 +19,7 @@ export function lensView(ctx: ViewContext): View {
     run: async () => {
       const lm = await view.model();
       const ids = lm.tokenizer.encode(prompt.value);
+      if (!view.fits(lm, "logit lens", ids.length)) return;
       const tokens = tokenLabels(lm, ids);
       const layers = layerCount(lm);
       const map = new Heatmap({ rows: Array.from({ length: layers }, (_, l) => String(l)), columns: tokens.map(showToken), rowName: "layer", columnName: "position", label: "logit lens: top token per layer and position" });

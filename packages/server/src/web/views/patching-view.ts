@@ -38,6 +38,7 @@ export function patchingView(ctx: ViewContext): View {
     run: async () => {
       const lm = await view.model();
       const [a, b] = [lm.tokenizer.encode(clean.value), lm.tokenizer.encode(corrupted.value)];
+      if (!view.fits(lm, "patching", Math.max(a.length, b.length))) return;
       if (a.length !== b.length) throw new Error(`the prompts must have the same number of tokens, to patch position by position: the clean one has ${a.length}, the corrupted one ${b.length}`);
       const input = { clean: clean.value, corrupted: corrupted.value, answer: singleToken(lm, answer.value, "answer"), distractor: singleToken(lm, distractor.value, "distractor") };
       const [cleanTokens, corruptedTokens] = [tokenLabels(lm, a), tokenLabels(lm, b)];

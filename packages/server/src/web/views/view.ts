@@ -1,5 +1,5 @@
 /** What the views share: the page context, and the frame of a view that runs jobs (form, status, result, code). */
-import type { LanguageModel } from "tsight/client";
+import { errorFromInfo, type LanguageModel } from "tsight/client";
 import type { Connection } from "../connection.js";
 import { programOf } from "../recipes/code.js";
 import type { Recipe } from "../recipes/recipe.js";
@@ -69,6 +69,19 @@ export class JobView {
   /** Gives a select filled after the page loaded (a model's layers) its kept value, if it is one of its options. */
   restore(select: HTMLSelectElement): void {
     this.ctx.saved.restore(this.id, select);
+  }
+
+  /**
+   * Whether a prompt of `tokens` tokens, with `extra` to generate, fits the model's context; when not, the run is
+   * refused here at once, saying so (the server would refuse it; nothing is sent, and no result is laid out for it).
+   * The library's checkInput says the same, but needs Node.
+   */
+  fits(lm: LanguageModel, what: string, tokens: number, extra = 0): boolean {
+    const context = lm.model.config.maxPositions;
+    if (context === null || tokens + extra <= context) return true;
+    const message = extra ? `the prompt is ${tokens} tokens and ${extra} more are to be generated, longer than the model's context of ${context} positions; shorten it or generate fewer` : `the prompt is ${tokens} tokens, longer than the model's context of ${context} positions; shorten it`;
+    this.status.refuse(what, errorFromInfo({ code: "VALIDATION", type: "InputError", message, retryable: false }));
+    return false;
   }
 
   /** Shows the program that does what `steps` do. */

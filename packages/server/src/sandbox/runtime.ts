@@ -99,7 +99,29 @@ export function installRuntime(rawHost: HostCallbacks, tree: TreeNode, api: Runt
         })
       : null;
 
-  const stackHere = (): string => new Error().stack ?? "";
+  // What the runtime calls to make what it sends the host, taken now: the job's code runs later and may replace
+  // Array.prototype.map, String, JSON.stringify, Error (and its prepareStackTrace), String.prototype.slice and the
+  // like. What crosses to the host is copied by isolated-vm, which copies a string once per place it is held, before
+  // any host code can count it: a value the runtime did not make itself (a replaced map's array of one 8 MB string
+  // held 200 times) took the host 2.4 GB. So everything sent is made by `out` (which counts as it walks), or is a
+  // string cut to a bound here.
+  const { isArray } = Array;
+  const objectKeys = Object.keys;
+  const getPrototypeOf = Object.getPrototypeOf;
+  const objectPrototype = Object.prototype;
+  const isView = ArrayBuffer.isView;
+  const toStr = String;
+  const stringify = JSON.stringify;
+  const apply = Reflect.apply;
+  const sliceString = String.prototype.slice;
+  const ErrorClass = Error;
+  /** `s` as a string (String's own conversion) of at most `n` characters. */
+  const cut = (s: unknown, n: number): string => {
+    const t = typeof s === "string" ? s : toStr(s);
+    return t.length > n ? (apply(sliceString, t, [0, n]) as string) : t;
+  };
+
+  const stackHere = (): string => cut(new ErrorClass().stack ?? "", 32_768);
 
   /** o[k] = v as data, "__proto__" too (assigned plainly, that key would set the object's prototype and be lost). */
   function setOwn(o: Record<string, unknown>, k: string, v: unknown): void {
@@ -134,14 +156,8 @@ export function installRuntime(rawHost: HostCallbacks, tree: TreeNode, api: Runt
 
   // #region values
 
-  // What the walks below call, taken now: the job's code runs later and may replace Array.prototype.map, Object.keys
-  // and the like (a replaced map made the count below see one array where the value held a million).
-  const { isArray } = Array;
-  const objectKeys = Object.keys;
-  const getPrototypeOf = Object.getPrototypeOf;
-  const objectPrototype = Object.prototype;
-  const isView = ArrayBuffer.isView;
-
+  // The walks below call only what was taken at install (see `cut`): a replaced map made the count below see one
+  // array where the value held a million.
   function isPlain(v: unknown): v is Record<string, unknown> {
     if (typeof v !== "object" || v === null) return false;
     const proto = getPrototypeOf(v);
@@ -192,7 +208,7 @@ export function installRuntime(rawHost: HostCallbacks, tree: TreeNode, api: Runt
       return { $fn: id };
     }
     // An error's text is cut here, before it is copied out of the isolate (the host keeps less still: user-errors.ts).
-    if (v instanceof Error) return { $error: { type: String(v.name).slice(0, 200), message: String(v.message).slice(0, 16_384), stack: String(v.stack ?? "").slice(0, 32_768), code: typeof (v as any).code === "string" ? (v as any).code.slice(0, 64) : undefined } };
+    if (v instanceof ErrorClass) return { $error: { type: cut(v.name, 200), message: cut(v.message, 16_384), stack: cut(v.stack ?? "", 32_768), code: typeof (v as any).code === "string" ? cut((v as any).code, 64) : undefined } };
     if (isArray(v)) {
       const n = v.length;
       count(n);
@@ -284,7 +300,7 @@ export function installRuntime(rawHost: HostCallbacks, tree: TreeNode, api: Runt
       value: function (this: Tensor, ...args: unknown[]) {
         const id = handleOf.get(this);
         if (id === undefined) throw new TypeError(`${name}: not a tensor`);
-        return inn(host.op(id, name, args.map(out)));
+        return inn(host.op(id, name, (out(args) as unknown[])));
       },
     });
   }
@@ -292,7 +308,7 @@ export function installRuntime(rawHost: HostCallbacks, tree: TreeNode, api: Runt
     const call = function (this: Tensor, ...args: unknown[]) {
       const id = handleOf.get(this);
       if (id === undefined) throw new TypeError(`${name}: not a tensor`);
-      return inn(host.op(id, name, args.map(out)));
+      return inn(host.op(id, name, (out(args) as unknown[])));
     };
     Object.defineProperty(Tensor.prototype, name, how.getter ? { get: call } : { value: call });
   }
@@ -309,18 +325,18 @@ export function installRuntime(rawHost: HostCallbacks, tree: TreeNode, api: Runt
 
   for (const name of api.functions) {
     if (!api.constructors.includes(name)) {
-      g[name] = (...args: unknown[]) => inn(host.fn(name, args.map(out)));
+      g[name] = (...args: unknown[]) => inn(host.fn(name, (out(args) as unknown[])));
       continue;
     }
     // A class in tsight (Generator, the optimizers): made with `new`, as in process.
     g[name] = function (...args: unknown[]) {
       if (!new.target) throw new TypeError(`${name} is made with new ${name}(...)`);
-      return inn(host.fn(name, args.map(out)));
+      return inn(host.fn(name, (out(args) as unknown[])));
     };
   }
   // tsight's Tensor has static constructors too (the README's Tensor.zeros): here they are the global functions
   // behind them, whose arguments the host checks and whose sizes it charges before allocating, as for the globals.
-  const make = (name: string, args: unknown[]): unknown => inn(host.fn(name, args.map(out)));
+  const make = (name: string, args: unknown[]): unknown => inn(host.fn(name, (out(args) as unknown[])));
   const notRemote = (name: string, why: string) => (): never => {
     throw new RemoteError({ type: "NotAllowedError", code: "NOT_ALLOWED", message: `Tensor.${name} is not available in remote code: ${why}` });
   };
@@ -346,7 +362,7 @@ export function installRuntime(rawHost: HostCallbacks, tree: TreeNode, api: Runt
   function hostObject(kind: string, id: number): any {
     const actions = api.objects[kind];
     if (!actions) throw new TypeError(`unknown host object ${kind}`);
-    const call = (name: string, args: unknown[]) => host.act(kind, id, name, args.map(out), stackHere(), "");
+    const call = (name: string, args: unknown[]) => host.act(kind, id, name, (out(args) as unknown[]), stackHere(), "");
     const o: any = kind === "barrier" ? () => answer("promise", call("arrive", [])) : {};
     for (const [name, how] of Object.entries(actions)) {
       if (how.getter) Object.defineProperty(o, name, { get: () => answer(how.answer, call(name, [])) });
@@ -468,7 +484,7 @@ export function installRuntime(rawHost: HostCallbacks, tree: TreeNode, api: Runt
     };
     for (const [name, how] of Object.entries(api.objects.envoy!)) {
       target[name] = (...args: unknown[]) => {
-        const r = answer(how.answer, host.act("envoy", invoke, name, args.map(out), stackHere(), node.path));
+        const r = answer(how.answer, host.act("envoy", invoke, name, (out(args) as unknown[]), stackHere(), node.path));
         return name === "next" ? proxy : r;
       };
     }
@@ -526,16 +542,22 @@ export function installRuntime(rawHost: HostCallbacks, tree: TreeNode, api: Runt
   // #endregion
   // #region console
 
+  /** What a log line may hold (the host keeps less still). */
+  const MAX_LOG_CHARS = 10_000;
   const show = (v: unknown): string => {
-    if (typeof v === "string") return v;
-    if (v instanceof Tensor) return String(inn(host.op(handleOf.get(v)!, "toString", [])));
+    if (typeof v === "string") return cut(v, MAX_LOG_CHARS);
+    if (v instanceof Tensor) return cut(inn(host.op(handleOf.get(v)!, "toString", [])), MAX_LOG_CHARS);
     try {
-      return JSON.stringify(v, (_k, x) => (typeof x === "bigint" ? `${x}n` : x));
+      return cut(stringify(v, (_k, x) => (typeof x === "bigint" ? `${x}n` : x)), MAX_LOG_CHARS);
     } catch {
-      return String(v);
+      return cut(v, MAX_LOG_CHARS);
     }
   };
-  const log = (...args: unknown[]) => host.log(args.map(show).join(" "));
+  const log = (...args: unknown[]) => {
+    let line = "";
+    for (let i = 0; i < args.length && line.length < MAX_LOG_CHARS; i++) line += (i ? " " : "") + show(args[i]);
+    host.log(cut(line, MAX_LOG_CHARS));
+  };
   g.console = Object.freeze({ log, info: log, warn: log, error: log, debug: log });
 
   // #endregion
@@ -543,7 +565,7 @@ export function installRuntime(rawHost: HostCallbacks, tree: TreeNode, api: Runt
   function settle(promise: unknown, invoke: number): void {
     Promise.resolve(promise).then(
       (v) => host.done(invoke, true, out(v)),
-      (e) => host.done(invoke, false, out(e instanceof Error ? e : new Error(String(e)))),
+      (e) => host.done(invoke, false, out(e instanceof ErrorClass ? e : new ErrorClass(cut(e, 16_384)))),
     );
   }
 
@@ -584,7 +606,7 @@ export function installRuntime(rawHost: HostCallbacks, tree: TreeNode, api: Runt
     },
     /** The source text of a user function (what tr.local matches against the job's call sites). */
     source(fnId: number) {
-      return String(functions.get(fnId) ?? "");
+      return toStr(functions.get(fnId) ?? "");
     },
     /**
      * Makes the job's helper functions from their factories (compiled `function (__h) { ... return (source); }`):

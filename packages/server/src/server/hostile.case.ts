@@ -201,12 +201,19 @@ export const ATTACKS: Attack[] = [
   {
     name: "arrays shared a million times sent with a replaced Array.prototype.map",
     job: { source: "async () => { const k = 300; const C = new Array(k).fill(0), B = new Array(k).fill(C), A = new Array(k).fill(B); Array.prototype.map = function () { return this; }; return tensor(A).shape; }" },
-    expect: ERR(["MEMORY", "USER_CODE"], /holds more than 16777216 characters and entries/),
+    // Counted in the job's isolate as it is walked, before isolated-vm's copy (which copies a string once per place it
+    // is held): the walk's copy runs the isolate out of its memory first, or the count stops it.
+    expect: ERR(["MEMORY", "USER_CODE"], /a value sent out of the job holds more than 16777216 characters and entries|used more memory than its sandbox allows/),
   },
   {
-    name: "one 1 MB string sent in a hundred places with a replaced Array.prototype.map",
+    name: "one 1 MB string sent in a hundred places with a replaced Array.prototype.map (isolated-vm's copy would make a hundred)",
     job: { source: "async () => { const s = 'x'.repeat(2 ** 20); const many = new Array(100).fill(s); Array.prototype.map = function () { return this; }; return tensor(many).shape; }" },
-    expect: ERR(["MEMORY", "USER_CODE"], /holds more than 16777216 characters and entries/),
+    expect: ERR("USER_CODE", /a value sent out of the job holds more than 16777216 characters and entries/, /RangeError/),
+  },
+  {
+    name: "a log line of one 1 MB string a hundred times, with a replaced Array.prototype.map and join",
+    job: { source: "async () => { const s = 'x'.repeat(2 ** 20); Array.prototype.map = function () { return new Array(100).fill(s); }; Array.prototype.join = function () { return this; }; console.log(1, 2); return 1; }" },
+    expect: { status: "COMPLETED" },
   },
   { name: "prototype pollution", job: { source: "async () => { Object.prototype.polluted = 'yes'; Array.prototype.map = () => { throw new Error('broken'); }; Tensor.prototype.mul = () => 0; return 1; }" }, expect: { status: "COMPLETED" } },
   { name: "a webhook to the server's own network", job: { source: "async () => 1", webhook: "RECEIVER" }, expect: { status: "COMPLETED" }, after: async (t, id) => expect(await webhookEnd(t, id)).toEqual({ state: "failed", hits: 0 }) },

@@ -152,6 +152,18 @@ describe("request bodies in flight", () => {
     expect(await untilInFlight(server, a, 0)).toEqual({ bodies: 0, bytes: 0 });
   });
 
+  it("lets a key send 32 bodies of any size at once: trickling small ones cannot hold the bound for others (429 for the 33rd; another key gets in)", async () => {
+    const { server, a, b } = s;
+    const small = Array.from({ length: 32 }, () => upload(server, a, "application/json", 60 * KiB, 1));
+    expect((await untilInFlight(server, a, 32)).bodies).toBe(32);
+    const refused = await upload(server, a, "application/json", 60 * KiB, 1).answer;
+    expect(refused.status).toBe(429);
+    expect(refused.body.error.message).toMatch(/this key is sending 32 request bodies already/);
+    expect((await submit(server, b)).status).toBe(202);
+    for (const u of small) u.end();
+    expect(await untilInFlight(server, a, 0)).toEqual({ bodies: 0, bytes: 0 });
+  });
+
   it("bounds JSON apart from the body: a JSON body or an envelope's header over maxJsonBytes is refused (413)", async () => {
     const { server, a } = s;
     // Refused from its Content-Length, before any of it is read.

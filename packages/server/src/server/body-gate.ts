@@ -2,8 +2,8 @@
  * Which request bodies the server takes in at once. Each is held in memory while it comes in and is parsed, so with
  * no bound one key that sent many large bodies at once made the server hold any amount (32 bodies of 66 MB took it
  * to 2.6 GB) and kept its main thread parsing them for a minute. A key may be sending `perKey` bodies of 64 KiB or more at once
- * (one more: 429), and all keys together `bytesInFlight` bytes of bodies (past that: 503). A body counts the bytes that
- * came in so far and a headroom (a sixteenth of `bytesInFlight`) for those on their way, at most its Content-Length (or
+ * (one more: 429), 32 bodies of any size, and all keys together `bytesInFlight` bytes of bodies (past that: 503). A
+ * body counts the bytes that came in so far and a headroom (a sixteenth of `bytesInFlight`, at most 1 MiB) for those on their way, at most its Content-Length (or
  * its limit, chunked), until it is parsed: a body with no room for its headroom is refused before any of it is read, one
  * that outgrows the room left while it comes in is refused then. Counted by its declared length alone, two keys'
  * bodies trickling in a byte at a time kept every other key's jobs out (503) until they timed out.
@@ -19,8 +19,15 @@ export interface BodyGateLimits extends BodyLimits {
   bytesInFlight: number;
 }
 
-/** Bodies of fewer bytes (by their Content-Length) do not count against their key's bodies in flight. */
+/** Bodies of fewer bytes (by their Content-Length) do not count against their key's large bodies in flight. */
 const SMALL_BODY_BYTES = 64 * 1024;
+/**
+ * Bodies of any size one key may be sending at once: a client submitting its jobs at once gets in, and a key cannot
+ * hold thousands of trickling small bodies (4,096 of 64 KiB declared filled the bytes in flight for every other key).
+ */
+const BODIES_PER_KEY = 32;
+/** The most a body counts beyond the bytes that came (see the header). */
+const MAX_HEADROOM = 1024 * 1024;
 
 export class BodyGate {
   /** Bodies of SMALL_BODY_BYTES or more being read, by API key id. */
@@ -28,8 +35,12 @@ export class BodyGate {
   private bodies = 0;
   private bytes = 0;
 
+  /** Bodies of any size being read, by API key id. */
+  private readonly allPerKey: PerKeyLimit;
+
   constructor(private readonly limits: BodyGateLimits) {
     this.perKey = new PerKeyLimit("request bodies", limits.perKey, "read", (n) => `this key is sending ${n} request bodies already, the most it may at once; send this one after one of them is answered`);
+    this.allPerKey = new PerKeyLimit("request bodies", BODIES_PER_KEY, "read", (n) => `this key is sending ${n} request bodies already, the most it may at once; send this one after one of them is answered`);
   }
 
   /** The bodies being read and parsed now, and the bytes they count. */
@@ -44,7 +55,7 @@ export class BodyGate {
 
   /** Bytes a body counts beyond those that came (see the header). */
   private get headroom(): number {
-    return Math.floor(this.limits.bytesInFlight / 16);
+    return Math.min(MAX_HEADROOM, Math.floor(this.limits.bytesInFlight / 16));
   }
 
   /** Says nothing of what other keys send: only that the server is full. */
@@ -57,7 +68,18 @@ export class BodyGate {
     // A small body (a plain job's JSON) is read with its headers: many at once cost little, and a client submitting
     // its jobs at once (one key, several in flight) must not be refused; the bound on all bytes still holds them.
     // The key's count is checked first: a key at its limit is told so, whatever the server's bytes.
-    const release = bytes < SMALL_BODY_BYTES ? () => undefined : this.perKey.take(key);
+    const any = this.allPerKey.take(key);
+    let large: () => void;
+    try {
+      large = bytes < SMALL_BODY_BYTES ? () => undefined : this.perKey.take(key);
+    } catch (e) {
+      any();
+      throw e;
+    }
+    const release = () => {
+      large();
+      any();
+    };
     const charge = (received: number) => Math.min(bytes, received + this.headroom);
     let held = charge(0);
     if (this.bytes + held > this.limits.bytesInFlight) {

@@ -176,6 +176,8 @@ export function resolveConfig(options: Partial<ServerConfig> = {}): ServerConfig
   if (!(Number.isInteger(config.maxBodiesPerKey) && config.maxBodiesPerKey >= 1)) throw new RangeError(`server setting maxBodiesPerKey must be a whole number of 1 or more, got ${config.maxBodiesPerKey}`);
   // Else a body of the largest size could never come in.
   if (config.maxBodyBytesInFlight < config.maxBodyBytes) throw new RangeError(`server setting maxBodyBytesInFlight (${config.maxBodyBytesInFlight}) must be at least maxBodyBytes (${config.maxBodyBytes})`);
+  // Else no job could run: each is counted at the largest result until it ends.
+  if (config.maxStoredResultBytesPerKey < config.maxResultBytes) throw new RangeError(`server setting maxStoredResultBytesPerKey (${config.maxStoredResultBytesPerKey}) must be at least maxResultBytes (${config.maxResultBytes})`);
   if (!(Number.isInteger(config.maxBatch) && config.maxBatch >= 1)) throw new RangeError(`server setting maxBatch must be a whole number of 1 or more, got ${config.maxBatch}`);
   if (config.models.length === 0) throw new RangeError("the server needs at least one model to serve");
   config.dtype = checkWeightDType(config.dtype, "server setting dtype");

@@ -176,10 +176,12 @@ export class JobManager implements Dispatcher {
     }
     const barred = this.quarantined.get(caller.keyId);
     if (barred && barred.until > Date.now()) throw barredError(barred);
-    const stored = this.parts.store.storedResultBytes(caller.keyId);
-    if (stored >= this.parts.config.maxStoredResultBytesPerKey) throw tooManyStoredResults(stored, this.parts.config.maxStoredResultBytesPerKey);
     const limit = this.parts.config.maxActiveJobsPerKey;
-    if (this.parts.store.activeCount(caller.keyId) >= limit) {
+    const unfinished = this.parts.store.activeCount(caller.keyId);
+    // Each unfinished job (this one too) may still store a result of the largest size: counted as if it had.
+    const stored = this.parts.store.storedResultBytes(caller.keyId);
+    if (stored + (unfinished + 1) * this.parts.config.maxResultBytes > this.parts.config.maxStoredResultBytesPerKey) throw tooManyStoredResults(stored, unfinished, this.parts.config);
+    if (unfinished >= limit) {
       throw new ApiError(429, "NOT_ALLOWED", `this API key already has ${limit} unfinished jobs, the most it may have; wait for one to end`, { retryable: true, headers: { "retry-after": "1" } });
     }
     const id = newJobId();

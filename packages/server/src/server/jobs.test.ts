@@ -189,21 +189,27 @@ describe("jobs on worker threads", () => {
 });
 
 describe("results a key keeps", () => {
-  it("are bounded per key: past maxStoredResultBytesPerKey its jobs are refused (429) until it deletes some (DELETE .../result) or they expire; other keys go on", async () => {
-    const t = await openTestServer({ workers: true, maxStoredResultBytesPerKey: 100_000 });
+  it("are bounded per key, each unfinished job counted at the largest result: past maxStoredResultBytesPerKey its jobs are refused (429) until it deletes some (DELETE .../result) or they expire; other keys go on", async () => {
+    const t = await openTestServer({ workers: true, maxResultBytes: 50_000, maxStoredResultBytesPerKey: 200_000, maxActiveJobsPerKey: 20 });
     try {
-      const done: string[] = [];
-      for (let i = 0; i < 3; i++) done.push((await t.finished((await t.start({ source: "floats 10000" })).id)).id);
+      // Jobs submitted at once: each counts the largest result until it ends, so the fifth has no room (4 x 50,000).
+      const started: string[] = [];
+      for (let i = 0; i < 4; i++) started.push((await t.start({ source: "spin 200; floats 10000" })).id);
+      const early = await t.submit({ source: "floats 10" });
+      expect(early.status).toBe(429);
+      expect(((await early.json()) as ErrorBody).error.message).toMatch(/has \d+ bytes of results kept on the server and 4 unfinished jobs, each of which may keep up to 50000 more; with one more that could pass the 200000 it may have/);
+      for (const id of started) expect((await t.finished(id)).status).toBe("COMPLETED");
+      // Four results of ~40 KB kept: no room for a fifth job's largest.
       const refused = await t.submit({ source: "floats 10" });
       expect(refused.status).toBe(429);
-      expect(((await refused.json()) as ErrorBody).error).toMatchObject({ code: "NOT_ALLOWED", retryable: true, message: expect.stringMatching(/this API key has \d+ bytes of results kept on the server, at or past the 100000 it may have: delete results it has downloaded \(DELETE \/v1\/jobs\/ID\/result\)/) });
+      expect(((await refused.json()) as ErrorBody).error).toMatchObject({ code: "NOT_ALLOWED", retryable: true, message: expect.stringMatching(/delete results it has downloaded \(DELETE \/v1\/jobs\/ID\/result\)/) });
       // Another key is not held up by this one's results.
       const other = t.core.keys.create("other").key;
       expect((await t.submit({ source: "value 1" }, { headers: { authorization: `Bearer ${other}` } })).status).toBe(202);
-      // Deleting one makes room; its result is gone (410), the job's state says so.
-      expect((await t.request(`/v1/jobs/${done[0]}/result`, { method: "DELETE" })).status).toBe(204);
-      expect((await t.request(`/v1/jobs/${done[0]}/result`)).status).toBe(410);
-      expect(((await t.state(done[0]!)) as JobState).result).toBe("expired");
+      // Deleting two makes room; a deleted result is gone (410), the job's state says so.
+      for (const id of started.slice(0, 2)) expect((await t.request(`/v1/jobs/${id}/result`, { method: "DELETE" })).status).toBe(204);
+      expect((await t.request(`/v1/jobs/${started[0]}/result`)).status).toBe(410);
+      expect(((await t.state(started[0]!)) as JobState).result).toBe("expired");
       expect((await t.submit({ source: "floats 10" })).status).toBe(202);
     } finally {
       await t.close();

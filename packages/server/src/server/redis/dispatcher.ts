@@ -55,7 +55,9 @@ export class RedisDispatcher implements Dispatcher {
     if (barred && barred.until > Date.now()) throw barredError(barred);
     // A result lives at most its job's run, and the retention after it.
     const stored = await store.storedResultBytes(caller.keyId, config.resultRetentionMs + this.parts.dist.queueWaitMs + config.jobTimeoutMs + config.localStepTimeoutMs + 60_000);
-    if (stored >= config.maxStoredResultBytesPerKey) throw tooManyStoredResults(stored, config.maxStoredResultBytesPerKey);
+    // Each unfinished job (this one too) may still store a result of the largest size: counted as if it had.
+    const active = await store.activeCount(caller.keyId);
+    if (stored + (active + 1) * config.maxResultBytes > config.maxStoredResultBytesPerKey) throw tooManyStoredResults(stored, active, config);
     const id = newJobId();
     const batch = config.maxBatch > 1 ? batchKey(job, registry.tokenizer(model)) : undefined;
     const webhook = job.webhook === undefined ? undefined : { url: job.webhook, secret: job.webhookSecret };

@@ -6,6 +6,7 @@ import {
   ShapeError,
   Tensor,
   arange,
+  logspace,
   cat,
   eye,
   full,
@@ -359,6 +360,16 @@ describe("dtype promotion", () => {
     const { values, indices } = x.topk(1, 1);
     expectTensor(values, [[5]], { dtype: "float32" });
     expectTensor(indices, [[1]], { dtype: "int64" });
+  });
+
+  it("arange and logspace write their values in place: exact int64 ranges past 2^53, int32 overflow refused, base ** x", () => {
+    expect(Array.from(arange(2 ** 53 - 1, 2 ** 53 + 2).data as BigInt64Array, String)).toEqual(["9007199254740991", "9007199254740992", "9007199254740993"]);
+    expectTensor(arange(5, 0, -2), [5, 3, 1], { dtype: "int64" });
+    expectTensor(arange(0, 1, 0.25), [0, 0.25, 0.5, 0.75], { dtype: "float32" });
+    expectThrows(() => arange(2 ** 31 - 2, 2 ** 31 + 1, 1, "int32"), RangeError, "arange", "int32");
+    expectTensor(arange(0, 3, 1, "bool"), [false, true, true], { dtype: "bool" });
+    expectTensor(logspace(0, 2, 3), [1, 10, 100], { dtype: "float32" });
+    expectTensor(logspace(0, 3, 4, 2), [1, 2, 4, 8], { dtype: "float32" });
   });
 
   it("integer reductions and means", () => {

@@ -25,9 +25,15 @@ import { userError, userStack } from "./user-errors.js";
 const ITEM_BYTES = { float32: 4, int64: 8, int32: 4, bool: 1 } as const;
 /** Longest user stack kept for an error's origin, and longest log line. */
 const MAX_STACK_CHARS = 4096;
-/** What one value the job's code sends may hold, characters and entries together (the runtime's MAX_SENT_UNITS). */
-const MAX_RECEIVED_UNITS = 16 * 2 ** 20;
+/**
+ * What one value the job's code sends may hold, characters and entries together: the runtime counts it before sending
+ * (it is given this), and fromDesc again before building it.
+ */
+const MAX_SENT_UNITS = 16 * 2 ** 20;
 const MAX_LOG_CHARS = 10_000;
+
+/** An object descriptor's data: the code's own object with `$` keys (see the runtime's out) comes wrapped in `$plain`. */
+const plainData = (o: Record<string, unknown>): Record<string, unknown> => ("$plain" in o && o.$plain && typeof o.$plain === "object" ? (o.$plain as Record<string, unknown>) : o);
 
 interface Open {
   resolve(v: unknown): void;
@@ -140,6 +146,7 @@ export class Bridge implements ActionHost {
       iteratedWithoutAwait: ITERATED_WITHOUT_AWAIT,
       iterNotCalled: ITER_NOT_CALLED,
       notAPair: { values: NOT_A_PAIR("values"), indices: NOT_A_PAIR("indices") },
+      maxSentUnits: MAX_SENT_UNITS,
       objects: Object.fromEntries(Object.entries(SANDBOX_OBJECTS).map(([kind, actions]) => [kind, Object.fromEntries(Object.entries(actions).map(([a, spec]) => [a, { answer: spec.answer, getter: "getter" in spec && spec.getter === true }]))])),
     };
     jail.setSync("__tree", new ivm.ExternalCopy(treeOf(this.lm.model, this.aliases)).copyInto());
@@ -390,23 +397,20 @@ export class Bridge implements ActionHost {
     return v;
   }
 
-  /** Descriptor from the isolate -> host value. */
   /**
-   * A value the job's code sent, as the host's. Counted as it is built, each string and entry wherever it is held:
-   * the copy out of the isolate keeps one array or string held in many places once, and building it here copies
-   * it once per place (the runtime counts the same before sending, but its walk runs in the job's isolate, where
-   * the code may have replaced what it calls: 12 KB of shared arrays made 1-4 GB here).
+   * A descriptor from the isolate as the host's value. Counted first, each string and entry wherever it is held, and
+   * built only then: the copy out of the isolate keeps one array held in many places once, and building it here
+   * copies it once per place (the runtime counts the same before sending, but its walk runs in the job's isolate: 12
+   * KB of shared arrays sent past it made 1-4 GB here).
    */
   fromDesc(d: unknown): unknown {
-    // Counted first, building nothing, then built.
     let units = 0;
     const measure = (d: unknown): void => {
       units += typeof d === "string" ? d.length : Array.isArray(d) ? d.length : 0;
-      if (units > MAX_RECEIVED_UNITS) throw new SandboxError("MEMORY", `a value sent by the job's code holds more than ${MAX_RECEIVED_UNITS} characters and entries (each string and array counted wherever it is held): send large data as tensors`);
+      if (units > MAX_SENT_UNITS) throw new SandboxError("MEMORY", `a value sent by the job's code holds more than ${MAX_SENT_UNITS} characters and entries (each string and array counted wherever it is held): send large data as tensors`);
       if (Array.isArray(d)) for (let i = 0; i < d.length; i++) measure(d[i]);
       else if (d && typeof d === "object" && !ArrayBuffer.isView(d)) {
-        const o = d as Record<string, unknown>;
-        const data = "$plain" in o && o.$plain && typeof o.$plain === "object" ? (o.$plain as Record<string, unknown>) : o;
+        const data = plainData(d as Record<string, unknown>);
         for (const k of Object.keys(data)) {
           units += 1 + k.length;
           measure(data[k]);
@@ -428,8 +432,7 @@ export class Bridge implements ActionHost {
         if ("$envoy" in o) return { path: this.modulePath(o.$envoy) };
         if ("$error" in o) return userError(o.$error);
         if ("$unsendable" in o) return unsendable(String(o.$unsendable).slice(0, 64));
-        // The code's own object with `$` keys (see the runtime's out): its values are descriptors, its keys data.
-        const data = "$plain" in o && o.$plain && typeof o.$plain === "object" ? (o.$plain as Record<string, unknown>) : o;
+        const data = plainData(o);
         const r: Record<string, unknown> = {};
         for (const k of Object.keys(data)) setOwn(r, k, one(data[k]));
         return r;

@@ -55,7 +55,7 @@ export class JobBudget {
   /** Starts a turn of the job's code; returns the timeout for it (ms). Past the deadline: TIMEOUT. */
   beginTurn(): number {
     const left = this.left();
-    if (left <= 0) throw this.fatal(new SandboxError("TIMEOUT", pastDeadline(this.limits.timeLimitMs)));
+    if (left <= 0) throw this.fatal(new SandboxError("TIMEOUT", this.pastDeadline()));
     this.turnStart = Date.now();
     return Math.max(1, Math.ceil(this.sliceMs === null ? left : Math.min(left, this.sliceMs)));
   }
@@ -90,7 +90,7 @@ export class JobBudget {
    */
   readonly guard: AllocationGuard = (bytes, flops) => {
     const left = this.left();
-    if (left <= 0) throw this.fatal(new SandboxError("TIMEOUT", pastDeadline(this.limits.timeLimitMs)));
+    if (left <= 0) throw this.fatal(new SandboxError("TIMEOUT", this.pastDeadline()));
     if (flops > 0) {
       const ms = flops / FLOPS_PER_MS;
       if (this.sliceMs !== null && Date.now() - this.turnStart + ms > this.sliceMs) throw this.stall(`an op of ${flops.toExponential(1)} floating-point operations`);

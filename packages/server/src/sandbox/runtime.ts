@@ -54,6 +54,8 @@ export interface RuntimeApi {
   iterNotCalled: string;
   /** What reading `.values` or `.indices` of a tensor says (tsight's NOT_A_PAIR). */
   notAPair: { values: string; indices: string };
+  /** Characters and entries one value sent to the host may hold (the bridge's MAX_SENT_UNITS). */
+  maxSentUnits: number;
 }
 
 /**
@@ -165,14 +167,18 @@ export function installRuntime(rawHost: HostCallbacks, tree: TreeNode, api: Runt
   }
 
   /**
-   * What one value sent to the host may hold: string characters and array or object entries together. Counted as it
-   * is walked, before anything is copied: one string held many times (an array filled with it) is copied once per
-   * place it is in, and such a value made in a few megabytes of the sandbox took the host's thread gigabytes.
+   * What one value sent to the host may hold: string characters and array or object entries together (the host's
+   * MAX_SENT_UNITS, which it counts again). Counted as it is walked, before anything is copied: one string held many
+   * times (an array filled with it) is copied once per place it is in, and such a value made in a few megabytes of the
+   * sandbox took the host's thread gigabytes.
    */
-  const MAX_SENT_UNITS = 16 * 2 ** 20;
+  const MAX_SENT_UNITS = api.maxSentUnits;
   /** Sends under way: a getter the walk runs may send a value of its own, which counts toward the outer one. */
   let sending = 0;
   let sentUnits = 0;
+
+  /** A call's arguments as descriptors, counted as one value (never through a job-replaceable `map`). */
+  const outArgs = (args: unknown[]): unknown[] => out(args) as unknown[];
 
   /** Isolate value -> descriptor for the host (see MAX_SENT_UNITS). */
   function out(v: unknown): unknown {
@@ -300,7 +306,7 @@ export function installRuntime(rawHost: HostCallbacks, tree: TreeNode, api: Runt
       value: function (this: Tensor, ...args: unknown[]) {
         const id = handleOf.get(this);
         if (id === undefined) throw new TypeError(`${name}: not a tensor`);
-        return inn(host.op(id, name, (out(args) as unknown[])));
+        return inn(host.op(id, name, outArgs(args)));
       },
     });
   }
@@ -308,7 +314,7 @@ export function installRuntime(rawHost: HostCallbacks, tree: TreeNode, api: Runt
     const call = function (this: Tensor, ...args: unknown[]) {
       const id = handleOf.get(this);
       if (id === undefined) throw new TypeError(`${name}: not a tensor`);
-      return inn(host.op(id, name, (out(args) as unknown[])));
+      return inn(host.op(id, name, outArgs(args)));
     };
     Object.defineProperty(Tensor.prototype, name, how.getter ? { get: call } : { value: call });
   }
@@ -325,18 +331,18 @@ export function installRuntime(rawHost: HostCallbacks, tree: TreeNode, api: Runt
 
   for (const name of api.functions) {
     if (!api.constructors.includes(name)) {
-      g[name] = (...args: unknown[]) => inn(host.fn(name, (out(args) as unknown[])));
+      g[name] = (...args: unknown[]) => inn(host.fn(name, outArgs(args)));
       continue;
     }
     // A class in tsight (Generator, the optimizers): made with `new`, as in process.
     g[name] = function (...args: unknown[]) {
       if (!new.target) throw new TypeError(`${name} is made with new ${name}(...)`);
-      return inn(host.fn(name, (out(args) as unknown[])));
+      return inn(host.fn(name, outArgs(args)));
     };
   }
   // tsight's Tensor has static constructors too (the README's Tensor.zeros): here they are the global functions
   // behind them, whose arguments the host checks and whose sizes it charges before allocating, as for the globals.
-  const make = (name: string, args: unknown[]): unknown => inn(host.fn(name, (out(args) as unknown[])));
+  const make = (name: string, args: unknown[]): unknown => inn(host.fn(name, outArgs(args)));
   const notRemote = (name: string, why: string) => (): never => {
     throw new RemoteError({ type: "NotAllowedError", code: "NOT_ALLOWED", message: `Tensor.${name} is not available in remote code: ${why}` });
   };
@@ -362,7 +368,7 @@ export function installRuntime(rawHost: HostCallbacks, tree: TreeNode, api: Runt
   function hostObject(kind: string, id: number): any {
     const actions = api.objects[kind];
     if (!actions) throw new TypeError(`unknown host object ${kind}`);
-    const call = (name: string, args: unknown[]) => host.act(kind, id, name, (out(args) as unknown[]), stackHere(), "");
+    const call = (name: string, args: unknown[]) => host.act(kind, id, name, outArgs(args), stackHere(), "");
     const o: any = kind === "barrier" ? () => answer("promise", call("arrive", [])) : {};
     for (const [name, how] of Object.entries(actions)) {
       if (how.getter) Object.defineProperty(o, name, { get: () => answer(how.answer, call(name, [])) });
@@ -484,7 +490,7 @@ export function installRuntime(rawHost: HostCallbacks, tree: TreeNode, api: Runt
     };
     for (const [name, how] of Object.entries(api.objects.envoy!)) {
       target[name] = (...args: unknown[]) => {
-        const r = answer(how.answer, host.act("envoy", invoke, name, (out(args) as unknown[]), stackHere(), node.path));
+        const r = answer(how.answer, host.act("envoy", invoke, name, outArgs(args), stackHere(), node.path));
         return name === "next" ? proxy : r;
       };
     }

@@ -39,8 +39,9 @@ export class BodyGate {
   private readonly allPerKey: PerKeyLimit;
 
   constructor(private readonly limits: BodyGateLimits) {
-    this.perKey = new PerKeyLimit("request bodies", limits.perKey, "read", (n) => `this key is sending ${n} request bodies already, the most it may at once; send this one after one of them is answered`);
-    this.allPerKey = new PerKeyLimit("request bodies", BODIES_PER_KEY, "read", (n) => `this key is sending ${n} request bodies already, the most it may at once; send this one after one of them is answered`);
+    const busy = (n: number) => `this key is sending ${n} request bodies already, the most it may at once; send this one after one of them is answered`;
+    this.perKey = new PerKeyLimit("request bodies", limits.perKey, "read", busy);
+    this.allPerKey = new PerKeyLimit("request bodies", BODIES_PER_KEY, "read", busy);
   }
 
   /** The bodies being read and parsed now, and the bytes they count. */
@@ -65,9 +66,9 @@ export class BodyGate {
 
   /** Counts a body of at most `bytes` against `key` and the server, as it comes in (see the header). */
   private admit(key: string, bytes: number): Admitted {
-    // A small body (a plain job's JSON) is read with its headers: many at once cost little, and a client submitting
-    // its jobs at once (one key, several in flight) must not be refused; the bound on all bytes still holds them.
-    // The key's count is checked first: a key at its limit is told so, whatever the server's bytes.
+    // A small body (a plain job's JSON) counts only among the key's bodies of any size: a client submitting its jobs
+    // at once (one key, several in flight) must not be refused at the few large bodies a key may send. The key's
+    // counts are checked first: a key at its limit is told so, whatever the server's bytes.
     const any = this.allPerKey.take(key);
     let large: () => void;
     try {

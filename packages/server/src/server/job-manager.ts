@@ -9,8 +9,8 @@
  */
 import type { LoadProgress } from "tsight";
 import { decodeJob, type DecodedJob, type ErrorInfo, type JobEvent, type JobRequest, type JobState, type ModelInfo } from "tsight/protocol";
-import { barredError, barredNote, type Barred } from "./quarantine.js";
-import { ApiError, jobNotFound, tooManyStoredResults } from "./api-error.js";
+import { barredNote, checkBarred, newBar, type Barred } from "./quarantine.js";
+import { ApiError, checkRoomForResult, jobNotFound } from "./api-error.js";
 import { batchKey, batchNote, perPass } from "./batch-key.js";
 import { cutLog, runTimeoutMs, type ServerConfig } from "./config.js";
 import type { ClusterStatus, Dispatcher, ModelLoad, WorkerInfo } from "./contracts.js";
@@ -143,10 +143,9 @@ export class JobManager implements Dispatcher {
   private quarantine(jobId: string, model: string): void {
     const keyId = this.active.get(jobId)?.keyId ?? this.parts.store.get(jobId)?.keyId;
     if (keyId === undefined) return;
-    const forMs = this.parts.config.brokeThreadQuarantineMs;
-    const barred = { until: Date.now() + forMs, jobId, model };
+    const barred = newBar(jobId, model, this.parts.config.brokeThreadQuarantineMs);
     this.quarantined.set(keyId, barred);
-    this.parts.log?.(barredNote(keyId, forMs, barred));
+    this.parts.log?.(barredNote(keyId, barred));
   }
 
   submit(caller: Caller, body: Uint8Array | JobRequest, idempotency?: Idempotency): JobState {
@@ -174,13 +173,10 @@ export class JobManager implements Dispatcher {
     if (worker?.state === "failed") {
       throw new ApiError(503, "INTERNAL", `${model.name} failed to load on this server (${worker.lastError?.message ?? "no reason given"}); it is retried, try again later`, { retryable: true, headers: { "retry-after": "30" } });
     }
-    const barred = this.quarantined.get(caller.keyId);
-    if (barred && barred.until > Date.now()) throw barredError(barred);
+    checkBarred(this.quarantined.get(caller.keyId));
     const limit = this.parts.config.maxActiveJobsPerKey;
     const unfinished = this.parts.store.activeCount(caller.keyId);
-    // Each unfinished job (this one too) may still store a result of the largest size: counted as if it had.
-    const stored = this.parts.store.storedResultBytes(caller.keyId);
-    if (stored + (unfinished + 1) * this.parts.config.maxResultBytes > this.parts.config.maxStoredResultBytesPerKey) throw tooManyStoredResults(stored, unfinished, this.parts.config);
+    checkRoomForResult(this.parts.store.storedResultBytes(caller.keyId), unfinished, this.parts.config);
     if (unfinished >= limit) {
       throw new ApiError(429, "NOT_ALLOWED", `this API key already has ${limit} unfinished jobs, the most it may have; wait for one to end`, { retryable: true, headers: { "retry-after": "1" } });
     }

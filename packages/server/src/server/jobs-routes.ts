@@ -98,6 +98,12 @@ export function jobsRoutes(app: Hono<AppEnv>, deps: AppDeps): void {
     return c.body(null, 204);
   });
 
+  /** Marks a job's result expired and deletes its bytes (past its retention, or asked to). */
+  const discardResult = async (id: string): Promise<void> => {
+    await store.markResultExpired(id);
+    await results.remove(id);
+  };
+
   app.get("/v1/jobs/:id/result", async (c) => {
     const id = c.req.param("id");
     const job = await owned(id, c.get("caller").keyId);
@@ -106,8 +112,7 @@ export function jobsRoutes(app: Hono<AppEnv>, deps: AppDeps): void {
     const expired = () => new ApiError(410, "NOT_ALLOWED", `the result of job ${id} was deleted at ${new Date(job.expires!).toISOString()}; results are kept ${config.resultRetentionMs / 1000} s`);
     if (job.result !== "available") throw expired();
     if (job.expires! <= Date.now()) {
-      await store.markResultExpired(id);
-      await results.remove(id);
+      await discardResult(id);
       throw expired();
     }
     let bytes: Uint8Array | undefined;
@@ -130,10 +135,7 @@ export function jobsRoutes(app: Hono<AppEnv>, deps: AppDeps): void {
     const id = c.req.param("id");
     const job = await owned(id, c.get("caller").keyId);
     if (!isTerminal(job.status)) throw new ApiError(409, "NOT_ALLOWED", `job ${id} is ${job.status}; its result can be deleted once it has one`, { retryable: true });
-    if (job.result === "available") {
-      await store.markResultExpired(id);
-      await results.remove(id);
-    }
+    if (job.result === "available") await discardResult(id);
     return c.body(null, 204);
   });
 

@@ -13,15 +13,21 @@ export interface Barred {
   model: string;
 }
 
-/** The 429 refusing a barred key's submission, with when it may submit again. */
-export function barredError(barred: Barred, now = Date.now()): ApiError {
+/** The bar job `jobId`, which broke a worker thread of `model`, earns its key, for `forMs`. */
+export function newBar(jobId: string, model: string, forMs: number): Barred {
+  return { until: Date.now() + forMs, jobId, model };
+}
+
+/** Refuses a barred key's submission (429) while its bar holds, saying when it may submit again. */
+export function checkBarred(barred: Barred | undefined, now = Date.now()): void {
+  if (!barred || barred.until <= now) return;
   const seconds = Math.max(1, Math.ceil((barred.until - now) / 1000));
-  return new ApiError(429, "NOT_ALLOWED", `job ${barred.jobId} of this API key broke a worker thread of ${barred.model} (its sandbox ran out of memory beyond recovery, which costs the server a thread and its memory): this key may submit jobs again in ${seconds} s`, { retryable: true, headers: { "retry-after": String(seconds) } });
+  throw new ApiError(429, "NOT_ALLOWED", `job ${barred.jobId} of this API key broke a worker thread of ${barred.model} (its sandbox ran out of memory beyond recovery, which costs the server a thread and its memory): this key may submit jobs again in ${seconds} s`, { retryable: true, headers: { "retry-after": String(seconds) } });
 }
 
 /** The operator's log line for a new bar. */
-export function barredNote(keyId: string, forMs: number, barred: Barred): string {
-  return `tsight: API key ${keyId} may not submit jobs for ${Math.round(forMs / 1000)} s: its job ${barred.jobId} broke a worker thread of ${barred.model}`;
+export function barredNote(keyId: string, barred: Barred): string {
+  return `tsight: API key ${keyId} may not submit jobs for ${Math.round((barred.until - Date.now()) / 1000)} s: its job ${barred.jobId} broke a worker thread of ${barred.model}`;
 }
 
 /** A bar as Redis keeps it (JSON), or undefined for anything else (absent, or not one). */

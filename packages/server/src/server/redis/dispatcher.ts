@@ -6,12 +6,12 @@
  */
 import type { Queue } from "bullmq";
 import { decodeJob, type DecodedJob, type JobRequest, type JobState, type ModelInfo } from "tsight/protocol";
-import { ApiError, jobNotFound, tooManyStoredResults } from "../api-error.js";
+import { ApiError, checkRoomForResult, jobNotFound } from "../api-error.js";
 import { batchKey, perPass } from "../batch-key.js";
 import { runTimeoutMs, type ServerConfig } from "../config.js";
 import type { ClusterStatus, Dispatcher, ModelLoad } from "../contracts.js";
 import { checkRepeat, type Idempotency } from "../idempotency.js";
-import { barredError, parseBarred } from "../quarantine.js";
+import { checkBarred, parseBarred } from "../quarantine.js";
 import { newJobId } from "../ids.js";
 import { jobState, type ListOptions } from "../job-store.js";
 import type { Caller } from "../key-store.js";
@@ -51,13 +51,10 @@ export class RedisDispatcher implements Dispatcher {
     const model = registry.get(job.model);
     if (!model) throw new ApiError(404, "VALIDATION", `this server does not serve ${job.model}; it serves ${registry.list().map((m) => m.key).join(", ")}`);
     // A bar a worker process set on this key (its job broke a thread there) holds in every API process.
-    const barred = parseBarred(await store.redis.get(store.keys.barred(caller.keyId)));
-    if (barred && barred.until > Date.now()) throw barredError(barred);
-    // A result lives at most its job's run, and the retention after it.
+    checkBarred(parseBarred(await store.redis.get(store.keys.barred(caller.keyId))));
+    // A result lives at most its job's wait and run, and the retention after it.
     const stored = await store.storedResultBytes(caller.keyId, config.resultRetentionMs + this.parts.dist.queueWaitMs + config.jobTimeoutMs + config.localStepTimeoutMs + 60_000);
-    // Each unfinished job (this one too) may still store a result of the largest size: counted as if it had.
-    const active = await store.activeCount(caller.keyId);
-    if (stored + (active + 1) * config.maxResultBytes > config.maxStoredResultBytesPerKey) throw tooManyStoredResults(stored, active, config);
+    checkRoomForResult(stored, await store.activeCount(caller.keyId), config);
     const id = newJobId();
     const batch = config.maxBatch > 1 ? batchKey(job, registry.tokenizer(model)) : undefined;
     const webhook = job.webhook === undefined ? undefined : { url: job.webhook, secret: job.webhookSecret };

@@ -20,7 +20,7 @@ import { cutLog, runTimeoutMs, type ServerConfig } from "../config.js";
 import type { StreamCountListener, StreamCounts } from "../event-stream.js";
 import { batchNote } from "../batch-key.js";
 import { LocalStepWatch } from "../local-step-watch.js";
-import { barredNote } from "../quarantine.js";
+import { barredNote, newBar } from "../quarantine.js";
 import type { ServerMetrics } from "../metrics.js";
 import type { ModelRegistry, ServedModel } from "../model-registry.js";
 import { ModelWorker, serverError, type RunOutcome } from "../model-worker.js";
@@ -479,9 +479,9 @@ export class WorkerNode {
     const keyId = this.runs.get(id)?.held.key ?? (await this.parts.store.get(id))?.keyId;
     if (keyId === undefined) return;
     const forMs = this.parts.config.brokeThreadQuarantineMs;
-    const barred = { until: Date.now() + forMs, jobId: id, model };
+    const barred = newBar(id, model, forMs);
     await this.parts.redis.set(this.parts.store.keys.barred(keyId), JSON.stringify(barred), "PX", Math.max(1, forMs));
-    this.parts.log(barredNote(keyId, forMs, barred));
+    this.parts.log(barredNote(keyId, barred));
   }
 
   /** Runs a store write, logging a failure (events of a job are written in order on one connection). */

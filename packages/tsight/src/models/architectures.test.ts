@@ -143,3 +143,21 @@ describe("GPT-2's attention scale settings, as Hugging Face's GPT2Attention read
     expectScaled(await scoresOf({ scale_attn_weights: false, scale_attn_by_inverse_layer_idx: true }), 1 / 2);
   });
 });
+
+describe("Gemma's attention soft-capping, as Hugging Face applies it", () => {
+  it("Gemma 3 ignores attn_logit_softcapping (HF's Gemma3Attention passes no softcap); Gemma 2 caps its scores", async () => {
+    const logitsWith = async (name: "gemma2" | "gemma3_text", config: Record<string, unknown>) => {
+      const f = await fixture(name);
+      const model = buildModel({ ...f.config, ...config });
+      loadWeights(model, await fixtureWeights(name));
+      return { f, logits: firstLogits(await model.call(ref(f, "input_ids"))) };
+    };
+    // A cap of 0.05 would change every score of these weights: HF's Gemma 3 logits stay those of no cap.
+    const gemma3 = await logitsWith("gemma3_text", { attn_logit_softcapping: 0.05 });
+    expect(maxAbsDiff(gemma3.logits, ref(gemma3.f, "single/logits"))).toBeLessThan(TOL);
+    const gemma2 = await logitsWith("gemma2", { attn_logit_softcapping: 0.05 });
+    expect(maxAbsDiff(gemma2.logits, ref(gemma2.f, "single/logits"))).toBeGreaterThan(1e-3);
+  });
+});
+
+const firstLogits = (out: unknown): Tensor => (out as { logits: Tensor }).logits;

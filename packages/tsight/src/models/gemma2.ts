@@ -77,7 +77,9 @@ export function gemma2Config(raw: RawConfig, family: Gemma2Family): Gemma2Config
     mlpBias: false,
     attentionBias: c.bool("attention_bias", false),
     queryPreAttnScalar: c.number("query_pre_attn_scalar", 256),
-    attnSoftcap: softcap("attn_logit_softcapping", gemma3 ? null : 50),
+    // Gemma 3 keeps attn_logit_softcapping in its config, but Hugging Face's Gemma3Attention never applies it
+    // (transformers 5.18 passes no softcap to its attention): a config setting it gives the same numbers as HF's.
+    attnSoftcap: gemma3 ? null : softcap("attn_logit_softcapping", 50),
     finalSoftcap: softcap("final_logit_softcapping", gemma3 ? null : 30),
     qkNorm: gemma3,
     layerTypes,

@@ -122,7 +122,15 @@ describe("SAEs in SAELens's format", () => {
         const recon = ref.scale(decode64(ref.f, w));
         const out = (await sae.call(x.index(t).unsqueeze(0))).index(0).toArray() as number[];
         expect(Math.max(...out.map((v, i) => Math.abs(v - recon[i]!))), `${c.name} reconstruction ${t}`).toBeLessThan(1e-4);
+        // decode(encode(x), x) is that reconstruction, on x's scale (as SAELens's decode after its encode).
+        const decoded = sae.decode(f.index(t), x.index(t)).toArray() as number[];
+        expect(Math.max(...decoded.map((v, i) => Math.abs(v - recon[i]!))), `${c.name} decode ${t}`).toBeLessThan(1e-4);
       }
+      // Without x, a normalising SAE cannot undo its scaling: an error, not values off by a factor per token.
+      if (c.cfg.norm === "none") expect(maxAbsDiff(sae.decode(f), sae.decode(f, x))).toBe(0);
+      else expect(() => sae.decode(f)).toThrow(/normalises its input \(normalize_activations: \w+\), so decoding needs .* decode\(f, x\)/);
+      expect(() => sae.encode(x.narrow(1, 0, 64))).toThrow(/encode\(x\): x has 64 features on its last axis \(shape \[6, 64\]\), the SAE's d_in is 256/);
+      expect(() => sae.decode(x, x)).toThrow(/decode\(f\): f has 256 features .* d_sae is 2048/);
       if (c.cfg.architecture === "topk") expect(active).toBeLessThanOrEqual(6 * 16);
       expect(active).toBeGreaterThan(0);
     });

@@ -151,12 +151,30 @@ export class SparseAutoencoder extends Module {
 
   /** Feature activations of `x` [.., d_in] -> [.., d_sae], normalisation included. */
   encode(x: Tensor): Tensor {
+    this.checkWidth(x, "encode(x)", "x", this.cfg.dIn, "d_in");
     return this.activate(this.preActivations(normalizer(this.cfg.normalizeActivations, x).into(x)));
   }
 
-  /** Activations [.., d_in] from features [.., d_sae] (in the SAE's space: before undoing normalisation). */
-  decode(f: Tensor): Tensor {
+  /**
+   * Activations [.., d_in] from features `f` [.., d_sae], on the scale of the activations `x` they were encoded from.
+   * An SAE with `normalize_activations` needs `x` to undo its scaling (per token, from `x`), as SAELens's decode does
+   * after its encode; without it, decoding would give values on the normalised scale, silently off by that factor.
+   */
+  decode(f: Tensor, x?: Tensor): Tensor {
+    this.checkWidth(f, "decode(f)", "f", this.cfg.dSae, "d_sae");
+    if (this.cfg.normalizeActivations === "none") return this.decodeNormalised(f);
+    if (!x) throw new TypeError(`decode(f): this SAE normalises its input (normalize_activations: ${this.cfg.normalizeActivations}), so decoding needs the activations the features came from to undo it: decode(f, x), for f = encode(x)`);
+    this.checkWidth(x, "decode(f, x)", "x", this.cfg.dIn, "d_in");
+    return normalizer(this.cfg.normalizeActivations, x).back(this.decodeNormalised(f));
+  }
+
+  /** f W_dec + b_dec: the decoding in the SAE's (normalised) space. */
+  private decodeNormalised(f: Tensor): Tensor {
     return f.matmul(this.W_dec).add(this.b_dec);
+  }
+
+  private checkWidth(t: Tensor, call: string, name: string, width: number, field: string): void {
+    if (t.shape.at(-1) !== width) throw new ShapeError(`${this.path || "SAE"}.${call}: ${name} has ${t.shape.at(-1)} features on its last axis (shape [${t.shape.join(", ")}]), the SAE's ${field} is ${width}`);
   }
 
   override async forward(x: Tensor): Promise<Tensor> {
@@ -166,13 +184,13 @@ export class SparseAutoencoder extends Module {
     const pre = await this.pre.at(cleanPre);
     const cleanLatents = this.activate(pre);
     const latents = await this.latents.at(cleanLatents);
-    const decoded = norm.back(this.decode(latents));
+    const decoded = norm.back(this.decodeNormalised(latents));
     const recon = await this.reconstruction.at(decoded);
     if (!this.useErrorTerm) return recon;
     // The error of the unedited SAE, with no gradient (as SAELens computes it): an unedited SAE is the identity,
     // and gradients reach the input through the features only.
     const error = noGrad(() => {
-      const clean = pre === cleanPre && latents === cleanLatents ? decoded : norm.back(this.decode(this.activate(cleanPre)));
+      const clean = pre === cleanPre && latents === cleanLatents ? decoded : norm.back(this.decodeNormalised(this.activate(cleanPre)));
       return x.sub(clean).detach();
     });
     return recon.add(await this.error.at(error));

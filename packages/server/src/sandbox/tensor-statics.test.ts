@@ -4,6 +4,7 @@
  */
 import { describe, expect, it } from "vitest";
 import { sandboxJobs } from "../../../../test/server/sandbox-jobs.js";
+import { TENSOR_METHODS } from "../../../tsight/src/protocol/index.js";
 import { einsum, full, Generator, NOT_A_PAIR, randint, randn, Tensor, zeros } from "../../../tsight/src/tensor/index.js";
 
 const jobs = sandboxJobs();
@@ -55,6 +56,13 @@ describe("Tensor's static constructors in the sandbox", () => {
     }`;
     const local = await inProcess(source, "x");
     expect(Object.keys(local as object)).toHaveLength(13);
+    expect(await remote(source, "x")).toEqual(local);
+  });
+
+  it("tensor methods the sandbox lists are tsight's, log1p and softplus (with their options) included", async () => {
+    for (const name of Object.keys(TENSOR_METHODS)) expect(typeof (Tensor.prototype as unknown as Record<string, unknown>)[name], name).toBe("function");
+    const source = "async (m) => { const h = (await m.transformer.h[0].output).index(0, -1).narrow(0, 0, 8); return [h.log1p().tolist(), h.softplus().tolist(), h.softplus(2, 0.5).tolist()]; }";
+    const local = await inProcess(source, "x");
     expect(await remote(source, "x")).toEqual(local);
   });
 

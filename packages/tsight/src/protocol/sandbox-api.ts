@@ -65,6 +65,8 @@ export const TENSOR_METHODS = {
   neg: [],
   exp: [],
   log: [],
+  log1p: [],
+  softplus: ["number?", "number?"],
   sqrt: [],
   rsqrt: [],
   reciprocal: [],

@@ -34,6 +34,8 @@ unaries.forEach(([prim, f, range], k) => add(prim, prim, () => gradcheck(f, [ran
 for (const prim of ["sign", "floor", "ceil", "round"] as const) add(prim, `${prim}: a gradient of 0`, () => gradcheck((x) => x[prim]().mul(x), [tensor([-1.3, -0.6, 0.3, 0.8, 2.2])]));
 add("gelu", "gelu (erf)", () => gradcheck((x) => x.gelu(), [randT([2, 4], 31, { lo: -3, hi: 3 })]));
 add("gelu", "gelu (tanh)", () => gradcheck((x) => x.gelu("tanh"), [randT([2, 4], 32, { lo: -3, hi: 3 })]));
+add("log", "log1p (log, where and div)", () => gradcheck((x) => x.log1p(), [randT([2, 3], 34, { lo: -0.5, hi: 2 })]));
+add("exp", "softplus (exp and log1p)", () => gradcheck((x) => x.softplus(), [randT([2, 3], 35, { lo: -3, hi: 3 })]));
 add("sqrt", "rsqrt (sqrt then reciprocal)", () => gradcheck((x) => x.rsqrt(), [randT([5], 33, { lo: 0.5, hi: 2 })]));
 
 const binaries: [keyof typeof P, (a: Tensor, b: Tensor) => Tensor][] = [

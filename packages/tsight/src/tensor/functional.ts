@@ -125,3 +125,37 @@ export function crossEntropy(logits: Tensor, targets: Tensor, { ignoreIndex = -1
   // Over no kept target the mean is 0 / 0, NaN, as in PyTorch.
   return Tensor.where(kept, picked, 0).sum().div(kept.sum()).neg();
 }
+
+/** How a loss of many elements is summed up, as torch's `reduction`. */
+export type Reduction = "mean" | "sum" | "none";
+
+function reduce(loss: Tensor, reduction: Reduction, name: string): Tensor {
+  if (reduction === "mean") return loss.mean();
+  if (reduction === "sum") return loss.sum();
+  if (reduction === "none") return loss;
+  throw new TypeError(`${name}: reduction must be "mean", "sum" or "none", got ${JSON.stringify(String(reduction).slice(0, 40))}`);
+}
+
+function checkSameShape(a: Tensor, b: Tensor, name: string, what: string): void {
+  if (a.shape.length !== b.shape.length || a.shape.some((d, i) => d !== b.shape[i])) throw new ShapeError(`${name}: ${what} must have one shape, got ${fmt(a.shape)} and ${fmt(b.shape)}`);
+}
+
+/**
+ * torch's binary_cross_entropy_with_logits: -[w t log σ(x) + (1 - t) log(1 - σ(x))] per element, computed stably as
+ * (1 - t) x + (1 + (w - 1) t) softplus(-x), whose gradient σ(x) - t (weighted) has no kink at 0; `targets` are
+ * probabilities (0 to 1) of `logits`' shape; `posWeight` (w) weighs the positive term, broadcast over the last axis
+ * as torch's pos_weight.
+ */
+export function binaryCrossEntropyWithLogits(logits: Tensor, targets: Tensor, { reduction = "mean", posWeight }: { reduction?: Reduction; posWeight?: Tensor } = {}): Tensor {
+  checkSameShape(logits, targets, "binary_cross_entropy_with_logits", "logits and targets");
+  const x = logits.float();
+  const t = targets.float();
+  const weight = posWeight ? posWeight.float().sub(1).mul(t).add(1) : 1;
+  return reduce(t.neg().add(1).mul(x).add(x.neg().softplus().mul(weight)), reduction, "binary_cross_entropy_with_logits");
+}
+
+/** torch's mse_loss: the squared difference per element, averaged (or summed, or kept). */
+export function mseLoss(input: Tensor, target: Tensor, { reduction = "mean" }: { reduction?: Reduction } = {}): Tensor {
+  checkSameShape(input, target, "mse_loss", "input and target");
+  return reduce(input.float().sub(target.float()).square(), reduction, "mse_loss");
+}

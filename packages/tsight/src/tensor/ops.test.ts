@@ -255,6 +255,8 @@ describe("elementwise", () => {
     ["neg", (x) => x.neg(), (x) => -x, { lo: -3, hi: 3 }],
     ["exp", (x) => x.exp(), Math.exp, { lo: -3, hi: 3 }],
     ["log", (x) => x.log(), Math.log, { lo: 0.01, hi: 5 }],
+    ["log1p", (x) => x.log1p(), Math.log1p, { lo: -0.9, hi: 5 }],
+    ["softplus", (x) => x.softplus(), (x) => Math.log1p(Math.exp(x)), { lo: -6, hi: 6 }],
     ["sqrt", (x) => x.sqrt(), Math.sqrt, { lo: 0, hi: 5 }],
     ["rsqrt", (x) => x.rsqrt(), (x) => 1 / Math.sqrt(x), { lo: 0.1, hi: 5 }],
     ["reciprocal", (x) => x.reciprocal(), (x) => 1 / x, { lo: 0.1, hi: 5 }],
@@ -1190,6 +1192,43 @@ describe("cross entropy, as torch.nn.functional.cross_entropy", () => {
     expectThrows(() => F.crossEntropy(logits, tensor([1, -1, 0], "int64")), ShapeError, "target -1 is out of range for 3 classes");
     expectThrows(() => F.crossEntropy(logits, tensor([1, 3, 0], "int64")), ShapeError, "target 3");
     expectThrows(() => F.crossEntropy(logits, tensor([1, 2, 0])), DTypeError, "class indices");
+  });
+});
+
+describe("log1p, softplus and the losses of torch.nn.functional (values from torch 2.13)", () => {
+  it("log1p keeps small values (log(1 + x) rounds them away) and is log(1 + x) elsewhere", () => {
+    expectTensor(tensor([1e-10, -0.5, 1e-7, 3, -0.999]).log1p(), [1.000000013351432e-10, -0.6931471824645996, 9.999999406318238e-8, 1.3862943649291992, -6.907768249511719], { rtol: 1e-6 });
+    expect(tensor([1e-10]).add(1).log().item()).toBe(0); // what log1p avoids
+  });
+
+  it("softplus is log(1 + exp(beta x)) / beta, and x past the threshold, with gradients that stay finite there", () => {
+    const x = tensor([-30, -2, 0, 2, 19.9, 25, 100]).requiresGrad_();
+    const y = x.softplus();
+    expectTensor(y, [9.357622912219837e-14, 0.12692800164222717, 0.6931471824645996, 2.1269280910491943, 19.899999618530273, 25, 100], { rtol: 1e-6 });
+    y.sum().backward();
+    expectTensor(x.grad!, [9.357622912219837e-14, 0.11920291930437088, 0.5, 0.8807970881462097, 1, 1, 1], { rtol: 1e-5, atol: 1e-7 });
+    expectTensor(tensor([1, 2.4, 2.6, 3]).softplus(2, 5), [1.0634640455245972, 2.4040980339050293, 2.5999999046325684, 3], { rtol: 1e-6 });
+    expectThrows(() => tensor([1]).softplus(0), TypeError, "beta must be a finite non-zero number");
+  });
+
+  it("binaryCrossEntropyWithLogits is stable at large logits, and takes a reduction and posWeight", () => {
+    const x = tensor([-100, -2, 0, 0.5, 3, 100]).requiresGrad_();
+    const t = tensor([0, 1, 0.3, 1, 0, 1]);
+    const loss = F.binaryCrossEntropyWithLogits(x, t);
+    expect(loss.item()).toBeCloseTo(1.0571231842041016, 6);
+    loss.backward();
+    expectTensor(x.grad!, [0, -0.14679951965808868, 0.03333333134651184, -0.06292343884706497, 0.1587623506784439, 0], { atol: 1e-7 });
+    expectTensor(F.binaryCrossEntropyWithLogits(x, t, { reduction: "none" }), [0, 2.1269280910491943, 0.6931471824645996, 0.4740769863128662, 3.0485873222351074, 0], { atol: 1e-6 });
+    const sum = F.binaryCrossEntropyWithLogits(tensor([[0.5, -1], [2, 0.1]]), tensor([[1, 0], [0, 1]]), { posWeight: tensor([2, 0.5]), reduction: "sum" });
+    expect(sum.item()).toBeCloseTo(3.7105422019958496, 5);
+    expectThrows(() => F.binaryCrossEntropyWithLogits(x, tensor([1, 0])), ShapeError, "logits and targets must have one shape, got [6] and [2]");
+    expectThrows(() => F.binaryCrossEntropyWithLogits(x, t, { reduction: "avg" as never }), TypeError, 'reduction must be "mean", "sum" or "none", got "avg"');
+  });
+
+  it("mseLoss averages or sums squared differences", () => {
+    expect(F.mseLoss(tensor([1, 2, 3]), tensor([0.5, 2, 5])).item()).toBeCloseTo(1.4166666269302368, 6);
+    expect(F.mseLoss(tensor([1, 2, 3]), tensor([0.5, 2, 5]), { reduction: "sum" }).item()).toBeCloseTo(4.25, 6);
+    expectThrows(() => F.mseLoss(tensor([1, 2]), tensor([[1, 2]])), ShapeError, "mse_loss: input and target must have one shape");
   });
 });
 

@@ -328,6 +328,28 @@ export class Tensor implements RawTensor {
   log(): Tensor {
     return apply1(P.log, [this.float()], undefined);
   }
+  /**
+   * log(1 + x), accurate for small x (where log(1 + x) rounds 1 + x first): Kahan's log(u) x / (u - 1) with u = 1 + x,
+   * x itself where u rounds to 1. ONNX has no Log1p.
+   */
+  log1p(): Tensor {
+    const x = this.float();
+    const u = x.add(1);
+    const rounded = u.eq(1);
+    // The ratio's other branch is 0 / 0 where u is 1; a where over it would still send NaN into the gradient.
+    const ratio = x.div(Tensor.where(rounded, 1, u.sub(1)));
+    return Tensor.where(rounded, x, u.log().mul(ratio));
+  }
+  /** log(1 + exp(beta x)) / beta, and x itself where beta x > threshold, as torch's softplus. */
+  softplus(beta = 1, threshold = 20): Tensor {
+    if (typeof beta !== "number" || !Number.isFinite(beta) || beta === 0) throw new TypeError(`softplus: beta must be a finite non-zero number, got ${String(beta).slice(0, 40)}`);
+    if (typeof threshold !== "number" || Number.isNaN(threshold)) throw new TypeError(`softplus: threshold must be a number, got ${String(threshold).slice(0, 40)}`);
+    const bx = this.float().mul(beta);
+    const linear = bx.gt(threshold);
+    // exp of the linear branch's values is capped, so it neither overflows nor sends NaN into the gradient.
+    const smooth = Tensor.where(linear, threshold, bx).exp().log1p().div(beta);
+    return Tensor.where(linear, this.float(), smooth);
+  }
   sqrt(): Tensor {
     return apply1(P.sqrt, [this.float()], undefined);
   }

@@ -185,9 +185,9 @@ export class LanguageModel<M extends CausalLM = any> extends Model<M, EnvoyTree<
    * A trace that computes shapes only: module values are meta tensors (shape and dtype, no data), so it works on
    * a meta model and costs almost nothing on a real one.
    */
-  scan<R>(input: ModelInput, fn: InterventionFn<EnvoyTree<M>, R>, options?: TraceOptions): Promise<R>;
-  scan<R>(fn: TraceFn<M, R>, options?: TraceOptions): Promise<R>;
-  scan<R>(a: ModelInput | TraceFn<M, R>, b?: InterventionFn<EnvoyTree<M>, R> | TraceOptions, c?: TraceOptions): Promise<R> {
+  override scan<R>(input: ModelInput, fn: InterventionFn<EnvoyTree<M>, R>, options?: TraceOptions): Promise<R>;
+  override scan<R>(fn: TraceFn<M, R>, options?: TraceOptions): Promise<R>;
+  override scan<R>(a: ModelInput | TraceFn<M, R>, b?: InterventionFn<EnvoyTree<M>, R> | TraceOptions, c?: TraceOptions): Promise<R> {
     return this.calling("scan", [a, b, c], () => this.run<R>(a, b, c, metaForward).then((r) => r.value));
   }
 

@@ -138,6 +138,24 @@ describe("Model: any module tree", () => {
     expect(out.cached.sub(out.h).abs().max().item()).toBe(0);
   });
 
+  it("scans: every value's shape and dtype as the trace gives them, with no data, even before parameters are set", async () => {
+    const x = new Tensor("float32", Float32Array.from({ length: 8 }, (_, i) => i / 8 - 0.5), [2, 4]);
+    const shapes = (m: any) => [m.fc1.output, m.act.output, m.fc2.output, m.fc2.input].map(async (v) => ((t: Tensor) => [t.dtype, t.shape, t.isMeta])(await v));
+    const traced = await new Model(mlp()).trace(x, async (m) => Promise.all(shapes(m)));
+    const scanned = await new Model(mlp()).scan(x, async (m) => Promise.all(shapes(m)));
+    expect(scanned.map(([d, s]) => [d, s])).toEqual(traced.map(([d, s]) => [d, s]));
+    expect(scanned.map(([, , meta]) => meta)).toEqual([true, true, true, true]);
+    expect(traced[2]).toEqual(["float32", [2, 3], false]);
+    // A tree whose parameters were never set scans (a trace refuses it), and a scan with tr.invoke batches too.
+    const unset = await new Model(new TwoLayerMLP()).scan(async (tr) => {
+      const out: Record<string, number[]> = {};
+      tr.invoke(x, async (m) => void (out.first = (await m.fc2.output).shape));
+      tr.invoke(x.narrow(0, 0, 1), async (m) => void (out.second = (await m.fc1.output).shape));
+      return out;
+    });
+    expect(unset).toEqual({ first: [2, 3], second: [1, 8] });
+  });
+
   it("is what LanguageModel is: a Model of a causal LM", async () => {
     const lm = await LanguageModel.load("stdlib-gpt2");
     expect(lm).toBeInstanceOf(Model);

@@ -91,22 +91,36 @@ export class Model<M extends Module = Module, E = ModelEnvoy<M>, I = ModelArgs> 
   trace<R>(input: I, fn: InterventionFn<E, R>, options?: ModelTraceOptions): Promise<R>;
   trace<R>(fn: (tr: Tracer<E, I>) => R | Promise<R>, options?: ModelTraceOptions): Promise<R>;
   trace<R>(a: I | ((tr: Tracer<E, I>) => R | Promise<R>), b?: InterventionFn<E, R> | ModelTraceOptions, c?: ModelTraceOptions): Promise<R> {
+    return this.traced("trace", a, b, c, moduleForward);
+  }
+
+  /**
+   * A trace that computes shapes only: the inputs' tensors become meta tensors (shape and dtype, no data), and so
+   * does every module value, so it costs almost nothing (LanguageModel's scan).
+   */
+  scan<R>(input: I, fn: InterventionFn<E, R>, options?: ModelTraceOptions): Promise<R>;
+  scan<R>(fn: (tr: Tracer<E, I>) => R | Promise<R>, options?: ModelTraceOptions): Promise<R>;
+  scan<R>(a: I | ((tr: Tracer<E, I>) => R | Promise<R>), b?: InterventionFn<E, R> | ModelTraceOptions, c?: ModelTraceOptions): Promise<R> {
+    return this.traced("scan", a, b, c, metaModuleForward);
+  }
+
+  private traced<R>(name: "trace" | "scan", a: unknown, b: unknown, c: ModelTraceOptions | undefined, drive: Driver): Promise<R> {
     let work: Promise<R>;
     try {
       const options = (typeof a === "function" ? b : c) as ModelTraceOptions | undefined;
       const remote = options && Object.keys(options).find((k) => REMOTE_OPTIONS.has(k));
       if (remote) {
         throw new OptionsError(
-          `trace: "${remote}" is for models a server hosts (LanguageModel.fromServer / load); a Model of your own module classes runs here only, because a server receives intervention code, never module definitions`,
+          `${name}: "${remote}" is for models a server hosts (LanguageModel.fromServer / load); a Model of your own module classes runs here only, because a server receives intervention code, never module definitions`,
         );
       }
-      checkOptions(options, "trace", MODEL_TRACE_OPTIONS);
-      checkParameters(this.model);
-      work = this.run(a as never, b as never, c, moduleForward).then((r) => r.value as R);
+      checkOptions(options, name, MODEL_TRACE_OPTIONS);
+      if (name === "trace") checkParameters(this.model);
+      work = this.run(a as never, b as never, c, drive).then((r) => r.value as R);
     } catch (e) {
       work = Promise.reject(e);
     }
-    return unawaitedReported(work, "trace()");
+    return unawaitedReported(work, `${name}()`);
   }
 
   /**
@@ -305,6 +319,13 @@ const moduleForward: Driver = async (model, args, run) => {
   const begun = run.beginStep(0);
   if (begun) await begun;
   return (model.call as (...a: unknown[]) => Promise<unknown>)(...args);
+};
+
+/** One forward pass of the module on meta copies of the batch's tensors (scan): shapes only. */
+const metaModuleForward: Driver = async (model, args, run) => {
+  const begun = run.beginStep(0);
+  if (begun) await begun;
+  return (model.call as (...a: unknown[]) => Promise<unknown>)(...args.map((a) => (a instanceof Tensor ? Tensor.meta(a.dtype, a.shape) : a)));
 };
 
 /** The width of what a layer with a known output gives (its last axis), or null where only a run would tell. */

@@ -83,6 +83,12 @@ describe("remote like local", () => {
     const steps: string[] = [];
     const out = await lm.generate("def __init__(self", { maxNewTokens: 4, onToken: ({ text }) => void steps.push(text[0]!) }, async (m) => void (await m.transformer.h[0].output), remote);
     expect(steps.join("")).toBe(out.text[0]);
+    // Hugging Face's repetition penalty and min_new_tokens travel in the job's settings, and are checked there.
+    const settings = { maxNewTokens: 12, repetitionPenalty: 1.5, minNewTokens: 12 };
+    const penalised = await local.generate("def __init__(self", settings);
+    expect(penalised.text).not.toEqual((await local.generate("def __init__(self", { maxNewTokens: 12, minNewTokens: 12 })).text);
+    expect((await lm.generate("def __init__(self", settings, remote)).text).toEqual(penalised.text);
+    await expect(lm.generate("x", { maxNewTokens: 2, repetitionPenalty: -1 }, remote)).rejects.toThrow(/"generate.repetitionPenalty" must be a number > 0, got -1/);
   });
 
   it("console.log in job code reaches the logs option, and the job's events when nobody waits", async () => {

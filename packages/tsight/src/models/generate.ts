@@ -15,6 +15,13 @@ export interface GenerateOptions extends SamplingOptions {
   padTokenId?: number;
   /** Seed of the sampling generator (ignored for greedy). */
   seed?: number;
+  /**
+   * Hugging Face's repetition_penalty: every token already in a row (its prompt, left padding included, and what it
+   * generated) has its logit divided by this where positive and multiplied where negative, greedy or sampling.
+   */
+  repetitionPenalty?: number;
+  /** Hugging Face's min_new_tokens: the eos tokens are ruled out (logit -Infinity) until this many tokens came. */
+  minNewTokens?: number;
   /** Called after each step with the token chosen for every row (pad for finished rows). */
   onStep?: (tokens: number[], step: number) => void | Promise<void>;
   /** Called before each step's forward pass (step 0 is the prompt). */
@@ -42,6 +49,9 @@ function asList(v: number | number[] | null | undefined): number[] {
 export async function generate(model: CausalLM, inputIds: Tensor, attentionMask: Tensor | undefined, options: GenerateOptions): Promise<GenerateResult> {
   if (!Number.isInteger(options.maxNewTokens) || options.maxNewTokens < 0) throw new RangeError(`maxNewTokens must be a non-negative integer, got ${options.maxNewTokens}`);
   validateSampling(options);
+  const { repetitionPenalty, minNewTokens = 0 } = options;
+  if (repetitionPenalty !== undefined && !(typeof repetitionPenalty === "number" && repetitionPenalty > 0 && Number.isFinite(repetitionPenalty))) throw new RangeError(`repetitionPenalty must be a number > 0, got ${String(repetitionPenalty).slice(0, 40)}`);
+  if (!Number.isInteger(minNewTokens) || minNewTokens < 0) throw new RangeError(`minNewTokens must be a non-negative integer, got ${String(minNewTokens).slice(0, 40)}`);
   const [B, T] = inputIds.shape as [number, number];
   const eos = asList(options.eosTokenId === undefined ? model.config.eosTokenId : options.eosTokenId);
   const pad = options.padTokenId ?? model.config.padTokenId ?? eos[0] ?? 0;
@@ -52,6 +62,8 @@ export async function generate(model: CausalLM, inputIds: Tensor, attentionMask:
   const rows: number[][] = Array.from({ length: B }, () => []);
   const finished = new Array<boolean>(B).fill(false);
   let next = inputIds;
+  // Per row, the tokens it holds so far (for the repetition penalty): the prompt's, then each one chosen.
+  const seen = repetitionPenalty === undefined || repetitionPenalty === 1 ? null : Array.from({ length: B }, (_, b) => new Set(Array.from(inputIds.index(b).toArray() as ArrayLike<number | bigint>, Number)));
   for (let step = 0; step < options.maxNewTokens; step++) {
     let logits: Tensor;
     try {
@@ -64,8 +76,16 @@ export async function generate(model: CausalLM, inputIds: Tensor, attentionMask:
     const V = logits.shape[2]!;
     const data = logits.data as Float32Array;
     const chosen = rows.map((row, b) => {
-      const values = data.subarray(b * V, (b + 1) * V);
-      const token = finished[b] ? pad : sampling ? sampleRow(values, options, rng) : argmaxRow(values);
+      if (finished[b]) return (row.push(pad), pad);
+      let values = data.subarray(b * V, (b + 1) * V);
+      if (seen || step < minNewTokens) {
+        // A copy: the logits are the model's output, which an intervention may hold.
+        values = values.slice();
+        if (seen) penalize(values, seen[b]!, repetitionPenalty!);
+        if (step < minNewTokens) for (const id of eos) if (id >= 0 && id < V) values[id] = -Infinity;
+      }
+      const token = sampling ? sampleRow(values, options, rng) : argmaxRow(values);
+      seen?.[b]!.add(token);
       if (eos.includes(token)) finished[b] = true;
       row.push(token);
       return token;
@@ -78,4 +98,13 @@ export async function generate(model: CausalLM, inputIds: Tensor, attentionMask:
   const steps = rows[0]!.length;
   const generated = new Tensor("int64", BigInt64Array.from(rows.flat(), BigInt), [B, steps]);
   return { sequences: Tensor.cat([inputIds.long(), generated], 1), generated, attentionMask: mask };
+}
+
+/** Hugging Face's RepetitionPenaltyLogitsProcessor on one row: seen tokens' logits divided by `penalty` where positive, multiplied where not. */
+function penalize(values: Float32Array, seen: Set<number>, penalty: number): void {
+  for (const id of seen) {
+    if (id < 0 || id >= values.length) continue;
+    const v = values[id]!;
+    values[id] = v < 0 ? v * penalty : v / penalty;
+  }
 }

@@ -1,8 +1,9 @@
 /** Sampling is reproducible with a seed and reduces to greedy at its limits. */
 import { describe, expect, it } from "vitest";
-import { fixtureModel, fixture, ref } from "../../../../test/fixtures.js";
-import { Generator } from "../tensor/index.js";
-import { generate } from "./generate.js";
+import { fixtureModel, fixture, maxAbsDiff, ref } from "../../../../test/fixtures.js";
+import { LanguageModel } from "../intervention/index.js";
+import { Generator, Tensor } from "../tensor/index.js";
+import { generate, type GenerateOptions } from "./generate.js";
 import { argmaxRow, sampleRow } from "./sampling.js";
 
 describe("sampling", () => {
@@ -48,5 +49,39 @@ describe("sampling", () => {
     await expect(generate(model, ids, undefined, { maxNewTokens: 2, topK: 0 })).rejects.toThrow(/topK/);
     await expect(generate(model, ids, undefined, { maxNewTokens: 2, topP: 1.5 })).rejects.toThrow(/topP/);
     await expect(generate(model, ids, undefined, { maxNewTokens: -1 })).rejects.toThrow(/maxNewTokens/);
+  });
+});
+
+describe("repetitionPenalty and minNewTokens, as Hugging Face's logits processors (tokens from transformers 5.18's generate)", () => {
+  const prompt = () => new Tensor("int64", BigInt64Array.of(324n, 615n, 638n, 636n, 284n), [1, 5]);
+  const tokens = async (options: Partial<GenerateOptions>, ids = prompt(), mask?: Tensor) =>
+    (await generate(await fixtureModel("stdlib-gpt2"), ids, mask, { maxNewTokens: 12, eosTokenId: null, padTokenId: 0, ...options })).generated.tolist();
+
+  it("repetitionPenalty divides seen tokens' positive logits and multiplies negative ones, prompt and left padding included", async () => {
+    expect(await tokens({})).toEqual([[12, 883, 26, 579, 539, 914, 12, 883, 26, 579, 539, 914]]);
+    expect(await tokens({ repetitionPenalty: 1.5 })).toEqual([[12, 883, 26, 579, 539, 914, 9, 384, 358, 26, 265, 1236]]);
+    expect(await tokens({ repetitionPenalty: 0.7 })).toEqual([[12, 883, 12, 883, 12, 883, 12, 883, 12, 883, 12, 883]]);
+    const padded = new Tensor("int64", BigInt64Array.of(0n, 0n, 324n, 615n, 638n, 324n, 615n, 638n, 636n, 284n), [2, 5]);
+    const mask = new Tensor("int64", BigInt64Array.of(0n, 0n, 1n, 1n, 1n, 1n, 1n, 1n, 1n, 1n), [2, 5]);
+    expect(await tokens({ maxNewTokens: 8, repetitionPenalty: 1.3 }, padded, mask)).toEqual([
+      [636, 284, 12, 883, 26, 579, 539, 914],
+      [12, 883, 26, 579, 539, 914, 9, 384],
+    ]);
+  });
+
+  it("minNewTokens rules the eos tokens out until that many came", async () => {
+    expect(await tokens({ eosTokenId: 883 })).toEqual([[12, 883]]);
+    expect(await tokens({ eosTokenId: 883, minNewTokens: 4 })).toEqual([[12, 426, 452, 12, 733, 635, 320, 265, 309, 14, 452, 275]]);
+  });
+
+  it("a bad value is a RangeError, and the logits an intervention holds are not changed", async () => {
+    await expect(tokens({ repetitionPenalty: 0 })).rejects.toThrow(/repetitionPenalty must be a number > 0, got 0/);
+    await expect(tokens({ minNewTokens: 1.5 })).rejects.toThrow(/minNewTokens must be a non-negative integer, got 1.5/);
+    // Through LanguageModel (its option names), with the prompt's logits read at step 0: those of a plain trace.
+    const lm = await LanguageModel.load("stdlib-gpt2");
+    const { value, generated } = await lm.generate(prompt(), { maxNewTokens: 12, repetitionPenalty: 1.5, eosTokenId: null }, async (m) => (await m.lm_head.output) as Tensor);
+    expect(generated.tolist()).toEqual([[12, 883, 26, 579, 539, 914, 9, 384, 358, 26, 265, 1236]]);
+    const traced = await lm.trace(prompt(), async (m) => (await m.lm_head.output) as Tensor);
+    expect(maxAbsDiff(value.index(0, -1), traced.index(0, -1))).toBeLessThan(1e-5);
   });
 });

@@ -186,6 +186,8 @@ function checkGenerateSpec(g: GenerateSpec): void {
   if (g.topK !== undefined && !(id(g.topK) && g.topK > 0)) throw bad("topK", "a whole number from 1", g.topK);
   if (g.topP !== undefined && !(typeof g.topP === "number" && g.topP > 0 && g.topP <= 1)) throw bad("topP", "a number in (0, 1]", g.topP);
   if (g.seed !== undefined && !Number.isSafeInteger(g.seed)) throw bad("seed", "a whole number", g.seed);
+  if (g.repetitionPenalty !== undefined && !(typeof g.repetitionPenalty === "number" && g.repetitionPenalty > 0 && Number.isFinite(g.repetitionPenalty))) throw bad("repetitionPenalty", "a number > 0", g.repetitionPenalty);
+  if (g.minNewTokens !== undefined && !(id(g.minNewTokens) && g.minNewTokens <= 4096)) throw bad("minNewTokens", "a whole number from 0 to 4096", g.minNewTokens);
   if (g.padTokenId !== undefined && !id(g.padTokenId)) throw bad("padTokenId", "a token id", g.padTokenId);
   const eos = g.eosTokenId;
   if (eos !== undefined && eos !== null && !id(eos) && !(Array.isArray(eos) && eos.length <= 64 && eos.every(id))) throw bad("eosTokenId", "a token id, a list of at most 64, or null", eos);

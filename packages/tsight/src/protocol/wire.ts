@@ -70,6 +70,8 @@ export interface GenerateSpec {
   topK?: number;
   topP?: number;
   seed?: number;
+  repetitionPenalty?: number;
+  minNewTokens?: number;
   eosTokenId?: number | number[] | null;
   padTokenId?: number;
 }

@@ -276,7 +276,14 @@ export class SandboxExecutor implements JobExecutor {
           const n = (localCalls.get(ctx) ?? 0) + 1;
           localCalls.set(ctx, n);
           const call = `c${n}`;
-          ctx.emit({ type: "local", call, step, vals: toBase64(bytes) });
+          try {
+            ctx.emit({ type: "local", call, step, vals: toBase64(bytes) });
+          } catch (e) {
+            // Over the job's event limits (or past its deadline): the job ends here, as a log line over them ends
+            // it. Thrown only into tr.local's promise, code that never awaits it went on calling (20,000 calls took
+            // the server to 4 GB, past which it died).
+            throw bridge.fail(e as Error);
+          }
           // The client may be this process (remote: "local"), running the step's code here, where it may end the process.
           await quiet(bridge);
           return ctx.awaitLocal!(call);

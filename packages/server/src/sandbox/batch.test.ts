@@ -123,6 +123,26 @@ describe("batched jobs", () => {
     expect(((out[1] as PromiseRejectedResult).reason as Error).name).toBe(((alone[0] as PromiseRejectedResult).reason as Error).name);
   });
 
+  it("a replacement that fails the shared forward itself (token ids out of range) fails its job only: the others run again, alone", async () => {
+    const attacks = [
+      "async (m) => { m.transformer.wpe.inputs = [zeros([1, 5], 'int64').add(100000)]; return await m.lm_head.output; }",
+      "async (m) => { m.transformer.wte.inputs = [zeros([1, 5], 'int64').add(-999999)]; return 1; }",
+    ];
+    for (const source of attacks) {
+      const attack = job(source, prompts[2]);
+      const alone = await Promise.allSettled([executor.execute(attack, lm, context())]);
+      expect(alone[0]!.status, source).toBe("rejected");
+      const events: JobEvent[] = [];
+      const count = passes();
+      const out = await Promise.all(executor.executeBatch([{ job: jobs[0]!, ctx: context({}, events) }, { job: attack, ctx: context() }, { job: jobs[1]!, ctx: context() }], lm));
+      expect(out.map((r) => r.status), source).toEqual(["fulfilled", "rejected", "fulfilled"]);
+      expect(count(), source).toBeGreaterThanOrEqual(3); // the shared pass, then the jobs alone
+      expect(String((out[1] as PromiseRejectedResult).reason), source).toBe(String((alone[0] as PromiseRejectedResult).reason));
+      for (const [i, victim] of [[0, jobs[0]!], [2, jobs[1]!]] as const) expect(maxAbsDiff((out[i] as PromiseFulfilledResult<Tensor>).value, (await executor.execute(victim, lm, context())) as Tensor), source).toBe(0);
+      expect(events.map((e) => (e.type === "log" ? e.text : "")).join("\n"), source).toMatch(/a forward pass shared with other jobs failed .*; it runs again, alone/);
+    }
+  });
+
   it("only plain traces are batched", () => {
     expect(batchable(jobs[0]!)).toBe(true);
     expect(batchable(decodeJob({ model: GPT2, kind: "generate", form: "invoke", source: "async () => 1", input: "x", generate: { maxNewTokens: 2 } }))).toBe(false);

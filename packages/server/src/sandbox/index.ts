@@ -189,9 +189,14 @@ export class SandboxExecutor implements JobExecutor {
 
   private async runBatch(items: readonly { job: DecodedJob; ctx: ExecutionContext }[], model: LanguageModel, stallMs: number, tell: (index: number, r: PromiseSettledResult<unknown>) => void): Promise<void> {
     const results: PromiseSettledResult<unknown>[] = new Array(items.length);
+    // A failure in a pass is told once the pass is over (see sharedFailures); a value and a failure outside one, at once.
+    let inPass: ReadonlySet<number> = new Set();
     const settle = (index: number, r: PromiseSettledResult<unknown>) => {
+      // The first outcome is the job's: an invoke's handle that settles after its pass failed (its isolate closed
+      // meanwhile) tells nothing new.
+      if (results[index]) return;
       results[index] = r;
-      if (!(r.status === "rejected" && r.reason instanceof StallError)) tell(index, r);
+      if (r.status === "fulfilled" || !(r.reason instanceof StallError || inPass.has(index))) tell(index, r);
     };
     const groups = new Map<string, { index: number; p: Prepared }[]>();
     const alone: number[] = [];
@@ -212,6 +217,7 @@ export class SandboxExecutor implements JobExecutor {
       }
     });
     for (const group of groups.values()) {
+      inPass = new Set(group.map(({ index }) => index));
       const settled: Promise<void>[] = [];
       // Each job's cancel and deadline end only its own invoke.
       const checkpoint = () => {
@@ -241,16 +247,22 @@ export class SandboxExecutor implements JobExecutor {
       } finally {
         await Promise.all(group.map(({ p }) => p.close()));
       }
-      for (const { index } of group) {
+      inPass = new Set();
+      const shared = sharedFailures(group.map(({ index }) => results[index]));
+      group.forEach(({ index }, i) => {
         const r = results[index];
-        if (r?.status === "rejected" && r.reason instanceof StallError) alone.push(index);
-      }
+        if (r?.status !== "rejected") return;
+        if (r.reason instanceof StallError || shared.has(i)) alone.push(index);
+        else tell(index, r);
+      });
     }
-    // Jobs that left a shared pass run alone now, from the start (in fresh isolates).
+    // Jobs that left a shared pass, or whose pass failed as a whole, run alone now, from the start (in fresh isolates).
     for (const index of alone) {
       const { job, ctx } = items[index]!;
       try {
-        ctx.emit({ type: "log", text: `[tsight] this job left a forward pass shared with other jobs (${(results[index] as PromiseRejectedResult).reason.message}); it runs again, alone` });
+        const reason = (results[index] as PromiseRejectedResult).reason as Error;
+        const why = reason instanceof StallError ? `this job left a forward pass shared with other jobs (${reason.message})` : `a forward pass shared with other jobs failed (${String(reason.message).slice(0, 300)}), which a job of the pass may have caused`;
+        ctx.emit({ type: "log", text: `[tsight] ${why}; it runs again, alone` });
         tell(index, { status: "fulfilled", value: await this.execute(job, model, ctx) });
       } catch (e) {
         tell(index, { status: "rejected", reason: e });
@@ -348,3 +360,16 @@ function catastrophe(ctx: ExecutionContext): { onCatastrophicError?: (message: s
 
 const catastropheListeners = new Set<(message: string, ctx: ExecutionContext) => void>();
 
+/**
+ * The jobs of a pass (by position) whose failure was the pass's own: one error that ended two or more of them, which
+ * their own code did not throw (a job's code fails only its own invoke). The model's forward failed on the batch,
+ * e.g. on token ids one job put in place of an embedding's input: which job caused it is not known, so each runs
+ * again alone, where it gets its own outcome (one job's replacement failed every job of its pass, with its error).
+ */
+function sharedFailures(outcomes: readonly (PromiseSettledResult<unknown> | undefined)[]): Set<number> {
+  const seen = new Map<unknown, number[]>();
+  outcomes.forEach((r, i) => {
+    if (r?.status === "rejected" && !(r.reason instanceof StallError)) seen.set(r.reason, [...(seen.get(r.reason) ?? []), i]);
+  });
+  return new Set([...seen.values()].filter((jobs) => jobs.length > 1).flat());
+}

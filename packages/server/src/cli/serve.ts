@@ -43,8 +43,8 @@ one and prints it once, as TSIGHT_API_KEY=..., for clients to use.
   --batch N                most jobs run in one forward pass (default 8; 1: every job alone)
   --batch-stall T          longest one job may hold up a shared forward pass before it runs alone (default 1s)
   --max-result MB          largest result a job may return (default 256)
-  --max-stored-results MB  results one API key may have kept at once (default 4096; past it: 429 until it deletes
-                           some with DELETE /v1/jobs/ID/result or they expire)
+  --max-stored-results MB  results and event logs one API key may have kept at once (default 4096; past it: 429
+                           until it deletes results with DELETE /v1/jobs/ID/result or they expire)
   --max-body MB            largest request body (default 64)
   --max-json MB            largest JSON of a request, parsed on the main thread: a JSON body, or an envelope's
                            header; tensors may fill the rest of an envelope (default 8)

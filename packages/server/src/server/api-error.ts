@@ -36,17 +36,18 @@ export class ApiError extends Error {
 export const jobNotFound = (id: string): ApiError => new ApiError(404, "VALIDATION", `there is no job ${id} for this API key`);
 
 /**
- * Refuses a key's next job when its kept results (`bytes`) and its `active` unfinished jobs, each counted at the
- * largest result (it may still keep one), leave no room for one more such job under its limit: until some are deleted
- * or expire (results are kept for the retention whether or not they were downloaded: one key filled disk at 170 GB an
- * hour).
+ * Refuses a key's next job when what the server keeps for it (`bytes`: results and event logs) and its `active`
+ * unfinished jobs, each counted at the largest result and event log (it may still keep them), leave no room for one
+ * more such job under its limit: until some are deleted or expire (results are kept for the retention whether or not
+ * they were downloaded: one key filled disk at 170 GB an hour; event logs, a day longer: two keys wrote 2 GB in 43 s).
  */
-export function checkRoomForResult(bytes: number, active: number, limits: { maxStoredResultBytesPerKey: number; maxResultBytes: number }): void {
-  if (bytes + (active + 1) * limits.maxResultBytes <= limits.maxStoredResultBytesPerKey) return;
+export function checkRoomToStore(bytes: number, active: number, limits: { maxStoredResultBytesPerKey: number; maxResultBytes: number; maxEventBytesPerJob: number }): void {
+  const perJob = limits.maxResultBytes + limits.maxEventBytesPerJob;
+  if (bytes + (active + 1) * perJob <= limits.maxStoredResultBytesPerKey) return;
   throw new ApiError(
     429,
     "NOT_ALLOWED",
-    `this API key has ${bytes} bytes of results kept on the server and ${active} unfinished jobs, each of which may keep up to ${limits.maxResultBytes} more; with one more that could pass the ${limits.maxStoredResultBytesPerKey} it may have: delete results it has downloaded (DELETE /v1/jobs/ID/result), or wait for them to expire or its jobs to end`,
+    `this API key has ${bytes} bytes of results and event logs kept on the server and ${active} unfinished jobs, each of which may keep up to ${perJob} more (a result and its events); with one more that could pass the ${limits.maxStoredResultBytesPerKey} it may have: delete results it has downloaded (DELETE /v1/jobs/ID/result), or wait for them and the logs of ended jobs to expire, or its jobs to end`,
     { retryable: true, headers: { "retry-after": "60" } },
   );
 }

@@ -177,7 +177,9 @@ export function resolveConfig(options: Partial<ServerConfig> = {}): ServerConfig
   // Else a body of the largest size could never come in.
   if (config.maxBodyBytesInFlight < config.maxBodyBytes) throw new RangeError(`server setting maxBodyBytesInFlight (${config.maxBodyBytesInFlight}) must be at least maxBodyBytes (${config.maxBodyBytes})`);
   // Else no job could run: each is counted at the largest result until it ends.
-  if (config.maxStoredResultBytesPerKey < config.maxResultBytes) throw new RangeError(`server setting maxStoredResultBytesPerKey (${config.maxStoredResultBytesPerKey}) must be at least maxResultBytes (${config.maxResultBytes})`);
+  if (config.maxStoredResultBytesPerKey < config.maxResultBytes + config.maxEventBytesPerJob) {
+    throw new RangeError(`server setting maxStoredResultBytesPerKey (${config.maxStoredResultBytesPerKey}) must be at least maxResultBytes + maxEventBytesPerJob (${config.maxResultBytes + config.maxEventBytesPerJob}): one job's result and events`);
+  }
   if (!(Number.isInteger(config.maxBatch) && config.maxBatch >= 1)) throw new RangeError(`server setting maxBatch must be a whole number of 1 or more, got ${config.maxBatch}`);
   if (config.models.length === 0) throw new RangeError("the server needs at least one model to serve");
   config.dtype = checkWeightDType(config.dtype, "server setting dtype");

@@ -64,6 +64,10 @@ const MIGRATIONS: readonly string[] = [
   `
   ALTER TABLE jobs ADD COLUMN request_digest TEXT;     -- sha-256 (hex) of the body sent with the idempotency key
   `,
+  // 5: the bytes of a job's stored events (its key's kept bytes count them: see JobStore.storedBytes).
+  `
+  ALTER TABLE jobs ADD COLUMN event_bytes INTEGER NOT NULL DEFAULT 0;
+  `,
 ];
 
 const SCHEMA_VERSION = 1 + MIGRATIONS.length;

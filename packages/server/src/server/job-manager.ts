@@ -10,7 +10,7 @@
 import type { LoadProgress } from "tsight";
 import { decodeJob, type DecodedJob, type ErrorInfo, type JobEvent, type JobRequest, type JobState, type ModelInfo } from "tsight/protocol";
 import { barredNote, checkBarred, newBar, type Barred } from "./quarantine.js";
-import { ApiError, checkRoomForResult, jobNotFound } from "./api-error.js";
+import { ApiError, checkRoomToStore, jobNotFound } from "./api-error.js";
 import { batchKey, batchNote, perPass } from "./batch-key.js";
 import { cutLog, runTimeoutMs, type ServerConfig } from "./config.js";
 import type { ClusterStatus, Dispatcher, ModelLoad, WorkerInfo } from "./contracts.js";
@@ -176,7 +176,7 @@ export class JobManager implements Dispatcher {
     checkBarred(this.quarantined.get(caller.keyId));
     const limit = this.parts.config.maxActiveJobsPerKey;
     const unfinished = this.parts.store.activeCount(caller.keyId);
-    checkRoomForResult(this.parts.store.storedResultBytes(caller.keyId), unfinished, this.parts.config);
+    checkRoomToStore(this.parts.store.storedBytes(caller.keyId), unfinished, this.parts.config);
     if (unfinished >= limit) {
       throw new ApiError(429, "NOT_ALLOWED", `this API key already has ${limit} unfinished jobs, the most it may have; wait for one to end`, { retryable: true, headers: { "retry-after": "1" } });
     }

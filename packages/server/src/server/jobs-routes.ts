@@ -130,7 +130,7 @@ export function jobsRoutes(app: Hono<AppEnv>, deps: AppDeps): void {
     return downloadsPerKey.count(c.get("caller").keyId, new Response(bytes, { headers: { "content-type": ENVELOPE_TYPE, "content-length": String(bytes.byteLength), "cache-control": "no-store" } }));
   });
 
-  // A completed job's result, deleted before its expiry (its key's kept results count against maxStoredResultBytesPerKey).
+  // A completed job's result, deleted before its expiry (its key's kept results and events count against maxStoredResultBytesPerKey).
   app.delete("/v1/jobs/:id/result", async (c) => {
     const id = c.req.param("id");
     const job = await owned(id, c.get("caller").keyId);

@@ -190,14 +190,15 @@ describe("jobs on worker threads", () => {
 
 describe("results a key keeps", () => {
   it("are bounded per key, each unfinished job counted at the largest result: past maxStoredResultBytesPerKey its jobs are refused (429) until it deletes some (DELETE .../result) or they expire; other keys go on", async () => {
-    const t = await openTestServer({ workers: true, maxResultBytes: 50_000, maxStoredResultBytesPerKey: 200_000, maxActiveJobsPerKey: 20 });
+    const t = await openTestServer({ workers: true, maxResultBytes: 50_000, maxEventBytesPerJob: 1_000, maxStoredResultBytesPerKey: 205_000, maxActiveJobsPerKey: 20 });
     try {
-      // Jobs submitted at once: each counts the largest result until it ends, so the fifth has no room (4 x 50,000).
+      // Jobs submitted at once: each counts the largest result and event log until it ends, so the fifth has no room
+      // (4 x 51,000).
       const started: string[] = [];
       for (let i = 0; i < 4; i++) started.push((await t.start({ source: "spin 200; floats 10000" })).id);
       const early = await t.submit({ source: "floats 10" });
       expect(early.status).toBe(429);
-      expect(((await early.json()) as ErrorBody).error.message).toMatch(/has \d+ bytes of results kept on the server and 4 unfinished jobs, each of which may keep up to 50000 more; with one more that could pass the 200000 it may have/);
+      expect(((await early.json()) as ErrorBody).error.message).toMatch(/has \d+ bytes of results and event logs kept on the server and 4 unfinished jobs, each of which may keep up to 51000 more \(a result and its events\); with one more that could pass the 205000 it may have/);
       for (const id of started) expect((await t.finished(id)).status).toBe("COMPLETED");
       // Four results of ~40 KB kept: no room for a fifth job's largest.
       const refused = await t.submit({ source: "floats 10" });
@@ -211,6 +212,37 @@ describe("results a key keeps", () => {
       expect((await t.request(`/v1/jobs/${started[0]}/result`)).status).toBe(410);
       expect(((await t.state(started[0]!)) as JobState).result).toBe("expired");
       expect((await t.submit({ source: "floats 10" })).status).toBe(202);
+    } finally {
+      await t.close();
+    }
+  });
+});
+
+describe("event logs a key keeps", () => {
+  it("count with its results: jobs that log a lot fill the key's room (429) and no more, while other keys go on", async () => {
+    const t = await openTestServer({ workers: true, maxResultBytes: 10_000, maxEventBytesPerJob: 50_000, maxStoredResultBytesPerKey: 200_000, maxActiveJobsPerKey: 20 });
+    try {
+      const line = "x".repeat(9_000);
+      const logs = `log ${line}; log ${line}; log ${line}; log ${line}; log ${line}; value 1`;
+      let accepted = 0;
+      let last = "";
+      for (;;) {
+        const res = await t.submit({ source: logs });
+        if (res.status === 429) {
+          expect(((await res.json()) as ErrorBody).error.message).toMatch(/bytes of results and event logs kept on the server/);
+          break;
+        }
+        expect(res.status).toBe(202);
+        last = ((await res.json()) as { id: string }).id;
+        expect((await t.finished(last)).status).toBe("COMPLETED");
+        accepted++;
+        expect(accepted).toBeLessThan(10);
+      }
+      // About 45 KB of logs a job: after three (136 KB) there is room for one more job's 60,000, after four not.
+      expect(accepted).toBe(4);
+      expect(t.core.store.storedBytes(t.core.store.get(last)!.keyId)).toBeGreaterThan(4 * 45_000);
+      const other = t.core.keys.create("other").key;
+      expect((await t.submit({ source: logs }, { headers: { authorization: `Bearer ${other}` } })).status).toBe(202);
     } finally {
       await t.close();
     }

@@ -6,7 +6,7 @@
  */
 import type { Queue } from "bullmq";
 import { decodeJob, type DecodedJob, type JobRequest, type JobState, type ModelInfo } from "tsight/protocol";
-import { ApiError, checkRoomForResult, jobNotFound } from "../api-error.js";
+import { ApiError, checkRoomToStore, jobNotFound } from "../api-error.js";
 import { batchKey, perPass } from "../batch-key.js";
 import { runTimeoutMs, type ServerConfig } from "../config.js";
 import type { ClusterStatus, Dispatcher, ModelLoad } from "../contracts.js";
@@ -53,8 +53,9 @@ export class RedisDispatcher implements Dispatcher {
     // A bar a worker process set on this key (its job broke a thread there) holds in every API process.
     checkBarred(parseBarred(await store.redis.get(store.keys.barred(caller.keyId))));
     // A result lives at most its job's wait and run, and the retention after it.
-    const stored = await store.storedResultBytes(caller.keyId, config.resultRetentionMs + this.parts.dist.queueWaitMs + config.jobTimeoutMs + config.localStepTimeoutMs + 60_000);
-    checkRoomForResult(stored, await store.activeCount(caller.keyId), config);
+    // Back to the oldest job whose record (and events) may still be kept: records outlive results.
+    const stored = await store.storedBytes(caller.keyId, Math.max(config.resultRetentionMs, this.parts.dist.recordRetentionMs) + this.parts.dist.queueWaitMs + config.jobTimeoutMs + config.localStepTimeoutMs + 60_000);
+    checkRoomToStore(stored, await store.activeCount(caller.keyId), config);
     const id = newJobId();
     const batch = config.maxBatch > 1 ? batchKey(job, registry.tokenizer(model)) : undefined;
     const webhook = job.webhook === undefined ? undefined : { url: job.webhook, secret: job.webhookSecret };

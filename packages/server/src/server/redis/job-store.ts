@@ -151,10 +151,11 @@ export class RedisJobStore {
   }
 
   /**
-   * Bytes of the key's results kept now (not expired, nor deleted): its jobs newest first, back to those made more
-   * than `horizonMs` ago (a result lives at most its job's run and the retention after it).
+   * Bytes kept now for the key (see JobStore.storedBytes): its results (not expired, nor deleted) and its jobs'
+   * events, from its jobs newest first back to those made more than `horizonMs` ago (a record lives at most its job's
+   * run and the record retention after it).
    */
-  async storedResultBytes(keyId: string, horizonMs: number, now = Date.now()): Promise<number> {
+  async storedBytes(keyId: string, horizonMs: number, now = Date.now()): Promise<number> {
     const index = this.keys.keyJobs(keyId);
     let total = 0;
     let max = "+inf";
@@ -163,12 +164,13 @@ export class RedisJobStore {
       if (page.length === 0) return total;
       const ids = page.filter((_, i) => i % 2 === 0);
       const pipe = this.redis.pipeline();
-      for (const id of ids) pipe.hmget(this.keys.job(id), "created", "result", "resultBytes", "expires");
+      for (const id of ids) pipe.hmget(this.keys.job(id), "created", "result", "resultBytes", "expires", "eventBytes");
       const rows = (await pipe.exec()) ?? [];
       for (const [, row] of rows) {
-        const [created, result, bytes, expires] = (row ?? []) as (string | null)[];
+        const [created, result, bytes, expires, eventBytes] = (row ?? []) as (string | null)[];
         if (created !== null && created !== undefined && Number(created) < now - horizonMs) return total;
         if (result === "available" && Number(expires) > now) total += Number(bytes ?? 0);
+        total += Number(eventBytes ?? 0);
       }
       max = `(${page[page.length - 1]}`;
     }

@@ -17,6 +17,7 @@ local TERMINAL = ${luaSet(TERMINAL)}
 
 local function addEvent(id, json)
   local seq = redis.call('HINCRBY', P .. 'job:' .. id, 'lastSeq', 1)
+  redis.call('HINCRBY', P .. 'job:' .. id, 'eventBytes', #json)
   redis.call('XADD', P .. 'events:' .. id, seq .. '-0', 'e', json)
   return seq
 end

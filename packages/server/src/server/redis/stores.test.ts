@@ -83,7 +83,7 @@ describe("RedisJobStore", () => {
     expect((await store.get(id))!.result).toBe("expired");
   });
 
-  it("sums the bytes of a key's results kept now: not expired, deleted or another key's, nor those of jobs older than the horizon", async () => {
+  it("sums the bytes a key keeps now: results not expired, deleted or another key's, and its jobs' events, nor those of jobs older than the horizon", async () => {
     const complete = async (keyId: string, bytes: number, expires: number) => {
       const id = await newJob(keyId);
       for (const s of ["QUEUED", "DISPATCHED", "RUNNING"] as const) await store.move(id, s);
@@ -91,12 +91,21 @@ describe("RedisJobStore", () => {
       return id;
     };
     const now = Date.now();
-    const [kept] = [await complete("k-stored", 100, now + 60_000), await complete("k-stored", 20, now + 60_000), await complete("k-stored", 7, now - 1), await complete("k-other", 1000, now + 60_000)];
-    expect(await store.storedResultBytes("k-stored", 3_600_000, now)).toBe(120);
-    await store.markResultExpired(kept!);
-    expect(await store.storedResultBytes("k-stored", 3_600_000, now)).toBe(20);
-    // Jobs made before the horizon hold no result any more: not read.
-    expect(await store.storedResultBytes("k-stored", 3_600_000, now + 2 * 3_600_000)).toBe(0);
+    const ids = [await complete("k-stored", 100, now + 60_000), await complete("k-stored", 20, now + 60_000), await complete("k-stored", 7, now - 1), await complete("k-other", 1000, now + 60_000)];
+    const log = { type: "log" as const, text: "x".repeat(1000) };
+    await store.append(ids[1]!, log);
+    // Every event of the key's jobs (their status events too), as stored.
+    const events = async () => {
+      let n = 0;
+      for (const id of ids.slice(0, 3)) for (const e of await store.eventsAfter(id, 0)) n += JSON.stringify(e.event).length;
+      return n;
+    };
+    expect(await events()).toBeGreaterThan(1000);
+    expect(await store.storedBytes("k-stored", 3_600_000, now)).toBe(120 + (await events()));
+    await store.markResultExpired(ids[0]!);
+    expect(await store.storedBytes("k-stored", 3_600_000, now)).toBe(20 + (await events()));
+    // Jobs made before the horizon hold nothing any more: not read.
+    expect(await store.storedBytes("k-stored", 3_600_000, now + 2 * 3_600_000)).toBe(0);
   });
 
   it("stores an error event before ERROR, and appends after done (webhook logs)", async () => {

@@ -41,7 +41,7 @@ one and prints it once, as TSIGHT_API_KEY=..., for clients to use.
   --public-metrics         serve /metrics without an API key
   --cors ORIGIN            let web pages from ORIGIN call the API (repeatable; * for any)
   --batch N                most jobs run in one forward pass (default 8; 1: every job alone)
-  --batch-stall T          longest one job may hold up a shared forward pass before it runs alone (default 1s)
+  --batch-stall T          longest one job may hold up a shared forward pass, in all, before it runs alone (default 1s)
   --max-result MB          largest result a job may return (default 256)
   --max-stored-results MB  results and event logs one API key may have kept at once (default 4096; past it: 429
                            until it deletes results with DELETE /v1/jobs/ID/result or they expire)

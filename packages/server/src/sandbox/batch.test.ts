@@ -143,6 +143,17 @@ describe("batched jobs", () => {
     }
   });
 
+  it("a job whose short holds of the pass add up past the stall limit leaves it (each hold alone is under it)", async () => {
+    const spin = "const t = Date.now(); while (Date.now() - t < 150) {}";
+    const holder = job(`async (m) => { for (const i of [0, 1, 2, 3]) { ${spin}; await m.transformer.h[i].output; } return await m.lm_head.output; }`, prompts[2]);
+    const events: JobEvent[] = [];
+    const out = await Promise.all(executor.executeBatch([{ job: jobs[0]!, ctx: context() }, { job: holder, ctx: context({}, events) }], lm, { stallMs: 400 }));
+    expect(out.map((r) => r.status)).toEqual(["fulfilled", "fulfilled"]);
+    expect(events.map((e) => (e.type === "log" ? e.text : "")).join("\n")).toMatch(/left a forward pass shared with other jobs \(invoke 1 kept a forward pass it shares with other jobs waiting \d+ ms in all, so it left that pass\); it runs again, alone/);
+    expect(maxAbsDiff((out[0] as PromiseFulfilledResult<Tensor>).value, (await executor.execute(jobs[0]!, lm, context())) as Tensor)).toBe(0);
+    expect(maxAbsDiff((out[1] as PromiseFulfilledResult<Tensor>).value, (await executor.execute(holder, lm, context())) as Tensor)).toBe(0);
+  });
+
   it("only plain traces are batched", () => {
     expect(batchable(jobs[0]!)).toBe(true);
     expect(batchable(decodeJob({ model: GPT2, kind: "generate", form: "invoke", source: "async () => 1", input: "x", generate: { maxNewTokens: 2 } }))).toBe(false);

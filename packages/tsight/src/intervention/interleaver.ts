@@ -685,20 +685,25 @@ export class Interleaver implements ModuleHooks, Provider {
       const atBarriers = !final && waiting.every((m) => !m.working) && waiting.length <= this.atBarriers;
       if (waiting.length === 0 || atBarriers) return;
       // Time spent in work tsight runs for an invoke (a hybrid step, a backward pass) is not a stall, unless the
-      // invokes are separate jobs: then nothing one job does may hold the others up.
+      // invokes are separate jobs: then nothing one job does may hold the others up, and its holds add up over the
+      // pass (see Mediator.heldMs).
       const stalling = this.strictRows ? waiting : waiting.filter((m) => !m.working);
       if (stalling.length < waiting.length) since = Date.now();
-      const left = this.stallTimeoutMs - (Date.now() - since);
-      if (stalling.length > 0 && left <= 0) {
-        this.stalled(stalling, Date.now() - since);
+      const start = Date.now();
+      const held = (m: Mediator) => (this.strictRows ? m.heldMs : start - since);
+      const over = stalling.filter((m) => held(m) >= this.stallTimeoutMs);
+      if (over.length > 0) {
+        this.stalled(over, Math.max(...over.map(held)));
         since = Date.now();
         continue;
       }
+      const left = this.stallTimeoutMs - Math.max(0, ...stalling.map(held));
       let timer: ReturnType<typeof setTimeout> | undefined;
       const changes = waiting.map((m) => m.changed());
       if (stalling.length > 0) changes.push(new Promise<void>((r) => (timer = setTimeout(r, left))));
       await Promise.race(changes);
       clearTimeout(timer);
+      if (this.strictRows) for (const m of stalling) m.heldMs += Date.now() - start;
     }
   }
 
@@ -734,7 +739,8 @@ export class Interleaver implements ModuleHooks, Provider {
     for (const m of running) m.stalled = true;
     if (this.onStall) return this.onStall(running, waitedMs);
     for (const m of running) {
-      m.fail(new StallError(`invoke ${m.index}'s code neither asked for its next value nor finished for ${Math.round(waitedMs)} ms while the forward pass waited for it (it awaits something outside tsight, or computes, for that long; the limit is the trace option stallTimeoutMs)${this.stallHint?.() ?? ""}`));
+      const held = this.strictRows ? `kept the forward pass waiting ${Math.round(waitedMs)} ms in all, between its requests` : `neither asked for its next value nor finished for ${Math.round(waitedMs)} ms while the forward pass waited for it`;
+      m.fail(new StallError(`invoke ${m.index}'s code ${held} (it awaits something outside tsight, or computes, for that long; the limit is the trace option stallTimeoutMs)${this.stallHint?.() ?? ""}`));
       m.leave("it stalled the forward pass");
     }
   }

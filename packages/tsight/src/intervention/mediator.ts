@@ -98,6 +98,11 @@ export class Mediator {
   abandoned = false;
   /** Its code kept the forward waiting past the stall timeout: after the forward it is not waited for either. */
   stalled = false;
+  /**
+   * How long the forward has waited for this invoke's code in all, in a pass of separate jobs (strictRows): there a
+   * job's holds add up, so many short ones (0.9 s before each of 44 reads) cannot hold the others up for 40 s.
+   */
+  heldMs = 0;
   /** The trace ended early (tr.stop(), another invoke's error): what the code asks for now ends it quietly. */
   passEnded = false;
   /** Failures of promises tsight gave the code (tr.backward, tr.local, ...), checked for use when the code ends. */

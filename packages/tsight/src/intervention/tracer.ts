@@ -484,7 +484,7 @@ export class TraceRun {
     if (this.isolated) {
       // A job that keeps a shared pass waiting leaves it (the server runs it alone); the others go on.
       interleaver.onStall = (stalled, ms) => {
-        for (const m of stalled) m.fail(new StallError(`invoke ${m.index} kept a forward pass it shares with other jobs waiting for ${Math.round(ms)} ms, so it left that pass`));
+        for (const m of stalled) m.fail(new StallError(`invoke ${m.index} kept a forward pass it shares with other jobs waiting ${Math.round(ms)} ms in all, so it left that pass`));
       };
     }
     this.interleaver = interleaver;

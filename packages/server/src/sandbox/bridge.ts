@@ -31,6 +31,13 @@ const MAX_STACK_CHARS = 4096;
  */
 const MAX_SENT_UNITS = 16 * 2 ** 20;
 const MAX_LOG_CHARS = 10_000;
+/**
+ * Most values `tolist()` and `toArray()` hand the job's code as JavaScript numbers: each takes 8 bytes or more in
+ * its isolate (whose heap is 64 MiB by default), and several times that on the host while the list is made and
+ * copied in (`ones([2 ** 25]).tolist()`, a tensor within the job's memory, took the server to 2.4 GB before the
+ * isolate ran out). Past it the job keeps tensors, or reads a slice.
+ */
+const MAX_LIST_VALUES = 4 * 2 ** 20;
 
 /** An object descriptor's data: the code's own object with `$` keys (see the runtime's out) comes wrapped in `$plain`. */
 const plainData = (o: Record<string, unknown>): Record<string, unknown> => ("$plain" in o && o.$plain && typeof o.$plain === "object" ? (o.$plain as Record<string, unknown>) : o);
@@ -558,6 +565,9 @@ export class Bridge implements ActionHost {
         const t = this.tensor(id);
         const values = args(raw);
         checkArgs(`tensor.${method}`, TENSOR_METHODS[method as keyof typeof TENSOR_METHODS], values);
+        if ((method === "tolist" || method === "toArray") && t.numel() > MAX_LIST_VALUES) {
+          throw new SandboxError("MEMORY", `${method}() of ${t.numel()} values: a job's code may hold at most ${MAX_LIST_VALUES} of a tensor's values as JavaScript numbers (each takes its sandbox's memory); keep it a tensor (reduce it, or index a slice) and read that`);
+        }
         const result = withAllocationGuard(this.budget.guard, () => (t as unknown as Record<string, (...a: unknown[]) => unknown>)[method]!(...values));
         return this.toDesc(result);
       },

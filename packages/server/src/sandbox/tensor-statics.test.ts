@@ -66,6 +66,14 @@ describe("Tensor's static constructors in the sandbox", () => {
     expect(await remote(source, "x")).toEqual(local);
   });
 
+  it("hand the job's code a tensor's values as numbers up to a bound, refused past it before any list is made", async () => {
+    expect(await remote("async () => { const l = ones([3, 1000]).tolist(); return [l.length, l[2].length, ones([5000]).toArray().length]; }", "x")).toEqual([3, 1000, 5000]);
+    for (const method of ["tolist", "toArray"]) {
+      const e = await failure(remote(`async () => ones([2 ** 23]).${method}()`, "x"));
+      expect([e.code, e.message]).toEqual(["MEMORY", expect.stringMatching(new RegExp(`${method}\\(\\) of 8388608 values: a job's code may hold at most 4194304 of a tensor's values as JavaScript numbers`))]);
+    }
+  });
+
   it("run the README's knockout as in process", async () => {
     const source = `async (m, tr) => {
       const onlyFirst = Tensor.cat([Tensor.full([1], 1), Tensor.zeros([5])]);

@@ -31,6 +31,8 @@ const MAX_STACK_CHARS = 4096;
  */
 const MAX_SENT_UNITS = 16 * 2 ** 20;
 const MAX_LOG_CHARS = 10_000;
+/** Hybrid steps (tr.local) a job may have asked for and not yet seen end (see pendingStep). */
+const MAX_PENDING_STEPS = 256;
 /**
  * Most values `tolist()` and `toArray()` hand the job's code as JavaScript numbers: each takes 8 bytes or more in
  * its isolate (whose heap is 64 MiB by default), and several times that on the host while the list is made and
@@ -253,15 +255,34 @@ export class Bridge implements ActionHost {
   /** Envoy trees of the invokes, by their tracer (envoy actions name the invoke by its tracer's id). */
   readonly envoyOf = new WeakMap<object, unknown>();
 
-  /** Runs a hybrid step: the function must be one written at a `.local(` call of the job's code. */
-  localStep(fn: { fnId: number }, vals: unknown): Promise<unknown> {
+  /**
+   * Runs a hybrid step: the function must be one written at a `.local(` call of the job's code. A step that cannot
+   * run ends the job (its error went only into the step's promise, which code that does not await it drops: such
+   * calls in a loop took a server past 8 GB).
+   */
+  localStep(fn: { fnId: number }): (vals: unknown) => Promise<unknown> {
     const runLocal = this.options.runLocal;
-    if (!runLocal) return Promise.reject(new SandboxError("NOT_ALLOWED", "tr.local (hybrid steps) needs a client that can answer them; this job has none"));
+    if (!runLocal) throw this.fail(new SandboxError("NOT_ALLOWED", "tr.local (hybrid steps) needs a client that can answer them; this job has none"));
     const step = this.options.localSites.indexOf(this.sourceOf(fn.fnId));
     if (step < 0) {
-      return Promise.reject(new SandboxError("NOT_ALLOWED", "tr.local runs a function written at the call, tr.local(async (vals) => ..., vals): the client runs only the steps it can find in the code it sent"));
+      throw this.fail(new SandboxError("NOT_ALLOWED", "tr.local runs a function written at the call, tr.local(async (vals) => ..., vals): the client runs only the steps it can find in the code it sent"));
     }
-    return runLocal(step, vals);
+    return (vals) => runLocal(step, vals);
+  }
+
+  private pendingSteps = 0;
+
+  pendingStep<T>(step: () => Promise<T>): Promise<T> {
+    // Steps run one after another, each waiting for the client: a job's code that asks for many without awaiting
+    // them holds each one's values and work on the host until its turn (9,000 took 1 GB).
+    if (this.pendingSteps >= MAX_PENDING_STEPS) {
+      throw this.fail(new SandboxError("MEMORY", `the job asked for more than ${MAX_PENDING_STEPS} hybrid steps (tr.local) that had not ended yet; they run one at a time: await each (or a few) before asking for more`));
+    }
+    this.pendingSteps++;
+    const done = () => void this.pendingSteps--;
+    const p = step();
+    Promise.prototype.then.call(p, done, done);
+    return p;
   }
 
   /** The source text of the isolate function `fnId` (what tr.local matches against its call sites). */

@@ -27,8 +27,13 @@ export interface ActionHost {
   interventionFn(fnId: number): InterventionFn;
   rootFn(fnId: number): (tr: Tracer) => Promise<unknown>;
   run(fnId: number, mode: "invoke" | "root" | "session" | "backward", self: unknown): Promise<unknown>;
-  /** Runs a hybrid step whose function is `fn` with `vals` on the client. */
-  localStep(fn: JobFunction, vals: unknown): Promise<unknown>;
+  /**
+   * The hybrid step whose function is `fn`, run on the client with the values it is given; checked when asked for
+   * (one that cannot run ends the job).
+   */
+  localStep(fn: JobFunction): (vals: unknown) => Promise<unknown>;
+  /** Counts a hybrid step asked for until `step` settles (past MAX_PENDING_STEPS unsettled, the job ends). */
+  pendingStep<T>(step: () => Promise<T>): Promise<T>;
   fail(e: Error): Error;
 }
 
@@ -56,7 +61,10 @@ const tracer: Handlers<"tracer", InvokeTracer> = {
   next: (_h, tr, [n]) => tr.next(n ?? 1),
   iter: (_h, tr, [start, end]) => tr.iter(start, end ?? undefined)[Symbol.asyncIterator](),
   all: (_h, tr) => tr.all()[Symbol.asyncIterator](),
-  local: (host, tr, [fn, vals]) => tr.local(() => host.localStep(jobFunction(fn, "tr.local"), vals), undefined),
+  local: (host, tr, [fn, vals]) => {
+    const run = host.localStep(jobFunction(fn, "tr.local"));
+    return host.pendingStep(() => tr.local(() => run(vals), undefined));
+  },
   backward: (host, tr, [loss, fn], origin) => {
     const body = fn === undefined || fn === null ? undefined : (scope: GradScope) => host.run(jobFunction(fn, "tr.backward").fnId, "backward", host.hold("grad", scope));
     return tr.backward(loss as Tensor, body, origin);

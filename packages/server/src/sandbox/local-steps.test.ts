@@ -44,8 +44,8 @@ describe("hybrid steps in the sandbox", () => {
 
   it("past the event limit end the job, also when its code never awaits them", async () => {
     for (const source of [
-      "async (m, tr) => { for (let i = 0; i < 2000; i++) tr.local(async (v) => v, i); await m.lm_head.output; return 1; }",
-      "async (m, tr) => { for (let i = 0; i < 2000; i++) tr.local(async (v) => v, i).catch(() => 0); await m.lm_head.output; return 1; }",
+      "async (m, tr) => { for (let i = 0; i < 200; i++) tr.local(async (v) => v, i); await m.lm_head.output; return 1; }",
+      "async (m, tr) => { for (let i = 0; i < 200; i++) tr.local(async (v) => v, i).catch(() => 0); await m.lm_head.output; return 1; }",
       "async (m, tr) => { for (let i = 0; i < 2000; i++) await tr.local(async (v) => v, i).catch(() => 0); return 1; }",
     ]) {
       const { outcome, steps } = await runWithSteps(source, 50);
@@ -53,5 +53,14 @@ describe("hybrid steps in the sandbox", () => {
       expect((outcome as PromiseRejectedResult).reason, source).toMatchObject({ code: "MEMORY" });
       expect(steps, source).toBe(50);
     }
+  });
+
+  it("more than 256 asked for and not ended, or one that cannot run, end the job", async () => {
+    const many = await runWithSteps("async (m, tr) => { for (let i = 0; i < 2000; i++) tr.local(async (v) => v, i).catch(() => 0); await m.lm_head.output; return 1; }", 10_000);
+    expect((many.outcome as PromiseRejectedResult).reason).toMatchObject({ code: "MEMORY", message: expect.stringMatching(/more than 256 hybrid steps \(tr.local\) that had not ended yet; they run one at a time/) });
+    expect(many.steps).toBeLessThanOrEqual(256);
+    // A function not written at the call cannot run on the client: refused, and the job ends even if it drops the refusal.
+    const unknown = await runWithSteps("async (m, tr) => { const f = async (v) => v * 2; for (let i = 0; i < 100; i++) { tr.local(f, i).catch(() => 0); tr.local(async (v) => v, i).catch(() => 0); } await m.lm_head.output; return 1; }", 10_000);
+    expect((unknown.outcome as PromiseRejectedResult).reason).toMatchObject({ code: "NOT_ALLOWED", message: expect.stringMatching(/written at the call/) });
   });
 });

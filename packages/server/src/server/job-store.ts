@@ -324,7 +324,8 @@ export class JobStore {
 
   private insertEvent(id: string, event: JobEvent, now: number): SequencedEvent {
     const json = JSON.stringify(event);
-    const { last_seq: seq } = this.q.bumpSeq.get(json.length, id) as { last_seq: number };
+    // Bytes as stored (UTF-8): a log line of "€" takes three a character.
+    const { last_seq: seq } = this.q.bumpSeq.get(Buffer.byteLength(json), id) as { last_seq: number };
     this.q.insertEvent.run(id, seq, json, now);
     return { seq, event };
   }

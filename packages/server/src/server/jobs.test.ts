@@ -242,7 +242,12 @@ describe("event logs a key keeps", () => {
       expect(accepted).toBe(4);
       expect(t.core.store.storedBytes(t.core.store.get(last)!.keyId)).toBeGreaterThan(4 * 45_000);
       const other = t.core.keys.create("other").key;
-      expect((await t.submit({ source: logs }, { headers: { authorization: `Bearer ${other}` } })).status).toBe(202);
+      const accepted2 = await t.submit({ source: `log ${"€".repeat(3_000)}; value 1` }, { headers: { authorization: `Bearer ${other}` } });
+      expect(accepted2.status).toBe(202);
+      const euros = ((await accepted2.json()) as { id: string }).id;
+      while (t.core.store.get(euros)!.status !== "COMPLETED") await new Promise((r) => setTimeout(r, 20));
+      // Counted as stored, in UTF-8 bytes: three a "€".
+      expect(t.core.store.storedBytes(t.core.store.get(euros)!.keyId)).toBeGreaterThan(9_000);
     } finally {
       await t.close();
     }

@@ -117,7 +117,8 @@ function begin(job: RunJob): { r: Running; ctx: ExecutionContext } {
       if (signal.aborted) throw new JobError("CANCELLED", "the job was cancelled");
       if (Date.now() > job.deadline) throw new JobError("TIMEOUT", pastDeadline(job.timeLimitMs));
       // Over the limits, the job ends here: a flood of events never reaches the main thread.
-      eventBytes += event.type === "log" ? event.text.length : event.type === "local" ? event.vals.length : 64;
+      // As the store will keep them: UTF-8 JSON (a log line of "€" or of control characters takes 3 to 6 bytes a character).
+      eventBytes += event.type === "log" ? Buffer.byteLength(JSON.stringify(event.text)) : event.type === "local" ? event.vals.length : 64;
       if (++events > job.maxEvents || eventBytes > job.maxEventBytes) {
         throw new JobError("MEMORY", `the job sent more than ${events > job.maxEvents ? `${job.maxEvents} events` : `${job.maxEventBytes} bytes of events`} (log lines, streamed tokens, hybrid steps), the most a job may send`);
       }

@@ -34,12 +34,20 @@ const MAX_LOG_CHARS = 10_000;
 /** Hybrid steps (tr.local) a job may have asked for and not yet seen end (see pendingStep). */
 const MAX_PENDING_STEPS = 256;
 /**
- * Most values `tolist()` and `toArray()` hand the job's code as JavaScript numbers: each takes 8 bytes or more in
- * its isolate (whose heap is 64 MiB by default), and several times that on the host while the list is made and
- * copied in (`ones([2 ** 25]).tolist()`, a tensor within the job's memory, took the server to 2.4 GB before the
- * isolate ran out). Past it the job keeps tensors, or reads a slice.
+ * Most numbers and arrays `tolist()` and `toArray()` hand the job's code: each takes 8 bytes or more in its isolate
+ * (whose heap is 64 MiB by default), and tens of bytes on the host while the list is made and copied in
+ * (`ones([2 ** 25]).tolist()`, a tensor within the job's memory, took the server to 2.4 GB before the isolate ran
+ * out; 4M values as [4194304, 1], 1.4 GB). Past it the job keeps tensors, or reads a slice.
  */
-const MAX_LIST_VALUES = 4 * 2 ** 20;
+const MAX_LIST_VALUES = 2 ** 20;
+
+/** The numbers and arrays `t.tolist()` makes: its values, and one array per row at every level above them. */
+function listUnits(shape: readonly number[]): number {
+  let rows = 1;
+  let arrays = 0;
+  for (let i = 0; i < shape.length - 1; i++) arrays += rows *= shape[i]!;
+  return arrays + rows * (shape.at(-1) ?? 1);
+}
 
 /** An object descriptor's data: the code's own object with `$` keys (see the runtime's out) comes wrapped in `$plain`. */
 const plainData = (o: Record<string, unknown>): Record<string, unknown> => ("$plain" in o && o.$plain && typeof o.$plain === "object" ? (o.$plain as Record<string, unknown>) : o);
@@ -586,8 +594,11 @@ export class Bridge implements ActionHost {
         const t = this.tensor(id);
         const values = args(raw);
         checkArgs(`tensor.${method}`, TENSOR_METHODS[method as keyof typeof TENSOR_METHODS], values);
-        if ((method === "tolist" || method === "toArray") && t.numel() > MAX_LIST_VALUES) {
-          throw new SandboxError("MEMORY", `${method}() of ${t.numel()} values: a job's code may hold at most ${MAX_LIST_VALUES} of a tensor's values as JavaScript numbers (each takes its sandbox's memory); keep it a tensor (reduce it, or index a slice) and read that`);
+        if (method === "tolist" || method === "toArray") {
+          const units = method === "tolist" ? listUnits(t.shape) : t.numel();
+          if (units > MAX_LIST_VALUES) {
+            throw new SandboxError("MEMORY", `${method}() of ${t.numel()} values${units > t.numel() ? ` in ${units - t.numel()} arrays` : ""}: a job's code may get at most ${MAX_LIST_VALUES} numbers and arrays of a tensor's values (each takes its sandbox's memory); keep it a tensor (reduce it, or index a slice) and read that`);
+          }
         }
         const result = withAllocationGuard(this.budget.guard, () => (t as unknown as Record<string, (...a: unknown[]) => unknown>)[method]!(...values));
         return this.toDesc(result);

@@ -69,9 +69,13 @@ describe("Tensor's static constructors in the sandbox", () => {
   it("hand the job's code a tensor's values as numbers up to a bound, refused past it before any list is made", async () => {
     expect(await remote("async () => { const l = ones([3, 1000]).tolist(); return [l.length, l[2].length, ones([5000]).toArray().length]; }", "x")).toEqual([3, 1000, 5000]);
     for (const method of ["tolist", "toArray"]) {
-      const e = await failure(remote(`async () => ones([2 ** 23]).${method}()`, "x"));
-      expect([e.code, e.message]).toEqual(["MEMORY", expect.stringMatching(new RegExp(`${method}\\(\\) of 8388608 values: a job's code may hold at most 4194304 of a tensor's values as JavaScript numbers`))]);
+      const e = await failure(remote(`async () => ones([2 ** 21]).${method}()`, "x"));
+      expect([e.code, e.message]).toEqual(["MEMORY", expect.stringMatching(new RegExp(`${method}\\(\\) of 2097152 values: a job's code may get at most 1048576 numbers and arrays`))]);
     }
+    // Rows count too: 2^20 values in rows of one are 2^21 numbers and arrays (a flat toArray of them is fine).
+    const rows = await failure(remote("async () => ones([2 ** 20, 1]).tolist()", "x"));
+    expect(rows.message).toMatch(/tolist\(\) of 1048576 values in 1048576 arrays: a job's code may get at most 1048576/);
+    expect(await remote("async () => ones([2 ** 19, 2]).toArray().length", "x")).toBe(2 ** 20);
   });
 
   it("run the README's knockout as in process", async () => {

@@ -143,6 +143,17 @@ describe("batched jobs", () => {
     }
   });
 
+  it("after a pass that failed as a whole, the jobs whose code took least run again first", async () => {
+    // Spins 300 ms (under the stall limit), then fails the shared forward: it runs again after the victim.
+    const spinner = job("async (m) => { const t = Date.now(); while (Date.now() - t < 300) {} m.transformer.wpe.inputs = [zeros([1, 5], 'int64').add(-1)]; return await m.lm_head.output; }", prompts[2]);
+    const order: number[] = [];
+    const outcomes = executor.executeBatch([{ job: spinner, ctx: context() }, { job: jobs[0]!, ctx: context() }], lm, { stallMs: 1000 });
+    outcomes.forEach((p, i) => void p.then(() => order.push(i)));
+    const out = await Promise.all(outcomes);
+    expect(out.map((r) => r.status)).toEqual(["rejected", "fulfilled"]);
+    expect(order).toEqual([1, 0]);
+  });
+
   it("a job whose short holds of the pass add up past the stall limit leaves it (each hold alone is under it)", async () => {
     const spin = "const t = Date.now(); while (Date.now() - t < 150) {}";
     const holder = job(`async (m) => { for (const i of [0, 1, 2, 3]) { ${spin}; await m.transformer.h[i].output; } return await m.lm_head.output; }`, prompts[2]);

@@ -41,13 +41,16 @@ const MAX_PENDING_STEPS = 256;
  */
 const MAX_LIST_VALUES = 2 ** 20;
 
-/** The numbers and arrays `t.tolist()` makes: its values, and one array per row at every level above them. */
-function listUnits(shape: readonly number[]): number {
+/** The arrays `t.tolist()` makes: one per row at every level above the values. */
+function listArrays(shape: readonly number[]): number {
   let rows = 1;
   let arrays = 0;
   for (let i = 0; i < shape.length - 1; i++) arrays += rows *= shape[i]!;
-  return arrays + rows * (shape.at(-1) ?? 1);
+  return arrays;
 }
+
+/** Past it the tensor's own tolist refuses (a ShapeError, as in process): the job gets that error. */
+const TENSOR_MAX_LIST_ARRAYS = 2 ** 24;
 
 /** An object descriptor's data: the code's own object with `$` keys (see the runtime's out) comes wrapped in `$plain`. */
 const plainData = (o: Record<string, unknown>): Record<string, unknown> => ("$plain" in o && o.$plain && typeof o.$plain === "object" ? (o.$plain as Record<string, unknown>) : o);
@@ -595,8 +598,9 @@ export class Bridge implements ActionHost {
         const values = args(raw);
         checkArgs(`tensor.${method}`, TENSOR_METHODS[method as keyof typeof TENSOR_METHODS], values);
         if (method === "tolist" || method === "toArray") {
-          const units = method === "tolist" ? listUnits(t.shape) : t.numel();
-          if (units > MAX_LIST_VALUES) {
+          const arrays = method === "tolist" ? listArrays(t.shape) : 0;
+          const units = t.numel() + arrays;
+          if (units > MAX_LIST_VALUES && arrays <= TENSOR_MAX_LIST_ARRAYS) {
             throw new SandboxError("MEMORY", `${method}() of ${t.numel()} values${units > t.numel() ? ` in ${units - t.numel()} arrays` : ""}: a job's code may get at most ${MAX_LIST_VALUES} numbers and arrays of a tensor's values (each takes its sandbox's memory); keep it a tensor (reduce it, or index a slice) and read that`);
           }
         }

@@ -53,8 +53,10 @@ export class RedisDispatcher implements Dispatcher {
     // A bar a worker process set on this key (its job broke a thread there) holds in every API process.
     checkBarred(parseBarred(await store.redis.get(store.keys.barred(caller.keyId))));
     // A result lives at most its job's wait and run, and the retention after it.
-    // Back to the oldest job whose record (and events) may still be kept: records outlive results.
-    const stored = await store.storedBytes(caller.keyId, Math.max(config.resultRetentionMs, this.parts.dist.recordRetentionMs) + this.parts.dist.queueWaitMs + config.jobTimeoutMs + config.localStepTimeoutMs + 60_000);
+    // Back to the oldest job whose result may still be kept. Its events are kept as long as its record (a day longer),
+    // but reading back a day of a busy key's jobs at every submission would cost more than the bound is worth: in
+    // distributed mode the bound counts the events of the jobs within the results' horizon.
+    const stored = await store.storedBytes(caller.keyId, config.resultRetentionMs + this.parts.dist.queueWaitMs + config.jobTimeoutMs + config.localStepTimeoutMs + 60_000);
     checkRoomToStore(stored, await store.activeCount(caller.keyId), config);
     const id = newJobId();
     const batch = config.maxBatch > 1 ? batchKey(job, registry.tokenizer(model)) : undefined;

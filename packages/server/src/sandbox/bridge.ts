@@ -12,7 +12,7 @@
  * the few synchronous calls: compiling, and replacement functions the forward pass calls.)
  */
 import ivm from "isolated-vm";
-import { buildAliases, Generator, holderRefusal, ITER_NOT_CALLED, ITERATED_WITHOUT_AWAIT, KVCache, ModuleList, NOT_A_PAIR, pointRefusal, Optimizer, Tensor, TraceError, transformerLensNames, transformerLensNotes, NO_SOURCE_HINT, withAllocationGuard, type InterventionFn, type Module, type Tracer } from "tsight";
+import { buildAliases, Generator, holderRefusal, ITER_NOT_CALLED, ITERATED_WITHOUT_AWAIT, KVCache, MAX_LIST_ARRAYS, ModuleList, nestedArrays, NOT_A_PAIR, pointRefusal, Optimizer, Tensor, TraceError, transformerLensNames, transformerLensNotes, NO_SOURCE_HINT, withAllocationGuard, type InterventionFn, type Module, type Tracer } from "tsight";
 import { CONSTRUCTORS, FunctionSource, infoFromError, SANDBOX_OBJECTS, TENSOR_AUTOGRAD, TENSOR_FUNCTIONS, TENSOR_METHODS, type ExecutionModel as LanguageModel } from "tsight/protocol";
 import { checkArgs } from "./args.js";
 import { HANDLE_BYTES, JobBudget, OBJECT_BYTES, type BudgetLimits } from "./budget.js";
@@ -40,17 +40,6 @@ const MAX_PENDING_STEPS = 256;
  * out; 4M values as [4194304, 1], 1.4 GB). Past it the job keeps tensors, or reads a slice.
  */
 const MAX_LIST_VALUES = 2 ** 20;
-
-/** The arrays `t.tolist()` makes: one per row at every level above the values. */
-function listArrays(shape: readonly number[]): number {
-  let rows = 1;
-  let arrays = 0;
-  for (let i = 0; i < shape.length - 1; i++) arrays += rows *= shape[i]!;
-  return arrays;
-}
-
-/** Past it the tensor's own tolist refuses (a ShapeError, as in process): the job gets that error. */
-const TENSOR_MAX_LIST_ARRAYS = 2 ** 24;
 
 /** An object descriptor's data: the code's own object with `$` keys (see the runtime's out) comes wrapped in `$plain`. */
 const plainData = (o: Record<string, unknown>): Record<string, unknown> => ("$plain" in o && o.$plain && typeof o.$plain === "object" ? (o.$plain as Record<string, unknown>) : o);
@@ -598,9 +587,10 @@ export class Bridge implements ActionHost {
         const values = args(raw);
         checkArgs(`tensor.${method}`, TENSOR_METHODS[method as keyof typeof TENSOR_METHODS], values);
         if (method === "tolist" || method === "toArray") {
-          const arrays = method === "tolist" ? listArrays(t.shape) : 0;
+          const arrays = method === "tolist" ? nestedArrays(t.shape) : 0;
           const units = t.numel() + arrays;
-          if (units > MAX_LIST_VALUES && arrays <= TENSOR_MAX_LIST_ARRAYS) {
+          // Past MAX_LIST_ARRAYS the tensor's own tolist refuses (a ShapeError, as in process): the job gets that.
+          if (units > MAX_LIST_VALUES && arrays <= MAX_LIST_ARRAYS) {
             throw new SandboxError("MEMORY", `${method}() of ${t.numel()} values${units > t.numel() ? ` in ${units - t.numel()} arrays` : ""}: a job's code may get at most ${MAX_LIST_VALUES} numbers and arrays of a tensor's values (each takes its sandbox's memory); keep it a tensor (reduce it, or index a slice) and read that`);
           }
         }

@@ -148,7 +148,7 @@ describe("Model: any module tree", () => {
     expect(traced[2]).toEqual(["float32", [2, 3], false]);
     // A tree whose parameters were never set scans (a trace refuses it), and a scan with tr.invoke batches too.
     const unset = await new Model(new TwoLayerMLP()).scan(async (tr) => {
-      const out: Record<string, number[]> = {};
+      const out: Record<string, readonly number[]> = {};
       tr.invoke(x, async (m) => void (out.first = (await m.fc2.output).shape));
       tr.invoke(x.narrow(0, 0, 1), async (m) => void (out.second = (await m.fc1.output).shape));
       return out;

@@ -4,7 +4,7 @@
 import { apply, apply1 } from "./primitive.js";
 import * as P from "./primitives.js";
 import { DTypeError, ShapeError } from "./errors.js";
-import { fmt } from "./shape.js";
+import { fmt, sameShape } from "./shape.js";
 import { Tensor } from "./tensor.js";
 
 /** x W^T + b over the last dim of x (weight [out, in]); `transposed` takes GPT-2 Conv1D's [in, out] weight. */
@@ -137,7 +137,7 @@ function reduce(loss: Tensor, reduction: Reduction, name: string): Tensor {
 }
 
 function checkSameShape(a: Tensor, b: Tensor, name: string, what: string): void {
-  if (a.shape.length !== b.shape.length || a.shape.some((d, i) => d !== b.shape[i])) throw new ShapeError(`${name}: ${what} must have one shape, got ${fmt(a.shape)} and ${fmt(b.shape)}`);
+  if (!sameShape(a.shape, b.shape)) throw new ShapeError(`${name}: ${what} must have one shape, got ${fmt(a.shape)} and ${fmt(b.shape)}`);
 }
 
 /**

@@ -7,7 +7,7 @@ export { dropKernel, engineStats, releaseWeight, threadCount } from "./engine.js
 export { SettingError } from "./settings.js";
 export { PackedWeight, UnquantizableError, weightDTypes, BLOCK_SIZE, quantizeRows, type WeightDType, type PackedFormat, type PackedData, type StoredValues } from "./packed.js";
 export { withAllocationGuard, type AllocationGuard } from "./primitive.js";
-export { sizeOf, broadcastShapes, checkShape, sameShape, MAX_RANK, MAX_ELEMENTS, type Shape } from "./shape.js";
+export { sizeOf, broadcastShapes, checkShape, sameShape, nestedArrays, MAX_LIST_ARRAYS, MAX_RANK, MAX_ELEMENTS, type Shape } from "./shape.js";
 export * as functional from "./functional.js";
 export { einsum } from "./einsum.js";
 export * from "./safetensors.js";

@@ -47,6 +47,16 @@ export function sameShape(a: Shape, b: Shape): boolean {
   return a.length === b.length && a.every((d, i) => d === b[i]);
 }
 
+/** Most nested arrays `tolist()` makes. */
+export const MAX_LIST_ARRAYS = 2 ** 24;
+
+/** The arrays `tolist()` makes of a tensor of `shape`: one per row at every level above the values. */
+export function nestedArrays(shape: Shape): number {
+  let arrays = 0;
+  for (let i = 0, rows = 1; i < shape.length - 1; i++) arrays += rows *= shape[i]!;
+  return arrays;
+}
+
 /** NumPy broadcasting of several shapes, or a ShapeError naming `op` and the shapes. */
 export function broadcastShapes(op: string, ...shapes: Shape[]): number[] {
   const rank = Math.max(...shapes.map((s) => s.length));

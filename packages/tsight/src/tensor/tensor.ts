@@ -13,13 +13,12 @@ import { DTypeError, MetaTensorError, ShapeError } from "./errors.js";
 import { apply, apply1, guardAllocation } from "./primitive.js";
 import * as F from "./functional.js";
 import * as P from "./primitives.js";
-import { checkShape, distinctAxes, fmt, inferShape, normAxes, normAxis, reduceAxes, sizeOf } from "./shape.js";
+import { checkShape, distinctAxes, fmt, inferShape, MAX_LIST_ARRAYS, nestedArrays, normAxes, normAxis, reduceAxes, sizeOf } from "./shape.js";
 
 /** What a JS number in an array and a JS array cost, roughly (for guards on conversions to JS values). */
 const JS_NUMBER_BYTES = 8;
 const JS_ARRAY_BYTES = 32;
-/** Most nested arrays tolist() makes, and most pieces split() makes. */
-const MAX_LIST_ARRAYS = 2 ** 24;
+/** Most pieces split() makes. */
 const MAX_SPLITS = 2 ** 20;
 
 export type TensorLike = Tensor | number;
@@ -241,8 +240,7 @@ export class Tensor implements RawTensor {
   /** Values as nested arrays (a number for a 0-d tensor). */
   tolist(): unknown {
     // The arrays themselves cost too: shape [1e9, 0] holds no values but would make a billion arrays.
-    let arrays = 0;
-    for (let i = 0, n = 1; i < this.shape.length - 1; i++) arrays += n *= this.shape[i]!;
+    const arrays = nestedArrays(this.shape);
     if (arrays > MAX_LIST_ARRAYS) throw new ShapeError(`tolist: a tensor of shape ${fmt(this.shape)} would make ${arrays} nested arrays (at most ${MAX_LIST_ARRAYS}); take a slice first`);
     guardAllocation(arrays * JS_ARRAY_BYTES);
     const flat = this.toArray();

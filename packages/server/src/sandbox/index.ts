@@ -191,14 +191,13 @@ export class SandboxExecutor implements JobExecutor {
 
   private async runBatch(items: readonly { job: DecodedJob; ctx: ExecutionContext }[], model: LanguageModel, stallMs: number, tell: (index: number, r: PromiseSettledResult<unknown>) => void): Promise<void> {
     const results: PromiseSettledResult<unknown>[] = new Array(items.length);
-    // A failure in a pass is told once the pass is over (see sharedFailures); a value and a failure outside one, at once.
-    let inPass: ReadonlySet<number> = new Set();
+    // A job's outcome in its pass: a value is told at once, a failure once the pass is over (see sharedFailures). The
+    // first outcome is the job's: an invoke's handle that settles after its pass failed (its isolate closed meanwhile)
+    // tells nothing new.
     const settle = (index: number, r: PromiseSettledResult<unknown>) => {
-      // The first outcome is the job's: an invoke's handle that settles after its pass failed (its isolate closed
-      // meanwhile) tells nothing new.
       if (results[index]) return;
       results[index] = r;
-      if (r.status === "fulfilled" || !(r.reason instanceof StallError || inPass.has(index))) tell(index, r);
+      if (r.status === "fulfilled") tell(index, r);
     };
     const groups = new Map<string, { index: number; p: Prepared }[]>();
     const alone: number[] = [];
@@ -215,13 +214,13 @@ export class SandboxExecutor implements JobExecutor {
         const key = `${job.grad}|${counts.join(",")}|${width}`;
         groups.set(key, [...(groups.get(key) ?? []), { index, p }]);
       } catch (e) {
-        settle(index, { status: "rejected", reason: e });
+        results[index] = { status: "rejected", reason: e };
         // Making its functions (a helper that loops while it is made) kept the pass waiting: it runs alone later.
         if (e instanceof StallError) alone.push(index);
+        else tell(index, results[index]);
       }
     });
     for (const group of groups.values()) {
-      inPass = new Set(group.map(({ index }) => index));
       const settled: Promise<void>[] = [];
       // Each job's cancel and deadline end only its own invoke.
       const checkpoint = () => {
@@ -252,7 +251,6 @@ export class SandboxExecutor implements JobExecutor {
         for (const { index, p } of group) cpuInPass.set(index, p.cpuMs());
         await Promise.all(group.map(({ p }) => p.close()));
       }
-      inPass = new Set();
       const shared = sharedFailures(group.map(({ index }) => results[index]));
       group.forEach(({ index }, i) => {
         const r = results[index];

@@ -89,6 +89,15 @@ describe("remote like local", () => {
     expect(penalised.text).not.toEqual((await local.generate("def __init__(self", { maxNewTokens: 12, minNewTokens: 12 })).text);
     expect((await lm.generate("def __init__(self", settings, remote)).text).toEqual(penalised.text);
     await expect(lm.generate("x", { maxNewTokens: 2, repetitionPenalty: -1 }, remote)).rejects.toThrow(/"generate.repetitionPenalty" must be a number > 0, got -1/);
+    // So do stop strings and returned sequences: the same rows as in process.
+    const more = { maxNewTokens: 8, doSample: true, seed: 5, numReturnSequences: 3, stopStrings: ["\n"] };
+    const sampled = await local.generate(["def f(x):", "import os"], more);
+    expect(sampled.generated.shape).toEqual([6, 8]);
+    const far = await lm.generate(["def f(x):", "import os"], more, remote);
+    expect(far.generated.tolist()).toEqual(sampled.generated.tolist());
+    expect(far.text).toEqual(sampled.text);
+    await expect(lm.generate("x", { maxNewTokens: 2, doSample: true, numReturnSequences: 5000 }, remote)).rejects.toThrow(/"generate.numReturnSequences" must be a whole number from 1 to 1024, got 5000/);
+    await expect(lm.generate("x", { maxNewTokens: 2, stopStrings: ["a".repeat(300)] }, remote)).rejects.toThrow(/"generate.stopStrings" must be a string or a list of at most 64/);
   });
 
   it("console.log in job code reaches the logs option, and the job's events when nobody waits", async () => {

@@ -102,12 +102,20 @@ export const ATTACKS: Attack[] = [
         [{ maxNewTokens: 2, topK: 1e300 }, /"generate\.topK" must be a whole number from 1/],
         [{ maxNewTokens: 2, eosTokenId: "x" }, /"generate\.eosTokenId" must be a token id/],
         [{ maxNewTokens: 2, temperature: -1 }, /"generate\.temperature" must be a number > 0/],
+        [{ maxNewTokens: 2, doSample: true, numReturnSequences: 1e9 }, /"generate\.numReturnSequences" must be a whole number from 1 to 1024/],
+        [{ maxNewTokens: 2, stopStrings: Array.from({ length: 1000 }, () => "x") }, /"generate\.stopStrings" must be a string or a list of at most 64/],
+        [{ maxNewTokens: 2, stopStrings: [{}] }, /"generate\.stopStrings" must be a string or a list/],
       ] as const) {
         const res = await post(t, { model: GPT2, kind: "generate", form: "invoke", input: FIVE, source: "async (m) => 1", generate }, t.keys.hostile);
         expect(res.status).toBe(400);
         expect(((await res.json()) as { error: ErrorInfo }).error.message).toMatch(message);
       }
     },
+  },
+  {
+    name: "a thousand sequences of each of a batch's rows: refused at the job's token bound before any copy is made",
+    job: { kind: "generate", generate: { maxNewTokens: 8, doSample: true, numReturnSequences: 1000 }, source: "async (m) => 1" },
+    expect: ERR("VALIDATION", /1 row × 1000 sequences of 13 tokens \(13000\), more than the 4000 tokens a job may have here/),
   },
   { name: "generating past the context", job: { kind: "generate", generate: { maxNewTokens: 4096 }, source: "async (m) => 1" }, expect: ERR("VALIDATION", /context/) },
   // A function edit at a generation step is compiled into the step's graph: what it records is charged as if it ran.

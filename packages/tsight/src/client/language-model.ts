@@ -157,7 +157,7 @@ export class LanguageModel<M extends CausalLM = any> extends LocalLanguageModel<
     const opts = (typeof a === "function" || (fn !== undefined && typeof fn !== "function") ? fn : traceOptions) as RemoteOptions | undefined;
     if (!isRemote(opts)) return (super.generate as (...x: unknown[]) => Promise<unknown>)(a, options, fn, traceOptions);
     return this.calling("generate", [a, options, fn, traceOptions], () => {
-      const spec: GenerateSpec = { maxNewTokens: options.maxNewTokens, doSample: options.doSample, temperature: options.temperature, topK: options.topK, topP: options.topP, seed: options.seed, repetitionPenalty: options.repetitionPenalty, minNewTokens: options.minNewTokens, eosTokenId: options.eosTokenId, padTokenId: options.padTokenId };
+      const spec: GenerateSpec = { maxNewTokens: options.maxNewTokens, doSample: options.doSample, temperature: options.temperature, topK: options.topK, topP: options.topP, seed: options.seed, repetitionPenalty: options.repetitionPenalty, minNewTokens: options.minNewTokens, stopStrings: options.stopStrings as string | string[] | undefined, numReturnSequences: options.numReturnSequences, eosTokenId: options.eosTokenId, padTokenId: options.padTokenId };
       const body = typeof a === "function" ? undefined : typeof fn === "function" ? (fn as InterventionFn) : async () => undefined;
       return this.remote("generate", a, body, opts!, spec, options.onToken);
     });

@@ -5,12 +5,12 @@
  */
 import type { WeightDType } from "../tensor/index.js";
 import { dispatchWeights, loadPretrained, type LoadedModel, type LoadOptions, type Tokenizer } from "../hub/index.js";
-import { ConfigError, generate, type CausalLM, type GenerateOptions, type GenerateResult, type GPT2LMHeadModel, type LlamaForCausalLM, type RawConfig } from "../models/index.js";
+import { ConfigError, generate, isSampling, type CausalLM, type GenerateOptions, type GenerateResult, type GPT2LMHeadModel, type LlamaForCausalLM, type RawConfig } from "../models/index.js";
 import { Tensor } from "../tensor/index.js";
 import type { EnvoyTree } from "./envoy-types.js";
 import { TraceError } from "./errors.js";
 import { EndForward } from "./interleaver.js";
-import { checkInput, checkTextLength, fromRows, toBatch, type ModelInput } from "./inputs.js";
+import { checkInput, checkTextLength, fromRows, InputError, toBatch, type ModelInput } from "./inputs.js";
 import { Model, type EditOptions } from "./model.js";
 import type { Rename } from "./rename.js";
 import type { Driver, InterventionFn, InvokeTracer, TraceRun, Tracer } from "./tracer.js";
@@ -42,7 +42,13 @@ export function checkArchitecture(model: CausalLM, architecture: ArchitectureCla
   }
 }
 
-export interface GenerateCall extends Omit<GenerateOptions, "onStep"> {
+export interface GenerateCall extends Omit<GenerateOptions, "onStep" | "decode"> {
+  /**
+   * Hugging Face's num_return_sequences: each prompt's row repeated this many times, one after another (sampling
+   * only, as there: greedy would give copies), so `generated` has rows × this many rows, an intervention's values
+   * too.
+   */
+  numReturnSequences?: number;
   /** Called with each step's new tokens and their decoded text per row (streaming). */
   onToken?: (step: { tokens: number[]; text: string[]; step: number }) => void | Promise<void>;
 }
@@ -214,6 +220,10 @@ export class LanguageModel<M extends CausalLM = any> extends Model<M, EnvoyTree<
     fn?: InterventionFn<EnvoyTree<M>, R> | TraceOptions,
     traceOptions?: TraceOptions,
   ): Promise<GenerateOutput & { value?: R }> {
+    if (options.numReturnSequences !== undefined && options.numReturnSequences !== 1) {
+      if (typeof a === "function") throw new OptionsError("generate: numReturnSequences takes an input, generate(input, { numReturnSequences, ... }, fn); in a trace function, give each invoke its input repeated");
+      a = repeatRows(a, this.tokenizer, options, (typeof fn === "function" ? traceOptions : fn)?.maxInputTokens ?? Infinity);
+    }
     if (typeof a !== "function" && typeof fn !== "function" && this.edits.length === 0) {
       const batch = toBatch(a, this.tokenizer);
       checkInput(batch.ids, this.model.config, options.maxNewTokens);
@@ -242,7 +252,9 @@ export class LanguageModel<M extends CausalLM = any> extends Model<M, EnvoyTree<
 
   private generateSettings(options: GenerateCall): GenerateOptions {
     const eos = options.eosTokenId === undefined ? (this.generationConfig?.eos_token_id as number | number[] | undefined) : options.eosTokenId;
-    return { ...options, eosTokenId: eos, padTokenId: options.padTokenId ?? this.tokenizer.padTokenId };
+    const { numReturnSequences: _, ...settings } = options;
+    const decode = settings.stopStrings === undefined || !this.tokenizer.hasText ? undefined : (ids: number[]) => this.tokenizer.decode(ids);
+    return { ...settings, eosTokenId: eos, padTokenId: options.padTokenId ?? this.tokenizer.padTokenId, decode };
   }
 
   private decodeResult(result: GenerateResult): GenerateOutput {
@@ -369,6 +381,28 @@ export class LanguageModel<M extends CausalLM = any> extends Model<M, EnvoyTree<
     checkInput(ids, this.model.config, extraTokens, maxInputTokens);
     return { args: [ids, mask], sizes };
   }
+}
+
+/** The most sequences generate returns per prompt. */
+export const MAX_RETURN_SEQUENCES = 1024;
+
+/**
+ * `input`'s rows each repeated `numReturnSequences` times in a row (torch's repeat_interleave, as Hugging Face's
+ * generate expands them), checked first: sampling only, within the bound, and within `maxInputTokens` once
+ * repeated (before the copies are made).
+ */
+function repeatRows(input: ModelInput, tokenizer: Tokenizer, options: GenerateCall, maxInputTokens: number): ModelInput {
+  const n = options.numReturnSequences;
+  if (!(Number.isInteger(n) && n! >= 1 && n! <= MAX_RETURN_SEQUENCES)) throw new RangeError(`numReturnSequences must be a whole number from 1 to ${MAX_RETURN_SEQUENCES}, got ${String(n).slice(0, 40)}`);
+  if (!isSampling(options)) throw new RangeError(`numReturnSequences of ${n} needs sampling (doSample: true): greedy generation would return ${n} copies of one continuation (Hugging Face refuses it too)`);
+  checkTextLength(input, maxInputTokens);
+  const { ids, mask } = toBatch(input, tokenizer);
+  const [B, T] = ids.shape as [number, number];
+  const tokens = B * n! * (T + (options.maxNewTokens ?? 0));
+  if (tokens > maxInputTokens) throw new InputError(`the input is ${B} row${B === 1 ? "" : "s"} × ${n} sequences of ${T + options.maxNewTokens} tokens (${tokens}), more than the ${maxInputTokens} tokens a job may have here; ask for fewer sequences or tokens`);
+  const rows = Array.from({ length: B * n! }, (_, i) => Math.floor(i / n!));
+  const index = new Tensor("int64", BigInt64Array.from(rows, BigInt), [rows.length]);
+  return { input_ids: ids.long().indexSelect(0, index), attention_mask: mask.long().indexSelect(0, index) };
 }
 
 /** Whether every row of a [B, T] mask is 0s then 1s, with at least one 1 (nothing but 0 and 1). */

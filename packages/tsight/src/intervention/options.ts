@@ -13,7 +13,7 @@ named(OptionsError, "OptionsError");
 /** Options of a run (trace, scan, generate's third or fourth argument, session) in process. */
 export const RUN_OPTIONS: readonly string[] = ["vars", "grad", "checkpoint", "isolateInvokes", "stallTimeoutMs", "maxInputTokens", "onWarning"];
 /** Options of a generation (generate's second argument). */
-export const GENERATION_OPTIONS: readonly string[] = ["maxNewTokens", "doSample", "temperature", "topK", "topP", "seed", "repetitionPenalty", "minNewTokens", "eosTokenId", "padTokenId", "beforeStep", "onToken"];
+export const GENERATION_OPTIONS: readonly string[] = ["maxNewTokens", "doSample", "temperature", "topK", "topP", "seed", "repetitionPenalty", "minNewTokens", "stopStrings", "numReturnSequences", "eosTokenId", "padTokenId", "beforeStep", "onToken"];
 
 /** Which call the options were given to, for messages. */
 export type OptionsPlace = "trace" | "scan" | "session" | "generation" | "generate-run";

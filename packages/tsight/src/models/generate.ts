@@ -22,6 +22,13 @@ export interface GenerateOptions extends SamplingOptions {
   repetitionPenalty?: number;
   /** Hugging Face's min_new_tokens: the eos tokens are ruled out (logit -Infinity) until this many tokens came. */
   minNewTokens?: number;
+  /**
+   * Hugging Face's stop_strings: a row ends (then gets the pad token, as at eos) once a token completes one of
+   * these strings, its text in the row (the prompt's tokens included) ending within that token. Needs `decode`.
+   */
+  stopStrings?: string | readonly string[];
+  /** Token ids to text, for `stopStrings` (a LanguageModel gives its tokenizer's). */
+  decode?: (ids: number[]) => string;
   /** Called after each step with the token chosen for every row (pad for finished rows). */
   onStep?: (tokens: number[], step: number) => void | Promise<void>;
   /** Called before each step's forward pass (step 0 is the prompt). */
@@ -52,6 +59,8 @@ export async function generate(model: CausalLM, inputIds: Tensor, attentionMask:
   const { repetitionPenalty, minNewTokens = 0 } = options;
   if (repetitionPenalty !== undefined && !(typeof repetitionPenalty === "number" && repetitionPenalty > 0 && Number.isFinite(repetitionPenalty))) throw new RangeError(`repetitionPenalty must be a number > 0, got ${String(repetitionPenalty).slice(0, 40)}`);
   if (!Number.isInteger(minNewTokens) || minNewTokens < 0) throw new RangeError(`minNewTokens must be a non-negative integer, got ${String(minNewTokens).slice(0, 40)}`);
+  const stops = checkStopStrings(options.stopStrings);
+  if (stops.length && !options.decode) throw new TypeError("stopStrings needs the tokenizer's text of the tokens: generate through a LanguageModel with a tokenizer");
   const [B, T] = inputIds.shape as [number, number];
   const eos = asList(options.eosTokenId === undefined ? model.config.eosTokenId : options.eosTokenId);
   const pad = options.padTokenId ?? model.config.padTokenId ?? eos[0] ?? 0;
@@ -63,6 +72,7 @@ export async function generate(model: CausalLM, inputIds: Tensor, attentionMask:
   const finished = new Array<boolean>(B).fill(false);
   let next = inputIds;
   // Per row, the tokens it holds so far (for the repetition penalty): the prompt's, then each one chosen.
+  const stopped = stops.length ? stopStringMatcher(stops, options.decode!, inputIds, attentionMask) : null;
   const seen = repetitionPenalty === undefined || repetitionPenalty === 1 ? null : Array.from({ length: B }, (_, b) => new Set(Array.from(inputIds.index(b).toArray() as ArrayLike<number | bigint>, Number)));
   for (let step = 0; step < options.maxNewTokens; step++) {
     let logits: Tensor;
@@ -86,7 +96,7 @@ export async function generate(model: CausalLM, inputIds: Tensor, attentionMask:
       }
       const token = sampling ? sampleRow(values, options, rng) : argmaxRow(values);
       seen?.[b]!.add(token);
-      if (eos.includes(token)) finished[b] = true;
+      if (eos.includes(token) || stopped?.(b, token)) finished[b] = true;
       row.push(token);
       return token;
     });
@@ -98,6 +108,46 @@ export async function generate(model: CausalLM, inputIds: Tensor, attentionMask:
   const steps = rows[0]!.length;
   const generated = new Tensor("int64", BigInt64Array.from(rows.flat(), BigInt), [B, steps]);
   return { sequences: Tensor.cat([inputIds.long(), generated], 1), generated, attentionMask: mask };
+}
+
+/** The most stop strings a generation takes, and the longest (bounds on what each step decodes). */
+export const MAX_STOP_STRINGS = 64;
+export const MAX_STOP_STRING_CHARS = 256;
+
+/** `stopStrings` as a list, checked: non-empty strings within the bounds above. */
+function checkStopStrings(v: unknown): string[] {
+  if (v === undefined || v === null) return [];
+  const list = typeof v === "string" ? [v] : v;
+  const ok = Array.isArray(list) && list.length <= MAX_STOP_STRINGS && list.every((s) => typeof s === "string" && s.length > 0 && s.length <= MAX_STOP_STRING_CHARS);
+  if (!ok) throw new RangeError(`stopStrings must be a string or a list of at most ${MAX_STOP_STRINGS}, each of 1 to ${MAX_STOP_STRING_CHARS} characters, got ${JSON.stringify(v)?.slice(0, 80)}`);
+  return list as string[];
+}
+
+/**
+ * Per row, whether the token just chosen ends it on a stop string, as Hugging Face's StopStringCriteria does: one
+ * of `stops` occurs in the row's text (its prompt's real tokens, then what it generated) ending within that token's
+ * text. Only the last tokens are decoded: each gives at least one character (an incomplete UTF-8 one U+FFFD), so
+ * the longest stop string's length in tokens before the new one reach back far enough, and one more keeps its
+ * start clear of a decoder's first-token rules (a leading space dropped). HF matches token bytes; this matches
+ * decoded text, the same but where a stop string ends inside a character that spans tokens.
+ */
+function stopStringMatcher(stops: readonly string[], decode: (ids: number[]) => string, inputIds: Tensor, mask: Tensor | undefined): (row: number, token: number) => boolean {
+  const [B, T] = inputIds.shape as [number, number];
+  const longest = Math.max(...stops.map((s) => s.length));
+  const keep = longest + 2;
+  const ids = Array.from(inputIds.long().data as BigInt64Array, Number);
+  const real = mask ? Array.from(mask.long().data as BigInt64Array, (m) => m !== 0n) : null;
+  const tails = Array.from({ length: B }, (_, b) => ids.slice(b * T, (b + 1) * T).filter((_, i) => real?.[b * T + i] ?? true).slice(-keep));
+  return (row, token) => {
+    const tail = tails[row]!;
+    tail.push(token);
+    if (tail.length > keep) tail.shift();
+    const before = decode(tail.slice(0, -1));
+    const after = decode(tail);
+    let start = 0;
+    while (start < before.length && before[start] === after[start]) start++;
+    return stops.some((s) => after.indexOf(s, Math.max(0, start - s.length + 1)) >= 0);
+  };
 }
 
 /** Hugging Face's RepetitionPenaltyLogitsProcessor on one row: seen tokens' logits divided by `penalty` where positive, multiplied where not. */

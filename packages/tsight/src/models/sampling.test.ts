@@ -85,3 +85,59 @@ describe("repetitionPenalty and minNewTokens, as Hugging Face's logits processor
     expect(maxAbsDiff(value.index(0, -1), traced.index(0, -1))).toBeLessThan(1e-5);
   });
 });
+
+describe("stopStrings and numReturnSequences, as Hugging Face's generate", () => {
+  const prompt = () => new Tensor("int64", BigInt64Array.of(324n, 615n, 638n, 636n, 284n), [1, 5]);
+
+  it("a row ends at the token completing a stop string: transformers 5.18's tokens for each way one can be met", async () => {
+    const lm = await LanguageModel.load("stdlib-gpt2");
+    // Greedy from the prompt: ", config: ModelType, config: ModelType, **kwargs)" as [",", " config", ":", " M", "odel", "Type", ...].
+    const all = [12, 883, 26, 579, 539, 914, 12, 883, 26, 579, 539, 914, 12, 733, 635, 9];
+    const stopped = async (stopStrings: string | string[]) => ((await lm.generate(prompt(), { maxNewTokens: 16, eosTokenId: null, stopStrings })).generated.tolist() as number[][])[0];
+    // Tokens from transformers 5.18: generate(..., stop_strings=..., tokenizer=tok), greedy, 16 new tokens.
+    const hf: [string | string[], number][] = [
+      ["Type", 6], // a whole token
+      [["odelT"], 6], // across two tokens
+      [["Mod"], 5], // ending inside the last token
+      [["del"], 5], // inside the last token, not at its start
+      [["self,"], 1], // starting in the prompt
+      [[" config", "zzz"], 2], // the first of several met
+      [["**k"], 15],
+      [["Type, config: ModelType, **"], 14], // spanning many tokens
+      [["kwargs)"], 16], // met at the last token
+      [["ModelType"], 6], // the first time it occurs
+    ];
+    for (const [stops, n] of hf) expect(await stopped(stops), JSON.stringify(stops)).toEqual(all.slice(0, n));
+    // A row that stops gets the pad token after it, as at eos, while the others go on.
+    const batch = await lm.generate(["def __init__(self", "import os"], { maxNewTokens: 6, eosTokenId: null, padTokenId: 0, stopStrings: "config" });
+    const rows = batch.generated.tolist() as number[][];
+    expect(rows[0]).toEqual([12, 883, 0, 0, 0, 0]);
+    expect(rows[1]).toEqual(((await lm.generate("import os", { maxNewTokens: 6, eosTokenId: null })).generated.tolist() as number[][])[0]);
+    await expect(stopped([""])).rejects.toThrow(/stopStrings must be a string or a list of at most 64, each of 1 to 256 characters/);
+    await expect(generate(await fixtureModel("stdlib-gpt2"), prompt(), undefined, { maxNewTokens: 2, stopStrings: "x" })).rejects.toThrow(/stopStrings needs the tokenizer/);
+  });
+
+  it("numReturnSequences repeats each prompt's row, sampled as the repeated rows are; greedy is refused", async () => {
+    const lm = await LanguageModel.load("stdlib-gpt2");
+    const settings = { maxNewTokens: 6, doSample: true, seed: 3 };
+    const out = await lm.generate(["def f(x):", "import os"], { ...settings, numReturnSequences: 3 });
+    const repeated = await lm.generate(["def f(x):", "def f(x):", "def f(x):", "import os", "import os", "import os"], settings);
+    expect(out.generated.shape).toEqual([6, 6]);
+    expect(out.generated.tolist()).toEqual(repeated.generated.tolist());
+    expect(new Set(out.text.slice(0, 3)).size).toBeGreaterThan(1);
+    // An intervention sees the repeated rows.
+    const { value } = await lm.generate("def f(x):", { ...settings, numReturnSequences: 2 }, async (m) => (await m.transformer.h[0].output).shape);
+    expect(value).toEqual([2, 5, 256]);
+    await expect(lm.generate("x", { maxNewTokens: 2, numReturnSequences: 2 })).rejects.toThrow(/numReturnSequences of 2 needs sampling/);
+    await expect(lm.generate("x", { ...settings, numReturnSequences: 0 })).rejects.toThrow(/numReturnSequences must be a whole number from 1 to 1024, got 0/);
+    await expect(lm.generate(async () => 1, { ...settings, numReturnSequences: 2 })).rejects.toThrow(/numReturnSequences takes an input/);
+    await expect(lm.generate("x", { ...settings, numReturnSequences: 50 }, async () => 1, { maxInputTokens: 100 })).rejects.toThrow(/1 row × 50 sequences of 7 tokens \(350\), more than the 100 tokens/);
+  });
+
+  it("the submission checks bound what the engine does", async () => {
+    const { SPEC_BOUNDS } = await import("../protocol/executor.js");
+    const { MAX_RETURN_SEQUENCES } = await import("../intervention/language-model.js");
+    const { MAX_STOP_STRINGS, MAX_STOP_STRING_CHARS } = await import("./generate.js");
+    expect(SPEC_BOUNDS).toEqual({ stopStrings: MAX_STOP_STRINGS, stopStringChars: MAX_STOP_STRING_CHARS, returnSequences: MAX_RETURN_SEQUENCES });
+  });
+});

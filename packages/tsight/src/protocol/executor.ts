@@ -177,6 +177,14 @@ export function helpersIn(value: unknown, out: FunctionSource[] = [], depth = 0)
   return out;
 }
 
+/**
+ * The engine's bounds on generate's stop strings and returned sequences (models/generate.ts's MAX_STOP_STRINGS and
+ * MAX_STOP_STRING_CHARS, intervention's MAX_RETURN_SEQUENCES; a test holds them equal), checked here at submission
+ * without loading the engine.
+ */
+export const SPEC_BOUNDS = { stopStrings: 64, stopStringChars: 256, returnSequences: 1024 } as const;
+const { stopStrings: MAX_STOP_STRINGS, stopStringChars: MAX_STOP_STRING_CHARS, returnSequences: MAX_RETURN_SEQUENCES } = SPEC_BOUNDS;
+
 /** The generation settings checked at submission (a bad one is the request's error, not the job's). */
 function checkGenerateSpec(g: GenerateSpec): void {
   const id = (v: unknown) => Number.isSafeInteger(v) && (v as number) >= 0 && (v as number) < 2 ** 31;
@@ -189,6 +197,10 @@ function checkGenerateSpec(g: GenerateSpec): void {
   if (g.repetitionPenalty !== undefined && !(typeof g.repetitionPenalty === "number" && g.repetitionPenalty > 0 && Number.isFinite(g.repetitionPenalty))) throw bad("repetitionPenalty", "a number > 0", g.repetitionPenalty);
   if (g.minNewTokens !== undefined && !(id(g.minNewTokens) && g.minNewTokens <= 4096)) throw bad("minNewTokens", "a whole number from 0 to 4096", g.minNewTokens);
   if (g.padTokenId !== undefined && !id(g.padTokenId)) throw bad("padTokenId", "a token id", g.padTokenId);
+  const stops = typeof g.stopStrings === "string" ? [g.stopStrings] : g.stopStrings;
+  const stop = (s: unknown) => typeof s === "string" && s.length > 0 && s.length <= MAX_STOP_STRING_CHARS;
+  if (stops !== undefined && !(Array.isArray(stops) && stops.length <= MAX_STOP_STRINGS && stops.every(stop))) throw bad("stopStrings", `a string or a list of at most ${MAX_STOP_STRINGS}, each of 1 to ${MAX_STOP_STRING_CHARS} characters`, g.stopStrings);
+  if (g.numReturnSequences !== undefined && !(id(g.numReturnSequences) && g.numReturnSequences >= 1 && g.numReturnSequences <= MAX_RETURN_SEQUENCES)) throw bad("numReturnSequences", `a whole number from 1 to ${MAX_RETURN_SEQUENCES}`, g.numReturnSequences);
   const eos = g.eosTokenId;
   if (eos !== undefined && eos !== null && !id(eos) && !(Array.isArray(eos) && eos.length <= 64 && eos.every(id))) throw bad("eosTokenId", "a token id, a list of at most 64, or null", eos);
 }

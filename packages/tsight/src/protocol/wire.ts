@@ -72,6 +72,8 @@ export interface GenerateSpec {
   seed?: number;
   repetitionPenalty?: number;
   minNewTokens?: number;
+  stopStrings?: string | string[];
+  numReturnSequences?: number;
   eosTokenId?: number | number[] | null;
   padTokenId?: number;
 }

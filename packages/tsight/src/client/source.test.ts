@@ -258,3 +258,36 @@ describe("compiled code", () => {
     expect(t.message).toMatch(/compile for ES2017 or later/);
   });
 });
+
+describe("tr.local functions (hybrid steps), made again on the client from their source", () => {
+  // As source text: vitest rewrites imports (and import()) of a test's own functions into names of its own.
+  test("may use their argument, what they declare, this process's globals and await import(...)", () => {
+    const step = `async ({ n }) => {
+      const fs = await import("node:fs");
+      let total = n;
+      for (const x of [1, 2]) total += x;
+      console.log(process.pid, fs.existsSync("/"), Math.max(total, 1), new URL("http://x").host);
+      return total;
+    }`;
+    expect(refused(`async (m, tr) => tr.local(${step}, { n: 1 })`)).toEqual([]);
+    expect(refused("async (m, tr) => tr.local(async function () { return arguments.length; }, {})")).toEqual([]);
+  });
+
+  test("a name from the intervention or around it is refused before sending, named with its line, and how to pass it", () => {
+    const e = error(`async (m, tr) => {
+      const k = 2;
+      return tr.local(async ({ n }) => n * k * K + zeros([1]).shape[0] + tr.vars.x, { n: 1 });
+    }`) as FreeVariableError;
+    expect(e).toBeInstanceOf(FreeVariableError);
+    expect(e.names).toEqual(["k", "K", "zeros", "tr"]);
+    expect(e.uses.every((u) => u.inStep)).toBe(true);
+    expect(e.message).toMatch(/^A function given to tr\.local uses 4 names it will not see when it runs:\n {2}k at 3:44\n {2}K at 3:48/);
+    expect(e.message).toMatch(/made again on the client from its source, with its argument and this process's globals only.*Pass what it needs in its values — tr\.local\(async \(\{ k \}\) => \.\.\., \{ k \}\)/s);
+  });
+
+  test("with free names in the intervention itself too, both are told", () => {
+    const e = error(async (_m: any, tr: any) => K + (await tr.local(async () => K, {}))) as FreeVariableError;
+    expect(e.uses.map((u) => [u.name, !!u.inStep])).toEqual([["K", false], ["K", true]]);
+    expect(e.message).toMatch(/^the intervention uses a name defined outside it, which a remote job cannot see:[^]*\nAnd a function given to tr\.local uses a name it will not see when it runs:\n {2}K at /);
+  });
+});

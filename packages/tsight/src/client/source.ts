@@ -50,6 +50,11 @@ export interface FreeVariableUse {
   text: string;
   /** "file:line:column" in the caller's file, when the client could find the function there. */
   at?: string;
+  /**
+   * Used by a function given to tr.local (a hybrid step), which is made again on the client from its source: it
+   * sees its argument and the client's globals, not the intervention's variables nor the caller's.
+   */
+  inStep?: true;
 }
 
 /** The function uses names from outside itself, which a remote job cannot see. */
@@ -218,8 +223,8 @@ type Identifier = AcornNode & { type: "Identifier"; name: string };
 
 /** Where each free name is used; module loading and code-from-strings are refused first. */
 function checkSource(parsed: ParsedFunction, allowed: ReadonlySet<string>): void {
-  const { free: allFree, parents } = references(parsed);
-  // Functions given to tr.local(...) run on the client, with the client's globals: they are not checked.
+  const { free: allFree, parents, all } = references(parsed);
+  // Functions given to tr.local(...) run on the client, with the client's globals: checked for those (stepFreeUses).
   const client = clientFunctions(parents);
   const onClient = (n: AcornNode) => client.some((f) => n.start >= f.start && n.end <= f.end);
   const free = allFree.filter((r) => !onClient(r.identifier as unknown as AcornNode));
@@ -250,7 +255,8 @@ function checkSource(parsed: ParsedFunction, allowed: ReadonlySet<string>): void
     );
   }
   const uses = free.filter((r) => !allowed.has(r.identifier.name)).map((r) => use(parsed, r, parents));
-  if (uses.length) throw new FreeVariableError(uses);
+  const inSteps = stepFreeUses(all, client).map((r): FreeVariableUse => ({ ...use(parsed, r, parents), inStep: true }));
+  if (uses.length || inSteps.length) throw new FreeVariableError([...uses, ...inSteps]);
 }
 
 /** Function expressions passed as the first argument of a `.local(...)` call (hybrid steps). */
@@ -266,13 +272,30 @@ function clientFunctions(parents: Map<AcornNode, AcornNode | null>): AcornNode[]
 }
 
 /** References that no scope inside the function resolves, in source order, and every node's parent. */
-function references(parsed: ParsedFunction): { free: Reference[]; parents: Map<AcornNode, AcornNode | null> } {
+function references(parsed: ParsedFunction): { free: Reference[]; parents: Map<AcornNode, AcornNode | null>; all: Reference[] } {
   const manager = analyze(parsed.program as unknown as Parameters<typeof analyze>[0], { ecmaVersion: 2022, sourceType: "script", ignoreEval: true });
   const start = (r: Reference) => (r.identifier as unknown as AcornNode).start;
   const free = [...manager.globalScope!.through].sort((a, b) => start(a) - start(b));
   const parents = new Map<AcornNode, AcornNode | null>();
   walk(parsed.program, null, (node, parent) => void parents.set(node, parent));
-  return { free, parents };
+  const all = manager.scopes.flatMap((scope) => scope.references).sort((a, b) => start(a) - start(b));
+  return { free, parents, all };
+}
+
+/**
+ * The names a tr.local function uses that it will not see on the client, where it is made again from its source
+ * alone (see client/local-step.ts): those declared outside it (in the intervention or around it), and globals this
+ * process does not have.
+ */
+function stepFreeUses(all: readonly Reference[], client: readonly AcornNode[]): Reference[] {
+  const within = (n: AcornNode, f: AcornNode) => n.start >= f.start && n.end <= f.end;
+  return all.filter((r) => {
+    const node = r.identifier as unknown as AcornNode;
+    const f = client.find((c) => within(node, c));
+    if (!f) return false;
+    if (r.resolved === null) return !(r.identifier.name in globalThis);
+    return !within(r.resolved.scope.block as unknown as AcornNode, f);
+  });
 }
 
 function use(parsed: ParsedFunction, ref: Reference, parents: Map<AcornNode, AcornNode | null>): FreeVariableUse {
@@ -322,7 +345,27 @@ const compiledImport = /^(__vite_ssr_import_\d+__|__vi_import_\d+__|import_[\w$]
 /** Helpers that TypeScript emits when it compiles async functions for old targets. */
 const downlevelHelpers = new Set(["__awaiter", "__generator", "__asyncGenerator", "__await", "__asyncValues"]);
 
-function freeVariableMessage(uses: readonly FreeVariableUse[]): string {
+function freeVariableMessage(all: readonly FreeVariableUse[]): string {
+  const uses = all.filter((u) => !u.inStep);
+  const inSteps = all.filter((u) => u.inStep);
+  const steps = inSteps.length ? stepMessage(inSteps) : "";
+  if (!uses.length) return steps;
+  return remoteMessage(uses) + (steps ? `\nAnd ${steps[0]!.toLowerCase()}${steps.slice(1)}` : "");
+}
+
+function stepMessage(uses: readonly FreeVariableUse[]): string {
+  const byName = new Map<string, FreeVariableUse[]>();
+  for (const u of uses) byName.set(u.text, [...(byName.get(u.text) ?? []), u]);
+  const lines = [...byName].map(([text, list]) => `  ${text} at ${list.map((u) => u.at ?? `${u.line}:${u.column}`).join(", ")}`);
+  const v = uses[0]!.name;
+  return (
+    `A function given to tr.local uses ${byName.size === 1 ? "a name" : `${byName.size} names`} it will not see when it runs:\n${lines.join("\n")}\n` +
+    `A hybrid step's function is made again on the client from its source, with its argument and this process's globals only (not the intervention's variables, nor those around it, imports included). ` +
+    `Pass what it needs in its values — tr.local(async ({ ${v} }) => ..., { ${v} }) — or load modules with await import(...) inside it.`
+  );
+}
+
+function remoteMessage(uses: readonly FreeVariableUse[]): string {
   const byName = new Map<string, FreeVariableUse[]>();
   for (const u of uses) byName.set(u.text, [...(byName.get(u.text) ?? []), u]);
   const lines: string[] = [];

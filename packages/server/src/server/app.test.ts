@@ -106,7 +106,7 @@ describe("submitting", () => {
   it("answers 404 VALIDATION for a model it does not serve, and never loads it", async () => {
     const res = await s.submit({ model: toModelKey("LanguageModel", "/etc", null) });
     expect(res.status).toBe(404);
-    expect((await errorOf(res)).message).toContain(`does not serve LanguageModel:{"repo_id":"/etc","revision":null}; it serves ${GPT2}`);
+    expect((await errorOf(res)).message).toContain(`does not serve "/etc" (key LanguageModel:{"repo_id":"/etc","revision":null}); it serves stdlib-gpt2 (key ${GPT2})`);
   });
 
   it("queues jobs with server-made ids and positions, and shows them only to their key", async () => {

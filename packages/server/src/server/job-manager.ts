@@ -164,10 +164,7 @@ export class JobManager implements Dispatcher {
       throw new ApiError(400, "VALIDATION", (e as Error).message);
     }
     const model = this.parts.registry.get(job.model);
-    if (!model) {
-      const served = this.parts.registry.list().map((m) => m.key);
-      throw new ApiError(404, "VALIDATION", `this server does not serve ${job.model}; it serves ${served.join(", ")}`);
-    }
+    if (!model) throw this.parts.registry.unserved(job.model);
     const worker = this.workers.get(model.key);
     if (worker?.failedForGood) throw new ApiError(503, "INTERNAL", `${model.name} cannot run jobs on this server until it restarts: ${worker.lastError?.message ?? "its worker failed"}`);
     if (worker?.state === "failed") {

@@ -4,7 +4,8 @@
  * models only by key, and a key not listed here is refused: nothing named in a request is ever loaded.
  */
 import { locateModel, readModelConfigs, saeMeta, Tokenizer, type SaeMeta, type SaeSpec, type WeightDType } from "tsight";
-import { canonicalModelKey, toModelKey, type ModelMeta } from "tsight/protocol";
+import { canonicalModelKey, fromModelKey, toModelKey, type ModelMeta } from "tsight/protocol";
+import { ApiError } from "./api-error.js";
 import { readModelMeta } from "./model-meta.js";
 
 export interface ServedModel {
@@ -70,6 +71,21 @@ export class ModelRegistry {
 
   list(): ServedModel[] {
     return [...this.byKey.values()];
+  }
+
+  /**
+   * The 404 for a model key this server does not serve: the name asked for (the repo id of a well-formed key) and
+   * the names it serves, each with its key (what a client sends).
+   */
+  unserved(key: string): ApiError {
+    let asked = key;
+    try {
+      asked = `"${fromModelKey(key).args.repo_id}" (key ${key})`;
+    } catch {
+      // Not a model key at all: named as it came.
+    }
+    const served = this.list().map((m) => `${m.name} (key ${m.key})`);
+    return new ApiError(404, "VALIDATION", `this server does not serve ${asked}; it serves ${served.join(", ")}`);
   }
 
   /**

@@ -1,6 +1,5 @@
 /** GET /v1/models (what is served, its state and queue) and GET /v1/models/:key/meta (config and tokenizer). */
 import type { Hono } from "hono";
-import { ApiError } from "./api-error.js";
 import type { AppDeps } from "./app.js";
 import type { AppEnv } from "./guards.js";
 
@@ -12,7 +11,7 @@ export function modelsRoutes(app: Hono<AppEnv>, deps: AppDeps): void {
   app.get("/v1/models/:key/meta", async (c) => {
     const key = c.req.param("key");
     const model = registry.get(key);
-    if (!model) throw new ApiError(404, "VALIDATION", `this server does not serve ${key}; it serves ${registry.list().map((m) => m.key).join(", ")}`);
+    if (!model) throw registry.unserved(key);
     // The dtype as /v1/models gives it: in a distributed deployment, what the workers serving the model load.
     const [meta, listed] = await Promise.all([registry.meta(model), jobs.models()]);
     const dtype = listed.find((m) => m.key === model.key)?.dtype;

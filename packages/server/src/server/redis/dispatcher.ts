@@ -49,7 +49,7 @@ export class RedisDispatcher implements Dispatcher {
       throw new ApiError(400, "VALIDATION", (e as Error).message);
     }
     const model = registry.get(job.model);
-    if (!model) throw new ApiError(404, "VALIDATION", `this server does not serve ${job.model}; it serves ${registry.list().map((m) => m.key).join(", ")}`);
+    if (!model) throw registry.unserved(job.model);
     // A bar a worker process set on this key (its job broke a thread there) holds in every API process.
     checkBarred(parseBarred(await store.redis.get(store.keys.barred(caller.keyId))));
     // A result lives at most its job's wait and run, and the retention after it.

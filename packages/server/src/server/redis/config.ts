@@ -39,3 +39,12 @@ export function resolveDistributed(options: Partial<DistributedConfig> & { redis
   if (!(Number.isInteger(config.maxRetries) && config.maxRetries >= 0)) throw new RangeError(`distributed setting maxRetries must be a whole number, got ${config.maxRetries}`);
   return config;
 }
+
+/**
+ * The longest a job can wait and run in a distributed deployment: its queue wait, run, hybrid steps, and a minute
+ * more. A result is kept at most this and the result retention after the job was made; an event at most this and the
+ * record retention after it was written.
+ */
+export function longestJobMs(config: { jobTimeoutMs: number; localStepTimeoutMs: number }, dist: Pick<DistributedConfig, "queueWaitMs">): number {
+  return dist.queueWaitMs + config.jobTimeoutMs + config.localStepTimeoutMs + 60_000;
+}

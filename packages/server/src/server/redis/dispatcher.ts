@@ -18,7 +18,7 @@ import type { Caller } from "../key-store.js";
 import type { ServerMetrics } from "../metrics.js";
 import type { ModelRegistry } from "../model-registry.js";
 import type { LocalAnswer } from "../worker-messages.js";
-import type { DistributedConfig } from "./config.js";
+import { longestJobMs, type DistributedConfig } from "./config.js";
 import { encodeAnswer, type RedisJobRecord, type RedisJobStore } from "./job-store.js";
 import { liveWorkers } from "./presence.js";
 import { queuedJobOptions, type QueuedJob } from "./queues.js";
@@ -52,11 +52,9 @@ export class RedisDispatcher implements Dispatcher {
     if (!model) throw registry.unserved(job.model);
     // A bar a worker process set on this key (its job broke a thread there) holds in every API process.
     checkBarred(parseBarred(await store.redis.get(store.keys.barred(caller.keyId))));
-    // A result lives at most its job's wait and run, and the retention after it.
-    // Back to the oldest job whose result may still be kept. Its events are kept as long as its record (a day longer),
-    // but reading back a day of a busy key's jobs at every submission would cost more than the bound is worth: in
-    // distributed mode the bound counts the events of the jobs within the results' horizon.
-    const stored = await store.storedBytes(caller.keyId, config.resultRetentionMs + this.parts.dist.queueWaitMs + config.jobTimeoutMs + config.localStepTimeoutMs + 60_000);
+    // A result lives at most its job's wait and run, and the retention after it; an event the same with the record's.
+    const longest = longestJobMs(config, this.parts.dist);
+    const stored = await store.storedBytes(caller.keyId, config.resultRetentionMs + longest, this.parts.dist.recordRetentionMs + longest);
     checkRoomToStore(stored, await store.activeCount(caller.keyId), config);
     const id = newJobId();
     const batch = config.maxBatch > 1 ? batchKey(job, registry.tokenizer(model)) : undefined;

@@ -10,7 +10,7 @@ import type { LocalAnswer } from "../worker-messages.js";
 import type { EndListener, JobRecord, ListOptions, MoveDetails, NewJob, ResultState, WebhookState } from "../job-store.js";
 import { isTerminal } from "../job-status.js";
 import type { RedisLayout } from "./connection.js";
-import { appendEvent, createJob, moveJob } from "./scripts.js";
+import { appendEvent, createJob, keyEventBytes, moveJob } from "./scripts.js";
 
 /** What Redis keeps of a job beyond the protocol's record. */
 export interface RedisJobRecord extends JobRecord {
@@ -72,7 +72,15 @@ export class RedisJobStore {
     readonly keys: RedisLayout,
     /** How long an ended job's record and events are kept. */
     readonly recordTtlMs: number,
-  ) {}
+    /** The longest a job waits and runs: its events are kept at most this and recordTtlMs after they are written. */
+    longestJobMs = 0,
+  ) {
+    // For the scripts' count of a key's event bytes by the hour (see storedBytes); a failure shows at its first use.
+    this.keepSet = redis.set(keys.eventKeep, String(recordTtlMs + longestJobMs)).then(() => undefined);
+    this.keepSet.catch(() => undefined);
+  }
+
+  private readonly keepSet: Promise<void>;
 
   /**
    * Records a new job (RECEIVED) and its first event. Answers its rank among its key's unfinished jobs (1 for the
@@ -80,6 +88,7 @@ export class RedisJobStore {
    * the same idempotency key (its record has the digest to compare, set in the same step).
    */
   async create(job: NewRedisJob): Promise<{ rank: number } | "limit" | { earlier: string }> {
+    await this.keepSet;
     const { webhook, idempotency } = job;
     const out = await createJob.run(this.redis, [
       this.keys.base,
@@ -151,26 +160,28 @@ export class RedisJobStore {
   }
 
   /**
-   * Bytes kept now for the key (see JobStore.storedBytes): its results (not expired, nor deleted) and its jobs'
-   * events, from its jobs newest first back to those made more than `horizonMs` ago (a record lives at most its job's
-   * run and the record retention after it).
+   * Bytes kept now for the key (see JobStore.storedBytes): its results (not expired, nor deleted), from its jobs
+   * newest first back to those made more than `horizonMs` ago (a result lives at most its job's wait and run and the
+   * retention after it), and every event its jobs wrote within `eventsMs` (a job's wait and run and the record
+   * retention after it: an event lives at most that long), counted by the hour as they were written (see
+   * scripts.ts's addEvent), so a day of ended jobs' events is not read back job by job at every submission.
    */
-  async storedBytes(keyId: string, horizonMs: number, now = Date.now()): Promise<number> {
+  async storedBytes(keyId: string, horizonMs: number, eventsMs: number, now = Date.now()): Promise<number> {
+    await this.keepSet;
     const index = this.keys.keyJobs(keyId);
-    let total = 0;
+    let total = Number(await keyEventBytes.run(this.redis, [this.keys.base, keyId, eventsMs]));
     let max = "+inf";
     for (;;) {
       const page = await this.redis.zrevrangebyscore(index, max, "-inf", "WITHSCORES", "LIMIT", 0, 100);
       if (page.length === 0) return total;
       const ids = page.filter((_, i) => i % 2 === 0);
       const pipe = this.redis.pipeline();
-      for (const id of ids) pipe.hmget(this.keys.job(id), "created", "result", "resultBytes", "expires", "eventBytes");
+      for (const id of ids) pipe.hmget(this.keys.job(id), "created", "result", "resultBytes", "expires");
       const rows = (await pipe.exec()) ?? [];
       for (const [, row] of rows) {
-        const [created, result, bytes, expires, eventBytes] = (row ?? []) as (string | null)[];
+        const [created, result, bytes, expires] = (row ?? []) as (string | null)[];
         if (created !== null && created !== undefined && Number(created) < now - horizonMs) return total;
         if (result === "available" && Number(expires) > now) total += Number(bytes ?? 0);
-        total += Number(eventBytes ?? 0);
       }
       max = `(${page[page.length - 1]}`;
     }

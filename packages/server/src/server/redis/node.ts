@@ -19,7 +19,7 @@ import type { ServerOptions } from "../server.js";
 import { WebhookSender } from "../webhook-sender.js";
 import { WebhookTargets } from "../webhook-target.js";
 import { connectRedis, isRedisUnreachable, RedisLayout } from "./connection.js";
-import { resolveDistributed, type DistributedConfig } from "./config.js";
+import { longestJobMs, resolveDistributed, type DistributedConfig } from "./config.js";
 import { RedisDispatcher } from "./dispatcher.js";
 import { RedisEventFeed, StreamHub, StreamWatchers } from "./event-feed.js";
 import { RedisJobStore } from "./job-store.js";
@@ -69,7 +69,7 @@ async function openCommon(options: DistributedOptions): Promise<Common> {
   // The stores answer requests: their commands fail fast while Redis is away (BullMQ's connection waits instead).
   const requests = await connectRedis(redisUrl, undefined, true);
   await Promise.all(registry.list().map((m) => registry.loadTokenizer(m)));
-  const store = new RedisJobStore(requests, layout, dist.recordRetentionMs);
+  const store = new RedisJobStore(requests, layout, dist.recordRetentionMs, longestJobMs(config, dist));
   const results = new RedisResultStore(requests, layout);
   const queues = new Map(registry.list().map((m) => [m.key, modelQueue(redis, layout, m.key)] as const));
   const metrics = new ServerMetrics();

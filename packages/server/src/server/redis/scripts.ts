@@ -15,10 +15,21 @@ local P = ARGV[1]
 local NEXT = {${Object.entries(NEXT).map(([from, to]) => `${from}=${luaSet(to)}`).join(", ")}}
 local TERMINAL = ${luaSet(TERMINAL)}
 
+-- A key's event bytes are counted by the hour they were written (P:keyevents:<keyId>, hour -> bytes; see
+-- keyEventBytes), kept as long as its events may be: P:eventkeep ms (what the job store set), a week if unset.
+local HOUR_MS = 3600000
 local function addEvent(id, json)
-  local seq = redis.call('HINCRBY', P .. 'job:' .. id, 'lastSeq', 1)
-  redis.call('HINCRBY', P .. 'job:' .. id, 'eventBytes', #json)
+  local job = P .. 'job:' .. id
+  local seq = redis.call('HINCRBY', job, 'lastSeq', 1)
+  redis.call('HINCRBY', job, 'eventBytes', #json)
   redis.call('XADD', P .. 'events:' .. id, seq .. '-0', 'e', json)
+  local keyId = redis.call('HGET', job, 'keyId')
+  if keyId then
+    local t = redis.call('TIME')
+    local counts = P .. 'keyevents:' .. keyId
+    redis.call('HINCRBY', counts, math.floor(tonumber(t[1]) * 1000 / HOUR_MS), #json)
+    redis.call('PEXPIRE', counts, tonumber(redis.call('GET', P .. 'eventkeep') or '604800000') + HOUR_MS)
+  end
   return seq
 end
 
@@ -173,4 +184,20 @@ if (status ~= 'DISPATCHED' and status ~= 'RUNNING') or redis.call('HGET', job, '
 redis.call('HSET', job, 'lost', ARGV[4])
 addEvent(id, ARGV[5])
 return 1
+`);
+
+/**
+ * A key's event bytes still kept (ARGV: P, keyId, keep ms): the sum of the hours written within `keep` of now (by
+ * Redis's clock, which wrote them), rounded out a whole hour; older hours are dropped.
+ */
+export const keyEventBytes = script(`
+local counts = P .. 'keyevents:' .. ARGV[2]
+local t = redis.call('TIME')
+local first = math.floor((tonumber(t[1]) * 1000 - tonumber(ARGV[3])) / HOUR_MS)
+local all = redis.call('HGETALL', counts)
+local total = 0
+for i = 1, #all, 2 do
+  if tonumber(all[i]) < first then redis.call('HDEL', counts, all[i]) else total = total + tonumber(all[i + 1]) end
+end
+return total
 `);

@@ -101,11 +101,22 @@ describe("RedisJobStore", () => {
       return n;
     };
     expect(await events()).toBeGreaterThan(1000);
-    expect(await store.storedBytes("k-stored", 3_600_000, now)).toBe(120 + (await events()));
+    const day = 24 * 3_600_000;
+    expect(await store.storedBytes("k-stored", 3_600_000, day, now)).toBe(120 + (await events()));
     await store.markResultExpired(ids[0]!);
-    expect(await store.storedBytes("k-stored", 3_600_000, now)).toBe(20 + (await events()));
-    // Jobs made before the horizon hold nothing any more: not read.
-    expect(await store.storedBytes("k-stored", 3_600_000, now + 2 * 3_600_000)).toBe(0);
+    expect(await store.storedBytes("k-stored", 3_600_000, day, now)).toBe(20 + (await events()));
+    // Past the results' horizon their jobs' results are not read, but their events, kept a day longer, still count
+    // (before, in distributed mode, only the events of jobs within the results' horizon did).
+    expect(await store.storedBytes("k-stored", 3_600_000, day, now + 2 * 3_600_000)).toBe(await events());
+    // Counted by the hour written: an hour older than events are kept is no longer counted, and is dropped.
+    const hours = `${keys.base}keyevents:k-stored`;
+    const old = String(Math.floor(now / 3_600_000) - 30);
+    await redis.hset(hours, old, 5000);
+    expect(await store.storedBytes("k-stored", 3_600_000, 40 * 3_600_000, now)).toBe(20 + 5000 + (await events()));
+    expect(await store.storedBytes("k-stored", 3_600_000, day, now)).toBe(20 + (await events()));
+    expect(await redis.hexists(hours, old)).toBe(0);
+    // The hours are kept as long as events are (the store's record retention and longest job), then go.
+    expect(await redis.pttl(hours)).toBeGreaterThan(60_000);
   });
 
   it("stores an error event before ERROR, and appends after done (webhook logs)", async () => {

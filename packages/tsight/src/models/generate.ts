@@ -71,8 +71,8 @@ export async function generate(model: CausalLM, inputIds: Tensor, attentionMask:
   const rows: number[][] = Array.from({ length: B }, () => []);
   const finished = new Array<boolean>(B).fill(false);
   let next = inputIds;
-  // Per row, the tokens it holds so far (for the repetition penalty): the prompt's, then each one chosen.
   const stopped = stops.length ? stopStringMatcher(stops, options.decode!, inputIds, attentionMask) : null;
+  // Per row, the tokens it holds so far (for the repetition penalty): the prompt's, then each one chosen.
   const seen = repetitionPenalty === undefined || repetitionPenalty === 1 ? null : Array.from({ length: B }, (_, b) => new Set(Array.from(inputIds.index(b).toArray() as ArrayLike<number | bigint>, Number)));
   for (let step = 0; step < options.maxNewTokens; step++) {
     let logits: Tensor;

@@ -77,7 +77,7 @@ const names = new WeakMap<Map<string, Tensor>, Seen>();
 /**
  * The name of `t` in `tensors`, adding it when it is new. Identical tensors (the same object, views of the same
  * values, or equal dtype, shape and values) are stored once, whatever the value holds: a result with one tensor
- * sixty times is one tensor, hashed once. Linear in the data.
+ * sixty times is one tensor, hashed once. Linear in the data (see MAX_SAME_HASH).
  */
 function tensorName(t: Tensor, tensors: Map<string, Tensor>): string {
   let seen = names.get(tensors);
@@ -92,20 +92,27 @@ function tensorName(t: Tensor, tensors: Map<string, Tensor>): string {
   }
   const bytes = new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength);
   const key = `${form}|${hash(bytes)}`;
-  let name = (seen.byContent.get(key) ?? []).find((n) => {
+  const alike = seen.byContent.get(key) ?? [];
+  let name = alike.find((n) => {
     const other = tensors.get(n)!;
     return sameBytes(bytes, new Uint8Array(other.data.buffer, other.data.byteOffset, other.data.byteLength));
   });
   if (name === undefined) {
     name = `t${tensors.size}`;
     tensors.set(name, t.detach());
-    seen.byContent.set(key, [...(seen.byContent.get(key) ?? []), name]);
+    // A tensor is compared with at most MAX_SAME_HASH others: past that, one more with the hash is stored as it is.
+    // (The hash is cheap, not strong: a job's code made 20,000 tensors of one hash, and comparing each with all the
+    // others before it held a model's thread past its deadline.)
+    if (alike.length < MAX_SAME_HASH) seen.byContent.set(key, [...alike, name]);
   }
   seen.byTensor.set(t, name);
   if (!seen.byData.has(t.data)) seen.byData.set(t.data, new Map());
   seen.byData.get(t.data)!.set(form, name);
   return name;
 }
+
+/** The most stored tensors with one hash a new one is compared with (see tensorName). */
+const MAX_SAME_HASH = 8;
 
 /** Whole 32-bit words of `bytes` when it is aligned to them (a quarter of the steps), else undefined. */
 function words(bytes: Uint8Array): Int32Array | undefined {

@@ -3,12 +3,14 @@
  * (401). The caller they establish is the `caller` context variable.
  */
 import type { MiddlewareHandler } from "hono";
+import type { HttpBindings } from "@hono/node-server";
 import { PROTOCOL_HEADER, SUPPORTED_PROTOCOLS } from "tsight/protocol";
 import { ApiError } from "./api-error.js";
 import type { KeyVerifier } from "./contracts.js";
 import type { Caller } from "./key-store.js";
 
-export type AppEnv = { Variables: { caller: Caller } };
+/** What a route has: the caller, and Node's request and response when served over HTTP (absent in process). */
+export type AppEnv = { Variables: { caller: Caller }; Bindings: Partial<HttpBindings> | undefined };
 
 export const requireProtocol: MiddlewareHandler = async (c, next) => {
   const asked = c.req.header(PROTOCOL_HEADER)?.trim();

@@ -1,5 +1,6 @@
 /** GET /v1/jobs: a key's jobs, newest first, filtered and paged, through HttpBackend.list on a real socket. */
 import fsp from "node:fs/promises";
+import net from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { GPT2, tempDir } from "../../../../test/server/harness.js";
 import { HttpBackend } from "../../../tsight/src/client/http.js";
@@ -115,5 +116,59 @@ describe("open responses per key", () => {
     }
     expect(again?.status).toBe(200);
     controllers.forEach((c) => c.abort());
+  });
+
+  /**
+   * GETs `path` of `url` on a raw socket that reads no more than the response's first chunk (its status line: the
+   * server has answered, and counted it); resolves with the socket and that status.
+   */
+  const unread = (url: string, path: string, key: string) =>
+    new Promise<{ socket: net.Socket; status: string }>((resolve, reject) => {
+      const { hostname, port } = new URL(url);
+      const socket = net.connect(Number(port), hostname, () => {
+        socket.write(`GET ${path} HTTP/1.1\r\nhost: ${hostname}\r\ntsight-protocol: 1\r\nauthorization: Bearer ${key}\r\n\r\n`);
+      });
+      socket.once("data", (chunk: Buffer) => {
+        socket.pause();
+        resolve({ socket, status: chunk.toString("latin1").split("\r\n")[0]! });
+      });
+      socket.once("error", reject);
+    });
+
+  it("downloads and event streams nobody reads stay counted until their connection goes (the server holds their bytes)", async () => {
+    const running = await startServer({ port: 0, dataDir: await tempDir(), models: ["stdlib-gpt2"], log: () => undefined });
+    try {
+      const key = running.keys.create("hoarder").key;
+      const own = new HttpBackend({ url: running.url, apiKey: key });
+      const headers = { "tsight-protocol": "1", authorization: `Bearer ${key}` };
+      // A 32 MiB result, and a job whose event log is 12 MB: more than a socket's buffers take.
+      const big = await own.submit({ model: GPT2, kind: "trace", form: "invoke", input: [1, 2, 3], source: "async (m) => ones([8388608])" });
+      const logs = await own.submit({ model: GPT2, kind: "trace", form: "invoke", input: [1, 2, 3], source: "async (m) => { for (let i = 0; i < 1500; i++) console.log('x'.repeat(8000)); return 1; }" });
+      for (const job of [big, logs]) {
+        let state = await job.status();
+        for (; !["COMPLETED", "ERROR", "CANCELLED"].includes(state.status); state = await job.status()) await new Promise((r) => setTimeout(r, 50));
+        expect(state.error?.message, state.status).toBeUndefined();
+      }
+      for (const [path, n, what] of [[`/v1/jobs/${big.id}/result`, 4, "result downloads"], [`/v1/jobs/${logs.id}/events?follow=0`, 16, "event streams"]] as const) {
+        const opened = await Promise.all(Array.from({ length: n }, () => unread(running.url, path, key)));
+        expect(opened.map((o) => o.status)).toEqual(Array(n).fill("HTTP/1.1 200 OK"));
+        const sockets = opened.map((o) => o.socket);
+        // Before, each was let go once the HTTP server had taken its body into its buffers, which no one read.
+        const refused = await fetch(`${running.url}${path}`, { headers });
+        expect(refused.status, what).toBe(429);
+        expect(((await refused.json()) as ErrorBody).error.message).toContain(`this key has ${n} ${what} open`);
+        for (const s of sockets) s.destroy();
+        let again: Response | undefined;
+        for (let i = 0; i < 50 && again?.status !== 200; i++) {
+          await new Promise((r) => setTimeout(r, 20));
+          again = await fetch(`${running.url}${path}`, { headers });
+          if (again.status !== 200) await again.body?.cancel();
+        }
+        expect(again?.status, what).toBe(200);
+        await again!.arrayBuffer();
+      }
+    } finally {
+      await running.close();
+    }
   });
 });

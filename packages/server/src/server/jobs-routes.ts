@@ -72,7 +72,7 @@ export function jobsRoutes(app: Hono<AppEnv>, deps: AppDeps): void {
       throw new ApiError(400, "VALIDATION", `${name} ${after} is past the last event of job ${id} (event ${job.lastSeq}; ${state}); resume after an id its event stream sent, or without ${name} for all its events`);
     }
     // ?follow=0: what is stored now, then the end (not counted as a client following the job).
-    return streamsPerKey.count(c.get("caller").keyId, await events.open(id, after, !["0", "false"].includes(c.req.query("follow") ?? "")));
+    return streamsPerKey.counted(c.get("caller").keyId, c.env?.outgoing, () => events.open(id, after, !["0", "false"].includes(c.req.query("follow") ?? "")));
   });
 
   app.post("/v1/jobs/:id/local/:call", async (c) => {
@@ -115,19 +115,22 @@ export function jobsRoutes(app: Hono<AppEnv>, deps: AppDeps): void {
       await discardResult(id);
       throw expired();
     }
-    let bytes: Uint8Array | undefined;
-    try {
-      bytes = await results.read(id);
-    } catch (e) {
-      if (e instanceof DamagedResultError) throw new ApiError(500, "INTERNAL", e.message);
-      throw e;
-    }
-    // Its file is gone before its time (removed by hand, or the disk lost it): said so, not "deleted at" a time to come.
-    if (!bytes) {
-      await store.markResultExpired(id);
-      throw new ApiError(410, "NOT_ALLOWED", `the result of job ${id} is no longer stored: it was removed before it was due to expire at ${new Date(job.expires!).toISOString()}`);
-    }
-    return downloadsPerKey.count(c.get("caller").keyId, new Response(bytes, { headers: { "content-type": ENVELOPE_TYPE, "content-length": String(bytes.byteLength), "cache-control": "no-store" } }));
+    // Counted before the result is read (a key's downloads are bounded in the memory they hold, see per-key-limit.ts).
+    return downloadsPerKey.counted(c.get("caller").keyId, c.env?.outgoing, async () => {
+      let bytes: Uint8Array | undefined;
+      try {
+        bytes = await results.read(id);
+      } catch (e) {
+        if (e instanceof DamagedResultError) throw new ApiError(500, "INTERNAL", e.message);
+        throw e;
+      }
+      // Its file is gone before its time (removed by hand, or the disk lost it): said so, not "deleted at" a time to come.
+      if (!bytes) {
+        await store.markResultExpired(id);
+        throw new ApiError(410, "NOT_ALLOWED", `the result of job ${id} is no longer stored: it was removed before it was due to expire at ${new Date(job.expires!).toISOString()}`);
+      }
+      return new Response(bytes, { headers: { "content-type": ENVELOPE_TYPE, "content-length": String(bytes.byteLength), "cache-control": "no-store" } });
+    });
   });
 
   // A completed job's result, deleted before its expiry (its key's kept results and events count against maxStoredResultBytesPerKey).

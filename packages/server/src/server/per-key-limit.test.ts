@@ -26,3 +26,22 @@ describe("PerKeyLimit", () => {
     expect((await limit.count("k", bytes(4)).arrayBuffer()).byteLength).toBe(4);
   });
 });
+
+describe("PerKeyLimit.counted", () => {
+  it("counts before the response is made (a 429 makes nothing), lets go when making fails, and holds until Node's response closes", async () => {
+    const { EventEmitter } = await import("node:events");
+    const limit = new PerKeyLimit("result downloads", 1, "read");
+    const end = new EventEmitter();
+    let made = 0;
+    const make = () => (made++, bytes(10));
+    const held = await limit.counted("k", end, make);
+    // Read to its end, but its bytes have not left the process: still counted, and the next is refused unmade.
+    expect((await held.arrayBuffer()).byteLength).toBe(10);
+    await expect(limit.counted("k", new EventEmitter(), make)).rejects.toThrow(/this key has 1 result downloads open/);
+    expect(made).toBe(1);
+    end.emit("close");
+    await expect(limit.counted("k", undefined, () => Promise.reject(new Error("no such result")))).rejects.toThrow("no such result");
+    expect((await (await limit.counted("k", undefined, make)).arrayBuffer()).byteLength).toBe(10);
+    expect(made).toBe(2);
+  });
+});

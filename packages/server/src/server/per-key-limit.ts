@@ -1,9 +1,20 @@
 /**
  * How many responses of one kind a key may have open at once (event streams, result downloads). Each holds what it
  * sends in memory until its reader takes it or goes away, so without a bound one key that opens many and reads
- * none could make the server hold any amount (40 idle streams of a 16 MiB event log held 640 MB).
+ * none could make the server hold any amount (40 idle streams of a 16 MiB event log held 640 MB). A response is
+ * counted from before what it sends is read (a result from its file or Redis) until its last byte has left the
+ * process: counted only until the HTTP server had taken its body, 45 downloads of a 100 MiB result that nobody read
+ * were all let through, and held 4.8 GB.
  */
 import { ApiError } from "./api-error.js";
+
+/**
+ * Node's response to a request (its ServerResponse), which says when it is over: "close" comes once its last byte
+ * was handed to the operating system, or its connection went away.
+ */
+export interface ResponseEnd {
+  once(event: "close", listener: () => void): unknown;
+}
 
 export class PerKeyLimit {
   private readonly open = new Map<string, number>();
@@ -37,7 +48,7 @@ export class PerKeyLimit {
     };
   }
 
-  /** The response's body, counted against `key` until it is read to its end or cancelled; a 429 past the limit. */
+  /** `response`, counted against `key` (a 429 past the limit) until it is read to its end or cancelled (see hold). */
   count(key: string, response: Response): Response {
     let release: () => void;
     try {
@@ -45,6 +56,36 @@ export class PerKeyLimit {
     } catch (e) {
       void response.body?.cancel();
       throw e;
+    }
+    return this.hold(release, response);
+  }
+
+  /**
+   * The response `make` makes, counted against `key` from before it is made until it is over (see hold); a 429 past
+   * the limit, before anything is read. `end`: Node's response to the request, when served over HTTP.
+   */
+  async counted(key: string, end: ResponseEnd | undefined, make: () => Promise<Response> | Response): Promise<Response> {
+    const release = this.take(key);
+    let response: Response;
+    try {
+      response = await make();
+    } catch (e) {
+      release();
+      throw e;
+    }
+    return this.hold(release, response, end);
+  }
+
+  /**
+   * The response, counted (by `release`, from `take`: taken before what it sends was read or made) until it is
+   * over. With `end` (Node's response to the request), that is when every byte has been handed to the operating
+   * system or the connection is gone: a reader that reads nothing keeps it counted, as the server holds its bytes.
+   * Without (a request made in process), until the body is read to its end or cancelled.
+   */
+  hold(release: () => void, response: Response, end?: ResponseEnd): Response {
+    if (end) {
+      end.once("close", release);
+      return response;
     }
     if (!response.body) {
       release();

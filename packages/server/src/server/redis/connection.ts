@@ -16,6 +16,7 @@
  *   P:keyactive:<keyId>   set: a key's unfinished jobs
  *   P:keyevents:<keyId>   hash: hour (since the epoch, by Redis's clock) -> bytes of events the key's jobs wrote then
  *   P:eventkeep           string: how long (ms) an event may be kept after it is written (set by the job store)
+ *   P:submitlock:<keyId>  string: held while one of the key's submissions checks its room and makes its job
  *   P:idem:<keyId>:<key>  string: the job a key's submission with that Idempotency-Key made (kept a day; the
  *                         job's hash keeps the body's digest, `requestDigest`)
  *   P:barred:<keyId>      string: a key barred from submitting after its job broke a worker thread (JSON,
@@ -53,6 +54,7 @@ export class RedisLayout {
   keyJobs = (keyId: string) => `${this.base}keyjobs:${keyId}`;
   keyActive = (keyId: string) => `${this.base}keyactive:${keyId}`;
   barred = (keyId: string) => `${this.base}barred:${keyId}`;
+  submitLock = (keyId: string) => `${this.base}submitlock:${keyId}`;
   get eventKeep(): string {
     return `${this.base}eventkeep`;
   }

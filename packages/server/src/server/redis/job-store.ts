@@ -10,7 +10,12 @@ import type { LocalAnswer } from "../worker-messages.js";
 import type { EndListener, JobRecord, ListOptions, MoveDetails, NewJob, ResultState, WebhookState } from "../job-store.js";
 import { isTerminal } from "../job-status.js";
 import type { RedisLayout } from "./connection.js";
-import { appendEvent, createJob, keyEventBytes, moveJob } from "./scripts.js";
+import { randomUUID } from "node:crypto";
+import { ApiError } from "../api-error.js";
+import { appendEvent, createJob, keyEventBytes, moveJob, releaseLock } from "./scripts.js";
+
+/** How long a key's submission lock lasts, and the longest a submission waits for it (see withSubmitLock). */
+const SUBMIT_LOCK_MS = 10_000;
 
 /** What Redis keeps of a job beyond the protocol's record. */
 export interface RedisJobRecord extends JobRecord {
@@ -153,6 +158,26 @@ export class RedisJobStore {
   async eventsAfter(id: string, seq: number, count = 10_000): Promise<SequencedEvent[]> {
     const entries = await this.redis.xrange(this.keys.events(id), `(${seq}-0`, "+", "COUNT", count);
     return entries.map(toEvent);
+  }
+
+  /**
+   * Runs `work` holding the key's submission lock (P:submitlock:<keyId>, which lapses after SUBMIT_LOCK_MS should its
+   * process die holding it): one submission of a key at a time, in every API process. Waits for it at most
+   * SUBMIT_LOCK_MS; then a 503, retryable.
+   */
+  async withSubmitLock<T>(keyId: string, work: () => Promise<T>): Promise<T> {
+    const lock = this.keys.submitLock(keyId);
+    const token = randomUUID();
+    const until = Date.now() + SUBMIT_LOCK_MS;
+    while ((await this.redis.set(lock, token, "PX", SUBMIT_LOCK_MS, "NX")) !== "OK") {
+      if (Date.now() > until) throw new ApiError(503, "UNAVAILABLE", `this API key's submissions are many at once: its submission waited ${SUBMIT_LOCK_MS / 1000} s for those before it; try again`, { retryable: true, headers: { "retry-after": "1" } });
+      await new Promise((r) => setTimeout(r, 2 + Math.random() * 8));
+    }
+    try {
+      return await work();
+    } finally {
+      await releaseLock.run(this.redis, [this.keys.base, lock, token]);
+    }
   }
 
   async activeCount(keyId: string): Promise<number> {

@@ -201,3 +201,9 @@ for i = 1, #all, 2 do
 end
 return total
 `);
+
+/** Lets go of a lock (ARGV: P, lock key, token) if this holder still has it (it may have lapsed and been taken). */
+export const releaseLock = script(`
+if redis.call('GET', ARGV[2]) == ARGV[3] then redis.call('DEL', ARGV[2]) end
+return 1
+`);

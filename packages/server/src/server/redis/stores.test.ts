@@ -119,6 +119,38 @@ describe("RedisJobStore", () => {
     expect(await redis.pttl(hours)).toBeGreaterThan(60_000);
   });
 
+  it("runs one submission of a key at a time across stores (API processes), others' keys alongside", async () => {
+    const other = new RedisJobStore(redis, keys, 60_000);
+    let inside = 0;
+    let most = 0;
+    const order: string[] = [];
+    const submit = (s: RedisJobStore, key: string, name: string) =>
+      s.withSubmitLock(key, async () => {
+        inside++;
+        most = Math.max(most, inside);
+        await new Promise((r) => setTimeout(r, 15));
+        order.push(name);
+        inside--;
+        return name;
+      });
+    const names = await Promise.all(Array.from({ length: 8 }, (_, i) => submit(i % 2 ? other : store, "k-lock", `s${i}`)));
+    expect(names).toEqual(["s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7"]);
+    expect(most).toBe(1);
+    expect(order.length).toBe(8);
+    // A failing submission lets go too; another key's never waits for this one's.
+    await expect(store.withSubmitLock("k-lock", async () => Promise.reject(new Error("refused")))).rejects.toThrow("refused");
+    most = 0;
+    await Promise.all([submit(store, "k-lock", "a"), submit(other, "k-lock-2", "b")]);
+    expect(most).toBe(2);
+    // A lock whose holder died lapses; one lapsed and taken by another is not let go by the first.
+    await redis.set(keys.submitLock("k-dead"), "gone", "PX", 50);
+    expect(await store.withSubmitLock("k-dead", async () => "after the lapse")).toBe("after the lapse");
+    await redis.set(keys.submitLock("k-taken"), "someone", "PX", 60_000);
+    const { releaseLock } = await import("./scripts.js");
+    await releaseLock.run(redis, [keys.base, keys.submitLock("k-taken"), "not-mine"]);
+    expect(await redis.get(keys.submitLock("k-taken"))).toBe("someone");
+  });
+
   it("stores an error event before ERROR, and appends after done (webhook logs)", async () => {
     const id = await newJob();
     const error: ErrorInfo = { code: "USER_CODE", type: "TypeError", message: "boom", retryable: false, line: 3 };

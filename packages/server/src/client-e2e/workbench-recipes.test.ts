@@ -16,7 +16,7 @@ import { ARCHITECTURE_PATHS, headCount, layerCount, modelPaths } from "../web/re
 import { attentionRecipe } from "../web/recipes/attention.js";
 import { functionText, literal, programOf } from "../web/recipes/code.js";
 import { lensCells, lensRecipe, type LensValue } from "../web/recipes/lens.js";
-import { patchedCell, patchingRecipe, type PatchingValue } from "../web/recipes/patching.js";
+import { baselines, patchedCell, patchingRecipe, type PatchingValue } from "../web/recipes/patching.js";
 import { call } from "../web/recipes/recipe.js";
 import { generateRecipe, promptDifference } from "../web/recipes/steering.js";
 
@@ -101,6 +101,16 @@ describe("the recipes, as a server runs them, give the library's numbers (stdlib
     expect(cells.map((c) => [c.layer, c.position])).toEqual(value.grid.flatMap((row, l) => row.map((_, p) => [l, p])));
     expect(cells.map((c) => c.diff)).toEqual(value.grid.flat());
     expect(patchedCell("patched {oops")).toBeUndefined();
+    // The unpatched runs' differences are logged first, before any cell.
+    const lines = logged.flatMap((t) => t.split("\n")).filter((t) => t.startsWith("baseline ") || t.startsWith("patched "));
+    expect(baselines(lines[0]!)).toEqual({ clean: value.clean, corrupted: value.corrupted });
+    expect(baselines("baseline {oops")).toBeUndefined();
+    // A part of the grid (how the page asks for a long prompt's): those cells alone, the same numbers, null elsewhere.
+    const from = T + 2, to = 2 * T + 3;
+    const part = patchingRecipe({ clean, corrupted, answer, distractor }, modelPaths(lm), { from, to });
+    const partial = (await lm.session(part.fn as never, { remote: "local", vars: part.vars, print: null })) as PatchingValue;
+    expect([partial.clean, partial.corrupted]).toEqual([value.clean, value.corrupted]);
+    partial.grid.flat().forEach((d, cell) => expect(d, `cell ${cell}`).toBe(cell >= from && cell < to ? value.grid.flat()[cell] : null));
   });
 
   it("a steering direction from two prompts, and the generation it steers", async () => {

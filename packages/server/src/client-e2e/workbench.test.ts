@@ -15,6 +15,7 @@ import type { Tensor } from "../../../tsight/src/tensor/index.js";
 import { LanguageModel } from "../../../tsight/src/client/language-model.js";
 import { startServer, type RunningServer } from "../server/index.js";
 import { buildWorkbench } from "../web-build/build.js";
+import { diverging } from "../web/ui/colors.js";
 import { artifactsDir, openBrowser, type OpenBrowser } from "../../../../test/browser.js";
 
 const PROMPT = "    for i in range(";
@@ -423,6 +424,14 @@ describe("the workbench page", () => {
     expect([0, 1, 2, 3].map((l) => texts[l * 6 + 4]).join("  ")).toBe("-0.10  -0.32  -1.42  -2.13");
     expect([0, 1, 2, 3].map((l) => texts[l * 6 + 5]).join("  ")).toBe("2.76  3.01  3.95  4.32");
     expect(await panel.locator(".summary").innerText()).toBe("Unpatched: clean 4.32, corrupted -2.13.");
+    // Coloured by the change from the corrupted run: a cell patching left as it was (layer 0, position 0: -2.13) is
+    // the scale's middle, not the blue of "away from the clean answer"; the last layer's last position, the clean
+    // run's own difference, the far orange end.
+    const rgb = (css: string) => css.match(/\d+/g)!.map(Number);
+    const cellColour = (i: number) => panel.locator(".cell").nth(i).evaluate((c) => (c as HTMLElement).style.background);
+    expect(rgb(await cellColour(0))).toEqual(diverging.rgb(0.5));
+    expect(rgb(await cellColour(23))).toEqual(diverging.rgb(1));
+    expect(await panel.locator(".legend").innerText()).toContain("-2.13 (corrupted)");
     await page.mouse.move(0, 0);
     await panel.locator(".view").screenshot({ path: path.join(shots, "patching.png") });
     await panel.locator("details.code-panel summary").click();

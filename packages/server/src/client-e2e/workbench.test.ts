@@ -428,7 +428,7 @@ describe("the workbench page", () => {
     // the scale's middle, not the blue of "away from the clean answer"; the last layer's last position, the clean
     // run's own difference, the far orange end.
     const rgb = (css: string) => css.match(/\d+/g)!.map(Number);
-    const cellColour = (i: number) => panel.locator(".cell").nth(i).evaluate((c) => (c as HTMLElement).style.background);
+    const cellColour = (i: number) => panel.locator(".cell").nth(i).evaluate((c) => (c as unknown as { style: { background: string } }).style.background);
     expect(rgb(await cellColour(0))).toEqual(diverging.rgb(0.5));
     expect(rgb(await cellColour(23))).toEqual(diverging.rgb(1));
     expect(await panel.locator(".legend").innerText()).toContain("-2.13 (corrupted)");

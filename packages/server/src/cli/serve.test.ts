@@ -5,7 +5,7 @@ import { sink } from "../../../../test/streams.js";
 import { GPT2, tempDir } from "../../../../test/server/harness.js";
 import { clearPrefix, TEST_REDIS, testRedis, uniquePrefix } from "../../../../test/server/redis.js";
 import { main } from "../../../tsight/src/cli/main.js";
-import { parseDuration, runKeys, runServe } from "./serve.js";
+import { parseDuration, runKeys, runServe, SERVE_ENV } from "./serve.js";
 import { fixture, fixtureDir, maxAbsDiff, ref } from "../../../../test/fixtures.js";
 import { HttpBackend, LanguageModel } from "../../../tsight/src/client/index.js";
 import type { Tensor } from "../../../tsight/src/tensor/index.js";
@@ -72,6 +72,42 @@ describe("tsight serve", () => {
     expect(again.text).not.toContain("TSIGHT_API_KEY");
     await fsp.rm(serveDir, { recursive: true, force: true });
   });
+});
+
+describe("tsight serve from its bin script", () => {
+  it("the server it starts again (with its allocator settings) stops when it is killed outright, not only on a signal passed on", async () => {
+    if (process.platform !== "linux") return;
+    const { spawn, execFileSync } = await import("node:child_process");
+    const path = await import("node:path");
+    const serveDir = await tempDir();
+    const env: NodeJS.ProcessEnv = { ...process.env };
+    for (const k of Object.keys(SERVE_ENV)) delete env[k];
+    const bin = path.resolve(import.meta.dirname, "../../../tsight/bin/tsight.js");
+    const parent = spawn(process.execPath, [bin, "serve", "--port", "0", "--data-dir", serveDir, "--model", "stdlib-gpt2"], { env, stdio: ["ignore", "pipe", "pipe"] });
+    let text = "";
+    parent.stdout.on("data", (d: Buffer) => void (text += d.toString()));
+    for (let i = 0; i < 300 && !/tsight server on (http:\S+),/.test(text); i++) await new Promise((r) => setTimeout(r, 100));
+    const url = /tsight server on (http:\S+),/.exec(text)![1]!;
+    const child = Number(execFileSync("ps", ["-o", "pid=", "--ppid", String(parent.pid)], { encoding: "utf8" }).trim());
+    expect(child).toBeGreaterThan(0);
+    parent.kill("SIGKILL");
+    const alive = () => {
+      try {
+        process.kill(child, 0);
+        return true;
+      } catch {
+        return false;
+      }
+    };
+    try {
+      for (let i = 0; i < 200 && alive(); i++) await new Promise((r) => setTimeout(r, 100));
+      expect(alive()).toBe(false);
+      await expect(fetch(`${url}/healthz`)).rejects.toThrow();
+    } finally {
+      if (alive()) process.kill(child, "SIGKILL");
+      await fsp.rm(serveDir, { recursive: true, force: true });
+    }
+  }, 60_000);
 });
 
 describe("tsight serve --model NAME=FOLDER", () => {

@@ -38,7 +38,9 @@ const commands: Record<string, Command> = {
       const missing = Object.keys(cli.SERVE_ENV).some((k) => process.env[k] === undefined);
       // Only the process's own command is started again (main called from code runs in place).
       const own = process.argv.slice(2).join("\0") === ["serve", ...argv].join("\0");
-      return missing && own && process.platform === "linux" && !argv.includes("--help") && !argv.includes("-h") ? restartWith(cli.SERVE_ENV) : cli.runServe(argv);
+      if (missing && own && process.platform === "linux" && !argv.includes("--help") && !argv.includes("-h")) return restartWith(cli.SERVE_ENV);
+      stopWithParent();
+      return cli.runServe(argv);
     },
   },
   keys: { help: async () => (await serverCli()).keysHelp, run: async (argv) => (await serverCli()).runKeys(argv) },
@@ -48,10 +50,16 @@ const commands: Record<string, Command> = {
 /** How long the server started again (see restartWith) may take to end after a SIGTERM or SIGINT before it is killed. */
 const STOP_WAIT_MS = 20_000;
 
-/** Runs this same command again in a child process with `env` added, passing signals on; resolves with its exit code. */
+/** Set in the environment of the server restartWith starts, which stops when its parent is gone (see stopWithParent). */
+const WATCHES_PARENT = "TSIGHT_SERVE_WATCHES_PARENT";
+
+/**
+ * Runs this same command again in a child process with `env` added, passing signals on, over an IPC channel whose
+ * end tells the child its parent is gone; resolves with its exit code.
+ */
 async function restartWith(env: Readonly<Record<string, string>>): Promise<number> {
   const { spawn } = await import("node:child_process");
-  const child = spawn(process.execPath, [...process.execArgv, ...process.argv.slice(1)], { stdio: "inherit", env: { ...process.env, ...env } });
+  const child = spawn(process.execPath, [...process.execArgv, ...process.argv.slice(1)], { stdio: ["inherit", "inherit", "inherit", "ipc"], env: { ...process.env, ...env, [WATCHES_PARENT]: "1" } });
   const signals = ["SIGINT", "SIGTERM", "SIGHUP"] as const;
   const pass = (signal: NodeJS.Signals) => {
     child.kill(signal);
@@ -65,6 +73,20 @@ async function restartWith(env: Readonly<Record<string, string>>): Promise<numbe
       for (const s of signals) process.off(s, pass);
       resolve(code ?? (signal ? 128 + 15 : 1));
     });
+  });
+}
+
+/**
+ * In the server restartWith started: stops it as SIGTERM would once the parent is gone (its IPC channel closes),
+ * killed too hard to pass a signal on (SIGKILL left the server serving, its port taken); if it has not ended
+ * STOP_WAIT_MS later, it exits. The channel keeps nothing alive.
+ */
+function stopWithParent(): void {
+  if (process.env[WATCHES_PARENT] !== "1" || !process.channel) return;
+  process.channel.unref();
+  process.once("disconnect", () => {
+    process.kill(process.pid, "SIGTERM");
+    setTimeout(() => process.exit(1), STOP_WAIT_MS).unref();
   });
 }
 

@@ -8,7 +8,7 @@ import type { ModelInfo } from "tsight/client";
 import { Connection } from "./connection.js";
 import { SavedState } from "./saved-state.js";
 import { fill, h } from "./ui/dom.js";
-import { describeError, errorTitle } from "./ui/job-status.js";
+import { describeError, errorTitle, KEY_REFUSED } from "./ui/job-status.js";
 import { attentionView } from "./views/attention-view.js";
 import { generateView } from "./views/generate-view.js";
 import { jobsView } from "./views/jobs-view.js";
@@ -70,6 +70,9 @@ function signOut(): void {
   showKeyMessage("Key forgotten.", false);
   keyInput.focus();
 }
+
+// A view's job refused for its key (revoked, or the server's keys changed): the header says so, not "accepted".
+document.addEventListener(KEY_REFUSED, (e) => showKeyMessage(`The server refused this key: ${(e as CustomEvent<string>).detail}. Enter a valid one.`, true));
 
 function showKeyMessage(text: string, error: boolean): void {
   keyMessage.textContent = text;

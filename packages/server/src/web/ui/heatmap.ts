@@ -88,6 +88,11 @@ export class Heatmap {
   }
 
   private onKey(e: KeyboardEvent): void {
+    // Escape closes the tooltip, as a tooltip does (WCAG 1.4.13), and leaves focus where it is.
+    if (e.key === "Escape" && !this.tooltip.hidden) {
+      e.preventDefault();
+      return this.hide();
+    }
     const to = gridMove(e.key, this.focused, this.cells.length, this.cells[0]?.length ?? 1);
     if (!to) return;
     e.preventDefault();

@@ -6,6 +6,9 @@
 import type { JobEvent, RemoteJob } from "tsight/client";
 import { h } from "./dom.js";
 
+/** The event a view's error dispatches on the document when the server refused the key (revoked since, say). */
+export const KEY_REFUSED = "tsight-key-refused";
+
 export class JobStatus {
   readonly element: HTMLElement;
   private readonly state: HTMLElement;
@@ -82,9 +85,13 @@ export class JobStatus {
     this.bar.setAttribute("aria-valuetext", `${done} of ${total}`);
   }
 
-  /** Shows an error in words: its code, what happened and, for the page's own mistakes, what to do. */
+  /**
+   * Shows an error in words: its code, what happened and, for the page's own mistakes, what to do. A refused key
+   * is told to the page too (KEY_REFUSED), whose header still said it was accepted.
+   */
   fail(e: unknown): void {
     this.message.replaceChildren(h("strong", {}, errorTitle(e)), " ", describeError(e));
+    if ((e as { code?: unknown } | null)?.code === "AUTH") document.dispatchEvent(new CustomEvent(KEY_REFUSED, { detail: (e as Error).message }));
   }
 
   /** Shows why a run was not sent: the page found what the server would refuse. */
@@ -136,6 +143,8 @@ export function describeError(e: unknown): string {
   if (err?.code === "AUTH") return `${message} — the server refused the API key; enter a valid one at the top of the page.`;
   if (err?.code === "CANCELLED") return "the job was cancelled.";
   // The client's own words name the request; the page's user wants to know the server is not answering.
-  if (err?.name === "ConnectionError") return `the server at ${location.origin} does not answer (stopped, or the network is down); try again once it is back. (${message})`;
+  // The client's own words for a job it lost touch with tell a program to attach to it again, which a page's user
+  // cannot: the Jobs view shows how it ended once the server is back.
+  if (err?.name === "ConnectionError") return `the server at ${location.origin} does not answer (stopped, or the network is down); try again once it is back${/RemoteJob\.attach/.test(message) ? " (a job it was running: the Jobs view says how it ended, once the server answers)" : ` (${message})`}.`;
   return message;
 }

@@ -32,8 +32,11 @@ export function attentionView(ctx: ViewContext): View {
   const prompt = h("textarea", { name: "prompt", rows: 2, spellcheck: false }, "    for i in range(len(x)):");
   // Another layer chosen: the pattern shown is no longer the one chosen.
   const layer = h("select", { name: "layer", onchange: () => ((shown = undefined), view.reset()) });
-  const head = h("select", { name: "head", onchange: () => draw() });
+  // Another head: drawn from what came back, and the code shown is that head's.
+  const head = h("select", { name: "head", onchange: () => (draw(), codeFor && head.value !== ALL && view.showCode([codeFor(Number(head.value))])) });
   let shown: Shown | undefined;
+  /** The recipe of the run shown, for a head (its code names the head it prints). */
+  let codeFor: ((head: number) => ReturnType<typeof attentionRecipe>) | undefined;
   let options: string | undefined;
 
   /** Fills the layer and head choices for the model (once per model). */
@@ -68,7 +71,7 @@ export function attentionView(ctx: ViewContext): View {
           },
           describe: (q, k) => {
             const p = rows?.[i]?.[q]?.[k];
-            return `${pair(i, q, k)}: ${p === undefined ? "not computed yet" : p.toFixed(3)}`;
+            return `${pair(i, q, k)}: ${p === undefined ? "not computed yet" : k > q ? "not visible (a later position)" : p.toFixed(3)}`;
           },
         });
       }
@@ -80,7 +83,7 @@ export function attentionView(ctx: ViewContext): View {
             background: future ? "var(--masked)" : sequential.color(p),
             ink: sequential.ink(p),
             text: future ? "" : p.toFixed(2),
-            label: `${pair(i, q, k)}: ${p.toFixed(3)}`,
+            label: `${pair(i, q, k)}: ${future ? "not visible (a later position)" : p.toFixed(3)}`,
           });
         }),
       );
@@ -95,7 +98,8 @@ export function attentionView(ctx: ViewContext): View {
       h(
         "button",
         // A change event, as if chosen in the select: it draws, and the choice is kept.
-        { type: "button", class: "multiple", "aria-label": `head ${i}: show it large`, onclick: () => ((head.value = String(i)), head.dispatchEvent(new Event("change", { bubbles: true }))) },
+        // The button goes with the pictures: focus moves to the head drawn large, not to the page's start.
+        { type: "button", class: "multiple", "aria-label": `head ${i}: show it large`, onclick: () => ((head.value = String(i)), head.dispatchEvent(new Event("change", { bubbles: true })), view.result.querySelector<HTMLElement>("[tabindex]")?.focus()) },
         h("span", { class: "multiple-title" }, `head ${i}`),
         matrixPicture(labels.length, (q, k) => {
           const p = rows?.[i]?.[q]?.[k];
@@ -123,7 +127,9 @@ export function attentionView(ctx: ViewContext): View {
       const tokens = tokenLabels(lm, ids);
       shown = { layer: at, heads: headCount(lm), tokens };
       draw();
-      const recipe = attentionRecipe(prompt.value, modelPaths(lm), at, head.value === ALL ? 0 : Number(head.value));
+      const text = prompt.value;
+      codeFor = (h) => attentionRecipe(text, modelPaths(lm), at, h);
+      const recipe = codeFor(head.value === ALL ? 0 : Number(head.value));
       view.showCode([recipe]);
       const pattern = await view.status.run("attention", () => submit<Tensor>(lm, recipe, ctx.connection.remote()));
       if (!pattern) {

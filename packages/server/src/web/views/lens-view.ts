@@ -31,7 +31,7 @@ export function lensView(ctx: ViewContext): View {
       if (!value) return view.result.replaceChildren();
       lensCells(value).forEach((row, layer) =>
         row.forEach((cell, position) => {
-          const top = cell.ids.map((id, i) => ({ token: lm.tokenizer.decode([id]), p: cell.probs[i]! }));
+          const top = cell.ids.map((id, i) => ({ token: tokenLabels(lm, [id])[0]!, p: cell.probs[i]! }));
           const best = top[0]!;
           map.set(layer, position, {
             background: sequential.color(best.p),

@@ -57,6 +57,9 @@ export class JobView {
       ...options.fields,
       h("div", { class: "form-actions" }, this.runButton),
     );
+    // A run the browser itself blocks (a field out of its range) is no run: the last one's message goes, not left
+    // standing as if about this one.
+    form.addEventListener("invalid", () => this.status.clear(), true);
     ctx.saved.bind(options.id, form);
     this.element = h("section", { class: "view", "aria-labelledby": `${options.id}-title` }, h("h2", { id: `${options.id}-title` }, options.title), h("p", { class: "intro" }, options.intro), form, this.status.element, this.result, this.code.element);
   }
@@ -72,11 +75,15 @@ export class JobView {
   }
 
   /**
-   * Whether a prompt of `tokens` tokens, with `extra` to generate, fits the model's context; when not, the run is
+   * Whether a prompt of `tokens` tokens (at least one), with `extra` to generate, fits the model's context; when not, the run is
    * refused here at once, saying so (the server would refuse it; nothing is sent, and no result is laid out for it).
    * The library's checkInput says the same, but needs Node.
    */
   fits(lm: LanguageModel, what: string, tokens: number, extra = 0): boolean {
+    if (tokens === 0) {
+      this.status.refuse(what, errorFromInfo({ code: "VALIDATION", type: "InputError", message: "the prompt is empty: enter some text", retryable: false }));
+      return false;
+    }
     const context = lm.model.config.maxPositions;
     if (context === null || tokens + extra <= context) return true;
     const message = extra ? `the prompt is ${tokens} tokens and ${extra} more are to be generated, longer than the model's context of ${context} positions; shorten it or generate fewer` : `the prompt is ${tokens} tokens, longer than the model's context of ${context} positions; shorten it`;
@@ -113,7 +120,13 @@ export class JobView {
   }
 }
 
-/** Labels for a prompt's tokens, as the model sees them. */
+/**
+ * Labels for a prompt's tokens, as the model sees them. A token that is part of a character (an emoji's or a CJK
+ * character's bytes, split over tokens) decodes to U+FFFD alone, alike for all: its vocabulary entry tells them apart.
+ */
 export function tokenLabels(lm: LanguageModel, ids: number[]): string[] {
-  return ids.map((id) => lm.tokenizer.decode([id]));
+  return ids.map((id) => {
+    const text = lm.tokenizer.decode([id]);
+    return text.includes("\uFFFD") ? (lm.tokenizer.idToToken(id) ?? text) : text;
+  });
 }

@@ -167,6 +167,22 @@ describe("open responses per key", () => {
         expect(again?.status, what).toBe(200);
         await again!.arrayBuffer();
       }
+      // Requests pipelined on one connection, which goes before the queued ones are answered: every one counted is
+      // let go with it (a queued response never closes itself, and its count stayed taken for good).
+      const path = `/v1/jobs/${big.id}/result`;
+      const { hostname, port } = new URL(running.url);
+      const pipelined = net.connect(Number(port), hostname);
+      await new Promise<void>((resolve) => pipelined.once("connect", resolve));
+      const get = `GET ${path} HTTP/1.1\r\nhost: ${hostname}\r\ntsight-protocol: 1\r\nauthorization: Bearer ${key}\r\n\r\n`;
+      pipelined.write(get.repeat(3));
+      await new Promise((resolve) => pipelined.once("data", resolve));
+      pipelined.pause();
+      await new Promise((r) => setTimeout(r, 300));
+      pipelined.destroy();
+      await new Promise((r) => setTimeout(r, 300));
+      const four = await Promise.all(Array.from({ length: 4 }, () => unread(running.url, path, key)));
+      expect(four.map((o) => o.status)).toEqual(Array(4).fill("HTTP/1.1 200 OK"));
+      for (const o of four) o.socket.destroy();
     } finally {
       await running.close();
     }

@@ -4,7 +4,7 @@ import { type ErrorInfo, type JobRequest, type JobStatus, ENVELOPE_TYPE, MAX_DEP
 import { ApiError, jobNotFound } from "./api-error.js";
 import { BodyGate } from "./body-gate.js";
 import { bodyDigest, idempotencyKey } from "./idempotency.js";
-import { PerKeyLimit } from "./per-key-limit.js";
+import { PerKeyLimit, responseEnds } from "./per-key-limit.js";
 import type { AppDeps } from "./app.js";
 import type { AppEnv } from "./guards.js";
 import { isJobId } from "./ids.js";
@@ -72,7 +72,7 @@ export function jobsRoutes(app: Hono<AppEnv>, deps: AppDeps): void {
       throw new ApiError(400, "VALIDATION", `${name} ${after} is past the last event of job ${id} (event ${job.lastSeq}; ${state}); resume after an id its event stream sent, or without ${name} for all its events`);
     }
     // ?follow=0: what is stored now, then the end (not counted as a client following the job).
-    return streamsPerKey.counted(c.get("caller").keyId, c.env?.outgoing, () => events.open(id, after, !["0", "false"].includes(c.req.query("follow") ?? "")));
+    return streamsPerKey.counted(c.get("caller").keyId, responseEnds(c.env), () => events.open(id, after, !["0", "false"].includes(c.req.query("follow") ?? "")));
   });
 
   app.post("/v1/jobs/:id/local/:call", async (c) => {
@@ -116,7 +116,7 @@ export function jobsRoutes(app: Hono<AppEnv>, deps: AppDeps): void {
       throw expired();
     }
     // Counted before the result is read (a key's downloads are bounded in the memory they hold, see per-key-limit.ts).
-    return downloadsPerKey.counted(c.get("caller").keyId, c.env?.outgoing, async () => {
+    return downloadsPerKey.counted(c.get("caller").keyId, responseEnds(c.env), async () => {
       let bytes: Uint8Array | undefined;
       try {
         bytes = await results.read(id);

@@ -34,10 +34,10 @@ describe("PerKeyLimit.counted", () => {
     const end = new EventEmitter();
     let made = 0;
     const make = () => (made++, bytes(10));
-    const held = await limit.counted("k", end, make);
+    const held = await limit.counted("k", [end], make);
     // Read to its end, but its bytes have not left the process: still counted, and the next is refused unmade.
     expect((await held.arrayBuffer()).byteLength).toBe(10);
-    await expect(limit.counted("k", new EventEmitter(), make)).rejects.toThrow(/this key has 1 result downloads open/);
+    await expect(limit.counted("k", [new EventEmitter()], make)).rejects.toThrow(/this key has 1 result downloads open/);
     expect(made).toBe(1);
     end.emit("close");
     await expect(limit.counted("k", undefined, () => Promise.reject(new Error("no such result")))).rejects.toThrow("no such result");

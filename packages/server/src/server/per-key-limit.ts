@@ -9,11 +9,19 @@
 import { ApiError } from "./api-error.js";
 
 /**
- * Node's response to a request (its ServerResponse), which says when it is over: "close" comes once its last byte
- * was handed to the operating system, or its connection went away.
+ * What says a response is over: Node's response to the request (its ServerResponse), whose "close" comes once its
+ * last byte was handed to the operating system or its connection went away, and the request's socket, whose
+ * "close" comes when the connection goes. A pipelined response still queued behind another when its connection
+ * died never closes itself: held by it alone, its count stayed taken for good (a key lost slots until a restart).
  */
 export interface ResponseEnd {
   once(event: "close", listener: () => void): unknown;
+}
+
+/** The ends of the response to a request served over HTTP (Node's bindings; none in process): see ResponseEnd. */
+export function responseEnds(env: { outgoing?: ResponseEnd; incoming?: { socket?: ResponseEnd | null } } | undefined): ResponseEnd[] | undefined {
+  const ends = [env?.outgoing, env?.incoming?.socket ?? undefined].filter((e): e is ResponseEnd => e !== undefined);
+  return ends.length ? ends : undefined;
 }
 
 export class PerKeyLimit {
@@ -62,9 +70,9 @@ export class PerKeyLimit {
 
   /**
    * The response `make` makes, counted against `key` from before it is made until it is over (see hold); a 429 past
-   * the limit, before anything is read. `end`: Node's response to the request, when served over HTTP.
+   * the limit, before anything is read. `ends`: what says the response is over, when served over HTTP (responseEnds).
    */
-  async counted(key: string, end: ResponseEnd | undefined, make: () => Promise<Response> | Response): Promise<Response> {
+  async counted(key: string, ends: readonly ResponseEnd[] | undefined, make: () => Promise<Response> | Response): Promise<Response> {
     const release = this.take(key);
     let response: Response;
     try {
@@ -73,18 +81,19 @@ export class PerKeyLimit {
       release();
       throw e;
     }
-    return this.hold(release, response, end);
+    return this.hold(release, response, ends);
   }
 
   /**
    * The response, counted (by `release`, from `take`: taken before what it sends was read or made) until it is
-   * over. With `end` (Node's response to the request), that is when every byte has been handed to the operating
-   * system or the connection is gone: a reader that reads nothing keeps it counted, as the server holds its bytes.
+   * over. With `ends` (see ResponseEnd), that is when every byte has been handed to the operating system or the
+   * connection is gone: a reader that reads nothing keeps it counted, as the server holds its bytes.
    * Without (a request made in process), until the body is read to its end or cancelled.
    */
-  hold(release: () => void, response: Response, end?: ResponseEnd): Response {
-    if (end) {
-      end.once("close", release);
+  hold(release: () => void, response: Response, ends?: readonly ResponseEnd[]): Response {
+    if (ends?.length) {
+      // The first to close lets it go (release is once).
+      for (const end of ends) end.once("close", release);
       return response;
     }
     if (!response.body) {

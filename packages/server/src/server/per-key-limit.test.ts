@@ -43,5 +43,19 @@ describe("PerKeyLimit.counted", () => {
     await expect(limit.counted("k", undefined, () => Promise.reject(new Error("no such result")))).rejects.toThrow("no such result");
     expect((await (await limit.counted("k", undefined, make)).arrayBuffer()).byteLength).toBe(10);
     expect(made).toBe(2);
+    // Ended by its response, it leaves no listener on the connection's socket, which serves the next ones.
+    const socket = new EventEmitter();
+    for (let i = 0; i < 20; i++) {
+      const response = new EventEmitter();
+      await limit.counted("k", [response, socket], make);
+      response.emit("close");
+    }
+    expect(socket.listenerCount("close")).toBe(0);
+    // Ended by its connection, the same.
+    const response = new EventEmitter();
+    await limit.counted("k", [response, socket], make);
+    socket.emit("close");
+    expect(response.listenerCount("close")).toBe(0);
+    expect((await (await limit.counted("k", undefined, make)).arrayBuffer()).byteLength).toBe(10);
   });
 });

@@ -16,6 +16,7 @@ import { ApiError } from "./api-error.js";
  */
 export interface ResponseEnd {
   once(event: "close", listener: () => void): unknown;
+  off(event: "close", listener: () => void): unknown;
 }
 
 /** The ends of the response to a request served over HTTP (Node's bindings; none in process): see ResponseEnd. */
@@ -92,8 +93,13 @@ export class PerKeyLimit {
    */
   hold(release: () => void, response: Response, ends?: readonly ResponseEnd[]): Response {
     if (ends?.length) {
-      // The first to close lets it go (release is once).
-      for (const end of ends) end.once("close", release);
+      // The first to close lets it go, and the listeners on the others go with it: a keep-alive connection's socket
+      // outlives its responses, and gathered one per response it served (Node warned past 10).
+      const over = () => {
+        for (const end of ends) end.off("close", over);
+        release();
+      };
+      for (const end of ends) end.once("close", over);
       return response;
     }
     if (!response.body) {

@@ -4,13 +4,13 @@
  * events stay numbered without gaps. End listeners hear the jobs that this process ended (webhooks are sent by
  * whoever ends the job). Ended jobs' records expire `recordTtlMs` after their end.
  */
+import { randomUUID } from "node:crypto";
 import type { Redis } from "ioredis";
 import type { ErrorInfo, JobEvent, JobKind, JobStatus, SequencedEvent } from "tsight/protocol";
 import type { LocalAnswer } from "../worker-messages.js";
 import type { EndListener, JobRecord, ListOptions, MoveDetails, NewJob, ResultState, WebhookState } from "../job-store.js";
 import { isTerminal } from "../job-status.js";
 import type { RedisLayout } from "./connection.js";
-import { randomUUID } from "node:crypto";
 import { ApiError } from "../api-error.js";
 import { appendEvent, createJob, keyEventBytes, moveJob, releaseLock } from "./scripts.js";
 

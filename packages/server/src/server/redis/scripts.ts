@@ -21,7 +21,6 @@ local HOUR_MS = 3600000
 local function addEvent(id, json)
   local job = P .. 'job:' .. id
   local seq = redis.call('HINCRBY', job, 'lastSeq', 1)
-  redis.call('HINCRBY', job, 'eventBytes', #json)
   redis.call('XADD', P .. 'events:' .. id, seq .. '-0', 'e', json)
   local keyId = redis.call('HGET', job, 'keyId')
   if keyId then

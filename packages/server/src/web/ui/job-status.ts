@@ -142,9 +142,13 @@ export function describeError(e: unknown): string {
   const message = err?.message ?? String(e);
   if (err?.code === "AUTH") return `${message} — the server refused the API key; enter a valid one at the top of the page.`;
   if (err?.code === "CANCELLED") return "the job was cancelled.";
-  // The client's own words name the request; the page's user wants to know the server is not answering.
-  // The client's own words for a job it lost touch with tell a program to attach to it again, which a page's user
-  // cannot: the Jobs view shows how it ended once the server is back.
-  if (err?.name === "ConnectionError") return `the server at ${location.origin} does not answer (stopped, or the network is down); try again once it is back${/RemoteJob\.attach/.test(message) ? " (a job it was running: the Jobs view says how it ended, once the server answers)" : ` (${message})`}.`;
+  // The client's own words name the request; the page's user wants to know the server is not answering. For a job
+  // it lost touch with (a LostEventsError: its jobId, and its reason without the advice to code), its message tells a
+  // program to attach to the job again, which a page's user cannot: the Jobs view says how it ended.
+  if (err?.name === "ConnectionError") {
+    const lost = e as { jobId?: unknown; reason?: unknown };
+    const detail = typeof lost.jobId === "string" && typeof lost.reason === "string" ? `${lost.reason}; once the server answers, the Jobs view says how job ${lost.jobId} ended` : message;
+    return `the server at ${location.origin} does not answer (stopped, or the network is down); try again once it is back (${detail}).`;
+  }
   return message;
 }

@@ -255,7 +255,7 @@ function checkSource(parsed: ParsedFunction, allowed: ReadonlySet<string>): void
     );
   }
   const uses = free.filter((r) => !allowed.has(r.identifier.name)).map((r) => use(parsed, r, parents));
-  const inSteps = stepFreeUses(all, client).map((r): FreeVariableUse => ({ ...use(parsed, r, parents), inStep: true }));
+  const inSteps = (client.length ? stepFreeUses(all(), client) : []).map((r): FreeVariableUse => ({ ...use(parsed, r, parents), inStep: true }));
   if (uses.length || inSteps.length) throw new FreeVariableError([...uses, ...inSteps]);
 }
 
@@ -272,13 +272,14 @@ function clientFunctions(parents: Map<AcornNode, AcornNode | null>): AcornNode[]
 }
 
 /** References that no scope inside the function resolves, in source order, and every node's parent. */
-function references(parsed: ParsedFunction): { free: Reference[]; parents: Map<AcornNode, AcornNode | null>; all: Reference[] } {
+function references(parsed: ParsedFunction): { free: Reference[]; parents: Map<AcornNode, AcornNode | null>; all: () => Reference[] } {
   const manager = analyze(parsed.program as unknown as Parameters<typeof analyze>[0], { ecmaVersion: 2022, sourceType: "script", ignoreEval: true });
   const start = (r: Reference) => (r.identifier as unknown as AcornNode).start;
   const free = [...manager.globalScope!.through].sort((a, b) => start(a) - start(b));
   const parents = new Map<AcornNode, AcornNode | null>();
   walk(parsed.program, null, (node, parent) => void parents.set(node, parent));
-  const all = manager.scopes.flatMap((scope) => scope.references).sort((a, b) => start(a) - start(b));
+  // Every reference in source order, asked for only when the function has hybrid steps (see stepFreeUses).
+  const all = () => manager.scopes.flatMap((scope) => scope.references).sort((a, b) => start(a) - start(b));
   return { free, parents, all };
 }
 

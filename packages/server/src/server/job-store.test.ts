@@ -68,6 +68,19 @@ describe("JobStore", () => {
     expect(store.state(store.get(job.id)!).error).toEqual(error);
   });
 
+  it("counts a failed job's error against its key twice, as it keeps it twice: as an event and in the job's record", async () => {
+    const store = await open();
+    const job = newJob(store, "k-failed");
+    store.move(job.id, "QUEUED", { position: 0 });
+    const error = { code: "USER_CODE" as const, type: "Error", message: "€".repeat(2_000), retryable: false };
+    store.move(job.id, "ERROR", { error });
+    const events = store.eventsAfter(job.id, 0).reduce((n, e) => n + Buffer.byteLength(JSON.stringify(e.event)), 0);
+    const record = Buffer.byteLength(JSON.stringify(error));
+    expect(record).toBeGreaterThan(6_000); // UTF-8 bytes: three a "€"
+    expect(store.storedBytes("k-failed")).toBe(events + record);
+    expect(store.storedBytes("k-other")).toBe(0);
+  });
+
   it("counts a key's unfinished jobs, finds results due, and keeps everything across reopening", async () => {
     let store = await open();
     const a = newJob(store, "alice");

@@ -125,7 +125,11 @@ export class JobStore {
       activeIds: db.prepare(`SELECT id FROM jobs WHERE status IN (${ACTIVE.map((s) => `'${s}'`).join(", ")}) ORDER BY created`),
       due: db.prepare("SELECT id FROM jobs WHERE result = 'available' AND expires <= ?"),
       // Results kept, and events (kept as long as their job's record).
-      stored: db.prepare("SELECT coalesce(sum(CASE WHEN result = 'available' AND expires > @now THEN result_bytes ELSE 0 END), 0) + coalesce(sum(event_bytes), 0) AS n FROM jobs WHERE key_id = @key"),
+      // A failed job's error is kept twice, as an event and in its record (up to 8 KB): both count.
+      stored: db.prepare(
+        "SELECT coalesce(sum(CASE WHEN result = 'available' AND expires > @now THEN result_bytes ELSE 0 END), 0) + coalesce(sum(event_bytes), 0) + " +
+          "coalesce(sum(length(CAST(error AS BLOB))), 0) AS n FROM jobs WHERE key_id = @key",
+      ),
       expire: db.prepare("UPDATE jobs SET result = 'expired' WHERE id = ? AND result = 'available'"),
       // Newest first: by submission time, then insertion order (rowid) within one millisecond.
       list: db.prepare(

@@ -17,18 +17,22 @@ local TERMINAL = ${luaSet(TERMINAL)}
 
 -- A key's event bytes are counted by the hour they were written (P:keyevents:<keyId>, hour -> bytes; see
 -- keyEventBytes), kept as long as its events may be: P:eventkeep ms (what the job store set), a week if unset.
+-- A failed job's error, kept in its record as well as in its event, is counted so too (the record lives as long).
 local HOUR_MS = 3600000
+local function countKept(job, bytes)
+  local keyId = redis.call('HGET', job, 'keyId')
+  if not keyId then return end
+  local t = redis.call('TIME')
+  local counts = P .. 'keyevents:' .. keyId
+  redis.call('HINCRBY', counts, math.floor(tonumber(t[1]) * 1000 / HOUR_MS), bytes)
+  redis.call('PEXPIRE', counts, tonumber(redis.call('GET', P .. 'eventkeep') or '604800000') + HOUR_MS)
+end
+
 local function addEvent(id, json)
   local job = P .. 'job:' .. id
   local seq = redis.call('HINCRBY', job, 'lastSeq', 1)
   redis.call('XADD', P .. 'events:' .. id, seq .. '-0', 'e', json)
-  local keyId = redis.call('HGET', job, 'keyId')
-  if keyId then
-    local t = redis.call('TIME')
-    local counts = P .. 'keyevents:' .. keyId
-    redis.call('HINCRBY', counts, math.floor(tonumber(t[1]) * 1000 / HOUR_MS), #json)
-    redis.call('PEXPIRE', counts, tonumber(redis.call('GET', P .. 'eventkeep') or '604800000') + HOUR_MS)
-  end
+  countKept(job, #json)
   return seq
 end
 
@@ -42,6 +46,7 @@ local function move(id, status, now, err, bytes, expires, position, ttl)
   if status == 'QUEUED' and cur ~= 'QUEUED' then redis.call('HSET', job, 'queuedAt', now) end
   if err ~= '' then
     redis.call('HSET', job, 'error', err)
+    countKept(job, #err)
     addEvent(id, '{"type":"error","error":' .. err .. '}')
   end
   if bytes ~= '' then redis.call('HSET', job, 'result', 'available', 'resultBytes', bytes, 'expires', expires) end

@@ -119,6 +119,18 @@ describe("RedisJobStore", () => {
     expect(await redis.pttl(hours)).toBeGreaterThan(60_000);
   });
 
+  it("counts a failed job's error against its key twice, as it keeps it twice: as an event and in the job's record", async () => {
+    const id = await newJob("k-failed");
+    await store.move(id, "QUEUED");
+    const error = { code: "USER_CODE" as const, type: "Error", message: "€".repeat(2_000), retryable: false };
+    await store.move(id, "ERROR", { error });
+    let events = 0;
+    for (const e of await store.eventsAfter(id, 0)) events += Buffer.byteLength(JSON.stringify(e.event));
+    const record = Buffer.byteLength(JSON.stringify(error));
+    expect(record).toBeGreaterThan(6_000);
+    expect(await store.storedBytes("k-failed", 3_600_000, 24 * 3_600_000)).toBe(events + record);
+  });
+
   it("runs one submission of a key at a time across stores (API processes), others' keys alongside", async () => {
     const other = new RedisJobStore(redis, keys, 60_000);
     let inside = 0;

@@ -33,8 +33,11 @@ export interface ResultReader {
 
 /** A job's events as server-sent events, resumable with Last-Event-ID (see event-stream.ts). */
 export interface EventFeed {
-  /** The events after `after`; `follow` false: only those stored now, and the stream does not count as a client. */
-  open(id: string, after: number, follow: boolean): MaybePromise<Response>;
+  /**
+   * The events after `after`; `follow` false: only those stored now, and the stream does not count as a client.
+   * `sent` hears the bytes of each event as it is written (a key's stream bytes are metered: see byte-budget.ts).
+   */
+  open(id: string, after: number, follow: boolean, sent?: (bytes: number) => void): MaybePromise<Response>;
 }
 
 /** What /v1/status says about one worker: a thread of the embedded server, or a worker process. */

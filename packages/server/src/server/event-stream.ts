@@ -59,15 +59,23 @@ export function enqueueKeepAlive(controller: ReadableStreamDefaultController<Uin
   controller.enqueue(frameEncoder.encode(": keep-alive\n\n"));
 }
 
-/** Writes `e` as an SSE event unless it is at or before `last` (sent already); returns the last sequence number sent. */
-export function enqueueEvent(controller: ReadableStreamDefaultController<Uint8Array>, e: SequencedEvent, last: number): number {
+/**
+ * Writes `e` as an SSE event unless it is at or before `last` (sent already), telling `sent` its bytes; returns the
+ * last sequence number sent.
+ */
+export function enqueueEvent(controller: ReadableStreamDefaultController<Uint8Array>, e: SequencedEvent, last: number, sent?: (bytes: number) => void): number {
   if (e.seq <= last) return last;
-  controller.enqueue(frameEncoder.encode(`id: ${e.seq}\ndata: ${JSON.stringify(e.event)}\n\n`));
+  const frame = frameEncoder.encode(`id: ${e.seq}\ndata: ${JSON.stringify(e.event)}\n\n`);
+  sent?.(frame.byteLength);
+  controller.enqueue(frame);
   return e.seq;
 }
 
-/** The stream of job `id` after event `after`; `follow` false: only what is stored now. `streams` counts it while open. */
-export function eventStream(store: JobStore, id: string, after: number, heartbeatMs: number, streams?: OpenStreams, follow = true): Response {
+/**
+ * The stream of job `id` after event `after`; `follow` false: only what is stored now. `streams` counts it while
+ * open; `sent` hears each event's bytes.
+ */
+export function eventStream(store: JobStore, id: string, after: number, heartbeatMs: number, streams?: OpenStreams, follow = true, sent?: (bytes: number) => void): Response {
   let stop = () => {};
   const body = new ReadableStream<Uint8Array>({
     start(controller) {
@@ -82,7 +90,7 @@ export function eventStream(store: JobStore, id: string, after: number, heartbea
       };
       const send = (e: SequencedEvent) => {
         if (!open) return;
-        last = enqueueEvent(controller, e, last);
+        last = enqueueEvent(controller, e, last, sent);
         // The job is over: the stream ends, even one opened past the job's last event (the route refuses those first).
         if (e.event.type === "done" && !replaying) close();
       };

@@ -118,6 +118,51 @@ describe("open responses per key", () => {
     controllers.forEach((c) => c.abort());
   });
 
+  it("a key reading a long log again and again is refused new streams until its bytes a second are back under its rate; others are not", async () => {
+    // maxEventBytesPerJob 1 MiB: a key may be sent 4 MiB at once, then 1 MiB a second.
+    const running = await startServer({ port: 0, dataDir: await tempDir(), models: ["stdlib-gpt2"], maxEventBytesPerJob: 1024 * 1024, log: () => undefined });
+    try {
+      const key = running.keys.create("rereader").key;
+      const own = new HttpBackend({ url: running.url, apiKey: key });
+      const job = await own.submit({ model: GPT2, kind: "trace", form: "invoke", input: [1, 2, 3], source: "async (m) => { for (let i = 0; i < 110; i++) console.log('x'.repeat(8000)); return 1; }" });
+      let state = await job.status();
+      for (; !["COMPLETED", "ERROR", "CANCELLED"].includes(state.status); state = await job.status()) await new Promise((r) => setTimeout(r, 50));
+      expect(state.status).toBe("COMPLETED");
+      const read = (k: string, id: string) => fetch(`${running.url}/v1/jobs/${id}/events?follow=0`, { headers: { "tsight-protocol": "1", authorization: `Bearer ${k}` } });
+      let reads = 0;
+      let refused: Response | undefined;
+      for (; reads < 12; reads++) {
+        const res = await read(key, job.id);
+        if (res.status !== 200) {
+          refused = res;
+          break;
+        }
+        expect((await res.text()).length).toBeGreaterThan(880_000);
+      }
+      // 880 KB a read: the fifth or sixth passes 4 MiB (plus what came back meanwhile).
+      expect(reads).toBeGreaterThanOrEqual(5);
+      expect(reads).toBeLessThanOrEqual(7);
+      expect(refused?.status).toBe(429);
+      const wait = Number(refused!.headers.get("retry-after"));
+      expect(wait).toBeGreaterThanOrEqual(1);
+      expect(((await refused!.json()) as ErrorBody).error).toMatchObject({ retryable: true, message: expect.stringContaining("faster than the 1048576 bytes a second") });
+      // Another key reads its own job's log meanwhile.
+      const other = running.keys.create("other").key;
+      const theirs = await new HttpBackend({ url: running.url, apiKey: other }).submit({ model: GPT2, kind: "trace", form: "invoke", input: [1, 2, 3], source: "async (m) => 1" });
+      await new Promise((r) => setTimeout(r, 300));
+      const got = await read(other, theirs.id);
+      expect(got.status).toBe(200);
+      await got.text();
+      // The client waits as the 429 says and reads the whole log (it still counts: the key is in debt after).
+      const events: string[] = [];
+      for await (const { event } of own.events(job.id, { follow: false })) events.push(event.type);
+      expect(events.filter((t) => t === "log")).toHaveLength(110);
+      expect((await read(key, job.id)).status).toBe(429);
+    } finally {
+      await running.close();
+    }
+  });
+
   /**
    * GETs `path` of `url` on a raw socket that reads no more than the response's first chunk (its status line: the
    * server has answered, and counted it); resolves with the socket and that status.
@@ -136,7 +181,9 @@ describe("open responses per key", () => {
     });
 
   it("downloads and event streams nobody reads stay counted until their connection goes (the server holds their bytes)", async () => {
-    const running = await startServer({ port: 0, dataDir: await tempDir(), models: ["stdlib-gpt2"], log: () => undefined });
+    // Logs of up to 64 MiB a job: a key may be sent 256 MiB of streams at once (see byte-budget.ts), more than the
+    // sixteen 12 MB streams here, whose count alone is what this tests.
+    const running = await startServer({ port: 0, dataDir: await tempDir(), models: ["stdlib-gpt2"], maxEventBytesPerJob: 64 * 1024 * 1024, log: () => undefined });
     try {
       const key = running.keys.create("hoarder").key;
       const own = new HttpBackend({ url: running.url, apiKey: key });

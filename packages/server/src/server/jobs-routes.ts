@@ -3,6 +3,7 @@ import type { Hono } from "hono";
 import { type ErrorInfo, type JobRequest, type JobStatus, ENVELOPE_TYPE, MAX_DEPTH } from "tsight/protocol";
 import { ApiError, jobNotFound } from "./api-error.js";
 import { BodyGate } from "./body-gate.js";
+import { ByteBudget } from "./byte-budget.js";
 import { bodyDigest, idempotencyKey } from "./idempotency.js";
 import { PerKeyLimit, responseEnds } from "./per-key-limit.js";
 import type { AppDeps } from "./app.js";
@@ -21,6 +22,8 @@ export function jobsRoutes(app: Hono<AppEnv>, deps: AppDeps): void {
   // Each open response holds what it sends until read: a key may have only so many (see per-key-limit.ts).
   const streamsPerKey = new PerKeyLimit("event streams", MAX_EVENT_STREAMS_PER_KEY, "open");
   const downloadsPerKey = new PerKeyLimit("result downloads", MAX_DOWNLOADS_PER_KEY, "read");
+  // And so many bytes of event streams a second, on average (see byte-budget.ts): a job's whole log a second, four at once.
+  const streamBytes = new ByteBudget("event streams", config.maxEventBytesPerJob, STREAM_BURST_LOGS * config.maxEventBytesPerJob);
   // Bodies are held while they come in and are parsed: so many per key, so many bytes in all (see body-gate.ts).
   const bodies = new BodyGate({ maxBytes: config.maxBodyBytes, maxJsonBytes: config.maxJsonBytes, timeoutMs: config.bodyTimeoutMs, perKey: config.maxBodiesPerKey, bytesInFlight: config.maxBodyBytesInFlight });
   deps.metrics.registry.gauge("tsight_request_bodies_in_flight", "Request bodies being received and parsed.", () => [{ labels: {}, value: bodies.inFlight.bodies }]);
@@ -71,8 +74,10 @@ export function jobsRoutes(app: Hono<AppEnv>, deps: AppDeps): void {
       const state = isTerminal(job.status) ? `the job ended ${job.status}` : `the job is ${job.status}`;
       throw new ApiError(400, "VALIDATION", `${name} ${after} is past the last event of job ${id} (event ${job.lastSeq}; ${state}); resume after an id its event stream sent, or without ${name} for all its events`);
     }
+    const keyId = c.get("caller").keyId;
+    streamBytes.admit(keyId);
     // ?follow=0: what is stored now, then the end (not counted as a client following the job).
-    return streamsPerKey.counted(c.get("caller").keyId, responseEnds(c.env), () => events.open(id, after, !["0", "false"].includes(c.req.query("follow") ?? "")));
+    return streamsPerKey.counted(keyId, responseEnds(c.env), () => events.open(id, after, !["0", "false"].includes(c.req.query("follow") ?? ""), (bytes) => streamBytes.spend(keyId, bytes)));
   });
 
   app.post("/v1/jobs/:id/local/:call", async (c) => {
@@ -164,5 +169,7 @@ function nestsDeeper(value: unknown, limit: number): boolean {
 
 /** Event streams one key may have open at once (a job's log is at most maxEventBytesPerJob). */
 export const MAX_EVENT_STREAMS_PER_KEY = 16;
+/** Event logs (of maxEventBytesPerJob) a key may be sent at once after a pause; then one a second (see byte-budget.ts). */
+export const STREAM_BURST_LOGS = 4;
 /** Result downloads one key may have in flight at once (a result is at most maxResultBytes). */
 export const MAX_DOWNLOADS_PER_KEY = 4;

@@ -82,7 +82,7 @@ export async function openServer(options: ServerOptions = {}): Promise<ServerCor
   const sweeper = new Sweeper(store, results, (e) => log(`tsight server: deleting expired results failed: ${e.message}`), config.resultRetentionMs + RECORD_GRACE_MS);
   sweeper.start(config.sweepIntervalMs);
   if (workers) await jobs.startWorkers();
-  const events = { open: (id: string, after: number, follow: boolean) => eventStream(store, id, after, config.heartbeatMs, follow ? streams : undefined, follow) };
+  const events = { open: (id: string, after: number, follow: boolean, sent?: (bytes: number) => void) => eventStream(store, id, after, config.heartbeatMs, follow ? streams : undefined, follow, sent) };
   const app = createApp({ config, keys, store, results, registry, jobs, events, metrics, log });
   let closing: Promise<void> | undefined;
   const close = () =>

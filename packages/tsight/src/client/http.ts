@@ -215,7 +215,8 @@ export class HttpBackend implements Backend {
       let cause: unknown = "the stream ended before the job's done event";
       try {
         const headers: Record<string, string> = last === undefined ? {} : { "Last-Event-ID": String(last) };
-        const res = await this.request("GET", path, { accept: "text/event-stream", headers, signal: connection.signal });
+        // Idempotent: a 429 (a key sent its streams' bytes too fast, see the server's byte-budget.ts) waits its Retry-After.
+        const res = await this.request("GET", path, { accept: "text/event-stream", headers, signal: connection.signal, idempotent: true });
         if (!res.body) throw new ConnectionError(`GET ${path} answered without a body`);
         for await (const sse of parseServerSentEvents(res.body)) {
           if (sse.retry !== undefined) serverDelay = sse.retry;

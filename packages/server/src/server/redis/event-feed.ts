@@ -188,7 +188,7 @@ export class RedisEventFeed implements EventFeed {
     private readonly heartbeatMs: number,
   ) {}
 
-  open(id: string, after: number, follow: boolean): Response {
+  open(id: string, after: number, follow: boolean, sent?: (bytes: number) => void): Response {
     const { store, hub, watchers } = this;
     let stop = () => {};
     const body = new ReadableStream<Uint8Array>({
@@ -208,7 +208,7 @@ export class RedisEventFeed implements EventFeed {
         };
         const send = (e: SequencedEvent, live: boolean) => {
           if (!open) return;
-          last = enqueueEvent(controller, e, last);
+          last = enqueueEvent(controller, e, last, sent);
           // The job is over: the stream ends, even one opened past the job's last event (the route refuses those first).
           if (e.event.type === "done" && live) close();
         };

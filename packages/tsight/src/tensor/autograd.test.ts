@@ -82,6 +82,17 @@ add("clone", "clone", () => gradcheck((x) => x.clone().mul(x), [randT([2, 3], 15
 // #region linear algebra
 
 add("matmul", "matmul 2-D", () => gradcheck((a, b) => a.matmul(b), [randT([2, 3], 160), randT([3, 4], 161)]));
+// op(a) @ op(b) without the transposed copies (what matmul's and linear's gradients multiply by), every transposition.
+add("matmulTransposed", "matmul of transposed operands, 2-D (one Gemm)", () => {
+  for (const [ta, tb] of [[false, true], [true, false], [true, true]] as const) {
+    gradcheck((a, b) => P.matmulT(a, b, ta, tb), [randT(ta ? [3, 2] : [2, 3], 174), randT(tb ? [4, 3] : [3, 4], 175)]);
+  }
+});
+add("matmulTransposed", "matmul of transposed operands, batched and broadcast", () => {
+  for (const [ta, tb] of [[false, true], [true, false], [true, true]] as const) {
+    gradcheck((a, b) => P.matmulT(a, b, ta, tb), [randT(ta ? [2, 1, 3, 2] : [2, 1, 2, 3], 176), randT(tb ? [3, 4, 3] : [3, 3, 4], 177)]);
+  }
+});
 add("matmul", "matmul batched, broadcast batch dims [2,1,2,3] @ [3,3,2]", () => gradcheck((a, b) => a.matmul(b), [randT([2, 1, 2, 3], 162), randT([3, 3, 2], 163)]));
 add("matmul", "matmul 3-D @ 2-D", () => gradcheck((a, b) => a.matmul(b), [randT([2, 2, 3], 164), randT([3, 2], 165)]));
 add("matmul", "matmul 1-D @ 2-D, 2-D @ 1-D, 1-D @ 1-D", () => {

@@ -51,8 +51,8 @@ export function threadCount(): number {
 /** Read once: the environment is slow to read, and this is asked at every kernel call (see smallWork). */
 let threads: number | undefined;
 
-/** Ops whose kernels use more than one thread: the matrix products, where threads pay off. */
-const THREADED_OPS = /^(matmul|linear|attention\(|fused:)/;
+/** Ops whose kernels use more than one thread: the matrix products, where threads pay off, and GELU's gradient (a dozen ops over the MLP's activations). */
+const THREADED_OPS = /^(matmul|linear|attention\(|fused:|gelu_grad)/;
 
 /** How a kernel's session is made when its key does not decide it. */
 export interface KernelOptions {

@@ -446,6 +446,26 @@ describe("matmul", () => {
     });
   });
 
+  it("of transposed operands without their copies (P.matmulT: what gradients multiply by), 2-D and batched", () => {
+    // Each operand laid out transposed: its last two axes swapped in a plain reference.
+    const swapLast = (x: Nd): Nd => {
+      const [r, c] = x.shape.slice(-2) as [number, number];
+      const batch = x.data.length / (r * c);
+      const data = new Float64Array(x.data.length);
+      for (let b = 0; b < batch; b++) for (let i = 0; i < r; i++) for (let j = 0; j < c; j++) data[b * r * c + j * r + i] = x.data[b * r * c + i * c + j]!;
+      return { shape: [...x.shape.slice(0, -2), c, r], data };
+    };
+    for (const [ta, tb] of [[false, true], [true, false], [true, true]] as const) {
+      for (const [sa, sb, seed] of [[[3, 4], [4, 5], 53], [[2, 1, 3, 4], [3, 4, 5], 55]] as const) {
+        const a = randT(ta ? [...sa.slice(0, -2), sa.at(-1)!, sa.at(-2)!] : sa, seed);
+        const b = randT(tb ? [...sb.slice(0, -2), sb.at(-1)!, sb.at(-2)!] : sb, seed + 1);
+        checkOp(`${ta ? "a^T" : "a"} @ ${tb ? "b^T" : "b"} ${sa.length}-D`, [a, b], (x, y) => P.matmulT(x, y, ta, tb), (x, y) => matmulNd(ta ? swapLast(x) : x, tb ? swapLast(y) : y));
+      }
+    }
+    expectThrows(() => P.matmulT(zeros([3, 2]), zeros([3, 2]), false, false), ShapeError, "matmul", "[3, 2]");
+    expectThrows(() => P.matmulT(zeros([3, 2]), zeros([4, 2]), true, true), ShapeError, "matmul", "[3, 2]^T", "[4, 2]^T", "3", "2");
+  });
+
   it("integers and promotion", () => {
     expectTensor(i64([[1, 2], [3, 4]]).matmul(i64([[5], [6]])), [[17], [39]], { dtype: "int64" });
     expectTensor(i64([[1, 2]]).matmul(tensor([[0.5], [0.25]])), [[1]], { dtype: "float32" });

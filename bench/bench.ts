@@ -6,9 +6,10 @@
  *
  *   - What researchers run instead: Hugging Face transformers on PyTorch 2 (CPU), set up by bench/python/setup.sh
  *     into the ignored .venv-bench from the machine's local package index (TSIGHT_BENCH_HF=0 skips it): the
- *     GPT-2-small-sized forward at 128 tokens, greedy decode (after an 8-token and a 512-token prompt), stdlib-gpt2
- *     at 5 tokens, a forward hook's read against tsight's module read, as one table of speed ratios (tsight and
- *     Hugging Face measured twice, alternating, each side's best times kept; differences of times, the costs of
+ *     GPT-2-small-sized forward at 128 tokens, greedy decode (after an 8-token and a 512-token prompt), the
+ *     gradients of every block's output at 128 tokens (attribution patching's backward), stdlib-gpt2 at 5 tokens,
+ *     a forward hook's read against tsight's module read, as one table of speed ratios (tsight and Hugging Face
+ *     measured twice, alternating, each side's best times kept; differences of times, the costs of
  *     reads and traces, averaged); the same model as one ONNX Runtime graph (bench/python/ort_gpt2.py: what one
  *     graph reaches on this CPU); and each engine's matrix products at the model's shapes (bench/gemm.ts).
  *   - GPT-2-small-sized model (12 layers, d=768, vocab 50257, random weights): prefill of 128 tokens and decode
@@ -59,6 +60,7 @@ interface HfReference {
   decode_long_tok_s: number;
   small5_ms: number;
   hook_read_us: number;
+  grad_ms: number;
 }
 
 /** The Python of the references (.venv-bench, set up by bench/python/setup.sh), or why there is none. */
@@ -109,7 +111,7 @@ function bestHf(runs: (HfReference | string)[]): HfReference | string {
   const min = (f: (r: HfReference) => number) => Math.min(...ok.map(f));
   // hook_read_us is a difference of two medians: averaged (see bestOverhead).
   const hookRead = ok.reduce((n, r) => n + r.hook_read_us, 0) / ok.length;
-  return { ...ok[0]!, prefill_ms: min((r) => r.prefill_ms), decode_tok_s: Math.max(...ok.map((r) => r.decode_tok_s)), decode_long_tok_s: Math.max(...ok.map((r) => r.decode_long_tok_s)), small5_ms: min((r) => r.small5_ms), hook_read_us: hookRead };
+  return { ...ok[0]!, grad_ms: min((r) => r.grad_ms), prefill_ms: min((r) => r.prefill_ms), decode_tok_s: Math.max(...ok.map((r) => r.decode_tok_s)), decode_long_tok_s: Math.max(...ok.map((r) => r.decode_long_tok_s)), small5_ms: min((r) => r.small5_ms), hook_read_us: hookRead };
 }
 
 async function main(): Promise<void> {
@@ -117,12 +119,14 @@ async function main(): Promise<void> {
   // tsight and Hugging Face alternate, twice each, and each side keeps its best figures: drift of the machine's
   // speed during the run then favours neither.
   const ourRuns: Ours[] = [];
+  const gradRuns: number[] = [];
   const overheads: Overhead[] = [];
   const hfRuns: (HfReference | string)[] = [];
   const ortRuns: ReturnType<typeof ortOneGraph>[] = [];
   for (let round = 0; round < 2; round++) {
     ourRuns.push(inPlainNode("gpt2"));
     overheads.push(inPlainNode("overhead"));
+    gradRuns.push(inPlainNode("grad").gradMs);
     hfRuns.push(hfReference(threadCount()));
     ortRuns.push(ortOneGraph(threadCount()));
   }
@@ -155,6 +159,8 @@ async function main(): Promise<void> {
     row("stdlib-gpt2 forward, 5 tokens", `${fmt(o.forwardUs / 1000, 2)} ms`, `${fmt(hf.small5_ms, 2)} ms`, hf.small5_ms / (o.forwardUs / 1000));
     row("one module value read (HF: a forward hook)", `${fmt(o.oneReadUs)} µs`, `${fmt(hf.hook_read_us)} µs`, hf.hook_read_us / o.oneReadUs);
     row("  each further read in the trace", `${fmt(o.perReadUs)} µs`, `${fmt(hf.hook_read_us)} µs`, hf.hook_read_us / o.perReadUs);
+    const gradMs = Math.min(...gradRuns);
+    row(`gradients of every block's output, ${PREFILL} tokens`, `${fmt(gradMs)} ms`, `${fmt(hf.grad_ms)} ms`, hf.grad_ms / gradMs);
     console.log(`  a trace reading transformer.h[6]'s output at ${PREFILL} tokens: ${fmt(ours.readMidMs)} ms, x${fmt(ours.readMidMs / ours.prefillMs, 2)} the bare forward`);
     console.log(`  ${"an empty trace".padEnd(44)} ${`${fmt(o.emptyTraceUs, 0)} µs`.padStart(12)} ${"(nnsight ~245 µs)".padStart(12)}`);
   }

@@ -47,6 +47,8 @@ const rows = {
     const prompt = new Tensor("int64", BigInt64Array.from({ length: 8 }, (_, i) => BigInt((i * 7919) % 50257)), [1, 8]);
     return generationOverhead({ lm: randomGpt2SmallLm(), layer: 6, prompt, rounds: 5, tokens: DECODE + 1, ablate: true });
   },
+  /** Attribution patching's backward on the GPT-2-small-sized model at PREFILL tokens (see hf_gpt2.py's grad_ms). */
+  grad: () => tsightGrad(),
   /** GFLOP/s of tsight's engine at each [m, k, n]. */
   gemm: async (shapes: [number, number, number][]) => shapes.map(([m, k, n]) => tsightGflops(m, k, n, 3)),
 };
@@ -120,6 +122,34 @@ async function tsightGpt2(): Promise<Gpt2Row> {
     setPrepack(null);
   }
   return { prefillMs: median(times), unpackedMs, decodeTokS: median(rates), decodeLongTokS: median(longRates), kernelsPerToken, readMidMs: median(reads) };
+}
+
+/**
+ * A trace recording gradients that reads every block's output, then the gradient of a logit difference at the last
+ * position with respect to each: the median ms of five, after one.
+ */
+async function tsightGrad(): Promise<{ gradMs: number }> {
+  const lm = randomGpt2SmallLm();
+  const ids = new Tensor("int64", BigInt64Array.from({ length: PREFILL }, (_, i) => BigInt((i * 7919) % 50257)), [1, PREFILL]);
+  const run = () =>
+    lm.trace(ids, async (m, tr) => {
+      const acts: Tensor[] = [];
+      for (const block of m.transformer.h) acts.push(await block.output);
+      const logits = await m.lm_head.output;
+      const grads: Tensor[] = [];
+      await tr.backward(logits.index(0, -1, 5).sub(logits.index(0, -1, 7)), async (g) => {
+        for (const a of [...acts].reverse()) grads.unshift(await g.grad(a));
+      });
+      if (grads.length !== acts.length) throw new Error("a gradient is missing");
+    }, { grad: true });
+  await run();
+  const times: number[] = [];
+  for (let i = 0; i < 5; i++) {
+    const t = performance.now();
+    await run();
+    times.push(performance.now() - t);
+  }
+  return { gradMs: median(times) };
 }
 
 /**

@@ -13,6 +13,9 @@ Prints one JSON line:
                   8-token prompt: 32 new tokens / wall time of the call (which includes the prompt's pass).
   small5_ms       the embedded stdlib-gpt2 (from_pretrained(..., dtype=float32): its config says float16; found
                   under models/ or packages/tsight/models/, or $STDLIB_GPT2): median forward of 5 token ids.
+  grad_ms         attribution patching's backward: a forward of 128 token ids through the GPT-2-small-sized model
+                  reading every block's output (forward hooks), then the gradient of a logit difference at the last
+                  position with respect to each of them (parameters frozen, as tsight's are), median ms.
   hook_read_us    stdlib-gpt2 at 5 tokens: median over interleaved rounds of (forward with a forward hook on
                   transformer.h[1] that stores its output, registered and removed around the call) minus
                   (bare forward), in microseconds.
@@ -128,9 +131,42 @@ with torch.inference_mode():
     small5 = median_ms(lambda: small(small_ids), warmup=10, runs=101)
     hook_us = hook_read_us(small, small_ids)
 
+
+def grad_ms(model, ids):
+    """Forward reading every block's output, then d(logit 5 - logit 7 at the last position) / d(each of them)."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+    def run():
+        acts = []
+
+        def keep(_module, _inputs, output):
+            t = output[0] if isinstance(output, tuple) else output
+            if not t.requires_grad:  # the first block's output: a leaf (nothing before it records)
+                t.requires_grad_()
+            else:
+                t.retain_grad()
+            acts.append(t)
+
+        handles = [block.register_forward_hook(keep) for block in model.transformer.h]
+        logits = model(ids, use_cache=False).logits
+        (logits[0, -1, 5] - logits[0, -1, 7]).backward()
+        grads = [a.grad for a in acts]
+        for h in handles:
+            h.remove()
+        assert len(grads) == len(model.transformer.h) and all(g is not None for g in grads)
+
+    return median_ms(run, warmup=1, runs=5)
+
+
+torch.manual_seed(0)
+grad_model = GPT2LMHeadModel(GPT2Config(n_layer=12, n_embd=768, n_head=12, vocab_size=50257, n_positions=1024)).eval()
+grad = grad_ms(grad_model, torch.tensor([[(i * 7919) % 50257 for i in range(PREFILL)]]))
+del grad_model
+
 print(json.dumps({
     "torch": torch.__version__, "transformers": transformers.__version__, "threads": threads,
     "loadavg_1m": load_before, "attn": default_attn, **{k: round(v, 3) for k, v in main.items()},
     "eager": {k: round(v, 3) for k, v in eager.items()},
-    "small5_ms": round(small5, 4), "hook_read_us": round(hook_us, 1),
+    "small5_ms": round(small5, 4), "hook_read_us": round(hook_us, 1), "grad_ms": round(grad, 3),
 }))

@@ -585,6 +585,16 @@ describe("the workbench page", () => {
     await phone.locator("#panel-lens .cell:not(.pending)").first().waitFor();
     expect(await phone.evaluate<number>(`document.documentElement.scrollWidth`)).toBeLessThanOrEqual(390);
     await phone.screenshot({ path: path.join(shots, "phone-lens.png"), fullPage: true });
+    // The jobs table's eight columns stack: each row a block of labelled lines, its wrapper not scrolling sideways.
+    await phone.getByRole("tab", { name: "Jobs" }).click();
+    const rows = phone.locator("#panel-jobs .jobs tbody tr");
+    await rows.first().waitFor();
+    const wrapper = phone.locator("#panel-jobs .jobs .table-scroll");
+    expect(await wrapper.evaluate((e) => e.scrollWidth - e.clientWidth)).toBeLessThanOrEqual(0);
+    expect(await phone.evaluate<number>(`document.documentElement.scrollWidth`)).toBeLessThanOrEqual(390);
+    const labels = await rows.first().locator("td").evaluateAll((tds) => tds.map((td) => getComputedStyle(td, "::before").content));
+    expect(labels.slice(0, 4)).toEqual(['"job"', '"model"', '"kind"', '"state"']);
+    await phone.screenshot({ path: path.join(shots, "phone-jobs.png"), fullPage: true });
     await phone.close();
   });
 

@@ -16,12 +16,14 @@ function seconds(ms: number): string {
   return ms < 60_000 ? `${(ms / 1000).toFixed(1)} s` : `${Math.floor(ms / 60_000)} min ${Math.round((ms % 60_000) / 1000)} s`;
 }
 
+/** A table whose rows stack at phone width, each cell labelled by its column (data-label; see workbench.css). */
 function table(caption: string, head: string[], rows: (string | Node)[][], empty: string): HTMLElement {
   if (rows.length === 0) return h("p", { class: "empty" }, empty);
+  const cells = (r: (string | Node)[]) => r.map((c, i) => h("td", head[i] ? { "data-label": head[i]! } : {}, c));
   return h(
     "div",
     { class: "table-scroll" },
-    h("table", {}, h("caption", {}, caption), h("thead", {}, h("tr", {}, ...head.map((c) => h("th", { scope: "col" }, c)))), h("tbody", {}, ...rows.map((r) => h("tr", {}, ...r.map((c) => h("td", {}, c)))))),
+    h("table", { class: "stacks" }, h("caption", {}, caption), h("thead", {}, h("tr", {}, ...head.map((c) => h("th", { scope: "col" }, c)))), h("tbody", {}, ...rows.map((r) => h("tr", {}, ...cells(r))))),
   );
 }
 

@@ -40,6 +40,16 @@ describe("the server with the sandbox", () => {
     expect(logits.toArray()).toEqual(expected.toArray());
   });
 
+  it("runs each job in an isolate of its own, made ahead of it: what one job leaves in its globals, the next never sees", async () => {
+    const leave = "async (m) => { globalThis.left = 'by the job before'; Object.prototype.polluted = 1; Array.prototype.push = () => 0; return typeof globalThis.left; }";
+    const look = "async (m) => [typeof globalThis.left, ({}).polluted === undefined, [].push(1)]";
+    for (let i = 0; i < 3; i++) {
+      expect(await (await backend.submit(trace(leave))).result()).toBe("string");
+      // Made once the job before ended (a spare isolate), or while this one is taken: fresh either way.
+      expect(await (await backend.submit(trace(look))).result()).toEqual(["undefined", true, 1]);
+    }
+  });
+
   it("serves a meta model to the client, which traces remotely and answers a hybrid step", async () => {
     const meta = await RemoteLanguageModel.fromServer("stdlib-gpt2", { backend });
     expect(meta.dispatched).toBe(false);

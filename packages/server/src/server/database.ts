@@ -68,6 +68,10 @@ const MIGRATIONS: readonly string[] = [
   `
   ALTER TABLE jobs ADD COLUMN event_bytes INTEGER NOT NULL DEFAULT 0;
   `,
+  // 6: a key's kept results, found at every submission without reading its other jobs (JobStore.storedBytes).
+  `
+  CREATE INDEX jobs_by_key_result ON jobs (key_id, result, expires);
+  `,
 ];
 
 const SCHEMA_VERSION = 1 + MIGRATIONS.length;

@@ -81,6 +81,46 @@ describe("JobStore", () => {
     expect(store.storedBytes("k-other")).toBe(0);
   });
 
+  it("keeps a key's stored bytes as it writes them: equal to their sum from the database after every kind of change", async () => {
+    const store = await open();
+    // What the bytes a key keeps are, summed from the database as a submission once did.
+    const summed = (keyId: string, now = Date.now()) =>
+      (
+        db
+          .prepare(
+            "SELECT coalesce(sum(CASE WHEN result = 'available' AND expires > @now THEN result_bytes ELSE 0 END), 0) + coalesce(sum(event_bytes), 0) + coalesce(sum(length(CAST(error AS BLOB))), 0) AS n FROM jobs WHERE key_id = @key",
+          )
+          .get({ key: keyId, now }) as { n: number }
+      ).n;
+    const same = () => {
+      for (const key of ["k-a", "k-b"]) expect(store.storedBytes(key), key).toBe(summed(key));
+      // A store opened afresh on the same file sums them from the database.
+      for (const key of ["k-a", "k-b"]) expect(new JobStore(db).storedBytes(key), key).toBe(summed(key));
+    };
+    const a = newJob(store, "k-a");
+    same(); // asked once: from now on kept as written
+    const b = newJob(store, "k-b");
+    store.append(a.id, { type: "log", text: "€".repeat(500) });
+    same();
+    for (const s of ["QUEUED", "DISPATCHED", "RUNNING"] as const) store.move(a.id, s);
+    store.move(a.id, "COMPLETED", { result: { bytes: 1234, expires: Date.now() + 60_000 } });
+    store.move(b.id, "QUEUED");
+    store.move(b.id, "ERROR", { error: { code: "USER_CODE", type: "Error", message: "ö".repeat(300), retryable: false } });
+    same();
+    // Moves refused change nothing; events of unknown jobs are not stored.
+    expect(store.move(b.id, "RUNNING")).toBe(false);
+    expect(store.append("no-such-job", { type: "log", text: "x" })).toBeUndefined();
+    same();
+    store.markResultExpired(a.id);
+    same();
+    // Ended jobs deleted by the sweeper: their bytes go with them.
+    const before = store.storedBytes("k-b");
+    expect(store.deleteEnded(Date.now() + 1)).toBe(2);
+    expect(store.storedBytes("k-b")).toBe(0);
+    expect(before).toBeGreaterThan(900);
+    same();
+  });
+
   it("counts a key's unfinished jobs, finds results due, and keeps everything across reopening", async () => {
     let store = await open();
     const a = newJob(store, "alice");

@@ -28,6 +28,30 @@ local function countKept(job, bytes)
   redis.call('PEXPIRE', counts, tonumber(redis.call('GET', P .. 'eventkeep') or '604800000') + HOUR_MS)
 end
 
+-- A key's results kept now: P:keyresults:<keyId> (job id by expiry), their bytes (P:keyresultbytes:<keyId>, job id
+-- -> bytes) and those bytes' sum (P:keyresultsum:<keyId>), so a submission reads a sum instead of the key's jobs.
+local function keepResult(keyId, id, bytes, expires)
+  local zs, sizes, sum = P .. 'keyresults:' .. keyId, P .. 'keyresultbytes:' .. keyId, P .. 'keyresultsum:' .. keyId
+  if redis.call('HSETNX', sizes, id, bytes) == 0 then return end
+  redis.call('ZADD', zs, expires, id)
+  redis.call('INCRBY', sum, bytes)
+  -- Gone with the last result: an hour past its expiry.
+  local t = redis.call('TIME')
+  local ttl = math.max(HOUR_MS, tonumber(expires) - math.floor(tonumber(t[1]) * 1000) + HOUR_MS)
+  for _, k in ipairs({zs, sizes, sum}) do
+    if redis.call('PTTL', k) < ttl then redis.call('PEXPIRE', k, ttl) end
+  end
+end
+
+local function forgetResult(keyId, id)
+  local sizes = P .. 'keyresultbytes:' .. keyId
+  local bytes = redis.call('HGET', sizes, id)
+  if not bytes then return end
+  redis.call('HDEL', sizes, id)
+  redis.call('ZREM', P .. 'keyresults:' .. keyId, id)
+  redis.call('DECRBY', P .. 'keyresultsum:' .. keyId, bytes)
+end
+
 local function addEvent(id, json)
   local job = P .. 'job:' .. id
   local seq = redis.call('HINCRBY', job, 'lastSeq', 1)
@@ -49,7 +73,10 @@ local function move(id, status, now, err, bytes, expires, position, ttl)
     countKept(job, #err)
     addEvent(id, '{"type":"error","error":' .. err .. '}')
   end
-  if bytes ~= '' then redis.call('HSET', job, 'result', 'available', 'resultBytes', bytes, 'expires', expires) end
+  if bytes ~= '' then
+    redis.call('HSET', job, 'result', 'available', 'resultBytes', bytes, 'expires', expires)
+    keepResult(redis.call('HGET', job, 'keyId'), id, bytes, expires)
+  end
   if position ~= '' then
     redis.call('HSET', job, 'position', position)
     addEvent(id, '{"type":"status","status":"' .. status .. '","position":' .. position .. '}')
@@ -204,6 +231,25 @@ for i = 1, #all, 2 do
   if tonumber(all[i]) < first then redis.call('HDEL', counts, all[i]) else total = total + tonumber(all[i + 1]) end
 end
 return total
+`);
+
+/**
+ * The bytes of a key's results kept now (ARGV: P, keyId, now ms): those past their expiry are forgotten first (a
+ * result counts until it expires, is deleted, or its expiry is marked).
+ */
+export const keyResultBytes = script(`
+local keyId = ARGV[2]
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. 'keyresults:' .. keyId, '-inf', ARGV[3], 'LIMIT', 0, 1000)) do forgetResult(keyId, id) end
+return tonumber(redis.call('GET', P .. 'keyresultsum:' .. keyId) or '0')
+`);
+
+/** A job's result is no longer kept (ARGV: P, id): past its expiry, or deleted. */
+export const expireResult = script(`
+local job = P .. 'job:' .. ARGV[2]
+if redis.call('HGET', job, 'result') == 'available' then redis.call('HSET', job, 'result', 'expired') end
+local keyId = redis.call('HGET', job, 'keyId')
+if keyId then forgetResult(keyId, ARGV[2]) end
+return 1
 `);
 
 /** Lets go of a lock (ARGV: P, lock key, token) if this holder still has it (it may have lapsed and been taken). */

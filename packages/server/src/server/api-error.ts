@@ -36,18 +36,32 @@ export class ApiError extends Error {
 export const jobNotFound = (id: string): ApiError => new ApiError(404, "VALIDATION", `there is no job ${id} for this API key`);
 
 /**
- * Refuses a key's next job when what the server keeps for it (`bytes`: results and event logs) and its `active`
- * unfinished jobs, each counted at the largest result and event log (it may still keep them), leave no room for one
- * more such job under its limit: until some are deleted or expire (results are kept for the retention whether or not
- * they were downloaded: one key filled disk at 170 GB an hour; event logs, a day longer: two keys wrote 2 GB in 43 s).
+ * Refuses a key's next job when what the server keeps for it (`stored`: results, and event logs and errors) and its
+ * `active` unfinished jobs, each counted at the largest result and event log (it may still keep them), leave no room
+ * for one more such job under its limit: until some are deleted or expire (results are kept for the retention whether
+ * or not they were downloaded: one key filled disk at 170 GB an hour; event logs, a day longer: two keys wrote 2 GB
+ * in 43 s). Its message tells results and logs apart: a key whose jobs failed keeps logs only, and was told to delete
+ * results, which changed nothing.
  */
-export function checkRoomToStore(bytes: number, active: number, limits: { maxStoredResultBytesPerKey: number; maxResultBytes: number; maxEventBytesPerJob: number }): void {
+export function checkRoomToStore(stored: StoredBytes, active: number, limits: { maxStoredResultBytesPerKey: number; maxResultBytes: number; maxEventBytesPerJob: number }): void {
   const perJob = limits.maxResultBytes + limits.maxEventBytesPerJob;
+  const bytes = stored.results + stored.logs;
   if (bytes + (active + 1) * perJob <= limits.maxStoredResultBytesPerKey) return;
+  // What would make room, as it is: deleting results helps only if it keeps some (a key whose jobs failed keeps logs).
+  const ways = [...(stored.results > 0 ? ["delete results it has downloaded (DELETE /v1/jobs/ID/result)"] : []), ...(stored.logs > 0 ? [`wait for the logs of ended jobs to expire (kept ${Math.round(stored.logsKeptMs / 3_600_000)} h after their job)`] : []), ...(stored.results > 0 ? ["wait for results to expire"] : []), ...(active > 0 ? ["wait for its jobs to end"] : [])];
   throw new ApiError(
     429,
     "NOT_ALLOWED",
-    `this API key has ${bytes} bytes of results and event logs kept on the server and ${active} unfinished jobs, each of which may keep up to ${perJob} more (a result and its events); with one more that could pass the ${limits.maxStoredResultBytesPerKey} it may have: delete results it has downloaded (DELETE /v1/jobs/ID/result), or wait for them and the logs of ended jobs to expire, or its jobs to end`,
+    `this API key keeps ${stored.results} bytes of results and ${stored.logs} bytes of event logs and errors on the server and has ${active} unfinished jobs, each of which may keep up to ${perJob} more (a result and its events); with one more that could pass the ${limits.maxStoredResultBytesPerKey} it may have: ${ways.join(", or ")}`,
     { retryable: true, headers: { "retry-after": "60" } },
   );
+}
+
+/** What a key keeps on the server (see checkRoomToStore), and how long an ended job's log is kept. */
+export interface StoredBytes {
+  /** Its results not expired nor deleted. */
+  results: number;
+  /** Its jobs' events and their errors' record copies. */
+  logs: number;
+  logsKeptMs: number;
 }

@@ -189,3 +189,6 @@ export function resolveConfig(options: Partial<ServerConfig> = {}): ServerConfig
   config.dataDir = path.resolve(config.dataDir);
   return config;
 }
+
+/** How much longer than its result an ended job's record and events are kept (as in distributed mode). */
+export const RECORD_GRACE_MS = 24 * 3_600_000;

@@ -272,9 +272,15 @@ export class JobStore {
    * were counted.
    */
   storedBytes(keyId: string, now = Date.now()): number {
-    let kept = this.kept.get(keyId);
-    if (kept === undefined) this.kept.set(keyId, (kept = (this.q.keptBytes.get(keyId) as { n: number }).n));
-    return kept + (this.q.storedResults.get({ key: keyId, now }) as { n: number }).n;
+    const { results, logs } = this.storedParts(keyId, now);
+    return results + logs;
+  }
+
+  /** storedBytes in its parts: the key's results, and its jobs' events and errors. */
+  storedParts(keyId: string, now = Date.now()): { results: number; logs: number } {
+    let logs = this.kept.get(keyId);
+    if (logs === undefined) this.kept.set(keyId, (logs = (this.q.keptBytes.get(keyId) as { n: number }).n));
+    return { results: (this.q.storedResults.get({ key: keyId, now }) as { n: number }).n, logs };
   }
 
   /** Adds `bytes` written for `keyId`'s jobs (events, an error's record copy) to its sum, once that is known. */

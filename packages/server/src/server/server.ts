@@ -8,7 +8,7 @@ import { serve, type ServerType } from "@hono/node-server";
 import type { Hono } from "hono";
 import type { LoadProgress } from "tsight";
 import { createApp } from "./app.js";
-import { DEFAULT_HOST, DEFAULT_PORT, resolveConfig, type ServerConfig } from "./config.js";
+import { DEFAULT_HOST, DEFAULT_PORT, RECORD_GRACE_MS, resolveConfig, type ServerConfig } from "./config.js";
 import { openDatabase, type Db } from "./database.js";
 import type { AppEnv } from "./guards.js";
 import { JobManager } from "./job-manager.js";
@@ -61,8 +61,6 @@ export interface RunningServer extends ServerCore {
 
 export const databaseFile = (dataDir: string): string => path.join(dataDir, "tsight.db");
 
-/** How much longer than its result an ended job's record and events are kept (as in distributed mode). */
-const RECORD_GRACE_MS = 24 * 3_600_000;
 
 export async function openServer(options: ServerOptions = {}): Promise<ServerCore> {
   const { port: _port, host: _host, workers = true, log = (line: string) => void process.stderr.write(`${line}\n`), onLoadProgress, ...settings } = options;

@@ -63,8 +63,8 @@ export class RedisDispatcher implements Dispatcher {
       const active = await store.activeCount(caller.keyId);
       // A result lives at most its job's wait and run, and the retention after it; an event the same with the record's.
       const longest = longestJobMs(config, this.parts.dist);
-      const stored = await store.storedBytes(caller.keyId, this.parts.dist.recordRetentionMs + longest);
-      checkRoomToStore(stored, active, config);
+      const stored = await store.storedParts(caller.keyId, this.parts.dist.recordRetentionMs + longest);
+      checkRoomToStore({ ...stored, logsKeptMs: this.parts.dist.recordRetentionMs }, active, config);
       return store.create({ id, keyId: caller.keyId, model: model.key, kind: job.kind, webhook, batch, limit: config.maxActiveJobsPerKey, idempotency });
     }).catch(async (e: unknown) => {
       await store.redis.del(store.keys.body(id));

@@ -191,9 +191,15 @@ export class RedisJobStore {
    * after it: an event lives at most that long), counted by the hour as they were written (see scripts.ts's addEvent).
    */
   async storedBytes(keyId: string, eventsMs: number, now = Date.now()): Promise<number> {
+    const { results, logs } = await this.storedParts(keyId, eventsMs, now);
+    return results + logs;
+  }
+
+  /** storedBytes in its parts: the key's results, and its jobs' events and errors. */
+  async storedParts(keyId: string, eventsMs: number, now = Date.now()): Promise<{ results: number; logs: number }> {
     await this.keepSet;
-    const events = Number(await keyEventBytes.run(this.redis, [this.keys.base, keyId, eventsMs]));
-    return events + Number(await keyResultBytes.run(this.redis, [this.keys.base, keyId, now]));
+    const logs = Number(await keyEventBytes.run(this.redis, [this.keys.base, keyId, eventsMs]));
+    return { results: Number(await keyResultBytes.run(this.redis, [this.keys.base, keyId, now])), logs };
   }
 
   /** A key's jobs, newest first; undefined when `before` is not one of them. Records that expired are skipped (and forgotten). */

@@ -374,6 +374,33 @@ describe("events", () => {
     expect(missing.seen.length).toBe(1);
   });
 
+  test("a 429 while opening waits its Retry-After; a server gone is given up after the retries, not retries of retries", async () => {
+    const opened: number[] = [];
+    const server = await serve((_req, res, _body, seen) => {
+      opened.push(Date.now());
+      if (seen.length <= 2) {
+        res.writeHead(429, { "content-type": "application/json", "retry-after": "1" });
+        return res.end(JSON.stringify({ error: { code: "NOT_ALLOWED", type: "ApiError", message: "sent event streams too fast", retryable: true } }));
+      }
+      res.writeHead(200, { "content-type": "text/event-stream" });
+      for (const { seq, event } of numbered) res.write(frame(seq, event));
+      res.end();
+    });
+    // Two refusals, each waited out for its second (the backoff alone would have been 1 and 2 ms).
+    expect((await all(backendFor(server.url, { retry: { attempts: 3, baseDelayMs: 1 } }).events("j"))).length).toBe(8);
+    expect(opened.length).toBe(3);
+    expect(opened[2]! - opened[0]!).toBeGreaterThanOrEqual(1900);
+
+    // Nothing listens: attempts + 1 connections in all, then a LostEventsError.
+    const gone = await serve(() => undefined);
+    await gone.close();
+    let tries = 0;
+    const counting = ((input: string | URL | Request, init?: RequestInit) => (tries++, fetch(input, init))) as typeof fetch;
+    const error = await all(backendFor(gone.url, { retry: { attempts: 3, baseDelayMs: 1 }, fetch: counting }).events("j")).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(LostEventsError);
+    expect(tries).toBe(4);
+  });
+
   test("an event that is not JSON is a PROTOCOL error", async () => {
     const server = await serve((_req, res) => {
       res.writeHead(200, { "content-type": "text/event-stream" });

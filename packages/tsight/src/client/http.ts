@@ -85,6 +85,11 @@ type Init = {
   signal?: AbortSignal;
   /** Safe to send again after a connection failure or a 502/503/504. */
   idempotent?: boolean;
+  /**
+   * A 429 is sent again after its Retry-After (its other failures are the caller's to retry: an event stream's
+   * reopening counts its own, and retrying connection failures here too would multiply its tries).
+   */
+  waitsOutRefusals?: boolean;
 };
 
 export class HttpBackend implements Backend {
@@ -215,8 +220,8 @@ export class HttpBackend implements Backend {
       let cause: unknown = "the stream ended before the job's done event";
       try {
         const headers: Record<string, string> = last === undefined ? {} : { "Last-Event-ID": String(last) };
-        // Idempotent: a 429 (a key sent its streams' bytes too fast, see the server's byte-budget.ts) waits its Retry-After.
-        const res = await this.request("GET", path, { accept: "text/event-stream", headers, signal: connection.signal, idempotent: true });
+        // A 429 (a key sent its streams' bytes too fast: the server's byte-budget.ts) waits its Retry-After.
+        const res = await this.request("GET", path, { accept: "text/event-stream", headers, signal: connection.signal, waitsOutRefusals: true });
         if (!res.body) throw new ConnectionError(`GET ${path} answered without a body`);
         for await (const sse of parseServerSentEvents(res.body)) {
           if (sse.retry !== undefined) serverDelay = sse.retry;
@@ -272,7 +277,8 @@ export class HttpBackend implements Backend {
       }
       if (res.ok) return res;
       const error = await errorFromResponse(res, `${method} ${path}`);
-      if (!init.idempotent || !RETRY_STATUSES.includes(res.status) || ++failures > this.retry.attempts) throw error;
+      const again = init.idempotent ? RETRY_STATUSES.includes(res.status) : init.waitsOutRefusals === true && res.status === 429;
+      if (!again || ++failures > this.retry.attempts) throw error;
       await sleep(Math.max(this.delay(failures), retryAfter(res, this.retry.maxDelayMs)), init.signal);
     }
   }

@@ -54,6 +54,8 @@ interface Prepared {
 
 /** Isolates of the jobs running in this process (or thread). */
 const live = new Set<ivm.Isolate>();
+/** Isolates made for jobs to come (see SandboxExecutor.spare): disposed of at exit too, with no wait (none runs code). */
+const spares = new Set<ivm.Isolate>();
 let exitWatched = false;
 
 /**
@@ -71,6 +73,7 @@ function watchExit(isolate: ivm.Isolate): void {
   process.on("exit", () => {
     let stopped = 0;
     for (const running of live) if (!running.isDisposed) running.dispose(), stopped++;
+    for (const spare of spares) if (!spare.isDisposed) spare.dispose();
     if (stopped) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, EXIT_UNWIND_MS);
     collectForExit();
   });
@@ -131,6 +134,7 @@ export class SandboxExecutor implements JobExecutor {
   private takeIsolate(ctx: ExecutionContext): Fresh {
     const fresh = this.spare ?? freshIsolate(this.options.isolateMemoryMB ?? 64);
     this.spare = null;
+    spares.delete(fresh.isolate);
     fresh.owner.ctx = ctx;
     // Counted as running from now: a spare, which runs nothing, holds no exit up (see watchExit).
     watchExit(fresh.isolate);
@@ -146,7 +150,11 @@ export class SandboxExecutor implements JobExecutor {
     this.refilling = true;
     setImmediate(() => {
       this.refilling = false;
-      this.spare ??= freshIsolate(this.options.isolateMemoryMB ?? 64);
+      try {
+        this.spare ??= freshIsolate(this.options.isolateMemoryMB ?? 64);
+      } catch {
+        // Out of memory for one, say: the next job makes its own (and fails alone if it cannot either).
+      }
     }).unref();
   }
 
@@ -400,6 +408,7 @@ interface Fresh {
 function freshIsolate(memoryMB: number): Fresh {
   const owner: Fresh["owner"] = { ctx: null };
   const isolate = new ivm.Isolate({ memoryLimit: memoryMB, ...catastrophe(owner) });
+  spares.add(isolate);
   return { isolate, context: isolate.createContextSync(), owner };
 }
 

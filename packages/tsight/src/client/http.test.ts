@@ -391,6 +391,16 @@ describe("events", () => {
     expect(opened.length).toBe(3);
     expect(opened[2]! - opened[0]!).toBeGreaterThanOrEqual(1900);
 
+    // Refused every time: attempts + 1 requests in all (not retries of retries), each after the wait asked.
+    const refusing = await serve((_req, res) => {
+      res.writeHead(429, { "content-type": "application/json", "retry-after": "1" });
+      res.end(JSON.stringify({ error: { code: "NOT_ALLOWED", type: "ApiError", message: "too fast", retryable: true } }));
+    });
+    const t0 = Date.now();
+    expect(await all(backendFor(refusing.url, { retry: { attempts: 2, baseDelayMs: 1 } }).events("j")).catch((e: unknown) => e)).toBeInstanceOf(LostEventsError);
+    expect(refusing.seen.length).toBe(3);
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(1900);
+
     // Nothing listens: attempts + 1 connections in all, then a LostEventsError.
     const gone = await serve(() => undefined);
     await gone.close();

@@ -85,12 +85,10 @@ type Init = {
   signal?: AbortSignal;
   /** Safe to send again after a connection failure or a 502/503/504. */
   idempotent?: boolean;
-  /**
-   * A 429 is sent again after its Retry-After (its other failures are the caller's to retry: an event stream's
-   * reopening counts its own, and retrying connection failures here too would multiply its tries).
-   */
-  waitsOutRefusals?: boolean;
 };
+
+/** The wait a refusal's Retry-After asked for (ms), by the error it became: an event stream's reopening waits it. */
+const askedWaits = new WeakMap<object, number>();
 
 export class HttpBackend implements Backend {
   /** The base URL, without a trailing slash. */
@@ -217,11 +215,11 @@ export class HttpBackend implements Backend {
       const stop = () => connection.abort();
       signal?.addEventListener("abort", stop);
       let progressed = false;
+      let asked: number | undefined;
       let cause: unknown = "the stream ended before the job's done event";
       try {
         const headers: Record<string, string> = last === undefined ? {} : { "Last-Event-ID": String(last) };
-        // A 429 (a key sent its streams' bytes too fast: the server's byte-budget.ts) waits its Retry-After.
-        const res = await this.request("GET", path, { accept: "text/event-stream", headers, signal: connection.signal, waitsOutRefusals: true });
+        const res = await this.request("GET", path, { accept: "text/event-stream", headers, signal: connection.signal });
         if (!res.body) throw new ConnectionError(`GET ${path} answered without a body`);
         for await (const sse of parseServerSentEvents(res.body)) {
           if (sse.retry !== undefined) serverDelay = sse.retry;
@@ -238,6 +236,8 @@ export class HttpBackend implements Backend {
         if (signal?.aborted) return;
         if (!canRetry(e)) throw e;
         cause = e;
+        // A 429 (a key sent its streams' bytes too fast: the server's byte-budget.ts) says how long to wait.
+        asked = typeof e === "object" && e !== null ? askedWaits.get(e) : undefined;
       } finally {
         connection.abort();
         signal?.removeEventListener("abort", stop);
@@ -248,7 +248,7 @@ export class HttpBackend implements Backend {
         const reason = `lost the events of job ${id} from ${this.url} and could not reconnect (${this.retry.attempts} tries${last === undefined ? "" : `, after event ${last}`}): ${why}`;
         throw new LostEventsError(id, last, reason, cause);
       }
-      await sleep(this.delay(failures, serverDelay), signal);
+      await sleep(Math.max(this.delay(failures, serverDelay), asked ?? 0), signal);
     }
   }
 
@@ -277,8 +277,8 @@ export class HttpBackend implements Backend {
       }
       if (res.ok) return res;
       const error = await errorFromResponse(res, `${method} ${path}`);
-      const again = init.idempotent ? RETRY_STATUSES.includes(res.status) : init.waitsOutRefusals === true && res.status === 429;
-      if (!again || ++failures > this.retry.attempts) throw error;
+      if (res.headers.has("retry-after")) askedWaits.set(error, retryAfter(res, this.retry.maxDelayMs));
+      if (!init.idempotent || !RETRY_STATUSES.includes(res.status) || ++failures > this.retry.attempts) throw error;
       await sleep(Math.max(this.delay(failures), retryAfter(res, this.retry.maxDelayMs)), init.signal);
     }
   }

@@ -35,12 +35,12 @@ local function keepResult(keyId, id, bytes, expires)
   if redis.call('HSETNX', sizes, id, bytes) == 0 then return end
   redis.call('ZADD', zs, expires, id)
   redis.call('INCRBY', sum, bytes)
-  -- Gone with the last result: an hour past its expiry.
+  -- Gone with the latest result: an hour past its expiry, the three together (a sum outliving its entries would count
+  -- them for good).
   local t = redis.call('TIME')
   local ttl = math.max(HOUR_MS, tonumber(expires) - math.floor(tonumber(t[1]) * 1000) + HOUR_MS)
-  for _, k in ipairs({zs, sizes, sum}) do
-    if redis.call('PTTL', k) < ttl then redis.call('PEXPIRE', k, ttl) end
-  end
+  for _, k in ipairs({zs, sizes, sum}) do ttl = math.max(ttl, redis.call('PTTL', k)) end
+  for _, k in ipairs({zs, sizes, sum}) do redis.call('PEXPIRE', k, ttl) end
 end
 
 local function forgetResult(keyId, id)
@@ -49,7 +49,9 @@ local function forgetResult(keyId, id)
   if not bytes then return end
   redis.call('HDEL', sizes, id)
   redis.call('ZREM', P .. 'keyresults:' .. keyId, id)
-  redis.call('DECRBY', P .. 'keyresultsum:' .. keyId, bytes)
+  -- The last one gone: the sum goes too (it is 0), so no old expiry of it outlives the next result's entries.
+  if redis.call('HLEN', sizes) == 0 then redis.call('DEL', P .. 'keyresultsum:' .. keyId)
+  else redis.call('DECRBY', P .. 'keyresultsum:' .. keyId, bytes) end
 end
 
 local function addEvent(id, json)

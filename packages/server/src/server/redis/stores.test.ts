@@ -123,9 +123,18 @@ describe("RedisJobStore", () => {
     expect(await store.storedBytes("k-stored", day, now)).toBe(await events());
     // The key's results are summed as they are kept, not read job by job: what it keeps lives an hour past the last
     // result's expiry.
-    expect(await redis.get(`${keys.base}keyresultsum:k-stored`)).toBe("0");
-    expect(await redis.pttl(`${keys.base}keyresultsum:k-stored`)).toBeGreaterThan(3_600_000);
+    // With the last result gone, so is the sum (no expiry of it can outlive the next result's entries).
+    expect(await redis.exists(`${keys.base}keyresultsum:k-stored`, `${keys.base}keyresults:k-stored`, `${keys.base}keyresultbytes:k-stored`)).toBe(0);
     expect(await redis.get(`${keys.base}keyresultsum:k-other`)).toBe("1000");
+    expect(await redis.pttl(`${keys.base}keyresultsum:k-other`)).toBeGreaterThan(3_600_000);
+    // A result expiring before one kept earlier: the three keys keep the later expiry together.
+    const later = await complete("k-order", 50, now + 3 * 3_600_000);
+    await complete("k-order", 7, now + 60_000);
+    const ttls = await Promise.all(["keyresultsum", "keyresults", "keyresultbytes"].map((k) => redis.pttl(`${keys.base}${k}:k-order`)));
+    expect(Math.max(...ttls) - Math.min(...ttls)).toBeLessThan(1_000);
+    expect(Math.min(...ttls)).toBeGreaterThan(3 * 3_600_000);
+    await store.markResultExpired(later);
+    expect((await store.storedParts("k-order", day, now)).results).toBe(7);
   });
 
   it("counts a failed job's error against its key twice, as it keeps it twice: as an event and in the job's record", async () => {

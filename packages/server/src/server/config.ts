@@ -191,4 +191,7 @@ export function resolveConfig(options: Partial<ServerConfig> = {}): ServerConfig
 }
 
 /** How much longer than its result an ended job's record and events are kept (as in distributed mode). */
-export const RECORD_GRACE_MS = 24 * 3_600_000;
+const RECORD_GRACE_MS = 24 * 3_600_000;
+
+/** How long an ended job's record and events are kept (the sweeper deletes them then; a key's logs count until). */
+export const recordRetentionMs = (config: Pick<ServerConfig, "resultRetentionMs">): number => config.resultRetentionMs + RECORD_GRACE_MS;

@@ -12,7 +12,7 @@ import { decodeJob, type DecodedJob, type ErrorInfo, type JobEvent, type JobRequ
 import { barredNote, checkBarred, newBar, type Barred } from "./quarantine.js";
 import { ApiError, checkRoomToStore, jobNotFound } from "./api-error.js";
 import { batchKey, batchNote, perPass } from "./batch-key.js";
-import { cutLog, RECORD_GRACE_MS, runTimeoutMs, type ServerConfig } from "./config.js";
+import { cutLog, recordRetentionMs, runTimeoutMs, type ServerConfig } from "./config.js";
 import type { ClusterStatus, Dispatcher, ModelLoad, WorkerInfo } from "./contracts.js";
 import type { OpenStreams } from "./event-stream.js";
 import { checkRepeat, type Idempotency } from "./idempotency.js";
@@ -173,7 +173,7 @@ export class JobManager implements Dispatcher {
     checkBarred(this.quarantined.get(caller.keyId));
     const limit = this.parts.config.maxActiveJobsPerKey;
     const unfinished = this.parts.store.activeCount(caller.keyId);
-    checkRoomToStore({ ...this.parts.store.storedParts(caller.keyId), logsKeptMs: this.parts.config.resultRetentionMs + RECORD_GRACE_MS }, unfinished, this.parts.config);
+    checkRoomToStore({ ...this.parts.store.storedParts(caller.keyId), logsKeptMs: recordRetentionMs(this.parts.config) }, unfinished, this.parts.config);
     if (unfinished >= limit) {
       throw new ApiError(429, "NOT_ALLOWED", `this API key already has ${limit} unfinished jobs, the most it may have; wait for one to end`, { retryable: true, headers: { "retry-after": "1" } });
     }

@@ -129,7 +129,6 @@ export class JobStore {
       active: db.prepare(`SELECT count(*) AS n FROM jobs WHERE key_id = ? AND status IN (${ACTIVE.map((s) => `'${s}'`).join(", ")})`),
       activeIds: db.prepare(`SELECT id FROM jobs WHERE status IN (${ACTIVE.map((s) => `'${s}'`).join(", ")}) ORDER BY created`),
       due: db.prepare("SELECT id FROM jobs WHERE result = 'available' AND expires <= ?"),
-      // Results kept, and events (kept as long as their job's record).
       // A key's kept results (few: they count against its bound), and its events and errors (see keptBytes).
       storedResults: db.prepare("SELECT coalesce(sum(result_bytes), 0) AS n FROM jobs WHERE key_id = @key AND result = 'available' AND expires > @now"),
       // A failed job's error is kept twice, as an event and in its record (up to 8 KB): both count.

@@ -8,7 +8,7 @@ import { serve, type ServerType } from "@hono/node-server";
 import type { Hono } from "hono";
 import type { LoadProgress } from "tsight";
 import { createApp } from "./app.js";
-import { DEFAULT_HOST, DEFAULT_PORT, RECORD_GRACE_MS, resolveConfig, type ServerConfig } from "./config.js";
+import { DEFAULT_HOST, DEFAULT_PORT, recordRetentionMs, resolveConfig, type ServerConfig } from "./config.js";
 import { openDatabase, type Db } from "./database.js";
 import type { AppEnv } from "./guards.js";
 import { JobManager } from "./job-manager.js";
@@ -61,7 +61,6 @@ export interface RunningServer extends ServerCore {
 
 export const databaseFile = (dataDir: string): string => path.join(dataDir, "tsight.db");
 
-
 export async function openServer(options: ServerOptions = {}): Promise<ServerCore> {
   const { port: _port, host: _host, workers = true, log = (line: string) => void process.stderr.write(`${line}\n`), onLoadProgress, ...settings } = options;
   const config = resolveConfig(settings);
@@ -77,7 +76,7 @@ export async function openServer(options: ServerOptions = {}): Promise<ServerCor
   webhooks.resume();
   const jobs = new JobManager({ config, store, results, registry, metrics, streams, log, onLoadProgress });
   results.cleanTemporary();
-  const sweeper = new Sweeper(store, results, (e) => log(`tsight server: deleting expired results failed: ${e.message}`), config.resultRetentionMs + RECORD_GRACE_MS);
+  const sweeper = new Sweeper(store, results, (e) => log(`tsight server: deleting expired results failed: ${e.message}`), recordRetentionMs(config));
   sweeper.start(config.sweepIntervalMs);
   if (workers) await jobs.startWorkers();
   const events = { open: (id: string, after: number, follow: boolean, sent?: (bytes: number) => void) => eventStream(store, id, after, config.heartbeatMs, follow ? streams : undefined, follow, sent) };

@@ -277,9 +277,10 @@ export class HttpBackend implements Backend {
       }
       if (res.ok) return res;
       const error = await errorFromResponse(res, `${method} ${path}`);
-      if (res.headers.has("retry-after")) askedWaits.set(error, retryAfter(res, this.retry.maxDelayMs));
+      const asked = retryAfter(res, this.retry.maxDelayMs);
+      if (asked > 0) askedWaits.set(error, asked);
       if (!init.idempotent || !RETRY_STATUSES.includes(res.status) || ++failures > this.retry.attempts) throw error;
-      await sleep(Math.max(this.delay(failures), retryAfter(res, this.retry.maxDelayMs)), init.signal);
+      await sleep(Math.max(this.delay(failures), asked), init.signal);
     }
   }
 

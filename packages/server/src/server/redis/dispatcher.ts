@@ -61,7 +61,7 @@ export class RedisDispatcher implements Dispatcher {
     // bound. Its unfinished jobs are counted first: one that ends meanwhile is then counted twice, never not at all.
     const created = await store.withSubmitLock(caller.keyId, async () => {
       const active = await store.activeCount(caller.keyId);
-      // A result lives at most its job's wait and run, and the retention after it; an event the same with the record's.
+      // An event lives at most its job's wait and run and the record retention after it (results are summed as kept).
       const longest = longestJobMs(config, this.parts.dist);
       const stored = await store.storedParts(caller.keyId, this.parts.dist.recordRetentionMs + longest);
       checkRoomToStore({ ...stored, logsKeptMs: this.parts.dist.recordRetentionMs }, active, config);

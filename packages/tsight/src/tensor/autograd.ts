@@ -10,6 +10,7 @@ import { AsyncScope } from "./async-scope.js";
 import { Tensor } from "./tensor.js";
 import { GradError } from "./errors.js";
 import { fmt } from "./shape.js";
+import { sumOfBoxed } from "./zero-box.js";
 
 export type GradRule = (grads: readonly (Tensor | null)[], node: GradNode) => readonly (Tensor | null)[];
 
@@ -85,7 +86,7 @@ export function* backwardSteps(root: Tensor, seed: Tensor, onNode?: (node: GradN
   // Gradients are values, not part of a graph (no create_graph): rules and sums run without recording.
   const add = (t: Tensor, g: Tensor): void => {
     const prev = grads.get(t);
-    grads.set(t, prev ? withoutGrad(() => prev.add(g)) : g);
+    grads.set(t, prev ? withoutGrad(() => sumOfBoxed(prev, g) ?? prev.add(g)) : g);
   };
   function* finish(t: Tensor): Generator<HookStep, Tensor | undefined, Tensor | void> {
     let g: Tensor | undefined = grads.get(t);

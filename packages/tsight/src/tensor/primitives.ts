@@ -9,6 +9,8 @@ import { DTypeError, ShapeError } from "./errors.js";
 import { apply1, type Primitive, type OutSpec } from "./primitive.js";
 import { broadcastShapes, fmt, sameShape, sizeOf, stridesOf, type Shape } from "./shape.js";
 import { Tensor } from "./tensor.js";
+import { isGradEnabled } from "./autograd.js";
+import { boxedProduct, keepBox, paddedSlice } from "./zero-box.js";
 
 const FLOAT_ONLY = new Set<DType>(["float32"]);
 const NUMERIC = new Set<DType>(["float32", "int64", "int32"]);
@@ -273,6 +275,11 @@ export const matmulTransposed: Primitive<{ a: boolean; b: boolean; ranks: readon
 
 /** op(a) @ op(b) (see matmulTransposed); a plain matmul where neither is transposed. */
 export function matmulT(a: Tensor, b: Tensor, transA: boolean, transB: boolean): Tensor {
+  // A gradient zero but for a few rows and columns (a slice's: see zero-box.ts) multiplies only those.
+  if (!transA && !(isGradEnabled() && (a.requiresGrad || b.requiresGrad))) {
+    const boxed = boxedProduct(a, b, transB, (x, y) => matmulT(x, y, false, transB));
+    if (boxed) return boxed;
+  }
   if (!transA && !transB) return a.matmul(b);
   if (a.dtype !== "float32" || b.dtype !== "float32" || a.ndim < 2 || b.ndim < 2 || a.packed || b.packed) {
     return (transA ? a.transpose(-1, -2) : a).matmul(transB ? b.transpose(-1, -2) : b);
@@ -510,7 +517,11 @@ function topkWithNaN(x: Tensor, a: { k: number; axis: number; largest: boolean }
 export const reshape: Primitive<{ shape: number[] }> = {
   name: "reshape",
   infer: ([x], a) => [{ dtype: x!.dtype, shape: a.shape }],
-  js: ([x], _a, [spec]) => [new Tensor(x!.dtype, x!.data, spec!.shape)],
+  js: ([x], _a, [spec]) => {
+    const out = new Tensor(x!.dtype, x!.data, spec!.shape);
+    keepBox(x!, out);
+    return [out];
+  },
   grad: ([g], n) => [g!.reshape(n.inputs[0]!.shape)],
 };
 
@@ -576,7 +587,7 @@ export const slice: Primitive<SliceAttrs> = {
   },
   feeds: (_x, a) => [ints(a.starts), ints(a.stops), ints(a.starts.map((_, i) => i)), ints(a.steps)],
   graph: (g, ins) => [g.op("Slice", ins)],
-  grad: ([g], n) => [Tensor.zeros(n.inputs[0]!.shape, g!.dtype).sliceAssign(n.attrs as SliceAttrs, g!)],
+  grad: ([g], n) => [paddedSlice(n.inputs[0]!.shape, n.attrs as SliceAttrs, g!) ?? Tensor.zeros(n.inputs[0]!.shape, g!.dtype).sliceAssign(n.attrs as SliceAttrs, g!)],
 };
 
 /** A copy of `base` with the slice region replaced by `value` (already broadcast to the region's shape). */

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { GradError, ShapeError, DTypeError, PackedWeight, Tensor, noGrad, tensor, isGradEnabled } from "./index.js";
+import { GradError, ShapeError, DTypeError, PackedWeight, Tensor, engineStats, noGrad, tensor, isGradEnabled } from "./index.js";
 import { apply, apply1, type Primitive } from "./primitive.js";
 import * as P from "./primitives.js";
 import { slice } from "./tensor.js";
@@ -353,6 +353,32 @@ describe("gradients where PyTorch sets a convention", () => {
     y.registerHook((() => 3) as never);
     expectThrows(() => y.sum().backward(), GradError, "returned a number");
   });
+});
+
+describe("a norm's input gradient", () => {
+  // The rules as they were written before norm_grad, op by op: its values must be these.
+  const opByOp = (g: Tensor, x: Tensor, w: Tensor, eps: number, centered: boolean): Tensor =>
+    noGrad(() => {
+      const xc = centered ? x.sub(x.mean(-1, true)) : x;
+      const rstd = xc.mul(xc).mean(-1, true).add(eps).rsqrt();
+      const xhat = xc.mul(rstd);
+      const gxh = g.mul(w);
+      return (centered ? gxh.sub(gxh.mean(-1, true)) : gxh).sub(xhat.mul(gxh.mul(xhat).mean(-1, true))).mul(rstd);
+    });
+
+  for (const centered of [true, false]) {
+    it(`of ${centered ? "layer" : "RMS"} norm is one kernel call, with the op-by-op rule's values, and no weight gradient for a frozen weight`, () => {
+      const [x, w, b, g] = [randT([2, 5, 64], 420, { lo: -2, hi: 2 }), randT([64], 421, { lo: 0.5, hi: 1.5 }), randT([64], 422), randT([2, 5, 64], 423)];
+      const leaf = x.clone().requiresGrad_();
+      const y = centered ? apply1(P.layerNorm, [leaf, w, b], { eps: 1e-5 }) : apply1(P.rmsNorm, [leaf, w], { eps: 1e-6 });
+      y.backward(g); // once to build the kernel
+      leaf.grad = null;
+      const runs = engineStats().runs;
+      y.backward(g);
+      expect(engineStats().runs - runs).toBe(1);
+      expectTensor(leaf.grad!, opByOp(g, x, w, centered ? 1e-5 : 1e-6, centered).tolist(), { atol: 1e-6, rtol: 1e-6 });
+    });
+  }
 });
 
 describe("gradcheck catches wrong rules", () => {

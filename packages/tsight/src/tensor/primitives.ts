@@ -10,7 +10,7 @@ import { apply1, type Primitive, type OutSpec } from "./primitive.js";
 import { broadcastShapes, fmt, sameShape, sizeOf, stridesOf, type Shape } from "./shape.js";
 import { Tensor } from "./tensor.js";
 import { isGradEnabled } from "./autograd.js";
-import { boxedProduct, keepBox, paddedSlice } from "./zero-box.js";
+import { boxedProduct, paddedSlice, reshapedBoxed } from "./zero-box.js";
 
 const FLOAT_ONLY = new Set<DType>(["float32"]);
 const NUMERIC = new Set<DType>(["float32", "int64", "int32"]);
@@ -517,11 +517,8 @@ function topkWithNaN(x: Tensor, a: { k: number; axis: number; largest: boolean }
 export const reshape: Primitive<{ shape: number[] }> = {
   name: "reshape",
   infer: ([x], a) => [{ dtype: x!.dtype, shape: a.shape }],
-  js: ([x], _a, [spec]) => {
-    const out = new Tensor(x!.dtype, x!.data, spec!.shape);
-    keepBox(x!, out);
-    return [out];
-  },
+  // A gradient zero outside a box stays so (see zero-box.ts), its values not made.
+  js: ([x], _a, [spec]) => [reshapedBoxed(x!, spec!.shape) ?? new Tensor(x!.dtype, x!.data, spec!.shape)],
   grad: ([g], n) => [g!.reshape(n.inputs[0]!.shape)],
 };
 
@@ -1183,16 +1180,15 @@ export const layerNorm: Primitive<{ eps: number }> = {
   key: (a) => `${a.eps}`,
   graph: (g, [x, w, b], a) => [g.op("LayerNormalization", [x!, w!, b!], { axis: -1, epsilon: { float: a.eps } })],
   grad: ([g], n) => {
-    const [x, w] = n.inputs as [Tensor, Tensor, Tensor];
+    const [x, w, b] = n.inputs as [Tensor, Tensor, Tensor];
     const eps = (n.attrs as { eps: number }).eps;
-    const mu = x.mean(-1, true);
-    const xc = x.sub(mu);
-    const rstd = xc.mul(xc).mean(-1, true).add(eps).rsqrt();
-    const xhat = xc.mul(rstd);
-    const gxh = g!.mul(w);
-    const gx = gxh.sub(gxh.mean(-1, true)).sub(xhat.mul(gxh.mul(xhat).mean(-1, true))).mul(rstd);
+    const gx = apply1(normGrad, [g!, x, w], { eps, centered: true });
+    // The weight's and bias's gradients only where they are trained (a frozen model's norms are not).
+    if (!w.requiresGrad && !b.requiresGrad) return [gx, null, null];
+    const xc = x.sub(x.mean(-1, true));
+    const xhat = xc.mul(xc.mul(xc).mean(-1, true).add(eps).rsqrt());
     const batch = range(0, x.shape.length - 1);
-    return [gx, sumOver(g!.mul(xhat), batch), sumOver(g!, batch)];
+    return [gx, w.requiresGrad ? sumOver(g!.mul(xhat), batch) : null, b.requiresGrad ? sumOver(g!, batch) : null];
   },
 };
 
@@ -1209,11 +1205,37 @@ export const rmsNorm: Primitive<{ eps: number }> = {
   grad: ([g], n) => {
     const [x, w] = n.inputs as [Tensor, Tensor];
     const eps = (n.attrs as { eps: number }).eps;
-    const r = x.mul(x).mean(-1, true).add(eps).rsqrt();
-    const xhat = x.mul(r);
-    const gxh = g!.mul(w);
-    const gx = gxh.sub(xhat.mul(gxh.mul(xhat).mean(-1, true))).mul(r);
+    const gx = apply1(normGrad, [g!, x, w], { eps, centered: false });
+    if (!w.requiresGrad) return [gx, null];
+    const xhat = x.mul(x.mul(x).mean(-1, true).add(eps).rsqrt());
     return [gx, sumOver(g!.mul(xhat), range(0, x.shape.length - 1))];
+  },
+};
+
+/**
+ * The input gradient of layer_norm (`centered`) or rms_norm over the last axis, as one kernel (inputs: the gradient,
+ * x, the weight): the rule written as tensor ops made a dozen kernel calls a norm, half of a GPT-2 backward pass's
+ * calls. The same ops in the same order as those, so the values are theirs.
+ */
+export const normGrad: Primitive<{ eps: number; centered: boolean }> = {
+  name: "norm_grad",
+  infer: ([g, x, w]) => {
+    check("norm_grad", x!, FLOAT_ONLY);
+    if (!sameShape(g!.shape, x!.shape) || g!.dtype !== x!.dtype || w!.shape.length !== 1 || w!.shape[0] !== x!.shape.at(-1)) {
+      throw new ShapeError(`norm_grad: the gradient ${fmt(g!.shape)} and weight ${fmt(w!.shape)} must fit the input ${fmt(x!.shape)}`);
+    }
+    return [same(x!)];
+  },
+  key: (a) => `${a.centered ? "layer" : "rms"}|${a.eps}`,
+  graph: (g, [grad, x, w], a) => {
+    const mean = (t: string) => g.op("ReduceMean", [t, g.ints([-1])], { keepdims: 1 });
+    const mul = (p: string, q: string) => g.op("Mul", [p, q]);
+    const sub = (p: string, q: string) => g.op("Sub", [p, q]);
+    const xc = a.centered ? sub(x!, mean(x!)) : x!;
+    const rstd = g.op("Reciprocal", [g.op("Sqrt", [g.op("Add", [mean(mul(xc, xc)), g.scalar("float32", a.eps)])])]);
+    const xhat = mul(xc, rstd);
+    const gxh = mul(grad!, w!);
+    return [mul(sub(a.centered ? sub(gxh, mean(gxh)) : gxh, mul(xhat, mean(mul(gxh, xhat)))), rstd)];
   },
 };
 

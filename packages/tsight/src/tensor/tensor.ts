@@ -62,6 +62,8 @@ export class Tensor implements RawTensor {
   /** @internal hooks run when this tensor's gradient is complete (a shared empty list until one is registered) */
   gradHooks: readonly GradHook[] = NO_HOOKS;
   private leafRequiresGrad = false;
+  /** Makes the values on their first read (a gradient zero outside a box: see zero-box.ts); null once made, or for others. */
+  private making: (() => TypedArray) | null = null;
 
   constructor(dtype: DType, data: TypedArray | null, shape: readonly number[]) {
     this.dtype = dtype;
@@ -71,6 +73,14 @@ export class Tensor implements RawTensor {
   }
 
   // #region creation
+
+  /** @internal A tensor whose values `make` gives when they are first read (see zero-box.ts). */
+  static lazy(dtype: DType, shape: readonly number[], make: () => TypedArray): Tensor {
+    checkShape("tensor", shape);
+    const t = new Tensor(dtype, null, shape);
+    t.making = make;
+    return t;
+  }
 
   /** A tensor with a shape and no data; see `isMeta`. */
   static meta(dtype: DType, shape: readonly number[]): Tensor {
@@ -146,6 +156,12 @@ export class Tensor implements RawTensor {
 
   get data(): TypedArray {
     if (this.storage) return this.storage;
+    if (this.making) {
+      const data = this.making();
+      if (data.length !== this.numel()) throw new ShapeError(`tensor: ${data.length} values made for shape ${fmt(this.shape)}`);
+      this.making = null;
+      return (this.storage = data);
+    }
     if (this.packedWeight) {
       guardAllocation(this.numel() * 4);
       return this.packedWeight.toFloat32();
@@ -153,7 +169,7 @@ export class Tensor implements RawTensor {
     throw new MetaTensorError(`this is a meta tensor of shape ${fmt(this.shape)}: it has no values (a model loaded with dispatch: false, a scan, a parameter never given values, or what a function edit was given while a generation step was compiled, kept past its call: read a step's values with await m.<module>.output instead; see the README's function edits)`);
   }
   get isMeta(): boolean {
-    return this.storage === null && this.packedWeight === null;
+    return this.storage === null && this.packedWeight === null && this.making === null;
   }
   /** The packed weight behind this tensor, or null for a plain one. */
   get packed(): PackedWeight | null {
@@ -200,7 +216,7 @@ export class Tensor implements RawTensor {
   /** The same values, cut off from autograd. Shares data (tensors are immutable). */
   detach(): Tensor {
     if (this.packedWeight) return Tensor.fromPacked(this.packedWeight);
-    return new Tensor(this.dtype, this.storage, this.shape);
+    return new Tensor(this.dtype, this.isMeta ? null : this.data, this.shape);
   }
 
   /** Computes gradients of this tensor (a scalar unless `grad` is given) with respect to leaves that require grad. */

@@ -8,8 +8,9 @@
  *
  * A box is a range of rows and one of columns of the tensor seen as a matrix [elements / last dim, last dim], which a
  * reshape keeping the last dim keeps. Every element outside it is +0 (a sum or product over those matches the dense
- * op's bit for bit); inside it the values are as the dense op computes them. Tensors never change (but a
- * Parameter's, which is never boxed), so a box stays true.
+ * op's bit for bit); inside it the values are as the dense op computes them. Such a tensor holds the box's values
+ * only, and makes its whole array when something reads it (Tensor.lazy): the two 25 MB arrays of a logit difference's
+ * gradient are never made. Tensors never change (but a Parameter's, which is never boxed), so a box stays true.
  */
 import { guardAllocation } from "./primitive.js";
 import { Tensor } from "./tensor.js";
@@ -22,22 +23,22 @@ export interface ZeroBox {
   readonly c1: number;
 }
 
-const boxes = new WeakMap<Tensor, ZeroBox>();
+/** A boxed tensor's box and the values inside it, row by row ([r1 - r0, c1 - c0]). */
+interface Boxed {
+  box: ZeroBox;
+  values: Float32Array;
+}
+
+const boxes = new WeakMap<Tensor, Boxed>();
 
 /** Where `t` may be nonzero, if known. */
 export function boxOf(t: Tensor): ZeroBox | undefined {
-  return boxes.get(t);
+  return boxes.get(t)?.box;
 }
 
-/** `t`'s box, kept by a reshape to `out` where the last dim stays (see the reshape primitive). */
-export function keepBox(t: Tensor, out: Tensor): void {
-  const box = boxes.get(t);
-  if (box && lastDim(t) === lastDim(out)) boxes.set(out, box);
-}
-
-const lastDim = (t: Tensor): number => (t.ndim === 0 ? 1 : t.shape[t.ndim - 1]!);
-const rowsOf = (t: Tensor): number => (t.ndim <= 1 ? 1 : t.numel() / lastDim(t));
+const lastDim = (shape: readonly number[]): number => (shape.length === 0 ? 1 : shape[shape.length - 1]!);
 const area = (b: ZeroBox): number => Math.max(0, b.r1 - b.r0) * Math.max(0, b.c1 - b.c0);
+const sizeOf = (shape: readonly number[]): number => shape.reduce((n, d) => n * d, 1);
 
 /** A box pays where it covers at most this share of its tensor (else the dense ops, which use every core, do better). */
 const SPARSE_SHARE = 1 / 8;
@@ -45,64 +46,83 @@ const SPARSE_SHARE = 1 / 8;
 /** Only boxes of tensors this large are worth the bookkeeping. */
 const MIN_ELEMENTS = 1 << 14;
 
+/** A float32 tensor of `shape`, zero but for `box`, which holds `values`: made whole only when read. */
+function boxed(shape: readonly number[], box: ZeroBox, values: Float32Array): Tensor {
+  const cols = lastDim(shape);
+  const width = box.c1 - box.c0;
+  const t = Tensor.lazy("float32", shape, () => {
+    const size = sizeOf(shape);
+    guardAllocation(size * 4);
+    const out = new Float32Array(size);
+    for (let r = box.r0; r < box.r1; r++) out.set(values.subarray((r - box.r0) * width, (r - box.r0 + 1) * width), r * cols + box.c0);
+    return out;
+  });
+  boxes.set(t, { box, values });
+  return t;
+}
+
+/** `t` reshaped to `shape`, still boxed where the last dim stays (the reshape primitive's), or null. */
+export function reshapedBoxed(t: Tensor, shape: readonly number[]): Tensor | null {
+  const known = boxes.get(t);
+  if (!known || lastDim(t.shape) !== lastDim(shape)) return null;
+  return boxed(shape, known.box, known.values);
+}
+
 /**
  * A float32 tensor of `shape`, zero but for the region `starts`/`stops`/`steps` (normalised, as a slice's), which
- * holds `value`: the gradient of that slice, boxed where it is a small part of a large tensor.
+ * holds `value`: the gradient of that slice, boxed where it is a small part of a large tensor, else null.
  */
 export function paddedSlice(shape: readonly number[], a: { starts: readonly number[]; stops: readonly number[]; steps: readonly number[] }, value: Tensor): Tensor | null {
-  const size = shape.reduce((n, d) => n * d, 1);
-  if (value.dtype !== "float32" || size < MIN_ELEMENTS || shape.length === 0) return null;
-  const region = shape.map((_, i) => Math.max(0, Math.ceil((a.stops[i]! - a.starts[i]!) / a.steps[i]!)));
-  if (region.some((d, i) => d !== value.shape[i]) || value.shape.length !== shape.length) return null;
-  guardAllocation(size * 4);
-  const out = new Float32Array(size);
-  const src = value.data as Float32Array;
   const rank = shape.length;
+  const size = sizeOf(shape);
+  if (value.dtype !== "float32" || size < MIN_ELEMENTS || rank === 0 || value.shape.length !== rank) return null;
+  const region = shape.map((_, i) => Math.max(0, Math.ceil((a.stops[i]! - a.starts[i]!) / a.steps[i]!)));
+  if (region.some((d, i) => d !== value.shape[i]) || region.some((d) => d === 0)) return null;
+  // The box: the rows of the region's first and last elements, and its columns from first to last.
+  const cols = shape[rank - 1]!;
   const strides = new Array<number>(rank);
   for (let d = rank - 1, s = 1; d >= 0; s *= shape[d]!, d--) strides[d] = s;
-  const total = src.length;
+  const first = a.starts.reduce((o, st, d) => o + st * strides[d]!, 0);
+  const last = region.reduce((o, n, d) => o + (a.starts[d]! + (n - 1) * a.steps[d]!) * strides[d]!, 0);
+  const box: ZeroBox = { r0: Math.floor(first / cols), r1: Math.floor(last / cols) + 1, c0: a.starts[rank - 1]!, c1: a.starts[rank - 1]! + (region[rank - 1]! - 1) * a.steps[rank - 1]! + 1 };
+  if (area(box) > size * SPARSE_SHARE) return null;
+  const width = box.c1 - box.c0;
+  const values = new Float32Array(area(box));
+  const src = value.data as Float32Array;
   const idx = new Array<number>(rank).fill(0);
-  let lo = Infinity;
-  let hi = -1;
-  for (let i = 0; i < total; i++) {
+  for (let i = 0; i < src.length; i++) {
     let off = 0;
     for (let d = 0; d < rank; d++) off += (a.starts[d]! + idx[d]! * a.steps[d]!) * strides[d]!;
-    out[off] = src[i]!;
-    lo = Math.min(lo, off);
-    hi = Math.max(hi, off);
+    const r = Math.floor(off / cols);
+    values[(r - box.r0) * width + (off - r * cols) - box.c0] = src[i]!;
     for (let d = rank - 1; d >= 0; d--) {
       if (++idx[d]! < region[d]!) break;
       idx[d] = 0;
     }
   }
-  const t = new Tensor("float32", out, shape);
-  const cols = shape[rank - 1]!;
-  const last = rank - 1;
-  const box: ZeroBox =
-    total === 0
-      ? { r0: 0, r1: 0, c0: 0, c1: 0 }
-      : { r0: Math.floor(lo / cols), r1: Math.floor(hi / cols) + 1, c0: a.starts[last]!, c1: a.starts[last]! + (region[last]! - 1) * a.steps[last]! + 1 };
-  if (area(box) <= size * SPARSE_SHARE) boxes.set(t, box);
-  return t;
+  return boxed(shape, box, values);
+}
+
+/** The box's values of `known` spread over the larger box `into` (+0 elsewhere). */
+function spread(known: Boxed, into: ZeroBox): Float32Array {
+  const { box, values } = known;
+  const [width, wide] = [box.c1 - box.c0, into.c1 - into.c0];
+  const out = new Float32Array(area(into));
+  for (let r = box.r0; r < box.r1; r++) out.set(values.subarray((r - box.r0) * width, (r - box.r0 + 1) * width), (r - into.r0) * wide + box.c0 - into.c0);
+  return out;
 }
 
 /** a + b where both are boxed tensors of one shape (the backward pass's sum of two gradients), or null. */
 export function sumOfBoxed(a: Tensor, b: Tensor): Tensor | null {
-  const ba = boxes.get(a);
-  const bb = boxes.get(b);
-  if (!ba || !bb || a.dtype !== "float32" || b.dtype !== "float32" || a.ndim !== b.ndim || a.shape.some((d, i) => d !== b.shape[i])) return null;
-  const box = { r0: Math.min(ba.r0, bb.r0), r1: Math.max(ba.r1, bb.r1), c0: Math.min(ba.c0, bb.c0), c1: Math.max(ba.c1, bb.c1) };
-  const size = a.numel();
-  const cols = lastDim(a);
-  guardAllocation(size * 4);
-  const out = new Float32Array(size);
-  const x = a.data as Float32Array;
-  const y = b.data as Float32Array;
-  // Outside the union both are +0, as is the new array; inside, each element is summed as the dense add sums it.
-  for (let r = box.r0; r < box.r1; r++) for (let i = r * cols + box.c0, end = r * cols + box.c1; i < end; i++) out[i] = x[i]! + y[i]!;
-  const t = new Tensor("float32", out, a.shape);
-  if (area(box) <= size * SPARSE_SHARE) boxes.set(t, box);
-  return t;
+  const ka = boxes.get(a);
+  const kb = boxes.get(b);
+  if (!ka || !kb || a.ndim !== b.ndim || a.shape.some((d, i) => d !== b.shape[i])) return null;
+  const box = { r0: Math.min(ka.box.r0, kb.box.r0), r1: Math.max(ka.box.r1, kb.box.r1), c0: Math.min(ka.box.c0, kb.box.c0), c1: Math.max(ka.box.c1, kb.box.c1) };
+  if (area(box) > a.numel() * SPARSE_SHARE) return null;
+  // Each element summed as the dense add sums it (+0 where a tensor's box does not reach).
+  const [x, y] = [spread(ka, box), spread(kb, box)];
+  for (let i = 0; i < x.length; i++) x[i] = x[i]! + y[i]!;
+  return boxed(a.shape, box, x);
 }
 
 /**
@@ -112,22 +132,18 @@ export function sumOfBoxed(a: Tensor, b: Tensor): Tensor | null {
  * (0 x inf) and this gives zeros outside the box, which is the gradient's true value.
  */
 export function boxedProduct(a: Tensor, b: Tensor, transB: boolean, multiply: (x: Tensor, y: Tensor) => Tensor): Tensor | null {
-  const box = boxes.get(a);
-  if (!box || a.ndim < 2 || b.ndim !== 2 || a.dtype !== "float32" || b.dtype !== "float32" || b.packed) return null;
-  const k = lastDim(a);
-  const rows = rowsOf(a);
-  const m = transB ? b.shape[0]! : b.shape[1]!;
+  const known = boxes.get(a);
+  if (!known || a.ndim < 2 || b.ndim !== 2 || b.dtype !== "float32" || b.packed) return null;
+  const { box, values } = known;
+  const k = lastDim(a.shape);
   if ((transB ? b.shape[1] : b.shape[0]) !== k) return null;
+  const m = transB ? b.shape[0]! : b.shape[1]!;
   const [R, C] = [box.r1 - box.r0, box.c1 - box.c0];
-  // The box's part of a, copied out: [R, C].
-  const part = new Float32Array(R * C);
-  const x = a.data as Float32Array;
-  for (let r = 0; r < R; r++) part.set(x.subarray((box.r0 + r) * k + box.c0, (box.r0 + r) * k + box.c1), r * C);
-  const y = multiply(new Tensor("float32", part, [R, C]), transB ? b.narrow(1, box.c0, C) : b.narrow(0, box.c0, C));
-  guardAllocation(rows * m * 4);
-  const out = new Float32Array(rows * m);
-  out.set(y.data as Float32Array, box.r0 * m);
-  const t = new Tensor("float32", out, [...a.shape.slice(0, -1), m]);
-  if (R * m <= rows * m * SPARSE_SHARE) boxes.set(t, { r0: box.r0, r1: box.r1, c0: 0, c1: m });
-  return t;
+  const y = multiply(new Tensor("float32", values, [R, C]), transB ? b.narrow(1, box.c0, C) : b.narrow(0, box.c0, C));
+  const shape = [...a.shape.slice(0, -1), m];
+  const rows = sizeOf(shape) / m;
+  const out: ZeroBox = { r0: box.r0, r1: box.r1, c0: 0, c1: m };
+  const product = boxed(shape, out, y.data as Float32Array);
+  // Most rows of the product nonzero: a plain tensor (the ops after it read it whole).
+  return R <= rows * SPARSE_SHARE ? product : new Tensor("float32", product.data, shape);
 }

@@ -17,19 +17,26 @@ import { describeValue, mapTensors, mergeRows, RowsError, selectRows, type Rows 
 
 const DOT = ".".charCodeAt(0);
 
-/** Call counts by module path: begun and ended through the hooks, of fused modules, and missed inside those. */
+/**
+ * Call counts by module path: begun and ended through the hooks, and of fused modules; and the fused calls that did
+ * not call modules inside them, by the set of those modules' paths (a fused run's, the same set at every run: one
+ * count per fused call, where a count per module missed cost a map write for each of a model's operation points).
+ */
 interface CallCounts {
   entered: Map<string, number>;
   exited: Map<string, number>;
   fused: Map<string, number>;
-  missed: Map<string, number>;
+  missed: Map<ReadonlySet<string>, number>;
 }
+
+/** What a call count is kept by: a module's path, or the modules a fused call missed (see CallCounts). */
+type CountKey = string | ReadonlySet<string>;
 
 /** How many times the module at `path` was called (`counts`: entered or exited), fused calls of modules above it included. */
 function callsIn(c: Pick<CallCounts, "fused" | "missed">, counts: Map<string, number>, path: string): number {
   let n = counts.get(path) ?? 0;
   for (const [above, k] of c.fused) if (isBelow(path, above)) n += k;
-  if (c.missed.size > 0) n -= c.missed.get(path) ?? 0;
+  if (c.missed.size > 0) for (const [uncalled, k] of c.missed) if (uncalled.has(path)) n -= k;
   return n;
 }
 
@@ -87,8 +94,8 @@ export class Interleaver implements ModuleHooks, Provider {
   private readonly exited = new Map<string, number>();
   /** Calls of each fused module (passWithin): every module below one counts them as its own calls too. */
   private readonly fusedCalls = new Map<string, number>();
-  /** Per module: the fused calls above it that did not call it (not counted, as op by op would not; see calls). */
-  private readonly fusedMissed = new Map<string, number>();
+  /** Fused calls by the paths of the modules below them they did not call (not counted, as op by op would not; see calls). */
+  private readonly fusedMissed = new Map<ReadonlySet<string>, number>();
   /** Values replaced during a fused block's replay, by kind, path and iteration: the block's op-by-op run takes them. */
   private readonly kept = new Map<string, unknown>();
   private readonly interest = new Map<string, number>();
@@ -224,7 +231,7 @@ export class Interleaver implements ModuleHooks, Provider {
   passWithin(module: Module, uncalled?: ReadonlySet<string>): void {
     if (this.bypass > 0) return;
     this.count(this.fusedCalls, module.path, (this.fusedCalls.get(module.path) ?? 0) + 1);
-    if (uncalled) for (const path of uncalled) this.count(this.fusedMissed, path, (this.fusedMissed.get(path) ?? 0) + 1);
+    if (uncalled?.size) this.count(this.fusedMissed, uncalled, (this.fusedMissed.get(uncalled) ?? 0) + 1);
   }
 
   /**
@@ -232,7 +239,7 @@ export class Interleaver implements ModuleHooks, Provider {
    * replay counts a few dozen calls; a copy of every count at its start would cost more than the few it changes.
    * Replays end in the order they began (a block's replay ends before the next block runs; see Replay.end).
    */
-  private journal: (Map<string, number> | string | number | undefined)[] | null = null;
+  private journal: (Map<CountKey, number> | CountKey | number | undefined)[] | null = null;
   private spareJournal: NonNullable<typeof this.journal> | null = null;
 
   /** A copy of the call counts, for `calls` then. */
@@ -241,7 +248,7 @@ export class Interleaver implements ModuleHooks, Provider {
   }
 
   /** Sets a call count (entered, exited or fusedCalls), noting what it was while a replay runs. */
-  private count(counts: Map<string, number>, path: string, n: number): void {
+  private count<K extends CountKey>(counts: Map<K, number>, path: K, n: number): void {
     this.journal?.push(counts, path, counts.get(path));
     counts.set(path, n);
   }
@@ -398,7 +405,7 @@ export class Interleaver implements ModuleHooks, Provider {
         }
         if (ended) return;
         for (let i = journal.length - 3; i >= 0; i -= 3) {
-          const [counts, path, was] = journal.slice(i, i + 3) as [Map<string, number>, string, number | undefined];
+          const [counts, path, was] = journal.slice(i, i + 3) as [Map<CountKey, number>, CountKey, number | undefined];
           if (was === undefined) counts.delete(path);
           else counts.set(path, was);
         }

@@ -46,17 +46,21 @@ const SPARSE_SHARE = 1 / 8;
 /** Only boxes of tensors this large are worth the bookkeeping. */
 const MIN_ELEMENTS = 1 << 14;
 
-/** A float32 tensor of `shape`, zero but for `box`, which holds `values`: made whole only when read. */
-function boxed(shape: readonly number[], box: ZeroBox, values: Float32Array): Tensor {
+/**
+ * A float32 tensor of `shape`, zero but for `box`, which holds `values`: made whole only when read, by `whole` where
+ * given (a reshape's: its source's array, shared as a reshape shares it).
+ */
+function boxed(shape: readonly number[], box: ZeroBox, values: Float32Array, whole?: () => Float32Array): Tensor {
   const cols = lastDim(shape);
   const width = box.c1 - box.c0;
-  const t = Tensor.lazy("float32", shape, () => {
+  const made = () => {
     const size = sizeOf(shape);
     guardAllocation(size * 4);
     const out = new Float32Array(size);
     for (let r = box.r0; r < box.r1; r++) out.set(values.subarray((r - box.r0) * width, (r - box.r0 + 1) * width), r * cols + box.c0);
     return out;
-  });
+  };
+  const t = Tensor.lazy("float32", shape, whole ?? made);
   boxes.set(t, { box, values });
   return t;
 }
@@ -65,7 +69,7 @@ function boxed(shape: readonly number[], box: ZeroBox, values: Float32Array): Te
 export function reshapedBoxed(t: Tensor, shape: readonly number[]): Tensor | null {
   const known = boxes.get(t);
   if (!known || lastDim(t.shape) !== lastDim(shape)) return null;
-  return boxed(shape, known.box, known.values);
+  return boxed(shape, known.box, known.values, () => t.data as Float32Array);
 }
 
 /**

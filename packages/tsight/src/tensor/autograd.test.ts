@@ -381,6 +381,41 @@ describe("a norm's input gradient", () => {
   }
 });
 
+describe("gradients only for the inputs that need them", () => {
+  /** Kernel calls of a backward pass from `y` (the second one: the first builds the kernels). */
+  const backwardRuns = (y: Tensor, leaf: Tensor): number => {
+    const g = randT(y.shape, 430);
+    y.backward(g);
+    leaf.grad = null;
+    const before = engineStats().runs;
+    y.backward(g);
+    return engineStats().runs - before;
+  };
+
+  it("a constant broadcast into an elementwise op gets no gradient (no sum over its broadcast axes)", () => {
+    const scores = randT([1, 4, 8, 8], 431).requiresGrad_();
+    const mask = randT([1, 1, 8, 8], 432);
+    // add: the gradient passes through (no kernel); mul: one product; sub, div: one op each.
+    expect(backwardRuns(scores.add(mask), scores)).toBe(0);
+    expect(backwardRuns(scores.mul(mask), scores)).toBe(1);
+    expect(backwardRuns(mask.sub(scores), scores)).toBe(1);
+    expect(backwardRuns(scores.div(mask), scores)).toBe(1);
+    expect(scores.grad!.shape).toEqual([1, 4, 8, 8]);
+  });
+
+  it("a frozen matrix's gradient is not a matrix product", () => {
+    const x = randT([3, 5, 6], 433).requiresGrad_();
+    const w = randT([6, 7], 434);
+    expect(backwardRuns(x.matmul(w), x)).toBe(1);
+    expect(backwardRuns(P.matmulT(x, randT([7, 6], 435), false, true), x)).toBe(1);
+    // Both needed: both computed, as before.
+    const wt = randT([6, 7], 436).requiresGrad_();
+    const y = x.matmul(wt);
+    y.backward(randT(y.shape, 437));
+    expect(wt.grad!.shape).toEqual([6, 7]);
+  });
+});
+
 describe("gradcheck catches wrong rules", () => {
   const wrong = <A>(p: Primitive<A>, grad: Primitive<A>["grad"]): Primitive<A> => ({ ...p, name: `${p.name}_wrong`, grad });
   const fails = (fn: () => void) => expect(fn).toThrow(/gradcheck/);

@@ -128,7 +128,12 @@ export const geluGrad: Primitive<{ approximate: "none" | "tanh" }> = {
   },
 };
 
-function binary(name: string, onnx: string, dtypes: Set<DType>, grad?: (g: Tensor, a: Tensor, b: Tensor, y: Tensor) => [Tensor | null, Tensor | null], outDtype?: DType, attrs?: Record<string, number>): Primitive {
+/**
+ * An elementwise op of two tensors. Its gradient rule is told which inputs need a gradient (`need`, as PyTorch's
+ * needs_input_grad): the other's is not computed, nor summed over its broadcast axes (an attention mask added to
+ * every head's scores, a rotary table, a scale: each was a sum over the scores' size per layer, thrown away).
+ */
+function binary(name: string, onnx: string, dtypes: Set<DType>, grad?: (g: Tensor, a: Tensor, b: Tensor, y: Tensor, need: readonly [boolean, boolean]) => [Tensor | null, Tensor | null], outDtype?: DType, attrs?: Record<string, number>): Primitive {
   return {
     name,
     infer: ([a, b]) => {
@@ -141,8 +146,9 @@ function binary(name: string, onnx: string, dtypes: Set<DType>, grad?: (g: Tenso
       grad &&
       (([g], n) => {
         const [a, b] = n.inputs as [Tensor, Tensor];
-        const [ga, gb] = grad(g!, a, b, n.outputs[0]!);
-        return [ga && sumTo(ga, a.shape), gb && sumTo(gb, b.shape)];
+        const need = [a.requiresGrad, b.requiresGrad] as const;
+        const [ga, gb] = grad(g!, a, b, n.outputs[0]!, need);
+        return [need[0] && ga ? sumTo(ga, a.shape) : null, need[1] && gb ? sumTo(gb, b.shape) : null];
       }),
   };
 }
@@ -150,14 +156,14 @@ function binary(name: string, onnx: string, dtypes: Set<DType>, grad?: (g: Tenso
 const ALL = new Set<DType>(["float32", "int64", "int32", "bool"]);
 const BOOL = new Set<DType>(["bool"]);
 export const add = binary("add", "Add", NUMERIC, (g) => [g, g]);
-export const sub = binary("sub", "Sub", NUMERIC, (g) => [g, g.neg()]);
-export const mul = binary("mul", "Mul", NUMERIC, (g, a, b) => [g.mul(b), g.mul(a)]);
-export const div = binary("div", "Div", NUMERIC, (g, a, b) => [g.div(b), g.mul(a).div(b.mul(b)).neg()]);
+export const sub = binary("sub", "Sub", NUMERIC, (g, _a, _b, _y, need) => [g, need[1] ? g.neg() : null]);
+export const mul = binary("mul", "Mul", NUMERIC, (g, a, b, _y, need) => [need[0] ? g.mul(b) : null, need[1] ? g.mul(a) : null]);
+export const div = binary("div", "Div", NUMERIC, (g, a, b, _y, need) => [need[0] ? g.div(b) : null, need[1] ? g.mul(a).div(b.mul(b)).neg() : null]);
 // As PyTorch takes them at a 0 base: 0 for the base where the exponent is 0 (not 0 * 0^-1), and 0 for the exponent
 // where the base is 0 and the exponent is not negative (not 0 * log 0).
-export const pow = binary("pow", "Pow", NUMERIC, (g, a, b, y) => [
-  Tensor.where(b.eq(0), 0, g.mul(b).mul(a.pow(b.sub(1)))),
-  b.requiresGrad ? Tensor.where(a.eq(0).logicalAnd(b.ge(0)), 0, g.mul(y).mul(a.log())) : null,
+export const pow = binary("pow", "Pow", NUMERIC, (g, a, b, y, need) => [
+  need[0] ? Tensor.where(b.eq(0), 0, g.mul(b).mul(a.pow(b.sub(1)))) : null,
+  need[1] ? Tensor.where(a.eq(0).logicalAnd(b.ge(0)), 0, g.mul(y).mul(a.log())) : null,
 ]);
 /** A tie splits the gradient in halves, and a NaN (whose result is NaN) passes it whole to both, as in PyTorch. */
 function extremumPicks(g: Tensor, a: Tensor, b: Tensor, winsA: Tensor, winsB: Tensor): [Tensor, Tensor] {
@@ -168,7 +174,7 @@ function extremumPicks(g: Tensor, a: Tensor, b: Tensor, winsA: Tensor, winsB: Te
 export const maximum = binary("maximum", "Max", NUMERIC, (g, a, b) => extremumPicks(g, a, b, a.gt(b), b.gt(a)));
 export const minimum = binary("minimum", "Min", NUMERIC, (g, a, b) => extremumPicks(g, a, b, a.lt(b), b.lt(a)));
 // fmod(a, b) = a - trunc(a / b) * b, and trunc(a / b) = (a - y) / b
-export const fmod = binary("fmod", "Mod", NUMERIC, (g, a, b, y) => [g, g.mul(a.sub(y).div(b)).neg()], undefined, { fmod: 1 });
+export const fmod = binary("fmod", "Mod", NUMERIC, (g, a, b, y, need) => [g, need[1] ? g.mul(a.sub(y).div(b)).neg() : null], undefined, { fmod: 1 });
 export const eq = binary("eq", "Equal", ALL, undefined, "bool");
 export const lt = binary("lt", "Less", NUMERIC, undefined, "bool");
 export const le = binary("le", "LessOrEqual", NUMERIC, undefined, "bool");
@@ -189,7 +195,7 @@ export const where: Primitive = {
   grad: ([g], n) => {
     const [c, a, b] = n.inputs as [Tensor, Tensor, Tensor];
     const zero = Tensor.scalar(0, g!.dtype);
-    return [null, sumTo(Tensor.where(c, g!, zero), a.shape), sumTo(Tensor.where(c, zero, g!), b.shape)];
+    return [null, a.requiresGrad ? sumTo(Tensor.where(c, g!, zero), a.shape) : null, b.requiresGrad ? sumTo(Tensor.where(c, zero, g!), b.shape) : null];
   },
 };
 
@@ -229,7 +235,8 @@ export const matmul: Primitive = {
   flops: ([a], [out]) => 2 * sizeOf(out!.shape) * a!.shape.at(-1)! * PRODUCT_WORK[a!.dtype],
   grad: ([g], n) => {
     const [a, b] = n.inputs as [Tensor, Tensor];
-    return [sumTo(matmulT(g!, b, false, true), a.shape), sumTo(matmulT(a, g!, true, false), b.shape)];
+    // Only the inputs that need one (a frozen weight's gradient is a whole matrix product).
+    return [a.requiresGrad ? sumTo(matmulT(g!, b, false, true), a.shape) : null, b.requiresGrad ? sumTo(matmulT(a, g!, true, false), b.shape) : null];
   },
 };
 
@@ -267,9 +274,9 @@ export const matmulTransposed: Primitive<{ a: boolean; b: boolean; ranks: readon
     const [a, b] = n.inputs as [Tensor, Tensor];
     const t = n.attrs as { a: boolean; b: boolean };
     // With A = op(a), B = op(b): dA = g B^T and dB = A^T g, each transposed back where op transposed.
-    const ga = t.a ? matmulT(b, g!, t.b, true) : matmulT(g!, b, false, !t.b);
-    const gb = t.b ? matmulT(g!, a, true, t.a) : matmulT(a, g!, !t.a, false);
-    return [sumTo(ga, a.shape), sumTo(gb, b.shape)];
+    const ga = !a.requiresGrad ? null : t.a ? matmulT(b, g!, t.b, true) : matmulT(g!, b, false, !t.b);
+    const gb = !b.requiresGrad ? null : t.b ? matmulT(g!, a, true, t.a) : matmulT(a, g!, !t.a, false);
+    return [ga && sumTo(ga, a.shape), gb && sumTo(gb, b.shape)];
   },
 };
 

@@ -74,14 +74,6 @@ export class Tensor implements RawTensor {
 
   // #region creation
 
-  /** @internal A tensor whose values `make` gives when they are first read (see zero-box.ts). */
-  static lazy(dtype: DType, shape: readonly number[], make: () => TypedArray): Tensor {
-    checkShape("tensor", shape);
-    const t = new Tensor(dtype, null, shape);
-    t.making = make;
-    return t;
-  }
-
   /** A tensor with a shape and no data; see `isMeta`. */
   static meta(dtype: DType, shape: readonly number[]): Tensor {
     return new Tensor(dtype, null, shape);
@@ -842,6 +834,17 @@ export class Tensor implements RawTensor {
   }
 
   // #endregion
+}
+
+/**
+ * @internal A tensor whose values `make` gives when they are first read (see zero-box.ts). Not a static method: those
+ * are users' API (the sandbox gives the same set).
+ */
+export function lazyTensor(dtype: DType, shape: readonly number[], make: () => TypedArray): Tensor {
+  checkShape("tensor", shape);
+  const t = new Tensor(dtype, null, shape);
+  t["making"] = make;
+  return t;
 }
 
 /** Python-style index normalisation: which slice to take, which dims to drop, which tensor index to apply. */

@@ -9,11 +9,11 @@
  * A box is a range of rows and one of columns of the tensor seen as a matrix [elements / last dim, last dim], which a
  * reshape keeping the last dim keeps. Every element outside it is +0 (a sum or product over those matches the dense
  * op's bit for bit); inside it the values are as the dense op computes them. Such a tensor holds the box's values
- * only, and makes its whole array when something reads it (Tensor.lazy): the two 25 MB arrays of a logit difference's
+ * only, and makes its whole array when something reads it (see tensor.ts's lazyTensor): the two 25 MB arrays of a logit difference's
  * gradient are never made. Tensors never change (but a Parameter's, which is never boxed), so a box stays true.
  */
 import { guardAllocation } from "./primitive.js";
-import { Tensor } from "./tensor.js";
+import { lazyTensor, Tensor } from "./tensor.js";
 
 /** Rows [r0, r1) and columns [c0, c1) of the tensor seen as [rows, last dim]. */
 export interface ZeroBox {
@@ -60,7 +60,7 @@ function boxed(shape: readonly number[], box: ZeroBox, values: Float32Array, who
     for (let r = box.r0; r < box.r1; r++) out.set(values.subarray((r - box.r0) * width, (r - box.r0 + 1) * width), r * cols + box.c0);
     return out;
   };
-  const t = Tensor.lazy("float32", shape, whole ?? made);
+  const t = lazyTensor("float32", shape, whole ?? made);
   boxes.set(t, { box, values });
   return t;
 }

@@ -4,7 +4,7 @@
  * and sin, and the `rotary_emb` module, which holds one table per layer type where a model has several (Gemma 3's
  * local and global layers).
  */
-import { activeCapture, CaptureError, Tensor } from "../tensor/index.js";
+import { activeCapture, CaptureError, functional as F, Tensor } from "../tensor/index.js";
 import { Module } from "./module.js";
 
 /** How a rope type changes the default frequencies; `dynamic` and `longrope` depend on the sequence length. */
@@ -220,8 +220,6 @@ export function applyRotary(x: Tensor, cos: Tensor, sin: Tensor): Tensor {
   const [rot, pass] = rd === D ? [x, null] : x.split([rd, D - rd], -1);
   const c = cos.unsqueeze(1);
   const s = sin.unsqueeze(1);
-  const [x1, x2] = rot!.split(rd / 2, -1) as [Tensor, Tensor];
-  const rotated = Tensor.cat([x2.neg(), x1], -1);
-  const out = rot!.mul(c).add(rotated.mul(s));
+  const out = F.rotary(rot!, c, s);
   return pass ? Tensor.cat([out, pass], -1) : out;
 }

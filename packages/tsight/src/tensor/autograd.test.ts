@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { GradError, ShapeError, DTypeError, PackedWeight, Tensor, engineStats, noGrad, tensor, isGradEnabled } from "./index.js";
+import { GradError, ShapeError, DTypeError, PackedWeight, Tensor, engineStats, functional, noGrad, tensor, isGradEnabled } from "./index.js";
 import { apply, apply1, type Primitive } from "./primitive.js";
 import * as P from "./primitives.js";
 import { slice } from "./tensor.js";
@@ -271,6 +271,9 @@ add("attentionPastValues", "weights times a cache's values kept in place and a d
 add("rmsNorm", "rmsNorm (x, weight)", () =>
   gradcheck((x, w) => apply1(P.rmsNorm, [x, w], { eps: 1e-6 }), [randT([2, 3, 4], 380, { lo: -2, hi: 2 }), randT([4], 381, { lo: 0.5, hi: 1.5 })]),
 );
+add("rotary", "rotary (x, and cos and sin broadcast over heads, all three with gradients)", () =>
+  gradcheck((x, c, s) => apply1(P.rotary, [x, c, s], { half: 2 }), [randT([2, 3, 5, 4], 384), randT([2, 1, 5, 4], 385), randT([2, 1, 5, 4], 386)]),
+);
 add("rmsNorm", "rmsNorm on a 1-D input", () => gradcheck((x, w) => apply1(P.rmsNorm, [x, w], { eps: 1e-6 }), [randT([4], 382, { lo: -2, hi: 2 }), randT([4], 383, { lo: 0.5, hi: 1.5 })]));
 
 // #endregion
@@ -379,6 +382,31 @@ describe("a norm's input gradient", () => {
       expectTensor(leaf.grad!, opByOp(g, x, w, centered ? 1e-5 : 1e-6, centered).tolist(), { atol: 1e-6, rtol: 1e-6 });
     });
   }
+});
+
+describe("rotary as one kernel", () => {
+  // The ops it replaced (nn/rotary.ts before): its values and its input gradient must be theirs, bit for bit.
+  const byOps = (x: Tensor, c: Tensor, s: Tensor): Tensor => {
+    const [x1, x2] = x.split(x.shape.at(-1)! / 2, -1) as [Tensor, Tensor];
+    return x.mul(c).add(Tensor.cat([x2.neg(), x1], -1).mul(s));
+  };
+  it("gives the ops' values and gradient in one kernel call each way", () => {
+    const [x, c, s, g] = [randT([1, 4, 6, 8], 440), randT([1, 1, 6, 8], 441), randT([1, 1, 6, 8], 442), randT([1, 4, 6, 8], 443)];
+    const [a, b] = [x.clone().requiresGrad_(), x.clone().requiresGrad_()];
+    const [ya, yb] = [functional.rotary(a, c, s), byOps(b, c, s)];
+    expect(ya.toArray()).toEqual(yb.toArray());
+    ya.backward(g);
+    yb.backward(g);
+    expect(a.grad!.toArray()).toEqual(b.grad!.toArray());
+    a.grad = null;
+    let runs = engineStats().runs;
+    functional.rotary(x, c, s);
+    expect(engineStats().runs - runs).toBe(1);
+    runs = engineStats().runs;
+    ya.backward(g);
+    expect(engineStats().runs - runs).toBe(1);
+    expectThrows(() => functional.rotary(randT([2, 3], 444), c, s), ShapeError, "even");
+  });
 });
 
 describe("gradients only for the inputs that need them", () => {

@@ -25,6 +25,16 @@ export function rmsNorm(x: Tensor, weight: Tensor, eps: number): Tensor {
   return apply1(P.rmsNorm, [x, weight], { eps });
 }
 
+/**
+ * Rotary position embedding over the last dim of x (even): x cos + rotate_half(x) sin, rotate_half(x) = [-x2, x1] of
+ * x's halves, with cos and sin broadcast to x (as transformers' apply_rotary_pos_emb). One kernel.
+ */
+export function rotary(x: Tensor, cos: Tensor, sin: Tensor): Tensor {
+  const d = x.shape.at(-1) ?? 0;
+  if (d % 2 !== 0) throw new ShapeError(`rotary: the last dim of ${fmt(x.shape)} must be even (two halves)`);
+  return apply1(P.rotary, [x, cos, sin], { half: d / 2 });
+}
+
 /** Rows of `weight` for integer `ids` of any shape. */
 export function embedding(ids: Tensor, weight: Tensor): Tensor {
   if (ids.dtype !== "int64" && ids.dtype !== "int32") throw new ShapeError(`embedding: ids must be integers, got ${ids.dtype}`);

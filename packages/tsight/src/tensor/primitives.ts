@@ -1248,6 +1248,50 @@ export const normGrad: Primitive<{ eps: number; centered: boolean }> = {
 
 // #endregion
 
+/**
+ * Rotary position embedding: x cos + rotate_half(x) sin, rotate_half(x) = [-x2, x1] (x's halves along the last axis,
+ * `half` features each), cos and sin broadcast to x. One kernel where the ops made six for each of a layer's queries
+ * and keys, and eight more in a backward pass; the same ops in the same order, so the values are theirs.
+ */
+export const rotary: Primitive<{ half: number }> = {
+  name: "rotary",
+  infer: ([x, c, s], a) => {
+    check("rotary", x!, FLOAT_ONLY);
+    if (x!.shape.at(-1) !== 2 * a.half) throw new ShapeError(`rotary: the last dim of ${fmt(x!.shape)} is not twice ${a.half}`);
+    const out = broadcastShapes("rotary", broadcastShapes("rotary", x!.shape, c!.shape), s!.shape);
+    if (!sameShape(out, x!.shape)) throw new ShapeError(`rotary: the tables ${fmt(c!.shape)} and ${fmt(s!.shape)} do not broadcast to ${fmt(x!.shape)}`);
+    return [same(x!)];
+  },
+  key: (a) => `${a.half}`,
+  graph: (g, [x, c, s], a) => {
+    const [x1, x2] = g.node("Split", [x!, g.ints([a.half, a.half])], { axis: -1 }, 2) as [string, string];
+    const rotated = g.op("Concat", [g.op("Neg", [x2]), x1], { axis: -1 });
+    return [g.op("Add", [g.op("Mul", [x!, c!]), g.op("Mul", [rotated, s!])])];
+  },
+  grad: ([g], n) => {
+    const [x, c, s] = n.inputs as [Tensor, Tensor, Tensor];
+    const half = (n.attrs as { half: number }).half;
+    const gx = x.requiresGrad ? apply1(rotaryGrad, [g!, c, s], { half }) : null;
+    // The tables' own gradients (a rope nobody trains, mostly), as the ops give them.
+    const rotated = () => {
+      const [x1, x2] = x.split(half, -1) as [Tensor, Tensor];
+      return Tensor.cat([x2.neg(), x1], -1);
+    };
+    return [gx, c.requiresGrad ? sumTo(g!.mul(x), c.shape) : null, s.requiresGrad ? sumTo(g!.mul(rotated()), s.shape) : null];
+  },
+};
+
+/** rotary's input gradient, g cos + [(g sin)2, -(g sin)1], as one kernel (inputs: the gradient, cos, sin). */
+export const rotaryGrad: Primitive<{ half: number }> = {
+  name: "rotary_grad",
+  infer: ([g, c, s], a) => rotary.infer([g!, c!, s!], a),
+  key: (a) => `${a.half}`,
+  graph: (g, [grad, c, s], a) => {
+    const [y1, y2] = g.node("Split", [g.op("Mul", [grad!, s!]), g.ints([a.half, a.half])], { axis: -1 }, 2) as [string, string];
+    return [g.op("Add", [g.op("Mul", [grad!, c!]), g.op("Concat", [y2, g.op("Neg", [y1])], { axis: -1 })])];
+  },
+};
+
 /** Index values must lie in [-size, size) of `axis`; checked in JS so the error is a ShapeError naming the op. */
 function checkIndices(op: string, idx: Tensor, shape: Shape, axis: number): void {
   if (idx.isMeta) return;

@@ -62,7 +62,10 @@ export class Tensor implements RawTensor {
   /** @internal hooks run when this tensor's gradient is complete (a shared empty list until one is registered) */
   gradHooks: readonly GradHook[] = NO_HOOKS;
   private leafRequiresGrad = false;
-  /** Makes the values on their first read (a gradient zero outside a box: see zero-box.ts); null once made, or for others. */
+  /**
+   * Makes the values on their first read (a gradient zero outside a box: zero-box.ts sets it, its lazyTensor being
+   * internal, not the users' API); null once made, or for others.
+   */
   private making: (() => TypedArray) | null = null;
 
   constructor(dtype: DType, data: TypedArray | null, shape: readonly number[]) {
@@ -834,17 +837,6 @@ export class Tensor implements RawTensor {
   }
 
   // #endregion
-}
-
-/**
- * @internal A tensor whose values `make` gives when they are first read (see zero-box.ts). Not a static method: those
- * are users' API (the sandbox gives the same set).
- */
-export function lazyTensor(dtype: DType, shape: readonly number[], make: () => TypedArray): Tensor {
-  checkShape("tensor", shape);
-  const t = new Tensor(dtype, null, shape);
-  t["making"] = make;
-  return t;
 }
 
 /** Python-style index normalisation: which slice to take, which dims to drop, which tensor index to apply. */

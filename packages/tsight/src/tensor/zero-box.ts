@@ -7,13 +7,17 @@
  * product by a weight (the output layer's, or any linear layer's input gradient).
  *
  * A box is a range of rows and one of columns of the tensor seen as a matrix [elements / last dim, last dim], which a
- * reshape keeping the last dim keeps. Every element outside it is +0 (a sum or product over those matches the dense
- * op's bit for bit); inside it the values are as the dense op computes them. Such a tensor holds the box's values
- * only, and makes its whole array when something reads it (see tensor.ts's lazyTensor): the two 25 MB arrays of a logit difference's
- * gradient are never made. Tensors never change (but a Parameter's, which is never boxed), so a box stays true.
+ * reshape keeping the last dim keeps. Every element outside it is +0. A slice's gradient and a sum of two boxed ones
+ * are the dense ops' values bit for bit; a product leaves out terms that are exact zeros (0 x w, for a finite w), so
+ * it differs from the dense product only in the order its terms are summed (a few units in the last place). Such a
+ * tensor holds the box's values only, and makes its whole array when something reads it (lazyTensor): the two 25 MB
+ * arrays of a logit difference's gradient are never made. Tensors never change (but a Parameter's, which is never
+ * boxed), so a box stays true.
  */
 import { guardAllocation } from "./primitive.js";
-import { lazyTensor, Tensor } from "./tensor.js";
+import { checkShape } from "./shape.js";
+import type { TypedArray } from "./dtype.js";
+import { Tensor } from "./tensor.js";
 
 /** Rows [r0, r1) and columns [c0, c1) of the tensor seen as [rows, last dim]. */
 export interface ZeroBox {
@@ -45,6 +49,14 @@ const SPARSE_SHARE = 1 / 8;
 
 /** Only boxes of tensors this large are worth the bookkeeping. */
 const MIN_ELEMENTS = 1 << 14;
+
+/** A tensor whose values `make` gives when they are first read (Tensor's `making`, set here: not users' API). */
+function lazyTensor(dtype: "float32", shape: readonly number[], make: () => TypedArray): Tensor {
+  checkShape("tensor", shape);
+  const t = new Tensor(dtype, null, shape);
+  t["making"] = make;
+  return t;
+}
 
 /**
  * A float32 tensor of `shape`, zero but for `box`, which holds `values`: made whole only when read, by `whole` where
@@ -79,7 +91,7 @@ export function reshapedBoxed(t: Tensor, shape: readonly number[]): Tensor | nul
 export function paddedSlice(shape: readonly number[], a: { starts: readonly number[]; stops: readonly number[]; steps: readonly number[] }, value: Tensor): Tensor | null {
   const rank = shape.length;
   const size = sizeOf(shape);
-  if (value.dtype !== "float32" || size < MIN_ELEMENTS || rank === 0 || value.shape.length !== rank) return null;
+  if (value.dtype !== "float32" || value.isMeta || size < MIN_ELEMENTS || rank === 0 || value.shape.length !== rank) return null;
   const region = shape.map((_, i) => Math.max(0, Math.ceil((a.stops[i]! - a.starts[i]!) / a.steps[i]!)));
   if (region.some((d, i) => d !== value.shape[i]) || region.some((d) => d === 0)) return null;
   // The box: the rows of the region's first and last elements, and its columns from first to last.
@@ -129,15 +141,36 @@ export function sumOfBoxed(a: Tensor, b: Tensor): Tensor | null {
   return boxed(a.shape, box, x);
 }
 
+/** Per array: whether every value is finite (a weight is checked once; its array never changes). */
+const finite = new WeakMap<object, boolean>();
+
+function allFinite(t: Tensor): boolean {
+  const data = t.data as Float32Array;
+  let known = finite.get(data);
+  if (known === undefined) {
+    known = true;
+    for (let i = 0; i < data.length; i++) {
+      const v = data[i]!;
+      // NaN and the infinities, and nothing else, give NaN here.
+      if (v - v !== 0) {
+        known = false;
+        break;
+      }
+    }
+    finite.set(data, known);
+  }
+  return known;
+}
+
 /**
  * a @ op(b) for a boxed `a` of rank >= 2 and a matrix `b` (op: transposed where `transB`), multiplying only a's box by
  * the rows of op(b) it meets (`multiply`, the dense product on those parts), or null where `a` is not boxed. The
- * result is boxed to the box's rows. Where `b` holds an infinity or NaN, the dense product gives NaN in every row
- * (0 x inf) and this gives zeros outside the box, which is the gradient's true value.
+ * result is boxed to the box's rows. Not where `b` holds an infinity or NaN: the dense product (PyTorch's too) has NaN
+ * in every row there (0 x inf), which a box would hide.
  */
 export function boxedProduct(a: Tensor, b: Tensor, transB: boolean, multiply: (x: Tensor, y: Tensor) => Tensor): Tensor | null {
   const known = boxes.get(a);
-  if (!known || a.ndim < 2 || b.ndim !== 2 || b.dtype !== "float32" || b.packed) return null;
+  if (!known || a.ndim < 2 || b.ndim !== 2 || b.dtype !== "float32" || b.packed || b.isMeta || !allFinite(b)) return null;
   const { box, values } = known;
   const k = lastDim(a.shape);
   if ((transB ? b.shape[1] : b.shape[0]) !== k) return null;

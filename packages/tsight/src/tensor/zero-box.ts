@@ -15,7 +15,7 @@
  * boxed), so a box stays true.
  */
 import { guardAllocation } from "./primitive.js";
-import { checkShape } from "./shape.js";
+import { checkShape, sizeOf } from "./shape.js";
 import type { TypedArray } from "./dtype.js";
 import { Tensor } from "./tensor.js";
 
@@ -42,7 +42,6 @@ export function boxOf(t: Tensor): ZeroBox | undefined {
 
 const lastDim = (shape: readonly number[]): number => (shape.length === 0 ? 1 : shape[shape.length - 1]!);
 const area = (b: ZeroBox): number => Math.max(0, b.r1 - b.r0) * Math.max(0, b.c1 - b.c0);
-const sizeOf = (shape: readonly number[]): number => shape.reduce((n, d) => n * d, 1);
 
 /** A box pays where it covers at most this share of its tensor (else the dense ops, which use every core, do better). */
 const SPARSE_SHARE = 1 / 8;

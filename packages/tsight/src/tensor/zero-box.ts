@@ -15,7 +15,7 @@
  * boxed), so a box stays true.
  */
 import { guardAllocation } from "./primitive.js";
-import { checkShape, sizeOf } from "./shape.js";
+import { checkShape, sameShape, sizeOf, stridesOf } from "./shape.js";
 import type { TypedArray } from "./dtype.js";
 import { Tensor } from "./tensor.js";
 
@@ -95,8 +95,7 @@ export function paddedSlice(shape: readonly number[], a: { starts: readonly numb
   if (region.some((d, i) => d !== value.shape[i]) || region.some((d) => d === 0)) return null;
   // The box: the rows of the region's first and last elements, and its columns from first to last.
   const cols = shape[rank - 1]!;
-  const strides = new Array<number>(rank);
-  for (let d = rank - 1, s = 1; d >= 0; s *= shape[d]!, d--) strides[d] = s;
+  const strides = stridesOf(shape);
   const first = a.starts.reduce((o, st, d) => o + st * strides[d]!, 0);
   const last = region.reduce((o, n, d) => o + (a.starts[d]! + (n - 1) * a.steps[d]!) * strides[d]!, 0);
   const box: ZeroBox = { r0: Math.floor(first / cols), r1: Math.floor(last / cols) + 1, c0: a.starts[rank - 1]!, c1: a.starts[rank - 1]! + (region[rank - 1]! - 1) * a.steps[rank - 1]! + 1 };
@@ -131,7 +130,7 @@ function spread(known: Boxed, into: ZeroBox): Float32Array {
 export function sumOfBoxed(a: Tensor, b: Tensor): Tensor | null {
   const ka = boxes.get(a);
   const kb = boxes.get(b);
-  if (!ka || !kb || a.ndim !== b.ndim || a.shape.some((d, i) => d !== b.shape[i])) return null;
+  if (!ka || !kb || !sameShape(a.shape, b.shape)) return null;
   const box = { r0: Math.min(ka.box.r0, kb.box.r0), r1: Math.max(ka.box.r1, kb.box.r1), c0: Math.min(ka.box.c0, kb.box.c0), c1: Math.max(ka.box.c1, kb.box.c1) };
   if (area(box) > a.numel() * SPARSE_SHARE) return null;
   // Each element summed as the dense add sums it (+0 where a tensor's box does not reach).
@@ -169,10 +168,10 @@ function allFinite(t: Tensor): boolean {
  */
 export function boxedProduct(a: Tensor, b: Tensor, transB: boolean, multiply: (x: Tensor, y: Tensor) => Tensor): Tensor | null {
   const known = boxes.get(a);
-  if (!known || a.ndim < 2 || b.ndim !== 2 || b.dtype !== "float32" || b.packed || b.isMeta || !allFinite(b)) return null;
+  if (!known || a.ndim < 2 || b.ndim !== 2 || b.dtype !== "float32" || b.packed || b.isMeta) return null;
   const { box, values } = known;
-  const k = lastDim(a.shape);
-  if ((transB ? b.shape[1] : b.shape[0]) !== k) return null;
+  // Shapes that do not fit are the dense product's to refuse; the weight's values are scanned last (once per array).
+  if ((transB ? b.shape[1] : b.shape[0]) !== lastDim(a.shape) || !allFinite(b)) return null;
   const m = transB ? b.shape[0]! : b.shape[1]!;
   const [R, C] = [box.r1 - box.r0, box.c1 - box.c0];
   const y = multiply(new Tensor("float32", values, [R, C]), transB ? b.narrow(1, box.c0, C) : b.narrow(0, box.c0, C));

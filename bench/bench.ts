@@ -29,6 +29,7 @@ import { threadCount } from "../packages/tsight/dist/tensor/index.js";
 import { lastJsonLine } from "./child-output.js";
 import { fixtureErrors } from "./fixture-errors.js";
 import { gemmTable } from "./gemm.js";
+import { median } from "./stats.js";
 import type { Overhead } from "./overhead.js";
 import { formatRow, loadTable, tableHeader, type LoadRow } from "./load.js";
 import { llama1bTable } from "./llama1b.js";
@@ -92,7 +93,7 @@ type Ours = Gpt2Row;
 
 function bestOurs(runs: Ours[]): Ours {
   const min = (f: (r: Ours) => number) => Math.min(...runs.map(f));
-  return { prefillMs: min((r) => r.prefillMs), unpackedMs: min((r) => r.unpackedMs), decodeTokS: Math.max(...runs.map((r) => r.decodeTokS)), decodeLongTokS: Math.max(...runs.map((r) => r.decodeLongTokS)), kernelsPerToken: runs[0]!.kernelsPerToken, readMidMs: min((r) => r.readMidMs) };
+  return { prefillMs: min((r) => r.prefillMs), unpackedMs: min((r) => r.unpackedMs), decodeTokS: Math.max(...runs.map((r) => r.decodeTokS)), decodeLongTokS: Math.max(...runs.map((r) => r.decodeLongTokS)), kernelsPerToken: runs[0]!.kernelsPerToken, readMidMs: min((r) => r.readMidMs), readMidRatio: median(runs.map((r) => r.readMidRatio)) };
 }
 
 /**
@@ -161,7 +162,7 @@ async function main(): Promise<void> {
     row("  each further read in the trace", `${fmt(o.perReadUs)} µs`, `${fmt(hf.hook_read_us)} µs`, hf.hook_read_us / o.perReadUs);
     const gradMs = Math.min(...gradRuns);
     row(`gradients of every block's output, ${PREFILL} tokens`, `${fmt(gradMs)} ms`, `${fmt(hf.grad_ms)} ms`, hf.grad_ms / gradMs);
-    console.log(`  a trace reading transformer.h[6]'s output at ${PREFILL} tokens: ${fmt(ours.readMidMs)} ms, x${fmt(ours.readMidMs / ours.prefillMs, 2)} the bare forward`);
+    console.log(`  a trace reading transformer.h[6]'s output at ${PREFILL} tokens: ${fmt(ours.readMidMs)} ms, x${fmt(ours.readMidRatio, 2)} the bare forward (median of round-by-round ratios)`);
     console.log(`  ${"an empty trace".padEnd(44)} ${`${fmt(o.emptyTraceUs, 0)} µs`.padStart(12)} ${"(nnsight ~245 µs)".padStart(12)}`);
   }
   const gemm = typeof hf === "string" ? hf : gemmTable(benchPython());

@@ -27,6 +27,8 @@ export interface Gpt2Row {
   decodeLongTokS: number;
   kernelsPerToken: number;
   readMidMs: number;
+  /** The read's trace over the bare forward: the median of round-by-round ratios. */
+  readMidRatio: number;
 }
 
 /** The rows, by name; each runs in a process of its own. */
@@ -69,18 +71,27 @@ async function tsightGpt2(): Promise<Gpt2Row> {
   const ids = long.narrow(1, 0, PREFILL);
   const readMid = () => traced.trace([ids], async (m: any) => m.transformer.h[6].output);
   // Each timed in runs of three in a row, after one untimed (a loop over prompts does that): the first run of a
-  // graph after another's is slower (see overhead.ts), which alternating one by one would put on every run.
+  // graph after another's is slower (see overhead.ts), which alternating one by one would put on every run. The
+  // read's cost is the median of each round's ratio (its runs' median over the forward's, back to back): a ratio of
+  // two medians taken over the whole row moved by 10% between runs of this row (x1.02 and x1.11), the drift of the
+  // machine between them.
   const times: number[] = [];
   const reads: number[] = [];
-  for (let round = 0; round < 2; round++) {
+  const readRatios: number[] = [];
+  for (let round = 0; round < 4; round++) {
+    const medians: number[] = [];
     for (const [run, into] of [[() => model.call(ids), times], [readMid, reads]] as const) {
       await run();
+      const block: number[] = [];
       for (let i = 0; i < 3; i++) {
         const t = performance.now();
         await run();
-        into.push(performance.now() - t);
+        block.push(performance.now() - t);
       }
+      into.push(...block);
+      medians.push(median(block));
     }
+    readRatios.push(medians[1]! / medians[0]!);
   }
   // Decode: time the steps after the first (the first includes the prompt's pass); the median of three runs.
   let kernelsPerToken = 0;
@@ -121,7 +132,7 @@ async function tsightGpt2(): Promise<Gpt2Row> {
   } finally {
     setPrepack(null);
   }
-  return { prefillMs: median(times), unpackedMs, decodeTokS: median(rates), decodeLongTokS: median(longRates), kernelsPerToken, readMidMs: median(reads) };
+  return { prefillMs: median(times), unpackedMs, decodeTokS: median(rates), decodeLongTokS: median(longRates), kernelsPerToken, readMidMs: median(reads), readMidRatio: median(readRatios) };
 }
 
 /**

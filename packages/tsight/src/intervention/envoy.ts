@@ -127,7 +127,7 @@ export class Envoy {
   _child(name: string): unknown {
     let child = this._children.get(name);
     if (child === undefined) {
-      const real = this._ctx.aliases.get(this.path)?.get(name) ?? name;
+      const real = this._ctx.aliases.size === 0 ? name : (this._ctx.aliases.get(this.path)?.get(name) ?? name);
       const target = resolvePath(this._module, real);
       if (!target) return undefined;
       child = target instanceof ModuleList ? listEnvoy(target, this._ctx) : envoyFor(target, this._ctx);
@@ -147,25 +147,29 @@ function resolvePath(module: Module, path: string): Module | undefined {
 
 const passthrough = new Set<string | symbol>(["then", "toJSON", "constructor", "asymmetricMatch", "$$typeof", "nodeType", "inspect"]);
 
+/** What every envoy's proxy does (one object for all: a trace makes an envoy for each module on a path it names). */
+const envoyHandler: ProxyHandler<Envoy> = {
+  get(target, prop, receiver) {
+    if (typeof prop === "symbol" || prop in target || passthrough.has(prop)) return Reflect.get(target, prop, receiver);
+    const child = target._child(prop);
+    if (child !== undefined) return child;
+    const module = target._module;
+    const aliases = [...(target._ctx.aliases.get(module.path)?.keys() ?? [])];
+    const hint = prop === "source" ? NO_SOURCE_HINT : lensHint(module, prop);
+    throw new TraceError(`${module.path || "the model"} (${module.typeName}) has no module "${prop}"${hint}; its modules are: ${[...childrenOf(module).keys(), ...aliases].join(", ") || "none"}`);
+  },
+  set(target, prop, value, receiver) {
+    if (prop === "output" || prop === "input" || prop === "inputs") return Reflect.set(target, prop, value, receiver);
+    throw new TraceError(`cannot set "${String(prop)}" on ${target._module.path || "the model"}; assign to .output, .input or .inputs`);
+  },
+  has(target, prop) {
+    return prop in target || (typeof prop === "string" && target._child(prop) !== undefined);
+  },
+};
+
 /** An Envoy wrapped so children read as properties and unknown names fail with the list of real ones. */
 export function envoyFor(module: Module, ctx: EnvoyContext): Envoy {
-  return new Proxy(new Envoy(module, ctx), {
-    get(target, prop, receiver) {
-      if (typeof prop === "symbol" || prop in target || passthrough.has(prop)) return Reflect.get(target, prop, receiver);
-      const child = target._child(prop);
-      if (child !== undefined) return child;
-      const aliases = [...(ctx.aliases.get(module.path)?.keys() ?? [])];
-      const hint = prop === "source" ? NO_SOURCE_HINT : lensHint(module, prop);
-      throw new TraceError(`${module.path || "the model"} (${module.typeName}) has no module "${prop}"${hint}; its modules are: ${[...childrenOf(module).keys(), ...aliases].join(", ") || "none"}`);
-    },
-    set(target, prop, value, receiver) {
-      if (prop === "output" || prop === "input" || prop === "inputs") return Reflect.set(target, prop, value, receiver);
-      throw new TraceError(`cannot set "${String(prop)}" on ${module.path || "the model"}; assign to .output, .input or .inputs`);
-    },
-    has(target, prop) {
-      return prop in target || (typeof prop === "string" && target._child(prop) !== undefined);
-    },
-  });
+  return new Proxy(new Envoy(module, ctx), envoyHandler);
 }
 
 /** Where TransformerLens's hook `name` is among the module's points (`pattern`, or `source.pattern` from attention), as a hint. */
@@ -189,7 +193,6 @@ function listEnvoy(list: ModuleList, ctx: EnvoyContext): Envoy[] {
   const item = (at: number): Envoy => (items[at] ??= envoyFor(list.at(at), ctx));
   // Node's inspect (console.log) looks at the array itself, not through the proxy: it is shown whole.
   Object.defineProperty(items, Symbol.for("nodejs.util.inspect.custom"), { value: () => items.map((_, at) => item(at)) });
-  const isIndex = (prop: string | symbol): prop is string => typeof prop === "string" && /^-?\d+$/.test(prop);
   return new Proxy(items as Envoy[], {
     get(target, prop, receiver) {
       if (isIndex(prop)) {
@@ -206,6 +209,9 @@ function listEnvoy(list: ModuleList, ctx: EnvoyContext): Envoy[] {
     },
   });
 }
+
+/** Whether a property of a module list's envoy is an index (`h[2]`, `h[-1]`). */
+const isIndex = (prop: string | symbol): prop is string => typeof prop === "string" && /^-?\d+$/.test(prop);
 
 /** The message for an index outside a module list (the sandbox's runtime words it the same). */
 export function listIndexMessage(path: string, index: number, length: number): string {

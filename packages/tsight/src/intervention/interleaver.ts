@@ -7,8 +7,8 @@
  * and then lets the intervention code run until it is blocked on tsight again ("settles", see mediator.ts).
  * Modules nobody asked about cost one map lookup.
  */
-import type { Module, ModuleHooks, Replay, StepEdits } from "../nn/index.js";
-import { sameShape, Tensor } from "../tensor/index.js";
+import type { InOrderValue, Module, ModuleHooks, Replay, StepEdits } from "../nn/index.js";
+import { sameShape, Tensor, UNKNOWN_VALUE } from "../tensor/index.js";
 import { isThenable } from "../tensor/async-scope.js";
 import { EarlyStop, InterventionError, LeftPassError, MissedProviderError, StallError, SwapError, TraceError } from "./errors.js";
 import type { GradSource } from "./backward.js";
@@ -137,7 +137,12 @@ export class Interleaver implements ModuleHooks, Provider {
   }
 
   hasPassed(r: Request): boolean {
-    const seen = this.calls(r.kind === "output" && r.op !== "skip" ? this.exited : this.entered, r.path);
+    const kind = r.kind === "output" && r.op !== "skip" ? "output" : "input";
+    const seen = this.calls(kind === "output" ? this.exited : this.entered, r.path);
+    // A value of a block handed out in order: its call is counted once all are, so its index tells.
+    const inOrder = this.inOrderAt;
+    const at = inOrder && seen === r.iteration && isBelow(r.path, inOrder.block) ? inOrder.at.get(`${kind}|${r.path}`) : undefined;
+    if (at !== undefined) return at < inOrder!.position || (at === inOrder!.position && !this.isCurrent(r));
     return seen > r.iteration && !this.isCurrent(r);
   }
 
@@ -390,6 +395,7 @@ export class Interleaver implements ModuleHooks, Provider {
       },
       keep: (path, kind, value) => this.kept.set(`${kind}|${path}|${this.calls(this.entered, path) - 1}`, value),
       skipping: (path) => this.mediators.some((m) => m.skipping.has(path)),
+      inOrder: this.kept.size === 0 && this.recorders.length === 0 ? (values, at, valueOf, learn) => this.handOutInOrder(block.path, values, at, valueOf, learn) : null,
       hearReads: (heard) => {
         this.hearers.add(heard);
         return () => this.hearers.delete(heard);
@@ -422,6 +428,96 @@ export class Interleaver implements ModuleHooks, Provider {
   private keeps(test: (path: string) => boolean): boolean {
     if (this.kept.size === 0) return false;
     for (const key of this.kept.keys()) if (test(key.slice(key.indexOf("|") + 1, key.lastIndexOf("|")))) return true;
+    return false;
+  }
+
+  /**
+   * While a fused block's values are handed out in order (see handOutInOrder): the block's path, the index of each
+   * of its values, and the index of the value handed out last. Its calls are counted only once all are handed out,
+   * so whether a request's value has gone by is told by its index (see hasPassed).
+   */
+  private inOrderAt: { block: string; at: ReadonlyMap<string, number>; position: number } | null = null;
+
+  /**
+   * Replay.inOrder: the values asked of a block's calls handed out in the order op by op gives them, each to the
+   * invokes that asked for it, which run until they wait again; nothing is played through `call`. False (the block
+   * runs op by op, its calls counted as before) as soon as something needs that: a replacement or skip inside the
+   * block, a value the graph did not give (`learn` is told, to tap it from the next run), an operation point computed
+   * inside an op, a cache made meanwhile.
+   */
+  private async handOutInOrder(block: string, values: readonly InOrderValue[], at: ReadonlyMap<string, number>, valueOf: (v: InOrderValue) => unknown, learn: (value: string) => void): Promise<boolean> {
+    this.checkpoint?.();
+    const recorders = this.recorders.length;
+    const state = { block, at, position: -1 };
+    this.inOrderAt = state;
+    try {
+      for (let i = this.nextAsked(state); i >= 0; i = this.nextAsked(state)) {
+        const v = values[i]!;
+        state.position = i;
+        const iteration = this.calls(v.kind === "input" ? this.entered : this.exited, v.path);
+        let due = false;
+        for (const m of this.mediators) {
+          for (const r of m.requests) {
+            if (r.path !== v.path || r.iteration !== iteration) continue;
+            // A skip is of the call, asked before its input is given; a replacement needs the block run op by op.
+            if (r.op !== "read" && (r.kind === v.kind || r.op === "skip")) return this.inOrderGaveUp(values, i, recorders);
+            due ||= r.kind === v.kind;
+          }
+        }
+        if (!due) continue;
+        if (v.passed) return this.inOrderGaveUp(values, i, recorders);
+        const value = valueOf(v);
+        if (value === UNKNOWN_VALUE) {
+          learn(`${v.kind}|${v.path}`);
+          return this.inOrderGaveUp(values, i, recorders);
+        }
+        let given = this.provide(v.path, v.kind, iteration, value);
+        if (given instanceof Promise) given = await given;
+        this.checkEnding();
+        // Replaced as it was handed out (code that reads a value and then replaces it): the run op by op takes it.
+        if (given !== value) {
+          this.kept.set(`${v.kind}|${v.path}|${iteration}`, given);
+          return this.inOrderGaveUp(values, i, recorders);
+        }
+        // A cache made meanwhile records this value (as it would once it was given) and the calls from here on, which
+        // must then really be made.
+        if (this.recorders.length !== recorders) {
+          for (const r of this.recorders.slice(recorders)) r.record(v.path, v.kind, given, this.batch);
+          return this.inOrderGaveUp(values, i + 1, recorders);
+        }
+      }
+      return true;
+    } finally {
+      if (this.inOrderAt === state) this.inOrderAt = null;
+    }
+  }
+
+  /**
+   * The index of the next value after the one handed out last that something is asked of (by path: its kind and
+   * call are checked by the caller), or -1.
+   */
+  private nextAsked(state: { block: string; at: ReadonlyMap<string, number>; position: number }): number {
+    let next = -1;
+    for (const path of this.interest.keys()) {
+      if (!isBelow(path, state.block)) continue;
+      for (const i of [state.at.get(`input|${path}`), state.at.get(`output|${path}`)]) if (i !== undefined && i > state.position && (next < 0 || i < next)) next = i;
+    }
+    return next;
+  }
+
+  /**
+   * The block must run op by op after all. A cache made while its values were handed out has the calls up to where
+   * it was made counted (as played through `call` they would be) for the rewind to tell it they are done: it records
+   * the calls after them (see Replay.rewind).
+   */
+  private inOrderGaveUp(values: readonly InOrderValue[], upTo: number, recorders: number): false {
+    if (this.recorders.length !== recorders) {
+      for (let i = 0; i < upTo; i++) {
+        const v = values[i]!;
+        const counts = v.kind === "input" ? this.entered : this.exited;
+        this.count(counts, v.path, (counts.get(v.path) ?? 0) + 1);
+      }
+    }
     return false;
   }
 

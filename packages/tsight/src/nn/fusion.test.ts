@@ -615,6 +615,61 @@ for (const name of ["stdlib-llama", "stdlib-gpt2"]) {
     expect(kernels).toBe(1);
   });
 
+  it("a small model's values are handed out in order without playing its modules' calls through the hooks: two invokes' rows, inputs, nested outputs and a barrier, each op by op's to the bit", async () => {
+    const lm = await LanguageModel.load("stdlib-gpt2");
+    // The calls that go through the hooks' `call` while the trace runs (its code wraps the hooks as it starts).
+    let played: string[] = [];
+    const spy = () => {
+      const hooks = lm.model.tree.hooks!;
+      const call = hooks.call.bind(hooks);
+      played = [];
+      hooks.call = (module, args, forward) => (played.push(module.path), call(module, args, forward));
+    };
+    const run = () =>
+      lm.trace(async (tr) => {
+        const barrier = tr.barrier(2);
+        const a = tr.invoke("def f(x):", async (m: any) => {
+          spy();
+          const input = (await m.transformer.h[1].attn.c_attn.input) as Tensor;
+          const inner = (await m.transformer.h[1].mlp.c_fc.output) as Tensor;
+          await barrier();
+          const block = (await m.transformer.h[1].output) as Tensor;
+          return [input, inner, block, (await m.lm_head.output) as Tensor];
+        });
+        const b = tr.invoke("import os", async (m: any) => {
+          const ln = (await m.transformer.h[0].ln_2.output) as Tensor;
+          await barrier();
+          return [ln, (await m.transformer.h[3].attn.c_proj.output) as Tensor];
+        });
+        return [...(await a), ...(await b)];
+      });
+    const eager = await withFusion(false, run);
+    await withFusion(true, run); // captures, and learns what is read
+    const fused = await withFusion(true, run);
+    expect(fused.kernels).toBe(1);
+    expect(fused.value.length).toBe(6);
+    fused.value.forEach((t, i) => expect(maxAbsDiff(t, eager.value[i]!)).toBe(0));
+    // Only the model's own call (outside its graph) went through `call`; op by op, every module on the way to a value.
+    expect(played).toEqual([""]);
+    await withFusion(false, run);
+    expect(played).toContain("transformer.h.1.mlp.c_fc");
+    // A generation's steps alike: a value read at every step comes out of its step's graph, the model's call alone played.
+    const generation = () =>
+      lm.generate("def f(x):", { maxNewTokens: 4, eosTokenId: null }, async (m: any, tr) => {
+        spy();
+        const out: Tensor[] = [];
+        for await (const _ of tr.all()) out.push(await m.transformer.h[1].mlp.output, await m.transformer.h[2].attn.c_attn.input);
+        return out;
+      });
+    const stepsEager = await withFusion(false, generation);
+    await withFusion(true, generation);
+    const steps = await withFusion(true, generation);
+    expect(steps.value.text).toEqual(stepsEager.value.text);
+    expect(steps.value.value.length).toBe(8);
+    steps.value.value.forEach((t, i) => expect(maxAbsDiff(t, stepsEager.value.value[i]!)).toBe(0));
+    expect(played).toEqual(["", "", "", ""]);
+  });
+
   it("calls counted in one step while a small model hands values out keep their numbers, and lose them when it goes back to run op by op", async () => {
     const lm = await LanguageModel.load("stdlib-gpt2");
     const ids = new Tensor("int64", BigInt64Array.of(324n, 615n, 638n), [1, 3]);

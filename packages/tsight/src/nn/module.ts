@@ -99,6 +99,28 @@ export interface Replay {
    * tapped from the next run on (not one value per run).
    */
   hearReads(heard: (value: string) => void): () => void;
+  /**
+   * Hands out the values asked of the block's calls, in the order op by op would give them (`values`; `at`: the
+   * index of each as `input|PATH` or `output|PATH`), without playing each call through `call`; the calls are then
+   * counted at once (passWithin), so only a block whose modules, all below it, are each called once can be. True
+   * when it did so; false when the block must run op by op instead (a replacement or skip asked for, a value not
+   * given, a cache made meanwhile; `learn` is told of a value to tap), its counts as they were. Absent, or null, when
+   * the hooks cannot (the block's calls are then played through `call`).
+   */
+  readonly inOrder: ((values: readonly InOrderValue[], at: ReadonlyMap<string, number>, valueOf: (v: InOrderValue) => unknown, learn: (value: string) => void) => Promise<boolean> | boolean) | null;
+}
+
+/**
+ * A value of a call inside a fused block, in the order op by op gives them (see Replay.inOrder); `valueOf` gives it
+ * as in this run, or UNKNOWN_VALUE (tensor/fuse.ts) where the graph did not give it.
+ */
+export interface InOrderValue {
+  path: string;
+  kind: "input" | "output";
+  /** Which call: its place among the block's calls in order (each before those inside it). */
+  call: number;
+  /** Computed inside an op of the graph (an operation point passed): only a run op by op gives it. */
+  passed: boolean;
 }
 
 /** State shared by every module of one tree. */

@@ -141,7 +141,7 @@ export class Interleaver implements ModuleHooks, Provider {
     const seen = this.calls(kind === "output" ? this.exited : this.entered, r.path);
     // A value of a block handed out in order: its call is counted once all are, so its index tells.
     const inOrder = this.inOrderAt;
-    const at = inOrder && seen === r.iteration && isBelow(r.path, inOrder.block) ? inOrder.at.get(`${kind}|${r.path}`) : undefined;
+    const at = inOrder && seen === r.iteration && isBelow(r.path, inOrder.block) ? inOrder.at.get(r.path)?.[kind === "input" ? 0 : 1] : undefined;
     if (at !== undefined) return at < inOrder!.position || (at === inOrder!.position && !this.isCurrent(r));
     return seen > r.iteration && !this.isCurrent(r);
   }
@@ -436,7 +436,7 @@ export class Interleaver implements ModuleHooks, Provider {
    * of its values, and the index of the value handed out last. Its calls are counted only once all are handed out,
    * so whether a request's value has gone by is told by its index (see hasPassed).
    */
-  private inOrderAt: { block: string; at: ReadonlyMap<string, number>; position: number } | null = null;
+  private inOrderAt: { block: string; at: ReadonlyMap<string, readonly [number, number]>; position: number } | null = null;
 
   /**
    * Replay.inOrder: the values asked of a block's calls handed out in the order op by op gives them, each to the
@@ -445,7 +445,7 @@ export class Interleaver implements ModuleHooks, Provider {
    * block, a value the graph did not give (`learn` is told, to tap it from the next run), an operation point computed
    * inside an op, a cache made meanwhile.
    */
-  private async handOutInOrder(block: string, values: readonly InOrderValue[], at: ReadonlyMap<string, number>, valueOf: (v: InOrderValue) => unknown, learn: (value: string) => void): Promise<boolean> {
+  private async handOutInOrder(block: string, values: readonly InOrderValue[], at: ReadonlyMap<string, readonly [number, number]>, valueOf: (v: InOrderValue) => unknown, learn: (value: string) => void): Promise<boolean> {
     this.checkpoint?.();
     const recorders = this.recorders.length;
     const state = { block, at, position: -1 };
@@ -496,11 +496,14 @@ export class Interleaver implements ModuleHooks, Provider {
    * The index of the next value after the one handed out last that something is asked of (by path: its kind and
    * call are checked by the caller), or -1.
    */
-  private nextAsked(state: { block: string; at: ReadonlyMap<string, number>; position: number }): number {
+  private nextAsked(state: { block: string; at: ReadonlyMap<string, readonly [number, number]>; position: number }): number {
     let next = -1;
     for (const path of this.interest.keys()) {
-      if (!isBelow(path, state.block)) continue;
-      for (const i of [state.at.get(`input|${path}`), state.at.get(`output|${path}`)]) if (i !== undefined && i > state.position && (next < 0 || i < next)) next = i;
+      const both = isBelow(path, state.block) ? state.at.get(path) : undefined;
+      if (!both) continue;
+      // Its input comes before its output: the first of them after the position.
+      const i = both[0] > state.position ? both[0] : both[1];
+      if (i > state.position && (next < 0 || i < next)) next = i;
     }
     return next;
   }

@@ -186,10 +186,10 @@ interface CallTree {
   whole: Map<CapturedCall, Set<string>>;
   /**
    * The values of the calls in the order op by op gives them (a call's input, those of the calls inside it, its
-   * output), with the index of each as `input|PATH` or `output|PATH`, and the calls they are of in order (each
-   * before those inside it); null when a module is called twice, or one outside the block (see Replay.inOrder).
+   * output), with the indices of each module's input and output by its path, and the calls they are of in order
+   * (each before those inside it); null when a module is called twice, or one outside the block (see Replay.inOrder).
    */
-  inOrder: { values: InOrderValue[]; at: Map<string, number>; calls: readonly CapturedCall[] } | null;
+  inOrder: { values: InOrderValue[]; at: Map<string, [number, number]>; calls: readonly CapturedCall[] } | null;
 }
 
 /** Per fused graph: its call tree (null when its calls overlapped or were not captured). */
@@ -228,22 +228,18 @@ function callTree(block: Module, calls: readonly CapturedCall[]): CallTree {
 /** See CallTree.inOrder. */
 function valuesInOrder(block: Module, calls: readonly CapturedCall[]): CallTree["inOrder"] {
   const values: InOrderValue[] = [];
-  const at = new Map<string, number>();
+  const at = new Map<string, [number, number]>();
   const flat: CapturedCall[] = [];
   let once = true;
-  const add = (path: string, kind: "input" | "output", call: number, passed: boolean): void => {
-    const key = `${kind}|${path}`;
-    once &&= !at.has(key);
-    at.set(key, values.length);
-    values.push({ path, kind, call, passed });
-  };
   const walk = (c: CapturedCall): void => {
     const path = (c.owner as Module).path;
-    once &&= path !== block.path && isBelowPath(path, block.path);
+    once &&= path !== block.path && isBelowPath(path, block.path) && !at.has(path);
     const call = flat.push(c) - 1;
-    add(path, "input", call, !!c.passed);
+    const passed = !!c.passed;
+    const both: [number, number] = [values.push({ path, kind: "input", call, passed }) - 1, -1];
+    at.set(path, both);
     c.children.forEach(walk);
-    add(path, "output", call, !!c.passed);
+    both[1] = values.push({ path, kind: "output", call, passed }) - 1;
   };
   calls.forEach(walk);
   return once ? { values, at, calls: flat } : null;

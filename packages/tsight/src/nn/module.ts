@@ -100,14 +100,14 @@ export interface Replay {
    */
   hearReads(heard: (value: string) => void): () => void;
   /**
-   * Hands out the values asked of the block's calls, in the order op by op would give them (`values`; `at`: the
-   * index of each as `input|PATH` or `output|PATH`), without playing each call through `call`; the calls are then
+   * Hands out the values asked of the block's calls, in the order op by op would give them (`values`; `at`: by a
+   * module's path, the indices of its input and output), without playing each call through `call`; the calls are then
    * counted at once (passWithin), so only a block whose modules, all below it, are each called once can be. True
    * when it did so; false when the block must run op by op instead (a replacement or skip asked for, a value not
    * given, a cache made meanwhile; `learn` is told of a value to tap), its counts as they were. Absent, or null, when
    * the hooks cannot (the block's calls are then played through `call`).
    */
-  readonly inOrder: ((values: readonly InOrderValue[], at: ReadonlyMap<string, number>, valueOf: (v: InOrderValue) => unknown, learn: (value: string) => void) => Promise<boolean> | boolean) | null;
+  readonly inOrder: ((values: readonly InOrderValue[], at: ReadonlyMap<string, readonly [number, number]>, valueOf: (v: InOrderValue) => unknown, learn: (value: string) => void) => Promise<boolean> | boolean) | null;
 }
 
 /**

@@ -101,9 +101,12 @@ function bestOurs(runs: Ours[]): Ours {
  * smallest of several differences favours whichever run drifted the right way.
  */
 function bestOverhead(runs: Overhead[]): Overhead {
-  const keys = Object.keys(runs[0]!) as (keyof Overhead)[];
-  const mean = (k: keyof Overhead) => runs.reduce((n, r) => n + r[k], 0) / runs.length;
-  return Object.fromEntries(keys.map((k) => [k, k === "forwardUs" ? Math.min(...runs.map((r) => r[k])) : mean(k)])) as unknown as Overhead;
+  const best = <T extends object>(of: T[]): T => {
+    const keys = Object.keys(of[0]!) as (keyof T)[];
+    const mean = (k: keyof T) => of.reduce((n, r) => n + (r[k] as number), 0) / of.length;
+    return Object.fromEntries(keys.map((k) => [k, k === "forwardUs" ? Math.min(...of.map((r) => r[k] as number)) : mean(k)])) as T;
+  };
+  return { ...best(runs.map(({ js: _, ...rest }) => rest)), js: best(runs.map((r) => r.js)) };
 }
 
 function bestHf(runs: (HfReference | string)[]): HfReference | string {
@@ -175,7 +178,8 @@ async function main(): Promise<void> {
   }
   console.log("\nIntervention overhead (stdlib-gpt2, 5 tokens; medians of interleaved rounds)");
   console.log(`  bare forward ${fmt(o.forwardUs, 0)} µs; an empty trace adds ${fmt(o.emptyTraceUs, 0)} µs (x${fmt((o.forwardUs + o.emptyTraceUs) / o.forwardUs, 2)} the forward)`);
-  console.log(`  a trace reading one module value adds ${fmt(o.oneReadUs)} µs (its graph gives the value: handing it out replays the model's calls); each further read ${fmt(o.perReadUs)} µs, each replacement ${fmt(o.perReplaceUs)} µs more   (nnsight: ~300 µs empty trace, 30-80 µs per access)`);
+  console.log(`  a trace reading one module value adds ${fmt(o.oneReadUs)} µs (its graph gives the value, handed out in order); each further read ${fmt(o.perReadUs)} µs, each replacement ${fmt(o.perReplaceUs)} µs more   (nnsight: ~300 µs empty trace, 30-80 µs per access)`);
+  console.log(`  JavaScript alone (each run less ONNX Runtime's time in it): bare forward ${fmt(o.js.forwardUs, 0)} µs; an empty trace adds ${fmt(o.js.emptyTraceUs, 0)} µs, one read ${fmt(o.js.oneReadUs)}, each further read ${fmt(o.js.perReadUs)}`);
   console.log(`  one layer's attention pattern read as attn.output[1] adds ${fmt(o.weightsReadUs)} µs; as attn.source.pattern ${fmt(o.patternReadUs)} µs (both the fused kernel's weights)`);
   const g = inPlainNode("steerSmall");
   console.log(`  decode: ${fmt(g.plainTokS)} tokens/s plain, ${fmt(g.steeredTokS)} with a steering edit on every step (x${fmt(g.ratio, 2)}, median of round-by-round ratios)`);

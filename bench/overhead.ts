@@ -6,6 +6,7 @@
 import { LanguageModel } from "../packages/tsight/dist/intervention/index.js";
 import type { GPT2LMHeadModel } from "../packages/tsight/dist/models/index.js";
 import { Tensor } from "../packages/tsight/dist/tensor/index.js";
+import { Kernel } from "../packages/tsight/dist/tensor/engine.js";
 import { median } from "./stats.js";
 
 export interface Overhead {
@@ -19,6 +20,30 @@ export interface Overhead {
   /** Reading one layer's attention pattern as module output (fused kernel) and as a point (that layer step by step). */
   weightsReadUs: number;
   patternReadUs: number;
+  /**
+   * The same costs counting JavaScript alone (each run's time less ONNX Runtime's inside it): what the trace itself
+   * adds, without the scatter of the graph runs' times (±100 µs on a 1-2 ms forward here).
+   */
+  js: { forwardUs: number; emptyTraceUs: number; oneReadUs: number; perReadUs: number };
+}
+
+/** ONNX Runtime's time inside kernel runs since the process began, in ms (see timeKernelRuns). */
+let kernelMs = 0;
+let timingKernels = false;
+
+/** Times every kernel run from now on (a wrapper of Kernel.run: two clock readings a run). */
+function timeKernelRuns(): void {
+  if (timingKernels) return;
+  timingKernels = true;
+  const run = Kernel.prototype.run;
+  Kernel.prototype.run = function (this: Kernel, inputs) {
+    const t = performance.now();
+    try {
+      return run.call(this, inputs);
+    } finally {
+      kernelMs += performance.now() - t;
+    }
+  };
 }
 
 /** Runs of a variant in a row per round, untimed then timed (see interventionOverhead). */
@@ -54,6 +79,8 @@ export async function interventionOverhead(rounds = 30): Promise<Overhead> {
   const variants: Record<string, () => Promise<unknown>> = {};
   for (const [name, make] of Object.entries(made)) variants[name] = make((await LanguageModel.load("stdlib-gpt2")) as LanguageModel<GPT2LMHeadModel>);
   const times: Record<string, number[]> = Object.fromEntries(Object.keys(variants).map((k) => [k, []]));
+  const jsTimes: Record<string, number[]> = Object.fromEntries(Object.keys(variants).map((k) => [k, []]));
+  timeKernelRuns();
   for (let i = 0; i < 10; i++) for (const run of Object.values(variants)) await run();
   // Each variant runs its own graph (the bare forward's takes no mask; a trace's graph gives the values it reads),
   // and the first runs after another graph's are slower (why is not pinned down: its weights' copy or buffers out
@@ -64,17 +91,21 @@ export async function interventionOverhead(rounds = 30): Promise<Overhead> {
     for (const [name, run] of Object.entries(variants)) {
       for (let j = 0; j < WARM; j++) await run();
       const block: number[] = [];
+      const js: number[] = [];
       for (let j = 0; j < BLOCK; j++) {
-        const t = performance.now();
+        const [t, k] = [performance.now(), kernelMs];
         await run();
         block.push((performance.now() - t) * 1000);
+        js.push(block.at(-1)! - (kernelMs - k) * 1000);
       }
       times[name]!.push(median(block));
+      jsTimes[name]!.push(median(js));
     }
   }
   // Each cost is the median of its round-by-round differences (a round runs every variant once, back to back), which
   // drift and a slow round cancel out of; a difference of two medians scattered by ±100 µs on a 2 ms forward.
-  const costOf = (a: string, b: string): number => median(times[a]!.map((t, i) => t - times[b]![i]!));
+  const costIn = (of: Record<string, number[]>, a: string, b: string): number => median(of[a]!.map((t, i) => t - of[b]![i]!));
+  const costOf = (a: string, b: string): number => costIn(times, a, b);
   return {
     forwardUs: median(times.forward!),
     emptyTraceUs: costOf("empty", "forward"),
@@ -83,6 +114,7 @@ export async function interventionOverhead(rounds = 30): Promise<Overhead> {
     perReplaceUs: costOf("replaces", "reads") / reads.length,
     weightsReadUs: costOf("weights", "empty"),
     patternReadUs: costOf("pattern", "empty"),
+    js: { forwardUs: median(jsTimes.forward!), emptyTraceUs: costIn(jsTimes, "empty", "forward"), oneReadUs: costIn(jsTimes, "one", "empty"), perReadUs: costIn(jsTimes, "reads", "empty") / reads.length },
   };
 }
 

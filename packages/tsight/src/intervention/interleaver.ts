@@ -479,6 +479,9 @@ export class Interleaver implements ModuleHooks, Provider {
           this.kept.set(`${v.kind}|${v.path}|${iteration}`, given);
           return this.inOrderGaveUp(values, i, recorders);
         }
+        // Skipped as its input was handed out (code that reads a module's input and then skips it): the calls inside
+        // it must not be given, and the other rows' output must be computed.
+        if (v.kind === "input" && this.mediators.some((m) => m.requests.some((r) => r.op === "skip" && r.path === v.path && r.iteration === iteration))) return this.inOrderGaveUp(values, i + 1, recorders);
         // A cache made meanwhile records this value (as it would once it was given) and the calls from here on, which
         // must then really be made.
         if (this.recorders.length !== recorders) {

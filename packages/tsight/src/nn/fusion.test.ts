@@ -1342,6 +1342,36 @@ console.log("steps", cache.length);`,
         expect(maxAbsDiff(t, eager[k]!)).toBe(0);
       });
     }
+    // A value inside the module asked for once it is skipped is never provided, as op by op: a whole model's, a
+    // block's (the blocks' graphs), and a generation step's.
+    const inside = async (m: any) => {
+      const x = await m.transformer.h[1].mlp.input;
+      m.transformer.h[1].mlp.skip(x);
+      return m.transformer.h[1].mlp.c_fc.output.then(
+        () => "given",
+        (e: Error) => e.name,
+      );
+    };
+    const step = () => lm.generate("def f(x):", { maxNewTokens: 3, eosTokenId: null }, async (m: any, tr) => {
+      const got: string[] = [];
+      for await (const _ of tr.iter(1, 2)) got.push(await inside(m));
+      return got;
+    });
+    expect((await withFusion(false, () => lm.trace("def f(x):", inside))).value).toBe("MissedProviderError");
+    for (let i = 0; i < 3; i++) expect((await withFusion(true, () => lm.trace("def f(x):", inside))).value).toBe("MissedProviderError");
+    lm.model.fusible = false;
+    try {
+      for (let i = 0; i < 2; i++) expect((await withFusion(true, () => lm.trace("def f(x):", inside))).value).toBe("MissedProviderError");
+    } finally {
+      lm.model.fusible = "whole";
+    }
+    const eagerSteps = (await withFusion(false, step)).value;
+    expect(eagerSteps.value).toEqual(["MissedProviderError"]);
+    for (let i = 0; i < 3; i++) {
+      const fused = (await withFusion(true, step)).value;
+      expect(fused.value).toEqual(eagerSteps.value);
+      expect(fused.text).toEqual(eagerSteps.text);
+    }
   });
   it("a cache made while a small model hands its values out records what op by op records: nothing from before it, each call once", async () => {
     const lm = await LanguageModel.load("stdlib-gpt2");

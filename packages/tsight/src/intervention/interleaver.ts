@@ -5,7 +5,8 @@
  * `path.input.iN` / `path.output.iN` (N: how many times the module was called before). For each mediator, in
  * invoke order, with requests for that value it answers them (reads get the invoke's rows, writes replace them)
  * and then lets the intervention code run until it is blocked on tsight again ("settles", see mediator.ts).
- * Modules nobody asked about cost one map lookup.
+ * Modules nobody asked about cost one map lookup. A fused block whose graph gives the values read inside it has them
+ * provided the same way, in the order its calls would give them, without its calls (see handOutInOrder).
  */
 import type { InOrderValue, Module, ModuleHooks, Replay, StepEdits } from "../nn/index.js";
 import { sameShape, Tensor, UNKNOWN_VALUE } from "../tensor/index.js";

@@ -456,16 +456,8 @@ export class Interleaver implements ModuleHooks, Provider {
         const v = values[i]!;
         state.position = i;
         const iteration = this.calls(v.kind === "input" ? this.entered : this.exited, v.path);
-        let due = false;
-        for (const m of this.mediators) {
-          for (const r of m.requests) {
-            if (r.path !== v.path || r.iteration !== iteration) continue;
-            // A skip is of the call, asked before its input is given; a replacement needs the block run op by op.
-            if (r.op !== "read" && (r.kind === v.kind || r.op === "skip")) return this.inOrderGaveUp(values, i, recorders);
-            due ||= r.kind === v.kind;
-          }
-        }
-        if (!due) continue;
+        if (this.needsCall(v.path, v.kind, iteration)) return this.inOrderGaveUp(values, i, recorders);
+        if (!this.isDue(v.path, v.kind, iteration, "read")) continue;
         if (v.passed) return this.inOrderGaveUp(values, i, recorders);
         const value = valueOf(v);
         if (value === UNKNOWN_VALUE) {
@@ -482,7 +474,7 @@ export class Interleaver implements ModuleHooks, Provider {
         }
         // Skipped as its input was handed out (code that reads a module's input and then skips it): the calls inside
         // it must not be given, and the other rows' output must be computed.
-        if (v.kind === "input" && this.mediators.some((m) => m.requests.some((r) => r.op === "skip" && r.path === v.path && r.iteration === iteration))) return this.inOrderGaveUp(values, i + 1, recorders);
+        if (v.kind === "input" && this.needsCall(v.path, v.kind, iteration)) return this.inOrderGaveUp(values, i + 1, recorders);
         // A cache made meanwhile records this value (as it would once it was given) and the calls from here on, which
         // must then really be made.
         if (this.recorders.length !== recorders) {
@@ -494,6 +486,15 @@ export class Interleaver implements ModuleHooks, Provider {
     } finally {
       if (this.inOrderAt === state) this.inOrderAt = null;
     }
+  }
+
+  /**
+   * Whether a request for this call of the module at `path` needs it to really run: a skip of it (asked before its
+   * input is given, or as it is), or a replacement of this value.
+   */
+  private needsCall(path: string, kind: ValueKind, iteration: number): boolean {
+    for (const m of this.mediators) for (const r of m.requests) if (r.path === path && r.iteration === iteration && (r.op === "skip" || (r.op === "write" && r.kind === kind))) return true;
+    return false;
   }
 
   /**

@@ -104,8 +104,8 @@ export interface Replay {
    * module's path, the indices of its input and output), without playing each call through `call`; the calls are then
    * counted at once (passWithin), so only a block whose modules, all below it, are each called once can be. True
    * when it did so; false when the block must run op by op instead (a replacement or skip asked for, a value not
-   * given, a cache made meanwhile; `learn` is told of a value to tap), its counts as they were. Absent, or null, when
-   * the hooks cannot (the block's calls are then played through `call`).
+   * given, a cache made meanwhile; `learn` is told of a value to tap), its counts as they were. Null when the hooks
+   * cannot (the block's calls are then played through `call`).
    */
   readonly inOrder: ((values: readonly InOrderValue[], at: ReadonlyMap<string, readonly [number, number]>, valueOf: (v: InOrderValue) => unknown, learn: (value: string) => void) => Promise<boolean> | boolean) | null;
 }

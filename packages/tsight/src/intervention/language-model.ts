@@ -16,6 +16,7 @@ import type { Rename } from "./rename.js";
 import type { Driver, InterventionFn, InvokeTracer, TraceRun, Tracer } from "./tracer.js";
 import { checkOptionNames, checkOptions, LOAD_OPTIONS, OptionsError, RUN_OPTIONS } from "./options.js";
 import { unawaitedReported } from "./watched.js";
+import { MAX_RETURN_SEQUENCES } from "../models/generate-bounds.js";
 
 export interface ModelLoadOptions extends LoadOptions {
   /**
@@ -382,9 +383,6 @@ export class LanguageModel<M extends CausalLM = any> extends Model<M, EnvoyTree<
     return { args: [ids, mask], sizes };
   }
 }
-
-/** The most sequences generate returns per prompt. */
-export const MAX_RETURN_SEQUENCES = 1024;
 
 /**
  * `input`'s rows each repeated `numReturnSequences` times in a row (torch's repeat_interleave, as Hugging Face's

@@ -6,6 +6,7 @@ import { KVCache } from "../nn/index.js";
 import { Generator, Tensor } from "../tensor/index.js";
 import type { CausalLM } from "./causal-lm.js";
 import { argmaxRow, isSampling, sampleRow, validateSampling, type SamplingOptions } from "./sampling.js";
+import { MAX_STOP_STRING_CHARS, MAX_STOP_STRINGS } from "./generate-bounds.js";
 
 export interface GenerateOptions extends SamplingOptions {
   maxNewTokens: number;
@@ -109,10 +110,6 @@ export async function generate(model: CausalLM, inputIds: Tensor, attentionMask:
   const generated = new Tensor("int64", BigInt64Array.from(rows.flat(), BigInt), [B, steps]);
   return { sequences: Tensor.cat([inputIds.long(), generated], 1), generated, attentionMask: mask };
 }
-
-/** The most stop strings a generation takes, and the longest (bounds on what each step decodes). */
-export const MAX_STOP_STRINGS = 64;
-export const MAX_STOP_STRING_CHARS = 256;
 
 /** `stopStrings` as a list, checked: non-empty strings within the bounds above. */
 function checkStopStrings(v: unknown): string[] {

@@ -13,4 +13,5 @@ export * from "./mixtral.js";
 export * from "./qwen3_moe.js";
 export * from "./decoder.js";
 export * from "./generate.js";
+export * from "./generate-bounds.js";
 export * from "./sampling.js";

@@ -133,11 +133,4 @@ describe("stopStrings and numReturnSequences, as Hugging Face's generate", () =>
     await expect(lm.generate(async () => 1, { ...settings, numReturnSequences: 2 })).rejects.toThrow(/numReturnSequences takes an input/);
     await expect(lm.generate("x", { ...settings, numReturnSequences: 50 }, async () => 1, { maxInputTokens: 100 })).rejects.toThrow(/1 row × 50 sequences of 7 tokens \(350\), more than the 100 tokens/);
   });
-
-  it("the submission checks bound what the engine does", async () => {
-    const { SPEC_BOUNDS } = await import("../protocol/executor.js");
-    const { MAX_RETURN_SEQUENCES } = await import("../intervention/language-model.js");
-    const { MAX_STOP_STRINGS, MAX_STOP_STRING_CHARS } = await import("./generate.js");
-    expect(SPEC_BOUNDS).toEqual({ stopStrings: MAX_STOP_STRINGS, stopStringChars: MAX_STOP_STRING_CHARS, returnSequences: MAX_RETURN_SEQUENCES });
-  });
 });

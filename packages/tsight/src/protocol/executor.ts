@@ -9,6 +9,8 @@ import type { Tensor } from "../tensor/index.js";
 import { CodecError, decodeEnvelope, decodeValue, FunctionSource, MAX_JSON_VALUES } from "./codec.js";
 import { ClientError } from "./errors.js";
 import { canonicalModelKey } from "./model-key.js";
+// The engine's own bounds on stop strings and returned sequences, checked at submission (a module of constants alone).
+import { MAX_RETURN_SEQUENCES, MAX_STOP_STRING_CHARS, MAX_STOP_STRINGS } from "../models/generate-bounds.js";
 import type { GenerateSpec, JobEvent, JobKind, JobRequest } from "./wire.js";
 
 /** A job with its values decoded (tensors restored). */
@@ -177,13 +179,6 @@ export function helpersIn(value: unknown, out: FunctionSource[] = [], depth = 0)
   return out;
 }
 
-/**
- * The engine's bounds on generate's stop strings and returned sequences (models/generate.ts's MAX_STOP_STRINGS and
- * MAX_STOP_STRING_CHARS, intervention's MAX_RETURN_SEQUENCES; a test holds them equal), checked here at submission
- * without loading the engine.
- */
-export const SPEC_BOUNDS = { stopStrings: 64, stopStringChars: 256, returnSequences: 1024 } as const;
-const { stopStrings: MAX_STOP_STRINGS, stopStringChars: MAX_STOP_STRING_CHARS, returnSequences: MAX_RETURN_SEQUENCES } = SPEC_BOUNDS;
 
 /** The generation settings checked at submission (a bad one is the request's error, not the job's). */
 function checkGenerateSpec(g: GenerateSpec): void {

@@ -83,6 +83,8 @@ export class Bridge implements ActionHost {
   readonly paths: Set<string>;
   /** Holders of operation points (never called, no values of their own), with why a request for one is refused. */
   private readonly holders: Map<string, string>;
+  /** Paths of operation points, whose input is their output (see Mediator.read). */
+  private readonly points: Set<string>;
   readonly budget: JobBudget;
   /** Set when the job must end (timeout, memory, cancel, stall): every later call fails with it. */
   fatal: Error | null = null;
@@ -120,9 +122,11 @@ export class Bridge implements ActionHost {
   ) {
     this.paths = new Set(lm.model.namedModules().map(([p]: [string, unknown]) => p));
     this.holders = new Map();
+    this.points = new Set();
     for (const [p, m] of lm.model.namedModules() as [string, Module][]) {
       const refusal = holderRefusal(m);
       if (refusal) this.holders.set(p, refusal);
+      if (m.isOperationPoint) this.points.add(p);
     }
     this.model = lm;
     this.budget = new JobBudget(options.limits, (e) => this.fail(e));
@@ -619,11 +623,13 @@ export class Bridge implements ActionHost {
       },
       read: (invoke, path, kind, part, stack) => {
         if ((kind !== "input" && kind !== "output") || (part !== "first" && part !== "all")) throw new SandboxError("VALIDATION", "bad value kind");
-        return this.forward(this.mediatorOf(invoke).read(this.valuePath(path, stack), kind, part, this.origin(stack)));
+        const at = this.valuePath(path, stack);
+        return this.forward(this.mediatorOf(invoke).read(at, kind, part, this.origin(stack), this.points.has(at)));
       },
       write: (invoke, path, kind, part, value, stack) => {
         if ((kind !== "input" && kind !== "output") || (part !== "first" && part !== "all")) throw new SandboxError("VALIDATION", "bad value kind");
-        this.mediatorOf(invoke).write(this.valuePath(path, stack), kind, part, this.fromDesc(value), this.origin(stack));
+        const at = this.valuePath(path, stack);
+        this.mediatorOf(invoke).write(at, kind, part, this.fromDesc(value), this.origin(stack), this.points.has(at));
       },
       act: (kind, id, action, raw, stack, path) => this.act(String(kind), id, String(action), args(raw), stack, path),
       log: (text) => {

@@ -60,7 +60,7 @@ const treeIds = new WeakMap<object, number>();
 let nextTreeId = 0;
 
 const FRAME = "tsightInvoke";
-const FRAME_NAME = /^tsightInvoke_t(\d+)_r(\d+)_i(-?\d+)$/;
+const FRAME_NAME = /^tsightInvoke_(\d+)$/;
 
 function treeId(tree: object): number {
   let id = treeIds.get(tree);
@@ -69,16 +69,44 @@ function treeId(tree: object): number {
 }
 
 /**
+ * The functions code runs under, one per slot, each made and named once (an async function's frames, sync and async,
+ * are named after its "name" property): naming a fresh function for every invoke (a new string and a defined
+ * property each trace) cost several µs of every trace. A slot is taken by one invoke's code until that code ends
+ * (code that never ends keeps its slot: a few numbers and one function), then reused; it says whose code it runs.
+ */
+interface Slot {
+  run: <T>(fn: () => T | Promise<T>) => Promise<T>;
+  tree: number;
+  trace: number;
+  index: number;
+}
+const slots: Slot[] = [];
+const freeSlots: number[] = [];
+
+function newSlot(): number {
+  const slot = slots.length;
+  const run = async <T>(fn: () => T | Promise<T>): Promise<T> => {
+    try {
+      return await fn();
+    } finally {
+      freeSlots.push(slot);
+    }
+  };
+  Object.defineProperty(run, "name", { value: `${FRAME}_${slot}` });
+  slots.push({ run, tree: -1, trace: -1, index: 0 });
+  return slot;
+}
+
+/**
  * Runs `fn` (the code of invoke `index` of trace `run` of `tree`) under a frame naming them; what it returns or
  * throws comes back as a promise.
  */
 export function runInInvoke<T>(tree: object, run: number, index: number, fn: () => T | Promise<T>): Promise<T> {
-  // An async function named for them: V8 names its frames, sync and async, after its "name" property. Set on a
-  // fresh function rather than given as a computed key of an object literal, which made a new hidden class for
-  // every name (every trace): 0.6 against 1.4-2.0 us a call.
-  const named = async () => await fn();
-  Object.defineProperty(named, "name", { value: `${FRAME}_t${treeId(tree)}_r${run}_i${index}` });
-  return named();
+  const slot = slots[freeSlots.pop() ?? newSlot()]!;
+  slot.tree = treeId(tree);
+  slot.trace = run;
+  slot.index = index;
+  return slot.run(fn);
 }
 
 /** The invoke of trace `run` of `tree` whose code is running now (by the stack, see the header), if any. */
@@ -100,7 +128,8 @@ export function invokeInStack(tree: object, run: number | null): number | undefi
   if (!Array.isArray(sites)) return undefined;
   for (const site of sites as { getFunctionName(): string | null }[]) {
     const named = FRAME_NAME.exec(site.getFunctionName() ?? "");
-    if (named && Number(named[1]) === id && Number(named[2]) === run) return Number(named[3]);
+    const slot = named ? slots[Number(named[1])] : undefined;
+    if (slot && slot.tree === id && slot.trace === run) return slot.index;
   }
   return undefined;
 }

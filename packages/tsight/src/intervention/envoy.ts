@@ -75,17 +75,17 @@ export class Envoy {
     this._ctx.mediator.write(this.valuePath, "output", "all", value, origin);
   }
   get input(): Promise<any> {
-    return this._ctx.mediator.read(this.valuePath, "input", "first", origin);
+    return this._ctx.mediator.read(this.valuePath, "input", "first", origin, this._module.isOperationPoint);
   }
   set input(value: unknown) {
-    this._ctx.mediator.write(this.valuePath, "input", "first", value, origin);
+    this._ctx.mediator.write(this.valuePath, "input", "first", value, origin, this._module.isOperationPoint);
   }
   get inputs(): Promise<any[]> {
-    return this._ctx.mediator.read(this.valuePath, "input", "all", origin) as Promise<any[]>;
+    return this._ctx.mediator.read(this.valuePath, "input", "all", origin, this._module.isOperationPoint) as Promise<any[]>;
   }
   set inputs(value: unknown) {
     if (!Array.isArray(value) && typeof value !== "function") throw new TraceError(`${this.path}.inputs must be assigned an array of arguments`);
-    this._ctx.mediator.write(this.valuePath, "input", "all", value, origin);
+    this._ctx.mediator.write(this.valuePath, "input", "all", value, origin, this._module.isOperationPoint);
   }
 
   /** Do not run this module (for this invoke's rows); `value` is its output. */

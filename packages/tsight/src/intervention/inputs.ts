@@ -13,6 +13,8 @@ export type ModelInput = string | readonly string[] | readonly number[] | readon
 export interface Batch {
   ids: Tensor;
   mask: Tensor;
+  /** Which of the two may be the caller's tensor or share its values (a run that keeps one copies it); else both are new. */
+  given?: { ids: boolean; mask: boolean };
 }
 
 /** Model input that cannot be run: malformed, or too long for the model. Found before any compute. */
@@ -42,9 +44,10 @@ export function checkInput(ids: Tensor, limits: InputLimits, extraTokens = 0, ma
     throw new InputError(`the input is ${what}, longer than the model's context of ${maxPositions} positions; shorten the prompt${extraTokens ? " or generate fewer tokens" : ""}`);
   }
   const data = ids.data as BigInt64Array;
+  const vocab = BigInt(vocabSize);
   for (let i = 0; i < data.length; i++) {
     const id = data[i]!;
-    if (id < 0n || id >= BigInt(vocabSize)) throw new InputError(`token id ${id} (row ${Math.floor(i / tokens)} of ${rows}, position ${i % tokens}) is outside the model's vocabulary of ${vocabSize} ids`);
+    if (id < 0n || id >= vocab) throw new InputError(`token id ${id} (row ${Math.floor(i / tokens)} of ${rows}, position ${i % tokens}) is outside the model's vocabulary of ${vocabSize} ids`);
   }
 }
 
@@ -134,7 +137,8 @@ function fromTensor(ids: Tensor, mask: Tensor | undefined): Batch {
   if (ids.dtype !== "int64" && ids.dtype !== "int32") throw new InputError(`input ids must be an integer tensor, got ${ids.dtype}`);
   const batched = ids.ndim === 1 ? ids.unsqueeze(0) : ids;
   if (batched.ndim !== 2) throw new InputError(`input ids must have shape [batch, tokens], got [${ids.shape}]`);
-  const m = mask ? (mask.ndim === 1 ? mask.unsqueeze(0) : mask).long() : Tensor.full(batched.shape, 1, "int64");
-  if (m.shape[0] !== batched.shape[0] || m.shape[1] !== batched.shape[1]) throw new InputError(`attention mask [${m.shape}] does not match ids [${batched.shape}]`);
-  return { ids: batched.long(), mask: m };
+  const [B, T] = batched.shape as [number, number];
+  const m = mask ? (mask.ndim === 1 ? mask.unsqueeze(0) : mask).long() : new Tensor("int64", new BigInt64Array(B * T).fill(1n), [B, T]);
+  if (m.shape[0] !== B || m.shape[1] !== T) throw new InputError(`attention mask [${m.shape}] does not match ids [${batched.shape}]`);
+  return { ids: batched.long(), mask: m, given: { ids: true, mask: mask !== undefined } };
 }

@@ -567,6 +567,18 @@ export class Interleaver implements ModuleHooks, Provider {
     this.checkpoint?.();
     this.checkEnding();
     const path = module.path;
+    if (this.idle()) {
+      // Nothing at all is asked, replaced or recorded (a trace that only runs the model, or the calls before its code
+      // asks for anything): the call is counted and run, no more; its number is found only if code asks meanwhile.
+      const direct = (this.entered.get(path) ?? 0) + 1;
+      this.entered.set(path, direct);
+      return Promise.resolve(forward(args)).then((out) => {
+        this.exited.set(path, direct);
+        if (!this.unwatched(path)) return this.returned(path, this.calls(this.entered, path) - 1, out);
+        this.checkEnding();
+        return out;
+      });
+    }
     const iteration = this.calls(this.entered, path);
     const direct = (this.entered.get(path) ?? 0) + 1;
     this.count(this.entered, path, direct);
@@ -583,6 +595,16 @@ export class Interleaver implements ModuleHooks, Provider {
       });
     }
     return this.callWatched(module, iteration, direct, args, forward);
+  }
+
+  /**
+   * Whether nothing at all is asked for, replaced, kept or recorded, and no gradients taken or replay counted: module
+   * calls need only be counted (see enter).
+   */
+  private idle(): boolean {
+    if (this.interest.size > 0 || this.kept.size > 0 || this.recorders.length > 0 || this.gradSources || this.journal) return false;
+    for (const m of this.mediators) if (m.requests.length > 0) return false;
+    return true;
   }
 
   /** Whether nothing asks for, replaces or records the values of the module at `path` now. */

@@ -360,12 +360,12 @@ export class LanguageModel<M extends CausalLM = any> extends Model<M, EnvoyTree<
     // same as there), with no round trip through lists.
     const T = batches[0]!.ids.shape[1]!;
     if (T > 0 && batches.every((b) => b.ids.shape[1] === T && isLeftPadded(b.mask))) {
-      // The run's own copies: one input is copied (its ids may be the caller's tensor), several are joined by cat
-      // (batches' ids and masks are int64).
-      const own = (t: Tensor) => new Tensor("int64", (t.data as BigInt64Array).slice(), t.shape);
+      // The run's own tensors: one input's as they are where toBatch made them, else copied (they may be the
+      // caller's), several joined by cat (batches' ids and masks are int64).
+      const own = (t: Tensor, given: boolean | undefined) => (given ? new Tensor("int64", (t.data as BigInt64Array).slice(), t.shape) : t);
       const one = batches.length === 1 ? batches[0]! : null;
-      const ids = one ? own(one.ids) : Tensor.cat(batches.map((b) => b.ids), 0);
-      const mask = one ? own(one.mask) : Tensor.cat(batches.map((b) => b.mask), 0);
+      const ids = one ? own(one.ids, one.given?.ids) : Tensor.cat(batches.map((b) => b.ids), 0);
+      const mask = one ? own(one.mask, one.given?.mask) : Tensor.cat(batches.map((b) => b.mask), 0);
       // One input's ids were checked against the model above; only the tokens a job may have are left.
       if (!one || maxInputTokens !== Infinity) checkInput(ids, this.model.config, extraTokens, maxInputTokens);
       return { args: [ids, mask], sizes: batches.map((b) => b.ids.shape[0]!) };

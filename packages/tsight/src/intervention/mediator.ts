@@ -130,7 +130,12 @@ export class Mediator {
    * before, at a first call: such a read is answered, so no error found later needs its line. Errors found at once
    * (out of order, past the end) are made here and get the line either way.
    */
-  read(path: string, kind: ValueKind, part: InputPart, origin: Origin): Promise<unknown> {
+  read(path: string, kind: ValueKind, part: InputPart, origin: Origin, point = false): Promise<unknown> {
+    if (point && kind === "input") {
+      // An operation point's input is its output (nn/points.ts): either may be asked first, as one value.
+      const value = this.read(path, "output", "all", origin);
+      return part === "first" ? value : value.then((v) => [v]);
+    }
     const at = this.iterationOf(path);
     const known = typeof origin === "function" && at.iteration === 0 && this.provider?.gaveBefore(path, kind) === true;
     const made = typeof origin === "function" && !known ? origin() : origin;
@@ -139,8 +144,13 @@ export class Mediator {
     return ValueRequest.read((resolve, reject) => this.submit({ op: "read", path, kind, part, ...at, origin: made instanceof Error ? made : undefined, resolve, reject }, made));
   }
 
-  write(path: string, kind: ValueKind, part: InputPart, value: unknown, origin: Origin): void {
+  write(path: string, kind: ValueKind, part: InputPart, value: unknown, origin: Origin, point = false): void {
     const made = typeof origin === "function" ? origin() : origin;
+    if (point && kind === "input") {
+      // An operation point's input is its output (see read): an edit of either is the same edit.
+      if (part === "all") value = pointArgument(path, value, made);
+      return this.write(path, "output", "all", value, made);
+    }
     if (value === undefined) {
       // Most often a value another invoke reads, assigned before that invoke has read it: invokes run in turn.
       throw new TraceError(
@@ -332,4 +342,17 @@ export function describe(path: string, kind: ValueKind, part: InputPart = "all")
 export function iterationNote(r: BaseRequest): string {
   const n = r.step + r.offset;
   return n ? ` (iteration ${n})` : "";
+}
+
+/**
+ * What assigning `.inputs` of an operation point means for its one value: a list of one value is that value, a
+ * function of the list becomes a function of the value (its list of one unwrapped).
+ */
+function pointArgument(path: string, value: unknown, origin: Error | undefined): unknown {
+  const one = (list: unknown): unknown => {
+    if (Array.isArray(list) && list.length === 1) return list[0];
+    throw new TraceError(`${path}.inputs is a list of one value (an operation point's input, the same value as its output); got ${Array.isArray(list) ? `a list of ${list.length}` : typeof list}`, origin);
+  };
+  if (typeof value === "function") return (v: unknown) => one((value as (args: unknown[]) => unknown)([v]));
+  return one(value);
 }

@@ -297,7 +297,7 @@ export class Model<M extends Module = Module, E = ModelEnvoy<M>, I = ModelArgs> 
       run.close();
       await run.execute(drive);
       // A trace function still running after the forward is waited for, within the stall timeout.
-      return { value: await (settled ? result : run.functionSettled(result)), output: await run.result };
+      return { value: await (settled ? result : run.functionSettled(result)), output: run.outputValue };
     });
   }
 }

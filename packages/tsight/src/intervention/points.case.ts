@@ -431,6 +431,50 @@ export const pointCases: TraceCase[] = [
     },
   },
   {
+    name: "a point's .input is its .output: read in either order, or as .inputs (a list of one), it is one value; an edit of .input or .inputs is that edit of .output",
+    async run(b) {
+      const read = await b.gpt2.trace(
+        PROMPT,
+        async (m: any) => {
+          const q = m.transformer.h[1].attn.source.q;
+          const out = await q.output;
+          const [input, inputs] = [await q.input, await q.inputs];
+          const pattern = m.transformer.h[1].attn.source.pattern;
+          return { out, input, inputs, patternIn: await pattern.input, patternOut: await pattern.output };
+        },
+        b.options(),
+      );
+      expect(maxAbsDiff(read.input as Tensor, read.out as Tensor)).toBe(0);
+      expect((read.inputs as Tensor[]).length).toBe(1);
+      expect(maxAbsDiff((read.inputs as Tensor[])[0]!, read.out as Tensor)).toBe(0);
+      expect(maxAbsDiff(read.patternIn as Tensor, read.patternOut as Tensor)).toBe(0);
+      // The same knockout of head 0's pattern written four ways: the logits agree to the bit.
+      const logits: Tensor[] = [];
+      for (const how of ["output", "input", "inputs", "inputs-fn"]) {
+        const out = await b.gpt2.trace(
+          PROMPT,
+          async (m: any, tr) => {
+            const pattern = m.transformer.h[1].attn.source.pattern;
+            const keep = tr.vars.keep as Tensor;
+            if (tr.vars.how === "output") pattern.output = (p: Tensor) => p.mul(keep);
+            else if (tr.vars.how === "input") pattern.input = (p: Tensor) => p.mul(keep);
+            else if (tr.vars.how === "inputs") pattern.inputs = [(await pattern.output).mul(keep)];
+            else pattern.inputs = ([p]: Tensor[]) => [p!.mul(keep)];
+            return (await m.lm_head.output) as Tensor;
+          },
+          b.options({ vars: { how, keep: tensor([0, 1, 1, 1]).reshape([1, 4, 1, 1]) } }),
+        );
+        logits.push(out as Tensor);
+      }
+      const plain = (await b.gpt2.trace(PROMPT, async (m) => (await m.lm_head.output) as Tensor, b.options())) as Tensor;
+      expect(maxAbsDiff(logits[0]!, plain)).toBeGreaterThan(1e-3);
+      for (const l of logits.slice(1)) expect(maxAbsDiff(l, logits[0]!)).toBe(0);
+      // A list of another length is refused at the assignment.
+      const e = await b.gpt2.trace(PROMPT, async (m: any) => void (m.transformer.h[1].attn.source.pattern.inputs = [1, 2]), b.options()).catch((x) => x);
+      expect(e.message).toMatch(/transformer\.h\.1\.attn\.source\.pattern\.inputs is a list of one value .*got a list of 2/);
+    },
+  },
+  {
     name: "gradients of the first values read (the graph's leaves, reached last: q, k, v and scores here) come in any order among themselves; after an earlier read, in reverse forward order; the same in each",
     async run(b) {
       const grads = (order: string[], earlier = false) =>

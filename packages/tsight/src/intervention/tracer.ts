@@ -253,10 +253,8 @@ export class TraceRun {
   private totalSteps: number | null = null;
   /** The last iteration a bounded tr.iter named. */
   private lastExpected = -1;
-  private readonly stepWaiters = new Map<number, ((total: number | null) => void)[]>();
-  private resolveResult!: (v: unknown) => void;
-  /** The run's output (see InvokeTracer.result). */
-  readonly result: Promise<unknown> = new Promise((r) => (this.resolveResult = r));
+  /** Invokes waiting for a step (tr.all), by step; made when one waits (a trace has none). */
+  private stepWaiters: Map<number, ((total: number | null) => void)[]> | null = null;
   readonly vars: Record<string, any>;
   readonly grad: boolean;
   readonly isolated: boolean;
@@ -265,10 +263,26 @@ export class TraceRun {
   private readonly checkpoint: (() => void) | undefined;
   private readonly onWarning: ((message: string) => void) | undefined;
 
-  /** Where tensors handed to invokes sit in the forward graph (grad traces). */
-  readonly gradSources = new WeakMap<Tensor, GradSource>();
+  /** Where tensors handed to invokes sit in the forward graph (grad traces; made for those alone). */
+  private sources: WeakMap<Tensor, GradSource> | null = null;
   /** Whether the run is a generation (its iterations are steps), known once it executes. */
   generation = false;
+
+  /** Where tensors handed to invokes sit in the forward graph (see `sources`). */
+  get gradSources(): WeakMap<Tensor, GradSource> {
+    return (this.sources ??= new WeakMap());
+  }
+
+  /** What the driver returned (undefined before it is done). */
+  get outputValue(): unknown {
+    return this.output?.value;
+  }
+
+  /** The run's output once the driver is done (see InvokeTracer.result, and `output`). */
+  get result(): Promise<unknown> {
+    const output = this.output;
+    return output ? Promise.resolve(output.value) : new Promise((resume, fail) => this.whenResult(resume, fail));
+  }
 
   constructor(
     readonly target: TraceTarget,
@@ -362,6 +376,7 @@ export class TraceRun {
   waitStep(k: number, resume: (total: number | null) => void): void {
     if (this.totalSteps !== null && k >= this.totalSteps) return resume(this.totalSteps);
     if (k <= this.step) return resume(null);
+    this.stepWaiters ??= new Map();
     const list = this.stepWaiters.get(k) ?? [];
     list.push(resume);
     this.stepWaiters.set(k, list);
@@ -378,9 +393,9 @@ export class TraceRun {
     this.step = k;
     const interleaver = this.interleaver!;
     interleaver.beginStep(k);
-    const waiting = this.stepWaiters.get(k);
+    const waiting = this.stepWaiters?.get(k);
     if (!waiting) return;
-    this.stepWaiters.delete(k);
+    this.stepWaiters!.delete(k);
     for (const w of waiting) w(null);
     // No promise where nothing is to wait for (see Interleaver.settle).
     const settling = interleaver.settle();
@@ -395,11 +410,12 @@ export class TraceRun {
   endSteps(total: number, output: unknown): Promise<void> | undefined {
     this.totalSteps = total;
     this.output = { value: output };
-    this.resolveResult(output);
     for (const w of this.resultWaiters.splice(0)) w.resume(output);
-    const waiting = [...this.stepWaiters.values()].flat();
-    this.stepWaiters.clear();
-    for (const w of waiting) w(total);
+    if (this.stepWaiters) {
+      const waiting = [...this.stepWaiters.values()].flat();
+      this.stepWaiters = null;
+      for (const w of waiting) w(total);
+    }
     return this.interleaver?.settle();
   }
 

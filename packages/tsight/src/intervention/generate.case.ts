@@ -447,9 +447,22 @@ export const generateCases: TraceCase[] = [
       expect(stopped.generated.toArray()).toEqual(plain.generated.narrow(1, 0, 2).toArray());
       expect(stopped.sequences.shape).toEqual([1, 5 + 2]);
       expect(stopped.text[0]).toBe(b.gpt2.tokenizer.decode(plain.generated.index(0).narrow(0, 0, 2).toArray()));
-      // Stopped in the prompt's pass, no token came: an error that says so.
-      const early = await b.gpt2.generate(PROMPT, { maxNewTokens: 6 }, async (_m, tr) => void tr.stop(), b.options()).catch((e) => e);
-      expect(early.message).toMatch(/stopped before it produced any token/);
+      // Stopped in the prompt's pass (before it, or after reading a value of it): no token, the prompt and the value.
+      for (const read of [false, true]) {
+        const early = await b.gpt2.generate(
+          PROMPT,
+          { maxNewTokens: 6 },
+          async (m, tr) => {
+            const shape = tr.vars.read ? ((await m.transformer.h[0].output) as Tensor).shape : null;
+            tr.stop(shape);
+          },
+          b.options({ vars: { read } }),
+        );
+        expect(early.value).toEqual(read ? [1, 5, 256] : null);
+        expect(early.generated.shape).toEqual([1, 0]);
+        expect(early.sequences.toArray()).toEqual(plain.sequences.narrow(1, 0, 5).toArray());
+        expect(early.text).toEqual([""]);
+      }
     },
   },
   {

@@ -530,7 +530,9 @@ export class TraceRun {
       let waited: Promise<void> | undefined;
       try {
         if ((waited = interleaver.settle())) await waited;
-        interleaver.checkEnding();
+        // A generation's driver meets an ending at its first step's first call, which ends it with the tokens of
+        // the steps before: none, for a stop made already (see GenerateOptions.endsEarly).
+        if (!drive.generation) interleaver.checkEnding();
         output = await drive(model, args, this);
       } catch (e) {
         if (!(e instanceof EndForward)) throw interleaver.explain(e);

@@ -36,7 +36,7 @@ export interface GenerateOptions extends SamplingOptions {
   beforeStep?: (step: number) => void | Promise<void>;
   /**
    * Whether an error thrown by a step (from beforeStep or the forward pass) ends the generation there, with the
-   * tokens of the steps before it, instead of failing it (an intervention's tr.stop()). Once no token came, it fails.
+   * tokens of the steps before it (none, at the prompt's step), instead of failing it (an intervention's tr.stop()).
    */
   endsEarly?: (error: unknown) => boolean;
 }
@@ -81,7 +81,7 @@ export async function generate(model: CausalLM, inputIds: Tensor, attentionMask:
       await options.beforeStep?.(step);
       ({ logits } = await model.call(next, { attentionMask: mask, cache, logitsToKeep: 1 }));
     } catch (e) {
-      if (step > 0 && options.endsEarly?.(e)) break;
+      if (options.endsEarly?.(e)) break;
       throw e;
     }
     const V = logits.shape[2]!;

@@ -12,6 +12,7 @@ import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { GPT2LMHeadModel } from "../../../tsight/src/models/index.js";
 import { ClientError, type RemoteError } from "../../../tsight/src/protocol/errors.js";
+import { toModelKey } from "../../../tsight/src/protocol/model-key.js";
 import { OptionsError } from "../../../tsight/src/intervention/index.js";
 import { HttpBackend } from "../../../tsight/src/client/http.js";
 import { RemoteJob } from "../../../tsight/src/client/job.js";
@@ -88,7 +89,11 @@ describe("remote like local", () => {
     const penalised = await local.generate("def __init__(self", settings);
     expect(penalised.text).not.toEqual((await local.generate("def __init__(self", { maxNewTokens: 12, minNewTokens: 12 })).text);
     expect((await lm.generate("def __init__(self", settings, remote)).text).toEqual(penalised.text);
-    await expect(lm.generate("x", { maxNewTokens: 2, repetitionPenalty: -1 }, remote)).rejects.toThrow(/"generate.repetitionPenalty" must be a number > 0, got -1/);
+    // A setting out of range is refused at the call, as in process (an OptionsError at the caller's line).
+    const refused = await lm.generate("x", { maxNewTokens: 2, repetitionPenalty: -1 }, remote).catch((e) => e);
+    expect(refused).toBeInstanceOf(OptionsError);
+    expect(refused.message).toMatch(/generate: repetitionPenalty must be a number > 0, got -1/);
+    expect(refused.userLine).toContain("remote-like-local.test.ts");
     // So do stop strings and returned sequences: the same rows as in process.
     const more = { maxNewTokens: 8, doSample: true, seed: 5, numReturnSequences: 3, stopStrings: ["\n"] };
     const sampled = await local.generate(["def f(x):", "import os"], more);
@@ -96,8 +101,20 @@ describe("remote like local", () => {
     const far = await lm.generate(["def f(x):", "import os"], more, remote);
     expect(far.generated.tolist()).toEqual(sampled.generated.tolist());
     expect(far.text).toEqual(sampled.text);
-    await expect(lm.generate("x", { maxNewTokens: 2, doSample: true, numReturnSequences: 5000 }, remote)).rejects.toThrow(/"generate.numReturnSequences" must be a whole number from 1 to 1024, got 5000/);
-    await expect(lm.generate("x", { maxNewTokens: 2, stopStrings: ["a".repeat(300)] }, remote)).rejects.toThrow(/"generate.stopStrings" must be a string or a list of at most 64/);
+    await expect(lm.generate("x", { maxNewTokens: 2, doSample: true, numReturnSequences: 5000 }, remote)).rejects.toThrow(/numReturnSequences must be a whole number from 1 to 1024, got 5000/);
+    await expect(lm.generate("x", { maxNewTokens: 2, stopStrings: ["a".repeat(300)] }, remote)).rejects.toThrow(/generate: stopStrings must be a string or a list of at most 64/);
+    // The server checks them itself (a client that does not): a VALIDATION error for the request.
+    const backend = new HttpBackend({ url: server.url, apiKey });
+    const raw = (generate: Record<string, unknown>) => backend.submit({ model: toModelKey("LanguageModel", "stdlib-gpt2", null), kind: "generate", form: "invoke", source: "async () => 1", input: "x", generate: { maxNewTokens: 2, ...generate } } as never).catch((e) => e);
+    for (const [generate, message] of [
+      [{ repetitionPenalty: -1 }, /"generate.repetitionPenalty" must be a number > 0, got -1/],
+      [{ doSample: true, numReturnSequences: 5000 }, /"generate.numReturnSequences" must be a whole number from 1 to 1024, got 5000/],
+      [{ stopStrings: ["a".repeat(300)] }, /"generate.stopStrings" must be a string or a list of at most 64/],
+    ] as const) {
+      const e = await raw(generate);
+      expect(e.code).toBe("VALIDATION");
+      expect(e.message).toMatch(message);
+    }
   });
 
   it("console.log in job code reaches the logs option, and the job's events when nobody waits", async () => {

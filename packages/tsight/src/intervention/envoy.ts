@@ -15,8 +15,8 @@ import type { Mediator } from "./mediator.js";
 /** What the envoy tree needs from its trace: the mediator its requests go to, and how to call a module. */
 export interface EnvoyContext {
   mediator: Mediator;
-  /** Runs a module outside the hooks (a direct call from intervention code). */
-  callDirect(module: Module, args: unknown[]): Promise<unknown>;
+  /** Runs a module outside the hooks (a direct call from intervention code made at `origin`). */
+  callDirect(module: Module, args: unknown[], origin: Error): Promise<unknown>;
   /** Alias name -> real child name, per module path (from `rename` at load time). */
   aliases: ReadonlyMap<string, ReadonlyMap<string, string>>;
 }
@@ -120,7 +120,9 @@ export class Envoy {
   /** Runs the module on `args` now, outside the forward pass (no hooks fire). */
   call(...args: unknown[]): Promise<any> {
     this.refuseAtPoint("call");
-    return this._ctx.callDirect(this._module, args);
+    // Where the user called it, for an error of the run (a module called with the wrong arguments): made now, as the
+    // run takes a later turn (a few µs, beside a module's run).
+    return this._ctx.callDirect(this._module, args, origin());
   }
 
   /** @internal child envoy by name (or alias), created on first use */

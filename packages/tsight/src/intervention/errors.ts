@@ -112,3 +112,17 @@ export function userFrame(stack: string | undefined): string | undefined {
   }
   return undefined;
 }
+
+/**
+ * `e`, raised below a call the user's code made (a module run directly from intervention code, which fails in a
+ * later turn), pointed at that call when its own stack has no line of the user's: `origin` is an Error made there.
+ */
+export function atCallersLine(e: unknown, origin: Error): unknown {
+  if (!(e instanceof Error) || userFrame(e.stack) !== undefined) return e;
+  const line = userFrame(origin.stack);
+  if (!line) return e;
+  e.message = `${e.message}\n    at ${line}`;
+  e.stack = `${e.name}: ${e.message}\n${origin.stack!.split("\n").slice(1).join("\n")}`;
+  (e as InterventionError).userLine = line;
+  return e;
+}

@@ -4,6 +4,7 @@
  */
 import type { Tokenizer } from "../hub/index.js";
 import { Tensor } from "../tensor/index.js";
+import { named, userFrame } from "./errors.js";
 
 /** Token ids, or an attention mask, as a tokenizer gives them: an int tensor, a list, or a list of lists. */
 export type IdsLike = Tensor | readonly number[] | readonly (readonly number[])[];
@@ -17,12 +18,30 @@ export interface Batch {
   given?: { ids: boolean; mask: boolean };
 }
 
-/** Model input that cannot be run: malformed, or too long for the model. Found before any compute. */
+/**
+ * Model input that cannot be run: malformed, or too long for the model. Found before any compute, in the caller's
+ * call (its stack, and `userLine`, point at the caller's line, as InterventionError's do).
+ */
 export class InputError extends TypeError {
   override readonly name = "InputError";
   readonly code = "VALIDATION";
   readonly retryable = false;
+  /** "file:line:column" of the user's code that gave the input, when it could be found. */
+  userLine?: string;
+  constructor(message: string) {
+    // Frames enough to reach the caller's line below the checks (made only when an input is refused).
+    const limit = Error.stackTraceLimit;
+    Error.stackTraceLimit = Math.max(limit, 32);
+    super(message);
+    Error.stackTraceLimit = limit;
+    this.userLine = userFrame(this.stack);
+    if (this.userLine) {
+      this.message = `${message}\n    at ${this.userLine}`;
+      if (this.stack) this.stack = this.stack.replace(message, this.message);
+    }
+  }
 }
+named(InputError, "InputError");
 
 /** What a model can take: its context length and vocabulary. */
 export interface InputLimits {

@@ -54,6 +54,29 @@ describe("LanguageModel", () => {
     expect(maxAbsDiff(a as Tensor, b as Tensor)).toBe(0);
   });
 
+  it("a bad input, a generation setting out of range and a module run directly with the wrong arguments are errors at the caller's line", async () => {
+    const lm = await LanguageModel.load("stdlib-gpt2");
+    const at = async (work: () => Promise<unknown>) => (await work().catch((e: Error) => e)) as Error & { userLine?: string };
+    const calls: [() => Promise<unknown>, string, RegExp][] = [
+      [() => lm.trace("", async () => 1), "InputError", /model input has an empty sequence/],
+      [() => lm.trace([[5, -1]], async () => 1), "InputError", /input_ids|token id -1 is not a non-negative integer/],
+      [() => lm.scan([[5, 1e9]], async () => 1), "InputError", /token id 1000000000 .* outside the model's vocabulary/],
+      [() => lm.generate("", { maxNewTokens: 2 }, async () => 1), "InputError", /model input has an empty sequence/],
+      [() => lm.generate("x", { maxNewTokens: -1 }), "OptionsError", /generate: maxNewTokens must be a non-negative integer, got -1/],
+      [() => lm.generate("x", { maxNewTokens: 2, doSample: true, topP: 2 }), "OptionsError", /generate: topP must be in \(0, 1\], got 2/],
+      [() => lm.generate("x", { maxNewTokens: 2, temperature: "hot" as never }), "OptionsError", /generate: temperature must be > 0, got hot/],
+      [() => lm.generate("x", { maxNewTokens: 2, numReturnSequences: 3 }, async () => 1), "OptionsError", /numReturnSequences of 3 needs sampling/],
+      [() => lm.generate(async () => 1, { maxNewTokens: 2, doSample: true, numReturnSequences: 3 }), "OptionsError", /numReturnSequences takes an input/],
+      [() => lm.trace("x", async (m) => await m.transformer.h[1].call(await m.transformer.h[0].output)), "ModuleCallError", /transformer\.h\.1\.attn/],
+    ];
+    for (const [work, name, message] of calls) {
+      const e = await at(work);
+      expect([e.name, e.message]).toEqual([name, expect.stringMatching(message)]);
+      expect(e.userLine, e.stack).toContain("language-model.test.ts");
+      expect(e.stack).toContain("language-model.test.ts");
+    }
+  });
+
   it("a trace or generation of a model started inside the intervention of a trace of it is refused at once, however deep in the awaited code; other models' and side-by-side traces run", async () => {
     const lm = await LanguageModel.load("stdlib-gpt2");
     const other = await LanguageModel.load("stdlib-gpt2");

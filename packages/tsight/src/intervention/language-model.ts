@@ -5,7 +5,7 @@
  */
 import type { WeightDType } from "../tensor/index.js";
 import { dispatchWeights, loadPretrained, type LoadedModel, type LoadOptions, type Tokenizer } from "../hub/index.js";
-import { ConfigError, generate, isSampling, type CausalLM, type GenerateOptions, type GenerateResult, type GPT2LMHeadModel, type LlamaForCausalLM, type RawConfig } from "../models/index.js";
+import { checkGenerateOptions, ConfigError, generate, isSampling, type CausalLM, type GenerateOptions, type GenerateResult, type GPT2LMHeadModel, type LlamaForCausalLM, type RawConfig } from "../models/index.js";
 import { Tensor } from "../tensor/index.js";
 import type { EnvoyTree } from "./envoy-types.js";
 import { TraceError } from "./errors.js";
@@ -13,7 +13,7 @@ import { EndForward } from "./interleaver.js";
 import { checkInput, checkTextLength, fromRows, InputError, toBatch, type ModelInput } from "./inputs.js";
 import { Model, type EditOptions } from "./model.js";
 import type { Rename } from "./rename.js";
-import type { Driver, InterventionFn, InvokeTracer, TraceRun, Tracer } from "./tracer.js";
+import type { Batched, Driver, InterventionFn, InvokeTracer, TraceRun, Tracer } from "./tracer.js";
 import { checkOptionNames, checkOptions, LOAD_OPTIONS, OptionsError, RUN_OPTIONS } from "./options.js";
 import { unawaitedReported } from "./watched.js";
 import { MAX_RETURN_SEQUENCES } from "../models/generate-bounds.js";
@@ -185,7 +185,10 @@ export class LanguageModel<M extends CausalLM = any> extends Model<M, EnvoyTree<
   override trace<R>(input: ModelInput, fn: InterventionFn<EnvoyTree<M>, R>, options?: TraceOptions): Promise<R>;
   override trace<R>(fn: TraceFn<M, R>, options?: TraceOptions): Promise<R>;
   override trace<R>(a: ModelInput | TraceFn<M, R>, b?: InterventionFn<EnvoyTree<M>, R> | TraceOptions, c?: TraceOptions): Promise<R> {
-    return this.calling("trace", [a, b, c], () => this.withWeights(() => this.run<R>(a, b, c, forward)).then((r) => r.value));
+    return this.calling("trace", [a, b, c], () => {
+      const batched = this.inputBatch(a, undefined, c);
+      return this.withWeights(() => this.run<R>(a, b, c, forward, batched)).then((r) => r.value);
+    });
   }
 
   /**
@@ -195,7 +198,16 @@ export class LanguageModel<M extends CausalLM = any> extends Model<M, EnvoyTree<
   override scan<R>(input: ModelInput, fn: InterventionFn<EnvoyTree<M>, R>, options?: TraceOptions): Promise<R>;
   override scan<R>(fn: TraceFn<M, R>, options?: TraceOptions): Promise<R>;
   override scan<R>(a: ModelInput | TraceFn<M, R>, b?: InterventionFn<EnvoyTree<M>, R> | TraceOptions, c?: TraceOptions): Promise<R> {
-    return this.calling("scan", [a, b, c], () => this.run<R>(a, b, c, metaForward).then((r) => r.value));
+    return this.calling("scan", [a, b, c], () => this.run<R>(a, b, c, metaForward, this.inputBatch(a, undefined, c)).then((r) => r.value));
+  }
+
+  /**
+   * The batch of a call's input (none for a trace function, whose invokes give theirs), made in the caller's call
+   * rather than when the run starts: a bad input is an InputError at the caller's line.
+   */
+  private inputBatch(a: unknown, extraTokens: number | undefined, options: unknown): Batched | undefined {
+    if (typeof a === "function") return undefined;
+    return this.batchFor([a], extraTokens, (options as TraceOptions | undefined)?.maxInputTokens ?? Infinity);
   }
 
   /** Runs several traces as one unit; locally they share values through ordinary variables. */
@@ -212,24 +224,33 @@ export class LanguageModel<M extends CausalLM = any> extends Model<M, EnvoyTree<
   generate<R>(input: ModelInput, options: GenerateCall, fn: InterventionFn<EnvoyTree<M>, R>, traceOptions?: TraceOptions): Promise<GenerateOutput & { value: R }>;
   generate<R>(fn: TraceFn<M, R>, options: GenerateCall, traceOptions?: TraceOptions): Promise<GenerateOutput & { value: R }>;
   generate<R>(a: ModelInput | TraceFn<M, R>, options: GenerateCall, fn?: InterventionFn<EnvoyTree<M>, R> | TraceOptions, traceOptions?: TraceOptions): Promise<GenerateOutput & { value?: R }> {
-    return this.calling("generate", [a, options, fn, traceOptions], () => this.withWeights(() => this.generateHere(a, options, fn, traceOptions)));
+    return this.calling("generate", [a, options, fn, traceOptions], () => {
+      // Without an intervention or edits, the prompt's rows go to the generation as they are (no repadding).
+      const plain = typeof a !== "function" && typeof fn !== "function" && this.edits.length === 0;
+      const batched = typeof a === "function" ? undefined : this.generationBatch(a, options, plain, (typeof fn === "function" ? traceOptions : fn)?.maxInputTokens ?? Infinity);
+      return this.withWeights(() => (plain ? this.exclusive(() => this.plainGenerate(batched!, options)) : this.generateHere(a, options, fn, traceOptions, batched)));
+    });
+  }
+
+  /**
+   * The batch of generate's input, its rows repeated for numReturnSequences: made in the caller's call (a bad input
+   * fails at the caller's line).
+   */
+  private generationBatch(input: ModelInput, options: GenerateCall, plain: boolean, maxInputTokens: number): Batched {
+    if (options.numReturnSequences !== undefined && options.numReturnSequences !== 1) input = repeatRows(input, this.tokenizer, options, maxInputTokens);
+    if (!plain) return this.batchFor([input], options.maxNewTokens, maxInputTokens);
+    const batch = toBatch(input, this.tokenizer);
+    checkInput(batch.ids, this.model.config, options.maxNewTokens);
+    return { args: [batch.ids, batch.mask], sizes: [batch.ids.shape[0]!] };
   }
 
   private async generateHere<R>(
     a: ModelInput | TraceFn<M, R>,
     options: GenerateCall,
-    fn?: InterventionFn<EnvoyTree<M>, R> | TraceOptions,
-    traceOptions?: TraceOptions,
+    fn: InterventionFn<EnvoyTree<M>, R> | TraceOptions | undefined,
+    traceOptions: TraceOptions | undefined,
+    batched: Batched | undefined,
   ): Promise<GenerateOutput & { value?: R }> {
-    if (options.numReturnSequences !== undefined && options.numReturnSequences !== 1) {
-      if (typeof a === "function") throw new OptionsError("generate: numReturnSequences takes an input, generate(input, { numReturnSequences, ... }, fn); in a trace function, give each invoke its input repeated");
-      a = repeatRows(a, this.tokenizer, options, (typeof fn === "function" ? traceOptions : fn)?.maxInputTokens ?? Infinity);
-    }
-    if (typeof a !== "function" && typeof fn !== "function" && this.edits.length === 0) {
-      const batch = toBatch(a, this.tokenizer);
-      checkInput(batch.ids, this.model.config, options.maxNewTokens);
-      return this.exclusive(() => this.plainGenerate(batch, options));
-    }
     const drive: Driver = Object.assign(
       (_model: unknown, [ids, mask]: unknown[], run: TraceRun) =>
         generate(this.model, ids as Tensor, mask as Tensor, {
@@ -244,8 +265,8 @@ export class LanguageModel<M extends CausalLM = any> extends Model<M, EnvoyTree<
       typeof a === "function"
         ? await this.run(a, fn as TraceOptions | undefined, undefined, drive)
         : typeof fn === "function"
-          ? await this.run(a, fn, traceOptions, drive)
-          : await this.run(a, async () => undefined, undefined, drive);
+          ? await this.run(a, fn, traceOptions, drive, batched)
+          : await this.run(a, async () => undefined, undefined, drive, batched);
     const result = output as GenerateResult | undefined;
     if (!result) throw new TraceError("the generation was stopped before it produced any token; use trace() to stop a forward pass early");
     return { ...this.decodeResult(result), value: value as R };
@@ -264,8 +285,8 @@ export class LanguageModel<M extends CausalLM = any> extends Model<M, EnvoyTree<
     return { sequences: result.sequences, generated: result.generated, text };
   }
 
-  private async plainGenerate({ ids, mask }: { ids: Tensor; mask: Tensor }, options: GenerateCall): Promise<GenerateOutput> {
-    return this.decodeResult(await generate(this.model, ids, mask, this.streaming(options, ids.shape[0]!)));
+  private async plainGenerate({ args: [ids, mask] }: Batched, options: GenerateCall): Promise<GenerateOutput> {
+    return this.decodeResult(await generate(this.model, ids as Tensor, mask as Tensor, this.streaming(options, (ids as Tensor).shape[0]!)));
   }
 
   /** Generation settings with the model's defaults, and onToken turned into per-row streamed text. */
@@ -310,6 +331,7 @@ export class LanguageModel<M extends CausalLM = any> extends Model<M, EnvoyTree<
         throw new OptionsError(`generate(input, options, ...): the generation options are missing; call generate(input, { maxNewTokens: 8 }), with an intervention generate(input, { maxNewTokens: 8 }, async (m, tr) => ...)`);
       }
       checkOptions(b, "generation", run);
+      checkGeneration(b as GenerateCall, typeof a === "function");
       if (typeof a === "function" || typeof c !== "function") {
         if (d !== undefined) throw new OptionsError("generate: too many arguments; with an intervention, call generate(input, { maxNewTokens: 8 }, async (m, tr) => ..., options)");
         return checkOptions(c, "generate-run", run);
@@ -348,7 +370,7 @@ export class LanguageModel<M extends CausalLM = any> extends Model<M, EnvoyTree<
   }
 
   /** Token ids of the invokes' inputs, each stripped of its padding and all left-padded to one length: [ids, mask]. */
-  protected override batchFor(inputs: readonly unknown[], extraTokens: number | undefined, maxInputTokens: number): { args: unknown[]; sizes: number[] } {
+  protected override batchFor(inputs: readonly unknown[], extraTokens: number | undefined, maxInputTokens: number): Batched {
     for (const input of inputs) checkTextLength(input, maxInputTokens);
     const batches = inputs.map((input) => {
       const b = toBatch(input as ModelInput, this.tokenizer);
@@ -385,14 +407,30 @@ export class LanguageModel<M extends CausalLM = any> extends Model<M, EnvoyTree<
 }
 
 /**
+ * generate's settings, checked at the call (an OptionsError at the caller's line) rather than once it runs:
+ * the ranges generate checks, and numReturnSequences (sampling only, with an input, within the bound).
+ */
+function checkGeneration(options: GenerateCall, traceFunction: boolean): void {
+  try {
+    checkGenerateOptions(options);
+  } catch (e) {
+    throw e instanceof RangeError ? new OptionsError(`generate: ${e.message}`) : e;
+  }
+  const n = options.numReturnSequences;
+  if (n === undefined) return;
+  if (!(Number.isInteger(n) && n >= 1 && n <= MAX_RETURN_SEQUENCES)) throw new OptionsError(`numReturnSequences must be a whole number from 1 to ${MAX_RETURN_SEQUENCES}, got ${String(n).slice(0, 40)}`);
+  if (n === 1) return;
+  if (!isSampling(options)) throw new OptionsError(`numReturnSequences of ${n} needs sampling (doSample: true): greedy generation would return ${n} copies of one continuation (Hugging Face refuses it too)`);
+  if (traceFunction) throw new OptionsError("generate: numReturnSequences takes an input, generate(input, { numReturnSequences, ... }, fn); in a trace function, give each invoke its input repeated");
+}
+
+/**
  * `input`'s rows each repeated `numReturnSequences` times in a row (torch's repeat_interleave, as Hugging Face's
- * generate expands them), checked first: sampling only, within the bound, and within `maxInputTokens` once
- * repeated (before the copies are made).
+ * generate expands them; its value checked at the call), within `maxInputTokens` once repeated (checked before the
+ * copies are made).
  */
 function repeatRows(input: ModelInput, tokenizer: Tokenizer, options: GenerateCall, maxInputTokens: number): ModelInput {
   const n = options.numReturnSequences;
-  if (!(Number.isInteger(n) && n! >= 1 && n! <= MAX_RETURN_SEQUENCES)) throw new RangeError(`numReturnSequences must be a whole number from 1 to ${MAX_RETURN_SEQUENCES}, got ${String(n).slice(0, 40)}`);
-  if (!isSampling(options)) throw new RangeError(`numReturnSequences of ${n} needs sampling (doSample: true): greedy generation would return ${n} copies of one continuation (Hugging Face refuses it too)`);
   checkTextLength(input, maxInputTokens);
   const { ids, mask } = toBatch(input, tokenizer);
   const [B, T] = ids.shape as [number, number];

@@ -17,7 +17,7 @@ import type { AnyEnvoy, EnvoyOf } from "./envoy-types.js";
 import { TraceError } from "./errors.js";
 import { buildAliases, type Rename } from "./rename.js";
 import { checkOptionNames, checkOptions, OptionsError } from "./options.js";
-import { Tracer, TraceRun, type Driver, type InterventionFn, type RunOptions, type TraceTarget } from "./tracer.js";
+import { Tracer, TraceRun, type Batched, type Driver, type InterventionFn, type RunOptions, type TraceTarget } from "./tracer.js";
 import { unawaitedReported } from "./watched.js";
 
 /** The envoy tree of a module class: typed from its fields; open (any name) for the abstract Module. */
@@ -192,7 +192,7 @@ export class Model<M extends Module = Module, E = ModelEnvoy<M>, I = ModelArgs> 
    * arguments must be equal in every invoke. A language model batches token ids instead (and checks token counts
    * against `extraTokens` and `maxInputTokens`).
    */
-  protected batchFor(inputs: readonly unknown[], _extraTokens: number | undefined, _maxInputTokens: number): { args: unknown[]; sizes: number[] } {
+  protected batchFor(inputs: readonly unknown[], _extraTokens: number | undefined, _maxInputTokens: number): Batched {
     const lists = inputs.map((input, i) => {
       const args = input instanceof Tensor ? [input] : Array.isArray(input) ? (input as unknown[]) : null;
       if (!args || args.length === 0) throw new TraceError(`invoke ${i}: a Model's input is its forward's tensor argument, or an array of its arguments`);
@@ -276,12 +276,12 @@ export class Model<M extends Module = Module, E = ModelEnvoy<M>, I = ModelArgs> 
   }
 
   /** Runs one trace (an input and its intervention, or a trace function making invokes) with `drive`. */
-  protected run<R>(a: unknown, b: unknown, c: RunOptionsLike | undefined, drive: Driver): Promise<{ value: R; output: unknown }> {
+  protected run<R>(a: unknown, b: unknown, c: RunOptionsLike | undefined, drive: Driver, batched?: Batched): Promise<{ value: R; output: unknown }> {
     return this.exclusive(async () => {
       const traceFunction = typeof a === "function";
       if (traceFunction && typeof b === "function") throw new TraceError("trace(fn) takes one function; to trace an input use trace(input, fn)");
       if (!traceFunction && typeof b !== "function") throw new TraceError("trace(input, fn): the intervention function is missing");
-      const run = new TraceRun(this.target(), runOptions((traceFunction ? b : c) as RunOptionsLike | undefined));
+      const run = new TraceRun(this.target(), runOptions((traceFunction ? b : c) as RunOptionsLike | undefined), batched);
       noteLive(this.tree.model.tree, run.id);
       const tracer = traceFunction ? new Tracer(run) : undefined;
       // A trace function runs named as an invoke's code is (see context.ts): a trace of this model started in it is

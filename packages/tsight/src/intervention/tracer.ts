@@ -15,7 +15,7 @@ import { Tensor } from "../tensor/index.js";
 import { GradScope, type GradSource } from "./backward.js";
 import { Cache, modulePaths, pointHolderPaths, pointPaths, type CacheOptions, type NavigableCache } from "./cache.js";
 import { envoyFor, type EnvoyContext } from "./envoy.js";
-import { EarlyStop, InterventionError, LeftPassError, StallError, TraceError } from "./errors.js";
+import { atCallersLine, EarlyStop, InterventionError, LeftPassError, StallError, TraceError } from "./errors.js";
 import type { ModelInput } from "./inputs.js";
 import { editCode, invokeInStack, liveRun, newRunId, queuedBehind, runInInvoke } from "./context.js";
 import { EndForward, Interleaver } from "./interleaver.js";
@@ -187,7 +187,13 @@ export interface TraceTarget {
    * Makes one batch of the invokes' inputs (in order): the driver's arguments, and how many rows (along the first
    * axis) each input has. `extraTokens` and `maxInputTokens` are a language model's bounds.
    */
-  batch(inputs: readonly unknown[], extraTokens: number | undefined, maxInputTokens: number): { args: unknown[]; sizes: number[] };
+  batch(inputs: readonly unknown[], extraTokens: number | undefined, maxInputTokens: number): Batched;
+}
+
+/** The driver's arguments, and how many rows (along the first axis) each invoke's input has. */
+export interface Batched {
+  args: unknown[];
+  sizes: number[];
 }
 
 /**
@@ -287,6 +293,8 @@ export class TraceRun {
   constructor(
     readonly target: TraceTarget,
     options: RunOptions = {},
+    /** Its one invoke's input as a batch, made already (see LanguageModel's inputBatch). */
+    private readonly batched?: Batched,
   ) {
     this.vars = options.vars ?? {};
     this.grad = options.grad === true;
@@ -468,7 +476,7 @@ export class TraceRun {
     }
     const withInput = this.invokes.filter((inv) => inv.input !== undefined);
     if (withInput.length === 0) throw new TraceError("no invoke has an input: at least one tr.invoke(input, fn) is needed to make a batch");
-    const { args, sizes } = this.target.batch(
+    const { args, sizes } = this.batched ?? this.target.batch(
       withInput.map((inv) => inv.input),
       drive.extraTokens,
       this.maxInputTokens,
@@ -507,13 +515,15 @@ export class TraceRun {
     const context = (mediator: Mediator): EnvoyContext => ({
       mediator,
       aliases: this.target.aliases,
-      callDirect: (module: Module, args: unknown[]) =>
+      callDirect: (module: Module, args: unknown[], origin: Error) =>
         this.watch(
           mediator,
           (async () => {
             interleaver.bypass++;
             try {
               return await sideCall(module, args, mediator.rows);
+            } catch (e) {
+              throw atCallersLine(e, origin);
             } finally {
               interleaver.bypass--;
             }

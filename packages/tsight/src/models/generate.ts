@@ -54,13 +54,22 @@ function asList(v: number | number[] | null | undefined): number[] {
   return v === null || v === undefined ? [] : Array.isArray(v) ? v : [v];
 }
 
-export async function generate(model: CausalLM, inputIds: Tensor, attentionMask: Tensor | undefined, options: GenerateOptions): Promise<GenerateResult> {
-  if (!Number.isInteger(options.maxNewTokens) || options.maxNewTokens < 0) throw new RangeError(`maxNewTokens must be a non-negative integer, got ${options.maxNewTokens}`);
+/**
+ * Checks generation settings as generate does before it runs (one out of its range is a RangeError; a LanguageModel
+ * checks them at the call, as an OptionsError at the caller's line), and gives the stop strings as a list.
+ */
+export function checkGenerateOptions(options: Pick<GenerateOptions, "maxNewTokens" | "repetitionPenalty" | "minNewTokens" | "stopStrings"> & SamplingOptions): string[] {
+  if (!Number.isInteger(options.maxNewTokens) || options.maxNewTokens < 0) throw new RangeError(`maxNewTokens must be a non-negative integer, got ${String(options.maxNewTokens).slice(0, 40)}`);
   validateSampling(options);
   const { repetitionPenalty, minNewTokens = 0 } = options;
   if (repetitionPenalty !== undefined && !(typeof repetitionPenalty === "number" && repetitionPenalty > 0 && Number.isFinite(repetitionPenalty))) throw new RangeError(`repetitionPenalty must be a number > 0, got ${String(repetitionPenalty).slice(0, 40)}`);
   if (!Number.isInteger(minNewTokens) || minNewTokens < 0) throw new RangeError(`minNewTokens must be a non-negative integer, got ${String(minNewTokens).slice(0, 40)}`);
-  const stops = checkStopStrings(options.stopStrings);
+  return checkStopStrings(options.stopStrings);
+}
+
+export async function generate(model: CausalLM, inputIds: Tensor, attentionMask: Tensor | undefined, options: GenerateOptions): Promise<GenerateResult> {
+  const stops = checkGenerateOptions(options);
+  const { repetitionPenalty, minNewTokens = 0 } = options;
   if (stops.length && !options.decode) throw new TypeError("stopStrings needs the tokenizer's text of the tokens: generate through a LanguageModel with a tokenizer");
   const [B, T] = inputIds.shape as [number, number];
   const eos = asList(options.eosTokenId === undefined ? model.config.eosTokenId : options.eosTokenId);

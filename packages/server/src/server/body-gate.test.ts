@@ -127,11 +127,12 @@ describe("request bodies in flight", () => {
     const slow = [upload(server, a, ENVELOPE_TYPE, MiB, 40 * KiB), upload(server, b, ENVELOPE_TYPE, MiB, 40 * KiB)];
     expect(await untilBytes(server, a, 2 * (40 * KiB + headroom))).toEqual({ bodies: 2, bytes: 2 * (40 * KiB + headroom) });
     expect((await submit(server, c)).status).toBe(202);
-    // Bodies that come in count what came, up to their length: two of 1 MiB nearly all sent count 1 MiB each.
-    const sent = [upload(server, c, ENVELOPE_TYPE, MiB, 900 * KiB), upload(server, d, ENVELOPE_TYPE, MiB, 900 * KiB)];
-    const filled = 2 * (40 * KiB + headroom) + 2 * MiB;
+    // Bodies that come in count what came and the headroom, up to their length: two of 1 MiB with 800 KiB sent.
+    const sent = [upload(server, c, ENVELOPE_TYPE, MiB, 800 * KiB), upload(server, d, ENVELOPE_TYPE, MiB, 800 * KiB)];
+    const filled = 2 * (40 * KiB + headroom) + 2 * (800 * KiB + headroom);
     expect(await untilBytes(server, a, filled)).toEqual({ bodies: 4, bytes: filled });
-    // What is left (under a headroom) takes no body of 64 KiB or more: refused before it sends a byte.
+    // What is left to large bodies (under a headroom, the small bodies' reserve of a sixteenth aside) takes no body of
+    // 64 KiB or more: refused before it sends a byte.
     const refused = await upload(server, a, ENVELOPE_TYPE, MiB).answer;
     expect(refused.status).toBe(503);
     expect(refused.headers["retry-after"]).toBe("1");
@@ -149,6 +150,22 @@ describe("request bodies in flight", () => {
     const chunked = upload(server, d, "application/json", "chunked", 10);
     expect(await untilInFlight(server, a, 3)).toEqual({ bodies: 3, bytes: 2 * MiB + 64 * KiB });
     for (const u of [...big, late, chunked]) u.end();
+    expect(await untilInFlight(server, a, 0)).toEqual({ bodies: 0, bytes: 0 });
+  });
+
+  it("keeps a sixteenth of the bound for small bodies: large ones held all but their last byte cannot keep a plain job out (the one that would fill it is refused, 503)", async () => {
+    const { server, a, b } = s;
+    const c = server.keys.create("c2").key;
+    // 1 MiB + 1 MiB + 512 KiB is the whole bound: held one byte short, they kept every key's submissions out.
+    const held = [upload(server, a, ENVELOPE_TYPE, MiB, MiB - 1), upload(server, b, ENVELOPE_TYPE, MiB, MiB - 1)];
+    await untilBytes(server, a, 2 * MiB);
+    const third = upload(server, c, ENVELOPE_TYPE, 512 * KiB, 512 * KiB - 1);
+    const refused = await third.answer;
+    expect(refused.status).toBe(503);
+    expect(refused.body.error.message).toMatch(/as many bytes of request bodies as it holds at once/);
+    // A plain job's JSON gets in, from any key.
+    for (const key of [a, b, c]) expect((await submit(server, key)).status).toBe(202);
+    for (const u of [...held, third]) u.end();
     expect(await untilInFlight(server, a, 0)).toEqual({ bodies: 0, bytes: 0 });
   });
 

@@ -6,7 +6,10 @@
  * body counts the bytes that came in so far and a headroom (a sixteenth of `bytesInFlight`, at most 1 MiB) for those on their way, at most its Content-Length (or
  * its limit, chunked), until it is parsed: a body with no room for its headroom is refused before any of it is read, one
  * that outgrows the room left while it comes in is refused then. Counted by its declared length alone, two keys'
- * bodies trickling in a byte at a time kept every other key's jobs out (503) until they timed out.
+ * bodies trickling in a byte at a time kept every other key's jobs out (503) until they timed out. Bodies of 64 KiB
+ * or more leave a reserve (a sixteenth of `bytesInFlight`, at most 16 MiB) to the small ones, a plain job's JSON:
+ * without it, two keys sending large bodies all but their last byte and holding them filled the bound, and every
+ * key's submissions were refused (503) until the bodies timed out.
  */
 import { ApiError } from "./api-error.js";
 import { parseBody, type Admitted, type BodyLimits, type ParsedBody } from "./body.js";
@@ -28,6 +31,8 @@ const SMALL_BODY_BYTES = 64 * 1024;
 const BODIES_PER_KEY = 32;
 /** The most a body counts beyond the bytes that came (see the header). */
 const MAX_HEADROOM = 1024 * 1024;
+/** The most bytes kept for small bodies alone (see the header). */
+const MAX_SMALL_RESERVE = 16 * 1024 * 1024;
 
 export class BodyGate {
   /** Bodies of SMALL_BODY_BYTES or more being read, by API key id. */
@@ -59,6 +64,12 @@ export class BodyGate {
     return Math.min(MAX_HEADROOM, Math.floor(this.limits.bytesInFlight / 16));
   }
 
+  /** Bytes bodies of SMALL_BODY_BYTES or more leave to smaller ones (see the header); a body of the largest size still fits. */
+  private get smallReserve(): number {
+    const { bytesInFlight, maxBytes } = this.limits;
+    return Math.max(0, Math.min(MAX_SMALL_RESERVE, Math.floor(bytesInFlight / 16), bytesInFlight - maxBytes));
+  }
+
   /** Says nothing of what other keys send: only that the server is full. */
   private full(): ApiError {
     return new ApiError(503, "UNAVAILABLE", `the server is taking in as many bytes of request bodies as it holds at once (${this.limits.bytesInFlight}); send this one again shortly`, { retryable: true, headers: { "retry-after": "1" } });
@@ -82,8 +93,9 @@ export class BodyGate {
       any();
     };
     const charge = (received: number) => Math.min(bytes, received + this.headroom);
+    const room = bytes < SMALL_BODY_BYTES ? this.limits.bytesInFlight : this.limits.bytesInFlight - this.smallReserve;
     let held = charge(0);
-    if (this.bytes + held > this.limits.bytesInFlight) {
+    if (this.bytes + held > room) {
       release();
       throw this.full();
     }
@@ -94,7 +106,7 @@ export class BodyGate {
       received: (n) => {
         const more = charge(n) - held;
         if (more <= 0) return;
-        if (this.bytes + more > this.limits.bytesInFlight) throw this.full();
+        if (this.bytes + more > room) throw this.full();
         this.bytes += more;
         held += more;
       },

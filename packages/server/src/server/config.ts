@@ -50,6 +50,11 @@ export interface ServerConfig {
   maxBodyBytesInFlight: number;
   /** How long a request body may take to come in, from when it is let in; then 408, and what came is let go. */
   bodyTimeoutMs: number;
+  /**
+   * How long a result download may go without its reader taking any of it; then its connection is closed and the
+   * result it held let go (a client that opened downloads and stopped reading held their results for good).
+   */
+  downloadStallMs: number;
   /** Largest result (envelope bytes) kept; a larger one ends the job with MEMORY. */
   /** Bytes of results one API key may have kept on the server at once; past them its jobs are refused (429). */
   maxStoredResultBytesPerKey: number;
@@ -144,6 +149,7 @@ export function resolveConfig(options: Partial<ServerConfig> = {}): ServerConfig
     maxBodiesPerKey: 2,
     maxBodyBytesInFlight: 4 * (defined.maxBodyBytes ?? 64 * MiB),
     bodyTimeoutMs: 60_000,
+    downloadStallMs: 30_000,
     maxResultBytes: 256 * MiB,
     maxStoredResultBytesPerKey: 4 * 1024 * MiB,
     maxActiveJobsPerKey: 8,
@@ -170,7 +176,7 @@ export function resolveConfig(options: Partial<ServerConfig> = {}): ServerConfig
   for (const k of ["jobTimeoutMs", "memoryLimitBytes", "resultRetentionMs", "maxBodyBytes", "maxResultBytes", "maxStoredResultBytesPerKey", "maxActiveJobsPerKey", "brokeThreadQuarantineMs", "maxEventsPerJob", "maxEventBytesPerJob", "batchStallMs", "maxInputTokens", "stopGraceMs", "localStepTimeoutMs", "localDisconnectGraceMs", "webhookTimeoutMs", "webhookRetryDelayMs", "sweepIntervalMs", "heartbeatMs"] as const) {
     if (!(Number.isFinite(config[k]) && config[k] > 0)) throw new RangeError(`server setting ${k} must be a positive number, got ${config[k]}`);
   }
-  for (const k of ["maxJsonBytes", "maxBodyBytesInFlight", "bodyTimeoutMs"] as const) {
+  for (const k of ["maxJsonBytes", "maxBodyBytesInFlight", "bodyTimeoutMs", "downloadStallMs"] as const) {
     if (!(Number.isFinite(config[k]) && config[k] > 0)) throw new RangeError(`server setting ${k} must be a positive number, got ${config[k]}`);
   }
   if (!(Number.isInteger(config.maxBodiesPerKey) && config.maxBodiesPerKey >= 1)) throw new RangeError(`server setting maxBodiesPerKey must be a whole number of 1 or more, got ${config.maxBodiesPerKey}`);

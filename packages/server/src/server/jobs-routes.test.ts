@@ -234,4 +234,64 @@ describe("open responses per key", () => {
       await running.close();
     }
   });
+
+  it("a download its reader stops reading is cut off after downloadStallMs: the server closes it and gives its place back; one read on goes to its end", async () => {
+    const running = await startServer({ port: 0, dataDir: await tempDir(), models: ["stdlib-gpt2"], downloadStallMs: 400, log: () => undefined });
+    try {
+      const key = running.keys.create("staller").key;
+      const own = new HttpBackend({ url: running.url, apiKey: key });
+      // A 32 MiB result: more than a socket's buffers take.
+      const big = await own.submit({ model: GPT2, kind: "trace", form: "invoke", input: [1, 2, 3], source: "async (m) => ones([8388608])" });
+      let state = await big.status();
+      for (; !["COMPLETED", "ERROR", "CANCELLED"].includes(state.status); state = await big.status()) await new Promise((r) => setTimeout(r, 50));
+      const path = `/v1/jobs/${big.id}/result`;
+      const headers = { "tsight-protocol": "1", authorization: `Bearer ${key}` };
+      const opened = await Promise.all(Array.from({ length: 4 }, () => unread(running.url, path, key)));
+      const started = Date.now();
+      const fifth = await fetch(`${running.url}${path}`, { headers });
+      expect(fifth.status).toBe(429);
+      await fifth.body?.cancel();
+      // Once nothing moved for 0.4 s the server closes them and gives their places back (these sockets never end).
+      let again: Response | undefined;
+      for (let i = 0; i < 200 && again?.status !== 200; i++) {
+        await new Promise((r) => setTimeout(r, 50));
+        again = await fetch(`${running.url}${path}`, { headers });
+        if (again.status !== 200) await again.body?.cancel();
+      }
+      expect(again?.status).toBe(200);
+      expect(Date.now() - started).toBeGreaterThanOrEqual(350);
+      await again!.arrayBuffer();
+      // Read on, each stalled download ends short of the result: it was cut off.
+      const got = await Promise.all(
+        opened.map(
+          (o) =>
+            new Promise<number>((resolve) => {
+              let bytes = 0;
+              o.socket.on("data", (d: Buffer) => void (bytes += d.byteLength));
+              o.socket.once("close", () => resolve(bytes));
+              o.socket.on("error", () => undefined);
+              o.socket.resume();
+            }),
+        ),
+      );
+      for (const bytes of got) expect(bytes).toBeLessThan(32 * 1024 * 1024);
+      // Four more downloads, read to the end (slowly: the timeout would have fired many times over).
+      const whole = await Promise.all(
+        Array.from({ length: 4 }, async () => {
+          const res = await fetch(`${running.url}${path}`, { headers });
+          const reader = res.body!.getReader();
+          let bytes = 0;
+          for (let chunk = await reader.read(); !chunk.done; chunk = await reader.read()) {
+            bytes += chunk.value.byteLength;
+            await new Promise((r) => setTimeout(r, 1));
+          }
+          return [res.status, bytes];
+        }),
+      );
+      for (const [status, bytes] of whole) expect([status, bytes]).toEqual([200, expect.any(Number)]);
+      expect(whole.every(([, bytes]) => bytes! > 32 * 1024 * 1024)).toBe(true);
+    } finally {
+      await running.close();
+    }
+  });
 });

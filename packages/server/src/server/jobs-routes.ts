@@ -134,6 +134,8 @@ export function jobsRoutes(app: Hono<AppEnv>, deps: AppDeps): void {
         await store.markResultExpired(id);
         throw new ApiError(410, "NOT_ALLOWED", `the result of job ${id} is no longer stored: it was removed before it was due to expire at ${new Date(job.expires!).toISOString()}`);
       }
+      // Cut off when its reader stops taking it (what it holds is let go); the time to read it is not the reader's.
+      cutWhenStalled(c.env, config.downloadStallMs);
       return new Response(bytes, { headers: { "content-type": ENVELOPE_TYPE, "content-length": String(bytes.byteLength), "cache-control": "no-store" } });
     });
   });
@@ -173,3 +175,24 @@ export const MAX_EVENT_STREAMS_PER_KEY = 16;
 export const STREAM_BURST_LOGS = 4;
 /** Result downloads one key may have in flight at once (a result is at most maxResultBytes). */
 export const MAX_DOWNLOADS_PER_KEY = 4;
+
+/** What cutWhenStalled needs of Node's request socket and response (none in process). */
+interface StallEnds {
+  incoming?: { socket?: { setTimeout(ms: number, listener?: () => void): unknown; off(event: "timeout", listener: () => void): unknown; destroy(): void } | null };
+  outgoing?: { once(event: "close", listener: () => void): unknown };
+}
+
+/**
+ * Closes the connection of a response that makes no progress for `ms` (its reader stopped taking bytes, so the
+ * socket neither reads nor writes), until the response is over; the connection then goes back to no timeout.
+ */
+function cutWhenStalled(env: StallEnds | undefined, ms: number): void {
+  const socket = env?.incoming?.socket;
+  if (!socket || !env?.outgoing) return;
+  const cut = () => socket.destroy();
+  socket.setTimeout(ms, cut);
+  env.outgoing.once("close", () => {
+    socket.off("timeout", cut);
+    socket.setTimeout(0);
+  });
+}

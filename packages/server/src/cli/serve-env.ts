@@ -9,3 +9,11 @@
  *   before it had, on another thread's arena; with two, 0-14 MB.
  */
 export const SERVE_ENV: Readonly<Record<string, string>> = { MALLOC_MMAP_THRESHOLD_: "131072", MALLOC_TRIM_THRESHOLD_: "131072", MALLOC_ARENA_MAX: "2" };
+
+/**
+ * What a server started by `tsight serve` (which starts it again in a child process, see SERVE_ENV) sends its parent
+ * over their IPC channel to be started again: a model of it is failed until the process restarts (its jobs broke too
+ * many worker threads, which keep what they held). The parent starts it anew once it has ended, however it ends (its
+ * watchdog may have to kill it: a lost thread can keep it from ending).
+ */
+export const RESTART_MESSAGE = { tsight: "restart" } as const;

@@ -9,7 +9,8 @@ import { servedModel } from "../server/model-registry.js";
 import type { ApiKeyInfo, NewApiKey } from "../server/index.js";
 import { checkWeightDType, describeLoad, LoadBar, type LoadProgress, type SaeSpec, type WeightDType } from "tsight";
 
-export { SERVE_ENV } from "./serve-env.js";
+export { RESTART_MESSAGE, SERVE_ENV } from "./serve-env.js";
+import { RESTART_MESSAGE } from "./serve-env.js";
 
 /** A mistake in the command line (the CLI prints the usage after it). */
 export class UsageError extends Error {
@@ -155,7 +156,7 @@ function wholeNumber(option: string, text: string | undefined): number | undefin
  * Runs the server until SIGINT/SIGTERM (or `stop` aborts); returns the exit code. Prints where it listens, and a
  * new API key when there is none yet.
  */
-export async function runServe(argv: string[], out: NodeJS.WritableStream = process.stdout, err: NodeJS.WritableStream = process.stderr, stop?: AbortSignal): Promise<number> {
+export async function runServe(argv: string[], out: NodeJS.WritableStream = process.stdout, err: NodeJS.WritableStream = process.stderr, stop?: AbortSignal, restartable = false): Promise<number> {
   const { values } = parseArgs({
     args: argv,
     options: {
@@ -254,9 +255,18 @@ export async function runServe(argv: string[], out: NodeJS.WritableStream = proc
     return role === "api" ? serveApi(distributed, out, stop) : serveWorker(distributed, out, err, bar, names, stop);
   }
   const { startServer } = await import("../server/index.js"); // loaded here: other commands start faster without it
+  // Started by `tsight serve` (restartable): a model failed until a restart has the server stop, and its parent start
+  // it again (see RESTART_MESSAGE); jobs still unfinished then end PREEMPTED, as at any restart.
+  const restart = new AbortController();
+  const onModelFailed = (model: string, reason: string) => {
+    if (!restartable || !process.send || restart.signal.aborted) return;
+    err.write(`tsight serve: ${model} is failed (${reason}); the server restarts to serve it again\n`);
+    process.send(RESTART_MESSAGE);
+    restart.abort();
+  };
   let server: Awaited<ReturnType<typeof startServer>>;
   try {
-    server = await startServer(settings);
+    server = await startServer({ ...settings, onModelFailed });
   } finally {
     loaded(bar, names, settings, err);
   }
@@ -270,8 +280,8 @@ export async function runServe(argv: string[], out: NodeJS.WritableStream = proc
   out.write(`tsight server on ${server.url}, serving ${served(server.registry.list())} (data: ${server.config.dataDir})\n`);
   out.write(`workbench: open ${server.url}/ in a browser and enter the API key\n`);
   const shuttingDown = exitWatch(stop);
-  await untilStopped(stop);
-  out.write("tsight server: shutting down\n");
+  await untilStopped(stop, restart.signal);
+  out.write(`tsight server: ${restart.signal.aborted ? "restarting" : "shutting down"}\n`);
   shuttingDown();
   await server.close();
   return 0;
@@ -326,8 +336,8 @@ const served = (models: readonly { name: string; source: string; dtype: WeightDT
     })
     .join(", ");
 
-/** Resolves on SIGINT or SIGTERM, or when `stop` aborts. */
-function untilStopped(stop?: AbortSignal): Promise<void> {
+/** Resolves on SIGINT or SIGTERM, or when `stop` (or `restart`) aborts. */
+function untilStopped(stop?: AbortSignal, restart?: AbortSignal): Promise<void> {
   return new Promise<void>((resolve) => {
     const done = () => {
       process.off("SIGINT", done);
@@ -336,8 +346,10 @@ function untilStopped(stop?: AbortSignal): Promise<void> {
     };
     process.once("SIGINT", done);
     process.once("SIGTERM", done);
-    if (stop?.aborted) done();
-    stop?.addEventListener("abort", done, { once: true });
+    for (const signal of [stop, restart]) {
+      if (signal?.aborted) done();
+      signal?.addEventListener("abort", done, { once: true });
+    }
   });
 }
 

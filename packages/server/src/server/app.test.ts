@@ -81,6 +81,9 @@ describe("submitting", () => {
       [{ body: JSON.stringify({ model: GPT2, kind: "dance", form: "tracer", source: "x" }), headers: { "content-type": "application/json" } }, 400, /"kind" must be one of/],
       [{ body: "x".repeat(5000), headers: { "content-type": "application/json" } }, 413, /larger than this server's limit of 4096 bytes/],
       [{ body: new Uint8Array([1, 2, 3]), headers: { "content-type": ENVELOPE_TYPE } }, 400, /not a valid envelope/],
+      // A flag that is not a boolean (not taken as false), a timeout past the safe integers (not capped quietly).
+      [{ body: JSON.stringify({ model: GPT2, kind: "trace", form: "tracer", source: "x", grad: "yes" }), headers: { "content-type": "application/json" } }, 400, /"grad" must be true or false, got "yes"/],
+      [{ body: JSON.stringify({ model: GPT2, kind: "trace", form: "tracer", source: "x", localTimeoutMs: 1e300 }), headers: { "content-type": "application/json" } }, 400, /"localTimeoutMs" must be a whole number of milliseconds/],
     ];
     for (const [init, status, message] of cases) {
       const res = await s.request("/v1/jobs", { method: "POST", ...init });

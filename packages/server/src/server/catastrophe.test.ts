@@ -12,7 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startApiProcess, startServe, startWorkerProcess, type ServeProcess } from "../../../../test/server/processes.js";
 import { clearPrefix, TEST_REDIS, testRedis, uniquePrefix } from "../../../../test/server/redis.js";
 import { sink } from "../../../../test/streams.js";
-import { runKeys } from "../cli/serve.js";
+import { runKeys, SERVE_ENV } from "../cli/serve.js";
 import { finished, GPT2, headers, result, submit, type Target } from "./hostile.case.js";
 import { toModelKey } from "tsight/protocol";
 
@@ -79,7 +79,10 @@ describe("a job that breaks its sandbox beyond recovery", () => {
         // Past MAX_LOST (2) lost threads the model is failed, saying why, and refuses jobs at once.
         const res = await fetch(`${t.url}/v1/jobs`, { method: "POST", headers: headers(t.keys.victim), body: JSON.stringify({ model: GPT2, kind: "trace", form: "invoke", input: [1, 2, 3, 4, 5], source: LOGITS }) });
         expect(res.status).toBe(503);
-        expect(((await res.json()) as { error: { message: string } }).error.message).toMatch(/stdlib-gpt2 cannot run jobs on this server until it restarts: 3 jobs broke their worker threads beyond recovery; restart the server to serve stdlib-gpt2 again/);
+        // Not worth retrying (only a restart helps), and /v1/models says so.
+        expect(((await res.json()) as { error: { message: string; retryable: boolean } }).error).toMatchObject({ retryable: false, message: expect.stringMatching(/stdlib-gpt2 cannot run jobs on this server until it restarts: 3 jobs broke their worker threads beyond recovery; restart the server to serve stdlib-gpt2 again/) });
+        const listed = (await (await fetch(`${t.url}/v1/models`, { headers: headers(t.keys.victim) })).json()) as { models: { name: string; state: string }[] };
+        expect(listed.models.find((m) => m.name === "stdlib-gpt2")?.state).toBe("failed");
       }
     }
     expect(server.child.pid).toBe(pid);
@@ -154,5 +157,56 @@ describe("a job that breaks its sandbox beyond recovery, in a distributed deploy
       expect(other.status).toBe("COMPLETED");
     }
     expect(barred, `a thread lost within ${hostile.length} attempts`).toBe(true);
+  }, 240_000);
+});
+
+describe("a model failed by broken threads, under `tsight serve` started from its bin script", () => {
+  it("has the server start again (it asks its parent process), after which the model serves jobs again", async () => {
+    if (process.platform !== "linux") return;
+    const { spawn } = await import("node:child_process");
+    const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), "tsight-restart-"));
+    const newKey = async (name: string) => {
+      const out = sink();
+      await runKeys(["create", "--name", name, "--data-dir", dataDir], out);
+      return /TSIGHT_API_KEY=(\S+)/.exec(out.text)![1]!;
+    };
+    const keys = [await newKey("one"), await newKey("two"), await newKey("three"), await newKey("victim")];
+    // Without the allocator settings the bin script starts the server again as its child, over an IPC channel.
+    const env: NodeJS.ProcessEnv = { ...process.env };
+    for (const k of Object.keys(SERVE_ENV)) delete env[k];
+    const bin = path.resolve(import.meta.dirname, "../../../tsight/bin/tsight.js");
+    const parent = spawn(process.execPath, [bin, "serve", "--port", "0", "--data-dir", dataDir, "--model", "stdlib-gpt2"], { env, stdio: ["ignore", "pipe", "pipe"] });
+    let text = "";
+    for (const stream of [parent.stdout, parent.stderr]) stream.on("data", (d: Buffer) => void (text += d.toString()));
+    const urls = async (n: number) => {
+      for (let i = 0; i < 600 && [...text.matchAll(/tsight server on (http:\S+),/g)].length < n; i++) await new Promise((r) => setTimeout(r, 100));
+      return [...text.matchAll(/tsight server on (http:\S+),/g)].map((m) => m[1]!);
+    };
+    try {
+      const t: Target = { url: (await urls(1))[0]!, keys: { hostile: keys[0]!, victim: keys[3]!, blocker: keys[3]! }, processes: () => [], receiver: { url: "", hits: () => 0 } };
+      // One allocation far past the sandbox's heap: V8 cannot fail it gracefully, and the thread is lost. The third
+      // fails the model, and the server restarts (its answers may stop midway).
+      const broke = "async () => new Array(2 ** 31 - 1).fill(1.5).length";
+      const jobs: string[] = [];
+      for (const key of keys.slice(0, 2)) {
+        jobs.push(await submit(t, { source: broke }, key));
+        expect(await finished(t, jobs.at(-1)!, key, 60_000)).toMatchObject({ status: "ERROR", error: { code: "MEMORY" } });
+      }
+      jobs.push(await submit(t, { source: broke }, keys[2]!));
+      const again = (await urls(2))[1];
+      expect(text).toMatch(/tsight serve: stdlib-gpt2 is failed \(3 jobs broke their worker threads beyond recovery; .*\); the server restarts to serve it again/);
+      expect(text).toContain("tsight serve: starting the server again");
+      expect(again, text).toBeDefined();
+      // The same data: the keys work, the third job ended as the others, and the model runs jobs.
+      const served = { ...t, url: again! };
+      expect(await finished(served, jobs[2]!, keys[2]!)).toMatchObject({ status: "ERROR", error: { code: "MEMORY" } });
+      const job = await finished(served, await submit(served, { source: LOGITS }, keys[3]!), keys[3]!, 60_000);
+      expect(job.status).toBe("COMPLETED");
+      expect(await result(served, job.id, keys[3]!)).toEqual([1, 5, 4096]);
+    } finally {
+      parent.kill("SIGTERM");
+      await new Promise((resolve) => (parent.exitCode !== null ? resolve(undefined) : parent.once("exit", resolve)));
+      fs.rmSync(dataDir, { recursive: true, force: true });
+    }
   }, 240_000);
 });

@@ -41,6 +41,8 @@ export interface JobManagerParts {
   log?: (line: string) => void;
   /** Told as a model's thread loads its weights (by model name), after each tensor. */
   onLoadProgress?: (model: string, progress: LoadProgress) => void;
+  /** A model is failed until the server restarts (see ServerOptions.onModelFailed). */
+  onModelFailed?: (model: string, reason: string) => void;
 }
 
 /** A job from submission until it ends. */
@@ -119,7 +121,10 @@ export class JobManager implements Dispatcher {
         onLoadProgress: (p) => this.parts.onLoadProgress?.(model.name, p),
         onState: (s) => {
           if (s === "ready") this.pump(model.key);
-          if (s === "failed") this.failWaiting(model, serverError("INTERNAL", `${model.name} failed to load on this server (${worker.lastError?.message ?? "no reason given"}); try again later`));
+          if (s !== "failed") return;
+          const why = worker.lastError?.message ?? "no reason given";
+          this.failWaiting(model, serverError("INTERNAL", worker.failedForGood ? `${model.name} cannot run jobs on this server until it restarts: ${why}` : `${model.name} failed to load on this server (${why}); try again later`));
+          if (worker.failedForGood) this.parts.onModelFailed?.(model.name, why);
         },
         onStarted: (id) => this.parts.store.move(id, "RUNNING"),
         onEvent: (id, e) => this.onEvent(id, e),
@@ -166,7 +171,8 @@ export class JobManager implements Dispatcher {
     const model = this.parts.registry.get(job.model);
     if (!model) throw this.parts.registry.unserved(job.model);
     const worker = this.workers.get(model.key);
-    if (worker?.failedForGood) throw new ApiError(503, "INTERNAL", `${model.name} cannot run jobs on this server until it restarts: ${worker.lastError?.message ?? "its worker failed"}`);
+    // Not retryable: no wait makes it serve again, only a restart (its state in /v1/models is "failed").
+    if (worker?.failedForGood) throw new ApiError(503, "INTERNAL", `${model.name} cannot run jobs on this server until it restarts: ${worker.lastError?.message ?? "its worker failed"}`, { retryable: false });
     if (worker?.state === "failed") {
       throw new ApiError(503, "INTERNAL", `${model.name} failed to load on this server (${worker.lastError?.message ?? "no reason given"}); it is retried, try again later`, { retryable: true, headers: { "retry-after": "30" } });
     }
@@ -263,7 +269,7 @@ export class JobManager implements Dispatcher {
         name: m.name,
         modelType: m.modelType,
         dtype: m.dtype,
-        state: wstate === "ready" || wstate === "busy" ? "loaded" : wstate === "starting" ? "loading" : "available",
+        state: wstate === "ready" || wstate === "busy" ? "loaded" : wstate === "starting" ? "loading" : wstate === "failed" ? "failed" : "available",
         queued,
         running: runningFor !== null,
         worker: { state: wstate, threadId: worker?.threadId ?? null, restarts: worker?.restarts ?? 0, lastError: worker?.lastError?.message ?? null, threads: worker?.threads ?? 0, forcedEnds: worker?.forcedEnds ?? 0 },

@@ -114,7 +114,15 @@ export function jobsRoutes(app: Hono<AppEnv>, deps: AppDeps): void {
     const job = await owned(id, c.get("caller").keyId);
     if (!isTerminal(job.status)) throw new ApiError(409, "NOT_ALLOWED", `job ${id} is ${job.status}; its result is ready after its "done" event`, { retryable: true });
     if (job.status !== "COMPLETED") throw new ApiError(409, "NOT_ALLOWED", `job ${id} ended ${job.status} and has no result${job.error ? `: ${job.error.message}` : ""}`);
-    const expired = () => new ApiError(410, "NOT_ALLOWED", `the result of job ${id} was deleted at ${new Date(job.expires!).toISOString()}; results are kept ${config.resultRetentionMs / 1000} s`);
+    // Gone before its expiry: deleted by its owner (DELETE), not expired.
+    const expired = () =>
+      new ApiError(
+        410,
+        "NOT_ALLOWED",
+        job.expires! > Date.now()
+          ? `the result of job ${id} was deleted (DELETE /v1/jobs/${id}/result) before it was due to expire at ${new Date(job.expires!).toISOString()}`
+          : `the result of job ${id} expired at ${new Date(job.expires!).toISOString()}; results are kept ${config.resultRetentionMs / 1000} s`,
+      );
     if (job.result !== "available") throw expired();
     if (job.expires! <= Date.now()) {
       await discardResult(id);

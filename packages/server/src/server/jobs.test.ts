@@ -209,7 +209,10 @@ describe("results a key keeps", () => {
       expect((await t.submit({ source: "value 1" }, { headers: { authorization: `Bearer ${other}` } })).status).toBe(202);
       // Deleting two makes room; a deleted result is gone (410), the job's state says so.
       for (const id of started.slice(0, 2)) expect((await t.request(`/v1/jobs/${id}/result`, { method: "DELETE" })).status).toBe(204);
-      expect((await t.request(`/v1/jobs/${started[0]}/result`)).status).toBe(410);
+      const gone = await t.request(`/v1/jobs/${started[0]}/result`);
+      expect(gone.status).toBe(410);
+      // Said to be deleted by its owner before its expiry, not expired at a time still to come.
+      expect(((await gone.json()) as ErrorBody).error.message).toMatch(new RegExp(`the result of job ${started[0]} was deleted \\(DELETE /v1/jobs/${started[0]}/result\\) before it was due to expire at `));
       expect(((await t.state(started[0]!)) as JobState).result).toBe("expired");
       expect((await t.submit({ source: "floats 10" })).status).toBe(202);
     } finally {

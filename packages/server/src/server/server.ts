@@ -31,6 +31,11 @@ export interface ServerOptions extends Partial<ServerConfig> {
   log?: (line: string) => void;
   /** Told as a model's worker thread loads its weights (by model name), after each tensor: for a progress bar. */
   onLoadProgress?: (model: string, progress: LoadProgress) => void;
+  /**
+   * Told when a model is failed until the server restarts (jobs broke too many of its worker threads, which keep
+   * what they held): `tsight serve` under its parent process restarts then (see the cli's serve.ts).
+   */
+  onModelFailed?: (model: string, reason: string) => void;
 }
 
 /** A server's parts, not on a socket: `app.request(...)` reaches it. */
@@ -62,7 +67,7 @@ export interface RunningServer extends ServerCore {
 export const databaseFile = (dataDir: string): string => path.join(dataDir, "tsight.db");
 
 export async function openServer(options: ServerOptions = {}): Promise<ServerCore> {
-  const { port: _port, host: _host, workers = true, log = (line: string) => void process.stderr.write(`${line}\n`), onLoadProgress, ...settings } = options;
+  const { port: _port, host: _host, workers = true, log = (line: string) => void process.stderr.write(`${line}\n`), onLoadProgress, onModelFailed, ...settings } = options;
   const config = resolveConfig(settings);
   const registry = await ModelRegistry.open(config.models, config.saes, config.dtypes);
   const db = openDatabase(databaseFile(config.dataDir));
@@ -74,7 +79,7 @@ export async function openServer(options: ServerOptions = {}): Promise<ServerCor
   // Before the job manager: jobs it ends at start (left unfinished by a previous run) have webhooks to deliver.
   const webhooks = new WebhookSender(store, { timeoutMs: config.webhookTimeoutMs, retryDelayMs: config.webhookRetryDelayMs, counter: metrics.webhooks, log, targets: new WebhookTargets(config.webhookAllow) });
   webhooks.resume();
-  const jobs = new JobManager({ config, store, results, registry, metrics, streams, log, onLoadProgress });
+  const jobs = new JobManager({ config, store, results, registry, metrics, streams, log, onLoadProgress, onModelFailed });
   results.cleanTemporary();
   const sweeper = new Sweeper(store, results, (e) => log(`tsight server: deleting expired results failed: ${e.message}`), recordRetentionMs(config));
   sweeper.start(config.sweepIntervalMs);

@@ -8,7 +8,10 @@ interface ServerCli {
   keysHelp: string;
   /** The environment a server process runs in (see @tsight/server's SERVE_ENV). */
   SERVE_ENV: Readonly<Record<string, string>>;
-  runServe(argv: string[]): Promise<number>;
+  /** What the server sends over the IPC channel to be started again (see @tsight/server's RESTART_MESSAGE). */
+  RESTART_MESSAGE: { readonly tsight: string };
+  /** `restartable`: started by restartWith, it may ask to be started again (a model failed until a restart). */
+  runServe(argv: string[], out?: NodeJS.WritableStream, err?: NodeJS.WritableStream, stop?: AbortSignal, restartable?: boolean): Promise<number>;
   runKeys(argv: string[]): Promise<number>;
 }
 
@@ -38,9 +41,9 @@ const commands: Record<string, Command> = {
       const missing = Object.keys(cli.SERVE_ENV).some((k) => process.env[k] === undefined);
       // Only the process's own command is started again (main called from code runs in place).
       const own = process.argv.slice(2).join("\0") === ["serve", ...argv].join("\0");
-      if (missing && own && process.platform === "linux" && !argv.includes("--help") && !argv.includes("-h")) return restartWith(cli.SERVE_ENV);
-      stopWithParent();
-      return cli.runServe(argv);
+      if (missing && own && process.platform === "linux" && !argv.includes("--help") && !argv.includes("-h")) return restartWith(cli.SERVE_ENV, cli.RESTART_MESSAGE);
+      const watched = stopWithParent();
+      return cli.runServe(argv, undefined, undefined, undefined, watched);
     },
   },
   keys: { help: async () => (await serverCli()).keysHelp, run: async (argv) => (await serverCli()).runKeys(argv) },
@@ -55,39 +58,50 @@ const WATCHES_PARENT = "TSIGHT_SERVE_WATCHES_PARENT";
 
 /**
  * Runs this same command again in a child process with `env` added, passing signals on, over an IPC channel whose
- * end tells the child its parent is gone; resolves with its exit code.
+ * end tells the child its parent is gone; resolves with its exit code. A child that sent `restart` over the channel
+ * before it ended (a model of it failed until a restart) is started again, unless a signal asked this one to stop.
  */
-async function restartWith(env: Readonly<Record<string, string>>): Promise<number> {
+async function restartWith(env: Readonly<Record<string, string>>, restart: { readonly tsight: string }): Promise<number> {
   const { spawn } = await import("node:child_process");
-  const child = spawn(process.execPath, [...process.execArgv, ...process.argv.slice(1)], { stdio: ["inherit", "inherit", "inherit", "ipc"], env: { ...process.env, ...env, [WATCHES_PARENT]: "1" } });
   const signals = ["SIGINT", "SIGTERM", "SIGHUP"] as const;
-  const pass = (signal: NodeJS.Signals) => {
-    child.kill(signal);
-    // A server whose sandbox broke a thread can block its main thread for good (see the server's model-worker.ts):
-    // asked to stop, it gets this long to end, then is killed, so that one SIGTERM stops `tsight serve`.
-    if (signal !== "SIGHUP") setTimeout(() => child.kill("SIGKILL"), STOP_WAIT_MS).unref();
-  };
-  for (const signal of signals) process.on(signal, pass);
-  return new Promise((resolve) => {
-    child.on("exit", (code, signal) => {
-      for (const s of signals) process.off(s, pass);
-      resolve(code ?? (signal ? 128 + 15 : 1));
+  let stopping = false;
+  for (;;) {
+    const child = spawn(process.execPath, [...process.execArgv, ...process.argv.slice(1)], { stdio: ["inherit", "inherit", "inherit", "ipc"], env: { ...process.env, ...env, [WATCHES_PARENT]: "1" } });
+    let again = false;
+    child.on("message", (m: unknown) => void (again ||= (m as { tsight?: unknown } | null)?.tsight === restart.tsight));
+    const pass = (signal: NodeJS.Signals) => {
+      stopping ||= signal !== "SIGHUP";
+      child.kill(signal);
+      // A server whose sandbox broke a thread can block its main thread for good (see the server's model-worker.ts):
+      // asked to stop, it gets this long to end, then is killed, so that one SIGTERM stops `tsight serve`.
+      if (signal !== "SIGHUP") setTimeout(() => child.kill("SIGKILL"), STOP_WAIT_MS).unref();
+    };
+    for (const signal of signals) process.on(signal, pass);
+    const code = await new Promise<number>((resolve) => {
+      child.on("exit", (code, signal) => {
+        for (const s of signals) process.off(s, pass);
+        resolve(code ?? (signal ? 128 + 15 : 1));
+      });
     });
-  });
+    if (!again || stopping) return code;
+    process.stderr.write("tsight serve: starting the server again\n");
+  }
 }
 
 /**
  * In the server restartWith started: stops it as SIGTERM would once the parent is gone (its IPC channel closes),
  * killed too hard to pass a signal on (SIGKILL left the server serving, its port taken); if it has not ended
- * STOP_WAIT_MS later, it exits. The channel keeps nothing alive.
+ * STOP_WAIT_MS later, it exits. The channel keeps nothing alive. Says whether it was started so (it may then ask to
+ * be started again).
  */
-function stopWithParent(): void {
-  if (process.env[WATCHES_PARENT] !== "1" || !process.channel) return;
+function stopWithParent(): boolean {
+  if (process.env[WATCHES_PARENT] !== "1" || !process.channel) return false;
   process.channel.unref();
   process.once("disconnect", () => {
     process.kill(process.pid, "SIGTERM");
     setTimeout(() => process.exit(1), STOP_WAIT_MS).unref();
   });
+  return true;
 }
 
 const usage = `usage: tsight <command> [options]

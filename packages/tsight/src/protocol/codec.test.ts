@@ -130,6 +130,16 @@ describe("JSON from the network, bounded before it is parsed", () => {
   });
 });
 
+describe("an own \"__proto__\" key (JSON.parse makes one)", () => {
+  it("crosses as a key of the object, both ways, without setting its prototype", () => {
+    const value = JSON.parse('{"__proto__": {"x": 1}, "y": 2, "nested": [{"__proto__": 3}]}');
+    const back = unpackValue(packValue(value)) as Record<string, unknown>;
+    expect(Object.keys(back)).toEqual(["__proto__", "y", "nested"]);
+    expect(Object.getPrototypeOf(back)).toBe(Object.prototype);
+    expect(JSON.stringify(back)).toBe(JSON.stringify(value));
+  });
+});
+
 describe("errors as data", () => {
   it("a type or code that names a property of Object.prototype is no class or code of ours", () => {
     for (const type of ["__proto__", "constructor", "toString", "hasOwnProperty"]) {

@@ -57,8 +57,8 @@ export function encodeValue(value: unknown, tensors: Map<string, Tensor>, where 
   }
   if (value instanceof Error) return { $error: infoFromError(value) };
   if (isPlainObject(value)) {
-    const out: Record<string, unknown> = {};
-    for (const [k, v] of Object.entries(value)) out[k] = encodeValue(v, tensors, `${where}.${k}`, functions, depth + 1);
+    // Made as own entries (Object.fromEntries): `out[k] = v` for an own "__proto__" key would set the prototype.
+    const out: Record<string, unknown> = Object.fromEntries(Object.entries(value).map(([k, v]) => [k, encodeValue(v, tensors, `${where}.${k}`, functions, depth + 1)]));
     return Object.keys(out).some((k) => k.startsWith("$")) ? { $obj: out } : out;
   }
   const kind = typeof value === "function" ? "a function" : `a ${(value as object).constructor?.name ?? typeof value}`;

@@ -125,7 +125,8 @@ export function decodeJob(body: Uint8Array | JobRequest): DecodedJob {
     if (typeof r.webhookSecret !== "string" || r.webhookSecret.length < 16 || r.webhookSecret.length > 256) throw new ValidationError('"webhookSecret" must be a string of 16 to 256 characters');
     if (r.webhook === undefined) throw new ValidationError('"webhookSecret" signs a webhook: give "webhook" too');
   }
-  if (r.localTimeoutMs !== undefined && !(Number.isInteger(r.localTimeoutMs) && r.localTimeoutMs > 0)) throw new ValidationError('"localTimeoutMs" must be a whole number of milliseconds, more than 0');
+  if (r.grad !== undefined && typeof r.grad !== "boolean") throw new ValidationError(`"grad" must be true or false, got ${JSON.stringify(r.grad)?.slice(0, 40)}`);
+  if (r.localTimeoutMs !== undefined && !(Number.isSafeInteger(r.localTimeoutMs) && r.localTimeoutMs > 0)) throw new ValidationError('"localTimeoutMs" must be a whole number of milliseconds, more than 0');
   if (r.timeoutMs !== undefined && !(Number.isSafeInteger(r.timeoutMs) && r.timeoutMs > 0)) throw new ValidationError('"timeoutMs" must be a whole number of milliseconds, more than 0');
   let input: unknown, vars: unknown;
   try {

@@ -175,8 +175,12 @@ export interface ModelInfo {
   key: string;
   name: string;
   modelType: string;
-  /** loaded: ready to run jobs; loading; available: served, not loaded yet; unserved: no live worker runs it now (jobs wait for one). */
-  state: "loaded" | "loading" | "available" | "unserved";
+  /**
+   * loaded: ready to run jobs; loading; available: served, not loaded yet; unserved: no live worker runs it now (jobs
+   * wait for one); failed: it runs no jobs (it failed to load and is retried, or its jobs broke too many worker threads
+   * and it runs none until the server restarts: submissions get 503).
+   */
+  state: "loaded" | "loading" | "available" | "unserved" | "failed";
   queued: number;
   /** What the served weights are kept as; absent (a server from before dtypes): float32. */
   dtype?: ServedDType;

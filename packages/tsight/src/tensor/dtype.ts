@@ -44,7 +44,8 @@ const storedOnly: Readonly<Record<string, string>> = { float16: "F16", half: "F1
 export function checkDType(dtype: unknown, where: string): DType {
   if (isDType(dtype)) return dtype;
   const given = typeof dtype === "string" ? `"${dtype.slice(0, 40)}"` : dtype === null ? "null" : typeof dtype;
-  const stored = typeof dtype === "string" ? storedOnly[dtype] : undefined;
+  // The table's own names only: "constructor" or "toString" are no dtype either.
+  const stored = typeof dtype === "string" && Object.hasOwn(storedOnly, dtype) ? storedOnly[dtype] : undefined;
   const why = stored ? `: tsight computes in float32 (${stored} weights are widened to float32 when a model loads)` : "";
   throw new DTypeError(`${where}: ${given} is not a dtype tsight tensors can have${why}; the dtypes are ${dtypes.map((d) => `"${d}"`).join(", ")}`);
 }

@@ -290,6 +290,35 @@ describe("open responses per key", () => {
       );
       for (const [status, bytes] of whole) expect([status, bytes]).toEqual([200, expect.any(Number)]);
       expect(whole.every(([, bytes]) => bytes! > 32 * 1024 * 1024)).toBe(true);
+      // Pipelined behind a small download read whole, the big one left unread is cut off all the same; and a
+      // connection whose downloads were read and then idles is closed at Node's keep-alive timeout (5 s), as any.
+      const small = await own.submit({ model: GPT2, kind: "trace", form: "invoke", input: [1, 2, 3], source: "async (m) => 1" });
+      for (let s = await small.status(); s.status !== "COMPLETED"; s = await small.status()) await new Promise((r) => setTimeout(r, 50));
+      const { hostname, port } = new URL(running.url);
+      const ask = (p: string) => `GET ${p} HTTP/1.1\r\nhost: ${hostname}\r\ntsight-protocol: 1\r\nauthorization: Bearer ${key}\r\n\r\n`;
+      const connect = async (requests: string) => {
+        const socket = net.connect(Number(port), hostname);
+        await new Promise<void>((resolve) => socket.once("connect", resolve));
+        let bytes = 0;
+        const closed = new Promise<number>((resolve) => socket.once("close", () => resolve(Date.now())));
+        socket.on("data", (d: Buffer) => void (bytes += d.byteLength));
+        socket.on("error", () => undefined);
+        socket.write(requests);
+        return { socket, closed, bytes: () => bytes };
+      };
+      const piped = await connect(ask(`/v1/jobs/${small.id}/result`) + ask(path));
+      while (piped.bytes() < 1024 * 1024) await new Promise((r) => setTimeout(r, 5));
+      piped.socket.pause();
+      await new Promise((r) => setTimeout(r, 1500));
+      piped.socket.resume();
+      await piped.closed;
+      expect(piped.bytes()).toBeLessThan(32 * 1024 * 1024);
+      const idle = await connect(ask(`/v1/jobs/${small.id}/result`));
+      while (idle.bytes() === 0) await new Promise((r) => setTimeout(r, 5));
+      const answered = Date.now();
+      const idleFor = (await idle.closed) - answered;
+      expect(idleFor).toBeGreaterThan(3_000);
+      expect(idleFor).toBeLessThan(8_000);
     } finally {
       await running.close();
     }

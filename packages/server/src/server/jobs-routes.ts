@@ -120,7 +120,7 @@ export function jobsRoutes(app: Hono<AppEnv>, deps: AppDeps): void {
         410,
         "NOT_ALLOWED",
         job.expires! > Date.now()
-          ? `the result of job ${id} was deleted (DELETE /v1/jobs/${id}/result) before it was due to expire at ${new Date(job.expires!).toISOString()}`
+          ? `the result of job ${id} was deleted before it was due to expire at ${new Date(job.expires!).toISOString()} (by DELETE /v1/jobs/${id}/result, or removed from the server's storage)`
           : `the result of job ${id} expired at ${new Date(job.expires!).toISOString()}; results are kept ${config.resultRetentionMs / 1000} s`,
       );
     if (job.result !== "available") throw expired();
@@ -191,16 +191,15 @@ interface StallEnds {
 }
 
 /**
- * Closes the connection of a response that makes no progress for `ms` (its reader stopped taking bytes, so the
- * socket neither reads nor writes), until the response is over; the connection then goes back to no timeout.
+ * Closes the connection of a response that makes no progress for `ms` (its reader stopped taking bytes: Node's
+ * socket timeout, which a write the operating system keeps taking does not trip), until the response is over. The
+ * timeout is left as it is then: Node sets the keep-alive one as a response ends (clearing it afterwards left an idle
+ * connection open for good), or a response pipelined behind this one has set its own.
  */
 function cutWhenStalled(env: StallEnds | undefined, ms: number): void {
   const socket = env?.incoming?.socket;
   if (!socket || !env?.outgoing) return;
   const cut = () => socket.destroy();
   socket.setTimeout(ms, cut);
-  env.outgoing.once("close", () => {
-    socket.off("timeout", cut);
-    socket.setTimeout(0);
-  });
+  env.outgoing.once("close", () => socket.off("timeout", cut));
 }

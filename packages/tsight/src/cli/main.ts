@@ -77,8 +77,9 @@ async function restartWith(env: Readonly<Record<string, string>>, restart: { rea
       if (signal !== "SIGHUP") setTimeout(() => child.kill("SIGKILL"), STOP_WAIT_MS).unref();
     };
     for (const signal of signals) process.on(signal, pass);
+    // "close", not "exit": its IPC channel may still hold its last message at "exit".
     const code = await new Promise<number>((resolve) => {
-      child.on("exit", (code, signal) => {
+      child.on("close", (code, signal) => {
         for (const s of signals) process.off(s, pass);
         resolve(code ?? (signal ? 128 + 15 : 1));
       });

@@ -121,8 +121,10 @@ export function atCallersLine(e: unknown, origin: Error): unknown {
   if (!(e instanceof Error) || userFrame(e.stack) !== undefined) return e;
   const line = userFrame(origin.stack);
   if (!line) return e;
+  // Its own frames (where it failed) kept, the call's after them.
+  const own = (e.stack ?? "").split("\n").slice(1);
   e.message = `${e.message}\n    at ${line}`;
-  e.stack = `${e.name}: ${e.message}\n${origin.stack!.split("\n").slice(1).join("\n")}`;
+  e.stack = [`${e.name}: ${e.message}`, ...own, ...origin.stack!.split("\n").slice(1)].join("\n");
   (e as InterventionError).userLine = line;
   return e;
 }

@@ -567,19 +567,19 @@ export class Interleaver implements ModuleHooks, Provider {
     this.checkpoint?.();
     this.checkEnding();
     const path = module.path;
+    const iteration = this.calls(this.entered, path);
     if (this.idle()) {
       // Nothing at all is asked, replaced or recorded (a trace that only runs the model, or the calls before its code
-      // asks for anything): the call is counted and run, no more; its number is found only if code asks meanwhile.
+      // asks for anything): the call is counted and run, no more.
       const direct = (this.entered.get(path) ?? 0) + 1;
       this.entered.set(path, direct);
       return Promise.resolve(forward(args)).then((out) => {
         this.exited.set(path, direct);
-        if (!this.unwatched(path)) return this.returned(path, this.calls(this.entered, path) - 1, out);
+        if (!this.unwatched(path)) return this.returned(path, iteration, out);
         this.checkEnding();
         return out;
       });
     }
-    const iteration = this.calls(this.entered, path);
     const direct = (this.entered.get(path) ?? 0) + 1;
     this.count(this.entered, path, direct);
     // Nothing asks for or records its values (most calls): counted, and run without an async frame of its own.

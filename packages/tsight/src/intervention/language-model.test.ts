@@ -78,6 +78,23 @@ describe("LanguageModel", () => {
     }
   });
 
+  it("a read nobody awaits that fails is dropped, an operation point's .inputs too (no unhandled rejection)", async () => {
+    const lm = await LanguageModel.load("stdlib-gpt2");
+    const rejected: unknown[] = [];
+    const note = (e: unknown) => void rejected.push(e);
+    process.on("unhandledRejection", note);
+    try {
+      // Each is out of order (asked after a later value), and never awaited.
+      for (const read of [(m: any) => m.transformer.h[0].attn.source.pattern.inputs, (m: any) => m.transformer.h[0].attn.source.pattern.input, (m: any) => m.transformer.h[0].inputs]) {
+        expect(await lm.trace("def f(", async (m: any) => void (await m.transformer.h[1].output, read(m)))).toBeUndefined();
+      }
+      await new Promise((r) => setTimeout(r, 50));
+    } finally {
+      process.off("unhandledRejection", note);
+    }
+    expect(rejected).toEqual([]);
+  });
+
   it("a trace or generation of a model started inside the intervention of a trace of it is refused at once, however deep in the awaited code; other models' and side-by-side traces run", async () => {
     const lm = await LanguageModel.load("stdlib-gpt2");
     const other = await LanguageModel.load("stdlib-gpt2");

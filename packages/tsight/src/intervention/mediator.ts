@@ -134,7 +134,8 @@ export class Mediator {
     if (point && kind === "input") {
       // An operation point's input is its output (nn/points.ts): either may be asked first, as one value.
       const value = this.read(path, "output", "all", origin);
-      return part === "first" ? value : value.then((v) => [v]);
+      // A read of its own (whose failure nobody awaiting it is dropped, see ValueRequest.read), not a `.then` of one.
+      return part === "first" ? value : ValueRequest.read((resolve, reject) => Promise.prototype.then.call(value, (v) => resolve([v]), reject));
     }
     const at = this.iterationOf(path);
     const known = typeof origin === "function" && at.iteration === 0 && this.provider?.gaveBefore(path, kind) === true;

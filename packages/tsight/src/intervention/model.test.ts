@@ -161,6 +161,31 @@ describe("Model: any module tree", () => {
     expect(lm).toBeInstanceOf(Model);
   });
 
+  it("a value asked for while two calls of one module run at once (by code its invoke does not await) is the first call's", async () => {
+    class Slow extends Module {
+      override async forward(x: Tensor, k: number): Promise<Tensor> {
+        await new Promise((r) => setTimeout(r, 20 * k));
+        return x.mul(k);
+      }
+    }
+    class Both extends Module {
+      slow = new Slow();
+      override async forward(x: Tensor): Promise<Tensor> {
+        const [a, b] = await Promise.all([this.slow.call(x, 1), this.slow.call(x, 2)]);
+        return a.add(b);
+      }
+    }
+    const model = new Model(new Both());
+    const got = await model.trace(new Tensor("float32", Float32Array.of(1, 1), [1, 2]), async (m: any, tr) => {
+      let read: Promise<Tensor> | undefined;
+      // Asked while both calls run (nothing was asked when they began: they were only counted).
+      setTimeout(() => void (read = m.slow.output), 5);
+      await tr.result;
+      return (await read!).tolist();
+    });
+    expect(got).toEqual([[1, 1]]);
+  });
+
   it("misuse is a clear, typed error", async () => {
     const model = new Model(mlp());
     const x = randn([1, 4]);

@@ -6,7 +6,7 @@
 import { DTypeError, GradError, MetaTensorError, ShapeError } from "../tensor/index.js";
 import { ModuleCallError } from "../nn/index.js";
 import { OptimizerError } from "../optim/index.js";
-import { InputError, InterventionError, MissedProviderError, OptionsError, OutOfOrderError, SwapError, TraceError } from "../intervention/index.js";
+import { InputError, MissedProviderError, OptionsError, OutOfOrderError, SwapError, TraceError } from "../intervention/index.js";
 import { RETRYABLE, type ErrorCode, type ErrorInfo } from "./wire.js";
 
 /** An error a remote job or server reported. */
@@ -76,7 +76,8 @@ export function errorFromInfo(info: ErrorInfo, status?: number): Error {
   e.message = info.message;
   e.stack = info.stack ?? `${info.type}: ${info.message}`;
   Object.assign(e, { code: info.code, retryable: info.retryable });
-  if (e instanceof InterventionError) e.userLine = undefined;
+  // Its line is the job's (in its stack), not where this copy was made (an InputError finds one too).
+  if ("userLine" in e) (e as { userLine?: string }).userLine = undefined;
   return e;
 }
 

@@ -22,8 +22,8 @@ describe("a session's failed generation that its code caught", () => {
         return (e as Error).name;
       }
     };
-    expect(await lm.session(caught, { remote: "local" })).toBe("RangeError");
-    expect(await lm.session(caught)).toBe("RangeError");
+    expect(await lm.session(caught, { remote: "local" })).toBe("OptionsError");
+    expect(await lm.session(caught)).toBe("OptionsError");
     await new Promise((r) => setTimeout(r, 50));
     expect(warnings.filter((w) => /nothing awaited it/.test(w))).toEqual([]);
   });

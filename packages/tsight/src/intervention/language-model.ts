@@ -17,6 +17,8 @@ import type { Batched, Driver, InterventionFn, InvokeTracer, TraceRun, Tracer } 
 import { checkOptionNames, checkOptions, LOAD_OPTIONS, OptionsError, RUN_OPTIONS } from "./options.js";
 import { unawaitedReported } from "./watched.js";
 import { MAX_RETURN_SEQUENCES } from "../models/generate-bounds.js";
+// Exported from here as it was before the bounds had a module of their own (the package's root gives it).
+export { MAX_RETURN_SEQUENCES };
 
 export interface ModelLoadOptions extends LoadOptions {
   /**

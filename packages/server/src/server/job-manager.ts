@@ -123,7 +123,7 @@ export class JobManager implements Dispatcher {
           if (s === "ready") this.pump(model.key);
           if (s !== "failed") return;
           const why = worker.lastError?.message ?? "no reason given";
-          this.failWaiting(model, serverError("INTERNAL", worker.failedForGood ? `${model.name} cannot run jobs on this server until it restarts: ${why}` : `${model.name} failed to load on this server (${why}); try again later`));
+          this.failWaiting(model, serverError("INTERNAL", worker.failedForGood ? failedUntilRestart(model.name, worker) : `${model.name} failed to load on this server (${why}); try again later`));
           if (worker.failedForGood) this.parts.onModelFailed?.(model.name, why);
         },
         onStarted: (id) => this.parts.store.move(id, "RUNNING"),
@@ -172,7 +172,7 @@ export class JobManager implements Dispatcher {
     if (!model) throw this.parts.registry.unserved(job.model);
     const worker = this.workers.get(model.key);
     // Not retryable: no wait makes it serve again, only a restart (its state in /v1/models is "failed").
-    if (worker?.failedForGood) throw new ApiError(503, "INTERNAL", `${model.name} cannot run jobs on this server until it restarts: ${worker.lastError?.message ?? "its worker failed"}`, { retryable: false });
+    if (worker?.failedForGood) throw new ApiError(503, "INTERNAL", failedUntilRestart(model.name, worker), { retryable: false });
     if (worker?.state === "failed") {
       throw new ApiError(503, "INTERNAL", `${model.name} failed to load on this server (${worker.lastError?.message ?? "no reason given"}); it is retried, try again later`, { retryable: true, headers: { "retry-after": "30" } });
     }
@@ -479,4 +479,9 @@ export class JobManager implements Dispatcher {
     this.parts.metrics.finished.inc({ model: active.model.name, status });
     if (code) this.parts.metrics.errors.inc({ code });
   }
+}
+
+/** Why a model failed for good (its jobs broke too many worker threads) runs no job until the server restarts. */
+function failedUntilRestart(name: string, worker: ModelWorker): string {
+  return `${name} cannot run jobs on this server until it restarts: ${worker.lastError?.message ?? "its worker failed"}`;
 }

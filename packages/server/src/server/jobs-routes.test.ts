@@ -4,7 +4,7 @@ import net from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { GPT2, tempDir } from "../../../../test/server/harness.js";
 import { HttpBackend } from "../../../tsight/src/client/http.js";
-import type { ErrorBody, JobRequest } from "../../../tsight/src/protocol/wire.js";
+import type { ErrorBody, JobRequest, JobState } from "../../../tsight/src/protocol/wire.js";
 import { startServer, type RunningServer } from "./server.js";
 
 let server: RunningServer;
@@ -26,6 +26,13 @@ afterAll(async () => {
 });
 
 const newestFirst = () => [...ids].reverse();
+
+/** A submitted job's state once it has ended. */
+async function ended(job: { status(): Promise<JobState> }): Promise<JobState> {
+  let state = await job.status();
+  for (; !["COMPLETED", "ERROR", "CANCELLED"].includes(state.status); state = await job.status()) await new Promise((r) => setTimeout(r, 50));
+  return state;
+}
 
 describe("GET /v1/jobs", () => {
   it("lists the key's jobs newest first, with their states", async () => {
@@ -125,9 +132,7 @@ describe("open responses per key", () => {
       const key = running.keys.create("rereader").key;
       const own = new HttpBackend({ url: running.url, apiKey: key });
       const job = await own.submit({ model: GPT2, kind: "trace", form: "invoke", input: [1, 2, 3], source: "async (m) => { for (let i = 0; i < 110; i++) console.log('x'.repeat(8000)); return 1; }" });
-      let state = await job.status();
-      for (; !["COMPLETED", "ERROR", "CANCELLED"].includes(state.status); state = await job.status()) await new Promise((r) => setTimeout(r, 50));
-      expect(state.status).toBe("COMPLETED");
+      expect((await ended(job)).status).toBe("COMPLETED");
       const read = (k: string, id: string) => fetch(`${running.url}/v1/jobs/${id}/events?follow=0`, { headers: { "tsight-protocol": "1", authorization: `Bearer ${k}` } });
       let reads = 0;
       let refused: Response | undefined;
@@ -192,8 +197,7 @@ describe("open responses per key", () => {
       const big = await own.submit({ model: GPT2, kind: "trace", form: "invoke", input: [1, 2, 3], source: "async (m) => ones([8388608])" });
       const logs = await own.submit({ model: GPT2, kind: "trace", form: "invoke", input: [1, 2, 3], source: "async (m) => { for (let i = 0; i < 1500; i++) console.log('x'.repeat(8000)); return 1; }" });
       for (const job of [big, logs]) {
-        let state = await job.status();
-        for (; !["COMPLETED", "ERROR", "CANCELLED"].includes(state.status); state = await job.status()) await new Promise((r) => setTimeout(r, 50));
+        const state = await ended(job);
         expect(state.error?.message, state.status).toBeUndefined();
       }
       for (const [path, n, what] of [[`/v1/jobs/${big.id}/result`, 4, "result downloads"], [`/v1/jobs/${logs.id}/events?follow=0`, 16, "event streams"]] as const) {
@@ -242,8 +246,7 @@ describe("open responses per key", () => {
       const own = new HttpBackend({ url: running.url, apiKey: key });
       // A 32 MiB result: more than a socket's buffers take.
       const big = await own.submit({ model: GPT2, kind: "trace", form: "invoke", input: [1, 2, 3], source: "async (m) => ones([8388608])" });
-      let state = await big.status();
-      for (; !["COMPLETED", "ERROR", "CANCELLED"].includes(state.status); state = await big.status()) await new Promise((r) => setTimeout(r, 50));
+      expect((await ended(big)).status).toBe("COMPLETED");
       const path = `/v1/jobs/${big.id}/result`;
       const headers = { "tsight-protocol": "1", authorization: `Bearer ${key}` };
       const opened = await Promise.all(Array.from({ length: 4 }, () => unread(running.url, path, key)));
@@ -293,7 +296,7 @@ describe("open responses per key", () => {
       // Pipelined behind a small download read whole, the big one left unread is cut off all the same; and a
       // connection whose downloads were read and then idles is closed at Node's keep-alive timeout (5 s), as any.
       const small = await own.submit({ model: GPT2, kind: "trace", form: "invoke", input: [1, 2, 3], source: "async (m) => 1" });
-      for (let s = await small.status(); s.status !== "COMPLETED"; s = await small.status()) await new Promise((r) => setTimeout(r, 50));
+      expect((await ended(small)).status).toBe("COMPLETED");
       const { hostname, port } = new URL(running.url);
       const ask = (p: string) => `GET ${p} HTTP/1.1\r\nhost: ${hostname}\r\ntsight-protocol: 1\r\nauthorization: Bearer ${key}\r\n\r\n`;
       const connect = async (requests: string) => {

@@ -15,11 +15,7 @@ export class InterventionError extends Error {
     super(message);
     // `name` is the prototype's here (see named): a subclass's own field is not set yet.
     if (origin?.stack) this.stack = `${this.name}: ${message}\n${origin.stack.split("\n").slice(1).join("\n")}`;
-    this.userLine = userFrame(this.stack);
-    if (this.userLine) {
-      this.message = `${message}\n    at ${this.userLine}`;
-      if (this.stack) this.stack = this.stack.replace(message, this.message);
-    }
+    pointAtUserLine(this, message);
   }
 }
 
@@ -98,6 +94,17 @@ const isTest = /\.(test|case)\.[cm]?[jt]s:/;
 export function treatAsLibraryCode(dir: string): void {
   const root = dir.endsWith("/") ? dir : `${dir}/`;
   if (!ownCode.includes(root)) ownCode.push(root);
+}
+
+/**
+ * Puts the user's line (the first frame of `e`'s stack outside tsight, see userFrame) on `e`, made with `message`: as
+ * its `userLine`, and after its message.
+ */
+export function pointAtUserLine(e: Error & { userLine?: string }, message: string): void {
+  e.userLine = userFrame(e.stack);
+  if (!e.userLine) return;
+  e.message = `${message}\n    at ${e.userLine}`;
+  if (e.stack) e.stack = e.stack.replace(message, e.message);
 }
 
 /** The first stack frame outside tsight's own code (and Node's, and other packages'): the user's line. */

@@ -4,7 +4,7 @@
  */
 import type { Tokenizer } from "../hub/index.js";
 import { Tensor } from "../tensor/index.js";
-import { named, userFrame } from "./errors.js";
+import { named, pointAtUserLine } from "./errors.js";
 
 /** Token ids, or an attention mask, as a tokenizer gives them: an int tensor, a list, or a list of lists. */
 export type IdsLike = Tensor | readonly number[] | readonly (readonly number[])[];
@@ -34,11 +34,7 @@ export class InputError extends TypeError {
     Error.stackTraceLimit = Math.max(limit, 32);
     super(message);
     Error.stackTraceLimit = limit;
-    this.userLine = userFrame(this.stack);
-    if (this.userLine) {
-      this.message = `${message}\n    at ${this.userLine}`;
-      if (this.stack) this.stack = this.stack.replace(message, this.message);
-    }
+    pointAtUserLine(this, message);
   }
 }
 named(InputError, "InputError");

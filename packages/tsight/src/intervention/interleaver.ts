@@ -568,18 +568,6 @@ export class Interleaver implements ModuleHooks, Provider {
     this.checkEnding();
     const path = module.path;
     const iteration = this.calls(this.entered, path);
-    if (this.idle()) {
-      // Nothing at all is asked, replaced or recorded (a trace that only runs the model, or the calls before its code
-      // asks for anything): the call is counted and run, no more.
-      const direct = (this.entered.get(path) ?? 0) + 1;
-      this.entered.set(path, direct);
-      return Promise.resolve(forward(args)).then((out) => {
-        this.exited.set(path, direct);
-        if (!this.unwatched(path)) return this.returned(path, iteration, out);
-        this.checkEnding();
-        return out;
-      });
-    }
     const direct = (this.entered.get(path) ?? 0) + 1;
     this.count(this.entered, path, direct);
     // Nothing asks for or records its values (most calls): counted, and run without an async frame of its own.
@@ -595,16 +583,6 @@ export class Interleaver implements ModuleHooks, Provider {
       });
     }
     return this.callWatched(module, iteration, direct, args, forward);
-  }
-
-  /**
-   * Whether nothing at all is asked for, replaced, kept or recorded, and no gradients taken or replay counted: module
-   * calls need only be counted (see enter).
-   */
-  private idle(): boolean {
-    if (this.interest.size > 0 || this.kept.size > 0 || this.recorders.length > 0 || this.gradSources || this.journal) return false;
-    for (const m of this.mediators) if (m.requests.length > 0) return false;
-    return true;
   }
 
   /** Whether nothing asks for, replaces or records the values of the module at `path` now. */

@@ -269,9 +269,8 @@ export class LanguageModel<M extends CausalLM = any> extends Model<M, EnvoyTree<
         : typeof fn === "function"
           ? await this.run(a, fn, traceOptions, drive, batched)
           : await this.run(a, async () => undefined, undefined, drive, batched);
-    const result = output as GenerateResult | undefined;
-    if (!result) throw new TraceError("the generation was stopped before it produced any token; use trace() to stop a forward pass early");
-    return { ...this.decodeResult(result), value: value as R };
+    // A stop in any step, the prompt's too, ends the generation with the tokens before it (GenerateOptions.endsEarly).
+    return { ...this.decodeResult(output as GenerateResult), value: value as R };
   }
 
   private generateSettings(options: GenerateCall): GenerateOptions {
